@@ -1,0 +1,27 @@
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.snnc-installed
+
+.PHONY: install demo test test-all clean
+
+# Idempotent: re-runs pip only when the packaging or native sources changed.
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(PY) -m snncompiler.demo
+
+test: install
+	$(PY) -m pytest -q
+
+# Everything, including the slow variants (all torchvision architectures at two opsets).
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+clean:
+	rm -rf build *.egg-info snncompiler/*.so .pytest_cache

@@ -1,0 +1,531 @@
+"""The closed set of core ops: their torch implementation, conversion kind and cost.
+
+One function per core op, registered with :func:`core_op`. Each takes the node and its input
+tensors and returns a tuple of outputs. Implementations treat axis 0 as the batch axis and
+never depend on its size, so the same code runs a batch of B samples in ANN mode or a
+flattened [T*B] batch in SNN mode.
+
+Conversion kinds (how ``snnc compile`` will treat a node): ``spiking`` (becomes or feeds a
+neuron), ``linear`` (commutes with rate coding: runs unchanged on spikes), ``folded``
+(absorbed by a neighbour at compile time), ``analog`` (an analog island: computed on the
+rate-decoded input), ``unsupported``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SnncError
+from ..ir import Node
+
+
+@dataclass(frozen=True)
+class CoreOp:
+    """A core op's implementation, conversion kind (str or function of the node) and MAC counter."""
+
+    name: str
+    fn: Callable[..., tuple]
+    kind: str | Callable[[Node], str]
+    macs: Callable[[Node, list, list], int] | None = None
+
+    def conversion_kind(self, node: Node) -> str:
+        """How this node converts: spiking, linear, folded, analog or unsupported."""
+        return self.kind(node) if callable(self.kind) else self.kind
+
+
+CORE_OPS: dict[str, CoreOp] = {}
+
+
+def core_op(name: str, kind, macs=None):
+    """Register the decorated function as the implementation of core op ``name``."""
+
+    def register(fn):
+        CORE_OPS[name] = CoreOp(name, fn, kind, macs)
+        return fn
+
+    return register
+
+
+def _prod(xs) -> int:
+    return int(math.prod(xs)) if xs else 1
+
+
+# ---- linear layers ---------------------------------------------------------------------
+def _conv_macs(node, ins, outs):
+    w = node.params["weight"]
+    return _prod(outs[0][1:]) * _prod(w.shape[1:])
+
+
+@core_op("conv", "linear", _conv_macs)
+def conv(node: Node, x):
+    """N-d convolution; ``pads`` in ONNX order (all begins, then all ends)."""
+    w, b = node.params["weight"], node.params.get("bias")
+    nd = w.dim() - 2
+    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    begin, end = pads[:nd], pads[nd:]
+    if begin != end:
+        x = F.pad(x, _torch_pad(begin, end))
+        padding = 0
+    else:
+        padding = tuple(begin)
+    fn = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    return (fn(x, w, b, tuple(node.attrs.get("stride", [1] * nd)), padding,
+               tuple(node.attrs.get("dilation", [1] * nd)), node.attrs.get("groups", 1)),)
+
+
+def _torch_pad(begin, end) -> list[int]:
+    """ONNX per-axis (begin, end) lists for the trailing axes -> F.pad's reversed pairs."""
+    out: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        out += [int(b), int(e)]
+    return out
+
+
+def _convt_macs(node, ins, outs):
+    w = node.params["weight"]
+    return _prod(ins[0][1:]) * _prod(w.shape[1:])
+
+
+@core_op("conv_transpose", "linear", _convt_macs)
+def conv_transpose(node: Node, x):
+    """Transposed convolution; asymmetric ``pads`` are applied by cropping the full result."""
+    w, b = node.params["weight"], node.params.get("bias")
+    nd = w.dim() - 2
+    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
+    y = fn(x, w, b, tuple(node.attrs.get("stride", [1] * nd)), 0,
+           tuple(node.attrs.get("output_padding", [0] * nd)), node.attrs.get("groups", 1),
+           tuple(node.attrs.get("dilation", [1] * nd)))
+    index = [slice(None), slice(None)]
+    for axis in range(nd):
+        size = y.shape[2 + axis]
+        index.append(slice(pads[axis], size - pads[nd + axis]))
+    return (y[tuple(index)],)
+
+
+def _linear_macs(node, ins, outs):
+    return _prod(outs[0][1:]) * node.params["weight"].shape[1]
+
+
+@core_op("linear", "linear", _linear_macs)
+def linear(node: Node, x):
+    """y = x @ W^T + b over the last axis (Gemm, MatMul with a constant right operand)."""
+    return (F.linear(x, node.params["weight"], node.params.get("bias")),)
+
+
+def _matmul_macs(node, ins, outs):
+    a = ins[0] if "lhs" not in node.params else tuple(node.params["lhs"].shape)
+    return _prod(outs[0][1:]) * int(a[-1])
+
+
+@core_op("matmul", lambda n: "linear" if (n.params and len(n.inputs) == 1) else "analog", _matmul_macs)
+def matmul(node: Node, *xs):
+    """numpy-style matmul of two activations, or of an activation and a constant (lhs/rhs)."""
+    a = node.params["lhs"] if "lhs" in node.params else xs[0]
+    b = node.params["rhs"] if "rhs" in node.params else xs[-1]
+    return (torch.matmul(a, b),)
+
+
+@core_op("batchnorm", "folded")
+def batchnorm(node: Node, x):
+    """Inference BatchNormalization over axis 1."""
+    p = node.params
+    return (F.batch_norm(x, p["mean"], p["var"], p["scale"], p["bias"], False, 0.0, node.attrs.get("eps", 1e-5)),)
+
+
+@core_op("scale", "linear")
+def scale(node: Node, x):
+    """Per-channel affine y = x * scale + shift over axis 1 (a BatchNorm with nothing to fold into)."""
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    return (x * node.params["scale"].reshape(shape) + node.params["shift"].reshape(shape),)
+
+
+# ---- activations -----------------------------------------------------------------------
+@core_op("relu", "spiking")
+def relu(node: Node, x):
+    """max(x, 0)."""
+    return (torch.relu(x),)
+
+
+def _clip_kind(node: Node) -> str:
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    return "spiking" if lo is not None and lo == 0.0 and (hi is None or hi > 0) else "analog"
+
+
+@core_op("clip", _clip_kind)
+def clip(node: Node, x):
+    """clamp(x, min, max); min/max may be None (unbounded)."""
+    return (torch.clamp(x, node.attrs.get("min"), node.attrs.get("max")),)
+
+
+@core_op("leaky_relu", "analog")
+def leaky_relu(node: Node, x):
+    """LeakyRelu with slope ``alpha``."""
+    return (F.leaky_relu(x, node.attrs.get("alpha", 0.01)),)
+
+
+@core_op("prelu", "analog")
+def prelu(node: Node, x):
+    """PRelu with a slope tensor broadcast to x (ONNX unidirectional broadcasting)."""
+    slope = node.params["slope"]
+    return (torch.where(x >= 0, x, x * slope),)
+
+
+@core_op("sigmoid", "analog")
+def sigmoid(node: Node, x):
+    """Logistic sigmoid."""
+    return (torch.sigmoid(x),)
+
+
+@core_op("tanh", "analog")
+def tanh(node: Node, x):
+    """Hyperbolic tangent."""
+    return (torch.tanh(x),)
+
+
+@core_op("hardsigmoid", "analog")
+def hardsigmoid(node: Node, x):
+    """max(0, min(1, alpha*x + beta))."""
+    return (torch.clamp(node.attrs.get("alpha", 0.2) * x + node.attrs.get("beta", 0.5), 0.0, 1.0),)
+
+
+@core_op("hardswish", "analog")
+def hardswish(node: Node, x):
+    """x * hardsigmoid(x; 1/6, 1/2)."""
+    return (F.hardswish(x),)
+
+
+@core_op("gelu", "analog")
+def gelu(node: Node, x):
+    """GELU, exact (erf) or tanh-approximated."""
+    return (F.gelu(x, approximate=node.attrs.get("approximate", "none")),)
+
+
+@core_op("softmax", "analog")
+def softmax(node: Node, x):
+    """Softmax over one axis."""
+    return (torch.softmax(x, node.attrs["axis"]),)
+
+
+@core_op("log_softmax", "analog")
+def log_softmax(node: Node, x):
+    """Log-softmax over one axis."""
+    return (torch.log_softmax(x, node.attrs["axis"]),)
+
+
+@core_op("lrn", "analog")
+def lrn(node: Node, x):
+    """ONNX LRN: x / (bias + alpha/size * sum of squares over a channel window)^beta.
+
+    The window spans floor((size-1)/2) channels before and ceil((size-1)/2) after, which
+    differs from torch's local_response_norm for even sizes, hence this implementation.
+    """
+    size = node.attrs["size"]
+    sq = (x * x).unsqueeze(1)  # [B, 1, C, ...] so the channel axis can be padded and pooled
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = F.pad(sq.flatten(3) if x.dim() > 3 else sq, [0, 0, before, after])
+    window = F.avg_pool2d(sq, (size, 1), stride=1) * size
+    window = window.reshape((x.shape[0], 1) + tuple(x.shape[1:])).squeeze(1)
+    a, b, k = node.attrs.get("alpha", 1e-4), node.attrs.get("beta", 0.75), node.attrs.get("bias", 1.0)
+    return (x / (k + a / size * window) ** b,)
+
+
+@core_op("layer_norm", "analog")
+def layer_norm(node: Node, x):
+    """LayerNormalization over axes [axis, rank)."""
+    axis = node.attrs.get("axis", -1) % x.dim()
+    return (F.layer_norm(x, tuple(x.shape[axis:]), node.params.get("scale"), node.params.get("bias"),
+                         node.attrs.get("eps", 1e-5)),)
+
+
+@core_op("instance_norm", "analog")
+def instance_norm(node: Node, x):
+    """InstanceNormalization over the spatial axes of each sample and channel."""
+    return (F.instance_norm(x, weight=node.params["scale"], bias=node.params["bias"],
+                            eps=node.attrs.get("eps", 1e-5)),)
+
+
+# ---- pooling ---------------------------------------------------------------------------
+def _pool_setup(node: Node, x):
+    nd = x.dim() - 2
+    if node.attrs.get("global"):
+        return nd, list(x.shape[2:]), [1] * nd, [0] * 2 * nd
+    kernel = list(node.attrs["kernel"])
+    return nd, kernel, list(node.attrs.get("stride", [1] * nd)), list(node.attrs.get("pads", [0] * 2 * nd))
+
+
+def _pool_out_size(size, k, s, pb, pe, d, ceil_mode):
+    span = size + pb + pe - ((k - 1) * d + 1)
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pb:
+        out -= 1  # a last window that would start inside the end padding is dropped (as ORT and torch do)
+    return out
+
+
+def _windows(x, nd, kernel, stride, pads, dilation, ceil_mode, fill):
+    """Pad x so that a plain (no-padding, floor-mode) pooling yields ONNX's output size."""
+    extra = []
+    for i in range(nd):
+        size = x.shape[2 + i]
+        out = _pool_out_size(size, kernel[i], stride[i], pads[i], pads[nd + i], dilation[i], ceil_mode)
+        need = (out - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
+        extra.append(max(0, need - (size + pads[i] + pads[nd + i])))
+    return F.pad(x, _torch_pad(pads[:nd], [pads[nd + i] + extra[i] for i in range(nd)]), value=fill)
+
+
+@core_op("maxpool", "spiking")
+def maxpool(node: Node, x):
+    """Max pooling with ONNX pads (any asymmetry), dilations and ceil_mode."""
+    nd, kernel, stride, pads = _pool_setup(node, x)
+    if node.attrs.get("global"):
+        return (torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True),)
+    dilation = list(node.attrs.get("dilation", [1] * nd))
+    xp = _windows(x, nd, kernel, stride, pads, dilation, node.attrs.get("ceil_mode", 0), float("-inf"))
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+    return (fn(xp, kernel, stride, 0, dilation),)
+
+
+@core_op("avgpool", "linear")
+def avgpool(node: Node, x):
+    """Average pooling: ONNX pads, ceil_mode and count_include_pad, or global (``global=True``).
+
+    Computed as a window sum divided by the number of counted positions, which handles
+    asymmetric pads and the ceil-mode overhang the way onnxruntime does: padding counts
+    only with count_include_pad, the overhang beyond the padding never counts.
+    """
+    nd, kernel, stride, pads = _pool_setup(node, x)
+    if node.attrs.get("global"):
+        return (x.mean(dim=tuple(range(2, x.dim())), keepdim=True),)
+    ceil_mode = node.attrs.get("ceil_mode", 0)
+    xp = _windows(x, nd, kernel, stride, pads, [1] * nd, ceil_mode, 0.0)
+    real = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+    if node.attrs.get("count_include_pad", 0):
+        region = F.pad(real, _torch_pad(pads[:nd], pads[nd:]), value=1.0)
+        overhang = [t - r for t, r in zip(xp.shape[2:], region.shape[2:])]
+        mask = F.pad(region, _torch_pad([0] * nd, overhang))
+    else:
+        mask = _windows(real, nd, kernel, stride, pads, [1] * nd, ceil_mode, 0.0)
+    return (_sum_pool(xp, kernel, stride) / _sum_pool(mask, kernel, stride),)
+
+
+def _sum_pool(x, kernel, stride):
+    if len(kernel) == 1:
+        return F.avg_pool1d(x, kernel, stride, 0) * kernel[0]
+    fn = F.avg_pool2d if len(kernel) == 2 else F.avg_pool3d
+    return fn(x, kernel, stride, 0, divisor_override=1)
+
+
+# ---- elementwise and structural --------------------------------------------------------
+_BINARY = {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+    "max": torch.maximum, "min": torch.minimum, "pow": torch.pow,
+}
+
+
+def _binary_kind(node: Node) -> str:
+    if node.op in ("add", "sub"):
+        return "linear"
+    if node.op in ("mul", "div") and "const" in node.params and not (node.op == "div" and node.attrs.get("const_first")):
+        return "linear"
+    return "analog"
+
+
+def _make_binary(op_name: str):
+    fn = _BINARY[op_name]
+
+    def binary(node: Node, *xs):
+        if "const" in node.params:
+            c = node.params["const"]
+            a, b = (c, xs[0]) if node.attrs.get("const_first") else (xs[0], c)
+        else:
+            a, b = xs
+        return (fn(a, b),)
+
+    binary.__doc__ = f"Broadcasting elementwise {op_name}; one operand may be the constant param 'const'."
+    return binary
+
+
+for _name in _BINARY:
+    core_op(_name, _binary_kind)(_make_binary(_name))
+
+
+@core_op("concat", "linear")
+def concat(node: Node, *xs):
+    """Concatenate along ``axis``."""
+    return (torch.cat(xs, dim=node.attrs["axis"]),)
+
+
+@core_op("split", "linear")
+def split(node: Node, x):
+    """Split along ``axis`` into pieces of ``sizes``."""
+    return tuple(torch.split(x, list(node.attrs["sizes"]), dim=node.attrs["axis"]))
+
+
+@core_op("slice", "linear")
+def slice_(node: Node, x):
+    """Strided slice with constant starts/ends/axes/steps (negative steps included)."""
+    for start, end, axis, step in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"], node.attrs["steps"]):
+        dim = x.shape[axis]
+        idx = list(range(*slice(start, end, step).indices(dim)))
+        if step == 1 and idx:
+            x = x.narrow(axis, idx[0], len(idx))
+        else:
+            x = torch.index_select(x, axis, torch.tensor(idx, dtype=torch.long, device=x.device))
+    return (x,)
+
+
+@core_op("gather", "linear")
+def gather(node: Node, x):
+    """ONNX Gather of an activation with constant indices along ``axis``."""
+    idx = node.params["indices"].long()
+    axis = node.attrs["axis"] % x.dim()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    out = torch.index_select(x, axis, idx.reshape(-1))
+    return (out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:])),)
+
+
+@core_op("reshape", "linear")
+def reshape(node: Node, x):
+    """Reshape; with ``keep_batch`` the target excludes axis 0, which keeps the input's batch size."""
+    shape = list(node.attrs["shape"])
+    if node.attrs.get("keep_batch"):
+        return (x.reshape([x.shape[0]] + shape),)
+    return (x.reshape(shape),)
+
+
+@core_op("flatten", "linear")
+def flatten(node: Node, x):
+    """ONNX Flatten: 2-D [prod(dims[:axis]), prod(dims[axis:])]."""
+    axis = node.attrs.get("axis", 1) % (x.dim() + 1) if x.dim() else 0
+    lead = _prod(x.shape[:axis])
+    return (x.reshape(lead, -1) if x.numel() else x.reshape(lead, _prod(x.shape[axis:])),)
+
+
+@core_op("transpose", "linear")
+def transpose(node: Node, x):
+    """Permute axes by ``perm``."""
+    return (x.permute(*node.attrs["perm"]),)
+
+
+@core_op("pad", "linear")
+def pad(node: Node, x):
+    """ONNX Pad (constant, reflect, edge, wrap) with per-axis begin/end pads; negative pads crop."""
+    pads = list(node.attrs["pads"])
+    rank = x.dim()
+    begin, end = pads[:rank], pads[rank:]
+    mode = node.attrs.get("mode", "constant")
+    if mode == "constant":
+        first = next((i for i in range(rank) if begin[i] or end[i]), rank)
+        return (F.pad(x, _torch_pad(begin[first:], end[first:]), value=node.attrs.get("value", 0.0)),)
+    # torch's reflect/replicate cover only some ranks and axes: gather indices per axis instead
+    for axis in range(rank):
+        n, b, e = x.shape[axis], begin[axis], end[axis]
+        if not (b or e):
+            continue
+        i = torch.arange(-b, n + e)
+        if mode == "edge":
+            i = i.clamp(0, n - 1)
+        elif mode == "wrap":
+            i = i % n
+        else:  # reflect: mirror about the first and last element without repeating them
+            period = max(2 * (n - 1), 1)
+            i = i.abs() % period
+            i = torch.where(i >= n, period - i, i)
+        x = torch.index_select(x, axis, i.to(x.device))
+    return (x,)
+
+
+def _source_coords(out_size: int, in_size: int, scale: float, mode: str, roi=None) -> torch.Tensor:
+    dst = torch.arange(out_size, dtype=torch.float64)
+    if mode == "asymmetric":
+        return dst / scale
+    if mode == "align_corners":
+        return dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(dst)
+    if mode == "pytorch_half_pixel":
+        return (dst + 0.5) / scale - 0.5 if out_size > 1 else torch.zeros_like(dst)
+    if mode == "half_pixel_symmetric":
+        adj = out_size / (scale * in_size)
+        center = in_size / 2
+        offset = center * (1 - adj)
+        return offset + (dst + 0.5) / scale - 0.5
+    if mode == "half_pixel":
+        return (dst + 0.5) / scale - 0.5
+    raise SnncError(f"Resize: coordinate_transformation_mode '{mode}' is not supported")
+
+
+def _nearest_index(src: torch.Tensor, in_size: int, rounding: str) -> torch.Tensor:
+    if rounding == "floor":
+        idx = torch.floor(src)
+    elif rounding == "ceil":
+        idx = torch.ceil(src)
+    elif rounding == "round_prefer_ceil":
+        idx = torch.floor(src + 0.5)
+    else:  # round_prefer_floor
+        idx = torch.ceil(src - 0.5)
+    return idx.clamp(0, in_size - 1).long()
+
+
+@core_op("resize", "linear")
+def resize(node: Node, x):
+    """Resize / Upsample, nearest or (bi/tri)linear, separably per resized axis.
+
+    Source coordinates follow the node's coordinate_transformation_mode and nearest_mode
+    exactly as the ONNX spec defines them.
+    """
+    sizes, scales = node.attrs["sizes"], node.attrs["scales"]
+    mode = node.attrs.get("mode", "nearest")
+    ctm = node.attrs.get("coordinate_transformation_mode", "half_pixel")
+    rounding = node.attrs.get("nearest_mode", "round_prefer_floor")
+    for axis in range(x.dim()):
+        in_size, out_size, scale = x.shape[axis], sizes[axis], scales[axis]
+        if axis == 0 or (in_size == out_size and scale == 1.0):
+            continue
+        src = _source_coords(out_size, in_size, scale, ctm)
+        if mode == "nearest":
+            x = torch.index_select(x, axis, _nearest_index(src, in_size, rounding).to(x.device))
+            continue
+        src = src.clamp(0, in_size - 1)
+        lo = torch.floor(src).long()
+        hi = (lo + 1).clamp(max=in_size - 1)
+        w = (src - lo).to(x.dtype).to(x.device)
+        shape = [1] * x.dim()
+        shape[axis] = out_size
+        a = torch.index_select(x, axis, lo.to(x.device))
+        b = torch.index_select(x, axis, hi.to(x.device))
+        x = a + (b - a) * w.reshape(shape)
+    return (x,)
+
+
+@core_op("reduce_mean", "linear")
+def reduce_mean(node: Node, x):
+    """Mean over ``axes`` (all axes when empty), keeping them with ``keepdims``."""
+    axes = node.attrs.get("axes") or list(range(x.dim()))
+    return (x.mean(dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
+
+
+@core_op("cast", "linear")
+def cast(node: Node, x):
+    """Cast to ``dtype`` (a torch dtype name)."""
+    return (x.to(getattr(torch, node.attrs["dtype"])),)
+
+
+@core_op("identity", "folded")
+def identity(node: Node, x):
+    """Pass the input through (kept only where a graph output must be a copy)."""
+    return (x,)
+
+
+@core_op("constant", "folded")
+def constant(node: Node):
+    """A constant tensor (``params['value']``) that the graph returns or feeds to an op."""
+    return (node.params["value"],)
+
+
+@core_op("unsupported", "unsupported")
+def unsupported(node: Node, *xs):
+    """Placeholder for an ONNX op without a converter, kept only so ``inspect`` can list it."""
+    raise SnncError(f"{node.where}: operator {node.attrs.get('op_type')} (domain '{node.attrs.get('domain') or 'ai.onnx'}') is not supported")
