@@ -1,0 +1,178 @@
+"""Data contract and loaders.
+
+Every command reads ``.npz`` files with ``x`` (float32, [N, ...]) and, for labelled data,
+``y`` (int64, [N]), loaded with ``allow_pickle=False``. This module also reads the two
+standard on-disk formats people have lying around: MNIST idx files and CIFAR-10 python
+batches (through a restricted unpickler that only admits numpy arrays and plain containers).
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SnncError
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (float32 [N, ...]) and optional labels ``y`` (int64 [N])."""
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, batch_size: int):
+        """Yield (x, y) slices of at most ``batch_size`` samples."""
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield self.x[start:stop], (None if self.y is None else self.y[start:stop])
+
+
+def validate(x, y=None, *, label: str = "data", require_labels: bool = False) -> Dataset:
+    """Check arrays against the data contract and return a :class:`Dataset` (float32 x, int64 y)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "f":
+        raise SnncError(f"{label}: 'x' must be float32, got {x.dtype} (convert and scale it as in training)")
+    if x.ndim < 2:
+        raise SnncError(f"{label}: 'x' must have shape [N, ...], got {list(x.shape)}")
+    if x.shape[0] == 0:
+        raise SnncError(f"{label}: 'x' has no samples")
+    x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), x.shape)
+        kind = "NaN" if np.isnan(x[first]) else "Inf"
+        raise SnncError(f"{label}: 'x' contains {int(bad.sum())} NaN/Inf value(s), first ({kind}) at sample {first[0]}")
+    if y is None:
+        if require_labels:
+            raise SnncError(f"{label}: labels 'y' are required for this command")
+        return Dataset(x)
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise SnncError(f"{label}: 'y' must be int64 class labels, got {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise SnncError(f"{label}: 'y' must have shape [{x.shape[0]}] to match 'x', got {list(y.shape)}")
+    return Dataset(x, y.astype(np.int64, copy=False))
+
+
+def load_npz(path, *, require_labels: bool = False, arg: str = "--data") -> Dataset:
+    """Read a ``.npz`` under the data contract; errors name the file and the argument."""
+    path = Path(path)
+    label = f"{arg} {path}"
+    if not path.exists():
+        raise SnncError(f"{label}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if "x" not in keys:
+                raise SnncError(f"{label}: no array 'x' in the file (found: {', '.join(sorted(keys)) or 'none'})")
+            x = npz["x"]
+            y = npz["y"] if "y" in keys else None
+    except SnncError:
+        raise
+    except ValueError as exc:
+        raise SnncError(f"{label}: cannot read array ({exc}); object arrays are refused (allow_pickle=False)") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise SnncError(f"{label}: not a readable .npz file ({type(exc).__name__})") from exc
+    return validate(x, y, label=label, require_labels=require_labels)
+
+
+def save_npz(path, x, y=None) -> None:
+    """Write arrays under the data contract."""
+    arrays = {"x": np.asarray(x, dtype=np.float32)}
+    if y is not None:
+        arrays["y"] = np.asarray(y, dtype=np.int64)
+    np.savez(path, **arrays)
+
+
+# ---- MNIST idx ---------------------------------------------------------------------------
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path) -> np.ndarray:
+    """Read one idx file (optionally gzipped), e.g. ``train-images-idx3-ubyte``."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise SnncError(f"{path}: not an idx file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise SnncError(f"{path}: truncated idx header")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header < expected:
+        raise SnncError(f"{path}: truncated idx data ({len(raw) - header} of {expected} bytes)")
+    return np.frombuffer(raw, dtype=dtype, count=int(np.prod(dims)), offset=header).reshape(dims)
+
+
+def load_mnist(images_path, labels_path=None) -> Dataset:
+    """MNIST-style idx images (scaled to [0, 1], shape [N, 1, H, W]) and optional labels."""
+    images = read_idx(images_path).astype(np.float32) / 255.0
+    if images.ndim == 3:
+        images = images[:, None]
+    labels = None if labels_path is None else read_idx(labels_path).astype(np.int64)
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise SnncError(f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images")
+    return validate(images, labels, label=str(images_path))
+
+
+# ---- CIFAR-10 python batches -----------------------------------------------------------
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR batches contain: numpy arrays, dtypes and builtin containers."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_cifar10_batch(path) -> Dataset:
+    """One CIFAR-10 python batch (``data_batch_1`` ...): x [N, 3, 32, 32] in [0, 1], y [N]."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            batch = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise SnncError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
+    if not isinstance(batch, dict):
+        raise SnncError(f"{path}: not a CIFAR-10 python batch (expected a dict)")
+    batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise SnncError(f"{path}: CIFAR-10 batch without 'data' and 'labels'")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise SnncError(f"{path}: CIFAR-10 'data' must be [N, 3072], got {list(data.shape)}")
+    x = data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    return validate(x, np.asarray(batch["labels"], dtype=np.int64), label=str(path))
+
+
+def load(path, *, require_labels: bool = False, arg: str = "--data") -> Dataset:
+    """Load any supported data file: .npz, an idx file (``*-ubyte[.gz]``) or a CIFAR-10 batch."""
+    p = Path(path)
+    if p.suffix == ".npz":
+        return load_npz(p, require_labels=require_labels, arg=arg)
+    if "ubyte" in p.name:
+        return load_mnist(p)
+    if p.name.startswith(("data_batch", "test_batch")):
+        return load_cifar10_batch(p)
+    return load_npz(p, require_labels=require_labels, arg=arg)
+
+
+__all__ = ["Dataset", "validate", "load", "load_npz", "save_npz", "read_idx", "load_mnist", "load_cifar10_batch"]

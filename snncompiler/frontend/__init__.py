@@ -1,0 +1,84 @@
+"""ONNX → IR. ``load_graph(path)`` is the one entry point; converters live in ``converters/``."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from ..errors import SnncError
+from ..ir import Graph, Value
+from . import converters as _converters  # noqa: F401  (registers every converter)
+from .loader import SNN_DOMAIN, TARGET_OPSET, canonicalize, main_opset
+from .registry import CONVERTERS, Ctx, build_graph, describe, lookup, unsupported
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_graph", "supported_ops", "TARGET_OPSET", "SNN_DOMAIN"]
+
+
+def supported_ops() -> list[str]:
+    """Sorted list of ONNX operator names that have a converter (``domain::op`` for custom domains)."""
+    return sorted(op if not dom else f"{dom}::{op}" for dom, op in CONVERTERS)
+
+
+def load_graph(source, *, lenient: bool = False) -> Graph:
+    """Read an ONNX model (path, bytes or ModelProto) and lower it to a validated IR graph.
+
+    With ``lenient`` an operator without a converter becomes an ``unsupported`` node instead
+    of an error, so ``snnc inspect`` can list every node.
+    """
+    model, label = canonicalize(source)
+    ctx = Ctx(model, label, main_opset(model))
+    for node in model.graph.node:
+        ctx.current = node
+        if node.op_type != "Constant" and node.input and all(not i or ctx.is_const(i) for i in node.input) \
+                and _fold_node(node, ctx):
+            continue
+        fn = lookup(node)
+        if fn is None:
+            if not lenient:
+                raise unsupported(node, ctx)
+            ctx.emit("unsupported", [i for i in node.input if i and not ctx.is_const(i)], list(node.output),
+                     {"op_type": node.op_type, "domain": node.domain})
+            continue
+        try:
+            fn(node, ctx)
+        except SnncError:
+            raise
+        except Exception as exc:  # a converter bug or an input it cannot handle: still name the node
+            raise SnncError(f"{ctx.where(node)}: cannot convert ({type(exc).__name__}: {exc})") from exc
+    ctx.current = None
+    inputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.input]
+    outputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.output]
+    graph = build_graph(ctx, inputs, outputs, model.graph.name or "graph")
+    graph.metadata.update({p.key: p.value for p in model.metadata_props})
+    graph.metadata.setdefault("source_file", label)
+    graph.metadata["source_opset"] = str(main_opset(model))
+    return graph.validate()
+
+
+def _fold_node(node: onnx.NodeProto, ctx: Ctx) -> bool:
+    """Evaluate a node whose inputs are all constants with onnx's reference evaluator.
+
+    The onnxscript folder leaves some constant subgraphs (size limits, ops it skips); they
+    are still constants, and onnx's own evaluator computes them exactly.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        inputs = [i for i in node.input if i]
+        graph = onnx.helper.make_graph(
+            [node], "fold",
+            [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(ctx.const(i).dtype), None)
+             for i in dict.fromkeys(inputs)],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", ctx.opset)])
+        results = ReferenceEvaluator(model).run(None, {i: ctx.const(i) for i in dict.fromkeys(inputs)})
+    except Exception as exc:
+        log.debug("could not fold %s: %s", describe(node), exc)
+        return False
+    for name, value in zip([o for o in node.output if o], results):
+        ctx.set_const(name, np.asarray(value))
+    ctx.removed.append((node.name or node.output[0], node.op_type, "constant-folded"))
+    return True

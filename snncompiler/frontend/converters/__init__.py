@@ -1,0 +1,2 @@
+"""One small converter per ONNX operator; importing this package registers them all."""
+from . import activations, elementwise, layers, pooling, structure  # noqa: F401

@@ -1,0 +1,72 @@
+"""Converters for pointwise activations and (log-)softmax."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import converter
+
+
+def _simple(core: str, **defaults):
+    def convert(node, ctx):
+        a = ctx.attrs(node)
+        attrs = {k: (v.decode() if isinstance(v, bytes) else type(d)(v)) for k, d in defaults.items()
+                 for v in [a.get(k, d)]}
+        ctx.emit(core, [node.input[0]], [node.output[0]], attrs)
+
+    convert.__doc__ = f"→ {core}"
+    return convert
+
+
+converter("Relu")(_simple("relu"))
+converter("Sigmoid")(_simple("sigmoid"))
+converter("Tanh")(_simple("tanh"))
+converter("HardSwish")(_simple("hardswish"))
+converter("LeakyRelu")(_simple("leaky_relu", alpha=0.01))
+converter("HardSigmoid")(_simple("hardsigmoid", alpha=0.2, beta=0.5))
+converter("Gelu")(_simple("gelu", approximate="none"))
+
+
+@converter("Clip")
+def clip(node, ctx):
+    """Clip with min/max from inputs (opset ≥ 11) or attributes (older) → clip; Clip(0, c) becomes a neuron."""
+    a = ctx.attrs(node)
+    lo = ctx.optional_const(node, 1, "Clip min")
+    hi = ctx.optional_const(node, 2, "Clip max")
+    lo = float(lo) if lo is not None else (float(a["min"]) if "min" in a else None)
+    hi = float(hi) if hi is not None else (float(a["max"]) if "max" in a else None)
+    ctx.emit("clip", [node.input[0]], [node.output[0]], {"min": lo, "max": hi})
+
+
+@converter("PRelu")
+def prelu(node, ctx):
+    """PRelu with a constant slope → prelu (analog island)."""
+    slope = ctx.const(node.input[1], "PRelu slope").astype(np.float32)
+    ctx.emit("prelu", [node.input[0]], [node.output[0]], {}, {"slope": slope})
+
+
+def _softmax(core: str):
+    def convert(node, ctx):
+        a = ctx.attrs(node)
+        shape = ctx.shape(node.input[0])
+        rank = len(shape)
+        if ctx.opset >= 13:
+            ctx.emit(core, [node.input[0]], [node.output[0]], {"axis": int(a.get("axis", -1)) % rank})
+            return
+        # Before opset 13 (Log)Softmax flattened the input to 2-D at `axis` (default 1).
+        axis = int(a.get("axis", 1)) % rank
+        flat, normed = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
+        inner = int(np.prod(shape[axis:]))
+        if axis == 0:
+            ctx.emit("reshape", [node.input[0]], [flat], {"shape": [1, inner]})
+        else:
+            ctx.emit("reshape", [node.input[0]], [flat], {"shape": [int(np.prod(shape[1:axis])), inner],
+                                                           "keep_batch": True})
+        ctx.emit(core, [flat], [normed], {"axis": -1})
+        ctx.emit("reshape", [normed], [node.output[0]], {"shape": list(shape[1:]), "keep_batch": True})
+
+    convert.__doc__ = f"(Log)Softmax, both the opset-13 single-axis and the older flattening form → {core}"
+    return convert
+
+
+converter("Softmax")(_softmax("softmax"))
+converter("LogSoftmax")(_softmax("log_softmax"))

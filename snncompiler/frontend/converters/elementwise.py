@@ -1,0 +1,54 @@
+"""Converters for broadcasting arithmetic: Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import converter
+
+
+def emit_binary(ctx, op: str, a: str, b: str, out: str) -> None:
+    """Emit a binary core op, moving a constant operand into the node's params."""
+    if ctx.is_const(b):
+        ctx.emit(op, [a], [out], {}, {"const": ctx.const(b).astype(np.float32)})
+    elif ctx.is_const(a):
+        ctx.emit(op, [b], [out], {"const_first": True}, {"const": ctx.const(a).astype(np.float32)})
+    else:
+        ctx.emit(op, [a, b], [out])
+
+
+def _binary(core: str):
+    def convert(node, ctx):
+        emit_binary(ctx, core, node.input[0], node.input[1], node.output[0])
+
+    convert.__doc__ = f"→ {core} (numpy broadcasting; a constant operand becomes a parameter)"
+    return convert
+
+
+for _onnx, _core in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Pow", "pow")):
+    converter(_onnx)(_binary(_core))
+
+
+def _variadic(core: str, mean: bool = False):
+    def convert(node, ctx):
+        inputs = list(node.input)
+        out = node.output[0]
+        if len(inputs) == 1:
+            ctx.alias(out, inputs[0], f"{node.op_type} of one input")
+            return
+        acc = inputs[0]
+        for i, other in enumerate(inputs[1:]):
+            last = i == len(inputs) - 2 and not mean
+            dst = out if last else ctx.fresh(out)
+            emit_binary(ctx, core, acc, other, dst)
+            acc = dst
+        if mean:
+            ctx.emit("mul", [acc], [out], {}, {"const": np.float32(1.0 / len(inputs))})
+
+    convert.__doc__ = f"n-ary → a chain of {core}" + (" then a scale by 1/n" if mean else "")
+    return convert
+
+
+converter("Sum")(_variadic("add"))
+converter("Mean")(_variadic("add", mean=True))
+converter("Max")(_variadic("max"))
+converter("Min")(_variadic("min"))

@@ -1,0 +1,193 @@
+"""Converters for layers with weights: Conv, ConvTranspose, Gemm, MatMul, normalizations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..registry import converter
+
+
+def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
+    """Explicit ONNX pads (begins then ends) from ``pads`` or ``auto_pad`` (Conv and pooling)."""
+    nd = len(kernel)
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        return list(attrs.get("pads", [0] * 2 * nd))
+    if auto == "VALID":
+        return [0] * 2 * nd
+    begins, ends = [], []
+    for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
+        out = math.ceil(size / s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto == "SAME_UPPER" else big)
+        ends.append(big if auto == "SAME_UPPER" else small)
+    return begins + ends
+
+
+@converter("Conv")
+def conv(node, ctx):
+    """Conv (1-D/2-D/3-D, groups, depthwise, dilations, pads, auto_pad) → conv."""
+    a = ctx.attrs(node)
+    w = ctx.const(node.input[1], "Conv weight")
+    b = ctx.optional_const(node, 2, "Conv bias")
+    nd = w.ndim - 2
+    kernel = list(a.get("kernel_shape", w.shape[2:]))
+    strides, dilations = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
+    params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    ctx.emit("conv", [node.input[0]], [node.output[0]],
+             {"stride": strides, "pads": pads, "dilation": dilations, "groups": int(a.get("group", 1))}, params)
+
+
+@converter("ConvTranspose")
+def conv_transpose(node, ctx):
+    """ConvTranspose (pads, output_padding, output_shape, auto_pad, groups) → conv_transpose."""
+    a = ctx.attrs(node)
+    w = ctx.const(node.input[1], "ConvTranspose weight")
+    b = ctx.optional_const(node, 2, "ConvTranspose bias")
+    nd = w.ndim - 2
+    kernel = list(a.get("kernel_shape", w.shape[2:]))
+    strides, dilations = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+    out_pad = list(a.get("output_padding", [0] * nd))
+    in_spatial = ctx.shape(node.input[0])[2:]
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    pads = list(a.get("pads", [0] * 2 * nd))
+    target = a.get("output_shape")
+    if target is None and auto in ("SAME_UPPER", "SAME_LOWER"):
+        target = [s * st for s, st in zip(in_spatial, strides)]
+    if target is not None:
+        target = list(target)[-nd:]
+        begins, ends = [], []
+        for i in range(nd):
+            full = strides[i] * (in_spatial[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+            total = full - target[i]
+            small, big = total // 2, total - total // 2
+            upper = auto != "SAME_LOWER"
+            begins.append(small if upper else big)
+            ends.append(big if upper else small)
+        pads = begins + ends
+    elif auto == "VALID":
+        pads = [0] * 2 * nd
+    params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    ctx.emit("conv_transpose", [node.input[0]], [node.output[0]],
+             {"stride": strides, "pads": pads, "dilation": dilations, "output_padding": out_pad,
+              "groups": int(a.get("group", 1))}, params)
+
+
+@converter("Gemm")
+def gemm(node, ctx):
+    """Gemm → linear (constant B), or matmul + add when B is an activation."""
+    a = ctx.attrs(node)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    x = node.input[0]
+    if a.get("transA", 0):
+        t = ctx.fresh(x + "_T")
+        ctx.emit("transpose", [x], [t], {"perm": [1, 0]})
+        x = t
+    c = ctx.optional_const(node, 2, "Gemm C") if len(node.input) > 2 and node.input[2] and ctx.is_const(node.input[2]) else None
+    if ctx.is_const(node.input[1]):
+        bmat = ctx.const(node.input[1]).astype(np.float32)
+        weight = (bmat if a.get("transB", 0) else bmat.T) * alpha
+        out_features = weight.shape[0]
+        params = {"weight": np.ascontiguousarray(weight)}
+        extra_bias = None
+        if c is not None:
+            bias = beta * c.astype(np.float32)
+            if bias.size in (1, out_features) and (bias.ndim < 2 or bias.shape[0] == 1):
+                params["bias"] = np.broadcast_to(bias.reshape(-1), (out_features,)).copy()
+            else:
+                extra_bias = bias
+        if extra_bias is None:
+            ctx.emit("linear", [x], [node.output[0]], {}, params)
+        else:
+            mid = ctx.fresh(node.output[0])
+            ctx.emit("linear", [x], [mid], {}, params)
+            ctx.emit("add", [mid], [node.output[0]], {}, {"const": extra_bias})
+        return
+    y = node.input[1]
+    if a.get("transB", 0):
+        t = ctx.fresh(y + "_T")
+        ctx.emit("transpose", [y], [t], {"perm": [1, 0]})
+        y = t
+    out = node.output[0]
+    has_c = len(node.input) > 2 and bool(node.input[2])
+    cur = out if (alpha == 1.0 and not has_c) else ctx.fresh(out)
+    ctx.emit("matmul", [x, y], [cur])
+    if alpha != 1.0:
+        scaled = out if not has_c else ctx.fresh(out)
+        ctx.emit("mul", [cur], [scaled], {}, {"const": np.float32(alpha)})
+        cur = scaled
+    if c is not None:
+        ctx.emit("add", [cur], [out], {}, {"const": (beta * c).astype(np.float32)})
+    elif has_c:
+        c_act = node.input[2]
+        if beta != 1.0:
+            c_act = ctx.fresh(out)
+            ctx.emit("mul", [node.input[2]], [c_act], {}, {"const": np.float32(beta)})
+        ctx.emit("add", [cur, c_act], [out])
+
+
+@converter("MatMul")
+def matmul(node, ctx):
+    """MatMul → linear (constant 2-D right operand), matmul with a constant, or of two activations."""
+    a_name, b_name = node.input
+    if ctx.is_const(b_name) and not ctx.is_const(a_name):
+        b = ctx.const(b_name).astype(np.float32)
+        if b.ndim == 2 and len(ctx.shape(a_name)) >= 2:
+            ctx.emit("linear", [a_name], [node.output[0]], {}, {"weight": np.ascontiguousarray(b.T)})
+        else:
+            ctx.emit("matmul", [a_name], [node.output[0]], {}, {"rhs": b})
+    elif ctx.is_const(a_name):
+        ctx.emit("matmul", [b_name], [node.output[0]], {}, {"lhs": ctx.const(a_name).astype(np.float32)})
+    else:
+        ctx.emit("matmul", [a_name, b_name], [node.output[0]])
+
+
+@converter("BatchNormalization")
+def batch_norm(node, ctx):
+    """BatchNormalization (inference) → batchnorm, folded into the preceding layer at compile time."""
+    a = ctx.attrs(node)
+    if a.get("training_mode", 0):
+        raise ctx.fail("training_mode=1 is not supported; export the model in eval mode")
+    names = ("scale", "bias", "mean", "var")
+    params = {k: ctx.const(node.input[i + 1], f"BatchNormalization {k}").astype(np.float32) for i, k in enumerate(names)}
+    ctx.emit("batchnorm", [node.input[0]], [node.output[0]], {"eps": float(a.get("epsilon", 1e-5))}, params)
+
+
+@converter("LayerNormalization")
+def layer_norm(node, ctx):
+    """LayerNormalization over [axis, rank) → layer_norm (analog island)."""
+    a = ctx.attrs(node)
+    x_shape = ctx.shape(node.input[0])
+    axis = int(a.get("axis", -1)) % len(x_shape)
+    norm_shape = x_shape[axis:]
+    scale = np.broadcast_to(ctx.const(node.input[1], "LayerNormalization scale"), norm_shape).astype(np.float32)
+    bias = ctx.optional_const(node, 2, "LayerNormalization bias")
+    params = {"scale": scale.copy()}
+    if bias is not None:
+        params["bias"] = np.broadcast_to(bias, norm_shape).astype(np.float32).copy()
+    if len(node.output) > 1 and any(node.output[1:]):
+        raise ctx.fail("the Mean/InvStdDev outputs of LayerNormalization are not supported")
+    ctx.emit("layer_norm", [node.input[0]], [node.output[0]], {"axis": axis, "eps": float(a.get("epsilon", 1e-5))}, params)
+
+
+@converter("InstanceNormalization")
+def instance_norm(node, ctx):
+    """InstanceNormalization → instance_norm (analog island)."""
+    a = ctx.attrs(node)
+    params = {"scale": ctx.const(node.input[1], "InstanceNormalization scale").astype(np.float32),
+              "bias": ctx.const(node.input[2], "InstanceNormalization B").astype(np.float32)}
+    ctx.emit("instance_norm", [node.input[0]], [node.output[0]], {"eps": float(a.get("epsilon", 1e-5))}, params)
+
+
+@converter("LRN")
+def lrn(node, ctx):
+    """LRN across channels → lrn (analog island)."""
+    a = ctx.attrs(node)
+    ctx.emit("lrn", [node.input[0]], [node.output[0]],
+             {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
+              "bias": float(a.get("bias", 1.0))})

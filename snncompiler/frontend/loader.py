@@ -1,0 +1,150 @@
+"""Read an ONNX file and bring it to one canonical form, using onnx's and onnxscript's own tools.
+
+Steps: parse (clear error on truncated or non-ONNX bytes) → treat initializers that are also
+graph inputs as constants → pin symbolic batch dimensions → onnx.checker → version converter
+to :data:`TARGET_OPSET` → shape inference → constant folding (onnxscript optimizer).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnx
+from onnx import shape_inference, version_converter
+
+from ..errors import SnncError
+
+log = logging.getLogger(__name__)
+
+#: Every model is converted to this opset so that each converter sees one form of its op.
+#: 21 is the newest opset the version converter reaches from every older one (Gelu exists only from 20).
+TARGET_OPSET = 21
+#: The domain of spiking (neuron) and analog-island nodes in compiled artifacts.
+SNN_DOMAIN = "snncompiler"
+
+
+def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onnx.ModelProto, str]:
+    """Parse ``source`` into a ModelProto; return it with a label for messages (the file name)."""
+    if isinstance(source, onnx.ModelProto):
+        return source, "<model>"
+    if isinstance(source, (bytes, bytearray)):
+        data, label = bytes(source), "<bytes>"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise SnncError(f"{label}: no such file")
+        if path.is_dir():
+            raise SnncError(f"{label}: is a directory, expected an .onnx file")
+        data = path.read_bytes()
+    if not data:
+        raise SnncError(f"{label}: file is empty, expected an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, sometimes RuntimeWarning-wrapped errors
+        raise SnncError(f"{label}: not a valid ONNX model (truncated or not ONNX: {type(exc).__name__})") from exc
+    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
+        raise SnncError(f"{label}: not a valid ONNX model (no graph found; truncated or not ONNX?)")
+    if model.graph.ByteSize() == 0:
+        raise SnncError(f"{label}: not a valid ONNX model (empty graph)")
+    return model, label
+
+
+def main_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def has_custom_domain(model: onnx.ModelProto) -> bool:
+    """True if any node belongs to a domain other than ai.onnx (e.g. a compiled artifact)."""
+    return any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
+
+
+def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
+    # Old exporters (IR < 4) list every initializer as a graph input too; they are weights, not inputs.
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+
+
+def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
+    """Give symbolic leading dims a value so shapes (and Shape-derived constants) become static.
+
+    Axis 0 is the batch axis; the runtime keeps every batch-preserving op polymorphic in it.
+    """
+    for value in model.graph.input:
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            raise SnncError(f"{label}: graph input '{value.name}' has no shape; re-export with a static input shape")
+        for axis, dim in enumerate(tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            if axis == 0:
+                dim.Clear()
+                dim.dim_value = batch
+            else:
+                raise SnncError(f"{label}: graph input '{value.name}' has a symbolic dimension at axis {axis} "
+                                f"('{dim.dim_param or '?'}'); only the batch axis (0) may be dynamic")
+
+
+def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
+    """Load and canonicalize a model: checked, at TARGET_OPSET, shapes inferred, constants folded.
+
+    Models with nodes in custom domains (compiled artifacts) skip version conversion and
+    folding: their standard part was written at TARGET_OPSET by this package.
+    """
+    model, label = read_model(source)
+    model = onnx.ModelProto.FromString(model.SerializeToString()) if label == "<model>" else model
+    _constants_out_of_inputs(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise SnncError(f"{label}: fails the ONNX checker: {_first_line(exc)}") from exc
+    _pin_batch(model, label)
+    custom = has_custom_domain(model)
+    opset = main_opset(model)
+    if not custom and opset != TARGET_OPSET:
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as exc:
+            # Converters also read the older forms, so a model the converter cannot lift still loads.
+            log.warning("%s: version conversion from opset %d to %d failed (%s); using opset %d as is",
+                        label, opset, TARGET_OPSET, _first_line(exc), opset)
+    try:
+        model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise SnncError(f"{label}: shape inference failed: {_first_line(exc)}") from exc
+    if fold and not custom:
+        model = _fold_constants(model, label)
+    return model, label
+
+
+def _fold_constants(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    import onnxscript.optimizer
+
+    try:
+        folded = onnxscript.optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True,
+                                               input_size_limit=1 << 22, output_size_limit=1 << 24)
+    except TypeError:  # older onnxscript without the size keywords
+        folded = onnxscript.optimizer.optimize(model)
+    except Exception as exc:
+        log.warning("%s: constant folding failed (%s); continuing unfolded", label, _first_line(exc))
+        return model
+    try:
+        return shape_inference.infer_shapes(folded, strict_mode=True, data_prop=True)
+    except Exception:
+        return folded
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    # onnx's C++ errors start with a source location; the useful part follows it
+    lines = [ln for ln in text if ln.strip() and not ln.startswith("/")] or text or [type(exc).__name__]
+    return lines[0].strip()[:300]

@@ -1,0 +1,112 @@
+"""Run an IR graph with torch, node by node, freeing each activation after its last use."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..errors import SnncError
+from ..ir import Graph, Value
+from .ops import CORE_OPS
+
+
+class Executor:
+    """A callable over a graph: ``Executor(graph)(x)`` returns the graph output(s).
+
+    Accepts numpy arrays or tensors (one per graph input, positionally or by name) of any
+    batch size and returns the same kind it was given. ``device`` selects CPU or CUDA.
+    """
+
+    def __init__(self, graph: Graph, device: str | torch.device = "cpu"):
+        self.graph = graph
+        self.device = torch.device(device)
+        for node in graph.nodes:
+            for key, p in node.params.items():
+                node.params[key] = p.to(self.device)
+        # Precompute when each value is read for the last time so memory stays bounded.
+        self._last_use: dict[str, int] = {}
+        for i, node in enumerate(graph.nodes):
+            for name in node.inputs:
+                self._last_use[name] = i
+        self._keep = {v.name for v in graph.outputs}
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Execute the graph on named input tensors; return all graph outputs by name."""
+        env = dict(feeds)
+        for i, node in enumerate(self.graph.nodes):
+            try:
+                outs = CORE_OPS[node.op].fn(node, *[env[n] for n in node.inputs])
+            except SnncError:
+                raise
+            except Exception as exc:
+                shapes = ", ".join(str(tuple(env[n].shape)) for n in node.inputs)
+                raise SnncError(f"{node.where}: {node.op} failed on inputs of shape {shapes}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            for name, value in zip(node.outputs, outs):
+                env[name] = value
+            for name in node.inputs:
+                if self._last_use.get(name) == i and name not in self._keep:
+                    env.pop(name, None)
+        return {v.name: env[v.name] for v in self.graph.outputs}
+
+    def __call__(self, *args, **kwargs):
+        feeds, numpy_in = self._feeds(args, kwargs)
+        with torch.no_grad():
+            out = self.run(feeds)
+        values = [out[v.name] for v in self.graph.outputs]
+        if numpy_in:
+            values = [v.detach().cpu().numpy() for v in values]
+        return values[0] if len(values) == 1 else values
+
+    def _feeds(self, args, kwargs) -> tuple[dict[str, torch.Tensor], bool]:
+        inputs = self.graph.inputs
+        if len(args) > len(inputs):
+            raise SnncError(f"model takes {len(inputs)} input(s), got {len(args)}")
+        given = {v.name: a for v, a in zip(inputs, args)}
+        given.update(kwargs)
+        feeds, numpy_in = {}, False
+        for v in inputs:
+            if v.name not in given:
+                raise SnncError(f"missing model input '{v.name}'")
+            x = given[v.name]
+            if isinstance(x, np.ndarray):
+                numpy_in = True
+                x = torch.from_numpy(np.ascontiguousarray(x))
+            check_input(v, x)
+            feeds[v.name] = x.to(self.device)
+        return feeds, numpy_in
+
+
+def check_input(value: Value, x: torch.Tensor, label: str = "input") -> None:
+    """Raise a one-line error if ``x`` does not fit graph input ``value`` (dtype, rank, per-sample shape)."""
+    if not torch.is_floating_point(x):
+        raise SnncError(f"{label} '{value.name}': expected float32 data, got {str(x.dtype).replace('torch.', '')}")
+    if value.shape is not None:
+        want = tuple(value.shape[1:])
+        if x.dim() != len(value.shape) or tuple(x.shape[1:]) != want:
+            raise SnncError(f"{label} '{value.name}': expected shape [N, {', '.join(map(str, want))}], "
+                            f"got {list(x.shape)}")
+
+
+def run_graph(graph: Graph, *inputs, device: str = "cpu"):
+    """Convenience: run ``graph`` once on ``inputs`` (numpy or torch)."""
+    return Executor(graph, device)(*inputs)
+
+
+def infer_shapes(graph: Graph) -> Graph:
+    """Fill every value's static shape by running one zero sample through the graph."""
+    ex = Executor(graph)
+    feeds = {v.name: torch.zeros(v.shape, dtype=torch.float32) for v in graph.inputs if v.shape is not None}
+    env_shapes: dict[str, tuple[int, ...]] = {k: tuple(t.shape) for k, t in feeds.items()}
+    env = dict(feeds)
+    with torch.no_grad():
+        for node in graph.nodes:
+            outs = CORE_OPS[node.op].fn(node, *[env[n] for n in node.inputs])
+            for name, t in zip(node.outputs, outs):
+                env[name] = t
+                env_shapes[name] = tuple(t.shape)
+    del ex
+    for name, shape in env_shapes.items():
+        graph.values.setdefault(name, Value(name)).shape = shape
+    return graph
