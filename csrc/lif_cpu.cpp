@@ -1,0 +1,283 @@
+// Fused multi-step IF/LIF neuron on CPU (forward and surrogate-gradient backward).
+//
+// Semantics are those of snncompiler/kernels/reference.py, bit for bit in the forward:
+//   h = v + x[t]  (decay == 1)   or   h = decay * v + x[t]   (two roundings: build with
+//   -ffp-contract=off so the compiler never fuses them into an FMA the oracle does not do)
+//   s = h >= theta;  v = s ? (hard ? v_reset : h - theta) : h;  out = s ? theta : 0
+//
+// Layout: x is [T, N] contiguous float32. Each OpenMP thread takes blocks of neurons and runs
+// the whole time loop for one block, keeping the block's membranes and thresholds in small
+// local arrays (L1) so the inner loop over neurons vectorises and x/out are streamed exactly
+// once. theta is never expanded to N: neuron n uses theta[(n / theta_inner) % theta_period]
+// (scalar: period 1; per-channel [C,1,1]: inner = H*W, period = C; full: inner 1, period N).
+//
+// Backward recomputes the membrane trajectory of a block into a thread-local [T, block]
+// buffer (nothing but x, v0, theta is kept between forward and backward), then walks the
+// time loop in reverse.
+//
+// No torch headers: pip's isolated build needs only pybind11. Python hands in numpy views of
+// torch tensors (zero-copy); this file checks dtype, size and contiguity of each.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int64_t kBlock = 2048;  // forward: 2 x 8 KiB of state per thread, long x/out streams
+enum Format { kValue = 0, kBinary = 1, kPacked = 2 };
+enum Surrogate { kTriangle = 0, kAtan = 1, kSigmoid = 2 };
+
+struct Params {
+  int64_t T, N;
+  float decay, v_reset, alpha;
+  const float* theta;
+  int64_t theta_inner, theta_period;
+};
+
+inline void load_block(const Params& p, const float* v0, int64_t n0, int64_t nb, float* v, float* th) {
+  for (int64_t i = 0; i < nb; ++i) {
+    v[i] = v0[n0 + i];
+    th[i] = p.theta[((n0 + i) / p.theta_inner) % p.theta_period];
+  }
+}
+
+template <bool DECAY, bool HARD, int FMT>
+void forward_block(const Params& p, const float* x, const float* v0, void* out, float* vout,
+                   int64_t n0, int64_t nb) {
+  alignas(64) float v[kBlock];
+  alignas(64) float th[kBlock];
+  alignas(64) uint8_t s8[kBlock];
+  load_block(p, v0, n0, nb, v, th);
+  const int64_t nbytes = (nb + 7) / 8;
+  for (int64_t i = nb; i < nbytes * 8; ++i) s8[i] = 0;  // padding bits of the last byte stay 0
+  const float decay = p.decay, vr = p.v_reset;
+  for (int64_t t = 0; t < p.T; ++t) {
+    const float* xt = x + t * p.N + n0;
+    float* of = static_cast<float*>(out) + t * p.N + n0;
+    uint8_t* ob = static_cast<uint8_t*>(out) + t * p.N + n0;
+#pragma omp simd
+    for (int64_t i = 0; i < nb; ++i) {
+      const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
+      const bool s = h >= th[i];
+      if (FMT == kValue) of[i] = s ? th[i] : 0.0f;
+      if (FMT == kBinary) ob[i] = static_cast<uint8_t>(s);
+      if (FMT == kPacked) s8[i] = static_cast<uint8_t>(s);
+      v[i] = s ? (HARD ? vr : h - th[i]) : h;
+    }
+    if (FMT == kPacked) {
+      uint8_t* op = static_cast<uint8_t*>(out) + t * ((p.N + 7) / 8) + n0 / 8;
+      for (int64_t j = 0; j < nbytes; ++j) {
+        const uint8_t* b = s8 + 8 * j;
+        op[j] = static_cast<uint8_t>(b[0] | (b[1] << 1) | (b[2] << 2) | (b[3] << 3) | (b[4] << 4) |
+                                     (b[5] << 5) | (b[6] << 6) | (b[7] << 7));
+      }
+    }
+  }
+  for (int64_t i = 0; i < nb; ++i) vout[n0 + i] = v[i];
+}
+
+template <int SG>
+inline float surrogate_grad(float u, float alpha) {
+  if (SG == kTriangle) return std::max(0.0f, alpha - alpha * alpha * std::fabs(u));
+  if (SG == kAtan) {
+    const float z = static_cast<float>(M_PI / 2) * alpha * u;
+    return (alpha / 2) / (1.0f + z * z);
+  }
+  const float sg = 1.0f / (1.0f + std::exp(-alpha * u));
+  return alpha * sg * (1.0f - sg);
+}
+
+template <bool DECAY, bool HARD, bool DETACH, int SG>
+void backward_block(const Params& p, const float* x, const float* v0, const float* gy, const float* gv,
+                    float* gx, float* gv0, float* gth, int64_t n0, int64_t nb, float* hbuf) {
+  alignas(64) float v[kBlock];
+  alignas(64) float th[kBlock];
+  alignas(64) float acc[kBlock];
+  load_block(p, v0, n0, nb, v, th);
+  const float decay = p.decay, vr = p.v_reset, alpha = p.alpha;
+  for (int64_t t = 0; t < p.T; ++t) {  // recompute, identical to the forward
+    const float* xt = x + t * p.N + n0;
+    float* ht = hbuf + t * nb;
+#pragma omp simd
+    for (int64_t i = 0; i < nb; ++i) {
+      const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
+      ht[i] = h;
+      v[i] = h >= th[i] ? (HARD ? vr : h - th[i]) : h;
+    }
+  }
+  float* g = v;  // reuse: the membrane is no longer needed
+  for (int64_t i = 0; i < nb; ++i) {
+    g[i] = gv ? gv[n0 + i] : 0.0f;
+    acc[i] = 0.0f;
+  }
+  for (int64_t t = p.T - 1; t >= 0; --t) {
+    const float* ht = hbuf + t * nb;
+    const float* gyt = gy ? gy + t * p.N + n0 : nullptr;
+    float* gxt = gx + t * p.N + n0;
+    for (int64_t i = 0; i < nb; ++i) {
+      const float h = ht[i];
+      const float sg = surrogate_grad<SG>(h - th[i], alpha);
+      const float s = h >= th[i] ? 1.0f : 0.0f;
+      float dvdh, dvdth;
+      if (HARD) {
+        dvdh = DETACH ? 1.0f - s : (1.0f - s) + (vr - h) * sg;
+        dvdth = DETACH ? 0.0f : -((vr - h) * sg);
+      } else {
+        dvdh = DETACH ? 1.0f : 1.0f - th[i] * sg;
+        dvdth = DETACH ? -s : th[i] * sg - s;
+      }
+      float gh = g[i] * dvdh;
+      float ga = g[i] * dvdth;
+      if (gyt) {
+        gh = gh + gyt[i] * th[i] * sg;
+        ga = ga + gyt[i] * (s - th[i] * sg);
+      }
+      gxt[i] = gh;
+      acc[i] += ga;
+      g[i] = DECAY ? gh * decay : gh;
+    }
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    gv0[n0 + i] = g[i];
+    if (gth) gth[n0 + i] = acc[i];
+  }
+}
+
+// ---- argument checking: numpy views handed over by snncompiler/kernels/cpu.py ------------
+template <class T>
+const T* in_ptr(const py::array& a, int64_t n, const char* name) {
+  const bool ok_type = a.dtype().itemsize() == static_cast<py::ssize_t>(sizeof(T)) &&
+                       a.dtype().kind() == (std::is_floating_point<T>::value ? 'f' : 'u');
+  if (!ok_type) throw std::invalid_argument(std::string(name) + ": wrong dtype");
+  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": not contiguous");
+  if (a.size() != n) throw std::invalid_argument(std::string(name) + ": wrong number of elements");
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+T* out_ptr(py::array& a, int64_t n, const char* name) {
+  in_ptr<T>(a, n, name);
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": read-only");
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <class F>
+void parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
+  const int64_t nblocks = (N + block - 1) / block;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, threads)) if (nblocks > 1)
+  for (int64_t b = 0; b < nblocks; ++b) body(b * block, std::min(block, N - b * block));
+}
+
+using FwdFn = void (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
+
+template <bool D, bool H>
+FwdFn pick_fwd(int fmt) {
+  return fmt == kValue ? forward_block<D, H, kValue> : fmt == kBinary ? forward_block<D, H, kBinary>
+                                                                       : forward_block<D, H, kPacked>;
+}
+
+void forward(py::array x, py::array v0, py::array theta, int64_t theta_inner, py::array out, py::array vout,
+             int64_t T, int64_t N, double decay, bool hard, double v_reset, int fmt, int threads) {
+  if (fmt < kValue || fmt > kPacked) throw std::invalid_argument("spike_format: unknown code");
+  if (theta_inner < 1) throw std::invalid_argument("theta_inner: must be >= 1");
+  const int64_t period = theta.size();
+  if (period < 1) throw std::invalid_argument("theta: empty");
+  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f,
+           in_ptr<float>(theta, period, "theta"), theta_inner, period};
+  const float* xp = in_ptr<float>(x, T * N, "x");
+  const float* v0p = in_ptr<float>(v0, N, "v0");
+  void* op = fmt == kValue ? static_cast<void*>(out_ptr<float>(out, T * N, "out"))
+             : fmt == kBinary ? static_cast<void*>(out_ptr<uint8_t>(out, T * N, "out"))
+                              : static_cast<void*>(out_ptr<uint8_t>(out, T * ((N + 7) / 8), "out"));
+  float* vp = out_ptr<float>(vout, N, "vout");
+  const bool dec = p.decay != 1.0f;
+  const FwdFn fn = dec ? (hard ? pick_fwd<true, true>(fmt) : pick_fwd<true, false>(fmt))
+                       : (hard ? pick_fwd<false, true>(fmt) : pick_fwd<false, false>(fmt));
+  py::gil_scoped_release release;
+  // kBlock is a multiple of 8, so packed blocks start on byte boundaries and never share a byte.
+  parallel_blocks(N, kBlock, threads, [&](int64_t n0, int64_t nb) { fn(p, xp, v0p, op, vp, n0, nb); });
+}
+
+using BwdFn = void (*)(const Params&, const float*, const float*, const float*, const float*, float*, float*,
+                       float*, int64_t, int64_t, float*);
+
+template <bool D, bool H, bool Det>
+BwdFn pick_bwd(int sg) {
+  return sg == kTriangle ? backward_block<D, H, Det, kTriangle>
+         : sg == kAtan   ? backward_block<D, H, Det, kAtan>
+                         : backward_block<D, H, Det, kSigmoid>;
+}
+
+template <bool D>
+BwdFn pick_bwd(bool hard, bool detach, int sg) {
+  return hard ? (detach ? pick_bwd<D, true, true>(sg) : pick_bwd<D, true, false>(sg))
+              : (detach ? pick_bwd<D, false, true>(sg) : pick_bwd<D, false, false>(sg));
+}
+
+void backward(py::array x, py::array v0, py::array theta, int64_t theta_inner, std::optional<py::array> gy,
+              std::optional<py::array> gv, py::array gx, py::array gv0, std::optional<py::array> gth, int64_t T,
+              int64_t N, double decay, bool hard, double v_reset, int surrogate, double alpha, bool detach,
+              int threads) {
+  if (surrogate < kTriangle || surrogate > kSigmoid) throw std::invalid_argument("surrogate: unknown code");
+  if (theta_inner < 1) throw std::invalid_argument("theta_inner: must be >= 1");
+  const int64_t period = theta.size();
+  if (period < 1) throw std::invalid_argument("theta: empty");
+  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
+           in_ptr<float>(theta, period, "theta"), theta_inner, period};
+  const float* xp = in_ptr<float>(x, T * N, "x");
+  const float* v0p = in_ptr<float>(v0, N, "v0");
+  const float* gyp = gy ? in_ptr<float>(*gy, T * N, "grad_spikes") : nullptr;
+  const float* gvp = gv ? in_ptr<float>(*gv, N, "grad_v") : nullptr;
+  float* gxp = out_ptr<float>(gx, T * N, "grad_x");
+  float* gv0p = out_ptr<float>(gv0, N, "grad_v0");
+  float* gthp = gth ? out_ptr<float>(*gth, N, "grad_theta") : nullptr;
+  const BwdFn fn = p.decay != 1.0f ? pick_bwd<true>(hard, detach, surrogate) : pick_bwd<false>(hard, detach, surrogate);
+  // The recomputed trajectory of one block, [T, block] floats, should stay in L2 (~256 KiB).
+  const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, (65536 / std::max<int64_t>(T, 1)) / 16 * 16));
+  py::gil_scoped_release release;
+#pragma omp parallel num_threads(std::max(1, threads)) if (N > block)
+  {
+    std::vector<float> hbuf(static_cast<size_t>(std::max<int64_t>(T, 1) * block));
+    const int64_t nblocks = (N + block - 1) / block;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblocks; ++b)
+      fn(p, xp, v0p, gyp, gvp, gxp, gv0p, gthp, b * block, std::min(block, N - b * block), hbuf.data());
+  }
+}
+
+bool has_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_lif_cpu, m) {
+  m.doc() = "Fused multi-step IF/LIF neuron kernels for CPU (see snncompiler/kernels/cpu.py)";
+  m.def("forward", &forward, "Forward over [T, N] float32 buffers", py::arg("x"), py::arg("v0"), py::arg("theta"),
+        py::arg("theta_inner"), py::arg("out"), py::arg("vout"), py::arg("T"), py::arg("N"), py::arg("decay"),
+        py::arg("hard"), py::arg("v_reset"), py::arg("fmt"), py::arg("threads"));
+  m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane", py::arg("x"), py::arg("v0"),
+        py::arg("theta"), py::arg("theta_inner"), py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"),
+        py::arg("grad_v0"), py::arg("grad_theta"), py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"),
+        py::arg("v_reset"), py::arg("surrogate"), py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
+  m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
+}

@@ -1,0 +1,286 @@
+"""``neuron_multistep``: argument checking, backend dispatch, torch.library registration, autograd.
+
+The op is registered as ``torch.ops.snncompiler.neuron_multistep`` (with a fake impl, so it
+traces under torch.compile and FakeTensor) and its backward as
+``torch.ops.snncompiler.neuron_multistep_backward``. Both take an already-validated argument
+list; :func:`neuron_multistep` is the checked public entry point.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import SnncError
+from . import cpu, reference
+from .surrogate import SURROGATES, resolve
+
+FORMATS = ("value", "binary", "packed")
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _triton_usable() -> bool:
+    # find_spec instead of import: triton is heavy and only needed once a kernel runs.
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here: "reference" always, then "cpu", "triton", "cuda" if usable.
+
+    "triton" counts on a machine without a GPU only under TRITON_INTERPRET=1 (slow; for tests).
+    "cuda" counts when a GPU is present and the kernel is built or can be compiled with nvcc.
+    """
+    names = ["reference"]
+    if cpu.available():
+        names.append("cpu")
+    if _triton_usable():
+        names.append("triton")
+    if torch.cuda.is_available():
+        from . import cuda
+
+        if cuda.available():
+            names.append("cuda")
+    return names
+
+
+def _resolve_backend(backend: str, x: Tensor) -> str:
+    """Map "auto" to a concrete backend for x, and check that an explicit one can run x."""
+    if backend == "auto":
+        if x.is_cuda:
+            from . import cuda
+
+            if cuda.available():
+                return "cuda"
+            if _triton_usable():
+                return "triton"
+            _warn_once("gpu", "snncompiler: neither the CUDA kernel nor Triton is usable; "
+                              "running the (slow) PyTorch reference neuron on the GPU")
+            return "reference"
+        if x.dtype == torch.float32 and cpu.available():
+            return "cpu"
+        if x.dtype == torch.float32:
+            _warn_once("cpu", "snncompiler: the C++ neuron kernel (snncompiler.kernels._lif_cpu) is not "
+                              "built; falling back to the PyTorch reference (reinstall with a C++ compiler)")
+        return "reference"
+    if backend == "cpu":
+        if not cpu.available():
+            raise SnncError("backend: 'cpu' requested but the C++ extension snncompiler.kernels._lif_cpu is not built")
+        if x.is_cuda or x.dtype != torch.float32:
+            raise SnncError(f"backend: 'cpu' needs float32 CPU tensors, got {x.dtype} on {x.device}")
+    elif backend == "triton":
+        if not _triton_usable():
+            raise SnncError("backend: 'triton' needs triton and a GPU (or TRITON_INTERPRET=1)")
+    elif backend == "cuda":
+        from . import cuda
+
+        if not x.is_cuda:
+            raise SnncError(f"backend: 'cuda' needs CUDA tensors, got x on {x.device}")
+        if not cuda.available():
+            raise SnncError("backend: 'cuda' requested but the CUDA kernel is neither built nor compilable (nvcc)")
+    if x.dtype in _LOW_PRECISION and not x.is_cuda and backend not in ("reference", "triton"):
+        raise SnncError(f"x: {x.dtype} is supported on CPU only by the reference backend")
+    return backend
+
+
+def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
+    """Describe theta broadcast to ``shape`` (= x.shape[1:]) without expanding it.
+
+    Returns (small, inner): a contiguous float32 vector and a divisor such that flat neuron n
+    uses ``small[(n // inner) % small.numel()]``. Exact whenever theta's non-broadcast axes are
+    adjacent (scalar, per-channel [C,1,1], per-feature [F], full); otherwise theta is expanded.
+    """
+    shape = tuple(shape)
+    tshape = (1,) * (len(shape) - theta.dim()) + tuple(theta.shape)
+    t = theta.to(torch.float32).reshape(tshape)
+    dims = [i for i, (a, b) in enumerate(zip(tshape, shape)) if a != 1 and b != 1]
+    if not dims:
+        return t.reshape(-1)[:1].contiguous(), 1
+    lo, hi = dims[0], dims[-1] + 1
+    if all(tshape[i] == shape[i] for i in range(lo, hi)):
+        return t.reshape(-1).contiguous(), math.prod(shape[hi:])
+    return t.expand(shape).reshape(-1).contiguous(), 1
+
+
+def _flat_v0(v0: Tensor, shape) -> Tensor:
+    return v0.to(torch.float32).expand(shape).contiguous().reshape(-1)
+
+
+# ---- the registered ops -------------------------------------------------------------------
+@torch.library.custom_op("snncompiler::neuron_multistep", mutates_args=())
+def _neuron_op(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
+               spike_format: str, backend: str, surrogate: str, alpha: float,
+               detach_reset: bool) -> tuple[Tensor, Tensor]:
+    """Validated forward: (spikes, v_final). See :func:`neuron_multistep`."""
+    backend = _resolve_backend(backend, x)
+    decay, v_reset = reference.f32(decay), reference.f32(v_reset)
+    if backend == "reference":
+        return reference.neuron_multistep_reference(
+            x, v0, theta, decay=decay, reset="hard" if hard else "soft", v_reset=v_reset,
+            spike_format=spike_format, surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)
+    shape = x.shape[1:]
+    x = x.contiguous()
+    th, inner = theta_layout(theta, shape)
+    if backend == "cpu":
+        return cpu.forward(x, _flat_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+    if backend == "triton":
+        from . import triton_kernel as mod
+    else:
+        from . import cuda as mod
+    return mod.forward(x, _flat_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+
+
+@_neuron_op.register_fake
+def _neuron_op_fake(x, v0, theta, decay, hard, v_reset, spike_format, backend, surrogate, alpha, detach_reset):
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    if spike_format == "value":
+        spikes = x.new_empty(x.shape)
+    elif spike_format == "binary":
+        spikes = x.new_empty(x.shape, dtype=torch.uint8)
+    else:
+        spikes = x.new_empty((T, (n + 7) // 8), dtype=torch.uint8)
+    return spikes, x.new_empty(x.shape[1:], dtype=torch.float32)
+
+
+@torch.library.custom_op("snncompiler::neuron_multistep_backward", mutates_args=())
+def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], x: Tensor, v0: Tensor,
+                        theta: Tensor, decay: float, hard: bool, v_reset: float, backend: str,
+                        surrogate: str, alpha: float, detach_reset: bool,
+                        theta_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Surrogate-gradient backward of the value-format op: (grad_x, grad_v0, grad_theta),
+    shaped like x, v0 and theta (grad_theta is zeros unless ``theta_grad``)."""
+    backend = _resolve_backend(backend, x)
+    decay, v_reset = reference.f32(decay), reference.f32(v_reset)
+    shape = x.shape[1:]
+    gy = None if grad_spikes is None else grad_spikes.to(torch.float32).contiguous()
+    gv = None if grad_v is None else grad_v.to(torch.float32).expand(shape).contiguous()
+    if backend == "cuda":  # the CUDA extension is forward-only; Triton has the fused backward
+        backend = "triton" if _triton_usable() else "reference"
+    if backend == "reference":
+        gx, gv0, gth = reference.neuron_multistep_backward_reference(
+            gy, gv, x, v0, theta, decay=decay, hard=hard, v_reset=v_reset, surrogate=surrogate,
+            alpha=alpha, detach_reset=detach_reset)
+    else:
+        mod = cpu
+        if backend == "triton":
+            from . import triton_kernel as mod
+        th, inner = theta_layout(theta, shape)
+        gx, gv0, gth = mod.backward(gy, gv, x.contiguous(), _flat_v0(v0, shape), th, inner, decay, hard,
+                                    v_reset, SURROGATES[surrogate][0], alpha, detach_reset, theta_grad)
+        gv0 = gv0.reshape(shape)
+        gth = gth.reshape(shape) if gth is not None else None
+    gx = gx.to(x.dtype)
+    gv0 = gv0.sum_to_size(v0.shape).clone()
+    gth = gth.sum_to_size(theta.shape).clone() if theta_grad and gth is not None else torch.zeros_like(theta)
+    return gx, gv0.to(v0.dtype), gth.to(theta.dtype)
+
+
+@_neuron_backward_op.register_fake
+def _neuron_backward_fake(grad_spikes, grad_v, x, v0, theta, decay, hard, v_reset, backend, surrogate,
+                          alpha, detach_reset, theta_grad):
+    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(theta)
+
+
+def _setup_context(ctx, inputs, output):
+    x, v0, theta, decay, hard, v_reset, spike_format, backend, surrogate, alpha, detach_reset = inputs
+    ctx.save_for_backward(x, v0, theta)  # backward recomputes the membrane from these
+    ctx.args = (decay, hard, v_reset, backend, surrogate, alpha, detach_reset)
+    ctx.value_format = spike_format == "value"
+
+
+def _backward(ctx, grad_spikes, grad_v):
+    x, v0, theta = ctx.saved_tensors
+    if not ctx.value_format:  # binary/packed spikes are integers: no gradient flows through them
+        grad_spikes = None
+    gx, gv0, gth = torch.ops.snncompiler.neuron_multistep_backward(
+        grad_spikes, grad_v, x, v0, theta, *ctx.args, ctx.needs_input_grad[2])
+    return gx, gv0, (gth if ctx.needs_input_grad[2] else None), None, None, None, None, None, None, None, None
+
+
+_neuron_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- public entry point -------------------------------------------------------------------
+def _as_state(value, name: str, x: Tensor) -> Tensor:
+    """v0 / theta as a float32 tensor on x's device, checked to broadcast to x[0]."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=torch.float32, device=x.device)
+    if not isinstance(value, Tensor):
+        raise SnncError(f"{name}: expected a float or a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise SnncError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+    if value.device != x.device:
+        raise SnncError(f"{name}: is on {value.device} but x is on {x.device}")
+    try:
+        ok = torch.broadcast_shapes(value.shape, x.shape[1:]) == x.shape[1:]
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise SnncError(f"{name}: shape {tuple(value.shape)} does not broadcast to x[0] of shape {tuple(x.shape[1:])}")
+    return value.to(torch.float32)
+
+
+def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "soft", v_reset: float = 0.0,
+                     backend: str = "auto", spike_format: str = "value", surrogate: str = "atan",
+                     alpha: float | None = None, detach_reset: bool = False) -> tuple[Tensor, Tensor]:
+    """Run T steps of a layer of IF/LIF neurons in one fused kernel: returns (spikes, v_final).
+
+    Per step t (float32 arithmetic, the same order in every backend)::
+
+        h = decay * v + x[t]      (the multiply is skipped when decay == 1: IF)
+        s = h >= theta
+        v = h - theta * s         (reset="soft")   or   v = v_reset if s else h   (reset="hard")
+
+    Args:
+        x: [T, ...] float32 (float16/bfloat16 on GPU; accumulated in float32).
+        v0: initial membrane, float or tensor broadcastable to x[0].
+        theta: threshold, float or tensor broadcastable to x[0] (e.g. [C,1,1] per channel);
+            never expanded to x[0]'s size by the kernels.
+        decay: membrane decay per step, 1.0 for IF, 1 - 1/tau for LIF (0 <= decay <= 1).
+        reset: "soft" (subtract theta) or "hard" (set to v_reset).
+        backend: "auto", "reference", "cpu", "triton" or "cuda" (see available_backends()).
+        spike_format: "value" (theta*s in x's dtype), "binary" (uint8 0/1), or "packed"
+            (uint8 [T, ceil(N/8)], 8 neurons per byte, see pack_spikes).
+        surrogate, alpha: surrogate derivative of the step for training ("triangle", "atan",
+            "sigmoid"; alpha None = that surrogate's default).
+        detach_reset: do not backpropagate through the spike in the reset.
+
+    Returns:
+        spikes in ``spike_format`` and v_final (float32, shape x.shape[1:]). Gradients flow to x,
+        v0 and theta (value format; v_final in every format) through the surrogate.
+    """
+    if not isinstance(x, Tensor):
+        raise SnncError(f"x: expected a tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise SnncError("x: expected a [T, ...] tensor, got a 0-d tensor")
+    if x.dtype != torch.float32 and x.dtype not in _LOW_PRECISION:
+        raise SnncError(f"x: dtype must be float32 (or float16/bfloat16 on GPU), got {x.dtype}")
+    if reset not in ("soft", "hard"):
+        raise SnncError(f"reset: must be 'soft' or 'hard', got {reset!r}")
+    if backend not in BACKENDS:
+        raise SnncError(f"backend: unknown backend {backend!r} (expected one of {list(BACKENDS)})")
+    if spike_format not in FORMATS:
+        raise SnncError(f"spike_format: must be one of {list(FORMATS)}, got {spike_format!r}")
+    if not (isinstance(decay, (int, float)) and 0.0 <= float(decay) <= 1.0):
+        raise SnncError(f"decay: must be a number in [0, 1] (1 = IF, 1 - 1/tau = LIF), got {decay!r}")
+    if not (isinstance(v_reset, (int, float)) and math.isfinite(v_reset)):
+        raise SnncError(f"v_reset: must be a finite number, got {v_reset!r}")
+    _, alpha = resolve(surrogate, alpha)
+    v0 = _as_state(v0, "v0", x)
+    theta = _as_state(theta, "theta", x)
+    return torch.ops.snncompiler.neuron_multistep(x, v0, theta, float(decay), reset == "hard", float(v_reset),
+                                                  spike_format, backend, surrogate, alpha, bool(detach_reset))

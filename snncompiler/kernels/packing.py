@@ -1,0 +1,41 @@
+"""Bit-packed spike trains: 8 neurons per byte.
+
+Layout (``spike_format="packed"``): for spikes of shape [T, *S] with N = prod(S) neurons,
+the packed tensor is uint8 [T, ceil(N / 8)]; neuron n of step t is bit (n % 8) of byte
+[t, n // 8], least-significant bit first (numpy's ``packbits(bitorder="little")`` over the
+flattened neuron axis). Padding bits of the last byte are zero.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import SnncError
+
+
+def _bit_weights(device) -> torch.Tensor:
+    return torch.tensor([1 << i for i in range(8)], dtype=torch.int32, device=device)
+
+
+def pack_spikes(spikes: torch.Tensor) -> torch.Tensor:
+    """Pack a [T, ...] spike tensor (nonzero = spike) into uint8 [T, ceil(N/8)]."""
+    if spikes.dim() < 1:
+        raise SnncError(f"spikes: need a [T, ...] tensor, got a {spikes.dim()}-d tensor")
+    T = spikes.shape[0]
+    n = math.prod(spikes.shape[1:])
+    s = (spikes != 0).reshape(T, n).to(torch.int32)
+    s = torch.nn.functional.pad(s, (0, (-n) % 8)).reshape(T, -1, 8)
+    return (s * _bit_weights(s.device)).sum(-1).to(torch.uint8)
+
+
+def unpack_spikes(packed: torch.Tensor, shape, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Inverse of :func:`pack_spikes`: uint8 [T, ceil(N/8)] -> 0/1 tensor of ``shape`` ([T, ...])."""
+    shape = tuple(int(d) for d in shape)
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise SnncError(f"packed: need a 2-d uint8 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")
+    n = math.prod(shape[1:]) if shape else 0
+    if not shape or packed.shape != (shape[0], (n + 7) // 8):
+        raise SnncError(f"shape: {shape} does not match packed spikes of shape {tuple(packed.shape)}")
+    bits = (packed.to(torch.int32).unsqueeze(-1) & _bit_weights(packed.device)) != 0
+    return bits.reshape(shape[0], -1)[:, :n].reshape(shape).to(dtype)
