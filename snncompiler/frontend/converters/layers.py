@@ -66,7 +66,7 @@ def conv_transpose(node, ctx):
             full = strides[i] * (in_spatial[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
             total = full - target[i]
             small, big = total // 2, total - total // 2
-            upper = auto != "SAME_LOWER"
+            upper = auto == "SAME_UPPER"  # the spec (and onnxruntime): NOTSET puts the odd extra at the start
             begins.append(small if upper else big)
             ends.append(big if upper else small)
         pads = begins + ends
