@@ -1,0 +1,203 @@
+"""The Triton backend: fused multi-step IF/LIF forward and surrogate-gradient backward.
+
+Each program owns a block of neurons and runs the whole time loop over it, keeping the
+membrane (and theta) in registers; x and the spikes are streamed once. theta is gathered
+once per program from a small vector: neuron n uses theta[(n // inner) % period].
+
+Bit-exactness with the reference: h = v * decay + x must round twice, so kernels are
+launched with ``enable_fp_fusion=False`` (no FMA contraction); with decay == 1 the multiply
+is skipped (as in every backend).
+
+The forward works on a [BLOCK/8, 8] tile so that the packed format is a row reduction. The
+backward recomputes the membrane trajectory of its block into a transient global scratch
+buffer ([T, N] float32, allocated per call and freed after) and then walks time backwards.
+
+On a GPU the block size is autotuned; under TRITON_INTERPRET=1 (CPU tests) a fixed block is
+used because the autotuner needs a GPU driver to time configurations.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+FORMATS = {"value": 0, "binary": 1, "packed": 2}
+_INTERPRET_BLOCK = 64
+
+
+@triton.jit
+def _lif_fwd(x_ptr, v0_ptr, th_ptr, out_ptr, vout_ptr, T, N, NBYTES, th_inner, th_period, decay, v_reset,
+             DECAY: tl.constexpr, HARD: tl.constexpr, FMT: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
+    lanes = tl.arange(0, 8)
+    offs = rows[:, None] * 8 + lanes[None, :]
+    mask = offs < N
+    v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
+    th = tl.load(th_ptr + (offs // th_inner) % th_period, mask=mask, other=0.0)
+    for _ in range(T):
+        xt = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if DECAY:
+            h = v * decay + xt
+        else:
+            h = v + xt
+        s = h >= th
+        if FMT == 0:
+            tl.store(out_ptr + offs, tl.where(s, th, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
+            out_ptr += N
+        elif FMT == 1:
+            tl.store(out_ptr + offs, s.to(tl.uint8), mask=mask)
+            out_ptr += N
+        else:
+            # masked lanes must not set padding bits (h = 0 >= theta = 0 there)
+            bits = tl.sum((s & mask).to(tl.int32) << lanes[None, :], axis=1)
+            tl.store(out_ptr + rows, bits.to(tl.uint8), mask=rows < NBYTES)
+            out_ptr += NBYTES
+        if HARD:
+            v = tl.where(s, v_reset, h)
+        else:
+            v = tl.where(s, h - th, h)
+        x_ptr += N
+    tl.store(vout_ptr + offs, v, mask=mask)
+
+
+@triton.jit
+def _surrogate_grad(u, alpha, SG: tl.constexpr):
+    if SG == 0:  # triangle
+        g = tl.maximum(alpha - alpha * alpha * tl.abs(u), 0.0)
+    elif SG == 1:  # atan
+        z = (1.5707963267948966 * alpha) * u
+        g = (alpha * 0.5) / (1.0 + z * z)
+    else:  # sigmoid
+        sig = tl.sigmoid(alpha * u)
+        g = alpha * sig * (1.0 - sig)
+    return g
+
+
+@triton.jit
+def _lif_bwd(x_ptr, v0_ptr, th_ptr, gy_ptr, gv_ptr, gx_ptr, gv0_ptr, gth_ptr, h_ptr, T, N, th_inner, th_period,
+             decay, v_reset, alpha, DECAY: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr,
+             SG: tl.constexpr, HAS_GY: tl.constexpr, HAS_GV: tl.constexpr, HAS_GTH: tl.constexpr,
+             BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
+    th = tl.load(th_ptr + (offs // th_inner) % th_period, mask=mask, other=0.0)
+    for _ in range(T):  # recompute the trajectory, exactly as the forward does
+        xt = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if DECAY:
+            h = v * decay + xt
+        else:
+            h = v + xt
+        tl.store(h_ptr + offs, h, mask=mask)
+        s = h >= th
+        if HARD:
+            v = tl.where(s, v_reset, h)
+        else:
+            v = tl.where(s, h - th, h)
+        x_ptr += N
+        h_ptr += N
+    if HAS_GV:
+        g = tl.load(gv_ptr + offs, mask=mask, other=0.0)
+    else:
+        g = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    gx_ptr += T * N
+    gy_ptr += T * N
+    for _ in range(T):  # reverse time
+        h_ptr -= N
+        gx_ptr -= N
+        gy_ptr -= N
+        h = tl.load(h_ptr + offs, mask=mask, other=0.0)
+        sg = _surrogate_grad(h - th, alpha, SG)
+        s = tl.where(h >= th, 1.0, 0.0)
+        if HARD:
+            if DETACH:
+                dvdh = 1.0 - s
+                dvdth = tl.zeros([BLOCK], dtype=tl.float32)
+            else:
+                dvdh = (1.0 - s) + (v_reset - h) * sg
+                dvdth = -((v_reset - h) * sg)
+        else:
+            if DETACH:
+                dvdh = tl.full([BLOCK], 1.0, tl.float32)
+                dvdth = -s
+            else:
+                dvdh = 1.0 - th * sg
+                dvdth = th * sg - s
+        gh = g * dvdh
+        ga = g * dvdth
+        if HAS_GY:
+            gyt = tl.load(gy_ptr + offs, mask=mask, other=0.0)
+            gh = gh + gyt * th * sg
+            ga = ga + gyt * (s - th * sg)
+        tl.store(gx_ptr + offs, gh, mask=mask)
+        acc += ga
+        if DECAY:
+            g = gh * decay
+        else:
+            g = gh
+    tl.store(gv0_ptr + offs, g, mask=mask)
+    if HAS_GTH:
+        tl.store(gth_ptr + offs, acc, mask=mask)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(kernel_name: str):
+    kernel = {"fwd": _lif_fwd, "bwd": _lif_bwd}[kernel_name]
+    configs = [triton.Config({"BLOCK": b}, num_warps=w) for b in (256, 512, 1024, 2048) for w in (4, 8)]
+    return triton.autotune(configs=configs, key=["T", "N"])(kernel)
+
+
+def _launch(kernel_name: str, n: int, *args, **consts):
+    if _interpreting():
+        kernel = {"fwd": _lif_fwd, "bwd": _lif_bwd}[kernel_name]
+        kernel[(triton.cdiv(n, _INTERPRET_BLOCK),)](*args, **consts, BLOCK=_INTERPRET_BLOCK,
+                                                    enable_fp_fusion=False)
+    else:
+        _tuned(kernel_name)[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts,
+                                                                            enable_fp_fusion=False)
+
+
+def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
+    """Fused forward. x: [T, ...] contiguous (float32/16, bfloat16); v0: float32 [N]; theta:
+    float32 [period] (neuron n uses theta[(n // inner) % period]). Returns (spikes, v_final)."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    nbytes = (n + 7) // 8
+    if spike_format == "packed":
+        out = torch.empty((T, nbytes), dtype=torch.uint8, device=x.device)
+    else:
+        out = torch.empty(x.shape, dtype=x.dtype if spike_format == "value" else torch.uint8, device=x.device)
+    vout = torch.empty(x.shape[1:], dtype=torch.float32, device=x.device)
+    if n == 0:
+        return out, vout
+    _launch("fwd", n, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), decay, v_reset,
+            DECAY=decay != 1.0, HARD=bool(hard), FMT=FORMATS[spike_format])
+    return out, vout
+
+
+def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
+             detach_reset, theta_grad):
+    """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x float32,
+    grad_v0 [N], grad_theta [N] or None), per neuron, before any broadcast reduction."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    dev = x.device
+    gx = torch.empty(x.shape, dtype=torch.float32, device=dev)
+    gv0 = torch.empty(n, dtype=torch.float32, device=dev)
+    gth = torch.empty(n, dtype=torch.float32, device=dev) if theta_grad else None
+    if n == 0:
+        return gx, gv0, gth
+    scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
+    _launch("bwd", n, x, v0, theta, x if grad_spikes is None else grad_spikes, v0 if grad_v is None else grad_v,
+            gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), decay, v_reset, alpha,
+            DECAY=decay != 1.0, HARD=bool(hard), DETACH=bool(detach_reset), SG=int(surrogate_id),
+            HAS_GY=grad_spikes is not None, HAS_GV=grad_v is not None, HAS_GTH=gth is not None)
+    return gx, gv0, gth
