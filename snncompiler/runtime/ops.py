@@ -159,7 +159,10 @@ def _clip_kind(node: Node) -> str:
 @core_op("clip", _clip_kind)
 def clip(node: Node, x):
     """clamp(x, min, max); min/max may be None (unbounded)."""
-    return (torch.clamp(x, node.attrs.get("min"), node.attrs.get("max")),)
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    if lo is None and hi is None:  # Clip without bounds is the identity (torch.clamp refuses it)
+        return (x,)
+    return (torch.clamp(x, lo, hi),)
 
 
 @core_op("leaky_relu", "analog")
