@@ -1,0 +1,124 @@
+"""Every bad-input case: exit status 2, exactly one line on stderr, no traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from snncompiler.workloads import DigitsCNN, export_onnx
+
+
+def snnc(*args):
+    proc = subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, args)], capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    return export_onnx(DigitsCNN(width=4), (1, 8, 8), tmp_path_factory.mktemp("m") / "cnn.onnx")
+
+
+def test_truncated_onnx(model_path, tmp_path):
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(model_path.read_bytes()[:200])
+    rc, _, err = snnc("inspect", bad)
+    assert_one_line_error(rc, err, "truncated.onnx")
+
+
+def test_not_onnx(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model\n" * 10)
+    rc, _, err = snnc("eval", bad, "--data", tmp_path / "missing.npz")
+    assert rc == 2  # data is checked first or the model: either way one line naming a file
+    assert_one_line_error(rc, err)
+
+
+def test_missing_file(tmp_path):
+    rc, _, err = snnc("inspect", tmp_path / "nope.onnx")
+    assert_one_line_error(rc, err, "nope.onnx", "no such file")
+
+
+def test_checker_failure(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    node = helper.make_node("Relu", ["undefined_input"], ["y"], name="broken_relu")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(model.SerializeToString())
+    rc, _, err = snnc("inspect", path)
+    assert_one_line_error(rc, err, "broken.onnx", "checker")
+
+
+def test_unsupported_op(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    node = helper.make_node("Erf", ["x"], ["y"], name="my_erf")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "erf.onnx"
+    path.write_bytes(model.SerializeToString())
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 4), np.float32))
+    rc, _, err = snnc("run", path, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert_one_line_error(rc, err, "my_erf", "Erf", "ai.onnx")
+    # inspect still lists it instead of failing
+    rc, out, _ = snnc("inspect", path)
+    assert rc == 0 and "unsupported" in out
+
+
+def test_wrong_input_shape(model_path, tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 1, 9, 9), np.float32), y=np.zeros(3, np.int64))
+    for engine in ("onnxruntime", "torch"):
+        rc, _, err = snnc("eval", model_path, "--data", tmp_path / "x.npz", "--engine", engine)
+        assert_one_line_error(rc, err, "'x'", "9")
+
+
+def test_wrong_dtype(model_path, tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 1, 8, 8), np.int32), y=np.zeros(3, np.int64))
+    rc, _, err = snnc("eval", model_path, "--data", tmp_path / "x.npz")
+    assert_one_line_error(rc, err, "x.npz", "float32")
+
+
+def test_npz_without_x(model_path, tmp_path):
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((3, 1, 8, 8), np.float32))
+    rc, _, err = snnc("run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "y.npz")
+    assert_one_line_error(rc, err, "d.npz", "'x'", "--input")
+
+
+def test_nan_and_inf_in_data(model_path, tmp_path):
+    for bad in (np.nan, np.inf):
+        x = np.zeros((3, 1, 8, 8), np.float32)
+        x[1, 0, 2, 2] = bad
+        np.savez(tmp_path / "d.npz", x=x, y=np.zeros(3, np.int64))
+        rc, _, err = snnc("eval", model_path, "--data", tmp_path / "d.npz")
+        assert_one_line_error(rc, err, "d.npz", "NaN/Inf", "sample 1")
+
+
+def test_eval_without_labels(model_path, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 1, 8, 8), np.float32))
+    rc, _, err = snnc("eval", model_path, "--data", tmp_path / "d.npz")
+    assert_one_line_error(rc, err, "'y'")
+
+
+def test_bad_usage_is_one_line():
+    rc, _, err = snnc("eval")
+    assert_one_line_error(rc, err, "--data")
+
+
+def test_debug_shows_traceback(tmp_path):
+    rc, _, err = snnc("inspect", tmp_path / "nope.onnx", "--debug")
+    assert rc == 2 and "Traceback" in err

@@ -1,0 +1,72 @@
+"""IR invariants, readable listing, the Python API and the run/eval/inspect commands."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import snncompiler as snnc
+from snncompiler.ir import IRError, Node
+from snncompiler.workloads import DigitsCNN, export_onnx
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    return export_onnx(DigitsCNN(width=4), (1, 8, 8), tmp_path_factory.mktemp("m") / "cnn.onnx")
+
+
+def test_listing_and_validation(model_path):
+    graph = snnc.load_graph(model_path)
+    text = str(graph)
+    assert text.startswith("graph ") and "conv(" in text and "maxpool(" in text and "linear(" in text
+    broken = graph.copy()
+    broken.nodes[1].inputs = ["nowhere"]
+    with pytest.raises(IRError, match=broken.nodes[1].name):
+        broken.validate()
+    dup = graph.copy()
+    dup.nodes.append(Node("relu", "extra", [dup.nodes[0].outputs[0]], [dup.nodes[0].outputs[0]]))
+    with pytest.raises(IRError, match="extra"):
+        dup.validate()
+
+
+def test_load_is_batch_polymorphic(model_path):
+    model = snnc.load(model_path)
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        x = np.random.default_rng(n).standard_normal((n, 1, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(model(x), sess.run(None, {"x": x})[0], atol=1e-5)
+    out = model(torch.zeros(2, 1, 8, 8))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+def test_cli_run_eval_inspect(model_path, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = ref.argmax(1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cli = [sys.executable, "-m", "snncompiler.cli"]
+    subprocess.run(cli + ["run", str(model_path), "--input", str(tmp_path / "d.npz"), "-o", str(tmp_path / "y.npz"),
+                          "--batch-size", "4"], check=True, capture_output=True)
+    with np.load(tmp_path / "y.npz") as out:
+        np.testing.assert_allclose(out["y"], ref, atol=1e-5)
+    for engine in ("onnxruntime", "torch"):
+        proc = subprocess.run(cli + ["eval", str(model_path), "--data", str(tmp_path / "d.npz"), "--json",
+                                     "--engine", engine], check=True, capture_output=True, text=True)
+        result = json.loads(proc.stdout)
+        assert result["samples"] == 6 and result["ann_accuracy"] == 1.0  # labels are the model's own argmax
+    proc = subprocess.run(cli + ["inspect", str(model_path), "--json"], check=True, capture_output=True, text=True)
+    info = json.loads(proc.stdout)
+    convs = [r for r in info["nodes"] if r["core_op"] == "conv"]
+    assert len(convs) == 3 and convs[0]["macs"] == 4 * 8 * 8 * 9
+    # the exporter folds BatchNorm into the convs, so exactly the conv and linear parameters remain
+    layers = [m for m in DigitsCNN(width=4).modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert info["totals"]["parameters"] == sum(p.numel() for m in layers for p in m.parameters())
+    kinds = {r["core_op"]: r["conversion"] for r in info["nodes"]}
+    assert kinds["relu"] == "spiking" and kinds["conv"] == "linear"

@@ -1,0 +1,50 @@
+"""Frontend + runtime parity with onnxruntime on torchvision architectures (random init, eval mode)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from snncompiler.frontend import load_graph
+from snncompiler.runtime import run_graph
+
+tv = pytest.importorskip("torchvision")
+
+# (architecture, smallest input side this architecture exports and runs at, constructor kwargs)
+ARCHS = {
+    "resnet18": (32, {}),
+    "vgg11_bn": (224, {}),
+    "mobilenet_v2": (32, {}),
+    "densenet121": (32, {}),
+    "squeezenet1_0": (64, {}),
+    "shufflenet_v2_x1_0": (32, {}),
+    "googlenet": (32, {"aux_logits": False, "init_weights": True}),
+    "alexnet": (224, {}),
+    "efficientnet_b0": (32, {}),
+}
+OPSETS = (11, 17)  # the TorchScript exporter's range; 21 is covered by the per-operator tests
+
+
+def export(arch: str, opset: int, path) -> np.ndarray:
+    side, kwargs = ARCHS[arch]
+    torch.manual_seed(0)
+    model = getattr(tv.models, arch)(weights=None, **kwargs).eval()
+    x = torch.randn(2, 3, side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["x"])
+    return x.numpy()
+
+
+@pytest.mark.parametrize("arch,opset", [(a, o) for a in ARCHS for o in OPSETS])
+def test_torchvision_parity(arch, opset, tmp_path):
+    path = tmp_path / f"{arch}.onnx"
+    x = export(arch, opset, path)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = run_graph(load_graph(path), x)
+    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
+    assert got.shape == ref.shape
+    assert float(np.abs(got - ref).max()) <= tol
