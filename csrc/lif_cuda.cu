@@ -1,0 +1,112 @@
+// Fused multi-step IF/LIF neuron forward on CUDA, with a plain C launcher (no torch headers).
+//
+// Same semantics as snncompiler/kernels/reference.py, bit for bit in float32: one thread per
+// neuron runs the whole time loop with the membrane in a register; x[t] and the spikes are
+// read/written coalesced (consecutive threads = consecutive neurons). All arithmetic uses
+// explicit round-to-nearest intrinsics (__fmul_rn/__fadd_rn/__fsub_rn) so nvcc can never
+// contract decay*v + x into an FMA the oracle does not do (also built with --fmad=false).
+// theta is a small vector: neuron n uses theta[(n / inner) % period].
+//
+// Packed spikes: a warp's 32 consecutive neurons give one __ballot_sync word = 4 bytes,
+// written by lanes 0..3. Block size is a multiple of 32 and threads past N stay in the loop
+// (inactive) so every ballot sees a full warp.
+//
+// The backward for CUDA tensors runs on the Triton kernel (snncompiler/kernels/triton_kernel.py).
+// Python loads this file as a shared library through ctypes (snncompiler/kernels/cuda.py);
+// `nvcc -c` on it alone is the CI check that it still compiles for sm_80 and sm_90.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T, bool DECAY, bool HARD, int FMT>
+__global__ void __launch_bounds__(kThreads) lif_forward_kernel(
+    const T* __restrict__ x, const float* __restrict__ v0, const float* __restrict__ theta, int64_t inner,
+    int64_t period, void* __restrict__ out, float* __restrict__ vout, int64_t steps, int64_t N, float decay,
+    float v_reset) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool active = n < N;
+  const int64_t nbytes = (N + 7) / 8;
+  float v = active ? v0[n] : 0.0f;
+  const float th = active ? theta[(n / inner) % period] : 0.0f;
+  const T th_out = from_f32<T>(th);
+  const T zero_out = from_f32<T>(0.0f);
+  for (int64_t t = 0; t < steps; ++t) {
+    const float xt = active ? to_f32<T>(x[t * N + n]) : 0.0f;
+    const float h = DECAY ? __fadd_rn(__fmul_rn(v, decay), xt) : __fadd_rn(v, xt);
+    const bool s = active && h >= th;
+    if (FMT == 0) {
+      if (active) static_cast<T*>(out)[t * N + n] = s ? th_out : zero_out;
+    } else if (FMT == 1) {
+      if (active) static_cast<uint8_t*>(out)[t * N + n] = s ? 1 : 0;
+    } else {
+      const unsigned word = __ballot_sync(0xffffffffu, s);
+      const int lane = threadIdx.x & 31;
+      const int64_t byte = (n - lane) / 8 + lane;
+      if (lane < 4 && byte < nbytes) static_cast<uint8_t*>(out)[t * nbytes + byte] = (word >> (8 * lane)) & 0xffu;
+    }
+    v = s ? (HARD ? v_reset : __fsub_rn(h, th)) : h;
+  }
+  if (active) vout[n] = v;
+}
+
+template <typename T, bool DECAY, bool HARD>
+cudaError_t launch_fmt(const void* x, const float* v0, const float* theta, int64_t inner, int64_t period, void* out,
+                       int fmt, float* vout, int64_t steps, int64_t N, float decay, float v_reset, cudaStream_t s) {
+  const int64_t blocks = (N + kThreads - 1) / kThreads;
+  if (blocks == 0) return cudaSuccess;
+  const T* xp = static_cast<const T*>(x);
+  if (fmt == 0)
+    lif_forward_kernel<T, DECAY, HARD, 0><<<blocks, kThreads, 0, s>>>(xp, v0, theta, inner, period, out, vout, steps, N, decay, v_reset);
+  else if (fmt == 1)
+    lif_forward_kernel<T, DECAY, HARD, 1><<<blocks, kThreads, 0, s>>>(xp, v0, theta, inner, period, out, vout, steps, N, decay, v_reset);
+  else
+    lif_forward_kernel<T, DECAY, HARD, 2><<<blocks, kThreads, 0, s>>>(xp, v0, theta, inner, period, out, vout, steps, N, decay, v_reset);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_dtype(const void* x, const float* v0, const float* theta, int64_t inner, int64_t period, void* out,
+                         int fmt, float* vout, int64_t steps, int64_t N, float decay, int hard, float v_reset,
+                         cudaStream_t s) {
+  const bool dec = decay != 1.0f;  // IF: skip the multiply, like every other backend
+  if (dec && hard) return launch_fmt<T, true, true>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, v_reset, s);
+  if (dec) return launch_fmt<T, true, false>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, v_reset, s);
+  if (hard) return launch_fmt<T, false, true>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, v_reset, s);
+  return launch_fmt<T, false, false>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, v_reset, s);
+}
+
+}  // namespace
+
+extern "C" {
+
+// dtype: 0 float32, 1 float16, 2 bfloat16 (of x and of value-format spikes).
+// fmt: 0 value, 1 binary (uint8), 2 packed (uint8 [steps, ceil(N/8)]). Returns a cudaError_t.
+int snnc_lif_forward(const void* x, int dtype, const float* v0, const float* theta, int64_t inner, int64_t period,
+                     void* out, int fmt, float* vout, int64_t steps, int64_t N, float decay, int hard, float v_reset,
+                     void* stream) {
+  if (dtype < 0 || dtype > 2 || fmt < 0 || fmt > 2 || inner < 1 || period < 1) return cudaErrorInvalidValue;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (dtype == 0) return launch_dtype<float>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, hard, v_reset, s);
+  if (dtype == 1) return launch_dtype<__half>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, hard, v_reset, s);
+  return launch_dtype<__nv_bfloat16>(x, v0, theta, inner, period, out, fmt, vout, steps, N, decay, hard, v_reset, s);
+}
+
+const char* snnc_lif_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+}  // extern "C"
