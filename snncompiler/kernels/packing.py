@@ -25,7 +25,7 @@ def pack_spikes(spikes: torch.Tensor) -> torch.Tensor:
     T = spikes.shape[0]
     n = math.prod(spikes.shape[1:])
     s = (spikes != 0).reshape(T, n).to(torch.int32)
-    s = torch.nn.functional.pad(s, (0, (-n) % 8)).reshape(T, -1, 8)
+    s = torch.nn.functional.pad(s, (0, (-n) % 8)).reshape(T, (n + 7) // 8, 8)
     return (s * _bit_weights(s.device)).sum(-1).to(torch.uint8)
 
 
@@ -38,4 +38,4 @@ def unpack_spikes(packed: torch.Tensor, shape, dtype: torch.dtype = torch.uint8)
     if not shape or packed.shape != (shape[0], (n + 7) // 8):
         raise SnncError(f"shape: {shape} does not match packed spikes of shape {tuple(packed.shape)}")
     bits = (packed.to(torch.int32).unsqueeze(-1) & _bit_weights(packed.device)) != 0
-    return bits.reshape(shape[0], -1)[:, :n].reshape(shape).to(dtype)
+    return bits.reshape(shape[0], packed.shape[1] * 8)[:, :n].reshape(shape).to(dtype)

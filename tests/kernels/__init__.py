@@ -1,0 +1,1 @@
+"""Tests of the fused neuron kernels (snncompiler.kernels)."""

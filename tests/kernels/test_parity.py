@@ -1,0 +1,190 @@
+"""Forward parity: every kernel backend reproduces the reference oracle exactly.
+
+Spikes must be identical (every format) and the final membrane within 1e-6 in float32,
+over hypothesis-drawn T, shapes, theta layouts, decay, reset modes and v0. "Quantized"
+examples use inputs on a 1/8 grid so that h lands exactly on theta and the >= boundary is
+exercised, not just avoided.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snncompiler.kernels import neuron_multistep, neuron_multistep_reference, theta_layout
+
+from .conftest import device_for
+
+THETA_LAYOUTS = ("float", "0d", "channel", "last", "full", "gapped")
+
+
+@st.composite
+def cases(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=4)))
+    return dict(
+        T=draw(st.integers(1, 9)),
+        shape=shape,
+        layout=draw(st.sampled_from(THETA_LAYOUTS)),
+        decay=draw(st.sampled_from([1.0, 0.5, 0.75, 0.9]) | st.floats(0.0, 1.0)),
+        reset=draw(st.sampled_from(["soft", "hard"])),
+        v_reset=draw(st.sampled_from([0.0, -0.5, 0.25])),
+        v0=draw(st.sampled_from(["float", "full", "broadcast"])),
+        quantized=draw(st.booleans()),
+        signed_theta=draw(st.booleans()),
+        fmt=draw(st.sampled_from(["value", "binary", "packed"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def theta_shape(layout: str, shape: tuple) -> tuple | None:
+    """The shape of theta for a layout (None: a Python float)."""
+    nd = len(shape)
+    if layout == "float":
+        return None
+    if layout == "0d":
+        return ()
+    if layout == "channel":  # [C, 1, 1] for [B, C, H, W]
+        axis = 1 if nd > 1 else 0
+        return (shape[axis],) + (1,) * (nd - axis - 1)
+    if layout == "last":  # per-feature [F]
+        return (shape[-1],)
+    if layout == "gapped" and nd >= 3:  # non-adjacent axes: the layout must expand it
+        return (shape[0], 1, shape[2]) + tuple(shape[3:])
+    return shape
+
+
+def make_inputs(c, device="cpu", dtype=torch.float32):
+    """x, v0, theta for a drawn case (deterministic in c["seed"])."""
+    g = torch.Generator().manual_seed(c["seed"])
+    shape, T = c["shape"], c["T"]
+    if c["quantized"]:
+        x = torch.randint(-4, 9, (T, *shape), generator=g) / 8.0
+        pool = torch.tensor([0.5, 1.0, 1.5] + ([-0.5, 0.0] if c["signed_theta"] else []))
+    else:
+        x = torch.randn((T, *shape), generator=g) * 0.7 + 0.2
+        pool = None
+    ts = theta_shape(c["layout"], shape)
+    if ts is None:
+        theta = 1.0 if c["quantized"] else float(torch.rand((), generator=g)) + 0.25
+    elif pool is not None:
+        theta = pool[torch.randint(0, len(pool), ts, generator=g)]
+    else:
+        theta = torch.rand(ts, generator=g) * 1.5 + 0.25
+        if c["signed_theta"]:
+            theta = theta - 0.5
+    if c["v0"] == "float":
+        v0 = 0.125
+    elif c["v0"] == "full":
+        v0 = torch.randint(-4, 5, shape, generator=g) / 8.0 if c["quantized"] else torch.randn(shape, generator=g) * 0.3
+    else:
+        v0 = torch.randn(shape[-1:], generator=g) * 0.3
+    to = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
+    x = to(x).to(dtype)
+    v0 = to(v0) if isinstance(v0, torch.Tensor) else v0
+    theta = to(theta) if isinstance(theta, torch.Tensor) else theta
+    return x, v0, theta
+
+
+def check_case(c, backend, dtype=torch.float32):
+    x, v0, theta = make_inputs(c, device_for(backend), dtype)
+    kw = dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"], spike_format=c["fmt"])
+    s, v = neuron_multistep(x, v0, theta, backend=backend, **kw)
+    rs, rv = neuron_multistep_reference(x.cpu(), v0 if not isinstance(v0, torch.Tensor) else v0.cpu(),
+                                        theta if not isinstance(theta, torch.Tensor) else theta.cpu(), **kw)
+    assert s.dtype == rs.dtype and s.shape == rs.shape
+    assert torch.equal(s.cpu(), rs), f"spikes differ ({(s.cpu() != rs).sum().item()} entries)"
+    assert v.dtype == torch.float32 and v.shape == x.shape[1:]
+    torch.testing.assert_close(v.cpu(), rv, rtol=0, atol=1e-6)
+
+
+_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(max_examples=150, **_SETTINGS)
+@given(c=cases())
+def test_cpu_matches_reference(c):
+    pytest.importorskip("snncompiler.kernels._lif_cpu", reason="C++ extension not built")
+    check_case(c, "cpu")
+
+
+@settings(max_examples=60, **_SETTINGS)  # the Triton interpreter is slow: few, small cases
+@given(c=cases())
+def test_triton_matches_reference(c):
+    from snncompiler.kernels import available_backends
+
+    if "triton" not in available_backends():
+        pytest.skip("triton needs a GPU or TRITON_INTERPRET=1")
+    check_case(c, "triton")
+
+
+@settings(max_examples=100, **_SETTINGS)
+@given(c=cases())
+def test_cuda_matches_reference(c):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    check_case(c, "cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(backend, dtype):
+    """x in float16/bfloat16: spikes in x's dtype, membrane accumulated and returned in float32."""
+    if backend == "cpu":
+        pytest.skip("the C++ kernel is float32-only (low precision is a GPU format)")
+    if backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
+        pytest.skip("the Triton interpreter truncates float32->bfloat16 casts (GPUs round to nearest even)")
+    c = dict(T=5, shape=(3, 17), layout="channel", decay=0.75, reset="soft", v_reset=0.0, v0="full",
+             quantized=False, signed_theta=False, fmt="value", seed=3)
+    check_case(c, backend, dtype)
+
+
+def test_edge_sizes(backend):
+    """T = 0 (no steps: v_final = v0) and N = 0 (no neurons) run and match the reference."""
+    dev = device_for(backend)
+    for T, shape in [(0, (4, 3)), (3, (0, 5)), (1, (1,))]:
+        x = torch.randn((T, *shape), device=dev)
+        v0 = torch.full(shape, 0.3, device=dev)
+        for fmt in ("value", "binary", "packed"):
+            s, v = neuron_multistep(x, v0, 0.5, backend=backend, spike_format=fmt)
+            rs, rv = neuron_multistep_reference(x.cpu(), v0.cpu(), 0.5, spike_format=fmt)
+            assert torch.equal(s.cpu(), rs) and torch.equal(v.cpu(), rv)
+            assert v.data_ptr() != v0.data_ptr() or v.numel() == 0  # never aliases the input
+
+
+def test_inputs_not_mutated_and_strided_x(backend):
+    dev = device_for(backend)
+    x = torch.randn(4, 6, 5, device=dev).transpose(1, 2)  # non-contiguous
+    v0 = torch.randn(5, 6, device=dev)
+    x0, v00 = x.clone(), v0.clone()
+    s, v = neuron_multistep(x, v0, 0.4, backend=backend, decay=0.5)
+    rs, rv = neuron_multistep_reference(x.cpu(), v0.cpu(), 0.4, decay=0.5)
+    assert torch.equal(x, x0) and torch.equal(v0, v00)
+    assert torch.equal(s.cpu(), rs)
+    torch.testing.assert_close(v.cpu(), rv, rtol=0, atol=1e-6)
+
+
+def test_known_trajectory():
+    """A hand-computed IF/LIF trace: the reference itself is checked against arithmetic."""
+    x = torch.tensor([[0.6], [0.6], [0.6], [0.0], [1.0]])
+    s, v = neuron_multistep_reference(x, 0.0, 1.0)  # IF, soft: h = .6 1.2(fire->.2) .8 .8 1.8(fire->.8)
+    assert s.flatten().tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
+    assert v.item() == pytest.approx(0.8, abs=1e-6)
+    s, v = neuron_multistep_reference(x, 0.0, 1.0, decay=0.5, reset="hard", v_reset=-0.25)
+    # h = .6, .9, 1.05 (fire -> -.25), -.125, .9375
+    assert s.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert v.item() == pytest.approx(0.9375, abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", THETA_LAYOUTS)
+def test_theta_layout_is_small(layout):
+    """theta_layout indexes like a broadcast but keeps theta small (except the gapped layout)."""
+    shape = (2, 3, 4, 5)
+    ts = theta_shape(layout, shape)
+    theta = torch.arange(math.prod(ts or ()), dtype=torch.float32).reshape(ts or ()) + 1
+    small, inner = theta_layout(theta, shape)
+    n = torch.arange(math.prod(shape))
+    assert torch.equal(small[(n // inner) % small.numel()], theta.expand(shape).reshape(-1))
+    if layout != "gapped":
+        assert small.numel() == max(1, theta.numel())
