@@ -372,13 +372,22 @@ def split(node: Node, x):
 def slice_(node: Node, x):
     """Strided slice with constant starts/ends/axes/steps (negative steps included)."""
     for start, end, axis, step in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"], node.attrs["steps"]):
-        dim = x.shape[axis]
-        idx = list(range(*slice(start, end, step).indices(dim)))
+        idx = list(_onnx_slice_range(start, end, step, x.shape[axis]))
         if step == 1 and idx:
             x = x.narrow(axis, idx[0], len(idx))
         else:
             x = torch.index_select(x, axis, torch.tensor(idx, dtype=torch.long, device=x.device))
     return (x,)
+
+
+def _onnx_slice_range(start: int, end: int, step: int, dim: int) -> range:
+    """ONNX Slice bounds: negatives count from the end, then starts clamp to [0, dim] ([0, dim-1]
+    for negative steps) and ends to [0, dim] ([-1, dim-1]); unlike Python's slice, a start before
+    the axis with a negative step still selects element 0."""
+    start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
+    if step > 0:
+        return range(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
 
 
 @core_op("gather", "linear")
@@ -532,3 +541,23 @@ def constant(node: Node):
 def unsupported(node: Node, *xs):
     """Placeholder for an ONNX op without a converter, kept only so ``inspect`` can list it."""
     raise SnncError(f"{node.where}: operator {node.attrs.get('op_type')} (domain '{node.attrs.get('domain') or 'ai.onnx'}') is not supported")
+
+
+# ---- spiking ---------------------------------------------------------------------------
+def channel_view(t: torch.Tensor, x: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Reshape a per-channel [C] (or scalar) parameter so it broadcasts against x along ``axis``."""
+    if t.numel() == 1:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+@core_op("neuron", "spiking")
+def neuron(node: Node, x):
+    """A spiking neuron in ANN mode: clip(x, 0, θ), θ per tensor or per channel.
+
+    The spiking runtime (runtime/snn.py) runs the same node as an IF/LIF neuron over time;
+    this ANN form is what it approximates, which separates clipping from flooring error.
+    """
+    return (torch.minimum(torch.relu(x), channel_view(node.params["theta"], x)),)

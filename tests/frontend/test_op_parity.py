@@ -512,3 +512,117 @@ def test_variadic(op, opset, n_inputs, with_const):
         names.insert(1, "c")
     m = build([helper.make_node(op, names, ["y"])], inputs, ["y"], inits, opset)
     check(m, *[rand(s, i) for i, (_, s) in enumerate(inputs)], what=f"{op} of {names}")
+
+
+# =====================================================================================
+# Data movement
+# =====================================================================================
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2])
+def test_concat(opset, axis):
+    if opset < 11 and axis < 0:
+        pytest.skip("negative axis exists from opset 11")
+    shape = [2, 3, 4]
+    c_shape = list(shape)
+    c_shape[axis] = 2
+    x2_shape = list(shape)
+    x2_shape[axis] = 1
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r", "c", "x2", "x"], ["y"], axis=axis)]
+    m = build(nodes, [("x", shape), ("x2", x2_shape)], ["y"], [init("c", rand(c_shape, 5))], opset)
+    check(m, rand(shape, 1), rand(x2_shape, 2), what=f"Concat axis={axis}")
+
+
+@HYP
+@given(rank=st.integers(2, 4), axis=st.integers(-4, 3), form=st.sampled_from(["equal", "sizes", "num_outputs"]),
+       n_out=st.integers(1, 4), opset=st.sampled_from([9, 11, 13, 18, 21]), data=st.data())
+def test_split_hypothesis(rank, axis, form, n_out, opset, data):
+    assume(-rank <= axis < rank)
+    shape = [2, 5, 6, 7][:rank]
+    dim = shape[axis]
+    attrs, consts = {"axis": axis}, []
+    if opset < 11 and axis < 0:
+        assume(False)
+    if form == "sizes":
+        cuts = sorted(data.draw(st.lists(st.integers(0, dim), min_size=n_out - 1, max_size=n_out - 1)))
+        sizes = [b - a for a, b in zip([0] + cuts, cuts + [dim])]
+        if opset >= 13:
+            consts.append(("split", np.array(sizes, np.int64)))
+        else:
+            attrs["split"] = sizes
+    elif form == "num_outputs":
+        assume(opset >= 18)
+        attrs["num_outputs"] = n_out
+    else:
+        assume(dim % n_out == 0 or opset >= 18)
+    outs = [f"y{i}" for i in range(n_out)]
+    names = ["x"] + [c[0] for c in consts]
+    m = build_or_skip([helper.make_node("Split", names, outs, **attrs)], [("x", shape)], outs,
+                      [init(*c) for c in consts], opset)
+    check_or_skip(m, rand(shape, 1), what=f"Split {form} {attrs} {consts}")
+
+
+@pytest.mark.parametrize("opset,form", [(9, "equal"), (11, "attr"), (13, "input"), (18, "num_outputs"), (21, "input"),
+                                        (21, "num_outputs")])
+def test_split_forms(opset, form):
+    shape = [2, 6, 7]
+    attrs, consts, n_out = {"axis": 2 if form == "num_outputs" else 1}, [], 3
+    if form == "attr":
+        attrs["split"] = [1, 2, 3]
+    elif form == "input":
+        consts.append(("split", np.array([1, 2, 3], np.int64)))
+    elif form == "num_outputs":
+        attrs["num_outputs"] = 3  # 7 = 3 + 3 + 1: the last chunk is smaller
+    outs = [f"y{i}" for i in range(n_out)]
+    m = build([helper.make_node("Split", ["x"] + [c[0] for c in consts], outs, **attrs)], [("x", shape)], outs,
+              [init(*c) for c in consts], opset)
+    check(m, rand(shape, 1), what=f"Split {form}")
+
+
+_BOUND = st.one_of(st.integers(-9, 9), st.sampled_from([2 ** 63 - 1, -(2 ** 63), 2 ** 31 - 1, -(2 ** 31)]))
+
+
+@HYP
+@given(n_axes=st.integers(1, 3), data=st.data(), opset=st.sampled_from([9, 10, 13, 21]), seed=st.integers(0, 99))
+def test_slice_hypothesis(n_axes, data, opset, seed):
+    shape = [2, 5, 6, 7]
+    axes = data.draw(st.lists(st.integers(-4, 3), min_size=n_axes, max_size=n_axes, unique_by=lambda a: a % 4))
+    starts = data.draw(st.lists(_BOUND, min_size=n_axes, max_size=n_axes))
+    ends = data.draw(st.lists(_BOUND, min_size=n_axes, max_size=n_axes))
+    steps = data.draw(st.lists(st.sampled_from([1, 1, 2, 3, -1, -2]), min_size=n_axes, max_size=n_axes))
+    with_axes = data.draw(st.booleans())
+    if opset < 10:
+        assume(all(a >= 0 for a in axes))
+        attrs = {"starts": starts, "ends": ends}
+        if with_axes:
+            attrs["axes"] = axes
+        else:
+            assume(n_axes == len(axes))
+        node = helper.make_node("Slice", ["x"], ["y"], **attrs)
+        inits = []
+        what = f"Slice {attrs}"
+    else:
+        if not with_axes:
+            axes = list(range(n_axes))
+        inits = [init("starts", np.array(starts, np.int64)), init("ends", np.array(ends, np.int64)),
+                 init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
+        node = helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])
+        what = f"Slice starts={starts} ends={ends} axes={axes} steps={steps}"
+    m = build_or_skip([node], [("x", shape)], ["y"], inits, opset)
+    check_or_skip(m, rand(shape, seed), what=what)
+
+
+@pytest.mark.parametrize("opset", [10, 13, 21])
+@pytest.mark.parametrize("starts,ends,axes,steps", [
+    ([-1], [-100], [1], [-1]),           # reverse a whole axis
+    ([-100], [-100], [2], [-1]),         # start before the axis with a negative step
+    ([100], [0], [3], [-2]),             # start past the end with a negative step
+    ([1, -2], [-1, 100], [-1, 1], [2, 1]),
+    ([0], [2 ** 63 - 1], [0], [1]),      # the batch axis, INT64_MAX end
+    ([3], [3], [2], [1]),                # empty
+])
+def test_slice_edges(opset, starts, ends, axes, steps):
+    shape = [2, 5, 6, 7]
+    inits = [init("starts", np.array(starts, np.int64)), init("ends", np.array(ends, np.int64)),
+             init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
+    m = build([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])], [("x", shape)], ["y"], inits, opset)
+    check(m, rand(shape, 1), what=f"Slice {starts} {ends} {axes} {steps}")
