@@ -20,13 +20,24 @@ def load_graph(path, *, lenient: bool = False) -> Graph:
 
 
 def load(path, *, device: str = "cpu"):
-    """Load an ONNX model and return a callable running it with snnc's torch runtime.
+    """Load a model: a compiled artifact gives a :class:`CompiledModel`, a plain ONNX ANN a callable.
 
-    The callable takes numpy arrays or tensors of any batch size and returns the same kind.
+    The ANN callable takes numpy arrays or tensors of any batch size and returns the same kind.
     """
+    from .compiler import from_artifact
     from .runtime import Executor
 
-    return Executor(load_graph(path), device)
+    graph = load_graph(path)
+    if graph.find("neuron"):
+        return from_artifact(graph)
+    return Executor(graph, device)
 
 
-__all__ = ["load", "load_graph", "Graph", "Node", "Value", "SnncError", "__version__"]
+def compile(model, calib_data, **options):  # noqa: A001 - the public name
+    """Compile an ANN into a spiking model (see :func:`snncompiler.compiler.compile`)."""
+    from .compiler import compile as _compile
+
+    return _compile(model, calib_data, **options)
+
+
+__all__ = ["load", "compile", "load_graph", "Graph", "Node", "Value", "SnncError", "__version__"]

@@ -54,8 +54,11 @@ class Ctx:
         self.dtypes: dict[str, int] = {}
         for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
             tt = vi.type.tensor_type
-            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-                self.shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+            dims = list(tt.shape.dim) if tt.HasField("shape") else None
+            # a symbolic leading dim is the batch axis, pinned to 1 like the graph inputs
+            if dims is not None and all(d.HasField("dim_value") for d in dims[1:]):
+                self.shapes[vi.name] = tuple(int(d.dim_value) if i or d.HasField("dim_value") else 1
+                                             for i, d in enumerate(dims))
             self.dtypes[vi.name] = tt.elem_type
         self.aliases: dict[str, str] = {}
         self.nodes: list[Node] = []

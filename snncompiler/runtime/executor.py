@@ -31,8 +31,12 @@ class Executor:
                 self._last_use[name] = i
         self._keep = {v.name for v in graph.outputs}
 
-    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Execute the graph on named input tensors; return all graph outputs by name."""
+    def run(self, feeds: Mapping[str, torch.Tensor], observer=None) -> dict[str, torch.Tensor]:
+        """Execute the graph on named input tensors; return all graph outputs by name.
+
+        ``observer(node, outputs)``, if given, sees every node's outputs as they are computed
+        (activation statistics and calibration passes hook in here).
+        """
         env = dict(feeds)
         for i, node in enumerate(self.graph.nodes):
             try:
@@ -45,6 +49,8 @@ class Executor:
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
             for name, value in zip(node.outputs, outs):
                 env[name] = value
+            if observer is not None:
+                observer(node, outs)
             for name in node.inputs:
                 if self._last_use.get(name) == i and name not in self._keep:
                     env.pop(name, None)

@@ -1,0 +1,1 @@
+"""IR → files: the spiking ONNX artifact (onnx_export)."""

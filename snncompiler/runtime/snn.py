@@ -1,0 +1,186 @@
+"""The spiking runtime: run a converted graph for T steps over [T, B, ...], layer by layer.
+
+* Stateless ops run once per chunk on the flattened [C·B, ...] batch (C steps of the chunk).
+* Values that do not change over time (everything computed from a constant, directly encoded
+  input before the first neuron) are computed once and broadcast: the first layer's current
+  is computed a single time.
+* Neurons go through one kernel op, :func:`snncompiler.kernels.neuron_multistep`, carrying
+  their membrane across chunks, so memory does not grow with T.
+* Analog islands (nonlinear ops that spikes cannot carry) see the running mean of their input
+  over the steps so far (the rate-decoded input) and emit their output as current.
+* Graph outputs are accumulated; the running mean at every step t ≤ T is available, so the
+  accuracy at every T ≤ T_max comes from one T_max run.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SnncError
+from ..ir import Graph, Node
+from .ops import CORE_OPS, _windows, channel_view
+
+
+class _Static:
+    """A value constant over time, stored once as [B, ...]."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t):
+        self.t = t
+
+
+def _dyn(value, steps: int) -> torch.Tensor:
+    """A value as [C, B, ...] (broadcasting a static one without copying)."""
+    if isinstance(value, _Static):
+        return value.t.unsqueeze(0).expand((steps,) + tuple(value.t.shape))
+    return value
+
+
+class SpikingRunner:
+    """Runs a neuronized graph as an SNN. One runner holds state for one batch at a time."""
+
+    def __init__(self, graph: Graph, *, backend: str = "auto", device: str = "cpu", encoding: str = "direct",
+                 seed: int = 0):
+        if encoding not in ("direct", "rate"):
+            raise SnncError(f"--encoding: expected direct or rate, got '{encoding}'")
+        self.graph, self.backend, self.encoding, self.seed = graph, backend, encoding, seed
+        self.device = torch.device(device)
+        for node in graph.nodes:
+            for key, p in node.params.items():
+                node.params[key] = p.to(self.device)
+        self.steps_run = 0  # total simulated steps (tests count these, no timing)
+        self.spike_count = 0.0
+        self.neuron_steps = 0.0
+
+    # ---- public -----------------------------------------------------------------------
+    def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = 32) -> dict[int, torch.Tensor]:
+        """Simulate ``timesteps`` steps on input x [B, ...]; return {t: mean output over steps 1..t}.
+
+        ``checkpoints`` (default: only ``timesteps``) selects the t to report; all come from
+        this one run.
+        """
+        if timesteps < 1:
+            raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
+        checkpoints = sorted(set(checkpoints or [timesteps]))
+        if checkpoints[0] < 1 or checkpoints[-1] > timesteps:
+            raise SnncError(f"--timesteps: checkpoints must lie in 1..{timesteps}")
+        x = x.to(self.device, torch.float32)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        state: dict = {}
+        static: dict[str, _Static] = {}
+        out_sum = None
+        results: dict[int, torch.Tensor] = {}
+        done = 0
+        with torch.no_grad():
+            while done < timesteps:
+                steps = min(chunk, timesteps - done)
+                outs = self._chunk(x, steps, done, state, static, gen)
+                y = _dyn(outs, steps).float()
+                cum = y.cumsum(0) + (out_sum if out_sum is not None else 0)
+                for t in checkpoints:
+                    if done < t <= done + steps:
+                        results[t] = cum[t - done - 1] / t
+                out_sum = cum[-1]
+                done += steps
+                self.steps_run += steps
+        return results
+
+    @property
+    def firing_rate(self) -> float:
+        """Mean spikes per neuron per step over everything run so far."""
+        return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
+
+    # ---- one chunk ----------------------------------------------------------------------
+    def _chunk(self, x, steps, t0, state, static, gen):
+        g = self.graph
+        env: dict[str, object] = {}
+        name = g.inputs[0].name
+        if self.encoding == "rate":
+            p = x.clamp(0, 1).unsqueeze(0).expand((steps,) + tuple(x.shape))
+            env[name] = (torch.rand(p.shape, generator=gen).to(self.device) < p).float()
+        else:
+            env[name] = _Static(x)
+        for node in g.nodes:
+            ins = [env[i] for i in node.inputs]
+            if all(isinstance(v, _Static) for v in ins) and not (node.op == "neuron"):
+                if node.outputs[0] not in static:
+                    outs = CORE_OPS[node.op].fn(node, *[v.t for v in ins])
+                    for o, t in zip(node.outputs, outs):
+                        static[o] = _Static(t)
+                for o in node.outputs:
+                    env[o] = static[o]
+                continue
+            if node.op == "neuron":
+                out = self._neuron(node, _dyn(ins[0], steps), state)
+            elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
+                out = self._gated_maxpool(node, _dyn(ins[0], steps), state)
+            elif CORE_OPS[node.op].conversion_kind(node) == "analog":
+                out = self._analog(node, [_dyn(v, steps) for v in ins], state, t0)
+            else:
+                flat = [_dyn(v, steps).reshape((-1,) + tuple(_dyn(v, steps).shape[2:])) for v in ins]
+                res = CORE_OPS[node.op].fn(node, *flat)
+                for o, t in zip(node.outputs, res):
+                    env[o] = t.reshape((steps, -1) + tuple(t.shape[1:]))
+                continue
+            env[node.outputs[0]] = out
+        return env[g.outputs[0].name]
+
+    def _neuron(self, node: Node, x: torch.Tensor, state: dict) -> torch.Tensor:
+        from ..kernels import neuron_multistep
+
+        theta = node.params["theta"]
+        sample = x[0]
+        th = channel_view(theta, sample) if theta.numel() > 1 else theta.reshape(())
+        v = state.get(node.name)
+        if v is None:
+            v = (th * 0.5 if node.attrs.get("v0", "half") == "half" else torch.zeros_like(th)).expand(sample.shape)
+            if "v_init" in node.params:  # potential calibration: a per-neuron offset
+                v = v + node.params["v_init"]
+            v = v.contiguous()
+        tau = node.attrs.get("tau", 0.0)
+        decay = 1.0 - 1.0 / tau if node.attrs.get("neuron") == "lif" else 1.0
+        spikes, v = neuron_multistep(x.contiguous(), v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
+                                     backend=self.backend)
+        state[node.name] = v
+        self.spike_count += float((spikes != 0).sum())
+        self.neuron_steps += float(spikes.numel())
+        return spikes
+
+    def _analog(self, node: Node, ins: list[torch.Tensor], state: dict, t0: int) -> torch.Tensor:
+        steps = ins[0].shape[0]
+        means = []
+        for k, x in enumerate(ins):
+            key = (node.name, k)
+            cum = x.float().cumsum(0) + state.get(key, 0)
+            state[key] = cum[-1]
+            count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
+            means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
+        out = CORE_OPS[node.op].fn(node, *means)[0]
+        return out.reshape((steps, -1) + tuple(out.shape[1:]))
+
+    def _gated_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
+        steps, batch = s.shape[:2]
+        nd = s.dim() - 3
+        kernel, stride = list(node.attrs["kernel"]), list(node.attrs.get("stride", [1] * nd))
+        pads, dilation = list(node.attrs.get("pads", [0] * 2 * nd)), list(node.attrs.get("dilation", [1] * nd))
+        ceil_mode = node.attrs.get("ceil_mode", 0)
+        # running counts up to and including this step choose the input a window passes;
+        # counting the current spike lets an input that fires now win ties in the first steps
+        counts_so_far = s.float().cumsum(0) + state.get(node.name, 0)
+        state[node.name] = counts_so_far[-1] + s[-1].float()
+        flat_s = s.reshape((-1,) + tuple(s.shape[2:]))
+        counts = counts_so_far.reshape(flat_s.shape)
+        cp = _windows(counts, nd, kernel, stride, pads, dilation, ceil_mode, float("-inf"))
+        sp = _windows(flat_s, nd, kernel, stride, pads, dilation, ceil_mode, 0.0)
+        fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+        _, idx = fn(cp, kernel, stride, 0, dilation, return_indices=True)
+        picked = sp.flatten(2).gather(2, idx.flatten(2)).reshape(idx.shape)
+        return picked.reshape((steps, batch) + tuple(picked.shape[1:]))
+
+
+def output_steps(timesteps: int) -> list[int]:
+    """Powers of two up to ``timesteps`` (and ``timesteps`` itself): the default report points."""
+    return sorted({2 ** k for k in range(int(math.log2(timesteps)) + 1)} | {timesteps})
