@@ -452,20 +452,24 @@ def pad(node: Node, x):
 
 
 def _source_coords(out_size: int, in_size: int, scale: float, mode: str, roi=None) -> torch.Tensor:
-    dst = torch.arange(out_size, dtype=torch.float64)
+    """Source coordinate of every output index, computed in float32 in the same operation order
+    as onnxruntime, so that nearest rounding at exact .0/.5 ties picks the same pixel."""
+    f32 = torch.float32
+    dst = torch.arange(out_size, dtype=f32)
+    s = torch.tensor(scale, dtype=f32)
     if mode == "asymmetric":
-        return dst / scale
+        return dst / s
     if mode == "align_corners":
-        return dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(dst)
+        return dst * (in_size - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(dst)
     if mode == "pytorch_half_pixel":
-        return (dst + 0.5) / scale - 0.5 if out_size > 1 else torch.zeros_like(dst)
+        return (dst + 0.5) / s - 0.5 if out_size > 1 else torch.zeros_like(dst)
     if mode == "half_pixel_symmetric":
-        adj = out_size / (scale * in_size)
-        center = in_size / 2
+        adj = torch.tensor(out_size, dtype=f32) / (s * in_size)
+        center = torch.tensor(in_size, dtype=f32) / 2
         offset = center * (1 - adj)
-        return offset + (dst + 0.5) / scale - 0.5
+        return offset + (dst + 0.5) / s - 0.5
     if mode == "half_pixel":
-        return (dst + 0.5) / scale - 0.5
+        return (dst + 0.5) / s - 0.5
     raise SnncError(f"Resize: coordinate_transformation_mode '{mode}' is not supported")
 
 

@@ -626,3 +626,234 @@ def test_slice_edges(opset, starts, ends, axes, steps):
              init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
     m = build([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])], [("x", shape)], ["y"], inits, opset)
     check(m, rand(shape, 1), what=f"Slice {starts} {ends} {axes} {steps}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("axis", [0, 1, 2, 3, 4, -1, -4])
+def test_flatten(opset, axis):
+    if opset < 11 and axis < 0:
+        pytest.skip("negative axis exists from opset 11")
+    shape = [2, 3, 4, 5]
+    m = single("Flatten", shape, {"axis": axis}, [], opset)
+    check(m, rand(shape, 1), what=f"Flatten axis={axis}")
+
+
+@pytest.mark.parametrize("opset", [9, 14, 21])
+@pytest.mark.parametrize("target", [[0, -1], [2, 0, -1], [0, 0, 5, 4], [-1, 6, 10], [120], [0, 12, 1, 5, 1], [2, 3, 20]])
+def test_reshape(opset, target):
+    shape = [2, 3, 4, 5]
+    m = single("Reshape", shape, {}, [("shape", np.array(target, np.int64))], opset)
+    check(m, rand(shape, 1), what=f"Reshape {target}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("perm", [None, [0, 2, 3, 1], [0, 3, 1, 2], [1, 0, 2, 3], [3, 2, 1, 0]])
+def test_transpose(opset, perm):
+    shape = [2, 3, 4, 5]
+    m = single("Transpose", shape, {} if perm is None else {"perm": perm}, [], opset)
+    check(m, rand(shape, 1), what=f"Transpose {perm}")
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+@pytest.mark.parametrize("shape,axes", [([2, 1, 4, 1], [1]), ([2, 1, 4, 1], [1, 3]), ([2, 1, 4, 1], [-1]),
+                                        ([2, 1, 4, 1], None), ([1, 3, 1], [0, 2])])
+def test_squeeze(opset, shape, axes):
+    if axes is not None and opset < 11 and min(axes) < 0:
+        pytest.skip("negative axes exist from opset 11")
+    if opset >= 13 and axes is not None:
+        m = single("Squeeze", shape, {}, [("axes", np.array(axes, np.int64))], opset)
+    else:
+        m = single("Squeeze", shape, {} if axes is None else {"axes": axes}, [], opset)
+    check(m, rand(shape, 1), what=f"Squeeze {axes}")
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+@pytest.mark.parametrize("shape,axes", [([2, 3], [1]), ([2, 3], [2, 1]), ([2, 3], [-1]), ([2, 3, 4], [0, 4]),
+                                        ([2, 3], [1, -1])])
+def test_unsqueeze(opset, shape, axes):
+    if opset < 11 and min(axes) < 0:
+        pytest.skip("negative axes exist from opset 11")
+    if opset >= 13:
+        m = single("Unsqueeze", shape, {}, [("axes", np.array(axes, np.int64))], opset)
+    else:
+        m = single("Unsqueeze", shape, {"axes": axes}, [], opset)
+    check(m, rand(shape, 1), what=f"Unsqueeze {axes}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+def test_identity(opset):
+    nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
+             helper.make_node("Identity", ["r"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [], opset)
+    check(m, rand([2, 3, 4], 1), what="Identity")
+
+
+def test_identity_graph_output_of_input():
+    m = single("Identity", [2, 3], {}, [], 21)
+    check(m, rand([2, 3], 1), what="Identity of the graph input")
+
+
+@pytest.mark.parametrize("opset,form", [(9, "attr"), (10, "attr"), (12, "input"), (13, "none"), (21, "input")])
+def test_dropout(opset, form):
+    attrs, consts = {}, []
+    if form == "attr":
+        attrs["ratio"] = 0.3
+    elif form == "input":
+        consts.append(("ratio", np.array(0.3, np.float32)))
+    nodes = [helper.make_node("Dropout", ["x"] + [c[0] for c in consts], ["d"], **attrs), helper.make_node("Tanh", ["d"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [init(*c) for c in consts], opset)
+    check(m, rand([2, 3, 4], 1), what=f"Dropout {form}")
+
+
+# =====================================================================================
+# Pad
+# =====================================================================================
+@HYP
+@given(opset=st.sampled_from([9, 11, 13, 18, 19, 21]), pads=st.lists(st.integers(-2, 3), min_size=8, max_size=8),
+       value=st.sampled_from([0.0, 1.5, -2.0]), axes=st.lists(st.integers(-4, 3), min_size=1, max_size=3,
+                                                            unique_by=lambda a: a % 4),
+       data=st.data(), seed=st.integers(0, 99))
+def test_pad_hypothesis(opset, pads, value, axes, data, seed):
+    shape = [2, 3, 4, 5]
+    mode = data.draw(st.sampled_from(["constant", "reflect", "edge"] + (["wrap"] if opset >= 19 else [])))
+    form = data.draw(st.sampled_from(["attrs"] if opset < 11 else ["inputs", "axes"] if opset >= 18 else ["inputs"]))
+    if opset < 11 or mode != "constant":
+        pads = [max(p, 0) for p in pads]  # negative pads (cropping) only with constant mode in newer opsets
+    if form == "axes":
+        pads = pads[:len(axes)] + pads[4:4 + len(axes)]
+        full = [0] * 8
+        for i, a in enumerate(axes):
+            full[a % 4], full[4 + a % 4] = pads[i], pads[len(axes) + i]
+    else:
+        full = pads
+    if mode == "reflect":
+        assume(all(full[i] < shape[i % 4] and full[i] >= 0 for i in range(8)))
+    attrs, inits, names = {"mode": mode}, [], ["x"]
+    if form == "attrs":
+        attrs.update(pads=pads, value=value)
+    else:
+        inits.append(init("pads", np.array(pads, np.int64)))
+        inits.append(init("value", np.array(value, np.float32)))
+        names += ["pads", "value"]
+        if form == "axes":
+            inits.append(init("axes", np.array(axes, np.int64)))
+            names.append("axes")
+    m = build_or_skip([helper.make_node("Pad", names, ["y"], **attrs)], [("x", shape)], ["y"], inits, opset)
+    check_or_skip(m, rand(shape, seed), what=f"Pad {mode} {form} pads={pads} axes={axes}")
+
+
+@pytest.mark.parametrize("opset,mode", [(9, "constant"), (9, "reflect"), (9, "edge"), (11, "constant"), (11, "reflect"),
+                                        (11, "edge"), (18, "constant"), (21, "reflect"), (21, "edge"), (21, "wrap")])
+def test_pad_forms(opset, mode):
+    shape = [2, 3, 4, 5]
+    pads = [0, 1, 2, 3, 0, 2, 1, 0]
+    if opset < 11:
+        m = single("Pad", shape, {"mode": mode, "pads": pads, "value": 0.5}, [], opset)
+    elif opset < 18:
+        m = single("Pad", shape, {"mode": mode}, [("pads", np.array(pads, np.int64)), ("v", np.array(0.5, np.float32))], opset)
+    else:
+        m = single("Pad", shape, {"mode": mode}, [("pads", np.array([1, 2, 3, 2, 1, 0], np.int64)), "",
+                                                  ("axes", np.array([1, -2, 3], np.int64))], opset)
+    check(m, rand(shape, 1), what=f"Pad {mode} opset {opset}")
+
+
+# =====================================================================================
+# Resize / Upsample
+# =====================================================================================
+_SCALES = st.sampled_from([0.5, 0.6, 1.0, 1.5, 1.7, 2.0, 3.0])
+
+
+@HYP
+@given(mode=st.sampled_from(["nearest", "linear"]), opset=st.sampled_from([11, 13, 18, 19, 21]), rank=st.sampled_from([3, 4]),
+       by_sizes=st.booleans(), scales=st.lists(_SCALES, min_size=2, max_size=2),
+       sizes=st.lists(st.integers(1, 10), min_size=2, max_size=2), data=st.data(), seed=st.integers(0, 99))
+def test_resize_hypothesis(mode, opset, rank, by_sizes, scales, sizes, data, seed):
+    ctms = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"] + (["half_pixel_symmetric"] if opset >= 19 else [])
+    ctm = data.draw(st.sampled_from(ctms))
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+    if mode == "nearest":
+        attrs["nearest_mode"] = data.draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))
+    shape = [2, 3, 5, 4][:rank]
+    nsp = rank - 2
+    use_axes = opset >= 18 and data.draw(st.booleans())
+    if use_axes:
+        attrs["axes"] = list(range(2, rank)) if data.draw(st.booleans()) else list(range(-nsp, 0))
+        full_scales, full_sizes = scales[:nsp], sizes[:nsp]
+    else:
+        full_scales, full_sizes = [1.0, 1.0] + scales[:nsp], shape[:2] + sizes[:nsp]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    if by_sizes:
+        no_scales = ("scales", np.zeros(0, np.float32)) if opset < 13 else ""
+        consts = [roi, no_scales, ("sizes", np.array(full_sizes, np.int64))]
+    else:
+        consts = [roi, ("scales", np.array(full_scales, np.float32))]
+    names = ["x"] + [c if isinstance(c, str) else c[0] for c in consts]
+    inits = [init(*c) for c in consts if not isinstance(c, str)]
+    m = build_or_skip([helper.make_node("Resize", names, ["y"], **attrs)], [("x", shape)], ["y"], inits, opset)
+    what = f"Resize {attrs} " + (f"sizes={full_sizes}" if by_sizes else f"scales={full_scales}")
+    check_or_skip(m, rand(shape, seed), what=what)
+
+
+NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+CTMS = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("ctm", CTMS)
+@pytest.mark.parametrize("nearest_mode", NEAREST_MODES)
+def test_resize_nearest_modes(opset, ctm, nearest_mode):
+    shape = [2, 3, 4, 5]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    m = single("Resize", shape, {"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nearest_mode},
+               [roi, ("scales", np.array([1, 1, 2.5, 0.6], np.float32))], opset)
+    check(m, rand(shape, 1), what=f"Resize nearest {ctm} {nearest_mode}")
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("ctm", ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"])
+@pytest.mark.parametrize("by", ["scales", "sizes"])
+def test_resize_linear(opset, ctm, by):
+    shape = [2, 3, 4, 5]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    no_scales = ("scales", np.zeros(0, np.float32)) if opset < 13 else ""
+    consts = [roi, ("scales", np.array([1, 1, 2.0, 1.5], np.float32))] if by == "scales" else \
+        [roi, no_scales, ("sizes", np.array([2, 3, 7, 3], np.int64))]
+    m = single("Resize", shape, {"mode": "linear", "coordinate_transformation_mode": ctm}, consts, opset)
+    check(m, rand(shape, 1), what=f"Resize linear {ctm} by {by}")
+
+
+_OPSET10_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "onnx's version converter lifts Resize-10/Upsample to Resize-11+ without setting "
+    "coordinate_transformation_mode='asymmetric' (so the default half_pixel applies) and the loader "
+    "keeps no record of the source opset, so the converter cannot restore the opset-10 semantics "
+    "(asymmetric coordinates; onnxruntime rounds nearest down when upsampling, up when downsampling). "
+    "Needs a fix in frontend/loader.py (outside this test suite's files)."))
+
+
+@pytest.mark.parametrize("mode,scales", [
+    ("nearest", [1, 1, 2.0, 3.0]),
+    pytest.param("nearest", [1, 1, 0.5, 0.3], marks=_OPSET10_XFAIL),
+    pytest.param("linear", [1, 1, 2.0, 3.0], marks=_OPSET10_XFAIL),
+])
+def test_resize_opset10(mode, scales):
+    shape = [2, 3, 4, 10]
+    m = single("Resize", shape, {"mode": mode}, [("scales", np.array(scales, np.float32))], 10)
+    check(m, rand(shape, 1), what=f"Resize opset 10 {mode} {scales}")
+
+
+@pytest.mark.parametrize("mode,scales", [
+    ("nearest", [1, 1, 2, 2]),
+    ("nearest", [1, 1, 3, 1.5]),
+    pytest.param("linear", [1, 1, 2, 2], marks=_OPSET10_XFAIL),
+    pytest.param("linear", [1, 1, 3, 1.5], marks=_OPSET10_XFAIL),
+])
+def test_upsample_opset9(mode, scales):
+    shape = [2, 3, 4, 5]
+    m = single("Upsample", shape, {"mode": mode}, [("scales", np.array(scales, np.float32))], 9)
+    check(m, rand(shape, 1), what=f"Upsample {mode} {scales}")
+
+
+def test_upsample_opset7_attr():
+    shape = [2, 3, 4, 5]
+    m = single("Upsample", shape, {"mode": "nearest", "scales": [1.0, 1.0, 2.0, 3.0]}, [], 7)
+    check(m, rand(shape, 1), what="Upsample opset 7")
