@@ -33,6 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    p = sub.add_parser("compile", help="convert a trained ANN (ONNX) into a spiking model")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration inputs 'x' (labels unused)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
+    p.add_argument("--timesteps", type=int, default=32, help="the T the model is compiled for (default 32)")
+    p.add_argument("--threshold", default="p99.99", help="max | pNN.N (percentile, e.g. p99.9) | mse (default p99.99)")
+    p.add_argument("--channelwise", action="store_true", help="one threshold per output channel")
+    p.add_argument("--neuron", choices=["if", "lif"], default="if")
+    p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau); needs --neuron lif")
+    p.add_argument("--reset", choices=["soft", "hard"], default="soft")
+    p.add_argument("--v0", choices=["half", "zero"], default="half", help="initial membrane: θ/2 (default) or 0")
+    p.add_argument("--maxpool", choices=["gated", "input", "output"], default="gated", help="spiking max pooling")
+    p.add_argument("--encoding", choices=["direct", "rate"], default="direct")
+    p.add_argument("--strict", action="store_true", help="refuse analog islands")
+    p.add_argument("--calib-samples", type=int, default=1024, help="at most this many calibration samples")
+    _add_common(p)
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("inspect", help="per-node table: shapes, parameters, MACs, how each node converts")
     p.add_argument("model", metavar="FILE", help="an .onnx model or a compiled .snn.onnx artifact")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
@@ -56,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
                    help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime")
     p.add_argument("--device", default="cpu", help="cpu or cuda (torch engine)")
+    p.add_argument("--timesteps", default=None,
+                   help="spiking models: comma-separated T values, all from one max(T) run "
+                        "(default 1,2,4,...,256)")
+    p.add_argument("--chunk", type=int, default=32, help="steps simulated at once (memory does not grow with T)")
+    p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
+    p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
     return parser
@@ -126,12 +150,101 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    """snnc compile MODEL.onnx --calib CALIB.npz -o OUT.snn.onnx"""
+    from . import compile as snn_compile
+    from .data import load_npz
+    from .inspect import format_table, node_rows
+
+    calib = load_npz(args.calib, arg="--calib")
+    if args.tau and args.neuron != "lif":
+        raise SnncError("--tau: only meaningful with --neuron lif")
+    t0 = time.perf_counter()
+    model = snn_compile(args.model, calib, timesteps=args.timesteps, threshold=args.threshold,
+                        channelwise=args.channelwise, neuron=args.neuron, tau=args.tau or (2.0 if args.neuron == "lif" else 0.0),
+                        reset=args.reset, v0=args.v0, maxpool=args.maxpool, encoding=args.encoding, strict=args.strict,
+                        calib_samples=args.calib_samples)
+    rows = [r for r in node_rows(model.graph) if r["core_op"] != "-"]
+    for r in rows:
+        node = model.graph.node(r["name"])
+        r["threshold_from"] = node.attrs.get("theta_source", "") if node.op == "neuron" else \
+            (f"max pooling: {node.attrs['spiking']}" if node.op == "maxpool" and "spiking" in node.attrs else "")
+    print(format_table(rows, [("name", "name"), ("op", "op"), ("core_op", "becomes"), ("conversion", "converts as"),
+                              ("detail", "θ"), ("threshold_from", "from")]))
+    islands = model.report.get("analog_islands", [])
+    if islands:
+        print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
+    model.save(args.output)
+    neurons = len(model.graph.find("neuron"))
+    print(f"wrote {args.output}: {neurons} neurons, T={args.timesteps}, threshold {args.threshold}"
+          f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _parse_timesteps(text: str | None) -> list[int]:
+    if text is None:
+        return [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    try:
+        ts = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise SnncError(f"--timesteps: expected comma-separated integers, got '{text}'") from None
+    if not ts or ts[0] < 1:
+        raise SnncError(f"--timesteps: values must be ≥ 1, got '{text}'")
+    return ts
+
+
+def _eval_snn(args, model, data) -> int:
+    ts = _parse_timesteps(args.timesteps)
+    t0 = time.perf_counter()
+    result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, chunk=args.chunk, backend=args.backend)
+    seconds = time.perf_counter() - t0
+    if args.plot:
+        _plot(args.plot, result, args.model)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.model}: {result['samples']} samples, ANN mode {100 * result['ann_accuracy']:.2f}%, "
+          f"firing rate {result['firing_rate']:.4f} spikes/neuron/step ({seconds:.1f} s for T={ts[-1]})")
+    print("   T  SNN accuracy")
+    for t, acc in result["snn_accuracy"].items():
+        print(f"{int(t):>4}  {100 * acc:6.2f}%")
+    return 0
+
+
+def _plot(path, result, title) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SnncError("--plot needs matplotlib (pip install 'snncompiler[plot]')") from exc
+    ts = [int(t) for t in result["snn_accuracy"]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ts, [100 * a for a in result["snn_accuracy"].values()], "o-", label="SNN")
+    ax.axhline(100 * result["ann_accuracy"], color="gray", ls="--", label="ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("timesteps T")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(str(title), fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
     from .data import load_npz
     from .metrics import top1
 
     data = load_npz(args.data, require_labels=True)
+    from .frontend.loader import has_custom_domain, read_model
+
+    if has_custom_domain(read_model(args.model)[0]):
+        from . import load
+
+        return _eval_snn(args, load(args.model), data)
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":
         from .ort import OrtModel

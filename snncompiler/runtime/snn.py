@@ -88,6 +88,21 @@ class SpikingRunner:
                 self.steps_run += steps
         return results
 
+    def run_steps(self, x: torch.Tensor, timesteps: int, *, chunk: int = 32) -> torch.Tensor:
+        """The output at every step (not averaged): [T, B, ...]. For cross-checks and decoding."""
+        x = x.to(self.device, torch.float32)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        state: dict = {}
+        static: dict[str, _Static] = {}
+        steps_out, done = [], 0
+        with torch.no_grad():
+            while done < timesteps:
+                steps = min(chunk, timesteps - done)
+                steps_out.append(_dyn(self._chunk(x, steps, done, state, static, gen), steps).float())
+                done += steps
+                self.steps_run += steps
+        return torch.cat(steps_out)
+
     @property
     def firing_rate(self) -> float:
         """Mean spikes per neuron per step over everything run so far."""
@@ -169,10 +184,14 @@ class SpikingRunner:
         ceil_mode = node.attrs.get("ceil_mode", 0)
         # running counts up to and including this step choose the input a window passes;
         # counting the current spike lets an input that fires now win ties in the first steps
-        counts_so_far = s.float().cumsum(0) + state.get(node.name, 0)
-        state[node.name] = counts_so_far[-1] + s[-1].float()
+        counts_so_far = s.double().cumsum(0) + state.get(node.name, 0)
+        state[node.name] = counts_so_far[-1]
         flat_s = s.reshape((-1,) + tuple(s.shape[2:]))
-        counts = counts_so_far.reshape(flat_s.shape)
+        # Ties go to the first input of the window, explicitly: torch's max_pool breaks ties
+        # differently in its vectorised paths, which made results depend on the chunk size.
+        plane = math.prod(s.shape[3:])
+        first_wins = -torch.arange(plane, dtype=torch.float64, device=s.device).reshape(s.shape[3:]) / (plane + 1)
+        counts = counts_so_far.reshape(flat_s.shape) + first_wins
         cp = _windows(counts, nd, kernel, stride, pads, dilation, ceil_mode, float("-inf"))
         sp = _windows(flat_s, nd, kernel, stride, pads, dilation, ceil_mode, 0.0)
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]

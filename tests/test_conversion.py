@@ -1,0 +1,144 @@
+"""Conversion core: SpikingJelly cross-check, ANN-mode exactness, one run for every T, artifact round trip."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+import snncompiler as snnc
+from snncompiler.data import Dataset
+from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def cnn(digits_data, tmp_path_factory):
+    train, _ = digits_data
+    torch.manual_seed(0)
+    model = train_classifier(DigitsCNN(width=8), train, epochs=8)
+    return model, export_onnx(model, (1, 8, 8), tmp_path_factory.mktemp("cnn") / "cnn.onnx")
+
+
+def test_matches_spikingjelly_per_step(digits_data, tmp_path):
+    """IF, soft reset, v0 = 0, per-tensor max thresholds from one shared batch: same outputs at every step."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
+
+    train, test = digits_data
+    torch.manual_seed(1)
+    ann = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
+    train_classifier(ann, train, epochs=5)
+    batch = torch.from_numpy(train.x[:128])
+    sj = Converter(RateCodingRecipe([(batch, torch.zeros(len(batch)))], mode="Max")).convert(ann)
+    x = torch.from_numpy(test.x[:64])
+    T = 16
+    functional.reset_net(sj)
+    with torch.no_grad():
+        ref = torch.stack([sj(x) for _ in range(T)])
+    path = export_onnx(ann, (1, 8, 8), tmp_path / "ann.onnx")
+    model = snnc.compile(path, Dataset(train.x[:128]), threshold="max", v0="zero", neuron="if", reset="soft")
+    got = model.runner(backend="reference").run_steps(x, T)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max()))
+
+
+def test_ann_mode_reproduces_onnxruntime_when_thresholds_exceed_activations(cnn, digits_data, tmp_path):
+    _, path = cnn
+    train, test = digits_data
+    model = snnc.compile(path, Dataset(train.x), threshold="max")
+    for node in model.graph.find("neuron"):
+        node.params["theta"] = node.params["theta"] * 4  # calibration saw the training set; test stays below
+    model.save(tmp_path / "a.snn.onnx")
+    loaded = snnc.load(tmp_path / "a.snn.onnx")
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": test.x})[0]
+    got = loaded.ann(test.x)
+    assert float(np.abs(got - ref).max()) <= 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+def test_every_t_from_one_run(cnn, digits_data):
+    _, path = cnn
+    train, test = digits_data
+    model = snnc.compile(path, Dataset(train.x[:256]))
+    ts = list(range(1, 257))
+    result = model.evaluate(test.x[:40], test.y[:40], ts, batch_size=64)
+    assert model.last_runner.steps_run == 256  # one batch, simulated for 256 steps exactly once
+    assert sorted(int(t) for t in result["snn_accuracy"]) == ts
+    single = model.run(test.x[:40], 8)
+    np.testing.assert_array_equal(single.argmax(1) == test.y[:40],
+                                  model.run(test.x[:40], 32, checkpoints=[8])[8].argmax(1) == test.y[:40])
+
+
+def test_chunking_carries_state(cnn, digits_data):
+    _, path = cnn
+    train, test = digits_data
+    model = snnc.compile(path, Dataset(train.x[:256]))
+    whole = model.run(test.x[:30], 24, chunk=24)
+    chunked = model.run(test.x[:30], 24, chunk=5)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-5, atol=1e-5)
+
+
+def test_artifact_round_trip_bit_exact(cnn, digits_data, tmp_path):
+    _, path = cnn
+    train, test = digits_data
+    for options in ({}, {"channelwise": True, "threshold": "mse", "maxpool": "input"},
+                    {"neuron": "lif", "tau": 4.0, "reset": "hard", "v0": "zero", "maxpool": "output"}):
+        model = snnc.compile(path, Dataset(train.x[:256]), **options)
+        out = tmp_path / "m.snn.onnx"
+        model.save(out)
+        onnx.checker.check_model(onnx.load(str(out)))
+        loaded = snnc.load(out)
+        assert loaded.settings() == model.settings()
+        np.testing.assert_array_equal(model.run(test.x[:32], 16), loaded.run(test.x[:32], 16))
+        np.testing.assert_array_equal(model.ann(test.x[:32]), loaded.ann(test.x[:32]))
+
+
+def test_converted_accuracy_close_to_ann(cnn, digits_data):
+    model_t, path = cnn
+    train, test = digits_data
+    ann_acc = float((model_t(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
+    result = snnc.compile(path, Dataset(train.x[:512])).evaluate(test.x, test.y, [32])
+    assert result["snn_accuracy"]["32"] >= ann_acc - 0.01
+
+
+def test_cli_compile_eval_inspect(cnn, digits_data, tmp_path):
+    _, path = cnn
+    train, test = digits_data
+    np.savez(tmp_path / "calib.npz", x=train.x[:128])
+    np.savez(tmp_path / "test.npz", x=test.x[:60], y=test.y[:60])
+    cli = [sys.executable, "-m", "snncompiler.cli"]
+    out = tmp_path / "m.snn.onnx"
+    proc = subprocess.run(cli + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert "neuron" in proc.stdout and "p99.99" in proc.stdout
+    proc = subprocess.run(cli + ["eval", str(out), "--data", str(tmp_path / "test.npz"), "--timesteps", "1,2,4,8",
+                                 "--json"], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    assert set(result) == {"samples", "snn_accuracy", "ann_accuracy", "firing_rate"}
+    assert list(result["snn_accuracy"]) == ["1", "2", "4", "8"] and result["samples"] == 60
+    proc = subprocess.run(cli + ["inspect", str(out)], capture_output=True, text=True, check=True)
+    assert "θ=" in proc.stdout and "Neuron" in proc.stdout
+
+
+def test_strict_refuses_analog_islands(tmp_path, digits_data):
+    train, _ = digits_data
+    ann = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Sigmoid(), nn.Linear(16, 10)).eval()
+    path = export_onnx(ann, (1, 8, 8), tmp_path / "sig.onnx")
+    with pytest.raises(snnc.SnncError, match="analog island"):
+        snnc.compile(path, Dataset(train.x[:64]), strict=True)
+    model = snnc.compile(path, Dataset(train.x[:64]))
+    assert model.report["analog_islands"]
+    # with constant input an analog island on the first layer sees exactly the ANN input
+    ref = ann(torch.from_numpy(train.x[:8])).detach().numpy()
+    np.testing.assert_allclose(model.run(train.x[:8], 4), ref, rtol=1e-5, atol=1e-5)
