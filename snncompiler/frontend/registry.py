@@ -163,7 +163,8 @@ def _as_tensor(value) -> torch.Tensor:
     arr = np.asarray(value)
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr).copy())
+    # np.array(copy, order C) rather than np.ascontiguousarray, which turns a 0-d array into shape (1,)
+    return torch.from_numpy(np.array(arr, copy=True, order="C"))
 
 
 def unsupported(node: onnx.NodeProto, ctx: Ctx) -> UnsupportedOpError:
