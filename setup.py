@@ -15,7 +15,8 @@ from setuptools.command.build_ext import build_ext
 
 # ---- native kernels (snncompiler/kernels): optional, never a reason for install to fail ----
 # -ffp-contract=off: the kernels must round exactly like the PyTorch oracle (no fused FMA).
-_CPU_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
+# -fno-trapping-math: lets GCC if-convert (vectorise) the soft reset; values are unchanged.
+_CPU_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
 _CUDA_ARCHS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
 
 

@@ -33,6 +33,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace py = pybind11;
 
@@ -50,9 +53,19 @@ struct Params {
 };
 
 inline void load_block(const Params& p, const float* v0, int64_t n0, int64_t nb, float* v, float* th) {
-  for (int64_t i = 0; i < nb; ++i) {
-    v[i] = v0[n0 + i];
-    th[i] = p.theta[((n0 + i) / p.theta_inner) % p.theta_period];
+  std::copy(v0 + n0, v0 + n0 + nb, v);
+  if (p.theta_period == 1) {
+    std::fill(th, th + nb, p.theta[0]);
+    return;
+  }
+  // Walk (n / inner, n % inner) incrementally: one division per block, not per neuron.
+  int64_t q = (n0 / p.theta_inner) % p.theta_period, r = n0 % p.theta_inner;
+  for (int64_t i = 0; i < nb;) {
+    const int64_t run = std::min(nb - i, p.theta_inner - r);
+    std::fill(th + i, th + i + run, p.theta[q]);
+    i += run;
+    r = 0;
+    q = q + 1 == p.theta_period ? 0 : q + 1;
   }
 }
 
@@ -73,11 +86,13 @@ void forward_block(const Params& p, const float* x, const float* v0, void* out, 
 #pragma omp simd
     for (int64_t i = 0; i < nb; ++i) {
       const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
-      const bool s = h >= th[i];
-      if (FMT == kValue) of[i] = s ? th[i] : 0.0f;
-      if (FMT == kBinary) ob[i] = static_cast<uint8_t>(s);
-      if (FMT == kPacked) s8[i] = static_cast<uint8_t>(s);
-      v[i] = s ? (HARD ? vr : h - th[i]) : h;
+      const float t_i = th[i];
+      const bool s = h >= t_i;
+      const float after = HARD ? vr : h - t_i;
+      if constexpr (FMT == kValue) of[i] = s ? t_i : 0.0f;
+      if constexpr (FMT == kBinary) ob[i] = s ? 1 : 0;
+      if constexpr (FMT == kPacked) s8[i] = s ? 1 : 0;
+      v[i] = s ? after : h;
     }
     if (FMT == kPacked) {
       uint8_t* op = static_cast<uint8_t*>(out) + t * ((p.N + 7) / 8) + n0 / 8;
@@ -176,6 +191,22 @@ T* out_ptr(py::array& a, int64_t n, const char* name) {
   return static_cast<T*>(a.mutable_data());
 }
 
+// Outputs are fresh allocations first touched here. With 4 KiB pages the page faults cost as
+// much as the kernel itself on large layers; transparent huge pages fault 2 MiB at a time.
+// (Only a hint: a no-op where THP is off or not Linux; values are unaffected.)
+void advise_hugepages(void* ptr, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (nbytes < int64_t(4 * kHuge)) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + nbytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)nbytes;
+#endif
+}
+
 template <class F>
 void parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
   const int64_t nblocks = (N + block - 1) / block;
@@ -205,6 +236,7 @@ void forward(py::array x, py::array v0, py::array theta, int64_t theta_inner, py
              : fmt == kBinary ? static_cast<void*>(out_ptr<uint8_t>(out, T * N, "out"))
                               : static_cast<void*>(out_ptr<uint8_t>(out, T * ((N + 7) / 8), "out"));
   float* vp = out_ptr<float>(vout, N, "vout");
+  advise_hugepages(op, out.nbytes());
   const bool dec = p.decay != 1.0f;
   const FwdFn fn = dec ? (hard ? pick_fwd<true, true>(fmt) : pick_fwd<true, false>(fmt))
                        : (hard ? pick_fwd<false, true>(fmt) : pick_fwd<false, false>(fmt));
@@ -244,6 +276,7 @@ void backward(py::array x, py::array v0, py::array theta, int64_t theta_inner, s
   const float* gyp = gy ? in_ptr<float>(*gy, T * N, "grad_spikes") : nullptr;
   const float* gvp = gv ? in_ptr<float>(*gv, N, "grad_v") : nullptr;
   float* gxp = out_ptr<float>(gx, T * N, "grad_x");
+  advise_hugepages(gxp, gx.nbytes());
   float* gv0p = out_ptr<float>(gv0, N, "grad_v0");
   float* gthp = gth ? out_ptr<float>(*gth, N, "grad_theta") : nullptr;
   const BwdFn fn = p.decay != 1.0f ? pick_bwd<true>(hard, detach, surrogate) : pick_bwd<false>(hard, detach, surrogate);
