@@ -101,12 +101,21 @@ def gemm(node, ctx):
                 params["bias"] = np.broadcast_to(bias.reshape(-1), (out_features,)).copy()
             else:
                 extra_bias = bias
-        if extra_bias is None:
+        c_act = node.input[2] if len(node.input) > 2 and node.input[2] and c is None else None
+        if extra_bias is None and c_act is None:
             ctx.emit("linear", [x], [node.output[0]], {}, params)
-        else:
+        elif c_act is None:
             mid = ctx.fresh(node.output[0])
             ctx.emit("linear", [x], [mid], {}, params)
             ctx.emit("add", [mid], [node.output[0]], {}, {"const": extra_bias})
+        else:  # C is an activation: y = linear(x) + beta * C
+            mid = ctx.fresh(node.output[0])
+            ctx.emit("linear", [x], [mid], {}, params)
+            if beta != 1.0:
+                scaled = ctx.fresh(node.output[0])
+                ctx.emit("mul", [c_act], [scaled], {}, {"const": np.float32(beta)})
+                c_act = scaled
+            ctx.emit("add", [mid, c_act], [node.output[0]])
         return
     y = node.input[1]
     if a.get("transB", 0):
