@@ -15,19 +15,15 @@
 // buffer (nothing but x, v0, theta is kept between forward and backward), then walks the
 // time loop in reverse.
 //
-// No torch headers: pip's isolated build needs only pybind11. Python hands in numpy views of
-// torch tensors (zero-copy); this file checks dtype, size and contiguity of each.
+// No torch headers: pip's isolated build needs only pybind11. Python hands in the addresses of
+// contiguous torch buffers (zero-copy); snncompiler/kernels/cpu.py checks dtype and layout.
 
-#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <optional>
 #include <stdexcept>
-#include <string>
 #include <vector>
 
 #ifdef _OPENMP
@@ -173,22 +169,13 @@ void backward_block(const Params& p, const float* x, const float* v0, const floa
   }
 }
 
-// ---- argument checking: numpy views handed over by snncompiler/kernels/cpu.py ------------
+// ---- interface: raw addresses of contiguous buffers ----------------------------------------
+// snncompiler/kernels/cpu.py passes tensor.data_ptr() of contiguous tensors it allocated or
+// made contiguous itself, with their sizes; 0 means "absent". Zero-copy, and no torch or numpy
+// types cross this boundary (a numpy view costs more than the kernel on small layers).
 template <class T>
-const T* in_ptr(const py::array& a, int64_t n, const char* name) {
-  const bool ok_type = a.dtype().itemsize() == static_cast<py::ssize_t>(sizeof(T)) &&
-                       a.dtype().kind() == (std::is_floating_point<T>::value ? 'f' : 'u');
-  if (!ok_type) throw std::invalid_argument(std::string(name) + ": wrong dtype");
-  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": not contiguous");
-  if (a.size() != n) throw std::invalid_argument(std::string(name) + ": wrong number of elements");
-  return static_cast<const T*>(a.data());
-}
-
-template <class T>
-T* out_ptr(py::array& a, int64_t n, const char* name) {
-  in_ptr<T>(a, n, name);
-  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": read-only");
-  return static_cast<T*>(a.mutable_data());
+T* addr(uintptr_t a) {
+  return reinterpret_cast<T*>(a);
 }
 
 // Outputs are fresh allocations first touched here. With 4 KiB pages the page faults cost as
@@ -222,24 +209,21 @@ FwdFn pick_fwd(int fmt) {
                                                                        : forward_block<D, H, kPacked>;
 }
 
-void forward(py::array x, py::array v0, py::array theta, int64_t theta_inner, py::array out, py::array vout,
-             int64_t T, int64_t N, double decay, bool hard, double v_reset, int fmt, int threads) {
+void forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t out,
+             uintptr_t vout, int64_t T, int64_t N, double decay, bool hard, double v_reset, int fmt, int threads) {
   if (fmt < kValue || fmt > kPacked) throw std::invalid_argument("spike_format: unknown code");
-  if (theta_inner < 1) throw std::invalid_argument("theta_inner: must be >= 1");
-  const int64_t period = theta.size();
-  if (period < 1) throw std::invalid_argument("theta: empty");
-  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f,
-           in_ptr<float>(theta, period, "theta"), theta_inner, period};
-  const float* xp = in_ptr<float>(x, T * N, "x");
-  const float* v0p = in_ptr<float>(v0, N, "v0");
-  void* op = fmt == kValue ? static_cast<void*>(out_ptr<float>(out, T * N, "out"))
-             : fmt == kBinary ? static_cast<void*>(out_ptr<uint8_t>(out, T * N, "out"))
-                              : static_cast<void*>(out_ptr<uint8_t>(out, T * ((N + 7) / 8), "out"));
-  float* vp = out_ptr<float>(vout, N, "vout");
-  advise_hugepages(op, out.nbytes());
+  if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
+  if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
+  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
+           theta_inner, theta_period};
+  void* op = addr<void>(out);
+  advise_hugepages(op, T * (fmt == kValue ? N * 4 : fmt == kBinary ? N : (N + 7) / 8));
   const bool dec = p.decay != 1.0f;
   const FwdFn fn = dec ? (hard ? pick_fwd<true, true>(fmt) : pick_fwd<true, false>(fmt))
                        : (hard ? pick_fwd<false, true>(fmt) : pick_fwd<false, false>(fmt));
+  const float* xp = addr<const float>(x);
+  const float* v0p = addr<const float>(v0);
+  float* vp = addr<float>(vout);
   py::gil_scoped_release release;
   // kBlock is a multiple of 8, so packed blocks start on byte boundaries and never share a byte.
   parallel_blocks(N, kBlock, threads, [&](int64_t n0, int64_t nb) { fn(p, xp, v0p, op, vp, n0, nb); });
@@ -261,24 +245,22 @@ BwdFn pick_bwd(bool hard, bool detach, int sg) {
               : (detach ? pick_bwd<D, false, true>(sg) : pick_bwd<D, false, false>(sg));
 }
 
-void backward(py::array x, py::array v0, py::array theta, int64_t theta_inner, std::optional<py::array> gy,
-              std::optional<py::array> gv, py::array gx, py::array gv0, std::optional<py::array> gth, int64_t T,
-              int64_t N, double decay, bool hard, double v_reset, int surrogate, double alpha, bool detach,
-              int threads) {
+void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
+              uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N, double decay, bool hard,
+              double v_reset, int surrogate, double alpha, bool detach, int threads) {
   if (surrogate < kTriangle || surrogate > kSigmoid) throw std::invalid_argument("surrogate: unknown code");
-  if (theta_inner < 1) throw std::invalid_argument("theta_inner: must be >= 1");
-  const int64_t period = theta.size();
-  if (period < 1) throw std::invalid_argument("theta: empty");
+  if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
+  if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
-           in_ptr<float>(theta, period, "theta"), theta_inner, period};
-  const float* xp = in_ptr<float>(x, T * N, "x");
-  const float* v0p = in_ptr<float>(v0, N, "v0");
-  const float* gyp = gy ? in_ptr<float>(*gy, T * N, "grad_spikes") : nullptr;
-  const float* gvp = gv ? in_ptr<float>(*gv, N, "grad_v") : nullptr;
-  float* gxp = out_ptr<float>(gx, T * N, "grad_x");
-  advise_hugepages(gxp, gx.nbytes());
-  float* gv0p = out_ptr<float>(gv0, N, "grad_v0");
-  float* gthp = gth ? out_ptr<float>(*gth, N, "grad_theta") : nullptr;
+           addr<const float>(theta), theta_inner, theta_period};
+  const float* xp = addr<const float>(x);
+  const float* v0p = addr<const float>(v0);
+  const float* gyp = addr<const float>(gy);
+  const float* gvp = addr<const float>(gv);
+  float* gxp = addr<float>(gx);
+  float* gv0p = addr<float>(gv0);
+  float* gthp = addr<float>(gth);
+  advise_hugepages(gxp, T * N * 4);
   const BwdFn fn = p.decay != 1.0f ? pick_bwd<true>(hard, detach, surrogate) : pick_bwd<false>(hard, detach, surrogate);
   // The recomputed trajectory of one block, [T, block] floats, should stay in L2 (~256 KiB).
   const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, (65536 / std::max<int64_t>(T, 1)) / 16 * 16));
@@ -305,12 +287,14 @@ bool has_openmp() {
 
 PYBIND11_MODULE(_lif_cpu, m) {
   m.doc() = "Fused multi-step IF/LIF neuron kernels for CPU (see snncompiler/kernels/cpu.py)";
-  m.def("forward", &forward, "Forward over [T, N] float32 buffers", py::arg("x"), py::arg("v0"), py::arg("theta"),
-        py::arg("theta_inner"), py::arg("out"), py::arg("vout"), py::arg("T"), py::arg("N"), py::arg("decay"),
-        py::arg("hard"), py::arg("v_reset"), py::arg("fmt"), py::arg("threads"));
-  m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane", py::arg("x"), py::arg("v0"),
-        py::arg("theta"), py::arg("theta_inner"), py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"),
-        py::arg("grad_v0"), py::arg("grad_theta"), py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"),
-        py::arg("v_reset"), py::arg("surrogate"), py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
+  m.def("forward", &forward, "Forward over [T, N] float32 buffers given by address", py::arg("x"), py::arg("v0"),
+        py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"), py::arg("vout"),
+        py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("fmt"),
+        py::arg("threads"));
+  m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane (addresses; 0 = absent)",
+        py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
+        py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
+        py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
+        py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
   m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
 }

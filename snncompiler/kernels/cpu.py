@@ -1,7 +1,8 @@
 """The C++ CPU backend: loads the pybind11 extension built from csrc/lif_cpu.cpp.
 
-The extension sees only numpy views of the torch tensors (zero-copy, no torch headers);
-this module prepares contiguous float32 buffers and allocates the outputs. If the extension
+The extension receives the addresses of contiguous buffers (``data_ptr()``: zero-copy, and no
+torch headers on the C++ side); this module checks dtype/layout, allocates the outputs and
+passes the sizes. If the extension
 was not built (no compiler at install time), :func:`load` returns None and the op falls back
 to the PyTorch reference with a one-time warning.
 """
@@ -30,9 +31,13 @@ def available() -> bool:
     return load() is not None
 
 
-def _np(t: torch.Tensor):
-    # .numpy() shares memory with the tensor; the extension rejects anything non-contiguous.
-    return t.detach().reshape(-1).numpy()
+def _addr(t: torch.Tensor | None, dtype=torch.float32) -> int:
+    """Address of a contiguous CPU tensor for the extension (0 for None)."""
+    if t is None:
+        return 0
+    if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
+        raise ValueError(f"internal: C++ kernel needs contiguous {dtype} CPU buffers, got {t.dtype} {t.device}")
+    return t.data_ptr()
 
 
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
@@ -44,8 +49,9 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
     else:
         out = torch.empty(x.shape, dtype=torch.float32 if spike_format == "value" else torch.uint8)
     vout = torch.empty(x.shape[1:], dtype=torch.float32)
-    load().forward(_np(x), _np(v0), _np(theta), inner, _np(out), _np(vout), T, n, decay, hard, v_reset,
-                   FORMATS[spike_format], torch.get_num_threads())
+    assert v0.numel() == n and theta.numel() >= 1
+    load().forward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), _addr(out, out.dtype), _addr(vout),
+                   T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads())
     return out, vout
 
 
@@ -57,9 +63,9 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
     gx = torch.empty(x.shape, dtype=torch.float32)
     gv0 = torch.empty(n, dtype=torch.float32)
     gth = torch.empty(n, dtype=torch.float32) if theta_grad else None
-    load().backward(_np(x), _np(v0), _np(theta), inner,
-                    None if grad_spikes is None else _np(grad_spikes),
-                    None if grad_v is None else _np(grad_v), _np(gx), _np(gv0),
-                    None if gth is None else _np(gth), T, n, decay, hard, v_reset, surrogate_id, alpha,
+    assert v0.numel() == n and (grad_spikes is None or grad_spikes.shape == x.shape)
+    assert grad_v is None or grad_v.numel() == n
+    load().backward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), _addr(grad_spikes), _addr(grad_v),
+                    _addr(gx), _addr(gv0), _addr(gth), T, n, decay, hard, v_reset, surrogate_id, alpha,
                     detach_reset, torch.get_num_threads())
     return gx, gv0, gth

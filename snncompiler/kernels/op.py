@@ -225,10 +225,9 @@ def _as_state(value, name: str, x: Tensor) -> Tensor:
         raise SnncError(f"{name}: expected a floating-point tensor, got {value.dtype}")
     if value.device != x.device:
         raise SnncError(f"{name}: is on {value.device} but x is on {x.device}")
-    try:
-        ok = torch.broadcast_shapes(value.shape, x.shape[1:]) == x.shape[1:]
-    except RuntimeError:
-        ok = False
+    # by hand: torch.broadcast_shapes costs more than the kernel on small layers
+    shape = x.shape[1:]
+    ok = value.dim() <= len(shape) and all(d == 1 or d == s for d, s in zip(reversed(value.shape), reversed(shape)))
     if not ok:
         raise SnncError(f"{name}: shape {tuple(value.shape)} does not broadcast to x[0] of shape {tuple(x.shape[1:])}")
     return value.to(torch.float32)

@@ -1,0 +1,227 @@
+"""Benchmark the fused neuron kernels: snnc vs the PyTorch reference, SpikingJelly and a copy.
+
+    python benchmarks/kernels.py [--quick] [--gpu] [--rounds K] [--out PATH]
+
+Workload: IF neuron, soft reset, theta = 1, float32 x of shape [T, N] (N neurons, T steps),
+inference (no autograd). Throughput is T*N elements per second, from the median time.
+
+Implementations (CPU, 2 threads: torch.set_num_threads(2), OMP_NUM_THREADS=2):
+  copy        dst.copy_(x) into a preallocated tensor: the memory-traffic bound (reads and
+              writes T*N*4 bytes each, exactly the traffic of the value-format kernel)
+  snnc        neuron_multistep(backend="cpu"), value-format spikes (allocates its output)
+  snnc-bin    the same with spike_format="binary" (1 byte per spike written)
+  snnc-pack   the same with spike_format="packed" (1 bit per spike written)
+  reference   neuron_multistep(backend="reference"): the Python-loop PyTorch oracle
+  sj          SpikingJelly 2.0.0 IFNode(v_reset=None, step_mode="m") (its CPU path is its
+              torch implementation; 2.0.0 has no backend= argument)
+
+The implementations run interleaved (one round = each once, in rotating order) so that
+background load on a shared machine hits them alike; ratios are medians of per-round ratios.
+The slow baselines are skipped above --max-slow-elements (memory: several T*N temporaries).
+
+--gpu (CUDA present) measures copy, snnc-triton, snnc-cuda and SpikingJelly's neuron on the
+GPU instead. That path has not been run on the machine this was written on (no GPU).
+Results go to benchmarks/results/kernels.json and a table on stdout.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch starts its thread pool
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from snncompiler.kernels import available_backends, neuron_multistep  # noqa: E402
+
+FULL_T, FULL_N = (4, 8, 32, 128), (1 << 16, 1 << 20, 1 << 22)
+QUICK_T, QUICK_N = (4, 32), (1 << 16, 1 << 20)
+FLOOR = dict(T=32, N=1 << 20, over_copy=0.6, over_sj=10.0)
+OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = dict(cpu=model, logical_cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                omp_num_threads=os.environ.get("OMP_NUM_THREADS"), torch=torch.__version__,
+                python=platform.python_version(), gpu=None)
+    try:
+        import spikingjelly
+
+        info["spikingjelly"] = getattr(spikingjelly, "__version__", "unknown")
+    except ImportError:
+        info["spikingjelly"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def spikingjelly_node(device):
+    """A SpikingJelly IF node matching the benchmark neuron, or None if it is not installed."""
+    try:
+        from spikingjelly.activation_based import neuron
+    except ImportError:
+        return None
+    node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m").to(device)
+
+    def run(x):
+        node.reset()
+        return node(x)
+
+    return run
+
+
+def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict, dict]:
+    """(name -> zero-arg callable, name -> skip reason, the tensors kept alive)."""
+    x = torch.randn(T, N, device=device) * 0.5 + 0.3
+    v0 = torch.zeros(N, device=device)
+    dst = torch.empty_like(x)
+    impls, skipped = {"copy": lambda: dst.copy_(x)}, {}
+    backends = available_backends()
+    kernel = ["cpu"] if device == "cpu" else ["triton", "cuda"]
+    for b in kernel:
+        name = "snnc" if b == "cpu" else f"snnc-{b}"
+        if b not in backends:
+            skipped[name] = f"backend {b!r} not available"
+            continue
+        impls[name] = lambda b=b: neuron_multistep(x, v0, 1.0, backend=b)
+        if b == "cpu":
+            impls["snnc-bin"] = lambda: neuron_multistep(x, v0, 1.0, backend="cpu", spike_format="binary")
+            impls["snnc-pack"] = lambda: neuron_multistep(x, v0, 1.0, backend="cpu", spike_format="packed")
+    sj = spikingjelly_node(device)
+    if not slow:
+        skipped["reference"] = skipped["sj"] = "skipped above --max-slow-elements (memory, minutes per call)"
+    else:
+        if device == "cpu":
+            impls["reference"] = lambda: neuron_multistep(x, v0, 1.0, backend="reference")
+        if sj is None:
+            skipped["sj"] = "spikingjelly not installed"
+        else:
+            impls["sj"] = lambda: sj(x)
+    return impls, skipped, dict(x=x, v0=v0, dst=dst)
+
+
+def measure(impls: dict, rounds: int, min_seconds: float, sync) -> dict[str, list[float]]:
+    """Interleaved timing: per round, each implementation once (rotating order)."""
+    names = list(impls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        for n in names:  # warm-up (lazy init, first-touch of inputs, autotuning)
+            impls[n]()
+        sync()
+        start, r = time.perf_counter(), 0
+        while r < rounds or (r < 3 * rounds and time.perf_counter() - start < min_seconds):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                sync()
+                t0 = time.perf_counter()
+                impls[n]()
+                sync()
+                times[n].append(time.perf_counter() - t0)
+            r += 1
+    return times
+
+
+def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> list[dict]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    for N in Ns:
+        for T in Ts:
+            impls, skipped, keep = implementations(T, N, device, T * N <= max_slow)
+            # the slow baselines take seconds per call at large sizes: fewer rounds there
+            n_rounds = rounds if T * N <= (1 << 24) or device != "cpu" else max(3, rounds // 3)
+            times = measure(impls, n_rounds, min_seconds, sync)
+            del keep
+            elems = T * N
+            row = dict(T=T, N=N, device=device, rounds=len(times["copy"]), skipped=skipped, impls={})
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                row["impls"][name] = dict(median_s=med, elements_per_s=elems / med)
+            ratios = {}
+            kern = "snnc" if device == "cpu" else next((k for k in ("snnc-cuda", "snnc-triton") if k in times), None)
+            if kern in times:
+                ratios[f"{kern}/copy"] = statistics.median(c / k for c, k in zip(times["copy"], times[kern]))
+                for base in ("reference", "sj"):
+                    if base in times:
+                        ratios[f"{kern}/{base}"] = statistics.median(b / k for b, k in zip(times[base], times[kern]))
+            row["ratios"] = ratios
+            rows.append(row)
+            print_row(row, header=len(rows) == 1)
+    return rows
+
+
+COLS = ("copy", "snnc", "snnc-bin", "snnc-pack", "snnc-triton", "snnc-cuda", "reference", "sj")
+
+
+def print_row(row: dict, header: bool) -> None:
+    cols = [c for c in COLS if c in row["impls"] or c in row["skipped"]]
+    if header:
+        print(f"\n[{row['device']}] throughput in 1e9 elements/s (median), ratios = median of per-round ratios")
+        print(f"{'T':>4} {'N':>8} " + " ".join(f"{c:>11}" for c in cols) + "   ratios")
+    cells = []
+    for c in cols:
+        r = row["impls"].get(c)
+        cells.append(f"{r['elements_per_s'] / 1e9:11.3f}" if r else f"{'-':>11}")
+    ratios = "  ".join(f"{k}={v:.2f}x" for k, v in row["ratios"].items())
+    print(f"{row['T']:>4} {row['N']:>8} " + " ".join(cells) + f"   {ratios}", flush=True)
+
+
+def floor_check(rows: list[dict]) -> dict | None:
+    """The acceptance floor: T=32, N=2^20 on CPU, snnc >= 0.6x copy and >= 10x SpikingJelly."""
+    for row in rows:
+        if row["device"] == "cpu" and row["T"] == FLOOR["T"] and row["N"] == FLOOR["N"]:
+            oc, osj = row["ratios"].get("snnc/copy"), row["ratios"].get("snnc/sj")
+            met = oc is not None and osj is not None and oc >= FLOOR["over_copy"] and osj >= FLOOR["over_sj"]
+            return dict(FLOOR, snnc_over_copy=oc, snnc_over_sj=osj, met=met)
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="reduced grid: T in {4, 32}, N in {2^16, 2^20}")
+    ap.add_argument("--gpu", action="store_true", help="also measure Triton, CUDA and SpikingJelly on the GPU")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per size (default 9)")
+    ap.add_argument("--min-seconds", type=float, default=1.0, help="keep adding rounds until this much time")
+    ap.add_argument("--max-slow-elements", type=int, default=1 << 27,
+                    help="skip reference/SpikingJelly above this T*N (default 2^27)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
+    rows = run("cpu", Ts, Ns, args.rounds, args.min_seconds, args.max_slow_elements)
+    if args.gpu:
+        if torch.cuda.is_available():
+            rows += run("cuda", Ts, Ns, max(args.rounds, 20), args.min_seconds, 1 << 62)
+        else:
+            print("\n--gpu: no CUDA device, GPU measurements skipped")
+    floor = floor_check(rows)
+    if floor:
+        print(f"\nfloor (T=32, N=2^20, CPU): snnc/copy = {floor['snnc_over_copy']:.2f}x (need >= 0.6), "
+              f"snnc/SpikingJelly = {floor['snnc_over_sj']:.1f}x (need >= 10): {'MET' if floor['met'] else 'NOT MET'}")
+    result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload="IF, soft reset, theta=1, float32, "
+                  "inference", machine=machine(), quick=args.quick, results=rows, floor=floor,
+                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(args.out)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
