@@ -393,10 +393,10 @@ def _same_pads(spatial, kernel, strides, dilations, upper):
     begins, ends = [], []
     for n, k, s, d in zip(spatial, kernel, strides, dilations):
         out = -(-n // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
-        small, big = total // 2, total - total // 2
-        begins.append(small if upper else big)
-        ends.append(big if upper else small)
+        total = (out - 1) * s + (k - 1) * d + 1 - n  # negative when the stride exceeds the kernel
+        head = int(total / 2) if upper else int((total + 1) / 2)
+        begins.append(head)
+        ends.append(total - head)
     return begins + ends
 
 
@@ -441,6 +441,17 @@ def test_avgpool_asymmetric(opset, count_include_pad, ceil_mode):
         attrs["ceil_mode"] = 1
     m = single("AveragePool", shape, attrs, [], opset)
     check(m, rand(shape, 1), what=f"AveragePool {attrs}")
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("size,k,s", [(9, 1, 3), (8, 1, 4), (9, 2, 4), (12, 2, 6), (12, 1, 6), (7, 3, 2)])
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_avgpool_same_stride_beyond_kernel(auto_pad, size, k, s, count_include_pad):
+    """SAME with a stride larger than the kernel: the spec's pad formula goes negative (windows skip the edges)."""
+    shape = [2, 3, size, 5]
+    m = single("AveragePool", shape, {"kernel_shape": [k, 1], "strides": [s, 1], "auto_pad": auto_pad,
+                                      "count_include_pad": count_include_pad}, [], 21)
+    check(m, rand(shape, 1), what=f"AveragePool {auto_pad} size={size} k={k} s={s}")
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])

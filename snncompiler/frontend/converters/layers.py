@@ -8,8 +8,12 @@ import numpy as np
 from ..registry import converter
 
 
-def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
-    """Explicit ONNX pads (begins then ends) from ``pads`` or ``auto_pad`` (Conv and pooling)."""
+def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations, *, clamp: bool = True) -> list[int]:
+    """Explicit ONNX pads (begins then ends) from ``pads`` or ``auto_pad`` (Conv and pooling).
+
+    Conv never pads negatively (``clamp``); the pooling spec's SAME formula has no clamp, so a
+    stride larger than the kernel can give negative pads there, split with C's truncating
+    division as onnxruntime does."""
     nd = len(kernel)
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
@@ -20,10 +24,12 @@ def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
     begins, ends = [], []
     for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
         out = math.ceil(size / s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-        small, big = total // 2, total - total // 2
-        begins.append(small if auto == "SAME_UPPER" else big)
-        ends.append(big if auto == "SAME_UPPER" else small)
+        total = (out - 1) * s + (k - 1) * d + 1 - size
+        if clamp:
+            total = max(total, 0)
+        head = int(total / 2) if auto == "SAME_UPPER" else int((total + 1) / 2)  # truncating, like C
+        begins.append(head)
+        ends.append(total - head)
     return begins + ends
 
 
