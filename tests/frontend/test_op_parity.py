@@ -59,6 +59,28 @@ def test_conv_auto_pad(auto_pad, opset):
     check(m, rand(shape, 3), what=f"Conv auto_pad={auto_pad}")
 
 
+_NEG_SAME_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "onnxscript's optimizer (rule NormalizePadFormatConv, run by frontend/loader.py) rewrites Conv "
+    "auto_pad=SAME into explicit pads clamped at 0, while onnxruntime applies the negative SAME padding "
+    "(windows start inside the input) when the stride exceeds the kernel; auto_pad is gone before the "
+    "converter runs. Needs the loader to skip that rule (outside this suite's files)."))
+
+
+@pytest.mark.parametrize("auto_pad,size,k,s", [
+    pytest.param("SAME_UPPER", 12, 1, 4, marks=_NEG_SAME_XFAIL),
+    pytest.param("SAME_UPPER", 6, 3, 6, marks=_NEG_SAME_XFAIL),
+    pytest.param("SAME_LOWER", 12, 2, 6, marks=_NEG_SAME_XFAIL),
+    pytest.param("SAME_LOWER", 5, 1, 5, marks=_NEG_SAME_XFAIL),
+    ("SAME_LOWER", 12, 1, 4),  # negative padding whose windows happen to coincide with the clamped ones
+    ("SAME_UPPER", 9, 2, 4),   # total padding 1
+    ("SAME_LOWER", 8, 3, 2),   # total padding 1
+])
+def test_conv_same_stride_beyond_kernel(auto_pad, size, k, s):
+    shape = [2, 2, size]
+    m = single("Conv", shape, {"auto_pad": auto_pad, "strides": [s]}, [("w", rand([3, 2, k], 1))], 21)
+    check(m, rand(shape, 3), what=f"Conv {auto_pad} size={size} k={k} s={s}")
+
+
 @pytest.mark.parametrize("opset", [11, 21])
 def test_conv_depthwise(opset):
     shape = [2, 4, 7, 7]
@@ -69,7 +91,7 @@ def test_conv_depthwise(opset):
 
 @HYP
 @given(nd=st.sampled_from([1, 2]), groups=st.sampled_from([1, 2, 3]), cin_per=st.integers(1, 2),
-       cout_per=st.integers(1, 2), k=st.integers(1, 4), s=st.integers(1, 3), d=st.integers(1, 2),
+       cout_per=st.integers(1, 2), k=st.integers(1, 4), s=st.integers(1, 4), d=st.integers(1, 2),
        pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
        auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
        size=st.integers(5, 10), bias=st.booleans(), opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
@@ -83,6 +105,8 @@ def test_conv_hypothesis(nd, groups, cin_per, cout_per, k, s, d, pads, auto_pad,
         attrs["pads"] = pads[:nd] + pads[2:2 + nd]
     else:
         attrs["auto_pad"] = auto_pad
+        # Negative SAME padding (stride beyond the kernel) is a known loader bug: test_conv_same_stride_beyond_kernel.
+        assume(all((-(-n // s) - 1) * s + (kk - 1) * d + 1 >= n for n, kk in zip(shape[2:], kernel)))
     consts = [("w", rand([cout, cin_per] + kernel, seed))] + ([("b", rand([cout], seed + 1))] if bias else [])
     m = build_or_skip([helper.make_node("Conv", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
                       [("x", shape)], ["y"], [init(*c) for c in consts], opset)

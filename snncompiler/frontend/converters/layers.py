@@ -42,7 +42,7 @@ def conv(node, ctx):
     nd = w.ndim - 2
     kernel = list(a.get("kernel_shape", w.shape[2:]))
     strides, dilations = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
-    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
+    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations, clamp=False)
     params = {"weight": w} if b is None else {"weight": w, "bias": b}
     ctx.emit("conv", [node.input[0]], [node.output[0]],
              {"stride": strides, "pads": pads, "dilation": dilations, "groups": int(a.get("group", 1))}, params)
