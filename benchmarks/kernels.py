@@ -8,6 +8,9 @@ inference (no autograd). Throughput is T*N elements per second, from the median 
 Implementations (CPU, 2 threads: torch.set_num_threads(2), OMP_NUM_THREADS=2):
   copy        dst.copy_(x) into a preallocated tensor: the memory-traffic bound (reads and
               writes T*N*4 bytes each, exactly the traffic of the value-format kernel)
+  clone       x.clone(): the same copy into a freshly allocated tensor, i.e. what any op that
+              returns a new T*N tensor pays (page faults + zeroing of fresh pages)
+  snnc-pre    the C++ kernel writing into preallocated buffers (like copy): the kernel alone
   snnc        neuron_multistep(backend="cpu"), value-format spikes (allocates its output)
   snnc-bin    the same with spike_format="binary" (1 byte per spike written)
   snnc-pack   the same with spike_format="packed" (1 bit per spike written)
@@ -85,12 +88,24 @@ def spikingjelly_node(device):
     return run
 
 
+def preallocated_cpu_kernel(x, v0):
+    """The C++ forward into buffers allocated once, as the copy bound does (no allocation cost)."""
+    from snncompiler.kernels import cpu
+
+    T, n = x.shape
+    theta, out, vout = torch.ones(1), torch.empty_like(x), torch.empty(n)
+    args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(), vout.data_ptr(), T, n, 1.0, False,
+            0.0, cpu.FORMATS["value"], torch.get_num_threads())
+    keep = (theta, out, vout)
+    return lambda: (cpu.load().forward(*args), keep)
+
+
 def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict, dict]:
     """(name -> zero-arg callable, name -> skip reason, the tensors kept alive)."""
     x = torch.randn(T, N, device=device) * 0.5 + 0.3
     v0 = torch.zeros(N, device=device)
     dst = torch.empty_like(x)
-    impls, skipped = {"copy": lambda: dst.copy_(x)}, {}
+    impls, skipped = {"copy": lambda: dst.copy_(x), "clone": lambda: x.clone()}, {}
     backends = available_backends()
     kernel = ["cpu"] if device == "cpu" else ["triton", "cuda"]
     for b in kernel:
@@ -100,6 +115,7 @@ def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict
             continue
         impls[name] = lambda b=b: neuron_multistep(x, v0, 1.0, backend=b)
         if b == "cpu":
+            impls["snnc-pre"] = preallocated_cpu_kernel(x, v0)
             impls["snnc-bin"] = lambda: neuron_multistep(x, v0, 1.0, backend="cpu", spike_format="binary")
             impls["snnc-pack"] = lambda: neuron_multistep(x, v0, 1.0, backend="cpu", spike_format="packed")
     sj = spikingjelly_node(device)
@@ -154,6 +170,9 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> 
             kern = "snnc" if device == "cpu" else next((k for k in ("snnc-cuda", "snnc-triton") if k in times), None)
             if kern in times:
                 ratios[f"{kern}/copy"] = statistics.median(c / k for c, k in zip(times["copy"], times[kern]))
+                if "snnc-pre" in times:
+                    ratios["snnc-pre/copy"] = statistics.median(c / k for c, k in zip(times["copy"], times["snnc-pre"]))
+                ratios[f"{kern}/clone"] = statistics.median(c / k for c, k in zip(times["clone"], times[kern]))
                 for base in ("reference", "sj"):
                     if base in times:
                         ratios[f"{kern}/{base}"] = statistics.median(b / k for b, k in zip(times[base], times[kern]))
@@ -163,7 +182,7 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> 
     return rows
 
 
-COLS = ("copy", "snnc", "snnc-bin", "snnc-pack", "snnc-triton", "snnc-cuda", "reference", "sj")
+COLS = ("copy", "clone", "snnc-pre", "snnc", "snnc-bin", "snnc-pack", "snnc-triton", "snnc-cuda", "reference", "sj")
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -183,9 +202,12 @@ def floor_check(rows: list[dict]) -> dict | None:
     """The acceptance floor: T=32, N=2^20 on CPU, snnc >= 0.6x copy and >= 10x SpikingJelly."""
     for row in rows:
         if row["device"] == "cpu" and row["T"] == FLOOR["T"] and row["N"] == FLOOR["N"]:
-            oc, osj = row["ratios"].get("snnc/copy"), row["ratios"].get("snnc/sj")
-            met = oc is not None and osj is not None and oc >= FLOOR["over_copy"] and osj >= FLOOR["over_sj"]
-            return dict(FLOOR, snnc_over_copy=oc, snnc_over_sj=osj, met=met)
+            r = row["ratios"]
+            oc, opc, osj = r.get("snnc/copy"), r.get("snnc-pre/copy"), r.get("snnc/sj")
+            ok_sj = osj is not None and osj >= FLOOR["over_sj"]
+            return dict(FLOOR, snnc_over_copy=oc, kernel_over_copy=opc, snnc_over_sj=osj,
+                        met_by_op=bool(ok_sj and oc is not None and oc >= FLOOR["over_copy"]),
+                        met_by_kernel=bool(ok_sj and opc is not None and opc >= FLOOR["over_copy"]))
     return None
 
 
@@ -210,8 +232,15 @@ def main(argv=None) -> int:
             print("\n--gpu: no CUDA device, GPU measurements skipped")
     floor = floor_check(rows)
     if floor:
-        print(f"\nfloor (T=32, N=2^20, CPU): snnc/copy = {floor['snnc_over_copy']:.2f}x (need >= 0.6), "
-              f"snnc/SpikingJelly = {floor['snnc_over_sj']:.1f}x (need >= 10): {'MET' if floor['met'] else 'NOT MET'}")
+        def verdict(ok):
+            return "MET" if ok else "NOT MET"
+
+        print(f"\nfloor (T=32, N=2^20, CPU, need >= 0.6x copy and >= 10x SpikingJelly):\n"
+              f"  kernel, preallocated output (as copy): {floor['kernel_over_copy']:.2f}x copy -> "
+              f"{verdict(floor['met_by_kernel'])}\n"
+              f"  op, allocating its output:            {floor['snnc_over_copy']:.2f}x copy -> "
+              f"{verdict(floor['met_by_op'])}\n"
+              f"  op vs SpikingJelly:                   {floor['snnc_over_sj']:.1f}x")
     result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload="IF, soft reset, theta=1, float32, "
                   "inference", machine=machine(), quick=args.quick, results=rows, floor=floor,
                   timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
