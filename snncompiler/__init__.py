@@ -40,4 +40,11 @@ def compile(model, calib_data, **options):  # noqa: A001 - the public name
     return _compile(model, calib_data, **options)
 
 
-__all__ = ["load", "compile", "load_graph", "Graph", "Node", "Value", "SnncError", "__version__"]
+def calibrate(model_or_path, data, **options):
+    """Layer-wise calibration (see :func:`snncompiler.compiler.calibrate`)."""
+    from .compiler import calibrate as _calibrate
+
+    return _calibrate(model_or_path, data, **options)
+
+
+__all__ = ["load", "compile", "calibrate", "load_graph", "Graph", "Node", "Value", "SnncError", "__version__"]

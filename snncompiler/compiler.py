@@ -9,7 +9,8 @@ import torch
 from .data import Dataset, validate
 from .errors import SnncError
 from .ir import Graph
-from .passes import PassContext, fold_bn, neuronize, run_pipeline, stats, thresholds
+from .passes import (PassContext, bias_calibration, fold_bn, neuronize, potential_calibration, run_pipeline, stats,
+                     thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
 from .runtime.snn import SpikingRunner
 
@@ -17,11 +18,33 @@ log = logging.getLogger(__name__)
 
 #: Defaults chosen by benchmarks/timestep_accuracy.py (see README: "Choosing the defaults").
 DEFAULTS = {
-    "threshold": "p99.99", "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
+    "threshold": None,  # p99.99 without calibration, mse with it (resolved by resolve_options)
+    "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
     "v0": "half", "maxpool": "gated", "strict": False, "encoding": "direct", "calib_samples": 1024,
     "chunk": 32, "backend": "auto",
+    "calibration": "none", "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
 }
-SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding")
+SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
+                "calibration")
+#: The calibration pipelines: which passes run after neuronize (the mse threshold comes first).
+PIPELINES = {
+    "none": [],
+    "light": [bias_calibration],
+    "advanced": [weight_calibration, potential_calibration],
+}
+
+
+def resolve_options(options: dict) -> dict:
+    """Defaults filled in, unknown names and bad pipeline names refused."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise SnncError(f"compile: unknown option(s) {', '.join(sorted(unknown))}")
+    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    if opts["calibration"] not in PIPELINES:
+        raise SnncError(f"--calibration: expected one of {', '.join(PIPELINES)}, got '{opts['calibration']}'")
+    if opts["threshold"] is None:
+        opts["threshold"] = "p99.99" if opts["calibration"] == "none" else "mse"
+    return opts
 
 
 class CompiledModel:
@@ -35,6 +58,7 @@ class CompiledModel:
         self.graph = graph
         self.options = {**DEFAULTS, **options}
         self.report = report or {}
+        self.ann_graph: Graph | None = None  # the ANN it was compiled from, when known (not saved)
 
     # ---- execution ----------------------------------------------------------------------
     def _input(self, x) -> torch.Tensor:
@@ -115,17 +139,50 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     T, used by mse), neuron (if | lif), tau, reset (soft | hard), v0 (half | zero), maxpool
     (gated | input | output), strict, encoding (direct | rate), calib_samples.
     """
-    unknown = set(options) - set(DEFAULTS) - {"seed"}
-    if unknown:
-        raise SnncError(f"compile: unknown option(s) {', '.join(sorted(unknown))}")
-    opts = {**DEFAULTS, **options}
+    opts = resolve_options(options)
     graph = model if isinstance(model, Graph) else _load(model)
     calib = _as_dataset(calib_data)
     check_input(graph.inputs[0], torch.from_numpy(calib.x[:1]), label="calibration input")
+    torch.manual_seed(int(opts["seed"]))
     ctx = PassContext(options=opts, calib=calib)
-    snn = run_pipeline(graph, ctx, [fold_bn, stats, thresholds, neuronize])
-    report = {k: v for k, v in ctx.report.items() if k != "histograms"}
-    return CompiledModel(snn, opts, report)
+    ann = run_pipeline(graph, ctx, [fold_bn])
+    ctx.report["ann_graph"] = ann
+    snn = run_pipeline(ann, ctx, [stats, thresholds, neuronize] + PIPELINES[opts["calibration"]])
+    report = {k: v for k, v in ctx.report.items() if k not in ("histograms", "ann_graph")}
+    compiled = CompiledModel(snn, opts, report)
+    compiled.ann_graph = ann
+    return compiled
+
+
+def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: str = "advanced",
+              iterations: int | None = None, batch_size: int | None = None, seed: int = 0, **options) -> CompiledModel:
+    """Calibrate a spiking model layer by layer at ``timesteps`` (the compile T by default).
+
+    ``model_or_path``: an ANN (ONNX path or Graph) — compiled with the pipeline — or a
+    CompiledModel / artifact path, recalibrated from its own ANN (the model it was compiled
+    from when known, else its neurons read as ReLUs). ``batch_size`` is the minibatch of
+    weight calibration; ``iterations`` its Adam steps.
+    """
+    extra = {"calibration": pipeline, "seed": seed, "iterations": iterations, "calib_batch": batch_size,
+             "timesteps": timesteps}
+    if isinstance(model_or_path, CompiledModel):
+        compiled = model_or_path
+    else:
+        graph = model_or_path if isinstance(model_or_path, Graph) else None
+        if graph is None:
+            from .frontend import load_graph
+
+            graph = load_graph(model_or_path)
+        if not graph.find("neuron"):
+            return compile(graph, data, **options, **extra)
+        compiled = from_artifact(graph)
+    ann = getattr(compiled, "ann_graph", None)
+    if ann is None:
+        ann = compiled.graph.copy()
+        for n in ann.find("neuron"):
+            n.op, n.params, n.attrs = "relu", {}, {}
+    settings = {k: v for k, v in compiled.options.items() if k in SETTING_KEYS and k != "threshold"}
+    return compile(ann, data, **{**settings, **options, **{k: v for k, v in extra.items() if v is not None}})
 
 
 def from_artifact(graph: Graph) -> CompiledModel:

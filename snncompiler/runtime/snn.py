@@ -62,46 +62,54 @@ class SpikingRunner:
         ``checkpoints`` (default: only ``timesteps``) selects the t to report; all come from
         this one run.
         """
-        if timesteps < 1:
-            raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
         checkpoints = sorted(set(checkpoints or [timesteps]))
         if checkpoints[0] < 1 or checkpoints[-1] > timesteps:
             raise SnncError(f"--timesteps: checkpoints must lie in 1..{timesteps}")
-        x = x.to(self.device, torch.float32)
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        state: dict = {}
-        static: dict[str, _Static] = {}
         out_sum = None
         results: dict[int, torch.Tensor] = {}
-        done = 0
-        with torch.no_grad():
-            while done < timesteps:
-                steps = min(chunk, timesteps - done)
-                outs = self._chunk(x, steps, done, state, static, gen)
-                y = _dyn(outs, steps).float()
-                cum = y.cumsum(0) + (out_sum if out_sum is not None else 0)
-                for t in checkpoints:
-                    if done < t <= done + steps:
-                        results[t] = cum[t - done - 1] / t
-                out_sum = cum[-1]
-                done += steps
-                self.steps_run += steps
+        for done, steps, out in self._simulate(x, timesteps, chunk):
+            cum = out.float().cumsum(0) + (out_sum if out_sum is not None else 0)
+            for t in checkpoints:
+                if done < t <= done + steps:
+                    results[t] = cum[t - done - 1] / t
+            out_sum = cum[-1]
         return results
 
     def run_steps(self, x: torch.Tensor, timesteps: int, *, chunk: int = 32) -> torch.Tensor:
         """The output at every step (not averaged): [T, B, ...]. For cross-checks and decoding."""
+        return torch.cat([out.float() for _, _, out in self._simulate(x, timesteps, chunk)])
+
+    def rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = 32, stop_at: str | None = None) -> dict:
+        """Time-mean over ``timesteps`` steps of the named values, [B, ...] each (rate-decoded).
+
+        With ``stop_at`` (a value name) nothing after that value is computed: calibration
+        measures one layer at a time without paying for the rest of the network.
+        """
+        sums: dict[str, torch.Tensor] = {}
+        for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums=sums, stop_at=stop_at):
+            pass
+        return {k: v / timesteps for k, v in sums.items()}
+
+    def _simulate(self, x, timesteps, chunk, observe=frozenset(), sums=None, stop_at=None):
+        if timesteps < 1:
+            raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
         x = x.to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         state: dict = {}
         static: dict[str, _Static] = {}
-        steps_out, done = [], 0
+        done = 0
         with torch.no_grad():
             while done < timesteps:
                 steps = min(chunk, timesteps - done)
-                steps_out.append(_dyn(self._chunk(x, steps, done, state, static, gen), steps).float())
+                env = self._chunk(x, steps, done, state, static, gen, stop_at)
+                for name in observe:
+                    value = env[name]
+                    part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
+                    sums[name] = sums[name] + part if name in sums else part
+                out = None if stop_at else _dyn(env[self.graph.outputs[0].name], steps)
+                yield done, steps, out
                 done += steps
                 self.steps_run += steps
-        return torch.cat(steps_out)
 
     @property
     def firing_rate(self) -> float:
@@ -109,7 +117,7 @@ class SpikingRunner:
         return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
 
     # ---- one chunk ----------------------------------------------------------------------
-    def _chunk(self, x, steps, t0, state, static, gen):
+    def _chunk(self, x, steps, t0, state, static, gen, stop_at=None):
         g = self.graph
         env: dict[str, object] = {}
         name = g.inputs[0].name
@@ -127,6 +135,8 @@ class SpikingRunner:
                         static[o] = _Static(t)
                 for o in node.outputs:
                     env[o] = static[o]
+                if stop_at is not None and stop_at in node.outputs:
+                    break
                 continue
             if node.op == "neuron":
                 out = self._neuron(node, _dyn(ins[0], steps), state)
@@ -139,9 +149,13 @@ class SpikingRunner:
                 res = CORE_OPS[node.op].fn(node, *flat)
                 for o, t in zip(node.outputs, res):
                     env[o] = t.reshape((steps, -1) + tuple(t.shape[1:]))
+                if stop_at is not None and stop_at in node.outputs:
+                    break
                 continue
             env[node.outputs[0]] = out
-        return env[g.outputs[0].name]
+            if stop_at is not None and stop_at in node.outputs:
+                break
+        return env
 
     def _neuron(self, node: Node, x: torch.Tensor, state: dict) -> torch.Tensor:
         from ..kernels import neuron_multistep

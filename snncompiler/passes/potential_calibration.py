@@ -1,0 +1,31 @@
+"""Potential calibration: a per-neuron initial membrane potential.
+
+For each neuron, in topological order, with every upstream correction in effect:
+
+    v_init ← v_init + T · E_N[ a − s̄ ]        (per neuron: shape [C, H, W])
+
+composed with the ``v0`` setting (the runtime starts at v0 + v_init). Over T steps an extra
+initial charge of T·δ adds δ to the rate, so the mean per-neuron error is cancelled.
+"""
+from __future__ import annotations
+
+from ..ir import Graph
+from . import PassContext
+from .layerwise import ann_activation, calibration_batch, progress, reference_graph, snn_rates
+
+NAME = "potential_calibration"
+
+
+def run(graph: Graph, ctx: PassContext) -> Graph:
+    """Set each neuron's ``v_init`` from its mean rate error on the calibration data."""
+    T = int(ctx.options.get("timesteps", 32))
+    x = calibration_batch(ctx)
+    ann = reference_graph(graph, ctx)
+    for neuron in progress(graph.find("neuron"), "potential calibration", ctx):
+        value = neuron.outputs[0]
+        target = ann_activation(ann, x, value)
+        rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
+        offset = T * (target - rate).mean(dim=0)
+        neuron.params["v_init"] = neuron.params.get("v_init", 0) + offset
+        ctx.note(NAME, f"{neuron.name}: mean |v_init| {float(neuron.params['v_init'].abs().mean()):.4g}")
+    return graph

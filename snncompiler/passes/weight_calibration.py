@@ -1,0 +1,81 @@
+"""Weight calibration: per layer, fit the weights so the SNN's rate matches the ANN.
+
+For each neuron fed by a conv/linear (optionally plus a residual), in topological order:
+
+    min_W  ‖ a − Q_STE(W·s̄_in + b [+ r̄]; θ, T) ‖²
+
+with s̄_in and r̄ the actual upstream spike rates (upstream layers already calibrated), a the
+ANN activation, and Q the neuron's rate function at the compile T (ClipRound for v0 = θ/2,
+ClipFloor for v0 = 0), its floor passed straight through for the gradient. Adam with a
+cosine-decayed learning rate over ``iterations`` minibatch steps of ``calib_batch`` samples;
+the squared error is summed over channels and averaged over the rest, as in SNN Calibration.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir import Graph, Node
+from ..runtime.ops import CORE_OPS, channel_view
+from . import PassContext
+from .layerwise import ann_activation, calibration_batch, feeding_layer, progress, reference_graph, snn_rates
+
+NAME = "weight_calibration"
+
+
+def rate_ste(z: torch.Tensor, theta: torch.Tensor, timesteps: int, v0: str) -> torch.Tensor:
+    """Q(z; θ, T) with a straight-through floor: what an IF neuron's rate is for current z."""
+    th = channel_view(theta, z)
+    scaled = z * timesteps / th + (0.5 if v0 == "half" else 0.0)
+    floored = scaled + (torch.floor(scaled) - scaled).detach()
+    return th / timesteps * torch.clamp(floored, 0, timesteps)
+
+
+def layer_loss(layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual, target, theta, T, v0):
+    """The weight-calibration objective for one minibatch."""
+    probe = Node(layer.op, layer.name, layer.inputs, layer.outputs, layer.attrs, {**layer.params, "weight": weight})
+    z = CORE_OPS[layer.op].fn(probe, inputs)[0]
+    if residual is not None:
+        z = z + residual
+    err = (target - rate_ste(z, theta, T, v0)) ** 2
+    return err.sum(dim=1).mean() if err.dim() > 1 else err.mean()
+
+
+def run(graph: Graph, ctx: PassContext) -> Graph:
+    """Fit the weights of every conv/linear that feeds a neuron (see module docstring)."""
+    opts = ctx.options
+    T, v0 = int(opts.get("timesteps", 32)), opts.get("v0", "half")
+    iterations, lr = int(opts.get("iterations", 300)), float(opts.get("lr", 1e-4))
+    batch = int(opts.get("calib_batch", 32))
+    gen = torch.Generator().manual_seed(int(opts.get("seed", 0)))
+    x = calibration_batch(ctx)
+    ann = reference_graph(graph, ctx)
+    for neuron in progress(graph.find("neuron"), "weight calibration", ctx):
+        fed = feeding_layer(graph, neuron)
+        if fed is None:
+            ctx.note(NAME, f"{neuron.name}: no conv/linear directly feeds it, left as is")
+            continue
+        layer, residual_name = fed
+        names = [layer.inputs[0]] + ([residual_name] if residual_name else [])
+        rates = snn_rates(graph, ctx, x, names, stop_at=neuron.inputs[0])
+        inputs, residual = rates[layer.inputs[0]], rates.get(residual_name) if residual_name else None
+        target = ann_activation(ann, x, neuron.outputs[0])
+        theta = neuron.params["theta"]
+        weight = layer.params["weight"].clone().requires_grad_(True)
+        opt = torch.optim.Adam([weight], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
+        with torch.no_grad():
+            before = float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
+        for _ in range(iterations):
+            idx = torch.randint(0, len(inputs), (min(batch, len(inputs)),), generator=gen)
+            loss = layer_loss(layer, weight, inputs[idx], None if residual is None else residual[idx],
+                              target[idx], theta, T, v0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            after = float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
+        if after < before:
+            layer.params["weight"] = weight.detach()
+        ctx.note(NAME, f"{neuron.name}: layer loss {before:.4g} -> {after:.4g}" + ("" if after < before else " (kept old weights)"))
+    return graph
