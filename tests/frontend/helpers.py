@@ -14,9 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 from snncompiler.frontend import load_graph
 from snncompiler.runtime import run_graph
 
-#: Every op type that at least one parity test exercises (filled in by :func:`build`).
-TESTED_OPS: set[str] = set()
-
 RTOL = 1e-4
 FLOAT = TensorProto.FLOAT
 
@@ -58,8 +55,6 @@ def build(nodes, inputs, outputs, initializers=(), opset: int = 21, *, ir_versio
                               producer_name="snncompiler-tests")
     # The IR version the opset shipped with (onnxruntime reads every one of them).
     model.ir_version = ir_version or (7 if opset <= 12 else 8 if opset <= 16 else 9 if opset <= 20 else 10)
-    for n in nodes:
-        TESTED_OPS.add(n.op_type)
     # Let onnx's shape inference give the outputs declared without a shape their type.
     inferred = onnx.shape_inference.infer_shapes(model)
     for out in model.graph.output:
