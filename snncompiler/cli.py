@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration inputs 'x' (labels unused)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
     p.add_argument("--timesteps", type=int, default=32, help="the T the model is compiled for (default 32)")
-    p.add_argument("--threshold", default="p99.99", help="max | pNN.N (percentile, e.g. p99.9) | mse (default p99.99)")
+    p.add_argument("--threshold", default=None,
+                   help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.99, or mse with calibration)")
     p.add_argument("--channelwise", action="store_true", help="one threshold per output channel")
     p.add_argument("--neuron", choices=["if", "lif"], default="if")
     p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau); needs --neuron lif")
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=["direct", "rate"], default="direct")
     p.add_argument("--strict", action="store_true", help="refuse analog islands")
     p.add_argument("--calib-samples", type=int, default=1024, help="at most this many calibration samples")
+    p.add_argument("--calibration", choices=["none", "light", "advanced"], default="none",
+                   help="layer-wise calibration at the compile T: light = mse θ + bias, "
+                        "advanced = mse θ + weights + potential (default none)")
+    p.add_argument("--iterations", type=int, default=300, help="weight-calibration Adam steps per layer")
+    p.add_argument("--seed", type=int, default=0, help="makes calibration deterministic")
     _add_common(p)
     p.set_defaults(func=cmd_compile)
 
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=32, help="steps simulated at once (memory does not grow with T)")
     p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
+    p.add_argument("--layers", action="store_true",
+                   help="spiking models: per-layer clipping and flooring error, firing rate and cosine "
+                        "similarity between ANN activation and SNN rate (at the largest --timesteps)")
+    p.add_argument("--reference", metavar="ANN.onnx",
+                   help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
+    p.add_argument("--layer-samples", type=int, default=256, help="with --layers: samples used for the per-layer errors")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
     return parser
@@ -163,7 +175,8 @@ def cmd_compile(args) -> int:
     model = snn_compile(args.model, calib, timesteps=args.timesteps, threshold=args.threshold,
                         channelwise=args.channelwise, neuron=args.neuron, tau=args.tau or (2.0 if args.neuron == "lif" else 0.0),
                         reset=args.reset, v0=args.v0, maxpool=args.maxpool, encoding=args.encoding, strict=args.strict,
-                        calib_samples=args.calib_samples)
+                        calib_samples=args.calib_samples, calibration=args.calibration, iterations=args.iterations,
+                        seed=args.seed)
     rows = [r for r in node_rows(model.graph) if r["core_op"] != "-"]
     for r in rows:
         node = model.graph.node(r["name"])
@@ -176,8 +189,9 @@ def cmd_compile(args) -> int:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
     model.save(args.output)
     neurons = len(model.graph.find("neuron"))
-    print(f"wrote {args.output}: {neurons} neurons, T={args.timesteps}, threshold {args.threshold}"
-          f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0} "
+    print(f"wrote {args.output}: {neurons} neurons, T={args.timesteps}, threshold {model.options['threshold']}"
+          f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0}, "
+          f"calibration {args.calibration} "
           f"({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -201,6 +215,15 @@ def _eval_snn(args, model, data) -> int:
     seconds = time.perf_counter() - t0
     if args.plot:
         _plot(args.plot, result, args.model)
+    if args.layers:
+        from .diagnostics import layer_errors
+
+        reference = None
+        if args.reference:
+            from .frontend import load_graph
+
+            reference = load_graph(args.reference)
+        result["layers"] = layer_errors(model, data.x[:args.layer_samples], ts[-1], reference=reference)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -209,6 +232,14 @@ def _eval_snn(args, model, data) -> int:
     print("   T  SNN accuracy")
     for t, acc in result["snn_accuracy"].items():
         print(f"{int(t):>4}  {100 * acc:6.2f}%")
+    if args.layers:
+        from .inspect import format_table
+
+        print(f"\nper-layer errors at T={ts[-1]} on {min(len(data), args.layer_samples)} samples "
+              "(mean squared; flooring includes every other SNN-vs-clipped-ANN mismatch):")
+        print(format_table(result["layers"], [("layer", "layer"), ("theta", "θ (mean)"), ("clipping_error", "clipping"),
+                                             ("flooring_error", "flooring"), ("firing_rate", "firing rate"),
+                                             ("cosine", "cosine(a, s̄)")]))
     return 0
 
 

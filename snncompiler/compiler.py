@@ -22,7 +22,7 @@ DEFAULTS = {
     "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
     "v0": "half", "maxpool": "gated", "strict": False, "encoding": "direct", "calib_samples": 1024,
     "chunk": 32, "backend": "auto",
-    "calibration": "none", "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
+    "calibration": "none", "calib_rounds": 3, "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
 }
 SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
                 "calibration")

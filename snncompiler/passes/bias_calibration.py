@@ -7,6 +7,10 @@ For each neuron, in topological order, with every upstream correction in effect:
 where a is the ANN activation at the neuron's site, s̄ the SNN rate (time-mean of θ·s over
 the compile T) and b the bias of the conv/linear that drives the neuron. It removes the mean
 (per-channel) part of the conversion error, clipping and flooring alike.
+
+A bias shift moves the rate only where the neuron is active, so one step under-corrects
+(measured: about half the error remains on a digits CNN). The same update is therefore
+repeated ``calib_rounds`` times per layer (default 3), re-measuring s̄ each time.
 """
 from __future__ import annotations
 
@@ -32,9 +36,12 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         layer, _ = fed
         value = neuron.outputs[0]
         target = ann_activation(ann, x, value)
-        rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
-        delta = channel_mean(rate - target)
-        bias = layer.params.get("bias", torch.zeros_like(delta))
-        layer.params["bias"] = bias - delta.reshape(bias.shape)
-        ctx.note(NAME, f"{neuron.name}: mean |E[s̄ − a]| {float(delta.abs().mean()):.4g} removed via {layer.name}.bias")
+        first = None
+        for _ in range(int(ctx.options.get("calib_rounds", 3))):
+            rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
+            delta = channel_mean(rate - target)
+            first = float(delta.abs().mean()) if first is None else first
+            bias = layer.params.get("bias", torch.zeros_like(delta))
+            layer.params["bias"] = bias - delta.reshape(bias.shape)
+        ctx.note(NAME, f"{neuron.name}: mean |E[s̄ − a]| {first:.4g} corrected via {layer.name}.bias")
     return graph

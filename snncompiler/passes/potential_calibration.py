@@ -5,7 +5,9 @@ For each neuron, in topological order, with every upstream correction in effect:
     v_init ← v_init + T · E_N[ a − s̄ ]        (per neuron: shape [C, H, W])
 
 composed with the ``v0`` setting (the runtime starts at v0 + v_init). Over T steps an extra
-initial charge of T·δ adds δ to the rate, so the mean per-neuron error is cancelled.
+initial charge of T·δ adds δ to the rate, so the mean per-neuron error is cancelled where the
+neuron is active; samples in which it stays silent dilute the step, so, as in bias calibration,
+the update is repeated ``calib_rounds`` times (default 3), re-measuring s̄ each time.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     for neuron in progress(graph.find("neuron"), "potential calibration", ctx):
         value = neuron.outputs[0]
         target = ann_activation(ann, x, value)
-        rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
-        offset = T * (target - rate).mean(dim=0)
-        neuron.params["v_init"] = neuron.params.get("v_init", 0) + offset
+        for _ in range(int(ctx.options.get("calib_rounds", 3))):
+            rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
+            offset = T * (target - rate).mean(dim=0)
+            neuron.params["v_init"] = neuron.params.get("v_init", 0) + offset
         ctx.note(NAME, f"{neuron.name}: mean |v_init| {float(neuron.params['v_init'].abs().mean()):.4g}")
     return graph

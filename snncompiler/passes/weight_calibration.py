@@ -77,5 +77,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             after = float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
         if after < before:
             layer.params["weight"] = weight.detach()
+        # (before, after) of the weights actually kept
+        ctx.report.setdefault("weight_calibration_loss", {})[neuron.name] = (before, min(before, after))
         ctx.note(NAME, f"{neuron.name}: layer loss {before:.4g} -> {after:.4g}" + ("" if after < before else " (kept old weights)"))
     return graph

@@ -1,0 +1,131 @@
+"""Layer-wise calibration: each pass against its formula, pipelines, determinism, diagnostics."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import snncompiler as snnc
+from snncompiler.data import Dataset
+from snncompiler.passes import PassContext, bias_calibration, potential_calibration, weight_calibration
+from snncompiler.passes.layerwise import ann_activation, channel_mean, snn_rates
+from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+
+T = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    train, test = digits()
+    torch.manual_seed(0)
+    model = train_classifier(DigitsCNN(width=8), train, epochs=6)
+    path = export_onnx(model, (1, 8, 8), tmp_path_factory.mktemp("cal") / "cnn.onnx")
+    return path, train, test
+
+
+def _errors(compiled, x, ctx):
+    """Per neuron: per-channel mean rate error E[s̄ − a] and per-neuron error, measured now."""
+    out = {}
+    for neuron in compiled.graph.find("neuron"):
+        v = neuron.outputs[0]
+        a = ann_activation(compiled.ann_graph, x, v)
+        s = snn_rates(compiled.graph, ctx, x, [v], stop_at=v)[v]
+        out[neuron.name] = (channel_mean(s - a), (s - a).mean(0))
+    return out
+
+
+def _ctx(compiled, calib, **opts):
+    ctx = PassContext(options={**compiled.options, "timesteps": T, "quiet": True, **opts}, calib=calib)
+    ctx.report["ann_graph"] = compiled.ann_graph
+    return ctx
+
+
+def test_bias_calibration_zeroes_mean_error_of_first_layer(setup):
+    path, train, _ = setup
+    calib = Dataset(train.x[:128])
+    compiled = snnc.compile(path, calib, timesteps=T, threshold="mse")
+    ctx = _ctx(compiled, calib)
+    x = torch.from_numpy(calib.x)
+    first = compiled.graph.find("neuron")[0].name
+    before = _errors(compiled, x, ctx)[first][0]
+    compiled.graph = bias_calibration.run(compiled.graph.copy(), ctx)
+    after = _errors(compiled, x, ctx)[first][0]
+    # one correction step on a floor nonlinearity: the mean error shrinks to a small residue
+    assert float(after.abs().mean()) <= 0.3 * float(before.abs().mean())
+
+
+def test_potential_calibration_removes_planted_offset(setup):
+    path, train, _ = setup
+    calib = Dataset(train.x[:128])
+    compiled = snnc.compile(path, calib, timesteps=T, threshold="mse")
+    ctx = _ctx(compiled, calib)
+    x = torch.from_numpy(calib.x)
+    first = compiled.graph.find("neuron")[0]
+    theta = float(first.params["theta"].mean())
+    shape = ann_activation(compiled.ann_graph, x[:1], first.outputs[0]).shape[1:]
+    first.params["v_init"] = -0.8 * theta * torch.ones(shape)  # planted: starts far below θ/2
+    planted = float(_errors(compiled, x, ctx)[first.name][1].abs().mean())
+    compiled.graph = potential_calibration.run(compiled.graph.copy(), ctx)
+    fixed = float(_errors(compiled, x, ctx)[first.name][1].abs().mean())
+    assert fixed <= 0.3 * planted
+
+
+def test_weight_calibration_lowers_each_layer_loss(setup):
+    path, train, _ = setup
+    calib = Dataset(train.x[:128])
+    compiled = snnc.compile(path, calib, timesteps=T, threshold="mse")
+    ctx = _ctx(compiled, calib, iterations=60, lr=1e-3)
+    weight_calibration.run(compiled.graph.copy(), ctx)
+    losses = ctx.report["weight_calibration_loss"]
+    assert set(losses) == {n.name for n in compiled.graph.find("neuron")}
+    assert all(after <= before for before, after in losses.values())
+    # the first layer sees the exact analog input, so only quantisation is left for it to fit;
+    # every deeper layer inherits upstream spiking error, which the fit must reduce
+    deeper = [losses[n.name] for n in compiled.graph.find("neuron")[1:]]
+    assert all(after < 0.99 * before for before, after in deeper)
+
+
+def test_pipelines_are_deterministic_and_recorded(setup, tmp_path):
+    path, train, test = setup
+    calib = Dataset(train.x[:128])
+    a = snnc.compile(path, calib, timesteps=T, calibration="advanced", iterations=20, seed=3, quiet=True)
+    b = snnc.calibrate(path, calib, timesteps=T, pipeline="advanced", iterations=20, seed=3, quiet=True)
+    for na, nb in zip(a.graph.nodes, b.graph.nodes):
+        for key in na.params:
+            assert torch.equal(na.params[key], nb.params[key])
+    a.save(tmp_path / "a.snn.onnx")
+    loaded = snnc.load(tmp_path / "a.snn.onnx")
+    assert loaded.settings()["calibration"] == "advanced" and loaded.settings()["timesteps"] == T
+    np.testing.assert_array_equal(a.run(test.x[:20], T), loaded.run(test.x[:20], T))
+
+
+def test_light_not_worse_than_none_on_digits(setup):
+    path, train, test = setup
+    calib = Dataset(train.x[:256])
+    none = snnc.compile(path, calib, timesteps=T).evaluate(test.x, test.y, [2, 4, 8])
+    light = snnc.compile(path, calib, timesteps=T, calibration="light", quiet=True).evaluate(test.x, test.y, [2, 4, 8])
+    for t in ("2", "4", "8"):
+        assert light["snn_accuracy"][t] >= none["snn_accuracy"][t] - 0.005
+
+
+def test_eval_layers_cli(setup, tmp_path):
+    path, train, test = setup
+    np.savez(tmp_path / "calib.npz", x=train.x[:128])
+    np.savez(tmp_path / "test.npz", x=test.x[:50], y=test.y[:50])
+    cli = [sys.executable, "-m", "snncompiler.cli"]
+    out = tmp_path / "m.snn.onnx"
+    subprocess.run(cli + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
+                          "--timesteps", "4", "--calibration", "light"], check=True, capture_output=True)
+    proc = subprocess.run(cli + ["eval", str(out), "--data", str(tmp_path / "test.npz"), "--timesteps", "4",
+                                 "--layers", "--reference", str(path), "--json"], check=True, capture_output=True, text=True)
+    layers = json.loads(proc.stdout)["layers"]
+    assert len(layers) == 3
+    for row in layers:
+        assert row["clipping_error"] >= 0 and row["flooring_error"] >= 0 and 0 <= row["firing_rate"] <= 1
+        assert -1 <= row["cosine"] <= 1
+    assert layers[0]["cosine"] > 0.9
