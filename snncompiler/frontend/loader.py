@@ -111,8 +111,10 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     custom = has_custom_domain(model)
     opset = main_opset(model)
     if not custom and opset != TARGET_OPSET:
+        old_resizes = _name_old_resizes(model) if opset <= 10 else set()
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
+            _restore_opset10_resize(model, old_resizes)
         except Exception as exc:
             # Converters also read the older forms, so a model the converter cannot lift still loads.
             log.warning("%s: version conversion from opset %d to %d failed (%s); using opset %d as is",
@@ -126,14 +128,43 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     return model, label
 
 
+def _name_old_resizes(model: onnx.ModelProto) -> set[str]:
+    """Give every opset ≤ 10 Resize/Upsample a name, so it can be found after conversion."""
+    names = set()
+    for i, node in enumerate(model.graph.node):
+        if node.op_type in ("Resize", "Upsample"):
+            if not node.name:
+                node.name = f"snnc_resize_{i}"
+            names.add(node.name)
+    return names
+
+
+def _restore_opset10_resize(model: onnx.ModelProto, names: set[str]) -> None:
+    """Opset ≤ 10 Resize/Upsample use asymmetric coordinates and floor rounding; the version
+    converter lifts them to Resize-11+ without saying so, which would switch them to the
+    half_pixel default."""
+    for node in model.graph.node:
+        if node.op_type == "Resize" and node.name in names:
+            keep = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend(keep + [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                                          onnx.helper.make_attribute("nearest_mode", "floor")])
+
+
 def _fold_constants(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    import onnxscript.optimizer
+    """Constant folding and dead-node removal with onnxscript's optimizer passes.
+
+    Only folding: onnxscript's default rewrite rules also normalise patterns (e.g. Conv
+    auto_pad into explicit pads clamped at 0), which changes results that onnxruntime keeps.
+    """
+    import onnx_ir
+    import onnxscript.optimizer as opt
 
     try:
-        folded = onnxscript.optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True,
-                                               input_size_limit=1 << 22, output_size_limit=1 << 24)
-    except TypeError:  # older onnxscript without the size keywords
-        folded = onnxscript.optimizer.optimize(model)
+        ir_model = onnx_ir.from_proto(model)
+        opt.fold_constants(ir_model, onnx_shape_inference=True, input_size_limit=1 << 22, output_size_limit=1 << 24)
+        opt.remove_unused_nodes(ir_model)
+        folded = onnx_ir.to_proto(ir_model)
     except Exception as exc:
         log.warning("%s: constant folding failed (%s); continuing unfolded", label, _first_line(exc))
         return model

@@ -412,7 +412,8 @@ def reshape(node: Node, x):
 @core_op("flatten", "linear")
 def flatten(node: Node, x):
     """ONNX Flatten: 2-D [prod(dims[:axis]), prod(dims[axis:])]."""
-    axis = node.attrs.get("axis", 1) % (x.dim() + 1) if x.dim() else 0
+    axis = node.attrs.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
     lead = _prod(x.shape[:axis])
     return (x.reshape(lead, -1) if x.numel() else x.reshape(lead, _prod(x.shape[axis:])),)
 
