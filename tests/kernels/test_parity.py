@@ -110,6 +110,19 @@ def test_cpu_matches_reference(c):
     check_case(c, "cpu")
 
 
+@settings(max_examples=50, **_SETTINGS)
+@given(c=cases())
+def test_membrane_is_bit_identical(backend, c):
+    """Stricter than the 1e-6 contract: the kernels round exactly like the oracle, so a fused
+    multiply-add slipping into a build (h = fma(decay, v, x)) is caught here (1e-6 is not)."""
+    c = dict(c, decay=0.9 if c["decay"] == 1.0 else c["decay"], quantized=False, T=max(c["T"], 4))
+    x, v0, theta = make_inputs(c, device_for(backend))
+    kw = dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"])
+    _, v = neuron_multistep(x, v0, theta, backend=backend, **kw)
+    _, rv = neuron_multistep_reference(x, v0, theta, **kw)
+    assert torch.equal(v, rv)
+
+
 @settings(max_examples=60, **_SETTINGS)  # the Triton interpreter is slow: few, small cases
 @given(c=cases())
 def test_triton_matches_reference(c):
