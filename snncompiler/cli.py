@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the output (key 'y')")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--timesteps", type=int, default=None, help="spiking models: steps to simulate (default: compile T)")
+    p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
+    p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     _add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -153,9 +156,15 @@ def cmd_run(args) -> int:
     from . import load
     from .data import load_npz
 
+    from .compiler import CompiledModel
+
     data = load_npz(args.input, arg="--input")
     model = load(args.model, device=args.device)
-    outputs = [model(x) for x, _ in data.batches(args.batch_size)]
+    if isinstance(model, CompiledModel):
+        run = model.ann if args.ann_mode else (lambda x: model.run(x, args.timesteps, backend=args.backend))
+    else:
+        run = model
+    outputs = [run(x) for x, _ in data.batches(args.batch_size)]
     y = np.concatenate(outputs, axis=0)
     np.savez(args.output, y=y)
     print(f"wrote {args.output}: y {list(y.shape)} from {len(data)} samples")

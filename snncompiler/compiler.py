@@ -86,6 +86,10 @@ class CompiledModel:
         out = {t: np.concatenate(v) for t, v in parts.items()}
         return out if checkpoints else out[timesteps]
 
+    def __call__(self, x, timesteps: int | None = None, **overrides):
+        """Mean output over the compile T (or ``timesteps``) steps: the model as a function."""
+        return self.run(x, timesteps, **overrides)
+
     def ann(self, x, batch_size: int = 1024) -> np.ndarray:
         """The artifact's own ANN: every neuron as clip(x, 0, θ)."""
         ex = Executor(self.graph)

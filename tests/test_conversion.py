@@ -129,6 +129,11 @@ def test_cli_compile_eval_inspect(cnn, digits_data, tmp_path):
     assert list(result["snn_accuracy"]) == ["1", "2", "4", "8"] and result["samples"] == 60
     proc = subprocess.run(cli + ["inspect", str(out)], capture_output=True, text=True, check=True)
     assert "θ=" in proc.stdout and "Neuron" in proc.stdout
+    np.savez(tmp_path / "x.npz", x=test.x[:20])
+    subprocess.run(cli + ["run", str(out), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"),
+                          "--timesteps", "8"], capture_output=True, text=True, check=True)
+    with np.load(tmp_path / "y.npz") as y:
+        np.testing.assert_array_equal(y["y"], snnc.load(out).run(test.x[:20], 8))
 
 
 def test_strict_refuses_analog_islands(tmp_path, digits_data):
