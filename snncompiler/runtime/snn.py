@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,11 @@ import torch.nn.functional as F
 from ..errors import SnncError
 from ..ir import Graph, Node
 from .ops import CORE_OPS, _windows, channel_view
+
+
+# How `profile` groups the time spent per node (everything else is "other ops").
+_PROFILE_GROUPS = {"neuron": "neurons", "conv": "conv/linear", "conv_transpose": "conv/linear", "linear": "conv/linear",
+                   "matmul": "conv/linear"}
 
 
 class _Static:
@@ -52,6 +58,7 @@ class SpikingRunner:
             for key, p in node.params.items():
                 node.params[key] = p.to(self.device)
         self.steps_run = 0  # total simulated steps (tests count these, no timing)
+        self.profile: dict[str, float] | None = None  # set to {} to accumulate seconds per op group
         self.spike_count = 0.0
         self.neuron_steps = 0.0
 
@@ -127,35 +134,32 @@ class SpikingRunner:
         else:
             env[name] = _Static(x)
         for node in g.nodes:
-            ins = [env[i] for i in node.inputs]
-            if all(isinstance(v, _Static) for v in ins) and not (node.op == "neuron"):
-                if node.outputs[0] not in static:
-                    outs = CORE_OPS[node.op].fn(node, *[v.t for v in ins])
-                    for o, t in zip(node.outputs, outs):
-                        static[o] = _Static(t)
-                for o in node.outputs:
-                    env[o] = static[o]
-                if stop_at is not None and stop_at in node.outputs:
-                    break
-                continue
-            if node.op == "neuron":
-                out = self._neuron(node, _dyn(ins[0], steps), state)
-            elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
-                out = self._gated_maxpool(node, _dyn(ins[0], steps), state)
-            elif CORE_OPS[node.op].conversion_kind(node) == "analog":
-                out = self._analog(node, [_dyn(v, steps) for v in ins], state, t0)
-            else:
-                flat = [_dyn(v, steps).reshape((-1,) + tuple(_dyn(v, steps).shape[2:])) for v in ins]
-                res = CORE_OPS[node.op].fn(node, *flat)
-                for o, t in zip(node.outputs, res):
-                    env[o] = t.reshape((steps, -1) + tuple(t.shape[1:]))
-                if stop_at is not None and stop_at in node.outputs:
-                    break
-                continue
-            env[node.outputs[0]] = out
+            started = time.perf_counter() if self.profile is not None else 0.0
+            for name, value in zip(node.outputs, self._node(node, env, steps, t0, state, static)):
+                env[name] = value
+            if self.profile is not None:
+                key = _PROFILE_GROUPS.get(node.op, "other ops")
+                self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - started
             if stop_at is not None and stop_at in node.outputs:
                 break
         return env
+
+    def _node(self, node: Node, env: dict, steps: int, t0: int, state: dict, static: dict):
+        """Outputs of one node for one chunk: static values once, stateful ops over time."""
+        ins = [env[i] for i in node.inputs]
+        if node.op != "neuron" and all(isinstance(v, _Static) for v in ins):
+            if node.outputs[0] not in static:
+                for o, t in zip(node.outputs, CORE_OPS[node.op].fn(node, *[v.t for v in ins])):
+                    static[o] = _Static(t)
+            return [static[o] for o in node.outputs]
+        if node.op == "neuron":
+            return [self._neuron(node, _dyn(ins[0], steps), state)]
+        if node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
+            return [self._gated_maxpool(node, _dyn(ins[0], steps), state)]
+        if CORE_OPS[node.op].conversion_kind(node) == "analog":
+            return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
+        flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
+        return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in CORE_OPS[node.op].fn(node, *flat)]
 
     def _neuron(self, node: Node, x: torch.Tensor, state: dict) -> torch.Tensor:
         from ..kernels import neuron_multistep
