@@ -1,0 +1,150 @@
+"""End-to-end spiking inference speed: snnc vs SpikingJelly's converted model, same batch, same threads.
+
+Workloads: the digits CNN (trained in seconds) and a random-init torchvision ResNet-18 on
+3×32×32 inputs. Both are converted by each tool from the same ANN and calibration batch and
+run for T steps on the same batch. Reported: median wall time per batch over repeats, the
+ratio, and where snnc's time goes (neurons vs conv/linear vs other ops vs overhead, from the
+runtime's profile; SpikingJelly's neuron time from forward hooks on its IF nodes).
+
+    python benchmarks/end_to_end.py [--timesteps 32] [--batch 64] [--repeats 5] [--threads 2]
+
+Prints a table and writes benchmarks/results/end_to_end.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import snncompiler as snnc
+from snncompiler.data import Dataset
+from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+
+
+def digits_cnn(tmp: Path):
+    """Trained digits CNN, its ONNX file, calibration and benchmark inputs."""
+    train, test = digits()
+    torch.manual_seed(0)
+    model = train_classifier(DigitsCNN(), train, epochs=10)
+    return model, export_onnx(model, (1, 8, 8), tmp / "digits_cnn.onnx"), train.x[:256], test.x
+
+
+def resnet18(tmp: Path):
+    """Random-init torchvision ResNet-18 (10 classes) on 3×32×32 inputs."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 3, 32, 32)).astype(np.float32)
+    return model, export_onnx(model, (3, 32, 32), tmp / "resnet18.onnx"), x[:256], x[256:]
+
+
+def spikingjelly_model(ann: nn.Module, calib: np.ndarray):
+    """SpikingJelly's rate-coding conversion (max mode) of the same ANN on the same calibration batch."""
+    from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
+
+    batch = torch.from_numpy(calib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Converter(RateCodingRecipe([(batch, torch.zeros(len(batch)))], mode="Max")).convert(ann)
+
+
+def time_spikingjelly(snn: nn.Module, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[list[float], float]:
+    """Wall times of T single-step calls (SpikingJelly's converted models are single-step), and neuron share."""
+    from spikingjelly.activation_based import functional, neuron
+
+    neuron_time = [0.0]
+    starts: dict[int, float] = {}
+    nodes = [m for m in snn.modules() if isinstance(m, neuron.BaseNode)]
+    for m in nodes:
+        m.register_forward_pre_hook(lambda mod, inp: starts.__setitem__(id(mod), time.perf_counter()))
+        m.register_forward_hook(lambda mod, inp, out: neuron_time.__setitem__(0, neuron_time[0] + time.perf_counter() - starts[id(mod)]))
+    times = []
+    with torch.no_grad():
+        for r in range(repeats + 1):
+            functional.reset_net(snn)
+            neuron_time[0] = 0.0
+            t0 = time.perf_counter()
+            acc = 0
+            for _ in range(timesteps):
+                acc = acc + snn(x)
+            elapsed = time.perf_counter() - t0
+            if r:  # the first run warms up
+                times.append(elapsed)
+                share = neuron_time[0] / elapsed
+    return times, share
+
+
+def time_snnc(model, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[list[float], dict]:
+    """Wall times of one T-step run of snnc's runtime, and its profile of the last run."""
+    times, profile = [], {}
+    for r in range(repeats + 1):
+        runner = model.runner()
+        runner.profile = {}
+        t0 = time.perf_counter()
+        runner.run(x, timesteps, chunk=timesteps)
+        elapsed = time.perf_counter() - t0
+        if r:
+            times.append(elapsed)
+            profile = dict(runner.profile, total=elapsed)
+    return times, profile
+
+
+def main() -> None:
+    """Run both workloads and print/write the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--timesteps", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from snncompiler.kernels import available_backends
+
+    rows = []
+    for name, build in (("digits_cnn", digits_cnn), ("resnet18", resnet18)):
+        print(f"[{name}] building and converting ...", flush=True)
+        ann, onnx_path, calib, test = build(out)
+        x = torch.from_numpy(test[:args.batch])
+        compiled = snnc.compile(onnx_path, Dataset(calib), threshold="max", quiet=True)
+        sj = spikingjelly_model(ann, calib)
+        sj_times, sj_neuron_share = time_spikingjelly(sj, x, args.timesteps, args.repeats)
+        sn_times, profile = time_snnc(compiled, x, args.timesteps, args.repeats)
+        sj_med, sn_med = statistics.median(sj_times), statistics.median(sn_times)
+        total = profile.pop("total")
+        breakdown = {k: v / total for k, v in profile.items()}
+        breakdown["overhead"] = max(0.0, 1.0 - sum(breakdown.values()))
+        rows.append({"workload": name, "batch": args.batch, "timesteps": args.timesteps,
+                     "snnc_median_s": sn_med, "spikingjelly_median_s": sj_med, "speedup": sj_med / sn_med,
+                     "snnc_time_share": breakdown, "spikingjelly_neuron_share": sj_neuron_share,
+                     "snnc_times_s": sn_times, "spikingjelly_times_s": sj_times})
+        for f in (onnx_path,):
+            Path(f).unlink(missing_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    print(f"\nend-to-end, T={args.timesteps}, batch {args.batch}, median of {args.repeats} ({machine}; "
+          f"snnc neuron backends: {', '.join(available_backends())})")
+    print(f"{'workload':<12} {'snnc s/batch':>13} {'SJ s/batch':>11} {'speedup':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons")
+    for r in rows:
+        b = r["snnc_time_share"]
+        print(f"{r['workload']:<12} {r['snnc_median_s']:>13.4f} {r['spikingjelly_median_s']:>11.4f} {r['speedup']:>7.2f}x"
+              f"   {100 * b.get('neurons', 0):5.1f}% / {100 * b.get('conv/linear', 0):5.1f}% / {100 * b.get('other ops', 0):5.1f}%"
+              f" / {100 * b['overhead']:5.1f}%            {100 * r['spikingjelly_neuron_share']:5.1f}%")
+    floor = all(r["speedup"] >= 1.5 for r in rows)
+    print(f"floor (snnc >= 1.5x faster on every workload): {'PASS' if floor else 'FAIL'}")
+    (out / "end_to_end.json").write_text(json.dumps({"machine": machine, "rows": rows, "floor_pass": floor}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
