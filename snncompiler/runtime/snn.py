@@ -200,15 +200,19 @@ class SpikingRunner:
         kernel, stride = list(node.attrs["kernel"]), list(node.attrs.get("stride", [1] * nd))
         pads, dilation = list(node.attrs.get("pads", [0] * 2 * nd)), list(node.attrs.get("dilation", [1] * nd))
         ceil_mode = node.attrs.get("ceil_mode", 0)
-        # running counts up to and including this step choose the input a window passes;
+        # running spike counts up to and including this step choose the input a window passes;
         # counting the current spike lets an input that fires now win ties in the first steps
-        counts_so_far = s.double().cumsum(0) + state.get(node.name, 0)
+        plane = math.prod(s.shape[3:])
+        total = float(state.get((node.name, "steps"), 0) + steps)
+        # count + tie-break fraction stays ordered in float32 while count·(plane+1) < 2^23
+        dtype = torch.float32 if total * (plane + 1) < 2 ** 23 else torch.float64
+        counts_so_far = (s != 0).to(dtype).cumsum(0) + state.get(node.name, 0)
         state[node.name] = counts_so_far[-1]
+        state[(node.name, "steps")] = total
         flat_s = s.reshape((-1,) + tuple(s.shape[2:]))
         # Ties go to the first input of the window, explicitly: torch's max_pool breaks ties
         # differently in its vectorised paths, which made results depend on the chunk size.
-        plane = math.prod(s.shape[3:])
-        first_wins = -torch.arange(plane, dtype=torch.float64, device=s.device).reshape(s.shape[3:]) / (plane + 1)
+        first_wins = -torch.arange(plane, dtype=dtype, device=s.device).reshape(s.shape[3:]) / (plane + 1)
         counts = counts_so_far.reshape(flat_s.shape) + first_wins
         cp = _windows(counts, nd, kernel, stride, pads, dilation, ceil_mode, float("-inf"))
         sp = _windows(flat_s, nd, kernel, stride, pads, dilation, ceil_mode, 0.0)
