@@ -87,3 +87,19 @@ def test_surrogate_matches_its_definition(surrogate):
     }[surrogate]
     (expected,) = torch.autograd.grad(smooth(u).sum(), u)
     torch.testing.assert_close(surrogate_grad(u.detach(), surrogate, alpha), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["binary", "packed"])
+def test_integer_spike_formats_still_give_membrane_gradients(backend, fmt):
+    """Integer spikes carry no gradient; v_final does, exactly as in the value format."""
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(5)
+    x0 = (torch.randn(6, 3, 7, generator=g) * 0.8 + 0.3).to(dev)
+    w = torch.randn(3, 7, generator=g).to(dev)
+    got, want = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    spikes, v = neuron_multistep(got, 0.0, 0.9, backend=backend, decay=0.75, spike_format=fmt)
+    assert spikes.dtype == torch.uint8 and not spikes.requires_grad
+    (v * w).sum().backward()
+    _, rv = neuron_multistep_reference(want, 0.0, 0.9, decay=0.75)
+    (rv * w).sum().backward()
+    torch.testing.assert_close(got.grad.cpu(), want.grad.cpu(), rtol=1e-5, atol=1e-5)
