@@ -147,3 +147,28 @@ def test_strict_refuses_analog_islands(tmp_path, digits_data):
     # with constant input an analog island on the first layer sees exactly the ANN input
     ref = ann(torch.from_numpy(train.x[:8])).detach().numpy()
     np.testing.assert_allclose(model.run(train.x[:8], 4), ref, rtol=1e-5, atol=1e-5)
+
+
+def _pool_graph(strategy: str, theta: float):
+    from snncompiler.ir import Graph, Node, Value
+
+    nodes = [Node("neuron", "n", ["x"], ["s"], {"neuron": "if", "tau": 0.0, "reset": "soft", "v0": "zero"},
+                  {"theta": torch.tensor(theta)}),
+             Node("maxpool", "p", ["s"], ["y"], {"kernel": [2, 2], "stride": [2, 2], "pads": [0, 0, 0, 0],
+                                                  "spiking": strategy})]
+    return Graph([Value("x", (1, 1, 2, 2))], [Value("y", (1, 1, 1, 1))], nodes, {"x": Value("x", (1, 1, 2, 2))})
+
+
+@pytest.mark.parametrize("theta", [0.05, 1.0, 20.0])
+def test_gated_maxpool_passes_the_most_active_input(theta):
+    from snncompiler.runtime.snn import SpikingRunner
+
+    rates = torch.tensor([[[[0.3, 0.9], [0.5, 0.1]]]])  # fraction of θ each input receives per step
+    x = rates * theta
+    T = 200
+    gated = SpikingRunner(_pool_graph("gated", theta), backend="reference").run(x, T)[T]
+    output = SpikingRunner(_pool_graph("output", theta), backend="reference").run(x, T)[T]
+    # the gated pool settles on the 0.9θ input; the max of spikes fires whenever any input does,
+    # so it is never below (and, unless the spike phases happen to nest, above)
+    assert abs(float(gated) - 0.9 * theta) <= 3 * theta / T
+    assert float(output) >= float(gated) - 1e-6 * theta
