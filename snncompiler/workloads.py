@@ -6,6 +6,7 @@ breast cancer) or is generated with a known ground truth; nothing is downloaded.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,222 @@ def digits_cnn_workload(out_dir, *, epochs: int = 30, seed: int = 0, verbose: bo
               f"(torch) -> {onnx_path}")
     return {"model": model, "onnx": onnx_path, "test": out / "test.npz", "calib": out / "calib.npz",
             "torch_accuracy": acc, "train_seconds": seconds}
+
+
+# ---- benchmark workloads (benchmarks/timestep_accuracy.py) ------------------------------------
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv-BN-ReLU-conv-BN plus a (1×1 conv-BN when the shape changes) shortcut, Add, ReLU.
+
+    Every ReLU is its own ``nn.ReLU`` module because SpikingJelly's converter only replaces ReLU modules.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class DigitsResNet(nn.Module):
+    """A small ResNet for 8×8 digits: a conv-BN-ReLU stem, three basic blocks (one strided), average pool, linear."""
+
+    def __init__(self, width: int = 16, classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(BasicBlock(width, width), BasicBlock(width, 2 * width, 2),
+                                    BasicBlock(2 * width, 2 * width))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+class TabularMLP(nn.Sequential):
+    """A three-layer ReLU MLP for tabular data (e.g. breast cancer: 30 features, 2 classes)."""
+
+    def __init__(self, features: int = 30, hidden: int = 64, classes: int = 2):
+        super().__init__(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU(),
+                         nn.Linear(hidden // 2, classes))
+
+
+class VGGSmall(nn.Sequential):
+    """VGG-style CNN for 3×32×32: four stages of two conv-BN-ReLU layers, each followed by a 2×2 MaxPool.
+
+    Eight conv layers and four MaxPools, then a linear classifier on the 2×2 map.
+    """
+
+    def __init__(self, widths=(8, 16, 32, 32), classes: int = 10, in_channels: int = 3):
+        layers, cin = [], in_channels
+        for w in widths:
+            for _ in range(2):
+                layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+                cin = w
+            layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers, nn.Flatten(), nn.Linear(cin * 4, classes))
+
+
+#: Class k of :func:`textured_shapes` is (SHAPES[k // 2], stripes horizontal if k is even else vertical).
+SHAPES = ("disk", "square", "triangle", "ring", "cross")
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    if shape == "disk":
+        return dx ** 2 + dy ** 2 < r ** 2
+    if shape == "square":
+        return np.maximum(abs(dx), abs(dy)) < 0.85 * r
+    if shape == "triangle":  # apex up; the width grows linearly towards the base
+        return (dy > -r) & (dy < 0.8 * r) & (abs(dx) < 0.6 * (dy + r))
+    if shape == "ring":
+        d2 = dx ** 2 + dy ** 2
+        return (d2 < r ** 2) & (d2 > (0.55 * r) ** 2)
+    return (np.maximum(abs(dx), abs(dy)) < r) & (np.minimum(abs(dx), abs(dy)) < 0.35 * r)  # cross
+
+
+def textured_shapes(n: int, seed: int = 0, size: int = 32, noise: float = 0.2, clutter: int = 4) -> Dataset:
+    """A generated 10-class 3×size×size image task with known ground truth; float32 in about [0, 1].
+
+    Class = shape (disk, square, triangle, ring, cross; see :data:`SHAPES`) × stripe orientation of its
+    texture (horizontal, vertical). Nuisances: position, size, stripe period/phase, both stripe colours
+    (sometimes of low contrast), background colour, up to ``clutter`` solid or diagonally striped
+    rectangles (some partly covering the object) and Gaussian pixel noise. Deterministic under ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    x = np.empty((n, 3, size, size), np.float32)
+    y = rng.integers(0, 2 * len(SHAPES), n).astype(np.int64)
+    s = size / 32
+    for i in range(n):
+        img = np.broadcast_to(rng.uniform(0, 0.6, 3)[:, None, None].astype(np.float32), (3, size, size)).copy()
+        clutters = [(rng.uniform(0, size, 2), rng.uniform(2, 7, 2) * s, rng.uniform(0, 1, 3), rng.integers(0, 2))
+                    for _ in range(rng.integers(0, clutter + 1))]
+        over = rng.integers(0, len(clutters) + 1)  # clutter drawn after the object occludes it
+        shape, vertical = SHAPES[y[i] // 2], y[i] % 2
+        cx, cy = rng.uniform(11, 21, 2) * s
+        r = rng.uniform(6, 10) * s
+        period, phase = rng.uniform(3, 6) * s, rng.uniform(0, 6)
+        stripes = (np.floor(((xx if vertical else yy) + phase) * 2 / period) % 2).astype(bool)
+        c1, c2 = rng.uniform(0, 1, 3).astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32)
+        texture = np.where(stripes, c1[:, None, None], c2[:, None, None])
+        for k in range(len(clutters) + 1):
+            if k == over:
+                img = np.where(_shape_mask(shape, xx - cx, yy - cy, r), texture, img)
+            if k == len(clutters):
+                break
+            pos, half, colour, diagonal = clutters[k]
+            m = (abs(xx - pos[0]) < half[0]) & (abs(yy - pos[1]) < half[1])
+            if diagonal:  # diagonal stripes: texture-like clutter that is not a class cue
+                m &= (np.floor((xx + yy) / (2 * s)) % 2).astype(bool)
+            img = np.where(m, colour[:, None, None].astype(np.float32), img)
+        x[i] = img + rng.normal(0, noise, img.shape).astype(np.float32)
+    return Dataset(x, y)
+
+
+# ---- ready-made benchmark workloads: a trained (or random) torch model with calibration and test data --
+
+@dataclass
+class Workload:
+    """A model plus the data to convert and score it; ``trained`` is False for agreement workloads."""
+
+    name: str
+    model: nn.Module
+    input_shape: tuple
+    calib: Dataset
+    test: Dataset
+    trained: bool = True
+    note: str = ""
+    train_seconds: float = 0.0
+
+
+def _head(data: Dataset, n: int | None) -> Dataset:
+    return Dataset(data.x[:n], None if data.y is None else data.y[:n])
+
+
+def _trained(name, model, train, test, calib_samples, seed, note, **train_kwargs) -> Workload:
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    train_classifier(model, train, seed=seed, **train_kwargs)
+    return Workload(name, model, tuple(train.x.shape[1:]), _head(train, calib_samples),
+                    test, True, note, time.perf_counter() - t0)
+
+
+def digits_cnn_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,
+                     epochs: int = 30) -> Workload:
+    """:class:`DigitsCNN` (conv-BN-ReLU, two MaxPools) trained on the digits train split."""
+    train, test = digits(seed=seed)
+    torch.manual_seed(seed)
+    return _trained("digits_cnn", DigitsCNN(), train, _head(test, test_samples), calib_samples, seed,
+                    "DigitsCNN: 3 conv + BN, 2 MaxPool", epochs=epochs)
+
+
+def digits_resnet_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,
+                        epochs: int = 30) -> Workload:
+    """:class:`DigitsResNet` (BN, three basic blocks with residual Adds) trained on digits."""
+    train, test = digits(seed=seed)
+    torch.manual_seed(seed)
+    return _trained("digits_resnet", DigitsResNet(), train, _head(test, test_samples), calib_samples, seed,
+                    "DigitsResNet: stem + 3 BasicBlocks (residual Add), GAP", epochs=epochs)
+
+
+def breast_cancer_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,
+                        epochs: int = 60) -> Workload:
+    """:class:`TabularMLP` trained on the standardised breast-cancer table."""
+    train, test = breast_cancer(seed=seed)
+    torch.manual_seed(seed)
+    return _trained("breast_cancer_mlp", TabularMLP(), train, _head(test, test_samples), calib_samples, seed,
+                    "MLP 30-64-32-2", epochs=epochs, lr=1e-3)
+
+
+def vgg_shapes_bench(seed: int = 0, test_samples: int = 500, calib_samples: int = 512, train_samples: int = 12000,
+                     epochs: int = 3, widths=(8, 16, 32, 32)) -> Workload:
+    """:class:`VGGSmall` (8 conv + BN, 4 MaxPools) trained on :func:`textured_shapes`.
+
+    The generator gives fresh samples for free, so the model trains on many images for few epochs
+    instead of many epochs on few (which overfits); seeds keep train, calibration and test disjoint.
+    """
+    train = textured_shapes(train_samples, seed=1000 + seed)
+    test = textured_shapes(test_samples, seed=2000 + seed)
+    torch.manual_seed(seed)
+    return _trained("vgg_shapes", VGGSmall(widths), train, test, calib_samples, seed,
+                    f"VGGSmall{tuple(widths)}: 8 conv + BN, 4 MaxPool; textured_shapes ({train_samples} train)",
+                    epochs=epochs)
+
+
+def resnet18_agreement_bench(seed: int = 0, test_samples: int = 64, calib_samples: int = 512) -> Workload:
+    """A random-init torchvision ResNet-18 (10 classes) on :func:`textured_shapes` images, labelled by its argmax.
+
+    Accuracy is then agreement with the ANN; the ANN scores 100% by construction.
+    """
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    calib = textured_shapes(calib_samples, seed=3000 + seed)
+    test = textured_shapes(test_samples, seed=4000 + seed)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(test.x)).argmax(1).numpy()
+    counts = np.bincount(labels, minlength=10)
+    return Workload("resnet18_agreement", model, (3, 32, 32), calib, Dataset(test.x, labels), False,
+                    f"torchvision ResNet-18, random init, labels = ANN argmax (majority class "
+                    f"{100 * counts.max() / len(labels):.0f}%)")
+
+
+#: name → builder(seed, **sizes) for benchmarks/timestep_accuracy.py.
+BENCH_WORKLOADS = {
+    "digits_cnn": digits_cnn_bench,
+    "digits_resnet": digits_resnet_bench,
+    "breast_cancer_mlp": breast_cancer_bench,
+    "vgg_shapes": vgg_shapes_bench,
+    "resnet18_agreement": resnet18_agreement_bench,
+}
