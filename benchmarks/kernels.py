@@ -158,7 +158,7 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> 
         for T in Ts:
             impls, skipped, keep = implementations(T, N, device, T * N <= max_slow)
             # the slow baselines take seconds per call at large sizes: fewer rounds there
-            n_rounds = rounds if T * N <= (1 << 24) or device != "cpu" else max(3, rounds // 3)
+            n_rounds = rounds if T * N <= (1 << 25) or device != "cpu" else max(3, rounds // 3)
             times = measure(impls, n_rounds, min_seconds, sync)
             del keep
             elems = T * N
