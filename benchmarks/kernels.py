@@ -63,10 +63,10 @@ def machine() -> dict:
                 omp_num_threads=os.environ.get("OMP_NUM_THREADS"), torch=torch.__version__,
                 python=platform.python_version(), gpu=None)
     try:
-        import spikingjelly
+        from importlib.metadata import version
 
-        info["spikingjelly"] = getattr(spikingjelly, "__version__", "unknown")
-    except ImportError:
+        info["spikingjelly"] = version("spikingjelly")
+    except Exception:  # not installed
         info["spikingjelly"] = None
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
