@@ -121,10 +121,9 @@ def _flat_v0(v0: Tensor, shape) -> Tensor:
 
 
 # ---- the registered ops -------------------------------------------------------------------
-@torch.library.custom_op("snncompiler::neuron_multistep", mutates_args=())
-def _neuron_op(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
-               spike_format: str, backend: str, surrogate: str, alpha: float,
-               detach_reset: bool) -> tuple[Tensor, Tensor]:
+def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
+                 spike_format: str, backend: str, surrogate: str, alpha: float,
+                 detach_reset: bool) -> tuple[Tensor, Tensor]:
     """Validated forward: (spikes, v_final). See :func:`neuron_multistep`."""
     backend = _resolve_backend(backend, x)
     decay, v_reset = reference.f32(decay), reference.f32(v_reset)
@@ -142,6 +141,9 @@ def _neuron_op(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v
     else:
         from . import cuda as mod
     return mod.forward(x, _flat_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+
+
+_neuron_op = torch.library.custom_op("snncompiler::neuron_multistep", _neuron_impl, mutates_args=())
 
 
 @_neuron_op.register_fake
@@ -281,5 +283,10 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
     _, alpha = resolve(surrogate, alpha)
     v0 = _as_state(v0, "v0", x)
     theta = _as_state(theta, "theta", x)
-    return torch.ops.snncompiler.neuron_multistep(x, v0, theta, float(decay), reset == "hard", float(v_reset),
-                                                  spike_format, backend, surrogate, alpha, bool(detach_reset))
+    args = (x, v0, theta, float(decay), reset == "hard", float(v_reset), spike_format, backend, surrogate, alpha,
+            bool(detach_reset))
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):
+        return torch.ops.snncompiler.neuron_multistep(*args)
+    # Plain eager inference: the same implementation without the dispatcher round trip (tens of
+    # microseconds per call, and a one-time torch._dynamo import of over a second).
+    return _neuron_impl(*args)
