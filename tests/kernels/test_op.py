@@ -128,7 +128,7 @@ def test_lazy_triton_import():
 def test_eager_fast_path_matches_registered_op(backend):
     """Plain eager inference skips the dispatcher; both paths must give the same result."""
     dev = "cuda" if backend == "cuda" else "cpu"
-    x, theta = torch.randn(5, 2, 3, 4, device=dev), torch.rand(3, 1, 1, device=dev) + 0.5
+    x, theta = torch.randn(5, 2, 3, 4, device=dev), torch.rand(3, 1, device=dev) + 0.5
     s, v = neuron_multistep(x, 0.1, theta, decay=0.75, reset="hard", backend=backend)
     s2, v2 = OP(x, torch.tensor(0.1, device=dev), theta, 0.75, True, 0.0, "value", backend, "atan", 2.0, False)
     assert torch.equal(s, s2) and torch.equal(v, v2)
