@@ -46,7 +46,7 @@ def mse_threshold(hist: StreamingHistogram, timesteps: int, v0: str, grid: int =
     best = hist.max.clone()
     for i in range(grid):
         theta = (hist.max * (1 - 0.01 * i)).clamp_min(1e-12).unsqueeze(1)
-        err = (centers.clamp(max=float("inf")) - quantize(centers, theta, timesteps, v0)) ** 2
+        err = (centers - quantize(centers, theta, timesteps, v0)) ** 2
         loss = (hist.counts * err).sum(1)
         better = loss < best_loss
         best_loss = torch.where(better, loss, best_loss)
@@ -77,8 +77,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         node = graph.node(name)
         if node.op == "clip" and node.attrs.get("max") is not None:
             theta = torch.clamp(theta, max=float(node.attrs["max"]))  # θ ≤ c keeps Clip(0, c) exact
+        capped = node.op == "clip" and node.attrs.get("max") is not None
         per = "per channel" if theta.numel() > 1 else "per tensor"
-        source = f"{mode} of {int(hist.counts[0].sum())} activations ({per}{', capped by Clip max' if node.op == 'clip' and node.attrs.get('max') is not None else ''})"
+        source = f"{mode} of {int(hist.counts.sum())} activations ({per}{', capped by Clip max' if capped else ''})"
         result[name] = (theta, source)
         ctx.note(NAME, f"{name}: θ={float(theta.mean()):.4g} from {source}")
     ctx.report["thresholds"] = result
