@@ -203,24 +203,29 @@ def plot(results: dict, ts, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
-    for ax, (name, r) in zip(axes[0], results.items()):
+    cols = 3
+    rows = (len(results) + 1 + cols - 1) // cols  # one spare cell holds the legend
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax, (name, r) in zip(axes, results.items()):
         ax.axhline(100 * r["ann_accuracy"], color="k", ls="--", lw=1, label="ANN")
         for label, m in r["methods"].items():
             if "accuracy" not in m:
                 continue
             style = "--" if label.startswith("SJ") else "-"
-            ax.plot(ts, [100 * m["accuracy"][str(t)] for t in ts], style, marker=".", lw=2.2 if label == SNNC_DEFAULT
-                    else 1.1, label=label)
+            ax.plot(ts, [100 * m["accuracy"][str(t)] for t in ts], style, marker=".",
+                    lw=2.4 if label == SNNC_DEFAULT else 1.1, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ts, [str(t) for t in ts])
         ax.set_title(f"{name} ({r['test_samples']} test)", fontsize=9)
         ax.set_xlabel("timesteps T")
-        ax.set_ylim(max(0, 100 * r["ann_accuracy"] - 40), 100.5)
+        ax.set_ylabel("agreement with ANN (%)" if not r["trained"] else "accuracy (%)")
+        ax.set_ylim(max(0, 100 * r["ann_accuracy"] - 40) if r["trained"] else 0, 100.5)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy / agreement (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[len(results):]:
+        ax.axis("off")
+    axes[len(results)].legend(handles, labels, fontsize=8, loc="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
