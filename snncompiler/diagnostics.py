@@ -16,7 +16,7 @@ import torch
 
 from .ir import Graph
 from .passes import PassContext
-from .passes.layerwise import ann_activation, reference_graph, snn_rates
+from .passes.layerwise import LayerwiseSimulator, ann_targets, reference_graph
 from .runtime.ops import channel_view
 
 
@@ -27,15 +27,13 @@ def layer_errors(model, x, timesteps: int, *, reference: Graph | None = None) ->
         ctx.report["ann_graph"] = reference
     elif getattr(model, "ann_graph", None) is not None:
         ctx.report["ann_graph"] = model.ann_graph
-    ann = reference_graph(model.graph, ctx)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     neurons = model.graph.find("neuron")
-    names = [n.outputs[0] for n in neurons]
-    rates = snn_rates(model.graph, ctx, xt, names, stop_at=names[-1]) if names else {}
+    targets = ann_targets(reference_graph(model.graph, ctx), xt, [n.outputs[0] for n in neurons])
+    sim = LayerwiseSimulator(model.graph, xt, int(timesteps), model.options.get("backend", "auto"))
     rows = []
-    for neuron, name in zip(neurons, names):
-        a = ann_activation(ann, xt, name)
-        s = rates[name]
+    for neuron in sim.neurons():
+        a, s = targets[neuron.outputs[0]], sim.mean(neuron.outputs[0])
         theta = channel_view(neuron.params["theta"], a)
         clipped = torch.minimum(a, theta)
         cos = torch.nn.functional.cosine_similarity(a.flatten(1), s.flatten(1), dim=1, eps=1e-12)

@@ -18,30 +18,26 @@ import torch
 
 from ..ir import Graph
 from . import PassContext
-from .layerwise import (ann_activation, calibration_batch, channel_mean, feeding_layer, progress,
-                        reference_graph, snn_rates)
+from .layerwise import channel_mean, feeding_chain, feeding_layer, start
 
 NAME = "bias_calibration"
 
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Correct the bias of the layer feeding each neuron by the mean rate error."""
-    x = calibration_batch(ctx)
-    ann = reference_graph(graph, ctx)
-    for neuron in progress(graph.find("neuron"), "bias calibration", ctx):
+    sim, targets, neurons = start(graph, ctx, "bias calibration")
+    for neuron in neurons:
         fed = feeding_layer(graph, neuron)
         if fed is None:
             ctx.note(NAME, f"{neuron.name}: no conv/linear directly feeds it, left as is")
             continue
         layer, _ = fed
-        value = neuron.outputs[0]
-        target = ann_activation(ann, x, value)
-        first = None
+        target, first = targets[neuron.outputs[0]], None
         for _ in range(int(ctx.options.get("calib_rounds", 3))):
-            rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
-            delta = channel_mean(rate - target)
+            delta = channel_mean(sim.mean(neuron.outputs[0]) - target)
             first = float(delta.abs().mean()) if first is None else first
             bias = layer.params.get("bias", torch.zeros_like(delta))
             layer.params["bias"] = bias - delta.reshape(bias.shape)
+            sim.recompute(*feeding_chain(graph, neuron, layer))
         ctx.note(NAME, f"{neuron.name}: mean |E[s̄ − a]| {first:.4g} corrected via {layer.name}.bias")
     return graph

@@ -1,9 +1,13 @@
 """Shared machinery of the layer-wise calibration passes.
 
 Each calibration pass walks the neurons in topological order and, for one neuron at a time,
-measures its ANN target (the original ANN's activation at that site) and its SNN rate (the
-time-mean of its spikes over T steps, with every upstream correction already applied),
-computing nothing past the layer it is working on.
+compares its ANN target (the original ANN's activation at that site) with its SNN rate (the
+time-mean of its spikes over T steps), every upstream correction already in effect.
+
+:class:`LayerwiseSimulator` makes that cheap: it simulates the spiking graph once, node by
+node, over all T steps and all calibration samples at once, pausing at every neuron. A pass
+changes a parameter and recomputes just the few nodes between the changed layer and the
+neuron, instead of re-simulating the network from its input for every layer and round.
 """
 from __future__ import annotations
 
@@ -12,13 +16,17 @@ from tqdm import tqdm
 
 from ..ir import Graph, Node
 from ..runtime.executor import Executor
-from ..runtime.snn import SpikingRunner
+from ..runtime.snn import SpikingRunner, _Static
 from . import PassContext
+
+#: Calibration samples used by the layer-wise passes unless ``layer_samples`` says otherwise.
+DEFAULT_LAYER_SAMPLES = 256
 
 
 def calibration_batch(ctx: PassContext) -> torch.Tensor:
-    """The calibration inputs (at most ``calib_samples``) as one tensor."""
-    n = int(ctx.options.get("calib_samples") or len(ctx.calib))
+    """The calibration inputs used layer by layer (at most ``layer_samples``) as one tensor."""
+    n = int(ctx.options.get("layer_samples") or DEFAULT_LAYER_SAMPLES)
+    n = min(n, int(ctx.options.get("calib_samples") or n), len(ctx.calib))
     return torch.from_numpy(ctx.calib.x[:n]).float()
 
 
@@ -34,33 +42,70 @@ def reference_graph(graph: Graph, ctx: PassContext) -> Graph:
     return ann
 
 
-def ann_activation(ann: Graph, x: torch.Tensor, value: str, batch_size: int = 256) -> torch.Tensor:
-    """The ANN's activation ``value`` on x (unclipped: the target of calibration)."""
-    ex = Executor(ann)
-    parts: list[torch.Tensor] = []
+def ann_targets(ann: Graph, x: torch.Tensor, values, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """The ANN's activations at ``values`` on x (unclipped: the targets of calibration)."""
+    wanted = set(values)
+    parts: dict[str, list] = {v: [] for v in wanted}
 
     def grab(node, outs):
         for name, t in zip(node.outputs, outs):
-            if name == value:
-                parts.append(t.detach())
+            if name in wanted:
+                parts[name].append(t.detach())
 
+    ex = Executor(ann)
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
             ex.run({ann.inputs[0].name: x[s:s + batch_size]}, observer=grab)
-    return torch.cat(parts)
+    return {v: torch.cat(p) for v, p in parts.items()}
 
 
-def snn_rates(graph: Graph, ctx: PassContext, x: torch.Tensor, names: list[str], stop_at: str,
-              batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Time-mean of the named values over the compile T, stopping after ``stop_at``."""
-    T = int(ctx.options.get("timesteps", 32))
-    runner = SpikingRunner(graph, backend=ctx.options.get("backend", "auto"))
-    out: dict[str, list] = {n: [] for n in names}
-    for s in range(0, len(x), batch_size):
-        rates = runner.rates(x[s:s + batch_size], T, names, stop_at=stop_at)
-        for n in names:
-            out[n].append(rates[n])
-    return {n: torch.cat(v) for n, v in out.items()}
+class LayerwiseSimulator:
+    """The spiking graph over all T steps for a fixed input batch, one node at a time.
+
+    Iterate :meth:`neurons`: each neuron is yielded once it (and everything before it) has
+    been simulated. While paused, a pass may change parameters of the nodes that feed it and
+    call :meth:`recompute` on them; values are kept until the next neuron is reached.
+    """
+
+    def __init__(self, graph: Graph, x: torch.Tensor, timesteps: int, backend: str = "auto"):
+        self.graph, self.T = graph, int(timesteps)
+        self.runner = SpikingRunner(graph, backend=backend)
+        self.env: dict[str, object] = {graph.inputs[0].name: _Static(x.float())}
+        self.state: dict = {}
+        self.static: dict = {}
+        self._last_use = {name: i for i, n in enumerate(graph.nodes) for name in n.inputs}
+
+    def neurons(self):
+        """Yield every neuron node in topological order, simulated and ready to inspect."""
+        for i, node in enumerate(self.graph.nodes):
+            with torch.no_grad():  # not around the yield: the caller may train (weight calibration)
+                self._compute(node)
+            if node.op == "neuron":
+                yield node
+                self._free(i)
+
+    def recompute(self, *nodes: Node) -> None:
+        """Re-simulate ``nodes`` (in the order given) after their parameters changed."""
+        with torch.no_grad():
+            for node in nodes:
+                self._compute(node)
+
+    def mean(self, value: str) -> torch.Tensor:
+        """Time-mean of a value: [N, ...] (the rate, for spike trains)."""
+        v = self.env[value]
+        return v.t if isinstance(v, _Static) else v.float().mean(0)
+
+    def _compute(self, node: Node) -> None:
+        self.state.pop(node.name, None)  # a recomputed stateful node starts again from step 0
+        for o in node.outputs:
+            self.static.pop(o, None)
+        outs = self.runner.compute_node(node, self.env, self.T, 0, self.state, self.static)
+        self.env.update(zip(node.outputs, outs))
+
+    def _free(self, upto: int) -> None:
+        keep = {v.name for v in self.graph.outputs}
+        for name in [k for k in self.env if self._last_use.get(k, -1) <= upto and k not in keep]:
+            del self.env[name]
 
 
 def feeding_layer(graph: Graph, neuron: Node) -> tuple[Node, str | None] | None:
@@ -83,12 +128,30 @@ def feeding_layer(graph: Graph, neuron: Node) -> tuple[Node, str | None] | None:
     return None
 
 
+def feeding_chain(graph: Graph, neuron: Node, layer: Node) -> list[Node]:
+    """The nodes to recompute after ``layer`` changed: the layer, a residual add, the neuron."""
+    chain = [layer]
+    src = graph.producer(neuron.inputs[0])
+    if src is not layer:
+        chain.append(src)
+    return chain + [neuron]
+
+
 def channel_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean over every axis but the channel axis (1): [C]."""
     dims = [d for d in range(t.dim()) if d != 1]
     return t.mean(dim=dims)
 
 
-def progress(items, desc: str, ctx: PassContext):
+def progress(items, desc: str, ctx: PassContext, total: int | None = None):
     """A per-layer progress bar (stderr), silent when ``quiet`` is set."""
-    return tqdm(items, desc=desc, unit="layer", leave=False, disable=bool(ctx.options.get("quiet")))
+    return tqdm(items, desc=desc, unit="layer", total=total, leave=False, disable=bool(ctx.options.get("quiet")))
+
+
+def start(graph: Graph, ctx: PassContext, desc: str):
+    """What every layer-wise pass begins with: the simulator, the targets, and a progress bar."""
+    x = calibration_batch(ctx)
+    neurons = graph.find("neuron")
+    targets = ann_targets(reference_graph(graph, ctx), x, [n.outputs[0] for n in neurons])
+    sim = LayerwiseSimulator(graph, x, int(ctx.options.get("timesteps", 32)), ctx.options.get("backend", "auto"))
+    return sim, targets, progress(sim.neurons(), desc, ctx, len(neurons))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from . import PassContext
-from .layerwise import ann_activation, calibration_batch, progress, reference_graph, snn_rates
+from .layerwise import start
 
 NAME = "potential_calibration"
 
@@ -21,14 +21,12 @@ NAME = "potential_calibration"
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Set each neuron's ``v_init`` from its mean rate error on the calibration data."""
     T = int(ctx.options.get("timesteps", 32))
-    x = calibration_batch(ctx)
-    ann = reference_graph(graph, ctx)
-    for neuron in progress(graph.find("neuron"), "potential calibration", ctx):
-        value = neuron.outputs[0]
-        target = ann_activation(ann, x, value)
+    sim, targets, neurons = start(graph, ctx, "potential calibration")
+    for neuron in neurons:
+        target = targets[neuron.outputs[0]]
         for _ in range(int(ctx.options.get("calib_rounds", 3))):
-            rate = snn_rates(graph, ctx, x, [value], stop_at=value)[value]
-            offset = T * (target - rate).mean(dim=0)
+            offset = T * (target - sim.mean(neuron.outputs[0])).mean(dim=0)
             neuron.params["v_init"] = neuron.params.get("v_init", 0) + offset
+            sim.recompute(neuron)
         ctx.note(NAME, f"{neuron.name}: mean |v_init| {float(neuron.params['v_init'].abs().mean()):.4g}")
     return graph

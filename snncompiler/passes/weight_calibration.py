@@ -17,7 +17,7 @@ import torch
 from ..ir import Graph, Node
 from ..runtime.ops import CORE_OPS, channel_view
 from . import PassContext
-from .layerwise import ann_activation, calibration_batch, feeding_layer, progress, reference_graph, snn_rates
+from .layerwise import feeding_chain, feeding_layer, start
 
 NAME = "weight_calibration"
 
@@ -47,18 +47,16 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     iterations, lr = int(opts.get("iterations", 300)), float(opts.get("lr", 1e-4))
     batch = int(opts.get("calib_batch", 32))
     gen = torch.Generator().manual_seed(int(opts.get("seed", 0)))
-    x = calibration_batch(ctx)
-    ann = reference_graph(graph, ctx)
-    for neuron in progress(graph.find("neuron"), "weight calibration", ctx):
+    sim, targets, neurons = start(graph, ctx, "weight calibration")
+    for neuron in neurons:
         fed = feeding_layer(graph, neuron)
         if fed is None:
             ctx.note(NAME, f"{neuron.name}: no conv/linear directly feeds it, left as is")
             continue
         layer, residual_name = fed
-        names = [layer.inputs[0]] + ([residual_name] if residual_name else [])
-        rates = snn_rates(graph, ctx, x, names, stop_at=neuron.inputs[0])
-        inputs, residual = rates[layer.inputs[0]], rates.get(residual_name) if residual_name else None
-        target = ann_activation(ann, x, neuron.outputs[0])
+        inputs = sim.mean(layer.inputs[0])
+        residual = sim.mean(residual_name) if residual_name else None
+        target = targets[neuron.outputs[0]]
         theta = neuron.params["theta"]
         weight = layer.params["weight"].clone().requires_grad_(True)
         opt = torch.optim.Adam([weight], lr=lr)
@@ -77,6 +75,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             after = float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
         if after < before:
             layer.params["weight"] = weight.detach()
+            sim.recompute(*feeding_chain(graph, neuron, layer))
         # (before, after) of the weights actually kept
         ctx.report.setdefault("weight_calibration_loss", {})[neuron.name] = (before, min(before, after))
         ctx.note(NAME, f"{neuron.name}: layer loss {before:.4g} -> {after:.4g}" + ("" if after < before else " (kept old weights)"))

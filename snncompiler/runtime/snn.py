@@ -59,6 +59,7 @@ class SpikingRunner:
                 node.params[key] = p.to(self.device)
         self.steps_run = 0  # total simulated steps (tests count these, no timing)
         self.profile: dict[str, float] | None = None  # set to {} to accumulate seconds per op group
+        self._last_use: dict[str, int] | None = None
         self.spike_count = 0.0
         self.neuron_steps = 0.0
 
@@ -108,7 +109,7 @@ class SpikingRunner:
         with torch.no_grad():
             while done < timesteps:
                 steps = min(chunk, timesteps - done)
-                env = self._chunk(x, steps, done, state, static, gen, stop_at)
+                env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
                 for name in observe:
                     value = env[name]
                     part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
@@ -124,28 +125,35 @@ class SpikingRunner:
         return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
 
     # ---- one chunk ----------------------------------------------------------------------
-    def _chunk(self, x, steps, t0, state, static, gen, stop_at=None):
+    def _chunk(self, x, steps, t0, state, static, gen, stop_at=None, keep=frozenset()):
         g = self.graph
         env: dict[str, object] = {}
+        if self._last_use is None:
+            self._last_use = {name: i for i, n in enumerate(g.nodes) for name in n.inputs}
+        keep = set(keep) | {v.name for v in g.outputs}
         name = g.inputs[0].name
         if self.encoding == "rate":
             p = x.clamp(0, 1).unsqueeze(0).expand((steps,) + tuple(x.shape))
             env[name] = (torch.rand(p.shape, generator=gen).to(self.device) < p).float()
         else:
             env[name] = _Static(x)
-        for node in g.nodes:
+        for i, node in enumerate(g.nodes):
             started = time.perf_counter() if self.profile is not None else 0.0
-            for name, value in zip(node.outputs, self._node(node, env, steps, t0, state, static)):
+            for name, value in zip(node.outputs, self.compute_node(node, env, steps, t0, state, static)):
                 env[name] = value
             if self.profile is not None:
                 key = _PROFILE_GROUPS.get(node.op, "other ops")
                 self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - started
             if stop_at is not None and stop_at in node.outputs:
                 break
+            for name in node.inputs:  # free what no later node reads: memory stays bounded
+                if self._last_use.get(name) == i and name not in keep:
+                    env.pop(name, None)
         return env
 
-    def _node(self, node: Node, env: dict, steps: int, t0: int, state: dict, static: dict):
-        """Outputs of one node for one chunk: static values once, stateful ops over time."""
+    def compute_node(self, node: Node, env: dict, steps: int, t0: int, state: dict, static: dict):
+        """Outputs of one node over ``steps`` steps from ``env``: static values are computed once
+        (cached in ``static``), stateful ops (neurons, gated pools, analog islands) carry ``state``."""
         ins = [env[i] for i in node.inputs]
         if node.op != "neuron" and all(isinstance(v, _Static) for v in ins):
             if node.outputs[0] not in static:
