@@ -57,6 +57,8 @@ SNNC_VARIANTS = [("snnc channelwise", {"channelwise": True}), ("snnc maxpool=out
                  ("snnc maxpool=input", {"maxpool": "input"}), ("snnc v0=zero", {"v0": "zero"}),
                  ("snnc p99.9 channelwise", {"threshold": "p99.9", "channelwise": True}),
                  ("snnc mse channelwise", {"threshold": "mse", "channelwise": True}),
+                 ("snnc v0=zero p99.9 channelwise", {"v0": "zero", "threshold": "p99.9", "channelwise": True}),
+                 ("snnc v0=zero mse channelwise", {"v0": "zero", "threshold": "mse", "channelwise": True}),
                  ("snnc p99.9 ch maxpool=output", {"threshold": "p99.9", "channelwise": True, "maxpool": "output"}),
                  ("snnc mse ch maxpool=output", {"threshold": "mse", "channelwise": True, "maxpool": "output"})]
 # --calibration light|advanced: rows for snnc's post-conversion calibration (compile option
