@@ -297,8 +297,8 @@ def breast_cancer_bench(seed: int = 0, test_samples: int | None = None, calib_sa
                     "MLP 30-64-32-2", epochs=epochs, lr=1e-3)
 
 
-def vgg_shapes_bench(seed: int = 0, test_samples: int = 500, calib_samples: int = 512, train_samples: int = 12000,
-                     epochs: int = 3, widths=(8, 16, 32, 32)) -> Workload:
+def vgg_shapes_bench(seed: int = 0, test_samples: int = 500, calib_samples: int = 512, train_samples: int = 16000,
+                     epochs: int = 4, widths=(8, 16, 32, 32)) -> Workload:
     """:class:`VGGSmall` (8 conv + BN, 4 MaxPools) trained on :func:`textured_shapes`.
 
     The generator gives fresh samples for free, so the model trains on many images for few epochs
