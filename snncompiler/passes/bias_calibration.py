@@ -38,6 +38,8 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             first = float(delta.abs().mean()) if first is None else first
             bias = layer.params.get("bias", torch.zeros_like(delta))
             layer.params["bias"] = bias - delta.reshape(bias.shape)
-            sim.recompute(*feeding_chain(graph, neuron, layer))
+            # the layer's output moves by exactly −delta: shift it instead of re-running the layer
+            sim.shift(layer.outputs[0], -delta)
+            sim.recompute(*feeding_chain(graph, neuron, layer)[1:])
         ctx.note(NAME, f"{neuron.name}: mean |E[s̄ − a]| {first:.4g} corrected via {layer.name}.bias")
     return graph

@@ -90,6 +90,15 @@ class LayerwiseSimulator:
             for node in nodes:
                 self._compute(node)
 
+    def shift(self, value: str, delta: torch.Tensor) -> None:
+        """Add a per-channel ``delta`` [C] to a stored value (a bias change without re-running the layer)."""
+        v = self.env[value]
+        t = v.t if isinstance(v, _Static) else v
+        axis = 1 if isinstance(v, _Static) else 2  # dynamic values are [T, N, C, ...]
+        shape = [1] * t.dim()
+        shape[axis] = -1
+        t.add_(delta.reshape(shape).to(t.dtype))
+
     def mean(self, value: str) -> torch.Tensor:
         """Time-mean of a value: [N, ...] (the rate, for spike trains)."""
         v = self.env[value]
