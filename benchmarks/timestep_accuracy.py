@@ -7,7 +7,8 @@
 Every workload is built here (snncompiler.workloads.BENCH_WORKLOADS): trained digits CNN / ResNet,
 breast-cancer MLP, a VGG on a generated texture-and-shape task, and a random-init ResNet-18 scored by
 agreement with its own argmax. Each method converts the same torch model with the same calibration
-batch; every T comes from one T_max run. No calibration (fine-tuning) of the SNN anywhere.
+batch; every T comes from one T_max run, except the calibrated rows: calibration is specific to the
+T it is run at, so those rows compile (and calibrate) once per T ≤ 64 and score that T.
 Writes benchmarks/results/timestep_accuracy.{json,png} and prints a table per workload and a
 "floors" section.
 """
@@ -49,12 +50,14 @@ QUICK_TRAIN = {"digits_cnn": {"epochs": 5}, "digits_resnet": {"epochs": 5}, "bre
 # Method specs: (label, SpikingJelly mode) and (label, snnc.compile kwargs). Rows are added by
 # appending specs; "(default)" marks the row the floors use.
 SJ_METHODS = [("SJ max", "Max"), ("SJ 99.9%", "99.9%"), ("SJ 0.5×max", 0.5)]
-SNNC_DEFAULT = "snnc p99.99 (default)"
-SNNC_METHODS = [("snnc max", {"threshold": "max"}), ("snnc p99.9", {"threshold": "p99.9"}),
-                (SNNC_DEFAULT, {}), ("snnc mse", {"threshold": "mse"})]
+SNNC_DEFAULT = "snnc p99.9 (default)"
+SNNC_METHODS = [("snnc max", {"threshold": "max"}), ("snnc p99.99", {"threshold": "p99.99"}),
+                (SNNC_DEFAULT, {}), ("snnc mse", {"threshold": "mse"}),
+                # the spiking max-pooling strategies side by side (identical rows where there is no MaxPool)
+                ("snnc maxpool=gated", {"maxpool": "gated"}), ("snnc maxpool=output", {"maxpool": "output"}),
+                ("snnc maxpool=input", {"maxpool": "input"})]
 # --variants: single-setting departures from the defaults, to see which knob a missed floor needs.
-SNNC_VARIANTS = [("snnc channelwise", {"channelwise": True}), ("snnc maxpool=output", {"maxpool": "output"}),
-                 ("snnc maxpool=input", {"maxpool": "input"}), ("snnc v0=zero", {"v0": "zero"}),
+SNNC_VARIANTS = [("snnc channelwise", {"channelwise": True}), ("snnc v0=zero", {"v0": "zero"}),
                  ("snnc p99.9 channelwise", {"threshold": "p99.9", "channelwise": True}),
                  ("snnc mse channelwise", {"threshold": "mse", "channelwise": True}),
                  ("snnc v0=zero p99.9 channelwise", {"v0": "zero", "threshold": "p99.9", "channelwise": True}),
@@ -63,8 +66,10 @@ SNNC_VARIANTS = [("snnc channelwise", {"channelwise": True}), ("snnc maxpool=out
                  ("snnc mse ch maxpool=output", {"threshold": "mse", "channelwise": True, "maxpool": "output"})]
 # --calibration light|advanced: rows for snnc's post-conversion calibration (compile option
 # `calibration`, not available yet: until it is, these rows report the compile error).
-SNNC_CALIBRATION = {level: [(f"snnc default + calibration={level}", {"calibration": level})]
+# Calibrated rows: compiled and calibrated at each T ≤ CALIBRATED_T_MAX, scored at that T.
+SNNC_CALIBRATION = {level: [(f"snnc calibration={level}", {"calibration": level, "per_t": True})]
                     for level in ("light", "advanced")}
+CALIBRATED_T_MAX = 64
 
 
 def log(msg: str) -> None:
@@ -114,6 +119,20 @@ def run_snnc(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, batch_s
             "firing_rate": res["firing_rate"], "compile_s": compile_s, "run_s": time.perf_counter() - t0}
 
 
+def run_snnc_per_t(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, batch_size: int) -> dict:
+    """Compile (and calibrate) at each T ≤ CALIBRATED_T_MAX and score that T alone."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "per_t"}
+    acc, compile_s, run_s = {}, {}, 0.0
+    for t in [t for t in ts if t <= CALIBRATED_T_MAX]:
+        t0 = time.perf_counter()
+        model = snnc.compile(onnx_path, Dataset(calib.x), timesteps=t, quiet=True, **kwargs)
+        compile_s[str(t)] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        acc[str(t)] = model.evaluate(test.x, test.y, [t], batch_size=batch_size)["snn_accuracy"][str(t)]
+        run_s += time.perf_counter() - t0
+    return {"accuracy": acc, "compile_s_per_t": compile_s, "compile_s": sum(compile_s.values()), "run_s": run_s}
+
+
 def ann_accuracy(model, test: Dataset) -> float:
     with torch.no_grad():
         return float((model(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
@@ -138,14 +157,16 @@ def run_workload(name: str, args, ts, tmp: Path) -> dict:
     specs = [("sj", label, mode) for label, mode in SJ_METHODS] + [("snnc", l, k) for l, k in SNNC_METHODS]
     if args.variants:
         specs += [("snnc", l, k) for l, k in SNNC_VARIANTS]
-    if args.calibration:
-        specs += [("snnc", l, k) for l, k in SNNC_CALIBRATION[args.calibration]]
+    for level in ([] if args.calibration == "none" else [args.calibration] if args.calibration else SNNC_CALIBRATION):
+        specs += [("snnc", l, k) for l, k in SNNC_CALIBRATION[level]]
     if args.rows:  # e.g. --rows snnc: re-run only some methods (investigations)
         specs = [s for s in specs if any(r.strip() in s[1] for r in args.rows.split(","))]
     for kind, label, spec in specs:
         try:
             if kind == "sj":
                 r = run_spikingjelly(w.model, w.calib, w.test, spec, ts, args.batch_size)
+            elif spec.get("per_t"):
+                r = run_snnc_per_t(onnx_path, w.calib, w.test, spec, ts, args.batch_size)
             else:
                 r = run_snnc(onnx_path, w.calib, w.test, spec, ts, args.batch_size)
         except Exception as exc:  # a failing method is a result too (e.g. an option that does not exist yet)
@@ -155,7 +176,8 @@ def run_workload(name: str, args, ts, tmp: Path) -> dict:
         r["settings"] = spec
         methods[label] = r
         acc = r["accuracy"]
-        log(f"[{name}] {label:<26} T={ts[-1]}: {100 * acc[str(ts[-1])]:.2f}%  T=16: "
+        last = max(acc, key=int)
+        log(f"[{name}] {label:<26} T={last}: {100 * acc[last]:.2f}%  T=16: "
             f"{100 * acc.get('16', float('nan')):.2f}%  ({r['compile_s']:.1f} s + {r['run_s']:.1f} s)")
     return {"note": w.note, "trained": w.trained, "ann_accuracy": ann, "test_samples": len(w.test.x),
             "calib_samples": len(w.calib.x), "train_s": w.train_seconds,
@@ -168,7 +190,8 @@ def table(name: str, r: dict, ts) -> str:
     lines = [head, f"{'method':<28}" + "".join(f"{'T=' + str(t):>8}" for t in ts)]
     lines.append(f"{'ANN':<28}" + "".join(f"{100 * r['ann_accuracy']:>8.2f}" for _ in ts))
     for label, m in r["methods"].items():
-        cells = "".join(f"{100 * m['accuracy'][str(t)]:>8.2f}" for t in ts) if "accuracy" in m else "  n/a"
+        cells = "".join(f"{100 * m['accuracy'][str(t)]:>8.2f}" if str(t) in m["accuracy"] else f"{'-':>8}"
+                        for t in ts) if "accuracy" in m else "  n/a"
         lines.append(f"{label:<28}" + cells)
     return "\n".join(lines)
 
@@ -199,6 +222,45 @@ def floors(results: dict, ts) -> dict:
     return out
 
 
+def calibration_floors(results: dict) -> dict:
+    """The calibration acceptance checks, for the rows that ran:
+
+    * advanced at T=8 within 2.0 points of the ANN (trained workloads);
+    * advanced at T=4 ≥ the best SpikingJelly mode at T=4, or within 1 point of the ANN;
+    * light ≥ none (the default row) at every T ≤ 32;
+    * ResNet-18 agreement at T=64: advanced ≥ 2 × SpikingJelly's best;
+    * cost on ResNet-18 at T=32: light ≤ 30 s, advanced ≤ 180 s.
+    """
+    out = {}
+    for name, r in results.items():
+        m, ann, f = r["methods"], 100 * r["ann_accuracy"], {}
+        adv = m.get("snnc calibration=advanced", {}).get("accuracy", {})
+        light = m.get("snnc calibration=light", {}).get("accuracy", {})
+        none = m.get(SNNC_DEFAULT, {}).get("accuracy", {})
+        sj = lambda t: max((100 * v["accuracy"][t] for k, v in m.items()  # noqa: E731
+                            if k.startswith("SJ") and t in v.get("accuracy", {})), default=None)
+        if "8" in adv and r["trained"]:
+            f["advanced_T8_within_2pt"] = {"pass": 100 * adv["8"] >= ann - 2.0, "snnc": 100 * adv["8"], "ann": ann}
+        if "4" in adv and sj("4") is not None:
+            ok = 100 * adv["4"] >= sj("4") or (r["trained"] and 100 * adv["4"] >= ann - 1.0)
+            f["advanced_T4_beats_SJ"] = {"pass": bool(ok), "snnc": 100 * adv["4"], "best_sj": sj("4"), "ann": ann}
+        common = [t for t in light if t in none and int(t) <= 32]
+        if common:
+            worse = [t for t in common if light[t] < none[t]]
+            f["light_ge_none_T_le_32"] = {"pass": not worse, "snnc": 100 * min(light[t] - none[t] for t in common),
+                                          "ann": ann, "worse_at": worse}
+        if not r["trained"] and "64" in adv and sj("64") is not None:
+            f["advanced_T64_2x_SJ"] = {"pass": 100 * adv["64"] >= 2 * sj("64"), "snnc": 100 * adv["64"],
+                                       "best_sj": sj("64"), "ann": ann}
+        if name.startswith("resnet18"):
+            for level, limit in (("light", 30.0), ("advanced", 180.0)):
+                cs = m.get(f"snnc calibration={level}", {}).get("compile_s_per_t", {}).get("32")
+                if cs is not None:
+                    f[f"{level}_cost_T32_s"] = {"pass": cs <= limit, "snnc": cs, "ann": ann, "limit_s": limit}
+        out[name] = f
+    return out
+
+
 def plot(results: dict, ts, path: Path) -> None:
     import matplotlib
 
@@ -215,7 +277,8 @@ def plot(results: dict, ts, path: Path) -> None:
             if "accuracy" not in m:
                 continue
             style = "--" if label.startswith("SJ") else "-"
-            ax.plot(ts, [100 * m["accuracy"][str(t)] for t in ts], style, marker=".",
+            tm = [t for t in ts if str(t) in m["accuracy"]]
+            ax.plot(tm, [100 * m["accuracy"][str(t)] for t in tm], style, marker=".",
                     lw=2.4 if label == SNNC_DEFAULT else 1.1, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ts, [str(t) for t in ts])
@@ -240,7 +303,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", action="store_true", help="also run snnc setting variants (extra rows)")
-    p.add_argument("--calibration", choices=sorted(SNNC_CALIBRATION), help="also run snnc with calibration")
+    p.add_argument("--calibration", choices=sorted(SNNC_CALIBRATION) + ["none"],
+                   help="calibrated rows to run (default: light and advanced)")
     p.add_argument("--rows", help="comma list of substrings: run only methods whose label contains one")
     p.add_argument("--timesteps", help="comma list of T (default: 1,2,...,256; quick: 1,4,16,32)")
     p.add_argument("--test-samples", type=int, help="test samples for every workload (default: per workload)")
@@ -277,9 +341,17 @@ def main(argv=None) -> int:
             ref = f"best SJ {v['best_sj']:.2f}%" if "best_sj" in v else f"ANN {v['ann']:.2f}%"
             log(f"  {name:<20} {key:<24} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs {ref}"
                 f" (ANN {v['ann']:.2f}%)")
+    cal = calibration_floors(results)
+    log("\nfloors (calibration):")
+    for name, f in cal.items():
+        for key, v in f.items():
+            detail = (f"{v['snnc']:.1f} s (limit {v['limit_s']:.0f} s)" if "limit_s" in v else
+                      f"min(light − none) {v['snnc']:.2f} points" if key.startswith("light") else
+                      f"snnc {v['snnc']:.2f}% vs " + (f"best SJ {v['best_sj']:.2f}%" if "best_sj" in v else f"ANN {v['ann']:.2f}%"))
+            log(f"  {name:<20} {key:<24} {'PASS' if v['pass'] else 'FAIL'}  {detail}")
     log(f"\ntotal {total:.0f} s")
     doc = {"timesteps": ts, "seed": args.seed, "quick": args.quick, "torch_threads": torch.get_num_threads(),
-           "total_s": total, "workloads": results, "floors": fl}
+           "total_s": total, "workloads": results, "floors": fl, "calibration_floors": cal}
     (out / "timestep_accuracy.json").write_text(json.dumps(doc, indent=1, default=str))
     plot(results, ts, out / "timestep_accuracy.png")
     log(f"wrote {out / 'timestep_accuracy.json'} and {out / 'timestep_accuracy.png'}")

@@ -39,13 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
     p.add_argument("--timesteps", type=int, default=32, help="the T the model is compiled for (default 32)")
     p.add_argument("--threshold", default=None,
-                   help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.99, or mse with calibration)")
+                   help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.9, or mse with calibration)")
     p.add_argument("--channelwise", action="store_true", help="one threshold per output channel")
     p.add_argument("--neuron", choices=["if", "lif"], default="if")
     p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau); needs --neuron lif")
     p.add_argument("--reset", choices=["soft", "hard"], default="soft")
     p.add_argument("--v0", choices=["half", "zero"], default="half", help="initial membrane: θ/2 (default) or 0")
-    p.add_argument("--maxpool", choices=["gated", "input", "output"], default="gated", help="spiking max pooling")
+    p.add_argument("--maxpool", choices=["rate", "gated", "input", "output"], default=None,
+                   help="spiking max pooling strategy (default: see README)")
     p.add_argument("--encoding", choices=["direct", "rate"], default="direct")
     p.add_argument("--strict", action="store_true", help="refuse analog islands")
     p.add_argument("--calib-samples", type=int, default=1024, help="at most this many calibration samples")

@@ -164,6 +164,8 @@ class SpikingRunner:
             return [self._neuron(node, _dyn(ins[0], steps), state)]
         if node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
             return [self._gated_maxpool(node, _dyn(ins[0], steps), state)]
+        if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
+            return [self._rate_maxpool(node, _dyn(ins[0], steps), state)]
         if CORE_OPS[node.op].conversion_kind(node) == "analog":
             return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
         flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
@@ -201,6 +203,23 @@ class SpikingRunner:
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
         out = CORE_OPS[node.op].fn(node, *means)[0]
         return out.reshape((steps, -1) + tuple(out.shape[1:]))
+
+    def _rate_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
+        """Max pooling of rates: emit the increments of the window's largest running input sum.
+
+        The output's running sum is then exactly max_i Σ_τ≤t x_i(τ), so its rate is the max of the
+        input rates so far; for spike inputs (0 or θ) each increment is itself 0 or θ, a spike.
+        """
+        steps = s.shape[0]
+        sums = s.double().cumsum(0) + state.get(node.name, 0)
+        state[node.name] = sums[-1]
+        pooled = CORE_OPS["maxpool"].fn(node, sums.flatten(0, 1))[0]
+        pooled = pooled.reshape((steps, -1) + tuple(pooled.shape[1:]))
+        previous = state.get((node.name, "max"))
+        if previous is None:
+            previous = torch.zeros_like(pooled[0])
+        state[(node.name, "max")] = pooled[-1]
+        return torch.diff(pooled, dim=0, prepend=previous.unsqueeze(0)).to(s.dtype)
 
     def _gated_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
         steps, batch = s.shape[:2]
