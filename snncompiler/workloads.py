@@ -339,3 +339,27 @@ BENCH_WORKLOADS = {
     "vgg_shapes": vgg_shapes_bench,
     "resnet18_agreement": resnet18_agreement_bench,
 }
+
+
+class DeepVGG(nn.Sequential):
+    """Ten conv + BN + ReLU layers with four MaxPools (3×32×32 inputs): deep enough that plain
+    max-threshold conversion collapses at low T, the BN failure mode calibration repairs."""
+
+    def __init__(self, widths=(8, 8, 16, 16, 32, 32, 32, 32, 64, 64), classes: int = 10):
+        layers, c = [], 3
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+            c = w
+            if i in (1, 3, 5, 7):
+                layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers, nn.Flatten(), nn.Linear(c * 4, classes))
+
+
+def bn_failure_workload(seed: int = 0, train_samples: int = 8000, test_samples: int = 500,
+                        epochs: int = 4) -> Workload:
+    """:class:`DeepVGG` trained with BN on :func:`textured_shapes` for a few CPU seconds."""
+    train = textured_shapes(train_samples, seed=11 + seed)
+    test = textured_shapes(test_samples, seed=12 + seed)
+    torch.manual_seed(seed)
+    return _trained("deep_vgg_bn", DeepVGG(), train, test, 256, seed,
+                    "DeepVGG: 10 conv + BN, 4 MaxPool; textured_shapes", epochs=epochs)
