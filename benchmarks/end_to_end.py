@@ -91,7 +91,7 @@ def time_snnc(model, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[lis
         runner = model.runner()
         runner.profile = {}
         t0 = time.perf_counter()
-        runner.run(x, timesteps, chunk=timesteps)
+        runner.run(x, timesteps, chunk=model.options["chunk"])
         elapsed = time.perf_counter() - t0
         if r:
             times.append(elapsed)
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--maxpool", default="output", help="snnc max-pooling strategy (output = SpikingJelly's semantics)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,7 +119,8 @@ def main() -> None:
         print(f"[{name}] building and converting ...", flush=True)
         ann, onnx_path, calib, test = build(out)
         x = torch.from_numpy(test[:args.batch])
-        compiled = snnc.compile(onnx_path, Dataset(calib), threshold="max", quiet=True)
+        # max pooling over spikes, as in SpikingJelly's converted model: the same computation on both sides
+        compiled = snnc.compile(onnx_path, Dataset(calib), threshold="max", maxpool=args.maxpool, quiet=True)
         sj = spikingjelly_model(ann, calib)
         sj_times, sj_neuron_share = time_spikingjelly(sj, x, args.timesteps, args.repeats)
         sn_times, profile = time_snnc(compiled, x, args.timesteps, args.repeats)

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", default=None,
                    help="spiking models: comma-separated T values, all from one max(T) run "
                         "(default 1,2,4,...,256)")
-    p.add_argument("--chunk", type=int, default=32, help="steps simulated at once (memory does not grow with T)")
+    p.add_argument("--chunk", type=int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
     p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     p.add_argument("--layers", action="store_true",
@@ -221,7 +221,8 @@ def _parse_timesteps(text: str | None) -> list[int]:
 def _eval_snn(args, model, data) -> int:
     ts = _parse_timesteps(args.timesteps)
     t0 = time.perf_counter()
-    result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, chunk=args.chunk, backend=args.backend)
+    result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, backend=args.backend,
+                            **({"chunk": args.chunk} if args.chunk else {}))
     seconds = time.perf_counter() - t0
     if args.plot:
         _plot(args.plot, result, args.model)

@@ -12,7 +12,7 @@ from .ir import Graph
 from .passes import (PassContext, bias_calibration, fold_bn, neuronize, potential_calibration, run_pipeline, stats,
                      thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
-from .runtime.snn import SpikingRunner
+from .runtime.snn import DEFAULT_CHUNK, SpikingRunner
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ DEFAULTS = {
     "threshold": None,  # p99.9 without calibration, mse with it (resolved by resolve_options)
     "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
     "v0": "half", "maxpool": "rate", "strict": False, "encoding": "direct", "calib_samples": 1024,
-    "chunk": 32, "backend": "auto",
+    "chunk": DEFAULT_CHUNK, "backend": "auto",
     "calibration": "none", "calib_rounds": 3, "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
 }
 SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",

@@ -69,7 +69,7 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
         cells.append([_fmt(r.get(key)) for key, _ in columns])
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
     return "\n".join(lines)
 
 

@@ -277,7 +277,10 @@ def _windows(x, nd, kernel, stride, pads, dilation, ceil_mode, fill):
         out = _pool_out_size(size, kernel[i], stride[i], pads[i], pads[nd + i], dilation[i], ceil_mode)
         need = (out - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
         extra.append(max(0, need - (size + pads[i] + pads[nd + i])))
-    return F.pad(x, _torch_pad(pads[:nd], [pads[nd + i] + extra[i] for i in range(nd)]), value=fill)
+    ends = [pads[nd + i] + extra[i] for i in range(nd)]
+    if not any(pads[:nd]) and not any(ends):
+        return x  # nothing to pad: skip the copy
+    return F.pad(x, _torch_pad(pads[:nd], ends), value=fill)
 
 
 @core_op("maxpool", "spiking")
