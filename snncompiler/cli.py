@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
     p.add_argument("--timesteps", type=int, default=32, help="the T the model is compiled for (default 32)")
     p.add_argument("--threshold", default=None,
-                   help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.9, or mse with calibration)")
+                   help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.9; mse with --calibration advanced)")
     p.add_argument("--channelwise", action="store_true", help="one threshold per output channel")
     p.add_argument("--neuron", choices=["if", "lif"], default="if")
     p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau); needs --neuron lif")
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse analog islands")
     p.add_argument("--calib-samples", type=int, default=1024, help="at most this many calibration samples")
     p.add_argument("--calibration", choices=["none", "light", "advanced"], default="none",
-                   help="layer-wise calibration at the compile T: light = mse θ + bias, "
-                        "advanced = mse θ + weights + potential (default none)")
+                   help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
+                        "potential; kept only if it beats no calibration on the calibration data (default none)")
     p.add_argument("--iterations", type=int, default=300, help="weight-calibration Adam steps per layer")
     p.add_argument("--seed", type=int, default=0, help="makes calibration deterministic")
     _add_common(p)
