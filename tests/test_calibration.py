@@ -146,3 +146,19 @@ def test_eval_layers_cli(setup, tmp_path):
         assert row["clipping_error"] >= 0 and row["flooring_error"] >= 0 and 0 <= row["firing_rate"] <= 1
         assert -1 <= row["cosine"] <= 1
     assert layers[0]["cosine"] > 0.9
+
+
+def test_calibration_kept_only_when_it_helps(setup):
+    path, train, test = setup
+    calib = Dataset(train.x[:128])
+    for t in (1, 4):
+        model = snnc.compile(path, calib, timesteps=t, calibration="light", quiet=True)
+        check = model.report["calibration_check"]
+        assert 0 <= check["calibrated_agreement"] <= 1 and 0 <= check["uncalibrated_agreement"] <= 1
+        if check["calibrated_agreement"] > check["uncalibrated_agreement"]:
+            assert check["kept"] == "calibrated"
+        if check["calibrated_agreement"] < check["uncalibrated_agreement"]:
+            assert check["kept"] == "uncalibrated"
+        if check["kept"] == "uncalibrated":  # then it is exactly the plain conversion
+            plain = snnc.compile(path, calib, timesteps=t)
+            np.testing.assert_array_equal(model.run(test.x[:16], t), plain.run(test.x[:16], t))
