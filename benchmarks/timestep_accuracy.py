@@ -267,6 +267,8 @@ def plot(results: dict, ts, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = list(dict.fromkeys(label for r in results.values() for label in r["methods"]))
+    colours = {label: plt.get_cmap("tab20")(i % 20) for i, label in enumerate(labels)}  # one colour per method
     cols = 3
     rows = (len(results) + 1 + cols - 1) // cols  # one spare cell holds the legend
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
@@ -278,7 +280,7 @@ def plot(results: dict, ts, path: Path) -> None:
                 continue
             style = "--" if label.startswith("SJ") else "-"
             tm = [t for t in ts if str(t) in m["accuracy"]]
-            ax.plot(tm, [100 * m["accuracy"][str(t)] for t in tm], style, marker=".",
+            ax.plot(tm, [100 * m["accuracy"][str(t)] for t in tm], style, marker=".", color=colours[label],
                     lw=2.4 if label == SNNC_DEFAULT else 1.1, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ts, [str(t) for t in ts])
@@ -305,6 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", action="store_true", help="also run snnc setting variants (extra rows)")
     p.add_argument("--calibration", choices=sorted(SNNC_CALIBRATION) + ["none"],
                    help="calibrated rows to run (default: light and advanced)")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing JSON in --out")
     p.add_argument("--rows", help="comma list of substrings: run only methods whose label contains one")
     p.add_argument("--timesteps", help="comma list of T (default: 1,2,...,256; quick: 1,4,16,32)")
     p.add_argument("--test-samples", type=int, help="test samples for every workload (default: per workload)")
@@ -313,6 +316,10 @@ def main(argv=None) -> int:
                    help="torch threads (2 = the target machine; use 1 on a CPU shared with other jobs, where "
                         "two-thread parallel regions stall on descheduled threads)")
     args = p.parse_args(argv)
+    if args.replot:
+        doc = json.loads((Path(args.out) / "timestep_accuracy.json").read_text())
+        plot(doc["workloads"], doc["timesteps"], Path(args.out) / "timestep_accuracy.png")
+        return 0
     torch.set_num_threads(args.threads)  # fixed, so both simulators get the same cores
     torch.manual_seed(args.seed)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
