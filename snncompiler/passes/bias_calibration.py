@@ -18,7 +18,7 @@ import torch
 
 from ..ir import Graph
 from . import PassContext
-from .layerwise import channel_mean, feeding_chain, feeding_layer, start
+from .layerwise import channel_mean, fed_neurons, feeding_chain, start
 
 NAME = "bias_calibration"
 
@@ -26,12 +26,7 @@ NAME = "bias_calibration"
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Correct the bias of the layer feeding each neuron by the mean rate error."""
     sim, targets, neurons = start(graph, ctx, "bias calibration")
-    for neuron in neurons:
-        fed = feeding_layer(graph, neuron)
-        if fed is None:
-            ctx.note(NAME, f"{neuron.name}: no conv/linear directly feeds it, left as is")
-            continue
-        layer, _ = fed
+    for neuron, layer, _ in fed_neurons(graph, neurons, ctx, NAME):
         target, first = targets[neuron.outputs[0]], None
         for _ in range(int(ctx.options.get("calib_rounds", 3))):
             delta = channel_mean(sim.mean(neuron.outputs[0]) - target)

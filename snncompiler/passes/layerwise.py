@@ -137,6 +137,16 @@ def feeding_layer(graph: Graph, neuron: Node) -> tuple[Node, str | None] | None:
     return None
 
 
+def fed_neurons(graph: Graph, neurons, ctx: PassContext, pass_name: str):
+    """(neuron, layer, residual) for each neuron a conv/linear feeds; the others are noted and skipped."""
+    for neuron in neurons:
+        fed = feeding_layer(graph, neuron)
+        if fed is None:
+            ctx.note(pass_name, f"{neuron.name}: no conv/linear directly feeds it, left as is")
+            continue
+        yield neuron, fed[0], fed[1]
+
+
 def feeding_chain(graph: Graph, neuron: Node, layer: Node) -> list[Node]:
     """The nodes to recompute after ``layer`` changed: the layer, a residual add, the neuron."""
     chain = [layer]

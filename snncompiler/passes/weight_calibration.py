@@ -17,7 +17,7 @@ import torch
 from ..ir import Graph, Node
 from ..runtime.ops import CORE_OPS, channel_view
 from . import PassContext
-from .layerwise import feeding_chain, feeding_layer, start
+from .layerwise import fed_neurons, feeding_chain, start
 
 NAME = "weight_calibration"
 
@@ -48,12 +48,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     batch = int(opts.get("calib_batch", 32))
     gen = torch.Generator().manual_seed(int(opts.get("seed", 0)))
     sim, targets, neurons = start(graph, ctx, "weight calibration")
-    for neuron in neurons:
-        fed = feeding_layer(graph, neuron)
-        if fed is None:
-            ctx.note(NAME, f"{neuron.name}: no conv/linear directly feeds it, left as is")
-            continue
-        layer, residual_name = fed
+    for neuron, layer, residual_name in fed_neurons(graph, neurons, ctx, NAME):
         inputs = sim.mean(layer.inputs[0])
         residual = sim.mean(residual_name) if residual_name else None
         target = targets[neuron.outputs[0]]
