@@ -225,11 +225,11 @@ def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: st
         if not graph.find("neuron"):
             return compile(graph, data, **options, **extra)
         compiled = from_artifact(graph)
+    from .passes.layerwise import neurons_as_relu
+
     ann = getattr(compiled, "ann_graph", None)
     if ann is None:
-        ann = compiled.graph.copy()
-        for n in ann.find("neuron"):
-            n.op, n.params, n.attrs = "relu", {}, {}
+        ann = neurons_as_relu(compiled.graph)
     settings = {k: v for k, v in compiled.options.items() if k in SETTING_KEYS and k != "threshold"}
     return compile(ann, data, **{**settings, **options, **{k: v for k, v in extra.items() if v is not None}})
 

@@ -34,8 +34,11 @@ def reference_graph(graph: Graph, ctx: PassContext) -> Graph:
     """The ANN whose activations are the targets: the compiler's pre-neuronize graph if known,
     else this graph with every neuron as a plain ReLU (an artifact calibrated after the fact)."""
     ann = ctx.report.get("ann_graph")
-    if ann is not None:
-        return ann
+    return ann if ann is not None else neurons_as_relu(graph)
+
+
+def neurons_as_relu(graph: Graph) -> Graph:
+    """A copy of a spiking graph with every neuron read back as a plain ReLU (its unclipped ANN)."""
     ann = graph.copy()
     for n in ann.find("neuron"):
         n.op, n.params, n.attrs = "relu", {}, {}

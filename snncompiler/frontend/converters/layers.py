@@ -8,12 +8,11 @@ import numpy as np
 from ..registry import converter
 
 
-def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations, *, clamp: bool = True) -> list[int]:
+def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
     """Explicit ONNX pads (begins then ends) from ``pads`` or ``auto_pad`` (Conv and pooling).
 
-    Conv never pads negatively (``clamp``); the pooling spec's SAME formula has no clamp, so a
-    stride larger than the kernel can give negative pads there, split with C's truncating
-    division as onnxruntime does."""
+    The SAME formula is not clamped: a stride larger than the kernel gives negative pads,
+    split with C's truncating division as onnxruntime does."""
     nd = len(kernel)
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
@@ -25,25 +24,29 @@ def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations, *, clamp: boo
     for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
         out = math.ceil(size / s)
         total = (out - 1) * s + (k - 1) * d + 1 - size
-        if clamp:
-            total = max(total, 0)
         head = int(total / 2) if auto == "SAME_UPPER" else int((total + 1) / 2)  # truncating, like C
         begins.append(head)
         ends.append(total - head)
     return begins + ends
 
 
-@converter("Conv")
-def conv(node, ctx):
-    """Conv (1-D/2-D/3-D, groups, depthwise, dilations, pads, auto_pad) → conv."""
+def _conv_common(node, ctx):
+    """What Conv and ConvTranspose read alike: attributes, weight/bias params, geometry."""
     a = ctx.attrs(node)
-    w = ctx.const(node.input[1], "Conv weight")
-    b = ctx.optional_const(node, 2, "Conv bias")
+    w = ctx.const(node.input[1], f"{node.op_type} weight")
+    b = ctx.optional_const(node, 2, f"{node.op_type} bias")
     nd = w.ndim - 2
     kernel = list(a.get("kernel_shape", w.shape[2:]))
     strides, dilations = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
-    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations, clamp=False)
     params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    return a, params, nd, kernel, strides, dilations
+
+
+@converter("Conv")
+def conv(node, ctx):
+    """Conv (1-D/2-D/3-D, groups, depthwise, dilations, pads, auto_pad) → conv."""
+    a, params, nd, kernel, strides, dilations = _conv_common(node, ctx)
+    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
     ctx.emit("conv", [node.input[0]], [node.output[0]],
              {"stride": strides, "pads": pads, "dilation": dilations, "groups": int(a.get("group", 1))}, params)
 
@@ -51,12 +54,7 @@ def conv(node, ctx):
 @converter("ConvTranspose")
 def conv_transpose(node, ctx):
     """ConvTranspose (pads, output_padding, output_shape, auto_pad, groups) → conv_transpose."""
-    a = ctx.attrs(node)
-    w = ctx.const(node.input[1], "ConvTranspose weight")
-    b = ctx.optional_const(node, 2, "ConvTranspose bias")
-    nd = w.ndim - 2
-    kernel = list(a.get("kernel_shape", w.shape[2:]))
-    strides, dilations = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+    a, params, nd, kernel, strides, dilations = _conv_common(node, ctx)
     out_pad = list(a.get("output_padding", [0] * nd))
     in_spatial = ctx.shape(node.input[0])[2:]
     auto = a.get("auto_pad", b"NOTSET")
@@ -78,7 +76,6 @@ def conv_transpose(node, ctx):
         pads = begins + ends
     elif auto == "VALID":
         pads = [0] * 2 * nd
-    params = {"weight": w} if b is None else {"weight": w, "bias": b}
     ctx.emit("conv_transpose", [node.input[0]], [node.output[0]],
              {"stride": strides, "pads": pads, "dilation": dilations, "output_padding": out_pad,
               "groups": int(a.get("group", 1))}, params)

@@ -11,7 +11,7 @@ def _pool_attrs(node, ctx):
     nd = len(kernel)
     strides = list(a.get("strides", [1] * nd))
     dilations = list(a.get("dilations", [1] * nd))
-    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations, clamp=False)
+    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
     return a, {"kernel": kernel, "stride": strides, "pads": pads, "dilation": dilations,
                "ceil_mode": int(a.get("ceil_mode", 0))}
 
