@@ -26,6 +26,7 @@ import torch.nn as nn
 
 import snncompiler as snnc
 from snncompiler.data import Dataset
+from snncompiler.runtime.memory import retain_freed_memory
 from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
 
@@ -58,6 +59,11 @@ def spikingjelly_model(ann: nn.Module, calib: np.ndarray):
         return Converter(RateCodingRecipe([(batch, torch.zeros(len(batch)))], mode="Max")).convert(ann)
 
 
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+
+
 def time_spikingjelly(snn: nn.Module, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[list[float], float]:
     """Wall times of T single-step calls (SpikingJelly's converted models are single-step), and neuron share."""
     from spikingjelly.activation_based import functional, neuron
@@ -77,6 +83,7 @@ def time_spikingjelly(snn: nn.Module, x: torch.Tensor, timesteps: int, repeats: 
             acc = 0
             for _ in range(timesteps):
                 acc = acc + snn(x)
+            _sync(x)
             elapsed = time.perf_counter() - t0
             if r:  # the first run warms up
                 times.append(elapsed)
@@ -88,10 +95,12 @@ def time_snnc(model, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[lis
     """Wall times of one T-step run of snnc's runtime, and its profile of the last run."""
     times, profile = [], {}
     for r in range(repeats + 1):
-        runner = model.runner()
+        runner = model.runner(device=x.device)
         runner.profile = {}
+        _sync(x)
         t0 = time.perf_counter()
         runner.run(x, timesteps, chunk=model.options["chunk"])
+        _sync(x)
         elapsed = time.perf_counter() - t0
         if r:
             times.append(elapsed)
@@ -107,9 +116,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--maxpool", default="output", help="snnc max-pooling strategy (output = SpikingJelly's semantics)")
+    ap.add_argument("--device", default="cpu", help="cpu (the floor) or cuda: both tools on the GPU")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # snnc's runtime keeps freed heap memory for reuse (snncompiler/runtime/memory.py); set it
+    # before anything runs so that SpikingJelly, in the same process, runs with the same allocator
+    retained = retain_freed_memory()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from snncompiler.kernels import available_backends
@@ -118,10 +131,10 @@ def main() -> None:
     for name, build in (("digits_cnn", digits_cnn), ("resnet18", resnet18)):
         print(f"[{name}] building and converting ...", flush=True)
         ann, onnx_path, calib, test = build(out)
-        x = torch.from_numpy(test[:args.batch])
+        x = torch.from_numpy(test[:args.batch]).to(args.device)
         # max pooling over spikes, as in SpikingJelly's converted model: the same computation on both sides
         compiled = snnc.compile(onnx_path, Dataset(calib), threshold="max", maxpool=args.maxpool, quiet=True)
-        sj = spikingjelly_model(ann, calib)
+        sj = spikingjelly_model(ann, calib).to(args.device)
         sj_times, sj_neuron_share = time_spikingjelly(sj, x, args.timesteps, args.repeats)
         sn_times, profile = time_snnc(compiled, x, args.timesteps, args.repeats)
         sj_med, sn_med = statistics.median(sj_times), statistics.median(sn_times)
@@ -134,7 +147,10 @@ def main() -> None:
                      "snnc_times_s": sn_times, "spikingjelly_times_s": sj_times})
         for f in (onnx_path,):
             Path(f).unlink(missing_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    machine = (f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+               f"freed memory retained: {retained}")
+    if args.device != "cpu":
+        machine += f", device {torch.cuda.get_device_name()}"
     print(f"\nend-to-end, T={args.timesteps}, batch {args.batch}, median of {args.repeats} ({machine}; "
           f"snnc neuron backends: {', '.join(available_backends())})")
     print(f"{'workload':<12} {'snnc s/batch':>13} {'SJ s/batch':>11} {'speedup':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons")
@@ -145,7 +161,9 @@ def main() -> None:
               f" / {100 * b['overhead']:5.1f}%            {100 * r['spikingjelly_neuron_share']:5.1f}%")
     floor = all(r["speedup"] >= 1.5 for r in rows)
     print(f"floor (snnc >= 1.5x faster on every workload): {'PASS' if floor else 'FAIL'}")
-    (out / "end_to_end.json").write_text(json.dumps({"machine": machine, "rows": rows, "floor_pass": floor}, indent=1))
+    name = "end_to_end.json" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}.json"
+    (out / name).write_text(json.dumps({"machine": machine, "device": args.device, "rows": rows,
+                                           "floor_pass": floor}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark the fused neuron kernels: snnc vs the PyTorch reference, SpikingJelly and a copy.
 
-    python benchmarks/kernels.py [--quick] [--gpu] [--rounds K] [--out PATH]
+    python benchmarks/kernels.py [--quick] [--gpu | --gpu-only] [--rounds K] [--out PATH]
 
 Workload: IF neuron, soft reset, theta = 1, float32 x of shape [T, N] (N neurons, T steps),
 inference (no autograd). Throughput is T*N elements per second, from the median time.
@@ -9,7 +9,8 @@ Implementations (CPU, 2 threads: torch.set_num_threads(2), OMP_NUM_THREADS=2):
   copy        dst.copy_(x) into a preallocated tensor: the memory-traffic bound (reads and
               writes T*N*4 bytes each, exactly the traffic of the value-format kernel)
   clone       x.clone(): the same copy into a freshly allocated tensor, i.e. what any op that
-              returns a new T*N tensor pays (page faults + zeroing of fresh pages)
+              returns a new T*N tensor pays (with glibc's default malloc, page faults and
+              zeroing of fresh pages on every call: see --allocator)
   snnc-pre    the C++ kernel writing into preallocated buffers (like copy): the kernel alone
   snnc        neuron_multistep(backend="cpu"), value-format spikes (allocates its output)
   snnc-bin    the same with spike_format="binary" (1 byte per spike written)
@@ -18,12 +19,20 @@ Implementations (CPU, 2 threads: torch.set_num_threads(2), OMP_NUM_THREADS=2):
   sj          SpikingJelly 2.0.0 IFNode(v_reset=None, step_mode="m") (its CPU path is its
               torch implementation; 2.0.0 has no backend= argument)
 
+GPU columns (--gpu / --gpu-only): copy, clone, snnc-triton / snnc-cuda (the op as called),
+snnc-triton-pre / snnc-cuda-pre (the kernels launched straight into preallocated buffers) and sj.
+
+--allocator retain (default) measures with freed host memory kept for reuse, the setting
+snnc's spiking runtime makes (snncompiler/runtime/memory.py); every column runs under it.
+
 The implementations run interleaved (one round = each once, in rotating order) so that
 background load on a shared machine hits them alike; ratios are medians of per-round ratios.
 The slow baselines are skipped above --max-slow-elements (memory: several T*N temporaries).
 
---gpu (CUDA present) measures copy, snnc-triton, snnc-cuda and SpikingJelly's neuron on the
-GPU instead. That path has not been run on the machine this was written on (no GPU).
+--gpu (CUDA present) also measures copy, snnc-triton, snnc-cuda and SpikingJelly's neuron on
+the GPU; --gpu-only measures the GPU alone. SpikingJelly picks its own CUDA implementation
+(native CUDA if built from source, else its Triton kernel); the JSON records which. GPU times
+come from CUDA events over bursts of back-to-back calls (see measure_gpu).
 Results go to benchmarks/results/kernels.json and a table on stdout.
 """
 from __future__ import annotations
@@ -42,6 +51,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from snncompiler.kernels import available_backends, neuron_multistep  # noqa: E402
+from snncompiler.runtime.memory import retain_freed_memory  # noqa: E402
 
 FULL_T, FULL_N = (4, 8, 32, 128), (1 << 16, 1 << 20, 1 << 22)
 QUICK_T, QUICK_N = (4, 32), (1 << 16, 1 << 20)
@@ -77,7 +87,7 @@ def spikingjelly_node(device):
     """A SpikingJelly IF node matching the benchmark neuron, or None if it is not installed."""
     try:
         from spikingjelly.activation_based import neuron
-    except ImportError:
+    except Exception:  # not installed, or an optional dependency of it missing
         return None
     node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m").to(device)
 
@@ -86,6 +96,16 @@ def spikingjelly_node(device):
         return node(x)
 
     return run
+
+
+def spikingjelly_cuda_implementation() -> str | None:
+    """Which CUDA implementation SpikingJelly selected for IFNode ("cuda", "triton" or "torch")."""
+    try:
+        from spikingjelly._ops import if_
+
+        return ",".join(sorted({getattr(sel, "name", str(sel)) for sel in if_._selection._selections.values()})) or None
+    except Exception:  # private API: a later version may move it
+        return None
 
 
 def preallocated_cpu_kernel(x, v0):
@@ -98,6 +118,29 @@ def preallocated_cpu_kernel(x, v0):
             0.0, cpu.FORMATS["value"], torch.get_num_threads())
     keep = (theta, out, vout)
     return lambda: (cpu.load().forward(*args), keep)
+
+
+def preallocated_gpu_kernels(x, v0) -> dict:
+    """The CUDA and Triton forwards launched straight into buffers allocated once: the kernels
+    without the op's Python argument handling (which dominates on small layers)."""
+    T, n = x.shape
+    theta, out, vout = torch.ones(1, device=x.device), torch.empty_like(x), torch.empty(n, device=x.device)
+    impls = {}
+    backends = available_backends()
+    if "cuda" in backends:
+        from snncompiler.kernels import cuda
+
+        lib, stream = cuda.load(), torch.cuda.current_stream().cuda_stream
+        args = (x.data_ptr(), cuda.DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(),
+                cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, stream)
+        impls["snnc-cuda-pre"] = lambda: (lib.snnc_lif_forward(*args), theta, out, vout)
+    if "triton" in backends:
+        from snncompiler.kernels import triton_kernel
+
+        impls["snnc-triton-pre"] = lambda: triton_kernel._launch(
+            "fwd", n, T, x, v0, theta, out, vout, T, n, (n + 7) // 8, 1, 1, 1.0, 0.0, DECAY=False, HARD=False,
+            FMT=0)
+    return impls
 
 
 def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict, dict]:
@@ -118,6 +161,8 @@ def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict
             impls["snnc-pre"] = preallocated_cpu_kernel(x, v0)
             impls["snnc-bin"] = lambda: neuron_multistep(x, v0, 1.0, backend="cpu", spike_format="binary")
             impls["snnc-pack"] = lambda: neuron_multistep(x, v0, 1.0, backend="cpu", spike_format="packed")
+    if device == "cuda":
+        impls.update(preallocated_gpu_kernels(x, v0))
     sj = spikingjelly_node(device)
     if not slow:
         skipped["reference"] = skipped["sj"] = "skipped above --max-slow-elements (memory, minutes per call)"
@@ -151,6 +196,37 @@ def measure(impls: dict, rounds: int, min_seconds: float, sync) -> dict[str, lis
     return times
 
 
+def measure_gpu(impls: dict, rounds: int, min_seconds: float, burst_seconds: float = 0.005) -> dict[str, list[float]]:
+    """GPU timing with CUDA events: each sample is a burst of K back-to-back calls (no sync
+    between them) timed on the device and divided by K, so that a call's host-side overhead is
+    hidden when the GPU is the bottleneck and shows when it is not (small layers), as in a
+    model's forward pass. K is sized per implementation to ~5 ms; rounds interleave as on CPU."""
+    names = list(impls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    burst = {}
+    with torch.inference_mode():
+        for n in names:  # warm-up (compilation, autotuning), then size the burst
+            impls[n]()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            impls[n]()
+            torch.cuda.synchronize()
+            burst[n] = max(1, min(200, int(burst_seconds / max(time.perf_counter() - t0, 1e-6))))
+        start, r = time.perf_counter(), 0
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        while r < rounds or (r < 3 * rounds and time.perf_counter() - start < min_seconds):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                torch.cuda.synchronize()
+                begin.record()
+                for _ in range(burst[n]):
+                    impls[n]()
+                end.record()
+                end.synchronize()
+                times[n].append(begin.elapsed_time(end) / 1e3 / burst[n])
+            r += 1
+    return times
+
+
 def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> list[dict]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
@@ -159,7 +235,10 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> 
             impls, skipped, keep = implementations(T, N, device, T * N <= max_slow)
             # the slow baselines take seconds per call at large sizes: fewer rounds there
             n_rounds = rounds if T * N <= (1 << 25) or device != "cpu" else max(3, rounds // 3)
-            times = measure(impls, n_rounds, min_seconds, sync)
+            if device == "cuda":
+                times = measure_gpu(impls, n_rounds, min_seconds)
+            else:
+                times = measure(impls, n_rounds, min_seconds, sync)
             del keep
             elems = T * N
             row = dict(T=T, N=N, device=device, rounds=len(times["copy"]), skipped=skipped, impls={},
@@ -185,7 +264,8 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> 
     return rows
 
 
-COLS = ("copy", "clone", "snnc-pre", "snnc", "snnc-bin", "snnc-pack", "snnc-triton", "snnc-cuda", "reference", "sj")
+COLS = ("copy", "clone", "snnc-pre", "snnc", "snnc-bin", "snnc-pack", "snnc-triton-pre", "snnc-triton", "snnc-cuda-pre",
+        "snnc-cuda", "reference", "sj")
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -216,26 +296,60 @@ def floor_check(rows: list[dict]) -> dict | None:
     return None
 
 
+GPU_FLOOR = dict(min_T=8, over_copy=0.8)
+
+
+def gpu_floor_check(rows: list[dict]) -> dict | None:
+    """The GPU floor: for T >= 8, Triton and CUDA >= 0.8x the device copy and faster than SpikingJelly."""
+    checks = []
+    for row in rows:
+        if row["device"] != "cuda" or row["T"] < GPU_FLOOR["min_T"]:
+            continue
+        times = row["times_s"]
+        for kern in ("snnc-triton", "snnc-cuda", "snnc-triton-pre", "snnc-cuda-pre"):
+            if kern not in times:
+                continue
+            over_copy = statistics.median(c / k for c, k in zip(times["copy"], times[kern]))
+            over_sj = statistics.median(b / k for b, k in zip(times["sj"], times[kern])) if "sj" in times else None
+            checks.append(dict(T=row["T"], N=row["N"], kernel=kern, over_copy=over_copy, over_sj=over_sj,
+                               met=over_copy >= GPU_FLOOR["over_copy"] and over_sj is not None and over_sj > 1.0))
+    if not checks:
+        return None
+    return dict(GPU_FLOOR, checks=checks, met_by_op=all(c["met"] for c in checks if not c["kernel"].endswith("-pre")),
+                met_by_kernel=all(c["met"] for c in checks if c["kernel"].endswith("-pre")))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="reduced grid: T in {4, 32}, N in {2^16, 2^20}")
     ap.add_argument("--gpu", action="store_true", help="also measure Triton, CUDA and SpikingJelly on the GPU")
+    ap.add_argument("--gpu-only", action="store_true", help="measure the GPU only (skip the CPU grid)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per size (default 9)")
     ap.add_argument("--min-seconds", type=float, default=1.0, help="keep adding rounds until this much time")
     ap.add_argument("--max-slow-elements", type=int, default=1 << 27,
                     help="skip reference/SpikingJelly above this T*N (default 2^27)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                    help="retain (default): keep freed host memory for reuse, as snnc's runtime sets it "
+                         "(snncompiler/runtime/memory.py); default: leave glibc's malloc alone")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    retained = args.allocator == "retain" and retain_freed_memory()
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
-    rows = run("cpu", Ts, Ns, args.rounds, args.min_seconds, args.max_slow_elements)
-    if args.gpu:
+    gpu_sj = None
+    rows = [] if args.gpu_only else run("cpu", Ts, Ns, args.rounds, args.min_seconds, args.max_slow_elements)
+    if args.gpu or args.gpu_only:
         if torch.cuda.is_available():
             rows += run("cuda", Ts, Ns, max(args.rounds, 20), args.min_seconds, 1 << 62)
+            gpu_sj = spikingjelly_cuda_implementation()
         else:
             print("\n--gpu: no CUDA device, GPU measurements skipped")
     floor = floor_check(rows)
+    info = machine()
+    info["freed_memory_retained"] = retained
+    if args.gpu or args.gpu_only:
+        info["spikingjelly_cuda_implementation"] = gpu_sj
     if floor:
         def verdict(ok):
             return "MET" if ok else "NOT MET"
@@ -246,8 +360,17 @@ def main(argv=None) -> int:
               f"  op, allocating its output:            {floor['snnc_over_copy']:.2f}x copy -> "
               f"{verdict(floor['met_by_op'])}\n"
               f"  vs SpikingJelly: op {floor['snnc_over_sj']:.1f}x, kernel {floor['kernel_over_sj']:.1f}x")
+    gpu_floor = gpu_floor_check(rows)
+    if gpu_floor:
+        print(f"\nGPU floor (T >= 8: >= 0.8x device copy and faster than SpikingJelly): "
+              f"op as called {'MET' if gpu_floor['met_by_op'] else 'NOT MET'}, "
+              f"kernels launched directly {'MET' if gpu_floor['met_by_kernel'] else 'NOT MET'}")
+        for c in gpu_floor["checks"]:
+            sj = f"{c['over_sj']:.2f}x" if c["over_sj"] is not None else "-"
+            print(f"  T={c['T']:>4} N=2^{c['N'].bit_length() - 1:<2} {c['kernel']:>12}: {c['over_copy']:.2f}x copy, "
+                  f"{sj} SpikingJelly{'' if c['met'] else '  <- below'}")
     result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload="IF, soft reset, theta=1, float32, "
-                  "inference", machine=machine(), quick=args.quick, results=rows, floor=floor,
+                  "inference", machine=info, quick=args.quick, results=rows, floor=floor, gpu_floor=gpu_floor,
                   timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")

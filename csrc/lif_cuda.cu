@@ -23,6 +23,7 @@
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kUnroll = 8;  // time steps whose loads are in flight together
 
 template <typename T> __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
@@ -46,21 +47,34 @@ __global__ void __launch_bounds__(kThreads) lif_forward_kernel(
   const float th = active ? theta[(n / inner) % period] : 0.0f;
   const T th_out = from_f32<T>(th);
   const T zero_out = from_f32<T>(0.0f);
-  for (int64_t t = 0; t < steps; ++t) {
-    const float xt = active ? to_f32<T>(x[t * N + n]) : 0.0f;
-    const float h = DECAY ? __fadd_rn(__fmul_rn(v, decay), xt) : __fadd_rn(v, xt);
-    const bool s = active && h >= th;
-    if (FMT == 0) {
-      if (active) static_cast<T*>(out)[t * N + n] = s ? th_out : zero_out;
-    } else if (FMT == 1) {
-      if (active) static_cast<uint8_t*>(out)[t * N + n] = s ? 1 : 0;
-    } else {
-      const unsigned word = __ballot_sync(0xffffffffu, s);
-      const int lane = threadIdx.x & 31;
-      const int64_t byte = (n - lane) / 8 + lane;
-      if (lane < 4 && byte < nbytes) static_cast<uint8_t*>(out)[t * nbytes + byte] = (word >> (8 * lane)) & 0xffu;
+  // Loads of kUnroll steps are issued before any is used: one thread keeps kUnroll loads in
+  // flight (the membrane chain serialises the arithmetic, not the memory traffic), which is
+  // what it takes to approach the copy bandwidth with one neuron per thread.
+  for (int64_t t0 = 0; t0 < steps; t0 += kUnroll) {
+    float xs[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t t = t0 + k;
+      xs[k] = (active && t < steps) ? to_f32<T>(x[t * N + n]) : 0.0f;
     }
-    v = s ? (HARD ? v_reset : __fsub_rn(h, th)) : h;
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t t = t0 + k;
+      if (t >= steps) break;  // the same for every thread, so each ballot still sees a full warp
+      const float h = DECAY ? __fadd_rn(__fmul_rn(v, decay), xs[k]) : __fadd_rn(v, xs[k]);
+      const bool s = active && h >= th;
+      if (FMT == 0) {
+        if (active) static_cast<T*>(out)[t * N + n] = s ? th_out : zero_out;
+      } else if (FMT == 1) {
+        if (active) static_cast<uint8_t*>(out)[t * N + n] = s ? 1 : 0;
+      } else {
+        const unsigned word = __ballot_sync(0xffffffffu, s);
+        const int lane = threadIdx.x & 31;
+        const int64_t byte = (n - lane) / 8 + lane;
+        if (lane < 4 && byte < nbytes) static_cast<uint8_t*>(out)[t * nbytes + byte] = (word >> (8 * lane)) & 0xffu;
+      }
+      v = s ? (HARD ? v_reset : __fsub_rn(h, th)) : h;
+    }
   }
   if (active) vout[n] = v;
 }

@@ -69,9 +69,11 @@ class CompiledModel:
         return t.float()
 
     def runner(self, **overrides) -> SpikingRunner:
-        """A fresh :class:`SpikingRunner` with this model's settings (overridable)."""
+        """A fresh :class:`SpikingRunner` with this model's settings (overridable; ``device="cuda"``
+        runs it on a GPU)."""
         o = {**self.options, **overrides}
-        return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0))
+        return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
+                             device=o.get("device", "cpu"))
 
     def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = 256, **overrides):
         """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}."""

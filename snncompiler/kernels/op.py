@@ -7,6 +7,7 @@ list; :func:`neuron_multistep` is the checked public entry point.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -217,9 +218,20 @@ _neuron_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- public entry point -------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _device_scalar(value: float, device: torch.device) -> Tensor:
+    """A float32 0-d tensor on a GPU, made once: torch.tensor(v, device="cuda") is a blocking
+    host-to-device copy, which costs more than the whole kernel on small layers. Made outside
+    inference mode so that autograd may save it later; never written to."""
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=torch.float32, device=device)
+
+
 def _as_state(value, name: str, x: Tensor) -> Tensor:
     """v0 / theta as a float32 tensor on x's device, checked to broadcast to x[0]."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if x.is_cuda:
+            return _device_scalar(float(value), x.device)
         return torch.tensor(float(value), dtype=torch.float32, device=x.device)
     if not isinstance(value, Tensor):
         raise SnncError(f"{name}: expected a float or a tensor, got {type(value).__name__}")

@@ -8,12 +8,14 @@ Bit-exactness with the reference: h = v * decay + x must round twice, so kernels
 launched with ``enable_fp_fusion=False`` (no FMA contraction); with decay == 1 the multiply
 is skipped (as in every backend).
 
-The forward works on a [BLOCK/8, 8] tile so that the packed format is a row reduction. The
+The forward prefetches x two steps ahead. It works on a [BLOCK/8, 8] tile so that the packed format is a row reduction. The
 backward recomputes the membrane trajectory of its block into a transient global scratch
 buffer ([T, N] float32, allocated per call and freed after) and then walks time backwards.
 
-On a GPU the block size is autotuned; under TRITON_INTERPRET=1 (CPU tests) a fixed block is
-used because the autotuner needs a GPU driver to time configurations.
+On a GPU the block size is autotuned for large launches (T*N >= 2^18, keyed on T and N);
+small ones use a fixed block, since autotuning costs more than it can save there and every
+new (T, N) would trigger it. Under TRITON_INTERPRET=1 (CPU tests) a fixed block is used
+because the autotuner needs a GPU driver to time configurations.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import triton.language as tl
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 _INTERPRET_BLOCK = 64
+_SMALL_LAUNCH = 1 << 18  # T*N below this: fixed block, no autotuning
+_SMALL_BLOCK, _SMALL_WARPS = 256, 4
 
 
 @triton.jit
@@ -39,12 +43,18 @@ def _lif_fwd(x_ptr, v0_ptr, th_ptr, out_ptr, vout_ptr, T, N, NBYTES, th_inner, t
     mask = offs < N
     v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
     th = tl.load(th_ptr + (offs // th_inner) % th_period, mask=mask, other=0.0)
-    for _ in range(T):
-        xt = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # x is prefetched two steps ahead: three loads in flight per element, not one (the
+    # membrane chain serialises the arithmetic, not the memory traffic)
+    xa = tl.load(x_ptr + offs, mask=mask & (T > 0), other=0.0).to(tl.float32)
+    xb = tl.load(x_ptr + N + offs, mask=mask & (T > 1), other=0.0).to(tl.float32)
+    for t in range(T):
+        xc = tl.load(x_ptr + 2 * N + offs, mask=mask & (t + 2 < T), other=0.0).to(tl.float32)
         if DECAY:
-            h = v * decay + xt
+            h = v * decay + xa
         else:
-            h = v + xt
+            h = v + xa
+        xa = xb
+        xb = xc
         s = h >= th
         if FMT == 0:
             tl.store(out_ptr + offs, tl.where(s, th, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
@@ -157,11 +167,14 @@ def _tuned(kernel_name: str):
     return triton.autotune(configs=configs, key=["T", "N"])(kernel)
 
 
-def _launch(kernel_name: str, n: int, *args, **consts):
+def _launch(kernel_name: str, n: int, steps: int, *args, **consts):
+    kernel = {"fwd": _lif_fwd, "bwd": _lif_bwd}[kernel_name]
     if _interpreting():
-        kernel = {"fwd": _lif_fwd, "bwd": _lif_bwd}[kernel_name]
         kernel[(triton.cdiv(n, _INTERPRET_BLOCK),)](*args, **consts, BLOCK=_INTERPRET_BLOCK,
                                                     enable_fp_fusion=False)
+    elif steps * n < _SMALL_LAUNCH:
+        kernel[(triton.cdiv(n, _SMALL_BLOCK),)](*args, **consts, BLOCK=_SMALL_BLOCK, num_warps=_SMALL_WARPS,
+                                                enable_fp_fusion=False)
     else:
         _tuned(kernel_name)[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts,
                                                                             enable_fp_fusion=False)
@@ -179,7 +192,7 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
     vout = torch.empty(x.shape[1:], dtype=torch.float32, device=x.device)
     if n == 0:
         return out, vout
-    _launch("fwd", n, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), decay, v_reset,
+    _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), decay, v_reset,
             DECAY=decay != 1.0, HARD=bool(hard), FMT=FORMATS[spike_format])
     return out, vout
 
@@ -196,7 +209,7 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
     if n == 0:
         return gx, gv0, gth
     scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
-    _launch("bwd", n, x, v0, theta, x if grad_spikes is None else grad_spikes, v0 if grad_v is None else grad_v,
+    _launch("bwd", n, T, x, v0, theta, x if grad_spikes is None else grad_spikes, v0 if grad_v is None else grad_v,
             gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), decay, v_reset, alpha,
             DECAY=decay != 1.0, HARD=bool(hard), DETACH=bool(detach_reset), SG=int(surrogate_id),
             HAS_GY=grad_spikes is not None, HAS_GV=grad_v is not None, HAS_GTH=gth is not None)

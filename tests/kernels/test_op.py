@@ -11,6 +11,8 @@ from snncompiler.kernels import available_backends, neuron_multistep, neuron_mul
 from snncompiler.kernels import cpu as cpu_backend
 from snncompiler.kernels import op as op_module
 
+from .conftest import device_for
+
 OP = torch.ops.snncompiler.neuron_multistep.default
 BACKWARD_OP = torch.ops.snncompiler.neuron_multistep_backward.default
 ALL_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -18,7 +20,7 @@ ALL_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "t
 
 @pytest.mark.parametrize("fmt", ["value", "binary", "packed"])
 def test_opcheck(backend, fmt):
-    dev = "cuda" if backend == "cuda" else "cpu"
+    dev = device_for(backend)
     x = torch.randn(4, 2, 3, device=dev, requires_grad=True)
     v0 = torch.zeros(2, 3, device=dev, requires_grad=True)
     theta = torch.tensor([0.5, 1.0, 1.5], device=dev, requires_grad=True)
@@ -28,7 +30,7 @@ def test_opcheck(backend, fmt):
 
 
 def test_opcheck_backward(backend):
-    dev = "cuda" if backend == "cuda" else "cpu"
+    dev = device_for(backend)
     args = (torch.randn(4, 2, 3, device=dev), torch.randn(2, 3, device=dev), torch.randn(4, 2, 3, device=dev),
             torch.zeros(3, device=dev), torch.tensor([0.5, 1.0, 1.5], device=dev), 0.5, True, -0.1, backend,
             "sigmoid", 4.0, False, True)
@@ -127,7 +129,7 @@ def test_lazy_triton_import():
 
 def test_eager_fast_path_matches_registered_op(backend):
     """Plain eager inference skips the dispatcher; both paths must give the same result."""
-    dev = "cuda" if backend == "cuda" else "cpu"
+    dev = device_for(backend)
     x, theta = torch.randn(5, 2, 3, 4, device=dev), torch.rand(3, 1, device=dev) + 0.5
     s, v = neuron_multistep(x, 0.1, theta, decay=0.75, reset="hard", backend=backend)
     s2, v2 = OP(x, torch.tensor(0.1, device=dev), theta, 0.75, True, 0.0, "value", backend, "atan", 2.0, False)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks of the kernels, as one script for a machine with an NVIDIA GPU:
+#   1. build the CUDA kernel the install-time way (SNNC_BUILD_CUDA=1 setup.py build_ext),
+#   2. run tests/kernels there (CUDA and Triton parity against the reference, gradients,
+#      SpikingJelly parity on the GPU),
+#   3. run benchmarks/kernels.py --gpu-only (throughput vs the device copy and SpikingJelly),
+#   4. run benchmarks/end_to_end.py --device cuda (both tools' converted models on the GPU).
+#
+#   bash benchmarks/gpu_session.sh [OUTDIR]
+#
+# Logs and the benchmark JSON go to OUTDIR (default benchmarks/results). Each step has its own
+# time limit so that one hang does not eat the others. The python used is $PYTHON (python3).
+set -u
+out=${1:-benchmarks/results}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+nvidia-smi -L
+$py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
+
+echo "== build (SNNC_BUILD_CUDA=1 setup.py build_ext --inplace)"
+SNNC_BUILD_CUDA=1 timeout 240 $py setup.py -q build_ext --inplace >"$out/gpu_build.log" 2>&1
+echo "build exit $?"; tail -5 "$out/gpu_build.log"; ls snncompiler/kernels/*.so
+
+echo "== tests/kernels on the GPU"
+timeout "${SNNC_GPU_TEST_TIMEOUT:-300}" $py -m pytest -q -p no:cacheprovider --maxfail=20 tests/kernels tests/test_gpu_runtime.py \
+    -k "not test_cpu_matches_reference" 2>&1 | tee "$out/gpu_pytest.log" | tail -40
+echo "pytest exit ${PIPESTATUS[0]}"
+
+echo "== benchmarks/kernels.py --gpu-only"
+timeout "${SNNC_GPU_BENCH_TIMEOUT:-240}" $py benchmarks/kernels.py --gpu-only --out "$out/kernels_gpu.json" 2>&1 \
+    | tee "$out/gpu_bench.log"
+echo "bench exit ${PIPESTATUS[0]}"
+
+echo "== benchmarks/end_to_end.py --device cuda"
+timeout "${SNNC_GPU_E2E_TIMEOUT:-240}" $py benchmarks/end_to_end.py --device cuda --threads 16 --out "$out" 2>&1 \
+    | tee "$out/gpu_e2e.log" | tail -8
+echo "e2e exit ${PIPESTATUS[0]}"
