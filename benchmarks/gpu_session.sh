@@ -33,6 +33,7 @@ timeout "${SNNC_GPU_BENCH_TIMEOUT:-240}" $py benchmarks/kernels.py --gpu-only --
     | tee "$out/gpu_bench.log"
 echo "bench exit ${PIPESTATUS[0]}"
 
+[ "${SNNC_GPU_E2E:-1}" = 0 ] && exit 0  # SNNC_GPU_E2E=0: skip the end-to-end step
 echo "== benchmarks/end_to_end.py --device cuda"
 timeout "${SNNC_GPU_E2E_TIMEOUT:-240}" $py benchmarks/end_to_end.py --device cuda --threads 16 --out "$out" 2>&1 \
     | tee "$out/gpu_e2e.log" | tail -8

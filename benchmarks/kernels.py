@@ -132,7 +132,7 @@ def preallocated_gpu_kernels(x, v0) -> dict:
 
         lib, stream = cuda.load(), torch.cuda.current_stream().cuda_stream
         args = (x.data_ptr(), cuda.DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(),
-                cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, stream)
+                cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, cuda.VEC4_MIN_N, stream)
         impls["snnc-cuda-pre"] = lambda: (lib.snnc_lif_forward(*args), theta, out, vout)
     if "triton" in backends:
         from snncompiler.kernels import triton_kernel

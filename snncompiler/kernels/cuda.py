@@ -8,8 +8,9 @@ Where the library comes from, in order:
    in ``$SNNC_CACHE_DIR`` (default ``~/.cache/snncompiler``) under a hash of the source.
 
 The .cu has a plain C launcher and no torch headers, so neither path needs torch's C++ API.
-Backward for CUDA tensors runs on the Triton kernel. NOTE: this path has only been compiled
-(tests/kernels check `nvcc -c` for sm_80/sm_90), not run, on the machine it was written on.
+Backward for CUDA tensors runs on the Triton kernel. CI only compiles the .cu (tests/kernels
+check `nvcc -c` for sm_80/sm_90); its parity tests run wherever a GPU is present
+(benchmarks/gpu_session.sh; last run on an H200).
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ import torch
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# Layers of at least this many neurons (float32, value or binary spikes, N % 4 == 0) run the
+# kernel that moves four neurons per thread in 16-byte accesses; smaller ones one neuron per
+# thread, which keeps enough threads in flight (measured on an H200, benchmarks/kernels.py).
+# Module-level so that tests can send small layers down the vector path.
+VEC4_MIN_N = 1 << 19
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "lif_cuda.cu"
 
 
@@ -73,7 +79,7 @@ def load():
     lib = ctypes.CDLL(path)
     i64, f32, vp = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.snnc_lif_forward.argtypes = [vp, ctypes.c_int, vp, vp, i64, i64, vp, ctypes.c_int, vp, i64, i64, f32,
-                                     ctypes.c_int, f32, vp]
+                                     ctypes.c_int, f32, i64, vp]
     lib.snnc_lif_forward.restype = ctypes.c_int
     lib.snnc_lif_error_string.argtypes = [ctypes.c_int]
     lib.snnc_lif_error_string.restype = ctypes.c_char_p
@@ -98,7 +104,7 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
         stream = torch.cuda.current_stream(x.device).cuda_stream
         err = lib.snnc_lif_forward(x.data_ptr(), DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), inner,
                                    theta.numel(), out.data_ptr(), FORMATS[spike_format], vout.data_ptr(), T, n,
-                                   decay, int(bool(hard)), v_reset, stream)
+                                   decay, int(bool(hard)), v_reset, VEC4_MIN_N, stream)
     if err != 0:
         raise RuntimeError(f"snncompiler CUDA neuron kernel failed: {lib.snnc_lif_error_string(err).decode()}")
     return out, vout

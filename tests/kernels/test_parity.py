@@ -141,6 +141,19 @@ def test_cuda_matches_reference(c):
     check_case(c, "cuda")
 
 
+@settings(max_examples=60, **_SETTINGS)
+@given(c=cases())
+def test_cuda_vector_path_matches_reference(c, monkeypatch):
+    """The four-neurons-per-thread CUDA kernel (large layers) on small ones, so that it is
+    exercised here: shapes with N % 4 == 0 take it, the others the one-neuron path."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from snncompiler.kernels import cuda
+
+    monkeypatch.setattr(cuda, "VEC4_MIN_N", 0)
+    check_case(c, "cuda")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(backend, dtype):
     """x in float16/bfloat16: spikes in x's dtype, membrane accumulated and returned in float32."""
