@@ -319,6 +319,24 @@ def gpu_floor_check(rows: list[dict]) -> dict | None:
                 met_by_kernel=all(c["met"] for c in checks if c["kernel"].endswith("-pre")))
 
 
+def markdown(result: dict) -> str:
+    """The JSON's rows as Markdown tables (one per device), as quoted in docs/kernels.md."""
+    lines = []
+    for device in ("cpu", "cuda"):
+        rows = [r for r in result["results"] if r["device"] == device]
+        if not rows:
+            continue
+        cols = [c for c in COLS if any(c in r["impls"] for r in rows)]
+        ratio_keys = list(dict.fromkeys(k for r in rows for k in r["ratios"]))
+        lines += [f"\n{device}: 10^9 elements/s (median); ratios are medians of per-round ratios\n",
+                  "| T | N | " + " | ".join(cols + ratio_keys) + " |", "|---" * (2 + len(cols) + len(ratio_keys)) + "|"]
+        for r in rows:
+            cells = [f"{r['impls'][c]['elements_per_s'] / 1e9:.2f}" if c in r["impls"] else "-" for c in cols]
+            cells += [f"{r['ratios'][k]:.2f}x" if k in r["ratios"] else "-" for k in ratio_keys]
+            lines.append(f"| {r['T']} | 2^{r['N'].bit_length() - 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="reduced grid: T in {4, 32}, N in {2^16, 2^20}")
@@ -333,7 +351,11 @@ def main(argv=None) -> int:
                     help="retain (default): keep freed host memory for reuse, as snnc's runtime sets it "
                          "(snncompiler/runtime/memory.py); default: leave glibc's malloc alone")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--markdown", action="store_true", help="print --out's existing JSON as Markdown tables and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     retained = args.allocator == "retain" and retain_freed_memory()
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=int, default=1024, help="at most this many calibration samples")
     p.add_argument("--calibration", choices=["none", "light", "advanced"], default="none",
                    help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
-                        "potential; kept only if it beats no calibration on the calibration data (default none)")
+                        "potential; kept only if it beats no calibration on held-out calibration samples (default none)")
     p.add_argument("--iterations", type=int, default=300, help="weight-calibration Adam steps per layer")
     p.add_argument("--seed", type=int, default=0, help="makes calibration deterministic")
     _add_common(p)

@@ -177,16 +177,22 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
 
 def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib: Dataset, opts: dict,
                               ctx: PassContext) -> bool:
-    """Does calibration help on the calibration samples at the compile T?
+    """Does calibration help at the compile T?
 
     Scores each model by top-1 agreement with the ANN (ties: mean squared error of the
-    output), on the samples the calibration passes used. Calibration repairs mean errors
-    layer by layer; on some networks and T (e.g. T=1 on a deep VGG, where its MSE thresholds
-    lose to the default percentile) the whole network ends up worse, and this guard catches it.
+    output). Calibration repairs mean errors layer by layer; on some networks and T (e.g. T=1
+    on a deep VGG, where its MSE thresholds lose to the default percentile) the whole network
+    ends up worse, and this guard catches it. It scores on calibration samples that the
+    layer-wise passes did not fit (those after the first ``layer_samples``), up to as many
+    again, so that a calibration that only fits its own batch is not kept; with no samples
+    left over it falls back to the fitted ones.
     """
     from .passes.layerwise import calibration_batch
 
-    x = calibration_batch(ctx)
+    fitted = calibration_batch(ctx)
+    limit = min(len(ctx.calib), int(opts.get("calib_samples") or len(ctx.calib)))
+    held_out = ctx.calib.x[len(fitted):min(limit, 2 * len(fitted))]
+    x = torch.from_numpy(held_out).float() if len(held_out) >= 32 else fitted
     T = int(opts["timesteps"])
     with torch.no_grad():
         target = Executor(ann).run({ann.inputs[0].name: x})[ann.outputs[0].name]
@@ -198,10 +204,13 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
 
     kept, baseline = score(calibrated), score(plain)
     better = kept >= baseline
+    held = x is not fitted
     ctx.report["calibration_check"] = {"calibrated_agreement": kept[0], "uncalibrated_agreement": baseline[0],
+                                       "samples": int(len(x)), "held_out": held,
                                        "kept": "calibrated" if better else "uncalibrated"}
-    ctx.note("compile", f"calibration check at T={T}: agreement with the ANN {kept[0]:.4f} calibrated vs "
-                        f"{baseline[0]:.4f} uncalibrated -> kept {'calibrated' if better else 'uncalibrated'}")
+    ctx.note("compile", f"calibration check at T={T} on {len(x)} {'held-out' if held else 'fitted'} samples: "
+                        f"agreement with the ANN {kept[0]:.4f} calibrated vs {baseline[0]:.4f} uncalibrated "
+                        f"-> kept {'calibrated' if better else 'uncalibrated'}")
     return better
 
 

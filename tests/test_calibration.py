@@ -162,3 +162,15 @@ def test_calibration_kept_only_when_it_helps(setup):
         if check["kept"] == "uncalibrated":  # then it is exactly the plain conversion
             plain = snnc.compile(path, calib, timesteps=t)
             np.testing.assert_array_equal(model.run(test.x[:16], t), plain.run(test.x[:16], t))
+        assert not check["held_out"] and check["samples"] == 128  # nothing left over: the fitted batch
+
+
+def test_calibration_check_scores_held_out_samples(setup):
+    """With more calibration samples than the layer-wise passes fit, the check scores the rest."""
+    path, train, _ = setup
+    from snncompiler.passes.layerwise import DEFAULT_LAYER_SAMPLES
+
+    model = snnc.compile(path, Dataset(train.x[:DEFAULT_LAYER_SAMPLES + 50]), timesteps=4, calibration="light",
+                         quiet=True)
+    check = model.report["calibration_check"]
+    assert check["held_out"] and check["samples"] == 50

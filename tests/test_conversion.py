@@ -172,3 +172,25 @@ def test_gated_maxpool_passes_the_most_active_input(theta):
     # so it is never below (and, unless the spike phases happen to nest, above)
     assert abs(float(gated) - 0.9 * theta) <= 3 * theta / T
     assert float(output) >= float(gated) - 1e-6 * theta
+
+
+def test_firing_rate_counts_spikes_with_per_channel_thresholds(cnn, digits_data):
+    """The runtime counts spikes by summing θ·s and dividing by θ; check against counting
+    each neuron's spikes from its time-mean output, with per-channel θ of different sizes."""
+    _, path = cnn
+    train, test = digits_data
+    model = snnc.compile(path, Dataset(train.x[:256]), channelwise=True, quiet=True)
+    neurons = model.graph.find("neuron")
+    assert any(n.params["theta"].numel() > 1 for n in neurons)
+    T, x = 12, torch.from_numpy(test.x[:40]).float()
+    runner = model.runner()
+    means = runner.rates(x, T, [n.outputs[0] for n in neurons])
+    spikes = elements = 0.0
+    for n in neurons:
+        mean = means[n.outputs[0]]  # [B, C, ...] = θ · (count / T)
+        theta = n.params["theta"]
+        theta = theta.reshape([1, -1] + [1] * (mean.dim() - 2)) if theta.numel() > 1 else theta
+        spikes += float((mean * T / theta).round().sum())
+        elements += mean.numel() * T
+    assert runner.firing_rate == pytest.approx(spikes / elements, rel=1e-4)
+    assert 0 < runner.firing_rate < 1

@@ -14,6 +14,7 @@ check `nvcc -c` for sm_80/sm_90); its parity tests run wherever a GPU is present
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
@@ -100,7 +101,9 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
         out = torch.empty(x.shape, dtype=x.dtype if spike_format == "value" else torch.uint8, device=x.device)
     vout = torch.empty(x.shape[1:], dtype=torch.float32, device=x.device)
     lib = load()
-    with torch.cuda.device(x.device):
+    # switching the current device costs more than a small layer's kernel: only when needed
+    switch = torch.cuda.device(x.device) if x.device.index != torch.cuda.current_device() else contextlib.nullcontext()
+    with switch:
         stream = torch.cuda.current_stream(x.device).cuda_stream
         err = lib.snnc_lif_forward(x.data_ptr(), DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), inner,
                                    theta.numel(), out.data_ptr(), FORMATS[spike_format], vout.data_ptr(), T, n,

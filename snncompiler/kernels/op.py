@@ -105,6 +105,8 @@ def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
     uses ``small[(n // inner) % small.numel()]``. Exact whenever theta's non-broadcast axes are
     adjacent (scalar, per-channel [C,1,1], per-feature [F], full); otherwise theta is expanded.
     """
+    if theta.dim() == 0 and theta.dtype == torch.float32:  # the common scalar: one view, no copies
+        return theta.reshape(1), 1
     shape = tuple(shape)
     tshape = (1,) * (len(shape) - theta.dim()) + tuple(theta.shape)
     t = theta.to(torch.float32).reshape(tshape)
@@ -118,6 +120,8 @@ def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
 
 
 def _flat_v0(v0: Tensor, shape) -> Tensor:
+    if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():  # a carried membrane: a view
+        return v0.view(-1)
     return v0.to(torch.float32).expand(shape).contiguous().reshape(-1)
 
 
