@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
                    help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (torch engine)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine)")
     p.add_argument("--timesteps", default=None,
                    help="spiking models: comma-separated T values, all from one max(T) run "
                         "(default 1,2,4,...,256)")
@@ -162,7 +162,8 @@ def cmd_run(args) -> int:
     data = load_npz(args.input, arg="--input")
     model = load(args.model, device=args.device)
     if isinstance(model, CompiledModel):
-        run = model.ann if args.ann_mode else (lambda x: model.run(x, args.timesteps, backend=args.backend))
+        run = model.ann if args.ann_mode else (
+            lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device))
     else:
         run = model
     outputs = [run(x) for x, _ in data.batches(args.batch_size)]
@@ -222,7 +223,7 @@ def _eval_snn(args, model, data) -> int:
     ts = _parse_timesteps(args.timesteps)
     t0 = time.perf_counter()
     result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, backend=args.backend,
-                            **({"chunk": args.chunk} if args.chunk else {}))
+                            device=args.device, **({"chunk": args.chunk} if args.chunk else {}))
     seconds = time.perf_counter() - t0
     if args.plot:
         _plot(args.plot, result, args.model)

@@ -122,3 +122,19 @@ def test_bad_usage_is_one_line():
 def test_debug_shows_traceback(tmp_path):
     rc, _, err = snnc("inspect", tmp_path / "nope.onnx", "--debug")
     assert rc == 2 and "Traceback" in err
+
+
+def test_spiking_eval_on_an_unusable_device(model_path, tmp_path):
+    """A spiking artifact evaluated with --device cuda where there is no GPU (or a bad device)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    np.savez(tmp_path / "test.npz", x=x, y=rng.integers(0, 10, 20))
+    art = tmp_path / "m.snn.onnx"
+    rc, _, err = snnc("compile", model_path, "--calib", tmp_path / "calib.npz", "-o", art)
+    assert rc == 0, err
+    for device, needle in [("tpu", "--device"), ("cuda:0" if not torch.cuda.is_available() else "nonsense", "--device")]:
+        rc, _, err = snnc("eval", art, "--data", tmp_path / "test.npz", "--timesteps", "4", "--device", device)
+        assert_one_line_error(rc, err, needle)

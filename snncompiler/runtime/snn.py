@@ -50,6 +50,19 @@ def _dyn(value, steps: int) -> torch.Tensor:
     return value
 
 
+def _checked_device(device) -> torch.device:
+    """torch.device(device), refused with a one-line error if it cannot run here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SnncError(f"--device: not a device: {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SnncError(f"--device: {device!r} requested but no CUDA device is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise SnncError(f"--device: expected cpu or cuda, got {device!r}")
+    return dev
+
+
 class SpikingRunner:
     """Runs a neuronized graph as an SNN. One runner holds state for one batch at a time."""
 
@@ -58,7 +71,7 @@ class SpikingRunner:
         if encoding not in ("direct", "rate"):
             raise SnncError(f"--encoding: expected direct or rate, got '{encoding}'")
         self.graph, self.backend, self.encoding, self.seed = graph, backend, encoding, seed
-        self.device = torch.device(device)
+        self.device = _checked_device(device)
         if self.device.type == "cpu":
             retain_freed_memory()  # chunk-sized tensors would be page-faulted afresh on every chunk
         for node in graph.nodes:
