@@ -194,3 +194,26 @@ def test_firing_rate_counts_spikes_with_per_channel_thresholds(cnn, digits_data)
         elements += mean.numel() * T
     assert runner.firing_rate == pytest.approx(spikes / elements, rel=1e-4)
     assert 0 < runner.firing_rate < 1
+
+
+@pytest.mark.parametrize("theta", [0.05, 1.0, 20.0])
+def test_rate_maxpool_emits_the_max_input_count(theta):
+    """Rate max pooling: after every step its output sum is θ × the largest input spike count,
+    whichever way the counts are taken (sign of the spikes, or spikes != 0)."""
+    from snncompiler.kernels import neuron_multistep_reference
+    from snncompiler.runtime.snn import SpikingRunner
+
+    rates = torch.tensor([[[[0.3, 0.9], [0.5, 0.1]]]])
+    x = rates * theta
+    T = 40
+    spikes, _ = neuron_multistep_reference(x.expand((T,) + x.shape), 0.0, theta, spike_format="binary")
+    expected = torch.stack([spikes[:t + 1].sum(0).amax() for t in range(T)]).double() * theta
+    outs = []
+    for fast in (True, False):
+        runner = SpikingRunner(_pool_graph("rate", theta), backend="reference")
+        if not fast:
+            runner._nonnegative_theta = set()
+        means = runner.run(x, T, checkpoints=list(range(1, T + 1)), chunk=7)
+        outs.append(torch.stack([means[t].reshape(()) * t for t in range(1, T + 1)]).double())
+    torch.testing.assert_close(outs[0], expected, rtol=1e-6, atol=1e-6 * theta)
+    assert torch.equal(outs[0], outs[1])
