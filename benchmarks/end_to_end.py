@@ -6,7 +6,11 @@ run for T steps on the same batch. Reported: median wall time per batch over rep
 ratio, and where snnc's time goes (neurons vs conv/linear vs other ops vs overhead, from the
 runtime's profile; SpikingJelly's neuron time from forward hooks on its IF nodes).
 
-    python benchmarks/end_to_end.py [--timesteps 32] [--batch 64] [--repeats 5] [--threads 2]
+    python benchmarks/end_to_end.py [--timesteps 32] [--batch 64] [--repeats 5] [--threads 2] [--device cuda]
+
+With --device cuda both models run on the GPU; wall times are synchronised, but the time
+shares are host-side (the runtime does not synchronise per layer), so read them as where the
+host spends its time.
 
 Prints a table and writes benchmarks/results/end_to_end.json.
 """

@@ -87,8 +87,8 @@ class SpikingRunner:
             if mp.attrs.get("spiking") == "rate" and src is not None and src.op == "neuron":
                 self._spike_theta[mp.name] = src.params["theta"]
         self._nonnegative_theta = {name for name, th in self._spike_theta.items() if bool((th >= 0).all())}
-        self.spike_count = 0.0
-        self.neuron_steps = 0.0
+        self._spikes = None  # running spike total, kept on the device: reading it would sync a GPU per layer
+        self.neuron_steps = 0
 
     # ---- public -----------------------------------------------------------------------
     def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = DEFAULT_CHUNK) -> dict[int, torch.Tensor]:
@@ -145,6 +145,11 @@ class SpikingRunner:
                 yield done, steps, out
                 done += steps
                 self.steps_run += steps
+
+    @property
+    def spike_count(self) -> float:
+        """Spikes emitted by all neurons over everything run so far."""
+        return float(self._spikes) if self._spikes is not None else 0.0
 
     @property
     def firing_rate(self) -> float:
@@ -218,8 +223,9 @@ class SpikingRunner:
         # spikes are theta * s: summing and dividing by theta counts them in one vectorised
         # reduction ((spikes != 0).sum() costs three times the neuron kernel itself)
         per_neuron = spikes.sum(dim=(0, 1)) if spikes.dim() > 2 else spikes.sum(dim=0)
-        self.spike_count += float((per_neuron / th.clamp_min(1e-30)).sum())
-        self.neuron_steps += float(spikes.numel())
+        count = (per_neuron / th.clamp_min(1e-30)).sum(dtype=torch.float64)
+        self._spikes = count if self._spikes is None else self._spikes + count
+        self.neuron_steps += spikes.numel()
         return spikes
 
     def _analog(self, node: Node, ins: list[torch.Tensor], state: dict, t0: int) -> torch.Tensor:
