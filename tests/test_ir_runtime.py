@@ -70,3 +70,21 @@ def test_cli_run_eval_inspect(model_path, tmp_path):
     assert info["totals"]["parameters"] == sum(p.numel() for m in layers for p in m.parameters())
     kinds = {r["core_op"]: r["conversion"] for r in info["nodes"]}
     assert kinds["relu"] == "spiking" and kinds["conv"] == "linear"
+
+
+def test_retain_freed_memory_is_applied_once_and_can_be_turned_off():
+    """glibc: the thresholds are raised (True); SNNC_RETAIN_MEMORY=0 leaves malloc alone (False)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = "from snncompiler.runtime.memory import retain_freed_memory as r; print(r(), r())"
+    for env, expected in ((None, "True True"), ("0", "False False")):
+        environ = {k: v for k, v in os.environ.items() if k != "SNNC_RETAIN_MEMORY"}
+        if env is not None:
+            environ["SNNC_RETAIN_MEMORY"] = env
+        out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
+        if env is None and platform.libc_ver()[0] != "glibc":
+            expected = "False False"
+        assert out.stdout.strip() == expected
