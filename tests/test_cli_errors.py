@@ -138,3 +138,6 @@ def test_spiking_eval_on_an_unusable_device(model_path, tmp_path):
     for device, needle in [("tpu", "--device"), ("cuda:0" if not torch.cuda.is_available() else "nonsense", "--device")]:
         rc, _, err = snnc("eval", art, "--data", tmp_path / "test.npz", "--timesteps", "4", "--device", device)
         assert_one_line_error(rc, err, needle)
+        # the ANN runtime checks its device the same way
+        rc, _, err = snnc("eval", model_path, "--data", tmp_path / "test.npz", "--engine", "torch", "--device", device)
+        assert_one_line_error(rc, err, needle)

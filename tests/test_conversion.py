@@ -217,3 +217,18 @@ def test_rate_maxpool_emits_the_max_input_count(theta):
         outs.append(torch.stack([means[t].reshape(()) * t for t in range(1, T + 1)]).double())
     torch.testing.assert_close(outs[0], expected, rtol=1e-6, atol=1e-6 * theta)
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("theta", [0.5, -0.5])
+def test_firing_rate_counts_spikes_of_any_sign(theta):
+    """θ·s summed and divided by θ counts spikes for a negative θ too (as (s != 0) would)."""
+    from snncompiler.kernels import neuron_multistep_reference
+    from snncompiler.runtime.snn import SpikingRunner
+
+    x = torch.tensor([[[[0.3, -0.9], [0.5, 0.1]]]])
+    T = 20
+    runner = SpikingRunner(_pool_graph("output", theta), backend="reference")
+    runner.run(x, T)
+    spikes, _ = neuron_multistep_reference(x.expand((T,) + x.shape), 0.0, theta, spike_format="binary")
+    assert runner.firing_rate == pytest.approx(float(spikes.float().mean()), rel=1e-6)
+    assert runner.firing_rate > 0

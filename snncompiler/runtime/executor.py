@@ -11,6 +11,19 @@ from ..ir import Graph, Value
 from .ops import CORE_OPS
 
 
+def checked_device(device) -> torch.device:
+    """torch.device(device), refused with a one-line error if it cannot run here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SnncError(f"--device: not a device: {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SnncError(f"--device: {device!r} requested but no CUDA device is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise SnncError(f"--device: expected cpu or cuda, got {device!r}")
+    return dev
+
+
 class Executor:
     """A callable over a graph: ``Executor(graph)(x)`` returns the graph output(s).
 
@@ -20,7 +33,7 @@ class Executor:
 
     def __init__(self, graph: Graph, device: str | torch.device = "cpu"):
         self.graph = graph
-        self.device = torch.device(device)
+        self.device = checked_device(device)
         for node in graph.nodes:
             for key, p in node.params.items():
                 node.params[key] = p.to(self.device)

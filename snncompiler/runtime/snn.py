@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Graph, Node
+from .executor import checked_device
 from .memory import retain_freed_memory
 from .ops import CORE_OPS, _windows, channel_view
 
@@ -50,19 +51,6 @@ def _dyn(value, steps: int) -> torch.Tensor:
     return value
 
 
-def _checked_device(device) -> torch.device:
-    """torch.device(device), refused with a one-line error if it cannot run here."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise SnncError(f"--device: not a device: {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SnncError(f"--device: {device!r} requested but no CUDA device is available")
-    if dev.type not in ("cpu", "cuda"):
-        raise SnncError(f"--device: expected cpu or cuda, got {device!r}")
-    return dev
-
-
 class SpikingRunner:
     """Runs a neuronized graph as an SNN. One runner holds state for one batch at a time."""
 
@@ -71,7 +59,7 @@ class SpikingRunner:
         if encoding not in ("direct", "rate"):
             raise SnncError(f"--encoding: expected direct or rate, got '{encoding}'")
         self.graph, self.backend, self.encoding, self.seed = graph, backend, encoding, seed
-        self.device = _checked_device(device)
+        self.device = checked_device(device)
         if self.device.type == "cpu":
             retain_freed_memory()  # chunk-sized tensors would be page-faulted afresh on every chunk
         for node in graph.nodes:
@@ -223,7 +211,7 @@ class SpikingRunner:
         # spikes are theta * s: summing and dividing by theta counts them in one vectorised
         # reduction ((spikes != 0).sum() costs three times the neuron kernel itself)
         per_neuron = spikes.sum(dim=(0, 1)) if spikes.dim() > 2 else spikes.sum(dim=0)
-        count = (per_neuron / th.clamp_min(1e-30)).sum(dtype=torch.float64)
+        count = torch.where(th != 0, per_neuron / th, 0.0).sum(dtype=torch.float64)  # θ = 0: no spike values
         self._spikes = count if self._spikes is None else self._spikes + count
         self.neuron_steps += spikes.numel()
         return spikes
