@@ -19,10 +19,15 @@
 // contiguous torch buffers (zero-copy); snncompiler/kernels/cpu.py checks dtype and layout.
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <new>
 #include <stdexcept>
 #include <vector>
 
@@ -277,6 +282,156 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   }
 }
 
+// ---- output buffers: a small caching allocator handed to torch through DLPack -------------
+// glibc serves every allocation above its mmap threshold (at most 32 MiB) with fresh pages
+// and unmaps them on free, so a large spike tensor is page-faulted and zeroed by the OS on
+// every call: that costs more than the kernel that fills it. Outputs of at least
+// kCacheMinBytes come from this cache instead: when torch frees such a tensor, its buffer is
+// kept (up to a byte limit) for the next output of the same rounded size, as torch's CUDA
+// caching allocator does on the GPU. Only these buffers are affected, not the process's malloc.
+constexpr size_t kPage = size_t(1) << 12, kHugePage = size_t(1) << 21;
+
+// DLPack 0.x ABI (dlpack.h), declared here to keep the build header-free.
+struct DLDevice { int32_t device_type, device_id; };
+struct DLDataType { uint8_t code, bits; uint16_t lanes; };
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+
+class BufferCache {
+ public:
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        cached_ -= bytes;
+        ++hits_;
+        return p;
+      }
+      ++misses_;
+    }
+    // 2 MiB alignment lets transparent huge pages back large buffers from their first byte
+    const size_t align = bytes >= 4 * kHugePage ? kHugePage : 64;
+    void* p = std::aligned_alloc(align, bytes);
+    if (!p) {  // memory is short: give back what is cached and try once more
+      release();
+      p = std::aligned_alloc(align, bytes);
+      if (!p) throw std::bad_alloc();
+    }
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (bytes > limit_) {
+      std::free(p);
+      return;
+    }
+    while (cached_ + bytes > limit_ && !free_.empty()) {  // make room: drop the smallest first
+      auto it = free_.begin();
+      cached_ -= it->first;
+      std::free(it->second);
+      free_.erase(it);
+    }
+    free_.emplace(bytes, p);
+    cached_ += bytes;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& kv : free_) std::free(kv.second);
+    free_.clear();
+    cached_ = 0;
+  }
+  void set_limit(size_t limit) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      limit_ = limit;
+    }
+    if (limit == 0) release();
+  }
+  py::dict stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    py::dict d;
+    d["cached_bytes"] = cached_;
+    d["cached_buffers"] = free_.size();
+    d["limit_bytes"] = limit_;
+    d["hits"] = hits_;
+    d["misses"] = misses_;
+    return d;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0, limit_ = size_t(1) << 30, hits_ = 0, misses_ = 0;
+};
+
+// Never destroyed: tensors may be freed after this module's static destructors have run.
+BufferCache& cache() {
+  static BufferCache* c = new BufferCache;
+  return *c;
+}
+
+struct Managed {
+  DLManagedTensor tensor;
+  std::vector<int64_t> shape;
+  size_t bytes;
+};
+
+void return_buffer(DLManagedTensor* t) {
+  Managed* m = static_cast<Managed*>(t->manager_ctx);
+  cache().give(t->dl_tensor.data, m->bytes);
+  delete m;
+}
+
+// A DLPack capsule over an uninitialised C-contiguous buffer from the cache; torch.from_dlpack
+// turns it into a tensor whose deleter returns the buffer. dtype: DLPack (code, bits).
+py::capsule empty(const std::vector<int64_t>& shape, int code, int bits) {
+  size_t elements = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw std::invalid_argument("shape: negative dimension");
+    elements *= static_cast<size_t>(d);
+  }
+  const size_t bytes = std::max<size_t>(kPage, (elements * (bits / 8) + kPage - 1) / kPage * kPage);
+  auto* m = new Managed{};
+  m->shape = shape;
+  m->bytes = bytes;
+  try {
+    m->tensor.dl_tensor.data = cache().take(bytes);
+  } catch (...) {
+    delete m;
+    throw;
+  }
+  m->tensor.dl_tensor.device = DLDevice{1, 0};  // kDLCPU
+  m->tensor.dl_tensor.ndim = static_cast<int32_t>(m->shape.size());
+  m->tensor.dl_tensor.dtype = DLDataType{static_cast<uint8_t>(code), static_cast<uint8_t>(bits), 1};
+  m->tensor.dl_tensor.shape = m->shape.data();
+  m->tensor.dl_tensor.strides = nullptr;  // compact row-major
+  m->tensor.dl_tensor.byte_offset = 0;
+  m->tensor.manager_ctx = m;
+  m->tensor.deleter = return_buffer;
+  // An unconsumed capsule (named "dltensor") still owns the buffer; a consumer renames it.
+  return py::capsule(&m->tensor, "dltensor", [](PyObject* cap) {
+    if (PyCapsule_IsValid(cap, "dltensor")) {
+      auto* t = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+      t->deleter(t);
+    }
+  });
+}
+
 bool has_openmp() {
 #ifdef _OPENMP
   return true;
@@ -299,4 +454,10 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
         py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
   m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
+  m.def("empty", &empty, "DLPack capsule over an uninitialised buffer from the output cache", py::arg("shape"),
+        py::arg("code"), py::arg("bits"));
+  m.def("cache_release", [] { cache().release(); }, "Free every cached output buffer");
+  m.def("cache_set_limit", [](size_t limit) { cache().set_limit(limit); },
+        "Most bytes of freed output buffers kept for reuse (0: keep none)", py::arg("limit"));
+  m.def("cache_stats", [] { return cache().stats(); }, "cached_bytes, cached_buffers, limit_bytes, hits, misses");
 }

@@ -2,18 +2,26 @@
 
 The extension receives the addresses of contiguous buffers (``data_ptr()``: zero-copy, and no
 torch headers on the C++ side); this module checks dtype/layout, allocates the outputs and
-passes the sizes. If the extension
-was not built (no compiler at install time), :func:`load` returns None and the op falls back
-to the PyTorch reference with a one-time warning.
+passes the sizes. Outputs of 1 MiB and more come from the extension's buffer cache (handed to
+torch through DLPack), so that a large layer does not pay the OS for fresh pages on every call.
+If the extension was not built (no compiler at install time), :func:`load` returns None and the
+op falls back to the PyTorch reference with a one-time warning.
 """
 from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 
 import torch
 
+from .packing import output_buffers
+
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
+DEFAULT_CACHE_MB = 1024
+CACHE_MIN_BYTES = 1 << 20  # below glibc's mmap threshold, malloc reuses freed memory by itself
+_DLPACK_DTYPES = {torch.float32: (2, 32), torch.uint8: (1, 8)}  # DLPack (type code, bits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,22 +43,67 @@ def _addr(t: torch.Tensor | None, dtype=torch.float32) -> int:
     """Address of a contiguous CPU tensor for the extension (0 for None)."""
     if t is None:
         return 0
-    if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
+    if t.dtype != dtype or not t.is_contiguous() or not t.is_cpu:
         raise ValueError(f"internal: C++ kernel needs contiguous {dtype} CPU buffers, got {t.dtype} {t.device}")
     return t.data_ptr()
 
 
+def _cache_limit_bytes() -> int:
+    raw = os.environ.get("SNNC_CPU_CACHE_MB", str(DEFAULT_CACHE_MB))
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not (mb >= 0 and math.isfinite(mb)):
+        warnings.warn(f"SNNC_CPU_CACHE_MB={raw!r} is not a number of MiB >= 0; using {DEFAULT_CACHE_MB}",
+                      RuntimeWarning, stacklevel=2)
+        mb = DEFAULT_CACHE_MB
+    return int(mb * (1 << 20))
+
+
+def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor | None:
+    """An uninitialised C-contiguous CPU tensor from the output buffer cache, or None when the
+    cache does not apply (fewer than ``CACHE_MIN_BYTES``, caching off, or no extension).
+
+    Buffers of freed outputs are kept for the next output of the same size (up to
+    ``SNNC_CPU_CACHE_MB``, default 1024 MiB), so large outputs skip the OS's page faults and
+    zeroing of fresh memory on every call; see :func:`cache_stats` and :func:`empty_cache`."""
+    lib = load()
+    code = _DLPACK_DTYPES.get(dtype)
+    if lib is None or code is None or _limit() == 0 or math.prod(shape) * code[1] < CACHE_MIN_BYTES * 8:
+        return None
+    return torch.from_dlpack(lib.empty(shape, *code))
+
+
+@functools.lru_cache(maxsize=None)
+def _limit() -> int:
+    limit = _cache_limit_bytes()
+    load().cache_set_limit(limit)
+    return limit
+
+
+def cache_stats() -> dict:
+    """The CPU output buffer cache: cached_bytes, cached_buffers, limit_bytes, hits, misses."""
+    lib = load()
+    return lib.cache_stats() if lib is not None else dict(cached_bytes=0, cached_buffers=0, limit_bytes=0, hits=0,
+                                                          misses=0)
+
+
+def empty_cache() -> None:
+    """Free the buffers the CPU output cache keeps (tensors in use are not affected)."""
+    lib = load()
+    if lib is not None:
+        lib.cache_release()
+
+
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
-    """Run the fused forward. x: [T, ...] float32 contiguous; v0: float32 [N] contiguous;
-    theta: float32 [period] with neuron n using theta[(n // inner) % period]."""
-    T, n = x.shape[0], math.prod(x.shape[1:])
-    if spike_format == "packed":
-        out = torch.empty((T, (n + 7) // 8), dtype=torch.uint8)
-    else:
-        out = torch.empty(x.shape, dtype=torch.float32 if spike_format == "value" else torch.uint8)
-    vout = torch.empty(x.shape[1:], dtype=torch.float32)
-    assert v0.numel() == n and theta.numel() >= 1
-    load().forward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), _addr(out, out.dtype), _addr(vout),
+    """Run the fused forward. x: [T, ...] float32 contiguous; v0: float32 contiguous, shaped
+    x.shape[1:]; theta: float32 with ``period`` elements (a vector or 0-d), neuron n using
+    theta[(n // inner) % period]. Returns (spikes, v_final)."""
+    T, n = x.shape[0], v0.numel()
+    out, vout = output_buffers(x, v0, spike_format, cached_empty)
+    assert x.numel() == T * n and theta.numel() >= 1
+    load().forward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(), vout.data_ptr(),
                    T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads())
     return out, vout
 
@@ -60,7 +113,8 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x, grad_v0 [N],
     grad_theta [N] or None), the last two per neuron, before any broadcast reduction."""
     T, n = x.shape[0], math.prod(x.shape[1:])
-    gx = torch.empty(x.shape, dtype=torch.float32)
+    gx = cached_empty(x.shape, torch.float32)
+    gx = torch.empty_like(x) if gx is None else gx
     gv0 = torch.empty(n, dtype=torch.float32)
     gth = torch.empty(n, dtype=torch.float32) if theta_grad else None
     assert v0.numel() == n and (grad_spikes is None or grad_spikes.shape == x.shape)

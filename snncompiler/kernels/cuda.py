@@ -19,7 +19,6 @@ import ctypes
 import functools
 import glob
 import hashlib
-import math
 import os
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from .packing import output_buffers
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -94,12 +95,8 @@ def available() -> bool:
 
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
     """Fused forward on CUDA tensors; same arguments and results as cpu.forward/triton_kernel.forward."""
-    T, n = x.shape[0], math.prod(x.shape[1:])
-    if spike_format == "packed":
-        out = torch.empty((T, (n + 7) // 8), dtype=torch.uint8, device=x.device)
-    else:
-        out = torch.empty(x.shape, dtype=x.dtype if spike_format == "value" else torch.uint8, device=x.device)
-    vout = torch.empty(x.shape[1:], dtype=torch.float32, device=x.device)
+    T, n = x.shape[0], v0.numel()
+    out, vout = output_buffers(x, v0, spike_format)
     lib = load()
     # switching the current device costs more than a small layer's kernel: only when needed
     switch = torch.cuda.device(x.device) if x.device.index != torch.cuda.current_device() else contextlib.nullcontext()

@@ -119,10 +119,19 @@ def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
     return t.expand(shape).reshape(-1).contiguous(), 1
 
 
-def _flat_v0(v0: Tensor, shape) -> Tensor:
-    if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():  # a carried membrane: a view
-        return v0.view(-1)
-    return v0.to(torch.float32).expand(shape).contiguous().reshape(-1)
+def _dense_v0(v0: Tensor, shape) -> Tensor:
+    """v0 as the kernels read it: contiguous float32 of x[0]'s shape (N values)."""
+    if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():  # a carried membrane: as is
+        return v0
+    return v0.to(torch.float32).expand(shape).contiguous()
+
+
+def _kernel_theta(theta: Tensor, shape) -> tuple[Tensor, int]:
+    """theta_layout, except that a 0-d float32 theta is passed as it is: the kernels only read
+    its address and element count, and a view costs more than a small layer's kernel."""
+    if theta.dim() == 0 and theta.dtype == torch.float32:
+        return theta, 1
+    return theta_layout(theta, shape)
 
 
 # ---- the registered ops -------------------------------------------------------------------
@@ -138,14 +147,14 @@ def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool,
             spike_format=spike_format, surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)
     shape = x.shape[1:]
     x = x.contiguous()
-    th, inner = theta_layout(theta, shape)
+    th, inner = _kernel_theta(theta, shape)
     if backend == "cpu":
-        return cpu.forward(x, _flat_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+        return cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
     if backend == "triton":
         from . import triton_kernel as mod
     else:
         from . import cuda as mod
-    return mod.forward(x, _flat_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+    return mod.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
 
 
 _neuron_op = torch.library.custom_op("snncompiler::neuron_multistep", _neuron_impl, mutates_args=())
@@ -185,8 +194,8 @@ def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor],
         mod = cpu
         if backend == "triton":
             from . import triton_kernel as mod
-        th, inner = theta_layout(theta, shape)
-        gx, gv0, gth = mod.backward(gy, gv, x.contiguous(), _flat_v0(v0, shape), th, inner, decay, hard,
+        th, inner = _kernel_theta(theta, shape)
+        gx, gv0, gth = mod.backward(gy, gv, x.contiguous(), _dense_v0(v0, shape), th, inner, decay, hard,
                                     v_reset, SURROGATES[surrogate][0], alpha, detach_reset, theta_grad)
         gv0 = gv0.reshape(shape)
         gth = gth.reshape(shape) if gth is not None else None
@@ -223,10 +232,12 @@ _neuron_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---- public entry point -------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def _device_scalar(value: float, device: torch.device) -> Tensor:
-    """A float32 0-d tensor on a GPU, made once: torch.tensor(v, device="cuda") is a blocking
-    host-to-device copy, which costs more than the whole kernel on small layers. Made outside
-    inference mode so that autograd may save it later; never written to."""
+def _scalar_tensor(value: float, device: torch.device) -> Tensor:
+    """A float32 0-d tensor made once per (value, device): on a GPU ``torch.tensor(v,
+    device="cuda")`` is a blocking host-to-device copy that costs more than the whole kernel on
+    small layers, and on the CPU it still costs more than the C++ kernel does. Made outside
+    inference mode so that autograd may save it later; never written to (the kernels only read
+    theta and v0, and the reference never modifies its inputs)."""
     with torch.inference_mode(False):
         return torch.tensor(value, dtype=torch.float32, device=device)
 
@@ -234,9 +245,7 @@ def _device_scalar(value: float, device: torch.device) -> Tensor:
 def _as_state(value, name: str, x: Tensor) -> Tensor:
     """v0 / theta as a float32 tensor on x's device, checked to broadcast to x[0]."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if x.is_cuda:
-            return _device_scalar(float(value), x.device)
-        return torch.tensor(float(value), dtype=torch.float32, device=x.device)
+        return _scalar_tensor(float(value), x.device)
     if not isinstance(value, Tensor):
         raise SnncError(f"{name}: expected a float or a tensor, got {type(value).__name__}")
     if not value.is_floating_point():
@@ -248,7 +257,7 @@ def _as_state(value, name: str, x: Tensor) -> Tensor:
     ok = value.dim() <= len(shape) and all(d == 1 or d == s for d, s in zip(reversed(value.shape), reversed(shape)))
     if not ok:
         raise SnncError(f"{name}: shape {tuple(value.shape)} does not broadcast to x[0] of shape {tuple(x.shape[1:])}")
-    return value.to(torch.float32)
+    return value if value.dtype == torch.float32 else value.to(torch.float32)
 
 
 def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "soft", v_reset: float = 0.0,

@@ -18,6 +18,25 @@ def _bit_weights(device) -> torch.Tensor:
     return torch.tensor([1 << i for i in range(8)], dtype=torch.int32, device=device)
 
 
+def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
+                   empty=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (spikes, v_final) for a forward kernel: spikes in ``spike_format`` ("value":
+    like x; "binary": uint8 like x; "packed": uint8 [T, ceil(N/8)]) and v_final float32 of shape
+    x.shape[1:]. x must be contiguous and v0 a contiguous float32 tensor of that shape.
+
+    ``empty(shape, dtype)``, if given, may supply the spike buffer (the CPU backend's buffer
+    cache); when it returns None, or otherwise, ``empty_like`` is used where possible: from
+    Python it costs a third of ``torch.empty(shape, dtype=...)``, which matters on small layers
+    whose kernel takes a microsecond."""
+    packed = spike_format == "packed"
+    dtype = x.dtype if spike_format == "value" else torch.uint8
+    shape = (x.shape[0], (v0.numel() + 7) // 8) if packed else x.shape
+    out = empty(shape, dtype) if empty is not None else None
+    if out is None:
+        out = torch.empty(shape, dtype=dtype, device=x.device) if packed else torch.empty_like(x, dtype=dtype)
+    return out, torch.empty_like(v0)
+
+
 def pack_spikes(spikes: torch.Tensor) -> torch.Tensor:
     """Pack a [T, ...] spike tensor (nonzero = spike) into uint8 [T, ceil(N/8)]."""
     if spikes.dim() < 1:

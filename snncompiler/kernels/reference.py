@@ -29,6 +29,8 @@ from .surrogate import heaviside, resolve, surrogate_grad
 
 def f32(value: float) -> float:
     """Round a Python float to the nearest float32 (what every kernel computes with)."""
+    if value == 1.0 or value == 0.0:  # IF's decay and the usual v_reset: exact, and numpy is slow
+        return float(value)
     return float(np.float32(value))
 
 

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .packing import output_buffers
+
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 _INTERPRET_BLOCK = 64
 _SMALL_LAUNCH = 1 << 18  # T*N below this: fixed block, no autotuning
@@ -181,15 +183,12 @@ def _launch(kernel_name: str, n: int, steps: int, *args, **consts):
 
 
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
-    """Fused forward. x: [T, ...] contiguous (float32/16, bfloat16); v0: float32 [N]; theta:
-    float32 [period] (neuron n uses theta[(n // inner) % period]). Returns (spikes, v_final)."""
-    T, n = x.shape[0], math.prod(x.shape[1:])
+    """Fused forward. x: [T, ...] contiguous (float32/16, bfloat16); v0: float32 contiguous,
+    shaped x.shape[1:]; theta: float32 with ``period`` elements (neuron n uses
+    theta[(n // inner) % period]). Returns (spikes, v_final)."""
+    T, n = x.shape[0], v0.numel()
     nbytes = (n + 7) // 8
-    if spike_format == "packed":
-        out = torch.empty((T, nbytes), dtype=torch.uint8, device=x.device)
-    else:
-        out = torch.empty(x.shape, dtype=x.dtype if spike_format == "value" else torch.uint8, device=x.device)
-    vout = torch.empty(x.shape[1:], dtype=torch.float32, device=x.device)
+    out, vout = output_buffers(x, v0, spike_format)
     if n == 0:
         return out, vout
     _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), decay, v_reset,
