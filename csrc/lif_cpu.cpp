@@ -70,9 +70,11 @@ inline void load_block(const Params& p, const float* v0, int64_t n0, int64_t nb,
   }
 }
 
+// Returns the block's number of spikes with a nonzero value (s = 1 and theta != 0): the runtime's
+// firing-rate count, fused here because a separate pass over the spikes costs half the kernel.
 template <bool DECAY, bool HARD, int FMT>
-void forward_block(const Params& p, const float* x, const float* v0, void* out, float* vout,
-                   int64_t n0, int64_t nb) {
+int64_t forward_block(const Params& p, const float* x, const float* v0, void* out, float* vout,
+                      int64_t n0, int64_t nb) {
   alignas(64) float v[kBlock];
   alignas(64) float th[kBlock];
   alignas(64) uint8_t s8[kBlock];
@@ -80,11 +82,14 @@ void forward_block(const Params& p, const float* x, const float* v0, void* out, 
   const int64_t nbytes = (nb + 7) / 8;
   for (int64_t i = nb; i < nbytes * 8; ++i) s8[i] = 0;  // padding bits of the last byte stay 0
   const float decay = p.decay, vr = p.v_reset;
+  int32_t count = 0;  // < 2^31: at most kBlock spikes per step, summed into int64 per step
+  int64_t total = 0;
   for (int64_t t = 0; t < p.T; ++t) {
     const float* xt = x + t * p.N + n0;
     float* of = static_cast<float*>(out) + t * p.N + n0;
     uint8_t* ob = static_cast<uint8_t*>(out) + t * p.N + n0;
-#pragma omp simd
+    count = 0;
+#pragma omp simd reduction(+ : count)
     for (int64_t i = 0; i < nb; ++i) {
       const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
       const float t_i = th[i];
@@ -93,8 +98,10 @@ void forward_block(const Params& p, const float* x, const float* v0, void* out, 
       if constexpr (FMT == kValue) of[i] = s ? t_i : 0.0f;
       if constexpr (FMT == kBinary) ob[i] = s ? 1 : 0;
       if constexpr (FMT == kPacked) s8[i] = s ? 1 : 0;
+      count += (s && t_i != 0.0f) ? 1 : 0;
       v[i] = s ? after : h;
     }
+    total += count;
     if (FMT == kPacked) {
       uint8_t* op = static_cast<uint8_t*>(out) + t * ((p.N + 7) / 8) + n0 / 8;
       for (int64_t j = 0; j < nbytes; ++j) {
@@ -105,6 +112,7 @@ void forward_block(const Params& p, const float* x, const float* v0, void* out, 
     }
   }
   for (int64_t i = 0; i < nb; ++i) vout[n0 + i] = v[i];
+  return total;
 }
 
 template <int SG>
@@ -202,13 +210,15 @@ void advise_hugepages(void* ptr, int64_t nbytes) {
 }
 
 template <class F>
-void parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
+int64_t parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
   const int64_t nblocks = (N + block - 1) / block;
-#pragma omp parallel for schedule(static) num_threads(std::max(1, threads)) if (nblocks > 1)
-  for (int64_t b = 0; b < nblocks; ++b) body(b * block, std::min(block, N - b * block));
+  int64_t total = 0;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, threads)) if (nblocks > 1) reduction(+ : total)
+  for (int64_t b = 0; b < nblocks; ++b) total += body(b * block, std::min(block, N - b * block));
+  return total;
 }
 
-using FwdFn = void (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
+using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
 
 template <bool D, bool H>
 FwdFn pick_fwd(int fmt) {
@@ -216,8 +226,10 @@ FwdFn pick_fwd(int fmt) {
                                                                        : forward_block<D, H, kPacked>;
 }
 
-void forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t out,
-             uintptr_t vout, int64_t T, int64_t N, double decay, bool hard, double v_reset, int fmt, int threads) {
+// Returns the number of spikes with a nonzero value (see forward_block).
+int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
+                uintptr_t out, uintptr_t vout, int64_t T, int64_t N, double decay, bool hard, double v_reset,
+                int fmt, int threads) {
   if (fmt < kValue || fmt > kPacked) throw std::invalid_argument("spike_format: unknown code");
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
@@ -233,7 +245,7 @@ void forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, in
   float* vp = addr<float>(vout);
   py::gil_scoped_release release;
   // kBlock is a multiple of 8, so packed blocks start on byte boundaries and never share a byte.
-  parallel_blocks(N, kBlock, threads, [&](int64_t n0, int64_t nb) { fn(p, xp, v0p, op, vp, n0, nb); });
+  return parallel_blocks(N, kBlock, threads, [&](int64_t n0, int64_t nb) { return fn(p, xp, v0p, op, vp, n0, nb); });
 }
 
 using BwdFn = void (*)(const Params&, const float*, const float*, const float*, const float*, float*, float*,
@@ -444,7 +456,7 @@ bool has_openmp() {
 
 PYBIND11_MODULE(_lif_cpu, m) {
   m.doc() = "Fused multi-step IF/LIF neuron kernels for CPU (see snncompiler/kernels/cpu.py)";
-  m.def("forward", &forward, "Forward over [T, N] float32 buffers given by address", py::arg("x"), py::arg("v0"),
+  m.def("forward", &forward, "Forward over [T, N] float32 buffers given by address; returns the spike count", py::arg("x"), py::arg("v0"),
         py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"), py::arg("vout"),
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("fmt"),
         py::arg("threads"));

@@ -99,13 +99,13 @@ def empty_cache() -> None:
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
     """Run the fused forward. x: [T, ...] float32 contiguous; v0: float32 contiguous, shaped
     x.shape[1:]; theta: float32 with ``period`` elements (a vector or 0-d), neuron n using
-    theta[(n // inner) % period]. Returns (spikes, v_final)."""
+    theta[(n // inner) % period]. Returns (spikes, v_final, number of spikes with theta != 0)."""
     T, n = x.shape[0], v0.numel()
     out, vout = output_buffers(x, v0, spike_format, cached_empty)
     assert x.numel() == T * n and theta.numel() >= 1
-    load().forward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(), vout.data_ptr(),
-                   T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads())
-    return out, vout
+    count = load().forward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(), vout.data_ptr(),
+                           T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads())
+    return out, vout, count
 
 
 def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import SnncError
 from . import cpu, reference
+from .packing import count_spikes
 from .surrogate import SURROGATES, resolve
 
 FORMATS = ("value", "binary", "packed")
@@ -135,26 +136,38 @@ def _kernel_theta(theta: Tensor, shape) -> tuple[Tensor, int]:
 
 
 # ---- the registered ops -------------------------------------------------------------------
-def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
-                 spike_format: str, backend: str, surrogate: str, alpha: float,
-                 detach_reset: bool) -> tuple[Tensor, Tensor]:
-    """Validated forward: (spikes, v_final). See :func:`neuron_multistep`."""
+def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
+             spike_format: str, backend: str, surrogate: str,
+             alpha: float, detach_reset: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Validated forward: (spikes, v_final, count), count (0-d int64) where the backend's
+    kernel counts spikes itself (the C++ kernel), else None. See :func:`neuron_multistep`."""
     backend = _resolve_backend(backend, x)
     decay, v_reset = reference.f32(decay), reference.f32(v_reset)
     if backend == "reference":
-        return reference.neuron_multistep_reference(
+        spikes, v = reference.neuron_multistep_reference(
             x, v0, theta, decay=decay, reset="hard" if hard else "soft", v_reset=v_reset,
             spike_format=spike_format, surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)
+        return spikes, v, None
     shape = x.shape[1:]
     x = x.contiguous()
     th, inner = _kernel_theta(theta, shape)
     if backend == "cpu":
-        return cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+        spikes, v, count = cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+        return spikes, v, torch.tensor(count, dtype=torch.int64)
     if backend == "triton":
         from . import triton_kernel as mod
     else:
         from . import cuda as mod
-    return mod.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+    return (*mod.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format), None)
+
+
+def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
+                 spike_format: str, backend: str, surrogate: str, alpha: float,
+                 detach_reset: bool) -> tuple[Tensor, Tensor]:
+    """Validated forward: (spikes, v_final). See :func:`neuron_multistep`."""
+    spikes, v, _ = _forward(x, v0, theta, decay, hard, v_reset, spike_format, backend, surrogate, alpha,
+                            detach_reset)
+    return spikes, v
 
 
 _neuron_op = torch.library.custom_op("snncompiler::neuron_multistep", _neuron_impl, mutates_args=())
@@ -262,7 +275,7 @@ def _as_state(value, name: str, x: Tensor) -> Tensor:
 
 def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "soft", v_reset: float = 0.0,
                      backend: str = "auto", spike_format: str = "value", surrogate: str = "atan",
-                     alpha: float | None = None, detach_reset: bool = False) -> tuple[Tensor, Tensor]:
+                     alpha: float | None = None, detach_reset: bool = False, return_count: bool = False):
     """Run T steps of a layer of IF/LIF neurons in one fused kernel: returns (spikes, v_final).
 
     Per step t (float32 arithmetic, the same order in every backend)::
@@ -284,10 +297,14 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
         surrogate, alpha: surrogate derivative of the step for training ("triangle", "atan",
             "sigmoid"; alpha None = that surrogate's default).
         detach_reset: do not backpropagate through the spike in the reset.
+        return_count: also return the number of spikes (see :func:`~.packing.count_spikes`),
+            counted inside the C++ kernel at no extra pass over the spikes; other backends
+            count from their output.
 
     Returns:
-        spikes in ``spike_format`` and v_final (float32, shape x.shape[1:]). Gradients flow to x,
-        v0 and theta (value format; v_final in every format) through the surrogate.
+        spikes in ``spike_format`` and v_final (float32, shape x.shape[1:]), and with
+        ``return_count`` a 0-d int64 tensor on x's device. Gradients flow to x, v0 and theta
+        (value format; v_final in every format) through the surrogate.
     """
     if not isinstance(x, Tensor):
         raise SnncError(f"x: expected a tensor, got {type(x).__name__}")
@@ -311,7 +328,14 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
     args = (x, v0, theta, float(decay), reset == "hard", float(v_reset), spike_format, backend, surrogate, alpha,
             bool(detach_reset))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):
-        return torch.ops.snncompiler.neuron_multistep(*args)
-    # Plain eager inference: the same implementation without the dispatcher round trip (tens of
-    # microseconds per call, and a one-time torch._dynamo import of over a second).
-    return _neuron_impl(*args)
+        spikes, v = torch.ops.snncompiler.neuron_multistep(*args)
+        count = None
+    else:
+        # Plain eager inference: the same implementation without the dispatcher round trip (tens
+        # of microseconds per call, and a one-time torch._dynamo import of over a second).
+        spikes, v, count = _forward(*args)
+    if not return_count:
+        return spikes, v
+    if count is None:
+        count = count_spikes(spikes.detach(), theta, spike_format, x.shape)
+    return spikes, v, count

@@ -37,6 +37,30 @@ def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
     return out, torch.empty_like(v0)
 
 
+def count_spikes(spikes: torch.Tensor, theta, spike_format: str = "value", shape=None) -> torch.Tensor:
+    """Number of spikes with a nonzero value (s = 1 where theta != 0) in a neuron op's output,
+    as a 0-d int64 tensor on its device: what ``neuron_multistep(..., return_count=True)``
+    returns (the C++ kernel counts while it runs; this is the count for the other backends).
+
+    spikes: [T, ...] in ``spike_format``; theta: float or tensor broadcastable to x[0];
+    shape: x's shape, needed only for packed spikes. Value spikes are θ·s: their sum over steps
+    divided by θ is a count, exact in float64 and cheaper than testing every element.
+    """
+    if spike_format == "packed":
+        if shape is None:
+            raise SnncError("shape: needed to count packed spikes")
+        spikes, spike_format = unpack_spikes(spikes, shape), "binary"
+    theta = torch.as_tensor(theta, dtype=torch.float32, device=spikes.device)
+    lead = spikes.dim() - theta.dim()  # the step axis, and leading axes theta is broadcast over
+    per_neuron = spikes.sum(dim=tuple(range(lead)), dtype=torch.float64)
+    if spike_format == "value":  # spikes hold θ rounded to their dtype: divide by exactly that
+        emitted = theta.to(spikes.dtype).to(torch.float64)
+        counts = torch.where(emitted != 0, per_neuron / emitted, 0.0).round()
+    else:
+        counts = torch.where(theta != 0, per_neuron, 0.0)
+    return counts.sum().to(torch.int64)
+
+
 def pack_spikes(spikes: torch.Tensor) -> torch.Tensor:
     """Pack a [T, ...] spike tensor (nonzero = spike) into uint8 [T, ceil(N/8)]."""
     if spikes.dim() < 1:

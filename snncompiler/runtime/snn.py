@@ -205,13 +205,11 @@ class SpikingRunner:
             v = v.contiguous()
         tau = node.attrs.get("tau", 0.0)
         decay = 1.0 - 1.0 / tau if node.attrs.get("neuron") == "lif" else 1.0
-        spikes, v = neuron_multistep(x.contiguous(), v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
-                                     backend=self.backend)
+        # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
+        # kernel); on the GPU the count stays on the device, so no sync per layer
+        spikes, v, count = neuron_multistep(x.contiguous(), v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
+                                            backend=self.backend, return_count=True)
         state[node.name] = v
-        # spikes are theta * s: summing and dividing by theta counts them in one vectorised
-        # reduction ((spikes != 0).sum() costs three times the neuron kernel itself)
-        per_neuron = spikes.sum(dim=(0, 1)) if spikes.dim() > 2 else spikes.sum(dim=0)
-        count = torch.where(th != 0, per_neuron / th, 0.0).sum(dtype=torch.float64)  # θ = 0: no spike values
         self._spikes = count if self._spikes is None else self._spikes + count
         self.neuron_steps += spikes.numel()
         return spikes

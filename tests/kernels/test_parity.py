@@ -98,6 +98,20 @@ def check_case(c, backend, dtype=torch.float32):
     assert torch.equal(s.cpu(), rs), f"spikes differ ({(s.cpu() != rs).sum().item()} entries)"
     assert v.dtype == torch.float32 and v.shape == x.shape[1:]
     torch.testing.assert_close(v.cpu(), rv, rtol=0, atol=1e-6)
+    check_count(x, v0, theta, backend, kw)
+
+
+def check_count(x, v0, theta, backend, kw):
+    """return_count: the number of s = 1 events where theta != 0, against the reference's 0/1
+    spikes (the C++ kernel counts inside the kernel; other backends count their output)."""
+    s, v, count = neuron_multistep(x, v0, theta, backend=backend, return_count=True, **kw)
+    cpu = (lambda t: t.cpu()) if isinstance(theta, torch.Tensor) else (lambda t: t)
+    binary, _ = neuron_multistep_reference(x.cpu(), v0 if not isinstance(v0, torch.Tensor) else v0.cpu(), cpu(theta),
+                                           **dict(kw, spike_format="binary"))
+    firing = torch.as_tensor(cpu(theta), dtype=torch.float32).expand(x.shape[1:]) != 0
+    expected = int((binary.bool() & firing).sum())
+    assert count.dtype == torch.int64 and count.dim() == 0 and count.device == x.device
+    assert int(count) == expected
 
 
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -108,6 +122,15 @@ _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scop
 def test_cpu_matches_reference(c):
     pytest.importorskip("snncompiler.kernels._lif_cpu", reason="C++ extension not built")
     check_case(c, "cpu")
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(c=cases())
+def test_reference_spike_count(c):
+    """The counting fallback (count_spikes on each format's output) on the reference backend."""
+    x, v0, theta = make_inputs(c)
+    check_count(x, v0, theta, "reference", dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"],
+                                                spike_format=c["fmt"]))
 
 
 @settings(max_examples=50, **_SETTINGS)
