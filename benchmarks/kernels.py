@@ -12,7 +12,9 @@ Implementations (CPU, 2 threads: torch.set_num_threads(2), OMP_NUM_THREADS=2):
               returns a new T*N tensor pays (with glibc's default malloc, page faults and
               zeroing of fresh pages on every call: see --allocator)
   snnc-pre    the C++ kernel writing into preallocated buffers (like copy): the kernel alone
-  snnc        neuron_multistep(backend="cpu"), value-format spikes (allocates its output)
+  snnc        neuron_multistep(backend="cpu"), value-format spikes: the op as users call it
+              (allocates its output; from 1 MiB up that comes from the extension's buffer
+              cache, see snncompiler/kernels/cpu.py)
   snnc-bin    the same with spike_format="binary" (1 byte per spike written)
   snnc-pack   the same with spike_format="packed" (1 bit per spike written)
   reference   neuron_multistep(backend="reference"): the Python-loop PyTorch oracle
@@ -24,6 +26,8 @@ snnc-triton-pre / snnc-cuda-pre (the kernels launched straight into preallocated
 
 --allocator retain (default) measures with freed host memory kept for reuse, the setting
 snnc's spiking runtime makes (snncompiler/runtime/memory.py); every column runs under it.
+--allocator default leaves glibc's malloc as a plain Python process has it (SpikingJelly's
+setting when it runs on its own); the snnc op still reuses its own output buffers.
 
 The implementations run interleaved (one round = each once, in rotating order) so that
 background load on a shared machine hits them alike; ratios are medians of per-round ratios.

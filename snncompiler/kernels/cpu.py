@@ -22,6 +22,7 @@ FORMATS = {"value": 0, "binary": 1, "packed": 2}
 DEFAULT_CACHE_MB = 1024
 CACHE_MIN_BYTES = 1 << 20  # below glibc's mmap threshold, malloc reuses freed memory by itself
 _DLPACK_DTYPES = {torch.float32: (2, 32), torch.uint8: (1, 8)}  # DLPack (type code, bits)
+_dlpack_failed = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,11 +69,21 @@ def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor | None:
     Buffers of freed outputs are kept for the next output of the same size (up to
     ``SNNC_CPU_CACHE_MB``, default 1024 MiB), so large outputs skip the OS's page faults and
     zeroing of fresh memory on every call; see :func:`cache_stats` and :func:`empty_cache`."""
+    global _dlpack_failed
     lib = load()
     code = _DLPACK_DTYPES.get(dtype)
-    if lib is None or code is None or _limit() == 0 or math.prod(shape) * code[1] < CACHE_MIN_BYTES * 8:
+    if (lib is None or code is None or _dlpack_failed or _limit() == 0
+            or math.prod(shape) * code[1] < CACHE_MIN_BYTES * 8):
         return None
-    return torch.from_dlpack(lib.empty(shape, *code))
+    try:
+        return torch.from_dlpack(lib.empty(shape, *code))
+    except (TypeError, RuntimeError, BufferError) as e:  # a torch that no longer takes DLPack capsules
+        # the unconsumed capsule frees its buffer; outputs are then allocated by torch as usual
+        _dlpack_failed = True
+        lib.cache_set_limit(0)
+        warnings.warn(f"snncompiler: the CPU output buffer cache is off (torch.from_dlpack failed: {e})",
+                      RuntimeWarning, stacklevel=2)
+        return None
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,7 +24,7 @@ def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
     like x; "binary": uint8 like x; "packed": uint8 [T, ceil(N/8)]) and v_final float32 of shape
     x.shape[1:]. x must be contiguous and v0 a contiguous float32 tensor of that shape.
 
-    ``empty(shape, dtype)``, if given, may supply the spike buffer (the CPU backend's buffer
+    ``empty(shape, dtype)``, if given, may supply either buffer (the CPU backend's buffer
     cache); when it returns None, or otherwise, ``empty_like`` is used where possible: from
     Python it costs a third of ``torch.empty(shape, dtype=...)``, which matters on small layers
     whose kernel takes a microsecond."""
@@ -34,7 +34,8 @@ def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
     out = empty(shape, dtype) if empty is not None else None
     if out is None:
         out = torch.empty(shape, dtype=dtype, device=x.device) if packed else torch.empty_like(x, dtype=dtype)
-    return out, torch.empty_like(v0)
+    vout = empty(v0.shape, torch.float32) if empty is not None else None
+    return out, torch.empty_like(v0) if vout is None else vout
 
 
 def count_spikes(spikes: torch.Tensor, theta, spike_format: str = "value", shape=None) -> torch.Tensor:

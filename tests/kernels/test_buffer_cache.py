@@ -144,3 +144,19 @@ def test_buffers_freed_from_several_threads(fresh_cache):
     assert not errors
     stats = cpu.cache_stats()
     assert stats["cached_bytes"] == stats["cached_buffers"] * T * N * 4
+
+
+def test_a_torch_refusing_the_capsule_turns_the_cache_off(fresh_cache, monkeypatch):
+    """If torch.from_dlpack stops accepting capsules, outputs fall back to torch's allocator."""
+    def refuse(capsule):
+        raise TypeError("capsules are not supported")
+
+    monkeypatch.setattr(torch, "from_dlpack", refuse)
+    monkeypatch.setattr(cpu, "_dlpack_failed", False)
+    x, v0 = _inputs(8)
+    with pytest.warns(RuntimeWarning, match="buffer cache is off"):
+        out, _ = neuron_multistep(x, v0, 0.5, backend="cpu")
+    expected, _ = neuron_multistep_reference(x, v0, 0.5)
+    assert torch.equal(out, expected)
+    assert cpu.cached_empty((T, N), torch.float32) is None
+    assert cpu.cache_stats()["cached_bytes"] == 0
