@@ -35,6 +35,7 @@
 #include <omp.h>
 #endif
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -374,6 +375,7 @@ class BufferCache {
     }
     if (limit == 0) release();
   }
+  void reset_lock_after_fork() { new (&mutex_) std::mutex(); }
   py::dict stats() {
     std::lock_guard<std::mutex> lock(mutex_);
     py::dict d;
@@ -393,7 +395,15 @@ class BufferCache {
 
 // Never destroyed: tensors may be freed after this module's static destructors have run.
 BufferCache& cache() {
-  static BufferCache* c = new BufferCache;
+  static BufferCache* c = [] {
+    auto* made = new BufferCache;
+#ifdef __linux__
+    // A fork while another thread holds the lock would leave the child's copy locked forever
+    // (DataLoader workers are forked): the child starts with a fresh, unlocked mutex.
+    pthread_atfork(nullptr, nullptr, [] { cache().reset_lock_after_fork(); });
+#endif
+    return made;
+  }();
   return *c;
 }
 

@@ -51,12 +51,15 @@ def count_spikes(spikes: torch.Tensor, theta, spike_format: str = "value", shape
         if shape is None:
             raise SnncError("shape: needed to count packed spikes")
         spikes, spike_format = unpack_spikes(spikes, shape), "binary"
-    theta = torch.as_tensor(theta, dtype=torch.float32, device=spikes.device)
+    if not (isinstance(theta, torch.Tensor) and theta.dtype == torch.float32 and theta.device == spikes.device):
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=spikes.device)
     lead = spikes.dim() - theta.dim()  # the step axis, and leading axes theta is broadcast over
     per_neuron = spikes.sum(dim=tuple(range(lead)), dtype=torch.float64)
-    if spike_format == "value":  # spikes hold θ rounded to their dtype: divide by exactly that
-        emitted = theta.to(spikes.dtype).to(torch.float64)
-        counts = torch.where(emitted != 0, per_neuron / emitted, 0.0).round()
+    if spike_format == "value":
+        # spikes hold θ rounded to their dtype: k of them sum exactly (float64) to k·θ', and
+        # k·θ' / θ' is exactly k (a correctly rounded division of an exact multiple)
+        emitted = theta if spikes.dtype == torch.float32 else theta.to(spikes.dtype)
+        counts = torch.where(emitted != 0, per_neuron / emitted, 0.0)
     else:
         counts = torch.where(theta != 0, per_neuron, 0.0)
     return counts.sum().to(torch.int64)

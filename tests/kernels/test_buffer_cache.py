@@ -160,3 +160,26 @@ def test_a_torch_refusing_the_capsule_turns_the_cache_off(fresh_cache, monkeypat
     assert torch.equal(out, expected)
     assert cpu.cached_empty((T, N), torch.float32) is None
     assert cpu.cache_stats()["cached_bytes"] == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_can_use_the_cache(fresh_cache):
+    """A forked process (e.g. a DataLoader worker) inherits the cache and can run the op."""
+    import multiprocessing
+
+    x, v0 = _inputs(9)
+    out, _ = neuron_multistep(x, v0, 0.5, backend="cpu")
+    del out  # one buffer cached in the parent, inherited by the child
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        ok = pool.apply(_child_runs_op, (x, v0))
+    assert ok
+
+
+def _child_runs_op(x, v0):
+    # as DataLoader workers do: torch ops in a forked child whose parent ran an OpenMP region
+    # hang unless the child stays single-threaded (GNU OpenMP is not fork-safe)
+    torch.set_num_threads(1)
+    out, _ = neuron_multistep(x, v0, 0.5, backend="cpu")
+    expected, _ = neuron_multistep_reference(x, v0, 0.5)
+    return bool(torch.equal(out, expected)) and cpu.cache_stats()["hits"] >= 1
