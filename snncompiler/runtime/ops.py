@@ -283,6 +283,27 @@ def _windows(x, nd, kernel, stride, pads, dilation, ceil_mode, fill):
     return F.pad(x, _torch_pad(pads[:nd], ends), value=fill)
 
 
+_SEPARABLE_MIN_ELEMENTS = 1 << 16  # below this one pooling call beats several elementwise ones
+
+
+def _separable_max(x, kernel):
+    """Non-overlapping max pooling (stride = kernel, no padding, floor mode) as elementwise
+    maxima of strided views, one spatial axis at a time: on CPU 2-4x faster than torch's
+    max_pool in either memory format (benchmarked at the 2x2 pools of the VGG and digits CNNs).
+    Exact: a max is the same in any order, and NaN propagates as in max_pool."""
+    out = x
+    for axis, k in enumerate(kernel, start=2):
+        n = out.shape[axis] // k
+        index = [slice(None)] * out.dim()
+        acc = None
+        for offset in range(k):
+            index[axis] = slice(offset, offset + (n - 1) * k + 1, k)
+            view = out[tuple(index)]
+            acc = view if acc is None else torch.maximum(acc, view)
+        out = acc
+    return out.contiguous()
+
+
 @core_op("maxpool", "spiking")
 def maxpool(node: Node, x):
     """Max pooling with ONNX pads (any asymmetry), dilations and ceil_mode."""
@@ -291,6 +312,9 @@ def maxpool(node: Node, x):
         return (torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True),)
     dilation = list(node.attrs.get("dilation", [1] * nd))
     ceil_mode = node.attrs.get("ceil_mode", 0)
+    if (x.device.type == "cpu" and kernel == stride and max(kernel) <= 4 and not any(pads) and not ceil_mode
+            and all(d == 1 for d in dilation) and x.numel() >= _SEPARABLE_MIN_ELEMENTS):
+        return (_separable_max(x, kernel),)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
     if not ceil_mode and pads[:nd] == pads[nd:] and all(
             p <= k // 2 for p, k in zip(pads, kernel)):

@@ -414,6 +414,30 @@ def test_maxpool_hypothesis(nd, k, s, d, pads, ceil_mode, auto_pad, size, opset,
     check_or_skip(m, x, what=f"MaxPool {attrs}")
 
 
+@HYP
+@given(nd=st.sampled_from([1, 2, 3]), k=st.lists(st.integers(1, 4), min_size=3, max_size=3),
+       sizes=st.lists(st.integers(4, 11), min_size=3, max_size=3), opset=st.sampled_from([9, 12, 21]),
+       seed=st.integers(0, 99))
+def test_maxpool_non_overlapping_fast_path(nd, k, sizes, opset, seed):
+    """Non-overlapping pools (stride = kernel, no padding) run as strided elementwise maxima on
+    CPU above a size threshold; forced on here for small inputs, against onnxruntime."""
+    from unittest import mock
+
+    from snncompiler.runtime import ops
+
+    kernel = k[:nd]
+    shape = [2, 3] + sizes[:nd]
+    assume(all(kk <= sz for kk, sz in zip(kernel, shape[2:])))
+    m = build_or_skip([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=kernel, strides=kernel)],
+                      [("x", shape)], ["y"], [], opset)
+    calls = []
+    real = ops._separable_max
+    with mock.patch.object(ops, "_SEPARABLE_MIN_ELEMENTS", 0), \
+            mock.patch.object(ops, "_separable_max", lambda *a: calls.append(1) or real(*a)):
+        check_or_skip(m, rand(shape, seed), what=f"MaxPool kernel=stride={kernel}")
+    assert calls, "the fast path was not taken"
+
+
 def _same_pads(spatial, kernel, strides, dilations, upper):
     """auto_pad SAME_UPPER/SAME_LOWER as explicit pads, by the formula of the ONNX pooling spec."""
     begins, ends = [], []
