@@ -52,6 +52,7 @@ struct Params {
   float decay, v_reset, alpha;
   const float* theta;
   int64_t theta_inner, theta_period;
+  int64_t x_step;  // floats between x[t] and x[t + 1]: N, or 0 for an input constant over time
 };
 
 inline void load_block(const Params& p, const float* v0, int64_t n0, int64_t nb, float* v, float* th) {
@@ -86,7 +87,7 @@ int64_t forward_block(const Params& p, const float* x, const float* v0, void* ou
   int32_t count = 0;  // < 2^31: at most kBlock spikes per step, summed into int64 per step
   int64_t total = 0;
   for (int64_t t = 0; t < p.T; ++t) {
-    const float* xt = x + t * p.N + n0;
+    const float* xt = x + t * p.x_step + n0;
     float* of = static_cast<float*>(out) + t * p.N + n0;
     uint8_t* ob = static_cast<uint8_t*>(out) + t * p.N + n0;
     count = 0;
@@ -227,15 +228,18 @@ FwdFn pick_fwd(int fmt) {
                                                                        : forward_block<D, H, kPacked>;
 }
 
-// Returns the number of spikes with a nonzero value (see forward_block).
+// Returns the number of spikes with a nonzero value (see forward_block). x_step: floats between
+// time steps of x (-1: N, a dense [T, N] input; 0: one [N] input repeated at every step, as the
+// runtime's first layer under direct encoding, read T times instead of copied T times).
 int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
                 uintptr_t out, uintptr_t vout, int64_t T, int64_t N, double decay, bool hard, double v_reset,
-                int fmt, int threads) {
+                int fmt, int threads, int64_t x_step) {
   if (fmt < kValue || fmt > kPacked) throw std::invalid_argument("spike_format: unknown code");
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
+  if (x_step != -1 && x_step != 0 && x_step != N) throw std::invalid_argument("x_step: must be -1, 0 or N");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
-           theta_inner, theta_period};
+           theta_inner, theta_period, x_step == -1 ? N : x_step};
   void* op = addr<void>(out);
   advise_hugepages(op, T * (fmt == kValue ? N * 4 : fmt == kBinary ? N : (N + 7) / 8));
   const bool dec = p.decay != 1.0f;
@@ -272,7 +276,7 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
-           addr<const float>(theta), theta_inner, theta_period};
+           addr<const float>(theta), theta_inner, theta_period, N};
   const float* xp = addr<const float>(x);
   const float* v0p = addr<const float>(v0);
   const float* gyp = addr<const float>(gy);
@@ -469,7 +473,7 @@ PYBIND11_MODULE(_lif_cpu, m) {
   m.def("forward", &forward, "Forward over [T, N] float32 buffers given by address; returns the spike count", py::arg("x"), py::arg("v0"),
         py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"), py::arg("vout"),
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("fmt"),
-        py::arg("threads"));
+        py::arg("threads"), py::arg("x_step") = -1);
   m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane (addresses; 0 = absent)",
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
         py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),

@@ -107,15 +107,27 @@ def empty_cache() -> None:
         lib.cache_release()
 
 
+def constant_over_time(x: torch.Tensor) -> bool:
+    """Whether x is one contiguous [...] input repeated T times by a stride-0 time axis (what
+    ``x0.unsqueeze(0).expand(T, ...)`` gives): the kernel then reads x0 at every step instead
+    of a T-fold copy being made."""
+    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0 and x[0].is_contiguous()
+
+
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
-    """Run the fused forward. x: [T, ...] float32 contiguous; v0: float32 contiguous, shaped
-    x.shape[1:]; theta: float32 with ``period`` elements (a vector or 0-d), neuron n using
-    theta[(n // inner) % period]. Returns (spikes, v_final, number of spikes with theta != 0)."""
+    """Run the fused forward. x: [T, ...] float32, contiguous or :func:`constant_over_time`;
+    v0: float32 contiguous, shaped x.shape[1:]; theta: float32 with ``period`` elements (a
+    vector or 0-d), neuron n using theta[(n // inner) % period]. Returns (spikes, v_final,
+    number of spikes with theta != 0)."""
     T, n = x.shape[0], v0.numel()
     out, vout = output_buffers(x, v0, spike_format, cached_empty)
-    assert x.numel() == T * n and theta.numel() >= 1
-    count = load().forward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(), vout.data_ptr(),
-                           T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads())
+    if constant_over_time(x):
+        x_addr, x_step = _addr(x[0]), 0
+    else:
+        x_addr, x_step = _addr(x), n
+    assert x.shape[1:] == v0.shape and theta.numel() >= 1
+    count = load().forward(x_addr, _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(), vout.data_ptr(),
+                           T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads(), x_step)
     return out, vout, count
 
 

@@ -149,11 +149,17 @@ def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_r
             spike_format=spike_format, surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)
         return spikes, v, None
     shape = x.shape[1:]
-    x = x.contiguous()
     th, inner = _kernel_theta(theta, shape)
     if backend == "cpu":
+        if x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0:
+            # one input repeated over time: the kernel reads it at every step, so at most that
+            # one step is made contiguous, never the T-fold copy
+            x = x[0].contiguous().unsqueeze(0).expand(x.shape)
+        else:
+            x = x.contiguous()
         spikes, v, count = cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
         return spikes, v, torch.tensor(count, dtype=torch.int64)
+    x = x.contiguous()
     if backend == "triton":
         from . import triton_kernel as mod
     else:

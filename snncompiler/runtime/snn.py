@@ -206,8 +206,9 @@ class SpikingRunner:
         tau = node.attrs.get("tau", 0.0)
         decay = 1.0 - 1.0 / tau if node.attrs.get("neuron") == "lif" else 1.0
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
-        # kernel); on the GPU the count stays on the device, so no sync per layer
-        spikes, v, count = neuron_multistep(x.contiguous(), v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
+        # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
+        # static input (the first layer's current) at every step without a T-fold copy
+        spikes, v, count = neuron_multistep(x, v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
                                             backend=self.backend, return_count=True)
         state[node.name] = v
         self._spikes = count if self._spikes is None else self._spikes + count
