@@ -426,9 +426,11 @@ void return_buffer(DLManagedTensor* t) {
 // A DLPack capsule over an uninitialised C-contiguous buffer from the cache; torch.from_dlpack
 // turns it into a tensor whose deleter returns the buffer. dtype: DLPack (code, bits).
 py::capsule empty(const std::vector<int64_t>& shape, int code, int bits) {
+  if (bits != 8 && bits != 16 && bits != 32 && bits != 64) throw std::invalid_argument("bits: must be 8, 16, 32 or 64");
   size_t elements = 1;
   for (int64_t d : shape) {
     if (d < 0) throw std::invalid_argument("shape: negative dimension");
+    if (d != 0 && elements > (size_t(1) << 56) / static_cast<size_t>(d)) throw std::invalid_argument("shape: too large");
     elements *= static_cast<size_t>(d);
   }
   const size_t bytes = std::max<size_t>(kPage, (elements * (bits / 8) + kPage - 1) / kPage * kPage);

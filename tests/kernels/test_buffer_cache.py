@@ -183,3 +183,13 @@ def _child_runs_op(x, v0):
     out, _ = neuron_multistep(x, v0, 0.5, backend="cpu")
     expected, _ = neuron_multistep_reference(x, v0, 0.5)
     return bool(torch.equal(out, expected)) and cpu.cache_stats()["hits"] >= 1
+
+
+def test_the_allocator_rejects_impossible_requests():
+    lib = cpu.load()
+    with pytest.raises(ValueError, match="negative"):
+        lib.empty([4, -1], 2, 32)
+    with pytest.raises(ValueError, match="too large"):
+        lib.empty([1 << 40, 1 << 30], 2, 32)
+    with pytest.raises(ValueError, match="bits"):
+        lib.empty([4], 2, 12)
