@@ -37,6 +37,8 @@ The slow baselines are skipped above --max-slow-elements (memory: several T*N te
 the GPU; --gpu-only measures the GPU alone. SpikingJelly picks its own CUDA implementation
 (native CUDA if built from source, else its Triton kernel); the JSON records which. GPU times
 come from CUDA events over bursts of back-to-back calls (see measure_gpu).
+The fixed cost per call (T=1, N=64, a tight loop of calls) of the op and of the bare kernel
+call is measured per device and stored as call_overhead_us.
 Results go to benchmarks/results/kernels.json and a table on stdout.
 """
 from __future__ import annotations
@@ -300,6 +302,34 @@ def floor_check(rows: list[dict]) -> dict | None:
     return None
 
 
+def call_overhead(device: str, calls: int = 2000, repeats: int = 9) -> dict:
+    """Fixed cost per call on a tiny layer (T=1, N=64), back to back in a tight loop: the op as
+    called against the kernel launched directly (C++ call / CUDA launch). The difference is the
+    op's Python argument handling, which bounds small layers."""
+    x, v0 = torch.rand(1, 64, device=device), torch.zeros(64, device=device)
+    impls = {"op": lambda: neuron_multistep(x, v0, 1.0)}
+    if device == "cpu":
+        impls["kernel"] = preallocated_cpu_kernel(x, v0)
+    else:
+        impls.update(preallocated_gpu_kernels(x, v0))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    out = {}
+    with torch.inference_mode():
+        for name, fn in impls.items():
+            for _ in range(100):
+                fn()
+            per_call = []
+            for _ in range(repeats):
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                sync()
+                per_call.append((time.perf_counter() - t0) / calls * 1e6)
+            out[name] = statistics.median(per_call)
+    return out
+
+
 GPU_FLOOR = dict(min_T=8, over_copy=0.8)
 
 
@@ -386,6 +416,12 @@ def main(argv=None) -> int:
               f"  op, allocating its output:            {floor['snnc_over_copy']:.2f}x copy -> "
               f"{verdict(floor['met_by_op'])}\n"
               f"  vs SpikingJelly: op {floor['snnc_over_sj']:.1f}x, kernel {floor['kernel_over_sj']:.1f}x")
+    overhead = {}
+    for device in (["cpu"] if not args.gpu_only else []) + (["cuda"] if (args.gpu or args.gpu_only)
+                                                             and torch.cuda.is_available() else []):
+        overhead[device] = call_overhead(device)
+        print(f"\n[{device}] fixed cost per call (T=1, N=64, tight loop), µs: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items()))
     gpu_floor = gpu_floor_check(rows)
     if gpu_floor:
         print(f"\nGPU floor (T >= 8: >= 0.8x device copy and faster than SpikingJelly): "
@@ -397,6 +433,7 @@ def main(argv=None) -> int:
                   f"{sj} SpikingJelly{'' if c['met'] else '  <- below'}")
     result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload="IF, soft reset, theta=1, float32, "
                   "inference", machine=info, quick=args.quick, results=rows, floor=floor, gpu_floor=gpu_floor,
+                  call_overhead_us=overhead,
                   timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
