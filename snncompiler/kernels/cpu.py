@@ -96,8 +96,10 @@ def _limit() -> int:
 def cache_stats() -> dict:
     """The CPU output buffer cache: cached_bytes, cached_buffers, limit_bytes, hits, misses."""
     lib = load()
-    return lib.cache_stats() if lib is not None else dict(cached_bytes=0, cached_buffers=0, limit_bytes=0, hits=0,
-                                                          misses=0)
+    if lib is None:
+        return dict(cached_bytes=0, cached_buffers=0, limit_bytes=0, hits=0, misses=0)
+    _limit()  # the limit SNNC_CPU_CACHE_MB sets, even before the first output
+    return lib.cache_stats()
 
 
 def empty_cache() -> None:
