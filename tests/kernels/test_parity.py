@@ -255,3 +255,16 @@ def test_input_constant_over_time(backend, fmt):
     assert s.is_contiguous() and x.stride(0) == 0
     binary, _ = neuron_multistep_reference(x.contiguous().cpu(), 0.1, theta.cpu(), spike_format="binary", decay=0.9)
     assert int(count) == int(binary.sum())
+
+
+def test_gradient_through_an_input_constant_over_time(backend):
+    """Training through a time-broadcast input: the gradient reaching x0 sums over the steps,
+    as autograd through the reference loop gives it."""
+    dev = device_for(backend)
+    x0 = (torch.rand(3, 5, generator=torch.Generator().manual_seed(5)) * 0.9).to(dev).requires_grad_()
+    s, v = neuron_multistep(x0.unsqueeze(0).expand(6, 3, 5), 0.1, 0.5, backend=backend, decay=0.9)
+    (s.sum() + v.pow(2).sum()).backward()
+    got, x0.grad = x0.grad.clone(), None
+    s, v = neuron_multistep_reference(x0.unsqueeze(0).expand(6, 3, 5), 0.1, 0.5, decay=0.9)
+    (s.sum() + v.pow(2).sum()).backward()
+    torch.testing.assert_close(got, x0.grad, rtol=0, atol=1e-5)
