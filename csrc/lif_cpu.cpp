@@ -84,13 +84,12 @@ int64_t forward_block(const Params& p, const float* x, const float* v0, void* ou
   const int64_t nbytes = (nb + 7) / 8;
   for (int64_t i = nb; i < nbytes * 8; ++i) s8[i] = 0;  // padding bits of the last byte stay 0
   const float decay = p.decay, vr = p.v_reset;
-  int32_t count = 0;  // < 2^31: at most kBlock spikes per step, summed into int64 per step
   int64_t total = 0;
   for (int64_t t = 0; t < p.T; ++t) {
     const float* xt = x + t * p.x_step + n0;
     float* of = static_cast<float*>(out) + t * p.N + n0;
     uint8_t* ob = static_cast<uint8_t*>(out) + t * p.N + n0;
-    count = 0;
+    int32_t count = 0;  // at most kBlock spikes per step; the total over steps is int64
 #pragma omp simd reduction(+ : count)
     for (int64_t i = 0; i < nb; ++i) {
       const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
@@ -303,7 +302,7 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
 // glibc serves every allocation above its mmap threshold (at most 32 MiB) with fresh pages
 // and unmaps them on free, so a large spike tensor is page-faulted and zeroed by the OS on
 // every call: that costs more than the kernel that fills it. Outputs of at least
-// kCacheMinBytes come from this cache instead: when torch frees such a tensor, its buffer is
+// CACHE_MIN_BYTES (snncompiler/kernels/cpu.py) come from this cache instead: when torch frees such a tensor, its buffer is
 // kept (up to a byte limit) for the next output of the same rounded size, as torch's CUDA
 // caching allocator does on the GPU. Only these buffers are affected, not the process's malloc.
 constexpr size_t kPage = size_t(1) << 12, kHugePage = size_t(1) << 21;

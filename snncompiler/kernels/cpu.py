@@ -109,27 +109,25 @@ def empty_cache() -> None:
         lib.cache_release()
 
 
-def constant_over_time(x: torch.Tensor) -> bool:
-    """Whether x is one contiguous [...] input repeated T times by a stride-0 time axis (what
-    ``x0.unsqueeze(0).expand(T, ...)`` gives): the kernel then reads x0 at every step instead
-    of a T-fold copy being made."""
-    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0 and x[0].is_contiguous()
-
-
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
-    """Run the fused forward. x: [T, ...] float32, contiguous or :func:`constant_over_time`;
-    v0: float32 contiguous, shaped x.shape[1:]; theta: float32 with ``period`` elements (a
-    vector or 0-d), neuron n using theta[(n // inner) % period]. Returns (spikes, v_final,
-    number of spikes with theta != 0)."""
+    """Run the fused forward. x: [T, ...] float32 in any layout: an input repeated over time by
+    a stride-0 time axis (``x0.unsqueeze(0).expand(T, ...)``, the runtime's first layer under
+    direct encoding) is read at every step from one contiguous x0, never copied T times; any
+    other x is made contiguous. v0: float32 contiguous, shaped x.shape[1:]; theta: float32 with
+    ``period`` elements (a vector or 0-d), neuron n using theta[(n // inner) % period].
+    Returns (spikes, v_final, number of spikes with theta != 0 as an int)."""
     T, n = x.shape[0], v0.numel()
-    out, vout = output_buffers(x, v0, spike_format, cached_empty)
-    if constant_over_time(x):
-        x_addr, x_step = _addr(x[0]), 0
+    if x.dim() > 1 and T > 1 and x.stride(0) == 0:
+        steps, x_step = x[0].contiguous(), 0
+        x = steps.unsqueeze(0).expand(x.shape)  # so that outputs like x are dense in C order
     else:
-        x_addr, x_step = _addr(x), n
+        x = steps = x.contiguous()
+        x_step = n
+    out, vout = output_buffers(x, v0, spike_format, cached_empty)
     assert x.shape[1:] == v0.shape and theta.numel() >= 1
-    count = load().forward(x_addr, _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(), vout.data_ptr(),
-                           T, n, decay, hard, v_reset, FORMATS[spike_format], torch.get_num_threads(), x_step)
+    count = load().forward(_addr(steps), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(),
+                           vout.data_ptr(), T, n, decay, hard, v_reset, FORMATS[spike_format],
+                           torch.get_num_threads(), x_step)
     return out, vout, count
 
 

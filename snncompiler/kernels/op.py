@@ -106,8 +106,6 @@ def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
     uses ``small[(n // inner) % small.numel()]``. Exact whenever theta's non-broadcast axes are
     adjacent (scalar, per-channel [C,1,1], per-feature [F], full); otherwise theta is expanded.
     """
-    if theta.dim() == 0 and theta.dtype == torch.float32:  # the common scalar: one view, no copies
-        return theta.reshape(1), 1
     shape = tuple(shape)
     tshape = (1,) * (len(shape) - theta.dim()) + tuple(theta.shape)
     t = theta.to(torch.float32).reshape(tshape)
@@ -138,9 +136,9 @@ def _kernel_theta(theta: Tensor, shape) -> tuple[Tensor, int]:
 # ---- the registered ops -------------------------------------------------------------------
 def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
              spike_format: str, backend: str, surrogate: str,
-             alpha: float, detach_reset: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Validated forward: (spikes, v_final, count), count (0-d int64) where the backend's
-    kernel counts spikes itself (the C++ kernel), else None. See :func:`neuron_multistep`."""
+             alpha: float, detach_reset: bool) -> tuple[Tensor, Tensor, Optional[int]]:
+    """Validated forward: (spikes, v_final, count), count (an int) where the backend's kernel
+    counts spikes itself (the C++ kernel), else None. See :func:`neuron_multistep`."""
     backend = _resolve_backend(backend, x)
     decay, v_reset = reference.f32(decay), reference.f32(v_reset)
     if backend == "reference":
@@ -150,15 +148,8 @@ def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_r
         return spikes, v, None
     shape = x.shape[1:]
     th, inner = _kernel_theta(theta, shape)
-    if backend == "cpu":
-        if x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0:
-            # one input repeated over time: the kernel reads it at every step, so at most that
-            # one step is made contiguous, never the T-fold copy
-            x = x[0].contiguous().unsqueeze(0).expand(x.shape)
-        else:
-            x = x.contiguous()
-        spikes, v, count = cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
-        return spikes, v, torch.tensor(count, dtype=torch.int64)
+    if backend == "cpu":  # takes x in any layout (it reads a time-broadcast input without copying)
+        return cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
     x = x.contiguous()
     if backend == "triton":
         from . import triton_kernel as mod
@@ -343,5 +334,5 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
     if not return_count:
         return spikes, v
     if count is None:
-        count = count_spikes(spikes.detach(), theta, spike_format, x.shape)
-    return spikes, v, count
+        return spikes, v, count_spikes(spikes.detach(), theta, spike_format, x.shape)
+    return spikes, v, torch.tensor(count, dtype=torch.int64)  # made only when asked for: it costs µs

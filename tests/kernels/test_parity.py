@@ -255,6 +255,11 @@ def test_input_constant_over_time(backend, fmt):
     assert s.is_contiguous() and x.stride(0) == 0
     binary, _ = neuron_multistep_reference(x.contiguous().cpu(), 0.1, theta.cpu(), spike_format="binary", decay=0.9)
     assert int(count) == int(binary.sum())
+    # x0 in another layout (a conv's channels-last output, as the runtime's first layer gets it)
+    x0_cl = x0.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+    s_cl, v_cl = neuron_multistep(x0_cl.unsqueeze(0).expand(6, 3, 4, 5), 0.1, theta, backend=backend,
+                                  spike_format=fmt, decay=0.9)
+    assert torch.equal(s_cl.cpu(), rs) and torch.equal(v_cl.cpu(), rv)
 
 
 def test_gradient_through_an_input_constant_over_time(backend):
