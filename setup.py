@@ -33,10 +33,16 @@ class OptionalBuildExt(build_ext):
             except Exception:
                 if "-fopenmp" not in ext.extra_compile_args:
                     raise
-                # e.g. Apple clang has no -fopenmp: a single-threaded kernel beats none.
-                ext.extra_compile_args = [f for f in ext.extra_compile_args if f != "-fopenmp"]
+                # e.g. Apple clang has no -fopenmp: a single-threaded kernel beats none. Its
+                # `omp simd` loops still vectorise under -fopenmp-simd (no runtime needed).
                 ext.extra_link_args = [f for f in ext.extra_link_args if f != "-fopenmp"]
-                super().build_extension(ext)
+                without = [f for f in ext.extra_compile_args if f != "-fopenmp"]
+                try:
+                    ext.extra_compile_args = without + ["-fopenmp-simd"]
+                    super().build_extension(ext)
+                except Exception:
+                    ext.extra_compile_args = without
+                    super().build_extension(ext)
         except Exception as exc:  # no compiler, no headers, ...: the PyTorch reference still works
             warnings.warn(f"snncompiler: skipping native extension {ext.name} ({exc}); "
                           "the PyTorch reference kernels will be used instead")
@@ -55,7 +61,9 @@ def _extensions():
     except ImportError:
         warnings.warn("snncompiler: pybind11 is not installed; building without the native CPU kernel")
         return []
+    # csrc/lif_cpu_isa.inc holds the kernels; lif_cpu.cpp compiles it once per instruction set
     exts = [Pybind11Extension("snncompiler.kernels._lif_cpu", ["csrc/lif_cpu.cpp"], cxx_std=17,
+                              depends=["csrc/lif_cpu_isa.inc"],
                               extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
                               extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"])]
     if os.environ.get("SNNC_BUILD_CUDA") == "1":  # otherwise cuda.py compiles it on first use

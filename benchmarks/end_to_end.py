@@ -112,6 +112,30 @@ def time_snnc(model, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[lis
     return times, profile
 
 
+def stream_sweep(model, x: torch.Tensor, timesteps: int, repeats: int, thresholds_mb: list[float]) -> dict:
+    """snnc's run under each streaming-store threshold of the C++ neuron kernel, interleaved
+    (rotating order) so that host noise hits every setting alike: median total and neuron
+    seconds per batch. Restores the threshold."""
+    from snncompiler.kernels import cpu
+
+    settings = [int(mb * (1 << 20)) for mb in thresholds_mb]
+    previous = cpu.set_stream_min_bytes(settings[0])
+    total: dict[int, list[float]] = {b: [] for b in settings}
+    neurons: dict[int, list[float]] = {b: [] for b in settings}
+    try:
+        for r in range(repeats + 1):
+            for b in settings[r % len(settings):] + settings[:r % len(settings)]:
+                cpu.set_stream_min_bytes(b)
+                times, profile = time_snnc(model, x, timesteps, 1)
+                if r:  # the first round warms up
+                    total[b].append(times[0])
+                    neurons[b].append(profile.get("neurons", 0.0))
+    finally:
+        cpu.set_stream_min_bytes(previous)
+    return {f"{mb:g}": dict(total_median_s=statistics.median(total[b]), neurons_median_s=statistics.median(neurons[b]))
+            for mb, b in zip(thresholds_mb, settings)}
+
+
 def main() -> None:
     """Run both workloads and print/write the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,7 +146,11 @@ def main() -> None:
     ap.add_argument("--maxpool", default="output", help="snnc max-pooling strategy (output = SpikingJelly's semantics)")
     ap.add_argument("--device", default="cpu", help="cpu (the floor) or cuda: both tools on the GPU")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--stream-mb", default="",
+                    help="also time snnc (CPU) under these streaming-store thresholds of the neuron kernel, "
+                         "interleaved, e.g. '0,8,64' (MiB; 0 = never stream; see docs/kernels.md)")
     args = ap.parse_args()
+    stream_mb = [float(v) for v in args.stream_mb.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
     # snnc's runtime keeps freed heap memory for reuse (snncompiler/runtime/memory.py); set it
     # before anything runs so that SpikingJelly, in the same process, runs with the same allocator
@@ -149,6 +177,12 @@ def main() -> None:
                      "snnc_median_s": sn_med, "spikingjelly_median_s": sj_med, "speedup": sj_med / sn_med,
                      "snnc_time_share": breakdown, "spikingjelly_neuron_share": sj_neuron_share,
                      "snnc_times_s": sn_times, "spikingjelly_times_s": sj_times})
+        if stream_mb and args.device == "cpu":
+            rows[-1]["stream_mb_sweep"] = sweep = stream_sweep(compiled, x, args.timesteps, 2 * args.repeats + 1,
+                                                               stream_mb)
+            print(f"[{name}] snnc s/batch by neuron-kernel streaming threshold (total / neurons): "
+                  + ", ".join(f"{k} MiB {v['total_median_s']:.4f} / {v['neurons_median_s']:.4f}"
+                              for k, v in sweep.items()), flush=True)
         for f in (onnx_path,):
             Path(f).unlink(missing_ok=True)
     machine = (f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
@@ -166,8 +200,12 @@ def main() -> None:
     floor = all(r["speedup"] >= 1.5 for r in rows)
     print(f"floor (snnc >= 1.5x faster on every workload): {'PASS' if floor else 'FAIL'}")
     name = "end_to_end.json" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}.json"
-    (out / name).write_text(json.dumps({"machine": machine, "device": args.device, "rows": rows,
-                                           "floor_pass": floor}, indent=1))
+    from snncompiler.kernels import cpu
+
+    (out / name).write_text(json.dumps({"machine": machine, "device": args.device, "rows": rows, "floor_pass": floor,
+                                           "snnc_cpu_isa": cpu.isa(),
+                                           "snnc_cpu_stream_min_bytes": cpu.load().stream_min_bytes()
+                                           if cpu.available() else None}, indent=1))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from snncompiler.kernels import available_backends, neuron_multistep  # noqa: E402
+from snncompiler.kernels import cpu  # noqa: E402
 from snncompiler.runtime.memory import retain_freed_memory  # noqa: E402
 
 FULL_T, FULL_N = (4, 8, 32, 128), (1 << 16, 1 << 20, 1 << 22)
@@ -77,7 +78,8 @@ def machine() -> dict:
         pass
     info = dict(cpu=model, logical_cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 omp_num_threads=os.environ.get("OMP_NUM_THREADS"), torch=torch.__version__,
-                python=platform.python_version(), gpu=None)
+                python=platform.python_version(), gpu=None,
+                snnc_cpu_isa=cpu.isa(), snnc_cpu_stream_min_bytes=cpu.load().stream_min_bytes() if cpu.available() else None)
     try:
         from importlib.metadata import version
 
@@ -180,6 +182,63 @@ def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict
         else:
             impls["sj"] = lambda: sj(x)
     return impls, skipped, dict(x=x, v0=v0, dst=dst)
+
+
+ISA_GRID = ((8, 1 << 15), (8, 1 << 17), (8, 1 << 20), (32, 1 << 20))  # outputs of 1, 4, 32, 128 MiB
+ISA_OUT = OUT.with_name("kernels_isa.json")
+
+
+def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
+    """The C++ kernel alone (preallocated output, as the copy) in each instruction set this CPU
+    runs, with regular and with streaming stores, against the copy; and its surrogate-gradient
+    backward (atan) in each instruction set against the baseline's. Restores the defaults."""
+    lib = cpu.load()
+    isa0, stream0 = lib.isa(), lib.stream_min_bytes()
+    rows = []
+    try:
+        for T, n in ISA_GRID:
+            x, v0 = torch.randn(T, n), torch.zeros(n)
+            dst = torch.empty_like(x)
+            kernel = preallocated_cpu_kernel(x, v0)
+            theta, gy, gv = torch.ones(()), torch.randn(T, n), torch.randn(n)
+            gx, gv0, gth = torch.empty_like(x), torch.empty(n), torch.empty(n)
+            bwd_args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, gy.data_ptr(), gv.data_ptr(),
+                        gx.data_ptr(), gv0.data_ptr(), gth.data_ptr(), T, n, 0.9, False, 0.0, 1, 2.0, False,
+                        torch.get_num_threads())
+
+            def forward(isa, stream):
+                def call():
+                    lib.set_isa(isa)
+                    lib.set_stream_min_bytes(1 if stream else 0)
+                    kernel()
+                return call
+
+            def backward(isa):
+                def call():
+                    lib.set_isa(isa)
+                    lib.backward(*bwd_args)
+                return call
+
+            impls = {"copy": lambda: dst.copy_(x)}
+            for isa in lib.supported_isas():
+                impls[f"{isa}"] = forward(isa, False)
+                impls[f"{isa}+stream"] = forward(isa, True)
+                impls[f"backward-{isa}"] = backward(isa)
+            times = measure(impls, rounds, min_seconds, lambda: None)
+            forward_ratios = {k: statistics.median(c / t for c, t in zip(times["copy"], v))
+                              for k, v in times.items() if k != "copy" and not k.startswith("backward")}
+            backward_ratios = {k[len("backward-"):]: statistics.median(b / t for b, t in zip(times["backward-baseline"], v))
+                               for k, v in times.items() if k.startswith("backward")}
+            rows.append(dict(T=T, N=n, output_mib=T * n * 4 / (1 << 20), forward_over_copy=forward_ratios,
+                             backward_over_baseline=backward_ratios,
+                             times_s={k: [round(t, 7) for t in v] for k, v in times.items()}))
+            print(f"T={T:<3} N=2^{n.bit_length() - 1:<2} ({T * n * 4 >> 20:>3} MiB) forward/copy: "
+                  + "  ".join(f"{k} {v:.2f}x" for k, v in forward_ratios.items())
+                  + "   backward/baseline: " + "  ".join(f"{k} {v:.2f}x" for k, v in backward_ratios.items()), flush=True)
+    finally:
+        lib.set_isa(isa0)
+        lib.set_stream_min_bytes(stream0)
+    return rows
 
 
 def measure(impls: dict, rounds: int, min_seconds: float, sync) -> dict[str, list[float]]:
@@ -386,12 +445,30 @@ def main(argv=None) -> int:
                          "(snncompiler/runtime/memory.py); default: leave glibc's malloc alone")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--markdown", action="store_true", help="print --out's existing JSON as Markdown tables and exit")
+    ap.add_argument("--isa-sweep", action="store_true",
+                    help="only compare the C++ kernel's instruction sets and its streaming stores (writes "
+                         "benchmarks/results/kernels_isa.json unless --out is given)")
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return 0
     torch.set_num_threads(args.threads)
     retained = args.allocator == "retain" and retain_freed_memory()
+    if args.isa_sweep:
+        if not cpu.available():
+            print("--isa-sweep: the C++ extension is not built")
+            return 2
+        print(f"[cpu] C++ kernel per instruction set, preallocated output, ratios = median of per-round ratios")
+        rows = isa_sweep(args.rounds, args.min_seconds)
+        out = ISA_OUT if args.out == OUT else args.out
+        info = dict(machine(), freed_memory_retained=retained)
+        result = dict(benchmark="snncompiler C++ kernel per instruction set", workload="IF, soft reset, theta=1, "
+                      "float32, value spikes; backward: LIF 0.9, atan surrogate", machine=info, results=rows,
+                      timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {out}")
+        return 0
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
     gpu_sj = None
     rows = [] if args.gpu_only else run("cpu", Ts, Ns, args.rounds, args.min_seconds, args.max_slow_elements)

@@ -22,6 +22,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -29,7 +30,12 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -53,134 +59,186 @@ struct Params {
   const float* theta;
   int64_t theta_inner, theta_period;
   int64_t x_step;  // floats between x[t] and x[t + 1]: N, or 0 for an input constant over time
+  bool stream;     // forward: write value spikes with non-temporal stores (stream_step)
 };
 
-inline void load_block(const Params& p, const float* v0, int64_t n0, int64_t nb, float* v, float* th) {
-  std::copy(v0 + n0, v0 + n0 + nb, v);
-  if (p.theta_period == 1) {
-    std::fill(th, th + nb, p.theta[0]);
-    return;
+using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
+using BwdFn = void (*)(const Params&, const float*, const float*, const float*, const float*, float*, float*,
+                       float*, int64_t, int64_t, float*);
+
+// ---- the kernels, once per instruction set (csrc/lif_cpu_isa.inc) --------------------------
+// The baseline build must run on any x86-64 (or other) CPU, where vectors are 4 floats wide.
+// AVX2 and AVX-512 copies are chosen at run time when the CPU has them: with streaming stores
+// (stream_step) a large layer moves so few bytes per element that the arithmetic of 4-wide
+// vectors becomes its limit (benchmarks/kernels.py --isa-sweep). Each ISA brings its `Vec`.
+// Only GCC on x86-64 builds the extra copies (clang has no `#pragma GCC target`);
+// -DSNNC_SINGLE_ISA builds the baseline alone, as other compilers do.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SNNC_SINGLE_ISA)
+#define SNNC_MULTI_ISA 1
+#endif
+
+namespace isa_baseline {
+#if defined(__x86_64__)
+struct Vec {  // SSE2: part of x86-64 itself
+  using F = __m128;
+  using M = __m128;
+  static constexpr int64_t kLanes = 4;
+  static F load(const float* p) { return _mm_load_ps(p); }
+  static F loadu(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, F v) { _mm_store_ps(p, v); }
+  static F set1(float a) { return _mm_set1_ps(a); }
+  static F add(F a, F b) { return _mm_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm_mul_ps(a, b); }
+  static F sub(F a, F b) { return _mm_sub_ps(a, b); }
+  static M ge(F a, F b) { return _mm_cmpge_ps(a, b); }
+  static F select(M m, F a, F b) { return _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b)); }
+  static int count_nonzero(M m, F th) {
+    return __builtin_popcount(_mm_movemask_ps(_mm_and_ps(m, _mm_cmpneq_ps(th, _mm_setzero_ps()))));
   }
-  // Walk (n / inner, n % inner) incrementally: one division per block, not per neuron.
-  int64_t q = (n0 / p.theta_inner) % p.theta_period, r = n0 % p.theta_inner;
-  for (int64_t i = 0; i < nb;) {
-    const int64_t run = std::min(nb - i, p.theta_inner - r);
-    std::fill(th + i, th + i + run, p.theta[q]);
-    i += run;
-    r = 0;
-    q = q + 1 == p.theta_period ? 0 : q + 1;
+  static void stream(float* p, F v) { _mm_stream_ps(p, v); }
+  static void fence() { _mm_sfence(); }
+  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+};
+#else  // scalar stand-in, so that the kernels compile; forward() never streams here
+struct Vec {
+  using F = float;
+  using M = bool;
+  static constexpr int64_t kLanes = 1;
+  static F load(const float* p) { return *p; }
+  static F loadu(const float* p) { return *p; }
+  static void store(float* p, F v) { *p = v; }
+  static F set1(float a) { return a; }
+  static F add(F a, F b) { return a + b; }
+  static F mul(F a, F b) { return a * b; }
+  static F sub(F a, F b) { return a - b; }
+  static M ge(F a, F b) { return a >= b; }
+  static F select(M m, F a, F b) { return m ? a : b; }
+  static int count_nonzero(M m, F th) { return m && th != 0.0f; }
+  static void stream(float* p, F v) { *p = v; }
+  static void fence() {}
+  static void prefetch(const float*) {}
+};
+#endif
+#include "lif_cpu_isa.inc"
+}  // namespace isa_baseline
+
+#ifdef SNNC_MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace isa_avx2 {
+struct Vec {
+  using F = __m256;
+  using M = __m256;
+  static constexpr int64_t kLanes = 8;
+  static F load(const float* p) { return _mm256_load_ps(p); }
+  static F loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_store_ps(p, v); }
+  static F set1(float a) { return _mm256_set1_ps(a); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
+  static int count_nonzero(M m, F th) {
+    return __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(m, _mm256_cmp_ps(th, _mm256_setzero_ps(), _CMP_NEQ_UQ))));
   }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
+  static void fence() { _mm_sfence(); }
+  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+};
+#include "lif_cpu_isa.inc"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+// The auto-vectorised loops use 256-bit vectors (AVX-512VL): 512-bit ones measured up to 30%
+// slower on layers whose data is not in cache. stream_step's intrinsics are 512 bits wide:
+// there they are faster (benchmarks/kernels.py --isa-sweep).
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=256")
+namespace isa_avx512 {
+struct Vec {
+  using F = __m512;
+  using M = __mmask16;
+  static constexpr int64_t kLanes = 16;
+  static F load(const float* p) { return _mm512_load_ps(p); }
+  static F loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_store_ps(p, v); }
+  static F set1(float a) { return _mm512_set1_ps(a); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
+  static int count_nonzero(M m, F th) {
+    return __builtin_popcount(_mm512_mask_cmp_ps_mask(m, th, _mm512_setzero_ps(), _CMP_NEQ_UQ));
+  }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
+  static void fence() { _mm_sfence(); }
+  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+};
+#include "lif_cpu_isa.inc"
+}  // namespace isa_avx512
+#pragma GCC pop_options
+#endif
+
+struct Isa {
+  const char* name;
+  FwdFn (*forward)(bool decay, bool hard, int fmt);
+  BwdFn (*backward)(bool decay, bool hard, bool detach, int sg);
+};
+
+const Isa kIsas[] = {
+    {"baseline", isa_baseline::pick_forward, isa_baseline::pick_backward},
+#ifdef SNNC_MULTI_ISA
+    {"avx2", isa_avx2::pick_forward, isa_avx2::pick_backward},
+    {"avx512", isa_avx512::pick_forward, isa_avx512::pick_backward},
+#endif
+};
+constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
+
+bool cpu_has(int isa) {
+#ifdef SNNC_MULTI_ISA
+  __builtin_cpu_init();
+  if (isa == 1) return __builtin_cpu_supports("avx2");
+  if (isa == 2)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+  return isa == 0;
 }
 
-// Returns the block's number of spikes with a nonzero value (s = 1 and theta != 0): the runtime's
-// firing-rate count, fused here because a separate pass over the spikes costs half the kernel.
-template <bool DECAY, bool HARD, int FMT>
-int64_t forward_block(const Params& p, const float* x, const float* v0, void* out, float* vout,
-                      int64_t n0, int64_t nb) {
-  alignas(64) float v[kBlock];
-  alignas(64) float th[kBlock];
-  alignas(64) uint8_t s8[kBlock];
-  load_block(p, v0, n0, nb, v, th);
-  const int64_t nbytes = (nb + 7) / 8;
-  for (int64_t i = nb; i < nbytes * 8; ++i) s8[i] = 0;  // padding bits of the last byte stay 0
-  const float decay = p.decay, vr = p.v_reset;
-  int64_t total = 0;
-  for (int64_t t = 0; t < p.T; ++t) {
-    const float* xt = x + t * p.x_step + n0;
-    float* of = static_cast<float*>(out) + t * p.N + n0;
-    uint8_t* ob = static_cast<uint8_t*>(out) + t * p.N + n0;
-    int32_t count = 0;  // at most kBlock spikes per step; the total over steps is int64
-#pragma omp simd reduction(+ : count)
-    for (int64_t i = 0; i < nb; ++i) {
-      const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
-      const float t_i = th[i];
-      const bool s = h >= t_i;
-      const float after = HARD ? vr : h - t_i;
-      if constexpr (FMT == kValue) of[i] = s ? t_i : 0.0f;
-      if constexpr (FMT == kBinary) ob[i] = s ? 1 : 0;
-      if constexpr (FMT == kPacked) s8[i] = s ? 1 : 0;
-      count += (s && t_i != 0.0f) ? 1 : 0;
-      v[i] = s ? after : h;
-    }
-    total += count;
-    if (FMT == kPacked) {
-      uint8_t* op = static_cast<uint8_t*>(out) + t * ((p.N + 7) / 8) + n0 / 8;
-      for (int64_t j = 0; j < nbytes; ++j) {
-        const uint8_t* b = s8 + 8 * j;
-        op[j] = static_cast<uint8_t>(b[0] | (b[1] << 1) | (b[2] << 2) | (b[3] << 3) | (b[4] << 4) |
-                                     (b[5] << 5) | (b[6] << 6) | (b[7] << 7));
-      }
-    }
-  }
-  for (int64_t i = 0; i < nb; ++i) vout[n0 + i] = v[i];
-  return total;
+int best_isa() {
+  int best = 0;
+  for (int i = 1; i < kNumIsas; ++i)
+    if (cpu_has(i)) best = i;
+  return best;
 }
 
-template <int SG>
-inline float surrogate_grad(float u, float alpha) {
-  if (SG == kTriangle) return std::max(0.0f, alpha - alpha * alpha * std::fabs(u));
-  if (SG == kAtan) {
-    const float z = static_cast<float>(M_PI / 2) * alpha * u;
-    return (alpha / 2) / (1.0f + z * z);
-  }
-  const float sg = 1.0f / (1.0f + std::exp(-alpha * u));
-  return alpha * sg * (1.0f - sg);
+std::atomic<int> g_isa{best_isa()};
+// Value-spike outputs of at least this many bytes are written with non-temporal stores. Below
+// it, regular stores win: a small layer's spikes would still be in cache for the next layer
+// (on the digits CNN, streaming its 4 MiB layer slowed the max pooling after it more than it
+// sped up the neuron), while from 8 MiB on the runtime's neuron time on ResNet-18 dropped by a
+// fifth. Measured on a 2-core Xeon VM (docs/kernels.md).
+std::atomic<int64_t> g_stream_min_bytes{int64_t(8) << 20};
+std::atomic<int64_t> g_streamed_calls{0};  // forward calls that took the streaming path
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (int i = 0; i < kNumIsas; ++i)
+    if (cpu_has(i)) names.emplace_back(kIsas[i].name);
+  return names;
 }
 
-template <bool DECAY, bool HARD, bool DETACH, int SG>
-void backward_block(const Params& p, const float* x, const float* v0, const float* gy, const float* gv,
-                    float* gx, float* gv0, float* gth, int64_t n0, int64_t nb, float* hbuf) {
-  alignas(64) float v[kBlock];
-  alignas(64) float th[kBlock];
-  alignas(64) float acc[kBlock];
-  load_block(p, v0, n0, nb, v, th);
-  const float decay = p.decay, vr = p.v_reset, alpha = p.alpha;
-  for (int64_t t = 0; t < p.T; ++t) {  // recompute, identical to the forward
-    const float* xt = x + t * p.N + n0;
-    float* ht = hbuf + t * nb;
-#pragma omp simd
-    for (int64_t i = 0; i < nb; ++i) {
-      const float h = DECAY ? v[i] * decay + xt[i] : v[i] + xt[i];
-      ht[i] = h;
-      v[i] = h >= th[i] ? (HARD ? vr : h - th[i]) : h;
+void set_isa(const std::string& name) {
+  for (int i = 0; i < kNumIsas; ++i)
+    if (name == kIsas[i].name) {
+      if (!cpu_has(i)) throw std::invalid_argument("isa: this CPU lacks " + name);
+      g_isa = i;
+      return;
     }
-  }
-  float* g = v;  // reuse: the membrane is no longer needed
-  for (int64_t i = 0; i < nb; ++i) {
-    g[i] = gv ? gv[n0 + i] : 0.0f;
-    acc[i] = 0.0f;
-  }
-  for (int64_t t = p.T - 1; t >= 0; --t) {
-    const float* ht = hbuf + t * nb;
-    const float* gyt = gy ? gy + t * p.N + n0 : nullptr;
-    float* gxt = gx + t * p.N + n0;
-    for (int64_t i = 0; i < nb; ++i) {
-      const float h = ht[i];
-      const float sg = surrogate_grad<SG>(h - th[i], alpha);
-      const float s = h >= th[i] ? 1.0f : 0.0f;
-      float dvdh, dvdth;
-      if (HARD) {
-        dvdh = DETACH ? 1.0f - s : (1.0f - s) + (vr - h) * sg;
-        dvdth = DETACH ? 0.0f : -((vr - h) * sg);
-      } else {
-        dvdh = DETACH ? 1.0f : 1.0f - th[i] * sg;
-        dvdth = DETACH ? -s : th[i] * sg - s;
-      }
-      float gh = g[i] * dvdh;
-      float ga = g[i] * dvdth;
-      if (gyt) {
-        gh = gh + gyt[i] * th[i] * sg;
-        ga = ga + gyt[i] * (s - th[i] * sg);
-      }
-      gxt[i] = gh;
-      acc[i] += ga;
-      g[i] = DECAY ? gh * decay : gh;
-    }
-  }
-  for (int64_t i = 0; i < nb; ++i) {
-    gv0[n0 + i] = g[i];
-    if (gth) gth[n0 + i] = acc[i];
-  }
+  throw std::invalid_argument("isa: unknown '" + name + "' (this build has: baseline" +
+                              std::string(kNumIsas > 1 ? ", avx2, avx512)" : ")"));
 }
 
 // ---- interface: raw addresses of contiguous buffers ----------------------------------------
@@ -219,14 +277,6 @@ int64_t parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
   return total;
 }
 
-using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
-
-template <bool D, bool H>
-FwdFn pick_fwd(int fmt) {
-  return fmt == kValue ? forward_block<D, H, kValue> : fmt == kBinary ? forward_block<D, H, kBinary>
-                                                                       : forward_block<D, H, kPacked>;
-}
-
 // Returns the number of spikes with a nonzero value (see forward_block). x_step: floats between
 // time steps of x (-1: N, a dense [T, N] input; 0: one [N] input repeated at every step, as the
 // runtime's first layer under direct encoding, read T times instead of copied T times).
@@ -237,35 +287,27 @@ int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner,
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   if (x_step != -1 && x_step != 0 && x_step != N) throw std::invalid_argument("x_step: must be -1, 0 or N");
+  const int64_t out_bytes = T * (fmt == kValue ? N * 4 : fmt == kBinary ? N : (N + 7) / 8);
+  const int64_t stream_min = g_stream_min_bytes;
+#if defined(__x86_64__)
+  // value spikes only, in whole 64-byte lines: every row starts on one (N % 16 == 0, 64-byte
+  // aligned output), so each block's rows are whole vectors for every ISA
+  const bool stream = fmt == kValue && stream_min > 0 && out_bytes >= stream_min && N % 16 == 0 && out % 64 == 0;
+#else
+  const bool stream = false;
+#endif
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
-           theta_inner, theta_period, x_step == -1 ? N : x_step};
+           theta_inner, theta_period, x_step == -1 ? N : x_step, stream};
+  if (stream) ++g_streamed_calls;
   void* op = addr<void>(out);
-  advise_hugepages(op, T * (fmt == kValue ? N * 4 : fmt == kBinary ? N : (N + 7) / 8));
-  const bool dec = p.decay != 1.0f;
-  const FwdFn fn = dec ? (hard ? pick_fwd<true, true>(fmt) : pick_fwd<true, false>(fmt))
-                       : (hard ? pick_fwd<false, true>(fmt) : pick_fwd<false, false>(fmt));
+  advise_hugepages(op, out_bytes);
+  const FwdFn fn = kIsas[g_isa].forward(p.decay != 1.0f, hard, fmt);
   const float* xp = addr<const float>(x);
   const float* v0p = addr<const float>(v0);
   float* vp = addr<float>(vout);
   py::gil_scoped_release release;
   // kBlock is a multiple of 8, so packed blocks start on byte boundaries and never share a byte.
   return parallel_blocks(N, kBlock, threads, [&](int64_t n0, int64_t nb) { return fn(p, xp, v0p, op, vp, n0, nb); });
-}
-
-using BwdFn = void (*)(const Params&, const float*, const float*, const float*, const float*, float*, float*,
-                       float*, int64_t, int64_t, float*);
-
-template <bool D, bool H, bool Det>
-BwdFn pick_bwd(int sg) {
-  return sg == kTriangle ? backward_block<D, H, Det, kTriangle>
-         : sg == kAtan   ? backward_block<D, H, Det, kAtan>
-                         : backward_block<D, H, Det, kSigmoid>;
-}
-
-template <bool D>
-BwdFn pick_bwd(bool hard, bool detach, int sg) {
-  return hard ? (detach ? pick_bwd<D, true, true>(sg) : pick_bwd<D, true, false>(sg))
-              : (detach ? pick_bwd<D, false, true>(sg) : pick_bwd<D, false, false>(sg));
 }
 
 void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
@@ -275,7 +317,7 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
-           addr<const float>(theta), theta_inner, theta_period, N};
+           addr<const float>(theta), theta_inner, theta_period, N, false};
   const float* xp = addr<const float>(x);
   const float* v0p = addr<const float>(v0);
   const float* gyp = addr<const float>(gy);
@@ -284,7 +326,7 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   float* gv0p = addr<float>(gv0);
   float* gthp = addr<float>(gth);
   advise_hugepages(gxp, T * N * 4);
-  const BwdFn fn = p.decay != 1.0f ? pick_bwd<true>(hard, detach, surrogate) : pick_bwd<false>(hard, detach, surrogate);
+  const BwdFn fn = kIsas[g_isa].backward(p.decay != 1.0f, hard, detach, surrogate);
   // The recomputed trajectory of one block, [T, block] floats, should stay in L2 (~256 KiB).
   const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, (65536 / std::max<int64_t>(T, 1)) / 16 * 16));
   py::gil_scoped_release release;
@@ -481,6 +523,15 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
         py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
   m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
+  m.def("isa", [] { return std::string(kIsas[g_isa].name); }, "The instruction set the kernels run with");
+  m.def("supported_isas", &supported_isas, "Instruction sets this build has and this CPU runs, slowest first");
+  m.def("set_isa", &set_isa, "Run the kernels with this instruction set (one of supported_isas())", py::arg("name"));
+  m.def("stream_min_bytes", [] { return g_stream_min_bytes.load(); },
+        "Smallest value-spike output written with non-temporal stores (0: never)");
+  m.def("streamed_calls", [] { return g_streamed_calls.load(); },
+        "How many forward calls so far wrote their spikes with non-temporal stores");
+  m.def("set_stream_min_bytes", [](int64_t n) { g_stream_min_bytes = std::max<int64_t>(0, n); },
+        "Write value-spike outputs of at least n bytes with non-temporal stores (0: never)", py::arg("n"));
   m.def("empty", &empty, "DLPack capsule over an uninitialised buffer from the output cache", py::arg("shape"),
         py::arg("code"), py::arg("bits"));
   m.def("cache_release", [] { cache().release(); }, "Free every cached output buffer");

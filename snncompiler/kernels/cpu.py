@@ -27,12 +27,86 @@ _dlpack_failed = False
 
 @functools.lru_cache(maxsize=None)
 def load():
-    """The compiled ``snncompiler.kernels._lif_cpu`` module, or None if it is not built."""
+    """The compiled ``snncompiler.kernels._lif_cpu`` module, or None if it is not built.
+    The first call applies ``SNNC_CPU_ISA`` and ``SNNC_CPU_STREAM_MB`` (see :func:`set_isa`
+    and :func:`set_stream_min_bytes`)."""
     try:
         from . import _lif_cpu
     except ImportError:
         return None
+    _configure_from_env(_lif_cpu)
     return _lif_cpu
+
+
+def _configure_from_env(lib) -> None:
+    isa_name = os.environ.get("SNNC_CPU_ISA", "").strip().lower()
+    if isa_name and isa_name != "auto":
+        if isa_name in lib.supported_isas():
+            lib.set_isa(isa_name)
+        else:
+            warnings.warn(f"SNNC_CPU_ISA={isa_name!r} is not one of this CPU's {lib.supported_isas()}; "
+                          f"using {lib.isa()}", RuntimeWarning, stacklevel=3)
+    raw = os.environ.get("SNNC_CPU_STREAM_MB")
+    if raw is not None:
+        try:
+            mb = float(raw)
+        except ValueError:
+            mb = -1.0
+        if mb >= 0 and math.isfinite(mb):
+            lib.set_stream_min_bytes(int(mb * (1 << 20)))
+        else:
+            warnings.warn(f"SNNC_CPU_STREAM_MB={raw!r} is not a number of MiB >= 0; using "
+                          f"{lib.stream_min_bytes() / (1 << 20):g}", RuntimeWarning, stacklevel=3)
+
+
+def isa() -> str | None:
+    """The instruction set the C++ kernels run with ("baseline", "avx2" or "avx512"; None
+    without the extension). The best one the CPU has, unless :func:`set_isa` chose another."""
+    lib = load()
+    return None if lib is None else lib.isa()
+
+
+def supported_isas() -> list[str]:
+    """The instruction sets this build has and this CPU runs, slowest first ("baseline" runs
+    anywhere; AVX2/AVX-512 copies exist in GCC builds for x86-64). All give identical results."""
+    lib = load()
+    return [] if lib is None else list(lib.supported_isas())
+
+
+def set_isa(name: str) -> str:
+    """Run the C++ kernels with instruction set ``name`` (one of :func:`supported_isas`; the
+    environment variable ``SNNC_CPU_ISA`` sets it at start-up). Returns the previous one."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the C++ CPU kernel is not built")
+    if name not in lib.supported_isas():
+        raise ValueError(f"isa: {name!r} is not one of this CPU's {lib.supported_isas()}")
+    previous = lib.isa()
+    lib.set_isa(name)
+    return previous
+
+
+def streamed_calls() -> int:
+    """How many forward calls of the C++ kernel wrote their spikes with streaming stores so far."""
+    lib = load()
+    return 0 if lib is None else lib.streamed_calls()
+
+
+def set_stream_min_bytes(n: int) -> int:
+    """Write value-spike outputs of at least ``n`` bytes per call with non-temporal stores,
+    which skip the read-for-ownership of each output line and bypass the caches (0: never).
+    Default 8 MiB, or ``SNNC_CPU_STREAM_MB`` at start-up: large layers then run faster than a
+    tensor copy. Only float32 rows that start on 64-byte lines stream (N % 16 == 0, as in
+    nearly every conv/linear layer); :func:`streamed_calls` counts the calls that did.
+    Returns the previous value; results are identical either way."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the C++ CPU kernel is not built")
+    if n < 0:
+        raise ValueError(f"stream_min_bytes: must be >= 0, got {n}")
+    previous = lib.stream_min_bytes()
+    lib.set_stream_min_bytes(int(n))
+    return previous
 
 
 def available() -> bool:

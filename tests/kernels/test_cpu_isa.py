@@ -1,0 +1,130 @@
+"""The C++ kernel's per-ISA copies (baseline, AVX2, AVX-512) and its streaming (non-temporal)
+output path each reproduce the reference exactly: elsewhere the tests run only the best ISA and,
+at test sizes, never the streaming path, so every combination is forced here."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+from snncompiler.kernels import cpu, neuron_multistep, neuron_multistep_reference
+
+from .test_gradients import grad_cases, grads
+from .test_parity import _SETTINGS, cases, check_case
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
+
+COMBOS = [(isa, stream) for isa in cpu.supported_isas() for stream in (False, True)]
+
+
+@contextlib.contextmanager
+def kernel_settings(isa: str, stream: bool):
+    """One ISA, and every value-spike output that can stream streamed (or none); restored after."""
+    previous_isa = cpu.set_isa(isa)
+    previous_min = cpu.set_stream_min_bytes(1 if stream else 0)
+    try:
+        yield
+    finally:
+        cpu.set_isa(previous_isa)
+        cpu.set_stream_min_bytes(previous_min)
+
+
+@pytest.fixture(params=COMBOS, ids=[f"{i}-{'stream' if s else 'cached'}" for i, s in COMBOS])
+def isa_stream(request):
+    with kernel_settings(*request.param):
+        yield request.param
+
+
+@pytest.fixture(params=cpu.supported_isas())
+def isa(request):
+    with kernel_settings(request.param, False):
+        yield request.param
+
+
+@settings(max_examples=60, **_SETTINGS)
+@given(c=cases())
+def test_every_isa_matches_reference(isa_stream, c):
+    check_case(c, "cpu")
+
+
+@pytest.mark.parametrize("fmt", ["value", "binary", "packed"])
+@pytest.mark.parametrize("n", [1, 15, 2048, 2048 * 3 + 37, 2048 * 3 + 48])
+def test_every_isa_on_multi_block_layers(isa_stream, fmt, n):
+    """Several 2048-neuron blocks with a ragged last one, per-channel theta changing inside a
+    block, a full v0, decay, and an input constant over time. Value spikes stream when every
+    row starts on a 64-byte line (n % 16 == 0); the other sizes take the regular loop."""
+    g = torch.Generator().manual_seed(n)
+    T, C = 7, 3 if n % 3 == 0 else 1
+    x = torch.randn(T, C, n // C, generator=g)
+    v0 = torch.randn(C, n // C, generator=g) * 0.3
+    theta = torch.rand(C, 1, generator=g) + 0.5
+    kw = dict(decay=0.875, reset="soft", spike_format=fmt)
+    streams = isa_stream[1] and fmt == "value" and n % 16 == 0
+    for inp in (x, x[0].unsqueeze(0).expand(T, C, n // C)):
+        before = cpu.streamed_calls()
+        s, v = neuron_multistep(inp, v0, theta, backend="cpu", **kw)
+        assert cpu.streamed_calls() - before == int(streams)
+        rs, rv = neuron_multistep_reference(inp, v0, theta, **kw)
+        assert torch.equal(s, rs), f"{isa_stream}: {(s != rs).sum().item()} spikes differ"
+        assert torch.equal(v, rv)
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("decay", [1.0, 0.8125])
+def test_streaming_path_on_every_isa(isa, reset, decay):
+    """The streaming loop (hand-written vectors per ISA) on quantized inputs that hit theta
+    exactly, zero and negative thresholds among the per-neuron ones, with the spike count."""
+    g = torch.Generator().manual_seed(7)
+    T, n = 9, 2048 * 2 + 64
+    x = torch.randint(-4, 9, (T, n), generator=g) / 8.0
+    theta = torch.tensor([0.5, 1.0, 0.0, -0.5, 1.5])[torch.randint(0, 5, (n,), generator=g)]
+    v0 = torch.randint(-4, 5, (n,), generator=g) / 8.0
+    kw = dict(decay=decay, reset=reset, v_reset=-0.25)
+    previous = cpu.set_stream_min_bytes(1)
+    try:
+        before = cpu.streamed_calls()
+        s, v, count = neuron_multistep(x, v0, theta, backend="cpu", return_count=True, **kw)
+        assert cpu.streamed_calls() == before + 1
+    finally:
+        cpu.set_stream_min_bytes(previous)
+    rs, rv = neuron_multistep_reference(x, v0, theta, **kw)
+    binary, _ = neuron_multistep_reference(x, v0, theta, spike_format="binary", **kw)
+    assert torch.equal(s, rs) and torch.equal(v, rv)
+    assert int(count) == int((binary.bool() & (theta != 0)).sum()) > 0
+
+
+@settings(max_examples=25, **_SETTINGS)
+@given(c=grad_cases())
+def test_every_isa_gradients_match_autograd(isa, c):
+    for got, want in zip(grads(c, "cpu"), grads(c, "oracle")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_isa_selection_api():
+    isas = cpu.supported_isas()
+    assert isas[0] == "baseline" and cpu.isa() == isas[-1]  # the best one by default
+    with pytest.raises(ValueError, match="isa: 'sse9'"):
+        cpu.set_isa("sse9")
+    with pytest.raises(ValueError, match="stream_min_bytes"):
+        cpu.set_stream_min_bytes(-1)
+    assert cpu.isa() == isas[-1]
+
+
+def _child(env: dict, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_environment_variables_configure_the_kernel():
+    code = ("import warnings; warnings.simplefilter('always');"
+            "from snncompiler.kernels import cpu; print(cpu.isa(), cpu.load().stream_min_bytes())")
+    r = _child({"SNNC_CPU_ISA": "baseline", "SNNC_CPU_STREAM_MB": "0.5"}, code)
+    assert r.returncode == 0 and r.stdout.split() == ["baseline", str(1 << 19)], r.stderr
+    r = _child({"SNNC_CPU_ISA": "sse9", "SNNC_CPU_STREAM_MB": "lots"}, code)
+    assert r.returncode == 0 and r.stdout.split() == [cpu.supported_isas()[-1], str(8 << 20)], r.stderr
+    assert "SNNC_CPU_ISA='sse9'" in r.stderr and "SNNC_CPU_STREAM_MB='lots'" in r.stderr
