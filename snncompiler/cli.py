@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-samples", type=int, default=256, help="with --layers: samples used for the per-layer errors")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("env", help="versions, neuron kernel backends and their settings (for bug reports)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common(p)
+    p.set_defaults(func=cmd_env)
     return parser
 
 
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snnc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        # stop Python from failing again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug in snnc, not bad input: still one line unless --debug
         if debug:
             raise
@@ -127,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---- commands -----------------------------------------------------------------------
+def cmd_env(args) -> int:
+    from .environment import collect, format_text
+
+    info = collect()
+    print(json.dumps(info, indent=1) if args.json else format_text(info))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     """snnc inspect FILE"""
     from .frontend import load_graph
