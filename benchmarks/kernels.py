@@ -241,6 +241,79 @@ def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
     return rows
 
 
+BACKWARD_GRID = ((8, 1 << 17), (32, 1 << 20))
+BACKWARD_OUT = OUT.with_name("kernels_backward.json")
+
+
+def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]:
+    """A training step of one layer on the CPU: forward and surrogate-gradient backward through
+    autograd (LIF, decay 0.9, soft reset, theta 1, gradient of a random linear loss of the value
+    spikes and v_final w.r.t. x), per surrogate, snnc's C++ kernel against autograd through the
+    PyTorch reference; and the C++ backward kernel alone against a copy of x."""
+    from snncompiler.kernels import neuron_multistep_reference
+    from snncompiler.kernels.surrogate import resolve
+
+    lib = cpu.load()
+    rows = []
+    for T, n in BACKWARD_GRID:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(T, n, generator=g).requires_grad_(True)
+        w = torch.randn(T, n, generator=g)
+        dst = torch.empty_like(x)
+        theta, v0, gv = torch.ones(()), torch.zeros(n), torch.randn(n, generator=g)
+        gx, gv0 = torch.empty_like(x), torch.empty(n)
+
+        def step(fn, surrogate):
+            def call():
+                s, v = fn(x, 0.0, 1.0, decay=0.9, surrogate=surrogate)
+                return torch.autograd.grad((s * w).sum() + v.sum(), x)
+            return call
+
+        def kernel_backward(surrogate):
+            sid, alpha = resolve(surrogate, None)
+            args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, w.data_ptr(), gv.data_ptr(), gx.data_ptr(),
+                    gv0.data_ptr(), 0, T, n, 0.9, False, 0.0, sid, alpha, False, torch.get_num_threads())
+            return lambda: lib.backward(*args)
+
+        impls = {"copy": lambda: dst.copy_(x.detach())}
+        for sg in ("triangle", "atan", "sigmoid"):
+            impls[f"snnc-{sg}"] = step(lambda *a, **k: neuron_multistep(*a, backend="cpu", **k), sg)
+            impls[f"kernel-bwd-{sg}"] = kernel_backward(sg)
+            if T * n <= max_slow:
+                impls[f"reference-{sg}"] = step(neuron_multistep_reference, sg)
+        times = measure_grad(impls, rounds, min_seconds)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = dict(T=T, N=n, median_s=med, snnc_over_reference={}, kernel_bwd_time_over_copy={})
+        for sg in ("triangle", "atan", "sigmoid"):
+            if f"reference-{sg}" in times:
+                row["snnc_over_reference"][sg] = statistics.median(
+                    r / s for r, s in zip(times[f"reference-{sg}"], times[f"snnc-{sg}"]))
+            row["kernel_bwd_time_over_copy"][sg] = statistics.median(
+                k / c for k, c in zip(times[f"kernel-bwd-{sg}"], times["copy"]))
+        rows.append(row)
+        print(f"T={T:<3} N=2^{n.bit_length() - 1:<2} fwd+bwd step, snnc vs reference: "
+              + "  ".join(f"{k} {v:.1f}x" for k, v in row["snnc_over_reference"].items())
+              + "   backward kernel time / copy time: "
+              + "  ".join(f"{k} {v:.2f}" for k, v in row["kernel_bwd_time_over_copy"].items()), flush=True)
+    return rows
+
+
+def measure_grad(impls: dict, rounds: int, min_seconds: float) -> dict[str, list[float]]:
+    """:func:`measure` with autograd enabled (it times under inference_mode)."""
+    names = list(impls)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for k in names:
+        impls[k]()
+    start, r = time.perf_counter(), 0
+    while r < rounds or (r < 3 * rounds and time.perf_counter() - start < min_seconds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            impls[k]()
+            times[k].append(time.perf_counter() - t0)
+        r += 1
+    return times
+
+
 def measure(impls: dict, rounds: int, min_seconds: float, sync) -> dict[str, list[float]]:
     """Interleaved timing: per round, each implementation once (rotating order)."""
     names = list(impls)
@@ -448,12 +521,31 @@ def main(argv=None) -> int:
     ap.add_argument("--isa-sweep", action="store_true",
                     help="only compare the C++ kernel's instruction sets and its streaming stores (writes "
                          "benchmarks/results/kernels_isa.json unless --out is given)")
+    ap.add_argument("--backward", action="store_true",
+                    help="only time a training step (forward + surrogate-gradient backward) per surrogate, snnc "
+                         "vs autograd through the reference (writes benchmarks/results/kernels_backward.json "
+                         "unless --out is given)")
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return 0
     torch.set_num_threads(args.threads)
     retained = args.allocator == "retain" and retain_freed_memory()
+    if args.backward:
+        if not cpu.available():
+            print("--backward: the C++ extension is not built")
+            return 2
+        print("[cpu] training step per surrogate (median of interleaved rounds)")
+        rows = backward_bench(args.rounds, args.min_seconds, args.max_slow_elements // 8)
+        out = BACKWARD_OUT if args.out == OUT else args.out
+        result = dict(benchmark="snncompiler neuron_multistep forward + backward", workload="LIF decay 0.9, soft "
+                      "reset, theta 1, float32, loss = sum(w * spikes) + sum(v_final)",
+                      machine=dict(machine(), freed_memory_retained=retained), results=rows,
+                      timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {out}")
+        return 0
     if args.isa_sweep:
         if not cpu.available():
             print("--isa-sweep: the C++ extension is not built")

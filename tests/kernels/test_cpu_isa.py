@@ -105,6 +105,23 @@ def test_every_isa_gradients_match_autograd(isa, c):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "triangle"])
+def test_every_isa_gradients_far_from_threshold(isa, surrogate):
+    """Membranes hundreds of thresholds away, where the sigmoid's exp leaves float range
+    (the kernel clamps its vectorised exp there): gradients stay finite and equal autograd's."""
+    g = torch.Generator().manual_seed(3)
+    T, n = 5, 2048 + 48
+    x = (torch.randn(T, n, generator=g) * 300).requires_grad_(True)
+    w = torch.randn(T, n, generator=g)
+    kw = dict(decay=0.9, surrogate=surrogate, alpha=4.0)
+    s, v = neuron_multistep(x, 0.0, 1.0, backend="cpu", **kw)
+    got, = torch.autograd.grad((s * w).sum() + v.sum(), x)
+    rs, rv = neuron_multistep_reference(x, 0.0, 1.0, **kw)
+    want, = torch.autograd.grad((rs * w).sum() + rv.sum(), x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_isa_selection_api():
     isas = cpu.supported_isas()
     assert isas[0] == "baseline" and cpu.isa() == isas[-1]  # the best one by default
