@@ -118,12 +118,10 @@ def spikingjelly_cuda_implementation() -> str | None:
 
 def preallocated_cpu_kernel(x, v0):
     """The C++ forward into buffers allocated once, as the copy bound does (no allocation cost)."""
-    from snncompiler.kernels import cpu
-
     T, n = x.shape
     theta, out, vout = torch.ones(1), torch.empty_like(x), torch.empty(n)
     args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(), vout.data_ptr(), T, n, 1.0, False,
-            0.0, cpu.FORMATS["value"], torch.get_num_threads())
+            0.0, cpu.FORMATS["value"], torch.get_num_threads(), -1, x.dtype == torch.bfloat16)
     keep = (theta, out, vout)
     return lambda: (cpu.load().forward(*args), keep)
 
@@ -151,9 +149,11 @@ def preallocated_gpu_kernels(x, v0) -> dict:
     return impls
 
 
-def implementations(T: int, N: int, device: str, slow: bool) -> tuple[dict, dict, dict]:
-    """(name -> zero-arg callable, name -> skip reason, the tensors kept alive)."""
-    x = torch.randn(T, N, device=device) * 0.5 + 0.3
+def implementations(T: int, N: int, device: str, slow: bool,
+                    dtype: torch.dtype = torch.float32) -> tuple[dict, dict, dict]:
+    """(name -> zero-arg callable, name -> skip reason, the tensors kept alive); x in ``dtype``
+    (the copy moves that dtype too)."""
+    x = (torch.randn(T, N, device=device) * 0.5 + 0.3).to(dtype)
     v0 = torch.zeros(N, device=device)
     dst = torch.empty_like(x)
     impls, skipped = {"copy": lambda: dst.copy_(x), "clone": lambda: x.clone()}, {}
@@ -365,12 +365,13 @@ def measure_gpu(impls: dict, rounds: int, min_seconds: float, burst_seconds: flo
     return times
 
 
-def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int) -> list[dict]:
+def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
+        dtype: torch.dtype = torch.float32) -> list[dict]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     for N in Ns:
         for T in Ts:
-            impls, skipped, keep = implementations(T, N, device, T * N <= max_slow)
+            impls, skipped, keep = implementations(T, N, device, T * N <= max_slow, dtype)
             # the slow baselines take seconds per call at large sizes: fewer rounds there
             n_rounds = rounds if T * N <= (1 << 25) or device != "cpu" else max(3, rounds // 3)
             if device == "cuda":
@@ -521,11 +522,16 @@ def main(argv=None) -> int:
     ap.add_argument("--isa-sweep", action="store_true",
                     help="only compare the C++ kernel's instruction sets and its streaming stores (writes "
                          "benchmarks/results/kernels_isa.json unless --out is given)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="x (and copy, value spikes) dtype of the CPU grid (default float32; bfloat16 writes "
+                         "benchmarks/results/kernels_bf16.json unless --out is given)")
     ap.add_argument("--backward", action="store_true",
                     help="only time a training step (forward + surrogate-gradient backward) per surrogate, snnc "
                          "vs autograd through the reference (writes benchmarks/results/kernels_backward.json "
                          "unless --out is given)")
     args = ap.parse_args(argv)
+    if args.dtype != "float32" and args.out == OUT:
+        args.out = OUT.with_name("kernels_bf16.json")
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return 0
@@ -563,14 +569,18 @@ def main(argv=None) -> int:
         return 0
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
     gpu_sj = None
-    rows = [] if args.gpu_only else run("cpu", Ts, Ns, args.rounds, args.min_seconds, args.max_slow_elements)
+    dtype = getattr(torch, args.dtype)
+    if dtype != torch.float32 and (args.gpu or args.gpu_only):
+        print("--dtype: the GPU grid is float32 only")
+        return 2
+    rows = [] if args.gpu_only else run("cpu", Ts, Ns, args.rounds, args.min_seconds, args.max_slow_elements, dtype)
     if args.gpu or args.gpu_only:
         if torch.cuda.is_available():
             rows += run("cuda", Ts, Ns, max(args.rounds, 20), args.min_seconds, 1 << 62)
             gpu_sj = spikingjelly_cuda_implementation()
         else:
             print("\n--gpu: no CUDA device, GPU measurements skipped")
-    floor = floor_check(rows)
+    floor = floor_check(rows) if dtype == torch.float32 else None  # the floor is stated for float32
     info = machine()
     info["freed_memory_retained"] = retained
     if args.gpu or args.gpu_only:
@@ -600,7 +610,7 @@ def main(argv=None) -> int:
             sj = f"{c['over_sj']:.2f}x" if c["over_sj"] is not None else "-"
             print(f"  T={c['T']:>4} N=2^{c['N'].bit_length() - 1:<2} {c['kernel']:>12}: {c['over_copy']:.2f}x copy, "
                   f"{sj} SpikingJelly{'' if c['met'] else '  <- below'}")
-    result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload="IF, soft reset, theta=1, float32, "
+    result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload=f"IF, soft reset, theta=1, {args.dtype}, "
                   "inference", machine=info, quick=args.quick, results=rows, floor=floor, gpu_floor=gpu_floor,
                   call_overhead_us=overhead,
                   timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))

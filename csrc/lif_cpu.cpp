@@ -61,6 +61,7 @@ struct Params {
   int64_t theta_inner, theta_period;
   int64_t x_step;  // floats between x[t] and x[t + 1]: N, or 0 for an input constant over time
   bool stream;     // forward: write value spikes with non-temporal stores (stream_step)
+  bool x_bf16 = false;  // forward: x (and value spikes) are bfloat16, converted per block step
 };
 
 using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
@@ -281,24 +282,27 @@ int64_t parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
 // Returns the number of spikes with a nonzero value (see forward_block). x_step: floats between
 // time steps of x (-1: N, a dense [T, N] input; 0: one [N] input repeated at every step, as the
 // runtime's first layer under direct encoding, read T times instead of copied T times).
+// x_bf16: x, and value spikes, are bfloat16 (elements, not floats, then count in x_step).
 int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
                 uintptr_t out, uintptr_t vout, int64_t T, int64_t N, double decay, bool hard, double v_reset,
-                int fmt, int threads, int64_t x_step) {
+                int fmt, int threads, int64_t x_step, bool x_bf16) {
   if (fmt < kValue || fmt > kPacked) throw std::invalid_argument("spike_format: unknown code");
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   if (x_step != -1 && x_step != 0 && x_step != N) throw std::invalid_argument("x_step: must be -1, 0 or N");
-  const int64_t out_bytes = T * (fmt == kValue ? N * 4 : fmt == kBinary ? N : (N + 7) / 8);
+  const int64_t out_bytes = T * (fmt == kValue ? N * (x_bf16 ? 2 : 4) : fmt == kBinary ? N : (N + 7) / 8);
   const int64_t stream_min = g_stream_min_bytes;
 #if defined(__x86_64__)
   // value spikes only, in whole 64-byte lines: every row starts on one (N % 16 == 0, 64-byte
   // aligned output), so each block's rows are whole vectors for every ISA
-  const bool stream = fmt == kValue && stream_min > 0 && out_bytes >= stream_min && N % 16 == 0 && out % 64 == 0;
+  const bool stream = fmt == kValue && !x_bf16 && stream_min > 0 && out_bytes >= stream_min && N % 16 == 0 &&
+                      out % 64 == 0;
 #else
   const bool stream = false;
 #endif
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
            theta_inner, theta_period, x_step == -1 ? N : x_step, stream};
+  p.x_bf16 = x_bf16;
   if (stream) ++g_streamed_calls;
   void* op = addr<void>(out);
   advise_hugepages(op, out_bytes);
@@ -517,7 +521,7 @@ PYBIND11_MODULE(_lif_cpu, m) {
   m.def("forward", &forward, "Forward over [T, N] float32 buffers given by address; returns the spike count", py::arg("x"), py::arg("v0"),
         py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"), py::arg("vout"),
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("fmt"),
-        py::arg("threads"), py::arg("x_step") = -1);
+        py::arg("threads"), py::arg("x_step") = -1, py::arg("x_bf16") = false);
   m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane (addresses; 0 = absent)",
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
         py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),

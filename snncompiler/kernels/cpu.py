@@ -21,7 +21,8 @@ from .packing import output_buffers
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 DEFAULT_CACHE_MB = 1024
 CACHE_MIN_BYTES = 1 << 20  # below glibc's mmap threshold, malloc reuses freed memory by itself
-_DLPACK_DTYPES = {torch.float32: (2, 32), torch.uint8: (1, 8)}  # DLPack (type code, bits)
+_DLPACK_DTYPES = {torch.float32: (2, 32), torch.uint8: (1, 8), torch.bfloat16: (4, 16)}  # DLPack (code, bits)
+DTYPES = (torch.float32, torch.bfloat16)  # what the kernel reads; value spikes come out in x's dtype
 _dlpack_failed = False
 
 
@@ -115,10 +116,11 @@ def available() -> bool:
 
 
 def _addr(t: torch.Tensor | None, dtype=torch.float32) -> int:
-    """Address of a contiguous CPU tensor for the extension (0 for None)."""
+    """Address of a contiguous CPU tensor of ``dtype`` (a dtype or a tuple of them) for the
+    extension (0 for None)."""
     if t is None:
         return 0
-    if t.dtype != dtype or not t.is_contiguous() or not t.is_cpu:
+    if t.dtype not in (dtype if isinstance(dtype, tuple) else (dtype,)) or not t.is_contiguous() or not t.is_cpu:
         raise ValueError(f"internal: C++ kernel needs contiguous {dtype} CPU buffers, got {t.dtype} {t.device}")
     return t.data_ptr()
 
@@ -184,7 +186,7 @@ def empty_cache() -> None:
 
 
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
-    """Run the fused forward. x: [T, ...] float32 in any layout: an input repeated over time by
+    """Run the fused forward. x: [T, ...] float32 or bfloat16 in any layout: an input repeated over time by
     a stride-0 time axis (``x0.unsqueeze(0).expand(T, ...)``, the runtime's first layer under
     direct encoding) is read at every step from one contiguous x0, never copied T times; any
     other x is made contiguous. v0: float32 contiguous, shaped x.shape[1:]; theta: float32 with
@@ -199,16 +201,18 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
         x_step = n
     out, vout = output_buffers(x, v0, spike_format, cached_empty)
     assert x.shape[1:] == v0.shape and theta.numel() >= 1
-    count = load().forward(_addr(steps), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(),
+    count = load().forward(_addr(steps, DTYPES), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(),
                            vout.data_ptr(), T, n, decay, hard, v_reset, FORMATS[spike_format],
-                           torch.get_num_threads(), x_step)
+                           torch.get_num_threads(), x_step, steps.dtype == torch.bfloat16)
     return out, vout, count
 
 
 def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
              detach_reset, theta_grad):
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x, grad_v0 [N],
-    grad_theta [N] or None), the last two per neuron, before any broadcast reduction."""
+    grad_theta [N] or None), the last two per neuron, before any broadcast reduction; grad_x is
+    float32 (a bfloat16 x is widened first: the backward kernel reads float32 only)."""
+    x = x.float()
     T, n = x.shape[0], math.prod(x.shape[1:])
     gx = cached_empty(x.shape, torch.float32)
     gx = torch.empty_like(x) if gx is None else gx

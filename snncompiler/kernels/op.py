@@ -73,7 +73,7 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
             _warn_once("gpu", "snncompiler: neither the CUDA kernel nor Triton is usable; "
                               "running the (slow) PyTorch reference neuron on the GPU")
             return "reference"
-        if x.dtype == torch.float32 and cpu.available():
+        if x.dtype in cpu.DTYPES and cpu.available():
             return "cpu"
         if x.dtype == torch.float32:
             _warn_once("cpu", "snncompiler: the C++ neuron kernel (snncompiler.kernels._lif_cpu) is not "
@@ -82,8 +82,8 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
     if backend == "cpu":
         if not cpu.available():
             raise SnncError("backend: 'cpu' requested but the C++ extension snncompiler.kernels._lif_cpu is not built")
-        if x.is_cuda or x.dtype != torch.float32:
-            raise SnncError(f"backend: 'cpu' needs float32 CPU tensors, got {x.dtype} on {x.device}")
+        if x.is_cuda or x.dtype not in cpu.DTYPES:
+            raise SnncError(f"backend: 'cpu' needs float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
     elif backend == "triton":
         if not _triton_usable():
             raise SnncError("backend: 'triton' needs triton and a GPU (or TRITON_INTERPRET=1)")
@@ -94,7 +94,7 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
             raise SnncError(f"backend: 'cuda' needs CUDA tensors, got x on {x.device}")
         if not cuda.available():
             raise SnncError("backend: 'cuda' requested but the CUDA kernel is neither built nor compilable (nvcc)")
-    if x.dtype in _LOW_PRECISION and not x.is_cuda and backend not in ("reference", "triton"):
+    if x.dtype == torch.float16 and not x.is_cuda and backend not in ("reference", "triton"):
         raise SnncError(f"x: {x.dtype} is supported on CPU only by the reference backend")
     return backend
 
@@ -282,7 +282,7 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
         v = h - theta * s         (reset="soft")   or   v = v_reset if s else h   (reset="hard")
 
     Args:
-        x: [T, ...] float32 (float16/bfloat16 on GPU; accumulated in float32).
+        x: [T, ...] float32 or bfloat16 (float16 too on GPU); accumulated in float32.
         v0: initial membrane, float or tensor broadcastable to x[0].
         theta: threshold, float or tensor broadcastable to x[0] (e.g. [C,1,1] per channel);
             never expanded to x[0]'s size by the kernels.
@@ -308,7 +308,7 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
     if x.dim() < 1:
         raise SnncError("x: expected a [T, ...] tensor, got a 0-d tensor")
     if x.dtype != torch.float32 and x.dtype not in _LOW_PRECISION:
-        raise SnncError(f"x: dtype must be float32 (or float16/bfloat16 on GPU), got {x.dtype}")
+        raise SnncError(f"x: dtype must be float32 or bfloat16 (float16: GPU or reference), got {x.dtype}")
     if reset not in ("soft", "hard"):
         raise SnncError(f"reset: must be 'soft' or 'hard', got {reset!r}")
     if backend not in BACKENDS:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+from snncompiler.errors import SnncError
 from snncompiler.kernels import cpu, neuron_multistep, neuron_multistep_reference
 
 from .test_gradients import grad_cases, grads
@@ -72,6 +73,54 @@ def test_every_isa_on_multi_block_layers(isa_stream, fmt, n):
         rs, rv = neuron_multistep_reference(inp, v0, theta, **kw)
         assert torch.equal(s, rs), f"{isa_stream}: {(s != rs).sum().item()} spikes differ"
         assert torch.equal(v, rv)
+
+
+def _bits_to_float(bits: list[int]) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize("fmt", ["value", "binary", "packed"])
+def test_bfloat16_input_on_every_isa(isa, fmt):
+    """bfloat16 x (and value spikes): the same spikes, bit for bit, and float32 membrane as the
+    reference, which converts with torch; thresholds that sit exactly halfway between two
+    bfloat16 numbers check the round-to-nearest-even of the spike values."""
+    g = torch.Generator().manual_seed(11)
+    T, C, n = 6, 4, 2048 + 40
+    x = (torch.randn(T, C, n, generator=g) * 1.5).to(torch.bfloat16)
+    ties = _bits_to_float([0x3F808000, 0x3F818000, 0x3FC08000, 0x3E4C8000])  # 1+2^-8, ...: ties in bfloat16
+    theta = ties.reshape(C, 1)
+    v0 = torch.randn(C, n, generator=g) * 0.3
+    for inp in (x, x[0].unsqueeze(0).expand(T, C, n)):
+        kw = dict(decay=0.875, reset="soft", spike_format=fmt)
+        s, v, count = neuron_multistep(inp, v0, theta, backend="cpu", return_count=True, **kw)
+        rs, rv = neuron_multistep_reference(inp, v0, theta, **kw)
+        assert s.dtype == rs.dtype and torch.equal(s, rs), f"{(s != rs).sum().item()} spikes differ"
+        assert v.dtype == torch.float32 and torch.equal(v, rv)
+        binary, _ = neuron_multistep_reference(inp, v0, theta, **dict(kw, spike_format="binary"))
+        assert int(count) == int(binary.sum()) > 0
+    if fmt == "value":  # the ties were rounded to even, as torch does
+        assert torch.equal(s.float().unique(), torch.cat([torch.zeros(1), ties.to(torch.bfloat16).float()]).unique())
+
+
+def test_bfloat16_gradients_match_autograd(isa):
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(5, 3, 700, generator=g)).to(torch.bfloat16).requires_grad_(True)
+    w = torch.randn(5, 3, 700, generator=g).to(torch.bfloat16)
+    theta = (torch.rand(3, 1, generator=g) + 0.5).requires_grad_(True)
+    kw = dict(decay=0.9, surrogate="sigmoid")
+    s, v = neuron_multistep(x, 0.0, theta, backend="cpu", **kw)
+    got = torch.autograd.grad((s * w).sum() + v.sum(), (x, theta))
+    rs, rv = neuron_multistep_reference(x, 0.0, theta, **kw)
+    want = torch.autograd.grad((rs * w).sum() + rv.sum(), (x, theta))
+    assert got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], want[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-3)
+
+
+def test_float16_stays_on_the_reference():
+    x = torch.randn(3, 5).to(torch.float16)
+    with pytest.raises(SnncError, match="float16"):
+        neuron_multistep(x, 0.0, 1.0, backend="cpu")
 
 
 @pytest.mark.parametrize("reset", ["soft", "hard"])

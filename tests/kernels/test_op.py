@@ -100,6 +100,8 @@ def test_error_messages_are_one_line():
 def test_auto_picks_cpu_kernel_when_built():
     assert op_module._resolve_backend("auto", torch.zeros(1, 2)) == ("cpu" if cpu_backend.available() else "reference")
     assert op_module._resolve_backend("auto", torch.zeros(1, 2, dtype=torch.float16)) == "reference"
+    bf16 = torch.zeros(1, 2, dtype=torch.bfloat16)
+    assert op_module._resolve_backend("auto", bf16) == ("cpu" if cpu_backend.available() else "reference")
 
 
 def test_missing_extension_falls_back_with_one_warning(monkeypatch):
