@@ -22,6 +22,7 @@ $py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 echo "== build (SNNC_BUILD_CUDA=1 setup.py build_ext --inplace)"
 SNNC_BUILD_CUDA=1 timeout 240 $py setup.py -q build_ext --inplace >"$out/gpu_build.log" 2>&1
 echo "build exit $?"; tail -5 "$out/gpu_build.log"; ls snncompiler/kernels/*.so
+$py -m snncompiler.cli env --json >"$out/gpu_env.json" 2>&1; $py -m snncompiler.cli env | tail -4  # what ran where
 
 echo "== tests/kernels on the GPU"
 timeout "${SNNC_GPU_TEST_TIMEOUT:-300}" $py -m pytest -q -p no:cacheprovider --maxfail=20 tests/kernels tests/test_gpu_runtime.py \
