@@ -48,6 +48,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch starts its thread pool
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -281,7 +282,7 @@ def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]
             impls[f"kernel-bwd-{sg}"] = kernel_backward(sg)
             if T * n <= max_slow:
                 impls[f"reference-{sg}"] = step(neuron_multistep_reference, sg)
-        times = measure_grad(impls, rounds, min_seconds)
+        times = measure(impls, rounds, min_seconds, lambda: None, grad=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = dict(T=T, N=n, median_s=med, snnc_over_reference={}, kernel_bwd_time_over_copy={})
         for sg in ("triangle", "atan", "sigmoid"):
@@ -298,27 +299,12 @@ def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]
     return rows
 
 
-def measure_grad(impls: dict, rounds: int, min_seconds: float) -> dict[str, list[float]]:
-    """:func:`measure` with autograd enabled (it times under inference_mode)."""
-    names = list(impls)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for k in names:
-        impls[k]()
-    start, r = time.perf_counter(), 0
-    while r < rounds or (r < 3 * rounds and time.perf_counter() - start < min_seconds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            impls[k]()
-            times[k].append(time.perf_counter() - t0)
-        r += 1
-    return times
-
-
-def measure(impls: dict, rounds: int, min_seconds: float, sync) -> dict[str, list[float]]:
-    """Interleaved timing: per round, each implementation once (rotating order)."""
+def measure(impls: dict, rounds: int, min_seconds: float, sync, grad: bool = False) -> dict[str, list[float]]:
+    """Interleaved timing: per round, each implementation once (rotating order); under
+    inference_mode unless ``grad`` (implementations that run autograd)."""
     names = list(impls)
     times: dict[str, list[float]] = {n: [] for n in names}
-    with torch.inference_mode():
+    with contextlib.nullcontext() if grad else torch.inference_mode():
         for n in names:  # warm-up (lazy init, first-touch of inputs, autotuning)
             impls[n]()
         sync()
@@ -543,14 +529,10 @@ def main(argv=None) -> int:
             return 2
         print("[cpu] training step per surrogate (median of interleaved rounds)")
         rows = backward_bench(args.rounds, args.min_seconds, args.max_slow_elements // 8)
-        out = BACKWARD_OUT if args.out == OUT else args.out
-        result = dict(benchmark="snncompiler neuron_multistep forward + backward", workload="LIF decay 0.9, soft "
-                      "reset, theta 1, float32, loss = sum(w * spikes) + sum(v_final)",
-                      machine=dict(machine(), freed_memory_retained=retained), results=rows,
-                      timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
-        print(f"\nwrote {out}")
+        write_result(BACKWARD_OUT if args.out == OUT else args.out, dict(
+            benchmark="snncompiler neuron_multistep forward + backward", workload="LIF decay 0.9, soft reset, "
+            "theta 1, float32, loss = sum(w * spikes) + sum(v_final)",
+            machine=dict(machine(), freed_memory_retained=retained), results=rows))
         return 0
     if args.isa_sweep:
         if not cpu.available():
@@ -558,14 +540,10 @@ def main(argv=None) -> int:
             return 2
         print(f"[cpu] C++ kernel per instruction set, preallocated output, ratios = median of per-round ratios")
         rows = isa_sweep(args.rounds, args.min_seconds)
-        out = ISA_OUT if args.out == OUT else args.out
-        info = dict(machine(), freed_memory_retained=retained)
-        result = dict(benchmark="snncompiler C++ kernel per instruction set", workload="IF, soft reset, theta=1, "
-                      "float32, value spikes; backward: LIF 0.9, atan surrogate", machine=info, results=rows,
-                      timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
-        print(f"\nwrote {out}")
+        write_result(ISA_OUT if args.out == OUT else args.out, dict(
+            benchmark="snncompiler C++ kernel per instruction set", workload="IF, soft reset, theta=1, float32, "
+            "value spikes; backward: LIF 0.9, atan surrogate",
+            machine=dict(machine(), freed_memory_retained=retained), results=rows))
         return 0
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
     gpu_sj = None
@@ -610,16 +588,20 @@ def main(argv=None) -> int:
             sj = f"{c['over_sj']:.2f}x" if c["over_sj"] is not None else "-"
             print(f"  T={c['T']:>4} N=2^{c['N'].bit_length() - 1:<2} {c['kernel']:>12}: {c['over_copy']:.2f}x copy, "
                   f"{sj} SpikingJelly{'' if c['met'] else '  <- below'}")
-    result = dict(benchmark="snncompiler.kernels.neuron_multistep", workload=f"IF, soft reset, theta=1, {args.dtype}, "
-                  "inference", machine=info, quick=args.quick, results=rows, floor=floor, gpu_floor=gpu_floor,
-                  call_overhead_us=overhead,
-                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
-    print(f"\nwrote {args.out}")
+    write_result(args.out, dict(
+        benchmark="snncompiler.kernels.neuron_multistep", workload=f"IF, soft reset, theta=1, {args.dtype}, inference",
+        machine=info, quick=args.quick, results=rows, floor=floor, gpu_floor=gpu_floor, call_overhead_us=overhead))
     return 0
+
+
+def write_result(path: Path, result: dict) -> None:
+    """``result`` and a timestamp as JSON at ``path``, through a temporary file so that an
+    interrupted run never leaves half a JSON behind; says where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(result, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S")), indent=1))
+    tmp.replace(path)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

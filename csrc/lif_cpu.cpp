@@ -61,7 +61,7 @@ struct Params {
   int64_t theta_inner, theta_period;
   int64_t x_step;  // floats between x[t] and x[t + 1]: N, or 0 for an input constant over time
   bool stream;     // forward: write value spikes with non-temporal stores (stream_step)
-  bool x_bf16 = false;  // forward: x (and value spikes) are bfloat16, converted per block step
+  bool x_bf16;     // forward: x (and value spikes) are bfloat16, converted per block step
 };
 
 using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
@@ -79,9 +79,17 @@ using BwdFn = void (*)(const Params&, const float*, const float*, const float*, 
 #define SNNC_MULTI_ISA 1
 #endif
 
+#if defined(__x86_64__)
+// What every x86 Vec shares: the fence after non-temporal stores, and the prefetch (SSE).
+struct X86Memory {
+  static void fence() { _mm_sfence(); }
+  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+};
+#endif
+
 namespace isa_baseline {
 #if defined(__x86_64__)
-struct Vec {  // SSE2: part of x86-64 itself
+struct Vec : X86Memory {  // SSE2: part of x86-64 itself
   using F = __m128;
   using M = __m128;
   static constexpr int64_t kLanes = 4;
@@ -98,8 +106,6 @@ struct Vec {  // SSE2: part of x86-64 itself
     return __builtin_popcount(_mm_movemask_ps(_mm_and_ps(m, _mm_cmpneq_ps(th, _mm_setzero_ps()))));
   }
   static void stream(float* p, F v) { _mm_stream_ps(p, v); }
-  static void fence() { _mm_sfence(); }
-  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
 };
 #else  // scalar stand-in, so that the kernels compile; forward() never streams here
 struct Vec {
@@ -128,7 +134,7 @@ struct Vec {
 #pragma GCC push_options
 #pragma GCC target("avx2")
 namespace isa_avx2 {
-struct Vec {
+struct Vec : X86Memory {
   using F = __m256;
   using M = __m256;
   static constexpr int64_t kLanes = 8;
@@ -145,8 +151,6 @@ struct Vec {
     return __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(m, _mm256_cmp_ps(th, _mm256_setzero_ps(), _CMP_NEQ_UQ))));
   }
   static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
-  static void fence() { _mm_sfence(); }
-  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
 };
 #include "lif_cpu_isa.inc"
 }  // namespace isa_avx2
@@ -158,7 +162,7 @@ struct Vec {
 // there they are faster (benchmarks/kernels.py --isa-sweep).
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=256")
 namespace isa_avx512 {
-struct Vec {
+struct Vec : X86Memory {
   using F = __m512;
   using M = __mmask16;
   static constexpr int64_t kLanes = 16;
@@ -175,8 +179,6 @@ struct Vec {
     return __builtin_popcount(_mm512_mask_cmp_ps_mask(m, th, _mm512_setzero_ps(), _CMP_NEQ_UQ));
   }
   static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
-  static void fence() { _mm_sfence(); }
-  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
 };
 #include "lif_cpu_isa.inc"
 }  // namespace isa_avx512
@@ -239,8 +241,9 @@ void set_isa(const std::string& name) {
       g_isa = i;
       return;
     }
-  throw std::invalid_argument("isa: unknown '" + name + "' (this build has: baseline" +
-                              std::string(kNumIsas > 1 ? ", avx2, avx512)" : ")"));
+  std::string built;
+  for (int i = 0; i < kNumIsas; ++i) built += std::string(i ? ", " : "") + kIsas[i].name;
+  throw std::invalid_argument("isa: unknown '" + name + "' (this build has: " + built + ")");
 }
 
 // ---- interface: raw addresses of contiguous buffers ----------------------------------------
@@ -301,8 +304,7 @@ int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner,
   const bool stream = false;
 #endif
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
-           theta_inner, theta_period, x_step == -1 ? N : x_step, stream};
-  p.x_bf16 = x_bf16;
+           theta_inner, theta_period, x_step == -1 ? N : x_step, stream, x_bf16};
   if (stream) ++g_streamed_calls;
   void* op = addr<void>(out);
   advise_hugepages(op, out_bytes);
@@ -322,7 +324,7 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
-           addr<const float>(theta), theta_inner, theta_period, N, false};
+           addr<const float>(theta), theta_inner, theta_period, N, false, false};
   const float* xp = addr<const float>(x);
   const float* v0p = addr<const float>(v0);
   const float* gyp = addr<const float>(gy);

@@ -7,7 +7,6 @@ anything (the CUDA library is reported as found or not, not JIT-built).
 """
 from __future__ import annotations
 
-import glob
 import os
 import platform
 import sys
@@ -61,7 +60,7 @@ def collect() -> dict:
     cuda = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
     if cuda["available"]:
         cuda["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    cuda["library_built"] = bool(glob.glob(str(Path(cuda_kernel.__file__).with_name("_lif_cuda")) + "*.so"))
+    cuda["library_built"] = cuda_kernel.built_library() is not None
     cuda["nvcc"] = cuda_kernel.nvcc_path()
     info["cuda"] = cuda
     info["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("SNNC_")}

@@ -47,17 +47,25 @@ def _configure_from_env(lib) -> None:
         else:
             warnings.warn(f"SNNC_CPU_ISA={isa_name!r} is not one of this CPU's {lib.supported_isas()}; "
                           f"using {lib.isa()}", RuntimeWarning, stacklevel=3)
-    raw = os.environ.get("SNNC_CPU_STREAM_MB")
-    if raw is not None:
-        try:
-            mb = float(raw)
-        except ValueError:
-            mb = -1.0
-        if mb >= 0 and math.isfinite(mb):
-            lib.set_stream_min_bytes(int(mb * (1 << 20)))
-        else:
-            warnings.warn(f"SNNC_CPU_STREAM_MB={raw!r} is not a number of MiB >= 0; using "
-                          f"{lib.stream_min_bytes() / (1 << 20):g}", RuntimeWarning, stacklevel=3)
+    stream_mb = _env_mib("SNNC_CPU_STREAM_MB", lib.stream_min_bytes() / (1 << 20))
+    if stream_mb is not None:
+        lib.set_stream_min_bytes(int(stream_mb * (1 << 20)))
+
+
+def _env_mib(name: str, fallback_mib: float) -> float | None:
+    """The number of MiB (>= 0) in environment variable ``name``; None when it is unset, and
+    ``fallback_mib`` with one warning when it is not such a number."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if mb >= 0 and math.isfinite(mb):
+        return mb
+    warnings.warn(f"{name}={raw!r} is not a number of MiB >= 0; using {fallback_mib:g}", RuntimeWarning, stacklevel=4)
+    return fallback_mib
 
 
 def isa() -> str | None:
@@ -126,16 +134,8 @@ def _addr(t: torch.Tensor | None, dtype=torch.float32) -> int:
 
 
 def _cache_limit_bytes() -> int:
-    raw = os.environ.get("SNNC_CPU_CACHE_MB", str(DEFAULT_CACHE_MB))
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not (mb >= 0 and math.isfinite(mb)):
-        warnings.warn(f"SNNC_CPU_CACHE_MB={raw!r} is not a number of MiB >= 0; using {DEFAULT_CACHE_MB}",
-                      RuntimeWarning, stacklevel=2)
-        mb = DEFAULT_CACHE_MB
-    return int(mb * (1 << 20))
+    mb = _env_mib("SNNC_CPU_CACHE_MB", DEFAULT_CACHE_MB)
+    return int((DEFAULT_CACHE_MB if mb is None else mb) * (1 << 20))
 
 
 def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor | None:

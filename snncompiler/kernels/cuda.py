@@ -69,13 +69,18 @@ def _jit_compile() -> str | None:
     return str(target)
 
 
+def built_library() -> str | None:
+    """The library built at install time (``SNNC_BUILD_CUDA=1``) next to this file, or None."""
+    built = sorted(glob.glob(str(Path(__file__).with_name("_lif_cuda")) + "*.so"))
+    return built[0] if built else None
+
+
 @functools.lru_cache(maxsize=None)
 def load():
     """The ctypes handle of the CUDA kernel library, or None (no GPU, no library, no nvcc)."""
     if not torch.cuda.is_available():
         return None
-    built = sorted(glob.glob(str(Path(__file__).with_name("_lif_cuda")) + "*.so"))
-    path = built[0] if built else _jit_compile()
+    path = built_library() or _jit_compile()
     if path is None:
         return None
     lib = ctypes.CDLL(path)
