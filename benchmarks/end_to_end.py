@@ -95,20 +95,25 @@ def time_spikingjelly(snn: nn.Module, x: torch.Tensor, timesteps: int, repeats: 
     return times, share
 
 
+def run_snnc_once(model, x: torch.Tensor, timesteps: int) -> tuple[float, dict]:
+    """Wall time of one T-step run of snnc's runtime, and its profile (seconds per part)."""
+    runner = model.runner(device=x.device)
+    runner.profile = {}
+    _sync(x)
+    t0 = time.perf_counter()
+    runner.run(x, timesteps, chunk=model.options["chunk"])
+    _sync(x)
+    return time.perf_counter() - t0, runner.profile
+
+
 def time_snnc(model, x: torch.Tensor, timesteps: int, repeats: int) -> tuple[list[float], dict]:
     """Wall times of one T-step run of snnc's runtime, and its profile of the last run."""
     times, profile = [], {}
     for r in range(repeats + 1):
-        runner = model.runner(device=x.device)
-        runner.profile = {}
-        _sync(x)
-        t0 = time.perf_counter()
-        runner.run(x, timesteps, chunk=model.options["chunk"])
-        _sync(x)
-        elapsed = time.perf_counter() - t0
-        if r:
+        elapsed, parts = run_snnc_once(model, x, timesteps)
+        if r:  # the first run warms up
             times.append(elapsed)
-            profile = dict(runner.profile, total=elapsed)
+            profile = dict(parts, total=elapsed)
     return times, profile
 
 
@@ -126,9 +131,9 @@ def stream_sweep(model, x: torch.Tensor, timesteps: int, repeats: int, threshold
         for r in range(repeats + 1):
             for b in settings[r % len(settings):] + settings[:r % len(settings)]:
                 cpu.set_stream_min_bytes(b)
-                times, profile = time_snnc(model, x, timesteps, 1)
+                elapsed, profile = run_snnc_once(model, x, timesteps)
                 if r:  # the first round warms up
-                    total[b].append(times[0])
+                    total[b].append(elapsed)
                     neurons[b].append(profile.get("neurons", 0.0))
     finally:
         cpu.set_stream_min_bytes(previous)
