@@ -47,4 +47,13 @@ def calibrate(model_or_path, data, **options):
     return _calibrate(model_or_path, data, **options)
 
 
-__all__ = ["load", "compile", "calibrate", "load_graph", "Graph", "Node", "Value", "SnncError", "__version__"]
+def __getattr__(name: str):
+    # `snnc.train` without importing torch.nn training code for every CLI call
+    if name == "train":
+        import importlib
+
+        return importlib.import_module(".train", __name__)
+    raise AttributeError(f"module 'snncompiler' has no attribute {name!r}")
+
+
+__all__ = ["train", "load", "compile", "calibrate", "load_graph", "Graph", "Node", "Value", "SnncError", "__version__"]

@@ -35,6 +35,19 @@ _PROFILE_GROUPS = {"neuron": "neurons", "conv": "conv/linear", "conv_transpose":
                    "matmul": "conv/linear"}
 
 
+def neuron_decay(attrs: dict) -> float:
+    """Membrane decay per step of a neuron node: 1 for IF, 1 - 1/tau for LIF."""
+    return 1.0 - 1.0 / attrs["tau"] if attrs.get("neuron") == "lif" else 1.0
+
+
+def initial_potential(attrs: dict, theta):
+    """v0 of a neuron node before any per-neuron offset: θ/2 ("half") or 0 ("zero"), for a θ
+    tensor or float (a float stays a float: the kernel op caches scalar tensors itself)."""
+    if attrs.get("v0", "half") == "half":
+        return theta * 0.5
+    return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
+
+
 class _Static:
     """A value constant over time, stored once as [B, ...]."""
 
@@ -199,12 +212,11 @@ class SpikingRunner:
         th = channel_view(theta, sample) if theta.numel() > 1 else theta.reshape(())
         v = state.get(node.name)
         if v is None:
-            v = (th * 0.5 if node.attrs.get("v0", "half") == "half" else torch.zeros_like(th)).expand(sample.shape)
+            v = initial_potential(node.attrs, th).expand(sample.shape)
             if "v_init" in node.params:  # potential calibration: a per-neuron offset
                 v = v + node.params["v_init"]
             v = v.contiguous()
-        tau = node.attrs.get("tau", 0.0)
-        decay = 1.0 - 1.0 / tau if node.attrs.get("neuron") == "lif" else 1.0
+        decay = neuron_decay(node.attrs)
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
         # static input (the first layer's current) at every step without a T-fold copy

@@ -1,0 +1,202 @@
+"""Direct training (TET) against conversion at few timesteps, and the speed of a training step.
+
+    python -m benchmarks.tet_training            # full run
+    python -m benchmarks.tet_training --quick    # smoke run (fewer epochs and samples)
+
+Accuracy. Each workload has one architecture, built twice: with ReLU (an ANN, trained with Adam,
+exported to ONNX and compiled by ``snnc.compile`` with default settings) and with
+``snncompiler.train.LIF`` (trained directly at T_train with the TET loss, and with plain
+time-averaged cross-entropy "SDT", then exported with ``snnc.train.export``). Every SNN row is
+scored through its saved artifact on the spiking runtime, at every T from one T_max run.
+Pooling is AvgPool everywhere (TET's choice; a spike max is not a max of rates).
+
+Speed. One training step (forward at T, TET loss, backward, Adam) of the same LIF network with
+the neuron on the C++ kernel, on the PyTorch reference loop, and as SpikingJelly's LIFNode
+(multi-step, same decay / threshold / hard reset / triangle surrogate):
+interleaved rounds, medians.
+
+Writes benchmarks/results/tet_training.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np
+import torch
+from torch import nn
+
+import snncompiler as snnc
+from snncompiler.data import Dataset
+from snncompiler.train import LIF, run_steps
+from snncompiler.workloads import digits, export_onnx, textured_shapes, train_classifier
+
+from .kernels import measure, write_result
+
+RESULTS = Path(__file__).resolve().parent / "results"
+T_EVAL = [1, 2, 4, 8, 16, 32]
+
+
+def digits_net(act) -> nn.Module:
+    """DigitsCNN's layout with AvgPool: 3 conv-BN-act, 2 AvgPool, linear (8×8 inputs)."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), act(), nn.AvgPool2d(2),
+                         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), act(), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 4, 10))
+
+
+def shapes_net(act, widths=(16, 32, 64)) -> nn.Module:
+    """A VGG-style net for 3×32×32: per stage two conv-BN-act and an AvgPool, then linear."""
+    layers, cin = [], 3
+    for w in widths:
+        for _ in range(2):
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), act()]
+            cin = w
+        layers.append(nn.AvgPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin * 16, 10))
+
+
+def workloads(quick: bool) -> dict:
+    """name → (builder, train, test, input shape, ANN epochs, SNN epochs, T_train)."""
+    train_d, test_d = digits()
+    n_shapes = 3000 if quick else 12000
+    shapes_train = textured_shapes(n_shapes, seed=1000)
+    shapes_test = textured_shapes(128 if quick else 500, seed=2000)
+    return {
+        "digits": (digits_net, train_d, test_d if not quick else Dataset(test_d.x[:256], test_d.y[:256]), (1, 8, 8),
+                   8 if quick else 30, 8 if quick else 30, 4),
+        "shapes": (shapes_net, shapes_train, shapes_test, (3, 32, 32), 2 if quick else 6, 2 if quick else 6, 4),
+    }
+
+
+def accuracy_rows(name, spec, seed: int, tmp: Path) -> dict:
+    """ANN, snnc conversion, TET and SDT accuracies at every T of T_EVAL on one workload."""
+    build, train, test, shape, ann_epochs, snn_epochs, t_train = spec
+    rows, seconds = {}, {}
+    torch.manual_seed(seed)
+    ann = build(nn.ReLU)
+    started = time.perf_counter()
+    train_classifier(ann, train, epochs=ann_epochs, lr=1e-3, seed=seed)
+    seconds["ann_train"] = time.perf_counter() - started
+    with torch.no_grad():
+        rows["ANN"] = float((ann(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
+    onnx_path = export_onnx(ann, shape, tmp / f"{name}.onnx")
+    started = time.perf_counter()
+    compiled = snnc.compile(onnx_path, Dataset(train.x[:512]), quiet=True)
+    seconds["convert"] = time.perf_counter() - started
+    rows["snnc conversion (default)"] = compiled.evaluate(test.x, test.y, T_EVAL)["snn_accuracy"]
+    for method in ("tet", "sdt"):
+        torch.manual_seed(seed)
+        net = build(LIF)
+        started = time.perf_counter()
+        history = snnc.train.fit(net, train, timesteps=t_train, epochs=snn_epochs, loss=method, lr=1e-3,
+                                 seed=seed, progress=False)
+        seconds[f"{method}_train"] = time.perf_counter() - started
+        artifact = tmp / f"{name}_{method}.snn.onnx"
+        snnc.train.export(net, artifact, shape)
+        label = f"{method.upper()} (T={t_train}, {snn_epochs} ep)"
+        rows[label] = snnc.load(artifact).evaluate(test.x, test.y, T_EVAL)["snn_accuracy"]
+        seconds[f"{method}_final_loss"] = history["epochs"][-1]["loss"]
+        print(f"  {name}: {label} trained in {seconds[f'{method}_train']:.1f} s", file=sys.stderr, flush=True)
+    return {"accuracy": rows, "seconds": seconds, "test_samples": len(test), "train_samples": len(train),
+            "t_train": t_train, "ann_epochs": ann_epochs, "snn_epochs": snn_epochs}
+
+
+class _SpikingJellyLIF(LIF):
+    """SpikingJelly's multi-step LIFNode in the place of snnc's kernel (run_steps sets T as for any LIF)."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import neuron, surrogate
+
+        self.node = neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=1.0, v_reset=0.0, step_mode="m",
+                                   surrogate_function=surrogate.PiecewiseQuadratic(alpha=1.0))
+
+    def forward(self, x):
+        self.node.reset()
+        return self.node(x.reshape((self.timesteps, -1) + tuple(x.shape[1:]))).reshape(x.shape)
+
+
+def speed_rows(build, shape, batch: int, timesteps: int, rounds: int) -> dict:
+    """Median seconds per training step with each neuron implementation (same weights, same batch)."""
+    torch.manual_seed(0)
+    x = torch.rand((batch,) + tuple(shape))
+    y = torch.randint(0, 10, (batch,))
+    nets = {}
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(0)
+        nets[f"snnc LIF ({backend})"] = build(lambda b=backend: LIF(backend=b))
+    try:
+        import spikingjelly  # noqa: F401
+
+        torch.manual_seed(0)
+        nets["SpikingJelly LIFNode"] = build(_SpikingJellyLIF)
+    except ImportError:
+        print("spikingjelly is not installed: its row is skipped", file=sys.stderr)
+
+    def step(net, opt):
+        def run():
+            out = run_steps(net, x, timesteps)
+            loss = snnc.train.tet_loss(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+
+    impls = {label: step(net.train(), torch.optim.Adam(net.parameters(), 1e-4)) for label, net in nets.items()}
+    times = measure(impls, rounds, 2.0, lambda: None, grad=True)
+    med = {label: statistics.median(v) for label, v in times.items()}
+    base = med["snnc LIF (cpu)"]
+    return {label: {"median_s": m, "vs_snnc_cpu": m / base, "samples": len(times[label])} for label, m in med.items()}
+
+
+def main(argv=None) -> int:
+    """Run the benchmark, print the tables and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs, samples and rounds (smoke run)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=RESULTS / "tet_training.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    specs = workloads(args.quick)
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+              "threads": args.threads, "torch": torch.__version__, "quick": args.quick, "t_eval": T_EVAL,
+              "workloads": {}, "speed": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec in specs.items():
+            print(f"[{name}] training the ANN, converting, training TET and SDT ...", file=sys.stderr, flush=True)
+            result["workloads"][name] = accuracy_rows(name, spec, args.seed, Path(tmp))
+    rounds = 5 if args.quick else args.rounds
+    for name, spec in specs.items():
+        build, _, _, shape = spec[:4]
+        result["speed"][name] = {"batch": 64, "timesteps": spec[6],
+                                 "rows": speed_rows(build, shape, 64, spec[6], rounds)}
+    for name, res in result["workloads"].items():
+        print(f"\n## {name}: top-1 accuracy vs T ({res['test_samples']} test samples; ANN {res['accuracy']['ANN']:.4f})")
+        print("| method | " + " | ".join(f"T={t}" for t in T_EVAL) + " |")
+        print("|---|" + "---|" * len(T_EVAL))
+        for label, accs in res["accuracy"].items():
+            if label != "ANN":
+                print(f"| {label} | " + " | ".join(f"{accs[str(t)]:.4f}" for t in T_EVAL) + " |")
+    for name, res in result["speed"].items():
+        print(f"\n## {name}: training step (batch {res['batch']}, T={res['timesteps']}, {args.threads} threads)")
+        print("| neuron | median s/step | × snnc C++ |")
+        print("|---|---|---|")
+        for label, row in res["rows"].items():
+            print(f"| {label} | {row['median_s']:.4f} | {row['vs_snnc_cpu']:.2f} |")
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

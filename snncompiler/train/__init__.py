@@ -1,0 +1,19 @@
+"""Direct training (TET) on the same kernels and the same artifact format as conversion.
+
+    import snncompiler as snnc
+    from snncompiler.train import LIF
+
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), LIF(), ...,
+                        nn.Flatten(), nn.Linear(64, 10))          # LIF where the ANN has a ReLU
+    snnc.train.fit(net, (x, y), timesteps=4, epochs=30)           # TET loss, Adam + cosine
+    snnc.train.evaluate(net, (x_test, y_test), timesteps=[1, 2, 4, 8])
+    snnc.train.export(net, "net.snn.onnx", input_shape=(1, 8, 8))  # snnc eval / snnc.load read it
+"""
+from __future__ import annotations
+
+from .export import export, to_compiled
+from .loss import sdt_loss, tet_loss
+from .neuron import LIF, neurons, run_steps
+from .trainer import evaluate, fit
+
+__all__ = ["LIF", "run_steps", "neurons", "tet_loss", "sdt_loss", "fit", "evaluate", "export", "to_compiled"]

@@ -1,0 +1,114 @@
+"""The trainable spiking neuron: a drop-in for ``nn.ReLU`` that runs over time through the kernel op.
+
+A network for direct training is an ordinary torch module in which :class:`LIF` takes the
+place of each ReLU. :func:`run_steps` feeds it T copies of the input stacked on the batch axis
+([T·B, ...]), so convolutions, BatchNorm, pooling and linear layers run once on the whole
+time-flattened batch (SpikingJelly's ``SeqToANNContainer`` idea, with no wrapper per layer),
+and each LIF regroups its input as [T, B·...] and calls
+:func:`snncompiler.kernels.neuron_multistep` with a surrogate gradient: the C++ kernel's fused
+forward and backward on the CPU, Triton or CUDA on a GPU.
+
+The neuron settings use the artifact's own vocabulary (neuron, tau, reset, v0; see
+:func:`snncompiler.passes.neuronize.neuron_attrs`), so a trained network exports to the same
+``snncompiler::Neuron`` nodes that conversion emits and runs on the same runtime.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import SnncError
+from ..kernels import neuron_multistep
+from ..kernels.surrogate import resolve
+from ..passes.neuronize import neuron_attrs
+from ..runtime.snn import initial_potential, neuron_decay
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire (or IF) neurons over T steps of a time-flattened batch.
+
+    Defaults are TET's ``LIFSpike`` (Deng et al., ICLR 2022): membrane decay 0.5 per step
+    (``tau=2``: decay = 1 - 1/tau), threshold 1, hard reset to 0, membrane starting at 0, and
+    the triangle surrogate of width 1 (TET's ``ZIF`` with γ = 1). The spike test is ``h >= θ``
+    (TET's is ``h > θ``; they differ only when h equals θ exactly).
+
+    Args:
+        neuron: "lif" or "if" (no leak).
+        tau: LIF time constant, > 1 (decay = 1 - 1/tau).
+        theta: firing threshold (positive float); the output is θ·s.
+        reset: "hard" (to 0) or "soft" (subtract θ).
+        v0: "zero" or "half" (θ/2) initial membrane.
+        surrogate, alpha: surrogate derivative ("triangle", "atan", "sigmoid"; alpha None =
+            the surrogate's default, 1.0 for the triangle).
+        detach_reset: do not backpropagate through the spike in the reset.
+        backend: kernel backend of :func:`~snncompiler.kernels.neuron_multistep`.
+    """
+
+    def __init__(self, *, neuron: str = "lif", tau: float = 2.0, theta: float = 1.0, reset: str = "hard",
+                 v0: str = "zero", surrogate: str = "triangle", alpha: float | None = 1.0,
+                 detach_reset: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.attrs = neuron_attrs({"neuron": neuron, "tau": tau if neuron == "lif" else 0.0, "reset": reset, "v0": v0})
+        if not (isinstance(theta, (int, float)) and float(theta) > 0):
+            raise SnncError(f"theta: must be a positive number, got {theta!r}")
+        self.theta = float(theta)
+        self.surrogate, self.alpha = surrogate, resolve(surrogate, alpha)[1]
+        self.detach_reset, self.backend = bool(detach_reset), backend
+        self.timesteps: int | None = None  # set by run_steps for each forward pass
+        self.spike_count = 0  # spikes emitted under no_grad since the last reset (firing-rate reports)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T·B, ...] (T copies of the batch, time-major) → spikes θ·s of the same shape."""
+        steps = self.timesteps
+        if steps is None:
+            raise SnncError("LIF: the time axis is unknown; run the network through "
+                            "snncompiler.train.run_steps(model, x, timesteps), which sets it")
+        if x.shape[0] % steps:
+            raise SnncError(f"LIF: the input's first axis ({x.shape[0]}) is not a multiple of T={steps}; "
+                            "the network must keep the time-flattened batch axis up to every LIF")
+        seq = x.reshape((steps, x.shape[0] // steps) + tuple(x.shape[1:]))
+        counting = not torch.is_grad_enabled()  # the C++ kernel counts for free; training skips it
+        result = neuron_multistep(seq, initial_potential(self.attrs, self.theta), self.theta,
+                                  decay=neuron_decay(self.attrs), reset=self.attrs["reset"],
+                                  surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
+                                  backend=self.backend, return_count=counting)
+        if counting:
+            self.spike_count = self.spike_count + result[2]  # a tensor: no device sync per layer
+        return result[0].reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        a = self.attrs
+        tau = f", tau={a['tau']:g}" if a["neuron"] == "lif" else ""
+        return (f"neuron={a['neuron']}{tau}, theta={self.theta:g}, reset={a['reset']}, v0={a['v0']}, "
+                f"surrogate={self.surrogate}({self.alpha:g})")
+
+
+def neurons(model: nn.Module) -> list[tuple[str, LIF]]:
+    """The LIF modules of a network with their qualified names, in registration order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
+
+
+def run_steps(model: nn.Module, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """Run a network with LIF neurons for ``timesteps`` steps on a static input x [B, ...].
+
+    The input is presented unchanged at every step (direct coding, as the compiled runtime
+    does). Returns the output at every step, [T, B, ...]: TET supervises each step, and the
+    model's prediction is the mean over steps.
+    """
+    if not isinstance(timesteps, int) or timesteps < 1:
+        raise SnncError(f"timesteps: must be a positive integer, got {timesteps!r}")
+    lifs = neurons(model)
+    if not lifs:
+        raise SnncError("model: has no snncompiler.train.LIF neuron (put one where the ANN has a ReLU)")
+    for _, m in lifs:
+        m.timesteps = timesteps
+    batch = x.shape[0]
+    seq = x.unsqueeze(0).expand((timesteps,) + tuple(x.shape)).reshape((timesteps * batch,) + tuple(x.shape[1:]))
+    try:
+        out = model(seq)
+    finally:
+        for _, m in lifs:
+            m.timesteps = None
+    if out.shape[0] != timesteps * batch:
+        raise SnncError(f"model: its output's first axis is {out.shape[0]}, expected T·B = {timesteps * batch}")
+    return out.reshape((timesteps, batch) + tuple(out.shape[1:]))

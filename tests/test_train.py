@@ -1,0 +1,269 @@
+"""Direct training (TET): the loss against SpikingJelly's, the neuron against TET's own LIFSpike,
+training that learns, and the trained network's artifact against the network it came from."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import snncompiler as snnc  # noqa: E402
+from snncompiler.errors import SnncError  # noqa: E402
+from snncompiler.kernels import available_backends  # noqa: E402
+from snncompiler.train import LIF, run_steps  # noqa: E402
+from snncompiler.workloads import digits  # noqa: E402
+
+
+# ---- loss ------------------------------------------------------------------------------
+@pytest.mark.parametrize("lamb, means", [(1e-3, 1.0), (0.3, 0.5), (0.0, 1.0), (1.0, 2.0)])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_tet_loss_matches_spikingjelly(lamb, means, steps):
+    sj_loss = pytest.importorskip("spikingjelly.activation_based.examples.memopt.loss")
+    g = torch.Generator().manual_seed(steps)
+    out = torch.randn(steps, 16, 10, generator=g) * 3
+    labels = torch.randint(0, 10, (16,), generator=g)
+    expected = sj_loss.TETLoss(mean=means, tet_lambda=lamb)(out, labels)
+    assert torch.allclose(snnc.train.tet_loss(out, labels, lamb=lamb, means=means), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_tet_cross_entropy_matches_spikingjelly_functional():
+    sj_loss = pytest.importorskip("spikingjelly.activation_based.functional.loss")
+    out, labels = torch.randn(5, 8, 7), torch.randint(0, 7, (8,))
+    expected = sj_loss.temporal_efficient_training_cross_entropy(out, labels)
+    assert torch.allclose(snnc.train.tet_loss(out, labels, lamb=0.0), expected, rtol=1e-6)
+
+
+def test_sdt_loss_is_cross_entropy_of_the_time_mean():
+    out, labels = torch.randn(3, 8, 5), torch.randint(0, 5, (8,))
+    expected = nn.functional.cross_entropy(out.mean(0), labels)
+    assert torch.allclose(snnc.train.sdt_loss(out, labels), expected)
+    assert not torch.allclose(snnc.train.tet_loss(out, labels, lamb=0.0), expected)
+
+
+def test_loss_argument_errors():
+    with pytest.raises(SnncError, match=r"outputs: expected \[T, B, C\]"):
+        snnc.train.tet_loss(torch.randn(8, 5), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(SnncError, match="labels: expected shape"):
+        snnc.train.tet_loss(torch.randn(2, 8, 5), torch.zeros(7, dtype=torch.long))
+    with pytest.raises(SnncError, match="lamb"):
+        snnc.train.tet_loss(torch.randn(2, 8, 5), torch.zeros(8, dtype=torch.long), lamb=1.5)
+
+
+# ---- the neuron against TET's LIFSpike --------------------------------------------------
+class _ZIF(torch.autograd.Function):
+    """TET's spike function (models/layers.py): step forward, triangle of half-width γ backward."""
+
+    @staticmethod
+    def forward(ctx, u, gamma):
+        ctx.save_for_backward(u)
+        ctx.gamma = gamma
+        return (u > 0).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        g = ctx.gamma
+        return grad * (1 / g) * (1 / g) * (g - u.abs()).clamp(min=0), None
+
+
+def tet_lif_spike(x, thresh=1.0, tau=0.5, gamma=1.0):
+    """TET's LIFSpike over x [T, ...], written after the authors' code (the independent oracle)."""
+    mem, out = 0, []
+    for t in range(x.shape[0]):
+        mem = mem * tau + x[t]
+        spike = _ZIF.apply(mem - thresh, gamma)
+        mem = (1 - spike) * mem
+        out.append(spike)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_lif_matches_tet_lifspike(backend, gamma):
+    g = torch.Generator().manual_seed(1)
+    steps, batch = 6, 4
+    x = (torch.randn(steps, batch, 3, 5, 5, generator=g) * 1.2 + 0.4).requires_grad_()
+    weight = torch.randn(steps, batch, 3, 5, 5, generator=g)
+    lif = LIF(alpha=1 / gamma, backend=backend)
+    lif.timesteps = steps
+    ours = lif(x.flatten(0, 1)).reshape(x.shape)
+    (ours * weight).sum().backward()
+    grad_ours = x.grad.clone()
+    x.grad = None
+    expected = tet_lif_spike(x, gamma=gamma)
+    (expected * weight).sum().backward()
+    assert torch.equal(ours.detach(), expected.detach())
+    assert 0 < float(expected.detach().mean()) < 1  # spikes and silences both exercised
+    assert torch.allclose(grad_ours, x.grad, atol=1e-5, rtol=1e-5)
+    assert float(x.grad.abs().sum()) > 0
+
+
+def test_lif_settings_and_errors():
+    lif = LIF()
+    assert lif.attrs == {"neuron": "lif", "tau": 2.0, "reset": "hard", "v0": "zero"}
+    assert LIF(neuron="if").attrs["tau"] == 0.0
+    with pytest.raises(SnncError, match="time axis is unknown"):
+        lif(torch.randn(4, 3))
+    lif.timesteps = 3
+    with pytest.raises(SnncError, match="not a multiple of T=3"):
+        lif(torch.randn(4, 3))
+    with pytest.raises(SnncError, match="theta"):
+        LIF(theta=0)
+    with pytest.raises(SnncError, match="tau"):
+        LIF(tau=1.0)
+    with pytest.raises(SnncError, match="reset"):
+        LIF(reset="zero")
+    with pytest.raises(SnncError, match="surrogate"):
+        LIF(surrogate="relu")
+    with pytest.raises(SnncError, match="no snncompiler.train.LIF"):
+        run_steps(nn.Linear(3, 2), torch.randn(2, 3), 4)
+    with pytest.raises(SnncError, match="timesteps"):
+        run_steps(nn.Sequential(LIF()), torch.randn(2, 3), 0)
+
+
+def test_run_steps_gives_every_step():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), LIF(), nn.Linear(8, 3))
+    out = run_steps(net, torch.randn(7, 5), 4)
+    assert out.shape == (4, 7, 3)
+    assert net[1].timesteps is None  # cleared: a stray call outside run_steps is an error
+    # a LIF starting from 0 with decay 0.5 and a constant input fires later than it would with IF
+    assert not torch.equal(out[0], out[-1])
+
+
+# ---- training -----------------------------------------------------------------------------
+def small_cnn(maxpool: bool = False, bn: bool = True) -> nn.Module:
+    pool = nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2)
+    norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+    return nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), norm(12), LIF(), pool,
+                         nn.Conv2d(12, 24, 3, padding=1), norm(24), LIF(), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(24 * 4, 10))
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def trained(digits_data):
+    train, test = digits_data
+    torch.manual_seed(0)
+    net = small_cnn()
+    history = snnc.train.fit(net, train, timesteps=4, epochs=12, lr=5e-3, val=test, progress=False)
+    return net, history
+
+
+def test_fit_learns_digits(trained, digits_data):
+    net, history = trained
+    losses = [row["loss"] for row in history["epochs"]]
+    assert losses[-1] < 0.6 * losses[0]
+    assert history["epochs"][-1]["val_accuracy"] >= 0.93
+    assert history["settings"]["method"] == "tet" and history["settings"]["lamb"] == 1e-3
+    result = snnc.train.evaluate(net, digits_data[1], timesteps=[1, 2, 4, 8])
+    assert result["accuracy"]["4"] == history["epochs"][-1]["val_accuracy"]
+    assert result["accuracy"]["8"] >= 0.93  # TET's temporal scalability: longer T does not hurt
+    assert 0 < result["firing_rate"] < 1
+
+
+def test_fit_errors(digits_data):
+    train, _ = digits_data
+    net = small_cnn()
+    with pytest.raises(SnncError, match="loss: expected one of tet, sdt"):
+        snnc.train.fit(net, train, loss="mse", progress=False)
+    with pytest.raises(SnncError, match="epochs"):
+        snnc.train.fit(net, train, epochs=0, progress=False)
+    with pytest.raises(SnncError, match="train: labels 'y' are required"):
+        snnc.train.fit(net, (train.x, None), progress=False)
+    with pytest.raises(SnncError, match="NaN"):
+        x = train.x.copy()
+        x[3, 0, 0, 0] = np.nan
+        snnc.train.fit(net, (x, train.y), progress=False)
+
+
+# ---- export: the artifact runs the trained network ----------------------------------------
+def _per_step(compiled, x, steps):
+    return compiled.runner().run_steps(torch.from_numpy(x), steps)
+
+
+def test_export_without_bn_reproduces_every_step(digits_data, tmp_path):
+    train, test = digits_data
+    torch.manual_seed(1)
+    net = small_cnn(maxpool=True, bn=False)
+    snnc.train.fit(net, (train.x[:256], train.y[:256]), timesteps=3, epochs=2, progress=False)
+    path = tmp_path / "tet.snn.onnx"
+    snnc.train.export(net, path, (1, 8, 8))
+    loaded = snnc.load(path)
+    x = test.x[:64]
+    with torch.no_grad():
+        expected = run_steps(net, torch.from_numpy(x), 6)
+    got = _per_step(loaded, x, 6)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert loaded.options["timesteps"] == 3 and loaded.options["maxpool"] == "output"
+    assert [n.attrs["reset"] for n in loaded.graph.find("neuron")] == ["hard", "hard"]
+    assert loaded.report["direct_training"]["method"] == "tet"
+
+
+def test_export_with_bn_folds_it_and_agrees(trained, digits_data, tmp_path):
+    net, history = trained
+    test = digits_data[1]
+    compiled = snnc.train.export(net, tmp_path / "tet_bn.snn.onnx", (1, 8, 8))
+    assert not compiled.graph.find("batchnorm")
+    loaded = snnc.load(tmp_path / "tet_bn.snn.onnx")
+    result = loaded.evaluate(test.x, test.y, timesteps=[1, 4, 8])
+    torch_result = snnc.train.evaluate(net, test, timesteps=[1, 4, 8])
+    for t in ("1", "4", "8"):  # folding BN rounds differently: a spike or two may move, no more
+        assert abs(result["snn_accuracy"][t] - torch_result["accuracy"][t]) <= 0.005
+    assert abs(result["firing_rate"] - torch_result["firing_rate"]) < 1e-3
+
+
+def test_export_with_a_residual_connection(tmp_path):
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.lif1 = nn.Linear(6, 8), LIF(neuron="if", reset="soft", v0="half")
+            self.body, self.lif2 = nn.Linear(8, 8), LIF(theta=0.5)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            s = self.lif1(self.stem(x))
+            return self.head(self.lif2(self.body(s) + s))
+
+    torch.manual_seed(2)
+    net = Residual().eval()
+    compiled = snnc.train.export(net, tmp_path / "res.snn.onnx", (6,), timesteps=5)
+    neurons = compiled.graph.find("neuron")
+    assert [(n.attrs["neuron"], n.attrs["reset"], n.attrs["v0"]) for n in neurons] == \
+        [("if", "soft", "half"), ("lif", "hard", "zero")]
+    assert compiled.report["neuron_settings"] == "per neuron (mixed)"
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = run_steps(net, torch.from_numpy(x), 5)
+    assert torch.allclose(_per_step(snnc.load(tmp_path / "res.snn.onnx"), x, 5), expected, atol=1e-5)
+
+
+def test_export_errors(tmp_path):
+    net = small_cnn()
+    with pytest.raises(SnncError, match="training mode"):
+        snnc.train.export(net, tmp_path / "a.onnx", (1, 8, 8), timesteps=4)
+    net.eval()
+    with pytest.raises(SnncError, match="timesteps"):
+        snnc.train.export(net, tmp_path / "a.onnx", (1, 8, 8))
+
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.spare = net, LIF()
+
+        def forward(self, x):
+            return self.net(x)
+
+    with pytest.raises(SnncError, match="'spare' is not on the forward path"):
+        snnc.train.export(WithSpare().eval(), tmp_path / "a.onnx", (1, 8, 8), timesteps=4)
+    with pytest.raises(SnncError, match="no snncompiler.train.LIF"):
+        snnc.train.export(nn.Linear(3, 2).eval(), tmp_path / "a.onnx", (3,), timesteps=4)
