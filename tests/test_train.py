@@ -186,6 +186,38 @@ def test_fit_errors(digits_data):
         snnc.train.fit(net, (x, train.y), progress=False)
 
 
+def test_dataloaders_train_and_evaluate(trained, digits_data):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net, _ = trained
+    train, test = digits_data
+    loader = DataLoader(TensorDataset(torch.from_numpy(test.x), torch.from_numpy(test.y)), batch_size=100)
+    from_loader = snnc.train.evaluate(net, loader, timesteps=[1, 4])
+    from_arrays = snnc.train.evaluate(net, test, timesteps=[1, 4])
+    assert from_loader["samples"] == len(test)
+    assert from_loader["accuracy"] == from_arrays["accuracy"]
+    assert from_loader["firing_rate"] == pytest.approx(from_arrays["firing_rate"], rel=1e-6)
+    torch.manual_seed(3)
+    fresh = small_cnn()
+    batches = DataLoader(TensorDataset(torch.from_numpy(train.x), torch.from_numpy(train.y)), batch_size=64, shuffle=True)
+    history = snnc.train.fit(fresh, batches, timesteps=2, epochs=2, val=loader, progress=False)
+    assert history["settings"]["train_samples"] == len(train)
+    assert history["epochs"][-1]["val_accuracy"] > 0.5
+
+
+def test_bad_batches_are_named():
+    net = small_cnn()
+    with pytest.raises(SnncError, match="train: batch 1 is not an"):
+        snnc.train.fit(net, [torch.zeros(4, 1, 8, 8)], epochs=1, progress=False)
+    with pytest.raises(SnncError, match="train: batch 2: y must be integer class labels"):
+        snnc.train.fit(net, [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)),
+                             (torch.zeros(4, 1, 8, 8), torch.zeros(4))], epochs=1, progress=False)
+    with pytest.raises(SnncError, match="train: yielded no batches"):
+        snnc.train.fit(net, [], epochs=1, progress=False)
+    with pytest.raises(SnncError, match="data: expected a Dataset"):
+        snnc.train.evaluate(net, 3)
+
+
 # ---- export: the artifact runs the trained network ----------------------------------------
 def _per_step(compiled, x, steps):
     return compiled.runner().run_steps(torch.from_numpy(x), steps)

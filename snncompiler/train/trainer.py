@@ -25,9 +25,51 @@ from .neuron import neurons, run_steps
 def _dataset(data, label: str) -> Dataset:
     if isinstance(data, Dataset):
         data = (data.x, data.y)
-    if not (isinstance(data, tuple) and len(data) == 2):
-        raise SnncError(f"{label}: expected a Dataset or an (x, y) tuple of arrays")
     return validate(*[d.numpy() if isinstance(d, torch.Tensor) else d for d in data], label=label, require_labels=True)
+
+
+class _Source:
+    """Labelled data for fit/evaluate: arrays (a Dataset or an (x, y) tuple, checked and batched
+    here) or any iterable of (x, y) batches, such as a torch DataLoader (batched by its owner)."""
+
+    def __init__(self, data, label: str):
+        self.label = label
+        if isinstance(data, (Dataset, tuple)):
+            if isinstance(data, tuple) and len(data) != 2:
+                raise SnncError(f"{label}: expected an (x, y) tuple, got a tuple of {len(data)}")
+            self.arrays, self.loader = _dataset(data, label), None
+        elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, np.ndarray, torch.Tensor)):
+            self.arrays, self.loader = None, data
+        else:
+            raise SnncError(f"{label}: expected a Dataset, an (x, y) tuple of arrays or an iterable of "
+                            f"(x, y) batches such as a DataLoader, got {type(data).__name__}")
+
+    def samples(self) -> int | None:
+        """Number of samples, when known before iterating."""
+        if self.arrays is not None:
+            return len(self.arrays)
+        dataset = getattr(self.loader, "dataset", None)
+        return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """(x, y) tensor batches; arrays are shuffled with ``generator`` when one is given."""
+        if self.arrays is not None:
+            x, y = torch.from_numpy(self.arrays.x), torch.from_numpy(self.arrays.y)
+            order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
+            for start in range(0, len(x), batch_size):
+                idx = order[start:start + batch_size]
+                yield x[idx], y[idx]
+            return
+        for number, item in enumerate(self.loader, 1):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise SnncError(f"{self.label}: batch {number} is not an (x, y) pair")
+            xb, yb = (torch.as_tensor(v) for v in item)
+            if not xb.is_floating_point():
+                raise SnncError(f"{self.label}: batch {number}: x must be floating point, got {xb.dtype}")
+            if yb.dtype.is_floating_point or yb.dtype == torch.bool or yb.shape != xb.shape[:1]:
+                raise SnncError(f"{self.label}: batch {number}: y must be integer class labels of shape "
+                                f"[{xb.shape[0]}], got {yb.dtype} {list(yb.shape)}")
+            yield xb.float(), yb.long()
 
 
 def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: str = "tet", lamb: float = 1e-3,
@@ -36,8 +78,10 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 
     Args:
-        train, val: a :class:`~snncompiler.data.Dataset` or an (x, y) tuple (float32 [N, ...],
-            int64 [N]); ``val`` is scored after every epoch at ``timesteps``.
+        train, val: a :class:`~snncompiler.data.Dataset`, an (x, y) tuple (float32 [N, ...],
+            int64 [N]; shuffled and batched with ``batch_size``) or an iterable of (x, y) batches
+            such as a DataLoader (used as it comes); ``val`` is scored after every epoch at
+            ``timesteps``.
         timesteps: T of training.
         loss: "tet" (:func:`~.loss.tet_loss` with ``lamb`` and ``means``) or "sdt" (cross-entropy
             of the time-mean output).
@@ -54,29 +98,26 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise SnncError(f"{name}: must be a positive integer, got {value!r}")
-    data = _dataset(train, "train")
-    val_data = None if val is None else _dataset(val, "val")
+    data = _Source(train, "train")
+    val_data = None if val is None else _Source(val, "val")
     dev = torch.device(device)
     model.to(dev)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     criterion = (lambda out, lab: tet_loss(out, lab, lamb=lamb, means=means)) if loss == "tet" else LOSSES[loss]
     settings = {"method": loss, "timesteps": timesteps, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                "weight_decay": weight_decay, "seed": seed, "train_samples": len(data)}
+                "weight_decay": weight_decay, "seed": seed, "train_samples": data.samples()}
     if loss == "tet":
         settings.update(lamb=lamb, means=means)
     history = {"settings": settings, "epochs": []}
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(len(x), generator=gen)
         total, correct, seen = 0.0, 0, 0
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            xb, yb = x[idx].to(dev), y[idx].to(dev)
+        for xb, yb in data.batches(batch_size, gen):
+            xb, yb = xb.to(dev), yb.to(dev)
             out = run_steps(model, xb, timesteps)
             value = criterion(out, yb)
             if not torch.isfinite(value):
@@ -84,20 +125,23 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
-            total += value.item() * len(idx)
+            total += value.item() * len(yb)
             correct += int((out.detach().mean(0).argmax(-1) == yb).sum())
-            seen += len(idx)
+            seen += len(yb)
+        if not seen:
+            raise SnncError("train: yielded no batches")
         sched.step()
         row = {"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen,
                "seconds": time.perf_counter() - started}
         if val_data is not None:
-            row["val_accuracy"] = evaluate(model, val_data, timesteps=timesteps, device=device)["accuracy"][str(timesteps)]
+            row["val_accuracy"] = _evaluate(model, val_data, [timesteps], 256, dev)["accuracy"][str(timesteps)]
         history["epochs"].append(row)
         if progress:
             extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
             print(f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
                   f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
     model.eval()
+    settings["train_samples"] = seen
     model._snnc_training = settings
     return history
 
@@ -105,42 +149,49 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
 def evaluate(model: nn.Module, data, timesteps=(1, 2, 4, 8), *, batch_size: int = 256, device: str = "cpu") -> dict:
     """Accuracy of the time-mean output at every T in ``timesteps`` (one max(T) run), in torch.
 
-    Returns {"samples", "accuracy": {str(T): top-1}, "firing_rate"} (spikes per neuron per step
-    over the max(T) run). The compiled artifact's ``evaluate`` gives the same figures through the
-    spiking runtime.
+    ``data`` as in :func:`fit`. Returns {"samples", "accuracy": {str(T): top-1}, "firing_rate"}
+    (spikes per neuron per step over the max(T) run). The compiled artifact's ``evaluate`` gives
+    the same figures through the spiking runtime.
     """
-    ds = _dataset(data, "data")
     ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
     if ts[0] < 1:
         raise SnncError(f"timesteps: must be positive, got {ts[0]}")
-    dev = torch.device(device)
+    return _evaluate(model, _Source(data, "data"), ts, batch_size, torch.device(device))
+
+
+def _evaluate(model: nn.Module, source: _Source, ts: list[int], batch_size: int, dev: torch.device) -> dict:
     was_training = model.training
     model.eval()
-    per_sample = _neuron_count(model, ds, dev)
     lifs = [m for _, m in neurons(model)]
-    for m in lifs:
-        m.spike_count = 0
-    sums = {t: [] for t in ts}
+    sums: dict[int, list] = {t: [] for t in ts}
+    labels, per_sample = [], None
     with torch.no_grad():
-        for xb, _ in ds.batches(batch_size):
-            out = run_steps(model, torch.from_numpy(xb).to(dev), ts[-1]).float()
-            cum = out.cumsum(0)
+        for xb, yb in source.batches(batch_size):
+            xb = xb.to(dev)
+            if per_sample is None:
+                per_sample = _neuron_count(model, xb[:1])
+                for m in lifs:
+                    m.spike_count = 0
+            cum = run_steps(model, xb, ts[-1]).float().cumsum(0)
             for t in ts:
                 sums[t].append((cum[t - 1] / t).cpu().numpy())
-    spikes = float(sum(m.spike_count for m in lifs))
-    neuron_steps = per_sample * ts[-1] * len(ds)
+            labels.append(yb.numpy())
     model.train(was_training)
-    return {"samples": len(ds), "accuracy": {str(t): accuracy(np.concatenate(sums[t]), ds.y) for t in ts},
+    if not labels:
+        raise SnncError(f"{source.label}: yielded no batches")
+    y = np.concatenate(labels)
+    neuron_steps = per_sample * ts[-1] * len(y)
+    spikes = float(sum(m.spike_count for m in lifs))
+    return {"samples": int(len(y)), "accuracy": {str(t): accuracy(np.concatenate(sums[t]), y) for t in ts},
             "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
 
 
-def _neuron_count(model: nn.Module, ds: Dataset, dev: torch.device) -> int:
-    """Neurons per sample: the summed sizes of every LIF output for one input."""
+def _neuron_count(model: nn.Module, sample: torch.Tensor) -> int:
+    """Neurons per sample: the summed sizes of every LIF output for one input [1, ...]."""
     sizes = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for _, m in neurons(model)]
     try:
-        with torch.no_grad():
-            run_steps(model, torch.from_numpy(ds.x[:1]).to(dev), 1)
+        run_steps(model, sample, 1)
     finally:
         for h in hooks:
             h.remove()
