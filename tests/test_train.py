@@ -103,6 +103,28 @@ def test_lif_matches_tet_lifspike(backend, gamma):
     assert float(x.grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_learned_threshold_gradient_matches_tet_lifspike(backend, per_channel):
+    g = torch.Generator().manual_seed(2)
+    steps, batch, channels = 5, 3, 4
+    x = (torch.randn(steps, batch, channels, 3, 3, generator=g) + 0.5).requires_grad_()
+    weight = torch.randn(x.shape, generator=g)
+    start = torch.tensor([0.8, 1.0, 1.2, 0.9]) if per_channel else 1.1
+    lif = LIF(theta=start, learn_theta=True, backend=backend)
+    lif.timesteps = steps
+    ours = lif(x.flatten(0, 1)).reshape(x.shape)
+    (ours * weight).sum().backward()
+    thresh = torch.as_tensor(start).clone().requires_grad_()
+    view = thresh.reshape(1, -1, 1, 1) if per_channel else thresh
+    expected = tet_lif_spike(x.detach(), thresh=view) * view  # LIF outputs θ·s
+    (expected * weight).sum().backward()
+    assert torch.equal(ours.detach(), expected.detach())
+    assert lif.theta.grad.shape == thresh.shape
+    assert torch.allclose(lif.theta.grad, thresh.grad, atol=1e-4, rtol=1e-5)
+    assert float(thresh.grad.abs().sum()) > 0
+
+
 def test_lif_settings_and_errors():
     lif = LIF()
     assert lif.attrs == {"neuron": "lif", "tau": 2.0, "reset": "hard", "v0": "zero"}
@@ -114,6 +136,14 @@ def test_lif_settings_and_errors():
         lif(torch.randn(4, 3))
     with pytest.raises(SnncError, match="theta"):
         LIF(theta=0)
+    with pytest.raises(SnncError, match="1-D"):
+        LIF(theta=torch.ones(2, 2))
+    with pytest.raises(SnncError, match="positive"):
+        LIF(theta=torch.tensor([1.0, -1.0]))
+    per_channel = LIF(theta=torch.ones(3))
+    per_channel.timesteps = 2
+    with pytest.raises(SnncError, match="3 per-channel thresholds, but the input has 5 channels"):
+        per_channel(torch.randn(4, 5, 2, 2))
     with pytest.raises(SnncError, match="tau"):
         LIF(tau=1.0)
     with pytest.raises(SnncError, match="reset"):
@@ -277,6 +307,26 @@ def test_export_with_a_residual_connection(tmp_path):
     with torch.no_grad():
         expected = run_steps(net, torch.from_numpy(x), 5)
     assert torch.allclose(_per_step(snnc.load(tmp_path / "res.snn.onnx"), x, 5), expected, atol=1e-5)
+
+
+def test_learned_per_channel_thresholds_train_and_export(digits_data, tmp_path):
+    train, test = digits_data
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), LIF(theta=torch.ones(6), learn_theta=True), nn.AvgPool2d(2),
+                        nn.Flatten(), nn.Linear(6 * 16, 10))
+    snnc.train.fit(net, (train.x[:512], train.y[:512]), timesteps=3, epochs=3, lr=1e-2, progress=False)
+    learned = net[1].threshold()
+    assert learned.shape == (6,) and not torch.allclose(learned, torch.ones(6))
+    compiled = snnc.train.export(net, tmp_path / "theta.snn.onnx", (1, 8, 8))
+    assert torch.equal(compiled.graph.find("neuron")[0].params["theta"], learned)
+    x = test.x[:64]
+    with torch.no_grad():
+        expected = run_steps(net, torch.from_numpy(x), 4)
+    assert torch.allclose(_per_step(snnc.load(tmp_path / "theta.snn.onnx"), x, 4), expected, atol=1e-5)
+    with torch.no_grad():
+        net[1].theta[2] = -0.5
+    with pytest.raises(SnncError, match=r"LIF '1' has a threshold ≤ 0"):
+        snnc.train.export(net, tmp_path / "bad.snn.onnx", (1, 8, 8))
 
 
 def test_export_errors(tmp_path):

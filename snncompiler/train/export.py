@@ -73,8 +73,12 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None):
         high = node.attrs.get("max")
         if node.attrs.get("min") == 0.0 and high is not None and high >= _MARK and (high - _MARK) < len(lifs):
             name, lif = lifs[int(high - _MARK)]
+            theta = lif.threshold()
+            if not bool((theta > 0).all()):
+                raise SnncError(f"model: LIF '{name}' has a threshold ≤ 0 (min {float(theta.min()):g}); a trained "
+                                "θ must stay positive (lower the learning rate or keep θ fixed)")
             node.op = "neuron"
-            node.params = {"theta": torch.tensor(lif.theta, dtype=torch.float32)}
+            node.params = {"theta": theta}
             node.attrs = dict(lif.attrs, theta_source=f"trained: {name}")
             node.name = "/" + name.replace(".", "/") + "/LIF"  # messages name the module, not the marker
             found[name] = node.name

@@ -21,6 +21,7 @@ from ..errors import SnncError
 from ..kernels import neuron_multistep
 from ..kernels.surrogate import resolve
 from ..passes.neuronize import neuron_attrs
+from ..runtime.ops import channel_view
 from ..runtime.snn import initial_potential, neuron_decay
 
 
@@ -35,7 +36,9 @@ class LIF(nn.Module):
     Args:
         neuron: "lif" or "if" (no leak).
         tau: LIF time constant, > 1 (decay = 1 - 1/tau).
-        theta: firing threshold (positive float); the output is θ·s.
+        theta: firing threshold: a positive float, or a 1-D tensor of C per-channel thresholds
+            (axis 1 of the activation, as the runtime's channel-wise θ); the output is θ·s.
+        learn_theta: train θ too (a parameter, by the op's ∂/∂θ through the surrogate).
         reset: "hard" (to 0) or "soft" (subtract θ).
         v0: "zero" or "half" (θ/2) initial membrane.
         surrogate, alpha: surrogate derivative ("triangle", "atan", "sigmoid"; alpha None =
@@ -44,14 +47,24 @@ class LIF(nn.Module):
         backend: kernel backend of :func:`~snncompiler.kernels.neuron_multistep`.
     """
 
-    def __init__(self, *, neuron: str = "lif", tau: float = 2.0, theta: float = 1.0, reset: str = "hard",
-                 v0: str = "zero", surrogate: str = "triangle", alpha: float | None = 1.0,
-                 detach_reset: bool = False, backend: str = "auto"):
+    def __init__(self, *, neuron: str = "lif", tau: float = 2.0, theta: float | torch.Tensor = 1.0,
+                 learn_theta: bool = False, reset: str = "hard", v0: str = "zero", surrogate: str = "triangle",
+                 alpha: float | None = 1.0, detach_reset: bool = False, backend: str = "auto"):
         super().__init__()
         self.attrs = neuron_attrs({"neuron": neuron, "tau": tau if neuron == "lif" else 0.0, "reset": reset, "v0": v0})
-        if not (isinstance(theta, (int, float)) and float(theta) > 0):
-            raise SnncError(f"theta: must be a positive number, got {theta!r}")
-        self.theta = float(theta)
+        if isinstance(theta, torch.Tensor):
+            theta = theta.detach().to(torch.float32).clone()
+            if theta.dim() > 1 or theta.numel() == 0 or not bool((theta > 0).all()):
+                raise SnncError(f"theta: a tensor θ must be 1-D (one per channel) and positive, got shape "
+                                f"{list(theta.shape)}")
+        elif not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and float(theta) > 0):
+            raise SnncError(f"theta: must be a positive number or a 1-D tensor, got {theta!r}")
+        if learn_theta:
+            self.theta = nn.Parameter(torch.as_tensor(theta, dtype=torch.float32).clone())
+        elif isinstance(theta, torch.Tensor):
+            self.register_buffer("theta", theta)
+        else:
+            self.theta = float(theta)  # a float is passed as it is: the op caches scalar tensors
         self.surrogate, self.alpha = surrogate, resolve(surrogate, alpha)[1]
         self.detach_reset, self.backend = bool(detach_reset), backend
         self.timesteps: int | None = None  # set by run_steps for each forward pass
@@ -67,8 +80,14 @@ class LIF(nn.Module):
             raise SnncError(f"LIF: the input's first axis ({x.shape[0]}) is not a multiple of T={steps}; "
                             "the network must keep the time-flattened batch axis up to every LIF")
         seq = x.reshape((steps, x.shape[0] // steps) + tuple(x.shape[1:]))
+        theta = self.theta
+        if isinstance(theta, torch.Tensor):
+            if theta.numel() > 1 and (x.dim() < 2 or x.shape[1] != theta.numel()):
+                raise SnncError(f"LIF: {theta.numel()} per-channel thresholds, but the input has "
+                                f"{x.shape[1] if x.dim() > 1 else 'no'} channels (axis 1)")
+            theta = channel_view(theta, seq[0])
         counting = not torch.is_grad_enabled()  # the C++ kernel counts for free; training skips it
-        result = neuron_multistep(seq, initial_potential(self.attrs, self.theta), self.theta,
+        result = neuron_multistep(seq, initial_potential(self.attrs, theta), theta,
                                   decay=neuron_decay(self.attrs), reset=self.attrs["reset"],
                                   surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
                                   backend=self.backend, return_count=counting)
@@ -76,10 +95,17 @@ class LIF(nn.Module):
             self.spike_count = self.spike_count + result[2]  # a tensor: no device sync per layer
         return result[0].reshape(x.shape)
 
+    def threshold(self) -> torch.Tensor:
+        """θ as the artifact stores it: a float32 scalar or [C] tensor on the CPU, detached."""
+        return torch.as_tensor(self.theta, dtype=torch.float32).detach().cpu().clone()
+
     def extra_repr(self) -> str:
         a = self.attrs
         tau = f", tau={a['tau']:g}" if a["neuron"] == "lif" else ""
-        return (f"neuron={a['neuron']}{tau}, theta={self.theta:g}, reset={a['reset']}, v0={a['v0']}, "
+        theta = self.threshold()
+        shown = f"{float(theta):g}" if theta.numel() == 1 else f"[{theta.numel()} channels]"
+        learned = " (learned)" if isinstance(self.theta, nn.Parameter) else ""
+        return (f"neuron={a['neuron']}{tau}, theta={shown}{learned}, reset={a['reset']}, v0={a['v0']}, "
                 f"surrogate={self.surrogate}({self.alpha:g})")
 
 
