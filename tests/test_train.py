@@ -210,6 +210,8 @@ def test_fit_errors(digits_data):
         snnc.train.fit(net, train, epochs=0, progress=False)
     with pytest.raises(SnncError, match="train: labels 'y' are required"):
         snnc.train.fit(net, (train.x, None), progress=False)
+    with pytest.raises(SnncError, match="labels span 5..12 but the model has 10 outputs"):
+        snnc.train.fit(net, (train.x[:8], np.arange(8) + 5), progress=False)
     with pytest.raises(SnncError, match="NaN"):
         x = train.x.copy()
         x[3, 0, 0, 0] = np.nan

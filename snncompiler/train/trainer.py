@@ -119,6 +119,8 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
         for xb, yb in data.batches(batch_size, gen):
             xb, yb = xb.to(dev), yb.to(dev)
             out = run_steps(model, xb, timesteps)
+            if not seen:
+                _check_labels(yb, out, epoch)
             value = criterion(out, yb)
             if not torch.isfinite(value):
                 raise SnncError(f"fit: the loss became {float(value)} at epoch {epoch}; lower lr (now {lr:g})")
@@ -144,6 +146,16 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
     settings["train_samples"] = seen
     model._snnc_training = settings
     return history
+
+
+def _check_labels(labels: torch.Tensor, out: torch.Tensor, epoch: int) -> None:
+    """Labels must index the model's outputs (else cross-entropy fails deep inside torch)."""
+    if out.dim() != 3:
+        raise SnncError(f"model: expected class scores [B, C] at each step, got {list(out.shape[1:])} per step")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= out.shape[-1]:
+        raise SnncError(f"train: labels span {low}..{high} but the model has {out.shape[-1]} outputs "
+                        f"(epoch {epoch}, first batch)")
 
 
 def evaluate(model: nn.Module, data, timesteps=(1, 2, 4, 8), *, batch_size: int = 256, device: str = "cpu") -> dict:
