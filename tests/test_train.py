@@ -2,15 +2,13 @@
 training that learns, and the trained network's artifact against the network it came from."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# the kernel tests' conftest sets TRITON_INTERPRET on a machine without a GPU before anything imports triton
+from kernels.conftest import device_for  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
 
 import snncompiler as snnc  # noqa: E402
 from snncompiler.errors import SnncError  # noqa: E402
@@ -55,6 +53,7 @@ def test_loss_argument_errors():
 
 
 # ---- the neuron against TET's LIFSpike --------------------------------------------------
+
 class _ZIF(torch.autograd.Function):
     """TET's spike function (models/layers.py): step forward, triangle of half-width γ backward."""
 
@@ -87,8 +86,9 @@ def tet_lif_spike(x, thresh=1.0, tau=0.5, gamma=1.0):
 def test_lif_matches_tet_lifspike(backend, gamma):
     g = torch.Generator().manual_seed(1)
     steps, batch = 6, 4
-    x = (torch.randn(steps, batch, 3, 5, 5, generator=g) * 1.2 + 0.4).requires_grad_()
-    weight = torch.randn(steps, batch, 3, 5, 5, generator=g)
+    dev = device_for(backend)
+    x = (torch.randn(steps, batch, 3, 5, 5, generator=g) * 1.2 + 0.4).to(dev).requires_grad_()
+    weight = torch.randn(steps, batch, 3, 5, 5, generator=g).to(dev)
     lif = LIF(alpha=1 / gamma, backend=backend)
     lif.timesteps = steps
     ours = lif(x.flatten(0, 1)).reshape(x.shape)
@@ -108,14 +108,15 @@ def test_lif_matches_tet_lifspike(backend, gamma):
 def test_learned_threshold_gradient_matches_tet_lifspike(backend, per_channel):
     g = torch.Generator().manual_seed(2)
     steps, batch, channels = 5, 3, 4
-    x = (torch.randn(steps, batch, channels, 3, 3, generator=g) + 0.5).requires_grad_()
-    weight = torch.randn(x.shape, generator=g)
+    dev = device_for(backend)
+    x = (torch.randn(steps, batch, channels, 3, 3, generator=g) + 0.5).to(dev).requires_grad_()
+    weight = torch.randn(x.shape, generator=g).to(dev)
     start = torch.tensor([0.8, 1.0, 1.2, 0.9]) if per_channel else 1.1
-    lif = LIF(theta=start, learn_theta=True, backend=backend)
+    lif = LIF(theta=start, learn_theta=True, backend=backend).to(dev)
     lif.timesteps = steps
     ours = lif(x.flatten(0, 1)).reshape(x.shape)
     (ours * weight).sum().backward()
-    thresh = torch.as_tensor(start).clone().requires_grad_()
+    thresh = torch.as_tensor(start).clone().to(dev).requires_grad_()
     view = thresh.reshape(1, -1, 1, 1) if per_channel else thresh
     expected = tet_lif_spike(x.detach(), thresh=view) * view  # LIF outputs θ·s
     (expected * weight).sum().backward()
