@@ -4,7 +4,8 @@
 #   2. run tests/kernels there (CUDA and Triton parity against the reference, gradients,
 #      SpikingJelly parity on the GPU),
 #   3. run benchmarks/kernels.py --gpu-only (throughput vs the device copy and SpikingJelly),
-#   4. run benchmarks/end_to_end.py --device cuda (both tools' converted models on the GPU).
+#   4. run benchmarks/end_to_end.py --device cuda (both tools' converted models on the GPU),
+#   5. time a TET training step on the GPU (benchmarks/tet_training.py --speed-only --device cuda).
 #
 #   bash benchmarks/gpu_session.sh [OUTDIR]
 #
@@ -24,8 +25,9 @@ SNNC_BUILD_CUDA=1 timeout 240 $py setup.py -q build_ext --inplace >"$out/gpu_bui
 echo "build exit $?"; tail -5 "$out/gpu_build.log"; ls snncompiler/kernels/*.so
 $py -m snncompiler.cli env --json >"$out/gpu_env.json" 2>&1; $py -m snncompiler.cli env | tail -4  # what ran where
 
-echo "== tests/kernels on the GPU"
+echo "== tests/kernels, the GPU runtime and direct training on the GPU"
 timeout "${SNNC_GPU_TEST_TIMEOUT:-300}" $py -m pytest -q -p no:cacheprovider --maxfail=20 tests/kernels tests/test_gpu_runtime.py \
+    tests/test_train.py \
     -k "not test_cpu_matches_reference" 2>&1 | tee "$out/gpu_pytest.log" | tail -40
 echo "pytest exit ${PIPESTATUS[0]}"
 
@@ -34,8 +36,14 @@ timeout "${SNNC_GPU_BENCH_TIMEOUT:-240}" $py benchmarks/kernels.py --gpu-only --
     | tee "$out/gpu_bench.log"
 echo "bench exit ${PIPESTATUS[0]}"
 
-[ "${SNNC_GPU_E2E:-1}" = 0 ] && exit 0  # SNNC_GPU_E2E=0: skip the end-to-end step
-echo "== benchmarks/end_to_end.py --device cuda"
-timeout "${SNNC_GPU_E2E_TIMEOUT:-240}" $py benchmarks/end_to_end.py --device cuda --threads 16 --out "$out" 2>&1 \
-    | tee "$out/gpu_e2e.log" | tail -8
-echo "e2e exit ${PIPESTATUS[0]}"
+if [ "${SNNC_GPU_E2E:-1}" != 0 ]; then  # SNNC_GPU_E2E=0: skip the end-to-end step
+  echo "== benchmarks/end_to_end.py --device cuda"
+  timeout "${SNNC_GPU_E2E_TIMEOUT:-240}" $py benchmarks/end_to_end.py --device cuda --threads 16 --out "$out" 2>&1 \
+      | tee "$out/gpu_e2e.log" | tail -8
+  echo "e2e exit ${PIPESTATUS[0]}"
+fi
+
+echo "== benchmarks/tet_training.py --speed-only --device cuda"
+timeout "${SNNC_GPU_TET_TIMEOUT:-180}" $py -m benchmarks.tet_training --speed-only --device cuda --threads 16 \
+    --out "$out/tet_training_gpu.json" 2>&1 | tee "$out/gpu_tet.log" | tail -12
+echo "tet exit ${PIPESTATUS[0]}"

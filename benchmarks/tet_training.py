@@ -125,13 +125,16 @@ class _SpikingJellyLIF(LIF):
         return self.node(x.reshape((self.timesteps, -1) + tuple(x.shape[1:]))).reshape(x.shape)
 
 
-def speed_rows(build, shape, batch: int, timesteps: int, rounds: int) -> dict:
-    """Median seconds per training step with each neuron implementation (same weights, same batch)."""
+def speed_rows(build, shape, batch: int, timesteps: int, rounds: int, device: str = "cpu") -> dict:
+    """Median seconds per training step with each neuron implementation (same weights, same batch).
+
+    The first row is the baseline of the ratios: the C++ kernel on the CPU; on a GPU the default
+    dispatch (CUDA forward, Triton backward)."""
     torch.manual_seed(0)
-    x = torch.rand((batch,) + tuple(shape))
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand((batch,) + tuple(shape), device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     nets = {}
-    for backend in ("cpu", "reference"):
+    for backend in (("cpu", "reference") if device == "cpu" else ("auto", "triton", "reference")):
         torch.manual_seed(0)
         nets[f"snnc LIF ({backend})"] = build(lambda b=backend: LIF(backend=b))
     try:
@@ -151,11 +154,14 @@ def speed_rows(build, shape, batch: int, timesteps: int, rounds: int) -> dict:
             opt.step()
         return run
 
-    impls = {label: step(net.train(), torch.optim.Adam(net.parameters(), 1e-4)) for label, net in nets.items()}
-    times = measure(impls, rounds, 2.0, lambda: None, grad=True)
+    impls = {label: step(net.to(device).train(), torch.optim.Adam(net.parameters(), 1e-4))
+             for label, net in nets.items()}
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    times = measure(impls, rounds, 2.0, sync, grad=True)
     med = {label: statistics.median(v) for label, v in times.items()}
-    base = med["snnc LIF (cpu)"]
-    return {label: {"median_s": m, "vs_snnc_cpu": m / base, "samples": len(times[label])} for label, m in med.items()}
+    base = next(iter(med.values()))
+    key = "vs_snnc_cpu" if device == "cpu" else "vs_snnc_auto"
+    return {label: {"median_s": m, key: m / base, "samples": len(times[label])} for label, m in med.items()}
 
 
 def main(argv=None) -> int:
@@ -165,22 +171,25 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--speed-only", action="store_true", help="only the training-step timing")
+    parser.add_argument("--device", default="cpu", help="where the training-step timing runs (cpu, cuda)")
     parser.add_argument("--out", type=Path, default=RESULTS / "tet_training.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     specs = workloads(args.quick)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "threads": args.threads, "torch": torch.__version__, "quick": args.quick, "t_eval": T_EVAL,
+              "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu",
               "workloads": {}, "speed": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, spec in specs.items():
+        for name, spec in ({} if args.speed_only else specs).items():
             print(f"[{name}] training the ANN, converting, training TET and SDT ...", file=sys.stderr, flush=True)
             result["workloads"][name] = accuracy_rows(name, spec, args.seed, Path(tmp))
     rounds = 5 if args.quick else args.rounds
     for name, spec in specs.items():
         build, _, _, shape = spec[:4]
         result["speed"][name] = {"batch": 64, "timesteps": spec[6],
-                                 "rows": speed_rows(build, shape, 64, spec[6], rounds)}
+                                 "rows": speed_rows(build, shape, 64, spec[6], rounds, args.device)}
     for name, res in result["workloads"].items():
         print(f"\n## {name}: top-1 accuracy vs T ({res['test_samples']} test samples; ANN {res['accuracy']['ANN']:.4f})")
         print("| method | " + " | ".join(f"T={t}" for t in T_EVAL) + " |")
@@ -190,10 +199,11 @@ def main(argv=None) -> int:
                 print(f"| {label} | " + " | ".join(f"{accs[str(t)]:.4f}" for t in T_EVAL) + " |")
     for name, res in result["speed"].items():
         print(f"\n## {name}: training step (batch {res['batch']}, T={res['timesteps']}, {args.threads} threads)")
-        print("| neuron | median s/step | × snnc C++ |")
+        print("| neuron | median s/step | × first row |")
         print("|---|---|---|")
         for label, row in res["rows"].items():
-            print(f"| {label} | {row['median_s']:.4f} | {row['vs_snnc_cpu']:.2f} |")
+            ratio = row.get("vs_snnc_cpu", row.get("vs_snnc_auto"))
+            print(f"| {label} | {row['median_s']:.4f} | {ratio:.2f} |")
     write_result(args.out, result)
     return 0
 

@@ -238,6 +238,21 @@ def test_dataloaders_train_and_evaluate(trained, digits_data):
     assert history["epochs"][-1]["val_accuracy"] > 0.5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (benchmarks/gpu_session.sh runs it)")
+def test_fit_on_gpu_and_export(digits_data, tmp_path):
+    train, test = digits_data
+    torch.manual_seed(5)
+    net = small_cnn()
+    history = snnc.train.fit(net, train, timesteps=4, epochs=6, lr=5e-3, device="cuda", progress=False)
+    assert next(net.parameters()).is_cuda
+    assert history["epochs"][-1]["loss"] < 0.7 * history["epochs"][0]["loss"]
+    on_gpu = snnc.train.evaluate(net, test, timesteps=[4], device="cuda")
+    assert on_gpu["accuracy"]["4"] >= 0.85
+    snnc.train.export(net, tmp_path / "gpu.snn.onnx", (1, 8, 8))  # copies to the CPU itself
+    on_cpu = snnc.load(tmp_path / "gpu.snn.onnx").evaluate(test.x, test.y, timesteps=[4])
+    assert abs(on_cpu["snn_accuracy"]["4"] - on_gpu["accuracy"]["4"]) <= 0.01
+
+
 def test_bad_batches_are_named():
     net = small_cnn()
     with pytest.raises(SnncError, match="train: batch 1 is not an"):
