@@ -347,6 +347,25 @@ def test_learned_per_channel_thresholds_train_and_export(digits_data, tmp_path):
         snnc.train.export(net, tmp_path / "bad.snn.onnx", (1, 8, 8))
 
 
+def test_export_a_lif_used_at_two_sites(tmp_path):
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head, self.lif = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2), LIF()
+
+        def forward(self, x):
+            return self.head(self.lif(self.b(self.lif(self.a(x)))))
+
+    torch.manual_seed(6)
+    net = Shared().eval()
+    compiled = snnc.train.export(net, tmp_path / "shared.snn.onnx", (4,), timesteps=3)
+    assert [n.name for n in compiled.graph.find("neuron")] == ["/lif/LIF", "/lif/LIF#2"]
+    x = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32) * 2
+    with torch.no_grad():
+        expected = run_steps(net, torch.from_numpy(x), 3)
+    assert torch.allclose(_per_step(snnc.load(tmp_path / "shared.snn.onnx"), x, 3), expected, atol=1e-5)
+
+
 def test_export_errors(tmp_path):
     net = small_cnn()
     with pytest.raises(SnncError, match="training mode"):
@@ -354,6 +373,10 @@ def test_export_errors(tmp_path):
     net.eval()
     with pytest.raises(SnncError, match="timesteps"):
         snnc.train.export(net, tmp_path / "a.onnx", (1, 8, 8))
+    with pytest.raises(SnncError, match=r"input_shape \[3, 8, 8\]: exporting the network failed"):
+        snnc.train.export(net, tmp_path / "a.onnx", (3, 8, 8), timesteps=4)
+    with pytest.raises(SnncError, match="input_shape: expected one sample's shape"):
+        snnc.train.export(net, tmp_path / "a.onnx", "1x8x8", timesteps=4)
 
     class WithSpare(nn.Module):
         def __init__(self):

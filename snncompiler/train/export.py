@@ -63,8 +63,16 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None):
     net = copy.deepcopy(model).cpu()
     for index, (name, _) in enumerate(lifs):
         _replace(net, name, _Site(index))
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise SnncError(f"input_shape: expected one sample's shape as integers, e.g. (1, 8, 8), got {input_shape!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(net, tuple(input_shape), Path(tmp) / "trained.onnx")
+        try:
+            path = export_onnx(net, shape, Path(tmp) / "trained.onnx")
+        except Exception as exc:  # torch's exporter raises many kinds; the first line says what failed
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SnncError(f"input_shape {list(shape)}: exporting the network failed: {first}") from exc
         graph = load_graph(path)
     ctx = PassContext(options={})
     graph = run_pipeline(graph, ctx, [fold_bn])
@@ -80,8 +88,11 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None):
             node.op = "neuron"
             node.params = {"theta": theta}
             node.attrs = dict(lif.attrs, theta_source=f"trained: {name}")
-            node.name = "/" + name.replace(".", "/") + "/LIF"  # messages name the module, not the marker
-            found[name] = node.name
+            # messages name the module, not the marker; a LIF called at several sites gets #2, #3, ...
+            base = "/" + name.replace(".", "/") + "/LIF"
+            sites = found.setdefault(name, [])
+            node.name = base if not sites else f"{base}#{len(sites) + 1}"
+            sites.append(node.name)
     missing = [name for name, _ in lifs if name not in found]
     if missing:
         raise SnncError(f"model: LIF {', '.join(repr(m) for m in missing)} is not on the forward path, "
