@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the output (key 'y')")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--timesteps", type=int, default=None, help="spiking models: steps to simulate (default: compile T)")
+    p.add_argument("--timesteps", type=int, default=None, help="spiking models: steps to simulate (default: compile T; "
+                   "a sequence model: the input's length)")
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     _add_common(p)
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine)")
     p.add_argument("--timesteps", default=None,
                    help="spiking models: comma-separated T values, all from one max(T) run "
-                        "(default 1,2,4,...,256)")
+                        "(default 1,2,4,...,256; a sequence model: powers of two up to the input's length)")
     p.add_argument("--chunk", type=int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
     p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
@@ -225,9 +226,9 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _parse_timesteps(text: str | None) -> list[int]:
+def _parse_timesteps(text: str | None) -> list[int] | None:
     if text is None:
-        return [1, 2, 4, 8, 16, 32, 64, 128, 256]
+        return None  # the model's default: powers of two to 256, or to a sequence input's length
     try:
         ts = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
@@ -239,10 +240,13 @@ def _parse_timesteps(text: str | None) -> list[int]:
 
 def _eval_snn(args, model, data) -> int:
     ts = _parse_timesteps(args.timesteps)
+    if args.layers and model.sequence:
+        raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
     result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, backend=args.backend,
                             device=args.device, **({"chunk": args.chunk} if args.chunk else {}))
     seconds = time.perf_counter() - t0
+    ts = [int(t) for t in result["snn_accuracy"]]
     if args.plot:
         _plot(args.plot, result, args.model)
     if args.layers:

@@ -12,7 +12,7 @@ from .ir import Graph
 from .passes import (PassContext, bias_calibration, fold_bn, neuronize, potential_calibration, run_pipeline, stats,
                      thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
-from .runtime.snn import DEFAULT_CHUNK, SpikingRunner
+from .runtime.snn import DEFAULT_CHUNK, SpikingRunner, output_steps
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ DEFAULTS = {
     "chunk": DEFAULT_CHUNK, "backend": "auto",
     "calibration": "none", "calib_rounds": 3, "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
 }
+#: The T at which `evaluate` and `snnc eval` report accuracy unless told otherwise.
+DEFAULT_EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
                 "calibration")
 #: The calibration pipelines: which passes run after neuronize (the mse threshold comes first).
@@ -63,9 +65,14 @@ class CompiledModel:
         self.ann_graph: Graph | None = None  # the ANN it was compiled from, when known (not saved)
 
     # ---- execution ----------------------------------------------------------------------
+    @property
+    def sequence(self) -> bool:
+        """Whether inputs carry their own time axis, [N, T, ...] (the "sequence" encoding)."""
+        return self.options.get("encoding") == "sequence"
+
     def _input(self, x) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
-        check_input(self.graph.inputs[0], t)
+        check_input(self.graph.inputs[0], t, sequence=self.sequence)
         return t.float()
 
     def runner(self, **overrides) -> SpikingRunner:
@@ -76,11 +83,13 @@ class CompiledModel:
                              device=o.get("device", "cpu"))
 
     def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = 256, **overrides):
-        """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}."""
-        timesteps = int(timesteps or self.options["timesteps"])
+        """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.
+
+        Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in."""
+        xt = self._input(x)
+        timesteps = int(timesteps or (xt.shape[1] if self.sequence else self.options["timesteps"]))
         runner = self.runner(**overrides)
         chunk = int(overrides.get("chunk", self.options["chunk"]))
-        xt = self._input(x)
         parts: dict[int, list] = {}
         for start in range(0, len(xt), batch_size):
             res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
@@ -95,17 +104,24 @@ class CompiledModel:
         return self.run(x, timesteps, **overrides)
 
     def ann(self, x, batch_size: int = 1024) -> np.ndarray:
-        """The artifact's own ANN: every neuron as clip(x, 0, θ)."""
+        """The artifact's own ANN: every neuron as clip(x, 0, θ) (on the time-mean of a sequence input)."""
         ex = Executor(self.graph)
         xt = self._input(x)
+        if self.sequence:
+            xt = xt.mean(1)
         with torch.no_grad():
             return np.concatenate([ex.run({self.graph.inputs[0].name: xt[s:s + batch_size]})[self.graph.outputs[0].name]
                                    .cpu().numpy() for s in range(0, len(xt), batch_size)])
 
-    def evaluate(self, x, y, timesteps=(1, 2, 4, 8, 16, 32, 64, 128, 256), *, batch_size: int = 256, **overrides) -> dict:
-        """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate."""
+    def evaluate(self, x, y, timesteps=None, *, batch_size: int = 256, **overrides) -> dict:
+        """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
+
+        ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
+        (and T_in itself) for sequence inputs."""
         from .metrics import accuracy
 
+        if timesteps is None:
+            timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
         ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
         outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
         return {"samples": int(len(x)),
@@ -145,7 +161,7 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     Passes: fold BN → activation statistics on ``calib_data`` → thresholds → neuronize
     (→ the calibration pipeline). Options (see DEFAULTS): threshold (max | pNN.N | mse),
     channelwise, timesteps (the compile T), neuron (if | lif), tau, reset (soft | hard), v0
-    (half | zero), maxpool (rate | gated | input | output), strict, encoding (direct | rate),
+    (half | zero), maxpool (rate | gated | input | output), strict, encoding (direct | rate; "sequence" only for trained networks),
     calib_samples, calibration (none | light | advanced), iterations, seed.
 
     A calibration pipeline is kept only if, on the calibration samples at the compile T, its
@@ -154,6 +170,9 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     report says so.
     """
     opts = resolve_options(options)
+    if opts["encoding"] == "sequence":
+        raise SnncError("--encoding sequence: conversion calibrates on static inputs; sequence inputs [N, T, ...] "
+                        "are for directly trained networks (snncompiler.train)")
     graph = model if isinstance(model, Graph) else _load(model)
     calib = _as_dataset(calib_data)
     check_input(graph.inputs[0], torch.from_numpy(calib.x[:1]), label="calibration input")

@@ -242,6 +242,27 @@ def textured_shapes(n: int, seed: int = 0, size: int = 32, noise: float = 0.2, c
     return Dataset(x, y)
 
 
+def moving_dot(n: int, seed: int = 0, length: int = 16, steps: int = 8, noise: float = 0.1) -> Dataset:
+    """A generated sequence task whose answer is in the order of the frames, not in any one frame.
+
+    x: [n, steps, 1, length] float32, a dot of height 1 that moves one cell per step along a line,
+    plus Gaussian noise; y: 0 if it moves right, 1 if left. Both directions sweep the same cells
+    (a left-moving sample is a right-moving one played backwards), so the time-mean of x carries
+    no information about y: a model that sees only the mean is at chance by construction, and one
+    that integrates over time can reach 100%. Deterministic under ``seed``.
+    """
+    if steps > length:
+        raise ValueError(f"moving_dot: steps ({steps}) must not exceed length ({length})")
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(np.int64)
+    start = rng.integers(0, length - steps + 1, n)
+    x = rng.normal(0, noise, (n, steps, 1, length)).astype(np.float32)
+    t = np.arange(steps)
+    position = start[:, None] + np.where(y[:, None] == 0, t, steps - 1 - t)
+    x[np.arange(n)[:, None], t, 0, position] += 1.0
+    return Dataset(x, y)
+
+
 # ---- ready-made benchmark workloads: a trained (or random) torch model with calibration and test data --
 
 @dataclass

@@ -14,7 +14,7 @@ import snncompiler as snnc  # noqa: E402
 from snncompiler.errors import SnncError  # noqa: E402
 from snncompiler.kernels import available_backends  # noqa: E402
 from snncompiler.train import LIF, run_steps  # noqa: E402
-from snncompiler.workloads import digits  # noqa: E402
+from snncompiler.workloads import digits, moving_dot  # noqa: E402
 
 
 # ---- loss ------------------------------------------------------------------------------
@@ -390,3 +390,77 @@ def test_export_errors(tmp_path):
         snnc.train.export(WithSpare().eval(), tmp_path / "a.onnx", (1, 8, 8), timesteps=4)
     with pytest.raises(SnncError, match="no snncompiler.train.LIF"):
         snnc.train.export(nn.Linear(3, 2).eval(), tmp_path / "a.onnx", (3,), timesteps=4)
+
+
+# ---- sequence inputs: one frame per step ---------------------------------------------------
+def test_moving_dot_hides_the_class_from_the_time_mean():
+    data = moving_dot(64, seed=3, noise=0.0)
+    right, left = data.x[data.y == 0], data.x[data.y == 1]
+    # played backwards, a right-moving dot is a left-moving one over the same cells
+    assert {tuple(s.mean(0).ravel()) for s in right} == {tuple(s[::-1].mean(0).ravel()) for s in right}
+    assert np.all(np.diff(right[:, :, 0].argmax(-1), axis=1) == 1)
+    assert np.all(np.diff(left[:, :, 0].argmax(-1), axis=1) == -1)
+
+
+def sequence_net() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), LIF(), nn.Conv1d(8, 16, 3, padding=1), LIF(),
+                         nn.Flatten(), nn.Linear(16 * 16, 2))
+
+
+@pytest.fixture(scope="module")
+def sequence_model():
+    train, test = moving_dot(2000, seed=0), moving_dot(500, seed=1)
+    torch.manual_seed(0)
+    net = sequence_net()
+    history = snnc.train.fit(net, train, epochs=8, lr=1e-2, sequence=True, progress=False)
+    return net, history, test
+
+
+def test_sequence_training_learns_direction_and_exports(sequence_model, tmp_path):
+    net, history, test = sequence_model
+    assert history["settings"]["timesteps"] == 8 and history["settings"]["sequence"] is True
+    result = snnc.train.evaluate(net, test, sequence=True)
+    assert list(result["accuracy"]) == ["1", "2", "4", "8"]
+    assert result["accuracy"]["8"] >= 0.95  # the time-mean alone is at chance by construction
+    path = tmp_path / "dot.snn.onnx"
+    snnc.train.export(net, path, (1, 16))
+    loaded = snnc.load(path)
+    assert loaded.options["encoding"] == "sequence" and loaded.sequence
+    assert loaded.evaluate(test.x, test.y)["snn_accuracy"] == result["accuracy"]
+    with torch.no_grad():
+        expected = run_steps(net, torch.from_numpy(test.x[:32]), sequence=True)
+    assert torch.allclose(loaded.runner().run_steps(torch.from_numpy(test.x[:32]), 8), expected, atol=1e-5)
+    assert loaded.run(test.x[:4]).shape == (4, 2)  # T defaults to the sequence's length
+
+
+def test_sequence_errors(sequence_model, tmp_path):
+    net, _, test = sequence_model
+    with pytest.raises(SnncError, match="the input sequence has 8"):
+        run_steps(net, torch.from_numpy(test.x[:2]), 9, sequence=True)
+    with pytest.raises(SnncError, match=r"a sequence input must be \[B, T, ...\]"):
+        run_steps(net, torch.zeros(3), sequence=True)
+    path = tmp_path / "dot.snn.onnx"
+    snnc.train.export(net, path, (1, 16))
+    loaded = snnc.load(path)
+    with pytest.raises(SnncError, match=r"expected shape \[N, T, 1, 16\], got \[4, 1, 16\]"):
+        loaded.run(test.x[:4, 0])
+    with pytest.raises(SnncError, match="16 steps asked for, but the input sequence has 8"):
+        loaded.run(test.x[:4], 16)
+    with pytest.raises(SnncError, match="--encoding sequence: conversion calibrates on static inputs"):
+        snnc.compile(path, test.x[:, 0], encoding="sequence")
+
+
+def test_cli_evaluates_a_sequence_artifact(sequence_model, tmp_path):
+    import subprocess
+    import sys
+
+    net, _, test = sequence_model
+    snnc.train.export(net, tmp_path / "dot.snn.onnx", (1, 16))
+    np.savez(tmp_path / "dot.npz", x=test.x, y=test.y)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True)
+    proc = run("eval", tmp_path / "dot.snn.onnx", "--data", tmp_path / "dot.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[2:]] == ["1", "2", "4", "8"]
+    proc = run("eval", tmp_path / "dot.snn.onnx", "--data", tmp_path / "dot.npz", "--layers")
+    assert proc.returncode == 2 and "--layers: per-layer conversion errors need static inputs" in proc.stderr

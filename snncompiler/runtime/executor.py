@@ -97,15 +97,17 @@ class Executor:
         return feeds, numpy_in
 
 
-def check_input(value: Value, x: torch.Tensor, label: str = "input") -> None:
-    """Raise a one-line error if ``x`` does not fit graph input ``value`` (dtype, rank, per-sample shape)."""
+def check_input(value: Value, x: torch.Tensor, label: str = "input", *, sequence: bool = False) -> None:
+    """Raise a one-line error if ``x`` does not fit graph input ``value`` (dtype, rank, per-sample
+    shape); with ``sequence`` x carries a time axis after the batch axis: [N, T, ...]."""
     if not torch.is_floating_point(x):
         raise SnncError(f"{label} '{value.name}': expected float32 data, got {str(x.dtype).replace('torch.', '')}")
     if value.shape is not None:
         want = tuple(value.shape[1:])
-        if x.dim() != len(value.shape) or tuple(x.shape[1:]) != want:
-            raise SnncError(f"{label} '{value.name}': expected shape [N, {', '.join(map(str, want))}], "
-                            f"got {list(x.shape)}")
+        lead = 2 if sequence else 1
+        if x.dim() != len(want) + lead or tuple(x.shape[lead:]) != want:
+            raise SnncError(f"{label} '{value.name}': expected shape [N, {'T, ' if sequence else ''}"
+                            f"{', '.join(map(str, want))}], got {list(x.shape)}")
 
 
 def run_graph(graph: Graph, *inputs, device: str = "cpu"):

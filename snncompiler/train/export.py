@@ -40,11 +40,12 @@ def _replace(root: nn.Module, qualified: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None):
+def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, sequence: bool | None = None):
     """The trained network as a :class:`~snncompiler.compiler.CompiledModel` (IR + settings).
 
-    ``input_shape`` is one sample's shape without the batch axis, e.g. (1, 8, 8).
-    ``timesteps`` is the artifact's default T (the training T when :func:`~.trainer.fit` trained it).
+    ``input_shape`` is one sample's shape without the batch axis, e.g. (1, 8, 8); for a network
+    that takes sequences, one frame's shape. ``timesteps`` is the artifact's default T and
+    ``sequence`` its input encoding (both default to how :func:`~.trainer.fit` trained it).
     """
     from ..compiler import DEFAULTS, CompiledModel
     from ..frontend import load_graph
@@ -56,6 +57,7 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None):
         raise SnncError("model: has no snncompiler.train.LIF neuron; compile an ANN with snnc.compile instead")
     training = getattr(model, "_snnc_training", None)
     timesteps = timesteps or (training or {}).get("timesteps")
+    sequence = bool((training or {}).get("sequence", False)) if sequence is None else bool(sequence)
     if not isinstance(timesteps, int) or timesteps < 1:
         raise SnncError("timesteps: give the artifact's default T (the model was not trained with snnc.train.fit)")
     if model.training:
@@ -103,17 +105,18 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None):
     first = lifs[0][1].attrs
     mixed = any(m.attrs != first for _, m in lifs)
     options = {**DEFAULTS, **{k: first[k] for k in ("neuron", "tau", "reset", "v0")}, "timesteps": timesteps,
-               "threshold": "trained", "maxpool": "output", "encoding": "direct", "calibration": "none"}
+               "threshold": "trained", "maxpool": "output", "encoding": "sequence" if sequence else "direct",
+               "calibration": "none"}
     report = {"direct_training": training or {"method": "unknown"}, "neurons": found,
               "neuron_settings": "per neuron (mixed)" if mixed else "uniform", "fold_bn": ctx.report.get("fold_bn", [])}
     return CompiledModel(graph, options, report)
 
 
-def export(model: nn.Module, path, input_shape, *, timesteps: int | None = None):
+def export(model: nn.Module, path, input_shape, *, timesteps: int | None = None, sequence: bool | None = None):
     """Write the trained network as a spiking artifact at ``path``; returns the CompiledModel.
 
     The file is what ``snnc compile`` writes: ``snnc run/eval/inspect`` and ``snnc.load`` read it.
     """
-    compiled = to_compiled(model, input_shape, timesteps=timesteps)
+    compiled = to_compiled(model, input_shape, timesteps=timesteps, sequence=sequence)
     compiled.save(path)
     return compiled

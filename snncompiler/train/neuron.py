@@ -114,22 +114,33 @@ def neurons(model: nn.Module) -> list[tuple[str, LIF]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
 
 
-def run_steps(model: nn.Module, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """Run a network with LIF neurons for ``timesteps`` steps on a static input x [B, ...].
+def run_steps(model: nn.Module, x: torch.Tensor, timesteps: int | None = None, *, sequence: bool = False) -> torch.Tensor:
+    """Run a network with LIF neurons for ``timesteps`` steps; returns the output at every step, [T, B, ...].
 
-    The input is presented unchanged at every step (direct coding, as the compiled runtime
-    does). Returns the output at every step, [T, B, ...]: TET supervises each step, and the
-    model's prediction is the mean over steps.
+    A static input x [B, ...] is presented unchanged at every step (direct coding, as the compiled
+    runtime does). With ``sequence`` x is [B, T_in, ...], one frame per step (event frames, time
+    series), and ``timesteps`` (default T_in) takes the first frames. TET supervises each step's
+    output; the model's prediction is the mean over steps.
     """
+    if sequence:
+        if x.dim() < 2:
+            raise SnncError(f"x: a sequence input must be [B, T, ...], got shape {list(x.shape)}")
+        timesteps = x.shape[1] if timesteps is None else timesteps
     if not isinstance(timesteps, int) or timesteps < 1:
         raise SnncError(f"timesteps: must be a positive integer, got {timesteps!r}")
+    if sequence and timesteps > x.shape[1]:
+        raise SnncError(f"timesteps: {timesteps} steps asked for, but the input sequence has {x.shape[1]}")
     lifs = neurons(model)
     if not lifs:
         raise SnncError("model: has no snncompiler.train.LIF neuron (put one where the ANN has a ReLU)")
     for _, m in lifs:
         m.timesteps = timesteps
     batch = x.shape[0]
-    seq = x.unsqueeze(0).expand((timesteps,) + tuple(x.shape)).reshape((timesteps * batch,) + tuple(x.shape[1:]))
+    if sequence:
+        frames = x[:, :timesteps].transpose(0, 1)
+    else:
+        frames = x.unsqueeze(0).expand((timesteps,) + tuple(x.shape))
+    seq = frames.reshape((timesteps * batch,) + tuple(frames.shape[2:]))
     try:
         out = model(seq)
     finally:

@@ -1,7 +1,8 @@
 """Direct training of a spiking network with TET (or plain time-averaged cross-entropy).
 
 :func:`fit` follows the TET authors' released recipe: Adam, cosine learning rate over the
-epochs, the loss on the output of every step, static inputs presented at every step. Training
+epochs, the loss on the output of every step, static inputs presented at every step (or, with
+``sequence=True``, inputs [N, T, ...] that bring one frame per step). Training
 memory and time grow linearly with T, so TET's temporal inheritance (TIT) is simply ``fit`` at
 a small T followed by a short ``fit`` of the same model at a larger T: the weights do not
 depend on T.
@@ -19,6 +20,7 @@ from ..data import Dataset, validate
 from ..errors import SnncError
 from ..metrics import accuracy
 from .loss import LOSSES, tet_loss
+from ..runtime.snn import output_steps
 from .neuron import neurons, run_steps
 
 
@@ -72,9 +74,9 @@ class _Source:
             yield xb.float(), yb.long()
 
 
-def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: str = "tet", lamb: float = 1e-3,
-        means: float = 1.0, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0, val=None,
-        seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 30, loss: str = "tet",
+        lamb: float = 1e-3, means: float = 1.0, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0,
+        val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 
     Args:
@@ -82,7 +84,8 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
             int64 [N]; shuffled and batched with ``batch_size``) or an iterable of (x, y) batches
             such as a DataLoader (used as it comes); ``val`` is scored after every epoch at
             ``timesteps``.
-        timesteps: T of training.
+        timesteps: T of training (default 4; with ``sequence``, the sequences' length).
+        sequence: inputs are [N, T, ...] with one frame per step, not one static x per sample.
         loss: "tet" (:func:`~.loss.tet_loss` with ``lamb`` and ``means``) or "sdt" (cross-entropy
             of the time-mean output).
         lr, weight_decay, epochs, batch_size: Adam with a cosine schedule over the epochs.
@@ -98,6 +101,8 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise SnncError(f"{name}: must be a positive integer, got {value!r}")
+    if timesteps is None and not sequence:
+        timesteps = 4
     data = _Source(train, "train")
     val_data = None if val is None else _Source(val, "val")
     dev = torch.device(device)
@@ -107,7 +112,7 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     criterion = (lambda out, lab: tet_loss(out, lab, lamb=lamb, means=means)) if loss == "tet" else LOSSES[loss]
-    settings = {"method": loss, "timesteps": timesteps, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+    settings = {"method": loss, "timesteps": timesteps, "sequence": sequence, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                 "weight_decay": weight_decay, "seed": seed, "train_samples": data.samples()}
     if loss == "tet":
         settings.update(lamb=lamb, means=means)
@@ -118,7 +123,7 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
         total, correct, seen = 0.0, 0, 0
         for xb, yb in data.batches(batch_size, gen):
             xb, yb = xb.to(dev), yb.to(dev)
-            out = run_steps(model, xb, timesteps)
+            out = run_steps(model, xb, timesteps, sequence=sequence)
             if not seen:
                 _check_labels(yb, out, epoch)
             value = criterion(out, yb)
@@ -136,7 +141,8 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
         row = {"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen,
                "seconds": time.perf_counter() - started}
         if val_data is not None:
-            row["val_accuracy"] = _evaluate(model, val_data, [timesteps], 256, dev)["accuracy"][str(timesteps)]
+            scored = _evaluate(model, val_data, [timesteps] if timesteps else None, 256, dev, sequence)
+            row["val_accuracy"] = scored["accuracy"][max(scored["accuracy"], key=int)]
         history["epochs"].append(row)
         if progress:
             extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
@@ -144,6 +150,7 @@ def fit(model: nn.Module, train, *, timesteps: int = 4, epochs: int = 30, loss: 
                   f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
     model.eval()
     settings["train_samples"] = seen
+    settings["timesteps"] = out.shape[0]  # a sequence's length when it was not given
     model._snnc_training = settings
     return history
 
@@ -158,33 +165,44 @@ def _check_labels(labels: torch.Tensor, out: torch.Tensor, epoch: int) -> None:
                         f"(epoch {epoch}, first batch)")
 
 
-def evaluate(model: nn.Module, data, timesteps=(1, 2, 4, 8), *, batch_size: int = 256, device: str = "cpu") -> dict:
+def evaluate(model: nn.Module, data, timesteps=None, *, batch_size: int = 256, device: str = "cpu",
+             sequence: bool = False) -> dict:
     """Accuracy of the time-mean output at every T in ``timesteps`` (one max(T) run), in torch.
 
-    ``data`` as in :func:`fit`. Returns {"samples", "accuracy": {str(T): top-1}, "firing_rate"}
+    ``data`` and ``sequence`` as in :func:`fit`; ``timesteps`` defaults to 1, 2, 4, 8 (sequences:
+    the powers of two up to their length, and the length). Returns {"samples", "accuracy": {str(T): top-1}, "firing_rate"}
     (spikes per neuron per step over the max(T) run). The compiled artifact's ``evaluate`` gives
     the same figures through the spiking runtime.
     """
-    ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
-    if ts[0] < 1:
-        raise SnncError(f"timesteps: must be positive, got {ts[0]}")
-    return _evaluate(model, _Source(data, "data"), ts, batch_size, torch.device(device))
+    ts = None
+    if timesteps is not None:
+        ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
+        if ts[0] < 1:
+            raise SnncError(f"timesteps: must be positive, got {ts[0]}")
+    elif not sequence:
+        ts = [1, 2, 4, 8]
+    return _evaluate(model, _Source(data, "data"), ts, batch_size, torch.device(device), sequence)
 
 
-def _evaluate(model: nn.Module, source: _Source, ts: list[int], batch_size: int, dev: torch.device) -> dict:
+def _evaluate(model: nn.Module, source: _Source, ts: list[int] | None, batch_size: int, dev: torch.device,
+              sequence: bool = False) -> dict:
+    """``ts`` None: a sequence's powers of two and its length (known from the first batch)."""
     was_training = model.training
     model.eval()
     lifs = [m for _, m in neurons(model)]
-    sums: dict[int, list] = {t: [] for t in ts}
+    sums: dict[int, list] = {t: [] for t in ts or []}
     labels, per_sample = [], None
     with torch.no_grad():
         for xb, yb in source.batches(batch_size):
             xb = xb.to(dev)
             if per_sample is None:
-                per_sample = _neuron_count(model, xb[:1])
+                if ts is None:
+                    ts = output_steps(int(xb.shape[1]))
+                    sums = {t: [] for t in ts}
+                per_sample = _neuron_count(model, xb[:1], sequence)
                 for m in lifs:
                     m.spike_count = 0
-            cum = run_steps(model, xb, ts[-1]).float().cumsum(0)
+            cum = run_steps(model, xb, ts[-1], sequence=sequence).float().cumsum(0)
             for t in ts:
                 sums[t].append((cum[t - 1] / t).cpu().numpy())
             labels.append(yb.numpy())
@@ -198,12 +216,12 @@ def _evaluate(model: nn.Module, source: _Source, ts: list[int], batch_size: int,
             "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
 
 
-def _neuron_count(model: nn.Module, sample: torch.Tensor) -> int:
+def _neuron_count(model: nn.Module, sample: torch.Tensor, sequence: bool) -> int:
     """Neurons per sample: the summed sizes of every LIF output for one input [1, ...]."""
     sizes = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for _, m in neurons(model)]
     try:
-        run_steps(model, sample, 1)
+        run_steps(model, sample, 1, sequence=sequence)
     finally:
         for h in hooks:
             h.remove()
