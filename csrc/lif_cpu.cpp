@@ -59,6 +59,7 @@ struct Params {
   float decay, v_reset, alpha;
   const float* theta;
   int64_t theta_inner, theta_period;
+  int64_t v0_inner, v0_period;  // v0's layout, as theta's: dense is (1, N), a scalar (1, 1)
   int64_t x_step;  // floats between x[t] and x[t + 1]: N, or 0 for an input constant over time
   bool stream;     // forward: write value spikes with non-temporal stores (stream_step)
   bool x_bf16;     // forward: x (and value spikes) are bfloat16, converted per block step
@@ -288,9 +289,11 @@ int64_t parallel_blocks(int64_t N, int64_t block, int threads, F&& body) {
 // x_bf16: x, and value spikes, are bfloat16 (elements, not floats, then count in x_step).
 int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
                 uintptr_t out, uintptr_t vout, int64_t T, int64_t N, double decay, bool hard, double v_reset,
-                int fmt, int threads, int64_t x_step, bool x_bf16) {
+                int fmt, int threads, int64_t x_step, bool x_bf16, int64_t v0_inner, int64_t v0_period) {
   if (fmt < kValue || fmt > kPacked) throw std::invalid_argument("spike_format: unknown code");
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
+  if (v0_period == -1) v0_period = N;
+  if (v0_inner < 1 || (v0_period < 1 && N > 0)) throw std::invalid_argument("v0: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   if (x_step != -1 && x_step != 0 && x_step != N) throw std::invalid_argument("x_step: must be -1, 0 or N");
   const int64_t out_bytes = T * (fmt == kValue ? N * (x_bf16 ? 2 : 4) : fmt == kBinary ? N : (N + 7) / 8);
@@ -304,7 +307,7 @@ int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner,
   const bool stream = false;
 #endif
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
-           theta_inner, theta_period, x_step == -1 ? N : x_step, stream, x_bf16};
+           theta_inner, theta_period, v0_inner, v0_period, x_step == -1 ? N : x_step, stream, x_bf16};
   if (stream) ++g_streamed_calls;
   void* op = addr<void>(out);
   advise_hugepages(op, out_bytes);
@@ -319,12 +322,15 @@ int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner,
 
 void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
               uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N, double decay, bool hard,
-              double v_reset, int surrogate, double alpha, bool detach, int threads) {
+              double v_reset, int surrogate, double alpha, bool detach, int threads, int64_t v0_inner,
+              int64_t v0_period) {
   if (surrogate < kTriangle || surrogate > kSigmoid) throw std::invalid_argument("surrogate: unknown code");
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
+  if (v0_period == -1) v0_period = N;
+  if (v0_inner < 1 || (v0_period < 1 && N > 0)) throw std::invalid_argument("v0: bad layout");
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
-           addr<const float>(theta), theta_inner, theta_period, N, false, false};
+           addr<const float>(theta), theta_inner, theta_period, v0_inner, v0_period, N, false, false};
   const float* xp = addr<const float>(x);
   const float* v0p = addr<const float>(v0);
   const float* gyp = addr<const float>(gy);
@@ -523,12 +529,14 @@ PYBIND11_MODULE(_lif_cpu, m) {
   m.def("forward", &forward, "Forward over [T, N] float32 buffers given by address; returns the spike count", py::arg("x"), py::arg("v0"),
         py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"), py::arg("vout"),
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("fmt"),
-        py::arg("threads"), py::arg("x_step") = -1, py::arg("x_bf16") = false);
+        py::arg("threads"), py::arg("x_step") = -1, py::arg("x_bf16") = false, py::arg("v0_inner") = 1,
+        py::arg("v0_period") = -1);
   m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane (addresses; 0 = absent)",
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
         py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
-        py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
+        py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
+        py::arg("v0_period") = -1);
   m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
   m.def("isa", [] { return std::string(kIsas[g_isa].name); }, "The instruction set the kernels run with");
   m.def("supported_isas", &supported_isas, "Instruction sets this build has and this CPU runs, slowest first");

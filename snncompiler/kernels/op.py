@@ -125,6 +125,15 @@ def _dense_v0(v0: Tensor, shape) -> Tensor:
     return v0.to(torch.float32).expand(shape).contiguous()
 
 
+def _kernel_v0(v0: Tensor, shape) -> tuple[Tensor, Optional[int]]:
+    """v0 for the C++ kernel, which reads v0 laid out as theta: (v0, None) for a dense one (a
+    carried membrane, as is), else (small vector, inner). Expanding a scalar v0 to N values
+    cost more than the kernel itself on small layers."""
+    if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():
+        return v0, None
+    return _kernel_theta(v0, shape)
+
+
 def _kernel_theta(theta: Tensor, shape) -> tuple[Tensor, int]:
     """theta_layout, except that a 0-d float32 theta is passed as it is: the kernels only read
     its address and element count, and a view costs more than a small layer's kernel."""
@@ -149,7 +158,8 @@ def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_r
     shape = x.shape[1:]
     th, inner = _kernel_theta(theta, shape)
     if backend == "cpu":  # takes x in any layout (it reads a time-broadcast input without copying)
-        return cpu.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format)
+        v0k, v0_inner = _kernel_v0(v0, shape)
+        return cpu.forward(x, v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner)
     x = x.contiguous()
     if backend == "triton":
         from . import triton_kernel as mod
@@ -201,12 +211,15 @@ def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor],
             gy, gv, x, v0, theta, decay=decay, hard=hard, v_reset=v_reset, surrogate=surrogate,
             alpha=alpha, detach_reset=detach_reset)
     else:
-        mod = cpu
-        if backend == "triton":
-            from . import triton_kernel as mod
         th, inner = _kernel_theta(theta, shape)
-        gx, gv0, gth = mod.backward(gy, gv, x.contiguous(), _dense_v0(v0, shape), th, inner, decay, hard,
-                                    v_reset, SURROGATES[surrogate][0], alpha, detach_reset, theta_grad)
+        args = (decay, hard, v_reset, SURROGATES[surrogate][0], alpha, detach_reset, theta_grad)
+        if backend == "triton":
+            from . import triton_kernel
+
+            gx, gv0, gth = triton_kernel.backward(gy, gv, x.contiguous(), _dense_v0(v0, shape), th, inner, *args)
+        else:
+            v0k, v0_inner = _kernel_v0(v0, shape)
+            gx, gv0, gth = cpu.backward(gy, gv, x.contiguous(), v0k, th, inner, *args, v0_inner)
         gv0 = gv0.reshape(shape)
         gth = gth.reshape(shape) if gth is not None else None
     gx = gx.to(x.dtype)

@@ -222,11 +222,10 @@ class SpikingRunner:
         sample = x[0]
         th = channel_view(theta, sample) if theta.numel() > 1 else theta.reshape(())
         v = state.get(node.name)
-        if v is None:
-            v = initial_potential(node.attrs, th).expand(sample.shape)
+        if v is None:  # left broadcast (scalar or per channel): the C++ kernel reads it unexpanded
+            v = initial_potential(node.attrs, th)
             if "v_init" in node.params:  # potential calibration: a per-neuron offset
                 v = v + node.params["v_init"]
-            v = v.contiguous()
         decay = neuron_decay(node.attrs)
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a

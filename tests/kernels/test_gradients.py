@@ -27,7 +27,7 @@ def grad_cases(draw):
         surrogate=draw(st.sampled_from(sorted(SURROGATES))),
         alpha=draw(st.sampled_from([None, 1.5, 3.0])),
         detach_reset=draw(st.booleans()),
-        v0_full=draw(st.booleans()),
+        v0_layout=draw(st.sampled_from(["full", "last", "channel", "0d"])),  # v0 layouts as theta's
         grad_v_only=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
@@ -38,7 +38,7 @@ def grads(c, backend):
     g = torch.Generator().manual_seed(c["seed"])
     shape, dev = c["shape"], device_for(backend) if backend != "oracle" else "cpu"
     x = torch.randn((c["T"], *shape), generator=g) * 0.8 + 0.3
-    v0 = torch.randn(shape if c["v0_full"] else shape[-1:], generator=g) * 0.3
+    v0 = torch.randn(theta_shape(c["v0_layout"], shape), generator=g) * 0.3
     ts = theta_shape(c["layout"], shape)
     theta = torch.rand(ts if ts is not None else (), generator=g) + 0.5
     w_s = torch.randn((c["T"], *shape), generator=g)
@@ -66,7 +66,7 @@ def test_backward_matches_autograd_oracle(backend, c):
 def test_gradients_are_nonzero_and_detach_matters():
     """Guard against a vacuous comparison: gradients exist and detach_reset changes them."""
     c = dict(T=6, shape=(4, 5), layout="channel", decay=1.0, reset="soft", v_reset=0.0, surrogate="atan",
-             alpha=None, detach_reset=False, v0_full=True, grad_v_only=False, seed=1)
+             alpha=None, detach_reset=False, v0_layout="full", grad_v_only=False, seed=1)
     attached = grads(c, "oracle")
     detached = grads(dict(c, detach_reset=True), "oracle")
     assert all(g.abs().sum() > 0 for g in attached)

@@ -31,7 +31,8 @@ def cases(draw):
         decay=draw(st.sampled_from([1.0, 0.5, 0.75, 0.9]) | st.floats(0.0, 1.0)),
         reset=draw(st.sampled_from(["soft", "hard"])),
         v_reset=draw(st.sampled_from([0.0, -0.5, 0.25])),
-        v0=draw(st.sampled_from(["float", "full", "broadcast"])),
+        # v0 layouts as theta's: the C++ kernel reads a scalar / per-channel / per-feature v0 unexpanded
+        v0=draw(st.sampled_from(["float", "full", "last", "channel", "0d", "gapped"])),
         quantized=draw(st.booleans()),
         signed_theta=draw(st.booleans()),
         fmt=draw(st.sampled_from(["value", "binary", "packed"])),
@@ -80,7 +81,7 @@ def make_inputs(c, device="cpu", dtype=torch.float32):
     elif c["v0"] == "full":
         v0 = torch.randint(-4, 5, shape, generator=g) / 8.0 if c["quantized"] else torch.randn(shape, generator=g) * 0.3
     else:
-        v0 = torch.randn(shape[-1:], generator=g) * 0.3
+        v0 = torch.randn(theta_shape(c["v0"], shape), generator=g) * 0.3
     to = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
     x = to(x).to(dtype)
     v0 = to(v0) if isinstance(v0, torch.Tensor) else v0
