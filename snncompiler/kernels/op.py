@@ -126,7 +126,7 @@ def _dense_v0(v0: Tensor, shape) -> Tensor:
 
 
 def _kernel_v0(v0: Tensor, shape) -> tuple[Tensor, Optional[int]]:
-    """v0 for the C++ kernel, which reads v0 laid out as theta: (v0, None) for a dense one (a
+    """v0 for the C++ and Triton kernels, which read v0 laid out as theta: (v0, None) for a dense one (a
     carried membrane, as is), else (small vector, inner). Expanding a scalar v0 to N values
     cost more than the kernel itself on small layers."""
     if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():
@@ -162,10 +162,13 @@ def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_r
         return cpu.forward(x, v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner)
     x = x.contiguous()
     if backend == "triton":
-        from . import triton_kernel as mod
-    else:
-        from . import cuda as mod
-    return (*mod.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format), None)
+        from . import triton_kernel
+
+        v0k, v0_inner = _kernel_v0(v0, shape)
+        return (*triton_kernel.forward(x, v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner), None)
+    from . import cuda  # reads a dense v0
+
+    return (*cuda.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format), None)
 
 
 def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
@@ -213,13 +216,11 @@ def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor],
     else:
         th, inner = _kernel_theta(theta, shape)
         args = (decay, hard, v_reset, SURROGATES[surrogate][0], alpha, detach_reset, theta_grad)
+        mod = cpu
         if backend == "triton":
-            from . import triton_kernel
-
-            gx, gv0, gth = triton_kernel.backward(gy, gv, x.contiguous(), _dense_v0(v0, shape), th, inner, *args)
-        else:
-            v0k, v0_inner = _kernel_v0(v0, shape)
-            gx, gv0, gth = cpu.backward(gy, gv, x.contiguous(), v0k, th, inner, *args, v0_inner)
+            from . import triton_kernel as mod
+        v0k, v0_inner = _kernel_v0(v0, shape)
+        gx, gv0, gth = mod.backward(gy, gv, x.contiguous(), v0k, th, inner, *args, v0_inner)
         gv0 = gv0.reshape(shape)
         gth = gth.reshape(shape) if gth is not None else None
     gx = gx.to(x.dtype)

@@ -36,14 +36,14 @@ _SMALL_BLOCK, _SMALL_WARPS = 256, 4
 
 
 @triton.jit
-def _lif_fwd(x_ptr, v0_ptr, th_ptr, out_ptr, vout_ptr, T, N, NBYTES, th_inner, th_period, decay, v_reset,
-             DECAY: tl.constexpr, HARD: tl.constexpr, FMT: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_fwd(x_ptr, v0_ptr, th_ptr, out_ptr, vout_ptr, T, N, NBYTES, th_inner, th_period, v0_inner, v0_period,
+             decay, v_reset, DECAY: tl.constexpr, HARD: tl.constexpr, FMT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
     lanes = tl.arange(0, 8)
     offs = rows[:, None] * 8 + lanes[None, :]
     mask = offs < N
-    v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
+    v = tl.load(v0_ptr + (offs // v0_inner) % v0_period, mask=mask, other=0.0)
     th = tl.load(th_ptr + (offs // th_inner) % th_period, mask=mask, other=0.0)
     # x is prefetched two steps ahead: three loads in flight per element, not one (the
     # membrane chain serialises the arithmetic, not the memory traffic)
@@ -92,12 +92,12 @@ def _surrogate_grad(u, alpha, SG: tl.constexpr):
 
 @triton.jit
 def _lif_bwd(x_ptr, v0_ptr, th_ptr, gy_ptr, gv_ptr, gx_ptr, gv0_ptr, gth_ptr, h_ptr, T, N, th_inner, th_period,
-             decay, v_reset, alpha, DECAY: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr,
+             v0_inner, v0_period, decay, v_reset, alpha, DECAY: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr,
              SG: tl.constexpr, HAS_GY: tl.constexpr, HAS_GV: tl.constexpr, HAS_GTH: tl.constexpr,
              BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
+    v = tl.load(v0_ptr + (offs // v0_inner) % v0_period, mask=mask, other=0.0)
     th = tl.load(th_ptr + (offs // th_inner) % th_period, mask=mask, other=0.0)
     for _ in range(T):  # recompute the trajectory, exactly as the forward does
         xt = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -182,22 +182,28 @@ def _launch(kernel_name: str, n: int, steps: int, *args, **consts):
                                                                             enable_fp_fusion=False)
 
 
-def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
+def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=None):
     """Fused forward. x: [T, ...] contiguous (float32/16, bfloat16); v0: float32 contiguous,
-    shaped x.shape[1:]; theta: float32 with ``period`` elements (neuron n uses
-    theta[(n // inner) % period]). Returns (spikes, v_final)."""
-    T, n = x.shape[0], v0.numel()
+    shaped x.shape[1:], or (with ``v0_inner``) laid out as theta; theta: float32 with ``period``
+    elements (neuron n uses theta[(n // inner) % period]). Returns (spikes, v_final)."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
     nbytes = (n + 7) // 8
-    out, vout = output_buffers(x, v0, spike_format)
+    out, vout = output_buffers(x, v0 if v0_inner is None else None, spike_format)
     if n == 0:
         return out, vout
-    _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), decay, v_reset,
+    _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), *_v0_layout(v0, v0_inner, n),
+            decay, v_reset,
             DECAY=decay != 1.0, HARD=bool(hard), FMT=FORMATS[spike_format])
     return out, vout
 
 
+def _v0_layout(v0, v0_inner, n: int) -> tuple[int, int]:
+    """(inner, period) of v0: dense is (1, N)."""
+    return (1, max(n, 1)) if v0_inner is None else (v0_inner, v0.numel())
+
+
 def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
-             detach_reset, theta_grad):
+             detach_reset, theta_grad, v0_inner=None):
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x float32,
     grad_v0 [N], grad_theta [N] or None), per neuron, before any broadcast reduction."""
     T, n = x.shape[0], math.prod(x.shape[1:])
@@ -209,7 +215,8 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
         return gx, gv0, gth
     scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
     _launch("bwd", n, T, x, v0, theta, x if grad_spikes is None else grad_spikes, v0 if grad_v is None else grad_v,
-            gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), decay, v_reset, alpha,
+            gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), *_v0_layout(v0, v0_inner, n),
+            decay, v_reset, alpha,
             DECAY=decay != 1.0, HARD=bool(hard), DETACH=bool(detach_reset), SG=int(surrogate_id),
             HAS_GY=grad_spikes is not None, HAS_GV=grad_v is not None, HAS_GTH=gth is not None)
     return gx, gv0, gth
