@@ -118,18 +118,20 @@ def spikingjelly_cuda_implementation() -> str | None:
 
 
 def preallocated_cpu_kernel(x, v0):
-    """The C++ forward into buffers allocated once, as the copy bound does (no allocation cost)."""
+    """The C++ forward into buffers allocated once, as the copy bound does (no allocation cost);
+    the callable returns the spike buffer (tests/kernels/test_prepared_launches.py checks it)."""
     T, n = x.shape
     theta, out, vout = torch.ones(1), torch.empty_like(x), torch.empty(n)
     args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(), vout.data_ptr(), T, n, 1.0, False,
             0.0, cpu.FORMATS["value"], torch.get_num_threads(), -1, x.dtype == torch.bfloat16)
     keep = (theta, out, vout)
-    return lambda: (cpu.load().forward(*args), keep)
+    return lambda: (cpu.load().forward(*args), keep)[1][1]
 
 
 def preallocated_gpu_kernels(x, v0) -> dict:
     """The CUDA and Triton forwards launched straight into buffers allocated once: the kernels
-    without the op's Python argument handling (which dominates on small layers)."""
+    without the op's Python argument handling (which dominates on small layers). Each callable
+    returns the spike buffer. Triton also runs here on CPU tensors under TRITON_INTERPRET=1."""
     T, n = x.shape
     theta, out, vout = torch.ones(1, device=x.device), torch.empty_like(x), torch.empty(n, device=x.device)
     impls = {}
@@ -140,13 +142,13 @@ def preallocated_gpu_kernels(x, v0) -> dict:
         lib, stream = cuda.load(), torch.cuda.current_stream().cuda_stream
         args = (x.data_ptr(), cuda.DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(),
                 cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, cuda.VEC4_MIN_N, stream)
-        impls["snnc-cuda-pre"] = lambda: (lib.snnc_lif_forward(*args), theta, out, vout)
+        impls["snnc-cuda-pre"] = lambda: (lib.snnc_lif_forward(*args), theta, out, vout)[2]
     if "triton" in backends:
         from snncompiler.kernels import triton_kernel
 
-        impls["snnc-triton-pre"] = lambda: triton_kernel._launch(
-            "fwd", n, T, x, v0, theta, out, vout, T, n, (n + 7) // 8, 1, 1, 1.0, 0.0, DECAY=False, HARD=False,
-            FMT=0)
+        impls["snnc-triton-pre"] = lambda: (triton_kernel._launch(
+            "fwd", n, T, x, v0, theta, out, vout, T, n, (n + 7) // 8, 1, 1, 1, n, 1.0, 0.0, DECAY=False, HARD=False,
+            FMT=0), out)[1]
     return impls
 
 
