@@ -464,3 +464,19 @@ def test_cli_evaluates_a_sequence_artifact(sequence_model, tmp_path):
     assert [line.split()[0] for line in proc.stdout.splitlines()[2:]] == ["1", "2", "4", "8"]
     proc = run("eval", tmp_path / "dot.snn.onnx", "--data", tmp_path / "dot.npz", "--layers")
     assert proc.returncode == 2 and "--layers: per-layer conversion errors need static inputs" in proc.stderr
+
+
+def test_a_compiled_network_trains_through_the_op():
+    """torch.compile traces LIF through the registered op (fake impl + autograd formula)."""
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(8, 16), LIF(), nn.Linear(16, 3))
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    compiled = torch.compile(net)
+    out = run_steps(compiled, x, 4)
+    snnc.train.tet_loss(out, y).backward()
+    grad = net[0].weight.grad.clone()
+    net.zero_grad()
+    eager = run_steps(net, x, 4)
+    snnc.train.tet_loss(eager, y).backward()
+    assert torch.allclose(out, eager) and torch.allclose(grad, net[0].weight.grad, atol=1e-6)
+    assert float(grad.abs().sum()) > 0
