@@ -68,7 +68,8 @@ class LIF(nn.Module):
         self.surrogate, self.alpha = surrogate, resolve(surrogate, alpha)[1]
         self.detach_reset, self.backend = bool(detach_reset), backend
         self.timesteps: int | None = None  # set by run_steps for each forward pass
-        self.spike_count = 0  # spikes emitted under no_grad since the last reset (firing-rate reports)
+        # spikes and neuron-steps under no_grad since the last reset (firing-rate reports)
+        self.spike_count, self.neuron_steps = 0, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T·B, ...] (T copies of the batch, time-major) → spikes θ·s of the same shape."""
@@ -93,6 +94,7 @@ class LIF(nn.Module):
                                   backend=self.backend, return_count=counting)
         if counting:
             self.spike_count = self.spike_count + result[2]  # a tensor: no device sync per layer
+            self.neuron_steps += seq.numel()
         return result[0].reshape(x.shape)
 
     def threshold(self) -> torch.Tensor:

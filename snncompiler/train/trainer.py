@@ -191,17 +191,15 @@ def _evaluate(model: nn.Module, source: _Source, ts: list[int] | None, batch_siz
     model.eval()
     lifs = [m for _, m in neurons(model)]
     sums: dict[int, list] = {t: [] for t in ts or []}
-    labels, per_sample = [], None
+    labels = []
+    for m in lifs:
+        m.spike_count, m.neuron_steps = 0, 0
     with torch.no_grad():
         for xb, yb in source.batches(batch_size):
             xb = xb.to(dev)
-            if per_sample is None:
-                if ts is None:
-                    ts = output_steps(int(xb.shape[1]))
-                    sums = {t: [] for t in ts}
-                per_sample = _neuron_count(model, xb[:1], sequence)
-                for m in lifs:
-                    m.spike_count = 0
+            if ts is None:
+                ts = output_steps(int(xb.shape[1]))
+                sums = {t: [] for t in ts}
             cum = run_steps(model, xb, ts[-1], sequence=sequence).float().cumsum(0)
             for t in ts:
                 sums[t].append((cum[t - 1] / t).cpu().numpy())
@@ -210,19 +208,8 @@ def _evaluate(model: nn.Module, source: _Source, ts: list[int] | None, batch_siz
     if not labels:
         raise SnncError(f"{source.label}: yielded no batches")
     y = np.concatenate(labels)
-    neuron_steps = per_sample * ts[-1] * len(y)
+    neuron_steps = sum(m.neuron_steps for m in lifs)
     spikes = float(sum(m.spike_count for m in lifs))
     return {"samples": int(len(y)), "accuracy": {str(t): accuracy(np.concatenate(sums[t]), y) for t in ts},
             "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
 
-
-def _neuron_count(model: nn.Module, sample: torch.Tensor, sequence: bool) -> int:
-    """Neurons per sample: the summed sizes of every LIF output for one input [1, ...]."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for _, m in neurons(model)]
-    try:
-        run_steps(model, sample, 1, sequence=sequence)
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(sum(sizes))
