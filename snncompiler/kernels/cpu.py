@@ -185,13 +185,13 @@ def empty_cache() -> None:
         lib.cache_release()
 
 
-def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=None):
+def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1):
     """Run the fused forward. x: [T, ...] float32 or bfloat16 in any layout: an input repeated over time by
     a stride-0 time axis (``x0.unsqueeze(0).expand(T, ...)``, the runtime's first layer under
     direct encoding) is read at every step from one contiguous x0, never copied T times; any
-    other x is made contiguous. v0: float32 contiguous, shaped x.shape[1:]; theta: float32 with
-    ``period`` elements (a vector or 0-d), neuron n using theta[(n // inner) % period]. v0 is laid
-    out the same way when ``v0_inner`` is given (a scalar or per-channel v0 is never expanded).
+    other x is made contiguous. theta: float32 with ``period`` elements (a vector or 0-d), neuron
+    n using theta[(n // inner) % period]; v0 (float32, contiguous) the same way with ``v0_inner``,
+    so a scalar or per-channel v0 is never expanded (a dense [N] one has v0_inner 1).
     Returns (spikes, v_final, number of spikes with theta != 0 as an int)."""
     T, n = x.shape[0], math.prod(x.shape[1:])
     if x.dim() > 1 and T > 1 and x.stride(0) == 0:
@@ -200,18 +200,16 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=No
     else:
         x = steps = x.contiguous()
         x_step = n
-    dense_v0 = v0_inner is None
-    out, vout = output_buffers(x, v0 if dense_v0 else None, spike_format, cached_empty)
-    assert (v0.shape == x.shape[1:] if dense_v0 else v0.numel() >= 1) and theta.numel() >= 1
+    out, vout = output_buffers(x, v0, spike_format, cached_empty)
+    assert (v0.numel() >= 1 or n == 0) and theta.numel() >= 1
     count = load().forward(_addr(steps, DTYPES), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(),
                            vout.data_ptr(), T, n, decay, hard, v_reset, FORMATS[spike_format],
-                           torch.get_num_threads(), x_step, steps.dtype == torch.bfloat16,
-                           1 if dense_v0 else v0_inner, -1 if dense_v0 else v0.numel())
+                           torch.get_num_threads(), x_step, steps.dtype == torch.bfloat16, v0_inner, v0.numel())
     return out, vout, count
 
 
 def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
-             detach_reset, theta_grad, v0_inner=None):
+             detach_reset, theta_grad, v0_inner=1):
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x, grad_v0 [N],
     grad_theta [N] or None), the last two per neuron, before any broadcast reduction; grad_x is
     float32 (a bfloat16 x is widened first: the backward kernel reads float32 only)."""
@@ -221,11 +219,10 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
     gx = torch.empty_like(x) if gx is None else gx
     gv0 = torch.empty(n, dtype=torch.float32)
     gth = torch.empty(n, dtype=torch.float32) if theta_grad else None
-    assert (v0.numel() == n if v0_inner is None else v0.numel() >= 1)
+    assert v0.numel() >= 1 or n == 0
     assert grad_spikes is None or grad_spikes.shape == x.shape
     assert grad_v is None or grad_v.numel() == n
     load().backward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), _addr(grad_spikes), _addr(grad_v),
                     _addr(gx), _addr(gv0), _addr(gth), T, n, decay, hard, v_reset, surrogate_id, alpha,
-                    detach_reset, torch.get_num_threads(), 1 if v0_inner is None else v0_inner,
-                    -1 if v0_inner is None else v0.numel())
+                    detach_reset, torch.get_num_threads(), v0_inner, v0.numel())
     return gx, gv0, gth

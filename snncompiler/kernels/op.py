@@ -125,12 +125,12 @@ def _dense_v0(v0: Tensor, shape) -> Tensor:
     return v0.to(torch.float32).expand(shape).contiguous()
 
 
-def _kernel_v0(v0: Tensor, shape) -> tuple[Tensor, Optional[int]]:
-    """v0 for the C++ and Triton kernels, which read v0 laid out as theta: (v0, None) for a dense one (a
-    carried membrane, as is), else (small vector, inner). Expanding a scalar v0 to N values
-    cost more than the kernel itself on small layers."""
+def _kernel_v0(v0: Tensor, shape) -> tuple[Tensor, int]:
+    """v0 for the C++ and Triton kernels, which read v0 laid out as theta: (vector, inner), a
+    dense v0 (a carried membrane) passed as it is with inner 1. Expanding a scalar v0 to N
+    values cost more than the kernel itself on small layers."""
     if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():
-        return v0, None
+        return v0, 1
     return _kernel_theta(v0, shape)
 
 

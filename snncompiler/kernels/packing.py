@@ -18,12 +18,12 @@ def _bit_weights(device) -> torch.Tensor:
     return torch.tensor([1 << i for i in range(8)], dtype=torch.int32, device=device)
 
 
-def output_buffers(x: torch.Tensor, v0: torch.Tensor | None, spike_format: str,
+def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
                    empty=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Uninitialised (spikes, v_final) for a forward kernel: spikes in ``spike_format`` ("value":
     like x; "binary": uint8 like x; "packed": uint8 [T, ceil(N/8)]) and v_final float32 of shape
-    x.shape[1:]. x must be contiguous (or a time-broadcast view of a contiguous input) and v0 a
-    contiguous float32 tensor of that shape, or None when the kernel reads a broadcast v0.
+    x.shape[1:]. x must be contiguous (or a time-broadcast view of a contiguous input) and v0
+    float32, of that shape or broadcast (as the C++ and Triton kernels read it).
 
     ``empty(shape, dtype)``, if given, may supply either buffer (the CPU backend's buffer
     cache); when it returns None, or otherwise, ``empty_like`` is used where possible: from
@@ -39,7 +39,7 @@ def output_buffers(x: torch.Tensor, v0: torch.Tensor | None, spike_format: str,
         out = torch.empty(shape, dtype=dtype, device=x.device) if packed else torch.empty_like(x, dtype=dtype)
     vout = empty(state, torch.float32) if empty is not None else None
     if vout is None:
-        vout = torch.empty_like(v0) if v0 is not None else torch.empty(state, dtype=torch.float32, device=x.device)
+        vout = torch.empty_like(v0) if v0.shape == state else torch.empty(state, dtype=torch.float32, device=x.device)
     return out, vout
 
 

@@ -182,28 +182,22 @@ def _launch(kernel_name: str, n: int, steps: int, *args, **consts):
                                                                             enable_fp_fusion=False)
 
 
-def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=None):
-    """Fused forward. x: [T, ...] contiguous (float32/16, bfloat16); v0: float32 contiguous,
-    shaped x.shape[1:], or (with ``v0_inner``) laid out as theta; theta: float32 with ``period``
-    elements (neuron n uses theta[(n // inner) % period]). Returns (spikes, v_final)."""
+def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1):
+    """Fused forward. x: [T, ...] contiguous (float32/16, bfloat16); theta: float32 with ``period``
+    elements (neuron n uses theta[(n // inner) % period]); v0: float32, laid out the same way with
+    ``v0_inner`` (a dense [N] one has v0_inner 1). Returns (spikes, v_final)."""
     T, n = x.shape[0], math.prod(x.shape[1:])
     nbytes = (n + 7) // 8
-    out, vout = output_buffers(x, v0 if v0_inner is None else None, spike_format)
+    out, vout = output_buffers(x, v0, spike_format)
     if n == 0:
         return out, vout
-    _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), *_v0_layout(v0, v0_inner, n),
-            decay, v_reset,
-            DECAY=decay != 1.0, HARD=bool(hard), FMT=FORMATS[spike_format])
+    _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), v0_inner, v0.numel(),
+            decay, v_reset, DECAY=decay != 1.0, HARD=bool(hard), FMT=FORMATS[spike_format])
     return out, vout
 
 
-def _v0_layout(v0, v0_inner, n: int) -> tuple[int, int]:
-    """(inner, period) of v0: dense is (1, N)."""
-    return (1, max(n, 1)) if v0_inner is None else (v0_inner, v0.numel())
-
-
 def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
-             detach_reset, theta_grad, v0_inner=None):
+             detach_reset, theta_grad, v0_inner=1):
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x float32,
     grad_v0 [N], grad_theta [N] or None), per neuron, before any broadcast reduction."""
     T, n = x.shape[0], math.prod(x.shape[1:])
@@ -215,7 +209,7 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
         return gx, gv0, gth
     scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
     _launch("bwd", n, T, x, v0, theta, x if grad_spikes is None else grad_spikes, v0 if grad_v is None else grad_v,
-            gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), *_v0_layout(v0, v0_inner, n),
+            gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), v0_inner, v0.numel(),
             decay, v_reset, alpha,
             DECAY=decay != 1.0, HARD=bool(hard), DETACH=bool(detach_reset), SG=int(surrogate_id),
             HAS_GY=grad_spikes is not None, HAS_GV=grad_v is not None, HAS_GTH=gth is not None)
