@@ -73,27 +73,31 @@ def dot_net(act) -> nn.Module:
 
 
 def workloads(quick: bool) -> dict:
-    """name → spec: builder, train, test, input (frame) shape, ANN epochs, SNN epochs, T_train,
-    lr of direct training, sequence (inputs [N, T, ...]: the ANN and conversion see the time-mean)."""
-    train_d, test_d = digits()
-    n_shapes = 3000 if quick else 12000
+    """name → spec: builder, data (a callable giving (train, test): generated only when the accuracy
+    rows need it, not for --speed-only), input (frame) shape, ANN epochs, SNN epochs, T_train, lr of
+    direct training, sequence (inputs [N, T, ...]: the ANN and conversion see the time-mean)."""
+    def digits_data():
+        train, test = digits()
+        return train, (Dataset(test.x[:256], test.y[:256]) if quick else test)
+
     return {
-        "digits": dict(build=digits_net, train=train_d, test=test_d if not quick else Dataset(test_d.x[:256], test_d.y[:256]),
-                       shape=(1, 8, 8), ann_epochs=8 if quick else 30, snn_epochs=8 if quick else 30, t_train=4,
+        "digits": dict(build=digits_net, data=digits_data, shape=(1, 8, 8), ann_epochs=8 if quick else 30,
+                       snn_epochs=8 if quick else 30, t_train=4, lr=1e-3, sequence=False),
+        "shapes": dict(build=shapes_net, data=lambda: (textured_shapes(3000 if quick else 12000, seed=1000),
+                                                       textured_shapes(128 if quick else 500, seed=2000)),
+                       shape=(3, 32, 32), ann_epochs=2 if quick else 6, snn_epochs=2 if quick else 6, t_train=4,
                        lr=1e-3, sequence=False),
-        "shapes": dict(build=shapes_net, train=textured_shapes(n_shapes, seed=1000),
-                       test=textured_shapes(128 if quick else 500, seed=2000), shape=(3, 32, 32),
-                       ann_epochs=2 if quick else 6, snn_epochs=2 if quick else 6, t_train=4, lr=1e-3, sequence=False),
         # the class is in the order of the frames: the time-mean (all the ANN sees) is at chance by construction
-        "moving_dot": dict(build=dot_net, train=moving_dot(2000, seed=0), test=moving_dot(500, seed=1), shape=(1, 16),
-                           ann_epochs=8, snn_epochs=8, t_train=8, lr=1e-2, sequence=True),
+        "moving_dot": dict(build=dot_net, data=lambda: (moving_dot(2000, seed=0), moving_dot(500, seed=1)),
+                           shape=(1, 16), ann_epochs=8, snn_epochs=8, t_train=8, lr=1e-2, sequence=True),
     }
 
 
 def accuracy_rows(name, spec: dict, seed: int, tmp: Path) -> dict:
     """ANN, snnc conversion, TET and SDT accuracies at every T of T_EVAL (≤ the length of a
     sequence task) on one workload."""
-    build, train, test, shape = spec["build"], spec["train"], spec["test"], spec["shape"]
+    build, shape = spec["build"], spec["shape"]
+    train, test = spec["data"]()
     sequence, t_train = spec["sequence"], spec["t_train"]
     static_train = Dataset(train.x.mean(1), train.y) if sequence else train  # what an ANN can see
     static_test = Dataset(test.x.mean(1), test.y) if sequence else test
