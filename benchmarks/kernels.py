@@ -1,6 +1,7 @@
 """Benchmark the fused neuron kernels: snnc vs the PyTorch reference, SpikingJelly and a copy.
 
     python benchmarks/kernels.py [--quick] [--gpu | --gpu-only] [--rounds K] [--out PATH]
+    python benchmarks/kernels.py --overhead [--gpu]   # the op's fixed cost per call only
 
 Workload: IF neuron, soft reset, theta = 1, float32 x of shape [T, N] (N neurons, T steps),
 inference (no autograd). Throughput is T*N elements per second, from the median time.
@@ -22,7 +23,10 @@ Implementations (CPU, 2 threads: torch.set_num_threads(2), OMP_NUM_THREADS=2):
               torch implementation; 2.0.0 has no backend= argument)
 
 GPU columns (--gpu / --gpu-only): copy, clone, snnc-triton / snnc-cuda (the op as called),
-snnc-triton-pre / snnc-cuda-pre (the kernels launched straight into preallocated buffers) and sj.
+snnc-triton-pre / snnc-cuda-pre (the kernels launched straight into preallocated buffers) and sj;
+for layers small enough for cuda.deep_unroll_max_n also snnc-cuda-pre-unroll8, the CUDA launch
+with 8 instead of 16 time steps' loads in flight per thread (ratio snnc-cuda-pre/unroll8 > 1:
+the deeper unroll pays).
 
 --allocator retain (default) measures with freed host memory kept for reuse, the setting
 snnc's spiking runtime makes (snncompiler/runtime/memory.py); every column runs under it.
@@ -140,9 +144,13 @@ def preallocated_gpu_kernels(x, v0) -> dict:
         from snncompiler.kernels import cuda
 
         lib, stream = cuda.load(), torch.cuda.current_stream().cuda_stream
-        args = (x.data_ptr(), cuda.DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(),
-                cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, cuda.VEC4_MIN_N, stream)
+        args = (x.data_ptr(), cuda.DTYPES[x.dtype], v0.data_ptr(), 1, n, theta.data_ptr(), 1, 1, out.data_ptr(),
+                cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, cuda.VEC4_MIN_N,
+                cuda.deep_unroll_max_n(x.device.index), stream)
         impls["snnc-cuda-pre"] = lambda: (lib.snnc_lif_forward(*args), theta, out, vout)[2]
+        if n <= args[-2] and n < cuda.VEC4_MIN_N:  # the same launch with 8 steps in flight
+            shallow = args[:-2] + (0, stream)
+            impls["snnc-cuda-pre-unroll8"] = lambda: (lib.snnc_lif_forward(*shallow), theta, out, vout)[2]
     if "triton" in backends:
         from snncompiler.kernels import triton_kernel
 
@@ -246,6 +254,7 @@ def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
 
 BACKWARD_GRID = ((8, 1 << 17), (32, 1 << 20))
 BACKWARD_OUT = OUT.with_name("kernels_backward.json")
+OVERHEAD_OUT = OUT.with_name("kernels_overhead.json")
 
 
 def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]:
@@ -381,6 +390,9 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
                     ratios["snnc-pre/copy"] = statistics.median(c / k for c, k in zip(times["copy"], times["snnc-pre"]))
                     if "sj" in times:
                         ratios["snnc-pre/sj"] = statistics.median(b / k for b, k in zip(times["sj"], times["snnc-pre"]))
+                if "snnc-cuda-pre-unroll8" in times:  # > 1: the deeper unroll of small layers pays
+                    ratios["snnc-cuda-pre/unroll8"] = statistics.median(
+                        u / k for u, k in zip(times["snnc-cuda-pre-unroll8"], times["snnc-cuda-pre"]))
                 ratios[f"{kern}/clone"] = statistics.median(c / k for c, k in zip(times["clone"], times[kern]))
                 for base in ("reference", "sj"):
                     if base in times:
@@ -392,7 +404,7 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
 
 
 COLS = ("copy", "clone", "snnc-pre", "snnc", "snnc-bin", "snnc-pack", "snnc-triton-pre", "snnc-triton", "snnc-cuda-pre",
-        "snnc-cuda", "reference", "sj")
+        "snnc-cuda-pre-unroll8", "snnc-cuda", "reference", "sj")
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -428,7 +440,11 @@ def call_overhead(device: str, calls: int = 2000, repeats: int = 9) -> dict:
     called against the kernel launched directly (C++ call / CUDA launch). The difference is the
     op's Python argument handling, which bounds small layers."""
     x, v0 = torch.rand(1, 64, device=device), torch.zeros(64, device=device)
-    impls = {"op": lambda: neuron_multistep(x, v0, 1.0)}
+    x_c, theta_c = x.view(1, 4, 16), torch.rand(4, 1, device=device) + 0.5
+    impls = {"op": lambda: neuron_multistep(x, v0, 1.0),
+             # the runtime's other common calls: a scalar v0 (first chunk), a per-channel theta
+             "op-scalar-v0": lambda: neuron_multistep(x, 0.0, 1.0),
+             "op-channel-theta": lambda: neuron_multistep(x_c, 0.0, theta_c)}
     if device == "cpu":
         impls["kernel"] = preallocated_cpu_kernel(x, v0)
     else:
@@ -517,6 +533,10 @@ def main(argv=None) -> int:
                     help="only time a training step (forward + surrogate-gradient backward) per surrogate, snnc "
                          "vs autograd through the reference (writes benchmarks/results/kernels_backward.json "
                          "unless --out is given)")
+    ap.add_argument("--overhead", action="store_true",
+                    help="only measure the op's fixed cost per call against the bare kernel call (T=1, N=64), on "
+                         "the CPU and, with --gpu, the GPU (writes benchmarks/results/kernels_overhead.json unless "
+                         "--out is given)")
     args = ap.parse_args(argv)
     if args.dtype != "float32" and args.out == OUT:
         args.out = OUT.with_name("kernels_bf16.json")
@@ -546,6 +566,17 @@ def main(argv=None) -> int:
             benchmark="snncompiler C++ kernel per instruction set", workload="IF, soft reset, theta=1, float32, "
             "value spikes; backward: LIF 0.9, atan surrogate",
             machine=dict(machine(), freed_memory_retained=retained), results=rows))
+        return 0
+    if args.overhead:
+        devices = ["cpu"] + (["cuda"] if (args.gpu or args.gpu_only) and torch.cuda.is_available() else [])
+        overhead = {}
+        for device in devices:
+            overhead[device] = call_overhead(device)
+            print(f"[{device}] fixed cost per call (T=1, N=64, tight loop, median of 9), µs: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items()))
+        write_result(OVERHEAD_OUT if args.out == OUT else args.out, dict(
+            benchmark="snncompiler neuron_multistep fixed cost per call", workload="T=1, N=64, IF, soft reset",
+            machine=dict(machine(), freed_memory_retained=retained), call_overhead_us=overhead))
         return 0
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
     gpu_sj = None

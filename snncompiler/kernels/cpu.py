@@ -193,14 +193,17 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     n using theta[(n // inner) % period]; v0 (float32, contiguous) the same way with ``v0_inner``,
     so a scalar or per-channel v0 is never expanded (a dense [N] one has v0_inner 1).
     Returns (spikes, v_final, number of spikes with theta != 0 as an int)."""
-    T, n = x.shape[0], math.prod(x.shape[1:])
-    if x.dim() > 1 and T > 1 and x.stride(0) == 0:
+    T = x.shape[0]
+    n = x.numel() // T if T else math.prod(x.shape[1:])
+    if T > 1 and x.dim() > 1 and x.stride(0) == 0:
         steps, x_step = x[0].contiguous(), 0
         x = steps.unsqueeze(0).expand(x.shape)  # so that outputs like x are dense in C order
     else:
         x = steps = x.contiguous()
         x_step = n
-    out, vout = output_buffers(x, v0, spike_format, cached_empty)
+    # the cache is asked only when a buffer may reach its minimum size: asking costs more than
+    # a small layer's kernel (spikes take at most T*n*4 bytes and v_final n*4)
+    out, vout = output_buffers(x, v0, spike_format, cached_empty if (T + 1) * n * 4 >= CACHE_MIN_BYTES else None)
     assert (v0.numel() >= 1 or n == 0) and theta.numel() >= 1
     count = load().forward(_addr(steps, DTYPES), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(),
                            vout.data_ptr(), T, n, decay, hard, v_reset, FORMATS[spike_format],

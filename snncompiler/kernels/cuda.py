@@ -7,7 +7,9 @@ Where the library comes from, in order:
 2. otherwise compiled here on first use with nvcc for the current GPU's architecture, cached
    in ``$SNNC_CACHE_DIR`` (default ``~/.cache/snncompiler``) under a hash of the source.
 
-The .cu has a plain C launcher and no torch headers, so neither path needs torch's C++ API.
+The .cu has a plain C launcher and no torch headers, so neither path needs torch's C++ API;
+``snnc_lif_abi_version`` guards against loading a stale library whose launcher takes other
+arguments.
 Backward for CUDA tensors runs on the Triton kernel. CI only compiles the .cu (tests/kernels
 check `nvcc -c` for sm_80/sm_90); its parity tests run wherever a GPU is present
 (benchmarks/gpu_session.sh; last run on an H200).
@@ -19,6 +21,7 @@ import ctypes
 import functools
 import glob
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -36,7 +39,18 @@ DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # thread, which keeps enough threads in flight (measured on an H200, benchmarks/kernels.py).
 # Module-level so that tests can send small layers down the vector path.
 VEC4_MIN_N = 1 << 19
+# Small layers run the one-neuron-per-thread kernel with 16 time steps' loads in flight per
+# thread instead of 8: with few threads, 8 do not cover the memory latency (H200, T=128,
+# N=2^16: 0.68x copy with 8). Only while the launch fits in one wave at the deeper kernel's
+# occupancy (<= 128 registers: 2 blocks of 256 threads per SM), see deep_unroll_max_n.
+# benchmarks/kernels.py times both on a GPU; False turns it off.
+DEEP_UNROLL = True
+_DEEP_BLOCKS_PER_SM, _THREADS = 2, 256
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "lif_cuda.cu"
+ABI_VERSION = 2  # snnc_lif_abi_version() of a library whose snnc_lif_forward matches load()'s argtypes
+# the current stream as a raw handle, without building a torch.cuda.Stream object (microseconds,
+# more than a small layer's kernel); triton launches through the same call
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def nvcc_path() -> str | None:
@@ -80,15 +94,33 @@ def load():
     """The ctypes handle of the CUDA kernel library, or None (no GPU, no library, no nvcc)."""
     if not torch.cuda.is_available():
         return None
-    path = built_library() or _jit_compile()
-    if path is None:
-        return None
+    lib = None
+    built = built_library()
+    if built is not None:
+        lib = _open(built)
+        if lib is None:
+            warnings.warn(f"snncompiler: {built} was built from an older csrc/lif_cuda.cu; compiling the "
+                          "current one with nvcc instead (reinstall with SNNC_BUILD_CUDA=1 to update it)")
+    if lib is None:
+        path = _jit_compile()
+        lib = None if path is None else _open(path)
+    return lib
+
+
+def _open(path: str):
+    """Load the library at ``path`` and declare its launcher, or None if its ABI is not ABI_VERSION."""
     lib = ctypes.CDLL(path)
-    i64, f32, vp = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.snnc_lif_forward.argtypes = [vp, ctypes.c_int, vp, vp, i64, i64, vp, ctypes.c_int, vp, i64, i64, f32,
-                                     ctypes.c_int, f32, i64, vp]
-    lib.snnc_lif_forward.restype = ctypes.c_int
-    lib.snnc_lif_error_string.argtypes = [ctypes.c_int]
+    version = getattr(lib, "snnc_lif_abi_version", None)
+    if version is None:
+        return None
+    version.restype = ctypes.c_int
+    if version() != ABI_VERSION:
+        return None
+    i64, f32, vp, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
+    lib.snnc_lif_forward.argtypes = [vp, i32, vp, i64, i64, vp, i64, i64, vp, i32, vp, i64, i64, f32, i32, f32,
+                                     i64, i64, vp]
+    lib.snnc_lif_forward.restype = i32
+    lib.snnc_lif_error_string.argtypes = [i32]
     lib.snnc_lif_error_string.restype = ctypes.c_char_p
     return lib
 
@@ -98,18 +130,36 @@ def available() -> bool:
     return load() is not None
 
 
-def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format):
-    """Fused forward on CUDA tensors; same arguments and results as cpu.forward/triton_kernel.forward."""
-    T, n = x.shape[0], v0.numel()
+@functools.lru_cache(maxsize=None)
+def deep_unroll_max_n(index: int) -> int:
+    """Layers of at most this many neurons on GPU ``index`` run the deeper-unrolled kernel
+    (0 with DEEP_UNROLL off): as many as run in one wave of the deeper kernel there."""
+    if not DEEP_UNROLL:
+        return 0
+    return _DEEP_BLOCKS_PER_SM * _THREADS * torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def current_stream(device: torch.device) -> int:
+    """The raw cudaStream_t (as an int) that torch runs on for ``device`` now."""
+    if _raw_stream is not None:
+        return _raw_stream(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1):
+    """Fused forward on CUDA tensors; same arguments and results as cpu.forward/triton_kernel.forward
+    (x contiguous; theta and v0 float32 vectors read as neuron n -> [(n // inner) % numel])."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
     out, vout = output_buffers(x, v0, spike_format)
     lib = load()
+    device = x.device
     # switching the current device costs more than a small layer's kernel: only when needed
-    switch = torch.cuda.device(x.device) if x.device.index != torch.cuda.current_device() else contextlib.nullcontext()
+    switch = torch.cuda.device(device) if device.index != torch.cuda.current_device() else contextlib.nullcontext()
     with switch:
-        stream = torch.cuda.current_stream(x.device).cuda_stream
-        err = lib.snnc_lif_forward(x.data_ptr(), DTYPES[x.dtype], v0.data_ptr(), theta.data_ptr(), inner,
-                                   theta.numel(), out.data_ptr(), FORMATS[spike_format], vout.data_ptr(), T, n,
-                                   decay, int(bool(hard)), v_reset, VEC4_MIN_N, stream)
+        err = lib.snnc_lif_forward(x.data_ptr(), DTYPES[x.dtype], v0.data_ptr(), v0_inner, v0.numel(),
+                                   theta.data_ptr(), inner, theta.numel(), out.data_ptr(), FORMATS[spike_format],
+                                   vout.data_ptr(), T, n, decay, int(bool(hard)), v_reset, VEC4_MIN_N,
+                                   deep_unroll_max_n(device.index), current_stream(device))
     if err != 0:
         raise RuntimeError(f"snncompiler CUDA neuron kernel failed: {lib.snnc_lif_error_string(err).decode()}")
     return out, vout

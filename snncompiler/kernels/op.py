@@ -99,6 +99,20 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
     return backend
 
 
+def _layout_inner(vshape, shape) -> Optional[int]:
+    """For a value of shape ``vshape`` broadcast to ``shape``: the divisor ``inner`` such that
+    flat neuron n uses flat element (n // inner) % numel of the value, or None when its
+    non-broadcast axes are not adjacent (then only an expanded copy can be indexed that way)."""
+    padded = (1,) * (len(shape) - len(vshape)) + tuple(vshape)
+    dims = [i for i, (a, b) in enumerate(zip(padded, shape)) if a != 1 and b != 1]
+    if not dims:
+        return 1
+    lo, hi = dims[0], dims[-1] + 1
+    if all(padded[i] == shape[i] for i in range(lo, hi)):
+        return math.prod(shape[hi:])
+    return None
+
+
 def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
     """Describe theta broadcast to ``shape`` (= x.shape[1:]) without expanding it.
 
@@ -107,38 +121,33 @@ def theta_layout(theta: Tensor, shape) -> tuple[Tensor, int]:
     adjacent (scalar, per-channel [C,1,1], per-feature [F], full); otherwise theta is expanded.
     """
     shape = tuple(shape)
-    tshape = (1,) * (len(shape) - theta.dim()) + tuple(theta.shape)
-    t = theta.to(torch.float32).reshape(tshape)
-    dims = [i for i, (a, b) in enumerate(zip(tshape, shape)) if a != 1 and b != 1]
-    if not dims:
-        return t.reshape(-1)[:1].contiguous(), 1
-    lo, hi = dims[0], dims[-1] + 1
-    if all(tshape[i] == shape[i] for i in range(lo, hi)):
-        return t.reshape(-1).contiguous(), math.prod(shape[hi:])
-    return t.expand(shape).reshape(-1).contiguous(), 1
-
-
-def _dense_v0(v0: Tensor, shape) -> Tensor:
-    """v0 as the kernels read it: contiguous float32 of x[0]'s shape (N values)."""
-    if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():  # a carried membrane: as is
-        return v0
-    return v0.to(torch.float32).expand(shape).contiguous()
+    t = theta.to(torch.float32)
+    inner = _layout_inner(theta.shape, shape)
+    if inner is None:
+        tshape = (1,) * (len(shape) - theta.dim()) + tuple(theta.shape)
+        return t.reshape(tshape).expand(shape).reshape(-1).contiguous(), 1
+    return t.reshape(-1).contiguous(), inner
 
 
 def _kernel_v0(v0: Tensor, shape) -> tuple[Tensor, int]:
-    """v0 for the C++ and Triton kernels, which read v0 laid out as theta: (vector, inner), a
-    dense v0 (a carried membrane) passed as it is with inner 1. Expanding a scalar v0 to N
-    values cost more than the kernel itself on small layers."""
+    """v0 as every kernel reads it, laid out as theta: (vector, inner), a dense v0 (a carried
+    membrane) passed as it is with inner 1. Expanding a scalar v0 to N values cost more than the
+    kernel itself on small layers (on a GPU, one more launch per call)."""
     if v0.shape == shape and v0.dtype == torch.float32 and v0.is_contiguous():
         return v0, 1
     return _kernel_theta(v0, shape)
 
 
 def _kernel_theta(theta: Tensor, shape) -> tuple[Tensor, int]:
-    """theta_layout, except that a 0-d float32 theta is passed as it is: the kernels only read
-    its address and element count, and a view costs more than a small layer's kernel."""
-    if theta.dim() == 0 and theta.dtype == torch.float32:
-        return theta, 1
+    """theta_layout for the kernels, which read only a buffer's address and element count: a
+    contiguous float32 theta that needs no expansion ([C, 1, 1], 0-d, ...) is passed as it is,
+    since a reshaped view costs more than a small layer's kernel."""
+    if theta.dtype == torch.float32 and theta.is_contiguous():
+        if theta.dim() == 0:
+            return theta, 1
+        inner = _layout_inner(theta.shape, shape)
+        if inner is not None:
+            return theta, inner
     return theta_layout(theta, shape)
 
 
@@ -157,18 +166,14 @@ def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_r
         return spikes, v, None
     shape = x.shape[1:]
     th, inner = _kernel_theta(theta, shape)
+    v0k, v0_inner = _kernel_v0(v0, shape)
     if backend == "cpu":  # takes x in any layout (it reads a time-broadcast input without copying)
-        v0k, v0_inner = _kernel_v0(v0, shape)
         return cpu.forward(x, v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner)
-    x = x.contiguous()
     if backend == "triton":
-        from . import triton_kernel
-
-        v0k, v0_inner = _kernel_v0(v0, shape)
-        return (*triton_kernel.forward(x, v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner), None)
-    from . import cuda  # reads a dense v0
-
-    return (*cuda.forward(x, _dense_v0(v0, shape), th, inner, decay, hard, v_reset, spike_format), None)
+        from . import triton_kernel as kernel
+    else:
+        from . import cuda as kernel
+    return (*kernel.forward(x.contiguous(), v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner), None)
 
 
 def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
@@ -266,8 +271,8 @@ def _scalar_tensor(value: float, device: torch.device) -> Tensor:
         return torch.tensor(value, dtype=torch.float32, device=device)
 
 
-def _as_state(value, name: str, x: Tensor) -> Tensor:
-    """v0 / theta as a float32 tensor on x's device, checked to broadcast to x[0]."""
+def _as_state(value, name: str, x: Tensor, shape) -> Tensor:
+    """v0 / theta as a float32 tensor on x's device, checked to broadcast to x[0] (``shape``)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _scalar_tensor(float(value), x.device)
     if not isinstance(value, Tensor):
@@ -276,11 +281,11 @@ def _as_state(value, name: str, x: Tensor) -> Tensor:
         raise SnncError(f"{name}: expected a floating-point tensor, got {value.dtype}")
     if value.device != x.device:
         raise SnncError(f"{name}: is on {value.device} but x is on {x.device}")
-    # by hand: torch.broadcast_shapes costs more than the kernel on small layers
-    shape = x.shape[1:]
-    ok = value.dim() <= len(shape) and all(d == 1 or d == s for d, s in zip(reversed(value.shape), reversed(shape)))
-    if not ok:
-        raise SnncError(f"{name}: shape {tuple(value.shape)} does not broadcast to x[0] of shape {tuple(x.shape[1:])}")
+    vshape = value.shape
+    # by hand, after the common exact match: torch.broadcast_shapes costs more than a small kernel
+    if vshape != shape and not (len(vshape) <= len(shape) and all(
+            d == 1 or d == s for d, s in zip(reversed(vshape), reversed(shape)))):
+        raise SnncError(f"{name}: shape {tuple(vshape)} does not broadcast to x[0] of shape {tuple(shape)}")
     return value if value.dtype == torch.float32 else value.to(torch.float32)
 
 
@@ -334,8 +339,9 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
     if not (isinstance(v_reset, (int, float)) and math.isfinite(v_reset)):
         raise SnncError(f"v_reset: must be a finite number, got {v_reset!r}")
     _, alpha = resolve(surrogate, alpha)
-    v0 = _as_state(v0, "v0", x)
-    theta = _as_state(theta, "theta", x)
+    shape = x.shape[1:]
+    v0 = _as_state(v0, "v0", x, shape)
+    theta = _as_state(theta, "theta", x, shape)
     args = (x, v0, theta, float(decay), reset == "hard", float(v_reset), spike_format, backend, surrogate, alpha,
             bool(detach_reset))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):

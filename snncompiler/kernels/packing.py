@@ -26,20 +26,29 @@ def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
     float32, of that shape or broadcast (as the C++ and Triton kernels read it).
 
     ``empty(shape, dtype)``, if given, may supply either buffer (the CPU backend's buffer
-    cache); when it returns None, or otherwise, ``empty_like`` is used where possible: from
-    Python it costs a third of ``torch.empty(shape, dtype=...)``, which matters on small layers
-    whose kernel takes a microsecond."""
-    packed = spike_format == "packed"
-    dtype = x.dtype if spike_format == "value" else torch.uint8
+    cache); when it returns None, or otherwise, torch allocates them."""
+    # Allocation forms chosen by cost from Python (a small layer's kernel takes about a
+    # microsecond): empty_like and new_empty(*ints) cost a third of torch.empty(Size, dtype=...).
     state = x.shape[1:]
-    shape = (x.shape[0], (math.prod(state) + 7) // 8) if packed else x.shape
+    packed = spike_format == "packed"
+    if packed:
+        shape, dtype = (x.shape[0], (math.prod(state) + 7) // 8), torch.uint8
+    else:
+        shape, dtype = x.shape, (x.dtype if spike_format == "value" else torch.uint8)
     out = empty(shape, dtype) if empty is not None else None
     if out is None:
-        # (empty_like of a time-broadcast view is dense too: it only keeps dense layouts)
-        out = torch.empty(shape, dtype=dtype, device=x.device) if packed else torch.empty_like(x, dtype=dtype)
+        if packed:
+            out = x.new_empty(shape, dtype=dtype)
+        else:  # (empty_like of a time-broadcast view is dense too: it only keeps dense layouts)
+            out = torch.empty_like(x) if dtype == x.dtype else torch.empty_like(x, dtype=dtype)
     vout = empty(state, torch.float32) if empty is not None else None
     if vout is None:
-        vout = torch.empty_like(v0) if v0.shape == state else torch.empty(state, dtype=torch.float32, device=x.device)
+        if v0.shape == state:
+            vout = torch.empty_like(v0)
+        elif state and x.dtype == torch.float32:
+            vout = x.new_empty(*state)
+        else:
+            vout = x.new_empty(state, dtype=torch.float32)
     return out, vout
 
 

@@ -1,6 +1,8 @@
 """Native code must keep building: the CUDA kernel with nvcc (sm_80, sm_90), the C++ one with pip."""
 from __future__ import annotations
 
+import ctypes
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from snncompiler.kernels import cpu
+from snncompiler.kernels import cpu, cuda
 from snncompiler.kernels.cuda import SOURCE, nvcc_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,3 +64,61 @@ def test_cpu_extension_compiles_without_warnings(flags):
     proc = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", *quiet, *flags, *includes,
                            str(ROOT / "csrc" / "lif_cpu.cpp")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+_CTYPES_OF_C = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float}
+
+
+def _c_parameters(source: str, function: str) -> list[str]:
+    """The C types of ``function``'s parameters as written in ``source``."""
+    match = re.search(rf"\b{function}\(([^)]*)\)\s*{{", source)
+    assert match, f"{function} not found"
+    return [" ".join(p.split()[:-1]) for p in match.group(1).split(",")]
+
+
+def test_cuda_launcher_declaration_matches_the_source_and_validates_by_position(tmp_path):
+    """The CUDA library is called through ctypes, which cannot see C prototypes: a launcher and
+    its argtypes that disagree would pass garbage on a GPU. Without one, build the library, load
+    it as cuda.py does, check the declared argtypes against the prototype in the .cu, and call the
+    launcher with N = 0 (no device work): valid arguments succeed, and each validated argument
+    made invalid in its own position is refused."""
+    nvcc = nvcc_path()
+    if nvcc is None:
+        pytest.skip("nvcc not found (set NVCC or put it on PATH): cannot compile csrc/lif_cuda.cu")
+    lib_path = tmp_path / "lif_cuda.so"
+    proc = subprocess.run([nvcc, "-O1", "-shared", "-Xcompiler", "-fPIC", "--fmad=false", "-gencode",
+                           "arch=compute_80,code=sm_80", str(SOURCE), "-o", str(lib_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lib = cuda._open(str(lib_path))
+    assert lib is not None, "the built library does not report cuda.ABI_VERSION"
+    declared = lib.snnc_lif_forward.argtypes
+    written = _c_parameters(SOURCE.read_text(), "snnc_lif_forward")
+    assert len(declared) == len(written)
+    for c_type, ct in zip(written, declared):
+        assert ct is (ctypes.c_void_p if c_type.endswith("*") else _CTYPES_OF_C[c_type]), (c_type, ct)
+
+    valid = dict(x=0, dtype=0, v0=0, v0_inner=1, v0_period=1, theta=0, inner=1, period=1, out=0, fmt=0, vout=0,
+                 steps=4, N=0, decay=1.0, hard=0, v_reset=0.0, vec4_min_n=1 << 19, deep_max_n=1 << 17,
+                 stream=None)
+    assert len(valid) == len(written)
+    assert lib.snnc_lif_forward(*valid.values()) == 0
+    for name, bad in (("dtype", 3), ("fmt", -1), ("inner", 0), ("period", 0), ("v0_inner", 0), ("v0_period", 0)):
+        code = lib.snnc_lif_forward(*dict(valid, **{name: bad}).values())
+        assert code != 0 and lib.snnc_lif_error_string(code).decode() == "invalid argument", name
+
+
+def test_stale_cuda_library_is_refused(tmp_path):
+    """A library from an older source (no snnc_lif_abi_version, or another version) is not used."""
+    nvcc = nvcc_path()
+    if nvcc is None:
+        pytest.skip("nvcc not found: cannot build a stand-in library")
+    stale = tmp_path / "stale.cu"
+    stale.write_text('extern "C" int snnc_lif_abi_version() { return 1; }\n')
+    unversioned = tmp_path / "unversioned.cu"
+    unversioned.write_text('extern "C" int snnc_lif_forward() { return 0; }\n')
+    for src in (stale, unversioned):
+        so = src.with_suffix(".so")
+        proc = subprocess.run([nvcc, "-shared", "-Xcompiler", "-fPIC", str(src), "-o", str(so)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert cuda._open(str(so)) is None

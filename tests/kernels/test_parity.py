@@ -215,6 +215,27 @@ def test_inputs_not_mutated_and_strided_x(backend):
     torch.testing.assert_close(v.cpu(), rv, rtol=0, atol=1e-6)
 
 
+def test_strided_theta_and_v0(backend):
+    """theta and v0 given as non-contiguous views (a per-channel slice of a larger tensor, an
+    expanded scalar, a transposed full tensor): the kernels read compact buffers, so such views
+    must be laid out first, never passed by address."""
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(5, 4, 3, 6, generator=g) * 0.8 + 0.3).to(dev)
+    per_channel = (torch.rand(4, 2, 1, 1, generator=g) + 0.2).to(dev)[:, 1:]  # every other element
+    cases = [
+        (per_channel[:, 0], (torch.rand(4, 2, 1, generator=g) * 0.5).to(dev)[:, 1:]),  # [4, 1, 1], stride 2
+        (torch.tensor(0.7, device=dev).expand(4, 1, 1), torch.tensor(0.2, device=dev).expand(3, 6)),
+        ((torch.rand(6, 3, generator=g) + 0.3).to(dev).t(), (torch.rand(6, 3, 4, generator=g) * 0.5).to(dev).permute(2, 1, 0)),
+    ]
+    for theta, v0 in cases:
+        assert not theta.is_contiguous() and not v0.is_contiguous()
+        s, v = neuron_multistep(x, v0, theta, backend=backend, decay=0.75)
+        rs, rv = neuron_multistep_reference(x.cpu(), v0.cpu(), theta.cpu(), decay=0.75)
+        assert torch.equal(s.cpu(), rs)
+        torch.testing.assert_close(v.cpu(), rv, rtol=0, atol=1e-6)
+
+
 def test_known_trajectory():
     """A hand-computed IF/LIF trace: the reference itself is checked against arithmetic."""
     x = torch.tensor([[0.6], [0.6], [0.6], [0.0], [1.0]])
