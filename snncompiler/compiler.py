@@ -264,12 +264,80 @@ def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: st
     return compile(ann, data, **{**settings, **options, **{k: v for k, v in extra.items() if v is not None}})
 
 
-def from_artifact(graph: Graph) -> CompiledModel:
-    """Rebuild a CompiledModel from an artifact's IR and its metadata."""
+def _metadata_object(graph: Graph, key: str) -> dict:
+    """Metadata ``key`` of an artifact parsed as a JSON object ({} when absent)."""
     import json
 
-    settings = json.loads(graph.metadata.get("snncompiler.settings", "{}"))
-    report = json.loads(graph.metadata.get("snncompiler.report", "{}"))
+    raw = graph.metadata.get(key)
+    if raw is None:
+        return {}
+    where = graph.metadata.get("source_file", "model")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SnncError(f"{where}: metadata '{key}' is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise SnncError(f"{where}: metadata '{key}' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_settings(settings: dict, where: str) -> dict:
+    """The recorded settings the runtime acts on, checked: a damaged value is an error naming it."""
+    from .runtime.snn import ENCODINGS
+
+    def bad(key, expected):
+        return SnncError(f"{where}: metadata 'snncompiler.settings': '{key}' must be {expected}, got {settings[key]!r}")
+
+    if "timesteps" in settings and not (isinstance(settings["timesteps"], int) and not isinstance(
+            settings["timesteps"], bool) and settings["timesteps"] >= 1):
+        raise bad("timesteps", "a positive integer")
+    if "maxpool" in settings and settings["maxpool"] not in neuronize.MAXPOOL_STRATEGIES:
+        raise bad("maxpool", f"one of {', '.join(neuronize.MAXPOOL_STRATEGIES)}")
+    if "encoding" in settings and settings["encoding"] not in ENCODINGS:
+        raise bad("encoding", f"one of {', '.join(ENCODINGS)}")
+    return settings
+
+
+def _check_neuron_parameters(graph: Graph, where: str) -> None:
+    """θ (one value or one per channel) and v_init (broadcast onto a sample) of every neuron fit
+    its input, where the file records that input's shape: otherwise the first run would fail
+    inside the kernel op with a message about v0 that names neither the file nor the node."""
+    for node in graph.find("neuron"):
+        value = graph.values.get(node.inputs[0])
+        shape = None if value is None or value.shape is None else tuple(value.shape)
+        if shape is None or len(shape) < 2:
+            continue
+        theta = node.params["theta"]
+        if theta.numel() not in (1, shape[1]):
+            raise SnncError(f"{where}: {node.where}: theta has {theta.numel()} values; its input "
+                            f"{list(shape)} takes one, or one per channel ({shape[1]})")
+        v_init = node.params.get("v_init")
+        if v_init is not None:
+            try:
+                fits = torch.broadcast_shapes(tuple(v_init.shape), shape[1:]) == shape[1:]
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise SnncError(f"{where}: {node.where}: v_init of shape {list(v_init.shape)} does not fit "
+                                f"its input's sample shape {list(shape[1:])}")
+
+
+def from_artifact(graph: Graph) -> CompiledModel:
+    """Rebuild a CompiledModel from an artifact's IR and its metadata (checked: an artifact of
+    another format version or with damaged metadata is a one-line error naming the file)."""
+    from .frontend.loader import ARTIFACT_VERSION
+
+    where = graph.metadata.get("source_file", "model")
+    version = graph.metadata.get("snncompiler.artifact", ARTIFACT_VERSION)
+    if version != ARTIFACT_VERSION:
+        raise SnncError(f"{where}: artifact format {version!r} is not the one this snncompiler reads "
+                        f"({ARTIFACT_VERSION!r}); recompile the model with this version")
+    steps = graph.metadata.get("snncompiler.timesteps")  # the default T, also in the settings
+    if steps is not None and not (steps.isdigit() and int(steps) >= 1):
+        raise SnncError(f"{where}: metadata 'snncompiler.timesteps' must be a positive integer, got {steps!r}")
+    settings = _check_settings(_metadata_object(graph, "snncompiler.settings"), where)
+    report = _metadata_object(graph, "snncompiler.report")
+    _check_neuron_parameters(graph, where)
     strategy = settings.get("maxpool", DEFAULTS["maxpool"])
     if strategy in ("gated", "rate"):  # standard MaxPool nodes carry no strategy: restore the stateful ones
         for mp in graph.find("maxpool"):

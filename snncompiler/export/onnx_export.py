@@ -12,10 +12,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import SnncError
-from ..frontend.loader import SNN_DOMAIN, TARGET_OPSET
+from ..frontend.loader import ARTIFACT_VERSION, SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
 from ..ir import Graph, Node
 
-ARTIFACT_VERSION = "1"
 
 
 class _Builder:
@@ -167,7 +166,7 @@ def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:
                   for name, v in graph.values.items() if v.shape and name not in io_names
                   and any(name in n.outputs for n in graph.nodes)]
     g = helper.make_graph(b.nodes, graph.name, inputs, outputs, initializer=b.inits, value_info=value_info)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", TARGET_OPSET), helper.make_opsetid(SNN_DOMAIN, 1)],
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", TARGET_OPSET), helper.make_opsetid(SNN_DOMAIN, SNN_DOMAIN_VERSION)],
                               producer_name="snncompiler")
     helper.set_model_props(model, metadata)
     return model

@@ -9,7 +9,7 @@ import onnx
 from ..errors import SnncError
 from ..ir import Graph, Value
 from . import converters as _converters  # noqa: F401  (registers every converter)
-from .loader import SNN_DOMAIN, TARGET_OPSET, canonicalize, main_opset
+from .loader import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET, canonicalize, main_opset
 from .registry import CONVERTERS, Ctx, build_graph, describe, lookup, unsupported
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,10 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
     of an error, so ``snnc inspect`` can list every node.
     """
     model, label = canonicalize(source)
+    for imp in model.opset_import:
+        if imp.domain == SNN_DOMAIN and imp.version != SNN_DOMAIN_VERSION:
+            raise SnncError(f"{label}: its '{SNN_DOMAIN}' operators are version {imp.version}; this snncompiler "
+                            f"reads version {SNN_DOMAIN_VERSION} (recompile the model with this version)")
     ctx = Ctx(model, label, main_opset(model))
     for node in model.graph.node:
         ctx.current = node

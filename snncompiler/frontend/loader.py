@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 TARGET_OPSET = 21
 #: The domain of spiking (neuron) and analog-island nodes in compiled artifacts.
 SNN_DOMAIN = "snncompiler"
+#: The version of that domain's operators (Neuron) that this snncompiler writes and reads.
+SNN_DOMAIN_VERSION = 1
+#: The artifact format (metadata ``snncompiler.artifact``) this snncompiler writes and reads.
+ARTIFACT_VERSION = "1"
 
 
 def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onnx.ModelProto, str]:

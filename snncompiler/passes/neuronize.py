@@ -18,6 +18,8 @@ Max pooling strategies (``maxpool``), all biased upward relative to the ANN's ma
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import SnncError
 from ..ir import Graph
 from ..runtime.ops import CORE_OPS
@@ -27,20 +29,30 @@ NAME = "neuronize"
 MAXPOOL_STRATEGIES = ("rate", "gated", "input", "output")
 
 
-def neuron_attrs(options: dict) -> dict:
-    """The neuron settings recorded on every neuron node."""
+def neuron_attrs(options: dict, where: str | None = None) -> dict:
+    """The neuron settings recorded on every neuron node, validated. Errors name the setting as
+    the CLI flag (``--reset: ...``), or with ``where`` as an attribute of that node (reading an
+    artifact: ``model.snn.onnx: node Neuron 'x': attribute 'reset': ...``)."""
+    def bad(key: str, message: str) -> SnncError:
+        return SnncError(f"--{key}: {message}" if where is None else f"{where}: attribute '{key}': {message}")
+
     neuron = options.get("neuron", "if")
     if neuron not in ("if", "lif"):
-        raise SnncError(f"--neuron: expected if or lif, got '{neuron}'")
+        raise bad("neuron", f"expected if or lif, got '{neuron}'")
     reset = options.get("reset", "soft")
     if reset not in ("soft", "hard"):
-        raise SnncError(f"--reset: expected soft or hard, got '{reset}'")
+        raise bad("reset", f"expected soft or hard, got '{reset}'")
     v0 = options.get("v0", "half")
     if v0 not in ("half", "zero"):
-        raise SnncError(f"--v0: expected half or zero, got '{v0}'")
-    tau = float(options.get("tau", 2.0 if neuron == "lif" else 0.0))
+        raise bad("v0", f"expected half or zero, got '{v0}'")
+    try:
+        tau = float(options.get("tau", 2.0 if neuron == "lif" else 0.0))
+    except (TypeError, ValueError):
+        raise bad("tau", f"expected a number, got {options.get('tau')!r}") from None
+    if not math.isfinite(tau):
+        raise bad("tau", f"must be finite, got {tau}")
     if neuron == "lif" and tau <= 1.0:
-        raise SnncError(f"--tau: must be > 1 for LIF (decay = 1 - 1/tau), got {tau}")
+        raise bad("tau", f"must be > 1 for LIF (decay = 1 - 1/tau), got {tau}")
     return {"neuron": neuron, "tau": tau, "reset": reset, "v0": v0}
 
 

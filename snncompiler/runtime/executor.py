@@ -52,14 +52,7 @@ class Executor:
         """
         env = dict(feeds)
         for i, node in enumerate(self.graph.nodes):
-            try:
-                outs = CORE_OPS[node.op].fn(node, *[env[n] for n in node.inputs])
-            except SnncError:
-                raise
-            except Exception as exc:
-                shapes = ", ".join(str(tuple(env[n].shape)) for n in node.inputs)
-                raise SnncError(f"{node.where}: {node.op} failed on inputs of shape {shapes}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            outs = run_node(node, [env[n] for n in node.inputs])
             for name, value in zip(node.outputs, outs):
                 env[name] = value
             if observer is not None:
@@ -110,6 +103,19 @@ def check_input(value: Value, x: torch.Tensor, label: str = "input", *, sequence
                             f"{', '.join(map(str, want))}], got {list(x.shape)}")
 
 
+def run_node(node, inputs: list[torch.Tensor]):
+    """Run one node's core op; a failure (a bad parameter shape in a damaged file, say) is a
+    one-line error naming the node and its input shapes."""
+    try:
+        return CORE_OPS[node.op].fn(node, *inputs)
+    except SnncError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise SnncError(f"{node.where}: {node.op} failed on inputs of shape {shapes}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
 def run_graph(graph: Graph, *inputs, device: str = "cpu"):
     """Convenience: run ``graph`` once on ``inputs`` (numpy or torch)."""
     return Executor(graph, device)(*inputs)
@@ -123,7 +129,7 @@ def infer_shapes(graph: Graph) -> Graph:
     env = dict(feeds)
     with torch.no_grad():
         for node in graph.nodes:
-            outs = CORE_OPS[node.op].fn(node, *[env[n] for n in node.inputs])
+            outs = run_node(node, [env[n] for n in node.inputs])
             for name, t in zip(node.outputs, outs):
                 env[name] = t
                 env_shapes[name] = tuple(t.shape)

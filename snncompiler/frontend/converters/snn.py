@@ -1,17 +1,43 @@
-"""Converters for the `snncompiler` domain: reading compiled artifacts back into the IR."""
+"""Converters for the `snncompiler` domain: reading compiled artifacts back into the IR.
+
+An artifact is a file like any other, so everything read from it is checked here: a damaged or
+hand-edited neuron node is a one-line error naming the file and the node, never a silent
+default or a failure deep in the runtime.
+"""
 from __future__ import annotations
 
+import numpy as np
+
+from ...passes.neuronize import neuron_attrs
 from ..loader import SNN_DOMAIN
 from ..registry import converter
 
 
+def _finite_float(value: np.ndarray, what: str, ctx) -> np.ndarray:
+    if not np.issubdtype(value.dtype, np.floating):
+        raise ctx.fail(f"{what} must be a float tensor, got {value.dtype}")
+    if not np.isfinite(value).all():
+        raise ctx.fail(f"{what} has non-finite values (NaN or inf)")
+    return value
+
+
 @converter("Neuron", domain=SNN_DOMAIN)
 def neuron(node, ctx):
-    """snncompiler::Neuron(x, theta[, v_init]) → neuron (attrs: neuron, tau, reset, v0)."""
+    """snncompiler::Neuron(x, theta[, v_init]) → neuron (attrs: neuron, tau, reset, v0).
+
+    Missing attributes take the compiler's defaults (IF, soft reset, v0 = θ/2); present ones
+    must be valid. θ must be finite and positive, v_init finite; their shapes are checked
+    against x's when the graph's shapes are inferred."""
+    if len(node.input) not in (2, 3) or not node.input[0] or not node.input[1] or len(node.output) != 1:
+        raise ctx.fail(f"expected inputs (x, theta[, v_init]) and one output, got {len(node.input)} inputs and "
+                       f"{len(node.output)} outputs")
     a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in ctx.attrs(node).items()}
-    params = {"theta": ctx.const(node.input[1], "Neuron theta")}
+    attrs = neuron_attrs(a, where=ctx.where())
+    theta = _finite_float(ctx.const(node.input[1], "Neuron theta"), "theta", ctx)
+    if not (theta > 0).all():
+        raise ctx.fail(f"theta must be positive, got a minimum of {float(theta.min()):g}")
+    params = {"theta": theta}
     if len(node.input) > 2 and node.input[2]:
-        params["v_init"] = ctx.const(node.input[2], "Neuron v_init")
-    attrs = {"neuron": a.get("neuron", "if"), "tau": float(a.get("tau", 0.0)), "reset": a.get("reset", "soft"),
-             "v0": a.get("v0", "half"), "theta_source": a.get("theta_source", "")}
+        params["v_init"] = _finite_float(ctx.const(node.input[2], "Neuron v_init"), "v_init", ctx)
+    attrs["theta_source"] = str(a.get("theta_source", ""))
     ctx.emit("neuron", [node.input[0]], [node.output[0]], attrs, params)
