@@ -141,3 +141,28 @@ def test_spiking_eval_on_an_unusable_device(model_path, tmp_path):
         # the ANN runtime checks its device the same way
         rc, _, err = snnc("eval", model_path, "--data", tmp_path / "test.npz", "--engine", "torch", "--device", device)
         assert_one_line_error(rc, err, needle)
+
+
+def test_nan_weights_stop_compile_at_the_first_neuron_site(model_path, tmp_path):
+    """NaN weights would give every threshold (and the artifact) NaNs: compile names the first
+    neuron site whose calibration activations are not finite."""
+    m = onnx.load(model_path)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    weight = next(t for t in m.graph.initializer if t.name == conv.input[1])
+    w = onnx.numpy_helper.to_array(weight).copy()
+    w.flat[0] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(w, weight.name))
+    onnx.save(m, tmp_path / "nan.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    rc, _, err = snnc("compile", tmp_path / "nan.onnx", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "o.onnx")
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    assert_one_line_error(rc, err, f"'{relu.name}'", "not finite")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_graph_without_outputs(model_path, tmp_path):
+    m = onnx.load(model_path)
+    del m.graph.output[:]
+    onnx.save(m, tmp_path / "no_out.onnx")
+    rc, _, err = snnc("inspect", tmp_path / "no_out.onnx")
+    assert_one_line_error(rc, err, "no_out.onnx", "no outputs")

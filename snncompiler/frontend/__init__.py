@@ -29,6 +29,8 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
     of an error, so ``snnc inspect`` can list every node.
     """
     model, label = canonicalize(source)
+    if not model.graph.output:
+        raise SnncError(f"{label}: the graph has no outputs")
     for imp in model.opset_import:
         if imp.domain == SNN_DOMAIN and imp.version != SNN_DOMAIN_VERSION:
             raise SnncError(f"{label}: its '{SNN_DOMAIN}' operators are version {imp.version}; this snncompiler "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import onnx
@@ -182,4 +183,6 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     # onnx's C++ errors start with a source location; the useful part follows it
     lines = [ln for ln in text if ln.strip() and not ln.startswith("/")] or text or [type(exc).__name__]
-    return lines[0].strip()[:300]
+    # ... or within the line: "/project/onnx/.../convert.h:96: assertInVersionRange: Assertion ... failed: "
+    line = re.sub(r"^/\S+:\d+:\s*(\w+:\s*)?(Assertion .*? failed:\s*)?", "", lines[0].strip())
+    return line[:300]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SnncError
 from ..ir import Graph, Node
 from ..runtime.executor import Executor
 from . import PassContext
@@ -75,6 +76,9 @@ def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bin
         if node.name not in sites:
             return
         a = outs[0]
+        if not bool(torch.isfinite(a).all()):  # NaN weights, say: every threshold would be garbage
+            raise SnncError(f"{node.where}: its activations on the calibration data are not finite (NaN or "
+                            f"inf); check the model's weights")
         rows = a.transpose(0, 1).reshape(a.shape[1], -1) if channelwise and a.dim() >= 2 else a.reshape(1, -1)
         if node.name not in hists:
             hists[node.name] = StreamingHistogram(rows.shape[0], bins)
@@ -87,7 +91,11 @@ def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bin
             if max_samples is not None and seen >= max_samples:
                 break
             x = x[: None if max_samples is None else max_samples - seen]
-            ex.run({graph.inputs[0].name: torch.from_numpy(x)}, observer=observe)
+            outputs = ex.run({graph.inputs[0].name: torch.from_numpy(x)}, observer=observe)
+            for name, y in outputs.items():
+                if not bool(torch.isfinite(y).all()):
+                    raise SnncError(f"graph output '{name}' is not finite (NaN or inf) on the calibration data; "
+                                    f"check the model's weights")
             seen += len(x)
     return hists
 
