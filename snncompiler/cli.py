@@ -301,7 +301,7 @@ def _plot(path, result, title) -> None:
 def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
     from .data import load_npz
-    from .metrics import top1
+    from .metrics import correct
 
     data = load_npz(args.data, require_labels=True)
     from .frontend.loader import has_custom_domain, read_model
@@ -319,10 +319,8 @@ def cmd_eval(args) -> int:
         from . import load
 
         model = load(args.model, device=args.device)
-    correct = 0
-    for x, y in data.batches(args.batch_size):
-        correct += int((top1(model(x)) == y).sum())
-    acc = correct / len(data)
+    right = sum(correct(model(x), y) for x, y in data.batches(args.batch_size))
+    acc = right / len(data)
     result = {"model": args.model, "samples": len(data), "ann_accuracy": acc, "engine": args.engine,
               "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:

@@ -69,6 +69,10 @@ def load_npz(path, *, require_labels: bool = False, arg: str = "--data") -> Data
     label = f"{arg} {path}"
     if not path.exists():
         raise SnncError(f"{label}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # numpy would take any other file for a pickle and say so, misleadingly
+        raise SnncError(f"{label}: not a .npz file (no zip header; write it with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)

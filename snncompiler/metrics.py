@@ -13,6 +13,20 @@ def top1(logits) -> np.ndarray:
     return logits.reshape(logits.shape[0], -1).argmax(axis=1)
 
 
+def correct(logits, labels) -> int:
+    """How many of ``logits`` [N, classes] pick their int label [N]; labels that are not class
+    indices of the logits are an error (a silent 0% would hide a mislabelled file)."""
+    labels = np.asarray(labels)
+    classes = int(np.prod(np.shape(logits)[1:])) if np.ndim(logits) > 1 else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        from .errors import SnncError
+
+        raise SnncError(f"'y': labels must be class indices 0..{classes - 1} of the model's {classes} outputs, "
+                        f"got values from {labels.min()} to {labels.max()}")
+    return int((top1(logits) == labels).sum())
+
+
 def accuracy(logits, labels) -> float:
-    """Top-1 accuracy of ``logits`` [N, classes] against int labels [N]."""
-    return float((top1(logits) == np.asarray(labels)).mean())
+    """Top-1 accuracy of ``logits`` [N, classes] against int labels [N] (checked as in :func:`correct`)."""
+    n = len(np.asarray(labels))
+    return correct(logits, labels) / n if n else float("nan")

@@ -166,3 +166,19 @@ def test_graph_without_outputs(model_path, tmp_path):
     onnx.save(m, tmp_path / "no_out.onnx")
     rc, _, err = snnc("inspect", tmp_path / "no_out.onnx")
     assert_one_line_error(rc, err, "no_out.onnx", "no outputs")
+
+
+def test_labels_that_are_not_classes_of_the_model(model_path, tmp_path):
+    """A label file for another task (or 1-based labels) would give a silent, meaningless 0%."""
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    for y in (np.array([0, 1, 2, 10]), np.array([-1, 0, 1, 2])):
+        np.savez(tmp_path / "d.npz", x=x, y=y)
+        rc, _, err = snnc("eval", model_path, "--data", tmp_path / "d.npz")
+        assert_one_line_error(rc, err, "'y'", "class indices 0..9", f"from {y.min()} to {y.max()}")
+
+
+def test_a_file_that_is_not_npz(tmp_path):
+    """numpy reads any non-zip file as a pickle and says so; the message must say what is wrong."""
+    (tmp_path / "d.npz").write_text("x,y\n0.1,3\n")
+    rc, _, err = snnc("eval", tmp_path / "m.onnx", "--data", tmp_path / "d.npz")
+    assert_one_line_error(rc, err, "d.npz", "not a .npz file")
