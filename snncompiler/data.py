@@ -8,9 +8,11 @@ batches (through a restricted unpickler that only admits numpy arrays and plain 
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +109,10 @@ def read_idx(path) -> np.ndarray:
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SnncError(f"{path}: damaged gzip data ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise SnncError(f"{path}: not an idx file (bad magic number)")
     ndim = raw[3]
@@ -116,10 +121,11 @@ def read_idx(path) -> np.ndarray:
         raise SnncError(f"{path}: truncated idx header")
     dims = struct.unpack(">" + "I" * ndim, raw[4:header])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    count = math.prod(dims)  # exact: a damaged header can claim more than int64 holds
+    expected = count * dtype.itemsize
     if len(raw) - header < expected:
         raise SnncError(f"{path}: truncated idx data ({len(raw) - header} of {expected} bytes)")
-    return np.frombuffer(raw, dtype=dtype, count=int(np.prod(dims)), offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
 
 
 def load_mnist(images_path, labels_path=None) -> Dataset:

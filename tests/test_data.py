@@ -40,6 +40,23 @@ def test_idx_truncated(tmp_path):
         read_idx(tmp_path / "a-ubyte")
 
 
+def test_idx_damaged_headers_and_gzip(tmp_path):
+    """Dimensions whose product overflows int64 (a damaged header) and a damaged gzip stream
+    are clear errors, not a numpy reshape failure or a zlib exception."""
+    write_idx(tmp_path / "a-ubyte", np.zeros((5, 4, 4), np.uint8))
+    raw = bytearray((tmp_path / "a-ubyte").read_bytes())
+    raw[8:16] = struct.pack(">II", 4160749572, 2601779383)  # 5 x these wraps to a negative int64
+    (tmp_path / "a-ubyte").write_bytes(bytes(raw))
+    with pytest.raises(SnncError, match="truncated idx data"):
+        read_idx(tmp_path / "a-ubyte")
+    write_idx(tmp_path / "b-ubyte.gz", np.zeros((5, 4, 4), np.uint8), gz=True)
+    damaged = bytearray((tmp_path / "b-ubyte.gz").read_bytes())
+    damaged[12:20] = b"\xff" * 8
+    (tmp_path / "b-ubyte.gz").write_bytes(bytes(damaged))
+    with pytest.raises(SnncError, match="damaged gzip data"):
+        read_idx(tmp_path / "b-ubyte.gz")
+
+
 def test_cifar_batch(tmp_path):
     rng = np.random.default_rng(1)
     data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
