@@ -5,6 +5,7 @@ Every user error is one line on stderr and exit status 2; ``--debug`` shows the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,53 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def _check_output(path: str, flag: str, *inputs: str) -> None:
+    """Fail before the work, not after it: ``path`` must be a file name in an existing directory
+    and not one of the command's ``inputs`` (compiling a model onto itself would replace the ANN)."""
+    out = os.path.abspath(path)
+    if os.path.isdir(out):
+        raise SnncError(f"{flag} {path}: is a directory, expected a file name")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise SnncError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise SnncError(f"{flag} {path}: directory {parent} is not writable")
+    for given in inputs:
+        if given and os.path.exists(given) and os.path.exists(out) and os.path.samefile(given, out):
+            raise SnncError(f"{flag} {path}: is the input {given} itself; write the result to another file")
+
+
+@contextlib.contextmanager
+def _writing(path: str, flag: str):
+    """A write that fails anyway (disk full, permissions changed) is still a one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        raise SnncError(f"{flag} {path}: cannot write ({exc.strerror or exc})") from exc
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
@@ -38,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration inputs 'x' (labels unused)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
-    p.add_argument("--timesteps", type=int, default=32, help="the T the model is compiled for (default 32)")
+    p.add_argument("--timesteps", type=_positive_int, default=32, help="the T the model is compiled for (default 32)")
     p.add_argument("--threshold", default=None,
                    help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.9; mse with --calibration advanced)")
     p.add_argument("--channelwise", action="store_true", help="one threshold per output channel")
@@ -50,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spiking max pooling strategy (default: see README)")
     p.add_argument("--encoding", choices=["direct", "rate"], default="direct")
     p.add_argument("--strict", action="store_true", help="refuse analog islands")
-    p.add_argument("--calib-samples", type=int, default=1024, help="at most this many calibration samples")
+    p.add_argument("--calib-samples", type=_positive_int, default=1024, help="at most this many calibration samples")
     p.add_argument("--calibration", choices=["none", "light", "advanced"], default="none",
                    help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
                         "potential; kept only if it beats no calibration on held-out calibration samples (default none)")
-    p.add_argument("--iterations", type=int, default=300, help="weight-calibration Adam steps per layer")
+    p.add_argument("--iterations", type=_nonnegative_int, default=300, help="weight-calibration Adam steps per layer")
     p.add_argument("--seed", type=int, default=0, help="makes calibration deterministic")
     _add_common(p)
     p.set_defaults(func=cmd_compile)
@@ -69,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--input", required=True, metavar="X.npz", help="input array under the key 'x'")
     p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the output (key 'y')")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--timesteps", type=int, default=None, help="spiking models: steps to simulate (default: compile T; "
+    p.add_argument("--timesteps", type=_positive_int, default=None, help="spiking models: steps to simulate (default: compile T; "
                    "a sequence model: the input's length)")
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
@@ -82,14 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--data", required=True, metavar="TEST.npz", help="inputs 'x' and int64 labels 'y'")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
                    help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime")
     p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine)")
     p.add_argument("--timesteps", default=None,
                    help="spiking models: comma-separated T values, all from one max(T) run "
                         "(default 1,2,4,...,256; a sequence model: powers of two up to the input's length)")
-    p.add_argument("--chunk", type=int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
+    p.add_argument("--chunk", type=_positive_int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
     p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     p.add_argument("--layers", action="store_true",
@@ -97,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "similarity between ANN activation and SNN rate (at the largest --timesteps)")
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
-    p.add_argument("--layer-samples", type=int, default=256, help="with --layers: samples used for the per-layer errors")
+    p.add_argument("--layer-samples", type=_positive_int, default=256, help="with --layers: samples used for the per-layer errors")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -178,6 +226,7 @@ def cmd_run(args) -> int:
 
     from .compiler import CompiledModel
 
+    _check_output(args.output, "-o", args.model, args.input)
     data = load_npz(args.input, arg="--input")
     model = load(args.model, device=args.device)
     if isinstance(model, CompiledModel):
@@ -187,7 +236,8 @@ def cmd_run(args) -> int:
         run = model
     outputs = [run(x) for x, _ in data.batches(args.batch_size)]
     y = np.concatenate(outputs, axis=0)
-    np.savez(args.output, y=y)
+    with _writing(args.output, "-o"):
+        np.savez(args.output, y=y)
     print(f"wrote {args.output}: y {list(y.shape)} from {len(data)} samples")
     return 0
 
@@ -198,6 +248,7 @@ def cmd_compile(args) -> int:
     from .data import load_npz
     from .inspect import format_table, node_rows
 
+    _check_output(args.output, "-o", args.model, args.calib)
     calib = load_npz(args.calib, arg="--calib")
     if args.tau and args.neuron != "lif":
         raise SnncError("--tau: only meaningful with --neuron lif")
@@ -217,7 +268,8 @@ def cmd_compile(args) -> int:
     islands = model.report.get("analog_islands", [])
     if islands:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
-    model.save(args.output)
+    with _writing(args.output, "-o"):
+        model.save(args.output)
     neurons = len(model.graph.find("neuron"))
     print(f"wrote {args.output}: {neurons} neurons, T={args.timesteps}, threshold {model.options['threshold']}"
           f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0}, "
@@ -240,6 +292,8 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
 
 def _eval_snn(args, model, data) -> int:
     ts = _parse_timesteps(args.timesteps)
+    if args.plot:
+        _check_output(args.plot, "--plot", args.model, args.data)
     if args.layers and model.sequence:
         raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
@@ -295,7 +349,8 @@ def _plot(path, result, title) -> None:
     ax.set_title(str(title), fontsize=8)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with _writing(path, "--plot"):
+        fig.savefig(path, dpi=120)
 
 
 def cmd_eval(args) -> int:

@@ -42,6 +42,15 @@ def resolve_options(options: dict) -> dict:
     if unknown:
         raise SnncError(f"compile: unknown option(s) {', '.join(sorted(unknown))}")
     opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    for key, low in (("timesteps", 1), ("calib_samples", 1), ("iterations", 0), ("calib_batch", 1),
+                     ("calib_rounds", 1), ("chunk", 1)):
+        value = opts[key]
+        if value is None and key == "calib_samples":  # all of them
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise SnncError(f"--{key.replace('_', '-')}: must be an integer ≥ {low}, got {value!r}")
+    if not (isinstance(opts["lr"], (int, float)) and np.isfinite(opts["lr"]) and opts["lr"] > 0):
+        raise SnncError(f"lr: must be a positive number, got {opts['lr']!r}")
     if opts["calibration"] not in PIPELINES:
         raise SnncError(f"--calibration: expected one of {', '.join(PIPELINES)}, got '{opts['calibration']}'")
     if opts["threshold"] is None:
@@ -87,7 +96,11 @@ class CompiledModel:
 
         Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in."""
         xt = self._input(x)
-        timesteps = int(timesteps or (xt.shape[1] if self.sequence else self.options["timesteps"]))
+        if timesteps is None:
+            timesteps = xt.shape[1] if self.sequence else self.options["timesteps"]
+        timesteps = int(timesteps)  # 0 is refused by the runner, not read as "the default"
+        if batch_size < 1:
+            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
         runner = self.runner(**overrides)
         chunk = int(overrides.get("chunk", self.options["chunk"]))
         parts: dict[int, list] = {}

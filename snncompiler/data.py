@@ -71,6 +71,8 @@ def load_npz(path, *, require_labels: bool = False, arg: str = "--data") -> Data
     label = f"{arg} {path}"
     if not path.exists():
         raise SnncError(f"{label}: no such file")
+    if path.is_dir():
+        raise SnncError(f"{label}: is a directory, expected an .npz file")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":  # numpy would take any other file for a pickle and say so, misleadingly

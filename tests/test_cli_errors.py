@@ -182,3 +182,59 @@ def test_a_file_that_is_not_npz(tmp_path):
     (tmp_path / "d.npz").write_text("x,y\n0.1,3\n")
     rc, _, err = snnc("eval", tmp_path / "m.onnx", "--data", tmp_path / "d.npz")
     assert_one_line_error(rc, err, "d.npz", "not a .npz file")
+
+
+def test_bad_numbers_and_output_paths_fail_before_any_work(model_path, tmp_path, capsys):
+    """Counts below their minimum, outputs into missing directories and a compile onto its own
+    input are refused up front (in-process: the subprocess cases above cover the entry point)."""
+    from snncompiler.cli import main
+
+    x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 10)
+    (tmp_path / "adir").mkdir()
+    original = model_path.read_bytes()
+    cases = [
+        (["eval", model_path, "--data", tmp_path / "d.npz", "--batch-size", "0"], ["--batch-size", "≥ 1"]),
+        (["run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "y.npz", "--timesteps", "0"],
+         ["--timesteps", "≥ 1"]),
+        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "c.onnx", "--calib-samples", "0"],
+         ["--calib-samples"]),
+        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "c.onnx", "--iterations", "-1"],
+         ["--iterations", "≥ 0"]),
+        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "missing" / "c.onnx"],
+         ["does not exist"]),
+        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", model_path], ["is the input", "itself"]),
+        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "adir"], ["is a directory"]),
+        (["run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "missing" / "y.npz"], ["does not exist"]),
+        (["eval", model_path, "--data", tmp_path / "adir"], ["--data", "is a directory"]),
+    ]
+    for argv, needles in cases:
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse's own usage errors exit from inside main
+            code = exc.code
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1, (argv, err)
+        for needle in needles:
+            assert needle in lines[0], (argv, lines[0])
+    assert model_path.read_bytes() == original
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_api_refuses_counts_below_their_minimum(model_path):
+    import snncompiler as snnc
+    from snncompiler.data import Dataset
+    from snncompiler.errors import SnncError
+
+    x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+    for bad in (dict(timesteps=0), dict(calib_samples=0), dict(iterations=-1), dict(chunk=0), dict(timesteps=2.5)):
+        with pytest.raises(SnncError, match="must be an integer"):
+            snnc.compile(model_path, Dataset(x), **bad)
+    model = snnc.compile(model_path, Dataset(x), quiet=True)
+    with pytest.raises(SnncError, match="--timesteps: must be ≥ 1"):
+        model.run(x, timesteps=0)
+    with pytest.raises(SnncError, match="--chunk: must be ≥ 1"):
+        model.run(x, timesteps=4, chunk=0)
+    with pytest.raises(SnncError, match="--batch-size: must be ≥ 1"):
+        model.run(x, timesteps=4, batch_size=0)

@@ -52,6 +52,13 @@ def initial_potential(attrs: dict, theta):
     return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
 
 
+def _check_steps(timesteps: int, chunk: int) -> None:
+    if timesteps < 1:
+        raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
+    if chunk < 1:
+        raise SnncError(f"--chunk: must be ≥ 1, got {chunk}")
+
+
 class _Static:
     """A value constant over time, stored once as [B, ...]."""
 
@@ -103,6 +110,7 @@ class SpikingRunner:
         ``checkpoints`` (default: only ``timesteps``) selects the t to report; all come from
         this one run.
         """
+        _check_steps(timesteps, chunk)
         checkpoints = sorted(set(checkpoints or [timesteps]))
         if checkpoints[0] < 1 or checkpoints[-1] > timesteps:
             raise SnncError(f"--timesteps: checkpoints must lie in 1..{timesteps}")
@@ -132,8 +140,7 @@ class SpikingRunner:
         return {k: v / timesteps for k, v in sums.items()}
 
     def _simulate(self, x, timesteps, chunk, observe=frozenset(), sums=None, stop_at=None):
-        if timesteps < 1:
-            raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
+        _check_steps(timesteps, chunk)
         if self.encoding == "sequence" and (x.dim() < 2 or timesteps > x.shape[1]):
             have = f"{x.shape[1]} steps" if x.dim() >= 2 else "no time axis"
             raise SnncError(f"--timesteps: {timesteps} steps asked for, but the input sequence has {have} "
