@@ -229,11 +229,16 @@ def cmd_run(args) -> int:
             lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device))
     else:
         run = model
-    outputs = [run(x) for x, _ in data.batches(args.batch_size)]
-    y = np.concatenate(outputs, axis=0)
+    batches = [run(x) for x, _ in data.batches(args.batch_size)]
+    if isinstance(batches[0], (list, tuple)):  # an ANN with several outputs: every one is saved
+        arrays = {("y" if k == 0 else f"y{k}"): np.concatenate([b[k] for b in batches], axis=0)
+                  for k in range(len(batches[0]))}
+    else:
+        arrays = {"y": np.concatenate(batches, axis=0)}
     with _writing(args.output, "-o"):
-        np.savez(args.output, y=y)
-    print(f"wrote {args.output}: y {list(y.shape)} from {len(data)} samples")
+        np.savez(args.output, **arrays)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
+    print(f"wrote {args.output}: {shapes} from {len(data)} samples")
     return 0
 
 

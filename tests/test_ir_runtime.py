@@ -88,3 +88,36 @@ def test_retain_freed_memory_is_applied_once_and_can_be_turned_off():
         if env is None and platform.libc_ver()[0] != "glibc":
             expected = "False False"
         assert out.stdout.strip() == expected
+
+
+def test_run_saves_every_output_of_a_multi_output_ann(tmp_path, caplog):
+    """`snnc run` on an ANN with two outputs writes both (y, y1), equal to onnxruntime's, and
+    reading the model says that scoring and spiking use only the first."""
+    import logging
+
+    from snncompiler.cli import main
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            z = self.body(x)
+            return self.head(z), z
+
+    torch.manual_seed(0)
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(TwoHeads().eval(), torch.zeros(1, 1, 8, 8), path, input_names=["x"],
+                      output_names=["logits", "features"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    with caplog.at_level(logging.WARNING):
+        assert main(["run", str(path), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]) == 0
+    assert "2 outputs (logits, features)" in caplog.text and "'logits'" in caplog.text
+    got = np.load(tmp_path / "y.npz")
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert sorted(got.files) == ["y", "y1"]
+    np.testing.assert_allclose(got["y"], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["y1"], want[1], rtol=1e-5, atol=1e-5)
