@@ -187,6 +187,10 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
         raise SnncError("--encoding sequence: conversion calibrates on static inputs; sequence inputs [N, T, ...] "
                         "are for directly trained networks (snncompiler.train)")
     graph = model if isinstance(model, Graph) else _load(model)
+    if len(graph.inputs) != 1:
+        names = ", ".join(v.name for v in graph.inputs)
+        raise SnncError(f"{graph.metadata.get('source_file', 'model')}: has {len(graph.inputs)} inputs ({names}); "
+                        "snnc compiles models with one input")
     calib = _as_dataset(calib_data)
     check_input(graph.inputs[0], torch.from_numpy(calib.x[:1]), label="calibration input")
     torch.manual_seed(int(opts["seed"]))

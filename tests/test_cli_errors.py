@@ -238,3 +238,15 @@ def test_api_refuses_counts_below_their_minimum(model_path):
         model.run(x, timesteps=4, chunk=0)
     with pytest.raises(SnncError, match="--batch-size: must be ≥ 1"):
         model.run(x, timesteps=4, batch_size=0)
+
+
+def test_compile_refuses_a_model_with_two_inputs(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+                              "two_inputs", [x, z], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two_in.onnx")
+    np.savez(tmp_path / "c.npz", x=np.zeros((4, 4), np.float32))
+    rc, _, err = snnc("compile", tmp_path / "two_in.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(rc, err, "two_in.onnx", "2 inputs (x, z)")
