@@ -82,6 +82,8 @@ class CompiledModel:
     def _input(self, x) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
         check_input(self.graph.inputs[0], t, sequence=self.sequence)
+        if not bool(torch.isfinite(t).all()):  # spikes from NaN currents would be silent garbage
+            raise SnncError("input 'x': contains NaN or Inf values")
         return t.float()
 
     def runner(self, **overrides) -> SpikingRunner:

@@ -16,11 +16,15 @@ def top1(logits) -> np.ndarray:
 def correct(logits, labels) -> int:
     """How many of ``logits`` [N, classes] pick their int label [N]; labels that are not class
     indices of the logits are an error (a silent 0% would hide a mislabelled file)."""
+    from .errors import SnncError
+
     labels = np.asarray(labels)
+    if labels.shape != (len(logits),):
+        raise SnncError(f"'y': expected {len(logits)} labels (one per sample), got shape {list(labels.shape)}")
+    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+        raise SnncError("'y': labels must be integer class indices, got fractional values")
     classes = int(np.prod(np.shape(logits)[1:])) if np.ndim(logits) > 1 else 0
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        from .errors import SnncError
-
         raise SnncError(f"'y': labels must be class indices 0..{classes - 1} of the model's {classes} outputs, "
                         f"got values from {labels.min()} to {labels.max()}")
     return int((top1(logits) == labels).sum())

@@ -250,3 +250,27 @@ def test_compile_refuses_a_model_with_two_inputs(tmp_path):
     np.savez(tmp_path / "c.npz", x=np.zeros((4, 4), np.float32))
     rc, _, err = snnc("compile", tmp_path / "two_in.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o.onnx")
     assert_one_line_error(rc, err, "two_in.onnx", "2 inputs (x, z)")
+
+
+def test_api_bad_arguments_are_snnc_errors(model_path, tmp_path):
+    """The Python API reports bad input as SnncError with the same one-line messages."""
+    import snncompiler as snnc
+    from snncompiler.data import Dataset
+    from snncompiler.errors import SnncError
+
+    x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(SnncError, match="expected a path, bytes or an onnx.ModelProto, got int"):
+        snnc.compile(123, Dataset(x))
+    model = snnc.compile(model_path, Dataset(x), quiet=True)
+    nan = x.copy()
+    nan[3, 0, 2, 2] = np.nan
+    for call in (lambda: model.run(nan, 2), lambda: model.ann(nan)):
+        with pytest.raises(SnncError, match="NaN or Inf"):
+            call()
+    with pytest.raises(SnncError, match="expected 8 labels"):
+        model.evaluate(x, np.arange(5), [2])
+    with pytest.raises(SnncError, match="fractional"):
+        model.evaluate(x, np.arange(8) * 0.5, [2])
+    assert model.evaluate(x, np.arange(8) % 10 * 1.0, [2])["samples"] == 8  # whole-number floats are labels
+    with pytest.raises(SnncError, match="cannot write the artifact"):
+        model.save(tmp_path / "missing" / "m.snn.onnx")

@@ -94,6 +94,7 @@ def test_run_saves_every_output_of_a_multi_output_ann(tmp_path, caplog):
     """`snnc run` on an ANN with two outputs writes both (y, y1), equal to onnxruntime's, and
     reading the model says that scoring and spiking use only the first."""
     import logging
+    import warnings
 
     from snncompiler.cli import main
 
@@ -109,8 +110,10 @@ def test_run_saves_every_output_of_a_multi_output_ann(tmp_path, caplog):
 
     torch.manual_seed(0)
     path = tmp_path / "two.onnx"
-    torch.onnx.export(TwoHeads().eval(), torch.zeros(1, 1, 8, 8), path, input_names=["x"],
-                      output_names=["logits", "features"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    with warnings.catch_warnings():  # the exporter's deprecation notices, as in workloads.export_onnx
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TwoHeads().eval(), torch.zeros(1, 1, 8, 8), path, input_names=["x"],
+                          output_names=["logits", "features"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     with caplog.at_level(logging.WARNING):

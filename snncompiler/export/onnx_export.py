@@ -182,4 +182,7 @@ def save_artifact(compiled, path) -> None:
             "snncompiler.report": json.dumps({k: v for k, v in compiled.report.items() if k != "thresholds"}, default=str)}
     model = to_onnx(compiled.graph, meta)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    try:
+        onnx.save(model, str(path))
+    except OSError as exc:
+        raise SnncError(f"{path}: cannot write the artifact ({exc.strerror or exc})") from exc

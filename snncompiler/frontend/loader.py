@@ -35,6 +35,8 @@ def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onn
         return source, "<model>"
     if isinstance(source, (bytes, bytearray)):
         data, label = bytes(source), "<bytes>"
+    elif not isinstance(source, (str, os.PathLike)):
+        raise SnncError(f"model: expected a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
     else:
         path = Path(source)
         label = str(path)
