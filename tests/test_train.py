@@ -217,6 +217,13 @@ def test_fit_errors(digits_data):
         x = train.x.copy()
         x[3, 0, 0, 0] = np.nan
         snnc.train.fit(net, (x, train.y), progress=False)
+    for bad in (dict(lr=float("nan")), dict(lr=-1.0), dict(lr=0)):
+        with pytest.raises(SnncError, match="lr: must be a positive number"):
+            snnc.train.fit(net, train, progress=False, **bad)
+    with pytest.raises(SnncError, match="weight_decay: must be a non-negative number"):
+        snnc.train.fit(net, train, weight_decay=-0.1, progress=False)
+    with pytest.raises(SnncError, match="model: expected a torch.nn.Module, got str"):
+        snnc.train.fit("net", train, progress=False)
 
 
 def test_dataloaders_train_and_evaluate(trained, digits_data):
@@ -373,6 +380,8 @@ def test_export_errors(tmp_path):
     net.eval()
     with pytest.raises(SnncError, match="timesteps"):
         snnc.train.export(net, tmp_path / "a.onnx", (1, 8, 8))
+    with pytest.raises(SnncError, match="timesteps: must be a positive integer, got 0"):
+        snnc.train.export(net, tmp_path / "a.onnx", (1, 8, 8), timesteps=0)
     with pytest.raises(SnncError, match=r"input_shape \[3, 8, 8\]: exporting the network failed"):
         snnc.train.export(net, tmp_path / "a.onnx", (3, 8, 8), timesteps=4)
     with pytest.raises(SnncError, match="input_shape: expected one sample's shape"):

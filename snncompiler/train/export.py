@@ -56,10 +56,13 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
     if not lifs:
         raise SnncError("model: has no snncompiler.train.LIF neuron; compile an ANN with snnc.compile instead")
     training = getattr(model, "_snnc_training", None)
-    timesteps = timesteps or (training or {}).get("timesteps")
+    if timesteps is None:
+        timesteps = (training or {}).get("timesteps")
+        if timesteps is None:
+            raise SnncError("timesteps: give the artifact's default T (the model was not trained with snnc.train.fit)")
     sequence = bool((training or {}).get("sequence", False)) if sequence is None else bool(sequence)
-    if not isinstance(timesteps, int) or timesteps < 1:
-        raise SnncError("timesteps: give the artifact's default T (the model was not trained with snnc.train.fit)")
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise SnncError(f"timesteps: must be a positive integer, got {timesteps!r}")
     if model.training:
         raise SnncError("model: is in training mode; call model.eval() first (BatchNorm must use its running statistics)")
     net = copy.deepcopy(model).cpu()

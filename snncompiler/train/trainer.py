@@ -9,6 +9,7 @@ depend on T.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -96,8 +97,14 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
     The settings are also kept on the model, so that :func:`~snncompiler.train.export` can record
     how it was trained.
     """
+    if not isinstance(model, nn.Module):
+        raise SnncError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if loss not in LOSSES:
         raise SnncError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise SnncError(f"lr: must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise SnncError(f"weight_decay: must be a non-negative number, got {weight_decay!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise SnncError(f"{name}: must be a positive integer, got {value!r}")
