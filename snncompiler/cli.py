@@ -66,14 +66,17 @@ def _writing(path: str, flag: str):
         raise SnncError(f"{flag} {path}: cannot write ({exc.strerror or exc})") from exc
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # a subcommand's --debug must not reset `snnc --debug COMMAND` to False: only the top level
+    # has a default, so the flag works before or after the command
+    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="show tracebacks and debug logging")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = _Parser(prog="snnc", description="snncompiler: compile trained ANNs (ONNX) into spiking neural networks.")
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

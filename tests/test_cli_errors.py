@@ -122,6 +122,8 @@ def test_bad_usage_is_one_line():
 def test_debug_shows_traceback(tmp_path):
     rc, _, err = snnc("inspect", tmp_path / "nope.onnx", "--debug")
     assert rc == 2 and "Traceback" in err
+    rc, _, err = snnc("--debug", "inspect", tmp_path / "nope.onnx")  # before the command too
+    assert rc == 2 and "Traceback" in err
 
 
 def test_spiking_eval_on_an_unusable_device(model_path, tmp_path):
