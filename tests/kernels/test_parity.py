@@ -178,6 +178,23 @@ def test_cuda_vector_path_matches_reference(c, monkeypatch):
     check_case(c, "cuda")
 
 
+@settings(max_examples=60, **_SETTINGS)
+@given(c=cases())
+def test_cuda_shallow_unroll_path_matches_reference(c, monkeypatch):
+    """Test layers are small enough for the CUDA kernel's deeper unroll (16 steps in flight);
+    the 8-step copy that larger layers run is exercised here with the deeper one switched off."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from snncompiler.kernels import cuda
+
+    monkeypatch.setattr(cuda, "DEEP_UNROLL", False)
+    cuda.deep_unroll_max_n.cache_clear()
+    try:
+        check_case(c, "cuda")
+    finally:
+        cuda.deep_unroll_max_n.cache_clear()  # the next test sees DEEP_UNROLL restored
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(backend, dtype):
     """x in float16/bfloat16: spikes in x's dtype, membrane accumulated and returned in float32."""
