@@ -169,3 +169,16 @@ def test_corrupted_bytes_never_reach_an_internal_error(artifact, tmp_path, capsy
             assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, (trial, err)
         outcomes[code] += 1
     assert outcomes[2] >= 10  # the damage does get noticed, not only absorbed by the weights
+
+
+def test_a_failure_inside_the_spiking_runtime_names_the_node(artifact, tmp_path):
+    """Whatever goes wrong in a layer while spiking (here a weight cut to the wrong number of
+    input channels after loading) is reported against that node, not as a bare torch error."""
+    proto, _ = artifact
+    onnx.save(proto, tmp_path / "m.snn.onnx")
+    model = snnc.load(tmp_path / "m.snn.onnx")
+    conv = model.graph.find("conv")[1]
+    conv.params["weight"] = conv.params["weight"][:, :1]
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(snnc.SnncError, match=rf"node '{conv.name}'.*conv failed in the spiking runtime"):
+        model.run(x, 2)

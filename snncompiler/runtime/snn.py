@@ -190,7 +190,14 @@ class SpikingRunner:
             env[name] = _Static(x)
         for i, node in enumerate(g.nodes):
             started = time.perf_counter() if self.profile is not None else 0.0
-            for name, value in zip(node.outputs, self.compute_node(node, env, steps, t0, state, static)):
+            try:
+                outs = self.compute_node(node, env, steps, t0, state, static)
+            except SnncError:
+                raise
+            except Exception as exc:  # out of memory, a shape a damaged file let through, ...: name the node
+                raise SnncError(f"{node.where}: {node.op} failed in the spiking runtime: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            for name, value in zip(node.outputs, outs):
                 env[name] = value
             if self.profile is not None:
                 key = _PROFILE_GROUPS.get(node.op, "other ops")
