@@ -215,6 +215,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _refuse_spiking_flags(args, flags: tuple[str, ...]) -> None:
+    """Flags that only mean something for a spiking artifact, given with a plain ANN: an error
+    rather than silently ignored (an ANN "evaluated at --timesteps 4" was not)."""
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) not in (None, False, "auto")]
+    if given:
+        raise SnncError(f"{', '.join(given)}: only for spiking models; {args.model} is a plain ONNX ANN "
+                        "(compile it with `snnc compile` first)")
+
+
 def cmd_run(args) -> int:
     """snnc run MODEL --input X.npz -o Y.npz"""
     import numpy as np
@@ -231,6 +240,7 @@ def cmd_run(args) -> int:
         run = model.ann if args.ann_mode else (
             lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device))
     else:
+        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode"))
         run = model
     batches = [run(x) for x, _ in data.batches(args.batch_size)]
     if isinstance(batches[0], (list, tuple)):  # an ANN with several outputs: every one is saved
@@ -368,6 +378,7 @@ def cmd_eval(args) -> int:
         from . import load
 
         return _eval_snn(args, load(args.model), data)
+    _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--plot", "--layers", "--reference"))
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":
         from .ort import OrtModel

@@ -276,3 +276,18 @@ def test_api_bad_arguments_are_snnc_errors(model_path, tmp_path):
     assert model.evaluate(x, np.arange(8) % 10 * 1.0, [2])["samples"] == 8  # whole-number floats are labels
     with pytest.raises(SnncError, match="cannot write the artifact"):
         model.save(tmp_path / "missing" / "m.snn.onnx")
+
+
+def test_spiking_only_flags_with_a_plain_ann(model_path, tmp_path, capsys):
+    """`snnc eval ann.onnx --timesteps 4` used to print the ANN's accuracy as if T had been used."""
+    from snncompiler.cli import main
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 8, 8), np.float32), y=np.arange(4))
+    for extra in (["--timesteps", "4"], ["--plot", str(tmp_path / "p.png")], ["--backend", "cpu"], ["--layers"]):
+        assert main(["eval", str(model_path), "--data", str(tmp_path / "d.npz"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{extra[0]}: only for spiking models" in err, err
+    assert main(["run", str(model_path), "--input", str(tmp_path / "d.npz"), "-o", str(tmp_path / "y.npz"),
+                 "--ann-mode"]) == 2
+    assert "--ann-mode: only for spiking models" in capsys.readouterr().err
+    assert not (tmp_path / "y.npz").exists()
