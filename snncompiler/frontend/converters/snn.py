@@ -26,8 +26,8 @@ def neuron(node, ctx):
     """snncompiler::Neuron(x, theta[, v_init]) → neuron (attrs: neuron, tau, reset, v0).
 
     Missing attributes take the compiler's defaults (IF, soft reset, v0 = θ/2); present ones
-    must be valid. θ must be finite and positive, v_init finite; their shapes are checked
-    against x's when the graph's shapes are inferred."""
+    must be valid. θ must be finite and positive, v_init finite; their sizes are checked
+    against x's shape when the artifact is loaded (``compiler.from_artifact``)."""
     if len(node.input) not in (2, 3) or not node.input[0] or not node.input[1] or len(node.output) != 1:
         raise ctx.fail(f"expected inputs (x, theta[, v_init]) and one output, got {len(node.input)} inputs and "
                        f"{len(node.output)} outputs")
