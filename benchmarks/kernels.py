@@ -467,6 +467,16 @@ def call_overhead(device: str, calls: int = 2000, repeats: int = 9) -> dict:
     return out
 
 
+def call_overheads(devices) -> dict:
+    """:func:`call_overhead` on each device, printed as it is measured."""
+    overhead = {}
+    for device in devices:
+        overhead[device] = call_overhead(device)
+        print(f"\n[{device}] fixed cost per call (T=1, N=64, tight loop, median of 9), µs: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items()))
+    return overhead
+
+
 GPU_FLOOR = dict(min_T=8, over_copy=0.8)
 
 
@@ -567,13 +577,9 @@ def main(argv=None) -> int:
             "value spikes; backward: LIF 0.9, atan surrogate",
             machine=dict(machine(), freed_memory_retained=retained), results=rows))
         return 0
+    gpu = ["cuda"] if (args.gpu or args.gpu_only) and torch.cuda.is_available() else []
     if args.overhead:
-        devices = ["cpu"] + (["cuda"] if (args.gpu or args.gpu_only) and torch.cuda.is_available() else [])
-        overhead = {}
-        for device in devices:
-            overhead[device] = call_overhead(device)
-            print(f"[{device}] fixed cost per call (T=1, N=64, tight loop, median of 9), µs: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items()))
+        overhead = call_overheads(["cpu"] + gpu)
         write_result(OVERHEAD_OUT if args.out == OUT else args.out, dict(
             benchmark="snncompiler neuron_multistep fixed cost per call", workload="T=1, N=64, IF, soft reset",
             machine=dict(machine(), freed_memory_retained=retained), call_overhead_us=overhead))
@@ -606,12 +612,7 @@ def main(argv=None) -> int:
               f"  op, allocating its output:            {floor['snnc_over_copy']:.2f}x copy -> "
               f"{verdict(floor['met_by_op'])}\n"
               f"  vs SpikingJelly: op {floor['snnc_over_sj']:.1f}x, kernel {floor['kernel_over_sj']:.1f}x")
-    overhead = {}
-    for device in (["cpu"] if not args.gpu_only else []) + (["cuda"] if (args.gpu or args.gpu_only)
-                                                             and torch.cuda.is_available() else []):
-        overhead[device] = call_overhead(device)
-        print(f"\n[{device}] fixed cost per call (T=1, N=64, tight loop), µs: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items()))
+    overhead = call_overheads(([] if args.gpu_only else ["cpu"]) + gpu)
     gpu_floor = gpu_floor_check(rows)
     if gpu_floor:
         print(f"\nGPU floor (T >= 8: >= 0.8x device copy and faster than SpikingJelly): "
