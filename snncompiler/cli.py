@@ -144,8 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
     p.add_argument("--layer-samples", type=_positive_int, default=256, help="with --layers: samples used for the per-layer errors")
+    p.add_argument("--sops", action="store_true",
+                   help="spiking models: synaptic operations per layer and an energy estimate against the "
+                        "ANN's MACs (at the largest --timesteps, on all --data samples)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a compiled spiking model in another format (NIR)")
+    p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.nir")
+    p.add_argument("--format", choices=["nir"], default="nir",
+                   help="nir: the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly, "
+                        "snnTorch, Norse, Sinabs, Lava and neuromorphic hardware toolchains")
+    _add_common(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("env", help="versions, neuron kernel backends and their settings (for bug reports)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -189,6 +201,24 @@ def cmd_env(args) -> int:
 
     info = collect()
     print(json.dumps(info, indent=1) if args.json else format_text(info))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """snnc export MODEL.snn.onnx -o OUT.nir"""
+    from . import load
+    from .compiler import CompiledModel
+
+    _check_output(args.output, "-o", args.model)
+    model = load(args.model)
+    if not isinstance(model, CompiledModel):
+        raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before exporting to NIR")
+    with _writing(args.output, "-o"):
+        warnings = model.save_nir(args.output)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {args.output}: NIR graph of {len(model.graph.find('neuron'))} neuron layers "
+          f"({'lossy: ' + str(len(warnings)) + ' warning(s) above' if warnings else 'no loss'})")
     return 0
 
 
@@ -325,6 +355,10 @@ def _eval_snn(args, model, data) -> int:
 
             reference = load_graph(args.reference)
         result["layers"] = layer_errors(model, data.x[:args.layer_samples], ts[-1], reference=reference)
+    if args.sops:
+        result["synaptic_ops"] = model.synaptic_operations(data.x, ts[-1], batch_size=args.batch_size,
+                                                           backend=args.backend, device=args.device,
+                                                           **({"chunk": args.chunk} if args.chunk else {}))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -341,7 +375,26 @@ def _eval_snn(args, model, data) -> int:
         print(format_table(result["layers"], [("layer", "layer"), ("theta", "θ (mean)"), ("clipping_error", "clipping"),
                                              ("flooring_error", "flooring"), ("firing_rate", "firing rate"),
                                              ("cosine", "cosine(a, s̄)")]))
+    if args.sops:
+        _print_sops(result["synaptic_ops"])
     return 0
+
+
+def _print_sops(sops: dict) -> None:
+    from .inspect import format_table
+
+    rows = [dict(r, ratio=f"{r['ops_per_step'] / r['dense_macs']:.4f}" if r["dense_macs"] else "-",
+                 weight_density=f"{r['weight_density']:.3f}", event_rate=f"{r['event_rate']:.3f}",
+                 ops_per_step=f"{r['ops_per_step']:,.0f}", dense_macs=f"{r['dense_macs']:,.0f}")
+            for r in sops["layers"]]
+    print(f"\nsynaptic operations per sample at T={sops['timesteps']} on {sops['samples']} samples "
+          "(ops: nonzero inputs × their nonzero weights; a static input is computed once):")
+    print(format_table(rows, [("node", "layer"), ("input", "input"), ("weight_density", "weights kept"),
+                              ("event_rate", "input events"), ("ops_per_step", "ops/step"),
+                              ("dense_macs", "ANN MACs"), ("ratio", "ops/step ÷ MACs")]))
+    e = sops["energy_pj"]
+    print(f"ANN {sops['ann_macs']:,.0f} MACs; SNN over T={sops['timesteps']}: {sops['snn_acs']:,.0f} ACs + "
+          f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {e['snn_over_ann']:.3f} ({sops['energy_model']})")
 
 
 def _plot(path, result, title) -> None:
@@ -378,7 +431,7 @@ def cmd_eval(args) -> int:
         from . import load
 
         return _eval_snn(args, load(args.model), data)
-    _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--plot", "--layers", "--reference"))
+    _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--plot", "--layers", "--reference", "--sops"))
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":
         from .ort import OrtModel

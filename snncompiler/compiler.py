@@ -144,12 +144,35 @@ class CompiledModel:
                 "ann_accuracy": accuracy(self.ann(x), y),
                 "firing_rate": self.last_runner.firing_rate}
 
+    def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = 256, **overrides) -> dict:
+        """Synaptic operations and energy per sample against the ANN's MACs, measured on ``x``
+        over ``timesteps`` steps (see :func:`snncompiler.metrics.synaptic_operations`)."""
+        from .metrics import synaptic_operations
+
+        if batch_size < 1:
+            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
+        return synaptic_operations(self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size,
+                                   **overrides)
+
     # ---- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
         """Write the artifact: ONNX with neuron nodes in the `snncompiler` domain."""
         from .export.onnx_export import save_artifact
 
         save_artifact(self, path)
+
+    def to_nir(self):
+        """This model as a ``nir.NIRGraph`` plus the list of what NIR cannot represent
+        (see :mod:`snncompiler.export.nir_export`)."""
+        from .export.nir_export import to_nir
+
+        return to_nir(self)
+
+    def save_nir(self, path) -> list[str]:
+        """Write this model as a NIR file; returns the lossy-export warnings (also logged)."""
+        from .export.nir_export import save_nir
+
+        return save_nir(self, path)
 
     def settings(self) -> dict:
         """The settings recorded in the artifact."""

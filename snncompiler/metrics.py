@@ -34,3 +34,103 @@ def accuracy(logits, labels) -> float:
     """Top-1 accuracy of ``logits`` [N, classes] against int labels [N] (checked as in :func:`correct`)."""
     n = len(np.asarray(labels))
     return correct(logits, labels) / n if n else float("nan")
+
+
+# ---- synaptic operations and energy --------------------------------------------------------
+# 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014): add 0.9 pJ, multiply 3.7 pJ. A spike reaching
+# a synapse costs an accumulate (AC); a real-valued input costs a multiply-accumulate (MAC).
+ENERGY_PJ = {"mac": 4.6, "ac": 0.9}
+ENERGY_MODEL = "45 nm CMOS, float32: MAC 4.6 pJ, AC 0.9 pJ (Horowitz, ISSCC 2014)"
+
+_SYNAPTIC_OPS = ("conv", "conv_transpose", "linear", "matmul")
+# ops whose output entries are copies of input entries (or zeros): spikes in, spikes out
+_SPIKE_PRESERVING = ("reshape", "flatten", "transpose", "identity", "concat", "split", "slice", "gather",
+                     "maxpool", "pad")
+
+
+def _weight_key(node) -> str | None:
+    for key in ("weight", "rhs", "lhs"):
+        if key in node.params:
+            return key
+    return None  # a product of two activations: no synapses to count
+
+
+def input_kinds(graph, encoding: str = "direct") -> dict[str, str]:
+    """For every value of a neuronized graph: ``static`` (constant over time: computed once),
+    ``spikes`` (0 or θ each step) or ``analog`` (real-valued each step)."""
+    kinds = {graph.inputs[0].name: "static" if encoding == "direct" else
+             ("spikes" if encoding == "rate" else "analog")}
+    for node in graph.nodes:
+        ins = [kinds.get(i, "static") for i in node.inputs]  # constants are static
+        if node.op == "neuron":
+            kind = "spikes"
+        elif all(k == "static" for k in ins):
+            kind = "static"
+        elif node.op in _SPIKE_PRESERVING and all(k in ("spikes", "static") for k in ins) and (
+                node.op != "pad" or node.attrs.get("mode", "constant") == "constant"):
+            kind = "spikes" if "spikes" in ins else "static"
+        else:
+            kind = "analog"
+        for out in node.outputs:
+            kinds[out] = kind
+    return kinds
+
+
+def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **overrides) -> dict:
+    """Synaptic operations per sample of a compiled spiking model, measured on ``x`` over
+    ``timesteps`` steps, against the dense MACs of its ANN; with an energy estimate.
+
+    For every conv / linear / constant matmul: ``dense_macs`` (the ANN's multiply-accumulates
+    per sample, all weights, padding excluded), ``event_rate`` (fraction of input entries that are
+    nonzero per step), ``ops_per_step`` (nonzero inputs × their nonzero synapses, per step: what
+    an event-driven engine performs, exact by linearity from the event rates) and ``ops`` (over
+    the run: a static input, such as the first layer's under direct encoding, is computed once).
+    Spike inputs cost accumulates (``ac``), real-valued inputs multiply-accumulates (``mac``).
+    Sparse weights count twice over: fewer synapses per event, and fewer events downstream.
+    """
+    import copy
+
+    import numpy as np
+
+    from .runtime.executor import run_node
+
+    graph = model.graph
+    kinds = input_kinds(graph, model.options.get("encoding", "direct"))
+    layers = [n for n in graph.nodes if n.op in _SYNAPTIC_OPS and _weight_key(n) is not None]
+    names = sorted({n.inputs[0] for n in layers})
+    xt = model._input(x)
+    runner = model.runner(**overrides)
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, len(xt), batch_size):
+        rates = runner.event_rates(xt[start:start + batch_size], timesteps, names,
+                                   chunk=int(overrides.get("chunk", model.options["chunk"])))
+        for name, r in rates.items():
+            part = r.sum(0, keepdim=True).cpu()
+            totals[name] = totals[name] + part if name in totals else part
+    n = len(xt)
+    rows, counts = [], {"mac": 0.0, "ac": 0.0}
+    ann_macs = 0.0
+    with torch.no_grad():
+        for node in layers:
+            rate = totals[node.inputs[0]] / n  # [1, ...]: mean over samples, linear in the count
+            key = _weight_key(node)
+            w = node.params[key].cpu()
+            masked, dense = copy.copy(node), copy.copy(node)
+            masked.params = {key: (w != 0).float()}
+            dense.params = {key: torch.ones_like(w, dtype=torch.float32)}
+            per_step = float(run_node(masked, [rate])[0].sum())
+            macs = float(run_node(dense, [torch.ones_like(rate)])[0].sum())
+            kind = kinds.get(node.inputs[0], "analog")
+            ops = per_step if kind == "static" else per_step * timesteps
+            counts["ac" if kind == "spikes" else "mac"] += ops
+            ann_macs += macs
+            rows.append({"node": node.name, "op": node.op, "input": kind, "event_rate": float(rate.mean()),
+                         "weight_density": float((w != 0).float().mean()), "dense_macs": macs,
+                         "ops_per_step": per_step, "ops": ops})
+    snn_energy = counts["mac"] * ENERGY_PJ["mac"] + counts["ac"] * ENERGY_PJ["ac"]
+    ann_energy = ann_macs * ENERGY_PJ["mac"]
+    return {"timesteps": int(timesteps), "samples": int(n), "layers": rows,
+            "ann_macs": ann_macs, "snn_macs": counts["mac"], "snn_acs": counts["ac"],
+            "energy_pj": {"ann": ann_energy, "snn": snn_energy,
+                          "snn_over_ann": snn_energy / ann_energy if ann_energy else float(np.nan)},
+            "energy_model": ENERGY_MODEL}

@@ -1,1 +1,1 @@
-"""IR → files: the spiking ONNX artifact (onnx_export)."""
+"""IR → files: the spiking ONNX artifact (onnx_export) and NIR (nir_export)."""

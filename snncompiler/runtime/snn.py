@@ -139,7 +139,17 @@ class SpikingRunner:
             pass
         return {k: v / timesteps for k, v in sums.items()}
 
-    def _simulate(self, x, timesteps, chunk, observe=frozenset(), sums=None, stop_at=None):
+    def event_rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK) -> dict:
+        """Fraction of the ``timesteps`` steps in which each entry of the named values is nonzero,
+        [B, ...] each: the events a layer reading that value must process (a spike, or any
+        nonzero current). A value constant over time counts as an event at every step where it is
+        nonzero."""
+        sums: dict[str, torch.Tensor] = {}
+        for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums=sums, events=True):
+            pass
+        return {k: v / timesteps for k, v in sums.items()}
+
+    def _simulate(self, x, timesteps, chunk, observe=frozenset(), sums=None, stop_at=None, events=False):
         _check_steps(timesteps, chunk)
         if self.encoding == "sequence" and (x.dim() < 2 or timesteps > x.shape[1]):
             have = f"{x.shape[1]} steps" if x.dim() >= 2 else "no time axis"
@@ -156,7 +166,11 @@ class SpikingRunner:
                 env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
                 for name in observe:
                     value = env[name]
-                    part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
+                    if events:
+                        part = ((value.t != 0).float() * steps if isinstance(value, _Static)
+                                else (value != 0).float().sum(0))
+                    else:
+                        part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
                     sums[name] = sums[name] + part if name in sums else part
                 out = None if stop_at else _dyn(env[self.graph.outputs[0].name], steps)
                 yield done, steps, out

@@ -1,0 +1,158 @@
+"""NIR export: read back with nir, run by SpikingJelly's NIR importer and by a small simulator
+written from NIR's published neuron equations, each against snnc's own runtime."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from graphlib import TopologicalSorter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import snncompiler as snnc
+from snncompiler.workloads import export_onnx
+
+nir = pytest.importorskip("nir")
+T = 16
+
+
+class Residual(nn.Module):
+    """conv-ReLU, then a two-conv branch added to it: the add sums spikes of two neurons."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+
+    def forward(self, x):
+        a = self.stem(x)
+        return self.head(a + self.branch(a))
+
+
+def _compile(net, shape, tmp_path, **options):
+    torch.manual_seed(0)
+    path = export_onnx(net, shape, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((24,) + shape, dtype=np.float32)
+    return snnc.compile(str(path), x, timesteps=T, quiet=True, **options), x
+
+
+def simulate(graph, x: np.ndarray, steps: int) -> np.ndarray:
+    """Run a NIR graph for ``steps`` Euler steps of its own dt on a constant input; mean output.
+
+    Written from NIR's definitions, not from the exporter: every node's input is the sum of its
+    incoming edges; IF: v += r·dt·I; LIF: v += dt/τ·(v_leak − v + r·I); a neuron spikes when v
+    exceeds its threshold and then resets to v_reset.
+    """
+    dt = float(graph.metadata["dt"])
+    preds: dict[str, list[str]] = {name: [] for name in graph.nodes}
+    for src, dst in graph.edges:
+        preds[dst].append(src)
+    order = list(TopologicalSorter(preds).static_order())
+    state: dict[str, torch.Tensor] = {}
+    xt = torch.from_numpy(x).double()
+    total = 0.0
+    for _ in range(steps):
+        vals: dict[str, torch.Tensor] = {}
+        for name in order:
+            node = graph.nodes[name]
+            kind = type(node).__name__
+            inp = xt if kind == "Input" else sum(vals[p] for p in preds[name])
+            t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+            if kind in ("Input", "Output"):
+                out = inp
+            elif kind == "Conv2d":
+                out = F.conv2d(inp, t(node.weight), t(node.bias), tuple(node.stride), tuple(node.padding),
+                               tuple(node.dilation), node.groups)
+            elif kind == "Affine":
+                out = inp @ t(node.weight).T + t(node.bias)
+            elif kind == "Flatten":
+                out = inp.flatten(1)
+            elif kind == "AvgPool2d":
+                out = F.avg_pool2d(inp, tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))
+            elif kind == "Scale":
+                out = inp * t(node.scale)
+            elif kind in ("IF", "LIF"):
+                v = state.get(name, torch.zeros_like(inp))
+                if kind == "IF":
+                    v = v + t(node.r) * dt * inp
+                else:
+                    v = v + dt / t(node.tau) * (t(node.v_leak) - v + t(node.r) * inp)
+                spike = v > t(node.v_threshold)  # NIR: strictly above; ties have measure zero here
+                state[name] = torch.where(spike, t(node.v_reset).expand_as(v), v)
+                out = spike.double()
+            else:
+                raise AssertionError(f"simulator does not know {kind}")
+            vals[name] = out
+        total = total + vals["output"]
+    return (total / steps).numpy()
+
+
+def test_roundtrip_through_spikingjelly_matches_runtime(tmp_path):
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(24, 3))
+    model, x = _compile(net, (1, 8, 8), tmp_path, reset="hard", v0="zero")
+    path = tmp_path / "m.nir"
+    assert model.save_nir(path) == []  # hard reset from 0: nothing lost
+    graph = nir.read(str(path))
+    sj = import_from_nir(graph, dt=float(graph.metadata["dt"]), step_mode="m")
+    functional.reset_net(sj)
+    with torch.no_grad():
+        out = sj(torch.from_numpy(x).unsqueeze(0).expand(T, *x.shape))[0].mean(0).numpy()
+    ours = model.run(x, T)
+    assert np.abs(ours).max() > 0.01
+    np.testing.assert_allclose(out, ours, atol=1e-5)
+    np.testing.assert_allclose(simulate(graph, x, T), ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("neuron", ["if", "lif"])
+def test_per_channel_theta_and_residual_add(tmp_path, neuron):
+    model, x = _compile(Residual(), (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=True, neuron=neuron,
+                        **({"tau": 4.0} if neuron == "lif" else {}))
+    path = tmp_path / "m.nir"
+    model.save_nir(path)
+    graph = nir.read(str(path))
+    kinds = [type(n).__name__ for n in graph.nodes.values()]
+    assert kinds.count("IF" if neuron == "if" else "LIF") == 3
+    thetas = [n.params["theta"] for n in model.graph.find("neuron")]
+    assert all(t.numel() == 4 for t in thetas)  # per channel
+    assert kinds.count("Scale") == 2  # the add's two inputs spike with different θ
+    ours, theirs = model.run(x, T), simulate(graph, x, T)
+    assert np.abs(ours).max() > 0.01
+    if neuron == "if":
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    else:  # Euler's v + (0 − v)/τ + x and the kernel's (1 − 1/τ)·v + x round differently
+        assert np.abs(theirs - ours).mean() < 1e-3 * np.abs(ours).mean() + 1e-4
+        assert (theirs.argmax(1) == ours.argmax(1)).mean() >= 0.95
+
+
+def test_soft_reset_export_says_what_is_lost(tmp_path):
+    model, _ = _compile(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,), tmp_path)
+    out = tmp_path / "m.nir"
+    artifact = tmp_path / "m.snn.onnx"
+    model.save(artifact)
+    r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "export", str(artifact), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "no soft reset" in r.stderr and "initial membrane" in r.stderr
+    meta = nir.read(str(out)).metadata
+    assert meta["reset"] == "soft" and meta["v0"] == "half" and "no soft reset" in meta["lossy"]
+
+
+def test_unsupported_models_are_one_line_errors(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 2))
+    model, _ = _compile(net, (1, 8, 8), tmp_path)
+    artifact = tmp_path / "m.snn.onnx"
+    model.save(artifact)
+    cases = [(artifact, "maxpool has no NIR equivalent"), (tmp_path / "m.onnx", "compile it with `snnc compile`")]
+    for src, message in cases:
+        r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "export", str(src), "-o", str(tmp_path / "x.nir")],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "x.nir").exists()
