@@ -56,11 +56,16 @@ class DigitsCNN(nn.Sequential):
 
 
 def train_classifier(model: nn.Module, train: Dataset, *, epochs: int = 30, lr: float = 3e-3,
-                     batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4) -> nn.Module:
-    """Train with Adam and cross-entropy (cosine learning rate); returns the model in eval mode."""
+                     batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4, parameters=None,
+                     penalty=None, after_step=None) -> nn.Module:
+    """Train with Adam and cross-entropy (cosine learning rate); returns the model in eval mode.
+
+    ``parameters`` (default: all) are what Adam trains; ``penalty()`` is added to every batch's
+    loss; ``after_step()`` runs after every Adam step (a second optimizer for the other
+    parameters, say)."""
     torch.manual_seed(seed)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
@@ -71,9 +76,13 @@ def train_classifier(model: nn.Module, train: Dataset, *, epochs: int = 30, lr: 
             idx = order[start:start + batch_size]
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if penalty is not None:
+                loss = loss + penalty()
             loss.backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step()
     return model.eval()
 
 

@@ -1,0 +1,2 @@
+"""Example workloads, each trained in torch, exported to ONNX and compiled with snncompiler:
+``python -m apps.medical``, ``python -m apps.finance``, ``python -m apps.sparse_conv``."""

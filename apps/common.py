@@ -1,0 +1,129 @@
+"""What every example app shares: command-line options, ANN-vs-SNN comparison at every T, the
+printed table and the JSON record.
+
+An app trains its own ANN in torch, exports it to ONNX with
+:func:`snncompiler.workloads.export_onnx`, then hands the file to :func:`compare`, which does
+what a user would do with ``snnc``: score the ANN with onnxruntime (the ANN oracle), compile the
+file with :func:`snncompiler.compile`, save the artifact, and score the spiking model at every T
+from one simulation. The app supplies ``score(outputs) -> {metric: value}``, so each task keeps
+its own metrics (accuracy, Dice, MCC, ...), computed the same way for the ANN and the SNN.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import snncompiler as snnc
+from snncompiler.ort import OrtModel
+
+DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+Score = Callable[[np.ndarray], dict]
+
+
+def app_args(description: str, name: str, argv=None) -> argparse.Namespace:
+    """The options every app takes: ``--quick`` (the small configuration the tests run),
+    ``--out`` (where the ONNX files and the artifact go), ``--seed``, ``--timesteps``."""
+    parser = argparse.ArgumentParser(prog=f"python -m apps.{name}", description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small configuration (fewer samples and epochs) that runs in seconds")
+    parser.add_argument("--out", type=Path, default=Path("apps") / name / "out",
+                        help="directory for the ONNX model, the artifact and results.json (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
+    parser.add_argument("--timesteps", type=_steps, default=DEFAULT_TIMESTEPS,
+                        help="comma-separated T to report, all from one run (default: 1,2,4,...,128)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    # the full run's record is committed beside the app (the README quotes it); --quick runs
+    # (the tests) keep theirs in --out so they never overwrite it
+    args.results = args.out / "results.json" if args.quick else Path(__file__).parent / name / "results.json"
+    torch.set_num_threads(min(torch.get_num_threads(), 2))  # the tables in the README use 2 threads
+    return args
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(sorted({int(t) for t in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if steps[0] < 1:
+        raise argparse.ArgumentTypeError("timesteps must be ≥ 1")
+    return steps
+
+
+def compare(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray, score: Score, *,
+            timesteps=DEFAULT_TIMESTEPS, out_dir: Path, **compile_options) -> dict:
+    """Compile ``onnx_path`` into a spiking model and score ANN and SNN on ``test_x``.
+
+    Returns a JSON-ready record: the ANN's metrics (onnxruntime), the artifact's own ANN mode
+    (neurons as clip(x, 0, θ): separates clipping from flooring error), the SNN's metrics at
+    every T, its firing rate, the compile report's analog islands and the timings.
+    """
+    timesteps = sorted({int(t) for t in timesteps})
+    ann_scores = score(OrtModel(onnx_path)(test_x))
+    t0 = time.perf_counter()
+    model = snnc.compile(str(onnx_path), calib_x, timesteps=timesteps[-1], **compile_options)
+    compile_s = time.perf_counter() - t0
+    artifact = Path(out_dir) / f"{name}.snn.onnx"
+    model.save(artifact)
+    t0 = time.perf_counter()
+    outs = model.run(test_x, timesteps[-1], checkpoints=timesteps)
+    run_s = time.perf_counter() - t0
+    return {
+        "app": name,
+        "samples": int(len(test_x)),
+        "ann": ann_scores,
+        "ann_mode": score(model.ann(test_x)),
+        "snn": {str(t): score(outs[t]) for t in timesteps},
+        "firing_rate": model.last_runner.firing_rate,
+        "analog_islands": list(model.report.get("analog_islands", [])),
+        "compile_seconds": round(compile_s, 2),
+        "simulate_seconds": round(run_s, 2),
+        "artifact": str(artifact),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def print_table(record: dict, metrics=None) -> None:
+    """One row per T (the ANN and the artifact's ANN mode first), one column per metric."""
+    metrics = list(metrics or record["ann"])
+    rows = [("ANN (onnxruntime)", record["ann"]), ("ANN mode of artifact", record["ann_mode"])]
+    rows += [(f"SNN T={t}", s) for t, s in record["snn"].items()]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}}  " + "  ".join(f"{m:>10}" for m in metrics))
+    for label, values in rows:
+        print(f"{label:{width}}  " + "  ".join(f"{_fmt(values[m]):>10}" for m in metrics))
+    print(f"firing rate {record['firing_rate']:.4f} spikes/neuron/step; compile {record['compile_seconds']} s, "
+          f"simulate {record['simulate_seconds']} s ({record['samples']} samples)")
+    if record["analog_islands"]:
+        print(f"analog islands (computed on rate-decoded inputs): {', '.join(record['analog_islands'])}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_json(record: dict, path: Path) -> Path:
+    """Write ``record`` as indented JSON (floats rounded to 6 digits) and return the path."""
+    path = Path(path)
+    path.write_text(json.dumps(_rounded(record), indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
