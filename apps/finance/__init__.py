@@ -1,0 +1,1 @@
+"""Stock movement prediction from prices and credibility-weighted social posts, ANN vs SNN."""
