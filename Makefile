@@ -2,7 +2,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.snnc-installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all apps clean
 
 # Idempotent: re-runs pip only when the packaging or native sources changed.
 install: $(STAMP)
@@ -18,6 +18,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The example apps' full runs (each rewrites its apps/NAME/results.json).
+apps: install
+	$(PY) -m apps.medical
+	$(PY) -m apps.finance
+	$(PY) -m apps.sparse_conv
 
 # Everything, including the slow variants (all torchvision architectures at two opsets).
 test-all: install
