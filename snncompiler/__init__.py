@@ -19,14 +19,24 @@ def load_graph(path, *, lenient: bool = False) -> Graph:
     return _load(path, lenient=lenient)
 
 
-def load(path, *, device: str = "cpu"):
-    """Load a model: a compiled artifact gives a :class:`CompiledModel`, a plain ONNX ANN a callable.
+def load(path, *, device: str = "cpu", dt: float | None = None):
+    """Load a model: a compiled artifact or a NIR file gives a :class:`CompiledModel`, a plain
+    ONNX ANN a callable.
 
     The ANN callable takes numpy arrays or tensors of any batch size and returns the same kind.
+    ``dt`` is the time step of a NIR file that does not record one (see
+    :mod:`snncompiler.frontend.nir_loader`).
     """
+    import os
+
     from .compiler import from_artifact
+    from .frontend.nir_loader import is_nir_file, load_nir
     from .runtime import Executor
 
+    if isinstance(path, (str, os.PathLike)) and is_nir_file(path):
+        return load_nir(path, dt=dt)
+    if dt is not None:
+        raise SnncError(f"--dt: only for NIR files; {path} is not one")
     graph = load_graph(path)
     if graph.find("neuron"):
         return from_artifact(graph)

@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("inspect", help="per-node table: shapes, parameters, MACs, how each node converts")
-    p.add_argument("model", metavar="FILE", help="an .onnx model or a compiled .snn.onnx artifact")
+    p.add_argument("model", metavar="FILE", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
+    p.add_argument("--dt", type=float, default=None, help="NIR files that do not record their time step: dt in seconds")
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a sequence model: the input's length)")
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
+    p.add_argument("--dt", type=float, default=None, help="NIR files that do not record their time step: dt in seconds")
     _add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -144,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
     p.add_argument("--layer-samples", type=_positive_int, default=256, help="with --layers: samples used for the per-layer errors")
+    p.add_argument("--dt", type=float, default=None,
+                   help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
+                        "snnTorch exports, 1 for Sinabs)")
     p.add_argument("--sops", action="store_true",
                    help="spiking models: synaptic operations per layer and an energy estimate against the "
                         "ANN's MACs (at the largest --timesteps, on all --data samples)")
@@ -227,7 +232,16 @@ def cmd_inspect(args) -> int:
     from .frontend import load_graph
     from .inspect import format_table, human, node_rows, summary
 
-    graph = load_graph(args.model, lenient=True)
+    from .frontend.nir_loader import is_nir_file
+
+    if is_nir_file(args.model):
+        from . import load
+
+        graph = load(args.model, dt=args.dt).graph
+    elif args.dt is not None:
+        raise SnncError(f"--dt: only for NIR files; {args.model} is ONNX")
+    else:
+        graph = load_graph(args.model, lenient=True)
     rows = node_rows(graph)
     totals = summary(graph, rows)
     if args.json:
@@ -265,7 +279,7 @@ def cmd_run(args) -> int:
 
     _check_output(args.output, "-o", args.model, args.input)
     data = load_npz(args.input, arg="--input")
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
         run = model.ann if args.ann_mode else (
             lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device))
@@ -392,9 +406,10 @@ def _print_sops(sops: dict) -> None:
     print(format_table(rows, [("node", "layer"), ("input", "input"), ("weight_density", "weights kept"),
                               ("event_rate", "input events"), ("ops_per_step", "ops/step"),
                               ("dense_macs", "ANN MACs"), ("ratio", "ops/step ÷ MACs")]))
-    e = sops["energy_pj"]
+    ratios = ", ".join(f"{name} {e['snn_over_ann']:.3f}" for name, e in sops["energy_presets_pj"].items())
     print(f"ANN {sops['ann_macs']:,.0f} MACs; SNN over T={sops['timesteps']}: {sops['snn_acs']:,.0f} ACs + "
-          f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {e['snn_over_ann']:.3f} ({sops['energy_model']})")
+          f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {ratios} (45 nm CMOS, Horowitz ISSCC 2014; "
+          "arithmetic only, an analytic estimate, not silicon)")
 
 
 def _plot(path, result, title) -> None:
@@ -427,6 +442,14 @@ def cmd_eval(args) -> int:
     data = load_npz(args.data, require_labels=True)
     from .frontend.loader import has_custom_domain, read_model
 
+    from .frontend.nir_loader import is_nir_file
+
+    if is_nir_file(args.model):
+        from . import load
+
+        return _eval_snn(args, load(args.model, dt=args.dt), data)
+    if args.dt is not None:
+        raise SnncError(f"--dt: only for NIR files; {args.model} is ONNX")
     if has_custom_domain(read_model(args.model)[0]):
         from . import load
 

@@ -23,7 +23,7 @@ def node_rows(graph: Graph) -> list[dict]:
             macs = int(spec.macs(node, in_shapes, out_shapes))
         rows.append({
             "name": node.name,
-            "op": node.source.split(" ")[0] if node.source else node.op,
+            "op": node.source_op,
             "core_op": node.op,
             "output_shape": list(out_shapes[0]) if out_shapes and out_shapes[0] is not None else None,
             "params": node.param_count(),

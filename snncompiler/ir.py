@@ -54,8 +54,18 @@ class Node:
     @property
     def where(self) -> str:
         """How messages refer to this node: its name and the ONNX node it came from."""
-        origin = f" (from ONNX {self.source})" if self.source and self.source != self.name else ""
-        return f"node '{self.name}'{origin}"
+        if not self.source or self.source == self.name:
+            return f"node '{self.name}'"
+        fmt = "" if self.source.startswith("NIR ") else "ONNX "  # NIR-read nodes carry their format
+        return f"node '{self.name}' (from {fmt}{self.source})"
+
+    @property
+    def source_op(self) -> str:
+        """The op type of the source node (``Conv``, ``Conv2d``, ...), or the core op."""
+        parts = self.source.split(" ") if self.source else []
+        if parts and parts[0] == "NIR":
+            parts = parts[1:]
+        return parts[0] if parts else self.op
 
     def param_count(self) -> int:
         """Number of trainable/stored scalars owned by this node."""

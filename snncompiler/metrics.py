@@ -37,10 +37,14 @@ def accuracy(logits, labels) -> float:
 
 
 # ---- synaptic operations and energy --------------------------------------------------------
-# 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014): add 0.9 pJ, multiply 3.7 pJ. A spike reaching
-# a synapse costs an accumulate (AC); a real-valued input costs a multiply-accumulate (MAC).
-ENERGY_PJ = {"mac": 4.6, "ac": 0.9}
-ENERGY_MODEL = "45 nm CMOS, float32: MAC 4.6 pJ, AC 0.9 pJ (Horowitz, ISSCC 2014)"
+# Energy per operation in 45 nm CMOS (Horowitz, ISSCC 2014): add / multiply 0.9 / 3.7 pJ in
+# float32, 0.4 / 1.1 pJ in float16, 0.03 / 0.2 pJ in int8. A spike reaching a synapse costs an
+# accumulate (AC, one add); a real-valued input a multiply-accumulate (MAC). An analytic
+# estimate of arithmetic only: memory traffic, which often dominates on silicon, is not counted.
+ENERGY_PRESETS = {"fp32": {"mac": 4.6, "ac": 0.9}, "fp16": {"mac": 1.5, "ac": 0.4}, "int8": {"mac": 0.23, "ac": 0.03}}
+ENERGY_PJ = ENERGY_PRESETS["fp32"]
+ENERGY_MODEL = ("analytic estimate, not silicon: 45 nm CMOS, float32: MAC 4.6 pJ, AC 0.9 pJ (Horowitz, ISSCC 2014); "
+                "arithmetic only, no memory traffic")
 
 _SYNAPTIC_OPS = ("conv", "conv_transpose", "linear", "matmul")
 # ops whose output entries are copies of input entries (or zeros): spikes in, spikes out
@@ -86,7 +90,8 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
     an event-driven engine performs, exact by linearity from the event rates) and ``ops`` (over
     the run: a static input, such as the first layer's under direct encoding, is computed once).
     Spike inputs cost accumulates (``ac``), real-valued inputs multiply-accumulates (``mac``).
-    Sparse weights count twice over: fewer synapses per event, and fewer events downstream.
+    ``energy_pj`` prices them in float32, ``energy_presets_pj`` also in float16 and int8
+    (:data:`ENERGY_PRESETS`). Sparse weights count twice over: fewer synapses per event, and fewer events downstream.
     """
     import copy
 
@@ -127,10 +132,11 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
             rows.append({"node": node.name, "op": node.op, "input": kind, "event_rate": float(rate.mean()),
                          "weight_density": float((w != 0).float().mean()), "dense_macs": macs,
                          "ops_per_step": per_step, "ops": ops})
-    snn_energy = counts["mac"] * ENERGY_PJ["mac"] + counts["ac"] * ENERGY_PJ["ac"]
-    ann_energy = ann_macs * ENERGY_PJ["mac"]
+    def energy(pj):
+        snn, ann = counts["mac"] * pj["mac"] + counts["ac"] * pj["ac"], ann_macs * pj["mac"]
+        return {"ann": ann, "snn": snn, "snn_over_ann": snn / ann if ann else float(np.nan)}
+
     return {"timesteps": int(timesteps), "samples": int(n), "layers": rows,
             "ann_macs": ann_macs, "snn_macs": counts["mac"], "snn_acs": counts["ac"],
-            "energy_pj": {"ann": ann_energy, "snn": snn_energy,
-                          "snn_over_ann": snn_energy / ann_energy if ann_energy else float(np.nan)},
-            "energy_model": ENERGY_MODEL}
+            "energy_pj": energy(ENERGY_PJ), "energy_model": ENERGY_MODEL,
+            "energy_presets_pj": {name: energy(pj) for name, pj in ENERGY_PRESETS.items()}}

@@ -66,6 +66,10 @@ def test_counts_match_step_by_step_simulation(mlp):
     assert res["snn_acs"] == pytest.approx(expect[0] + expect[1], rel=1e-5)
     assert res["ann_macs"] == 6 * 8 + 8 * 5 + 5 * 3
     assert res["energy_pj"]["snn"] == pytest.approx(rows[0]["ops"] * 4.6 + res["snn_acs"] * 0.9, rel=1e-6)
+    int8 = res["energy_presets_pj"]["int8"]
+    assert int8["snn"] == pytest.approx(rows[0]["ops"] * 0.23 + res["snn_acs"] * 0.03, rel=1e-6)
+    assert int8["ann"] == pytest.approx(res["ann_macs"] * 0.23)
+    assert res["energy_presets_pj"]["fp32"] == res["energy_pj"]
     assert rows[1]["weight_density"] == pytest.approx(1 - (5 + 1) / 40)
 
 

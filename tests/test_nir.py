@@ -33,9 +33,9 @@ class Residual(nn.Module):
         return self.head(a + self.branch(a))
 
 
-def _compile(net, shape, tmp_path, **options):
-    torch.manual_seed(0)
-    path = export_onnx(net, shape, tmp_path / "m.onnx")
+def _compile(make_net, shape, tmp_path, **options):
+    torch.manual_seed(0)  # before the weights are drawn: the same model whatever ran before
+    path = export_onnx(make_net(), shape, tmp_path / "m.onnx")
     x = np.random.default_rng(0).random((24,) + shape, dtype=np.float32)
     return snnc.compile(str(path), x, timesteps=T, quiet=True, **options), x
 
@@ -95,9 +95,9 @@ def test_roundtrip_through_spikingjelly_matches_runtime(tmp_path):
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-                        nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(24, 3))
-    model, x = _compile(net, (1, 8, 8), tmp_path, reset="hard", v0="zero")
+    model, x = _compile(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                                              nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
+                                              nn.Linear(24, 3)), (1, 8, 8), tmp_path, reset="hard", v0="zero")
     path = tmp_path / "m.nir"
     assert model.save_nir(path) == []  # hard reset from 0: nothing lost
     graph = nir.read(str(path))
@@ -113,7 +113,7 @@ def test_roundtrip_through_spikingjelly_matches_runtime(tmp_path):
 
 @pytest.mark.parametrize("neuron", ["if", "lif"])
 def test_per_channel_theta_and_residual_add(tmp_path, neuron):
-    model, x = _compile(Residual(), (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=True, neuron=neuron,
+    model, x = _compile(Residual, (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=True, neuron=neuron,
                         **({"tau": 4.0} if neuron == "lif" else {}))
     path = tmp_path / "m.nir"
     model.save_nir(path)
@@ -133,7 +133,8 @@ def test_per_channel_theta_and_residual_add(tmp_path, neuron):
 
 
 def test_soft_reset_export_says_what_is_lost(tmp_path):
-    model, _ = _compile(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,), tmp_path)
+    model, _ = _compile(lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,),
+                        tmp_path)
     out = tmp_path / "m.nir"
     artifact = tmp_path / "m.snn.onnx"
     model.save(artifact)
@@ -146,8 +147,8 @@ def test_soft_reset_export_says_what_is_lost(tmp_path):
 
 
 def test_unsupported_models_are_one_line_errors(tmp_path):
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 2))
-    model, _ = _compile(net, (1, 8, 8), tmp_path)
+    model, _ = _compile(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                              nn.Linear(64, 2)), (1, 8, 8), tmp_path)
     artifact = tmp_path / "m.snn.onnx"
     model.save(artifact)
     cases = [(artifact, "maxpool has no NIR equivalent"), (tmp_path / "m.onnx", "compile it with `snnc compile`")]
@@ -156,3 +157,91 @@ def test_unsupported_models_are_one_line_errors(tmp_path):
                            capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "x.nir").exists()
+
+
+# ---- reading NIR ------------------------------------------------------------------------
+def _sj_net():
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), neuron.IFNode(v_reset=0.0, v_threshold=0.7),
+                        layer.AvgPool2d(2), layer.Flatten(), layer.Linear(64, 10),
+                        neuron.LIFNode(tau=3.0, v_reset=0.0), layer.Linear(10, 3))
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def test_spikingjelly_export_runs_on_snnc_as_in_spikingjelly(tmp_path):
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+
+    net = _sj_net()
+    x = torch.rand(6, 1, 8, 8)
+    export_to_nir(net, x.unsqueeze(0), save_path=tmp_path / "sj.nir")
+    functional.reset_net(net)
+    with torch.no_grad():
+        expect = net(x.unsqueeze(0).expand(T, *x.shape)).mean(0).numpy()
+    model = snnc.load(tmp_path / "sj.nir")  # SpikingJelly records no dt: its r = 1/1e-4 convention
+    assert [n.attrs["neuron"] for n in model.graph.find("neuron")] == ["if", "lif"]
+    assert np.abs(expect).max() > 0.01
+    np.testing.assert_allclose(model.run(x.numpy(), T), expect, atol=1e-5)
+    from snncompiler.data import save_npz
+
+    save_npz(tmp_path / "x.npz", x.numpy())
+    r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "run", str(tmp_path / "sj.nir"), "--input",
+                        str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"), "--timesteps", str(T)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], expect, atol=1e-5)
+    r = _snnc("inspect", tmp_path / "sj.nir")
+    assert r.returncode == 0 and "Conv2d" in r.stdout and "LIF" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("neuron", ["if", "lif"])
+def test_export_then_import_gives_the_same_model(tmp_path, neuron):
+    model, x = _compile(Residual, (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=True, neuron=neuron,
+                        **({"tau": 4.0} if neuron == "lif" else {}))
+    model.save_nir(tmp_path / "m.nir")
+    back = snnc.load(tmp_path / "m.nir")
+    assert back.options["timesteps"] == T and back.report["dt"] == pytest.approx(1e-4)
+    ours, theirs = model.run(x, T), back.run(x, T)
+    # the file holds W·θ and the import multiplies spikes by 1/θ (and, for LIF, runs θ·τ and
+    # v·τ): the same arithmetic up to rounding, so a near-tie may rarely flip a spike
+    assert (np.abs(theirs - ours) <= 1e-5).mean() >= 0.95
+    assert (theirs.argmax(1) == ours.argmax(1)).mean() >= 0.95
+
+
+def _snnc(*args):
+    return subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_bad_nir_files_are_one_line_errors(tmp_path):
+    from snncompiler.data import save_npz
+
+    save_npz(tmp_path / "d.npz", np.zeros((2, 4), np.float32), np.zeros(2, np.int64))
+    good = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([4])}),
+                               "fc": nir.Affine(weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32)),
+                               "lif": nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.zeros(2)),
+                               "out": nir.Output(output_type={"output": np.array([2])})},
+                        edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")])
+    nir.write(str(tmp_path / "no_dt.nir"), good)
+    raw = (tmp_path / "no_dt.nir").read_bytes()
+    (tmp_path / "cut.nir").write_bytes(raw[: len(raw) // 2])
+    cases = [(tmp_path / "no_dt.nir", [], "does not say its time step"),
+             (tmp_path / "cut.nir", [], "not a readable NIR file"),
+             (tmp_path / "no_dt.nir", ["--dt", "nan"], "dt must be a finite number > 0")]
+    good.nodes["lif"] = nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.full(2, -1.0))
+    nir.write(str(tmp_path / "reset.nir"), good)
+    cases.append((tmp_path / "reset.nir", ["--dt", "0.2"], "'lif' (IF): v_reset must be 0"))
+    good.nodes["lif"] = nir.LI(tau=np.ones(2), r=np.ones(2), v_leak=np.zeros(2))
+    nir.write(str(tmp_path / "li.nir"), good)
+    cases.append((tmp_path / "li.nir", ["--dt", "1"], "NIR node 'lif' (LI): not supported"))
+    for path, extra, message in cases:
+        r = _snnc("eval", path, "--data", tmp_path / "d.npz", *extra)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (path, r.stderr)
+    r = _snnc("eval", tmp_path / "no_dt.nir", "--data", tmp_path / "d.npz", "--dt", "0.2", "--timesteps", "4")
+    assert r.returncode == 0, r.stderr  # with the time step given, the same file runs
+    onnx_model = tmp_path / "ann.onnx"
+    export_onnx(nn.Sequential(nn.Linear(4, 2)), (4,), onnx_model)
+    r = _snnc("eval", onnx_model, "--data", tmp_path / "d.npz", "--dt", "1")
+    assert r.returncode == 2 and "--dt: only for NIR files" in r.stderr
