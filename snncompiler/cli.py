@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     p.add_argument("--dt", type=float, default=None, help="NIR files that do not record their time step: dt in seconds")
+    _add_event_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=float, default=None,
                    help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
                         "snnTorch exports, 1 for Sinabs)")
+    _add_event_options(p)
     p.add_argument("--sops", action="store_true",
                    help="spiking models: synaptic operations per layer and an energy estimate against the "
                         "ANN's MACs (at the largest --timesteps, on all --data samples)")
@@ -273,12 +275,10 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from . import load
-    from .data import load_npz
-
     from .compiler import CompiledModel
 
     _check_output(args.output, "-o", args.model, args.input)
-    data = load_npz(args.input, arg="--input")
+    data = _load_data(args, args.input, "--input", require_labels=False)
     model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
         run = model.ann if args.ann_mode else (
@@ -434,12 +434,48 @@ def _plot(path, result, title) -> None:
         fig.savefig(path, dpi=120)
 
 
+def _load_data(args, path: str, flag: str, require_labels: bool):
+    """An .npz file, or with ``--frames`` a folder of event recordings binned into frame sequences."""
+    from .data import load_npz
+
+    if os.path.isdir(path):
+        if args.frames is None:
+            raise SnncError(f"{flag} {path}: a directory is read as event recordings (root/<class>/<file>); "
+                            "give --frames T to bin them into T frames")
+        from .events import load_event_folder
+
+        return load_event_folder(path, args.frames, sensor_size=args.sensor, split_by=args.split_by,
+                                 progress=sys.stderr.isatty())
+    if args.frames is not None or args.sensor is not None:
+        raise SnncError(f"--frames/--sensor: only for a directory of event recordings; {path} is a file")
+    return load_npz(path, require_labels=require_labels, arg=flag)
+
+
+def _sensor(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (e.g. 34,34), got '{text}'") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sensor height and width must be ≥ 1, got '{text}'")
+    return h, w
+
+
+def _add_event_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=_positive_int, default=None,
+                   help="read a directory root/<class>/<event file> (.bin N-MNIST/ATIS, .aedat AEDAT 3.1, .npz t,x,y,p) "
+                        "as sequences of this many frames [N, T, 2, H, W]")
+    p.add_argument("--split-by", choices=["number", "time"], default="number",
+                   help="with --frames: equal event counts (default) or equal time spans per frame")
+    p.add_argument("--sensor", type=_sensor, default=None,
+                   help="with --frames: sensor H,W (default: the largest coordinates found + 1)")
+
+
 def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
-    from .data import load_npz
     from .metrics import correct
 
-    data = load_npz(args.data, require_labels=True)
+    data = _load_data(args, args.data, "--data", require_labels=True)
     from .frontend.loader import has_custom_domain, read_model
 
     from .frontend.nir_loader import is_nir_file

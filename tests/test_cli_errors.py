@@ -208,7 +208,7 @@ def test_bad_numbers_and_output_paths_fail_before_any_work(model_path, tmp_path,
         (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", model_path], ["is the input", "itself"]),
         (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "adir"], ["is a directory"]),
         (["run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "missing" / "y.npz"], ["does not exist"]),
-        (["eval", model_path, "--data", tmp_path / "adir"], ["--data", "is a directory"]),
+        (["eval", model_path, "--data", tmp_path / "adir"], ["--data", "give --frames T"]),
     ]
     for argv, needles in cases:
         try:
