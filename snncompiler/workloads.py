@@ -286,6 +286,7 @@ class Workload:
     trained: bool = True
     note: str = ""
     train_seconds: float = 0.0
+    train: Dataset | None = None  # what the model was trained on (fine-tuning reuses it)
 
 
 def _head(data: Dataset, n: int | None) -> Dataset:
@@ -297,7 +298,7 @@ def _trained(name, model, train, test, calib_samples, seed, note, **train_kwargs
     torch.manual_seed(seed)
     train_classifier(model, train, seed=seed, **train_kwargs)
     return Workload(name, model, tuple(train.x.shape[1:]), _head(train, calib_samples),
-                    test, True, note, time.perf_counter() - t0)
+                    test, True, note, time.perf_counter() - t0, train)
 
 
 def digits_cnn_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,

@@ -3,7 +3,36 @@ machine without a GPU, Triton kernels run through the interpreter. The decorator
 TRITON_INTERPRET when a kernel is defined, so it must be set before the first import."""
 import os
 
+import pytest
 import torch
+import torch.nn as nn
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def small_digits_cnn(tmp_path_factory):
+    """A DigitsCNN of width 8 trained 6 epochs on the digits train split, exported to ONNX:
+    (path, train, test). Trained once per test session."""
+    from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+
+    train, test = digits()
+    torch.manual_seed(0)
+    model = train_classifier(DigitsCNN(width=8), train, epochs=6)
+    return export_onnx(model, (1, 8, 8), tmp_path_factory.mktemp("cnn") / "cnn.onnx"), train, test
+
+
+class Residual(nn.Module):
+    """conv-ReLU, then a conv-ReLU branch added back, then ReLU, AvgPool, Flatten, Linear (8×8
+    input, 3 outputs): residual adds of two neurons with their own θ, through pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+
+    def forward(self, x):
+        a = self.stem(x)
+        return self.head(a + self.branch(a))

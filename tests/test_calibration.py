@@ -8,24 +8,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import snncompiler as snnc
 from snncompiler.data import Dataset
 from snncompiler.passes import PassContext, bias_calibration, potential_calibration, weight_calibration
 from snncompiler.passes.layerwise import LayerwiseSimulator, ann_targets, channel_mean
-from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
 T = 4
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    train, test = digits()
-    torch.manual_seed(0)
-    model = train_classifier(DigitsCNN(width=8), train, epochs=6)
-    path = export_onnx(model, (1, 8, 8), tmp_path_factory.mktemp("cal") / "cnn.onnx")
-    return path, train, test
+def setup(small_digits_cnn):
+    return small_digits_cnn
 
 
 def _errors(compiled, x, ctx):

@@ -13,24 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import snncompiler as snnc
+from conftest import Residual
 from snncompiler.workloads import export_onnx
 
 nir = pytest.importorskip("nir")
 T = 16
-
-
-class Residual(nn.Module):
-    """conv-ReLU, then a two-conv branch added to it: the add sums spikes of two neurons."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
-        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 3))
-
-    def forward(self, x):
-        a = self.stem(x)
-        return self.head(a + self.branch(a))
 
 
 def _compile(make_net, shape, tmp_path, **options):

@@ -8,12 +8,15 @@
     snnc.train.fit(net, (x, y), timesteps=4, epochs=30)           # TET loss, Adam + cosine
     snnc.train.evaluate(net, (x_test, y_test), timesteps=[1, 2, 4, 8])
     snnc.train.export(net, "net.snn.onnx", input_shape=(1, 8, 8))  # snnc eval / snnc.load read it
+    snnc.train.finetune("model.snn.onnx", (x, y), timesteps=2)    # a converted model, trained at T=2
 """
 from __future__ import annotations
 
 from .export import export, to_compiled
+from .finetune import GraphNet, finetune
 from .loss import sdt_loss, tet_loss
 from .neuron import LIF, neurons, run_steps
 from .trainer import evaluate, fit
 
-__all__ = ["LIF", "run_steps", "neurons", "tet_loss", "sdt_loss", "fit", "evaluate", "export", "to_compiled"]
+__all__ = ["LIF", "run_steps", "neurons", "tet_loss", "sdt_loss", "fit", "evaluate", "export", "to_compiled",
+           "finetune", "GraphNet"]

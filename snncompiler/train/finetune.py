@@ -1,0 +1,175 @@
+"""Fine-tune a compiled (converted) spiking model with surrogate gradients at a few timesteps.
+
+Conversion gives weights and thresholds that are right on average over many steps; at T = 1–4
+the rate code is too coarse. Hybrid training (Rathi et al., ICLR 2020) starts from the converted
+network and trains it as an SNN at the small T it will run at. Here the artifact's IR becomes a
+torch module (:class:`GraphNet`): every node runs its core op on the time-flattened batch, every
+neuron is a :class:`~snncompiler.train.LIF` with the node's own settings and threshold, and
+:func:`~snncompiler.train.fit` trains it with the TET loss on the kernels' fused backward. The
+result is written back into a copy of the IR: the same artifact format, the same runtime.
+
+Max pooling trains in the form it runs: ``rate`` (the default) as the increments of the
+window's largest running input sum, whose gradient reaches the inputs of the leading window
+member; ``output`` and ``input`` as the plain per-step max. Not supported, each a one-line
+error: ``gated`` max pooling, analog islands (their runtime form reads rate-decoded inputs),
+potential-calibration offsets (``v_init``), rate-encoded inputs.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SnncError
+from ..runtime.ops import CORE_OPS
+from .neuron import LIF
+
+TRAINABLE = ("weight", "bias")
+
+
+def _key(name: str) -> str:
+    return re.sub(r"\W", "_", name)  # module and parameter names may not contain '.'
+
+
+class GraphNet(nn.Module):
+    """A neuronized IR graph as a trainable module over a time-flattened batch [T·B, ...]
+    (run it with :func:`~snncompiler.train.run_steps`). Weights and biases are parameters;
+    other node tensors (constants) are buffers; θ is learned when ``learn_theta``."""
+
+    def __init__(self, graph, *, learn_theta: bool = True):
+        super().__init__()
+        islands = [n.name for n in graph.nodes if CORE_OPS[n.op].conversion_kind(n) == "analog"]
+        if islands:
+            raise SnncError(f"finetune: analog islands ({', '.join(islands)}) have no trainable spiking form")
+        offsets = [n.name for n in graph.find("neuron") if "v_init" in n.params]
+        if offsets:
+            raise SnncError(f"finetune: neurons {', '.join(offsets)} carry potential-calibration offsets (v_init); "
+                            "fine-tune a model compiled with --calibration none or light")
+        gated = [n.name for n in graph.find("maxpool") if n.attrs.get("spiking") == "gated"]
+        if gated:
+            raise SnncError(f"finetune: gated max pooling ({', '.join(gated)}) has no gradient; compile with "
+                            "--maxpool rate (the default), input or output")
+        self.graph = graph
+        self.params = nn.ModuleDict()
+        self.lifs = nn.ModuleDict()
+        for node in graph.nodes:
+            if node.op == "neuron":
+                theta = node.params["theta"].float()
+                a = node.attrs
+                # the triangle surrogate as wide as θ: its area stays 1 whatever θ conversion chose
+                self.lifs[_key(node.name)] = LIF(neuron=a.get("neuron", "if"), tau=a.get("tau", 0.0) or 2.0,
+                                                 theta=theta.reshape(-1) if theta.numel() > 1 else float(theta),
+                                                 learn_theta=learn_theta, reset=a.get("reset", "soft"),
+                                                 v0=a.get("v0", "half"), surrogate="triangle",
+                                                 alpha=float(theta.mean()))
+                continue
+            holder = nn.Module()
+            for key, value in node.params.items():
+                if key in TRAINABLE:
+                    holder.register_parameter(key, nn.Parameter(value.detach().float().clone()))
+                else:
+                    holder.register_buffer(key, value.detach().clone())
+            self.params[_key(node.name)] = holder
+
+    def _node_view(self, node):
+        view = copy.copy(node)
+        holder = self.params[_key(node.name)]
+        view.params = {key: getattr(holder, key) for key in node.params}
+        return view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.graph
+        env = {g.inputs[0].name: x}
+        for node in g.nodes:
+            ins = [env[i] for i in node.inputs]
+            if node.op == "neuron":
+                outs = (self.lifs[_key(node.name)](ins[0]),)
+            elif node.op == "maxpool" and node.attrs.get("spiking") == "rate":
+                outs = (self._rate_maxpool(node, ins[0]),)
+            else:  # "output" and "input" max pooling: the plain op, one step at a time
+                outs = CORE_OPS[node.op].fn(self._node_view(node), *ins)
+            env.update(zip(node.outputs, outs))
+        return env[g.outputs[0].name]
+
+    def _rate_maxpool(self, node, x):
+        """The runtime's rate max pooling (increments of the largest running sum), differentiably."""
+        steps = next(iter(self.lifs.values())).timesteps
+        seq = x.reshape((steps, -1) + tuple(x.shape[1:]))
+        pooled = CORE_OPS["maxpool"].fn(node, seq.cumsum(0).flatten(0, 1))[0]
+        pooled = pooled.reshape((steps, -1) + tuple(pooled.shape[1:]))
+        return torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])).flatten(0, 1)
+
+    def write_back(self):
+        """A copy of the graph holding the trained weights and thresholds."""
+        graph = self.graph.copy()
+        for node in graph.nodes:
+            if node.op == "neuron":
+                theta = self.lifs[_key(node.name)].threshold()
+                if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
+                    raise SnncError(f"{node.where}: fine-tuning drove θ to {theta.min().item():g}; "
+                                    "lower --lr or pass --no-learn-theta")
+                node.params["theta"] = theta.reshape(node.params["theta"].shape)
+                continue
+            holder = self.params[_key(node.name)]
+            for key in node.params:
+                if key in TRAINABLE:
+                    node.params[key] = getattr(holder, key).detach().cpu().clone()
+        return graph
+
+
+def finetune(model, train, *, timesteps: int = 4, epochs: int = 10, lr: float = 1e-3, learn_theta: bool = True,
+             val=None, holdout: float = 0.2, keep_if_better: bool = True, **fit_options):
+    """Fine-tune a compiled model (a :class:`~snncompiler.compiler.CompiledModel` or an artifact
+    path) on labelled ``train`` data at ``timesteps`` steps; returns a CompiledModel.
+
+    The result is scored against the model as it came on held-out data at ``timesteps``: ``val``
+    if given, else a random ``holdout`` fraction of ``train`` (which is then not trained on).
+    With ``keep_if_better`` (the default) the fine-tuned model is returned only when it is more
+    accurate there; otherwise the original comes back, with the reason in its report
+    (``report["finetune"]``, as for a kept one). ``fit_options`` go to
+    :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``progress``).
+    """
+    from ..compiler import CompiledModel
+    from ..data import Dataset
+    from .trainer import _dataset, fit
+
+    if not isinstance(model, CompiledModel):
+        from .. import load
+
+        model = load(model)
+        if not isinstance(model, CompiledModel):
+            raise SnncError("model: a plain ONNX ANN; compile it with `snnc compile` before fine-tuning")
+    encoding = model.options.get("encoding", "direct")
+    if encoding == "rate":
+        raise SnncError("finetune: rate-encoded inputs are random at every step; fine-tune a direct-encoding model")
+    if not isinstance(timesteps, int) or timesteps < 1:
+        raise SnncError(f"--timesteps: must be a positive integer, got {timesteps!r}")
+    data = _dataset(train, "train")
+    if val is None:
+        if not 0 < holdout < 1:
+            raise SnncError(f"holdout: must lie in (0, 1), got {holdout!r}")
+        cut = len(data) - max(1, int(round(len(data) * holdout)))
+        if cut < 1:
+            raise SnncError(f"train: {len(data)} samples are too few to hold any out; pass val")
+        order = np.random.default_rng(fit_options.get("seed", 0)).permutation(len(data))  # files may be sorted by class
+        data, val = (Dataset(data.x[order[:cut]], data.y[order[:cut]]),
+                     Dataset(data.x[order[cut:]], data.y[order[cut:]]))
+    else:
+        val = _dataset(val, "val")
+    net = GraphNet(model.graph.copy(), learn_theta=learn_theta)
+    history = fit(net, data, timesteps=timesteps, epochs=epochs, lr=lr, sequence=encoding == "sequence",
+                  **fit_options)
+    net.cpu().eval()
+    tuned = CompiledModel(net.write_back(), {**model.options, "timesteps": int(timesteps)}, dict(model.report))
+    before = model.evaluate(val.x, val.y, [timesteps])["snn_accuracy"][str(timesteps)]
+    after = tuned.evaluate(val.x, val.y, [timesteps])["snn_accuracy"][str(timesteps)]
+    kept = after > before or not keep_if_better
+    note = {**history["settings"], "learn_theta": learn_theta, "val_samples": int(len(val)),
+            "val_accuracy_before": before, "val_accuracy_after": after, "kept": kept,
+            "epochs_run": history["epochs"]}
+    result = tuned if kept else CompiledModel(model.graph, model.options, dict(model.report))
+    result.report["finetune"] = note
+    return result
