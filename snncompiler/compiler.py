@@ -60,6 +60,17 @@ def resolve_options(options: dict) -> dict:
     return opts
 
 
+def first_output(value):
+    """The first of a model's outputs (the one accuracy is scored on), whether it has one or several."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _joined(batches: list[list[np.ndarray]]):
+    """Per-batch output lists joined along the batch axis: one array, or a tuple for several outputs."""
+    joined = [np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))]
+    return joined[0] if len(joined) == 1 else tuple(joined)
+
+
 class CompiledModel:
     """A spiking model: the neuronized IR plus its settings.
 
@@ -109,9 +120,9 @@ class CompiledModel:
         for start in range(0, len(xt), batch_size):
             res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
             for t, y in res.items():
-                parts.setdefault(t, []).append(y.cpu().numpy())
+                parts.setdefault(t, []).append([o.cpu().numpy() for o in (y if isinstance(y, tuple) else (y,))])
         self.last_runner = runner
-        out = {t: np.concatenate(v) for t, v in parts.items()}
+        out = {t: _joined(batches) for t, batches in parts.items()}
         return out if checkpoints else out[timesteps]
 
     def __call__(self, x, timesteps: int | None = None, **overrides):
@@ -124,9 +135,13 @@ class CompiledModel:
         xt = self._input(x)
         if self.sequence:
             xt = xt.mean(1)
+        names = [v.name for v in self.graph.outputs]
         with torch.no_grad():
-            return np.concatenate([ex.run({self.graph.inputs[0].name: xt[s:s + batch_size]})[self.graph.outputs[0].name]
-                                   .cpu().numpy() for s in range(0, len(xt), batch_size)])
+            batches = []
+            for s in range(0, len(xt), batch_size):
+                env = ex.run({self.graph.inputs[0].name: xt[s:s + batch_size]})
+                batches.append([env[name].cpu().numpy() for name in names])
+        return _joined(batches)
 
     def evaluate(self, x, y, timesteps=None, *, batch_size: int = 256, **overrides) -> dict:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
@@ -140,8 +155,8 @@ class CompiledModel:
         ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
         outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
         return {"samples": int(len(x)),
-                "snn_accuracy": {str(t): accuracy(outs[t], y) for t in ts},
-                "ann_accuracy": accuracy(self.ann(x), y),
+                "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
+                "ann_accuracy": accuracy(first_output(self.ann(x)), y),
                 "firing_rate": self.last_runner.firing_rate}
 
     def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = 256, **overrides) -> dict:
@@ -259,7 +274,7 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
         target = Executor(ann).run({ann.inputs[0].name: x})[ann.outputs[0].name]
 
     def score(graph):
-        out = SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=int(opts["chunk"]))[T]
+        out = first_output(SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=int(opts["chunk"]))[T])
         agree = float((out.argmax(-1) == target.argmax(-1)).float().mean())
         return agree, -float(((out - target) ** 2).mean())
 

@@ -90,30 +90,38 @@ def test_retain_freed_memory_is_applied_once_and_can_be_turned_off():
         assert out.stdout.strip() == expected
 
 
+class _TwoHeads(torch.nn.Module):
+    """Logits and the hidden layer's activations: two outputs, the second a ReLU (a neuron)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        z = self.body(x)
+        return self.head(z), z
+
+
+def _two_heads(path):
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # the exporter's deprecation notices, as in workloads.export_onnx
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_TwoHeads().eval(), torch.zeros(1, 1, 8, 8), path, input_names=["x"],
+                          output_names=["logits", "features"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    return path
+
+
 def test_run_saves_every_output_of_a_multi_output_ann(tmp_path, caplog):
     """`snnc run` on an ANN with two outputs writes both (y, y1), equal to onnxruntime's, and
-    reading the model says that scoring and spiking use only the first."""
+    reading the model says that scoring uses the first."""
     import logging
-    import warnings
 
     from snncompiler.cli import main
 
-    class TwoHeads(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
-            self.head = torch.nn.Linear(16, 10)
-
-        def forward(self, x):
-            z = self.body(x)
-            return self.head(z), z
-
-    torch.manual_seed(0)
-    path = tmp_path / "two.onnx"
-    with warnings.catch_warnings():  # the exporter's deprecation notices, as in workloads.export_onnx
-        warnings.simplefilter("ignore")
-        torch.onnx.export(TwoHeads().eval(), torch.zeros(1, 1, 8, 8), path, input_names=["x"],
-                          output_names=["logits", "features"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    path = _two_heads(tmp_path / "two.onnx")
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     with caplog.at_level(logging.WARNING):
@@ -124,3 +132,36 @@ def test_run_saves_every_output_of_a_multi_output_ann(tmp_path, caplog):
     assert sorted(got.files) == ["y", "y1"]
     np.testing.assert_allclose(got["y"], want[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["y1"], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_spiking_model_simulates_every_output(tmp_path):
+    """A compiled two-output model: `snnc run` saves both spiking outputs, each converging to its
+    own output of the artifact's ANN mode (the second is the hidden neurons' rate × θ); accuracy
+    is scored on the first."""
+    import snncompiler as snnc
+    from snncompiler.cli import main
+
+    path = _two_heads(tmp_path / "two.onnx")
+    x = np.random.default_rng(1).random((64, 1, 8, 8), dtype=np.float32)
+    model = snnc.compile(str(path), x, timesteps=8, quiet=True)
+    logits_ann, features_ann = model.ann(x)
+    outs = model.run(x, 256, checkpoints=[4, 256])
+    assert isinstance(outs[256], tuple) and len(outs[256]) == 2
+    for t, tol in ((4, 0.3), (256, 0.02)):
+        logits, features = outs[t]
+        scale = np.abs(features_ann).max()
+        assert np.abs(features - features_ann).max() <= tol * scale, t
+        assert np.abs(logits - logits_ann).mean() <= tol * np.abs(logits_ann).mean(), t
+    steps = model.runner().run_steps(torch.from_numpy(x), 3)
+    assert isinstance(steps, tuple) and steps[0].shape == (3, 64, 10) and steps[1].shape == (3, 64, 16)
+    y = logits_ann.argmax(1)
+    assert model.evaluate(x, y, [256])["snn_accuracy"]["256"] >= 0.9
+    artifact = tmp_path / "two.snn.onnx"
+    model.save(artifact)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["run", str(artifact), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"),
+                 "--timesteps", "256"]) == 0
+    got = np.load(tmp_path / "y.npz")
+    assert sorted(got.files) == ["y", "y1"]
+    np.testing.assert_allclose(got["y"], outs[256][0], atol=1e-6)
+    np.testing.assert_allclose(got["y1"], outs[256][1], atol=1e-6)

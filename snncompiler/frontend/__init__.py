@@ -59,9 +59,8 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
     outputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.output]
     graph = build_graph(ctx, inputs, outputs, model.graph.name or "graph")
     if len(outputs) > 1:  # said once per file read: nothing degrades silently
-        log.warning("%s: %d outputs (%s); accuracy is scored on the first, '%s', and a spiking model "
-                    "simulates only that one", label, len(outputs), ", ".join(v.name for v in outputs),
-                    outputs[0].name)
+        log.warning("%s: %d outputs (%s); accuracy is scored on the first, '%s'", label, len(outputs),
+                    ", ".join(v.name for v in outputs), outputs[0].name)
     graph.metadata.update({p.key: p.value for p in model.metadata_props})
     graph.metadata.setdefault("source_file", label)
     graph.metadata["source_opset"] = str(main_opset(model))

@@ -68,6 +68,11 @@ class _Static:
         self.t = t
 
 
+def _single(values: list):
+    """One output as itself, several as a tuple (the ANN executor's convention)."""
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def _dyn(value, steps: int) -> torch.Tensor:
     """A value as [C, B, ...] (broadcasting a static one without copying)."""
     if isinstance(value, _Static):
@@ -103,9 +108,10 @@ class SpikingRunner:
         self.neuron_steps = 0
 
     # ---- public -----------------------------------------------------------------------
-    def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = DEFAULT_CHUNK) -> dict[int, torch.Tensor]:
+    def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = DEFAULT_CHUNK) -> dict:
         """Simulate ``timesteps`` steps on input x [B, ...] ([B, T_in, ...] under the "sequence"
-        encoding, timesteps ≤ T_in); return {t: mean output over steps 1..t}.
+        encoding, timesteps ≤ T_in); return {t: mean output over steps 1..t} (a tuple of them, in
+        graph order, for a graph with several outputs).
 
         ``checkpoints`` (default: only ``timesteps``) selects the t to report; all come from
         this one run.
@@ -114,19 +120,21 @@ class SpikingRunner:
         checkpoints = sorted(set(checkpoints or [timesteps]))
         if checkpoints[0] < 1 or checkpoints[-1] > timesteps:
             raise SnncError(f"--timesteps: checkpoints must lie in 1..{timesteps}")
-        out_sum = None
-        results: dict[int, torch.Tensor] = {}
-        for done, steps, out in self._simulate(x, timesteps, chunk):
-            cum = out.float().cumsum(0) + (out_sum if out_sum is not None else 0)
+        sums: list | None = None
+        results: dict[int, list] = {}
+        for done, steps, outs in self._simulate(x, timesteps, chunk):
+            cums = [o.float().cumsum(0) + (sums[k] if sums is not None else 0) for k, o in enumerate(outs)]
             for t in checkpoints:
                 if done < t <= done + steps:
-                    results[t] = cum[t - done - 1] / t
-            out_sum = cum[-1]
-        return results
+                    results[t] = [c[t - done - 1] / t for c in cums]
+            sums = [c[-1] for c in cums]
+        return {t: _single(v) for t, v in results.items()}
 
-    def run_steps(self, x: torch.Tensor, timesteps: int, *, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-        """The output at every step (not averaged): [T, B, ...]. For cross-checks and decoding."""
-        return torch.cat([out.float() for _, _, out in self._simulate(x, timesteps, chunk)])
+    def run_steps(self, x: torch.Tensor, timesteps: int, *, chunk: int = DEFAULT_CHUNK):
+        """The output at every step (not averaged): [T, B, ...] (a tuple, one per graph output,
+        when there are several). For cross-checks and decoding."""
+        chunks = [outs for _, _, outs in self._simulate(x, timesteps, chunk)]
+        return _single([torch.cat([c[k].float() for c in chunks]) for k in range(len(self.graph.outputs))])
 
     def rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK, stop_at: str | None = None) -> dict:
         """Time-mean over ``timesteps`` steps of the named values, [B, ...] each (rate-decoded).
@@ -172,8 +180,8 @@ class SpikingRunner:
                     else:
                         part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
                     sums[name] = sums[name] + part if name in sums else part
-                out = None if stop_at else _dyn(env[self.graph.outputs[0].name], steps)
-                yield done, steps, out
+                outs = None if stop_at else [_dyn(env[v.name], steps) for v in self.graph.outputs]
+                yield done, steps, outs
                 done += steps
                 self.steps_run += steps
 
