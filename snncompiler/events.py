@@ -65,8 +65,9 @@ def read_aedat3(path) -> dict:
         if e_size <= 0 or capacity < 0 or pos + length > len(raw):
             raise SnncError(f"{path}: damaged or truncated packet at byte {pos - 28}")
         if e_type == 1:  # polarity events: [uint32 data, int32 timestamp, ...] each e_size bytes
-            if e_size < 8:
-                raise SnncError(f"{path}: polarity events of {e_size} bytes at byte {pos - 28}")
+            if e_size < 8 or e_size % 4:
+                raise SnncError(f"{path}: polarity events of {e_size} bytes at byte {pos - 28} (expected a "
+                                "multiple of 4, at least 8)")
             words = np.frombuffer(raw, dtype="<u4", count=capacity * e_size // 4, offset=pos).reshape(capacity, -1)
             parts.append(np.stack([words[:, 1].astype(np.int64) | (np.int64(overflow) << 31),
                                    (words[:, 0] >> 17) & 0x7FFF, (words[:, 0] >> 2) & 0x7FFF,

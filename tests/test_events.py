@@ -142,8 +142,14 @@ def test_bad_event_files_are_one_line_errors(tmp_path):
     write_aedat3(tmp_path / "short.aedat", [(1, 0, [(1, 2, 3, 1), (5, 2, 3, 0)])])
     (tmp_path / "short.aedat").write_bytes((tmp_path / "short.aedat").read_bytes()[:-4])
     (tmp_path / "e.txt").write_text("x")
+    write_aedat3(tmp_path / "odd.aedat", [(1, 0, [(1, 2, 3, 1), (5, 2, 3, 0)])])
+    odd = bytearray((tmp_path / "odd.aedat").read_bytes())
+    start = odd.index(b"#!END-HEADER") + len(b"#!END-HEADER\r\n")
+    odd[start + 4:start + 8] = struct.pack("<i", 6)  # eventSize 6: not whole 32-bit words
+    (tmp_path / "odd.aedat").write_bytes(bytes(odd))
     for name, message in [("cut.bin", "not a whole number of 5-byte"), ("plain.aedat", "not an AEDAT 3.1 file"),
-                          ("short.aedat", "truncated packet"), ("e.txt", "unknown event file type")]:
+                          ("short.aedat", "truncated packet"), ("e.txt", "unknown event file type"),
+                          ("odd.aedat", "polarity events of 6 bytes")]:
         with pytest.raises(SnncError, match=message):
             read_events(tmp_path / name)
     ev = _stream(10, 40, 5)

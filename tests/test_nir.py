@@ -232,3 +232,17 @@ def test_bad_nir_files_are_one_line_errors(tmp_path):
     export_onnx(nn.Sequential(nn.Linear(4, 2)), (4,), onnx_model)
     r = _snnc("eval", onnx_model, "--data", tmp_path / "d.npz", "--dt", "1")
     assert r.returncode == 2 and "--dt: only for NIR files" in r.stderr
+
+
+def test_a_file_whose_reading_never_ends_is_a_one_line_error(tmp_path, monkeypatch):
+    """Some damaged HDF5 files make the HDF5 library loop forever (found by fuzzing); the file is
+    read in a child process first, under a time limit. Here the child is made to hang."""
+    from snncompiler.frontend import nir_loader
+
+    model, _ = _compile(lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,),
+                        tmp_path)
+    model.save_nir(tmp_path / "m.nir")
+    monkeypatch.setattr(nir_loader, "PROBE_SECONDS", 1)
+    monkeypatch.setattr(nir_loader, "PROBE_CODE", "import time; time.sleep(30)")
+    with pytest.raises(snnc.SnncError, match="reading it did not finish in 1 s"):
+        snnc.load(tmp_path / "m.nir")

@@ -252,6 +252,23 @@ def _channel(value: torch.Tensor, shape) -> torch.Tensor:
     return value.reshape((-1,) + (1,) * (len(shape) - 1))
 
 
+PROBE_SECONDS = 30
+PROBE_CODE = "import sys, nir; nir.read(sys.argv[1])"
+
+
+def _probe(label: str) -> None:
+    """Read the file once in a child process first: some damaged HDF5 files (a corrupt heap
+    reference in a string dataset) make the HDF5 library loop forever, which nothing in this
+    process could interrupt. Nothing comes back from the child but its exit status."""
+    import subprocess
+    import sys
+
+    try:
+        subprocess.run([sys.executable, "-c", PROBE_CODE, label], capture_output=True, timeout=PROBE_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise SnncError(f"{label}: reading it did not finish in {PROBE_SECONDS} s (a damaged HDF5 file?)") from None
+
+
 def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     """Read a NIR file into a :class:`~snncompiler.compiler.CompiledModel` that runs on snnc's
     runtime (see the module docstring for how NIR's continuous-time neurons are read)."""
@@ -262,6 +279,7 @@ def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
         import nir
     except ImportError as exc:
         raise SnncError("reading NIR needs the nir package (pip install 'snncompiler[nir]')") from exc
+    _probe(label)
     try:
         graph = nir.read(str(path))
     except Exception as exc:  # a truncated or foreign HDF5 file: name it, one line
