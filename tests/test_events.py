@@ -189,3 +189,7 @@ def test_sequence_model_trained_on_recordings_evaluates_from_the_folder(tmp_path
     assert res["samples"] == 40
     assert res["snn_accuracy"]["8"] >= 0.9  # the direction is in the event order only:
     assert res["ann_accuracy"] <= 0.75      # the time-mean (the artifact's ANN mode) is near chance
+    # a sequence artifact fine-tunes on its sequences (shorter ones: the first 4 frames)
+    tuned = snnc.train.finetune(tmp_path / "bars.snn.onnx", train, timesteps=4, epochs=2, keep_if_better=False,
+                                progress=False)
+    assert tuned.sequence and tuned.report["finetune"]["sequence"] and tuned.options["timesteps"] == 4

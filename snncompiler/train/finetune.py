@@ -81,6 +81,8 @@ class GraphNet(nn.Module):
         return view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T·B, ...] (time-major, as :func:`~snncompiler.train.run_steps` lays it out) →
+        the graph's first output for every step, [T·B, ...]."""
         g = self.graph
         env = {g.inputs[0].name: x}
         for node in g.nodes:
