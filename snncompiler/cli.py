@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -39,6 +40,17 @@ def _int_at_least(low: int):
 
 
 _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, time steps)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _check_output(path: str, flag: str, *inputs: str) -> None:
@@ -108,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-node table: shapes, parameters, MACs, how each node converts")
     p.add_argument("model", metavar="FILE", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
-    p.add_argument("--dt", type=float, default=None, help="NIR files that do not record their time step: dt in seconds")
+    p.add_argument("--dt", type=_positive_float, default=None, help="NIR files that do not record their time step: dt in seconds")
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -122,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a sequence model: the input's length)")
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
-    p.add_argument("--dt", type=float, default=None, help="NIR files that do not record their time step: dt in seconds")
+    p.add_argument("--dt", type=_positive_float, default=None, help="NIR files that do not record their time step: dt in seconds")
     _add_event_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_run)
@@ -147,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
     p.add_argument("--layer-samples", type=_positive_int, default=256, help="with --layers: samples used for the per-layer errors")
-    p.add_argument("--dt", type=float, default=None,
+    p.add_argument("--dt", type=_positive_float, default=None,
                    help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
                         "snnTorch exports, 1 for Sinabs)")
     _add_event_options(p)
@@ -165,13 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: a random 20%% of --data, not trained on)")
     p.add_argument("--timesteps", type=_positive_int, default=4, help="T to train and judge at (default 4)")
     p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine schedule (default 1e-3)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate, cosine schedule (default 1e-3)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--no-learn-theta", action="store_true", help="keep the thresholds; train weights and biases only")
     p.add_argument("--keep-always", action="store_true",
                    help="write the fine-tuned model even when it is not more accurate on the held-out data")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dt", type=float, default=None, help="NIR input without a recorded time step: dt in seconds")
+    p.add_argument("--dt", type=_positive_float, default=None, help="NIR input without a recorded time step: dt in seconds")
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
 

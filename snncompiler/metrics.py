@@ -73,6 +73,8 @@ def input_kinds(graph, encoding: str = "direct") -> dict[str, str]:
         elif node.op in _SPIKE_PRESERVING and all(k in ("spikes", "static") for k in ins) and (
                 node.op != "pad" or node.attrs.get("mode", "constant") == "constant"):
             kind = "spikes" if "spikes" in ins else "static"
+        elif node.op in ("mul", "div") and len(node.inputs) == 1 and not node.attrs.get("const_first"):
+            kind = ins[0]  # spikes times a constant (a NIR import's 1/θ) are still events of one size
         else:
             kind = "analog"
         for out in node.outputs:

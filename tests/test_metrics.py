@@ -139,3 +139,19 @@ def test_cli_eval_sops(mlp, tmp_path, capsys):
     export_onnx(nn.Sequential(nn.Linear(6, 3)), (6,), ann)
     assert cli.main(["eval", str(ann), "--data", str(data), "--sops"]) == 2
     assert "--sops: only for spiking models" in capsys.readouterr().err
+
+
+def test_spikes_scaled_by_a_constant_stay_spikes(tmp_path):
+    """A NIR import turns θ·s back into s with a `mul` by 1/θ: the next layer still reads events."""
+    nir = pytest.importorskip("nir")
+    graph = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([4])}),
+                                "fc1": nir.Affine(weight=np.ones((3, 4), np.float32), bias=np.zeros(3, np.float32)),
+                                "if1": nir.IF(r=np.full(3, 1e4), v_threshold=np.ones(3), v_reset=np.zeros(3)),
+                                "fc2": nir.Affine(weight=np.ones((2, 3), np.float32), bias=np.zeros(2, np.float32)),
+                                "out": nir.Output(output_type={"output": np.array([2])})},
+                         edges=[("in", "fc1"), ("fc1", "if1"), ("if1", "fc2"), ("fc2", "out")])
+    nir.write(str(tmp_path / "m.nir"), graph)
+    model = snnc.load(tmp_path / "m.nir")
+    assert input_kinds(model.graph)[model.graph.find("linear")[1].inputs[0]] == "spikes"
+    rows = model.synaptic_operations(np.full((2, 4), 0.3, np.float32), 10)["layers"]
+    assert rows[1]["input"] == "spikes" and rows[1]["ops"] > 0
