@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-node table: shapes, parameters, MACs, how each node converts")
     p.add_argument("model", metavar="FILE", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
-    p.add_argument("--dt", type=_positive_float, default=None, help="NIR files that do not record their time step: dt in seconds")
+    _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a sequence model: the input's length)")
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
-    p.add_argument("--dt", type=_positive_float, default=None, help="NIR files that do not record their time step: dt in seconds")
+    _add_dt_option(p)
     _add_event_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_run)
@@ -159,9 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
     p.add_argument("--layer-samples", type=_positive_int, default=256, help="with --layers: samples used for the per-layer errors")
-    p.add_argument("--dt", type=_positive_float, default=None,
-                   help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
-                        "snnTorch exports, 1 for Sinabs)")
+    _add_dt_option(p)
     _add_event_options(p)
     p.add_argument("--sops", action="store_true",
                    help="spiking models: synaptic operations per layer and an energy estimate against the "
@@ -183,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-always", action="store_true",
                    help="write the fine-tuned model even when it is not more accurate on the held-out data")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dt", type=_positive_float, default=None, help="NIR input without a recorded time step: dt in seconds")
+    _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -291,14 +289,10 @@ def cmd_inspect(args) -> int:
     from .frontend import load_graph
     from .inspect import format_table, human, node_rows, summary
 
-    from .frontend.nir_loader import is_nir_file
-
-    if is_nir_file(args.model):
+    if _is_nir(args):
         from . import load
 
         graph = load(args.model, dt=args.dt).graph
-    elif args.dt is not None:
-        raise SnncError(f"--dt: only for NIR files; {args.model} is ONNX")
     else:
         graph = load_graph(args.model, lenient=True)
     rows = node_rows(graph)
@@ -447,26 +441,10 @@ def _eval_snn(args, model, data) -> int:
                                              ("flooring_error", "flooring"), ("firing_rate", "firing rate"),
                                              ("cosine", "cosine(a, s̄)")]))
     if args.sops:
-        _print_sops(result["synaptic_ops"])
+        from .metrics import format_synaptic_operations
+
+        print("\n" + format_synaptic_operations(result["synaptic_ops"]))
     return 0
-
-
-def _print_sops(sops: dict) -> None:
-    from .inspect import format_table
-
-    rows = [dict(r, ratio=f"{r['ops_per_step'] / r['dense_macs']:.4f}" if r["dense_macs"] else "-",
-                 weight_density=f"{r['weight_density']:.3f}", event_rate=f"{r['event_rate']:.3f}",
-                 ops_per_step=f"{r['ops_per_step']:,.0f}", dense_macs=f"{r['dense_macs']:,.0f}")
-            for r in sops["layers"]]
-    print(f"\nsynaptic operations per sample at T={sops['timesteps']} on {sops['samples']} samples "
-          "(ops: nonzero inputs × their nonzero weights; a static input is computed once):")
-    print(format_table(rows, [("node", "layer"), ("input", "input"), ("weight_density", "weights kept"),
-                              ("event_rate", "input events"), ("ops_per_step", "ops/step"),
-                              ("dense_macs", "ANN MACs"), ("ratio", "ops/step ÷ MACs")]))
-    ratios = ", ".join(f"{name} {e['snn_over_ann']:.3f}" for name, e in sops["energy_presets_pj"].items())
-    print(f"ANN {sops['ann_macs']:,.0f} MACs; SNN over T={sops['timesteps']}: {sops['snn_acs']:,.0f} ACs + "
-          f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {ratios} (45 nm CMOS, Horowitz ISSCC 2014; "
-          "arithmetic only, an analytic estimate, not silicon)")
 
 
 def _plot(path, result, title) -> None:
@@ -518,6 +496,23 @@ def _sensor(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _add_dt_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dt", type=_positive_float, default=None,
+                   help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
+                        "snnTorch exports, 1 for Sinabs)")
+
+
+def _is_nir(args) -> bool:
+    """Whether MODEL is a NIR file; ``--dt`` with an ONNX model is an error, not ignored."""
+    from .frontend.nir_loader import is_nir_file
+
+    if is_nir_file(args.model):
+        return True
+    if args.dt is not None:
+        raise SnncError(f"--dt: only for NIR files; {args.model} is ONNX")
+    return False
+
+
 def _add_event_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=_positive_int, default=None,
                    help="read a directory root/<class>/<event file> (.bin N-MNIST/ATIS, .aedat AEDAT 3.1, .npz t,x,y,p) "
@@ -532,21 +527,13 @@ def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
     from .metrics import correct
 
-    data = _load_data(args, args.data, "--data", require_labels=True)
     from .frontend.loader import has_custom_domain, read_model
 
-    from .frontend.nir_loader import is_nir_file
-
-    if is_nir_file(args.model):
+    data = _load_data(args, args.data, "--data", require_labels=True)
+    if _is_nir(args) or has_custom_domain(read_model(args.model)[0]):
         from . import load
 
         return _eval_snn(args, load(args.model, dt=args.dt), data)
-    if args.dt is not None:
-        raise SnncError(f"--dt: only for NIR files; {args.model} is ONNX")
-    if has_custom_domain(read_model(args.model)[0]):
-        from . import load
-
-        return _eval_snn(args, load(args.model), data)
     _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--plot", "--layers", "--reference", "--sops"))
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":

@@ -12,7 +12,7 @@ from .ir import Graph
 from .passes import (PassContext, bias_calibration, fold_bn, neuronize, potential_calibration, run_pipeline, stats,
                      thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
-from .runtime.snn import DEFAULT_CHUNK, SpikingRunner, output_steps
+from .runtime.snn import DEFAULT_CHUNK, SpikingRunner, _single, output_steps
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def first_output(value):
 
 def _joined(batches: list[list[np.ndarray]]):
     """Per-batch output lists joined along the batch axis: one array, or a tuple for several outputs."""
-    joined = [np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))]
-    return joined[0] if len(joined) == 1 else tuple(joined)
+    return _single([np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))])
 
 
 class CompiledModel:

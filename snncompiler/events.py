@@ -150,11 +150,8 @@ def to_frames(events: dict, frames: int, sensor_size: tuple[int, int], split_by:
         order = np.argsort(t, kind="stable")  # time spans need time order; ties keep the file's order
         t, x, y, p = t[order], x[order], y[order], p[order]
     starts, ends = segments(t, frames, split_by)
-    frame_of = np.full(len(t), -1, np.int64)
-    for j, (a, b) in enumerate(zip(starts, ends)):
-        frame_of[a:b] = j
-    used = frame_of >= 0  # a time split never drops events; a number split drops none either
-    index = ((frame_of[used] * 2 + p[used]) * h + y[used]) * w + x[used]
+    frame_of = np.repeat(np.arange(frames), ends - starts)  # the segments tile [0, N) in order
+    index = ((frame_of * 2 + p) * h + y) * w + x
     counts = np.bincount(index, minlength=frames * 2 * h * w)
     return counts.reshape(frames, 2, h, w).astype(np.float32)
 

@@ -43,8 +43,8 @@ def accuracy(logits, labels) -> float:
 # estimate of arithmetic only: memory traffic, which often dominates on silicon, is not counted.
 ENERGY_PRESETS = {"fp32": {"mac": 4.6, "ac": 0.9}, "fp16": {"mac": 1.5, "ac": 0.4}, "int8": {"mac": 0.23, "ac": 0.03}}
 ENERGY_PJ = ENERGY_PRESETS["fp32"]
-ENERGY_MODEL = ("analytic estimate, not silicon: 45 nm CMOS, float32: MAC 4.6 pJ, AC 0.9 pJ (Horowitz, ISSCC 2014); "
-                "arithmetic only, no memory traffic")
+ENERGY_SOURCE = "45 nm CMOS, Horowitz ISSCC 2014; arithmetic only, an analytic estimate, not silicon"
+ENERGY_MODEL = f"float32: MAC 4.6 pJ, AC 0.9 pJ ({ENERGY_SOURCE})"
 
 _SYNAPTIC_OPS = ("conv", "conv_transpose", "linear", "matmul")
 # ops whose output entries are copies of input entries (or zeros): spikes in, spikes out
@@ -97,8 +97,6 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
     """
     import copy
 
-    import numpy as np
-
     from .runtime.executor import run_node
 
     graph = model.graph
@@ -142,3 +140,22 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
             "ann_macs": ann_macs, "snn_macs": counts["mac"], "snn_acs": counts["ac"],
             "energy_pj": energy(ENERGY_PJ), "energy_model": ENERGY_MODEL,
             "energy_presets_pj": {name: energy(pj) for name, pj in ENERGY_PRESETS.items()}}
+
+
+def format_synaptic_operations(sops: dict) -> str:
+    """The report of :func:`synaptic_operations` as text: a table per layer and the totals."""
+    from .inspect import format_table
+
+    rows = [dict(r, ratio=f"{r['ops_per_step'] / r['dense_macs']:.4f}" if r["dense_macs"] else "-",
+                 weight_density=f"{r['weight_density']:.3f}", event_rate=f"{r['event_rate']:.3f}",
+                 ops_per_step=f"{r['ops_per_step']:,.0f}", dense_macs=f"{r['dense_macs']:,.0f}")
+            for r in sops["layers"]]
+    ratios = ", ".join(f"{name} {e['snn_over_ann']:.3f}" for name, e in sops["energy_presets_pj"].items())
+    return "\n".join([
+        f"synaptic operations per sample at T={sops['timesteps']} on {sops['samples']} samples "
+        "(ops: nonzero inputs × their nonzero weights; a static input is computed once):",
+        format_table(rows, [("node", "layer"), ("input", "input"), ("weight_density", "weights kept"),
+                            ("event_rate", "input events"), ("ops_per_step", "ops/step"),
+                            ("dense_macs", "ANN MACs"), ("ratio", "ops/step ÷ MACs")]),
+        f"ANN {sops['ann_macs']:,.0f} MACs; SNN over T={sops['timesteps']}: {sops['snn_acs']:,.0f} ACs + "
+        f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {ratios} ({ENERGY_SOURCE})"])

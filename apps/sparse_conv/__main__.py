@@ -13,7 +13,7 @@ import torch
 
 from apps.common import app_args, compare, print_table, write_json
 from apps.sparse_conv.task import MaskedConv2d, export_form, sparse_cnn, train_sparse
-from snncompiler.metrics import accuracy
+from snncompiler.metrics import accuracy, format_synaptic_operations
 from snncompiler.workloads import digits, export_onnx
 
 NAME = "sparse_conv"
@@ -25,18 +25,6 @@ def _train(train, *, masked: bool, epochs: int, alpha: float, threshold_lr: floa
     model = train_sparse(sparse_cnn(masked=masked), train, epochs=epochs, alpha=alpha,
                          threshold_lr=threshold_lr, seed=seed)
     return model, time.perf_counter() - t0
-
-
-def _sops_table(label: str, sops: dict) -> None:
-    print(f"\n{label}: synaptic operations per sample over T={sops['timesteps']} ({sops['samples']} samples)")
-    print(f"{'layer':<12} {'input':<7} {'weights kept':>12} {'input events':>12} {'ops/step':>10} "
-          f"{'dense MACs':>10} {'ops/step ÷ MACs':>15}")
-    for r in sops["layers"]:
-        print(f"{r['node']:<12} {r['input']:<7} {r['weight_density']:>12.3f} {r['event_rate']:>12.3f} "
-              f"{r['ops_per_step']:>10.0f} {r['dense_macs']:>10.0f} {r['ops_per_step'] / r['dense_macs']:>15.4f}")
-    e = sops["energy_pj"]
-    print(f"total: ANN {sops['ann_macs']:,.0f} MACs; SNN {sops['snn_acs']:,.0f} ACs + {sops['snn_macs']:,.0f} MACs; "
-          f"energy SNN/ANN {e['snn_over_ann']:.3f} ({sops['energy_model']})")
 
 
 def main(argv=None) -> dict:
@@ -70,7 +58,7 @@ def main(argv=None) -> dict:
         from snncompiler import load
 
         sops = load(rec["artifact"]).synaptic_operations(test.x, sops_t)
-        _sops_table(variant, sops)
+        print(f"\n{variant}: " + format_synaptic_operations(sops))
         rec.update(train_seconds=round(seconds, 2), conv_weight_density=densities or [1.0, 1.0, 1.0],
                    export_matches_training_form=same, synaptic_ops=sops)
         record[variant] = rec

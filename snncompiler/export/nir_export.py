@@ -68,7 +68,6 @@ class _Exporter:
 
         self.nir = _nir()
         self.graph: Graph = model.graph
-        self.options = model.options
         infer_shapes(self.graph)
         self.nodes: dict = {}
         self.edges: list[tuple[str, str]] = []

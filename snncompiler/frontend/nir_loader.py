@@ -272,7 +272,7 @@ def _probe(label: str) -> None:
 def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     """Read a NIR file into a :class:`~snncompiler.compiler.CompiledModel` that runs on snnc's
     runtime (see the module docstring for how NIR's continuous-time neurons are read)."""
-    from ..compiler import CompiledModel
+    from ..compiler import DEFAULTS, CompiledModel
 
     label = str(path)
     try:
@@ -289,6 +289,6 @@ def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     ir = importer.run()
     ir.metadata["source_file"] = label
     meta = getattr(graph, "metadata", None) or {}
-    steps = timesteps or int(meta.get("timesteps", 32))
+    steps = timesteps or int(meta.get("timesteps", DEFAULTS["timesteps"]))
     options = {"timesteps": steps, "reset": "hard", "v0": "zero", "threshold": "nir", "encoding": "direct"}
     return CompiledModel(ir, options, {"source": "nir", "dt": importer.dt})

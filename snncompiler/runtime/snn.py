@@ -68,7 +68,7 @@ class _Static:
         self.t = t
 
 
-def _single(values: list):
+def _single(values: list):  # also used by CompiledModel, for the same convention
     """One output as itself, several as a tuple (the ANN executor's convention)."""
     return values[0] if len(values) == 1 else tuple(values)
 
@@ -142,18 +142,18 @@ class SpikingRunner:
         With ``stop_at`` (a value name) nothing after that value is computed: calibration
         measures one layer at a time without paying for the rest of the network.
         """
-        sums: dict[str, torch.Tensor] = {}
-        for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums=sums, stop_at=stop_at):
-            pass
-        return {k: v / timesteps for k, v in sums.items()}
+        return self._time_means(x, timesteps, names, chunk, stop_at=stop_at)
 
     def event_rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK) -> dict:
         """Fraction of the ``timesteps`` steps in which each entry of the named values is nonzero,
         [B, ...] each: the events a layer reading that value must process (a spike, or any
         nonzero current). A value constant over time counts as an event at every step where it is
         nonzero."""
+        return self._time_means(x, timesteps, names, chunk, events=True)
+
+    def _time_means(self, x, timesteps, names, chunk, stop_at=None, events=False) -> dict:
         sums: dict[str, torch.Tensor] = {}
-        for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums=sums, events=True):
+        for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums=sums, stop_at=stop_at, events=events):
             pass
         return {k: v / timesteps for k, v in sums.items()}
 
