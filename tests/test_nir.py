@@ -226,6 +226,12 @@ def test_bad_nir_files_are_one_line_errors(tmp_path):
     for path, extra, message in cases:
         r = _snnc("eval", path, "--data", tmp_path / "d.npz", *extra)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (path, r.stderr)
+    bad_steps = nir.NIRGraph(nodes=dict(good.nodes, lif=nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2),
+                                                              v_reset=np.zeros(2))),
+                             edges=good.edges, metadata={"dt": 0.2, "timesteps": "many"})
+    nir.write(str(tmp_path / "steps.nir"), bad_steps)
+    r = _snnc("eval", tmp_path / "steps.nir", "--data", tmp_path / "d.npz")
+    assert r.returncode == 2 and "metadata 'timesteps' must be a positive integer, got 'many'" in r.stderr, r.stderr
     r = _snnc("eval", tmp_path / "no_dt.nir", "--data", tmp_path / "d.npz", "--dt", "0.2", "--timesteps", "4")
     assert r.returncode == 0, r.stderr  # with the time step given, the same file runs
     onnx_model = tmp_path / "ann.onnx"

@@ -289,6 +289,9 @@ def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     ir = importer.run()
     ir.metadata["source_file"] = label
     meta = getattr(graph, "metadata", None) or {}
-    steps = timesteps or int(meta.get("timesteps", DEFAULTS["timesteps"]))
+    steps = timesteps or meta.get("timesteps", DEFAULTS["timesteps"])
+    if isinstance(steps, (bool, float)) or not str(steps).isdigit() or int(steps) < 1:
+        raise SnncError(f"{label}: metadata 'timesteps' must be a positive integer, got {steps!r}")
+    steps = int(steps)
     options = {"timesteps": steps, "reset": "hard", "v0": "zero", "threshold": "nir", "encoding": "direct"}
     return CompiledModel(ir, options, {"source": "nir", "dt": importer.dt})
