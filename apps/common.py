@@ -11,6 +11,7 @@ its own metrics (accuracy, Dice, MCC, ...), computed the same way for the ANN an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -46,6 +47,19 @@ def app_args(description: str, name: str, argv=None) -> argparse.Namespace:
     args.results = args.out / "results.json" if args.quick else Path(__file__).parent / name / "results.json"
     torch.set_num_threads(min(torch.get_num_threads(), 2))  # the tables in the README use 2 threads
     return args
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block on ``n`` torch threads, restoring the count afterwards. The apps train tiny
+    layers, where a second thread costs more in synchronisation than it saves (several times
+    slower on the 2-vCPU VM while other jobs ran on it)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _steps(text: str) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from apps.common import app_args, compare, print_table, write_json
+from apps.common import app_args, compare, print_table, torch_threads, write_json
 from apps.finance.task import MarketSettings, PostNet, generate
 from snncompiler.workloads import evaluate, export_onnx, train_classifier
 
@@ -51,9 +51,7 @@ def main(argv=None) -> dict:
     market = generate(settings)
     score = make_score(market.test.y, market.test_returns)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these layers are tiny: one thread trains them several times faster than two on a busy 2-core VM
-    try:
+    with torch_threads(1):  # these layers are tiny: see apps.common.torch_threads
         models, train_s = {}, {}
         for gate in ("none", "uniform", "credibility"):
             torch.manual_seed(args.seed)
@@ -63,8 +61,6 @@ def main(argv=None) -> dict:
             train_s[gate] = round(time.perf_counter() - t0, 2)
             print(f"trained {gate:>11} model in {train_s[gate]:5.1f} s: "
                   f"test accuracy {100 * evaluate(models[gate], market.test):.2f}% (torch)")
-    finally:
-        torch.set_num_threads(threads)
 
     onnx_path = export_onnx(models["credibility"], market.train.x.shape[1:], args.out / "finance.onnx")
     record = compare("finance", onnx_path, market.train.x[:512], market.test.x, score,

@@ -147,12 +147,10 @@ def train_segmenter(model: nn.Module, image: np.ndarray, label: np.ndarray, *, i
     Trains on ``threads`` torch threads (restored afterwards): each op here is so small that a
     second thread costs more in synchronisation than it saves (15 vs 75 ms per iteration on the
     2-vCPU VM while other jobs ran on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    from apps.common import torch_threads
+
+    with torch_threads(threads):
         return _train(model, image, label, iterations, batch, lr, seed)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _train(model, image, label, iterations, batch, lr, seed):
