@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import snncompiler as snnc
+from snncompiler.fileio import write_text
 from snncompiler.ort import OrtModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -128,7 +129,7 @@ def _fmt(value) -> str:
 def write_json(record: dict, path: Path) -> Path:
     """Write ``record`` as indented JSON (floats rounded to 6 digits) and return the path."""
     path = Path(path)
-    path.write_text(json.dumps(_rounded(record), indent=2) + "\n")
+    write_text(path, json.dumps(_rounded(record), indent=2) + "\n")
     print(f"wrote {path}")
     return path
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 import snncompiler as snnc
 from snncompiler.data import Dataset
+from snncompiler.fileio import write_text
 from snncompiler.runtime.memory import retain_freed_memory
 from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
@@ -207,10 +208,10 @@ def main() -> None:
     name = "end_to_end.json" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}.json"
     from snncompiler.kernels import cpu
 
-    (out / name).write_text(json.dumps({"machine": machine, "device": args.device, "rows": rows, "floor_pass": floor,
-                                           "snnc_cpu_isa": cpu.isa(),
-                                           "snnc_cpu_stream_min_bytes": cpu.load().stream_min_bytes()
-                                           if cpu.available() else None}, indent=1))
+    write_text(out / name, json.dumps({"machine": machine, "device": args.device, "rows": rows, "floor_pass": floor,
+                                       "snnc_cpu_isa": cpu.isa(),
+                                       "snnc_cpu_stream_min_bytes": cpu.load().stream_min_bytes()
+                                       if cpu.available() else None}, indent=1))
 
 
 if __name__ == "__main__":

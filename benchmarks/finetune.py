@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import snncompiler as snnc
+from snncompiler.fileio import write_text
 from snncompiler.train.finetune import finetune
 from snncompiler.workloads import BENCH_WORKLOADS, export_onnx
 
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
             print(f"{int(t):>4}  {100 * r['converted']:8.2f}%  {100 * r['finetuned']:9.2f}%  {'yes' if r['kept'] else 'no ':>4}"
                   f"  ({100 * r['val_before']:.2f}% → {100 * r['val_after']:.2f}%, {r['seconds']} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"quick": args.quick, "torch_threads": 2, "results": results}, indent=1) + "\n")
+    write_text(args.out, json.dumps({"quick": args.quick, "torch_threads": 2, "results": results}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
 
 

@@ -62,6 +62,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from snncompiler.kernels import available_backends, neuron_multistep  # noqa: E402
+from snncompiler.fileio import write_text  # noqa: E402
 from snncompiler.kernels import cpu  # noqa: E402
 from snncompiler.runtime.memory import retain_freed_memory  # noqa: E402
 
@@ -629,12 +630,10 @@ def main(argv=None) -> int:
 
 
 def write_result(path: Path, result: dict) -> None:
-    """``result`` and a timestamp as JSON at ``path``, through a temporary file so that an
-    interrupted run never leaves half a JSON behind; says where it went."""
+    """``result`` and a timestamp as JSON at ``path``, written atomically (an interrupted run
+    never leaves half a JSON behind); says where it went."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dict(result, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S")), indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(dict(result, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S")), indent=1))
     print(f"\nwrote {path}")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from snncompiler.fileio import write_text
 from snncompiler.ir import Node
 from snncompiler.runtime.ops import CORE_OPS
 
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     result = dict(benchmark="spiking runtime max pooling (CPU)", threads=args.threads, torch=torch.__version__,
                   rows=rows, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_text(args.out, json.dumps(result, indent=1))
     print(f"\nwrote {args.out}")
     return 0
 

@@ -30,6 +30,7 @@ import torch
 
 import snncompiler as snnc
 from snncompiler.data import Dataset
+from snncompiler.fileio import atomic_write, write_text
 from snncompiler.workloads import BENCH_WORKLOADS, export_onnx
 
 T_FULL = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -295,7 +296,8 @@ def plot(results: dict, ts, path: Path) -> None:
         ax.axis("off")
     axes[len(results)].legend(handles, labels, fontsize=8, loc="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format=Path(path).suffix.lstrip("."), dpi=120)
     plt.close(fig)
 
 
@@ -360,7 +362,7 @@ def main(argv=None) -> int:
     log(f"\ntotal {total:.0f} s")
     doc = {"timesteps": ts, "seed": args.seed, "quick": args.quick, "torch_threads": torch.get_num_threads(),
            "total_s": total, "workloads": results, "floors": fl, "calibration_floors": cal}
-    (out / "timestep_accuracy.json").write_text(json.dumps(doc, indent=1, default=str))
+    write_text(out / "timestep_accuracy.json", json.dumps(doc, indent=1, default=str))
     plot(results, ts, out / "timestep_accuracy.png")
     log(f"wrote {out / 'timestep_accuracy.json'} and {out / 'timestep_accuracy.png'}")
     return 0

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import logging
+import logging.handlers
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ import traceback
 import warnings
 
 from .errors import SnncError
+from .fileio import atomic_write, resolve_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,31 +53,6 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
-
-
-def _check_output(path: str, flag: str, *inputs: str) -> None:
-    """Fail before the work, not after it: ``path`` must be a file name in an existing directory
-    and not one of the command's ``inputs`` (compiling a model onto itself would replace the ANN)."""
-    out = os.path.abspath(path)
-    if os.path.isdir(out):
-        raise SnncError(f"{flag} {path}: is a directory, expected a file name")
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise SnncError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SnncError(f"{flag} {path}: directory {parent} is not writable")
-    for given in inputs:
-        if given and os.path.exists(given) and os.path.exists(out) and os.path.samefile(given, out):
-            raise SnncError(f"{flag} {path}: is the input {given} itself; write the result to another file")
-
-
-@contextlib.contextmanager
-def _writing(path: str, flag: str):
-    """A write that fails anyway (disk full, permissions changed) is still a one-line error."""
-    try:
-        yield
-    except OSError as exc:
-        raise SnncError(f"{flag} {path}: cannot write ({exc.strerror or exc})") from exc
 
 
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -205,9 +182,37 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, map errors to exit codes."""
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="snnc: %(levelname)s: %(message)s")
     if not debug:
         warnings.filterwarnings("ignore")
+    with _held_log(debug) as held:
+        code = _run_command(args, debug)
+        if code == 0:
+            held.flush()
+    return code
+
+
+@contextlib.contextmanager
+def _held_log(debug: bool):
+    """Log records (warnings) of a command are printed when it succeeds, and dropped when it fails:
+    a failing command prints one line, its error (a version-conversion warning ahead of it said
+    nothing the error does not). ``--debug`` prints everything as it happens."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("snnc: %(levelname)s: %(message)s"))
+    held = stream if debug else logging.handlers.MemoryHandler(
+        capacity=10_000, flushLevel=logging.CRITICAL + 1, target=stream, flushOnClose=False)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.addHandler(held)
+    try:
+        yield held
+    finally:
+        root.removeHandler(held)
+        root.setLevel(level)
+
+
+def _run_command(args, debug: bool) -> int:
+    """Run the chosen command; every failure becomes its exit status and one stderr line."""
     try:
         return int(args.func(args) or 0)
     except SnncError as exc:
@@ -246,7 +251,7 @@ def cmd_finetune(args) -> int:
     from .data import load_npz
     from .train.finetune import finetune
 
-    _check_output(args.output, "-o", args.model, args.data)
+    output = resolve_output(args.output, "-o", (args.model, args.data, args.val))
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
     model = load(args.model, dt=args.dt)
@@ -257,12 +262,11 @@ def cmd_finetune(args) -> int:
                       batch_size=args.batch_size, learn_theta=not args.no_learn_theta,
                       keep_if_better=not args.keep_always, seed=args.seed)
     note = result.report["finetune"]
-    with _writing(args.output, "-o"):
-        result.save(args.output)
+    result.save(output)
     verdict = "kept" if note["kept"] else "not better: wrote the model unchanged (--keep-always overrides)"
     print(f"held-out accuracy at T={args.timesteps} on {note['val_samples']} samples: "
           f"{100 * note['val_accuracy_before']:.2f}% -> {100 * note['val_accuracy_after']:.2f}%, {verdict}; "
-          f"wrote {args.output} ({time.perf_counter() - t0:.1f} s)")
+          f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -271,15 +275,14 @@ def cmd_export(args) -> int:
     from . import load
     from .compiler import CompiledModel
 
-    _check_output(args.output, "-o", args.model)
+    output = resolve_output(args.output, "-o", (args.model,))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
         raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before exporting to NIR")
-    with _writing(args.output, "-o"):
-        warnings = model.save_nir(args.output)
+    warnings = model.save_nir(output)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {args.output}: NIR graph of {len(model.graph.find('neuron'))} neuron layers "
+    print(f"wrote {output}: NIR graph of {len(model.graph.find('neuron'))} neuron layers "
           f"({'lossy: ' + str(len(warnings)) + ' warning(s) above' if warnings else 'no loss'})")
     return 0
 
@@ -328,7 +331,8 @@ def cmd_run(args) -> int:
     from . import load
     from .compiler import CompiledModel
 
-    _check_output(args.output, "-o", args.model, args.input)
+    # numpy's savez appends .npz to a name without it: check (and report) the file really written
+    output = resolve_output(args.output, "-o", (args.model, args.input), suffix=".npz")
     data = _load_data(args, args.input, "--input", require_labels=False)
     model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
@@ -343,10 +347,10 @@ def cmd_run(args) -> int:
                   for k in range(len(batches[0]))}
     else:
         arrays = {"y": np.concatenate(batches, axis=0)}
-    with _writing(args.output, "-o"):
-        np.savez(args.output, **arrays)
+    with atomic_write(output, "wb", "-o") as handle:
+        np.savez(handle, **arrays)
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
-    print(f"wrote {args.output}: {shapes} from {len(data)} samples")
+    print(f"wrote {output}: {shapes} from {len(data)} samples")
     return 0
 
 
@@ -356,7 +360,7 @@ def cmd_compile(args) -> int:
     from .data import load_npz
     from .inspect import format_table, node_rows
 
-    _check_output(args.output, "-o", args.model, args.calib)
+    output = resolve_output(args.output, "-o", (args.model, args.calib))
     calib = load_npz(args.calib, arg="--calib")
     if args.tau and args.neuron != "lif":
         raise SnncError("--tau: only meaningful with --neuron lif")
@@ -376,10 +380,9 @@ def cmd_compile(args) -> int:
     islands = model.report.get("analog_islands", [])
     if islands:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
-    with _writing(args.output, "-o"):
-        model.save(args.output)
+    model.save(output)
     neurons = len(model.graph.find("neuron"))
-    print(f"wrote {args.output}: {neurons} neurons, T={args.timesteps}, threshold {model.options['threshold']}"
+    print(f"wrote {output}: {neurons} neurons, T={args.timesteps}, threshold {model.options['threshold']}"
           f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0}, "
           f"calibration {args.calibration} "
           f"({time.perf_counter() - t0:.1f} s)")
@@ -400,8 +403,6 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
 
 def _eval_snn(args, model, data) -> int:
     ts = _parse_timesteps(args.timesteps)
-    if args.plot:
-        _check_output(args.plot, "--plot", args.model, args.data)
     if args.layers and model.sequence:
         raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
@@ -447,14 +448,27 @@ def _eval_snn(args, model, data) -> int:
     return 0
 
 
-def _plot(path, result, title) -> None:
+def _plot_format(path: str) -> str:
+    """The image format ``--plot`` will write, from the name's extension, checked before any work
+    (an unknown one used to fail only after the whole evaluation)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError as exc:
         raise SnncError("--plot needs matplotlib (pip install 'snncompiler[plot]')") from exc
+    known = FigureCanvasBase.get_supported_filetypes()
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in known:
+        raise SnncError(f"--plot {path}: the image format comes from the extension; use one of "
+                        f"{', '.join('.' + k for k in sorted(known))}")
+    return extension
+
+
+def _plot(path, result, title) -> None:
+    import matplotlib.pyplot as plt
+
     ts = [int(t) for t in result["snn_accuracy"]]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(ts, [100 * a for a in result["snn_accuracy"].values()], "o-", label="SNN")
@@ -465,8 +479,9 @@ def _plot(path, result, title) -> None:
     ax.set_title(str(title), fontsize=8)
     ax.legend()
     fig.tight_layout()
-    with _writing(path, "--plot"):
-        fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb", "--plot") as handle:
+        fig.savefig(handle, format=_plot_format(path), dpi=120)
+    plt.close(fig)
 
 
 def _load_data(args, path: str, flag: str, require_labels: bool):
@@ -529,6 +544,9 @@ def cmd_eval(args) -> int:
 
     from .frontend.loader import has_custom_domain, read_model
 
+    if args.plot:
+        _plot_format(args.plot)
+        resolve_output(args.plot, "--plot", (args.model, args.data, args.reference))
     data = _load_data(args, args.data, "--data", require_labels=True)
     if _is_nir(args) or has_custom_domain(read_model(args.model)[0]):
         from . import load

@@ -93,12 +93,18 @@ def load_npz(path, *, require_labels: bool = False, arg: str = "--data") -> Data
     return validate(x, y, label=label, require_labels=require_labels)
 
 
-def save_npz(path, x, y=None) -> None:
-    """Write arrays under the data contract."""
+def save_npz(path, x, y=None) -> Path:
+    """Write arrays under the data contract (atomically); returns the path written, which, as
+    with numpy, ends in ``.npz``."""
+    from .fileio import atomic_write, resolve_output
+
+    target = resolve_output(path, "path", suffix=".npz")
     arrays = {"x": np.asarray(x, dtype=np.float32)}
     if y is not None:
         arrays["y"] = np.asarray(y, dtype=np.int64)
-    np.savez(path, **arrays)
+    with atomic_write(target, "wb") as handle:
+        np.savez(handle, **arrays)
+    return Path(target)
 
 
 # ---- MNIST idx ---------------------------------------------------------------------------

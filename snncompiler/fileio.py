@@ -29,9 +29,11 @@ def resolve_output(path: str | os.PathLike, flag: str, inputs: Iterable[str | os
     that exists but is not a regular file (a FIFO would block, a device would swallow the data),
     and a target that is one of ``inputs`` (same inode counts, through links or other spellings).
     """
-    text = os.fspath(path)
-    if suffix and not text.endswith(suffix):
-        text += suffix
+    given = os.fspath(path)
+    text = given + suffix if suffix and not given.endswith(suffix) else given
+    if text != given and os.path.exists(given) and not os.path.isfile(given):
+        # `-o /dev/full` or `-o results/`: the user named that very thing, not `<it>.npz` next to it
+        raise SnncError(f"{flag} {given}: exists and is not a regular file; write to a file name")
     target = os.path.abspath(text)
     if os.path.isdir(target):
         raise SnncError(f"{flag} {text}: is a directory, expected a file name")

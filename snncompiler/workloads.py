@@ -101,11 +101,16 @@ def export_onnx(model: nn.Module, sample_shape, path, *, opset: int = 17, dynami
     kwargs = dict(input_names=["x"], output_names=["logits"], opset_version=opset)
     if dynamic_batch:
         kwargs["dynamic_axes"] = {"x": {0: "N"}, "logits": {0: "N"}}
+    import io
     import warnings
 
+    from .fileio import write_bytes
+
+    buffer = io.BytesIO()  # exported in memory, then written atomically like every other output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (dummy,), str(path), dynamo=False, **kwargs)
+        torch.onnx.export(model.eval(), (dummy,), buffer, dynamo=False, **kwargs)
+    write_bytes(path, buffer.getvalue())
     return path
 
 

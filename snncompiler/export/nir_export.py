@@ -25,6 +25,7 @@ error naming the node.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import SnncError
+from ..fileio import write_bytes
 from ..ir import Graph, Node
 
 log = logging.getLogger(__name__)
@@ -290,10 +292,9 @@ def save_nir(model, path) -> list[str]:
     """Write a compiled model as a NIR file (HDF5); returns the lossy-export warnings (also logged)."""
     graph, warnings = to_nir(model)
     nir = _nir()
-    try:
-        nir.write(str(path), graph)
-    except OSError as exc:
-        raise SnncError(f"-o: cannot write {path}: {exc}") from exc
+    buffer = io.BytesIO()  # serialised in memory, then written atomically like every other output
+    nir.write(buffer, graph)
+    write_bytes(path, buffer.getvalue())
     for w in warnings:
         log.warning("NIR export: %s", w)
     return warnings

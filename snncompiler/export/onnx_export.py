@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import SnncError
+from ..fileio import write_bytes
 from ..frontend.loader import ARTIFACT_VERSION, SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
 from ..ir import Graph, Node
 
@@ -182,7 +183,4 @@ def save_artifact(compiled, path) -> None:
             "snncompiler.report": json.dumps({k: v for k, v in compiled.report.items() if k != "thresholds"}, default=str)}
     model = to_onnx(compiled.graph, meta)
     onnx.checker.check_model(model)
-    try:
-        onnx.save(model, str(path))
-    except OSError as exc:
-        raise SnncError(f"{path}: cannot write the artifact ({exc.strerror or exc})") from exc
+    write_bytes(path, model.SerializeToString())

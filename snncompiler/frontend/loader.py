@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -33,6 +35,7 @@ def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onn
     """Parse ``source`` into a ModelProto; return it with a label for messages (the file name)."""
     if isinstance(source, onnx.ModelProto):
         return source, "<model>"
+    base_dir = None  # where external tensor data lives: next to the model file, nowhere else
     if isinstance(source, (bytes, bytearray)):
         data, label = bytes(source), "<bytes>"
     elif not isinstance(source, (str, os.PathLike)):
@@ -45,6 +48,7 @@ def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onn
         if path.is_dir():
             raise SnncError(f"{label}: is a directory, expected an .onnx file")
         data = path.read_bytes()
+        base_dir = os.path.dirname(os.path.abspath(path))
     if not data:
         raise SnncError(f"{label}: file is empty, expected an ONNX model")
     model = onnx.ModelProto()
@@ -56,7 +60,110 @@ def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onn
         raise SnncError(f"{label}: not a valid ONNX model (no graph found; truncated or not ONNX?)")
     if model.graph.ByteSize() == 0:
         raise SnncError(f"{label}: not a valid ONNX model (empty graph)")
+    load_external_data(model, label, base_dir)
     return model, label
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model that can hold data: initializers (sparse ones too) and tensor
+    attributes, in the main graph, in subgraphs and in functions."""
+    def in_nodes(nodes) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values
+                    yield attr.sparse_tensor.indices
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from in_graph(sub)
+
+    def in_graph(graph) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(model.graph)
+    for function in model.functions:
+        yield from in_nodes(function.node)
+
+
+def load_external_data(model: onnx.ModelProto, label: str, base_dir: str | None) -> None:
+    """Bring tensors stored in external files into ``model``, read from the model file's own
+    folder ``base_dir`` whatever the current directory is.
+
+    A location may not leave that folder: absolute paths, ``..`` and symbolic links that lead
+    out are refused, as are files that are not regular (a FIFO would block) and sizes that do not
+    match the tensor; each is a one-line error naming the tensor and the file. A model given as
+    bytes or a ModelProto has no folder, so external data there is an error too.
+    """
+    external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return
+    for tensor in external:
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        where = f"{label}: tensor '{tensor.name}', external data file '{location}'"
+        if base_dir is None:
+            raise SnncError(f"{where}: a model with external data must be read from its file, "
+                            "so that the data is found next to it")
+        if not location:
+            raise SnncError(f"{label}: tensor '{tensor.name}' is marked external but names no file (no 'location')")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
+            raise SnncError(f"{where}: an absolute path; external data must be a file in the model's folder")
+        if ".." in re.split(r"[/\\]", location):
+            raise SnncError(f"{where}: leaves the model's folder ('..'); external data must be a file in it")
+        root = os.path.realpath(base_dir)
+        real = os.path.realpath(os.path.join(root, location))
+        if os.path.commonpath([root, real]) != root:
+            raise SnncError(f"{where}: a symbolic link that leads out of the model's folder {base_dir}")
+        tensor.raw_data = _read_external(tensor, entries, real, where)
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+#: Types whose bytes are not elements × numpy item size (strings, packed sub-byte types).
+_UNSIZED_TYPES = {getattr(onnx.TensorProto, name) for name in ("STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                  if hasattr(onnx.TensorProto, name)}
+
+
+def _read_external(tensor: onnx.TensorProto, entries: dict[str, str], path: str, where: str) -> bytes:
+    """The bytes of one external tensor, their size checked against its shape before reading."""
+    try:
+        offset, length = (int(entries[k]) if k in entries else None for k in ("offset", "length"))
+    except ValueError:
+        raise SnncError(f"{where}: 'offset' and 'length' must be integers") from None
+    if (offset is not None and offset < 0) or (length is not None and length < 0):
+        raise SnncError(f"{where}: 'offset' and 'length' must be ≥ 0")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except OSError as exc:
+        raise SnncError(f"{where}: cannot open it ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SnncError(f"{where}: not a regular file")
+        start = offset or 0
+        available = info.st_size - start
+        size = available if length is None else length
+        if start > info.st_size or size > available:
+            raise SnncError(f"{where}: offset {start} and length {size} go past the end of the file "
+                            f"({info.st_size} bytes)")
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except Exception:  # an unknown type: onnx's own checks report it later
+            itemsize = 0
+        elements = 1
+        for dim in tensor.dims:
+            elements *= int(dim)
+        if itemsize and tensor.data_type not in _UNSIZED_TYPES and size != elements * itemsize:
+            raise SnncError(f"{where}: holds {size} bytes, the tensor's shape {list(tensor.dims)} needs "
+                            f"{elements * itemsize}")
+        handle.seek(start)
+        return handle.read(size)
 
 
 def main_opset(model: onnx.ModelProto) -> int:

@@ -253,20 +253,33 @@ def _channel(value: torch.Tensor, shape) -> torch.Tensor:
 
 
 PROBE_SECONDS = 30
-PROBE_CODE = "import sys, nir; nir.read(sys.argv[1])"
+# run by path, not imported: the child needs h5py and nir, not snncompiler's (torch's) import time
+PROBE_CODE = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
 
 
 def _probe(label: str) -> None:
     """Read the file once in a child process first: some damaged HDF5 files (a corrupt heap
     reference in a string dataset) make the HDF5 library loop forever, which nothing in this
-    process could interrupt. Nothing comes back from the child but its exit status."""
+    process could interrupt. The child first checks that the file reaches no other file
+    (:mod:`.hdf5_confine`) and reads nothing if it does. Nothing comes back from the child but its
+    exit status; the check is repeated here to name what was refused."""
     import subprocess
     import sys
 
+    from . import hdf5_confine
+
     try:
-        subprocess.run([sys.executable, "-c", PROBE_CODE, label], capture_output=True, timeout=PROBE_SECONDS)
+        # -P: not the current directory on sys.path, so no stray nir.py or h5py.py there is imported
+        subprocess.run([sys.executable, "-P", "-c", PROBE_CODE, hdf5_confine.__file__, label],
+                       capture_output=True, timeout=PROBE_SECONDS)
     except subprocess.TimeoutExpired:
         raise SnncError(f"{label}: reading it did not finish in {PROBE_SECONDS} s (a damaged HDF5 file?)") from None
+    try:
+        problem = hdf5_confine.outside_reference(label)
+    except Exception:  # damaged: nir.read below says so in one line
+        problem = None
+    if problem:
+        raise SnncError(f"{label}: {problem}")
 
 
 def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):

@@ -174,7 +174,9 @@ def finetune(model, train, *, timesteps: int = 4, epochs: int = 10, lr: float = 
     kept = after > before or not keep_if_better
     note = {**history["settings"], "learn_theta": learn_theta, "val_samples": int(len(val)),
             "val_accuracy_before": before, "val_accuracy_after": after, "kept": kept,
-            "epochs_run": history["epochs"]}
+            # per epoch without its seconds: the note goes into the artifact, whose bytes must not
+            # depend on how fast the machine was (the same command writes the same file)
+            "epochs_run": [{k: v for k, v in row.items() if k != "seconds"} for row in history["epochs"]]}
     result = tuned if kept else CompiledModel(model.graph, model.options, dict(model.report))
     result.report["finetune"] = note
     return result
