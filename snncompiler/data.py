@@ -134,13 +134,19 @@ def _read_npy_member(archive: zipfile.ZipFile, name: str, what: str, check_array
                         "(numpy.savez and savez_compressed write stored or deflated members)")
     check_array_bytes(max(0, info.file_size - _NPY_HEADER_ALLOWANCE), f"{what} (uncompressed size in the zip)")
     with archive.open(info) as stream:
-        version = npy.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(stream)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = npy.read_array_header_2_0(stream)
-        else:
-            raise SnncError(f"{what}: .npy format version {version} is not supported")
+        try:
+            version = npy.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(stream)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npy.read_array_header_2_0(stream)
+            else:
+                raise SnncError(f"{what}: .npy format version {version} is not supported")
+        except (SnncError, zlib.error, zipfile.BadZipFile, EOFError, OSError):
+            raise
+        except Exception as exc:  # numpy parses the header as a Python literal: many ways to fail
+            reason = " ".join(str(exc).split())[:120]
+            raise SnncError(f"{what}: damaged .npy header ({type(exc).__name__}: {reason})") from None
         if dtype.hasobject:
             raise SnncError(f"{what}: object arrays are refused (they would need pickle)")
         count = math.prod(shape)  # exact: a damaged header can claim more than int64 holds
