@@ -87,6 +87,30 @@ def _check_opset(model: onnx.ModelProto, label: str) -> None:
                             f"1..{newest} (re-export the model with opset {TARGET_OPSET})")
 
 
+def _check_initializers(model: onnx.ModelProto, label: str) -> None:
+    """Every initializer decodes into an array of its declared shape and type: the checker lets
+    a tensor whose data does not match its dims through, and it would fail later, unnamed."""
+    from onnx import numpy_helper
+
+    from ..limits import check_array_bytes
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # read (and checked) where external data is resolved
+        what = f"{label}: initializer '{tensor.name}'"
+        if any(d < 0 for d in tensor.dims):
+            raise SnncError(f"{what}: negative dimension in {list(tensor.dims)}")
+        count = 1
+        for d in tensor.dims:
+            count *= int(d)
+        check_array_bytes(count, f"{what} of shape {list(tensor.dims)}")
+        try:
+            numpy_helper.to_array(tensor)
+        except Exception as exc:  # a size mismatch, an unknown data type, ...
+            raise SnncError(f"{what}: its data does not decode as {list(tensor.dims)} of data type "
+                            f"{tensor.data_type} ({_first_line(exc)})") from None
+
+
 def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
     # Old exporters (IR < 4) list every initializer as a graph input too; they are weights, not inputs.
     inits = {i.name for i in model.graph.initializer}
@@ -130,6 +154,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise SnncError(f"{label}: fails the ONNX checker: {_first_line(exc)}") from exc
+    _check_initializers(model, label)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)
