@@ -51,6 +51,8 @@ SAMPLES = 8
 
 def build_seeds(root: Path) -> None:
     """The seed files, in ``root``: model.onnx, model.snn.onnx, model.nir, data.npz, calib.npz."""
+    import logging
+
     import numpy as np
     import torch
     import torch.nn as nn
@@ -59,6 +61,7 @@ def build_seeds(root: Path) -> None:
     from snncompiler.data import Dataset
     from snncompiler.workloads import export_onnx
 
+    logging.disable(logging.WARNING)  # the NIR export's notes on what NIR cannot represent
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 10))
     export_onnx(net, (1, 8, 8), root / "model.onnx")
