@@ -2,7 +2,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.snnc-installed
 
-.PHONY: install demo test test-all apps clean
+.PHONY: install demo test test-all apps fuzz clean
 
 # Idempotent: re-runs pip only when the packaging or native sources changed.
 install: $(STAMP)
@@ -24,6 +24,13 @@ apps: install
 	$(PY) -m apps.medical
 	$(PY) -m apps.finance
 	$(PY) -m apps.sparse_conv
+
+# 3,000 seeded mutations of an ONNX model, an artifact, an .npz and a .nir, each run through the CLI
+# under a memory limit and a timeout; prints the table of case kind x outcome (see README, Reliability).
+FUZZ_CASES ?= 3000
+FUZZ_SEED  ?= 1
+fuzz: install
+	$(PY) tests/fuzz/driver.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --jobs 2
 
 # Everything, including the slow variants (all torchvision architectures at two opsets).
 test-all: install

@@ -9,6 +9,7 @@ import torch
 from .data import Dataset, validate
 from .errors import SnncError
 from .ir import Graph
+from .limits import check_timesteps
 from .passes import (PassContext, bias_calibration, fold_bn, neuronize, potential_calibration, run_pipeline, stats,
                      thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
@@ -49,6 +50,7 @@ def resolve_options(options: dict) -> dict:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise SnncError(f"--{key.replace('_', '-')}: must be an integer ≥ {low}, got {value!r}")
+    check_timesteps(int(opts["timesteps"]), "--timesteps")
     if not (isinstance(opts["lr"], (int, float)) and np.isfinite(opts["lr"]) and opts["lr"] > 0):
         raise SnncError(f"lr: must be a positive number, got {opts['lr']!r}")
     if opts["calibration"] not in PIPELINES:
@@ -236,6 +238,8 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     ctx = PassContext(options=opts, calib=calib)
     ann = run_pipeline(graph, ctx, [fold_bn])
     ctx.report["ann_graph"] = ann
+    if opts["calibration"] != "none":
+        _check_calibration_memory(ann, ctx, opts)
     snn = run_pipeline(ann, ctx, [stats, thresholds, neuronize] + PIPELINES[opts["calibration"]])
     if opts["calibration"] != "none":
         plain_opts = {**opts, "calibration": "none",
@@ -248,6 +252,19 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     compiled = CompiledModel(snn, opts, report)
     compiled.ann_graph = ann
     return compiled
+
+
+def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:
+    """Refuse, before any pass runs, a layer-wise calibration whose estimated memory (samples × T ×
+    activations, :func:`~snncompiler.passes.layerwise.calibration_memory`) is over
+    ``SNNC_MAX_CALIB_BYTES``: ``--timesteps 4096`` would otherwise end in std::bad_alloc."""
+    from .limits import check_calibration_bytes
+    from .passes.layerwise import calibration_batch, calibration_memory
+
+    samples = len(calibration_batch(ctx))
+    T = int(opts["timesteps"])
+    check_calibration_bytes(calibration_memory(ann, samples, T),
+                            f"--calibration {opts['calibration']} on {samples} samples at T={T}")
 
 
 def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib: Dataset, opts: dict,
@@ -341,12 +358,19 @@ def _check_settings(settings: dict, where: str) -> dict:
     """The recorded settings the runtime acts on, checked: a damaged value is an error naming it."""
     from .runtime.snn import ENCODINGS
 
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    if unknown:
+        raise SnncError(f"{where}: metadata 'snncompiler.settings': unknown key(s) "
+                        f"{', '.join(repr(k) for k in unknown)} (known: {', '.join(SETTING_KEYS)})")
+
     def bad(key, expected):
         return SnncError(f"{where}: metadata 'snncompiler.settings': '{key}' must be {expected}, got {settings[key]!r}")
 
     if "timesteps" in settings and not (isinstance(settings["timesteps"], int) and not isinstance(
             settings["timesteps"], bool) and settings["timesteps"] >= 1):
         raise bad("timesteps", "a positive integer")
+    if "timesteps" in settings:
+        check_timesteps(settings["timesteps"], f"{where}: metadata 'snncompiler.settings': 'timesteps'")
     if "maxpool" in settings and settings["maxpool"] not in neuronize.MAXPOOL_STRATEGIES:
         raise bad("maxpool", f"one of {', '.join(neuronize.MAXPOOL_STRATEGIES)}")
     if "encoding" in settings and settings["encoding"] not in ENCODINGS:
@@ -378,22 +402,38 @@ def _check_neuron_parameters(graph: Graph, where: str) -> None:
                                 f"its input's sample shape {list(shape[1:])}")
 
 
+def _check_finite_parameters(graph: Graph, where: str) -> None:
+    """Every floating-point parameter of an artifact is finite: a NaN bias would otherwise run and
+    score near chance with exit status 0."""
+    for node in graph.nodes:
+        for key, tensor in node.params.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise SnncError(f"{where}: {node.where}: parameter '{key}' has {bad} non-finite value(s) (NaN or Inf)")
+
+
 def from_artifact(graph: Graph) -> CompiledModel:
     """Rebuild a CompiledModel from an artifact's IR and its metadata (checked: an artifact of
     another format version or with damaged metadata is a one-line error naming the file)."""
     from .frontend.loader import ARTIFACT_VERSION
 
     where = graph.metadata.get("source_file", "model")
-    version = graph.metadata.get("snncompiler.artifact", ARTIFACT_VERSION)
+    version = graph.metadata.get("snncompiler.artifact")
+    if version is None:
+        raise SnncError(f"{where}: metadata 'snncompiler.artifact' (the format version) is missing; "
+                        "not an artifact written by snnc compile")
     if version != ARTIFACT_VERSION:
         raise SnncError(f"{where}: artifact format {version!r} is not the one this snncompiler reads "
                         f"({ARTIFACT_VERSION!r}); recompile the model with this version")
     steps = graph.metadata.get("snncompiler.timesteps")  # the default T, also in the settings
     if steps is not None and not (steps.isdigit() and int(steps) >= 1):
         raise SnncError(f"{where}: metadata 'snncompiler.timesteps' must be a positive integer, got {steps!r}")
+    if steps is not None:
+        check_timesteps(int(steps), f"{where}: metadata 'snncompiler.timesteps'")
     settings = _check_settings(_metadata_object(graph, "snncompiler.settings"), where)
     report = _metadata_object(graph, "snncompiler.report")
     _check_neuron_parameters(graph, where)
+    _check_finite_parameters(graph, where)
     strategy = settings.get("maxpool", DEFAULTS["maxpool"])
     if strategy in ("gated", "rate"):  # standard MaxPool nodes carry no strategy: restore the stateful ones
         for mp in graph.find("maxpool"):

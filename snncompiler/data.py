@@ -69,28 +69,105 @@ def load_npz(path, *, require_labels: bool = False, arg: str = "--data") -> Data
     """Read a ``.npz`` under the data contract; errors name the file and the argument."""
     path = Path(path)
     label = f"{arg} {path}"
+    arrays = read_npz(path, label, required=("x",), optional=("y",))
+    x, y = arrays["x"], arrays.get("y")
+    return validate(x, y, label=label, require_labels=require_labels)
+
+
+#: Room for an .npy member's magic and header on top of its array bytes (numpy caps headers at 10 kB
+#: by default; format 2.0 allows more, which no array of ours needs).
+_NPY_HEADER_ALLOWANCE = 1 << 16
+
+
+def read_npz(path, label: str, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict:
+    """The named arrays of an ``.npz`` file, read without pickle and within the size limits.
+
+    Every way such a file can be damaged is a one-line :class:`SnncError` starting with
+    ``label``: no zip header, a damaged zip directory, an unknown compression method, a bad
+    ``.npy`` header, object arrays, truncated or damaged deflate data, a CRC mismatch. Sizes are
+    checked *before* anything is decompressed or allocated: the array size from the ``.npy``
+    header and the member's uncompressed size from the zip directory (which also bounds what a
+    zip bomb can inflate to) against ``SNNC_MAX_ARRAY_BYTES`` (see :mod:`snncompiler.limits`).
+    """
+    from .limits import check_array_bytes
+
+    path = Path(path)
     if not path.exists():
         raise SnncError(f"{label}: no such file")
     if path.is_dir():
         raise SnncError(f"{label}: is a directory, expected an .npz file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise SnncError(f"{label}: cannot read ({exc.strerror or exc})") from None
     if magic != b"PK\x03\x04":  # numpy would take any other file for a pickle and say so, misleadingly
         raise SnncError(f"{label}: not a .npz file (no zip header; write it with numpy.savez)")
+    arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            if "x" not in keys:
-                raise SnncError(f"{label}: no array 'x' in the file (found: {', '.join(sorted(keys)) or 'none'})")
-            x = npz["x"]
-            y = npz["y"] if "y" in keys else None
+        with zipfile.ZipFile(path) as archive:
+            members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
+            missing = [k for k in required if k not in members]
+            if missing:
+                found = ", ".join(sorted(members)) or "none"
+                raise SnncError(f"{label}: no array {', '.join(repr(k) for k in missing)} in the file (found: {found})")
+            for key in [k for k in required + optional if k in members]:
+                arrays[key] = _read_npy_member(archive, members[key], f"{label}: array '{key}'", check_array_bytes)
     except SnncError:
         raise
-    except ValueError as exc:
-        raise SnncError(f"{label}: cannot read array ({exc}); object arrays are refused (allow_pickle=False)") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise SnncError(f"{label}: not a readable .npz file ({type(exc).__name__})") from exc
-    return validate(x, y, label=label, require_labels=require_labels)
+    except NotImplementedError as exc:  # zipfile: "That compression method is not supported"
+        raise SnncError(f"{label}: unsupported zip compression ({exc}); write it with numpy.savez") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError, struct.error,
+            OverflowError, MemoryError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise SnncError(f"{label}: not a readable .npz file ({type(exc).__name__}: {reason})") from None
+    return arrays
+
+
+def _read_npy_member(archive: zipfile.ZipFile, name: str, what: str, check_array_bytes) -> np.ndarray:
+    """One ``.npy`` member: header read and sizes checked first, then the data."""
+    from numpy.lib import format as npy
+
+    info = archive.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise SnncError(f"{what}: zip compression method {info.compress_type} is not supported "
+                        "(numpy.savez and savez_compressed write stored or deflated members)")
+    check_array_bytes(max(0, info.file_size - _NPY_HEADER_ALLOWANCE), f"{what} (uncompressed size in the zip)")
+    with archive.open(info) as stream:
+        try:
+            version = npy.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(stream)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npy.read_array_header_2_0(stream)
+            else:
+                raise SnncError(f"{what}: .npy format version {version} is not supported")
+        except (SnncError, zlib.error, zipfile.BadZipFile, EOFError, OSError):
+            raise
+        except Exception as exc:  # numpy parses the header as a Python literal: many ways to fail
+            reason = " ".join(str(exc).split())[:120]
+            raise SnncError(f"{what}: damaged .npy header ({type(exc).__name__}: {reason})") from None
+        if dtype.hasobject:
+            raise SnncError(f"{what}: object arrays are refused (they would need pickle)")
+        count = math.prod(shape)  # exact: a damaged header can claim more than int64 holds
+        nbytes = count * dtype.itemsize
+        check_array_bytes(nbytes, f"{what} of shape {list(shape)} and dtype {dtype}")
+        header_end = stream.tell()
+        if info.file_size - header_end < nbytes:
+            raise SnncError(f"{what}: truncated ({info.file_size - header_end} of {nbytes} data bytes)")
+        data = bytearray(nbytes)  # writable, unlike bytes: callers may modify the array in place
+        view, filled = memoryview(data), 0
+        while filled < nbytes:
+            got = stream.readinto(view[filled:])
+            if not got:
+                raise SnncError(f"{what}: truncated ({filled} of {nbytes} data bytes)")
+            filled += got
+        while stream.read(1 << 16):  # read to the end so that zipfile checks the CRC
+            pass
+    array = np.frombuffer(data, dtype=dtype, count=count)
+    if fortran:
+        return array.reshape(shape[::-1]).transpose()
+    return array.reshape(shape)
 
 
 def save_npz(path, x, y=None) -> Path:
@@ -193,4 +270,4 @@ def load(path, *, require_labels: bool = False, arg: str = "--data") -> Dataset:
     return load_npz(p, require_labels=require_labels, arg=arg)
 
 
-__all__ = ["Dataset", "validate", "load", "load_npz", "save_npz", "read_idx", "load_mnist", "load_cifar10_batch"]
+__all__ = ["Dataset", "validate", "load", "load_npz", "read_npz", "save_npz", "read_idx", "load_mnist", "load_cifar10_batch"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import SnncError
+from .limits import check_array_bytes, check_sensor_size
 
 EVENT_KEYS = ("t", "x", "y", "p")
 SPLITS = ("number", "time")
@@ -78,17 +79,14 @@ def read_aedat3(path) -> dict:
 
 
 def read_event_npz(path) -> dict:
-    """Events saved as an ``.npz`` of arrays t, x, y, p (pickle refused)."""
+    """Events saved as an ``.npz`` of arrays t, x, y, p (pickle refused; sizes checked before reading)."""
+    from .data import read_npz
+
+    arrays = read_npz(path, str(path), required=EVENT_KEYS)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in EVENT_KEYS if k not in z.files]
-            if missing:
-                raise SnncError(f"{path}: an event .npz needs arrays t, x, y, p; missing {', '.join(missing)}")
-            return {k: np.asarray(z[k]).reshape(-1).astype(np.int64) for k in EVENT_KEYS}
-    except SnncError:
-        raise
-    except Exception as exc:
-        raise SnncError(f"{path}: not a readable .npz of events ({type(exc).__name__})") from exc
+        return {k: np.asarray(arrays[k]).reshape(-1).astype(np.int64) for k in EVENT_KEYS}
+    except (TypeError, ValueError) as exc:
+        raise SnncError(f"{path}: event arrays t, x, y, p must be integers ({type(exc).__name__})") from None
 
 
 READERS = {".bin": read_atis_bin, ".aedat": read_aedat3, ".npz": read_event_npz}
@@ -146,6 +144,8 @@ def to_frames(events: dict, frames: int, sensor_size: tuple[int, int], split_by:
     p = np.asarray(events["p"]) != 0
     if len(x) and (x.min() < 0 or y.min() < 0 or x.max() >= w or y.max() >= h):
         raise SnncError(f"events at x up to {x.max()}, y up to {y.max()} do not fit the sensor size {h}×{w} (H×W)")
+    check_sensor_size(h, w, "events")
+    check_array_bytes(frames * 2 * h * w * 8, f"events binned into {frames} frames of {h}×{w}")
     if split_by == "time" and len(t) > 1 and bool((np.diff(t) < 0).any()):
         order = np.argsort(t, kind="stable")  # time spans need time order; ties keep the file's order
         t, x, y, p = t[order], x[order], y[order], p[order]
@@ -179,7 +179,11 @@ def load_event_folder(root, frames: int, *, sensor_size: tuple[int, int] | None 
     if sensor_size is None:
         sensor_size = (max(int(e["y"].max(initial=0)) for e in streams) + 1,
                        max(int(e["x"].max(initial=0)) for e in streams) + 1)
-    x = np.empty((len(files), frames, 2, *sensor_size), np.float32)
+    height, width = (int(v) for v in sensor_size)
+    check_sensor_size(height, width, f"{root}: events (largest coordinates + 1)")
+    check_array_bytes(len(files) * frames * 2 * height * width * 4,
+                      f"{root}: {len(files)} recordings binned into {frames} frames of {height}×{width}")
+    x = np.empty((len(files), frames, 2, height, width), np.float32)
     for i, ((f, _), events) in enumerate(zip(files, streams)):
         try:
             x[i] = to_frames(events, frames, sensor_size, split_by)

@@ -23,12 +23,17 @@ class OrtModel:
         except Exception as exc:
             raise SnncError(f"{label}: fails the ONNX checker: {str(exc).splitlines()[0][:300]}") from exc
         self.label = label
+        # onnxruntime logs a failing node in colour on stderr before raising; the raised error
+        # becomes snnc's one line, so its logger is silenced (4 = fatal only, which it never logs here)
+        ort.set_default_logger_severity(4)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise SnncError(f"{label}: onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
+            raise SnncError(f"{label}: onnxruntime cannot load the model: {_ort_message(exc)}") from exc
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise SnncError(f"{label}: expected a model with one input, found {len(inputs)}")
@@ -48,7 +53,28 @@ class OrtModel:
             chunk = x[start:start + step]
             if self.fixed_batch and len(chunk) < step:  # pad the last chunk to the fixed batch size
                 padded = np.concatenate([chunk, np.zeros((step - len(chunk),) + chunk.shape[1:], np.float32)])
-                outs.append(self.session.run(None, {self.input.name: padded})[0][:len(chunk)])
+                outs.append(self._run(padded)[:len(chunk)])
             else:
-                outs.append(self.session.run(None, {self.input.name: chunk})[0])
+                outs.append(self._run(chunk))
         return np.concatenate(outs, axis=0)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """The first output on one batch; a failure inside onnxruntime (a node that loads but
+        cannot run, e.g. Conv with a wrong group) is a one-line error naming the file."""
+        try:
+            return self.session.run(None, {self.input.name: x}, self.run_options)[0]
+        except MemoryError:
+            raise SnncError(f"{self.label}: onnxruntime ran out of memory running the model") from None
+        except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException ...
+            raise SnncError(f"{self.label}: onnxruntime cannot run the model: {_ort_message(exc)}") from exc
+
+
+def _ort_message(exc: BaseException) -> str:
+    """The informative part of an onnxruntime error: the node and its status message, without the
+    C++ source location."""
+    import re
+
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+ [^.]*? const ", "", text)
+    return text[:300] or type(exc).__name__

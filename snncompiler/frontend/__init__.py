@@ -61,10 +61,24 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
     if len(outputs) > 1:  # said once per file read: nothing degrades silently
         log.warning("%s: %d outputs (%s); accuracy is scored on the first, '%s'", label, len(outputs),
                     ", ".join(v.name for v in outputs), outputs[0].name)
-    graph.metadata.update({p.key: p.value for p in model.metadata_props})
+    graph.metadata.update(_metadata(model, label))
     graph.metadata.setdefault("source_file", label)
     graph.metadata["source_opset"] = str(main_opset(model))
     return graph.validate()
+
+
+def _metadata(model: onnx.ModelProto, label: str) -> dict[str, str]:
+    """The model's metadata_props as text. protobuf hands over a string that is not valid UTF-8
+    (a damaged file) as bytes: that is an error naming the key, not a decoding error later."""
+    out = {}
+    for prop in model.metadata_props:
+        key, value = prop.key, prop.value
+        if isinstance(key, bytes):
+            raise SnncError(f"{label}: a metadata key is not valid UTF-8 ({key[:40]!r}); the file is damaged")
+        if isinstance(value, bytes):
+            raise SnncError(f"{label}: metadata '{key}' is not valid UTF-8 text; the file is damaged")
+        out[key] = value
+    return out
 
 
 def _fold_node(node: onnx.NodeProto, ctx: Ctx) -> bool:

@@ -179,6 +179,45 @@ def has_custom_domain(model: onnx.ModelProto) -> bool:
     return any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
 
 
+def max_supported_opset() -> int:
+    """The newest ai.onnx opset the installed onnx package defines (and can convert from)."""
+    return int(onnx.defs.onnx_opset_version())
+
+
+def _check_opset(model: onnx.ModelProto, label: str) -> None:
+    """An ai.onnx opset newer than onnx knows is refused: its operators' meaning is unknown, and
+    converting it "down" would only pretend."""
+    newest = max_supported_opset()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not 1 <= imp.version <= newest:
+            raise SnncError(f"{label}: opset_import: ai.onnx opset {imp.version} is outside the supported range "
+                            f"1..{newest} (re-export the model with opset {TARGET_OPSET})")
+
+
+def _check_initializers(model: onnx.ModelProto, label: str) -> None:
+    """Every initializer decodes into an array of its declared shape and type: the checker lets
+    a tensor whose data does not match its dims through, and it would fail later, unnamed."""
+    from onnx import numpy_helper
+
+    from ..limits import check_array_bytes
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # read (and checked) where external data is resolved
+        what = f"{label}: initializer '{tensor.name}'"
+        if any(d < 0 for d in tensor.dims):
+            raise SnncError(f"{what}: negative dimension in {list(tensor.dims)}")
+        count = 1
+        for d in tensor.dims:
+            count *= int(d)
+        check_array_bytes(count, f"{what} of shape {list(tensor.dims)}")
+        try:
+            numpy_helper.to_array(tensor)
+        except Exception as exc:  # a size mismatch, an unknown data type, ...
+            raise SnncError(f"{what}: its data does not decode as {list(tensor.dims)} of data type "
+                            f"{tensor.data_type} ({_first_line(exc)})") from None
+
+
 def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
     # Old exporters (IR < 4) list every initializer as a graph input too; they are weights, not inputs.
     inits = {i.name for i in model.graph.initializer}
@@ -217,10 +256,12 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     model, label = read_model(source)
     model = onnx.ModelProto.FromString(model.SerializeToString()) if label == "<model>" else model
     _constants_out_of_inputs(model)
+    _check_opset(model, label)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise SnncError(f"{label}: fails the ONNX checker: {_first_line(exc)}") from exc
+    _check_initializers(model, label)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)
@@ -238,8 +279,50 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     except Exception as exc:
         raise SnncError(f"{label}: shape inference failed: {_first_line(exc)}") from exc
     if fold and not custom:
+        _check_constant_sizes(model, label)
         model = _fold_constants(model, label)
     return model, label
+
+
+def _static_nbytes(value: onnx.ValueInfoProto) -> int | None:
+    """Bytes of a value whose type and shape inference fixed completely, else None."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape") or not tensor_type.elem_type:
+        return None
+    dims = tensor_type.shape.dim
+    if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        itemsize = 8
+    count = 1
+    for d in dims:
+        count *= int(d.dim_value)
+    return count * itemsize
+
+
+def _check_constant_sizes(model: onnx.ModelProto, label: str) -> None:
+    """Refuse, before folding evaluates it, a node computed from constants only whose output (as
+    shape inference gives it) is over SNNC_MAX_CONSTANT_BYTES: a 245-byte model with a constant
+    ``Expand`` to 20000×20000 would otherwise take gigabytes in the folder."""
+    from ..limits import check_constant_bytes
+
+    constant = {i.name for i in model.graph.initializer}
+    infos = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output)}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if not all(not name or name in constant for name in node.input):
+            continue
+        if node.op_type in ("Constant",) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                for a in node.attribute):
+            constant.update(o for o in node.output if o)
+            continue
+        for out in node.output:
+            nbytes = _static_nbytes(infos[out]) if out in infos else None
+            if nbytes is not None:
+                check_constant_bytes(nbytes, f"{label}: node {node.op_type} '{node.name or out}' "
+                                             f"(output '{out}', computed from constants)")
+        constant.update(o for o in node.output if o)
 
 
 def _name_old_resizes(model: onnx.ModelProto) -> set[str]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import SnncError
+from ..limits import check_timesteps
 from ..ir import Graph, Node, Value
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -306,5 +307,6 @@ def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     if isinstance(steps, (bool, float)) or not str(steps).isdigit() or int(steps) < 1:
         raise SnncError(f"{label}: metadata 'timesteps' must be a positive integer, got {steps!r}")
     steps = int(steps)
+    check_timesteps(steps, f"{label}: metadata 'timesteps'")
     options = {"timesteps": steps, "reset": "hard", "v0": "zero", "threshold": "nir", "encoding": "direct"}
     return CompiledModel(ir, options, {"source": "nir", "dt": importer.dt})

@@ -30,6 +30,18 @@ def calibration_batch(ctx: PassContext) -> torch.Tensor:
     return torch.from_numpy(ctx.calib.x[:n]).float()
 
 
+def calibration_memory(graph: Graph, samples: int, timesteps: int) -> int:
+    """Estimated bytes the layer-wise simulator holds: every value is kept over all T steps of
+    every calibration sample at once ([T, N, ...] float32), and at a layer both its input and its
+    output are live, so samples × T × 4 bytes × twice the largest per-sample activation.
+    Values whose shape is unknown count as the largest known one."""
+    import math
+
+    sizes = [math.prod(v.shape[1:]) for v in graph.values.values() if v.shape and len(v.shape) >= 1]
+    largest = max(sizes, default=1)
+    return int(samples) * int(timesteps) * 4 * 2 * max(1, largest)
+
+
 def reference_graph(graph: Graph, ctx: PassContext) -> Graph:
     """The ANN whose activations are the targets: the compiler's pre-neuronize graph if known,
     else this graph with every neuron as a plain ReLU (an artifact calibrated after the fact)."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Graph, Node
+from ..limits import check_timesteps
 from .executor import checked_device
 from .memory import retain_freed_memory
 from .ops import CORE_OPS, _windows, channel_view
@@ -55,6 +56,7 @@ def initial_potential(attrs: dict, theta):
 def _check_steps(timesteps: int, chunk: int) -> None:
     if timesteps < 1:
         raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
+    check_timesteps(timesteps, "--timesteps")
     if chunk < 1:
         raise SnncError(f"--chunk: must be ≥ 1, got {chunk}")
 

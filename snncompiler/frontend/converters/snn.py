@@ -12,6 +12,9 @@ from ...passes.neuronize import neuron_attrs
 from ..loader import SNN_DOMAIN
 from ..registry import converter
 
+#: The attributes a Neuron node may carry (what ``export.onnx_export`` writes); any other is refused.
+NEURON_ATTRIBUTES = frozenset({"neuron", "tau", "reset", "v0", "theta_source"})
+
 
 def _finite_float(value: np.ndarray, what: str, ctx) -> np.ndarray:
     if not np.issubdtype(value.dtype, np.floating):
@@ -26,12 +29,16 @@ def neuron(node, ctx):
     """snncompiler::Neuron(x, theta[, v_init]) → neuron (attrs: neuron, tau, reset, v0).
 
     Missing attributes take the compiler's defaults (IF, soft reset, v0 = θ/2); present ones
-    must be valid. θ must be finite and positive, v_init finite; their sizes are checked
+    must be valid, and unknown ones are refused. θ must be finite and positive, v_init finite; their sizes are checked
     against x's shape when the artifact is loaded (``compiler.from_artifact``)."""
     if len(node.input) not in (2, 3) or not node.input[0] or not node.input[1] or len(node.output) != 1:
         raise ctx.fail(f"expected inputs (x, theta[, v_init]) and one output, got {len(node.input)} inputs and "
                        f"{len(node.output)} outputs")
-    a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in ctx.attrs(node).items()}
+    a = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in ctx.attrs(node).items()}
+    unknown = sorted(set(a) - NEURON_ATTRIBUTES)
+    if unknown:
+        raise ctx.fail(f"unknown attribute(s) {', '.join(repr(k) for k in unknown)} (a Neuron has "
+                       f"{', '.join(sorted(NEURON_ATTRIBUTES))})")
     attrs = neuron_attrs(a, where=ctx.where())
     theta = _finite_float(ctx.const(node.input[1], "Neuron theta"), "theta", ctx)
     if not (theta > 0).all():
