@@ -92,19 +92,20 @@ def _convt_macs(node, ins, outs):
 
 @core_op("conv_transpose", "linear", _convt_macs)
 def conv_transpose(node: Node, x):
-    """Transposed convolution; asymmetric ``pads`` are applied by cropping the full result."""
+    """Transposed convolution; ``pads`` crop the full result (any asymmetry), a negative pad
+    extends it with rows that receive only the bias (an ``output_shape`` beyond the natural size)."""
     w, b = node.params["weight"], node.params.get("bias")
     nd = w.dim() - 2
-    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    pads = [int(p) for p in node.attrs.get("pads", [0] * 2 * nd)]
     fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
-    y = fn(x, w, b, tuple(node.attrs.get("stride", [1] * nd)), 0,
+    y = fn(x, w, None, tuple(node.attrs.get("stride", [1] * nd)), 0,
            tuple(node.attrs.get("output_padding", [0] * nd)), node.attrs.get("groups", 1),
            tuple(node.attrs.get("dilation", [1] * nd)))
-    index = [slice(None), slice(None)]
-    for axis in range(nd):
-        size = y.shape[2 + axis]
-        index.append(slice(pads[axis], size - pads[nd + axis]))
-    return (y[tuple(index)],)
+    if any(pads):
+        y = F.pad(y, _torch_pad([-p for p in pads[:nd]], [-p for p in pads[nd:]]))
+    if b is not None:
+        y = y + b.reshape([1, -1] + [1] * nd)
+    return (y,)
 
 
 def _linear_macs(node, ins, outs):

