@@ -118,10 +118,10 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     custom = has_custom_domain(model)
     opset = main_opset(model)
     if not custom and opset != TARGET_OPSET:
-        old_resizes = _name_old_resizes(model) if opset <= 10 else set()
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
-            _restore_opset10_resize(model, old_resizes)
+            if opset <= 10:
+                _restore_opset10_resize(model)
         except Exception as exc:
             # Converters also read the older forms, so a model the converter cannot lift still loads.
             log.warning("%s: version conversion from opset %d to %d failed (%s); using opset %d as is",
@@ -135,23 +135,16 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     return model, label
 
 
-def _name_old_resizes(model: onnx.ModelProto) -> set[str]:
-    """Give every opset ≤ 10 Resize/Upsample a name, so it can be found after conversion."""
-    names = set()
-    for i, node in enumerate(model.graph.node):
-        if node.op_type in ("Resize", "Upsample"):
-            if not node.name:
-                node.name = f"snnc_resize_{i}"
-            names.add(node.name)
-    return names
-
-
-def _restore_opset10_resize(model: onnx.ModelProto, names: set[str]) -> None:
+def _restore_opset10_resize(model: onnx.ModelProto) -> None:
     """Opset ≤ 10 Resize/Upsample use asymmetric coordinates and floor rounding; the version
     converter lifts them to Resize-11+ without saying so, which would switch them to the
-    half_pixel default."""
+    half_pixel default.
+
+    Called only on models converted from opset ≤ 10, where every Resize is such a lifted node
+    (no other operator converts into one). They are not found by name or output: the converter
+    drops the name of an Upsample it replaces and renames the values between nodes."""
     for node in model.graph.node:
-        if node.op_type == "Resize" and node.name in names:
+        if node.op_type == "Resize":
             keep = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
             del node.attribute[:]
             node.attribute.extend(keep + [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),

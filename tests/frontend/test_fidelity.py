@@ -83,3 +83,47 @@ def test_conv_transpose_larger_output_exports_as_valid_onnx():
     exported.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     del exported.opset_import[1:]  # no neuron nodes: plain ONNX that onnxruntime runs
     assert_close(run_ort(exported, x)[0], run_ort(m, x)[0], "exported ConvTranspose")
+
+
+# =====================================================================================
+# Upsample at opsets 7-9: the version converter drops the node's name when it lifts Upsample
+# to Resize, so the loader finds the node by its output to restore asymmetric coordinates
+# =====================================================================================
+@pytest.mark.parametrize("opset", [7, 8, 9])
+@pytest.mark.parametrize("mode,scales", [("linear", [1.0, 1.0, 2.0, 2.0]), ("linear", [1.0, 1.0, 3.0, 1.5]),
+                                         ("nearest", [1.0, 1.0, 1.7, 2.3])])
+@pytest.mark.parametrize("named", [True, False])
+def test_upsample_old_opsets(opset, mode, scales, named):
+    shape = [2, 3, 4, 5]
+    if opset < 9:  # scales is an attribute up to opset 8, an input from 9
+        node = helper.make_node("Upsample", ["x"], ["u"], mode=mode, scales=scales)
+        inits = []
+    else:
+        node = helper.make_node("Upsample", ["x", "scales"], ["u"], mode=mode)
+        inits = [init("scales", np.array(scales, np.float32))]
+    if named:
+        node.name = "up"
+    # a consumer after the Upsample: the restored node is the one feeding it, not just a graph output
+    m = build([node, helper.make_node("Relu", ["u"], ["y"])], [("x", shape)], ["y"], inits, opset)
+    check(m, rand(shape, 1), what=f"Upsample-{opset} {mode} {scales}")
+
+
+def test_bilinear_interpolate_exported_at_opset9():
+    """The issue's case: torch's bilinear F.interpolate exported at opset 9 (0.44 relative off before)."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    class Up(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Up(), torch.zeros(1, 3, 4, 5), buf, opset_version=9, dynamo=False)
+    m = onnx.load_from_string(buf.getvalue())
+    assert "Upsample" in [n.op_type for n in m.graph.node]
+    check(m, rand([1, 3, 4, 5], 2), what="bilinear F.interpolate at opset 9")

@@ -902,9 +902,8 @@ def test_resize_linear(opset, ctm, by):
 
 _OPSET10_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "the loader restores asymmetric coordinates and floor rounding on Resize-10/Upsample lifted by the "
-    "version converter; onnxruntime's opset-10 kernels still differ for nearest at non-integer scales "
-    "(it rounds up when downsampling) and for Upsample-9 linear, which a single Resize-11 attribute set "
-    "cannot express"))
+    "version converter; onnxruntime's Resize-10 kernel still differs for nearest at non-integer scales "
+    "(it rounds up when downsampling)"))
 
 
 @pytest.mark.parametrize("mode,scales", [
@@ -922,9 +921,9 @@ def test_resize_opset10(mode, scales):
 @pytest.mark.parametrize("mode,scales", [
     ("nearest", [1, 1, 2, 2]),
     ("nearest", [1, 1, 3, 1.5]),
-    pytest.param("nearest", [1, 1, 1.7, 2.3], marks=_OPSET10_XFAIL),
-    pytest.param("linear", [1, 1, 2, 2], marks=_OPSET10_XFAIL),
-    pytest.param("linear", [1, 1, 3, 1.5], marks=_OPSET10_XFAIL),
+    ("nearest", [1, 1, 1.7, 2.3]),
+    ("linear", [1, 1, 2, 2]),
+    ("linear", [1, 1, 3, 1.5]),
 ])
 def test_upsample_opset9(mode, scales):
     shape = [2, 3, 4, 5]
