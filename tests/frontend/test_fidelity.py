@@ -127,3 +127,45 @@ def test_bilinear_interpolate_exported_at_opset9():
     m = onnx.load_from_string(buf.getvalue())
     assert "Upsample" in [n.op_type for n in m.graph.node]
     check(m, rand([1, 3, 4, 5], 2), what="bilinear F.interpolate at opset 9")
+
+
+# =====================================================================================
+# Dropout in training mode is random: refused (a constant False, or ratio 0, stays identity)
+# =====================================================================================
+def _dropout_model(training, ratio: float | None, opset: int = 21):
+    inputs, inits = [("x", [2, 3, 4])], []
+    names = ["x", "ratio" if ratio is not None else ""]
+    if ratio is not None:
+        inits.append(init("ratio", np.array(ratio, np.float32)))
+    if training == "input":
+        inputs.append(("t", []))
+        names.append("t")
+    else:
+        inits.append(init("t", np.array(training, np.bool_)))
+        names.append("t")
+    nodes = [helper.make_node("Dropout", names, ["d"], name="drop"), helper.make_node("Tanh", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "dropout", [helper.make_tensor_value_info(n, 9 if n == "t" else 1, s)
+                                                 for n, s in inputs],
+                              [helper.make_tensor_value_info("y", 1, [2, 3, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [12, 13, 21])
+@pytest.mark.parametrize("ratio", [None, 0.3])
+def test_dropout_training_mode_is_refused(opset, ratio):
+    from snncompiler.errors import SnncError
+
+    x = rand([2, 3, 4], 1)
+    ort_out = run_ort(_dropout_model(True, ratio, opset), x)[0]
+    assert not np.allclose(ort_out, np.tanh(x))  # what a compiler cannot reproduce: random zeros, rescaling
+    with pytest.raises(SnncError, match=r"node Dropout 'drop': training_mode=True drops random elements"):
+        load_graph(_dropout_model(True, ratio, opset))
+    with pytest.raises(SnncError, match=r"node Dropout 'drop': training_mode is computed at run time"):
+        load_graph(_dropout_model("input", ratio, opset))
+
+
+@pytest.mark.parametrize("training,ratio", [(False, 0.3), (False, None), (True, 0.0)])
+def test_dropout_inference_or_ratio_zero_is_identity(training, ratio):
+    check(_dropout_model(training, ratio), rand([2, 3, 4], 1), what=f"Dropout training={training} ratio={ratio}")

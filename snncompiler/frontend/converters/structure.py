@@ -182,13 +182,33 @@ def resize(node, ctx):
 
 @converter("Identity", "Dropout")
 def identity(node, ctx):
-    """Identity and inference Dropout are removed (the output becomes an alias of the input)."""
+    """Identity and inference Dropout are removed (the output becomes an alias of the input).
+
+    Dropout in training mode (a constant ``training_mode`` true with a ratio above 0, or a
+    training mode computed at run time) drops random elements: no compiled network can
+    reproduce that, so it is refused rather than run as the identity."""
+    if node.op_type == "Dropout":
+        _refuse_training_dropout(node, ctx)
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         used = any(node.output[1] in n.input for n in ctx.model.graph.node) or \
             any(node.output[1] == o.name for o in ctx.model.graph.output)
         if used:
             raise ctx.fail("the mask output of Dropout is not supported")
     ctx.alias(node.output[0], node.input[0], "identity at inference")
+
+
+def _refuse_training_dropout(node, ctx) -> None:
+    if len(node.input) < 3 or not node.input[2]:
+        return
+    if not ctx.is_const(node.input[2]):
+        raise ctx.fail("training_mode is computed at run time; in training mode Dropout is random, so it "
+                       "cannot be compiled (export the model in eval mode)")
+    training = bool(np.asarray(ctx.const(node.input[2])).reshape(-1)[0])
+    ratio = ctx.optional_const(node, 1, "Dropout ratio")
+    ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+    if training and ratio != 0.0:
+        raise ctx.fail(f"training_mode=True drops random elements (ratio {ratio:g}), which no compiled network "
+                       "can reproduce; export the model in eval mode")
 
 
 @converter("Constant")
