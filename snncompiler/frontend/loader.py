@@ -73,12 +73,15 @@ def has_custom_domain(model: onnx.ModelProto) -> bool:
 
 
 def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
-    # Old exporters (IR < 4) list every initializer as a graph input too; they are weights, not inputs.
+    """Old exporters (IR < 4, where the spec requires it) list every initializer as a graph input
+    too; they are weights, not inputs. Taken out, the model is IR 4, the first version where an
+    initializer need not be an input (onnx's tools see an IR-3 initializer only through its input)."""
     inits = {i.name for i in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in inits]
     if len(keep) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 4)
 
 
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
@@ -109,11 +112,11 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     """
     model, label = read_model(source)
     model = onnx.ModelProto.FromString(model.SerializeToString()) if label == "<model>" else model
-    _constants_out_of_inputs(model)
-    try:
+    try:  # before the initializers leave the inputs: IR version 3 requires them there
         onnx.checker.check_model(model)
     except Exception as exc:
         raise SnncError(f"{label}: fails the ONNX checker: {_first_line(exc)}") from exc
+    _constants_out_of_inputs(model)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)
