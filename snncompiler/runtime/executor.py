@@ -68,7 +68,7 @@ class Executor:
             out = self.run(feeds)
         values = [out[v.name] for v in self.graph.outputs]
         if numpy_in:
-            values = [v.detach().cpu().numpy() for v in values]
+            values = [to_numpy(v) for v in values]
         return values[0] if len(values) == 1 else values
 
     def _feeds(self, args, kwargs) -> tuple[dict[str, torch.Tensor], bool]:
@@ -88,6 +88,22 @@ class Executor:
             check_input(v, x)
             feeds[v.name] = x.to(self.device)
         return feeds, numpy_in
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array; bfloat16 and float8 values (no numpy dtype of their own)
+    come back bit-exact in the ml_dtypes types that onnx's numpy_helper uses."""
+    t = t.detach().cpu()
+    try:
+        return t.numpy()
+    except TypeError:
+        import ml_dtypes
+
+        name = str(t.dtype).replace("torch.", "")
+        if not hasattr(ml_dtypes, name) or t.element_size() not in (1, 2):
+            raise SnncError(f"an output of type {name} has no numpy equivalent") from None
+        bits = t.view(torch.uint8 if t.element_size() == 1 else torch.int16).numpy()
+        return bits.view(getattr(ml_dtypes, name))
 
 
 def check_input(value: Value, x: torch.Tensor, label: str = "input", *, sequence: bool = False) -> None:

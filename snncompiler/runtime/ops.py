@@ -561,10 +561,26 @@ def reduce_mean(node: Node, x):
     return (x.mean(dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
 
 
+#: float8_e4m3fn values beyond this round past its largest value, 448 (half an ulp of 32 above it)
+_E4M3FN_OVERFLOW = 464.0
+
+
 @core_op("cast", "linear")
 def cast(node: Node, x):
-    """Cast to ``dtype`` (a torch dtype name)."""
-    return (x.to(getattr(torch, node.attrs["dtype"])),)
+    """Cast to ``dtype`` (a torch dtype name). Casts to float8 follow ONNX's ``saturate`` as
+    onnxruntime does: with it (the default) out-of-range values and infinities become ±max;
+    without it they overflow to inf (E5M2) or NaN (the types without infinities)."""
+    name = node.attrs["dtype"]
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise SnncError(f"{node.where}: cast to {name} is not supported")
+    if name.startswith("float8") and x.is_floating_point():
+        if node.attrs.get("saturate", 1):
+            top = torch.finfo(dtype).max
+            x = x.clamp(-top, top)
+        elif name == "float8_e4m3fn":  # torch saturates this one type; ONNX without saturate does not
+            x = torch.where(x.abs() > _E4M3FN_OVERFLOW, torch.full_like(x, float("nan")), x)
+    return (x.to(dtype),)
 
 
 @core_op("identity", "folded")

@@ -169,3 +169,99 @@ def test_dropout_training_mode_is_refused(opset, ratio):
 @pytest.mark.parametrize("training,ratio", [(False, 0.3), (False, None), (True, 0.0)])
 def test_dropout_inference_or_ratio_zero_is_identity(training, ratio):
     check(_dropout_model(training, ratio), rand([2, 3, 4], 1), what=f"Dropout training={training} ratio={ratio}")
+
+
+# =====================================================================================
+# Cast / CastLike to every ONNX element type: equal to onnxruntime, or a one-line SnncError
+# =====================================================================================
+_CAST_X = np.array([[-1e5, -300.0, -2.7, -1.5, -0.4, 0.0, 0.3, 0.5, 1.5, 2.5, 7.9, 500.0, 1e5, np.inf, -np.inf, np.nan]],
+                   np.float32)
+
+
+def _cast_model(to: int, opset: int, roundtrip: bool, like: bool = False, saturate: int | None = None):
+    """x → Cast(to) [→ Cast(float)]: the round trip shows the values, the direct form the output type."""
+    from onnx import TensorProto, numpy_helper
+
+    extra = {} if saturate is None else {"saturate": saturate}
+    mid = "c" if roundtrip else "y"
+    inits = []
+    if like:
+        np_type = helper.tensor_dtype_to_np_dtype(to)
+        inits.append(numpy_helper.from_array(np.zeros([1], np_type), "like")) if np_type != object else \
+            inits.append(helper.make_tensor("like", to, [1], [b"a"]))
+        nodes = [helper.make_node("CastLike", ["x", "like"], [mid], name="cast", **extra)]
+    else:
+        nodes = [helper.make_node("Cast", ["x"], [mid], name="cast", to=to, **extra)]
+    if roundtrip:
+        nodes.append(helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT, name="back"))
+    graph = helper.make_graph(nodes, "cast", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(_CAST_X.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT if roundtrip else to, list(_CAST_X.shape))],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10 if opset <= 21 else 11
+    return model
+
+
+def _cast_case(to: int, opset: int, roundtrip: bool, like: bool = False, saturate: int | None = None):
+    """Run one cast model both ways: either both agree, or snncompiler refuses with a one-line
+    SnncError (a bare exception fails the test). Returns 'match' or 'refused'."""
+    from snncompiler.errors import SnncError
+
+    model = _cast_model(to, opset, roundtrip, like, saturate)
+    try:
+        got = run_graph(load_graph(model), _CAST_X)
+    except SnncError as exc:
+        assert "\n" not in str(exc).strip(), f"not a one-line error: {exc}"
+        return "refused"
+    try:
+        ref = run_ort(model, _CAST_X)[0]
+    except Exception:  # onnxruntime has no kernel or no numpy type for it: our result stands alone
+        return "unchecked"
+    if ref.dtype == np.uint8 and got.dtype.itemsize == 1 and got.dtype != np.uint8:
+        got = got.view(np.uint8)  # onnxruntime returns float8 outputs as their bit patterns
+    assert got.dtype == ref.dtype, f"output type {got.dtype}, onnxruntime's {ref.dtype}"
+    if ref.dtype.kind in "fc":
+        assert_close(got, ref, f"cast to {to}")
+    else:
+        np.testing.assert_array_equal(got, ref)
+    return "match"
+
+
+def _all_dtypes():
+    from onnx import TensorProto
+
+    return sorted(TensorProto.DataType.values())
+
+
+@pytest.mark.parametrize("opset", [21, 25])
+@pytest.mark.parametrize("to", _all_dtypes())
+def test_cast_to_every_dtype(to, opset):
+    from onnx import TensorProto
+
+    from snncompiler.frontend.converters.structure import CAST_DTYPES
+
+    outcomes = {_cast_case(to, opset, roundtrip) for roundtrip in (True, False)}
+    if to in CAST_DTYPES:  # supported: the round trip agrees with onnxruntime
+        assert _cast_case(to, opset, True) == "match"
+    else:
+        assert outcomes == {"refused"}, TensorProto.DataType.Name(to)
+
+
+@pytest.mark.parametrize("to", _all_dtypes())
+def test_cast_like_every_dtype(to):
+    from onnx import TensorProto
+
+    from snncompiler.frontend.converters.structure import CAST_DTYPES
+
+    if to == TensorProto.UNDEFINED:
+        pytest.skip("no tensor of type UNDEFINED to take the type from")
+    outcome = _cast_case(to, 21, True, like=True)
+    assert outcome == ("match" if to in CAST_DTYPES else "refused"), TensorProto.DataType.Name(to)
+
+
+@pytest.mark.parametrize("saturate", [0, 1])
+@pytest.mark.parametrize("name", ["FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ"])
+def test_cast_float8_saturate(name, saturate):
+    from onnx import TensorProto
+
+    assert _cast_case(getattr(TensorProto, name), 21, True, saturate=saturate) == "match"

@@ -1012,6 +1012,14 @@ def test_cast_activation(opset):
     check(m, rand([2, 3], 1), what="Cast")
 
 
+@pytest.mark.parametrize("opset", [15, 21])
+def test_cast_like(opset):
+    """CastLike to a constant's integer type and back to x's (every element type: test_fidelity.py)."""
+    nodes = [helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])]
+    m = build(nodes, [("x", [2, 3])], ["y"], [init("l", np.zeros([1], np.int32))], opset)
+    check(m, rand([2, 3], 1, -5, 5), what="CastLike")
+
+
 @pytest.mark.parametrize("opset", [9, 13, 17, 18, 21])
 @pytest.mark.parametrize("axes", [None, [1], [2, 3], [-1], [0, 2]])
 @pytest.mark.parametrize("keepdims", [0, 1])
@@ -1102,6 +1110,7 @@ TESTED_OP_TYPES = {
     "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "PRelu", "Pad", "Pow", "ReduceMean", "Relu",
     "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Sum", "Tanh",
     "Transpose", "Unsqueeze", "Upsample",
+    "CastLike",
 }
 
 
