@@ -84,6 +84,19 @@ def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
     model.ir_version = max(model.ir_version, 4)
 
 
+def _record_batch_semantics(model: onnx.ModelProto) -> None:
+    """Before the batch is pinned and shapes folded: note the declared batch and any use of the
+    batch size as a value in the model's metadata (see :mod:`snncompiler.frontend.batch`)."""
+    from .batch import BOUND_KEY, DECLARED_KEY, batch_valued_use, declared_batch
+
+    notes = {DECLARED_KEY: declared_batch(model), BOUND_KEY: batch_valued_use(model)}
+    kept = [p for p in model.metadata_props if p.key not in notes]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept},
+                                        **{k: v for k, v in notes.items() if v is not None}})
+
+
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
     """Give symbolic leading dims a value so shapes (and Shape-derived constants) become static.
 
@@ -117,6 +130,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     except Exception as exc:
         raise SnncError(f"{label}: fails the ONNX checker: {_first_line(exc)}") from exc
     _constants_out_of_inputs(model)
+    _record_batch_semantics(model)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)

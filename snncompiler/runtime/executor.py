@@ -50,6 +50,33 @@ class Executor:
         ``observer(node, outputs)``, if given, sees every node's outputs as they are computed
         (activation statistics and calibration passes hook in here).
         """
+        per_sample = self._batch_plan(feeds)
+        if per_sample:
+            runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(per_sample)]
+            return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
+        return self._run(feeds, observer)
+
+    def _batch_plan(self, feeds: Mapping[str, torch.Tensor]) -> int:
+        """0 to run the batch as one; N to run a static batch-1 model sample by sample, where
+        samples would otherwise meet along axis 0 (see :mod:`snncompiler.frontend.batch`)."""
+        from ..frontend.batch import BOUND_KEY, DECLARED_KEY
+
+        bound = self.graph.metadata.get(BOUND_KEY)
+        if not bound or not feeds:
+            return 0
+        n = int(next(iter(feeds.values())).shape[0])
+        declared = self.graph.metadata.get(DECLARED_KEY, "dynamic")
+        if declared == str(n) or (declared == "dynamic" and n == 1):
+            return 0
+        if declared == "1" and n > 1:
+            return n
+        source = self.graph.metadata.get("source_file", "model")
+        k = 1 if declared == "dynamic" else int(declared)
+        runs_at = "batch 1 (its dynamic batch is pinned to 1)" if declared == "dynamic" else f"batch {declared}"
+        raise SnncError(f"{source}: {bound}; it runs at {runs_at} only, got a batch of {n} "
+                        f"(feed {k} sample{'s' if k > 1 else ''} per call, e.g. snnc run --batch-size {k})")
+
+    def _run(self, feeds: Mapping[str, torch.Tensor], observer=None) -> dict[str, torch.Tensor]:
         env = dict(feeds)
         for i, node in enumerate(self.graph.nodes):
             outs = run_node(node, [env[n] for n in node.inputs])
