@@ -43,12 +43,31 @@ def _ints(v):
     return [int(i) for i in v]
 
 
+def _emit_extended_conv_transpose(b: _Builder, n: Node) -> None:
+    """A conv_transpose with negative pads (an output larger than the natural one): ONNX pads
+    cannot be negative, so ConvTranspose without bias, then Pad with zeros, then the bias."""
+    a, p = n.attrs, n.params
+    nd = p["weight"].dim() - 2
+    pads = _ints(a["pads"])
+    crop, extend = [max(q, 0) for q in pads], [0, 0] + [max(-q, 0) for q in pads[:nd]] + [0, 0] + \
+        [max(-q, 0) for q in pads[nd:]]
+    full, padded = b.tmp(n), b.tmp(n) if "bias" in p else n.outputs[0]
+    b.add("ConvTranspose", [n.inputs[0], b.const(n, "weight", p["weight"])], [full], n.name,
+          strides=_ints(a["stride"]), pads=crop, dilations=_ints(a["dilation"]), group=int(a["groups"]),
+          output_padding=_ints(a["output_padding"]))
+    b.add("Pad", [full, b.const(n, "extend", np.array(extend, np.int64))], [padded], n.name + "/extend")
+    if "bias" in p:
+        b.add("Add", [padded, b.const(n, "bias", p["bias"].reshape([-1] + [1] * nd))], n.outputs, n.name + "/bias")
+
+
 def _emit(b: _Builder, n: Node) -> None:  # noqa: C901 - one case per core op, kept side by side
     a, p, ins, outs = n.attrs, n.params, n.inputs, n.outputs
     if n.op == "neuron":
         b.add("Neuron", [ins[0], b.const(n, "theta", p["theta"])] + ([b.const(n, "v_init", p["v_init"])] if "v_init" in p else []),
               outs, n.name, SNN_DOMAIN, neuron=a["neuron"], tau=float(a["tau"]), reset=a["reset"], v0=a["v0"],
               theta_source=a.get("theta_source", ""))
+    elif n.op == "conv_transpose" and min(a["pads"]) < 0:
+        _emit_extended_conv_transpose(b, n)
     elif n.op in ("conv", "conv_transpose"):
         w = [ins[0], b.const(n, "weight", p["weight"])] + ([b.const(n, "bias", p["bias"])] if "bias" in p else [])
         extra = {"output_padding": _ints(a["output_padding"])} if n.op == "conv_transpose" else {}

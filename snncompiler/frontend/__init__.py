@@ -9,6 +9,7 @@ import onnx
 from ..errors import SnncError
 from ..ir import Graph, Value
 from . import converters as _converters  # noqa: F401  (registers every converter)
+from .batch import BOUND_KEY, non_batch_node
 from .loader import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET, canonicalize, main_opset
 from .registry import CONVERTERS, Ctx, build_graph, describe, lookup, unsupported
 
@@ -63,6 +64,10 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
                     ", ".join(v.name for v in outputs), outputs[0].name)
     graph.metadata.update(_metadata(model, label))
     graph.metadata.setdefault("source_file", label)
+    if BOUND_KEY not in graph.metadata:
+        node = non_batch_node(graph)
+        if node is not None:
+            graph.metadata[BOUND_KEY] = f"{node.where} ({node.op}) works along axis 0, so samples would mix"
     graph.metadata["source_opset"] = str(main_opset(model))
     return graph.validate()
 

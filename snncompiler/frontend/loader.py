@@ -219,12 +219,28 @@ def _check_initializers(model: onnx.ModelProto, label: str) -> None:
 
 
 def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
-    # Old exporters (IR < 4) list every initializer as a graph input too; they are weights, not inputs.
+    """Old exporters (IR < 4, where the spec requires it) list every initializer as a graph input
+    too; they are weights, not inputs. Taken out, the model is IR 4, the first version where an
+    initializer need not be an input (onnx's tools see an IR-3 initializer only through its input)."""
     inits = {i.name for i in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in inits]
     if len(keep) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 4)
+
+
+def _record_batch_semantics(model: onnx.ModelProto) -> None:
+    """Before the batch is pinned and shapes folded: note the declared batch and any use of the
+    batch size as a value in the model's metadata (see :mod:`snncompiler.frontend.batch`)."""
+    from .batch import BOUND_KEY, DECLARED_KEY, batch_valued_use, declared_batch
+
+    notes = {DECLARED_KEY: declared_batch(model), BOUND_KEY: batch_valued_use(model)}
+    kept = [p for p in model.metadata_props if p.key not in notes]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept},
+                                        **{k: v for k, v in notes.items() if v is not None}})
 
 
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
@@ -255,21 +271,22 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     """
     model, label = read_model(source)
     model = onnx.ModelProto.FromString(model.SerializeToString()) if label == "<model>" else model
-    _constants_out_of_inputs(model)
     _check_opset(model, label)
-    try:
+    try:  # before the initializers leave the inputs: IR version 3 requires them there
         onnx.checker.check_model(model)
     except Exception as exc:
         raise SnncError(f"{label}: fails the ONNX checker: {_first_line(exc)}") from exc
+    _constants_out_of_inputs(model)
     _check_initializers(model, label)
+    _record_batch_semantics(model)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)
     if not custom and opset != TARGET_OPSET:
-        old_resizes = _name_old_resizes(model) if opset <= 10 else set()
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
-            _restore_opset10_resize(model, old_resizes)
+            if opset <= 10:
+                _restore_opset10_resize(model)
         except Exception as exc:
             # Converters also read the older forms, so a model the converter cannot lift still loads.
             log.warning("%s: version conversion from opset %d to %d failed (%s); using opset %d as is",
@@ -325,23 +342,16 @@ def _check_constant_sizes(model: onnx.ModelProto, label: str) -> None:
         constant.update(o for o in node.output if o)
 
 
-def _name_old_resizes(model: onnx.ModelProto) -> set[str]:
-    """Give every opset ≤ 10 Resize/Upsample a name, so it can be found after conversion."""
-    names = set()
-    for i, node in enumerate(model.graph.node):
-        if node.op_type in ("Resize", "Upsample"):
-            if not node.name:
-                node.name = f"snnc_resize_{i}"
-            names.add(node.name)
-    return names
-
-
-def _restore_opset10_resize(model: onnx.ModelProto, names: set[str]) -> None:
+def _restore_opset10_resize(model: onnx.ModelProto) -> None:
     """Opset ≤ 10 Resize/Upsample use asymmetric coordinates and floor rounding; the version
     converter lifts them to Resize-11+ without saying so, which would switch them to the
-    half_pixel default."""
+    half_pixel default.
+
+    Called only on models converted from opset ≤ 10, where every Resize is such a lifted node
+    (no other operator converts into one). They are not found by name or output: the converter
+    drops the name of an Upsample it replaces and renames the values between nodes."""
     for node in model.graph.node:
-        if node.op_type == "Resize" and node.name in names:
+        if node.op_type == "Resize":
             keep = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
             del node.attribute[:]
             node.attribute.extend(keep + [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),

@@ -50,6 +50,33 @@ class Executor:
         ``observer(node, outputs)``, if given, sees every node's outputs as they are computed
         (activation statistics and calibration passes hook in here).
         """
+        per_sample = self._batch_plan(feeds)
+        if per_sample:
+            runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(per_sample)]
+            return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
+        return self._run(feeds, observer)
+
+    def _batch_plan(self, feeds: Mapping[str, torch.Tensor]) -> int:
+        """0 to run the batch as one; N to run a static batch-1 model sample by sample, where
+        samples would otherwise meet along axis 0 (see :mod:`snncompiler.frontend.batch`)."""
+        from ..frontend.batch import BOUND_KEY, DECLARED_KEY
+
+        bound = self.graph.metadata.get(BOUND_KEY)
+        if not bound or not feeds:
+            return 0
+        n = int(next(iter(feeds.values())).shape[0])
+        declared = self.graph.metadata.get(DECLARED_KEY, "dynamic")
+        if declared == str(n) or (declared == "dynamic" and n == 1):
+            return 0
+        if declared == "1" and n > 1:
+            return n
+        source = self.graph.metadata.get("source_file", "model")
+        k = 1 if declared == "dynamic" else int(declared)
+        runs_at = "batch 1 (its dynamic batch is pinned to 1)" if declared == "dynamic" else f"batch {declared}"
+        raise SnncError(f"{source}: {bound}; it runs at {runs_at} only, got a batch of {n} "
+                        f"(feed {k} sample{'s' if k > 1 else ''} per call, e.g. snnc run --batch-size {k})")
+
+    def _run(self, feeds: Mapping[str, torch.Tensor], observer=None) -> dict[str, torch.Tensor]:
         env = dict(feeds)
         for i, node in enumerate(self.graph.nodes):
             outs = run_node(node, [env[n] for n in node.inputs])
@@ -68,7 +95,7 @@ class Executor:
             out = self.run(feeds)
         values = [out[v.name] for v in self.graph.outputs]
         if numpy_in:
-            values = [v.detach().cpu().numpy() for v in values]
+            values = [to_numpy(v) for v in values]
         return values[0] if len(values) == 1 else values
 
     def _feeds(self, args, kwargs) -> tuple[dict[str, torch.Tensor], bool]:
@@ -88,6 +115,22 @@ class Executor:
             check_input(v, x)
             feeds[v.name] = x.to(self.device)
         return feeds, numpy_in
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array; bfloat16 and float8 values (no numpy dtype of their own)
+    come back bit-exact in the ml_dtypes types that onnx's numpy_helper uses."""
+    t = t.detach().cpu()
+    try:
+        return t.numpy()
+    except TypeError:
+        import ml_dtypes
+
+        name = str(t.dtype).replace("torch.", "")
+        if not hasattr(ml_dtypes, name) or t.element_size() not in (1, 2):
+            raise SnncError(f"an output of type {name} has no numpy equivalent") from None
+        bits = t.view(torch.uint8 if t.element_size() == 1 else torch.int16).numpy()
+        return bits.view(getattr(ml_dtypes, name))
 
 
 def check_input(value: Value, x: torch.Tensor, label: str = "input", *, sequence: bool = False) -> None:

@@ -92,19 +92,20 @@ def _convt_macs(node, ins, outs):
 
 @core_op("conv_transpose", "linear", _convt_macs)
 def conv_transpose(node: Node, x):
-    """Transposed convolution; asymmetric ``pads`` are applied by cropping the full result."""
+    """Transposed convolution; ``pads`` crop the full result (any asymmetry), a negative pad
+    extends it with rows that receive only the bias (an ``output_shape`` beyond the natural size)."""
     w, b = node.params["weight"], node.params.get("bias")
     nd = w.dim() - 2
-    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    pads = [int(p) for p in node.attrs.get("pads", [0] * 2 * nd)]
     fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
-    y = fn(x, w, b, tuple(node.attrs.get("stride", [1] * nd)), 0,
+    y = fn(x, w, None, tuple(node.attrs.get("stride", [1] * nd)), 0,
            tuple(node.attrs.get("output_padding", [0] * nd)), node.attrs.get("groups", 1),
            tuple(node.attrs.get("dilation", [1] * nd)))
-    index = [slice(None), slice(None)]
-    for axis in range(nd):
-        size = y.shape[2 + axis]
-        index.append(slice(pads[axis], size - pads[nd + axis]))
-    return (y[tuple(index)],)
+    if any(pads):
+        y = F.pad(y, _torch_pad([-p for p in pads[:nd]], [-p for p in pads[nd:]]))
+    if b is not None:
+        y = y + b.reshape([1, -1] + [1] * nd)
+    return (y,)
 
 
 def _linear_macs(node, ins, outs):
@@ -560,10 +561,26 @@ def reduce_mean(node: Node, x):
     return (x.mean(dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
 
 
+#: float8_e4m3fn values beyond this round past its largest value, 448 (half an ulp of 32 above it)
+_E4M3FN_OVERFLOW = 464.0
+
+
 @core_op("cast", "linear")
 def cast(node: Node, x):
-    """Cast to ``dtype`` (a torch dtype name)."""
-    return (x.to(getattr(torch, node.attrs["dtype"])),)
+    """Cast to ``dtype`` (a torch dtype name). Casts to float8 follow ONNX's ``saturate`` as
+    onnxruntime does: with it (the default) out-of-range values and infinities become ±max;
+    without it they overflow to inf (E5M2) or NaN (the types without infinities)."""
+    name = node.attrs["dtype"]
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise SnncError(f"{node.where}: cast to {name} is not supported")
+    if name.startswith("float8") and x.is_floating_point():
+        if node.attrs.get("saturate", 1):
+            top = torch.finfo(dtype).max
+            x = x.clamp(-top, top)
+        elif name == "float8_e4m3fn":  # torch saturates this one type; ONNX without saturate does not
+            x = torch.where(x.abs() > _E4M3FN_OVERFLOW, torch.full_like(x, float("nan")), x)
+    return (x.to(dtype),)
 
 
 @core_op("identity", "folded")

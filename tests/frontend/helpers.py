@@ -91,7 +91,7 @@ def assert_close(got: np.ndarray, ref: np.ndarray, what: str = "") -> None:
     assert np.array_equal(np.isnan(got), np.isnan(ref)), f"{what}: NaN positions differ"
     g, r = got.astype(np.float64), ref.astype(np.float64)
     finite = np.isfinite(r)
-    assert np.array_equal(g[~finite], r[~finite]), f"{what}: infinities differ"
+    assert np.array_equal(g[~finite], r[~finite], equal_nan=True), f"{what}: infinities differ"
     if not finite.any():
         return
     tol = RTOL * max(1.0, float(np.abs(r[finite]).max()))

@@ -902,9 +902,8 @@ def test_resize_linear(opset, ctm, by):
 
 _OPSET10_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "the loader restores asymmetric coordinates and floor rounding on Resize-10/Upsample lifted by the "
-    "version converter; onnxruntime's opset-10 kernels still differ for nearest at non-integer scales "
-    "(it rounds up when downsampling) and for Upsample-9 linear, which a single Resize-11 attribute set "
-    "cannot express"))
+    "version converter; onnxruntime's Resize-10 kernel still differs for nearest at non-integer scales "
+    "(it rounds up when downsampling)"))
 
 
 @pytest.mark.parametrize("mode,scales", [
@@ -922,9 +921,9 @@ def test_resize_opset10(mode, scales):
 @pytest.mark.parametrize("mode,scales", [
     ("nearest", [1, 1, 2, 2]),
     ("nearest", [1, 1, 3, 1.5]),
-    pytest.param("nearest", [1, 1, 1.7, 2.3], marks=_OPSET10_XFAIL),
-    pytest.param("linear", [1, 1, 2, 2], marks=_OPSET10_XFAIL),
-    pytest.param("linear", [1, 1, 3, 1.5], marks=_OPSET10_XFAIL),
+    ("nearest", [1, 1, 1.7, 2.3]),
+    ("linear", [1, 1, 2, 2]),
+    ("linear", [1, 1, 3, 1.5]),
 ])
 def test_upsample_opset9(mode, scales):
     shape = [2, 3, 4, 5]
@@ -1011,6 +1010,14 @@ def test_cast_activation(opset):
              helper.make_node("Cast", ["f"], ["y"], to=TensorProto.FLOAT)]
     m = build(nodes, [("x", [2, 3])], ["y"], [], opset)
     check(m, rand([2, 3], 1), what="Cast")
+
+
+@pytest.mark.parametrize("opset", [15, 21])
+def test_cast_like(opset):
+    """CastLike to a constant's integer type and back to x's (every element type: test_fidelity.py)."""
+    nodes = [helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])]
+    m = build(nodes, [("x", [2, 3])], ["y"], [init("l", np.zeros([1], np.int32))], opset)
+    check(m, rand([2, 3], 1, -5, 5), what="CastLike")
 
 
 @pytest.mark.parametrize("opset", [9, 13, 17, 18, 21])
@@ -1103,6 +1110,7 @@ TESTED_OP_TYPES = {
     "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "PRelu", "Pad", "Pow", "ReduceMean", "Relu",
     "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Sum", "Tanh",
     "Transpose", "Unsqueeze", "Upsample",
+    "CastLike",
 }
 
 

@@ -53,7 +53,14 @@ def conv(node, ctx):
 
 @converter("ConvTranspose")
 def conv_transpose(node, ctx):
-    """ConvTranspose (pads, output_padding, output_shape, auto_pad, groups) → conv_transpose."""
+    """ConvTranspose (pads, output_padding, output_shape, auto_pad, groups) → conv_transpose.
+
+    With ``output_shape`` or ``auto_pad=SAME_*`` the pads come from the total padding
+    ``stride*(in-1) + output_padding + (k-1)*dilation + 1 - out``, split per auto_pad as
+    onnxruntime does. A negative total (an output larger than the natural one) becomes a
+    negative end pad: the runtime extends the result with rows that get only the bias,
+    which is what onnxruntime returns. SAME without output_shape asks for ``in*stride``
+    but, like onnxruntime and ONNX shape inference, never pads negatively then."""
     a, params, nd, kernel, strides, dilations = _conv_common(node, ctx)
     out_pad = list(a.get("output_padding", [0] * nd))
     in_spatial = ctx.shape(node.input[0])[2:]
@@ -61,16 +68,22 @@ def conv_transpose(node, ctx):
     auto = auto.decode() if isinstance(auto, bytes) else auto
     pads = list(a.get("pads", [0] * 2 * nd))
     target = a.get("output_shape")
-    if target is None and auto in ("SAME_UPPER", "SAME_LOWER"):
-        target = [s * st for s, st in zip(in_spatial, strides)]
-    if target is not None:
-        target = list(target)[-nd:]
+    same = auto in ("SAME_UPPER", "SAME_LOWER")
+    if target is not None or same:
+        target = list(target)[-nd:] if target is not None else [s * st for s, st in zip(in_spatial, strides)]
         begins, ends = [], []
         for i in range(nd):
             full = strides[i] * (in_spatial[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
             total = full - target[i]
+            if total < 0:
+                if a.get("output_shape") is None:  # SAME alone: clamped at 0 (onnxruntime, shape inference)
+                    total = 0
+                else:  # the extra rows go at the end, whatever auto_pad says
+                    begins.append(0)
+                    ends.append(total)
+                    continue
             small, big = total // 2, total - total // 2
-            upper = auto == "SAME_UPPER"  # the spec (and onnxruntime): NOTSET puts the odd extra at the start
+            upper = auto == "SAME_UPPER"  # onnxruntime: NOTSET and SAME_LOWER put the odd extra at the start
             begins.append(small if upper else big)
             ends.append(big if upper else small)
         pads = begins + ends

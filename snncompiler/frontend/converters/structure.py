@@ -182,13 +182,33 @@ def resize(node, ctx):
 
 @converter("Identity", "Dropout")
 def identity(node, ctx):
-    """Identity and inference Dropout are removed (the output becomes an alias of the input)."""
+    """Identity and inference Dropout are removed (the output becomes an alias of the input).
+
+    Dropout in training mode (a constant ``training_mode`` true with a ratio above 0, or a
+    training mode computed at run time) drops random elements: no compiled network can
+    reproduce that, so it is refused rather than run as the identity."""
+    if node.op_type == "Dropout":
+        _refuse_training_dropout(node, ctx)
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         used = any(node.output[1] in n.input for n in ctx.model.graph.node) or \
             any(node.output[1] == o.name for o in ctx.model.graph.output)
         if used:
             raise ctx.fail("the mask output of Dropout is not supported")
     ctx.alias(node.output[0], node.input[0], "identity at inference")
+
+
+def _refuse_training_dropout(node, ctx) -> None:
+    if len(node.input) < 3 or not node.input[2]:
+        return
+    if not ctx.is_const(node.input[2]):
+        raise ctx.fail("training_mode is computed at run time; in training mode Dropout is random, so it "
+                       "cannot be compiled (export the model in eval mode)")
+    training = bool(np.asarray(ctx.const(node.input[2])).reshape(-1)[0])
+    ratio = ctx.optional_const(node, 1, "Dropout ratio")
+    ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+    if training and ratio != 0.0:
+        raise ctx.fail(f"training_mode=True drops random elements (ratio {ratio:g}), which no compiled network "
+                       "can reproduce; export the model in eval mode")
 
 
 @converter("Constant")
@@ -232,19 +252,48 @@ def gather(node, ctx):
              {"indices": idx})
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16"}
+#: ONNX element types a cast can produce, as torch dtype names (the runtime computes in torch).
+CAST_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16", onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.UINT32: "uint32", onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.FLOAT8E4M3FN: "float8_e4m3fn", onnx.TensorProto.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
+    onnx.TensorProto.FLOAT8E5M2: "float8_e5m2", onnx.TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
+}
 
 
-@converter("Cast")
-def cast(node, ctx):
-    """Cast of an activation → cast (a cast to float32 of a float32 value is removed)."""
-    to = int(ctx.attrs(node)["to"])
+def _emit_cast(node, ctx, to: int) -> None:
     src = ctx.dtypes.get(ctx.resolve(node.input[0]), onnx.TensorProto.FLOAT)
     if to == src:
         ctx.alias(node.output[0], node.input[0], "no-op cast")
         return
-    dtype = _FLOAT_TYPES.get(to) or onnx.helper.tensor_dtype_to_np_dtype(to).name
-    ctx.emit("cast", [node.input[0]], [node.output[0]], {"dtype": dtype})
+    if to not in CAST_DTYPES:
+        name = onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else str(to)
+        raise ctx.fail(f"cast to {name} is not supported (torch, which runs the model, has no such number type)")
+    attrs = {"dtype": CAST_DTYPES[to]}
+    if CAST_DTYPES[to].startswith("float8"):
+        attrs["saturate"] = int(ctx.attrs(node).get("saturate", 1))
+    ctx.emit("cast", [node.input[0]], [node.output[0]], attrs)
+
+
+@converter("Cast")
+def cast(node, ctx):
+    """Cast of an activation → cast (a cast to the value's own type is removed); a target type
+    torch has no dtype for (string, complex, 4-bit, …) is a one-line error naming it."""
+    _emit_cast(node, ctx, int(ctx.attrs(node)["to"]))
+
+
+@converter("CastLike")
+def cast_like(node, ctx):
+    """CastLike(x, like) → cast to the element type of ``like`` (constant or activation)."""
+    like = node.input[1]
+    to = onnx.helper.np_dtype_to_tensor_dtype(ctx.const(like).dtype) if ctx.is_const(like) else \
+        ctx.dtypes.get(ctx.resolve(like), onnx.TensorProto.UNDEFINED)
+    if to == onnx.TensorProto.UNDEFINED:
+        raise ctx.fail(f"the element type of '{like}' is unknown after shape inference")
+    _emit_cast(node, ctx, int(to))
 
 
 @converter("ReduceMean")
