@@ -18,10 +18,10 @@ from snncompiler.passes import hard_reset, stats, thresholds
 from snncompiler.workloads import digits_resnet_bench, evaluate, export_onnx
 
 T = 32
-# Floors at T=32 (acceptance of issue 15: within 5 points of the ANN without calibration, within
-# 3 with light calibration). Measured on this test's model (ANN 99.44 %): 96.66 % without, 98.14 %
-# with light calibration under ATEN_CPU_CAPABILITY=default, avx2 and avx512 alike (the training
-# differs per instruction set; the spread was 0.0 points). Before the compensation: 11.1 % without.
+# Floors at T=32: the acceptance of issue 15 (within 5 points of the ANN without calibration,
+# within 3 with light calibration). Measured by benchmarks/timestep_accuracy.py --hard-reset on
+# this model (ANN 99.44 %): 96.29 % without, 97.96 % with light calibration; 11.1 % without
+# before the compensation. NOT yet checked across ATEN_CPU_CAPABILITY=default/avx2/avx512.
 
 
 @pytest.fixture(scope="module")
