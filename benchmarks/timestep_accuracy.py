@@ -72,6 +72,10 @@ SNNC_VARIANTS = [("snnc channelwise", {"channelwise": True}), ("snnc v0=zero", {
 SNNC_CALIBRATION = {level: [(f"snnc calibration={level}", {"calibration": level, "per_t": True})]
                     for level in ("light", "advanced")}
 CALIBRATED_T_MAX = 64
+# --hard-reset: only these rows, written to hard_reset.{json,png}: reset to zero from v0 = 0, the
+# settings whose NIR file means the same in every reader (README, "Hard reset" and "NIR export").
+SNNC_HARD_RESET = [("snnc hard v0=zero", {"reset": "hard", "v0": "zero"}),
+                   ("snnc hard v0=zero light", {"reset": "hard", "v0": "zero", "calibration": "light", "per_t": True})]
 
 
 def log(msg: str) -> None:
@@ -157,9 +161,11 @@ def run_workload(name: str, args, ts, tmp: Path) -> dict:
     onnx_path = export_onnx(w.model, w.input_shape, tmp / f"{name}.onnx")
     methods = {}
     specs = [("sj", label, mode) for label, mode in SJ_METHODS] + [("snnc", l, k) for l, k in SNNC_METHODS]
-    if args.variants:
+    if args.hard_reset:
+        specs = [("snnc", l, k) for l, k in SNNC_HARD_RESET]
+    elif args.variants:
         specs += [("snnc", l, k) for l, k in SNNC_VARIANTS]
-    for level in ([] if args.calibration == "none" else [args.calibration] if args.calibration else SNNC_CALIBRATION):
+    for level in ([] if args.calibration == "none" or args.hard_reset else [args.calibration] if args.calibration else SNNC_CALIBRATION):
         specs += [("snnc", l, k) for l, k in SNNC_CALIBRATION[level]]
     if args.rows:  # e.g. --rows snnc: re-run only some methods (investigations)
         specs = [s for s in specs if any(r.strip() in s[1] for r in args.rows.split(","))]
@@ -263,6 +269,21 @@ def calibration_floors(results: dict) -> dict:
     return out
 
 
+def hard_reset_floors(results: dict) -> dict:
+    """The hard-reset acceptance checks (issue 15), at T=32 on trained workloads: ``--reset hard
+    --v0 zero`` within 5 points of the ANN without calibration, within 3 with light calibration."""
+    out = {}
+    for name, r in results.items():
+        ann, f = 100 * r["ann_accuracy"], {}
+        for (label, _), limit in zip(SNNC_HARD_RESET, (5.0, 3.0)):
+            acc = r["methods"].get(label, {}).get("accuracy", {})
+            if "32" in acc and r["trained"]:
+                f[f"{label} T32 within {limit:g}pt"] = {"pass": 100 * acc["32"] >= ann - limit, "snnc": 100 * acc["32"],
+                                                        "ann": ann}
+        out[name] = f
+    return out
+
+
 def plot(results: dict, ts, path: Path) -> None:
     import matplotlib
 
@@ -310,6 +331,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", action="store_true", help="also run snnc setting variants (extra rows)")
     p.add_argument("--calibration", choices=sorted(SNNC_CALIBRATION) + ["none"],
                    help="calibrated rows to run (default: light and advanced)")
+    p.add_argument("--hard-reset", action="store_true",
+                   help="run only the --reset hard --v0 zero rows (with and without light calibration); "
+                        "writes hard_reset.{json,png} in --out")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing JSON in --out")
     p.add_argument("--rows", help="comma list of substrings: run only methods whose label contains one")
     p.add_argument("--timesteps", help="comma list of T (default: 1,2,...,256; quick: 1,4,16,32)")
@@ -341,6 +365,19 @@ def main(argv=None) -> int:
     log("\n" + "=" * 100)
     for name, r in results.items():
         log("\n" + table(name, r, ts))
+    stem = "hard_reset" if args.hard_reset else "timestep_accuracy"
+    if args.hard_reset:
+        hard = hard_reset_floors(results)
+        log("\nfloors (hard reset, v0 = 0):")
+        for name, f in hard.items():
+            for key, v in f.items():
+                log(f"  {name:<20} {key:<34} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs ANN {v['ann']:.2f}%")
+        doc = {"timesteps": ts, "seed": args.seed, "quick": args.quick, "torch_threads": torch.get_num_threads(),
+               "total_s": time.perf_counter() - t0, "workloads": results, "hard_reset_floors": hard}
+        write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=str))
+        plot(results, ts, out / f"{stem}.png")
+        log(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
+        return 0
     fl = floors(results, ts)
     log("\nfloors (snnc defaults, no calibration):")
     for name, f in fl.items():

@@ -10,8 +10,8 @@ from .data import Dataset, validate
 from .errors import SnncError
 from .ir import Graph
 from .limits import check_timesteps
-from .passes import (PassContext, bias_calibration, fold_bn, neuronize, potential_calibration, run_pipeline, stats,
-                     thresholds, weight_calibration)
+from .passes import (PassContext, bias_calibration, fold_bn, hard_reset, neuronize, potential_calibration, run_pipeline,
+                     stats, thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
 from .runtime.snn import DEFAULT_CHUNK, SpikingRunner, _single, output_steps
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 #: Defaults chosen by benchmarks/timestep_accuracy.py (see README: "Choosing the defaults").
 DEFAULTS = {
-    "threshold": None,  # p99.9, or mse for the advanced pipeline (resolved by resolve_options)
+    "threshold": None,  # p99.9 (p99.99 for hard reset), or mse for the advanced pipeline (resolve_options)
     "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
     "v0": "half", "maxpool": "rate", "strict": False, "encoding": "direct", "calib_samples": 1024,
     "chunk": DEFAULT_CHUNK, "backend": "auto",
@@ -58,8 +58,17 @@ def resolve_options(options: dict) -> dict:
     if opts["threshold"] is None:
         # light starts from the percentile: measured on the deep VGG, mse θ + bias lost to no
         # calibration at T=1 and T=32, percentile θ + bias did not (README, Benchmarks)
-        opts["threshold"] = "mse" if opts["calibration"] == "advanced" else "p99.9"
+        # hard reset: a higher percentile keeps the per-step input small against θ, where the
+        # charge hard reset discards is a smaller, more uniform share (README, "Hard reset")
+        opts["threshold"] = ("mse" if opts["calibration"] == "advanced" else
+                             "p99.99" if opts["reset"] == "hard" else "p99.9")
     return opts
+
+
+def conversion_passes(opts: dict) -> list:
+    """The passes from the ANN to the uncalibrated SNN: statistics, thresholds, neuronize, and for
+    hard reset the compensation of the charge it discards (passes/hard_reset.py)."""
+    return [stats, thresholds, neuronize] + ([hard_reset] if opts.get("reset") == "hard" else [])
 
 
 def first_output(value):
@@ -240,12 +249,12 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     ctx.report["ann_graph"] = ann
     if opts["calibration"] != "none":
         _check_calibration_memory(ann, ctx, opts)
-    snn = run_pipeline(ann, ctx, [stats, thresholds, neuronize] + PIPELINES[opts["calibration"]])
+    snn = run_pipeline(ann, ctx, conversion_passes(opts) + PIPELINES[opts["calibration"]])
     if opts["calibration"] != "none":
         plain_opts = {**opts, "calibration": "none",
-                      "threshold": options.get("threshold") or resolve_options({})["threshold"]}
+                      "threshold": options.get("threshold") or resolve_options({"reset": opts["reset"]})["threshold"]}
         plain_ctx = PassContext(options=plain_opts, calib=calib)
-        plain = run_pipeline(ann, plain_ctx, [stats, thresholds, neuronize])
+        plain = run_pipeline(ann, plain_ctx, conversion_passes(plain_opts))
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
             snn = plain
     report = {k: v for k, v in ctx.report.items() if k not in ("histograms", "ann_graph")}
@@ -379,7 +388,7 @@ def _check_settings(settings: dict, where: str) -> dict:
 
 
 def _check_neuron_parameters(graph: Graph, where: str) -> None:
-    """θ (one value or one per channel) and v_init (broadcast onto a sample) of every neuron fit
+    """θ and the input gain (one value or one per channel) and v_init (broadcast onto a sample) of every neuron fit
     its input, where the file records that input's shape: otherwise the first run would fail
     inside the kernel op with a message about v0 that names neither the file nor the node."""
     for node in graph.find("neuron"):
@@ -387,10 +396,11 @@ def _check_neuron_parameters(graph: Graph, where: str) -> None:
         shape = None if value is None or value.shape is None else tuple(value.shape)
         if shape is None or len(shape) < 2:
             continue
-        theta = node.params["theta"]
-        if theta.numel() not in (1, shape[1]):
-            raise SnncError(f"{where}: {node.where}: theta has {theta.numel()} values; its input "
-                            f"{list(shape)} takes one, or one per channel ({shape[1]})")
+        for key in ("theta", "gain"):
+            count = node.params[key].numel() if key in node.params else 1
+            if count not in (1, shape[1]):
+                raise SnncError(f"{where}: {node.where}: {key} has {count} values; its input "
+                                f"{list(shape)} takes one, or one per channel ({shape[1]})")
         v_init = node.params.get("v_init")
         if v_init is not None:
             try:

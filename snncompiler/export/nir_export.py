@@ -240,7 +240,11 @@ class _Exporter:
         th = theta.reshape(-1, *([1] * (len(sample) - 1))) if theta.numel() > 1 else theta.reshape(())
         # spikes of neuron(a·x, θ) are those of neuron(x, θ/a): an unabsorbed factor on the input
         # current moves into the threshold
-        threshold = torch.broadcast_to(th / scale if scale is not None else th, sample)
+        fire_at = th
+        if "gain" in node.params:  # hard-reset compensation: a gain g on the input current fires at θ/g
+            gain = node.params["gain"].float()
+            fire_at = th / (gain.reshape(-1, *([1] * (len(sample) - 1))) if gain.numel() > 1 else gain.reshape(()))
+        threshold = torch.broadcast_to(fire_at / scale if scale is not None else fire_at, sample)
         hard = node.attrs.get("reset", "soft") == "hard"
         v_reset = node.attrs.get("v_reset", 0.0) if hard else 0.0
         ones = np.ones(sample, np.float32)

@@ -63,7 +63,11 @@ def _emit_extended_conv_transpose(b: _Builder, n: Node) -> None:
 def _emit(b: _Builder, n: Node) -> None:  # noqa: C901 - one case per core op, kept side by side
     a, p, ins, outs = n.attrs, n.params, n.inputs, n.outputs
     if n.op == "neuron":
-        b.add("Neuron", [ins[0], b.const(n, "theta", p["theta"])] + ([b.const(n, "v_init", p["v_init"])] if "v_init" in p else []),
+        extra = [b.const(n, "v_init", p["v_init"]) if "v_init" in p else ""] + ([b.const(n, "gain", p["gain"])]
+                                                                               if "gain" in p else [])
+        while extra and not extra[-1]:  # no trailing empty optional inputs: the 2-input form stays as it was
+            extra.pop()
+        b.add("Neuron", [ins[0], b.const(n, "theta", p["theta"])] + extra,
               outs, n.name, SNN_DOMAIN, neuron=a["neuron"], tau=float(a["tau"]), reset=a["reset"], v0=a["v0"],
               theta_source=a.get("theta_source", ""))
     elif n.op == "conv_transpose" and min(a["pads"]) < 0:

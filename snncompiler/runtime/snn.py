@@ -264,6 +264,9 @@ class SpikingRunner:
             v = initial_potential(node.attrs, th)
             if "v_init" in node.params:  # potential calibration: a per-neuron offset
                 v = v + node.params["v_init"]
+        gain = node.params.get("gain")
+        if gain is not None:  # hard-reset compensation (passes/hard_reset.py): fire at θ/g, spikes still carry θ
+            x = x * (channel_view(gain, sample) if gain.numel() > 1 else gain.reshape(()))
         decay = neuron_decay(node.attrs)
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
