@@ -38,6 +38,10 @@ class _Builder:
         return f"{node.outputs[0]}__x{self._n}"
 
 
+_UNARY_ONNX = {"erf": "Erf", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "reciprocal": "Reciprocal",
+               "neg": "Neg"}
+
+
 def _ints(v):
     return [int(i) for i in v]
 
@@ -113,6 +117,15 @@ def _emit(b: _Builder, n: Node) -> None:  # noqa: C901 - one case per core op, k
         else:
             args = ins
         b.add(op, args, outs, n.name)
+    elif n.op in _UNARY_ONNX:
+        b.add(_UNARY_ONNX[n.op], ins, outs, n.name)
+    elif n.op == "where":
+        cond = [b.const(n, "cond", p["cond"])] if "cond" in p else []
+        b.add("Where", cond + ins, outs, n.name)
+    elif n.op == "equal":
+        b.add("Equal", ins, outs, n.name)
+    elif n.op == "expand":
+        b.add("Expand", [ins[0], b.const(n, "shape", np.array(a["shape"], np.int64))], outs, n.name)
     elif n.op == "concat":
         b.add("Concat", ins, outs, n.name, axis=int(a["axis"]))
     elif n.op == "split":
