@@ -188,11 +188,14 @@ def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:
 def save_artifact(compiled, path) -> None:
     """Write a CompiledModel to ``path`` and check the result with onnx.checker."""
     from .. import __version__
+    from ..runtime.executor import FIXED_BATCH_KEY, fixed_batch
 
     meta = {"snncompiler.version": __version__, "snncompiler.artifact": ARTIFACT_VERSION,
             "snncompiler.settings": json.dumps(compiled.settings()),
             "snncompiler.timesteps": str(compiled.options["timesteps"]),
             "snncompiler.report": json.dumps({k: v for k, v in compiled.report.items() if k != "thresholds"}, default=str)}
+    if fixed_batch(compiled.graph):
+        meta[FIXED_BATCH_KEY] = "1"
     model = to_onnx(compiled.graph, meta)
     onnx.checker.check_model(model)
     try:

@@ -85,8 +85,11 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         ctx.note(NAME, f"{mp.name}: spiking max pooling '{mp.attrs['spiking']}'")
     islands = [n for n in graph.nodes if CORE_OPS[n.op].conversion_kind(n) == "analog"]
     if islands and opts.get("strict"):
-        names = ", ".join(f"{n.name} ({n.op})" for n in islands)
-        raise SnncError(f"--strict: the model has analog islands, which cannot spike: {names}")
+        from collections import Counter
+
+        ops = ", ".join(f"{op} ×{k}" for op, k in Counter(n.source_op for n in islands).most_common())
+        names = ", ".join(f"{n.name} ({n.op})" for n in islands[:5]) + (", ..." if len(islands) > 5 else "")
+        raise SnncError(f"--strict: the model has {len(islands)} analog islands, which cannot spike ({ops}): {names}")
     for n in islands:
         ctx.note(NAME, f"{n.name}: analog island ({n.op}) computed on the rate-decoded input")
     ctx.report["analog_islands"] = [n.name for n in islands]
