@@ -263,8 +263,10 @@ def _check_spiking_share(graph: Graph, opts: dict, label: str) -> dict:
 
     share = spiking_share(graph)
     warning = analog_heavy_warning(share, graph, label)
-    if warning and opts["strict"]:
-        raise SnncError(f"--strict: {warning}")
+    if opts["strict"] and (warning or share["analog_islands"]):
+        ops = ", ".join(f"{op} ×{k}" for op, k in share["islands_by_activation"].items())
+        islands = f"{label}: {share['analog_islands']} analog islands, which cannot spike ({ops})"
+        raise SnncError(f"--strict: {warning or islands}")
     if warning:
         log.warning("%s", warning)
     share["warning"] = warning

@@ -3,9 +3,10 @@
 a fixed batch of 1, load, match onnxruntime, compile with softmax/LayerNorm/GELU as analog
 islands, and their SNN output converges to the ANN as T grows.
 
-The cosine floors are set below what was measured (README, "Transformers"): encoder
-0.80 / 0.89 / 0.955 (mean over samples at T = 8 / 32 / 128), equal with
-ATEN_CPU_CAPABILITY=default and avx2.
+Measured cosine to the ANN (mean over samples at T = 8 / 32 / 128, the same with
+ATEN_CPU_CAPABILITY=default and avx2): encoder 0.9824 / 0.9989 / 1.0000 at opsets 14 and 17;
+ViT with GELU substituted by ReLU neurons 0.9909 / 0.9995 / 0.9999 (against its own ANN mode).
+The floors sit below them with a margin.
 """
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def test_vit_with_gelu_substituted_spikes_and_converges(tmp_path):
     outs = model.run(x, max(STEPS), checkpoints=STEPS)
     cos = [float(cosines(outs[t], ann).mean()) for t in STEPS]
     assert cos[0] < cos[2], cos
-    for t, c, floor in zip(STEPS, cos, (0.80, 0.90, 0.95)):
+    for t, c, floor in zip(STEPS, cos, (0.97, 0.995, 0.998)):
         assert c >= floor, f"T={t}: cosine {c:.4f} below the floor {floor}"
 
 
