@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maxpool", choices=["rate", "gated", "input", "output"], default=None,
                    help="spiking max pooling strategy (default: see README)")
     p.add_argument("--encoding", choices=["direct", "rate"], default="direct")
-    p.add_argument("--strict", action="store_true", help="refuse analog islands")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse analog islands, and a network with no neuron (an error, exit 2, instead of a warning)")
+    p.add_argument("--substitute", choices=["relu"], default=None,
+                   help="replace HardSwish, GELU and SiLU/Swish by clipped ReLU neurons so they spike (changes the "
+                        "function: recover accuracy with snnc finetune)")
     p.add_argument("--calib-samples", type=_positive_int, default=1024, help="at most this many calibration samples")
     p.add_argument("--calibration", choices=["none", "light", "advanced"], default="none",
                    help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-node table: shapes, parameters, MACs, how each node converts")
     p.add_argument("model", metavar="FILE", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 2 when the network would barely spike (no neuron, or under half its MACs after the "
+                        "input layer driven by spikes)")
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
@@ -290,7 +297,7 @@ def cmd_export(args) -> int:
 def cmd_inspect(args) -> int:
     """snnc inspect FILE"""
     from .frontend import load_graph
-    from .inspect import format_table, human, node_rows, summary
+    from .inspect import analog_heavy_warning, format_table, human, node_rows, share_line, spiking_share, summary
 
     if _is_nir(args):
         from . import load
@@ -300,6 +307,13 @@ def cmd_inspect(args) -> int:
         graph = load_graph(args.model, lenient=True)
     rows = node_rows(graph)
     totals = summary(graph, rows)
+    warning = None
+    if "unsupported" not in totals["conversion_counts"]:
+        totals["spiking"] = spiking_share(graph, rows)
+        warning = analog_heavy_warning(totals["spiking"], graph, args.model)
+        totals["spiking"]["warning"] = warning
+    if warning and args.strict:
+        raise SnncError(f"--strict: {warning}")
     if args.json:
         print(json.dumps({"model": args.model, "nodes": rows, "totals": totals}, indent=1))
         return 0
@@ -310,6 +324,10 @@ def cmd_inspect(args) -> int:
     print(f"\n{args.model}: {totals['nodes']} nodes ({counts}); parameters {totals['parameters']:,} "
           f"({human(totals['parameters'])}); MACs per sample {totals['macs_per_sample']:,} "
           f"({human(totals['macs_per_sample'])})")
+    if "spiking" in totals:
+        print(f"spiking: {share_line(totals['spiking'])}")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if "unsupported" in totals["conversion_counts"]:
         print("unsupported operators: the model cannot be run or compiled until they are replaced", file=sys.stderr)
     return 0
@@ -358,7 +376,7 @@ def cmd_compile(args) -> int:
     """snnc compile MODEL.onnx --calib CALIB.npz -o OUT.snn.onnx"""
     from . import compile as snn_compile
     from .data import load_npz
-    from .inspect import format_table, node_rows
+    from .inspect import format_table, node_rows, share_line
 
     output = resolve_output(args.output, "-o", (args.model, args.calib))
     calib = load_npz(args.calib, arg="--calib")
@@ -369,7 +387,7 @@ def cmd_compile(args) -> int:
                         channelwise=args.channelwise, neuron=args.neuron, tau=args.tau or (2.0 if args.neuron == "lif" else 0.0),
                         reset=args.reset, v0=args.v0, maxpool=args.maxpool, encoding=args.encoding, strict=args.strict,
                         calib_samples=args.calib_samples, calibration=args.calibration, iterations=args.iterations,
-                        seed=args.seed)
+                        seed=args.seed, substitute=args.substitute)
     rows = [r for r in node_rows(model.graph) if r["core_op"] != "-"]
     for r in rows:
         node = model.graph.node(r["name"])
@@ -386,6 +404,7 @@ def cmd_compile(args) -> int:
           f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0}, "
           f"calibration {args.calibration} "
           f"({time.perf_counter() - t0:.1f} s)")
+    print(f"spiking: {share_line(model.report['spiking'])}")
     return 0
 
 

@@ -11,7 +11,7 @@ from .errors import SnncError
 from .ir import Graph
 from .limits import check_timesteps
 from .passes import (PassContext, bias_calibration, fold_bn, hard_reset, neuronize, potential_calibration, run_pipeline,
-                     stats, thresholds, weight_calibration)
+                     stats, substitute, thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
 from .runtime.snn import DEFAULT_CHUNK, SpikingRunner, _single, output_steps
 
@@ -23,12 +23,12 @@ DEFAULTS = {
     "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
     "v0": "half", "maxpool": "rate", "strict": False, "encoding": "direct", "calib_samples": 1024,
     "chunk": DEFAULT_CHUNK, "backend": "auto",
-    "calibration": "none", "calib_rounds": 3, "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
+    "calibration": "none", "substitute": None, "calib_rounds": 3, "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
 }
 #: The T at which `evaluate` and `snnc eval` report accuracy unless told otherwise.
 DEFAULT_EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
-                "calibration")
+                "calibration", "substitute")
 #: The calibration pipelines: which passes run after neuronize (the mse threshold comes first).
 PIPELINES = {
     "none": [],
@@ -55,6 +55,8 @@ def resolve_options(options: dict) -> dict:
         raise SnncError(f"lr: must be a positive number, got {opts['lr']!r}")
     if opts["calibration"] not in PIPELINES:
         raise SnncError(f"--calibration: expected one of {', '.join(PIPELINES)}, got '{opts['calibration']}'")
+    if opts["substitute"] not in (None, "none") + substitute.CHOICES:
+        raise SnncError(f"--substitute: expected one of {', '.join(substitute.CHOICES)}, got {opts['substitute']!r}")
     if opts["threshold"] is None:
         # light starts from the percentile: measured on the deep VGG, mse θ + bias lost to no
         # calibration at T=1 and T=32, percentile θ + bias did not (README, Benchmarks)
@@ -243,9 +245,12 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
                         "snnc compiles models with one input")
     calib = _as_dataset(calib_data)
     check_input(graph.inputs[0], torch.from_numpy(calib.x[:1]), label="calibration input")
+    graph = _pin_fixed_batch(graph, calib, opts)
     torch.manual_seed(int(opts["seed"]))
     ctx = PassContext(options=opts, calib=calib)
-    ann = run_pipeline(graph, ctx, [fold_bn])
+    ann = run_pipeline(graph, ctx, [substitute, fold_bn])
+    for line in ctx.report.get(substitute.NAME, []):
+        log.warning("%s: %s", graph.metadata.get("source_file", "model"), line)
     ctx.report["ann_graph"] = ann
     if opts["calibration"] != "none":
         _check_calibration_memory(ann, ctx, opts)
@@ -258,6 +263,7 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
             snn = plain
     report = {k: v for k, v in ctx.report.items() if k not in ("histograms", "ann_graph")}
+    report["spiking"] = _check_spiking_share(snn, opts, graph.metadata.get("source_file", "model"))
     compiled = CompiledModel(snn, opts, report)
     compiled.ann_graph = ann
     return compiled
@@ -274,6 +280,44 @@ def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:
     T = int(opts["timesteps"])
     check_calibration_bytes(calibration_memory(ann, samples, T),
                             f"--calibration {opts['calibration']} on {samples} samples at T={T}")
+
+
+def _check_spiking_share(graph: Graph, opts: dict, label: str) -> dict:
+    """How much of the compiled network spikes (see :func:`snncompiler.inspect.spiking_share`);
+    a network with no neuron or mostly analog MACs is warned about once, refused with ``strict``."""
+    from .inspect import analog_heavy_warning, spiking_share
+
+    share = spiking_share(graph)
+    warning = analog_heavy_warning(share, graph, label)
+    if opts["strict"] and (warning or share["analog_islands"]):
+        ops = ", ".join(f"{op} ×{k}" for op, k in share["islands_by_activation"].items())
+        islands = f"{label}: {share['analog_islands']} analog islands, which cannot spike ({ops})"
+        raise SnncError(f"--strict: {warning or islands}")
+    if warning:
+        log.warning("%s", warning)
+    share["warning"] = warning
+    return share
+
+
+def _pin_fixed_batch(graph: Graph, calib: Dataset, opts: dict) -> Graph:
+    """A graph that does not treat axis 0 as a batch (exported with a fixed batch of 1: traced
+    constants, reshapes that move the batch into another axis) is marked to run one sample at
+    a time, said once; the marked copy is returned (the caller's graph is left alone)."""
+    from .runtime.executor import FIXED_BATCH_KEY, batch_independent, fixed_batch
+
+    if fixed_batch(graph) or batch_independent(graph, torch.from_numpy(calib.x[:2]).float()):
+        return graph
+    where = graph.metadata.get("source_file", "model")
+    if opts["calibration"] != "none":
+        raise SnncError(f"--calibration {opts['calibration']}: {where} runs only at batch 1 (its batch axis is "
+                        "fixed in the graph), and layer-wise calibration needs batches; use --calibration none "
+                        "or re-export the model with a dynamic batch axis")
+    graph = graph.copy()
+    graph.metadata[FIXED_BATCH_KEY] = "1"
+    log.warning("%s: the graph fixes its batch axis at 1 (samples of a batch would mix or fail); calibrating "
+                "and running it one sample at a time, which is slower (re-export with a dynamic batch axis to "
+                "avoid this)", where)
+    return graph
 
 
 def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib: Dataset, opts: dict,

@@ -39,6 +39,10 @@ class _Builder:
         return f"{node.outputs[0]}__x{self._n}"
 
 
+_UNARY_ONNX = {"erf": "Erf", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "reciprocal": "Reciprocal",
+               "neg": "Neg"}
+
+
 def _ints(v):
     return [int(i) for i in v]
 
@@ -137,6 +141,15 @@ def _emit(b: _Builder, n: Node) -> None:  # noqa: C901 - one case per core op, k
         else:
             args = ins
         b.add(op, args, outs, n.name)
+    elif n.op in _UNARY_ONNX:
+        b.add(_UNARY_ONNX[n.op], ins, outs, n.name)
+    elif n.op == "where":
+        cond = [b.const(n, "cond", p["cond"])] if "cond" in p else []
+        b.add("Where", cond + ins, outs, n.name)
+    elif n.op == "equal":
+        b.add("Equal", ins, outs, n.name)
+    elif n.op == "expand":
+        b.add("Expand", [ins[0], b.const(n, "shape", np.array(a["shape"], np.int64))], outs, n.name)
     elif n.op == "concat":
         b.add("Concat", ins, outs, n.name, axis=int(a["axis"]))
     elif n.op == "split":
@@ -199,11 +212,14 @@ def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:
 def save_artifact(compiled, path) -> None:
     """Write a CompiledModel to ``path`` and check the result with onnx.checker."""
     from .. import __version__
+    from ..runtime.executor import FIXED_BATCH_KEY, fixed_batch
 
     meta = {"snncompiler.version": __version__, "snncompiler.artifact": ARTIFACT_VERSION,
             "snncompiler.settings": json.dumps(compiled.settings()),
             "snncompiler.timesteps": str(compiled.options["timesteps"]),
             "snncompiler.report": json.dumps({k: v for k, v in compiled.report.items() if k != "thresholds"}, default=str)}
+    if fixed_batch(compiled.graph):
+        meta[FIXED_BATCH_KEY] = "1"
     model = to_onnx(compiled.graph, meta)
     onnx.checker.check_model(model)
     write_bytes(path, model.SerializeToString())

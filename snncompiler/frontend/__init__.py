@@ -10,6 +10,7 @@ from ..errors import SnncError
 from ..ir import Graph, Value
 from . import converters as _converters  # noqa: F401  (registers every converter)
 from .batch import BOUND_KEY, non_batch_node
+from .fusion import fuse
 from .loader import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET, canonicalize, main_opset
 from .registry import CONVERTERS, Ctx, build_graph, describe, lookup, unsupported
 
@@ -58,7 +59,7 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
     ctx.current = None
     inputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.input]
     outputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.output]
-    graph = build_graph(ctx, inputs, outputs, model.graph.name or "graph")
+    graph = fuse(build_graph(ctx, inputs, outputs, model.graph.name or "graph"))
     if len(outputs) > 1:  # said once per file read: nothing degrades silently
         log.warning("%s: %d outputs (%s); accuracy is scored on the first, '%s'", label, len(outputs),
                     ", ".join(v.name for v in outputs), outputs[0].name)

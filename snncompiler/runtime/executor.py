@@ -1,6 +1,7 @@
 """Run an IR graph with torch, node by node, freeing each activation after its last use."""
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping
 
 import numpy as np
@@ -22,6 +23,28 @@ def checked_device(device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise SnncError(f"--device: expected cpu or cuda, got {device!r}")
     return dev
+
+
+#: Graph metadata: the graph runs only at this batch size (its exporter hard-coded the batch axis,
+#: or an op works across it); executors and the spiking runtime then run one sample at a time.
+FIXED_BATCH_KEY = "snncompiler.fixed_batch"
+
+
+def fixed_batch(graph: Graph) -> bool:
+    """Whether ``graph`` must be run one sample at a time (see :data:`FIXED_BATCH_KEY`)."""
+    return graph.metadata.get(FIXED_BATCH_KEY) == "1"
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Single-sample runs of a fixed-batch graph: tensors that small gain nothing from intra-op
+    threads, and on a loaded machine each op's thread barrier cost 30 ms instead of 3 µs."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 class Executor:
@@ -51,8 +74,12 @@ class Executor:
         (activation statistics and calibration passes hook in here).
         """
         per_sample = self._batch_plan(feeds)
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        if not per_sample and fixed_batch(self.graph) and batch > 1:
+            per_sample = batch  # marked at compile time (compiler._pin_fixed_batch)
         if per_sample:
-            runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(per_sample)]
+            with one_thread():
+                runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(per_sample)]
             return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
         return self._run(feeds, observer)
 
@@ -180,3 +207,38 @@ def infer_shapes(graph: Graph) -> Graph:
     for name, shape in env_shapes.items():
         graph.values.setdefault(name, Value(name)).shape = shape
     return graph
+
+
+def batch_independent(graph: Graph, x: torch.Tensor) -> bool:
+    """Whether ``graph`` gives each sample of a batch the answer it gives that sample alone, on
+    two samples of ``x`` (a copy of the first, scaled, if there is one). A graph exported with a
+    fixed batch of 1 often is not: constants traced at batch 1 (a class token, a reshape that
+    moves the batch into another axis) fail or mix samples at batch 2.
+
+    Raises a one-line error when the graph does not even run on one sample."""
+    x = x[:2] if len(x) >= 2 else torch.cat([x[:1], 0.5 * x[:1]])
+    probe = {k: v for k, v in graph.metadata.items() if k != FIXED_BATCH_KEY}
+    plain = Graph(graph.inputs, graph.outputs, graph.nodes, graph.values, probe, graph.removed, graph.name)
+    ex = Executor(plain)
+    name = graph.inputs[0].name
+    with torch.no_grad():
+        try:
+            singles = [ex.run({name: x[b:b + 1]}) for b in range(2)]
+        except SnncError as exc:
+            raise SnncError(f"{graph.metadata.get('source_file', 'model')}: the graph does not run on one sample: "
+                            f"{exc}") from exc
+        try:
+            both = ex.run({name: x})
+        except SnncError:
+            return False
+    for key, value in both.items():
+        alone = torch.cat([s[key] for s in singles])
+        if value.shape != alone.shape:
+            return False
+        if value.is_floating_point():
+            tol = 1e-4 * max(1.0, float(alone.abs().max()) if alone.numel() else 1.0)
+            if not bool(((value - alone).abs() <= tol).all()):
+                return False
+        elif not torch.equal(value, alone):
+            return False
+    return True

@@ -209,6 +209,26 @@ def gelu(node: Node, x):
     return (F.gelu(x, approximate=node.attrs.get("approximate", "none")),)
 
 
+#: Pointwise functions that spikes cannot carry (analog islands) besides the activations above;
+#: ``neg`` is the one linear member (a sign flip commutes with rate coding).
+_UNARY = {"erf": torch.erf, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log, "abs": torch.abs,
+          "reciprocal": torch.reciprocal, "neg": torch.neg}
+
+
+def _make_unary(op_name: str):
+    fn = _UNARY[op_name]
+
+    def unary(node: Node, x):
+        return (fn(x),)
+
+    unary.__doc__ = f"Pointwise {op_name}."
+    return unary
+
+
+for _name in _UNARY:
+    core_op(_name, "linear" if _name == "neg" else "analog")(_make_unary(_name))
+
+
 @core_op("softmax", "analog")
 def softmax(node: Node, x):
     """Softmax over one axis."""
@@ -559,6 +579,30 @@ def reduce_mean(node: Node, x):
     """Mean over ``axes`` (all axes when empty), keeping them with ``keepdims``."""
     axes = node.attrs.get("axes") or list(range(x.dim()))
     return (x.mean(dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
+
+
+@core_op("where", lambda n: "linear" if "cond" in n.params else "analog")
+def where(node: Node, *xs):
+    """ONNX Where: ``cond ? x : y``; a constant condition (``params['cond']``) makes it a fixed
+    per-element selection, which commutes with rate coding; an activation condition is analog."""
+    if "cond" in node.params:
+        return (torch.where(node.params["cond"], xs[0], xs[1]),)
+    cond, x, y = xs
+    return (torch.where(cond.bool(), x, y),)
+
+
+@core_op("equal", "analog")
+def equal(node: Node, a, b):
+    """Elementwise a == b (a bool tensor, as ONNX Equal)."""
+    return (torch.eq(a, b),)
+
+
+@core_op("expand", "linear")
+def expand(node: Node, x):
+    """ONNX Expand to ``shape`` (bidirectional broadcasting, so a batch axis traced as 1 keeps
+    the input's batch size)."""
+    target = torch.broadcast_shapes(tuple(x.shape), tuple(node.attrs["shape"]))
+    return (x.expand(target),)
 
 
 #: float8_e4m3fn values beyond this round past its largest value, 448 (half an ulp of 32 above it)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..errors import SnncError
 from ..ir import Graph, Node
 from ..limits import check_timesteps
-from .executor import checked_device
+from .executor import checked_device, fixed_batch, one_thread
 from .memory import retain_freed_memory
 from .ops import CORE_OPS, _windows, channel_view
 
@@ -170,10 +170,17 @@ class SpikingRunner:
         state: dict = {}
         static: dict[str, _Static] = {}
         done = 0
+        one_by_one = fixed_batch(self.graph)
+        if one_by_one:  # one state per sample: the graph runs on [1, ...] only, one step at a time
+            state, static = [{} for _ in range(len(x))], [{} for _ in range(len(x))]
         with torch.no_grad():
             while done < timesteps:
                 steps = min(chunk, timesteps - done)
-                env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
+                if one_by_one:
+                    with one_thread():
+                        env = self._chunk_per_sample(x, steps, done, state, static, gen, stop_at, observe)
+                else:
+                    env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
                 for name in observe:
                     value = env[name]
                     if events:
@@ -233,6 +240,21 @@ class SpikingRunner:
                     env.pop(name, None)
         return env
 
+    def _chunk_per_sample(self, x, steps, t0, states, statics, gen, stop_at, observe) -> dict:
+        """A chunk of a fixed-batch graph: every step of every sample on its own, stacked into
+        [steps, B, ...] for the observed values and the graph outputs."""
+        names = set(observe) | {v.name for v in self.graph.outputs}
+        parts: dict[str, list] = {}
+        for step in range(steps):
+            per_sample: dict[str, list] = {}
+            for b in range(len(x)):
+                env = self._chunk(x[b:b + 1], 1, t0 + step, states[b], statics[b], gen, stop_at, keep=names)
+                for name in names & env.keys():
+                    per_sample.setdefault(name, []).append(_dyn(env[name], 1))
+            for name, values in per_sample.items():
+                parts.setdefault(name, []).append(torch.cat(values, dim=1))
+        return {name: torch.cat(values) for name, values in parts.items()}
+
     def compute_node(self, node: Node, env: dict, steps: int, t0: int, state: dict, static: dict):
         """Outputs of one node over ``steps`` steps from ``env``: static values are computed once
         (cached in ``static``), stateful ops (neurons, gated pools, analog islands) carry ``state``."""
@@ -288,7 +310,18 @@ class SpikingRunner:
             count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
         out = CORE_OPS[node.op].fn(node, *means)[0]
-        return out.reshape((steps, -1) + tuple(out.shape[1:]))
+        out = out.reshape((steps, -1) + tuple(out.shape[1:]))
+        if not out.is_floating_point():
+            return out
+        # emit increments of t·f(mean so far): the output's own running mean is then exactly f of
+        # the input's running mean at every step, so the error shrinks like the input's (O(1/t))
+        # instead of averaging the early, poorly decoded steps into every later output
+        count = torch.arange(t0 + 1, t0 + steps + 1, device=out.device, dtype=out.dtype)
+        total = out * count.reshape((-1,) + (1,) * (out.dim() - 1))
+        previous = state.get((node.name, "out"))
+        state[(node.name, "out")] = total[-1]
+        return torch.diff(total, dim=0, prepend=(torch.zeros_like(total[:1]) if previous is None
+                                                 else previous.unsqueeze(0)))
 
     def _rate_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
         """Max pooling of rates: emit the increments of the window's largest running input sum.

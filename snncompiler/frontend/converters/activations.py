@@ -70,3 +70,8 @@ def _softmax(core: str):
 
 converter("Softmax")(_softmax("softmax"))
 converter("LogSoftmax")(_softmax("log_softmax"))
+
+
+for _onnx, _core in (("Erf", "erf"), ("Sqrt", "sqrt"), ("Exp", "exp"), ("Log", "log"), ("Abs", "abs"),
+                     ("Reciprocal", "reciprocal"), ("Neg", "neg")):
+    converter(_onnx)(_simple(_core))

@@ -52,3 +52,21 @@ converter("Sum")(_variadic("add"))
 converter("Mean")(_variadic("add", mean=True))
 converter("Max")(_variadic("max"))
 converter("Min")(_variadic("min"))
+
+
+@converter("Where")
+def where(node, ctx):
+    """Where(cond, x, y) → where: a constant condition is a parameter (a fixed selection), a
+    constant x or y becomes a constant node; an activation condition is an analog island."""
+    cond, x, y = node.input
+    if ctx.is_const(cond):
+        ctx.emit("where", [ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]], {},
+                 {"cond": ctx.const(cond).astype(bool)})
+    else:
+        ctx.emit("where", [cond, ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]])
+
+
+@converter("Equal")
+def equal(node, ctx):
+    """Equal of an activation (with a constant or another activation) → equal (a bool mask)."""
+    ctx.emit("equal", [ctx.activation_or_const(i) for i in node.input], [node.output[0]])

@@ -310,3 +310,16 @@ def reduce_mean(node, ctx):
         return
     ctx.emit("reduce_mean", [node.input[0]], [node.output[0]],
              {"axes": sorted(int(x) % rank for x in axes), "keepdims": int(a.get("keepdims", 1))})
+
+
+@converter("Expand")
+def expand(node, ctx):
+    """Expand of an activation to a constant shape → expand (broadcasting, batch axis included)."""
+    shape = ctx.const(node.input[1], "Expand shape")
+    ctx.emit("expand", [node.input[0]], [node.output[0]], {"shape": [int(d) for d in shape.reshape(-1)]})
+
+
+@converter("Range")
+def range_(node, ctx):
+    """Range is supported when its inputs are constants (it is then folded at load time)."""
+    raise ctx.fail("Range needs constant start, limit and delta (it is evaluated at load time)")
