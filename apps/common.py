@@ -29,9 +29,11 @@ DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 Score = Callable[[np.ndarray], dict]
 
 
-def app_args(description: str, name: str, argv=None) -> argparse.Namespace:
+def app_args(description: str, name: str, argv=None, *, timesteps=DEFAULT_TIMESTEPS,
+             configure: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The options every app takes: ``--quick`` (the small configuration the tests run),
-    ``--out`` (where the ONNX files and the artifact go), ``--seed``, ``--timesteps``."""
+    ``--out`` (where the ONNX files and the artifact go), ``--seed``, ``--timesteps`` (default
+    ``timesteps``), ``--json``; ``configure`` adds an app's own options to the parser."""
     parser = argparse.ArgumentParser(prog=f"python -m apps.{name}", description=description)
     folder = Path("apps").joinpath(*name.split("."))  # "medical.lowshot_seg" lives in apps/medical/lowshot_seg
     parser.add_argument("--quick", action="store_true",
@@ -39,9 +41,11 @@ def app_args(description: str, name: str, argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=folder / "out",
                         help="directory for the ONNX model, the artifact and results.json (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
-    parser.add_argument("--timesteps", type=_steps, default=DEFAULT_TIMESTEPS,
-                        help="comma-separated T to report, all from one run (default: 1,2,4,...,128)")
+    parser.add_argument("--timesteps", type=_steps, default=tuple(timesteps),
+                        help="comma-separated T to report, all from one run (default: %s)" % ",".join(map(str, timesteps)))
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results instead of the table")
+    if configure is not None:
+        configure(parser)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     # the full run's record is committed beside the app (the README quotes it); --quick runs

@@ -199,20 +199,23 @@ class Subject:
     bias: float = 0.0
     bias_direction: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0]))
     noise: float = 0.0
+    #: added to grey matter (times its probability) in the x > 0 hemisphere: a planted second
+    #: appearance mode of one class (0: none)
+    gm_boost: float = 0.0
 
     @classmethod
     def random(cls, atlas: Atlas, seed: int, *, amplitude_mm: float = 4.0, grid: int = 5,
-               appearance: bool = True) -> "Subject":
-        """A subject drawn deterministically from ``seed``; ``seed`` None-free: the atlas itself is
-        ``Subject(atlas, np.zeros((3, 2, 2, 2)))``."""
+               appearance: bool = True, gm_boost: float = 0.0) -> "Subject":
+        """A subject drawn deterministically from ``seed`` (with ``appearance`` False only the
+        deformation varies). The atlas itself is ``Subject(atlas, np.zeros((3, 2, 2, 2)))``."""
         rng = np.random.default_rng(seed)
         control = rng.normal(0, amplitude_mm, (3, grid, grid, grid))
         if not appearance:
-            return cls(atlas, control)
+            return cls(atlas, control, gm_boost=gm_boost)
         direction = rng.normal(size=3)
         return cls(atlas, control, gain=float(rng.uniform(0.8, 1.2)), gamma=float(rng.uniform(0.75, 1.35)),
                    bias=float(rng.uniform(0, 0.3)), bias_direction=direction / np.linalg.norm(direction),
-                   noise=float(rng.uniform(0.01, 0.04)))
+                   noise=float(rng.uniform(0.01, 0.04)), gm_boost=gm_boost)
 
     def displacement(self, points: np.ndarray) -> np.ndarray:
         """d(x) at mm coordinates [3, ...]: cubic-spline interpolation of the control grid."""
@@ -238,11 +241,25 @@ class Subject:
 
         t1, gm, wm = take(self.atlas.t1), take(self.atlas.gm), take(self.atlas.wm)
         image = self.gain * np.clip(t1, 0, None) ** self.gamma
+        if self.gm_boost:
+            image = image + self.gm_boost * gm * (points[0] > 0)
         image = image * (1 + self.bias * np.tensordot(self.bias_direction, points, 1) / 100.0)
         if self.noise and noise_seed is not None:
             image = image + np.random.default_rng(noise_seed).normal(0, self.noise, image.shape)
         probs = np.stack([np.clip(1 - gm - wm, 0, 1), gm, wm]).astype(np.float32)
         return image.astype(np.float32), tissue_labels(gm, wm), probs
+
+
+def sample_slices(subject: Subject, planes: list[Plane], size: int, spacing: float, *, noise_seed: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Slices of ``subject`` through each plane: (normalised images float32 [N, 1, size, size],
+    tissue labels int64 [N, size, size]); the noise of slice k is drawn from ``noise_seed + k``."""
+    images, labels = [], []
+    for k, plane in enumerate(planes):
+        image, label, _ = subject.sample(plane, size, spacing, noise_seed=None if noise_seed is None else noise_seed + k)
+        images.append(image)
+        labels.append(label)
+    return normalise(np.stack(images)[:, None]), np.stack(labels)
 
 
 def random_plane(rng: np.random.Generator, *, max_offset_mm: float = 25.0, max_tilt_deg: float = 35.0,
@@ -440,6 +457,11 @@ def json_summary(task: str, record: dict, seconds: float) -> dict:
             "advanced": {t: s[metric] for t, s in record["advanced"].items()},
             "finetune": {t: s[metric] for t, s in record["finetune"].items()},
             "smallest_T": record["smallest_T"], "seconds": round(seconds, 1)}
+
+
+def add_smoke(parser) -> None:
+    """The medical apps' extra option: ``--smoke``, the smallest configuration (the CI tests)."""
+    parser.add_argument("--smoke", action="store_true", help="the smallest configuration (what the CI test runs)")
 
 
 # ---- fine-tuning a segmentation SNN --------------------------------------------------------
