@@ -296,9 +296,10 @@ def intersection_line(plane: Plane, other: Plane, size: int, spacing: float) -> 
     if norm < 0.05:
         return None
     mid = (size - 1) / 2
-    # n_o · (c_p + (j - mid)·s·u + (i - mid)·s·v - c_o) = 0
+    # the signed mm distance to ``other`` of pixel (i, j) is s·(a·i + b·j) + c, with
+    # n_o · (c_p + (j - mid)·s·u + (i - mid)·s·v - c_o) expanded; its in-plane gradient is s·norm per pixel
     c = n_other @ (plane.centre - other.centre) - (a + b) * mid * spacing
-    return np.array([a, b]) * spacing / norm, c / norm
+    return np.array([a, b]) / norm, c / (spacing * norm)
 
 
 def line_heatmap(line: tuple[np.ndarray, float] | None, size: int, sigma: float = 1.5) -> np.ndarray:
