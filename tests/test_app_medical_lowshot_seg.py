@@ -86,9 +86,10 @@ def smoke(tmp_path_factory):
 def test_lowshot_smoke(smoke):
     record, _, out = smoke
     ann = record["ann"]["mean_dice"]
-    # all-background scores 0; the smoke-size model (150 iterations, one subject) reached FLOOR
+    # all-background scores 0; the smoke-size model (150 iterations, one subject) reached 0.78 (GM 0.79,
+    # WM 0.78) on this VM; the floors leave room for other instruction sets
     assert ann >= 0.65, record["ann"]
-    assert min(record["ann"]["grey matter"], record["ann"]["white matter"]) >= 0.5, record["ann"]
+    assert min(record["ann"]["grey matter"], record["ann"]["white matter"]) >= 0.6, record["ann"]
     assert record["export_argmax_agreement"] >= 0.97
     assert abs(record["torch_export_form"]["mean_dice"] - ann) <= 0.01  # ONNX computes the export form
     snn = record["snn"]

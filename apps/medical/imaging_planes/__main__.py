@@ -31,8 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 SLICES_PER_LABELLED_SUBJECT = 4
 CONFIGS = {
     "full": dict(size=32, spacing=5.0, seeds=(0, 1, 2), labelled_subjects=(1, 3), variants=tuple(PRETEXTS),
-                 pretext_subjects=6, pretext_slices=48, pretrain_iterations=300, target_iterations=200,
-                 test_subjects=4, test_slices=16, calib_iterations=100, finetune_epochs=4, study="both"),
+                 pretext_subjects=4, pretext_slices=40, pretrain_iterations=250, target_iterations=150,
+                 test_subjects=3, test_slices=16, calib_iterations=60, finetune_epochs=2, study="both"),
     "quick": dict(size=32, spacing=5.0, seeds=(0,), labelled_subjects=(1,), variants=("none", "both"),
                   pretext_subjects=4, pretext_slices=32, pretrain_iterations=150, target_iterations=120,
                   test_subjects=2, test_slices=12, calib_iterations=30, finetune_epochs=2, study="both"),
@@ -91,6 +91,7 @@ def main(argv=None) -> dict:
     results_dir = args.out if args.quick or args.smoke else RESULTS
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         pretraining, kept = pretraining_study(cfg)
+        print_pretraining(pretraining, len(cfg["seeds"]))  # before the SNN study: the long part is done
         test_x, test_y = kept["test"]
         subjects = max(cfg["labelled_subjects"])
         model, label_x, label_y, unlabelled_x = kept["models"][(cfg["study"], subjects)]
@@ -132,7 +133,8 @@ def main(argv=None) -> dict:
                     f"SNN T={snn_t}", "tissue segmentation after pretext pretraining (0 background, 1 grey, 2 white)")
         write_json(record, results_dir / "results.json")
         if not args.json:
-            print_report(record)
+            print(f"compiled: {record['compiled_model']}")
+            print_study(record)
     if args.json:
         summary = json_summary(record["task"], record, seconds)
         summary["pretraining"] = pretraining["summary"]
@@ -140,23 +142,20 @@ def main(argv=None) -> dict:
     return record
 
 
-def print_report(record: dict) -> None:
-    """Dice with and without pretraining (mean ± std over seeds), pretext quality, then the SNN study."""
-    summary = record["pretraining"]["summary"]
-    seeds = len(record["config"]["seeds"])
-    print(f"target-task mean Dice over {seeds} seed(s), {record['pretraining']['test_slices']} test slices of unseen subjects:")
+def print_pretraining(pretraining: dict, seeds: int) -> None:
+    """Dice with and without pretraining (mean ± std over seeds) and the pretext tasks' quality."""
+    summary = pretraining["summary"]
+    print(f"target-task mean Dice over {seeds} seed(s), {pretraining['test_slices']} test slices of unseen subjects:")
     print(f"{'pretraining':>12}  " + "  ".join(f"{s + ' subj.':>26}" for s in next(iter(summary.values()))))
     for variant, by_subjects in summary.items():
         cells = [f"{r['mean_dice']:.4f}±{r['std']:.4f} ({r['gain_over_scratch']:+.4f}, {r['seeds_better_than_scratch']}/{r['seeds']})"
                  for r in by_subjects.values()]
         print(f"{variant:>12}  " + "  ".join(f"{c:>26}" for c in cells))
     print("(in brackets: mean gain over training from scratch, seeds where pretraining beat scratch)")
-    for variant, by_seed in record["pretraining"]["pretext_quality"].items():
+    for variant, by_seed in pretraining["pretext_quality"].items():
         q = {k: np.mean([s[k] for s in by_seed.values()]) for k in next(iter(by_seed.values()))}
         print(f"pretext '{variant}' on held-out slices: location R² {q['location_r2']:.3f}, "
               f"line-heatmap R² {q['line_heatmap_r2']:.3f}")
-    print(f"compiled: {record['compiled_model']}")
-    print_study(record)
 
 
 if __name__ == "__main__":

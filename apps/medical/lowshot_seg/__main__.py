@@ -30,8 +30,8 @@ RESULTS = Path(__file__).parent / "results"
 MODES = 3
 SCALE = 10.0
 CONFIGS = {  # size, spacing mm, train slices, test subjects × slices, iterations, seeds, calibration iterations
-    "full": dict(size=32, spacing=5.0, train_slices=64, test_subjects=5, test_slices=16, iterations=300,
-                 seeds=(0, 1, 2, 3, 4), calib_iterations=100, finetune_epochs=4, cases=tuple(CASES)),
+    "full": dict(size=32, spacing=5.0, train_slices=48, test_subjects=4, test_slices=12, iterations=250,
+                 seeds=(0, 1, 2, 3, 4), calib_iterations=60, finetune_epochs=2, cases=tuple(CASES)),
     "quick": dict(size=32, spacing=5.0, train_slices=32, test_subjects=3, test_slices=8, iterations=200,
                   seeds=(0,), calib_iterations=30, finetune_epochs=2,
                   cases=("tissue", "tissue_local", "multimodal_local")),
