@@ -33,8 +33,7 @@ CONFIGS = {  # size, spacing mm, train slices, test subjects × slices, iteratio
     "full": dict(size=32, spacing=5.0, train_slices=48, test_subjects=4, test_slices=12, iterations=250,
                  seeds=(0, 1, 2, 3, 4), calib_iterations=60, finetune_epochs=2, cases=tuple(CASES)),
     "quick": dict(size=32, spacing=5.0, train_slices=32, test_subjects=3, test_slices=8, iterations=200,
-                  seeds=(0,), calib_iterations=30, finetune_epochs=2,
-                  cases=("tissue", "tissue_local", "multimodal_local")),
+                  seeds=(0,), calib_iterations=30, finetune_epochs=1, cases=("tissue", "multimodal_local")),
     "smoke": dict(size=32, spacing=5.0, train_slices=24, test_subjects=2, test_slices=6, iterations=150,
                   seeds=(0,), calib_iterations=20, finetune_epochs=1, cases=("tissue", "multimodal_local")),
 }
