@@ -21,7 +21,8 @@ test: install
 
 # The example apps' full runs (each rewrites its apps/NAME/results.json).
 apps: install
-	$(PY) -m apps.medical
+	$(PY) -m apps.medical.imaging_planes
+	$(PY) -m apps.medical.lowshot_seg
 	$(PY) -m apps.finance
 	$(PY) -m apps.sparse_conv
 

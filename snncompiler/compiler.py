@@ -324,10 +324,11 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
                               ctx: PassContext) -> bool:
     """Does calibration help at the compile T?
 
-    Scores each model by top-1 agreement with the ANN (ties: mean squared error of the
-    output). Calibration repairs mean errors layer by layer; on some networks and T (e.g. T=1
-    on a deep VGG, where its MSE thresholds lose to the default percentile) the whole network
-    ends up worse, and this guard catches it. It scores on calibration samples that the
+    Scores each model by top-1 agreement with the ANN over the class axis (axis 1: per pixel for
+    a segmentation output [N, C, H, W]; ties: mean squared error of the output). Calibration
+    repairs mean errors layer by layer; on some networks and T (e.g. T=1 on a deep VGG, where
+    its MSE thresholds lose to the default percentile) the whole network ends up worse, and this
+    guard catches it. It scores on calibration samples that the
     layer-wise passes did not fit (those after the first ``layer_samples``), up to as many
     again, so that a calibration that only fits its own batch is not kept; with no samples
     left over it falls back to the fitted ones.
@@ -344,7 +345,8 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
 
     def score(graph):
         out = first_output(SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=int(opts["chunk"]))[T])
-        agree = float((out.argmax(-1) == target.argmax(-1)).float().mean())
+        classes = 1 if out.dim() > 1 else -1  # [N, C, ...]: per-pixel classes of a dense output too
+        agree = float((out.argmax(classes) == target.argmax(classes)).float().mean())
         return agree, -float(((out - target) ** 2).mean())
 
     kept, baseline = score(calibrated), score(plain)

@@ -59,6 +59,16 @@ def _weight_key(node) -> str | None:
     return None  # a product of two activations: no synapses to count
 
 
+def _copies_entries(node) -> bool:
+    """Whether every output entry of ``node`` is a copy of an input entry or a zero: constant
+    padding, and nearest-neighbour resizing (an upsample repeats each spike, it does not blend it)."""
+    if node.op == "pad":
+        return node.attrs.get("mode", "constant") == "constant"
+    if node.op == "resize":
+        return node.attrs.get("mode", "nearest") == "nearest"
+    return node.op in _SPIKE_PRESERVING
+
+
 def input_kinds(graph, encoding: str = "direct") -> dict[str, str]:
     """For every value of a neuronized graph: ``static`` (constant over time: computed once),
     ``spikes`` (0 or θ each step) or ``analog`` (real-valued each step)."""
@@ -70,8 +80,7 @@ def input_kinds(graph, encoding: str = "direct") -> dict[str, str]:
             kind = "spikes"
         elif all(k == "static" for k in ins):
             kind = "static"
-        elif node.op in _SPIKE_PRESERVING and all(k in ("spikes", "static") for k in ins) and (
-                node.op != "pad" or node.attrs.get("mode", "constant") == "constant"):
+        elif _copies_entries(node) and all(k in ("spikes", "static") for k in ins):
             kind = "spikes" if "spikes" in ins else "static"
         elif node.op in ("mul", "div") and len(node.inputs) == 1 and not node.attrs.get("const_first"):
             kind = ins[0]  # spikes times a constant (a NIR import's 1/θ) are still events of one size

@@ -174,3 +174,24 @@ def test_calibration_check_scores_held_out_samples(setup):
                          quiet=True)
     check = model.report["calibration_check"]
     assert check["held_out"] and check["samples"] == 50
+
+
+def test_calibration_check_scores_dense_outputs_per_pixel(tmp_path):
+    """For a segmentation output [N, C, H, W] the check's agreement is the per-pixel class
+    agreement with the ANN (onnxruntime), not an argmax over the image's last axis."""
+    import torch.nn as nn
+
+    from snncompiler.ort import OrtModel
+    from snncompiler.workloads import export_onnx
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))
+    path = export_onnx(net, (1, 6, 6), tmp_path / "seg.onnx")
+    x = np.random.default_rng(4).normal(size=(16, 1, 6, 6)).astype(np.float32)
+    model = snnc.compile(str(path), x, timesteps=2, calibration="light", quiet=True)
+    check = model.report["calibration_check"]
+    assert check["samples"] == 16 and not check["held_out"]
+    ann = OrtModel(path)(x)
+    expected = float((model.run(x, 2).argmax(1) == ann.argmax(1)).mean())
+    agreement = check["calibrated_agreement" if check["kept"] == "calibrated" else "uncalibrated_agreement"]
+    assert agreement == pytest.approx(expected, abs=1e-6)

@@ -155,3 +155,27 @@ def test_spikes_scaled_by_a_constant_stay_spikes(tmp_path):
     assert input_kinds(model.graph)[model.graph.find("linear")[1].inputs[0]] == "spikes"
     rows = model.synaptic_operations(np.full((2, 4), 0.3, np.float32), 10)["layers"]
     assert rows[1]["input"] == "spikes" and rows[1]["ops"] > 0
+
+
+@pytest.mark.parametrize("mode, kind", [("nearest", "spikes"), ("bilinear", "analog")])
+def test_upsampled_spikes_stay_spikes_only_when_nearest(tmp_path, mode, kind):
+    """A nearest upsample repeats each spike (a U-Net decoder's conv still reads events, ACs);
+    a bilinear one blends neighbours into fractions (MACs)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode=mode),
+                        nn.Conv2d(4, 2, 3, padding=1))
+    path = export_onnx(net, (1, 6, 6), tmp_path / "up.onnx")
+    x = np.random.default_rng(3).random((8, 1, 6, 6), dtype=np.float32)
+    model = snnc.compile(str(path), x, timesteps=4, quiet=True)
+    assert [n.op for n in model.graph.nodes if n.op == "resize"] == ["resize"]
+    kinds = input_kinds(model.graph)
+    assert kinds[model.graph.find("resize")[0].outputs[0]] == kind
+    sops = model.synaptic_operations(x, 4)
+    rows = sops["layers"]
+    assert rows[1]["input"] == kind and rows[1]["ops"] > 0
+    if kind == "spikes":  # the decoder conv's events are accumulates; only the first conv multiplies
+        assert sops["snn_acs"] == pytest.approx(rows[1]["ops"])
+        assert sops["snn_macs"] == pytest.approx(rows[0]["ops"])
+    else:
+        assert sops["snn_acs"] == 0
+        assert sops["snn_macs"] == pytest.approx(rows[0]["ops"] + rows[1]["ops"])
