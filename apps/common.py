@@ -33,18 +33,20 @@ def app_args(description: str, name: str, argv=None) -> argparse.Namespace:
     """The options every app takes: ``--quick`` (the small configuration the tests run),
     ``--out`` (where the ONNX files and the artifact go), ``--seed``, ``--timesteps``."""
     parser = argparse.ArgumentParser(prog=f"python -m apps.{name}", description=description)
+    folder = Path("apps").joinpath(*name.split("."))  # "medical.lowshot_seg" lives in apps/medical/lowshot_seg
     parser.add_argument("--quick", action="store_true",
                         help="a small configuration (fewer samples and epochs) that runs in seconds")
-    parser.add_argument("--out", type=Path, default=Path("apps") / name / "out",
+    parser.add_argument("--out", type=Path, default=folder / "out",
                         help="directory for the ONNX model, the artifact and results.json (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
     parser.add_argument("--timesteps", type=_steps, default=DEFAULT_TIMESTEPS,
                         help="comma-separated T to report, all from one run (default: 1,2,4,...,128)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the results instead of the table")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     # the full run's record is committed beside the app (the README quotes it); --quick runs
     # (the tests) keep theirs in --out so they never overwrite it
-    args.results = args.out / "results.json" if args.quick else Path(__file__).parent / name / "results.json"
+    args.results = args.out / "results.json" if args.quick else Path(__file__).parent.joinpath(*name.split(".")) / "results.json"
     torch.set_num_threads(min(torch.get_num_threads(), 2))  # the tables in the README use 2 threads
     return args
 
@@ -80,6 +82,14 @@ def compare(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray,
     (neurons as clip(x, 0, θ): separates clipping from flooring error), the SNN's metrics at
     every T, its firing rate, the compile report's analog islands and the timings.
     """
+    return compare_model(name, onnx_path, calib_x, test_x, score, timesteps=timesteps, out_dir=out_dir,
+                         **compile_options)[0]
+
+
+def compare_model(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray, score: Score, *,
+                  timesteps=DEFAULT_TIMESTEPS, out_dir: Path, **compile_options):
+    """:func:`compare`, returning (record, the compiled model) for apps that go on with the model
+    (calibration, fine-tuning, synaptic operations)."""
     timesteps = sorted({int(t) for t in timesteps})
     ann_scores = score(OrtModel(onnx_path)(test_x))
     t0 = time.perf_counter()
@@ -90,7 +100,7 @@ def compare(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray,
     t0 = time.perf_counter()
     outs = model.run(test_x, timesteps[-1], checkpoints=timesteps)
     run_s = time.perf_counter() - t0
-    return {
+    record = {
         "app": name,
         "samples": int(len(test_x)),
         "ann": ann_scores,
@@ -104,6 +114,7 @@ def compare(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
+    return record, model
 
 
 def print_table(record: dict, metrics=None) -> None:
@@ -127,8 +138,10 @@ def _fmt(value) -> str:
 
 def write_json(record: dict, path: Path) -> Path:
     """Write ``record`` as indented JSON (floats rounded to 6 digits) and return the path."""
+    from snncompiler.fileio import write_text
+
     path = Path(path)
-    path.write_text(json.dumps(_rounded(record), indent=2) + "\n")
+    write_text(path, json.dumps(_rounded(record), indent=2) + "\n")
     print(f"wrote {path}")
     return path
 

@@ -1,1 +1,2 @@
-"""One-shot organ segmentation with a cosine-mixture head (Cui et al., TMI 2021), compiled to a spiking network."""
+"""The medical example apps, one package per paper (see apps/medical/<name>/README.md); the real
+MRI, plane geometry, subjects, Dice and the snnc study they share live in apps.medical.common."""
