@@ -24,6 +24,8 @@ apps: install
 	$(PY) -m apps.medical
 	$(PY) -m apps.finance
 	$(PY) -m apps.sparse_conv
+	$(PY) -m apps.medical.concept_classifier
+	$(PY) -m apps.medical.registration
 
 # Everything, including the slow variants (all torchvision architectures at two opsets).
 test-all: install

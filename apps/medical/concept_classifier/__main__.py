@@ -118,6 +118,11 @@ def main(argv=None) -> dict:
     return record
 
 
+def _figure_dir(args) -> Path:
+    """results/ beside the app for the full run (the README shows it); --out for --quick runs."""
+    return args.out if args.quick else Path(__file__).parent / "results"
+
+
 def _run(args) -> dict:
     start = time.perf_counter()
     n_train, n_test, epochs, ft_epochs, calib_iterations = CONFIGS["quick" if args.quick else "full"]
@@ -166,7 +171,7 @@ def _run(args) -> dict:
         print(f"trained {n_train} cases, {epochs} epochs in {train_s:.1f} s; test {n_test} cases")
         print_study(record)
         _print_concepts(record)
-        figure = save_concept_figure(Path(__file__).parent / "results" / ("quick.png" if args.quick else "cases.png"),
+        figure = save_concept_figure(_figure_dir(args) / ("quick.png" if args.quick else "cases.png"),
                                      raw_test[:4], test_y[:4], test_c[:4], (ann_logits[:4], ann_concepts[:4]),
                                      (snn_show[0][:4], snn_show[1][:4]), f"SNN T={t_show}")
         print(f"wrote {figure}")

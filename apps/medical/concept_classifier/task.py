@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snncompiler.errors import SnncError
+
 CLASSES = ("melanoma", "hemangioma", "metastasis")
 CONCEPTS = ("large", "pigmented", "orange", "irregular", "mottled", "near_disc")
 #: P(concept | class): rows CLASSES, columns CONCEPTS. Illustrative, loosely after the
@@ -44,13 +46,15 @@ def load_fundus(path: str | Path | None = None) -> np.ndarray:
 
         path = Path(skimage.__file__).parent / "data" / "retina.jpg"
     path = Path(path)
+    if not path.is_file():
+        raise SnncError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not an image PIL can read ({exc})") from None
+        raise SnncError(f"{path}: not an image PIL can read ({exc})") from None
     if min(rgb.shape[:2]) < 64:
-        raise ValueError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}; a fundus photograph needs ≥ 64 px a side")
+        raise SnncError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}; a fundus photograph needs ≥ 64 px a side")
     return rgb
 
 
