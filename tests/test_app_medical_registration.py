@@ -46,7 +46,7 @@ def test_pairs_register_with_the_true_flow_outside_the_lesion():
     warped = warp(moving, torch.from_numpy(data["flow"])).numpy()[:, 0]
     before = ((data["x"][:, 1] - fixed)[region] ** 2).mean()
     after = ((warped - fixed)[region] ** 2).mean()
-    assert after < 0.4 * before  # measured 0.2: interpolation and noise are what remains
+    assert after < 0.45 * before  # measured 0.28: interpolation and noise are what remains
     assert (data["lesion_moving"].reshape(6, -1).max(1) == 1).all()
     # the lesion has no counterpart in the fixed image: inside it the warped moving image differs
     inside = data["lesion_fixed"] > 0.9

@@ -29,7 +29,7 @@ TASK = ("registration of real MNI152 MRI slice pairs (known smooth deformation, 
         "image) with a co-trained lesion segmentation; metrics: lesion Dice, mean endpoint error (pixels) "
         "outside the lesion")
 #: (image size, train pairs, test pairs, epochs, U-Net width, calibration iterations)
-CONFIGS = {"full": (48, 800, 96, 20, 16, 100), "quick": (32, 256, 48, 12, 12, 40)}
+CONFIGS = {"full": (32, 384, 96, 15, 12, 40), "quick": (32, 256, 48, 12, 12, 40)}
 #: Why the fine-tuning rows are empty.
 FINETUNE_NOTE = ("not applicable: snnc.train.finetune trains a classifier (labels [N], TET cross-entropy on the "
                  "first output); this network's output is a dense signed flow field (a regression) plus a "
