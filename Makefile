@@ -25,6 +25,8 @@ apps: install
 	$(PY) -m apps.medical.lowshot_seg
 	$(PY) -m apps.finance
 	$(PY) -m apps.sparse_conv
+	$(PY) -m apps.medical.concept_classifier
+	$(PY) -m apps.medical.registration
 
 # 3,000 seeded mutations of an ONNX model, an artifact, an .npz and a .nir, each run through the CLI
 # under a memory limit and a timeout; prints the table of case kind x outcome (see README, Reliability).
