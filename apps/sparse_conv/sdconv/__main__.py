@@ -22,7 +22,9 @@ from snncompiler.workloads import digits, export_onnx
 
 NAME = "sparse_conv.sdconv"
 THRESHOLD_LR = 2e-2
-COMPILED_ALPHA = 5e-3   # the α of the models that are compiled (fixed beforehand, not picked from the sweep)
+# the α of the models that are compiled, set from a pilot run (seed 0, 12 epochs): 1e-2 pruned
+# 95 % of the static net's conv weights; 2e-2 drove layers under 1 % density, into DST's reset
+COMPILED_ALPHA = 1e-2
 
 
 def _config(quick: bool) -> dict:
@@ -31,8 +33,7 @@ def _config(quick: bool) -> dict:
                 "sweep": {"static": [COMPILED_ALPHA], "soft": [COMPILED_ALPHA], "top1": [COMPILED_ALPHA]},
                 "compiled": ("dense", "static", "top1"), "energy_samples": 200}
     return {"mnist": dict(train=4000, test=1000, epochs=12), "digits_epochs": 30,
-            "sweep": {"static": [2e-3, COMPILED_ALPHA, 1e-2], "soft": [COMPILED_ALPHA, 1e-2],
-                      "top1": [COMPILED_ALPHA, 1e-2]},
+            "sweep": {"static": [2e-3, 5e-3, COMPILED_ALPHA], "soft": [COMPILED_ALPHA], "top1": [COMPILED_ALPHA]},
             "compiled": ("dense", "static", "soft", "top1"), "energy_samples": 500}
 
 
