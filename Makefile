@@ -22,8 +22,8 @@ test: install
 # The example apps' full runs (each rewrites its apps/NAME/results.json).
 apps: install
 	$(PY) -m apps.medical
-	$(PY) -m apps.finance
-	$(PY) -m apps.sparse_conv
+	$(PY) -m apps.finance.stock_movement
+	$(PY) -m apps.sparse_conv.sdconv
 
 # Everything, including the slow variants (all torchvision architectures at two opsets).
 test-all: install
