@@ -23,8 +23,8 @@ test: install
 apps: install
 	$(PY) -m apps.medical.imaging_planes
 	$(PY) -m apps.medical.lowshot_seg
-	$(PY) -m apps.finance
-	$(PY) -m apps.sparse_conv
+	$(PY) -m apps.finance.stock_movement
+	$(PY) -m apps.sparse_conv.sdconv
 	$(PY) -m apps.medical.concept_classifier
 	$(PY) -m apps.medical.registration
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 import snncompiler as snnc
-from snncompiler.fileio import write_text
+from snncompiler.fileio import write_bytes, write_text
 from snncompiler.ort import OrtModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -33,8 +35,12 @@ Score = Callable[[np.ndarray], dict]
 def app_args(description: str, name: str, argv=None, *, timesteps=DEFAULT_TIMESTEPS,
              configure: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The options every app takes: ``--quick`` (the small configuration the tests run),
+    ``--json`` (stdout is one JSON summary, see :func:`summary`; the table goes to stderr),
     ``--out`` (where the ONNX files and the artifact go), ``--seed``, ``--timesteps`` (default
-    ``timesteps``), ``--json``; ``configure`` adds an app's own options to the parser."""
+    ``timesteps``); ``configure`` adds an app's own options to the parser.
+
+    ``name`` is the app's module under ``apps`` and may be dotted (``finance.stock_movement``):
+    its folder is ``apps/finance/stock_movement``."""
     parser = argparse.ArgumentParser(prog=f"python -m apps.{name}", description=description)
     folder = Path("apps").joinpath(*name.split("."))  # "medical.lowshot_seg" lives in apps/medical/lowshot_seg
     parser.add_argument("--quick", action="store_true",
@@ -44,14 +50,21 @@ def app_args(description: str, name: str, argv=None, *, timesteps=DEFAULT_TIMEST
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
     parser.add_argument("--timesteps", type=_steps, default=tuple(timesteps),
                         help="comma-separated T to report, all from one run (default: %s)" % ",".join(map(str, timesteps)))
-    parser.add_argument("--json", action="store_true", help="print one JSON object with the results instead of the table")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object {task, metric, ann, snn: {T: value}, seconds} on stdout "
+                             "(the tables go to stderr)")
     if configure is not None:
         configure(parser)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     # the full run's record is committed beside the app (the README quotes it); --quick runs
     # (the tests) keep theirs in --out so they never overwrite it
-    args.results = args.out / "results.json" if args.quick else Path(__file__).parent.joinpath(*name.split(".")) / "results.json"
+    args.app_dir = Path(__file__).parent.joinpath(*name.split("."))
+    args.results = args.out / "results.json" if args.quick else args.app_dir / "results.json"
+    # the figure likewise: the full run's is committed under the app's results/, quick runs' in --out
+    args.figures = args.out if args.quick else args.app_dir / "results"
+    args.figures.mkdir(parents=True, exist_ok=True)
+    args.started = time.perf_counter()
     torch.set_num_threads(min(torch.get_num_threads(), 2))  # the tables in the README use 2 threads
     return args
 
@@ -159,3 +172,48 @@ def _rounded(value):
     if isinstance(value, (list, tuple)):
         return [_rounded(v) for v in value]
     return value
+
+
+@contextlib.contextmanager
+def human_output(args: argparse.Namespace):
+    """With ``--json``, send what the block prints (tables, progress) to stderr, so that stdout
+    carries the JSON summary alone."""
+    if not getattr(args, "json", False):
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def summary(task: str, metric: str, ann: float, snn: dict, started: float) -> dict:
+    """The one-object summary ``--json`` prints: ``{"task", "metric", "ann", "snn": {"T": value},
+    "seconds"}`` (``seconds``: wall time since ``started``, a ``time.perf_counter()`` value)."""
+    return {"task": task, "metric": metric, "ann": float(ann),
+            "snn": {str(t): float(v) for t, v in snn.items()},
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def emit_summary(args: argparse.Namespace, record: dict) -> None:
+    """Print the ``--json`` summary (``record["summary"]``) on stdout when asked for."""
+    if getattr(args, "json", False):
+        print(json.dumps(_rounded(record["summary"])))
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG (through :mod:`snncompiler.fileio`) and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(Path(path), buffer.getvalue())
+    print(f"wrote {path}")
+    return Path(path)
+
+
+def synaptic_energy(record: dict, timesteps: int, x: np.ndarray) -> dict:
+    """Synaptic operations and energy of the artifact ``record["artifact"]`` on ``x`` at
+    ``timesteps`` (:meth:`CompiledModel.synaptic_operations`), added to ``record`` as ``energy``."""
+    sops = snnc.load(record["artifact"]).synaptic_operations(x, timesteps)
+    record["energy"] = sops
+    return sops

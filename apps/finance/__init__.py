@@ -1,1 +1,1 @@
-"""Stock movement prediction from prices and credibility-weighted social posts, ANN vs SNN."""
+"""Finance example apps: ``python -m apps.finance.stock_movement``."""

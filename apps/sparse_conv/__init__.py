@@ -1,1 +1,1 @@
-"""Sparse convolution app: learnable-threshold weight masks × spike sparsity (``python -m apps.sparse_conv``)."""
+"""Sparse-convolution example apps: ``python -m apps.sparse_conv.sdconv``."""
