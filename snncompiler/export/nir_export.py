@@ -271,7 +271,8 @@ def to_nir(model) -> tuple[object, list[str]]:
     reset, v0 = model.options.get("reset", "soft"), model.options.get("v0", "half")
     if reset == "soft":
         ex._warn("NIR has no soft reset (reset by subtraction): the neurons are written with v_reset = 0, which "
-                 "SpikingJelly runs as a hard reset (compile with --reset hard for a faithful file)")
+                 "SpikingJelly runs as a hard reset (compile with --reset hard --v0 zero for a faithful file; "
+                 "add --calibration light for the accuracy at T <= 8, see README 'Hard reset')")
     if v0 == "half":
         ex._warn("NIR has no initial membrane potential: v0 = θ/2 is dropped (readers start at 0; "
                  "compile with --v0 zero for a faithful file)")
