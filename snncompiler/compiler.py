@@ -305,13 +305,16 @@ def _pin_fixed_batch(graph: Graph, calib: Dataset, opts: dict) -> Graph:
     a time, said once; the marked copy is returned (the caller's graph is left alone)."""
     from .runtime.executor import FIXED_BATCH_KEY, batch_independent, fixed_batch
 
-    if fixed_batch(graph) or batch_independent(graph, torch.from_numpy(calib.x[:2]).float()):
+    marked = fixed_batch(graph)  # the loader may have found an op along axis 0 of a batch-1 model
+    if not marked and batch_independent(graph, torch.from_numpy(calib.x[:2]).float()):
         return graph
     where = graph.metadata.get("source_file", "model")
     if opts["calibration"] != "none":
         raise SnncError(f"--calibration {opts['calibration']}: {where} runs only at batch 1 (its batch axis is "
                         "fixed in the graph), and layer-wise calibration needs batches; use --calibration none "
                         "or re-export the model with a dynamic batch axis")
+    if marked:
+        return graph
     graph = graph.copy()
     graph.metadata[FIXED_BATCH_KEY] = "1"
     log.warning("%s: the graph fixes its batch axis at 1 (samples of a batch would mix or fail); calibrating "

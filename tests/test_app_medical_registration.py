@@ -42,11 +42,15 @@ def test_pairs_register_with_the_true_flow_outside_the_lesion():
     data = registration_pairs(6, seed=0, size=32)
     assert data["x"].shape == (6, 2, 32, 32) and data["flow"].shape == (6, 2, 32, 32)
     fixed, moving = data["x"][:, 0], torch.from_numpy(data["x"][:, 1:2])
-    region = (data["brain"] > 0.5) & (data["lesion_fixed"] < 0.5)
+    # away from the image border: the brain reaches it at 32 px, and there the warp samples the
+    # zero padding (with the border, per-pair ratios ranged 0.16-1.09 across these six pairs)
+    interior = np.zeros((32, 32), bool)
+    interior[4:-4, 4:-4] = True
+    region = (data["brain"] > 0.5) & (data["lesion_fixed"] < 0.5) & interior
     warped = warp(moving, torch.from_numpy(data["flow"])).numpy()[:, 0]
     before = ((data["x"][:, 1] - fixed)[region] ** 2).mean()
     after = ((warped - fixed)[region] ** 2).mean()
-    assert after < 0.45 * before  # measured 0.28: interpolation and noise are what remains
+    assert after < 0.2 * before  # measured 0.037 (per pair 0.01-0.10): interpolation is what remains
     assert (data["lesion_moving"].reshape(6, -1).max(1) == 1).all()
     # the lesion has no counterpart in the fixed image: inside it the warped moving image differs
     inside = data["lesion_fixed"] > 0.9

@@ -28,7 +28,8 @@ class _Builder:
     def const(self, node: Node, key: str, value) -> str:
         name = f"{node.name}.{key}"
         arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # not np.ascontiguousarray: it turns a 0-d array (a scalar Gather index) into shape (1,)
+        self.inits.append(numpy_helper.from_array(np.array(arr, order="C"), name))
         return name
 
     def add(self, op: str, inputs, outputs, name: str, domain: str = "", **attrs) -> None:

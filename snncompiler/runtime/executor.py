@@ -31,8 +31,13 @@ FIXED_BATCH_KEY = "snncompiler.fixed_batch"
 
 
 def fixed_batch(graph: Graph) -> bool:
-    """Whether ``graph`` must be run one sample at a time (see :data:`FIXED_BATCH_KEY`)."""
-    return graph.metadata.get(FIXED_BATCH_KEY) == "1"
+    """Whether ``graph`` must be run one sample at a time: pinned at compile time (see
+    :data:`FIXED_BATCH_KEY`), or declared at batch 1 with an op that works along axis 0 (found by
+    the loader, see :mod:`snncompiler.frontend.batch`), where samples fed together would mix."""
+    from ..frontend.batch import BOUND_KEY, DECLARED_KEY
+
+    meta = graph.metadata
+    return meta.get(FIXED_BATCH_KEY) == "1" or (bool(meta.get(BOUND_KEY)) and meta.get(DECLARED_KEY) == "1")
 
 
 @contextlib.contextmanager
@@ -73,30 +78,28 @@ class Executor:
         ``observer(node, outputs)``, if given, sees every node's outputs as they are computed
         (activation statistics and calibration passes hook in here).
         """
-        per_sample = self._batch_plan(feeds)
-        batch = next(iter(feeds.values())).shape[0] if feeds else 1
-        if not per_sample and fixed_batch(self.graph) and batch > 1:
-            per_sample = batch  # marked at compile time (compiler._pin_fixed_batch)
+        batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+        per_sample = batch if fixed_batch(self.graph) and batch > 1 else 0
+        if not per_sample:
+            self._check_batch(feeds)
         if per_sample:
             with one_thread():
                 runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(per_sample)]
             return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
         return self._run(feeds, observer)
 
-    def _batch_plan(self, feeds: Mapping[str, torch.Tensor]) -> int:
-        """0 to run the batch as one; N to run a static batch-1 model sample by sample, where
-        samples would otherwise meet along axis 0 (see :mod:`snncompiler.frontend.batch`)."""
+    def _check_batch(self, feeds: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a batch size at which a graph whose axis 0 is not a free batch axis would give
+        other answers than its ONNX semantics (see :mod:`snncompiler.frontend.batch`)."""
         from ..frontend.batch import BOUND_KEY, DECLARED_KEY
 
         bound = self.graph.metadata.get(BOUND_KEY)
         if not bound or not feeds:
-            return 0
+            return
         n = int(next(iter(feeds.values())).shape[0])
         declared = self.graph.metadata.get(DECLARED_KEY, "dynamic")
         if declared == str(n) or (declared == "dynamic" and n == 1):
-            return 0
-        if declared == "1" and n > 1:
-            return n
+            return
         source = self.graph.metadata.get("source_file", "model")
         k = 1 if declared == "dynamic" else int(declared)
         runs_at = "batch 1 (its dynamic batch is pinned to 1)" if declared == "dynamic" else f"batch {declared}"

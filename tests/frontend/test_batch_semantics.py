@@ -121,6 +121,18 @@ CASES = {
     "ConstantOfShape": _nodes([helper.make_node("ConstantOfShape", ["s"], ["c"],
                                                 value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
                                helper.make_node("Mul", ["x", "c"], ["y"])], [init("s", i64([4, 5]))]),
+    "Where (constant condition)": _nodes(
+        [helper.make_node("Where", ["c", "x", "z"], ["y"])],
+        [init("c", rand([4, 5], 1) > 0), init("z", rand([5], 2))]),
+    "Where (condition from the input)": _nodes(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
+         helper.make_node("Where", ["c", "x", "r"], ["y"])], [init("zero", np.float32(0.0))]),
+    "Equal": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
+                     helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
+                    [init("zero", np.zeros([5], np.float32))]),
+    "Expand": _one("Expand", consts=[("s", i64([3, 4, 5]))], rest=[3, 1, 1]),
+    "Range": _nodes([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
+                    [init("a", np.float32(0.0)), init("b", np.float32(2.5)), init("d", np.float32(0.5))]),
     "Shape → Reshape (batch kept)": _nodes(
         [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
          helper.make_node("Unsqueeze", ["n", "a0"], ["nu"]), helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0),
@@ -136,7 +148,8 @@ CASES = {
          helper.make_node("Mul", ["r", "nf"], ["y"], name="scale")], [init("i0", i64(0))]),
 }
 #: ops of one input and no required attribute: a generic model covers them (new converters too)
-UNARY = ["Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Gelu"]
+UNARY = ["Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Gelu", "Erf", "Sqrt", "Exp", "Log", "Abs",
+         "Reciprocal", "Neg"]
 
 
 def _builders():

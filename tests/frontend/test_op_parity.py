@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from snncompiler.errors import SnncError
 from snncompiler.frontend import supported_ops
 
 from .helpers import OrtRejected, build, check, check_or_skip, init, rand, run_ort, run_snn, single, assert_close
@@ -510,6 +511,64 @@ def test_avgpool_same_stride_beyond_kernel(auto_pad, size, k, s, count_include_p
 def test_global_pool(op, opset, shape):
     m = single(op, shape, {}, [], opset)
     check(m, rand(shape, 1), what=op)
+
+
+# Unary math (the pieces of decomposed GELU / LayerNorm / attention exports): each on data in
+# its domain, at the opset where it first appeared (or 9, the oldest loaded) and at 13/21.
+UNARY_MATH = [("Erf", 0.0, [9, 13, 21]), ("Sqrt", 0.05, [9, 13, 21]), ("Exp", 0.0, [9, 13, 21]),
+              ("Log", 0.05, [9, 13, 21]), ("Abs", 0.0, [9, 13, 21]), ("Reciprocal", 0.25, [9, 13, 21]),
+              ("Neg", 0.0, [9, 13, 21])]
+
+
+@pytest.mark.parametrize("op,low,opset", [(op, lo, o) for op, lo, opsets in UNARY_MATH for o in opsets],
+                         ids=lambda v: str(v))
+def test_unary_math(op, low, opset):
+    shape = [2, 3, 4, 5]
+    x = rand(shape, 1, low, 3.0) if low else rand(shape, 1, -3, 3)
+    check(single(op, shape, {}, [], opset), x, what=f"{op} opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [9, 16, 21])
+def test_where_constant_condition(opset):
+    cond = rand([3, 4], 1) > 0
+    m = build([helper.make_node("Where", ["c", "x", "z"], ["y"])], [("x", [2, 3, 4])], ["y"],
+              [init("c", cond), init("z", rand([4], 2))], opset)
+    check(m, rand([2, 3, 4], 3), what=f"Where constant condition opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+def test_where_and_equal_on_activations(opset):
+    """A mask computed in the graph (Relu(x) == 0) selects between two activations."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
+             helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Where", ["c", "n", "r"], ["y"]),
+             helper.make_node("Equal", ["r", "x"], ["same"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y", ("same", [2, 3, 4], TensorProto.BOOL)], [init("zero", np.float32(0.0))], opset)
+    check(m, rand([2, 3, 4], 4), what=f"Where(Equal) opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("x_shape,target", [([2, 3, 1], [1, 1, 5]), ([2, 1, 4], [3, 1]), ([2, 3], [2, 3]),
+                                            ([2, 1], [1, 4, 1, 6])])
+def test_expand(opset, x_shape, target):
+    m = single("Expand", x_shape, {}, [("s", np.array(target, np.int64))], opset)
+    check(m, rand(x_shape, 5), what=f"Expand {x_shape} to {target}")
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+@pytest.mark.parametrize("start,limit,delta", [(0.0, 2.5, 0.5), (3.0, -2.0, -1.0)])
+def test_range_of_constants(opset, start, limit, delta):
+    n = max(0, math.ceil((limit - start) / delta))
+    nodes = [helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+    inits = [init("a", np.float32(start)), init("b", np.float32(limit)), init("d", np.float32(delta))]
+    check(build(nodes, [("x", [2, n])], ["y"], inits, opset), rand([2, n], 6), what=f"Range({start}, {limit}, {delta})")
+
+
+def test_range_of_an_activation_is_refused():
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+             helper.make_node("Range", ["zero", "m", "one"], ["y"])]
+    m = build(nodes, [("x", [4])], ["y"], [init("zero", np.float32(0.0)), init("one", np.float32(1.0))], 13)
+    with pytest.raises(SnncError, match="Range needs constant start, limit and delta"):
+        run_snn(m, rand([4], 7, 1, 3))
 
 
 # =====================================================================================
@@ -1110,7 +1169,7 @@ TESTED_OP_TYPES = {
     "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "PRelu", "Pad", "Pow", "ReduceMean", "Relu",
     "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Sum", "Tanh",
     "Transpose", "Unsqueeze", "Upsample",
-    "CastLike",
+    "CastLike", "Erf", "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Neg", "Where", "Equal", "Expand", "Range",
 }
 
 
