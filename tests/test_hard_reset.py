@@ -80,13 +80,16 @@ def test_artifact_keeps_the_gain(hard_model, resnet, tmp_path):
 
 
 def test_gain_restores_soft_resets_charge_balance():
-    """Jumpy inputs (spikes of 0.45 θ at random steps, as from an upstream layer): soft reset
+    """Jumpy inputs (jumps of 0.2-0.7 θ at random steps, as from an upstream layer): soft reset
     carries all the charge it receives; hard reset loses the excess above θ at every spike, and
-    the compensating gain gives the charge back on average."""
+    the compensating gain gives the charge back on average. (Jumps of one fixed size cannot be
+    balanced by any gain: the spike count is then jumps / ⌈θ / (g·size)⌉, a step function of g.)
+    Measured over seeds 0-2: hard/soft 0.807, compensated/soft 1.0076-1.0079."""
     gen = torch.Generator().manual_seed(0)
     theta, steps, n = 1.0, 256, 4000
     p = torch.rand(n, generator=gen) * 0.5
-    x = 0.45 * (torch.rand(steps, 1, n, generator=gen) < p).float()  # [T, N=1, C=n]
+    size = 0.2 + 0.5 * torch.rand(steps, 1, n, generator=gen)
+    x = size * (torch.rand(steps, 1, n, generator=gen) < p).float()  # [T, N=1, C=n]
 
     def spikes(reset, xs):
         return float(neuron_multistep_reference(xs, 0.0, theta, reset=reset)[0].sum())

@@ -236,11 +236,13 @@ def _record_batch_semantics(model: onnx.ModelProto) -> None:
     from .batch import BOUND_KEY, DECLARED_KEY, batch_valued_use, declared_batch
 
     notes = {DECLARED_KEY: declared_batch(model), BOUND_KEY: batch_valued_use(model)}
-    kept = [p for p in model.metadata_props if p.key not in notes]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept},
-                                        **{k: v for k, v in notes.items() if v is not None}})
+    # the other entries stay untouched (not re-encoded): a value that is not UTF-8 is reported
+    # later, naming its key (frontend._metadata)
+    for i in reversed([i for i, p in enumerate(model.metadata_props) if p.key in notes]):
+        del model.metadata_props[i]
+    for key, value in notes.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
 
 
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
