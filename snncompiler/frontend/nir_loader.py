@@ -99,6 +99,10 @@ class _Importer:
         out = f"{name}:{op}" if any(n.name == name for n in self.nodes) else name
         origin = source or name
         kind = type(self.nir_graph.nodes[origin]).__name__ if origin in self.nir_graph.nodes else op
+        for key, value in (params or {}).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise SnncError(f"{self.label}: NIR node '{origin}' ({kind}): parameter '{key}' holds NaN or "
+                                "infinite values; the file is damaged")
         self.nodes.append(Node(op, out, list(inputs), [out], dict(attrs or {}), dict(params or {}),
                                f"NIR {kind} '{origin}'"))
         self.values[out] = Value(out, (1,) + tuple(shape))  # axis 0: the batch, 1 as in ONNX-read graphs
@@ -124,7 +128,14 @@ class _Importer:
             node = g.nodes[name]
             kind = type(node).__name__
             if kind == "Input":
-                shape = tuple(int(d) for d in np.asarray(node.input_type["input"]).reshape(-1))
+                spec = node.input_type.get("input") if isinstance(node.input_type, dict) else None
+                try:
+                    shape = tuple(int(d) for d in np.asarray(spec).reshape(-1)) if spec is not None else ()
+                except (TypeError, ValueError, OverflowError):
+                    shape = ()
+                if not shape or min(shape) < 1:
+                    raise SnncError(f"{self.where(name, node)}: input_type['input'] is not a shape of positive "
+                                    f"sizes (got {spec!r:.60})")
                 value = Value(name, (1,) + shape)
                 self.values[name] = value
                 inputs.append(value)
@@ -132,6 +143,10 @@ class _Importer:
                 continue
             if not preds[name]:
                 raise SnncError(f"{self.where(name, node)}: has no input edge")
+            dead = [p for p in preds[name] if p not in self.out_of]
+            if dead:
+                raise SnncError(f"{self.where(name, node)}: reads node {dead[0]!r}, which has no output "
+                                f"(a {type(g.nodes[dead[0]]).__name__} node)")
             x = self.out_of[preds[name][0]]
             for k, other in enumerate(preds[name][1:], 1):  # NIR sums every edge into a node
                 x = self.emit("add", f"{name}_in{k}", [x, self.out_of[other]], self.shape_of(x), source=name)
@@ -142,7 +157,14 @@ class _Importer:
             if handler is None:
                 raise SnncError(f"{self.where(name, node)}: not supported (snnc reads Affine, Linear, Conv1d, "
                                 "Conv2d, Flatten, AvgPool2d, SumPool2d, Scale, IF and LIF)")
-            self.out_of[name] = handler(name, node, x)
+            try:
+                self.out_of[name] = handler(name, node, x)
+            except SnncError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError, RuntimeError, OverflowError) as exc:
+                # parameters of shapes or types that do not fit the node (a damaged or foreign file)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise SnncError(f"{self.where(name, node)}: its parameters do not fit the node ({first})") from None
         if len(inputs) != 1 or len(outputs) != 1:
             raise SnncError(f"{self.label}: expected one Input and one Output node, found {len(inputs)} and "
                             f"{len(outputs)}")

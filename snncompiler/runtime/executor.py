@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Mapping
 
 import numpy as np
@@ -196,7 +197,13 @@ def run_graph(graph: Graph, *inputs, device: str = "cpu"):
 
 def infer_shapes(graph: Graph) -> Graph:
     """Fill every value's static shape by running one zero sample through the graph."""
+    from ..limits import check_array_bytes
+
     ex = Executor(graph)
+    source = graph.metadata.get("source_file", "model")
+    for v in graph.inputs:
+        if v.shape is not None:  # a damaged file can declare any dims: check before allocating the probe
+            check_array_bytes(4 * math.prod(int(d) for d in v.shape), f"{source}: input '{v.name}' of shape {tuple(v.shape)}")
     feeds = {v.name: torch.zeros(v.shape, dtype=torch.float32) for v in graph.inputs if v.shape is not None}
     env_shapes: dict[str, tuple[int, ...]] = {k: tuple(t.shape) for k, t in feeds.items()}
     env = dict(feeds)
