@@ -252,3 +252,31 @@ def test_a_file_whose_reading_never_ends_is_a_one_line_error(tmp_path, monkeypat
     monkeypatch.setattr(nir_loader, "PROBE_CODE", "import time; time.sleep(30)")
     with pytest.raises(snnc.SnncError, match="reading it did not finish in 1 s"):
         snnc.load(tmp_path / "m.nir")
+
+
+# ---- damaged NIR graphs (what the fuzz suite found) -----------------------------------------
+@pytest.mark.parametrize("case", ["pool padding of 5 values", "NaN bias"])
+def test_damaged_nir_files_are_one_line_errors(tmp_path, case):
+    """An exported file, then one HDF5 dataset edited as the fuzz suite's mutators do."""
+    import h5py
+
+    model, _ = _compile(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                                              nn.Linear(64, 2)), (1, 8, 8), tmp_path)
+    path = tmp_path / "m.nir"
+    model.save_nir(path)
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visit(names.append)
+        def edit(suffix, value):
+            key = next(n for n in names if n.endswith(suffix))
+            del f[key]
+            if value is not None:
+                f[key] = value
+        if case == "NaN bias":
+            edit("Gemm/bias", np.full(2, np.nan, np.float32))
+            expect = "'bias' holds NaN"
+        else:
+            edit("Pool/padding", np.zeros(5, np.int64))
+            expect = "its parameters do not fit the node"
+    r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "inspect", str(path)], capture_output=True, text=True)
+    assert r.returncode == 2 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
