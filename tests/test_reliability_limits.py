@@ -344,3 +344,16 @@ def test_limits_read_the_environment(monkeypatch):
         monkeypatch.setenv("SNNC_MAX_ARRAY_BYTES", bad)
         with pytest.raises(SnncError, match="SNNC_MAX_ARRAY_BYTES"):
             limits.check_array_bytes(1, "x")
+
+
+def test_input_declared_too_large_is_refused_before_allocation(tmp_path, capfd):
+    """The fuzz suite's dims edit: a static input of 2^31 × 64 floats (512 GiB) made the shape
+    probe ask torch for it; the declared size is checked against SNNC_MAX_ARRAY_BYTES first."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2 ** 31 - 1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2 ** 31 - 1, 1, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(model.SerializeToString())
+    code, err = _snnc(capfd, "inspect", path)
+    assert_one_line(code, err, "huge.onnx", "input 'x'", "SNNC_MAX_ARRAY_BYTES")
