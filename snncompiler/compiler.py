@@ -8,7 +8,7 @@ import torch
 
 from .data import Dataset, validate
 from .errors import SnncError
-from .ir import Graph
+from .ir import Graph, check_finite_parameters
 from .limits import check_timesteps
 from .passes import (PassContext, bias_calibration, fold_bn, hard_reset, neuronize, potential_calibration, run_pipeline,
                      stats, substitute, thresholds, weight_calibration)
@@ -461,16 +461,6 @@ def _check_neuron_parameters(graph: Graph, where: str) -> None:
                                 f"its input's sample shape {list(shape[1:])}")
 
 
-def _check_finite_parameters(graph: Graph, where: str) -> None:
-    """Every floating-point parameter of an artifact is finite: a NaN bias would otherwise run and
-    score near chance with exit status 0."""
-    for node in graph.nodes:
-        for key, tensor in node.params.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                bad = int((~torch.isfinite(tensor)).sum())
-                raise SnncError(f"{where}: {node.where}: parameter '{key}' has {bad} non-finite value(s) (NaN or Inf)")
-
-
 def from_artifact(graph: Graph) -> CompiledModel:
     """Rebuild a CompiledModel from an artifact's IR and its metadata (checked: an artifact of
     another format version or with damaged metadata is a one-line error naming the file)."""
@@ -492,7 +482,7 @@ def from_artifact(graph: Graph) -> CompiledModel:
     settings = _check_settings(_metadata_object(graph, "snncompiler.settings"), where)
     report = _metadata_object(graph, "snncompiler.report")
     _check_neuron_parameters(graph, where)
-    _check_finite_parameters(graph, where)
+    check_finite_parameters(graph, where)
     strategy = settings.get("maxpool", DEFAULTS["maxpool"])
     if strategy in ("gated", "rate"):  # standard MaxPool nodes carry no strategy: restore the stateful ones
         for mp in graph.find("maxpool"):

@@ -200,3 +200,13 @@ class Graph:
         lines.append("  return " + ", ".join(str(self.values.get(o.name, o)) for o in self.outputs))
         lines.append("}")
         return "\n".join(lines)
+
+
+def check_finite_parameters(graph: Graph, where: str) -> None:
+    """Every floating-point parameter of ``graph`` is finite (an artifact, a NIR file): a NaN bias
+    would otherwise run and score near chance with exit status 0. ``where`` names the file."""
+    for node in graph.nodes:
+        for key, tensor in node.params.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise SnncError(f"{where}: {node.where}: parameter '{key}' has {bad} non-finite value(s) (NaN or Inf)")

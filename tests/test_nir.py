@@ -274,7 +274,7 @@ def test_damaged_nir_files_are_one_line_errors(tmp_path, case):
                 f[key] = value
         if case == "NaN bias":
             edit("Gemm/bias", np.full(2, np.nan, np.float32))
-            expect = "'bias' holds NaN"
+            expect = "parameter 'bias' has 2 non-finite value(s)"
         else:
             edit("Pool/padding", np.zeros(5, np.int64))
             expect = "its parameters do not fit the node"

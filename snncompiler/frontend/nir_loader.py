@@ -30,7 +30,7 @@ import torch
 
 from ..errors import SnncError
 from ..limits import check_timesteps
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Value, check_finite_parameters
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 CONVENTIONAL_DT = 1e-4
@@ -99,10 +99,6 @@ class _Importer:
         out = f"{name}:{op}" if any(n.name == name for n in self.nodes) else name
         origin = source or name
         kind = type(self.nir_graph.nodes[origin]).__name__ if origin in self.nir_graph.nodes else op
-        for key, value in (params or {}).items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise SnncError(f"{self.label}: NIR node '{origin}' ({kind}): parameter '{key}' holds NaN or "
-                                "infinite values; the file is damaged")
         self.nodes.append(Node(op, out, list(inputs), [out], dict(attrs or {}), dict(params or {}),
                                f"NIR {kind} '{origin}'"))
         self.values[out] = Value(out, (1,) + tuple(shape))  # axis 0: the batch, 1 as in ONNX-read graphs
@@ -169,6 +165,7 @@ class _Importer:
             raise SnncError(f"{self.label}: expected one Input and one Output node, found {len(inputs)} and "
                             f"{len(outputs)}")
         graph = Graph(inputs, outputs, self.nodes, dict(self.values), name=Path(self.label).stem)
+        check_finite_parameters(graph, self.label)
         from ..runtime.executor import infer_shapes
 
         infer_shapes(graph)  # also checks that every node accepts its input's shape

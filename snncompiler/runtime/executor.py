@@ -80,13 +80,11 @@ class Executor:
         (activation statistics and calibration passes hook in here).
         """
         batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
-        per_sample = batch if fixed_batch(self.graph) and batch > 1 else 0
-        if not per_sample:
-            self._check_batch(feeds)
-        if per_sample:
+        if fixed_batch(self.graph) and batch > 1:
             with one_thread():
-                runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(per_sample)]
+                runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(batch)]
             return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
+        self._check_batch(feeds)
         return self._run(feeds, observer)
 
     def _check_batch(self, feeds: Mapping[str, torch.Tensor]) -> None:
