@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration inputs 'x' (labels unused)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
     # every default is None: the library fills it in (snncompiler/options.py), the help reads it from there
-    d = defaults.CompileOptions()
+    d = argparse.Namespace(**defaults.DEFAULTS)
     p.add_argument("--timesteps", type=_positive_int, default=None,
                    help=f"the T the model is compiled for (default {d.timesteps})")
     p.add_argument("--threshold", default=None,

@@ -330,7 +330,8 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
 
 
 def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: str = "advanced",
-              iterations: int | None = None, batch_size: int | None = None, seed: int = 0, **options) -> CompiledModel:
+              iterations: int | None = None, batch_size: int | None = None, seed: int | None = None,
+              **options) -> CompiledModel:
     """Calibrate a spiking model layer by layer at ``timesteps`` (the compile T by default).
 
     ``model_or_path``: an ANN (ONNX path or Graph) — compiled with the pipeline — or a

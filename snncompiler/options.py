@@ -173,9 +173,12 @@ class CompileOptions:
 
 
 def _recorded_defaults() -> dict:
-    defaults = CompileOptions().as_dict()
-    # a model whose settings do not name its threshold records none: it is not known how θ was chosen
-    defaults["threshold"] = None
+    # the field defaults as they are, not checked: the check of timesteps reads SNNC_MAX_TIMESTEPS,
+    # which may be set below the default T (then only compiling at the default T is refused)
+    defaults = {f.name: f.default for f in dataclasses.fields(CompileOptions)}
+    # IF's tau is what the default neuron records; a model whose settings do not name its threshold
+    # records none: it is not known how θ was chosen
+    defaults["tau"] = NeuronSpec.from_attrs({"neuron": defaults["neuron"]}).tau
     return defaults
 
 

@@ -34,17 +34,6 @@ _PROFILE_GROUPS = {"neuron": "neurons", "conv": "conv/linear", "conv_transpose":
                    "matmul": "conv/linear"}
 
 
-def neuron_decay(attrs: dict) -> float:
-    """Membrane decay per step of a neuron node (:attr:`~snncompiler.ir.neuron.NeuronSpec.decay`)."""
-    return NeuronSpec.from_attrs(attrs).decay
-
-
-def initial_potential(attrs: dict, theta):
-    """v0 of a neuron node before any per-neuron offset
-    (:meth:`~snncompiler.ir.neuron.NeuronSpec.initial_potential`)."""
-    return NeuronSpec.from_attrs(attrs).initial_potential(theta)
-
-
 def _check_steps(timesteps: int, chunk: int) -> None:
     if timesteps < 1:
         raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
