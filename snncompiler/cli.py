@@ -16,7 +16,8 @@ import time
 import traceback
 import warnings
 
-from .errors import SnncError
+from . import options as defaults
+from .errors import OptionError, SnncError
 from .fileio import atomic_write, resolve_output
 
 
@@ -73,28 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration inputs 'x' (labels unused)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
-    p.add_argument("--timesteps", type=_positive_int, default=32, help="the T the model is compiled for (default 32)")
+    # every default is None: the library fills it in (snncompiler/options.py), the help reads it from there
+    d = argparse.Namespace(**defaults.DEFAULTS)
+    p.add_argument("--timesteps", type=_positive_int, default=None,
+                   help=f"the T the model is compiled for (default {d.timesteps})")
     p.add_argument("--threshold", default=None,
-                   help="max | pNN.N (percentile, e.g. p99.9) | mse (default: p99.9; mse with --calibration advanced)")
-    p.add_argument("--channelwise", action="store_true", help="one threshold per output channel")
-    p.add_argument("--neuron", choices=["if", "lif"], default="if")
-    p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau); needs --neuron lif")
-    p.add_argument("--reset", choices=["soft", "hard"], default="soft")
-    p.add_argument("--v0", choices=["half", "zero"], default="half", help="initial membrane: θ/2 (default) or 0")
-    p.add_argument("--maxpool", choices=["rate", "gated", "input", "output"], default=None,
-                   help="spiking max pooling strategy (default: see README)")
-    p.add_argument("--encoding", choices=["direct", "rate"], default="direct")
-    p.add_argument("--strict", action="store_true",
+                   help=f"max | pNN.N (percentile, e.g. p99.9) | mse (default: {defaults.DEFAULT_THRESHOLD}; "
+                        f"{defaults.HARD_RESET_THRESHOLD} with --reset hard; {defaults.ADVANCED_THRESHOLD} with "
+                        "--calibration advanced)")
+    p.add_argument("--channelwise", action="store_true", default=None, help="one threshold per output channel")
+    p.add_argument("--neuron", choices=list(defaults.NEURONS), default=None, help=f"(default {d.neuron})")
+    p.add_argument("--tau", type=float, default=None,
+                   help=f"LIF time constant (decay = 1 - 1/tau; default {defaults.DEFAULT_LIF_TAU:g}); needs --neuron lif")
+    p.add_argument("--reset", choices=list(defaults.RESETS), default=None, help=f"(default {d.reset})")
+    p.add_argument("--v0", choices=list(defaults.V0S), default=None,
+                   help=f"initial membrane: θ/2 (half) or 0 (zero) (default {d.v0})")
+    p.add_argument("--maxpool", choices=list(defaults.MAXPOOL_STRATEGIES), default=None,
+                   help=f"spiking max pooling strategy (default {d.maxpool}; see README)")
+    p.add_argument("--encoding", choices=["direct", "rate"], default=None, help=f"(default {d.encoding})")
+    p.add_argument("--strict", action="store_true", default=None,
                    help="refuse analog islands, and a network with no neuron (an error, exit 2, instead of a warning)")
-    p.add_argument("--substitute", choices=["relu"], default=None,
+    p.add_argument("--substitute", choices=list(defaults.SUBSTITUTES), default=None,
                    help="replace HardSwish, GELU and SiLU/Swish by clipped ReLU neurons so they spike (changes the "
                         "function: recover accuracy with snnc finetune)")
-    p.add_argument("--calib-samples", type=_positive_int, default=1024, help="at most this many calibration samples")
-    p.add_argument("--calibration", choices=["none", "light", "advanced"], default="none",
+    p.add_argument("--calib-samples", type=_positive_int, default=None,
+                   help=f"at most this many calibration samples (default {d.calib_samples})")
+    p.add_argument("--calibration", choices=list(defaults.CALIBRATIONS), default=None,
                    help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
-                        "potential; kept only if it beats no calibration on held-out calibration samples (default none)")
-    p.add_argument("--iterations", type=_nonnegative_int, default=300, help="weight-calibration Adam steps per layer")
-    p.add_argument("--seed", type=int, default=0, help="makes calibration deterministic")
+                        "potential; kept only if it beats no calibration on held-out calibration samples "
+                        f"(default {d.calibration})")
+    p.add_argument("--iterations", type=_nonnegative_int, default=None,
+                   help=f"weight-calibration Adam steps per layer (default {d.iterations})")
+    p.add_argument("--seed", type=int, default=None, help=f"makes calibration deterministic (default {d.seed})")
     _add_common(p)
     p.set_defaults(func=cmd_compile)
 
@@ -157,14 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
     p.add_argument("--val", metavar="VAL.npz", help="held-out data the result is judged on "
                    "(default: a random 20%% of --data, not trained on)")
-    p.add_argument("--timesteps", type=_positive_int, default=4, help="T to train and judge at (default 4)")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate, cosine schedule (default 1e-3)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--timesteps", type=_positive_int, default=None,
+                   help=f"T to train and judge at (default {defaults.FINETUNE_TIMESTEPS})")
+    p.add_argument("--epochs", type=_positive_int, default=None, help=f"(default {defaults.FINETUNE_EPOCHS})")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"Adam learning rate, cosine schedule (default {defaults.FINETUNE_LR:g})")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"(default {defaults.TRAIN_BATCH_SIZE})")
     p.add_argument("--no-learn-theta", action="store_true", help="keep the thresholds; train weights and biases only")
     p.add_argument("--keep-always", action="store_true",
                    help="write the fine-tuned model even when it is not more accurate on the held-out data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="(default 0)")
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
@@ -225,7 +238,9 @@ def _run_command(args, debug: bool) -> int:
     except SnncError as exc:
         if debug:
             traceback.print_exc()
-        print(f"snnc: error: {exc}", file=sys.stderr)
+        # the library names an option as its argument (calib_samples: ...), the command line as its flag
+        message = f"{exc.flag}: {exc.detail}" if isinstance(exc, OptionError) else str(exc)
+        print(f"snnc: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("snnc: interrupted", file=sys.stderr)
@@ -265,13 +280,13 @@ def cmd_finetune(args) -> int:
     if not isinstance(model, CompiledModel):
         raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before fine-tuning")
     t0 = time.perf_counter()
-    result = finetune(model, data, timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, val=val,
-                      batch_size=args.batch_size, learn_theta=not args.no_learn_theta,
-                      keep_if_better=not args.keep_always, seed=args.seed)
+    given = {k: getattr(args, k) for k in ("timesteps", "epochs", "lr", "batch_size", "seed")}
+    result = finetune(model, data, val=val, learn_theta=not args.no_learn_theta, keep_if_better=not args.keep_always,
+                      **{k: v for k, v in given.items() if v is not None})
     note = result.report["finetune"]
     result.save(output)
     verdict = "kept" if note["kept"] else "not better: wrote the model unchanged (--keep-always overrides)"
-    print(f"held-out accuracy at T={args.timesteps} on {note['val_samples']} samples: "
+    print(f"held-out accuracy at T={note['timesteps']} on {note['val_samples']} samples: "
           f"{100 * note['val_accuracy_before']:.2f}% -> {100 * note['val_accuracy_after']:.2f}%, {verdict}; "
           f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -380,14 +395,13 @@ def cmd_compile(args) -> int:
 
     output = resolve_output(args.output, "-o", (args.model, args.calib))
     calib = load_npz(args.calib, arg="--calib")
-    if args.tau and args.neuron != "lif":
-        raise SnncError("--tau: only meaningful with --neuron lif")
     t0 = time.perf_counter()
     model = snn_compile(args.model, calib, timesteps=args.timesteps, threshold=args.threshold,
-                        channelwise=args.channelwise, neuron=args.neuron, tau=args.tau or (2.0 if args.neuron == "lif" else 0.0),
+                        channelwise=args.channelwise, neuron=args.neuron, tau=args.tau,
                         reset=args.reset, v0=args.v0, maxpool=args.maxpool, encoding=args.encoding, strict=args.strict,
                         calib_samples=args.calib_samples, calibration=args.calibration, iterations=args.iterations,
                         seed=args.seed, substitute=args.substitute)
+    o = model.options
     rows = [r for r in node_rows(model.graph) if r["core_op"] != "-"]
     for r in rows:
         node = model.graph.node(r["name"])
@@ -400,9 +414,9 @@ def cmd_compile(args) -> int:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
     model.save(output)
     neurons = len(model.graph.find("neuron"))
-    print(f"wrote {output}: {neurons} neurons, T={args.timesteps}, threshold {model.options['threshold']}"
-          f"{' per channel' if args.channelwise else ''}, {args.neuron.upper()} {args.reset} reset, v0={args.v0}, "
-          f"calibration {args.calibration} "
+    print(f"wrote {output}: {neurons} neurons, T={o['timesteps']}, threshold {o['threshold']}"
+          f"{' per channel' if o['channelwise'] else ''}, {o['neuron'].upper()} {o['reset']} reset, v0={o['v0']}, "
+          f"calibration {o['calibration']} "
           f"({time.perf_counter() - t0:.1f} s)")
     print(f"spiking: {share_line(model.report['spiking'])}")
     return 0

@@ -9,62 +9,28 @@ import torch
 from .data import Dataset, validate
 from .errors import SnncError
 from .ir import Graph, check_finite_parameters
+from .ir.neuron import ENCODINGS, MAXPOOL_STRATEGIES
 from .limits import check_timesteps
+from .options import CALIBRATIONS, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS, CompileOptions, default_threshold
 from .passes import (PassContext, bias_calibration, fold_bn, hard_reset, neuronize, potential_calibration, run_pipeline,
                      stats, substitute, thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
-from .runtime.snn import DEFAULT_CHUNK, SpikingRunner, _single, output_steps
+from .runtime.snn import SpikingRunner, _single, output_steps
 
 log = logging.getLogger(__name__)
 
-#: Defaults chosen by benchmarks/timestep_accuracy.py (see README: "Choosing the defaults").
-DEFAULTS = {
-    "threshold": None,  # p99.9 (p99.99 for hard reset), or mse for the advanced pipeline (resolve_options)
-    "channelwise": False, "timesteps": 32, "neuron": "if", "tau": 0.0, "reset": "soft",
-    "v0": "half", "maxpool": "rate", "strict": False, "encoding": "direct", "calib_samples": 1024,
-    "chunk": DEFAULT_CHUNK, "backend": "auto",
-    "calibration": "none", "substitute": None, "calib_rounds": 3, "iterations": 300, "lr": 1e-4, "calib_batch": 32, "seed": 0, "quiet": False,
-}
-#: The T at which `evaluate` and `snnc eval` report accuracy unless told otherwise.
-DEFAULT_EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
-                "calibration", "substitute")
 #: The calibration pipelines: which passes run after neuronize (the mse threshold comes first).
 PIPELINES = {
     "none": [],
     "light": [bias_calibration],  # on the default percentile θ (departs from SNN Calibration's mse θ)
     "advanced": [weight_calibration, potential_calibration],
 }
+assert tuple(PIPELINES) == CALIBRATIONS  # options.py checks the name, this table runs it
 
 
 def resolve_options(options: dict) -> dict:
-    """Defaults filled in, unknown names and bad pipeline names refused."""
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise SnncError(f"compile: unknown option(s) {', '.join(sorted(unknown))}")
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    for key, low in (("timesteps", 1), ("calib_samples", 1), ("iterations", 0), ("calib_batch", 1),
-                     ("calib_rounds", 1), ("chunk", 1)):
-        value = opts[key]
-        if value is None and key == "calib_samples":  # all of them
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise SnncError(f"--{key.replace('_', '-')}: must be an integer ≥ {low}, got {value!r}")
-    check_timesteps(int(opts["timesteps"]), "--timesteps")
-    if not (isinstance(opts["lr"], (int, float)) and np.isfinite(opts["lr"]) and opts["lr"] > 0):
-        raise SnncError(f"lr: must be a positive number, got {opts['lr']!r}")
-    if opts["calibration"] not in PIPELINES:
-        raise SnncError(f"--calibration: expected one of {', '.join(PIPELINES)}, got '{opts['calibration']}'")
-    if opts["substitute"] not in (None, "none") + substitute.CHOICES:
-        raise SnncError(f"--substitute: expected one of {', '.join(substitute.CHOICES)}, got {opts['substitute']!r}")
-    if opts["threshold"] is None:
-        # light starts from the percentile: measured on the deep VGG, mse θ + bias lost to no
-        # calibration at T=1 and T=32, percentile θ + bias did not (README, Benchmarks)
-        # hard reset: a higher percentile keeps the per-step input small against θ, where the
-        # charge hard reset discards is a smaller, more uniform share (README, "Hard reset")
-        opts["threshold"] = ("mse" if opts["calibration"] == "advanced" else
-                             "p99.99" if opts["reset"] == "hard" else "p99.9")
-    return opts
+    """Defaults filled in and every option checked (:class:`~snncompiler.options.CompileOptions`), as a dict."""
+    return CompileOptions.from_mapping(options).as_dict()
 
 
 def conversion_passes(opts: dict) -> list:
@@ -224,7 +190,8 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     """Convert an ANN (ONNX path/bytes/ModelProto or IR Graph) into a spiking model.
 
     Passes: fold BN → activation statistics on ``calib_data`` → thresholds → neuronize
-    (→ the calibration pipeline). Options (see DEFAULTS): threshold (max | pNN.N | mse),
+    (→ the calibration pipeline). Options (see :class:`~snncompiler.options.CompileOptions`, checked
+    before any work): threshold (max | pNN.N | mse),
     channelwise, timesteps (the compile T), neuron (if | lif), tau, reset (soft | hard), v0
     (half | zero), maxpool (rate | gated | input | output), strict, encoding (direct | rate; "sequence" only for trained networks),
     calib_samples, calibration (none | light | advanced), iterations, seed.
@@ -234,10 +201,8 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     :func:`_better_than_uncalibrated`); otherwise the uncalibrated model is returned and the
     report says so.
     """
-    opts = resolve_options(options)
-    if opts["encoding"] == "sequence":
-        raise SnncError("--encoding sequence: conversion calibrates on static inputs; sequence inputs [N, T, ...] "
-                        "are for directly trained networks (snncompiler.train)")
+    checked = CompileOptions.from_mapping(options)
+    opts = checked.as_dict()
     graph = model if isinstance(model, Graph) else _load(model)
     if len(graph.inputs) != 1:
         names = ", ".join(v.name for v in graph.inputs)
@@ -257,7 +222,7 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     snn = run_pipeline(ann, ctx, conversion_passes(opts) + PIPELINES[opts["calibration"]])
     if opts["calibration"] != "none":
         plain_opts = {**opts, "calibration": "none",
-                      "threshold": options.get("threshold") or resolve_options({"reset": opts["reset"]})["threshold"]}
+                      "threshold": options.get("threshold") or default_threshold(reset=checked.reset)}
         plain_ctx = PassContext(options=plain_opts, calib=calib)
         plain = run_pipeline(ann, plain_ctx, conversion_passes(plain_opts))
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
@@ -365,7 +330,8 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
 
 
 def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: str = "advanced",
-              iterations: int | None = None, batch_size: int | None = None, seed: int = 0, **options) -> CompiledModel:
+              iterations: int | None = None, batch_size: int | None = None, seed: int | None = None,
+              **options) -> CompiledModel:
     """Calibrate a spiking model layer by layer at ``timesteps`` (the compile T by default).
 
     ``model_or_path``: an ANN (ONNX path or Graph) — compiled with the pipeline — or a
@@ -414,8 +380,6 @@ def _metadata_object(graph: Graph, key: str) -> dict:
 
 def _check_settings(settings: dict, where: str) -> dict:
     """The recorded settings the runtime acts on, checked: a damaged value is an error naming it."""
-    from .runtime.snn import ENCODINGS
-
     unknown = sorted(set(settings) - set(SETTING_KEYS))
     if unknown:
         raise SnncError(f"{where}: metadata 'snncompiler.settings': unknown key(s) "
@@ -429,8 +393,8 @@ def _check_settings(settings: dict, where: str) -> dict:
         raise bad("timesteps", "a positive integer")
     if "timesteps" in settings:
         check_timesteps(settings["timesteps"], f"{where}: metadata 'snncompiler.settings': 'timesteps'")
-    if "maxpool" in settings and settings["maxpool"] not in neuronize.MAXPOOL_STRATEGIES:
-        raise bad("maxpool", f"one of {', '.join(neuronize.MAXPOOL_STRATEGIES)}")
+    if "maxpool" in settings and settings["maxpool"] not in MAXPOOL_STRATEGIES:
+        raise bad("maxpool", f"one of {', '.join(MAXPOOL_STRATEGIES)}")
     if "encoding" in settings and settings["encoding"] not in ENCODINGS:
         raise bad("encoding", f"one of {', '.join(ENCODINGS)}")
     return settings

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .ir import Graph
+from .options import setting
 from .passes import PassContext
 from .passes.layerwise import LayerwiseSimulator, ann_targets, reference_graph
 from .runtime.ops import channel_view
@@ -30,7 +31,7 @@ def layer_errors(model, x, timesteps: int, *, reference: Graph | None = None) ->
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     neurons = model.graph.find("neuron")
     targets = ann_targets(reference_graph(model.graph, ctx), xt, [n.outputs[0] for n in neurons])
-    sim = LayerwiseSimulator(model.graph, xt, int(timesteps), model.options.get("backend", "auto"))
+    sim = LayerwiseSimulator(model.graph, xt, int(timesteps), setting(model.options, "backend"))
     rows = []
     for neuron in sim.neurons():
         a, s = targets[neuron.outputs[0]], sim.mean(neuron.outputs[0])

@@ -19,3 +19,20 @@ class SnncError(Exception):
 
 class UnsupportedOpError(SnncError):
     """An ONNX operator with no converter (or a core op the requested mode cannot run)."""
+
+
+class OptionError(SnncError):
+    """An option (a compile setting, a function argument) with a value that cannot be used.
+
+    ``option`` is its library name (``calib_samples``) and ``detail`` what is wrong; the message
+    names the argument (``calib_samples: must be an integer ≥ 1, got 0``), and the CLI, which
+    knows the option as a flag, reports the same detail under it (``--calib-samples: ...``)."""
+
+    def __init__(self, option: str, detail: str):
+        self.option, self.detail = option, " ".join(str(detail).split())
+        super().__init__(f"{option}: {self.detail}")
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag of this option."""
+        return "--" + self.option.replace("_", "-")

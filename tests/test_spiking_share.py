@@ -126,7 +126,7 @@ def test_substitute_replaces_hardswish_and_gelu(act, name, tmp_path):
 
 
 def test_substitute_is_validated():
-    with pytest.raises(snnc.SnncError, match="--substitute: expected one of relu"):
+    with pytest.raises(snnc.SnncError, match="substitute: expected one of relu"):
         snnc.compile(snnc.Graph([], [], []), _data(), substitute="tanh")
 
 

@@ -455,7 +455,7 @@ def test_sequence_errors(sequence_model, tmp_path):
         loaded.run(test.x[:4, 0])
     with pytest.raises(SnncError, match="16 steps asked for, but the input sequence has 8"):
         loaded.run(test.x[:4], 16)
-    with pytest.raises(SnncError, match="--encoding sequence: conversion calibrates on static inputs"):
+    with pytest.raises(SnncError, match="encoding: .sequence.: conversion calibrates on static inputs"):
         snnc.compile(path, test.x[:, 0], encoding="sequence")
 
 

@@ -37,6 +37,8 @@ import torch
 from ..errors import SnncError
 from ..fileio import write_bytes
 from ..ir import Graph, Node
+from ..ir.neuron import NeuronSpec
+from ..options import setting
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +234,6 @@ class _Exporter:
         return [_Source(self.add(node.name, pool, sources), scale)]
 
     def op_neuron(self, node, ins):
-        from ..runtime.snn import neuron_decay
-
         sample = self.sample(node.inputs[0])
         sources, scale = self.merged(node, ins)
         theta = node.params["theta"].float()
@@ -245,11 +245,12 @@ class _Exporter:
             gain = node.params["gain"].float()
             fire_at = th / (gain.reshape(-1, *([1] * (len(sample) - 1))) if gain.numel() > 1 else gain.reshape(()))
         threshold = torch.broadcast_to(fire_at / scale if scale is not None else fire_at, sample)
-        hard = node.attrs.get("reset", "soft") == "hard"
+        spec = NeuronSpec.from_attrs(node.attrs, where=node.where)
+        hard = spec.reset == "hard"
         v_reset = node.attrs.get("v_reset", 0.0) if hard else 0.0
         ones = np.ones(sample, np.float32)
-        if node.attrs.get("neuron") == "lif":
-            tau = 1.0 / (1.0 - neuron_decay(node.attrs))
+        if spec.neuron == "lif":
+            tau = spec.tau_of_decay(spec.decay)
             neuron = self.nir.LIF(tau=ones * tau * DT, r=ones * tau, v_leak=ones * 0.0, v_threshold=_np(threshold),
                                   v_reset=ones * v_reset)
         else:
@@ -268,7 +269,7 @@ def to_nir(model) -> tuple[object, list[str]]:
     cannot represent). The warnings are also in the graph's metadata."""
     ex = _Exporter(model)
     ex.run()
-    reset, v0 = model.options.get("reset", "soft"), model.options.get("v0", "half")
+    reset, v0 = setting(model.options, "reset"), setting(model.options, "v0")
     if reset == "soft":
         ex._warn("NIR has no soft reset (reset by subtraction): the neurons are written with v_reset = 0, which "
                  "SpikingJelly runs as a hard reset (compile with --reset hard --v0 zero for a faithful file; "
@@ -276,7 +277,7 @@ def to_nir(model) -> tuple[object, list[str]]:
     if v0 == "half":
         ex._warn("NIR has no initial membrane potential: v0 = θ/2 is dropped (readers start at 0; "
                  "compile with --v0 zero for a faithful file)")
-    encoding = model.options.get("encoding", "direct")
+    encoding = setting(model.options, "encoding")
     metadata = {
         "producer": "snncompiler",
         "dt": DT,
@@ -286,7 +287,7 @@ def to_nir(model) -> tuple[object, list[str]]:
         "encoding": encoding,
         "input": "the same input at every step" if encoding == "direct" else encoding,
         "readout": "mean of the output over time steps",
-        "timesteps": int(model.options.get("timesteps", 32)),
+        "timesteps": int(setting(model.options, "timesteps")),
         "lossy": json.dumps(ex.warnings),
     }
     graph = ex.nir.NIRGraph(nodes=ex.nodes, edges=ex.edges, metadata=metadata, type_check=False)

@@ -15,6 +15,7 @@ from ..errors import SnncError
 from ..fileio import write_bytes
 from ..frontend.loader import ARTIFACT_VERSION, SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
 from ..ir import Graph, Node
+from ..ir.neuron import NeuronSpec
 
 
 
@@ -72,8 +73,9 @@ def _emit(b: _Builder, n: Node) -> None:  # noqa: C901 - one case per core op, k
                                                                                if "gain" in p else [])
         while extra and not extra[-1]:  # no trailing empty optional inputs: the 2-input form stays as it was
             extra.pop()
+        spec = NeuronSpec.from_attrs(a, where=n.where)
         b.add("Neuron", [ins[0], b.const(n, "theta", p["theta"])] + extra,
-              outs, n.name, SNN_DOMAIN, neuron=a["neuron"], tau=float(a["tau"]), reset=a["reset"], v0=a["v0"],
+              outs, n.name, SNN_DOMAIN, neuron=spec.neuron, tau=spec.tau, reset=spec.reset, v0=spec.v0,
               theta_source=a.get("theta_source", ""))
     elif n.op == "conv_transpose" and min(a["pads"]) < 0:
         _emit_extended_conv_transpose(b, n)

@@ -31,6 +31,7 @@ import torch
 from ..errors import SnncError
 from ..limits import check_timesteps
 from ..ir import Graph, Node, Value, check_finite_parameters
+from ..ir.neuron import NeuronSpec
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 CONVENTIONAL_DT = 1e-4
@@ -243,8 +244,9 @@ class _Importer:
         theta = _uniform(_tensor(node.v_threshold) / gain, shape, "v_threshold / (r·dt)", where)
         if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
             raise SnncError(f"{where}: the effective threshold v_threshold / gain must be finite and > 0")
-        attrs = {"neuron": "lif" if lif_tau is not None else "if", "tau": float(lif_tau or 0.0), "reset": "hard",
-                 "v0": "zero"}
+        # NIR neurons reset to v_reset (checked to be 0 above) and start at 0
+        attrs = NeuronSpec.from_attrs({"neuron": "lif" if lif_tau is not None else "if", "tau": lif_tau,
+                                       "reset": "hard", "v0": "zero"}, where=where).attrs()
         spikes = self.emit("neuron", name, [x], shape, attrs, {"theta": theta})
         # snnc neurons emit θ·s, NIR neurons s
         return self.emit("mul", f"{name}_spikes", [spikes], shape, params={"const": _channel(1.0 / theta, shape)},
@@ -305,7 +307,8 @@ def _probe(label: str) -> None:
 def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     """Read a NIR file into a :class:`~snncompiler.compiler.CompiledModel` that runs on snnc's
     runtime (see the module docstring for how NIR's continuous-time neurons are read)."""
-    from ..compiler import DEFAULTS, CompiledModel
+    from ..compiler import CompiledModel
+    from ..options import DEFAULT_TIMESTEPS
 
     label = str(path)
     try:
@@ -322,7 +325,7 @@ def load_nir(path, *, dt: float | None = None, timesteps: int | None = None):
     ir = importer.run()
     ir.metadata["source_file"] = label
     meta = getattr(graph, "metadata", None) or {}
-    steps = timesteps or meta.get("timesteps", DEFAULTS["timesteps"])
+    steps = timesteps or meta.get("timesteps", DEFAULT_TIMESTEPS)
     if isinstance(steps, (bool, float)) or not str(steps).isdigit() or int(steps) < 1:
         raise SnncError(f"{label}: metadata 'timesteps' must be a positive integer, got {steps!r}")
     steps = int(steps)

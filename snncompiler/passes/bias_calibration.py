@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import Graph
+from ..options import setting
 from . import PassContext
 from .layerwise import channel_mean, fed_neurons, feeding_chain, start
 
@@ -28,7 +29,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     sim, targets, neurons = start(graph, ctx, "bias calibration")
     for neuron, layer, _ in fed_neurons(graph, neurons, ctx, NAME):
         target, first = targets[neuron.outputs[0]], None
-        for _ in range(int(ctx.options.get("calib_rounds", 3))):
+        for _ in range(int(setting(ctx.options, "calib_rounds"))):
             delta = channel_mean(sim.mean(neuron.outputs[0]) - target)
             first = float(delta.abs().mean()) if first is None else first
             bias = layer.params.get("bias", torch.zeros_like(delta))

@@ -27,8 +27,10 @@ from __future__ import annotations
 import torch
 
 from ..ir import Graph
+from ..ir.neuron import NeuronSpec
+from ..options import setting
 from ..runtime.ops import channel_view
-from ..runtime.snn import _Static, initial_potential, neuron_decay
+from ..runtime.snn import _Static
 from . import PassContext
 from .layerwise import LayerwiseSimulator, calibration_batch, progress
 
@@ -71,11 +73,12 @@ def compensating_gain(x: torch.Tensor, node, rounds: int = ROUNDS) -> torch.Tens
     step = x[0]
     theta = node.params["theta"].float()
     th = channel_view(theta, step) if theta.numel() > 1 else theta.reshape(())
-    v0 = initial_potential(node.attrs, th)
+    spec = NeuronSpec.from_attrs(node.attrs)
+    v0 = spec.initial_potential(th)
     v0 = v0 if isinstance(v0, torch.Tensor) else torch.tensor(v0)
     if "v_init" in node.params:
         v0 = v0 + node.params["v_init"]
-    decay = neuron_decay(node.attrs)
+    decay = spec.decay
     gain = torch.ones_like(theta)
     for _ in range(rounds):
         excess, spikes = excess_per_spike(x, th, v0, decay, channel_view(gain, step) if gain.numel() > 1
@@ -97,8 +100,8 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     if not neurons:
         return graph
     x = calibration_batch(ctx)
-    T = int(ctx.options.get("timesteps", 32))
-    sim = LayerwiseSimulator(graph, x, T, ctx.options.get("backend", "auto"))
+    T = int(setting(ctx.options, "timesteps"))
+    sim = LayerwiseSimulator(graph, x, T, setting(ctx.options, "backend"))
     for neuron in progress(sim.neurons(), "hard-reset compensation", ctx, len(graph.find("neuron"))):
         if neuron.attrs.get("reset") != "hard":
             continue

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..ir import Graph, Node
+from ..options import setting
 from ..runtime.executor import Executor
 from ..runtime.snn import SpikingRunner, _Static
 from . import PassContext
@@ -187,5 +188,5 @@ def start(graph: Graph, ctx: PassContext, desc: str):
     x = calibration_batch(ctx)
     neurons = graph.find("neuron")
     targets = ann_targets(reference_graph(graph, ctx), x, [n.outputs[0] for n in neurons])
-    sim = LayerwiseSimulator(graph, x, int(ctx.options.get("timesteps", 32)), ctx.options.get("backend", "auto"))
+    sim = LayerwiseSimulator(graph, x, int(setting(ctx.options, "timesteps")), setting(ctx.options, "backend"))
     return sim, targets, progress(sim.neurons(), desc, ctx, len(neurons))

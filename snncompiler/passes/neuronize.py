@@ -18,57 +18,29 @@ Max pooling strategies (``maxpool``), all biased upward relative to the ANN's ma
 """
 from __future__ import annotations
 
-import math
-
-from ..errors import SnncError
+from ..errors import OptionError
 from ..ir import Graph
+from ..ir.neuron import MAXPOOL_STRATEGIES, NeuronSpec
+from ..options import setting
 from ..runtime.ops import CORE_OPS
 from . import PassContext
 
 NAME = "neuronize"
-MAXPOOL_STRATEGIES = ("rate", "gated", "input", "output")
-
-
-def neuron_attrs(options: dict, where: str | None = None) -> dict:
-    """The neuron settings recorded on every neuron node, validated. Errors name the setting as
-    the CLI flag (``--reset: ...``), or with ``where`` as an attribute of that node (reading an
-    artifact: ``model.snn.onnx: node Neuron 'x': attribute 'reset': ...``)."""
-    def bad(key: str, message: str) -> SnncError:
-        return SnncError(f"--{key}: {message}" if where is None else f"{where}: attribute '{key}': {message}")
-
-    neuron = options.get("neuron", "if")
-    if neuron not in ("if", "lif"):
-        raise bad("neuron", f"expected if or lif, got '{neuron}'")
-    reset = options.get("reset", "soft")
-    if reset not in ("soft", "hard"):
-        raise bad("reset", f"expected soft or hard, got '{reset}'")
-    v0 = options.get("v0", "half")
-    if v0 not in ("half", "zero"):
-        raise bad("v0", f"expected half or zero, got '{v0}'")
-    try:
-        tau = float(options.get("tau", 2.0 if neuron == "lif" else 0.0))
-    except (TypeError, ValueError):
-        raise bad("tau", f"expected a number, got {options.get('tau')!r}") from None
-    if not math.isfinite(tau):
-        raise bad("tau", f"must be finite, got {tau}")
-    if neuron == "lif" and tau <= 1.0:
-        raise bad("tau", f"must be > 1 for LIF (decay = 1 - 1/tau), got {tau}")
-    return {"neuron": neuron, "tau": tau, "reset": reset, "v0": v0}
 
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Rewrite sites into neurons using ``ctx.report['thresholds']``; set max-pool strategy."""
     opts = ctx.options
-    attrs = neuron_attrs(opts)
+    attrs = NeuronSpec.from_attrs(opts).attrs()
     thresholds = ctx.report["thresholds"]
     for node in graph.nodes:
         if node.name in thresholds:
             theta, source = thresholds[node.name]
             node.op, node.params = "neuron", {"theta": theta.float()}
             node.attrs = dict(attrs, theta_source=source)
-    strategy = opts.get("maxpool", "rate")
-    if strategy not in MAXPOOL_STRATEGIES:
-        raise SnncError(f"--maxpool: expected one of {', '.join(MAXPOOL_STRATEGIES)}, got '{strategy}'")
+    strategy = setting(opts, "maxpool")
+    if strategy not in MAXPOOL_STRATEGIES:  # CompileOptions checked it; a pass run on its own checks again
+        raise OptionError("maxpool", f"expected one of {', '.join(MAXPOOL_STRATEGIES)}, got '{strategy}'")
     for mp in list(graph.find("maxpool")):
         prev = graph.producer(mp.inputs[0])
         if strategy == "input" and prev is not None and prev.op == "neuron" and len(graph.consumers(mp.inputs[0])) == 1:

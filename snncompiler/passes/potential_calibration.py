@@ -12,6 +12,7 @@ the update is repeated ``calib_rounds`` times (default 3), re-measuring s̄ each
 from __future__ import annotations
 
 from ..ir import Graph
+from ..options import setting
 from . import PassContext
 from .layerwise import start
 
@@ -20,11 +21,11 @@ NAME = "potential_calibration"
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Set each neuron's ``v_init`` from its mean rate error on the calibration data."""
-    T = int(ctx.options.get("timesteps", 32))
+    T = int(setting(ctx.options, "timesteps"))
     sim, targets, neurons = start(graph, ctx, "potential calibration")
     for neuron in neurons:
         target = targets[neuron.outputs[0]]
-        for _ in range(int(ctx.options.get("calib_rounds", 3))):
+        for _ in range(int(setting(ctx.options, "calib_rounds"))):
             offset = T * (target - sim.mean(neuron.outputs[0])).mean(dim=0)
             neuron.params["v_init"] = neuron.params.get("v_init", 0) + offset
             sim.recompute(neuron)

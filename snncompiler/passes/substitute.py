@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..errors import SnncError
+from ..errors import OptionError
 from ..ir import Graph, Node
+from ..options import SUBSTITUTES
 from . import PassContext
 
 NAME = "substitute"
-#: Values of the ``substitute`` option.
-CHOICES = ("relu",)
+#: Values of the ``substitute`` option (defined with the other options).
+CHOICES = SUBSTITUTES
 #: Core ops replaced one for one (their ONNX names in messages).
 REPLACED = {"hardswish": "HardSwish", "gelu": "GELU"}
 
@@ -59,7 +60,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     if choice in (None, "none"):
         return graph
     if choice not in CHOICES:
-        raise SnncError(f"--substitute: expected one of {', '.join(CHOICES)}, got '{choice}'")
+        raise OptionError("substitute", f"expected one of {', '.join(CHOICES)}, got '{choice}'")
     replaced = substitutable(graph)
     for sig, mul in silu_pairs(graph):
         mul.op, mul.inputs, mul.attrs, mul.params = "relu", [sig.inputs[0]], {}, {}

@@ -10,12 +10,10 @@ Layer-wise by default; per output channel with ``channelwise``.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
-from ..errors import SnncError
 from ..ir import Graph
+from ..options import parse_threshold, setting
 from . import PassContext
 from .stats import StreamingHistogram
 
@@ -23,14 +21,8 @@ NAME = "thresholds"
 
 
 def parse_mode(mode: str) -> tuple[str, float | None]:
-    """'max' | 'mse' | 'pNN.N' → (kind, percentile)."""
-    mode = str(mode).strip().lower()
-    if mode in ("max", "mse"):
-        return mode, None
-    m = re.fullmatch(r"p(\d{1,3}(?:\.\d+)?)", mode)
-    if m and 0 < float(m.group(1)) <= 100:
-        return "percentile", float(m.group(1))
-    raise SnncError(f"--threshold: expected max, mse or a percentile like p99.9, got '{mode}'")
+    """'max' | 'mse' | 'pNN.N' → (kind, percentile) (:func:`snncompiler.options.parse_threshold`)."""
+    return parse_threshold(mode)
 
 
 def quantize(a: torch.Tensor, theta: torch.Tensor, timesteps: int, v0: str) -> torch.Tensor:
@@ -70,7 +62,7 @@ def choose(hist: StreamingHistogram, mode: str, timesteps: int, v0: str) -> torc
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Store θ per site in ``ctx.report['thresholds']`` as {node name: (θ tensor, source text)}."""
     opts = ctx.options
-    mode, timesteps, v0 = opts.get("threshold", "p99.99"), int(opts.get("timesteps", 32)), opts.get("v0", "half")
+    mode, timesteps, v0 = setting(opts, "threshold"), int(setting(opts, "timesteps")), setting(opts, "v0")
     result = {}
     for name, hist in ctx.report["histograms"].items():
         theta = choose(hist, mode, timesteps, v0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import Graph, Node
+from ..options import setting
 from ..runtime.ops import CORE_OPS, channel_view
 from . import PassContext
 from .layerwise import fed_neurons, feeding_chain, start
@@ -43,10 +44,10 @@ def layer_loss(layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Fit the weights of every conv/linear that feeds a neuron (see module docstring)."""
     opts = ctx.options
-    T, v0 = int(opts.get("timesteps", 32)), opts.get("v0", "half")
-    iterations, lr = int(opts.get("iterations", 300)), float(opts.get("lr", 1e-4))
-    batch = int(opts.get("calib_batch", 32))
-    gen = torch.Generator().manual_seed(int(opts.get("seed", 0)))
+    T, v0 = int(setting(opts, "timesteps")), setting(opts, "v0")
+    iterations, lr = int(setting(opts, "iterations")), float(setting(opts, "lr"))
+    batch = int(setting(opts, "calib_batch"))
+    gen = torch.Generator().manual_seed(int(setting(opts, "seed")))
     sim, targets, neurons = start(graph, ctx, "weight calibration")
     for neuron, layer, residual_name in fed_neurons(graph, neurons, ctx, NAME):
         inputs = sim.mean(layer.inputs[0])

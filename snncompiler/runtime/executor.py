@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 from typing import Mapping
 
@@ -24,6 +26,21 @@ def checked_device(device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise SnncError(f"--device: expected cpu or cuda, got {device!r}")
     return dev
+
+
+def on_device(graph: Graph, device: torch.device) -> Graph:
+    """``graph`` with its parameters on ``device``: the graph itself when they all are already,
+    else a copy whose nodes hold copies of the parameters there. The given graph is never
+    changed: it is shared (a CompiledModel's, a calibration pass's), and running it on a GPU must
+    leave its tensors where they were."""
+    if all(p.device == device for node in graph.nodes for p in node.params.values()):
+        return graph
+    nodes = []
+    for node in graph.nodes:
+        moved = copy.copy(node)  # attrs, names and source are shared, read-only here
+        moved.params = {key: p.to(device) for key, p in node.params.items()}
+        nodes.append(moved)
+    return dataclasses.replace(graph, nodes=nodes)
 
 
 #: Graph metadata: the graph runs only at this batch size (its exporter hard-coded the batch axis,
@@ -61,11 +78,9 @@ class Executor:
     """
 
     def __init__(self, graph: Graph, device: str | torch.device = "cpu"):
-        self.graph = graph
         self.device = checked_device(device)
-        for node in graph.nodes:
-            for key, p in node.params.items():
-                node.params[key] = p.to(self.device)
+        # parameters are copied to the device: the caller's graph stays where it is
+        self.graph = graph = on_device(graph, self.device)
         # Precompute when each value is read for the last time so memory stays bounded.
         self._last_use: dict[str, int] = {}
         for i, node in enumerate(graph.nodes):

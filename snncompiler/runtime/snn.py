@@ -21,36 +21,17 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Graph, Node
+from ..ir.neuron import ENCODINGS, NeuronSpec
 from ..limits import check_timesteps
-from .executor import checked_device, fixed_batch, one_thread
+from ..options import DEFAULT_CHUNK
+from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
 from .ops import CORE_OPS, _windows, channel_view
 
 
-#: Input encodings: the same x at every step, Bernoulli spikes with p = x, or x [B, T, ...] with its own
-#: time axis ("sequence": event frames, time series; one step per frame).
-ENCODINGS = ("direct", "rate", "sequence")
-
-#: Steps simulated at once: 8 was fastest on a 2-core CPU (the working set stays cache-sized),
-#: and memory does not grow with T.
-DEFAULT_CHUNK = 8
-
 # How `profile` groups the time spent per node (everything else is "other ops").
 _PROFILE_GROUPS = {"neuron": "neurons", "conv": "conv/linear", "conv_transpose": "conv/linear", "linear": "conv/linear",
                    "matmul": "conv/linear"}
-
-
-def neuron_decay(attrs: dict) -> float:
-    """Membrane decay per step of a neuron node: 1 for IF, 1 - 1/tau for LIF."""
-    return 1.0 - 1.0 / attrs["tau"] if attrs.get("neuron") == "lif" else 1.0
-
-
-def initial_potential(attrs: dict, theta):
-    """v0 of a neuron node before any per-neuron offset: θ/2 ("half") or 0 ("zero"), for a θ
-    tensor or float (a float stays a float: the kernel op caches scalar tensors itself)."""
-    if attrs.get("v0", "half") == "half":
-        return theta * 0.5
-    return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
 
 
 def _check_steps(timesteps: int, chunk: int) -> None:
@@ -89,13 +70,12 @@ class SpikingRunner:
                  seed: int = 0):
         if encoding not in ENCODINGS:
             raise SnncError(f"--encoding: expected {', '.join(ENCODINGS)}, got '{encoding}'")
-        self.graph, self.backend, self.encoding, self.seed = graph, backend, encoding, seed
+        self.backend, self.encoding, self.seed = backend, encoding, seed
         self.device = checked_device(device)
         if self.device.type == "cpu":
             retain_freed_memory()  # chunk-sized tensors would be page-faulted afresh on every chunk
-        for node in graph.nodes:
-            for key, p in node.params.items():
-                node.params[key] = p.to(self.device)
+        # parameters are copied to the device: the graph is shared (a CompiledModel's) and stays where it is
+        self.graph = graph = on_device(graph, self.device)
         self.steps_run = 0  # total simulated steps (tests count these, no timing)
         self.profile: dict[str, float] | None = None  # set to {} to accumulate seconds per op group
         self._last_use: dict[str, int] | None = None
@@ -282,18 +262,19 @@ class SpikingRunner:
         sample = x[0]
         th = channel_view(theta, sample) if theta.numel() > 1 else theta.reshape(())
         v = state.get(node.name)
+        spec = NeuronSpec.from_attrs(node.attrs)
         if v is None:  # left broadcast (scalar or per channel): the C++ kernel reads it unexpanded
-            v = initial_potential(node.attrs, th)
+            v = spec.initial_potential(th)
             if "v_init" in node.params:  # potential calibration: a per-neuron offset
                 v = v + node.params["v_init"]
         gain = node.params.get("gain")
         if gain is not None:  # hard-reset compensation (passes/hard_reset.py): fire at θ/g, spikes still carry θ
             x = x * (channel_view(gain, sample) if gain.numel() > 1 else gain.reshape(()))
-        decay = neuron_decay(node.attrs)
+        decay = spec.decay
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
         # static input (the first layer's current) at every step without a T-fold copy
-        spikes, v, count = neuron_multistep(x, v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
+        spikes, v, count = neuron_multistep(x, v, th, decay=decay, reset=spec.reset,
                                             backend=self.backend, return_count=True)
         state[node.name] = v
         self._spikes = count if self._spikes is None else self._spikes + count

@@ -47,7 +47,9 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
     that takes sequences, one frame's shape. ``timesteps`` is the artifact's default T and
     ``sequence`` its input encoding (both default to how :func:`~.trainer.fit` trained it).
     """
-    from ..compiler import DEFAULTS, CompiledModel
+    from ..compiler import CompiledModel
+    from ..ir.neuron import ATTRIBUTES
+    from ..options import DEFAULTS
     from ..frontend import load_graph
     from ..passes import PassContext, fold_bn, run_pipeline
     from ..workloads import export_onnx
@@ -107,7 +109,7 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
     graph.validate()
     first = lifs[0][1].attrs
     mixed = any(m.attrs != first for _, m in lifs)
-    options = {**DEFAULTS, **{k: first[k] for k in ("neuron", "tau", "reset", "v0")}, "timesteps": timesteps,
+    options = {**DEFAULTS, **{k: first[k] for k in ATTRIBUTES}, "timesteps": timesteps,
                "threshold": "trained", "maxpool": "output", "encoding": "sequence" if sequence else "direct",
                "calibration": "none"}
     report = {"direct_training": training or {"method": "unknown"}, "neurons": found,

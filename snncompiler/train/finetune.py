@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import SnncError
+from ..ir.neuron import NeuronSpec
+from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
 from ..runtime.ops import CORE_OPS
 from .neuron import LIF
 
@@ -58,12 +60,12 @@ class GraphNet(nn.Module):
         for node in graph.nodes:
             if node.op == "neuron":
                 theta = node.params["theta"].float()
-                a = node.attrs
+                spec = NeuronSpec.from_attrs(node.attrs, where=node.where)
                 # the triangle surrogate as wide as θ: its area stays 1 whatever θ conversion chose
-                self.lifs[_key(node.name)] = LIF(neuron=a.get("neuron", "if"), tau=a.get("tau", 0.0) or 2.0,
+                self.lifs[_key(node.name)] = LIF(neuron=spec.neuron, tau=spec.tau,
                                                  theta=theta.reshape(-1) if theta.numel() > 1 else float(theta),
-                                                 learn_theta=learn_theta, reset=a.get("reset", "soft"),
-                                                 v0=a.get("v0", "half"), surrogate="triangle",
+                                                 learn_theta=learn_theta, reset=spec.reset,
+                                                 v0=spec.v0, surrogate="triangle",
                                                  alpha=float(theta.mean()))
                 continue
             holder = nn.Module()
@@ -122,7 +124,8 @@ class GraphNet(nn.Module):
         return graph
 
 
-def finetune(model, train, *, timesteps: int = 4, epochs: int = 10, lr: float = 1e-3, learn_theta: bool = True,
+def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int = FINETUNE_EPOCHS,
+             lr: float = FINETUNE_LR, learn_theta: bool = True,
              val=None, holdout: float = 0.2, keep_if_better: bool = True, **fit_options):
     """Fine-tune a compiled model (a :class:`~snncompiler.compiler.CompiledModel` or an artifact
     path) on labelled ``train`` data at ``timesteps`` steps; returns a CompiledModel.
@@ -145,7 +148,7 @@ def finetune(model, train, *, timesteps: int = 4, epochs: int = 10, lr: float = 
         model = load(model)
         if not isinstance(model, CompiledModel):
             raise SnncError("model: a plain ONNX ANN; compile it with `snnc compile` before fine-tuning")
-    encoding = model.options.get("encoding", "direct")
+    encoding = setting(model.options, "encoding")
     if encoding == "rate":
         raise SnncError("finetune: rate-encoded inputs are random at every step; fine-tune a direct-encoding model")
     if not isinstance(timesteps, int) or timesteps < 1:

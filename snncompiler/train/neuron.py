@@ -9,7 +9,7 @@ and each LIF regroups its input as [T, B·...] and calls
 forward and backward on the CPU, Triton or CUDA on a GPU.
 
 The neuron settings use the artifact's own vocabulary (neuron, tau, reset, v0; see
-:func:`snncompiler.passes.neuronize.neuron_attrs`), so a trained network exports to the same
+:class:`snncompiler.ir.neuron.NeuronSpec`), so a trained network exports to the same
 ``snncompiler::Neuron`` nodes that conversion emits and runs on the same runtime.
 """
 from __future__ import annotations
@@ -19,10 +19,9 @@ from torch import nn
 
 from ..errors import SnncError
 from ..kernels import neuron_multistep
+from ..ir.neuron import DEFAULT_LIF_TAU, IF_TAU, NeuronSpec
 from ..kernels.surrogate import resolve
-from ..passes.neuronize import neuron_attrs
 from ..runtime.ops import channel_view
-from ..runtime.snn import initial_potential, neuron_decay
 
 
 class LIF(nn.Module):
@@ -47,11 +46,13 @@ class LIF(nn.Module):
         backend: kernel backend of :func:`~snncompiler.kernels.neuron_multistep`.
     """
 
-    def __init__(self, *, neuron: str = "lif", tau: float = 2.0, theta: float | torch.Tensor = 1.0,
+    def __init__(self, *, neuron: str = "lif", tau: float = DEFAULT_LIF_TAU, theta: float | torch.Tensor = 1.0,
                  learn_theta: bool = False, reset: str = "hard", v0: str = "zero", surrogate: str = "triangle",
                  alpha: float | None = 1.0, detach_reset: bool = False, backend: str = "auto"):
         super().__init__()
-        self.attrs = neuron_attrs({"neuron": neuron, "tau": tau if neuron == "lif" else 0.0, "reset": reset, "v0": v0})
+        self.spec = NeuronSpec.from_attrs({"neuron": neuron, "tau": tau if neuron == "lif" else IF_TAU, "reset": reset,
+                                           "v0": v0})
+        self.attrs = self.spec.attrs()
         if isinstance(theta, torch.Tensor):
             theta = theta.detach().to(torch.float32).clone()
             if theta.dim() > 1 or theta.numel() == 0 or not bool((theta > 0).all()):
@@ -88,8 +89,8 @@ class LIF(nn.Module):
                                 f"{x.shape[1] if x.dim() > 1 else 'no'} channels (axis 1)")
             theta = channel_view(theta, seq[0])
         counting = not torch.is_grad_enabled()  # the C++ kernel counts for free; training skips it
-        result = neuron_multistep(seq, initial_potential(self.attrs, theta), theta,
-                                  decay=neuron_decay(self.attrs), reset=self.attrs["reset"],
+        result = neuron_multistep(seq, self.spec.initial_potential(theta), theta,
+                                  decay=self.spec.decay, reset=self.spec.reset,
                                   surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
                                   backend=self.backend, return_count=counting)
         if counting:

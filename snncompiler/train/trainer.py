@@ -20,6 +20,7 @@ from torch import nn
 from ..data import Dataset, validate
 from ..errors import SnncError
 from ..metrics import accuracy
+from ..options import TRAIN_BATCH_SIZE
 from .loss import LOSSES, tet_loss
 from ..runtime.snn import output_steps
 from .neuron import neurons, run_steps
@@ -76,7 +77,7 @@ class _Source:
 
 
 def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 30, loss: str = "tet",
-        lamb: float = 1e-3, means: float = 1.0, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0,
+        lamb: float = 1e-3, means: float = 1.0, lr: float = 1e-3, batch_size: int = TRAIN_BATCH_SIZE, weight_decay: float = 0.0,
         val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 

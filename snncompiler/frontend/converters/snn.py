@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...passes.neuronize import neuron_attrs
+from ...ir.neuron import ATTRIBUTES, NeuronSpec
 from ..loader import SNN_DOMAIN
 from ..registry import converter
 
 #: The attributes a Neuron node may carry (what ``export.onnx_export`` writes); any other is refused.
-NEURON_ATTRIBUTES = frozenset({"neuron", "tau", "reset", "v0", "theta_source"})
+NEURON_ATTRIBUTES = frozenset(ATTRIBUTES + ("theta_source",))
 
 
 def _finite_float(value: np.ndarray, what: str, ctx) -> np.ndarray:
@@ -40,7 +40,7 @@ def neuron(node, ctx):
     if unknown:
         raise ctx.fail(f"unknown attribute(s) {', '.join(repr(k) for k in unknown)} (a Neuron has "
                        f"{', '.join(sorted(NEURON_ATTRIBUTES))})")
-    attrs = neuron_attrs(a, where=ctx.where())
+    attrs = NeuronSpec.from_attrs(a, where=ctx.where()).attrs()
     theta = _finite_float(ctx.const(node.input[1], "Neuron theta"), "theta", ctx)
     if not (theta > 0).all():
         raise ctx.fail(f"theta must be positive, got a minimum of {float(theta.min()):g}")

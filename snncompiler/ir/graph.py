@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .errors import SnncError
+from ..errors import SnncError
 
 
 class IRError(SnncError):
@@ -169,7 +169,7 @@ class Graph:
         graph output is defined.
         """
         if known_ops is None:
-            from .runtime.ops import CORE_OPS
+            from ..runtime.ops import CORE_OPS
 
             known_ops = CORE_OPS
         known = set(known_ops)

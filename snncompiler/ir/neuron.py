@@ -1,0 +1,111 @@
+"""The neuron model, once: :class:`NeuronSpec` (if | lif, tau, reset, v0) and the vocabularies of
+spiking execution (input encodings, max-pooling strategies).
+
+Every stage that reads or writes a neuron goes through here: neuronize records a spec on each
+neuron node, the artifact and NIR readers check the attributes they read with
+:meth:`NeuronSpec.from_attrs`, the runtime and training take the membrane decay and the initial
+potential from it, and the NIR writer turns the decay back into a time constant. So the default
+LIF time constant, what an absent attribute means and how tau maps to a decay exist in one place.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import OptionError, SnncError
+
+NEURONS = ("if", "lif")
+RESETS = ("soft", "hard")
+#: Initial membrane potential: θ/2 ("half", rounds the rate to nearest) or 0 ("zero", floors it).
+V0S = ("half", "zero")
+#: The time constant a LIF neuron gets when none is given (decay 0.5 per step, TET's ``LIFSpike``).
+DEFAULT_LIF_TAU = 2.0
+#: The tau recorded on an IF neuron: it has no leak, so the value only marks "not a LIF".
+IF_TAU = 0.0
+
+#: Input encodings: the same x at every step, Bernoulli spikes with p = x, or x [B, T, ...] with its own
+#: time axis ("sequence": event frames, time series; one step per frame).
+ENCODINGS = ("direct", "rate", "sequence")
+#: Spiking max pooling strategies (see :mod:`snncompiler.passes.neuronize`); the first is the default.
+MAXPOOL_STRATEGIES = ("rate", "gated", "input", "output")
+
+#: The node attributes a spec is written to and read from.
+ATTRIBUTES = ("neuron", "tau", "reset", "v0")
+
+
+@dataclass(frozen=True)
+class NeuronSpec:
+    """One neuron population's model: IF or LIF (membrane decay 1 - 1/tau per step), soft reset
+    (subtract θ) or hard reset (to 0), initial potential θ/2 or 0.
+
+    Build it with :meth:`from_attrs`, which fills in the defaults and checks every field; the
+    constructor takes the fields as they are."""
+
+    neuron: str = "if"
+    tau: float = IF_TAU
+    reset: str = "soft"
+    v0: str = "half"
+
+    @classmethod
+    def from_attrs(cls, attrs, where: str | None = None) -> "NeuronSpec":
+        """The spec described by a mapping with (some of) the keys neuron, tau, reset, v0; other
+        keys are ignored. An absent (or None) value takes the default: IF, soft reset, v0 = θ/2,
+        and tau = :data:`DEFAULT_LIF_TAU` for a LIF, :data:`IF_TAU` for an IF neuron.
+
+        A bad value is an :class:`~snncompiler.errors.OptionError` naming the setting (the
+        argument), or with ``where`` (a file and node) an error naming it as an attribute there."""
+        def bad(key: str, detail: str) -> SnncError:
+            return OptionError(key, detail) if where is None else SnncError(f"{where}: attribute '{key}': {detail}")
+
+        def given(key):
+            value = attrs.get(key)
+            return getattr(cls, key) if value is None else value
+
+        neuron = given("neuron")
+        if neuron not in NEURONS:
+            raise bad("neuron", f"expected if or lif, got '{neuron}'")
+        reset = given("reset")
+        if reset not in RESETS:
+            raise bad("reset", f"expected soft or hard, got '{reset}'")
+        v0 = given("v0")
+        if v0 not in V0S:
+            raise bad("v0", f"expected half or zero, got '{v0}'")
+        raw = attrs.get("tau")
+        if raw is None:
+            raw = DEFAULT_LIF_TAU if neuron == "lif" else IF_TAU
+        try:
+            tau = float(raw)
+        except (TypeError, ValueError):
+            raise bad("tau", f"expected a number, got {raw!r}") from None
+        if not math.isfinite(tau):
+            raise bad("tau", f"must be finite, got {tau}")
+        if neuron == "lif" and tau <= 1.0:
+            raise bad("tau", f"must be > 1 for LIF (decay = 1 - 1/tau), got {tau}")
+        return cls(neuron, tau, reset, v0)
+
+    def attrs(self) -> dict:
+        """The spec as node attributes (what the artifact's Neuron nodes record)."""
+        return {"neuron": self.neuron, "tau": self.tau, "reset": self.reset, "v0": self.v0}
+
+    @property
+    def decay(self) -> float:
+        """Membrane decay per step: 1 for IF, 1 - 1/tau for LIF."""
+        return 1.0 - 1.0 / self.tau if self.neuron == "lif" else 1.0
+
+    @staticmethod
+    def tau_of_decay(decay: float) -> float:
+        """The time constant (in steps) of a LIF with membrane decay ``decay`` (the inverse of :attr:`decay`)."""
+        return 1.0 / (1.0 - decay)
+
+    def initial_potential(self, theta):
+        """v0 before any per-neuron offset: θ/2 ("half") or 0 ("zero"), for a θ tensor or float
+        (a float stays a float: the kernel op caches scalar tensors itself)."""
+        if self.v0 == "half":
+            return theta * 0.5
+        return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
+
+
+__all__ = ["NeuronSpec", "NEURONS", "RESETS", "V0S", "DEFAULT_LIF_TAU", "IF_TAU", "ENCODINGS",
+           "MAXPOOL_STRATEGIES", "ATTRIBUTES"]

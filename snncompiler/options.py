@@ -1,0 +1,205 @@
+"""Compile options: every default and every check, once (:class:`CompileOptions`).
+
+``snnc.compile`` and ``snnc.calibrate`` build a :class:`CompileOptions` before any work, so a bad
+value (``threshold="p200"``, ``neuron="lif", tau=1``) is refused before the statistics pass reads
+the calibration data. The CLI's flags default to None and pass through here, so it never restates
+a default; the passes, the runtime, the readers and writers read the defaults from this module
+(the neuron model's own defaults live in :mod:`snncompiler.ir.neuron`).
+
+Errors are :class:`~snncompiler.errors.OptionError`: worded for the library, naming the argument
+(``threshold: expected max, mse or a percentile like p99.9, got 'p200'``); the CLI reports the same
+detail under its flag.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import OptionError, SnncError
+from .ir.neuron import DEFAULT_LIF_TAU, ENCODINGS, IF_TAU, MAXPOOL_STRATEGIES, NEURONS, RESETS, V0S, NeuronSpec
+from .limits import check_timesteps
+
+#: The T a model is compiled for (and runs at unless told otherwise). Chosen by
+#: benchmarks/timestep_accuracy.py (see README: "Choosing the defaults").
+DEFAULT_TIMESTEPS = 32
+#: Steps simulated at once: 8 was fastest on a 2-core CPU (the working set stays cache-sized),
+#: and memory does not grow with T.
+DEFAULT_CHUNK = 8
+#: The T at which `evaluate` and `snnc eval` report accuracy unless told otherwise.
+DEFAULT_EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: θ with no calibration or the light pipeline: a percentile of the activations.
+DEFAULT_THRESHOLD = "p99.9"
+#: θ for hard reset: a higher percentile keeps the per-step input small against θ, where the
+#: charge hard reset discards is a smaller, more uniform share (README, "Hard reset").
+HARD_RESET_THRESHOLD = "p99.99"
+#: θ of the advanced pipeline: SNN Calibration's mse search.
+ADVANCED_THRESHOLD = "mse"
+#: Calibration pipelines (which passes each runs: :data:`snncompiler.compiler.PIPELINES`).
+CALIBRATIONS = ("none", "light", "advanced")
+#: What ``substitute`` may replace HardSwish, GELU and SiLU with ("none" or None: nothing).
+SUBSTITUTES = ("relu",)
+#: The options recorded in an artifact's settings (what a loaded model runs and recompiles with).
+SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
+                "calibration", "substitute")
+
+#: Fine-tuning a compiled model (:func:`snncompiler.train.finetune`, ``snnc finetune``): the T it trains
+#: and is judged at, epochs, Adam learning rate, and the minibatch (also :func:`snncompiler.train.fit`'s).
+FINETUNE_TIMESTEPS = 4
+FINETUNE_EPOCHS = 10
+FINETUNE_LR = 1e-3
+TRAIN_BATCH_SIZE = 64
+
+#: Integer options and their least value.
+_AT_LEAST = (("timesteps", 1), ("calib_samples", 1), ("iterations", 0), ("calib_batch", 1), ("calib_rounds", 1),
+             ("chunk", 1))
+
+
+def default_threshold(calibration: str = "none", reset: str = "soft") -> str:
+    """The θ mode used when none is given: mse for the advanced pipeline, else the percentile of
+    :data:`DEFAULT_THRESHOLD` (:data:`HARD_RESET_THRESHOLD` for hard reset)."""
+    # light starts from the percentile: measured on the deep VGG, mse θ + bias lost to no
+    # calibration at T=1 and T=32, percentile θ + bias did not (README, Benchmarks)
+    if calibration == "advanced":
+        return ADVANCED_THRESHOLD
+    return HARD_RESET_THRESHOLD if reset == "hard" else DEFAULT_THRESHOLD
+
+
+def parse_threshold(spec) -> tuple[str, float | None]:
+    """A threshold mode: 'max' | 'mse' | 'pNN.N' → (kind, percentile); anything else is an
+    :class:`~snncompiler.errors.OptionError` naming ``threshold``."""
+    mode = str(spec).strip().lower()
+    if mode in ("max", "mse"):
+        return mode, None
+    m = re.fullmatch(r"p(\d{1,3}(?:\.\d+)?)", mode)
+    if m and 0 < float(m.group(1)) <= 100:
+        return "percentile", float(m.group(1))
+    raise OptionError("threshold", f"expected max, mse or a percentile like p99.9, got '{mode}'")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Every compile and calibration option with its default, checked on construction.
+
+    ``threshold`` None picks :func:`default_threshold` and ``tau`` None the neuron's default
+    (:data:`~snncompiler.ir.neuron.DEFAULT_LIF_TAU` for a LIF, IF's 0); after construction both
+    hold the value used. Build one from user keywords with :meth:`from_mapping` (None means "the
+    default", unknown names are refused); :meth:`as_dict` is what the passes read.
+    """
+
+    threshold: str | None = None  # max | pNN.N | mse
+    channelwise: bool = False
+    timesteps: int = DEFAULT_TIMESTEPS
+    neuron: str = NeuronSpec.neuron
+    tau: float | None = None
+    reset: str = NeuronSpec.reset
+    v0: str = NeuronSpec.v0
+    maxpool: str = MAXPOOL_STRATEGIES[0]
+    strict: bool = False
+    encoding: str = "direct"
+    calib_samples: int = 1024
+    chunk: int = DEFAULT_CHUNK
+    backend: str = "auto"
+    calibration: str = "none"
+    substitute: str | None = None
+    calib_rounds: int = 3
+    iterations: int = 300
+    lr: float = 1e-4
+    calib_batch: int = 32
+    seed: int = 0
+    quiet: bool = False
+
+    @classmethod
+    def from_mapping(cls, options: Mapping) -> "CompileOptions":
+        """Options from keywords: None stands for the default; unknown names are refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise SnncError(f"compile: unknown option(s) {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
+    def __post_init__(self):
+        def put(name, value):  # frozen: fields are set once, here, to their checked form
+            object.__setattr__(self, name, value)
+
+        for name, low in _AT_LEAST:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise OptionError(name, f"must be an integer ≥ {low}, got {value!r}")
+            put(name, int(value))
+        try:
+            check_timesteps(self.timesteps, "timesteps")
+        except SnncError as exc:
+            raise OptionError("timesteps", str(exc).split(": ", 1)[1]) from None
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise OptionError("calibration", f"expected one of {', '.join(CALIBRATIONS)}, got '{self.calibration}'")
+        if self.substitute not in (None, "none") + SUBSTITUTES:
+            raise OptionError("substitute", f"expected one of {', '.join(SUBSTITUTES)}, got {self.substitute!r}")
+        if self.encoding == "sequence":
+            raise OptionError("encoding", "'sequence': conversion calibrates on static inputs; sequence inputs "
+                                          "[N, T, ...] are for directly trained networks (snncompiler.train)")
+        if self.encoding not in ENCODINGS:
+            raise OptionError("encoding", f"expected direct or rate, got '{self.encoding}'")
+        if self.maxpool not in MAXPOOL_STRATEGIES:
+            raise OptionError("maxpool", f"expected one of {', '.join(MAXPOOL_STRATEGIES)}, got '{self.maxpool}'")
+        if self.neuron != "lif" and self.tau not in (None, IF_TAU):
+            raise OptionError("tau", f"only meaningful for LIF neurons (neuron lif), got tau={self.tau!r} with "
+                                     f"neuron {self.neuron!r}")
+        put("tau", NeuronSpec.from_attrs(self._neuron_fields()).tau)
+        if self.threshold is None:
+            put("threshold", default_threshold(self.calibration, self.reset))
+        parse_threshold(self.threshold)
+
+    def _neuron_fields(self) -> dict:
+        return {"neuron": self.neuron, "tau": self.tau, "reset": self.reset, "v0": self.v0}
+
+    @property
+    def neuron_spec(self) -> NeuronSpec:
+        """The neuron model every neuron of the compiled network gets."""
+        return NeuronSpec.from_attrs(self._neuron_fields())
+
+    def as_dict(self) -> dict:
+        """The options as a plain dict (what passes read and a CompiledModel keeps)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes) -> "CompileOptions":
+        """A copy with ``changes`` applied and checked (a None threshold or tau is chosen again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _recorded_defaults() -> dict:
+    # the field defaults as they are, not checked: the check of timesteps reads SNNC_MAX_TIMESTEPS,
+    # which may be set below the default T (then only compiling at the default T is refused)
+    defaults = {f.name: f.default for f in dataclasses.fields(CompileOptions)}
+    # IF's tau is what the default neuron records; a model whose settings do not name its threshold
+    # records none: it is not known how θ was chosen
+    defaults["tau"] = NeuronSpec.from_attrs({"neuron": defaults["neuron"]}).tau
+    return defaults
+
+
+#: Every option's default as a dict, the fallback for settings an artifact does not record
+#: (``threshold`` None: chosen from the calibration and reset when compiling).
+DEFAULTS = _recorded_defaults()
+
+
+def setting(options: Mapping, name: str):
+    """``options[name]``, or its default where absent or None: passes run on options dicts that
+    name only what their caller set (a test, ``diagnostics``), and read the defaults from here."""
+    value = options.get(name)
+    if value is not None:
+        return value
+    if name == "threshold":
+        return default_threshold(setting(options, "calibration"), setting(options, "reset"))
+    if name == "tau":
+        return NeuronSpec.from_attrs(options).tau
+    return DEFAULTS[name]
+
+
+__all__ = ["CompileOptions", "DEFAULTS", "DEFAULT_TIMESTEPS", "DEFAULT_CHUNK", "DEFAULT_EVAL_STEPS",
+           "DEFAULT_THRESHOLD", "HARD_RESET_THRESHOLD", "ADVANCED_THRESHOLD", "DEFAULT_LIF_TAU", "NEURONS", "RESETS", "V0S", "MAXPOOL_STRATEGIES", "CALIBRATIONS",
+           "SUBSTITUTES", "SETTING_KEYS", "FINETUNE_TIMESTEPS", "FINETUNE_EPOCHS", "FINETUNE_LR", "TRAIN_BATCH_SIZE", "default_threshold", "parse_threshold", "setting"]
