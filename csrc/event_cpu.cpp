@@ -134,7 +134,8 @@ __attribute__((target("avx512f"))) void scatter_add_avx512(float* d, const int32
   for (; e + 16 <= m; e += 16) {
     const __m512i q = _mm512_loadu_si512(tp + e);
     const __m512 add = _mm512_mul_ps(_mm512_loadu_ps(tv + e), wv);
-    _mm512_i32scatter_ps(d, q, _mm512_add_ps(_mm512_i32gather_ps(q, d, 4), add), 4);
+    const __m512 old = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(0xFFFF), q, d, 4);
+    _mm512_i32scatter_ps(d, q, _mm512_add_ps(old, add), 4);
   }
   if (e < m) {
     const __mmask16 k = static_cast<__mmask16>((1u << (m - e)) - 1);
@@ -165,7 +166,9 @@ __attribute__((target("avx512f"))) int64_t tap_events_avx512(const int32_t* targ
   return m;
 }
 
-const bool g_avx512 = __builtin_cpu_supports("avx512f");
+// Whether the AVX-512 paths run: the CPU has them, unless set_simd(false) chose the portable loops
+// (tests check both give the same results).
+bool g_avx512 = __builtin_cpu_supports("avx512f");
 #endif
 
 inline void scatter_add(float* __restrict d, const int32_t* __restrict tp, const float* __restrict tv, int64_t m,
@@ -376,4 +379,18 @@ PYBIND11_MODULE(_event_cpu, m) {
         py::arg("KH"), py::arg("KW"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"),
         py::arg("dw"), py::arg("threads"));
   m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
+  m.def("simd", [] {
+#ifdef SNNC_EVENT_AVX512
+    return g_avx512;
+#else
+    return false;
+#endif
+  }, "Whether the AVX-512 paths run");
+  m.def("set_simd", [](bool on) {
+#ifdef SNNC_EVENT_AVX512
+    g_avx512 = on && __builtin_cpu_supports("avx512f");
+#else
+    (void)on;
+#endif
+  }, "Use the AVX-512 paths where the CPU has them (true) or the portable loops (false)", py::arg("on"));
 }

@@ -120,7 +120,8 @@ class SpikingRunner:
 
     def _event_setup(self) -> dict:
         """EventLayer (weights compressed once) for each conv/linear node whose input is spikes:
-        produced by a neuron, directly or through flatten/reshape. Other layers stay dense."""
+        produced by a neuron, directly or through flatten/reshape or a spiking max pool. Other
+        layers stay dense."""
         from ..kernels import event
 
         if self.device.type != "cpu" or not event.available():
@@ -138,8 +139,10 @@ class SpikingRunner:
         return layers
 
     def _reads_spikes(self, node: Node) -> bool:
+        # a max pool of a neuron's spikes ("rate" or "gated") passes spikes on: 0 or θ again
         src = self.graph.producer(node.inputs[0])
-        while src is not None and src.op in ("flatten", "reshape"):
+        while src is not None and (src.op in ("flatten", "reshape") or
+                                   (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated"))):
             src = self.graph.producer(src.inputs[0])
         return src is not None and src.op == "neuron"
 
