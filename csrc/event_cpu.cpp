@@ -116,11 +116,13 @@ __attribute__((target("avx512f"))) int64_t compact_avx512(const float* x, int64_
     m += __builtin_popcount(static_cast<unsigned>(k));
     index = _mm512_add_epi32(index, step);
   }
-  for (; i < n; ++i) {
-    const float v = x[i];
-    pos[m] = static_cast<int32_t>(i);
-    val[m] = v;
-    m += !(v == 0.0f);
+  if (i < n) {  // the tail, masked: planes are rarely a multiple of 16 (7x7, 14x14)
+    const __mmask16 live = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+    const __mmask16 k = _mm512_mask_cmp_ps_mask(live, v, zero, _CMP_NEQ_UQ);
+    _mm512_storeu_ps(val + m, _mm512_maskz_compress_ps(k, v));
+    _mm512_storeu_si512(pos + m, _mm512_maskz_compress_epi32(k, index));
+    m += __builtin_popcount(static_cast<unsigned>(k));
   }
   return m;
 }

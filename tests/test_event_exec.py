@@ -117,6 +117,21 @@ def test_kernel_uses_the_values_not_ones_and_counts_nothing_for_silence():
     assert torch.equal(layer(torch.zeros_like(x)), b.reshape(1, 2, 1, 1).expand(2, 2, 5, 5))
 
 
+def test_layer_cache_follows_the_weights():
+    from snncompiler.ir import Node
+
+    node = Node("conv", "c", ["x"], ["y"], {"stride": [1, 1], "pads": [0, 0, 0, 0]},
+                {"weight": torch.ones(2, 1, 1, 1), "bias": torch.zeros(2)})
+    first = event.layer_for(node)
+    assert event.layer_for(node) is first  # compressed once across runners
+    with torch.no_grad():
+        node.params["weight"][0] = 0.0  # an in-place change bumps the tensor's version
+    again = event.layer_for(node)
+    assert again is not first and again.weight_density == 0.5
+    x = torch.ones(1, 1, 2, 2)
+    assert torch.equal(again(x), F.conv2d(x, node.params["weight"], node.params["bias"]))
+
+
 def test_compress_keeps_only_nonzero_weights_per_group():
     wt = torch.zeros(4, 1, 1, 2)  # groups=2: outputs 0,1 read input 0; outputs 2,3 read input 1
     wt[1, 0, 0, 1], wt[2, 0, 0, 0], wt[3, 0, 0, 1] = 1.0, 2.0, 3.0

@@ -16,6 +16,7 @@ is False and the runtime falls back to dense execution.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ EXEC_MODES = ("dense", "event", "auto")
 #: most this: the work ratio (event pairs / dense MACs) where the event kernel stopped beating
 #: dense F.conv2d on the sdconv SNN's layers (benchmarks/end_to_end.py --only event; README,
 #: "Event-driven execution").
-AUTO_MAX_WORK = 0.02
+AUTO_MAX_WORK = 0.01
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,20 +117,38 @@ class EventLayer:
         return out
 
 
+# weight tensor -> (its version, the settings, the EventLayer): a runner is made per run() call,
+# and the weights of a compiled model do not change between them, so they are compressed once
+# (keyed by id: a tensor's == is elementwise; the entry goes when the tensor does)
+_LAYERS: dict[int, tuple] = {}
+
+
 def layer_for(node) -> EventLayer | None:
     """The :class:`EventLayer` of an IR conv/linear node, or None where the event kernel does not
-    apply (3-D convolution, parameters off the CPU or not float32)."""
+    apply (3-D convolution, parameters off the CPU or not float32). Cached per weight tensor
+    (rebuilt if the weights, bias or geometry change)."""
     w = node.params.get("weight")
     if w is None or w.device.type != "cpu" or w.dtype != torch.float32:
         return None
-    if node.op == "linear" and w.dim() == 2:
-        return EventLayer(w, node.params.get("bias"), kind="linear")
-    if node.op != "conv" or w.dim() not in (3, 4):
+    if not ((node.op == "linear" and w.dim() == 2) or (node.op == "conv" and w.dim() in (3, 4))):
         return None
-    nd = w.dim() - 2
-    return EventLayer(w, node.params.get("bias"), kind="conv", stride=node.attrs.get("stride", [1] * nd),
-                      pads=node.attrs.get("pads", [0] * 2 * nd), dilation=node.attrs.get("dilation", [1] * nd),
-                      groups=node.attrs.get("groups", 1))
+    bias = node.params.get("bias")
+    nd = max(1, w.dim() - 2)
+    geometry = (node.op, tuple(node.attrs.get("stride", [1] * nd)), tuple(node.attrs.get("pads", [0] * 2 * nd)),
+                tuple(node.attrs.get("dilation", [1] * nd)), int(node.attrs.get("groups", 1)))
+    key = (w._version, None if bias is None else (id(bias), bias._version), geometry)
+    cached = _LAYERS.get(id(w))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if node.op == "linear":
+        layer = EventLayer(w, bias, kind="linear")
+    else:
+        _, stride, pads, dilation, groups = geometry
+        layer = EventLayer(w, bias, kind="conv", stride=stride, pads=pads, dilation=dilation, groups=groups)
+    if id(w) not in _LAYERS:
+        weakref.finalize(w, _LAYERS.pop, id(w), None)
+    _LAYERS[id(w)] = (key, layer)
+    return layer
 
 
 def work_fraction(x: torch.Tensor, layer: EventLayer) -> float:
