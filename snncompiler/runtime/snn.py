@@ -114,6 +114,11 @@ class SpikingRunner:
         self._nonnegative_theta = {name for name, th in self._spike_theta.items() if bool((th >= 0).all())}
         self._spikes = None  # running spike total, kept on the device: reading it would sync a GPU per layer
         self.neuron_steps = 0
+        # auto: a layer read straight from a neuron (through flatten/reshape at most) takes its
+        # chunk's spike count from the neuron kernel, which counts anyway; counting the input
+        # again cost more than the event kernel saved on the sdconv SNN
+        self._spike_source: dict[str, str] = {}
+        self._chunk_spikes: dict[str, torch.Tensor] = {}
         self._event_layers = self._event_setup() if exec_mode != "dense" else {}
         #: per spike-driven layer, chunks run [dense, event] (``auto`` chooses per chunk)
         self.exec_counts: dict[str, list[int]] = {name: [0, 0] for name in self._event_layers}
@@ -136,6 +141,9 @@ class SpikingRunner:
             layer = event.layer_for(node)
             if layer is not None:
                 layers[node.name] = layer
+                src = self._neuron_source(node)
+                if src is not None:
+                    self._spike_source[node.name] = src
         return layers
 
     def _reads_spikes(self, node: Node) -> bool:
@@ -145,6 +153,13 @@ class SpikingRunner:
                                    (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated"))):
             src = self.graph.producer(src.inputs[0])
         return src is not None and src.op == "neuron"
+
+    def _neuron_source(self, node: Node) -> str | None:
+        """The neuron output that ``node`` reads unchanged in count (through flatten/reshape only)."""
+        src = self.graph.producer(node.inputs[0])
+        while src is not None and src.op in ("flatten", "reshape"):
+            src = self.graph.producer(src.inputs[0])
+        return src.outputs[0] if src is not None and src.op == "neuron" else None
 
     # ---- public -----------------------------------------------------------------------
     def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = DEFAULT_CHUNK) -> dict:
@@ -322,7 +337,13 @@ class SpikingRunner:
         at most :data:`~snncompiler.kernels.event.AUTO_MAX_WORK` (the measured break-even)."""
         from ..kernels.event import AUTO_MAX_WORK, work_fraction
 
-        use = self.exec_mode == "event" or work_fraction(x, layer) <= AUTO_MAX_WORK
+        if self.exec_mode == "event":
+            use = True
+        else:
+            count = self._chunk_spikes.get(self._spike_source.get(name, ""))
+            work = (float(count) / max(1, x.numel()) * layer.weight_density if count is not None
+                    else work_fraction(x, layer))
+            use = work <= AUTO_MAX_WORK
         self.exec_counts[name][int(use)] += 1
         return use
 
@@ -347,6 +368,8 @@ class SpikingRunner:
         spikes, v, count = neuron_multistep(x, v, th, decay=decay, reset=node.attrs.get("reset", "soft"),
                                             backend=self.backend, return_count=True)
         state[node.name] = v
+        if self._spike_source:
+            self._chunk_spikes[node.outputs[0]] = count
         self._spikes = count if self._spikes is None else self._spikes + count
         self.neuron_steps += spikes.numel()
         return spikes
