@@ -65,6 +65,10 @@ def _extensions():
     exts = [Pybind11Extension("snncompiler.kernels._lif_cpu", ["csrc/lif_cpu.cpp"], cxx_std=17,
                               depends=["csrc/lif_cpu_isa.inc"],
                               extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
+                              extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"]),
+            # event-driven conv/linear (snncompiler/kernels/event.py): optional like the neuron kernel
+            Pybind11Extension("snncompiler.kernels._event_cpu", ["csrc/event_cpu.cpp"], cxx_std=17,
+                              extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
                               extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"])]
     if os.environ.get("SNNC_BUILD_CUDA") == "1":  # otherwise cuda.py compiles it on first use
         from setuptools import Extension

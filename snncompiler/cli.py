@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a sequence model: the input's length)")
     p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
+    _add_exec_option(p)
     _add_dt_option(p)
     _add_event_options(p)
     _add_common(p)
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1,2,4,...,256; a sequence model: powers of two up to the input's length)")
     p.add_argument("--chunk", type=_positive_int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
     p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
+    _add_exec_option(p)
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     p.add_argument("--layers", action="store_true",
                    help="spiking models: per-layer clipping and flooring error, firing rate and cosine "
@@ -348,6 +350,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _add_exec_option(p) -> None:
+    from .kernels.event import EXEC_MODES
+
+    p.add_argument("--exec", choices=EXEC_MODES, default=None,
+                   help="spiking models: how conv/linear layers fed by spikes run: dense (default), event "
+                        "(from the active inputs and nonzero weights only, C++ CPU kernel) or auto (per layer "
+                        "and chunk, by measured spike density × weight density)")
+
+
 def _refuse_spiking_flags(args, flags: tuple[str, ...]) -> None:
     """Flags that only mean something for a spiking artifact, given with a plain ANN: an error
     rather than silently ignored (an ANN "evaluated at --timesteps 4" was not)."""
@@ -370,9 +381,9 @@ def cmd_run(args) -> int:
     model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
         run = model.ann if args.ann_mode else (
-            lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device))
+            lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device, exec=args.exec))
     else:
-        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode"))
+        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec"))
         run = model
     batches = [run(x) for x, _ in data.batches(args.batch_size)]
     if isinstance(batches[0], (list, tuple)):  # an ANN with several outputs: every one is saved
@@ -440,7 +451,7 @@ def _eval_snn(args, model, data) -> int:
         raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
     result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, backend=args.backend,
-                            device=args.device, **({"chunk": args.chunk} if args.chunk else {}))
+                            device=args.device, exec=args.exec, **({"chunk": args.chunk} if args.chunk else {}))
     seconds = time.perf_counter() - t0
     ts = [int(t) for t in result["snn_accuracy"]]
     if args.plot:
@@ -456,7 +467,7 @@ def _eval_snn(args, model, data) -> int:
         result["layers"] = layer_errors(model, data.x[:args.layer_samples], ts[-1], reference=reference)
     if args.sops:
         result["synaptic_ops"] = model.synaptic_operations(data.x, ts[-1], batch_size=args.batch_size,
-                                                           backend=args.backend, device=args.device,
+                                                           backend=args.backend, device=args.device, exec=args.exec,
                                                            **({"chunk": args.chunk} if args.chunk else {}))
     if args.json:
         print(json.dumps(result))
@@ -585,7 +596,8 @@ def cmd_eval(args) -> int:
         from . import load
 
         return _eval_snn(args, load(args.model, dt=args.dt), data)
-    _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--plot", "--layers", "--reference", "--sops"))
+    _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--exec", "--plot", "--layers", "--reference",
+                                 "--sops"))
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":
         from .ort import OrtModel

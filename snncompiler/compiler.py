@@ -77,10 +77,11 @@ class CompiledModel:
 
     def runner(self, **overrides) -> SpikingRunner:
         """A fresh :class:`SpikingRunner` with this model's settings (overridable; ``device="cuda"``
-        runs it on a GPU)."""
+        runs it on a GPU, ``exec="event"`` or ``"auto"`` runs spike-driven conv/linear layers on
+        the event-driven kernel, see :mod:`snncompiler.kernels.event`)."""
         o = {**self.options, **overrides}
         return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
-                             device=o.get("device", "cpu"))
+                             device=o.get("device", "cpu"), exec_mode=o.get("exec") or "dense")
 
     def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = 256, **overrides):
         """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.

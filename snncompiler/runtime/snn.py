@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +68,14 @@ class SpikingRunner:
     """Runs a neuronized graph as an SNN. One runner holds state for one batch at a time."""
 
     def __init__(self, graph: Graph, *, backend: str = "auto", device: str = "cpu", encoding: str = "direct",
-                 seed: int = 0):
+                 seed: int = 0, exec_mode: str = "dense"):
+        from ..kernels.event import EXEC_MODES
+
         if encoding not in ENCODINGS:
             raise SnncError(f"--encoding: expected {', '.join(ENCODINGS)}, got '{encoding}'")
+        if exec_mode not in EXEC_MODES:
+            raise SnncError(f"--exec: expected {', '.join(EXEC_MODES)}, got '{exec_mode}'")
+        self.exec_mode = exec_mode
         self.backend, self.encoding, self.seed = backend, encoding, seed
         self.device = checked_device(device)
         if self.device.type == "cpu":
@@ -88,6 +94,52 @@ class SpikingRunner:
         self._nonnegative_theta = {name for name, th in self._spike_theta.items() if bool((th >= 0).all())}
         self._spikes = None  # running spike total, kept on the device: reading it would sync a GPU per layer
         self.neuron_steps = 0
+        # auto: a layer read straight from a neuron (through flatten/reshape at most) takes its
+        # chunk's spike count from the neuron kernel, which counts anyway; counting the input
+        # again cost more than the event kernel saved on the sdconv SNN
+        self._spike_source: dict[str, str] = {}
+        self._chunk_spikes: dict[str, torch.Tensor] = {}
+        self._event_layers = self._event_setup() if exec_mode != "dense" else {}
+        #: per spike-driven layer, chunks run [dense, event] (``auto`` chooses per chunk)
+        self.exec_counts: dict[str, list[int]] = {name: [0, 0] for name in self._event_layers}
+
+    def _event_setup(self) -> dict:
+        """EventLayer (weights compressed once) for each conv/linear node whose input is spikes:
+        produced by a neuron, directly or through flatten/reshape or a spiking max pool. Other
+        layers stay dense."""
+        from ..kernels import event
+
+        if self.device.type != "cpu" or not event.available():
+            where = "the event kernel is CPU-only" if self.device.type != "cpu" else \
+                "the event-driven kernel (snncompiler.kernels._event_cpu) is not built"
+            _warn_once(f"--exec {self.exec_mode}: {where}; running every layer dense")
+            return {}
+        layers = {}
+        for node in self.graph.nodes:
+            if node.op not in ("conv", "linear") or not self._reads_spikes(node):
+                continue
+            layer = event.layer_for(node)
+            if layer is not None:
+                layers[node.name] = layer
+                src = self._neuron_source(node)
+                if src is not None:
+                    self._spike_source[node.name] = src
+        return layers
+
+    def _reads_spikes(self, node: Node) -> bool:
+        # a max pool of a neuron's spikes ("rate" or "gated") passes spikes on: 0 or θ again
+        src = self.graph.producer(node.inputs[0])
+        while src is not None and (src.op in ("flatten", "reshape") or
+                                   (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated"))):
+            src = self.graph.producer(src.inputs[0])
+        return src is not None and src.op == "neuron"
+
+    def _neuron_source(self, node: Node) -> str | None:
+        """The neuron output that ``node`` reads unchanged in count (through flatten/reshape only)."""
+        src = self.graph.producer(node.inputs[0])
+        while src is not None and src.op in ("flatten", "reshape"):
+            src = self.graph.producer(src.inputs[0])
+        return src.outputs[0] if src is not None and src.op == "neuron" else None
 
     # ---- public -----------------------------------------------------------------------
     def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = DEFAULT_CHUNK) -> dict:
@@ -253,7 +305,27 @@ class SpikingRunner:
         if CORE_OPS[node.op].conversion_kind(node) == "analog":
             return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
         flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
+        layer = self._event_layers.get(node.name)
+        if layer is not None and self._event_pays(node.name, layer, flat[0]):
+            out = layer(flat[0])
+            return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
         return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in CORE_OPS[node.op].fn(node, *flat)]
+
+    def _event_pays(self, name: str, layer, x: torch.Tensor) -> bool:
+        """Whether this chunk of a spike-driven layer runs on the event kernel: always under
+        ``event``; under ``auto`` when the chunk's spike density × the layer's weight density is
+        at most :data:`~snncompiler.kernels.event.AUTO_MAX_WORK` (the measured break-even)."""
+        from ..kernels.event import AUTO_MAX_WORK, work_fraction
+
+        if self.exec_mode == "event":
+            use = True
+        else:
+            count = self._chunk_spikes.get(self._spike_source.get(name, ""))
+            work = (float(count) / max(1, x.numel()) * layer.weight_density if count is not None
+                    else work_fraction(x, layer))
+            use = work <= AUTO_MAX_WORK
+        self.exec_counts[name][int(use)] += 1
+        return use
 
     def _neuron(self, node: Node, x: torch.Tensor, state: dict) -> torch.Tensor:
         from ..kernels import neuron_multistep
@@ -277,6 +349,8 @@ class SpikingRunner:
         spikes, v, count = neuron_multistep(x, v, th, decay=decay, reset=spec.reset,
                                             backend=self.backend, return_count=True)
         state[node.name] = v
+        if self._spike_source:
+            self._chunk_spikes[node.outputs[0]] = count
         self._spikes = count if self._spikes is None else self._spikes + count
         self.neuron_steps += spikes.numel()
         return spikes
@@ -360,6 +434,17 @@ class SpikingRunner:
         _, idx = fn(cp, kernel, stride, 0, dilation, return_indices=True)
         picked = sp.flatten(2).gather(2, idx.flatten(2)).reshape(idx.shape)
         return picked.reshape((steps, batch) + tuple(picked.shape[1:]))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A RuntimeWarning the first time ``message`` comes up in this process (runners are created
+    per call, the fallback is said once)."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def output_steps(timesteps: int) -> list[int]:
