@@ -77,7 +77,8 @@ class _Source:
 
 def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 30, loss: str = "tet",
         lamb: float = 1e-3, means: float = 1.0, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0,
-        val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+        val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True,
+        on_epoch=None) -> dict:
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 
     Args:
@@ -91,6 +92,7 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             of the time-mean output).
         lr, weight_decay, epochs, batch_size: Adam with a cosine schedule over the epochs.
         progress: print one line per epoch to stderr.
+        on_epoch: called with each epoch's history row as it completes (a progress bar, say).
 
     Returns a history: the settings and, per epoch, the mean loss, the training accuracy (of the
     time-mean output, on the batches as trained), the validation accuracy and the seconds taken.
@@ -151,6 +153,8 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             scored = _evaluate(model, val_data, [timesteps] if timesteps else None, 256, dev, sequence)
             row["val_accuracy"] = scored["accuracy"][max(scored["accuracy"], key=int)]
         history["epochs"].append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if progress:
             extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
             print(f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
