@@ -55,6 +55,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (penalty weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # a subcommand's --debug must not reset `snnc --debug COMMAND` to False: only the top level
     # has a default, so the flag works before or after the command
@@ -164,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-learn-theta", action="store_true", help="keep the thresholds; train weights and biases only")
     p.add_argument("--keep-always", action="store_true",
                    help="write the fine-tuned model even when it is not more accurate on the held-out data")
+    p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
+                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
     p.add_argument("--seed", type=int, default=0)
     _add_dt_option(p)
     _add_common(p)
@@ -193,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau; default 2); "
                    "needs --neuron lif")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
+                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
     p.add_argument("--seed", type=int, default=0, help="weights (--init random), data order")
     _add_common(p)
     p.set_defaults(func=cmd_train)
@@ -295,7 +310,7 @@ def cmd_finetune(args) -> int:
     t0 = time.perf_counter()
     result = finetune(model, data, timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, val=val,
                       batch_size=args.batch_size, learn_theta=not args.no_learn_theta,
-                      keep_if_better=not args.keep_always, seed=args.seed)
+                      keep_if_better=not args.keep_always, seed=args.seed, rate_penalty=args.rate_penalty)
     note = result.report["finetune"]
     result.save(output)
     verdict = "kept" if note["kept"] else "not better: wrote the model unchanged (--keep-always overrides)"
@@ -320,7 +335,7 @@ def cmd_train(args) -> int:
     model = train_onnx(args.model, data, timesteps=[t for t, _ in stages], epochs=[e for _, e in stages],
                        init=args.init, seed=args.seed, val=val, loss=args.loss, lamb=args.lam,
                        lr=args.lr, batch_size=args.batch_size, device=args.device,
-                       neuron=args.neuron, tau=args.tau, progress=True)
+                       neuron=args.neuron, tau=args.tau, rate_penalty=args.rate_penalty, progress=True)
     model.save(output)
     note = model.report["train"]
     schedule = " -> ".join(f"T={t} x{e}" for t, e in stages)

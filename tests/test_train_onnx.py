@@ -132,6 +132,37 @@ def test_residual_network_trains_from_random(tmp_path):
     assert all(n.attrs["neuron"] == "lif" for n in model.graph.find("neuron"))
 
 
+def test_rate_probe_counts_what_the_kernel_counts():
+    """The penalty's differentiable firing rate equals the kernel's own spike count (evaluate)."""
+    from snncompiler.train import LIF
+    from snncompiler.train.trainer import _RateProbe
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1),
+                              LIF(neuron="if", theta=torch.tensor([0.3, 0.5, 1.0, 2.0]), reset="soft"),
+                              torch.nn.Flatten(), torch.nn.Linear(256, 10)).eval()
+    x = torch.rand(32, 1, 8, 8)
+    probe = _RateProbe(net)
+    run_steps(net, x, 3)
+    rate = probe.take()
+    assert rate.requires_grad
+    probe.remove()
+    counted = snnc.train.evaluate(net, (x.numpy(), np.zeros(32, np.int64)), timesteps=[3])["firing_rate"]
+    assert 0.05 < counted < 0.95
+    assert rate.item() == pytest.approx(counted, rel=1e-5)
+
+
+def test_rate_penalty_lowers_the_firing_rate(untrained_cnn):
+    path, train, test = untrained_cnn
+    rates = {}
+    for penalty in (0.0, 5.0):
+        model = train_onnx(str(path), (train.x[:512], train.y[:512]), epochs=2, seed=0, rate_penalty=penalty,
+                           batch_size=16, progress=False)
+        rates[penalty] = model.evaluate(test.x[:200], test.y[:200], [4])["firing_rate"]  # the spiking runtime's
+    # measured 0.272 -> 0.115 (and 91.5 % -> 85.5 % at T=4 on these 200 samples)
+    assert rates[5.0] < 0.6 * rates[0.0], rates
+
+
 def _snnc(*args):
     return subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, args)], capture_output=True, text=True)
 
@@ -144,16 +175,18 @@ def test_cli_train_then_eval_and_its_errors(untrained_cnn, tmp_path):
     out = tmp_path / "t.snn.onnx"
     r = _snnc("train", path, "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz", "--timesteps", "1,2",
               "--epochs", "2", "--init", "random", "--seed", "3", "--loss", "sdt", "--lr", "3e-3", "--batch-size", "32",
-              "--device", "cpu", "-o", out)
+              "--device", "cpu", "--rate-penalty", "0.1", "-o", out)
     assert r.returncode == 0, r.stderr
     assert "validation accuracy at T=2 on 100 samples" in r.stdout and "wrote" in r.stdout
     note = snnc.load(out).report["train"]
     assert note["loss"] == "sdt" and note["seed"] == 3 and note["batch_size"] == 32 and note["schedule"] == [[1, 1], [2, 1]]
+    assert note["rate_penalty"] == 0.1
     r = _snnc("eval", out, "--data", tmp_path / "val.npz", "--timesteps", "2", "--json")
     assert r.returncode == 0, r.stderr
     for extra, message in [(["--timesteps", "0"], "--timesteps: must be positive"),
                            (["--init", "kaiming"], "invalid choice: 'kaiming'"),
                            (["--lam", "2"], "--lam: must lie in [0, 1]"),
+                           (["--rate-penalty", "-1"], "--rate-penalty: must be a finite number ≥ 0"),
                            (["--data", tmp_path / "unlabelled.npz"], "labels")]:
         args = ["train", path, "--data", tmp_path / "train.npz", "-o", tmp_path / "x.snn.onnx", *extra]
         r = _snnc(*args)

@@ -94,7 +94,8 @@ def reinitialise(graph, seed: int):
 def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", seed: int = 0, val=None,
                loss: str = "tet", lamb: float = 1e-3, lr: float | None = None, batch_size: int = 64,
                device: str = "cpu", neuron: str = "if", tau: float = 0.0, learn_theta: bool = True,
-               calib_samples: int = 512, batchnorm: bool | None = None, progress: bool = True):
+               calib_samples: int = 512, batchnorm: bool | None = None, rate_penalty: float = 0.0,
+               progress: bool = True):
     """Train an ONNX architecture directly as a spiking network; returns a
     :class:`~snncompiler.compiler.CompiledModel` (``.save`` writes the artifact ``snnc eval`` reads).
 
@@ -117,6 +118,8 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
             in the artifact (see :class:`~snncompiler.train.GraphNet`); default: with ``init="random"``
             (the thresholds then start at 1, the scale BN gives every pre-activation), not with "ann"
             (the converted weights are already scaled for their thresholds).
+        rate_penalty: λ of a firing-rate penalty added to the loss (see :func:`~snncompiler.train.fit`):
+            fewer spikes, less energy.
         progress: a tqdm bar on stderr with each epoch's loss and validation accuracy.
 
     The model's ``report["train"]`` records the settings, each stage's per-epoch loss and
@@ -182,7 +185,8 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
 
             # each stage its own seed: the data order of a later stage differs from the first's
             run = fit(net, data, timesteps=steps, epochs=count, loss=loss, lamb=lamb, lr=lr, batch_size=batch_size,
-                      val=val_data, seed=seed + number - 1, device=device, progress=False, on_epoch=show)
+                      val=val_data, seed=seed + number - 1, device=device, progress=False, on_epoch=show,
+                      rate_penalty=rate_penalty)
             history.append({"timesteps": steps, "epochs": count,
                             # without seconds: the note goes into the artifact, whose bytes must
                             # not depend on the machine's speed
@@ -199,6 +203,8 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
             "stages": history}
     if loss == "tet":
         note["lamb"] = lamb
+    if rate_penalty:
+        note["rate_penalty"] = rate_penalty
     trained = CompiledModel(graph, {**converted.options, "timesteps": final_t},
                             {**converted.report, "train": note})
     trained.train_history = timed  # with each epoch's seconds; not saved
