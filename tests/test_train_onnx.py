@@ -187,6 +187,7 @@ def test_cli_train_then_eval_and_its_errors(untrained_cnn, tmp_path):
                            (["--init", "kaiming"], "invalid choice: 'kaiming'"),
                            (["--lam", "2"], "--lam: must lie in [0, 1]"),
                            (["--rate-penalty", "-1"], "--rate-penalty: must be a finite number ≥ 0"),
+                           (["--device", "gpu"], "--device: not a device"),
                            (["--data", tmp_path / "unlabelled.npz"], "labels")]:
         args = ["train", path, "--data", tmp_path / "train.npz", "-o", tmp_path / "x.snn.onnx", *extra]
         r = _snnc(*args)

@@ -130,6 +130,7 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     from ..compiler import CompiledModel, _load, first_output
     from ..ir import Graph
     from ..metrics import accuracy
+    from ..runtime.executor import checked_device
     from .finetune import GraphNet
     from .trainer import _dataset, fit
 
@@ -146,6 +147,7 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     if not isinstance(calib_samples, int) or calib_samples < 1:
         raise SnncError(f"calib_samples: must be a positive integer, got {calib_samples!r}")
     stages = parse_schedule(timesteps, epochs)
+    checked_device(device)  # before the conversion pass, not at the first batch
     if lr is None:
         lr = DEFAULT_LR[init]
     data = _dataset(train, "train")
