@@ -56,6 +56,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (penalty weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # a subcommand's --debug must not reset `snnc --debug COMMAND` to False: only the top level
     # has a default, so the flag works before or after the command
@@ -179,10 +190,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-learn-theta", action="store_true", help="keep the thresholds; train weights and biases only")
     p.add_argument("--keep-always", action="store_true",
                    help="write the fine-tuned model even when it is not more accurate on the held-out data")
+    p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
+                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
     p.add_argument("--seed", type=int, default=None, help="(default 0)")
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("train", help="train an ONNX architecture directly as a spiking network (surrogate gradients)")
+    p.add_argument("model", metavar="MODEL.onnx", help="a ReLU network; its ReLUs become IF/LIF neurons")
+    p.add_argument("--data", required=True, metavar="TRAIN.npz", help="labelled training data 'x', 'y'")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
+    p.add_argument("--val", metavar="VAL.npz", help="labelled data scored after every epoch (not trained on)")
+    p.add_argument("--timesteps", default="4",
+                   help="T to train at, or a schedule such as 1,4: train at the first T, continue at the next "
+                        "(temporal inheritance); the artifact runs at the last (default 4)")
+    p.add_argument("--epochs", default="15",
+                   help="total epochs, shared evenly by the --timesteps stages (earlier stages take the "
+                        "remainder), or one count per stage such as 10,5 (default 15)")
+    p.add_argument("--init", choices=["ann", "random"], default="random",
+                   help="random: Kaiming weights from --seed, trained with BatchNorm folded in afterwards; "
+                        "ann: the ONNX weights and their conversion thresholds (default random)")
+    p.add_argument("--loss", choices=["tet", "sdt"], default="tet",
+                   help="tet: cross-entropy at every step (+ λ·MSE); sdt: cross-entropy of the time-mean")
+    p.add_argument("--lam", type=float, default=1e-3, help="TET's λ, in [0, 1] (default 1e-3)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="Adam learning rate, cosine schedule per stage (default 1e-2 with --init random, 1e-3 with ann)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--neuron", choices=["if", "lif"], default="if")
+    p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau; default 2); "
+                   "needs --neuron lif")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
+                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
+    p.add_argument("--seed", type=int, default=0, help="weights (--init random), data order")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a compiled spiking model in another format (NIR)")
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact")
@@ -284,13 +327,39 @@ def cmd_finetune(args) -> int:
     t0 = time.perf_counter()
     given = {k: getattr(args, k) for k in ("timesteps", "epochs", "lr", "batch_size", "seed")}
     result = finetune(model, data, val=val, learn_theta=not args.no_learn_theta, keep_if_better=not args.keep_always,
-                      **{k: v for k, v in given.items() if v is not None})
+                      rate_penalty=args.rate_penalty, **{k: v for k, v in given.items() if v is not None})
     note = result.report["finetune"]
     result.save(output)
     verdict = "kept" if note["kept"] else "not better: wrote the model unchanged (--keep-always overrides)"
     print(f"held-out accuracy at T={note['timesteps']} on {note['val_samples']} samples: "
           f"{100 * note['val_accuracy_before']:.2f}% -> {100 * note['val_accuracy_after']:.2f}%, {verdict}; "
           f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """snnc train MODEL.onnx --data TRAIN.npz -o OUT.snn.onnx"""
+    from .data import load_npz
+    from .train.direct import parse_schedule, train_onnx
+
+    output = resolve_output(args.output, "-o", (args.model, args.data, args.val))
+    stages = parse_schedule(args.timesteps, args.epochs)  # bad values fail before any data is read
+    if not 0.0 <= args.lam <= 1.0:
+        raise SnncError(f"--lam: must lie in [0, 1], got {args.lam:g}")
+    data = load_npz(args.data, require_labels=True)
+    val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
+    t0 = time.perf_counter()
+    model = train_onnx(args.model, data, timesteps=[t for t, _ in stages], epochs=[e for _, e in stages],
+                       init=args.init, seed=args.seed, val=val, loss=args.loss, lamb=args.lam,
+                       lr=args.lr, batch_size=args.batch_size, device=args.device,
+                       neuron=args.neuron, tau=args.tau, rate_penalty=args.rate_penalty, progress=True)
+    model.save(output)
+    note = model.report["train"]
+    schedule = " -> ".join(f"T={t} x{e}" for t, e in stages)
+    scored = (f"validation accuracy at T={stages[-1][0]} on {note['val_samples']} samples "
+              f"{100 * note['val_accuracy']:.2f}%; " if val is not None else "")
+    print(f"trained {args.model} ({args.init} init, {schedule} epochs, {args.loss}): {scored}wrote {output} "
+          f"({time.perf_counter() - t0:.1f} s)")
     return 0
 
 

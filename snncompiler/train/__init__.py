@@ -9,14 +9,16 @@
     snnc.train.evaluate(net, (x_test, y_test), timesteps=[1, 2, 4, 8])
     snnc.train.export(net, "net.snn.onnx", input_shape=(1, 8, 8))  # snnc eval / snnc.load read it
     snnc.train.finetune("model.snn.onnx", (x, y), timesteps=2)    # a converted model, trained at T=2
+    snnc.train.train_onnx("model.onnx", (x, y), timesteps=[1, 4], init="random")  # an ONNX architecture (`snnc train`)
 """
 from __future__ import annotations
 
 from .export import export, to_compiled
+from .direct import train_onnx
 from .finetune import GraphNet, finetune
 from .loss import sdt_loss, tet_loss
 from .neuron import LIF, neurons, run_steps
 from .trainer import evaluate, fit
 
 __all__ = ["LIF", "run_steps", "neurons", "tet_loss", "sdt_loss", "fit", "evaluate", "export", "to_compiled",
-           "finetune", "GraphNet"]
+           "finetune", "GraphNet", "train_onnx"]

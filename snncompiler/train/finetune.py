@@ -36,12 +36,25 @@ def _key(name: str) -> str:
     return re.sub(r"\W", "_", name)  # module and parameter names may not contain '.'
 
 
+class _TrainingNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over axis 1 of any rank (conv maps and linear outputs alike), folded away after training."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise SnncError(f"batchnorm: expected [N, C, ...], got shape {list(x.shape)}")
+
+
 class GraphNet(nn.Module):
     """A neuronized IR graph as a trainable module over a time-flattened batch [T·B, ...]
     (run it with :func:`~snncompiler.train.run_steps`). Weights and biases are parameters;
-    other node tensors (constants) are buffers; θ is learned when ``learn_theta``."""
+    other node tensors (constants) are buffers; θ is learned when ``learn_theta``.
 
-    def __init__(self, graph, *, learn_theta: bool = True):
+    With ``batchnorm`` every conv/linear output that feeds the network (not a graph output)
+    gets a training-time BatchNorm over the time-flattened batch (as tdBN does), folded into its
+    weights by :meth:`write_back`: a network trained from scratch needs it, and an exported
+    ONNX has usually lost its BN layers to folding already."""
+
+    def __init__(self, graph, *, learn_theta: bool = True, batchnorm: bool = False):
         super().__init__()
         islands = [n.name for n in graph.nodes if CORE_OPS[n.op].conversion_kind(n) == "analog"]
         if islands:
@@ -57,6 +70,14 @@ class GraphNet(nn.Module):
         self.graph = graph
         self.params = nn.ModuleDict()
         self.lifs = nn.ModuleDict()
+        self.norms = nn.ModuleDict()
+        if batchnorm:
+            outputs = {v.name for v in graph.outputs}
+            for node in graph.nodes:
+                shape = graph.shape(node.outputs[0]) or ()
+                if (node.op in ("conv", "linear") and node.outputs[0] not in outputs
+                        and (node.op == "conv" or len(shape) == 2)):  # linear acts on the last axis
+                    self.norms[_key(node.name)] = _TrainingNorm(node.params["weight"].shape[0])
         for node in graph.nodes:
             if node.op == "neuron":
                 theta = node.params["theta"].float()
@@ -95,6 +116,8 @@ class GraphNet(nn.Module):
                 outs = (self._rate_maxpool(node, ins[0]),)
             else:  # "output" and "input" max pooling: the plain op, one step at a time
                 outs = CORE_OPS[node.op].fn(self._node_view(node), *ins)
+                if _key(node.name) in self.norms:
+                    outs = (self.norms[_key(node.name)](outs[0]),) + tuple(outs[1:])
             env.update(zip(node.outputs, outs))
         return env[g.outputs[0].name]
 
@@ -121,7 +144,19 @@ class GraphNet(nn.Module):
             for key in node.params:
                 if key in TRAINABLE:
                     node.params[key] = getattr(holder, key).detach().cpu().clone()
+            if _key(node.name) in self.norms:
+                self._fold(node, self.norms[_key(node.name)])
         return graph
+
+    @staticmethod
+    def _fold(node, norm):
+        """Fold a training-time BatchNorm's running statistics into its conv/linear node."""
+        with torch.no_grad():
+            scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).cpu()
+            shift = norm.bias.cpu() - norm.running_mean.cpu() * scale
+            w = node.params["weight"]
+            node.params["weight"] = w * scale.reshape((-1,) + (1,) * (w.dim() - 1))
+            node.params["bias"] = node.params.get("bias", torch.zeros_like(scale)) * scale + shift
 
 
 def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int = FINETUNE_EPOCHS,

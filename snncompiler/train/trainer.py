@@ -78,7 +78,8 @@ class _Source:
 
 def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 30, loss: str = "tet",
         lamb: float = 1e-3, means: float = 1.0, lr: float = 1e-3, batch_size: int = TRAIN_BATCH_SIZE, weight_decay: float = 0.0,
-        val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+        val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True,
+        on_epoch=None, rate_penalty: float = 0.0) -> dict:
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 
     Args:
@@ -92,6 +93,10 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             of the time-mean output).
         lr, weight_decay, epochs, batch_size: Adam with a cosine schedule over the epochs.
         progress: print one line per epoch to stderr.
+        on_epoch: called with each epoch's history row as it completes (a progress bar, say).
+        rate_penalty: λ of a penalty λ·r added to the loss, r the firing rate over all LIF
+            neurons (spikes per neuron per step, in [0, 1]) of the batch: fewer spikes, fewer
+            synaptic operations, less energy. The gradient reaches the spikes through the surrogate.
 
     Returns a history: the settings and, per epoch, the mean loss, the training accuracy (of the
     time-mean output, on the batches as trained), the validation accuracy and the seconds taken.
@@ -109,6 +114,8 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise SnncError(f"{name}: must be a positive integer, got {value!r}")
+    if not (isinstance(rate_penalty, (int, float)) and math.isfinite(rate_penalty) and rate_penalty >= 0):
+        raise SnncError(f"rate_penalty: must be a non-negative number, got {rate_penalty!r}")
     if timesteps is None and not sequence:
         timesteps = 4
     data = _Source(train, "train")
@@ -124,43 +131,82 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
                 "weight_decay": weight_decay, "seed": seed, "train_samples": data.samples()}
     if loss == "tet":
         settings.update(lamb=lamb, means=means)
+    if rate_penalty:
+        settings["rate_penalty"] = rate_penalty
+    rates = _RateProbe(model) if rate_penalty else None
     history = {"settings": settings, "epochs": []}
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        total, correct, seen = 0.0, 0, 0
-        for xb, yb in data.batches(batch_size, gen):
-            xb, yb = xb.to(dev), yb.to(dev)
-            out = run_steps(model, xb, timesteps, sequence=sequence)
+    try:
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            total, correct, seen = 0.0, 0, 0
+            for xb, yb in data.batches(batch_size, gen):
+                xb, yb = xb.to(dev), yb.to(dev)
+                out = run_steps(model, xb, timesteps, sequence=sequence)
+                if not seen:
+                    _check_labels(yb, out, epoch)
+                value = criterion(out, yb)
+                if rates is not None:
+                    value = value + rate_penalty * rates.take()
+                if not torch.isfinite(value):
+                    raise SnncError(f"fit: the loss became {float(value)} at epoch {epoch}; lower lr (now {lr:g})")
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+                total += value.item() * len(yb)
+                correct += int((out.detach().mean(0).argmax(-1) == yb).sum())
+                seen += len(yb)
             if not seen:
-                _check_labels(yb, out, epoch)
-            value = criterion(out, yb)
-            if not torch.isfinite(value):
-                raise SnncError(f"fit: the loss became {float(value)} at epoch {epoch}; lower lr (now {lr:g})")
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            total += value.item() * len(yb)
-            correct += int((out.detach().mean(0).argmax(-1) == yb).sum())
-            seen += len(yb)
-        if not seen:
-            raise SnncError("train: yielded no batches")
-        sched.step()
-        row = {"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen,
-               "seconds": time.perf_counter() - started}
-        if val_data is not None:
-            scored = _evaluate(model, val_data, [timesteps] if timesteps else None, 256, dev, sequence)
-            row["val_accuracy"] = scored["accuracy"][max(scored["accuracy"], key=int)]
-        history["epochs"].append(row)
-        if progress:
-            extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
-            print(f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
-                  f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
+                raise SnncError("train: yielded no batches")
+            sched.step()
+            row = {"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen,
+                   "seconds": time.perf_counter() - started}
+            if val_data is not None:
+                scored = _evaluate(model, val_data, [timesteps] if timesteps else None, 256, dev, sequence)
+                row["val_accuracy"] = scored["accuracy"][max(scored["accuracy"], key=int)]
+            history["epochs"].append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            if progress:
+                extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+                print(f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
+                      f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    finally:
+        if rates is not None:
+            rates.remove()
     model.eval()
     settings["train_samples"] = seen
     settings["timesteps"] = out.shape[0]  # a sequence's length when it was not given
     model._snnc_training = settings
     return history
+
+
+class _RateProbe:
+    """Forward hooks on a model's LIF neurons that add up, while gradients are on, the spikes
+    s = output / θ (θ detached: the penalty is on the spikes, not a push on θ) and the neuron-steps."""
+
+    def __init__(self, model: nn.Module):
+        from ..runtime.ops import channel_view
+
+        self.spikes, self.steps = [], 0
+
+        def hook(module, inputs, out):
+            if torch.is_grad_enabled():
+                theta = torch.as_tensor(module.theta, dtype=out.dtype, device=out.device).detach()
+                self.spikes.append((out / channel_view(theta, out)).sum())
+                self.steps += out.numel()
+
+        self.handles = [m.register_forward_hook(hook) for _, m in neurons(model)]
+
+    def take(self) -> torch.Tensor:
+        """The firing rate of the forward passes since the last call, and forget them."""
+        rate = torch.stack(self.spikes).sum() / self.steps
+        self.spikes, self.steps = [], 0
+        return rate
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def _check_labels(labels: torch.Tensor, out: torch.Tensor, epoch: int) -> None:
