@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.snnc-installed
 # Idempotent: re-runs pip only when the packaging or native sources changed.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+$(STAMP): pyproject.toml setup.py $(wildcard snncompiler/kernels/csrc/*)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
@@ -40,4 +40,4 @@ test-all: install
 	$(PY) -m pytest -q -m ''
 
 clean:
-	rm -rf build *.egg-info snncompiler/*.so .pytest_cache
+	rm -rf build *.egg-info snncompiler/kernels/*.so .pytest_cache

@@ -1,14 +1,17 @@
 """Build script: the package itself is described in pyproject.toml.
 
-The native kernels under csrc/ are added here as extensions once they exist, so that a
-checkout without them (or without a compiler) still installs and falls back to the
-PyTorch reference kernels.
+The native kernels' sources live inside the package, in snncompiler/kernels/csrc/, and ship in
+the wheel and sdist as package data (pyproject.toml), so that an installed wheel can still
+compile the CUDA kernel on first use. They are added here as extensions once they exist, so that
+a checkout without them (or without a compiler) still installs and falls back to the PyTorch
+reference kernels.
 """
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -17,7 +20,20 @@ from setuptools.command.build_ext import build_ext
 # -ffp-contract=off: the kernels must round exactly like the PyTorch oracle (no fused FMA).
 # -fno-trapping-math: lets GCC if-convert (vectorise) the soft reset; values are unchanged.
 _CPU_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
-_CUDA_ARCHS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+# Relative to this file, as setuptools wants extension sources (sdist and wheel builds).
+CSRC = "snncompiler/kernels/csrc"
+
+
+def _nvcc_module():
+    """snncompiler/kernels/nvcc.py, the one place the nvcc command line is written, loaded by file
+    path: `import snncompiler.kernels...` would run snncompiler/__init__ and import torch, which
+    pip's isolated build environment does not have (build requirements: setuptools, pybind11).
+    That module uses the standard library only, and cuda.py and the tests import it too."""
+    path = Path(__file__).resolve().parent / "snncompiler" / "kernels" / "nvcc.py"
+    spec = importlib.util.spec_from_file_location("_snncompiler_nvcc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class OptionalBuildExt(build_ext):
@@ -48,11 +64,11 @@ class OptionalBuildExt(build_ext):
                           "the PyTorch reference kernels will be used instead")
 
     def _build_cuda(self, ext):
-        nvcc = os.environ.get("NVCC") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+        nvcc = _nvcc_module()
         target = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        subprocess.check_call([nvcc, "-O3", "-shared", "-Xcompiler", "-fPIC", "--fmad=false", *_CUDA_ARCHS,
-                               *ext.sources, "-o", target])
+        # for INSTALL_ARCHS (sm_80, sm_90); raises (-> the warning below) when there is no nvcc
+        subprocess.check_call(nvcc.nvcc_command(ext.sources, target))
 
 
 def _extensions():
@@ -61,18 +77,20 @@ def _extensions():
     except ImportError:
         warnings.warn("snncompiler: pybind11 is not installed; building without the native CPU kernel")
         return []
-    # csrc/lif_cpu_isa.inc holds the kernels; lif_cpu.cpp compiles it once per instruction set
-    exts = [Pybind11Extension("snncompiler.kernels._lif_cpu", ["csrc/lif_cpu.cpp"], cxx_std=17,
-                              depends=["csrc/lif_cpu_isa.inc"],
+    # lif_cpu_isa.inc holds the kernels; lif_cpu.cpp compiles it once per instruction set.
+    # common.h: helpers both C++ extensions include.
+    exts = [Pybind11Extension("snncompiler.kernels._lif_cpu", [f"{CSRC}/lif_cpu.cpp"], cxx_std=17,
+                              depends=[f"{CSRC}/lif_cpu_isa.inc", f"{CSRC}/common.h"],
                               extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
                               extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"]),
             # event-driven conv/linear (snncompiler/kernels/event.py): optional like the neuron kernel
-            Pybind11Extension("snncompiler.kernels._event_cpu", ["csrc/event_cpu.cpp"], cxx_std=17,
+            Pybind11Extension("snncompiler.kernels._event_cpu", [f"{CSRC}/event_cpu.cpp"], cxx_std=17,
+                              depends=[f"{CSRC}/common.h"],
                               extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
                               extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"])]
     if os.environ.get("SNNC_BUILD_CUDA") == "1":  # otherwise cuda.py compiles it on first use
         from setuptools import Extension
-        exts.append(Extension("snncompiler.kernels._lif_cuda", ["csrc/lif_cuda.cu"]))
+        exts.append(Extension("snncompiler.kernels._lif_cuda", [f"{CSRC}/lif_cuda.cu"]))
     return exts
 
 

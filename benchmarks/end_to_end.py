@@ -19,7 +19,7 @@ Event vs dense (``--only event`` runs just this): the SD-Conv SNN (apps/sparse_c
 static variant trained as the app's full run trains it: MNIST 4,000 samples, 12 epochs,
 α = 1e-2; about a minute) is run for T steps on one batch while the input of every spike-driven
 layer is recorded per chunk. Each such layer is then timed on those recorded inputs, dense
-(the runtime's F.conv2d / F.linear) and event-driven (csrc/event_cpu.cpp), interleaved, median
+(the runtime's F.conv2d / F.linear) and event-driven (kernels/csrc/event_cpu.cpp), interleaved, median
 of the repeats; then again on inputs planted at fixed spike densities with the same shape (the
 break-even table), and the whole SNN under --exec dense, event and auto. Writes
 benchmarks/results/event_exec.json.

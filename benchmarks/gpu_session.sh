@@ -30,7 +30,7 @@ if want build; then
   echo "== build (SNNC_BUILD_CUDA=1 setup.py build_ext --inplace)"
   SNNC_BUILD_CUDA=1 timeout 240 $py setup.py -q build_ext --inplace >"$out/gpu_build.log" 2>&1
   echo "build exit $?"; tail -5 "$out/gpu_build.log"; ls snncompiler/kernels/*.so
-  $py -m snncompiler.cli env --json >"$out/gpu_env.json" 2>&1; $py -m snncompiler.cli env | tail -4  # what ran where
+  $py -m snncompiler.cli env --json >"$out/gpu_env.json" 2>&1; $py -m snncompiler.cli env | tail -5  # what ran where (the CUDA library and its source)
 fi
 
 if want tests; then

@@ -2,8 +2,9 @@
 
 Meant for bug reports and for checking that the fast kernels are in use: which neuron backends
 can run, which instruction set the C++ kernel picked, whether OpenMP and the CUDA library are
-there, and the ``SNNC_*`` variables that change behaviour. Collecting it never compiles
-anything (the CUDA library is reported as found or not, not JIT-built).
+there (and the CUDA source it is compiled from on first use, package data next to
+kernels/cuda.py), and the ``SNNC_*`` variables that change behaviour. Collecting it never
+compiles anything (the CUDA library is reported as found or not, not JIT-built).
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def collect() -> dict:
         cuda["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     cuda["library_built"] = cuda_kernel.built_library() is not None
     cuda["nvcc"] = cuda_kernel.nvcc_path()
+    # what a first-use build compiles: shipped in the wheel, so None means a broken install
+    cuda["source"] = str(cuda_kernel.SOURCE) if cuda_kernel.SOURCE.is_file() else None
     info["cuda"] = cuda
     info["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("SNNC_")}
     return info
@@ -89,5 +92,7 @@ def format_text(info: dict) -> str:
     gpus = ", ".join(g.get("devices", [])) or "no GPU"
     lines.append(f"cuda: {gpus} (torch CUDA {g['torch_cuda'] or 'none'}); CUDA kernel library "
                  f"{'built' if g['library_built'] else 'not built'}, nvcc {g['nvcc'] or 'not found'}")
+    lines.append(f"CUDA source: present ({g['source']})" if g["source"] else
+                 "CUDA source: missing (lif_cuda.cu is not installed with the package: reinstall)")
     lines.append("SNNC_* variables: " + (", ".join(f"{k}={v}" for k, v in info["env"].items()) or "none set"))
     return "\n".join(lines)

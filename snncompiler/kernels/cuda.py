@@ -1,4 +1,5 @@
-"""The CUDA backend (forward only): csrc/lif_cuda.cu loaded as a shared library via ctypes.
+"""The CUDA backend (forward only): csrc/lif_cuda.cu (next to this file, shipped in the wheel)
+loaded as a shared library via ctypes.
 
 Where the library comes from, in order:
 
@@ -6,6 +7,8 @@ Where the library comes from, in order:
    places ``snncompiler/kernels/_lif_cuda*.so`` next to this file);
 2. otherwise compiled here on first use with nvcc for the current GPU's architecture, cached
    in ``$SNNC_CACHE_DIR`` (default ``~/.cache/snncompiler``) under a hash of the source.
+
+Both, and the compile checks in tests, use the one command line of :func:`nvcc.nvcc_command`.
 
 The .cu has a plain C launcher and no torch headers, so neither path needs torch's C++ API;
 ``snnc_lif_abi_version`` guards against loading a stale library whose launcher takes other
@@ -23,13 +26,13 @@ import glob
 import hashlib
 import math
 import os
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
 
 import torch
 
+from .nvcc import nvcc_command, nvcc_path  # noqa: F401  (nvcc_path: re-exported)
 from .packing import output_buffers
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
@@ -46,19 +49,11 @@ VEC4_MIN_N = 1 << 19
 # benchmarks/kernels.py times both on a GPU; False turns it off.
 DEEP_UNROLL = True
 _DEEP_BLOCKS_PER_SM, _THREADS = 2, 256
-SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "lif_cuda.cu"
+SOURCE = Path(__file__).parent / "csrc" / "lif_cuda.cu"  # package data: an installed wheel has it
 ABI_VERSION = 2  # snnc_lif_abi_version() of a library whose snnc_lif_forward matches load()'s argtypes
 # the current stream as a raw handle, without building a torch.cuda.Stream object (microseconds,
 # more than a small layer's kernel); triton launches through the same call
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def nvcc_path() -> str | None:
-    """The nvcc to use: $NVCC, then PATH, then /usr/local/cuda/bin/nvcc; None if none exists."""
-    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
 
 
 def _jit_compile() -> str | None:
@@ -73,8 +68,7 @@ def _jit_compile() -> str | None:
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [nvcc, "-O3", "-shared", "-Xcompiler", "-fPIC", "--fmad=false",
-               f"-gencode=arch=compute_{arch},code=[sm_{arch},compute_{arch}]", str(SOURCE), "-o", str(tmp)]
+        cmd = nvcc_command(SOURCE, tmp, archs=[arch], embed_ptx=True, nvcc=nvcc)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             warnings.warn(f"snncompiler: nvcc failed to build the CUDA neuron kernel:\n{proc.stderr[-2000:]}")
@@ -99,7 +93,7 @@ def load():
     if built is not None:
         lib = _open(built)
         if lib is None:
-            warnings.warn(f"snncompiler: {built} was built from an older csrc/lif_cuda.cu; compiling the "
+            warnings.warn(f"snncompiler: {built} was built from an older lif_cuda.cu; compiling the "
                           "current one with nvcc instead (reinstall with SNNC_BUILD_CUDA=1 to update it)")
     if lib is None:
         path = _jit_compile()

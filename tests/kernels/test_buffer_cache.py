@@ -1,4 +1,4 @@
-"""The CPU backend's output buffer cache (csrc/lif_cpu.cpp BufferCache, handed to torch via DLPack)."""
+"""The CPU backend's output buffer cache (kernels/csrc/lif_cpu.cpp BufferCache, handed to torch via DLPack)."""
 from __future__ import annotations
 
 import io

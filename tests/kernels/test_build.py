@@ -5,6 +5,7 @@ import ctypes
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -12,18 +13,20 @@ import pytest
 
 from snncompiler.kernels import cpu, cuda
 from snncompiler.kernels.cuda import SOURCE, nvcc_path
+from snncompiler.kernels.nvcc import nvcc_command
 
 ROOT = Path(__file__).resolve().parents[2]
+CSRC = ROOT / "snncompiler" / "kernels" / "csrc"
 
 
 def test_cuda_kernel_compiles_for_sm80_and_sm90(tmp_path):
     nvcc = nvcc_path()
     if nvcc is None:
         pytest.skip("nvcc not found (set NVCC or put it on PATH): cannot compile csrc/lif_cuda.cu")
-    assert SOURCE == ROOT / "csrc" / "lif_cuda.cu" and SOURCE.is_file()
-    cmd = [nvcc, "-O3", "--fmad=false", "-gencode", "arch=compute_80,code=sm_80",
-           "-gencode", "arch=compute_90,code=sm_90", "-c", str(SOURCE), "-o", str(tmp_path / "lif_cuda.o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert SOURCE == CSRC / "lif_cuda.cu" and SOURCE.is_file()
+    # setup.py's command for INSTALL_ARCHS (sm_80, sm_90), compiling to an object only
+    proc = subprocess.run(nvcc_command(SOURCE, tmp_path / "lif_cuda.o", kind="object", nvcc=nvcc),
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "lif_cuda.o").stat().st_size > 0
 
@@ -34,8 +37,8 @@ def test_cuda_kernel_has_no_fused_multiply_add(tmp_path):
     if nvcc is None:
         pytest.skip("nvcc not found (set NVCC or put it on PATH): cannot compile csrc/lif_cuda.cu")
     ptx = tmp_path / "lif_cuda.ptx"
-    proc = subprocess.run([nvcc, "--fmad=false", "-arch=compute_80", "-ptx", str(SOURCE), "-o", str(ptx)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(nvcc_command(SOURCE, ptx, archs=["80"], kind="ptx", nvcc=nvcc), capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr
     text = ptx.read_text()
     assert "mul.rn.f32" in text and "fma.rn.f32" not in text
@@ -62,8 +65,53 @@ def test_cpu_extension_compiles_without_warnings(flags):
     includes = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
     quiet = ["-Wno-unknown-pragmas"] if "-fopenmp" not in flags else []
     proc = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", *quiet, *flags, *includes,
-                           str(ROOT / "csrc" / "lif_cpu.cpp")], capture_output=True, text=True, timeout=300)
+                           str(CSRC / "lif_cpu.cpp")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_event_extension_compiles_without_warnings():
+    """The event-driven kernel too (it shares common.h with lif_cpu.cpp), with and without OpenMP."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    pybind11 = pytest.importorskip("pybind11")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    includes = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    for flags in (["-fopenmp"], ["-Wno-unknown-pragmas"]):
+        proc = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", *flags, *includes,
+                               str(CSRC / "event_cpu.cpp")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (flags, proc.stderr[-3000:])
+
+
+def test_nvcc_command_line_is_written_once():
+    """kernels/nvcc.py is the only place the nvcc flags are spelled out: cuda.py's first-use build,
+    setup.py's install-time build and these tests all call nvcc_command, so the flags that keep
+    the kernel bit-exact (--fmad=false) cannot differ between them."""
+    spelled = [p.relative_to(ROOT).as_posix() for p in [ROOT / "setup.py", *ROOT.glob("snncompiler/**/*.py"),
+                                                        *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]
+               if p.name != "test_build.py" and ("--fmad" in p.read_text() or "-gencode" in p.read_text())]
+    assert spelled == ["snncompiler/kernels/nvcc.py"], spelled
+    assert "nvcc_command(" in (ROOT / "setup.py").read_text()
+    shared = nvcc_command(SOURCE, "k.so", nvcc="nvcc")
+    assert shared[:3] == ["nvcc", "-O3", "--fmad=false"] and "-shared" in shared
+    assert "-gencode=arch=compute_80,code=sm_80" in shared and "-gencode=arch=compute_90,code=sm_90" in shared
+    assert shared[-3:] == [str(SOURCE), "-o", "k.so"]
+    jit = nvcc_command(SOURCE, "k.so", archs=["86"], embed_ptx=True, nvcc="nvcc")
+    assert "-gencode=arch=compute_86,code=[sm_86,compute_86]" in jit and "--fmad=false" in jit
+    assert nvcc_command(SOURCE, "k.ptx", archs=["80"], kind="ptx", nvcc="nvcc")[3:5] == ["-ptx", "-arch=compute_80"]
+    with pytest.raises(ValueError):
+        nvcc_command(SOURCE, "k.ptx", kind="ptx", nvcc="nvcc")  # two archs, one file
+
+
+def test_setup_py_loads_the_nvcc_command_without_the_package():
+    """setup.py runs where torch may be missing (pip's isolated build): it loads kernels/nvcc.py
+    by path, and that module imports nothing from the package (nor torch)."""
+    code = ("import runpy, sys; sys.argv = ['setup.py', '--version']; "
+            "g = runpy.run_path('setup.py'); m = g['_nvcc_module'](); "
+            "assert 'torch' not in sys.modules and 'snncompiler' not in sys.modules, sorted(sys.modules); "
+            "print(m.nvcc_command(['a.cu'], 'a.so', nvcc='nvcc'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--fmad=false" in proc.stdout
 
 
 _CTYPES_OF_C = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float}
@@ -86,8 +134,7 @@ def test_cuda_launcher_declaration_matches_the_source_and_validates_by_position(
     if nvcc is None:
         pytest.skip("nvcc not found (set NVCC or put it on PATH): cannot compile csrc/lif_cuda.cu")
     lib_path = tmp_path / "lif_cuda.so"
-    proc = subprocess.run([nvcc, "-O1", "-shared", "-Xcompiler", "-fPIC", "--fmad=false", "-gencode",
-                           "arch=compute_80,code=sm_80", str(SOURCE), "-o", str(lib_path)], capture_output=True, text=True)
+    proc = subprocess.run(nvcc_command(SOURCE, lib_path, archs=["80"], nvcc=nvcc), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lib = cuda._open(str(lib_path))
     assert lib is not None, "the built library does not report cuda.ABI_VERSION"
@@ -118,7 +165,6 @@ def test_stale_cuda_library_is_refused(tmp_path):
     unversioned.write_text('extern "C" int snnc_lif_forward() { return 0; }\n')
     for src in (stale, unversioned):
         so = src.with_suffix(".so")
-        proc = subprocess.run([nvcc, "-shared", "-Xcompiler", "-fPIC", str(src), "-o", str(so)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(nvcc_command(src, so, archs=["80"], nvcc=nvcc), capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert cuda._open(str(so)) is None

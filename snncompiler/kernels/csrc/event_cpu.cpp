@@ -27,9 +27,11 @@
 // (setup.py) so that v * w + out stays two roundings.
 //
 // Layout: x [N, C, H, W] and out [N, O, OH, OW] contiguous float32, given by address (no torch
-// headers, as csrc/lif_cpu.cpp). OpenMP across the samples; each thread reuses its event lists.
+// headers, as lif_cpu.cpp). OpenMP across the samples; each thread reuses its event lists.
 
 #include <pybind11/pybind11.h>
+
+#include "common.h"  // after Python.h (pybind11), which must come first
 
 #include <algorithm>
 #include <cstdint>
@@ -49,10 +51,7 @@ namespace py = pybind11;
 
 namespace {
 
-template <class T>
-T* addr(uintptr_t a) {
-  return reinterpret_cast<T*>(a);
-}
+using snnc::addr;  // common.h
 
 struct Geometry {
   int64_t C, H, W, O, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
@@ -361,14 +360,6 @@ int64_t conv2d(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, uint
   return total;
 }
 
-bool has_openmp() {
-#ifdef _OPENMP
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_event_cpu, m) {
@@ -380,7 +371,7 @@ PYBIND11_MODULE(_event_cpu, m) {
         py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("O"), py::arg("OH"), py::arg("OW"),
         py::arg("KH"), py::arg("KW"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"),
         py::arg("dw"), py::arg("threads"));
-  m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
+  m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("simd", [] {
 #ifdef SNNC_EVENT_AVX512
     return g_avx512;

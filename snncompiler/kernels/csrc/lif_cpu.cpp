@@ -21,6 +21,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "common.h"  // after Python.h (pybind11), which must come first
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -69,7 +71,7 @@ using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, floa
 using BwdFn = void (*)(const Params&, const float*, const float*, const float*, const float*, float*, float*,
                        float*, int64_t, int64_t, float*);
 
-// ---- the kernels, once per instruction set (csrc/lif_cpu_isa.inc) --------------------------
+// ---- the kernels, once per instruction set (lif_cpu_isa.inc) --------------------------
 // The baseline build must run on any x86-64 (or other) CPU, where vectors are 4 floats wide.
 // AVX2 and AVX-512 copies are chosen at run time when the CPU has them: with streaming stores
 // (stream_step) a large layer moves so few bytes per element that the arithmetic of 4-wide
@@ -251,10 +253,7 @@ void set_isa(const std::string& name) {
 // snncompiler/kernels/cpu.py passes tensor.data_ptr() of contiguous tensors it allocated or
 // made contiguous itself, with their sizes; 0 means "absent". Zero-copy, and no torch or numpy
 // types cross this boundary (a numpy view costs more than the kernel on small layers).
-template <class T>
-T* addr(uintptr_t a) {
-  return reinterpret_cast<T*>(a);
-}
+using snnc::addr;  // common.h
 
 // Outputs are fresh allocations first touched here. With 4 KiB pages the page faults cost as
 // much as the kernel itself on large layers; transparent huge pages fault 2 MiB at a time.
@@ -514,14 +513,6 @@ py::capsule empty(const std::vector<int64_t>& shape, int code, int bits) {
   });
 }
 
-bool has_openmp() {
-#ifdef _OPENMP
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_lif_cpu, m) {
@@ -537,7 +528,7 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
         py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
         py::arg("v0_period") = -1);
-  m.def("has_openmp", &has_openmp, "Whether the extension was built with OpenMP");
+  m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("isa", [] { return std::string(kIsas[g_isa].name); }, "The instruction set the kernels run with");
   m.def("supported_isas", &supported_isas, "Instruction sets this build has and this CPU runs, slowest first");
   m.def("set_isa", &set_isa, "Run the kernels with this instruction set (one of supported_isas())", py::arg("name"));
