@@ -31,7 +31,7 @@ def prepare(out: Path) -> None:
     try:
         from snncompiler.examples.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
     except ImportError:
-        from snncompiler.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
+        from examples.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
     from snncompiler.data import save_npz
 
     out.mkdir(parents=True, exist_ok=True)

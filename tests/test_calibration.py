@@ -181,8 +181,8 @@ def test_calibration_check_scores_dense_outputs_per_pixel(tmp_path):
     agreement with the ANN (onnxruntime), not an argmax over the image's last axis."""
     import torch.nn as nn
 
-    from snncompiler.ort import OrtModel
-    from snncompiler.workloads import export_onnx
+    from snncompiler.formats.onnx.ort import OrtModel
+    from examples.workloads import export_onnx
 
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))

@@ -98,7 +98,7 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
                calib_samples: int = 512, batchnorm: bool | None = None, rate_penalty: float = 0.0,
                progress: bool = True):
     """Train an ONNX architecture directly as a spiking network; returns a
-    :class:`~snncompiler.compiler.CompiledModel` (``.save`` writes the artifact ``snnc eval`` reads).
+    :class:`~snncompiler.model.CompiledModel` (``.save`` writes the artifact ``snnc eval`` reads).
 
     Args:
         model: an ONNX path (or bytes/ModelProto, or an IR graph) of a ReLU network.
@@ -127,13 +127,14 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     accuracies, and (with ``val``) the runtime's validation accuracy at the final T;
     ``model.train_history`` (not saved) has the same rows with each epoch's seconds.
     """
-    from .. import compile as snn_compile
-    from ..compiler import CompiledModel, _load, first_output
+    from ..compiler import compile as snn_compile
+    from ..compiler import load_ann
+    from ..model import CompiledModel, first_output
     from ..ir import Graph
-    from ..metrics import accuracy
+    from ..analysis.metrics import accuracy
     from ..runtime.executor import checked_device
     from .finetune import GraphNet
-    from .trainer import _dataset, fit
+    from .trainer import as_dataset, fit
 
     if init not in INITS:
         raise SnncError(f"--init: expected one of {', '.join(INITS)}, got '{init}'")
@@ -151,9 +152,9 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     checked_device(device)  # before the conversion pass, not at the first batch
     if lr is None:
         lr = DEFAULT_LR[init]
-    data = _dataset(train, "train")
-    val_data = None if val is None else _dataset(val, "val")
-    graph = model if isinstance(model, Graph) else _load(model)
+    data = as_dataset(train, "train")
+    val_data = None if val is None else as_dataset(val, "val")
+    graph = model if isinstance(model, Graph) else load_ann(model)
     if init == "random":
         graph = reinitialise(graph, seed)
     final_t = stages[-1][0]
