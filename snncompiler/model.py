@@ -9,7 +9,7 @@ import torch
 
 from .errors import SnncError
 from .ir import Graph
-from .options import DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS
 from .runtime.executor import Executor, check_input
 from .runtime.snn import SpikingRunner, _single, output_steps
 
@@ -58,7 +58,7 @@ class CompiledModel:
         return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
                              device=o.get("device", "cpu"), exec_mode=o.get("exec") or "dense")
 
-    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = 256, **overrides):
+    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = DEFAULT_BATCH_SIZE, **overrides):
         """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.
 
         Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in."""
@@ -97,7 +97,7 @@ class CompiledModel:
                 batches.append([env[name].cpu().numpy() for name in names])
         return _joined(batches)
 
-    def evaluate(self, x, y, timesteps=None, *, batch_size: int = 256, **overrides) -> dict:
+    def evaluate(self, x, y, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
 
         ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
@@ -113,7 +113,7 @@ class CompiledModel:
                 "ann_accuracy": accuracy(first_output(self.ann(x)), y),
                 "firing_rate": self.last_runner.firing_rate}
 
-    def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = 256, **overrides) -> dict:
+    def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
         """Synaptic operations and energy per sample against the ANN's MACs, measured on ``x``
         over ``timesteps`` steps (see :func:`snncompiler.analysis.metrics.synaptic_operations`)."""
         from .analysis.metrics import synaptic_operations

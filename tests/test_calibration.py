@@ -168,7 +168,7 @@ def test_calibration_kept_only_when_it_helps(setup):
 def test_calibration_check_scores_held_out_samples(setup):
     """With more calibration samples than the layer-wise passes fit, the check scores the rest."""
     path, train, _ = setup
-    from snncompiler.passes.layerwise import DEFAULT_LAYER_SAMPLES
+    from snncompiler.options import DEFAULT_LAYER_SAMPLES
 
     model = snnc.compile(path, Dataset(train.x[:DEFAULT_LAYER_SAMPLES + 50]), timesteps=4, calibration="light",
                          quiet=True)

@@ -135,7 +135,6 @@ def test_the_cli_restates_no_default():
 def test_each_default_comes_from_one_place():
     """The defaults that used to disagree (tau 0 vs 2, p99.99 vs p99.9 in the thresholds pass, T=32
     in seven files) are read from options.py / ir/neuron.py by every stage."""
-    from snncompiler import compiler
     from snncompiler.train import LIF
 
     resolved = options.CompileOptions()
@@ -194,7 +193,7 @@ def test_running_on_another_device_leaves_the_graph_where_it_was(model_path, cal
     one (as it does onto a GPU), and constructing a runner is where the parameters used to be
     moved in place."""
     from snncompiler.runtime import executor, snn
-    from snncompiler.train.finetune import GraphNet, _key
+    from snncompiler.train.finetune import GraphNet
 
     x = calib[0][:8]
     # output max pooling: a rate max pool's runner reads its θ values, which meta tensors do not have

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--input", required=True, metavar="X.npz", help="input array under the key 'x'")
     p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the output (key 'y')")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--timesteps", type=_positive_int, default=None, help="spiking models: steps to simulate (default: compile T; "
                    "a sequence model: the input's length)")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--data", required=True, metavar="TEST.npz", help="inputs 'x' and int64 labels 'y'")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE)
     p.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
                    help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime")
     p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine)")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "similarity between ANN activation and SNN rate (at the largest --timesteps)")
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
-    p.add_argument("--layer-samples", type=_positive_int, default=256, help="with --layers: samples used for the per-layer errors")
+    p.add_argument("--layer-samples", type=_positive_int, default=defaults.DEFAULT_LAYER_SAMPLES, help="with --layers: samples used for the per-layer errors")
     _add_dt_option(p)
     _add_event_options(p)
     p.add_argument("--sops", action="store_true",

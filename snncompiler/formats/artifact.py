@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from .._version import __version__
 from ..errors import SnncError
 from ..ir import Graph, check_finite_parameters

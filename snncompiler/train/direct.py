@@ -19,7 +19,6 @@ schedule; see :func:`train_onnx` for how the epochs are shared.
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import SnncError
-from ..ir.neuron import DEFAULT_LIF_TAU
+from ..options import CompileOptions
 
 INITS = ("ann", "random")
 #: Adam's learning rate by ``init``: from scratch (with BN) a larger step (measured on digits,
@@ -138,16 +137,9 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
 
     if init not in INITS:
         raise SnncError(f"--init: expected one of {', '.join(INITS)}, got '{init}'")
-    if neuron not in ("if", "lif"):
-        raise SnncError(f"--neuron: expected if or lif, got '{neuron}'")
-    if neuron == "lif" and not tau:
-        tau = DEFAULT_LIF_TAU
-    if neuron == "if" and tau:
-        raise SnncError("--tau: only meaningful with --neuron lif")
-    if neuron == "lif" and not (math.isfinite(tau) and tau > 1):
-        raise SnncError(f"--tau: must be > 1 (decay = 1 - 1/tau), got {tau}")
-    if not isinstance(calib_samples, int) or calib_samples < 1:
-        raise SnncError(f"calib_samples: must be a positive integer, got {calib_samples!r}")
+    # neuron, tau (0 or None: the default) and calib_samples are checked where every compile checks them
+    checked = CompileOptions(neuron=neuron, tau=tau or None, calib_samples=calib_samples)
+    neuron, tau = checked.neuron, checked.tau
     stages = parse_schedule(timesteps, epochs)
     checked_device(device)  # before the conversion pass, not at the first batch
     if lr is None:

@@ -17,7 +17,7 @@ import onnx
 from onnx import shape_inference, version_converter
 
 from ...errors import SnncError
-from ..artifact import SNN_DOMAIN, TARGET_OPSET
+from ..artifact import TARGET_OPSET
 
 log = logging.getLogger(__name__)
 

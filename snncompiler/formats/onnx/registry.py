@@ -31,6 +31,28 @@ def converter(*op_types: str, domain: str = ""):
     return register
 
 
+#: core op → its write rule ``rule(builder, node)``, which adds the node's ONNX form to the
+#: builder (:class:`~snncompiler.formats.onnx.writer.Builder`). Each rule sits beside the read
+#: rule of the same op family in converters/.
+WRITERS: dict[str, Callable] = {}
+
+
+def writes(*core_ops: str):
+    """Register the decorated function as the ONNX write rule of ``core_ops``."""
+
+    def register(fn):
+        for op in core_ops:
+            WRITERS[op] = fn
+        return fn
+
+    return register
+
+
+def ints(values) -> list[int]:
+    """An attribute's values as Python ints (ONNX attributes refuse numpy and torch scalars)."""
+    return [int(i) for i in values]
+
+
 def lookup(node: onnx.NodeProto) -> Converter | None:
     """The converter for a node, or None."""
     domain = "" if node.domain in ("", "ai.onnx") else node.domain

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import converter
+from ..registry import converter, writes
 
 
 def _simple(core: str, **defaults):
@@ -75,3 +75,53 @@ converter("LogSoftmax")(_softmax("log_softmax"))
 for _onnx, _core in (("Erf", "erf"), ("Sqrt", "sqrt"), ("Exp", "exp"), ("Log", "log"), ("Abs", "abs"),
                      ("Reciprocal", "reciprocal"), ("Neg", "neg")):
     converter(_onnx)(_simple(_core))
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+_PLAIN_ONNX = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish"}
+
+
+@writes(*_PLAIN_ONNX)
+def write_plain_activation(b, n) -> None:
+    """Relu, Sigmoid, Tanh, HardSwish: no attributes."""
+    b.add(_PLAIN_ONNX[n.op], n.inputs, n.outputs, n.name)
+
+
+@writes("clip")
+def write_clip(b, n) -> None:
+    """Clip with optional min / max inputs."""
+    a = n.attrs
+    lo = b.const(n, "min", np.float32(a["min"])) if a.get("min") is not None else ""
+    hi = b.const(n, "max", np.float32(a["max"])) if a.get("max") is not None else ""
+    b.add("Clip", [n.inputs[0], lo, hi], n.outputs, n.name)
+
+
+@writes("leaky_relu")
+def write_leaky_relu(b, n) -> None:
+    """LeakyRelu."""
+    b.add("LeakyRelu", n.inputs, n.outputs, n.name, alpha=float(n.attrs.get("alpha", 0.01)))
+
+
+@writes("prelu")
+def write_prelu(b, n) -> None:
+    """PRelu with its slope as an initializer."""
+    b.add("PRelu", [n.inputs[0], b.const(n, "slope", n.params["slope"])], n.outputs, n.name)
+
+
+@writes("hardsigmoid")
+def write_hardsigmoid(b, n) -> None:
+    """HardSigmoid."""
+    b.add("HardSigmoid", n.inputs, n.outputs, n.name, alpha=float(n.attrs.get("alpha", 0.2)),
+          beta=float(n.attrs.get("beta", 0.5)))
+
+
+@writes("gelu")
+def write_gelu(b, n) -> None:
+    """Gelu (opset 20+)."""
+    b.add("Gelu", n.inputs, n.outputs, n.name, approximate=n.attrs.get("approximate", "none"))
+
+
+@writes("softmax", "log_softmax")
+def write_softmax(b, n) -> None:
+    """Softmax / LogSoftmax."""
+    b.add("Softmax" if n.op == "softmax" else "LogSoftmax", n.inputs, n.outputs, n.name, axis=int(n.attrs["axis"]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import converter
+from ..registry import converter, writes
 
 
 def emit_binary(ctx, op: str, a: str, b: str, out: str) -> None:
@@ -70,3 +70,39 @@ def where(node, ctx):
 def equal(node, ctx):
     """Equal of an activation (with a constant or another activation) → equal (a bool mask)."""
     ctx.emit("equal", [ctx.activation_or_const(i) for i in node.input], [node.output[0]])
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+_BINARY_ONNX = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
+_UNARY_ONNX = {"erf": "Erf", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "reciprocal": "Reciprocal",
+               "neg": "Neg"}
+
+
+@writes(*_BINARY_ONNX)
+def write_binary(b, n) -> None:
+    """A broadcasting binary; a constant operand becomes an initializer on its side."""
+    if "const" in n.params:
+        c = b.const(n, "const", n.params["const"])
+        args = [c, n.inputs[0]] if n.attrs.get("const_first") else [n.inputs[0], c]
+    else:
+        args = n.inputs
+    b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name)
+
+
+@writes(*_UNARY_ONNX)
+def write_unary(b, n) -> None:
+    """A pointwise function without attributes."""
+    b.add(_UNARY_ONNX[n.op], n.inputs, n.outputs, n.name)
+
+
+@writes("where")
+def write_where(b, n) -> None:
+    """Where, its condition an initializer when constant."""
+    cond = [b.const(n, "cond", n.params["cond"])] if "cond" in n.params else []
+    b.add("Where", cond + n.inputs, n.outputs, n.name)
+
+
+@writes("equal")
+def write_equal(b, n) -> None:
+    """Equal."""
+    b.add("Equal", n.inputs, n.outputs, n.name)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..registry import converter
+from ..registry import converter, ints, writes
 
 
 def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
@@ -216,3 +216,97 @@ def lrn(node, ctx):
     ctx.emit("lrn", [node.input[0]], [node.output[0]],
              {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
               "bias": float(a.get("bias", 1.0))})
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+def _write_extended_conv_transpose(b, n) -> None:
+    """A conv_transpose with negative pads (an output larger than the natural one): ONNX pads
+    cannot be negative, so ConvTranspose without bias, then Pad with zeros, then the bias."""
+    a, p = n.attrs, n.params
+    nd = p["weight"].dim() - 2
+    pads = ints(a["pads"])
+    crop, extend = [max(q, 0) for q in pads], [0, 0] + [max(-q, 0) for q in pads[:nd]] + [0, 0] + \
+        [max(-q, 0) for q in pads[nd:]]
+    full, padded = b.tmp(n), b.tmp(n) if "bias" in p else n.outputs[0]
+    b.add("ConvTranspose", [n.inputs[0], b.const(n, "weight", p["weight"])], [full], n.name,
+          strides=ints(a["stride"]), pads=crop, dilations=ints(a["dilation"]), group=int(a["groups"]),
+          output_padding=ints(a["output_padding"]))
+    b.add("Pad", [full, b.const(n, "extend", np.array(extend, np.int64))], [padded], n.name + "/extend")
+    if "bias" in p:
+        b.add("Add", [padded, b.const(n, "bias", p["bias"].reshape([-1] + [1] * nd))], n.outputs, n.name + "/bias")
+
+
+@writes("conv", "conv_transpose")
+def write_conv(b, n) -> None:
+    """Conv / ConvTranspose (negative transposed pads: see :func:`_write_extended_conv_transpose`)."""
+    a, p = n.attrs, n.params
+    if n.op == "conv_transpose" and min(a["pads"]) < 0:
+        return _write_extended_conv_transpose(b, n)
+    w = [n.inputs[0], b.const(n, "weight", p["weight"])] + ([b.const(n, "bias", p["bias"])] if "bias" in p else [])
+    extra = {"output_padding": ints(a["output_padding"])} if n.op == "conv_transpose" else {}
+    b.add("Conv" if n.op == "conv" else "ConvTranspose", w, n.outputs, n.name, strides=ints(a["stride"]),
+          pads=ints(a["pads"]), dilations=ints(a["dilation"]), group=int(a["groups"]), **extra)
+
+
+@writes("linear")
+def write_linear(b, n) -> None:
+    """Gemm on [N, C] inputs; MatMul with the transposed weight (+ Add) on higher ranks."""
+    p, ins, outs = n.params, n.inputs, n.outputs
+    if len(b.graph.shape(ins[0]) or ()) == 2:
+        w = [ins[0], b.const(n, "weight", p["weight"])] + ([b.const(n, "bias", p["bias"])] if "bias" in p else [])
+        b.add("Gemm", w, outs, n.name, transB=1)
+        return
+    mid = b.tmp(n) if "bias" in p else outs[0]
+    b.add("MatMul", [ins[0], b.const(n, "weightT", p["weight"].t().contiguous())], [mid], n.name)
+    if "bias" in p:
+        b.add("Add", [mid, b.const(n, "bias", p["bias"])], outs, n.name + "/bias")
+
+
+@writes("matmul")
+def write_matmul(b, n) -> None:
+    """MatMul of two activations, or of an activation and a constant (lhs / rhs)."""
+    p = n.params
+    args = ([b.const(n, "lhs", p["lhs"])] if "lhs" in p else []) + n.inputs + \
+        ([b.const(n, "rhs", p["rhs"])] if "rhs" in p else [])
+    b.add("MatMul", args, n.outputs, n.name)
+
+
+@writes("batchnorm")
+def write_batchnorm(b, n) -> None:
+    """BatchNormalization (inference form)."""
+    b.add("BatchNormalization", [n.inputs[0]] + [b.const(n, k, n.params[k]) for k in ("scale", "bias", "mean", "var")],
+          n.outputs, n.name, epsilon=float(n.attrs.get("eps", 1e-5)))
+
+
+@writes("scale")
+def write_scale(b, n) -> None:
+    """A per-channel affine (a lone BN after folding): Mul then Add."""
+    ins, p = n.inputs, n.params
+    shape = [-1] + [1] * max(0, len(b.graph.shape(ins[0]) or [0, 0]) - 2)
+    mid = b.tmp(n)
+    b.add("Mul", [ins[0], b.const(n, "scale", p["scale"].reshape(shape))], [mid], n.name)
+    b.add("Add", [mid, b.const(n, "shift", p["shift"].reshape(shape))], n.outputs, n.name + "/shift")
+
+
+@writes("lrn")
+def write_lrn(b, n) -> None:
+    """LRN."""
+    a = n.attrs
+    b.add("LRN", n.inputs, n.outputs, n.name, size=int(a["size"]), alpha=float(a["alpha"]), beta=float(a["beta"]),
+          bias=float(a["bias"]))
+
+
+@writes("layer_norm")
+def write_layer_norm(b, n) -> None:
+    """LayerNormalization."""
+    p = n.params
+    args = [n.inputs[0], b.const(n, "scale", p["scale"])] + ([b.const(n, "bias", p["bias"])] if "bias" in p else [])
+    b.add("LayerNormalization", args, n.outputs, n.name, axis=int(n.attrs["axis"]), epsilon=float(n.attrs["eps"]))
+
+
+@writes("instance_norm")
+def write_instance_norm(b, n) -> None:
+    """InstanceNormalization."""
+    b.add("InstanceNormalization", [n.inputs[0], b.const(n, "scale", n.params["scale"]),
+                                    b.const(n, "bias", n.params["bias"])], n.outputs, n.name,
+          epsilon=float(n.attrs["eps"]))

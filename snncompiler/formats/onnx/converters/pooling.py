@@ -1,7 +1,7 @@
 """Converters for pooling: MaxPool, AveragePool and their global forms."""
 from __future__ import annotations
 
-from ..registry import converter
+from ..registry import converter, ints, writes
 from .layers import conv_pads
 
 
@@ -47,3 +47,18 @@ def global_average_pool(node, ctx):
 def global_max_pool(node, ctx):
     """GlobalMaxPool → maxpool(global)."""
     ctx.emit("maxpool", [node.input[0]], [node.output[0]], {"global": True})
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+@writes("maxpool", "avgpool")
+def write_pool(b, n) -> None:
+    """MaxPool / AveragePool, or their Global forms."""
+    a = n.attrs
+    onnx_op = "MaxPool" if n.op == "maxpool" else "AveragePool"
+    if a.get("global"):
+        b.add("Global" + onnx_op, n.inputs, n.outputs, n.name)
+        return
+    extra = {"dilations": ints(a.get("dilation", [1] * len(a["kernel"])))} if n.op == "maxpool" else \
+        {"count_include_pad": int(a.get("count_include_pad", 0))}
+    b.add(onnx_op, n.inputs, n.outputs, n.name, kernel_shape=ints(a["kernel"]), strides=ints(a["stride"]),
+          pads=ints(a["pads"]), ceil_mode=int(a.get("ceil_mode", 0)), **extra)

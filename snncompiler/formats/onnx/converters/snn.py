@@ -10,7 +10,7 @@ import numpy as np
 
 from ....ir.neuron import ATTRIBUTES, NeuronSpec
 from ...artifact import SNN_DOMAIN
-from ..registry import converter
+from ..registry import converter, writes
 
 #: The attributes a Neuron node may carry (what ``export.onnx_export`` writes); any other is refused.
 NEURON_ATTRIBUTES = frozenset(ATTRIBUTES + ("theta_source",))
@@ -54,3 +54,18 @@ def neuron(node, ctx):
         params["gain"] = gain
     attrs["theta_source"] = str(a.get("theta_source", ""))
     ctx.emit("neuron", [node.input[0]], [node.output[0]], attrs, params)
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+@writes("neuron")
+def write_neuron(b, n) -> None:
+    """``snncompiler::Neuron(x, theta[, v_init[, gain]])`` with the neuron's attributes."""
+    p = n.params
+    extra = [b.const(n, "v_init", p["v_init"]) if "v_init" in p else ""] + ([b.const(n, "gain", p["gain"])]
+                                                                           if "gain" in p else [])
+    while extra and not extra[-1]:  # no trailing empty optional inputs: the 2-input form stays as it was
+        extra.pop()
+    spec = NeuronSpec.from_attrs(n.attrs, where=n.where)
+    b.add("Neuron", [n.inputs[0], b.const(n, "theta", p["theta"])] + extra,
+          n.outputs, n.name, SNN_DOMAIN, neuron=spec.neuron, tau=spec.tau, reset=spec.reset, v0=spec.v0,
+          theta_source=n.attrs.get("theta_source", ""))

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
-from ..registry import converter
+from ..registry import converter, ints, writes
 
 
 def emit_reshape(ctx, x: str, out: str, out_shape) -> None:
@@ -323,3 +323,104 @@ def expand(node, ctx):
 def range_(node, ctx):
     """Range is supported when its inputs are constants (it is then folded at load time)."""
     raise ctx.fail("Range needs constant start, limit and delta (it is evaluated at load time)")
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+def _int64(values) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
+@writes("expand")
+def write_expand(b, n) -> None:
+    """Expand to a constant shape."""
+    b.add("Expand", [n.inputs[0], b.const(n, "shape", _int64(n.attrs["shape"]))], n.outputs, n.name)
+
+
+@writes("concat")
+def write_concat(b, n) -> None:
+    """Concat."""
+    b.add("Concat", n.inputs, n.outputs, n.name, axis=int(n.attrs["axis"]))
+
+
+@writes("split")
+def write_split(b, n) -> None:
+    """Split with its sizes as an initializer."""
+    b.add("Split", [n.inputs[0], b.const(n, "sizes", _int64(n.attrs["sizes"]))], n.outputs, n.name,
+          axis=int(n.attrs["axis"]))
+
+
+@writes("slice")
+def write_slice(b, n) -> None:
+    """Slice with starts / ends / axes / steps as initializers."""
+    args = [b.const(n, k, _int64(n.attrs[k])) for k in ("starts", "ends", "axes", "steps")]
+    b.add("Slice", [n.inputs[0]] + args, n.outputs, n.name)
+
+
+@writes("gather")
+def write_gather(b, n) -> None:
+    """Gather with constant indices."""
+    b.add("Gather", [n.inputs[0], b.const(n, "indices", n.params["indices"])], n.outputs, n.name,
+          axis=int(n.attrs["axis"]))
+
+
+@writes("reshape")
+def write_reshape(b, n) -> None:
+    """Reshape; a kept batch axis is written as ONNX's 0 (copy the input's dim)."""
+    a = n.attrs
+    shape = ([0] + list(a["shape"])) if a.get("keep_batch") else list(a["shape"])
+    b.add("Reshape", [n.inputs[0], b.const(n, "shape", _int64(shape))], n.outputs, n.name)
+
+
+@writes("flatten")
+def write_flatten(b, n) -> None:
+    """Flatten."""
+    b.add("Flatten", n.inputs, n.outputs, n.name, axis=int(n.attrs.get("axis", 1)))
+
+
+@writes("transpose")
+def write_transpose(b, n) -> None:
+    """Transpose."""
+    b.add("Transpose", n.inputs, n.outputs, n.name, perm=ints(n.attrs["perm"]))
+
+
+@writes("pad")
+def write_pad(b, n) -> None:
+    """Pad with constant pads and fill value."""
+    a = n.attrs
+    b.add("Pad", [n.inputs[0], b.const(n, "pads", _int64(a["pads"])), b.const(n, "value", np.float32(a.get("value", 0.0)))],
+          n.outputs, n.name, mode=a.get("mode", "constant"))
+
+
+@writes("resize")
+def write_resize(b, n) -> None:
+    """Resize by constant scales."""
+    a = n.attrs
+    b.add("Resize", [n.inputs[0], "", b.const(n, "scales", np.array(a["scales"], np.float32))], n.outputs, n.name,
+          mode=a["mode"], coordinate_transformation_mode=a["coordinate_transformation_mode"],
+          nearest_mode=a["nearest_mode"])
+
+
+@writes("reduce_mean")
+def write_reduce_mean(b, n) -> None:
+    """ReduceMean with axes as an input (opset 18+)."""
+    b.add("ReduceMean", [n.inputs[0], b.const(n, "axes", _int64(n.attrs["axes"]))], n.outputs, n.name,
+          keepdims=int(n.attrs.get("keepdims", 1)))
+
+
+@writes("cast")
+def write_cast(b, n) -> None:
+    """Cast to the recorded numpy dtype."""
+    b.add("Cast", n.inputs, n.outputs, n.name, to=int(helper.np_dtype_to_tensor_dtype(np.dtype(n.attrs["dtype"]))))
+
+
+@writes("identity")
+def write_identity(b, n) -> None:
+    """Identity."""
+    b.add("Identity", n.inputs, n.outputs, n.name)
+
+
+@writes("constant")
+def write_constant(b, n) -> None:
+    """Constant holding the value."""
+    b.add("Constant", [], n.outputs, n.name, value=numpy_helper.from_array(n.params["value"].cpu().numpy()))
+
