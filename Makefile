@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard snncompiler/kernels/csrc/*)
 	@touch $(STAMP)
 
 demo: install
-	$(PY) -m snncompiler.demo
+	$(PY) -m examples.demo
 
 test: install
 	$(PY) -m pytest -q

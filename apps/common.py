@@ -2,7 +2,7 @@
 printed table and the JSON record.
 
 An app trains its own ANN in torch, exports it to ONNX with
-:func:`snncompiler.workloads.export_onnx`, then hands the file to :func:`compare`, which does
+:func:`examples.workloads.export_onnx`, then hands the file to :func:`compare`, which does
 what a user would do with ``snnc``: score the ANN with onnxruntime (the ANN oracle), compile the
 file with :func:`snncompiler.compile`, save the artifact, and score the spiking model at every T
 from one simulation. The app supplies ``score(outputs) -> {metric: value}``, so each task keeps
@@ -25,7 +25,7 @@ import torch
 
 import snncompiler as snnc
 from snncompiler.fileio import write_bytes, write_text
-from snncompiler.ort import OrtModel
+from snncompiler.formats.onnx.ort import OrtModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 

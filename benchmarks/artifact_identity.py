@@ -31,7 +31,7 @@ def prepare(out: Path) -> None:
     try:
         from snncompiler.examples.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
     except ImportError:
-        from snncompiler.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
+        from examples.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
     from snncompiler.data import save_npz
 
     out.mkdir(parents=True, exist_ok=True)
@@ -46,8 +46,10 @@ def prepare(out: Path) -> None:
 
 
 def _snnc(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "snncompiler.cli", *args], check=True,
-                          capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, "-m", "snncompiler.cli", *args], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"snnc {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
 
 
 def hash_all(src: Path, out_json: Path) -> dict:

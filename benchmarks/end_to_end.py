@@ -43,7 +43,7 @@ import snncompiler as snnc
 from snncompiler.data import Dataset
 from snncompiler.fileio import write_text
 from snncompiler.runtime.memory import retain_freed_memory
-from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
 
 def digits_cnn(tmp: Path):
@@ -232,7 +232,7 @@ def event_vs_dense(args, out: Path) -> dict:
     """The event-vs-dense section: per spike-driven layer of the sdconv SNN, measured densities,
     dense and event time on the recorded inputs, the break-even table; whole-SNN times."""
     from snncompiler.kernels import event
-    from snncompiler.runtime.ops import CORE_OPS
+    from snncompiler.runtime.ops import IMPLEMENTATIONS
 
     if not event.available():
         raise SystemExit("event vs dense: snncompiler.kernels._event_cpu is not built "
@@ -250,18 +250,18 @@ def event_vs_dense(args, out: Path) -> dict:
     for name, chunks in inputs.items():
         node, layer = model.graph.node(name), runner._event_layers[name]
         spike_density = sum(int(torch.count_nonzero(c)) for c in chunks) / sum(c.numel() for c in chunks)
-        dense = lambda: [CORE_OPS[node.op].fn(node, c) for c in chunks]  # noqa: E731
+        dense = lambda: [IMPLEMENTATIONS[node.op](node, c) for c in chunks]  # noqa: E731
         driven = lambda: [layer(c) for c in chunks]  # noqa: E731
         fastest: dict = {}
         med = _interleaved({"dense": dense, "event": driven}, repeats, fastest)
-        error = max(float((layer(c) - CORE_OPS[node.op].fn(node, c)[0]).abs().max()) for c in chunks)
+        error = max(float((layer(c) - IMPLEMENTATIONS[node.op](node, c)[0]).abs().max()) for c in chunks)
         value = float(chunks[0][chunks[0] != 0].abs().mean()) if bool((chunks[0] != 0).any()) else 1.0
         planted = []
         shape = chunks[0].shape
         gen = torch.Generator().manual_seed(0)
         for d in PLANTED_DENSITIES:
             xp = (torch.rand(shape, generator=gen) < d).float() * value
-            m = _interleaved({"dense": lambda: CORE_OPS[node.op].fn(node, xp), "event": lambda: layer(xp)}, repeats)
+            m = _interleaved({"dense": lambda: IMPLEMENTATIONS[node.op](node, xp), "event": lambda: layer(xp)}, repeats)
             planted.append({"spike_density": d, "dense_s": m["dense"], "event_s": m["event"],
                             "event_over_dense": m["event"] / m["dense"],
                             "work_fraction": d * layer.weight_density})

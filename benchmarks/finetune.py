@@ -21,7 +21,7 @@ import torch
 import snncompiler as snnc
 from snncompiler.fileio import write_text
 from snncompiler.train.finetune import finetune
-from snncompiler.workloads import BENCH_WORKLOADS, export_onnx
+from examples.workloads import BENCH_WORKLOADS, export_onnx
 
 WORKLOADS = ("digits_cnn", "digits_resnet", "breast_cancer_mlp")
 STEPS = (1, 2, 4)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from snncompiler.fileio import write_text
 from snncompiler.ir import Node
-from snncompiler.runtime.ops import CORE_OPS
+from snncompiler.runtime.ops import IMPLEMENTATIONS
 
 CASES = [  # (name, shape, kernel, stride, pad)
     ("digits pool 1", (512, 32, 8, 8), 2, 2, 0),
@@ -43,7 +43,7 @@ def implementations(shape, k, s, p):
     x = (torch.rand(shape, generator=g) < 0.2).float() * 2.5
     node = Node(op="maxpool", name="pool", inputs=["x"], outputs=["y"],
                 attrs=dict(kernel=[k, k], stride=[s, s], pads=[p] * 4))
-    pool = CORE_OPS["maxpool"].fn
+    pool = IMPLEMENTATIONS["maxpool"]
     return {
         "nchw": lambda: F.max_pool2d(x, k, s, p),
         "nhwc": lambda: F.max_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p).contiguous(),

@@ -4,7 +4,7 @@
     python -m benchmarks.substitute --quick    # smoke run
 
 Each torchvision architecture (untrained weights) is trained briefly on the generated 10-class
-textured-shapes task at 32×32 (snncompiler.workloads.textured_shapes), exported to ONNX, and
+textured-shapes task at 32×32 (examples.workloads.textured_shapes), exported to ONNX, and
 scored on a held-out test split at T=32:
 
 * ``ann``: the trained ANN;
@@ -35,7 +35,7 @@ import torch.nn as nn
 import snncompiler as snnc
 from snncompiler.fileio import write_text
 from snncompiler.train.finetune import finetune
-from snncompiler.workloads import evaluate, export_onnx, textured_shapes, train_classifier
+from examples.workloads import evaluate, export_onnx, textured_shapes, train_classifier
 
 ARCHS = ("mobilenet_v3_small", "efficientnet_b0")
 T = 32
@@ -54,7 +54,7 @@ def _relu_everywhere(model: nn.Module) -> nn.Module:
     return model
 
 
-def _compile_and_score(path, calib, test, **options) -> tuple[snnc.compiler.CompiledModel, dict]:
+def _compile_and_score(path, calib, test, **options) -> tuple[snnc.model.CompiledModel, dict]:
     model = snnc.compile(str(path), calib.x, quiet=True, **options)
     result = model.evaluate(test.x, test.y, [T], batch_size=100)
     share = model.report["spiking"]

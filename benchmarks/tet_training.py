@@ -39,7 +39,7 @@ from torch import nn
 import snncompiler as snnc
 from snncompiler.data import Dataset
 from snncompiler.train import LIF, run_steps
-from snncompiler.workloads import digits, export_onnx, moving_dot, textured_shapes, train_classifier
+from examples.workloads import digits, export_onnx, moving_dot, textured_shapes, train_classifier
 
 from .kernels import measure, write_result
 

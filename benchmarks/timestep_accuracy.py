@@ -4,7 +4,7 @@
     python -m benchmarks.timestep_accuracy --quick    # smoke run
     python -m benchmarks.timestep_accuracy --workloads digits_cnn,vgg_shapes --variants
 
-Every workload is built here (snncompiler.workloads.BENCH_WORKLOADS): trained digits CNN / ResNet,
+Every workload is built here (examples.workloads.BENCH_WORKLOADS): trained digits CNN / ResNet,
 breast-cancer MLP, a VGG on a generated texture-and-shape task, and a random-init ResNet-18 scored by
 agreement with its own argmax. Each method converts the same torch model with the same calibration
 batch; every T comes from one T_max run, except the calibrated rows: calibration is specific to the
@@ -31,7 +31,7 @@ import torch
 import snncompiler as snnc
 from snncompiler.data import Dataset
 from snncompiler.fileio import atomic_write, write_text
-from snncompiler.workloads import BENCH_WORKLOADS, export_onnx
+from examples.workloads import BENCH_WORKLOADS, export_onnx
 
 T_FULL = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 T_QUICK = [1, 4, 16, 32]

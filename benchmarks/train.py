@@ -33,7 +33,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 from snncompiler.train.direct import parse_schedule, train_onnx
-from snncompiler.workloads import DigitsCNN, digits, export_onnx
+from examples.workloads import DigitsCNN, digits, export_onnx
 
 from .kernels import write_result
 

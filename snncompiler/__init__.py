@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 from .errors import SnncError
+from ._version import __version__
 from .ir import Graph, Node, Value
-
-__version__ = "0.1.0"
 
 
 def load_graph(path, *, lenient: bool = False) -> Graph:
-    """Read an ONNX model into the IR (see :func:`snncompiler.frontend.load_graph`)."""
-    from .frontend import load_graph as _load
+    """Read an ONNX model into the IR (see :func:`snncompiler.formats.onnx.load_graph`)."""
+    from .formats.onnx import load_graph as _load
 
     return _load(path, lenient=lenient)
 
@@ -25,22 +24,11 @@ def load(path, *, device: str = "cpu", dt: float | None = None):
 
     The ANN callable takes numpy arrays or tensors of any batch size and returns the same kind.
     ``dt`` is the time step of a NIR file that does not record one (see
-    :mod:`snncompiler.frontend.nir_loader`).
+    :mod:`snncompiler.formats.nir.reader`).
     """
-    import os
+    from .model import load as _load
 
-    from .compiler import from_artifact
-    from .frontend.nir_loader import is_nir_file, load_nir
-    from .runtime import Executor
-
-    if isinstance(path, (str, os.PathLike)) and is_nir_file(path):
-        return load_nir(path, dt=dt)
-    if dt is not None:
-        raise SnncError(f"--dt: only for NIR files; {path} is not one")
-    graph = load_graph(path)
-    if graph.find("neuron"):
-        return from_artifact(graph)
-    return Executor(graph, device)
+    return _load(path, device=device, dt=dt)
 
 
 def compile(model, calib_data, **options):  # noqa: A001 - the public name

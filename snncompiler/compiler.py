@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from .data import Dataset, validate
 from .errors import SnncError
-from .ir import Graph, check_finite_parameters
-from .ir.neuron import ENCODINGS, MAXPOOL_STRATEGIES
-from .limits import check_timesteps
-from .options import CALIBRATIONS, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS, CompileOptions, default_threshold
+from .ir import Graph
+from .model import CompiledModel, first_output, from_artifact
+from .options import CALIBRATIONS, SETTING_KEYS, CompileOptions, default_threshold
 from .passes import (PassContext, bias_calibration, fold_bn, hard_reset, neuronize, potential_calibration, run_pipeline,
                      stats, substitute, thresholds, weight_calibration)
 from .runtime.executor import Executor, check_input
-from .runtime.snn import SpikingRunner, _single, output_steps
+from .runtime.snn import SpikingRunner
 
 log = logging.getLogger(__name__)
 
@@ -37,140 +35,6 @@ def conversion_passes(opts: dict) -> list:
     """The passes from the ANN to the uncalibrated SNN: statistics, thresholds, neuronize, and for
     hard reset the compensation of the charge it discards (passes/hard_reset.py)."""
     return [stats, thresholds, neuronize] + ([hard_reset] if opts.get("reset") == "hard" else [])
-
-
-def first_output(value):
-    """The first of a model's outputs (the one accuracy is scored on), whether it has one or several."""
-    return value[0] if isinstance(value, tuple) else value
-
-
-def _joined(batches: list[list[np.ndarray]]):
-    """Per-batch output lists joined along the batch axis: one array, or a tuple for several outputs."""
-    return _single([np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))])
-
-
-class CompiledModel:
-    """A spiking model: the neuronized IR plus its settings.
-
-    ``run`` simulates it, ``ann`` runs its own ANN mode (neurons as clip(x, 0, θ)),
-    ``evaluate`` measures accuracy at several T from one run, ``save`` writes the artifact.
-    """
-
-    def __init__(self, graph: Graph, options: dict, report: dict | None = None):
-        self.graph = graph
-        self.options = {**DEFAULTS, **options}
-        self.report = report or {}
-        self.ann_graph: Graph | None = None  # the ANN it was compiled from, when known (not saved)
-
-    # ---- execution ----------------------------------------------------------------------
-    @property
-    def sequence(self) -> bool:
-        """Whether inputs carry their own time axis, [N, T, ...] (the "sequence" encoding)."""
-        return self.options.get("encoding") == "sequence"
-
-    def _input(self, x) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
-        check_input(self.graph.inputs[0], t, sequence=self.sequence)
-        if not bool(torch.isfinite(t).all()):  # spikes from NaN currents would be silent garbage
-            raise SnncError("input 'x': contains NaN or Inf values")
-        return t.float()
-
-    def runner(self, **overrides) -> SpikingRunner:
-        """A fresh :class:`SpikingRunner` with this model's settings (overridable; ``device="cuda"``
-        runs it on a GPU, ``exec="event"`` or ``"auto"`` runs spike-driven conv/linear layers on
-        the event-driven kernel, see :mod:`snncompiler.kernels.event`)."""
-        o = {**self.options, **overrides}
-        return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
-                             device=o.get("device", "cpu"), exec_mode=o.get("exec") or "dense")
-
-    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = 256, **overrides):
-        """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.
-
-        Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in."""
-        xt = self._input(x)
-        if timesteps is None:
-            timesteps = xt.shape[1] if self.sequence else self.options["timesteps"]
-        timesteps = int(timesteps)  # 0 is refused by the runner, not read as "the default"
-        if batch_size < 1:
-            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
-        runner = self.runner(**overrides)
-        chunk = int(overrides.get("chunk", self.options["chunk"]))
-        parts: dict[int, list] = {}
-        for start in range(0, len(xt), batch_size):
-            res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
-            for t, y in res.items():
-                parts.setdefault(t, []).append([o.cpu().numpy() for o in (y if isinstance(y, tuple) else (y,))])
-        self.last_runner = runner
-        out = {t: _joined(batches) for t, batches in parts.items()}
-        return out if checkpoints else out[timesteps]
-
-    def __call__(self, x, timesteps: int | None = None, **overrides):
-        """Mean output over the compile T (or ``timesteps``) steps: the model as a function."""
-        return self.run(x, timesteps, **overrides)
-
-    def ann(self, x, batch_size: int = 1024) -> np.ndarray:
-        """The artifact's own ANN: every neuron as clip(x, 0, θ) (on the time-mean of a sequence input)."""
-        ex = Executor(self.graph)
-        xt = self._input(x)
-        if self.sequence:
-            xt = xt.mean(1)
-        names = [v.name for v in self.graph.outputs]
-        with torch.no_grad():
-            batches = []
-            for s in range(0, len(xt), batch_size):
-                env = ex.run({self.graph.inputs[0].name: xt[s:s + batch_size]})
-                batches.append([env[name].cpu().numpy() for name in names])
-        return _joined(batches)
-
-    def evaluate(self, x, y, timesteps=None, *, batch_size: int = 256, **overrides) -> dict:
-        """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
-
-        ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
-        (and T_in itself) for sequence inputs."""
-        from .metrics import accuracy
-
-        if timesteps is None:
-            timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
-        ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
-        outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
-        return {"samples": int(len(x)),
-                "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
-                "ann_accuracy": accuracy(first_output(self.ann(x)), y),
-                "firing_rate": self.last_runner.firing_rate}
-
-    def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = 256, **overrides) -> dict:
-        """Synaptic operations and energy per sample against the ANN's MACs, measured on ``x``
-        over ``timesteps`` steps (see :func:`snncompiler.metrics.synaptic_operations`)."""
-        from .metrics import synaptic_operations
-
-        if batch_size < 1:
-            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
-        return synaptic_operations(self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size,
-                                   **overrides)
-
-    # ---- persistence --------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the artifact: ONNX with neuron nodes in the `snncompiler` domain."""
-        from .export.onnx_export import save_artifact
-
-        save_artifact(self, path)
-
-    def to_nir(self):
-        """This model as a ``nir.NIRGraph`` plus the list of what NIR cannot represent
-        (see :mod:`snncompiler.export.nir_export`)."""
-        from .export.nir_export import to_nir
-
-        return to_nir(self)
-
-    def save_nir(self, path) -> list[str]:
-        """Write this model as a NIR file; returns the lossy-export warnings (also logged)."""
-        from .export.nir_export import save_nir
-
-        return save_nir(self, path)
-
-    def settings(self) -> dict:
-        """The settings recorded in the artifact."""
-        return {k: self.options[k] for k in SETTING_KEYS}
 
 
 def _as_dataset(data, label="calibration data") -> Dataset:
@@ -204,7 +68,7 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     """
     checked = CompileOptions.from_mapping(options)
     opts = checked.as_dict()
-    graph = model if isinstance(model, Graph) else _load(model)
+    graph = model if isinstance(model, Graph) else load_ann(model)
     if len(graph.inputs) != 1:
         names = ", ".join(v.name for v in graph.inputs)
         raise SnncError(f"{graph.metadata.get('source_file', 'model')}: has {len(graph.inputs)} inputs ({names}); "
@@ -249,9 +113,9 @@ def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:
 
 
 def _check_spiking_share(graph: Graph, opts: dict, label: str) -> dict:
-    """How much of the compiled network spikes (see :func:`snncompiler.inspect.spiking_share`);
+    """How much of the compiled network spikes (see :func:`snncompiler.analysis.summary.spiking_share`);
     a network with no neuron or mostly analog MACs is warned about once, refused with ``strict``."""
-    from .inspect import analog_heavy_warning, spiking_share
+    from .analysis.summary import analog_heavy_warning, spiking_share
 
     share = spiking_share(graph)
     warning = analog_heavy_warning(share, graph, label)
@@ -269,7 +133,8 @@ def _pin_fixed_batch(graph: Graph, calib: Dataset, opts: dict) -> Graph:
     """A graph that does not treat axis 0 as a batch (exported with a fixed batch of 1: traced
     constants, reshapes that move the batch into another axis) is marked to run one sample at
     a time, said once; the marked copy is returned (the caller's graph is left alone)."""
-    from .runtime.executor import FIXED_BATCH_KEY, batch_independent, fixed_batch
+    from .ir.graph import FIXED_BATCH_KEY
+    from .runtime.executor import batch_independent, fixed_batch
 
     marked = fixed_batch(graph)  # the loader may have found an op along axis 0 of a batch-1 model
     if not marked and batch_independent(graph, torch.from_numpy(calib.x[:2]).float()):
@@ -347,7 +212,7 @@ def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: st
     else:
         graph = model_or_path if isinstance(model_or_path, Graph) else None
         if graph is None:
-            from .frontend import load_graph
+            from .formats.onnx import load_graph
 
             graph = load_graph(model_or_path)
         if not graph.find("neuron"):
@@ -362,101 +227,9 @@ def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: st
     return compile(ann, data, **{**settings, **options, **{k: v for k, v in extra.items() if v is not None}})
 
 
-def _metadata_object(graph: Graph, key: str) -> dict:
-    """Metadata ``key`` of an artifact parsed as a JSON object ({} when absent)."""
-    import json
-
-    raw = graph.metadata.get(key)
-    if raw is None:
-        return {}
-    where = graph.metadata.get("source_file", "model")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SnncError(f"{where}: metadata '{key}' is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(value, dict):
-        raise SnncError(f"{where}: metadata '{key}' must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _check_settings(settings: dict, where: str) -> dict:
-    """The recorded settings the runtime acts on, checked: a damaged value is an error naming it."""
-    unknown = sorted(set(settings) - set(SETTING_KEYS))
-    if unknown:
-        raise SnncError(f"{where}: metadata 'snncompiler.settings': unknown key(s) "
-                        f"{', '.join(repr(k) for k in unknown)} (known: {', '.join(SETTING_KEYS)})")
-
-    def bad(key, expected):
-        return SnncError(f"{where}: metadata 'snncompiler.settings': '{key}' must be {expected}, got {settings[key]!r}")
-
-    if "timesteps" in settings and not (isinstance(settings["timesteps"], int) and not isinstance(
-            settings["timesteps"], bool) and settings["timesteps"] >= 1):
-        raise bad("timesteps", "a positive integer")
-    if "timesteps" in settings:
-        check_timesteps(settings["timesteps"], f"{where}: metadata 'snncompiler.settings': 'timesteps'")
-    if "maxpool" in settings and settings["maxpool"] not in MAXPOOL_STRATEGIES:
-        raise bad("maxpool", f"one of {', '.join(MAXPOOL_STRATEGIES)}")
-    if "encoding" in settings and settings["encoding"] not in ENCODINGS:
-        raise bad("encoding", f"one of {', '.join(ENCODINGS)}")
-    return settings
-
-
-def _check_neuron_parameters(graph: Graph, where: str) -> None:
-    """θ and the input gain (one value or one per channel) and v_init (broadcast onto a sample) of every neuron fit
-    its input, where the file records that input's shape: otherwise the first run would fail
-    inside the kernel op with a message about v0 that names neither the file nor the node."""
-    for node in graph.find("neuron"):
-        value = graph.values.get(node.inputs[0])
-        shape = None if value is None or value.shape is None else tuple(value.shape)
-        if shape is None or len(shape) < 2:
-            continue
-        for key in ("theta", "gain"):
-            count = node.params[key].numel() if key in node.params else 1
-            if count not in (1, shape[1]):
-                raise SnncError(f"{where}: {node.where}: {key} has {count} values; its input "
-                                f"{list(shape)} takes one, or one per channel ({shape[1]})")
-        v_init = node.params.get("v_init")
-        if v_init is not None:
-            try:
-                fits = torch.broadcast_shapes(tuple(v_init.shape), shape[1:]) == shape[1:]
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise SnncError(f"{where}: {node.where}: v_init of shape {list(v_init.shape)} does not fit "
-                                f"its input's sample shape {list(shape[1:])}")
-
-
-def from_artifact(graph: Graph) -> CompiledModel:
-    """Rebuild a CompiledModel from an artifact's IR and its metadata (checked: an artifact of
-    another format version or with damaged metadata is a one-line error naming the file)."""
-    from .frontend.loader import ARTIFACT_VERSION
-
-    where = graph.metadata.get("source_file", "model")
-    version = graph.metadata.get("snncompiler.artifact")
-    if version is None:
-        raise SnncError(f"{where}: metadata 'snncompiler.artifact' (the format version) is missing; "
-                        "not an artifact written by snnc compile")
-    if version != ARTIFACT_VERSION:
-        raise SnncError(f"{where}: artifact format {version!r} is not the one this snncompiler reads "
-                        f"({ARTIFACT_VERSION!r}); recompile the model with this version")
-    steps = graph.metadata.get("snncompiler.timesteps")  # the default T, also in the settings
-    if steps is not None and not (steps.isdigit() and int(steps) >= 1):
-        raise SnncError(f"{where}: metadata 'snncompiler.timesteps' must be a positive integer, got {steps!r}")
-    if steps is not None:
-        check_timesteps(int(steps), f"{where}: metadata 'snncompiler.timesteps'")
-    settings = _check_settings(_metadata_object(graph, "snncompiler.settings"), where)
-    report = _metadata_object(graph, "snncompiler.report")
-    _check_neuron_parameters(graph, where)
-    check_finite_parameters(graph, where)
-    strategy = settings.get("maxpool", DEFAULTS["maxpool"])
-    if strategy in ("gated", "rate"):  # standard MaxPool nodes carry no strategy: restore the stateful ones
-        for mp in graph.find("maxpool"):
-            mp.attrs["spiking"] = strategy
-    return CompiledModel(graph, settings, report)
-
-
-def _load(model) -> Graph:
-    from .frontend import load_graph
+def load_ann(model) -> Graph:
+    """An ANN (ONNX path, bytes or ModelProto) read into the IR; a compiled artifact is refused."""
+    from .formats.onnx import load_graph
 
     graph = load_graph(model)
     if graph.find("neuron"):

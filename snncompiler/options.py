@@ -31,6 +31,10 @@ DEFAULT_TIMESTEPS = 32
 DEFAULT_CHUNK = 8
 #: The T at which `evaluate` and `snnc eval` report accuracy unless told otherwise.
 DEFAULT_EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Samples per batch when a compiled model runs or is evaluated (`snnc eval` / `snnc run` --batch-size).
+DEFAULT_BATCH_SIZE = 256
+#: Calibration samples the layer-wise passes (and `snnc eval --layers`) use.
+DEFAULT_LAYER_SAMPLES = 256
 #: θ with no calibration or the light pipeline: a percentile of the activations.
 DEFAULT_THRESHOLD = "p99.9"
 #: θ for hard reset: a higher percentile keeps the per-step input small against θ, where the
@@ -55,7 +59,7 @@ TRAIN_BATCH_SIZE = 64
 
 #: Integer options and their least value.
 _AT_LEAST = (("timesteps", 1), ("calib_samples", 1), ("iterations", 0), ("calib_batch", 1), ("calib_rounds", 1),
-             ("chunk", 1))
+             ("chunk", 1), ("layer_samples", 1))
 
 
 def default_threshold(calibration: str = "none", reset: str = "soft") -> str:
@@ -109,6 +113,7 @@ class CompileOptions:
     iterations: int = 300
     lr: float = 1e-4
     calib_batch: int = 32
+    layer_samples: int = DEFAULT_LAYER_SAMPLES
     seed: int = 0
     quiet: bool = False
 

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 def small_digits_cnn(tmp_path_factory):
     """A DigitsCNN of width 8 trained 6 epochs on the digits train split, exported to ONNX:
     (path, train, test). Trained once per test session."""
-    from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+    from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
     train, test = digits()
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ import torch
 from onnx import helper, numpy_helper
 
 import snncompiler as snnc
-from snncompiler.cli import main
+from snncompiler.cli.main import main
 from snncompiler.data import Dataset
-from snncompiler.workloads import DigitsCNN, export_onnx
+from examples.workloads import DigitsCNN, export_onnx
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import snncompiler as snnc
-from snncompiler.workloads import bn_failure_workload, evaluate, export_onnx
+from examples.workloads import bn_failure_workload, evaluate, export_onnx
 
 
 def test_advanced_calibration_repairs_bn_collapse(tmp_path):

@@ -168,7 +168,7 @@ def test_calibration_kept_only_when_it_helps(setup):
 def test_calibration_check_scores_held_out_samples(setup):
     """With more calibration samples than the layer-wise passes fit, the check scores the rest."""
     path, train, _ = setup
-    from snncompiler.passes.layerwise import DEFAULT_LAYER_SAMPLES
+    from snncompiler.options import DEFAULT_LAYER_SAMPLES
 
     model = snnc.compile(path, Dataset(train.x[:DEFAULT_LAYER_SAMPLES + 50]), timesteps=4, calibration="light",
                          quiet=True)
@@ -181,8 +181,8 @@ def test_calibration_check_scores_dense_outputs_per_pixel(tmp_path):
     agreement with the ANN (onnxruntime), not an argmax over the image's last axis."""
     import torch.nn as nn
 
-    from snncompiler.ort import OrtModel
-    from snncompiler.workloads import export_onnx
+    from snncompiler.formats.onnx.ort import OrtModel
+    from examples.workloads import export_onnx
 
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))

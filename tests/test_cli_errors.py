@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from snncompiler.workloads import DigitsCNN, export_onnx
+from examples.workloads import DigitsCNN, export_onnx
 
 
 def snnc(*args):
@@ -189,7 +189,7 @@ def test_a_file_that_is_not_npz(tmp_path):
 def test_bad_numbers_and_output_paths_fail_before_any_work(model_path, tmp_path, capsys):
     """Counts below their minimum, outputs into missing directories and a compile onto its own
     input are refused up front (in-process: the subprocess cases above cover the entry point)."""
-    from snncompiler.cli import main
+    from snncompiler.cli.main import main
 
     x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 10)
@@ -280,7 +280,7 @@ def test_api_bad_arguments_are_snnc_errors(model_path, tmp_path):
 
 def test_spiking_only_flags_with_a_plain_ann(model_path, tmp_path, capsys):
     """`snnc eval ann.onnx --timesteps 4` used to print the ANN's accuracy as if T had been used."""
-    from snncompiler.cli import main
+    from snncompiler.cli.main import main
 
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 8, 8), np.float32), y=np.arange(4))
     for extra in (["--timesteps", "4"], ["--plot", str(tmp_path / "p.png")], ["--backend", "cpu"], ["--layers"]):

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import snncompiler as snnc
 from snncompiler.data import Dataset
-from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ def compiled_cnn(tmp_path_factory):
     neuron, conv3 a rate max pool of one, the classifier a flatten of a pool."""
     import snncompiler as snnc
     from snncompiler.data import Dataset
-    from snncompiler.workloads import DigitsCNN, digits, export_onnx
+    from examples.workloads import DigitsCNN, digits, export_onnx
 
     train, test = digits()
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def test_invalid_mode_and_missing_extension(compiled_cnn, monkeypatch):
 
 # ---- the CLI --------------------------------------------------------------------------------
 def test_cli_exec_flag(compiled_cnn, tmp_path, capsys):
-    from snncompiler.cli import main
+    from snncompiler.cli.main import main
 
     model, test = compiled_cnn
     artifact = tmp_path / "cnn.snn.onnx"

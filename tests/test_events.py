@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from snncompiler.errors import SnncError
-from snncompiler.events import load_event_folder, read_aedat3, read_atis_bin, read_events, to_frames
+from snncompiler.data.events import load_event_folder, read_aedat3, read_atis_bin, read_events, to_frames
 
 sj_utils = pytest.importorskip("spikingjelly.datasets.utils")
 

@@ -13,7 +13,7 @@ import snncompiler as snnc
 from conftest import Residual
 from snncompiler.train import run_steps
 from snncompiler.train.finetune import GraphNet, finetune
-from snncompiler.workloads import export_onnx
+from examples.workloads import export_onnx
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 
 import snncompiler as snnc
 from snncompiler.data import Dataset
-from snncompiler.workloads import DigitsCNN, digits, export_onnx, train_classifier
+from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -15,7 +15,7 @@ import snncompiler as snnc
 from snncompiler.data import Dataset, save_npz
 from snncompiler.kernels.reference import neuron_multistep_reference
 from snncompiler.passes import hard_reset, stats, thresholds
-from snncompiler.workloads import digits_resnet_bench, evaluate, export_onnx
+from examples.workloads import digits_resnet_bench, evaluate, export_onnx
 
 T = 32
 # Floors at T=32: the acceptance of issue 15 (within 5 points of the ANN without calibration,

@@ -12,7 +12,7 @@ import torch
 
 import snncompiler as snnc
 from snncompiler.ir import IRError, Node
-from snncompiler.workloads import DigitsCNN, export_onnx
+from examples.workloads import DigitsCNN, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_run_saves_every_output_of_a_multi_output_ann(tmp_path, caplog):
     reading the model says that scoring uses the first."""
     import logging
 
-    from snncompiler.cli import main
+    from snncompiler.cli.main import main
 
     path = _two_heads(tmp_path / "two.onnx")
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
@@ -139,7 +139,7 @@ def test_spiking_model_simulates_every_output(tmp_path):
     own output of the artifact's ANN mode (the second is the hidden neurons' rate × θ); accuracy
     is scored on the first."""
     import snncompiler as snnc
-    from snncompiler.cli import main
+    from snncompiler.cli.main import main
 
     path = _two_heads(tmp_path / "two.onnx")
     x = np.random.default_rng(1).random((64, 1, 8, 8), dtype=np.float32)
@@ -165,3 +165,12 @@ def test_spiking_model_simulates_every_output(tmp_path):
     assert sorted(got.files) == ["y", "y1"]
     np.testing.assert_allclose(got["y"], outs[256][0], atol=1e-6)
     np.testing.assert_allclose(got["y1"], outs[256][1], atol=1e-6)
+
+
+def test_every_core_op_has_exactly_one_runtime_implementation():
+    """ir.ops is the vocabulary, runtime.ops its torch implementations: the two key sets agree."""
+    from snncompiler.ir.ops import KINDS, OPS
+    from snncompiler.runtime.ops import IMPLEMENTATIONS
+
+    assert set(IMPLEMENTATIONS) == set(OPS)
+    assert all(isinstance(spec.kind, str) and spec.kind in KINDS or callable(spec.kind) for spec in OPS.values())

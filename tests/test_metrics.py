@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import snncompiler as snnc
-from snncompiler.metrics import input_kinds
-from snncompiler.workloads import export_onnx
+from snncompiler.analysis.metrics import input_kinds
+from examples.workloads import export_onnx
 
 T = 12
 
@@ -121,7 +121,7 @@ def test_event_rates_count_nonzero_steps(mlp):
 def test_cli_eval_sops(mlp, tmp_path, capsys):
     import json
 
-    from snncompiler import cli
+    from snncompiler.cli import main as cli
     from snncompiler.data import save_npz
 
     model, x = mlp

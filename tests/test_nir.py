@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import snncompiler as snnc
 from conftest import Residual
-from snncompiler.workloads import export_onnx
+from examples.workloads import export_onnx
 
 nir = pytest.importorskip("nir")
 T = 16
@@ -243,7 +243,7 @@ def test_bad_nir_files_are_one_line_errors(tmp_path):
 def test_a_file_whose_reading_never_ends_is_a_one_line_error(tmp_path, monkeypatch):
     """Some damaged HDF5 files make the HDF5 library loop forever (found by fuzzing); the file is
     read in a child process first, under a time limit. Here the child is made to hang."""
-    from snncompiler.frontend import nir_loader
+    from snncompiler.formats.nir import reader as nir_loader
 
     model, _ = _compile(lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,),
                         tmp_path)

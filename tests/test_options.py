@@ -16,7 +16,7 @@ from snncompiler import options
 from snncompiler.data import Dataset
 from snncompiler.errors import OptionError
 from snncompiler.ir.neuron import DEFAULT_LIF_TAU, NeuronSpec
-from snncompiler.workloads import DigitsCNN, export_onnx
+from examples.workloads import DigitsCNN, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_bad_options_are_refused_before_any_work(model_path, calib, monkeypatch,
 
     monkeypatch.setattr(stats, "run", never)
     monkeypatch.setattr(stats, "collect", never)
-    monkeypatch.setattr(compiler, "_load", never)
+    monkeypatch.setattr(compiler, "load_ann", never)
     with pytest.raises(OptionError) as info:
         snnc.compile(model_path, Dataset(calib[0]), **bad)
     assert str(info.value).startswith(message), str(info.value)
@@ -120,7 +120,7 @@ def test_the_cli_names_the_flag(model_path, calib, tmp_path):
 
 def test_the_cli_restates_no_default():
     """Every compile flag that is a library option defaults to None, so the library's default applies."""
-    from snncompiler.cli import build_parser
+    from snncompiler.cli.main import build_parser
 
     args = build_parser().parse_args(["compile", "m.onnx", "--calib", "c.npz", "-o", "o.snn.onnx"])
     names = set(options.CompileOptions().as_dict())
@@ -135,7 +135,6 @@ def test_the_cli_restates_no_default():
 def test_each_default_comes_from_one_place():
     """The defaults that used to disagree (tau 0 vs 2, p99.99 vs p99.9 in the thresholds pass, T=32
     in seven files) are read from options.py / ir/neuron.py by every stage."""
-    from snncompiler import compiler
     from snncompiler.train import LIF
 
     resolved = options.CompileOptions()
@@ -148,8 +147,10 @@ def test_each_default_comes_from_one_place():
     assert options.setting({"reset": "hard"}, "threshold") == options.HARD_RESET_THRESHOLD
     assert options.setting({"neuron": "lif"}, "tau") == DEFAULT_LIF_TAU
     assert options.setting({}, "timesteps") == options.DEFAULT_TIMESTEPS
-    assert compiler.DEFAULTS is options.DEFAULTS
-    assert compiler.CompiledModel(snnc.Graph([], [], []), {}).options == options.DEFAULTS
+    from snncompiler import model
+
+    assert model.DEFAULTS is options.DEFAULTS
+    assert model.CompiledModel(snnc.Graph([], [], []), {}).options == options.DEFAULTS
     # the neuron model: the same decay and v0 in conversion, the runtime and training
     spec = NeuronSpec.from_attrs({"neuron": "lif"})
     assert spec.tau == DEFAULT_LIF_TAU and spec.decay == 0.5 and spec.tau_of_decay(spec.decay) == DEFAULT_LIF_TAU
@@ -192,7 +193,7 @@ def test_running_on_another_device_leaves_the_graph_where_it_was(model_path, cal
     one (as it does onto a GPU), and constructing a runner is where the parameters used to be
     moved in place."""
     from snncompiler.runtime import executor, snn
-    from snncompiler.train.finetune import GraphNet, _key
+    from snncompiler.train.finetune import GraphNet
 
     x = calib[0][:8]
     # output max pooling: a rate max pool's runner reads its θ values, which meta tensors do not have

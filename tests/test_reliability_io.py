@@ -19,11 +19,11 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 import snncompiler as snnc
-from snncompiler.cli import main
+from snncompiler.cli.main import main
 from snncompiler.data import save_npz
 from snncompiler.errors import SnncError
 from snncompiler.fileio import atomic_write, resolve_output
-from snncompiler.workloads import export_onnx
+from examples.workloads import export_onnx
 
 
 def _snnc(*args, timeout=300, cwd=None):
@@ -111,7 +111,7 @@ def slow_fdopen(fd, mode="r", *args, **kwargs):
 
 builtins.open = io.open = slow_open
 os.fdopen = slow_fdopen
-from snncompiler.cli import main
+from snncompiler.cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -249,7 +249,7 @@ WEIGHT = np.arange(12, dtype=np.float32).reshape(4, 3)
 
 
 def test_external_data_is_read_next_to_the_model_from_any_folder(tmp_path, monkeypatch):
-    from snncompiler.ort import OrtModel
+    from snncompiler.formats.onnx.ort import OrtModel
 
     (tmp_path / "models").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -365,7 +365,7 @@ def test_a_warning_ahead_of_an_error_is_not_printed(tmp_path):
 def test_warnings_are_printed_when_the_command_succeeds_only(monkeypatch, capsys):
     import logging
 
-    from snncompiler import cli
+    from snncompiler.cli import main as cli
 
     def warn_then(fail):
         def command(args):
@@ -385,7 +385,7 @@ def test_warnings_are_printed_when_the_command_succeeds_only(monkeypatch, capsys
 
 
 def test_plot_format_is_checked_before_the_evaluation(files, tmp_path, monkeypatch, capsys):
-    from snncompiler.compiler import CompiledModel
+    from snncompiler.model import CompiledModel
 
     def evaluate(*args, **kwargs):
         raise AssertionError("the evaluation started")

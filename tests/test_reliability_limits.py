@@ -21,10 +21,10 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 import snncompiler as snnc
-from snncompiler.cli import main
+from snncompiler.cli.main import main
 from snncompiler.data import Dataset
 from snncompiler.errors import SnncError
-from snncompiler.workloads import DigitsCNN, export_onnx
+from examples.workloads import DigitsCNN, export_onnx
 
 
 def _snnc(capfd, *argv) -> tuple[int, str]:

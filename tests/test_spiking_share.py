@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 import snncompiler as snnc
-from snncompiler.frontend import load_graph
-from snncompiler.inspect import MIN_SPIKING_SHARE, analog_heavy_warning, spiking_share
-from snncompiler.workloads import export_onnx
+from snncompiler.formats.onnx import load_graph
+from snncompiler.analysis.summary import MIN_SPIKING_SHARE, analog_heavy_warning, spiking_share
+from examples.workloads import export_onnx
 
 CLI = [sys.executable, "-m", "snncompiler.cli"]
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from snncompiler.frontend import load_graph
+from snncompiler.formats.onnx import load_graph
 from snncompiler.runtime import run_graph
 
 tv = pytest.importorskip("torchvision")

@@ -14,7 +14,7 @@ import snncompiler as snnc  # noqa: E402
 from snncompiler.errors import SnncError  # noqa: E402
 from snncompiler.kernels import available_backends  # noqa: E402
 from snncompiler.train import LIF, run_steps  # noqa: E402
-from snncompiler.workloads import digits, moving_dot  # noqa: E402
+from examples.workloads import digits, moving_dot  # noqa: E402
 
 
 # ---- loss ------------------------------------------------------------------------------

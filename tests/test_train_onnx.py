@@ -17,7 +17,7 @@ from snncompiler.data import save_npz
 from snncompiler.errors import SnncError
 from snncompiler.train import GraphNet, run_steps
 from snncompiler.train.direct import parse_schedule, reinitialise, train_onnx
-from snncompiler.workloads import DigitsCNN, digits, export_onnx
+from examples.workloads import DigitsCNN, digits, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_schedule_parsing():
 
 
 def test_reinitialise_is_seeded_kaiming(untrained_cnn):
-    from snncompiler.frontend import load_graph
+    from snncompiler.formats.onnx import load_graph
 
     graph = load_graph(str(untrained_cnn[0]))
     a, b, c = reinitialise(graph, 1), reinitialise(graph, 1), reinitialise(graph, 2)
@@ -77,7 +77,7 @@ def test_batchnorm_folds_into_what_the_runtime_runs(untrained_cnn, maxpool):
     assert not torch.equal(next(iter(net.norms.values())).running_mean, torch.zeros(16))
     with torch.no_grad():
         ours = run_steps(net, x, 5)
-    folded = snnc.compiler.CompiledModel(net.write_back(), model.options)
+    folded = snnc.model.CompiledModel(net.write_back(), model.options)
     runtime = folded.runner(backend="reference").run_steps(x, 5)
     torch.testing.assert_close(ours, runtime, atol=1e-4, rtol=1e-4)
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import snncompiler as snnc
-from snncompiler.frontend import load_graph
+from snncompiler.formats.onnx import load_graph
 from snncompiler.runtime import run_graph
 from snncompiler.runtime.executor import fixed_batch
 

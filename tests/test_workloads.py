@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from snncompiler.workloads import (DigitsResNet, TabularMLP, VGGSmall, breast_cancer, digits, evaluate,
+from examples.workloads import (DigitsResNet, TabularMLP, VGGSmall, breast_cancer, digits, evaluate,
                                    textured_shapes, train_classifier)
 
 

@@ -352,7 +352,7 @@ class Study:
     out_dir: Path = Path(".")
 
 
-def run_study(study: Study) -> tuple[dict, "snnc.compiler.CompiledModel"]:
+def run_study(study: Study) -> tuple[dict, "snnc.model.CompiledModel"]:
     """Compile, score and price ``study``'s model; returns (record, the uncalibrated model).
 
     Record: ``ann`` (onnxruntime), ``ann_mode``, ``snn`` {T: scores} without calibration,
@@ -480,7 +480,7 @@ def finetune_segmentation(model, x: np.ndarray, y: np.ndarray, timesteps: int, *
     import torch.nn.functional as F
 
     from apps.common import torch_threads
-    from snncompiler.compiler import CompiledModel
+    from snncompiler.model import CompiledModel
     from snncompiler.train import GraphNet, run_steps
 
     readout = readout or (lambda z: z)

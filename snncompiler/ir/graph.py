@@ -1,7 +1,7 @@
 """The intermediate representation every stage shares: :class:`Graph`, :class:`Node`, :class:`Value`.
 
 A graph is a list of nodes in topological order over a small closed set of *core ops*
-(``snncompiler.runtime.ops.CORE_OPS``). Activations are named values; a value's shape is
+(:data:`snncompiler.ir.ops.OPS`). Activations are named values; a value's shape is
 static, as inferred with the batch axis (axis 0) pinned, and every op that could run on a
 different batch size treats axis 0 as the batch. Parameters (weights, constants) are
 tensors owned by the node that uses them, so passes can rewrite a node without touching
@@ -16,6 +16,16 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import SnncError
+from .ops import OPS
+
+# ---- graph metadata keys that the loader, compiler and runtime share --------------------------
+#: The graph runs only at this batch size (its exporter hard-coded the batch axis, or an op works
+#: across it); executors and the spiking runtime then run one sample at a time.
+FIXED_BATCH_KEY = "snncompiler.fixed_batch"
+#: Why axis 0 is not a free batch axis (absent when it is); see :mod:`snncompiler.formats.onnx.batch`.
+BOUND_KEY = "snncompiler.batch_bound_by"
+#: The declared batch size of the input model, or ``dynamic``.
+DECLARED_KEY = "snncompiler.batch_declared"
 
 
 class IRError(SnncError):
@@ -169,9 +179,7 @@ class Graph:
         graph output is defined.
         """
         if known_ops is None:
-            from ..runtime.ops import CORE_OPS
-
-            known_ops = CORE_OPS
+            known_ops = OPS
         known = set(known_ops)
         defined = {v.name for v in self.inputs}
         names: set[str] = set()

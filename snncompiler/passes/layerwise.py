@@ -20,13 +20,11 @@ from ..runtime.executor import Executor
 from ..runtime.snn import SpikingRunner, _Static
 from . import PassContext
 
-#: Calibration samples used by the layer-wise passes unless ``layer_samples`` says otherwise.
-DEFAULT_LAYER_SAMPLES = 256
 
 
 def calibration_batch(ctx: PassContext) -> torch.Tensor:
     """The calibration inputs used layer by layer (at most ``layer_samples``) as one tensor."""
-    n = int(ctx.options.get("layer_samples") or DEFAULT_LAYER_SAMPLES)
+    n = int(setting(ctx.options, "layer_samples"))
     n = min(n, int(ctx.options.get("calib_samples") or n), len(ctx.calib))
     return torch.from_numpy(ctx.calib.x[:n]).float()
 

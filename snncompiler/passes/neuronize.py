@@ -22,7 +22,7 @@ from ..errors import OptionError
 from ..ir import Graph
 from ..ir.neuron import MAXPOOL_STRATEGIES, NeuronSpec
 from ..options import setting
-from ..runtime.ops import CORE_OPS
+from ..ir.ops import conversion_kind
 from . import PassContext
 
 NAME = "neuronize"
@@ -55,7 +55,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         else:
             mp.attrs["spiking"] = "output" if strategy == "input" else strategy
         ctx.note(NAME, f"{mp.name}: spiking max pooling '{mp.attrs['spiking']}'")
-    islands = [n for n in graph.nodes if CORE_OPS[n.op].conversion_kind(n) == "analog"]
+    islands = [n for n in graph.nodes if conversion_kind(n) == "analog"]
     for n in islands:
         ctx.note(NAME, f"{n.name}: analog island ({n.op}) computed on the rate-decoded input")
     ctx.report["analog_islands"] = [n.name for n in islands]

@@ -61,9 +61,9 @@ class StreamingHistogram:
 
 def site_nodes(graph: Graph) -> list[Node]:
     """Nodes whose outputs will become neurons: ReLU and Clip(0, c)."""
-    from ..runtime.ops import CORE_OPS
+    from ..ir.ops import conversion_kind
 
-    return [n for n in graph.nodes if n.op in ("relu", "clip", "neuron") and CORE_OPS[n.op].conversion_kind(n) == "spiking"]
+    return [n for n in graph.nodes if n.op in ("relu", "clip", "neuron") and conversion_kind(n) == "spiking"]
 
 
 def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bins: int = 2048,

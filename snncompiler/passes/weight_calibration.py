@@ -16,7 +16,7 @@ import torch
 
 from ..ir import Graph, Node
 from ..options import setting
-from ..runtime.ops import CORE_OPS, channel_view
+from ..runtime.ops import IMPLEMENTATIONS, channel_view
 from . import PassContext
 from .layerwise import fed_neurons, feeding_chain, start
 
@@ -34,7 +34,7 @@ def rate_ste(z: torch.Tensor, theta: torch.Tensor, timesteps: int, v0: str) -> t
 def layer_loss(layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual, target, theta, T, v0):
     """The weight-calibration objective for one minibatch."""
     probe = Node(layer.op, layer.name, layer.inputs, layer.outputs, layer.attrs, {**layer.params, "weight": weight})
-    z = CORE_OPS[layer.op].fn(probe, inputs)[0]
+    z = IMPLEMENTATIONS[layer.op](probe, inputs)[0]
     if residual is not None:
         z = z + residual
     err = (target - rate_ste(z, theta, T, v0)) ** 2

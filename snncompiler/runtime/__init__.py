@@ -1,5 +1,5 @@
 """IR → executable torch code. ANN mode here; the spiking runtime builds on the same core ops."""
 from .executor import Executor, infer_shapes, run_graph
-from .ops import CORE_OPS
+from .ops import IMPLEMENTATIONS
 
-__all__ = ["Executor", "run_graph", "infer_shapes", "CORE_OPS"]
+__all__ = ["Executor", "run_graph", "infer_shapes", "IMPLEMENTATIONS"]

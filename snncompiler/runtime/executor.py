@@ -12,7 +12,8 @@ import torch
 
 from ..errors import SnncError
 from ..ir import Graph, Value
-from .ops import CORE_OPS
+from ..ir.graph import BOUND_KEY, DECLARED_KEY, FIXED_BATCH_KEY
+from .ops import IMPLEMENTATIONS
 
 
 def checked_device(device) -> torch.device:
@@ -43,17 +44,10 @@ def on_device(graph: Graph, device: torch.device) -> Graph:
     return dataclasses.replace(graph, nodes=nodes)
 
 
-#: Graph metadata: the graph runs only at this batch size (its exporter hard-coded the batch axis,
-#: or an op works across it); executors and the spiking runtime then run one sample at a time.
-FIXED_BATCH_KEY = "snncompiler.fixed_batch"
-
-
 def fixed_batch(graph: Graph) -> bool:
     """Whether ``graph`` must be run one sample at a time: pinned at compile time (see
     :data:`FIXED_BATCH_KEY`), or declared at batch 1 with an op that works along axis 0 (found by
-    the loader, see :mod:`snncompiler.frontend.batch`), where samples fed together would mix."""
-    from ..frontend.batch import BOUND_KEY, DECLARED_KEY
-
+    the loader, see :mod:`snncompiler.formats.onnx.batch`), where samples fed together would mix."""
     meta = graph.metadata
     return meta.get(FIXED_BATCH_KEY) == "1" or (bool(meta.get(BOUND_KEY)) and meta.get(DECLARED_KEY) == "1")
 
@@ -88,25 +82,26 @@ class Executor:
                 self._last_use[name] = i
         self._keep = {v.name for v in graph.outputs}
 
-    def run(self, feeds: Mapping[str, torch.Tensor], observer=None) -> dict[str, torch.Tensor]:
+    def run(self, feeds: Mapping[str, torch.Tensor], observer=None, override=None) -> dict[str, torch.Tensor]:
         """Execute the graph on named input tensors; return all graph outputs by name.
 
         ``observer(node, outputs)``, if given, sees every node's outputs as they are computed
-        (activation statistics and calibration passes hook in here).
+        (activation statistics and calibration passes hook in here); ``override`` see
+        :meth:`interpret`. A graph whose axis 0 is not a free batch axis runs sample by sample
+        or refuses the batch size (see :mod:`snncompiler.formats.onnx.batch`).
         """
         batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
         if fixed_batch(self.graph) and batch > 1:
             with one_thread():
-                runs = [self._run({k: v[i:i + 1] for k, v in feeds.items()}, observer) for i in range(batch)]
+                runs = [self.interpret({k: v[i:i + 1] for k, v in feeds.items()}, observer, override)
+                        for i in range(batch)]
             return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
         self._check_batch(feeds)
-        return self._run(feeds, observer)
+        return self.interpret(feeds, observer, override)
 
     def _check_batch(self, feeds: Mapping[str, torch.Tensor]) -> None:
         """Refuse a batch size at which a graph whose axis 0 is not a free batch axis would give
-        other answers than its ONNX semantics (see :mod:`snncompiler.frontend.batch`)."""
-        from ..frontend.batch import BOUND_KEY, DECLARED_KEY
-
+        other answers than its ONNX semantics (see :mod:`snncompiler.formats.onnx.batch`)."""
         bound = self.graph.metadata.get(BOUND_KEY)
         if not bound or not feeds:
             return
@@ -120,10 +115,21 @@ class Executor:
         raise SnncError(f"{source}: {bound}; it runs at {runs_at} only, got a batch of {n} "
                         f"(feed {k} sample{'s' if k > 1 else ''} per call, e.g. snnc run --batch-size {k})")
 
-    def _run(self, feeds: Mapping[str, torch.Tensor], observer=None) -> dict[str, torch.Tensor]:
+    def interpret(self, feeds: Mapping[str, torch.Tensor], observer=None, override=None) -> dict[str, torch.Tensor]:
+        """The graph interpreter every mode shares: run the nodes in order on ``feeds``, each
+        activation freed after its last use; return the graph outputs by name. No batch checks
+        (:meth:`run` makes them): callers that lay out their own batch (shape inference on one
+        probe, training on a time-flattened batch) come here.
+
+        ``override(node, inputs)`` may return a node's outputs (a tuple) in place of its core op,
+        or None to run the core op: training substitutes trainable neurons and layers this way.
+        ``observer(node, outputs)`` sees every node's outputs."""
         env = dict(feeds)
         for i, node in enumerate(self.graph.nodes):
-            outs = run_node(node, [env[n] for n in node.inputs])
+            inputs = [env[n] for n in node.inputs]
+            outs = override(node, inputs) if override is not None else None
+            if outs is None:
+                outs = run_node(node, inputs)
             for name, value in zip(node.outputs, outs):
                 env[name] = value
             if observer is not None:
@@ -194,7 +200,7 @@ def run_node(node, inputs: list[torch.Tensor]):
     """Run one node's core op; a failure (a bad parameter shape in a damaged file, say) is a
     one-line error naming the node and its input shapes."""
     try:
-        return CORE_OPS[node.op].fn(node, *inputs)
+        return IMPLEMENTATIONS[node.op](node, *inputs)
     except SnncError:
         raise
     except Exception as exc:
@@ -212,21 +218,18 @@ def infer_shapes(graph: Graph) -> Graph:
     """Fill every value's static shape by running one zero sample through the graph."""
     from ..limits import check_array_bytes
 
-    ex = Executor(graph)
     source = graph.metadata.get("source_file", "model")
     for v in graph.inputs:
         if v.shape is not None:  # a damaged file can declare any dims: check before allocating the probe
             check_array_bytes(4 * math.prod(int(d) for d in v.shape), f"{source}: input '{v.name}' of shape {tuple(v.shape)}")
     feeds = {v.name: torch.zeros(v.shape, dtype=torch.float32) for v in graph.inputs if v.shape is not None}
     env_shapes: dict[str, tuple[int, ...]] = {k: tuple(t.shape) for k, t in feeds.items()}
-    env = dict(feeds)
+
+    def record(node, outs):
+        env_shapes.update((name, tuple(t.shape)) for name, t in zip(node.outputs, outs))
+
     with torch.no_grad():
-        for node in graph.nodes:
-            outs = run_node(node, [env[n] for n in node.inputs])
-            for name, t in zip(node.outputs, outs):
-                env[name] = t
-                env_shapes[name] = tuple(t.shape)
-    del ex
+        Executor(graph).interpret(feeds, observer=record)
     for name, shape in env_shapes.items():
         graph.values.setdefault(name, Value(name)).shape = shape
     return graph

@@ -1,6 +1,6 @@
-"""The closed set of core ops: their torch implementation, conversion kind and cost.
+"""The torch implementation of every core op (names, conversion kinds and costs: :mod:`snncompiler.ir.ops`).
 
-One function per core op, registered with :func:`core_op`. Each takes the node and its input
+One function per core op of :mod:`snncompiler.ir.ops`, registered with :func:`implements`. Each takes the node and its input
 tensors and returns a tuple of outputs. Implementations treat axis 0 as the batch axis and
 never depend on its size, so the same code runs a batch of B samples in ANN mode or a
 flattened [T*B] batch in SNN mode.
@@ -13,7 +13,6 @@ rate-decoded input), ``unsupported``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -21,46 +20,27 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
+from ..ir.ops import OPS
 
 
-@dataclass(frozen=True)
-class CoreOp:
-    """A core op's implementation, conversion kind (str or function of the node) and MAC counter."""
-
-    name: str
-    fn: Callable[..., tuple]
-    kind: str | Callable[[Node], str]
-    macs: Callable[[Node, list, list], int] | None = None
-
-    def conversion_kind(self, node: Node) -> str:
-        """How this node converts: spiking, linear, folded, analog or unsupported."""
-        return self.kind(node) if callable(self.kind) else self.kind
+#: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
+IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
 
 
-CORE_OPS: dict[str, CoreOp] = {}
-
-
-def core_op(name: str, kind, macs=None):
-    """Register the decorated function as the implementation of core op ``name``."""
+def implements(name: str):
+    """Register the decorated function as the torch implementation of core op ``name``."""
+    if name not in OPS:
+        raise KeyError(f"'{name}' is not a core op of snncompiler.ir.ops")
 
     def register(fn):
-        CORE_OPS[name] = CoreOp(name, fn, kind, macs)
+        IMPLEMENTATIONS[name] = fn
         return fn
 
     return register
 
 
-def _prod(xs) -> int:
-    return int(math.prod(xs)) if xs else 1
-
-
 # ---- linear layers ---------------------------------------------------------------------
-def _conv_macs(node, ins, outs):
-    w = node.params["weight"]
-    return _prod(outs[0][1:]) * _prod(w.shape[1:])
-
-
-@core_op("conv", "linear", _conv_macs)
+@implements("conv")
 def conv(node: Node, x):
     """N-d convolution; ``pads`` in ONNX order (all begins, then all ends)."""
     w, b = node.params["weight"], node.params.get("bias")
@@ -85,12 +65,7 @@ def _torch_pad(begin, end) -> list[int]:
     return out
 
 
-def _convt_macs(node, ins, outs):
-    w = node.params["weight"]
-    return _prod(ins[0][1:]) * _prod(w.shape[1:])
-
-
-@core_op("conv_transpose", "linear", _convt_macs)
+@implements("conv_transpose")
 def conv_transpose(node: Node, x):
     """Transposed convolution; ``pads`` crop the full result (any asymmetry), a negative pad
     extends it with rows that receive only the bias (an ``output_shape`` beyond the natural size)."""
@@ -108,22 +83,13 @@ def conv_transpose(node: Node, x):
     return (y,)
 
 
-def _linear_macs(node, ins, outs):
-    return _prod(outs[0][1:]) * node.params["weight"].shape[1]
-
-
-@core_op("linear", "linear", _linear_macs)
+@implements("linear")
 def linear(node: Node, x):
     """y = x @ W^T + b over the last axis (Gemm, MatMul with a constant right operand)."""
     return (F.linear(x, node.params["weight"], node.params.get("bias")),)
 
 
-def _matmul_macs(node, ins, outs):
-    a = ins[0] if "lhs" not in node.params else tuple(node.params["lhs"].shape)
-    return _prod(outs[0][1:]) * int(a[-1])
-
-
-@core_op("matmul", lambda n: "linear" if (n.params and len(n.inputs) == 1) else "analog", _matmul_macs)
+@implements("matmul")
 def matmul(node: Node, *xs):
     """numpy-style matmul of two activations, or of an activation and a constant (lhs/rhs)."""
     a = node.params["lhs"] if "lhs" in node.params else xs[0]
@@ -131,14 +97,14 @@ def matmul(node: Node, *xs):
     return (torch.matmul(a, b),)
 
 
-@core_op("batchnorm", "folded")
+@implements("batchnorm")
 def batchnorm(node: Node, x):
     """Inference BatchNormalization over axis 1."""
     p = node.params
     return (F.batch_norm(x, p["mean"], p["var"], p["scale"], p["bias"], False, 0.0, node.attrs.get("eps", 1e-5)),)
 
 
-@core_op("scale", "linear")
+@implements("scale")
 def scale(node: Node, x):
     """Per-channel affine y = x * scale + shift over axis 1 (a BatchNorm with nothing to fold into)."""
     shape = [1, -1] + [1] * (x.dim() - 2)
@@ -146,18 +112,13 @@ def scale(node: Node, x):
 
 
 # ---- activations -----------------------------------------------------------------------
-@core_op("relu", "spiking")
+@implements("relu")
 def relu(node: Node, x):
     """max(x, 0)."""
     return (torch.relu(x),)
 
 
-def _clip_kind(node: Node) -> str:
-    lo, hi = node.attrs.get("min"), node.attrs.get("max")
-    return "spiking" if lo is not None and lo == 0.0 and (hi is None or hi > 0) else "analog"
-
-
-@core_op("clip", _clip_kind)
+@implements("clip")
 def clip(node: Node, x):
     """clamp(x, min, max); min/max may be None (unbounded)."""
     lo, hi = node.attrs.get("min"), node.attrs.get("max")
@@ -166,44 +127,44 @@ def clip(node: Node, x):
     return (torch.clamp(x, lo, hi),)
 
 
-@core_op("leaky_relu", "analog")
+@implements("leaky_relu")
 def leaky_relu(node: Node, x):
     """LeakyRelu with slope ``alpha``."""
     return (F.leaky_relu(x, node.attrs.get("alpha", 0.01)),)
 
 
-@core_op("prelu", "analog")
+@implements("prelu")
 def prelu(node: Node, x):
     """PRelu with a slope tensor broadcast to x (ONNX unidirectional broadcasting)."""
     slope = node.params["slope"]
     return (torch.where(x >= 0, x, x * slope),)
 
 
-@core_op("sigmoid", "analog")
+@implements("sigmoid")
 def sigmoid(node: Node, x):
     """Logistic sigmoid."""
     return (torch.sigmoid(x),)
 
 
-@core_op("tanh", "analog")
+@implements("tanh")
 def tanh(node: Node, x):
     """Hyperbolic tangent."""
     return (torch.tanh(x),)
 
 
-@core_op("hardsigmoid", "analog")
+@implements("hardsigmoid")
 def hardsigmoid(node: Node, x):
     """max(0, min(1, alpha*x + beta))."""
     return (torch.clamp(node.attrs.get("alpha", 0.2) * x + node.attrs.get("beta", 0.5), 0.0, 1.0),)
 
 
-@core_op("hardswish", "analog")
+@implements("hardswish")
 def hardswish(node: Node, x):
     """x * hardsigmoid(x; 1/6, 1/2)."""
     return (F.hardswish(x),)
 
 
-@core_op("gelu", "analog")
+@implements("gelu")
 def gelu(node: Node, x):
     """GELU, exact (erf) or tanh-approximated."""
     return (F.gelu(x, approximate=node.attrs.get("approximate", "none")),)
@@ -226,22 +187,22 @@ def _make_unary(op_name: str):
 
 
 for _name in _UNARY:
-    core_op(_name, "linear" if _name == "neg" else "analog")(_make_unary(_name))
+    implements(_name)(_make_unary(_name))
 
 
-@core_op("softmax", "analog")
+@implements("softmax")
 def softmax(node: Node, x):
     """Softmax over one axis."""
     return (torch.softmax(x, node.attrs["axis"]),)
 
 
-@core_op("log_softmax", "analog")
+@implements("log_softmax")
 def log_softmax(node: Node, x):
     """Log-softmax over one axis."""
     return (torch.log_softmax(x, node.attrs["axis"]),)
 
 
-@core_op("lrn", "analog")
+@implements("lrn")
 def lrn(node: Node, x):
     """ONNX LRN: x / (bias + alpha/size * sum of squares over a channel window)^beta.
 
@@ -258,7 +219,7 @@ def lrn(node: Node, x):
     return (x / (k + a / size * window) ** b,)
 
 
-@core_op("layer_norm", "analog")
+@implements("layer_norm")
 def layer_norm(node: Node, x):
     """LayerNormalization over axes [axis, rank)."""
     axis = node.attrs.get("axis", -1) % x.dim()
@@ -266,7 +227,7 @@ def layer_norm(node: Node, x):
                          node.attrs.get("eps", 1e-5)),)
 
 
-@core_op("instance_norm", "analog")
+@implements("instance_norm")
 def instance_norm(node: Node, x):
     """InstanceNormalization over the spatial axes of each sample and channel."""
     return (F.instance_norm(x, weight=node.params["scale"], bias=node.params["bias"],
@@ -325,7 +286,7 @@ def _separable_max(x, kernel):
     return out.contiguous()
 
 
-@core_op("maxpool", "spiking")
+@implements("maxpool")
 def maxpool(node: Node, x):
     """Max pooling with ONNX pads (any asymmetry), dilations and ceil_mode."""
     nd, kernel, stride, pads = _pool_setup(node, x)
@@ -349,7 +310,7 @@ def maxpool(node: Node, x):
     return (fn(xp, kernel, stride, pad, dilation),)
 
 
-@core_op("avgpool", "linear")
+@implements("avgpool")
 def avgpool(node: Node, x):
     """Average pooling: ONNX pads, ceil_mode and count_include_pad, or global (``global=True``).
 
@@ -386,14 +347,6 @@ _BINARY = {
 }
 
 
-def _binary_kind(node: Node) -> str:
-    if node.op in ("add", "sub"):
-        return "linear"
-    if node.op in ("mul", "div") and "const" in node.params and not (node.op == "div" and node.attrs.get("const_first")):
-        return "linear"
-    return "analog"
-
-
 def _make_binary(op_name: str):
     fn = _BINARY[op_name]
 
@@ -410,22 +363,22 @@ def _make_binary(op_name: str):
 
 
 for _name in _BINARY:
-    core_op(_name, _binary_kind)(_make_binary(_name))
+    implements(_name)(_make_binary(_name))
 
 
-@core_op("concat", "linear")
+@implements("concat")
 def concat(node: Node, *xs):
     """Concatenate along ``axis``."""
     return (torch.cat(xs, dim=node.attrs["axis"]),)
 
 
-@core_op("split", "linear")
+@implements("split")
 def split(node: Node, x):
     """Split along ``axis`` into pieces of ``sizes``."""
     return tuple(torch.split(x, list(node.attrs["sizes"]), dim=node.attrs["axis"]))
 
 
-@core_op("slice", "linear")
+@implements("slice")
 def slice_(node: Node, x):
     """Strided slice with constant starts/ends/axes/steps (negative steps included)."""
     for start, end, axis, step in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"], node.attrs["steps"]):
@@ -447,7 +400,7 @@ def _onnx_slice_range(start: int, end: int, step: int, dim: int) -> range:
     return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
 
 
-@core_op("gather", "linear")
+@implements("gather")
 def gather(node: Node, x):
     """ONNX Gather of an activation with constant indices along ``axis``."""
     idx = node.params["indices"].long()
@@ -457,7 +410,7 @@ def gather(node: Node, x):
     return (out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:])),)
 
 
-@core_op("reshape", "linear")
+@implements("reshape")
 def reshape(node: Node, x):
     """Reshape; with ``keep_batch`` the target excludes axis 0, which keeps the input's batch size."""
     shape = list(node.attrs["shape"])
@@ -466,22 +419,22 @@ def reshape(node: Node, x):
     return (x.reshape(shape),)
 
 
-@core_op("flatten", "linear")
+@implements("flatten")
 def flatten(node: Node, x):
     """ONNX Flatten: 2-D [prod(dims[:axis]), prod(dims[axis:])]."""
     axis = node.attrs.get("axis", 1)
     axis = axis + x.dim() if axis < 0 else axis
-    lead = _prod(x.shape[:axis])
-    return (x.reshape(lead, -1) if x.numel() else x.reshape(lead, _prod(x.shape[axis:])),)
+    lead = math.prod(x.shape[:axis])
+    return (x.reshape(lead, -1) if x.numel() else x.reshape(lead, math.prod(x.shape[axis:])),)
 
 
-@core_op("transpose", "linear")
+@implements("transpose")
 def transpose(node: Node, x):
     """Permute axes by ``perm``."""
     return (x.permute(*node.attrs["perm"]),)
 
 
-@core_op("pad", "linear")
+@implements("pad")
 def pad(node: Node, x):
     """ONNX Pad (constant, reflect, edge, wrap) with per-axis begin/end pads; negative pads crop."""
     pads = list(node.attrs["pads"])
@@ -543,7 +496,7 @@ def _nearest_index(src: torch.Tensor, in_size: int, rounding: str) -> torch.Tens
     return idx.clamp(0, in_size - 1).long()
 
 
-@core_op("resize", "linear")
+@implements("resize")
 def resize(node: Node, x):
     """Resize / Upsample, nearest or (bi/tri)linear, separably per resized axis.
 
@@ -574,14 +527,14 @@ def resize(node: Node, x):
     return (x,)
 
 
-@core_op("reduce_mean", "linear")
+@implements("reduce_mean")
 def reduce_mean(node: Node, x):
     """Mean over ``axes`` (all axes when empty), keeping them with ``keepdims``."""
     axes = node.attrs.get("axes") or list(range(x.dim()))
     return (x.mean(dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
 
 
-@core_op("where", lambda n: "linear" if "cond" in n.params else "analog")
+@implements("where")
 def where(node: Node, *xs):
     """ONNX Where: ``cond ? x : y``; a constant condition (``params['cond']``) makes it a fixed
     per-element selection, which commutes with rate coding; an activation condition is analog."""
@@ -591,13 +544,13 @@ def where(node: Node, *xs):
     return (torch.where(cond.bool(), x, y),)
 
 
-@core_op("equal", "analog")
+@implements("equal")
 def equal(node: Node, a, b):
     """Elementwise a == b (a bool tensor, as ONNX Equal)."""
     return (torch.eq(a, b),)
 
 
-@core_op("expand", "linear")
+@implements("expand")
 def expand(node: Node, x):
     """ONNX Expand to ``shape`` (bidirectional broadcasting, so a batch axis traced as 1 keeps
     the input's batch size)."""
@@ -609,7 +562,7 @@ def expand(node: Node, x):
 _E4M3FN_OVERFLOW = 464.0
 
 
-@core_op("cast", "linear")
+@implements("cast")
 def cast(node: Node, x):
     """Cast to ``dtype`` (a torch dtype name). Casts to float8 follow ONNX's ``saturate`` as
     onnxruntime does: with it (the default) out-of-range values and infinities become ±max;
@@ -627,19 +580,19 @@ def cast(node: Node, x):
     return (x.to(dtype),)
 
 
-@core_op("identity", "folded")
+@implements("identity")
 def identity(node: Node, x):
     """Pass the input through (kept only where a graph output must be a copy)."""
     return (x,)
 
 
-@core_op("constant", "folded")
+@implements("constant")
 def constant(node: Node):
     """A constant tensor (``params['value']``) that the graph returns or feeds to an op."""
     return (node.params["value"],)
 
 
-@core_op("unsupported", "unsupported")
+@implements("unsupported")
 def unsupported(node: Node, *xs):
     """Placeholder for an ONNX op without a converter, kept only so ``inspect`` can list it."""
     raise SnncError(f"{node.where}: operator {node.attrs.get('op_type')} (domain '{node.attrs.get('domain') or 'ai.onnx'}') is not supported")
@@ -655,7 +608,7 @@ def channel_view(t: torch.Tensor, x: torch.Tensor, axis: int = 1) -> torch.Tenso
     return t.reshape(shape)
 
 
-@core_op("neuron", "spiking")
+@implements("neuron")
 def neuron(node: Node, x):
     """A spiking neuron in ANN mode: clip(x, 0, θ), θ per tensor or per channel.
 

@@ -27,7 +27,8 @@ from ..limits import check_timesteps
 from ..options import DEFAULT_CHUNK
 from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
-from .ops import CORE_OPS, _windows, channel_view
+from ..ir.ops import conversion_kind
+from .ops import IMPLEMENTATIONS, _windows, channel_view
 
 
 # How `profile` groups the time spent per node (everything else is "other ops").
@@ -293,7 +294,7 @@ class SpikingRunner:
         ins = [env[i] for i in node.inputs]
         if node.op != "neuron" and all(isinstance(v, _Static) for v in ins):
             if node.outputs[0] not in static:
-                for o, t in zip(node.outputs, CORE_OPS[node.op].fn(node, *[v.t for v in ins])):
+                for o, t in zip(node.outputs, IMPLEMENTATIONS[node.op](node, *[v.t for v in ins])):
                     static[o] = _Static(t)
             return [static[o] for o in node.outputs]
         if node.op == "neuron":
@@ -302,14 +303,14 @@ class SpikingRunner:
             return [self._gated_maxpool(node, _dyn(ins[0], steps), state)]
         if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             return [self._rate_maxpool(node, _dyn(ins[0], steps), state)]
-        if CORE_OPS[node.op].conversion_kind(node) == "analog":
+        if conversion_kind(node) == "analog":
             return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
         flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
         layer = self._event_layers.get(node.name)
         if layer is not None and self._event_pays(node.name, layer, flat[0]):
             out = layer(flat[0])
             return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
-        return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in CORE_OPS[node.op].fn(node, *flat)]
+        return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in IMPLEMENTATIONS[node.op](node, *flat)]
 
     def _event_pays(self, name: str, layer, x: torch.Tensor) -> bool:
         """Whether this chunk of a spike-driven layer runs on the event kernel: always under
@@ -364,7 +365,7 @@ class SpikingRunner:
             state[key] = cum[-1]
             count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
-        out = CORE_OPS[node.op].fn(node, *means)[0]
+        out = IMPLEMENTATIONS[node.op](node, *means)[0]
         out = out.reshape((steps, -1) + tuple(out.shape[1:]))
         if not out.is_floating_point():
             return out
@@ -397,7 +398,7 @@ class SpikingRunner:
             x = (s != 0).to(dtype)
         sums = x.cumsum(0) + state.get(node.name, 0)
         state[node.name] = sums[-1]
-        pooled = CORE_OPS["maxpool"].fn(node, sums.flatten(0, 1))[0]
+        pooled = IMPLEMENTATIONS["maxpool"](node, sums.flatten(0, 1))[0]
         pooled = pooled.reshape((steps, -1) + tuple(pooled.shape[1:]))
         previous = state.get((node.name, "max"))
         if previous is None:

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from .export import export, to_compiled
+from .lowering import export, to_compiled
 from .direct import train_onnx
 from .finetune import GraphNet, finetune
 from .loss import sdt_loss, tet_loss

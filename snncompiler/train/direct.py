@@ -19,7 +19,6 @@ schedule; see :func:`train_onnx` for how the epochs are shared.
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import SnncError
-from ..ir.neuron import DEFAULT_LIF_TAU
+from ..options import CompileOptions
 
 INITS = ("ann", "random")
 #: Adam's learning rate by ``init``: from scratch (with BN) a larger step (measured on digits,
@@ -98,7 +97,7 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
                calib_samples: int = 512, batchnorm: bool | None = None, rate_penalty: float = 0.0,
                progress: bool = True):
     """Train an ONNX architecture directly as a spiking network; returns a
-    :class:`~snncompiler.compiler.CompiledModel` (``.save`` writes the artifact ``snnc eval`` reads).
+    :class:`~snncompiler.model.CompiledModel` (``.save`` writes the artifact ``snnc eval`` reads).
 
     Args:
         model: an ONNX path (or bytes/ModelProto, or an IR graph) of a ReLU network.
@@ -127,33 +126,27 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     accuracies, and (with ``val``) the runtime's validation accuracy at the final T;
     ``model.train_history`` (not saved) has the same rows with each epoch's seconds.
     """
-    from .. import compile as snn_compile
-    from ..compiler import CompiledModel, _load, first_output
+    from ..compiler import compile as snn_compile
+    from ..compiler import load_ann
+    from ..model import CompiledModel, first_output
     from ..ir import Graph
-    from ..metrics import accuracy
+    from ..analysis.metrics import accuracy
     from ..runtime.executor import checked_device
     from .finetune import GraphNet
-    from .trainer import _dataset, fit
+    from .trainer import as_dataset, fit
 
     if init not in INITS:
         raise SnncError(f"--init: expected one of {', '.join(INITS)}, got '{init}'")
-    if neuron not in ("if", "lif"):
-        raise SnncError(f"--neuron: expected if or lif, got '{neuron}'")
-    if neuron == "lif" and not tau:
-        tau = DEFAULT_LIF_TAU
-    if neuron == "if" and tau:
-        raise SnncError("--tau: only meaningful with --neuron lif")
-    if neuron == "lif" and not (math.isfinite(tau) and tau > 1):
-        raise SnncError(f"--tau: must be > 1 (decay = 1 - 1/tau), got {tau}")
-    if not isinstance(calib_samples, int) or calib_samples < 1:
-        raise SnncError(f"calib_samples: must be a positive integer, got {calib_samples!r}")
+    # neuron, tau (0 or None: the default) and calib_samples are checked where every compile checks them
+    checked = CompileOptions(neuron=neuron, tau=tau or None, calib_samples=calib_samples)
+    neuron, tau = checked.neuron, checked.tau
     stages = parse_schedule(timesteps, epochs)
     checked_device(device)  # before the conversion pass, not at the first batch
     if lr is None:
         lr = DEFAULT_LR[init]
-    data = _dataset(train, "train")
-    val_data = None if val is None else _dataset(val, "val")
-    graph = model if isinstance(model, Graph) else _load(model)
+    data = as_dataset(train, "train")
+    val_data = None if val is None else as_dataset(val, "val")
+    graph = model if isinstance(model, Graph) else load_ann(model)
     if init == "random":
         graph = reinitialise(graph, seed)
     final_t = stages[-1][0]

@@ -26,7 +26,9 @@ from torch import nn
 from ..errors import SnncError
 from ..ir.neuron import NeuronSpec
 from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
-from ..runtime.ops import CORE_OPS
+from ..ir.ops import conversion_kind
+from ..runtime.executor import Executor
+from ..runtime.ops import IMPLEMENTATIONS
 from .neuron import LIF
 
 TRAINABLE = ("weight", "bias")
@@ -56,7 +58,7 @@ class GraphNet(nn.Module):
 
     def __init__(self, graph, *, learn_theta: bool = True, batchnorm: bool = False):
         super().__init__()
-        islands = [n.name for n in graph.nodes if CORE_OPS[n.op].conversion_kind(n) == "analog"]
+        islands = [n.name for n in graph.nodes if conversion_kind(n) == "analog"]
         if islands:
             raise SnncError(f"finetune: analog islands ({', '.join(islands)}) have no trainable spiking form")
         offsets = [n.name for n in graph.find("neuron") if "v_init" in n.params]
@@ -107,25 +109,25 @@ class GraphNet(nn.Module):
         """x: [T·B, ...] (time-major, as :func:`~snncompiler.train.run_steps` lays it out) →
         the graph's first output for every step, [T·B, ...]."""
         g = self.graph
-        env = {g.inputs[0].name: x}
-        for node in g.nodes:
-            ins = [env[i] for i in node.inputs]
-            if node.op == "neuron":
-                outs = (self.lifs[_key(node.name)](ins[0]),)
-            elif node.op == "maxpool" and node.attrs.get("spiking") == "rate":
-                outs = (self._rate_maxpool(node, ins[0]),)
-            else:  # "output" and "input" max pooling: the plain op, one step at a time
-                outs = CORE_OPS[node.op].fn(self._node_view(node), *ins)
-                if _key(node.name) in self.norms:
-                    outs = (self.norms[_key(node.name)](outs[0]),) + tuple(outs[1:])
-            env.update(zip(node.outputs, outs))
-        return env[g.outputs[0].name]
+        return Executor(g).interpret({g.inputs[0].name: x}, override=self._trainable_node)[g.outputs[0].name]
+
+    def _trainable_node(self, node, ins):
+        """The interpreter's override: every node runs on this module's parameters and neurons."""
+        if node.op == "neuron":
+            return (self.lifs[_key(node.name)](ins[0]),)
+        if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
+            return (self._rate_maxpool(node, ins[0]),)
+        # "output" and "input" max pooling: the plain op, one step at a time
+        outs = IMPLEMENTATIONS[node.op](self._node_view(node), *ins)
+        if _key(node.name) in self.norms:
+            outs = (self.norms[_key(node.name)](outs[0]),) + tuple(outs[1:])
+        return outs
 
     def _rate_maxpool(self, node, x):
         """The runtime's rate max pooling (increments of the largest running sum), differentiably."""
         steps = next(iter(self.lifs.values())).timesteps
         seq = x.reshape((steps, -1) + tuple(x.shape[1:]))
-        pooled = CORE_OPS["maxpool"].fn(node, seq.cumsum(0).flatten(0, 1))[0]
+        pooled = IMPLEMENTATIONS["maxpool"](node, seq.cumsum(0).flatten(0, 1))[0]
         pooled = pooled.reshape((steps, -1) + tuple(pooled.shape[1:]))
         return torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])).flatten(0, 1)
 
@@ -162,7 +164,7 @@ class GraphNet(nn.Module):
 def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int = FINETUNE_EPOCHS,
              lr: float = FINETUNE_LR, learn_theta: bool = True,
              val=None, holdout: float = 0.2, keep_if_better: bool = True, **fit_options):
-    """Fine-tune a compiled model (a :class:`~snncompiler.compiler.CompiledModel` or an artifact
+    """Fine-tune a compiled model (a :class:`~snncompiler.model.CompiledModel` or an artifact
     path) on labelled ``train`` data at ``timesteps`` steps; returns a CompiledModel.
 
     The result is scored against the model as it came on held-out data at ``timesteps``: ``val``
@@ -172,13 +174,13 @@ def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int =
     (``report["finetune"]``, as for a kept one). ``fit_options`` go to
     :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``progress``).
     """
-    from ..compiler import CompiledModel, first_output
+    from ..model import CompiledModel, first_output
     from ..data import Dataset
-    from ..metrics import accuracy
-    from .trainer import _dataset, fit
+    from ..analysis.metrics import accuracy
+    from .trainer import as_dataset, fit
 
     if not isinstance(model, CompiledModel):
-        from .. import load
+        from ..model import load
 
         model = load(model)
         if not isinstance(model, CompiledModel):
@@ -188,7 +190,7 @@ def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int =
         raise SnncError("finetune: rate-encoded inputs are random at every step; fine-tune a direct-encoding model")
     if not isinstance(timesteps, int) or timesteps < 1:
         raise SnncError(f"--timesteps: must be a positive integer, got {timesteps!r}")
-    data = _dataset(train, "train")
+    data = as_dataset(train, "train")
     if val is None:
         if not 0 < holdout < 1:
             raise SnncError(f"holdout: must lie in (0, 1), got {holdout!r}")
@@ -199,7 +201,7 @@ def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int =
         data, val = (Dataset(data.x[order[:cut]], data.y[order[:cut]]),
                      Dataset(data.x[order[cut:]], data.y[order[cut:]]))
     else:
-        val = _dataset(val, "val")
+        val = as_dataset(val, "val")
     net = GraphNet(model.graph, learn_theta=learn_theta)  # reads the graph; write_back copies it
     history = fit(net, data, timesteps=timesteps, epochs=epochs, lr=lr, sequence=encoding == "sequence",
                   **fit_options)

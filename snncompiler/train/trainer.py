@@ -19,14 +19,15 @@ from torch import nn
 
 from ..data import Dataset, validate
 from ..errors import SnncError
-from ..metrics import accuracy
+from ..analysis.metrics import accuracy
 from ..options import TRAIN_BATCH_SIZE
 from .loss import LOSSES, tet_loss
 from ..runtime.snn import output_steps
 from .neuron import neurons, run_steps
 
 
-def _dataset(data, label: str) -> Dataset:
+def as_dataset(data, label: str) -> Dataset:
+    """``data`` (a Dataset or an (x, y) pair of arrays or tensors) as a labelled Dataset, checked."""
     if isinstance(data, Dataset):
         data = (data.x, data.y)
     return validate(*[d.numpy() if isinstance(d, torch.Tensor) else d for d in data], label=label, require_labels=True)
@@ -41,7 +42,7 @@ class _Source:
         if isinstance(data, (Dataset, tuple)):
             if isinstance(data, tuple) and len(data) != 2:
                 raise SnncError(f"{label}: expected an (x, y) tuple, got a tuple of {len(data)}")
-            self.arrays, self.loader = _dataset(data, label), None
+            self.arrays, self.loader = as_dataset(data, label), None
         elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, np.ndarray, torch.Tensor)):
             self.arrays, self.loader = None, data
         else:
@@ -100,7 +101,7 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
 
     Returns a history: the settings and, per epoch, the mean loss, the training accuracy (of the
     time-mean output, on the batches as trained), the validation accuracy and the seconds taken.
-    The settings are also kept on the model, so that :func:`~snncompiler.train.export` can record
+    The settings are also kept on the model, so that :func:`~snncompiler.train.lowering` can record
     how it was trained.
     """
     if not isinstance(model, nn.Module):

@@ -59,7 +59,7 @@ def build_seeds(root: Path) -> None:
 
     import snncompiler as snnc
     from snncompiler.data import Dataset
-    from snncompiler.workloads import export_onnx
+    from examples.workloads import export_onnx
 
     logging.disable(logging.WARNING)  # the NIR export's notes on what NIR cannot represent
     torch.manual_seed(0)
@@ -82,16 +82,16 @@ def _warm_imports() -> None:
     import onnxruntime  # noqa: F401
     import onnxscript.optimizer  # noqa: F401
 
-    import snncompiler.cli  # noqa: F401
+    import snncompiler.cli.main  # noqa: F401
     import snncompiler.compiler  # noqa: F401
-    import snncompiler.diagnostics  # noqa: F401
-    import snncompiler.export.nir_export  # noqa: F401
-    import snncompiler.export.onnx_export  # noqa: F401
-    import snncompiler.frontend  # noqa: F401
-    import snncompiler.frontend.nir_loader  # noqa: F401
-    import snncompiler.inspect  # noqa: F401
-    import snncompiler.metrics  # noqa: F401
-    import snncompiler.ort  # noqa: F401
+    import snncompiler.analysis.diagnostics  # noqa: F401
+    import snncompiler.formats.nir.writer  # noqa: F401
+    import snncompiler.formats.onnx.writer  # noqa: F401
+    import snncompiler.formats.onnx  # noqa: F401
+    import snncompiler.formats.nir.reader  # noqa: F401
+    import snncompiler.analysis.summary  # noqa: F401
+    import snncompiler.analysis.metrics  # noqa: F401
+    import snncompiler.formats.onnx.ort  # noqa: F401
 
 
 def make_case(index: int, seed: int, seeds: Path, work: Path) -> dict:
@@ -135,7 +135,7 @@ def _child(case: dict, memory: int) -> None:
             os.dup2(handle, fd)
             os.close(handle)
         os.chdir(work)
-        from snncompiler.cli import main
+        from snncompiler.cli.main import main
 
         code = main(case["argv"])
     except SystemExit as exc:  # argparse

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from snncompiler.errors import SnncError
 from snncompiler.kernels import cpu, neuron_multistep, neuron_multistep_reference
 
-from .test_gradients import grad_cases, grads
-from .test_parity import _SETTINGS, cases, check_case
+from tests.kernels.test_gradients import grad_cases, grads
+from tests.kernels.test_parity import _SETTINGS, cases, check_case
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from snncompiler.kernels import neuron_multistep, neuron_multistep_reference
 from snncompiler.kernels.surrogate import SURROGATES, surrogate_grad
 
-from .conftest import device_for, kernel_backends
-from .test_parity import theta_shape
+from tests.kernels.conftest import device_for, kernel_backends
+from tests.kernels.test_parity import theta_shape
 
 
 @st.composite

@@ -11,7 +11,7 @@ from snncompiler.kernels import available_backends, neuron_multistep, neuron_mul
 from snncompiler.kernels import cpu as cpu_backend
 from snncompiler.kernels import op as op_module
 
-from .conftest import device_for
+from tests.kernels.conftest import device_for
 
 OP = torch.ops.snncompiler.neuron_multistep.default
 BACKWARD_OP = torch.ops.snncompiler.neuron_multistep_backward.default

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from snncompiler.kernels import neuron_multistep, neuron_multistep_reference, theta_layout
 
-from .conftest import device_for
+from tests.kernels.conftest import device_for
 
 THETA_LAYOUTS = ("float", "0d", "channel", "last", "full", "gapped")
 

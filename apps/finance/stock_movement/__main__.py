@@ -15,7 +15,7 @@ import torch
 from apps.common import (app_args, compare, emit_summary, human_output, print_table, save_figure, summary,
                          synaptic_energy, torch_threads, write_json)
 from apps.finance.stock_movement.task import StockMovementNet, StreamSettings, annual_return, generate
-from snncompiler.workloads import export_onnx, train_classifier
+from examples.workloads import export_onnx, train_classifier
 
 NAME = "finance.stock_movement"
 METRICS = ("accuracy", "mcc", "annual_return_pct")

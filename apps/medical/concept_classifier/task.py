@@ -269,7 +269,7 @@ def export_bottleneck(model: ConceptBottleneck, path) -> Path:
 
 def ort_outputs(path, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """Every output of an ONNX model under onnxruntime (the ANN oracle), in graph order."""
-    from snncompiler.ort import OrtModel
+    from snncompiler.formats.onnx.ort import OrtModel
 
     session = OrtModel(path).session
     return tuple(session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}))

@@ -24,7 +24,7 @@ from apps.medical.common import (TIMESTEPS, TISSUES, Study, add_smoke, dice, fin
                                  print_study, run_study, save_figure)
 from apps.medical.imaging_planes.task import (CLASSES, PRETEXTS, PlaneNet, finetune_segmentation as train_target,
                                               labelled_data, pretext_quality, pretrain, unlabelled_data)
-from snncompiler.workloads import export_onnx
+from examples.workloads import export_onnx
 
 NAME = "medical.imaging_planes"
 RESULTS = Path(__file__).parent / "results"

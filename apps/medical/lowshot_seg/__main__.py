@@ -23,7 +23,7 @@ from apps.medical.common import (TIMESTEPS, TISSUES, Study, add_smoke, dice, fin
                                  run_study, save_figure)
 from apps.medical.lowshot_seg.task import (CASES, CLASSES, MixtureHead, ModeScores, encoder, mode_max, one_shot_data,
                                            train_segmenter)
-from snncompiler.workloads import export_onnx
+from examples.workloads import export_onnx
 
 NAME = "medical.lowshot_seg"
 RESULTS = Path(__file__).parent / "results"

@@ -17,8 +17,8 @@ from apps.common import (app_args, compare, emit_summary, human_output, print_ta
 from apps.sparse_conv.sdconv.task import (conv_weight_counts, export_form, masked_ann_macs, masked_layers, mnist,
                                           route_usage, sdconv_net, train_sdconv)
 from snncompiler.data import Dataset
-from snncompiler.metrics import ENERGY_PJ, accuracy
-from snncompiler.workloads import digits, export_onnx
+from snncompiler.analysis.metrics import ENERGY_PJ, accuracy
+from examples.workloads import digits, export_onnx
 
 NAME = "sparse_conv.sdconv"
 THRESHOLD_LR = 2e-2

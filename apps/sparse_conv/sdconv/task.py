@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snncompiler.data import Dataset
-from snncompiler.workloads import train_classifier
+from examples.workloads import train_classifier
 
 VARIANTS = ("dense", "static", "soft", "top1")
 #: the exported hard route is softmax(logits · HARD_SHARPNESS): one-hot to float precision unless

@@ -1,1 +1,0 @@
-"""IR → files: the spiking ONNX artifact (onnx_export) and NIR (nir_export)."""

@@ -1,0 +1,1 @@
+"""NIR (the Neuromorphic Intermediate Representation): :mod:`.reader` and :mod:`.writer`."""

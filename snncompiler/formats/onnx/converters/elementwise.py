@@ -1,0 +1,108 @@
+"""Converters for broadcasting arithmetic: Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import converter, writes
+
+
+def emit_binary(ctx, op: str, a: str, b: str, out: str) -> None:
+    """Emit a binary core op, moving a constant operand into the node's params."""
+    if ctx.is_const(b):
+        ctx.emit(op, [a], [out], {}, {"const": ctx.const(b).astype(np.float32)})
+    elif ctx.is_const(a):
+        ctx.emit(op, [b], [out], {"const_first": True}, {"const": ctx.const(a).astype(np.float32)})
+    else:
+        ctx.emit(op, [a, b], [out])
+
+
+def _binary(core: str):
+    def convert(node, ctx):
+        emit_binary(ctx, core, node.input[0], node.input[1], node.output[0])
+
+    convert.__doc__ = f"→ {core} (numpy broadcasting; a constant operand becomes a parameter)"
+    return convert
+
+
+for _onnx, _core in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Pow", "pow")):
+    converter(_onnx)(_binary(_core))
+
+
+def _variadic(core: str, mean: bool = False):
+    def convert(node, ctx):
+        inputs = list(node.input)
+        out = node.output[0]
+        if len(inputs) == 1:
+            ctx.alias(out, inputs[0], f"{node.op_type} of one input")
+            return
+        acc = inputs[0]
+        for i, other in enumerate(inputs[1:]):
+            last = i == len(inputs) - 2 and not mean
+            dst = out if last else ctx.fresh(out)
+            emit_binary(ctx, core, acc, other, dst)
+            acc = dst
+        if mean:
+            ctx.emit("mul", [acc], [out], {}, {"const": np.float32(1.0 / len(inputs))})
+
+    convert.__doc__ = f"n-ary → a chain of {core}" + (" then a scale by 1/n" if mean else "")
+    return convert
+
+
+converter("Sum")(_variadic("add"))
+converter("Mean")(_variadic("add", mean=True))
+converter("Max")(_variadic("max"))
+converter("Min")(_variadic("min"))
+
+
+@converter("Where")
+def where(node, ctx):
+    """Where(cond, x, y) → where: a constant condition is a parameter (a fixed selection), a
+    constant x or y becomes a constant node; an activation condition is an analog island."""
+    cond, x, y = node.input
+    if ctx.is_const(cond):
+        ctx.emit("where", [ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]], {},
+                 {"cond": ctx.const(cond).astype(bool)})
+    else:
+        ctx.emit("where", [cond, ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]])
+
+
+@converter("Equal")
+def equal(node, ctx):
+    """Equal of an activation (with a constant or another activation) → equal (a bool mask)."""
+    ctx.emit("equal", [ctx.activation_or_const(i) for i in node.input], [node.output[0]])
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+_BINARY_ONNX = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
+_UNARY_ONNX = {"erf": "Erf", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "reciprocal": "Reciprocal",
+               "neg": "Neg"}
+
+
+@writes(*_BINARY_ONNX)
+def write_binary(b, n) -> None:
+    """A broadcasting binary; a constant operand becomes an initializer on its side."""
+    if "const" in n.params:
+        c = b.const(n, "const", n.params["const"])
+        args = [c, n.inputs[0]] if n.attrs.get("const_first") else [n.inputs[0], c]
+    else:
+        args = n.inputs
+    b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name)
+
+
+@writes(*_UNARY_ONNX)
+def write_unary(b, n) -> None:
+    """A pointwise function without attributes."""
+    b.add(_UNARY_ONNX[n.op], n.inputs, n.outputs, n.name)
+
+
+@writes("where")
+def write_where(b, n) -> None:
+    """Where, its condition an initializer when constant."""
+    cond = [b.const(n, "cond", n.params["cond"])] if "cond" in n.params else []
+    b.add("Where", cond + n.inputs, n.outputs, n.name)
+
+
+@writes("equal")
+def write_equal(b, n) -> None:
+    """Equal."""
+    b.add("Equal", n.inputs, n.outputs, n.name)

@@ -1,0 +1,129 @@
+"""The op vocabulary of the IR: every core op's name, conversion kind and MAC count. No torch:
+the IR validates and a model's cost is counted without the runtime (whose torch implementations,
+:data:`snncompiler.runtime.ops.IMPLEMENTATIONS`, are keyed by these names).
+
+Conversion kinds (how ``snnc compile`` treats a node): ``spiking`` (becomes or feeds a neuron),
+``linear`` (commutes with rate coding: runs unchanged on spikes), ``folded`` (absorbed by a
+neighbour at compile time), ``analog`` (an analog island: computed on the rate-decoded input),
+``unsupported``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # the vocabulary is a leaf: graph.py validates against it
+    from .graph import Node
+
+KINDS = ("spiking", "linear", "folded", "analog", "unsupported")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A core op: its conversion kind (a string, or a function of the node) and MAC counter
+    (a function of the node, input shapes and output shapes; None where it does no MACs)."""
+
+    name: str
+    kind: str | Callable[[Node], str]
+    macs: Callable[[Node, list, list], int] | None = None
+
+    def conversion_kind(self, node: Node) -> str:
+        """How this node converts: spiking, linear, folded, analog or unsupported."""
+        return self.kind(node) if callable(self.kind) else self.kind
+
+
+def _prod(xs) -> int:
+    return int(math.prod(xs)) if xs else 1
+
+
+def _conv_macs(node, ins, outs):
+    w = node.params["weight"]
+    return _prod(outs[0][1:]) * _prod(w.shape[1:])
+
+
+def _convt_macs(node, ins, outs):
+    w = node.params["weight"]
+    return _prod(ins[0][1:]) * _prod(w.shape[1:])
+
+
+def _linear_macs(node, ins, outs):
+    return _prod(outs[0][1:]) * node.params["weight"].shape[1]
+
+
+def _matmul_macs(node, ins, outs):
+    a = ins[0] if "lhs" not in node.params else tuple(node.params["lhs"].shape)
+    return _prod(outs[0][1:]) * int(a[-1])
+
+
+def _clip_kind(node: Node) -> str:
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    return "spiking" if lo is not None and lo == 0.0 and (hi is None or hi > 0) else "analog"
+
+
+def _binary_kind(node: Node) -> str:
+    if node.op in ("add", "sub"):
+        return "linear"
+    if node.op in ("mul", "div") and "const" in node.params and not (node.op == "div" and node.attrs.get("const_first")):
+        return "linear"
+    return "analog"
+
+
+#: Pointwise functions that spikes cannot carry (analog islands) besides the activations;
+#: ``neg`` is the one linear member (a sign flip commutes with rate coding).
+UNARY = ("erf", "sqrt", "exp", "log", "abs", "reciprocal", "neg")
+#: Broadcasting elementwise binaries; one operand may be the constant param ``const``.
+BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
+
+_SPECS = [
+    OpSpec("conv", "linear", _conv_macs),
+    OpSpec("conv_transpose", "linear", _convt_macs),
+    OpSpec("linear", "linear", _linear_macs),
+    OpSpec("matmul", lambda n: "linear" if (n.params and len(n.inputs) == 1) else "analog", _matmul_macs),
+    OpSpec("batchnorm", "folded"),
+    OpSpec("scale", "linear"),
+    OpSpec("relu", "spiking"),
+    OpSpec("clip", _clip_kind),
+    OpSpec("leaky_relu", "analog"),
+    OpSpec("prelu", "analog"),
+    OpSpec("sigmoid", "analog"),
+    OpSpec("tanh", "analog"),
+    OpSpec("hardsigmoid", "analog"),
+    OpSpec("hardswish", "analog"),
+    OpSpec("gelu", "analog"),
+    OpSpec("softmax", "analog"),
+    OpSpec("log_softmax", "analog"),
+    OpSpec("lrn", "analog"),
+    OpSpec("layer_norm", "analog"),
+    OpSpec("instance_norm", "analog"),
+    OpSpec("maxpool", "spiking"),
+    OpSpec("avgpool", "linear"),
+    OpSpec("concat", "linear"),
+    OpSpec("split", "linear"),
+    OpSpec("slice", "linear"),
+    OpSpec("gather", "linear"),
+    OpSpec("reshape", "linear"),
+    OpSpec("flatten", "linear"),
+    OpSpec("transpose", "linear"),
+    OpSpec("pad", "linear"),
+    OpSpec("resize", "linear"),
+    OpSpec("reduce_mean", "linear"),
+    OpSpec("where", lambda n: "linear" if "cond" in n.params else "analog"),
+    OpSpec("equal", "analog"),
+    OpSpec("expand", "linear"),
+    OpSpec("cast", "linear"),
+    OpSpec("identity", "folded"),
+    OpSpec("constant", "folded"),
+    OpSpec("unsupported", "unsupported"),
+    OpSpec("neuron", "spiking"),
+]
+_SPECS += [OpSpec(name, "linear" if name == "neg" else "analog") for name in UNARY]
+_SPECS += [OpSpec(name, _binary_kind) for name in BINARY]
+
+#: core op name → :class:`OpSpec`: the closed set the IR admits.
+OPS: dict[str, OpSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def conversion_kind(node: Node) -> str:
+    """How ``node`` converts (see the module docstring)."""
+    return OPS[node.op].conversion_kind(node)

@@ -1,0 +1,175 @@
+"""CompiledModel: a spiking model (neuronized IR + settings) to run, evaluate, save; and
+:func:`load`, the one place a model object is built from what a reader returns."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .errors import SnncError
+from .ir import Graph
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS
+from .runtime.executor import Executor, check_input
+from .runtime.snn import SpikingRunner, _single, output_steps
+
+
+def first_output(value):
+    """The first of a model's outputs (the one accuracy is scored on), whether it has one or several."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _joined(batches: list[list[np.ndarray]]):
+    """Per-batch output lists joined along the batch axis: one array, or a tuple for several outputs."""
+    return _single([np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))])
+
+
+class CompiledModel:
+    """A spiking model: the neuronized IR plus its settings.
+
+    ``run`` simulates it, ``ann`` runs its own ANN mode (neurons as clip(x, 0, θ)),
+    ``evaluate`` measures accuracy at several T from one run, ``save`` writes the artifact.
+    """
+
+    def __init__(self, graph: Graph, options: dict, report: dict | None = None):
+        self.graph = graph
+        self.options = {**DEFAULTS, **options}
+        self.report = report or {}
+        self.ann_graph: Graph | None = None  # the ANN it was compiled from, when known (not saved)
+
+    # ---- execution ----------------------------------------------------------------------
+    @property
+    def sequence(self) -> bool:
+        """Whether inputs carry their own time axis, [N, T, ...] (the "sequence" encoding)."""
+        return self.options.get("encoding") == "sequence"
+
+    def _input(self, x) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+        check_input(self.graph.inputs[0], t, sequence=self.sequence)
+        if not bool(torch.isfinite(t).all()):  # spikes from NaN currents would be silent garbage
+            raise SnncError("input 'x': contains NaN or Inf values")
+        return t.float()
+
+    def runner(self, **overrides) -> SpikingRunner:
+        """A fresh :class:`SpikingRunner` with this model's settings (overridable; ``device="cuda"``
+        runs it on a GPU, ``exec="event"`` or ``"auto"`` runs spike-driven conv/linear layers on
+        the event-driven kernel, see :mod:`snncompiler.kernels.event`)."""
+        o = {**self.options, **overrides}
+        return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
+                             device=o.get("device", "cpu"), exec_mode=o.get("exec") or "dense")
+
+    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = DEFAULT_BATCH_SIZE, **overrides):
+        """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.
+
+        Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in."""
+        xt = self._input(x)
+        if timesteps is None:
+            timesteps = xt.shape[1] if self.sequence else self.options["timesteps"]
+        timesteps = int(timesteps)  # 0 is refused by the runner, not read as "the default"
+        if batch_size < 1:
+            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
+        runner = self.runner(**overrides)
+        chunk = int(overrides.get("chunk", self.options["chunk"]))
+        parts: dict[int, list] = {}
+        for start in range(0, len(xt), batch_size):
+            res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
+            for t, y in res.items():
+                parts.setdefault(t, []).append([o.cpu().numpy() for o in (y if isinstance(y, tuple) else (y,))])
+        self.last_runner = runner
+        out = {t: _joined(batches) for t, batches in parts.items()}
+        return out if checkpoints else out[timesteps]
+
+    def __call__(self, x, timesteps: int | None = None, **overrides):
+        """Mean output over the compile T (or ``timesteps``) steps: the model as a function."""
+        return self.run(x, timesteps, **overrides)
+
+    def ann(self, x, batch_size: int = 1024) -> np.ndarray:
+        """The artifact's own ANN: every neuron as clip(x, 0, θ) (on the time-mean of a sequence input)."""
+        ex = Executor(self.graph)
+        xt = self._input(x)
+        if self.sequence:
+            xt = xt.mean(1)
+        names = [v.name for v in self.graph.outputs]
+        with torch.no_grad():
+            batches = []
+            for s in range(0, len(xt), batch_size):
+                env = ex.run({self.graph.inputs[0].name: xt[s:s + batch_size]})
+                batches.append([env[name].cpu().numpy() for name in names])
+        return _joined(batches)
+
+    def evaluate(self, x, y, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
+        """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
+
+        ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
+        (and T_in itself) for sequence inputs."""
+        from .analysis.metrics import accuracy
+
+        if timesteps is None:
+            timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
+        ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
+        outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
+        return {"samples": int(len(x)),
+                "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
+                "ann_accuracy": accuracy(first_output(self.ann(x)), y),
+                "firing_rate": self.last_runner.firing_rate}
+
+    def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
+        """Synaptic operations and energy per sample against the ANN's MACs, measured on ``x``
+        over ``timesteps`` steps (see :func:`snncompiler.analysis.metrics.synaptic_operations`)."""
+        from .analysis.metrics import synaptic_operations
+
+        if batch_size < 1:
+            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
+        return synaptic_operations(self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size,
+                                   **overrides)
+
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the artifact: ONNX with neuron nodes in the `snncompiler` domain."""
+        from .formats.onnx.writer import save_artifact
+
+        save_artifact(self, path)
+
+    def to_nir(self):
+        """This model as a ``nir.NIRGraph`` plus the list of what NIR cannot represent
+        (see :mod:`snncompiler.formats.nir.writer`)."""
+        from .formats.nir.writer import to_nir
+
+        return to_nir(self)
+
+    def save_nir(self, path) -> list[str]:
+        """Write this model as a NIR file; returns the lossy-export warnings (also logged)."""
+        from .formats.nir.writer import save_nir
+
+        return save_nir(self, path)
+
+    def settings(self) -> dict:
+        """The settings recorded in the artifact."""
+        return {k: self.options[k] for k in SETTING_KEYS}
+
+
+def from_artifact(graph: Graph) -> CompiledModel:
+    """A CompiledModel from an artifact's IR (its metadata checked by :func:`~.formats.artifact.read_artifact`)."""
+    from .formats.artifact import read_artifact
+
+    settings, report = read_artifact(graph)
+    return CompiledModel(graph, settings, report)
+
+
+def load(path, *, device: str = "cpu", dt: float | None = None):
+    """Load a model: a compiled artifact or a NIR file gives a :class:`CompiledModel`, a plain
+    ONNX ANN an :class:`~.runtime.executor.Executor` (a callable over numpy arrays or tensors of
+    any batch size, returning the same kind). ``dt`` is the time step of a NIR file that does not
+    record one (see :mod:`snncompiler.formats.nir.reader`)."""
+    from .formats.nir.reader import is_nir_file, read_nir
+    from .formats.onnx import load_graph
+
+    if isinstance(path, (str, os.PathLike)) and is_nir_file(path):
+        graph, options, report = read_nir(path, dt=dt)
+        return CompiledModel(graph, options, report)
+    if dt is not None:
+        raise SnncError(f"--dt: only for NIR files; {path} is not one")
+    graph = load_graph(path)
+    if graph.find("neuron"):
+        return from_artifact(graph)
+    return Executor(graph, device)

@@ -1,0 +1,225 @@
+"""Batch sizes other than the declared one: a batch of N gives the N batch-1 answers, or a clear
+refusal where the model makes axis 0 something other than a batch axis.
+
+Every converter has single-op models here (ops of one input and no attribute get a generic
+one), built with a static batch of 1 and with a dynamic batch ('N'). Fed 3 samples:
+
+* static batch 1: always the 3 batch-1 answers of onnxruntime (ops that work along axis 0 run
+  sample by sample);
+* dynamic batch: onnxruntime's answer at batch 3, or a one-line SnncError naming the node
+  (a model that uses its batch size as a value, or works along axis 0);
+* a model declared at batch 2 that works along axis 0 runs at batch 2 and refuses batch 3.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from snncompiler.errors import SnncError
+from snncompiler.formats.onnx import supported_ops
+
+from tests.formats.helpers import OrtRejected, assert_close, build, init, rand, run_ort, run_snn
+
+REST = [3, 4, 5]  # per-sample shape of x
+
+
+def _x(batch):
+    return [batch] + REST
+
+
+def _one(op, attrs=None, consts=(), opset=21, rest=None, extra_nodes=()):
+    """A builder: batch → model of one node ``op``(x, *consts) → y (plus extra nodes)."""
+    def make(batch):
+        names, inits = ["x"], []
+        for c in consts:
+            if c == "":
+                names.append("")
+            else:
+                names.append(c[0])
+                inits.append(init(*c))
+        nodes = [helper.make_node(op, names, ["y"], name="op", **(attrs or {}))] + list(extra_nodes)
+        return build(nodes, [("x", [batch] + (rest or REST))], ["y"], inits, opset)
+    make.rest = rest or REST
+    return make
+
+
+def _nodes(nodes, inits=(), opset=21, rest=None):
+    def make(batch):
+        return build(nodes, [("x", [batch] + (rest or REST))], ["y"], list(inits), opset)
+    make.rest = rest or REST
+    return make
+
+
+i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+
+CASES = {
+    "Add": _one("Add", consts=[("c", rand([4, 5], 1))]),
+    "Sub": _one("Sub", consts=[("c", rand([1, 3, 1, 1], 1))]),
+    "Mul": _one("Mul", consts=[("c", rand([5], 1))]),
+    "Div": _one("Div", consts=[("c", rand([5], 1, 1, 2))]),
+    "Pow": _one("Pow", consts=[("c", np.float32(2.0))]),
+    "Max": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Max", ["x", "r"], ["y"])]),
+    "Min": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Min", ["x", "r"], ["y"])]),
+    "Sum": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sum", ["x", "r", "x"], ["y"])]),
+    "Mean": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mean", ["x", "r"], ["y"])]),
+    "Conv": _one("Conv", {"pads": [1, 1, 1, 1]}, [("w", rand([2, 3, 3, 3], 1))]),
+    "ConvTranspose": _one("ConvTranspose", {"strides": [2, 2]}, [("w", rand([3, 2, 2, 2], 1)), ("b", rand([2], 2))]),
+    "Gemm": _one("Gemm", {"transB": 1}, [("w", rand([4, 6], 1)), ("b", rand([4], 2))], rest=[6]),
+    "MatMul": _one("MatMul", consts=[("w", rand([5, 2], 1))]),
+    "MatMul lhs rank 2 (contracts axis 0)": _nodes([helper.make_node("MatMul", ["w", "x"], ["y"])],
+                                                   [init("w", rand([4, 1], 1))], rest=[6]),
+    "BatchNormalization": _one("BatchNormalization", consts=[("s", rand([3], 1)), ("b", rand([3], 2)),
+                                                             ("m", rand([3], 3)), ("v", rand([3], 4, 0.5, 2))]),
+    "InstanceNormalization": _one("InstanceNormalization", consts=[("s", rand([3], 1)), ("b", rand([3], 2))]),
+    "LayerNormalization": _one("LayerNormalization", {"axis": -1}, [("s", rand([5], 1))]),
+    "LayerNormalization axis 0": _one("LayerNormalization", {"axis": 0}, [("s", rand([1, 3, 4, 5], 1))]),
+    "LRN": _one("LRN", {"size": 3}),
+    "Clip": _one("Clip", consts=[("lo", np.float32(-0.5)), ("hi", np.float32(1.0))]),
+    "LeakyRelu": _one("LeakyRelu", {"alpha": 0.2}),
+    "PRelu": _one("PRelu", consts=[("s", rand([3, 1, 1], 1))]),
+    "Softmax": _one("Softmax", {"axis": 1}),
+    "Softmax axis 0": _one("Softmax", {"axis": 0}),
+    "LogSoftmax": _one("LogSoftmax", {"axis": -1}),
+    "LogSoftmax opset 11 axis 0": _one("LogSoftmax", {"axis": 0}, opset=11),
+    "MaxPool": _one("MaxPool", {"kernel_shape": [2, 2]}),
+    "AveragePool": _one("AveragePool", {"kernel_shape": [2, 2], "pads": [1, 1, 0, 0]}),
+    "GlobalAveragePool": _one("GlobalAveragePool"),
+    "GlobalMaxPool": _one("GlobalMaxPool"),
+    "Concat": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["x", "r"], ["y"], axis=1)]),
+    "Concat axis 0": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["x", "r"], ["y"], axis=0)]),
+    "Split": _nodes([helper.make_node("Split", ["x"], ["a", "b"], axis=2, num_outputs=2),
+                     helper.make_node("Sub", ["a", "b"], ["y"])]),
+    "Split axis 0 (static batch 2 only)": None,  # see test_declared_batch_two
+    "Slice": _one("Slice", consts=[("s", i64([1])), ("e", i64([3])), ("a", i64([2]))]),
+    "Slice axis 0": _one("Slice", consts=[("s", i64([0])), ("e", i64([1])), ("a", i64([0]))]),
+    "Gather": _one("Gather", {"axis": 1}, [("i", i64([2, 0]))]),
+    "Gather axis 0": _one("Gather", {"axis": 0}, [("i", i64([0, 0]))]),
+    "Flatten": _one("Flatten", {"axis": 1}),
+    "Flatten axis 0": _one("Flatten", {"axis": 0}),
+    "Flatten axis 2": _one("Flatten", {"axis": 2}),
+    "Reshape": _one("Reshape", consts=[("s", i64([0, -1, 5]))]),
+    "Reshape all to one row": _one("Reshape", consts=[("s", i64([-1]))]),
+    "Transpose": _one("Transpose", {"perm": [0, 2, 3, 1]}),
+    "Transpose moving axis 0": _one("Transpose", {"perm": [1, 0, 2, 3]}),
+    "Squeeze": _one("Squeeze", consts=[("a", i64([1]))], rest=[1, 4]),
+    "Unsqueeze": _one("Unsqueeze", consts=[("a", i64([1]))]),
+    "Pad": _one("Pad", consts=[("p", i64([0, 0, 1, 0, 0, 0, 0, 2]))]),
+    "Pad axis 0": _one("Pad", consts=[("p", i64([1, 0, 0, 0, 0, 0, 0, 0]))]),
+    "Resize": _one("Resize", {"mode": "linear"}, ["", ("sc", np.array([1, 1, 2, 1.5], np.float32))]),
+    "Upsample": _one("Upsample", {"mode": "nearest"}, [("sc", np.array([1, 1, 2, 2], np.float32))], opset=9),
+    "ReduceMean": _one("ReduceMean", {"keepdims": 0}, [("a", i64([1, 3]))]),
+    "ReduceMean all axes": _one("ReduceMean", {"keepdims": 1}),
+    "Identity": _one("Identity"),
+    "Dropout": _one("Dropout"),
+    "Cast": _nodes([helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT32),
+                    helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]),
+    "CastLike": _nodes([helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])],
+                       [init("l", np.zeros([1], np.int32))]),
+    "Constant": _nodes([helper.make_node("Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.FLOAT, [5], [1, 2, 3, 4, 5])),
+                        helper.make_node("Add", ["x", "c"], ["y"])]),
+    "ConstantOfShape": _nodes([helper.make_node("ConstantOfShape", ["s"], ["c"],
+                                                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+                               helper.make_node("Mul", ["x", "c"], ["y"])], [init("s", i64([4, 5]))]),
+    "Where (constant condition)": _nodes(
+        [helper.make_node("Where", ["c", "x", "z"], ["y"])],
+        [init("c", rand([4, 5], 1) > 0), init("z", rand([5], 2))]),
+    "Where (condition from the input)": _nodes(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
+         helper.make_node("Where", ["c", "x", "r"], ["y"])], [init("zero", np.float32(0.0))]),
+    "Equal": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
+                     helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
+                    [init("zero", np.zeros([5], np.float32))]),
+    "Expand": _one("Expand", consts=[("s", i64([3, 4, 5]))], rest=[3, 1, 1]),
+    "Range": _nodes([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
+                    [init("a", np.float32(0.0)), init("b", np.float32(2.5)), init("d", np.float32(0.5))]),
+    "Shape → Reshape (batch kept)": _nodes(
+        [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+         helper.make_node("Unsqueeze", ["n", "a0"], ["nu"]), helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0),
+         helper.make_node("Reshape", ["x", "t"], ["y"])],
+        [init("i0", i64(0)), init("a0", i64([0])), init("m1", i64([-1]))]),
+    "Shape of other axes → Mul": _nodes(
+        [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i2"], ["n"], axis=0),
+         helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["x", "nf"], ["y"])],
+        [init("i2", i64(2))]),
+    "Shape(x)[0] as a value (relu(x) * N)": _nodes(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Gather", ["s", "i0"], ["n"], axis=0), helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["r", "nf"], ["y"], name="scale")], [init("i0", i64(0))]),
+}
+#: ops of one input and no required attribute: a generic model covers them (new converters too)
+UNARY = ["Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Gelu", "Erf", "Sqrt", "Exp", "Log", "Abs",
+         "Reciprocal", "Neg"]
+
+
+def _builders():
+    out = dict((k, v) for k, v in CASES.items() if v is not None)
+    for op in UNARY:
+        out[op] = _one(op)
+    return out
+
+
+BUILDERS = _builders()
+
+
+def test_every_converter_has_a_batch_case():
+    named = {k.split(" ")[0] for k in BUILDERS}
+    missing = sorted(op for op in supported_ops() if "::" not in op and op not in named)
+    assert not missing, f"converters without a batch case: {missing} (add one to CASES or UNARY)"
+
+
+@pytest.mark.parametrize("case", sorted(BUILDERS))
+def test_static_batch1_model_fed_three_samples(case):
+    """Declared batch 1, fed 3: exactly the 3 batch-1 answers (sample by sample where axis 0 is not a batch)."""
+    make = BUILDERS[case]
+    model = make(1)
+    x = rand([3] + make.rest, 5)
+    ref = np.concatenate([run_ort(model, x[i:i + 1])[0] for i in range(3)])
+    assert_close(run_snn(model, x)[0], ref, f"{case}: batch 3 vs 3 × batch 1")
+
+
+@pytest.mark.parametrize("case", sorted(BUILDERS))
+def test_dynamic_batch_model_fed_three_samples(case):
+    """Dynamic batch, fed 3: onnxruntime's batch-3 answer, or a one-line refusal naming the node."""
+    make = BUILDERS[case]
+    model = make("N")
+    x = rand([3] + make.rest, 5)
+    try:
+        ref = run_ort(model, x)[0]
+    except OrtRejected:
+        ref = None
+    try:
+        got = run_snn(model, x)[0]
+    except SnncError as exc:
+        assert "\n" not in str(exc) and "node" in str(exc) and "got a batch of 3" in str(exc), str(exc)
+        return
+    assert ref is not None, f"{case}: onnxruntime refuses batch 3, snncompiler answered"
+    assert_close(got, ref, f"{case}: dynamic batch at 3")
+
+
+def test_batch_valued_model_is_refused_not_wrong():
+    """The issue's case: relu(x) * Shape(x)[0] was off by N (the batch folded to 1)."""
+    model = CASES["Shape(x)[0] as a value (relu(x) * N)"]("N")
+    x = rand([4] + REST, 5)
+    with pytest.raises(SnncError, match=r"node Mul 'scale' uses the batch size as a value.*got a batch of 4"):
+        run_snn(model, x)
+    assert_close(run_snn(model, x[:1])[0], run_ort(model, x[:1])[0], "at batch 1")
+
+
+@pytest.mark.parametrize("case", ["Softmax axis 0", "ReduceMean all axes", "Transpose moving axis 0", "Concat axis 0"])
+def test_declared_batch_two(case):
+    """Declared batch 2 and mixing samples: runs at 2 (equal to onnxruntime), refuses 3."""
+    model = BUILDERS[case](2)
+    x = rand([3] + REST, 5)
+    assert_close(run_snn(model, x[:2])[0], run_ort(model, x[:2])[0], f"{case} at its batch 2")
+    with pytest.raises(SnncError, match=r"works along axis 0.*runs at batch 2 only, got a batch of 3"):
+        run_snn(model, x)
+
+
+def test_split_along_axis0_declared_batch_two():
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=0, num_outputs=2), helper.make_node("Sub", ["a", "b"], ["y"])]
+    model = build(nodes, [("x", [2] + REST)], ["y"], [], 21)
+    x = rand([3] + REST, 5)
+    assert_close(run_snn(model, x[:2])[0], run_ort(model, x[:2])[0], "Split axis 0 at batch 2")
+    with pytest.raises(SnncError, match="got a batch of 3"):
+        run_snn(model, x)

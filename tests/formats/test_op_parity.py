@@ -1,0 +1,1190 @@
+"""Operator parity: snncompiler's frontend + runtime against onnxruntime, one model per operator.
+
+Each test builds a small ONNX model with onnx.helper at one or more opsets (the oldest where the
+operator has the tested form, a middle one where the form changed, and 21), runs it with
+onnxruntime and with ``run_graph(load_graph(model), x)`` and requires
+``max|Δ| ≤ 1e-4 · max(1, max|ref|)``. Parameter spaces of the operators with many attributes are
+drawn by hypothesis; examples that onnxruntime itself rejects are discarded, never loosened.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from snncompiler.errors import SnncError
+from snncompiler.formats.onnx import supported_ops
+
+from tests.formats.helpers import OrtRejected, build, check, check_or_skip, init, rand, run_ort, run_snn, single, assert_close
+
+# Derandomized so the default run is reproducible; PARITY_EXPLORE=<n> draws n fresh random examples.
+_EXPLORE = int(os.environ.get("PARITY_EXPLORE", "0"))
+HYP = settings(max_examples=_EXPLORE or 20, deadline=None, derandomize=not _EXPLORE,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def build_or_skip(*args, **kwargs):
+    """build() inside hypothesis: a configuration the ONNX checker/shape inference rejects is discarded."""
+    try:
+        return build(*args, **kwargs)
+    except Exception:
+        assume(False)
+
+
+# =====================================================================================
+# Conv
+# =====================================================================================
+@pytest.mark.parametrize("opset", [9, 11, 21])
+@pytest.mark.parametrize("nd", [1, 2])
+def test_conv_basic(opset, nd):
+    shape = [2, 3] + [9] * nd
+    w = rand([4, 3] + [3] * nd, 1)
+    b = rand([4], 2)
+    m = single("Conv", shape, {"pads": [1] * 2 * nd, "strides": [2] * nd}, [("w", w), ("b", b)], opset)
+    check(m, rand(shape, 3), what=f"Conv {nd}-D opset {opset}")
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("opset", [9, 21])
+def test_conv_auto_pad(auto_pad, opset):
+    shape = [2, 2, 8, 7]
+    w = rand([3, 2, 4, 3], 1)
+    m = single("Conv", shape, {"auto_pad": auto_pad, "strides": [3, 2]}, [("w", w)], opset)
+    check(m, rand(shape, 3), what=f"Conv auto_pad={auto_pad}")
+
+
+_NEG_SAME_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "onnxscript's optimizer (rule NormalizePadFormatConv, run by formats/onnx/reader.py) rewrites Conv "
+    "auto_pad=SAME into explicit pads clamped at 0, while onnxruntime applies the negative SAME padding "
+    "(windows start inside the input) when the stride exceeds the kernel; auto_pad is gone before the "
+    "converter runs. Needs the loader to skip that rule (outside this suite's files)."))
+
+
+@pytest.mark.parametrize("auto_pad,size,k,s", [
+    pytest.param("SAME_UPPER", 12, 1, 4),
+    pytest.param("SAME_UPPER", 6, 3, 6),
+    pytest.param("SAME_LOWER", 12, 2, 6),
+    pytest.param("SAME_LOWER", 5, 1, 5),
+    # negative padding whose windows coincided with the clamped ones while the loader clamped;
+    # onnxruntime's SAME_LOWER split of a negative total is not the truncating split used above
+    pytest.param("SAME_LOWER", 12, 1, 4, marks=pytest.mark.xfail(strict=True, reason="SAME_LOWER negative pad split differs from onnxruntime")),
+    ("SAME_UPPER", 9, 2, 4),   # total padding 1
+    ("SAME_LOWER", 8, 3, 2),   # total padding 1
+])
+def test_conv_same_stride_beyond_kernel(auto_pad, size, k, s):
+    shape = [2, 2, size]
+    m = single("Conv", shape, {"auto_pad": auto_pad, "strides": [s]}, [("w", rand([3, 2, k], 1))], 21)
+    check(m, rand(shape, 3), what=f"Conv {auto_pad} size={size} k={k} s={s}")
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+def test_conv_depthwise(opset):
+    shape = [2, 4, 7, 7]
+    w = rand([8, 1, 3, 3], 1)
+    m = single("Conv", shape, {"group": 4, "pads": [1, 0, 2, 1], "dilations": [2, 1]}, [("w", w), ("b", rand([8], 2))], opset)
+    check(m, rand(shape, 3), what="depthwise Conv")
+
+
+@HYP
+@given(nd=st.sampled_from([1, 2]), groups=st.sampled_from([1, 2, 3]), cin_per=st.integers(1, 2),
+       cout_per=st.integers(1, 2), k=st.integers(1, 4), s=st.integers(1, 4), d=st.integers(1, 2),
+       pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+       size=st.integers(5, 10), bias=st.booleans(), opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
+def test_conv_hypothesis(nd, groups, cin_per, cout_per, k, s, d, pads, auto_pad, size, bias, opset, seed):
+    cin, cout = groups * cin_per, groups * cout_per
+    kernel = [k] + [max(1, k - 1)] * (nd - 1)
+    assume(all((kk - 1) * d + 1 <= size for kk in kernel))
+    shape = [2, cin] + [size, size + 1][:nd]
+    attrs = {"group": groups, "strides": [s] * nd, "dilations": [d] * nd, "kernel_shape": kernel}
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads[:nd] + pads[2:2 + nd]
+    else:
+        attrs["auto_pad"] = auto_pad
+        # Negative SAME padding (stride beyond the kernel) is a known loader bug: test_conv_same_stride_beyond_kernel.
+        assume(all((-(-n // s) - 1) * s + (kk - 1) * d + 1 >= n for n, kk in zip(shape[2:], kernel)))
+    consts = [("w", rand([cout, cin_per] + kernel, seed))] + ([("b", rand([cout], seed + 1))] if bias else [])
+    m = build_or_skip([helper.make_node("Conv", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
+                      [("x", shape)], ["y"], [init(*c) for c in consts], opset)
+    check_or_skip(m, rand(shape, seed + 2), what=f"Conv {attrs}")
+
+
+# =====================================================================================
+# ConvTranspose
+# =====================================================================================
+@pytest.mark.parametrize("opset", [9, 11, 21])
+def test_conv_transpose_basic(opset):
+    shape = [2, 3, 5, 4]
+    m = single("ConvTranspose", shape, {"strides": [2, 2], "pads": [1, 0, 0, 1], "output_padding": [1, 0]},
+               [("w", rand([3, 2, 3, 3], 1)), ("b", rand([2], 2))], opset)
+    check(m, rand(shape, 3), what="ConvTranspose")
+
+
+@pytest.mark.parametrize("opset", [9, 21])
+def test_conv_transpose_output_shape(opset):
+    shape = [2, 2, 4, 5]
+    m = single("ConvTranspose", shape, {"strides": [2, 3], "output_shape": [9, 14]}, [("w", rand([2, 3, 3, 3], 1))], opset)
+    check(m, rand(shape, 3), what="ConvTranspose output_shape")
+
+
+@HYP
+@given(groups=st.sampled_from([1, 2]), cin_per=st.integers(1, 2), cout_per=st.integers(1, 2),
+       k=st.lists(st.integers(1, 4), min_size=2, max_size=2), s=st.lists(st.integers(1, 3), min_size=2, max_size=2),
+       d=st.lists(st.integers(1, 2), min_size=2, max_size=2), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       out_pad=st.lists(st.integers(0, 2), min_size=2, max_size=2), use_output_shape=st.booleans(),
+       extra=st.lists(st.integers(-2, 2), min_size=2, max_size=2), bias=st.booleans(),
+       opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
+def test_conv_transpose_hypothesis(groups, cin_per, cout_per, k, s, d, pads, out_pad, use_output_shape, extra, bias,
+                                   opset, seed):
+    cin, cout = groups * cin_per, groups * cout_per
+    shape = [2, cin, 4, 5]
+    out_pad = [min(p, max(st_, dd) - 1) for p, st_, dd in zip(out_pad, s, d)]  # the spec: output_padding < max(stride, dilation)
+    attrs = {"group": groups, "strides": s, "dilations": d, "kernel_shape": k}
+    if use_output_shape:
+        full = [s[i] * (shape[2 + i] - 1) + out_pad[i] + (k[i] - 1) * d[i] + 1 for i in range(2)]
+        target = [f - max(0, e) for f, e in zip(full, extra)]  # at most the full size: crop only
+        assume(all(t > 0 for t in target))
+        attrs["output_shape"] = target
+        attrs["output_padding"] = out_pad
+    else:
+        attrs["pads"] = pads
+        attrs["output_padding"] = out_pad
+    consts = [("w", rand([cin, cout_per] + k, seed))] + ([("b", rand([cout], seed + 1))] if bias else [])
+    m = build_or_skip([helper.make_node("ConvTranspose", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
+                      [("x", shape)], ["y"], [init(*c) for c in consts], opset)
+    check_or_skip(m, rand(shape, seed + 2), what=f"ConvTranspose {attrs}")
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_conv_transpose_auto_pad(auto_pad):
+    shape = [2, 2, 4, 5]
+    m = single("ConvTranspose", shape, {"strides": [2, 3], "auto_pad": auto_pad}, [("w", rand([2, 3, 4, 3], 1))], 21)
+    check(m, rand(shape, 3), what=f"ConvTranspose auto_pad={auto_pad}")
+
+
+# =====================================================================================
+# Gemm, MatMul
+# =====================================================================================
+@HYP
+@given(trans_a=st.integers(0, 1), trans_b=st.integers(0, 1), alpha=st.sampled_from([1.0, 0.5, -1.25]),
+       beta=st.sampled_from([1.0, 2.0, -0.5]), c_kind=st.sampled_from(["none", "out", "1xout", "scalar", "full", "act"]),
+       b_const=st.booleans(), opset=st.sampled_from([9, 11, 13, 21]), seed=st.integers(0, 99))
+def test_gemm_hypothesis(trans_a, trans_b, alpha, beta, c_kind, b_const, opset, seed):
+    n, k, out = 3, 5, 4
+    a_shape = [k, n] if trans_a else [n, k]
+    b_shape = [out, k] if trans_b else [k, out]
+    inputs, inits, names = [("x", a_shape)], [], ["x"]
+    if b_const:
+        inits.append(init("B", rand(b_shape, seed)))
+    else:
+        inputs.append(("x2", b_shape))
+    names.append("B" if b_const else "x2")
+    c_shape = {"out": [out], "1xout": [1, out], "scalar": [], "full": [n, out], "act": [n, out]}.get(c_kind)
+    if c_kind == "act":
+        inputs.append(("x3", c_shape))
+        names.append("x3")
+    elif c_kind != "none":
+        inits.append(init("C", rand(c_shape, seed + 1)))
+        names.append("C")
+    elif opset < 11:
+        assume(False)  # C is optional only from opset 11
+    node = helper.make_node("Gemm", names, ["y"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta)
+    m = build_or_skip([node], inputs, ["y"], inits, opset)
+    feeds = [rand(s, seed + 2 + i) for i, (_, s) in enumerate(inputs)]
+    check_or_skip(m, *feeds, what=f"Gemm transA={trans_a} transB={trans_b} C={c_kind} B const={b_const}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_matmul_constant(opset, side, rank):
+    shape = [2, 4, 5][-rank:] if rank == 3 else [2, 5]
+    if side == "right":
+        node = helper.make_node("MatMul", ["x", "W"], ["y"])
+        w = rand([5, 3], 1)
+    else:
+        # constant @ x: for rank 2 x is [2, 5] so W is [3, 2]; for rank 3 x is [2, 4, 5] so W is [3, 4]
+        node = helper.make_node("MatMul", ["W", "x"], ["y"])
+        w = rand([3, shape[-2]], 1)
+    m = build([node], [("x", shape)], ["y"], [init("W", w)], opset)
+    check(m, rand(shape, 2), what=f"MatMul constant {side}")
+
+
+def test_matmul_constant_batched_weight():
+    m = build([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", [2, 4, 5])], ["y"], [init("W", rand([2, 5, 3], 1))], 21)
+    check(m, rand([2, 4, 5], 2), what="MatMul with a 3-D constant")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("shapes", [([2, 4], [4, 3]), ([2, 3, 4], [2, 4, 5]), ([2, 3, 4], [4, 5]), ([2, 1, 3, 4], [3, 4, 2])])
+def test_matmul_two_activations(opset, shapes):
+    a, b = shapes
+    m = build([helper.make_node("MatMul", ["x", "x2"], ["y"])], [("x", a), ("x2", b)], ["y"], [], opset)
+    check(m, rand(a, 1), rand(b, 2), what=f"MatMul {a} @ {b}")
+
+
+# =====================================================================================
+# Normalizations
+# =====================================================================================
+@pytest.mark.parametrize("opset", [9, 14, 15, 21])
+@pytest.mark.parametrize("shape", [[2, 3, 4, 5], [2, 3, 6], [2, 3]])
+def test_batch_normalization(opset, shape):
+    c = shape[1]
+    consts = [("s", rand([c], 1)), ("b", rand([c], 2)), ("mean", rand([c], 3)), ("var", rand([c], 4, 0.2, 2.0))]
+    m = single("BatchNormalization", shape, {"epsilon": 1e-3}, consts, opset)
+    check(m, rand(shape, 5), what="BatchNormalization")
+
+
+@pytest.mark.parametrize("opset", [9, 21])
+def test_instance_normalization(opset):
+    shape = [2, 3, 4, 5]
+    m = single("InstanceNormalization", shape, {"epsilon": 1e-4}, [("s", rand([3], 1)), ("b", rand([3], 2))], opset)
+    check(m, rand(shape, 3), what="InstanceNormalization")
+
+
+@pytest.mark.parametrize("opset", [17, 21])
+@pytest.mark.parametrize("axis,shape", [(-1, [2, 3, 6]), (1, [2, 3, 4]), (2, [2, 3, 4, 5]), (-2, [2, 3, 4, 5])])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_normalization(opset, axis, shape, with_bias):
+    norm = shape[axis:]
+    consts = [("s", rand(norm, 1))] + ([("b", rand(norm, 2))] if with_bias else [])
+    m = single("LayerNormalization", shape, {"axis": axis, "epsilon": 1e-5}, consts, opset)
+    check(m, rand(shape, 3), what=f"LayerNormalization axis={axis}")
+
+
+def _lrn_spec(x, size, alpha, beta, bias):
+    """The ONNX LRN formula, written from the operator spec (the oracle where onnxruntime has no kernel)."""
+    x = x.astype(np.float64)
+    c_axis = x.shape[1]
+    square_sum = np.zeros_like(x)
+    for c in range(c_axis):
+        lo = max(0, c - math.floor((size - 1) / 2))
+        hi = min(c_axis - 1, c + math.ceil((size - 1) / 2))
+        square_sum[:, c] = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+    return (x / (bias + alpha / size * square_sum) ** beta).astype(np.float32)
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_lrn(opset, size):
+    shape = [2, 7, 3, 4]
+    m = single("LRN", shape, {"size": size, "alpha": 0.3, "beta": 0.6, "bias": 1.5}, [], opset)
+    x = rand(shape, 1)
+    ref = check(m, x, what=f"LRN size={size}")[0]
+    assert_close(_lrn_spec(x, size, 0.3, 0.6, 1.5), ref, "the spec formula itself vs onnxruntime")
+
+
+@pytest.mark.parametrize("opset", [9, 21])
+@pytest.mark.parametrize("size,shape", [(2, [2, 7, 3, 4]), (4, [2, 7, 3, 4]), (6, [3, 5, 2, 2]), (2, [2, 6, 5]),
+                                        (3, [2, 6, 5]), (4, [2, 5, 2, 3, 2])])
+def test_lrn_even_size_or_not_4d(opset, size, shape):
+    """onnxruntime implements LRN only for odd sizes on 4-D input; elsewhere the spec formula is the oracle."""
+    m = single("LRN", shape, {"size": size, "alpha": 0.3, "beta": 0.6, "bias": 1.5}, [], opset)
+    x = rand(shape, 1)
+    with pytest.raises(OrtRejected):
+        run_ort(m, x)  # if onnxruntime gains these kernels, move the case to test_lrn
+    assert_close(run_snn(m, x)[0], _lrn_spec(x, size, 0.3, 0.6, 1.5), f"LRN size={size} shape={shape}")
+
+
+# =====================================================================================
+# Activations
+# =====================================================================================
+SIMPLE_ACTIVATIONS = [
+    ("Relu", {}, [6, 13, 14, 21]),
+    ("Sigmoid", {}, [6, 13, 21]),
+    ("Tanh", {}, [6, 13, 21]),
+    ("LeakyRelu", {}, [6, 16, 21]),
+    ("LeakyRelu", {"alpha": 0.3}, [9, 21]),
+    ("HardSigmoid", {}, [6, 21]),
+    ("HardSigmoid", {"alpha": 0.4, "beta": 0.3}, [9, 21]),
+    ("HardSwish", {}, [14, 21]),
+    ("Gelu", {}, [20, 21]),
+    ("Gelu", {"approximate": "none"}, [20, 21]),
+    ("Gelu", {"approximate": "tanh"}, [20, 21]),
+]
+
+
+@pytest.mark.parametrize("op,attrs,opset", [(op, a, o) for op, a, opsets in SIMPLE_ACTIVATIONS for o in opsets],
+                         ids=lambda v: str(v))
+def test_activation(op, attrs, opset):
+    shape = [2, 3, 4, 5]
+    m = single(op, shape, attrs, [], max(opset, 9) if op not in ("HardSwish", "Gelu") else opset)
+    check(m, rand(shape, 1, -5, 5), what=f"{op} {attrs}")
+
+
+@pytest.mark.parametrize("opset", [9, 16, 21])
+@pytest.mark.parametrize("slope_shape", [[3, 1, 1], [1], [], [3, 4, 5], [5]])
+def test_prelu(opset, slope_shape):
+    shape = [2, 3, 4, 5]
+    m = single("PRelu", shape, {}, [("slope", rand(slope_shape, 1, -1, 1))], opset)
+    check(m, rand(shape, 2), what=f"PRelu slope {slope_shape}")
+
+
+@pytest.mark.parametrize("attrs", [{"min": -0.5, "max": 1.0}, {"min": 0.0}, {"max": 0.3}, {}, {"min": 0.0, "max": 6.0}])
+def test_clip_attributes(attrs):
+    shape = [2, 3, 4]
+    m = single("Clip", shape, attrs, [], 9)
+    check(m, rand(shape, 1, -3, 8), what=f"Clip opset 9 {attrs}")
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 21])
+@pytest.mark.parametrize("lo,hi", [(-0.5, 1.0), (0.0, None), (None, 0.3), (None, None), (0.0, 6.0), (1.0, -1.0)])
+def test_clip_inputs(opset, lo, hi):
+    shape = [2, 3, 4]
+    consts = [("lo", np.float32(lo)) if lo is not None else ""] + ([("hi", np.float32(hi))] if hi is not None else [])
+    while consts and consts[-1] == "":
+        consts.pop()
+    m = single("Clip", shape, {}, consts, opset)
+    check(m, rand(shape, 1, -3, 8), what=f"Clip opset {opset} min={lo} max={hi}")
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset", [9, 11])
+@pytest.mark.parametrize("shape,axis", [([2, 3, 4, 5], 1), ([2, 3, 4, 5], None), ([2, 3, 4, 5], 2), ([2, 3, 4, 5], -1),
+                                        ([2, 6], 1), ([2, 3, 4], 0), ([2, 3, 4], 2)])
+def test_softmax_coerced_2d(op, opset, shape, axis):
+    """Before opset 13 (Log)Softmax normalises over the input flattened to 2-D at ``axis``."""
+    attrs = {} if axis is None else {"axis": axis}
+    if opset < 11 and axis is not None and axis < 0:
+        pytest.skip("negative axis exists from opset 11")
+    m = single(op, shape, attrs, [], opset)
+    check(m, rand(shape, 1, -4, 4), what=f"{op} opset {opset} axis={axis}")
+
+
+@HYP
+@given(op=st.sampled_from(["Softmax", "LogSoftmax"]), rank=st.integers(2, 4), axis=st.integers(-4, 3),
+       opset=st.sampled_from([13, 17, 21]), seed=st.integers(0, 99))
+def test_softmax_hypothesis(op, rank, axis, opset, seed):
+    assume(-rank <= axis < rank)
+    shape = [2, 3, 4, 5][:rank]
+    m = single(op, shape, {"axis": axis}, [], opset)
+    check(m, rand(shape, seed, -4, 4), what=f"{op} opset {opset} axis={axis}")
+
+
+# =====================================================================================
+# Pooling
+# =====================================================================================
+def _pool_case(draw_k, s, d, pads, nd):
+    kernel = draw_k[:nd]
+    pads = pads[:nd] + pads[2:2 + nd]
+    pads = [min(p, kernel[i % nd] - 1) for i, p in enumerate(pads)]  # ONNX: pads smaller than the kernel
+    return kernel, s[:nd], d[:nd], pads
+
+
+@HYP
+@given(nd=st.sampled_from([1, 2]), k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
+       s=st.lists(st.integers(1, 3), min_size=2, max_size=2), d=st.lists(st.integers(1, 2), min_size=2, max_size=2),
+       pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), ceil_mode=st.integers(0, 1),
+       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+       size=st.integers(5, 9), opset=st.sampled_from([9, 10, 12, 21]), seed=st.integers(0, 99))
+def test_maxpool_hypothesis(nd, k, s, d, pads, ceil_mode, auto_pad, size, opset, seed):
+    kernel, strides, dilations, pads = _pool_case(k, s, d, pads, nd)
+    attrs = {"kernel_shape": kernel, "strides": strides}
+    if opset >= 10:
+        attrs["dilations"] = dilations
+        attrs["ceil_mode"] = ceil_mode
+    else:
+        dilations = [1] * nd
+    assume(all((kk - 1) * dd + 1 <= size for kk, dd in zip(kernel, dilations)))
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads
+    else:
+        attrs["auto_pad"] = auto_pad
+    shape = [2, 3] + [size, size + 2][:nd]
+    m = build_or_skip([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], [("x", shape)], ["y"], [], opset)
+    x = rand(shape, seed)
+    if auto_pad.startswith("SAME") and any(dd > 1 for dd in dilations):
+        # onnxruntime leaves the dilation out of its SAME padding (its output shape then disagrees
+        # with ONNX shape inference); the oracle is the same pooling with the spec's explicit pads.
+        twin = {k_: v for k_, v in attrs.items() if k_ != "auto_pad"}
+        twin["pads"] = _same_pads(shape[2:], kernel, strides, dilations, upper=auto_pad == "SAME_UPPER")
+        ref_model = build_or_skip([helper.make_node("MaxPool", ["x"], ["y"], **twin)], [("x", shape)], ["y"], [], opset)
+        try:
+            ref = run_ort(ref_model, x)[0]
+        except OrtRejected:
+            assume(False)
+        assert_close(run_snn(m, x)[0], ref, f"MaxPool {attrs} vs explicit pads {twin['pads']}")
+        return
+    check_or_skip(m, x, what=f"MaxPool {attrs}")
+
+
+@HYP
+@given(nd=st.sampled_from([1, 2, 3]), k=st.lists(st.integers(1, 4), min_size=3, max_size=3),
+       sizes=st.lists(st.integers(4, 11), min_size=3, max_size=3), opset=st.sampled_from([9, 12, 21]),
+       seed=st.integers(0, 99))
+def test_maxpool_non_overlapping_fast_path(nd, k, sizes, opset, seed):
+    """Non-overlapping pools (stride = kernel, no padding) run as strided elementwise maxima on
+    CPU above a size threshold; forced on here for small inputs, against onnxruntime."""
+    from unittest import mock
+
+    from snncompiler.runtime import ops
+
+    kernel = k[:nd]
+    shape = [2, 3] + sizes[:nd]
+    assume(all(kk <= sz for kk, sz in zip(kernel, shape[2:])))
+    m = build_or_skip([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=kernel, strides=kernel)],
+                      [("x", shape)], ["y"], [], opset)
+    calls = []
+    real = ops._separable_max
+    with mock.patch.object(ops, "_SEPARABLE_MIN_ELEMENTS", 0), \
+            mock.patch.object(ops, "_separable_max", lambda *a: calls.append(1) or real(*a)):
+        check_or_skip(m, rand(shape, seed), what=f"MaxPool kernel=stride={kernel}")
+    assert calls, "the fast path was not taken"
+
+
+def _same_pads(spatial, kernel, strides, dilations, upper):
+    """auto_pad SAME_UPPER/SAME_LOWER as explicit pads, by the formula of the ONNX pooling spec."""
+    begins, ends = [], []
+    for n, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = -(-n // s)
+        total = (out - 1) * s + (k - 1) * d + 1 - n  # negative when the stride exceeds the kernel
+        head = int(total / 2) if upper else int((total + 1) / 2)
+        begins.append(head)
+        ends.append(total - head)
+    return begins + ends
+
+
+@pytest.mark.parametrize("opset", [9, 12, 21])
+@pytest.mark.parametrize("nd", [1, 2])
+def test_maxpool_basic(opset, nd):
+    shape = [2, 3] + [8, 7][:nd]
+    m = single("MaxPool", shape, {"kernel_shape": [3] * nd, "strides": [2] * nd, "pads": [1] * nd + [0] * nd}, [], opset)
+    check(m, rand(shape, 1), what="MaxPool")
+
+
+@HYP
+@given(nd=st.sampled_from([1, 2]), k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
+       s=st.lists(st.integers(1, 3), min_size=2, max_size=2), pads=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+       ceil_mode=st.integers(0, 1), count_include_pad=st.integers(0, 1),
+       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+       size=st.integers(4, 9), opset=st.sampled_from([9, 11, 19, 21]), seed=st.integers(0, 99))
+def test_avgpool_hypothesis(nd, k, s, pads, ceil_mode, count_include_pad, auto_pad, size, opset, seed):
+    kernel, strides, _, pads = _pool_case(k, s, [1, 1], pads, nd)
+    assume(all(kk <= size for kk in kernel))
+    attrs = {"kernel_shape": kernel, "strides": strides, "count_include_pad": count_include_pad}
+    if opset >= 10:
+        attrs["ceil_mode"] = ceil_mode
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads
+    else:
+        attrs["auto_pad"] = auto_pad
+    shape = [2, 3] + [size, size + 1][:nd]
+    m = build_or_skip([helper.make_node("AveragePool", ["x"], ["y"], **attrs)], [("x", shape)], ["y"], [], opset)
+    check_or_skip(m, rand(shape, seed), what=f"AveragePool {attrs}")
+
+
+@pytest.mark.parametrize("opset", [9, 11, 21])
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_avgpool_asymmetric(opset, count_include_pad, ceil_mode):
+    if opset < 10 and ceil_mode:
+        pytest.skip("ceil_mode exists from opset 10")
+    shape = [2, 3, 7, 8]
+    attrs = {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [2, 0, 0, 1], "count_include_pad": count_include_pad}
+    if ceil_mode:
+        attrs["ceil_mode"] = 1
+    m = single("AveragePool", shape, attrs, [], opset)
+    check(m, rand(shape, 1), what=f"AveragePool {attrs}")
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("size,k,s", [(9, 1, 3), (8, 1, 4), (9, 2, 4), (12, 2, 6), (12, 1, 6), (7, 3, 2)])
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_avgpool_same_stride_beyond_kernel(auto_pad, size, k, s, count_include_pad):
+    """SAME with a stride larger than the kernel: the spec's pad formula goes negative (windows skip the edges)."""
+    shape = [2, 3, size, 5]
+    m = single("AveragePool", shape, {"kernel_shape": [k, 1], "strides": [s, 1], "auto_pad": auto_pad,
+                                      "count_include_pad": count_include_pad}, [], 21)
+    check(m, rand(shape, 1), what=f"AveragePool {auto_pad} size={size} k={k} s={s}")
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("opset", [9, 21])
+@pytest.mark.parametrize("shape", [[2, 3, 5], [2, 3, 4, 5], [2, 3, 2, 3, 4]])
+def test_global_pool(op, opset, shape):
+    m = single(op, shape, {}, [], opset)
+    check(m, rand(shape, 1), what=op)
+
+
+# Unary math (the pieces of decomposed GELU / LayerNorm / attention exports): each on data in
+# its domain, at the opset where it first appeared (or 9, the oldest loaded) and at 13/21.
+UNARY_MATH = [("Erf", 0.0, [9, 13, 21]), ("Sqrt", 0.05, [9, 13, 21]), ("Exp", 0.0, [9, 13, 21]),
+              ("Log", 0.05, [9, 13, 21]), ("Abs", 0.0, [9, 13, 21]), ("Reciprocal", 0.25, [9, 13, 21]),
+              ("Neg", 0.0, [9, 13, 21])]
+
+
+@pytest.mark.parametrize("op,low,opset", [(op, lo, o) for op, lo, opsets in UNARY_MATH for o in opsets],
+                         ids=lambda v: str(v))
+def test_unary_math(op, low, opset):
+    shape = [2, 3, 4, 5]
+    x = rand(shape, 1, low, 3.0) if low else rand(shape, 1, -3, 3)
+    check(single(op, shape, {}, [], opset), x, what=f"{op} opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [9, 16, 21])
+def test_where_constant_condition(opset):
+    cond = rand([3, 4], 1) > 0
+    m = build([helper.make_node("Where", ["c", "x", "z"], ["y"])], [("x", [2, 3, 4])], ["y"],
+              [init("c", cond), init("z", rand([4], 2))], opset)
+    check(m, rand([2, 3, 4], 3), what=f"Where constant condition opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+def test_where_and_equal_on_activations(opset):
+    """A mask computed in the graph (Relu(x) == 0) selects between two activations."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
+             helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Where", ["c", "n", "r"], ["y"]),
+             helper.make_node("Equal", ["r", "x"], ["same"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y", ("same", [2, 3, 4], TensorProto.BOOL)], [init("zero", np.float32(0.0))], opset)
+    check(m, rand([2, 3, 4], 4), what=f"Where(Equal) opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("x_shape,target", [([2, 3, 1], [1, 1, 5]), ([2, 1, 4], [3, 1]), ([2, 3], [2, 3]),
+                                            ([2, 1], [1, 4, 1, 6])])
+def test_expand(opset, x_shape, target):
+    m = single("Expand", x_shape, {}, [("s", np.array(target, np.int64))], opset)
+    check(m, rand(x_shape, 5), what=f"Expand {x_shape} to {target}")
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+@pytest.mark.parametrize("start,limit,delta", [(0.0, 2.5, 0.5), (3.0, -2.0, -1.0)])
+def test_range_of_constants(opset, start, limit, delta):
+    n = max(0, math.ceil((limit - start) / delta))
+    nodes = [helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+    inits = [init("a", np.float32(start)), init("b", np.float32(limit)), init("d", np.float32(delta))]
+    check(build(nodes, [("x", [2, n])], ["y"], inits, opset), rand([2, n], 6), what=f"Range({start}, {limit}, {delta})")
+
+
+def test_range_of_an_activation_is_refused():
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+             helper.make_node("Range", ["zero", "m", "one"], ["y"])]
+    m = build(nodes, [("x", [4])], ["y"], [init("zero", np.float32(0.0)), init("one", np.float32(1.0))], 13)
+    with pytest.raises(SnncError, match="Range needs constant start, limit and delta"):
+        run_snn(m, rand([4], 7, 1, 3))
+
+
+# =====================================================================================
+# Elementwise arithmetic
+# =====================================================================================
+BINARY = ["Add", "Sub", "Mul", "Div", "Pow"]
+
+
+def _binary_data(op, shape, seed, operand):
+    """Inputs that keep every op well conditioned: positive bases for Pow, divisors away from 0."""
+    if op == "Pow":
+        return rand(shape, seed, 0.5, 2.0) if operand == 0 else rand(shape, seed, -2.0, 2.0)
+    if op == "Div" and operand == 1:
+        return rand(shape, seed, 0.5, 2.0) * np.where(rand(shape, seed + 50) > 0, 1, -1).astype(np.float32)
+    return rand(shape, seed)
+
+
+@pytest.mark.parametrize("op", BINARY)
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("a_shape,b_shape", [([2, 3, 4], [2, 3, 4]), ([2, 3, 4], [4]), ([2, 1, 4], [2, 3, 1]),
+                                             ([2, 3, 1, 5], [3, 4, 1]), ([2, 3], [2, 1])])
+def test_binary_activations(op, opset, a_shape, b_shape):
+    m = build([helper.make_node(op, ["x", "x2"], ["y"])], [("x", a_shape), ("x2", b_shape)], ["y"], [], opset)
+    check(m, _binary_data(op, a_shape, 1, 0), _binary_data(op, b_shape, 2, 1), what=f"{op} {a_shape} {b_shape}")
+
+
+@pytest.mark.parametrize("op", BINARY)
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("const_first", [False, True])
+@pytest.mark.parametrize("c_shape", [[], [4], [3, 1], [1, 3, 4], [2, 3, 4]])
+def test_binary_constant(op, opset, const_first, c_shape):
+    shape = [2, 3, 4]
+    c = _binary_data(op, c_shape, 1, 0 if const_first else 1)
+    x = _binary_data(op, shape, 2, 1 if const_first else 0)
+    names = ["c", "x"] if const_first else ["x", "c"]
+    m = build([helper.make_node(op, names, ["y"])], [("x", shape)], ["y"], [init("c", c)], opset)
+    check(m, x, what=f"{op} const_first={const_first} {c_shape}")
+
+
+def test_binary_chain_of_activations():
+    """activation ∘ activation: both operands computed in the graph, with broadcasting."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=1),
+             helper.make_node("Mul", ["r", "s"], ["rs"]), helper.make_node("Div", ["rs", "s"], ["d"]),
+             helper.make_node("Sub", ["d", "m"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [], 13)
+    check(m, rand([2, 3, 4], 1), what="chained binary ops")
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean", "Max", "Min"])
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("n_inputs", [1, 2, 3])
+@pytest.mark.parametrize("with_const", [False, True])
+def test_variadic(op, opset, n_inputs, with_const):
+    shapes = [[2, 3, 4], [2, 1, 4], [4]][:n_inputs]
+    inputs = [("x", shapes[0])] + [(f"x{i + 1}", s) for i, s in enumerate(shapes[1:])]
+    names = [n for n, _ in inputs]
+    inits = []
+    if with_const:
+        inits.append(init("c", rand([3, 1], 9)))
+        names.insert(1, "c")
+    m = build([helper.make_node(op, names, ["y"])], inputs, ["y"], inits, opset)
+    check(m, *[rand(s, i) for i, (_, s) in enumerate(inputs)], what=f"{op} of {names}")
+
+
+# =====================================================================================
+# Data movement
+# =====================================================================================
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2])
+def test_concat(opset, axis):
+    if opset < 11 and axis < 0:
+        pytest.skip("negative axis exists from opset 11")
+    shape = [2, 3, 4]
+    c_shape = list(shape)
+    c_shape[axis] = 2
+    x2_shape = list(shape)
+    x2_shape[axis] = 1
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r", "c", "x2", "x"], ["y"], axis=axis)]
+    m = build(nodes, [("x", shape), ("x2", x2_shape)], ["y"], [init("c", rand(c_shape, 5))], opset)
+    check(m, rand(shape, 1), rand(x2_shape, 2), what=f"Concat axis={axis}")
+
+
+@HYP
+@given(rank=st.integers(2, 4), axis=st.integers(-4, 3), form=st.sampled_from(["equal", "sizes", "num_outputs"]),
+       n_out=st.integers(1, 4), opset=st.sampled_from([9, 11, 13, 18, 21]), data=st.data())
+def test_split_hypothesis(rank, axis, form, n_out, opset, data):
+    assume(-rank <= axis < rank)
+    shape = [2, 5, 6, 7][:rank]
+    dim = shape[axis]
+    attrs, consts = {"axis": axis}, []
+    if opset < 11 and axis < 0:
+        assume(False)
+    if form == "sizes":
+        cuts = sorted(data.draw(st.lists(st.integers(0, dim), min_size=n_out - 1, max_size=n_out - 1)))
+        sizes = [b - a for a, b in zip([0] + cuts, cuts + [dim])]
+        if opset >= 13:
+            consts.append(("split", np.array(sizes, np.int64)))
+        else:
+            attrs["split"] = sizes
+    elif form == "num_outputs":
+        assume(opset >= 18)
+        attrs["num_outputs"] = n_out
+    else:
+        assume(dim % n_out == 0 or opset >= 18)
+    outs = [f"y{i}" for i in range(n_out)]
+    names = ["x"] + [c[0] for c in consts]
+    m = build_or_skip([helper.make_node("Split", names, outs, **attrs)], [("x", shape)], outs,
+                      [init(*c) for c in consts], opset)
+    check_or_skip(m, rand(shape, 1), what=f"Split {form} {attrs} {consts}")
+
+
+@pytest.mark.parametrize("opset,form", [(9, "equal"), (11, "attr"), (13, "input"), (18, "num_outputs"), (21, "input"),
+                                        (21, "num_outputs")])
+def test_split_forms(opset, form):
+    shape = [2, 6, 7]
+    attrs, consts, n_out = {"axis": 2 if form == "num_outputs" else 1}, [], 3
+    if form == "attr":
+        attrs["split"] = [1, 2, 3]
+    elif form == "input":
+        consts.append(("split", np.array([1, 2, 3], np.int64)))
+    elif form == "num_outputs":
+        attrs["num_outputs"] = 3  # 7 = 3 + 3 + 1: the last chunk is smaller
+    outs = [f"y{i}" for i in range(n_out)]
+    m = build([helper.make_node("Split", ["x"] + [c[0] for c in consts], outs, **attrs)], [("x", shape)], outs,
+              [init(*c) for c in consts], opset)
+    check(m, rand(shape, 1), what=f"Split {form}")
+
+
+_BOUND = st.one_of(st.integers(-9, 9), st.sampled_from([2 ** 63 - 1, -(2 ** 63), 2 ** 31 - 1, -(2 ** 31)]))
+
+
+@HYP
+@given(n_axes=st.integers(1, 3), data=st.data(), opset=st.sampled_from([9, 10, 13, 21]), seed=st.integers(0, 99))
+def test_slice_hypothesis(n_axes, data, opset, seed):
+    shape = [2, 5, 6, 7]
+    axes = data.draw(st.lists(st.integers(-4, 3), min_size=n_axes, max_size=n_axes, unique_by=lambda a: a % 4))
+    starts = data.draw(st.lists(_BOUND, min_size=n_axes, max_size=n_axes))
+    ends = data.draw(st.lists(_BOUND, min_size=n_axes, max_size=n_axes))
+    steps = data.draw(st.lists(st.sampled_from([1, 1, 2, 3, -1, -2]), min_size=n_axes, max_size=n_axes))
+    with_axes = data.draw(st.booleans())
+    if opset < 10:
+        assume(all(a >= 0 for a in axes))
+        attrs = {"starts": starts, "ends": ends}
+        if with_axes:
+            attrs["axes"] = axes
+        else:
+            assume(n_axes == len(axes))
+        node = helper.make_node("Slice", ["x"], ["y"], **attrs)
+        inits = []
+        what = f"Slice {attrs}"
+    else:
+        if not with_axes:
+            axes = list(range(n_axes))
+        inits = [init("starts", np.array(starts, np.int64)), init("ends", np.array(ends, np.int64)),
+                 init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
+        node = helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])
+        what = f"Slice starts={starts} ends={ends} axes={axes} steps={steps}"
+    m = build_or_skip([node], [("x", shape)], ["y"], inits, opset)
+    x = rand(shape, seed)
+    if opset >= 10 and any(e in _INT_MAX and s_ < 0 for e, s_ in zip(ends, steps)):
+        # The spec clamps end=INT_MAX to dim-1 for a negative step (an empty slice from 0), as ONNX shape
+        # inference does; onnxruntime reads it as "to the start". The oracle is the model with end=dim-1.
+        twin_ends = [shape[a] - 1 if e in _INT_MAX and s_ < 0 else e for e, s_, a in zip(ends, steps, axes)]
+        twin = build_or_skip([node], [("x", shape)], ["y"], [init("ends", np.array(twin_ends, np.int64)) if i.name == "ends"
+                                                             else i for i in inits], opset)
+        try:
+            ref = run_ort(twin, x)[0]
+        except OrtRejected:
+            assume(False)
+        assert_close(run_snn(m, x)[0], ref, f"{what} vs ends={twin_ends}")
+        return
+    check_or_skip(m, x, what=what)
+
+
+_INT_MAX = (2 ** 31 - 1, 2 ** 63 - 1)
+
+
+@pytest.mark.parametrize("opset", [10, 13, 21])
+@pytest.mark.parametrize("starts,ends,axes,steps", [
+    ([-1], [-100], [1], [-1]),           # reverse a whole axis
+    ([-100], [-100], [2], [-1]),         # start before the axis with a negative step
+    ([100], [0], [3], [-2]),             # start past the end with a negative step
+    ([1, -2], [-1, 100], [-1, 1], [2, 1]),
+    ([0], [2 ** 63 - 1], [0], [1]),      # the batch axis, INT64_MAX end
+    ([3], [3], [2], [1]),                # empty
+    ([-1], [-(2 ** 63)], [1], [-1]),     # reverse with INT64_MIN end (what exporters emit for flip)
+])
+def test_slice_edges(opset, starts, ends, axes, steps):
+    shape = [2, 5, 6, 7]
+    inits = [init("starts", np.array(starts, np.int64)), init("ends", np.array(ends, np.int64)),
+             init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
+    m = build([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])], [("x", shape)], ["y"], inits, opset)
+    check(m, rand(shape, 1), what=f"Slice {starts} {ends} {axes} {steps}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("axis", [0, 1, 2, 3, 4, -1, -4])
+def test_flatten(opset, axis):
+    if opset < 11 and axis < 0:
+        pytest.skip("negative axis exists from opset 11")
+    shape = [2, 3, 4, 5]
+    m = single("Flatten", shape, {"axis": axis}, [], opset)
+    check(m, rand(shape, 1), what=f"Flatten axis={axis}")
+
+
+@pytest.mark.parametrize("opset", [9, 14, 21])
+@pytest.mark.parametrize("target", [[0, -1], [2, 0, -1], [0, 0, 5, 4], [-1, 6, 10], [120], [0, 12, 1, 5, 1], [2, 3, 20]])
+def test_reshape(opset, target):
+    shape = [2, 3, 4, 5]
+    m = single("Reshape", shape, {}, [("shape", np.array(target, np.int64))], opset)
+    check(m, rand(shape, 1), what=f"Reshape {target}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("perm", [None, [0, 2, 3, 1], [0, 3, 1, 2], [1, 0, 2, 3], [3, 2, 1, 0]])
+def test_transpose(opset, perm):
+    shape = [2, 3, 4, 5]
+    m = single("Transpose", shape, {} if perm is None else {"perm": perm}, [], opset)
+    check(m, rand(shape, 1), what=f"Transpose {perm}")
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+@pytest.mark.parametrize("shape,axes", [([2, 1, 4, 1], [1]), ([2, 1, 4, 1], [1, 3]), ([2, 1, 4, 1], [-1]),
+                                        ([2, 1, 4, 1], None), ([1, 3, 1], [0, 2])])
+def test_squeeze(opset, shape, axes):
+    if axes is not None and opset < 11 and min(axes) < 0:
+        pytest.skip("negative axes exist from opset 11")
+    if opset >= 13 and axes is not None:
+        m = single("Squeeze", shape, {}, [("axes", np.array(axes, np.int64))], opset)
+    else:
+        m = single("Squeeze", shape, {} if axes is None else {"axes": axes}, [], opset)
+    check(m, rand(shape, 1), what=f"Squeeze {axes}")
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+@pytest.mark.parametrize("shape,axes", [([2, 3], [1]), ([2, 3], [2, 1]), ([2, 3], [-1]), ([2, 3, 4], [0, 4]),
+                                        ([2, 3], [1, -1])])
+def test_unsqueeze(opset, shape, axes):
+    if opset < 11 and min(axes) < 0:
+        pytest.skip("negative axes exist from opset 11")
+    if opset >= 13:
+        m = single("Unsqueeze", shape, {}, [("axes", np.array(axes, np.int64))], opset)
+    else:
+        m = single("Unsqueeze", shape, {"axes": axes}, [], opset)
+    check(m, rand(shape, 1), what=f"Unsqueeze {axes}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+def test_identity(opset):
+    nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
+             helper.make_node("Identity", ["r"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [], opset)
+    check(m, rand([2, 3, 4], 1), what="Identity")
+
+
+def test_identity_graph_output_of_input():
+    m = single("Identity", [2, 3], {}, [], 21)
+    check(m, rand([2, 3], 1), what="Identity of the graph input")
+
+
+@pytest.mark.parametrize("opset,form", [(9, "attr"), (10, "attr"), (12, "input"), (13, "none"), (21, "input")])
+def test_dropout(opset, form):
+    attrs, consts = {}, []
+    if form == "attr":
+        attrs["ratio"] = 0.3
+    elif form == "input":
+        consts.append(("ratio", np.array(0.3, np.float32)))
+    nodes = [helper.make_node("Dropout", ["x"] + [c[0] for c in consts], ["d"], **attrs), helper.make_node("Tanh", ["d"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [init(*c) for c in consts], opset)
+    check(m, rand([2, 3, 4], 1), what=f"Dropout {form}")
+
+
+# =====================================================================================
+# Pad
+# =====================================================================================
+@HYP
+@given(opset=st.sampled_from([9, 11, 13, 18, 19, 21]), pads=st.lists(st.integers(-2, 3), min_size=8, max_size=8),
+       value=st.sampled_from([0.0, 1.5, -2.0]), axes=st.lists(st.integers(-4, 3), min_size=1, max_size=3,
+                                                            unique_by=lambda a: a % 4),
+       data=st.data(), seed=st.integers(0, 99))
+def test_pad_hypothesis(opset, pads, value, axes, data, seed):
+    shape = [2, 3, 4, 5]
+    mode = data.draw(st.sampled_from(["constant", "reflect", "edge"] + (["wrap"] if opset >= 19 else [])))
+    form = data.draw(st.sampled_from(["attrs"] if opset < 11 else ["inputs", "axes"] if opset >= 18 else ["inputs"]))
+    if opset < 11 or mode != "constant":
+        pads = [max(p, 0) for p in pads]  # negative pads (cropping) only with constant mode in newer opsets
+    if form == "axes":
+        pads = pads[:len(axes)] + pads[4:4 + len(axes)]
+        full = [0] * 8
+        for i, a in enumerate(axes):
+            full[a % 4], full[4 + a % 4] = pads[i], pads[len(axes) + i]
+    else:
+        full = pads
+    if mode == "reflect":
+        assume(all(full[i] < shape[i % 4] and full[i] >= 0 for i in range(8)))
+    attrs, inits, names = {"mode": mode}, [], ["x"]
+    if form == "attrs":
+        attrs.update(pads=pads, value=value)
+    else:
+        inits.append(init("pads", np.array(pads, np.int64)))
+        inits.append(init("value", np.array(value, np.float32)))
+        names += ["pads", "value"]
+        if form == "axes":
+            inits.append(init("axes", np.array(axes, np.int64)))
+            names.append("axes")
+    m = build_or_skip([helper.make_node("Pad", names, ["y"], **attrs)], [("x", shape)], ["y"], inits, opset)
+    check_or_skip(m, rand(shape, seed), what=f"Pad {mode} {form} pads={pads} axes={axes}")
+
+
+@pytest.mark.parametrize("opset,mode", [(9, "constant"), (9, "reflect"), (9, "edge"), (11, "constant"), (11, "reflect"),
+                                        (11, "edge"), (18, "constant"), (21, "reflect"), (21, "edge"), (21, "wrap")])
+def test_pad_forms(opset, mode):
+    shape = [2, 3, 4, 5]
+    pads = [0, 1, 2, 3, 0, 2, 1, 0]
+    if opset < 11:
+        m = single("Pad", shape, {"mode": mode, "pads": pads, "value": 0.5}, [], opset)
+    elif opset < 18:
+        m = single("Pad", shape, {"mode": mode}, [("pads", np.array(pads, np.int64)), ("v", np.array(0.5, np.float32))], opset)
+    else:
+        m = single("Pad", shape, {"mode": mode}, [("pads", np.array([1, 2, 3, 2, 1, 0], np.int64)), "",
+                                                  ("axes", np.array([1, -2, 3], np.int64))], opset)
+    check(m, rand(shape, 1), what=f"Pad {mode} opset {opset}")
+
+
+# =====================================================================================
+# Resize / Upsample
+# =====================================================================================
+_SCALES = st.sampled_from([0.5, 0.6, 1.0, 1.5, 1.7, 2.0, 3.0])
+
+
+@HYP
+@given(mode=st.sampled_from(["nearest", "linear"]), opset=st.sampled_from([11, 13, 18, 19, 21]), rank=st.sampled_from([3, 4]),
+       by_sizes=st.booleans(), scales=st.lists(_SCALES, min_size=2, max_size=2),
+       sizes=st.lists(st.integers(1, 10), min_size=2, max_size=2), data=st.data(), seed=st.integers(0, 99))
+def test_resize_hypothesis(mode, opset, rank, by_sizes, scales, sizes, data, seed):
+    ctms = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"] + (["half_pixel_symmetric"] if opset >= 19 else [])
+    ctm = data.draw(st.sampled_from(ctms))
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+    if mode == "nearest":
+        attrs["nearest_mode"] = data.draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))
+    shape = [2, 3, 5, 4][:rank]
+    nsp = rank - 2
+    use_axes = opset >= 18 and data.draw(st.booleans())
+    if use_axes:
+        attrs["axes"] = list(range(2, rank)) if data.draw(st.booleans()) else list(range(-nsp, 0))
+        full_scales, full_sizes = scales[:nsp], sizes[:nsp]
+    else:
+        full_scales, full_sizes = [1.0, 1.0] + scales[:nsp], shape[:2] + sizes[:nsp]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    if by_sizes:
+        no_scales = ("scales", np.zeros(0, np.float32)) if opset < 13 else ""
+        consts = [roi, no_scales, ("sizes", np.array(full_sizes, np.int64))]
+    else:
+        consts = [roi, ("scales", np.array(full_scales, np.float32))]
+    names = ["x"] + [c if isinstance(c, str) else c[0] for c in consts]
+    inits = [init(*c) for c in consts if not isinstance(c, str)]
+    m = build_or_skip([helper.make_node("Resize", names, ["y"], **attrs)], [("x", shape)], ["y"], inits, opset)
+    what = f"Resize {attrs} " + (f"sizes={full_sizes}" if by_sizes else f"scales={full_scales}")
+    check_or_skip(m, rand(shape, seed), what=what)
+
+
+NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+CTMS = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("ctm", CTMS)
+@pytest.mark.parametrize("nearest_mode", NEAREST_MODES)
+def test_resize_nearest_modes(opset, ctm, nearest_mode):
+    shape = [2, 3, 4, 5]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    m = single("Resize", shape, {"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nearest_mode},
+               [roi, ("scales", np.array([1, 1, 2.5, 0.6], np.float32))], opset)
+    check(m, rand(shape, 1), what=f"Resize nearest {ctm} {nearest_mode}")
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("ctm", ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"])
+@pytest.mark.parametrize("by", ["scales", "sizes"])
+def test_resize_linear(opset, ctm, by):
+    shape = [2, 3, 4, 5]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    no_scales = ("scales", np.zeros(0, np.float32)) if opset < 13 else ""
+    consts = [roi, ("scales", np.array([1, 1, 2.0, 1.5], np.float32))] if by == "scales" else \
+        [roi, no_scales, ("sizes", np.array([2, 3, 7, 3], np.int64))]
+    m = single("Resize", shape, {"mode": "linear", "coordinate_transformation_mode": ctm}, consts, opset)
+    check(m, rand(shape, 1), what=f"Resize linear {ctm} by {by}")
+
+
+_OPSET10_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "the loader restores asymmetric coordinates and floor rounding on Resize-10/Upsample lifted by the "
+    "version converter; onnxruntime's Resize-10 kernel still differs for nearest at non-integer scales "
+    "(it rounds up when downsampling)"))
+
+
+@pytest.mark.parametrize("mode,scales", [
+    ("nearest", [1, 1, 2.0, 3.0]),
+    pytest.param("nearest", [1, 1, 1.7, 2.3], marks=_OPSET10_XFAIL),
+    pytest.param("nearest", [1, 1, 0.5, 0.3], marks=_OPSET10_XFAIL),
+    ("linear", [1, 1, 2.0, 3.0]),
+])
+def test_resize_opset10(mode, scales):
+    shape = [2, 3, 4, 10]
+    m = single("Resize", shape, {"mode": mode}, [("scales", np.array(scales, np.float32))], 10)
+    check(m, rand(shape, 1), what=f"Resize opset 10 {mode} {scales}")
+
+
+@pytest.mark.parametrize("mode,scales", [
+    ("nearest", [1, 1, 2, 2]),
+    ("nearest", [1, 1, 3, 1.5]),
+    ("nearest", [1, 1, 1.7, 2.3]),
+    ("linear", [1, 1, 2, 2]),
+    ("linear", [1, 1, 3, 1.5]),
+])
+def test_upsample_opset9(mode, scales):
+    shape = [2, 3, 4, 5]
+    m = single("Upsample", shape, {"mode": mode}, [("scales", np.array(scales, np.float32))], 9)
+    check(m, rand(shape, 1), what=f"Upsample {mode} {scales}")
+
+
+def test_upsample_opset7_attr():
+    shape = [2, 3, 4, 5]
+    m = single("Upsample", shape, {"mode": "nearest", "scales": [1.0, 1.0, 2.0, 3.0]}, [], 7)
+    check(m, rand(shape, 1), what="Upsample opset 7")
+
+
+# =====================================================================================
+# Constants and shape arithmetic
+# =====================================================================================
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("attr", ["value", "value_float", "value_floats"])
+def test_constant(opset, attr):
+    if attr != "value" and opset < 12:
+        pytest.skip("value_float(s) exist from opset 12")
+    value = {"value": helper.make_tensor("t", TensorProto.FLOAT, [3, 1], [0.5, -1.0, 2.0]), "value_float": 1.5,
+             "value_floats": [0.5, -1.0, 2.0, 3.0]}[attr]
+    nodes = [helper.make_node("Constant", [], ["c"], **{attr: value}), helper.make_node("Add", ["x", "c"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [], opset)
+    check(m, rand([2, 3, 4], 1), what=f"Constant {attr}")
+
+
+def test_constant_graph_output():
+    """A graph output that is a constant (after folding) still comes back from run_graph."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"]),
+             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.FLOAT, [2], [1.0, 2.0]))]
+    m = build(nodes, [("x", [2, 3])], ["y", "c"], [], 13)
+    check(m, rand([2, 3], 1), what="constant graph output")
+
+
+@pytest.mark.parametrize("opset", [9, 20, 21])
+def test_constant_of_shape(opset):
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])),
+             helper.make_node("Mul", ["x", "c"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4])], ["y"], [init("shape", np.array([3, 4], np.int64))], opset)
+    check(m, rand([2, 3, 4], 1), what="ConstantOfShape")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+def test_shape_gather_cast_reshape(opset):
+    """The classic exporter pattern: Reshape(x, Concat(Gather(Shape(x), 0), -1)) with Casts in the chain."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+        helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["nf"], ["ni"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["ni"], ["nu"], axes=[0]) if opset < 13 else
+        helper.make_node("Unsqueeze", ["ni", "ax0"], ["nu"]),
+        helper.make_node("Concat", ["nu", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+    inits = [init("i0", np.array(0, np.int64)), init("minus1", np.array([-1], np.int64)), init("ax0", np.array([0], np.int64))]
+    m = build(nodes, [("x", [2, 3, 4, 5])], [("y", [2, 60])], inits, opset)
+    check(m, rand([2, 3, 4, 5], 1), what="Shape/Gather/Cast → Reshape")
+
+
+@pytest.mark.parametrize("opset", [15, 21])
+def test_shape_start_end(opset):
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=1, end=-1),
+             helper.make_node("Concat", ["first", "s"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    m = build(nodes, [("x", [2, 3, 4, 5])], ["y"], [init("first", np.array([-1], np.int64))], opset)
+    check(m, rand([2, 3, 4, 5], 1), what="Shape start/end")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("axis,indices", [(1, [2, 0]), (2, 1), (-1, [[0, 1], [3, -1]]), (0, [1])])
+def test_gather_activation(opset, axis, indices):
+    if opset < 11 and (axis < 0 or np.min(indices) < 0):
+        pytest.skip("negative axis/indices exist from opset 11")
+    m = single("Gather", [2, 3, 4], {"axis": axis}, [("idx", np.array(indices, np.int64))], opset)
+    check(m, rand([2, 3, 4], 1), what=f"Gather axis={axis} {indices}")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+def test_cast_activation(opset):
+    nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE), helper.make_node("Cast", ["d"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["f"], ["y"], to=TensorProto.FLOAT)]
+    m = build(nodes, [("x", [2, 3])], ["y"], [], opset)
+    check(m, rand([2, 3], 1), what="Cast")
+
+
+@pytest.mark.parametrize("opset", [15, 21])
+def test_cast_like(opset):
+    """CastLike to a constant's integer type and back to x's (every element type: test_fidelity.py)."""
+    nodes = [helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])]
+    m = build(nodes, [("x", [2, 3])], ["y"], [init("l", np.zeros([1], np.int32))], opset)
+    check(m, rand([2, 3], 1, -5, 5), what="CastLike")
+
+
+@pytest.mark.parametrize("opset", [9, 13, 17, 18, 21])
+@pytest.mark.parametrize("axes", [None, [1], [2, 3], [-1], [0, 2]])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_mean(opset, axes, keepdims):
+    if opset < 11 and axes is not None and min(axes) < 0:
+        pytest.skip("negative axes exist from opset 11")
+    shape = [2, 3, 4, 5]
+    if axes is None:
+        m = single("ReduceMean", shape, {"keepdims": keepdims}, [], opset)
+    elif opset < 18:
+        m = single("ReduceMean", shape, {"axes": axes, "keepdims": keepdims}, [], opset)
+    else:
+        m = single("ReduceMean", shape, {"keepdims": keepdims}, [("axes", np.array(axes, np.int64))], opset)
+    check(m, rand(shape, 1), what=f"ReduceMean axes={axes} keepdims={keepdims}")
+
+
+@pytest.mark.parametrize("noop", [0, 1])
+def test_reduce_mean_empty_axes(noop):
+    m = single("ReduceMean", [2, 3, 4], {"keepdims": 1, "noop_with_empty_axes": noop}, [("axes", np.zeros(0, np.int64))], 18)
+    check(m, rand([2, 3, 4], 1), what=f"ReduceMean empty axes noop={noop}")
+
+
+# =====================================================================================
+# Batch polymorphism: a model declared with a symbolic batch runs at any batch size
+# =====================================================================================
+def _poly(nodes, x_rest, inits, opset=21):
+    return build(nodes, [("x", ["N"] + list(x_rest))], ["y"], inits, opset)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 5])
+@pytest.mark.parametrize("case", ["reshape", "flatten", "conv", "gemm", "shape_reshape", "softmax_old", "matmul", "pool_bn"])
+def test_batch_polymorphism(case, batch):
+    if case == "reshape":
+        m = _poly([helper.make_node("Reshape", ["x", "s"], ["y"])], [3, 4, 5], [init("s", np.array([0, -1, 5], np.int64))])
+        shape = [batch, 3, 4, 5]
+    elif case == "flatten":
+        m = _poly([helper.make_node("Flatten", ["x"], ["y"], axis=1)], [3, 4, 5], [])
+        shape = [batch, 3, 4, 5]
+    elif case == "conv":
+        m = _poly([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], [2, 5, 5],
+                  [init("w", rand([4, 2, 3, 3], 1)), init("b", rand([4], 2))])
+        shape = [batch, 2, 5, 5]
+    elif case == "gemm":
+        m = _poly([helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)], [6],
+                  [init("w", rand([4, 6], 1)), init("c", rand([1, 4], 2))])
+        shape = [batch, 6]
+    elif case == "shape_reshape":
+        nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+                 helper.make_node("Unsqueeze", ["n", "ax0"], ["nu"]),
+                 helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0), helper.make_node("Reshape", ["x", "t"], ["y"])]
+        m = _poly(nodes, [3, 4], [init("i0", np.array(0, np.int64)), init("ax0", np.array([0], np.int64)),
+                                  init("m1", np.array([-1], np.int64))])
+        shape = [batch, 3, 4]
+    elif case == "softmax_old":
+        m = _poly([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [3, 4, 5], [], 11)
+        shape = [batch, 3, 4, 5]
+    elif case == "matmul":
+        m = _poly([helper.make_node("MatMul", ["x", "w"], ["y"])], [3, 4], [init("w", rand([4, 2], 1))])
+        shape = [batch, 3, 4]
+    else:
+        c = 3
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn"]),
+                 helper.make_node("MaxPool", ["bn"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+                 helper.make_node("GlobalAveragePool", ["p"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
+        m = _poly(nodes, [c, 6, 6], [init("s", rand([c], 1)), init("b", rand([c], 2)), init("m", rand([c], 3)),
+                                     init("v", rand([c], 4, 0.5, 2))])
+        shape = [batch, c, 6, 6]
+    check(m, rand(shape, 7), what=f"{case} at batch {batch}")
+
+
+def test_batch_polymorphism_static_declared():
+    """A model declared with batch 2 also runs at batch 3 (the runtime keeps axis 0 free)."""
+    m = single("Conv", [2, 2, 5, 5], {"pads": [1, 1, 1, 1]}, [("w", rand([4, 2, 3, 3], 1))], 13)
+    x = rand([3, 2, 5, 5], 2)
+    got = run_snn(m, x)[0]
+    ref = np.concatenate([run_ort(m, x[:2])[0], run_ort(m, np.concatenate([x[2:], x[2:]]))[0][:1]])
+    assert_close(got, ref, "Conv declared at batch 2, run at batch 3")
+
+
+# =====================================================================================
+# Coverage: every converter has a parity test
+# =====================================================================================
+#: Operators with a parity test above. Adding a converter without a test fails test_every_supported_op_is_tested.
+TESTED_OP_TYPES = {
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+    "ConvTranspose", "Div", "Dropout", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
+    "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LayerNormalization", "LeakyRelu",
+    "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "PRelu", "Pad", "Pow", "ReduceMean", "Relu",
+    "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Sum", "Tanh",
+    "Transpose", "Unsqueeze", "Upsample",
+    "CastLike", "Erf", "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Neg", "Where", "Equal", "Expand", "Range",
+}
+
+
+def test_every_supported_op_is_tested():
+    # Custom-domain ops (``snncompiler::Neuron`` …) are nodes of compiled artifacts, which
+    # onnxruntime cannot run; their own test suites cover them. Every ai.onnx op needs a parity test.
+    missing = sorted(op for op in supported_ops() if "::" not in op and op not in TESTED_OP_TYPES)
+    assert not missing, f"converters without a parity test: {missing} (add a test and list the op in TESTED_OP_TYPES)"
+
+
+def test_tested_op_list_is_honest():
+    """Each listed op is also named elsewhere in this module (where a test builds a node of it)."""
+    counts: dict[str, int] = {}
+    for node in ast.walk(ast.parse(Path(__file__).read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            counts[node.value] = counts.get(node.value, 0) + 1
+    unused = sorted(op for op in TESTED_OP_TYPES if counts.get(op, 0) < 2)
+    assert not unused, f"listed as tested but no test builds them: {unused}"
