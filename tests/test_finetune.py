@@ -34,6 +34,21 @@ def test_trainable_module_computes_what_the_runtime_runs(converted, maxpool, tmp
     torch.testing.assert_close(ours, runtime, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("options", [dict(calibration="advanced", iterations=5), dict(reset="hard")],
+                         ids=["potential-offsets", "hard-reset-gain"])
+def test_trainable_module_keeps_calibration_offsets_and_gains(converted, options):
+    """A model whose neurons carry potential calibration's v_init or hard reset's input gain trains
+    in the form it runs: the module's forward equals the runtime's."""
+    _, train, _, path = converted
+    model = snnc.compile(str(path), train.x[:64], timesteps=4, quiet=True, **options)
+    key = "v_init" if "calibration" in options else "gain"
+    assert any(key in n.params for n in model.graph.find("neuron")), f"the compile left no {key} to test"
+    x = torch.from_numpy(train.x[:32])
+    with torch.no_grad():
+        ours = run_steps(GraphNet(model.graph.copy()), x, 4)
+    torch.testing.assert_close(ours, model.runner(backend="reference").run_steps(x, 4), atol=1e-4, rtol=1e-4)
+
+
 def test_trainable_module_on_residual_lif_per_channel(tmp_path):
     torch.manual_seed(0)
     path = export_onnx(Residual(), (1, 8, 8), tmp_path / "r.onnx")

@@ -10,9 +10,10 @@ result is written back into a copy of the IR: the same artifact format, the same
 
 Max pooling trains in the form it runs: ``rate`` (the default) as the increments of the
 window's largest running input sum, whose gradient reaches the inputs of the leading window
-member; ``output`` and ``input`` as the plain per-step max. Not supported, each a one-line
-error: ``gated`` max pooling, analog islands (their runtime form reads rate-decoded inputs),
-potential-calibration offsets (``v_init``), rate-encoded inputs.
+member; ``output`` and ``input`` as the plain per-step max. Potential calibration's offsets
+(``v_init``) and hard reset's input gains stay fixed and act as they do at run time. Not
+supported, each a one-line error: ``gated`` max pooling, analog islands (their runtime form
+reads rate-decoded inputs), rate-encoded inputs.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ..ir.neuron import NeuronSpec
 from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
 from ..ir.ops import conversion_kind
 from ..runtime.executor import Executor
-from ..runtime.ops import IMPLEMENTATIONS
+from ..runtime.ops import IMPLEMENTATIONS, channel_view
 from .neuron import LIF
 
 TRAINABLE = ("weight", "bias")
@@ -61,10 +62,6 @@ class GraphNet(nn.Module):
         islands = [n.name for n in graph.nodes if conversion_kind(n) == "analog"]
         if islands:
             raise SnncError(f"finetune: analog islands ({', '.join(islands)}) have no trainable spiking form")
-        offsets = [n.name for n in graph.find("neuron") if "v_init" in n.params]
-        if offsets:
-            raise SnncError(f"finetune: neurons {', '.join(offsets)} carry potential-calibration offsets (v_init); "
-                            "fine-tune a model compiled with --calibration none or light")
         gated = [n.name for n in graph.find("maxpool") if n.attrs.get("spiking") == "gated"]
         if gated:
             raise SnncError(f"finetune: gated max pooling ({', '.join(gated)}) has no gradient; compile with "
@@ -89,7 +86,7 @@ class GraphNet(nn.Module):
                                                  theta=theta.reshape(-1) if theta.numel() > 1 else float(theta),
                                                  learn_theta=learn_theta, reset=spec.reset,
                                                  v0=spec.v0, surrogate="triangle",
-                                                 alpha=float(theta.mean()))
+                                                 alpha=float(theta.mean()), v_init=node.params.get("v_init"))
                 continue
             holder = nn.Module()
             for key, value in node.params.items():
@@ -114,7 +111,11 @@ class GraphNet(nn.Module):
     def _trainable_node(self, node, ins):
         """The interpreter's override: every node runs on this module's parameters and neurons."""
         if node.op == "neuron":
-            return (self.lifs[_key(node.name)](ins[0]),)
+            x, gain = ins[0], node.params.get("gain")
+            if gain is not None:  # hard-reset compensation, as the runtime applies it (fires at θ/g)
+                gain = gain.to(x.device)
+                x = x * (channel_view(gain, x[0]) if gain.numel() > 1 else gain.reshape(()))
+            return (self.lifs[_key(node.name)](x),)
         if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             return (self._rate_maxpool(node, ins[0]),)
         # "output" and "input" max pooling: the plain op, one step at a time

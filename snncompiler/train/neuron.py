@@ -44,11 +44,14 @@ class LIF(nn.Module):
             the surrogate's default, 1.0 for the triangle).
         detach_reset: do not backpropagate through the spike in the reset.
         backend: kernel backend of :func:`~snncompiler.kernels.neuron_multistep`.
+        v_init: a fixed offset added to the initial membrane, one value per neuron of a sample
+            (potential calibration's, kept when a calibrated model is fine-tuned).
     """
 
     def __init__(self, *, neuron: str = "lif", tau: float = DEFAULT_LIF_TAU, theta: float | torch.Tensor = 1.0,
                  learn_theta: bool = False, reset: str = "hard", v0: str = "zero", surrogate: str = "triangle",
-                 alpha: float | None = 1.0, detach_reset: bool = False, backend: str = "auto"):
+                 alpha: float | None = 1.0, detach_reset: bool = False, backend: str = "auto",
+                 v_init: torch.Tensor | None = None):
         super().__init__()
         self.spec = NeuronSpec.from_attrs({"neuron": neuron, "tau": tau if neuron == "lif" else IF_TAU, "reset": reset,
                                            "v0": v0})
@@ -66,6 +69,10 @@ class LIF(nn.Module):
             self.register_buffer("theta", theta)
         else:
             self.theta = float(theta)  # a float is passed as it is: the op caches scalar tensors
+        if v_init is None:
+            self.v_init = None
+        else:
+            self.register_buffer("v_init", v_init.detach().to(torch.float32).clone())
         self.surrogate, self.alpha = surrogate, resolve(surrogate, alpha)[1]
         self.detach_reset, self.backend = bool(detach_reset), backend
         self.timesteps: int | None = None  # set by run_steps for each forward pass
@@ -89,7 +96,10 @@ class LIF(nn.Module):
                                 f"{x.shape[1] if x.dim() > 1 else 'no'} channels (axis 1)")
             theta = channel_view(theta, seq[0])
         counting = not torch.is_grad_enabled()  # the C++ kernel counts for free; training skips it
-        result = neuron_multistep(seq, self.spec.initial_potential(theta), theta,
+        v0 = self.spec.initial_potential(theta)
+        if self.v_init is not None:  # as the runtime adds it: broadcast onto every sample
+            v0 = v0 + self.v_init
+        result = neuron_multistep(seq, v0, theta,
                                   decay=self.spec.decay, reset=self.spec.reset,
                                   surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
                                   backend=self.backend, return_count=counting)
