@@ -31,8 +31,16 @@ def load(path, *, device: str = "cpu", dt: float | None = None):
     return _load(path, device=device, dt=dt)
 
 
-def compile(model, calib_data, **options):  # noqa: A001 - the public name
-    """Compile an ANN into a spiking model (see :func:`snncompiler.compiler.compile`)."""
+def compile(model, calib_data, *, finetune: int | None = None, **options):  # noqa: A001 - the public name
+    """Compile an ANN into a spiking model (see :func:`snncompiler.compiler.compile`).
+
+    With ``finetune=EPOCHS`` (labelled ``calib_data``) conversion, calibration and fine-tuning
+    run at ``timesteps`` as one pipeline, each stage kept only if it raises held-out accuracy
+    (see :mod:`snncompiler.train.pipeline`)."""
+    if finetune is not None:
+        from .train.pipeline import compile_and_finetune
+
+        return compile_and_finetune(model, calib_data, finetune=finetune, **options)
     from .compiler import compile as _compile
 
     return _compile(model, calib_data, **options)

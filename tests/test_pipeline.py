@@ -1,0 +1,80 @@
+"""The one route to few timesteps (`snnc compile --finetune`, `snnc.compile(..., finetune=E)`):
+every stage is judged on held-out data, the returned model is the last kept stage, options are
+checked before any work, and the CLI reports the stages."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import snncompiler as snnc
+from snncompiler.analysis.metrics import accuracy
+from snncompiler.data import Dataset, save_npz
+from snncompiler.errors import OptionError
+from snncompiler.model import first_output
+from snncompiler.train import pipeline
+
+
+def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn):
+    path, train, test = small_digits_cnn
+    data = Dataset(train.x[:400], train.y[:400])
+    model = snnc.compile(str(path), data, timesteps=2, calibration="light", finetune=2, seed=0)
+    report = model.report["pipeline"]
+    stages = report["stages"]
+    assert [s["stage"] for s in stages] == ["conversion", "calibration (light)", "finetune"]
+    assert report["heldout_samples"] == 80 and report["fit_samples"] == 320 and report["timesteps"] == 2
+    # the returned model scores, on the held-out split, what the last kept stage reported
+    _, judge = pipeline._split(data, pipeline.PIPELINE_HOLDOUT, 0)
+    final = accuracy(first_output(model.run(judge.x, 2)), judge.y)
+    kept = [s for s in stages if s["kept"]]
+    assert final == pytest.approx(kept[-1]["heldout_accuracy"])
+    # a stage is kept only if it beat the best before it
+    best = stages[0]["heldout_accuracy"]
+    for stage in stages[1:]:
+        assert stage["kept"] == (stage["heldout_accuracy"] > best)
+        best = max(best, stage["heldout_accuracy"]) if stage["kept"] else best
+    assert model.options["timesteps"] == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(finetune=0), "^finetune: must be a number of epochs"),
+    (dict(finetune=2, threshold="p200"), "^threshold: "),
+    (dict(finetune=2, encoding="rate"), "^finetune: rate-encoded"),
+])
+def test_pipeline_options_are_checked_before_any_work(small_digits_cnn, monkeypatch, bad, match):
+    path, train, _ = small_digits_cnn
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pipeline started before its options were checked")
+
+    monkeypatch.setattr(pipeline, "convert", never)
+    with pytest.raises(snnc.SnncError, match=match):
+        snnc.compile(str(path), Dataset(train.x[:50], train.y[:50]), **bad)
+
+
+def test_pipeline_needs_labels(small_digits_cnn):
+    path, train, _ = small_digits_cnn
+    with pytest.raises(OptionError, match="labelled calibration data"):
+        snnc.compile(str(path), Dataset(train.x[:50]), finetune=1)
+
+
+def test_cli_compile_finetune_reports_each_stage(small_digits_cnn, tmp_path):
+    path, train, test = small_digits_cnn
+    calib = save_npz(tmp_path / "calib.npz", train.x[:200], train.y[:200])
+    out = tmp_path / "m.snn.onnx"
+    done = subprocess.run([sys.executable, "-m", "snncompiler.cli", "compile", str(path), "--calib", str(calib),
+                           "-o", str(out), "--timesteps", "2", "--finetune", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pipeline at T=2 (held-out accuracy on 40 labelled" in done.stdout
+    assert "conversion" in done.stdout and "finetune" in done.stdout
+    reloaded = snnc.load(str(out))
+    assert [s["stage"] for s in reloaded.report["pipeline"]["stages"]] == ["conversion", "finetune"]
+    unlabelled = save_npz(tmp_path / "x.npz", train.x[:50])
+    done = subprocess.run([sys.executable, "-m", "snncompiler.cli", "compile", str(path), "--calib", str(unlabelled),
+                           "-o", str(tmp_path / "n.snn.onnx"), "--finetune", "1"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "--finetune: needs labelled calibration data" in done.stderr
+    assert not (tmp_path / "n.snn.onnx").exists()
+    np.testing.assert_array_equal(reloaded.graph.inputs[0].shape[1:], (1, 8, 8))
