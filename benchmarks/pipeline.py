@@ -1,0 +1,80 @@
+"""The one route to few timesteps (`snnc compile --finetune`): conversion → calibration →
+fine-tuning at T, each stage kept only if it raises held-out accuracy, against the ANN.
+
+    python -m benchmarks.pipeline                 # digits CNN at T=2, digits ResNet at T=4
+    python -m benchmarks.pipeline --quick         # smoke run (2 epochs)
+
+Each workload's ANN is trained on the digits train split (examples/workloads.py), exported to
+ONNX and compiled with ``snnc.compile(path, (x_train, y_train), timesteps=T,
+calibration=..., finetune=EPOCHS)``: the pipeline fits on 80 % of the training split and judges
+every stage on the other 20 %. Reported: each stage's held-out accuracy and whether it was
+kept, and the final model's accuracy at T on the test split, which no stage saw, beside the
+ANN's. The issue's floor (#19): within 1 point of the ANN. Writes benchmarks/results/pipeline.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import snncompiler as snnc
+from examples.workloads import BENCH_WORKLOADS, evaluate, export_onnx
+from snncompiler.fileio import write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CASES = (("digits_cnn", 2), ("digits_resnet", 4))
+
+
+def run(name: str, steps: int, epochs: int, calibration: str, lr: float | None) -> dict:
+    """Train one workload's ANN, run the pipeline at ``steps`` and score it on the test split."""
+    work = BENCH_WORKLOADS[name]()
+    ann = evaluate(work.model, work.test)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(work.model, work.input_shape, Path(tmp) / f"{name}.onnx")
+        t0 = time.perf_counter()
+        model = snnc.compile(str(path), (work.train.x, work.train.y), timesteps=steps, calibration=calibration,
+                             finetune=epochs, seed=0, **({"lr": lr} if lr is not None else {}))
+        seconds = time.perf_counter() - t0
+    test = model.evaluate(work.test.x, work.test.y, [steps])["snn_accuracy"][str(steps)]
+    return {"workload": name, "timesteps": steps, "calibration": calibration, "epochs": epochs,
+            "ann_test_accuracy": ann, "snn_test_accuracy": test, "gap_points": 100 * (ann - test),
+            "within_1_point": bool(100 * (ann - test) <= 1.0), "pipeline": model.report["pipeline"],
+            "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    """Run every case, print a table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 epochs of fine-tuning (smoke run)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--calibration", default="advanced", choices=["none", "light", "advanced"])
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: finetune's)")
+    parser.add_argument("--only", choices=[name for name, _ in CASES], help="one workload")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    epochs = 2 if args.quick else args.epochs
+    rows = [run(name, steps, epochs, args.calibration, args.lr) for name, steps in CASES
+            if args.only in (None, name)]
+    print(f"{'workload':<15}{'T':>3}  {'ANN':>7}  {'stages (held-out %, kept)':<62}{'SNN test':>9}  {'gap':>6}")
+    for r in rows:
+        stages = ", ".join(f"{s['stage']} {100 * s['heldout_accuracy']:.1f}{'' if s['kept'] else ' (dropped)'}"
+                           for s in r["pipeline"]["stages"])
+        print(f"{r['workload']:<15}{r['timesteps']:>3}  {100 * r['ann_test_accuracy']:6.2f}%  {stages:<62}"
+              f"{100 * r['snn_test_accuracy']:8.2f}%  {r['gap_points']:5.2f}")
+    result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "threads": args.threads, "quick": args.quick, "rows": rows,
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not args.quick and args.only is None:
+        write_text(args.out, json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
