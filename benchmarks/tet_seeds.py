@@ -26,6 +26,12 @@ output after each prefix of one T = 32 run, BN in eval mode) on the test split a
 T ∈ {1, 2, 4, 6, 8, 16, 32}: at the T it was trained at, and at larger T (TET's
 temporal-scalability claim). Tables: mean ± standard deviation over the seeds; per-seed values
 in the JSON. Writes benchmarks/results/tet_seeds.json.
+
+Cost on the 2-core x86-64 VM (one torch thread; shared with other jobs): MNIST 13 min, digits
+8 min, shapes 29 min. The published JSON came from ``--datasets mnist,digits`` and
+``--datasets shapes`` run side by side, merged (``--merge`` adds datasets to an existing
+``--out``). The shapes network, its 4,000 training images and 6 epochs, and MNIST's 6 epochs are
+the cuts that made the grid fit; the seeds were not cut. ``--quick``: about 30 s.
 """
 from __future__ import annotations
 
