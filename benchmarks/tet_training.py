@@ -17,7 +17,8 @@ the neuron on the C++ kernel, on the PyTorch reference loop, and as SpikingJelly
 (multi-step, same decay / threshold / hard reset / triangle surrogate):
 interleaved rounds, medians.
 
-Writes benchmarks/results/tet_training.json.
+Writes benchmarks/results/tet_training.json. TET against SDT over 3 seeds, at T_train 1-6, on
+MNIST, digits and shapes: ``benchmarks/tet_seeds.py``.
 """
 from __future__ import annotations
 
