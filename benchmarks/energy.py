@@ -12,7 +12,7 @@ added to the TET loss, r the batch's firing rate), on the whole train split, wit
 ``keep_if_better=False`` (the result is kept whatever its accuracy, so that every λ gives a
 point). Every model (the converted one as "conversion", and each fine-tuned one) is scored on the
 test split (539 samples, seen by no step) at every evaluation T, and its synaptic operations
-and energy are measured there at that T (``snncompiler.metrics.synaptic_operations``: float32
+and energy are measured there at that T (``snncompiler.analysis.metrics.synaptic_operations``: float32
 MAC 4.6 pJ, AC 0.9 pJ, as ``snnc eval --sops``), as a fraction of the ANN's.
 
 The defaults (T_train 4 and 6; λ 0, 20, 50, 100; 10 epochs at lr 1e-3, ``snnc finetune``'s
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 import snncompiler as snnc
-from snncompiler.metrics import ENERGY_MODEL
+from snncompiler.analysis.metrics import ENERGY_MODEL
 from snncompiler.train import finetune
-from snncompiler.workloads import BENCH_WORKLOADS, evaluate as ann_accuracy, export_onnx
+from examples.workloads import BENCH_WORKLOADS, evaluate as ann_accuracy, export_onnx
 
 from .kernels import write_result
 

