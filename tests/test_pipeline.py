@@ -30,11 +30,12 @@ def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn
     final = accuracy(first_output(model.run(judge.x, 2)), judge.y)
     kept = [s for s in stages if s["kept"]]
     assert final == pytest.approx(kept[-1]["heldout_accuracy"])
-    # a stage is kept only if it beat the best before it
-    best = stages[0]["heldout_accuracy"]
+    # a stage is kept only if it beat the best before it: accuracy first, then the loss
+    best = stages[0]
     for stage in stages[1:]:
-        assert stage["kept"] == (stage["heldout_accuracy"] > best)
-        best = max(best, stage["heldout_accuracy"]) if stage["kept"] else best
+        key = (stage["heldout_accuracy"], -stage["heldout_loss"])
+        assert stage["kept"] == (key > (best["heldout_accuracy"], -best["heldout_loss"]))
+        best = stage if stage["kept"] else best
     assert model.options["timesteps"] == 2
 
 
@@ -67,7 +68,7 @@ def test_cli_compile_finetune_reports_each_stage(small_digits_cnn, tmp_path):
     done = subprocess.run([sys.executable, "-m", "snncompiler.cli", "compile", str(path), "--calib", str(calib),
                            "-o", str(out), "--timesteps", "2", "--finetune", "1"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "pipeline at T=2 (held-out accuracy on 40 labelled" in done.stdout
+    assert "pipeline at T=2 (held-out accuracy and cross-entropy on 40 labelled" in done.stdout
     assert "conversion" in done.stdout and "finetune" in done.stdout
     reloaded = snnc.load(str(out))
     assert [s["stage"] for s in reloaded.report["pipeline"]["stages"]] == ["conversion", "finetune"]

@@ -507,10 +507,10 @@ def cmd_compile(args) -> int:
     print(f"spiking: {share_line(model.report['spiking'])}")
     pipeline = model.report.get("pipeline")
     if pipeline:
-        print(f"pipeline at T={pipeline['timesteps']} (held-out accuracy on {pipeline['heldout_samples']} "
-              f"labelled --calib samples no stage fitted):")
+        print(f"pipeline at T={pipeline['timesteps']} (held-out accuracy and cross-entropy on "
+              f"{pipeline['heldout_samples']} labelled --calib samples no stage fitted):")
         for stage in pipeline["stages"]:
-            print(f"  {stage['stage']:<24} {100 * stage['heldout_accuracy']:6.2f} %  "
+            print(f"  {stage['stage']:<24} {100 * stage['heldout_accuracy']:6.2f} %  loss {stage['heldout_loss']:.4f}  "
                   f"{'kept' if stage['kept'] else 'dropped'}")
     return 0
 
