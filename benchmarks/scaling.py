@@ -1,12 +1,13 @@
 """Wall time at 1 and 2 processes (torchrun, gloo on the CPU): compile with advanced calibration,
 evaluation, and one fine-tuning epoch under DistributedDataParallel.
 
-    python -m benchmarks.scaling                 # digits CNN; writes benchmarks/results/scaling.json
-    python -m benchmarks.scaling --procs 1,2,4   # other world sizes (each process gets cores/N threads)
+    python -m benchmarks.scaling                    # digits CNN; writes benchmarks/results/scaling.json
+    python -m benchmarks.scaling --runs 1x1,2x1,4x1 # other runs: PROCESSESxTHREADS (threads per process)
 
 The inputs (the benchmarks' DigitsCNN trained on the digits train split, exported to ONNX; 512
 calibration samples, the 539-sample test split, the 1258-sample train split) are prepared once.
-Each world size then runs as ``torchrun --standalone --nproc_per_node N -m benchmarks.scaling
+Each run (by default 1 process × 1 thread, 2 × 1, and 1 × 2 to tell the processes' share from
+the threads') then runs as ``torchrun --standalone --nproc_per_node N -m benchmarks.scaling
 --worker DIR``: every process times each phase between barriers (rank 0 records it), so the
 figures are the phases' own wall times, without interpreter start-up and process-group set-up,
 which are recorded separately (``launch_seconds``: the whole torchrun command). The results are
@@ -84,7 +85,9 @@ def worker(src: Path) -> None:
 def main() -> None:
     """Prepare the inputs, run every world size under torchrun, write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", default="1,2", help="world sizes to run (default 1,2)")
+    parser.add_argument("--runs", default="1x1,2x1,1x2",
+                        help="PROCESSESxTHREADS per run, comma-separated (default 1x1,2x1,1x2); speed-ups are "
+                             "against the first")
     parser.add_argument("--train-epochs", type=int, default=10, help="epochs of the ANN that is converted")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -98,8 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp)
         prepare(src, args.train_epochs)
-        for n in [int(p) for p in args.procs.split(",")]:
-            threads = max(1, cores // n)
+        for spec in args.runs.split(","):
+            n, threads = (int(v) for v in spec.lower().split("x"))
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                        "-m", "benchmarks.scaling", "--worker", str(src)]
@@ -107,6 +110,7 @@ def main() -> None:
             t0 = time.perf_counter()
             subprocess.run(command, check=True, env=env, cwd=ROOT)
             record = json.loads((src / f"world{n}.json").read_text())
+            (src / f"world{n}.json").unlink()
             record.update(launch_seconds=round(time.perf_counter() - t0, 3), load_average_before=round(load, 2),
                           omp_num_threads=threads)
             runs.append(record)
@@ -114,7 +118,7 @@ def main() -> None:
     base = runs[0]["seconds"]
     for record in runs:
         record["speedup"] = {k: round(base[k] / v, 3) for k, v in record["seconds"].items()}
-    out = {"command": "python -m benchmarks.scaling --procs " + args.procs, "cpu_cores": cores,
+    out = {"command": "python -m benchmarks.scaling --runs " + args.runs, "cpu_cores": cores,
            "machine": f"{cores}-core VM shared with other jobs (load average recorded per run)",
            "workload": "digits CNN: compile --calibration advanced --timesteps 4 on 512 calibration samples; "
                        f"evaluate 539 test samples at T={EVAL_T}; one fine-tuning epoch (T=4, global batch 64) "

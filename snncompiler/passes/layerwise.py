@@ -184,8 +184,9 @@ def channel_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def progress(items, desc: str, ctx: PassContext, total: int | None = None):
-    """A per-layer progress bar (stderr), silent when ``quiet`` is set."""
-    return tqdm(items, desc=desc, unit="layer", total=total, leave=False, disable=bool(ctx.options.get("quiet")))
+    """A per-layer progress bar (stderr), silent when ``quiet`` is set and on ranks other than 0."""
+    return tqdm(items, desc=desc, unit="layer", total=total, leave=False,
+                disable=bool(ctx.options.get("quiet")) or not distributed.is_main())
 
 
 def start(graph: Graph, ctx: PassContext, desc: str):
