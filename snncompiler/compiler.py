@@ -5,6 +5,7 @@ import logging
 
 import torch
 
+from . import distributed
 from .data import Dataset, validate
 from .errors import SnncError
 from .ir import Graph
@@ -65,6 +66,11 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     output agrees with the ANN at least as well as the uncalibrated conversion does (see
     :func:`_better_than_uncalibrated`); otherwise the uncalibrated model is returned and the
     report says so.
+
+    Under an initialised torch.distributed process group (``torchrun``) the calibration samples
+    are sharded across the ranks and every statistic and reduction of the calibration passes is
+    all-reduced (:mod:`snncompiler.distributed`): every rank returns the same model, the one a
+    single process computes up to float rounding, and the report records ``world_size``.
     """
     checked = CompileOptions.from_mapping(options)
     opts = checked.as_dict()
@@ -93,6 +99,8 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
             snn = plain
     report = {k: v for k, v in ctx.report.items() if k not in ("histograms", "ann_graph")}
+    if distributed.is_distributed():  # absent means one process (and keeps those artifacts as they were)
+        report["world_size"] = distributed.world_size()
     report["spiking"] = _check_spiking_share(snn, opts, graph.metadata.get("source_file", "model"))
     compiled = CompiledModel(snn, opts, report)
     compiled.ann_graph = ann
@@ -167,12 +175,14 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
     again, so that a calibration that only fits its own batch is not kept; with no samples
     left over it falls back to the fitted ones.
     """
-    from .passes.layerwise import calibration_batch
+    from .passes.layerwise import calibration_batch, calibration_size
 
-    fitted = calibration_batch(ctx)
+    fitted, n_fitted = calibration_batch(ctx), calibration_size(ctx)
     limit = min(len(ctx.calib), int(opts.get("calib_samples") or len(ctx.calib)))
-    held_out = ctx.calib.x[len(fitted):min(limit, 2 * len(fitted))]
-    x = torch.from_numpy(held_out).float() if len(held_out) >= 32 else fitted
+    held_out = ctx.calib.x[n_fitted:min(limit, 2 * n_fitted)]
+    held = len(held_out) >= 32
+    x = torch.from_numpy(distributed.shard(held_out)).float() if held else fitted
+    samples = len(held_out) if held else n_fitted  # over every rank: each scores its shard
     T = int(opts["timesteps"])
     with torch.no_grad():
         target = Executor(ann).run({ann.inputs[0].name: x})[ann.outputs[0].name]
@@ -180,16 +190,15 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
     def score(graph):
         out = first_output(SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=int(opts["chunk"]))[T])
         classes = 1 if out.dim() > 1 else -1  # [N, C, ...]: per-pixel classes of a dense output too
-        agree = float((out.argmax(classes) == target.argmax(classes)).float().mean())
-        return agree, -float(((out - target) ** 2).mean())
+        agree = float(distributed.mean((out.argmax(classes) == target.argmax(classes)).float()))
+        return agree, -float(distributed.mean((out - target) ** 2))
 
     kept, baseline = score(calibrated), score(plain)
     better = kept >= baseline
-    held = x is not fitted
     ctx.report["calibration_check"] = {"calibrated_agreement": kept[0], "uncalibrated_agreement": baseline[0],
-                                       "samples": int(len(x)), "held_out": held,
+                                       "samples": int(samples), "held_out": held,
                                        "kept": "calibrated" if better else "uncalibrated"}
-    ctx.note("compile", f"calibration check at T={T} on {len(x)} {'held-out' if held else 'fitted'} samples: "
+    ctx.note("compile", f"calibration check at T={T} on {samples} {'held-out' if held else 'fitted'} samples: "
                         f"agreement with the ANN {kept[0]:.4f} calibrated vs {baseline[0]:.4f} uncalibrated "
                         f"-> kept {'calibrated' if better else 'uncalibrated'}")
     return better

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import SnncError
 from .ir import Graph
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS
@@ -101,17 +102,40 @@ class CompiledModel:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
 
         ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
-        (and T_in itself) for sequence inputs."""
+        (and T_in itself) for sequence inputs. Under a torch.distributed process group the samples
+        are sharded across the ranks and the counts summed: every rank returns the same figures."""
         from .analysis.metrics import accuracy
 
         if timesteps is None:
             timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
         ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
+        if distributed.is_distributed():
+            return self._evaluate_sharded(x, y, ts, batch_size, overrides)
         outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
         return {"samples": int(len(x)),
                 "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
                 "ann_accuracy": accuracy(first_output(self.ann(x)), y),
                 "firing_rate": self.last_runner.firing_rate}
+
+    def _evaluate_sharded(self, x, y, ts: list[int], batch_size: int, overrides: dict) -> dict:
+        """:meth:`evaluate` under a process group: each rank runs its shard of the samples and the
+        counts (correct predictions per T, spikes, neuron-steps) are summed over the ranks, so the
+        figures are those of one process over every sample."""
+        from .analysis.metrics import correct
+
+        xs, ys = distributed.shard(x), distributed.shard(np.asarray(y))
+        counts = [0.0] * (len(ts) + 1)
+        spikes = steps = 0.0
+        if len(xs):
+            outs = self.run(xs, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
+            counts = [correct(first_output(outs[t]), ys) for t in ts] + [correct(first_output(self.ann(xs)), ys)]
+            spikes, steps = self.last_runner.spike_count, self.last_runner.neuron_steps
+        *counts, spikes, steps = distributed.sum_numbers(*counts, spikes, steps)
+        n = len(x)
+        return {"samples": int(n),
+                "snn_accuracy": {str(t): int(c) / n if n else float("nan") for t, c in zip(ts, counts)},
+                "ann_accuracy": int(counts[-1]) / n if n else float("nan"),
+                "firing_rate": spikes / steps if steps else 0.0}
 
     def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
         """Synaptic operations and energy per sample against the ANN's MACs, measured on ``x``

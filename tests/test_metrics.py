@@ -121,23 +121,23 @@ def test_event_rates_count_nonzero_steps(mlp):
 def test_cli_eval_sops(mlp, tmp_path, capsys):
     import json
 
-    from snncompiler.cli import main as cli
+    from snncompiler.cli.main import main as snnc_main
     from snncompiler.data import save_npz
 
     model, x = mlp
     artifact, data = tmp_path / "m.snn.onnx", tmp_path / "d.npz"
     model.save(artifact)
     save_npz(data, x, np.zeros(len(x), dtype=np.int64))
-    assert cli.main(["eval", str(artifact), "--data", str(data), "--timesteps", f"4,{T}", "--sops", "--json"]) == 0
+    assert snnc_main(["eval", str(artifact), "--data", str(data), "--timesteps", f"4,{T}", "--sops", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     expect = model.synaptic_operations(x, T)
     assert [r["ops"] for r in res["synaptic_ops"]["layers"]] == pytest.approx([r["ops"] for r in expect["layers"]])
     assert res["synaptic_ops"]["energy_pj"] == pytest.approx(expect["energy_pj"])
-    assert cli.main(["eval", str(artifact), "--data", str(data), "--sops"]) == 0
+    assert snnc_main(["eval", str(artifact), "--data", str(data), "--sops"]) == 0
     assert "energy SNN/ANN" in capsys.readouterr().out
     ann = tmp_path / "ann.onnx"
     export_onnx(nn.Sequential(nn.Linear(6, 3)), (6,), ann)
-    assert cli.main(["eval", str(ann), "--data", str(data), "--sops"]) == 2
+    assert snnc_main(["eval", str(ann), "--data", str(data), "--sops"]) == 2
     assert "--sops: only for spiking models" in capsys.readouterr().err
 
 

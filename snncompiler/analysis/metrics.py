@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import distributed
+
 
 def top1(logits) -> np.ndarray:
     """Predicted class per sample (argmax over the last axis, flattened to [N])."""
@@ -103,6 +105,8 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
     Spike inputs cost accumulates (``ac``), real-valued inputs multiply-accumulates (``mac``).
     ``energy_pj`` prices them in float32, ``energy_presets_pj`` also in float16 and int8
     (:data:`ENERGY_PRESETS`). Sparse weights count twice over: fewer synapses per event, and fewer events downstream.
+    Under a torch.distributed process group each rank runs its shard of ``x`` and the per-layer
+    sums of event rates are added up over the ranks before dividing by the number of samples.
     """
     import copy
 
@@ -112,7 +116,8 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
     kinds = input_kinds(graph, model.options.get("encoding", "direct"))
     layers = [n for n in graph.nodes if n.op in _SYNAPTIC_OPS and _weight_key(n) is not None]
     names = sorted({n.inputs[0] for n in layers})
-    xt = model._input(x)
+    n = len(x)
+    xt = model._input(distributed.shard(x))  # under a process group: this rank's samples, sums added up below
     runner = model.runner(**overrides)
     totals: dict[str, torch.Tensor] = {}
     for start in range(0, len(xt), batch_size):
@@ -121,7 +126,13 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
         for name, r in rates.items():
             part = r.sum(0, keepdim=True).cpu()
             totals[name] = totals[name] + part if name in totals else part
-    n = len(xt)
+    if distributed.is_distributed():  # sums of per-sample event rates over every rank's samples
+        shapes = {name: graph.shape(name) for name in names}
+        for name in names:
+            local = totals.get(name)
+            if local is None:  # an empty shard: the layer's input shape from the graph
+                local = torch.zeros([1] + list(shapes[name][1:]))
+            totals[name] = distributed.all_reduce_sum(local)
     rows, counts = [], {"mac": 0.0, "ac": 0.0}
     ann_macs = 0.0
     with torch.no_grad():

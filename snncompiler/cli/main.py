@@ -17,6 +17,7 @@ import traceback
 import warnings
 
 from .. import options as defaults
+from .. import distributed
 from ..errors import OptionError, SnncError
 from ..fileio import atomic_write, resolve_output
 
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
                    help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
     p.add_argument("--seed", type=int, default=None, help="(default 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r)")
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore")
     with _held_log(debug) as held:
         code = _run_command(args, debug)
-        if code == 0:
+        if code == 0 and distributed.launched_rank() == 0:  # under torchrun, rank 0 alone warns
             held.flush()
     return code
 
@@ -281,10 +283,42 @@ def _held_log(debug: bool):
         root.setLevel(level)
 
 
+#: the commands that run sharded under torchrun (see :mod:`snncompiler.distributed`)
+DISTRIBUTED_COMMANDS = ("compile", "eval", "finetune", "train")
+
+
+@contextlib.contextmanager
+def _process_group(args):
+    """Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set, world over 1), for the commands that
+    shard their work: join the process group (gloo on CPU; NCCL with ``--device cuda``, rank r on
+    GPU r of its node) for the command's duration; ranks other than 0 print nothing on stdout."""
+    if args.command not in DISTRIBUTED_COMMANDS or not distributed.launched_by_torchrun():
+        yield
+        return
+    device = distributed.init_from_env(getattr(args, "device", "cpu"))
+    if hasattr(args, "device"):
+        args.device = device
+    try:
+        with open(os.devnull, "w") as sink, (contextlib.redirect_stdout(sink) if not distributed.is_main()
+                                             else contextlib.nullcontext()):
+            yield
+    finally:
+        distributed.shutdown()
+
+
+def _write_on_rank0(write) -> None:
+    """Call ``write`` (an atomic file write) on rank 0 only and make the other ranks wait for it
+    (just ``write()`` without a process group)."""
+    if distributed.is_main():
+        write()
+    distributed.barrier()
+
+
 def _run_command(args, debug: bool) -> int:
     """Run the chosen command; every failure becomes its exit status and one stderr line."""
     try:
-        return int(args.func(args) or 0)
+        with _process_group(args):
+            return int(args.func(args) or 0)
     except SnncError as exc:
         if debug:
             traceback.print_exc()
@@ -332,9 +366,10 @@ def cmd_finetune(args) -> int:
     t0 = time.perf_counter()
     given = {k: getattr(args, k) for k in ("timesteps", "epochs", "lr", "batch_size", "seed")}
     result = finetune(model, data, val=val, learn_theta=not args.no_learn_theta, keep_if_better=not args.keep_always,
-                      rate_penalty=args.rate_penalty, **{k: v for k, v in given.items() if v is not None})
+                      rate_penalty=args.rate_penalty, device=args.device,
+                      **{k: v for k, v in given.items() if v is not None})
     note = result.report["finetune"]
-    result.save(output)
+    _write_on_rank0(lambda: result.save(output))
     verdict = "kept" if note["kept"] else "not better: wrote the model unchanged (--keep-always overrides)"
     print(f"held-out accuracy at T={note['timesteps']} on {note['val_samples']} samples: "
           f"{100 * note['val_accuracy_before']:.2f}% -> {100 * note['val_accuracy_after']:.2f}%, {verdict}; "
@@ -358,7 +393,7 @@ def cmd_train(args) -> int:
                        init=args.init, seed=args.seed, val=val, loss=args.loss, lamb=args.lam,
                        lr=args.lr, batch_size=args.batch_size, device=args.device,
                        neuron=args.neuron, tau=args.tau, rate_penalty=args.rate_penalty, progress=True)
-    model.save(output)
+    _write_on_rank0(lambda: model.save(output))
     note = model.report["train"]
     schedule = " -> ".join(f"T={t} x{e}" for t, e in stages)
     scored = (f"validation accuracy at T={stages[-1][0]} on {note['val_samples']} samples "
@@ -498,7 +533,7 @@ def cmd_compile(args) -> int:
     islands = model.report.get("analog_islands", [])
     if islands:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
-    model.save(output)
+    _write_on_rank0(lambda: model.save(output))
     neurons = len(model.graph.find("neuron"))
     print(f"wrote {output}: {neurons} neurons, T={o['timesteps']}, threshold {o['threshold']}"
           f"{' per channel' if o['channelwise'] else ''}, {o['neuron'].upper()} {o['reset']} reset, v0={o['v0']}, "
@@ -537,7 +572,7 @@ def _eval_snn(args, model, data) -> int:
     seconds = time.perf_counter() - t0
     ts = [int(t) for t in result["snn_accuracy"]]
     if args.plot:
-        _plot(args.plot, result, args.model)
+        _write_on_rank0(lambda: _plot(args.plot, result, args.model))
     if args.layers:
         from ..analysis.diagnostics import layer_errors
 
@@ -689,7 +724,13 @@ def cmd_eval(args) -> int:
         from .. import load
 
         model = load(args.model, device=args.device)
-    right = sum(correct(model(x), y) for x, y in data.batches(args.batch_size))
+    if distributed.is_distributed():  # each rank scores its shard; the counts are added up
+        start, end = distributed.shard_range(len(data))
+        right = sum(correct(model(data.x[s:min(s + args.batch_size, end)]), data.y[s:min(s + args.batch_size, end)])
+                    for s in range(start, end, args.batch_size))
+        right = int(distributed.sum_numbers(right)[0])
+    else:
+        right = sum(correct(model(x), y) for x, y in data.batches(args.batch_size))
     acc = right / len(data)
     result = {"model": args.model, "samples": len(data), "ann_accuracy": acc, "engine": args.engine,
               "seconds": round(time.perf_counter() - t0, 3)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..ir import Graph, Node
 from ..options import setting
 from ..runtime.executor import Executor
@@ -22,11 +23,17 @@ from . import PassContext
 
 
 
-def calibration_batch(ctx: PassContext) -> torch.Tensor:
-    """The calibration inputs used layer by layer (at most ``layer_samples``) as one tensor."""
+def calibration_size(ctx: PassContext) -> int:
+    """How many calibration inputs are used layer by layer (at most ``layer_samples``), over all ranks."""
     n = int(setting(ctx.options, "layer_samples"))
-    n = min(n, int(ctx.options.get("calib_samples") or n), len(ctx.calib))
-    return torch.from_numpy(ctx.calib.x[:n]).float()
+    return min(n, int(ctx.options.get("calib_samples") or n), len(ctx.calib))
+
+
+def calibration_batch(ctx: PassContext) -> torch.Tensor:
+    """The calibration inputs used layer by layer as one tensor: the first :func:`calibration_size`
+    samples, or this rank's contiguous shard of them under a process group."""
+    start, end = distributed.shard_range(calibration_size(ctx))
+    return torch.from_numpy(ctx.calib.x[start:end]).float()
 
 
 def calibration_memory(graph: Graph, samples: int, timesteps: int) -> int:
@@ -171,14 +178,15 @@ def feeding_chain(graph: Graph, neuron: Node, layer: Node) -> list[Node]:
 
 
 def channel_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over every axis but the channel axis (1): [C]."""
+    """Mean over every axis but the channel axis (1): [C] (over the samples of every rank)."""
     dims = [d for d in range(t.dim()) if d != 1]
-    return t.mean(dim=dims)
+    return distributed.mean(t, dims)
 
 
 def progress(items, desc: str, ctx: PassContext, total: int | None = None):
-    """A per-layer progress bar (stderr), silent when ``quiet`` is set."""
-    return tqdm(items, desc=desc, unit="layer", total=total, leave=False, disable=bool(ctx.options.get("quiet")))
+    """A per-layer progress bar (stderr), silent when ``quiet`` is set and on ranks other than 0."""
+    return tqdm(items, desc=desc, unit="layer", total=total, leave=False,
+                disable=bool(ctx.options.get("quiet")) or not distributed.is_main())
 
 
 def start(graph: Graph, ctx: PassContext, desc: str):

@@ -9,16 +9,21 @@ ANN activation, and Q the neuron's rate function at the compile T (ClipRound for
 ClipFloor for v0 = 0), its floor passed straight through for the gradient. Adam with a
 cosine-decayed learning rate over ``iterations`` minibatch steps of ``calib_batch`` samples;
 the squared error is summed over channels and averaged over the rest, as in SNN Calibration.
+Under a process group every rank draws the same minibatch indices over all the samples, computes
+the loss on the indices of its shard and the gradients are summed: the steps one process takes.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .. import distributed
 from ..ir import Graph, Node
 from ..options import setting
 from ..runtime.ops import IMPLEMENTATIONS, channel_view
 from . import PassContext
-from .layerwise import fed_neurons, feeding_chain, start
+from .layerwise import calibration_size, fed_neurons, feeding_chain, start
 
 NAME = "weight_calibration"
 
@@ -31,14 +36,29 @@ def rate_ste(z: torch.Tensor, theta: torch.Tensor, timesteps: int, v0: str) -> t
     return th / timesteps * torch.clamp(floored, 0, timesteps)
 
 
-def layer_loss(layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual, target, theta, T, v0):
-    """The weight-calibration objective for one minibatch."""
+def layer_loss(layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual, target, theta, T, v0,
+               samples: int | None = None):
+    """The weight-calibration objective for one minibatch. ``samples``: the size of the whole
+    minibatch of which ``inputs`` is one rank's share; the share's part of the mean is returned,
+    so that the ranks' parts (and their gradients) add up to the objective of the whole."""
     probe = Node(layer.op, layer.name, layer.inputs, layer.outputs, layer.attrs, {**layer.params, "weight": weight})
     z = IMPLEMENTATIONS[layer.op](probe, inputs)[0]
     if residual is not None:
         z = z + residual
     err = (target - rate_ste(z, theta, T, v0)) ** 2
-    return err.sum(dim=1).mean() if err.dim() > 1 else err.mean()
+    if samples is None:
+        return err.sum(dim=1).mean() if err.dim() > 1 else err.mean()
+    per_sample = math.prod(err.shape[2:]) if err.dim() > 1 else 1
+    return err.sum() / (samples * per_sample)
+
+
+def _full_loss(layer, weight, inputs, residual, target, theta, T, v0, samples: int) -> float:
+    """The objective over every calibration sample (all ranks' shares added up)."""
+    with torch.no_grad():
+        if not distributed.is_distributed():
+            return float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
+        part = layer_loss(layer, weight, inputs, residual, target, theta, T, v0, samples=samples)
+        return distributed.sum_numbers(float(part))[0]
 
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
@@ -49,6 +69,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     batch = int(setting(opts, "calib_batch"))
     gen = torch.Generator().manual_seed(int(setting(opts, "seed")))
     sim, targets, neurons = start(graph, ctx, "weight calibration")
+    sharded = distributed.is_distributed()
+    total = calibration_size(ctx)  # the minibatches index every rank's samples, drawn alike on every rank
+    first, _ = distributed.shard_range(total)
     for neuron, layer, residual_name in fed_neurons(graph, neurons, ctx, NAME):
         inputs = sim.mean(layer.inputs[0])
         residual = sim.mean(residual_name) if residual_name else None
@@ -57,18 +80,21 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         weight = layer.params["weight"].clone().requires_grad_(True)
         opt = torch.optim.Adam([weight], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
-        with torch.no_grad():
-            before = float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
+        before = _full_loss(layer, weight, inputs, residual, target, theta, T, v0, total)
         for _ in range(iterations):
-            idx = torch.randint(0, len(inputs), (min(batch, len(inputs)),), generator=gen)
+            idx = torch.randint(0, total, (min(batch, total),), generator=gen)
+            samples = None
+            if sharded:  # this rank's share of the minibatch; the gradients are summed below
+                samples = len(idx)
+                idx = idx[(idx >= first) & (idx < first + len(inputs))] - first
             loss = layer_loss(layer, weight, inputs[idx], None if residual is None else residual[idx],
-                              target[idx], theta, T, v0)
+                              target[idx], theta, T, v0, samples=samples)
             opt.zero_grad()
             loss.backward()
+            distributed.sum_gradients([weight])
             opt.step()
             sched.step()
-        with torch.no_grad():
-            after = float(layer_loss(layer, weight, inputs, residual, target, theta, T, v0))
+        after = _full_loss(layer, weight, inputs, residual, target, theta, T, v0, total)
         if after < before:
             layer.params["weight"] = weight.detach()
             sim.recompute(*feeding_chain(graph, neuron, layer))

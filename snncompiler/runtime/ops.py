@@ -294,8 +294,12 @@ def maxpool(node: Node, x):
         return (torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True),)
     dilation = list(node.attrs.get("dilation", [1] * nd))
     ceil_mode = node.attrs.get("ceil_mode", 0)
+    # under autograd the separable form is taken whatever the size: its gradient at ties (split
+    # evenly) differs from max_pool's (all to one member), and a training step must not depend on
+    # how many samples a batch (or a rank's share of it, under DistributedDataParallel) holds
     if (x.device.type == "cpu" and kernel == stride and max(kernel) <= 4 and not any(pads) and not ceil_mode
-            and all(d == 1 for d in dilation) and x.numel() >= _SEPARABLE_MIN_ELEMENTS):
+            and all(d == 1 for d in dilation)
+            and (x.numel() >= _SEPARABLE_MIN_ELEMENTS or (x.requires_grad and torch.is_grad_enabled()))):
         return (_separable_max(x, kernel),)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
     if not ceil_mode and pads[:nd] == pads[nd:] and all(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data import Dataset, validate
 from ..errors import SnncError
 from ..analysis.metrics import accuracy
@@ -99,6 +100,13 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             neurons (spikes per neuron per step, in [0, 1]) of the batch: fewer spikes, fewer
             synaptic operations, less energy. The gradient reaches the spikes through the surrogate.
 
+    Under a torch.distributed process group (``torchrun``) the model trains under
+    DistributedDataParallel with the same global batches as one process: every rank draws the same
+    shuffled order, runs its contiguous share of each ``batch_size`` batch, and the gradients are
+    averaged so that each step is the step of the whole batch (batch statistics of BatchNorm layers
+    are synchronised on GPUs; on CPU they are per rank). An iterable of batches (a DataLoader) is
+    used as each rank's own batches: shard it with a DistributedSampler. The rate penalty is per rank.
+
     Returns a history: the settings and, per epoch, the mean loss, the training accuracy (of the
     time-mean output, on the batches as trained), the validation accuracy and the seconds taken.
     The settings are also kept on the model, so that :func:`~snncompiler.train.lowering` can record
@@ -125,6 +133,7 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
     model.to(dev)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    net, world = _data_parallel(model, dev), distributed.world_size()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     criterion = (lambda out, lab: tet_loss(out, lab, lamb=lamb, means=means)) if loss == "tet" else LOSSES[loss]
@@ -142,8 +151,11 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             model.train()
             total, correct, seen = 0.0, 0, 0
             for xb, yb in data.batches(batch_size, gen):
+                weight = 1.0
+                if world > 1 and data.arrays is not None:  # this rank's share of the global batch
+                    xb, yb, weight = _share(xb, yb, world)
                 xb, yb = xb.to(dev), yb.to(dev)
-                out = run_steps(model, xb, timesteps, sequence=sequence)
+                out = run_steps(net, xb, timesteps, sequence=sequence)
                 if not seen:
                     _check_labels(yb, out, epoch)
                 value = criterion(out, yb)
@@ -152,11 +164,13 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
                 if not torch.isfinite(value):
                     raise SnncError(f"fit: the loss became {float(value)} at epoch {epoch}; lower lr (now {lr:g})")
                 opt.zero_grad(set_to_none=True)
-                value.backward()
+                (value * weight if weight != 1.0 else value).backward()
                 opt.step()
-                total += value.item() * len(yb)
-                correct += int((out.detach().mean(0).argmax(-1) == yb).sum())
-                seen += len(yb)
+                if weight:  # a rank with an empty share ran one sample with weight 0: it counts nothing
+                    total += value.item() * len(yb)
+                    correct += int((out.detach().mean(0).argmax(-1) == yb).sum())
+                    seen += len(yb)
+            total, correct, seen = _epoch_sums(total, correct, seen)
             if not seen:
                 raise SnncError("train: yielded no batches")
             sched.step()
@@ -168,7 +182,7 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             history["epochs"].append(row)
             if on_epoch is not None:
                 on_epoch(row)
-            if progress:
+            if progress and distributed.is_main():
                 extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
                 print(f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
                       f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
@@ -180,6 +194,37 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
     settings["timesteps"] = out.shape[0]  # a sequence's length when it was not given
     model._snnc_training = settings
     return history
+
+
+def _data_parallel(model: nn.Module, dev: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under a process group (gradients averaged over
+    the ranks during backward, rank 0's initial weights broadcast); ``model`` itself otherwise."""
+    if not distributed.is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if dev.type == "cuda":  # batch statistics over the global batch (SyncBatchNorm runs on GPUs only)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _share(xb: torch.Tensor, yb: torch.Tensor, world: int):
+    """This rank's contiguous share of a global batch, and the weight of its mean loss such that
+    DistributedDataParallel's average over the ranks is the mean over the global batch
+    (share size × world ÷ global size). An empty share runs one sample with weight 0, so that every
+    rank still takes part in the gradient reduction."""
+    start, end = distributed.shard_range(len(xb))
+    if end == start:
+        return xb[:1], yb[:1], 0.0
+    return xb[start:end], yb[start:end], (end - start) * world / len(xb)
+
+
+def _epoch_sums(total: float, correct: int, seen: int):
+    """An epoch's loss sum, correct count and samples over every rank (unchanged without a group)."""
+    if not distributed.is_distributed():
+        return total, correct, seen
+    total, correct, seen = distributed.sum_numbers(total, correct, seen)
+    return total, int(correct), int(seen)
 
 
 class _RateProbe:
