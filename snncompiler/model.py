@@ -97,12 +97,22 @@ class CompiledModel:
                 batches.append([env[name].cpu().numpy() for name in names])
         return _joined(batches)
 
-    def evaluate(self, x, y, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
+    def evaluate(self, x, y=None, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
 
-        ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
-        (and T_in itself) for sequence inputs."""
+        ``x, y``: arrays or tensors, or ``x`` alone as a torch DataLoader or any iterable of
+        (x, y) batches (collected first). ``timesteps`` defaults to the powers of two up to 256,
+        or up to the sequence length T_in (and T_in itself) for sequence inputs."""
         from .analysis.metrics import accuracy
+        from .data import from_batches, is_batch_iterable
+
+        if y is None:
+            if not is_batch_iterable(x):
+                raise SnncError("evaluate: labels y are required (or pass an iterable of (x, y) batches)")
+            data = from_batches(x, label="data", require_labels=True)
+            x, y = data.x, data.y
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
 
         if timesteps is None:
             timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
