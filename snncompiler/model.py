@@ -133,6 +133,16 @@ class CompiledModel:
         return synaptic_operations(self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size,
                                    **overrides)
 
+    def to_torch(self, *, backend: str = "auto", surrogate: str = "triangle", alpha: float | None = None):
+        """This model as a standalone, trainable ``torch.nn.Module``: ``module(x, timesteps=T)``
+        returns what ``run(x, timesteps=T)`` returns (the mean output over T steps), as a tensor.
+        Neurons run on the kernel op (``backend="auto"``) or on the plain-PyTorch loop
+        (``backend="torch"``, for ``torch.compile``); weights, biases and θ are parameters
+        (see :class:`~snncompiler.runtime.module.SpikingModule`)."""
+        from .runtime.module import SpikingModule
+
+        return SpikingModule(self.graph, self.options, backend=backend, surrogate=surrogate, alpha=alpha)
+
     # ---- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
         """Write the artifact: ONNX with neuron nodes in the `snncompiler` domain."""
