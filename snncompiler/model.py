@@ -163,6 +163,20 @@ class CompiledModel:
 
         return save_nir(self, path)
 
+    def to_onnx(self, timesteps: int | None = None):
+        """This SNN as a standard ``onnx.ModelProto`` (no custom operators) that simulates
+        ``timesteps`` steps (default: the compile T) and returns the mean output over them, as
+        ``run`` does (see :mod:`snncompiler.formats.onnx.standard`)."""
+        from .formats.onnx.standard import to_standard_onnx
+
+        return to_standard_onnx(self, timesteps)
+
+    def save_onnx(self, path, timesteps: int | None = None) -> None:
+        """Write :meth:`to_onnx` to ``path``: an SNN that onnxruntime runs."""
+        from .formats.onnx.standard import save_standard_onnx
+
+        save_standard_onnx(self, path, timesteps)
+
     def settings(self) -> dict:
         """The settings recorded in the artifact."""
         return {k: self.options[k] for k in SETTING_KEYS}
