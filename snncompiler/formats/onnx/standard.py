@@ -16,10 +16,12 @@ simulation in standard operators, so onnxruntime (or any ONNX runtime) gives wha
   window's largest running spike count times θ, ``output`` and ``input`` as the per-step MaxPool.
 * The graph output is the mean over the T steps (``CumSum`` and its last step divided by T, as the
   runtime accumulates it).
+* Analog islands (sigmoid, softmax, ...) run on the running mean of their inputs (``CumSum``
+  divided by the step number) and emit the increments of t·f(mean), as the runtime does.
+* Sequence inputs ([N, T_in, ...], one frame per step) are sliced to their first T frames.
 
-Refused, naming the node: analog islands (they run on the running mean of their input, which
-this writer does not spell), ``gated`` max pooling, rate-encoded inputs (random per step) and
-graphs that run only one sample at a time.
+Refused, naming the node: ``gated`` max pooling (its winner changes with running counts and ties),
+rate-encoded inputs (random per step) and graphs that run only one sample at a time.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from ...ir.neuron import NeuronSpec
 from ...ir.ops import conversion_kind
 from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
+
+torch_float = "torch.float32"  # compared as text: dtypes are recorded by _value_dtypes
 from .writer import Builder, _write
 
 
@@ -52,8 +56,9 @@ def _channel_const(t, rank: int) -> np.ndarray:
 class _Writer:
     """The standard-ONNX graph of one spiking model at one T."""
 
-    def __init__(self, graph: Graph, options: dict, timesteps: int):
+    def __init__(self, graph: Graph, options: dict, timesteps: int, dtypes: dict):
         self.graph, self.T = graph, int(timesteps)
+        self.dtypes = dtypes  # of every value, from a probe run: an analog op may return a non-float
         self.b = Builder(graph)
         self.sequence = options.get("encoding") == "sequence"
         self.static: set[str] = set() if self.sequence else {graph.inputs[0].name}
@@ -108,12 +113,11 @@ class _Writer:
         x_name = g.inputs[0].name
         feed = x_name
         if self.sequence:  # [N, T_in, ...] → the first T frames, time-major, flattened: [T·N, ...]
-            shape = list(g.inputs[0].shape)
+            frame = [int(d) for d in g.inputs[0].shape[1:]]  # the graph's input is one frame
             cut = self.add("Slice", [x_name, self.const(x_name, _i64([0])), self.const(x_name, _i64([self.T])),
                                      self.const(x_name, _i64([1]))], x_name)
-            perm = [1, 0] + list(range(2, len(shape)))
-            steps = self.add("Transpose", [cut], x_name, perm=perm)
-            feed = self.add("Reshape", [steps, self.const(x_name, _i64([-1] + [int(d) for d in shape[2:]]))], x_name)
+            steps = self.add("Transpose", [cut], x_name, perm=[1, 0] + list(range(2, len(frame) + 2)))
+            feed = self.add("Reshape", [steps, self.const(x_name, _i64([-1] + frame))], x_name)
         rename = {x_name: feed}
         for node in g.nodes:
             ins = [rename.get(i, i) for i in node.inputs]
@@ -130,9 +134,7 @@ class _Writer:
                 raise SnncError(f"{node.where}: gated max pooling cannot be exported to standard ONNX; compile with "
                                 "--maxpool rate (the default), input or output")
             elif conversion_kind(node) == "analog":
-                raise SnncError(f"{node.where}: an analog island ({node.op}) runs on the running mean of its input, "
-                                "which the standard-ONNX export does not express; export the artifact itself or "
-                                "compile with --strict to find such nodes")
+                self.analog(node, dyn)
             else:
                 _write(self.b, _renamed(node, dyn, node.outputs))
         outputs = []
@@ -163,6 +165,40 @@ class _Writer:
                    num_scan_inputs=1)
         self.from_steps(spikes, node.inputs[0], out=node.outputs[0])
 
+    def _count(self, base: str, rank: int) -> str:
+        """The step numbers 1..T as float32 [T, 1, ...] broadcasting over [T, N, ...] of ``rank``."""
+        return self.const(base, np.arange(1, self.T + 1, dtype=np.float32).reshape([self.T] + [1] * (rank - 1)))
+
+    def _increments(self, seq: str, base: str, rank: int) -> str:
+        """x[t] − x[t−1] along axis 0 of [T, N, ...] (x[−1] = 0): Pad shifts it one step."""
+        pads = self.const(base, _i64([1] + [0] * (rank - 1) + [-1] + [0] * (rank - 1)))
+        return self.add("Sub", [seq, self.add("Pad", [seq, pads], base, mode="constant")], base)
+
+    def analog(self, node: Node, ins: list[str]) -> None:
+        """An analog island as the runtime runs it: its op on the running means of its inputs,
+        emitting the increments of t·f(mean) so that its own running mean is f(mean so far)."""
+        if len(node.outputs) != 1:
+            raise SnncError(f"{node.where}: an analog island with {len(node.outputs)} outputs cannot be exported "
+                            "to standard ONNX")
+        axis0 = self.const(node.name, np.array(0, np.int64))
+        means = []
+        for name, value in zip(node.inputs, ins):
+            rank = len(self.sample_shape(name)) + 2
+            seq = self.to_steps(value, name)
+            if self.dtypes.get(name, torch_float) != torch_float:
+                seq = self.add("Cast", [seq], node.name, to=TensorProto.FLOAT)
+            cum = self.add("CumSum", [seq, axis0], node.name)
+            means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
+        out = node.outputs[0]
+        if self.dtypes.get(out, torch_float) != torch_float:  # not a float (a comparison): passed on as it is
+            _write(self.b, _renamed(node, means, [out]))
+            return
+        f = self.name(node.name + "_f")
+        _write(self.b, _renamed(node, means, [f]))
+        rank = len(self.sample_shape(out)) + 2
+        total = self.add("Mul", [self.to_steps(f, out), self._count(node.name, rank)], node.name)
+        self.from_steps(self._increments(total, node.name, rank), out, out=out)
+
     def rate_maxpool(self, node: Node, x: str) -> None:
         """Increments of the window's largest running input sum; fed by a neuron, the sums are
         spike counts (exact in float32) times its θ, otherwise input values summed in float64."""
@@ -181,9 +217,7 @@ class _Writer:
         _write(self.b, _renamed(node, [sums], [pooled], name=self.name(node.name)))
         pooled = self.to_steps(pooled, node.outputs[0])
         rank = len(self.sample_shape(node.outputs[0])) + 2
-        pads = self.const(node.name, _i64([1] + [0] * (rank - 1) + [-1] + [0] * (rank - 1)))
-        previous = self.add("Pad", [pooled, pads], node.name, mode="constant")  # shifted one step, zeros first
-        inc = self.add("Sub", [pooled, previous], node.name)
+        inc = self._increments(pooled, node.name, rank)
         if fed_by_neuron:
             theta = _channel_const(src.params["theta"], rank - 1)
             flat = self.from_steps(inc, node.outputs[0])
@@ -206,7 +240,7 @@ class _Writer:
     def model(self, outputs: list[str]) -> onnx.ModelProto:
         g = self.graph
         x = g.inputs[0]
-        in_shape = ["N"] + (["T"] if self.sequence else []) + [int(d) for d in x.shape[(2 if self.sequence else 1):]]
+        in_shape = ["N"] + (["T_in"] if self.sequence else []) + [int(d) for d in x.shape[1:]]
         # the mean outputs keep the graph's output names: rename the internal values
         final = []
         for v, out in zip(g.outputs, outputs):
@@ -265,6 +299,23 @@ def _neuron_body(prefix: str, theta: np.ndarray, spec: NeuronSpec) -> onnx.Graph
     return helper.make_graph(nodes, prefix, [vi("v"), vi("x")], [vi("v_next"), vi("out")], initializer=inits)
 
 
+def _value_dtypes(graph: Graph) -> dict:
+    """The torch dtype of every value, from one zero sample through the graph's ANN mode."""
+    import torch
+
+    from ...runtime.executor import Executor
+
+    x = graph.inputs[0]
+    dtypes = {x.name: torch_float}
+
+    def record(node, outs):
+        dtypes.update((name, str(t.dtype)) for name, t in zip(node.outputs, outs))
+
+    with torch.no_grad():
+        Executor(graph).interpret({x.name: torch.zeros((1,) + tuple(x.shape[1:]))}, observer=record)
+    return dtypes
+
+
 def to_standard_onnx(compiled, timesteps: int | None = None) -> onnx.ModelProto:
     """A :class:`~snncompiler.model.CompiledModel` as standard ONNX simulating ``timesteps`` steps
     (default: its compile T) and returning the mean output over them (see the module docstring)."""
@@ -285,7 +336,7 @@ def to_standard_onnx(compiled, timesteps: int | None = None) -> onnx.ModelProto:
     if len(graph.inputs) != 1:
         raise SnncError(f"{where}: has {len(graph.inputs)} inputs; the export handles one")
     graph = infer_shapes(graph.copy())
-    model = _Writer(graph, compiled.options, T).write()
+    model = _Writer(graph, compiled.options, T, _value_dtypes(graph)).write()
     onnx.checker.check_model(model)
     return model
 
