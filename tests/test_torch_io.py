@@ -288,3 +288,23 @@ def test_export_onnx_refusals_are_one_line_errors(small_digits_cnn, tmp_path):
     rc, _, err = snnc_cli("export", path, "--format", "onnx", "-o", tmp_path / "ann.onnx")
     one_line_error(rc, err, "compile it")
     assert not (tmp_path / "g.onnx").exists() and not (tmp_path / "ann.onnx").exists()
+
+
+def test_sequence_inputs_in_to_torch_and_onnx(tmp_path):
+    """A directly trained artifact on [N, T_in, ...] frames (LIF, output max pooling, a sigmoid
+    island): both take the first T frames, as the runtime does."""
+    from snncompiler.train import LIF
+    from snncompiler.train.lowering import to_compiled
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), LIF(theta=0.5), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(8 * 4 * 4, 5), nn.Sigmoid(), nn.Linear(5, 3)).eval()
+    model = to_compiled(net, (2, 8, 8), timesteps=6, sequence=True)
+    assert model.sequence
+    x = (torch.rand(10, 6, 2, 8, 8) < 0.4).float().numpy()
+    for steps in (6, 4):
+        ref = model.run(x, timesteps=steps)
+        model.save_onnx(tmp_path / "s.onnx", timesteps=steps)
+        assert np.abs(_ort(tmp_path / "s.onnx", x) - ref).max() < 1e-5
+        diff, scale = _max_diff(model.to_torch(), model, x, steps)
+        assert diff < 1e-5 and scale > 0.1
