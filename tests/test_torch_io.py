@@ -55,16 +55,6 @@ def resnet(data):
     return snnc.compile(DigitsResNet(width=8).eval(), train.x[:128], timesteps=T)
 
 
-def assert_same_graph(a, b, atol):
-    """The same nodes (op, name, wiring, attributes) with parameters equal within ``atol``."""
-    assert [(n.op, n.name, n.inputs, n.outputs, n.attrs) for n in a.nodes] == \
-        [(n.op, n.name, n.inputs, n.outputs, n.attrs) for n in b.nodes]
-    for x, y in zip(a.nodes, b.nodes):
-        assert x.params.keys() == y.params.keys()
-        for key in x.params:
-            assert torch.allclose(x.params[key], y.params[key], rtol=0, atol=atol), (x.name, key)
-
-
 # ---- 1. torch modules and iterables in ----------------------------------------------------------
 def test_resnet18_module_compiles_to_the_onnx_routes_artifact(tmp_path):
     torchvision = pytest.importorskip("torchvision")
@@ -85,16 +75,17 @@ def test_calibrate_module_and_dataloader_equal_the_array_route(data, tmp_path):
     torch.manual_seed(0)
     module = DigitsCNN(width=4).eval()
     export_onnx(module, (1, 8, 8), tmp_path / "cnn.onnx")
-    x, y = train.x[:96], train.y[:96]
+    # a copy: digits' x has a non-standard stride on its size-1 channel axis, which sends torch's conv
+    # down its channels-last path (other roundings); a collated batch has standard strides
+    x, y = train.x[:96].copy(), train.y[:96]
     loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=32)
     ref = snnc.calibrate(tmp_path / "cnn.onnx", x, timesteps=4, pipeline="light")
     for model in (snnc.calibrate(module, loader, timesteps=4, pipeline="light"),  # shape from the data
                   snnc.calibrate(module, (torch.from_numpy(b) for b in np.split(x, 3)), timesteps=4,
                                  pipeline="light", example_input=(1, 8, 8))):
-        # not bytes: the light pipeline's sums round differently with the calibration array's memory
-        # alignment (calibrate(path, x) and calibrate(path, x.copy()) differ in the last bits)
-        assert_same_graph(model.graph, ref.graph, atol=1e-5)
-        assert model.settings() == ref.settings()
+        model.save(tmp_path / "a.snn.onnx")
+        ref.save(tmp_path / "b.snn.onnx")
+        assert (tmp_path / "a.snn.onnx").read_bytes() == (tmp_path / "b.snn.onnx").read_bytes()
     # evaluate takes a DataLoader of (x, y) batches as well as arrays
     test_loader = DataLoader(TensorDataset(torch.from_numpy(test.x[:64]), torch.from_numpy(test.y[:64])),
                              batch_size=20)
