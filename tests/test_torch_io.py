@@ -186,11 +186,36 @@ def test_to_torch_compiles(small_digits_cnn, resnet):
 
 def test_to_torch_refuses_what_it_cannot_run(small_digits_cnn):
     path, train, _ = small_digits_cnn
-    gated = snnc.compile(path, train.x[:64], timesteps=4, maxpool="gated")
-    with pytest.raises(SnncError, match="gated max pooling"):
-        gated.to_torch()
+    with pytest.raises(SnncError, match="rate-encoded"):
+        snnc.compile(path, train.x[:64], timesteps=4, encoding="rate").to_torch()
     with pytest.raises(SnncError, match="backend"):
         snnc.compile(path, train.x[:64]).to_torch(backend="nope")
+
+
+class PaddedPool(nn.Module):
+    """A 3×3 max pool with stride 2, padding 1 and ceil mode: windows overlap and reach past the edges."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 6, 3, padding=1), nn.MaxPool2d(3, 2, 1, ceil_mode=True), \
+            nn.Linear(6 * 5 * 5, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_gated_max_pooling_in_to_torch_and_onnx(small_digits_cnn, tmp_path):
+    path, train, test = small_digits_cnn
+    torch.manual_seed(0)
+    for source in (path, PaddedPool().eval()):
+        model = snnc.compile(source, train.x[:128], timesteps=T, maxpool="gated")
+        assert all(m.attrs["spiking"] == "gated" for m in model.graph.find("maxpool"))
+        for steps in (T, 20):
+            ref = model.run(test.x[:100], timesteps=steps)
+            model.save_onnx(tmp_path / "g.onnx", timesteps=steps)
+            assert np.abs(_ort(tmp_path / "g.onnx", test.x[:100]) - ref).max() < 1e-5
+            diff, scale = _max_diff(model.to_torch(), model, test.x[:100], steps)
+            assert diff < 1e-5 and scale > 0.1
 
 
 # ---- 3. standard ONNX ---------------------------------------------------------------------------
@@ -271,10 +296,10 @@ def test_analog_islands_in_to_torch_and_onnx(data, tmp_path):
 
 def test_export_onnx_refusals_are_one_line_errors(small_digits_cnn, tmp_path):
     path, train, _ = small_digits_cnn
-    snnc.compile(path, train.x[:64], timesteps=4, maxpool="gated").save(tmp_path / "gated.snn.onnx")
-    rc, _, err = snnc_cli("export", tmp_path / "gated.snn.onnx", "--format", "onnx", "-o", tmp_path / "g.onnx")
-    one_line_error(rc, err, "MaxPool", "gated")
-    rc, _, err = snnc_cli("export", tmp_path / "gated.snn.onnx", "--timesteps", "4", "-o", tmp_path / "g.nir")
+    snnc.compile(path, train.x[:64], timesteps=4, encoding="rate").save(tmp_path / "rate.snn.onnx")
+    rc, _, err = snnc_cli("export", tmp_path / "rate.snn.onnx", "--format", "onnx", "-o", tmp_path / "g.onnx")
+    one_line_error(rc, err, "rate-encoded")
+    rc, _, err = snnc_cli("export", tmp_path / "rate.snn.onnx", "--timesteps", "4", "-o", tmp_path / "g.nir")
     one_line_error(rc, err, "--timesteps", "--format onnx")
     rc, _, err = snnc_cli("export", path, "--format", "onnx", "-o", tmp_path / "ann.onnx")
     one_line_error(rc, err, "compile it")

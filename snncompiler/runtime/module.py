@@ -16,11 +16,12 @@ tensor: the mean over T steps of the graph output (a tuple for several outputs).
 * Weights, biases and thresholds are ``nn.Parameter``\\ s; other node tensors (hard-reset gains,
   potential offsets, constants) are buffers.
 * Max pooling: ``rate`` as the increments of the window's largest running input sum (in float64,
-  exact for spike counts), ``output``/``input`` as the plain per-step max; analog islands on the
-  running mean of their inputs, emitting increments of t·f(mean) as the runtime does.
+  exact for spike counts), ``gated`` by the runtime's own function, ``output``/``input`` as the
+  plain per-step max; analog islands on the running mean of their inputs, emitting increments of
+  t·f(mean) as the runtime does.
 
-Not supported, each a one-line error: ``gated`` max pooling, rate-encoded inputs (random per
-step) and graphs that run only one sample at a time.
+Not supported, each a one-line error: rate-encoded inputs (random per step) and graphs that run
+only one sample at a time.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from ..kernels.reference import f32
 from ..kernels.surrogate import Heaviside, resolve
 from .executor import Executor, fixed_batch
 from .ops import IMPLEMENTATIONS, channel_view
+from .snn import gated_maxpool_steps
 
 #: Node tensors that become trainable parameters (θ of neurons too).
 TRAINABLE = ("weight", "bias", "theta")
@@ -94,10 +96,6 @@ class SpikingModule(nn.Module):
         if fixed_batch(graph):
             raise SnncError(f"to_torch: {graph.metadata.get('source_file', 'model')} runs only one sample at a time "
                             "(its batch axis is fixed in the graph); re-export it with a dynamic batch axis")
-        gated = [n.name for n in graph.find("maxpool") if n.attrs.get("spiking") == "gated"]
-        if gated:
-            raise SnncError(f"to_torch: gated max pooling ({', '.join(gated)}) has no module form; compile with "
-                            "--maxpool rate (the default), input or output")
         self.graph = graph
         self.sequence = encoding == "sequence"
         self.timesteps = int(options.get("timesteps") or 1)
@@ -105,6 +103,9 @@ class SpikingModule(nn.Module):
         self.backend, self.surrogate, self.alpha = backend, surrogate, alpha
         self.tensors = nn.ModuleDict()
         self._specs, self._alphas, self._decays = {}, {}, {}
+        # submodule names: the node's name made an identifier, numbered so that two names that
+        # differ only in punctuation ("/0/Conv", "_0_Conv") cannot collide
+        self._keys = {node.name: f"{_key(node.name)}_{i}" for i, node in enumerate(graph.nodes)}
         for node in graph.nodes:
             holder = nn.Module()
             for key, value in node.params.items():
@@ -112,7 +113,7 @@ class SpikingModule(nn.Module):
                     holder.register_parameter(key, nn.Parameter(value.detach().float().clone()))
                 else:
                     holder.register_buffer(key, value.detach().clone())
-            self.tensors[_key(node.name)] = holder
+            self.tensors[self._keys[node.name]] = holder
             if node.op == "neuron":
                 self._specs[node.name] = NeuronSpec.from_attrs(node.attrs, where=node.where)
                 # fixed here, not read from θ in forward: a Python float keeps torch.compile's graph whole
@@ -127,6 +128,7 @@ class SpikingModule(nn.Module):
         self._executor = Executor(graph)
 
     def extra_repr(self) -> str:
+        """Nodes, neuron layers, backend and default T, for ``print(module)``."""
         neurons = len(self._specs)
         return f"{len(self.graph.nodes)} nodes, {neurons} neuron layers, backend={self.backend}, T={self.timesteps}"
 
@@ -179,7 +181,7 @@ class SpikingModule(nn.Module):
 
     def _view(self, node) -> Node:
         """The node with this module's tensors (parameters and buffers) as its params."""
-        holder = self.tensors[_key(node.name)]
+        holder = self.tensors[self._keys[node.name]]
         return Node(node.op, node.name, node.inputs, node.outputs, node.attrs,
                     {key: getattr(holder, key) for key in node.params}, node.source)
 
@@ -196,6 +198,8 @@ class SpikingModule(nn.Module):
             out = self._neuron(node, view, seqs[0])
         elif node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             out = rate_maxpool_steps(view, seqs[0])
+        elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
+            out = gated_maxpool_steps(view, seqs[0], {})  # the runtime's own; gradients reach the passed spikes
         elif conversion_kind(node) == "analog":
             out = self._analog(view, seqs)
         else:
@@ -242,7 +246,7 @@ class SpikingModule(nn.Module):
         """A copy of the graph holding this module's (trained) tensors."""
         graph = self.graph.copy()
         for node in graph.nodes:
-            holder = self.tensors[_key(node.name)]
+            holder = self.tensors[self._keys[node.name]]
             for key in node.params:
                 node.params[key] = getattr(holder, key).detach().cpu().clone().to(node.params[key].dtype)
         return graph

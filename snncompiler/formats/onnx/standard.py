@@ -13,15 +13,17 @@ simulation in standard operators, so onnxruntime (or any ONNX runtime) gives wha
   ``v ← h − θ·s`` (soft reset) or ``v ← s ? 0 : h`` (hard reset); the initial membrane (θ/2 or 0,
   plus any potential-calibration offset) and the hard-reset input gain are constants.
 * Max pooling: ``rate`` as the increments (``CumSum``, ``MaxPool``, a shifted ``Sub``) of the
-  window's largest running spike count times θ, ``output`` and ``input`` as the per-step MaxPool.
+  window's largest running spike count times θ; ``gated`` as a ``Gather`` of the spikes at the
+  ``MaxPool`` indices of the running counts (ties to the first input, as the runtime breaks them);
+  ``output`` and ``input`` as the per-step MaxPool.
 * The graph output is the mean over the T steps (``CumSum`` and its last step divided by T, as the
   runtime accumulates it).
 * Analog islands (sigmoid, softmax, ...) run on the running mean of their inputs (``CumSum``
   divided by the step number) and emit the increments of t·f(mean), as the runtime does.
 * Sequence inputs ([N, T_in, ...], one frame per step) are sliced to their first T frames.
 
-Refused, naming the node: ``gated`` max pooling (its winner changes with running counts and ties),
-rate-encoded inputs (random per step) and graphs that run only one sample at a time.
+Refused, naming the model: rate-encoded inputs (random per step) and graphs that run only one
+sample at a time.
 """
 from __future__ import annotations
 
@@ -67,20 +69,24 @@ class _Writer:
 
     # ---- helpers ------------------------------------------------------------------------
     def name(self, base: str) -> str:
+        """A fresh value or node name derived from ``base``."""
         self._n += 1
         return f"{base}__std{self._n}"
 
     def const(self, base: str, value: np.ndarray) -> str:
+        """Add ``value`` as a fresh initializer; return its name."""
         name = self.name(base)
         self.b.inits.append(numpy_helper.from_array(np.array(value, order="C"), name))
         return name
 
     def add(self, op: str, inputs, base: str, **attrs) -> str:
+        """Append a one-output node with a fresh output name; return that name."""
         out = self.name(base)
         self.b.add(op, inputs, [out], out, **attrs)
         return out
 
     def sample_shape(self, value: str) -> list[int]:
+        """The per-sample shape of the IR value ``value`` (from shape inference)."""
         shape = self.graph.shape(value)
         if shape is None:
             raise SnncError(f"export: the shape of '{value}' is unknown")
@@ -109,6 +115,7 @@ class _Writer:
 
     # ---- nodes --------------------------------------------------------------------------
     def write(self) -> onnx.ModelProto:
+        """Every node in order (static, per-step, neuron, pooling, analog), then the mean outputs."""
         g = self.graph
         x_name = g.inputs[0].name
         feed = x_name
@@ -131,8 +138,7 @@ class _Writer:
             elif node.op == "maxpool" and node.attrs.get("spiking") == "rate":
                 self.rate_maxpool(node, dyn[0])
             elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
-                raise SnncError(f"{node.where}: gated max pooling cannot be exported to standard ONNX; compile with "
-                                "--maxpool rate (the default), input or output")
+                self.gated_maxpool(node, dyn[0])
             elif conversion_kind(node) == "analog":
                 self.analog(node, dyn)
             else:
@@ -199,6 +205,48 @@ class _Writer:
         total = self.add("Mul", [self.to_steps(f, out), self._count(node.name, rank)], node.name)
         self.from_steps(self._increments(total, node.name, rank), out, out=out)
 
+    def gated_maxpool(self, node: Node, x: str) -> None:
+        """Each window passes the spikes of its input with the highest running spike count, ties
+        to the first input (a count plus −k/(plane+1) for the k-th position of the plane, as the
+        runtime adds): MaxPool's Indices of the counts pick from the (padded) spikes by Gather."""
+        from ...runtime.ops import _pool_out_size
+
+        a = node.attrs
+        sample = self.sample_shape(node.inputs[0])  # [C, *spatial]
+        nd = len(sample) - 1
+        kernel, stride = list(a["kernel"]), list(a.get("stride", [1] * nd))
+        pads, dilation = list(a.get("pads", [0] * 2 * nd)), list(a.get("dilation", [1] * nd))
+        ceil_mode = a.get("ceil_mode", 0)
+        spatial = sample[1:]
+        plane = int(np.prod(spatial))
+        dtype, onnx_type = ((np.float32, TensorProto.FLOAT) if self.T * (plane + 1) < 2 ** 23
+                            else (np.float64, TensorProto.DOUBLE))
+        seq = self.to_steps(x, node.inputs[0])
+        zero = self.const(node.name, np.array(0.0, np.float32))
+        fired = self.add("Cast", [self.add("Not", [self.add("Equal", [seq, zero], node.name)], node.name)],
+                         node.name, to=onnx_type)
+        counts = self.from_steps(self.add("CumSum", [fired, self.const(node.name, np.array(0, np.int64))],
+                                          node.name), node.inputs[0])
+        first_wins = (-np.arange(plane, dtype=dtype) / dtype(plane + 1)).astype(dtype).reshape(spatial)
+        counts = self.add("Add", [counts, self.const(node.name, first_wins)], node.name)
+        # pad as runtime.ops._windows does, so that a plain floor-mode pooling has ONNX's output size
+        ends = []
+        for i in range(nd):
+            size = spatial[i]
+            out = _pool_out_size(size, kernel[i], stride[i], pads[i], pads[nd + i], dilation[i], ceil_mode)
+            need = (out - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
+            ends.append(pads[nd + i] + max(0, need - (size + pads[i] + pads[nd + i])))
+        spikes = x
+        if any(pads[:nd]) or any(ends):
+            pad = self.const(node.name, _i64([0, 0] + list(pads[:nd]) + [0, 0] + ends))
+            counts = self.add("Pad", [counts, pad, self.const(node.name, np.array(-np.inf, dtype))], node.name)
+            spikes = self.add("Pad", [x, pad, zero], node.name)
+        pooled, idx = self.name(node.name + "_max"), self.name(node.name + "_idx")
+        self.b.add("MaxPool", [counts], [pooled, idx], self.name(node.name), kernel_shape=kernel, strides=stride,
+                   dilations=dilation, pads=[0] * 2 * nd, ceil_mode=0)
+        flat = self.add("Reshape", [spikes, self.const(node.name, _i64([-1]))], node.name)
+        self.b.add("Gather", [flat, idx], [node.outputs[0]], self.name(node.name), axis=0)
+
     def rate_maxpool(self, node: Node, x: str) -> None:
         """Increments of the window's largest running input sum; fed by a neuron, the sums are
         spike counts (exact in float32) times its θ, otherwise input values summed in float64."""
@@ -238,6 +286,7 @@ class _Writer:
         return out
 
     def model(self, outputs: list[str]) -> onnx.ModelProto:
+        """The ModelProto: the graph's input, its outputs (the means, under the graph's output names)."""
         g = self.graph
         x = g.inputs[0]
         in_shape = ["N"] + (["T_in"] if self.sequence else []) + [int(d) for d in x.shape[1:]]
