@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from . import distributed
@@ -38,22 +39,61 @@ def conversion_passes(opts: dict) -> list:
     return [stats, thresholds, neuronize] + ([hard_reset] if opts.get("reset") == "hard" else [])
 
 
-def _as_dataset(data, label="calibration data") -> Dataset:
+def _as_dataset(data, label="calibration data", limit: int | None = None) -> Dataset:
+    """Calibration data as a checked Dataset: a Dataset, an .npz path, an array or tensor, an
+    (x[, y]) tuple, or an iterable of x or (x, y) batches such as a torch DataLoader (read up
+    to ``limit`` samples)."""
+    from .data import from_batches, is_batch_iterable
+
     if isinstance(data, Dataset):
         return data
+    if is_batch_iterable(data):
+        return from_batches(data, label=label, limit=limit)
     if isinstance(data, (str,)) or hasattr(data, "__fspath__"):
         from .data import load
 
         return load(data, arg="--calib")
     if isinstance(data, tuple):
-        return validate(*data, label=label)
+        return validate(*[d.detach().cpu().numpy() if isinstance(d, torch.Tensor) else d for d in data], label=label)
     if isinstance(data, torch.Tensor):
-        data = data.numpy()
+        data = data.detach().cpu().numpy()
     return validate(data, label=label)
 
 
+def module_graph(module: torch.nn.Module, example_input=None, calib: Dataset | None = None) -> Graph:
+    """A torch ``nn.Module`` read into the IR: exported with torch's ONNX exporter
+    (:func:`~snncompiler.formats.onnx.from_torch.export_onnx_bytes`, opset 17, dynamic batch, eval
+    mode) and loaded like any ONNX file. ``example_input`` (a tensor or array [B, ...], or the
+    sample shape as a tuple of ints) gives the input shape; without it the shape of one
+    calibration sample does."""
+    from .formats.onnx import load_graph
+    from .formats.onnx.from_torch import export_onnx_bytes
+
+    if example_input is not None:
+        if isinstance(example_input, (tuple, list)) and all(isinstance(d, int) for d in example_input):
+            shape = tuple(example_input)
+        else:
+            shape = tuple(np.shape(example_input.detach().cpu() if isinstance(example_input, torch.Tensor)
+                                   else example_input))[1:]
+            if not shape:
+                raise SnncError("example_input: expected a batch [B, ...] or a sample shape tuple, got a "
+                                "tensor of rank ≤ 1")
+    elif calib is not None:
+        shape = tuple(calib.x.shape[1:])
+    else:
+        raise SnncError("example_input: needed to export a torch module without calibration data")
+    graph = load_graph(export_onnx_bytes(module, shape))
+    graph.metadata["source_file"] = type(module).__name__
+    return graph
+
+
 def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the public name
-    """Convert an ANN (ONNX path/bytes/ModelProto or IR Graph) into a spiking model.
+    """Convert an ANN (ONNX path/bytes/ModelProto, IR Graph or torch ``nn.Module``) into a spiking model.
+
+    A torch module is exported with torch's ONNX exporter into the same IR (see
+    :func:`module_graph`; ``example_input=`` a batch or sample shape, else one calibration sample
+    gives the input shape). ``calib_data``: an array or tensor [N, ...], an (x[, y]) tuple, a
+    Dataset, an .npz path, or any iterable of x or (x, y) batches such as a torch DataLoader.
 
     Passes: fold BN → activation statistics on ``calib_data`` → thresholds → neuronize
     (→ the calibration pipeline). Options (see :class:`~snncompiler.options.CompileOptions`, checked
@@ -72,14 +112,21 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
     all-reduced (:mod:`snncompiler.distributed`): every rank returns the same model, the one a
     single process computes up to float rounding, and the report records ``world_size``.
     """
+    example_input = options.pop("example_input", None)
     checked = CompileOptions.from_mapping(options)
     opts = checked.as_dict()
-    graph = model if isinstance(model, Graph) else load_ann(model)
+    if isinstance(model, torch.nn.Module):
+        calib = _as_dataset(calib_data, limit=int(opts["calib_samples"]))
+        graph = module_graph(model, example_input, calib)
+    else:
+        if example_input is not None:
+            raise SnncError("example_input: only for a torch.nn.Module (an ONNX model declares its input shape)")
+        graph = model if isinstance(model, Graph) else load_ann(model)
+        calib = _as_dataset(calib_data, limit=int(opts["calib_samples"]))
     if len(graph.inputs) != 1:
         names = ", ".join(v.name for v in graph.inputs)
         raise SnncError(f"{graph.metadata.get('source_file', 'model')}: has {len(graph.inputs)} inputs ({names}); "
                         "snnc compiles models with one input")
-    calib = _as_dataset(calib_data)
     check_input(graph.inputs[0], torch.from_numpy(calib.x[:1]), label="calibration input")
     graph = _pin_fixed_batch(graph, calib, opts)
     torch.manual_seed(int(opts["seed"]))
@@ -209,13 +256,23 @@ def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: st
               **options) -> CompiledModel:
     """Calibrate a spiking model layer by layer at ``timesteps`` (the compile T by default).
 
-    ``model_or_path``: an ANN (ONNX path or Graph) — compiled with the pipeline — or a
+    ``model_or_path``: an ANN (ONNX path, Graph or torch ``nn.Module`` with ``example_input=``
+    as in :func:`compile`) — compiled with the pipeline — or a
     CompiledModel / artifact path, recalibrated from its own ANN (the model it was compiled
     from when known, else its neurons read as ReLUs). ``batch_size`` is the minibatch of
     weight calibration; ``iterations`` its Adam steps.
     """
     extra = {"calibration": pipeline, "seed": seed, "iterations": iterations, "calib_batch": batch_size,
              "timesteps": timesteps}
+    example_input = options.pop("example_input", None)
+    if not isinstance(data, Dataset) and not isinstance(data, str) and not hasattr(data, "__fspath__"):
+        # read once: an iterable of batches (a generator, a DataLoader) is consumed here
+        data = _as_dataset(data, limit=int(options.get("calib_samples") or CompileOptions().calib_samples))
+    if isinstance(model_or_path, torch.nn.Module):
+        graph = module_graph(model_or_path, example_input, data if isinstance(data, Dataset) else _as_dataset(data))
+        return compile(graph, data, **options, **extra)
+    if example_input is not None:
+        raise SnncError("example_input: only for a torch.nn.Module (an ONNX model declares its input shape)")
     if isinstance(model_or_path, CompiledModel):
         compiled = model_or_path
     else:

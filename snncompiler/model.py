@@ -98,13 +98,24 @@ class CompiledModel:
                 batches.append([env[name].cpu().numpy() for name in names])
         return _joined(batches)
 
-    def evaluate(self, x, y, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
+    def evaluate(self, x, y=None, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
 
-        ``timesteps`` defaults to the powers of two up to 256, or up to the sequence length T_in
-        (and T_in itself) for sequence inputs. Under a torch.distributed process group the samples
-        are sharded across the ranks and the counts summed: every rank returns the same figures."""
+        ``x, y``: arrays or tensors, or ``x`` alone as a torch DataLoader or any iterable of
+        (x, y) batches (collected first). ``timesteps`` defaults to the powers of two up to 256,
+        or up to the sequence length T_in (and T_in itself) for sequence inputs. Under a
+        torch.distributed process group the samples are sharded across the ranks and the counts
+        summed: every rank returns the same figures."""
         from .analysis.metrics import accuracy
+        from .data import from_batches, is_batch_iterable
+
+        if y is None:
+            if not is_batch_iterable(x):
+                raise SnncError("evaluate: labels y are required (or pass an iterable of (x, y) batches)")
+            data = from_batches(x, label="data", require_labels=True)
+            x, y = data.x, data.y
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
 
         if timesteps is None:
             timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
@@ -147,6 +158,16 @@ class CompiledModel:
         return synaptic_operations(self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size,
                                    **overrides)
 
+    def to_torch(self, *, backend: str = "auto", surrogate: str = "triangle", alpha: float | None = None):
+        """This model as a standalone, trainable ``torch.nn.Module``: ``module(x, timesteps=T)``
+        returns what ``run(x, timesteps=T)`` returns (the mean output over T steps), as a tensor.
+        Neurons run on the kernel op (``backend="auto"``) or on the plain-PyTorch loop
+        (``backend="torch"``, for ``torch.compile``); weights, biases and θ are parameters
+        (see :class:`~snncompiler.runtime.module.SpikingModule`)."""
+        from .runtime.module import SpikingModule
+
+        return SpikingModule(self.graph, self.options, backend=backend, surrogate=surrogate, alpha=alpha)
+
     # ---- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
         """Write the artifact: ONNX with neuron nodes in the `snncompiler` domain."""
@@ -166,6 +187,20 @@ class CompiledModel:
         from .formats.nir.writer import save_nir
 
         return save_nir(self, path)
+
+    def to_onnx(self, timesteps: int | None = None):
+        """This SNN as a standard ``onnx.ModelProto`` (no custom operators) that simulates
+        ``timesteps`` steps (default: the compile T) and returns the mean output over them, as
+        ``run`` does (see :mod:`snncompiler.formats.onnx.standard`)."""
+        from .formats.onnx.standard import to_standard_onnx
+
+        return to_standard_onnx(self, timesteps)
+
+    def save_onnx(self, path, timesteps: int | None = None) -> None:
+        """Write :meth:`to_onnx` to ``path``: an SNN that onnxruntime runs."""
+        from .formats.onnx.standard import save_standard_onnx
+
+        save_standard_onnx(self, path, timesteps)
 
     def settings(self) -> dict:
         """The settings recorded in the artifact."""

@@ -234,12 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="write a compiled spiking model in another format (NIR)")
+    p = sub.add_parser("export", help="write a compiled spiking model in another format (NIR, standard ONNX)")
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.nir")
-    p.add_argument("--format", choices=["nir"], default="nir",
-                   help="nir: the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly, "
-                        "snnTorch, Norse, Sinabs, Lava and neuromorphic hardware toolchains")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.nir|OUT.onnx")
+    p.add_argument("--format", choices=["nir", "onnx"], default="nir",
+                   help="nir (default): the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly "
+                        "and neuromorphic toolchains; onnx: the SNN at a fixed T in standard ONNX operators "
+                        "(neurons as a Scan over the steps, output the mean over T as `snnc run` gives it), "
+                        "which onnxruntime runs")
+    p.add_argument("--timesteps", type=_positive_int, default=None,
+                   help="--format onnx: the number of steps the exported graph simulates (default: the compile T)")
     _add_common(p)
     p.set_defaults(func=cmd_export)
 
@@ -404,14 +408,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """snnc export MODEL.snn.onnx -o OUT.nir"""
+    """snnc export MODEL.snn.onnx -o OUT.nir | --format onnx [--timesteps T] -o OUT.onnx"""
     from .. import load
     from ..model import CompiledModel
 
+    if args.format != "onnx" and args.timesteps is not None:
+        raise SnncError("--timesteps: only with --format onnx (a NIR file has no fixed number of steps)")
     output = resolve_output(args.output, "-o", (args.model,))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
-        raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before exporting to NIR")
+        raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before exporting "
+                        f"to {'standard ONNX' if args.format == 'onnx' else 'NIR'}")
+    if args.format == "onnx":
+        T = args.timesteps or int(model.options["timesteps"])
+        model.save_onnx(output, T)
+        print(f"wrote {output}: standard ONNX, {len(model.graph.find('neuron'))} neuron layers as Scan over "
+              f"T={T} steps, output the mean over T")
+        return 0
     warnings = model.save_nir(output)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

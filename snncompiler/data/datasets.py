@@ -65,6 +65,61 @@ def validate(x, y=None, *, label: str = "data", require_labels: bool = False) ->
     return Dataset(x, y.astype(np.int64, copy=False))
 
 
+def _as_array(value) -> np.ndarray:
+    """A batch part (numpy array, torch tensor or array-like) as a numpy array; tensors are
+    detached and moved to the CPU (read by duck typing: this layer does not import torch)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def is_batch_iterable(data) -> bool:
+    """Whether ``data`` is an iterable of batches (a torch DataLoader, a list or generator of
+    ``x`` or ``(x, y)`` batches) rather than an array, a tensor, a tuple of arrays or a path."""
+    if isinstance(data, (str, bytes, tuple, np.ndarray, Dataset)) or hasattr(data, "__fspath__"):
+        return False
+    if hasattr(data, "detach") or hasattr(data, "__array__"):  # a tensor, an array-like
+        return False
+    return hasattr(data, "__iter__")
+
+
+def from_batches(batches, *, label: str = "data", limit: int | None = None,
+                 require_labels: bool = False) -> Dataset:
+    """Collect an iterable of batches (a torch DataLoader or any iterable of ``x`` or ``(x, y)``
+    batches, arrays or tensors) into one checked :class:`Dataset`; with ``limit`` it stops once
+    that many samples are in (a calibration reads only ``calib_samples``)."""
+    xs, ys, count = [], [], 0
+    for k, batch in enumerate(batches):
+        if isinstance(batch, dict):
+            batch = (batch["x"], batch["y"]) if "y" in batch else (batch["x"],) if "x" in batch else None
+            if batch is None:
+                raise SnncError(f"{label}: batch {k} is a dict without 'x'")
+        parts = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        if not 1 <= len(parts) <= 2:
+            raise SnncError(f"{label}: batch {k} has {len(parts)} parts; expected x or (x, y)")
+        x = _as_array(parts[0])
+        if x.ndim < 1:
+            raise SnncError(f"{label}: batch {k}: 'x' must have shape [B, ...], got a scalar")
+        xs.append(x)
+        if len(parts) == 2 and parts[1] is not None:
+            ys.append(_as_array(parts[1]).reshape(-1))
+        if len(ys) not in (0, len(xs)):
+            raise SnncError(f"{label}: batch {k}: some batches have labels and others do not")
+        count += len(x)
+        if limit is not None and count >= limit:
+            break
+    if not xs:
+        raise SnncError(f"{label}: the iterable of batches is empty")
+    shapes = {tuple(x.shape[1:]) for x in xs}
+    if len(shapes) > 1:
+        raise SnncError(f"{label}: batches of different sample shapes {sorted(shapes)}")
+    x = np.concatenate(xs)
+    y = np.concatenate(ys) if ys else None
+    if limit is not None:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return validate(x, y, label=label, require_labels=require_labels)
+
+
 def load_npz(path, *, require_labels: bool = False, arg: str = "--data") -> Dataset:
     """Read a ``.npz`` under the data contract; errors name the file and the argument."""
     path = Path(path)

@@ -300,7 +300,7 @@ class SpikingRunner:
         if node.op == "neuron":
             return [self._neuron(node, _dyn(ins[0], steps), state)]
         if node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
-            return [self._gated_maxpool(node, _dyn(ins[0], steps), state)]
+            return [gated_maxpool_steps(node, _dyn(ins[0], steps), state)]
         if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             return [self._rate_maxpool(node, _dyn(ins[0], steps), state)]
         if conversion_kind(node) == "analog":
@@ -409,32 +409,35 @@ class SpikingRunner:
             return out.to(s.dtype)
         return out.to(s.dtype) * channel_view(theta, out[0]).to(s.dtype)
 
-    def _gated_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
-        steps, batch = s.shape[:2]
-        nd = s.dim() - 3
-        kernel, stride = list(node.attrs["kernel"]), list(node.attrs.get("stride", [1] * nd))
-        pads, dilation = list(node.attrs.get("pads", [0] * 2 * nd)), list(node.attrs.get("dilation", [1] * nd))
-        ceil_mode = node.attrs.get("ceil_mode", 0)
-        # running spike counts up to and including this step choose the input a window passes;
-        # counting the current spike lets an input that fires now win ties in the first steps
-        plane = math.prod(s.shape[3:])
-        total = float(state.get((node.name, "steps"), 0) + steps)
-        # count + tie-break fraction stays ordered in float32 while count·(plane+1) < 2^23
-        dtype = torch.float32 if total * (plane + 1) < 2 ** 23 else torch.float64
-        counts_so_far = (s != 0).to(dtype).cumsum(0) + state.get(node.name, 0)
-        state[node.name] = counts_so_far[-1]
-        state[(node.name, "steps")] = total
-        flat_s = s.reshape((-1,) + tuple(s.shape[2:]))
-        # Ties go to the first input of the window, explicitly: torch's max_pool breaks ties
-        # differently in its vectorised paths, which made results depend on the chunk size.
-        first_wins = -torch.arange(plane, dtype=dtype, device=s.device).reshape(s.shape[3:]) / (plane + 1)
-        counts = counts_so_far.reshape(flat_s.shape) + first_wins
-        cp = _windows(counts, nd, kernel, stride, pads, dilation, ceil_mode, float("-inf"))
-        sp = _windows(flat_s, nd, kernel, stride, pads, dilation, ceil_mode, 0.0)
-        fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
-        _, idx = fn(cp, kernel, stride, 0, dilation, return_indices=True)
-        picked = sp.flatten(2).gather(2, idx.flatten(2)).reshape(idx.shape)
-        return picked.reshape((steps, batch) + tuple(picked.shape[1:]))
+def gated_maxpool_steps(node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
+    """``gated`` max pooling of spikes s [steps, B, C, ...]: each window passes the spikes of the
+    input with the highest running spike count (ties to the first input of the window), the
+    counts carried in ``state`` across chunks. Also used by :mod:`snncompiler.runtime.module`."""
+    steps, batch = s.shape[:2]
+    nd = s.dim() - 3
+    kernel, stride = list(node.attrs["kernel"]), list(node.attrs.get("stride", [1] * nd))
+    pads, dilation = list(node.attrs.get("pads", [0] * 2 * nd)), list(node.attrs.get("dilation", [1] * nd))
+    ceil_mode = node.attrs.get("ceil_mode", 0)
+    # running spike counts up to and including this step choose the input a window passes;
+    # counting the current spike lets an input that fires now win ties in the first steps
+    plane = math.prod(s.shape[3:])
+    total = float(state.get((node.name, "steps"), 0) + steps)
+    # count + tie-break fraction stays ordered in float32 while count·(plane+1) < 2^23
+    dtype = torch.float32 if total * (plane + 1) < 2 ** 23 else torch.float64
+    counts_so_far = (s != 0).to(dtype).cumsum(0) + state.get(node.name, 0)
+    state[node.name] = counts_so_far[-1]
+    state[(node.name, "steps")] = total
+    flat_s = s.reshape((-1,) + tuple(s.shape[2:]))
+    # Ties go to the first input of the window, explicitly: torch's max_pool breaks ties
+    # differently in its vectorised paths, which made results depend on the chunk size.
+    first_wins = -torch.arange(plane, dtype=dtype, device=s.device).reshape(s.shape[3:]) / (plane + 1)
+    counts = counts_so_far.reshape(flat_s.shape) + first_wins
+    cp = _windows(counts, nd, kernel, stride, pads, dilation, ceil_mode, float("-inf"))
+    sp = _windows(flat_s, nd, kernel, stride, pads, dilation, ceil_mode, 0.0)
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+    _, idx = fn(cp, kernel, stride, 0, dilation, return_indices=True)
+    picked = sp.flatten(2).gather(2, idx.flatten(2)).reshape(idx.shape)
+    return picked.reshape((steps, batch) + tuple(picked.shape[1:]))
 
 
 _warned: set[str] = set()
