@@ -121,8 +121,11 @@ def test_event_rates_count_nonzero_steps(mlp):
 def test_cli_eval_sops(mlp, tmp_path, capsys):
     import json
 
-    from snncompiler.cli import main as cli
+    import importlib
+
     from snncompiler.data import save_npz
+
+    cli = importlib.import_module("snncompiler.cli.main")  # the module: `snncompiler.cli.main` the attribute is the function
 
     model, x = mlp
     artifact, data = tmp_path / "m.snn.onnx", tmp_path / "d.npz"
