@@ -127,6 +127,9 @@ def test_eval_json_has_one_schema(compiled, tmp_path, capsys):
     assert s["synaptic_ops"] is None and s["layers"] is None
     assert plot.stat().st_size > 0 and f"wrote {plot}" in out.err  # stdout stays one JSON object
     assert "\r" not in out.err  # no progress bar when stderr is not a terminal
+    plot.unlink()
+    assert cli.main(["eval", str(artifact), "--data", str(data), "--timesteps", "2", "--plot", str(plot)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {plot}: accuracy against T" and plot.exists()
 
 
 def test_export_prints_each_warning_once(tmp_path, capsys):

@@ -625,7 +625,8 @@ def _eval_snn(args, model, data) -> int:
     ts = [int(t) for t in result["snn_accuracy"]]
     if args.plot:
         _plot(args.plot, result, args.model)
-        print(f"wrote {args.plot}: accuracy against T", file=sys.stderr if args.json else sys.stdout)
+        if args.json:  # stdout stays one JSON object
+            print(f"wrote {args.plot}: accuracy against T", file=sys.stderr)
     if args.layers:
         from ..analysis.diagnostics import layer_errors
 
@@ -659,6 +660,8 @@ def _eval_snn(args, model, data) -> int:
         from ..analysis.metrics import format_synaptic_operations
 
         print("\n" + format_synaptic_operations(result["synaptic_ops"]))
+    if args.plot:
+        print(f"wrote {args.plot}: accuracy against T")
     return 0
 
 
