@@ -69,7 +69,7 @@ def measure(model, x, y, timesteps=None, *, analysis_samples: int = DEFAULT_LAYE
     traces = model.runner(**overrides).record(model._input(x[:raster_samples]), raster_t,
                                               [n.outputs[0] for n in shown], chunk=chunk)
     raster = {n.name: (traces[n.outputs[0]] != 0).flatten(2).numpy() for n in shown}  # [T, B, neurons]
-    return {"samples": acc["samples"], "analysis_samples": int(len(sub)), "raster_samples": int(min(len(x), raster_samples)),
+    return {"samples": acc["samples"], "analysis_samples": len(sub), "raster_samples": int(min(len(x), raster_samples)),
             "timesteps": ts, "snn_accuracy": acc["snn_accuracy"], "ann_accuracy": acc["ann_accuracy"],
             "firing_rate": acc["firing_rate"], "neuron_rates": rates, "layers": errors, "energy": energy,
             "raster": raster, "raster_steps": raster_t}
