@@ -19,10 +19,13 @@ rank's GPU for the reduction and back).
 from __future__ import annotations
 
 import os
-
-import torch
+import sys
+from typing import TYPE_CHECKING
 
 from .errors import SnncError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `snnc --help` must not load it
+    import torch
 
 #: the environment torchrun sets for each process
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -30,6 +33,8 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 def _dist():
     """torch.distributed when it is usable and a group is initialised, else None."""
+    if "torch" not in sys.modules:  # nothing imported torch yet, so no process group can exist
+        return None
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
@@ -71,6 +76,7 @@ def init_from_env(device: str = "cpu") -> str:
     """Under torchrun: initialise the default group (gloo for ``cpu``, NCCL for ``cuda``) from the
     environment, unless one already is; return the device this rank runs on (``cuda`` becomes
     ``cuda:LOCAL_RANK``: rank r on GPU r of its node). Without torchrun: ``device`` unchanged."""
+    import torch
     import torch.distributed as dist
 
     if not launched_by_torchrun():
@@ -117,6 +123,7 @@ def shard(items):
 
 
 def _reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+    import torch
     import torch.distributed as dist
 
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -137,6 +144,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def sum_numbers(*values: float) -> list[float]:
     """Python numbers summed over ranks (exact for integer counts below 2**53); unchanged without a group."""
+    import torch
     if not is_distributed():
         return list(values)
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
@@ -145,6 +153,7 @@ def sum_numbers(*values: float) -> list[float]:
 def mean(t: torch.Tensor, dim=None) -> torch.Tensor:
     """``t.mean(dim)`` over the samples of every rank: local sums and counts all-reduced, then
     divided. Without a group exactly ``t.mean()`` / ``t.mean(dim=dim)``."""
+    import torch
     if not is_distributed():
         return t.mean() if dim is None else t.mean(dim=dim)
     dims = list(range(t.dim())) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
@@ -160,6 +169,7 @@ def mean(t: torch.Tensor, dim=None) -> torch.Tensor:
 def sum_gradients(parameters) -> None:
     """Sum every parameter's gradient over ranks (callers scale their losses so that the sum is
     the full-batch gradient); no-op without a group."""
+    import torch
     if not is_distributed():
         return
     for p in parameters:

@@ -11,6 +11,7 @@ from . import distributed
 from .errors import SnncError
 from .ir import Graph
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS
+from .progress import progress_bar
 from .runtime.executor import Executor, check_input
 from .runtime.snn import SpikingRunner, _single, output_steps
 
@@ -59,10 +60,13 @@ class CompiledModel:
         return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
                              device=o.get("device", "cpu"), exec_mode=o.get("exec") or "dense")
 
-    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = DEFAULT_BATCH_SIZE, **overrides):
+    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = DEFAULT_BATCH_SIZE,
+            progress: bool = False, **overrides):
         """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.
 
-        Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in."""
+        Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in.
+        ``progress``: a bar of simulated sample-steps on stderr (only on a terminal, see
+        :mod:`snncompiler.progress`)."""
         xt = self._input(x)
         if timesteps is None:
             timesteps = xt.shape[1] if self.sequence else self.options["timesteps"]
@@ -72,10 +76,13 @@ class CompiledModel:
         runner = self.runner(**overrides)
         chunk = int(overrides.get("chunk", self.options["chunk"]))
         parts: dict[int, list] = {}
-        for start in range(0, len(xt), batch_size):
-            res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
-            for t, y in res.items():
-                parts.setdefault(t, []).append([o.cpu().numpy() for o in (y if isinstance(y, tuple) else (y,))])
+        with progress_bar(len(xt) * timesteps, f"T={timesteps}", "sample-step", enabled=None if progress else False) as bar:
+            runner.on_chunk = lambda samples, steps: bar.update(samples * steps)
+            for start in range(0, len(xt), batch_size):
+                res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
+                for t, y in res.items():
+                    parts.setdefault(t, []).append([o.cpu().numpy() for o in (y if isinstance(y, tuple) else (y,))])
+        runner.on_chunk = None
         self.last_runner = runner
         out = {t: _joined(batches) for t, batches in parts.items()}
         return out if checkpoints else out[timesteps]
@@ -98,8 +105,10 @@ class CompiledModel:
                 batches.append([env[name].cpu().numpy() for name in names])
         return _joined(batches)
 
-    def evaluate(self, x, y=None, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
-        """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate.
+    def evaluate(self, x, y=None, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
+                 **overrides) -> dict:
+        """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate
+        (``progress``: a bar on stderr, as in :meth:`run`).
 
         ``x, y``: arrays or tensors, or ``x`` alone as a torch DataLoader or any iterable of
         (x, y) batches (collected first). ``timesteps`` defaults to the powers of two up to 256,
@@ -122,7 +131,7 @@ class CompiledModel:
         ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
         if distributed.is_distributed():
             return self._evaluate_sharded(x, y, ts, batch_size, overrides)
-        outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, **overrides)
+        outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, progress=progress, **overrides)
         return {"samples": int(len(x)),
                 "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
                 "ann_accuracy": accuracy(first_output(self.ann(x)), y),

@@ -46,6 +46,9 @@ ADVANCED_THRESHOLD = "mse"
 CALIBRATIONS = ("none", "light", "advanced")
 #: What ``substitute`` may replace HardSwish, GELU and SiLU with ("none" or None: nothing).
 SUBSTITUTES = ("relu",)
+#: Execution modes of the spiking runtime (``--exec``; :mod:`snncompiler.kernels.event`), here so the
+#: CLI lists them without importing the kernels (and torch).
+EXEC_MODES = ("dense", "event", "auto")
 #: The options recorded in an artifact's settings (what a loaded model runs and recompiles with).
 SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
                 "calibration", "substitute")

@@ -125,7 +125,10 @@ def test_cli_compile_eval_inspect(cnn, digits_data, tmp_path):
     proc = subprocess.run(cli + ["eval", str(out), "--data", str(tmp_path / "test.npz"), "--timesteps", "1,2,4,8",
                                  "--json"], capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout)
-    assert set(result) == {"samples", "snn_accuracy", "ann_accuracy", "firing_rate"}
+    # the one eval --json schema (README): the ANN's keys, null where a key does not apply or was not asked for
+    assert set(result) == {"model", "kind", "samples", "engine", "seconds", "snn_accuracy", "ann_accuracy",
+                           "firing_rate", "layers", "synaptic_ops"}
+    assert result["kind"] == "snn" and result["layers"] is None and result["synaptic_ops"] is None
     assert list(result["snn_accuracy"]) == ["1", "2", "4", "8"] and result["samples"] == 60
     proc = subprocess.run(cli + ["inspect", str(out)], capture_output=True, text=True, check=True)
     assert "θ=" in proc.stdout and "Neuron" in proc.stdout

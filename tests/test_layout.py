@@ -18,7 +18,7 @@ PACKAGE = ROOT / "snncompiler"
 #: Bottom to top. A module may import its own layer or any layer below it, never one above.
 LAYERS = [
     ["snncompiler.errors", "snncompiler._version"],
-    ["snncompiler.limits", "snncompiler.fileio", "snncompiler.ir", "snncompiler.distributed"],
+    ["snncompiler.limits", "snncompiler.fileio", "snncompiler.progress", "snncompiler.ir", "snncompiler.distributed"],
     ["snncompiler.options", "snncompiler.data"],
     ["snncompiler.kernels"],
     ["snncompiler.runtime"],

@@ -214,7 +214,7 @@ def test_bad_nir_files_are_one_line_errors(tmp_path):
     nir.write(str(tmp_path / "no_dt.nir"), good)
     raw = (tmp_path / "no_dt.nir").read_bytes()
     (tmp_path / "cut.nir").write_bytes(raw[: len(raw) // 2])
-    cases = [(tmp_path / "no_dt.nir", [], "does not say its time step"),
+    cases = [(tmp_path / "no_dt.nir", [], "does not say its time step; pass --dt"),
              (tmp_path / "cut.nir", [], "not a readable NIR file"),
              (tmp_path / "no_dt.nir", ["--dt", "nan"], "--dt: must be a finite number > 0")]
     good.nodes["lif"] = nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.full(2, -1.0))

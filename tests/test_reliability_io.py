@@ -194,12 +194,14 @@ def _cases(files, tmp_path):
         "eval --plot --data": plot + ["--plot", tmp_path / "data_link.png"],
         "eval --plot --reference": plot + ["--layers", "--reference", files / "ann.onnx", "--plot",
                                            tmp_path / "ann_link.png"],
+        "report model": ["report", files / "m.snn.onnx", "--data", files / "data.npz", "-o", files / "m.snn.onnx"],
+        "report --data": ["report", files / "m.snn.onnx", "--data", files / "data.npz", "-o", tmp_path / "data_link.png"],
     }
 
 
 @pytest.mark.parametrize("case", ["compile model", "compile --calib", "run --input", "run model", "finetune model",
                                   "finetune --data", "finetune --val", "finetune --val hard link", "export model",
-                                  "eval --plot --data", "eval --plot --reference"])
+                                  "eval --plot --data", "eval --plot --reference", "report model", "report --data"])
 def test_no_command_writes_over_one_of_its_inputs(files, tmp_path, capsys, case):
     os.link(files / "val.npz", tmp_path / "val_link.npz")  # the same file under another name
     os.link(files / "data.npz", tmp_path / "data_link.png")
@@ -365,7 +367,9 @@ def test_a_warning_ahead_of_an_error_is_not_printed(tmp_path):
 def test_warnings_are_printed_when_the_command_succeeds_only(monkeypatch, capsys):
     import logging
 
-    from snncompiler.cli import main as cli
+    import importlib
+
+    cli = importlib.import_module("snncompiler.cli.main")  # the module (the package's `main` is the function)
 
     def warn_then(fail):
         def command(args):

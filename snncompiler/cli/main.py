@@ -18,6 +18,7 @@ import warnings
 
 from .. import options as defaults
 from .. import distributed
+from .._version import __version__
 from ..errors import OptionError, SnncError
 from ..fileio import atomic_write, resolve_output
 
@@ -79,14 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = _Parser(prog="snnc", description="snncompiler: compile trained ANNs (ONNX) into spiking neural networks.")
     _add_common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"snnc {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("compile", help="convert a trained ANN (ONNX) into a spiking model")
-    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("model", metavar="MODEL.onnx", help="the trained ANN (ONNX)")
     p.add_argument("--calib", required=True, metavar="CALIB.npz",
                    help="calibration inputs 'x' (labels 'y' only with --finetune)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the spiking artifact")
     # every default is None: the library fills it in (snncompiler/options.py), the help reads it from there
     d = argparse.Namespace(**defaults.DEFAULTS)
     p.add_argument("--timesteps", type=_positive_int, default=None,
@@ -96,15 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{defaults.HARD_RESET_THRESHOLD} with --reset hard; {defaults.ADVANCED_THRESHOLD} with "
                         "--calibration advanced)")
     p.add_argument("--channelwise", action="store_true", default=None, help="one threshold per output channel")
-    p.add_argument("--neuron", choices=list(defaults.NEURONS), default=None, help=f"(default {d.neuron})")
+    p.add_argument("--neuron", choices=list(defaults.NEURONS), default=None,
+                   help=f"neuron model: integrate-and-fire or leaky (default {d.neuron})")
     p.add_argument("--tau", type=float, default=None,
                    help=f"LIF time constant (decay = 1 - 1/tau; default {defaults.DEFAULT_LIF_TAU:g}); needs --neuron lif")
-    p.add_argument("--reset", choices=list(defaults.RESETS), default=None, help=f"(default {d.reset})")
+    p.add_argument("--reset", choices=list(defaults.RESETS), default=None,
+                   help=f"after a spike: subtract θ (soft) or set the membrane to 0 (hard) (default {d.reset})")
     p.add_argument("--v0", choices=list(defaults.V0S), default=None,
                    help=f"initial membrane: θ/2 (half) or 0 (zero) (default {d.v0})")
     p.add_argument("--maxpool", choices=list(defaults.MAXPOOL_STRATEGIES), default=None,
                    help=f"spiking max pooling strategy (default {d.maxpool}; see README)")
-    p.add_argument("--encoding", choices=["direct", "rate"], default=None, help=f"(default {d.encoding})")
+    p.add_argument("--encoding", choices=["direct", "rate"], default=None,
+                   help=f"input coding: the analog input at every step (direct) or Bernoulli spikes (rate) "
+                        f"(default {d.encoding})")
     p.add_argument("--strict", action="store_true", default=None,
                    help="refuse analog islands, and a network with no neuron (an error, exit 2, instead of a warning)")
     p.add_argument("--substitute", choices=list(defaults.SUBSTITUTES), default=None,
@@ -137,14 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run a model on an .npz input and save its output")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--input", required=True, metavar="X.npz", help="input array under the key 'x'")
     p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the output (key 'y')")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE,
+                   help="samples run at once (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--timesteps", type=_positive_int, default=None, help="spiking models: steps to simulate (default: compile T; "
                    "a sequence model: the input's length)")
-    p.add_argument("--backend", default="auto", help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda)")
+    p.add_argument("--backend", default="auto",
+                   help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda; default %(default)s)")
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     _add_exec_option(p)
     _add_dt_option(p)
@@ -153,18 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="top-1 accuracy of a model on labelled .npz data")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--data", required=True, metavar="TEST.npz", help="inputs 'x' and int64 labels 'y'")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (the same keys for an ANN and a spiking model; see README)")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE,
+                   help="samples run at once (default %(default)s)")
     p.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
                    help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine; default %(default)s)")
     p.add_argument("--timesteps", default=None,
                    help="spiking models: comma-separated T values, all from one max(T) run "
                         "(default 1,2,4,...,256; a sequence model: powers of two up to the input's length)")
     p.add_argument("--chunk", type=_positive_int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
-    p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda")
+    p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)")
     _add_exec_option(p)
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     p.add_argument("--layers", action="store_true",
@@ -172,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "similarity between ANN activation and SNN rate (at the largest --timesteps)")
     p.add_argument("--reference", metavar="ANN.onnx",
                    help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
-    p.add_argument("--layer-samples", type=_positive_int, default=defaults.DEFAULT_LAYER_SAMPLES, help="with --layers: samples used for the per-layer errors")
+    p.add_argument("--layer-samples", type=_positive_int, default=defaults.DEFAULT_LAYER_SAMPLES, help="with --layers: samples used for the per-layer errors (default %(default)s)")
     _add_dt_option(p)
     _add_event_options(p)
     p.add_argument("--sops", action="store_true",
@@ -184,22 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="train a compiled spiking model at a few timesteps (surrogate gradients, TET loss)")
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact (or a NIR file)")
     p.add_argument("--data", required=True, metavar="TRAIN.npz", help="labelled training data 'x', 'y'")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the fine-tuned artifact")
     p.add_argument("--val", metavar="VAL.npz", help="held-out data the result is judged on "
                    "(default: a random 20%% of --data, not trained on)")
     p.add_argument("--timesteps", type=_positive_int, default=None,
                    help=f"T to train and judge at (default {defaults.FINETUNE_TIMESTEPS})")
-    p.add_argument("--epochs", type=_positive_int, default=None, help=f"(default {defaults.FINETUNE_EPOCHS})")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"passes over the training data (default {defaults.FINETUNE_EPOCHS})")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help=f"Adam learning rate, cosine schedule (default {defaults.FINETUNE_LR:g})")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"(default {defaults.TRAIN_BATCH_SIZE})")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"samples per training step (default {defaults.TRAIN_BATCH_SIZE})")
     p.add_argument("--no-learn-theta", action="store_true", help="keep the thresholds; train weights and biases only")
     p.add_argument("--keep-always", action="store_true",
                    help="write the fine-tuned model even when it is not more accurate on the held-out data")
     p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
-                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
-    p.add_argument("--seed", type=int, default=None, help="(default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r)")
+                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
+                        "(default %(default)g)")
+    p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r) (default %(default)s)")
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
@@ -207,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an ONNX architecture directly as a spiking network (surrogate gradients)")
     p.add_argument("model", metavar="MODEL.onnx", help="a ReLU network; its ReLUs become IF/LIF neurons")
     p.add_argument("--data", required=True, metavar="TRAIN.npz", help="labelled training data 'x', 'y'")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the trained artifact")
     p.add_argument("--val", metavar="VAL.npz", help="labelled data scored after every epoch (not trained on)")
     p.add_argument("--timesteps", default="4",
                    help="T to train at, or a schedule such as 1,4: train at the first T, continue at the next "
@@ -219,24 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random: Kaiming weights from --seed, trained with BatchNorm folded in afterwards; "
                         "ann: the ONNX weights and their conversion thresholds (default random)")
     p.add_argument("--loss", choices=["tet", "sdt"], default="tet",
-                   help="tet: cross-entropy at every step (+ λ·MSE); sdt: cross-entropy of the time-mean")
+                   help="tet: cross-entropy at every step (+ λ·MSE); sdt: cross-entropy of the time-mean (default %(default)s)")
     p.add_argument("--lam", type=float, default=1e-3, help="TET's λ, in [0, 1] (default 1e-3)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="Adam learning rate, cosine schedule per stage (default 1e-2 with --init random, 1e-3 with ann)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--neuron", choices=["if", "lif"], default="if")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per training step (default %(default)s)")
+    p.add_argument("--neuron", choices=["if", "lif"], default="if", help="neuron model (default %(default)s)")
     p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau; default 2); "
                    "needs --neuron lif")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
-                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy")
-    p.add_argument("--seed", type=int, default=0, help="weights (--init random), data order")
+                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
+                        "(default %(default)g)")
+    p.add_argument("--seed", type=int, default=0, help="weights (--init random), data order (default %(default)s)")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a compiled spiking model in another format (NIR, standard ONNX)")
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.nir|OUT.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.nir|OUT.onnx", help="where to write the exported model")
     p.add_argument("--format", choices=["nir", "onnx"], default="nir",
                    help="nir (default): the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly "
                         "and neuromorphic toolchains; onnx: the SNN at a fixed T in standard ONNX operators "
@@ -251,7 +266,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_common(p)
     p.set_defaults(func=cmd_env)
+    _add_report_command(sub)
     return parser
+
+
+def _add_report_command(sub) -> None:
+    """``snnc report``: its parser."""
+    p = sub.add_parser("report", help="one self-contained HTML page: accuracy, firing rates, spike raster, "
+                                      "per-layer errors and energy against T")
+    p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact (or a NIR file)")
+    p.add_argument("--data", required=True, metavar="TEST.npz", help="labelled data: inputs 'x' and int64 labels 'y'")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="where to write the page")
+    p.add_argument("--timesteps", default=None,
+                   help="comma-separated T values, all from one max(T) run (default 1,2,4,...,256)")
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help="use the first N samples of --data (default: all for accuracy; firing rates, per-layer "
+                        f"errors and energy use at most {defaults.DEFAULT_LAYER_SAMPLES})")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE,
+                   help="samples run at once (default %(default)s)")
+    p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    _add_dt_option(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    """snnc report MODEL.snn.onnx --data TEST.npz -o report.html"""
+    from .. import load
+    from ..analysis.report import build_report, check_plotting
+    from ..data import load_npz
+    from ..model import CompiledModel
+
+    output = resolve_output(args.output, "-o", (args.model, args.data))
+    ts = _parse_timesteps(args.timesteps)
+    check_plotting()
+    data = load_npz(args.data, require_labels=True)
+    model = load(args.model, device=args.device, dt=args.dt)
+    if not isinstance(model, CompiledModel):
+        raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before `snnc report`")
+    x, y = (data.x, data.y) if args.samples is None else (data.x[:args.samples], data.y[:args.samples])
+    t0 = time.perf_counter()
+    page = build_report(model, x, y, ts, title=f"snnc report: {os.path.basename(args.model)}",
+                        analysis_samples=min(len(x), defaults.DEFAULT_LAYER_SAMPLES), batch_size=args.batch_size,
+                        progress=True, backend=args.backend, device=args.device)
+    with atomic_write(output, "w", "-o") as handle:
+        handle.write(page)
+    print(f"wrote {output}: accuracy at T={','.join(str(t) for t in (ts or defaults.DEFAULT_EVAL_STEPS))} on {len(x)} "
+          f"samples, firing rates, spike raster, per-layer errors and energy ({len(page) // 1024} KiB, "
+          f"{time.perf_counter() - t0:.1f} s)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,12 +489,32 @@ def cmd_export(args) -> int:
         print(f"wrote {output}: standard ONNX, {len(model.graph.find('neuron'))} neuron layers as Scan over "
               f"T={T} steps, output the mean over T")
         return 0
-    warnings = model.save_nir(output)
+    with _unlogged("snncompiler.formats.nir.writer"):  # printed here, once, not again by the held log
+        warnings = model.save_nir(output)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {output}: NIR graph of {len(model.graph.find('neuron'))} neuron layers "
           f"({'lossy: ' + str(len(warnings)) + ' warning(s) above' if warnings else 'no loss'})")
     return 0
+
+
+@contextlib.contextmanager
+def _unlogged(name: str):
+    """Drop the log records of logger ``name`` (and its children) while the block runs: for
+    warnings a command prints itself, which the held log would otherwise print a second time."""
+    class _Drop(logging.Filter):
+        def filter(self, record):
+            return not (record.name == name or record.name.startswith(name + "."))
+
+    drop = _Drop()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(drop)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(drop)
 
 
 def cmd_inspect(args) -> int:
@@ -473,9 +557,7 @@ def cmd_inspect(args) -> int:
 
 
 def _add_exec_option(p) -> None:
-    from ..kernels.event import EXEC_MODES
-
-    p.add_argument("--exec", choices=EXEC_MODES, default=None,
+    p.add_argument("--exec", choices=defaults.EXEC_MODES, default=None,
                    help="spiking models: how conv/linear layers fed by spikes run: dense (default), event "
                         "(from the active inputs and nonzero weights only, C++ CPU kernel) or auto (per layer "
                         "and chunk, by measured spike density × weight density)")
@@ -507,7 +589,11 @@ def cmd_run(args) -> int:
     else:
         _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec"))
         run = model
-    batches = [run(x) for x, _ in data.batches(args.batch_size)]
+    with _progress(len(data), "run", "sample") as bar:
+        batches = []
+        for x, _ in data.batches(args.batch_size):
+            batches.append(run(x))
+            bar.update(len(x))
     if isinstance(batches[0], (list, tuple)):  # an ANN with several outputs: every one is saved
         arrays = {("y" if k == 0 else f"y{k}"): np.concatenate([b[k] for b in batches], axis=0)
                   for k in range(len(batches[0]))}
@@ -581,11 +667,14 @@ def _eval_snn(args, model, data) -> int:
         raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
     result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, backend=args.backend,
-                            device=args.device, exec=args.exec, **({"chunk": args.chunk} if args.chunk else {}))
+                            device=args.device, exec=args.exec, progress=True,
+                            **({"chunk": args.chunk} if args.chunk else {}))
     seconds = time.perf_counter() - t0
     ts = [int(t) for t in result["snn_accuracy"]]
     if args.plot:
         _write_on_rank0(lambda: _plot(args.plot, result, args.model))
+        if args.json and distributed.is_main():  # stdout stays one JSON object
+            print(f"wrote {args.plot}: accuracy against T", file=sys.stderr)
     if args.layers:
         from ..analysis.diagnostics import layer_errors
 
@@ -600,7 +689,7 @@ def _eval_snn(args, model, data) -> int:
                                                            backend=args.backend, device=args.device, exec=args.exec,
                                                            **({"chunk": args.chunk} if args.chunk else {}))
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(eval_record(result, model=args.model, kind="snn", engine="torch", seconds=seconds)))
         return 0
     print(f"{args.model}: {result['samples']} samples, ANN mode {100 * result['ann_accuracy']:.2f}%, "
           f"firing rate {result['firing_rate']:.4f} spikes/neuron/step ({seconds:.1f} s for T={ts[-1]})")
@@ -619,6 +708,8 @@ def _eval_snn(args, model, data) -> int:
         from ..analysis.metrics import format_synaptic_operations
 
         print("\n" + format_synaptic_operations(result["synaptic_ops"]))
+    if args.plot:
+        print(f"wrote {args.plot}: accuracy against T")
     return 0
 
 
@@ -712,6 +803,29 @@ def _add_event_options(p: argparse.ArgumentParser) -> None:
                    help="with --frames: sensor H,W (default: the largest coordinates found + 1)")
 
 
+#: The keys of ``snnc eval --json``, the same for a plain ANN and a spiking model (README, "eval --json"):
+#: what does not apply to the model (an ANN's ``snn_accuracy``, say) or was not asked for
+#: (``layers`` without --layers, ``synaptic_ops`` without --sops) is null.
+EVAL_JSON_KEYS = ("model", "kind", "samples", "engine", "seconds", "ann_accuracy", "snn_accuracy", "firing_rate",
+                  "layers", "synaptic_ops")
+
+
+def eval_record(result: dict, **extra) -> dict:
+    """``snnc eval --json``'s object: every key of :data:`EVAL_JSON_KEYS` (null where it does not
+    apply), in that order, then anything else ``result`` holds."""
+    merged = {**extra, **result}
+    if merged.get("seconds") is not None:
+        merged["seconds"] = round(float(merged["seconds"]), 3)
+    return {**{k: merged.get(k) for k in EVAL_JSON_KEYS}, **merged}
+
+
+def _progress(total: int, desc: str, unit: str):
+    """A progress bar on stderr for a command's loop (shown on a terminal only; TQDM_DISABLE=1 hides it)."""
+    from ..progress import progress_bar
+
+    return progress_bar(total, desc, unit)
+
+
 def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
     from ..analysis.metrics import correct
@@ -743,12 +857,16 @@ def cmd_eval(args) -> int:
                     for s in range(start, end, args.batch_size))
         right = int(distributed.sum_numbers(right)[0])
     else:
-        right = sum(correct(model(x), y) for x, y in data.batches(args.batch_size))
+        with _progress(len(data), "eval", "sample") as bar:
+            right = 0
+            for x, y in data.batches(args.batch_size):
+                right += correct(model(x), y)
+                bar.update(len(x))
     acc = right / len(data)
     result = {"model": args.model, "samples": len(data), "ann_accuracy": acc, "engine": args.engine,
               "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(eval_record(result, kind="ann")))
     else:
         print(f"{args.model}: top-1 accuracy {100 * acc:.2f}% on {len(data)} samples "
               f"({args.engine}, {result['seconds']:.2f} s)")

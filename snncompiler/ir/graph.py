@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are used: `snnc --help` must not pay for it
+    import torch
 
 from ..errors import SnncError
 from .ops import OPS
@@ -213,6 +214,8 @@ class Graph:
 def check_finite_parameters(graph: Graph, where: str) -> None:
     """Every floating-point parameter of ``graph`` is finite (an artifact, a NIR file): a NaN bias
     would otherwise run and score near chance with exit status 0. ``where`` names the file."""
+    import torch
+
     for node in graph.nodes:
         for key, tensor in node.params.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

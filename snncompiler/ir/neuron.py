@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import OptionError, SnncError
 
 NEURONS = ("if", "lif")
@@ -104,6 +102,8 @@ class NeuronSpec:
         (a float stays a float: the kernel op caches scalar tensors itself)."""
         if self.v0 == "half":
             return theta * 0.5
+        import torch  # here, not at module level: the CLI's parser reads this module without torch
+
         return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
 
 

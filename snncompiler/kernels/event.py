@@ -21,8 +21,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-#: Execution modes of :class:`snncompiler.runtime.snn.SpikingRunner` (``--exec``).
-EXEC_MODES = ("dense", "event", "auto")
+from ..options import EXEC_MODES  # noqa: F401 - execution modes of SpikingRunner (``--exec``), re-exported
 
 #: ``auto`` runs a layer event-driven when spike density × weight density of the chunk is at
 #: most this: the share of the dense MACs the event kernel does. Measured break-even on the sdconv

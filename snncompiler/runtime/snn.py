@@ -84,6 +84,8 @@ class SpikingRunner:
         # parameters are copied to the device: the graph is shared (a CompiledModel's) and stays where it is
         self.graph = graph = on_device(graph, self.device)
         self.steps_run = 0  # total simulated steps (tests count these, no timing)
+        #: called with (samples, steps) after every simulated chunk (a progress bar); None: nothing
+        self.on_chunk = None
         self.profile: dict[str, float] | None = None  # set to {} to accumulate seconds per op group
         self._last_use: dict[str, int] | None = None
         # θ of the neuron feeding each rate max pool: its input is then 0 or θ, so counting suffices
@@ -186,13 +188,21 @@ class SpikingRunner:
         nonzero."""
         return self._time_means(x, timesteps, names, chunk, events=True)
 
+    def record(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK) -> dict:
+        """The named values at every step, [timesteps, B, ...] each (on the CPU): spike trains
+        of neuron outputs (θ·s) for rasters. Memory grows with T × B: for a few samples."""
+        traces: dict[str, list] = {name: [] for name in names}
+        for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums={}, traces=traces):
+            pass
+        return {name: torch.cat(parts).cpu() for name, parts in traces.items()}
+
     def _time_means(self, x, timesteps, names, chunk, stop_at=None, events=False) -> dict:
         sums: dict[str, torch.Tensor] = {}
         for _ in self._simulate(x, timesteps, chunk, observe=set(names), sums=sums, stop_at=stop_at, events=events):
             pass
         return {k: v / timesteps for k, v in sums.items()}
 
-    def _simulate(self, x, timesteps, chunk, observe=frozenset(), sums=None, stop_at=None, events=False):
+    def _simulate(self, x, timesteps, chunk, observe=frozenset(), sums=None, stop_at=None, events=False, traces=None):
         _check_steps(timesteps, chunk)
         if self.encoding == "sequence" and (x.dim() < 2 or timesteps > x.shape[1]):
             have = f"{x.shape[1]} steps" if x.dim() >= 2 else "no time axis"
@@ -216,6 +226,8 @@ class SpikingRunner:
                     env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
                 for name in observe:
                     value = env[name]
+                    if traces is not None:
+                        traces[name].append(_dyn(value, steps).float().cpu())
                     if events:
                         part = ((value.t != 0).float() * steps if isinstance(value, _Static)
                                 else (value != 0).float().sum(0))
@@ -226,6 +238,8 @@ class SpikingRunner:
                 yield done, steps, outs
                 done += steps
                 self.steps_run += steps
+                if self.on_chunk is not None:
+                    self.on_chunk(len(x), steps)
 
     @property
     def spike_count(self) -> float:

@@ -93,8 +93,8 @@ class _Importer:
         neurons = [n for n in self.nir_graph.nodes.values() if type(n).__name__ in ("IF", "LIF")]
         if neurons and all(np.allclose(np.asarray(n.r, np.float64), 1.0) for n in neurons):
             return 1.0
-        raise SnncError(f"{self.label}: the file does not say its time step; pass dt= (e.g. 1e-4 for "
-                        "SpikingJelly and snnTorch exports, 1 for Sinabs)")
+        raise SnncError(f"{self.label}: the file does not say its time step; pass --dt (snnc.load(..., dt=)), e.g. 1e-4 for "
+                        "SpikingJelly and snnTorch exports, 1 for Sinabs")
 
     def emit(self, op: str, name: str, inputs: list[str], shape, attrs=None, params=None, source="") -> str:
         out = f"{name}:{op}" if any(n.name == name for n in self.nodes) else name
