@@ -2,7 +2,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.snnc-installed
 
-.PHONY: install demo test test-all apps fuzz clean
+.PHONY: install demo lint test test-all apps fuzz clean
 
 # Idempotent: re-runs pip only when the packaging or native sources changed.
 install: $(STAMP)
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml setup.py $(wildcard snncompiler/kernels/csrc/*)
 demo: install
 	$(PY) -m examples.demo
 
-test: install
+# lint and format are checked on the whole tree before the tests (ruff, configured in pyproject.toml)
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install lint
 	$(PY) -m pytest -q
 
 # The example apps' full runs (each rewrites its apps/NAME/results.json).

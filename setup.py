@@ -6,6 +6,7 @@ compile the CUDA kernel on first use. They are added here as extensions once the
 a checkout without them (or without a compiler) still installs and falls back to the PyTorch
 reference kernels.
 """
+
 import importlib.util
 import os
 import subprocess
@@ -60,8 +61,11 @@ class OptionalBuildExt(build_ext):
                     ext.extra_compile_args = without
                     super().build_extension(ext)
         except Exception as exc:  # no compiler, no headers, ...: the PyTorch reference still works
-            warnings.warn(f"snncompiler: skipping native extension {ext.name} ({exc}); "
-                          "the PyTorch reference kernels will be used instead")
+            warnings.warn(
+                f"snncompiler: skipping native extension {ext.name} ({exc}); "
+                "the PyTorch reference kernels will be used instead",
+                stacklevel=2,
+            )
 
     def _build_cuda(self, ext):
         nvcc = _nvcc_module()
@@ -75,21 +79,32 @@ def _extensions():
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
-        warnings.warn("snncompiler: pybind11 is not installed; building without the native CPU kernel")
+        warnings.warn("snncompiler: pybind11 is not installed; building without the native CPU kernel", stacklevel=2)
         return []
     # lif_cpu_isa.inc holds the kernels; lif_cpu.cpp compiles it once per instruction set.
     # common.h: helpers both C++ extensions include.
-    exts = [Pybind11Extension("snncompiler.kernels._lif_cpu", [f"{CSRC}/lif_cpu.cpp"], cxx_std=17,
-                              depends=[f"{CSRC}/lif_cpu_isa.inc", f"{CSRC}/common.h"],
-                              extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
-                              extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"]),
-            # event-driven conv/linear (snncompiler/kernels/event.py): optional like the neuron kernel
-            Pybind11Extension("snncompiler.kernels._event_cpu", [f"{CSRC}/event_cpu.cpp"], cxx_std=17,
-                              depends=[f"{CSRC}/common.h"],
-                              extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
-                              extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"])]
+    exts = [
+        Pybind11Extension(
+            "snncompiler.kernels._lif_cpu",
+            [f"{CSRC}/lif_cpu.cpp"],
+            cxx_std=17,
+            depends=[f"{CSRC}/lif_cpu_isa.inc", f"{CSRC}/common.h"],
+            extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
+            extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"],
+        ),
+        # event-driven conv/linear (snncompiler/kernels/event.py): optional like the neuron kernel
+        Pybind11Extension(
+            "snncompiler.kernels._event_cpu",
+            [f"{CSRC}/event_cpu.cpp"],
+            cxx_std=17,
+            depends=[f"{CSRC}/common.h"],
+            extra_compile_args=[] if sys.platform == "win32" else list(_CPU_FLAGS),
+            extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"],
+        ),
+    ]
     if os.environ.get("SNNC_BUILD_CUDA") == "1":  # otherwise cuda.py compiles it on first use
         from setuptools import Extension
+
         exts.append(Extension("snncompiler.kernels._lif_cuda", [f"{CSRC}/lif_cuda.cu"]))
     return exts
 

@@ -8,6 +8,7 @@ file with :func:`snncompiler.compile`, save the artifact, and score the spiking 
 from one simulation. The app supplies ``score(outputs) -> {metric: value}``, so each task keeps
 its own metrics (accuracy, Dice, MCC, ...), computed the same way for the ANN and the SNN.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,8 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,8 +33,14 @@ DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 Score = Callable[[np.ndarray], dict]
 
 
-def app_args(description: str, name: str, argv=None, *, timesteps=DEFAULT_TIMESTEPS,
-             configure: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def app_args(
+    description: str,
+    name: str,
+    argv=None,
+    *,
+    timesteps=DEFAULT_TIMESTEPS,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """The options every app takes: ``--quick`` (the small configuration the tests run),
     ``--json`` (stdout is one JSON summary, see :func:`summary`; the table goes to stderr),
     ``--out`` (where the ONNX files and the artifact go), ``--seed``, ``--timesteps`` (default
@@ -43,16 +50,27 @@ def app_args(description: str, name: str, argv=None, *, timesteps=DEFAULT_TIMEST
     its folder is ``apps/finance/stock_movement``."""
     parser = argparse.ArgumentParser(prog=f"python -m apps.{name}", description=description)
     folder = Path("apps").joinpath(*name.split("."))  # "medical.lowshot_seg" lives in apps/medical/lowshot_seg
-    parser.add_argument("--quick", action="store_true",
-                        help="a small configuration (fewer samples and epochs) that runs in seconds")
-    parser.add_argument("--out", type=Path, default=folder / "out",
-                        help="directory for the ONNX model, the artifact and results.json (default: %(default)s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small configuration (fewer samples and epochs) that runs in seconds"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=folder / "out",
+        help="directory for the ONNX model, the artifact and results.json (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
-    parser.add_argument("--timesteps", type=_steps, default=tuple(timesteps),
-                        help="comma-separated T to report, all from one run (default: %s)" % ",".join(map(str, timesteps)))
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object {task, metric, ann, snn: {T: value}, seconds} on stdout "
-                             "(the tables go to stderr)")
+    parser.add_argument(
+        "--timesteps",
+        type=_steps,
+        default=tuple(timesteps),
+        help=f"comma-separated T to report, all from one run (default: {','.join(map(str, timesteps))})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object {task, metric, ann, snn: {T: value}, seconds} on stdout (the tables go to stderr)",
+    )
     if configure is not None:
         configure(parser)
     args = parser.parse_args(argv)
@@ -92,20 +110,39 @@ def _steps(text: str) -> tuple[int, ...]:
     return steps
 
 
-def compare(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray, score: Score, *,
-            timesteps=DEFAULT_TIMESTEPS, out_dir: Path, **compile_options) -> dict:
+def compare(
+    name: str,
+    onnx_path: Path,
+    calib_x: np.ndarray,
+    test_x: np.ndarray,
+    score: Score,
+    *,
+    timesteps=DEFAULT_TIMESTEPS,
+    out_dir: Path,
+    **compile_options,
+) -> dict:
     """Compile ``onnx_path`` into a spiking model and score ANN and SNN on ``test_x``.
 
     Returns a JSON-ready record: the ANN's metrics (onnxruntime), the artifact's own ANN mode
     (neurons as clip(x, 0, θ): separates clipping from flooring error), the SNN's metrics at
     every T, its firing rate, the compile report's analog islands and the timings.
     """
-    return compare_model(name, onnx_path, calib_x, test_x, score, timesteps=timesteps, out_dir=out_dir,
-                         **compile_options)[0]
+    return compare_model(
+        name, onnx_path, calib_x, test_x, score, timesteps=timesteps, out_dir=out_dir, **compile_options
+    )[0]
 
 
-def compare_model(name: str, onnx_path: Path, calib_x: np.ndarray, test_x: np.ndarray, score: Score, *,
-                  timesteps=DEFAULT_TIMESTEPS, out_dir: Path, **compile_options):
+def compare_model(
+    name: str,
+    onnx_path: Path,
+    calib_x: np.ndarray,
+    test_x: np.ndarray,
+    score: Score,
+    *,
+    timesteps=DEFAULT_TIMESTEPS,
+    out_dir: Path,
+    **compile_options,
+):
     """:func:`compare`, returning (record, the compiled model) for apps that go on with the model
     (calibration, fine-tuning, synaptic operations)."""
     timesteps = sorted({int(t) for t in timesteps})
@@ -144,8 +181,10 @@ def print_table(record: dict, metrics=None) -> None:
     print(f"{'':{width}}  " + "  ".join(f"{m:>10}" for m in metrics))
     for label, values in rows:
         print(f"{label:{width}}  " + "  ".join(f"{_fmt(values[m]):>10}" for m in metrics))
-    print(f"firing rate {record['firing_rate']:.4f} spikes/neuron/step; compile {record['compile_seconds']} s, "
-          f"simulate {record['simulate_seconds']} s ({record['samples']} samples)")
+    print(
+        f"firing rate {record['firing_rate']:.4f} spikes/neuron/step; compile {record['compile_seconds']} s, "
+        f"simulate {record['simulate_seconds']} s ({record['samples']} samples)"
+    )
     if record["analog_islands"]:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(record['analog_islands'])}")
 
@@ -156,7 +195,6 @@ def _fmt(value) -> str:
 
 def write_json(record: dict, path: Path) -> Path:
     """Write ``record`` as indented JSON (floats rounded to 6 digits) and return the path."""
-    from snncompiler.fileio import write_text
 
     path = Path(path)
     write_text(path, json.dumps(_rounded(record), indent=2) + "\n")
@@ -188,9 +226,13 @@ def human_output(args: argparse.Namespace):
 def summary(task: str, metric: str, ann: float, snn: dict, started: float) -> dict:
     """The one-object summary ``--json`` prints: ``{"task", "metric", "ann", "snn": {"T": value},
     "seconds"}`` (``seconds``: wall time since ``started``, a ``time.perf_counter()`` value)."""
-    return {"task": task, "metric": metric, "ann": float(ann),
-            "snn": {str(t): float(v) for t, v in snn.items()},
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "task": task,
+        "metric": metric,
+        "ann": float(ann),
+        "snn": {str(t): float(v) for t, v in snn.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def emit_summary(args: argparse.Namespace, record: dict) -> None:

@@ -11,6 +11,7 @@ the code before and after a change on the same DIR and compare the two JSON file
 mean the change kept behaviour bit for bit. Only ``prepare`` imports the example workloads, so
 ``hash`` works with either package layout.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,12 @@ COMPILES = {
 def prepare(out: Path) -> None:
     """Train the three workloads once and write ``NAME.onnx``, ``NAME.calib.npz``, ``NAME.test.npz``."""
     try:
-        from snncompiler.examples.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
+        from snncompiler.examples.workloads import (
+            digits_cnn_bench,
+            digits_cnn_workload,
+            digits_resnet_bench,
+            export_onnx,
+        )
     except ImportError:
         from examples.workloads import digits_cnn_bench, digits_cnn_workload, digits_resnet_bench, export_onnx
     from snncompiler.data import save_npz
@@ -55,16 +61,26 @@ def _snnc(*args: str) -> str:
 def hash_all(src: Path, out_json: Path) -> dict:
     """Compile every prepared model under every setting of :data:`COMPILES`; hash and evaluate."""
     result = {}
-    for model in sorted(p.name[:-len(".onnx")] for p in src.glob("*.onnx") if not p.name.endswith(".snn.onnx")):
+    for model in sorted(p.name[: -len(".onnx")] for p in src.glob("*.onnx") if not p.name.endswith(".snn.onnx")):
         for setting, flags in COMPILES.items():
             art = src / f"{model}.{setting}.snn.onnx"
             art.unlink(missing_ok=True)
-            _snnc("compile", str(src / f"{model}.onnx"), "--calib", str(src / f"{model}.calib.npz"),
-                  "-o", str(art), *flags)
-            evaluation = _snnc("eval", str(art), "--data", str(src / f"{model}.test.npz"),
-                               "--timesteps", "1,4,32", "--json")
-            result[f"{model}/{setting}"] = {"sha256": hashlib.sha256(art.read_bytes()).hexdigest(),
-                                            "eval": json.loads(evaluation)}
+            _snnc(
+                "compile",
+                str(src / f"{model}.onnx"),
+                "--calib",
+                str(src / f"{model}.calib.npz"),
+                "-o",
+                str(art),
+                *flags,
+            )
+            evaluation = _snnc(
+                "eval", str(art), "--data", str(src / f"{model}.test.npz"), "--timesteps", "1,4,32", "--json"
+            )
+            result[f"{model}/{setting}"] = {
+                "sha256": hashlib.sha256(art.read_bytes()).hexdigest(),
+                "eval": json.loads(evaluation),
+            }
             print(f"{model}/{setting}: {result[f'{model}/{setting}']['sha256'][:16]}", flush=True)
     out_json.write_text(json.dumps(result, indent=1))
     return result

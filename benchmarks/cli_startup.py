@@ -10,6 +10,7 @@ measured too, as the floor). ``--baseline DIR`` times another checkout of the pr
 before a change, with its extensions built) in the same session, interleaved run by run with
 this one so both see the same machine load. Results go to ``benchmarks/results/cli_startup.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"python -c pass": None, "snnc --help": ["--help"], "snnc compile --help": ["compile", "--help"],
-            "snnc --version": ["--version"], "snnc env": ["env"]}
+COMMANDS = {
+    "python -c pass": None,
+    "snnc --help": ["--help"],
+    "snnc compile --help": ["compile", "--help"],
+    "snnc --version": ["--version"],
+    "snnc env": ["env"],
+}
 
 
 def once(root: Path, args: list[str] | None) -> float | None:
@@ -41,17 +47,29 @@ def once(root: Path, args: list[str] | None) -> float | None:
 def measure(roots: dict[str, Path], runs: int) -> dict:
     """{checkout label: {command: {median_s, min_s, max_s, runs}}}, runs interleaved across checkouts."""
     times: dict[str, dict[str, list[float]]] = {label: {c: [] for c in COMMANDS} for label in roots}
-    for label, root in roots.items():  # warm the file cache and the .pyc files first
+    for root in roots.values():  # warm the file cache and the .pyc files first
         for args in COMMANDS.values():
             once(root, args)
     for _ in range(runs):
         for command, args in COMMANDS.items():
             for label, root in roots.items():
                 times[label][command].append(once(root, args))
-    return {label: {c: ({"median_s": round(statistics.median(v), 4), "min_s": round(min(v), 4),
-                         "max_s": round(max(v), 4), "runs": len(v)} if None not in v else {"error": "command failed"})
-                    for c, v in per.items()}
-            for label, per in times.items()}
+    return {
+        label: {
+            c: (
+                {
+                    "median_s": round(statistics.median(v), 4),
+                    "min_s": round(min(v), 4),
+                    "max_s": round(max(v), 4),
+                    "runs": len(v),
+                }
+                if None not in v
+                else {"error": "command failed"}
+            )
+            for c, v in per.items()
+        }
+        for label, per in times.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -59,8 +77,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15, help="processes per command and checkout (default 15)")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time beside this one")
-    ap.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results" / "cli_startup.json",
-                    help="where to write the results (default benchmarks/results/cli_startup.json)")
+    ap.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "cli_startup.json",
+        help="where to write the results (default benchmarks/results/cli_startup.json)",
+    )
     args = ap.parse_args(argv)
     roots = {"this checkout": ROOT}
     if args.baseline is not None:
@@ -70,18 +93,30 @@ def main(argv=None) -> int:
         load = os.getloadavg()
     except OSError:
         load = None
-    record = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-              "load_average": load, "runs": args.runs,
-              "command": "python -m snncompiler.cli ARGS (fresh process, PYTHONPATH=checkout)",
-              "baseline": str(args.baseline) if args.baseline else None, "results": results}
+    record = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": load,
+        "runs": args.runs,
+        "command": "python -m snncompiler.cli ARGS (fresh process, PYTHONPATH=checkout)",
+        "baseline": str(args.baseline) if args.baseline else None,
+        "results": results,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=1) + "\n")
     print(f"median of {args.runs} fresh processes (load average {load})")
     for label, per in results.items():
         print(label)
         for command, r in per.items():
-            print(f"  {command:<22} " + (f"{r['median_s']:7.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
-                                          if "error" not in r else "    failed"))
+            print(
+                f"  {command:<22} "
+                + (
+                    f"{r['median_s']:7.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
+                    if "error" not in r
+                    else "    failed"
+                )
+            )
     print(f"wrote {args.output}")
     return 0
 

@@ -24,6 +24,7 @@ of the repeats; then again on inputs planted at fixed spike densities with the s
 break-even table), and the whole SNN under --exec dense, event and auto. Writes
 benchmarks/results/event_exec.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,10 @@ import torch
 import torch.nn as nn
 
 import snncompiler as snnc
+from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 from snncompiler.data import Dataset
 from snncompiler.fileio import write_text
 from snncompiler.runtime.memory import retain_freed_memory
-from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 
 
 def digits_cnn(tmp: Path):
@@ -89,7 +90,9 @@ def time_spikingjelly(snn: nn.Module, x: torch.Tensor, timesteps: int, repeats: 
     nodes = [m for m in snn.modules() if isinstance(m, neuron.BaseNode)]
     for m in nodes:
         m.register_forward_pre_hook(lambda mod, inp: starts.__setitem__(id(mod), time.perf_counter()))
-        m.register_forward_hook(lambda mod, inp, out: neuron_time.__setitem__(0, neuron_time[0] + time.perf_counter() - starts[id(mod)]))
+        m.register_forward_hook(
+            lambda mod, inp, out: neuron_time.__setitem__(0, neuron_time[0] + time.perf_counter() - starts[id(mod)])
+        )
     times = []
     with torch.no_grad():
         for r in range(repeats + 1):
@@ -141,7 +144,7 @@ def stream_sweep(model, x: torch.Tensor, timesteps: int, repeats: int, threshold
     neurons: dict[int, list[float]] = {b: [] for b in settings}
     try:
         for r in range(repeats + 1):
-            for b in settings[r % len(settings):] + settings[:r % len(settings)]:
+            for b in settings[r % len(settings) :] + settings[: r % len(settings)]:
                 cpu.set_stream_min_bytes(b)
                 elapsed, profile = run_snnc_once(model, x, timesteps)
                 if r:  # the first round warms up
@@ -149,8 +152,10 @@ def stream_sweep(model, x: torch.Tensor, timesteps: int, repeats: int, threshold
                     neurons[b].append(profile.get("neurons", 0.0))
     finally:
         cpu.set_stream_min_bytes(previous)
-    return {f"{mb:g}": dict(total_median_s=statistics.median(total[b]), neurons_median_s=statistics.median(neurons[b]))
-            for mb, b in zip(thresholds_mb, settings)}
+    return {
+        f"{mb:g}": dict(total_median_s=statistics.median(total[b]), neurons_median_s=statistics.median(neurons[b]))
+        for mb, b in zip(thresholds_mb, settings)
+    }
 
 
 # ---- event-driven vs dense execution (README: "Event-driven execution") -----------------------
@@ -171,8 +176,14 @@ def sdconv_snn(timesteps: int):
     train, test = mnist(4000, 1000, seed=0)
     torch.manual_seed(0)
     with torch_threads(1):
-        model = train_sdconv(sdconv_net("static", widths=(16, 32, 64), first_stride=2, image=28), train, epochs=12,
-                             alpha=COMPILED_ALPHA, threshold_lr=THRESHOLD_LR, seed=0)
+        model = train_sdconv(
+            sdconv_net("static", widths=(16, 32, 64), first_stride=2, image=28),
+            train,
+            epochs=12,
+            alpha=COMPILED_ALPHA,
+            threshold_lr=THRESHOLD_LR,
+            seed=0,
+        )
     kept, total = conv_weight_counts(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(export_form(model), train.x.shape[1:], Path(tmp) / "sdconv_static.onnx")
@@ -206,7 +217,7 @@ def _interleaved(fns: dict, repeats: int, best: dict | None = None) -> dict:
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(repeats + 1):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             fns[k]()
             if r:
@@ -235,23 +246,26 @@ def event_vs_dense(args, out: Path) -> dict:
     from snncompiler.runtime.ops import IMPLEMENTATIONS
 
     if not event.available():
-        raise SystemExit("event vs dense: snncompiler.kernels._event_cpu is not built "
-                         "(python setup.py build_ext --inplace)")
+        raise SystemExit(
+            "event vs dense: snncompiler.kernels._event_cpu is not built (python setup.py build_ext --inplace)"
+        )
     print("[sdconv] training the static SD-Conv net and compiling it ...", flush=True)
     t0 = time.perf_counter()
     load_at_start = os.getloadavg()[0]  # the VM is shared: say how busy it was
     model, test, sparsity = sdconv_snn(args.timesteps)
-    print(f"[sdconv] {100 * sparsity['conv_sparsity']:.1f} % of conv weights pruned ({time.perf_counter() - t0:.0f} s)",
-          flush=True)
-    x = torch.from_numpy(test.x[:args.batch])
+    print(
+        f"[sdconv] {100 * sparsity['conv_sparsity']:.1f} % of conv weights pruned ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
+    x = torch.from_numpy(test.x[: args.batch])
     inputs, runner = record_layer_inputs(model, x, args.timesteps)
     repeats = 4 * args.repeats + 1  # a layer takes milliseconds: more repeats, an odd count for the median
     rows = []
     for name, chunks in inputs.items():
         node, layer = model.graph.node(name), runner._event_layers[name]
         spike_density = sum(int(torch.count_nonzero(c)) for c in chunks) / sum(c.numel() for c in chunks)
-        dense = lambda: [IMPLEMENTATIONS[node.op](node, c) for c in chunks]  # noqa: E731
-        driven = lambda: [layer(c) for c in chunks]  # noqa: E731
+        dense = lambda: [IMPLEMENTATIONS[node.op](node, c) for c in chunks]
+        driven = lambda: [layer(c) for c in chunks]
         fastest: dict = {}
         med = _interleaved({"dense": dense, "event": driven}, repeats, fastest)
         error = max(float((layer(c) - IMPLEMENTATIONS[node.op](node, c)[0]).abs().max()) for c in chunks)
@@ -262,22 +276,48 @@ def event_vs_dense(args, out: Path) -> dict:
         for d in PLANTED_DENSITIES:
             xp = (torch.rand(shape, generator=gen) < d).float() * value
             m = _interleaved({"dense": lambda: IMPLEMENTATIONS[node.op](node, xp), "event": lambda: layer(xp)}, repeats)
-            planted.append({"spike_density": d, "dense_s": m["dense"], "event_s": m["event"],
-                            "event_over_dense": m["event"] / m["dense"],
-                            "work_fraction": d * layer.weight_density})
-        rows.append({"layer": name, "op": node.op, "input_shape": list(shape), "chunks": len(chunks),
-                     "spike_density": spike_density, "weight_density": layer.weight_density,
-                     "work_fraction": spike_density * layer.weight_density,
-                     "dense_s": med["dense"], "event_s": med["event"], "speedup": med["dense"] / med["event"],
-                     "dense_min_s": fastest["dense"], "event_min_s": fastest["event"],
-                     "speedup_of_min": fastest["dense"] / fastest["event"],
-                     "max_abs_difference": error, "planted": planted,
-                     "break_even_density": _break_even([(p["spike_density"], p["event_over_dense"]) for p in planted])})
-        print(f"[sdconv] {name}: spikes {spike_density:.3f}, weights {layer.weight_density:.3f}, "
-              f"dense {1e3 * med['dense']:.2f} ms, event {1e3 * med['event']:.2f} ms", flush=True)
+            planted.append(
+                {
+                    "spike_density": d,
+                    "dense_s": m["dense"],
+                    "event_s": m["event"],
+                    "event_over_dense": m["event"] / m["dense"],
+                    "work_fraction": d * layer.weight_density,
+                }
+            )
+        rows.append(
+            {
+                "layer": name,
+                "op": node.op,
+                "input_shape": list(shape),
+                "chunks": len(chunks),
+                "spike_density": spike_density,
+                "weight_density": layer.weight_density,
+                "work_fraction": spike_density * layer.weight_density,
+                "dense_s": med["dense"],
+                "event_s": med["event"],
+                "speedup": med["dense"] / med["event"],
+                "dense_min_s": fastest["dense"],
+                "event_min_s": fastest["event"],
+                "speedup_of_min": fastest["dense"] / fastest["event"],
+                "max_abs_difference": error,
+                "planted": planted,
+                "break_even_density": _break_even([(p["spike_density"], p["event_over_dense"]) for p in planted]),
+            }
+        )
+        print(
+            f"[sdconv] {name}: spikes {spike_density:.3f}, weights {layer.weight_density:.3f}, "
+            f"dense {1e3 * med['dense']:.2f} ms, event {1e3 * med['event']:.2f} ms",
+            flush=True,
+        )
     xs = x
-    whole = _interleaved({mode: (lambda mode=mode: model.run(xs, args.timesteps, batch_size=args.batch, exec=mode))
-                          for mode in event.EXEC_MODES}, 2 * args.repeats + 1)
+    whole = _interleaved(
+        {
+            mode: (lambda mode=mode: model.run(xs, args.timesteps, batch_size=args.batch, exec=mode))
+            for mode in event.EXEC_MODES
+        },
+        2 * args.repeats + 1,
+    )
     auto_counts = model.runner(exec="auto")
     auto_counts.run(xs, args.timesteps, chunk=model.options["chunk"])
     dense_total, event_total = sum(r["dense_s"] for r in rows), sum(r["event_s"] for r in rows)
@@ -286,40 +326,67 @@ def event_vs_dense(args, out: Path) -> dict:
     # the floor is on the pruned conv layers (spike × weight sparsity, what the issue is about); the
     # unpruned classifier is reported beside them (auto keeps it dense)
     floor = all(r["speedup"] >= 2.0 for r in rows if r["op"] == "conv")
-    return {"workload": "sdconv static SNN (MNIST, apps/sparse_conv/sdconv)", "batch": args.batch,
-            "timesteps": args.timesteps, "chunk": model.options["chunk"], "threads": args.threads,
-            "repeats": repeats, **sparsity, "layers": rows,
-            "spike_driven_total": {"dense_s": dense_total, "event_s": event_total, "speedup": dense_total / event_total,
-                                   "auto_s": auto_total, "auto_speedup": dense_total / auto_total},
-            "whole_snn_s": whole, "auto_choices": auto_counts.exec_counts, "auto_max_work": event.AUTO_MAX_WORK,
-            "load_average_at_start": load_at_start,
-            "floor": "event >= 2x faster than dense on each spike-driven (pruned) conv layer", "floor_pass": floor}
+    return {
+        "workload": "sdconv static SNN (MNIST, apps/sparse_conv/sdconv)",
+        "batch": args.batch,
+        "timesteps": args.timesteps,
+        "chunk": model.options["chunk"],
+        "threads": args.threads,
+        "repeats": repeats,
+        **sparsity,
+        "layers": rows,
+        "spike_driven_total": {
+            "dense_s": dense_total,
+            "event_s": event_total,
+            "speedup": dense_total / event_total,
+            "auto_s": auto_total,
+            "auto_speedup": dense_total / auto_total,
+        },
+        "whole_snn_s": whole,
+        "auto_choices": auto_counts.exec_counts,
+        "auto_max_work": event.AUTO_MAX_WORK,
+        "load_average_at_start": load_at_start,
+        "floor": "event >= 2x faster than dense on each spike-driven (pruned) conv layer",
+        "floor_pass": floor,
+    }
 
 
 def print_event_table(res: dict, machine: str) -> None:
     """The event-vs-dense tables: measured densities and times, then event/dense at planted densities."""
-    print(f"\nevent vs dense, sdconv SNN, T={res['timesteps']}, batch {res['batch']}, chunk {res['chunk']}, "
-          f"median of {res['repeats']} ({machine}); conv weights pruned {100 * res['conv_sparsity']:.1f} %")
-    print(f"{'layer':<10} {'op':<6} {'spikes':>7} {'weights':>8} {'dense ms':>9} {'event ms':>9} {'speedup':>8} "
-          f"{'(of min)':>9} {'break-even':>11}")
+    print(
+        f"\nevent vs dense, sdconv SNN, T={res['timesteps']}, batch {res['batch']}, chunk {res['chunk']}, "
+        f"median of {res['repeats']} ({machine}); conv weights pruned {100 * res['conv_sparsity']:.1f} %"
+    )
+    print(
+        f"{'layer':<10} {'op':<6} {'spikes':>7} {'weights':>8} {'dense ms':>9} {'event ms':>9} {'speedup':>8} "
+        f"{'(of min)':>9} {'break-even':>11}"
+    )
     for r in res["layers"]:
         be = r["break_even_density"]
-        print(f"{r['layer']:<10} {r['op']:<6} {r['spike_density']:>7.3f} {r['weight_density']:>8.3f} "
-              f"{1e3 * r['dense_s']:>9.2f} {1e3 * r['event_s']:>9.2f} {r['speedup']:>7.2f}x "
-              f"{r['speedup_of_min']:>8.2f}x {'-' if be is None else f'{be:.3f}':>11}")
+        print(
+            f"{r['layer']:<10} {r['op']:<6} {r['spike_density']:>7.3f} {r['weight_density']:>8.3f} "
+            f"{1e3 * r['dense_s']:>9.2f} {1e3 * r['event_s']:>9.2f} {r['speedup']:>7.2f}x "
+            f"{r['speedup_of_min']:>8.2f}x {'-' if be is None else f'{be:.3f}':>11}"
+        )
     t = res["spike_driven_total"]
-    print(f"{'total':<10} {'':<6} {'':>7} {'':>8} {1e3 * t['dense_s']:>9.2f} {1e3 * t['event_s']:>9.2f} "
-          f"{t['speedup']:>7.2f}x")
-    print(f"{'total auto':<10} {'':<6} {'':>7} {'':>8} {1e3 * t['dense_s']:>9.2f} {1e3 * t['auto_s']:>9.2f} "
-          f"{t['auto_speedup']:>7.2f}x   (event where spikes × weights <= {res['auto_max_work']:g})")
+    print(
+        f"{'total':<10} {'':<6} {'':>7} {'':>8} {1e3 * t['dense_s']:>9.2f} {1e3 * t['event_s']:>9.2f} "
+        f"{t['speedup']:>7.2f}x"
+    )
+    print(
+        f"{'total auto':<10} {'':<6} {'':>7} {'':>8} {1e3 * t['dense_s']:>9.2f} {1e3 * t['auto_s']:>9.2f} "
+        f"{t['auto_speedup']:>7.2f}x   (event where spikes × weights <= {res['auto_max_work']:g})"
+    )
     print("\nevent/dense time at planted spike densities (< 1: event faster)")
     dens = [p["spike_density"] for p in res["layers"][0]["planted"]]
     print(f"{'layer':<10} " + " ".join(f"{d:>6g}" for d in dens))
     for r in res["layers"]:
         print(f"{r['layer']:<10} " + " ".join(f"{p['event_over_dense']:>6.2f}" for p in r["planted"]))
     w = res["whole_snn_s"]
-    print(f"\nwhole SNN, s/batch: dense {w['dense']:.3f}, event {w['event']:.3f}, auto {w['auto']:.3f} "
-          f"(auto chose [dense, event] chunks: {res['auto_choices']})")
+    print(
+        f"\nwhole SNN, s/batch: dense {w['dense']:.3f}, event {w['event']:.3f}, auto {w['auto']:.3f} "
+        f"(auto chose [dense, event] chunks: {res['auto_choices']})"
+    )
     print(f"floor ({res['floor']}): {'PASS' if res['floor_pass'] else 'FAIL'}")
 
 
@@ -346,12 +413,18 @@ def main() -> None:
     ap.add_argument("--maxpool", default="output", help="snnc max-pooling strategy (output = SpikingJelly's semantics)")
     ap.add_argument("--device", default="cpu", help="cpu (the floor) or cuda: both tools on the GPU")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--stream-mb", default="",
-                    help="also time snnc (CPU) under these streaming-store thresholds of the neuron kernel, "
-                         "interleaved, e.g. '0,8,64' (MiB; 0 = never stream; see docs/kernels.md)")
-    ap.add_argument("--only", choices=["event"], default=None,
-                    help="run only this section: event (event-driven vs dense execution on the sdconv SNN; "
-                         "default: every section)")
+    ap.add_argument(
+        "--stream-mb",
+        default="",
+        help="also time snnc (CPU) under these streaming-store thresholds of the neuron kernel, "
+        "interleaved, e.g. '0,8,64' (MiB; 0 = never stream; see docs/kernels.md)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=["event"],
+        default=None,
+        help="run only this section: event (event-driven vs dense execution on the sdconv SNN; default: every section)",
+    )
     args = ap.parse_args()
     stream_mb = [float(v) for v in args.stream_mb.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
@@ -362,8 +435,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.only == "event" or (args.only is None and args.device == "cpu"):
         res = event_vs_dense(args, out)
-        machine = (f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, load average at start "
-                   f"{res['load_average_at_start']:.1f}")
+        machine = (
+            f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, load average at start "
+            f"{res['load_average_at_start']:.1f}"
+        )
         print_event_table(res, machine)
         # the default thread count writes event_exec.json; another count its own file beside it
         name = "event_exec.json" if args.threads == 2 else f"event_exec_threads{args.threads}.json"
@@ -376,7 +451,7 @@ def main() -> None:
     for name, build in (("digits_cnn", digits_cnn), ("resnet18", resnet18)):
         print(f"[{name}] building and converting ...", flush=True)
         ann, onnx_path, calib, test = build(out)
-        x = torch.from_numpy(test[:args.batch]).to(args.device)
+        x = torch.from_numpy(test[: args.batch]).to(args.device)
         # max pooling over spikes, as in SpikingJelly's converted model: the same computation on both sides
         compiled = snnc.compile(onnx_path, Dataset(calib), threshold="max", maxpool=args.maxpool, quiet=True)
         sj = spikingjelly_model(ann, calib).to(args.device)
@@ -386,39 +461,72 @@ def main() -> None:
         total = profile.pop("total")
         breakdown = {k: v / total for k, v in profile.items()}
         breakdown["overhead"] = max(0.0, 1.0 - sum(breakdown.values()))
-        rows.append({"workload": name, "batch": args.batch, "timesteps": args.timesteps,
-                     "snnc_median_s": sn_med, "spikingjelly_median_s": sj_med, "speedup": sj_med / sn_med,
-                     "snnc_time_share": breakdown, "spikingjelly_neuron_share": sj_neuron_share,
-                     "snnc_times_s": sn_times, "spikingjelly_times_s": sj_times})
+        rows.append(
+            {
+                "workload": name,
+                "batch": args.batch,
+                "timesteps": args.timesteps,
+                "snnc_median_s": sn_med,
+                "spikingjelly_median_s": sj_med,
+                "speedup": sj_med / sn_med,
+                "snnc_time_share": breakdown,
+                "spikingjelly_neuron_share": sj_neuron_share,
+                "snnc_times_s": sn_times,
+                "spikingjelly_times_s": sj_times,
+            }
+        )
         if stream_mb and args.device == "cpu":
-            rows[-1]["stream_mb_sweep"] = sweep = stream_sweep(compiled, x, args.timesteps, 2 * args.repeats + 1,
-                                                               stream_mb)
-            print(f"[{name}] snnc s/batch by neuron-kernel streaming threshold (total / neurons): "
-                  + ", ".join(f"{k} MiB {v['total_median_s']:.4f} / {v['neurons_median_s']:.4f}"
-                              for k, v in sweep.items()), flush=True)
+            rows[-1]["stream_mb_sweep"] = sweep = stream_sweep(
+                compiled, x, args.timesteps, 2 * args.repeats + 1, stream_mb
+            )
+            print(
+                f"[{name}] snnc s/batch by neuron-kernel streaming threshold (total / neurons): "
+                + ", ".join(
+                    f"{k} MiB {v['total_median_s']:.4f} / {v['neurons_median_s']:.4f}" for k, v in sweep.items()
+                ),
+                flush=True,
+            )
         for f in (onnx_path,):
             Path(f).unlink(missing_ok=True)
-    machine = (f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-               f"freed memory retained: {retained}")
+    machine = (
+        f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+        f"freed memory retained: {retained}"
+    )
     if args.device != "cpu":
         machine += f", device {torch.cuda.get_device_name()}"
-    print(f"\nend-to-end, T={args.timesteps}, batch {args.batch}, median of {args.repeats} ({machine}; "
-          f"snnc neuron backends: {', '.join(available_backends())})")
-    print(f"{'workload':<12} {'snnc s/batch':>13} {'SJ s/batch':>11} {'speedup':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons")
+    print(
+        f"\nend-to-end, T={args.timesteps}, batch {args.batch}, median of {args.repeats} ({machine}; "
+        f"snnc neuron backends: {', '.join(available_backends())})"
+    )
+    print(
+        f"{'workload':<12} {'snnc s/batch':>13} {'SJ s/batch':>11} {'speedup':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons"
+    )
     for r in rows:
         b = r["snnc_time_share"]
-        print(f"{r['workload']:<12} {r['snnc_median_s']:>13.4f} {r['spikingjelly_median_s']:>11.4f} {r['speedup']:>7.2f}x"
-              f"   {100 * b.get('neurons', 0):5.1f}% / {100 * b.get('conv/linear', 0):5.1f}% / {100 * b.get('other ops', 0):5.1f}%"
-              f" / {100 * b['overhead']:5.1f}%            {100 * r['spikingjelly_neuron_share']:5.1f}%")
+        print(
+            f"{r['workload']:<12} {r['snnc_median_s']:>13.4f} {r['spikingjelly_median_s']:>11.4f} {r['speedup']:>7.2f}x"
+            f"   {100 * b.get('neurons', 0):5.1f}% / {100 * b.get('conv/linear', 0):5.1f}% / {100 * b.get('other ops', 0):5.1f}%"
+            f" / {100 * b['overhead']:5.1f}%            {100 * r['spikingjelly_neuron_share']:5.1f}%"
+        )
     floor = all(r["speedup"] >= 1.5 for r in rows)
     print(f"floor (snnc >= 1.5x faster on every workload): {'PASS' if floor else 'FAIL'}")
     name = "end_to_end.json" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}.json"
     from snncompiler.kernels import cpu
 
-    write_text(out / name, json.dumps({"machine": machine, "device": args.device, "rows": rows, "floor_pass": floor,
-                                       "snnc_cpu_isa": cpu.isa(),
-                                       "snnc_cpu_stream_min_bytes": cpu.load().stream_min_bytes()
-                                       if cpu.available() else None}, indent=1))
+    write_text(
+        out / name,
+        json.dumps(
+            {
+                "machine": machine,
+                "device": args.device,
+                "rows": rows,
+                "floor_pass": floor,
+                "snnc_cpu_isa": cpu.isa(),
+                "snnc_cpu_stream_min_bytes": cpu.load().stream_min_bytes() if cpu.available() else None,
+            },
+            indent=1,
+        ),
+    )
 
 
 if __name__ == "__main__":

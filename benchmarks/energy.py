@@ -27,6 +27,7 @@ The seed sets the train/test split, the ANN's initialisation and data order, and
 data order. Figures are mean ± standard deviation over the seeds, with the per-seed values in
 the JSON. Writes benchmarks/results/energy.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,13 +41,13 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import numpy as np
 import torch
 
 import snncompiler as snnc
+from examples.workloads import BENCH_WORKLOADS, export_onnx
+from examples.workloads import evaluate as ann_accuracy
 from snncompiler.analysis.metrics import ENERGY_MODEL
 from snncompiler.train import finetune
-from examples.workloads import BENCH_WORKLOADS, evaluate as ann_accuracy, export_onnx
 
 from .kernels import write_result
 
@@ -75,22 +76,39 @@ def run_seed(name: str, seed: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(work.model, work.input_shape, Path(tmp) / f"{name}.onnx")
         model = snnc.compile(str(path), work.calib.x, quiet=True)
-    out = {"ann_accuracy": ann_accuracy(work.model, test), "ann_train_seconds": round(work.train_seconds, 1),
-           "conversion": _point(model, test, args.t_eval), "finetuned": {}}
+    out = {
+        "ann_accuracy": ann_accuracy(work.model, test),
+        "ann_train_seconds": round(work.train_seconds, 1),
+        "conversion": _point(model, test, args.t_eval),
+        "finetuned": {},
+    }
     for t_train in args.t_train:
         for lam in args.lams:
             started = time.perf_counter()
-            tuned = finetune(model, work.train, timesteps=t_train, epochs=args.epochs, lr=args.lr,
-                             rate_penalty=lam, keep_if_better=False, val=work.train, seed=seed,
-                             batch_size=args.batch_size, progress=False)
+            tuned = finetune(
+                model,
+                work.train,
+                timesteps=t_train,
+                epochs=args.epochs,
+                lr=args.lr,
+                rate_penalty=lam,
+                keep_if_better=False,
+                val=work.train,
+                seed=seed,
+                batch_size=args.batch_size,
+                progress=False,
+            )
             seconds = time.perf_counter() - started
             point = _point(tuned, test, args.t_eval)
             point["finetune_seconds"] = round(seconds, 1)
             out["finetuned"][f"T{t_train}_lam{lam:g}"] = dict(point, t_train=t_train, lam=lam)
             acc, en = point["accuracy"][str(t_train)], point["energy_fp32"][str(t_train)]
-            print(f"  {name} seed {seed} T_train={t_train} λ={lam:g}: {100 * acc:.2f}% at T={t_train}, energy "
-                  f"{en:.3f}× ANN, firing rate {point['firing_rate']:.3f} ({seconds:.1f} s)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  {name} seed {seed} T_train={t_train} λ={lam:g}: {100 * acc:.2f}% at T={t_train}, energy "
+                f"{en:.3f}× ANN, firing rate {point['firing_rate']:.3f} ({seconds:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
@@ -109,9 +127,12 @@ def summarise(per_seed: dict, t_eval) -> dict:
     summary = {"ann_accuracy_pct": ann, "rows": {}}
     for label, get in rows.items():
         summary["rows"][label] = {
-            str(t): {"accuracy_pct": _ms([100 * get(s)["accuracy"][str(t)] for s in seeds]),
-                     "energy_fp32": _ms([get(s)["energy_fp32"][str(t)] for s in seeds])}
-            for t in t_eval}
+            str(t): {
+                "accuracy_pct": _ms([100 * get(s)["accuracy"][str(t)] for s in seeds]),
+                "energy_fp32": _ms([get(s)["energy_fp32"][str(t)] for s in seeds]),
+            }
+            for t in t_eval
+        }
         summary["rows"][label]["firing_rate"] = _ms([get(s)["firing_rate"] for s in seeds])
     return summary
 
@@ -126,20 +147,32 @@ def acceptance(per_seed: dict, summary: dict, t_eval) -> list[dict]:
             acc, en = row[str(t)]["accuracy_pct"][0], row[str(t)]["energy_fp32"][0]
             if acc >= ann - 0.5 and en <= 0.25:
                 per = []
-                for s, res in per_seed.items():
+                for _seed, res in per_seed.items():
                     point = res["conversion"] if label == "conversion" else res["finetuned"][label]
-                    per.append(100 * point["accuracy"][str(t)] >= 100 * res["ann_accuracy"] - 0.5
-                               and point["energy_fp32"][str(t)] <= 0.25)
-                hits.append({"row": label, "T": t, "accuracy_pct": acc, "ann_pct": ann, "energy_fp32": en,
-                             "seeds_meeting": f"{sum(per)}/{len(per)}"})
+                    per.append(
+                        100 * point["accuracy"][str(t)] >= 100 * res["ann_accuracy"] - 0.5
+                        and point["energy_fp32"][str(t)] <= 0.25
+                    )
+                hits.append(
+                    {
+                        "row": label,
+                        "T": t,
+                        "accuracy_pct": acc,
+                        "ann_pct": ann,
+                        "energy_fp32": en,
+                        "seeds_meeting": f"{sum(per)}/{len(per)}",
+                    }
+                )
     return hits
 
 
 def print_tables(name: str, res: dict, t_eval) -> None:
     summary = res["summary"]
     ann = summary["ann_accuracy_pct"]
-    print(f"\n## {name}: test accuracy % / fp32 energy ÷ ANN at each T (mean ± std over seeds "
-          f"{', '.join(res['per_seed'])}; ANN {ann[0]:.2f} ± {ann[1]:.2f} %)")
+    print(
+        f"\n## {name}: test accuracy % / fp32 energy ÷ ANN at each T (mean ± std over seeds "
+        f"{', '.join(res['per_seed'])}; ANN {ann[0]:.2f} ± {ann[1]:.2f} %)"
+    )
     print("| model | firing rate | " + " | ".join(f"T={t}" for t in t_eval) + " |")
     print("|---|---|" + "---|" * len(t_eval))
     for label, row in summary["rows"].items():
@@ -148,14 +181,24 @@ def print_tables(name: str, res: dict, t_eval) -> None:
         else:
             t_train, lam = label[1:].split("_lam")
             text = f"fine-tuned T={t_train}, λ={lam}"
-        cells = [f"{row[str(t)]['accuracy_pct'][0]:.2f} ± {row[str(t)]['accuracy_pct'][1]:.2f} / "
-                 f"{row[str(t)]['energy_fp32'][0]:.3f}" for t in t_eval]
+        cells = [
+            f"{row[str(t)]['accuracy_pct'][0]:.2f} ± {row[str(t)]['accuracy_pct'][1]:.2f} / "
+            f"{row[str(t)]['energy_fp32'][0]:.3f}"
+            for t in t_eval
+        ]
         print(f"| {text} | {row['firing_rate'][0]:.3f} | " + " | ".join(cells) + " |")
     if res.get("acceptance") is not None:
-        print(f"\n{name}: (row, T) within 0.5 point of the ANN at ≤ 0.25× its fp32 energy (means): "
-              + ("; ".join(f"{h['row']} at T={h['T']}: {h['accuracy_pct']:.2f}% vs ANN {h['ann_pct']:.2f}%, "
-                           f"{h['energy_fp32']:.3f}× ({h['seeds_meeting']} seeds on their own)"
-                           for h in res["acceptance"]) or "none"))
+        print(
+            f"\n{name}: (row, T) within 0.5 point of the ANN at ≤ 0.25× its fp32 energy (means): "
+            + (
+                "; ".join(
+                    f"{h['row']} at T={h['T']}: {h['accuracy_pct']:.2f}% vs ANN {h['ann_pct']:.2f}%, "
+                    f"{h['energy_fp32']:.3f}× ({h['seeds_meeting']} seeds on their own)"
+                    for h in res["acceptance"]
+                )
+                or "none"
+            )
+        )
 
 
 def main(argv=None) -> int:
@@ -182,14 +225,25 @@ def main(argv=None) -> int:
     args.t_eval = sorted({int(t) for t in args.t_eval.split(",")} | set(args.t_train))
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "threads": args.threads, "torch": torch.__version__, "quick": args.quick,
-              "command": "python -m benchmarks.energy " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "settings": {"t_train": args.t_train, "lams": args.lams, "t_eval": args.t_eval,
-                           "finetune_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                           "loss": "tet", "keep_if_better": False,
-                           "energy_model": ENERGY_MODEL},
-              "workloads": {}}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "command": "python -m benchmarks.energy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {
+            "t_train": args.t_train,
+            "lams": args.lams,
+            "t_eval": args.t_eval,
+            "finetune_epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "loss": "tet",
+            "keep_if_better": False,
+            "energy_model": ENERGY_MODEL,
+        },
+        "workloads": {},
+    }
     for name in args.workloads.split(","):
         per_seed = {}
         for seed in [int(s) for s in args.seeds.split(",")]:

@@ -45,26 +45,30 @@ The fixed cost per call (T=1, N=64, a tight loop of calls) of the op and of the 
 call is measured per device and stored as call_overhead_us.
 Results go to benchmarks/results/kernels.json and a table on stdout.
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch starts its thread pool
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from snncompiler.kernels import available_backends, neuron_multistep  # noqa: E402
-from snncompiler.fileio import write_text  # noqa: E402
-from snncompiler.kernels import cpu  # noqa: E402
-from snncompiler.runtime.memory import retain_freed_memory  # noqa: E402
+from snncompiler.fileio import write_text
+from snncompiler.kernels import (
+    available_backends,
+    cpu,
+    neuron_multistep,
+)
+from snncompiler.runtime.memory import retain_freed_memory
 
 FULL_T, FULL_N = (4, 8, 32, 128), (1 << 16, 1 << 20, 1 << 22)
 QUICK_T, QUICK_N = (4, 32), (1 << 16, 1 << 20)
@@ -82,10 +86,17 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = dict(cpu=model, logical_cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                omp_num_threads=os.environ.get("OMP_NUM_THREADS"), torch=torch.__version__,
-                python=platform.python_version(), gpu=None,
-                snnc_cpu_isa=cpu.isa(), snnc_cpu_stream_min_bytes=cpu.load().stream_min_bytes() if cpu.available() else None)
+    info = dict(
+        cpu=model,
+        logical_cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        gpu=None,
+        snnc_cpu_isa=cpu.isa(),
+        snnc_cpu_stream_min_bytes=cpu.load().stream_min_bytes() if cpu.available() else None,
+    )
     try:
         from importlib.metadata import version
 
@@ -127,8 +138,24 @@ def preallocated_cpu_kernel(x, v0):
     the callable returns the spike buffer (tests/kernels/test_prepared_launches.py checks it)."""
     T, n = x.shape
     theta, out, vout = torch.ones(1), torch.empty_like(x), torch.empty(n)
-    args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, out.data_ptr(), vout.data_ptr(), T, n, 1.0, False,
-            0.0, cpu.FORMATS["value"], torch.get_num_threads(), -1, x.dtype == torch.bfloat16)
+    args = (
+        x.data_ptr(),
+        v0.data_ptr(),
+        theta.data_ptr(),
+        1,
+        1,
+        out.data_ptr(),
+        vout.data_ptr(),
+        T,
+        n,
+        1.0,
+        False,
+        0.0,
+        cpu.FORMATS["value"],
+        torch.get_num_threads(),
+        -1,
+        x.dtype == torch.bfloat16,
+    )
     keep = (theta, out, vout)
     return lambda: (cpu.load().forward(*args), keep)[1][1]
 
@@ -145,9 +172,27 @@ def preallocated_gpu_kernels(x, v0) -> dict:
         from snncompiler.kernels import cuda
 
         lib, stream = cuda.load(), torch.cuda.current_stream().cuda_stream
-        args = (x.data_ptr(), cuda.DTYPES[x.dtype], v0.data_ptr(), 1, n, theta.data_ptr(), 1, 1, out.data_ptr(),
-                cuda.FORMATS["value"], vout.data_ptr(), T, n, 1.0, 0, 0.0, cuda.VEC4_MIN_N,
-                cuda.deep_unroll_max_n(x.device.index), stream)
+        args = (
+            x.data_ptr(),
+            cuda.DTYPES[x.dtype],
+            v0.data_ptr(),
+            1,
+            n,
+            theta.data_ptr(),
+            1,
+            1,
+            out.data_ptr(),
+            cuda.FORMATS["value"],
+            vout.data_ptr(),
+            T,
+            n,
+            1.0,
+            0,
+            0.0,
+            cuda.VEC4_MIN_N,
+            cuda.deep_unroll_max_n(x.device.index),
+            stream,
+        )
         impls["snnc-cuda-pre"] = lambda: (lib.snnc_lif_forward(*args), theta, out, vout)[2]
         if n <= args[-2] and n < cuda.VEC4_MIN_N:  # the same launch with 8 steps in flight
             shallow = args[:-2] + (0, stream)
@@ -155,14 +200,37 @@ def preallocated_gpu_kernels(x, v0) -> dict:
     if "triton" in backends:
         from snncompiler.kernels import triton_kernel
 
-        impls["snnc-triton-pre"] = lambda: (triton_kernel._launch(
-            "fwd", n, T, x, v0, theta, out, vout, T, n, (n + 7) // 8, 1, 1, 1, n, 1.0, 0.0, DECAY=False, HARD=False,
-            FMT=0), out)[1]
+        impls["snnc-triton-pre"] = lambda: (
+            triton_kernel._launch(
+                "fwd",
+                n,
+                T,
+                x,
+                v0,
+                theta,
+                out,
+                vout,
+                T,
+                n,
+                (n + 7) // 8,
+                1,
+                1,
+                1,
+                n,
+                1.0,
+                0.0,
+                DECAY=False,
+                HARD=False,
+                FMT=0,
+            ),
+            out,
+        )[1]
     return impls
 
 
-def implementations(T: int, N: int, device: str, slow: bool,
-                    dtype: torch.dtype = torch.float32) -> tuple[dict, dict, dict]:
+def implementations(
+    T: int, N: int, device: str, slow: bool, dtype: torch.dtype = torch.float32
+) -> tuple[dict, dict, dict]:
     """(name -> zero-arg callable, name -> skip reason, the tensors kept alive); x in ``dtype``
     (the copy moves that dtype too)."""
     x = (torch.randn(T, N, device=device) * 0.5 + 0.3).to(dtype)
@@ -214,21 +282,41 @@ def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
             kernel = preallocated_cpu_kernel(x, v0)
             theta, gy, gv = torch.ones(()), torch.randn(T, n), torch.randn(n)
             gx, gv0, gth = torch.empty_like(x), torch.empty(n), torch.empty(n)
-            bwd_args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, gy.data_ptr(), gv.data_ptr(),
-                        gx.data_ptr(), gv0.data_ptr(), gth.data_ptr(), T, n, 0.9, False, 0.0, 1, 2.0, False,
-                        torch.get_num_threads())
+            bwd_args = (
+                x.data_ptr(),
+                v0.data_ptr(),
+                theta.data_ptr(),
+                1,
+                1,
+                gy.data_ptr(),
+                gv.data_ptr(),
+                gx.data_ptr(),
+                gv0.data_ptr(),
+                gth.data_ptr(),
+                T,
+                n,
+                0.9,
+                False,
+                0.0,
+                1,
+                2.0,
+                False,
+                torch.get_num_threads(),
+            )
 
             def forward(isa, stream):
                 def call():
                     lib.set_isa(isa)
                     lib.set_stream_min_bytes(1 if stream else 0)
                     kernel()
+
                 return call
 
             def backward(isa):
                 def call():
                     lib.set_isa(isa)
                     lib.backward(*bwd_args)
+
                 return call
 
             impls = {"copy": lambda: dst.copy_(x)}
@@ -237,16 +325,33 @@ def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
                 impls[f"{isa}+stream"] = forward(isa, True)
                 impls[f"backward-{isa}"] = backward(isa)
             times = measure(impls, rounds, min_seconds, lambda: None)
-            forward_ratios = {k: statistics.median(c / t for c, t in zip(times["copy"], v))
-                              for k, v in times.items() if k != "copy" and not k.startswith("backward")}
-            backward_ratios = {k[len("backward-"):]: statistics.median(b / t for b, t in zip(times["backward-baseline"], v))
-                               for k, v in times.items() if k.startswith("backward")}
-            rows.append(dict(T=T, N=n, output_mib=T * n * 4 / (1 << 20), forward_over_copy=forward_ratios,
-                             backward_over_baseline=backward_ratios,
-                             times_s={k: [round(t, 7) for t in v] for k, v in times.items()}))
-            print(f"T={T:<3} N=2^{n.bit_length() - 1:<2} ({T * n * 4 >> 20:>3} MiB) forward/copy: "
-                  + "  ".join(f"{k} {v:.2f}x" for k, v in forward_ratios.items())
-                  + "   backward/baseline: " + "  ".join(f"{k} {v:.2f}x" for k, v in backward_ratios.items()), flush=True)
+            forward_ratios = {
+                k: statistics.median(c / t for c, t in zip(times["copy"], v))
+                for k, v in times.items()
+                if k != "copy" and not k.startswith("backward")
+            }
+            backward_ratios = {
+                k[len("backward-") :]: statistics.median(b / t for b, t in zip(times["backward-baseline"], v))
+                for k, v in times.items()
+                if k.startswith("backward")
+            }
+            rows.append(
+                dict(
+                    T=T,
+                    N=n,
+                    output_mib=T * n * 4 / (1 << 20),
+                    forward_over_copy=forward_ratios,
+                    backward_over_baseline=backward_ratios,
+                    times_s={k: [round(t, 7) for t in v] for k, v in times.items()},
+                )
+            )
+            print(
+                f"T={T:<3} N=2^{n.bit_length() - 1:<2} ({T * n * 4 >> 20:>3} MiB) forward/copy: "
+                + "  ".join(f"{k} {v:.2f}x" for k, v in forward_ratios.items())
+                + "   backward/baseline: "
+                + "  ".join(f"{k} {v:.2f}x" for k, v in backward_ratios.items()),
+                flush=True,
+            )
     finally:
         lib.set_isa(isa0)
         lib.set_stream_min_bytes(stream0)
@@ -280,12 +385,32 @@ def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]
             def call():
                 s, v = fn(x, 0.0, 1.0, decay=0.9, surrogate=surrogate)
                 return torch.autograd.grad((s * w).sum() + v.sum(), x)
+
             return call
 
         def kernel_backward(surrogate):
             sid, alpha = resolve(surrogate, None)
-            args = (x.data_ptr(), v0.data_ptr(), theta.data_ptr(), 1, 1, w.data_ptr(), gv.data_ptr(), gx.data_ptr(),
-                    gv0.data_ptr(), 0, T, n, 0.9, False, 0.0, sid, alpha, False, torch.get_num_threads())
+            args = (
+                x.data_ptr(),
+                v0.data_ptr(),
+                theta.data_ptr(),
+                1,
+                1,
+                w.data_ptr(),
+                gv.data_ptr(),
+                gx.data_ptr(),
+                gv0.data_ptr(),
+                0,
+                T,
+                n,
+                0.9,
+                False,
+                0.0,
+                sid,
+                alpha,
+                False,
+                torch.get_num_threads(),
+            )
             return lambda: lib.backward(*args)
 
         impls = {"copy": lambda: dst.copy_(x.detach())}
@@ -300,14 +425,19 @@ def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]
         for sg in ("triangle", "atan", "sigmoid"):
             if f"reference-{sg}" in times:
                 row["snnc_over_reference"][sg] = statistics.median(
-                    r / s for r, s in zip(times[f"reference-{sg}"], times[f"snnc-{sg}"]))
+                    r / s for r, s in zip(times[f"reference-{sg}"], times[f"snnc-{sg}"])
+                )
             row["kernel_bwd_time_over_copy"][sg] = statistics.median(
-                k / c for k, c in zip(times[f"kernel-bwd-{sg}"], times["copy"]))
+                k / c for k, c in zip(times[f"kernel-bwd-{sg}"], times["copy"])
+            )
         rows.append(row)
-        print(f"T={T:<3} N=2^{n.bit_length() - 1:<2} fwd+bwd step, snnc vs reference: "
-              + "  ".join(f"{k} {v:.1f}x" for k, v in row["snnc_over_reference"].items())
-              + "   backward kernel time / copy time: "
-              + "  ".join(f"{k} {v:.2f}" for k, v in row["kernel_bwd_time_over_copy"].items()), flush=True)
+        print(
+            f"T={T:<3} N=2^{n.bit_length() - 1:<2} fwd+bwd step, snnc vs reference: "
+            + "  ".join(f"{k} {v:.1f}x" for k, v in row["snnc_over_reference"].items())
+            + "   backward kernel time / copy time: "
+            + "  ".join(f"{k} {v:.2f}" for k, v in row["kernel_bwd_time_over_copy"].items()),
+            flush=True,
+        )
     return rows
 
 
@@ -322,7 +452,7 @@ def measure(impls: dict, rounds: int, min_seconds: float, sync, grad: bool = Fal
         sync()
         start, r = time.perf_counter(), 0
         while r < rounds or (r < 3 * rounds and time.perf_counter() - start < min_seconds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
+            for n in names[r % len(names) :] + names[: r % len(names)]:
                 sync()
                 t0 = time.perf_counter()
                 impls[n]()
@@ -351,7 +481,7 @@ def measure_gpu(impls: dict, rounds: int, min_seconds: float, burst_seconds: flo
         start, r = time.perf_counter(), 0
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         while r < rounds or (r < 3 * rounds and time.perf_counter() - start < min_seconds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
+            for n in names[r % len(names) :] + names[: r % len(names)]:
                 torch.cuda.synchronize()
                 begin.record()
                 for _ in range(burst[n]):
@@ -363,8 +493,9 @@ def measure_gpu(impls: dict, rounds: int, min_seconds: float, burst_seconds: flo
     return times
 
 
-def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
-        dtype: torch.dtype = torch.float32) -> list[dict]:
+def run(
+    device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int, dtype: torch.dtype = torch.float32
+) -> list[dict]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     for N in Ns:
@@ -378,8 +509,15 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
                 times = measure(impls, n_rounds, min_seconds, sync)
             del keep
             elems = T * N
-            row = dict(T=T, N=N, device=device, rounds=len(times["copy"]), skipped=skipped, impls={},
-                       times_s={k: [round(t, 6) for t in v] for k, v in times.items()})
+            row = dict(
+                T=T,
+                N=N,
+                device=device,
+                rounds=len(times["copy"]),
+                skipped=skipped,
+                impls={},
+                times_s={k: [round(t, 6) for t in v] for k, v in times.items()},
+            )
             for name, ts in times.items():
                 med = statistics.median(ts)
                 row["impls"][name] = dict(median_s=med, elements_per_s=elems / med)
@@ -393,7 +531,8 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
                         ratios["snnc-pre/sj"] = statistics.median(b / k for b, k in zip(times["sj"], times["snnc-pre"]))
                 if "snnc-cuda-pre-unroll8" in times:  # > 1: the deeper unroll of small layers pays
                     ratios["snnc-cuda-pre/unroll8"] = statistics.median(
-                        u / k for u, k in zip(times["snnc-cuda-pre-unroll8"], times["snnc-cuda-pre"]))
+                        u / k for u, k in zip(times["snnc-cuda-pre-unroll8"], times["snnc-cuda-pre"])
+                    )
                 ratios[f"{kern}/clone"] = statistics.median(c / k for c, k in zip(times["clone"], times[kern]))
                 for base in ("reference", "sj"):
                     if base in times:
@@ -404,8 +543,21 @@ def run(device: str, Ts, Ns, rounds: int, min_seconds: float, max_slow: int,
     return rows
 
 
-COLS = ("copy", "clone", "snnc-pre", "snnc", "snnc-bin", "snnc-pack", "snnc-triton-pre", "snnc-triton", "snnc-cuda-pre",
-        "snnc-cuda-pre-unroll8", "snnc-cuda", "reference", "sj")
+COLS = (
+    "copy",
+    "clone",
+    "snnc-pre",
+    "snnc",
+    "snnc-bin",
+    "snnc-pack",
+    "snnc-triton-pre",
+    "snnc-triton",
+    "snnc-cuda-pre",
+    "snnc-cuda-pre-unroll8",
+    "snnc-cuda",
+    "reference",
+    "sj",
+)
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -431,8 +583,15 @@ def floor_check(rows: list[dict]) -> dict | None:
             def ok(c, j):
                 return c is not None and j is not None and c >= FLOOR["over_copy"] and j >= FLOOR["over_sj"]
 
-            return dict(FLOOR, snnc_over_copy=oc, kernel_over_copy=opc, snnc_over_sj=osj, kernel_over_sj=kpsj,
-                        met_by_op=ok(oc, osj), met_by_kernel=ok(opc, kpsj))
+            return dict(
+                FLOOR,
+                snnc_over_copy=oc,
+                kernel_over_copy=opc,
+                snnc_over_sj=osj,
+                kernel_over_sj=kpsj,
+                met_by_op=ok(oc, osj),
+                met_by_kernel=ok(opc, kpsj),
+            )
     return None
 
 
@@ -442,10 +601,12 @@ def call_overhead(device: str, calls: int = 2000, repeats: int = 9) -> dict:
     op's Python argument handling, which bounds small layers."""
     x, v0 = torch.rand(1, 64, device=device), torch.zeros(64, device=device)
     x_c, theta_c = x.view(1, 4, 16), torch.rand(4, 1, device=device) + 0.5
-    impls = {"op": lambda: neuron_multistep(x, v0, 1.0),
-             # the runtime's other common calls: a scalar v0 (first chunk), a per-channel theta
-             "op-scalar-v0": lambda: neuron_multistep(x, 0.0, 1.0),
-             "op-channel-theta": lambda: neuron_multistep(x_c, 0.0, theta_c)}
+    impls = {
+        "op": lambda: neuron_multistep(x, v0, 1.0),
+        # the runtime's other common calls: a scalar v0 (first chunk), a per-channel theta
+        "op-scalar-v0": lambda: neuron_multistep(x, 0.0, 1.0),
+        "op-channel-theta": lambda: neuron_multistep(x_c, 0.0, theta_c),
+    }
     if device == "cpu":
         impls["kernel"] = preallocated_cpu_kernel(x, v0)
     else:
@@ -473,8 +634,10 @@ def call_overheads(devices) -> dict:
     overhead = {}
     for device in devices:
         overhead[device] = call_overhead(device)
-        print(f"\n[{device}] fixed cost per call (T=1, N=64, tight loop, median of 9), µs: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items()))
+        print(
+            f"\n[{device}] fixed cost per call (T=1, N=64, tight loop, median of 9), µs: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in overhead[device].items())
+        )
     return overhead
 
 
@@ -493,12 +656,24 @@ def gpu_floor_check(rows: list[dict]) -> dict | None:
                 continue
             over_copy = statistics.median(c / k for c, k in zip(times["copy"], times[kern]))
             over_sj = statistics.median(b / k for b, k in zip(times["sj"], times[kern])) if "sj" in times else None
-            checks.append(dict(T=row["T"], N=row["N"], kernel=kern, over_copy=over_copy, over_sj=over_sj,
-                               met=over_copy >= GPU_FLOOR["over_copy"] and over_sj is not None and over_sj > 1.0))
+            checks.append(
+                dict(
+                    T=row["T"],
+                    N=row["N"],
+                    kernel=kern,
+                    over_copy=over_copy,
+                    over_sj=over_sj,
+                    met=over_copy >= GPU_FLOOR["over_copy"] and over_sj is not None and over_sj > 1.0,
+                )
+            )
     if not checks:
         return None
-    return dict(GPU_FLOOR, checks=checks, met_by_op=all(c["met"] for c in checks if not c["kernel"].endswith("-pre")),
-                met_by_kernel=all(c["met"] for c in checks if c["kernel"].endswith("-pre")))
+    return dict(
+        GPU_FLOOR,
+        checks=checks,
+        met_by_op=all(c["met"] for c in checks if not c["kernel"].endswith("-pre")),
+        met_by_kernel=all(c["met"] for c in checks if c["kernel"].endswith("-pre")),
+    )
 
 
 def markdown(result: dict) -> str:
@@ -510,8 +685,11 @@ def markdown(result: dict) -> str:
             continue
         cols = [c for c in COLS if any(c in r["impls"] for r in rows)]
         ratio_keys = list(dict.fromkeys(k for r in rows for k in r["ratios"]))
-        lines += [f"\n{device}: 10^9 elements/s (median); ratios are medians of per-round ratios\n",
-                  "| T | N | " + " | ".join(cols + ratio_keys) + " |", "|---" * (2 + len(cols) + len(ratio_keys)) + "|"]
+        lines += [
+            f"\n{device}: 10^9 elements/s (median); ratios are medians of per-round ratios\n",
+            "| T | N | " + " | ".join(cols + ratio_keys) + " |",
+            "|---" * (2 + len(cols) + len(ratio_keys)) + "|",
+        ]
         for r in rows:
             cells = [f"{r['impls'][c]['elements_per_s'] / 1e9:.2f}" if c in r["impls"] else "-" for c in cols]
             cells += [f"{r['ratios'][k]:.2f}x" if k in r["ratios"] else "-" for k in ratio_keys]
@@ -526,28 +704,49 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-only", action="store_true", help="measure the GPU only (skip the CPU grid)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per size (default 9)")
     ap.add_argument("--min-seconds", type=float, default=1.0, help="keep adding rounds until this much time")
-    ap.add_argument("--max-slow-elements", type=int, default=1 << 27,
-                    help="skip reference/SpikingJelly above this T*N (default 2^27)")
+    ap.add_argument(
+        "--max-slow-elements",
+        type=int,
+        default=1 << 27,
+        help="skip reference/SpikingJelly above this T*N (default 2^27)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--allocator", choices=("retain", "default"), default="retain",
-                    help="retain (default): keep freed host memory for reuse, as snnc's runtime sets it "
-                         "(snncompiler/runtime/memory.py); default: leave glibc's malloc alone")
+    ap.add_argument(
+        "--allocator",
+        choices=("retain", "default"),
+        default="retain",
+        help="retain (default): keep freed host memory for reuse, as snnc's runtime sets it "
+        "(snncompiler/runtime/memory.py); default: leave glibc's malloc alone",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--markdown", action="store_true", help="print --out's existing JSON as Markdown tables and exit")
-    ap.add_argument("--isa-sweep", action="store_true",
-                    help="only compare the C++ kernel's instruction sets and its streaming stores (writes "
-                         "benchmarks/results/kernels_isa.json unless --out is given)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                    help="x (and copy, value spikes) dtype of the CPU grid (default float32; bfloat16 writes "
-                         "benchmarks/results/kernels_bf16.json unless --out is given)")
-    ap.add_argument("--backward", action="store_true",
-                    help="only time a training step (forward + surrogate-gradient backward) per surrogate, snnc "
-                         "vs autograd through the reference (writes benchmarks/results/kernels_backward.json "
-                         "unless --out is given)")
-    ap.add_argument("--overhead", action="store_true",
-                    help="only measure the op's fixed cost per call against the bare kernel call (T=1, N=64), on "
-                         "the CPU and, with --gpu, the GPU (writes benchmarks/results/kernels_overhead.json unless "
-                         "--out is given)")
+    ap.add_argument(
+        "--isa-sweep",
+        action="store_true",
+        help="only compare the C++ kernel's instruction sets and its streaming stores (writes "
+        "benchmarks/results/kernels_isa.json unless --out is given)",
+    )
+    ap.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="x (and copy, value spikes) dtype of the CPU grid (default float32; bfloat16 writes "
+        "benchmarks/results/kernels_bf16.json unless --out is given)",
+    )
+    ap.add_argument(
+        "--backward",
+        action="store_true",
+        help="only time a training step (forward + surrogate-gradient backward) per surrogate, snnc "
+        "vs autograd through the reference (writes benchmarks/results/kernels_backward.json "
+        "unless --out is given)",
+    )
+    ap.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only measure the op's fixed cost per call against the bare kernel call (T=1, N=64), on "
+        "the CPU and, with --gpu, the GPU (writes benchmarks/results/kernels_overhead.json unless "
+        "--out is given)",
+    )
     args = ap.parse_args(argv)
     if args.dtype != "float32" and args.out == OUT:
         args.out = OUT.with_name("kernels_bf16.json")
@@ -562,28 +761,44 @@ def main(argv=None) -> int:
             return 2
         print("[cpu] training step per surrogate (median of interleaved rounds)")
         rows = backward_bench(args.rounds, args.min_seconds, args.max_slow_elements // 8)
-        write_result(BACKWARD_OUT if args.out == OUT else args.out, dict(
-            benchmark="snncompiler neuron_multistep forward + backward", workload="LIF decay 0.9, soft reset, "
-            "theta 1, float32, loss = sum(w * spikes) + sum(v_final)",
-            machine=dict(machine(), freed_memory_retained=retained), results=rows))
+        write_result(
+            BACKWARD_OUT if args.out == OUT else args.out,
+            dict(
+                benchmark="snncompiler neuron_multistep forward + backward",
+                workload="LIF decay 0.9, soft reset, theta 1, float32, loss = sum(w * spikes) + sum(v_final)",
+                machine=dict(machine(), freed_memory_retained=retained),
+                results=rows,
+            ),
+        )
         return 0
     if args.isa_sweep:
         if not cpu.available():
             print("--isa-sweep: the C++ extension is not built")
             return 2
-        print(f"[cpu] C++ kernel per instruction set, preallocated output, ratios = median of per-round ratios")
+        print("[cpu] C++ kernel per instruction set, preallocated output, ratios = median of per-round ratios")
         rows = isa_sweep(args.rounds, args.min_seconds)
-        write_result(ISA_OUT if args.out == OUT else args.out, dict(
-            benchmark="snncompiler C++ kernel per instruction set", workload="IF, soft reset, theta=1, float32, "
-            "value spikes; backward: LIF 0.9, atan surrogate",
-            machine=dict(machine(), freed_memory_retained=retained), results=rows))
+        write_result(
+            ISA_OUT if args.out == OUT else args.out,
+            dict(
+                benchmark="snncompiler C++ kernel per instruction set",
+                workload="IF, soft reset, theta=1, float32, value spikes; backward: LIF 0.9, atan surrogate",
+                machine=dict(machine(), freed_memory_retained=retained),
+                results=rows,
+            ),
+        )
         return 0
     gpu = ["cuda"] if (args.gpu or args.gpu_only) and torch.cuda.is_available() else []
     if args.overhead:
         overhead = call_overheads(["cpu"] + gpu)
-        write_result(OVERHEAD_OUT if args.out == OUT else args.out, dict(
-            benchmark="snncompiler neuron_multistep fixed cost per call", workload="T=1, N=64, IF, soft reset",
-            machine=dict(machine(), freed_memory_retained=retained), call_overhead_us=overhead))
+        write_result(
+            OVERHEAD_OUT if args.out == OUT else args.out,
+            dict(
+                benchmark="snncompiler neuron_multistep fixed cost per call",
+                workload="T=1, N=64, IF, soft reset",
+                machine=dict(machine(), freed_memory_retained=retained),
+                call_overhead_us=overhead,
+            ),
+        )
         return 0
     Ts, Ns = (QUICK_T, QUICK_N) if args.quick else (FULL_T, FULL_N)
     gpu_sj = None
@@ -604,28 +819,45 @@ def main(argv=None) -> int:
     if args.gpu or args.gpu_only:
         info["spikingjelly_cuda_implementation"] = gpu_sj
     if floor:
+
         def verdict(ok):
             return "MET" if ok else "NOT MET"
 
-        print(f"\nfloor (T=32, N=2^20, CPU, need >= 0.6x copy and >= 10x SpikingJelly):\n"
-              f"  kernel, preallocated output (as copy): {floor['kernel_over_copy']:.2f}x copy -> "
-              f"{verdict(floor['met_by_kernel'])}\n"
-              f"  op, allocating its output:            {floor['snnc_over_copy']:.2f}x copy -> "
-              f"{verdict(floor['met_by_op'])}\n"
-              f"  vs SpikingJelly: op {floor['snnc_over_sj']:.1f}x, kernel {floor['kernel_over_sj']:.1f}x")
+        print(
+            f"\nfloor (T=32, N=2^20, CPU, need >= 0.6x copy and >= 10x SpikingJelly):\n"
+            f"  kernel, preallocated output (as copy): {floor['kernel_over_copy']:.2f}x copy -> "
+            f"{verdict(floor['met_by_kernel'])}\n"
+            f"  op, allocating its output:            {floor['snnc_over_copy']:.2f}x copy -> "
+            f"{verdict(floor['met_by_op'])}\n"
+            f"  vs SpikingJelly: op {floor['snnc_over_sj']:.1f}x, kernel {floor['kernel_over_sj']:.1f}x"
+        )
     overhead = call_overheads(([] if args.gpu_only else ["cpu"]) + gpu)
     gpu_floor = gpu_floor_check(rows)
     if gpu_floor:
-        print(f"\nGPU floor (T >= 8: >= 0.8x device copy and faster than SpikingJelly): "
-              f"op as called {'MET' if gpu_floor['met_by_op'] else 'NOT MET'}, "
-              f"kernels launched directly {'MET' if gpu_floor['met_by_kernel'] else 'NOT MET'}")
+        print(
+            f"\nGPU floor (T >= 8: >= 0.8x device copy and faster than SpikingJelly): "
+            f"op as called {'MET' if gpu_floor['met_by_op'] else 'NOT MET'}, "
+            f"kernels launched directly {'MET' if gpu_floor['met_by_kernel'] else 'NOT MET'}"
+        )
         for c in gpu_floor["checks"]:
             sj = f"{c['over_sj']:.2f}x" if c["over_sj"] is not None else "-"
-            print(f"  T={c['T']:>4} N=2^{c['N'].bit_length() - 1:<2} {c['kernel']:>12}: {c['over_copy']:.2f}x copy, "
-                  f"{sj} SpikingJelly{'' if c['met'] else '  <- below'}")
-    write_result(args.out, dict(
-        benchmark="snncompiler.kernels.neuron_multistep", workload=f"IF, soft reset, theta=1, {args.dtype}, inference",
-        machine=info, quick=args.quick, results=rows, floor=floor, gpu_floor=gpu_floor, call_overhead_us=overhead))
+            print(
+                f"  T={c['T']:>4} N=2^{c['N'].bit_length() - 1:<2} {c['kernel']:>12}: {c['over_copy']:.2f}x copy, "
+                f"{sj} SpikingJelly{'' if c['met'] else '  <- below'}"
+            )
+    write_result(
+        args.out,
+        dict(
+            benchmark="snncompiler.kernels.neuron_multistep",
+            workload=f"IF, soft reset, theta=1, {args.dtype}, inference",
+            machine=info,
+            quick=args.quick,
+            results=rows,
+            floor=floor,
+            gpu_floor=gpu_floor,
+            call_overhead_us=overhead,
+        ),
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ stride-2 pool. Implementations, all exact (the same maxima):
 Median time per call over interleaved rounds; ratios are medians of per-round ratios.
 Results go to benchmarks/results/maxpool.json and a table on stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def implementations(shape, k, s, p):
     """(name -> zero-arg callable) for one case, and the input tensor."""
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(shape, generator=g) < 0.2).float() * 2.5
-    node = Node(op="maxpool", name="pool", inputs=["x"], outputs=["y"],
-                attrs=dict(kernel=[k, k], stride=[s, s], pads=[p] * 4))
+    node = Node(
+        op="maxpool", name="pool", inputs=["x"], outputs=["y"], attrs=dict(kernel=[k, k], stride=[s, s], pads=[p] * 4)
+    )
     pool = IMPLEMENTATIONS["maxpool"]
     return {
         "nchw": lambda: F.max_pool2d(x, k, s, p),
@@ -69,19 +71,36 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{name}: {impl} differs from F.max_pool2d")
         times = {n: [] for n in impls}
         for r in range(args.rounds):
-            order = list(impls)[r % len(impls):] + list(impls)[:r % len(impls)]
+            order = list(impls)[r % len(impls) :] + list(impls)[: r % len(impls)]
             for n in order:
                 t0 = time.perf_counter()
                 impls[n]()
                 times[n].append(time.perf_counter() - t0)
         med = {n: statistics.median(v) for n, v in times.items()}
         ratio = {b: statistics.median(bt / st for bt, st in zip(times[b], times["snnc"])) for b in ("nchw", "nhwc")}
-        rows.append(dict(case=name, shape=list(shape), kernel=k, stride=s, pad=p, median_s=med,
-                         snnc_speedup=ratio, times_s={n: [round(t, 6) for t in v] for n, v in times.items()}))
-        print(f"{name:30} {str(shape):>20}  {med['nchw'] * 1e3:8.2f} {med['nhwc'] * 1e3:8.2f} {med['snnc'] * 1e3:8.2f}"
-              f"  {ratio['nchw']:.2f}x / {ratio['nhwc']:.2f}x")
-    result = dict(benchmark="spiking runtime max pooling (CPU)", threads=args.threads, torch=torch.__version__,
-                  rows=rows, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        rows.append(
+            dict(
+                case=name,
+                shape=list(shape),
+                kernel=k,
+                stride=s,
+                pad=p,
+                median_s=med,
+                snnc_speedup=ratio,
+                times_s={n: [round(t, 6) for t in v] for n, v in times.items()},
+            )
+        )
+        print(
+            f"{name:30} {str(shape):>20}  {med['nchw'] * 1e3:8.2f} {med['nhwc'] * 1e3:8.2f} {med['snnc'] * 1e3:8.2f}"
+            f"  {ratio['nchw']:.2f}x / {ratio['nhwc']:.2f}x"
+        )
+    result = dict(
+        benchmark="spiking runtime max pooling (CPU)",
+        threads=args.threads,
+        torch=torch.__version__,
+        rows=rows,
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, json.dumps(result, indent=1))
     print(f"\nwrote {args.out}")

@@ -11,6 +11,7 @@ every stage on the other 20 %. Reported: each stage's held-out accuracy and whet
 kept, and the final model's accuracy at T on the test split, which no stage saw, beside the
 ANN's. The issue's floor (#19): within 1 point of the ANN. Writes benchmarks/results/pipeline.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,29 @@ def run(name: str, steps: int, epochs: int, calibration: str, lr: float | None) 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(work.model, work.input_shape, Path(tmp) / f"{name}.onnx")
         t0 = time.perf_counter()
-        model = snnc.compile(str(path), (work.train.x, work.train.y), timesteps=steps, calibration=calibration,
-                             finetune=epochs, seed=0, **({"lr": lr} if lr is not None else {}))
+        model = snnc.compile(
+            str(path),
+            (work.train.x, work.train.y),
+            timesteps=steps,
+            calibration=calibration,
+            finetune=epochs,
+            seed=0,
+            **({"lr": lr} if lr is not None else {}),
+        )
         seconds = time.perf_counter() - t0
     test = model.evaluate(work.test.x, work.test.y, [steps])["snn_accuracy"][str(steps)]
-    return {"workload": name, "timesteps": steps, "calibration": calibration, "epochs": epochs,
-            "ann_test_accuracy": ann, "snn_test_accuracy": test, "gap_points": 100 * (ann - test),
-            "within_1_point": bool(100 * (ann - test) <= 1.0), "pipeline": model.report["pipeline"],
-            "seconds": round(seconds, 1)}
+    return {
+        "workload": name,
+        "timesteps": steps,
+        "calibration": calibration,
+        "epochs": epochs,
+        "ann_test_accuracy": ann,
+        "snn_test_accuracy": test,
+        "gap_points": 100 * (ann - test),
+        "within_1_point": bool(100 * (ann - test) <= 1.0),
+        "pipeline": model.report["pipeline"],
+        "seconds": round(seconds, 1),
+    }
 
 
 def main() -> None:
@@ -60,17 +76,25 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     epochs = 2 if args.quick else args.epochs
-    rows = [run(name, steps, epochs, args.calibration, args.lr) for name, steps in CASES
-            if args.only in (None, name)]
+    rows = [run(name, steps, epochs, args.calibration, args.lr) for name, steps in CASES if args.only in (None, name)]
     print(f"{'workload':<15}{'T':>3}  {'ANN':>7}  {'stages (held-out %, kept)':<62}{'SNN test':>9}  {'gap':>6}")
     for r in rows:
-        stages = ", ".join(f"{s['stage']} {100 * s['heldout_accuracy']:.1f}{'' if s['kept'] else ' (dropped)'}"
-                           for s in r["pipeline"]["stages"])
-        print(f"{r['workload']:<15}{r['timesteps']:>3}  {100 * r['ann_test_accuracy']:6.2f}%  {stages:<62}"
-              f"{100 * r['snn_test_accuracy']:8.2f}%  {r['gap_points']:5.2f}")
-    result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": args.threads, "quick": args.quick, "rows": rows,
-              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        stages = ", ".join(
+            f"{s['stage']} {100 * s['heldout_accuracy']:.1f}{'' if s['kept'] else ' (dropped)'}"
+            for s in r["pipeline"]["stages"]
+        )
+        print(
+            f"{r['workload']:<15}{r['timesteps']:>3}  {100 * r['ann_test_accuracy']:6.2f}%  {stages:<62}"
+            f"{100 * r['snn_test_accuracy']:8.2f}%  {r['gap_points']:5.2f}"
+        )
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "quick": args.quick,
+        "rows": rows,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if not args.quick and args.only is None:
         write_text(args.out, json.dumps(result, indent=1))
         print(f"wrote {args.out}")

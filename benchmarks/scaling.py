@@ -13,6 +13,7 @@ figures are the phases' own wall times, without interpreter start-up and process
 which are recorded separately (``launch_seconds``: the whole torchrun command). The results are
 from whatever machine runs this: on a shared, loaded VM the load average is recorded with them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,9 +76,13 @@ def worker(src: Path) -> None:
     net = GraphNet(plain.graph)
     timed("train_epoch", lambda: fit(net, (train["x"], train["y"]), **EPOCH))
     if distributed.is_main():
-        record = {"world_size": distributed.world_size(), "threads_per_process": torch.get_num_threads(),
-                  "seconds": timings, "eval": result,
-                  "calibration_kept": model.report.get("calibration_check", {}).get("kept")}
+        record = {
+            "world_size": distributed.world_size(),
+            "threads_per_process": torch.get_num_threads(),
+            "seconds": timings,
+            "eval": result,
+            "calibration_kept": model.report.get("calibration_check", {}).get("kept"),
+        }
         (src / f"world{distributed.world_size()}.json").write_text(json.dumps(record))
     distributed.shutdown()
 
@@ -85,9 +90,11 @@ def worker(src: Path) -> None:
 def main() -> None:
     """Prepare the inputs, run every world size under torchrun, write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="1x1,2x1,1x2",
-                        help="PROCESSESxTHREADS per run, comma-separated (default 1x1,2x1,1x2); speed-ups are "
-                             "against the first")
+    parser.add_argument(
+        "--runs",
+        default="1x1,2x1,1x2",
+        help="PROCESSESxTHREADS per run, comma-separated (default 1x1,2x1,1x2); speed-ups are against the first",
+    )
     parser.add_argument("--train-epochs", type=int, default=10, help="epochs of the ANN that is converted")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -104,26 +111,41 @@ def main() -> None:
         for spec in args.runs.split(","):
             n, threads = (int(v) for v in spec.lower().split("x"))
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                       "-m", "benchmarks.scaling", "--worker", str(src)]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={n}",
+                "-m",
+                "benchmarks.scaling",
+                "--worker",
+                str(src),
+            ]
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
             subprocess.run(command, check=True, env=env, cwd=ROOT)
             record = json.loads((src / f"world{n}.json").read_text())
             (src / f"world{n}.json").unlink()
-            record.update(launch_seconds=round(time.perf_counter() - t0, 3), load_average_before=round(load, 2),
-                          omp_num_threads=threads)
+            record.update(
+                launch_seconds=round(time.perf_counter() - t0, 3),
+                load_average_before=round(load, 2),
+                omp_num_threads=threads,
+            )
             runs.append(record)
             print(f"{n} process(es) x {threads} thread(s): {record['seconds']} (load {load:.1f})", flush=True)
     base = runs[0]["seconds"]
     for record in runs:
         record["speedup"] = {k: round(base[k] / v, 3) for k, v in record["seconds"].items()}
-    out = {"command": "python -m benchmarks.scaling --runs " + args.runs, "cpu_cores": cores,
-           "machine": f"{cores}-core VM shared with other jobs (load average recorded per run)",
-           "workload": "digits CNN: compile --calibration advanced --timesteps 4 on 512 calibration samples; "
-                       f"evaluate 539 test samples at T={EVAL_T}; one fine-tuning epoch (T=4, global batch 64) "
-                       "on 1258 samples under DistributedDataParallel",
-           "runs": runs}
+    out = {
+        "command": "python -m benchmarks.scaling --runs " + args.runs,
+        "cpu_cores": cores,
+        "machine": f"{cores}-core VM shared with other jobs (load average recorded per run)",
+        "workload": "digits CNN: compile --calibration advanced --timesteps 4 on 512 calibration samples; "
+        f"evaluate 539 test samples at T={EVAL_T}; one fine-tuning epoch (T=4, global batch 64) "
+        "on 1258 samples under DistributedDataParallel",
+        "runs": runs,
+    }
     write_text(RESULTS, json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS}")
 

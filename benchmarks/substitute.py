@@ -17,6 +17,7 @@ scored on a held-out test split at T=32:
 
 Writes benchmarks/results/substitute.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ import torch
 import torch.nn as nn
 
 import snncompiler as snnc
+from examples.workloads import evaluate, export_onnx, textured_shapes, train_classifier
 from snncompiler.fileio import write_text
 from snncompiler.train.finetune import finetune
-from examples.workloads import evaluate, export_onnx, textured_shapes, train_classifier
 
 ARCHS = ("mobilenet_v3_small", "efficientnet_b0")
 T = 32
@@ -58,9 +59,13 @@ def _compile_and_score(path, calib, test, **options) -> tuple[snnc.model.Compile
     model = snnc.compile(str(path), calib.x, quiet=True, **options)
     result = model.evaluate(test.x, test.y, [T], batch_size=100)
     share = model.report["spiking"]
-    return model, {"snn": result["snn_accuracy"][str(T)], "ann_mode": result["ann_accuracy"],
-                   "neuron_layers": share["neurons"], "analog_islands": share["analog_islands"],
-                   "spiking_share": share["spiking_share"]}
+    return model, {
+        "snn": result["snn_accuracy"][str(T)],
+        "ann_mode": result["ann_accuracy"],
+        "neuron_layers": share["neurons"],
+        "analog_islands": share["analog_islands"],
+        "spiking_share": share["spiking_share"],
+    }
 
 
 def run(arch: str, quick: bool) -> dict:
@@ -79,8 +84,14 @@ def run(arch: str, quick: bool) -> dict:
             module.momentum = 0.1
     t0 = time.perf_counter()
     net = train_classifier(net, train, epochs=epochs, lr=2e-3)
-    row = {"arch": arch, "train_samples": n_train, "test_samples": n_test, "epochs": epochs,
-           "ann": evaluate(net, test), "train_seconds": round(time.perf_counter() - t0, 1)}
+    row = {
+        "arch": arch,
+        "train_samples": n_train,
+        "test_samples": n_test,
+        "epochs": epochs,
+        "ann": evaluate(net, test),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = export_onnx(net, (3, 32, 32), Path(tmp) / f"{arch}.onnx")
@@ -89,8 +100,10 @@ def run(arch: str, quick: bool) -> dict:
         row["substituted"] = substituted.report.get("substituted")
         try:
             tuned = finetune(substituted, train, timesteps=4, epochs=1 if quick else 3, progress=False)
-            row["finetune"] = {"snn": tuned.evaluate(test.x, test.y, [T])["snn_accuracy"][str(T)],
-                               "kept": tuned.report["finetune"]["kept"]}
+            row["finetune"] = {
+                "snn": tuned.evaluate(test.x, test.y, [T])["snn_accuracy"][str(T)],
+                "kept": tuned.report["finetune"]["kept"],
+            }
         except snnc.SnncError as exc:
             row["finetune"] = {"refused": str(exc)[:300]}
         relu_net = train_classifier(_relu_everywhere(net), train, epochs=max(1, epochs // 2), lr=1e-3, seed=1)
@@ -113,12 +126,14 @@ def main(argv=None) -> None:
         row = run(arch, args.quick)
         rows.append(row)
         ft = row["finetune"]
-        print(f"{arch}: ANN {100 * row['ann']:.1f}% | SNN T={T} {100 * row['plain']['snn']:.1f}% "
-              f"({row['plain']['neuron_layers']} neuron layers, {row['plain']['analog_islands']} islands) | "
-              f"substitute relu: ANN mode {100 * row['substitute']['ann_mode']:.1f}%, SNN "
-              f"{100 * row['substitute']['snn']:.1f}% ({row['substitute']['analog_islands']} islands) | finetune: "
-              + (f"{100 * ft['snn']:.1f}%" if "snn" in ft else f"refused ({ft['refused'][:80]}...)")
-              + f" | ReLU-retrained ANN {100 * row['retrained_ann']:.1f}%, SNN {100 * row['retrained']['snn']:.1f}%")
+        print(
+            f"{arch}: ANN {100 * row['ann']:.1f}% | SNN T={T} {100 * row['plain']['snn']:.1f}% "
+            f"({row['plain']['neuron_layers']} neuron layers, {row['plain']['analog_islands']} islands) | "
+            f"substitute relu: ANN mode {100 * row['substitute']['ann_mode']:.1f}%, SNN "
+            f"{100 * row['substitute']['snn']:.1f}% ({row['substitute']['analog_islands']} islands) | finetune: "
+            + (f"{100 * ft['snn']:.1f}%" if "snn" in ft else f"refused ({ft['refused'][:80]}...)")
+            + f" | ReLU-retrained ANN {100 * row['retrained_ann']:.1f}%, SNN {100 * row['retrained']['snn']:.1f}%"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, json.dumps({"timesteps": T, "quick": args.quick, "results": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")

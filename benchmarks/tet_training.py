@@ -20,6 +20,7 @@ interleaved rounds, medians.
 Writes benchmarks/results/tet_training.json. TET against SDT over 3 seeds, at T_train 1-6, on
 MNIST, digits and shapes: ``benchmarks/tet_seeds.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,13 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import numpy as np
 import torch
 from torch import nn
 
 import snncompiler as snnc
+from examples.workloads import digits, export_onnx, moving_dot, textured_shapes, train_classifier
 from snncompiler.data import Dataset
 from snncompiler.train import LIF, run_steps
-from examples.workloads import digits, export_onnx, moving_dot, textured_shapes, train_classifier
 
 from .kernels import measure, write_result
 
@@ -50,10 +50,21 @@ T_EVAL = [1, 2, 4, 8, 16, 32]
 
 def digits_net(act) -> nn.Module:
     """DigitsCNN's layout with AvgPool: 3 conv-BN-act, 2 AvgPool, linear (8×8 inputs)."""
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), act(), nn.AvgPool2d(2),
-                         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), act(), nn.AvgPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 4, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        act(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        act(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        act(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4, 10),
+    )
 
 
 def shapes_net(act, widths=(16, 32, 64)) -> nn.Module:
@@ -69,28 +80,55 @@ def shapes_net(act, widths=(16, 32, 64)) -> nn.Module:
 
 def dot_net(act) -> nn.Module:
     """Two Conv1d-act layers and a linear read-out for :func:`moving_dot` frames (1×16)."""
-    return nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), act(), nn.Conv1d(8, 16, 3, padding=1), act(),
-                         nn.Flatten(), nn.Linear(16 * 16, 2))
+    return nn.Sequential(
+        nn.Conv1d(1, 8, 3, padding=1), act(), nn.Conv1d(8, 16, 3, padding=1), act(), nn.Flatten(), nn.Linear(16 * 16, 2)
+    )
 
 
 def workloads(quick: bool) -> dict:
     """name → spec: builder, data (a callable giving (train, test): generated only when the accuracy
     rows need it, not for --speed-only), input (frame) shape, ANN epochs, SNN epochs, T_train, lr of
     direct training, sequence (inputs [N, T, ...]: the ANN and conversion see the time-mean)."""
+
     def digits_data():
         train, test = digits()
         return train, (Dataset(test.x[:256], test.y[:256]) if quick else test)
 
     return {
-        "digits": dict(build=digits_net, data=digits_data, shape=(1, 8, 8), ann_epochs=8 if quick else 30,
-                       snn_epochs=8 if quick else 30, t_train=4, lr=1e-3, sequence=False),
-        "shapes": dict(build=shapes_net, data=lambda: (textured_shapes(3000 if quick else 12000, seed=1000),
-                                                       textured_shapes(128 if quick else 500, seed=2000)),
-                       shape=(3, 32, 32), ann_epochs=2 if quick else 6, snn_epochs=2 if quick else 6, t_train=4,
-                       lr=1e-3, sequence=False),
+        "digits": dict(
+            build=digits_net,
+            data=digits_data,
+            shape=(1, 8, 8),
+            ann_epochs=8 if quick else 30,
+            snn_epochs=8 if quick else 30,
+            t_train=4,
+            lr=1e-3,
+            sequence=False,
+        ),
+        "shapes": dict(
+            build=shapes_net,
+            data=lambda: (
+                textured_shapes(3000 if quick else 12000, seed=1000),
+                textured_shapes(128 if quick else 500, seed=2000),
+            ),
+            shape=(3, 32, 32),
+            ann_epochs=2 if quick else 6,
+            snn_epochs=2 if quick else 6,
+            t_train=4,
+            lr=1e-3,
+            sequence=False,
+        ),
         # the class is in the order of the frames: the time-mean (all the ANN sees) is at chance by construction
-        "moving_dot": dict(build=dot_net, data=lambda: (moving_dot(2000, seed=0), moving_dot(500, seed=1)),
-                           shape=(1, 16), ann_epochs=8, snn_epochs=8, t_train=8, lr=1e-2, sequence=True),
+        "moving_dot": dict(
+            build=dot_net,
+            data=lambda: (moving_dot(2000, seed=0), moving_dot(500, seed=1)),
+            shape=(1, 16),
+            ann_epochs=8,
+            snn_epochs=8,
+            t_train=8,
+            lr=1e-2,
+            sequence=True,
+        ),
     }
 
 
@@ -121,8 +159,17 @@ def accuracy_rows(name, spec: dict, seed: int, tmp: Path) -> dict:
         torch.manual_seed(seed)
         net = build(LIF)
         started = time.perf_counter()
-        history = snnc.train.fit(net, train, timesteps=t_train, epochs=spec["snn_epochs"], loss=method,
-                                 lr=spec["lr"], sequence=sequence, seed=seed, progress=False)
+        history = snnc.train.fit(
+            net,
+            train,
+            timesteps=t_train,
+            epochs=spec["snn_epochs"],
+            loss=method,
+            lr=spec["lr"],
+            sequence=sequence,
+            seed=seed,
+            progress=False,
+        )
         seconds[f"{method}_train"] = time.perf_counter() - started
         artifact = tmp / f"{name}_{method}.snn.onnx"
         snnc.train.export(net, artifact, shape)
@@ -130,9 +177,17 @@ def accuracy_rows(name, spec: dict, seed: int, tmp: Path) -> dict:
         rows[label] = snnc.load(artifact).evaluate(test.x, test.y, t_eval)["snn_accuracy"]
         seconds[f"{method}_final_loss"] = history["epochs"][-1]["loss"]
         print(f"  {name}: {label} trained in {seconds[f'{method}_train']:.1f} s", file=sys.stderr, flush=True)
-    return {"accuracy": rows, "seconds": seconds, "test_samples": len(test), "train_samples": len(train),
-            "t_train": t_train, "ann_epochs": spec["ann_epochs"], "snn_epochs": spec["snn_epochs"],
-            "lr": spec["lr"], "sequence": sequence}
+    return {
+        "accuracy": rows,
+        "seconds": seconds,
+        "test_samples": len(test),
+        "train_samples": len(train),
+        "t_train": t_train,
+        "ann_epochs": spec["ann_epochs"],
+        "snn_epochs": spec["snn_epochs"],
+        "lr": spec["lr"],
+        "sequence": sequence,
+    }
 
 
 class _SpikingJellyLIF(LIF):
@@ -142,8 +197,14 @@ class _SpikingJellyLIF(LIF):
         super().__init__()
         from spikingjelly.activation_based import neuron, surrogate
 
-        self.node = neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=1.0, v_reset=0.0, step_mode="m",
-                                   surrogate_function=surrogate.PiecewiseQuadratic(alpha=1.0))
+        self.node = neuron.LIFNode(
+            tau=2.0,
+            decay_input=False,
+            v_threshold=1.0,
+            v_reset=0.0,
+            step_mode="m",
+            surrogate_function=surrogate.PiecewiseQuadratic(alpha=1.0),
+        )
 
     def forward(self, x):
         self.node.reset()
@@ -159,7 +220,7 @@ def speed_rows(build, shape, batch: int, timesteps: int, rounds: int, device: st
     x = torch.rand((batch,) + tuple(shape), device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     nets = {}
-    for backend in (("cpu", "reference") if device == "cpu" else ("auto", "triton", "reference")):
+    for backend in ("cpu", "reference") if device == "cpu" else ("auto", "triton", "reference"):
         torch.manual_seed(0)
         nets[f"snnc LIF ({backend})"] = build(lambda b=backend: LIF(backend=b))
     try:
@@ -177,10 +238,12 @@ def speed_rows(build, shape, batch: int, timesteps: int, rounds: int, device: st
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return run
 
-    impls = {label: step(net.to(device).train(), torch.optim.Adam(net.parameters(), 1e-4))
-             for label, net in nets.items()}
+    impls = {
+        label: step(net.to(device).train(), torch.optim.Adam(net.parameters(), 1e-4)) for label, net in nets.items()
+    }
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     times = measure(impls, rounds, 2.0, sync, grad=True)
     med = {label: statistics.median(v) for label, v in times.items()}
@@ -202,10 +265,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     specs = workloads(args.quick)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "threads": args.threads, "torch": torch.__version__, "quick": args.quick, "t_eval": T_EVAL,
-              "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu",
-              "workloads": {}, "speed": {}}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "t_eval": T_EVAL,
+        "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu",
+        "workloads": {},
+        "speed": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in ({} if args.speed_only else specs).items():
             print(f"[{name}] training the ANN, converting, training TET and SDT ...", file=sys.stderr, flush=True)
@@ -214,17 +283,24 @@ def main(argv=None) -> int:
     for name, spec in specs.items():
         if spec["sequence"]:
             continue  # the speed rows time static-input training; the sequence path costs the same per step
-        result["speed"][name] = {"batch": 64, "timesteps": spec["t_train"],
-                                 "rows": speed_rows(spec["build"], spec["shape"], 64, spec["t_train"], rounds,
-                                                    args.device)}
+        result["speed"][name] = {
+            "batch": 64,
+            "timesteps": spec["t_train"],
+            "rows": speed_rows(spec["build"], spec["shape"], 64, spec["t_train"], rounds, args.device),
+        }
     for name, res in result["workloads"].items():
-        print(f"\n## {name}: top-1 accuracy vs T ({res['test_samples']} test samples; ANN {res['accuracy']['ANN']:.4f})")
+        print(
+            f"\n## {name}: top-1 accuracy vs T ({res['test_samples']} test samples; ANN {res['accuracy']['ANN']:.4f})"
+        )
         print("| method | " + " | ".join(f"T={t}" for t in T_EVAL) + " |")
         print("|---|" + "---|" * len(T_EVAL))
         for label, accs in res["accuracy"].items():
             if label != "ANN":
-                print(f"| {label} | " + " | ".join(f"{accs[str(t)]:.4f}" if str(t) in accs else "—"
-                                                   for t in T_EVAL) + " |")
+                print(
+                    f"| {label} | "
+                    + " | ".join(f"{accs[str(t)]:.4f}" if str(t) in accs else "—" for t in T_EVAL)
+                    + " |"
+                )
     for name, res in result["speed"].items():
         print(f"\n## {name}: training step (batch {res['batch']}, T={res['timesteps']}, {args.threads} threads)")
         print("| neuron | median s/step | × first row |")

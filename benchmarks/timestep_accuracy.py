@@ -12,6 +12,7 @@ T it is run at, so those rows compile (and calibrate) once per T ≤ 64 and scor
 Writes benchmarks/results/timestep_accuracy.{json,png} and prints a table per workload and a
 "floors" section.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ import numpy as np
 import torch
 
 import snncompiler as snnc
+from examples.workloads import BENCH_WORKLOADS, export_onnx
 from snncompiler.data import Dataset
 from snncompiler.fileio import atomic_write, write_text
-from examples.workloads import BENCH_WORKLOADS, export_onnx
 
 T_FULL = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 T_QUICK = [1, 4, 16, 32]
@@ -46,36 +47,51 @@ SIZES = {
     "vgg_shapes": (384, 32),
     "resnet18_agreement": (512, 16),
 }
-QUICK_TRAIN = {"digits_cnn": {"epochs": 5}, "digits_resnet": {"epochs": 5}, "breast_cancer_mlp": {"epochs": 20},
-               "vgg_shapes": {"train_samples": 4000, "epochs": 2}}
+QUICK_TRAIN = {
+    "digits_cnn": {"epochs": 5},
+    "digits_resnet": {"epochs": 5},
+    "breast_cancer_mlp": {"epochs": 20},
+    "vgg_shapes": {"train_samples": 4000, "epochs": 2},
+}
 
 # Method specs: (label, SpikingJelly mode) and (label, snnc.compile kwargs). Rows are added by
 # appending specs; "(default)" marks the row the floors use.
 SJ_METHODS = [("SJ max", "Max"), ("SJ 99.9%", "99.9%"), ("SJ 0.5×max", 0.5)]
 SNNC_DEFAULT = "snnc p99.9 (default)"
-SNNC_METHODS = [("snnc max", {"threshold": "max"}), ("snnc p99.99", {"threshold": "p99.99"}),
-                (SNNC_DEFAULT, {}), ("snnc mse", {"threshold": "mse"}),
-                # the spiking max-pooling strategies side by side (identical rows where there is no MaxPool)
-                ("snnc maxpool=gated", {"maxpool": "gated"}), ("snnc maxpool=output", {"maxpool": "output"}),
-                ("snnc maxpool=input", {"maxpool": "input"})]
+SNNC_METHODS = [
+    ("snnc max", {"threshold": "max"}),
+    ("snnc p99.99", {"threshold": "p99.99"}),
+    (SNNC_DEFAULT, {}),
+    ("snnc mse", {"threshold": "mse"}),
+    # the spiking max-pooling strategies side by side (identical rows where there is no MaxPool)
+    ("snnc maxpool=gated", {"maxpool": "gated"}),
+    ("snnc maxpool=output", {"maxpool": "output"}),
+    ("snnc maxpool=input", {"maxpool": "input"}),
+]
 # --variants: single-setting departures from the defaults, to see which knob a missed floor needs.
-SNNC_VARIANTS = [("snnc channelwise", {"channelwise": True}), ("snnc v0=zero", {"v0": "zero"}),
-                 ("snnc p99.9 channelwise", {"threshold": "p99.9", "channelwise": True}),
-                 ("snnc mse channelwise", {"threshold": "mse", "channelwise": True}),
-                 ("snnc v0=zero p99.9 channelwise", {"v0": "zero", "threshold": "p99.9", "channelwise": True}),
-                 ("snnc v0=zero mse channelwise", {"v0": "zero", "threshold": "mse", "channelwise": True}),
-                 ("snnc p99.9 ch maxpool=output", {"threshold": "p99.9", "channelwise": True, "maxpool": "output"}),
-                 ("snnc mse ch maxpool=output", {"threshold": "mse", "channelwise": True, "maxpool": "output"})]
+SNNC_VARIANTS = [
+    ("snnc channelwise", {"channelwise": True}),
+    ("snnc v0=zero", {"v0": "zero"}),
+    ("snnc p99.9 channelwise", {"threshold": "p99.9", "channelwise": True}),
+    ("snnc mse channelwise", {"threshold": "mse", "channelwise": True}),
+    ("snnc v0=zero p99.9 channelwise", {"v0": "zero", "threshold": "p99.9", "channelwise": True}),
+    ("snnc v0=zero mse channelwise", {"v0": "zero", "threshold": "mse", "channelwise": True}),
+    ("snnc p99.9 ch maxpool=output", {"threshold": "p99.9", "channelwise": True, "maxpool": "output"}),
+    ("snnc mse ch maxpool=output", {"threshold": "mse", "channelwise": True, "maxpool": "output"}),
+]
 # --calibration light|advanced: rows for snnc's post-conversion calibration (compile option
 # `calibration`, not available yet: until it is, these rows report the compile error).
 # Calibrated rows: compiled and calibrated at each T ≤ CALIBRATED_T_MAX, scored at that T.
-SNNC_CALIBRATION = {level: [(f"snnc calibration={level}", {"calibration": level, "per_t": True})]
-                    for level in ("light", "advanced")}
+SNNC_CALIBRATION = {
+    level: [(f"snnc calibration={level}", {"calibration": level, "per_t": True})] for level in ("light", "advanced")
+}
 CALIBRATED_T_MAX = 64
 # --hard-reset: only these rows, written to hard_reset.{json,png}: reset to zero from v0 = 0, the
 # settings whose NIR file means the same in every reader (README, "Hard reset" and "NIR export").
-SNNC_HARD_RESET = [("snnc hard v0=zero", {"reset": "hard", "v0": "zero"}),
-                   ("snnc hard v0=zero light", {"reset": "hard", "v0": "zero", "calibration": "light", "per_t": True})]
+SNNC_HARD_RESET = [
+    ("snnc hard v0=zero", {"reset": "hard", "v0": "zero"}),
+    ("snnc hard v0=zero light", {"reset": "hard", "v0": "zero", "calibration": "light", "per_t": True}),
+]
 
 
 def log(msg: str) -> None:
@@ -103,15 +119,18 @@ def run_spikingjelly(model, calib: Dataset, test: Dataset, mode, ts, batch_size:
     sums = {t: [] for t in ts}
     with torch.no_grad():
         for start in range(0, len(test.x), batch_size):
-            x = torch.from_numpy(test.x[start:start + batch_size])
+            x = torch.from_numpy(test.x[start : start + batch_size])
             functional.reset_net(snn)
             acc = 0
             for t in range(1, max(ts) + 1):
                 acc = acc + snn(x)
                 if t in sums:
                     sums[t].append(acc.numpy().copy())
-    return {"accuracy": accuracy_curve({t: np.concatenate(v) for t, v in sums.items()}, test.y),
-            "compile_s": compile_s, "run_s": time.perf_counter() - t0}
+    return {
+        "accuracy": accuracy_curve({t: np.concatenate(v) for t, v in sums.items()}, test.y),
+        "compile_s": compile_s,
+        "run_s": time.perf_counter() - t0,
+    }
 
 
 def run_snnc(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, batch_size: int) -> dict:
@@ -121,8 +140,13 @@ def run_snnc(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, batch_s
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = model.evaluate(test.x, test.y, ts, batch_size=batch_size)
-    return {"accuracy": res["snn_accuracy"], "clipped_ann_accuracy": res["ann_accuracy"],
-            "firing_rate": res["firing_rate"], "compile_s": compile_s, "run_s": time.perf_counter() - t0}
+    return {
+        "accuracy": res["snn_accuracy"],
+        "clipped_ann_accuracy": res["ann_accuracy"],
+        "firing_rate": res["firing_rate"],
+        "compile_s": compile_s,
+        "run_s": time.perf_counter() - t0,
+    }
 
 
 def run_snnc_per_t(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, batch_size: int) -> dict:
@@ -156,17 +180,25 @@ def run_workload(name: str, args, ts, tmp: Path) -> dict:
     log(f"\n[{name}] building (train / generate) ...")
     w = BENCH_WORKLOADS[name](**kwargs)
     ann = ann_accuracy(w.model, w.test)
-    log(f"[{name}] {w.note}; {len(w.test.x)} test, {len(w.calib.x)} calibration samples; "
-        f"ANN {100 * ann:.2f}% (built in {time.perf_counter() - t0:.1f} s)")
+    log(
+        f"[{name}] {w.note}; {len(w.test.x)} test, {len(w.calib.x)} calibration samples; "
+        f"ANN {100 * ann:.2f}% (built in {time.perf_counter() - t0:.1f} s)"
+    )
     onnx_path = export_onnx(w.model, w.input_shape, tmp / f"{name}.onnx")
     methods = {}
-    specs = [("sj", label, mode) for label, mode in SJ_METHODS] + [("snnc", l, k) for l, k in SNNC_METHODS]
+    specs = [("sj", label, mode) for label, mode in SJ_METHODS] + [("snnc", label, k) for label, k in SNNC_METHODS]
     if args.hard_reset:
-        specs = [("snnc", l, k) for l, k in SNNC_HARD_RESET]
+        specs = [("snnc", label, k) for label, k in SNNC_HARD_RESET]
     elif args.variants:
-        specs += [("snnc", l, k) for l, k in SNNC_VARIANTS]
-    for level in ([] if args.calibration == "none" or args.hard_reset else [args.calibration] if args.calibration else SNNC_CALIBRATION):
-        specs += [("snnc", l, k) for l, k in SNNC_CALIBRATION[level]]
+        specs += [("snnc", label, k) for label, k in SNNC_VARIANTS]
+    for level in (
+        []
+        if args.calibration == "none" or args.hard_reset
+        else [args.calibration]
+        if args.calibration
+        else SNNC_CALIBRATION
+    ):
+        specs += [("snnc", label, k) for label, k in SNNC_CALIBRATION[level]]
     if args.rows:  # e.g. --rows snnc: re-run only some methods (investigations)
         specs = [s for s in specs if any(r.strip() in s[1] for r in args.rows.split(","))]
     for kind, label, spec in specs:
@@ -185,21 +217,35 @@ def run_workload(name: str, args, ts, tmp: Path) -> dict:
         methods[label] = r
         acc = r["accuracy"]
         last = max(acc, key=int)
-        log(f"[{name}] {label:<26} T={last}: {100 * acc[last]:.2f}%  T=16: "
-            f"{100 * acc.get('16', float('nan')):.2f}%  ({r['compile_s']:.1f} s + {r['run_s']:.1f} s)")
-    return {"note": w.note, "trained": w.trained, "ann_accuracy": ann, "test_samples": len(w.test.x),
-            "calib_samples": len(w.calib.x), "train_s": w.train_seconds,
-            "total_s": time.perf_counter() - t0, "methods": methods}
+        log(
+            f"[{name}] {label:<26} T={last}: {100 * acc[last]:.2f}%  T=16: "
+            f"{100 * acc.get('16', float('nan')):.2f}%  ({r['compile_s']:.1f} s + {r['run_s']:.1f} s)"
+        )
+    return {
+        "note": w.note,
+        "trained": w.trained,
+        "ann_accuracy": ann,
+        "test_samples": len(w.test.x),
+        "calib_samples": len(w.calib.x),
+        "train_s": w.train_seconds,
+        "total_s": time.perf_counter() - t0,
+        "methods": methods,
+    }
 
 
 def table(name: str, r: dict, ts) -> str:
-    head = (f"{name}: {r['note']} | {r['test_samples']} test samples, {r['calib_samples']} calibration"
-            f" | ANN {100 * r['ann_accuracy']:.2f}%")
+    head = (
+        f"{name}: {r['note']} | {r['test_samples']} test samples, {r['calib_samples']} calibration"
+        f" | ANN {100 * r['ann_accuracy']:.2f}%"
+    )
     lines = [head, f"{'method':<28}" + "".join(f"{'T=' + str(t):>8}" for t in ts)]
     lines.append(f"{'ANN':<28}" + "".join(f"{100 * r['ann_accuracy']:>8.2f}" for _ in ts))
     for label, m in r["methods"].items():
-        cells = "".join(f"{100 * m['accuracy'][str(t)]:>8.2f}" if str(t) in m["accuracy"] else f"{'-':>8}"
-                        for t in ts) if "accuracy" in m else "  n/a"
+        cells = (
+            "".join(f"{100 * m['accuracy'][str(t)]:>8.2f}" if str(t) in m["accuracy"] else f"{'-':>8}" for t in ts)
+            if "accuracy" in m
+            else "  n/a"
+        )
         lines.append(f"{label:<28}" + cells)
     return "\n".join(lines)
 
@@ -245,8 +291,10 @@ def calibration_floors(results: dict) -> dict:
         adv = m.get("snnc calibration=advanced", {}).get("accuracy", {})
         light = m.get("snnc calibration=light", {}).get("accuracy", {})
         none = m.get(SNNC_DEFAULT, {}).get("accuracy", {})
-        sj = lambda t: max((100 * v["accuracy"][t] for k, v in m.items()  # noqa: E731
-                            if k.startswith("SJ") and t in v.get("accuracy", {})), default=None)
+        sj = lambda t: max(
+            (100 * v["accuracy"][t] for k, v in m.items() if k.startswith("SJ") and t in v.get("accuracy", {})),
+            default=None,
+        )
         if "8" in adv and r["trained"]:
             f["advanced_T8_within_2pt"] = {"pass": 100 * adv["8"] >= ann - 2.0, "snnc": 100 * adv["8"], "ann": ann}
         if "4" in adv and sj("4") is not None:
@@ -255,11 +303,19 @@ def calibration_floors(results: dict) -> dict:
         common = [t for t in light if t in none and int(t) <= 32]
         if common:
             worse = [t for t in common if light[t] < none[t]]
-            f["light_ge_none_T_le_32"] = {"pass": not worse, "snnc": 100 * min(light[t] - none[t] for t in common),
-                                          "ann": ann, "worse_at": worse}
+            f["light_ge_none_T_le_32"] = {
+                "pass": not worse,
+                "snnc": 100 * min(light[t] - none[t] for t in common),
+                "ann": ann,
+                "worse_at": worse,
+            }
         if not r["trained"] and "64" in adv and sj("64") is not None:
-            f["advanced_T64_2x_SJ"] = {"pass": 100 * adv["64"] >= 2 * sj("64"), "snnc": 100 * adv["64"],
-                                       "best_sj": sj("64"), "ann": ann}
+            f["advanced_T64_2x_SJ"] = {
+                "pass": 100 * adv["64"] >= 2 * sj("64"),
+                "snnc": 100 * adv["64"],
+                "best_sj": sj("64"),
+                "ann": ann,
+            }
         if name.startswith("resnet18"):
             for level, limit in (("light", 30.0), ("advanced", 180.0)):
                 cs = m.get(f"snnc calibration={level}", {}).get("compile_s_per_t", {}).get("32")
@@ -278,8 +334,11 @@ def hard_reset_floors(results: dict) -> dict:
         for (label, _), limit in zip(SNNC_HARD_RESET, (5.0, 3.0)):
             acc = r["methods"].get(label, {}).get("accuracy", {})
             if "32" in acc and r["trained"]:
-                f[f"{label} T32 within {limit:g}pt"] = {"pass": 100 * acc["32"] >= ann - limit, "snnc": 100 * acc["32"],
-                                                        "ann": ann}
+                f[f"{label} T32 within {limit:g}pt"] = {
+                    "pass": 100 * acc["32"] >= ann - limit,
+                    "snnc": 100 * acc["32"],
+                    "ann": ann,
+                }
         out[name] = f
     return out
 
@@ -303,8 +362,15 @@ def plot(results: dict, ts, path: Path) -> None:
                 continue
             style = "--" if label.startswith("SJ") else "-"
             tm = [t for t in ts if str(t) in m["accuracy"]]
-            ax.plot(tm, [100 * m["accuracy"][str(t)] for t in tm], style, marker=".", color=colours[label],
-                    lw=2.4 if label == SNNC_DEFAULT else 1.1, label=label)
+            ax.plot(
+                tm,
+                [100 * m["accuracy"][str(t)] for t in tm],
+                style,
+                marker=".",
+                color=colours[label],
+                lw=2.4 if label == SNNC_DEFAULT else 1.1,
+                label=label,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(ts, [str(t) for t in ts])
         ax.set_title(f"{name} ({r['test_samples']} test)", fontsize=9)
@@ -313,7 +379,7 @@ def plot(results: dict, ts, path: Path) -> None:
         ax.set_ylim(max(0, 100 * r["ann_accuracy"] - 40) if r["trained"] else 0, 100.5)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[len(results):]:
+    for ax in axes[len(results) :]:
         ax.axis("off")
     axes[len(results)].legend(handles, labels, fontsize=8, loc="center")
     fig.tight_layout()
@@ -329,19 +395,29 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", action="store_true", help="also run snnc setting variants (extra rows)")
-    p.add_argument("--calibration", choices=sorted(SNNC_CALIBRATION) + ["none"],
-                   help="calibrated rows to run (default: light and advanced)")
-    p.add_argument("--hard-reset", action="store_true",
-                   help="run only the --reset hard --v0 zero rows (with and without light calibration); "
-                        "writes hard_reset.{json,png} in --out")
+    p.add_argument(
+        "--calibration",
+        choices=sorted(SNNC_CALIBRATION) + ["none"],
+        help="calibrated rows to run (default: light and advanced)",
+    )
+    p.add_argument(
+        "--hard-reset",
+        action="store_true",
+        help="run only the --reset hard --v0 zero rows (with and without light calibration); "
+        "writes hard_reset.{json,png} in --out",
+    )
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing JSON in --out")
     p.add_argument("--rows", help="comma list of substrings: run only methods whose label contains one")
     p.add_argument("--timesteps", help="comma list of T (default: 1,2,...,256; quick: 1,4,16,32)")
     p.add_argument("--test-samples", type=int, help="test samples for every workload (default: per workload)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2,
-                   help="torch threads (2 = the target machine; use 1 on a CPU shared with other jobs, where "
-                        "two-thread parallel regions stall on descheduled threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (2 = the target machine; use 1 on a CPU shared with other jobs, where "
+        "two-thread parallel regions stall on descheduled threads)",
+    )
     args = p.parse_args(argv)
     if args.replot:
         doc = json.loads((Path(args.out) / "timestep_accuracy.json").read_text())
@@ -371,9 +447,18 @@ def main(argv=None) -> int:
         log("\nfloors (hard reset, v0 = 0):")
         for name, f in hard.items():
             for key, v in f.items():
-                log(f"  {name:<20} {key:<34} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs ANN {v['ann']:.2f}%")
-        doc = {"timesteps": ts, "seed": args.seed, "quick": args.quick, "torch_threads": torch.get_num_threads(),
-               "total_s": time.perf_counter() - t0, "workloads": results, "hard_reset_floors": hard}
+                log(
+                    f"  {name:<20} {key:<34} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs ANN {v['ann']:.2f}%"
+                )
+        doc = {
+            "timesteps": ts,
+            "seed": args.seed,
+            "quick": args.quick,
+            "torch_threads": torch.get_num_threads(),
+            "total_s": time.perf_counter() - t0,
+            "workloads": results,
+            "hard_reset_floors": hard,
+        }
         write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=str))
         plot(results, ts, out / f"{stem}.png")
         log(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
@@ -386,19 +471,34 @@ def main(argv=None) -> int:
                 log(f"  {name:<20} ERROR {v}")
                 continue
             ref = f"best SJ {v['best_sj']:.2f}%" if "best_sj" in v else f"ANN {v['ann']:.2f}%"
-            log(f"  {name:<20} {key:<24} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs {ref}"
-                f" (ANN {v['ann']:.2f}%)")
+            log(
+                f"  {name:<20} {key:<24} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs {ref}"
+                f" (ANN {v['ann']:.2f}%)"
+            )
     cal = calibration_floors(results)
     log("\nfloors (calibration):")
     for name, f in cal.items():
         for key, v in f.items():
-            detail = (f"{v['snnc']:.1f} s (limit {v['limit_s']:.0f} s)" if "limit_s" in v else
-                      f"min(light − none) {v['snnc']:.2f} points" if key.startswith("light") else
-                      f"snnc {v['snnc']:.2f}% vs " + (f"best SJ {v['best_sj']:.2f}%" if "best_sj" in v else f"ANN {v['ann']:.2f}%"))
+            detail = (
+                f"{v['snnc']:.1f} s (limit {v['limit_s']:.0f} s)"
+                if "limit_s" in v
+                else f"min(light − none) {v['snnc']:.2f} points"
+                if key.startswith("light")
+                else f"snnc {v['snnc']:.2f}% vs "
+                + (f"best SJ {v['best_sj']:.2f}%" if "best_sj" in v else f"ANN {v['ann']:.2f}%")
+            )
             log(f"  {name:<20} {key:<24} {'PASS' if v['pass'] else 'FAIL'}  {detail}")
     log(f"\ntotal {total:.0f} s")
-    doc = {"timesteps": ts, "seed": args.seed, "quick": args.quick, "torch_threads": torch.get_num_threads(),
-           "total_s": total, "workloads": results, "floors": fl, "calibration_floors": cal}
+    doc = {
+        "timesteps": ts,
+        "seed": args.seed,
+        "quick": args.quick,
+        "torch_threads": torch.get_num_threads(),
+        "total_s": total,
+        "workloads": results,
+        "floors": fl,
+        "calibration_floors": cal,
+    }
     write_text(out / "timestep_accuracy.json", json.dumps(doc, indent=1, default=str))
     plot(results, ts, out / "timestep_accuracy.png")
     log(f"wrote {out / 'timestep_accuracy.json'} and {out / 'timestep_accuracy.png'}")

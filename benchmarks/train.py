@@ -18,6 +18,7 @@ Timings are wall-clock on whatever else the machine is doing: the load average i
 schedules are interleaved per seed so that a busy spell does not fall on one schedule only.
 Writes benchmarks/results/train.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from snncompiler.train.direct import parse_schedule, train_onnx
 from examples.workloads import DigitsCNN, digits, export_onnx
+from snncompiler.train.direct import parse_schedule, train_onnx
 
 from .kernels import write_result
 
@@ -45,24 +46,41 @@ T_EVAL = [1, 2, 4, 8]
 
 def run(onnx_path, train, test, timesteps: str, epochs: str, seed: int) -> dict:
     """One training run: per-epoch curve, seconds to each target, final artifact accuracy."""
-    model = train_onnx(str(onnx_path), train, timesteps=timesteps, epochs=epochs, init="random", seed=seed,
-                       val=test, progress=False)
+    model = train_onnx(
+        str(onnx_path), train, timesteps=timesteps, epochs=epochs, init="random", seed=seed, val=test, progress=False
+    )
     final_t = model.options["timesteps"]
     curve, elapsed, cost = [], 0.0, 0
     for stage in model.train_history:
         for row in stage["epochs"]:
             elapsed += row["seconds"]
             cost += stage["timesteps"]
-            curve.append({"timesteps": stage["timesteps"], "seconds": round(elapsed, 2), "t_epochs": cost,
-                          "val_accuracy": row["val_accuracy"], "loss": row["loss"]})
+            curve.append(
+                {
+                    "timesteps": stage["timesteps"],
+                    "seconds": round(elapsed, 2),
+                    "t_epochs": cost,
+                    "val_accuracy": row["val_accuracy"],
+                    "loss": row["loss"],
+                }
+            )
     reached, reached_cost = {}, {}
     for target in TARGETS:
         hit = next((r for r in curve if r["timesteps"] == final_t and r["val_accuracy"] >= target), None)
         reached[f"{target:.2f}"] = hit and hit["seconds"]
         reached_cost[f"{target:.2f}"] = hit and hit["t_epochs"]
     scored = model.evaluate(test.x, test.y, T_EVAL)["snn_accuracy"]
-    return {"timesteps": timesteps, "epochs": epochs, "seed": seed, "train_seconds": round(elapsed, 2),
-            "t_epochs": cost, "seconds_to": reached, "t_epochs_to": reached_cost, "accuracy": scored, "curve": curve}
+    return {
+        "timesteps": timesteps,
+        "epochs": epochs,
+        "seed": seed,
+        "train_seconds": round(elapsed, 2),
+        "t_epochs": cost,
+        "seconds_to": reached,
+        "t_epochs_to": reached_cost,
+        "accuracy": scored,
+        "curve": curve,
+    }
 
 
 def main(argv=None) -> int:
@@ -87,14 +105,26 @@ def main(argv=None) -> int:
             for ts, ep in schedules:
                 print(f"[train] T={ts} epochs={ep} seed={seed} ...", file=sys.stderr, flush=True)
                 runs.append(run(path, train, test, ts, ep, seed))
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "threads": args.threads, "torch": torch.__version__, "quick": args.quick,
-              "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "train_samples": len(train), "test_samples": len(test), "runs": runs}
-    print(f"\n## digits, DigitsCNN from random init ({len(args.seeds)} seed(s); {len(test)} test samples; "
-          f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print("| schedule (T × epochs) | train s | T·epochs | to 95 %: s (T·ep) | to 97 %: s (T·ep) | "
-          + " | ".join(f"T={t}" for t in T_EVAL) + " |")
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "train_samples": len(train),
+        "test_samples": len(test),
+        "runs": runs,
+    }
+    print(
+        f"\n## digits, DigitsCNN from random init ({len(args.seeds)} seed(s); {len(test)} test samples; "
+        f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        "| schedule (T × epochs) | train s | T·epochs | to 95 %: s (T·ep) | to 97 %: s (T·ep) | "
+        + " | ".join(f"T={t}" for t in T_EVAL)
+        + " |"
+    )
     print("|---|---|---|---|---|" + "---|" * len(T_EVAL))
     for ts, ep in schedules:
         rows = [r for r in runs if r["timesteps"] == ts and r["epochs"] == ep]
@@ -109,11 +139,16 @@ def main(argv=None) -> int:
             return f"{mean:.{digits}f}{spread}"
 
         missed = {k: sum(r["seconds_to"][k] is None for r in rows) for k in ("0.95", "0.97")}
-        to = {k: fmt([r["seconds_to"][k] for r in rows]) + f" ({fmt([r['t_epochs_to'][k] for r in rows])})"
-              + (f", {missed[k]} missed" if missed[k] else "") for k in missed}
-        print(f"| {stages} | {fmt([r['train_seconds'] for r in rows])} | {rows[0]['t_epochs']} | {to['0.95']} | "
-              f"{to['0.97']} | "
-              + " | ".join(fmt([r["accuracy"][str(t)] for r in rows], 2, 100) for t in T_EVAL) + " |")
+        to = {
+            k: fmt([r["seconds_to"][k] for r in rows])
+            + f" ({fmt([r['t_epochs_to'][k] for r in rows])})"
+            + (f", {missed[k]} missed" if missed[k] else "")
+            for k in missed
+        }
+        print(
+            f"| {stages} | {fmt([r['train_seconds'] for r in rows])} | {rows[0]['t_epochs']} | {to['0.95']} | "
+            f"{to['0.97']} | " + " | ".join(fmt([r["accuracy"][str(t)] for r in rows], 2, 100) for t in T_EVAL) + " |"
+        )
     write_result(args.out, result)
     return 0
 

@@ -1,6 +1,7 @@
 """`make demo`: train a small CNN on scikit-learn's digits, export it to ONNX, then inspect and
 evaluate it, compile it into a spiking network and measure its accuracy at every T, with the
 `snnc` command line exactly as a user would."""
+
 from __future__ import annotations
 
 import shlex

@@ -3,6 +3,7 @@
 Everything here trains in seconds on a CPU from data that ships with scikit-learn (digits,
 breast cancer) or is generated with a known ground truth; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from snncompiler.data import Dataset
-from snncompiler.formats.onnx.from_torch import export_onnx  # noqa: F401  (the workloads' exporter, re-exported for apps)
+from snncompiler.formats.onnx.from_torch import export_onnx
 
 
 def digits(test_fraction: float = 0.3, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -49,16 +50,35 @@ class DigitsCNN(nn.Sequential):
 
     def __init__(self, width: int = 16, classes: int = 10):
         super().__init__(
-            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * 4, classes),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * 4, classes),
         )
 
 
-def train_classifier(model: nn.Module, train: Dataset, *, epochs: int = 30, lr: float = 3e-3,
-                     batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4, parameters=None,
-                     penalty=None, after_step=None) -> nn.Module:
+def train_classifier(
+    model: nn.Module,
+    train: Dataset,
+    *,
+    epochs: int = 30,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    parameters=None,
+    penalty=None,
+    after_step=None,
+) -> nn.Module:
     """Train with Adam and cross-entropy (cosine learning rate); returns the model in eval mode.
 
     ``parameters`` (default: all) are what Adam trains; ``penalty()`` is added to every batch's
@@ -74,7 +94,7 @@ def train_classifier(model: nn.Module, train: Dataset, *, epochs: int = 30, lr: 
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             if penalty is not None:
@@ -94,8 +114,6 @@ def evaluate(model: nn.Module, data: Dataset) -> float:
     return float((pred == data.y).mean())
 
 
-
-
 def digits_cnn_workload(out_dir, *, epochs: int = 30, seed: int = 0, verbose: bool = True) -> dict:
     """Train the digits CNN, export it and write test/calibration .npz files into ``out_dir``."""
     from snncompiler.data import save_npz
@@ -112,13 +130,22 @@ def digits_cnn_workload(out_dir, *, epochs: int = 30, seed: int = 0, verbose: bo
     save_npz(out / "test.npz", test.x, test.y)
     save_npz(out / "calib.npz", train.x[:256], train.y[:256])
     if verbose:
-        print(f"trained DigitsCNN on {len(train)} digits in {seconds:.1f} s: test accuracy {100 * acc:.2f}% "
-              f"(torch) -> {onnx_path}")
-    return {"model": model, "onnx": onnx_path, "test": out / "test.npz", "calib": out / "calib.npz",
-            "torch_accuracy": acc, "train_seconds": seconds}
+        print(
+            f"trained DigitsCNN on {len(train)} digits in {seconds:.1f} s: test accuracy {100 * acc:.2f}% "
+            f"(torch) -> {onnx_path}"
+        )
+    return {
+        "model": model,
+        "onnx": onnx_path,
+        "test": out / "test.npz",
+        "calib": out / "calib.npz",
+        "torch_accuracy": acc,
+        "train_seconds": seconds,
+    }
 
 
 # ---- benchmark workloads (benchmarks/timestep_accuracy.py) ------------------------------------
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block: conv-BN-ReLU-conv-BN plus a (1×1 conv-BN when the shape changes) shortcut, Add, ReLU.
@@ -148,10 +175,12 @@ class DigitsResNet(nn.Module):
 
     def __init__(self, width: int = 16, classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU())
-        self.blocks = nn.Sequential(BasicBlock(width, width), BasicBlock(width, 2 * width, 2),
-                                    BasicBlock(2 * width, 2 * width))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.blocks = nn.Sequential(
+            BasicBlock(width, width), BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 2 * width)
+        )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes))
 
     def forward(self, x):
@@ -162,8 +191,13 @@ class TabularMLP(nn.Sequential):
     """A three-layer ReLU MLP for tabular data (e.g. breast cancer: 30 features, 2 classes)."""
 
     def __init__(self, features: int = 30, hidden: int = 64, classes: int = 2):
-        super().__init__(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU(),
-                         nn.Linear(hidden // 2, classes))
+        super().__init__(
+            nn.Linear(features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, classes),
+        )
 
 
 class VGGSmall(nn.Sequential):
@@ -188,14 +222,14 @@ SHAPES = ("disk", "square", "triangle", "ring", "cross")
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     if shape == "disk":
-        return dx ** 2 + dy ** 2 < r ** 2
+        return dx**2 + dy**2 < r**2
     if shape == "square":
         return np.maximum(abs(dx), abs(dy)) < 0.85 * r
     if shape == "triangle":  # apex up; the width grows linearly towards the base
         return (dy > -r) & (dy < 0.8 * r) & (abs(dx) < 0.6 * (dy + r))
     if shape == "ring":
-        d2 = dx ** 2 + dy ** 2
-        return (d2 < r ** 2) & (d2 > (0.55 * r) ** 2)
+        d2 = dx**2 + dy**2
+        return (d2 < r**2) & (d2 > (0.55 * r) ** 2)
     return (np.maximum(abs(dx), abs(dy)) < r) & (np.minimum(abs(dx), abs(dy)) < 0.35 * r)  # cross
 
 
@@ -214,8 +248,10 @@ def textured_shapes(n: int, seed: int = 0, size: int = 32, noise: float = 0.2, c
     s = size / 32
     for i in range(n):
         img = np.broadcast_to(rng.uniform(0, 0.6, 3)[:, None, None].astype(np.float32), (3, size, size)).copy()
-        clutters = [(rng.uniform(0, size, 2), rng.uniform(2, 7, 2) * s, rng.uniform(0, 1, 3), rng.integers(0, 2))
-                    for _ in range(rng.integers(0, clutter + 1))]
+        clutters = [
+            (rng.uniform(0, size, 2), rng.uniform(2, 7, 2) * s, rng.uniform(0, 1, 3), rng.integers(0, 2))
+            for _ in range(rng.integers(0, clutter + 1))
+        ]
         over = rng.integers(0, len(clutters) + 1)  # clutter drawn after the object occludes it
         shape, vertical = SHAPES[y[i] // 2], y[i] % 2
         cx, cy = rng.uniform(11, 21, 2) * s
@@ -261,6 +297,7 @@ def moving_dot(n: int, seed: int = 0, length: int = 16, steps: int = 8, noise: f
 
 # ---- ready-made benchmark workloads: a trained (or random) torch model with calibration and test data --
 
+
 @dataclass
 class Workload:
     """A model plus the data to convert and score it; ``trained`` is False for agreement workloads."""
@@ -284,39 +321,82 @@ def _trained(name, model, train, test, calib_samples, seed, note, **train_kwargs
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     train_classifier(model, train, seed=seed, **train_kwargs)
-    return Workload(name, model, tuple(train.x.shape[1:]), _head(train, calib_samples),
-                    test, True, note, time.perf_counter() - t0, train)
+    return Workload(
+        name,
+        model,
+        tuple(train.x.shape[1:]),
+        _head(train, calib_samples),
+        test,
+        True,
+        note,
+        time.perf_counter() - t0,
+        train,
+    )
 
 
-def digits_cnn_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,
-                     epochs: int = 30) -> Workload:
+def digits_cnn_bench(
+    seed: int = 0, test_samples: int | None = None, calib_samples: int = 512, epochs: int = 30
+) -> Workload:
     """:class:`DigitsCNN` (conv-BN-ReLU, two MaxPools) trained on the digits train split."""
     train, test = digits(seed=seed)
     torch.manual_seed(seed)
-    return _trained("digits_cnn", DigitsCNN(), train, _head(test, test_samples), calib_samples, seed,
-                    "DigitsCNN: 3 conv + BN, 2 MaxPool", epochs=epochs)
+    return _trained(
+        "digits_cnn",
+        DigitsCNN(),
+        train,
+        _head(test, test_samples),
+        calib_samples,
+        seed,
+        "DigitsCNN: 3 conv + BN, 2 MaxPool",
+        epochs=epochs,
+    )
 
 
-def digits_resnet_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,
-                        epochs: int = 30) -> Workload:
+def digits_resnet_bench(
+    seed: int = 0, test_samples: int | None = None, calib_samples: int = 512, epochs: int = 30
+) -> Workload:
     """:class:`DigitsResNet` (BN, three basic blocks with residual Adds) trained on digits."""
     train, test = digits(seed=seed)
     torch.manual_seed(seed)
-    return _trained("digits_resnet", DigitsResNet(), train, _head(test, test_samples), calib_samples, seed,
-                    "DigitsResNet: stem + 3 BasicBlocks (residual Add), GAP", epochs=epochs)
+    return _trained(
+        "digits_resnet",
+        DigitsResNet(),
+        train,
+        _head(test, test_samples),
+        calib_samples,
+        seed,
+        "DigitsResNet: stem + 3 BasicBlocks (residual Add), GAP",
+        epochs=epochs,
+    )
 
 
-def breast_cancer_bench(seed: int = 0, test_samples: int | None = None, calib_samples: int = 512,
-                        epochs: int = 60) -> Workload:
+def breast_cancer_bench(
+    seed: int = 0, test_samples: int | None = None, calib_samples: int = 512, epochs: int = 60
+) -> Workload:
     """:class:`TabularMLP` trained on the standardised breast-cancer table."""
     train, test = breast_cancer(seed=seed)
     torch.manual_seed(seed)
-    return _trained("breast_cancer_mlp", TabularMLP(), train, _head(test, test_samples), calib_samples, seed,
-                    "MLP 30-64-32-2", epochs=epochs, lr=1e-3)
+    return _trained(
+        "breast_cancer_mlp",
+        TabularMLP(),
+        train,
+        _head(test, test_samples),
+        calib_samples,
+        seed,
+        "MLP 30-64-32-2",
+        epochs=epochs,
+        lr=1e-3,
+    )
 
 
-def vgg_shapes_bench(seed: int = 0, test_samples: int = 500, calib_samples: int = 512, train_samples: int = 16000,
-                     epochs: int = 4, widths=(8, 16, 32, 32)) -> Workload:
+def vgg_shapes_bench(
+    seed: int = 0,
+    test_samples: int = 500,
+    calib_samples: int = 512,
+    train_samples: int = 16000,
+    epochs: int = 4,
+    widths=(8, 16, 32, 32),
+) -> Workload:
     """:class:`VGGSmall` (8 conv + BN, 4 MaxPools) trained on :func:`textured_shapes`.
 
     The generator gives fresh samples for free, so the model trains on many images for few epochs
@@ -325,9 +405,16 @@ def vgg_shapes_bench(seed: int = 0, test_samples: int = 500, calib_samples: int 
     train = textured_shapes(train_samples, seed=1000 + seed)
     test = textured_shapes(test_samples, seed=2000 + seed)
     torch.manual_seed(seed)
-    return _trained("vgg_shapes", VGGSmall(widths), train, test, calib_samples, seed,
-                    f"VGGSmall{tuple(widths)}: 8 conv + BN, 4 MaxPool; textured_shapes ({train_samples} train)",
-                    epochs=epochs)
+    return _trained(
+        "vgg_shapes",
+        VGGSmall(widths),
+        train,
+        test,
+        calib_samples,
+        seed,
+        f"VGGSmall{tuple(widths)}: 8 conv + BN, 4 MaxPool; textured_shapes ({train_samples} train)",
+        epochs=epochs,
+    )
 
 
 def resnet18_agreement_bench(seed: int = 0, test_samples: int = 64, calib_samples: int = 512) -> Workload:
@@ -344,9 +431,16 @@ def resnet18_agreement_bench(seed: int = 0, test_samples: int = 64, calib_sample
     with torch.no_grad():
         labels = model(torch.from_numpy(test.x)).argmax(1).numpy()
     counts = np.bincount(labels, minlength=10)
-    return Workload("resnet18_agreement", model, (3, 32, 32), calib, Dataset(test.x, labels), False,
-                    f"torchvision ResNet-18, random init, labels = ANN argmax (majority class "
-                    f"{100 * counts.max() / len(labels):.0f}%)")
+    return Workload(
+        "resnet18_agreement",
+        model,
+        (3, 32, 32),
+        calib,
+        Dataset(test.x, labels),
+        False,
+        f"torchvision ResNet-18, random init, labels = ANN argmax (majority class "
+        f"{100 * counts.max() / len(labels):.0f}%)",
+    )
 
 
 #: name → builder(seed, **sizes) for benchmarks/timestep_accuracy.py.
@@ -373,11 +467,18 @@ class DeepVGG(nn.Sequential):
         super().__init__(*layers, nn.Flatten(), nn.Linear(c * 4, classes))
 
 
-def bn_failure_workload(seed: int = 0, train_samples: int = 8000, test_samples: int = 500,
-                        epochs: int = 4) -> Workload:
+def bn_failure_workload(seed: int = 0, train_samples: int = 8000, test_samples: int = 500, epochs: int = 4) -> Workload:
     """:class:`DeepVGG` trained with BN on :func:`textured_shapes` for a few CPU seconds."""
     train = textured_shapes(train_samples, seed=11 + seed)
     test = textured_shapes(test_samples, seed=12 + seed)
     torch.manual_seed(seed)
-    return _trained("deep_vgg_bn", DeepVGG(), train, test, 256, seed,
-                    "DeepVGG: 10 conv + BN, 4 MaxPool; textured_shapes", epochs=epochs)
+    return _trained(
+        "deep_vgg_bn",
+        DeepVGG(),
+        train,
+        test,
+        256,
+        seed,
+        "DeepVGG: 10 conv + BN, 4 MaxPool; textured_shapes",
+        epochs=epochs,
+    )

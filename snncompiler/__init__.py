@@ -1,13 +1,14 @@
 """snncompiler: compile trained ANNs (ONNX) into spiking neural networks.
 
-    import snncompiler as snnc
-    model = snnc.load("model.onnx")      # a callable over numpy arrays or tensors
-    y = model(x)
+import snncompiler as snnc
+model = snnc.load("model.onnx")      # a callable over numpy arrays or tensors
+y = model(x)
 """
+
 from __future__ import annotations
 
-from .errors import SnncError
 from ._version import __version__
+from .errors import SnncError
 from .ir import Graph, Node, Value
 
 
@@ -31,7 +32,7 @@ def load(path, *, device: str = "cpu", dt: float | None = None):
     return _load(path, device=device, dt=dt)
 
 
-def compile(model, calib_data, *, finetune: int | None = None, **options):  # noqa: A001 - the public name
+def compile(model, calib_data, *, finetune: int | None = None, **options):
     """Compile an ANN into a spiking model (see :func:`snncompiler.compiler.compile`).
 
     With ``finetune=EPOCHS`` (labelled ``calib_data``) conversion, calibration and fine-tuning

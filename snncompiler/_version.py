@@ -1,2 +1,3 @@
 """The package version (a leaf module: the artifact writer records it without importing the face)."""
+
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """`snnc.compile`: ANN (ONNX or IR) + calibration data → a spiking model you can save, run, evaluate."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,19 @@ from .errors import SnncError
 from .ir import Graph
 from .model import CompiledModel, first_output, from_artifact
 from .options import CALIBRATIONS, SETTING_KEYS, CompileOptions, default_threshold
-from .passes import (PassContext, bias_calibration, fold_bn, hard_reset, neuronize, potential_calibration, run_pipeline,
-                     stats, substitute, thresholds, weight_calibration)
+from .passes import (
+    PassContext,
+    bias_calibration,
+    fold_bn,
+    hard_reset,
+    neuronize,
+    potential_calibration,
+    run_pipeline,
+    stats,
+    substitute,
+    thresholds,
+    weight_calibration,
+)
 from .runtime.executor import Executor, check_input
 from .runtime.snn import SpikingRunner
 
@@ -73,11 +85,13 @@ def module_graph(module: torch.nn.Module, example_input=None, calib: Dataset | N
         if isinstance(example_input, (tuple, list)) and all(isinstance(d, int) for d in example_input):
             shape = tuple(example_input)
         else:
-            shape = tuple(np.shape(example_input.detach().cpu() if isinstance(example_input, torch.Tensor)
-                                   else example_input))[1:]
+            shape = tuple(
+                np.shape(example_input.detach().cpu() if isinstance(example_input, torch.Tensor) else example_input)
+            )[1:]
             if not shape:
-                raise SnncError("example_input: expected a batch [B, ...] or a sample shape tuple, got a "
-                                "tensor of rank ≤ 1")
+                raise SnncError(
+                    "example_input: expected a batch [B, ...] or a sample shape tuple, got a tensor of rank ≤ 1"
+                )
     elif calib is not None:
         shape = tuple(calib.x.shape[1:])
     else:
@@ -87,7 +101,7 @@ def module_graph(module: torch.nn.Module, example_input=None, calib: Dataset | N
     return graph
 
 
-def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the public name
+def compile(model, calib_data, **options) -> CompiledModel:
     """Convert an ANN (ONNX path/bytes/ModelProto, IR Graph or torch ``nn.Module``) into a spiking model.
 
     A torch module is exported with torch's ONNX exporter into the same IR (see
@@ -125,8 +139,10 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
         calib = _as_dataset(calib_data, limit=int(opts["calib_samples"]))
     if len(graph.inputs) != 1:
         names = ", ".join(v.name for v in graph.inputs)
-        raise SnncError(f"{graph.metadata.get('source_file', 'model')}: has {len(graph.inputs)} inputs ({names}); "
-                        "snnc compiles models with one input")
+        raise SnncError(
+            f"{graph.metadata.get('source_file', 'model')}: has {len(graph.inputs)} inputs ({names}); "
+            "snnc compiles models with one input"
+        )
     check_input(graph.inputs[0], torch.from_numpy(calib.x[:1]), label="calibration input")
     graph = _pin_fixed_batch(graph, calib, opts)
     torch.manual_seed(int(opts["seed"]))
@@ -139,8 +155,11 @@ def compile(model, calib_data, **options) -> CompiledModel:  # noqa: A001 - the 
         _check_calibration_memory(ann, ctx, opts)
     snn = run_pipeline(ann, ctx, conversion_passes(opts) + PIPELINES[opts["calibration"]])
     if opts["calibration"] != "none":
-        plain_opts = {**opts, "calibration": "none",
-                      "threshold": options.get("threshold") or default_threshold(reset=checked.reset)}
+        plain_opts = {
+            **opts,
+            "calibration": "none",
+            "threshold": options.get("threshold") or default_threshold(reset=checked.reset),
+        }
         plain_ctx = PassContext(options=plain_opts, calib=calib)
         plain = run_pipeline(ann, plain_ctx, conversion_passes(plain_opts))
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
@@ -163,8 +182,9 @@ def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:
 
     samples = len(calibration_batch(ctx))
     T = int(opts["timesteps"])
-    check_calibration_bytes(calibration_memory(ann, samples, T),
-                            f"--calibration {opts['calibration']} on {samples} samples at T={T}")
+    check_calibration_bytes(
+        calibration_memory(ann, samples, T), f"--calibration {opts['calibration']} on {samples} samples at T={T}"
+    )
 
 
 def _check_spiking_share(graph: Graph, opts: dict, label: str) -> dict:
@@ -196,21 +216,27 @@ def _pin_fixed_batch(graph: Graph, calib: Dataset, opts: dict) -> Graph:
         return graph
     where = graph.metadata.get("source_file", "model")
     if opts["calibration"] != "none":
-        raise SnncError(f"--calibration {opts['calibration']}: {where} runs only at batch 1 (its batch axis is "
-                        "fixed in the graph), and layer-wise calibration needs batches; use --calibration none "
-                        "or re-export the model with a dynamic batch axis")
+        raise SnncError(
+            f"--calibration {opts['calibration']}: {where} runs only at batch 1 (its batch axis is "
+            "fixed in the graph), and layer-wise calibration needs batches; use --calibration none "
+            "or re-export the model with a dynamic batch axis"
+        )
     if marked:
         return graph
     graph = graph.copy()
     graph.metadata[FIXED_BATCH_KEY] = "1"
-    log.warning("%s: the graph fixes its batch axis at 1 (samples of a batch would mix or fail); calibrating "
-                "and running it one sample at a time, which is slower (re-export with a dynamic batch axis to "
-                "avoid this)", where)
+    log.warning(
+        "%s: the graph fixes its batch axis at 1 (samples of a batch would mix or fail); calibrating "
+        "and running it one sample at a time, which is slower (re-export with a dynamic batch axis to "
+        "avoid this)",
+        where,
+    )
     return graph
 
 
-def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib: Dataset, opts: dict,
-                              ctx: PassContext) -> bool:
+def _better_than_uncalibrated(
+    ann: Graph, calibrated: Graph, plain: Graph, calib: Dataset, opts: dict, ctx: PassContext
+) -> bool:
     """Does calibration help at the compile T?
 
     Scores each model by top-1 agreement with the ANN over the class axis (axis 1: per pixel for
@@ -226,7 +252,7 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
 
     fitted, n_fitted = calibration_batch(ctx), calibration_size(ctx)
     limit = min(len(ctx.calib), int(opts.get("calib_samples") or len(ctx.calib)))
-    held_out = ctx.calib.x[n_fitted:min(limit, 2 * n_fitted)]
+    held_out = ctx.calib.x[n_fitted : min(limit, 2 * n_fitted)]
     held = len(held_out) >= 32
     x = torch.from_numpy(distributed.shard(held_out)).float() if held else fitted
     samples = len(held_out) if held else n_fitted  # over every rank: each scores its shard
@@ -242,18 +268,33 @@ def _better_than_uncalibrated(ann: Graph, calibrated: Graph, plain: Graph, calib
 
     kept, baseline = score(calibrated), score(plain)
     better = kept >= baseline
-    ctx.report["calibration_check"] = {"calibrated_agreement": kept[0], "uncalibrated_agreement": baseline[0],
-                                       "samples": int(samples), "held_out": held,
-                                       "kept": "calibrated" if better else "uncalibrated"}
-    ctx.note("compile", f"calibration check at T={T} on {samples} {'held-out' if held else 'fitted'} samples: "
-                        f"agreement with the ANN {kept[0]:.4f} calibrated vs {baseline[0]:.4f} uncalibrated "
-                        f"-> kept {'calibrated' if better else 'uncalibrated'}")
+    ctx.report["calibration_check"] = {
+        "calibrated_agreement": kept[0],
+        "uncalibrated_agreement": baseline[0],
+        "samples": int(samples),
+        "held_out": held,
+        "kept": "calibrated" if better else "uncalibrated",
+    }
+    ctx.note(
+        "compile",
+        f"calibration check at T={T} on {samples} {'held-out' if held else 'fitted'} samples: "
+        f"agreement with the ANN {kept[0]:.4f} calibrated vs {baseline[0]:.4f} uncalibrated "
+        f"-> kept {'calibrated' if better else 'uncalibrated'}",
+    )
     return better
 
 
-def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: str = "advanced",
-              iterations: int | None = None, batch_size: int | None = None, seed: int | None = None,
-              **options) -> CompiledModel:
+def calibrate(
+    model_or_path,
+    data,
+    *,
+    timesteps: int | None = None,
+    pipeline: str = "advanced",
+    iterations: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    **options,
+) -> CompiledModel:
     """Calibrate a spiking model layer by layer at ``timesteps`` (the compile T by default).
 
     ``model_or_path``: an ANN (ONNX path, Graph or torch ``nn.Module`` with ``example_input=``
@@ -262,8 +303,13 @@ def calibrate(model_or_path, data, *, timesteps: int | None = None, pipeline: st
     from when known, else its neurons read as ReLUs). ``batch_size`` is the minibatch of
     weight calibration; ``iterations`` its Adam steps.
     """
-    extra = {"calibration": pipeline, "seed": seed, "iterations": iterations, "calib_batch": batch_size,
-             "timesteps": timesteps}
+    extra = {
+        "calibration": pipeline,
+        "seed": seed,
+        "iterations": iterations,
+        "calib_batch": batch_size,
+        "timesteps": timesteps,
+    }
     example_input = options.pop("example_input", None)
     if not isinstance(data, Dataset) and not isinstance(data, str) and not hasattr(data, "__fspath__"):
         # read once: an iterable of batches (a generator, a DataLoader) is consumed here

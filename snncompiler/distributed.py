@@ -16,6 +16,7 @@ bit-identical. Under a process group of W processes:
 The backend follows the device: gloo for CPU tensors, NCCL for CUDA (tensors are moved to the
 rank's GPU for the reduction and back).
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,10 @@ def init_from_env(device: str = "cpu") -> str:
     if cuda:
         local = int(os.environ["LOCAL_RANK"])
         if not torch.cuda.is_available() or local >= torch.cuda.device_count():
-            raise SnncError(f"--device {device}: torchrun local rank {local} needs GPU {local}, but "
-                            f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} are visible")
+            raise SnncError(
+                f"--device {device}: torchrun local rank {local} needs GPU {local}, but "
+                f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} are visible"
+            )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
@@ -145,6 +148,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 def sum_numbers(*values: float) -> list[float]:
     """Python numbers summed over ranks (exact for integer counts below 2**53); unchanged without a group."""
     import torch
+
     if not is_distributed():
         return list(values)
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
@@ -154,6 +158,7 @@ def mean(t: torch.Tensor, dim=None) -> torch.Tensor:
     """``t.mean(dim)`` over the samples of every rank: local sums and counts all-reduced, then
     divided. Without a group exactly ``t.mean()`` / ``t.mean(dim=dim)``."""
     import torch
+
     if not is_distributed():
         return t.mean() if dim is None else t.mean(dim=dim)
     dims = list(range(t.dim())) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
@@ -161,8 +166,9 @@ def mean(t: torch.Tensor, dim=None) -> torch.Tensor:
     count = 1
     for d in dims:
         count *= t.shape[d]
-    total = all_reduce_sum(torch.cat([local.reshape(-1), torch.tensor([float(count)], dtype=torch.float64,
-                                                                       device=local.device)]))
+    total = all_reduce_sum(
+        torch.cat([local.reshape(-1), torch.tensor([float(count)], dtype=torch.float64, device=local.device)])
+    )
     return (total[:-1] / total[-1]).reshape(local.shape).to(t.dtype)
 
 
@@ -170,6 +176,7 @@ def sum_gradients(parameters) -> None:
     """Sum every parameter's gradient over ranks (callers scale their losses so that the sum is
     the full-batch gradient); no-op without a group."""
     import torch
+
     if not is_distributed():
         return
     for p in parameters:

@@ -6,6 +6,7 @@ there (and the CUDA source it is compiled from on first use, package data next t
 kernels/cuda.py), and the ``SNNC_*`` variables that change behaviour. Collecting it never
 compiles anything (the CUDA library is reported as found or not, not JIT-built).
 """
+
 from __future__ import annotations
 
 import os
@@ -51,13 +52,17 @@ def collect() -> dict:
         "neuron_backends": available_backends(),
     }
     lib = cpu.load()
-    info["cpu_kernel"] = None if lib is None else {
-        "openmp": lib.has_openmp(),
-        "isa": lib.isa(),
-        "supported_isas": list(lib.supported_isas()),
-        "stream_min_bytes": lib.stream_min_bytes(),
-        "output_cache": cpu.cache_stats(),
-    }
+    info["cpu_kernel"] = (
+        None
+        if lib is None
+        else {
+            "openmp": lib.has_openmp(),
+            "isa": lib.isa(),
+            "supported_isas": list(lib.supported_isas()),
+            "stream_min_bytes": lib.stream_min_bytes(),
+            "output_cache": cpu.cache_stats(),
+        }
+    )
     cuda = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
     if cuda["available"]:
         cuda["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -81,18 +86,30 @@ def format_text(info: dict) -> str:
     if k is None:
         lines.append("C++ kernel: not built (the reference runs instead; reinstall with a C++ compiler)")
     else:
-        stream = (f"streaming stores from {k['stream_min_bytes'] / (1 << 20):g} MiB" if k["stream_min_bytes"]
-                  else "streaming stores off")
-        lines.append(f"C++ kernel: {k['isa']} (supported: {', '.join(k['supported_isas'])}), "
-                     f"OpenMP {'yes' if k['openmp'] else 'no'}, {stream}")
+        stream = (
+            f"streaming stores from {k['stream_min_bytes'] / (1 << 20):g} MiB"
+            if k["stream_min_bytes"]
+            else "streaming stores off"
+        )
+        lines.append(
+            f"C++ kernel: {k['isa']} (supported: {', '.join(k['supported_isas'])}), "
+            f"OpenMP {'yes' if k['openmp'] else 'no'}, {stream}"
+        )
         cache = k["output_cache"]
-        lines.append(f"C++ output cache: {cache['cached_bytes'] / (1 << 20):g} MiB kept, "
-                     f"limit {cache['limit_bytes'] / (1 << 20):g} MiB")
+        lines.append(
+            f"C++ output cache: {cache['cached_bytes'] / (1 << 20):g} MiB kept, "
+            f"limit {cache['limit_bytes'] / (1 << 20):g} MiB"
+        )
     g = info["cuda"]
     gpus = ", ".join(g.get("devices", [])) or "no GPU"
-    lines.append(f"cuda: {gpus} (torch CUDA {g['torch_cuda'] or 'none'}); CUDA kernel library "
-                 f"{'built' if g['library_built'] else 'not built'}, nvcc {g['nvcc'] or 'not found'}")
-    lines.append(f"CUDA source: present ({g['source']})" if g["source"] else
-                 "CUDA source: missing (lif_cuda.cu is not installed with the package: reinstall)")
+    lines.append(
+        f"cuda: {gpus} (torch CUDA {g['torch_cuda'] or 'none'}); CUDA kernel library "
+        f"{'built' if g['library_built'] else 'not built'}, nvcc {g['nvcc'] or 'not found'}"
+    )
+    lines.append(
+        f"CUDA source: present ({g['source']})"
+        if g["source"]
+        else "CUDA source: missing (lif_cuda.cu is not installed with the package: reinstall)"
+    )
     lines.append("SNNC_* variables: " + (", ".join(f"{k}={v}" for k, v in info["env"].items()) or "none set"))
     return "\n".join(lines)

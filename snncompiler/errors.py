@@ -4,6 +4,7 @@ Every failure caused by the user's input (a file, an argument, a model) is raise
 :class:`SnncError` with a one-line message that names the file, node or argument at
 fault. The CLI prints it without a traceback and exits with status 2.
 """
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ any instant leaves either the old file or the complete new one, never a truncate
 written (suffixes a library appends included), a regular file or a new name, in an existing
 writable directory, and none of the command's inputs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,9 @@ from typing import IO
 from .errors import SnncError
 
 
-def resolve_output(path: str | os.PathLike, flag: str, inputs: Iterable[str | os.PathLike | None] = (),
-                   suffix: str | None = None) -> str:
+def resolve_output(
+    path: str | os.PathLike, flag: str, inputs: Iterable[str | os.PathLike | None] = (), suffix: str | None = None
+) -> str:
     """The path that will really be written for ``path``, checked before any work.
 
     ``suffix``: a suffix the writing library appends when the name lacks it (numpy's ``.npz``),
@@ -59,8 +61,9 @@ def resolve_output(path: str | os.PathLike, flag: str, inputs: Iterable[str | os
             except OSError:
                 continue
             if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
-                raise SnncError(f"{flag} {text}: is the input {os.fspath(given)} itself; "
-                                "write the result to another file")
+                raise SnncError(
+                    f"{flag} {text}: is the input {os.fspath(given)} itself; write the result to another file"
+                )
     return text
 
 

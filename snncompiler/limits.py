@@ -26,6 +26,7 @@ environment variable       default                what it bounds
 Values are read from the environment at each check (so a test or a shell can change them); a
 value that is not a positive integer is itself a one-line error.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,10 @@ def check_array_bytes(nbytes: int, what: str) -> None:
     """Refuse an array of ``nbytes`` bytes over ``SNNC_MAX_ARRAY_BYTES`` (``what`` names it)."""
     cap = limit("SNNC_MAX_ARRAY_BYTES")
     if nbytes > cap:
-        raise SnncError(f"{what}: would need {human_bytes(nbytes)}, over the limit of {human_bytes(cap)} "
-                        "(raise it with SNNC_MAX_ARRAY_BYTES)")
+        raise SnncError(
+            f"{what}: would need {human_bytes(nbytes)}, over the limit of {human_bytes(cap)} "
+            "(raise it with SNNC_MAX_ARRAY_BYTES)"
+        )
 
 
 def check_timesteps(steps: int, what: str) -> None:
@@ -91,26 +94,40 @@ def check_sensor_size(height: int, width: int, what: str) -> None:
     """Refuse an event sensor larger than ``SNNC_MAX_SENSOR_SIZE`` on either side."""
     cap = limit("SNNC_MAX_SENSOR_SIZE")
     if height > cap or width > cap:
-        raise SnncError(f"{what}: sensor size {height}×{width} (H×W) is over the limit of {cap} per side "
-                        "(raise it with SNNC_MAX_SENSOR_SIZE, or give --sensor)")
+        raise SnncError(
+            f"{what}: sensor size {height}×{width} (H×W) is over the limit of {cap} per side "
+            "(raise it with SNNC_MAX_SENSOR_SIZE, or give --sensor)"
+        )
 
 
 def check_constant_bytes(nbytes: int, what: str) -> None:
     """Refuse a folded constant of ``nbytes`` bytes over ``SNNC_MAX_CONSTANT_BYTES``."""
     cap = limit("SNNC_MAX_CONSTANT_BYTES")
     if nbytes > cap:
-        raise SnncError(f"{what}: a constant of {human_bytes(nbytes)} is over the limit of {human_bytes(cap)} "
-                        "(raise it with SNNC_MAX_CONSTANT_BYTES)")
+        raise SnncError(
+            f"{what}: a constant of {human_bytes(nbytes)} is over the limit of {human_bytes(cap)} "
+            "(raise it with SNNC_MAX_CONSTANT_BYTES)"
+        )
 
 
 def check_calibration_bytes(nbytes: int, what: str) -> None:
     """Refuse a calibration whose estimated memory is over ``SNNC_MAX_CALIB_BYTES``."""
     cap = limit("SNNC_MAX_CALIB_BYTES")
     if nbytes > cap:
-        raise SnncError(f"{what}: calibration would need about {human_bytes(nbytes)}, over the limit of "
-                        f"{human_bytes(cap)}; lower --calib-samples or --timesteps "
-                        "(raise the limit with SNNC_MAX_CALIB_BYTES)")
+        raise SnncError(
+            f"{what}: calibration would need about {human_bytes(nbytes)}, over the limit of "
+            f"{human_bytes(cap)}; lower --calib-samples or --timesteps "
+            "(raise the limit with SNNC_MAX_CALIB_BYTES)"
+        )
 
 
-__all__ = ["DEFAULTS", "limit", "human_bytes", "check_array_bytes", "check_timesteps", "check_sensor_size",
-           "check_constant_bytes", "check_calibration_bytes"]
+__all__ = [
+    "DEFAULTS",
+    "limit",
+    "human_bytes",
+    "check_array_bytes",
+    "check_timesteps",
+    "check_sensor_size",
+    "check_constant_bytes",
+    "check_calibration_bytes",
+]

@@ -1,5 +1,6 @@
 """CompiledModel: a spiking model (neuronized IR + settings) to run, evaluate, save; and
 :func:`load`, the one place a model object is built from what a reader returns."""
+
 from __future__ import annotations
 
 import os
@@ -57,11 +58,25 @@ class CompiledModel:
         runs it on a GPU, ``exec="event"`` or ``"auto"`` runs spike-driven conv/linear layers on
         the event-driven kernel, see :mod:`snncompiler.kernels.event`)."""
         o = {**self.options, **overrides}
-        return SpikingRunner(self.graph, backend=o["backend"], encoding=o["encoding"], seed=o.get("seed", 0),
-                             device=o.get("device", "cpu"), exec_mode=o.get("exec") or "dense")
+        return SpikingRunner(
+            self.graph,
+            backend=o["backend"],
+            encoding=o["encoding"],
+            seed=o.get("seed", 0),
+            device=o.get("device", "cpu"),
+            exec_mode=o.get("exec") or "dense",
+        )
 
-    def run(self, x, timesteps: int | None = None, *, checkpoints=None, batch_size: int = DEFAULT_BATCH_SIZE,
-            progress: bool = False, **overrides):
+    def run(
+        self,
+        x,
+        timesteps: int | None = None,
+        *,
+        checkpoints=None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool = False,
+        **overrides,
+    ):
         """Mean output over ``timesteps`` steps (numpy [N, ...]); with ``checkpoints`` a dict {t: output}.
 
         Under the "sequence" encoding x is [N, T_in, ...] and ``timesteps`` defaults to T_in.
@@ -76,10 +91,12 @@ class CompiledModel:
         runner = self.runner(**overrides)
         chunk = int(overrides.get("chunk", self.options["chunk"]))
         parts: dict[int, list] = {}
-        with progress_bar(len(xt) * timesteps, f"T={timesteps}", "sample-step", enabled=None if progress else False) as bar:
+        with progress_bar(
+            len(xt) * timesteps, f"T={timesteps}", "sample-step", enabled=None if progress else False
+        ) as bar:
             runner.on_chunk = lambda samples, steps: bar.update(samples * steps)
             for start in range(0, len(xt), batch_size):
-                res = runner.run(xt[start:start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
+                res = runner.run(xt[start : start + batch_size], timesteps, checkpoints=checkpoints, chunk=chunk)
                 for t, y in res.items():
                     parts.setdefault(t, []).append([o.cpu().numpy() for o in (y if isinstance(y, tuple) else (y,))])
         runner.on_chunk = None
@@ -101,12 +118,13 @@ class CompiledModel:
         with torch.no_grad():
             batches = []
             for s in range(0, len(xt), batch_size):
-                env = ex.run({self.graph.inputs[0].name: xt[s:s + batch_size]})
+                env = ex.run({self.graph.inputs[0].name: xt[s : s + batch_size]})
                 batches.append([env[name].cpu().numpy() for name in names])
         return _joined(batches)
 
-    def evaluate(self, x, y=None, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
-                 **overrides) -> dict:
+    def evaluate(
+        self, x, y=None, timesteps=None, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False, **overrides
+    ) -> dict:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate
         (``progress``: a bar on stderr, as in :meth:`run`).
 
@@ -132,10 +150,12 @@ class CompiledModel:
         if distributed.is_distributed():
             return self._evaluate_sharded(x, y, ts, batch_size, overrides)
         outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, progress=progress, **overrides)
-        return {"samples": int(len(x)),
-                "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
-                "ann_accuracy": accuracy(first_output(self.ann(x)), y),
-                "firing_rate": self.last_runner.firing_rate}
+        return {
+            "samples": int(len(x)),
+            "snn_accuracy": {str(t): accuracy(first_output(outs[t]), y) for t in ts},
+            "ann_accuracy": accuracy(first_output(self.ann(x)), y),
+            "firing_rate": self.last_runner.firing_rate,
+        }
 
     def _evaluate_sharded(self, x, y, ts: list[int], batch_size: int, overrides: dict) -> dict:
         """:meth:`evaluate` under a process group: each rank runs its shard of the samples and the
@@ -152,20 +172,25 @@ class CompiledModel:
             spikes, steps = self.last_runner.spike_count, self.last_runner.neuron_steps
         *counts, spikes, steps = distributed.sum_numbers(*counts, spikes, steps)
         n = len(x)
-        return {"samples": int(n),
-                "snn_accuracy": {str(t): int(c) / n if n else float("nan") for t, c in zip(ts, counts)},
-                "ann_accuracy": int(counts[-1]) / n if n else float("nan"),
-                "firing_rate": spikes / steps if steps else 0.0}
+        return {
+            "samples": int(n),
+            "snn_accuracy": {str(t): int(c) / n if n else float("nan") for t, c in zip(ts, counts)},
+            "ann_accuracy": int(counts[-1]) / n if n else float("nan"),
+            "firing_rate": spikes / steps if steps else 0.0,
+        }
 
-    def synaptic_operations(self, x, timesteps: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides) -> dict:
+    def synaptic_operations(
+        self, x, timesteps: int | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE, **overrides
+    ) -> dict:
         """Synaptic operations and energy per sample against the ANN's MACs, measured on ``x``
         over ``timesteps`` steps (see :func:`snncompiler.analysis.metrics.synaptic_operations`)."""
         from .analysis.metrics import synaptic_operations
 
         if batch_size < 1:
             raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
-        return synaptic_operations(self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size,
-                                   **overrides)
+        return synaptic_operations(
+            self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size, **overrides
+        )
 
     def to_torch(self, *, backend: str = "auto", surrogate: str = "triangle", alpha: float | None = None):
         """This model as a standalone, trainable ``torch.nn.Module``: ``module(x, timesteps=T)``

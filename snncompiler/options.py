@@ -10,14 +10,15 @@ Errors are :class:`~snncompiler.errors.OptionError`: worded for the library, nam
 (``threshold: expected max, mse or a percentile like p99.9, got 'p200'``); the CLI reports the same
 detail under its flag.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import OptionError, SnncError
 from .ir.neuron import DEFAULT_LIF_TAU, ENCODINGS, IF_TAU, MAXPOOL_STRATEGIES, NEURONS, RESETS, V0S, NeuronSpec
@@ -50,8 +51,19 @@ SUBSTITUTES = ("relu",)
 #: CLI lists them without importing the kernels (and torch).
 EXEC_MODES = ("dense", "event", "auto")
 #: The options recorded in an artifact's settings (what a loaded model runs and recompiles with).
-SETTING_KEYS = ("threshold", "channelwise", "timesteps", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
-                "calibration", "substitute")
+SETTING_KEYS = (
+    "threshold",
+    "channelwise",
+    "timesteps",
+    "neuron",
+    "tau",
+    "reset",
+    "v0",
+    "maxpool",
+    "encoding",
+    "calibration",
+    "substitute",
+)
 
 #: Fine-tuning a compiled model (:func:`snncompiler.train.finetune`, ``snnc finetune``): the T it trains
 #: and is judged at, epochs, Adam learning rate, and the minibatch (also :func:`snncompiler.train.fit`'s).
@@ -61,8 +73,15 @@ FINETUNE_LR = 1e-3
 TRAIN_BATCH_SIZE = 64
 
 #: Integer options and their least value.
-_AT_LEAST = (("timesteps", 1), ("calib_samples", 1), ("iterations", 0), ("calib_batch", 1), ("calib_rounds", 1),
-             ("chunk", 1), ("layer_samples", 1))
+_AT_LEAST = (
+    ("timesteps", 1),
+    ("calib_samples", 1),
+    ("iterations", 0),
+    ("calib_batch", 1),
+    ("calib_rounds", 1),
+    ("chunk", 1),
+    ("layer_samples", 1),
+)
 
 
 def default_threshold(calibration: str = "none", reset: str = "soft") -> str:
@@ -121,7 +140,7 @@ class CompileOptions:
     quiet: bool = False
 
     @classmethod
-    def from_mapping(cls, options: Mapping) -> "CompileOptions":
+    def from_mapping(cls, options: Mapping) -> CompileOptions:
         """Options from keywords: None stands for the default; unknown names are refused."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(options) - names
@@ -149,15 +168,19 @@ class CompileOptions:
         if self.substitute not in (None, "none") + SUBSTITUTES:
             raise OptionError("substitute", f"expected one of {', '.join(SUBSTITUTES)}, got {self.substitute!r}")
         if self.encoding == "sequence":
-            raise OptionError("encoding", "'sequence': conversion calibrates on static inputs; sequence inputs "
-                                          "[N, T, ...] are for directly trained networks (snncompiler.train)")
+            raise OptionError(
+                "encoding",
+                "'sequence': conversion calibrates on static inputs; sequence inputs "
+                "[N, T, ...] are for directly trained networks (snncompiler.train)",
+            )
         if self.encoding not in ENCODINGS:
             raise OptionError("encoding", f"expected direct or rate, got '{self.encoding}'")
         if self.maxpool not in MAXPOOL_STRATEGIES:
             raise OptionError("maxpool", f"expected one of {', '.join(MAXPOOL_STRATEGIES)}, got '{self.maxpool}'")
         if self.neuron != "lif" and self.tau not in (None, IF_TAU):
-            raise OptionError("tau", f"only meaningful for LIF neurons (neuron lif), got tau={self.tau!r} with "
-                                     f"neuron {self.neuron!r}")
+            raise OptionError(
+                "tau", f"only meaningful for LIF neurons (neuron lif), got tau={self.tau!r} with neuron {self.neuron!r}"
+            )
         put("tau", NeuronSpec.from_attrs(self._neuron_fields()).tau)
         if self.threshold is None:
             put("threshold", default_threshold(self.calibration, self.reset))
@@ -175,7 +198,7 @@ class CompileOptions:
         """The options as a plain dict (what passes read and a CompiledModel keeps)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def replace(self, **changes) -> "CompileOptions":
+    def replace(self, **changes) -> CompileOptions:
         """A copy with ``changes`` applied and checked (a None threshold or tau is chosen again)."""
         return dataclasses.replace(self, **changes)
 
@@ -208,6 +231,28 @@ def setting(options: Mapping, name: str):
     return DEFAULTS[name]
 
 
-__all__ = ["CompileOptions", "DEFAULTS", "DEFAULT_TIMESTEPS", "DEFAULT_CHUNK", "DEFAULT_EVAL_STEPS",
-           "DEFAULT_THRESHOLD", "HARD_RESET_THRESHOLD", "ADVANCED_THRESHOLD", "DEFAULT_LIF_TAU", "NEURONS", "RESETS", "V0S", "MAXPOOL_STRATEGIES", "CALIBRATIONS",
-           "SUBSTITUTES", "SETTING_KEYS", "FINETUNE_TIMESTEPS", "FINETUNE_EPOCHS", "FINETUNE_LR", "TRAIN_BATCH_SIZE", "default_threshold", "parse_threshold", "setting"]
+__all__ = [
+    "CompileOptions",
+    "DEFAULTS",
+    "DEFAULT_TIMESTEPS",
+    "DEFAULT_CHUNK",
+    "DEFAULT_EVAL_STEPS",
+    "DEFAULT_THRESHOLD",
+    "HARD_RESET_THRESHOLD",
+    "ADVANCED_THRESHOLD",
+    "DEFAULT_LIF_TAU",
+    "NEURONS",
+    "RESETS",
+    "V0S",
+    "MAXPOOL_STRATEGIES",
+    "CALIBRATIONS",
+    "SUBSTITUTES",
+    "SETTING_KEYS",
+    "FINETUNE_TIMESTEPS",
+    "FINETUNE_EPOCHS",
+    "FINETUNE_LR",
+    "TRAIN_BATCH_SIZE",
+    "default_threshold",
+    "parse_threshold",
+    "setting",
+]

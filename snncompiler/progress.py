@@ -3,6 +3,7 @@
 ``TQDM_DISABLE=1`` (any value but empty, 0 or false) turns them off as well; output piped to a
 file or read by another program never carries them.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,5 +24,4 @@ def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", *, 
     from tqdm import tqdm
 
     on = progress_enabled() if enabled is None else enabled
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not on,
-                dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not on, dynamic_ncols=True)

@@ -1,6 +1,7 @@
 """The concept-bottleneck choroid-tumour app (apps/medical/concept_classifier): the fundus loader on
 files the test writes, the planted data, the metrics against scikit-learn, and a smoke-size run of
 the whole app (train, export, snnc compile/calibrate/finetune, --json) with floors from measurements."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("skimage")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from apps.medical.concept_classifier import __main__ as app  # noqa: E402
-from apps.medical.concept_classifier.task import (CONCEPTS, SIZE, auc, find_disc, fundus_cases, load_fundus,  # noqa: E402
-                                                  macro_f1)
-from snncompiler.errors import SnncError  # noqa: E402
+from apps.medical.concept_classifier import __main__ as app
+from apps.medical.concept_classifier.task import CONCEPTS, SIZE, auc, find_disc, fundus_cases, load_fundus, macro_f1
+from snncompiler.errors import SnncError
 
 
 def test_load_fundus_reads_rgb_and_grey_files_and_names_a_bad_one(tmp_path):

@@ -1,6 +1,7 @@
 """The imaging-planes app (pretext tasks on oblique MRI planes) end to end at its smoke size, the
 plane geometry its pretext targets come from, and the DICOM loader that reads that geometry from
 a scanner's headers."""
+
 import contextlib
 import io
 import json

@@ -1,6 +1,7 @@
 """The low-shot segmentation app (one-shot tissue segmentation of the real MNI152 MRI with a
 cosine-mixture head) end to end at its smoke size, and the pieces it shares with the other medical
 apps: the NIfTI loader, the subjects and Dice."""
+
 import contextlib
 import io
 import json

@@ -1,6 +1,7 @@
 """The GIRNet-style registration app (apps/medical/registration): the planted geometry against
 independent implementations (scipy's map_coordinates vs torch's grid_sample), the slice loaders on
 files the test writes, the metrics, and a smoke-size run of the whole app with floors from measurements."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,17 @@ import torch
 pytest.importorskip("nilearn")
 pytest.importorskip("nibabel")
 
-from apps.medical.registration import __main__ as app  # noqa: E402
-from apps.medical.registration.task import (inverse_flow, load_slice, registration_pairs,  # noqa: E402
-                                            registration_scores, sample_at, smooth_field, warp)
-from snncompiler.errors import SnncError  # noqa: E402
+from apps.medical.registration import __main__ as app
+from apps.medical.registration.task import (
+    inverse_flow,
+    load_slice,
+    registration_pairs,
+    registration_scores,
+    sample_at,
+    smooth_field,
+    warp,
+)
+from snncompiler.errors import SnncError
 
 
 def test_warp_matches_scipy_sampling():

@@ -2,6 +2,7 @@
 oracles, and the quick configuration end to end (learned masks exported as zeros, compiled,
 ANN vs SNN, energy against the dense and the masked ANN). Floors are set below what --quick
 measured (see the numbers in each comment), leaving room for other CPUs' float sums."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,8 @@ def test_top1_dynamic_conv_is_the_chosen_masked_kernel():
         chosen = layer.router(x.mean((2, 3))).argmax(1)
         w = layer.weight * (layer.weight.abs() > layer.threshold[:, :, None, None, None])
         for i, k in enumerate(chosen.tolist()):
-            expect = F.conv2d(x[i:i + 1], w[k], layer.bias[k], 2, 1)
-            assert torch.allclose(out[i:i + 1], expect, atol=1e-6)
+            expect = F.conv2d(x[i : i + 1], w[k], layer.bias[k], 2, 1)
+            assert torch.allclose(out[i : i + 1], expect, atol=1e-6)
     assert 0.0 < layer.density() < 1.0
 
 
@@ -43,9 +44,16 @@ def test_hard_route_backward_is_the_softmax_gradient():
 def test_export_form_computes_the_trained_network():
     torch.manual_seed(1)
     for routing in ("soft", "top1"):
-        net = nn.Sequential(MaskedConv2d(1, 4, 3, 1, 1), nn.BatchNorm2d(4), nn.ReLU(),
-                            DynamicMaskedConv2d(4, 6, 3, 2, 1, kernels=3, routing=routing), nn.BatchNorm2d(6),
-                            nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+        net = nn.Sequential(
+            MaskedConv2d(1, 4, 3, 1, 1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            DynamicMaskedConv2d(4, 6, 3, 2, 1, kernels=3, routing=routing),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 4 * 4, 3),
+        )
         with torch.no_grad():
             for m in net:
                 if hasattr(m, "threshold"):

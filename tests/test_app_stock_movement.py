@@ -2,6 +2,7 @@
 planted posts, the multimodal attention network against its single-modality baselines, ANN vs SNN.
 Floors are set below what --quick measured (seed 0: multimodal 66.2 %, text 62.4 %, price 52.5 %;
 SNN at T=32 within 0.1 points of the ANN), leaving room for other CPUs' float sums."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,12 @@ def test_stock_movement_quick(tmp_path, capsys):
 def test_split_is_chronological_and_prices_are_real():
     market = generate(StreamSettings())
     train_end = market.info["train"]["dates"].max()
-    assert train_end < market.info["valid"]["dates"].min() <= market.info["valid"]["dates"].max() \
+    assert (
+        train_end
+        < market.info["valid"]["dates"].min()
+        <= market.info["valid"]["dates"].max()
         < market.info["test"]["dates"].min()
+    )
     assert market.stats["tickers"] == ["MSFT", "NASDAQ", "S&P 500"]
     # the labels are the real next-day moves: up exactly where the realised return is positive
     assert np.array_equal(market.test.y, (market.info["test"]["returns"] > 0).astype(np.int64))
@@ -53,6 +58,6 @@ def test_split_is_chronological_and_prices_are_real():
 def test_annual_return_units():
     dates = np.repeat(np.arange(252), 2).astype("datetime64[D]")
     # +0.1 % every day on both tickers for one year of trading days: (1.001^252 − 1) in %
-    assert np.isclose(annual_return(np.ones(504), np.full(504, 0.001), dates), 100 * (1.001 ** 252 - 1))
+    assert np.isclose(annual_return(np.ones(504), np.full(504, 0.001), dates), 100 * (1.001**252 - 1))
     # long one, short the other: nothing
     assert np.isclose(annual_return(np.tile([1.0, -1.0], 252), np.full(504, 0.001), dates), 0.0)

@@ -4,6 +4,7 @@ Each case changes one thing in a real artifact the way a truncated download, a b
 editor would, and runs the commands that read it. The untouched artifact must still work, so
 every failure below comes from the change.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,9 @@ import torch
 from onnx import helper, numpy_helper
 
 import snncompiler as snnc
+from examples.workloads import DigitsCNN, export_onnx
 from snncompiler.cli.main import main
 from snncompiler.data import Dataset
-from examples.workloads import DigitsCNN, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,10 @@ CASES = {
     "theta NaN": (lambda m: _set_theta(m, np.float32(np.nan)), ["theta has non-finite values"]),
     "theta inf": (lambda m: _set_theta(m, np.float32(np.inf)), ["theta has non-finite values"]),
     "theta integer": (lambda m: _set_theta(m, np.int64(1)), ["theta must be a float tensor"]),
-    "theta wrong size": (lambda m: _set_theta(m, np.ones((7, 3), np.float32)),
-                         ["theta has 21 values", "one per channel (4)"]),
+    "theta wrong size": (
+        lambda m: _set_theta(m, np.ones((7, 3), np.float32)),
+        ["theta has 21 values", "one per channel (4)"],
+    ),
     "theta an activation": (lambda m: _neuron(m).input.__setitem__(1, _neuron(m).input[0]), ["must be a constant"]),
     "v_init wrong shape": (lambda m: _add_v_init(m, np.zeros((3, 5), np.float32)), ["v_init of shape [3, 5]"]),
     "neuron kind": (lambda m: _set_attr(m, "neuron", "xyz"), ["attribute 'neuron'", "expected if or lif"]),
@@ -85,15 +88,23 @@ CASES = {
     "LIF with tau 1": (lambda m: (_set_attr(m, "neuron", "lif"), _set_attr(m, "tau", 1.0)), ["attribute 'tau'", "> 1"]),
     "two outputs": (lambda m: _neuron(m).output.append("extra"), ["one output"]),
     "operator version": (lambda m: _set_snn_opset(m, 7), ["'snncompiler' operators are version 7"]),
-    "settings not JSON": (lambda m: _set_meta(m, "snncompiler.settings", "{not json"),
-                          ["metadata 'snncompiler.settings' is not valid JSON"]),
+    "settings not JSON": (
+        lambda m: _set_meta(m, "snncompiler.settings", "{not json"),
+        ["metadata 'snncompiler.settings' is not valid JSON"],
+    ),
     "settings a list": (lambda m: _set_meta(m, "snncompiler.settings", "[1, 2]"), ["must be a JSON object, got list"]),
-    "settings maxpool": (lambda m: _set_meta(m, "snncompiler.settings", '{"maxpool": "fastest"}'),
-                         ["'maxpool' must be one of"]),
-    "settings timesteps": (lambda m: _set_meta(m, "snncompiler.settings", '{"timesteps": 0}'),
-                           ["'timesteps' must be a positive integer"]),
-    "timesteps metadata": (lambda m: _set_meta(m, "snncompiler.timesteps", "lots"),
-                           ["'snncompiler.timesteps' must be a positive integer"]),
+    "settings maxpool": (
+        lambda m: _set_meta(m, "snncompiler.settings", '{"maxpool": "fastest"}'),
+        ["'maxpool' must be one of"],
+    ),
+    "settings timesteps": (
+        lambda m: _set_meta(m, "snncompiler.settings", '{"timesteps": 0}'),
+        ["'timesteps' must be a positive integer"],
+    ),
+    "timesteps metadata": (
+        lambda m: _set_meta(m, "snncompiler.timesteps", "lots"),
+        ["'snncompiler.timesteps' must be a positive integer"],
+    ),
     "report not JSON": (lambda m: _set_meta(m, "snncompiler.report", "}{"), ["metadata 'snncompiler.report'"]),
     "format version": (lambda m: _set_meta(m, "snncompiler.artifact", "99"), ["artifact format '99'"]),
 }
@@ -121,8 +132,10 @@ def test_damaged_artifact_is_one_line_error(case, artifact, tmp_path, capsys):
     change(damaged)
     path = tmp_path / "damaged.snn.onnx"
     onnx.save(damaged, path)
-    for argv in (["eval", path, "--data", data, "--timesteps", "2"],
-                 ["run", path, "--input", data, "-o", tmp_path / "y.npz", "--timesteps", "2"]):
+    for argv in (
+        ["eval", path, "--data", data, "--timesteps", "2"],
+        ["run", path, "--input", data, "-o", tmp_path / "y.npz", "--timesteps", "2"],
+    ):
         code, err = _run(capsys, *argv)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 2 and len(lines) == 1, (argv[0], err)
@@ -139,8 +152,12 @@ def test_missing_neuron_attributes_take_the_documented_defaults(artifact, tmp_pa
         _set_attr(bare, name, None)
     onnx.save(bare, tmp_path / "bare.snn.onnx")
     node = snnc.load(tmp_path / "bare.snn.onnx").graph.find("neuron")[0]
-    assert {k: node.attrs[k] for k in ("neuron", "tau", "reset", "v0")} == \
-        {"neuron": "if", "tau": 0.0, "reset": "soft", "v0": "half"}
+    assert {k: node.attrs[k] for k in ("neuron", "tau", "reset", "v0")} == {
+        "neuron": "if",
+        "tau": 0.0,
+        "reset": "soft",
+        "v0": "half",
+    }
 
 
 def test_corrupted_bytes_never_reach_an_internal_error(artifact, tmp_path, capsys):
@@ -158,10 +175,10 @@ def test_corrupted_bytes_never_reach_an_internal_error(artifact, tmp_path, capsy
             for j in rng.integers(0, len(damaged), size=int(rng.integers(1, 9))):
                 damaged[j] ^= 1 << int(rng.integers(0, 8))
         elif kind == 1:
-            damaged = damaged[:int(rng.integers(0, len(damaged)))]
+            damaged = damaged[: int(rng.integers(0, len(damaged)))]
         else:
             j = int(rng.integers(0, len(damaged)))
-            damaged[j:j + 16] = bytes(len(damaged[j:j + 16]))
+            damaged[j : j + 16] = bytes(len(damaged[j : j + 16]))
         path.write_bytes(bytes(damaged))
         code, err = _run(capsys, "eval", path, "--data", data, "--timesteps", "2")
         assert code in (0, 2), (trial, err)

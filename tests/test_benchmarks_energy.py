@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/energy.py (accuracy vs energy under a rate penalty): its quick mode
 runs end to end and writes the JSON the README table is copied from (about 10 s on 2 cores)."""
+
 import json
 
 from benchmarks import energy

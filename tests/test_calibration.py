@@ -1,4 +1,5 @@
 """Layer-wise calibration: each pass against its formula, pipelines, determinism, diagnostics."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def _errors(compiled, x, ctx):
 
 
 def _ctx(compiled, calib, **opts):
-    ctx = PassContext(options={**compiled.options, "timesteps": T, "quiet": True, "layer_samples": 128, **opts},
-                      calib=calib)
+    ctx = PassContext(
+        options={**compiled.options, "timesteps": T, "quiet": True, "layer_samples": 128, **opts}, calib=calib
+    )
     ctx.report["ann_graph"] = compiled.ann_graph
     return ctx
 
@@ -125,8 +127,9 @@ def test_light_not_worse_than_none_on_digits(setup):
     calib = Dataset(train.x[:256])
     for t, least_gain in ((2, 0.05), (4, -0.015), (8, -0.015)):
         none = snnc.compile(path, calib, timesteps=t).evaluate(test.x, test.y, [t])["snn_accuracy"][str(t)]
-        light = snnc.compile(path, calib, timesteps=t, calibration="light", quiet=True).evaluate(
-            test.x, test.y, [t])["snn_accuracy"][str(t)]
+        light = snnc.compile(path, calib, timesteps=t, calibration="light", quiet=True).evaluate(test.x, test.y, [t])[
+            "snn_accuracy"
+        ][str(t)]
         assert light >= none + least_gain, (t, light, none)
 
 
@@ -136,10 +139,41 @@ def test_eval_layers_cli(setup, tmp_path):
     np.savez(tmp_path / "test.npz", x=test.x[:50], y=test.y[:50])
     cli = [sys.executable, "-m", "snncompiler.cli"]
     out = tmp_path / "m.snn.onnx"
-    subprocess.run(cli + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
-                          "--timesteps", "4", "--calibration", "light"], check=True, capture_output=True)
-    proc = subprocess.run(cli + ["eval", str(out), "--data", str(tmp_path / "test.npz"), "--timesteps", "4",
-                                 "--layers", "--reference", str(path), "--json"], check=True, capture_output=True, text=True)
+    subprocess.run(
+        cli
+        + [
+            "compile",
+            str(path),
+            "--calib",
+            str(tmp_path / "calib.npz"),
+            "-o",
+            str(out),
+            "--timesteps",
+            "4",
+            "--calibration",
+            "light",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        cli
+        + [
+            "eval",
+            str(out),
+            "--data",
+            str(tmp_path / "test.npz"),
+            "--timesteps",
+            "4",
+            "--layers",
+            "--reference",
+            str(path),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     layers = json.loads(proc.stdout)["layers"]
     assert len(layers) == 3
     for row in layers:
@@ -170,8 +204,9 @@ def test_calibration_check_scores_held_out_samples(setup):
     path, train, _ = setup
     from snncompiler.options import DEFAULT_LAYER_SAMPLES
 
-    model = snnc.compile(path, Dataset(train.x[:DEFAULT_LAYER_SAMPLES + 50]), timesteps=4, calibration="light",
-                         quiet=True)
+    model = snnc.compile(
+        path, Dataset(train.x[: DEFAULT_LAYER_SAMPLES + 50]), timesteps=4, calibration="light", quiet=True
+    )
     check = model.report["calibration_check"]
     assert check["held_out"] and check["samples"] == 50
 
@@ -181,8 +216,8 @@ def test_calibration_check_scores_dense_outputs_per_pixel(tmp_path):
     agreement with the ANN (onnxruntime), not an argmax over the image's last axis."""
     import torch.nn as nn
 
-    from snncompiler.formats.onnx.ort import OrtModel
     from examples.workloads import export_onnx
+    from snncompiler.formats.onnx.ort import OrtModel
 
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))

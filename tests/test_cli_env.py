@@ -1,4 +1,5 @@
 """`snnc env`: what the installation runs on, for bug reports."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ from snncompiler.kernels import available_backends, cpu
 
 
 def snnc(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "snncompiler.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snncompiler.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -38,8 +44,9 @@ def test_env_text_is_one_line_per_fact():
 
 def test_output_closed_early_is_not_an_error():
     """`snnc env --json | head -1`: the reader leaves; no traceback and no error status."""
-    proc = subprocess.Popen([sys.executable, "-m", "snncompiler.cli", "env", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snncompiler.cli", "env", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.readline()
     proc.stdout.close()
     err = proc.stderr.read().decode()

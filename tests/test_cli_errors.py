@@ -1,4 +1,5 @@
 """Every bad-input case: exit status 2, exactly one line on stderr, no traceback."""
+
 from __future__ import annotations
 
 import subprocess
@@ -137,7 +138,10 @@ def test_spiking_eval_on_an_unusable_device(model_path, tmp_path):
     art = tmp_path / "m.snn.onnx"
     rc, _, err = snnc("compile", model_path, "--calib", tmp_path / "calib.npz", "-o", art)
     assert rc == 0, err
-    for device, needle in [("tpu", "--device"), ("cuda:0" if not torch.cuda.is_available() else "nonsense", "--device")]:
+    for device, needle in [
+        ("tpu", "--device"),
+        ("cuda:0" if not torch.cuda.is_available() else "nonsense", "--device"),
+    ]:
         rc, _, err = snnc("eval", art, "--data", tmp_path / "test.npz", "--timesteps", "4", "--device", device)
         assert_one_line_error(rc, err, needle)
         # the ANN runtime checks its device the same way
@@ -197,14 +201,22 @@ def test_bad_numbers_and_output_paths_fail_before_any_work(model_path, tmp_path,
     original = model_path.read_bytes()
     cases = [
         (["eval", model_path, "--data", tmp_path / "d.npz", "--batch-size", "0"], ["--batch-size", "≥ 1"]),
-        (["run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "y.npz", "--timesteps", "0"],
-         ["--timesteps", "≥ 1"]),
-        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "c.onnx", "--calib-samples", "0"],
-         ["--calib-samples"]),
-        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "c.onnx", "--iterations", "-1"],
-         ["--iterations", "≥ 0"]),
-        (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "missing" / "c.onnx"],
-         ["does not exist"]),
+        (
+            ["run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "y.npz", "--timesteps", "0"],
+            ["--timesteps", "≥ 1"],
+        ),
+        (
+            ["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "c.onnx", "--calib-samples", "0"],
+            ["--calib-samples"],
+        ),
+        (
+            ["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "c.onnx", "--iterations", "-1"],
+            ["--iterations", "≥ 0"],
+        ),
+        (
+            ["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "missing" / "c.onnx"],
+            ["does not exist"],
+        ),
         (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", model_path], ["is the input", "itself"]),
         (["compile", model_path, "--calib", tmp_path / "d.npz", "-o", tmp_path / "adir"], ["is a directory"]),
         (["run", model_path, "--input", tmp_path / "d.npz", "-o", tmp_path / "missing" / "y.npz"], ["does not exist"]),
@@ -246,8 +258,9 @@ def test_compile_refuses_a_model_with_two_inputs(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
-                              "two_inputs", [x, z], [y])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Relu", ["s"], ["y"])], "two_inputs", [x, z], [y]
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two_in.onnx")
     np.savez(tmp_path / "c.npz", x=np.zeros((4, 4), np.float32))
     rc, _, err = snnc("compile", tmp_path / "two_in.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o.onnx")
@@ -287,7 +300,9 @@ def test_spiking_only_flags_with_a_plain_ann(model_path, tmp_path, capsys):
         assert main(["eval", str(model_path), "--data", str(tmp_path / "d.npz"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"{extra[0]}: only for spiking models" in err, err
-    assert main(["run", str(model_path), "--input", str(tmp_path / "d.npz"), "-o", str(tmp_path / "y.npz"),
-                 "--ann-mode"]) == 2
+    assert (
+        main(["run", str(model_path), "--input", str(tmp_path / "d.npz"), "-o", str(tmp_path / "y.npz"), "--ann-mode"])
+        == 2
+    )
     assert "--ann-mode: only for spiking models" in capsys.readouterr().err
     assert not (tmp_path / "y.npz").exists()

@@ -1,6 +1,7 @@
 """The command line as a user meets it: --version, a parser that loads without torch, help text and
 defaults on every flag, one `eval --json` schema for ANNs and SNNs, progress bars that stay off
 pipes, export warnings printed once, and `snnc report`'s self-contained page."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ cli = importlib.import_module("snncompiler.cli.main")
 
 
 def snnc_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "snncompiler.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )
 
 
 def test_version():
@@ -43,13 +45,17 @@ def test_help_and_version_do_not_import_torch():
         "    except SystemExit:\n"
         "        pass\n"
         "sys.stdout = sys.__stdout__\n"
-        "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))\n")
+        "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout[-300:]
     # the check can fail: the same probe sees torch once something imports it
-    r = subprocess.run([sys.executable, "-c", "import sys, snncompiler.model; print('torch' in sys.modules)"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys, snncompiler.model; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
     assert r.stdout.strip() == "True", r.stderr
 
 
@@ -114,11 +120,12 @@ def test_eval_json_has_one_schema(compiled, tmp_path, capsys):
     plot = tmp_path / "acc.png"
     assert cli.main(["eval", str(ann), "--data", str(data), "--json"]) == 0
     a = json.loads(capsys.readouterr().out)
-    assert cli.main(["eval", str(artifact), "--data", str(data), "--timesteps", "1,4", "--json",
-                     "--plot", str(plot)]) == 0
+    assert (
+        cli.main(["eval", str(artifact), "--data", str(data), "--timesteps", "1,4", "--json", "--plot", str(plot)]) == 0
+    )
     out = capsys.readouterr()
     s = json.loads(out.out)
-    assert list(a)[:len(cli.EVAL_JSON_KEYS)] == list(s)[:len(cli.EVAL_JSON_KEYS)] == list(cli.EVAL_JSON_KEYS)
+    assert list(a)[: len(cli.EVAL_JSON_KEYS)] == list(s)[: len(cli.EVAL_JSON_KEYS)] == list(cli.EVAL_JSON_KEYS)
     assert set(a) == set(s)
     assert a["kind"] == "ann" and a["snn_accuracy"] is None and a["firing_rate"] is None and a["layers"] is None
     assert a["engine"] == "onnxruntime" and a["samples"] == s["samples"] == 96 and a["model"] == str(ann)
@@ -138,7 +145,9 @@ def test_export_prints_each_warning_once(tmp_path, capsys):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     onnx_path = export_onnx(net.eval(), (1, 4, 4), tmp_path / "mlp.onnx")
-    snnc.compile(str(onnx_path), np.random.default_rng(0).random((32, 1, 4, 4), np.float32)).save(str(tmp_path / "m.snn.onnx"))
+    snnc.compile(str(onnx_path), np.random.default_rng(0).random((32, 1, 4, 4), np.float32)).save(
+        str(tmp_path / "m.snn.onnx")
+    )
     assert cli.main(["export", str(tmp_path / "m.snn.onnx"), "-o", str(tmp_path / "m.nir")]) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert any("soft reset" in ln for ln in lines)  # the default soft reset is lossy in NIR
@@ -151,8 +160,12 @@ def test_report_page_is_self_contained_with_every_section(compiled, tmp_path, ca
 
     _, artifact, data = compiled
     out = tmp_path / "report.html"
-    assert cli.main(["report", str(artifact), "--data", str(data), "-o", str(out), "--timesteps", "1,2,8",
-                     "--samples", "48"]) == 0
+    assert (
+        cli.main(
+            ["report", str(artifact), "--data", str(data), "-o", str(out), "--timesteps", "1,2,8", "--samples", "48"]
+        )
+        == 0
+    )
     assert f"wrote {out}" in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
     for heading in SECTIONS:
@@ -168,9 +181,11 @@ def test_report_page_is_self_contained_with_every_section(compiled, tmp_path, ca
 def test_report_bad_input_is_one_line(compiled, tmp_path):
     ann, artifact, data = compiled
     out = tmp_path / "r.html"
-    for args, needle in [(["--data", tmp_path / "missing.npz"], "missing.npz"),
-                         (["--data", data, "--timesteps", "0"], "--timesteps"),
-                         ([], "--data")]:
+    for args, needle in [
+        (["--data", tmp_path / "missing.npz"], "missing.npz"),
+        (["--data", data, "--timesteps", "0"], "--timesteps"),
+        ([], "--data"),
+    ]:
         r = snnc_cli("report", artifact, *args, "-o", out)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr

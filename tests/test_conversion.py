@@ -1,4 +1,5 @@
 """Conversion core: SpikingJelly cross-check, ANN-mode exactness, one run for every T, artifact round trip."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import torch
 import torch.nn as nn
 
 import snncompiler as snnc
-from snncompiler.data import Dataset
 from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
+from snncompiler.data import Dataset
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,17 @@ def test_matches_spikingjelly_per_step(digits_data, tmp_path):
 
     train, test = digits_data
     torch.manual_seed(1)
-    ann = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
+    ann = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
     train_classifier(ann, train, epochs=5)
     batch = torch.from_numpy(train.x[:128])
     sj = Converter(RateCodingRecipe([(batch, torch.zeros(len(batch)))], mode="Max")).convert(ann)
@@ -76,8 +86,9 @@ def test_every_t_from_one_run(cnn, digits_data):
     assert model.last_runner.steps_run == 256  # one batch, simulated for 256 steps exactly once
     assert sorted(int(t) for t in result["snn_accuracy"]) == ts
     single = model.run(test.x[:40], 8)
-    np.testing.assert_array_equal(single.argmax(1) == test.y[:40],
-                                  model.run(test.x[:40], 32, checkpoints=[8])[8].argmax(1) == test.y[:40])
+    np.testing.assert_array_equal(
+        single.argmax(1) == test.y[:40], model.run(test.x[:40], 32, checkpoints=[8])[8].argmax(1) == test.y[:40]
+    )
 
 
 def test_chunking_carries_state(cnn, digits_data):
@@ -92,8 +103,11 @@ def test_chunking_carries_state(cnn, digits_data):
 def test_artifact_round_trip_bit_exact(cnn, digits_data, tmp_path):
     _, path = cnn
     train, test = digits_data
-    for options in ({}, {"channelwise": True, "threshold": "mse", "maxpool": "input"},
-                    {"neuron": "lif", "tau": 4.0, "reset": "hard", "v0": "zero", "maxpool": "output"}):
+    for options in (
+        {},
+        {"channelwise": True, "threshold": "mse", "maxpool": "input"},
+        {"neuron": "lif", "tau": 4.0, "reset": "hard", "v0": "zero", "maxpool": "output"},
+    ):
         model = snnc.compile(path, Dataset(train.x[:256]), **options)
         out = tmp_path / "m.snn.onnx"
         model.save(out)
@@ -119,22 +133,44 @@ def test_cli_compile_eval_inspect(cnn, digits_data, tmp_path):
     np.savez(tmp_path / "test.npz", x=test.x[:60], y=test.y[:60])
     cli = [sys.executable, "-m", "snncompiler.cli"]
     out = tmp_path / "m.snn.onnx"
-    proc = subprocess.run(cli + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        cli + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "neuron" in proc.stdout and "p99.9 of" in proc.stdout and "max pooling: rate" in proc.stdout
-    proc = subprocess.run(cli + ["eval", str(out), "--data", str(tmp_path / "test.npz"), "--timesteps", "1,2,4,8",
-                                 "--json"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        cli + ["eval", str(out), "--data", str(tmp_path / "test.npz"), "--timesteps", "1,2,4,8", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(proc.stdout)
     # the one eval --json schema (README): the ANN's keys, null where a key does not apply or was not asked for
-    assert set(result) == {"model", "kind", "samples", "engine", "seconds", "snn_accuracy", "ann_accuracy",
-                           "firing_rate", "layers", "synaptic_ops"}
+    assert set(result) == {
+        "model",
+        "kind",
+        "samples",
+        "engine",
+        "seconds",
+        "snn_accuracy",
+        "ann_accuracy",
+        "firing_rate",
+        "layers",
+        "synaptic_ops",
+    }
     assert result["kind"] == "snn" and result["layers"] is None and result["synaptic_ops"] is None
     assert list(result["snn_accuracy"]) == ["1", "2", "4", "8"] and result["samples"] == 60
     proc = subprocess.run(cli + ["inspect", str(out)], capture_output=True, text=True, check=True)
     assert "θ=" in proc.stdout and "Neuron" in proc.stdout
     np.savez(tmp_path / "x.npz", x=test.x[:20])
-    subprocess.run(cli + ["run", str(out), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"),
-                          "--timesteps", "8"], capture_output=True, text=True, check=True)
+    subprocess.run(
+        cli + ["run", str(out), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"), "--timesteps", "8"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     with np.load(tmp_path / "y.npz") as y:
         np.testing.assert_array_equal(y["y"], snnc.load(out).run(test.x[:20], 8))
 
@@ -155,10 +191,23 @@ def test_strict_refuses_analog_islands(tmp_path, digits_data):
 def _pool_graph(strategy: str, theta: float):
     from snncompiler.ir import Graph, Node, Value
 
-    nodes = [Node("neuron", "n", ["x"], ["s"], {"neuron": "if", "tau": 0.0, "reset": "soft", "v0": "zero"},
-                  {"theta": torch.tensor(theta)}),
-             Node("maxpool", "p", ["s"], ["y"], {"kernel": [2, 2], "stride": [2, 2], "pads": [0, 0, 0, 0],
-                                                  "spiking": strategy})]
+    nodes = [
+        Node(
+            "neuron",
+            "n",
+            ["x"],
+            ["s"],
+            {"neuron": "if", "tau": 0.0, "reset": "soft", "v0": "zero"},
+            {"theta": torch.tensor(theta)},
+        ),
+        Node(
+            "maxpool",
+            "p",
+            ["s"],
+            ["y"],
+            {"kernel": [2, 2], "stride": [2, 2], "pads": [0, 0, 0, 0], "spiking": strategy},
+        ),
+    ]
     return Graph([Value("x", (1, 1, 2, 2))], [Value("y", (1, 1, 1, 1))], nodes, {"x": Value("x", (1, 1, 2, 2))})
 
 
@@ -210,7 +259,7 @@ def test_rate_maxpool_emits_the_max_input_count(theta):
     x = rates * theta
     T = 40
     spikes, _ = neuron_multistep_reference(x.expand((T,) + x.shape), 0.0, theta, spike_format="binary")
-    expected = torch.stack([spikes[:t + 1].sum(0).amax() for t in range(T)]).double() * theta
+    expected = torch.stack([spikes[: t + 1].sum(0).amax() for t in range(T)]).double() * theta
     outs = []
     for fast in (True, False):
         runner = SpikingRunner(_pool_graph("rate", theta), backend="reference")

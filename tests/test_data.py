@@ -1,4 +1,5 @@
 """Data contract and the MNIST-idx / CIFAR-10 loaders, on small files the tests write."""
+
 from __future__ import annotations
 
 import gzip

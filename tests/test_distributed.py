@@ -9,6 +9,7 @@ statistics batches of different size), evaluation (accuracy at every T, firing r
 operations), and one epoch of fine-tuning under DistributedDataParallel with a global batch that
 does not split evenly.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,11 @@ def _run_all(onnx: str, tmp: str) -> dict:
     out = {"compile": {}}
     for calibration in CALIBRATIONS:
         model = snnc.compile(onnx, calib, calibration=calibration, **COMPILE)
-        out["compile"][calibration] = {"params": _params(model), "report_world": model.report.get("world_size"),
-                                       "check": model.report.get("calibration_check")}
+        out["compile"][calibration] = {
+            "params": _params(model),
+            "report_world": model.report.get("world_size"),
+            "check": model.report.get("calibration_check"),
+        }
         if calibration == "none":
             out["eval"] = model.evaluate(test["x"], test["y"], EVAL_T)
             out["sops"] = model.synaptic_operations(test["x"], 4)
@@ -97,8 +101,11 @@ def setup(small_digits_cnn, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     np.savez(tmp / "calib.npz", x=train.x[:CALIB_SAMPLES])
     np.savez(tmp / "test.npz", x=test.x, y=test.y)
-    np.savez(tmp / "tune.npz", x=train.x[CALIB_SAMPLES:CALIB_SAMPLES + TUNE_SAMPLES],
-             y=train.y[CALIB_SAMPLES:CALIB_SAMPLES + TUNE_SAMPLES])
+    np.savez(
+        tmp / "tune.npz",
+        x=train.x[CALIB_SAMPLES : CALIB_SAMPLES + TUNE_SAMPLES],
+        y=train.y[CALIB_SAMPLES : CALIB_SAMPLES + TUNE_SAMPLES],
+    )
     os.environ["SNNC_TEST_DIST_DIR"] = str(tmp)
     mp.spawn(_worker, args=(2, _free_port(), str(onnx), str(tmp)), nprocs=2, join=True)
     ranks = [pickle.loads((tmp / f"rank{r}.pkl").read_bytes()) for r in range(2)]
@@ -173,10 +180,14 @@ def _untuned_state(setup) -> dict:
 
 def _snnc(*args: str, nproc: int = 1) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-              if nproc > 1 else [sys.executable])
-    done = subprocess.run(launch + ["-m", "snncompiler.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    launch = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    done = subprocess.run(
+        launch + ["-m", "snncompiler.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

@@ -1,6 +1,7 @@
 """Event-driven execution (snncompiler.kernels.event, SpikingRunner exec_mode, --exec): the C++
 kernel against F.conv2d / F.linear on random geometries, spike densities, θ and weight
 sparsity; a compiled CNN giving the same outputs dense, event and auto; the CLI flag."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from snncompiler.kernels import event
 
 pytestmark = pytest.mark.skipif(not event.available(), reason="snncompiler.kernels._event_cpu is not built")
 
-EPS = 2.0 ** -23
+EPS = 2.0**-23
 DENSITIES = st.sampled_from([0.0, 0.01, 0.5, 1.0])
 
 
@@ -50,18 +51,37 @@ def _assert_within_summation_error(got, want, magnitude, fan_in: int):
     assert got.shape == want.shape
     bound = 2 * (fan_in + 1) * EPS * magnitude
     error = (got - want).abs()
-    assert bool((error <= bound).all()), f"max error {float(error.max())}, bound there {float(bound.flatten()[error.argmax()])}"
+    assert bool((error <= bound).all()), (
+        f"max error {float(error.max())}, bound there {float(bound.flatten()[error.argmax()])}"
+    )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                HealthCheck.function_scoped_fixture])
-@given(n=st.integers(1, 3), groups=st.integers(1, 3), cin=st.integers(1, 3), cout=st.integers(1, 3),
-       h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4),
-       sh=st.integers(1, 3), sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2),
-       pads=st.tuples(*[st.integers(0, 2)] * 4), density=DENSITIES, per_channel=st.booleans(),
-       weight_density=st.sampled_from([0.05, 0.3, 1.0]), bias=st.booleans(), seed=st.integers(0, 2 ** 16))
-def test_conv2d_matches_dense(simd, n, groups, cin, cout, h, w, kh, kw, sh, sw, dh, dw, pads, density, per_channel,
-                              weight_density, bias, seed):
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 3),
+    groups=st.integers(1, 3),
+    cin=st.integers(1, 3),
+    cout=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    dh=st.integers(1, 2),
+    dw=st.integers(1, 2),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    density=DENSITIES,
+    per_channel=st.booleans(),
+    weight_density=st.sampled_from([0.05, 0.3, 1.0]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_conv2d_matches_dense(
+    simd, n, groups, cin, cout, h, w, kh, kw, sh, sw, dh, dw, pads, density, per_channel, weight_density, bias, seed
+):
     pt, pl, pb, pr = pads
     if h + pt + pb < dh * (kh - 1) + 1 or w + pl + pr < dw * (kw - 1) + 1:
         return  # no output position: F.conv2d refuses the shape
@@ -72,16 +92,23 @@ def test_conv2d_matches_dense(simd, n, groups, cin, cout, h, w, kh, kw, sh, sw, 
     layer = event.EventLayer(wt, b, stride=(sh, sw), pads=pads, dilation=(dh, dw), groups=groups)
     got = layer(x)
     want = event.conv2d_reference(x, wt, b, (sh, sw), pads, (dh, dw), groups)
-    magnitude = event.conv2d_reference(x.abs(), wt.abs(), None if b is None else b.abs(), (sh, sw), pads, (dh, dw),
-                                       groups)
+    magnitude = event.conv2d_reference(
+        x.abs(), wt.abs(), None if b is None else b.abs(), (sh, sw), pads, (dh, dw), groups
+    )
     _assert_within_summation_error(got, want, magnitude, cin * kh * kw)
     assert layer.weight_density == pytest.approx(float((wt != 0).float().mean()))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), features=st.integers(1, 70),
-       outputs=st.integers(1, 20), density=DENSITIES, weight_density=st.sampled_from([0.05, 0.3, 1.0]),
-       bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+@given(
+    lead=st.lists(st.integers(1, 3), min_size=1, max_size=2),
+    features=st.integers(1, 70),
+    outputs=st.integers(1, 20),
+    density=DENSITIES,
+    weight_density=st.sampled_from([0.05, 0.3, 1.0]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_linear_matches_dense(simd, lead, features, outputs, density, weight_density, bias, seed):
     gen = torch.Generator().manual_seed(seed)
     x = _spikes(tuple(lead) + (features,), density, False, gen)
@@ -93,9 +120,17 @@ def test_linear_matches_dense(simd, lead, features, outputs, density, weight_den
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n=st.integers(1, 3), cin=st.integers(1, 4), cout=st.integers(1, 4), length=st.integers(3, 20),
-       k=st.integers(1, 3), stride=st.integers(1, 3), pad=st.integers(0, 2), density=DENSITIES,
-       seed=st.integers(0, 2 ** 16))
+@given(
+    n=st.integers(1, 3),
+    cin=st.integers(1, 4),
+    cout=st.integers(1, 4),
+    length=st.integers(3, 20),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    density=DENSITIES,
+    seed=st.integers(0, 2**16),
+)
 def test_conv1d_runs_as_a_one_row_image(simd, n, cin, cout, length, k, stride, pad, density, seed):
     gen = torch.Generator().manual_seed(seed)
     x = _spikes((n, cin, length), density, True, gen)
@@ -120,8 +155,14 @@ def test_kernel_uses_the_values_not_ones_and_counts_nothing_for_silence():
 def test_layer_cache_follows_the_weights():
     from snncompiler.ir import Node
 
-    node = Node("conv", "c", ["x"], ["y"], {"stride": [1, 1], "pads": [0, 0, 0, 0]},
-                {"weight": torch.ones(2, 1, 1, 1), "bias": torch.zeros(2)})
+    node = Node(
+        "conv",
+        "c",
+        ["x"],
+        ["y"],
+        {"stride": [1, 1], "pads": [0, 0, 0, 0]},
+        {"weight": torch.ones(2, 1, 1, 1), "bias": torch.zeros(2)},
+    )
     first = event.layer_for(node)
     assert event.layer_for(node) is first  # compressed once across runners
     with torch.no_grad():
@@ -147,8 +188,8 @@ def compiled_cnn(tmp_path_factory):
     """A DigitsCNN (untrained: parity needs spikes, not accuracy) compiled on digits: conv2 reads a
     neuron, conv3 a rate max pool of one, the classifier a flatten of a pool."""
     import snncompiler as snnc
-    from snncompiler.data import Dataset
     from examples.workloads import DigitsCNN, digits, export_onnx
+    from snncompiler.data import Dataset
 
     train, test = digits()
     torch.manual_seed(0)
@@ -186,8 +227,10 @@ def test_auto_measures_density_per_chunk(compiled_cnn):
     assert runner._event_pays(name, layer, torch.zeros(4, *layer.weight_shape[1:2], 8, 8))
     dense_work = torch.ones(4, layer.weight_shape[1], 8, 8)
     assert runner._event_pays(name, layer, dense_work) == (layer.weight_density <= event.AUTO_MAX_WORK)
-    assert runner.exec_counts[name] == [int(layer.weight_density > event.AUTO_MAX_WORK),
-                                        1 + int(layer.weight_density <= event.AUTO_MAX_WORK)]
+    assert runner.exec_counts[name] == [
+        int(layer.weight_density > event.AUTO_MAX_WORK),
+        1 + int(layer.weight_density <= event.AUTO_MAX_WORK),
+    ]
 
 
 def test_invalid_mode_and_missing_extension(compiled_cnn, monkeypatch):
@@ -215,12 +258,31 @@ def test_cli_exec_flag(compiled_cnn, tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=test.x[:32], y=test.y[:32])
     results = {}
     for mode in ("dense", "event", "auto"):
-        assert main(["eval", str(artifact), "--data", str(tmp_path / "d.npz"), "--timesteps", "8",
-                     "--exec", mode, "--json"]) == 0
+        assert (
+            main(
+                ["eval", str(artifact), "--data", str(tmp_path / "d.npz"), "--timesteps", "8", "--exec", mode, "--json"]
+            )
+            == 0
+        )
         results[mode] = json.loads(capsys.readouterr().out)
     assert results["event"]["snn_accuracy"] == results["dense"]["snn_accuracy"] == results["auto"]["snn_accuracy"]
-    assert main(["run", str(artifact), "--input", str(tmp_path / "d.npz"), "-o", str(tmp_path / "y.npz"),
-                 "--timesteps", "8", "--exec", "event"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(artifact),
+                "--input",
+                str(tmp_path / "d.npz"),
+                "-o",
+                str(tmp_path / "y.npz"),
+                "--timesteps",
+                "8",
+                "--exec",
+                "event",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], model.run(test.x[:32], 8), rtol=0, atol=1e-4)
     with pytest.raises(SystemExit) as exc:

@@ -1,6 +1,7 @@
 """Event streams: readers against SpikingJelly's readers on files written here, framing against
 SpikingJelly's integrate_events_by_fixed_frames_number, folders, errors, and a sequence model
 trained and evaluated on event recordings through `snnc eval --frames`."""
+
 from __future__ import annotations
 
 import struct
@@ -10,16 +11,20 @@ import sys
 import numpy as np
 import pytest
 
-from snncompiler.errors import SnncError
 from snncompiler.data.events import load_event_folder, read_aedat3, read_atis_bin, read_events, to_frames
+from snncompiler.errors import SnncError
 
 sj_utils = pytest.importorskip("spikingjelly.datasets.utils")
 
 
-def _stream(n, size, seed, t_max=2 ** 23):
+def _stream(n, size, seed, t_max=2**23):
     rng = np.random.default_rng(seed)
-    return {"t": np.sort(rng.integers(0, t_max, n)), "x": rng.integers(0, size, n), "y": rng.integers(0, size, n),
-            "p": rng.integers(0, 2, n)}
+    return {
+        "t": np.sort(rng.integers(0, t_max, n)),
+        "x": rng.integers(0, size, n),
+        "y": rng.integers(0, size, n),
+        "p": rng.integers(0, 2, n),
+    }
 
 
 def write_atis(path, ev, overflow_before=()):
@@ -52,23 +57,23 @@ def test_atis_reader_matches_spikingjelly(tmp_path):
 
 
 def test_atis_overflow_markers_extend_timestamps(tmp_path):
-    ev = _stream(50, 34, 1, t_max=2 ** 22)
+    ev = _stream(50, 34, 1, t_max=2**22)
     write_atis(tmp_path / "o.bin", ev, overflow_before={20, 35})
     got = read_atis_bin(tmp_path / "o.bin")
-    expect = ev["t"] + (np.arange(50) >= 20) * 2 ** 23 + (np.arange(50) >= 35) * 2 ** 23
+    expect = ev["t"] + (np.arange(50) >= 20) * 2**23 + (np.arange(50) >= 35) * 2**23
     np.testing.assert_array_equal(got["t"], expect)  # markers are dropped, later times extended
     assert len(got["x"]) == 50 and (np.diff(got["t"]) >= 0).all()
 
 
 def test_aedat3_reader_matches_spikingjelly(tmp_path):
-    a, b = _stream(30, 128, 2, t_max=2 ** 31 - 1), _stream(20, 128, 3, t_max=2 ** 20)
-    rows = lambda e: list(zip(e["t"].tolist(), e["x"].tolist(), e["y"].tolist(), e["p"].tolist()))  # noqa: E731
+    a, b = _stream(30, 128, 2, t_max=2**31 - 1), _stream(20, 128, 3, t_max=2**20)
+    rows = lambda e: list(zip(e["t"].tolist(), e["x"].tolist(), e["y"].tolist(), e["p"].tolist()))
     # a packet of another event type (special events, type 0) between two polarity packets
     write_aedat3(tmp_path / "g.aedat", [(1, 0, rows(a)), (0, 0, rows(b)[:3]), (1, 1, rows(b))])
     ours, theirs = read_aedat3(tmp_path / "g.aedat"), sj_utils.load_aedat_v3(str(tmp_path / "g.aedat"))
     for k in "txyp":
         np.testing.assert_array_equal(ours[k], theirs[k])
-    np.testing.assert_array_equal(ours["t"][30:], b["t"] + 2 ** 31)  # the packet's overflow counter
+    np.testing.assert_array_equal(ours["t"][30:], b["t"] + 2**31)  # the packet's overflow counter
     np.testing.assert_array_equal(ours["x"][:30], a["x"])
 
 
@@ -106,8 +111,10 @@ def _moving_bar(n, seed, size=8, steps=8):
                     xs.append(col)
                     ys.append(y)
         order = np.argsort(ts, kind="stable")
-        yield label, {"t": np.array(ts)[order], "x": np.array(xs)[order], "y": np.array(ys)[order],
-                      "p": np.ones(len(ts), int)}
+        yield (
+            label,
+            {"t": np.array(ts)[order], "x": np.array(xs)[order], "y": np.array(ys)[order], "p": np.ones(len(ts), int)},
+        )
 
 
 def _write_folder(root, n, seed):
@@ -145,11 +152,15 @@ def test_bad_event_files_are_one_line_errors(tmp_path):
     write_aedat3(tmp_path / "odd.aedat", [(1, 0, [(1, 2, 3, 1), (5, 2, 3, 0)])])
     odd = bytearray((tmp_path / "odd.aedat").read_bytes())
     start = odd.index(b"#!END-HEADER") + len(b"#!END-HEADER\r\n")
-    odd[start + 4:start + 8] = struct.pack("<i", 6)  # eventSize 6: not whole 32-bit words
+    odd[start + 4 : start + 8] = struct.pack("<i", 6)  # eventSize 6: not whole 32-bit words
     (tmp_path / "odd.aedat").write_bytes(bytes(odd))
-    for name, message in [("cut.bin", "not a whole number of 5-byte"), ("plain.aedat", "not an AEDAT 3.1 file"),
-                          ("short.aedat", "truncated packet"), ("e.txt", "unknown event file type"),
-                          ("odd.aedat", "polarity events of 6 bytes")]:
+    for name, message in [
+        ("cut.bin", "not a whole number of 5-byte"),
+        ("plain.aedat", "not an AEDAT 3.1 file"),
+        ("short.aedat", "truncated packet"),
+        ("e.txt", "unknown event file type"),
+        ("odd.aedat", "polarity events of 6 bytes"),
+    ]:
         with pytest.raises(SnncError, match=message):
             read_events(tmp_path / name)
     ev = _stream(10, 40, 5)
@@ -161,9 +172,11 @@ def test_bad_event_files_are_one_line_errors(tmp_path):
     from snncompiler.data import save_npz
 
     save_npz(tmp_path / "d.npz", np.zeros((2, 3), np.float32), np.zeros(2, np.int64))
-    for args, message in [(["--data", tmp_path / "data", "--frames", "4"], "x.bin: 7 bytes is not a whole number"),
-                          (["--data", tmp_path / "data"], "give --frames T"),
-                          (["--data", tmp_path / "d.npz", "--frames", "4"], "only for a directory of event")]:
+    for args, message in [
+        (["--data", tmp_path / "data", "--frames", "4"], "x.bin: 7 bytes is not a whole number"),
+        (["--data", tmp_path / "data"], "give --frames T"),
+        (["--data", tmp_path / "d.npz", "--frames", "4"], "only for a directory of event"),
+    ]:
         r = _snnc("eval", tmp_path / "model.onnx", *args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
@@ -188,8 +201,9 @@ def test_sequence_model_trained_on_recordings_evaluates_from_the_folder(tmp_path
     res = json.loads(r.stdout)
     assert res["samples"] == 40
     assert res["snn_accuracy"]["8"] >= 0.9  # the direction is in the event order only:
-    assert res["ann_accuracy"] <= 0.75      # the time-mean (the artifact's ANN mode) is near chance
+    assert res["ann_accuracy"] <= 0.75  # the time-mean (the artifact's ANN mode) is near chance
     # a sequence artifact fine-tunes on its sequences (shorter ones: the first 4 frames)
-    tuned = snnc.train.finetune(tmp_path / "bars.snn.onnx", train, timesteps=4, epochs=2, keep_if_better=False,
-                                progress=False)
+    tuned = snnc.train.finetune(
+        tmp_path / "bars.snn.onnx", train, timesteps=4, epochs=2, keep_if_better=False, progress=False
+    )
     assert tuned.sequence and tuned.report["finetune"]["sequence"] and tuned.options["timesteps"] == 4

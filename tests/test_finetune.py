@@ -1,5 +1,6 @@
 """Fine-tuning a converted model: the trainable module computes what the spiking runtime runs,
 training at T=1 helps where conversion is weakest, the held-out guard, and the CLI."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import Residual
 
 import snncompiler as snnc
-from conftest import Residual
+from examples.workloads import export_onnx
 from snncompiler.train import run_steps
 from snncompiler.train.finetune import GraphNet, finetune
-from examples.workloads import export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,11 @@ def test_trainable_module_computes_what_the_runtime_runs(converted, maxpool, tmp
     torch.testing.assert_close(ours, runtime, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("options", [dict(calibration="advanced", iterations=5), dict(reset="hard")],
-                         ids=["potential-offsets", "hard-reset-gain"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(calibration="advanced", iterations=5), dict(reset="hard")],
+    ids=["potential-offsets", "hard-reset-gain"],
+)
 def test_trainable_module_keeps_calibration_offsets_and_gains(converted, options):
     """A model whose neurons carry potential calibration's v_init or hard reset's input gain trains
     in the form it runs: the module's forward equals the runtime's."""
@@ -56,8 +60,9 @@ def test_trainable_module_on_residual_lif_per_channel(tmp_path):
     model = snnc.compile(str(path), x, timesteps=4, quiet=True, neuron="lif", tau=4.0, channelwise=True)
     with torch.no_grad():
         ours = run_steps(GraphNet(model.graph.copy()), torch.from_numpy(x), 5)
-    torch.testing.assert_close(ours, model.runner(backend="reference").run_steps(torch.from_numpy(x), 5),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ours, model.runner(backend="reference").run_steps(torch.from_numpy(x), 5), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_finetuning_at_one_step_beats_conversion_there(converted):
@@ -79,8 +84,7 @@ def test_a_model_that_does_not_improve_comes_back_unchanged(converted):
     assert not same.report["finetune"]["kept"]
     for a, b in zip(same.graph.nodes, model.graph.nodes):
         assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
-    forced = finetune(model, (train.x, train.y), timesteps=2, epochs=1, lr=1e-12, keep_if_better=False,
-                      progress=False)
+    forced = finetune(model, (train.x, train.y), timesteps=2, epochs=1, lr=1e-12, keep_if_better=False, progress=False)
     assert forced.report["finetune"]["kept"] and forced.options["timesteps"] == 2
 
 
@@ -96,14 +100,29 @@ def test_cli_finetune_and_its_errors(converted, tmp_path):
     model.save(artifact)
     save_npz(tmp_path / "train.npz", train.x[:400], train.y[:400])
     save_npz(tmp_path / "val.npz", test.x[:200], test.y[:200])
-    r = _snnc("finetune", artifact, "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz", "-o",
-              tmp_path / "ft.snn.onnx", "--timesteps", "1", "--epochs", "3", "--keep-always")
+    r = _snnc(
+        "finetune",
+        artifact,
+        "--data",
+        tmp_path / "train.npz",
+        "--val",
+        tmp_path / "val.npz",
+        "-o",
+        tmp_path / "ft.snn.onnx",
+        "--timesteps",
+        "1",
+        "--epochs",
+        "3",
+        "--keep-always",
+    )
     assert r.returncode == 0, r.stderr
     assert "held-out accuracy at T=1 on 200 samples" in r.stdout
     assert snnc.load(tmp_path / "ft.snn.onnx").report["finetune"]["epochs"] == 3
     gated = snnc.compile(str(path), train.x[:64], timesteps=4, quiet=True, maxpool="gated")
     gated.save(tmp_path / "gated.snn.onnx")
-    for src, message in [(path, "compile it with `snnc compile` before fine-tuning"),
-                         (tmp_path / "gated.snn.onnx", "gated max pooling")]:
+    for src, message in [
+        (path, "compile it with `snnc compile` before fine-tuning"),
+        (tmp_path / "gated.snn.onnx", "gated max pooling"),
+    ]:
         r = _snnc("finetune", src, "--data", tmp_path / "train.npz", "-o", tmp_path / "x.snn.onnx")
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

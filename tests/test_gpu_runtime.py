@@ -6,6 +6,7 @@ then fire one step earlier or later, so the check is statistical, not bitwise: o
 a small tolerance and the same predictions on nearly every sample. The neuron kernels
 themselves are bit-exact on the GPU (tests/kernels).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 import snncompiler as snnc
-from snncompiler.data import Dataset
 from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
+from snncompiler.data import Dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -1,6 +1,7 @@
 """Hard reset that works (issue 15, item 6): the compensation of the charge reset-to-zero
 discards (passes/hard_reset.py), on the benchmark's digits ResNet and against soft reset's
 charge balance; the soft-reset default is unchanged."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import pytest
 import torch
 
 import snncompiler as snnc
+from examples.workloads import digits_resnet_bench, evaluate, export_onnx
 from snncompiler.data import Dataset, save_npz
 from snncompiler.kernels.reference import neuron_multistep_reference
 from snncompiler.passes import hard_reset, stats, thresholds
-from examples.workloads import digits_resnet_bench, evaluate, export_onnx
 
 T = 32
 # Floors at T=32: the acceptance of issue 15 (within 5 points of the ANN without calibration,
@@ -47,8 +48,9 @@ def test_digits_resnet_hard_reset_v0_zero_close_to_ann_without_calibration(resne
 
 def test_digits_resnet_hard_reset_v0_zero_light_calibration_within_3_points(resnet):
     path, calib, test, ann = resnet
-    model = snnc.compile(str(path), Dataset(calib.x), reset="hard", v0="zero", timesteps=T, calibration="light",
-                         quiet=True)
+    model = snnc.compile(
+        str(path), Dataset(calib.x), reset="hard", v0="zero", timesteps=T, calibration="light", quiet=True
+    )
     acc = model.evaluate(test.x, test.y, [T])["snn_accuracy"][str(T)]
     assert acc >= ann - 0.03, f"hard reset + light calibration, T={T}: {100 * acc:.2f} % vs ANN {100 * ann:.2f} %"
 
@@ -59,8 +61,22 @@ def test_nir_export_read_back_by_snnc_eval_scores_the_same(resnet, hard_model, t
     nir_path, data = tmp_path / "resnet.nir", tmp_path / "test.npz"
     assert hard_model.save_nir(nir_path) == []  # hard reset from 0: nothing lost, the gain is in v_threshold
     save_npz(data, test.x, test.y)
-    r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "eval", str(nir_path), "--data", str(data),
-                        "--timesteps", str(T), "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snncompiler.cli",
+            "eval",
+            str(nir_path),
+            "--data",
+            str(data),
+            "--timesteps",
+            str(T),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     read_back = json.loads(r.stdout)["snn_accuracy"][str(T)]
     ours = hard_model.evaluate(test.x, test.y, [T])["snn_accuracy"][str(T)]

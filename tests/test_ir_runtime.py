@@ -1,4 +1,5 @@
 """IR invariants, readable listing, the Python API and the run/eval/inspect commands."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 import snncompiler as snnc
-from snncompiler.ir import IRError, Node
 from examples.workloads import DigitsCNN, export_onnx
+from snncompiler.ir import IRError, Node
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +53,30 @@ def test_cli_run_eval_inspect(model_path, tmp_path):
     y = ref.argmax(1)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     cli = [sys.executable, "-m", "snncompiler.cli"]
-    subprocess.run(cli + ["run", str(model_path), "--input", str(tmp_path / "d.npz"), "-o", str(tmp_path / "y.npz"),
-                          "--batch-size", "4"], check=True, capture_output=True)
+    subprocess.run(
+        cli
+        + [
+            "run",
+            str(model_path),
+            "--input",
+            str(tmp_path / "d.npz"),
+            "-o",
+            str(tmp_path / "y.npz"),
+            "--batch-size",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with np.load(tmp_path / "y.npz") as out:
         np.testing.assert_allclose(out["y"], ref, atol=1e-5)
     for engine in ("onnxruntime", "torch"):
-        proc = subprocess.run(cli + ["eval", str(model_path), "--data", str(tmp_path / "d.npz"), "--json",
-                                     "--engine", engine], check=True, capture_output=True, text=True)
+        proc = subprocess.run(
+            cli + ["eval", str(model_path), "--data", str(tmp_path / "d.npz"), "--json", "--engine", engine],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         result = json.loads(proc.stdout)
         assert result["samples"] == 6 and result["ann_accuracy"] == 1.0  # labels are the model's own argmax
     proc = subprocess.run(cli + ["inspect", str(model_path), "--json"], check=True, capture_output=True, text=True)
@@ -109,8 +127,15 @@ def _two_heads(path):
     torch.manual_seed(0)
     with warnings.catch_warnings():  # the exporter's deprecation notices, as in workloads.export_onnx
         warnings.simplefilter("ignore")
-        torch.onnx.export(_TwoHeads().eval(), torch.zeros(1, 1, 8, 8), path, input_names=["x"],
-                          output_names=["logits", "features"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+        torch.onnx.export(
+            _TwoHeads().eval(),
+            torch.zeros(1, 1, 8, 8),
+            path,
+            input_names=["x"],
+            output_names=["logits", "features"],
+            dynamic_axes={"x": {0: "n"}},
+            dynamo=False,
+        )
     return path
 
 
@@ -159,8 +184,21 @@ def test_spiking_model_simulates_every_output(tmp_path):
     artifact = tmp_path / "two.snn.onnx"
     model.save(artifact)
     np.savez(tmp_path / "x.npz", x=x)
-    assert main(["run", str(artifact), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"),
-                 "--timesteps", "256"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(artifact),
+                "--input",
+                str(tmp_path / "x.npz"),
+                "-o",
+                str(tmp_path / "y.npz"),
+                "--timesteps",
+                "256",
+            ]
+        )
+        == 0
+    )
     got = np.load(tmp_path / "y.npz")
     assert sorted(got.files) == ["y", "y1"]
     np.testing.assert_allclose(got["y"], outs[256][0], atol=1e-6)

@@ -4,6 +4,7 @@ Every import counts, function-local ones included: a deferred import that points
 is still a dependency running against the flow, it is only hidden. The graph is built from the
 source with ``ast`` (nothing is imported), so a violation is reported even in code no test runs.
 """
+
 from __future__ import annotations
 
 import ast
@@ -51,7 +52,8 @@ def extension_modules() -> set[str]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
@@ -59,8 +61,13 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     tree = ast.parse(path.read_text(), str(path))
-    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                 for stmt in block.body for n in ast.walk(stmt)}
+    type_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and _is_type_checking(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         if id(node) in type_only:  # `if TYPE_CHECKING:` imports exist for annotations only, never at run time
             continue
@@ -69,7 +76,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -94,8 +101,7 @@ def layer_of(module: str) -> int:
 def graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods) | extension_modules()
-    return {name: {t for t in imports_of(name, path, known) if t in mods and t != name}
-            for name, path in mods.items()}
+    return {name: {t for t in imports_of(name, path, known) if t in mods and t != name} for name, path in mods.items()}
 
 
 def test_every_module_has_a_layer():
@@ -104,8 +110,12 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_points_up_the_layers():
-    upward = [f"{src} (layer {layer_of(src)}) imports {dst} (layer {layer_of(dst)})"
-              for src, targets in graph().items() for dst in sorted(targets) if layer_of(dst) > layer_of(src)]
+    upward = [
+        f"{src} (layer {layer_of(src)}) imports {dst} (layer {layer_of(dst)})"
+        for src, targets in graph().items()
+        for dst in sorted(targets)
+        if layer_of(dst) > layer_of(src)
+    ]
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
 
@@ -122,7 +132,7 @@ def test_import_graph_has_no_cycles():
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -136,8 +146,12 @@ def test_import_graph_has_no_cycles():
 
 def test_library_never_imports_examples_apps_or_tests():
     mods = modules()
-    bad = [f"{name} imports {target}" for name, path in mods.items() for target in imports_of(name, path, set(mods))
-           if target.split(".")[0] in ("examples", "apps", "benchmarks", "tests")]
+    bad = [
+        f"{name} imports {target}"
+        for name, path in mods.items()
+        for target in imports_of(name, path, set(mods))
+        if target.split(".")[0] in ("examples", "apps", "benchmarks", "tests")
+    ]
     assert not bad, "\n".join(bad)
 
 

@@ -1,5 +1,6 @@
 """Synaptic operations: the event-driven counts against an explicit step-by-step simulation,
 the dense MACs against counting taps by hand, and the input classification."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import snncompiler as snnc
-from snncompiler.analysis.metrics import input_kinds
 from examples.workloads import export_onnx
+from snncompiler.analysis.metrics import input_kinds
 
 T = 12
 
@@ -91,8 +92,15 @@ def test_dense_macs_exclude_padding_and_follow_stride(tmp_path):
 
 
 def test_input_kinds_follow_spikes_through_shape_ops_only(tmp_path):
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    )
     path = export_onnx(net, (1, 8, 8), tmp_path / "cnn.onnx")
     x = np.random.default_rng(2).random((8, 1, 8, 8), dtype=np.float32)
     model = snnc.compile(str(path), x, timesteps=4, quiet=True)
@@ -144,12 +152,16 @@ def test_cli_eval_sops(mlp, tmp_path, capsys):
 def test_spikes_scaled_by_a_constant_stay_spikes(tmp_path):
     """A NIR import turns θ·s back into s with a `mul` by 1/θ: the next layer still reads events."""
     nir = pytest.importorskip("nir")
-    graph = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([4])}),
-                                "fc1": nir.Affine(weight=np.ones((3, 4), np.float32), bias=np.zeros(3, np.float32)),
-                                "if1": nir.IF(r=np.full(3, 1e4), v_threshold=np.ones(3), v_reset=np.zeros(3)),
-                                "fc2": nir.Affine(weight=np.ones((2, 3), np.float32), bias=np.zeros(2, np.float32)),
-                                "out": nir.Output(output_type={"output": np.array([2])})},
-                         edges=[("in", "fc1"), ("fc1", "if1"), ("if1", "fc2"), ("fc2", "out")])
+    graph = nir.NIRGraph(
+        nodes={
+            "in": nir.Input(input_type={"input": np.array([4])}),
+            "fc1": nir.Affine(weight=np.ones((3, 4), np.float32), bias=np.zeros(3, np.float32)),
+            "if1": nir.IF(r=np.full(3, 1e4), v_threshold=np.ones(3), v_reset=np.zeros(3)),
+            "fc2": nir.Affine(weight=np.ones((2, 3), np.float32), bias=np.zeros(2, np.float32)),
+            "out": nir.Output(output_type={"output": np.array([2])}),
+        },
+        edges=[("in", "fc1"), ("fc1", "if1"), ("if1", "fc2"), ("fc2", "out")],
+    )
     nir.write(str(tmp_path / "m.nir"), graph)
     model = snnc.load(tmp_path / "m.nir")
     assert input_kinds(model.graph)[model.graph.find("linear")[1].inputs[0]] == "spikes"
@@ -162,8 +174,9 @@ def test_upsampled_spikes_stay_spikes_only_when_nearest(tmp_path, mode, kind):
     """A nearest upsample repeats each spike (a U-Net decoder's conv still reads events, ACs);
     a bilinear one blends neighbours into fractions (MACs)."""
     torch.manual_seed(3)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode=mode),
-                        nn.Conv2d(4, 2, 3, padding=1))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(4, 2, 3, padding=1)
+    )
     path = export_onnx(net, (1, 6, 6), tmp_path / "up.onnx")
     x = np.random.default_rng(3).random((8, 1, 6, 6), dtype=np.float32)
     model = snnc.compile(str(path), x, timesteps=4, quiet=True)

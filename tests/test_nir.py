@@ -1,5 +1,6 @@
 """NIR export: read back with nir, run by SpikingJelly's NIR importer and by a small simulator
 written from NIR's published neuron equations, each against snnc's own runtime."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import Residual
 
 import snncompiler as snnc
-from conftest import Residual
 from examples.workloads import export_onnx
 
 nir = pytest.importorskip("nir")
@@ -48,12 +49,19 @@ def simulate(graph, x: np.ndarray, steps: int) -> np.ndarray:
             node = graph.nodes[name]
             kind = type(node).__name__
             inp = xt if kind == "Input" else sum(vals[p] for p in preds[name])
-            t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+            t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)
             if kind in ("Input", "Output"):
                 out = inp
             elif kind == "Conv2d":
-                out = F.conv2d(inp, t(node.weight), t(node.bias), tuple(node.stride), tuple(node.padding),
-                               tuple(node.dilation), node.groups)
+                out = F.conv2d(
+                    inp,
+                    t(node.weight),
+                    t(node.bias),
+                    tuple(node.stride),
+                    tuple(node.padding),
+                    tuple(node.dilation),
+                    node.groups,
+                )
             elif kind == "Affine":
                 out = inp @ t(node.weight).T + t(node.bias)
             elif kind == "Flatten":
@@ -82,9 +90,21 @@ def test_roundtrip_through_spikingjelly_matches_runtime(tmp_path):
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
-    model, x = _compile(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-                                              nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
-                                              nn.Linear(24, 3)), (1, 8, 8), tmp_path, reset="hard", v0="zero")
+    model, x = _compile(
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(24, 3),
+        ),
+        (1, 8, 8),
+        tmp_path,
+        reset="hard",
+        v0="zero",
+    )
     path = tmp_path / "m.nir"
     assert model.save_nir(path) == []  # hard reset from 0: nothing lost
     graph = nir.read(str(path))
@@ -100,8 +120,16 @@ def test_roundtrip_through_spikingjelly_matches_runtime(tmp_path):
 
 @pytest.mark.parametrize("neuron", ["if", "lif"])
 def test_per_channel_theta_and_residual_add(tmp_path, neuron):
-    model, x = _compile(Residual, (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=True, neuron=neuron,
-                        **({"tau": 4.0} if neuron == "lif" else {}))
+    model, x = _compile(
+        Residual,
+        (1, 8, 8),
+        tmp_path,
+        reset="hard",
+        v0="zero",
+        channelwise=True,
+        neuron=neuron,
+        **({"tau": 4.0} if neuron == "lif" else {}),
+    )
     path = tmp_path / "m.nir"
     model.save_nir(path)
     graph = nir.read(str(path))
@@ -120,13 +148,17 @@ def test_per_channel_theta_and_residual_add(tmp_path, neuron):
 
 
 def test_soft_reset_export_says_what_is_lost(tmp_path):
-    model, _ = _compile(lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,),
-                        tmp_path)
+    model, _ = _compile(
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,), tmp_path
+    )
     out = tmp_path / "m.nir"
     artifact = tmp_path / "m.snn.onnx"
     model.save(artifact)
-    r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "export", str(artifact), "-o", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "snncompiler.cli", "export", str(artifact), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "no soft reset" in r.stderr and "initial membrane" in r.stderr
     meta = nir.read(str(out)).metadata
@@ -134,14 +166,22 @@ def test_soft_reset_export_says_what_is_lost(tmp_path):
 
 
 def test_unsupported_models_are_one_line_errors(tmp_path):
-    model, _ = _compile(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                              nn.Linear(64, 2)), (1, 8, 8), tmp_path)
+    model, _ = _compile(
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 2)
+        ),
+        (1, 8, 8),
+        tmp_path,
+    )
     artifact = tmp_path / "m.snn.onnx"
     model.save(artifact)
     cases = [(artifact, "maxpool has no NIR equivalent"), (tmp_path / "m.onnx", "compile it with `snnc compile`")]
     for src, message in cases:
-        r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "export", str(src), "-o", str(tmp_path / "x.nir")],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "snncompiler.cli", "export", str(src), "-o", str(tmp_path / "x.nir")],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "x.nir").exists()
 
@@ -151,9 +191,15 @@ def _sj_net():
     from spikingjelly.activation_based import functional, layer, neuron
 
     torch.manual_seed(0)
-    net = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), neuron.IFNode(v_reset=0.0, v_threshold=0.7),
-                        layer.AvgPool2d(2), layer.Flatten(), layer.Linear(64, 10),
-                        neuron.LIFNode(tau=3.0, v_reset=0.0), layer.Linear(10, 3))
+    net = nn.Sequential(
+        layer.Conv2d(1, 4, 3, padding=1),
+        neuron.IFNode(v_reset=0.0, v_threshold=0.7),
+        layer.AvgPool2d(2),
+        layer.Flatten(),
+        layer.Linear(64, 10),
+        neuron.LIFNode(tau=3.0, v_reset=0.0),
+        layer.Linear(10, 3),
+    )
     functional.set_step_mode(net, "m")
     return net
 
@@ -175,9 +221,23 @@ def test_spikingjelly_export_runs_on_snnc_as_in_spikingjelly(tmp_path):
     from snncompiler.data import save_npz
 
     save_npz(tmp_path / "x.npz", x.numpy())
-    r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "run", str(tmp_path / "sj.nir"), "--input",
-                        str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"), "--timesteps", str(T)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snncompiler.cli",
+            "run",
+            str(tmp_path / "sj.nir"),
+            "--input",
+            str(tmp_path / "x.npz"),
+            "-o",
+            str(tmp_path / "y.npz"),
+            "--timesteps",
+            str(T),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], expect, atol=1e-5)
     r = _snnc("inspect", tmp_path / "sj.nir")
@@ -186,8 +246,16 @@ def test_spikingjelly_export_runs_on_snnc_as_in_spikingjelly(tmp_path):
 
 @pytest.mark.parametrize("neuron", ["if", "lif"])
 def test_export_then_import_gives_the_same_model(tmp_path, neuron):
-    model, x = _compile(Residual, (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=True, neuron=neuron,
-                        **({"tau": 4.0} if neuron == "lif" else {}))
+    model, x = _compile(
+        Residual,
+        (1, 8, 8),
+        tmp_path,
+        reset="hard",
+        v0="zero",
+        channelwise=True,
+        neuron=neuron,
+        **({"tau": 4.0} if neuron == "lif" else {}),
+    )
     model.save_nir(tmp_path / "m.nir")
     back = snnc.load(tmp_path / "m.nir")
     assert back.options["timesteps"] == T and back.report["dt"] == pytest.approx(1e-4)
@@ -206,17 +274,23 @@ def test_bad_nir_files_are_one_line_errors(tmp_path):
     from snncompiler.data import save_npz
 
     save_npz(tmp_path / "d.npz", np.zeros((2, 4), np.float32), np.zeros(2, np.int64))
-    good = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([4])}),
-                               "fc": nir.Affine(weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32)),
-                               "lif": nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.zeros(2)),
-                               "out": nir.Output(output_type={"output": np.array([2])})},
-                        edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")])
+    good = nir.NIRGraph(
+        nodes={
+            "in": nir.Input(input_type={"input": np.array([4])}),
+            "fc": nir.Affine(weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32)),
+            "lif": nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.zeros(2)),
+            "out": nir.Output(output_type={"output": np.array([2])}),
+        },
+        edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")],
+    )
     nir.write(str(tmp_path / "no_dt.nir"), good)
     raw = (tmp_path / "no_dt.nir").read_bytes()
     (tmp_path / "cut.nir").write_bytes(raw[: len(raw) // 2])
-    cases = [(tmp_path / "no_dt.nir", [], "does not say its time step; pass --dt"),
-             (tmp_path / "cut.nir", [], "not a readable NIR file"),
-             (tmp_path / "no_dt.nir", ["--dt", "nan"], "--dt: must be a finite number > 0")]
+    cases = [
+        (tmp_path / "no_dt.nir", [], "does not say its time step; pass --dt"),
+        (tmp_path / "cut.nir", [], "not a readable NIR file"),
+        (tmp_path / "no_dt.nir", ["--dt", "nan"], "--dt: must be a finite number > 0"),
+    ]
     good.nodes["lif"] = nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.full(2, -1.0))
     nir.write(str(tmp_path / "reset.nir"), good)
     cases.append((tmp_path / "reset.nir", ["--dt", "0.2"], "'lif' (IF): v_reset must be 0"))
@@ -226,9 +300,11 @@ def test_bad_nir_files_are_one_line_errors(tmp_path):
     for path, extra, message in cases:
         r = _snnc("eval", path, "--data", tmp_path / "d.npz", *extra)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (path, r.stderr)
-    bad_steps = nir.NIRGraph(nodes=dict(good.nodes, lif=nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2),
-                                                              v_reset=np.zeros(2))),
-                             edges=good.edges, metadata={"dt": 0.2, "timesteps": "many"})
+    bad_steps = nir.NIRGraph(
+        nodes=dict(good.nodes, lif=nir.IF(r=np.full(2, 5.0), v_threshold=np.ones(2), v_reset=np.zeros(2))),
+        edges=good.edges,
+        metadata={"dt": 0.2, "timesteps": "many"},
+    )
     nir.write(str(tmp_path / "steps.nir"), bad_steps)
     r = _snnc("eval", tmp_path / "steps.nir", "--data", tmp_path / "d.npz")
     assert r.returncode == 2 and "metadata 'timesteps' must be a positive integer, got 'many'" in r.stderr, r.stderr
@@ -245,8 +321,9 @@ def test_a_file_whose_reading_never_ends_is_a_one_line_error(tmp_path, monkeypat
     read in a child process first, under a time limit. Here the child is made to hang."""
     from snncompiler.formats.nir import reader as nir_loader
 
-    model, _ = _compile(lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,),
-                        tmp_path)
+    model, _ = _compile(
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), (16,), tmp_path
+    )
     model.save_nir(tmp_path / "m.nir")
     monkeypatch.setattr(nir_loader, "PROBE_SECONDS", 1)
     monkeypatch.setattr(nir_loader, "PROBE_CODE", "import time; time.sleep(30)")
@@ -260,18 +337,25 @@ def test_damaged_nir_files_are_one_line_errors(tmp_path, case):
     """An exported file, then one HDF5 dataset edited as the fuzz suite's mutators do."""
     import h5py
 
-    model, _ = _compile(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
-                                              nn.Linear(64, 2)), (1, 8, 8), tmp_path)
+    model, _ = _compile(
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 2)
+        ),
+        (1, 8, 8),
+        tmp_path,
+    )
     path = tmp_path / "m.nir"
     model.save_nir(path)
     with h5py.File(path, "r+") as f:
         names = []
         f.visit(names.append)
+
         def edit(suffix, value):
             key = next(n for n in names if n.endswith(suffix))
             del f[key]
             if value is not None:
                 f[key] = value
+
         if case == "NaN bias":
             edit("Gemm/bias", np.full(2, np.nan, np.float32))
             expect = "parameter 'bias' has 2 non-finite value(s)"

@@ -1,6 +1,7 @@
 """Compile options have one home (snncompiler/options.py, the neuron model in snncompiler/ir/neuron.py):
 the API and the CLI compile the same model from the same options, a bad option is refused before any
 work, and running a model on another device leaves its graph where it was."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,11 +13,11 @@ import pytest
 import torch
 
 import snncompiler as snnc
+from examples.workloads import DigitsCNN, export_onnx
 from snncompiler import options
 from snncompiler.data import Dataset
 from snncompiler.errors import OptionError
 from snncompiler.ir.neuron import DEFAULT_LIF_TAU, NeuronSpec
-from examples.workloads import DigitsCNN, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,9 @@ def test_api_lif_compile_equals_the_cli(model_path, calib, tmp_path, extra):
         np.testing.assert_array_equal(api_params[name], value)
     tau = float(extra[1]) if extra else DEFAULT_LIF_TAU
     neurons = [n for n in cli_model.graph.node if n.op_type == "Neuron"]
-    assert neurons and all({a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["tau"] == tau
-                           for n in neurons)
+    assert neurons and all(
+        {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["tau"] == tau for n in neurons
+    )
     assert api.options["tau"] == tau and api.options["neuron"] == "lif"
     loaded = snnc.load(cli_out)
     np.testing.assert_array_equal(loaded.run(x[:16], 8), api.run(x[:16], 8))
@@ -109,9 +111,11 @@ def test_bad_options_are_refused_before_any_work(model_path, calib, monkeypatch,
 def test_the_cli_names_the_flag(model_path, calib, tmp_path):
     """The same check, reported under the command line's flag; nothing is written."""
     out = tmp_path / "m.snn.onnx"
-    for flags, needle in [(["--threshold", "p200"], "--threshold: expected max, mse or a percentile like p99.9"),
-                          (["--tau", "3"], "--tau: only meaningful for LIF neurons"),
-                          (["--neuron", "lif", "--tau", "0.5"], "--tau: must be > 1 for LIF")]:
+    for flags, needle in [
+        (["--threshold", "p200"], "--threshold: expected max, mse or a percentile like p99.9"),
+        (["--tau", "3"], "--tau: only meaningful for LIF neurons"),
+        (["--neuron", "lif", "--tau", "0.5"], "--tau: must be > 1 for LIF"),
+    ]:
         rc, _, err = _snnc("compile", model_path, "--calib", calib[1], "-o", out, *flags)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert rc == 2 and len(lines) == 1 and needle in lines[0], err
@@ -125,8 +129,23 @@ def test_the_cli_restates_no_default():
     args = build_parser().parse_args(["compile", "m.onnx", "--calib", "c.npz", "-o", "o.snn.onnx"])
     names = set(options.CompileOptions().as_dict())
     flags = {k: v for k, v in vars(args).items() if k in names}
-    assert set(flags) >= {"timesteps", "threshold", "neuron", "tau", "reset", "v0", "maxpool", "encoding",
-                          "calib_samples", "calibration", "iterations", "seed", "channelwise", "strict", "substitute"}
+    assert set(flags) >= {
+        "timesteps",
+        "threshold",
+        "neuron",
+        "tau",
+        "reset",
+        "v0",
+        "maxpool",
+        "encoding",
+        "calib_samples",
+        "calibration",
+        "iterations",
+        "seed",
+        "channelwise",
+        "strict",
+        "substitute",
+    }
     assert all(v is None for v in flags.values()), flags
     args = build_parser().parse_args(["finetune", "m.snn.onnx", "--data", "d.npz", "-o", "o.snn.onnx"])
     assert all(getattr(args, k) is None for k in ("timesteps", "epochs", "lr", "batch_size", "seed"))

@@ -9,6 +9,7 @@ that the build leaves no build/ or *.egg-info behind in the checkout. It is inst
 offline and without dependencies, into a venv that sees this interpreter's installed packages
 (torch, onnx, ...) through a .pth file, and run from a directory outside the checkout.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,12 +58,30 @@ def _package(kind: str, tmp_path: Path, env: dict) -> Path:
     src.mkdir()
     for name in BUILD_INPUTS:
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "snncompiler", src / "snncompiler",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.pyd", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "snncompiler",
+        src / "snncompiler",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.pyd", "*.egg-info"),
+    )
     dist = tmp_path / "dist"
     if kind == "wheel":
-        _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-              "-w", dist], cwd=src, env=env)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                ".",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "-q",
+                "-w",
+                dist,
+            ],
+            cwd=src,
+            env=env,
+        )
         (built,) = dist.glob("snncompiler-*.whl")
     else:
         _run([sys.executable, "setup.py", "-q", "sdist", "-d", dist], cwd=src, env=env)
@@ -81,8 +100,21 @@ def _venv_with(built: Path, tmp_path: Path, env: dict) -> tuple[Path, Path, Path
     (purelib / "_snnc_test_parent_site.pth").write_text("\n".join(_parent_site_dirs()) + "\n")
     # this interpreter's pip, running in the venv (importable through the .pth), installs into the
     # venv; --ignore-installed: never look at (or uninstall) the checkout's own install
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation", "--ignore-installed",
-          "-q", built], env=env)
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--ignore-installed",
+            "-q",
+            built,
+        ],
+        env=env,
+    )
     return python, bindir, purelib
 
 
@@ -99,8 +131,17 @@ def test_package_installs_and_runs_outside_the_checkout(kind, tmp_path):
     env = _build_env()
     built = _package(kind, tmp_path, env)
     if kind == "sdist":  # the sources a build from the sdist needs, CUDA's included
-        names = set(_run([sys.executable, "-c", "import sys, tarfile; print('\\n'.join(tarfile.open(sys.argv[1]).getnames()))",
-                          built], env=env).split())
+        names = set(
+            _run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys, tarfile; print('\\n'.join(tarfile.open(sys.argv[1]).getnames()))",
+                    built,
+                ],
+                env=env,
+            ).split()
+        )
         for source in ("lif_cpu.cpp", "lif_cpu_isa.inc", "lif_cuda.cu", "event_cpu.cpp", "common.h"):
             assert any(n.endswith(f"snncompiler/kernels/csrc/{source}") for n in names), f"sdist lacks {source}"
     python, bindir, purelib = _venv_with(built, tmp_path, env)
@@ -119,8 +160,9 @@ def test_package_installs_and_runs_outside_the_checkout(kind, tmp_path):
 
     info = json.loads(_run([python, "-m", "snncompiler.cli", "env", "--json"], cwd=outside, env=env))
     assert info["cuda"]["source"] == str(installed)
-    probe = ("import snncompiler, snncompiler.kernels.event as e; "
-             "print(snncompiler.__file__); print(e.load() is not None)")
+    probe = (
+        "import snncompiler, snncompiler.kernels.event as e; print(snncompiler.__file__); print(e.load() is not None)"
+    )
     where, event_built = _run([python, "-c", probe], cwd=outside, env=env).split()
     assert Path(where).parent == purelib / "snncompiler", where  # the installed package, not the checkout
     if has_compiler:
@@ -128,16 +170,19 @@ def test_package_installs_and_runs_outside_the_checkout(kind, tmp_path):
         assert event_built == "True", f"the {kind} has no event-driven kernel (_event_cpu)"
 
     # one compile and one eval with the installed command, on a tiny model the installed package exports
-    make = ("import numpy as np, torch\n"
-            "from snncompiler.formats.onnx.from_torch import export_onnx\n"
-            "from snncompiler.data import save_npz\n"
-            "torch.manual_seed(0)\n"
-            "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))\n"
-            "x = np.random.default_rng(0).random((40, 1, 4, 4), dtype=np.float32)\n"
-            "y = net(torch.from_numpy(x)).argmax(1).numpy()\n"
-            "export_onnx(net, (1, 4, 4), 'm.onnx'); save_npz('d.npz', x, y)\n")
+    make = (
+        "import numpy as np, torch\n"
+        "from snncompiler.formats.onnx.from_torch import export_onnx\n"
+        "from snncompiler.data import save_npz\n"
+        "torch.manual_seed(0)\n"
+        "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))\n"
+        "x = np.random.default_rng(0).random((40, 1, 4, 4), dtype=np.float32)\n"
+        "y = net(torch.from_numpy(x)).argmax(1).numpy()\n"
+        "export_onnx(net, (1, 4, 4), 'm.onnx'); save_npz('d.npz', x, y)\n"
+    )
     _run([python, "-c", make], cwd=outside, env=env)
     _run([snnc, "compile", "m.onnx", "--calib", "d.npz", "-o", "m.snn.onnx", "--timesteps", "16"], cwd=outside, env=env)
-    result = json.loads(_run([snnc, "eval", "m.snn.onnx", "--data", "d.npz", "--timesteps", "16", "--json"],
-                             cwd=outside, env=env))
+    result = json.loads(
+        _run([snnc, "eval", "m.snn.onnx", "--data", "d.npz", "--timesteps", "16", "--json"], cwd=outside, env=env)
+    )
     assert result["samples"] == 40 and 0.0 <= result["snn_accuracy"]["16"] <= 1.0, result

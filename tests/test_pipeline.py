@@ -1,6 +1,7 @@
 """The one route to few timesteps (`snnc compile --finetune`, `snnc.compile(..., finetune=E)`):
 every stage is judged on held-out data, the returned model is the last kept stage, options are
 checked before any work, and the CLI reports the stages."""
+
 from __future__ import annotations
 
 import subprocess
@@ -39,11 +40,14 @@ def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn
     assert model.options["timesteps"] == 2
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(finetune=0), "^finetune: must be a number of epochs"),
-    (dict(finetune=2, threshold="p200"), "^threshold: "),
-    (dict(finetune=2, encoding="rate"), "^finetune: rate-encoded"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(finetune=0), "^finetune: must be a number of epochs"),
+        (dict(finetune=2, threshold="p200"), "^threshold: "),
+        (dict(finetune=2, encoding="rate"), "^finetune: rate-encoded"),
+    ],
+)
 def test_pipeline_options_are_checked_before_any_work(small_digits_cnn, monkeypatch, bad, match):
     path, train, _ = small_digits_cnn
 
@@ -65,16 +69,48 @@ def test_cli_compile_finetune_reports_each_stage(small_digits_cnn, tmp_path):
     path, train, test = small_digits_cnn
     calib = save_npz(tmp_path / "calib.npz", train.x[:200], train.y[:200])
     out = tmp_path / "m.snn.onnx"
-    done = subprocess.run([sys.executable, "-m", "snncompiler.cli", "compile", str(path), "--calib", str(calib),
-                           "-o", str(out), "--timesteps", "2", "--finetune", "1"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snncompiler.cli",
+            "compile",
+            str(path),
+            "--calib",
+            str(calib),
+            "-o",
+            str(out),
+            "--timesteps",
+            "2",
+            "--finetune",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "pipeline at T=2 (held-out accuracy and cross-entropy on 40 labelled" in done.stdout
     assert "conversion" in done.stdout and "finetune" in done.stdout
     reloaded = snnc.load(str(out))
     assert [s["stage"] for s in reloaded.report["pipeline"]["stages"]] == ["conversion", "finetune"]
     unlabelled = save_npz(tmp_path / "x.npz", train.x[:50])
-    done = subprocess.run([sys.executable, "-m", "snncompiler.cli", "compile", str(path), "--calib", str(unlabelled),
-                           "-o", str(tmp_path / "n.snn.onnx"), "--finetune", "1"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snncompiler.cli",
+            "compile",
+            str(path),
+            "--calib",
+            str(unlabelled),
+            "-o",
+            str(tmp_path / "n.snn.onnx"),
+            "--finetune",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "--finetune: needs labelled calibration data" in done.stderr
     assert not (tmp_path / "n.snn.onnx").exists()

@@ -3,6 +3,7 @@ SIGKILL mid-write, output checks against every input (the name really written, s
 non-regular targets), ONNX external data confined to the model's folder, HDF5 (.nir) files that
 reach other files refused, one stderr line on exit 2, --plot checked before work, and
 byte-identical outputs of identical runs."""
+
 from __future__ import annotations
 
 import os
@@ -19,16 +20,21 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 import snncompiler as snnc
+from examples.workloads import export_onnx
 from snncompiler.cli.main import main
 from snncompiler.data import save_npz
 from snncompiler.errors import SnncError
 from snncompiler.fileio import atomic_write, resolve_output
-from examples.workloads import export_onnx
 
 
 def _snnc(*args, timeout=300, cwd=None):
-    return subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "snncompiler.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def _one_line_error(rc, err, *needles):
@@ -133,8 +139,11 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_intact(files, tmp_path, c
         argv = ["export", files / "m.snn.onnx", "-o", target]
     before = target.read_bytes()
     marker = tmp_path / "writing"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(marker), str(out), *map(str, argv)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(marker), str(out), *map(str, argv)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while not marker.exists():
         if proc.poll() is not None:
@@ -192,16 +201,38 @@ def _cases(files, tmp_path):
         "finetune --val hard link": ft + ["--val", files / "val.npz", "-o", tmp_path / "val_link.npz"],
         "export model": ["export", files / "m.snn.onnx", "-o", files / "m.snn.onnx"],
         "eval --plot --data": plot + ["--plot", tmp_path / "data_link.png"],
-        "eval --plot --reference": plot + ["--layers", "--reference", files / "ann.onnx", "--plot",
-                                           tmp_path / "ann_link.png"],
+        "eval --plot --reference": plot
+        + ["--layers", "--reference", files / "ann.onnx", "--plot", tmp_path / "ann_link.png"],
         "report model": ["report", files / "m.snn.onnx", "--data", files / "data.npz", "-o", files / "m.snn.onnx"],
-        "report --data": ["report", files / "m.snn.onnx", "--data", files / "data.npz", "-o", tmp_path / "data_link.png"],
+        "report --data": [
+            "report",
+            files / "m.snn.onnx",
+            "--data",
+            files / "data.npz",
+            "-o",
+            tmp_path / "data_link.png",
+        ],
     }
 
 
-@pytest.mark.parametrize("case", ["compile model", "compile --calib", "run --input", "run model", "finetune model",
-                                  "finetune --data", "finetune --val", "finetune --val hard link", "export model",
-                                  "eval --plot --data", "eval --plot --reference", "report model", "report --data"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "compile model",
+        "compile --calib",
+        "run --input",
+        "run model",
+        "finetune model",
+        "finetune --data",
+        "finetune --val",
+        "finetune --val hard link",
+        "export model",
+        "eval --plot --data",
+        "eval --plot --reference",
+        "report model",
+        "report --data",
+    ],
+)
 def test_no_command_writes_over_one_of_its_inputs(files, tmp_path, capsys, case):
     os.link(files / "val.npz", tmp_path / "val_link.npz")  # the same file under another name
     os.link(files / "data.npz", tmp_path / "data_link.png")
@@ -282,8 +313,11 @@ def test_external_data_may_not_leave_the_model_folder(tmp_path, how, capsys):
     if how == "symlink":
         os.symlink(secret, tmp_path / "models" / "link.bin")
     model = _external_model(tmp_path / "models" / "m.onnx", location, WEIGHT)
-    message = {"dotdot": "leaves the model's folder", "absolute": "an absolute path",
-               "symlink": "a symbolic link that leads out of the model's folder"}[how]
+    message = {
+        "dotdot": "leaves the model's folder",
+        "absolute": "an absolute path",
+        "symlink": "a symbolic link that leads out of the model's folder",
+    }[how]
     with pytest.raises(SnncError, match=message) as info:
         snnc.load_graph(model)
     assert f"tensor 'W', external data file '{location}'" in str(info.value) and "\n" not in str(info.value)
@@ -326,8 +360,9 @@ def _nir_with(files, tmp_path, how: str):
         other = tmp_path / "passwd"  # stands for /etc/passwd: any file the user can read
         other.write_bytes(bias.tobytes())
         if how == "external storage":
-            f.create_dataset(f"node/nodes/{name}/bias", shape=bias.shape, dtype=bias.dtype,
-                             external=[(str(other), 0, bias.nbytes)])
+            f.create_dataset(
+                f"node/nodes/{name}/bias", shape=bias.shape, dtype=bias.dtype, external=[(str(other), 0, bias.nbytes)]
+            )
         else:
             with h5py.File(tmp_path / "other.h5", "w") as g:
                 g["bias"] = bias
@@ -340,9 +375,14 @@ def _nir_with(files, tmp_path, how: str):
     return path, f"/node/nodes/{name}/bias"
 
 
-@pytest.mark.parametrize("how, message", [("external storage", "keeps its data in external file"),
-                                          ("external link", "is an external link into the file"),
-                                          ("virtual dataset", "is a virtual dataset reading")])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("external storage", "keeps its data in external file"),
+        ("external link", "is an external link into the file"),
+        ("virtual dataset", "is a virtual dataset reading"),
+    ],
+)
 def test_nir_files_that_read_other_files_are_refused(files, tmp_path, capsys, how, message):
     assert snnc.load(_nir_with(files, tmp_path, "plain")).options["timesteps"] == 4  # the file as exported loads
     path, dataset = _nir_with(files, tmp_path, how)
@@ -356,8 +396,10 @@ def test_nir_files_that_read_other_files_are_refused(files, tmp_path, capsys, ho
 def test_a_warning_ahead_of_an_error_is_not_printed(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 99)])  # the version converter warns
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 99)],
+    )  # the version converter warns
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 3), np.float32))
     r = _snnc("run", tmp_path / "m.onnx", "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
@@ -365,9 +407,8 @@ def test_a_warning_ahead_of_an_error_is_not_printed(tmp_path):
 
 
 def test_warnings_are_printed_when_the_command_succeeds_only(monkeypatch, capsys):
-    import logging
-
     import importlib
+    import logging
 
     cli = importlib.import_module("snncompiler.cli.main")  # the module (the package's `main` is the function)
 
@@ -378,6 +419,7 @@ def test_warnings_are_printed_when_the_command_succeeds_only(monkeypatch, capsys
                 raise SnncError("the input is bad")
             print("done")
             return 0
+
         return command
 
     monkeypatch.setattr(cli, "cmd_env", warn_then(True))
@@ -395,20 +437,58 @@ def test_plot_format_is_checked_before_the_evaluation(files, tmp_path, monkeypat
         raise AssertionError("the evaluation started")
 
     monkeypatch.setattr(CompiledModel, "evaluate", evaluate)
-    rc = main(["eval", str(files / "m.snn.onnx"), "--data", str(files / "data.npz"), "--plot", str(tmp_path / "acc.onnx")])
+    rc = main(
+        ["eval", str(files / "m.snn.onnx"), "--data", str(files / "data.npz"), "--plot", str(tmp_path / "acc.onnx")]
+    )
     _one_line_error(rc, capsys.readouterr().err, "--plot", "acc.onnx", ".png")
     monkeypatch.undo()
-    rc = main(["eval", str(files / "m.snn.onnx"), "--data", str(files / "data.npz"), "--timesteps", "1,2",
-               "--plot", str(tmp_path / "acc.svg")])
+    rc = main(
+        [
+            "eval",
+            str(files / "m.snn.onnx"),
+            "--data",
+            str(files / "data.npz"),
+            "--timesteps",
+            "1,2",
+            "--plot",
+            str(tmp_path / "acc.svg"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "acc.svg").read_bytes().lstrip().startswith(b"<?xml")
 
 
 def test_compile_finetune_and_export_write_the_same_bytes_twice(files, tmp_path):
     for k in (1, 2):
-        assert main(["compile", str(files / "ann.onnx"), "--calib", str(files / "data.npz"), "--timesteps", "4",
-                     "--calibration", "light", "-o", str(tmp_path / f"c{k}.snn.onnx")]) == 0
-        r = _snnc("finetune", files / "m.snn.onnx", "--data", files / "data.npz", "--epochs", "2", "--timesteps", "2",
-                  "--keep-always", "-o", tmp_path / f"ft{k}.snn.onnx")
+        assert (
+            main(
+                [
+                    "compile",
+                    str(files / "ann.onnx"),
+                    "--calib",
+                    str(files / "data.npz"),
+                    "--timesteps",
+                    "4",
+                    "--calibration",
+                    "light",
+                    "-o",
+                    str(tmp_path / f"c{k}.snn.onnx"),
+                ]
+            )
+            == 0
+        )
+        r = _snnc(
+            "finetune",
+            files / "m.snn.onnx",
+            "--data",
+            files / "data.npz",
+            "--epochs",
+            "2",
+            "--timesteps",
+            "2",
+            "--keep-always",
+            "-o",
+            tmp_path / f"ft{k}.snn.onnx",
+        )
         assert r.returncode == 0, r.stderr
         assert main(["export", str(files / "m.snn.onnx"), "-o", str(tmp_path / f"m{k}.nir")]) == 0
     assert (tmp_path / "c1.snn.onnx").read_bytes() == (tmp_path / "c2.snn.onnx").read_bytes()

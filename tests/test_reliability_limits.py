@@ -5,6 +5,7 @@ Every case runs ``snnc`` in-process (``cli.main``) and reads stderr at the file-
 so onnxruntime's own C++ logger would be caught too. The untouched inputs run (exit 0): each
 failure below comes from the one change the case makes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,10 +22,10 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 import snncompiler as snnc
+from examples.workloads import DigitsCNN, export_onnx
 from snncompiler.cli.main import main
 from snncompiler.data import Dataset
 from snncompiler.errors import SnncError
-from examples.workloads import DigitsCNN, export_onnx
 
 
 def _snnc(capfd, *argv) -> tuple[int, str]:
@@ -83,10 +84,15 @@ def _npy_with_header(header: dict, data: bytes = b"") -> bytes:
 
 
 def _bad_deflate() -> bytes:
-    raw = bytearray(_zip_with("x.npy", _npy_with_header(
-        {"descr": "<f4", "fortran_order": False, "shape": (64, 4)}, bytes(1024)), zipfile.ZIP_DEFLATED))
+    raw = bytearray(
+        _zip_with(
+            "x.npy",
+            _npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (64, 4)}, bytes(1024)),
+            zipfile.ZIP_DEFLATED,
+        )
+    )
     start = 30 + len("x.npy")  # local header + name: the deflate stream begins here
-    raw[start:start + 8] = b"\xff" * 8
+    raw[start : start + 8] = b"\xff" * 8
     return bytes(raw)
 
 
@@ -102,15 +108,28 @@ NPZ_CASES = {
     "bad deflate data": (_bad_deflate, ["--data"]),
     "unknown compression method": (_unknown_method, ["compression"]),
     "bad npy header": (lambda: _zip_with("x.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': <<<<<  }\n"), ["--data"]),
-    "header claims a huge shape": (lambda: _zip_with("x.npy", _npy_with_header(
-        {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12, 4)}, bytes(64))),
-        ["shape [1000000000000, 4]", "SNNC_MAX_ARRAY_BYTES"]),
-    "header shape overflowing int64": (lambda: _zip_with("x.npy", _npy_with_header(
-        {"descr": "<f4", "fortran_order": False, "shape": (2 ** 62, 2 ** 62)}, bytes(64))), ["SNNC_MAX_ARRAY_BYTES"]),
-    "truncated data": (lambda: _zip_with("x.npy", _npy_with_header(
-        {"descr": "<f4", "fortran_order": False, "shape": (64, 4)}, bytes(100))), ["truncated"]),
-    "object array": (lambda: _zip_with("x.npy", _npy_with_header(
-        {"descr": "|O", "fortran_order": False, "shape": (2,)}, bytes(16))), ["object arrays are refused"]),
+    "header claims a huge shape": (
+        lambda: _zip_with(
+            "x.npy", _npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)}, bytes(64))
+        ),
+        ["shape [1000000000000, 4]", "SNNC_MAX_ARRAY_BYTES"],
+    ),
+    "header shape overflowing int64": (
+        lambda: _zip_with(
+            "x.npy", _npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (2**62, 2**62)}, bytes(64))
+        ),
+        ["SNNC_MAX_ARRAY_BYTES"],
+    ),
+    "truncated data": (
+        lambda: _zip_with(
+            "x.npy", _npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (64, 4)}, bytes(100))
+        ),
+        ["truncated"],
+    ),
+    "object array": (
+        lambda: _zip_with("x.npy", _npy_with_header({"descr": "|O", "fortran_order": False, "shape": (2,)}, bytes(16))),
+        ["object arrays are refused"],
+    ),
 }
 
 
@@ -127,7 +146,7 @@ def test_zip_bomb_is_refused_before_decompression(files, tmp_path, capfd, monkey
     """An 8 MiB array of zeros deflates to a few kB; under a 1 MiB limit it is refused from the
     zip directory's uncompressed size, before a byte is inflated."""
     bomb = tmp_path / "bomb.npz"
-    np.savez_compressed(bomb, x=np.zeros((2 ** 21, 1), np.float32))
+    np.savez_compressed(bomb, x=np.zeros((2**21, 1), np.float32))
     assert bomb.stat().st_size < 64 * 1024
     monkeypatch.setenv("SNNC_MAX_ARRAY_BYTES", str(1 << 20))
     code, err = _snnc(capfd, "eval", files["onnx"], "--data", bomb)
@@ -155,7 +174,7 @@ def _set_node_attr(model: onnx.ModelProto, op: str, name: str, value: int) -> No
     node.attribute.extend(kept + [helper.make_attribute(name, value)])
 
 
-@pytest.mark.parametrize("op,attr,value", [("Conv", "group", 99), ("Flatten", "axis", 2 ** 40)])
+@pytest.mark.parametrize("op,attr,value", [("Conv", "group", 99), ("Flatten", "axis", 2**40)])
 def test_onnxruntime_failure_is_one_line_without_its_log(op, attr, value, files, tmp_path, capfd):
     model = onnx.load(files["onnx"])
     _set_node_attr(model, op, attr, value)
@@ -180,15 +199,16 @@ def _with_meta(files, tmp_path, key, value, name="edited.snn.onnx"):
 
 def test_artifact_timesteps_above_the_limit_are_refused(files, tmp_path, capfd, monkeypatch):
     settings = json.loads({p.key: p.value for p in onnx.load(files["artifact"]).metadata_props}["snncompiler.settings"])
-    path = _with_meta(files, tmp_path, "snncompiler.settings", json.dumps({**settings, "timesteps": 10 ** 12}))
+    path = _with_meta(files, tmp_path, "snncompiler.settings", json.dumps({**settings, "timesteps": 10**12}))
     code, err = _snnc(capfd, "run", path, "--input", files["data"], "-o", tmp_path / "y.npz")
     assert_one_line(code, err, "edited.snn.onnx", "'timesteps'", "SNNC_MAX_TIMESTEPS")
-    path = _with_meta(files, tmp_path, "snncompiler.timesteps", str(10 ** 12), name="t.snn.onnx")
+    path = _with_meta(files, tmp_path, "snncompiler.timesteps", str(10**12), name="t.snn.onnx")
     code, err = _snnc(capfd, "run", path, "--input", files["data"], "-o", tmp_path / "y.npz")
     assert_one_line(code, err, "t.snn.onnx", "snncompiler.timesteps", "SNNC_MAX_TIMESTEPS")
     monkeypatch.setenv("SNNC_MAX_TIMESTEPS", "4")  # the artifact's own T=4 fits; the limit holds for --timesteps
-    code, err = _snnc(capfd, "run", files["artifact"], "--input", files["data"], "-o", tmp_path / "y.npz",
-                      "--timesteps", "5")
+    code, err = _snnc(
+        capfd, "run", files["artifact"], "--input", files["data"], "-o", tmp_path / "y.npz", "--timesteps", "5"
+    )
     assert_one_line(code, err, "--timesteps", "over the limit of 4")
     assert _snnc(capfd, "run", files["artifact"], "--input", files["data"], "-o", tmp_path / "y.npz")[0] == 0
     monkeypatch.setenv("SNNC_MAX_TIMESTEPS", "3")  # below the file's T: the file is refused
@@ -204,7 +224,7 @@ def test_nir_metadata_timesteps_above_the_limit_are_refused(tmp_path, capfd):
     x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
     snnc.compile(path, Dataset(x), quiet=True, timesteps=4).save_nir(tmp_path / "m.nir")
     graph = nir.read(str(tmp_path / "m.nir"))
-    graph.metadata["timesteps"] = 10 ** 12
+    graph.metadata["timesteps"] = 10**12
     nir.write(str(tmp_path / "huge.nir"), graph)
     np.savez(tmp_path / "x.npz", x=x)
     code, err = _snnc(capfd, "run", tmp_path / "huge.nir", "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
@@ -237,8 +257,9 @@ def test_event_coordinates_beyond_the_sensor_limit(files, tmp_path, capfd):
         (folder / "a.aedat").write_bytes(out)
 
     def npz(folder):
-        np.savez(folder / "e.npz", t=np.array([0, 1]), x=np.array([0, 2 ** 31]), y=np.array([0, 2 ** 31]),
-                 p=np.array([1, 0]))
+        np.savez(
+            folder / "e.npz", t=np.array([0, 1]), x=np.array([0, 2**31]), y=np.array([0, 2**31]), p=np.array([1, 0])
+        )
 
     for name, write in (("aedat", aedat), ("npz", npz)):
         root = _event_folder(tmp_path, name, write)
@@ -250,8 +271,19 @@ def test_calibration_memory_is_estimated_before_running(files, tmp_path, capfd, 
     monkeypatch.setenv("SNNC_MAX_CALIB_BYTES", str(1 << 20))
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=files["x"])
-    code, err = _snnc(capfd, "compile", files["onnx"], "--calib", calib, "-o", tmp_path / "o.snn.onnx",
-                      "--calibration", "light", "--timesteps", "4096")
+    code, err = _snnc(
+        capfd,
+        "compile",
+        files["onnx"],
+        "--calib",
+        calib,
+        "-o",
+        tmp_path / "o.snn.onnx",
+        "--calibration",
+        "light",
+        "--timesteps",
+        "4096",
+    )
     assert_one_line(code, err, "--calib-samples", "--timesteps", "SNNC_MAX_CALIB_BYTES")
     assert not (tmp_path / "o.snn.onnx").exists()
 
@@ -264,8 +296,12 @@ def test_constant_expand_is_capped_before_folding(tmp_path, capfd):
         helper.make_node("ReduceMax", ["big"], ["m"], keepdims=0),
         helper.make_node("Mul", ["x", "m"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "expand.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
     assert path.stat().st_size < 9000
@@ -349,10 +385,12 @@ def test_limits_read_the_environment(monkeypatch):
 def test_input_declared_too_large_is_refused_before_allocation(tmp_path, capfd):
     """The fuzz suite's dims edit: a static input of 2^31 × 64 floats (512 GiB) made the shape
     probe ask torch for it; the declared size is checked against SNNC_MAX_ARRAY_BYTES first."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2 ** 31 - 1, 1, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2 ** 31 - 1, 1, 8, 8])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2**31 - 1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2**31 - 1, 1, 8, 8])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     path = tmp_path / "huge.onnx"
     path.write_bytes(model.SerializeToString())
     code, err = _snnc(capfd, "inspect", path)

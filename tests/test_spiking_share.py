@@ -1,5 +1,6 @@
 """How much of a network spikes: the counts `snnc compile` and `snnc inspect` report, the
 analog-heavy warning, --strict, and --substitute relu."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import torch
 import torch.nn as nn
 
 import snncompiler as snnc
-from snncompiler.formats.onnx import load_graph
-from snncompiler.analysis.summary import MIN_SPIKING_SHARE, analog_heavy_warning, spiking_share
 from examples.workloads import export_onnx
+from snncompiler.analysis.summary import MIN_SPIKING_SHARE, analog_heavy_warning, spiking_share
+from snncompiler.formats.onnx import load_graph
 
 CLI = [sys.executable, "-m", "snncompiler.cli"]
 
@@ -26,8 +27,14 @@ class Known(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Sigmoid(),
-                                 nn.Flatten(), nn.Linear(144, 5))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Sigmoid(),
+            nn.Flatten(),
+            nn.Linear(144, 5),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -135,17 +142,26 @@ def test_cli_reports_share_warns_and_strict_exits_2(tmp_path):
     path = export_onnx(SiLUNet().eval(), (1, 6, 6), tmp_path / "silu.onnx")
     np.savez(tmp_path / "calib.npz", x=_data())
     out = tmp_path / "out.snn.onnx"
-    proc = subprocess.run(CLI + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        CLI + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "spiking: 0 neuron layers, 2 analog islands" in proc.stdout
     assert sum("0 neurons, nothing spikes" in line for line in proc.stderr.splitlines()) == 1
-    proc = subprocess.run(CLI + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
-                                 "--strict"], capture_output=True, text=True)
+    proc = subprocess.run(
+        CLI + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out), "--strict"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "--strict" in proc.stderr and "SiLU ×2" in proc.stderr
-    proc = subprocess.run(CLI + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
-                                 "--substitute", "relu"], capture_output=True, text=True)
+    proc = subprocess.run(
+        CLI + ["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out), "--substitute", "relu"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "spiking: 2 neuron layers, 0 analog islands" in proc.stdout and "snnc finetune" in proc.stderr
     proc = subprocess.run(CLI + ["inspect", str(path)], capture_output=True, text=True)

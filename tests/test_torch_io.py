@@ -8,6 +8,7 @@
 * ``snnc export --format onnx`` writes standard ONNX that onnxruntime runs to ``snnc run``'s
   outputs within 1e-5.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -80,15 +81,21 @@ def test_calibrate_module_and_dataloader_equal_the_array_route(data, tmp_path):
     x, y = train.x[:96].copy(), train.y[:96]
     loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=32)
     ref = snnc.calibrate(tmp_path / "cnn.onnx", x, timesteps=4, pipeline="light")
-    for model in (snnc.calibrate(module, loader, timesteps=4, pipeline="light"),  # shape from the data
-                  snnc.calibrate(module, (torch.from_numpy(b) for b in np.split(x, 3)), timesteps=4,
-                                 pipeline="light", example_input=(1, 8, 8))):
+    for model in (
+        snnc.calibrate(module, loader, timesteps=4, pipeline="light"),  # shape from the data
+        snnc.calibrate(
+            module,
+            (torch.from_numpy(b) for b in np.split(x, 3)),
+            timesteps=4,
+            pipeline="light",
+            example_input=(1, 8, 8),
+        ),
+    ):
         model.save(tmp_path / "a.snn.onnx")
         ref.save(tmp_path / "b.snn.onnx")
         assert (tmp_path / "a.snn.onnx").read_bytes() == (tmp_path / "b.snn.onnx").read_bytes()
     # evaluate takes a DataLoader of (x, y) batches as well as arrays
-    test_loader = DataLoader(TensorDataset(torch.from_numpy(test.x[:64]), torch.from_numpy(test.y[:64])),
-                             batch_size=20)
+    test_loader = DataLoader(TensorDataset(torch.from_numpy(test.x[:64]), torch.from_numpy(test.y[:64])), batch_size=20)
     assert ref.evaluate(test_loader, timesteps=[1, 4]) == ref.evaluate(test.x[:64], test.y[:64], timesteps=[1, 4])
 
 
@@ -197,8 +204,11 @@ class PaddedPool(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv, self.pool, self.fc = nn.Conv2d(1, 6, 3, padding=1), nn.MaxPool2d(3, 2, 1, ceil_mode=True), \
-            nn.Linear(6 * 5 * 5, 10)
+        self.conv, self.pool, self.fc = (
+            nn.Conv2d(1, 6, 3, padding=1),
+            nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+            nn.Linear(6 * 5 * 5, 10),
+        )
 
     def forward(self, x):
         return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
@@ -230,16 +240,18 @@ def test_export_onnx_cli_runs_in_onnxruntime_as_snnc_run(small_digits_cnn, tmp_p
     np.savez(tmp_path / "x.npz", x=test.x[:100])
     rc, _, err = snnc_cli("compile", path, "--calib", tmp_path / "calib.npz", "-o", tmp_path / "cnn.snn.onnx")
     assert rc == 0, err
-    rc, out, err = snnc_cli("export", tmp_path / "cnn.snn.onnx", "--format", "onnx", "--timesteps", T,
-                            "-o", tmp_path / "cnn.std.onnx")
+    rc, out, err = snnc_cli(
+        "export", tmp_path / "cnn.snn.onnx", "--format", "onnx", "--timesteps", T, "-o", tmp_path / "cnn.std.onnx"
+    )
     assert rc == 0, err
     assert f"T={T}" in out
     model = onnx.load(tmp_path / "cnn.std.onnx")
     onnx.checker.check_model(model, full_check=True)
     assert {op.domain for op in model.opset_import} == {""}  # standard operators only
     assert "Scan" in {n.op_type for n in model.graph.node}
-    rc, _, err = snnc_cli("run", tmp_path / "cnn.snn.onnx", "--input", tmp_path / "x.npz", "--timesteps", T,
-                          "-o", tmp_path / "y.npz")
+    rc, _, err = snnc_cli(
+        "run", tmp_path / "cnn.snn.onnx", "--input", tmp_path / "x.npz", "--timesteps", T, "-o", tmp_path / "y.npz"
+    )
     assert rc == 0, err
     ref = np.load(tmp_path / "y.npz")["y"]
     got = _ort(tmp_path / "cnn.std.onnx", test.x[:100])
@@ -247,11 +259,17 @@ def test_export_onnx_cli_runs_in_onnxruntime_as_snnc_run(small_digits_cnn, tmp_p
     assert np.abs(got - ref).max() < 1e-5
 
 
-@pytest.mark.parametrize("options", [dict(neuron="lif"), dict(reset="hard"),
-                                     dict(neuron="lif", tau=4.0, reset="hard", v0="zero", channelwise=True),
-                                     dict(maxpool="output", calibration="light"),
-                                     dict(calibration="advanced", iterations=20)],  # potential offsets v_init
-                         ids=["lif", "hard", "lif-hard-zero-channelwise", "output-pool", "advanced"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(neuron="lif"),
+        dict(reset="hard"),
+        dict(neuron="lif", tau=4.0, reset="hard", v0="zero", channelwise=True),
+        dict(maxpool="output", calibration="light"),
+        dict(calibration="advanced", iterations=20),
+    ],  # potential offsets v_init
+    ids=["lif", "hard", "lif-hard-zero-channelwise", "output-pool", "advanced"],
+)
 def test_export_onnx_equals_run(small_digits_cnn, tmp_path, options):
     path, train, test = small_digits_cnn
     model = snnc.compile(path, train.x[:256], timesteps=T, **options)
@@ -313,8 +331,15 @@ def test_sequence_inputs_in_to_torch_and_onnx(tmp_path):
     from snncompiler.train.lowering import to_compiled
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), LIF(theta=0.5), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(8 * 4 * 4, 5), nn.Sigmoid(), nn.Linear(5, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        LIF(theta=0.5),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+        nn.Sigmoid(),
+        nn.Linear(5, 3),
+    ).eval()
     model = to_compiled(net, (2, 8, 8), timesteps=6, sequence=True)
     assert model.sequence
     x = (torch.rand(10, 6, 2, 8, 8) < 0.4).float().numpy()

@@ -1,4 +1,5 @@
 """Frontend + runtime parity with onnxruntime on torchvision architectures (random init, eval mode)."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,20 +1,21 @@
 """Direct training (TET): the loss against SpikingJelly's, the neuron against TET's own LIFSpike,
 training that learns, and the trained network's artifact against the network it came from."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 # the kernel tests' conftest sets TRITON_INTERPRET on a machine without a GPU before anything imports triton
-from kernels.conftest import device_for  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative import)
+from kernels.conftest import device_for
+from torch import nn
 
-import snncompiler as snnc  # noqa: E402
-from snncompiler.errors import SnncError  # noqa: E402
-from snncompiler.kernels import available_backends  # noqa: E402
-from snncompiler.train import LIF, run_steps  # noqa: E402
-from examples.workloads import digits, moving_dot  # noqa: E402
+import snncompiler as snnc
+from examples.workloads import digits, moving_dot
+from snncompiler.errors import SnncError
+from snncompiler.kernels import available_backends
+from snncompiler.train import LIF, run_steps
 
 
 # ---- loss ------------------------------------------------------------------------------
@@ -53,6 +54,7 @@ def test_loss_argument_errors():
 
 
 # ---- the neuron against TET's LIFSpike --------------------------------------------------
+
 
 class _ZIF(torch.autograd.Function):
     """TET's spike function (models/layers.py): step forward, triangle of half-width γ backward."""
@@ -171,9 +173,18 @@ def test_run_steps_gives_every_step():
 def small_cnn(maxpool: bool = False, bn: bool = True) -> nn.Module:
     pool = nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2)
     norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
-    return nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), norm(12), LIF(), pool,
-                         nn.Conv2d(12, 24, 3, padding=1), norm(24), LIF(), nn.AvgPool2d(2),
-                         nn.Flatten(), nn.Linear(24 * 4, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 12, 3, padding=1),
+        norm(12),
+        LIF(),
+        pool,
+        nn.Conv2d(12, 24, 3, padding=1),
+        norm(24),
+        LIF(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24 * 4, 10),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +250,9 @@ def test_dataloaders_train_and_evaluate(trained, digits_data):
     assert from_loader["firing_rate"] == pytest.approx(from_arrays["firing_rate"], rel=1e-6)
     torch.manual_seed(3)
     fresh = small_cnn()
-    batches = DataLoader(TensorDataset(torch.from_numpy(train.x), torch.from_numpy(train.y)), batch_size=64, shuffle=True)
+    batches = DataLoader(
+        TensorDataset(torch.from_numpy(train.x), torch.from_numpy(train.y)), batch_size=64, shuffle=True
+    )
     history = snnc.train.fit(fresh, batches, timesteps=2, epochs=2, val=loader, progress=False)
     assert history["settings"]["train_samples"] == len(train)
     assert history["epochs"][-1]["val_accuracy"] > 0.5
@@ -265,8 +278,12 @@ def test_bad_batches_are_named():
     with pytest.raises(SnncError, match="train: batch 1 is not an"):
         snnc.train.fit(net, [torch.zeros(4, 1, 8, 8)], epochs=1, progress=False)
     with pytest.raises(SnncError, match="train: batch 2: y must be integer class labels"):
-        snnc.train.fit(net, [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)),
-                             (torch.zeros(4, 1, 8, 8), torch.zeros(4))], epochs=1, progress=False)
+        snnc.train.fit(
+            net,
+            [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), (torch.zeros(4, 1, 8, 8), torch.zeros(4))],
+            epochs=1,
+            progress=False,
+        )
     with pytest.raises(SnncError, match="train: yielded no batches"):
         snnc.train.fit(net, [], epochs=1, progress=False)
     with pytest.raises(SnncError, match="data: expected a Dataset"):
@@ -325,8 +342,10 @@ def test_export_with_a_residual_connection(tmp_path):
     net = Residual().eval()
     compiled = snnc.train.export(net, tmp_path / "res.snn.onnx", (6,), timesteps=5)
     neurons = compiled.graph.find("neuron")
-    assert [(n.attrs["neuron"], n.attrs["reset"], n.attrs["v0"]) for n in neurons] == \
-        [("if", "soft", "half"), ("lif", "hard", "zero")]
+    assert [(n.attrs["neuron"], n.attrs["reset"], n.attrs["v0"]) for n in neurons] == [
+        ("if", "soft", "half"),
+        ("lif", "hard", "zero"),
+    ]
     assert compiled.report["neuron_settings"] == "per neuron (mixed)"
     x = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
     with torch.no_grad():
@@ -337,8 +356,13 @@ def test_export_with_a_residual_connection(tmp_path):
 def test_learned_per_channel_thresholds_train_and_export(digits_data, tmp_path):
     train, test = digits_data
     torch.manual_seed(4)
-    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), LIF(theta=torch.ones(6), learn_theta=True), nn.AvgPool2d(2),
-                        nn.Flatten(), nn.Linear(6 * 16, 10))
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        LIF(theta=torch.ones(6), learn_theta=True),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 16, 10),
+    )
     snnc.train.fit(net, (train.x[:512], train.y[:512]), timesteps=3, epochs=3, lr=1e-2, progress=False)
     learned = net[1].threshold()
     assert learned.shape == (6,) and not torch.allclose(learned, torch.ones(6))
@@ -412,8 +436,9 @@ def test_moving_dot_hides_the_class_from_the_time_mean():
 
 
 def sequence_net() -> nn.Module:
-    return nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), LIF(), nn.Conv1d(8, 16, 3, padding=1), LIF(),
-                         nn.Flatten(), nn.Linear(16 * 16, 2))
+    return nn.Sequential(
+        nn.Conv1d(1, 8, 3, padding=1), LIF(), nn.Conv1d(8, 16, 3, padding=1), LIF(), nn.Flatten(), nn.Linear(16 * 16, 2)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -466,8 +491,9 @@ def test_cli_evaluates_a_sequence_artifact(sequence_model, tmp_path):
     net, _, test = sequence_model
     snnc.train.export(net, tmp_path / "dot.snn.onnx", (1, 16))
     np.savez(tmp_path / "dot.npz", x=test.x, y=test.y)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "snncompiler.cli", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "snncompiler.cli", *map(str, a)], capture_output=True, text=True
+    )
     proc = run("eval", tmp_path / "dot.snn.onnx", "--data", tmp_path / "dot.npz")
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()[2:]] == ["1", "2", "4", "8"]

@@ -2,6 +2,7 @@
 training-time BatchNorm against the spiking runtime running the folded artifact, the
 temporal-inheritance schedule, ANN initialisation against plain conversion, a small training
 run that must learn, and the command with its errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import Residual
 
 import snncompiler as snnc
-from conftest import Residual
+from examples.workloads import DigitsCNN, digits, export_onnx
 from snncompiler.data import save_npz
 from snncompiler.errors import SnncError
 from snncompiler.train import GraphNet, run_steps
 from snncompiler.train.direct import parse_schedule, reinitialise, train_onnx
-from examples.workloads import DigitsCNN, digits, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,13 @@ def test_schedule_parsing():
     assert parse_schedule(4, 15) == [(4, 15)]
     assert parse_schedule("1,4", 15) == [(1, 8), (4, 7)]  # the remainder goes to the first stage
     assert parse_schedule([1, 2, 4], "3,2,1") == [(1, 3), (2, 2), (4, 1)]
-    for ts, ep, message in [("0", 5, "--timesteps: must be positive"), ("1,x", 5, "--timesteps: expected"),
-                            ("1,4", 1, "cannot be shared by 2"), ("1,4", "3,2,1", "3 counts for 2"),
-                            (4, 0, "--epochs: must be positive")]:
+    for ts, ep, message in [
+        ("0", 5, "--timesteps: must be positive"),
+        ("1,x", 5, "--timesteps: expected"),
+        ("1,4", 1, "cannot be shared by 2"),
+        ("1,4", "3,2,1", "3 counts for 2"),
+        (4, 0, "--epochs: must be positive"),
+    ]:
         with pytest.raises(SnncError, match=message):
             parse_schedule(ts, ep)
 
@@ -87,16 +92,25 @@ def test_ann_init_starts_from_conversion(small_digits_cnn):
     conversion of the same ONNX at the same T (the oracle: snnc.compile)."""
     path, train, test = small_digits_cnn
     converted = snnc.compile(str(path), train.x[:512], timesteps=2, quiet=True)
-    trained = train_onnx(str(path), (train.x, train.y), timesteps=2, epochs=1, init="ann", lr=1e-12,
-                         learn_theta=False, progress=False)
+    trained = train_onnx(
+        str(path), (train.x, train.y), timesteps=2, epochs=1, init="ann", lr=1e-12, learn_theta=False, progress=False
+    )
     np.testing.assert_allclose(trained.run(test.x[:200], 2), converted.run(test.x[:200], 2), atol=1e-4)
     assert trained.report["train"]["batchnorm"] is False
 
 
 def test_random_init_learns_and_schedule_runs_stage_by_stage(untrained_cnn, tmp_path):
     path, train, test = untrained_cnn
-    model = train_onnx(str(path), (train.x, train.y), timesteps="1,2", epochs=4, init="random", seed=0,
-                       val=(test.x, test.y), progress=False)
+    model = train_onnx(
+        str(path),
+        (train.x, train.y),
+        timesteps="1,2",
+        epochs=4,
+        init="random",
+        seed=0,
+        val=(test.x, test.y),
+        progress=False,
+    )
     note = model.report["train"]
     assert [(s["timesteps"], s["epochs"]) for s in note["stages"]] == [(1, 2), (2, 2)]
     assert model.options["timesteps"] == 2
@@ -112,8 +126,11 @@ def test_random_init_learns_and_schedule_runs_stage_by_stage(untrained_cnn, tmp_
 
 def test_train_refuses_a_network_it_cannot_train(tmp_path):
     torch.manual_seed(0)
-    path = export_onnx(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2)),
-                       (4,), tmp_path / "sig.onnx")
+    path = export_onnx(
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2)),
+        (4,),
+        tmp_path / "sig.onnx",
+    )
     x = np.random.default_rng(0).random((32, 4), dtype=np.float32)
     with pytest.raises(SnncError, match="^train: analog islands"):
         train_onnx(str(path), (x, np.zeros(32, np.int64)), epochs=1, progress=False)
@@ -138,9 +155,12 @@ def test_rate_probe_counts_what_the_kernel_counts():
     from snncompiler.train.trainer import _RateProbe
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1),
-                              LIF(neuron="if", theta=torch.tensor([0.3, 0.5, 1.0, 2.0]), reset="soft"),
-                              torch.nn.Flatten(), torch.nn.Linear(256, 10)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        LIF(neuron="if", theta=torch.tensor([0.3, 0.5, 1.0, 2.0]), reset="soft"),
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, 10),
+    ).eval()
     x = torch.rand(32, 1, 8, 8)
     probe = _RateProbe(net)
     run_steps(net, x, 3)
@@ -156,8 +176,15 @@ def test_rate_penalty_lowers_the_firing_rate(untrained_cnn):
     path, train, test = untrained_cnn
     rates = {}
     for penalty in (0.0, 5.0):
-        model = train_onnx(str(path), (train.x[:512], train.y[:512]), epochs=2, seed=0, rate_penalty=penalty,
-                           batch_size=16, progress=False)
+        model = train_onnx(
+            str(path),
+            (train.x[:512], train.y[:512]),
+            epochs=2,
+            seed=0,
+            rate_penalty=penalty,
+            batch_size=16,
+            progress=False,
+        )
         rates[penalty] = model.evaluate(test.x[:200], test.y[:200], [4])["firing_rate"]  # the spiking runtime's
     # measured 0.272 -> 0.115 (and 91.5 % -> 85.5 % at T=4 on these 200 samples)
     assert rates[5.0] < 0.6 * rates[0.0], rates
@@ -173,22 +200,54 @@ def test_cli_train_then_eval_and_its_errors(untrained_cnn, tmp_path):
     save_npz(tmp_path / "val.npz", test.x[:100], test.y[:100])
     save_npz(tmp_path / "unlabelled.npz", train.x[:10])
     out = tmp_path / "t.snn.onnx"
-    r = _snnc("train", path, "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz", "--timesteps", "1,2",
-              "--epochs", "2", "--init", "random", "--seed", "3", "--loss", "sdt", "--lr", "3e-3", "--batch-size", "32",
-              "--device", "cpu", "--rate-penalty", "0.1", "-o", out)
+    r = _snnc(
+        "train",
+        path,
+        "--data",
+        tmp_path / "train.npz",
+        "--val",
+        tmp_path / "val.npz",
+        "--timesteps",
+        "1,2",
+        "--epochs",
+        "2",
+        "--init",
+        "random",
+        "--seed",
+        "3",
+        "--loss",
+        "sdt",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--rate-penalty",
+        "0.1",
+        "-o",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     assert "validation accuracy at T=2 on 100 samples" in r.stdout and "wrote" in r.stdout
     note = snnc.load(out).report["train"]
-    assert note["loss"] == "sdt" and note["seed"] == 3 and note["batch_size"] == 32 and note["schedule"] == [[1, 1], [2, 1]]
+    assert (
+        note["loss"] == "sdt"
+        and note["seed"] == 3
+        and note["batch_size"] == 32
+        and note["schedule"] == [[1, 1], [2, 1]]
+    )
     assert note["rate_penalty"] == 0.1
     r = _snnc("eval", out, "--data", tmp_path / "val.npz", "--timesteps", "2", "--json")
     assert r.returncode == 0, r.stderr
-    for extra, message in [(["--timesteps", "0"], "--timesteps: must be positive"),
-                           (["--init", "kaiming"], "invalid choice: 'kaiming'"),
-                           (["--lam", "2"], "--lam: must lie in [0, 1]"),
-                           (["--rate-penalty", "-1"], "--rate-penalty: must be a finite number ≥ 0"),
-                           (["--device", "gpu"], "--device: not a device"),
-                           (["--data", tmp_path / "unlabelled.npz"], "labels")]:
+    for extra, message in [
+        (["--timesteps", "0"], "--timesteps: must be positive"),
+        (["--init", "kaiming"], "invalid choice: 'kaiming'"),
+        (["--lam", "2"], "--lam: must lie in [0, 1]"),
+        (["--rate-penalty", "-1"], "--rate-penalty: must be a finite number ≥ 0"),
+        (["--device", "gpu"], "--device: not a device"),
+        (["--data", tmp_path / "unlabelled.npz"], "labels"),
+    ]:
         args = ["train", path, "--data", tmp_path / "train.npz", "-o", tmp_path / "x.snn.onnx", *extra]
         r = _snnc(*args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

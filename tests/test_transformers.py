@@ -8,6 +8,7 @@ ATEN_CPU_CAPABILITY=default and avx2): encoder 0.9824 / 0.9989 / 1.0000 at opset
 ViT with GELU substituted by ReLU neurons 0.9909 / 0.9995 / 0.9999 (against its own ANN mode).
 The floors sit below them with a margin.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,13 +20,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from formats.helpers import assert_close, build, check, init, rand, single
 
 import snncompiler as snnc
 from snncompiler.formats.onnx import load_graph
 from snncompiler.runtime import run_graph
 from snncompiler.runtime.executor import fixed_batch
-
-from frontend.helpers import assert_close, build, check, init, rand, single
 
 STEPS = (8, 32, 128)
 
@@ -39,10 +39,17 @@ class TinyViT(nn.Module):
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "ln1": nn.LayerNorm(dim), "attn": nn.MultiheadAttention(dim, heads, batch_first=True),
-            "ln2": nn.LayerNorm(dim),
-            "mlp": nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))}) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(dim),
+                    "attn": nn.MultiheadAttention(dim, heads, batch_first=True),
+                    "ln2": nn.LayerNorm(dim),
+                    "mlp": nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)),
+                }
+            )
+            for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -80,8 +87,9 @@ def export(kind: str, opset: int, path) -> str:
     model = cls().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, *shape),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["x"])
+        torch.onnx.export(
+            model, (torch.randn(1, *shape),), str(path), dynamo=False, opset_version=opset, input_names=["x"]
+        )
     return str(path)
 
 
@@ -91,7 +99,7 @@ def data(kind: str, n: int, seed: int = 1) -> np.ndarray:
 
 def onnxruntime_outputs(path: str, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -113,7 +121,7 @@ def test_load_fuses_and_matches_onnxruntime(kind, opset, tmp_path):
     assert ops["gelu"] == (2 if kind == "vit" else 0)
     x = data(kind, 4)
     ref = onnxruntime_outputs(path, x)
-    got = np.concatenate([run_graph(graph, x[i:i + 1]) for i in range(len(x))])
+    got = np.concatenate([run_graph(graph, x[i : i + 1]) for i in range(len(x))])
     assert_close(got, ref, f"{kind} opset {opset}")
 
 
@@ -185,8 +193,15 @@ def test_vit_with_gelu_substituted_spikes_and_converges(tmp_path):
 def _torch_export(module: nn.Module, shape, opset: int, path) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(*shape),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+        torch.onnx.export(
+            module.eval(),
+            (torch.randn(*shape),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
     return onnx.load(str(path))
 
 
@@ -197,8 +212,9 @@ class _HandGelu(nn.Module):
         return 0.5 * x * (1.0 + torch.erf(x / 1.4142135623730951))
 
 
-@pytest.mark.parametrize("module,approximate", [(nn.GELU(), "none"), (nn.GELU(approximate="tanh"), "tanh"),
-                                                (_HandGelu(), "none")])
+@pytest.mark.parametrize(
+    "module,approximate", [(nn.GELU(), "none"), (nn.GELU(approximate="tanh"), "tanh"), (_HandGelu(), "none")]
+)
 def test_gelu_patterns_fuse(module, approximate, tmp_path):
     model = _torch_export(nn.Sequential(nn.Linear(6, 6), module), (3, 6), 14, tmp_path / "g.onnx")
     graph = load_graph(model)
@@ -222,11 +238,20 @@ def test_layernorm_pattern_fuses(affine, tmp_path):
 
 def test_near_patterns_do_not_fuse():
     """erf(x/1.5) is no GELU, and a mean over axis 0..: each piece stays itself, still exact."""
-    nodes = [onnx.helper.make_node("Div", ["x", "s"], ["d"]), onnx.helper.make_node("Erf", ["d"], ["e"]),
-             onnx.helper.make_node("Add", ["e", "one"], ["a"]), onnx.helper.make_node("Mul", ["x", "a"], ["m"]),
-             onnx.helper.make_node("Mul", ["m", "half"], ["y"])]
-    model = build(nodes, [("x", [2, 5])], ["y"], [init("s", np.float32(1.5)), init("one", np.float32(1.0)),
-                                                  init("half", np.float32(0.5))], 14)
+    nodes = [
+        onnx.helper.make_node("Div", ["x", "s"], ["d"]),
+        onnx.helper.make_node("Erf", ["d"], ["e"]),
+        onnx.helper.make_node("Add", ["e", "one"], ["a"]),
+        onnx.helper.make_node("Mul", ["x", "a"], ["m"]),
+        onnx.helper.make_node("Mul", ["m", "half"], ["y"]),
+    ]
+    model = build(
+        nodes,
+        [("x", [2, 5])],
+        ["y"],
+        [init("s", np.float32(1.5)), init("one", np.float32(1.0)), init("half", np.float32(0.5))],
+        14,
+    )
     assert "gelu" not in [n.op for n in load_graph(model).nodes]
     check(model, rand([2, 5], 6), what="not a GELU")
 
@@ -239,12 +264,19 @@ def test_unary_converters(op):
 
 def test_where_equal_expand():
     cond = rand([1, 4], 8) > 0
-    nodes = [onnx.helper.make_node("Where", ["c", "x", "z"], ["w"]),  # constant condition: a fixed selection
-             onnx.helper.make_node("Equal", ["x", "x2"], ["eq"]),  # activation condition: analog
-             onnx.helper.make_node("Where", ["eq", "w", "x"], ["w2"]),
-             onnx.helper.make_node("Expand", ["w2", "shape"], ["y"])]
-    model = build(nodes, [("x", [2, 1, 4]), ("x2", [2, 1, 4])], ["y"],
-                  [init("c", cond), init("z", np.float32(0.25)), init("shape", np.array([2, 3, 4], np.int64))], 14)
+    nodes = [
+        onnx.helper.make_node("Where", ["c", "x", "z"], ["w"]),  # constant condition: a fixed selection
+        onnx.helper.make_node("Equal", ["x", "x2"], ["eq"]),  # activation condition: analog
+        onnx.helper.make_node("Where", ["eq", "w", "x"], ["w2"]),
+        onnx.helper.make_node("Expand", ["w2", "shape"], ["y"]),
+    ]
+    model = build(
+        nodes,
+        [("x", [2, 1, 4]), ("x2", [2, 1, 4])],
+        ["y"],
+        [init("c", cond), init("z", np.float32(0.25)), init("shape", np.array([2, 3, 4], np.int64))],
+        14,
+    )
     x = rand([2, 1, 4], 9)
     x2 = np.where(rand([2, 1, 4], 10) > 0, x, -x)
     check(model, x, x2, what="Where/Equal/Expand")
@@ -252,8 +284,13 @@ def test_where_equal_expand():
 
 def test_range_folds_and_activation_range_is_refused():
     nodes = [onnx.helper.make_node("Range", ["s", "l", "d"], ["r"]), onnx.helper.make_node("Add", ["x", "r"], ["y"])]
-    model = build(nodes, [("x", [2, 5])], ["y"],
-                  [init("s", np.float32(0)), init("l", np.float32(5)), init("d", np.float32(1))], 14)
+    model = build(
+        nodes,
+        [("x", [2, 5])],
+        ["y"],
+        [init("s", np.float32(0)), init("l", np.float32(5)), init("d", np.float32(1))],
+        14,
+    )
     check(model, rand([2, 5], 11), what="constant Range")
     nodes = [onnx.helper.make_node("Range", ["zero", "x", "one"], ["y"])]
     model = build(nodes, [("x", [])], ["y"], [init("zero", np.float32(0)), init("one", np.float32(1))], 14)

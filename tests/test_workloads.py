@@ -1,11 +1,20 @@
 """Benchmark workloads: generators are deterministic, models build and export, tiny models learn."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from examples.workloads import (DigitsResNet, TabularMLP, VGGSmall, breast_cancer, digits, evaluate,
-                                   textured_shapes, train_classifier)
+from examples.workloads import (
+    DigitsResNet,
+    TabularMLP,
+    VGGSmall,
+    breast_cancer,
+    digits,
+    evaluate,
+    textured_shapes,
+    train_classifier,
+)
 
 
 def test_textured_shapes_deterministic_and_balanced():
@@ -25,9 +34,16 @@ def test_textured_shapes_learnable_above_chance():
         torch.manual_seed(0)
         kw = dict(size=24, noise=0.1, clutter=0)
         train, test = textured_shapes(2000, seed=1, **kw), textured_shapes(300, seed=2, **kw)
-        model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                                    torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
-                                    torch.nn.AdaptiveMaxPool2d(4), torch.nn.Flatten(), torch.nn.Linear(16 * 16, 10))
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveMaxPool2d(4),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16 * 16, 10),
+        )
         train_classifier(model, train, epochs=8, lr=3e-3)
         assert evaluate(model, test) > 0.25  # chance is 0.1
     finally:

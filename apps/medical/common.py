@@ -12,14 +12,15 @@ Geometry is in millimetres, origin at the centre of the volume, axes those of th
 A :class:`Plane` is a centre and two orthonormal in-plane axes; a slice of ``size``×``size``
 pixels at ``spacing`` mm has pixel (i, j) at ``centre + (j - (size-1)/2)·spacing·u + (i - (size-1)/2)·spacing·v``.
 """
+
 from __future__ import annotations
 
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -87,10 +88,13 @@ class Plane:
     def points(self, size: int, spacing: float) -> np.ndarray:
         """The mm coordinates of the slice's pixels, [3, size, size] (row i, column j)."""
         offsets = (np.arange(size) - (size - 1) / 2) * spacing
-        return (self.centre[:, None, None] + offsets[None, None, :] * self.u[:, None, None]
-                + offsets[None, :, None] * self.v[:, None, None])
+        return (
+            self.centre[:, None, None]
+            + offsets[None, None, :] * self.u[:, None, None]
+            + offsets[None, :, None] * self.v[:, None, None]
+        )
 
-    def shifted(self, distance: float) -> "Plane":
+    def shifted(self, distance: float) -> Plane:
         """The parallel plane ``distance`` mm along the normal."""
         return Plane(self.centre + distance * self.normal, self.u, self.v)
 
@@ -161,7 +165,7 @@ def load_mni(downsample: int = 2) -> Atlas:
             data = data / 255.0  # all three are stored as uint8 0..255
             if downsample > 1:
                 shape = [s // downsample for s in data.shape]
-                data = data[:shape[0] * downsample, :shape[1] * downsample, :shape[2] * downsample]
+                data = data[: shape[0] * downsample, : shape[1] * downsample, : shape[2] * downsample]
                 data = data.reshape(shape[0], downsample, shape[1], downsample, shape[2], downsample).mean((1, 3, 5))
             volumes.append(np.ascontiguousarray(data, dtype=np.float32))
         _ATLAS_CACHE[downsample] = Atlas(*volumes, voxel_mm=float(zooms[0]) * downsample)
@@ -204,8 +208,16 @@ class Subject:
     gm_boost: float = 0.0
 
     @classmethod
-    def random(cls, atlas: Atlas, seed: int, *, amplitude_mm: float = 4.0, grid: int = 5,
-               appearance: bool = True, gm_boost: float = 0.0) -> "Subject":
+    def random(
+        cls,
+        atlas: Atlas,
+        seed: int,
+        *,
+        amplitude_mm: float = 4.0,
+        grid: int = 5,
+        appearance: bool = True,
+        gm_boost: float = 0.0,
+    ) -> Subject:
         """A subject drawn deterministically from ``seed`` (with ``appearance`` False only the
         deformation varies). The atlas itself is ``Subject(atlas, np.zeros((3, 2, 2, 2)))``."""
         rng = np.random.default_rng(seed)
@@ -213,23 +225,32 @@ class Subject:
         if not appearance:
             return cls(atlas, control, gm_boost=gm_boost)
         direction = rng.normal(size=3)
-        return cls(atlas, control, gain=float(rng.uniform(0.8, 1.2)), gamma=float(rng.uniform(0.75, 1.35)),
-                   bias=float(rng.uniform(0, 0.3)), bias_direction=direction / np.linalg.norm(direction),
-                   noise=float(rng.uniform(0.01, 0.04)), gm_boost=gm_boost)
+        return cls(
+            atlas,
+            control,
+            gain=float(rng.uniform(0.8, 1.2)),
+            gamma=float(rng.uniform(0.75, 1.35)),
+            bias=float(rng.uniform(0, 0.3)),
+            bias_direction=direction / np.linalg.norm(direction),
+            noise=float(rng.uniform(0.01, 0.04)),
+            gm_boost=gm_boost,
+        )
 
     def displacement(self, points: np.ndarray) -> np.ndarray:
         """d(x) at mm coordinates [3, ...]: cubic-spline interpolation of the control grid."""
         g = np.asarray(self.control.shape[1:], dtype=np.float64)
         half = self.atlas.extent_mm / 2
         # control point k of axis a sits at -half_a + k · extent_a / (g_a - 1)
-        idx = (points + half.reshape((3,) + (1,) * (points.ndim - 1))) / \
-            (2 * half / (g - 1)).reshape((3,) + (1,) * (points.ndim - 1))
+        idx = (points + half.reshape((3,) + (1,) * (points.ndim - 1))) / (2 * half / (g - 1)).reshape(
+            (3,) + (1,) * (points.ndim - 1)
+        )
         flat = idx.reshape(3, -1)
         out = np.stack([ndimage.map_coordinates(c, flat, order=3, mode="nearest") for c in self.control])
         return out.reshape(points.shape)
 
-    def sample(self, plane: Plane, size: int, spacing: float, *, noise_seed: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, plane: Plane, size: int, spacing: float, *, noise_seed: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The slice through ``plane``: (image float32 [size, size], tissue labels int64,
         probabilities float32 [3, size, size]); trilinear interpolation, zero outside the volume."""
         points = plane.points(size, spacing)
@@ -250,25 +271,32 @@ class Subject:
         return image.astype(np.float32), tissue_labels(gm, wm), probs
 
 
-def sample_slices(subject: Subject, planes: list[Plane], size: int, spacing: float, *, noise_seed: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def sample_slices(
+    subject: Subject, planes: list[Plane], size: int, spacing: float, *, noise_seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Slices of ``subject`` through each plane: (normalised images float32 [N, 1, size, size],
     tissue labels int64 [N, size, size]); the noise of slice k is drawn from ``noise_seed + k``."""
     images, labels = [], []
     for k, plane in enumerate(planes):
-        image, label, _ = subject.sample(plane, size, spacing, noise_seed=None if noise_seed is None else noise_seed + k)
+        image, label, _ = subject.sample(
+            plane, size, spacing, noise_seed=None if noise_seed is None else noise_seed + k
+        )
         images.append(image)
         labels.append(label)
     return normalise(np.stack(images)[:, None]), np.stack(labels)
 
 
-def random_plane(rng: np.random.Generator, *, max_offset_mm: float = 25.0, max_tilt_deg: float = 35.0,
-                 base: str | None = None) -> Plane:
+def random_plane(
+    rng: np.random.Generator, *, max_offset_mm: float = 25.0, max_tilt_deg: float = 35.0, base: str | None = None
+) -> Plane:
     """An oblique plane: a random anatomical base orientation (axial, coronal or sagittal, or
     ``base``) tilted up to ``max_tilt_deg`` about a random in-plane axis, rotated in plane at random,
     centred within ``max_offset_mm`` of the brain's centre."""
-    bases = {"axial": (np.eye(3)[0], np.eye(3)[1]), "coronal": (np.eye(3)[0], np.eye(3)[2]),
-             "sagittal": (np.eye(3)[1], np.eye(3)[2])}
+    bases = {
+        "axial": (np.eye(3)[0], np.eye(3)[1]),
+        "coronal": (np.eye(3)[0], np.eye(3)[2]),
+        "sagittal": (np.eye(3)[1], np.eye(3)[2]),
+    }
     u, v = bases[base or ("axial", "coronal", "sagittal")[rng.integers(3)]]
     normal = np.cross(u, v)
     tilt_axis = _rotate(u, normal, rng.uniform(0, 2 * math.pi))
@@ -283,8 +311,11 @@ def random_plane(rng: np.random.Generator, *, max_offset_mm: float = 25.0, max_t
 def _rotate(vector: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     """Rodrigues' rotation of ``vector`` about unit ``axis``."""
     axis = axis / np.linalg.norm(axis)
-    return (vector * math.cos(angle) + np.cross(axis, vector) * math.sin(angle)
-            + axis * (axis @ vector) * (1 - math.cos(angle)))
+    return (
+        vector * math.cos(angle)
+        + np.cross(axis, vector) * math.sin(angle)
+        + axis * (axis @ vector) * (1 - math.cos(angle))
+    )
 
 
 def intersection_line(plane: Plane, other: Plane, size: int, spacing: float) -> tuple[np.ndarray, float] | None:
@@ -309,7 +340,7 @@ def line_heatmap(line: tuple[np.ndarray, float] | None, size: int, sigma: float 
     n, c = line
     ii, jj = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     distance = n[0] * ii + n[1] * jj + c
-    return np.exp(-distance ** 2 / (2 * sigma ** 2)).astype(np.float32)
+    return np.exp(-(distance**2) / (2 * sigma**2)).astype(np.float32)
 
 
 # ---- metric --------------------------------------------------------------------------------
@@ -352,7 +383,7 @@ class Study:
     out_dir: Path = Path(".")
 
 
-def run_study(study: Study) -> tuple[dict, "snnc.model.CompiledModel"]:
+def run_study(study: Study) -> tuple[dict, snnc.model.CompiledModel]:
     """Compile, score and price ``study``'s model; returns (record, the uncalibrated model).
 
     Record: ``ann`` (onnxruntime), ``ann_mode``, ``snn`` {T: scores} without calibration,
@@ -361,29 +392,47 @@ def run_study(study: Study) -> tuple[dict, "snnc.model.CompiledModel"]:
     int8} and ``smallest_T`` (the smallest T within ``tolerance`` of the ANN, with its energy)."""
     from apps.common import compare_model
 
-    record, model = compare_model(study.name, study.onnx_path, study.calib_x, study.test_x, study.score,
-                                  timesteps=study.timesteps, out_dir=study.out_dir, quiet=True)
-    ann = record["ann"][study.metric]
+    record, model = compare_model(
+        study.name,
+        study.onnx_path,
+        study.calib_x,
+        study.test_x,
+        study.score,
+        timesteps=study.timesteps,
+        out_dir=study.out_dir,
+        quiet=True,
+    )
 
-    energy_x = study.test_x[:study.energy_samples]
+    energy_x = study.test_x[: study.energy_samples]
     record["energy"] = {}
     for t in study.timesteps:
         sops = model.synaptic_operations(energy_x, t)
         record["energy"][str(t)] = {
-            "synaptic_ops": sops["snn_acs"] + sops["snn_macs"], "acs": sops["snn_acs"], "macs": sops["snn_macs"],
+            "synaptic_ops": sops["snn_acs"] + sops["snn_macs"],
+            "acs": sops["snn_acs"],
+            "macs": sops["snn_macs"],
             "ann_macs": sops["ann_macs"],
             "energy_ratio_fp32": sops["energy_presets_pj"]["fp32"]["snn_over_ann"],
-            "energy_ratio_int8": sops["energy_presets_pj"]["int8"]["snn_over_ann"]}
+            "energy_ratio_int8": sops["energy_presets_pj"]["int8"]["snn_over_ann"],
+        }
 
     record["advanced"], record["advanced_kept"] = {}, {}
     for t in study.low_timesteps:
         t0 = time.perf_counter()
-        calibrated = snnc.calibrate(str(study.onnx_path), study.calib_x, timesteps=t, pipeline="advanced",
-                                    iterations=study.calib_iterations, quiet=True)
+        calibrated = snnc.calibrate(
+            str(study.onnx_path),
+            study.calib_x,
+            timesteps=t,
+            pipeline="advanced",
+            iterations=study.calib_iterations,
+            quiet=True,
+        )
         record["advanced"][str(t)] = study.score(calibrated.run(study.test_x, t))
         check = calibrated.report.get("calibration_check", {})
-        record["advanced_kept"][str(t)] = {"kept": check.get("kept", "calibrated"),
-                                           "seconds": round(time.perf_counter() - t0, 2)}
+        record["advanced_kept"][str(t)] = {
+            "kept": check.get("kept", "calibrated"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
 
     record["finetune"], record["finetune_notes"] = {}, {}
     if study.finetune is not None:
@@ -395,8 +444,9 @@ def run_study(study: Study) -> tuple[dict, "snnc.model.CompiledModel"]:
                 record["finetune_notes"][str(t)] = {"error": str(exc)}
                 continue
             record["finetune"][str(t)] = study.score(tuned.run(study.test_x, t))
-            record["finetune_notes"][str(t)] = dict(tuned.report.get("finetune", {}),
-                                                    seconds=round(time.perf_counter() - t0, 2))
+            record["finetune_notes"][str(t)] = dict(
+                tuned.report.get("finetune", {}), seconds=round(time.perf_counter() - t0, 2)
+            )
 
     record["metric"] = study.metric
     record["tolerance"] = study.tolerance
@@ -422,22 +472,30 @@ def smallest_t(record: dict, metric: str, tolerance: float) -> dict | None:
 def print_study(record: dict) -> None:
     """The table: one row per T with the metric for each route and the energy beside it."""
     metric = record["metric"]
-    print(f"ANN (onnxruntime) {metric} {record['ann'][metric]:.4f}; artifact's ANN mode {record['ann_mode'][metric]:.4f}")
-    print(f"{'T':>4}  {'no calib':>9}  {'advanced':>9}  {'finetune':>9}  {'syn. ops':>12}  {'E/E_ANN fp32':>12}  "
-          f"{'E/E_ANN int8':>12}")
+    print(
+        f"ANN (onnxruntime) {metric} {record['ann'][metric]:.4f}; artifact's ANN mode {record['ann_mode'][metric]:.4f}"
+    )
+    print(
+        f"{'T':>4}  {'no calib':>9}  {'advanced':>9}  {'finetune':>9}  {'syn. ops':>12}  {'E/E_ANN fp32':>12}  "
+        f"{'E/E_ANN int8':>12}"
+    )
     for t, scores in record["snn"].items():
         adv, ft = record["advanced"].get(t), record["finetune"].get(t)
         energy = record["energy"].get(t, {})
-        print(f"{t:>4}  {scores[metric]:9.4f}  {_cell(adv, metric):>9}  {_cell(ft, metric):>9}  "
-              f"{energy.get('synaptic_ops', float('nan')):12,.0f}  {energy.get('energy_ratio_fp32', float('nan')):12.3f}  "
-              f"{energy.get('energy_ratio_int8', float('nan')):12.3f}")
+        print(
+            f"{t:>4}  {scores[metric]:9.4f}  {_cell(adv, metric):>9}  {_cell(ft, metric):>9}  "
+            f"{energy.get('synaptic_ops', float('nan')):12,.0f}  {energy.get('energy_ratio_fp32', float('nan')):12.3f}  "
+            f"{energy.get('energy_ratio_int8', float('nan')):12.3f}"
+        )
     energy = next(iter(record["energy"].values()), {})
     print(f"ANN: {energy.get('ann_macs', float('nan')):,.0f} MACs per image")
     best = record["smallest_T"]
     if best:
-        print(f"smallest T within {record['tolerance']} of the ANN: T={best['T']} ({best['route']}, {metric} "
-              f"{best[metric]:.4f}), energy {best.get('energy_ratio_fp32', float('nan')):.3f}× the ANN's in fp32, "
-              f"{best.get('energy_ratio_int8', float('nan')):.3f}× in int8")
+        print(
+            f"smallest T within {record['tolerance']} of the ANN: T={best['T']} ({best['route']}, {metric} "
+            f"{best[metric]:.4f}), energy {best.get('energy_ratio_fp32', float('nan')):.3f}× the ANN's in fp32, "
+            f"{best.get('energy_ratio_int8', float('nan')):.3f}× in int8"
+        )
     else:
         print(f"no T reported is within {record['tolerance']} of the ANN")
     for t, note in record.get("finetune_notes", {}).items():
@@ -453,11 +511,16 @@ def json_summary(task: str, record: dict, seconds: float) -> dict:
     """The one object ``--json`` prints: {"task", "metric", "ann", "snn": {T: value}, "seconds"}
     (the SNN without calibration; the other routes under "advanced" and "finetune")."""
     metric = record["metric"]
-    return {"task": task, "metric": metric, "ann": record["ann"][metric],
-            "snn": {t: s[metric] for t, s in record["snn"].items()},
-            "advanced": {t: s[metric] for t, s in record["advanced"].items()},
-            "finetune": {t: s[metric] for t, s in record["finetune"].items()},
-            "smallest_T": record["smallest_T"], "seconds": round(seconds, 1)}
+    return {
+        "task": task,
+        "metric": metric,
+        "ann": record["ann"][metric],
+        "snn": {t: s[metric] for t, s in record["snn"].items()},
+        "advanced": {t: s[metric] for t, s in record["advanced"].items()},
+        "finetune": {t: s[metric] for t, s in record["finetune"].items()},
+        "smallest_T": record["smallest_T"],
+        "seconds": round(seconds, 1),
+    }
 
 
 def add_smoke(parser) -> None:
@@ -466,9 +529,21 @@ def add_smoke(parser) -> None:
 
 
 # ---- fine-tuning a segmentation SNN --------------------------------------------------------
-def finetune_segmentation(model, x: np.ndarray, y: np.ndarray, timesteps: int, *, score: Callable, metric: str,
-                          val: tuple[np.ndarray, np.ndarray], epochs: int = 4, lr: float = 5e-4, batch: int = 16,
-                          seed: int = 0, readout: Callable | None = None):
+def finetune_segmentation(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    timesteps: int,
+    *,
+    score: Callable,
+    metric: str,
+    val: tuple[np.ndarray, np.ndarray],
+    epochs: int = 4,
+    lr: float = 5e-4,
+    batch: int = 16,
+    seed: int = 0,
+    readout: Callable | None = None,
+):
     """Fine-tune a compiled segmentation model at ``timesteps`` with a per-pixel TET loss.
 
     :func:`snncompiler.train.finetune` trains classifiers (labels [N]); a segmentation model's
@@ -496,7 +571,7 @@ def finetune_segmentation(model, x: np.ndarray, y: np.ndarray, timesteps: int, *
         for _ in range(epochs):
             order = torch.randperm(len(xt), generator=gen)
             for start in range(0, len(xt), batch):
-                idx = order[start:start + batch]
+                idx = order[start : start + batch]
                 out = readout(run_steps(net, xt[idx], timesteps).flatten(0, 1))
                 loss = F.cross_entropy(out, yt[idx].repeat(timesteps, 1, 1))
                 opt.zero_grad(set_to_none=True)
@@ -509,15 +584,23 @@ def finetune_segmentation(model, x: np.ndarray, y: np.ndarray, timesteps: int, *
     after = score(tuned.run(val[0], timesteps))[metric]
     kept = after > before
     result = tuned if kept else CompiledModel(model.graph, model.options, dict(model.report))
-    result.report["finetune"] = {"timesteps": int(timesteps), "epochs": epochs, "lr": lr, "train_images": int(len(x)),
-                                 "val_images": int(len(val[0])), f"val_{metric}_before": before,
-                                 f"val_{metric}_after": after, "kept": kept}
+    result.report["finetune"] = {
+        "timesteps": int(timesteps),
+        "epochs": epochs,
+        "lr": lr,
+        "train_images": int(len(x)),
+        "val_images": int(len(val[0])),
+        f"val_{metric}_before": before,
+        f"val_{metric}_after": after,
+        "kept": kept,
+    }
     return result
 
 
 # ---- figure --------------------------------------------------------------------------------
-def save_figure(path: Path, images: np.ndarray, truth: np.ndarray, ann: np.ndarray, snn: np.ndarray,
-                snn_label: str, title: str) -> Path:
+def save_figure(
+    path: Path, images: np.ndarray, truth: np.ndarray, ann: np.ndarray, snn: np.ndarray, snn_label: str, title: str
+) -> Path:
     """A PNG with one row per example: input, ground truth, ANN and SNN label maps."""
     import matplotlib
 
@@ -528,8 +611,9 @@ def save_figure(path: Path, images: np.ndarray, truth: np.ndarray, ann: np.ndarr
     fig, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + 0.4), squeeze=False)
     classes = max(int(truth.max()), 2)
     for r in range(rows):
-        for c, (img, name) in enumerate(((images[r], "input"), (truth[r], "ground truth"), (ann[r], "ANN"),
-                                         (snn[r], snn_label))):
+        for c, (img, name) in enumerate(
+            ((images[r], "input"), (truth[r], "ground truth"), (ann[r], "ANN"), (snn[r], snn_label))
+        ):
             ax = axes[r, c]
             if c == 0:
                 ax.imshow(img, cmap="gray")

@@ -9,6 +9,7 @@ s̄ the SNN rate after T steps:
 * firing rate     spikes per neuron per step
 * cosine          cos(a, s̄) per sample, averaged
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,12 +39,14 @@ def layer_errors(model, x, timesteps: int, *, reference: Graph | None = None) ->
         theta = channel_view(neuron.params["theta"], a)
         clipped = torch.minimum(a, theta)
         cos = torch.nn.functional.cosine_similarity(a.flatten(1), s.flatten(1), dim=1, eps=1e-12)
-        rows.append({
-            "layer": neuron.name,
-            "theta": float(neuron.params["theta"].mean()),
-            "clipping_error": float(((a - clipped) ** 2).mean()),
-            "flooring_error": float(((clipped - s) ** 2).mean()),
-            "firing_rate": float((s / theta).mean()),
-            "cosine": float(cos.mean()),
-        })
+        rows.append(
+            {
+                "layer": neuron.name,
+                "theta": float(neuron.params["theta"].mean()),
+                "clipping_error": float(((a - clipped) ** 2).mean()),
+                "flooring_error": float(((clipped - s) ** 2).mean()),
+                "firing_rate": float((s / theta).mean()),
+                "cosine": float(cos.mean()),
+            }
+        )
     return rows

@@ -1,4 +1,5 @@
 """Accuracy and related measurements shared by the CLI, the API and the benchmarks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ def correct(logits, labels) -> int:
         raise SnncError("'y': labels must be integer class indices, got fractional values")
     classes = int(np.prod(np.shape(logits)[1:])) if np.ndim(logits) > 1 else 0
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise SnncError(f"'y': labels must be class indices 0..{classes - 1} of the model's {classes} outputs, "
-                        f"got values from {labels.min()} to {labels.max()}")
+        raise SnncError(
+            f"'y': labels must be class indices 0..{classes - 1} of the model's {classes} outputs, "
+            f"got values from {labels.min()} to {labels.max()}"
+        )
     return int((top1(logits) == labels).sum())
 
 
@@ -50,8 +53,18 @@ ENERGY_MODEL = f"float32: MAC 4.6 pJ, AC 0.9 pJ ({ENERGY_SOURCE})"
 
 _SYNAPTIC_OPS = ("conv", "conv_transpose", "linear", "matmul")
 # ops whose output entries are copies of input entries (or zeros): spikes in, spikes out
-_SPIKE_PRESERVING = ("reshape", "flatten", "transpose", "identity", "concat", "split", "slice", "gather",
-                     "maxpool", "pad")
+_SPIKE_PRESERVING = (
+    "reshape",
+    "flatten",
+    "transpose",
+    "identity",
+    "concat",
+    "split",
+    "slice",
+    "gather",
+    "maxpool",
+    "pad",
+)
 
 
 def _weight_key(node) -> str | None:
@@ -74,8 +87,7 @@ def _copies_entries(node) -> bool:
 def input_kinds(graph, encoding: str = "direct") -> dict[str, str]:
     """For every value of a neuronized graph: ``static`` (constant over time: computed once),
     ``spikes`` (0 or θ each step) or ``analog`` (real-valued each step)."""
-    kinds = {graph.inputs[0].name: "static" if encoding == "direct" else
-             ("spikes" if encoding == "rate" else "analog")}
+    kinds = {graph.inputs[0].name: "static" if encoding == "direct" else ("spikes" if encoding == "rate" else "analog")}
     for node in graph.nodes:
         ins = [kinds.get(i, "static") for i in node.inputs]  # constants are static
         if node.op == "neuron":
@@ -121,8 +133,9 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
     runner = model.runner(**overrides)
     totals: dict[str, torch.Tensor] = {}
     for start in range(0, len(xt), batch_size):
-        rates = runner.event_rates(xt[start:start + batch_size], timesteps, names,
-                                   chunk=int(overrides.get("chunk", model.options["chunk"])))
+        rates = runner.event_rates(
+            xt[start : start + batch_size], timesteps, names, chunk=int(overrides.get("chunk", model.options["chunk"]))
+        )
         for name, r in rates.items():
             part = r.sum(0, keepdim=True).cpu()
             totals[name] = totals[name] + part if name in totals else part
@@ -149,33 +162,69 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
             ops = per_step if kind == "static" else per_step * timesteps
             counts["ac" if kind == "spikes" else "mac"] += ops
             ann_macs += macs
-            rows.append({"node": node.name, "op": node.op, "input": kind, "event_rate": float(rate.mean()),
-                         "weight_density": float((w != 0).float().mean()), "dense_macs": macs,
-                         "ops_per_step": per_step, "ops": ops})
+            rows.append(
+                {
+                    "node": node.name,
+                    "op": node.op,
+                    "input": kind,
+                    "event_rate": float(rate.mean()),
+                    "weight_density": float((w != 0).float().mean()),
+                    "dense_macs": macs,
+                    "ops_per_step": per_step,
+                    "ops": ops,
+                }
+            )
+
     def energy(pj):
         snn, ann = counts["mac"] * pj["mac"] + counts["ac"] * pj["ac"], ann_macs * pj["mac"]
         return {"ann": ann, "snn": snn, "snn_over_ann": snn / ann if ann else float(np.nan)}
 
-    return {"timesteps": int(timesteps), "samples": int(n), "layers": rows,
-            "ann_macs": ann_macs, "snn_macs": counts["mac"], "snn_acs": counts["ac"],
-            "energy_pj": energy(ENERGY_PJ), "energy_model": ENERGY_MODEL,
-            "energy_presets_pj": {name: energy(pj) for name, pj in ENERGY_PRESETS.items()}}
+    return {
+        "timesteps": int(timesteps),
+        "samples": int(n),
+        "layers": rows,
+        "ann_macs": ann_macs,
+        "snn_macs": counts["mac"],
+        "snn_acs": counts["ac"],
+        "energy_pj": energy(ENERGY_PJ),
+        "energy_model": ENERGY_MODEL,
+        "energy_presets_pj": {name: energy(pj) for name, pj in ENERGY_PRESETS.items()},
+    }
 
 
 def format_synaptic_operations(sops: dict) -> str:
     """The report of :func:`synaptic_operations` as text: a table per layer and the totals."""
     from .summary import format_table
 
-    rows = [dict(r, ratio=f"{r['ops_per_step'] / r['dense_macs']:.4f}" if r["dense_macs"] else "-",
-                 weight_density=f"{r['weight_density']:.3f}", event_rate=f"{r['event_rate']:.3f}",
-                 ops_per_step=f"{r['ops_per_step']:,.0f}", dense_macs=f"{r['dense_macs']:,.0f}")
-            for r in sops["layers"]]
+    rows = [
+        dict(
+            r,
+            ratio=f"{r['ops_per_step'] / r['dense_macs']:.4f}" if r["dense_macs"] else "-",
+            weight_density=f"{r['weight_density']:.3f}",
+            event_rate=f"{r['event_rate']:.3f}",
+            ops_per_step=f"{r['ops_per_step']:,.0f}",
+            dense_macs=f"{r['dense_macs']:,.0f}",
+        )
+        for r in sops["layers"]
+    ]
     ratios = ", ".join(f"{name} {e['snn_over_ann']:.3f}" for name, e in sops["energy_presets_pj"].items())
-    return "\n".join([
-        f"synaptic operations per sample at T={sops['timesteps']} on {sops['samples']} samples "
-        "(ops: nonzero inputs × their nonzero weights; a static input is computed once):",
-        format_table(rows, [("node", "layer"), ("input", "input"), ("weight_density", "weights kept"),
-                            ("event_rate", "input events"), ("ops_per_step", "ops/step"),
-                            ("dense_macs", "ANN MACs"), ("ratio", "ops/step ÷ MACs")]),
-        f"ANN {sops['ann_macs']:,.0f} MACs; SNN over T={sops['timesteps']}: {sops['snn_acs']:,.0f} ACs + "
-        f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {ratios} ({ENERGY_SOURCE})"])
+    return "\n".join(
+        [
+            f"synaptic operations per sample at T={sops['timesteps']} on {sops['samples']} samples "
+            "(ops: nonzero inputs × their nonzero weights; a static input is computed once):",
+            format_table(
+                rows,
+                [
+                    ("node", "layer"),
+                    ("input", "input"),
+                    ("weight_density", "weights kept"),
+                    ("event_rate", "input events"),
+                    ("ops_per_step", "ops/step"),
+                    ("dense_macs", "ANN MACs"),
+                    ("ratio", "ops/step ÷ MACs"),
+                ],
+            ),
+            f"ANN {sops['ann_macs']:,.0f} MACs; SNN over T={sops['timesteps']}: {sops['snn_acs']:,.0f} ACs + "
+            f"{sops['snn_macs']:,.0f} MACs; energy SNN/ANN {ratios} ({ENERGY_SOURCE})",
+        ]
+    )

@@ -7,6 +7,7 @@ CLI prints elsewhere (:meth:`CompiledModel.evaluate`, :func:`.diagnostics.layer_
 only there) and embeds them as base64 PNG ``data:`` URIs, so the page is one file with no
 external reference. :data:`SECTIONS` are its headings, in order.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,16 +23,31 @@ from .diagnostics import layer_errors
 from .metrics import ENERGY_SOURCE
 
 #: The page's section headings, in order (the tests check every one is on the page).
-SECTIONS = ("Accuracy against T", "Firing rate per layer", "Firing-rate histograms", "Spike raster",
-            "Clipping and flooring error per layer", "Energy against T")
+SECTIONS = (
+    "Accuracy against T",
+    "Firing rate per layer",
+    "Firing-rate histograms",
+    "Spike raster",
+    "Clipping and flooring error per layer",
+    "Energy against T",
+)
 
 #: At most this many steps and neurons per layer are drawn in the raster.
 RASTER_STEPS, RASTER_NEURONS = 64, 128
 
 
-def measure(model, x, y, timesteps=None, *, analysis_samples: int = DEFAULT_LAYER_SAMPLES,
-            raster_samples: int = 2, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
-            **overrides) -> dict:
+def measure(
+    model,
+    x,
+    y,
+    timesteps=None,
+    *,
+    analysis_samples: int = DEFAULT_LAYER_SAMPLES,
+    raster_samples: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    **overrides,
+) -> dict:
     """Everything the report shows, as plain numbers (JSON-able apart from numpy arrays).
 
     Accuracy (SNN at every T of ``timesteps``, ANN mode) is measured on all of ``x``; per-neuron
@@ -53,7 +69,7 @@ def measure(model, x, y, timesteps=None, *, analysis_samples: int = DEFAULT_LAYE
     names = [n.outputs[0] for n in neurons]
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(xt), batch_size):
-        for name, r in runner.event_rates(xt[start:start + batch_size], t_max, names, chunk=chunk).items():
+        for name, r in runner.event_rates(xt[start : start + batch_size], t_max, names, chunk=chunk).items():
             part = r.sum(0).cpu()
             sums[name] = sums[name] + part if name in sums else part
     rates = {n.name: (sums[n.outputs[0]] / len(xt)).flatten().numpy() for n in neurons}
@@ -61,18 +77,36 @@ def measure(model, x, y, timesteps=None, *, analysis_samples: int = DEFAULT_LAYE
     energy = []
     for t in ts:
         sops = model.synaptic_operations(sub, t, batch_size=batch_size, **overrides)
-        energy.append({"timesteps": t, "snn_pj": sops["energy_pj"]["snn"], "ann_pj": sops["energy_pj"]["ann"],
-                       "ratios": {k: e["snn_over_ann"] for k, e in sops["energy_presets_pj"].items()},
-                       "snn_acs": sops["snn_acs"], "snn_macs": sops["snn_macs"]})
+        energy.append(
+            {
+                "timesteps": t,
+                "snn_pj": sops["energy_pj"]["snn"],
+                "ann_pj": sops["energy_pj"]["ann"],
+                "ratios": {k: e["snn_over_ann"] for k, e in sops["energy_presets_pj"].items()},
+                "snn_acs": sops["snn_acs"],
+                "snn_macs": sops["snn_macs"],
+            }
+        )
     shown = [neurons[0]] + ([neurons[-1]] if len(neurons) > 1 else [])
     raster_t = min(t_max, RASTER_STEPS)
-    traces = model.runner(**overrides).record(model._input(x[:raster_samples]), raster_t,
-                                              [n.outputs[0] for n in shown], chunk=chunk)
+    traces = model.runner(**overrides).record(
+        model._input(x[:raster_samples]), raster_t, [n.outputs[0] for n in shown], chunk=chunk
+    )
     raster = {n.name: (traces[n.outputs[0]] != 0).flatten(2).numpy() for n in shown}  # [T, B, neurons]
-    return {"samples": acc["samples"], "analysis_samples": len(sub), "raster_samples": int(min(len(x), raster_samples)),
-            "timesteps": ts, "snn_accuracy": acc["snn_accuracy"], "ann_accuracy": acc["ann_accuracy"],
-            "firing_rate": acc["firing_rate"], "neuron_rates": rates, "layers": errors, "energy": energy,
-            "raster": raster, "raster_steps": raster_t}
+    return {
+        "samples": acc["samples"],
+        "analysis_samples": len(sub),
+        "raster_samples": int(min(len(x), raster_samples)),
+        "timesteps": ts,
+        "snn_accuracy": acc["snn_accuracy"],
+        "ann_accuracy": acc["ann_accuracy"],
+        "firing_rate": acc["firing_rate"],
+        "neuron_rates": rates,
+        "layers": errors,
+        "energy": energy,
+        "raster": raster,
+        "raster_steps": raster_t,
+    }
 
 
 def _pyplot():
@@ -122,12 +156,16 @@ def render_html(data: dict, title: str = "snnc report") -> str:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.legend()
     fig.tight_layout()
-    parts.append(f"<h2>{SECTIONS[0]}</h2><p>{data['samples']} samples; ANN mode (neurons as clip(x, 0, θ)) "
-                 f"{100 * data['ann_accuracy']:.2f} %; mean firing rate at T={ts[-1]} "
-                 f"{data['firing_rate']:.4f} spikes/neuron/step.</p>" + _png(fig) +
-                 _table(["T", "SNN accuracy", "ANN mode"],
-                        [[t, f"{100 * data['snn_accuracy'][str(t)]:.2f} %", f"{100 * data['ann_accuracy']:.2f} %"]
-                         for t in ts]))
+    parts.append(
+        f"<h2>{SECTIONS[0]}</h2><p>{data['samples']} samples; ANN mode (neurons as clip(x, 0, θ)) "
+        f"{100 * data['ann_accuracy']:.2f} %; mean firing rate at T={ts[-1]} "
+        f"{data['firing_rate']:.4f} spikes/neuron/step.</p>"
+        + _png(fig)
+        + _table(
+            ["T", "SNN accuracy", "ANN mode"],
+            [[t, f"{100 * data['snn_accuracy'][str(t)]:.2f} %", f"{100 * data['ann_accuracy']:.2f} %"] for t in ts],
+        )
+    )
 
     # firing rate per layer
     rates = data["neuron_rates"]
@@ -137,10 +175,17 @@ def render_html(data: dict, title: str = "snnc report") -> str:
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("spikes / neuron / step")
     fig.tight_layout()
-    parts.append(f"<h2>{SECTIONS[1]}</h2><p>At T={ts[-1]} on {data['analysis_samples']} samples.</p>" + _png(fig) +
-                 _table(["layer", "neurons", "mean rate", "silent neurons", "max rate"],
-                        [[n, r.size, f"{r.mean():.4f}", f"{100 * float((r == 0).mean()):.1f} %", f"{r.max():.3f}"]
-                         for n, r in rates.items()]))
+    parts.append(
+        f"<h2>{SECTIONS[1]}</h2><p>At T={ts[-1]} on {data['analysis_samples']} samples.</p>"
+        + _png(fig)
+        + _table(
+            ["layer", "neurons", "mean rate", "silent neurons", "max rate"],
+            [
+                [n, r.size, f"{r.mean():.4f}", f"{100 * float((r == 0).mean()):.1f} %", f"{r.max():.3f}"]
+                for n, r in rates.items()
+            ],
+        )
+    )
 
     # histograms
     cols = min(3, len(names))
@@ -151,7 +196,7 @@ def render_html(data: dict, title: str = "snnc report") -> str:
         ax.set_title(name, fontsize=8)
         ax.set_xlabel("rate (spikes/step)", fontsize=7)
         ax.set_ylabel("neurons", fontsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     parts.append(f"<h2>{SECTIONS[2]}</h2><p>Per neuron, its rate averaged over the samples.</p>" + _png(fig))
@@ -172,8 +217,10 @@ def render_html(data: dict, title: str = "snnc report") -> str:
             ax.set_xlabel("step", fontsize=7)
             ax.set_ylabel("neuron (active ones)", fontsize=7)
     fig.tight_layout()
-    parts.append(f"<h2>{SECTIONS[3]}</h2><p>The first {data['raster_steps']} steps of {samples} sample(s), at most "
-                 f"{RASTER_NEURONS} of the neurons that fire, first and last neuron layer.</p>" + _png(fig))
+    parts.append(
+        f"<h2>{SECTIONS[3]}</h2><p>The first {data['raster_steps']} steps of {samples} sample(s), at most "
+        f"{RASTER_NEURONS} of the neurons that fire, first and last neuron layer.</p>" + _png(fig)
+    )
 
     # clipping / flooring
     layers = data["layers"]
@@ -185,11 +232,25 @@ def render_html(data: dict, title: str = "snnc report") -> str:
     ax.set_ylabel("mean squared error")
     ax.legend()
     fig.tight_layout()
-    parts.append(f"<h2>{SECTIONS[4]}</h2><p>At T={ts[-1]} on {data['analysis_samples']} samples: clipping "
-                 "E[(a − min(a, θ))²], flooring E[(min(a, θ) − s̄)²] (every other mismatch included).</p>" + _png(fig) +
-                 _table(["layer", "θ (mean)", "clipping", "flooring", "firing rate", "cosine(a, s̄)"],
-                        [[r["layer"], f"{r['theta']:.4g}", f"{r['clipping_error']:.4g}", f"{r['flooring_error']:.4g}",
-                          f"{r['firing_rate']:.4f}", f"{r['cosine']:.4f}"] for r in layers]))
+    parts.append(
+        f"<h2>{SECTIONS[4]}</h2><p>At T={ts[-1]} on {data['analysis_samples']} samples: clipping "
+        "E[(a − min(a, θ))²], flooring E[(min(a, θ) − s̄)²] (every other mismatch included).</p>"
+        + _png(fig)
+        + _table(
+            ["layer", "θ (mean)", "clipping", "flooring", "firing rate", "cosine(a, s̄)"],
+            [
+                [
+                    r["layer"],
+                    f"{r['theta']:.4g}",
+                    f"{r['clipping_error']:.4g}",
+                    f"{r['flooring_error']:.4g}",
+                    f"{r['firing_rate']:.4f}",
+                    f"{r['cosine']:.4f}",
+                ]
+                for r in layers
+            ],
+        )
+    )
 
     # energy
     energy = data["energy"]
@@ -202,18 +263,38 @@ def render_html(data: dict, title: str = "snnc report") -> str:
     ax.legend()
     fig.tight_layout()
     presets = list(energy[0]["ratios"])
-    parts.append(f"<h2>{SECTIONS[5]}</h2><p>Synaptic operations on {data['analysis_samples']} samples priced per "
-                 f"operation ({html.escape(ENERGY_SOURCE)}).</p>" + _png(fig) +
-                 _table(["T", "SNN ACs", "SNN MACs", "SNN µJ", "ANN µJ"] + [f"SNN/ANN {p}" for p in presets],
-                        [[e["timesteps"], f"{e['snn_acs']:,.0f}", f"{e['snn_macs']:,.0f}", f"{e['snn_pj'] / 1e6:.4g}",
-                          f"{e['ann_pj'] / 1e6:.4g}"] + [f"{e['ratios'][p]:.3f}" for p in presets] for e in energy]))
+    parts.append(
+        f"<h2>{SECTIONS[5]}</h2><p>Synaptic operations on {data['analysis_samples']} samples priced per "
+        f"operation ({html.escape(ENERGY_SOURCE)}).</p>"
+        + _png(fig)
+        + _table(
+            ["T", "SNN ACs", "SNN MACs", "SNN µJ", "ANN µJ"] + [f"SNN/ANN {p}" for p in presets],
+            [
+                [
+                    e["timesteps"],
+                    f"{e['snn_acs']:,.0f}",
+                    f"{e['snn_macs']:,.0f}",
+                    f"{e['snn_pj'] / 1e6:.4g}",
+                    f"{e['ann_pj'] / 1e6:.4g}",
+                ]
+                + [f"{e['ratios'][p]:.3f}" for p in presets]
+                for e in energy
+            ],
+        )
+    )
 
-    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
-             "text-align:right}img{max-width:100%}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(title) +
-            f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n" +
-            "\n".join(parts) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "text-align:right}img{max-width:100%}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
+        + html.escape(title)
+        + f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def build_report(model, x, y, timesteps=None, *, title: str = "snnc report", **options) -> str:

@@ -1,12 +1,13 @@
 """``snnc inspect``: a per-node table of a model and how each node will convert."""
+
 from __future__ import annotations
 
 import math
 from collections import Counter
 
 from ..ir import Graph
-from ..runtime.executor import infer_shapes
 from ..ir.ops import OPS, conversion_kind
+from ..runtime.executor import infer_shapes
 
 
 def node_rows(graph: Graph) -> list[dict]:
@@ -22,19 +23,31 @@ def node_rows(graph: Graph) -> list[dict]:
         macs = 0
         if spec.macs is not None and all(s is not None for s in out_shapes + in_shapes):
             macs = int(spec.macs(node, in_shapes, out_shapes))
-        rows.append({
-            "name": node.name,
-            "op": node.source_op,
-            "core_op": node.op,
-            "output_shape": list(out_shapes[0]) if out_shapes and out_shapes[0] is not None else None,
-            "params": node.param_count(),
-            "macs": macs,
-            "conversion": _kind_label(spec.conversion_kind(node)),
-            "detail": _detail(node),
-        })
+        rows.append(
+            {
+                "name": node.name,
+                "op": node.source_op,
+                "core_op": node.op,
+                "output_shape": list(out_shapes[0]) if out_shapes and out_shapes[0] is not None else None,
+                "params": node.param_count(),
+                "macs": macs,
+                "conversion": _kind_label(spec.conversion_kind(node)),
+                "detail": _detail(node),
+            }
+        )
     for name, op_type, why in graph.removed:
-        rows.append({"name": name, "op": op_type, "core_op": "-", "output_shape": None, "params": 0, "macs": 0,
-                     "conversion": "folded", "detail": why})
+        rows.append(
+            {
+                "name": name,
+                "op": op_type,
+                "core_op": "-",
+                "output_shape": None,
+                "params": 0,
+                "macs": 0,
+                "conversion": "folded",
+                "detail": why,
+            }
+        )
     return rows
 
 
@@ -46,7 +59,11 @@ def _detail(node) -> str:
     if node.op == "neuron":
         th = node.params.get("theta")
         if th is not None:
-            return f"θ={float(th.reshape(-1)[0]):.4g}" if th.numel() == 1 else f"θ per channel ({th.numel()}), mean {float(th.mean()):.4g}"
+            return (
+                f"θ={float(th.reshape(-1)[0]):.4g}"
+                if th.numel() == 1
+                else f"θ per channel ({th.numel()}), mean {float(th.mean()):.4g}"
+            )
     if node.op == "unsupported":
         return f"no converter for {node.attrs.get('op_type')}"
     return ""
@@ -57,10 +74,14 @@ def summary(graph: Graph, rows: list[dict]) -> dict:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["conversion"]] = counts.get(r["conversion"], 0) + 1
-    return {"nodes": len(graph.nodes), "parameters": graph.param_count(),
-            "macs_per_sample": int(sum(r["macs"] for r in rows)), "conversion_counts": counts,
-            "inputs": {v.name: list(v.shape) if v.shape else None for v in graph.inputs},
-            "outputs": {v.name: list(graph.shape(v.name)) if graph.shape(v.name) else None for v in graph.outputs}}
+    return {
+        "nodes": len(graph.nodes),
+        "parameters": graph.param_count(),
+        "macs_per_sample": int(sum(r["macs"] for r in rows)),
+        "conversion_counts": counts,
+        "inputs": {v.name: list(v.shape) if v.shape else None for v in graph.inputs},
+        "outputs": {v.name: list(graph.shape(v.name)) if graph.shape(v.name) else None for v in graph.outputs},
+    }
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -95,8 +116,27 @@ def human(n: float) -> str:
 
 
 #: Ops that move, pool or pick values without computing new ones: spikes in, spikes out.
-_ROUTING = {"reshape", "flatten", "transpose", "slice", "gather", "split", "concat", "pad", "maxpool", "avgpool",
-            "identity", "expand", "resize", "add", "sub", "scale", "mul", "div", "neg"}
+_ROUTING = {
+    "reshape",
+    "flatten",
+    "transpose",
+    "slice",
+    "gather",
+    "split",
+    "concat",
+    "pad",
+    "maxpool",
+    "avgpool",
+    "identity",
+    "expand",
+    "resize",
+    "add",
+    "sub",
+    "scale",
+    "mul",
+    "div",
+    "neg",
+}
 #: Layers whose multiply-accumulates are counted.
 _MAC_LAYERS = {"conv", "conv_transpose", "linear", "matmul"}
 #: Below this share of spike-driven MACs (after the input layers) a network counts as analog-heavy.
@@ -144,18 +184,26 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
         else:
             out = "dense"
         if node.op in _MAC_LAYERS:
-            source = "dense" if conversion == "analog" else (
-                "input" if seen <= {"input"} else "spikes" if seen == {"spikes"} else "dense")
+            source = (
+                "dense"
+                if conversion == "analog"
+                else ("input" if seen <= {"input"} else "spikes" if seen == {"spikes"} else "dense")
+            )
             totals[source] += macs.get(node.name, 0)
             out = "input" if source == "input" else "dense"
         for o in node.outputs:
             kind[o] = out
     after_input = totals["spikes"] + totals["dense"]
-    return {"neurons": neurons, "analog_islands": sum(islands.values()),
-            "islands_by_activation": dict(islands.most_common()),
-            "macs": sum(totals.values()), "encoding_macs": totals["input"], "spiking_macs": totals["spikes"],
-            "analog_macs": totals["dense"],
-            "spiking_share": (totals["spikes"] / after_input) if after_input else None}
+    return {
+        "neurons": neurons,
+        "analog_islands": sum(islands.values()),
+        "islands_by_activation": dict(islands.most_common()),
+        "macs": sum(totals.values()),
+        "encoding_macs": totals["input"],
+        "spiking_macs": totals["spikes"],
+        "analog_macs": totals["dense"],
+        "spiking_share": (totals["spikes"] / after_input) if after_input else None,
+    }
 
 
 def share_line(share: dict) -> str:
@@ -163,8 +211,10 @@ def share_line(share: dict) -> str:
     text = f"{share['neurons']} neuron layers, {share['analog_islands']} analog islands"
     if share["spiking_share"] is None:
         return text + "; no MACs after the input layer"
-    return (text + f"; {100 * share['spiking_share']:.1f}% of the MACs after the input layer read spikes "
-            f"({human(share['spiking_macs'])} of {human(share['spiking_macs'] + share['analog_macs'])} per sample)")
+    return (
+        text + f"; {100 * share['spiking_share']:.1f}% of the MACs after the input layer read spikes "
+        f"({human(share['spiking_macs'])} of {human(share['spiking_macs'] + share['analog_macs'])} per sample)"
+    )
 
 
 def analog_heavy_warning(share: dict, graph: Graph, label: str) -> str | None:
@@ -179,10 +229,16 @@ def analog_heavy_warning(share: dict, graph: Graph, label: str) -> str | None:
     from ..passes.substitute import substitutable
 
     what = ", ".join(f"{op} ×{k}" for op, k in share["islands_by_activation"].items()) or "no activation at all"
-    head = (f"{label}: 0 neurons, nothing spikes" if not share["neurons"] else
-            f"{label}: analog-heavy, only {100 * share['spiking_share']:.0f}% of the MACs after the input layer "
-            f"read spikes")
+    head = (
+        f"{label}: 0 neurons, nothing spikes"
+        if not share["neurons"]
+        else f"{label}: analog-heavy, only {100 * share['spiking_share']:.0f}% of the MACs after the input layer "
+        f"read spikes"
+    )
     swap = substitutable(graph)
-    hint = (f"try --substitute relu ({', '.join(swap)} become spiking ReLUs; then snnc finetune)" if swap else
-            "replace these activations by ReLU in the model and retrain")
+    hint = (
+        f"try --substitute relu ({', '.join(swap)} become spiking ReLUs; then snnc finetune)"
+        if swap
+        else "replace these activations by ReLU in the model and retrain"
+    )
     return f"{head}: {share['analog_islands']} analog islands ({what}); {hint}"

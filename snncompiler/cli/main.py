@@ -2,6 +2,7 @@
 
 Every user error is one line on stderr and exit status 2; ``--debug`` shows the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import time
 import traceback
 import warnings
 
-from .. import options as defaults
 from .. import distributed
+from .. import options as defaults
 from .._version import __version__
 from ..errors import OptionError, SnncError
 from ..fileio import atomic_write, resolve_output
@@ -32,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_at_least(low: int):
     """argparse type: an integer ≥ ``low``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -72,73 +74,132 @@ def _nonnegative_float(text: str) -> float:
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # a subcommand's --debug must not reset `snnc --debug COMMAND` to False: only the top level
     # has a default, so the flag works before or after the command
-    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                   help="show tracebacks and debug logging")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show tracebacks and debug logging",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = _Parser(prog="snnc", description="snncompiler: compile trained ANNs (ONNX) into spiking neural networks.")
     _add_common(parser, top=True)
-    parser.add_argument("--version", action="version", version=f"snnc {__version__}",
-                        help="print the version and exit")
+    parser.add_argument("--version", action="version", version=f"snnc {__version__}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("compile", help="convert a trained ANN (ONNX) into a spiking model")
     p.add_argument("model", metavar="MODEL.onnx", help="the trained ANN (ONNX)")
-    p.add_argument("--calib", required=True, metavar="CALIB.npz",
-                   help="calibration inputs 'x' (labels 'y' only with --finetune)")
+    p.add_argument(
+        "--calib", required=True, metavar="CALIB.npz", help="calibration inputs 'x' (labels 'y' only with --finetune)"
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the spiking artifact")
     # every default is None: the library fills it in (snncompiler/options.py), the help reads it from there
     d = argparse.Namespace(**defaults.DEFAULTS)
-    p.add_argument("--timesteps", type=_positive_int, default=None,
-                   help=f"the T the model is compiled for (default {d.timesteps})")
-    p.add_argument("--threshold", default=None,
-                   help=f"max | pNN.N (percentile, e.g. p99.9) | mse (default: {defaults.DEFAULT_THRESHOLD}; "
-                        f"{defaults.HARD_RESET_THRESHOLD} with --reset hard; {defaults.ADVANCED_THRESHOLD} with "
-                        "--calibration advanced)")
+    p.add_argument(
+        "--timesteps", type=_positive_int, default=None, help=f"the T the model is compiled for (default {d.timesteps})"
+    )
+    p.add_argument(
+        "--threshold",
+        default=None,
+        help=f"max | pNN.N (percentile, e.g. p99.9) | mse (default: {defaults.DEFAULT_THRESHOLD}; "
+        f"{defaults.HARD_RESET_THRESHOLD} with --reset hard; {defaults.ADVANCED_THRESHOLD} with "
+        "--calibration advanced)",
+    )
     p.add_argument("--channelwise", action="store_true", default=None, help="one threshold per output channel")
-    p.add_argument("--neuron", choices=list(defaults.NEURONS), default=None,
-                   help=f"neuron model: integrate-and-fire or leaky (default {d.neuron})")
-    p.add_argument("--tau", type=float, default=None,
-                   help=f"LIF time constant (decay = 1 - 1/tau; default {defaults.DEFAULT_LIF_TAU:g}); needs --neuron lif")
-    p.add_argument("--reset", choices=list(defaults.RESETS), default=None,
-                   help=f"after a spike: subtract θ (soft) or set the membrane to 0 (hard) (default {d.reset})")
-    p.add_argument("--v0", choices=list(defaults.V0S), default=None,
-                   help=f"initial membrane: θ/2 (half) or 0 (zero) (default {d.v0})")
-    p.add_argument("--maxpool", choices=list(defaults.MAXPOOL_STRATEGIES), default=None,
-                   help=f"spiking max pooling strategy (default {d.maxpool}; see README)")
-    p.add_argument("--encoding", choices=["direct", "rate"], default=None,
-                   help=f"input coding: the analog input at every step (direct) or Bernoulli spikes (rate) "
-                        f"(default {d.encoding})")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="refuse analog islands, and a network with no neuron (an error, exit 2, instead of a warning)")
-    p.add_argument("--substitute", choices=list(defaults.SUBSTITUTES), default=None,
-                   help="replace HardSwish, GELU and SiLU/Swish by clipped ReLU neurons so they spike (changes the "
-                        "function: recover accuracy with snnc finetune)")
-    p.add_argument("--calib-samples", type=_positive_int, default=None,
-                   help=f"at most this many calibration samples (default {d.calib_samples})")
-    p.add_argument("--calibration", choices=list(defaults.CALIBRATIONS), default=None,
-                   help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
-                        "potential; kept only if it beats no calibration on held-out calibration samples "
-                        f"(default {d.calibration})")
-    p.add_argument("--iterations", type=_nonnegative_int, default=None,
-                   help=f"weight-calibration Adam steps per layer (default {d.iterations})")
+    p.add_argument(
+        "--neuron",
+        choices=list(defaults.NEURONS),
+        default=None,
+        help=f"neuron model: integrate-and-fire or leaky (default {d.neuron})",
+    )
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help=f"LIF time constant (decay = 1 - 1/tau; default {defaults.DEFAULT_LIF_TAU:g}); needs --neuron lif",
+    )
+    p.add_argument(
+        "--reset",
+        choices=list(defaults.RESETS),
+        default=None,
+        help=f"after a spike: subtract θ (soft) or set the membrane to 0 (hard) (default {d.reset})",
+    )
+    p.add_argument(
+        "--v0",
+        choices=list(defaults.V0S),
+        default=None,
+        help=f"initial membrane: θ/2 (half) or 0 (zero) (default {d.v0})",
+    )
+    p.add_argument(
+        "--maxpool",
+        choices=list(defaults.MAXPOOL_STRATEGIES),
+        default=None,
+        help=f"spiking max pooling strategy (default {d.maxpool}; see README)",
+    )
+    p.add_argument(
+        "--encoding",
+        choices=["direct", "rate"],
+        default=None,
+        help=f"input coding: the analog input at every step (direct) or Bernoulli spikes (rate) (default {d.encoding})",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="refuse analog islands, and a network with no neuron (an error, exit 2, instead of a warning)",
+    )
+    p.add_argument(
+        "--substitute",
+        choices=list(defaults.SUBSTITUTES),
+        default=None,
+        help="replace HardSwish, GELU and SiLU/Swish by clipped ReLU neurons so they spike (changes the "
+        "function: recover accuracy with snnc finetune)",
+    )
+    p.add_argument(
+        "--calib-samples",
+        type=_positive_int,
+        default=None,
+        help=f"at most this many calibration samples (default {d.calib_samples})",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=list(defaults.CALIBRATIONS),
+        default=None,
+        help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
+        "potential; kept only if it beats no calibration on held-out calibration samples "
+        f"(default {d.calibration})",
+    )
+    p.add_argument(
+        "--iterations",
+        type=_nonnegative_int,
+        default=None,
+        help=f"weight-calibration Adam steps per layer (default {d.iterations})",
+    )
     p.add_argument("--seed", type=int, default=None, help=f"makes calibration deterministic (default {d.seed})")
-    p.add_argument("--finetune", type=_positive_int, default=None, metavar="EPOCHS",
-                   help="then fine-tune at --timesteps for EPOCHS epochs on the labelled --calib data: conversion, "
-                        "calibration and fine-tuning each kept only if they raise accuracy on a held-out 20 %% "
-                        "(default: no fine-tuning)")
+    p.add_argument(
+        "--finetune",
+        type=_positive_int,
+        default=None,
+        metavar="EPOCHS",
+        help="then fine-tune at --timesteps for EPOCHS epochs on the labelled --calib data: conversion, "
+        "calibration and fine-tuning each kept only if they raise accuracy on a held-out 20 %% "
+        "(default: no fine-tuning)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("inspect", help="per-node table: shapes, parameters, MACs, how each node converts")
     p.add_argument("model", metavar="FILE", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--json", action="store_true", help="print the table and totals as JSON")
-    p.add_argument("--strict", action="store_true",
-                   help="exit 2 when the network would barely spike (no neuron, or under half its MACs after the "
-                        "input layer driven by spikes)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 when the network would barely spike (no neuron, or under half its MACs after the "
+        "input layer driven by spikes)",
+    )
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
@@ -147,13 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--input", required=True, metavar="X.npz", help="input array under the key 'x'")
     p.add_argument("-o", "--output", required=True, metavar="Y.npz", help="where to write the output (key 'y')")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE,
-                   help="samples run at once (default %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.DEFAULT_BATCH_SIZE,
+        help="samples run at once (default %(default)s)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--timesteps", type=_positive_int, default=None, help="spiking models: steps to simulate (default: compile T; "
-                   "a sequence model: the input's length)")
-    p.add_argument("--backend", default="auto",
-                   help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda; default %(default)s)")
+    p.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=None,
+        help="spiking models: steps to simulate (default: compile T; a sequence model: the input's length)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="spiking models: neuron kernel (auto, cpu, reference, triton, cuda; default %(default)s)",
+    )
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     _add_exec_option(p)
     _add_dt_option(p)
@@ -164,56 +236,126 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1 accuracy of a model on labelled .npz data")
     p.add_argument("model", metavar="MODEL", help="an .onnx model, a compiled .snn.onnx artifact or a .nir file")
     p.add_argument("--data", required=True, metavar="TEST.npz", help="inputs 'x' and int64 labels 'y'")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (the same keys for an ANN and a spiking model; see README)")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE,
-                   help="samples run at once (default %(default)s)")
-    p.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
-                   help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (spiking models and the torch engine; default %(default)s)")
-    p.add_argument("--timesteps", default=None,
-                   help="spiking models: comma-separated T values, all from one max(T) run "
-                        "(default 1,2,4,...,256; a sequence model: powers of two up to the input's length)")
-    p.add_argument("--chunk", type=_positive_int, default=None, help="steps simulated at once (default 8; memory does not grow with T)")
-    p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (the same keys for an ANN and a spiking model; see README)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.DEFAULT_BATCH_SIZE,
+        help="samples run at once (default %(default)s)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["onnxruntime", "torch"],
+        default="onnxruntime",
+        help="for plain ONNX models: onnxruntime (default, the reference) or snnc's torch runtime",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="cpu or cuda (spiking models and the torch engine; default %(default)s)"
+    )
+    p.add_argument(
+        "--timesteps",
+        default=None,
+        help="spiking models: comma-separated T values, all from one max(T) run "
+        "(default 1,2,4,...,256; a sequence model: powers of two up to the input's length)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=_positive_int,
+        default=None,
+        help="steps simulated at once (default 8; memory does not grow with T)",
+    )
+    p.add_argument(
+        "--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)"
+    )
     _add_exec_option(p)
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
-    p.add_argument("--layers", action="store_true",
-                   help="spiking models: per-layer clipping and flooring error, firing rate and cosine "
-                        "similarity between ANN activation and SNN rate (at the largest --timesteps)")
-    p.add_argument("--reference", metavar="ANN.onnx",
-                   help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)")
-    p.add_argument("--layer-samples", type=_positive_int, default=defaults.DEFAULT_LAYER_SAMPLES, help="with --layers: samples used for the per-layer errors (default %(default)s)")
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="spiking models: per-layer clipping and flooring error, firing rate and cosine "
+        "similarity between ANN activation and SNN rate (at the largest --timesteps)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="ANN.onnx",
+        help="with --layers: the ANN the model was compiled from (default: the artifact's neurons as ReLUs)",
+    )
+    p.add_argument(
+        "--layer-samples",
+        type=_positive_int,
+        default=defaults.DEFAULT_LAYER_SAMPLES,
+        help="with --layers: samples used for the per-layer errors (default %(default)s)",
+    )
     _add_dt_option(p)
     _add_event_options(p)
-    p.add_argument("--sops", action="store_true",
-                   help="spiking models: synaptic operations per layer and an energy estimate against the "
-                        "ANN's MACs (at the largest --timesteps, on all --data samples)")
+    p.add_argument(
+        "--sops",
+        action="store_true",
+        help="spiking models: synaptic operations per layer and an energy estimate against the "
+        "ANN's MACs (at the largest --timesteps, on all --data samples)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("finetune", help="train a compiled spiking model at a few timesteps (surrogate gradients, TET loss)")
+    p = sub.add_parser(
+        "finetune", help="train a compiled spiking model at a few timesteps (surrogate gradients, TET loss)"
+    )
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact (or a NIR file)")
     p.add_argument("--data", required=True, metavar="TRAIN.npz", help="labelled training data 'x', 'y'")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the fine-tuned artifact")
-    p.add_argument("--val", metavar="VAL.npz", help="held-out data the result is judged on "
-                   "(default: a random 20%% of --data, not trained on)")
-    p.add_argument("--timesteps", type=_positive_int, default=None,
-                   help=f"T to train and judge at (default {defaults.FINETUNE_TIMESTEPS})")
-    p.add_argument("--epochs", type=_positive_int, default=None,
-                   help=f"passes over the training data (default {defaults.FINETUNE_EPOCHS})")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help=f"Adam learning rate, cosine schedule (default {defaults.FINETUNE_LR:g})")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help=f"samples per training step (default {defaults.TRAIN_BATCH_SIZE})")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the fine-tuned artifact"
+    )
+    p.add_argument(
+        "--val",
+        metavar="VAL.npz",
+        help="held-out data the result is judged on (default: a random 20%% of --data, not trained on)",
+    )
+    p.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=None,
+        help=f"T to train and judge at (default {defaults.FINETUNE_TIMESTEPS})",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help=f"passes over the training data (default {defaults.FINETUNE_EPOCHS})",
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"Adam learning rate, cosine schedule (default {defaults.FINETUNE_LR:g})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"samples per training step (default {defaults.TRAIN_BATCH_SIZE})",
+    )
     p.add_argument("--no-learn-theta", action="store_true", help="keep the thresholds; train weights and biases only")
-    p.add_argument("--keep-always", action="store_true",
-                   help="write the fine-tuned model even when it is not more accurate on the held-out data")
-    p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
-                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
-                        "(default %(default)g)")
+    p.add_argument(
+        "--keep-always",
+        action="store_true",
+        help="write the fine-tuned model even when it is not more accurate on the held-out data",
+    )
+    p.add_argument(
+        "--rate-penalty",
+        type=_nonnegative_float,
+        default=0.0,
+        metavar="λ",
+        help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
+        "(default %(default)g)",
+    )
     p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r) (default %(default)s)")
+    p.add_argument(
+        "--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r) (default %(default)s)"
+    )
     _add_dt_option(p)
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
@@ -223,42 +365,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="TRAIN.npz", help="labelled training data 'x', 'y'")
     p.add_argument("-o", "--output", required=True, metavar="OUT.snn.onnx", help="where to write the trained artifact")
     p.add_argument("--val", metavar="VAL.npz", help="labelled data scored after every epoch (not trained on)")
-    p.add_argument("--timesteps", default="4",
-                   help="T to train at, or a schedule such as 1,4: train at the first T, continue at the next "
-                        "(temporal inheritance); the artifact runs at the last (default 4)")
-    p.add_argument("--epochs", default="15",
-                   help="total epochs, shared evenly by the --timesteps stages (earlier stages take the "
-                        "remainder), or one count per stage such as 10,5 (default 15)")
-    p.add_argument("--init", choices=["ann", "random"], default="random",
-                   help="random: Kaiming weights from --seed, trained with BatchNorm folded in afterwards; "
-                        "ann: the ONNX weights and their conversion thresholds (default random)")
-    p.add_argument("--loss", choices=["tet", "sdt"], default="tet",
-                   help="tet: cross-entropy at every step (+ λ·MSE); sdt: cross-entropy of the time-mean (default %(default)s)")
+    p.add_argument(
+        "--timesteps",
+        default="4",
+        help="T to train at, or a schedule such as 1,4: train at the first T, continue at the next "
+        "(temporal inheritance); the artifact runs at the last (default 4)",
+    )
+    p.add_argument(
+        "--epochs",
+        default="15",
+        help="total epochs, shared evenly by the --timesteps stages (earlier stages take the "
+        "remainder), or one count per stage such as 10,5 (default 15)",
+    )
+    p.add_argument(
+        "--init",
+        choices=["ann", "random"],
+        default="random",
+        help="random: Kaiming weights from --seed, trained with BatchNorm folded in afterwards; "
+        "ann: the ONNX weights and their conversion thresholds (default random)",
+    )
+    p.add_argument(
+        "--loss",
+        choices=["tet", "sdt"],
+        default="tet",
+        help="tet: cross-entropy at every step (+ λ·MSE); sdt: cross-entropy of the time-mean (default %(default)s)",
+    )
     p.add_argument("--lam", type=float, default=1e-3, help="TET's λ, in [0, 1] (default 1e-3)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="Adam learning rate, cosine schedule per stage (default 1e-2 with --init random, 1e-3 with ann)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per training step (default %(default)s)")
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="Adam learning rate, cosine schedule per stage (default 1e-2 with --init random, 1e-3 with ann)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="samples per training step (default %(default)s)"
+    )
     p.add_argument("--neuron", choices=["if", "lif"], default="if", help="neuron model (default %(default)s)")
-    p.add_argument("--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau; default 2); "
-                   "needs --neuron lif")
+    p.add_argument(
+        "--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau; default 2); needs --neuron lif"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--rate-penalty", type=_nonnegative_float, default=0.0, metavar="λ",
-                   help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
-                        "(default %(default)g)")
+    p.add_argument(
+        "--rate-penalty",
+        type=_nonnegative_float,
+        default=0.0,
+        metavar="λ",
+        help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
+        "(default %(default)g)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weights (--init random), data order (default %(default)s)")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a compiled spiking model in another format (NIR, standard ONNX)")
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.nir|OUT.onnx", help="where to write the exported model")
-    p.add_argument("--format", choices=["nir", "onnx"], default="nir",
-                   help="nir (default): the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly "
-                        "and neuromorphic toolchains; onnx: the SNN at a fixed T in standard ONNX operators "
-                        "(neurons as a Scan over the steps, output the mean over T as `snnc run` gives it), "
-                        "which onnxruntime runs")
-    p.add_argument("--timesteps", type=_positive_int, default=None,
-                   help="--format onnx: the number of steps the exported graph simulates (default: the compile T)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT.nir|OUT.onnx", help="where to write the exported model"
+    )
+    p.add_argument(
+        "--format",
+        choices=["nir", "onnx"],
+        default="nir",
+        help="nir (default): the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly "
+        "and neuromorphic toolchains; onnx: the SNN at a fixed T in standard ONNX operators "
+        "(neurons as a Scan over the steps, output the mean over T as `snnc run` gives it), "
+        "which onnxruntime runs",
+    )
+    p.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=None,
+        help="--format onnx: the number of steps the exported graph simulates (default: the compile T)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_export)
 
@@ -272,19 +450,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_report_command(sub) -> None:
     """``snnc report``: its parser."""
-    p = sub.add_parser("report", help="one self-contained HTML page: accuracy, firing rates, spike raster, "
-                                      "per-layer errors and energy against T")
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page: accuracy, firing rates, spike raster, "
+        "per-layer errors and energy against T",
+    )
     p.add_argument("model", metavar="MODEL.snn.onnx", help="a compiled artifact (or a NIR file)")
     p.add_argument("--data", required=True, metavar="TEST.npz", help="labelled data: inputs 'x' and int64 labels 'y'")
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="where to write the page")
-    p.add_argument("--timesteps", default=None,
-                   help="comma-separated T values, all from one max(T) run (default 1,2,4,...,256)")
-    p.add_argument("--samples", type=_positive_int, default=None,
-                   help="use the first N samples of --data (default: all for accuracy; firing rates, per-layer "
-                        f"errors and energy use at most {defaults.DEFAULT_LAYER_SAMPLES})")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.DEFAULT_BATCH_SIZE,
-                   help="samples run at once (default %(default)s)")
-    p.add_argument("--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)")
+    p.add_argument(
+        "--timesteps", default=None, help="comma-separated T values, all from one max(T) run (default 1,2,4,...,256)"
+    )
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=None,
+        help="use the first N samples of --data (default: all for accuracy; firing rates, per-layer "
+        f"errors and energy use at most {defaults.DEFAULT_LAYER_SAMPLES})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.DEFAULT_BATCH_SIZE,
+        help="samples run at once (default %(default)s)",
+    )
+    p.add_argument(
+        "--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     _add_dt_option(p)
     _add_common(p)
@@ -305,16 +497,27 @@ def cmd_report(args) -> int:
     model = load(args.model, device=args.device, dt=args.dt)
     if not isinstance(model, CompiledModel):
         raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before `snnc report`")
-    x, y = (data.x, data.y) if args.samples is None else (data.x[:args.samples], data.y[:args.samples])
+    x, y = (data.x, data.y) if args.samples is None else (data.x[: args.samples], data.y[: args.samples])
     t0 = time.perf_counter()
-    page = build_report(model, x, y, ts, title=f"snnc report: {os.path.basename(args.model)}",
-                        analysis_samples=min(len(x), defaults.DEFAULT_LAYER_SAMPLES), batch_size=args.batch_size,
-                        progress=True, backend=args.backend, device=args.device)
+    page = build_report(
+        model,
+        x,
+        y,
+        ts,
+        title=f"snnc report: {os.path.basename(args.model)}",
+        analysis_samples=min(len(x), defaults.DEFAULT_LAYER_SAMPLES),
+        batch_size=args.batch_size,
+        progress=True,
+        backend=args.backend,
+        device=args.device,
+    )
     with atomic_write(output, "w", "-o") as handle:
         handle.write(page)
-    print(f"wrote {output}: accuracy at T={','.join(str(t) for t in (ts or defaults.DEFAULT_EVAL_STEPS))} on {len(x)} "
-          f"samples, firing rates, spike raster, per-layer errors and energy ({len(page) // 1024} KiB, "
-          f"{time.perf_counter() - t0:.1f} s)")
+    print(
+        f"wrote {output}: accuracy at T={','.join(str(t) for t in (ts or defaults.DEFAULT_EVAL_STEPS))} on {len(x)} "
+        f"samples, firing rates, spike raster, per-layer errors and energy ({len(page) // 1024} KiB, "
+        f"{time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 
@@ -338,8 +541,13 @@ def _held_log(debug: bool):
     nothing the error does not). ``--debug`` prints everything as it happens."""
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("snnc: %(levelname)s: %(message)s"))
-    held = stream if debug else logging.handlers.MemoryHandler(
-        capacity=10_000, flushLevel=logging.CRITICAL + 1, target=stream, flushOnClose=False)
+    held = (
+        stream
+        if debug
+        else logging.handlers.MemoryHandler(
+            capacity=10_000, flushLevel=logging.CRITICAL + 1, target=stream, flushOnClose=False
+        )
+    )
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -367,8 +575,10 @@ def _process_group(args):
     if hasattr(args, "device"):
         args.device = device
     try:
-        with open(os.devnull, "w") as sink, (contextlib.redirect_stdout(sink) if not distributed.is_main()
-                                             else contextlib.nullcontext()):
+        with (
+            open(os.devnull, "w") as sink,
+            contextlib.redirect_stdout(sink) if not distributed.is_main() else contextlib.nullcontext(),
+        ):
             yield
     finally:
         distributed.shutdown()
@@ -405,7 +615,9 @@ def _run_command(args, debug: bool) -> int:
         if debug:
             raise
         msg = " ".join(str(exc).split())[:300]
-        print(f"snnc: internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"snnc: internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr
+        )
         return 1
 
 
@@ -421,8 +633,8 @@ def cmd_env(args) -> int:
 def cmd_finetune(args) -> int:
     """snnc finetune MODEL.snn.onnx --data TRAIN.npz -o OUT.snn.onnx"""
     from .. import load
-    from ..model import CompiledModel
     from ..data import load_npz
+    from ..model import CompiledModel
     from ..train.finetune import finetune
 
     output = resolve_output(args.output, "-o", (args.model, args.data, args.val))
@@ -433,15 +645,24 @@ def cmd_finetune(args) -> int:
         raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before fine-tuning")
     t0 = time.perf_counter()
     given = {k: getattr(args, k) for k in ("timesteps", "epochs", "lr", "batch_size", "seed")}
-    result = finetune(model, data, val=val, learn_theta=not args.no_learn_theta, keep_if_better=not args.keep_always,
-                      rate_penalty=args.rate_penalty, device=args.device,
-                      **{k: v for k, v in given.items() if v is not None})
+    result = finetune(
+        model,
+        data,
+        val=val,
+        learn_theta=not args.no_learn_theta,
+        keep_if_better=not args.keep_always,
+        rate_penalty=args.rate_penalty,
+        device=args.device,
+        **{k: v for k, v in given.items() if v is not None},
+    )
     note = result.report["finetune"]
     _write_on_rank0(lambda: result.save(output))
     verdict = "kept" if note["kept"] else "not better: wrote the model unchanged (--keep-always overrides)"
-    print(f"held-out accuracy at T={note['timesteps']} on {note['val_samples']} samples: "
-          f"{100 * note['val_accuracy_before']:.2f}% -> {100 * note['val_accuracy_after']:.2f}%, {verdict}; "
-          f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"held-out accuracy at T={note['timesteps']} on {note['val_samples']} samples: "
+        f"{100 * note['val_accuracy_before']:.2f}% -> {100 * note['val_accuracy_after']:.2f}%, {verdict}; "
+        f"wrote {output} ({time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 
@@ -457,17 +678,36 @@ def cmd_train(args) -> int:
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
     t0 = time.perf_counter()
-    model = train_onnx(args.model, data, timesteps=[t for t, _ in stages], epochs=[e for _, e in stages],
-                       init=args.init, seed=args.seed, val=val, loss=args.loss, lamb=args.lam,
-                       lr=args.lr, batch_size=args.batch_size, device=args.device,
-                       neuron=args.neuron, tau=args.tau, rate_penalty=args.rate_penalty, progress=True)
+    model = train_onnx(
+        args.model,
+        data,
+        timesteps=[t for t, _ in stages],
+        epochs=[e for _, e in stages],
+        init=args.init,
+        seed=args.seed,
+        val=val,
+        loss=args.loss,
+        lamb=args.lam,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        neuron=args.neuron,
+        tau=args.tau,
+        rate_penalty=args.rate_penalty,
+        progress=True,
+    )
     _write_on_rank0(lambda: model.save(output))
     note = model.report["train"]
     schedule = " -> ".join(f"T={t} x{e}" for t, e in stages)
-    scored = (f"validation accuracy at T={stages[-1][0]} on {note['val_samples']} samples "
-              f"{100 * note['val_accuracy']:.2f}%; " if val is not None else "")
-    print(f"trained {args.model} ({args.init} init, {schedule} epochs, {args.loss}): {scored}wrote {output} "
-          f"({time.perf_counter() - t0:.1f} s)")
+    scored = (
+        f"validation accuracy at T={stages[-1][0]} on {note['val_samples']} samples {100 * note['val_accuracy']:.2f}%; "
+        if val is not None
+        else ""
+    )
+    print(
+        f"trained {args.model} ({args.init} init, {schedule} epochs, {args.loss}): {scored}wrote {output} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 
@@ -481,20 +721,26 @@ def cmd_export(args) -> int:
     output = resolve_output(args.output, "-o", (args.model,))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
-        raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before exporting "
-                        f"to {'standard ONNX' if args.format == 'onnx' else 'NIR'}")
+        raise SnncError(
+            f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before exporting "
+            f"to {'standard ONNX' if args.format == 'onnx' else 'NIR'}"
+        )
     if args.format == "onnx":
         T = args.timesteps or int(model.options["timesteps"])
         model.save_onnx(output, T)
-        print(f"wrote {output}: standard ONNX, {len(model.graph.find('neuron'))} neuron layers as Scan over "
-              f"T={T} steps, output the mean over T")
+        print(
+            f"wrote {output}: standard ONNX, {len(model.graph.find('neuron'))} neuron layers as Scan over "
+            f"T={T} steps, output the mean over T"
+        )
         return 0
     with _unlogged("snncompiler.formats.nir.writer"):  # printed here, once, not again by the held log
         warnings = model.save_nir(output)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {output}: NIR graph of {len(model.graph.find('neuron'))} neuron layers "
-          f"({'lossy: ' + str(len(warnings)) + ' warning(s) above' if warnings else 'no loss'})")
+    print(
+        f"wrote {output}: NIR graph of {len(model.graph.find('neuron'))} neuron layers "
+        f"({'lossy: ' + str(len(warnings)) + ' warning(s) above' if warnings else 'no loss'})"
+    )
     return 0
 
 
@@ -502,6 +748,7 @@ def cmd_export(args) -> int:
 def _unlogged(name: str):
     """Drop the log records of logger ``name`` (and its children) while the block runs: for
     warnings a command prints itself, which the held log would otherwise print a second time."""
+
     class _Drop(logging.Filter):
         def filter(self, record):
             return not (record.name == name or record.name.startswith(name + "."))
@@ -519,8 +766,16 @@ def _unlogged(name: str):
 
 def cmd_inspect(args) -> int:
     """snnc inspect FILE"""
+    from ..analysis.summary import (
+        analog_heavy_warning,
+        format_table,
+        human,
+        node_rows,
+        share_line,
+        spiking_share,
+        summary,
+    )
     from ..formats.onnx import load_graph
-    from ..analysis.summary import analog_heavy_warning, format_table, human, node_rows, share_line, spiking_share, summary
 
     if _is_nir(args):
         from .. import load
@@ -540,13 +795,27 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "nodes": rows, "totals": totals}, indent=1))
         return 0
-    print(format_table(rows, [("name", "name"), ("op", "op"), ("core_op", "core op"), ("output_shape", "output"),
-                              ("params", "params"), ("macs", "MACs"), ("conversion", "converts as"),
-                              ("detail", "")]))
+    print(
+        format_table(
+            rows,
+            [
+                ("name", "name"),
+                ("op", "op"),
+                ("core_op", "core op"),
+                ("output_shape", "output"),
+                ("params", "params"),
+                ("macs", "MACs"),
+                ("conversion", "converts as"),
+                ("detail", ""),
+            ],
+        )
+    )
     counts = ", ".join(f"{v} {k}" for k, v in sorted(totals["conversion_counts"].items()))
-    print(f"\n{args.model}: {totals['nodes']} nodes ({counts}); parameters {totals['parameters']:,} "
-          f"({human(totals['parameters'])}); MACs per sample {totals['macs_per_sample']:,} "
-          f"({human(totals['macs_per_sample'])})")
+    print(
+        f"\n{args.model}: {totals['nodes']} nodes ({counts}); parameters {totals['parameters']:,} "
+        f"({human(totals['parameters'])}); MACs per sample {totals['macs_per_sample']:,} "
+        f"({human(totals['macs_per_sample'])})"
+    )
     if "spiking" in totals:
         print(f"spiking: {share_line(totals['spiking'])}")
     if warning:
@@ -557,10 +826,14 @@ def cmd_inspect(args) -> int:
 
 
 def _add_exec_option(p) -> None:
-    p.add_argument("--exec", choices=defaults.EXEC_MODES, default=None,
-                   help="spiking models: how conv/linear layers fed by spikes run: dense (default), event "
-                        "(from the active inputs and nonzero weights only, C++ CPU kernel) or auto (per layer "
-                        "and chunk, by measured spike density × weight density)")
+    p.add_argument(
+        "--exec",
+        choices=defaults.EXEC_MODES,
+        default=None,
+        help="spiking models: how conv/linear layers fed by spikes run: dense (default), event "
+        "(from the active inputs and nonzero weights only, C++ CPU kernel) or auto (per layer "
+        "and chunk, by measured spike density × weight density)",
+    )
 
 
 def _refuse_spiking_flags(args, flags: tuple[str, ...]) -> None:
@@ -568,8 +841,10 @@ def _refuse_spiking_flags(args, flags: tuple[str, ...]) -> None:
     rather than silently ignored (an ANN "evaluated at --timesteps 4" was not)."""
     given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) not in (None, False, "auto")]
     if given:
-        raise SnncError(f"{', '.join(given)}: only for spiking models; {args.model} is a plain ONNX ANN "
-                        "(compile it with `snnc compile` first)")
+        raise SnncError(
+            f"{', '.join(given)}: only for spiking models; {args.model} is a plain ONNX ANN "
+            "(compile it with `snnc compile` first)"
+        )
 
 
 def cmd_run(args) -> int:
@@ -584,8 +859,11 @@ def cmd_run(args) -> int:
     data = _load_data(args, args.input, "--input", require_labels=False)
     model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
-        run = model.ann if args.ann_mode else (
-            lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device, exec=args.exec))
+        run = (
+            model.ann
+            if args.ann_mode
+            else (lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device, exec=args.exec))
+        )
     else:
         _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec"))
         run = model
@@ -595,8 +873,10 @@ def cmd_run(args) -> int:
             batches.append(run(x))
             bar.update(len(x))
     if isinstance(batches[0], (list, tuple)):  # an ANN with several outputs: every one is saved
-        arrays = {("y" if k == 0 else f"y{k}"): np.concatenate([b[k] for b in batches], axis=0)
-                  for k in range(len(batches[0]))}
+        arrays = {
+            ("y" if k == 0 else f"y{k}"): np.concatenate([b[k] for b in batches], axis=0)
+            for k in range(len(batches[0]))
+        }
     else:
         arrays = {"y": np.concatenate(batches, axis=0)}
     with atomic_write(output, "wb", "-o") as handle:
@@ -609,43 +889,78 @@ def cmd_run(args) -> int:
 def cmd_compile(args) -> int:
     """snnc compile MODEL.onnx --calib CALIB.npz -o OUT.snn.onnx"""
     from .. import compile as snn_compile
-    from ..data import load_npz
     from ..analysis.summary import format_table, node_rows, share_line
+    from ..data import load_npz
 
     output = resolve_output(args.output, "-o", (args.model, args.calib))
     calib = load_npz(args.calib, arg="--calib")
     t0 = time.perf_counter()
-    model = snn_compile(args.model, calib, timesteps=args.timesteps, threshold=args.threshold,
-                        channelwise=args.channelwise, neuron=args.neuron, tau=args.tau,
-                        reset=args.reset, v0=args.v0, maxpool=args.maxpool, encoding=args.encoding, strict=args.strict,
-                        calib_samples=args.calib_samples, calibration=args.calibration, iterations=args.iterations,
-                        seed=args.seed, substitute=args.substitute, finetune=args.finetune,
-                        **({"progress": True} if args.finetune else {}))
+    model = snn_compile(
+        args.model,
+        calib,
+        timesteps=args.timesteps,
+        threshold=args.threshold,
+        channelwise=args.channelwise,
+        neuron=args.neuron,
+        tau=args.tau,
+        reset=args.reset,
+        v0=args.v0,
+        maxpool=args.maxpool,
+        encoding=args.encoding,
+        strict=args.strict,
+        calib_samples=args.calib_samples,
+        calibration=args.calibration,
+        iterations=args.iterations,
+        seed=args.seed,
+        substitute=args.substitute,
+        finetune=args.finetune,
+        **({"progress": True} if args.finetune else {}),
+    )
     o = model.options
     rows = [r for r in node_rows(model.graph) if r["core_op"] != "-"]
     for r in rows:
         node = model.graph.node(r["name"])
-        r["threshold_from"] = node.attrs.get("theta_source", "") if node.op == "neuron" else \
-            (f"max pooling: {node.attrs['spiking']}" if node.op == "maxpool" and "spiking" in node.attrs else "")
-    print(format_table(rows, [("name", "name"), ("op", "op"), ("core_op", "becomes"), ("conversion", "converts as"),
-                              ("detail", "θ"), ("threshold_from", "from")]))
+        r["threshold_from"] = (
+            node.attrs.get("theta_source", "")
+            if node.op == "neuron"
+            else (f"max pooling: {node.attrs['spiking']}" if node.op == "maxpool" and "spiking" in node.attrs else "")
+        )
+    print(
+        format_table(
+            rows,
+            [
+                ("name", "name"),
+                ("op", "op"),
+                ("core_op", "becomes"),
+                ("conversion", "converts as"),
+                ("detail", "θ"),
+                ("threshold_from", "from"),
+            ],
+        )
+    )
     islands = model.report.get("analog_islands", [])
     if islands:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
     _write_on_rank0(lambda: model.save(output))
     neurons = len(model.graph.find("neuron"))
-    print(f"wrote {output}: {neurons} neurons, T={o['timesteps']}, threshold {o['threshold']}"
-          f"{' per channel' if o['channelwise'] else ''}, {o['neuron'].upper()} {o['reset']} reset, v0={o['v0']}, "
-          f"calibration {o['calibration']} "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"wrote {output}: {neurons} neurons, T={o['timesteps']}, threshold {o['threshold']}"
+        f"{' per channel' if o['channelwise'] else ''}, {o['neuron'].upper()} {o['reset']} reset, v0={o['v0']}, "
+        f"calibration {o['calibration']} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     print(f"spiking: {share_line(model.report['spiking'])}")
     pipeline = model.report.get("pipeline")
     if pipeline:
-        print(f"pipeline at T={pipeline['timesteps']} (held-out accuracy and cross-entropy on "
-              f"{pipeline['heldout_samples']} labelled --calib samples no stage fitted):")
+        print(
+            f"pipeline at T={pipeline['timesteps']} (held-out accuracy and cross-entropy on "
+            f"{pipeline['heldout_samples']} labelled --calib samples no stage fitted):"
+        )
         for stage in pipeline["stages"]:
-            print(f"  {stage['stage']:<24} {100 * stage['heldout_accuracy']:6.2f} %  loss {stage['heldout_loss']:.4f}  "
-                  f"{'kept' if stage['kept'] else 'dropped'}")
+            print(
+                f"  {stage['stage']:<24} {100 * stage['heldout_accuracy']:6.2f} %  loss {stage['heldout_loss']:.4f}  "
+                f"{'kept' if stage['kept'] else 'dropped'}"
+            )
     return 0
 
 
@@ -666,9 +981,17 @@ def _eval_snn(args, model, data) -> int:
     if args.layers and model.sequence:
         raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
-    result = model.evaluate(data.x, data.y, ts, batch_size=args.batch_size, backend=args.backend,
-                            device=args.device, exec=args.exec, progress=True,
-                            **({"chunk": args.chunk} if args.chunk else {}))
+    result = model.evaluate(
+        data.x,
+        data.y,
+        ts,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        device=args.device,
+        exec=args.exec,
+        progress=True,
+        **({"chunk": args.chunk} if args.chunk else {}),
+    )
     seconds = time.perf_counter() - t0
     ts = [int(t) for t in result["snn_accuracy"]]
     if args.plot:
@@ -683,27 +1006,47 @@ def _eval_snn(args, model, data) -> int:
             from ..formats.onnx import load_graph
 
             reference = load_graph(args.reference)
-        result["layers"] = layer_errors(model, data.x[:args.layer_samples], ts[-1], reference=reference)
+        result["layers"] = layer_errors(model, data.x[: args.layer_samples], ts[-1], reference=reference)
     if args.sops:
-        result["synaptic_ops"] = model.synaptic_operations(data.x, ts[-1], batch_size=args.batch_size,
-                                                           backend=args.backend, device=args.device, exec=args.exec,
-                                                           **({"chunk": args.chunk} if args.chunk else {}))
+        result["synaptic_ops"] = model.synaptic_operations(
+            data.x,
+            ts[-1],
+            batch_size=args.batch_size,
+            backend=args.backend,
+            device=args.device,
+            exec=args.exec,
+            **({"chunk": args.chunk} if args.chunk else {}),
+        )
     if args.json:
         print(json.dumps(eval_record(result, model=args.model, kind="snn", engine="torch", seconds=seconds)))
         return 0
-    print(f"{args.model}: {result['samples']} samples, ANN mode {100 * result['ann_accuracy']:.2f}%, "
-          f"firing rate {result['firing_rate']:.4f} spikes/neuron/step ({seconds:.1f} s for T={ts[-1]})")
+    print(
+        f"{args.model}: {result['samples']} samples, ANN mode {100 * result['ann_accuracy']:.2f}%, "
+        f"firing rate {result['firing_rate']:.4f} spikes/neuron/step ({seconds:.1f} s for T={ts[-1]})"
+    )
     print("   T  SNN accuracy")
     for t, acc in result["snn_accuracy"].items():
         print(f"{int(t):>4}  {100 * acc:6.2f}%")
     if args.layers:
         from ..analysis.summary import format_table
 
-        print(f"\nper-layer errors at T={ts[-1]} on {min(len(data), args.layer_samples)} samples "
-              "(mean squared; flooring includes every other SNN-vs-clipped-ANN mismatch):")
-        print(format_table(result["layers"], [("layer", "layer"), ("theta", "θ (mean)"), ("clipping_error", "clipping"),
-                                             ("flooring_error", "flooring"), ("firing_rate", "firing rate"),
-                                             ("cosine", "cosine(a, s̄)")]))
+        print(
+            f"\nper-layer errors at T={ts[-1]} on {min(len(data), args.layer_samples)} samples "
+            "(mean squared; flooring includes every other SNN-vs-clipped-ANN mismatch):"
+        )
+        print(
+            format_table(
+                result["layers"],
+                [
+                    ("layer", "layer"),
+                    ("theta", "θ (mean)"),
+                    ("clipping_error", "clipping"),
+                    ("flooring_error", "flooring"),
+                    ("firing_rate", "firing rate"),
+                    ("cosine", "cosine(a, s̄)"),
+                ],
+            )
+        )
     if args.sops:
         from ..analysis.metrics import format_synaptic_operations
 
@@ -726,8 +1069,10 @@ def _plot_format(path: str) -> str:
     known = FigureCanvasBase.get_supported_filetypes()
     extension = os.path.splitext(path)[1].lstrip(".").lower()
     if extension not in known:
-        raise SnncError(f"--plot {path}: the image format comes from the extension; use one of "
-                        f"{', '.join('.' + k for k in sorted(known))}")
+        raise SnncError(
+            f"--plot {path}: the image format comes from the extension; use one of "
+            f"{', '.join('.' + k for k in sorted(known))}"
+        )
     return extension
 
 
@@ -755,12 +1100,15 @@ def _load_data(args, path: str, flag: str, require_labels: bool):
 
     if os.path.isdir(path):
         if args.frames is None:
-            raise SnncError(f"{flag} {path}: a directory is read as event recordings (root/<class>/<file>); "
-                            "give --frames T to bin them into T frames")
+            raise SnncError(
+                f"{flag} {path}: a directory is read as event recordings (root/<class>/<file>); "
+                "give --frames T to bin them into T frames"
+            )
         from ..data.events import load_event_folder
 
-        return load_event_folder(path, args.frames, sensor_size=args.sensor, split_by=args.split_by,
-                                 progress=sys.stderr.isatty())
+        return load_event_folder(
+            path, args.frames, sensor_size=args.sensor, split_by=args.split_by, progress=sys.stderr.isatty()
+        )
     if args.frames is not None or args.sensor is not None:
         raise SnncError(f"--frames/--sensor: only for a directory of event recordings; {path} is a file")
     return load_npz(path, require_labels=require_labels, arg=flag)
@@ -777,9 +1125,13 @@ def _sensor(text: str) -> tuple[int, int]:
 
 
 def _add_dt_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dt", type=_positive_float, default=None,
-                   help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
-                        "snnTorch exports, 1 for Sinabs)")
+    p.add_argument(
+        "--dt",
+        type=_positive_float,
+        default=None,
+        help="NIR files that do not record their time step: dt in seconds (1e-4 for SpikingJelly and "
+        "snnTorch exports, 1 for Sinabs)",
+    )
 
 
 def _is_nir(args) -> bool:
@@ -794,20 +1146,42 @@ def _is_nir(args) -> bool:
 
 
 def _add_event_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=_positive_int, default=None,
-                   help="read a directory root/<class>/<event file> (.bin N-MNIST/ATIS, .aedat AEDAT 3.1, .npz t,x,y,p) "
-                        "as sequences of this many frames [N, T, 2, H, W]")
-    p.add_argument("--split-by", choices=["number", "time"], default="number",
-                   help="with --frames: equal event counts (default) or equal time spans per frame")
-    p.add_argument("--sensor", type=_sensor, default=None,
-                   help="with --frames: sensor H,W (default: the largest coordinates found + 1)")
+    p.add_argument(
+        "--frames",
+        type=_positive_int,
+        default=None,
+        help="read a directory root/<class>/<event file> (.bin N-MNIST/ATIS, .aedat AEDAT 3.1, .npz t,x,y,p) "
+        "as sequences of this many frames [N, T, 2, H, W]",
+    )
+    p.add_argument(
+        "--split-by",
+        choices=["number", "time"],
+        default="number",
+        help="with --frames: equal event counts (default) or equal time spans per frame",
+    )
+    p.add_argument(
+        "--sensor",
+        type=_sensor,
+        default=None,
+        help="with --frames: sensor H,W (default: the largest coordinates found + 1)",
+    )
 
 
 #: The keys of ``snnc eval --json``, the same for a plain ANN and a spiking model (README, "eval --json"):
 #: what does not apply to the model (an ANN's ``snn_accuracy``, say) or was not asked for
 #: (``layers`` without --layers, ``synaptic_ops`` without --sops) is null.
-EVAL_JSON_KEYS = ("model", "kind", "samples", "engine", "seconds", "ann_accuracy", "snn_accuracy", "firing_rate",
-                  "layers", "synaptic_ops")
+EVAL_JSON_KEYS = (
+    "model",
+    "kind",
+    "samples",
+    "engine",
+    "seconds",
+    "ann_accuracy",
+    "snn_accuracy",
+    "firing_rate",
+    "layers",
+    "synaptic_ops",
+)
 
 
 def eval_record(result: dict, **extra) -> dict:
@@ -829,7 +1203,6 @@ def _progress(total: int, desc: str, unit: str):
 def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
     from ..analysis.metrics import correct
-
     from ..formats.onnx.reader import has_custom_domain, read_model
 
     if args.plot:
@@ -840,8 +1213,9 @@ def cmd_eval(args) -> int:
         from .. import load
 
         return _eval_snn(args, load(args.model, dt=args.dt), data)
-    _refuse_spiking_flags(args, ("--timesteps", "--chunk", "--backend", "--exec", "--plot", "--layers", "--reference",
-                                 "--sops"))
+    _refuse_spiking_flags(
+        args, ("--timesteps", "--chunk", "--backend", "--exec", "--plot", "--layers", "--reference", "--sops")
+    )
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":
         from ..formats.onnx.ort import OrtModel
@@ -853,8 +1227,10 @@ def cmd_eval(args) -> int:
         model = load(args.model, device=args.device)
     if distributed.is_distributed():  # each rank scores its shard; the counts are added up
         start, end = distributed.shard_range(len(data))
-        right = sum(correct(model(data.x[s:min(s + args.batch_size, end)]), data.y[s:min(s + args.batch_size, end)])
-                    for s in range(start, end, args.batch_size))
+        right = sum(
+            correct(model(data.x[s : min(s + args.batch_size, end)]), data.y[s : min(s + args.batch_size, end)])
+            for s in range(start, end, args.batch_size)
+        )
         right = int(distributed.sum_numbers(right)[0])
     else:
         with _progress(len(data), "eval", "sample") as bar:
@@ -863,13 +1239,20 @@ def cmd_eval(args) -> int:
                 right += correct(model(x), y)
                 bar.update(len(x))
     acc = right / len(data)
-    result = {"model": args.model, "samples": len(data), "ann_accuracy": acc, "engine": args.engine,
-              "seconds": round(time.perf_counter() - t0, 3)}
+    result = {
+        "model": args.model,
+        "samples": len(data),
+        "ann_accuracy": acc,
+        "engine": args.engine,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     if args.json:
         print(json.dumps(eval_record(result, kind="ann")))
     else:
-        print(f"{args.model}: top-1 accuracy {100 * acc:.2f}% on {len(data)} samples "
-              f"({args.engine}, {result['seconds']:.2f} s)")
+        print(
+            f"{args.model}: top-1 accuracy {100 * acc:.2f}% on {len(data)} samples "
+            f"({args.engine}, {result['seconds']:.2f} s)"
+        )
     return 0
 
 

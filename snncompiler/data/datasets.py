@@ -5,6 +5,7 @@ Every command reads ``.npz`` files with ``x`` (float32, [N, ...]) and, for label
 standard on-disk formats people have lying around: MNIST idx files and CIFAR-10 python
 batches (through a restricted unpickler that only admits numpy arrays and plain containers).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -83,8 +84,7 @@ def is_batch_iterable(data) -> bool:
     return hasattr(data, "__iter__")
 
 
-def from_batches(batches, *, label: str = "data", limit: int | None = None,
-                 require_labels: bool = False) -> Dataset:
+def from_batches(batches, *, label: str = "data", limit: int | None = None, require_labels: bool = False) -> Dataset:
     """Collect an iterable of batches (a torch DataLoader or any iterable of ``x`` or ``(x, y)``
     batches, arrays or tensors) into one checked :class:`Dataset`; with ``limit`` it stops once
     that many samples are in (a calibration reads only ``calib_samples``)."""
@@ -172,8 +172,17 @@ def read_npz(path, label: str, *, required: tuple[str, ...] = (), optional: tupl
         raise
     except NotImplementedError as exc:  # zipfile: "That compression method is not supported"
         raise SnncError(f"{label}: unsupported zip compression ({exc}); write it with numpy.savez") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError, struct.error,
-            OverflowError, MemoryError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        struct.error,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise SnncError(f"{label}: not a readable .npz file ({type(exc).__name__}: {reason})") from None
     return arrays
@@ -185,8 +194,10 @@ def _read_npy_member(archive: zipfile.ZipFile, name: str, what: str, check_array
 
     info = archive.getinfo(name)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise SnncError(f"{what}: zip compression method {info.compress_type} is not supported "
-                        "(numpy.savez and savez_compressed write stored or deflated members)")
+        raise SnncError(
+            f"{what}: zip compression method {info.compress_type} is not supported "
+            "(numpy.savez and savez_compressed write stored or deflated members)"
+        )
     check_array_bytes(max(0, info.file_size - _NPY_HEADER_ALLOWANCE), f"{what} (uncompressed size in the zip)")
     with archive.open(info) as stream:
         try:
@@ -240,8 +251,14 @@ def save_npz(path, x, y=None) -> Path:
 
 
 # ---- MNIST idx ---------------------------------------------------------------------------
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path) -> np.ndarray:
@@ -283,9 +300,15 @@ def load_mnist(images_path, labels_path=None) -> Dataset:
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Admits only what CIFAR batches contain: numpy arrays, dtypes and builtin containers."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -325,4 +348,14 @@ def load(path, *, require_labels: bool = False, arg: str = "--data") -> Dataset:
     return load_npz(p, require_labels=require_labels, arg=arg)
 
 
-__all__ = ["Dataset", "validate", "load", "load_npz", "read_npz", "save_npz", "read_idx", "load_mnist", "load_cifar10_batch"]
+__all__ = [
+    "Dataset",
+    "validate",
+    "load",
+    "load_npz",
+    "read_npz",
+    "save_npz",
+    "read_idx",
+    "load_mnist",
+    "load_cifar10_batch",
+]

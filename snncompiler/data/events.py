@@ -20,6 +20,7 @@ Readers (by file suffix):
 * ``.npz``: arrays ``t``, ``x``, ``y``, ``p`` (what tonic and SpikingJelly save), read
   without pickle.
 """
+
 from __future__ import annotations
 
 import struct
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset
 from ..errors import SnncError
 from ..limits import check_array_bytes, check_sensor_size
+from .datasets import Dataset
 
 EVENT_KEYS = ("t", "x", "y", "p")
 SPLITS = ("number", "time")
@@ -60,19 +61,30 @@ def read_aedat3(path) -> dict:
     while pos < len(raw):
         if pos + 28 > len(raw):
             raise SnncError(f"{path}: truncated packet header at byte {pos}")
-        e_type, _src, e_size, _ts_offset, overflow, capacity, _number, _valid = struct.unpack_from("<hhiiiiii", raw, pos)
+        e_type, _src, e_size, _ts_offset, overflow, capacity, _number, _valid = struct.unpack_from(
+            "<hhiiiiii", raw, pos
+        )
         pos += 28
         length = capacity * e_size
         if e_size <= 0 or capacity < 0 or pos + length > len(raw):
             raise SnncError(f"{path}: damaged or truncated packet at byte {pos - 28}")
         if e_type == 1:  # polarity events: [uint32 data, int32 timestamp, ...] each e_size bytes
             if e_size < 8 or e_size % 4:
-                raise SnncError(f"{path}: polarity events of {e_size} bytes at byte {pos - 28} (expected a "
-                                "multiple of 4, at least 8)")
+                raise SnncError(
+                    f"{path}: polarity events of {e_size} bytes at byte {pos - 28} (expected a "
+                    "multiple of 4, at least 8)"
+                )
             words = np.frombuffer(raw, dtype="<u4", count=capacity * e_size // 4, offset=pos).reshape(capacity, -1)
-            parts.append(np.stack([words[:, 1].astype(np.int64) | (np.int64(overflow) << 31),
-                                   (words[:, 0] >> 17) & 0x7FFF, (words[:, 0] >> 2) & 0x7FFF,
-                                   (words[:, 0] >> 1) & 1]).astype(np.int64))
+            parts.append(
+                np.stack(
+                    [
+                        words[:, 1].astype(np.int64) | (np.int64(overflow) << 31),
+                        (words[:, 0] >> 17) & 0x7FFF,
+                        (words[:, 0] >> 2) & 0x7FFF,
+                        (words[:, 0] >> 1) & 1,
+                    ]
+                ).astype(np.int64)
+            )
         pos += length
     data = np.concatenate(parts, axis=1) if parts else np.zeros((4, 0), np.int64)
     return dict(zip(EVENT_KEYS, data))
@@ -156,8 +168,9 @@ def to_frames(events: dict, frames: int, sensor_size: tuple[int, int], split_by:
     return counts.reshape(frames, 2, h, w).astype(np.float32)
 
 
-def load_event_folder(root, frames: int, *, sensor_size: tuple[int, int] | None = None, split_by: str = "number",
-                      progress: bool = True) -> Dataset:
+def load_event_folder(
+    root, frames: int, *, sensor_size: tuple[int, int] | None = None, split_by: str = "number", progress: bool = True
+) -> Dataset:
     """A dataset laid out as ``root/<class name>/<event file>``: x [N, T, 2, H, W] float32 frames,
     y int64 class indices in sorted order of the class folder names.
 
@@ -167,8 +180,12 @@ def load_event_folder(root, frames: int, *, sensor_size: tuple[int, int] | None 
     if not root.is_dir():
         raise SnncError(f"{root}: not a directory of class folders")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files = [(f, label) for label, name in enumerate(classes)
-             for f in sorted((root / name).iterdir()) if f.suffix.lower() in READERS]
+    files = [
+        (f, label)
+        for label, name in enumerate(classes)
+        for f in sorted((root / name).iterdir())
+        if f.suffix.lower() in READERS
+    ]
     if not files:
         raise SnncError(f"{root}: no event files ({', '.join(READERS)}) in class folders")
     from tqdm import tqdm
@@ -177,12 +194,16 @@ def load_event_folder(root, frames: int, *, sensor_size: tuple[int, int] | None 
     for f, _ in tqdm(files, desc=f"reading {root.name}", unit="file", disable=not progress, leave=False):
         streams.append(read_events(f))
     if sensor_size is None:
-        sensor_size = (max(int(e["y"].max(initial=0)) for e in streams) + 1,
-                       max(int(e["x"].max(initial=0)) for e in streams) + 1)
+        sensor_size = (
+            max(int(e["y"].max(initial=0)) for e in streams) + 1,
+            max(int(e["x"].max(initial=0)) for e in streams) + 1,
+        )
     height, width = (int(v) for v in sensor_size)
     check_sensor_size(height, width, f"{root}: events (largest coordinates + 1)")
-    check_array_bytes(len(files) * frames * 2 * height * width * 4,
-                      f"{root}: {len(files)} recordings binned into {frames} frames of {height}×{width}")
+    check_array_bytes(
+        len(files) * frames * 2 * height * width * 4,
+        f"{root}: {len(files)} recordings binned into {frames} frames of {height}×{width}",
+    )
     x = np.empty((len(files), frames, 2, height, width), np.float32)
     for i, ((f, _), events) in enumerate(zip(files, streams)):
         try:
@@ -192,5 +213,13 @@ def load_event_folder(root, frames: int, *, sensor_size: tuple[int, int] | None 
     return Dataset(x, np.array([label for _, label in files], np.int64))
 
 
-__all__ = ["read_atis_bin", "read_aedat3", "read_event_npz", "read_events", "segments", "to_frames",
-           "load_event_folder", "READERS"]
+__all__ = [
+    "read_atis_bin",
+    "read_aedat3",
+    "read_event_npz",
+    "read_events",
+    "segments",
+    "to_frames",
+    "load_event_folder",
+    "READERS",
+]

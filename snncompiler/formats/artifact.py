@@ -15,6 +15,7 @@ and these model-level metadata entries:
 :func:`artifact_metadata` is what a writer records; :func:`read_artifact` checks what a reader
 found and returns the settings and report (data: the package face builds the model object).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,13 @@ REPORT_KEY = "snncompiler.report"
 def artifact_metadata(settings: dict, report: dict, *, fixed_batch_key: str | None = None) -> dict[str, str]:
     """The metadata entries of an artifact with these runtime ``settings`` and compile ``report``
     (the per-layer thresholds are left out of the report: they are in the neuron nodes)."""
-    meta = {WRITER_KEY: __version__, VERSION_KEY: ARTIFACT_VERSION,
-            SETTINGS_KEY: json.dumps(settings),
-            TIMESTEPS_KEY: str(settings["timesteps"]),
-            REPORT_KEY: json.dumps({k: v for k, v in report.items() if k != "thresholds"}, default=str)}
+    meta = {
+        WRITER_KEY: __version__,
+        VERSION_KEY: ARTIFACT_VERSION,
+        SETTINGS_KEY: json.dumps(settings),
+        TIMESTEPS_KEY: str(settings["timesteps"]),
+        REPORT_KEY: json.dumps({k: v for k, v in report.items() if k != "thresholds"}, default=str),
+    }
     if fixed_batch_key is not None:
         meta[fixed_batch_key] = "1"
     return meta
@@ -77,14 +81,19 @@ def _check_settings(settings: dict, where: str) -> dict:
     """The recorded settings the runtime acts on, checked: a damaged value is an error naming it."""
     unknown = sorted(set(settings) - set(SETTING_KEYS))
     if unknown:
-        raise SnncError(f"{where}: metadata 'snncompiler.settings': unknown key(s) "
-                        f"{', '.join(repr(k) for k in unknown)} (known: {', '.join(SETTING_KEYS)})")
+        raise SnncError(
+            f"{where}: metadata 'snncompiler.settings': unknown key(s) "
+            f"{', '.join(repr(k) for k in unknown)} (known: {', '.join(SETTING_KEYS)})"
+        )
 
     def bad(key, expected):
         return SnncError(f"{where}: metadata 'snncompiler.settings': '{key}' must be {expected}, got {settings[key]!r}")
 
-    if "timesteps" in settings and not (isinstance(settings["timesteps"], int) and not isinstance(
-            settings["timesteps"], bool) and settings["timesteps"] >= 1):
+    if "timesteps" in settings and not (
+        isinstance(settings["timesteps"], int)
+        and not isinstance(settings["timesteps"], bool)
+        and settings["timesteps"] >= 1
+    ):
         raise bad("timesteps", "a positive integer")
     if "timesteps" in settings:
         check_timesteps(settings["timesteps"], f"{where}: metadata 'snncompiler.settings': 'timesteps'")
@@ -107,8 +116,10 @@ def _check_neuron_parameters(graph: Graph, where: str) -> None:
         for key in ("theta", "gain"):
             count = node.params[key].numel() if key in node.params else 1
             if count not in (1, shape[1]):
-                raise SnncError(f"{where}: {node.where}: {key} has {count} values; its input "
-                                f"{list(shape)} takes one, or one per channel ({shape[1]})")
+                raise SnncError(
+                    f"{where}: {node.where}: {key} has {count} values; its input "
+                    f"{list(shape)} takes one, or one per channel ({shape[1]})"
+                )
         v_init = node.params.get("v_init")
         if v_init is not None:
             try:
@@ -116,8 +127,10 @@ def _check_neuron_parameters(graph: Graph, where: str) -> None:
             except RuntimeError:
                 fits = False
             if not fits:
-                raise SnncError(f"{where}: {node.where}: v_init of shape {list(v_init.shape)} does not fit "
-                                f"its input's sample shape {list(shape[1:])}")
+                raise SnncError(
+                    f"{where}: {node.where}: v_init of shape {list(v_init.shape)} does not fit "
+                    f"its input's sample shape {list(shape[1:])}"
+                )
 
 
 def read_artifact(graph: Graph) -> tuple[dict, dict]:
@@ -127,11 +140,15 @@ def read_artifact(graph: Graph) -> tuple[dict, dict]:
     where = graph.metadata.get("source_file", "model")
     version = graph.metadata.get(VERSION_KEY)
     if version is None:
-        raise SnncError(f"{where}: metadata 'snncompiler.artifact' (the format version) is missing; "
-                        "not an artifact written by snnc compile")
+        raise SnncError(
+            f"{where}: metadata 'snncompiler.artifact' (the format version) is missing; "
+            "not an artifact written by snnc compile"
+        )
     if version != ARTIFACT_VERSION:
-        raise SnncError(f"{where}: artifact format {version!r} is not the one this snncompiler reads "
-                        f"({ARTIFACT_VERSION!r}); recompile the model with this version")
+        raise SnncError(
+            f"{where}: artifact format {version!r} is not the one this snncompiler reads "
+            f"({ARTIFACT_VERSION!r}); recompile the model with this version"
+        )
     steps = graph.metadata.get(TIMESTEPS_KEY)  # the default T, also in the settings
     if steps is not None and not (steps.isdigit() and int(steps) >= 1):
         raise SnncError(f"{where}: metadata 'snncompiler.timesteps' must be a positive integer, got {steps!r}")

@@ -7,11 +7,13 @@ different batch size treats axis 0 as the batch. Parameters (weights, constants)
 tensors owned by the node that uses them, so passes can rewrite a node without touching
 a global table. Every node remembers the ONNX node it came from, so any message can name it.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where tensors are used: `snnc --help` must not pay for it
     import torch
@@ -148,7 +150,7 @@ class Graph:
         return sum(n.param_count() for n in self.nodes)
 
     # ---- editing -------------------------------------------------------------------
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """A deep copy: passes mutate copies, never their input."""
         return copy.deepcopy(self)
 
@@ -172,7 +174,7 @@ class Graph:
         return f"{base}_{k}"
 
     # ---- checks --------------------------------------------------------------------
-    def validate(self, known_ops: Iterable[str] | None = None) -> "Graph":
+    def validate(self, known_ops: Iterable[str] | None = None) -> Graph:
         """Check the IR invariants; raise :class:`IRError` naming the first offending node.
 
         Invariants: nodes are topologically ordered (every input is defined earlier),
@@ -192,7 +194,9 @@ class Graph:
                 raise IRError(f"{node.where}: unknown core op '{node.op}'")
             for i in node.inputs:
                 if i not in defined:
-                    raise IRError(f"{node.where}: input %{i} is not defined before it (graph not topologically ordered?)")
+                    raise IRError(
+                        f"{node.where}: input %{i} is not defined before it (graph not topologically ordered?)"
+                    )
             for o in node.outputs:
                 if o in defined:
                     raise IRError(f"{node.where}: value %{o} is written twice")

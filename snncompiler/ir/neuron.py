@@ -7,6 +7,7 @@ neuron node, the artifact and NIR readers check the attributes they read with
 potential from it, and the NIR writer turns the decay back into a time constant. So the default
 LIF time constant, what an absent attribute means and how tau maps to a decay exist in one place.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,13 +48,14 @@ class NeuronSpec:
     v0: str = "half"
 
     @classmethod
-    def from_attrs(cls, attrs, where: str | None = None) -> "NeuronSpec":
+    def from_attrs(cls, attrs, where: str | None = None) -> NeuronSpec:
         """The spec described by a mapping with (some of) the keys neuron, tau, reset, v0; other
         keys are ignored. An absent (or None) value takes the default: IF, soft reset, v0 = θ/2,
         and tau = :data:`DEFAULT_LIF_TAU` for a LIF, :data:`IF_TAU` for an IF neuron.
 
         A bad value is an :class:`~snncompiler.errors.OptionError` naming the setting (the
         argument), or with ``where`` (a file and node) an error naming it as an attribute there."""
+
         def bad(key: str, detail: str) -> SnncError:
             return OptionError(key, detail) if where is None else SnncError(f"{where}: attribute '{key}': {detail}")
 
@@ -107,5 +109,14 @@ class NeuronSpec:
         return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
 
 
-__all__ = ["NeuronSpec", "NEURONS", "RESETS", "V0S", "DEFAULT_LIF_TAU", "IF_TAU", "ENCODINGS",
-           "MAXPOOL_STRATEGIES", "ATTRIBUTES"]
+__all__ = [
+    "NeuronSpec",
+    "NEURONS",
+    "RESETS",
+    "V0S",
+    "DEFAULT_LIF_TAU",
+    "IF_TAU",
+    "ENCODINGS",
+    "MAXPOOL_STRATEGIES",
+    "ATTRIBUTES",
+]

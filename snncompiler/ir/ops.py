@@ -7,11 +7,13 @@ Conversion kinds (how ``snnc compile`` treats a node): ``spiking`` (becomes or f
 neighbour at compile time), ``analog`` (an analog island: computed on the rate-decoded input),
 ``unsupported``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the vocabulary is a leaf: graph.py validates against it
     from .graph import Node
@@ -64,7 +66,11 @@ def _clip_kind(node: Node) -> str:
 def _binary_kind(node: Node) -> str:
     if node.op in ("add", "sub"):
         return "linear"
-    if node.op in ("mul", "div") and "const" in node.params and not (node.op == "div" and node.attrs.get("const_first")):
+    if (
+        node.op in ("mul", "div")
+        and "const" in node.params
+        and not (node.op == "div" and node.attrs.get("const_first"))
+    ):
         return "linear"
     return "analog"
 

@@ -7,6 +7,7 @@ torch through DLPack), so that a large layer does not pay the OS for fresh pages
 If the extension was not built (no compiler at install time), :func:`load` returns None and the
 op falls back to the PyTorch reference with a one-time warning.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,7 +27,7 @@ DTYPES = (torch.float32, torch.bfloat16)  # what the kernel reads; value spikes 
 _dlpack_failed = False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load():
     """The compiled ``snncompiler.kernels._lif_cpu`` module, or None if it is not built.
     The first call applies ``SNNC_CPU_ISA`` and ``SNNC_CPU_STREAM_MB`` (see :func:`set_isa`
@@ -45,8 +46,11 @@ def _configure_from_env(lib) -> None:
         if isa_name in lib.supported_isas():
             lib.set_isa(isa_name)
         else:
-            warnings.warn(f"SNNC_CPU_ISA={isa_name!r} is not one of this CPU's {lib.supported_isas()}; "
-                          f"using {lib.isa()}", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"SNNC_CPU_ISA={isa_name!r} is not one of this CPU's {lib.supported_isas()}; using {lib.isa()}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     stream_mb = _env_mib("SNNC_CPU_STREAM_MB", lib.stream_min_bytes() / (1 << 20))
     if stream_mb is not None:
         lib.set_stream_min_bytes(int(stream_mb * (1 << 20)))
@@ -148,8 +152,13 @@ def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor | None:
     global _dlpack_failed
     lib = load()
     code = _DLPACK_DTYPES.get(dtype)
-    if (lib is None or code is None or _dlpack_failed or _limit() == 0
-            or math.prod(shape) * code[1] < CACHE_MIN_BYTES * 8):
+    if (
+        lib is None
+        or code is None
+        or _dlpack_failed
+        or _limit() == 0
+        or math.prod(shape) * code[1] < CACHE_MIN_BYTES * 8
+    ):
         return None
     try:
         return torch.from_dlpack(lib.empty(shape, *code))
@@ -157,12 +166,15 @@ def cached_empty(shape, dtype: torch.dtype) -> torch.Tensor | None:
         # the unconsumed capsule frees its buffer; outputs are then allocated by torch as usual
         _dlpack_failed = True
         lib.cache_set_limit(0)
-        warnings.warn(f"snncompiler: the CPU output buffer cache is off (torch.from_dlpack failed: {e})",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"snncompiler: the CPU output buffer cache is off (torch.from_dlpack failed: {e})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _limit() -> int:
     limit = _cache_limit_bytes()
     load().cache_set_limit(limit)
@@ -205,14 +217,45 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     # a small layer's kernel (spikes take at most T*n*4 bytes and v_final n*4)
     out, vout = output_buffers(x, v0, spike_format, cached_empty if (T + 1) * n * 4 >= CACHE_MIN_BYTES else None)
     assert (v0.numel() >= 1 or n == 0) and theta.numel() >= 1
-    count = load().forward(_addr(steps, DTYPES), _addr(v0), _addr(theta), inner, theta.numel(), out.data_ptr(),
-                           vout.data_ptr(), T, n, decay, hard, v_reset, FORMATS[spike_format],
-                           torch.get_num_threads(), x_step, steps.dtype == torch.bfloat16, v0_inner, v0.numel())
+    count = load().forward(
+        _addr(steps, DTYPES),
+        _addr(v0),
+        _addr(theta),
+        inner,
+        theta.numel(),
+        out.data_ptr(),
+        vout.data_ptr(),
+        T,
+        n,
+        decay,
+        hard,
+        v_reset,
+        FORMATS[spike_format],
+        torch.get_num_threads(),
+        x_step,
+        steps.dtype == torch.bfloat16,
+        v0_inner,
+        v0.numel(),
+    )
     return out, vout, count
 
 
-def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
-             detach_reset, theta_grad, v0_inner=1):
+def backward(
+    grad_spikes,
+    grad_v,
+    x,
+    v0,
+    theta,
+    inner,
+    decay,
+    hard,
+    v_reset,
+    surrogate_id,
+    alpha,
+    detach_reset,
+    theta_grad,
+    v0_inner=1,
+):
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x, grad_v0 [N],
     grad_theta [N] or None), the last two per neuron, before any broadcast reduction; grad_x is
     float32 (a bfloat16 x is widened first: the backward kernel reads float32 only)."""
@@ -225,7 +268,27 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
     assert v0.numel() >= 1 or n == 0
     assert grad_spikes is None or grad_spikes.shape == x.shape
     assert grad_v is None or grad_v.numel() == n
-    load().backward(_addr(x), _addr(v0), _addr(theta), inner, theta.numel(), _addr(grad_spikes), _addr(grad_v),
-                    _addr(gx), _addr(gv0), _addr(gth), T, n, decay, hard, v_reset, surrogate_id, alpha,
-                    detach_reset, torch.get_num_threads(), v0_inner, v0.numel())
+    load().backward(
+        _addr(x),
+        _addr(v0),
+        _addr(theta),
+        inner,
+        theta.numel(),
+        _addr(grad_spikes),
+        _addr(grad_v),
+        _addr(gx),
+        _addr(gv0),
+        _addr(gth),
+        T,
+        n,
+        decay,
+        hard,
+        v_reset,
+        surrogate_id,
+        alpha,
+        detach_reset,
+        torch.get_num_threads(),
+        v0_inner,
+        v0.numel(),
+    )
     return gx, gv0, gth

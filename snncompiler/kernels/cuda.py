@@ -17,6 +17,7 @@ Backward for CUDA tensors runs on the Triton kernel. CI only compiles the .cu (t
 check `nvcc -c` for sm_80/sm_90); its parity tests run wherever a GPU is present
 (benchmarks/gpu_session.sh; last run on an H200).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .nvcc import nvcc_command, nvcc_path  # noqa: F401  (nvcc_path: re-exported)
+from .nvcc import nvcc_command, nvcc_path
 from .packing import output_buffers
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
@@ -71,7 +72,9 @@ def _jit_compile() -> str | None:
         cmd = nvcc_command(SOURCE, tmp, archs=[arch], embed_ptx=True, nvcc=nvcc)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            warnings.warn(f"snncompiler: nvcc failed to build the CUDA neuron kernel:\n{proc.stderr[-2000:]}")
+            warnings.warn(
+                f"snncompiler: nvcc failed to build the CUDA neuron kernel:\n{proc.stderr[-2000:]}", stacklevel=2
+            )
             return None
         os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
     return str(target)
@@ -83,7 +86,7 @@ def built_library() -> str | None:
     return built[0] if built else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load():
     """The ctypes handle of the CUDA kernel library, or None (no GPU, no library, no nvcc)."""
     if not torch.cuda.is_available():
@@ -93,8 +96,11 @@ def load():
     if built is not None:
         lib = _open(built)
         if lib is None:
-            warnings.warn(f"snncompiler: {built} was built from an older lif_cuda.cu; compiling the "
-                          "current one with nvcc instead (reinstall with SNNC_BUILD_CUDA=1 to update it)")
+            warnings.warn(
+                f"snncompiler: {built} was built from an older lif_cuda.cu; compiling the "
+                "current one with nvcc instead (reinstall with SNNC_BUILD_CUDA=1 to update it)",
+                stacklevel=2,
+            )
     if lib is None:
         path = _jit_compile()
         lib = None if path is None else _open(path)
@@ -111,8 +117,27 @@ def _open(path: str):
     if version() != ABI_VERSION:
         return None
     i64, f32, vp, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
-    lib.snnc_lif_forward.argtypes = [vp, i32, vp, i64, i64, vp, i64, i64, vp, i32, vp, i64, i64, f32, i32, f32,
-                                     i64, i64, vp]
+    lib.snnc_lif_forward.argtypes = [
+        vp,
+        i32,
+        vp,
+        i64,
+        i64,
+        vp,
+        i64,
+        i64,
+        vp,
+        i32,
+        vp,
+        i64,
+        i64,
+        f32,
+        i32,
+        f32,
+        i64,
+        i64,
+        vp,
+    ]
     lib.snnc_lif_forward.restype = i32
     lib.snnc_lif_error_string.argtypes = [i32]
     lib.snnc_lif_error_string.restype = ctypes.c_char_p
@@ -124,7 +149,7 @@ def available() -> bool:
     return load() is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def deep_unroll_max_n(index: int) -> int:
     """Layers of at most this many neurons on GPU ``index`` run the deeper-unrolled kernel
     (0 with DEEP_UNROLL off): as many as run in one wave of the deeper kernel there."""
@@ -150,10 +175,27 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     # switching the current device costs more than a small layer's kernel: only when needed
     switch = torch.cuda.device(device) if device.index != torch.cuda.current_device() else contextlib.nullcontext()
     with switch:
-        err = lib.snnc_lif_forward(x.data_ptr(), DTYPES[x.dtype], v0.data_ptr(), v0_inner, v0.numel(),
-                                   theta.data_ptr(), inner, theta.numel(), out.data_ptr(), FORMATS[spike_format],
-                                   vout.data_ptr(), T, n, decay, int(bool(hard)), v_reset, VEC4_MIN_N,
-                                   deep_unroll_max_n(device.index), current_stream(device))
+        err = lib.snnc_lif_forward(
+            x.data_ptr(),
+            DTYPES[x.dtype],
+            v0.data_ptr(),
+            v0_inner,
+            v0.numel(),
+            theta.data_ptr(),
+            inner,
+            theta.numel(),
+            out.data_ptr(),
+            FORMATS[spike_format],
+            vout.data_ptr(),
+            T,
+            n,
+            decay,
+            int(bool(hard)),
+            v_reset,
+            VEC4_MIN_N,
+            deep_unroll_max_n(device.index),
+            current_stream(device),
+        )
     if err != 0:
         raise RuntimeError(f"snncompiler CUDA neuron kernel failed: {lib.snnc_lif_error_string(err).decode()}")
     return out, vout

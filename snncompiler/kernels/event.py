@@ -13,6 +13,7 @@ padding (asymmetric too), dilation and groups. 3-D convolution is left to the de
 (:func:`layer_for` returns None). CPU only; without the extension (not built) :func:`available`
 is False and the runtime falls back to dense execution.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,7 @@ from ..options import EXEC_MODES  # noqa: F401 - execution modes of SpikingRunne
 AUTO_MAX_WORK = 0.01
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load():
     """The compiled ``snncompiler.kernels._event_cpu`` module, or None if it is not built."""
     try:
@@ -53,7 +54,7 @@ def compress(weight: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch
     w = weight.detach().float().cpu()
     if w.dim() == 2:
         w = w[:, :, None, None]
-    O, Cg, KH, KW = w.shape
+    O, Cg, KH, KW = w.shape  # noqa: E741 - the weight layout's own names, [O, C/groups, KH, KW]
     Og = O // groups
     # [G, Cg, KH, KW, Og]: rows in global input-channel order c = g·Cg + c_local
     rows = w.reshape(groups, Og, Cg, KH, KW).permute(0, 2, 3, 4, 1).reshape(groups * Cg * KH * KW, Og)
@@ -69,8 +70,17 @@ class EventLayer:
     """One conv/linear layer in event-driven form: its weights compressed once (they never change
     during a run), its geometry, and a call that maps inputs [N, ...] to outputs like the node."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, kind: str = "conv",
-                 stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        kind: str = "conv",
+        stride=(1, 1),
+        pads=(0, 0, 0, 0),
+        dilation=(1, 1),
+        groups: int = 1,
+    ):
         if kind not in ("conv", "linear"):
             raise ValueError(f"kind: expected conv or linear, got {kind!r}")
         self.kind, self.groups = kind, int(groups)
@@ -106,14 +116,35 @@ class EventLayer:
     def _run(self, lib, x4: torch.Tensor, OH: int, OW: int) -> torch.Tensor:
         x4 = x4.contiguous() if x4.dtype == torch.float32 else x4.float().contiguous()
         N, C, H, W = x4.shape
-        O = self.weight_shape[0]
+        O = self.weight_shape[0]  # noqa: E741 - output channels, as in the weight layout [O, C, KH, KW]
         out = torch.empty((N, O, max(OH, 0), max(OW, 0)), dtype=torch.float32)
         if out.numel() == 0:
             return out
         (KH, KW), (sh, sw), (dh, dw), (pt, pl, _, _) = self.kernel, self.stride, self.dilation, self.pads
-        lib.conv2d(x4.data_ptr(), out.data_ptr(), 0 if self.bias is None else self.bias.data_ptr(),
-                   self.offsets.data_ptr(), self.index.data_ptr(), self.value.data_ptr(),
-                   N, C, H, W, O, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, torch.get_num_threads())
+        lib.conv2d(
+            x4.data_ptr(),
+            out.data_ptr(),
+            0 if self.bias is None else self.bias.data_ptr(),
+            self.offsets.data_ptr(),
+            self.index.data_ptr(),
+            self.value.data_ptr(),
+            N,
+            C,
+            H,
+            W,
+            O,
+            OH,
+            OW,
+            KH,
+            KW,
+            sh,
+            sw,
+            pt,
+            pl,
+            dh,
+            dw,
+            torch.get_num_threads(),
+        )
         return out
 
 
@@ -134,8 +165,13 @@ def layer_for(node) -> EventLayer | None:
         return None
     bias = node.params.get("bias")
     nd = max(1, w.dim() - 2)
-    geometry = (node.op, tuple(node.attrs.get("stride", [1] * nd)), tuple(node.attrs.get("pads", [0] * 2 * nd)),
-                tuple(node.attrs.get("dilation", [1] * nd)), int(node.attrs.get("groups", 1)))
+    geometry = (
+        node.op,
+        tuple(node.attrs.get("stride", [1] * nd)),
+        tuple(node.attrs.get("pads", [0] * 2 * nd)),
+        tuple(node.attrs.get("dilation", [1] * nd)),
+        int(node.attrs.get("groups", 1)),
+    )
     key = (w._version, None if bias is None else (id(bias), bias._version), geometry)
     cached = _LAYERS.get(id(w))
     if cached is not None and cached[0] == key:

@@ -12,6 +12,7 @@ and pybind11 only). This module uses the standard library alone and imports noth
 package, so setup.py loads it by file path; cuda.py imports it (and re-exports its names) as
 usual.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,8 @@ INSTALL_ARCHS = ("80", "90")
 _COMMON = ("-O3", "--fmad=false")
 _OUTPUTS = {
     "shared": ("-shared", "-Xcompiler", "-fPIC"),  # the library cuda.py loads with ctypes
-    "object": ("-c",),                             # compile only (CI's check that the source builds)
-    "ptx": ("-ptx",),                              # device assembly, to inspect the instructions
+    "object": ("-c",),  # compile only (CI's check that the source builds)
+    "ptx": ("-ptx",),  # device assembly, to inspect the instructions
 }
 
 
@@ -39,9 +40,15 @@ def nvcc_path() -> str | None:
     return None
 
 
-def nvcc_command(sources: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike, *,
-                 archs: Sequence[str] = INSTALL_ARCHS, kind: str = "shared", embed_ptx: bool = False,
-                 nvcc: str | None = None) -> list[str]:
+def nvcc_command(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    archs: Sequence[str] = INSTALL_ARCHS,
+    kind: str = "shared",
+    embed_ptx: bool = False,
+    nvcc: str | None = None,
+) -> list[str]:
     """The argv that compiles ``sources`` into ``output``.
 
     ``archs``: compute capabilities as digits ("80", "90"), one ``-gencode`` each, SASS only;

@@ -5,6 +5,7 @@ traces under torch.compile and FakeTensor) and its backward as
 ``torch.ops.snncompiler.neuron_multistep_backward``. Both take an already-validated argument
 list; :func:`neuron_multistep` is the checked public entry point.
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,7 +13,6 @@ import importlib.util
 import math
 import os
 import warnings
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -70,14 +70,20 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
                 return "cuda"
             if _triton_usable():
                 return "triton"
-            _warn_once("gpu", "snncompiler: neither the CUDA kernel nor Triton is usable; "
-                              "running the (slow) PyTorch reference neuron on the GPU")
+            _warn_once(
+                "gpu",
+                "snncompiler: neither the CUDA kernel nor Triton is usable; "
+                "running the (slow) PyTorch reference neuron on the GPU",
+            )
             return "reference"
         if x.dtype in cpu.DTYPES and cpu.available():
             return "cpu"
         if x.dtype == torch.float32:
-            _warn_once("cpu", "snncompiler: the C++ neuron kernel (snncompiler.kernels._lif_cpu) is not "
-                              "built; falling back to the PyTorch reference (reinstall with a C++ compiler)")
+            _warn_once(
+                "cpu",
+                "snncompiler: the C++ neuron kernel (snncompiler.kernels._lif_cpu) is not "
+                "built; falling back to the PyTorch reference (reinstall with a C++ compiler)",
+            )
         return "reference"
     if backend == "cpu":
         if not cpu.available():
@@ -99,7 +105,7 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
     return backend
 
 
-def _layout_inner(vshape, shape) -> Optional[int]:
+def _layout_inner(vshape, shape) -> int | None:
     """For a value of shape ``vshape`` broadcast to ``shape``: the divisor ``inner`` such that
     flat neuron n uses flat element (n // inner) % numel of the value, or None when its
     non-broadcast axes are not adjacent (then only an expanded copy can be indexed that way)."""
@@ -152,17 +158,36 @@ def _kernel_theta(theta: Tensor, shape) -> tuple[Tensor, int]:
 
 
 # ---- the registered ops -------------------------------------------------------------------
-def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
-             spike_format: str, backend: str, surrogate: str,
-             alpha: float, detach_reset: bool) -> tuple[Tensor, Tensor, Optional[int]]:
+def _forward(
+    x: Tensor,
+    v0: Tensor,
+    theta: Tensor,
+    decay: float,
+    hard: bool,
+    v_reset: float,
+    spike_format: str,
+    backend: str,
+    surrogate: str,
+    alpha: float,
+    detach_reset: bool,
+) -> tuple[Tensor, Tensor, int | None]:
     """Validated forward: (spikes, v_final, count), count (an int) where the backend's kernel
     counts spikes itself (the C++ kernel), else None. See :func:`neuron_multistep`."""
     backend = _resolve_backend(backend, x)
     decay, v_reset = reference.f32(decay), reference.f32(v_reset)
     if backend == "reference":
         spikes, v = reference.neuron_multistep_reference(
-            x, v0, theta, decay=decay, reset="hard" if hard else "soft", v_reset=v_reset,
-            spike_format=spike_format, surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)
+            x,
+            v0,
+            theta,
+            decay=decay,
+            reset="hard" if hard else "soft",
+            v_reset=v_reset,
+            spike_format=spike_format,
+            surrogate=surrogate,
+            alpha=alpha,
+            detach_reset=detach_reset,
+        )
         return spikes, v, None
     shape = x.shape[1:]
     th, inner = _kernel_theta(theta, shape)
@@ -176,12 +201,21 @@ def _forward(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_r
     return (*kernel.forward(x.contiguous(), v0k, th, inner, decay, hard, v_reset, spike_format, v0_inner), None)
 
 
-def _neuron_impl(x: Tensor, v0: Tensor, theta: Tensor, decay: float, hard: bool, v_reset: float,
-                 spike_format: str, backend: str, surrogate: str, alpha: float,
-                 detach_reset: bool) -> tuple[Tensor, Tensor]:
+def _neuron_impl(
+    x: Tensor,
+    v0: Tensor,
+    theta: Tensor,
+    decay: float,
+    hard: bool,
+    v_reset: float,
+    spike_format: str,
+    backend: str,
+    surrogate: str,
+    alpha: float,
+    detach_reset: bool,
+) -> tuple[Tensor, Tensor]:
     """Validated forward: (spikes, v_final). See :func:`neuron_multistep`."""
-    spikes, v, _ = _forward(x, v0, theta, decay, hard, v_reset, spike_format, backend, surrogate, alpha,
-                            detach_reset)
+    spikes, v, _ = _forward(x, v0, theta, decay, hard, v_reset, spike_format, backend, surrogate, alpha, detach_reset)
     return spikes, v
 
 
@@ -201,10 +235,21 @@ def _neuron_op_fake(x, v0, theta, decay, hard, v_reset, spike_format, backend, s
 
 
 @torch.library.custom_op("snncompiler::neuron_multistep_backward", mutates_args=())
-def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], x: Tensor, v0: Tensor,
-                        theta: Tensor, decay: float, hard: bool, v_reset: float, backend: str,
-                        surrogate: str, alpha: float, detach_reset: bool,
-                        theta_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _neuron_backward_op(
+    grad_spikes: Tensor | None,
+    grad_v: Tensor | None,
+    x: Tensor,
+    v0: Tensor,
+    theta: Tensor,
+    decay: float,
+    hard: bool,
+    v_reset: float,
+    backend: str,
+    surrogate: str,
+    alpha: float,
+    detach_reset: bool,
+    theta_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Surrogate-gradient backward of the value-format op: (grad_x, grad_v0, grad_theta),
     shaped like x, v0 and theta (grad_theta is zeros unless ``theta_grad``)."""
     backend = _resolve_backend(backend, x)
@@ -216,8 +261,18 @@ def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor],
         backend = "triton" if _triton_usable() else "reference"
     if backend == "reference":
         gx, gv0, gth = reference.neuron_multistep_backward_reference(
-            gy, gv, x, v0, theta, decay=decay, hard=hard, v_reset=v_reset, surrogate=surrogate,
-            alpha=alpha, detach_reset=detach_reset)
+            gy,
+            gv,
+            x,
+            v0,
+            theta,
+            decay=decay,
+            hard=hard,
+            v_reset=v_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+            detach_reset=detach_reset,
+        )
     else:
         th, inner = _kernel_theta(theta, shape)
         args = (decay, hard, v_reset, SURROGATES[surrogate][0], alpha, detach_reset, theta_grad)
@@ -235,8 +290,9 @@ def _neuron_backward_op(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor],
 
 
 @_neuron_backward_op.register_fake
-def _neuron_backward_fake(grad_spikes, grad_v, x, v0, theta, decay, hard, v_reset, backend, surrogate,
-                          alpha, detach_reset, theta_grad):
+def _neuron_backward_fake(
+    grad_spikes, grad_v, x, v0, theta, decay, hard, v_reset, backend, surrogate, alpha, detach_reset, theta_grad
+):
     return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(theta)
 
 
@@ -252,7 +308,8 @@ def _backward(ctx, grad_spikes, grad_v):
     if not ctx.value_format:  # binary/packed spikes are integers: no gradient flows through them
         grad_spikes = None
     gx, gv0, gth = torch.ops.snncompiler.neuron_multistep_backward(
-        grad_spikes, grad_v, x, v0, theta, *ctx.args, ctx.needs_input_grad[2])
+        grad_spikes, grad_v, x, v0, theta, *ctx.args, ctx.needs_input_grad[2]
+    )
     return gx, gv0, (gth if ctx.needs_input_grad[2] else None), None, None, None, None, None, None, None, None
 
 
@@ -283,15 +340,28 @@ def _as_state(value, name: str, x: Tensor, shape) -> Tensor:
         raise SnncError(f"{name}: is on {value.device} but x is on {x.device}")
     vshape = value.shape
     # by hand, after the common exact match: torch.broadcast_shapes costs more than a small kernel
-    if vshape != shape and not (len(vshape) <= len(shape) and all(
-            d == 1 or d == s for d, s in zip(reversed(vshape), reversed(shape)))):
+    if vshape != shape and not (
+        len(vshape) <= len(shape) and all(d == 1 or d == s for d, s in zip(reversed(vshape), reversed(shape)))
+    ):
         raise SnncError(f"{name}: shape {tuple(vshape)} does not broadcast to x[0] of shape {tuple(shape)}")
     return value if value.dtype == torch.float32 else value.to(torch.float32)
 
 
-def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "soft", v_reset: float = 0.0,
-                     backend: str = "auto", spike_format: str = "value", surrogate: str = "atan",
-                     alpha: float | None = None, detach_reset: bool = False, return_count: bool = False):
+def neuron_multistep(
+    x: Tensor,
+    v0,
+    theta,
+    *,
+    decay: float = 1.0,
+    reset: str = "soft",
+    v_reset: float = 0.0,
+    backend: str = "auto",
+    spike_format: str = "value",
+    surrogate: str = "atan",
+    alpha: float | None = None,
+    detach_reset: bool = False,
+    return_count: bool = False,
+):
     """Run T steps of a layer of IF/LIF neurons in one fused kernel: returns (spikes, v_final).
 
     Per step t (float32 arithmetic, the same order in every backend)::
@@ -342,8 +412,19 @@ def neuron_multistep(x: Tensor, v0, theta, *, decay: float = 1.0, reset: str = "
     shape = x.shape[1:]
     v0 = _as_state(v0, "v0", x, shape)
     theta = _as_state(theta, "theta", x, shape)
-    args = (x, v0, theta, float(decay), reset == "hard", float(v_reset), spike_format, backend, surrogate, alpha,
-            bool(detach_reset))
+    args = (
+        x,
+        v0,
+        theta,
+        float(decay),
+        reset == "hard",
+        float(v_reset),
+        spike_format,
+        backend,
+        surrogate,
+        alpha,
+        bool(detach_reset),
+    )
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):
         spikes, v = torch.ops.snncompiler.neuron_multistep(*args)
         count = None

@@ -5,6 +5,7 @@ the packed tensor is uint8 [T, ceil(N / 8)]; neuron n of step t is bit (n % 8) o
 [t, n // 8], least-significant bit first (numpy's ``packbits(bitorder="little")`` over the
 flattened neuron axis). Padding bits of the last byte are zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ def _bit_weights(device) -> torch.Tensor:
     return torch.tensor([1 << i for i in range(8)], dtype=torch.int32, device=device)
 
 
-def output_buffers(x: torch.Tensor, v0: torch.Tensor, spike_format: str,
-                   empty=None) -> tuple[torch.Tensor, torch.Tensor]:
+def output_buffers(
+    x: torch.Tensor, v0: torch.Tensor, spike_format: str, empty=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Uninitialised (spikes, v_final) for a forward kernel: spikes in ``spike_format`` ("value":
     like x; "binary": uint8 like x; "packed": uint8 [T, ceil(N/8)]) and v_final float32 of shape
     x.shape[1:]. x must be contiguous (or a time-broadcast view of a contiguous input) and v0

@@ -18,6 +18,7 @@ through it is the gradient oracle. :func:`neuron_multistep_backward_reference` i
 hand-derived backward (the same formulas the kernels implement), used by the
 ``"reference"`` backend of the registered op.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,9 +41,19 @@ def _as_f32_tensor(value, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(f32(value), dtype=torch.float32, device=like.device)
 
 
-def neuron_multistep_reference(x, v0, theta, *, decay=1.0, reset="soft", v_reset=0.0,
-                               spike_format="value", surrogate="atan", alpha=None,
-                               detach_reset=False):
+def neuron_multistep_reference(
+    x,
+    v0,
+    theta,
+    *,
+    decay=1.0,
+    reset="soft",
+    v_reset=0.0,
+    spike_format="value",
+    surrogate="atan",
+    alpha=None,
+    detach_reset=False,
+):
     """Run T steps of the IF/LIF neuron with a Python loop over plain torch ops.
 
     x: [T, ...] float tensor; v0, theta: float or tensor broadcastable to x[0].
@@ -85,8 +96,9 @@ def _recompute_h(x, v0, theta, d, hard, vr):
     return hs
 
 
-def neuron_multistep_backward_reference(grad_spikes, grad_v, x, v0, theta, *, decay, hard,
-                                        v_reset, surrogate, alpha, detach_reset):
+def neuron_multistep_backward_reference(
+    grad_spikes, grad_v, x, v0, theta, *, decay, hard, v_reset, surrogate, alpha, detach_reset
+):
     """Hand-derived backward of the value-format op, recomputing h from (x, v0, theta).
 
     grad_spikes ([T, ...] or None) and grad_v (x.shape[1:] or None) are the incoming

@@ -14,6 +14,7 @@ sigmoid    α · σ(αu) · (1 - σ(αu))                         4.0        Sig
 
 The integer ids are what the C++, Triton and CUDA kernels receive.
 """
+
 from __future__ import annotations
 
 import math

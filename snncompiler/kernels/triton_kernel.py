@@ -17,6 +17,7 @@ small ones use a fixed block, since autotuning costs more than it can save there
 new (T, N) would trigger it. Under TRITON_INTERPRET=1 (CPU tests) a fixed block is used
 because the autotuner needs a GPU driver to time configurations.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,8 +37,26 @@ _SMALL_BLOCK, _SMALL_WARPS = 256, 4
 
 
 @triton.jit
-def _lif_fwd(x_ptr, v0_ptr, th_ptr, out_ptr, vout_ptr, T, N, NBYTES, th_inner, th_period, v0_inner, v0_period,
-             decay, v_reset, DECAY: tl.constexpr, HARD: tl.constexpr, FMT: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_fwd(
+    x_ptr,
+    v0_ptr,
+    th_ptr,
+    out_ptr,
+    vout_ptr,
+    T,
+    N,
+    NBYTES,
+    th_inner,
+    th_period,
+    v0_inner,
+    v0_period,
+    decay,
+    v_reset,
+    DECAY: tl.constexpr,
+    HARD: tl.constexpr,
+    FMT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
     lanes = tl.arange(0, 8)
@@ -91,10 +110,34 @@ def _surrogate_grad(u, alpha, SG: tl.constexpr):
 
 
 @triton.jit
-def _lif_bwd(x_ptr, v0_ptr, th_ptr, gy_ptr, gv_ptr, gx_ptr, gv0_ptr, gth_ptr, h_ptr, T, N, th_inner, th_period,
-             v0_inner, v0_period, decay, v_reset, alpha, DECAY: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr,
-             SG: tl.constexpr, HAS_GY: tl.constexpr, HAS_GV: tl.constexpr, HAS_GTH: tl.constexpr,
-             BLOCK: tl.constexpr):
+def _lif_bwd(
+    x_ptr,
+    v0_ptr,
+    th_ptr,
+    gy_ptr,
+    gv_ptr,
+    gx_ptr,
+    gv0_ptr,
+    gth_ptr,
+    h_ptr,
+    T,
+    N,
+    th_inner,
+    th_period,
+    v0_inner,
+    v0_period,
+    decay,
+    v_reset,
+    alpha,
+    DECAY: tl.constexpr,
+    HARD: tl.constexpr,
+    DETACH: tl.constexpr,
+    SG: tl.constexpr,
+    HAS_GY: tl.constexpr,
+    HAS_GV: tl.constexpr,
+    HAS_GTH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     v = tl.load(v0_ptr + (offs // v0_inner) % v0_period, mask=mask, other=0.0)
@@ -162,7 +205,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tuned(kernel_name: str):
     kernel = {"fwd": _lif_fwd, "bwd": _lif_bwd}[kernel_name]
     configs = [triton.Config({"BLOCK": b}, num_warps=w) for b in (256, 512, 1024, 2048) for w in (4, 8)]
@@ -172,14 +215,13 @@ def _tuned(kernel_name: str):
 def _launch(kernel_name: str, n: int, steps: int, *args, **consts):
     kernel = {"fwd": _lif_fwd, "bwd": _lif_bwd}[kernel_name]
     if _interpreting():
-        kernel[(triton.cdiv(n, _INTERPRET_BLOCK),)](*args, **consts, BLOCK=_INTERPRET_BLOCK,
-                                                    enable_fp_fusion=False)
+        kernel[(triton.cdiv(n, _INTERPRET_BLOCK),)](*args, **consts, BLOCK=_INTERPRET_BLOCK, enable_fp_fusion=False)
     elif steps * n < _SMALL_LAUNCH:
-        kernel[(triton.cdiv(n, _SMALL_BLOCK),)](*args, **consts, BLOCK=_SMALL_BLOCK, num_warps=_SMALL_WARPS,
-                                                enable_fp_fusion=False)
+        kernel[(triton.cdiv(n, _SMALL_BLOCK),)](
+            *args, **consts, BLOCK=_SMALL_BLOCK, num_warps=_SMALL_WARPS, enable_fp_fusion=False
+        )
     else:
-        _tuned(kernel_name)[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts,
-                                                                            enable_fp_fusion=False)
+        _tuned(kernel_name)[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts, enable_fp_fusion=False)
 
 
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1):
@@ -191,13 +233,47 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     out, vout = output_buffers(x, v0, spike_format)
     if n == 0:
         return out, vout
-    _launch("fwd", n, T, x, v0, theta, out, vout, T, n, nbytes, inner, theta.numel(), v0_inner, v0.numel(),
-            decay, v_reset, DECAY=decay != 1.0, HARD=bool(hard), FMT=FORMATS[spike_format])
+    _launch(
+        "fwd",
+        n,
+        T,
+        x,
+        v0,
+        theta,
+        out,
+        vout,
+        T,
+        n,
+        nbytes,
+        inner,
+        theta.numel(),
+        v0_inner,
+        v0.numel(),
+        decay,
+        v_reset,
+        DECAY=decay != 1.0,
+        HARD=bool(hard),
+        FMT=FORMATS[spike_format],
+    )
     return out, vout
 
 
-def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, surrogate_id, alpha,
-             detach_reset, theta_grad, v0_inner=1):
+def backward(
+    grad_spikes,
+    grad_v,
+    x,
+    v0,
+    theta,
+    inner,
+    decay,
+    hard,
+    v_reset,
+    surrogate_id,
+    alpha,
+    detach_reset,
+    theta_grad,
+    v0_inner=1,
+):
     """Surrogate-gradient backward (recomputes the membrane). Returns (grad_x float32,
     grad_v0 [N], grad_theta [N] or None), per neuron, before any broadcast reduction."""
     T, n = x.shape[0], math.prod(x.shape[1:])
@@ -208,9 +284,34 @@ def backward(grad_spikes, grad_v, x, v0, theta, inner, decay, hard, v_reset, sur
     if n == 0:
         return gx, gv0, gth
     scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
-    _launch("bwd", n, T, x, v0, theta, x if grad_spikes is None else grad_spikes, v0 if grad_v is None else grad_v,
-            gx, gv0, gv0 if gth is None else gth, scratch, T, n, inner, theta.numel(), v0_inner, v0.numel(),
-            decay, v_reset, alpha,
-            DECAY=decay != 1.0, HARD=bool(hard), DETACH=bool(detach_reset), SG=int(surrogate_id),
-            HAS_GY=grad_spikes is not None, HAS_GV=grad_v is not None, HAS_GTH=gth is not None)
+    _launch(
+        "bwd",
+        n,
+        T,
+        x,
+        v0,
+        theta,
+        x if grad_spikes is None else grad_spikes,
+        v0 if grad_v is None else grad_v,
+        gx,
+        gv0,
+        gv0 if gth is None else gth,
+        scratch,
+        T,
+        n,
+        inner,
+        theta.numel(),
+        v0_inner,
+        v0.numel(),
+        decay,
+        v_reset,
+        alpha,
+        DECAY=decay != 1.0,
+        HARD=bool(hard),
+        DETACH=bool(detach_reset),
+        SG=int(surrogate_id),
+        HAS_GY=grad_spikes is not None,
+        HAS_GV=grad_v is not None,
+        HAS_GTH=gth is not None,
+    )
     return gx, gv0, gth

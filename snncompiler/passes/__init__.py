@@ -3,6 +3,7 @@
 Order in :func:`snncompiler.compiler.compile`: fold BN → activation statistics → thresholds →
 neuronize (→ calibration, in a later pipeline).
 """
+
 from __future__ import annotations
 
 import logging

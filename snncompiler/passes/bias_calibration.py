@@ -12,6 +12,7 @@ A bias shift moves the rate only where the neuron is active, so one step under-c
 (measured: about half the error remains on a digits CNN). The same update is therefore
 repeated ``calib_rounds`` times per layer (default 3), re-measuring s̄ each time.
 """
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 
 W' = W·γ/√(σ²+ε) (per output channel), b' = γ·(b − μ)/√(σ²+ε) + β.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,10 +25,18 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     for bn in list(graph.find("batchnorm")):
         scale, shift = bn_affine(bn)
         prev = graph.producer(bn.inputs[0])
-        foldable = (prev is not None and prev.op in ("conv", "linear", "conv_transpose")
-                    and len(graph.consumers(bn.inputs[0])) == 1
-                    and bn.inputs[0] not in {o.name for o in graph.outputs})
-        if prev is not None and prev.op == "linear" and graph.shape(bn.inputs[0]) and len(graph.shape(bn.inputs[0])) != 2:
+        foldable = (
+            prev is not None
+            and prev.op in ("conv", "linear", "conv_transpose")
+            and len(graph.consumers(bn.inputs[0])) == 1
+            and bn.inputs[0] not in {o.name for o in graph.outputs}
+        )
+        if (
+            prev is not None
+            and prev.op == "linear"
+            and graph.shape(bn.inputs[0])
+            and len(graph.shape(bn.inputs[0])) != 2
+        ):
             foldable = False  # linear acts on the last axis; BN on axis 1: only the same axis for 2-D
         if foldable:
             w = prev.params["weight"]

@@ -22,6 +22,7 @@ iterated from g = 1 (a few rounds; the fixed point is reached to 1e-3 in two or 
 target is used: this restores the neuron's own charge balance, it does not fit the outputs.
 Only hard-reset models get this pass; soft reset needs no compensation and is left untouched.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,9 @@ ROUNDS = 4
 MAX_GAIN = 4.0
 
 
-def excess_per_spike(x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, decay: float,
-                     gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def excess_per_spike(
+    x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, decay: float, gain: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Simulate a hard-reset neuron on input current ``gain``·x [T, N, C, ...]; return the summed
     excess h − θ at its spikes and its spike count, each summed per channel ([C]).
 
@@ -81,8 +83,9 @@ def compensating_gain(x: torch.Tensor, node, rounds: int = ROUNDS) -> torch.Tens
     decay = spec.decay
     gain = torch.ones_like(theta)
     for _ in range(rounds):
-        excess, spikes = excess_per_spike(x, th, v0, decay, channel_view(gain, step) if gain.numel() > 1
-                                          else gain.reshape(()))
+        excess, spikes = excess_per_spike(
+            x, th, v0, decay, channel_view(gain, step) if gain.numel() > 1 else gain.reshape(())
+        )
         if theta.numel() == 1:
             excess, spikes = excess.sum(), spikes.sum()
         excess, spikes = excess.reshape(theta.shape), spikes.reshape(theta.shape)
@@ -114,6 +117,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         gain = compensating_gain(current, neuron)
         neuron.params["gain"] = gain
         sim.recompute(neuron)
-        ctx.note(NAME, f"{neuron.name}: input gain {float(gain.mean()):.4g}{' (mean over channels)' if gain.numel() > 1 else ''}"
-                       f" (fires at θ/g of the original current; its spikes still carry θ)")
+        ctx.note(
+            NAME,
+            f"{neuron.name}: input gain {float(gain.mean()):.4g}{' (mean over channels)' if gain.numel() > 1 else ''}"
+            f" (fires at θ/g of the original current; its spikes still carry θ)",
+        )
     return graph

@@ -9,6 +9,7 @@ node, over all T steps and all calibration samples at once, pausing at every neu
 changes a parameter and recomputes just the few nodes between the changed layer and the
 neuron, instead of re-simulating the network from its input for every layer and round.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,6 @@ from ..options import setting
 from ..runtime.executor import Executor
 from ..runtime.snn import SpikingRunner, _Static
 from . import PassContext
-
 
 
 def calibration_size(ctx: PassContext) -> int:
@@ -76,7 +76,7 @@ def ann_targets(ann: Graph, x: torch.Tensor, values, batch_size: int = 256) -> d
     ex = Executor(ann)
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
-            ex.run({ann.inputs[0].name: x[s:s + batch_size]}, observer=grab)
+            ex.run({ann.inputs[0].name: x[s : s + batch_size]}, observer=grab)
     return {v: torch.cat(p) for v, p in parts.items()}
 
 
@@ -185,8 +185,14 @@ def channel_mean(t: torch.Tensor) -> torch.Tensor:
 
 def progress(items, desc: str, ctx: PassContext, total: int | None = None):
     """A per-layer progress bar (stderr), silent when ``quiet`` is set and on ranks other than 0."""
-    return tqdm(items, desc=desc, unit="layer", total=total, leave=False,
-                disable=bool(ctx.options.get("quiet")) or not distributed.is_main())
+    return tqdm(
+        items,
+        desc=desc,
+        unit="layer",
+        total=total,
+        leave=False,
+        disable=bool(ctx.options.get("quiet")) or not distributed.is_main(),
+    )
 
 
 def start(graph: Graph, ctx: PassContext, desc: str):

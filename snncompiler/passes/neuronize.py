@@ -16,13 +16,14 @@ Max pooling strategies (``maxpool``), all biased upward relative to the ANN's ma
   before the counts separate, and to ties.
 ``rate`` is the default: it was best on every workload of benchmarks/timestep_accuracy.py.
 """
+
 from __future__ import annotations
 
 from ..errors import OptionError
 from ..ir import Graph
 from ..ir.neuron import MAXPOOL_STRATEGIES, NeuronSpec
-from ..options import setting
 from ..ir.ops import conversion_kind
+from ..options import setting
 from . import PassContext
 
 NAME = "neuronize"

@@ -9,6 +9,7 @@ initial charge of T·δ adds δ to the rate, so the mean per-neuron error is can
 neuron is active; samples in which it stays silent dilute the step, so, as in bias calibration,
 the update is repeated ``calib_rounds`` times (default 3), re-measuring s̄ each time.
 """
+
 from __future__ import annotations
 
 from .. import distributed

@@ -7,6 +7,7 @@ data streams through. Percentiles and the MSE threshold search read the histogra
 maximum is kept exactly. Percentiles count every element, zeros included (as SpikingJelly
 does; snn_toolbox excludes zeros).
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,8 +78,9 @@ def site_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op in ("relu", "clip", "neuron") and conversion_kind(n) == "spiking"]
 
 
-def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bins: int = 2048,
-            max_samples: int | None = None) -> dict[str, StreamingHistogram]:
+def collect(
+    graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bins: int = 2048, max_samples: int | None = None
+) -> dict[str, StreamingHistogram]:
     """Run the ANN over ``data`` (a Dataset) and histogram every site's output.
 
     Under a process group every batch of ``batch_size`` samples is split across the ranks; the
@@ -94,8 +96,10 @@ def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bin
             return
         a = outs[0]
         if not bool(torch.isfinite(a).all()):  # NaN weights, say: every threshold would be garbage
-            raise SnncError(f"{node.where}: its activations on the calibration data are not finite (NaN or "
-                            f"inf); check the model's weights")
+            raise SnncError(
+                f"{node.where}: its activations on the calibration data are not finite (NaN or "
+                f"inf); check the model's weights"
+            )
         rows = a.transpose(0, 1).reshape(a.shape[1], -1) if channelwise and a.dim() >= 2 else a.reshape(1, -1)
         if node.name not in hists:
             hists[node.name] = StreamingHistogram(rows.shape[0], bins)
@@ -122,8 +126,10 @@ def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bin
                 outputs = ex.run({graph.inputs[0].name: torch.from_numpy(x)}, observer=observe)
                 for name, y in outputs.items():
                     if not bool(torch.isfinite(y).all()):
-                        raise SnncError(f"graph output '{name}' is not finite (NaN or inf) on the calibration "
-                                        f"data; check the model's weights")
+                        raise SnncError(
+                            f"graph output '{name}' is not finite (NaN or inf) on the calibration "
+                            f"data; check the model's weights"
+                        )
             if sharded:
                 _add_sharded(hists, pending)
     for hist in hists.values():
@@ -134,8 +140,10 @@ def collect(graph: Graph, data, *, channelwise: bool, batch_size: int = 128, bin
 def _add_sharded(hists: dict[str, StreamingHistogram], pending: dict[str, torch.Tensor]) -> None:
     """Bin one batch's shards: the ranks first agree on the batch's largest value per site."""
     names = sorted(hists)
-    local = torch.tensor([float(pending[n].max().clamp_min(0.0)) if n in pending and pending[n].numel() else 0.0
-                          for n in names], dtype=torch.float64)
+    local = torch.tensor(
+        [float(pending[n].max().clamp_min(0.0)) if n in pending and pending[n].numel() else 0.0 for n in names],
+        dtype=torch.float64,
+    )
     tops = distributed.all_reduce_max(local).tolist()
     for name, top in zip(names, tops):
         rows = pending.get(name)
@@ -148,8 +156,10 @@ def _add_sharded(hists: dict[str, StreamingHistogram], pending: dict[str, torch.
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Collect histograms into ``ctx.report['histograms']`` (the graph is unchanged)."""
     opts = ctx.options
-    hists = collect(graph, ctx.calib, channelwise=opts.get("channelwise", False),
-                    max_samples=opts.get("calib_samples"))
+    hists = collect(graph, ctx.calib, channelwise=opts.get("channelwise", False), max_samples=opts.get("calib_samples"))
     ctx.report["histograms"] = hists
-    ctx.note(NAME, f"histogrammed {len(hists)} neuron sites over {min(len(ctx.calib), opts.get('calib_samples') or len(ctx.calib))} samples")
+    ctx.note(
+        NAME,
+        f"histogrammed {len(hists)} neuron sites over {min(len(ctx.calib), opts.get('calib_samples') or len(ctx.calib))} samples",
+    )
     return graph

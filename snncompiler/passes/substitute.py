@@ -10,6 +10,7 @@ Gates stay analog: a Sigmoid or HardSigmoid whose output multiplies another acti
 analog island whatever the gate is, so replacing the gate would change the function and
 remove no island.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -72,8 +73,11 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     ctx.report["substituted"] = dict(replaced)
     if replaced:
         what = ", ".join(f"{op} ×{k}" for op, k in replaced.most_common())
-        ctx.note(NAME, f"replaced {sum(replaced.values())} activations by clipped ReLU neurons ({what}); the network "
-                       "computes another function now: recover its accuracy with `snnc finetune`")
+        ctx.note(
+            NAME,
+            f"replaced {sum(replaced.values())} activations by clipped ReLU neurons ({what}); the network "
+            "computes another function now: recover its accuracy with `snnc finetune`",
+        )
     else:
         ctx.note(NAME, "nothing to substitute (no HardSwish, GELU or SiLU)")
     return graph

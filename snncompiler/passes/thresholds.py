@@ -8,6 +8,7 @@ Modes (``--threshold``):
   (θ/T·clamp(floor(a·T/θ + ½), 0, T)) and ClipFloor with v0 = 0 (SNN Calibration's grid).
 Layer-wise by default; per output channel with ``channelwise``.
 """
+
 from __future__ import annotations
 
 import torch

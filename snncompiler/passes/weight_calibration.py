@@ -12,6 +12,7 @@ the squared error is summed over channels and averaged over the rest, as in SNN 
 Under a process group every rank draws the same minibatch indices over all the samples, computes
 the loss on the indices of its shard and the gradients are summed: the steps one process takes.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ def rate_ste(z: torch.Tensor, theta: torch.Tensor, timesteps: int, v0: str) -> t
     return th / timesteps * torch.clamp(floored, 0, timesteps)
 
 
-def layer_loss(layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual, target, theta, T, v0,
-               samples: int | None = None):
+def layer_loss(
+    layer: Node, weight: torch.Tensor, inputs: torch.Tensor, residual, target, theta, T, v0, samples: int | None = None
+):
     """The weight-calibration objective for one minibatch. ``samples``: the size of the whole
     minibatch of which ``inputs`` is one rank's share; the share's part of the mean is returned,
     so that the ranks' parts (and their gradients) add up to the objective of the whole."""
@@ -87,8 +89,17 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             if sharded:  # this rank's share of the minibatch; the gradients are summed below
                 samples = len(idx)
                 idx = idx[(idx >= first) & (idx < first + len(inputs))] - first
-            loss = layer_loss(layer, weight, inputs[idx], None if residual is None else residual[idx],
-                              target[idx], theta, T, v0, samples=samples)
+            loss = layer_loss(
+                layer,
+                weight,
+                inputs[idx],
+                None if residual is None else residual[idx],
+                target[idx],
+                theta,
+                T,
+                v0,
+                samples=samples,
+            )
             opt.zero_grad()
             loss.backward()
             distributed.sum_gradients([weight])
@@ -100,5 +111,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             sim.recompute(*feeding_chain(graph, neuron, layer))
         # (before, after) of the weights actually kept
         ctx.report.setdefault("weight_calibration_loss", {})[neuron.name] = (before, min(before, after))
-        ctx.note(NAME, f"{neuron.name}: layer loss {before:.4g} -> {after:.4g}" + ("" if after < before else " (kept old weights)"))
+        ctx.note(
+            NAME,
+            f"{neuron.name}: layer loss {before:.4g} -> {after:.4g}"
+            + ("" if after < before else " (kept old weights)"),
+        )
     return graph

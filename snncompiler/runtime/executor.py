@@ -1,11 +1,12 @@
 """Run an IR graph with torch, node by node, freeing each activation after its last use."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -93,8 +94,10 @@ class Executor:
         batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
         if fixed_batch(self.graph) and batch > 1:
             with one_thread():
-                runs = [self.interpret({k: v[i:i + 1] for k, v in feeds.items()}, observer, override)
-                        for i in range(batch)]
+                runs = [
+                    self.interpret({k: v[i : i + 1] for k, v in feeds.items()}, observer, override)
+                    for i in range(batch)
+                ]
             return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
         self._check_batch(feeds)
         return self.interpret(feeds, observer, override)
@@ -112,8 +115,10 @@ class Executor:
         source = self.graph.metadata.get("source_file", "model")
         k = 1 if declared == "dynamic" else int(declared)
         runs_at = "batch 1 (its dynamic batch is pinned to 1)" if declared == "dynamic" else f"batch {declared}"
-        raise SnncError(f"{source}: {bound}; it runs at {runs_at} only, got a batch of {n} "
-                        f"(feed {k} sample{'s' if k > 1 else ''} per call, e.g. snnc run --batch-size {k})")
+        raise SnncError(
+            f"{source}: {bound}; it runs at {runs_at} only, got a batch of {n} "
+            f"(feed {k} sample{'s' if k > 1 else ''} per call, e.g. snnc run --batch-size {k})"
+        )
 
     def interpret(self, feeds: Mapping[str, torch.Tensor], observer=None, override=None) -> dict[str, torch.Tensor]:
         """The graph interpreter every mode shares: run the nodes in order on ``feeds``, each
@@ -192,8 +197,10 @@ def check_input(value: Value, x: torch.Tensor, label: str = "input", *, sequence
         want = tuple(value.shape[1:])
         lead = 2 if sequence else 1
         if x.dim() != len(want) + lead or tuple(x.shape[lead:]) != want:
-            raise SnncError(f"{label} '{value.name}': expected shape [N, {'T, ' if sequence else ''}"
-                            f"{', '.join(map(str, want))}], got {list(x.shape)}")
+            raise SnncError(
+                f"{label} '{value.name}': expected shape [N, {'T, ' if sequence else ''}"
+                f"{', '.join(map(str, want))}], got {list(x.shape)}"
+            )
 
 
 def run_node(node, inputs: list[torch.Tensor]):
@@ -205,8 +212,10 @@ def run_node(node, inputs: list[torch.Tensor]):
         raise
     except Exception as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise SnncError(f"{node.where}: {node.op} failed on inputs of shape {shapes}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise SnncError(
+            f"{node.where}: {node.op} failed on inputs of shape {shapes}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
 
 
 def run_graph(graph: Graph, *inputs, device: str = "cpu"):
@@ -221,7 +230,9 @@ def infer_shapes(graph: Graph) -> Graph:
     source = graph.metadata.get("source_file", "model")
     for v in graph.inputs:
         if v.shape is not None:  # a damaged file can declare any dims: check before allocating the probe
-            check_array_bytes(4 * math.prod(int(d) for d in v.shape), f"{source}: input '{v.name}' of shape {tuple(v.shape)}")
+            check_array_bytes(
+                4 * math.prod(int(d) for d in v.shape), f"{source}: input '{v.name}' of shape {tuple(v.shape)}"
+            )
     feeds = {v.name: torch.zeros(v.shape, dtype=torch.float32) for v in graph.inputs if v.shape is not None}
     env_shapes: dict[str, tuple[int, ...]] = {k: tuple(t.shape) for k, t in feeds.items()}
 
@@ -249,10 +260,11 @@ def batch_independent(graph: Graph, x: torch.Tensor) -> bool:
     name = graph.inputs[0].name
     with torch.no_grad():
         try:
-            singles = [ex.run({name: x[b:b + 1]}) for b in range(2)]
+            singles = [ex.run({name: x[b : b + 1]}) for b in range(2)]
         except SnncError as exc:
-            raise SnncError(f"{graph.metadata.get('source_file', 'model')}: the graph does not run on one sample: "
-                            f"{exc}") from exc
+            raise SnncError(
+                f"{graph.metadata.get('source_file', 'model')}: the graph does not run on one sample: {exc}"
+            ) from exc
         try:
             both = ex.run({name: x})
         except SnncError:

@@ -10,6 +10,7 @@ trim thresholds makes glibc keep and reuse that memory, as a caching allocator w
 The price is that a process keeps its peak heap after a run. Set SNNC_RETAIN_MEMORY=0 to
 leave the allocator alone. Outside glibc (macOS, musl) this does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,7 +22,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 RETAIN_BYTES = 1 << 30  # allocations below this come from (and return to) the reusable heap
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True if they were raised."""
     if os.environ.get("SNNC_RETAIN_MEMORY", "1") == "0":

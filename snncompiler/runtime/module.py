@@ -23,6 +23,7 @@ tensor: the mean over T steps of the graph output (a tuple for several outputs).
 Not supported, each a one-line error: rate-encoded inputs (random per step) and graphs that run
 only one sample at a time.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,9 @@ def rate_maxpool_steps(node, seq: torch.Tensor) -> torch.Tensor:
     return torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])).to(seq.dtype)
 
 
-def _torch_neuron(x: torch.Tensor, v0, theta: torch.Tensor, decay: float, hard: bool, surrogate: str,
-                  alpha: float) -> torch.Tensor:
+def _torch_neuron(
+    x: torch.Tensor, v0, theta: torch.Tensor, decay: float, hard: bool, surrogate: str, alpha: float
+) -> torch.Tensor:
     """The neuron over x [T, ...] in plain torch ops, in the kernels' float32 order (see
     :mod:`snncompiler.kernels.reference`, whose loop this is without its argument checks, so that
     torch.compile traces it whole); spikes θ·s, differentiable through the surrogate."""
@@ -84,18 +86,29 @@ class SpikingModule(nn.Module):
     backend, or ``"torch"`` (the plain-PyTorch loop, no custom op). ``surrogate`` and ``alpha``
     shape the spike's gradient (default: the triangle as wide as each neuron's mean θ)."""
 
-    def __init__(self, graph: Graph, options: dict, *, backend: str = "auto", surrogate: str = "triangle",
-                 alpha: float | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        options: dict,
+        *,
+        backend: str = "auto",
+        surrogate: str = "triangle",
+        alpha: float | None = None,
+    ):
         super().__init__()
         if backend not in MODULE_BACKENDS:
             raise SnncError(f"backend: expected one of {', '.join(MODULE_BACKENDS)}, got {backend!r}")
         encoding = options.get("encoding", "direct")
         if encoding == "rate":
-            raise SnncError("to_torch: rate-encoded inputs are random at every step; only direct and sequence "
-                            "encodings have a module form")
+            raise SnncError(
+                "to_torch: rate-encoded inputs are random at every step; only direct and sequence "
+                "encodings have a module form"
+            )
         if fixed_batch(graph):
-            raise SnncError(f"to_torch: {graph.metadata.get('source_file', 'model')} runs only one sample at a time "
-                            "(its batch axis is fixed in the graph); re-export it with a dynamic batch axis")
+            raise SnncError(
+                f"to_torch: {graph.metadata.get('source_file', 'model')} runs only one sample at a time "
+                "(its batch axis is fixed in the graph); re-export it with a dynamic batch axis"
+            )
         self.graph = graph
         self.sequence = encoding == "sequence"
         self.timesteps = int(options.get("timesteps") or 1)
@@ -153,8 +166,10 @@ class SpikingModule(nn.Module):
         g = self.graph
         if self.sequence:
             if x.dim() < 2 or x.shape[1] < T:
-                raise SnncError(f"timesteps: {T} steps asked for, but the input sequence has "
-                                f"{x.shape[1] if x.dim() >= 2 else 'no'} steps (sequence inputs are [N, T, ...])")
+                raise SnncError(
+                    f"timesteps: {T} steps asked for, but the input sequence has "
+                    f"{x.shape[1] if x.dim() >= 2 else 'no'} steps (sequence inputs are [N, T, ...])"
+                )
             batch = x.shape[0]
             feed = x[:, :T].transpose(0, 1).reshape((T * batch,) + tuple(x.shape[2:]))
         else:
@@ -182,8 +197,15 @@ class SpikingModule(nn.Module):
     def _view(self, node) -> Node:
         """The node with this module's tensors (parameters and buffers) as its params."""
         holder = self.tensors[self._keys[node.name]]
-        return Node(node.op, node.name, node.inputs, node.outputs, node.attrs,
-                    {key: getattr(holder, key) for key in node.params}, node.source)
+        return Node(
+            node.op,
+            node.name,
+            node.inputs,
+            node.outputs,
+            node.attrs,
+            {key: getattr(holder, key) for key in node.params},
+            node.source,
+        )
 
     def _node(self, node, ins):
         """The interpreter's override: every node on this module's tensors, with the runtime's
@@ -192,8 +214,10 @@ class SpikingModule(nn.Module):
         view = self._view(node)
         if node.outputs[0] in self._static:
             return IMPLEMENTATIONS[node.op](view, *ins)
-        seqs = [self._expand(v, T) if name in self._static else v.reshape((T, -1) + tuple(v.shape[1:]))
-                for name, v in zip(node.inputs, ins)]
+        seqs = [
+            self._expand(v, T) if name in self._static else v.reshape((T, -1) + tuple(v.shape[1:]))
+            for name, v in zip(node.inputs, ins)
+        ]
         if node.op == "neuron":
             out = self._neuron(node, view, seqs[0])
         elif node.op == "maxpool" and node.attrs.get("spiking") == "rate":
@@ -224,8 +248,16 @@ class SpikingModule(nn.Module):
         if self.backend == "torch":
             spikes = _torch_neuron(seq, v0, th, self._decays[node.name], spec.reset == "hard", self.surrogate, alpha)
         else:
-            spikes, _ = neuron_multistep(seq.contiguous(), v0, th, decay=spec.decay, reset=spec.reset,
-                                         backend=self.backend, surrogate=self.surrogate, alpha=alpha)
+            spikes, _ = neuron_multistep(
+                seq.contiguous(),
+                v0,
+                th,
+                decay=spec.decay,
+                reset=spec.reset,
+                backend=self.backend,
+                surrogate=self.surrogate,
+                alpha=alpha,
+            )
         return spikes
 
     @staticmethod

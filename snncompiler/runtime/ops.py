@@ -10,10 +10,11 @@ neuron), ``linear`` (commutes with rate coding: runs unchanged on spikes), ``fol
 (absorbed by a neighbour at compile time), ``analog`` (an analog island: computed on the
 rate-decoded input), ``unsupported``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,6 @@ import torch.nn.functional as F
 from ..errors import SnncError
 from ..ir import Node
 from ..ir.ops import OPS
-
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -53,8 +53,17 @@ def conv(node: Node, x):
     else:
         padding = tuple(begin)
     fn = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-    return (fn(x, w, b, tuple(node.attrs.get("stride", [1] * nd)), padding,
-               tuple(node.attrs.get("dilation", [1] * nd)), node.attrs.get("groups", 1)),)
+    return (
+        fn(
+            x,
+            w,
+            b,
+            tuple(node.attrs.get("stride", [1] * nd)),
+            padding,
+            tuple(node.attrs.get("dilation", [1] * nd)),
+            node.attrs.get("groups", 1),
+        ),
+    )
 
 
 def _torch_pad(begin, end) -> list[int]:
@@ -73,9 +82,16 @@ def conv_transpose(node: Node, x):
     nd = w.dim() - 2
     pads = [int(p) for p in node.attrs.get("pads", [0] * 2 * nd)]
     fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
-    y = fn(x, w, None, tuple(node.attrs.get("stride", [1] * nd)), 0,
-           tuple(node.attrs.get("output_padding", [0] * nd)), node.attrs.get("groups", 1),
-           tuple(node.attrs.get("dilation", [1] * nd)))
+    y = fn(
+        x,
+        w,
+        None,
+        tuple(node.attrs.get("stride", [1] * nd)),
+        0,
+        tuple(node.attrs.get("output_padding", [0] * nd)),
+        node.attrs.get("groups", 1),
+        tuple(node.attrs.get("dilation", [1] * nd)),
+    )
     if any(pads):
         y = F.pad(y, _torch_pad([-p for p in pads[:nd]], [-p for p in pads[nd:]]))
     if b is not None:
@@ -172,8 +188,15 @@ def gelu(node: Node, x):
 
 #: Pointwise functions that spikes cannot carry (analog islands) besides the activations above;
 #: ``neg`` is the one linear member (a sign flip commutes with rate coding).
-_UNARY = {"erf": torch.erf, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log, "abs": torch.abs,
-          "reciprocal": torch.reciprocal, "neg": torch.neg}
+_UNARY = {
+    "erf": torch.erf,
+    "sqrt": torch.sqrt,
+    "exp": torch.exp,
+    "log": torch.log,
+    "abs": torch.abs,
+    "reciprocal": torch.reciprocal,
+    "neg": torch.neg,
+}
 
 
 def _make_unary(op_name: str):
@@ -223,15 +246,17 @@ def lrn(node: Node, x):
 def layer_norm(node: Node, x):
     """LayerNormalization over axes [axis, rank)."""
     axis = node.attrs.get("axis", -1) % x.dim()
-    return (F.layer_norm(x, tuple(x.shape[axis:]), node.params.get("scale"), node.params.get("bias"),
-                         node.attrs.get("eps", 1e-5)),)
+    return (
+        F.layer_norm(
+            x, tuple(x.shape[axis:]), node.params.get("scale"), node.params.get("bias"), node.attrs.get("eps", 1e-5)
+        ),
+    )
 
 
 @implements("instance_norm")
 def instance_norm(node: Node, x):
     """InstanceNormalization over the spatial axes of each sample and channel."""
-    return (F.instance_norm(x, weight=node.params["scale"], bias=node.params["bias"],
-                            eps=node.attrs.get("eps", 1e-5)),)
+    return (F.instance_norm(x, weight=node.params["scale"], bias=node.params["bias"], eps=node.attrs.get("eps", 1e-5)),)
 
 
 # ---- pooling ---------------------------------------------------------------------------
@@ -297,13 +322,18 @@ def maxpool(node: Node, x):
     # under autograd the separable form is taken whatever the size: its gradient at ties (split
     # evenly) differs from max_pool's (all to one member), and a training step must not depend on
     # how many samples a batch (or a rank's share of it, under DistributedDataParallel) holds
-    if (x.device.type == "cpu" and kernel == stride and max(kernel) <= 4 and not any(pads) and not ceil_mode
-            and all(d == 1 for d in dilation)
-            and (x.numel() >= _SEPARABLE_MIN_ELEMENTS or (x.requires_grad and torch.is_grad_enabled()))):
+    if (
+        x.device.type == "cpu"
+        and kernel == stride
+        and max(kernel) <= 4
+        and not any(pads)
+        and not ceil_mode
+        and all(d == 1 for d in dilation)
+        and (x.numel() >= _SEPARABLE_MIN_ELEMENTS or (x.requires_grad and torch.is_grad_enabled()))
+    ):
         return (_separable_max(x, kernel),)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
-    if not ceil_mode and pads[:nd] == pads[nd:] and all(
-            p <= k // 2 for p, k in zip(pads, kernel)):
+    if not ceil_mode and pads[:nd] == pads[nd:] and all(p <= k // 2 for p, k in zip(pads, kernel)):
         xp, pad = x, pads[:nd]  # torch's own (implicit -inf) padding: no padded copy of x
     else:
         xp, pad = _windows(x, nd, kernel, stride, pads, dilation, ceil_mode, float("-inf")), 0
@@ -346,8 +376,13 @@ def _sum_pool(x, kernel, stride):
 
 # ---- elementwise and structural --------------------------------------------------------
 _BINARY = {
-    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
-    "max": torch.maximum, "min": torch.minimum, "pow": torch.pow,
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+    "max": torch.maximum,
+    "min": torch.minimum,
+    "pow": torch.pow,
 }
 
 
@@ -385,7 +420,9 @@ def split(node: Node, x):
 @implements("slice")
 def slice_(node: Node, x):
     """Strided slice with constant starts/ends/axes/steps (negative steps included)."""
-    for start, end, axis, step in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"], node.attrs["steps"]):
+    for start, end, axis, step in zip(
+        node.attrs["starts"], node.attrs["ends"], node.attrs["axes"], node.attrs["steps"]
+    ):
         idx = list(_onnx_slice_range(start, end, step, x.shape[axis]))
         if step == 1 and idx:
             x = x.narrow(axis, idx[0], len(idx))
@@ -411,7 +448,7 @@ def gather(node: Node, x):
     axis = node.attrs["axis"] % x.dim()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = torch.index_select(x, axis, idx.reshape(-1))
-    return (out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:])),)
+    return (out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1 :])),)
 
 
 @implements("reshape")
@@ -599,7 +636,9 @@ def constant(node: Node):
 @implements("unsupported")
 def unsupported(node: Node, *xs):
     """Placeholder for an ONNX op without a converter, kept only so ``inspect`` can list it."""
-    raise SnncError(f"{node.where}: operator {node.attrs.get('op_type')} (domain '{node.attrs.get('domain') or 'ai.onnx'}') is not supported")
+    raise SnncError(
+        f"{node.where}: operator {node.attrs.get('op_type')} (domain '{node.attrs.get('domain') or 'ai.onnx'}') is not supported"
+    )
 
 
 # ---- spiking ---------------------------------------------------------------------------

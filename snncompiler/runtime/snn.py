@@ -11,6 +11,7 @@
 * Graph outputs are accumulated; the running mean at every step t ≤ T is available, so the
   accuracy at every T ≤ T_max comes from one T_max run.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,17 +24,21 @@ import torch.nn.functional as F
 from ..errors import SnncError
 from ..ir import Graph, Node
 from ..ir.neuron import ENCODINGS, NeuronSpec
+from ..ir.ops import conversion_kind
 from ..limits import check_timesteps
 from ..options import DEFAULT_CHUNK
 from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
-from ..ir.ops import conversion_kind
 from .ops import IMPLEMENTATIONS, _windows, channel_view
 
-
 # How `profile` groups the time spent per node (everything else is "other ops").
-_PROFILE_GROUPS = {"neuron": "neurons", "conv": "conv/linear", "conv_transpose": "conv/linear", "linear": "conv/linear",
-                   "matmul": "conv/linear"}
+_PROFILE_GROUPS = {
+    "neuron": "neurons",
+    "conv": "conv/linear",
+    "conv_transpose": "conv/linear",
+    "linear": "conv/linear",
+    "matmul": "conv/linear",
+}
 
 
 def _check_steps(timesteps: int, chunk: int) -> None:
@@ -68,8 +73,16 @@ def _dyn(value, steps: int) -> torch.Tensor:
 class SpikingRunner:
     """Runs a neuronized graph as an SNN. One runner holds state for one batch at a time."""
 
-    def __init__(self, graph: Graph, *, backend: str = "auto", device: str = "cpu", encoding: str = "direct",
-                 seed: int = 0, exec_mode: str = "dense"):
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        encoding: str = "direct",
+        seed: int = 0,
+        exec_mode: str = "dense",
+    ):
         from ..kernels.event import EXEC_MODES
 
         if encoding not in ENCODINGS:
@@ -113,8 +126,11 @@ class SpikingRunner:
         from ..kernels import event
 
         if self.device.type != "cpu" or not event.available():
-            where = "the event kernel is CPU-only" if self.device.type != "cpu" else \
-                "the event-driven kernel (snncompiler.kernels._event_cpu) is not built"
+            where = (
+                "the event kernel is CPU-only"
+                if self.device.type != "cpu"
+                else "the event-driven kernel (snncompiler.kernels._event_cpu) is not built"
+            )
             _warn_once(f"--exec {self.exec_mode}: {where}; running every layer dense")
             return {}
         layers = {}
@@ -132,8 +148,9 @@ class SpikingRunner:
     def _reads_spikes(self, node: Node) -> bool:
         # a max pool of a neuron's spikes ("rate" or "gated") passes spikes on: 0 or θ again
         src = self.graph.producer(node.inputs[0])
-        while src is not None and (src.op in ("flatten", "reshape") or
-                                   (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated"))):
+        while src is not None and (
+            src.op in ("flatten", "reshape") or (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated"))
+        ):
             src = self.graph.producer(src.inputs[0])
         return src is not None and src.op == "neuron"
 
@@ -173,7 +190,9 @@ class SpikingRunner:
         chunks = [outs for _, _, outs in self._simulate(x, timesteps, chunk)]
         return _single([torch.cat([c[k].float() for c in chunks]) for k in range(len(self.graph.outputs))])
 
-    def rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK, stop_at: str | None = None) -> dict:
+    def rates(
+        self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK, stop_at: str | None = None
+    ) -> dict:
         """Time-mean over ``timesteps`` steps of the named values, [B, ...] each (rate-decoded).
 
         With ``stop_at`` (a value name) nothing after that value is computed: calibration
@@ -206,8 +225,10 @@ class SpikingRunner:
         _check_steps(timesteps, chunk)
         if self.encoding == "sequence" and (x.dim() < 2 or timesteps > x.shape[1]):
             have = f"{x.shape[1]} steps" if x.dim() >= 2 else "no time axis"
-            raise SnncError(f"--timesteps: {timesteps} steps asked for, but the input sequence has {have} "
-                            "(sequence inputs are [N, T, ...])")
+            raise SnncError(
+                f"--timesteps: {timesteps} steps asked for, but the input sequence has {have} "
+                "(sequence inputs are [N, T, ...])"
+            )
         x = x.to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         state: dict = {}
@@ -229,8 +250,11 @@ class SpikingRunner:
                     if traces is not None:
                         traces[name].append(_dyn(value, steps).float().cpu())
                     if events:
-                        part = ((value.t != 0).float() * steps if isinstance(value, _Static)
-                                else (value != 0).float().sum(0))
+                        part = (
+                            (value.t != 0).float() * steps
+                            if isinstance(value, _Static)
+                            else (value != 0).float().sum(0)
+                        )
                     else:
                         part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
                     sums[name] = sums[name] + part if name in sums else part
@@ -263,7 +287,7 @@ class SpikingRunner:
             p = x.clamp(0, 1).unsqueeze(0).expand((steps,) + tuple(x.shape))
             env[name] = (torch.rand(p.shape, generator=gen).to(self.device) < p).float()
         elif self.encoding == "sequence":
-            env[name] = x[:, t0:t0 + steps].transpose(0, 1)  # [steps, B, ...]: this chunk's frames
+            env[name] = x[:, t0 : t0 + steps].transpose(0, 1)  # [steps, B, ...]: this chunk's frames
         else:
             env[name] = _Static(x)
         for i, node in enumerate(g.nodes):
@@ -273,8 +297,10 @@ class SpikingRunner:
             except SnncError:
                 raise
             except Exception as exc:  # out of memory, a shape a damaged file let through, ...: name the node
-                raise SnncError(f"{node.where}: {node.op} failed in the spiking runtime: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                raise SnncError(
+                    f"{node.where}: {node.op} failed in the spiking runtime: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from exc
             for name, value in zip(node.outputs, outs):
                 env[name] = value
             if self.profile is not None:
@@ -295,7 +321,7 @@ class SpikingRunner:
         for step in range(steps):
             per_sample: dict[str, list] = {}
             for b in range(len(x)):
-                env = self._chunk(x[b:b + 1], 1, t0 + step, states[b], statics[b], gen, stop_at, keep=names)
+                env = self._chunk(x[b : b + 1], 1, t0 + step, states[b], statics[b], gen, stop_at, keep=names)
                 for name in names & env.keys():
                     per_sample.setdefault(name, []).append(_dyn(env[name], 1))
             for name, values in per_sample.items():
@@ -336,8 +362,11 @@ class SpikingRunner:
             use = True
         else:
             count = self._chunk_spikes.get(self._spike_source.get(name, ""))
-            work = (float(count) / max(1, x.numel()) * layer.weight_density if count is not None
-                    else work_fraction(x, layer))
+            work = (
+                float(count) / max(1, x.numel()) * layer.weight_density
+                if count is not None
+                else work_fraction(x, layer)
+            )
             use = work <= AUTO_MAX_WORK
         self.exec_counts[name][int(use)] += 1
         return use
@@ -361,8 +390,9 @@ class SpikingRunner:
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
         # static input (the first layer's current) at every step without a T-fold copy
-        spikes, v, count = neuron_multistep(x, v, th, decay=decay, reset=spec.reset,
-                                            backend=self.backend, return_count=True)
+        spikes, v, count = neuron_multistep(
+            x, v, th, decay=decay, reset=spec.reset, backend=self.backend, return_count=True
+        )
         state[node.name] = v
         if self._spike_source:
             self._chunk_spikes[node.outputs[0]] = count
@@ -390,8 +420,9 @@ class SpikingRunner:
         total = out * count.reshape((-1,) + (1,) * (out.dim() - 1))
         previous = state.get((node.name, "out"))
         state[(node.name, "out")] = total[-1]
-        return torch.diff(total, dim=0, prepend=(torch.zeros_like(total[:1]) if previous is None
-                                                 else previous.unsqueeze(0)))
+        return torch.diff(
+            total, dim=0, prepend=(torch.zeros_like(total[:1]) if previous is None else previous.unsqueeze(0))
+        )
 
     def _rate_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
         """Max pooling of rates: emit the increments of the window's largest running input sum.
@@ -423,6 +454,7 @@ class SpikingRunner:
             return out.to(s.dtype)
         return out.to(s.dtype) * channel_view(theta, out[0]).to(s.dtype)
 
+
 def gated_maxpool_steps(node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
     """``gated`` max pooling of spikes s [steps, B, C, ...]: each window passes the spikes of the
     input with the highest running spike count (ties to the first input of the window), the
@@ -437,7 +469,7 @@ def gated_maxpool_steps(node: Node, s: torch.Tensor, state: dict) -> torch.Tenso
     plane = math.prod(s.shape[3:])
     total = float(state.get((node.name, "steps"), 0) + steps)
     # count + tie-break fraction stays ordered in float32 while count·(plane+1) < 2^23
-    dtype = torch.float32 if total * (plane + 1) < 2 ** 23 else torch.float64
+    dtype = torch.float32 if total * (plane + 1) < 2**23 else torch.float64
     counts_so_far = (s != 0).to(dtype).cumsum(0) + state.get(node.name, 0)
     state[node.name] = counts_so_far[-1]
     state[(node.name, "steps")] = total
@@ -467,4 +499,4 @@ def _warn_once(message: str) -> None:
 
 def output_steps(timesteps: int) -> list[int]:
     """Powers of two up to ``timesteps`` (and ``timesteps`` itself): the default report points."""
-    return sorted({2 ** k for k in range(int(math.log2(timesteps)) + 1)} | {timesteps})
+    return sorted({2**k for k in range(int(math.log2(timesteps)) + 1)} | {timesteps})

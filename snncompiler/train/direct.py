@@ -17,6 +17,7 @@ A list of timesteps is a temporal-inheritance schedule (TET's TIT): training run
 T, then continues from those weights at the next, each stage with a fresh Adam and cosine
 schedule; see :func:`train_onnx` for how the epochs are shared.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,14 +39,16 @@ def parse_schedule(timesteps, epochs) -> list[tuple[int, int]]:
     """(T, epochs) per stage from ``timesteps`` (an int, a list of ints or text like "1,4") and
     ``epochs`` (a total, split over the stages with the remainder going to the first ones, or a
     list/text with one count per stage)."""
+
     def ints(value, name):
         if isinstance(value, str):
             parts = [p.strip() for p in value.split(",")]
             try:
                 value = [int(p) for p in parts]
             except ValueError:
-                raise SnncError(f"--{name}: expected a positive integer or comma-separated ones, "
-                                f"got '{','.join(parts)}'") from None
+                raise SnncError(
+                    f"--{name}: expected a positive integer or comma-separated ones, got '{','.join(parts)}'"
+                ) from None
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
             raise SnncError(f"--{name}: must be positive integers, got {value!r}")
@@ -60,8 +63,9 @@ def parse_schedule(timesteps, epochs) -> list[tuple[int, int]]:
         base, extra = divmod(total, len(steps))
         counts = [base + (1 if k < extra else 0) for k in range(len(steps))]
     if len(counts) != len(steps):
-        raise SnncError(f"--epochs: {len(counts)} counts for {len(steps)} timestep stages; give one total "
-                        "or one count per stage")
+        raise SnncError(
+            f"--epochs: {len(counts)} counts for {len(steps)} timestep stages; give one total or one count per stage"
+        )
     from ..limits import check_timesteps
 
     for t in steps:
@@ -77,8 +81,12 @@ def reinitialise(graph, seed: int):
     for node in graph.nodes:
         if node.op == "batchnorm":
             p = node.params
-            p.update(scale=torch.ones_like(p["scale"]), bias=torch.zeros_like(p["bias"]),
-                     mean=torch.zeros_like(p["mean"]), var=torch.ones_like(p["var"]))
+            p.update(
+                scale=torch.ones_like(p["scale"]),
+                bias=torch.zeros_like(p["bias"]),
+                mean=torch.zeros_like(p["mean"]),
+                var=torch.ones_like(p["var"]),
+            )
             continue
         weight = node.params.get("weight")
         if weight is None or weight.dim() < 2:
@@ -91,11 +99,28 @@ def reinitialise(graph, seed: int):
     return graph
 
 
-def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", seed: int = 0, val=None,
-               loss: str = "tet", lamb: float = 1e-3, lr: float | None = None, batch_size: int = 64,
-               device: str = "cpu", neuron: str = "if", tau: float = 0.0, learn_theta: bool = True,
-               calib_samples: int = 512, batchnorm: bool | None = None, rate_penalty: float = 0.0,
-               progress: bool = True):
+def train_onnx(
+    model,
+    train,
+    *,
+    timesteps=4,
+    epochs=15,
+    init: str = "random",
+    seed: int = 0,
+    val=None,
+    loss: str = "tet",
+    lamb: float = 1e-3,
+    lr: float | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    neuron: str = "if",
+    tau: float = 0.0,
+    learn_theta: bool = True,
+    calib_samples: int = 512,
+    batchnorm: bool | None = None,
+    rate_penalty: float = 0.0,
+    progress: bool = True,
+):
     """Train an ONNX architecture directly as a spiking network; returns a
     :class:`~snncompiler.model.CompiledModel` (``.save`` writes the artifact ``snnc eval`` reads).
 
@@ -126,11 +151,11 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     accuracies, and (with ``val``) the runtime's validation accuracy at the final T;
     ``model.train_history`` (not saved) has the same rows with each epoch's seconds.
     """
+    from ..analysis.metrics import accuracy
     from ..compiler import compile as snn_compile
     from ..compiler import load_ann
-    from ..model import CompiledModel, first_output
     from ..ir import Graph
-    from ..analysis.metrics import accuracy
+    from ..model import CompiledModel, first_output
     from ..runtime.executor import checked_device
     from .finetune import GraphNet
     from .trainer import as_dataset, fit
@@ -150,8 +175,9 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     if init == "random":
         graph = reinitialise(graph, seed)
     final_t = stages[-1][0]
-    converted = snn_compile(graph, data.x[:calib_samples], timesteps=final_t, neuron=neuron, tau=tau,
-                            seed=seed, quiet=True)
+    converted = snn_compile(
+        graph, data.x[:calib_samples], timesteps=final_t, neuron=neuron, tau=tau, seed=seed, quiet=True
+    )
     if batchnorm is None:
         batchnorm = init == "random"
     if batchnorm and init == "random":
@@ -166,11 +192,13 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(e for _, e in stages), desc="snnc train", unit="epoch", file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=sum(e for _, e in stages), desc="snnc train", unit="epoch", file=sys.stderr, dynamic_ncols=True
+        )
     history, timed = [], []
     try:
         for number, (steps, count) in enumerate(stages, 1):
+
             def show(row, steps=steps):
                 if bar is not None:
                     shown = {"T": steps, "loss": f"{row['loss']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
@@ -180,29 +208,55 @@ def train_onnx(model, train, *, timesteps=4, epochs=15, init: str = "random", se
                     bar.update(1)
 
             # each stage its own seed: the data order of a later stage differs from the first's
-            run = fit(net, data, timesteps=steps, epochs=count, loss=loss, lamb=lamb, lr=lr, batch_size=batch_size,
-                      val=val_data, seed=seed + number - 1, device=device, progress=False, on_epoch=show,
-                      rate_penalty=rate_penalty)
-            history.append({"timesteps": steps, "epochs": count,
-                            # without seconds: the note goes into the artifact, whose bytes must
-                            # not depend on the machine's speed
-                            "epochs_run": [{k: v for k, v in row.items() if k != "seconds"}
-                                           for row in run["epochs"]]})
+            run = fit(
+                net,
+                data,
+                timesteps=steps,
+                epochs=count,
+                loss=loss,
+                lamb=lamb,
+                lr=lr,
+                batch_size=batch_size,
+                val=val_data,
+                seed=seed + number - 1,
+                device=device,
+                progress=False,
+                on_epoch=show,
+                rate_penalty=rate_penalty,
+            )
+            history.append(
+                {
+                    "timesteps": steps,
+                    "epochs": count,
+                    # without seconds: the note goes into the artifact, whose bytes must
+                    # not depend on the machine's speed
+                    "epochs_run": [{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]],
+                }
+            )
             timed.append({"timesteps": steps, "epochs": run["epochs"]})
     finally:
         if bar is not None:
             bar.close()
     net.cpu().eval()
     graph = net.write_back()
-    note = {"init": init, "schedule": [[t, e] for t, e in stages], "loss": loss, "lr": lr, "batch_size": batch_size,
-            "seed": seed, "neuron": neuron, "learn_theta": learn_theta, "batchnorm": bool(batchnorm), "train_samples": int(len(data)),
-            "stages": history}
+    note = {
+        "init": init,
+        "schedule": [[t, e] for t, e in stages],
+        "loss": loss,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "neuron": neuron,
+        "learn_theta": learn_theta,
+        "batchnorm": bool(batchnorm),
+        "train_samples": int(len(data)),
+        "stages": history,
+    }
     if loss == "tet":
         note["lamb"] = lamb
     if rate_penalty:
         note["rate_penalty"] = rate_penalty
-    trained = CompiledModel(graph, {**converted.options, "timesteps": final_t},
-                            {**converted.report, "train": note})
+    trained = CompiledModel(graph, {**converted.options, "timesteps": final_t}, {**converted.report, "train": note})
     trained.train_history = timed  # with each epoch's seconds; not saved
     if val_data is not None:
         note["val_samples"] = int(len(val_data))

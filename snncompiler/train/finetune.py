@@ -15,6 +15,7 @@ member; ``output`` and ``input`` as the plain per-step max. Potential calibratio
 supported, each a one-line error: ``gated`` max pooling, analog islands (their runtime form
 reads rate-decoded inputs), rate-encoded inputs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,8 @@ from torch import nn
 
 from ..errors import SnncError
 from ..ir.neuron import NeuronSpec
-from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
 from ..ir.ops import conversion_kind
+from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
 from ..runtime.executor import Executor
 from ..runtime.ops import IMPLEMENTATIONS, channel_view
 from .neuron import LIF
@@ -64,8 +65,10 @@ class GraphNet(nn.Module):
             raise SnncError(f"finetune: analog islands ({', '.join(islands)}) have no trainable spiking form")
         gated = [n.name for n in graph.find("maxpool") if n.attrs.get("spiking") == "gated"]
         if gated:
-            raise SnncError(f"finetune: gated max pooling ({', '.join(gated)}) has no gradient; compile with "
-                            "--maxpool rate (the default), input or output")
+            raise SnncError(
+                f"finetune: gated max pooling ({', '.join(gated)}) has no gradient; compile with "
+                "--maxpool rate (the default), input or output"
+            )
         self.graph = graph
         self.params = nn.ModuleDict()
         self.lifs = nn.ModuleDict()
@@ -74,19 +77,28 @@ class GraphNet(nn.Module):
             outputs = {v.name for v in graph.outputs}
             for node in graph.nodes:
                 shape = graph.shape(node.outputs[0]) or ()
-                if (node.op in ("conv", "linear") and node.outputs[0] not in outputs
-                        and (node.op == "conv" or len(shape) == 2)):  # linear acts on the last axis
+                if (
+                    node.op in ("conv", "linear")
+                    and node.outputs[0] not in outputs
+                    and (node.op == "conv" or len(shape) == 2)
+                ):  # linear acts on the last axis
                     self.norms[_key(node.name)] = _TrainingNorm(node.params["weight"].shape[0])
         for node in graph.nodes:
             if node.op == "neuron":
                 theta = node.params["theta"].float()
                 spec = NeuronSpec.from_attrs(node.attrs, where=node.where)
                 # the triangle surrogate as wide as θ: its area stays 1 whatever θ conversion chose
-                self.lifs[_key(node.name)] = LIF(neuron=spec.neuron, tau=spec.tau,
-                                                 theta=theta.reshape(-1) if theta.numel() > 1 else float(theta),
-                                                 learn_theta=learn_theta, reset=spec.reset,
-                                                 v0=spec.v0, surrogate="triangle",
-                                                 alpha=float(theta.mean()), v_init=node.params.get("v_init"))
+                self.lifs[_key(node.name)] = LIF(
+                    neuron=spec.neuron,
+                    tau=spec.tau,
+                    theta=theta.reshape(-1) if theta.numel() > 1 else float(theta),
+                    learn_theta=learn_theta,
+                    reset=spec.reset,
+                    v0=spec.v0,
+                    surrogate="triangle",
+                    alpha=float(theta.mean()),
+                    v_init=node.params.get("v_init"),
+                )
                 continue
             holder = nn.Module()
             for key, value in node.params.items():
@@ -139,8 +151,10 @@ class GraphNet(nn.Module):
             if node.op == "neuron":
                 theta = self.lifs[_key(node.name)].threshold()
                 if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
-                    raise SnncError(f"{node.where}: fine-tuning drove θ to {theta.min().item():g}; "
-                                    "lower --lr or pass --no-learn-theta")
+                    raise SnncError(
+                        f"{node.where}: fine-tuning drove θ to {theta.min().item():g}; "
+                        "lower --lr or pass --no-learn-theta"
+                    )
                 node.params["theta"] = theta.reshape(node.params["theta"].shape)
                 continue
             holder = self.params[_key(node.name)]
@@ -162,9 +176,19 @@ class GraphNet(nn.Module):
             node.params["bias"] = node.params.get("bias", torch.zeros_like(scale)) * scale + shift
 
 
-def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int = FINETUNE_EPOCHS,
-             lr: float = FINETUNE_LR, learn_theta: bool = True,
-             val=None, holdout: float = 0.2, keep_if_better: bool = True, **fit_options):
+def finetune(
+    model,
+    train,
+    *,
+    timesteps: int = FINETUNE_TIMESTEPS,
+    epochs: int = FINETUNE_EPOCHS,
+    lr: float = FINETUNE_LR,
+    learn_theta: bool = True,
+    val=None,
+    holdout: float = 0.2,
+    keep_if_better: bool = True,
+    **fit_options,
+):
     """Fine-tune a compiled model (a :class:`~snncompiler.model.CompiledModel` or an artifact
     path) on labelled ``train`` data at ``timesteps`` steps; returns a CompiledModel.
 
@@ -175,9 +199,9 @@ def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int =
     (``report["finetune"]``, as for a kept one). ``fit_options`` go to
     :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``progress``).
     """
-    from ..model import CompiledModel, first_output
-    from ..data import Dataset
     from ..analysis.metrics import accuracy
+    from ..data import Dataset
+    from ..model import CompiledModel, first_output
     from .trainer import as_dataset, fit
 
     if not isinstance(model, CompiledModel):
@@ -199,25 +223,33 @@ def finetune(model, train, *, timesteps: int = FINETUNE_TIMESTEPS, epochs: int =
         if cut < 1:
             raise SnncError(f"train: {len(data)} samples are too few to hold any out; pass val")
         order = np.random.default_rng(fit_options.get("seed", 0)).permutation(len(data))  # files may be sorted by class
-        data, val = (Dataset(data.x[order[:cut]], data.y[order[:cut]]),
-                     Dataset(data.x[order[cut:]], data.y[order[cut:]]))
+        data, val = (
+            Dataset(data.x[order[:cut]], data.y[order[:cut]]),
+            Dataset(data.x[order[cut:]], data.y[order[cut:]]),
+        )
     else:
         val = as_dataset(val, "val")
     net = GraphNet(model.graph, learn_theta=learn_theta)  # reads the graph; write_back copies it
-    history = fit(net, data, timesteps=timesteps, epochs=epochs, lr=lr, sequence=encoding == "sequence",
-                  **fit_options)
+    history = fit(net, data, timesteps=timesteps, epochs=epochs, lr=lr, sequence=encoding == "sequence", **fit_options)
     net.cpu().eval()
     tuned = CompiledModel(net.write_back(), {**model.options, "timesteps": int(timesteps)}, dict(model.report))
+
     def score(m):  # the SNN at T only: evaluate() would also run the ANN mode
         return accuracy(first_output(m.run(val.x, timesteps)), val.y)
 
     before, after = score(model), score(tuned)
     kept = after > before or not keep_if_better
-    note = {**history["settings"], "learn_theta": learn_theta, "val_samples": int(len(val)),
-            "val_accuracy_before": before, "val_accuracy_after": after, "kept": kept,
-            # per epoch without its seconds: the note goes into the artifact, whose bytes must not
-            # depend on how fast the machine was (the same command writes the same file)
-            "epochs_run": [{k: v for k, v in row.items() if k != "seconds"} for row in history["epochs"]]}
+    note = {
+        **history["settings"],
+        "learn_theta": learn_theta,
+        "val_samples": int(len(val)),
+        "val_accuracy_before": before,
+        "val_accuracy_after": after,
+        "kept": kept,
+        # per epoch without its seconds: the note goes into the artifact, whose bytes must not
+        # depend on how fast the machine was (the same command writes the same file)
+        "epochs_run": [{k: v for k, v in row.items() if k != "seconds"} for row in history["epochs"]],
+    }
     result = tuned if kept else CompiledModel(model.graph, model.options, dict(model.report))
     result.report["finetune"] = note
     return result

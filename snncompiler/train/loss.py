@@ -6,6 +6,7 @@
   defaults λ = 1e-3, φ = 1.0; the tests hold it to SpikingJelly's.
 * :func:`sdt_loss`: standard direct training, cross-entropy of the output averaged over time.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ def _check(outputs: torch.Tensor, labels: torch.Tensor) -> None:
     if outputs.dim() < 3:
         raise SnncError(f"outputs: expected [T, B, C], got shape {list(outputs.shape)}")
     if labels.shape != outputs.shape[1:2]:
-        raise SnncError(f"labels: expected shape [{outputs.shape[1]}] to match outputs [T, B, C], got {list(labels.shape)}")
+        raise SnncError(
+            f"labels: expected shape [{outputs.shape[1]}] to match outputs [T, B, C], got {list(labels.shape)}"
+        )
 
 
 def tet_loss(outputs: torch.Tensor, labels: torch.Tensor, *, lamb: float = 1e-3, means: float = 1.0) -> torch.Tensor:

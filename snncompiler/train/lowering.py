@@ -8,6 +8,7 @@ clip becomes a neuron node carrying that LIF's settings and threshold. The runti
 the trained network exactly as it ran in training: same kernel op, per-step max pooling (what
 a trained network saw), mean output over the steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,7 @@ from ..errors import SnncError
 from .neuron import neurons
 
 #: Clip maxima at and above this mark LIF sites; 2^20 + i is exact in float32 for i < 2^23.
-_MARK = float(2 ** 20)
+_MARK = float(2**20)
 
 
 class _Site(nn.Module):
@@ -47,12 +48,12 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
     that takes sequences, one frame's shape. ``timesteps`` is the artifact's default T and
     ``sequence`` its input encoding (both default to how :func:`~.trainer.fit` trained it).
     """
-    from ..model import CompiledModel
-    from ..ir.neuron import ATTRIBUTES
-    from ..options import DEFAULTS
     from ..formats.onnx import load_graph
-    from ..passes import PassContext, fold_bn, run_pipeline
     from ..formats.onnx.from_torch import export_onnx
+    from ..ir.neuron import ATTRIBUTES
+    from ..model import CompiledModel
+    from ..options import DEFAULTS
+    from ..passes import PassContext, fold_bn, run_pipeline
 
     lifs = neurons(model)
     if not lifs:
@@ -66,14 +67,18 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise SnncError(f"timesteps: must be a positive integer, got {timesteps!r}")
     if model.training:
-        raise SnncError("model: is in training mode; call model.eval() first (BatchNorm must use its running statistics)")
+        raise SnncError(
+            "model: is in training mode; call model.eval() first (BatchNorm must use its running statistics)"
+        )
     net = copy.deepcopy(model).cpu()
     for index, (name, _) in enumerate(lifs):
         _replace(net, name, _Site(index))
     try:
         shape = tuple(int(d) for d in input_shape)
     except (TypeError, ValueError):
-        raise SnncError(f"input_shape: expected one sample's shape as integers, e.g. (1, 8, 8), got {input_shape!r}")
+        raise SnncError(
+            f"input_shape: expected one sample's shape as integers, e.g. (1, 8, 8), got {input_shape!r}"
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = export_onnx(net, shape, Path(tmp) / "trained.onnx")
@@ -90,8 +95,10 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
             name, lif = lifs[int(high - _MARK)]
             theta = lif.threshold()
             if not bool((theta > 0).all()):
-                raise SnncError(f"model: LIF '{name}' has a threshold ≤ 0 (min {float(theta.min()):g}); a trained "
-                                "θ must stay positive (lower the learning rate or keep θ fixed)")
+                raise SnncError(
+                    f"model: LIF '{name}' has a threshold ≤ 0 (min {float(theta.min()):g}); a trained "
+                    "θ must stay positive (lower the learning rate or keep θ fixed)"
+                )
             node.op = "neuron"
             node.params = {"theta": theta}
             node.attrs = dict(lif.attrs, theta_source=f"trained: {name}")
@@ -102,18 +109,30 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
             sites.append(node.name)
     missing = [name for name, _ in lifs if name not in found]
     if missing:
-        raise SnncError(f"model: LIF {', '.join(repr(m) for m in missing)} is not on the forward path, "
-                        "so the artifact cannot place it; remove it or use it")
+        raise SnncError(
+            f"model: LIF {', '.join(repr(m) for m in missing)} is not on the forward path, "
+            "so the artifact cannot place it; remove it or use it"
+        )
     for pool in graph.find("maxpool"):
         pool.attrs["spiking"] = "output"  # training took the max of the spikes at each step
     graph.validate()
     first = lifs[0][1].attrs
     mixed = any(m.attrs != first for _, m in lifs)
-    options = {**DEFAULTS, **{k: first[k] for k in ATTRIBUTES}, "timesteps": timesteps,
-               "threshold": "trained", "maxpool": "output", "encoding": "sequence" if sequence else "direct",
-               "calibration": "none"}
-    report = {"direct_training": training or {"method": "unknown"}, "neurons": found,
-              "neuron_settings": "per neuron (mixed)" if mixed else "uniform", "fold_bn": ctx.report.get("fold_bn", [])}
+    options = {
+        **DEFAULTS,
+        **{k: first[k] for k in ATTRIBUTES},
+        "timesteps": timesteps,
+        "threshold": "trained",
+        "maxpool": "output",
+        "encoding": "sequence" if sequence else "direct",
+        "calibration": "none",
+    }
+    report = {
+        "direct_training": training or {"method": "unknown"},
+        "neurons": found,
+        "neuron_settings": "per neuron (mixed)" if mixed else "uniform",
+        "fold_bn": ctx.report.get("fold_bn", []),
+    }
     return CompiledModel(graph, options, report)
 
 

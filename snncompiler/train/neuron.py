@@ -12,14 +12,15 @@ The neuron settings use the artifact's own vocabulary (neuron, tau, reset, v0; s
 :class:`snncompiler.ir.neuron.NeuronSpec`), so a trained network exports to the same
 ``snncompiler::Neuron`` nodes that conversion emits and runs on the same runtime.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from ..errors import SnncError
-from ..kernels import neuron_multistep
 from ..ir.neuron import DEFAULT_LIF_TAU, IF_TAU, NeuronSpec
+from ..kernels import neuron_multistep
 from ..kernels.surrogate import resolve
 from ..runtime.ops import channel_view
 
@@ -48,19 +49,32 @@ class LIF(nn.Module):
             (potential calibration's, kept when a calibrated model is fine-tuned).
     """
 
-    def __init__(self, *, neuron: str = "lif", tau: float = DEFAULT_LIF_TAU, theta: float | torch.Tensor = 1.0,
-                 learn_theta: bool = False, reset: str = "hard", v0: str = "zero", surrogate: str = "triangle",
-                 alpha: float | None = 1.0, detach_reset: bool = False, backend: str = "auto",
-                 v_init: torch.Tensor | None = None):
+    def __init__(
+        self,
+        *,
+        neuron: str = "lif",
+        tau: float = DEFAULT_LIF_TAU,
+        theta: float | torch.Tensor = 1.0,
+        learn_theta: bool = False,
+        reset: str = "hard",
+        v0: str = "zero",
+        surrogate: str = "triangle",
+        alpha: float | None = 1.0,
+        detach_reset: bool = False,
+        backend: str = "auto",
+        v_init: torch.Tensor | None = None,
+    ):
         super().__init__()
-        self.spec = NeuronSpec.from_attrs({"neuron": neuron, "tau": tau if neuron == "lif" else IF_TAU, "reset": reset,
-                                           "v0": v0})
+        self.spec = NeuronSpec.from_attrs(
+            {"neuron": neuron, "tau": tau if neuron == "lif" else IF_TAU, "reset": reset, "v0": v0}
+        )
         self.attrs = self.spec.attrs()
         if isinstance(theta, torch.Tensor):
             theta = theta.detach().to(torch.float32).clone()
             if theta.dim() > 1 or theta.numel() == 0 or not bool((theta > 0).all()):
-                raise SnncError(f"theta: a tensor θ must be 1-D (one per channel) and positive, got shape "
-                                f"{list(theta.shape)}")
+                raise SnncError(
+                    f"theta: a tensor θ must be 1-D (one per channel) and positive, got shape {list(theta.shape)}"
+                )
         elif not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and float(theta) > 0):
             raise SnncError(f"theta: must be a positive number or a 1-D tensor, got {theta!r}")
         if learn_theta:
@@ -83,26 +97,40 @@ class LIF(nn.Module):
         """x: [T·B, ...] (T copies of the batch, time-major) → spikes θ·s of the same shape."""
         steps = self.timesteps
         if steps is None:
-            raise SnncError("LIF: the time axis is unknown; run the network through "
-                            "snncompiler.train.run_steps(model, x, timesteps), which sets it")
+            raise SnncError(
+                "LIF: the time axis is unknown; run the network through "
+                "snncompiler.train.run_steps(model, x, timesteps), which sets it"
+            )
         if x.shape[0] % steps:
-            raise SnncError(f"LIF: the input's first axis ({x.shape[0]}) is not a multiple of T={steps}; "
-                            "the network must keep the time-flattened batch axis up to every LIF")
+            raise SnncError(
+                f"LIF: the input's first axis ({x.shape[0]}) is not a multiple of T={steps}; "
+                "the network must keep the time-flattened batch axis up to every LIF"
+            )
         seq = x.reshape((steps, x.shape[0] // steps) + tuple(x.shape[1:]))
         theta = self.theta
         if isinstance(theta, torch.Tensor):
             if theta.numel() > 1 and (x.dim() < 2 or x.shape[1] != theta.numel()):
-                raise SnncError(f"LIF: {theta.numel()} per-channel thresholds, but the input has "
-                                f"{x.shape[1] if x.dim() > 1 else 'no'} channels (axis 1)")
+                raise SnncError(
+                    f"LIF: {theta.numel()} per-channel thresholds, but the input has "
+                    f"{x.shape[1] if x.dim() > 1 else 'no'} channels (axis 1)"
+                )
             theta = channel_view(theta, seq[0])
         counting = not torch.is_grad_enabled()  # the C++ kernel counts for free; training skips it
         v0 = self.spec.initial_potential(theta)
         if self.v_init is not None:  # as the runtime adds it: broadcast onto every sample
             v0 = v0 + self.v_init
-        result = neuron_multistep(seq, v0, theta,
-                                  decay=self.spec.decay, reset=self.spec.reset,
-                                  surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset,
-                                  backend=self.backend, return_count=counting)
+        result = neuron_multistep(
+            seq,
+            v0,
+            theta,
+            decay=self.spec.decay,
+            reset=self.spec.reset,
+            surrogate=self.surrogate,
+            alpha=self.alpha,
+            detach_reset=self.detach_reset,
+            backend=self.backend,
+            return_count=counting,
+        )
         if counting:
             self.spike_count = self.spike_count + result[2]  # a tensor: no device sync per layer
             self.neuron_steps += seq.numel()
@@ -118,8 +146,10 @@ class LIF(nn.Module):
         theta = self.threshold()
         shown = f"{float(theta):g}" if theta.numel() == 1 else f"[{theta.numel()} channels]"
         learned = " (learned)" if isinstance(self.theta, nn.Parameter) else ""
-        return (f"neuron={a['neuron']}{tau}, theta={shown}{learned}, reset={a['reset']}, v0={a['v0']}, "
-                f"surrogate={self.surrogate}({self.alpha:g})")
+        return (
+            f"neuron={a['neuron']}{tau}, theta={shown}{learned}, reset={a['reset']}, v0={a['v0']}, "
+            f"surrogate={self.surrogate}({self.alpha:g})"
+        )
 
 
 def neurons(model: nn.Module) -> list[tuple[str, LIF]]:
@@ -127,7 +157,9 @@ def neurons(model: nn.Module) -> list[tuple[str, LIF]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
 
 
-def run_steps(model: nn.Module, x: torch.Tensor, timesteps: int | None = None, *, sequence: bool = False) -> torch.Tensor:
+def run_steps(
+    model: nn.Module, x: torch.Tensor, timesteps: int | None = None, *, sequence: bool = False
+) -> torch.Tensor:
     """Run a network with LIF neurons for ``timesteps`` steps; returns the output at every step, [T, B, ...].
 
     A static input x [B, ...] is presented unchanged at every step (direct coding, as the compiled

@@ -10,6 +10,7 @@ set is often at 100 %) are decided by the held-out cross-entropy of the outputs 
 wins. The compile report's ``pipeline`` entry lists every stage with its held-out accuracy and
 loss and whether it was kept.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,16 @@ def _split(data: Dataset, holdout: float, seed: int) -> tuple[Dataset, Dataset]:
     return Dataset(data.x[fit], data.y[fit]), Dataset(data.x[judge], data.y[judge])
 
 
-def compile_and_finetune(model, data, *, finetune: int, holdout: float = PIPELINE_HOLDOUT, lr: float | None = None,
-                         progress: bool = False, **options) -> CompiledModel:
+def compile_and_finetune(
+    model,
+    data,
+    *,
+    finetune: int,
+    holdout: float = PIPELINE_HOLDOUT,
+    lr: float | None = None,
+    progress: bool = False,
+    **options,
+) -> CompiledModel:
     """Compile ``model`` (an ONNX path/bytes/ModelProto or IR Graph) at ``options["timesteps"]``
     through conversion, the calibration pipeline of ``options["calibration"]`` and ``finetune``
     epochs of fine-tuning, keeping each stage only where it raises the accuracy at T on the
@@ -60,8 +69,9 @@ def compile_and_finetune(model, data, *, finetune: int, holdout: float = PIPELIN
 
     def judged(stage: str, m: CompiledModel, **extra) -> dict:
         out = first_output(m.run(judge.x, steps))
-        loss = torch.nn.functional.cross_entropy(torch.as_tensor(np.asarray(out, np.float32)),
-                                                 torch.as_tensor(judge.y, dtype=torch.int64))
+        loss = torch.nn.functional.cross_entropy(
+            torch.as_tensor(np.asarray(out, np.float32)), torch.as_tensor(judge.y, dtype=torch.int64)
+        )
         return {"stage": stage, **extra, "heldout_accuracy": accuracy(out, judge.y), "heldout_loss": float(loss)}
 
     def better(new: dict, old: dict) -> bool:
@@ -78,15 +88,25 @@ def compile_and_finetune(model, data, *, finetune: int, holdout: float = PIPELIN
         stages.append(stage)
         if stage["kept"]:
             best, leader = calibrated, stage
-    tuned = finetune_model(best, (fit.x, fit.y), val=(judge.x, judge.y), timesteps=steps, epochs=finetune,
-                           keep_if_better=False, seed=checked.seed, progress=progress,
-                           **({"lr": lr} if lr is not None else {}))
+    tuned = finetune_model(
+        best,
+        (fit.x, fit.y),
+        val=(judge.x, judge.y),
+        timesteps=steps,
+        epochs=finetune,
+        keep_if_better=False,
+        seed=checked.seed,
+        progress=progress,
+        **({"lr": lr} if lr is not None else {}),
+    )
     stage = judged("finetune", tuned, epochs=finetune)
     stage["kept"] = better(stage, leader)
     stages.append(stage)
     result = tuned if stage["kept"] else best
-    result.report = {**result.report, "pipeline": {"timesteps": steps, "fit_samples": len(fit),
-                                                   "heldout_samples": len(judge), "stages": stages}}
+    result.report = {
+        **result.report,
+        "pipeline": {"timesteps": steps, "fit_samples": len(fit), "heldout_samples": len(judge), "stages": stages},
+    }
     if not stage["kept"]:  # the fine-tuning that was tried and dropped, as finetune itself records it
         result.report["finetune"] = {**tuned.report["finetune"], "kept": False}
     return result

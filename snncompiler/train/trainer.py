@@ -7,6 +7,7 @@ memory and time grow linearly with T, so TET's temporal inheritance (TIT) is sim
 a small T followed by a short ``fit`` of the same model at a larger T: the weights do not
 depend on T.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,12 +19,12 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..analysis.metrics import accuracy
 from ..data import Dataset, validate
 from ..errors import SnncError
-from ..analysis.metrics import accuracy
 from ..options import TRAIN_BATCH_SIZE
-from .loss import LOSSES, tet_loss
 from ..runtime.snn import output_steps
+from .loss import LOSSES, tet_loss
 from .neuron import neurons, run_steps
 
 
@@ -47,8 +48,10 @@ class _Source:
         elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, np.ndarray, torch.Tensor)):
             self.arrays, self.loader = None, data
         else:
-            raise SnncError(f"{label}: expected a Dataset, an (x, y) tuple of arrays or an iterable of "
-                            f"(x, y) batches such as a DataLoader, got {type(data).__name__}")
+            raise SnncError(
+                f"{label}: expected a Dataset, an (x, y) tuple of arrays or an iterable of "
+                f"(x, y) batches such as a DataLoader, got {type(data).__name__}"
+            )
 
     def samples(self) -> int | None:
         """Number of samples, when known before iterating."""
@@ -63,7 +66,7 @@ class _Source:
             x, y = torch.from_numpy(self.arrays.x), torch.from_numpy(self.arrays.y)
             order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
             for start in range(0, len(x), batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 yield x[idx], y[idx]
             return
         for number, item in enumerate(self.loader, 1):
@@ -73,15 +76,33 @@ class _Source:
             if not xb.is_floating_point():
                 raise SnncError(f"{self.label}: batch {number}: x must be floating point, got {xb.dtype}")
             if yb.dtype.is_floating_point or yb.dtype == torch.bool or yb.shape != xb.shape[:1]:
-                raise SnncError(f"{self.label}: batch {number}: y must be integer class labels of shape "
-                                f"[{xb.shape[0]}], got {yb.dtype} {list(yb.shape)}")
+                raise SnncError(
+                    f"{self.label}: batch {number}: y must be integer class labels of shape "
+                    f"[{xb.shape[0]}], got {yb.dtype} {list(yb.shape)}"
+                )
             yield xb.float(), yb.long()
 
 
-def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 30, loss: str = "tet",
-        lamb: float = 1e-3, means: float = 1.0, lr: float = 1e-3, batch_size: int = TRAIN_BATCH_SIZE, weight_decay: float = 0.0,
-        val=None, sequence: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True,
-        on_epoch=None, rate_penalty: float = 0.0) -> dict:
+def fit(
+    model: nn.Module,
+    train,
+    *,
+    timesteps: int | None = None,
+    epochs: int = 30,
+    loss: str = "tet",
+    lamb: float = 1e-3,
+    means: float = 1.0,
+    lr: float = 1e-3,
+    batch_size: int = TRAIN_BATCH_SIZE,
+    weight_decay: float = 0.0,
+    val=None,
+    sequence: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    on_epoch=None,
+    rate_penalty: float = 0.0,
+) -> dict:
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 
     Args:
@@ -137,8 +158,17 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     criterion = (lambda out, lab: tet_loss(out, lab, lamb=lamb, means=means)) if loss == "tet" else LOSSES[loss]
-    settings = {"method": loss, "timesteps": timesteps, "sequence": sequence, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                "weight_decay": weight_decay, "seed": seed, "train_samples": data.samples()}
+    settings = {
+        "method": loss,
+        "timesteps": timesteps,
+        "sequence": sequence,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "train_samples": data.samples(),
+    }
     if loss == "tet":
         settings.update(lamb=lamb, means=means)
     if rate_penalty:
@@ -174,8 +204,12 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
             if not seen:
                 raise SnncError("train: yielded no batches")
             sched.step()
-            row = {"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen,
-                   "seconds": time.perf_counter() - started}
+            row = {
+                "epoch": epoch,
+                "loss": total / seen,
+                "train_accuracy": correct / seen,
+                "seconds": time.perf_counter() - started,
+            }
             if val_data is not None:
                 scored = _evaluate(model, val_data, [timesteps] if timesteps else None, 256, dev, sequence)
                 row["val_accuracy"] = scored["accuracy"][max(scored["accuracy"], key=int)]
@@ -184,8 +218,12 @@ def fit(model: nn.Module, train, *, timesteps: int | None = None, epochs: int = 
                 on_epoch(row)
             if progress and distributed.is_main():
                 extra = f"  val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
-                print(f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
-                      f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"[snnc train] epoch {epoch}/{epochs}  {loss} loss {row['loss']:.4f}  train acc "
+                    f"{row['train_accuracy']:.4f}{extra}  ({row['seconds']:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if rates is not None:
             rates.remove()
@@ -261,12 +299,14 @@ def _check_labels(labels: torch.Tensor, out: torch.Tensor, epoch: int) -> None:
         raise SnncError(f"model: expected class scores [B, C] at each step, got {list(out.shape[1:])} per step")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= out.shape[-1]:
-        raise SnncError(f"train: labels span {low}..{high} but the model has {out.shape[-1]} outputs "
-                        f"(epoch {epoch}, first batch)")
+        raise SnncError(
+            f"train: labels span {low}..{high} but the model has {out.shape[-1]} outputs (epoch {epoch}, first batch)"
+        )
 
 
-def evaluate(model: nn.Module, data, timesteps=None, *, batch_size: int = 256, device: str = "cpu",
-             sequence: bool = False) -> dict:
+def evaluate(
+    model: nn.Module, data, timesteps=None, *, batch_size: int = 256, device: str = "cpu", sequence: bool = False
+) -> dict:
     """Accuracy of the time-mean output at every T in ``timesteps`` (one max(T) run), in torch.
 
     ``data`` and ``sequence`` as in :func:`fit`; ``timesteps`` defaults to 1, 2, 4, 8 (sequences:
@@ -284,8 +324,9 @@ def evaluate(model: nn.Module, data, timesteps=None, *, batch_size: int = 256, d
     return _evaluate(model, _Source(data, "data"), ts, batch_size, torch.device(device), sequence)
 
 
-def _evaluate(model: nn.Module, source: _Source, ts: list[int] | None, batch_size: int, dev: torch.device,
-              sequence: bool = False) -> dict:
+def _evaluate(
+    model: nn.Module, source: _Source, ts: list[int] | None, batch_size: int, dev: torch.device, sequence: bool = False
+) -> dict:
     """``ts`` None: a sequence's powers of two and its length (known from the first batch)."""
     was_training = model.training
     model.eval()
@@ -310,6 +351,8 @@ def _evaluate(model: nn.Module, source: _Source, ts: list[int] | None, batch_siz
     y = np.concatenate(labels)
     neuron_steps = sum(m.neuron_steps for m in lifs)
     spikes = float(sum(m.spike_count for m in lifs))
-    return {"samples": int(len(y)), "accuracy": {str(t): accuracy(np.concatenate(sums[t]), y) for t in ts},
-            "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
-
+    return {
+        "samples": int(len(y)),
+        "accuracy": {str(t): accuracy(np.concatenate(sums[t]), y) for t in ts},
+        "firing_rate": spikes / neuron_steps if neuron_steps else 0.0,
+    }

@@ -4,6 +4,7 @@ Every parity check builds a one-op (or few-op) ONNX model with ``onnx.helper``, 
 onnxruntime (CPUExecutionProvider) and with ``run_graph(load_graph(model), ...)``, and compares
 with the tolerance ``max|Δ| ≤ 1e-4 · max(1, max|ref|)``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,9 @@ def vinfo(name: str, shape, elem_type: int = FLOAT) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
-def build(nodes, inputs, outputs, initializers=(), opset: int = 21, *, ir_version: int | None = None) -> onnx.ModelProto:
+def build(
+    nodes, inputs, outputs, initializers=(), opset: int = 21, *, ir_version: int | None = None
+) -> onnx.ModelProto:
     """A checked model. ``inputs``: list of (name, shape) with shape entries int or str (symbolic);
     ``outputs``: list of names (shapes left to inference) or (name, shape) pairs."""
     if isinstance(nodes, onnx.NodeProto):
@@ -51,8 +54,7 @@ def build(nodes, inputs, outputs, initializers=(), opset: int = 21, *, ir_versio
     ins = [vinfo(n, s) for n, s in inputs]
     outs = [vinfo(o, None) if isinstance(o, str) else vinfo(*o) for o in outputs]
     graph = helper.make_graph(list(nodes), "parity", ins, outs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="snncompiler-tests")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="snncompiler-tests")
     # The IR version the opset shipped with (onnxruntime reads every one of them).
     model.ir_version = ir_version or (7 if opset <= 12 else 8 if opset <= 16 else 9 if opset <= 20 else 10)
     # Let onnx's shape inference give the outputs declared without a shape their type.
@@ -121,8 +123,10 @@ def reference(model: onnx.ModelProto, xs, what: str = "") -> list[np.ndarray]:
     output shape ONNX shape inference declares for the model (and the evaluator agrees with it)."""
     ref = run_ort(model, *xs)
     want = declared_shapes(model)
-    batch_as_declared = all(x.shape[:1] == tuple(d.dim_value for d in i.type.tensor_type.shape.dim[:1])
-                            for x, i in zip(xs, model.graph.input))
+    batch_as_declared = all(
+        x.shape[:1] == tuple(d.dim_value for d in i.type.tensor_type.shape.dim[:1])
+        for x, i in zip(xs, model.graph.input)
+    )
     if batch_as_declared and any(w is not None and w != r.shape for w, r in zip(want, ref)):
         from onnx.reference import ReferenceEvaluator
 
@@ -157,7 +161,7 @@ def check_or_skip(model, *xs, what: str = ""):
         ref = reference(model, xs, what)
     except OrtRejected:
         assume(False)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable") from None
     got = run_snn(model, *xs)
     assert len(got) == len(ref), f"{what}: {len(got)} outputs, onnxruntime has {len(ref)}"
     for i, (g, r) in enumerate(zip(got, ref)):
@@ -165,8 +169,9 @@ def check_or_skip(model, *xs, what: str = ""):
     return ref
 
 
-def single(op: str, x_shape, attrs: dict | None = None, consts=(), opset: int = 21, n_out: int = 1,
-           extra_inputs=()) -> onnx.ModelProto:
+def single(
+    op: str, x_shape, attrs: dict | None = None, consts=(), opset: int = 21, n_out: int = 1, extra_inputs=()
+) -> onnx.ModelProto:
     """A model with one node ``op``(x, *consts) where consts are (name, array) initializers or
     '' for an omitted optional input. ``extra_inputs``: further graph inputs (name, shape)."""
     names, inits = ["x"], []

@@ -10,6 +10,7 @@ one), built with a static batch of 1 and with a dynamic batch ('N'). Fed 3 sampl
   (a model that uses its batch size as a value, or works along axis 0);
 * a model declared at batch 2 that works along axis 0 runs at batch 2 and refuses batch 3.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,6 @@ from onnx import TensorProto, helper
 
 from snncompiler.errors import SnncError
 from snncompiler.formats.onnx import supported_ops
-
 from tests.formats.helpers import OrtRejected, assert_close, build, init, rand, run_ort, run_snn
 
 REST = [3, 4, 5]  # per-sample shape of x
@@ -30,6 +30,7 @@ def _x(batch):
 
 def _one(op, attrs=None, consts=(), opset=21, rest=None, extra_nodes=()):
     """A builder: batch → model of one node ``op``(x, *consts) → y (plus extra nodes)."""
+
     def make(batch):
         names, inits = ["x"], []
         for c in consts:
@@ -40,6 +41,7 @@ def _one(op, attrs=None, consts=(), opset=21, rest=None, extra_nodes=()):
                 inits.append(init(*c))
         nodes = [helper.make_node(op, names, ["y"], name="op", **(attrs or {}))] + list(extra_nodes)
         return build(nodes, [("x", [batch] + (rest or REST))], ["y"], inits, opset)
+
     make.rest = rest or REST
     return make
 
@@ -47,11 +49,12 @@ def _one(op, attrs=None, consts=(), opset=21, rest=None, extra_nodes=()):
 def _nodes(nodes, inits=(), opset=21, rest=None):
     def make(batch):
         return build(nodes, [("x", [batch] + (rest or REST))], ["y"], list(inits), opset)
+
     make.rest = rest or REST
     return make
 
 
-i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+i64 = lambda v: np.array(v, np.int64)
 
 CASES = {
     "Add": _one("Add", consts=[("c", rand([4, 5], 1))]),
@@ -67,10 +70,13 @@ CASES = {
     "ConvTranspose": _one("ConvTranspose", {"strides": [2, 2]}, [("w", rand([3, 2, 2, 2], 1)), ("b", rand([2], 2))]),
     "Gemm": _one("Gemm", {"transB": 1}, [("w", rand([4, 6], 1)), ("b", rand([4], 2))], rest=[6]),
     "MatMul": _one("MatMul", consts=[("w", rand([5, 2], 1))]),
-    "MatMul lhs rank 2 (contracts axis 0)": _nodes([helper.make_node("MatMul", ["w", "x"], ["y"])],
-                                                   [init("w", rand([4, 1], 1))], rest=[6]),
-    "BatchNormalization": _one("BatchNormalization", consts=[("s", rand([3], 1)), ("b", rand([3], 2)),
-                                                             ("m", rand([3], 3)), ("v", rand([3], 4, 0.5, 2))]),
+    "MatMul lhs rank 2 (contracts axis 0)": _nodes(
+        [helper.make_node("MatMul", ["w", "x"], ["y"])], [init("w", rand([4, 1], 1))], rest=[6]
+    ),
+    "BatchNormalization": _one(
+        "BatchNormalization",
+        consts=[("s", rand([3], 1)), ("b", rand([3], 2)), ("m", rand([3], 3)), ("v", rand([3], 4, 0.5, 2))],
+    ),
     "InstanceNormalization": _one("InstanceNormalization", consts=[("s", rand([3], 1)), ("b", rand([3], 2))]),
     "LayerNormalization": _one("LayerNormalization", {"axis": -1}, [("s", rand([5], 1))]),
     "LayerNormalization axis 0": _one("LayerNormalization", {"axis": 0}, [("s", rand([1, 3, 4, 5], 1))]),
@@ -87,9 +93,15 @@ CASES = {
     "GlobalAveragePool": _one("GlobalAveragePool"),
     "GlobalMaxPool": _one("GlobalMaxPool"),
     "Concat": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["x", "r"], ["y"], axis=1)]),
-    "Concat axis 0": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["x", "r"], ["y"], axis=0)]),
-    "Split": _nodes([helper.make_node("Split", ["x"], ["a", "b"], axis=2, num_outputs=2),
-                     helper.make_node("Sub", ["a", "b"], ["y"])]),
+    "Concat axis 0": _nodes(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["x", "r"], ["y"], axis=0)]
+    ),
+    "Split": _nodes(
+        [
+            helper.make_node("Split", ["x"], ["a", "b"], axis=2, num_outputs=2),
+            helper.make_node("Sub", ["a", "b"], ["y"]),
+        ]
+    ),
     "Split axis 0 (static batch 2 only)": None,  # see test_declared_batch_two
     "Slice": _one("Slice", consts=[("s", i64([1])), ("e", i64([3])), ("a", i64([2]))]),
     "Slice axis 0": _one("Slice", consts=[("s", i64([0])), ("e", i64([1])), ("a", i64([0]))]),
@@ -112,44 +124,103 @@ CASES = {
     "ReduceMean all axes": _one("ReduceMean", {"keepdims": 1}),
     "Identity": _one("Identity"),
     "Dropout": _one("Dropout"),
-    "Cast": _nodes([helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT32),
-                    helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]),
-    "CastLike": _nodes([helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])],
-                       [init("l", np.zeros([1], np.int32))]),
-    "Constant": _nodes([helper.make_node("Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.FLOAT, [5], [1, 2, 3, 4, 5])),
-                        helper.make_node("Add", ["x", "c"], ["y"])]),
-    "ConstantOfShape": _nodes([helper.make_node("ConstantOfShape", ["s"], ["c"],
-                                                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
-                               helper.make_node("Mul", ["x", "c"], ["y"])], [init("s", i64([4, 5]))]),
+    "Cast": _nodes(
+        [
+            helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT32),
+            helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT),
+        ]
+    ),
+    "CastLike": _nodes(
+        [helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])],
+        [init("l", np.zeros([1], np.int32))],
+    ),
+    "Constant": _nodes(
+        [
+            helper.make_node(
+                "Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.FLOAT, [5], [1, 2, 3, 4, 5])
+            ),
+            helper.make_node("Add", ["x", "c"], ["y"]),
+        ]
+    ),
+    "ConstantOfShape": _nodes(
+        [
+            helper.make_node(
+                "ConstantOfShape", ["s"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])
+            ),
+            helper.make_node("Mul", ["x", "c"], ["y"]),
+        ],
+        [init("s", i64([4, 5]))],
+    ),
     "Where (constant condition)": _nodes(
-        [helper.make_node("Where", ["c", "x", "z"], ["y"])],
-        [init("c", rand([4, 5], 1) > 0), init("z", rand([5], 2))]),
+        [helper.make_node("Where", ["c", "x", "z"], ["y"])], [init("c", rand([4, 5], 1) > 0), init("z", rand([5], 2))]
+    ),
     "Where (condition from the input)": _nodes(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
-         helper.make_node("Where", ["c", "x", "r"], ["y"])], [init("zero", np.float32(0.0))]),
-    "Equal": _nodes([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
-                     helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
-                    [init("zero", np.zeros([5], np.float32))]),
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Equal", ["r", "zero"], ["c"]),
+            helper.make_node("Where", ["c", "x", "r"], ["y"]),
+        ],
+        [init("zero", np.float32(0.0))],
+    ),
+    "Equal": _nodes(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Equal", ["r", "zero"], ["c"]),
+            helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT),
+        ],
+        [init("zero", np.zeros([5], np.float32))],
+    ),
     "Expand": _one("Expand", consts=[("s", i64([3, 4, 5]))], rest=[3, 1, 1]),
-    "Range": _nodes([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
-                    [init("a", np.float32(0.0)), init("b", np.float32(2.5)), init("d", np.float32(0.5))]),
+    "Range": _nodes(
+        [helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
+        [init("a", np.float32(0.0)), init("b", np.float32(2.5)), init("d", np.float32(0.5))],
+    ),
     "Shape → Reshape (batch kept)": _nodes(
-        [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
-         helper.make_node("Unsqueeze", ["n", "a0"], ["nu"]), helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0),
-         helper.make_node("Reshape", ["x", "t"], ["y"])],
-        [init("i0", i64(0)), init("a0", i64([0])), init("m1", i64([-1]))]),
+        [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+            helper.make_node("Unsqueeze", ["n", "a0"], ["nu"]),
+            helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0),
+            helper.make_node("Reshape", ["x", "t"], ["y"]),
+        ],
+        [init("i0", i64(0)), init("a0", i64([0])), init("m1", i64([-1]))],
+    ),
     "Shape of other axes → Mul": _nodes(
-        [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i2"], ["n"], axis=0),
-         helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["x", "nf"], ["y"])],
-        [init("i2", i64(2))]),
+        [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "i2"], ["n"], axis=0),
+            helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["x", "nf"], ["y"]),
+        ],
+        [init("i2", i64(2))],
+    ),
     "Shape(x)[0] as a value (relu(x) * N)": _nodes(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Shape", ["x"], ["s"]),
-         helper.make_node("Gather", ["s", "i0"], ["n"], axis=0), helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
-         helper.make_node("Mul", ["r", "nf"], ["y"], name="scale")], [init("i0", i64(0))]),
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+            helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["r", "nf"], ["y"], name="scale"),
+        ],
+        [init("i0", i64(0))],
+    ),
 }
 #: ops of one input and no required attribute: a generic model covers them (new converters too)
-UNARY = ["Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Gelu", "Erf", "Sqrt", "Exp", "Log", "Abs",
-         "Reciprocal", "Neg"]
+UNARY = [
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "HardSwish",
+    "HardSigmoid",
+    "Gelu",
+    "Erf",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Abs",
+    "Reciprocal",
+    "Neg",
+]
 
 
 def _builders():
@@ -174,7 +245,7 @@ def test_static_batch1_model_fed_three_samples(case):
     make = BUILDERS[case]
     model = make(1)
     x = rand([3] + make.rest, 5)
-    ref = np.concatenate([run_ort(model, x[i:i + 1])[0] for i in range(3)])
+    ref = np.concatenate([run_ort(model, x[i : i + 1])[0] for i in range(3)])
     assert_close(run_snn(model, x)[0], ref, f"{case}: batch 3 vs 3 × batch 1")
 
 
@@ -217,7 +288,10 @@ def test_declared_batch_two(case):
 
 
 def test_split_along_axis0_declared_batch_two():
-    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=0, num_outputs=2), helper.make_node("Sub", ["a", "b"], ["y"])]
+    nodes = [
+        helper.make_node("Split", ["x"], ["a", "b"], axis=0, num_outputs=2),
+        helper.make_node("Sub", ["a", "b"], ["y"]),
+    ]
     model = build(nodes, [("x", [2] + REST)], ["y"], [], 21)
     x = rand([3] + REST, 5)
     assert_close(run_snn(model, x[:2])[0], run_ort(model, x[:2])[0], "Split axis 0 at batch 2")

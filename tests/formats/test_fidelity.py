@@ -1,26 +1,29 @@
 """Wrong-result classes of issue 15, each against onnxruntime: ConvTranspose outputs larger than
 the natural size, Upsample linear at opsets 7-9, Dropout in training mode, casts to every ONNX
 dtype and batch sizes other than the declared one."""
+
 from __future__ import annotations
 
 import os
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from snncompiler.formats.onnx.writer import to_onnx
 from snncompiler.formats.onnx import load_graph
+from snncompiler.formats.onnx.writer import to_onnx
 from snncompiler.runtime import run_graph
-
 from tests.formats.helpers import assert_close, build, check, check_or_skip, init, rand, run_ort, single
 
 _EXPLORE = int(os.environ.get("PARITY_EXPLORE", "0"))
-HYP = settings(max_examples=_EXPLORE or 40, deadline=None, derandomize=not _EXPLORE,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+HYP = settings(
+    max_examples=_EXPLORE or 40,
+    deadline=None,
+    derandomize=not _EXPLORE,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def _build_or_skip(*args, **kwargs):
@@ -33,12 +36,15 @@ def _build_or_skip(*args, **kwargs):
 # =====================================================================================
 # ConvTranspose: output_shape / auto_pad=SAME_* asking for more than the natural output
 # =====================================================================================
-@pytest.mark.parametrize("attrs,k", [
-    ({"strides": [3, 3], "auto_pad": "SAME_UPPER"}, 1),   # the issue's case: 4x4 → 10x10, was 1x1
-    ({"strides": [3, 3], "auto_pad": "SAME_LOWER"}, 1),
-    ({"strides": [3, 2], "output_shape": [12, 8]}, 1),    # 2 and 1 rows beyond the natural 10 and 7
-    ({"strides": [2, 3], "output_shape": [9, 13], "auto_pad": "SAME_LOWER"}, 2),
-])
+@pytest.mark.parametrize(
+    "attrs,k",
+    [
+        ({"strides": [3, 3], "auto_pad": "SAME_UPPER"}, 1),  # the issue's case: 4x4 → 10x10, was 1x1
+        ({"strides": [3, 3], "auto_pad": "SAME_LOWER"}, 1),
+        ({"strides": [3, 2], "output_shape": [12, 8]}, 1),  # 2 and 1 rows beyond the natural 10 and 7
+        ({"strides": [2, 3], "output_shape": [9, 13], "auto_pad": "SAME_LOWER"}, 2),
+    ],
+)
 def test_conv_transpose_larger_than_natural(attrs, k):
     shape = [2, 2, 4, 4]
     m = single("ConvTranspose", shape, attrs, [("w", rand([2, 3, k, k], 1)), ("b", rand([3], 2))], 21)
@@ -46,17 +52,35 @@ def test_conv_transpose_larger_than_natural(attrs, k):
 
 
 @HYP
-@given(nd=st.sampled_from([1, 2]), k=st.integers(1, 4), s=st.integers(1, 4), d=st.integers(1, 3),
-       size=st.integers(1, 6), out_pad=st.integers(0, 3), form=st.sampled_from(["output_shape", "SAME_UPPER", "SAME_LOWER"]),
-       shape_auto=st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER"]), extra=st.integers(-4, 6),
-       groups=st.sampled_from([1, 2]), bias=st.booleans(), opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
-def test_conv_transpose_output_size_hypothesis(nd, k, s, d, size, out_pad, form, shape_auto, extra, groups, bias, opset, seed):
+@given(
+    nd=st.sampled_from([1, 2]),
+    k=st.integers(1, 4),
+    s=st.integers(1, 4),
+    d=st.integers(1, 3),
+    size=st.integers(1, 6),
+    out_pad=st.integers(0, 3),
+    form=st.sampled_from(["output_shape", "SAME_UPPER", "SAME_LOWER"]),
+    shape_auto=st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER"]),
+    extra=st.integers(-4, 6),
+    groups=st.sampled_from([1, 2]),
+    bias=st.booleans(),
+    opset=st.sampled_from([9, 11, 21]),
+    seed=st.integers(0, 99),
+)
+def test_conv_transpose_output_size_hypothesis(
+    nd, k, s, d, size, out_pad, form, shape_auto, extra, groups, bias, opset, seed
+):
     """Any requested output size, smaller or larger than the natural one, with or without auto_pad."""
     out_pad = min(out_pad, max(s, d) - 1)  # the spec: output_padding < max(stride, dilation)
     kernel = [k] + [max(1, k - 1)] * (nd - 1)
     spatial = [size, size + 1][:nd]
-    attrs = {"strides": [s] * nd, "dilations": [d] * nd, "kernel_shape": kernel, "group": groups,
-             "output_padding": [out_pad] * nd}
+    attrs = {
+        "strides": [s] * nd,
+        "dilations": [d] * nd,
+        "kernel_shape": kernel,
+        "group": groups,
+        "output_padding": [out_pad] * nd,
+    }
     if form == "output_shape":
         natural = [s * (n - 1) + out_pad + (kk - 1) * d + 1 for n, kk in zip(spatial, kernel)]
         target = [n + extra + i for i, n in enumerate(natural)]
@@ -68,16 +92,26 @@ def test_conv_transpose_output_size_hypothesis(nd, k, s, d, size, out_pad, form,
         attrs["auto_pad"] = form
     shape = [2, 2 * groups] + spatial
     consts = [("w", rand([2 * groups, 2] + kernel, seed))] + ([("b", rand([2 * groups], seed + 1))] if bias else [])
-    m = _build_or_skip([helper.make_node("ConvTranspose", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
-                       [("x", shape)], ["y"], [init(*c) for c in consts], opset)
+    m = _build_or_skip(
+        [helper.make_node("ConvTranspose", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
+        [("x", shape)],
+        ["y"],
+        [init(*c) for c in consts],
+        opset,
+    )
     check_or_skip(m, rand(shape, seed + 2), what=f"ConvTranspose {attrs}")
 
 
 def test_conv_transpose_larger_output_exports_as_valid_onnx():
     """The IR's negative pads are written as ConvTranspose + Pad + bias, which onnxruntime runs alike."""
     shape = [2, 2, 4, 4]
-    m = single("ConvTranspose", shape, {"strides": [3, 2], "output_shape": [12, 8]},
-               [("w", rand([2, 3, 1, 2], 1)), ("b", rand([3], 2))], 21)
+    m = single(
+        "ConvTranspose",
+        shape,
+        {"strides": [3, 2], "output_shape": [12, 8]},
+        [("w", rand([2, 3, 1, 2], 1)), ("b", rand([3], 2))],
+        21,
+    )
     x = rand(shape, 3)
     exported = to_onnx(load_graph(m), {})
     exported.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
@@ -90,8 +124,10 @@ def test_conv_transpose_larger_output_exports_as_valid_onnx():
 # to Resize, so the loader finds the node by its output to restore asymmetric coordinates
 # =====================================================================================
 @pytest.mark.parametrize("opset", [7, 8, 9])
-@pytest.mark.parametrize("mode,scales", [("linear", [1.0, 1.0, 2.0, 2.0]), ("linear", [1.0, 1.0, 3.0, 1.5]),
-                                         ("nearest", [1.0, 1.0, 1.7, 2.3])])
+@pytest.mark.parametrize(
+    "mode,scales",
+    [("linear", [1.0, 1.0, 2.0, 2.0]), ("linear", [1.0, 1.0, 3.0, 1.5]), ("nearest", [1.0, 1.0, 1.7, 2.3])],
+)
 @pytest.mark.parametrize("named", [True, False])
 def test_upsample_old_opsets(opset, mode, scales, named):
     shape = [2, 3, 4, 5]
@@ -144,9 +180,13 @@ def _dropout_model(training, ratio: float | None, opset: int = 21):
         inits.append(init("t", np.array(training, np.bool_)))
         names.append("t")
     nodes = [helper.make_node("Dropout", names, ["d"], name="drop"), helper.make_node("Tanh", ["d"], ["y"])]
-    graph = helper.make_graph(nodes, "dropout", [helper.make_tensor_value_info(n, 9 if n == "t" else 1, s)
-                                                 for n, s in inputs],
-                              [helper.make_tensor_value_info("y", 1, [2, 3, 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "dropout",
+        [helper.make_tensor_value_info(n, 9 if n == "t" else 1, s) for n, s in inputs],
+        [helper.make_tensor_value_info("y", 1, [2, 3, 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
@@ -174,8 +214,9 @@ def test_dropout_inference_or_ratio_zero_is_identity(training, ratio):
 # =====================================================================================
 # Cast / CastLike to every ONNX element type: equal to onnxruntime, or a one-line SnncError
 # =====================================================================================
-_CAST_X = np.array([[-1e5, -300.0, -2.7, -1.5, -0.4, 0.0, 0.3, 0.5, 1.5, 2.5, 7.9, 500.0, 1e5, np.inf, -np.inf, np.nan]],
-                   np.float32)
+_CAST_X = np.array(
+    [[-1e5, -300.0, -2.7, -1.5, -0.4, 0.0, 0.3, 0.5, 1.5, 2.5, 7.9, 500.0, 1e5, np.inf, -np.inf, np.nan]], np.float32
+)
 
 
 def _cast_model(to: int, opset: int, roundtrip: bool, like: bool = False, saturate: int | None = None):
@@ -187,16 +228,21 @@ def _cast_model(to: int, opset: int, roundtrip: bool, like: bool = False, satura
     inits = []
     if like:
         np_type = helper.tensor_dtype_to_np_dtype(to)
-        inits.append(numpy_helper.from_array(np.zeros([1], np_type), "like")) if np_type != object else \
-            inits.append(helper.make_tensor("like", to, [1], [b"a"]))
+        inits.append(
+            numpy_helper.from_array(np.zeros([1], np_type), "like")
+        ) if np_type is not object else inits.append(helper.make_tensor("like", to, [1], [b"a"]))
         nodes = [helper.make_node("CastLike", ["x", "like"], [mid], name="cast", **extra)]
     else:
         nodes = [helper.make_node("Cast", ["x"], [mid], name="cast", to=to, **extra)]
     if roundtrip:
         nodes.append(helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT, name="back"))
-    graph = helper.make_graph(nodes, "cast", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(_CAST_X.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT if roundtrip else to, list(_CAST_X.shape))],
-                              inits)
+    graph = helper.make_graph(
+        nodes,
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(_CAST_X.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT if roundtrip else to, list(_CAST_X.shape))],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10 if opset <= 21 else 11
     return model

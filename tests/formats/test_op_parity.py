@@ -6,6 +6,7 @@ onnxruntime and with ``run_graph(load_graph(model), x)`` and requires
 ``max|Δ| ≤ 1e-4 · max(1, max|ref|)``. Parameter spaces of the operators with many attributes are
 drawn by hypothesis; examples that onnxruntime itself rejects are discarded, never loosened.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,13 +22,27 @@ from onnx import TensorProto, helper
 
 from snncompiler.errors import SnncError
 from snncompiler.formats.onnx import supported_ops
-
-from tests.formats.helpers import OrtRejected, build, check, check_or_skip, init, rand, run_ort, run_snn, single, assert_close
+from tests.formats.helpers import (
+    OrtRejected,
+    assert_close,
+    build,
+    check,
+    check_or_skip,
+    init,
+    rand,
+    run_ort,
+    run_snn,
+    single,
+)
 
 # Derandomized so the default run is reproducible; PARITY_EXPLORE=<n> draws n fresh random examples.
 _EXPLORE = int(os.environ.get("PARITY_EXPLORE", "0"))
-HYP = settings(max_examples=_EXPLORE or 20, deadline=None, derandomize=not _EXPLORE,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+HYP = settings(
+    max_examples=_EXPLORE or 20,
+    deadline=None,
+    derandomize=not _EXPLORE,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def build_or_skip(*args, **kwargs):
@@ -60,24 +75,37 @@ def test_conv_auto_pad(auto_pad, opset):
     check(m, rand(shape, 3), what=f"Conv auto_pad={auto_pad}")
 
 
-_NEG_SAME_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "onnxscript's optimizer (rule NormalizePadFormatConv, run by formats/onnx/reader.py) rewrites Conv "
-    "auto_pad=SAME into explicit pads clamped at 0, while onnxruntime applies the negative SAME padding "
-    "(windows start inside the input) when the stride exceeds the kernel; auto_pad is gone before the "
-    "converter runs. Needs the loader to skip that rule (outside this suite's files)."))
+_NEG_SAME_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "onnxscript's optimizer (rule NormalizePadFormatConv, run by formats/onnx/reader.py) rewrites Conv "
+        "auto_pad=SAME into explicit pads clamped at 0, while onnxruntime applies the negative SAME padding "
+        "(windows start inside the input) when the stride exceeds the kernel; auto_pad is gone before the "
+        "converter runs. Needs the loader to skip that rule (outside this suite's files)."
+    ),
+)
 
 
-@pytest.mark.parametrize("auto_pad,size,k,s", [
-    pytest.param("SAME_UPPER", 12, 1, 4),
-    pytest.param("SAME_UPPER", 6, 3, 6),
-    pytest.param("SAME_LOWER", 12, 2, 6),
-    pytest.param("SAME_LOWER", 5, 1, 5),
-    # negative padding whose windows coincided with the clamped ones while the loader clamped;
-    # onnxruntime's SAME_LOWER split of a negative total is not the truncating split used above
-    pytest.param("SAME_LOWER", 12, 1, 4, marks=pytest.mark.xfail(strict=True, reason="SAME_LOWER negative pad split differs from onnxruntime")),
-    ("SAME_UPPER", 9, 2, 4),   # total padding 1
-    ("SAME_LOWER", 8, 3, 2),   # total padding 1
-])
+@pytest.mark.parametrize(
+    "auto_pad,size,k,s",
+    [
+        pytest.param("SAME_UPPER", 12, 1, 4),
+        pytest.param("SAME_UPPER", 6, 3, 6),
+        pytest.param("SAME_LOWER", 12, 2, 6),
+        pytest.param("SAME_LOWER", 5, 1, 5),
+        # negative padding whose windows coincided with the clamped ones while the loader clamped;
+        # onnxruntime's SAME_LOWER split of a negative total is not the truncating split used above
+        pytest.param(
+            "SAME_LOWER",
+            12,
+            1,
+            4,
+            marks=pytest.mark.xfail(strict=True, reason="SAME_LOWER negative pad split differs from onnxruntime"),
+        ),
+        ("SAME_UPPER", 9, 2, 4),  # total padding 1
+        ("SAME_LOWER", 8, 3, 2),  # total padding 1
+    ],
+)
 def test_conv_same_stride_beyond_kernel(auto_pad, size, k, s):
     shape = [2, 2, size]
     m = single("Conv", shape, {"auto_pad": auto_pad, "strides": [s]}, [("w", rand([3, 2, k], 1))], 21)
@@ -88,16 +116,28 @@ def test_conv_same_stride_beyond_kernel(auto_pad, size, k, s):
 def test_conv_depthwise(opset):
     shape = [2, 4, 7, 7]
     w = rand([8, 1, 3, 3], 1)
-    m = single("Conv", shape, {"group": 4, "pads": [1, 0, 2, 1], "dilations": [2, 1]}, [("w", w), ("b", rand([8], 2))], opset)
+    m = single(
+        "Conv", shape, {"group": 4, "pads": [1, 0, 2, 1], "dilations": [2, 1]}, [("w", w), ("b", rand([8], 2))], opset
+    )
     check(m, rand(shape, 3), what="depthwise Conv")
 
 
 @HYP
-@given(nd=st.sampled_from([1, 2]), groups=st.sampled_from([1, 2, 3]), cin_per=st.integers(1, 2),
-       cout_per=st.integers(1, 2), k=st.integers(1, 4), s=st.integers(1, 4), d=st.integers(1, 2),
-       pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
-       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
-       size=st.integers(5, 10), bias=st.booleans(), opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
+@given(
+    nd=st.sampled_from([1, 2]),
+    groups=st.sampled_from([1, 2, 3]),
+    cin_per=st.integers(1, 2),
+    cout_per=st.integers(1, 2),
+    k=st.integers(1, 4),
+    s=st.integers(1, 4),
+    d=st.integers(1, 2),
+    pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+    auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+    size=st.integers(5, 10),
+    bias=st.booleans(),
+    opset=st.sampled_from([9, 11, 21]),
+    seed=st.integers(0, 99),
+)
 def test_conv_hypothesis(nd, groups, cin_per, cout_per, k, s, d, pads, auto_pad, size, bias, opset, seed):
     cin, cout = groups * cin_per, groups * cout_per
     kernel = [k] + [max(1, k - 1)] * (nd - 1)
@@ -105,14 +145,19 @@ def test_conv_hypothesis(nd, groups, cin_per, cout_per, k, s, d, pads, auto_pad,
     shape = [2, cin] + [size, size + 1][:nd]
     attrs = {"group": groups, "strides": [s] * nd, "dilations": [d] * nd, "kernel_shape": kernel}
     if auto_pad == "NOTSET":
-        attrs["pads"] = pads[:nd] + pads[2:2 + nd]
+        attrs["pads"] = pads[:nd] + pads[2 : 2 + nd]
     else:
         attrs["auto_pad"] = auto_pad
         # Negative SAME padding (stride beyond the kernel) is a known loader bug: test_conv_same_stride_beyond_kernel.
         assume(all((-(-n // s) - 1) * s + (kk - 1) * d + 1 >= n for n, kk in zip(shape[2:], kernel)))
     consts = [("w", rand([cout, cin_per] + kernel, seed))] + ([("b", rand([cout], seed + 1))] if bias else [])
-    m = build_or_skip([helper.make_node("Conv", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
-                      [("x", shape)], ["y"], [init(*c) for c in consts], opset)
+    m = build_or_skip(
+        [helper.make_node("Conv", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
+        [("x", shape)],
+        ["y"],
+        [init(*c) for c in consts],
+        opset,
+    )
     check_or_skip(m, rand(shape, seed + 2), what=f"Conv {attrs}")
 
 
@@ -122,30 +167,49 @@ def test_conv_hypothesis(nd, groups, cin_per, cout_per, k, s, d, pads, auto_pad,
 @pytest.mark.parametrize("opset", [9, 11, 21])
 def test_conv_transpose_basic(opset):
     shape = [2, 3, 5, 4]
-    m = single("ConvTranspose", shape, {"strides": [2, 2], "pads": [1, 0, 0, 1], "output_padding": [1, 0]},
-               [("w", rand([3, 2, 3, 3], 1)), ("b", rand([2], 2))], opset)
+    m = single(
+        "ConvTranspose",
+        shape,
+        {"strides": [2, 2], "pads": [1, 0, 0, 1], "output_padding": [1, 0]},
+        [("w", rand([3, 2, 3, 3], 1)), ("b", rand([2], 2))],
+        opset,
+    )
     check(m, rand(shape, 3), what="ConvTranspose")
 
 
 @pytest.mark.parametrize("opset", [9, 21])
 def test_conv_transpose_output_shape(opset):
     shape = [2, 2, 4, 5]
-    m = single("ConvTranspose", shape, {"strides": [2, 3], "output_shape": [9, 14]}, [("w", rand([2, 3, 3, 3], 1))], opset)
+    m = single(
+        "ConvTranspose", shape, {"strides": [2, 3], "output_shape": [9, 14]}, [("w", rand([2, 3, 3, 3], 1))], opset
+    )
     check(m, rand(shape, 3), what="ConvTranspose output_shape")
 
 
 @HYP
-@given(groups=st.sampled_from([1, 2]), cin_per=st.integers(1, 2), cout_per=st.integers(1, 2),
-       k=st.lists(st.integers(1, 4), min_size=2, max_size=2), s=st.lists(st.integers(1, 3), min_size=2, max_size=2),
-       d=st.lists(st.integers(1, 2), min_size=2, max_size=2), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
-       out_pad=st.lists(st.integers(0, 2), min_size=2, max_size=2), use_output_shape=st.booleans(),
-       extra=st.lists(st.integers(-2, 2), min_size=2, max_size=2), bias=st.booleans(),
-       opset=st.sampled_from([9, 11, 21]), seed=st.integers(0, 99))
-def test_conv_transpose_hypothesis(groups, cin_per, cout_per, k, s, d, pads, out_pad, use_output_shape, extra, bias,
-                                   opset, seed):
+@given(
+    groups=st.sampled_from([1, 2]),
+    cin_per=st.integers(1, 2),
+    cout_per=st.integers(1, 2),
+    k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
+    s=st.lists(st.integers(1, 3), min_size=2, max_size=2),
+    d=st.lists(st.integers(1, 2), min_size=2, max_size=2),
+    pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+    out_pad=st.lists(st.integers(0, 2), min_size=2, max_size=2),
+    use_output_shape=st.booleans(),
+    extra=st.lists(st.integers(-2, 2), min_size=2, max_size=2),
+    bias=st.booleans(),
+    opset=st.sampled_from([9, 11, 21]),
+    seed=st.integers(0, 99),
+)
+def test_conv_transpose_hypothesis(
+    groups, cin_per, cout_per, k, s, d, pads, out_pad, use_output_shape, extra, bias, opset, seed
+):
     cin, cout = groups * cin_per, groups * cout_per
     shape = [2, cin, 4, 5]
-    out_pad = [min(p, max(st_, dd) - 1) for p, st_, dd in zip(out_pad, s, d)]  # the spec: output_padding < max(stride, dilation)
+    out_pad = [
+        min(p, max(st_, dd) - 1) for p, st_, dd in zip(out_pad, s, d)
+    ]  # the spec: output_padding < max(stride, dilation)
     attrs = {"group": groups, "strides": s, "dilations": d, "kernel_shape": k}
     if use_output_shape:
         full = [s[i] * (shape[2 + i] - 1) + out_pad[i] + (k[i] - 1) * d[i] + 1 for i in range(2)]
@@ -157,8 +221,13 @@ def test_conv_transpose_hypothesis(groups, cin_per, cout_per, k, s, d, pads, out
         attrs["pads"] = pads
         attrs["output_padding"] = out_pad
     consts = [("w", rand([cin, cout_per] + k, seed))] + ([("b", rand([cout], seed + 1))] if bias else [])
-    m = build_or_skip([helper.make_node("ConvTranspose", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
-                      [("x", shape)], ["y"], [init(*c) for c in consts], opset)
+    m = build_or_skip(
+        [helper.make_node("ConvTranspose", ["x"] + [c[0] for c in consts], ["y"], **attrs)],
+        [("x", shape)],
+        ["y"],
+        [init(*c) for c in consts],
+        opset,
+    )
     check_or_skip(m, rand(shape, seed + 2), what=f"ConvTranspose {attrs}")
 
 
@@ -173,9 +242,16 @@ def test_conv_transpose_auto_pad(auto_pad):
 # Gemm, MatMul
 # =====================================================================================
 @HYP
-@given(trans_a=st.integers(0, 1), trans_b=st.integers(0, 1), alpha=st.sampled_from([1.0, 0.5, -1.25]),
-       beta=st.sampled_from([1.0, 2.0, -0.5]), c_kind=st.sampled_from(["none", "out", "1xout", "scalar", "full", "act"]),
-       b_const=st.booleans(), opset=st.sampled_from([9, 11, 13, 21]), seed=st.integers(0, 99))
+@given(
+    trans_a=st.integers(0, 1),
+    trans_b=st.integers(0, 1),
+    alpha=st.sampled_from([1.0, 0.5, -1.25]),
+    beta=st.sampled_from([1.0, 2.0, -0.5]),
+    c_kind=st.sampled_from(["none", "out", "1xout", "scalar", "full", "act"]),
+    b_const=st.booleans(),
+    opset=st.sampled_from([9, 11, 13, 21]),
+    seed=st.integers(0, 99),
+)
 def test_gemm_hypothesis(trans_a, trans_b, alpha, beta, c_kind, b_const, opset, seed):
     n, k, out = 3, 5, 4
     a_shape = [k, n] if trans_a else [n, k]
@@ -218,12 +294,16 @@ def test_matmul_constant(opset, side, rank):
 
 
 def test_matmul_constant_batched_weight():
-    m = build([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", [2, 4, 5])], ["y"], [init("W", rand([2, 5, 3], 1))], 21)
+    m = build(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", [2, 4, 5])], ["y"], [init("W", rand([2, 5, 3], 1))], 21
+    )
     check(m, rand([2, 4, 5], 2), what="MatMul with a 3-D constant")
 
 
 @pytest.mark.parametrize("opset", [9, 13, 21])
-@pytest.mark.parametrize("shapes", [([2, 4], [4, 3]), ([2, 3, 4], [2, 4, 5]), ([2, 3, 4], [4, 5]), ([2, 1, 3, 4], [3, 4, 2])])
+@pytest.mark.parametrize(
+    "shapes", [([2, 4], [4, 3]), ([2, 3, 4], [2, 4, 5]), ([2, 3, 4], [4, 5]), ([2, 1, 3, 4], [3, 4, 2])]
+)
 def test_matmul_two_activations(opset, shapes):
     a, b = shapes
     m = build([helper.make_node("MatMul", ["x", "x2"], ["y"])], [("x", a), ("x2", b)], ["y"], [], opset)
@@ -267,7 +347,7 @@ def _lrn_spec(x, size, alpha, beta, bias):
     for c in range(c_axis):
         lo = max(0, c - math.floor((size - 1) / 2))
         hi = min(c_axis - 1, c + math.ceil((size - 1) / 2))
-        square_sum[:, c] = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+        square_sum[:, c] = (x[:, lo : hi + 1] ** 2).sum(axis=1)
     return (x / (bias + alpha / size * square_sum) ** beta).astype(np.float32)
 
 
@@ -282,8 +362,10 @@ def test_lrn(opset, size):
 
 
 @pytest.mark.parametrize("opset", [9, 21])
-@pytest.mark.parametrize("size,shape", [(2, [2, 7, 3, 4]), (4, [2, 7, 3, 4]), (6, [3, 5, 2, 2]), (2, [2, 6, 5]),
-                                        (3, [2, 6, 5]), (4, [2, 5, 2, 3, 2])])
+@pytest.mark.parametrize(
+    "size,shape",
+    [(2, [2, 7, 3, 4]), (4, [2, 7, 3, 4]), (6, [3, 5, 2, 2]), (2, [2, 6, 5]), (3, [2, 6, 5]), (4, [2, 5, 2, 3, 2])],
+)
 def test_lrn_even_size_or_not_4d(opset, size, shape):
     """onnxruntime implements LRN only for odd sizes on 4-D input; elsewhere the spec formula is the oracle."""
     m = single("LRN", shape, {"size": size, "alpha": 0.3, "beta": 0.6, "bias": 1.5}, [], opset)
@@ -311,8 +393,9 @@ SIMPLE_ACTIVATIONS = [
 ]
 
 
-@pytest.mark.parametrize("op,attrs,opset", [(op, a, o) for op, a, opsets in SIMPLE_ACTIVATIONS for o in opsets],
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "op,attrs,opset", [(op, a, o) for op, a, opsets in SIMPLE_ACTIVATIONS for o in opsets], ids=lambda v: str(v)
+)
 def test_activation(op, attrs, opset):
     shape = [2, 3, 4, 5]
     m = single(op, shape, attrs, [], max(opset, 9) if op not in ("HardSwish", "Gelu") else opset)
@@ -347,8 +430,18 @@ def test_clip_inputs(opset, lo, hi):
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("opset", [9, 11])
-@pytest.mark.parametrize("shape,axis", [([2, 3, 4, 5], 1), ([2, 3, 4, 5], None), ([2, 3, 4, 5], 2), ([2, 3, 4, 5], -1),
-                                        ([2, 6], 1), ([2, 3, 4], 0), ([2, 3, 4], 2)])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ([2, 3, 4, 5], 1),
+        ([2, 3, 4, 5], None),
+        ([2, 3, 4, 5], 2),
+        ([2, 3, 4, 5], -1),
+        ([2, 6], 1),
+        ([2, 3, 4], 0),
+        ([2, 3, 4], 2),
+    ],
+)
 def test_softmax_coerced_2d(op, opset, shape, axis):
     """Before opset 13 (Log)Softmax normalises over the input flattened to 2-D at ``axis``."""
     attrs = {} if axis is None else {"axis": axis}
@@ -359,8 +452,13 @@ def test_softmax_coerced_2d(op, opset, shape, axis):
 
 
 @HYP
-@given(op=st.sampled_from(["Softmax", "LogSoftmax"]), rank=st.integers(2, 4), axis=st.integers(-4, 3),
-       opset=st.sampled_from([13, 17, 21]), seed=st.integers(0, 99))
+@given(
+    op=st.sampled_from(["Softmax", "LogSoftmax"]),
+    rank=st.integers(2, 4),
+    axis=st.integers(-4, 3),
+    opset=st.sampled_from([13, 17, 21]),
+    seed=st.integers(0, 99),
+)
 def test_softmax_hypothesis(op, rank, axis, opset, seed):
     assume(-rank <= axis < rank)
     shape = [2, 3, 4, 5][:rank]
@@ -373,17 +471,24 @@ def test_softmax_hypothesis(op, rank, axis, opset, seed):
 # =====================================================================================
 def _pool_case(draw_k, s, d, pads, nd):
     kernel = draw_k[:nd]
-    pads = pads[:nd] + pads[2:2 + nd]
+    pads = pads[:nd] + pads[2 : 2 + nd]
     pads = [min(p, kernel[i % nd] - 1) for i, p in enumerate(pads)]  # ONNX: pads smaller than the kernel
     return kernel, s[:nd], d[:nd], pads
 
 
 @HYP
-@given(nd=st.sampled_from([1, 2]), k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
-       s=st.lists(st.integers(1, 3), min_size=2, max_size=2), d=st.lists(st.integers(1, 2), min_size=2, max_size=2),
-       pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), ceil_mode=st.integers(0, 1),
-       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
-       size=st.integers(5, 9), opset=st.sampled_from([9, 10, 12, 21]), seed=st.integers(0, 99))
+@given(
+    nd=st.sampled_from([1, 2]),
+    k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
+    s=st.lists(st.integers(1, 3), min_size=2, max_size=2),
+    d=st.lists(st.integers(1, 2), min_size=2, max_size=2),
+    pads=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+    ceil_mode=st.integers(0, 1),
+    auto_pad=st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+    size=st.integers(5, 9),
+    opset=st.sampled_from([9, 10, 12, 21]),
+    seed=st.integers(0, 99),
+)
 def test_maxpool_hypothesis(nd, k, s, d, pads, ceil_mode, auto_pad, size, opset, seed):
     kernel, strides, dilations, pads = _pool_case(k, s, d, pads, nd)
     attrs = {"kernel_shape": kernel, "strides": strides}
@@ -416,9 +521,13 @@ def test_maxpool_hypothesis(nd, k, s, d, pads, ceil_mode, auto_pad, size, opset,
 
 
 @HYP
-@given(nd=st.sampled_from([1, 2, 3]), k=st.lists(st.integers(1, 4), min_size=3, max_size=3),
-       sizes=st.lists(st.integers(4, 11), min_size=3, max_size=3), opset=st.sampled_from([9, 12, 21]),
-       seed=st.integers(0, 99))
+@given(
+    nd=st.sampled_from([1, 2, 3]),
+    k=st.lists(st.integers(1, 4), min_size=3, max_size=3),
+    sizes=st.lists(st.integers(4, 11), min_size=3, max_size=3),
+    opset=st.sampled_from([9, 12, 21]),
+    seed=st.integers(0, 99),
+)
 def test_maxpool_non_overlapping_fast_path(nd, k, sizes, opset, seed):
     """Non-overlapping pools (stride = kernel, no padding) run as strided elementwise maxima on
     CPU above a size threshold; forced on here for small inputs, against onnxruntime."""
@@ -429,12 +538,19 @@ def test_maxpool_non_overlapping_fast_path(nd, k, sizes, opset, seed):
     kernel = k[:nd]
     shape = [2, 3] + sizes[:nd]
     assume(all(kk <= sz for kk, sz in zip(kernel, shape[2:])))
-    m = build_or_skip([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=kernel, strides=kernel)],
-                      [("x", shape)], ["y"], [], opset)
+    m = build_or_skip(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=kernel, strides=kernel)],
+        [("x", shape)],
+        ["y"],
+        [],
+        opset,
+    )
     calls = []
     real = ops._separable_max
-    with mock.patch.object(ops, "_SEPARABLE_MIN_ELEMENTS", 0), \
-            mock.patch.object(ops, "_separable_max", lambda *a: calls.append(1) or real(*a)):
+    with (
+        mock.patch.object(ops, "_SEPARABLE_MIN_ELEMENTS", 0),
+        mock.patch.object(ops, "_separable_max", lambda *a: calls.append(1) or real(*a)),
+    ):
         check_or_skip(m, rand(shape, seed), what=f"MaxPool kernel=stride={kernel}")
     assert calls, "the fast path was not taken"
 
@@ -455,16 +571,25 @@ def _same_pads(spatial, kernel, strides, dilations, upper):
 @pytest.mark.parametrize("nd", [1, 2])
 def test_maxpool_basic(opset, nd):
     shape = [2, 3] + [8, 7][:nd]
-    m = single("MaxPool", shape, {"kernel_shape": [3] * nd, "strides": [2] * nd, "pads": [1] * nd + [0] * nd}, [], opset)
+    m = single(
+        "MaxPool", shape, {"kernel_shape": [3] * nd, "strides": [2] * nd, "pads": [1] * nd + [0] * nd}, [], opset
+    )
     check(m, rand(shape, 1), what="MaxPool")
 
 
 @HYP
-@given(nd=st.sampled_from([1, 2]), k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
-       s=st.lists(st.integers(1, 3), min_size=2, max_size=2), pads=st.lists(st.integers(0, 3), min_size=4, max_size=4),
-       ceil_mode=st.integers(0, 1), count_include_pad=st.integers(0, 1),
-       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
-       size=st.integers(4, 9), opset=st.sampled_from([9, 11, 19, 21]), seed=st.integers(0, 99))
+@given(
+    nd=st.sampled_from([1, 2]),
+    k=st.lists(st.integers(1, 4), min_size=2, max_size=2),
+    s=st.lists(st.integers(1, 3), min_size=2, max_size=2),
+    pads=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+    ceil_mode=st.integers(0, 1),
+    count_include_pad=st.integers(0, 1),
+    auto_pad=st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+    size=st.integers(4, 9),
+    opset=st.sampled_from([9, 11, 19, 21]),
+    seed=st.integers(0, 99),
+)
 def test_avgpool_hypothesis(nd, k, s, pads, ceil_mode, count_include_pad, auto_pad, size, opset, seed):
     kernel, strides, _, pads = _pool_case(k, s, [1, 1], pads, nd)
     assume(all(kk <= size for kk in kernel))
@@ -500,8 +625,13 @@ def test_avgpool_asymmetric(opset, count_include_pad, ceil_mode):
 def test_avgpool_same_stride_beyond_kernel(auto_pad, size, k, s, count_include_pad):
     """SAME with a stride larger than the kernel: the spec's pad formula goes negative (windows skip the edges)."""
     shape = [2, 3, size, 5]
-    m = single("AveragePool", shape, {"kernel_shape": [k, 1], "strides": [s, 1], "auto_pad": auto_pad,
-                                      "count_include_pad": count_include_pad}, [], 21)
+    m = single(
+        "AveragePool",
+        shape,
+        {"kernel_shape": [k, 1], "strides": [s, 1], "auto_pad": auto_pad, "count_include_pad": count_include_pad},
+        [],
+        21,
+    )
     check(m, rand(shape, 1), what=f"AveragePool {auto_pad} size={size} k={k} s={s}")
 
 
@@ -515,13 +645,20 @@ def test_global_pool(op, opset, shape):
 
 # Unary math (the pieces of decomposed GELU / LayerNorm / attention exports): each on data in
 # its domain, at the opset where it first appeared (or 9, the oldest loaded) and at 13/21.
-UNARY_MATH = [("Erf", 0.0, [9, 13, 21]), ("Sqrt", 0.05, [9, 13, 21]), ("Exp", 0.0, [9, 13, 21]),
-              ("Log", 0.05, [9, 13, 21]), ("Abs", 0.0, [9, 13, 21]), ("Reciprocal", 0.25, [9, 13, 21]),
-              ("Neg", 0.0, [9, 13, 21])]
+UNARY_MATH = [
+    ("Erf", 0.0, [9, 13, 21]),
+    ("Sqrt", 0.05, [9, 13, 21]),
+    ("Exp", 0.0, [9, 13, 21]),
+    ("Log", 0.05, [9, 13, 21]),
+    ("Abs", 0.0, [9, 13, 21]),
+    ("Reciprocal", 0.25, [9, 13, 21]),
+    ("Neg", 0.0, [9, 13, 21]),
+]
 
 
-@pytest.mark.parametrize("op,low,opset", [(op, lo, o) for op, lo, opsets in UNARY_MATH for o in opsets],
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "op,low,opset", [(op, lo, o) for op, lo, opsets in UNARY_MATH for o in opsets], ids=lambda v: str(v)
+)
 def test_unary_math(op, low, opset):
     shape = [2, 3, 4, 5]
     x = rand(shape, 1, low, 3.0) if low else rand(shape, 1, -3, 3)
@@ -531,24 +668,36 @@ def test_unary_math(op, low, opset):
 @pytest.mark.parametrize("opset", [9, 16, 21])
 def test_where_constant_condition(opset):
     cond = rand([3, 4], 1) > 0
-    m = build([helper.make_node("Where", ["c", "x", "z"], ["y"])], [("x", [2, 3, 4])], ["y"],
-              [init("c", cond), init("z", rand([4], 2))], opset)
+    m = build(
+        [helper.make_node("Where", ["c", "x", "z"], ["y"])],
+        [("x", [2, 3, 4])],
+        ["y"],
+        [init("c", cond), init("z", rand([4], 2))],
+        opset,
+    )
     check(m, rand([2, 3, 4], 3), what=f"Where constant condition opset {opset}")
 
 
 @pytest.mark.parametrize("opset", [11, 21])
 def test_where_and_equal_on_activations(opset):
     """A mask computed in the graph (Relu(x) == 0) selects between two activations."""
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Equal", ["r", "zero"], ["c"]),
-             helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Where", ["c", "n", "r"], ["y"]),
-             helper.make_node("Equal", ["r", "x"], ["same"])]
-    m = build(nodes, [("x", [2, 3, 4])], ["y", ("same", [2, 3, 4], TensorProto.BOOL)], [init("zero", np.float32(0.0))], opset)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Equal", ["r", "zero"], ["c"]),
+        helper.make_node("Neg", ["x"], ["n"]),
+        helper.make_node("Where", ["c", "n", "r"], ["y"]),
+        helper.make_node("Equal", ["r", "x"], ["same"]),
+    ]
+    m = build(
+        nodes, [("x", [2, 3, 4])], ["y", ("same", [2, 3, 4], TensorProto.BOOL)], [init("zero", np.float32(0.0))], opset
+    )
     check(m, rand([2, 3, 4], 4), what=f"Where(Equal) opset {opset}")
 
 
 @pytest.mark.parametrize("opset", [9, 13, 21])
-@pytest.mark.parametrize("x_shape,target", [([2, 3, 1], [1, 1, 5]), ([2, 1, 4], [3, 1]), ([2, 3], [2, 3]),
-                                            ([2, 1], [1, 4, 1, 6])])
+@pytest.mark.parametrize(
+    "x_shape,target", [([2, 3, 1], [1, 1, 5]), ([2, 1, 4], [3, 1]), ([2, 3], [2, 3]), ([2, 1], [1, 4, 1, 6])]
+)
 def test_expand(opset, x_shape, target):
     m = single("Expand", x_shape, {}, [("s", np.array(target, np.int64))], opset)
     check(m, rand(x_shape, 5), what=f"Expand {x_shape} to {target}")
@@ -564,8 +713,10 @@ def test_range_of_constants(opset, start, limit, delta):
 
 
 def test_range_of_an_activation_is_refused():
-    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
-             helper.make_node("Range", ["zero", "m", "one"], ["y"])]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+        helper.make_node("Range", ["zero", "m", "one"], ["y"]),
+    ]
     m = build(nodes, [("x", [4])], ["y"], [init("zero", np.float32(0.0)), init("one", np.float32(1.0))], 13)
     with pytest.raises(SnncError, match="Range needs constant start, limit and delta"):
         run_snn(m, rand([4], 7, 1, 3))
@@ -588,8 +739,10 @@ def _binary_data(op, shape, seed, operand):
 
 @pytest.mark.parametrize("op", BINARY)
 @pytest.mark.parametrize("opset", [9, 13, 21])
-@pytest.mark.parametrize("a_shape,b_shape", [([2, 3, 4], [2, 3, 4]), ([2, 3, 4], [4]), ([2, 1, 4], [2, 3, 1]),
-                                             ([2, 3, 1, 5], [3, 4, 1]), ([2, 3], [2, 1])])
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [([2, 3, 4], [2, 3, 4]), ([2, 3, 4], [4]), ([2, 1, 4], [2, 3, 1]), ([2, 3, 1, 5], [3, 4, 1]), ([2, 3], [2, 1])],
+)
 def test_binary_activations(op, opset, a_shape, b_shape):
     m = build([helper.make_node(op, ["x", "x2"], ["y"])], [("x", a_shape), ("x2", b_shape)], ["y"], [], opset)
     check(m, _binary_data(op, a_shape, 1, 0), _binary_data(op, b_shape, 2, 1), what=f"{op} {a_shape} {b_shape}")
@@ -610,10 +763,14 @@ def test_binary_constant(op, opset, const_first, c_shape):
 
 def test_binary_chain_of_activations():
     """activation ∘ activation: both operands computed in the graph, with broadcasting."""
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["x"], ["s"]),
-             helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=1),
-             helper.make_node("Mul", ["r", "s"], ["rs"]), helper.make_node("Div", ["rs", "s"], ["d"]),
-             helper.make_node("Sub", ["d", "m"], ["y"])]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=1),
+        helper.make_node("Mul", ["r", "s"], ["rs"]),
+        helper.make_node("Div", ["rs", "s"], ["d"]),
+        helper.make_node("Sub", ["d", "m"], ["y"]),
+    ]
     m = build(nodes, [("x", [2, 3, 4])], ["y"], [], 13)
     check(m, rand([2, 3, 4], 1), what="chained binary ops")
 
@@ -647,14 +804,23 @@ def test_concat(opset, axis):
     c_shape[axis] = 2
     x2_shape = list(shape)
     x2_shape[axis] = 1
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r", "c", "x2", "x"], ["y"], axis=axis)]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Concat", ["r", "c", "x2", "x"], ["y"], axis=axis),
+    ]
     m = build(nodes, [("x", shape), ("x2", x2_shape)], ["y"], [init("c", rand(c_shape, 5))], opset)
     check(m, rand(shape, 1), rand(x2_shape, 2), what=f"Concat axis={axis}")
 
 
 @HYP
-@given(rank=st.integers(2, 4), axis=st.integers(-4, 3), form=st.sampled_from(["equal", "sizes", "num_outputs"]),
-       n_out=st.integers(1, 4), opset=st.sampled_from([9, 11, 13, 18, 21]), data=st.data())
+@given(
+    rank=st.integers(2, 4),
+    axis=st.integers(-4, 3),
+    form=st.sampled_from(["equal", "sizes", "num_outputs"]),
+    n_out=st.integers(1, 4),
+    opset=st.sampled_from([9, 11, 13, 18, 21]),
+    data=st.data(),
+)
 def test_split_hypothesis(rank, axis, form, n_out, opset, data):
     assume(-rank <= axis < rank)
     shape = [2, 5, 6, 7][:rank]
@@ -676,13 +842,15 @@ def test_split_hypothesis(rank, axis, form, n_out, opset, data):
         assume(dim % n_out == 0 or opset >= 18)
     outs = [f"y{i}" for i in range(n_out)]
     names = ["x"] + [c[0] for c in consts]
-    m = build_or_skip([helper.make_node("Split", names, outs, **attrs)], [("x", shape)], outs,
-                      [init(*c) for c in consts], opset)
+    m = build_or_skip(
+        [helper.make_node("Split", names, outs, **attrs)], [("x", shape)], outs, [init(*c) for c in consts], opset
+    )
     check_or_skip(m, rand(shape, 1), what=f"Split {form} {attrs} {consts}")
 
 
-@pytest.mark.parametrize("opset,form", [(9, "equal"), (11, "attr"), (13, "input"), (18, "num_outputs"), (21, "input"),
-                                        (21, "num_outputs")])
+@pytest.mark.parametrize(
+    "opset,form", [(9, "equal"), (11, "attr"), (13, "input"), (18, "num_outputs"), (21, "input"), (21, "num_outputs")]
+)
 def test_split_forms(opset, form):
     shape = [2, 6, 7]
     attrs, consts, n_out = {"axis": 2 if form == "num_outputs" else 1}, [], 3
@@ -693,12 +861,17 @@ def test_split_forms(opset, form):
     elif form == "num_outputs":
         attrs["num_outputs"] = 3  # 7 = 3 + 3 + 1: the last chunk is smaller
     outs = [f"y{i}" for i in range(n_out)]
-    m = build([helper.make_node("Split", ["x"] + [c[0] for c in consts], outs, **attrs)], [("x", shape)], outs,
-              [init(*c) for c in consts], opset)
+    m = build(
+        [helper.make_node("Split", ["x"] + [c[0] for c in consts], outs, **attrs)],
+        [("x", shape)],
+        outs,
+        [init(*c) for c in consts],
+        opset,
+    )
     check(m, rand(shape, 1), what=f"Split {form}")
 
 
-_BOUND = st.one_of(st.integers(-9, 9), st.sampled_from([2 ** 63 - 1, -(2 ** 63), 2 ** 31 - 1, -(2 ** 31)]))
+_BOUND = st.one_of(st.integers(-9, 9), st.sampled_from([2**63 - 1, -(2**63), 2**31 - 1, -(2**31)]))
 
 
 @HYP
@@ -723,8 +896,12 @@ def test_slice_hypothesis(n_axes, data, opset, seed):
     else:
         if not with_axes:
             axes = list(range(n_axes))
-        inits = [init("starts", np.array(starts, np.int64)), init("ends", np.array(ends, np.int64)),
-                 init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
+        inits = [
+            init("starts", np.array(starts, np.int64)),
+            init("ends", np.array(ends, np.int64)),
+            init("axes", np.array(axes, np.int64)),
+            init("steps", np.array(steps, np.int64)),
+        ]
         node = helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])
         what = f"Slice starts={starts} ends={ends} axes={axes} steps={steps}"
     m = build_or_skip([node], [("x", shape)], ["y"], inits, opset)
@@ -733,8 +910,13 @@ def test_slice_hypothesis(n_axes, data, opset, seed):
         # The spec clamps end=INT_MAX to dim-1 for a negative step (an empty slice from 0), as ONNX shape
         # inference does; onnxruntime reads it as "to the start". The oracle is the model with end=dim-1.
         twin_ends = [shape[a] - 1 if e in _INT_MAX and s_ < 0 else e for e, s_, a in zip(ends, steps, axes)]
-        twin = build_or_skip([node], [("x", shape)], ["y"], [init("ends", np.array(twin_ends, np.int64)) if i.name == "ends"
-                                                             else i for i in inits], opset)
+        twin = build_or_skip(
+            [node],
+            [("x", shape)],
+            ["y"],
+            [init("ends", np.array(twin_ends, np.int64)) if i.name == "ends" else i for i in inits],
+            opset,
+        )
         try:
             ref = run_ort(twin, x)[0]
         except OrtRejected:
@@ -744,24 +926,37 @@ def test_slice_hypothesis(n_axes, data, opset, seed):
     check_or_skip(m, x, what=what)
 
 
-_INT_MAX = (2 ** 31 - 1, 2 ** 63 - 1)
+_INT_MAX = (2**31 - 1, 2**63 - 1)
 
 
 @pytest.mark.parametrize("opset", [10, 13, 21])
-@pytest.mark.parametrize("starts,ends,axes,steps", [
-    ([-1], [-100], [1], [-1]),           # reverse a whole axis
-    ([-100], [-100], [2], [-1]),         # start before the axis with a negative step
-    ([100], [0], [3], [-2]),             # start past the end with a negative step
-    ([1, -2], [-1, 100], [-1, 1], [2, 1]),
-    ([0], [2 ** 63 - 1], [0], [1]),      # the batch axis, INT64_MAX end
-    ([3], [3], [2], [1]),                # empty
-    ([-1], [-(2 ** 63)], [1], [-1]),     # reverse with INT64_MIN end (what exporters emit for flip)
-])
+@pytest.mark.parametrize(
+    "starts,ends,axes,steps",
+    [
+        ([-1], [-100], [1], [-1]),  # reverse a whole axis
+        ([-100], [-100], [2], [-1]),  # start before the axis with a negative step
+        ([100], [0], [3], [-2]),  # start past the end with a negative step
+        ([1, -2], [-1, 100], [-1, 1], [2, 1]),
+        ([0], [2**63 - 1], [0], [1]),  # the batch axis, INT64_MAX end
+        ([3], [3], [2], [1]),  # empty
+        ([-1], [-(2**63)], [1], [-1]),  # reverse with INT64_MIN end (what exporters emit for flip)
+    ],
+)
 def test_slice_edges(opset, starts, ends, axes, steps):
     shape = [2, 5, 6, 7]
-    inits = [init("starts", np.array(starts, np.int64)), init("ends", np.array(ends, np.int64)),
-             init("axes", np.array(axes, np.int64)), init("steps", np.array(steps, np.int64))]
-    m = build([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])], [("x", shape)], ["y"], inits, opset)
+    inits = [
+        init("starts", np.array(starts, np.int64)),
+        init("ends", np.array(ends, np.int64)),
+        init("axes", np.array(axes, np.int64)),
+        init("steps", np.array(steps, np.int64)),
+    ]
+    m = build(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])],
+        [("x", shape)],
+        ["y"],
+        inits,
+        opset,
+    )
     check(m, rand(shape, 1), what=f"Slice {starts} {ends} {axes} {steps}")
 
 
@@ -776,7 +971,9 @@ def test_flatten(opset, axis):
 
 
 @pytest.mark.parametrize("opset", [9, 14, 21])
-@pytest.mark.parametrize("target", [[0, -1], [2, 0, -1], [0, 0, 5, 4], [-1, 6, 10], [120], [0, 12, 1, 5, 1], [2, 3, 20]])
+@pytest.mark.parametrize(
+    "target", [[0, -1], [2, 0, -1], [0, 0, 5, 4], [-1, 6, 10], [120], [0, 12, 1, 5, 1], [2, 3, 20]]
+)
 def test_reshape(opset, target):
     shape = [2, 3, 4, 5]
     m = single("Reshape", shape, {}, [("shape", np.array(target, np.int64))], opset)
@@ -792,8 +989,10 @@ def test_transpose(opset, perm):
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 21])
-@pytest.mark.parametrize("shape,axes", [([2, 1, 4, 1], [1]), ([2, 1, 4, 1], [1, 3]), ([2, 1, 4, 1], [-1]),
-                                        ([2, 1, 4, 1], None), ([1, 3, 1], [0, 2])])
+@pytest.mark.parametrize(
+    "shape,axes",
+    [([2, 1, 4, 1], [1]), ([2, 1, 4, 1], [1, 3]), ([2, 1, 4, 1], [-1]), ([2, 1, 4, 1], None), ([1, 3, 1], [0, 2])],
+)
 def test_squeeze(opset, shape, axes):
     if axes is not None and opset < 11 and min(axes) < 0:
         pytest.skip("negative axes exist from opset 11")
@@ -805,8 +1004,9 @@ def test_squeeze(opset, shape, axes):
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 21])
-@pytest.mark.parametrize("shape,axes", [([2, 3], [1]), ([2, 3], [2, 1]), ([2, 3], [-1]), ([2, 3, 4], [0, 4]),
-                                        ([2, 3], [1, -1])])
+@pytest.mark.parametrize(
+    "shape,axes", [([2, 3], [1]), ([2, 3], [2, 1]), ([2, 3], [-1]), ([2, 3, 4], [0, 4]), ([2, 3], [1, -1])]
+)
 def test_unsqueeze(opset, shape, axes):
     if opset < 11 and min(axes) < 0:
         pytest.skip("negative axes exist from opset 11")
@@ -819,8 +1019,11 @@ def test_unsqueeze(opset, shape, axes):
 
 @pytest.mark.parametrize("opset", [9, 13, 21])
 def test_identity(opset):
-    nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
-             helper.make_node("Identity", ["r"], ["y"])]
+    nodes = [
+        helper.make_node("Identity", ["x"], ["i"]),
+        helper.make_node("Relu", ["i"], ["r"]),
+        helper.make_node("Identity", ["r"], ["y"]),
+    ]
     m = build(nodes, [("x", [2, 3, 4])], ["y"], [], opset)
     check(m, rand([2, 3, 4], 1), what="Identity")
 
@@ -837,7 +1040,10 @@ def test_dropout(opset, form):
         attrs["ratio"] = 0.3
     elif form == "input":
         consts.append(("ratio", np.array(0.3, np.float32)))
-    nodes = [helper.make_node("Dropout", ["x"] + [c[0] for c in consts], ["d"], **attrs), helper.make_node("Tanh", ["d"], ["y"])]
+    nodes = [
+        helper.make_node("Dropout", ["x"] + [c[0] for c in consts], ["d"], **attrs),
+        helper.make_node("Tanh", ["d"], ["y"]),
+    ]
     m = build(nodes, [("x", [2, 3, 4])], ["y"], [init(*c) for c in consts], opset)
     check(m, rand([2, 3, 4], 1), what=f"Dropout {form}")
 
@@ -846,10 +1052,14 @@ def test_dropout(opset, form):
 # Pad
 # =====================================================================================
 @HYP
-@given(opset=st.sampled_from([9, 11, 13, 18, 19, 21]), pads=st.lists(st.integers(-2, 3), min_size=8, max_size=8),
-       value=st.sampled_from([0.0, 1.5, -2.0]), axes=st.lists(st.integers(-4, 3), min_size=1, max_size=3,
-                                                            unique_by=lambda a: a % 4),
-       data=st.data(), seed=st.integers(0, 99))
+@given(
+    opset=st.sampled_from([9, 11, 13, 18, 19, 21]),
+    pads=st.lists(st.integers(-2, 3), min_size=8, max_size=8),
+    value=st.sampled_from([0.0, 1.5, -2.0]),
+    axes=st.lists(st.integers(-4, 3), min_size=1, max_size=3, unique_by=lambda a: a % 4),
+    data=st.data(),
+    seed=st.integers(0, 99),
+)
 def test_pad_hypothesis(opset, pads, value, axes, data, seed):
     shape = [2, 3, 4, 5]
     mode = data.draw(st.sampled_from(["constant", "reflect", "edge"] + (["wrap"] if opset >= 19 else [])))
@@ -857,7 +1067,7 @@ def test_pad_hypothesis(opset, pads, value, axes, data, seed):
     if opset < 11 or mode != "constant":
         pads = [max(p, 0) for p in pads]  # negative pads (cropping) only with constant mode in newer opsets
     if form == "axes":
-        pads = pads[:len(axes)] + pads[4:4 + len(axes)]
+        pads = pads[: len(axes)] + pads[4 : 4 + len(axes)]
         full = [0] * 8
         for i, a in enumerate(axes):
             full[a % 4], full[4 + a % 4] = pads[i], pads[len(axes) + i]
@@ -879,18 +1089,38 @@ def test_pad_hypothesis(opset, pads, value, axes, data, seed):
     check_or_skip(m, rand(shape, seed), what=f"Pad {mode} {form} pads={pads} axes={axes}")
 
 
-@pytest.mark.parametrize("opset,mode", [(9, "constant"), (9, "reflect"), (9, "edge"), (11, "constant"), (11, "reflect"),
-                                        (11, "edge"), (18, "constant"), (21, "reflect"), (21, "edge"), (21, "wrap")])
+@pytest.mark.parametrize(
+    "opset,mode",
+    [
+        (9, "constant"),
+        (9, "reflect"),
+        (9, "edge"),
+        (11, "constant"),
+        (11, "reflect"),
+        (11, "edge"),
+        (18, "constant"),
+        (21, "reflect"),
+        (21, "edge"),
+        (21, "wrap"),
+    ],
+)
 def test_pad_forms(opset, mode):
     shape = [2, 3, 4, 5]
     pads = [0, 1, 2, 3, 0, 2, 1, 0]
     if opset < 11:
         m = single("Pad", shape, {"mode": mode, "pads": pads, "value": 0.5}, [], opset)
     elif opset < 18:
-        m = single("Pad", shape, {"mode": mode}, [("pads", np.array(pads, np.int64)), ("v", np.array(0.5, np.float32))], opset)
+        m = single(
+            "Pad", shape, {"mode": mode}, [("pads", np.array(pads, np.int64)), ("v", np.array(0.5, np.float32))], opset
+        )
     else:
-        m = single("Pad", shape, {"mode": mode}, [("pads", np.array([1, 2, 3, 2, 1, 0], np.int64)), "",
-                                                  ("axes", np.array([1, -2, 3], np.int64))], opset)
+        m = single(
+            "Pad",
+            shape,
+            {"mode": mode},
+            [("pads", np.array([1, 2, 3, 2, 1, 0], np.int64)), "", ("axes", np.array([1, -2, 3], np.int64))],
+            opset,
+        )
     check(m, rand(shape, 1), what=f"Pad {mode} opset {opset}")
 
 
@@ -901,11 +1131,20 @@ _SCALES = st.sampled_from([0.5, 0.6, 1.0, 1.5, 1.7, 2.0, 3.0])
 
 
 @HYP
-@given(mode=st.sampled_from(["nearest", "linear"]), opset=st.sampled_from([11, 13, 18, 19, 21]), rank=st.sampled_from([3, 4]),
-       by_sizes=st.booleans(), scales=st.lists(_SCALES, min_size=2, max_size=2),
-       sizes=st.lists(st.integers(1, 10), min_size=2, max_size=2), data=st.data(), seed=st.integers(0, 99))
+@given(
+    mode=st.sampled_from(["nearest", "linear"]),
+    opset=st.sampled_from([11, 13, 18, 19, 21]),
+    rank=st.sampled_from([3, 4]),
+    by_sizes=st.booleans(),
+    scales=st.lists(_SCALES, min_size=2, max_size=2),
+    sizes=st.lists(st.integers(1, 10), min_size=2, max_size=2),
+    data=st.data(),
+    seed=st.integers(0, 99),
+)
 def test_resize_hypothesis(mode, opset, rank, by_sizes, scales, sizes, data, seed):
-    ctms = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"] + (["half_pixel_symmetric"] if opset >= 19 else [])
+    ctms = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"] + (
+        ["half_pixel_symmetric"] if opset >= 19 else []
+    )
     ctm = data.draw(st.sampled_from(ctms))
     attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
     if mode == "nearest":
@@ -941,8 +1180,13 @@ CTMS = ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"]
 def test_resize_nearest_modes(opset, ctm, nearest_mode):
     shape = [2, 3, 4, 5]
     roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
-    m = single("Resize", shape, {"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nearest_mode},
-               [roi, ("scales", np.array([1, 1, 2.5, 0.6], np.float32))], opset)
+    m = single(
+        "Resize",
+        shape,
+        {"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nearest_mode},
+        [roi, ("scales", np.array([1, 1, 2.5, 0.6], np.float32))],
+        opset,
+    )
     check(m, rand(shape, 1), what=f"Resize nearest {ctm} {nearest_mode}")
 
 
@@ -953,37 +1197,50 @@ def test_resize_linear(opset, ctm, by):
     shape = [2, 3, 4, 5]
     roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
     no_scales = ("scales", np.zeros(0, np.float32)) if opset < 13 else ""
-    consts = [roi, ("scales", np.array([1, 1, 2.0, 1.5], np.float32))] if by == "scales" else \
-        [roi, no_scales, ("sizes", np.array([2, 3, 7, 3], np.int64))]
+    consts = (
+        [roi, ("scales", np.array([1, 1, 2.0, 1.5], np.float32))]
+        if by == "scales"
+        else [roi, no_scales, ("sizes", np.array([2, 3, 7, 3], np.int64))]
+    )
     m = single("Resize", shape, {"mode": "linear", "coordinate_transformation_mode": ctm}, consts, opset)
     check(m, rand(shape, 1), what=f"Resize linear {ctm} by {by}")
 
 
-_OPSET10_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "the loader restores asymmetric coordinates and floor rounding on Resize-10/Upsample lifted by the "
-    "version converter; onnxruntime's Resize-10 kernel still differs for nearest at non-integer scales "
-    "(it rounds up when downsampling)"))
+_OPSET10_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the loader restores asymmetric coordinates and floor rounding on Resize-10/Upsample lifted by the "
+        "version converter; onnxruntime's Resize-10 kernel still differs for nearest at non-integer scales "
+        "(it rounds up when downsampling)"
+    ),
+)
 
 
-@pytest.mark.parametrize("mode,scales", [
-    ("nearest", [1, 1, 2.0, 3.0]),
-    pytest.param("nearest", [1, 1, 1.7, 2.3], marks=_OPSET10_XFAIL),
-    pytest.param("nearest", [1, 1, 0.5, 0.3], marks=_OPSET10_XFAIL),
-    ("linear", [1, 1, 2.0, 3.0]),
-])
+@pytest.mark.parametrize(
+    "mode,scales",
+    [
+        ("nearest", [1, 1, 2.0, 3.0]),
+        pytest.param("nearest", [1, 1, 1.7, 2.3], marks=_OPSET10_XFAIL),
+        pytest.param("nearest", [1, 1, 0.5, 0.3], marks=_OPSET10_XFAIL),
+        ("linear", [1, 1, 2.0, 3.0]),
+    ],
+)
 def test_resize_opset10(mode, scales):
     shape = [2, 3, 4, 10]
     m = single("Resize", shape, {"mode": mode}, [("scales", np.array(scales, np.float32))], 10)
     check(m, rand(shape, 1), what=f"Resize opset 10 {mode} {scales}")
 
 
-@pytest.mark.parametrize("mode,scales", [
-    ("nearest", [1, 1, 2, 2]),
-    ("nearest", [1, 1, 3, 1.5]),
-    ("nearest", [1, 1, 1.7, 2.3]),
-    ("linear", [1, 1, 2, 2]),
-    ("linear", [1, 1, 3, 1.5]),
-])
+@pytest.mark.parametrize(
+    "mode,scales",
+    [
+        ("nearest", [1, 1, 2, 2]),
+        ("nearest", [1, 1, 3, 1.5]),
+        ("nearest", [1, 1, 1.7, 2.3]),
+        ("linear", [1, 1, 2, 2]),
+        ("linear", [1, 1, 3, 1.5]),
+    ],
+)
 def test_upsample_opset9(mode, scales):
     shape = [2, 3, 4, 5]
     m = single("Upsample", shape, {"mode": mode}, [("scales", np.array(scales, np.float32))], 9)
@@ -1004,8 +1261,11 @@ def test_upsample_opset7_attr():
 def test_constant(opset, attr):
     if attr != "value" and opset < 12:
         pytest.skip("value_float(s) exist from opset 12")
-    value = {"value": helper.make_tensor("t", TensorProto.FLOAT, [3, 1], [0.5, -1.0, 2.0]), "value_float": 1.5,
-             "value_floats": [0.5, -1.0, 2.0, 3.0]}[attr]
+    value = {
+        "value": helper.make_tensor("t", TensorProto.FLOAT, [3, 1], [0.5, -1.0, 2.0]),
+        "value_float": 1.5,
+        "value_floats": [0.5, -1.0, 2.0, 3.0],
+    }[attr]
     nodes = [helper.make_node("Constant", [], ["c"], **{attr: value}), helper.make_node("Add", ["x", "c"], ["y"])]
     m = build(nodes, [("x", [2, 3, 4])], ["y"], [], opset)
     check(m, rand([2, 3, 4], 1), what=f"Constant {attr}")
@@ -1013,16 +1273,22 @@ def test_constant(opset, attr):
 
 def test_constant_graph_output():
     """A graph output that is a constant (after folding) still comes back from run_graph."""
-    nodes = [helper.make_node("Relu", ["x"], ["y"]),
-             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.FLOAT, [2], [1.0, 2.0]))]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("Constant", [], ["c"], value=helper.make_tensor("t", TensorProto.FLOAT, [2], [1.0, 2.0])),
+    ]
     m = build(nodes, [("x", [2, 3])], ["y", "c"], [], 13)
     check(m, rand([2, 3], 1), what="constant graph output")
 
 
 @pytest.mark.parametrize("opset", [9, 20, 21])
 def test_constant_of_shape(opset):
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])),
-             helper.make_node("Mul", ["x", "c"], ["y"])]
+    nodes = [
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])
+        ),
+        helper.make_node("Mul", ["x", "c"], ["y"]),
+    ]
     m = build(nodes, [("x", [2, 3, 4])], ["y"], [init("shape", np.array([3, 4], np.int64))], opset)
     check(m, rand([2, 3, 4], 1), what="ConstantOfShape")
 
@@ -1035,21 +1301,28 @@ def test_shape_gather_cast_reshape(opset):
         helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
         helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
         helper.make_node("Cast", ["nf"], ["ni"], to=TensorProto.INT64),
-        helper.make_node("Unsqueeze", ["ni"], ["nu"], axes=[0]) if opset < 13 else
-        helper.make_node("Unsqueeze", ["ni", "ax0"], ["nu"]),
+        helper.make_node("Unsqueeze", ["ni"], ["nu"], axes=[0])
+        if opset < 13
+        else helper.make_node("Unsqueeze", ["ni", "ax0"], ["nu"]),
         helper.make_node("Concat", ["nu", "minus1"], ["target"], axis=0),
         helper.make_node("Reshape", ["x", "target"], ["y"]),
     ]
-    inits = [init("i0", np.array(0, np.int64)), init("minus1", np.array([-1], np.int64)), init("ax0", np.array([0], np.int64))]
+    inits = [
+        init("i0", np.array(0, np.int64)),
+        init("minus1", np.array([-1], np.int64)),
+        init("ax0", np.array([0], np.int64)),
+    ]
     m = build(nodes, [("x", [2, 3, 4, 5])], [("y", [2, 60])], inits, opset)
     check(m, rand([2, 3, 4, 5], 1), what="Shape/Gather/Cast → Reshape")
 
 
 @pytest.mark.parametrize("opset", [15, 21])
 def test_shape_start_end(opset):
-    nodes = [helper.make_node("Shape", ["x"], ["s"], start=1, end=-1),
-             helper.make_node("Concat", ["first", "s"], ["target"], axis=0),
-             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, end=-1),
+        helper.make_node("Concat", ["first", "s"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
     m = build(nodes, [("x", [2, 3, 4, 5])], ["y"], [init("first", np.array([-1], np.int64))], opset)
     check(m, rand([2, 3, 4, 5], 1), what="Shape start/end")
 
@@ -1065,8 +1338,11 @@ def test_gather_activation(opset, axis, indices):
 
 @pytest.mark.parametrize("opset", [9, 13, 21])
 def test_cast_activation(opset):
-    nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE), helper.make_node("Cast", ["d"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Cast", ["f"], ["y"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["d"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["f"], ["y"], to=TensorProto.FLOAT),
+    ]
     m = build(nodes, [("x", [2, 3])], ["y"], [], opset)
     check(m, rand([2, 3], 1), what="Cast")
 
@@ -1097,7 +1373,9 @@ def test_reduce_mean(opset, axes, keepdims):
 
 @pytest.mark.parametrize("noop", [0, 1])
 def test_reduce_mean_empty_axes(noop):
-    m = single("ReduceMean", [2, 3, 4], {"keepdims": 1, "noop_with_empty_axes": noop}, [("axes", np.zeros(0, np.int64))], 18)
+    m = single(
+        "ReduceMean", [2, 3, 4], {"keepdims": 1, "noop_with_empty_axes": noop}, [("axes", np.zeros(0, np.int64))], 18
+    )
     check(m, rand([2, 3, 4], 1), what=f"ReduceMean empty axes noop={noop}")
 
 
@@ -1109,28 +1387,49 @@ def _poly(nodes, x_rest, inits, opset=21):
 
 
 @pytest.mark.parametrize("batch", [1, 3, 5])
-@pytest.mark.parametrize("case", ["reshape", "flatten", "conv", "gemm", "shape_reshape", "softmax_old", "matmul", "pool_bn"])
+@pytest.mark.parametrize(
+    "case", ["reshape", "flatten", "conv", "gemm", "shape_reshape", "softmax_old", "matmul", "pool_bn"]
+)
 def test_batch_polymorphism(case, batch):
     if case == "reshape":
-        m = _poly([helper.make_node("Reshape", ["x", "s"], ["y"])], [3, 4, 5], [init("s", np.array([0, -1, 5], np.int64))])
+        m = _poly(
+            [helper.make_node("Reshape", ["x", "s"], ["y"])], [3, 4, 5], [init("s", np.array([0, -1, 5], np.int64))]
+        )
         shape = [batch, 3, 4, 5]
     elif case == "flatten":
         m = _poly([helper.make_node("Flatten", ["x"], ["y"], axis=1)], [3, 4, 5], [])
         shape = [batch, 3, 4, 5]
     elif case == "conv":
-        m = _poly([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], [2, 5, 5],
-                  [init("w", rand([4, 2, 3, 3], 1)), init("b", rand([4], 2))])
+        m = _poly(
+            [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+            [2, 5, 5],
+            [init("w", rand([4, 2, 3, 3], 1)), init("b", rand([4], 2))],
+        )
         shape = [batch, 2, 5, 5]
     elif case == "gemm":
-        m = _poly([helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)], [6],
-                  [init("w", rand([4, 6], 1)), init("c", rand([1, 4], 2))])
+        m = _poly(
+            [helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)],
+            [6],
+            [init("w", rand([4, 6], 1)), init("c", rand([1, 4], 2))],
+        )
         shape = [batch, 6]
     elif case == "shape_reshape":
-        nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
-                 helper.make_node("Unsqueeze", ["n", "ax0"], ["nu"]),
-                 helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0), helper.make_node("Reshape", ["x", "t"], ["y"])]
-        m = _poly(nodes, [3, 4], [init("i0", np.array(0, np.int64)), init("ax0", np.array([0], np.int64)),
-                                  init("m1", np.array([-1], np.int64))])
+        nodes = [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+            helper.make_node("Unsqueeze", ["n", "ax0"], ["nu"]),
+            helper.make_node("Concat", ["nu", "m1"], ["t"], axis=0),
+            helper.make_node("Reshape", ["x", "t"], ["y"]),
+        ]
+        m = _poly(
+            nodes,
+            [3, 4],
+            [
+                init("i0", np.array(0, np.int64)),
+                init("ax0", np.array([0], np.int64)),
+                init("m1", np.array([-1], np.int64)),
+            ],
+        )
         shape = [batch, 3, 4]
     elif case == "softmax_old":
         m = _poly([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [3, 4, 5], [], 11)
@@ -1140,11 +1439,22 @@ def test_batch_polymorphism(case, batch):
         shape = [batch, 3, 4]
     else:
         c = 3
-        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn"]),
-                 helper.make_node("MaxPool", ["bn"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-                 helper.make_node("GlobalAveragePool", ["p"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
-        m = _poly(nodes, [c, 6, 6], [init("s", rand([c], 1)), init("b", rand([c], 2)), init("m", rand([c], 3)),
-                                     init("v", rand([c], 4, 0.5, 2))])
+        nodes = [
+            helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn"]),
+            helper.make_node("MaxPool", ["bn"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["y"]),
+        ]
+        m = _poly(
+            nodes,
+            [c, 6, 6],
+            [
+                init("s", rand([c], 1)),
+                init("b", rand([c], 2)),
+                init("m", rand([c], 3)),
+                init("v", rand([c], 4, 0.5, 2)),
+            ],
+        )
         shape = [batch, c, 6, 6]
     check(m, rand(shape, 7), what=f"{case} at batch {batch}")
 
@@ -1163,13 +1473,69 @@ def test_batch_polymorphism_static_declared():
 # =====================================================================================
 #: Operators with a parity test above. Adding a converter without a test fails test_every_supported_op_is_tested.
 TESTED_OP_TYPES = {
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
-    "ConvTranspose", "Div", "Dropout", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
-    "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LayerNormalization", "LeakyRelu",
-    "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "PRelu", "Pad", "Pow", "ReduceMean", "Relu",
-    "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Sum", "Tanh",
-    "Transpose", "Unsqueeze", "Upsample",
-    "CastLike", "Erf", "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Neg", "Where", "Equal", "Expand", "Range",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "ConvTranspose",
+    "Div",
+    "Dropout",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "InstanceNormalization",
+    "LRN",
+    "LayerNormalization",
+    "LeakyRelu",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "Mean",
+    "Min",
+    "Mul",
+    "PRelu",
+    "Pad",
+    "Pow",
+    "ReduceMean",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Upsample",
+    "CastLike",
+    "Erf",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Abs",
+    "Reciprocal",
+    "Neg",
+    "Where",
+    "Equal",
+    "Expand",
+    "Range",
 }
 
 

@@ -8,6 +8,7 @@ input; the parity check also runs the smaller ones with random weights, where th
 Default run: the IR-3 unit case, SqueezeNet and ShuffleNet (random weights, the CLI `snnc run`,
 `snnc compile`). ``-m slow``: all 9, run and compiled.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,20 @@ import pytest
 from onnx import helper, numpy_helper
 
 import snncompiler as snnc
-
 from tests.formats.helpers import assert_close, init, rand, run_ort, run_snn
 
 LIGHT_DIR = Path(os.path.dirname(onnx.backend.test.__file__)) / "data" / "light"
-LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet",
-         "vgg19", "zfnet512"]
+LIGHT = [
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
+]
 #: light models small enough (≤ 26 M parameters) to run with random weights as real initializers
 RANDOMIZABLE = {"densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet"}
 FAST = {"squeezenet", "shufflenet"}
@@ -38,9 +47,14 @@ def test_ir3_model_with_initializers_as_inputs():
     w, b = rand([4, 3, 3, 3], 1), rand([4], 2)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
-        "ir3", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
-                for n, s in (("x", [1, 3, 5, 5]), ("w", [4, 3, 3, 3]), ("b", [4]))],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 5, 5])], [init("w", w), init("b", b)])
+        "ir3",
+        [
+            helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+            for n, s in (("x", [1, 3, 5, 5]), ("w", [4, 3, 3, 3]), ("b", [4]))
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 5, 5])],
+        [init("w", w), init("b", b)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
     model.ir_version = 3
     onnx.checker.check_model(model)

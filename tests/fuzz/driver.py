@@ -17,6 +17,7 @@ more than one stderr line), ``bad output`` (exit 0 without a sane output), ``sig
 ``timeout`` and any other exit status are failures. The table of case kind × outcome is
 printed; the exit status is 1 if any case failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,15 +37,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import mutators  # noqa: E402
+import mutators
 
 PASSES = ("exit 0", "exit 2")
 #: (seed file, command) → weight: how often each kind of case is drawn.
 KINDS = {
-    "onnx:inspect": 3, "onnx:eval": 3, "onnx:compile": 2,
-    "artifact:eval": 3, "artifact:run": 2, "artifact:inspect": 1,
-    "npz:eval": 3, "npz:run": 2,
-    "nir:run": 2, "nir:inspect": 1,
+    "onnx:inspect": 3,
+    "onnx:eval": 3,
+    "onnx:compile": 2,
+    "artifact:eval": 3,
+    "artifact:run": 2,
+    "artifact:inspect": 1,
+    "npz:eval": 3,
+    "npz:run": 2,
+    "nir:run": 2,
+    "nir:inspect": 1,
 }
 SAMPLES = 8
 
@@ -58,8 +65,8 @@ def build_seeds(root: Path) -> None:
     import torch.nn as nn
 
     import snncompiler as snnc
-    from snncompiler.data import Dataset
     from examples.workloads import export_onnx
+    from snncompiler.data import Dataset
 
     logging.disable(logging.WARNING)  # the NIR export's notes on what NIR cannot represent
     torch.manual_seed(0)
@@ -82,16 +89,16 @@ def _warm_imports() -> None:
     import onnxruntime  # noqa: F401
     import onnxscript.optimizer  # noqa: F401
 
-    import snncompiler.cli.main  # noqa: F401
-    import snncompiler.compiler  # noqa: F401
-    import snncompiler.analysis.diagnostics  # noqa: F401
-    import snncompiler.formats.nir.writer  # noqa: F401
+    import snncompiler.analysis.diagnostics
+    import snncompiler.analysis.metrics
+    import snncompiler.analysis.summary
+    import snncompiler.cli.main
+    import snncompiler.compiler
+    import snncompiler.formats.nir.reader
+    import snncompiler.formats.nir.writer
+    import snncompiler.formats.onnx
+    import snncompiler.formats.onnx.ort
     import snncompiler.formats.onnx.writer  # noqa: F401
-    import snncompiler.formats.onnx  # noqa: F401
-    import snncompiler.formats.nir.reader  # noqa: F401
-    import snncompiler.analysis.summary  # noqa: F401
-    import snncompiler.analysis.metrics  # noqa: F401
-    import snncompiler.formats.onnx.ort  # noqa: F401
 
 
 def make_case(index: int, seed: int, seeds: Path, work: Path) -> dict:
@@ -140,7 +147,7 @@ def _child(case: dict, memory: int) -> None:
         code = main(case["argv"])
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else 2
-    except BaseException:  # noqa: BLE001 - anything escaping main() is a finding
+    except BaseException:
         traceback.print_exc()
         code = 1
     finally:
@@ -189,7 +196,7 @@ def classify(case: dict, status: int | None) -> tuple[str, str]:
     if code == 0:
         try:
             return ("exit 0" if _sane(case, out) else "bad output"), err
-        except Exception as exc:  # noqa: BLE001 - an unreadable output is a bad output
+        except Exception as exc:
             return "bad output", f"{err}\n{type(exc).__name__}: {exc}"
     if code == 2:
         ok = len(lines) == 1 and "Traceback" not in err and lines[0].startswith("snnc")
@@ -211,7 +218,7 @@ def run(cases: int, seed: int, jobs: int, timeout: float, memory_extra: int, kee
         try:
             build_seeds(seeds)
             os._exit(0)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             traceback.print_exc()
             os._exit(1)
     _, status = os.waitpid(pid, 0)
@@ -242,7 +249,7 @@ def run(cases: int, seed: int, jobs: int, timeout: float, memory_extra: int, kee
         done_pid, status = os.waitpid(-1, os.WNOHANG)
         if done_pid:
             finished.append((done_pid, status))
-        for child, (case, started) in list(running.items()):
+        for child, (_case, started) in list(running.items()):
             if child not in {p for p, _ in finished} and time.monotonic() - started > timeout:
                 os.kill(child, signal.SIGKILL)
                 os.waitpid(child, 0)
@@ -254,29 +261,46 @@ def run(cases: int, seed: int, jobs: int, timeout: float, memory_extra: int, kee
             outcome, err = classify(case, status)
             table[case["kind"]][outcome] += 1
             if outcome not in PASSES:
-                failures.append({"index": case["index"], "kind": case["kind"], "outcome": outcome,
-                                 "argv": case["argv"], "stderr": err[-2000:]})
+                failures.append(
+                    {
+                        "index": case["index"],
+                        "kind": case["kind"],
+                        "outcome": outcome,
+                        "argv": case["argv"],
+                        "stderr": err[-2000:],
+                    }
+                )
                 if keep is not None:
                     shutil.copytree(case["work"], keep / f"case{case['index']}", dirs_exist_ok=True)
             shutil.rmtree(case["work"], ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
-    return {"cases": cases, "seed": seed, "memory_limit_bytes": memory, "timeout_s": timeout,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "table": {k: dict(v) for k, v in sorted(table.items())}, "failures": failures}
+    return {
+        "cases": cases,
+        "seed": seed,
+        "memory_limit_bytes": memory,
+        "timeout_s": timeout,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "table": {k: dict(v) for k, v in sorted(table.items())},
+        "failures": failures,
+    }
 
 
 def format_table(result: dict) -> str:
     """The outcome table: one row per case kind, one column per outcome seen, with totals."""
     outcomes = list(PASSES) + sorted({o for row in result["table"].values() for o in row} - set(PASSES))
     header = ["case kind"] + outcomes + ["total"]
-    rows = [[kind] + [str(counts.get(o, 0)) for o in outcomes] + [str(sum(counts.values()))]
-            for kind, counts in result["table"].items()]
+    rows = [
+        [kind] + [str(counts.get(o, 0)) for o in outcomes] + [str(sum(counts.values()))]
+        for kind, counts in result["table"].items()
+    ]
     totals = Counter()
     for counts in result["table"].values():
         totals.update(counts)
     rows.append(["all"] + [str(totals.get(o, 0)) for o in outcomes] + [str(sum(totals.values()))])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
+    fmt = lambda r: (
+        "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    )
     lines = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
     return "\n".join(lines)
 
@@ -288,7 +312,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per case before it counts as a hang")
-    p.add_argument("--memory", type=float, default=3.0, help="GiB of address space per case above the warm interpreter's")
+    p.add_argument(
+        "--memory", type=float, default=3.0, help="GiB of address space per case above the warm interpreter's"
+    )
     p.add_argument("--json", help="write the result (table, failures) here")
     p.add_argument("--keep", help="copy the inputs of failing cases into this folder")
     args = p.parse_args(argv)
@@ -297,12 +323,16 @@ def main(argv=None) -> int:
         keep.mkdir(parents=True, exist_ok=True)
     result = run(args.cases, args.seed, args.jobs, args.timeout, int(args.memory * (1 << 30)), keep)
     print(format_table(result))
-    print(f"{result['cases']} cases (seed {result['seed']}) in {result['seconds']} s, "
-          f"{len(result['failures'])} failure(s); per case: RLIMIT_AS {result['memory_limit_bytes'] / (1 << 30):.1f} GiB, "
-          f"timeout {result['timeout_s']:g} s")
+    print(
+        f"{result['cases']} cases (seed {result['seed']}) in {result['seconds']} s, "
+        f"{len(result['failures'])} failure(s); per case: RLIMIT_AS {result['memory_limit_bytes'] / (1 << 30):.1f} GiB, "
+        f"timeout {result['timeout_s']:g} s"
+    )
     for failure in result["failures"][:20]:
         tail = " | ".join(ln for ln in failure["stderr"].splitlines() if ln.strip())[-600:]
-        print(f"FAIL case {failure['index']} {failure['kind']} {failure['outcome']}: {' '.join(failure['argv'])}\n    {tail}")
+        print(
+            f"FAIL case {failure['index']} {failure['kind']} {failure['outcome']}: {' '.join(failure['argv'])}\n    {tail}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 1 if result["failures"] else 0

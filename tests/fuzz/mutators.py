@@ -4,6 +4,7 @@ Each mutator takes the seed file's bytes and a ``random.Random`` and returns the
 (or, for HDF5 edits, writes a damaged copy). Every mutation is reproducible from (kind, case
 seed): the fuzz driver records both for every case it runs.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,10 +18,41 @@ import onnx
 from onnx import helper, numpy_helper
 
 #: Values a damaged number tends to take: boundaries, huge, negative, zero.
-INTERESTING_INTS = [0, 1, -1, 2, 3, 7, 99, 255, 256, 4096, 2 ** 15 - 1, 2 ** 16, 2 ** 31 - 1, 2 ** 31, 2 ** 40,
-                    2 ** 62, -2 ** 31, 10 ** 12]
-INTERESTING_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-30, 1e30, 3.4e38, -3.4e38, float("nan"), float("inf"),
-                      float("-inf"), 1e12]
+INTERESTING_INTS = [
+    0,
+    1,
+    -1,
+    2,
+    3,
+    7,
+    99,
+    255,
+    256,
+    4096,
+    2**15 - 1,
+    2**16,
+    2**31 - 1,
+    2**31,
+    2**40,
+    2**62,
+    -(2**31),
+    10**12,
+]
+INTERESTING_FLOATS = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    1e-30,
+    1e30,
+    3.4e38,
+    -3.4e38,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    1e12,
+]
 
 
 # ---- raw bytes ------------------------------------------------------------------------------------
@@ -42,7 +74,7 @@ def flip_bits(data: bytes, rng: random.Random) -> bytes:
 
 def truncate(data: bytes, rng: random.Random) -> bytes:
     """The file cut at a random point (never empty)."""
-    return data[:rng.randrange(1, len(data))]
+    return data[: rng.randrange(1, len(data))]
 
 
 def splice(data: bytes, rng: random.Random) -> bytes:
@@ -90,8 +122,11 @@ def _add_attribute(model: onnx.ModelProto, rng: random.Random) -> None:
 
 
 def _edit_dims(model: onnx.ModelProto, rng: random.Random) -> None:
-    infos = [v for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
-             if v.type.tensor_type.shape.dim]
+    infos = [
+        v
+        for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+        if v.type.tensor_type.shape.dim
+    ]
     choice = rng.random()
     if choice < 0.5 and model.graph.initializer:
         tensor = rng.choice(list(model.graph.initializer))
@@ -117,7 +152,7 @@ def _edit_data_type(model: onnx.ModelProto, rng: random.Random) -> None:
 
 def _edit_opset(model: onnx.ModelProto, rng: random.Random) -> None:
     imp = rng.choice(list(model.opset_import))
-    imp.version = rng.choice([0, 1, 6, 9, 10, 13, 17, 21, 22, 28, 29, 99, -1, 2 ** 40])
+    imp.version = rng.choice([0, 1, 6, 9, 10, 13, 17, 21, 22, 28, 29, 99, -1, 2**40])
 
 
 def _edit_initializer_values(model: onnx.ModelProto, rng: random.Random) -> None:
@@ -141,7 +176,7 @@ def _shorten_raw_data(model: onnx.ModelProto, rng: random.Random) -> None:
     tensors = [t for t in model.graph.initializer if t.raw_data]
     if tensors:
         t = rng.choice(tensors)
-        t.raw_data = t.raw_data[:rng.randrange(len(t.raw_data))]
+        t.raw_data = t.raw_data[: rng.randrange(len(t.raw_data))]
 
 
 def _rewire(model: onnx.ModelProto, rng: random.Random) -> None:
@@ -176,15 +211,25 @@ def _edit_metadata(model: onnx.ModelProto, rng: random.Random) -> None:
         except json.JSONDecodeError:
             return
         key = rng.choice(list(obj) + ["timesteps", "encoding", "maxpool", "unknown_key"]) if obj else "timesteps"
-        obj[key] = rng.choice([None, True, -1, 0, 1, 2 ** 40, 10 ** 12, 1e12, "rate", "sequence", "gated", "x",
-                               [1], {"a": 1}, float("nan")])
+        obj[key] = rng.choice(
+            [None, True, -1, 0, 1, 2**40, 10**12, 1e12, "rate", "sequence", "gated", "x", [1], {"a": 1}, float("nan")]
+        )
         prop.value = json.dumps(obj)
     else:
-        prop.value = rng.choice(["", "0", "1", "99", "-5", "lots", "{", "[]", "1e12", "65537", str(2 ** 40)])
+        prop.value = rng.choice(["", "0", "1", "99", "-5", "lots", "{", "[]", "1e12", "65537", str(2**40)])
 
 
-ONNX_EDITS = [_edit_attribute, _add_attribute, _edit_dims, _edit_data_type, _edit_opset, _edit_initializer_values,
-              _shorten_raw_data, _rewire, _edit_metadata]
+ONNX_EDITS = [
+    _edit_attribute,
+    _add_attribute,
+    _edit_dims,
+    _edit_data_type,
+    _edit_opset,
+    _edit_initializer_values,
+    _shorten_raw_data,
+    _rewire,
+    _edit_metadata,
+]
 
 
 def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
@@ -230,34 +275,51 @@ def mutate_npz(data: bytes, rng: random.Random) -> bytes:
         if offset == 8:
             struct.pack_into("<H", out, offset, rng.choice([1, 6, 12, 14, 93, 99, 0xFFFF]))
         else:
-            struct.pack_into("<I", out, offset, rng.choice([0, 1, 2 ** 31, 2 ** 32 - 1]))
+            struct.pack_into("<I", out, offset, rng.choice([0, 1, 2**31, 2**32 - 1]))
         cd = out.rfind(b"PK\x01\x02")
         if cd >= 0 and rng.random() < 0.7:
-            struct.pack_into("<H" if offset == 8 else "<I", out, cd + offset + 2,
-                             struct.unpack_from("<H" if offset == 8 else "<I", out, offset)[0])
+            struct.pack_into(
+                "<H" if offset == 8 else "<I",
+                out,
+                cd + offset + 2,
+                struct.unpack_from("<H" if offset == 8 else "<I", out, offset)[0],
+            )
         return bytes(out)
     if action < 0.75:  # the .npy header text
         payload = members[name]
         end = payload.index(b"\n") + 1
         header = payload[10:end].decode("latin1")
-        edits = [("'<f4'", rng.choice(["'<f8'", "'|O'", "'<U4'", "'>f4'", "'<c8'", "'V0'", "'<i8'", "'xx'"])),
-                 ("'<i8'", rng.choice(["'<f4'", "'|O'", "'|b1'"])),
-                 ("False", "True"),
-                 ("(", rng.choice(["(1000000000000, ", "(-1, ", "(0, ", "(4611686018427387904, 4, ", "(["]))]
+        edits = [
+            ("'<f4'", rng.choice(["'<f8'", "'|O'", "'<U4'", "'>f4'", "'<c8'", "'V0'", "'<i8'", "'xx'"])),
+            ("'<i8'", rng.choice(["'<f4'", "'|O'", "'|b1'"])),
+            ("False", "True"),
+            ("(", rng.choice(["(1000000000000, ", "(-1, ", "(0, ", "(4611686018427387904, 4, ", "(["])),
+        ]
         old, new = rng.choice(edits)
         header = header.replace(old, new, 1)
-        header = header.ljust(len(payload[10:end]) - 1)[:max(len(header), 1)] + "\n"
+        header = header.ljust(len(payload[10:end]) - 1)[: max(len(header), 1)] + "\n"
         body = payload[:8] + struct.pack("<H", len(header)) + header.encode("latin1") + payload[end:]
         members[name] = body
         return _zip(members, rng.choice([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
-    x = rng.choice([np.zeros((0, 1, 8, 8), np.float32), np.full((2, 1, 8, 8), np.nan, np.float32),
-                    np.ones((2, 1, 8), np.float32), np.ones((2, 3, 8, 8), np.float32), np.ones(5, np.float32),
-                    np.ones((2, 1, 8, 8), np.float16), np.ones((2, 1, 8, 8), np.int32),
-                    np.full((2, 1, 8, 8), 3e38, np.float32), np.ones((1, 1, 8, 8), np.float64),
-                    np.zeros((2 ** 16, 1, 8, 8), np.uint8)])
+    x = rng.choice(
+        [
+            np.zeros((0, 1, 8, 8), np.float32),
+            np.full((2, 1, 8, 8), np.nan, np.float32),
+            np.ones((2, 1, 8), np.float32),
+            np.ones((2, 3, 8, 8), np.float32),
+            np.ones(5, np.float32),
+            np.ones((2, 1, 8, 8), np.float16),
+            np.ones((2, 1, 8, 8), np.int32),
+            np.full((2, 1, 8, 8), 3e38, np.float32),
+            np.ones((1, 1, 8, 8), np.float64),
+            np.zeros((2**16, 1, 8, 8), np.uint8),
+        ]
+    )
     members[name if rng.random() < 0.7 else "x.npy"] = _npy(x)
     if rng.random() < 0.3:
-        members["y.npy"] = _npy(rng.choice([np.arange(3), np.array([2 ** 40]), np.array([-1, 0]), np.ones(2, np.float32)]))
+        members["y.npy"] = _npy(
+            rng.choice([np.arange(3), np.array([2**40]), np.array([-1, 0]), np.ones(2, np.float32)])
+        )
     return _zip(members, rng.choice([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
 
 
@@ -299,7 +361,7 @@ def mutate_nir(data: bytes, rng: random.Random, path) -> None:
         elif action < 0.8:
             new = np.asarray(value).astype(rng.choice([np.int64, np.float16, np.bool_, np.uint8]))
         else:
-            new = rng.choice([np.float64(1e12), np.int64(2 ** 40), np.float64(np.nan), np.int64(-1), np.zeros((0,))])
+            new = rng.choice([np.float64(1e12), np.int64(2**40), np.float64(np.nan), np.int64(-1), np.zeros((0,))])
         del h5[name]
         h5[name] = new
 

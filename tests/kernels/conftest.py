@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before snncompiler.kernels.triton_kernel is imported (the
 @triton.jit decorator reads it), which happens lazily on the first Triton call.
 """
+
 import os
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from snncompiler.kernels import available_backends  # noqa: E402
+from snncompiler.kernels import available_backends
 
 
 def kernel_backends() -> list[str]:

@@ -1,4 +1,5 @@
 """The CPU backend's output buffer cache (kernels/csrc/lif_cpu.cpp BufferCache, handed to torch via DLPack)."""
+
 from __future__ import annotations
 
 import io
@@ -7,8 +8,7 @@ import threading
 import pytest
 import torch
 
-from snncompiler.kernels import neuron_multistep, neuron_multistep_reference
-from snncompiler.kernels import cpu
+from snncompiler.kernels import cpu, neuron_multistep, neuron_multistep_reference
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
 
@@ -148,6 +148,7 @@ def test_buffers_freed_from_several_threads(fresh_cache):
 
 def test_a_torch_refusing_the_capsule_turns_the_cache_off(fresh_cache, monkeypatch):
     """If torch.from_dlpack stops accepting capsules, outputs fall back to torch's allocator."""
+
     def refuse(capsule):
         raise TypeError("capsules are not supported")
 

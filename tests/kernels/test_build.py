@@ -1,4 +1,5 @@
 """Native code must keep building: the CUDA kernel with nvcc (sm_80, sm_90), the C++ one with pip."""
+
 from __future__ import annotations
 
 import ctypes
@@ -25,8 +26,9 @@ def test_cuda_kernel_compiles_for_sm80_and_sm90(tmp_path):
         pytest.skip("nvcc not found (set NVCC or put it on PATH): cannot compile csrc/lif_cuda.cu")
     assert SOURCE == CSRC / "lif_cuda.cu" and SOURCE.is_file()
     # setup.py's command for INSTALL_ARCHS (sm_80, sm_90), compiling to an object only
-    proc = subprocess.run(nvcc_command(SOURCE, tmp_path / "lif_cuda.o", kind="object", nvcc=nvcc),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        nvcc_command(SOURCE, tmp_path / "lif_cuda.o", kind="object", nvcc=nvcc), capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "lif_cuda.o").stat().st_size > 0
 
@@ -37,8 +39,9 @@ def test_cuda_kernel_has_no_fused_multiply_add(tmp_path):
     if nvcc is None:
         pytest.skip("nvcc not found (set NVCC or put it on PATH): cannot compile csrc/lif_cuda.cu")
     ptx = tmp_path / "lif_cuda.ptx"
-    proc = subprocess.run(nvcc_command(SOURCE, ptx, archs=["80"], kind="ptx", nvcc=nvcc), capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        nvcc_command(SOURCE, ptx, archs=["80"], kind="ptx", nvcc=nvcc), capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     text = ptx.read_text()
     assert "mul.rn.f32" in text and "fma.rn.f32" not in text
@@ -51,8 +54,11 @@ def test_cpu_extension_is_built_where_a_compiler_exists():
     assert cpu.load().has_openmp()
 
 
-@pytest.mark.parametrize("flags", [["-fopenmp"], ["-fopenmp", "-DSNNC_SINGLE_ISA"], ["-fopenmp-simd", "-DSNNC_SINGLE_ISA"]],
-                         ids=["all-isas", "single-isa", "single-isa-no-openmp"])
+@pytest.mark.parametrize(
+    "flags",
+    [["-fopenmp"], ["-fopenmp", "-DSNNC_SINGLE_ISA"], ["-fopenmp-simd", "-DSNNC_SINGLE_ISA"]],
+    ids=["all-isas", "single-isa", "single-isa-no-openmp"],
+)
 def test_cpu_extension_compiles_without_warnings(flags):
     """-Wall -Werror, as built here (baseline, AVX2 and AVX-512 copies) and as clang or a
     non-x86 GCC builds it (the baseline copy alone, via -DSNNC_SINGLE_ISA), with OpenMP and with
@@ -64,8 +70,22 @@ def test_cpu_extension_compiles_without_warnings(flags):
         pytest.skip("no C++ compiler")
     includes = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
     quiet = ["-Wno-unknown-pragmas"] if "-fopenmp" not in flags else []
-    proc = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", *quiet, *flags, *includes,
-                           str(CSRC / "lif_cpu.cpp")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            compiler,
+            "-std=c++17",
+            "-fsyntax-only",
+            "-Wall",
+            "-Werror",
+            *quiet,
+            *flags,
+            *includes,
+            str(CSRC / "lif_cpu.cpp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -77,8 +97,21 @@ def test_event_extension_compiles_without_warnings():
         pytest.skip("no C++ compiler")
     includes = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
     for flags in (["-fopenmp"], ["-Wno-unknown-pragmas"]):
-        proc = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", *flags, *includes,
-                               str(CSRC / "event_cpu.cpp")], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                compiler,
+                "-std=c++17",
+                "-fsyntax-only",
+                "-Wall",
+                "-Werror",
+                *flags,
+                *includes,
+                str(CSRC / "event_cpu.cpp"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, (flags, proc.stderr[-3000:])
 
 
@@ -86,9 +119,16 @@ def test_nvcc_command_line_is_written_once():
     """kernels/nvcc.py is the only place the nvcc flags are spelled out: cuda.py's first-use build,
     setup.py's install-time build and these tests all call nvcc_command, so the flags that keep
     the kernel bit-exact (--fmad=false) cannot differ between them."""
-    spelled = [p.relative_to(ROOT).as_posix() for p in [ROOT / "setup.py", *ROOT.glob("snncompiler/**/*.py"),
-                                                        *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]
-               if p.name != "test_build.py" and ("--fmad" in p.read_text() or "-gencode" in p.read_text())]
+    spelled = [
+        p.relative_to(ROOT).as_posix()
+        for p in [
+            ROOT / "setup.py",
+            *ROOT.glob("snncompiler/**/*.py"),
+            *ROOT.glob("tests/**/*.py"),
+            *ROOT.glob("benchmarks/**/*.py"),
+        ]
+        if p.name != "test_build.py" and ("--fmad" in p.read_text() or "-gencode" in p.read_text())
+    ]
     assert spelled == ["snncompiler/kernels/nvcc.py"], spelled
     assert "nvcc_command(" in (ROOT / "setup.py").read_text()
     shared = nvcc_command(SOURCE, "k.so", nvcc="nvcc")
@@ -105,10 +145,12 @@ def test_nvcc_command_line_is_written_once():
 def test_setup_py_loads_the_nvcc_command_without_the_package():
     """setup.py runs where torch may be missing (pip's isolated build): it loads kernels/nvcc.py
     by path, and that module imports nothing from the package (nor torch)."""
-    code = ("import runpy, sys; sys.argv = ['setup.py', '--version']; "
-            "g = runpy.run_path('setup.py'); m = g['_nvcc_module'](); "
-            "assert 'torch' not in sys.modules and 'snncompiler' not in sys.modules, sorted(sys.modules); "
-            "print(m.nvcc_command(['a.cu'], 'a.so', nvcc='nvcc'))")
+    code = (
+        "import runpy, sys; sys.argv = ['setup.py', '--version']; "
+        "g = runpy.run_path('setup.py'); m = g['_nvcc_module'](); "
+        "assert 'torch' not in sys.modules and 'snncompiler' not in sys.modules, sorted(sys.modules); "
+        "print(m.nvcc_command(['a.cu'], 'a.so', nvcc='nvcc'))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--fmad=false" in proc.stdout
@@ -144,9 +186,27 @@ def test_cuda_launcher_declaration_matches_the_source_and_validates_by_position(
     for c_type, ct in zip(written, declared):
         assert ct is (ctypes.c_void_p if c_type.endswith("*") else _CTYPES_OF_C[c_type]), (c_type, ct)
 
-    valid = dict(x=0, dtype=0, v0=0, v0_inner=1, v0_period=1, theta=0, inner=1, period=1, out=0, fmt=0, vout=0,
-                 steps=4, N=0, decay=1.0, hard=0, v_reset=0.0, vec4_min_n=1 << 19, deep_max_n=1 << 17,
-                 stream=None)
+    valid = dict(
+        x=0,
+        dtype=0,
+        v0=0,
+        v0_inner=1,
+        v0_period=1,
+        theta=0,
+        inner=1,
+        period=1,
+        out=0,
+        fmt=0,
+        vout=0,
+        steps=4,
+        N=0,
+        decay=1.0,
+        hard=0,
+        v_reset=0.0,
+        vec4_min_n=1 << 19,
+        deep_max_n=1 << 17,
+        stream=None,
+    )
     assert len(valid) == len(written)
     assert lib.snnc_lif_forward(*valid.values()) == 0
     for name, bad in (("dtype", 3), ("fmt", -1), ("inner", 0), ("period", 0), ("v0_inner", 0), ("v0_period", 0)):

@@ -1,6 +1,7 @@
 """The C++ kernel's per-ISA copies (baseline, AVX2, AVX-512) and its streaming (non-temporal)
 output path each reproduce the reference exactly: elsewhere the tests run only the best ISA and,
 at test sizes, never the streaming path, so every combination is forced here."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,6 @@ from hypothesis import given, settings
 
 from snncompiler.errors import SnncError
 from snncompiler.kernels import cpu, neuron_multistep, neuron_multistep_reference
-
 from tests.kernels.test_gradients import grad_cases, grads
 from tests.kernels.test_parity import _SETTINGS, cases, check_case
 
@@ -164,9 +164,9 @@ def test_every_isa_gradients_far_from_threshold(isa, surrogate):
     w = torch.randn(T, n, generator=g)
     kw = dict(decay=0.9, surrogate=surrogate, alpha=4.0)
     s, v = neuron_multistep(x, 0.0, 1.0, backend="cpu", **kw)
-    got, = torch.autograd.grad((s * w).sum() + v.sum(), x)
+    (got,) = torch.autograd.grad((s * w).sum() + v.sum(), x)
     rs, rv = neuron_multistep_reference(x, 0.0, 1.0, **kw)
-    want, = torch.autograd.grad((rs * w).sum() + rv.sum(), x)
+    (want,) = torch.autograd.grad((rs * w).sum() + rv.sum(), x)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -182,13 +182,16 @@ def test_isa_selection_api():
 
 
 def _child(env: dict, code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_environment_variables_configure_the_kernel():
-    code = ("import warnings; warnings.simplefilter('always');"
-            "from snncompiler.kernels import cpu; print(cpu.isa(), cpu.load().stream_min_bytes())")
+    code = (
+        "import warnings; warnings.simplefilter('always');"
+        "from snncompiler.kernels import cpu; print(cpu.isa(), cpu.load().stream_min_bytes())"
+    )
     r = _child({"SNNC_CPU_ISA": "baseline", "SNNC_CPU_STREAM_MB": "0.5"}, code)
     assert r.returncode == 0 and r.stdout.split() == ["baseline", str(1 << 19)], r.stderr
     r = _child({"SNNC_CPU_ISA": "sse9", "SNNC_CPU_STREAM_MB": "lots"}, code)

@@ -1,5 +1,6 @@
 """Backward parity: each backend's fused surrogate-gradient backward matches autograd
 through the reference loop (the oracle) to 1e-5, for x, v0 and theta."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,6 @@ from hypothesis import strategies as st
 
 from snncompiler.kernels import neuron_multistep, neuron_multistep_reference
 from snncompiler.kernels.surrogate import SURROGATES, surrogate_grad
-
 from tests.kernels.conftest import device_for, kernel_backends
 from tests.kernels.test_parity import theta_shape
 
@@ -44,8 +44,14 @@ def grads(c, backend):
     w_s = torch.randn((c["T"], *shape), generator=g)
     w_v = torch.randn(shape, generator=g)
     x, v0, theta, w_s, w_v = (t.to(dev).requires_grad_(t is not w_s and t is not w_v) for t in (x, v0, theta, w_s, w_v))
-    kw = dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"], surrogate=c["surrogate"],
-              alpha=c["alpha"], detach_reset=c["detach_reset"])
+    kw = dict(
+        decay=c["decay"],
+        reset=c["reset"],
+        v_reset=c["v_reset"],
+        surrogate=c["surrogate"],
+        alpha=c["alpha"],
+        detach_reset=c["detach_reset"],
+    )
     if backend == "oracle":
         s, v = neuron_multistep_reference(x, v0, theta, **kw)
     else:
@@ -54,19 +60,33 @@ def grads(c, backend):
     return [t.cpu() for t in torch.autograd.grad(loss, [x, v0, theta], allow_unused=True, materialize_grads=True)]
 
 
-@pytest.mark.parametrize("backend", ["reference"] + [b for b in kernel_backends() if b != "cuda"] +
-                         (["cuda"] if "cuda" in kernel_backends() else []))
+@pytest.mark.parametrize(
+    "backend",
+    ["reference"] + [b for b in kernel_backends() if b != "cuda"] + (["cuda"] if "cuda" in kernel_backends() else []),
+)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(c=grad_cases())
 def test_backward_matches_autograd_oracle(backend, c):
     for got, want, name in zip(grads(c, backend), grads(c, "oracle"), ("x", "v0", "theta")):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 def test_gradients_are_nonzero_and_detach_matters():
     """Guard against a vacuous comparison: gradients exist and detach_reset changes them."""
-    c = dict(T=6, shape=(4, 5), layout="channel", decay=1.0, reset="soft", v_reset=0.0, surrogate="atan",
-             alpha=None, detach_reset=False, v0_layout="full", grad_v_only=False, seed=1)
+    c = dict(
+        T=6,
+        shape=(4, 5),
+        layout="channel",
+        decay=1.0,
+        reset="soft",
+        v_reset=0.0,
+        surrogate="atan",
+        alpha=None,
+        detach_reset=False,
+        v0_layout="full",
+        grad_v_only=False,
+        seed=1,
+    )
     attached = grads(c, "oracle")
     detached = grads(dict(c, detach_reset=True), "oracle")
     assert all(g.abs().sum() > 0 for g in attached)
@@ -81,9 +101,9 @@ def test_surrogate_matches_its_definition(surrogate):
     smooth = {
         "atan": lambda u: torch.atan(torch.pi / 2 * alpha * u) / torch.pi + 0.5,
         "sigmoid": lambda u: torch.sigmoid(alpha * u),
-        "triangle": lambda u: torch.where(u.abs() <= 1 / alpha,
-                                          0.5 + alpha * u - torch.sign(u) * alpha**2 * u * u / 2,
-                                          (u > 0).double()),
+        "triangle": lambda u: torch.where(
+            u.abs() <= 1 / alpha, 0.5 + alpha * u - torch.sign(u) * alpha**2 * u * u / 2, (u > 0).double()
+        ),
     }[surrogate]
     (expected,) = torch.autograd.grad(smooth(u).sum(), u)
     torch.testing.assert_close(surrogate_grad(u.detach(), surrogate, alpha), expected, rtol=1e-6, atol=1e-6)

@@ -1,4 +1,5 @@
 """The registered op: torch.library checks, torch.compile, argument errors, backend choice."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,7 +11,6 @@ from snncompiler.errors import SnncError
 from snncompiler.kernels import available_backends, neuron_multistep, neuron_multistep_reference
 from snncompiler.kernels import cpu as cpu_backend
 from snncompiler.kernels import op as op_module
-
 from tests.kernels.conftest import device_for
 
 OP = torch.ops.snncompiler.neuron_multistep.default
@@ -31,9 +31,21 @@ def test_opcheck(backend, fmt):
 
 def test_opcheck_backward(backend):
     dev = device_for(backend)
-    args = (torch.randn(4, 2, 3, device=dev), torch.randn(2, 3, device=dev), torch.randn(4, 2, 3, device=dev),
-            torch.zeros(3, device=dev), torch.tensor([0.5, 1.0, 1.5], device=dev), 0.5, True, -0.1, backend,
-            "sigmoid", 4.0, False, True)
+    args = (
+        torch.randn(4, 2, 3, device=dev),
+        torch.randn(2, 3, device=dev),
+        torch.randn(4, 2, 3, device=dev),
+        torch.zeros(3, device=dev),
+        torch.tensor([0.5, 1.0, 1.5], device=dev),
+        0.5,
+        True,
+        -0.1,
+        backend,
+        "sigmoid",
+        4.0,
+        False,
+        True,
+    )
     torch.library.opcheck(BACKWARD_OP, args)
 
 
@@ -54,15 +66,18 @@ def test_torch_compile(compile_backend):
     torch.testing.assert_close(xa.grad, xb.grad)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(reset="medium"), "reset"),
-    (dict(backend="fpga"), "backend"),
-    (dict(spike_format="dense"), "spike_format"),
-    (dict(decay=1.5), "decay"),
-    (dict(v_reset=float("nan")), "v_reset"),
-    (dict(surrogate="relu"), "surrogate"),
-    (dict(surrogate="atan", alpha=-1.0), "alpha"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(reset="medium"), "reset"),
+        (dict(backend="fpga"), "backend"),
+        (dict(spike_format="dense"), "spike_format"),
+        (dict(decay=1.5), "decay"),
+        (dict(v_reset=float("nan")), "v_reset"),
+        (dict(surrogate="relu"), "surrogate"),
+        (dict(surrogate="atan", alpha=-1.0), "alpha"),
+    ],
+)
 def test_bad_options_raise_snnc_error(kwargs, match):
     with pytest.raises(SnncError, match=match):
         neuron_multistep(torch.zeros(2, 3), 0.0, 1.0, **kwargs)

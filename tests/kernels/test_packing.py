@@ -1,4 +1,5 @@
 """pack_spikes / unpack_spikes: round trip and agreement with numpy.packbits."""
+
 from __future__ import annotations
 
 import numpy as np

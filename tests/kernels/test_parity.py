@@ -5,6 +5,7 @@ over hypothesis-drawn T, shapes, theta layouts, decay, reset modes and v0. "Quan
 examples use inputs on a 1/8 grid so that h lands exactly on theta and the >= boundary is
 exercised, not just avoided.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snncompiler.kernels import neuron_multistep, neuron_multistep_reference, theta_layout
-
 from tests.kernels.conftest import device_for
 
 THETA_LAYOUTS = ("float", "0d", "channel", "last", "full", "gapped")
@@ -93,8 +93,12 @@ def check_case(c, backend, dtype=torch.float32):
     x, v0, theta = make_inputs(c, device_for(backend), dtype)
     kw = dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"], spike_format=c["fmt"])
     s, v = neuron_multistep(x, v0, theta, backend=backend, **kw)
-    rs, rv = neuron_multistep_reference(x.cpu(), v0 if not isinstance(v0, torch.Tensor) else v0.cpu(),
-                                        theta if not isinstance(theta, torch.Tensor) else theta.cpu(), **kw)
+    rs, rv = neuron_multistep_reference(
+        x.cpu(),
+        v0 if not isinstance(v0, torch.Tensor) else v0.cpu(),
+        theta if not isinstance(theta, torch.Tensor) else theta.cpu(),
+        **kw,
+    )
     assert s.dtype == rs.dtype and s.shape == rs.shape
     assert torch.equal(s.cpu(), rs), f"spikes differ ({(s.cpu() != rs).sum().item()} entries)"
     assert v.dtype == torch.float32 and v.shape == x.shape[1:]
@@ -107,8 +111,9 @@ def check_count(x, v0, theta, backend, kw):
     spikes (the C++ kernel counts inside the kernel; other backends count their output)."""
     s, v, count = neuron_multistep(x, v0, theta, backend=backend, return_count=True, **kw)
     cpu = (lambda t: t.cpu()) if isinstance(theta, torch.Tensor) else (lambda t: t)
-    binary, _ = neuron_multistep_reference(x.cpu(), v0 if not isinstance(v0, torch.Tensor) else v0.cpu(), cpu(theta),
-                                           **dict(kw, spike_format="binary"))
+    binary, _ = neuron_multistep_reference(
+        x.cpu(), v0 if not isinstance(v0, torch.Tensor) else v0.cpu(), cpu(theta), **dict(kw, spike_format="binary")
+    )
     firing = torch.as_tensor(cpu(theta), dtype=torch.float32).expand(x.shape[1:]) != 0
     expected = int((binary.bool() & firing).sum())
     assert count.dtype == torch.int64 and count.dim() == 0 and count.device == x.device
@@ -130,8 +135,9 @@ def test_cpu_matches_reference(c):
 def test_reference_spike_count(c):
     """The counting fallback (count_spikes on each format's output) on the reference backend."""
     x, v0, theta = make_inputs(c)
-    check_count(x, v0, theta, "reference", dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"],
-                                                spike_format=c["fmt"]))
+    check_count(
+        x, v0, theta, "reference", dict(decay=c["decay"], reset=c["reset"], v_reset=c["v_reset"], spike_format=c["fmt"])
+    )
 
 
 @settings(max_examples=50, **_SETTINGS)
@@ -202,8 +208,19 @@ def test_low_precision_inputs(backend, dtype):
         pytest.skip("the C++ kernel reads float32 and bfloat16 (float16 runs on the reference on CPU)")
     if backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
         pytest.skip("the Triton interpreter truncates float32->bfloat16 casts (GPUs round to nearest even)")
-    c = dict(T=5, shape=(3, 17), layout="channel", decay=0.75, reset="soft", v_reset=0.0, v0="full",
-             quantized=False, signed_theta=False, fmt="value", seed=3)
+    c = dict(
+        T=5,
+        shape=(3, 17),
+        layout="channel",
+        decay=0.75,
+        reset="soft",
+        v_reset=0.0,
+        v0="full",
+        quantized=False,
+        signed_theta=False,
+        fmt="value",
+        seed=3,
+    )
     check_case(c, backend, dtype)
 
 
@@ -243,7 +260,10 @@ def test_strided_theta_and_v0(backend):
     cases = [
         (per_channel[:, 0], (torch.rand(4, 2, 1, generator=g) * 0.5).to(dev)[:, 1:]),  # [4, 1, 1], stride 2
         (torch.tensor(0.7, device=dev).expand(4, 1, 1), torch.tensor(0.2, device=dev).expand(3, 6)),
-        ((torch.rand(6, 3, generator=g) + 0.3).to(dev).t(), (torch.rand(6, 3, 4, generator=g) * 0.5).to(dev).permute(2, 1, 0)),
+        (
+            (torch.rand(6, 3, generator=g) + 0.3).to(dev).t(),
+            (torch.rand(6, 3, 4, generator=g) * 0.5).to(dev).permute(2, 1, 0),
+        ),
     ]
     for theta, v0 in cases:
         assert not theta.is_contiguous() and not v0.is_contiguous()
@@ -296,8 +316,9 @@ def test_input_constant_over_time(backend, fmt):
     assert int(count) == int(binary.sum())
     # x0 in another layout (a conv's channels-last output, as the runtime's first layer gets it)
     x0_cl = x0.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
-    s_cl, v_cl = neuron_multistep(x0_cl.unsqueeze(0).expand(6, 3, 4, 5), 0.1, theta, backend=backend,
-                                  spike_format=fmt, decay=0.9)
+    s_cl, v_cl = neuron_multistep(
+        x0_cl.unsqueeze(0).expand(6, 3, 4, 5), 0.1, theta, backend=backend, spike_format=fmt, decay=0.9
+    )
     assert torch.equal(s_cl.cpu(), rs) and torch.equal(v_cl.cpu(), rv)
 
 

@@ -10,6 +10,7 @@ Mapping (exact, bit for bit):
 Explicit v0 goes through SpikingJelly's functional if_multi_step / lif_multi_step.
 θ is drawn on a 1/64 grid so that SpikingJelly's Python-float threshold is a float32.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -48,8 +49,9 @@ def _inputs(c):
 def _ours(c, x, v0):
     v_reset = c["v_reset"] if c["tau"] is None else 0.0
     decay = 1.0 if c["tau"] is None else 1.0 - 1.0 / c["tau"]
-    return neuron_multistep_reference(x, v0, c["theta"], decay=decay, reset="hard" if c["hard"] else "soft",
-                                      v_reset=v_reset, spike_format="binary")
+    return neuron_multistep_reference(
+        x, v0, c["theta"], decay=decay, reset="hard" if c["hard"] else "soft", v_reset=v_reset, spike_format="binary"
+    )
 
 
 @settings(max_examples=120, deadline=None)
@@ -60,8 +62,9 @@ def test_reference_matches_spikingjelly_nodes(c):
     if c["tau"] is None:
         node = sj_neuron.IFNode(v_threshold=c["theta"], v_reset=v_reset, step_mode="m")
     else:
-        node = sj_neuron.LIFNode(tau=c["tau"], decay_input=False, v_threshold=c["theta"], v_reset=v_reset,
-                                 step_mode="m")
+        node = sj_neuron.LIFNode(
+            tau=c["tau"], decay_input=False, v_threshold=c["theta"], v_reset=v_reset, step_mode="m"
+        )
     with torch.no_grad():
         sj_spikes = node(x)
     spikes, v = _ours(c, x, 0.0 if v_reset is None else v_reset)  # SpikingJelly starts at v_reset (or 0)
@@ -109,9 +112,16 @@ def test_reference_gradients_match_spikingjelly(surrogate, hard, detach_reset, t
             else:
                 spikes, v, _ = sj_functional.lif_multi_step(xs, vs, tau, False, 1.0, v_reset, sg, detach_reset)
         else:
-            spikes, v = neuron_multistep_reference(xs, vs, 1.0, decay=1.0 if tau is None else 1 - 1 / tau,
-                                                   reset="hard" if hard else "soft", surrogate=surrogate,
-                                                   alpha=alpha, detach_reset=detach_reset)
+            spikes, v = neuron_multistep_reference(
+                xs,
+                vs,
+                1.0,
+                decay=1.0 if tau is None else 1 - 1 / tau,
+                reset="hard" if hard else "soft",
+                surrogate=surrogate,
+                alpha=alpha,
+                detach_reset=detach_reset,
+            )
         loss = (spikes * torch.linspace(-1, 1, spikes.numel()).reshape(spikes.shape)).sum() + (v * v).sum()
         grads.append(torch.autograd.grad(loss, [xs, vs]))
     for ours, theirs in zip(grads[1], grads[0]):

@@ -5,6 +5,7 @@ attention network against price-only and text-only baselines, then ANN vs SNN at
     python -m apps.finance.stock_movement --quick    # 1 seed, fewer epochs (what the test runs)
     python -m apps.finance.stock_movement --json     # stdout: one JSON summary
 """
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,18 @@ import time
 import numpy as np
 import torch
 
-from apps.common import (app_args, compare, emit_summary, human_output, print_table, save_figure, summary,
-                         synaptic_energy, torch_threads, write_json)
+from apps.common import (
+    app_args,
+    compare,
+    emit_summary,
+    human_output,
+    print_table,
+    save_figure,
+    summary,
+    synaptic_energy,
+    torch_threads,
+    write_json,
+)
 from apps.finance.stock_movement.task import StockMovementNet, StreamSettings, annual_return, generate
 from examples.workloads import export_onnx, train_classifier
 
@@ -45,13 +56,21 @@ def make_score(labels: np.ndarray, info: dict):
 
 def score_predictions(pred: np.ndarray, labels: np.ndarray, info: dict) -> dict:
     """Accuracy, MCC and the long/short strategy's annualised return (% per year, no costs)."""
-    return {"accuracy": float((pred == labels).mean()), "mcc": mcc(pred, labels),
-            "annual_return_pct": annual_return(np.where(pred == 1, 1.0, -1.0), info["returns"], info["dates"])}
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "mcc": mcc(pred, labels),
+        "annual_return_pct": annual_return(np.where(pred == 1, 1.0, -1.0), info["returns"], info["dates"]),
+    }
 
 
 def _mean_spread(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)),
-            "max": float(np.max(values)), "runs": [float(v) for v in values]}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+        "runs": [float(v) for v in values],
+    }
 
 
 def main(argv=None) -> dict:
@@ -70,8 +89,10 @@ def _run(args) -> dict:
     market = generate(settings)
     test_info = market.info["test"]
     score = make_score(market.test.y, test_info)
-    print(f"{market.stats['samples']} samples (ticker-days) of {', '.join(market.stats['tickers'])}; "
-          f"test {market.stats['test_period'][0]} to {market.stats['test_period'][1]}")
+    print(
+        f"{market.stats['samples']} samples (ticker-days) of {', '.join(market.stats['tickers'])}; "
+        f"test {market.stats['test_period'][0]} to {market.stats['test_period'][1]}"
+    )
 
     runs = {m: [] for m in MODELS}
     valid_runs = {m: [] for m in MODELS}
@@ -81,26 +102,46 @@ def _run(args) -> dict:
             for mode in MODELS:
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
-                net = train_classifier(StockMovementNet(settings.window, settings.posts_max, mode), market.train,
-                                       epochs=epochs, batch_size=128, seed=seed)
+                net = train_classifier(
+                    StockMovementNet(settings.window, settings.posts_max, mode),
+                    market.train,
+                    epochs=epochs,
+                    batch_size=128,
+                    seed=seed,
+                )
                 train_s[f"{mode}/{seed}"] = round(time.perf_counter() - t0, 2)
                 with torch.no_grad():
                     runs[mode].append(score(net(torch.from_numpy(market.test.x)).numpy()))
-                    valid_runs[mode].append(score_predictions(
-                        net(torch.from_numpy(market.valid.x)).numpy().argmax(1), market.valid.y, market.info["valid"]))
+                    valid_runs[mode].append(
+                        score_predictions(
+                            net(torch.from_numpy(market.valid.x)).numpy().argmax(1),
+                            market.valid.y,
+                            market.info["valid"],
+                        )
+                    )
                 trained.setdefault(mode, net)  # the first seed's model is the one compiled
-                print(f"seed {seed} {mode:>10}: test accuracy {runs[mode][-1]['accuracy']:.4f}, "
-                      f"MCC {runs[mode][-1]['mcc']:.4f} ({train_s[f'{mode}/{seed}']:.1f} s)")
+                print(
+                    f"seed {seed} {mode:>10}: test accuracy {runs[mode][-1]['accuracy']:.4f}, "
+                    f"MCC {runs[mode][-1]['mcc']:.4f} ({train_s[f'{mode}/{seed}']:.1f} s)"
+                )
 
     baselines = {
         "bayes_ceiling": score_predictions(test_info["bayes"], market.test.y, test_info),
-        "buy_and_hold_annual_return_pct": annual_return(np.ones(len(market.test.y)), test_info["returns"],
-                                                        test_info["dates"]),
+        "buy_and_hold_annual_return_pct": annual_return(
+            np.ones(len(market.test.y)), test_info["returns"], test_info["dates"]
+        ),
         "always_up": score_predictions(np.ones(len(market.test.y), np.int64), market.test.y, test_info),
     }
     onnx_path = export_onnx(trained["multimodal"], (market.features,), args.out / "stock_movement.onnx")
-    record = compare("stock_movement", onnx_path, market.train.x[:512], market.test.x, score,
-                     timesteps=args.timesteps, out_dir=args.out)
+    record = compare(
+        "stock_movement",
+        onnx_path,
+        market.train.x[:512],
+        market.test.x,
+        score,
+        timesteps=args.timesteps,
+        out_dir=args.out,
+    )
     energy_t = min(32, max(args.timesteps))
     sops = synaptic_energy(record, energy_t, market.test.x[:512])
     with torch.no_grad():
@@ -108,15 +149,25 @@ def _run(args) -> dict:
     cred = _credibility_vs_reputation(trained["multimodal"], market)
     record.update(
         task="next-day up/down of S&P 500, NASDAQ, MSFT (real prices) from returns + synthetic posts",
-        seeds=seeds, epochs=epochs, train_seconds=train_s, train_threads=1,
+        seeds=seeds,
+        epochs=epochs,
+        train_seconds=train_s,
+        train_threads=1,
         test_by_model={m: {k: _mean_spread([r[k] for r in runs[m]]) for k in METRICS} for m in MODELS},
         valid_by_model={m: {k: _mean_spread([r[k] for r in valid_runs[m]]) for k in METRICS} for m in MODELS},
-        baselines=baselines, credibility_reputation_corr=cred,
+        baselines=baselines,
+        credibility_reputation_corr=cred,
         attention_entropy=float(-(weights * torch.log(weights + 1e-12)).sum(1).mean()),
         data=dict(settings.as_dict(), **market.stats),
-        return_unit="% per year, compound, 252 trading days, tickers equally weighted, no costs")
-    record["summary"] = summary("stock_movement", "accuracy", record["ann"]["accuracy"],
-                                {t: s["accuracy"] for t, s in record["snn"].items()}, args.started)
+        return_unit="% per year, compound, 252 trading days, tickers equally weighted, no costs",
+    )
+    record["summary"] = summary(
+        "stock_movement",
+        "accuracy",
+        record["ann"]["accuracy"],
+        {t: s["accuracy"] for t, s in record["snn"].items()},
+        args.started,
+    )
 
     _print_tables(record, energy_t, sops)
     _figure(record, market, trained["multimodal"], args.figures / "stock_movement.png")
@@ -143,13 +194,16 @@ def _print_tables(record: dict, energy_t: int, sops: dict) -> None:
     print("\nmultimodal model (first seed), ANN vs SNN on the test years:")
     print_table(record, METRICS)
     e = sops["energy_pj"]
-    print(f"energy per sample at T={energy_t}: ANN {e['ann'] / 1e3:.1f} nJ, SNN {e['snn'] / 1e3:.1f} nJ "
-          f"(SNN/ANN {e['snn_over_ann']:.3f}; {sops['energy_model']})")
+    print(
+        f"energy per sample at T={energy_t}: ANN {e['ann'] / 1e3:.1f} nJ, SNN {e['snn'] / 1e3:.1f} nJ "
+        f"(SNN/ANN {e['snn_over_ann']:.3f}; {sops['energy_model']})"
+    )
     print(f"credibility score vs hidden reputation (over posters): r = {record['credibility_reputation_corr']:.3f}")
 
 
 def _figure(record: dict, market, net, path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -177,8 +231,10 @@ def _figure(record: dict, market, net, path) -> None:
     info = market.info["test"]
     with torch.no_grad():
         pred = net(torch.from_numpy(market.test.x)).numpy().argmax(1)
-    for label, pos in (("long/short (multimodal ANN)", np.where(pred == 1, 1.0, -1.0)),
-                       ("buy and hold", np.ones(len(pred)))):
+    for label, pos in (
+        ("long/short (multimodal ANN)", np.where(pred == 1, 1.0, -1.0)),
+        ("buy and hold", np.ones(len(pred))),
+    ):
         days, inverse = np.unique(info["dates"], return_inverse=True)
         daily = np.bincount(inverse, pos * info["returns"]) / np.bincount(inverse)
         ax.plot(days, 100 * (np.cumprod(1 + daily) - 1), label=label)

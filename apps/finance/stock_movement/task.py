@@ -8,6 +8,7 @@ hidden reputations write short texts from a small vocabulary, and an informed po
 the real next move, so the text predicts the real label by construction (planted), with a
 ceiling that :func:`bayes_ceiling` computes exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,24 @@ from snncompiler.data import Dataset
 
 BULLISH = ("moon", "buy", "calls", "rally", "breakout", "long", "bullish", "rip")
 BEARISH = ("puts", "sell", "crash", "short", "dump", "bearish", "drop", "fade")
-NEUTRAL = ("today", "market", "chart", "volume", "earnings", "fed", "news", "watch",
-           "open", "close", "week", "guys", "think", "price", "trade", "lol")
+NEUTRAL = (
+    "today",
+    "market",
+    "chart",
+    "volume",
+    "earnings",
+    "fed",
+    "news",
+    "watch",
+    "open",
+    "close",
+    "week",
+    "guys",
+    "think",
+    "price",
+    "trade",
+    "lol",
+)
 VOCABULARY = BULLISH + BEARISH + NEUTRAL
 IDENTITY = ("verified", "log_followers", "account_years")
 
@@ -32,13 +49,13 @@ class StreamSettings:
 
     posters: int = 300
     posts_min: int = 4
-    posts_max: int = 12          # posts per (ticker, day) ~ U{posts_min..posts_max}, zero-padded
-    words: int = 8               # tokens per post
-    window: int = 10             # price features: the last `window` daily log returns
+    posts_max: int = 12  # posts per (ticker, day) ~ U{posts_min..posts_max}, zero-padded
+    words: int = 8  # tokens per post
+    window: int = 10  # price features: the last `window` daily log returns
     reputation_beta: float = 0.6  # hidden reputation r ~ Beta(b, b): b < 1 is bimodal
     informed_scale: float = 0.35  # a post is informed (stance = the real next move) with probability scale·r
-    chasing: float = 0.7         # an uninformed post chases today's real move with this probability (else a coin flip)
-    polar_word: float = 0.35     # a token is from the stance's word list with this probability,
+    chasing: float = 0.7  # an uninformed post chases today's real move with this probability (else a coin flip)
+    polar_word: float = 0.35  # a token is from the stance's word list with this probability,
     opposite_word: float = 0.10  # from the opposite list with this one (sarcasm, quoting), else neutral
     train_end: str = "2013-01-01"  # train: days before; validation: up to valid_end; test: from valid_end
     valid_end: str = "2015-01-01"
@@ -57,8 +74,8 @@ class Market:
     train: Dataset
     valid: Dataset
     test: Dataset
-    info: dict            # split -> {"returns", "dates", "tickers", "bayes"}
-    posters: np.ndarray   # [posters, 1 + len(IDENTITY)]: hidden reputation, then the identity features
+    info: dict  # split -> {"returns", "dates", "tickers", "bayes"}
+    posters: np.ndarray  # [posters, 1 + len(IDENTITY)]: hidden reputation, then the identity features
     settings: StreamSettings
     stats: dict = field(default_factory=dict)
 
@@ -103,23 +120,31 @@ def generate(s: StreamSettings) -> Market:
     """
     rng = np.random.default_rng(s.seed)
     reputation = rng.beta(s.reputation_beta, s.reputation_beta, s.posters)
-    identity = np.stack([
-        (reputation + rng.normal(0, 0.15, s.posters) > 0.7).astype(float),       # verified badge
-        np.clip(3.0 * reputation + rng.normal(0, 0.7, s.posters), 0, None),        # log10 followers
-        np.clip(6.0 * reputation + rng.normal(0, 2.0, s.posters), 0, 10) / 5.0,    # account age / 5 years
-    ], 1).astype(np.float32)
+    identity = np.stack(
+        [
+            (reputation + rng.normal(0, 0.15, s.posters) > 0.7).astype(float),  # verified badge
+            np.clip(3.0 * reputation + rng.normal(0, 0.7, s.posters), 0, None),  # log10 followers
+            np.clip(6.0 * reputation + rng.normal(0, 2.0, s.posters), 0, 10) / 5.0,  # account age / 5 years
+        ],
+        1,
+    ).astype(np.float32)
     vocab, slot = len(VOCABULARY), len(VOCABULARY) + len(IDENTITY) + 1
     nb = len(BULLISH)
-    word_p = {+1: np.r_[np.full(nb, s.polar_word / nb), np.full(nb, s.opposite_word / nb),
-                        np.full(len(NEUTRAL), (1 - s.polar_word - s.opposite_word) / len(NEUTRAL))]}
-    word_p[-1] = np.r_[word_p[+1][nb:2 * nb], word_p[+1][:nb], word_p[+1][2 * nb:]]
+    word_p = {
+        +1: np.r_[
+            np.full(nb, s.polar_word / nb),
+            np.full(nb, s.opposite_word / nb),
+            np.full(len(NEUTRAL), (1 - s.polar_word - s.opposite_word) / len(NEUTRAL)),
+        ]
+    }
+    word_p[-1] = np.r_[word_p[+1][nb : 2 * nb], word_p[+1][:nb], word_p[+1][2 * nb :]]
 
     rows = []
     for ticker, (dates, prices) in load_prices().items():
-        logret = np.diff(np.log(prices))               # logret[i]: day i → i+1
+        logret = np.diff(np.log(prices))  # logret[i]: day i → i+1
         simple = np.diff(prices) / prices[:-1]
-        for i in range(s.window, len(logret)):          # day t = i: sees returns up to logret[i-1]
-            rows.append((ticker, dates[i], logret[i - s.window:i], simple[i], logret[i - 1]))
+        for i in range(s.window, len(logret)):  # day t = i: sees returns up to logret[i-1]
+            rows.append((ticker, dates[i], logret[i - s.window : i], simple[i], logret[i - 1]))
     rows.sort(key=lambda r: (r[1], r[0]))
     n = len(rows)
     window = np.stack([r[2] for r in rows]).astype(np.float64)
@@ -134,14 +159,15 @@ def generate(s: StreamSettings) -> Market:
     present = np.arange(s.posts_max)[None, :] < k[:, None]
     who = rng.integers(0, s.posters, (n, s.posts_max))
     informed_p = np.where(present, s.informed_scale * reputation[who], 0.0)
-    p_up = _post_stance_probability(informed_p, np.broadcast_to(today[:, None], who.shape),
-                                    np.where(y[:, None] == 1, 1.0, -1.0), s)
+    p_up = _post_stance_probability(
+        informed_p, np.broadcast_to(today[:, None], who.shape), np.where(y[:, None] == 1, 1.0, -1.0), s
+    )
     stance_up = rng.random(who.shape) < p_up
     counts = rng.multinomial(s.words, np.where(stance_up[..., None], word_p[+1], word_p[-1])).astype(np.float64)
     counts[~present] = 0.0
     posts = np.zeros((n, s.posts_max, slot), np.float32)
     posts[..., :vocab] = counts
-    posts[..., vocab:vocab + len(IDENTITY)] = identity[who]
+    posts[..., vocab : vocab + len(IDENTITY)] = identity[who]
     posts[..., -1] = 1.0
     posts[~present] = 0.0
 
@@ -155,12 +181,15 @@ def generate(s: StreamSettings) -> Market:
         m = split == k
         parts.append(Dataset(x[m], y[m]))
         info[name] = {"returns": nxt[m], "dates": dates[m], "tickers": tickers[m], "bayes": bayes[m]}
-    stats = {"samples": {nm: int((split == k).sum()) for k, nm in enumerate(("train", "valid", "test"))},
-             "tickers": sorted(set(tickers.tolist())),
-             "test_period": [str(dates[split == 2].min()), str(dates[split == 2].max())],
-             "up_fraction": {nm: float(y[split == k].mean()) for k, nm in enumerate(("train", "valid", "test"))},
-             "posts_per_sample": float(present.sum(1).mean()), "reputation_mean": float(reputation.mean()),
-             "post_agrees_with_next_move": float(_agreement(counts, present, y, word_p))}
+    stats = {
+        "samples": {nm: int((split == k).sum()) for k, nm in enumerate(("train", "valid", "test"))},
+        "tickers": sorted(set(tickers.tolist())),
+        "test_period": [str(dates[split == 2].min()), str(dates[split == 2].max())],
+        "up_fraction": {nm: float(y[split == k].mean()) for k, nm in enumerate(("train", "valid", "test"))},
+        "posts_per_sample": float(present.sum(1).mean()),
+        "reputation_mean": float(reputation.mean()),
+        "post_agrees_with_next_move": float(_agreement(counts, present, y, word_p)),
+    }
     return Market(*parts, info, np.concatenate([reputation[:, None], identity], 1), s, stats)
 
 
@@ -177,7 +206,7 @@ def bayes_ceiling(counts, present, informed_p, today, prior_up, s: StreamSetting
     chasing rate; it sees today's move (as the price branch does). 1 = up."""
     log_ratio = np.log(np.array([s.polar_word / len(BULLISH)])) - np.log(s.opposite_word / len(BULLISH))
     # P(words | stance=±1) ∝ ratio^(±(n_bull − n_bear)) (the neutral words cancel)
-    net = counts[..., :len(BULLISH)].sum(-1) - counts[..., len(BULLISH):2 * len(BULLISH)].sum(-1)
+    net = counts[..., : len(BULLISH)].sum(-1) - counts[..., len(BULLISH) : 2 * len(BULLISH)].sum(-1)
     like_up, like_down = np.exp(log_ratio * net / 2), np.exp(-log_ratio * net / 2)
     chase = np.broadcast_to(today[:, None], informed_p.shape)
     evidence = np.zeros(len(counts))
@@ -200,8 +229,16 @@ class StockMovementNet(nn.Module):
     ``mode="price"`` / ``"text"`` keep one branch (the baselines).
     """
 
-    def __init__(self, window: int, posts: int, mode: str = "multimodal", text_dim: int = 12, price_dim: int = 16,
-                 cred_hidden: int = 8, hidden: int = 16):
+    def __init__(
+        self,
+        window: int,
+        posts: int,
+        mode: str = "multimodal",
+        text_dim: int = 12,
+        price_dim: int = 16,
+        cred_hidden: int = 8,
+        hidden: int = 16,
+    ):
         super().__init__()
         if mode not in ("multimodal", "price", "text"):
             raise ValueError(f"mode: expected multimodal, price or text, got '{mode}'")
@@ -220,8 +257,8 @@ class StockMovementNet(nn.Module):
 
     def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention weights [N, posts, 1], post vectors [N, posts, text_dim])."""
-        slots = x[:, self.window:].reshape(-1, self.posts, self.vocab + self.ident + 1)
-        words, ident, present = slots[..., :self.vocab], slots[..., self.vocab:-1], slots[..., -1:]
+        slots = x[:, self.window :].reshape(-1, self.posts, self.vocab + self.ident + 1)
+        words, ident, present = slots[..., : self.vocab], slots[..., self.vocab : -1], slots[..., -1:]
         h = self.encoder(words)
         logit = self.content(h) + self.credibility(ident) + (present - 1.0) * 30.0  # empty slots: weight e^-30
         return torch.softmax(logit, dim=1), h
@@ -230,7 +267,7 @@ class StockMovementNet(nn.Module):
         """Logits [N, 2] (index 1 = up)."""
         features = []
         if self.mode != "text":
-            features.append(self.price(x[:, :self.window]))
+            features.append(self.price(x[:, : self.window]))
         if self.mode != "price":
             weights, h = self.attention(x)
             # Σ_i α_i h_i as a mean times the slot count: the compiler has ReduceMean, not ReduceSum

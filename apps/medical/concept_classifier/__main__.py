@@ -6,6 +6,7 @@ concept-layer firing rates read as the ANN's concept scores.
     python -m apps.medical.concept_classifier --quick   # the small configuration (under 3 minutes on 2 cores)
     python -m apps.medical.concept_classifier --json    # one JSON object on stdout
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,14 +21,26 @@ import torch
 import snncompiler as snnc
 from apps.common import app_args, torch_threads, write_json
 from apps.medical.common import Study, json_summary, print_study, run_study
-from apps.medical.concept_classifier.task import (CLASSES, CONCEPT_TABLE, CONCEPTS, ConceptBottleneck, auc,
-                                                  export_bottleneck, fundus_cases, macro_f1, ort_outputs,
-                                                  standardize, train_bottleneck)
+from apps.medical.concept_classifier.task import (
+    CLASSES,
+    CONCEPT_TABLE,
+    CONCEPTS,
+    ConceptBottleneck,
+    auc,
+    export_bottleneck,
+    fundus_cases,
+    macro_f1,
+    ort_outputs,
+    standardize,
+    train_bottleneck,
+)
 from snncompiler.fileio import write_bytes
 
 NAME = "medical.concept_classifier"
-TASK = ("3-class choroid-tumour diagnosis (melanoma / haemangioma / metastasis) through 6 concepts, "
-        "lesions planted on crops of the real fundus photograph retina.jpg; metric macro-F1")
+TASK = (
+    "3-class choroid-tumour diagnosis (melanoma / haemangioma / metastasis) through 6 concepts, "
+    "lesions planted on crops of the real fundus photograph retina.jpg; metric macro-F1"
+)
 #: (train cases, test cases, epochs, fine-tuning epochs, calibration iterations)
 CONFIGS = {"full": (2000, 600, 15, 3, 100), "quick": (800, 300, 8, 2, 40)}
 
@@ -36,6 +49,7 @@ def concept_scorer(test_y: np.ndarray, test_c: np.ndarray, ann_concepts: np.ndar
     """The one metric function: macro-F1 and accuracy of the diagnosis; with the concept output
     also per-concept AUC against the planted concepts and, once ``ann_concepts`` (onnxruntime) is
     known, each concept's Pearson correlation with the ANN's score for it."""
+
     def score(outputs) -> dict:
         logits, concepts = outputs if isinstance(outputs, tuple) else (outputs, None)
         predicted = np.asarray(logits).argmax(1)
@@ -46,9 +60,11 @@ def concept_scorer(test_y: np.ndarray, test_c: np.ndarray, ann_concepts: np.ndar
         result.update({f"auc_{name}": a for name, a in zip(CONCEPTS, aucs)}, mean_concept_auc=float(np.mean(aucs)))
         if ann_concepts is not None:
             corrs = [_pearson(concepts[:, k], ann_concepts[:, k]) for k in range(len(CONCEPTS))]
-            result.update({f"corr_{name}": c for name, c in zip(CONCEPTS, corrs)},
-                          mean_concept_corr=float(np.nanmean(corrs)))
+            result.update(
+                {f"corr_{name}": c for name, c in zip(CONCEPTS, corrs)}, mean_concept_corr=float(np.nanmean(corrs))
+            )
         return result
+
     return score
 
 
@@ -85,9 +101,14 @@ def save_concept_figure(path: Path, images, labels, concepts, ann, snn, snn_labe
     for r in range(rows):
         axes[r, 0].imshow(images[r].transpose(1, 2, 0))
         axes[r, 0].set_xticks([]), axes[r, 0].set_yticks([])
-        for c, (scores, label, title) in enumerate(((concepts[r], labels[r], "ground truth"),
-                                                    (ann[1][r], ann[0][r].argmax(), "ANN"),
-                                                    (snn[1][r], snn[0][r].argmax(), snn_label)), start=1):
+        for c, (scores, label, title) in enumerate(
+            (
+                (concepts[r], labels[r], "ground truth"),
+                (ann[1][r], ann[0][r].argmax(), "ANN"),
+                (snn[1][r], snn[0][r].argmax(), snn_label),
+            ),
+            start=1,
+        ):
             ax = axes[r, c]
             ax.barh(range(len(CONCEPTS)), scores, color="tab:orange" if c == 1 else "tab:blue")
             ax.set_xlim(0, 1.05), ax.set_yticks(range(len(CONCEPTS)))
@@ -141,12 +162,31 @@ def _run(args) -> dict:
 
     def finetune(model, t):
         with torch_threads(1):
-            return snnc.train.finetune(model, (train_x, train_y), timesteps=t, epochs=ft_epochs, lr=5e-4,
-                                       batch_size=64, seed=args.seed, progress=False)
+            return snnc.train.finetune(
+                model,
+                (train_x, train_y),
+                timesteps=t,
+                epochs=ft_epochs,
+                lr=5e-4,
+                batch_size=64,
+                seed=args.seed,
+                progress=False,
+            )
 
     timesteps = tuple(t for t in args.timesteps if t <= 64) or args.timesteps
-    study = Study(NAME, onnx_path, train_x[:256 if args.quick else 512], test_x, score, metric="macro_f1", tolerance=0.01,
-                  timesteps=timesteps, calib_iterations=calib_iterations, finetune=finetune, out_dir=args.out)
+    study = Study(
+        NAME,
+        onnx_path,
+        train_x[: 256 if args.quick else 512],
+        test_x,
+        score,
+        metric="macro_f1",
+        tolerance=0.01,
+        timesteps=timesteps,
+        calib_iterations=calib_iterations,
+        finetune=finetune,
+        out_dir=args.out,
+    )
     record, model = run_study(study)
     # onnxruntime's wrapper returns the first output only: the ANN row is rescored on both outputs
     record["ann"] = score((ann_logits, ann_concepts))
@@ -155,25 +195,44 @@ def _run(args) -> dict:
     t_show = 32 if 32 in timesteps else timesteps[-1]
     snn_show = model.run(test_x, t_show)
     rates = snn_show[1] / np.asarray(thetas)
-    record.update({
-        "task": TASK,
-        "data": {"image": "skimage retina.jpg (real), lesions planted", "size": 32, "train_cases": n_train,
-                 "test_cases": n_test, "epochs": epochs, "finetune_epochs": ft_epochs, "seed": args.seed,
-                 "concept_table": CONCEPT_TABLE.tolist(), "classes": list(CLASSES), "concepts": list(CONCEPTS)},
-        "train_seconds": round(train_s, 2), "train_threads": 1,
-        "concept_theta": dict(zip(CONCEPTS, thetas)),
-        "concept_firing_rate_mean": {f"T={t_show}": dict(zip(CONCEPTS, rates.mean(0).tolist()))},
-        "concept_rate_corr": {f"T={t_show}": {name: _pearson(rates[:, k], ann_concepts[:, k])
-                                              for k, name in enumerate(CONCEPTS)}},
-    })
+    record.update(
+        {
+            "task": TASK,
+            "data": {
+                "image": "skimage retina.jpg (real), lesions planted",
+                "size": 32,
+                "train_cases": n_train,
+                "test_cases": n_test,
+                "epochs": epochs,
+                "finetune_epochs": ft_epochs,
+                "seed": args.seed,
+                "concept_table": CONCEPT_TABLE.tolist(),
+                "classes": list(CLASSES),
+                "concepts": list(CONCEPTS),
+            },
+            "train_seconds": round(train_s, 2),
+            "train_threads": 1,
+            "concept_theta": dict(zip(CONCEPTS, thetas)),
+            "concept_firing_rate_mean": {f"T={t_show}": dict(zip(CONCEPTS, rates.mean(0).tolist()))},
+            "concept_rate_corr": {
+                f"T={t_show}": {name: _pearson(rates[:, k], ann_concepts[:, k]) for k, name in enumerate(CONCEPTS)}
+            },
+        }
+    )
     record["seconds"] = round(time.perf_counter() - start, 1)
     if not args.json:
         print(f"trained {n_train} cases, {epochs} epochs in {train_s:.1f} s; test {n_test} cases")
         print_study(record)
         _print_concepts(record)
-        figure = save_concept_figure(_figure_dir(args) / ("quick.png" if args.quick else "cases.png"),
-                                     raw_test[:4], test_y[:4], test_c[:4], (ann_logits[:4], ann_concepts[:4]),
-                                     (snn_show[0][:4], snn_show[1][:4]), f"SNN T={t_show}")
+        figure = save_concept_figure(
+            _figure_dir(args) / ("quick.png" if args.quick else "cases.png"),
+            raw_test[:4],
+            test_y[:4],
+            test_c[:4],
+            (ann_logits[:4], ann_concepts[:4]),
+            (snn_show[0][:4], snn_show[1][:4]),
+            f"SNN T={t_show}",
+        )
         print(f"wrote {figure}")
     write_json(record, args.results)
     return record

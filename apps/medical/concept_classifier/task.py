@@ -6,6 +6,7 @@ The lesions are planted: each "patient" draws a class, then six human-readable c
 class-conditional Bernoulli table (:data:`CONCEPT_TABLE`, an illustrative prior, not clinical
 fact), and the lesion is rendered from the concepts, so every concept's ground truth is known.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,15 +23,17 @@ CONCEPTS = ("large", "pigmented", "orange", "irregular", "mottled", "near_disc")
 #: P(concept | class): rows CLASSES, columns CONCEPTS. Illustrative, loosely after the
 #: textbook picture (melanoma: large, pigmented, mushroom-shaped; circumscribed haemangioma:
 #: orange, smooth, at the posterior pole; metastasis: creamy, irregular, mottled).
-CONCEPT_TABLE = np.array([
-    [0.80, 0.85, 0.05, 0.60, 0.35, 0.30],
-    [0.30, 0.05, 0.90, 0.10, 0.15, 0.80],
-    [0.40, 0.10, 0.10, 0.85, 0.85, 0.35],
-])
-SIZE = 32            # network input, pixels
-RENDER = 4           # lesions are drawn at SIZE·RENDER and area-averaged down (anti-aliasing)
-CROP = 640           # crop of the full-resolution photograph, pixels (the disc is ~180 px across)
-DISC_RADIUS = 4.5    # optic disc radius at SIZE, pixels
+CONCEPT_TABLE = np.array(
+    [
+        [0.80, 0.85, 0.05, 0.60, 0.35, 0.30],
+        [0.30, 0.05, 0.90, 0.10, 0.15, 0.80],
+        [0.40, 0.10, 0.10, 0.85, 0.85, 0.35],
+    ]
+)
+SIZE = 32  # network input, pixels
+RENDER = 4  # lesions are drawn at SIZE·RENDER and area-averaged down (anti-aliasing)
+CROP = 640  # crop of the full-resolution photograph, pixels (the disc is ~180 px across)
+DISC_RADIUS = 4.5  # optic disc radius at SIZE, pixels
 
 
 def load_fundus(path: str | Path | None = None) -> np.ndarray:
@@ -71,7 +74,7 @@ def find_disc(rgb: np.ndarray) -> tuple[int, int]:
 
 def _area_down(img: np.ndarray, factor: int) -> np.ndarray:
     h, w = img.shape[0] // factor, img.shape[1] // factor
-    return img[:h * factor, :w * factor].reshape(h, factor, w, factor, -1).mean((1, 3))
+    return img[: h * factor, : w * factor].reshape(h, factor, w, factor, -1).mean((1, 3))
 
 
 def _backgrounds(rgb: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +84,15 @@ def _backgrounds(rgb: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.
 
     big = SIZE * RENDER
     scale = big / CROP
-    small = np.asarray(Image.fromarray((rgb * 255).astype(np.uint8)).resize(
-        (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), Image.BILINEAR), dtype=np.float32) / 255.0
+    small = (
+        np.asarray(
+            Image.fromarray((rgb * 255).astype(np.uint8)).resize(
+                (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), Image.BILINEAR
+            ),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
     dr, dc = (round(v * scale) for v in find_disc(rgb))
     crops, discs = np.empty((n, big, big, 3), np.float32), np.empty((n, 2), np.float32)
     for i in range(n):
@@ -91,7 +101,7 @@ def _backgrounds(rgb: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.
         pos_c = rng.uniform(0.15, 0.3) * big
         top = int(np.clip(round(dr - pos_r), 0, small.shape[0] - big))
         left = int(np.clip(round(dc - pos_c), 0, small.shape[1] - big))
-        crop = small[top:top + big, left:left + big]
+        crop = small[top : top + big, left : left + big]
         disc = np.array([dr - top, dc - left], np.float32)
         if rng.random() < 0.5:  # the other eye: disc on the right
             crop, disc[1] = crop[:, ::-1], big - 1 - disc[1]
@@ -154,8 +164,9 @@ def fundus_cases(n: int, seed: int, rgb: np.ndarray | None = None):
     images = np.empty((n, 3, SIZE, SIZE), np.float32)
     for i in range(n):
         mask, colour, texture = _lesion(concepts[i], discs[i], rng)
-        shaded = np.clip(colour[None, None] * texture[..., None] * (0.75 + 0.25 * crops[i] / max(crops[i].max(), 1e-6)),
-                         0, 1)
+        shaded = np.clip(
+            colour[None, None] * texture[..., None] * (0.75 + 0.25 * crops[i] / max(crops[i].max(), 1e-6)), 0, 1
+        )
         drawn = crops[i] * (1 - 0.9 * mask[..., None]) + 0.9 * mask[..., None] * shaded
         images[i] = _area_down(drawn, RENDER).transpose(2, 0, 1)
     return np.clip(images, 0, 1), labels.astype(np.int64), concepts
@@ -178,10 +189,21 @@ class ConceptBottleneck(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.AvgPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.AvgPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.AvgPool2d(2),
-            nn.Flatten(), nn.Linear(2 * w * (SIZE // 8) ** 2, 64), nn.ReLU(),
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * w * (SIZE // 8) ** 2, 64),
+            nn.ReLU(),
         )
         self.concept_layer = nn.Linear(64, concepts)
         self.classifier = nn.Linear(concepts, classes)
@@ -195,8 +217,18 @@ class ConceptBottleneck(nn.Module):
         return self.classifier(scores), scores
 
 
-def train_bottleneck(model: ConceptBottleneck, x: np.ndarray, y: np.ndarray, c: np.ndarray, *, epochs: int,
-                     seed: int, concept_weight: float = 2.0, batch: int = 64, lr: float = 3e-3) -> ConceptBottleneck:
+def train_bottleneck(
+    model: ConceptBottleneck,
+    x: np.ndarray,
+    y: np.ndarray,
+    c: np.ndarray,
+    *,
+    epochs: int,
+    seed: int,
+    concept_weight: float = 2.0,
+    batch: int = 64,
+    lr: float = 3e-3,
+) -> ConceptBottleneck:
     """Joint concept-bottleneck training: cross-entropy on the diagnosis plus ``concept_weight``
     × squared error of the unclipped concept layer against the 0/1 concept labels (the clip has
     no gradient where it saturates; the regression keeps every concept unit learning)."""
@@ -210,7 +242,7 @@ def train_bottleneck(model: ConceptBottleneck, x: np.ndarray, y: np.ndarray, c: 
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             xb = xt[idx]
             if torch.rand((), generator=gen) < 0.5:  # the eye's mirror image is another valid case
                 xb = xb.flip(3)
@@ -258,9 +290,16 @@ def export_bottleneck(model: ConceptBottleneck, path) -> Path:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 3, SIZE, SIZE),), buffer, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["logits", "concepts"],
-                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}, "concepts": {0: "N"}})
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, 3, SIZE, SIZE),),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits", "concepts"],
+            dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}, "concepts": {0: "N"}},
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, buffer.getvalue())

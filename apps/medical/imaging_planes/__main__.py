@@ -7,6 +7,7 @@ and without pretraining over seeds, and the segmenter compiled with snnc (ANN vs
     python -m apps.medical.imaging_planes --quick    # smaller (the CI test runs a smaller one still)
     python -m apps.medical.imaging_planes --json     # one JSON object on stdout
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,25 +21,82 @@ import numpy as np
 import torch
 
 from apps.common import app_args, write_json
-from apps.medical.common import (TIMESTEPS, TISSUES, Study, add_smoke, dice, finetune_segmentation, json_summary,
-                                 print_study, run_study, save_figure)
-from apps.medical.imaging_planes.task import (CLASSES, PRETEXTS, PlaneNet, finetune_segmentation as train_target,
-                                              labelled_data, pretext_quality, pretrain, unlabelled_data)
+from apps.medical.common import (
+    TIMESTEPS,
+    TISSUES,
+    Study,
+    add_smoke,
+    dice,
+    finetune_segmentation,
+    json_summary,
+    print_study,
+    run_study,
+    save_figure,
+)
+from apps.medical.imaging_planes.task import (
+    CLASSES,
+    PRETEXTS,
+    PlaneNet,
+    labelled_data,
+    pretext_quality,
+    pretrain,
+    unlabelled_data,
+)
+from apps.medical.imaging_planes.task import finetune_segmentation as train_target
 from examples.workloads import export_onnx
 
 NAME = "medical.imaging_planes"
 RESULTS = Path(__file__).parent / "results"
 SLICES_PER_LABELLED_SUBJECT = 4
 CONFIGS = {
-    "full": dict(size=32, spacing=5.0, seeds=(0, 1, 2), labelled_subjects=(1, 3), variants=tuple(PRETEXTS),
-                 pretext_subjects=4, pretext_slices=40, pretrain_iterations=250, target_iterations=150,
-                 test_subjects=3, test_slices=16, calib_iterations=60, finetune_epochs=2, study="both"),
-    "quick": dict(size=32, spacing=5.0, seeds=(0,), labelled_subjects=(1,), variants=("none", "both"),
-                  pretext_subjects=4, pretext_slices=32, pretrain_iterations=150, target_iterations=120,
-                  test_subjects=2, test_slices=12, calib_iterations=30, finetune_epochs=2, study="both"),
-    "smoke": dict(size=32, spacing=5.0, seeds=(0,), labelled_subjects=(1,), variants=("none", "both"),
-                  pretext_subjects=3, pretext_slices=24, pretrain_iterations=80, target_iterations=100,
-                  test_subjects=2, test_slices=8, calib_iterations=20, finetune_epochs=1, study="both"),
+    "full": dict(
+        size=32,
+        spacing=5.0,
+        seeds=(0, 1, 2),
+        labelled_subjects=(1, 3),
+        variants=tuple(PRETEXTS),
+        pretext_subjects=4,
+        pretext_slices=40,
+        pretrain_iterations=250,
+        target_iterations=150,
+        test_subjects=3,
+        test_slices=16,
+        calib_iterations=60,
+        finetune_epochs=2,
+        study="both",
+    ),
+    "quick": dict(
+        size=32,
+        spacing=5.0,
+        seeds=(0,),
+        labelled_subjects=(1,),
+        variants=("none", "both"),
+        pretext_subjects=4,
+        pretext_slices=32,
+        pretrain_iterations=150,
+        target_iterations=120,
+        test_subjects=2,
+        test_slices=12,
+        calib_iterations=30,
+        finetune_epochs=2,
+        study="both",
+    ),
+    "smoke": dict(
+        size=32,
+        spacing=5.0,
+        seeds=(0,),
+        labelled_subjects=(1,),
+        variants=("none", "both"),
+        pretext_subjects=3,
+        pretext_slices=24,
+        pretrain_iterations=80,
+        target_iterations=100,
+        test_subjects=2,
+        test_slices=8,
+        calib_iterations=20,
+        finetune_epochs=1,
+        study="both",
+    ),
 }
 
 
@@ -51,7 +109,9 @@ def pretraining_study(cfg: dict) -> tuple[dict, dict]:
     table, models, quality = {}, {}, {}
     for seed in cfg["seeds"]:
         pretext = unlabelled_data(seed, cfg["pretext_subjects"], cfg["pretext_slices"], size, spacing)
-        label_x, label_y = labelled_data(seed, max(cfg["labelled_subjects"]), SLICES_PER_LABELLED_SUBJECT, size, spacing)
+        label_x, label_y = labelled_data(
+            seed, max(cfg["labelled_subjects"]), SLICES_PER_LABELLED_SUBJECT, size, spacing
+        )
         for variant in cfg["variants"]:
             torch.manual_seed(seed)
             net = PlaneNet()
@@ -60,8 +120,9 @@ def pretraining_study(cfg: dict) -> tuple[dict, dict]:
                 quality.setdefault(variant, {})[str(seed)] = pretext_quality(net, held_out)
             for subjects in cfg["labelled_subjects"]:
                 n = subjects * SLICES_PER_LABELLED_SUBJECT
-                model = train_target(copy.deepcopy(net), label_x[:n], label_y[:n], iterations=cfg["target_iterations"],
-                                     seed=seed)
+                model = train_target(
+                    copy.deepcopy(net), label_x[:n], label_y[:n], iterations=cfg["target_iterations"], seed=seed
+                )
                 with torch.no_grad():
                     scores = dice(model(torch.from_numpy(test_x)).argmax(1).numpy(), test_y, CLASSES, TISSUES)
                 table.setdefault(variant, {}).setdefault(str(subjects), {})[str(seed)] = scores
@@ -74,11 +135,17 @@ def pretraining_study(cfg: dict) -> tuple[dict, dict]:
             scratch = np.array([s["mean_dice"] for s in table["none"][subjects].values()])
             gain = values - scratch
             summary.setdefault(variant, {})[subjects] = {
-                "mean_dice": float(values.mean()), "std": float(values.std()),
-                "gain_over_scratch": float(gain.mean()), "gain_std": float(gain.std()),
-                "seeds_better_than_scratch": int((gain > 0).sum()), "seeds": len(values)}
-    return {"per_seed": table, "summary": summary, "pretext_quality": quality,
-            "test_slices": int(len(test_x))}, {"models": models, "test": (test_x, test_y)}
+                "mean_dice": float(values.mean()),
+                "std": float(values.std()),
+                "gain_over_scratch": float(gain.mean()),
+                "gain_std": float(gain.std()),
+                "seeds_better_than_scratch": int((gain > 0).sum()),
+                "seeds": len(values),
+            }
+    return {"per_seed": table, "summary": summary, "pretext_quality": quality, "test_slices": int(len(test_x))}, {
+        "models": models,
+        "test": (test_x, test_y),
+    }
 
 
 def main(argv=None) -> dict:
@@ -103,34 +170,63 @@ def main(argv=None) -> dict:
         cut = max(1, len(label_x) // 4)
 
         def finetune(compiled, timesteps):
-            return finetune_segmentation(compiled, label_x[cut:], label_y[cut:], timesteps,
-                                         score=lambda o: dice(o.argmax(1), label_y[:cut], CLASSES, TISSUES),
-                                         metric="mean_dice", val=(label_x[:cut], label_y[:cut]),
-                                         epochs=cfg["finetune_epochs"], batch=4)
+            return finetune_segmentation(
+                compiled,
+                label_x[cut:],
+                label_y[cut:],
+                timesteps,
+                score=lambda o: dice(o.argmax(1), label_y[:cut], CLASSES, TISSUES),
+                metric="mean_dice",
+                val=(label_x[:cut], label_y[:cut]),
+                epochs=cfg["finetune_epochs"],
+                batch=4,
+            )
 
         # calibration needs no labels: the unlabelled pretext slices
-        study = Study("imaging_planes", onnx_path, unlabelled_x[:128], test_x, score, timesteps=args.timesteps,
-                      calib_iterations=cfg["calib_iterations"], finetune=finetune, out_dir=args.out)
+        study = Study(
+            "imaging_planes",
+            onnx_path,
+            unlabelled_x[:128],
+            test_x,
+            score,
+            timesteps=args.timesteps,
+            calib_iterations=cfg["calib_iterations"],
+            finetune=finetune,
+            out_dir=args.out,
+        )
         record, compiled = run_study(study)
         seconds = time.perf_counter() - started
-        record.update({
-            "task": "3-class tissue segmentation (background, grey, white matter) of oblique "
-                    f"{cfg['size']}x{cfg['size']} slices ({cfg['spacing']} mm pixels) of the real MNI152 MRI from "
-                    f"{SLICES_PER_LABELLED_SUBJECT} labelled slices per subject, with and without imaging-plane "
-                    "pretext pretraining (intersection-line heatmaps, relative slice location); metric: mean Dice of "
-                    "grey and white matter",
-            "config": dict(cfg, size_name=size, slices_per_labelled_subject=SLICES_PER_LABELLED_SUBJECT,
-                           seeds=list(cfg["seeds"])),
-            "pretraining": pretraining,
-            "compiled_model": f"seed {cfg['seeds'][0]}, pretext '{cfg['study']}', {subjects} labelled subject(s)",
-            "seconds": round(seconds, 1),
-        })
+        record.update(
+            {
+                "task": "3-class tissue segmentation (background, grey, white matter) of oblique "
+                f"{cfg['size']}x{cfg['size']} slices ({cfg['spacing']} mm pixels) of the real MNI152 MRI from "
+                f"{SLICES_PER_LABELLED_SUBJECT} labelled slices per subject, with and without imaging-plane "
+                "pretext pretraining (intersection-line heatmaps, relative slice location); metric: mean Dice of "
+                "grey and white matter",
+                "config": dict(
+                    cfg,
+                    size_name=size,
+                    slices_per_labelled_subject=SLICES_PER_LABELLED_SUBJECT,
+                    seeds=list(cfg["seeds"]),
+                ),
+                "pretraining": pretraining,
+                "compiled_model": f"seed {cfg['seeds'][0]}, pretext '{cfg['study']}', {subjects} labelled subject(s)",
+                "seconds": round(seconds, 1),
+            }
+        )
         snn_t = "32" if "32" in record["snn"] else max(record["snn"], key=int)
         snn_pred = compiled.run(test_x[:4], int(snn_t)).argmax(1)
         with torch.no_grad():
             ann_pred = model(torch.from_numpy(test_x[:4])).argmax(1).numpy()
-        save_figure(results_dir / "imaging_planes.png", test_x[:4, 0], test_y[:4], ann_pred, snn_pred,
-                    f"SNN T={snn_t}", "tissue segmentation after pretext pretraining (0 background, 1 grey, 2 white)")
+        save_figure(
+            results_dir / "imaging_planes.png",
+            test_x[:4, 0],
+            test_y[:4],
+            ann_pred,
+            snn_pred,
+            f"SNN T={snn_t}",
+            "tissue segmentation after pretext pretraining (0 background, 1 grey, 2 white)",
+        )
         write_json(record, results_dir / "results.json")
         if not args.json:
             print(f"compiled: {record['compiled_model']}")
@@ -148,14 +244,18 @@ def print_pretraining(pretraining: dict, seeds: int) -> None:
     print(f"target-task mean Dice over {seeds} seed(s), {pretraining['test_slices']} test slices of unseen subjects:")
     print(f"{'pretraining':>12}  " + "  ".join(f"{s + ' subj.':>26}" for s in next(iter(summary.values()))))
     for variant, by_subjects in summary.items():
-        cells = [f"{r['mean_dice']:.4f}±{r['std']:.4f} ({r['gain_over_scratch']:+.4f}, {r['seeds_better_than_scratch']}/{r['seeds']})"
-                 for r in by_subjects.values()]
+        cells = [
+            f"{r['mean_dice']:.4f}±{r['std']:.4f} ({r['gain_over_scratch']:+.4f}, {r['seeds_better_than_scratch']}/{r['seeds']})"
+            for r in by_subjects.values()
+        ]
         print(f"{variant:>12}  " + "  ".join(f"{c:>26}" for c in cells))
     print("(in brackets: mean gain over training from scratch, seeds where pretraining beat scratch)")
     for variant, by_seed in pretraining["pretext_quality"].items():
         q = {k: np.mean([s[k] for s in by_seed.values()]) for k in next(iter(by_seed.values()))}
-        print(f"pretext '{variant}' on held-out slices: location R² {q['location_r2']:.3f}, "
-              f"line-heatmap R² {q['line_heatmap_r2']:.3f}")
+        print(
+            f"pretext '{variant}' on held-out slices: location R² {q['location_r2']:.3f}, "
+            f"line-heatmap R² {q['line_heatmap_r2']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ The target task is 3-class tissue segmentation (background, grey, white matter) 
 labelled slices of 1–3 subjects, with the encoder trained from scratch or from the pretext
 weights.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,14 +21,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from apps.medical.common import (TISSUES, Plane, Subject, intersection_line, line_heatmap, load_mni, random_plane,
-                                 sample_slices)
+from apps.medical.common import (
+    TISSUES,
+    Plane,
+    Subject,
+    intersection_line,
+    line_heatmap,
+    load_mni,
+    random_plane,
+    sample_slices,
+)
 
 CLASSES = len(TISSUES)
 #: The anatomy-oriented reference planes (mm, MNI frame): mid-sagittal, mid-coronal, mid-axial.
-REFERENCE_PLANES = (Plane(np.zeros(3), np.eye(3)[1], np.eye(3)[2]),
-                    Plane(np.zeros(3), np.eye(3)[0], np.eye(3)[2]),
-                    Plane(np.zeros(3), np.eye(3)[0], np.eye(3)[1]))
+REFERENCE_PLANES = (
+    Plane(np.zeros(3), np.eye(3)[1], np.eye(3)[2]),
+    Plane(np.zeros(3), np.eye(3)[0], np.eye(3)[2]),
+    Plane(np.zeros(3), np.eye(3)[0], np.eye(3)[1]),
+)
 #: Slices are axial or coronal stacks (tilted up to 30°): their normal keeps its anatomical sign
 #: (up, forward), so a position in the stack is defined; a sagittal stack is mirror-symmetric.
 STACK_BASES = ("axial", "coronal")
@@ -39,14 +50,27 @@ PRETEXTS = {"none": (), "line": ("line",), "location": ("location",), "both": ("
 
 def planes(rng: np.random.Generator, n: int) -> list[Plane]:
     """``n`` oblique planes of the stacks the app uses."""
-    return [random_plane(rng, base=STACK_BASES[rng.integers(len(STACK_BASES))], max_offset_mm=MAX_OFFSET_MM,
-                         max_tilt_deg=30.0) for _ in range(n)]
+    return [
+        random_plane(
+            rng, base=STACK_BASES[rng.integers(len(STACK_BASES))], max_offset_mm=MAX_OFFSET_MM, max_tilt_deg=30.0
+        )
+        for _ in range(n)
+    ]
 
 
 def pretext_targets(plane_list: list[Plane], size: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     """(line heatmaps [n, 3, s, s] of the reference planes' intersections, relative slice locations [n])."""
-    heat = np.stack([np.stack([line_heatmap(intersection_line(p, ref, size, spacing), size, sigma=LINE_SIGMA)
-                               for ref in REFERENCE_PLANES]) for p in plane_list])
+    heat = np.stack(
+        [
+            np.stack(
+                [
+                    line_heatmap(intersection_line(p, ref, size, spacing), size, sigma=LINE_SIGMA)
+                    for ref in REFERENCE_PLANES
+                ]
+            )
+            for p in plane_list
+        ]
+    )
     # the plane's offset along its own normal: where it sits in its parallel stack
     location = np.array([p.centre @ p.normal for p in plane_list], np.float32) / MAX_OFFSET_MM
     return heat.astype(np.float32), location
@@ -79,8 +103,11 @@ def labelled_data(seed: int, subjects: int, slices_per_subject: int, size: int, 
 
 
 def _block(cin, cout, stride=1, dilation=1):
-    return [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU()]
+    return [
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
 
 
 class Encoder(nn.Sequential):
@@ -88,8 +115,14 @@ class Encoder(nn.Sequential):
     non-negative embedding per pixel with a receptive field of about half the slice."""
 
     def __init__(self, dim: int = 16):
-        super().__init__(*_block(1, 16), *_block(16, 32, stride=2), *_block(32, 32, dilation=2),
-                         *_block(32, 32, dilation=4), nn.Upsample(scale_factor=2, mode="nearest"), *_block(32, dim))
+        super().__init__(
+            *_block(1, 16),
+            *_block(16, 32, stride=2),
+            *_block(32, 32, dilation=2),
+            *_block(32, 32, dilation=4),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            *_block(32, dim),
+        )
 
 
 class PlaneNet(nn.Module):
@@ -122,8 +155,9 @@ def _augment(x, *targets, gen):
     return (x,) + targets
 
 
-def pretrain(net: PlaneNet, data, tasks: tuple[str, ...], *, iterations: int, batch: int = 16, lr: float = 3e-3,
-             seed: int = 0) -> dict:
+def pretrain(
+    net: PlaneNet, data, tasks: tuple[str, ...], *, iterations: int, batch: int = 16, lr: float = 3e-3, seed: int = 0
+) -> dict:
     """Train the encoder on the pretext ``tasks`` (line MSE ×10 so both losses start near 1, location
     MSE); one torch thread. Returns the last 20 iterations' mean losses."""
     from apps.common import torch_threads
@@ -165,8 +199,9 @@ def pretext_quality(net: PlaneNet, data) -> dict:
     return {"location_r2": r2, "line_heatmap_r2": heat_r2}
 
 
-def finetune_segmentation(net: PlaneNet, x: np.ndarray, y: np.ndarray, *, iterations: int, batch: int = 8,
-                          lr: float = 3e-3, seed: int = 0) -> nn.Module:
+def finetune_segmentation(
+    net: PlaneNet, x: np.ndarray, y: np.ndarray, *, iterations: int, batch: int = 8, lr: float = 3e-3, seed: int = 0
+) -> nn.Module:
     """Train encoder and tissue head on the few labelled slices (flips, Adam, cosine schedule,
     cross-entropy); returns the segmenter. The same recipe from scratch and from pretext weights."""
     from apps.common import torch_threads

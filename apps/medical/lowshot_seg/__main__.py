@@ -6,6 +6,7 @@ other subjects; export the spike-friendly form, compile it with snnc and compare
     python -m apps.medical.lowshot_seg --quick    # smaller (the CI test runs a smaller one still)
     python -m apps.medical.lowshot_seg --json     # one JSON object on stdout
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,10 +20,28 @@ import torch
 import torch.nn as nn
 
 from apps.common import app_args, write_json
-from apps.medical.common import (TIMESTEPS, TISSUES, Study, add_smoke, dice, finetune_segmentation, json_summary, print_study,
-                                 run_study, save_figure)
-from apps.medical.lowshot_seg.task import (CASES, CLASSES, MixtureHead, ModeScores, encoder, mode_max, one_shot_data,
-                                           train_segmenter)
+from apps.medical.common import (
+    TIMESTEPS,
+    TISSUES,
+    Study,
+    add_smoke,
+    dice,
+    finetune_segmentation,
+    json_summary,
+    print_study,
+    run_study,
+    save_figure,
+)
+from apps.medical.lowshot_seg.task import (
+    CASES,
+    CLASSES,
+    MixtureHead,
+    ModeScores,
+    encoder,
+    mode_max,
+    one_shot_data,
+    train_segmenter,
+)
 from examples.workloads import export_onnx
 
 NAME = "medical.lowshot_seg"
@@ -30,12 +49,42 @@ RESULTS = Path(__file__).parent / "results"
 MODES = 3
 SCALE = 10.0
 CONFIGS = {  # size, spacing mm, train slices, test subjects × slices, iterations, seeds, calibration iterations
-    "full": dict(size=32, spacing=5.0, train_slices=48, test_subjects=4, test_slices=12, iterations=250,
-                 seeds=(0, 1, 2, 3, 4), calib_iterations=60, finetune_epochs=2, cases=tuple(CASES)),
-    "quick": dict(size=32, spacing=5.0, train_slices=32, test_subjects=3, test_slices=8, iterations=200,
-                  seeds=(0,), calib_iterations=30, finetune_epochs=1, cases=("tissue", "multimodal_local")),
-    "smoke": dict(size=32, spacing=5.0, train_slices=24, test_subjects=2, test_slices=6, iterations=150,
-                  seeds=(0,), calib_iterations=20, finetune_epochs=1, cases=("tissue", "multimodal_local")),
+    "full": dict(
+        size=32,
+        spacing=5.0,
+        train_slices=48,
+        test_subjects=4,
+        test_slices=12,
+        iterations=250,
+        seeds=(0, 1, 2, 3, 4),
+        calib_iterations=60,
+        finetune_epochs=2,
+        cases=tuple(CASES),
+    ),
+    "quick": dict(
+        size=32,
+        spacing=5.0,
+        train_slices=32,
+        test_subjects=3,
+        test_slices=8,
+        iterations=200,
+        seeds=(0,),
+        calib_iterations=30,
+        finetune_epochs=1,
+        cases=("tissue", "multimodal_local"),
+    ),
+    "smoke": dict(
+        size=32,
+        spacing=5.0,
+        train_slices=24,
+        test_subjects=2,
+        test_slices=6,
+        iterations=150,
+        seeds=(0,),
+        calib_iterations=20,
+        finetune_epochs=1,
+        cases=("tissue", "multimodal_local"),
+    ),
 }
 
 
@@ -44,15 +93,21 @@ def head_comparison(case: str, cfg: dict, out: dict) -> dict:
     rows = {}
     for seed in cfg["seeds"]:
         train_x, train_y, test_x, test_y = one_shot_data(
-            case, seed, size=cfg["size"], spacing=cfg["spacing"], train_slices=cfg["train_slices"],
-            test_subjects=cfg["test_subjects"], slices_per_test_subject=cfg["test_slices"])
+            case,
+            seed,
+            size=cfg["size"],
+            spacing=cfg["spacing"],
+            train_slices=cfg["train_slices"],
+            test_subjects=cfg["test_subjects"],
+            slices_per_test_subject=cfg["test_slices"],
+        )
         row = {}
         for head in ("mixture", "linear"):
             torch.manual_seed(seed)
             layer = MixtureHead(modes=MODES, scale=SCALE) if head == "mixture" else nn.Conv2d(16, CLASSES, 1)
-            model = train_segmenter(nn.Sequential(encoder(CASES[case][1]), layer), train_x, train_y,
-                                    iterations=cfg["iterations"],
-                                    seed=seed)
+            model = train_segmenter(
+                nn.Sequential(encoder(CASES[case][1]), layer), train_x, train_y, iterations=cfg["iterations"], seed=seed
+            )
             with torch.no_grad():
                 row[head] = dice(model(torch.from_numpy(test_x)).argmax(1).numpy(), test_y, CLASSES, TISSUES)
             if case == "tissue" and seed == cfg["seeds"][0]:  # the model that is compiled
@@ -61,9 +116,15 @@ def head_comparison(case: str, cfg: dict, out: dict) -> dict:
     mix = [r["mixture"]["mean_dice"] for r in rows.values()]
     lin = [r["linear"]["mean_dice"] for r in rows.values()]
     diff = np.subtract(mix, lin)
-    return {"seeds": rows, "mixture_mean": float(np.mean(mix)), "linear_mean": float(np.mean(lin)),
-            "mixture_minus_linear": float(diff.mean()), "mixture_minus_linear_std": float(diff.std()),
-            "mixture_wins": int((diff > 0).sum()), "seeds_run": len(diff)}
+    return {
+        "seeds": rows,
+        "mixture_mean": float(np.mean(mix)),
+        "linear_mean": float(np.mean(lin)),
+        "mixture_minus_linear": float(diff.mean()),
+        "mixture_minus_linear_std": float(diff.std()),
+        "mixture_wins": int((diff > 0).sum()),
+        "seeds_run": len(diff),
+    }
 
 
 def main(argv=None) -> dict:
@@ -92,33 +153,64 @@ def main(argv=None) -> dict:
         cut = max(1, len(train_x) // 4)
 
         def finetune(compiled, timesteps):
-            return finetune_segmentation(compiled, train_x[cut:], train_y[cut:], timesteps,
-                                         score=lambda o: dice(mode_max(o).argmax(1), train_y[:cut], CLASSES, TISSUES),
-                                         metric="mean_dice", val=(train_x[:cut], train_y[:cut]),
-                                         epochs=cfg["finetune_epochs"], readout=lambda z: mode_max(z))
+            return finetune_segmentation(
+                compiled,
+                train_x[cut:],
+                train_y[cut:],
+                timesteps,
+                score=lambda o: dice(mode_max(o).argmax(1), train_y[:cut], CLASSES, TISSUES),
+                metric="mean_dice",
+                val=(train_x[:cut], train_y[:cut]),
+                epochs=cfg["finetune_epochs"],
+                readout=lambda z: mode_max(z),
+            )
 
-        study = Study("lowshot_seg", onnx_path, train_x, test_x, score, timesteps=args.timesteps,
-                      calib_iterations=cfg["calib_iterations"], finetune=finetune, out_dir=args.out)
+        study = Study(
+            "lowshot_seg",
+            onnx_path,
+            train_x,
+            test_x,
+            score,
+            timesteps=args.timesteps,
+            calib_iterations=cfg["calib_iterations"],
+            finetune=finetune,
+            out_dir=args.out,
+        )
         record, compiled = run_study(study)
         seconds = time.perf_counter() - started
-        record.update({
-            "task": "one-shot 3-class tissue segmentation (background, grey matter, white matter) of oblique "
-                    f"{cfg['size']}x{cfg['size']} slices ({cfg['spacing']} mm pixels) of the real MNI152 MRI: trained on "
-                    "one deformed subject, tested on other subjects; metric: mean Dice of grey and white matter",
-            "config": dict(cfg, size_name=size, modes=MODES, scale=SCALE, seeds=list(cfg["seeds"]),
-                           cases={c: {"gm_boost": CASES[c][0], "encoder": CASES[c][1]} for c in cfg["cases"]}),
-            "head_comparison": cases,
-            "torch_train_form": dice(train_form, test_y, CLASSES, TISSUES),
-            "torch_export_form": dice(export_form, test_y, CLASSES, TISSUES),
-            "export_argmax_agreement": float((train_form == export_form).mean()),
-            "seconds": round(seconds, 1),
-        })
+        record.update(
+            {
+                "task": "one-shot 3-class tissue segmentation (background, grey matter, white matter) of oblique "
+                f"{cfg['size']}x{cfg['size']} slices ({cfg['spacing']} mm pixels) of the real MNI152 MRI: trained on "
+                "one deformed subject, tested on other subjects; metric: mean Dice of grey and white matter",
+                "config": dict(
+                    cfg,
+                    size_name=size,
+                    modes=MODES,
+                    scale=SCALE,
+                    seeds=list(cfg["seeds"]),
+                    cases={c: {"gm_boost": CASES[c][0], "encoder": CASES[c][1]} for c in cfg["cases"]},
+                ),
+                "head_comparison": cases,
+                "torch_train_form": dice(train_form, test_y, CLASSES, TISSUES),
+                "torch_export_form": dice(export_form, test_y, CLASSES, TISSUES),
+                "export_argmax_agreement": float((train_form == export_form).mean()),
+                "seconds": round(seconds, 1),
+            }
+        )
         snn_t = "32" if "32" in record["snn"] else max(record["snn"], key=int)
         snn_pred = mode_max(compiled.run(test_x[:4], int(snn_t))).argmax(1)
         with torch.no_grad():
             ann_pred = mode_max(exported(torch.from_numpy(test_x[:4]))).argmax(1).numpy()
-        save_figure(results_dir / "lowshot_seg.png", test_x[:4, 0], test_y[:4], ann_pred, snn_pred, f"SNN T={snn_t}",
-                    "one-shot tissue segmentation (0 background, 1 grey, 2 white matter)")
+        save_figure(
+            results_dir / "lowshot_seg.png",
+            test_x[:4, 0],
+            test_y[:4],
+            ann_pred,
+            snn_pred,
+            f"SNN T={snn_t}",
+            "one-shot tissue segmentation (0 background, 1 grey, 2 white matter)",
+        )
         write_json(record, results_dir / "results.json")
         if not args.json:
             print_report(record)
@@ -132,13 +224,18 @@ def main(argv=None) -> dict:
 def print_report(record: dict) -> None:
     """The head comparison per case, then the SNN study table."""
     for case, r in record["head_comparison"].items():
-        per_seed = ", ".join(f"{s}: {v['mixture']['mean_dice']:.3f}/{v['linear']['mean_dice']:.3f}"
-                             for s, v in r["seeds"].items())
-        print(f"[{case}] mean Dice mixture {r['mixture_mean']:.4f} vs linear {r['linear_mean']:.4f} "
-              f"(difference {r['mixture_minus_linear']:+.4f} ± {r['mixture_minus_linear_std']:.4f}, mixture wins "
-              f"{r['mixture_wins']}/{r['seeds_run']} seeds; per seed mixture/linear {per_seed})")
-    print(f"export form (folded prototype norm, no embedding norm, max over modes after the network): argmax "
-          f"agreement {100 * record['export_argmax_agreement']:.2f}% of test pixels")
+        per_seed = ", ".join(
+            f"{s}: {v['mixture']['mean_dice']:.3f}/{v['linear']['mean_dice']:.3f}" for s, v in r["seeds"].items()
+        )
+        print(
+            f"[{case}] mean Dice mixture {r['mixture_mean']:.4f} vs linear {r['linear_mean']:.4f} "
+            f"(difference {r['mixture_minus_linear']:+.4f} ± {r['mixture_minus_linear_std']:.4f}, mixture wins "
+            f"{r['mixture_wins']}/{r['seeds_run']} seeds; per seed mixture/linear {per_seed})"
+        )
+    print(
+        f"export form (folded prototype norm, no embedding norm, max over modes after the network): argmax "
+        f"agreement {100 * record['export_argmax_agreement']:.2f}% of test pixels"
+    )
     print_study(record)
 
 

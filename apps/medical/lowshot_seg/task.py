@@ -2,6 +2,7 @@
 "subject" for training and of other subjects for testing, a small dilated conv encoder, and the
 multimodal cosine-mixture head (Cui et al., TMI 2021) in its training form and in the
 spike-friendly form that is exported."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,12 +17,24 @@ CLASSES = len(TISSUES)
 MULTIMODAL_BOOST = 0.6
 #: case → (grey-matter boost, encoder): "deep" sees about a third of the slice, "local" one 3×3 patch
 #: (one conv layer: it cannot tell the two grey-matter modes from white matter by context)
-CASES = {"tissue": (0.0, "deep"), "multimodal": (MULTIMODAL_BOOST, "deep"),
-         "tissue_local": (0.0, "local"), "multimodal_local": (MULTIMODAL_BOOST, "local")}
+CASES = {
+    "tissue": (0.0, "deep"),
+    "multimodal": (MULTIMODAL_BOOST, "deep"),
+    "tissue_local": (0.0, "local"),
+    "multimodal_local": (MULTIMODAL_BOOST, "local"),
+}
 
 
-def one_shot_data(case: str, seed: int, *, size: int, spacing: float, train_slices: int, test_subjects: int,
-                  slices_per_test_subject: int):
+def one_shot_data(
+    case: str,
+    seed: int,
+    *,
+    size: int,
+    spacing: float,
+    train_slices: int,
+    test_subjects: int,
+    slices_per_test_subject: int,
+):
     """(train images [n, 1, s, s], train labels [n, s, s], test images, test labels): oblique slices
     of one training subject (drawn from ``seed``) and of ``test_subjects`` other subjects (the same
     for every seed). Images are per-slice z-scored; labels are background / grey / white matter."""
@@ -29,22 +42,31 @@ def one_shot_data(case: str, seed: int, *, size: int, spacing: float, train_slic
     boost = CASES[case][0]
     rng = np.random.default_rng(seed)
     train = Subject.random(atlas, 10_000 + seed, gm_boost=boost)
-    train_x, train_y = sample_slices(train, [random_plane(rng) for _ in range(train_slices)], size, spacing,
-                                     noise_seed=20_000 + 1000 * seed)
+    train_x, train_y = sample_slices(
+        train, [random_plane(rng) for _ in range(train_slices)], size, spacing, noise_seed=20_000 + 1000 * seed
+    )
     xs, ys = [], []
     test_rng = np.random.default_rng(99)
     for k in range(test_subjects):
         subject = Subject.random(atlas, 50_000 + k, gm_boost=boost)
-        x, y = sample_slices(subject, [random_plane(test_rng) for _ in range(slices_per_test_subject)], size, spacing,
-                             noise_seed=60_000 + 1000 * k)
+        x, y = sample_slices(
+            subject,
+            [random_plane(test_rng) for _ in range(slices_per_test_subject)],
+            size,
+            spacing,
+            noise_seed=60_000 + 1000 * k,
+        )
         xs.append(x)
         ys.append(y)
     return train_x, train_y, np.concatenate(xs), np.concatenate(ys)
 
 
 def _block(cin, cout, stride=1, dilation=1):
-    return [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU()]
+    return [
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
 
 
 class Encoder(nn.Sequential):
@@ -52,8 +74,13 @@ class Encoder(nn.Sequential):
     non-negative embedding per pixel (every ReLU becomes a spiking neuron after compiling)."""
 
     def __init__(self, dim: int = 16):
-        super().__init__(*_block(1, 16), *_block(16, 32, stride=2), *_block(32, 32, dilation=2),
-                         nn.Upsample(scale_factor=2, mode="nearest"), *_block(32, dim))
+        super().__init__(
+            *_block(1, 16),
+            *_block(16, 32, stride=2),
+            *_block(32, 32, dilation=2),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            *_block(32, dim),
+        )
 
 
 class LocalEncoder(nn.Sequential):
@@ -113,8 +140,16 @@ def mode_max(scores, classes: int = CLASSES):
     return scores.reshape(scores.shape[0], modes, classes, *scores.shape[2:]).max(1)
 
 
-def train_segmenter(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, iterations: int, batch: int = 8,
-                    lr: float = 3e-3, seed: int = 0) -> nn.Module:
+def train_segmenter(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    iterations: int,
+    batch: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> nn.Module:
     """Fit ``model`` (x → class logits) on the slices of the one training subject: random batches
     with random flips and quarter turns, Adam, cosine learning rate, cross-entropy; one torch thread."""
     from apps.common import torch_threads

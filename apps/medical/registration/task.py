@@ -7,6 +7,7 @@ with a planted lesion (a textured bright or dark blob with no counterpart in the
 Everything about the pair is known: the flow that maps the fixed grid into the moving image and
 the lesion mask in both frames.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,7 +37,7 @@ def smooth_field(rng: np.random.Generator, size: int, amplitude: float, grid: in
 def sample_at(image: np.ndarray, flow: np.ndarray, order: int = 1, mode: str = "constant") -> np.ndarray:
     """image(x + flow(x)) for every pixel x ([H, W] or [C, H, W]; flow [2, H, W] as (row, col)
     pixels); outside the image zeros (``mode="constant"``) or the nearest edge value ("nearest")."""
-    grid = np.mgrid[0:flow.shape[1], 0:flow.shape[2]].astype(np.float64) + flow
+    grid = np.mgrid[0 : flow.shape[1], 0 : flow.shape[2]].astype(np.float64) + flow
     if image.ndim == 2:
         return ndimage.map_coordinates(image, grid, order=order, mode=mode).astype(np.float32)
     return np.stack([sample_at(channel, flow, order, mode) for channel in image])
@@ -61,7 +62,9 @@ def plant_lesion(image: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
     centre = inside[rng.integers(len(inside))] + rng.uniform(-0.5, 0.5, 2)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     angle = np.arctan2(yy - centre[0], xx - centre[1])
-    edge = radius * (1 + 0.2 * np.cos(2 * angle + rng.uniform(0, np.pi)) + 0.1 * np.cos(3 * angle + rng.uniform(0, np.pi)))
+    edge = radius * (
+        1 + 0.2 * np.cos(2 * angle + rng.uniform(0, np.pi)) + 0.1 * np.cos(3 * angle + rng.uniform(0, np.pi))
+    )
     mask = np.clip(edge - np.hypot(yy - centre[0], xx - centre[1]) + 0.5, 0, 1).astype(np.float32)
     level = rng.uniform(0.85, 1.1) if rng.random() < 0.5 else rng.uniform(0.0, 0.15)
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 1.0)
@@ -80,8 +83,10 @@ def registration_pairs(n: int, seed: int, size: int = 48, amplitude: float = 1.6
     rng = np.random.default_rng(seed)
     atlas = load_mni(2)
     spacing = FIELD_OF_VIEW_MM / size
-    out = {k: np.empty((n, 2, size, size) if k in ("x", "flow") else (n, size, size), np.float32)
-           for k in ("x", "flow", "lesion_moving", "lesion_fixed", "brain")}
+    out = {
+        k: np.empty((n, 2, size, size) if k in ("x", "flow") else (n, size, size), np.float32)
+        for k in ("x", "flow", "lesion_moving", "lesion_fixed", "brain")
+    }
     for i in range(n):
         if i % pairs_per_slice == 0:
             subject = Subject.random(atlas, int(rng.integers(1 << 30)), amplitude_mm=3.0)
@@ -195,7 +200,9 @@ def girnet_loss(out: torch.Tensor, x: torch.Tensor, lesion: torch.Tensor, *, smo
     prob = torch.sigmoid(logit)
     keep = 1 - warp(prob, flow).detach().clamp(0, 1)  # ignore the lesion in the similarity term
     similarity = (keep * (warp(moving, flow) - fixed) ** 2).sum() / keep.sum().clamp_min(1.0)
-    diffusion = ((flow[:, :, 1:] - flow[:, :, :-1]) ** 2).mean() + ((flow[:, :, :, 1:] - flow[:, :, :, :-1]) ** 2).mean()
+    diffusion = ((flow[:, :, 1:] - flow[:, :, :-1]) ** 2).mean() + (
+        (flow[:, :, :, 1:] - flow[:, :, :, :-1]) ** 2
+    ).mean()
     target = lesion[:, None]
     bce = F.binary_cross_entropy_with_logits(logit, target, pos_weight=torch.tensor(4.0))
     dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
@@ -215,7 +222,7 @@ def train_girnet(model: GirNet, data: dict, *, epochs: int, seed: int, batch: in
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             xb, lb = x[idx], lesion[idx]
             if torch.rand((), generator=gen) < 0.5:  # left-right mirror of the whole pair
                 xb, lb = xb.flip(3), lb.flip(2)
@@ -240,8 +247,11 @@ def registration_scores(out: np.ndarray, data: dict) -> dict:
     identity = np.sqrt((data["flow"] ** 2).sum(1))
     predicted, truth = logit > 0, data["lesion_moving"] > 0.5
     total = predicted.sum() + truth.sum()
-    return {"lesion_dice": float(2 * (predicted & truth).sum() / total) if total else 1.0,
-            "epe_outside": float(error[region].mean()), "epe_identity": float(identity[region].mean())}
+    return {
+        "lesion_dice": float(2 * (predicted & truth).sum() / total) if total else 1.0,
+        "epe_outside": float(error[region].mean()),
+        "epe_identity": float(identity[region].mean()),
+    }
 
 
 def export_girnet(model: GirNet, size: int, path) -> Path:
@@ -251,8 +261,16 @@ def export_girnet(model: GirNet, size: int, path) -> Path:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 2, size, size),), buffer, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["out"], dynamic_axes={"x": {0: "N"}, "out": {0: "N"}})
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, 2, size, size),),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["out"],
+            dynamic_axes={"x": {0: "N"}, "out": {0: "N"}},
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, buffer.getvalue())

@@ -12,6 +12,7 @@ mask, mixed per sample by attention over the input: W(x) = Σ_k π_k(x) · (W_k 
 π = softmax(fc(GAP(x))). The hard variant routes each sample to one kernel (top-1, trained
 with a straight-through softmax), so a sample touches one sparse kernel's synapses only.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snncompiler.data import Dataset
 from examples.workloads import train_classifier
+from snncompiler.data import Dataset
 
 VARIANTS = ("dense", "static", "soft", "top1")
 #: the exported hard route is softmax(logits · HARD_SHARPNESS): one-hot to float precision unless
@@ -88,8 +89,16 @@ class DynamicMaskedConv2d(nn.Module):
     attention π(x) = softmax(fc(GAP(x))) (``routing="soft"``) or routed to one kernel
     (``routing="top1"``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 kernels: int = 4, routing: str = "soft"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        kernels: int = 4,
+        routing: str = "soft",
+    ):
         super().__init__()
         if routing not in ("soft", "top1"):
             raise ValueError(f"routing: expected soft or top1, got '{routing}'")
@@ -97,7 +106,7 @@ class DynamicMaskedConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding = (kernel_size, kernel_size), stride, padding
         weight = torch.empty(kernels, out_channels, in_channels, kernel_size, kernel_size)
         for k in range(kernels):
-            nn.init.kaiming_uniform_(weight[k], a=5 ** 0.5)
+            nn.init.kaiming_uniform_(weight[k], a=5**0.5)
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(kernels, out_channels))
         self.threshold = nn.Parameter(torch.zeros(kernels, out_channels))
@@ -134,8 +143,9 @@ class DynamicMaskedConv2d(nn.Module):
             return float(self.mask().mean())
 
 
-def sdconv_net(variant: str, *, widths=(16, 32, 64), first_stride: int = 2, image: int = 28, kernels: int = 4,
-               classes: int = 10) -> nn.Sequential:
+def sdconv_net(
+    variant: str, *, widths=(16, 32, 64), first_stride: int = 2, image: int = 28, kernels: int = 4, classes: int = 10
+) -> nn.Sequential:
     """Three conv-BN-ReLU blocks downsampling by stride-2 convolutions (no pooling, so every conv
     after the first reads spikes directly) and a linear classifier. ``dense``: plain convs;
     ``static``: masked convs; ``soft`` / ``top1``: the first conv masked, the two that read
@@ -155,10 +165,17 @@ def sdconv_net(variant: str, *, widths=(16, 32, 64), first_stride: int = 2, imag
     for stride in (first_stride, 2, 2):
         side = (side - 1) // stride + 1
     return nn.Sequential(
-        conv(1, a, first_stride, first=True), nn.BatchNorm2d(a), nn.ReLU(),
-        conv(a, b, 2), nn.BatchNorm2d(b), nn.ReLU(),
-        conv(b, c, 2), nn.BatchNorm2d(c), nn.ReLU(),
-        nn.Flatten(), nn.Linear(c * side * side, classes),
+        conv(1, a, first_stride, first=True),
+        nn.BatchNorm2d(a),
+        nn.ReLU(),
+        conv(a, b, 2),
+        nn.BatchNorm2d(b),
+        nn.ReLU(),
+        conv(b, c, 2),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(c * side * side, classes),
     )
 
 
@@ -181,8 +198,16 @@ def conv_weight_counts(model: nn.Module) -> tuple[int, int]:
     return kept, total
 
 
-def train_sdconv(model: nn.Sequential, train: Dataset, *, epochs: int, alpha: float, threshold_lr: float,
-                 balance: float = 0.1, seed: int = 0) -> nn.Sequential:
+def train_sdconv(
+    model: nn.Sequential,
+    train: Dataset,
+    *,
+    epochs: int,
+    alpha: float,
+    threshold_lr: float,
+    balance: float = 0.1,
+    seed: int = 0,
+) -> nn.Sequential:
     """Adam on weights (cosine schedule), SGD on thresholds, cross-entropy + α·Σ exp(−t)
     (+ ``balance`` × each dynamic conv's :meth:`~DynamicMaskedConv2d.imbalance`: without it top-1
     routing collapses onto one kernel, whose rivals, never used, are then pruned away).
@@ -208,8 +233,9 @@ def train_sdconv(model: nn.Sequential, train: Dataset, *, epochs: int, alpha: fl
             if m.density() <= 0.01:
                 m.threshold.data.zero_()
 
-    return train_classifier(model, train, epochs=epochs, seed=seed, parameters=others,
-                            penalty=penalty, after_step=step_thresholds)
+    return train_classifier(
+        model, train, epochs=epochs, seed=seed, parameters=others, penalty=penalty, after_step=step_thresholds
+    )
 
 
 class DynamicConvExport(nn.Module):
@@ -254,8 +280,16 @@ def export_form(model: nn.Sequential) -> nn.Sequential:
             i += 2
             continue
         if isinstance(m, MaskedConv2d):
-            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                             m.groups, bias=m.bias is not None)
+            conv = nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                bias=m.bias is not None,
+            )
             with torch.no_grad():
                 conv.weight.copy_(m.weight * m.mask())
                 if m.bias is not None:
@@ -270,8 +304,11 @@ def route_usage(model: nn.Sequential, x: torch.Tensor) -> list[list[float]]:
     """For every dynamic conv, the mean route weight of each kernel over ``x`` (the fraction of
     samples sent to each kernel for ``top1``)."""
     usage = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: usage.append(mod.route(inp[0]).mean(0).tolist()))
-             for m in model.modules() if isinstance(m, DynamicMaskedConv2d)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: usage.append(mod.route(inp[0]).mean(0).tolist()))
+        for m in model.modules()
+        if isinstance(m, DynamicMaskedConv2d)
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -318,6 +355,6 @@ def mnist(train_samples: int = 4000, test_samples: int = 1000, seed: int = 0) ->
         idx = rng.permutation(np.flatnonzero(y == c))
         n_test = test_samples // len(classes)
         test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:n_test + train_samples // len(classes)])
+        train_idx.append(idx[n_test : n_test + train_samples // len(classes)])
     train_idx, test_idx = rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
     return Dataset(x[train_idx], y[train_idx]), Dataset(x[test_idx], y[test_idx])

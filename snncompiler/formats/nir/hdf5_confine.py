@@ -10,6 +10,7 @@ goes through one of the above, which is refused wherever it sits.
 This module imports nothing from snncompiler (only h5py): the NIR loader runs it in a child
 process, before a single dataset is read, as part of its time-limited probe.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,12 +27,15 @@ def outside_reference(path) -> str | None:
 
     problems: list[str] = []
     with h5py.File(path, "r") as f:
+
         def check(name: bytes, info) -> int | None:
             text = "/" + name.decode("utf-8", "replace")
             if info.type == h5py.h5l.TYPE_EXTERNAL:
                 other_file = f.id.links.get_val(name)[0]
-                problems.append(f"link '{text}' is an external link into the file {_describe(other_file)}; "
-                                "NIR files are self-contained")
+                problems.append(
+                    f"link '{text}' is an external link into the file {_describe(other_file)}; "
+                    "NIR files are self-contained"
+                )
             elif info.type not in (h5py.h5l.TYPE_HARD, h5py.h5l.TYPE_SOFT):
                 problems.append(f"link '{text}' has the user-defined link type {info.type}")
             elif info.type == h5py.h5l.TYPE_HARD:

@@ -20,6 +20,7 @@ Supported nodes: Input, Output, Affine, Linear, Conv1d, Conv2d, Flatten, AvgPool
 Scale, IF, LIF. Others (CubaLIF, LI, Integrator, Delay, Threshold, recurrent graphs) are an
 error naming the node.
 """
+
 from __future__ import annotations
 
 from graphlib import CycleError, TopologicalSorter
@@ -29,9 +30,9 @@ import numpy as np
 import torch
 
 from ...errors import SnncError
-from ...limits import check_timesteps
 from ...ir import Graph, Node, Value, check_finite_parameters
 from ...ir.neuron import NeuronSpec
+from ...limits import check_timesteps
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 CONVENTIONAL_DT = 1e-4
@@ -93,15 +94,18 @@ class _Importer:
         neurons = [n for n in self.nir_graph.nodes.values() if type(n).__name__ in ("IF", "LIF")]
         if neurons and all(np.allclose(np.asarray(n.r, np.float64), 1.0) for n in neurons):
             return 1.0
-        raise SnncError(f"{self.label}: the file does not say its time step; pass --dt (snnc.load(..., dt=)), e.g. 1e-4 for "
-                        "SpikingJelly and snnTorch exports, 1 for Sinabs")
+        raise SnncError(
+            f"{self.label}: the file does not say its time step; pass --dt (snnc.load(..., dt=)), e.g. 1e-4 for "
+            "SpikingJelly and snnTorch exports, 1 for Sinabs"
+        )
 
     def emit(self, op: str, name: str, inputs: list[str], shape, attrs=None, params=None, source="") -> str:
         out = f"{name}:{op}" if any(n.name == name for n in self.nodes) else name
         origin = source or name
         kind = type(self.nir_graph.nodes[origin]).__name__ if origin in self.nir_graph.nodes else op
-        self.nodes.append(Node(op, out, list(inputs), [out], dict(attrs or {}), dict(params or {}),
-                               f"NIR {kind} '{origin}'"))
+        self.nodes.append(
+            Node(op, out, list(inputs), [out], dict(attrs or {}), dict(params or {}), f"NIR {kind} '{origin}'")
+        )
         self.values[out] = Value(out, (1,) + tuple(shape))  # axis 0: the batch, 1 as in ONNX-read graphs
         return out
 
@@ -118,8 +122,9 @@ class _Importer:
         try:
             order = list(TopologicalSorter(preds).static_order())
         except CycleError:
-            raise SnncError(f"{self.label}: the NIR graph is recurrent (has a cycle); snnc runs feed-forward "
-                            "graphs only") from None
+            raise SnncError(
+                f"{self.label}: the NIR graph is recurrent (has a cycle); snnc runs feed-forward graphs only"
+            ) from None
         inputs, outputs = [], []
         for name in order:
             node = g.nodes[name]
@@ -131,8 +136,10 @@ class _Importer:
                 except (TypeError, ValueError, OverflowError):
                     shape = ()
                 if not shape or min(shape) < 1:
-                    raise SnncError(f"{self.where(name, node)}: input_type['input'] is not a shape of positive "
-                                    f"sizes (got {spec!r:.60})")
+                    raise SnncError(
+                        f"{self.where(name, node)}: input_type['input'] is not a shape of positive "
+                        f"sizes (got {spec!r:.60})"
+                    )
                 value = Value(name, (1,) + shape)
                 self.values[name] = value
                 inputs.append(value)
@@ -142,8 +149,10 @@ class _Importer:
                 raise SnncError(f"{self.where(name, node)}: has no input edge")
             dead = [p for p in preds[name] if p not in self.out_of]
             if dead:
-                raise SnncError(f"{self.where(name, node)}: reads node {dead[0]!r}, which has no output "
-                                f"(a {type(g.nodes[dead[0]]).__name__} node)")
+                raise SnncError(
+                    f"{self.where(name, node)}: reads node {dead[0]!r}, which has no output "
+                    f"(a {type(g.nodes[dead[0]]).__name__} node)"
+                )
             x = self.out_of[preds[name][0]]
             for k, other in enumerate(preds[name][1:], 1):  # NIR sums every edge into a node
                 x = self.emit("add", f"{name}_in{k}", [x, self.out_of[other]], self.shape_of(x), source=name)
@@ -152,8 +161,10 @@ class _Importer:
                 continue
             handler = getattr(self, f"op_{kind}", None)
             if handler is None:
-                raise SnncError(f"{self.where(name, node)}: not supported (snnc reads Affine, Linear, Conv1d, "
-                                "Conv2d, Flatten, AvgPool2d, SumPool2d, Scale, IF and LIF)")
+                raise SnncError(
+                    f"{self.where(name, node)}: not supported (snnc reads Affine, Linear, Conv1d, "
+                    "Conv2d, Flatten, AvgPool2d, SumPool2d, Scale, IF and LIF)"
+                )
             try:
                 self.out_of[name] = handler(name, node, x)
             except SnncError:
@@ -163,8 +174,9 @@ class _Importer:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise SnncError(f"{self.where(name, node)}: its parameters do not fit the node ({first})") from None
         if len(inputs) != 1 or len(outputs) != 1:
-            raise SnncError(f"{self.label}: expected one Input and one Output node, found {len(inputs)} and "
-                            f"{len(outputs)}")
+            raise SnncError(
+                f"{self.label}: expected one Input and one Output node, found {len(inputs)} and {len(outputs)}"
+            )
         graph = Graph(inputs, outputs, self.nodes, dict(self.values), name=Path(self.label).stem)
         check_finite_parameters(graph, self.label)
         from ...runtime.executor import infer_shapes
@@ -186,15 +198,16 @@ class _Importer:
         pad = node.padding
         if isinstance(pad, str):
             raise SnncError(f"{self.where(name, node)}: string padding {pad!r} is not supported; give numbers")
-        per_axis = lambda v: [int(a) for a in np.broadcast_to(np.asarray(v), (nd,))]  # noqa: E731
+        per_axis = lambda v: [int(a) for a in np.broadcast_to(np.asarray(v), (nd,))]
         pads, stride, dilation = per_axis(pad), per_axis(node.stride), per_axis(node.dilation)
         attrs = {"pads": pads + pads, "stride": stride, "dilation": dilation, "groups": int(node.groups)}
         params = {"weight": w}
         if node.bias is not None and np.size(node.bias):
             params["bias"] = _tensor(node.bias).reshape(-1)
         size = self.shape_of(x)[1:]
-        out = [(s + 2 * p - d * (k - 1) - 1) // st + 1
-               for s, p, d, k, st in zip(size, pads, dilation, w.shape[2:], stride)]
+        out = [
+            (s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in zip(size, pads, dilation, w.shape[2:], stride)
+        ]
         return self.emit("conv", name, [x], (w.shape[0], *out), attrs, params)
 
     def op_Conv1d(self, name, node, x):
@@ -207,8 +220,10 @@ class _Importer:
         shape = self.shape_of(x)
         start, end = int(node.start_dim), int(node.end_dim)
         if start != 0 or end not in (-1, len(shape) - 1):
-            raise SnncError(f"{self.where(name, node)}: only flattening a whole sample (start_dim 0, end_dim -1) "
-                            f"is supported, got {start}..{end}")
+            raise SnncError(
+                f"{self.where(name, node)}: only flattening a whole sample (start_dim 0, end_dim -1) "
+                f"is supported, got {start}..{end}"
+            )
         return self.emit("flatten", name, [x], (int(np.prod(shape)),), {"axis": 1})
 
     def _pool(self, name, node, x, scale_by_area: bool):
@@ -217,11 +232,22 @@ class _Importer:
         pads = [int(k) for k in np.broadcast_to(np.asarray(node.padding), (2,))]
         c, *size = self.shape_of(x)
         out = [(s + 2 * p - k) // st + 1 for s, p, k, st in zip(size, pads, kernel, stride)]
-        y = self.emit("avgpool", name, [x], (c, *out), {"kernel": kernel, "stride": stride, "pads": pads + pads,
-                                                          "count_include_pad": 1})
+        y = self.emit(
+            "avgpool",
+            name,
+            [x],
+            (c, *out),
+            {"kernel": kernel, "stride": stride, "pads": pads + pads, "count_include_pad": 1},
+        )
         if scale_by_area:  # a sum pool is the average times the window's area
-            y = self.emit("mul", f"{name}_sum", [y], (c, *out), params={"const": torch.tensor(float(np.prod(kernel)))},
-                          source=name)
+            y = self.emit(
+                "mul",
+                f"{name}_sum",
+                [y],
+                (c, *out),
+                params={"const": torch.tensor(float(np.prod(kernel)))},
+                source=name,
+            )
         return y
 
     def op_AvgPool2d(self, name, node, x):
@@ -245,12 +271,15 @@ class _Importer:
         if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
             raise SnncError(f"{where}: the effective threshold v_threshold / gain must be finite and > 0")
         # NIR neurons reset to v_reset (checked to be 0 above) and start at 0
-        attrs = NeuronSpec.from_attrs({"neuron": "lif" if lif_tau is not None else "if", "tau": lif_tau,
-                                       "reset": "hard", "v0": "zero"}, where=where).attrs()
+        attrs = NeuronSpec.from_attrs(
+            {"neuron": "lif" if lif_tau is not None else "if", "tau": lif_tau, "reset": "hard", "v0": "zero"},
+            where=where,
+        ).attrs()
         spikes = self.emit("neuron", name, [x], shape, attrs, {"theta": theta})
         # snnc neurons emit θ·s, NIR neurons s
-        return self.emit("mul", f"{name}_spikes", [spikes], shape, params={"const": _channel(1.0 / theta, shape)},
-                         source=name)
+        return self.emit(
+            "mul", f"{name}_spikes", [spikes], shape, params={"const": _channel(1.0 / theta, shape)}, source=name
+        )
 
     def op_IF(self, name, node, x):
         gain = _tensor(node.r) * self.dt
@@ -292,8 +321,11 @@ def _probe(label: str) -> None:
 
     try:
         # -P: not the current directory on sys.path, so no stray nir.py or h5py.py there is imported
-        subprocess.run([sys.executable, "-P", "-c", PROBE_CODE, hdf5_confine.__file__, label],
-                       capture_output=True, timeout=PROBE_SECONDS)
+        subprocess.run(
+            [sys.executable, "-P", "-c", PROBE_CODE, hdf5_confine.__file__, label],
+            capture_output=True,
+            timeout=PROBE_SECONDS,
+        )
     except subprocess.TimeoutExpired:
         raise SnncError(f"{label}: reading it did not finish in {PROBE_SECONDS} s (a damaged HDF5 file?)") from None
     try:
@@ -320,8 +352,9 @@ def read_nir(path, *, dt: float | None = None, timesteps: int | None = None) -> 
     try:
         graph = nir.read(str(path))
     except Exception as exc:  # a truncated or foreign HDF5 file: name it, one line
-        raise SnncError(f"{label}: not a readable NIR file ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise SnncError(
+            f"{label}: not a readable NIR file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     importer = _Importer(graph, label, dt)
     ir = importer.run()
     ir.metadata["source_file"] = label

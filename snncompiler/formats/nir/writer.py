@@ -23,6 +23,7 @@ Supported IR ops: conv (1-D/2-D), linear, neuron, flatten / flattening reshape, 
 pooling, add of two activations (NIR sums the edges into a node), identity. Anything else is an
 error naming the node.
 """
+
 from __future__ import annotations
 
 import io
@@ -127,12 +128,16 @@ class _Exporter:
         nir = self.nir
         g = self.graph
         x = g.inputs[0].name
-        self.values[x] = [_Source(self.add("input", nir.Input(input_type={"input": np.array(self.sample(x))}), []), None)]
+        self.values[x] = [
+            _Source(self.add("input", nir.Input(input_type={"input": np.array(self.sample(x))}), []), None)
+        ]
         for node in g.nodes:
             handler = getattr(self, f"op_{node.op}", None)
             if handler is None:
-                raise SnncError(f"{node.where}: {node.op} has no NIR equivalent (NIR export supports conv, linear, "
-                                "neurons, flatten, average pooling and add)")
+                raise SnncError(
+                    f"{node.where}: {node.op} has no NIR equivalent (NIR export supports conv, linear, "
+                    "neurons, flatten, average pooling and add)"
+                )
             ins = [self.values[i] for i in node.inputs]
             self.values[node.outputs[0]] = handler(node, *ins)
         out = g.outputs[0].name
@@ -172,11 +177,25 @@ class _Exporter:
         dilation = node.attrs.get("dilation", [1] * nd)
         spatial = self.sample(node.inputs[0])[1:]
         if nd == 1:
-            conv = nir.Conv1d(input_shape=int(spatial[0]), weight=_np(w), stride=int(stride[0]), padding=int(pads[0]),
-                              dilation=int(dilation[0]), groups=groups, bias=_np(bias))
+            conv = nir.Conv1d(
+                input_shape=int(spatial[0]),
+                weight=_np(w),
+                stride=int(stride[0]),
+                padding=int(pads[0]),
+                dilation=int(dilation[0]),
+                groups=groups,
+                bias=_np(bias),
+            )
         else:
-            conv = nir.Conv2d(input_shape=tuple(int(d) for d in spatial), weight=_np(w), stride=tuple(stride),
-                              padding=tuple(pads[:2]), dilation=tuple(dilation), groups=groups, bias=_np(bias))
+            conv = nir.Conv2d(
+                input_shape=tuple(int(d) for d in spatial),
+                weight=_np(w),
+                stride=tuple(stride),
+                padding=tuple(pads[:2]),
+                dilation=tuple(dilation),
+                groups=groups,
+                bias=_np(bias),
+            )
         return [_Source(self.add(node.name, conv, sources), None)]
 
     def op_linear(self, node, ins):
@@ -225,8 +244,10 @@ class _Exporter:
             if node.attrs.get("ceil_mode", 0):
                 raise SnncError(f"{node.where}: ceil_mode pooling has no NIR equivalent")
             if any(pads) and (pads[:2] != pads[2:] or not node.attrs.get("count_include_pad", 0)):
-                raise SnncError(f"{node.where}: padded average pooling must be symmetric and count the padding "
-                                "(count_include_pad=1) to match NIR's AvgPool2d")
+                raise SnncError(
+                    f"{node.where}: padded average pooling must be symmetric and count the padding "
+                    "(count_include_pad=1) to match NIR's AvgPool2d"
+                )
         sources, scale = self.merged(node, ins)
         if scale is not None and scale.dim() > 0:
             scale = self.per_channel(scale, sample[0], node.where).reshape(-1, 1, 1)
@@ -251,8 +272,9 @@ class _Exporter:
         ones = np.ones(sample, np.float32)
         if spec.neuron == "lif":
             tau = spec.tau_of_decay(spec.decay)
-            neuron = self.nir.LIF(tau=ones * tau * DT, r=ones * tau, v_leak=ones * 0.0, v_threshold=_np(threshold),
-                                  v_reset=ones * v_reset)
+            neuron = self.nir.LIF(
+                tau=ones * tau * DT, r=ones * tau, v_leak=ones * 0.0, v_threshold=_np(threshold), v_reset=ones * v_reset
+            )
         else:
             neuron = self.nir.IF(r=ones / DT, v_threshold=_np(threshold), v_reset=ones * v_reset)
         if "v_init" in node.params:
@@ -271,12 +293,16 @@ def to_nir(model) -> tuple[object, list[str]]:
     ex.run()
     reset, v0 = setting(model.options, "reset"), setting(model.options, "v0")
     if reset == "soft":
-        ex._warn("NIR has no soft reset (reset by subtraction): the neurons are written with v_reset = 0, which "
-                 "SpikingJelly runs as a hard reset (compile with --reset hard --v0 zero for a faithful file; "
-                 "add --calibration light for the accuracy at T <= 8, see README 'Hard reset')")
+        ex._warn(
+            "NIR has no soft reset (reset by subtraction): the neurons are written with v_reset = 0, which "
+            "SpikingJelly runs as a hard reset (compile with --reset hard --v0 zero for a faithful file; "
+            "add --calibration light for the accuracy at T <= 8, see README 'Hard reset')"
+        )
     if v0 == "half":
-        ex._warn("NIR has no initial membrane potential: v0 = θ/2 is dropped (readers start at 0; "
-                 "compile with --v0 zero for a faithful file)")
+        ex._warn(
+            "NIR has no initial membrane potential: v0 = θ/2 is dropped (readers start at 0; "
+            "compile with --v0 zero for a faithful file)"
+        )
     encoding = setting(model.options, "encoding")
     metadata = {
         "producer": "snncompiler",

@@ -1,4 +1,5 @@
 """ONNX → IR. ``load_graph(path)`` is the one entry point; converters live in ``converters/``."""
+
 from __future__ import annotations
 
 import logging
@@ -8,11 +9,11 @@ import onnx
 
 from ...errors import SnncError
 from ...ir import Graph, Value
-from . import converters as _converters  # noqa: F401  (registers every converter)
 from ...ir.graph import BOUND_KEY
+from ..artifact import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
+from . import converters as _converters  # noqa: F401  (registers every converter)
 from .batch import non_batch_node
 from .fusion import fuse
-from ..artifact import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
 from .reader import canonicalize, main_opset
 from .registry import CONVERTERS, Ctx, build_graph, describe, lookup, unsupported
 
@@ -37,20 +38,30 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
         raise SnncError(f"{label}: the graph has no outputs")
     for imp in model.opset_import:
         if imp.domain == SNN_DOMAIN and imp.version != SNN_DOMAIN_VERSION:
-            raise SnncError(f"{label}: its '{SNN_DOMAIN}' operators are version {imp.version}; this snncompiler "
-                            f"reads version {SNN_DOMAIN_VERSION} (recompile the model with this version)")
+            raise SnncError(
+                f"{label}: its '{SNN_DOMAIN}' operators are version {imp.version}; this snncompiler "
+                f"reads version {SNN_DOMAIN_VERSION} (recompile the model with this version)"
+            )
     ctx = Ctx(model, label, main_opset(model))
     for node in model.graph.node:
         ctx.current = node
-        if node.op_type != "Constant" and node.input and all(not i or ctx.is_const(i) for i in node.input) \
-                and _fold_node(node, ctx):
+        if (
+            node.op_type != "Constant"
+            and node.input
+            and all(not i or ctx.is_const(i) for i in node.input)
+            and _fold_node(node, ctx)
+        ):
             continue
         fn = lookup(node)
         if fn is None:
             if not lenient:
                 raise unsupported(node, ctx)
-            ctx.emit("unsupported", [i for i in node.input if i and not ctx.is_const(i)], list(node.output),
-                     {"op_type": node.op_type, "domain": node.domain})
+            ctx.emit(
+                "unsupported",
+                [i for i in node.input if i and not ctx.is_const(i)],
+                list(node.output),
+                {"op_type": node.op_type, "domain": node.domain},
+            )
             continue
         try:
             fn(node, ctx)
@@ -63,8 +74,13 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
     outputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.output]
     graph = fuse(build_graph(ctx, inputs, outputs, model.graph.name or "graph"))
     if len(outputs) > 1:  # said once per file read: nothing degrades silently
-        log.warning("%s: %d outputs (%s); accuracy is scored on the first, '%s'", label, len(outputs),
-                    ", ".join(v.name for v in outputs), outputs[0].name)
+        log.warning(
+            "%s: %d outputs (%s); accuracy is scored on the first, '%s'",
+            label,
+            len(outputs),
+            ", ".join(v.name for v in outputs),
+            outputs[0].name,
+        )
     graph.metadata.update(_metadata(model, label))
     graph.metadata.setdefault("source_file", label)
     if BOUND_KEY not in graph.metadata:
@@ -100,10 +116,14 @@ def _fold_node(node: onnx.NodeProto, ctx: Ctx) -> bool:
     try:
         inputs = [i for i in node.input if i]
         graph = onnx.helper.make_graph(
-            [node], "fold",
-            [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(ctx.const(i).dtype), None)
-             for i in dict.fromkeys(inputs)],
-            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o])
+            [node],
+            "fold",
+            [
+                onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(ctx.const(i).dtype), None)
+                for i in dict.fromkeys(inputs)
+            ],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+        )
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", ctx.opset)])
         results = ReferenceEvaluator(model).run(None, {i: ctx.const(i) for i in dict.fromkeys(inputs)})
     except Exception as exc:

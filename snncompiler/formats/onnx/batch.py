@@ -12,13 +12,13 @@ Graph metadata written by the loader (read by the executor):
 ``snncompiler.batch_bound_by``: why axis 0 is not a free batch axis (absent when it is), and
 ``snncompiler.batch_declared``: the declared batch size, or ``dynamic``.
 """
+
 from __future__ import annotations
 
 import onnx
 from onnx import numpy_helper
 
 from ...ir import Graph, Node
-
 
 
 def declared_batch(model: onnx.ModelProto) -> str:
@@ -69,14 +69,34 @@ def batch_valued_use(model: onnx.ModelProto) -> str | None:
             continue
         if node.op_type == "Reshape" and ins[0] not in tainted:
             continue  # the shape input of a Reshape: a sink, see above
-        if node.op_type in ("Gather", "Slice") and ins[0] in tainted and not any(i in tainted for i in ins[1:]) \
-                and not _picks_axis0(node, consts):
+        if (
+            node.op_type in ("Gather", "Slice")
+            and ins[0] in tainted
+            and not any(i in tainted for i in ins[1:])
+            and not _picks_axis0(node, consts)
+        ):
             continue
         if node.op_type in ("Shape", "Size"):
             continue
-        if node.op_type in ("Identity", "Cast", "Concat", "Unsqueeze", "Squeeze", "Gather", "Slice", "Mul", "Add",
-                            "Sub", "Div", "Floor", "Ceil", "Max", "Min", "Neg", "Abs") \
-                and all(not i or i in tainted or i in static for i in ins):
+        if node.op_type in (
+            "Identity",
+            "Cast",
+            "Concat",
+            "Unsqueeze",
+            "Squeeze",
+            "Gather",
+            "Slice",
+            "Mul",
+            "Add",
+            "Sub",
+            "Div",
+            "Floor",
+            "Ceil",
+            "Max",
+            "Min",
+            "Neg",
+            "Abs",
+        ) and all(not i or i in tainted or i in static for i in ins):
             tainted.update(o for o in node.output if o)  # shape arithmetic: still a shape value
             continue
         return f"node {node.op_type} '{node.name or node.output[0]}' uses the batch size as a value"
@@ -111,8 +131,11 @@ def _picks_axis0(node: onnx.NodeProto, consts: dict) -> bool:
     if node.op_type == "Gather":
         idx = _const_value(node.input[1], consts) if len(node.input) > 1 else None
         return idx is None or bool((np.asarray(idx) == 0).any())
-    starts = _const_value(node.input[1], consts) if len(node.input) > 1 else \
-        next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "starts"), None)
+    starts = (
+        _const_value(node.input[1], consts)
+        if len(node.input) > 1
+        else next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "starts"), None)
+    )
     if starts is None:
         return True
     starts = np.asarray(starts).reshape(-1)
@@ -135,7 +158,7 @@ def _rank_of(graph: Graph, name: str) -> int | None:
     return len(shape) if shape is not None else None
 
 
-def _mixes_axis0(node: Node, graph: Graph) -> bool:  # noqa: C901 - one rule per core op
+def _mixes_axis0(node: Node, graph: Graph) -> bool:
     a, op = node.attrs, node.op
     rank = _rank_of(graph, node.inputs[0]) if node.inputs else None
     if op in ("softmax", "log_softmax"):

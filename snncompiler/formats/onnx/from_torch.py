@@ -1,4 +1,5 @@
 """torch ``nn.Module`` → ONNX: the one exporter the library, apps and benchmarks share."""
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,9 @@ def export_onnx_bytes(model: nn.Module, sample_shape, *, opset: int = 17, dynami
             torch.onnx.export(model.eval(), (dummy,), buffer, dynamo=False, **kwargs)
     except Exception as exc:  # an op the exporter cannot trace, a shape the module refuses, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SnncError(f"{type(model).__name__}: torch's ONNX exporter failed on an input of shape "
-                        f"{list(dummy.shape)}: {first}") from exc
+        raise SnncError(
+            f"{type(model).__name__}: torch's ONNX exporter failed on an input of shape {list(dummy.shape)}: {first}"
+        ) from exc
     finally:
         model.train(was_training)
     return buffer.getvalue()

@@ -8,6 +8,7 @@ root of a mean); fused, each is one island computed on its rate-decoded input, a
 native ops. Only exact matches fuse: every intermediate value must be read inside the pattern
 alone, and every constant must have the pattern's value.
 """
+
 from __future__ import annotations
 
 import math
@@ -143,8 +144,9 @@ def _gelu_tanh(m: _Matcher, tanh: Node):
         cube_nodes = [m.producer[coef.inputs[0]]]
         if cube_nodes[0].op == "mul":
             a, b = cube_nodes[0].inputs
-            cube_nodes.insert(0, m.producer[a] if m.producer[a].op == "mul" and m.producer[a].inputs == [b, b]
-                              else m.producer[b])
+            cube_nodes.insert(
+                0, m.producer[a] if m.producer[a].op == "mul" and m.producer[a].inputs == [b, b] else m.producer[b]
+            )
         plus = m.only_reader(tanh.outputs[0], "add")
         if plus is None or len(plus.inputs) != 1 or not _near(_scalar(plus), 1.0):
             return None
@@ -171,8 +173,12 @@ def _layer_norm(m: _Matcher, mean: Node):
     d = sub.outputs[0]
     square = div = None
     for reader in m.readers[d]:
-        if reader.op == "pow" and len(reader.inputs) == 1 and _near(_scalar(reader), 2.0) \
-                and not reader.attrs.get("const_first"):
+        if (
+            reader.op == "pow"
+            and len(reader.inputs) == 1
+            and _near(_scalar(reader), 2.0)
+            and not reader.attrs.get("const_first")
+        ):
             square = reader
         elif reader.op == "mul" and reader.inputs == [d, d]:
             square = reader
@@ -191,7 +197,7 @@ def _layer_norm(m: _Matcher, mean: Node):
     if root is None or m.only_reader(root.outputs[0], "div") is not div or div.inputs[1] != root.outputs[0]:
         return None
     nodes, last = [mean, sub, square, var, plus, root, div], div
-    norm_shape = tuple(shape[axes[0]:])
+    norm_shape = tuple(shape[axes[0] :])
     params = {"scale": torch.ones(norm_shape)}
     for op, key in (("mul", "scale"), ("add", "bias")):
         nxt = m.only_reader(last.outputs[0], op)
@@ -238,12 +244,26 @@ def fuse(graph: Graph) -> Graph:
             return graph
         if len(found) == 4:
             x, last, nodes, approximate = found
-            fused = Node("gelu", last.name, [x], list(last.outputs), {"approximate": approximate}, {},
-                         f"GELU pattern ({len(nodes)} nodes)")
+            fused = Node(
+                "gelu",
+                last.name,
+                [x],
+                list(last.outputs),
+                {"approximate": approximate},
+                {},
+                f"GELU pattern ({len(nodes)} nodes)",
+            )
         else:
             x, last, nodes, attrs, params = found
-            fused = Node("layer_norm", last.name, [x], list(last.outputs), attrs, params,
-                         f"LayerNorm pattern ({len(nodes)} nodes)")
+            fused = Node(
+                "layer_norm",
+                last.name,
+                [x],
+                list(last.outputs),
+                attrs,
+                params,
+                f"LayerNorm pattern ({len(nodes)} nodes)",
+            )
         _replace(graph, nodes, last, fused)
 
 

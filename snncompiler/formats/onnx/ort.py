@@ -1,4 +1,5 @@
 """onnxruntime as the ANN oracle: the engine behind `snnc eval` on plain ONNX files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,16 +45,18 @@ class OrtModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != len(self.sample_shape) + 1 or any(w is not None and w != g for w, g in zip(self.sample_shape, x.shape[1:])):
+        if x.ndim != len(self.sample_shape) + 1 or any(
+            w is not None and w != g for w, g in zip(self.sample_shape, x.shape[1:])
+        ):
             want = ", ".join("?" if d is None else str(d) for d in self.sample_shape)
             raise SnncError(f"{self.label}: input '{self.input.name}' expects shape [N, {want}], got {list(x.shape)}")
         step = self.fixed_batch or len(x)
         outs = []
         for start in range(0, len(x), step):
-            chunk = x[start:start + step]
+            chunk = x[start : start + step]
             if self.fixed_batch and len(chunk) < step:  # pad the last chunk to the fixed batch size
                 padded = np.concatenate([chunk, np.zeros((step - len(chunk),) + chunk.shape[1:], np.float32)])
-                outs.append(self._run(padded)[:len(chunk)])
+                outs.append(self._run(padded)[: len(chunk)])
             else:
                 outs.append(self._run(chunk))
         return np.concatenate(outs, axis=0)

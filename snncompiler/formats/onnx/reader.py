@@ -4,6 +4,7 @@ Steps: parse (clear error on truncated or non-ONNX bytes) → treat initializers
 graph inputs as constants → pin symbolic batch dimensions → onnx.checker → version converter
 to :data:`TARGET_OPSET` → shape inference → constant folding (onnxscript optimizer).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,6 @@ from ...errors import SnncError
 from ..artifact import TARGET_OPSET
 
 log = logging.getLogger(__name__)
-
 
 
 def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onnx.ModelProto, str]:
@@ -59,6 +59,7 @@ def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onn
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor of the model that can hold data: initializers (sparse ones too) and tensor
     attributes, in the main graph, in subgraphs and in functions."""
+
     def in_nodes(nodes) -> Iterator[onnx.TensorProto]:
         for node in nodes:
             for attr in node.attribute:
@@ -100,8 +101,9 @@ def load_external_data(model: onnx.ModelProto, label: str, base_dir: str | None)
         location = entries.get("location", "")
         where = f"{label}: tensor '{tensor.name}', external data file '{location}'"
         if base_dir is None:
-            raise SnncError(f"{where}: a model with external data must be read from its file, "
-                            "so that the data is found next to it")
+            raise SnncError(
+                f"{where}: a model with external data must be read from its file, so that the data is found next to it"
+            )
         if not location:
             raise SnncError(f"{label}: tensor '{tensor.name}' is marked external but names no file (no 'location')")
         if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
@@ -118,8 +120,11 @@ def load_external_data(model: onnx.ModelProto, label: str, base_dir: str | None)
 
 
 #: Types whose bytes are not elements × numpy item size (strings, packed sub-byte types).
-_UNSIZED_TYPES = {getattr(onnx.TensorProto, name) for name in ("STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-                  if hasattr(onnx.TensorProto, name)}
+_UNSIZED_TYPES = {
+    getattr(onnx.TensorProto, name)
+    for name in ("STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+}
 
 
 def _read_external(tensor: onnx.TensorProto, entries: dict[str, str], path: str, where: str) -> bytes:
@@ -142,8 +147,9 @@ def _read_external(tensor: onnx.TensorProto, entries: dict[str, str], path: str,
         available = info.st_size - start
         size = available if length is None else length
         if start > info.st_size or size > available:
-            raise SnncError(f"{where}: offset {start} and length {size} go past the end of the file "
-                            f"({info.st_size} bytes)")
+            raise SnncError(
+                f"{where}: offset {start} and length {size} go past the end of the file ({info.st_size} bytes)"
+            )
         try:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         except Exception:  # an unknown type: onnx's own checks report it later
@@ -152,8 +158,9 @@ def _read_external(tensor: onnx.TensorProto, entries: dict[str, str], path: str,
         for dim in tensor.dims:
             elements *= int(dim)
         if itemsize and tensor.data_type not in _UNSIZED_TYPES and size != elements * itemsize:
-            raise SnncError(f"{where}: holds {size} bytes, the tensor's shape {list(tensor.dims)} needs "
-                            f"{elements * itemsize}")
+            raise SnncError(
+                f"{where}: holds {size} bytes, the tensor's shape {list(tensor.dims)} needs {elements * itemsize}"
+            )
         handle.seek(start)
         return handle.read(size)
 
@@ -182,8 +189,10 @@ def _check_opset(model: onnx.ModelProto, label: str) -> None:
     newest = max_supported_opset()
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and not 1 <= imp.version <= newest:
-            raise SnncError(f"{label}: opset_import: ai.onnx opset {imp.version} is outside the supported range "
-                            f"1..{newest} (re-export the model with opset {TARGET_OPSET})")
+            raise SnncError(
+                f"{label}: opset_import: ai.onnx opset {imp.version} is outside the supported range "
+                f"1..{newest} (re-export the model with opset {TARGET_OPSET})"
+            )
 
 
 def _check_initializers(model: onnx.ModelProto, label: str) -> None:
@@ -206,8 +215,10 @@ def _check_initializers(model: onnx.ModelProto, label: str) -> None:
         try:
             numpy_helper.to_array(tensor)
         except Exception as exc:  # a size mismatch, an unknown data type, ...
-            raise SnncError(f"{what}: its data does not decode as {list(tensor.dims)} of data type "
-                            f"{tensor.data_type} ({_first_line(exc)})") from None
+            raise SnncError(
+                f"{what}: its data does not decode as {list(tensor.dims)} of data type "
+                f"{tensor.data_type} ({_first_line(exc)})"
+            ) from None
 
 
 def _constants_out_of_inputs(model: onnx.ModelProto) -> None:
@@ -254,8 +265,10 @@ def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
                 dim.Clear()
                 dim.dim_value = batch
             else:
-                raise SnncError(f"{label}: graph input '{value.name}' has a symbolic dimension at axis {axis} "
-                                f"('{dim.dim_param or '?'}'); only the batch axis (0) may be dynamic")
+                raise SnncError(
+                    f"{label}: graph input '{value.name}' has a symbolic dimension at axis {axis} "
+                    f"('{dim.dim_param or '?'}'); only the batch axis (0) may be dynamic"
+                )
 
 
 def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
@@ -284,8 +297,14 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
                 _restore_opset10_resize(model)
         except Exception as exc:
             # Converters also read the older forms, so a model the converter cannot lift still loads.
-            log.warning("%s: version conversion from opset %d to %d failed (%s); using opset %d as is",
-                        label, opset, TARGET_OPSET, _first_line(exc), opset)
+            log.warning(
+                "%s: version conversion from opset %d to %d failed (%s); using opset %d as is",
+                label,
+                opset,
+                TARGET_OPSET,
+                _first_line(exc),
+                opset,
+            )
     try:
         model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
@@ -325,15 +344,18 @@ def _check_constant_sizes(model: onnx.ModelProto, label: str) -> None:
     for node in model.graph.node:  # ONNX graphs are topologically sorted
         if not all(not name or name in constant for name in node.input):
             continue
-        if node.op_type in ("Constant",) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                for a in node.attribute):
+        if node.op_type in ("Constant",) or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        ):
             constant.update(o for o in node.output if o)
             continue
         for out in node.output:
             nbytes = _static_nbytes(infos[out]) if out in infos else None
             if nbytes is not None:
-                check_constant_bytes(nbytes, f"{label}: node {node.op_type} '{node.name or out}' "
-                                             f"(output '{out}', computed from constants)")
+                check_constant_bytes(
+                    nbytes,
+                    f"{label}: node {node.op_type} '{node.name or out}' (output '{out}', computed from constants)",
+                )
         constant.update(o for o in node.output if o)
 
 
@@ -349,8 +371,13 @@ def _restore_opset10_resize(model: onnx.ModelProto) -> None:
         if node.op_type == "Resize":
             keep = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
             del node.attribute[:]
-            node.attribute.extend(keep + [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
-                                          onnx.helper.make_attribute("nearest_mode", "floor")])
+            node.attribute.extend(
+                keep
+                + [
+                    onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                    onnx.helper.make_attribute("nearest_mode", "floor"),
+                ]
+            )
 
 
 def _fold_constants(model: onnx.ModelProto, label: str) -> onnx.ModelProto:

@@ -4,9 +4,10 @@ One small function per ONNX operator, registered with :func:`converter`, lowers 
 onto core ops (onnx2torch style). Converters read constants and static shapes from the
 :class:`Ctx` and emit IR nodes through it; they never touch the ONNX graph.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -79,8 +80,9 @@ class Ctx:
             dims = list(tt.shape.dim) if tt.HasField("shape") else None
             # a symbolic leading dim is the batch axis, pinned to 1 like the graph inputs
             if dims is not None and all(d.HasField("dim_value") for d in dims[1:]):
-                self.shapes[vi.name] = tuple(int(d.dim_value) if i or d.HasField("dim_value") else 1
-                                             for i, d in enumerate(dims))
+                self.shapes[vi.name] = tuple(
+                    int(d.dim_value) if i or d.HasField("dim_value") else 1 for i, d in enumerate(dims)
+                )
             self.dtypes[vi.name] = tt.elem_type
         self.aliases: dict[str, str] = {}
         self.nodes: list[Node] = []
@@ -146,8 +148,14 @@ class Ctx:
         self._names.add(name)
         return name
 
-    def emit(self, op: str, inputs: list[str], outputs: list[str], attrs: dict | None = None,
-             params: dict[str, np.ndarray | torch.Tensor] | None = None) -> Node:
+    def emit(
+        self,
+        op: str,
+        inputs: list[str],
+        outputs: list[str],
+        attrs: dict | None = None,
+        params: dict[str, np.ndarray | torch.Tensor] | None = None,
+    ) -> Node:
         """Append a core-op node reading ``inputs`` (aliases resolved) and writing ``outputs``."""
         src = self.current
         name = src.name if src is not None and src.name else (outputs[0] if outputs else op)
@@ -156,8 +164,15 @@ class Ctx:
             name, k = f"{base}_{k}", k + 1
         self._names.add(name)
         tensors = {k2: _as_tensor(v) for k2, v in (params or {}).items()}
-        node = Node(op, name, [self.resolve(i) for i in inputs], list(outputs), dict(attrs or {}), tensors,
-                    describe(src) if src is not None else "")
+        node = Node(
+            op,
+            name,
+            [self.resolve(i) for i in inputs],
+            list(outputs),
+            dict(attrs or {}),
+            tensors,
+            describe(src) if src is not None else "",
+        )
         self.nodes.append(node)
         return node
 
@@ -192,8 +207,10 @@ def _as_tensor(value) -> torch.Tensor:
 def unsupported(node: onnx.NodeProto, ctx: Ctx) -> UnsupportedOpError:
     """The one-line error for an operator without a converter."""
     domain = node.domain or "ai.onnx"
-    return UnsupportedOpError(f"{ctx.label}: node '{node.name or node.output[0]}': operator {node.op_type} "
-                              f"(domain '{domain}') is not supported; run `snnc inspect` for the full list")
+    return UnsupportedOpError(
+        f"{ctx.label}: node '{node.name or node.output[0]}': operator {node.op_type} "
+        f"(domain '{domain}') is not supported; run `snnc inspect` for the full list"
+    )
 
 
 def build_graph(ctx: Ctx, inputs: list[Value], outputs: list[Value], name: str) -> Graph:
@@ -207,8 +224,16 @@ def build_graph(ctx: Ctx, inputs: list[Value], outputs: list[Value], name: str) 
         if src in produced:
             nodes.append(Node("identity", ctx.fresh(out.name), [src], [out.name], source="graph output"))
         elif src in ctx.consts:
-            nodes.append(Node("constant", ctx.fresh(out.name), [], [out.name],
-                              params={"value": _as_tensor(ctx.consts[src])}, source="graph output"))
+            nodes.append(
+                Node(
+                    "constant",
+                    ctx.fresh(out.name),
+                    [],
+                    [out.name],
+                    params={"value": _as_tensor(ctx.consts[src])},
+                    source="graph output",
+                )
+            )
         produced.add(out.name)
     values = {v.name: v for v in inputs}
     for n in nodes:

@@ -25,6 +25,7 @@ simulation in standard operators, so onnxruntime (or any ONNX runtime) gives wha
 Refused, naming the model: rate-encoded inputs (random per step) and graphs that run only one
 sample at a time.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,9 +39,9 @@ from ...ir.neuron import NeuronSpec
 from ...ir.ops import conversion_kind
 from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
+from .writer import Builder, write_node
 
 torch_float = "torch.float32"  # compared as text: dtypes are recorded by _value_dtypes
-from .writer import Builder, _write
 
 
 def _i64(values) -> np.ndarray:
@@ -121,8 +122,16 @@ class _Writer:
         feed = x_name
         if self.sequence:  # [N, T_in, ...] → the first T frames, time-major, flattened: [T·N, ...]
             frame = [int(d) for d in g.inputs[0].shape[1:]]  # the graph's input is one frame
-            cut = self.add("Slice", [x_name, self.const(x_name, _i64([0])), self.const(x_name, _i64([self.T])),
-                                     self.const(x_name, _i64([1]))], x_name)
+            cut = self.add(
+                "Slice",
+                [
+                    x_name,
+                    self.const(x_name, _i64([0])),
+                    self.const(x_name, _i64([self.T])),
+                    self.const(x_name, _i64([1])),
+                ],
+                x_name,
+            )
             steps = self.add("Transpose", [cut], x_name, perm=[1, 0] + list(range(2, len(frame) + 2)))
             feed = self.add("Reshape", [steps, self.const(x_name, _i64([-1] + frame))], x_name)
         rename = {x_name: feed}
@@ -130,7 +139,7 @@ class _Writer:
             ins = [rename.get(i, i) for i in node.inputs]
             if node.op != "neuron" and all(i in self.static for i in node.inputs):
                 self.static.update(node.outputs)
-                _write(self.b, _renamed(node, ins, node.outputs))
+                write_node(self.b, _renamed(node, ins, node.outputs))
                 continue
             dyn = [self.dynamic(i) for i in ins]
             if node.op == "neuron":
@@ -142,7 +151,7 @@ class _Writer:
             elif conversion_kind(node) == "analog":
                 self.analog(node, dyn)
             else:
-                _write(self.b, _renamed(node, dyn, node.outputs))
+                write_node(self.b, _renamed(node, dyn, node.outputs))
         outputs = []
         for v in g.outputs:
             outputs.append(self.output(v.name))
@@ -163,12 +172,16 @@ class _Writer:
         if "v_init" in p:
             v0 = (v0 + p["v_init"].detach().cpu().float().numpy()).astype(np.float32)
         first = self.add("Gather", [seq, self.const(node.name, np.array(0, np.int64))], node.name, axis=0)
-        v_init = self.add("Expand", [self.const(node.name + ".v0", v0.astype(np.float32)),
-                                     self.add("Shape", [first], node.name)], node.name)
+        v_init = self.add(
+            "Expand",
+            [self.const(node.name + ".v0", v0.astype(np.float32)), self.add("Shape", [first], node.name)],
+            node.name,
+        )
         body = _neuron_body(self.name(node.name + "_step"), theta, spec)
         v_last, spikes = self.name(node.name + "_v"), self.name(node.name + "_s")
-        self.b.add("Scan", [v_init, seq], [v_last, spikes], self.name(node.name + "_scan"), body=body,
-                   num_scan_inputs=1)
+        self.b.add(
+            "Scan", [v_init, seq], [v_last, spikes], self.name(node.name + "_scan"), body=body, num_scan_inputs=1
+        )
         self.from_steps(spikes, node.inputs[0], out=node.outputs[0])
 
     def _count(self, base: str, rank: int) -> str:
@@ -184,8 +197,9 @@ class _Writer:
         """An analog island as the runtime runs it: its op on the running means of its inputs,
         emitting the increments of t·f(mean) so that its own running mean is f(mean so far)."""
         if len(node.outputs) != 1:
-            raise SnncError(f"{node.where}: an analog island with {len(node.outputs)} outputs cannot be exported "
-                            "to standard ONNX")
+            raise SnncError(
+                f"{node.where}: an analog island with {len(node.outputs)} outputs cannot be exported to standard ONNX"
+            )
         axis0 = self.const(node.name, np.array(0, np.int64))
         means = []
         for name, value in zip(node.inputs, ins):
@@ -197,10 +211,10 @@ class _Writer:
             means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
         out = node.outputs[0]
         if self.dtypes.get(out, torch_float) != torch_float:  # not a float (a comparison): passed on as it is
-            _write(self.b, _renamed(node, means, [out]))
+            write_node(self.b, _renamed(node, means, [out]))
             return
         f = self.name(node.name + "_f")
-        _write(self.b, _renamed(node, means, [f]))
+        write_node(self.b, _renamed(node, means, [f]))
         rank = len(self.sample_shape(out)) + 2
         total = self.add("Mul", [self.to_steps(f, out), self._count(node.name, rank)], node.name)
         self.from_steps(self._increments(total, node.name, rank), out, out=out)
@@ -219,14 +233,17 @@ class _Writer:
         ceil_mode = a.get("ceil_mode", 0)
         spatial = sample[1:]
         plane = int(np.prod(spatial))
-        dtype, onnx_type = ((np.float32, TensorProto.FLOAT) if self.T * (plane + 1) < 2 ** 23
-                            else (np.float64, TensorProto.DOUBLE))
+        dtype, onnx_type = (
+            (np.float32, TensorProto.FLOAT) if self.T * (plane + 1) < 2**23 else (np.float64, TensorProto.DOUBLE)
+        )
         seq = self.to_steps(x, node.inputs[0])
         zero = self.const(node.name, np.array(0.0, np.float32))
-        fired = self.add("Cast", [self.add("Not", [self.add("Equal", [seq, zero], node.name)], node.name)],
-                         node.name, to=onnx_type)
-        counts = self.from_steps(self.add("CumSum", [fired, self.const(node.name, np.array(0, np.int64))],
-                                          node.name), node.inputs[0])
+        fired = self.add(
+            "Cast", [self.add("Not", [self.add("Equal", [seq, zero], node.name)], node.name)], node.name, to=onnx_type
+        )
+        counts = self.from_steps(
+            self.add("CumSum", [fired, self.const(node.name, np.array(0, np.int64))], node.name), node.inputs[0]
+        )
         first_wins = (-np.arange(plane, dtype=dtype) / dtype(plane + 1)).astype(dtype).reshape(spatial)
         counts = self.add("Add", [counts, self.const(node.name, first_wins)], node.name)
         # pad as runtime.ops._windows does, so that a plain floor-mode pooling has ONNX's output size
@@ -242,8 +259,17 @@ class _Writer:
             counts = self.add("Pad", [counts, pad, self.const(node.name, np.array(-np.inf, dtype))], node.name)
             spikes = self.add("Pad", [x, pad, zero], node.name)
         pooled, idx = self.name(node.name + "_max"), self.name(node.name + "_idx")
-        self.b.add("MaxPool", [counts], [pooled, idx], self.name(node.name), kernel_shape=kernel, strides=stride,
-                   dilations=dilation, pads=[0] * 2 * nd, ceil_mode=0)
+        self.b.add(
+            "MaxPool",
+            [counts],
+            [pooled, idx],
+            self.name(node.name),
+            kernel_shape=kernel,
+            strides=stride,
+            dilations=dilation,
+            pads=[0] * 2 * nd,
+            ceil_mode=0,
+        )
         flat = self.add("Reshape", [spikes, self.const(node.name, _i64([-1]))], node.name)
         self.b.add("Gather", [flat, idx], [node.outputs[0]], self.name(node.name), axis=0)
 
@@ -255,14 +281,18 @@ class _Writer:
         seq = self.to_steps(x, node.inputs[0])
         if fed_by_neuron:
             zero = self.const(node.name, np.array(0.0, np.float32))
-            counts = self.add("Cast", [self.add("Not", [self.add("Equal", [seq, zero], node.name)], node.name)],
-                              node.name, to=TensorProto.FLOAT)
+            counts = self.add(
+                "Cast",
+                [self.add("Not", [self.add("Equal", [seq, zero], node.name)], node.name)],
+                node.name,
+                to=TensorProto.FLOAT,
+            )
         else:
             counts = self.add("Cast", [seq], node.name, to=TensorProto.DOUBLE)
         axis0 = self.const(node.name, np.array(0, np.int64))
         sums = self.from_steps(self.add("CumSum", [counts, axis0], node.name), node.inputs[0])
         pooled = self.name(node.name + "_pool")
-        _write(self.b, _renamed(node, [sums], [pooled], name=self.name(node.name)))
+        write_node(self.b, _renamed(node, [sums], [pooled], name=self.name(node.name)))
         pooled = self.to_steps(pooled, node.outputs[0])
         rank = len(self.sample_shape(node.outputs[0])) + 2
         inc = self._increments(pooled, node.name, rank)
@@ -300,14 +330,27 @@ class _Writer:
                     n.output[:] = [internal if o == v.name else o for o in n.output]
                     if n.output and n.output[0] == out:
                         n.output[0] = v.name
-            final.append(helper.make_tensor_value_info(v.name, TensorProto.FLOAT,
-                                                       ["N"] + [int(d) for d in g.shape(v.name)[1:]]))
-        graph = helper.make_graph(self.b.nodes, g.name or "snn", [helper.make_tensor_value_info(
-            x.name, TensorProto.FLOAT, in_shape)], final, initializer=self.b.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
-                                  producer_name="snncompiler")
-        helper.set_model_props(model, {"snncompiler.export": "standard-onnx", "snncompiler.timesteps": str(self.T),
-                                       "snncompiler.output": "mean over the timesteps"})
+            final.append(
+                helper.make_tensor_value_info(v.name, TensorProto.FLOAT, ["N"] + [int(d) for d in g.shape(v.name)[1:]])
+            )
+        graph = helper.make_graph(
+            self.b.nodes,
+            g.name or "snn",
+            [helper.make_tensor_value_info(x.name, TensorProto.FLOAT, in_shape)],
+            final,
+            initializer=self.b.inits,
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", TARGET_OPSET)], producer_name="snncompiler"
+        )
+        helper.set_model_props(
+            model,
+            {
+                "snncompiler.export": "standard-onnx",
+                "snncompiler.timesteps": str(self.T),
+                "snncompiler.output": "mean over the timesteps",
+            },
+        )
         return model
 
 
@@ -331,11 +374,15 @@ def _neuron_body(prefix: str, theta: np.ndarray, spec: NeuronSpec) -> onnx.Graph
         nodes.append(helper.make_node("Add", [n("v"), n("x")], [n("h")]))
     else:
         inits.append(numpy_helper.from_array(np.array(decay, np.float32), n("decay")))
-        nodes += [helper.make_node("Mul", [n("v"), n("decay")], [n("dv")]),
-                  helper.make_node("Add", [n("dv"), n("x")], [n("h")])]
-    nodes += [helper.make_node("GreaterOrEqual", [n("h"), n("theta")], [n("fire")]),
-              helper.make_node("Cast", [n("fire")], [n("s")], to=TensorProto.FLOAT),
-              helper.make_node("Mul", [n("theta"), n("s")], [n("out")])]
+        nodes += [
+            helper.make_node("Mul", [n("v"), n("decay")], [n("dv")]),
+            helper.make_node("Add", [n("dv"), n("x")], [n("h")]),
+        ]
+    nodes += [
+        helper.make_node("GreaterOrEqual", [n("h"), n("theta")], [n("fire")]),
+        helper.make_node("Cast", [n("fire")], [n("s")], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [n("theta"), n("s")], [n("out")]),
+    ]
     if spec.reset == "soft":
         nodes.append(helper.make_node("Sub", [n("h"), n("out")], [n("v_next")]))
     else:
@@ -377,11 +424,15 @@ def to_standard_onnx(compiled, timesteps: int | None = None) -> onnx.ModelProto:
     graph = compiled.graph
     where = graph.metadata.get("source_file", "model")
     if compiled.options.get("encoding") == "rate":
-        raise SnncError(f"{where}: rate-encoded inputs are random at every step; standard-ONNX export needs "
-                        "direct (or sequence) encoding")
+        raise SnncError(
+            f"{where}: rate-encoded inputs are random at every step; standard-ONNX export needs "
+            "direct (or sequence) encoding"
+        )
     if fixed_batch(graph):
-        raise SnncError(f"{where}: runs only one sample at a time (its batch axis is fixed in the graph), which "
-                        "the standard-ONNX export does not express")
+        raise SnncError(
+            f"{where}: runs only one sample at a time (its batch axis is fixed in the graph), which "
+            "the standard-ONNX export does not express"
+        )
     if len(graph.inputs) != 1:
         raise SnncError(f"{where}: has {len(graph.inputs)} inputs; the export handles one")
     graph = infer_shapes(graph.copy())

@@ -3,6 +3,7 @@
 The artifact is plain ONNX (readable by Netron and onnx.load, accepted by onnx.checker):
 settings, default T and the compile report live in metadata_props; nothing is pickled.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,8 @@ class Builder:
         return f"{node.outputs[0]}__x{self._n}"
 
 
-def _write(b: Builder, n: Node) -> None:
+def write_node(b: Builder, n: Node) -> None:
+    """Add node ``n``'s ONNX form to ``b`` by its op's write rule (converters/, :data:`~.registry.WRITERS`)."""
     rule = WRITERS.get(n.op)
     if rule is None:
         raise SnncError(f"{n.where}: core op '{n.op}' cannot be exported to ONNX")
@@ -54,21 +56,28 @@ def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:
     """Build the artifact ModelProto from a (spiking) IR graph."""
     b = Builder(graph)
     for n in graph.nodes:
-        _write(b, n)
+        write_node(b, n)
     inputs = [helper.make_tensor_value_info(v.name, TensorProto.FLOAT, ["N"] + list(v.shape[1:])) for v in graph.inputs]
     from ...runtime.executor import infer_shapes
 
     infer_shapes(graph)
-    outputs = [helper.make_tensor_value_info(v.name, TensorProto.FLOAT, ["N"] + list(graph.shape(v.name)[1:]))
-               for v in graph.outputs]
+    outputs = [
+        helper.make_tensor_value_info(v.name, TensorProto.FLOAT, ["N"] + list(graph.shape(v.name)[1:]))
+        for v in graph.outputs
+    ]
     # shape inference cannot see through custom-domain neurons: record every value's shape
     io_names = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
-    value_info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"] + list(v.shape[1:]))
-                  for name, v in graph.values.items() if v.shape and name not in io_names
-                  and any(name in n.outputs for n in graph.nodes)]
+    value_info = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"] + list(v.shape[1:]))
+        for name, v in graph.values.items()
+        if v.shape and name not in io_names and any(name in n.outputs for n in graph.nodes)
+    ]
     g = helper.make_graph(b.nodes, graph.name, inputs, outputs, initializer=b.inits, value_info=value_info)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", TARGET_OPSET), helper.make_opsetid(SNN_DOMAIN, SNN_DOMAIN_VERSION)],
-                              producer_name="snncompiler")
+    model = helper.make_model(
+        g,
+        opset_imports=[helper.make_opsetid("", TARGET_OPSET), helper.make_opsetid(SNN_DOMAIN, SNN_DOMAIN_VERSION)],
+        producer_name="snncompiler",
+    )
     helper.set_model_props(model, metadata)
     return model
 
@@ -78,8 +87,9 @@ def save_artifact(compiled, path) -> None:
     from ...ir.graph import FIXED_BATCH_KEY
     from ...runtime.executor import fixed_batch
 
-    meta = artifact_metadata(compiled.settings(), compiled.report,
-                             fixed_batch_key=FIXED_BATCH_KEY if fixed_batch(compiled.graph) else None)
+    meta = artifact_metadata(
+        compiled.settings(), compiled.report, fixed_batch_key=FIXED_BATCH_KEY if fixed_batch(compiled.graph) else None
+    )
     model = to_onnx(compiled.graph, meta)
     onnx.checker.check_model(model)
     write_bytes(path, model.SerializeToString())

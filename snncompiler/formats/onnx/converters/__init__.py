@@ -1,2 +1,3 @@
 """One small converter per ONNX operator; importing this package registers them all."""
+
 from . import activations, elementwise, layers, pooling, snn, structure  # noqa: F401

@@ -1,4 +1,5 @@
 """Converters for pointwise activations and (log-)softmax."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,9 @@ from ..registry import converter, writes
 def _simple(core: str, **defaults):
     def convert(node, ctx):
         a = ctx.attrs(node)
-        attrs = {k: (v.decode() if isinstance(v, bytes) else type(d)(v)) for k, d in defaults.items()
-                 for v in [a.get(k, d)]}
+        attrs = {
+            k: (v.decode() if isinstance(v, bytes) else type(d)(v)) for k, d in defaults.items() for v in [a.get(k, d)]
+        }
         ctx.emit(core, [node.input[0]], [node.output[0]], attrs)
 
     convert.__doc__ = f"→ {core}"
@@ -59,8 +61,9 @@ def _softmax(core: str):
         if axis == 0:
             ctx.emit("reshape", [node.input[0]], [flat], {"shape": [1, inner]})
         else:
-            ctx.emit("reshape", [node.input[0]], [flat], {"shape": [int(np.prod(shape[1:axis])), inner],
-                                                           "keep_batch": True})
+            ctx.emit(
+                "reshape", [node.input[0]], [flat], {"shape": [int(np.prod(shape[1:axis])), inner], "keep_batch": True}
+            )
         ctx.emit(core, [flat], [normed], {"axis": -1})
         ctx.emit("reshape", [normed], [node.output[0]], {"shape": list(shape[1:]), "keep_batch": True})
 
@@ -72,8 +75,15 @@ converter("Softmax")(_softmax("softmax"))
 converter("LogSoftmax")(_softmax("log_softmax"))
 
 
-for _onnx, _core in (("Erf", "erf"), ("Sqrt", "sqrt"), ("Exp", "exp"), ("Log", "log"), ("Abs", "abs"),
-                     ("Reciprocal", "reciprocal"), ("Neg", "neg")):
+for _onnx, _core in (
+    ("Erf", "erf"),
+    ("Sqrt", "sqrt"),
+    ("Exp", "exp"),
+    ("Log", "log"),
+    ("Abs", "abs"),
+    ("Reciprocal", "reciprocal"),
+    ("Neg", "neg"),
+):
     converter(_onnx)(_simple(_core))
 
 
@@ -111,8 +121,14 @@ def write_prelu(b, n) -> None:
 @writes("hardsigmoid")
 def write_hardsigmoid(b, n) -> None:
     """HardSigmoid."""
-    b.add("HardSigmoid", n.inputs, n.outputs, n.name, alpha=float(n.attrs.get("alpha", 0.2)),
-          beta=float(n.attrs.get("beta", 0.5)))
+    b.add(
+        "HardSigmoid",
+        n.inputs,
+        n.outputs,
+        n.name,
+        alpha=float(n.attrs.get("alpha", 0.2)),
+        beta=float(n.attrs.get("beta", 0.5)),
+    )
 
 
 @writes("gelu")

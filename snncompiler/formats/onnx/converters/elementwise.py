@@ -1,4 +1,5 @@
 """Converters for broadcasting arithmetic: Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,13 @@ def where(node, ctx):
     constant x or y becomes a constant node; an activation condition is an analog island."""
     cond, x, y = node.input
     if ctx.is_const(cond):
-        ctx.emit("where", [ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]], {},
-                 {"cond": ctx.const(cond).astype(bool)})
+        ctx.emit(
+            "where",
+            [ctx.activation_or_const(x), ctx.activation_or_const(y)],
+            [node.output[0]],
+            {},
+            {"cond": ctx.const(cond).astype(bool)},
+        )
     else:
         ctx.emit("where", [cond, ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]])
 
@@ -74,8 +80,15 @@ def equal(node, ctx):
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
 _BINARY_ONNX = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
-_UNARY_ONNX = {"erf": "Erf", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs", "reciprocal": "Reciprocal",
-               "neg": "Neg"}
+_UNARY_ONNX = {
+    "erf": "Erf",
+    "sqrt": "Sqrt",
+    "exp": "Exp",
+    "log": "Log",
+    "abs": "Abs",
+    "reciprocal": "Reciprocal",
+    "neg": "Neg",
+}
 
 
 @writes(*_BINARY_ONNX)

@@ -1,4 +1,5 @@
 """Converters for layers with weights: Conv, ConvTranspose, Gemm, MatMul, normalizations."""
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,13 @@ def conv(node, ctx):
     """Conv (1-D/2-D/3-D, groups, depthwise, dilations, pads, auto_pad) → conv."""
     a, params, nd, kernel, strides, dilations = _conv_common(node, ctx)
     pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
-    ctx.emit("conv", [node.input[0]], [node.output[0]],
-             {"stride": strides, "pads": pads, "dilation": dilations, "groups": int(a.get("group", 1))}, params)
+    ctx.emit(
+        "conv",
+        [node.input[0]],
+        [node.output[0]],
+        {"stride": strides, "pads": pads, "dilation": dilations, "groups": int(a.get("group", 1))},
+        params,
+    )
 
 
 @converter("ConvTranspose")
@@ -89,9 +95,19 @@ def conv_transpose(node, ctx):
         pads = begins + ends
     elif auto == "VALID":
         pads = [0] * 2 * nd
-    ctx.emit("conv_transpose", [node.input[0]], [node.output[0]],
-             {"stride": strides, "pads": pads, "dilation": dilations, "output_padding": out_pad,
-              "groups": int(a.get("group", 1))}, params)
+    ctx.emit(
+        "conv_transpose",
+        [node.input[0]],
+        [node.output[0]],
+        {
+            "stride": strides,
+            "pads": pads,
+            "dilation": dilations,
+            "output_padding": out_pad,
+            "groups": int(a.get("group", 1)),
+        },
+        params,
+    )
 
 
 @converter("Gemm")
@@ -104,7 +120,11 @@ def gemm(node, ctx):
         t = ctx.fresh(x + "_T")
         ctx.emit("transpose", [x], [t], {"perm": [1, 0]})
         x = t
-    c = ctx.optional_const(node, 2, "Gemm C") if len(node.input) > 2 and node.input[2] and ctx.is_const(node.input[2]) else None
+    c = (
+        ctx.optional_const(node, 2, "Gemm C")
+        if len(node.input) > 2 and node.input[2] and ctx.is_const(node.input[2])
+        else None
+    )
     if ctx.is_const(node.input[1]):
         bmat = ctx.const(node.input[1]).astype(np.float32)
         weight = (bmat if a.get("transB", 0) else bmat.T) * alpha
@@ -179,7 +199,9 @@ def batch_norm(node, ctx):
     if a.get("training_mode", 0):
         raise ctx.fail("training_mode=1 is not supported; export the model in eval mode")
     names = ("scale", "bias", "mean", "var")
-    params = {k: ctx.const(node.input[i + 1], f"BatchNormalization {k}").astype(np.float32) for i, k in enumerate(names)}
+    params = {
+        k: ctx.const(node.input[i + 1], f"BatchNormalization {k}").astype(np.float32) for i, k in enumerate(names)
+    }
     ctx.emit("batchnorm", [node.input[0]], [node.output[0]], {"eps": float(a.get("epsilon", 1e-5))}, params)
 
 
@@ -197,15 +219,19 @@ def layer_norm(node, ctx):
         params["bias"] = np.broadcast_to(bias, norm_shape).astype(np.float32).copy()
     if len(node.output) > 1 and any(node.output[1:]):
         raise ctx.fail("the Mean/InvStdDev outputs of LayerNormalization are not supported")
-    ctx.emit("layer_norm", [node.input[0]], [node.output[0]], {"axis": axis, "eps": float(a.get("epsilon", 1e-5))}, params)
+    ctx.emit(
+        "layer_norm", [node.input[0]], [node.output[0]], {"axis": axis, "eps": float(a.get("epsilon", 1e-5))}, params
+    )
 
 
 @converter("InstanceNormalization")
 def instance_norm(node, ctx):
     """InstanceNormalization → instance_norm (analog island)."""
     a = ctx.attrs(node)
-    params = {"scale": ctx.const(node.input[1], "InstanceNormalization scale").astype(np.float32),
-              "bias": ctx.const(node.input[2], "InstanceNormalization B").astype(np.float32)}
+    params = {
+        "scale": ctx.const(node.input[1], "InstanceNormalization scale").astype(np.float32),
+        "bias": ctx.const(node.input[2], "InstanceNormalization B").astype(np.float32),
+    }
     ctx.emit("instance_norm", [node.input[0]], [node.output[0]], {"eps": float(a.get("epsilon", 1e-5))}, params)
 
 
@@ -213,9 +239,17 @@ def instance_norm(node, ctx):
 def lrn(node, ctx):
     """LRN across channels → lrn (analog island)."""
     a = ctx.attrs(node)
-    ctx.emit("lrn", [node.input[0]], [node.output[0]],
-             {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
-              "bias": float(a.get("bias", 1.0))})
+    ctx.emit(
+        "lrn",
+        [node.input[0]],
+        [node.output[0]],
+        {
+            "size": int(a["size"]),
+            "alpha": float(a.get("alpha", 1e-4)),
+            "beta": float(a.get("beta", 0.75)),
+            "bias": float(a.get("bias", 1.0)),
+        },
+    )
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
@@ -225,12 +259,22 @@ def _write_extended_conv_transpose(b, n) -> None:
     a, p = n.attrs, n.params
     nd = p["weight"].dim() - 2
     pads = ints(a["pads"])
-    crop, extend = [max(q, 0) for q in pads], [0, 0] + [max(-q, 0) for q in pads[:nd]] + [0, 0] + \
-        [max(-q, 0) for q in pads[nd:]]
+    crop, extend = (
+        [max(q, 0) for q in pads],
+        [0, 0] + [max(-q, 0) for q in pads[:nd]] + [0, 0] + [max(-q, 0) for q in pads[nd:]],
+    )
     full, padded = b.tmp(n), b.tmp(n) if "bias" in p else n.outputs[0]
-    b.add("ConvTranspose", [n.inputs[0], b.const(n, "weight", p["weight"])], [full], n.name,
-          strides=ints(a["stride"]), pads=crop, dilations=ints(a["dilation"]), group=int(a["groups"]),
-          output_padding=ints(a["output_padding"]))
+    b.add(
+        "ConvTranspose",
+        [n.inputs[0], b.const(n, "weight", p["weight"])],
+        [full],
+        n.name,
+        strides=ints(a["stride"]),
+        pads=crop,
+        dilations=ints(a["dilation"]),
+        group=int(a["groups"]),
+        output_padding=ints(a["output_padding"]),
+    )
     b.add("Pad", [full, b.const(n, "extend", np.array(extend, np.int64))], [padded], n.name + "/extend")
     if "bias" in p:
         b.add("Add", [padded, b.const(n, "bias", p["bias"].reshape([-1] + [1] * nd))], n.outputs, n.name + "/bias")
@@ -244,8 +288,17 @@ def write_conv(b, n) -> None:
         return _write_extended_conv_transpose(b, n)
     w = [n.inputs[0], b.const(n, "weight", p["weight"])] + ([b.const(n, "bias", p["bias"])] if "bias" in p else [])
     extra = {"output_padding": ints(a["output_padding"])} if n.op == "conv_transpose" else {}
-    b.add("Conv" if n.op == "conv" else "ConvTranspose", w, n.outputs, n.name, strides=ints(a["stride"]),
-          pads=ints(a["pads"]), dilations=ints(a["dilation"]), group=int(a["groups"]), **extra)
+    b.add(
+        "Conv" if n.op == "conv" else "ConvTranspose",
+        w,
+        n.outputs,
+        n.name,
+        strides=ints(a["stride"]),
+        pads=ints(a["pads"]),
+        dilations=ints(a["dilation"]),
+        group=int(a["groups"]),
+        **extra,
+    )
 
 
 @writes("linear")
@@ -266,16 +319,24 @@ def write_linear(b, n) -> None:
 def write_matmul(b, n) -> None:
     """MatMul of two activations, or of an activation and a constant (lhs / rhs)."""
     p = n.params
-    args = ([b.const(n, "lhs", p["lhs"])] if "lhs" in p else []) + n.inputs + \
-        ([b.const(n, "rhs", p["rhs"])] if "rhs" in p else [])
+    args = (
+        ([b.const(n, "lhs", p["lhs"])] if "lhs" in p else [])
+        + n.inputs
+        + ([b.const(n, "rhs", p["rhs"])] if "rhs" in p else [])
+    )
     b.add("MatMul", args, n.outputs, n.name)
 
 
 @writes("batchnorm")
 def write_batchnorm(b, n) -> None:
     """BatchNormalization (inference form)."""
-    b.add("BatchNormalization", [n.inputs[0]] + [b.const(n, k, n.params[k]) for k in ("scale", "bias", "mean", "var")],
-          n.outputs, n.name, epsilon=float(n.attrs.get("eps", 1e-5)))
+    b.add(
+        "BatchNormalization",
+        [n.inputs[0]] + [b.const(n, k, n.params[k]) for k in ("scale", "bias", "mean", "var")],
+        n.outputs,
+        n.name,
+        epsilon=float(n.attrs.get("eps", 1e-5)),
+    )
 
 
 @writes("scale")
@@ -292,8 +353,16 @@ def write_scale(b, n) -> None:
 def write_lrn(b, n) -> None:
     """LRN."""
     a = n.attrs
-    b.add("LRN", n.inputs, n.outputs, n.name, size=int(a["size"]), alpha=float(a["alpha"]), beta=float(a["beta"]),
-          bias=float(a["bias"]))
+    b.add(
+        "LRN",
+        n.inputs,
+        n.outputs,
+        n.name,
+        size=int(a["size"]),
+        alpha=float(a["alpha"]),
+        beta=float(a["beta"]),
+        bias=float(a["bias"]),
+    )
 
 
 @writes("layer_norm")
@@ -307,6 +376,10 @@ def write_layer_norm(b, n) -> None:
 @writes("instance_norm")
 def write_instance_norm(b, n) -> None:
     """InstanceNormalization."""
-    b.add("InstanceNormalization", [n.inputs[0], b.const(n, "scale", n.params["scale"]),
-                                    b.const(n, "bias", n.params["bias"])], n.outputs, n.name,
-          epsilon=float(n.attrs["eps"]))
+    b.add(
+        "InstanceNormalization",
+        [n.inputs[0], b.const(n, "scale", n.params["scale"]), b.const(n, "bias", n.params["bias"])],
+        n.outputs,
+        n.name,
+        epsilon=float(n.attrs["eps"]),
+    )

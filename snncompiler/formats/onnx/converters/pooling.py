@@ -1,4 +1,5 @@
 """Converters for pooling: MaxPool, AveragePool and their global forms."""
+
 from __future__ import annotations
 
 from ..registry import converter, ints, writes
@@ -12,8 +13,13 @@ def _pool_attrs(node, ctx):
     strides = list(a.get("strides", [1] * nd))
     dilations = list(a.get("dilations", [1] * nd))
     pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
-    return a, {"kernel": kernel, "stride": strides, "pads": pads, "dilation": dilations,
-               "ceil_mode": int(a.get("ceil_mode", 0))}
+    return a, {
+        "kernel": kernel,
+        "stride": strides,
+        "pads": pads,
+        "dilation": dilations,
+        "ceil_mode": int(a.get("ceil_mode", 0)),
+    }
 
 
 @converter("MaxPool")
@@ -58,7 +64,19 @@ def write_pool(b, n) -> None:
     if a.get("global"):
         b.add("Global" + onnx_op, n.inputs, n.outputs, n.name)
         return
-    extra = {"dilations": ints(a.get("dilation", [1] * len(a["kernel"])))} if n.op == "maxpool" else \
-        {"count_include_pad": int(a.get("count_include_pad", 0))}
-    b.add(onnx_op, n.inputs, n.outputs, n.name, kernel_shape=ints(a["kernel"]), strides=ints(a["stride"]),
-          pads=ints(a["pads"]), ceil_mode=int(a.get("ceil_mode", 0)), **extra)
+    extra = (
+        {"dilations": ints(a.get("dilation", [1] * len(a["kernel"])))}
+        if n.op == "maxpool"
+        else {"count_include_pad": int(a.get("count_include_pad", 0))}
+    )
+    b.add(
+        onnx_op,
+        n.inputs,
+        n.outputs,
+        n.name,
+        kernel_shape=ints(a["kernel"]),
+        strides=ints(a["stride"]),
+        pads=ints(a["pads"]),
+        ceil_mode=int(a.get("ceil_mode", 0)),
+        **extra,
+    )

@@ -4,6 +4,7 @@ An artifact is a file like any other, so everything read from it is checked here
 hand-edited neuron node is a one-line error naming the file and the node, never a silent
 default or a failure deep in the runtime.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,13 +34,17 @@ def neuron(node, ctx):
     compensation, passes/hard_reset.py) finite and positive; their sizes are checked against x's
     shape when the artifact is loaded (``model.from_artifact``). An empty v_init name skips it."""
     if len(node.input) not in (2, 3, 4) or not node.input[0] or not node.input[1] or len(node.output) != 1:
-        raise ctx.fail(f"expected inputs (x, theta[, v_init[, gain]]) and one output, got {len(node.input)} inputs and "
-                       f"{len(node.output)} outputs")
+        raise ctx.fail(
+            f"expected inputs (x, theta[, v_init[, gain]]) and one output, got {len(node.input)} inputs and "
+            f"{len(node.output)} outputs"
+        )
     a = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in ctx.attrs(node).items()}
     unknown = sorted(set(a) - NEURON_ATTRIBUTES)
     if unknown:
-        raise ctx.fail(f"unknown attribute(s) {', '.join(repr(k) for k in unknown)} (a Neuron has "
-                       f"{', '.join(sorted(NEURON_ATTRIBUTES))})")
+        raise ctx.fail(
+            f"unknown attribute(s) {', '.join(repr(k) for k in unknown)} (a Neuron has "
+            f"{', '.join(sorted(NEURON_ATTRIBUTES))})"
+        )
     attrs = NeuronSpec.from_attrs(a, where=ctx.where()).attrs()
     theta = _finite_float(ctx.const(node.input[1], "Neuron theta"), "theta", ctx)
     if not (theta > 0).all():
@@ -61,11 +66,21 @@ def neuron(node, ctx):
 def write_neuron(b, n) -> None:
     """``snncompiler::Neuron(x, theta[, v_init[, gain]])`` with the neuron's attributes."""
     p = n.params
-    extra = [b.const(n, "v_init", p["v_init"]) if "v_init" in p else ""] + ([b.const(n, "gain", p["gain"])]
-                                                                           if "gain" in p else [])
+    extra = [b.const(n, "v_init", p["v_init"]) if "v_init" in p else ""] + (
+        [b.const(n, "gain", p["gain"])] if "gain" in p else []
+    )
     while extra and not extra[-1]:  # no trailing empty optional inputs: the 2-input form stays as it was
         extra.pop()
     spec = NeuronSpec.from_attrs(n.attrs, where=n.where)
-    b.add("Neuron", [n.inputs[0], b.const(n, "theta", p["theta"])] + extra,
-          n.outputs, n.name, SNN_DOMAIN, neuron=spec.neuron, tau=spec.tau, reset=spec.reset, v0=spec.v0,
-          theta_source=n.attrs.get("theta_source", ""))
+    b.add(
+        "Neuron",
+        [n.inputs[0], b.const(n, "theta", p["theta"])] + extra,
+        n.outputs,
+        n.name,
+        SNN_DOMAIN,
+        neuron=spec.neuron,
+        tau=spec.tau,
+        reset=spec.reset,
+        v0=spec.v0,
+        theta_source=n.attrs.get("theta_source", ""),
+    )

@@ -1,5 +1,6 @@
 """Converters for data movement and constants: reshapes, concat/split/slice, pad, resize,
 identity-like ops, constants, and Shape/Gather/Cast/ReduceMean."""
+
 from __future__ import annotations
 
 import math
@@ -113,11 +114,19 @@ def slice_(node, ctx):
         steps_c = ctx.optional_const(node, 4, "Slice steps")
         axes = axes_c.tolist() if axes_c is not None else list(range(len(starts)))
         steps = steps_c.tolist() if steps_c is not None else [1] * len(starts)
-    big = 2 ** 62  # INT64 extremes mean "to the end"; keep Python slicing in a sane range
-    clamp = lambda v: max(min(int(v), big), -big)  # noqa: E731
-    ctx.emit("slice", [node.input[0]], [node.output[0]],
-             {"starts": [clamp(s) for s in starts], "ends": [clamp(e) for e in ends],
-              "axes": [int(x) % rank for x in axes], "steps": [int(s) for s in steps]})
+    big = 2**62  # INT64 extremes mean "to the end"; keep Python slicing in a sane range
+    clamp = lambda v: max(min(int(v), big), -big)
+    ctx.emit(
+        "slice",
+        [node.input[0]],
+        [node.output[0]],
+        {
+            "starts": [clamp(s) for s in starts],
+            "ends": [clamp(e) for e in ends],
+            "axes": [int(x) % rank for x in axes],
+            "steps": [int(s) for s in steps],
+        },
+    )
 
 
 @converter("Pad")
@@ -147,7 +156,7 @@ def pad(node, ctx):
 def resize(node, ctx):
     """Resize/Upsample, nearest or linear, any coordinate transformation → resize."""
     a = ctx.attrs(node)
-    text = lambda k, d: (a.get(k, d).decode() if isinstance(a.get(k, d), bytes) else a.get(k, d))  # noqa: E731
+    text = lambda k, d: a.get(k, d).decode() if isinstance(a.get(k, d), bytes) else a.get(k, d)
     mode = text("mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear"):
         raise ctx.fail(f"Resize mode '{mode}' is not supported (nearest and linear are)")
@@ -175,9 +184,18 @@ def resize(node, ctx):
             raise ctx.fail("coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
     if scales is None:  # sizes given: the spec derives each scale from the sizes
         scales = [o / i for o, i in zip(out_shape, in_shape)]
-    ctx.emit("resize", [node.input[0]], [node.output[0]],
-             {"mode": "linear" if mode == "bilinear" else mode, "sizes": out_shape, "scales": scales,
-              "coordinate_transformation_mode": ctm, "nearest_mode": nearest})
+    ctx.emit(
+        "resize",
+        [node.input[0]],
+        [node.output[0]],
+        {
+            "mode": "linear" if mode == "bilinear" else mode,
+            "sizes": out_shape,
+            "scales": scales,
+            "coordinate_transformation_mode": ctm,
+            "nearest_mode": nearest,
+        },
+    )
 
 
 @converter("Identity", "Dropout")
@@ -190,8 +208,9 @@ def identity(node, ctx):
     if node.op_type == "Dropout":
         _refuse_training_dropout(node, ctx)
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
-        used = any(node.output[1] in n.input for n in ctx.model.graph.node) or \
-            any(node.output[1] == o.name for o in ctx.model.graph.output)
+        used = any(node.output[1] in n.input for n in ctx.model.graph.node) or any(
+            node.output[1] == o.name for o in ctx.model.graph.output
+        )
         if used:
             raise ctx.fail("the mask output of Dropout is not supported")
     ctx.alias(node.output[0], node.input[0], "identity at inference")
@@ -201,14 +220,18 @@ def _refuse_training_dropout(node, ctx) -> None:
     if len(node.input) < 3 or not node.input[2]:
         return
     if not ctx.is_const(node.input[2]):
-        raise ctx.fail("training_mode is computed at run time; in training mode Dropout is random, so it "
-                       "cannot be compiled (export the model in eval mode)")
+        raise ctx.fail(
+            "training_mode is computed at run time; in training mode Dropout is random, so it "
+            "cannot be compiled (export the model in eval mode)"
+        )
     training = bool(np.asarray(ctx.const(node.input[2])).reshape(-1)[0])
     ratio = ctx.optional_const(node, 1, "Dropout ratio")
     ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
     if training and ratio != 0.0:
-        raise ctx.fail(f"training_mode=True drops random elements (ratio {ratio:g}), which no compiled network "
-                       "can reproduce; export the model in eval mode")
+        raise ctx.fail(
+            f"training_mode=True drops random elements (ratio {ratio:g}), which no compiled network "
+            "can reproduce; export the model in eval mode"
+        )
 
 
 @converter("Constant")
@@ -233,7 +256,7 @@ def shape(node, ctx):
     a = ctx.attrs(node)
     dims = np.array(ctx.shape(node.input[0]), dtype=np.int64)
     start, end = int(a.get("start", 0)), a.get("end")
-    ctx.set_const(node.output[0], dims[start:None if end is None else int(end)])
+    ctx.set_const(node.output[0], dims[start : None if end is None else int(end)])
     ctx.removed.append((node.name or node.output[0], "Shape", "static shape"))
 
 
@@ -248,19 +271,34 @@ def gather(node, ctx):
     """Gather of an activation with constant indices → gather."""
     rank = len(ctx.shape(node.input[0]))
     idx = ctx.const(node.input[1], "Gather indices").astype(np.int64)
-    ctx.emit("gather", [node.input[0]], [node.output[0]], {"axis": int(ctx.attrs(node).get("axis", 0)) % rank},
-             {"indices": idx})
+    ctx.emit(
+        "gather",
+        [node.input[0]],
+        [node.output[0]],
+        {"axis": int(ctx.attrs(node).get("axis", 0)) % rank},
+        {"indices": idx},
+    )
 
 
 #: ONNX element types a cast can produce, as torch dtype names (the runtime computes in torch).
 CAST_DTYPES = {
-    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.BOOL: "bool",
-    onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16", onnx.TensorProto.INT32: "int32",
-    onnx.TensorProto.INT64: "int64", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.UINT16: "uint16",
-    onnx.TensorProto.UINT32: "uint32", onnx.TensorProto.UINT64: "uint64",
-    onnx.TensorProto.FLOAT8E4M3FN: "float8_e4m3fn", onnx.TensorProto.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
-    onnx.TensorProto.FLOAT8E5M2: "float8_e5m2", onnx.TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.UINT32: "uint32",
+    onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.FLOAT8E4M3FN: "float8_e4m3fn",
+    onnx.TensorProto.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
+    onnx.TensorProto.FLOAT8E5M2: "float8_e5m2",
+    onnx.TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
 }
 
 
@@ -289,8 +327,11 @@ def cast(node, ctx):
 def cast_like(node, ctx):
     """CastLike(x, like) → cast to the element type of ``like`` (constant or activation)."""
     like = node.input[1]
-    to = onnx.helper.np_dtype_to_tensor_dtype(ctx.const(like).dtype) if ctx.is_const(like) else \
-        ctx.dtypes.get(ctx.resolve(like), onnx.TensorProto.UNDEFINED)
+    to = (
+        onnx.helper.np_dtype_to_tensor_dtype(ctx.const(like).dtype)
+        if ctx.is_const(like)
+        else ctx.dtypes.get(ctx.resolve(like), onnx.TensorProto.UNDEFINED)
+    )
     if to == onnx.TensorProto.UNDEFINED:
         raise ctx.fail(f"the element type of '{like}' is unknown after shape inference")
     _emit_cast(node, ctx, int(to))
@@ -308,8 +349,12 @@ def reduce_mean(node, ctx):
     if not axes and int(a.get("noop_with_empty_axes", 0)):
         ctx.alias(node.output[0], node.input[0], "ReduceMean over no axes")
         return
-    ctx.emit("reduce_mean", [node.input[0]], [node.output[0]],
-             {"axes": sorted(int(x) % rank for x in axes), "keepdims": int(a.get("keepdims", 1))})
+    ctx.emit(
+        "reduce_mean",
+        [node.input[0]],
+        [node.output[0]],
+        {"axes": sorted(int(x) % rank for x in axes), "keepdims": int(a.get("keepdims", 1))},
+    )
 
 
 @converter("Expand")
@@ -345,8 +390,13 @@ def write_concat(b, n) -> None:
 @writes("split")
 def write_split(b, n) -> None:
     """Split with its sizes as an initializer."""
-    b.add("Split", [n.inputs[0], b.const(n, "sizes", _int64(n.attrs["sizes"]))], n.outputs, n.name,
-          axis=int(n.attrs["axis"]))
+    b.add(
+        "Split",
+        [n.inputs[0], b.const(n, "sizes", _int64(n.attrs["sizes"]))],
+        n.outputs,
+        n.name,
+        axis=int(n.attrs["axis"]),
+    )
 
 
 @writes("slice")
@@ -359,8 +409,13 @@ def write_slice(b, n) -> None:
 @writes("gather")
 def write_gather(b, n) -> None:
     """Gather with constant indices."""
-    b.add("Gather", [n.inputs[0], b.const(n, "indices", n.params["indices"])], n.outputs, n.name,
-          axis=int(n.attrs["axis"]))
+    b.add(
+        "Gather",
+        [n.inputs[0], b.const(n, "indices", n.params["indices"])],
+        n.outputs,
+        n.name,
+        axis=int(n.attrs["axis"]),
+    )
 
 
 @writes("reshape")
@@ -387,24 +442,40 @@ def write_transpose(b, n) -> None:
 def write_pad(b, n) -> None:
     """Pad with constant pads and fill value."""
     a = n.attrs
-    b.add("Pad", [n.inputs[0], b.const(n, "pads", _int64(a["pads"])), b.const(n, "value", np.float32(a.get("value", 0.0)))],
-          n.outputs, n.name, mode=a.get("mode", "constant"))
+    b.add(
+        "Pad",
+        [n.inputs[0], b.const(n, "pads", _int64(a["pads"])), b.const(n, "value", np.float32(a.get("value", 0.0)))],
+        n.outputs,
+        n.name,
+        mode=a.get("mode", "constant"),
+    )
 
 
 @writes("resize")
 def write_resize(b, n) -> None:
     """Resize by constant scales."""
     a = n.attrs
-    b.add("Resize", [n.inputs[0], "", b.const(n, "scales", np.array(a["scales"], np.float32))], n.outputs, n.name,
-          mode=a["mode"], coordinate_transformation_mode=a["coordinate_transformation_mode"],
-          nearest_mode=a["nearest_mode"])
+    b.add(
+        "Resize",
+        [n.inputs[0], "", b.const(n, "scales", np.array(a["scales"], np.float32))],
+        n.outputs,
+        n.name,
+        mode=a["mode"],
+        coordinate_transformation_mode=a["coordinate_transformation_mode"],
+        nearest_mode=a["nearest_mode"],
+    )
 
 
 @writes("reduce_mean")
 def write_reduce_mean(b, n) -> None:
     """ReduceMean with axes as an input (opset 18+)."""
-    b.add("ReduceMean", [n.inputs[0], b.const(n, "axes", _int64(n.attrs["axes"]))], n.outputs, n.name,
-          keepdims=int(n.attrs.get("keepdims", 1)))
+    b.add(
+        "ReduceMean",
+        [n.inputs[0], b.const(n, "axes", _int64(n.attrs["axes"]))],
+        n.outputs,
+        n.name,
+        keepdims=int(n.attrs.get("keepdims", 1)),
+    )
 
 
 @writes("cast")
@@ -423,4 +494,3 @@ def write_identity(b, n) -> None:
 def write_constant(b, n) -> None:
     """Constant holding the value."""
     b.add("Constant", [], n.outputs, n.name, value=numpy_helper.from_array(n.params["value"].cpu().numpy()))
-
