@@ -228,9 +228,10 @@ def _cast_model(to: int, opset: int, roundtrip: bool, like: bool = False, satura
     inits = []
     if like:
         np_type = helper.tensor_dtype_to_np_dtype(to)
-        inits.append(
-            numpy_helper.from_array(np.zeros([1], np_type), "like")
-        ) if np_type is not object else inits.append(helper.make_tensor("like", to, [1], [b"a"]))
+        if np.dtype(np_type).kind == "O":  # strings: a numpy object array cannot carry them to ONNX
+            inits.append(helper.make_tensor("like", to, [1], [b"a"]))
+        else:
+            inits.append(numpy_helper.from_array(np.zeros([1], np_type), "like"))
         nodes = [helper.make_node("CastLike", ["x", "like"], [mid], name="cast", **extra)]
     else:
         nodes = [helper.make_node("Cast", ["x"], [mid], name="cast", to=to, **extra)]
