@@ -223,7 +223,12 @@ def test_gated_max_pooling_in_to_torch_and_onnx(small_digits_cnn, tmp_path):
         for steps in (T, 20):
             ref = model.run(test.x[:100], timesteps=steps)
             model.save_onnx(tmp_path / "g.onnx", timesteps=steps)
-            assert np.abs(_ort(tmp_path / "g.onnx", test.x[:100]) - ref).max() < 1e-5
+            # onnxruntime sums its convolutions in another order than torch: a current within rounding of
+            # θ can spike in one engine and not the other, and gated pooling then passes another input
+            # on. Measured across ATEN_CPU_CAPABILITY=default|avx2|avx512: 1 sample of 100 flips (avx2,
+            # T=20), all others agree to 1e-6; allow 2, hold the rest to 1e-5.
+            err = np.abs(_ort(tmp_path / "g.onnx", test.x[:100]) - ref).max(axis=1)
+            assert (err > 1e-5).sum() <= 2 and np.median(err) < 1e-5, err
             diff, scale = _max_diff(model.to_torch(), model, test.x[:100], steps)
             assert diff < 1e-5 and scale > 0.1
 
