@@ -158,7 +158,7 @@ def stream_sweep(model, x: torch.Tensor, timesteps: int, repeats: int, threshold
     }
 
 
-# ---- event-driven vs dense execution (README: "Event-driven execution") -----------------------
+# ---- event-driven vs dense execution (docs/benchmarks.md: "Event-driven execution") -----------------------
 PLANTED_DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 

@@ -25,7 +25,7 @@ from .ir.neuron import DEFAULT_LIF_TAU, ENCODINGS, IF_TAU, MAXPOOL_STRATEGIES, N
 from .limits import check_timesteps
 
 #: The T a model is compiled for (and runs at unless told otherwise). Chosen by
-#: benchmarks/timestep_accuracy.py (see README: "Choosing the defaults").
+#: benchmarks/timestep_accuracy.py (see docs/benchmarks.md: "Choosing the defaults").
 DEFAULT_TIMESTEPS = 32
 #: Steps simulated at once: 8 was fastest on a 2-core CPU (the working set stays cache-sized),
 #: and memory does not grow with T.

@@ -28,7 +28,7 @@ from ..options import EXEC_MODES  # noqa: F401 - execution modes of SpikingRunne
 #: most this: the share of the dense MACs the event kernel does. Measured break-even on the sdconv
 #: SNN's layers (benchmarks/end_to_end.py --only event, 1 thread): 0.013 for the 16→32 conv
 #: (weights 8.8 %), 0.009 for the 32→64 conv (3.2 %), 0.023 for the unpruned classifier; 0.01
-#: takes the event kernel only where it won on all three (README, "Event-driven execution").
+#: takes the event kernel only where it won on all three (docs/benchmarks.md, "Event-driven execution").
 AUTO_MAX_WORK = 0.01
 
 
