@@ -244,14 +244,19 @@ def test_spikingjelly_export_runs_on_snnc_as_in_spikingjelly(tmp_path):
     assert r.returncode == 0 and "Conv2d" in r.stdout and "LIF" in r.stdout, r.stderr
 
 
-@pytest.mark.parametrize("neuron", ["if", "lif"])
-def test_export_then_import_gives_the_same_model(tmp_path, neuron):
+@pytest.mark.parametrize(
+    "neuron, reset, v0",
+    [("if", "hard", "zero"), ("lif", "hard", "zero"), ("if", "soft", "half"), ("lif", "soft", "half")],
+)
+def test_export_then_import_gives_the_same_model(tmp_path, neuron, reset, v0):
+    """Also with snnc's defaults (soft reset, v0 = θ/2), which NIR cannot express: the reader takes
+    them from the metadata `snnc export` writes (it used to read hard reset from 0: up to 7.56 off)."""
     model, x = _compile(
         Residual,
         (1, 8, 8),
         tmp_path,
-        reset="hard",
-        v0="zero",
+        reset=reset,
+        v0=v0,
         channelwise=True,
         neuron=neuron,
         **({"tau": 4.0} if neuron == "lif" else {}),
@@ -259,6 +264,7 @@ def test_export_then_import_gives_the_same_model(tmp_path, neuron):
     model.save_nir(tmp_path / "m.nir")
     back = snnc.load(tmp_path / "m.nir")
     assert back.options["timesteps"] == T and back.report["dt"] == pytest.approx(1e-4)
+    assert (back.options["reset"], back.options["v0"]) == (reset, v0)
     ours, theirs = model.run(x, T), back.run(x, T)
     # the file holds W·θ and the import multiplies spikes by 1/θ (and, for LIF, runs θ·τ and
     # v·τ): the same arithmetic up to rounding, so a near-tie may rarely flip a spike

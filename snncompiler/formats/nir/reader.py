@@ -31,7 +31,7 @@ import torch
 
 from ...errors import SnncError
 from ...ir import Graph, Node, Value, check_finite_parameters
-from ...ir.neuron import NeuronSpec
+from ...ir.neuron import RESETS, V0S, NeuronSpec
 from ...limits import check_timesteps
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -70,9 +70,24 @@ class _Importer:
         self.values: dict[str, Value] = {}
         self.out_of: dict[str, str] = {}  # NIR node → IR value holding its output
         self.dt = self._dt(dt)
+        self.reset, self.v0 = self._neuron_conventions()
 
     def where(self, name: str, node) -> str:
         return f"{self.label}: NIR node '{name}' ({type(node).__name__})"
+
+    def _neuron_conventions(self) -> tuple[str, str]:
+        """Reset and initial potential: NIR's own (reset to v_reset, start at 0) unless the file records
+        snnc's (``reset``/``v0`` metadata, written by `snnc export`): a soft-reset, θ/2-start model
+        then reads back as it was written instead of as a different network."""
+        meta = getattr(self.nir_graph, "metadata", None) or {}
+        if meta.get("producer") != "snncompiler":  # another tool's words for these may differ: NIR's own
+            return "hard", "zero"
+        reset, v0 = meta.get("reset", "hard"), meta.get("v0", "zero")
+        if reset not in RESETS:
+            raise SnncError(f"{self.label}: metadata 'reset' must be one of {', '.join(RESETS)}, got {reset!r}")
+        if v0 not in V0S:
+            raise SnncError(f"{self.label}: metadata 'v0' must be one of {', '.join(V0S)}, got {v0!r}")
+        return str(reset), str(v0)
 
     def _dt(self, dt: float | None) -> float:
         meta = getattr(self.nir_graph, "metadata", None) or {}
@@ -270,9 +285,10 @@ class _Importer:
         theta = _uniform(_tensor(node.v_threshold) / gain, shape, "v_threshold / (r·dt)", where)
         if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
             raise SnncError(f"{where}: the effective threshold v_threshold / gain must be finite and > 0")
-        # NIR neurons reset to v_reset (checked to be 0 above) and start at 0
+        # NIR neurons reset to v_reset (checked to be 0 above) and start at 0, unless the file says
+        # it holds snnc's soft reset / θ/2 start (see _neuron_conventions)
         attrs = NeuronSpec.from_attrs(
-            {"neuron": "lif" if lif_tau is not None else "if", "tau": lif_tau, "reset": "hard", "v0": "zero"},
+            {"neuron": "lif" if lif_tau is not None else "if", "tau": lif_tau, "reset": self.reset, "v0": self.v0},
             where=where,
         ).attrs()
         spikes = self.emit("neuron", name, [x], shape, attrs, {"theta": theta})
@@ -338,7 +354,7 @@ def _probe(label: str) -> None:
 
 def read_nir(path, *, dt: float | None = None, timesteps: int | None = None) -> tuple[Graph, dict, dict]:
     """Read a NIR file: the IR graph that runs on snnc's runtime, its options (default T, hard
-    reset, v0 zero, direct encoding) and a report (source, dt), from which
+    reset and v0 zero — or the reset and v0 an snnc-written file records —, direct encoding) and a report (source, dt), from which
     :func:`snncompiler.model.load` builds the model (see the module docstring for how NIR's
     continuous-time neurons are read)."""
     from ...options import DEFAULT_TIMESTEPS
@@ -364,5 +380,5 @@ def read_nir(path, *, dt: float | None = None, timesteps: int | None = None) -> 
         raise SnncError(f"{label}: metadata 'timesteps' must be a positive integer, got {steps!r}")
     steps = int(steps)
     check_timesteps(steps, f"{label}: metadata 'timesteps'")
-    options = {"timesteps": steps, "reset": "hard", "v0": "zero", "threshold": "nir", "encoding": "direct"}
+    options = {"timesteps": steps, "reset": importer.reset, "v0": importer.v0, "threshold": "nir", "encoding": "direct"}
     return ir, options, {"source": "nir", "dt": importer.dt}
