@@ -37,8 +37,8 @@ def test_trainable_module_computes_what_the_runtime_runs(converted, maxpool, tmp
 
 @pytest.mark.parametrize(
     "options",
-    [dict(calibration="advanced", iterations=5), dict(reset="hard")],
-    ids=["potential-offsets", "hard-reset-gain"],
+    [dict(calibration="advanced", iterations=5), dict(reset="hard"), dict(reset="hard", channelwise=True)],
+    ids=["potential-offsets", "hard-reset-gain", "hard-reset-gain-per-channel"],
 )
 def test_trainable_module_keeps_calibration_offsets_and_gains(converted, options):
     """A model whose neurons carry potential calibration's v_init or hard reset's input gain trains
@@ -47,6 +47,8 @@ def test_trainable_module_keeps_calibration_offsets_and_gains(converted, options
     model = snnc.compile(str(path), train.x[:64], timesteps=4, quiet=True, **options)
     key = "v_init" if "calibration" in options else "gain"
     assert any(key in n.params for n in model.graph.find("neuron")), f"the compile left no {key} to test"
+    if options.get("channelwise"):  # one gain per channel: the module must broadcast it along axis 1
+        assert any(n.params["gain"].numel() > 1 for n in model.graph.find("neuron") if "gain" in n.params)
     x = torch.from_numpy(train.x[:32])
     with torch.no_grad():
         ours = run_steps(GraphNet(model.graph.copy()), x, 4)

@@ -74,7 +74,7 @@ def compensating_gain(x: torch.Tensor, node, rounds: int = ROUNDS) -> torch.Tens
     94.2 % on the digits ResNet at T=32 with p99.9 θ; ``--channelwise`` gets per-channel gains)."""
     step = x[0]
     theta = node.params["theta"].float()
-    th = channel_view(theta, step) if theta.numel() > 1 else theta.reshape(())
+    th = channel_view(theta, step)
     spec = NeuronSpec.from_attrs(node.attrs)
     v0 = spec.initial_potential(th)
     v0 = v0 if isinstance(v0, torch.Tensor) else torch.tensor(v0)
@@ -83,9 +83,7 @@ def compensating_gain(x: torch.Tensor, node, rounds: int = ROUNDS) -> torch.Tens
     decay = spec.decay
     gain = torch.ones_like(theta)
     for _ in range(rounds):
-        excess, spikes = excess_per_spike(
-            x, th, v0, decay, channel_view(gain, step) if gain.numel() > 1 else gain.reshape(())
-        )
+        excess, spikes = excess_per_spike(x, th, v0, decay, channel_view(gain, step))
         if theta.numel() == 1:
             excess, spikes = excess.sum(), spikes.sum()
         excess, spikes = excess.reshape(theta.shape), spikes.reshape(theta.shape)

@@ -237,13 +237,13 @@ class SpikingModule(nn.Module):
         spec = self._specs[node.name]
         theta = view.params["theta"]
         sample = seq[0]
-        th = channel_view(theta, sample) if theta.numel() > 1 else theta.reshape(())
+        th = channel_view(theta, sample)
         v0 = spec.initial_potential(th)
         if "v_init" in view.params:
             v0 = v0 + view.params["v_init"]
         gain = view.params.get("gain")
         if gain is not None:
-            seq = seq * (channel_view(gain, sample) if gain.numel() > 1 else gain.reshape(()))
+            seq = seq * channel_view(gain, sample)
         alpha = self._alphas[node.name]
         if self.backend == "torch":
             spikes = _torch_neuron(seq, v0, th, self._decays[node.name], spec.reset == "hard", self.surrogate, alpha)

@@ -376,7 +376,7 @@ class SpikingRunner:
 
         theta = node.params["theta"]
         sample = x[0]
-        th = channel_view(theta, sample) if theta.numel() > 1 else theta.reshape(())
+        th = channel_view(theta, sample)
         v = state.get(node.name)
         spec = NeuronSpec.from_attrs(node.attrs)
         if v is None:  # left broadcast (scalar or per channel): the C++ kernel reads it unexpanded
@@ -385,7 +385,7 @@ class SpikingRunner:
                 v = v + node.params["v_init"]
         gain = node.params.get("gain")
         if gain is not None:  # hard-reset compensation (passes/hard_reset.py): fire at θ/g, spikes still carry θ
-            x = x * (channel_view(gain, sample) if gain.numel() > 1 else gain.reshape(()))
+            x = x * channel_view(gain, sample)
         decay = spec.decay
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a

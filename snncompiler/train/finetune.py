@@ -125,8 +125,7 @@ class GraphNet(nn.Module):
         if node.op == "neuron":
             x, gain = ins[0], node.params.get("gain")
             if gain is not None:  # hard-reset compensation, as the runtime applies it (fires at θ/g)
-                gain = gain.to(x.device)
-                x = x * (channel_view(gain, x[0]) if gain.numel() > 1 else gain.reshape(()))
+                x = x * channel_view(gain.to(x.device), x)  # x: [T·B, C, ...], channels on axis 1
             return (self.lifs[_key(node.name)](x),)
         if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             return (self._rate_maxpool(node, ins[0]),)
