@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from snncompiler.fileio import write_bytes, write_text
+
 COMPILES = {
     "default": [],
     "advanced_T4": ["--timesteps", "4", "--calibration", "advanced"],
@@ -43,7 +45,7 @@ def prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     demo = digits_cnn_workload(out / "demo", verbose=False)
     for suffix, src in (("onnx", demo["onnx"]), ("calib.npz", demo["calib"]), ("test.npz", demo["test"])):
-        (out / f"demo.{suffix}").write_bytes(Path(src).read_bytes())
+        write_bytes(out / f"demo.{suffix}", Path(src).read_bytes())
     for name, make in (("digits_cnn", digits_cnn_bench), ("digits_resnet", digits_resnet_bench)):
         work = make(seed=0)
         export_onnx(work.model, work.input_shape, out / f"{name}.onnx")
@@ -82,7 +84,7 @@ def hash_all(src: Path, out_json: Path) -> dict:
                 "eval": json.loads(evaluation),
             }
             print(f"{model}/{setting}: {result[f'{model}/{setting}']['sha256'][:16]}", flush=True)
-    out_json.write_text(json.dumps(result, indent=1))
+    write_text(out_json, json.dumps(result, indent=1))
     return result
 
 

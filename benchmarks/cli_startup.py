@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from snncompiler.fileio import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "python -c pass": None,
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    write_text(args.output, json.dumps(record, indent=1) + "\n")
     print(f"median of {args.runs} fresh processes (load average {load})")
     for label, per in results.items():
         print(label)

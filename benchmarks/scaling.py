@@ -54,6 +54,7 @@ def worker(src: Path) -> None:
 
     import snncompiler as snnc
     from snncompiler import distributed
+    from snncompiler.fileio import write_text
     from snncompiler.train import fit
     from snncompiler.train.finetune import GraphNet
 
@@ -83,7 +84,7 @@ def worker(src: Path) -> None:
             "eval": result,
             "calibration_kept": model.report.get("calibration_check", {}).get("kept"),
         }
-        (src / f"world{distributed.world_size()}.json").write_text(json.dumps(record))
+        write_text(src / f"world{distributed.world_size()}.json", json.dumps(record))
     distributed.shutdown()
 
 
