@@ -1,6 +1,8 @@
 """Event-driven execution (snncompiler.kernels.event, SpikingRunner exec_mode, --exec): the C++
-kernel against F.conv2d / F.linear on random geometries, spike densities, θ and weight
-sparsity; a compiled CNN giving the same outputs dense, event and auto; the CLI flag."""
+kernel's two forms (gather, scatter) against F.conv2d / F.linear on random geometries, spike
+densities, θ and weight sparsity, on every instruction set the CPU runs; the per-layer cost
+model (kernels/exec_cost.py); a compiled CNN giving the same outputs dense, event and auto;
+the CLI flag."""
 
 from __future__ import annotations
 
@@ -22,14 +24,21 @@ EPS = 2.0**-23
 DENSITIES = st.sampled_from([0.0, 0.01, 0.5, 1.0])
 
 
-@pytest.fixture(params=["simd", "portable"])
+ISAS = event.load().supported_isas() if event.available() else ["baseline"]
+
+
+@pytest.fixture(params=ISAS)
 def simd(request):
-    """Run a test with the kernel's AVX-512 paths (where the CPU has them) and its portable loops."""
+    """Run a test on each instruction set of the kernel this CPU runs (baseline: the portable
+    loops; avx2: the gather form's AVX2+FMA micro-kernels; avx512: every SIMD path)."""
     lib = event.load()
-    before = lib.simd()
-    lib.set_simd(request.param == "simd")
-    yield
-    lib.set_simd(before)
+    before = lib.isa()
+    lib.set_isa(request.param)
+    yield request.param
+    lib.set_isa(before)
+
+
+FORMS = st.sampled_from(["scatter", "gather"])
 
 
 def _spikes(shape, density: float, per_channel: bool, gen: torch.Generator) -> torch.Tensor:
@@ -78,10 +87,32 @@ def _assert_within_summation_error(got, want, magnitude, fan_in: int):
     weight_density=st.sampled_from([0.05, 0.3, 1.0]),
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
+    form=FORMS,
 )
 def test_conv2d_matches_dense(
-    simd, n, groups, cin, cout, h, w, kh, kw, sh, sw, dh, dw, pads, density, per_channel, weight_density, bias, seed
+    simd,
+    n,
+    groups,
+    cin,
+    cout,
+    h,
+    w,
+    kh,
+    kw,
+    sh,
+    sw,
+    dh,
+    dw,
+    pads,
+    density,
+    per_channel,
+    weight_density,
+    bias,
+    seed,
+    form,
 ):
+    if form == "gather":
+        groups = 1  # the gather form's domain
     pt, pl, pb, pr = pads
     if h + pt + pb < dh * (kh - 1) + 1 or w + pl + pr < dw * (kw - 1) + 1:
         return  # no output position: F.conv2d refuses the shape
@@ -90,7 +121,7 @@ def test_conv2d_matches_dense(
     wt = _weights((groups * cout, cin, kh, kw), weight_density, gen)
     b = torch.randn(groups * cout, generator=gen) if bias else None
     layer = event.EventLayer(wt, b, stride=(sh, sw), pads=pads, dilation=(dh, dw), groups=groups)
-    got = layer(x)
+    got = layer(x, form)
     want = event.conv2d_reference(x, wt, b, (sh, sw), pads, (dh, dw), groups)
     magnitude = event.conv2d_reference(
         x.abs(), wt.abs(), None if b is None else b.abs(), (sh, sw), pads, (dh, dw), groups
@@ -108,13 +139,14 @@ def test_conv2d_matches_dense(
     weight_density=st.sampled_from([0.05, 0.3, 1.0]),
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
+    form=FORMS,
 )
-def test_linear_matches_dense(simd, lead, features, outputs, density, weight_density, bias, seed):
+def test_linear_matches_dense(simd, lead, features, outputs, density, weight_density, bias, seed, form):
     gen = torch.Generator().manual_seed(seed)
     x = _spikes(tuple(lead) + (features,), density, False, gen)
     wt = _weights((outputs, features), weight_density, gen)
     b = torch.randn(outputs, generator=gen) if bias else None
-    got = event.EventLayer(wt, b, kind="linear")(x)
+    got = event.EventLayer(wt, b, kind="linear")(x, form)
     want = event.linear_reference(x, wt, b)
     _assert_within_summation_error(got, want, F.linear(x.abs(), wt.abs(), None if b is None else b.abs()), features)
 
@@ -130,12 +162,13 @@ def test_linear_matches_dense(simd, lead, features, outputs, density, weight_den
     pad=st.integers(0, 2),
     density=DENSITIES,
     seed=st.integers(0, 2**16),
+    form=FORMS,
 )
-def test_conv1d_runs_as_a_one_row_image(simd, n, cin, cout, length, k, stride, pad, density, seed):
+def test_conv1d_runs_as_a_one_row_image(simd, n, cin, cout, length, k, stride, pad, density, seed, form):
     gen = torch.Generator().manual_seed(seed)
     x = _spikes((n, cin, length), density, True, gen)
     wt = _weights((cout, cin, k), 0.5, gen)
-    got = event.EventLayer(wt, None, stride=(stride,), pads=(pad, pad), dilation=(1,))(x)
+    got = event.EventLayer(wt, None, stride=(stride,), pads=(pad, pad), dilation=(1,))(x, form)
     want = F.conv1d(x, wt, None, stride, pad)
     _assert_within_summation_error(got, want, F.conv1d(x.abs(), wt.abs(), None, stride, pad), cin * k)
 
@@ -148,8 +181,52 @@ def test_kernel_uses_the_values_not_ones_and_counts_nothing_for_silence():
     wt = torch.arange(2 * 2 * 3 * 3, dtype=torch.float32).reshape(2, 2, 3, 3) - 10
     b = torch.tensor([0.5, -1.0])
     layer = event.EventLayer(wt, b, pads=(1, 1, 1, 1))
-    assert torch.equal(layer(x), F.conv2d(x, wt, b, padding=1))  # one term per output: exact
-    assert torch.equal(layer(torch.zeros_like(x)), b.reshape(1, 2, 1, 1).expand(2, 2, 5, 5))
+    for form in ("scatter", "gather"):
+        assert torch.equal(layer(x, form), F.conv2d(x, wt, b, padding=1))  # one term per output: exact
+        assert torch.equal(layer(torch.zeros_like(x), form), b.reshape(1, 2, 1, 1).expand(2, 2, 5, 5))
+
+
+@pytest.mark.parametrize("shape", [(37, 70, 5, 5), (9, 33, 1, 1)])
+def test_gather_result_does_not_depend_on_isa_or_threads(shape):
+    """The gather form sums in one fixed order with one rounding per fused multiply-add on every
+    instruction set, and a sample's sum never crosses threads: bit-identical results on any
+    x86-64 CPU and thread count (outputs 70 = one full tile of 64 and a part tile)."""
+    n, o, h, w = shape
+    gen = torch.Generator().manual_seed(1)
+    x = _spikes((n, 19, h, w), 0.3, True, gen)
+    layer = event.EventLayer(torch.randn(o, 19, 3, 3, generator=gen), torch.randn(o, generator=gen), pads=(1, 1, 1, 1))
+    lib, before, threads = event.load(), event.load().isa(), torch.get_num_threads()
+    results = []
+    try:
+        for isa in ISAS:
+            lib.set_isa(isa)
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                results.append(layer(x, "gather"))
+    finally:
+        lib.set_isa(before)
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results[1:])
+    _assert_within_summation_error(
+        results[0],
+        F.conv2d(x, layer._dense_weight, layer.bias, padding=1),
+        F.conv2d(x.abs(), layer._dense_weight.abs(), layer.bias.abs(), padding=1),
+        19 * 9,
+    )
+
+
+def test_gather_skips_padding_taps_and_refuses_groups():
+    """A 3×3 convolution on a 1×1 map reads only the centre tap: the other taps' weights may be
+    anything (here NaN) without reaching the output, as they only ever meet zero padding."""
+    wt = torch.full((4, 3, 3, 3), float("nan"))
+    wt[:, :, 1, 1] = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    x = torch.tensor([[1.0, 0.0, 2.0]]).reshape(1, 3, 1, 1)
+    got = event.EventLayer(wt, None, pads=(1, 1, 1, 1))(x, "gather")
+    assert torch.equal(got.flatten(), (wt[:, :, 1, 1] * x.flatten()).sum(1))
+    grouped = event.EventLayer(torch.ones(4, 1, 1, 1), None, groups=2)
+    assert not grouped.gather_ok
+    with pytest.raises(ValueError, match="groups = 1"):
+        grouped(torch.ones(1, 2, 1, 1), "gather")
 
 
 def test_layer_cache_follows_the_weights():
@@ -197,40 +274,86 @@ def compiled_cnn(tmp_path_factory):
     return snnc.compile(path, Dataset(train.x[:128]), quiet=True), test
 
 
+def _forcing(form: str):
+    """Costs under which ``form`` is the cheapest at every density (the others cost 1 s/sample)."""
+    from snncompiler.kernels.exec_cost import Costs
+
+    cost = {f: 0.0 if f == form else 1.0 for f in ("dense", "gather", "scatter")}
+    return Costs(cost["dense"], {"gather": (cost["gather"], 0.0), "scatter": (cost["scatter"], 0.0)})
+
+
 def test_dense_event_and_auto_agree_end_to_end(compiled_cnn, monkeypatch):
+    from snncompiler.kernels import exec_cost
+
     model, test = compiled_cnn
     x = test.x[:48]
     dense = model.run(x, 8)
     runs = {}
-    for mode, max_work in (("event", None), ("auto", 1.0), ("auto", 0.0)):
-        if max_work is not None:  # auto with a break-even that sends every chunk one way
-            monkeypatch.setattr(event, "AUTO_MAX_WORK", max_work)
-        runs[(mode, max_work)] = (model.run(x, 8, exec=mode), model.last_runner.exec_counts)
-    out, counts = runs[("event", None)]
+    for mode, forced in (("event", None), ("event", "gather"), ("event", "scatter"), ("auto", "dense")):
+        if forced is not None:  # a cost model that sends every chunk one way
+            monkeypatch.setattr(exec_cost, "costs_for", lambda *a, f=forced: _forcing(f))
+        runs[(mode, forced)] = (model.run(x, 8, exec=mode), model.last_runner.exec_counts)
     assert model.last_runner.firing_rate > 0.01  # the layers had spikes to process
-    assert len(counts) == 3 and all(dense_n == 0 and event_n > 0 for dense_n, event_n in counts.values())
-    assert all(c[1] > 0 for c in runs[("auto", 1.0)][1].values())
-    assert all(c[1] == 0 and c[0] > 0 for c in runs[("auto", 0.0)][1].values())
+    _, measured = runs[("event", None)]
+    assert len(measured) == 3 and all(c["dense"] == 0 and c["gather"] + c["scatter"] > 0 for c in measured.values())
+    for form in ("gather", "scatter"):
+        assert all(c[form] > 0 and sum(c.values()) == c[form] for c in runs[("event", form)][1].values())
+    assert all(c["dense"] > 0 and sum(c.values()) == c["dense"] for c in runs[("auto", "dense")][1].values())
     for result, _ in runs.values():
         np.testing.assert_allclose(result, dense, rtol=0, atol=1e-4)
         assert (result.argmax(1) == dense.argmax(1)).all()
-    np.testing.assert_array_equal(runs[("auto", 0.0)][0], dense)  # all dense: the same computation
+    np.testing.assert_array_equal(runs[("auto", "dense")][0], dense)  # all dense: the same computation
 
 
-def test_auto_measures_density_per_chunk(compiled_cnn):
-    """auto's rule on the layer's own numbers: a silent chunk is event-driven work 0."""
+def test_auto_chooses_by_the_chunk_density(compiled_cnn, monkeypatch):
+    """auto's rule on the layer's cost model: gather costs 2 s/sample per unit density and dense
+    1 s/sample, so gather wins below density 0.5: a silent chunk runs gather, a full one dense;
+    ``event`` never runs dense."""
+    from snncompiler.kernels import exec_cost
+    from snncompiler.kernels.exec_cost import Costs
     from snncompiler.runtime.snn import SpikingRunner
 
+    costs = Costs(1.0, {"gather": (0.0, 2.0), "scatter": (0.5, 10.0)})
+    assert costs.break_even("gather") == 0.5 and costs.break_even("scatter") == 0.05
+    monkeypatch.setattr(exec_cost, "costs_for", lambda *a: costs)
     model, _ = compiled_cnn
     runner = SpikingRunner(model.graph, exec_mode="auto")
     name, layer = next(iter(runner._event_layers.items()))
-    assert runner._event_pays(name, layer, torch.zeros(4, *layer.weight_shape[1:2], 8, 8))
-    dense_work = torch.ones(4, layer.weight_shape[1], 8, 8)
-    assert runner._event_pays(name, layer, dense_work) == (layer.weight_density <= event.AUTO_MAX_WORK)
-    assert runner.exec_counts[name] == [
-        int(layer.weight_density > event.AUTO_MAX_WORK),
-        1 + int(layer.weight_density <= event.AUTO_MAX_WORK),
-    ]
+    node = next(n for n in model.graph.nodes if n.name == name)
+    shape = (4, layer.weight_shape[1], 8, 8)
+    assert runner._event_form(node, layer, torch.zeros(shape)) == "gather"
+    assert runner._event_form(node, layer, torch.ones(shape)) == "dense"
+    assert runner.exec_counts[name] == {"dense": 1, "gather": 1, "scatter": 0}
+    assert SpikingRunner(model.graph, exec_mode="event")._event_form(node, layer, torch.ones(shape)) == "gather"
+
+
+def test_cost_model_is_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
+    """First use measures (every applicable form, two densities) and writes the cache; the same
+    layer again comes from memory, a new process from disk; a corrupt cache is remeasured."""
+    from snncompiler.kernels import exec_cost
+
+    monkeypatch.setenv("SNNC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(exec_cost, "_memory", {})
+    monkeypatch.setattr(exec_cost, "SAMPLES", 8)
+    calls = []
+    real = exec_cost.measure
+    monkeypatch.setattr(exec_cost, "measure", lambda *a: calls.append(1) or real(*a))
+    pruned = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.2)
+    layer = event.EventLayer(pruned, None, pads=(1, 1, 1, 1))
+    dense_fn = lambda t: F.conv2d(t, pruned, padding=1)
+    costs = exec_cost.costs_for(layer, (4, 6, 6), dense_fn)
+    assert set(costs.event) == {"gather", "scatter"} and costs.dense > 0  # pruned: scatter measured too
+    assert all(a >= 0 and b >= 0 for a, b in costs.event.values())
+    assert exec_cost.costs_for(layer, (4, 6, 6), dense_fn) is costs and len(calls) == 1
+    monkeypatch.setattr(exec_cost, "_memory", {})
+    assert exec_cost.costs_for(layer, (4, 6, 6), dense_fn) == costs and len(calls) == 1  # from disk
+    unpruned = event.EventLayer(torch.randn(8, 4, 3, 3), None, pads=(1, 1, 1, 1))
+    assert set(exec_cost.costs_for(unpruned, (4, 6, 6), dense_fn).event) == {"gather"}
+    exec_cost.cache_path().write_text("{not json")
+    monkeypatch.setattr(exec_cost, "_memory", {})
+    assert set(exec_cost.costs_for(layer, (4, 6, 6), dense_fn).event) == {"gather", "scatter"}
+    assert len(calls) == 3
+    assert exec_cost.layer_key(layer, (4, 6, 6)) != exec_cost.layer_key(layer, (4, 7, 7))
 
 
 def test_invalid_mode_and_missing_extension(compiled_cnn, monkeypatch):

@@ -1,22 +1,33 @@
 """Event-driven conv2d / linear: the current of a layer computed from its active inputs only.
 
 A layer fed by neurons reads spikes (0 or θ, θ per tensor or per channel), mostly zeros; a
-pruned layer's weights are mostly zeros too. :class:`EventLayer` compresses a layer's weights
-once (per input channel and kernel tap, the output channels whose weight is nonzero) and runs
-the C++ kernel csrc/event_cpu.cpp, which compacts each sample's nonzero inputs and scatters
-value × weight into the outputs they reach: work ∝ spike density × weight density, not
-∝ the layer's MACs. Results equal :func:`conv2d_reference` / :func:`linear_reference`
-(F.conv2d / F.linear) within float32 summation-order error.
+pruned layer's weights are mostly zeros too. :class:`EventLayer` runs the C++ kernel
+csrc/event_cpu.cpp in one of two forms, both compacting each sample's nonzero inputs first:
+
+* gather: per output pixel and tile of 64 output channels (held in registers), the nonzero
+  inputs that its kernel taps reach, each adding value × a packed weight row. Work ∝ spike
+  density × the taps that land on real input (padding taps cost nothing). groups = 1. The form
+  for converted networks with dense weights: 2-30× faster than dense at 10-25 % spike density
+  on ResNet-18's layers (benchmarks/end_to_end.py).
+* scatter: per input channel and tap, the events scattered through the CSR-compressed nonzero
+  weights (compressed once per layer). Work ∝ spike density × weight density: pruned layers.
+
+Which form (or dense) runs a layer is chosen per chunk by a measured cost model
+(:mod:`snncompiler.kernels.exec_cost`). Results equal :func:`conv2d_reference` /
+:func:`linear_reference` (F.conv2d / F.linear) within float32 summation-order error; the gather
+form's sum runs in a fixed order with fused multiply-adds on every instruction set, so its
+result does not depend on the ISA or the thread count.
 
 Supported: linear, and conv with 2 spatial axes (1 spatial axis runs as height 1), any stride,
-padding (asymmetric too), dilation and groups. 3-D convolution is left to the dense path
-(:func:`layer_for` returns None). CPU only; without the extension (not built) :func:`available`
-is False and the runtime falls back to dense execution.
+padding (asymmetric too), dilation and groups (gather: groups = 1). 3-D convolution is left to
+the dense path (:func:`layer_for` returns None). CPU only; without the extension (not built)
+:func:`available` is False and the runtime falls back to dense execution.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 
 import torch
@@ -24,21 +35,18 @@ import torch.nn.functional as F
 
 from ..options import EXEC_MODES  # noqa: F401 - execution modes of SpikingRunner (``--exec``), re-exported
 
-#: ``auto`` runs a layer event-driven when spike density × weight density of the chunk is at
-#: most this: the share of the dense MACs the event kernel does. Measured break-even on the sdconv
-#: SNN's layers (benchmarks/end_to_end.py --only event, 1 thread): 0.013 for the 16→32 conv
-#: (weights 8.8 %), 0.009 for the 32→64 conv (3.2 %), 0.023 for the unpruned classifier; 0.01
-#: takes the event kernel only where it won on all three (docs/benchmarks.md, "Event-driven execution").
-AUTO_MAX_WORK = 0.01
-
 
 @functools.cache
 def load():
-    """The compiled ``snncompiler.kernels._event_cpu`` module, or None if it is not built."""
+    """The compiled ``snncompiler.kernels._event_cpu`` module, or None if it is not built. The
+    first call applies ``SNNC_CPU_ISA`` (baseline, avx2, avx512), as for the neuron kernel."""
     try:
         from . import _event_cpu
     except ImportError:
         return None
+    name = os.environ.get("SNNC_CPU_ISA", "").strip().lower()
+    if name and name != "auto" and name in _event_cpu.supported_isas():
+        _event_cpu.set_isa(name)  # an ISA this CPU lacks: the neuron kernel's loader warns once
     return _event_cpu
 
 
@@ -96,24 +104,62 @@ class EventLayer:
         self.weight_density = self.value.numel() / max(1, weight.numel())
         self.stride, self.dilation = tuple(int(s) for s in stride), tuple(int(d) for d in dilation)
         self.pads = tuple(int(p) for p in pads)  # ONNX order: begin H, begin W, end H, end W
+        # the gather form's weights, [KH·KW, C, O padded to 16] (built on first use; groups = 1 only)
+        self._packed: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        dense = weight.detach().float().cpu()
+        self._dense_weight = (dense if dense.dim() == 4 else dense[:, :, None, None]) if self.groups == 1 else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's output for x ([N, C, H, W], [N, C, L] or [..., F]) on the event kernel."""
+    @property
+    def gather_ok(self) -> bool:
+        """Whether the gather form applies: groups = 1, and packed weights the kernel addresses
+        with 32-bit offsets (fewer than 2^31 floats)."""
+        if self.groups != 1:
+            return False
+        o, c, kh, kw = self._dense_weight.shape
+        return kh * kw * c * (-(-o // 16) * 16) < 2**31
+
+    def __call__(self, x: torch.Tensor, form: str = "scatter") -> torch.Tensor:
+        """The layer's output for x ([N, C, H, W], [N, C, L] or [..., F]) on the event kernel, in
+        the scatter form (work ∝ nonzero inputs × nonzero weights: pruned layers, very sparse
+        spikes) or the gather form (work ∝ nonzero inputs × the taps that reach a real input, with
+        the outputs in registers: dense weights at a few % spike density and up; groups = 1)."""
+        if form not in ("scatter", "gather"):
+            raise ValueError(f"form: expected scatter or gather, got {form!r}")
+        if form == "gather" and not self.gather_ok:
+            raise ValueError("form: the gather form needs groups = 1 (and fewer than 2^31 packed weights)")
         lib = load()
         if self.kind == "linear":
             lead = x.shape[:-1]
             x4 = x.reshape(-1, x.shape[-1], 1, 1)
-            y = self._run(lib, x4, 1, 1)
+            y = self._run(lib, x4, 1, 1, form)
             return y.reshape(tuple(lead) + (y.shape[1],))
         x4 = x.unsqueeze(2) if self.conv1d else x
-        _, _, H, W = x4.shape
-        (KH, KW), (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.kernel, self.stride, self.dilation, self.pads
-        OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
-        OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
-        y = self._run(lib, x4, OH, OW)
+        OH, OW = self.output_size(x4.shape[2], x4.shape[3])
+        y = self._run(lib, x4, OH, OW, form)
         return y.squeeze(2) if self.conv1d else y
 
-    def _run(self, lib, x4: torch.Tensor, OH: int, OW: int) -> torch.Tensor:
+    def output_size(self, H: int, W: int) -> tuple[int, int]:
+        """(OH, OW) of an H × W input (1 × 1 for a linear layer)."""
+        if self.kind == "linear":
+            return 1, 1
+        (KH, KW), (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.kernel, self.stride, self.dilation, self.pads
+        return (H + pt + pb - dh * (KH - 1) - 1) // sh + 1, (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+
+    def _gather_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._packed is None:
+            w = self._dense_weight
+            O = w.shape[0]  # noqa: E741 - output channels, as in the weight layout [O, C, KH, KW]
+            opad = -(-O // 16) * 16
+            packed = torch.zeros((w.shape[2] * w.shape[3], w.shape[1], opad), dtype=torch.float32)
+            packed[:, :, :O] = w.permute(2, 3, 1, 0).reshape(-1, w.shape[1], O)
+            bias = None
+            if self.bias is not None:
+                bias = torch.zeros(opad, dtype=torch.float32)
+                bias[:O] = self.bias
+            self._packed = (packed.contiguous(), bias)
+        return self._packed
+
+    def _run(self, lib, x4: torch.Tensor, OH: int, OW: int, form: str = "scatter") -> torch.Tensor:
         x4 = x4.contiguous() if x4.dtype == torch.float32 else x4.float().contiguous()
         N, C, H, W = x4.shape
         O = self.weight_shape[0]  # noqa: E741 - output channels, as in the weight layout [O, C, KH, KW]
@@ -121,6 +167,32 @@ class EventLayer:
         if out.numel() == 0:
             return out
         (KH, KW), (sh, sw), (dh, dw), (pt, pl, _, _) = self.kernel, self.stride, self.dilation, self.pads
+        if form == "gather":
+            packed, bias = self._gather_weights()
+            lib.conv2d_gather(
+                x4.data_ptr(),
+                out.data_ptr(),
+                0 if bias is None else bias.data_ptr(),
+                packed.data_ptr(),
+                N,
+                C,
+                H,
+                W,
+                O,
+                packed.shape[2],
+                OH,
+                OW,
+                KH,
+                KW,
+                sh,
+                sw,
+                pt,
+                pl,
+                dh,
+                dw,
+                torch.get_num_threads(),
+            )
+            return out
         lib.conv2d(
             x4.data_ptr(),
             out.data_ptr(),
@@ -187,10 +259,13 @@ def layer_for(node) -> EventLayer | None:
     return layer
 
 
-def work_fraction(x: torch.Tensor, layer: EventLayer) -> float:
-    """Spike density of x (nonzero share) × the layer's weight density: the share of the dense
-    MACs the event kernel does."""
-    return float(torch.count_nonzero(x)) / max(1, x.numel()) * layer.weight_density
+def count_nonzero(x: torch.Tensor) -> int:
+    """The number of nonzero entries of x (NaN counts), with the C++ kernel for a contiguous
+    float32 CPU tensor (torch.count_nonzero is ten times slower there), torch otherwise."""
+    lib = load()
+    if lib is None or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+        return int(torch.count_nonzero(x))
+    return int(lib.count_nonzero(x.data_ptr(), x.numel(), torch.get_num_threads()))
 
 
 def conv2d_reference(x, weight, bias=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1):

@@ -116,8 +116,11 @@ class SpikingRunner:
         self._spike_source: dict[str, str] = {}
         self._chunk_spikes: dict[str, torch.Tensor] = {}
         self._event_layers = self._event_setup() if exec_mode != "dense" else {}
-        #: per spike-driven layer, chunks run [dense, event] (``auto`` chooses per chunk)
-        self.exec_counts: dict[str, list[int]] = {name: [0, 0] for name in self._event_layers}
+        #: per spike-driven layer, the chunks each form ran (dense, gather, scatter; chosen per chunk)
+        self.exec_counts: dict[str, dict[str, int]] = {
+            name: dict.fromkeys(("dense", "gather", "scatter"), 0) for name in self._event_layers
+        }
+        self._costs: dict[str, object] = {}  # per layer, kernels.exec_cost.Costs (measured or cached)
 
     def _event_setup(self) -> dict:
         """EventLayer (weights compressed once) for each conv/linear node whose input is spikes:
@@ -146,10 +149,12 @@ class SpikingRunner:
         return layers
 
     def _reads_spikes(self, node: Node) -> bool:
-        # a max pool of a neuron's spikes ("rate" or "gated") passes spikes on: 0 or θ again
+        # a max pool of a neuron's spikes ("rate", "gated", or "output": the max of the spikes
+        # themselves) passes spikes on: 0 or θ again
         src = self.graph.producer(node.inputs[0])
         while src is not None and (
-            src.op in ("flatten", "reshape") or (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated"))
+            src.op in ("flatten", "reshape")
+            or (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated", "output"))
         ):
             src = self.graph.producer(src.inputs[0])
         return src is not None and src.op == "neuron"
@@ -347,29 +352,29 @@ class SpikingRunner:
             return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
         flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
         layer = self._event_layers.get(node.name)
-        if layer is not None and self._event_pays(node.name, layer, flat[0]):
-            out = layer(flat[0])
+        form = self._event_form(node, layer, flat[0]) if layer is not None else "dense"
+        if form != "dense":
+            out = layer(flat[0], form)
             return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
         return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in IMPLEMENTATIONS[node.op](node, *flat)]
 
-    def _event_pays(self, name: str, layer, x: torch.Tensor) -> bool:
-        """Whether this chunk of a spike-driven layer runs on the event kernel: always under
-        ``event``; under ``auto`` when the chunk's spike density × the layer's weight density is
-        at most :data:`~snncompiler.kernels.event.AUTO_MAX_WORK` (the measured break-even)."""
-        from ..kernels.event import AUTO_MAX_WORK, work_fraction
+    def _event_form(self, node: Node, layer, x: torch.Tensor) -> str:
+        """The form this chunk of a spike-driven layer runs in: the cheapest at the chunk's spike
+        density by the layer's cost model (kernels/exec_cost.py: measured on first use, cached),
+        among the event forms under ``event`` and among all three under ``auto``."""
+        from ..kernels import event, exec_cost
 
-        if self.exec_mode == "event":
-            use = True
-        else:
-            count = self._chunk_spikes.get(self._spike_source.get(name, ""))
-            work = (
-                float(count) / max(1, x.numel()) * layer.weight_density
-                if count is not None
-                else work_fraction(x, layer)
+        costs = self._costs.get(node.name)
+        if costs is None:
+            costs = self._costs[node.name] = exec_cost.costs_for(
+                layer, tuple(x.shape[1:]), lambda t: IMPLEMENTATIONS[node.op](node, t)
             )
-            use = work <= AUTO_MAX_WORK
-        self.exec_counts[name][int(use)] += 1
-        return use
+        count = self._chunk_spikes.get(self._spike_source.get(node.name, ""))
+        density = float(count if count is not None else event.count_nonzero(x)) / max(1, x.numel())
+        forms = exec_cost.FORMS if self.exec_mode == "auto" else ("gather", "scatter")
+        form = costs.best(density, forms)
+        self.exec_counts[node.name][form] += 1
+        return form
 
     def _neuron(self, node: Node, x: torch.Tensor, state: dict) -> torch.Tensor:
         from ..kernels import neuron_multistep

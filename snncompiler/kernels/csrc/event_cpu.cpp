@@ -30,12 +30,16 @@
 // headers, as lif_cpu.cpp). OpenMP across the samples; each thread reuses its event lists.
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "common.h"  // after Python.h (pybind11), which must come first
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -170,7 +174,90 @@ __attribute__((target("avx512f"))) int64_t tap_events_avx512(const int32_t* targ
 // Whether the AVX-512 paths run: the CPU has them, unless set_simd(false) chose the portable loops
 // (tests check both give the same results).
 bool g_avx512 = __builtin_cpu_supports("avx512f");
+// Whether the AVX2 paths run (compaction, transposes and the gather form's micro-kernels); set_isa
+// picks. Every path gives the same bits.
+bool g_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+
+// kLeftPack[mask]: the positions of mask's set bits, 4 bits each, lowest first: the permutation
+// that packs the selected lanes of an 8-float vector to its front (AVX2 has no compress).
+struct LeftPack {
+  uint32_t table[256];
+  LeftPack() {
+    for (int mask = 0; mask < 256; ++mask) {
+      uint32_t packed = 0;
+      int k = 0;
+      for (int lane = 0; lane < 8; ++lane)
+        if (mask >> lane & 1) packed |= static_cast<uint32_t>(lane) << (4 * k++);
+      table[mask] = packed;
+    }
+  }
+};
+const LeftPack kLeftPack;
+
+// compact_scalar with AVX2: 8 inputs per step, packed with a permutation from kLeftPack and
+// stored whole (the buffers have kPad entries of room past n).
+__attribute__((target("avx2"))) int64_t compact_avx2(const float* x, int64_t n, int32_t* pos, float* val) {
+  int64_t m = 0, i = 0;
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i nibble = _mm256_set1_epi32(0xF);
+  const __m256 zero = _mm256_setzero_ps();
+  __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i step = _mm256_set1_epi32(8);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const int k = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
+    const __m256i perm =
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[k])), shifts), nibble);
+    _mm256_storeu_ps(val + m, _mm256_permutevar8x32_ps(v, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + m), _mm256_permutevar8x32_epi32(index, perm));
+    m += __builtin_popcount(static_cast<unsigned>(k));
+    index = _mm256_add_epi32(index, step);
+  }
+  for (; i < n; ++i) {
+    const float v = x[i];
+    pos[m] = static_cast<int32_t>(i);
+    val[m] = v;
+    m += !(v == 0.0f);
+  }
+  return m;
+}
+
+// One 8x8 block: d[j * ds + i] = s[i * ss + j].
+__attribute__((target("avx2"))) void transpose8x8_avx2(const float* s, int64_t ss, float* d, int64_t ds) {
+  __m256 r[8], t[8], u[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * ss);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm256_storeu_ps(d + k * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+    _mm256_storeu_ps(d + (k + 4) * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+  }
+}
 #endif
+
+// d[j * ds + i] = s[i * ss + j] for i < rows, j < cols, in 8x8 blocks: element by element, the
+// stores of one row of s land 4·ds bytes apart and stall on every cache line.
+inline void transpose(const float* s, int64_t rows, int64_t cols, int64_t ss, float* d, int64_t ds) {
+  for (int64_t i0 = 0; i0 < rows; i0 += 8)
+    for (int64_t j0 = 0; j0 < cols; j0 += 8) {
+#ifdef SNNC_EVENT_AVX512
+      if (g_avx2 && i0 + 8 <= rows && j0 + 8 <= cols) {
+        transpose8x8_avx2(s + i0 * ss + j0, ss, d + j0 * ds + i0, ds);
+        continue;
+      }
+#endif
+      for (int64_t i = i0; i < std::min(rows, i0 + 8); ++i)
+        for (int64_t j = j0; j < std::min(cols, j0 + 8); ++j) d[j * ds + i] = s[i * ss + j];
+    }
+}
 
 inline void scatter_add(float* __restrict d, const int32_t* __restrict tp, const float* __restrict tv, int64_t m,
                         float w) {
@@ -183,6 +270,7 @@ inline void scatter_add(float* __restrict d, const int32_t* __restrict tp, const
 inline int64_t compact(const float* x, int64_t n, int32_t* pos, float* val) {
 #ifdef SNNC_EVENT_AVX512
   if (g_avx512) return compact_avx512(x, n, pos, val);
+  if (g_avx2) return compact_avx2(x, n, pos, val);
 #endif
   return compact_scalar(x, n, pos, val);
 }
@@ -360,6 +448,299 @@ int64_t conv2d(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, uint
   return total;
 }
 
+
+// ---- gather form: register-blocked, for spikes at moderate density (a few % and up) -----------
+//
+// The scatter form above pays per (input channel, tap) and per event read-modify-writes of the
+// output; it wins on pruned layers at very low density. At the 5-30 % spike densities of a
+// converted network with dense weights, the gather form does the same multiply-adds (nonzero
+// inputs × all weights they meet) with the outputs in registers:
+//
+//   lists: for each input pixel (n, iy, ix), its nonzero channels c and values v (compacted from
+//          the pixel's channel vector, so ascending in c)
+//   for each tile of 64 output channels (8 AVX2 or 4 AVX-512 registers):
+//     for each output pixel: acc = bias; for each tap reaching a real input pixel (padding taps
+//       are skipped: a 3x3 conv on a 1x1 input does 1/9 of the dense work), for each event of
+//       that pixel: acc += v * Wp[tap][c][tile]   (one broadcast, one fused multiply-add per vector)
+//
+// Wp is the weight packed [KH*KW][C][Opad] by event.py (output channels contiguous, padded with
+// zeros to a multiple of 16), so an event's weights are one contiguous row. The sum runs in a fixed
+// order (bias, then taps in row-major order, then channels ascending) with one rounding per fused
+// multiply-add in every path (std::fma in the portable loop), so the result does not depend on
+// the instruction set or the thread count; it differs from F.conv2d's by summation order only.
+// groups = 1 only (event.py routes grouped convolutions to the scatter form).
+
+namespace gather {
+
+constexpr int64_t kTile = 64;  // output channels per register block
+
+// The (packed-weight offset of the tap, input pixel) pairs of each output pixel: the taps that
+// land on a real input pixel, in tap order. Built once per call from the geometry alone.
+struct PixelTaps {
+  std::vector<int64_t> start, woff, pix;
+  PixelTaps(const Geometry& g, int64_t Opad) : start(g.OH * g.OW + 1, 0) {
+    for (int64_t oy = 0; oy < g.OH; ++oy)
+      for (int64_t ox = 0; ox < g.OW; ++ox) {
+        for (int64_t ky = 0; ky < g.KH; ++ky) {
+          const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
+          if (iy < 0 || iy >= g.H) continue;
+          for (int64_t kx = 0; kx < g.KW; ++kx) {
+            const int64_t ix = ox * g.sw - g.pw + kx * g.dw;
+            if (ix < 0 || ix >= g.W) continue;
+            woff.push_back((ky * g.KW + kx) * g.C * Opad);
+            pix.push_back(iy * g.W + ix);
+          }
+        }
+        start[oy * g.OW + ox + 1] = static_cast<int64_t>(woff.size());
+      }
+  }
+};
+
+// One output pixel's events over all its taps, flattened: the packed-weight row offset of each
+// (tap, channel) and the input value. One loop per pixel instead of one per tap: at a few events
+// per tap (small layers) the mispredicted exit of each short loop cost more than its arithmetic.
+
+template <int NV>  // NV groups of 8 floats
+inline void pixel_portable(const float* w, const float* bias, const int32_t* off, const float* val, int64_t n,
+                           float* dst) {
+  float acc[NV * 8];
+  for (int j = 0; j < NV * 8; ++j) acc[j] = bias ? bias[j] : 0.0f;
+  for (int64_t e = 0; e < n; ++e) {
+    const float v = val[e];
+    const float* row = w + off[e];
+    for (int j = 0; j < NV * 8; ++j) acc[j] = std::fma(v, row[j], acc[j]);
+  }
+  for (int j = 0; j < NV * 8; ++j) dst[j] = acc[j];
+}
+
+#ifdef SNNC_EVENT_AVX512
+template <int NV>  // NV vectors of 8 floats
+__attribute__((target("avx2,fma"))) void pixel_avx2(const float* w, const float* bias, const int32_t* off,
+                                                    const float* val, int64_t n, float* dst) {
+  __m256 acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm256_loadu_ps(bias + 8 * j) : _mm256_setzero_ps();
+  for (int64_t e = 0; e < n; ++e) {
+    const __m256 v = _mm256_broadcast_ss(val + e);
+    const float* row = w + off[e];
+    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row + 8 * j), acc[j]);
+  }
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(dst + 8 * j, acc[j]);
+}
+
+template <int NV>  // NV vectors of 16 floats
+__attribute__((target("avx512f"))) void pixel_avx512(const float* w, const float* bias, const int32_t* off,
+                                                     const float* val, int64_t n, float* dst) {
+  __m512 acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
+  for (int64_t e = 0; e < n; ++e) {
+    const __m512 v = _mm512_set1_ps(val[e]);
+    const float* row = w + off[e];
+    for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row + 16 * j), acc[j]);
+  }
+  for (int j = 0; j < NV; ++j) _mm512_storeu_ps(dst + 16 * j, acc[j]);
+}
+
+#endif
+
+using PixelFn = void (*)(const float*, const float*, const int32_t*, const float*, int64_t, float*);
+
+// The micro-kernel for a tile of `width` floats (a multiple of 16, at most kTile), on the widest
+// instruction set in use.
+PixelFn pick(int64_t width) {
+  const int nv8 = static_cast<int>(width / 8);  // 2, 4, 6 or 8
+#ifdef SNNC_EVENT_AVX512
+  if (g_avx512) switch (nv8 / 2) {
+      case 1: return pixel_avx512<1>;
+      case 2: return pixel_avx512<2>;
+      case 3: return pixel_avx512<3>;
+      default: return pixel_avx512<4>;
+    }
+  if (g_avx2) switch (nv8) {
+      case 2: return pixel_avx2<2>;
+      case 4: return pixel_avx2<4>;
+      case 6: return pixel_avx2<6>;
+      default: return pixel_avx2<8>;
+    }
+#endif
+  switch (nv8) {
+    case 2: return pixel_portable<2>;
+    case 4: return pixel_portable<4>;
+    case 6: return pixel_portable<6>;
+    default: return pixel_portable<8>;
+  }
+}
+
+// A thread's buffers, kept across calls (OpenMP's threads persist): a chunk is one call per
+// layer, and allocating and zero-filling them per call cost more than the small layers' work.
+struct Scratch {
+  std::vector<int32_t> cnt, chan, moff;
+  std::vector<float> val, xt, obuf, mval;
+  std::vector<int64_t> mstart;
+  void fit(int64_t S, const Geometry& g, int64_t Opad, int64_t pairs) {
+    grow(cnt, S * g.H * g.W);
+    grow(chan, S * g.H * g.W * g.C + ::Scratch::kPad);
+    grow(val, S * g.H * g.W * g.C + ::Scratch::kPad);
+    grow(xt, g.H * g.W * g.C);
+    grow(obuf, S * g.OH * g.OW * Opad);
+    grow(mstart, S * g.OH * g.OW + 1);
+    grow(moff, S * pairs * g.C + 8);  // every tap of every pixel full, and a block of 8 of slack
+    grow(mval, S * pairs * g.C + 8);
+  }
+  template <class T>
+  static void grow(std::vector<T>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  }
+};
+
+thread_local Scratch t_scratch;
+
+// Samples [0, S) of a block: compact every input pixel's channel vector, flatten each output
+// pixel's events, then run the tiles; returns the number of nonzero inputs.
+int64_t block(const float* x, float* out, int64_t S, const float* bias, const float* wp, int64_t Opad,
+              const Geometry& g, const PixelTaps& pt, Scratch& s) {
+  const int64_t HW = g.H * g.W, C = g.C, OHW = g.OH * g.OW;
+  int64_t total = 0;
+  for (int64_t n = 0; n < S; ++n) {
+    const float* xn = x + n * C * HW;
+    const float* rows = xn;  // [HW][C]: a pixel's channels contiguous
+    if (HW > 1) {
+      transpose(xn, C, HW, HW, s.xt.data(), C);
+      rows = s.xt.data();
+    }
+    for (int64_t p = 0; p < HW; ++p) {
+      const int64_t at = (n * HW + p) * C;
+      const int64_t k = compact(rows + p * C, C, s.chan.data() + at, s.val.data() + at);
+      s.cnt[n * HW + p] = static_cast<int32_t>(k);
+      total += k;
+    }
+  }
+  // flatten: copies in blocks of 8 whatever the count (reading past a pixel's events stays inside
+  // the buffers, and what is written past them is overwritten or never read), so that at a few
+  // events per tap the only data-dependent branch is the rare second block
+  int32_t* mo = s.moff.data();
+  float* mv = s.mval.data();
+  int64_t m = 0;
+  s.mstart[0] = 0;
+  for (int64_t n = 0; n < S; ++n) {
+    const int32_t* cnt = s.cnt.data() + n * HW;
+    const int32_t* chan = s.chan.data() + n * HW * C;
+    const float* val = s.val.data() + n * HW * C;
+    for (int64_t q = 0; q < OHW; ++q) {
+      for (int64_t k = pt.start[q]; k < pt.start[q + 1]; ++k) {
+        const int64_t p = pt.pix[k];
+        const int32_t* ch = chan + p * C;
+        const float* vv = val + p * C;
+        const int32_t base = static_cast<int32_t>(pt.woff[k]), c = cnt[p];
+        int32_t j = 0;
+        do {  // the first block unconditionally: "is this pixel silent?" is the unpredictable branch
+          for (int u = 0; u < 8; ++u) {
+            mo[m + j + u] = base + ch[j + u] * static_cast<int32_t>(Opad);
+            mv[m + j + u] = vv[j + u];
+          }
+          j += 8;
+        } while (j < c);
+        m += c;
+      }
+      s.mstart[n * OHW + q + 1] = m;
+    }
+  }
+  for (int64_t t0 = 0; t0 < Opad; t0 += kTile) {
+    const int64_t width = std::min(kTile, Opad - t0);
+    const PixelFn fn = pick(width);
+    const float* bt = bias ? bias + t0 : nullptr;
+    for (int64_t i = 0; i < S * OHW; ++i) {
+      const int64_t a = s.mstart[i], b = s.mstart[i + 1];
+      fn(wp + t0, bt, mo + a, mv + a, b - a, s.obuf.data() + i * Opad + t0);
+    }
+  }
+  for (int64_t n = 0; n < S; ++n) {  // [OHW][Opad] -> [O][OHW]
+    const float* ob = s.obuf.data() + n * OHW * Opad;
+    float* on = out + n * g.O * OHW;
+    if (OHW == 1) {
+      std::memcpy(on, ob, sizeof(float) * g.O);
+      continue;
+    }
+    transpose(ob, OHW, g.O, Opad, on, OHW);
+  }
+  return total;
+}
+
+}  // namespace gather
+
+// x: [N, C, H, W]; out: [N, O, OH, OW]; wp: float32 [KH*KW, C, Opad] (Opad: O padded to a multiple
+// of 16 with zero weights); bias: float32 [Opad] or 0. groups = 1. Returns the number of nonzero
+// inputs over the whole batch.
+int64_t conv2d_gather(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t wp, int64_t N, int64_t C, int64_t H,
+                      int64_t W, int64_t O, int64_t Opad, int64_t OH, int64_t OW, int64_t KH, int64_t KW, int64_t sh,
+                      int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int threads) {
+  const Geometry g{C, H, W, O, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw};
+  const gather::PixelTaps taps(g, Opad);
+  const float* xp = addr<const float>(x);
+  float* op = addr<float>(out);
+  const float* bp = bias ? addr<const float>(bias) : nullptr;
+  const float* wpp = addr<const float>(wp);
+  const int64_t in_size = C * H * W, out_size = O * OH * OW;
+  // samples per block: the block's event lists and outputs in about 256 KiB (L2), so that each
+  // tile's weights are read once per block and its events stay cached across the tiles
+  const int64_t per_sample = in_size * 8 + OH * OW * Opad * 4;
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(64, (256 << 10) / std::max<int64_t>(1, per_sample)));
+  const int64_t nblocks = (N + block - 1) / block;
+  int64_t total = 0;
+  py::gil_scoped_release release;
+#pragma omp parallel num_threads(std::max(1, threads)) if (nblocks > 1) reduction(+ : total)
+  {
+    gather::Scratch& s = gather::t_scratch;
+    s.fit(block, g, Opad, static_cast<int64_t>(taps.pix.size()));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t n0 = b * block, S = std::min(block, N - n0);
+      total += gather::block(xp + n0 * in_size, op + n0 * out_size, S, bp, wpp, Opad, g, taps, s);
+    }
+  }
+  return total;
+}
+
+
+// The number of nonzero entries of x[0..n) (NaN counts): what --exec auto reads per chunk to pick
+// a form. torch.count_nonzero took 0.6 ms on a 256K-entry chunk, more than the choice saved.
+int64_t count_nonzero(uintptr_t x, int64_t n, int threads) {
+  const float* xp = addr<const float>(x);
+  int64_t total = 0;
+  py::gil_scoped_release release;
+#pragma omp parallel for num_threads(std::max(1, threads)) if (n > (1 << 20)) reduction(+ : total) schedule(static)
+  for (int64_t i = 0; i < n; ++i) total += !(xp[i] == 0.0f);
+  return total;
+}
+
+// Instruction-set selection, named as the neuron kernel's (lif_cpu.cpp): baseline (portable
+// loops), avx2 (the gather form's AVX2+FMA micro-kernels) and avx512 (every SIMD path).
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names{"baseline"};
+#ifdef SNNC_EVENT_AVX512
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) names.push_back("avx2");
+  if (__builtin_cpu_supports("avx512f")) names.push_back("avx512");
+#endif
+  return names;
+}
+
+std::string isa() {
+#ifdef SNNC_EVENT_AVX512
+  if (g_avx512) return "avx512";
+  if (g_avx2) return "avx2";
+#endif
+  return "baseline";
+}
+
+void set_isa(const std::string& name) {
+  const auto names = supported_isas();
+  if (std::find(names.begin(), names.end(), name) == names.end())
+    throw std::invalid_argument("isa: '" + name + "' is not one this build and CPU run");
+#ifdef SNNC_EVENT_AVX512
+  g_avx512 = name == "avx512";
+  g_avx2 = name != "baseline";
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_event_cpu, m) {
@@ -371,19 +752,26 @@ PYBIND11_MODULE(_event_cpu, m) {
         py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("O"), py::arg("OH"), py::arg("OW"),
         py::arg("KH"), py::arg("KW"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"),
         py::arg("dw"), py::arg("threads"));
+  m.def("conv2d_gather", &conv2d_gather,
+        "Gather form: for each output pixel and tile of output channels, sum value x packed weight row over "
+        "the nonzero inputs its taps reach; wp [KH*KW, C, Opad]; returns the number of nonzero inputs",
+        py::arg("x"), py::arg("out"), py::arg("bias"), py::arg("wp"), py::arg("N"), py::arg("C"), py::arg("H"),
+        py::arg("W"), py::arg("O"), py::arg("Opad"), py::arg("OH"), py::arg("OW"), py::arg("KH"), py::arg("KW"),
+        py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
+        py::arg("threads"));
+  m.def("count_nonzero", &count_nonzero, "The number of nonzero entries of a contiguous float32 buffer",
+        py::arg("x"), py::arg("n"), py::arg("threads"));
   m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("simd", [] {
 #ifdef SNNC_EVENT_AVX512
-    return g_avx512;
+    return g_avx512 || g_avx2;
 #else
     return false;
 #endif
-  }, "Whether the AVX-512 paths run");
-  m.def("set_simd", [](bool on) {
-#ifdef SNNC_EVENT_AVX512
-    g_avx512 = on && __builtin_cpu_supports("avx512f");
-#else
-    (void)on;
-#endif
-  }, "Use the AVX-512 paths where the CPU has them (true) or the portable loops (false)", py::arg("on"));
+  }, "Whether SIMD paths run (AVX-512 for both forms, or AVX2 with FMA for the gather form)");
+  m.def("set_simd", [](bool on) { set_isa(on ? supported_isas().back() : "baseline"); },
+        "The best instruction set the CPU has (true) or the portable loops (false)", py::arg("on"));
+  m.def("isa", &isa, "The instruction set the kernels run with: baseline, avx2 or avx512");
+  m.def("supported_isas", &supported_isas, "Instruction sets this build has and this CPU runs, slowest first");
+  m.def("set_isa", &set_isa, "Run the kernels with this instruction set (one of supported_isas())", py::arg("name"));
 }

@@ -1,0 +1,205 @@
+"""Which form runs a spike-driven conv/linear layer: dense, event-driven gather or scatter.
+
+The three forms compute the same current (within float32 summation-order error) at very
+different costs, and which is cheapest depends on the layer's shape, its weight density, the
+spike density of its input, the CPU and the thread count:
+
+* ``dense``: the runtime's F.conv2d / F.linear (oneDNN): cost independent of the spikes;
+* ``gather`` (kernels/csrc/event_cpu.cpp): per output pixel, the nonzero inputs its taps reach,
+  outputs in registers: cost ∝ spike density × the taps that reach a real input (padding taps
+  are free, so a 3×3 convolution on a 1×1 map costs 1/9 of its dense form); groups = 1;
+* ``scatter``: per nonzero input, the nonzero weights it meets: cost ∝ spike density × weight
+  density, the form for pruned layers.
+
+A :class:`Costs` per layer is fitted by a micro-benchmark on first use: each form timed on
+planted spike inputs of the layer's real input shape (:data:`SAMPLES` samples, the two spike
+densities of :data:`DENSITIES`, median of :data:`REPEATS`), a line in the density for the event
+forms and a constant for dense, per sample. It is cached in memory and on disk
+(``$SNNC_CACHE_DIR/exec_cost.json``, default ``~/.cache/snncompiler``), keyed by the layer's
+geometry, weight density, input shape, the CPU, the instruction set and the thread count, so a
+later run (or process) on the same machine reuses it. The scatter form is only measured for
+pruned layers (weight density ≤ :data:`SCATTER_MAX_WEIGHT_DENSITY`): with dense weights it
+repeats the gather form's work with a read-modify-write per product and never won a
+measurement.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..fileio import write_text
+
+FORMS = ("dense", "gather", "scatter")
+#: spike densities of the planted inputs the event forms are timed at (a line through the two)
+DENSITIES = (0.02, 0.25)
+SAMPLES = 128
+REPEATS = 3
+SCATTER_MAX_WEIGHT_DENSITY = 0.5
+_CACHE_VERSION = 1  # bump when the kernels change enough to invalidate stored measurements
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per sample of each form: ``dense`` a constant, each event form a line
+    ``a + b·density`` in the input's spike density (nonzero share)."""
+
+    dense: float
+    event: dict[str, tuple[float, float]]
+
+    def predict(self, form: str, density: float) -> float:
+        """Predicted seconds per sample of ``form`` at ``density``."""
+        if form == "dense":
+            return self.dense
+        a, b = self.event[form]
+        return max(0.0, a + b * density)
+
+    def best(self, density: float, forms) -> str:
+        """The cheapest of ``forms`` (those measured) at this spike density."""
+        usable = [f for f in forms if f == "dense" or f in self.event]
+        return min(usable, key=lambda f: self.predict(f, density))
+
+    def break_even(self, form: str) -> float | None:
+        """The spike density below which ``form`` beats dense: None if never, 1.0 if always."""
+        a, b = self.event[form]
+        if a >= self.dense:
+            return None
+        return 1.0 if b <= 0 else min(1.0, (self.dense - a) / b)
+
+    def to_json(self) -> dict:
+        """A JSON-able dict (the on-disk cache entry)."""
+        return {"dense": self.dense, "event": {k: list(v) for k, v in self.event.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Costs:
+        """The inverse of :meth:`to_json`; raises on anything else (the cache entry is then remeasured)."""
+        event = {str(k): (float(v[0]), float(v[1])) for k, v in d["event"].items()}
+        if not set(event) <= {"gather", "scatter"}:
+            raise ValueError("unknown form")
+        return cls(float(d["dense"]), event)
+
+
+_memory: dict[str, Costs] = {}
+_lock = threading.Lock()
+
+
+def cache_path() -> Path:
+    """The on-disk cache: ``$SNNC_CACHE_DIR/exec_cost.json`` (default ``~/.cache/snncompiler``)."""
+    return Path(os.environ.get("SNNC_CACHE_DIR", Path.home() / ".cache" / "snncompiler")) / "exec_cost.json"
+
+
+@functools.cache
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def layer_key(layer, in_shape: tuple[int, ...]) -> str:
+    """The cache key of a layer on inputs of per-sample shape ``in_shape``: everything the
+    measured costs depend on."""
+    from . import event
+
+    return json.dumps(
+        [
+            _CACHE_VERSION,
+            _cpu_name(),
+            event.load().isa(),
+            torch.get_num_threads(),
+            torch.__version__,
+            layer.kind,
+            list(layer.weight_shape),
+            list(layer.stride),
+            list(layer.pads),
+            list(layer.dilation),
+            layer.groups,
+            round(layer.weight_density, 2),
+            list(in_shape),
+        ]
+    )
+
+
+def _read_disk() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(key: str, costs: Costs) -> None:
+    """Add one entry to the on-disk cache (read, merge, atomic rewrite); a cache that cannot be
+    written only costs a remeasurement next time."""
+    try:
+        path = cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_disk()
+        data[key] = costs.to_json()
+        write_text(path, json.dumps(data, indent=0, sort_keys=True), flag="SNNC_CACHE_DIR")
+    except Exception:  # a read-only home, a full disk: measuring again next time is the fallback
+        pass
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: weight packing, oneDNN primitive creation, page faults
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor], object]) -> Costs:
+    """Fit :class:`Costs` for ``layer`` on inputs [SAMPLES, *in_shape] (no cache)."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (SAMPLES,) + tuple(in_shape)
+    planted = {d: (torch.rand(shape, generator=gen) < d).float() for d in DENSITIES}
+    forms = ["gather"] if layer.gather_ok else []
+    if layer.weight_density <= SCATTER_MAX_WEIGHT_DENSITY or not forms:
+        forms.append("scatter")
+    dense = _median_time(lambda: dense_fn(planted[DENSITIES[-1]]), REPEATS) / SAMPLES
+    event = {}
+    (d0, d1) = DENSITIES
+    for form in forms:
+        t0 = _median_time(lambda f=form: layer(planted[d0], f), REPEATS) / SAMPLES
+        t1 = _median_time(lambda f=form: layer(planted[d1], f), REPEATS) / SAMPLES
+        slope = max(0.0, (t1 - t0) / (d1 - d0))
+        event[form] = (max(0.0, t0 - slope * d0), slope)
+    return Costs(dense, event)
+
+
+def costs_for(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor], object]) -> Costs:
+    """The :class:`Costs` of ``layer`` on per-sample inputs of ``in_shape``: from memory, else
+    from the on-disk cache, else measured now (:func:`measure`, tens to hundreds of
+    milliseconds per layer) and stored in both."""
+    key = layer_key(layer, in_shape)
+    with _lock:
+        if key in _memory:
+            return _memory[key]
+        entry = _read_disk().get(key)
+        costs = None
+        if entry is not None:
+            try:
+                costs = Costs.from_json(entry)
+            except (KeyError, TypeError, ValueError, IndexError):
+                costs = None
+        if costs is None:
+            costs = measure(layer, in_shape, dense_fn)
+            _store(key, costs)
+        _memory[key] = costs
+        return costs
