@@ -1,8 +1,10 @@
 """Before any test module imports triton (SpikingJelly's modules do, at import time): on a
 machine without a GPU, Triton kernels run through the interpreter. The decorator reads
-TRITON_INTERPRET when a kernel is defined, so it must be set before the first import."""
+TRITON_INTERPRET when a kernel is defined, so it must be set before the first import. The
+library's caches go to a temporary directory of the session."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +12,10 @@ import torch.nn as nn
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # the event kernels' cost model goes to a directory of this test session, not the user's
+    # ~/.cache/snncompiler (on a GPU machine the compiled CUDA kernel is cached there too, and
+    # compiling it afresh every session would cost a minute of device time)
+    os.environ.setdefault("SNNC_CACHE_DIR", tempfile.mkdtemp(prefix="snnc-test-cache-"))
 
 
 @pytest.fixture(scope="session")

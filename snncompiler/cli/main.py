@@ -830,9 +830,11 @@ def _add_exec_option(p) -> None:
         "--exec",
         choices=defaults.EXEC_MODES,
         default=None,
-        help="spiking models: how conv/linear layers fed by spikes run: dense (default), event "
-        "(from the active inputs and nonzero weights only, C++ CPU kernel) or auto (per layer "
-        "and chunk, by measured spike density × weight density)",
+        help="spiking models: how conv/linear layers fed by spikes run (CPU): dense (default), event "
+        "(from the nonzero inputs only, C++ kernel: gather form for dense weights, scatter form for pruned "
+        "ones) or auto (per layer and chunk, the cheapest of the three at the chunk's spike density by a "
+        "cost model measured on first use and cached in $SNNC_CACHE_DIR); results equal dense within "
+        "float32 summation order",
     )
 
 
