@@ -255,6 +255,11 @@ def test_a_file_nir_type_check_refuses_is_read_with_our_shapes(tmp_path):
     expect = snnc.load(tmp_path / "plain.nir").run(x, T)
     assert np.abs(expect).max() > 0.01
     np.testing.assert_allclose(snnc.load(tmp_path / "peer.nir").run(x, T), expect, atol=1e-6)
+    # with the check off, shapes that really do not fit are still refused, naming the node
+    w_fc = w_fc[:, :31]
+    nir.write(str(tmp_path / "bad.nir"), graph(batched))
+    r = _snnc("inspect", tmp_path / "bad.nir")
+    assert r.returncode == 2 and "NIR Affine 'fc'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 # ---- reading NIR ------------------------------------------------------------------------

@@ -188,7 +188,8 @@ def test_snntorch_export_runs_on_snnc(tmp_path):
     with torch.no_grad():
         theirs = _running_mean([module(x).numpy() for _ in range(T)])
     assert np.abs(theirs).max() > 0.05
-    loaded = snnc.load(tmp_path / "snt.nir", dt=1e-4)  # snnTorch's LIF convention, not in the file
+    loaded = snnc.load(tmp_path / "snt.nir")  # no dt in the file: r = tau/1e-4 is snnTorch's fixed dt
+    assert loaded.report["dt"] == pytest.approx(1e-4)
     assert [n.attrs["neuron"] for n in loaded.graph.find("neuron")] == ["lif", "lif"]
     np.testing.assert_allclose(_snnc_steps(loaded, x.numpy()), theirs, atol=ATOL)
 

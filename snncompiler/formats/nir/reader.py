@@ -10,7 +10,8 @@ runs, so the file is read as:
   which gives the same spikes; a ``mul`` by 1/θ after the neuron turns snnc's θ·s output back
   into NIR's spikes of 1.
 * dt: the file's ``dt`` metadata (written by `snnc export`), else the ``dt`` argument, else
-  1e-4 s when every IF has r = 1/1e-4 (SpikingJelly's and snnTorch's convention), else 1 when
+  1e-4 s when every IF has r = 1/1e-4 (SpikingJelly's and snnTorch's convention) or, with no IF,
+  every LIF has r = tau/1e-4 (snnTorch's LIF export), else 1 when
   every r is 1 (Sinabs'); anything else asks for ``dt``.
 * Membranes start at 0 (NIR stores no initial state); the threshold test is snnc's ``>=``
   (NIR says ``>``; the two differ only when v lands exactly on θ).
@@ -108,6 +109,10 @@ class _Importer:
             return float(dt)
         rs = [np.asarray(n.r, np.float64) for n in self.nir_graph.nodes.values() if type(n).__name__ == "IF"]
         if rs and all(np.allclose(r, 1.0 / CONVENTIONAL_DT) for r in rs):
+            return CONVENTIONAL_DT
+        # snnTorch writes LIF only, with r = tau/dt for its fixed dt = 1e-4 (as `snnc export` does)
+        lifs = [n for n in self.nir_graph.nodes.values() if type(n).__name__ == "LIF"]
+        if not rs and lifs and all(_conventional_lif(n) for n in lifs):
             return CONVENTIONAL_DT
         neurons = [n for n in self.nir_graph.nodes.values() if type(n).__name__ in ("IF", "LIF")]
         if neurons and all(np.allclose(np.asarray(n.r, np.float64), 1.0) for n in neurons):
@@ -329,6 +334,16 @@ class _Importer:
             raise SnncError(f"{where}: tau / dt must be one value > 1 per layer, got {tau_steps.tolist()}")
         gain = _tensor(node.r) * self.dt / _tensor(node.tau)
         return self._neuron(name, node, x, gain, lif_tau=float(tau_steps))
+
+
+def _conventional_lif(node) -> bool:
+    """Whether a LIF node has r = tau / 1e-4 (and tau > 1e-4): SpikingJelly's, snnTorch's and our
+    writer's convention, under which one step of 1e-4 s is v ← (1 − 1/τ)·v + I."""
+    try:
+        r, tau = np.asarray(node.r, np.float64), np.asarray(node.tau, np.float64)
+        return bool(np.all(tau > CONVENTIONAL_DT)) and bool(np.allclose(r * CONVENTIONAL_DT, tau, rtol=1e-5))
+    except (TypeError, ValueError):
+        return False
 
 
 def _channel(value: torch.Tensor, shape) -> torch.Tensor:
