@@ -209,18 +209,20 @@ class CompiledModel:
 
         save_artifact(self, path)
 
-    def to_nir(self):
+    def to_nir(self, *, flatten: str = "nir", avgpool: str = "avg"):
         """This model as a ``nir.NIRGraph`` plus the list of what NIR cannot represent
-        (see :mod:`snncompiler.formats.nir.writer`)."""
+        (see :mod:`snncompiler.formats.nir.writer`). ``flatten="torch"`` (snnTorch, Norse) and
+        ``avgpool="sum"`` (Norse) write the conventions those readers need."""
         from .formats.nir.writer import to_nir
 
-        return to_nir(self)
+        return to_nir(self, flatten=flatten, avgpool=avgpool)
 
-    def save_nir(self, path) -> list[str]:
-        """Write this model as a NIR file; returns the lossy-export warnings (also logged)."""
+    def save_nir(self, path, *, flatten: str = "nir", avgpool: str = "avg") -> list[str]:
+        """Write this model as a NIR file; returns the lossy-export warnings (also logged).
+        ``flatten`` and ``avgpool`` as in :meth:`to_nir`."""
         from .formats.nir.writer import save_nir
 
-        return save_nir(self, path)
+        return save_nir(self, path, flatten=flatten, avgpool=avgpool)
 
     def to_onnx(self, timesteps: int | None = None):
         """This SNN as a standard ``onnx.ModelProto`` (no custom operators) that simulates

@@ -175,7 +175,11 @@ def test_unsupported_models_are_one_line_errors(tmp_path):
     )
     artifact = tmp_path / "m.snn.onnx"
     model.save(artifact)
-    cases = [(artifact, "maxpool has no NIR equivalent"), (tmp_path / "m.onnx", "compile it with `snnc compile`")]
+    cases = [
+        (artifact, "maxpool has no NIR equivalent (NIR has no max pooling node, and every --maxpool strategy"),
+        (artifact, "use AvgPool in the ANN and recompile, or export with --format onnx"),
+        (tmp_path / "m.onnx", "compile it with `snnc compile`"),
+    ]
     for src, message in cases:
         r = subprocess.run(
             [sys.executable, "-m", "snncompiler.cli", "export", str(src), "-o", str(tmp_path / "x.nir")],
@@ -184,6 +188,78 @@ def test_unsupported_models_are_one_line_errors(tmp_path):
         )
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "x.nir").exists()
+
+
+def test_peer_conventions_read_back_and_bad_values_are_named(tmp_path):
+    """`--nir-flatten torch` and `--nir-avgpool sum` (for snnTorch and Norse, tests/test_nir_peers.py)
+    are the same network: snnc reads each back to the default export's outputs."""
+    model, x = _compile(
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 2)
+        ),
+        (1, 8, 8),
+        tmp_path,
+        reset="hard",
+        v0="zero",
+    )
+    ours = model.run(x, T)
+    for flatten, avgpool in [("torch", "avg"), ("nir", "sum"), ("torch", "sum")]:
+        path = tmp_path / f"{flatten}_{avgpool}.nir"
+        model.save_nir(path, flatten=flatten, avgpool=avgpool)
+        graph = nir.read(str(path), type_check=False)
+        flat = next(n for n in graph.nodes.values() if type(n).__name__ == "Flatten")
+        assert int(flat.start_dim) == (1 if flatten == "torch" else 0)
+        kinds = [type(n).__name__ for n in graph.nodes.values()]
+        assert ("SumPool2d" if avgpool == "sum" else "AvgPool2d") in kinds
+        np.testing.assert_allclose(snnc.load(path).run(x, T), ours, atol=1e-5)
+    with pytest.raises(snnc.SnncError, match="flatten: expected one of nir, torch, got 'numpy'"):
+        model.save_nir(tmp_path / "x.nir", flatten="numpy")
+    artifact = tmp_path / "m.snn.onnx"
+    model.save(artifact)
+    r = _snnc("export", artifact, "--format", "onnx", "--nir-avgpool", "sum", "-o", tmp_path / "x.onnx")
+    assert r.returncode == 2 and "--nir-avgpool: only with --format nir" in r.stderr, r.stderr
+
+
+def test_a_file_nir_type_check_refuses_is_read_with_our_shapes(tmp_path):
+    """Peers write declared shapes NIR's own type check refuses (nirtorch traces a batch, so a
+    Flatten's input_type carries a batch axis of 1): nir.read raises, snnc reads the file with the
+    type check off and infers every shape from the Input node and the parameters."""
+    rng = np.random.default_rng(0)
+    w_conv, w_fc = rng.normal(size=(2, 1, 3, 3)).astype(np.float32), rng.normal(size=(3, 32)).astype(np.float32)
+
+    def graph(flatten):
+        return nir.NIRGraph(
+            nodes={
+                "in": nir.Input(input_type={"input": np.array([1, 4, 4])}),
+                "conv": nir.Conv2d(
+                    input_shape=(4, 4), weight=w_conv, stride=1, padding=1, dilation=1, groups=1, bias=np.zeros(2)
+                ),
+                "if": nir.IF(r=np.ones((2, 4, 4)), v_threshold=np.full((2, 4, 4), 0.5), v_reset=np.zeros((2, 4, 4))),
+                "flat": flatten,
+                "fc": nir.Affine(weight=w_fc, bias=np.zeros(3, np.float32)),
+                "out": nir.Output(output_type={"output": np.array([3])}),
+            },
+            edges=[("in", "conv"), ("conv", "if"), ("if", "flat"), ("flat", "fc"), ("fc", "out")],
+            type_check=False,
+        )
+
+    batched = nir.Flatten(input_type={"input": np.array([1, 2, 4, 4])}, start_dim=1, end_dim=-1)
+    nir.write(str(tmp_path / "peer.nir"), graph(batched))
+    nir.write(
+        str(tmp_path / "plain.nir"),
+        graph(nir.Flatten(input_type={"input": np.array([2, 4, 4])}, start_dim=0, end_dim=-1)),
+    )
+    with pytest.raises(ValueError, match="type mismatch"):
+        nir.read(str(tmp_path / "peer.nir"))
+    x = rng.random((5, 1, 4, 4), dtype=np.float32)
+    expect = snnc.load(tmp_path / "plain.nir").run(x, T)
+    assert np.abs(expect).max() > 0.01
+    np.testing.assert_allclose(snnc.load(tmp_path / "peer.nir").run(x, T), expect, atol=1e-6)
+    # with the check off, shapes that really do not fit are still refused, naming the node
+    w_fc = w_fc[:, :31]
+    nir.write(str(tmp_path / "bad.nir"), graph(batched))
+    r = _snnc("inspect", tmp_path / "bad.nir")
+    assert r.returncode == 2 and "NIR Affine 'fc'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 # ---- reading NIR ------------------------------------------------------------------------

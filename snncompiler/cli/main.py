@@ -426,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["nir", "onnx"],
         default="nir",
-        help="nir (default): the Neuromorphic Intermediate Representation (HDF5), read by SpikingJelly "
-        "and neuromorphic toolchains; onnx: the SNN at a fixed T in standard ONNX operators "
+        help="nir (default): the Neuromorphic Intermediate Representation (HDF5); tested to run as in snnc "
+        "(hard reset, v0 zero) in SpikingJelly (IF, LIF), snnTorch (LIF only, with --nir-flatten torch) and "
+        "Norse (IF only, with --nir-flatten torch --nir-avgpool sum); onnx: the SNN at a fixed T in standard ONNX operators "
         "(neurons as a Scan over the steps, output the mean over T as `snnc run` gives it), "
         "which onnxruntime runs",
     )
@@ -436,6 +437,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="--format onnx: the number of steps the exported graph simulates (default: the compile T)",
+    )
+    p.add_argument(
+        "--nir-flatten",
+        choices=["nir", "torch"],
+        default=None,
+        help="--format nir: Flatten as NIR defines it (nir, default: one sample, start_dim 0) or as "
+        "snnTorch's and Norse's importers run it (torch: start_dim 1 on a batch)",
+    )
+    p.add_argument(
+        "--nir-avgpool",
+        choices=["avg", "sum"],
+        default=None,
+        help="--format nir: average pooling as AvgPool2d (avg, default) or as SumPool2d with 1/k² folded "
+        "into the next layer (sum: for Norse, which reads no AvgPool2d)",
     )
     _add_common(p)
     p.set_defaults(func=cmd_export)
@@ -712,12 +727,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """snnc export MODEL.snn.onnx -o OUT.nir | --format onnx [--timesteps T] -o OUT.onnx"""
+    """snnc export MODEL.snn.onnx [--nir-flatten torch] [--nir-avgpool sum] -o OUT.nir | --format onnx
+    [--timesteps T] -o OUT.onnx"""
     from .. import load
     from ..model import CompiledModel
 
     if args.format != "onnx" and args.timesteps is not None:
         raise SnncError("--timesteps: only with --format onnx (a NIR file has no fixed number of steps)")
+    for flag, value in (("--nir-flatten", args.nir_flatten), ("--nir-avgpool", args.nir_avgpool)):
+        if args.format != "nir" and value is not None:
+            raise SnncError(f"{flag}: only with --format nir")
     output = resolve_output(args.output, "-o", (args.model,))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
@@ -734,7 +753,7 @@ def cmd_export(args) -> int:
         )
         return 0
     with _unlogged("snncompiler.formats.nir.writer"):  # printed here, once, not again by the held log
-        warnings = model.save_nir(output)
+        warnings = model.save_nir(output, flatten=args.nir_flatten or "nir", avgpool=args.nir_avgpool or "avg")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(

@@ -10,11 +10,15 @@ runs, so the file is read as:
   which gives the same spikes; a ``mul`` by 1/θ after the neuron turns snnc's θ·s output back
   into NIR's spikes of 1.
 * dt: the file's ``dt`` metadata (written by `snnc export`), else the ``dt`` argument, else
-  1e-4 s when every IF has r = 1/1e-4 (SpikingJelly's and snnTorch's convention), else 1 when
+  1e-4 s when every IF has r = 1/1e-4 (SpikingJelly's and snnTorch's convention) or, with no IF,
+  every LIF has r = tau/1e-4 (snnTorch's LIF export), else 1 when
   every r is 1 (Sinabs'); anything else asks for ``dt``.
 * Membranes start at 0 (NIR stores no initial state); the threshold test is snnc's ``>=``
   (NIR says ``>``; the two differ only when v lands exactly on θ).
 * Several edges into one node are summed (``add`` nodes), as NIR specifies.
+* Flatten: NIR's start_dim 0 on a sample, or torch's start_dim 1 on a batch when the file says
+  so (``snnc export --nir-flatten torch``) or its input_type is the sample with a batch axis of 1.
+* A file NIR's own type check refuses is read without it; snnc infers and checks the shapes.
 
 Supported nodes: Input, Output, Affine, Linear, Conv1d, Conv2d, Flatten, AvgPool2d, SumPool2d,
 Scale, IF, LIF. Others (CubaLIF, LI, Integrator, Delay, Threshold, recurrent graphs) are an
@@ -105,6 +109,10 @@ class _Importer:
             return float(dt)
         rs = [np.asarray(n.r, np.float64) for n in self.nir_graph.nodes.values() if type(n).__name__ == "IF"]
         if rs and all(np.allclose(r, 1.0 / CONVENTIONAL_DT) for r in rs):
+            return CONVENTIONAL_DT
+        # snnTorch writes LIF only, with r = tau/dt for its fixed dt = 1e-4 (as `snnc export` does)
+        lifs = [n for n in self.nir_graph.nodes.values() if type(n).__name__ == "LIF"]
+        if not rs and lifs and all(_conventional_lif(n) for n in lifs):
             return CONVENTIONAL_DT
         neurons = [n for n in self.nir_graph.nodes.values() if type(n).__name__ in ("IF", "LIF")]
         if neurons and all(np.allclose(np.asarray(n.r, np.float64), 1.0) for n in neurons):
@@ -234,12 +242,28 @@ class _Importer:
     def op_Flatten(self, name, node, x):
         shape = self.shape_of(x)
         start, end = int(node.start_dim), int(node.end_dim)
+        if start == 1 and end == -1 and self._batched_flatten(node, shape):
+            start = 0  # torch's convention on a batch: the same whole-sample flatten
         if start != 0 or end not in (-1, len(shape) - 1):
             raise SnncError(
                 f"{self.where(name, node)}: only flattening a whole sample (start_dim 0, end_dim -1) "
                 f"is supported, got {start}..{end}"
             )
         return self.emit("flatten", name, [x], (int(np.prod(shape)),), {"axis": 1})
+
+    def _batched_flatten(self, node, shape) -> bool:
+        """Whether a start_dim-1 Flatten is torch's convention on a batch (``snnc export
+        --nir-flatten torch`` says so in the metadata; other writers by a batched input_type
+        [1, *sample]) rather than a flatten of a sample's inner axes."""
+        meta = getattr(self.nir_graph, "metadata", None) or {}
+        if meta.get("producer") == "snncompiler" and meta.get("flatten") == "torch":
+            return True
+        declared = node.input_type.get("input") if isinstance(node.input_type, dict) else None
+        try:
+            declared = tuple(int(d) for d in np.asarray(declared).reshape(-1)) if declared is not None else ()
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return declared == (1, *shape)
 
     def _pool(self, name, node, x, scale_by_area: bool):
         kernel = [int(k) for k in np.broadcast_to(np.asarray(node.kernel_size), (2,))]
@@ -312,6 +336,16 @@ class _Importer:
         return self._neuron(name, node, x, gain, lif_tau=float(tau_steps))
 
 
+def _conventional_lif(node) -> bool:
+    """Whether a LIF node has r = tau / 1e-4 (and tau > 1e-4): SpikingJelly's, snnTorch's and our
+    writer's convention, under which one step of 1e-4 s is v ← (1 − 1/τ)·v + I."""
+    try:
+        r, tau = np.asarray(node.r, np.float64), np.asarray(node.tau, np.float64)
+        return bool(np.all(tau > CONVENTIONAL_DT)) and bool(np.allclose(r * CONVENTIONAL_DT, tau, rtol=1e-5))
+    except (TypeError, ValueError):
+        return False
+
+
 def _channel(value: torch.Tensor, shape) -> torch.Tensor:
     """A scalar or per-channel [C] value shaped to broadcast over a [B, C, ...] batch."""
     if value.dim() == 0:
@@ -352,6 +386,30 @@ def _probe(label: str) -> None:
         raise SnncError(f"{label}: {problem}")
 
 
+def _read_graph(nir, label: str):
+    """``nir.read``, and if NIR's own type check refuses the file, the same without it: some
+    files declare shapes NIR's inference cannot reconcile (a Flatten input_type traced on a batch,
+    [1, C, H, W] after a [C, H, W] node, as ``snnc export --nir-flatten torch`` writes for snnTorch
+    and Norse) where the nodes' parameters still say everything. :class:`_Importer` infers every shape from the Input node and the
+    parameters, and ``infer_shapes`` checks that each node accepts its input, so a file that is
+    really inconsistent is still refused, naming the node."""
+    import inspect
+
+    def one_line(exc: Exception) -> str:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    try:
+        return nir.read(label)
+    except Exception as exc:  # a truncated or foreign HDF5 file, or one NIR's type check refuses
+        first = exc
+    if "type_check" in inspect.signature(nir.read).parameters:  # a nir without the check has nothing to skip
+        try:
+            return nir.read(label, type_check=False)
+        except Exception:  # not a type-check matter: the first error says what is wrong
+            pass
+    raise SnncError(f"{label}: not a readable NIR file ({one_line(first)})") from first
+
+
 def read_nir(path, *, dt: float | None = None, timesteps: int | None = None) -> tuple[Graph, dict, dict]:
     """Read a NIR file: the IR graph that runs on snnc's runtime, its options (default T, hard
     reset and v0 zero — or the reset and v0 an snnc-written file records —, direct encoding) and a report (source, dt), from which
@@ -365,12 +423,7 @@ def read_nir(path, *, dt: float | None = None, timesteps: int | None = None) -> 
     except ImportError as exc:
         raise SnncError("reading NIR needs the nir package (pip install 'snncompiler[nir]')") from exc
     _probe(label)
-    try:
-        graph = nir.read(str(path))
-    except Exception as exc:  # a truncated or foreign HDF5 file: name it, one line
-        raise SnncError(
-            f"{label}: not a readable NIR file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+    graph = _read_graph(nir, label)
     importer = _Importer(graph, label, dt)
     ir = importer.run()
     ir.metadata["source_file"] = label

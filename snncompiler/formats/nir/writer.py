@@ -19,6 +19,17 @@ reported as a warning and recorded in the graph's metadata:
 * Inputs: under direct encoding the same input is fed at every step; the prediction is the
   output averaged over time. Both are conventions the file cannot express (metadata says so).
 
+Conventions some readers need instead of NIR's own (``to_nir(..., flatten=, avgpool=)``,
+``snnc export --nir-flatten / --nir-avgpool``; the metadata records which were used):
+
+* ``flatten="torch"``: NIR's Flatten works on one sample (start_dim 0), but snnTorch's and
+  Norse's importers build ``torch.nn.Flatten(start_dim, end_dim)`` from it and run it on a
+  batch, where start_dim 0 flattens the batch too. The torch convention writes start_dim 1 on
+  a batched input_type [1, C, H, W].
+* ``avgpool="sum"``: for readers without AvgPool2d (Norse maps only SumPool2d, and has no
+  Scale either), average pooling is written as a SumPool2d whose 1/k² is folded into the layer
+  that reads it, like θ (a ``Scale`` node only where nothing can absorb it).
+
 Supported IR ops: conv (1-D/2-D), linear, neuron, flatten / flattening reshape, 2-D average
 pooling, add of two activations (NIR sums the edges into a node), identity. Anything else is an
 error naming the node.
@@ -44,6 +55,10 @@ from ...options import setting
 log = logging.getLogger(__name__)
 
 DT = 1e-4  # seconds per step: SpikingJelly's and snnTorch's NIR convention
+#: Flatten conventions: NIR's (one sample, start_dim 0) or torch's (a batch, start_dim 1).
+FLATTENS = ("nir", "torch")
+#: How average pooling is written: AvgPool2d, or SumPool2d with 1/k² folded downstream.
+AVGPOOLS = ("avg", "sum")
 
 
 @dataclass
@@ -68,9 +83,10 @@ def _np(t) -> np.ndarray:
 
 
 class _Exporter:
-    def __init__(self, model):
+    def __init__(self, model, flatten: str = "nir", avgpool: str = "avg"):
         from ...runtime.executor import infer_shapes
 
+        self.flatten, self.avgpool = flatten, avgpool
         self.nir = _nir()
         self.graph: Graph = model.graph
         infer_shapes(self.graph)
@@ -133,6 +149,12 @@ class _Exporter:
         ]
         for node in g.nodes:
             handler = getattr(self, f"op_{node.op}", None)
+            if node.op == "maxpool":  # the most common case gets what to do, not only what is missing
+                raise SnncError(
+                    f"{node.where}: maxpool has no NIR equivalent (NIR has no max pooling node, and every "
+                    "--maxpool strategy keeps one); use AvgPool in the ANN and recompile, or export with "
+                    "--format onnx"
+                )
             if handler is None:
                 raise SnncError(
                     f"{node.where}: {node.op} has no NIR equivalent (NIR export supports conv, linear, "
@@ -228,7 +250,10 @@ class _Exporter:
         sources, scale = self.merged(node, ins)
         if scale is not None and scale.dim() > 0:
             scale = torch.broadcast_to(scale, sample).reshape(-1).clone()
-        flat = self.nir.Flatten(input_type={"input": np.array(sample)}, start_dim=0, end_dim=-1)
+        if self.flatten == "torch":  # readers that run torch.nn.Flatten(start_dim, end_dim) on a batch
+            flat = self.nir.Flatten(input_type={"input": np.array((1, *sample))}, start_dim=1, end_dim=-1)
+        else:
+            flat = self.nir.Flatten(input_type={"input": np.array(sample)}, start_dim=0, end_dim=-1)
         return [_Source(self.add(node.name, flat, sources), scale)]
 
     def op_avgpool(self, node, ins):
@@ -251,8 +276,12 @@ class _Exporter:
         sources, scale = self.merged(node, ins)
         if scale is not None and scale.dim() > 0:
             scale = self.per_channel(scale, sample[0], node.where).reshape(-1, 1, 1)
-        pool = self.nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(pads[:2]))
-        return [_Source(self.add(node.name, pool, sources), scale)]
+        args = {"kernel_size": np.array(kernel), "stride": np.array(stride), "padding": np.array(pads[:2])}
+        if self.avgpool == "sum":  # the average is the sum times 1/k², a factor carried like θ
+            area = torch.tensor(1.0 / float(np.prod(kernel)))
+            scale = area if scale is None else scale * area
+            return [_Source(self.add(node.name, self.nir.SumPool2d(**args), sources), scale)]
+        return [_Source(self.add(node.name, self.nir.AvgPool2d(**args), sources), scale)]
 
     def op_neuron(self, node, ins):
         sample = self.sample(node.inputs[0])
@@ -286,10 +315,20 @@ class _Exporter:
             self.warnings.append(message)
 
 
-def to_nir(model) -> tuple[object, list[str]]:
+def _check_conventions(flatten: str, avgpool: str) -> None:
+    if flatten not in FLATTENS:
+        raise SnncError(f"flatten: expected one of {', '.join(FLATTENS)}, got {flatten!r}")
+    if avgpool not in AVGPOOLS:
+        raise SnncError(f"avgpool: expected one of {', '.join(AVGPOOLS)}, got {avgpool!r}")
+
+
+def to_nir(model, *, flatten: str = "nir", avgpool: str = "avg") -> tuple[object, list[str]]:
     """Build a ``nir.NIRGraph`` from a compiled model; returns (graph, warnings about what NIR
-    cannot represent). The warnings are also in the graph's metadata."""
-    ex = _Exporter(model)
+    cannot represent). The warnings are also in the graph's metadata. ``flatten="torch"`` and
+    ``avgpool="sum"`` write the conventions snnTorch's and Norse's importers need (see the module
+    docstring); the defaults write NIR's own."""
+    _check_conventions(flatten, avgpool)
+    ex = _Exporter(model, flatten, avgpool)
     ex.run()
     reset, v0 = setting(model.options, "reset"), setting(model.options, "v0")
     if reset == "soft":
@@ -315,14 +354,17 @@ def to_nir(model) -> tuple[object, list[str]]:
         "readout": "mean of the output over time steps",
         "timesteps": int(setting(model.options, "timesteps")),
         "lossy": json.dumps(ex.warnings),
+        "flatten": flatten,
+        "avgpool": avgpool,
     }
     graph = ex.nir.NIRGraph(nodes=ex.nodes, edges=ex.edges, metadata=metadata, type_check=False)
     return graph, ex.warnings
 
 
-def save_nir(model, path) -> list[str]:
-    """Write a compiled model as a NIR file (HDF5); returns the lossy-export warnings (also logged)."""
-    graph, warnings = to_nir(model)
+def save_nir(model, path, *, flatten: str = "nir", avgpool: str = "avg") -> list[str]:
+    """Write a compiled model as a NIR file (HDF5); returns the lossy-export warnings (also logged).
+    ``flatten`` and ``avgpool`` as in :func:`to_nir`."""
+    graph, warnings = to_nir(model, flatten=flatten, avgpool=avgpool)
     nir = _nir()
     buffer = io.BytesIO()  # serialised in memory, then written atomically like every other output
     nir.write(buffer, graph)
