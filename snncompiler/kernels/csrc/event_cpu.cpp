@@ -496,78 +496,173 @@ struct PixelTaps {
   }
 };
 
-// One output pixel's events over all its taps, flattened: the packed-weight row offset of each
+// Each output pixel's events over all its taps, flattened: the packed-weight row offset of each
 // (tap, channel) and the input value. One loop per pixel instead of one per tap: at a few events
 // per tap (small layers) the mispredicted exit of each short loop cost more than its arithmetic.
+// A tile kernel runs every pixel of a sample block for one tile of output channels (one call per
+// tile: a call per pixel cost as much as a small pixel's work).
+struct Flat {
+  const int64_t* start;  // pixel i's events: [start[i], start[i + 1])
+  const int32_t* off;
+  const float* val;
+  int64_t pixels, stride;  // pixel i's outputs at dst + i * stride
+};
 
 template <int NV>  // NV groups of 8 floats
-inline void pixel_portable(const float* w, const float* bias, const int32_t* off, const float* val, int64_t n,
-                           float* dst) {
-  float acc[NV * 8];
-  for (int j = 0; j < NV * 8; ++j) acc[j] = bias ? bias[j] : 0.0f;
-  for (int64_t e = 0; e < n; ++e) {
-    const float v = val[e];
-    const float* row = w + off[e];
-    for (int j = 0; j < NV * 8; ++j) acc[j] = std::fma(v, row[j], acc[j]);
+void tile_portable(const float* w, const float* bias, const Flat& f, float* dst) {
+  for (int64_t i = 0; i < f.pixels; ++i) {
+    float acc[NV * 8];
+    for (int j = 0; j < NV * 8; ++j) acc[j] = bias ? bias[j] : 0.0f;
+    for (int64_t e = f.start[i]; e < f.start[i + 1]; ++e) {
+      const float v = f.val[e];
+      const float* row = w + f.off[e];
+      for (int j = 0; j < NV * 8; ++j) acc[j] = std::fma(v, row[j], acc[j]);
+    }
+    for (int j = 0; j < NV * 8; ++j) dst[i * f.stride + j] = acc[j];
   }
-  for (int j = 0; j < NV * 8; ++j) dst[j] = acc[j];
 }
 
 #ifdef SNNC_EVENT_AVX512
 template <int NV>  // NV vectors of 8 floats
-__attribute__((target("avx2,fma"))) void pixel_avx2(const float* w, const float* bias, const int32_t* off,
-                                                    const float* val, int64_t n, float* dst) {
-  __m256 acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm256_loadu_ps(bias + 8 * j) : _mm256_setzero_ps();
-  for (int64_t e = 0; e < n; ++e) {
-    const __m256 v = _mm256_broadcast_ss(val + e);
-    const float* row = w + off[e];
-    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row + 8 * j), acc[j]);
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* w, const float* bias, const Flat& f, float* dst) {
+  for (int64_t i = 0; i < f.pixels; ++i) {
+    __m256 acc[NV];
+    for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm256_loadu_ps(bias + 8 * j) : _mm256_setzero_ps();
+    for (int64_t e = f.start[i]; e < f.start[i + 1]; ++e) {
+      const __m256 v = _mm256_broadcast_ss(f.val + e);
+      const float* row = w + f.off[e];
+      for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(dst + i * f.stride + 8 * j, acc[j]);
   }
-  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(dst + 8 * j, acc[j]);
 }
 
 template <int NV>  // NV vectors of 16 floats
-__attribute__((target("avx512f"))) void pixel_avx512(const float* w, const float* bias, const int32_t* off,
-                                                     const float* val, int64_t n, float* dst) {
-  __m512 acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
-  for (int64_t e = 0; e < n; ++e) {
-    const __m512 v = _mm512_set1_ps(val[e]);
-    const float* row = w + off[e];
-    for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row + 16 * j), acc[j]);
+__attribute__((target("avx512f"))) void tile_avx512(const float* w, const float* bias, const Flat& f, float* dst) {
+  for (int64_t i = 0; i < f.pixels; ++i) {
+    __m512 acc[NV];
+    for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
+    for (int64_t e = f.start[i]; e < f.start[i + 1]; ++e) {
+      const __m512 v = _mm512_set1_ps(f.val[e]);
+      const float* row = w + f.off[e];
+      for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row + 16 * j), acc[j]);
+    }
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(dst + i * f.stride + 16 * j, acc[j]);
   }
-  for (int j = 0; j < NV; ++j) _mm512_storeu_ps(dst + 16 * j, acc[j]);
 }
-
 #endif
 
-using PixelFn = void (*)(const float*, const float*, const int32_t*, const float*, int64_t, float*);
+using TileFn = void (*)(const float*, const float*, const Flat&, float*);
 
-// The micro-kernel for a tile of `width` floats (a multiple of 16, at most kTile), on the widest
+// The tile kernel for a tile of `width` floats (a multiple of 16, at most kTile), on the widest
 // instruction set in use.
-PixelFn pick(int64_t width) {
+TileFn pick(int64_t width) {
   const int nv8 = static_cast<int>(width / 8);  // 2, 4, 6 or 8
 #ifdef SNNC_EVENT_AVX512
   if (g_avx512) switch (nv8 / 2) {
-      case 1: return pixel_avx512<1>;
-      case 2: return pixel_avx512<2>;
-      case 3: return pixel_avx512<3>;
-      default: return pixel_avx512<4>;
+      case 1: return tile_avx512<1>;
+      case 2: return tile_avx512<2>;
+      case 3: return tile_avx512<3>;
+      default: return tile_avx512<4>;
     }
   if (g_avx2) switch (nv8) {
-      case 2: return pixel_avx2<2>;
-      case 4: return pixel_avx2<4>;
-      case 6: return pixel_avx2<6>;
-      default: return pixel_avx2<8>;
+      case 2: return tile_avx2<2>;
+      case 4: return tile_avx2<4>;
+      case 6: return tile_avx2<6>;
+      default: return tile_avx2<8>;
     }
 #endif
   switch (nv8) {
-    case 2: return pixel_portable<2>;
-    case 4: return pixel_portable<4>;
-    case 6: return pixel_portable<6>;
-    default: return pixel_portable<8>;
+    case 2: return tile_portable<2>;
+    case 4: return tile_portable<4>;
+    case 6: return tile_portable<6>;
+    default: return tile_portable<8>;
   }
+}
+
+// Compact each of `pixels` rows of C channels (rows[p * C ...]) into chan/val at p * C, counts in
+// cnt; returns the total. One call per sample, the per-row compaction inlined (same target).
+template <int64_t (*Compact)(const float*, int64_t, int32_t*, float*)>
+inline int64_t compact_rows_impl(const float* rows, int64_t pixels, int64_t C, int32_t* chan, float* val,
+                                 int32_t* cnt) {
+  int64_t total = 0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    const int64_t k = Compact(rows + p * C, C, chan + p * C, val + p * C);
+    cnt[p] = static_cast<int32_t>(k);
+    total += k;
+  }
+  return total;
+}
+
+#ifdef SNNC_EVENT_AVX512
+__attribute__((target("avx512f"))) int64_t compact_rows_avx512(const float* rows, int64_t pixels, int64_t C,
+                                                               int32_t* chan, float* val, int32_t* cnt) {
+  return compact_rows_impl<compact_avx512>(rows, pixels, C, chan, val, cnt);
+}
+__attribute__((target("avx2"))) int64_t compact_rows_avx2(const float* rows, int64_t pixels, int64_t C,
+                                                          int32_t* chan, float* val, int32_t* cnt) {
+  return compact_rows_impl<compact_avx2>(rows, pixels, C, chan, val, cnt);
+}
+#endif
+
+int64_t compact_rows(const float* rows, int64_t pixels, int64_t C, int32_t* chan, float* val, int32_t* cnt) {
+#ifdef SNNC_EVENT_AVX512
+  if (g_avx512) return compact_rows_avx512(rows, pixels, C, chan, val, cnt);
+  if (g_avx2) return compact_rows_avx2(rows, pixels, C, chan, val, cnt);
+#endif
+  return compact_rows_impl<compact_scalar>(rows, pixels, C, chan, val, cnt);
+}
+
+// The flattening (see block()), compiled once for the baseline and once for AVX2 (where the copy
+// of 8 offsets is one vector multiply-add: the baseline has no 32-bit vector multiply).
+struct FlattenArgs {
+  const int32_t *cnt, *chan;
+  const float* val;
+  const int64_t *tstart, *twoff, *tpix;
+  int64_t S, HW, C, OHW, Opad;
+  int32_t* mo;
+  float* mv;
+  int64_t* mstart;
+};
+
+inline __attribute__((always_inline)) void flatten_impl(const FlattenArgs& a) {
+  int64_t m = 0;
+  a.mstart[0] = 0;
+  const int32_t opad = static_cast<int32_t>(a.Opad);
+  for (int64_t n = 0; n < a.S; ++n) {
+    const int32_t* cnt = a.cnt + n * a.HW;
+    const int32_t* chan = a.chan + n * a.HW * a.C;
+    const float* val = a.val + n * a.HW * a.C;
+    for (int64_t q = 0; q < a.OHW; ++q) {
+      for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
+        const int64_t p = a.tpix[k];
+        const int32_t* ch = chan + p * a.C;
+        const float* vv = val + p * a.C;
+        const int32_t base = static_cast<int32_t>(a.twoff[k]), c = cnt[p];
+        int32_t j = 0;
+        do {  // the first block unconditionally: "is this pixel silent?" is the unpredictable branch
+          for (int u = 0; u < 8; ++u) {
+            a.mo[m + j + u] = base + ch[j + u] * opad;
+            a.mv[m + j + u] = vv[j + u];
+          }
+          j += 8;
+        } while (j < c);
+        m += c;
+      }
+      a.mstart[n * a.OHW + q + 1] = m;
+    }
+  }
+}
+
+#ifdef SNNC_EVENT_AVX512
+__attribute__((target("avx2"))) void flatten_avx2(const FlattenArgs& a) { flatten_impl(a); }
+#endif
+
+void flatten(const FlattenArgs& a) {
+#ifdef SNNC_EVENT_AVX512
+  if (g_avx2) return flatten_avx2(a);
+#endif
+  flatten_impl(a);
 }
 
 // A thread's buffers, kept across calls (OpenMP's threads persist): a chunk is one call per
@@ -607,51 +702,18 @@ int64_t block(const float* x, float* out, int64_t S, const float* bias, const fl
       transpose(xn, C, HW, HW, s.xt.data(), C);
       rows = s.xt.data();
     }
-    for (int64_t p = 0; p < HW; ++p) {
-      const int64_t at = (n * HW + p) * C;
-      const int64_t k = compact(rows + p * C, C, s.chan.data() + at, s.val.data() + at);
-      s.cnt[n * HW + p] = static_cast<int32_t>(k);
-      total += k;
-    }
+    const int64_t at = n * HW;
+    total += compact_rows(rows, HW, C, s.chan.data() + at * C, s.val.data() + at * C, s.cnt.data() + at);
   }
   // flatten: copies in blocks of 8 whatever the count (reading past a pixel's events stays inside
   // the buffers, and what is written past them is overwritten or never read), so that at a few
   // events per tap the only data-dependent branch is the rare second block
-  int32_t* mo = s.moff.data();
-  float* mv = s.mval.data();
-  int64_t m = 0;
-  s.mstart[0] = 0;
-  for (int64_t n = 0; n < S; ++n) {
-    const int32_t* cnt = s.cnt.data() + n * HW;
-    const int32_t* chan = s.chan.data() + n * HW * C;
-    const float* val = s.val.data() + n * HW * C;
-    for (int64_t q = 0; q < OHW; ++q) {
-      for (int64_t k = pt.start[q]; k < pt.start[q + 1]; ++k) {
-        const int64_t p = pt.pix[k];
-        const int32_t* ch = chan + p * C;
-        const float* vv = val + p * C;
-        const int32_t base = static_cast<int32_t>(pt.woff[k]), c = cnt[p];
-        int32_t j = 0;
-        do {  // the first block unconditionally: "is this pixel silent?" is the unpredictable branch
-          for (int u = 0; u < 8; ++u) {
-            mo[m + j + u] = base + ch[j + u] * static_cast<int32_t>(Opad);
-            mv[m + j + u] = vv[j + u];
-          }
-          j += 8;
-        } while (j < c);
-        m += c;
-      }
-      s.mstart[n * OHW + q + 1] = m;
-    }
-  }
+  flatten({s.cnt.data(), s.chan.data(), s.val.data(), pt.start.data(), pt.woff.data(), pt.pix.data(), S, HW, C, OHW,
+           Opad, s.moff.data(), s.mval.data(), s.mstart.data()});
+  const Flat f{s.mstart.data(), s.moff.data(), s.mval.data(), S * OHW, Opad};
   for (int64_t t0 = 0; t0 < Opad; t0 += kTile) {
     const int64_t width = std::min(kTile, Opad - t0);
-    const PixelFn fn = pick(width);
-    const float* bt = bias ? bias + t0 : nullptr;
-    for (int64_t i = 0; i < S * OHW; ++i) {
-      const int64_t a = s.mstart[i], b = s.mstart[i + 1];
-      fn(wp + t0, bt, mo + a, mv + a, b - a, s.obuf.data() + i * Opad + t0);
-    }
+    pick(width)(wp + t0, bias ? bias + t0 : nullptr, f, s.obuf.data() + t0);
   }
   for (int64_t n = 0; n < S; ++n) {  // [OHW][Opad] -> [O][OHW]
     const float* ob = s.obuf.data() + n * OHW * Opad;
