@@ -613,8 +613,7 @@ int64_t compact_rows(const float* rows, int64_t pixels, int64_t C, int32_t* chan
   return compact_rows_impl<compact_scalar>(rows, pixels, C, chan, val, cnt);
 }
 
-// The flattening (see block()), compiled once for the baseline and once for AVX2 (where the copy
-// of 8 offsets is one vector multiply-add: the baseline has no 32-bit vector multiply).
+// What the flattening (see block()) reads and writes.
 struct FlattenArgs {
   const int32_t *cnt, *chan;
   const float* val;
@@ -625,7 +624,19 @@ struct FlattenArgs {
   int64_t* mstart;
 };
 
-inline __attribute__((always_inline)) void flatten_impl(const FlattenArgs& a) {
+// The copy of one block of 8: restrict-qualified so that the compiler makes it one vector
+// multiply-add and two vector copies.
+inline void block8(int32_t* __restrict mo, float* __restrict mv, const int32_t* __restrict ch,
+                   const float* __restrict vv, int32_t base, int32_t opad) {
+  for (int u = 0; u < 8; ++u) {
+    mo[u] = base + ch[u] * opad;
+    mv[u] = vv[u];
+  }
+}
+
+// Compiled for AVX2 and for the baseline (which has no 32-bit vector multiply), picked by the CPU
+// at load time: integer offsets and copies only, so the result is the same on both.
+__attribute__((target_clones("avx2", "default"))) void flatten(const FlattenArgs& a) {
   int64_t m = 0;
   a.mstart[0] = 0;
   const int32_t opad = static_cast<int32_t>(a.Opad);
@@ -641,10 +652,7 @@ inline __attribute__((always_inline)) void flatten_impl(const FlattenArgs& a) {
         const int32_t base = static_cast<int32_t>(a.twoff[k]), c = cnt[p];
         int32_t j = 0;
         do {  // the first block unconditionally: "is this pixel silent?" is the unpredictable branch
-          for (int u = 0; u < 8; ++u) {
-            a.mo[m + j + u] = base + ch[j + u] * opad;
-            a.mv[m + j + u] = vv[j + u];
-          }
+          block8(a.mo + m + j, a.mv + m + j, ch + j, vv + j, base, opad);
           j += 8;
         } while (j < c);
         m += c;
@@ -652,17 +660,6 @@ inline __attribute__((always_inline)) void flatten_impl(const FlattenArgs& a) {
       a.mstart[n * a.OHW + q + 1] = m;
     }
   }
-}
-
-#ifdef SNNC_EVENT_AVX512
-__attribute__((target("avx2"))) void flatten_avx2(const FlattenArgs& a) { flatten_impl(a); }
-#endif
-
-void flatten(const FlattenArgs& a) {
-#ifdef SNNC_EVENT_AVX512
-  if (g_avx2) return flatten_avx2(a);
-#endif
-  flatten_impl(a);
 }
 
 // A thread's buffers, kept across calls (OpenMP's threads persist): a chunk is one call per
