@@ -315,6 +315,8 @@ def test_auto_chooses_by_the_chunk_density(compiled_cnn, monkeypatch):
 
     costs = Costs(1.0, {"gather": (0.0, 2.0), "scatter": (0.5, 10.0)})
     assert costs.break_even("gather") == 0.5 and costs.break_even("scatter") == 0.05
+    assert costs.only_choice(("dense", "gather", "scatter")) is None  # depends on the density: counted
+    assert costs.only_choice(("gather", "scatter")) == "gather"  # cheaper at 0 and at 1: never counted
     monkeypatch.setattr(exec_cost, "costs_for", lambda *a: costs)
     model, _ = compiled_cnn
     runner = SpikingRunner(model.graph, exec_mode="auto")

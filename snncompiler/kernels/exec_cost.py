@@ -69,6 +69,12 @@ class Costs:
         usable = [f for f in forms if f == "dense" or f in self.event]
         return min(usable, key=lambda f: self.predict(f, density))
 
+    def only_choice(self, forms) -> str | None:
+        """The form :meth:`best` picks at every density when that does not depend on the density
+        (the same at 0 and at 1: the costs are lines), else None."""
+        cheapest = self.best(0.0, forms)
+        return cheapest if self.best(1.0, forms) == cheapest else None
+
     def break_even(self, form: str) -> float | None:
         """The spike density below which ``form`` beats dense: None if never, 1.0 if always."""
         a, b = self.event[form]

@@ -364,15 +364,17 @@ class SpikingRunner:
         among the event forms under ``event`` and among all three under ``auto``."""
         from ..kernels import event, exec_cost
 
+        forms = exec_cost.FORMS if self.exec_mode == "auto" else ("gather", "scatter")
         costs = self._costs.get(node.name)
         if costs is None:
             costs = self._costs[node.name] = exec_cost.costs_for(
                 layer, tuple(x.shape[1:]), lambda t: IMPLEMENTATIONS[node.op](node, t)
             )
-        count = self._chunk_spikes.get(self._spike_source.get(node.name, ""))
-        density = float(count if count is not None else event.count_nonzero(x)) / max(1, x.numel())
-        forms = exec_cost.FORMS if self.exec_mode == "auto" else ("gather", "scatter")
-        form = costs.best(density, forms)
+        form = costs.only_choice(forms)
+        if form is None:  # the choice depends on the density: count this chunk's nonzero inputs
+            count = self._chunk_spikes.get(self._spike_source.get(node.name, ""))
+            density = float(count if count is not None else event.count_nonzero(x)) / max(1, x.numel())
+            form = costs.best(density, forms)
         self.exec_counts[node.name][form] += 1
         return form
 
