@@ -1,8 +1,10 @@
-// Event-driven conv2d / linear on CPU: the current from the active inputs only.
+// Event-driven conv2d / linear on CPU: the current from the active inputs only, in two forms.
 //
 // A spiking layer's input is mostly zeros (a neuron emits θ or nothing), and the weights of a
-// pruned layer are mostly zeros too. Dense convolution pays for every (input, weight) pair; this
-// kernel pays only for pairs where both are nonzero, in scatter form:
+// pruned layer are mostly zeros too. Dense convolution pays for every (input, weight) pair.
+//
+// Scatter form (conv2d below; pruned layers, very sparse spikes) pays only for pairs where both
+// are nonzero:
 //
 //   out[n] = bias
 //   for each sample n, input channel c: compact the plane's nonzero inputs (events) (iy, ix) = v
@@ -14,20 +16,20 @@
 // Weights arrive compressed (snncompiler/kernels/event.py builds them once per layer): one row
 // per (global input channel c, ky, kx), CSR style, holding the output channels o of c's group
 // whose weight is nonzero, o ascending. A linear layer is the 1x1 case (H = W = KH = KW = 1) and
-// takes its own path (scatter_rows): one event list over all its inputs.
+// takes its own path (linear_sample): one event list over all its inputs. Its innermost loop
+// (one weight, all events of one tap) has no branch and no conflicts (a tap maps distinct inputs
+// to distinct outputs). Built with -ffp-contract=off (setup.py) so that v * w + out stays two
+// roundings on every path.
 //
-// Why this loop order: spikes are irregular, so a branch per event or per tap mispredicts. Here
-// compaction is branch-free, and the innermost loop (one weight, all events of one tap) has no
-// branch and no conflicts (a tap maps distinct inputs to distinct outputs), so its cost is the
-// multiply-adds themselves; the per-(channel, tap) overhead is paid only where weights survive
-// pruning.
+// Gather form (conv2d_gather, namespace gather; dense weights at a few % spike density and up):
+// per output pixel and tile of 64 output channels held in registers, the nonzero inputs its taps
+// reach, each adding v * a packed weight row with a fused multiply-add (see the namespace).
 //
-// Values are summed in float32 in input order, not a dense GEMM's order, so results match
-// F.conv2d within float32 summation-order error, not bit for bit. Built with -ffp-contract=off
-// (setup.py) so that v * w + out stays two roundings.
+// Both sum in float32 in their own fixed order, not a dense GEMM's, so results match F.conv2d
+// within float32 summation-order error, not bit for bit.
 //
 // Layout: x [N, C, H, W] and out [N, O, OH, OW] contiguous float32, given by address (no torch
-// headers, as lif_cpu.cpp). OpenMP across the samples; each thread reuses its event lists.
+// headers, as lif_cpu.cpp). OpenMP across blocks of samples; each thread reuses its buffers.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -44,7 +46,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define SNNC_EVENT_AVX512 1
+#define SNNC_EVENT_X86_SIMD 1
 #endif
 
 #ifdef _OPENMP
@@ -102,7 +104,7 @@ inline int64_t compact_scalar(const float* __restrict x, int64_t n, int32_t* __r
   return m;
 }
 
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
 // The same with AVX-512, 16 inputs per step, compressed in registers and stored whole (the buffers
 // have kPad entries of room past n; a masked compress-store to memory is several times slower):
 // the scan over every input is the one cost the event kernel pays at any density.
@@ -248,7 +250,7 @@ __attribute__((target("avx2"))) void transpose8x8_avx2(const float* s, int64_t s
 inline void transpose(const float* s, int64_t rows, int64_t cols, int64_t ss, float* d, int64_t ds) {
   for (int64_t i0 = 0; i0 < rows; i0 += 8)
     for (int64_t j0 = 0; j0 < cols; j0 += 8) {
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
       if (g_avx2 && i0 + 8 <= rows && j0 + 8 <= cols) {
         transpose8x8_avx2(s + i0 * ss + j0, ss, d + j0 * ds + i0, ds);
         continue;
@@ -261,14 +263,14 @@ inline void transpose(const float* s, int64_t rows, int64_t cols, int64_t ss, fl
 
 inline void scatter_add(float* __restrict d, const int32_t* __restrict tp, const float* __restrict tv, int64_t m,
                         float w) {
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (g_avx512) return scatter_add_avx512(d, tp, tv, m, w);
 #endif
   for (int64_t e = 0; e < m; ++e) d[tp[e]] += tv[e] * w;
 }
 
 inline int64_t compact(const float* x, int64_t n, int32_t* pos, float* val) {
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (g_avx512) return compact_avx512(x, n, pos, val);
   if (g_avx2) return compact_avx2(x, n, pos, val);
 #endif
@@ -323,7 +325,7 @@ int64_t conv_block(const float* x, float* out, int64_t S, const float* bias, con
   float* __restrict tv = s.tval.data();
   int64_t start[65], fill[64];  // bucket b holds bpos/bval[start[b] .. start[b + 1])
   bool bucketed = bk.count > 1 && bk.count <= 64;
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (g_avx512) bucketed = false;  // filtering all events per tap, vectorised, beat sorting them into buckets
 #endif
   for (int64_t c = 0; c < g.C; ++c) {
@@ -367,7 +369,7 @@ int64_t conv_block(const float* x, float* out, int64_t S, const float* bias, con
         nb = start[b + 1] - start[b];
       }
       int64_t m = 0;
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
       if (g_avx512) m = tap_events_avx512(tgt, bp, bs, bv, nb, tp, tv);
       else
 #endif
@@ -522,7 +524,7 @@ void tile_portable(const float* w, const float* bias, const Flat& f, float* dst)
   }
 }
 
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
 template <int NV>  // NV vectors of 8 floats
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* w, const float* bias, const Flat& f, float* dst) {
   for (int64_t i = 0; i < f.pixels; ++i) {
@@ -558,7 +560,7 @@ using TileFn = void (*)(const float*, const float*, const Flat&, float*);
 // instruction set in use.
 TileFn pick(int64_t width) {
   const int nv8 = static_cast<int>(width / 8);  // 2, 4, 6 or 8
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (g_avx512) switch (nv8 / 2) {
       case 1: return tile_avx512<1>;
       case 2: return tile_avx512<2>;
@@ -594,7 +596,7 @@ inline int64_t compact_rows_impl(const float* rows, int64_t pixels, int64_t C, i
   return total;
 }
 
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
 __attribute__((target("avx512f"))) int64_t compact_rows_avx512(const float* rows, int64_t pixels, int64_t C,
                                                                int32_t* chan, float* val, int32_t* cnt) {
   return compact_rows_impl<compact_avx512>(rows, pixels, C, chan, val, cnt);
@@ -606,7 +608,7 @@ __attribute__((target("avx2"))) int64_t compact_rows_avx2(const float* rows, int
 #endif
 
 int64_t compact_rows(const float* rows, int64_t pixels, int64_t C, int32_t* chan, float* val, int32_t* cnt) {
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (g_avx512) return compact_rows_avx512(rows, pixels, C, chan, val, cnt);
   if (g_avx2) return compact_rows_avx2(rows, pixels, C, chan, val, cnt);
 #endif
@@ -636,7 +638,10 @@ inline void block8(int32_t* __restrict mo, float* __restrict mv, const int32_t* 
 
 // Compiled for AVX2 and for the baseline (which has no 32-bit vector multiply), picked by the CPU
 // at load time: integer offsets and copies only, so the result is the same on both.
-__attribute__((target_clones("avx2", "default"))) void flatten(const FlattenArgs& a) {
+#if defined(SNNC_EVENT_X86_SIMD) && defined(__linux__) && !defined(__clang__)  // ifunc: GCC on ELF
+__attribute__((target_clones("avx2", "default")))
+#endif
+void flatten(const FlattenArgs& a) {
   int64_t m = 0;
   a.mstart[0] = 0;
   const int32_t opad = static_cast<int32_t>(a.Opad);
@@ -775,7 +780,7 @@ int64_t count_nonzero(uintptr_t x, int64_t n, int threads) {
 // loops), avx2 (the gather form's AVX2+FMA micro-kernels) and avx512 (every SIMD path).
 std::vector<std::string> supported_isas() {
   std::vector<std::string> names{"baseline"};
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) names.push_back("avx2");
   if (__builtin_cpu_supports("avx512f")) names.push_back("avx512");
 #endif
@@ -783,7 +788,7 @@ std::vector<std::string> supported_isas() {
 }
 
 std::string isa() {
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   if (g_avx512) return "avx512";
   if (g_avx2) return "avx2";
 #endif
@@ -794,7 +799,7 @@ void set_isa(const std::string& name) {
   const auto names = supported_isas();
   if (std::find(names.begin(), names.end(), name) == names.end())
     throw std::invalid_argument("isa: '" + name + "' is not one this build and CPU run");
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
   g_avx512 = name == "avx512";
   g_avx2 = name != "baseline";
 #endif
@@ -822,7 +827,7 @@ PYBIND11_MODULE(_event_cpu, m) {
         py::arg("x"), py::arg("n"), py::arg("threads"));
   m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("simd", [] {
-#ifdef SNNC_EVENT_AVX512
+#ifdef SNNC_EVENT_X86_SIMD
     return g_avx512 || g_avx2;
 #else
     return false;
