@@ -17,7 +17,8 @@ densities of :data:`DENSITIES`, median of :data:`REPEATS`), a line in the densit
 forms and a constant for dense, per sample. It is cached in memory and on disk
 (``$SNNC_CACHE_DIR/exec_cost.json``, default ``~/.cache/snncompiler``), keyed by the layer's
 geometry, weight density, input shape, the CPU, the instruction set and the thread count, so a
-later run (or process) on the same machine reuses it. The scatter form is only measured for
+later run (or process) on the same machine reuses it (delete the file to measure again, e.g.
+after a change of hardware the key does not capture). The scatter form is only measured for
 pruned layers (weight density ≤ :data:`SCATTER_MAX_WEIGHT_DENSITY`): with dense weights it
 repeats the gather form's work with a read-modify-write per product and never won a
 measurement.
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_text
+from ..progress import progress_enabled
 
 FORMS = ("dense", "gather", "scatter")
 #: spike densities of the planted inputs the event forms are timed at (a line through the two)
@@ -97,6 +100,7 @@ class Costs:
 
 _memory: dict[str, Costs] = {}
 _lock = threading.Lock()
+_said: list[bool] = []
 
 
 def cache_path() -> Path:
@@ -205,6 +209,13 @@ def costs_for(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor
             except (KeyError, TypeError, ValueError, IndexError):
                 costs = None
         if costs is None:
+            if progress_enabled() and not _said:  # a pause of seconds on a large model: say why, once
+                _said.append(True)
+                print(
+                    f"snnc: measuring the event kernels' costs per layer (first use on this machine; "
+                    f"cached in {cache_path()})",
+                    file=sys.stderr,
+                )
             costs = measure(layer, in_shape, dense_fn)
             _store(key, costs)
         _memory[key] = costs
