@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration and fine-tuning each kept only if they raise accuracy on a held-out 20 %% "
         "(default: no fine-tuning)",
     )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"Adam learning rate of the --finetune stage, cosine schedule (default {defaults.FINETUNE_LR:g}, "
+        "as snnc finetune)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_compile)
 
@@ -935,6 +942,7 @@ def cmd_compile(args) -> int:
         seed=args.seed,
         substitute=args.substitute,
         finetune=args.finetune,
+        lr=args.lr,
         **({"progress": True} if args.finetune else {}),
     )
     o = model.options
