@@ -139,7 +139,7 @@ def adam_lrs(monkeypatch):
 def test_pipeline_lr_reaches_the_optimizer(small_digits_cnn, adam_lrs):
     path, train, _ = small_digits_cnn
     data = Dataset(train.x[:100], train.y[:100])
-    snnc.compile(str(path), data, timesteps=2, calibration="none", finetune=1, lr=0.0123, seed=0)
+    snnc.compile(str(path), data, timesteps=2, calibration="none", finetune=1, finetune_lr=0.0123, seed=0)
     assert adam_lrs == [0.0123]
     adam_lrs.clear()
     snnc.compile(str(path), data, timesteps=2, calibration="none", finetune=1, seed=0)
@@ -150,9 +150,9 @@ def test_pipeline_lr_is_checked(small_digits_cnn):
     path, train, _ = small_digits_cnn
     data = Dataset(train.x[:50], train.y[:50])
     with pytest.raises(OptionError, match="^lr: must be a finite number > 0"):
-        snnc.compile(str(path), data, finetune=1, lr=-1.0)
-    with pytest.raises(OptionError, match="^lr: .*needs finetune"):
-        snnc.compile(str(path), data, lr=1e-3)
+        snnc.compile(str(path), data, finetune=1, finetune_lr=-1.0)
+    with pytest.raises(OptionError, match="^finetune_lr: .*needs finetune"):
+        snnc.compile(str(path), data, finetune_lr=1e-3)
 
 
 def test_cli_compile_lr_reaches_the_optimizer(small_digits_cnn, tmp_path, adam_lrs, capsys):
