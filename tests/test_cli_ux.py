@@ -217,19 +217,27 @@ def _run_on(stderr, monkeypatch, argv) -> str:
     return stderr.getvalue()
 
 
-@pytest.mark.parametrize("command", ["finetune", "compile --finetune"])
+@pytest.mark.parametrize("command", ["finetune", "compile --finetune", "train"])
 def test_training_shows_an_epoch_bar_on_a_terminal_only(command, compiled, labelled, tmp_path, monkeypatch, capsys):
     ann, artifact, _ = compiled
     out = tmp_path / "m.snn.onnx"
-    argv = (
-        ["finetune", str(artifact), "--data", str(labelled), "--timesteps", "2", "--epochs", "2"]
-        if command == "finetune"
-        else ["compile", str(ann), "--calib", str(labelled), "--timesteps", "2", "--finetune", "2"]
-    ) + ["-o", str(out)]
+    argv, desc = {
+        "finetune": (
+            ["finetune", str(artifact), "--data", str(labelled), "--timesteps", "2", "--epochs", "2"],
+            "finetune",
+        ),
+        "compile --finetune": (
+            ["compile", str(ann), "--calib", str(labelled), "--timesteps", "2", "--finetune", "2"],
+            "finetune",
+        ),
+        "train": (["train", str(ann), "--data", str(labelled), "--timesteps", "2", "--epochs", "2"], "snnc train"),
+    }[command]
+    argv += ["-o", str(out)]
     shown = _run_on(_Terminal(), monkeypatch, argv)
-    assert "finetune" in shown and "2/2" in shown and "epoch" in shown and "loss=" in shown, shown
+    assert desc in shown and "2/2" in shown and "epoch" in shown and "loss=" in shown, shown
     assert "[snnc train]" not in shown  # the bar replaces fit's per-epoch lines
-    assert _run_on(_Terminal(), monkeypatch, [*argv, "--quiet"]) == ""
+    if command != "train":  # train has no --quiet; TQDM_DISABLE and pipes silence it
+        assert _run_on(_Terminal(), monkeypatch, [*argv, "--quiet"]) == ""
     assert _run_on(io.StringIO(), monkeypatch, argv) == ""  # piped: nothing either
     capsys.readouterr()
 

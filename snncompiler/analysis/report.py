@@ -121,6 +121,7 @@ def _measure(model, x, y, ts, bar, neurons, analysis_samples, raster_samples, ba
     )
     raster = {n.name: (traces[n.outputs[0]] != 0).flatten(2).numpy() for n in shown}  # [T, B, neurons]
     bar.update(1)
+    bar.refresh()  # the last stage too, however fast it was
     return {
         "samples": acc["samples"],
         "analysis_samples": len(sub),

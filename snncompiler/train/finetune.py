@@ -186,12 +186,14 @@ def epoch_bar(epochs: int, desc: str, progress: bool = True):
 
 def show_epoch(bar, row: dict) -> None:
     """Advance ``bar`` by one epoch of :func:`~snncompiler.train.fit`'s history ``row``, showing
-    its loss, training accuracy and (when scored) held-out accuracy."""
-    shown = {"loss": f"{row['loss']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
+    its loss, training accuracy and (when scored) held-out accuracy, and ``row["T"]`` if set."""
+    shown = {"T": row["T"]} if "T" in row else {}  # the stage's T, in a schedule of several
+    shown.update(loss=f"{row['loss']:.4f}", train=f"{row['train_accuracy']:.4f}")
     if "val_accuracy" in row:
         shown["val"] = f"{row['val_accuracy']:.4f}"
     bar.set_postfix(shown, refresh=False)
     bar.update(1)
+    bar.refresh()  # every epoch, not only those tqdm's rate limit lets through: an epoch is slow
 
 
 def finetune(
