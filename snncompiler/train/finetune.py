@@ -218,7 +218,7 @@ def finetune(
     accurate there; otherwise the original comes back, with the reason in its report
     (``report["finetune"]``, as for a kept one). ``fit_options`` go to
     :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``on_epoch``),
-    except ``progress`` (default True): a tqdm bar of epochs with the loss and held-out accuracy
+    except ``progress`` (default True): a tqdm bar of epochs with the loss and training accuracy
     on stderr, shown only on a terminal (see :mod:`snncompiler.progress`); False: nothing.
     """
     from ..analysis.metrics import accuracy
