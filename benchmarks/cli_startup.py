@@ -6,7 +6,8 @@ and `snnc env` (median of N fresh processes each).
 
 Each run is a new ``python -m snncompiler.cli ...`` process with ``PYTHONPATH`` set to the
 checkout measured, so the numbers include the interpreter's own start (``python -c pass`` is
-measured too, as the floor). ``--baseline DIR`` times another checkout of the project (the code
+measured too, as the floor, and ``python -c 'import torch'``, the floor of ``snnc env``, which
+reports torch's threads and CUDA and so must import it). ``--baseline DIR`` times another checkout of the project (the code
 before a change, with its extensions built) in the same session, interleaved run by run with
 this one so both see the same machine load. Results go to ``benchmarks/results/cli_startup.json``.
 """
@@ -32,14 +33,22 @@ COMMANDS = {
     "snnc compile --help": ["compile", "--help"],
     "snnc --version": ["--version"],
     "snnc env": ["env"],
+    # what `snnc env` cannot avoid: the rest of its time is snnc's own
+    "python -c 'import torch'": ["-c", "import torch"],
 }
 
 
 def once(root: Path, args: list[str] | None) -> float | None:
-    """Seconds one fresh process takes to answer (``args`` None: an empty interpreter); None when
-    the command fails there (a baseline without ``--version``)."""
+    """Seconds one fresh process takes to answer (``args`` None: an empty interpreter; starting with
+    ``-c``: that Python code, not snnc); None when the command fails there (a baseline without
+    ``--version``)."""
     env = dict(os.environ, PYTHONPATH=str(root), TQDM_DISABLE="1")
-    argv = [sys.executable, "-c", "pass"] if args is None else [sys.executable, "-m", "snncompiler.cli", *args]
+    if args is None:
+        argv = [sys.executable, "-c", "pass"]
+    elif args[0] == "-c":
+        argv = [sys.executable, *args]
+    else:
+        argv = [sys.executable, "-m", "snncompiler.cli", *args]
     t0 = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root)
     seconds = time.perf_counter() - t0
@@ -112,7 +121,7 @@ def main(argv=None) -> int:
         print(label)
         for command, r in per.items():
             print(
-                f"  {command:<22} "
+                f"  {command:<26} "
                 + (
                     f"{r['median_s']:7.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
                     if "error" not in r

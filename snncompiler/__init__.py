@@ -32,16 +32,25 @@ def load(path, *, device: str = "cpu", dt: float | None = None):
     return _load(path, device=device, dt=dt)
 
 
-def compile(model, calib_data, *, finetune: int | None = None, **options):
+def compile(model, calib_data, *, finetune: int | None = None, finetune_lr: float | None = None, **options):
     """Compile an ANN into a spiking model (see :func:`snncompiler.compiler.compile`).
 
     With ``finetune=EPOCHS`` (labelled ``calib_data``) conversion, calibration and fine-tuning
     run at ``timesteps`` as one pipeline, each stage kept only if it raises held-out accuracy
-    (see :mod:`snncompiler.train.pipeline`)."""
+    (see :mod:`snncompiler.train.pipeline`); ``finetune_lr`` is that fine-tuning's learning rate
+    (default :data:`~snncompiler.options.FINETUNE_LR`, as for :func:`snncompiler.train.finetune`;
+    ``snnc compile --lr``). It has its own name because ``lr`` among ``options`` is weight
+    calibration's step size (in the pipeline, ``lr`` also sets fine-tuning's, as it always has)."""
     if finetune is not None:
         from .train.pipeline import compile_and_finetune
 
+        if finetune_lr is not None:
+            options["lr"] = finetune_lr
         return compile_and_finetune(model, calib_data, finetune=finetune, **options)
+    if finetune_lr is not None:  # silently ignoring it would hide a forgotten finetune=EPOCHS
+        from .errors import OptionError
+
+        raise OptionError("finetune_lr", "is the fine-tuning learning rate and needs finetune=EPOCHS")
     from .compiler import compile as _compile
 
     return _compile(model, calib_data, **options)

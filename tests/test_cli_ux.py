@@ -194,3 +194,62 @@ def test_report_bad_input_is_one_line(compiled, tmp_path):
     r = snnc_cli("report", artifact, "--data", data, "-o", tmp_path / "no" / "r.html")
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
     assert not out.exists()
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so that progress bars are drawn into it."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def labelled(compiled, small_digits_cnn, tmp_path):
+    """A small labelled training .npz for finetune and compile --finetune."""
+    _, train, _ = small_digits_cnn
+    return save_npz(tmp_path / "train.npz", train.x[:120], train.y[:120])
+
+
+def _run_on(stderr, monkeypatch, argv) -> str:
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert cli.main(argv) == 0, stderr.getvalue()
+    return stderr.getvalue()
+
+
+@pytest.mark.parametrize("command", ["finetune", "compile --finetune", "train"])
+def test_training_shows_an_epoch_bar_on_a_terminal_only(command, compiled, labelled, tmp_path, monkeypatch, capsys):
+    ann, artifact, _ = compiled
+    out = tmp_path / "m.snn.onnx"
+    argv, desc = {
+        "finetune": (
+            ["finetune", str(artifact), "--data", str(labelled), "--timesteps", "2", "--epochs", "2"],
+            "finetune",
+        ),
+        "compile --finetune": (
+            ["compile", str(ann), "--calib", str(labelled), "--timesteps", "2", "--finetune", "2"],
+            "finetune",
+        ),
+        "train": (["train", str(ann), "--data", str(labelled), "--timesteps", "2", "--epochs", "2"], "snnc train"),
+    }[command]
+    argv += ["-o", str(out)]
+    shown = _run_on(_Terminal(), monkeypatch, argv)
+    assert desc in shown and "2/2" in shown and "epoch" in shown and "loss=" in shown, shown
+    assert "[snnc train]" not in shown  # the bar replaces fit's per-epoch lines
+    if command != "train":  # train has no --quiet; TQDM_DISABLE and pipes silence it
+        assert _run_on(_Terminal(), monkeypatch, [*argv, "--quiet"]) == ""
+    assert _run_on(io.StringIO(), monkeypatch, argv) == ""  # piped: nothing either
+    capsys.readouterr()
+
+
+def test_report_shows_its_stages_on_a_terminal_only(compiled, tmp_path, monkeypatch, capsys):
+    from snncompiler.analysis.report import STAGES
+
+    _, artifact, data = compiled
+    argv = ["report", str(artifact), "--data", str(data), "-o", str(tmp_path / "r.html"), "--timesteps", "1,2"]
+    argv += ["--samples", "16"]
+    shown = _run_on(_Terminal(), monkeypatch, argv)
+    assert "report" in shown and f"{len(STAGES)}/{len(STAGES)}" in shown, shown
+    assert _run_on(_Terminal(), monkeypatch, [*argv, "--quiet"]) == ""
+    assert _run_on(io.StringIO(), monkeypatch, argv) == ""
+    capsys.readouterr()

@@ -15,6 +15,7 @@ from snncompiler.analysis.metrics import accuracy
 from snncompiler.data import Dataset, save_npz
 from snncompiler.errors import OptionError
 from snncompiler.model import first_output
+from snncompiler.options import FINETUNE_LR
 from snncompiler.train import pipeline
 
 
@@ -115,3 +116,55 @@ def test_cli_compile_finetune_reports_each_stage(small_digits_cnn, tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "--finetune: needs labelled calibration data" in done.stderr
     assert not (tmp_path / "n.snn.onnx").exists()
     np.testing.assert_array_equal(reloaded.graph.inputs[0].shape[1:], (1, 8, 8))
+
+
+@pytest.fixture
+def adam_lrs(monkeypatch):
+    """The learning rate of every Adam optimizer built while the test runs (issue #19: the value
+    must reach the optimizer, not just the report)."""
+    import torch
+
+    seen = []
+    real = torch.optim.Adam
+
+    def recording(params, *args, **kwargs):
+        opt = real(params, *args, **kwargs)
+        seen.append(opt.param_groups[0]["lr"])
+        return opt
+
+    monkeypatch.setattr(torch.optim, "Adam", recording)
+    return seen
+
+
+def test_pipeline_lr_reaches_the_optimizer(small_digits_cnn, adam_lrs):
+    path, train, _ = small_digits_cnn
+    data = Dataset(train.x[:100], train.y[:100])
+    snnc.compile(str(path), data, timesteps=2, calibration="none", finetune=1, finetune_lr=0.0123, seed=0)
+    assert adam_lrs == [0.0123]
+    adam_lrs.clear()
+    snnc.compile(str(path), data, timesteps=2, calibration="none", finetune=1, seed=0)
+    assert adam_lrs == [FINETUNE_LR]  # the default of `snnc finetune --lr` too
+
+
+def test_pipeline_lr_is_checked(small_digits_cnn):
+    path, train, _ = small_digits_cnn
+    data = Dataset(train.x[:50], train.y[:50])
+    with pytest.raises(OptionError, match="^lr: must be a finite number > 0"):
+        snnc.compile(str(path), data, finetune=1, finetune_lr=-1.0)
+    with pytest.raises(OptionError, match="^finetune_lr: .*needs finetune"):
+        snnc.compile(str(path), data, finetune_lr=1e-3)
+
+
+def test_cli_compile_lr_reaches_the_optimizer(small_digits_cnn, tmp_path, adam_lrs, capsys):
+    from snncompiler.cli.main import main
+
+    path, train, _ = small_digits_cnn
+    calib = save_npz(tmp_path / "calib.npz", train.x[:100], train.y[:100])
+    out = tmp_path / "m.snn.onnx"
+    base = ["compile", str(path), "--calib", str(calib), "-o", str(out), "--timesteps", "2", "--calibration", "none"]
+    assert main([*base, "--finetune", "1", "--lr", "0.0042"]) == 0
+    assert adam_lrs == [0.0042]
+    capsys.readouterr()
+    assert main([*base, "--lr", "0.0042"]) == 2  # without --finetune it would do nothing: refused
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("snnc: error: --lr: ") and "--finetune" in err, err

@@ -354,3 +354,31 @@ def test_sequence_inputs_in_to_torch_and_onnx(tmp_path):
         assert np.abs(_ort(tmp_path / "s.onnx", x) - ref).max() < 1e-5
         diff, scale = _max_diff(model.to_torch(), model, x, steps)
         assert diff < 1e-5 and scale > 0.1
+
+
+def test_export_works_with_a_torch_without_the_dynamo_switch(monkeypatch):
+    """torch>=2.4 is the declared bound; torch.onnx.export's `dynamo` keyword is newer, so it is
+    passed only where the signature has it (the TorchScript exporter is the only one before)."""
+    import inspect
+
+    from snncompiler.formats.onnx import from_torch
+
+    real = torch.onnx.export
+    calls = []
+
+    def old_export(model, args, f, input_names=None, output_names=None, opset_version=None, dynamic_axes=None):
+        calls.append(opset_version)
+        return real(
+            model,
+            args,
+            f,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset_version,
+            dynamic_axes=dynamic_axes,
+            **({"dynamo": False} if "dynamo" in inspect.signature(real).parameters else {}),
+        )
+
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    data = from_torch.export_onnx_bytes(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), (4,))
+    assert calls == [17] and len(onnx.load_from_string(data).graph.node) == 2

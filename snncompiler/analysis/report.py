@@ -19,6 +19,7 @@ import torch
 
 from ..errors import SnncError
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_EVAL_STEPS, DEFAULT_LAYER_SAMPLES
+from ..progress import progress_bar
 from .diagnostics import layer_errors
 from .metrics import ENERGY_SOURCE
 
@@ -31,6 +32,9 @@ SECTIONS = (
     "Clipping and flooring error per layer",
     "Energy against T",
 )
+
+#: What :func:`measure` does, in order: the stages its progress bar counts.
+STAGES = ("accuracy", "firing rates", "per-layer errors", "energy", "spike raster")
 
 #: At most this many steps and neurons per layer are drawn in the raster.
 RASTER_STEPS, RASTER_NEURONS = 64, 128
@@ -53,15 +57,35 @@ def measure(
     Accuracy (SNN at every T of ``timesteps``, ANN mode) is measured on all of ``x``; per-neuron
     firing rates, per-layer clipping/flooring errors and the energy at each T on the first
     ``analysis_samples``; the spike raster on the first ``raster_samples`` (first and last
-    neuron layer). ``overrides`` (backend, device, chunk, exec) go to the runtime."""
+    neuron layer). ``overrides`` (backend, device, chunk, exec) go to the runtime. ``progress``:
+    a bar of :data:`STAGES` on stderr, and the accuracy run's own bar (a terminal only, see
+    :mod:`snncompiler.progress`)."""
     if model.sequence:
         raise SnncError("report: per-layer conversion errors need static inputs; this model takes sequences")
     neurons = model.graph.find("neuron")
     if not neurons:
         raise SnncError("report: the model has no neuron layer (nothing spikes)")
     ts = sorted({int(t) for t in (timesteps or DEFAULT_EVAL_STEPS)})
+    with progress_bar(len(STAGES), "report", "stage", enabled=None if progress else False) as bar:
+        return _measure(
+            model, x, y, ts, bar, neurons, analysis_samples, raster_samples, batch_size, progress, overrides
+        )
+
+
+def _measure(model, x, y, ts, bar, neurons, analysis_samples, raster_samples, batch_size, progress, overrides) -> dict:
+    """:func:`measure`'s work, advancing ``bar`` at the start of each of :data:`STAGES`."""
+    stages = iter(STAGES)
+
+    def stage() -> None:
+        name = next(stages)
+        if name != STAGES[0]:
+            bar.update(1)
+        bar.set_postfix_str(name)
+
     t_max = ts[-1]
+    stage()
     acc = model.evaluate(x, y, ts, batch_size=batch_size, progress=progress, **overrides)
+    stage()
     sub = x[:analysis_samples]
     chunk = int(overrides.get("chunk", model.options["chunk"]))
     runner = model.runner(**overrides)
@@ -73,7 +97,9 @@ def measure(
             part = r.sum(0).cpu()
             sums[name] = sums[name] + part if name in sums else part
     rates = {n.name: (sums[n.outputs[0]] / len(xt)).flatten().numpy() for n in neurons}
+    stage()
     errors = layer_errors(model, sub, t_max)
+    stage()
     energy = []
     for t in ts:
         sops = model.synaptic_operations(sub, t, batch_size=batch_size, **overrides)
@@ -87,12 +113,15 @@ def measure(
                 "snn_macs": sops["snn_macs"],
             }
         )
+    stage()
     shown = [neurons[0]] + ([neurons[-1]] if len(neurons) > 1 else [])
     raster_t = min(t_max, RASTER_STEPS)
     traces = model.runner(**overrides).record(
         model._input(x[:raster_samples]), raster_t, [n.outputs[0] for n in shown], chunk=chunk
     )
     raster = {n.name: (traces[n.outputs[0]] != 0).flatten(2).numpy() for n in shown}  # [T, B, neurons]
+    bar.update(1)
+    bar.refresh()  # the last stage too, however fast it was
     return {
         "samples": acc["samples"],
         "analysis_samples": len(sub),

@@ -82,6 +82,11 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     )
 
 
+def _add_quiet(p: argparse.ArgumentParser, what: str) -> None:
+    """``--quiet``: no progress bar (they are shown only on a terminal anyway, see snncompiler/progress.py)."""
+    p.add_argument("--quiet", action="store_true", help=f"no progress bar ({what}) on stderr, even on a terminal")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = _Parser(prog="snnc", description="snncompiler: compile trained ANNs (ONNX) into spiking neural networks.")
@@ -188,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration and fine-tuning each kept only if they raise accuracy on a held-out 20 %% "
         "(default: no fine-tuning)",
     )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"Adam learning rate of the --finetune stage, cosine schedule (default {defaults.FINETUNE_LR:g}, "
+        "as snnc finetune; needs --finetune)",
+    )
+    _add_quiet(p, "calibration layers, fine-tuning epochs")
     _add_common(p)
     p.set_defaults(func=cmd_compile)
 
@@ -357,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r) (default %(default)s)"
     )
     _add_dt_option(p)
+    _add_quiet(p, "epochs with their loss")
     _add_common(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -494,6 +508,7 @@ def _add_report_command(sub) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     _add_dt_option(p)
+    _add_quiet(p, "the report's stages and its simulation")
     _add_common(p)
     p.set_defaults(func=cmd_report)
 
@@ -522,7 +537,7 @@ def cmd_report(args) -> int:
         title=f"snnc report: {os.path.basename(args.model)}",
         analysis_samples=min(len(x), defaults.DEFAULT_LAYER_SAMPLES),
         batch_size=args.batch_size,
-        progress=True,
+        progress=not args.quiet,
         backend=args.backend,
         device=args.device,
     )
@@ -668,6 +683,7 @@ def cmd_finetune(args) -> int:
         keep_if_better=not args.keep_always,
         rate_penalty=args.rate_penalty,
         device=args.device,
+        progress=not args.quiet,
         **{k: v for k, v in given.items() if v is not None},
     )
     note = result.report["finetune"]
@@ -913,6 +929,8 @@ def cmd_compile(args) -> int:
     from ..analysis.summary import format_table, node_rows, share_line
     from ..data import load_npz
 
+    if args.lr is not None and args.finetune is None:  # it would change nothing: say so instead
+        raise SnncError("--lr: is the learning rate of the --finetune stage; pass --finetune EPOCHS too")
     output = resolve_output(args.output, "-o", (args.model, args.calib))
     calib = load_npz(args.calib, arg="--calib")
     t0 = time.perf_counter()
@@ -935,7 +953,10 @@ def cmd_compile(args) -> int:
         seed=args.seed,
         substitute=args.substitute,
         finetune=args.finetune,
-        **({"progress": True} if args.finetune else {}),
+        finetune_lr=args.lr,
+        # quiet: the calibration passes' per-layer bars (shown on a terminal only, like every bar)
+        **({"quiet": True} if args.quiet else {}),
+        **({"progress": not args.quiet} if args.finetune else {}),
     )
     o = model.options
     rows = [r for r in node_rows(model.graph) if r["core_op"] != "-"]

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..ir import Graph, Node
 from ..options import setting
+from ..progress import progress_enabled
 from ..runtime.executor import Executor
 from ..runtime.snn import SpikingRunner, _Static
 from . import PassContext
@@ -184,14 +185,15 @@ def channel_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def progress(items, desc: str, ctx: PassContext, total: int | None = None):
-    """A per-layer progress bar (stderr), silent when ``quiet`` is set and on ranks other than 0."""
+    """A per-layer progress bar (stderr), silent when ``quiet`` is set, on ranks other than 0, and
+    where every other bar is (stderr not a terminal, ``TQDM_DISABLE``: see :mod:`snncompiler.progress`)."""
     return tqdm(
         items,
         desc=desc,
         unit="layer",
         total=total,
         leave=False,
-        disable=bool(ctx.options.get("quiet")) or not distributed.is_main(),
+        disable=bool(ctx.options.get("quiet")) or not distributed.is_main() or not progress_enabled(),
     )
 
 

@@ -21,7 +21,6 @@ schedule; see :func:`train_onnx` for how the epochs are shared.
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import torch
@@ -157,7 +156,7 @@ def train_onnx(
     from ..ir import Graph
     from ..model import CompiledModel, first_output
     from ..runtime.executor import checked_device
-    from .finetune import GraphNet
+    from .finetune import GraphNet, epoch_bar, show_epoch
     from .trainer import as_dataset, fit
 
     if init not in INITS:
@@ -188,24 +187,14 @@ def train_onnx(
     except SnncError as exc:  # GraphNet names its first user; here the command is train
         raise SnncError(re.sub(r"^finetune: ", "train: ", str(exc))) from None
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=sum(e for _, e in stages), desc="snnc train", unit="epoch", file=sys.stderr, dynamic_ncols=True
-        )
+    # the one epoch bar of fine-tuning too: on a terminal and rank 0 only (snncompiler.progress)
+    bar = epoch_bar(sum(e for _, e in stages), "snnc train", progress)
     history, timed = [], []
     try:
         for number, (steps, count) in enumerate(stages, 1):
 
             def show(row, steps=steps):
-                if bar is not None:
-                    shown = {"T": steps, "loss": f"{row['loss']:.4f}", "train": f"{row['train_accuracy']:.4f}"}
-                    if "val_accuracy" in row:
-                        shown["val"] = f"{row['val_accuracy']:.4f}"
-                    bar.set_postfix(shown, refresh=False)
-                    bar.update(1)
+                show_epoch(bar, {"T": steps, **row})
 
             # each stage its own seed: the data order of a later stage differs from the first's
             run = fit(
@@ -235,8 +224,7 @@ def train_onnx(
             )
             timed.append({"timesteps": steps, "epochs": run["epochs"]})
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     net.cpu().eval()
     graph = net.write_back()
     note = {

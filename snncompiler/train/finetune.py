@@ -175,6 +175,27 @@ class GraphNet(nn.Module):
             node.params["bias"] = node.params.get("bias", torch.zeros_like(scale)) * scale + shift
 
 
+def epoch_bar(epochs: int, desc: str, progress: bool = True):
+    """A bar of ``epochs`` on stderr (:func:`snncompiler.progress.progress_bar`): on a terminal,
+    on rank 0 only, and not at all when ``progress`` is False."""
+    from .. import distributed
+    from ..progress import progress_bar
+
+    return progress_bar(epochs, desc, "epoch", enabled=None if progress and distributed.is_main() else False)
+
+
+def show_epoch(bar, row: dict) -> None:
+    """Advance ``bar`` by one epoch of :func:`~snncompiler.train.fit`'s history ``row``, showing
+    its loss, training accuracy and (when scored) held-out accuracy, and ``row["T"]`` if set."""
+    shown = {"T": row["T"]} if "T" in row else {}  # the stage's T, in a schedule of several
+    shown.update(loss=f"{row['loss']:.4f}", train=f"{row['train_accuracy']:.4f}")
+    if "val_accuracy" in row:
+        shown["val"] = f"{row['val_accuracy']:.4f}"
+    bar.set_postfix(shown, refresh=False)
+    bar.update(1)
+    bar.refresh()  # every epoch, not only those tqdm's rate limit lets through: an epoch is slow
+
+
 def finetune(
     model,
     train,
@@ -196,7 +217,9 @@ def finetune(
     With ``keep_if_better`` (the default) the fine-tuned model is returned only when it is more
     accurate there; otherwise the original comes back, with the reason in its report
     (``report["finetune"]``, as for a kept one). ``fit_options`` go to
-    :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``progress``).
+    :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``on_epoch``),
+    except ``progress`` (default True): a tqdm bar of epochs with the loss and training accuracy
+    on stderr, shown only on a terminal (see :mod:`snncompiler.progress`); False: nothing.
     """
     from ..analysis.metrics import accuracy
     from ..data import Dataset
@@ -229,7 +252,27 @@ def finetune(
     else:
         val = as_dataset(val, "val")
     net = GraphNet(model.graph, learn_theta=learn_theta)  # reads the graph; write_back copies it
-    history = fit(net, data, timesteps=timesteps, epochs=epochs, lr=lr, sequence=encoding == "sequence", **fit_options)
+    progress = fit_options.pop("progress", True)
+    caller_on_epoch = fit_options.pop("on_epoch", None)
+    # one bar on rank 0 instead of fit's per-epoch lines, which also went to pipes and log files
+    with epoch_bar(epochs, "finetune", progress) as bar:
+
+        def on_epoch(row):
+            show_epoch(bar, row)
+            if caller_on_epoch is not None:
+                caller_on_epoch(row)
+
+        history = fit(
+            net,
+            data,
+            timesteps=timesteps,
+            epochs=epochs,
+            lr=lr,
+            sequence=encoding == "sequence",
+            progress=False,
+            on_epoch=on_epoch,
+            **fit_options,
+        )
     net.cpu().eval()
     tuned = CompiledModel(net.write_back(), {**model.options, "timesteps": int(timesteps)}, dict(model.report))
 

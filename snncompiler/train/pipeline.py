@@ -13,6 +13,8 @@ loss and whether it was kept.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -58,6 +60,10 @@ def compile_and_finetune(
         raise OptionError("finetune", f"must be a number of epochs ≥ 1, got {finetune!r}")
     if not 0 < holdout < 1:
         raise OptionError("holdout", f"must lie in (0, 1), got {holdout!r}")
+    if lr is not None and not (
+        isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    ):
+        raise OptionError("lr", f"must be a finite number > 0, got {lr!r}")
     checked = CompileOptions.from_mapping(options)
     if checked.encoding == "rate":
         raise OptionError("finetune", "rate-encoded inputs are random at every step; use --encoding direct")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -22,12 +23,16 @@ def export_onnx_bytes(model: nn.Module, sample_shape, *, opset: int = 17, dynami
     kwargs = dict(input_names=["x"], output_names=["logits"], opset_version=opset)
     if dynamic_batch:
         kwargs["dynamic_axes"] = {"x": {0: "N"}, "logits": {0: "N"}}
+    # torch.onnx.export's `dynamo` switch (True by default from torch 2.9) is newer than the
+    # torch>=2.4 this package supports; without the switch the TorchScript exporter is the only one
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
     buffer = io.BytesIO()
     was_training = model.training
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (dummy,), buffer, dynamo=False, **kwargs)
+            torch.onnx.export(model.eval(), (dummy,), buffer, **kwargs)
     except Exception as exc:  # an op the exporter cannot trace, a shape the module refuses, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SnncError(
