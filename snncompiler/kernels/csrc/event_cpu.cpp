@@ -225,7 +225,8 @@ __attribute__((target("avx2"))) int64_t compact_avx2(const float* x, int64_t n, 
 }
 
 // One 8x8 block: d[j * ds + i] = s[i * ss + j].
-__attribute__((target("avx2"))) void transpose8x8_avx2(const float* s, int64_t ss, float* d, int64_t ds) {
+inline __attribute__((always_inline, target("avx2"))) void transpose8x8_avx2(const float* s, int64_t ss, float* d,
+                                                                             int64_t ds) {
   __m256 r[8], t[8], u[8];
   for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * ss);
   for (int k = 0; k < 8; k += 2) {
@@ -245,20 +246,33 @@ __attribute__((target("avx2"))) void transpose8x8_avx2(const float* s, int64_t s
 }
 #endif
 
-// d[j * ds + i] = s[i * ss + j] for i < rows, j < cols, in 8x8 blocks: element by element, the
-// stores of one row of s land 4·ds bytes apart and stall on every cache line.
-inline void transpose(const float* s, int64_t rows, int64_t cols, int64_t ss, float* d, int64_t ds) {
-  for (int64_t i0 = 0; i0 < rows; i0 += 8)
-    for (int64_t j0 = 0; j0 < cols; j0 += 8) {
+// d[j * ds + i] = s[i * ss + j] for i < rows, j < cols, in 8x8 blocks (element by element, the
+// stores of one row of s land 4·ds bytes apart and stall on every cache line); the edges that do
+// not fill a block element by element.
+inline void transpose_edges(const float* s, int64_t rows, int64_t cols, int64_t ss, float* d, int64_t ds,
+                            int64_t full_rows, int64_t full_cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j) d[j * ds + i] = s[i * ss + j];
+}
+
 #ifdef SNNC_EVENT_X86_SIMD
-      if (g_avx2 && i0 + 8 <= rows && j0 + 8 <= cols) {
-        transpose8x8_avx2(s + i0 * ss + j0, ss, d + j0 * ds + i0, ds);
-        continue;
-      }
+__attribute__((target("avx2"))) void transpose_avx2(const float* s, int64_t rows, int64_t cols, int64_t ss, float* d,
+                                                    int64_t ds) {
+  const int64_t fr = rows / 8 * 8, fc = cols / 8 * 8;
+  for (int64_t i0 = 0; i0 < fr; i0 += 8)
+    for (int64_t j0 = 0; j0 < fc; j0 += 8) transpose8x8_avx2(s + i0 * ss + j0, ss, d + j0 * ds + i0, ds);
+  transpose_edges(s, rows, cols, ss, d, ds, fr, fc);
+}
 #endif
+
+inline void transpose(const float* s, int64_t rows, int64_t cols, int64_t ss, float* d, int64_t ds) {
+#ifdef SNNC_EVENT_X86_SIMD
+  if (g_avx2) return transpose_avx2(s, rows, cols, ss, d, ds);
+#endif
+  for (int64_t i0 = 0; i0 < rows; i0 += 8)  // blocked: the stores of a block stay in a few lines
+    for (int64_t j0 = 0; j0 < cols; j0 += 8)
       for (int64_t i = i0; i < std::min(rows, i0 + 8); ++i)
         for (int64_t j = j0; j < std::min(cols, j0 + 8); ++j) d[j * ds + i] = s[i * ss + j];
-    }
 }
 
 inline void scatter_add(float* __restrict d, const int32_t* __restrict tp, const float* __restrict tv, int64_t m,
@@ -597,11 +611,11 @@ inline int64_t compact_rows_impl(const float* rows, int64_t pixels, int64_t C, i
 }
 
 #ifdef SNNC_EVENT_X86_SIMD
-__attribute__((target("avx512f"))) int64_t compact_rows_avx512(const float* rows, int64_t pixels, int64_t C,
+__attribute__((target("avx512f"), flatten)) int64_t compact_rows_avx512(const float* rows, int64_t pixels, int64_t C,
                                                                int32_t* chan, float* val, int32_t* cnt) {
   return compact_rows_impl<compact_avx512>(rows, pixels, C, chan, val, cnt);
 }
-__attribute__((target("avx2"))) int64_t compact_rows_avx2(const float* rows, int64_t pixels, int64_t C,
+__attribute__((target("avx2"), flatten)) int64_t compact_rows_avx2(const float* rows, int64_t pixels, int64_t C,
                                                           int32_t* chan, float* val, int32_t* cnt) {
   return compact_rows_impl<compact_avx2>(rows, pixels, C, chan, val, cnt);
 }
