@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -46,6 +45,7 @@ import snncompiler as snnc
 from examples.workloads import DigitsCNN, digits, export_onnx, train_classifier
 from snncompiler.data import Dataset
 from snncompiler.fileio import write_text
+from snncompiler.kernels.cpu import cpu_model
 from snncompiler.runtime.memory import retain_freed_memory
 
 
@@ -428,19 +428,6 @@ def _match_isa() -> str:
     return f"ATEN_CPU_CAPABILITY={aten or 'native'}, {kernels}"
 
 
-def cpu_name() -> str:
-    """The CPU model from lscpu (platform.processor() is often empty on Linux)."""
-    import subprocess
-
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     """Run both workloads and print/write the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -482,7 +469,7 @@ def main() -> None:
     if args.only == "event" or (args.only is None and args.device == "cpu"):
         res = event_vs_dense(args, out)
         machine = (
-            f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, load average at start "
+            f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, load average at start "
             f"{res['load_average_at_start']:.1f}"
         )
         print_event_table(res, machine)
@@ -564,7 +551,7 @@ def main() -> None:
         for f in (onnx_path,):
             Path(f).unlink(missing_ok=True)
     machine = (
-        f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, {isa_note}, "
+        f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {isa_note}, "
         f"freed memory retained: {retained}, load average at start {load_at_start:.1f}"
     )
     if args.device != "cpu":

@@ -78,16 +78,8 @@ OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info = dict(
-        cpu=model,
+        cpu=cpu.cpu_model(),
         logical_cores=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),

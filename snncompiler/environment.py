@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import torch
 
@@ -27,16 +26,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def collect() -> dict:
     """The environment as a JSON-ready dict: ``python``, ``platform``, ``packages`` (versions,
     None where not installed), ``cpu``, ``neuron_backends``, ``cpu_kernel``, ``cuda`` and
@@ -48,7 +37,7 @@ def collect() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in _PACKAGES},
-        "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "cpu": {"model": cpu.cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "neuron_backends": available_backends(),
     }
     lib = cpu.load()

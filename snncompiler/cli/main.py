@@ -84,7 +84,11 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
 
 def _add_quiet(p: argparse.ArgumentParser, what: str) -> None:
     """``--quiet``: no progress bar (they are shown only on a terminal anyway, see snncompiler/progress.py)."""
-    p.add_argument("--quiet", action="store_true", help=f"no progress bar ({what}) on stderr, even on a terminal")
+    # None when absent, like every flag that is also a library option (compile's quiet): the library's
+    # default then applies
+    p.add_argument(
+        "--quiet", action="store_true", default=None, help=f"no progress bar ({what}) on stderr, even on a terminal"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import platform
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,20 @@ CACHE_MIN_BYTES = 1 << 20  # below glibc's mmap threshold, malloc reuses freed m
 _DLPACK_DTYPES = {torch.float32: (2, 32), torch.uint8: (1, 8), torch.bfloat16: (4, 16)}  # DLPack (code, bits)
 DTYPES = (torch.float32, torch.bfloat16)  # what the kernel reads; value spikes come out in x's dtype
 _dlpack_failed = False
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo where there is one:
+    ``platform.processor()`` is often empty on Linux. Benchmarks, ``snnc env`` and the event
+    cost model's cache key all name the machine with it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.cache

@@ -26,10 +26,8 @@ measurement.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -42,6 +40,7 @@ import torch
 
 from ..fileio import write_text
 from ..progress import progress_enabled
+from .cpu import cpu_model
 
 FORMS = ("dense", "gather", "scatter")
 #: spike densities of the planted inputs the event forms are timed at (a line through the two)
@@ -108,17 +107,6 @@ def cache_path() -> Path:
     return Path(os.environ.get("SNNC_CACHE_DIR", Path.home() / ".cache" / "snncompiler")) / "exec_cost.json"
 
 
-@functools.cache
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def layer_key(layer, in_shape: tuple[int, ...]) -> str:
     """The cache key of a layer on inputs of per-sample shape ``in_shape``: everything the
     measured costs depend on."""
@@ -127,7 +115,7 @@ def layer_key(layer, in_shape: tuple[int, ...]) -> str:
     return json.dumps(
         [
             _CACHE_VERSION,
-            _cpu_name(),
+            cpu_model(),
             event.load().isa(),
             torch.get_num_threads(),
             torch.__version__,
