@@ -40,7 +40,9 @@ def compile(model, calib_data, *, finetune: int | None = None, finetune_lr: floa
     (see :mod:`snncompiler.train.pipeline`); ``finetune_lr`` is that fine-tuning's learning rate
     (default :data:`~snncompiler.options.FINETUNE_LR`, as for :func:`snncompiler.train.finetune`;
     ``snnc compile --lr``). It has its own name because ``lr`` among ``options`` is weight
-    calibration's step size (in the pipeline, ``lr`` also sets fine-tuning's, as it always has)."""
+    calibration's step size (in the pipeline, ``lr`` also sets fine-tuning's, as it always has).
+    ``distill`` (a weight in [0, 1], with ``finetune``) distils the ANN into the SNN while it
+    fine-tunes (:func:`snncompiler.train.fit`'s ``teacher``)."""
     if finetune is not None:
         from .train.pipeline import compile_and_finetune
 
@@ -51,6 +53,10 @@ def compile(model, calib_data, *, finetune: int | None = None, finetune_lr: floa
         from .errors import OptionError
 
         raise OptionError("finetune_lr", "is the fine-tuning learning rate and needs finetune=EPOCHS")
+    if "distill" in options:
+        from .errors import OptionError
+
+        raise OptionError("distill", "distils the ANN during fine-tuning and needs finetune=EPOCHS")
     from .compiler import compile as _compile
 
     return _compile(model, calib_data, **options)

@@ -71,6 +71,10 @@ FINETUNE_TIMESTEPS = 4
 FINETUNE_EPOCHS = 10
 FINETUNE_LR = 1e-3
 TRAIN_BATCH_SIZE = 64
+#: Knowledge distillation from the ANN while fine-tuning a converted model (:func:`snncompiler.train.fit`'s
+#: ``teacher``): the weight of the teacher's loss against the label loss, and the softmax temperature.
+DISTILL_WEIGHT = 0.5
+DISTILL_TEMPERATURE = 4.0
 
 #: Integer options and their least value.
 _AT_LEAST = (
@@ -252,6 +256,8 @@ __all__ = [
     "FINETUNE_EPOCHS",
     "FINETUNE_LR",
     "TRAIN_BATCH_SIZE",
+    "DISTILL_WEIGHT",
+    "DISTILL_TEMPERATURE",
     "default_threshold",
     "parse_threshold",
     "setting",

@@ -13,6 +13,7 @@ from conftest import Residual
 
 import snncompiler as snnc
 from examples.workloads import export_onnx
+from snncompiler.model import first_output
 from snncompiler.train import run_steps
 from snncompiler.train.finetune import GraphNet, finetune
 
@@ -128,3 +129,28 @@ def test_cli_finetune_and_its_errors(converted, tmp_path):
     ]:
         r = _snnc("finetune", src, "--data", tmp_path / "train.npz", "-o", tmp_path / "x.snn.onnx")
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_ann_teacher_is_the_onnx_model(converted):
+    """The teacher of ``finetune(distill=...)`` is the ANN the model was compiled from (onnxruntime is
+    the oracle), and for a loaded artifact, which does not carry it, the artifact's own ANN mode."""
+    import onnxruntime as ort
+
+    from snncompiler.train.finetune import ann_teacher
+
+    model, _, test, path = converted
+    x = test.x[:64]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(np.asarray(ann_teacher(model)(torch.as_tensor(x))), expected, rtol=1e-4, atol=1e-4)
+    loaded = snnc.compile(str(path), x, timesteps=4, quiet=True)
+    loaded.ann_graph = None
+    own = np.asarray(ann_teacher(loaded)(torch.as_tensor(x)))
+    np.testing.assert_allclose(own, first_output(loaded.ann(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_finetune_with_distillation_records_it(converted):
+    model, train, _, _ = converted
+    tuned = finetune(model, (train.x[:200], train.y[:200]), timesteps=2, epochs=1, distill=0.5, progress=False)
+    note = tuned.report["finetune"]
+    assert note["distill"] == 0.5 and note["temperature"] == 4.0

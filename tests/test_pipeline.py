@@ -47,6 +47,8 @@ def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn
         (dict(finetune=0), "^finetune: must be a number of epochs"),
         (dict(finetune=2, threshold="p200"), "^threshold: "),
         (dict(finetune=2, encoding="rate"), "^finetune: rate-encoded"),
+        (dict(finetune=2, distill=1.5), "^distill: must lie in"),
+        (dict(distill=0.5), "^distill: .*needs finetune"),
     ],
 )
 def test_pipeline_options_are_checked_before_any_work(small_digits_cnn, monkeypatch, bad, match):
@@ -168,3 +170,25 @@ def test_cli_compile_lr_reaches_the_optimizer(small_digits_cnn, tmp_path, adam_l
     assert main([*base, "--lr", "0.0042"]) == 2  # without --finetune it would do nothing: refused
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("snnc: error: --lr: ") and "--finetune" in err, err
+
+
+def test_pipeline_distill_reaches_finetuning(small_digits_cnn):
+    path, train, _ = small_digits_cnn
+    data = Dataset(train.x[:100], train.y[:100])
+    model = snnc.compile(str(path), data, timesteps=2, calibration="none", finetune=1, distill=0.5, seed=0)
+    assert model.report["pipeline"]["distill"] == 0.5 and model.report["pipeline"]["finetune_lr"] == FINETUNE_LR
+    assert model.report["finetune"]["distill"] == 0.5  # fit's own record: the teacher was used
+
+
+def test_cli_compile_distill_needs_finetune(small_digits_cnn, tmp_path, capsys):
+    from snncompiler.cli.main import main
+
+    path, train, _ = small_digits_cnn
+    calib = save_npz(tmp_path / "calib.npz", train.x[:100], train.y[:100])
+    base = ["compile", str(path), "--calib", str(calib), "-o", str(tmp_path / "m.snn.onnx")]
+    assert main([*base, "--distill", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("snnc: error: --distill: ") and "--finetune" in err, err
+    with pytest.raises(SystemExit) as exited:  # argparse's own refusal of the value
+        main([*base, "--finetune", "1", "--distill", "2"])
+    assert exited.value.code == 2 and "--distill: must lie in [0, 1]" in capsys.readouterr().err

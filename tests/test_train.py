@@ -519,3 +519,57 @@ def test_a_compiled_network_trains_through_the_op():
     snnc.train.tet_loss(eager, y).backward()
     assert torch.allclose(out, eager) and torch.allclose(grad, net[0].weight.grad, atol=1e-6)
     assert float(grad.abs().sum()) > 0
+
+
+# ---- knowledge distillation ------------------------------------------------------------------
+@pytest.mark.parametrize("steps, temperature", [(1, 1.0), (3, 4.0)])
+def test_distill_loss_is_the_softened_kl_per_step(steps, temperature):
+    from snncompiler.train.trainer import distill_loss
+
+    g = torch.Generator().manual_seed(steps)
+    out = torch.randn(steps, 5, 7, generator=g, dtype=torch.float64) * 3
+    teacher = torch.randn(5, 7, generator=g, dtype=torch.float64) * 3
+    p = np.exp(teacher.numpy() / temperature)
+    p /= p.sum(-1, keepdims=True)
+    expected = 0.0
+    for t in range(steps):  # Hinton et al.: τ² · Σ p (log p − log q), mean over the samples, then the steps
+        logq = out[t].numpy() / temperature
+        logq = logq - np.log(np.exp(logq).sum(-1, keepdims=True))
+        expected += temperature**2 * (p * (np.log(p) - logq)).sum(-1).mean() / steps
+    assert float(distill_loss(out, teacher, temperature)) == pytest.approx(expected, rel=1e-9)
+    assert float(distill_loss(teacher.expand(steps, 5, 7), teacher, temperature)) == pytest.approx(0, abs=1e-12)
+
+
+def test_fit_distils_a_teacher_over_the_labels(digits_data):
+    """With distill=1 the labels carry no weight: a teacher that always answers class 3 wins over
+    the true labels (an assertion that fails if the teacher's loss were dropped or mis-weighted)."""
+    train, _ = digits_data
+    x, y = train.x[:256], train.y[:256]
+
+    def teacher(batch):
+        logits = torch.zeros(len(batch), 10)
+        logits[:, 3] = 8.0
+        return logits
+
+    torch.manual_seed(0)
+    net = small_cnn()
+    history = snnc.train.fit(net, (x, y), timesteps=2, epochs=6, lr=1e-2, teacher=teacher, distill=1.0, progress=False)
+    assert history["settings"]["distill"] == 1.0 and history["settings"]["temperature"] == 4.0
+    with torch.no_grad():
+        predicted = run_steps(net, torch.as_tensor(x), 2).mean(0).argmax(-1)
+    assert (predicted == 3).float().mean() > 0.9
+    assert (predicted == torch.as_tensor(y)).float().mean() < 0.3  # the labels were not what it learnt
+
+
+def test_fit_distillation_errors(digits_data):
+    train, _ = digits_data
+    data = (train.x[:32], train.y[:32])
+    net = small_cnn()
+    for bad, match in [
+        (dict(teacher=lambda b: torch.zeros(len(b), 10), distill=1.5), "^distill: must lie in"),
+        (dict(teacher=lambda b: torch.zeros(len(b), 10), temperature=0), "^temperature: must be a positive"),
+        (dict(teacher="ann"), "^teacher: expected a callable"),
+        (dict(teacher=lambda b: torch.zeros(len(b), 7)), r"^teacher: returned logits of shape \[32, 7\]"),
+    ]:
+        with pytest.raises(SnncError, match=match):
+            snnc.train.fit(net, data, timesteps=1, epochs=1, batch_size=32, progress=False, **bad)

@@ -60,6 +60,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1] (mixing weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def _add_distill(p, needs: str = "") -> None:
+    """--distill W: knowledge distillation from the ANN while fine-tuning (snncompiler.train.fit's teacher)."""
+    p.add_argument(
+        "--distill",
+        type=_unit_float,
+        default=None,
+        metavar="W",
+        help="distil the ANN into the SNN while fine-tuning: loss = (1-W)·label loss + W·τ²·KL to the ANN's "
+        f"softened outputs (τ = {defaults.DISTILL_TEMPERATURE:g}; the ANN the model was compiled from, or the "
+        f"artifact's ANN mode) (default: off){needs}",
+    )
+
+
 def _nonnegative_float(text: str) -> float:
     """argparse type: a finite number ≥ 0 (penalty weights)."""
     try:
@@ -204,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Adam learning rate of the --finetune stage, cosine schedule (default {defaults.FINETUNE_LR:g}, "
         "as snnc finetune; needs --finetune)",
     )
+    _add_distill(p, "; needs --finetune")
     _add_quiet(p, "calibration layers, fine-tuning epochs")
     _add_common(p)
     p.set_defaults(func=cmd_compile)
@@ -369,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
         "(default %(default)g)",
     )
+    _add_distill(p)
     p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
     p.add_argument(
         "--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r) (default %(default)s)"
@@ -678,7 +704,7 @@ def cmd_finetune(args) -> int:
     if not isinstance(model, CompiledModel):
         raise SnncError(f"{args.model}: a plain ONNX ANN; compile it with `snnc compile` before fine-tuning")
     t0 = time.perf_counter()
-    given = {k: getattr(args, k) for k in ("timesteps", "epochs", "lr", "batch_size", "seed")}
+    given = {k: getattr(args, k) for k in ("timesteps", "epochs", "lr", "batch_size", "seed", "distill")}
     result = finetune(
         model,
         data,
@@ -935,6 +961,8 @@ def cmd_compile(args) -> int:
 
     if args.lr is not None and args.finetune is None:  # it would change nothing: say so instead
         raise SnncError("--lr: is the learning rate of the --finetune stage; pass --finetune EPOCHS too")
+    if args.distill is not None and args.finetune is None:
+        raise SnncError("--distill: distils the ANN during the --finetune stage; pass --finetune EPOCHS too")
     output = resolve_output(args.output, "-o", (args.model, args.calib))
     calib = load_npz(args.calib, arg="--calib")
     t0 = time.perf_counter()
@@ -958,6 +986,7 @@ def cmd_compile(args) -> int:
         substitute=args.substitute,
         finetune=args.finetune,
         finetune_lr=args.lr,
+        **({"distill": args.distill} if args.distill is not None else {}),
         # quiet: the calibration passes' per-layer bars (shown on a terminal only, like every bar)
         **({"quiet": True} if args.quiet else {}),
         **({"progress": not args.quiet} if args.finetune else {}),

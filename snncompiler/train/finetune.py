@@ -196,6 +196,15 @@ def show_epoch(bar, row: dict) -> None:
     bar.refresh()  # every epoch, not only those tqdm's rate limit lets through: an epoch is slow
 
 
+def ann_teacher(model):
+    """A callable batch → logits running ``model``'s ANN (see :func:`finetune`'s ``distill``)."""
+    from ..runtime.executor import Executor
+
+    graph = model.ann_graph if model.ann_graph is not None else model.graph
+    executor, name, out = Executor(graph), graph.inputs[0].name, graph.outputs[0].name
+    return lambda batch: executor.run({name: batch.cpu()})[out]
+
+
 def finetune(
     model,
     train,
@@ -207,6 +216,7 @@ def finetune(
     val=None,
     holdout: float = 0.2,
     keep_if_better: bool = True,
+    distill: float = 0.0,
     **fit_options,
 ):
     """Fine-tune a compiled model (a :class:`~snncompiler.model.CompiledModel` or an artifact
@@ -220,6 +230,10 @@ def finetune(
     :func:`~snncompiler.train.fit` (``batch_size``, ``loss``, ``seed``, ``device``, ``on_epoch``),
     except ``progress`` (default True): a tqdm bar of epochs with the loss and training accuracy
     on stderr, shown only on a terminal (see :mod:`snncompiler.progress`); False: nothing.
+
+    ``distill`` > 0 distils the ANN into the SNN while it trains (``fit``'s ``teacher``, with
+    this weight; ``temperature`` goes to fit): the ANN the model was compiled from when this
+    process compiled it, else the artifact's own ANN mode (every neuron as clip(x, 0, θ)).
     """
     from ..analysis.metrics import accuracy
     from ..data import Dataset
@@ -251,6 +265,8 @@ def finetune(
         )
     else:
         val = as_dataset(val, "val")
+    if distill:
+        fit_options.update(teacher=ann_teacher(model), distill=distill)
     net = GraphNet(model.graph, learn_theta=learn_theta)  # reads the graph; write_back copies it
     progress = fit_options.pop("progress", True)
     caller_on_epoch = fit_options.pop("on_epoch", None)

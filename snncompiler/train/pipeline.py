@@ -23,7 +23,7 @@ from ..compiler import compile as convert
 from ..data import Dataset
 from ..errors import OptionError, SnncError
 from ..model import CompiledModel, first_output
-from ..options import CompileOptions
+from ..options import FINETUNE_LR, CompileOptions
 from .finetune import finetune as finetune_model
 from .trainer import as_dataset
 
@@ -47,6 +47,7 @@ def compile_and_finetune(
     finetune: int,
     holdout: float = PIPELINE_HOLDOUT,
     lr: float | None = None,
+    distill: float = 0.0,
     progress: bool = False,
     **options,
 ) -> CompiledModel:
@@ -54,7 +55,8 @@ def compile_and_finetune(
     through conversion, the calibration pipeline of ``options["calibration"]`` and ``finetune``
     epochs of fine-tuning, keeping each stage only where it raises the accuracy at T on the
     held-out share of ``data`` (labelled: a Dataset or an (x, y) pair). ``lr`` is fine-tuning's
-    learning rate (default :data:`~snncompiler.options.FINETUNE_LR`). Every option is checked
+    learning rate (default :data:`~snncompiler.options.FINETUNE_LR`); ``distill`` > 0 distils the
+    ANN into the SNN while it fine-tunes (:func:`~snncompiler.train.finetune`). Every option is checked
     before any work."""
     if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 1:
         raise OptionError("finetune", f"must be a number of epochs ≥ 1, got {finetune!r}")
@@ -64,6 +66,8 @@ def compile_and_finetune(
         isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
     ):
         raise OptionError("lr", f"must be a finite number > 0, got {lr!r}")
+    if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0.0 <= distill <= 1.0):
+        raise OptionError("distill", f"must lie in [0, 1] (the weight of the ANN teacher's loss), got {distill!r}")
     checked = CompileOptions.from_mapping(options)
     if checked.encoding == "rate":
         raise OptionError("finetune", "rate-encoded inputs are random at every step; use --encoding direct")
@@ -103,6 +107,7 @@ def compile_and_finetune(
         keep_if_better=False,
         seed=checked.seed,
         progress=progress,
+        distill=distill,
         **({"lr": lr} if lr is not None else {}),
     )
     stage = judged("finetune", tuned, epochs=finetune)
@@ -111,7 +116,14 @@ def compile_and_finetune(
     result = tuned if stage["kept"] else best
     result.report = {
         **result.report,
-        "pipeline": {"timesteps": steps, "fit_samples": len(fit), "heldout_samples": len(judge), "stages": stages},
+        "pipeline": {
+            "timesteps": steps,
+            "fit_samples": len(fit),
+            "heldout_samples": len(judge),
+            "finetune_lr": lr if lr is not None else FINETUNE_LR,
+            "distill": distill,
+            "stages": stages,
+        },
     }
     if not stage["kept"]:  # the fine-tuning that was tried and dropped, as finetune itself records it
         result.report["finetune"] = {**tuned.report["finetune"], "kept": False}

@@ -22,7 +22,7 @@ from .. import distributed
 from ..analysis.metrics import accuracy
 from ..data import Dataset, validate
 from ..errors import SnncError
-from ..options import TRAIN_BATCH_SIZE
+from ..options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TRAIN_BATCH_SIZE
 from ..runtime.snn import output_steps
 from .loss import LOSSES, tet_loss
 from .neuron import neurons, run_steps
@@ -102,6 +102,9 @@ def fit(
     progress: bool = True,
     on_epoch=None,
     rate_penalty: float = 0.0,
+    teacher=None,
+    distill: float = DISTILL_WEIGHT,
+    temperature: float = DISTILL_TEMPERATURE,
 ) -> dict:
     """Train ``model`` (a network with :class:`~snncompiler.train.LIF` neurons) in place.
 
@@ -120,6 +123,12 @@ def fit(
         rate_penalty: λ of a penalty λ·r added to the loss, r the firing rate over all LIF
             neurons (spikes per neuron per step, in [0, 1]) of the batch: fewer spikes, fewer
             synaptic operations, less energy. The gradient reaches the spikes through the surrogate.
+        teacher: knowledge distillation from a network (the ANN a model was converted from): a
+            callable mapping an input batch to its logits [B, C], run without gradients. The loss
+            becomes (1 − ``distill``)·loss + ``distill``·τ²·KL(softmax(teacher/τ) ‖ softmax(O(t)/τ))
+            averaged over the steps t (τ = ``temperature``, Hinton et al. 2015): the soft targets
+            carry what the ANN learnt beyond the hard labels, which a few hundred fine-tuning
+            samples the ANN already fits perfectly do not.
 
     Under a torch.distributed process group (``torchrun``) the model trains under
     DistributedDataParallel with the same global batches as one process: every rank draws the same
@@ -146,6 +155,12 @@ def fit(
             raise SnncError(f"{name}: must be a positive integer, got {value!r}")
     if not (isinstance(rate_penalty, (int, float)) and math.isfinite(rate_penalty) and rate_penalty >= 0):
         raise SnncError(f"rate_penalty: must be a non-negative number, got {rate_penalty!r}")
+    if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0.0 <= distill <= 1.0):
+        raise SnncError(f"distill: must lie in [0, 1] (the weight of the teacher's loss), got {distill!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise SnncError(f"temperature: must be a positive number, got {temperature!r}")
+    if teacher is not None and not callable(teacher):
+        raise SnncError(f"teacher: expected a callable batch -> logits, got {type(teacher).__name__}")
     if timesteps is None and not sequence:
         timesteps = 4
     data = _Source(train, "train")
@@ -173,6 +188,9 @@ def fit(
         settings.update(lamb=lamb, means=means)
     if rate_penalty:
         settings["rate_penalty"] = rate_penalty
+    if teacher is not None:
+        settings.update(distill=distill, temperature=temperature)
+        criterion = _distilled(criterion, teacher, distill, temperature, sequence)
     rates = _RateProbe(model) if rate_penalty else None
     history = {"settings": settings, "epochs": []}
     try:
@@ -188,7 +206,7 @@ def fit(
                 out = run_steps(net, xb, timesteps, sequence=sequence)
                 if not seen:
                     _check_labels(yb, out, epoch)
-                value = criterion(out, yb)
+                value = criterion(out, yb, xb) if teacher is not None else criterion(out, yb)
                 if rates is not None:
                     value = value + rate_penalty * rates.take()
                 if not torch.isfinite(value):
@@ -232,6 +250,32 @@ def fit(
     settings["timesteps"] = out.shape[0]  # a sequence's length when it was not given
     model._snnc_training = settings
     return history
+
+
+def distill_loss(outputs: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """τ²·KL(softmax(teacher/τ) ‖ softmax(O(t)/τ)), averaged over the batch and the steps of
+    outputs [T, B, C]: every step is pulled towards the teacher, as TET pulls every step towards
+    the label (the τ² keeps the gradient's scale independent of τ)."""
+    steps = outputs.shape[0]
+    student = torch.log_softmax(outputs.flatten(0, 1) / temperature, -1)
+    target = torch.softmax(teacher_logits.to(outputs.dtype) / temperature, -1).repeat(steps, 1)
+    return torch.nn.functional.kl_div(student, target, reduction="batchmean") * temperature**2
+
+
+def _distilled(criterion, teacher, weight: float, temperature: float, sequence: bool):
+    """``criterion`` mixed with :func:`distill_loss` against ``teacher``'s logits of each batch
+    (of a sequence's time-mean frame, as the model's own ANN mode sees it)."""
+
+    def loss(out, labels, inputs):
+        with torch.no_grad():
+            logits = teacher(inputs.mean(1) if sequence else inputs)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        if logits.shape != out.shape[1:]:
+            raise SnncError(f"teacher: returned logits of shape {list(logits.shape)}, the model {list(out.shape[1:])}")
+        return (1.0 - weight) * criterion(out, labels) + weight * distill_loss(out, logits.to(out.device), temperature)
+
+    return loss
 
 
 def _data_parallel(model: nn.Module, dev: torch.device) -> nn.Module:
