@@ -47,6 +47,7 @@ from snncompiler.data import Dataset
 from snncompiler.fileio import write_text
 from snncompiler.kernels.cpu import cpu_model
 from snncompiler.runtime.memory import retain_freed_memory
+from snncompiler.runtime.snn import auto_chunk
 
 
 def digits_cnn(tmp: Path):
@@ -268,6 +269,9 @@ def event_vs_dense(args, out: Path) -> dict:
         flush=True,
     )
     x = torch.from_numpy(test.x[: args.batch])
+    # one chunk size for the recorded inputs, the layer timings and the whole-SNN runs (the runtime's
+    # automatic choice for this batch unless the model fixes one)
+    model.options["chunk"] = model.options["chunk"] or auto_chunk(model.graph, len(x), torch.device("cpu"))
     inputs, runner = record_layer_inputs(model, x, args.timesteps)
     repeats = 4 * args.repeats + 1  # a layer takes milliseconds: more repeats, an odd count for the median
     rows = []
@@ -524,6 +528,8 @@ def main() -> None:
                 "batch": args.batch,
                 "timesteps": args.timesteps,
                 "exec": exec_mode,
+                # steps per chunk: the model's own, else the runtime's choice for this batch and machine
+                "chunk": compiled.options["chunk"] or auto_chunk(compiled.graph, len(x), x.device),
                 "snnc_median_s": sn_med,
                 "snnc_dense_median_s": dense_med,
                 "spikingjelly_median_s": sj_med,
@@ -561,13 +567,13 @@ def main() -> None:
         f"snnc neuron backends: {', '.join(available_backends())})"
     )
     print(
-        f"{'workload':<12} {'exec':<6} {'snnc s/batch':>13} {'dense s/batch':>14} {'SJ s/batch':>11} {'speedup':>8} "
+        f"{'workload':<12} {'exec':<6} {'chunk':>5} {'snnc s/batch':>13} {'dense s/batch':>14} {'SJ s/batch':>11} {'speedup':>8} "
         f"{'(dense)':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons"
     )
     for r in rows:
         b = r["snnc_time_share"]
         print(
-            f"{r['workload']:<12} {r['exec']:<6} {r['snnc_median_s']:>13.4f} {r['snnc_dense_median_s']:>14.4f} "
+            f"{r['workload']:<12} {r['exec']:<6} {r['chunk']:>5} {r['snnc_median_s']:>13.4f} {r['snnc_dense_median_s']:>14.4f} "
             f"{r['spikingjelly_median_s']:>11.4f} {r['speedup']:>7.2f}x {r['speedup_dense']:>7.2f}x"
             f"   {100 * b.get('neurons', 0):5.1f}% / {100 * b.get('conv/linear', 0):5.1f}% / {100 * b.get('other ops', 0):5.1f}%"
             f" / {100 * b['overhead']:5.1f}%            {100 * r['spikingjelly_neuron_share']:5.1f}%"

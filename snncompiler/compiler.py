@@ -261,7 +261,7 @@ def _better_than_uncalibrated(
         target = Executor(ann).run({ann.inputs[0].name: x})[ann.outputs[0].name]
 
     def score(graph):
-        out = first_output(SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=int(opts["chunk"]))[T])
+        out = first_output(SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=opts["chunk"])[T])
         classes = 1 if out.dim() > 1 else -1  # [N, C, ...]: per-pixel classes of a dense output too
         agree = float(distributed.mean((out.argmax(classes) == target.argmax(classes)).float()))
         return agree, -float(distributed.mean((out - target) ** 2))

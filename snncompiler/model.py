@@ -89,7 +89,7 @@ class CompiledModel:
         if batch_size < 1:
             raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
         runner = self.runner(**overrides)
-        chunk = int(overrides.get("chunk", self.options["chunk"]))
+        chunk = overrides.get("chunk", self.options["chunk"])  # None: the runtime's auto_chunk
         parts: dict[int, list] = {}
         with progress_bar(
             len(xt) * timesteps, f"T={timesteps}", "sample-step", enabled=None if progress else False

@@ -27,9 +27,13 @@ from .limits import check_timesteps
 #: The T a model is compiled for (and runs at unless told otherwise). Chosen by
 #: benchmarks/timestep_accuracy.py (see docs/benchmarks.md: "Choosing the defaults").
 DEFAULT_TIMESTEPS = 32
-#: Steps simulated at once: 8 was fastest on a 2-core CPU (the working set stays cache-sized),
-#: and memory does not grow with T.
+#: Steps simulated at once (memory does not grow with T). The default (``chunk=None``) is chosen
+#: per run by :func:`snncompiler.runtime.snn.auto_chunk`: on CPU the most steps, between
+#: DEFAULT_CHUNK and MAX_CHUNK, whose largest activation still fits the last-level cache (8 was
+#: fastest for ResNet-18 on an AMD EPYC with 32 MiB of L3; 32 for it and the digits CNN on an
+#: Intel Xeon whose L3 holds them: docs/benchmarks.md, "Speed"); DEFAULT_CHUNK on a GPU.
 DEFAULT_CHUNK = 8
+MAX_CHUNK = 32
 #: The T at which `evaluate` and `snnc eval` report accuracy unless told otherwise.
 DEFAULT_EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Samples per batch when a compiled model runs or is evaluated (`snnc eval` / `snnc run` --batch-size).
@@ -131,7 +135,7 @@ class CompileOptions:
     strict: bool = False
     encoding: str = "direct"
     calib_samples: int = 1024
-    chunk: int = DEFAULT_CHUNK
+    chunk: int | None = None
     backend: str = "auto"
     calibration: str = "none"
     substitute: str | None = None
@@ -158,6 +162,8 @@ class CompileOptions:
 
         for name, low in _AT_LEAST:
             value = getattr(self, name)
+            if name == "chunk" and value is None:  # chosen per run (runtime.snn.auto_chunk)
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise OptionError(name, f"must be an integer ≥ {low}, got {value!r}")
             put(name, int(value))
@@ -240,6 +246,7 @@ __all__ = [
     "DEFAULTS",
     "DEFAULT_TIMESTEPS",
     "DEFAULT_CHUNK",
+    "MAX_CHUNK",
     "DEFAULT_EVAL_STEPS",
     "DEFAULT_THRESHOLD",
     "HARD_RESET_THRESHOLD",

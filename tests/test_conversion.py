@@ -284,3 +284,30 @@ def test_firing_rate_counts_spikes_of_any_sign(theta):
     spikes, _ = neuron_multistep_reference(x.expand((T,) + x.shape), 0.0, theta, spike_format="binary")
     assert runner.firing_rate == pytest.approx(float(spikes.float().mean()), rel=1e-6)
     assert runner.firing_rate > 0
+
+
+def test_auto_chunk_fills_the_last_level_cache(cnn, digits_data, monkeypatch):
+    """chunk=None: on CPU the most steps in [DEFAULT_CHUNK, MAX_CHUNK] (powers of two) whose largest
+    activation fits the last-level cache; DEFAULT_CHUNK on a GPU. Results do not depend on it."""
+    import math
+
+    from snncompiler.kernels import cpu
+    from snncompiler.options import DEFAULT_CHUNK, MAX_CHUNK
+    from snncompiler.runtime.snn import auto_chunk
+
+    _, path = cnn
+    train, test = digits_data
+    model = snnc.compile(path, Dataset(train.x[:64]))
+    auto = model.run(test.x[:30], 40)  # chunk=None: the runtime's choice on this machine
+    np.testing.assert_allclose(auto, model.run(test.x[:30], 40, chunk=5), rtol=1e-5, atol=1e-5)
+    largest = max(math.prod(v.shape[1:]) for v in model.graph.values.values() if v.shape and len(v.shape) > 1)
+    step = 4 * 64 * largest  # bytes of the largest value per step at batch 64
+    cpu_dev = torch.device("cpu")
+    real = cpu.last_level_cache_bytes()  # this machine's, from sysfs (or the fallback)
+    assert isinstance(real, int) and real >= 1 << 10
+    for cache, expected in [(step, DEFAULT_CHUNK), (16 * step, 16), (31 * step, 16), (1000 * step, MAX_CHUNK)]:
+        monkeypatch.setattr(cpu, "last_level_cache_bytes", lambda cache=cache: cache)
+        assert auto_chunk(model.graph, 64, cpu_dev) == expected, cache
+    assert auto_chunk(model.graph, 64, torch.device("cuda")) == DEFAULT_CHUNK
+    monkeypatch.setattr(cpu, "last_level_cache_bytes", lambda: 16 * step)
+    assert auto_chunk(model.graph, 640, cpu_dev) == DEFAULT_CHUNK  # ten times the batch: 1.6 steps fit

@@ -134,7 +134,7 @@ def synaptic_operations(model, x, timesteps: int, *, batch_size: int = 256, **ov
     totals: dict[str, torch.Tensor] = {}
     for start in range(0, len(xt), batch_size):
         rates = runner.event_rates(
-            xt[start : start + batch_size], timesteps, names, chunk=int(overrides.get("chunk", model.options["chunk"]))
+            xt[start : start + batch_size], timesteps, names, chunk=overrides.get("chunk", model.options["chunk"])
         )
         for name, r in rates.items():
             part = r.sum(0, keepdim=True).cpu()

@@ -87,7 +87,7 @@ def _measure(model, x, y, ts, bar, neurons, analysis_samples, raster_samples, ba
     acc = model.evaluate(x, y, ts, batch_size=batch_size, progress=progress, **overrides)
     stage()
     sub = x[:analysis_samples]
-    chunk = int(overrides.get("chunk", model.options["chunk"]))
+    chunk = overrides.get("chunk", model.options["chunk"])  # None: the runtime's auto_chunk
     runner = model.runner(**overrides)
     xt = model._input(sub)
     names = [n.outputs[0] for n in neurons]

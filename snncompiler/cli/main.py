@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk",
         type=_positive_int,
         default=None,
-        help="steps simulated at once (default 8; memory does not grow with T)",
+        help="steps simulated at once (default: on CPU the most of 8, 16 or 32 whose activations fit the "
+        "last-level cache, 8 on a GPU; memory does not grow with T)",
     )
     p.add_argument(
         "--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)"

@@ -43,6 +43,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: What :func:`last_level_cache_bytes` assumes where the OS does not say (a common server L3 slice).
+FALLBACK_CACHE_BYTES = 32 << 20
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache (the largest of cpu0's data/unified caches in sysfs),
+    or :data:`FALLBACK_CACHE_BYTES`; the spiking runtime sizes its chunks of steps by it."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except (OSError, ValueError):
+            continue
+    return max(sizes) if sizes else FALLBACK_CACHE_BYTES
+
+
 @functools.cache
 def load():
     """The compiled ``snncompiler.kernels._lif_cpu`` module, or None if it is not built.

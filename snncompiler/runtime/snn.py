@@ -26,7 +26,7 @@ from ..ir import Graph, Node
 from ..ir.neuron import ENCODINGS, NeuronSpec
 from ..ir.ops import conversion_kind
 from ..limits import check_timesteps
-from ..options import DEFAULT_CHUNK
+from ..options import DEFAULT_CHUNK, MAX_CHUNK
 from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
 from .ops import IMPLEMENTATIONS, _windows, channel_view
@@ -41,11 +41,32 @@ _PROFILE_GROUPS = {
 }
 
 
-def _check_steps(timesteps: int, chunk: int) -> None:
+def auto_chunk(graph, batch: int, device: torch.device) -> int:
+    """Steps per chunk when none is given: on CPU the largest power of two in
+    [DEFAULT_CHUNK, MAX_CHUNK] whose largest activation (batch × steps × the graph's largest value,
+    float32) fits the last-level cache; fewer steps per chunk only add per-node overhead and
+    smaller GEMMs until the working set leaves the cache. DEFAULT_CHUNK on a GPU, and where no
+    shape is known."""
+    if device.type != "cpu":
+        return DEFAULT_CHUNK
+    from ..kernels.cpu import last_level_cache_bytes
+
+    sizes = [math.prod(v.shape[1:]) for v in graph.values.values() if v.shape and len(v.shape) > 1]
+    sizes = [s for s in sizes if isinstance(s, int) and s > 0]
+    if not sizes:
+        return DEFAULT_CHUNK
+    fits = last_level_cache_bytes() // (4 * max(batch, 1) * max(sizes))
+    chunk = DEFAULT_CHUNK
+    while chunk * 2 <= min(fits, MAX_CHUNK):
+        chunk *= 2
+    return chunk
+
+
+def _check_steps(timesteps: int, chunk: int | None) -> None:
     if timesteps < 1:
         raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
     check_timesteps(timesteps, "--timesteps")
-    if chunk < 1:
+    if chunk is not None and chunk < 1:
         raise SnncError(f"--chunk: must be ≥ 1, got {chunk}")
 
 
@@ -167,7 +188,7 @@ class SpikingRunner:
         return src.outputs[0] if src is not None and src.op == "neuron" else None
 
     # ---- public -----------------------------------------------------------------------
-    def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int = DEFAULT_CHUNK) -> dict:
+    def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int | None = None) -> dict:
         """Simulate ``timesteps`` steps on input x [B, ...] ([B, T_in, ...] under the "sequence"
         encoding, timesteps ≤ T_in); return {t: mean output over steps 1..t} (a tuple of them, in
         graph order, for a graph with several outputs).
@@ -189,14 +210,14 @@ class SpikingRunner:
             sums = [c[-1] for c in cums]
         return {t: _single(v) for t, v in results.items()}
 
-    def run_steps(self, x: torch.Tensor, timesteps: int, *, chunk: int = DEFAULT_CHUNK):
+    def run_steps(self, x: torch.Tensor, timesteps: int, *, chunk: int | None = None):
         """The output at every step (not averaged): [T, B, ...] (a tuple, one per graph output,
         when there are several). For cross-checks and decoding."""
         chunks = [outs for _, _, outs in self._simulate(x, timesteps, chunk)]
         return _single([torch.cat([c[k].float() for c in chunks]) for k in range(len(self.graph.outputs))])
 
     def rates(
-        self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK, stop_at: str | None = None
+        self, x: torch.Tensor, timesteps: int, names, *, chunk: int | None = None, stop_at: str | None = None
     ) -> dict:
         """Time-mean over ``timesteps`` steps of the named values, [B, ...] each (rate-decoded).
 
@@ -205,14 +226,14 @@ class SpikingRunner:
         """
         return self._time_means(x, timesteps, names, chunk, stop_at=stop_at)
 
-    def event_rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK) -> dict:
+    def event_rates(self, x: torch.Tensor, timesteps: int, names, *, chunk: int | None = None) -> dict:
         """Fraction of the ``timesteps`` steps in which each entry of the named values is nonzero,
         [B, ...] each: the events a layer reading that value must process (a spike, or any
         nonzero current). A value constant over time counts as an event at every step where it is
         nonzero."""
         return self._time_means(x, timesteps, names, chunk, events=True)
 
-    def record(self, x: torch.Tensor, timesteps: int, names, *, chunk: int = DEFAULT_CHUNK) -> dict:
+    def record(self, x: torch.Tensor, timesteps: int, names, *, chunk: int | None = None) -> dict:
         """The named values at every step, [timesteps, B, ...] each (on the CPU): spike trains
         of neuron outputs (θ·s) for rasters. Memory grows with T × B: for a few samples."""
         traces: dict[str, list] = {name: [] for name in names}
@@ -235,6 +256,8 @@ class SpikingRunner:
                 "(sequence inputs are [N, T, ...])"
             )
         x = x.to(self.device, torch.float32)
+        if chunk is None:
+            chunk = auto_chunk(self.graph, len(x), self.device)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         state: dict = {}
         static: dict[str, _Static] = {}
