@@ -16,6 +16,10 @@ from .progress import progress_bar
 from .runtime.executor import Executor, check_input
 from .runtime.snn import SpikingRunner, _single, output_steps
 
+#: What ``run``, ``evaluate``, ``synaptic_operations`` and ``runner`` take as overrides of a
+#: model's own settings.
+RUN_OPTIONS = ("backend", "device", "exec", "chunk", "encoding", "seed")
+
 
 def first_output(value):
     """The first of a model's outputs (the one accuracy is scored on), whether it has one or several."""
@@ -54,9 +58,14 @@ class CompiledModel:
         return t.float()
 
     def runner(self, **overrides) -> SpikingRunner:
-        """A fresh :class:`SpikingRunner` with this model's settings (overridable; ``device="cuda"``
-        runs it on a GPU, ``exec="event"`` or ``"auto"`` runs spike-driven conv/linear layers on
-        the event-driven kernel, see :mod:`snncompiler.kernels.event`)."""
+        """A fresh :class:`SpikingRunner` with this model's settings (overridable, one of
+        :data:`RUN_OPTIONS`; ``device="cuda"`` runs it on a GPU, ``exec="event"`` or ``"auto"``
+        runs spike-driven conv/linear layers on the event-driven kernel, see
+        :mod:`snncompiler.kernels.event`). An unknown name is an error, not silently ignored:
+        ``run(x, exce="event")`` would otherwise run dense."""
+        unknown = sorted(set(overrides) - set(RUN_OPTIONS))
+        if unknown:
+            raise SnncError(f"run: unknown option(s) {', '.join(unknown)}; expected one of {', '.join(RUN_OPTIONS)}")
         o = {**self.options, **overrides}
         return SpikingRunner(
             self.graph,

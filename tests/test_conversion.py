@@ -311,3 +311,22 @@ def test_auto_chunk_fills_the_last_level_cache(cnn, digits_data, monkeypatch):
     assert auto_chunk(model.graph, 64, torch.device("cuda")) == DEFAULT_CHUNK
     monkeypatch.setattr(cpu, "last_level_cache_bytes", lambda: 16 * step)
     assert auto_chunk(model.graph, 640, cpu_dev) == DEFAULT_CHUNK  # ten times the batch: 1.6 steps fit
+
+
+def test_unknown_run_options_are_errors(tmp_path):
+    """A misspelt override (exce= for exec=) is refused by name instead of running dense silently."""
+    from snncompiler.model import RUN_OPTIONS
+
+    path = tmp_path / "m.onnx"
+    torch.manual_seed(0)
+    export_onnx(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), (4,), path)
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    model = snnc.compile(str(path), x, timesteps=4, quiet=True)
+    for call in (
+        lambda: model.run(x, exce="event"),
+        lambda: model.evaluate(x, np.zeros(8, np.int64), [2], exce="event"),
+    ):
+        with pytest.raises(snnc.SnncError, match=r"^run: unknown option\(s\) exce; expected one of backend, "):
+            call()
+    assert set(RUN_OPTIONS) >= {"backend", "device", "exec", "chunk"}
+    np.testing.assert_array_equal(model.run(x, exec="event", chunk=3), model.run(x, exec="dense", chunk=3))
