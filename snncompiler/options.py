@@ -80,6 +80,13 @@ TRAIN_BATCH_SIZE = 64
 DISTILL_WEIGHT = 0.5
 DISTILL_TEMPERATURE = 4.0
 
+
+def check_distill_weight(value) -> None:
+    """``distill`` (fit, finetune, the compile pipeline) is a weight in [0, 1], checked once here."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise OptionError("distill", f"must lie in [0, 1] (the weight of the ANN teacher's loss), got {value!r}")
+
+
 #: Integer options and their least value.
 _AT_LEAST = (
     ("timesteps", 1),
@@ -265,6 +272,7 @@ __all__ = [
     "TRAIN_BATCH_SIZE",
     "DISTILL_WEIGHT",
     "DISTILL_TEMPERATURE",
+    "check_distill_weight",
     "default_threshold",
     "parse_threshold",
     "setting",

@@ -49,26 +49,25 @@ def _int_at_least(low: int):
 _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (learning rates, time steps)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def _float_where(accept, requirement: str):
+    """argparse type: a number for which ``accept(value)`` holds, else the error ``{requirement}, got TEXT``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def _unit_float(text: str) -> float:
-    """argparse type: a number in [0, 1] (mixing weights)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-    return value
+# learning rates and time steps; penalty weights; mixing weights (--distill, --lam)
+_positive_float = _float_where(lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+_nonnegative_float = _float_where(lambda v: math.isfinite(v) and v >= 0, "must be a finite number ≥ 0")
+_unit_float = _float_where(lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]")
 
 
 def _add_distill(p, needs: str = "") -> None:
@@ -82,17 +81,6 @@ def _add_distill(p, needs: str = "") -> None:
         f"softened outputs (τ = {defaults.DISTILL_TEMPERATURE:g}; the ANN the model was compiled from, or the "
         f"artifact's ANN mode) (default: off){needs}",
     )
-
-
-def _nonnegative_float(text: str) -> float:
-    """argparse type: a finite number ≥ 0 (penalty weights)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
 
 
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -435,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="tet",
         help="tet: cross-entropy at every step (+ λ·MSE); sdt: cross-entropy of the time-mean (default %(default)s)",
     )
-    p.add_argument("--lam", type=float, default=1e-3, help="TET's λ, in [0, 1] (default 1e-3)")
+    p.add_argument("--lam", type=_unit_float, default=1e-3, help="TET's λ, in [0, 1] (default 1e-3)")
     p.add_argument(
         "--lr",
         type=_positive_float,
@@ -735,8 +723,6 @@ def cmd_train(args) -> int:
 
     output = resolve_output(args.output, "-o", (args.model, args.data, args.val))
     stages = parse_schedule(args.timesteps, args.epochs)  # bad values fail before any data is read
-    if not 0.0 <= args.lam <= 1.0:
-        raise SnncError(f"--lam: must lie in [0, 1], got {args.lam:g}")
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
     t0 = time.perf_counter()

@@ -51,8 +51,13 @@ def auto_chunk(graph, batch: int, device: torch.device) -> int:
         return DEFAULT_CHUNK
     from ..kernels.cpu import last_level_cache_bytes
 
-    sizes = [math.prod(v.shape[1:]) for v in graph.values.values() if v.shape and len(v.shape) > 1]
-    sizes = [s for s in sizes if isinstance(s, int) and s > 0]
+    # values whose every non-batch axis is a known size (a symbolic one would make prod a string or fail)
+    sizes = [
+        math.prod(v.shape[1:])
+        for v in graph.values.values()
+        if v.shape and all(isinstance(d, int) for d in v.shape[1:])
+    ]
+    sizes = [s for s in sizes if s > 0]
     if not sizes:
         return DEFAULT_CHUNK
     fits = last_level_cache_bytes() // (4 * max(batch, 1) * max(sizes))

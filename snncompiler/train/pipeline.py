@@ -23,7 +23,7 @@ from ..compiler import compile as convert
 from ..data import Dataset
 from ..errors import OptionError, SnncError
 from ..model import CompiledModel, first_output
-from ..options import FINETUNE_LR, CompileOptions
+from ..options import FINETUNE_LR, CompileOptions, check_distill_weight
 from .finetune import finetune as finetune_model
 from .trainer import as_dataset
 
@@ -66,8 +66,7 @@ def compile_and_finetune(
         isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
     ):
         raise OptionError("lr", f"must be a finite number > 0, got {lr!r}")
-    if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0.0 <= distill <= 1.0):
-        raise OptionError("distill", f"must lie in [0, 1] (the weight of the ANN teacher's loss), got {distill!r}")
+    check_distill_weight(distill)
     checked = CompileOptions.from_mapping(options)
     if checked.encoding == "rate":
         raise OptionError("finetune", "rate-encoded inputs are random at every step; use --encoding direct")

@@ -22,7 +22,7 @@ from .. import distributed
 from ..analysis.metrics import accuracy
 from ..data import Dataset, validate
 from ..errors import SnncError
-from ..options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TRAIN_BATCH_SIZE
+from ..options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TRAIN_BATCH_SIZE, check_distill_weight
 from ..runtime.snn import output_steps
 from .loss import LOSSES, tet_loss
 from .neuron import neurons, run_steps
@@ -155,8 +155,7 @@ def fit(
             raise SnncError(f"{name}: must be a positive integer, got {value!r}")
     if not (isinstance(rate_penalty, (int, float)) and math.isfinite(rate_penalty) and rate_penalty >= 0):
         raise SnncError(f"rate_penalty: must be a non-negative number, got {rate_penalty!r}")
-    if isinstance(distill, bool) or not (isinstance(distill, (int, float)) and 0.0 <= distill <= 1.0):
-        raise SnncError(f"distill: must lie in [0, 1] (the weight of the teacher's loss), got {distill!r}")
+    check_distill_weight(distill)
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise SnncError(f"temperature: must be a positive number, got {temperature!r}")
     if teacher is not None and not callable(teacher):
