@@ -20,9 +20,10 @@ Prints a table and writes benchmarks/results/end_to_end.json.
 Event vs dense (``--only event`` runs just this): the SD-Conv SNN (apps/sparse_conv/sdconv, the
 static variant trained as the app's full run trains it: MNIST 4,000 samples, 12 epochs,
 α = 1e-2; about a minute) is run for T steps on one batch while the input of every spike-driven
-layer is recorded per chunk. Each such layer is then timed on those recorded inputs, dense
-(the runtime's F.conv2d / F.linear) and event-driven (kernels/csrc/event_cpu.cpp), interleaved, median
-of the repeats; then again on inputs planted at fixed spike densities with the same shape (the
+layer is recorded per chunk as the runtime hands it over. Each such layer is then timed on
+those recorded inputs, dense (the runtime's F.conv2d / F.linear on float32 spikes) and
+event-driven (kernels/csrc/event_cpu.cpp, on the uint8 binary spikes a neuron feeding only
+event-driven layers emits), interleaved, median of the repeats; then again on inputs planted at fixed spike densities with the same shape (the
 break-even table), and the whole SNN under --exec dense, event and auto. Writes
 benchmarks/results/event_exec.json.
 """
@@ -184,17 +185,23 @@ def sdconv_snn(timesteps: int):
 
 
 def record_layer_inputs(model, x: torch.Tensor, timesteps: int) -> tuple[dict, list]:
-    """One T-step run under --exec event: the input of every spike-driven layer, per chunk
-    ([chunk·B, ...] each), as the runtime hands it to the layer."""
-    from snncompiler.runtime.snn import _Static
+    """One T-step run under --exec event: the input of every spike-driven layer, per chunk, as
+    the runtime hands it to the layer: ``(values, bits)`` with values float32 [chunk·B, ...] (what
+    dense execution reads) and bits the uint8 spikes the event kernel reads instead where the
+    neuron emits them in binary form (None where it reads the values)."""
+    from snncompiler.runtime.snn import _BinarySpikes, _Static
 
     runner = model.runner(exec="event")
     inputs: dict[str, list] = {name: [] for name in runner._event_layers}
     compute = runner.compute_node
 
     def recording(node, env, *rest):
-        if node.name in inputs and not isinstance(env[node.inputs[0]], _Static):
-            inputs[node.name].append(env[node.inputs[0]].flatten(0, 1).clone())
+        value = env[node.inputs[0]]
+        if node.name in inputs and not isinstance(value, _Static):
+            if isinstance(value, _BinarySpikes):
+                inputs[node.name].append((value.values().flatten(0, 1), value.bits.flatten(0, 1).clone()))
+            else:
+                inputs[node.name].append((value.flatten(0, 1).clone(), None))
         return compute(node, env, *rest)
 
     runner.compute_node = recording
@@ -275,29 +282,39 @@ def event_vs_dense(args, out: Path) -> dict:
     inputs, runner = record_layer_inputs(model, x, args.timesteps)
     repeats = 4 * args.repeats + 1  # a layer takes milliseconds: more repeats, an odd count for the median
     rows = []
-    for name, chunks in inputs.items():
+    for name, recorded in inputs.items():
         node, layer = model.graph.node(name), runner._event_layers[name]
+        chunks = [values for values, _ in recorded]
+        # the event forms read what the runtime hands them: binary spikes with θ per channel
+        # where the neuron emits them so (bit for bit the same result), else the values
+        scale = runner._binary_spikes.get(model.graph.producer(node.inputs[0]).name)
+        event_inputs = [(bits, scale) if bits is not None else (values, None) for values, bits in recorded]
         spike_density = sum(int(torch.count_nonzero(c)) for c in chunks) / sum(c.numel() for c in chunks)
         forms = ["gather", "scatter"] if layer.gather_ok else ["scatter"]
         fns = {"dense": lambda: [IMPLEMENTATIONS[node.op](node, c) for c in chunks]}
         for form in forms:
-            fns[form] = lambda form=form: [layer(c, form) for c in chunks]
+            fns[form] = lambda form=form: [layer(c, form, s) for c, s in event_inputs]
         fastest: dict = {}
         med = _interleaved(fns, repeats, fastest)
         # the event form --exec event runs here: the cost model's pick at the measured density
         costs = runner._costs[name]
         chosen = costs.best(spike_density, forms)
         error = max(
-            float((layer(c, form) - IMPLEMENTATIONS[node.op](node, c)[0]).abs().max()) for c in chunks for form in forms
+            float((layer(c, form, s) - IMPLEMENTATIONS[node.op](node, v)[0]).abs().max())
+            for (c, s), v in zip(event_inputs, chunks)
+            for form in forms
         )
         value = float(chunks[0][chunks[0] != 0].abs().mean()) if bool((chunks[0] != 0).any()) else 1.0
         planted = []
         shape = chunks[0].shape
         gen = torch.Generator().manual_seed(0)
         for d in PLANTED_DENSITIES:
-            xp = (torch.rand(shape, generator=gen) < d).float() * value
+            fire = torch.rand(shape, generator=gen) < d
+            xp = fire.float() * value
+            # binary where the runtime hands this layer binary spikes (value: θ of each channel)
+            xe, se = (fire.to(torch.uint8), torch.full_like(scale, value)) if scale is not None else (xp, None)
             pf = {"dense": lambda: IMPLEMENTATIONS[node.op](node, xp)}
-            pf.update({form: (lambda form=form: layer(xp, form)) for form in forms})
+            pf.update({form: (lambda form=form: layer(xe, form, se)) for form in forms})
             m = _interleaved(pf, repeats)
             planted.append(
                 {

@@ -128,6 +128,10 @@ def test_conv2d_matches_dense(
     )
     _assert_within_summation_error(got, want, magnitude, cin * kh * kw)
     assert layer.weight_density == pytest.approx(float((wt != 0).float().mean()))
+    # the same spikes as uint8 0/1 with θ per channel (what a neuron feeding only event layers
+    # emits): bit for bit the float32 result
+    theta = x.amax(dim=(0, 2, 3))
+    assert torch.equal(layer((x != 0).to(torch.uint8), form, theta), got)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -146,7 +150,9 @@ def test_linear_matches_dense(simd, lead, features, outputs, density, weight_den
     x = _spikes(tuple(lead) + (features,), density, False, gen)
     wt = _weights((outputs, features), weight_density, gen)
     b = torch.randn(outputs, generator=gen) if bias else None
-    got = event.EventLayer(wt, b, kind="linear")(x, form)
+    layer = event.EventLayer(wt, b, kind="linear")
+    got = layer(x, form)
+    assert torch.equal(layer((x != 0).to(torch.uint8), form, x.reshape(-1, features).amax(0)), got)
     want = event.linear_reference(x, wt, b)
     _assert_within_summation_error(got, want, F.linear(x.abs(), wt.abs(), None if b is None else b.abs()), features)
 
@@ -303,6 +309,28 @@ def test_dense_event_and_auto_agree_end_to_end(compiled_cnn, monkeypatch):
         np.testing.assert_allclose(result, dense, rtol=0, atol=1e-4)
         assert (result.argmax(1) == dense.argmax(1)).all()
     np.testing.assert_array_equal(runs[("auto", "dense")][0], dense)  # all dense: the same computation
+
+
+def test_binary_spikes_feed_event_layers_bit_for_bit(compiled_cnn, monkeypatch):
+    """A neuron whose only reader is an event layer emits uint8 spikes (θ per channel beside
+    them): outputs equal the float32 route's exactly; readers that need values (a rate max pool,
+    observed values) still get them; dense execution never emits binary spikes."""
+    from snncompiler.runtime.snn import SpikingRunner
+
+    model, test = compiled_cnn
+    x = torch.from_numpy(test.x[:24])
+    runner = SpikingRunner(model.graph, exec_mode="event")
+    first = next(n for n in model.graph.nodes if n.op == "neuron")
+    assert list(runner._binary_spikes) == [first.name]  # conv2 reads it; the others feed max pools
+    assert runner._binary_spikes[first.name].shape == (8,)
+    assert SpikingRunner(model.graph, exec_mode="dense")._binary_spikes == {}
+    binary = runner.run(x, 8)[8]
+    rates = runner.rates(x, 8, [first.outputs[0]])[first.outputs[0]]
+    monkeypatch.setattr(SpikingRunner, "_binary_setup", lambda self: {})
+    plain = SpikingRunner(model.graph, exec_mode="event")
+    assert torch.equal(binary, plain.run(x, 8)[8])
+    assert torch.equal(rates, plain.rates(x, 8, [first.outputs[0]])[first.outputs[0]])
+    assert bool((rates > 0).any())
 
 
 def test_auto_chooses_by_the_chunk_density(compiled_cnn, monkeypatch):

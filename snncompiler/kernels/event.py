@@ -118,24 +118,31 @@ class EventLayer:
         o, c, kh, kw = self._dense_weight.shape
         return kh * kw * c * (-(-o // 16) * 16) < 2**31
 
-    def __call__(self, x: torch.Tensor, form: str = "scatter") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, form: str = "scatter", scale: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output for x ([N, C, H, W], [N, C, L] or [..., F]) on the event kernel, in
         the scatter form (work ∝ nonzero inputs × nonzero weights: pruned layers, very sparse
         spikes) or the gather form (work ∝ nonzero inputs × the taps that reach a real input, with
-        the outputs in registers: dense weights at a few % spike density and up; groups = 1)."""
+        the outputs in registers: dense weights at a few % spike density and up; groups = 1).
+
+        x may be binary spikes (uint8 0/1, the neuron kernel's "binary" format) with ``scale``
+        (float32 [C], per input feature [F] for a linear layer) the value a spike of each channel
+        carries: the result is bit for bit that of the float32 input ``where(x, scale, 0)``, from
+        a quarter of the bytes."""
         if form not in ("scatter", "gather"):
             raise ValueError(f"form: expected scatter or gather, got {form!r}")
         if form == "gather" and not self.gather_ok:
             raise ValueError("form: the gather form needs groups = 1 (and fewer than 2^31 packed weights)")
+        if (x.dtype == torch.uint8) != (scale is not None):
+            raise ValueError("scale: needed exactly when x is uint8 binary spikes")
         lib = load()
         if self.kind == "linear":
             lead = x.shape[:-1]
             x4 = x.reshape(-1, x.shape[-1], 1, 1)
-            y = self._run(lib, x4, 1, 1, form)
+            y = self._run(lib, x4, 1, 1, form, scale)
             return y.reshape(tuple(lead) + (y.shape[1],))
         x4 = x.unsqueeze(2) if self.conv1d else x
         OH, OW = self.output_size(x4.shape[2], x4.shape[3])
-        y = self._run(lib, x4, OH, OW, form)
+        y = self._run(lib, x4, OH, OW, form, scale)
         return y.squeeze(2) if self.conv1d else y
 
     def output_size(self, H: int, W: int) -> tuple[int, int]:
@@ -159,8 +166,14 @@ class EventLayer:
             self._packed = (packed.contiguous(), bias)
         return self._packed
 
-    def _run(self, lib, x4: torch.Tensor, OH: int, OW: int, form: str = "scatter") -> torch.Tensor:
-        x4 = x4.contiguous() if x4.dtype == torch.float32 else x4.float().contiguous()
+    def _run(self, lib, x4: torch.Tensor, OH: int, OW: int, form: str = "scatter", scale=None) -> torch.Tensor:
+        if scale is None:
+            x4 = x4.contiguous() if x4.dtype == torch.float32 else x4.float().contiguous()
+        else:
+            x4 = x4.contiguous()
+            scale = scale.to(torch.float32).contiguous()
+            if scale.numel() != x4.shape[1]:
+                raise ValueError(f"scale: expected one value per input channel ({x4.shape[1]}), got {scale.numel()}")
         N, C, H, W = x4.shape
         O = self.weight_shape[0]  # noqa: E741 - output channels, as in the weight layout [O, C, KH, KW]
         out = torch.empty((N, O, max(OH, 0), max(OW, 0)), dtype=torch.float32)
@@ -191,6 +204,7 @@ class EventLayer:
                 dh,
                 dw,
                 torch.get_num_threads(),
+                0 if scale is None else scale.data_ptr(),
             )
             return out
         lib.conv2d(
@@ -216,6 +230,7 @@ class EventLayer:
             dh,
             dw,
             torch.get_num_threads(),
+            0 if scale is None else scale.data_ptr(),
         )
         return out
 

@@ -89,10 +89,27 @@ def _single(values: list):  # also used by CompiledModel, for the same conventio
     return values[0] if len(values) == 1 else tuple(values)
 
 
+class _BinarySpikes:
+    """A neuron's spikes as uint8 0/1 [steps, B, ...] (the kernel's "binary" format) and θ viewed
+    against one sample: what a layer on the event kernel reads (a quarter of the bytes of the
+    float32 spikes), kept as values only where something else needs them."""
+
+    __slots__ = ("bits", "theta")
+
+    def __init__(self, bits: torch.Tensor, theta: torch.Tensor):
+        self.bits, self.theta = bits, theta
+
+    def values(self) -> torch.Tensor:
+        """The float32 spikes the "value" format gives: θ where a spike is, 0 elsewhere."""
+        return torch.where(self.bits.bool(), self.theta.to(torch.float32), 0.0)
+
+
 def _dyn(value, steps: int) -> torch.Tensor:
-    """A value as [C, B, ...] (broadcasting a static one without copying)."""
+    """A value as [C, B, ...] (broadcasting a static one without copying; binary spikes as values)."""
     if isinstance(value, _Static):
         return value.t.unsqueeze(0).expand((steps,) + tuple(value.t.shape))
+    if isinstance(value, _BinarySpikes):
+        return value.values()
     return value
 
 
@@ -142,6 +159,9 @@ class SpikingRunner:
         self._spike_source: dict[str, str] = {}
         self._chunk_spikes: dict[str, torch.Tensor] = {}
         self._event_layers = self._event_setup() if exec_mode != "dense" else {}
+        #: neuron node -> the value of a spike per input channel of the layers it feeds, for each
+        #: neuron whose spikes only event-kernel layers read: it emits them as uint8 0/1
+        self._binary_spikes: dict[str, torch.Tensor] = self._binary_setup()
         #: per spike-driven layer, the chunks each form ran (dense, gather, scatter; chosen per chunk)
         self.exec_counts: dict[str, dict[str, int]] = {
             name: dict.fromkeys(("dense", "gather", "scatter"), 0) for name in self._event_layers
@@ -173,6 +193,42 @@ class SpikingRunner:
                 if src is not None:
                     self._spike_source[node.name] = src
         return layers
+
+    def _binary_setup(self) -> dict:
+        """The neurons whose every reader is a layer on the event kernel taking the spikes
+        directly as its input, with a threshold that is one value per channel (or one in all):
+        their spikes can travel as uint8 0/1 with θ per channel beside them, bit for bit the
+        same currents (kernels/event.py) from a quarter of the bytes written and read."""
+        if not self._event_layers:
+            return {}
+        graph_outputs = {v.name for v in self.graph.outputs}
+        readers: dict[str, list[Node]] = {}
+        for node in self.graph.nodes:
+            for name in node.inputs:
+                readers.setdefault(name, []).append(node)
+        binary = {}
+        for node in self.graph.find("neuron"):
+            out = node.outputs[0]
+            users = readers.get(out, [])
+            if out in graph_outputs or not users:
+                continue
+            if not all(u.name in self._event_layers and u.inputs[0] == out and out not in u.inputs[1:] for u in users):
+                continue
+            layer = self._event_layers[users[0].name]
+            channels = layer.weight_shape[1] * layer.groups
+            theta = node.params["theta"].detach().to(torch.float32)
+            if theta.numel() == 1:
+                scale = theta.reshape(1).expand(channels).contiguous()
+            elif theta.dim() >= 1 and theta.shape[0] == channels == theta.numel():
+                scale = theta.reshape(channels).contiguous()
+            else:  # θ per neuron: a spike's value depends on more than its channel
+                continue
+            if all(
+                self._event_layers[u.name].weight_shape[1] * self._event_layers[u.name].groups == channels
+                for u in users
+            ):
+                binary[node.name] = scale.cpu()
+        return binary
 
     def _reads_spikes(self, node: Node) -> bool:
         # a max pool of a neuron's spikes ("rate", "gated", or "output": the max of the spikes
@@ -280,6 +336,8 @@ class SpikingRunner:
                     env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
                 for name in observe:
                     value = env[name]
+                    if isinstance(value, _BinarySpikes):
+                        value = value.values()
                     if traces is not None:
                         traces[name].append(_dyn(value, steps).float().cpu())
                     if events:
@@ -378,8 +436,15 @@ class SpikingRunner:
             return [self._rate_maxpool(node, _dyn(ins[0], steps), state)]
         if conversion_kind(node) == "analog":
             return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
-        flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
         layer = self._event_layers.get(node.name)
+        if layer is not None and isinstance(ins[0], _BinarySpikes):
+            bits = ins[0].bits.flatten(0, 1)
+            form = self._event_form(node, layer, bits)
+            if form != "dense":
+                scale = self._binary_spikes[self.graph.producer(node.inputs[0]).name]
+                out = layer(bits, form, scale)
+                return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
+        flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
         form = self._event_form(node, layer, flat[0]) if layer is not None else "dense"
         if form != "dense":
             out = layer(flat[0], form)
@@ -401,7 +466,9 @@ class SpikingRunner:
         form = costs.only_choice(forms)
         if form is None:  # the choice depends on the density: count this chunk's nonzero inputs
             count = self._chunk_spikes.get(self._spike_source.get(node.name, ""))
-            density = float(count if count is not None else event.count_nonzero(x)) / max(1, x.numel())
+            if count is None:
+                count = event.count_nonzero(x) if x.dtype == torch.float32 else int(torch.count_nonzero(x))
+            density = float(count) / max(1, x.numel())
             form = costs.best(density, forms)
         self.exec_counts[node.name][form] += 1
         return form
@@ -425,15 +492,23 @@ class SpikingRunner:
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
         # static input (the first layer's current) at every step without a T-fold copy
+        binary = node.name in self._binary_spikes
         spikes, v, count = neuron_multistep(
-            x, v, th, decay=decay, reset=spec.reset, backend=self.backend, return_count=True
+            x,
+            v,
+            th,
+            decay=decay,
+            reset=spec.reset,
+            backend=self.backend,
+            spike_format="binary" if binary else "value",
+            return_count=True,
         )
         state[node.name] = v
         if self._spike_source:
             self._chunk_spikes[node.outputs[0]] = count
         self._spikes = count if self._spikes is None else self._spikes + count
         self.neuron_steps += spikes.numel()
-        return spikes
+        return _BinarySpikes(spikes, th) if binary else spikes
 
     def _analog(self, node: Node, ins: list[torch.Tensor], state: dict, t0: int) -> torch.Tensor:
         steps = ins[0].shape[0]

@@ -30,6 +30,13 @@
 //
 // Layout: x [N, C, H, W] and out [N, O, OH, OW] contiguous float32, given by address (no torch
 // headers, as lif_cpu.cpp). OpenMP across blocks of samples; each thread reuses its buffers.
+//
+// Binary spikes: x may instead be uint8 0/1 (the neuron kernel's "binary" spike format) with
+// `scale` (float32, one per input channel; per input feature for a linear layer) giving the value
+// a spike carries, theta. Each plane is expanded to float32 (s ? scale[c] : 0) in a small
+// per-thread buffer just before it is read, so every later step, and the result, is bit for bit
+// what the float32 spikes of the "value" format give; only a quarter of the bytes come from
+// memory, where the dense float32 read was most of a sparse layer's time.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -299,12 +306,33 @@ inline void init_out(float* out, const float* bias, int64_t O, int64_t plane) {
   }
 }
 
+// A layer's input: float32 values, or uint8 binary spikes with the value of a spike per channel.
+struct Input {
+  const float* values;   // float32 [N, C, ...], or null
+  const uint8_t* spikes; // uint8 0/1 [N, C, ...] when values is null
+  const float* scale;    // [C]: the value of a spike of channel c
+  bool binary() const { return values == nullptr; }
+};
+
+// dst[i] = b[i] ? v : 0 for i < n (a loop the compiler vectorises).
+inline void expand_spikes(const uint8_t* __restrict b, int64_t n, float v, float* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = b[i] ? v : 0.0f;
+}
+
+// The `plane` floats of channel c of the sample at element offset `at`: the input itself, or its
+// binary spikes expanded into buf.
+inline const float* plane_values(const Input& in, int64_t at, int64_t c, int64_t plane, float* buf) {
+  if (!in.binary()) return in.values + at + c * plane;
+  expand_spikes(in.spikes + at + c * plane, plane, in.scale[c], buf);
+  return buf;
+}
+
 struct Scratch {  // one thread's event lists, reused across sample blocks
   std::vector<int32_t> pos, sample_off, bpos, bsoff, tpos;
-  std::vector<float> val, bval, tval;
+  std::vector<float> val, bval, tval, plane;  // plane: one expanded plane of binary spikes
   static constexpr int64_t kPad = 16;  // room for the whole-vector stores past the last event
-  explicit Scratch(int64_t n)
-      : pos(n + kPad), sample_off(n + kPad), bpos(n + kPad), bsoff(n + kPad), tpos(n + kPad), val(n + kPad), bval(n + kPad), tval(n + kPad) {}
+  explicit Scratch(int64_t n, int64_t plane_size = 0)
+      : pos(n + kPad), sample_off(n + kPad), bpos(n + kPad), bsoff(n + kPad), tpos(n + kPad), val(n + kPad), bval(n + kPad), tval(n + kPad), plane(plane_size) {}
 };
 
 // Strided convolutions: a tap reaches an output only from inputs with one residue (iy mod sh,
@@ -329,8 +357,9 @@ struct Buckets {
 // their number of nonzero inputs. The events of one input channel are pooled over the block so
 // that the innermost loops run over many events: per-sample event lists are short (tens), and
 // the exit of every short loop is a mispredicted branch, which cost more than the arithmetic.
-int64_t conv_block(const float* x, float* out, int64_t S, const float* bias, const int64_t* off, const int32_t* idx,
-                   const float* wval, const Geometry& g, const int32_t* target, const Buckets& bk, Scratch& s) {
+int64_t conv_block(const Input& x, int64_t x0, float* out, int64_t S, const float* bias, const int64_t* off,
+                   const int32_t* idx, const float* wval, const Geometry& g, const int32_t* target, const Buckets& bk,
+                   Scratch& s) {
   const int64_t plane = g.H * g.W, out_plane = g.OH * g.OW, taps = g.KH * g.KW;
   const int64_t in_size = g.C * plane, out_size = g.O * out_plane;
   for (int64_t n = 0; n < S; ++n) init_out(out + n * out_size, bias, g.O, out_plane);
@@ -345,7 +374,8 @@ int64_t conv_block(const float* x, float* out, int64_t S, const float* bias, con
   for (int64_t c = 0; c < g.C; ++c) {
     int64_t n = 0;
     for (int64_t i = 0; i < S; ++i) {
-      const int64_t k = compact(x + i * in_size + c * plane, plane, s.pos.data() + n, s.val.data() + n);
+      const float* xc = plane_values(x, x0 + i * in_size, c, plane, s.plane.data());
+      const int64_t k = compact(xc, plane, s.pos.data() + n, s.val.data() + n);
       std::fill(s.sample_off.data() + n, s.sample_off.data() + n + k, static_cast<int32_t>(i * out_size));
       n += k;
     }
@@ -408,9 +438,17 @@ int64_t conv_block(const float* x, float* out, int64_t S, const float* bias, con
 // One sample of a linear layer (1x1 everything): one event list over all inputs, each event
 // adds its value times its weight row. An unpruned row (every output nonzero) is contiguous in o,
 // a loop the compiler vectorises.
-int64_t linear_sample(const float* x, float* out, const float* bias, const int64_t* off, const int32_t* idx,
-                      const float* wval, int64_t C, int64_t O, Scratch& s) {
+int64_t linear_sample(const Input& in, int64_t x0, float* out, const float* bias, const int64_t* off,
+                      const int32_t* idx, const float* wval, int64_t C, int64_t O, Scratch& s) {
   init_out(out, bias, O, 1);
+  const float* x = s.plane.data();
+  if (in.binary()) {  // one value per input feature
+    float* __restrict buf = s.plane.data();
+    const uint8_t* __restrict b = in.spikes + x0;
+    for (int64_t c = 0; c < C; ++c) buf[c] = b[c] ? in.scale[c] : 0.0f;
+  } else {
+    x = in.values + x0;
+  }
   const int64_t n = compact(x, C, s.pos.data(), s.val.data());
   for (int64_t e = 0; e < n; ++e) {
     const int64_t c = s.pos[e], lo = off[c], hi = off[c + 1];
@@ -426,17 +464,23 @@ int64_t linear_sample(const float* x, float* out, const float* bias, const int64
   return n;
 }
 
-// x: [N, C, H, W]; out: [N, O, OH, OW]; w_off: int64 [C*KH*KW + 1]; w_idx: int32, w_val: float32
-// [nnz]; bias: float32 [O] or 0; ph, pw: the leading pads (the trailing ones only set OH, OW).
-// Returns the number of nonzero inputs over the whole batch.
+// The input at address x: float32, or uint8 binary spikes when scale (float32 [C]) is given.
+Input input_at(uintptr_t x, uintptr_t scale) {
+  if (scale) return Input{nullptr, addr<const uint8_t>(x), addr<const float>(scale)};
+  return Input{addr<const float>(x), nullptr, nullptr};
+}
+
+// x: [N, C, H, W] float32 (or uint8 with scale [C]); out: [N, O, OH, OW]; w_off: int64
+// [C*KH*KW + 1]; w_idx: int32, w_val: float32 [nnz]; bias: float32 [O] or 0; ph, pw: the leading
+// pads (the trailing ones only set OH, OW). Returns the number of nonzero inputs over the batch.
 int64_t conv2d(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, uintptr_t w_idx, uintptr_t w_val,
                int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t OH, int64_t OW, int64_t KH, int64_t KW,
-               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int threads) {
+               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int threads, uintptr_t scale) {
   const Geometry g{C, H, W, O, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw};
   const bool dense_1x1 = H == 1 && W == 1 && KH == 1 && KW == 1 && OH == 1 && OW == 1;
   const std::vector<int32_t> target = dense_1x1 ? std::vector<int32_t>() : tap_targets(g);
   const Buckets buckets(dense_1x1 ? Geometry{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1} : g);
-  const float* xp = addr<const float>(x);
+  const Input xin = input_at(x, scale);
   float* op = addr<float>(out);
   const float* bp = bias ? addr<const float>(bias) : nullptr;
   const int64_t* offp = addr<const int64_t>(w_off);
@@ -451,14 +495,15 @@ int64_t conv2d(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, uint
   const int64_t nblocks = (N + block - 1) / block;
 #pragma omp parallel num_threads(std::max(1, threads)) if (nblocks > 1) reduction(+ : total)
   {
-    Scratch s(dense_1x1 ? C : block * H * W);
+    Scratch s(dense_1x1 ? C : block * H * W, xin.binary() ? (dense_1x1 ? C : H * W) : 0);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t n0 = b * block, S = std::min(block, N - n0);
       if (dense_1x1)
-        total += linear_sample(xp + n0 * in_size, op + n0 * out_size, bp, offp, idxp, valp, C, O, s);
+        total += linear_sample(xin, n0 * in_size, op + n0 * out_size, bp, offp, idxp, valp, C, O, s);
       else
-        total += conv_block(xp + n0 * in_size, op + n0 * out_size, S, bp, offp, idxp, valp, g, target.data(), buckets, s);
+        total += conv_block(xin, n0 * in_size, op + n0 * out_size, S, bp, offp, idxp, valp, g, target.data(), buckets,
+                            s);
     }
   }
   return total;
@@ -685,13 +730,14 @@ void flatten(const FlattenArgs& a) {
 // layer, and allocating and zero-filling them per call cost more than the small layers' work.
 struct Scratch {
   std::vector<int32_t> cnt, chan, moff;
-  std::vector<float> val, xt, obuf, mval;
+  std::vector<float> val, xt, xe, obuf, mval;
   std::vector<int64_t> mstart;
   void fit(int64_t S, const Geometry& g, int64_t Opad, int64_t pairs) {
     grow(cnt, S * g.H * g.W);
     grow(chan, S * g.H * g.W * g.C + ::Scratch::kPad);
     grow(val, S * g.H * g.W * g.C + ::Scratch::kPad);
     grow(xt, g.H * g.W * g.C);
+    grow(xe, g.H * g.W * g.C);
     grow(obuf, S * g.OH * g.OW * Opad);
     grow(mstart, S * g.OH * g.OW + 1);
     grow(moff, S * pairs * g.C + 8);  // every tap of every pixel full, and a block of 8 of slack
@@ -707,12 +753,18 @@ thread_local Scratch t_scratch;
 
 // Samples [0, S) of a block: compact every input pixel's channel vector, flatten each output
 // pixel's events, then run the tiles; returns the number of nonzero inputs.
-int64_t block(const float* x, float* out, int64_t S, const float* bias, const float* wp, int64_t Opad,
+int64_t block(const Input& x, int64_t x0, float* out, int64_t S, const float* bias, const float* wp, int64_t Opad,
               const Geometry& g, const PixelTaps& pt, Scratch& s) {
   const int64_t HW = g.H * g.W, C = g.C, OHW = g.OH * g.OW;
   int64_t total = 0;
   for (int64_t n = 0; n < S; ++n) {
-    const float* xn = x + n * C * HW;
+    const float* xn = s.xe.data();
+    if (x.binary()) {  // the sample's spikes as the float32 values they stand for (L1-sized)
+      for (int64_t c = 0; c < C; ++c)
+        expand_spikes(x.spikes + x0 + n * C * HW + c * HW, HW, x.scale[c], s.xe.data() + c * HW);
+    } else {
+      xn = x.values + x0 + n * C * HW;
+    }
     const float* rows = xn;  // [HW][C]: a pixel's channels contiguous
     if (HW > 1) {
       transpose(xn, C, HW, HW, s.xt.data(), C);
@@ -745,15 +797,15 @@ int64_t block(const float* x, float* out, int64_t S, const float* bias, const fl
 
 }  // namespace gather
 
-// x: [N, C, H, W]; out: [N, O, OH, OW]; wp: float32 [KH*KW, C, Opad] (Opad: O padded to a multiple
-// of 16 with zero weights); bias: float32 [Opad] or 0. groups = 1. Returns the number of nonzero
-// inputs over the whole batch.
+// x: [N, C, H, W] float32 (or uint8 with scale [C]); out: [N, O, OH, OW]; wp: float32
+// [KH*KW, C, Opad] (Opad: O padded to a multiple of 16 with zero weights); bias: float32 [Opad] or
+// 0. groups = 1. Returns the number of nonzero inputs over the whole batch.
 int64_t conv2d_gather(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t wp, int64_t N, int64_t C, int64_t H,
                       int64_t W, int64_t O, int64_t Opad, int64_t OH, int64_t OW, int64_t KH, int64_t KW, int64_t sh,
-                      int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int threads) {
+                      int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int threads, uintptr_t scale) {
   const Geometry g{C, H, W, O, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw};
   const gather::PixelTaps taps(g, Opad);
-  const float* xp = addr<const float>(x);
+  const Input xin = input_at(x, scale);
   float* op = addr<float>(out);
   const float* bp = bias ? addr<const float>(bias) : nullptr;
   const float* wpp = addr<const float>(wp);
@@ -772,7 +824,7 @@ int64_t conv2d_gather(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t wp, 
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t n0 = b * block, S = std::min(block, N - n0);
-      total += gather::block(xp + n0 * in_size, op + n0 * out_size, S, bp, wpp, Opad, g, taps, s);
+      total += gather::block(xin, n0 * in_size, op + n0 * out_size, S, bp, wpp, Opad, g, taps, s);
     }
   }
   return total;
@@ -829,14 +881,14 @@ PYBIND11_MODULE(_event_cpu, m) {
         py::arg("x"), py::arg("out"), py::arg("bias"), py::arg("w_off"), py::arg("w_idx"), py::arg("w_val"),
         py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("O"), py::arg("OH"), py::arg("OW"),
         py::arg("KH"), py::arg("KW"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"),
-        py::arg("dw"), py::arg("threads"));
+        py::arg("dw"), py::arg("threads"), py::arg("scale") = 0);
   m.def("conv2d_gather", &conv2d_gather,
         "Gather form: for each output pixel and tile of output channels, sum value x packed weight row over "
         "the nonzero inputs its taps reach; wp [KH*KW, C, Opad]; returns the number of nonzero inputs",
         py::arg("x"), py::arg("out"), py::arg("bias"), py::arg("wp"), py::arg("N"), py::arg("C"), py::arg("H"),
         py::arg("W"), py::arg("O"), py::arg("Opad"), py::arg("OH"), py::arg("OW"), py::arg("KH"), py::arg("KW"),
         py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
-        py::arg("threads"));
+        py::arg("threads"), py::arg("scale") = 0);
   m.def("count_nonzero", &count_nonzero, "The number of nonzero entries of a contiguous float32 buffer",
         py::arg("x"), py::arg("n"), py::arg("threads"));
   m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
