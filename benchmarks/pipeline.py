@@ -36,9 +36,10 @@ from snncompiler.kernels.cpu import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = (("digits_cnn", 2), ("digits_resnet", 4))
+CHANNELWISE = {"auto": None, "on": True, "off": False}
 
 
-def run(work, name: str, steps: int, epochs: int, calibration: str, lr, distill, seed: int) -> dict:
+def run(work, name: str, steps: int, epochs: int, calibration: str, lr, distill, seed: int, channelwise=None) -> dict:
     """Run the pipeline on one trained workload at ``steps`` and score it on the test split."""
     ann = evaluate(work.model, work.test)
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,6 +52,7 @@ def run(work, name: str, steps: int, epochs: int, calibration: str, lr, distill,
             calibration=calibration,
             finetune=epochs,
             seed=seed,
+            channelwise=channelwise,
             **({"lr": lr} if lr is not None else {}),
             **({"distill": distill} if distill is not None else {}),
         )
@@ -62,6 +64,7 @@ def run(work, name: str, steps: int, epochs: int, calibration: str, lr, distill,
         "calibration": calibration,
         "epochs": epochs,
         "seed": seed,
+        "channelwise": model.report["pipeline"]["channelwise"],
         "finetune_lr": model.report["pipeline"].get("finetune_lr"),
         "distill": model.report["pipeline"].get("distill"),
         "ann_test_accuracy": ann,
@@ -86,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", default="0", help="comma-separated pipeline seeds (data split, fine-tuning order) (default 0)"
     )
+    parser.add_argument(
+        "--channelwise",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="thresholds per channel (on), per layer (off), or the better conversion on held-out data (auto, the "
+        "pipeline's default)",
+    )
     parser.add_argument("--only", choices=[name for name, _ in CASES], help="one workload")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
@@ -97,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, steps in CASES:
         if args.only in (None, name):
             work = BENCH_WORKLOADS[name]()  # trained once: the seeds vary the pipeline, not the ANN
-            rows += [run(work, name, steps, epochs, args.calibration, args.lr, args.distill, s) for s in seeds]
+            rows += [
+                run(
+                    work, name, steps, epochs, args.calibration, args.lr, args.distill, s, CHANNELWISE[args.channelwise]
+                )
+                for s in seeds
+            ]
     print(
         f"{'workload':<15}{'T':>3}{'seed':>5}  {'ANN':>7}  {'stages (held-out %, kept)':<62}{'SNN test':>9}  {'gap':>6}"
     )

@@ -25,7 +25,16 @@ def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn
     model = snnc.compile(str(path), data, timesteps=2, calibration="light", finetune=2, seed=0)
     report = model.report["pipeline"]
     stages = report["stages"]
-    assert [s["stage"] for s in stages] == ["conversion", "calibration (light)", "finetune"]
+    assert [s["stage"] for s in stages] == [
+        "conversion (layer-wise θ)",
+        "conversion (channel-wise θ)",
+        "calibration (light)",
+        "finetune",
+    ]
+    # one conversion goes on, the better on held-out data, and its granularity is the model's
+    assert [s["kept"] for s in stages[:2]].count(True) == 1
+    winner = stages[0] if stages[0]["kept"] else stages[1]
+    assert winner["channelwise"] == report["channelwise"] == model.options["channelwise"]
     assert report["heldout_samples"] == 80 and report["fit_samples"] == 320 and report["timesteps"] == 2
     # the returned model scores, on the held-out split, what the last kept stage reported
     _, judge = pipeline._split(data, pipeline.PIPELINE_HOLDOUT, 0)
@@ -39,6 +48,16 @@ def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn
         assert stage["kept"] == (key > (best["heldout_accuracy"], -best["heldout_loss"]))
         best = stage if stage["kept"] else best
     assert model.options["timesteps"] == 2
+
+
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_pipeline_converts_once_when_the_granularity_is_given(small_digits_cnn, channelwise):
+    path, train, _ = small_digits_cnn
+    data = Dataset(train.x[:200], train.y[:200])
+    model = snnc.compile(str(path), data, timesteps=2, finetune=1, channelwise=channelwise, seed=0)
+    report = model.report["pipeline"]
+    assert [s["stage"] for s in report["stages"]] == ["conversion", "finetune"]
+    assert report["channelwise"] is channelwise and model.options["channelwise"] is channelwise
 
 
 @pytest.mark.parametrize(
@@ -95,7 +114,11 @@ def test_cli_compile_finetune_reports_each_stage(small_digits_cnn, tmp_path):
     assert "pipeline at T=2 (held-out accuracy and cross-entropy on 40 labelled" in done.stdout
     assert "conversion" in done.stdout and "finetune" in done.stdout
     reloaded = snnc.load(str(out))
-    assert [s["stage"] for s in reloaded.report["pipeline"]["stages"]] == ["conversion", "finetune"]
+    assert [s["stage"] for s in reloaded.report["pipeline"]["stages"]] == [
+        "conversion (layer-wise θ)",
+        "conversion (channel-wise θ)",
+        "finetune",
+    ]
     unlabelled = save_npz(tmp_path / "x.npz", train.x[:50])
     done = subprocess.run(
         [

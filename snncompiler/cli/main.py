@@ -1020,7 +1020,7 @@ def cmd_compile(args) -> int:
         )
         for stage in pipeline["stages"]:
             print(
-                f"  {stage['stage']:<24} {100 * stage['heldout_accuracy']:6.2f} %  loss {stage['heldout_loss']:.4f}  "
+                f"  {stage['stage']:<28} {100 * stage['heldout_accuracy']:6.2f} %  loss {stage['heldout_loss']:.4f}  "
                 f"{'kept' if stage['kept'] else 'dropped'}"
             )
     return 0

@@ -2,7 +2,10 @@
 if it raises held-out accuracy (``snnc compile --finetune EPOCHS``, ``snnc.compile(..., finetune=E)``).
 
 The labelled calibration data is split once (seeded): the stages fit on one part and are judged
-on the other, which none of them sees. Conversion comes first (no calibration), then the
+on the other, which none of them sees. Conversion comes first (no calibration), with one
+threshold per layer and with one per channel unless ``channelwise`` was given (the better on
+held-out data is kept, and the later stages use its thresholds' granularity: per channel won on
+both digits workloads at T ≤ 4, per layer on others, docs/benchmarks.md), then the
 calibration pipeline asked for (kept if its held-out accuracy at T is higher), then fine-tuning
 of whichever model won, with surrogate gradients at T (kept if higher again; potential
 offsets and hard-reset gains stay as calibration set them). Equal accuracies (a small held-out
@@ -87,9 +90,22 @@ def compile_and_finetune(
         return (new["heldout_accuracy"], -new["heldout_loss"]) > (old["heldout_accuracy"], -old["heldout_loss"])
 
     quiet = {**options, "quiet": True}
-    best = convert(model, fit, **{**quiet, "calibration": "none"})
-    stages = [{**judged("conversion", best), "kept": True}]
-    leader = stages[0]
+    chosen = options.get("channelwise")
+    granularities = [bool(chosen)] if chosen is not None else [False, True]
+    stages, best, leader = [], None, None
+    for channelwise in granularities:
+        converted = convert(model, fit, **{**quiet, "calibration": "none", "channelwise": channelwise})
+        name = (
+            f"conversion ({'channel' if channelwise else 'layer'}-wise θ)" if len(granularities) > 1 else "conversion"
+        )
+        stage = judged(name, converted, channelwise=channelwise)
+        stage["kept"] = leader is None or better(stage, leader)
+        if stage["kept"]:
+            if leader is not None:
+                leader["kept"] = False  # only one conversion goes on
+            best, leader = converted, stage
+        stages.append(stage)
+    quiet["channelwise"] = leader["channelwise"]
     if checked.calibration != "none":
         calibrated = convert(model, fit, **quiet)
         stage = judged(f"calibration ({checked.calibration})", calibrated)
@@ -121,6 +137,7 @@ def compile_and_finetune(
             "heldout_samples": len(judge),
             "finetune_lr": lr if lr is not None else FINETUNE_LR,
             "distill": distill,
+            "channelwise": quiet["channelwise"],  # the thresholds' granularity every later stage used
             "stages": stages,
         },
     }
