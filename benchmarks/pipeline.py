@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in rows:
         stages = ", ".join(
-            f"{s['stage']} {100 * s['heldout_accuracy']:.1f}{'' if s['kept'] else ' (dropped)'}"
+            f"{s['stage']} failed"
+            if "failed" in s
+            else f"{s['stage']} {100 * s['heldout_accuracy']:.1f}{'' if s['kept'] else ' (dropped)'}"
             for s in r["pipeline"]["stages"]
         )
         print(

@@ -147,6 +147,9 @@ def test_the_cli_restates_no_default():
         "substitute",
     }
     assert all(v is None for v in flags.values()), flags
+    for flag, value in (("--channelwise", True), ("--no-channelwise", False)):  # the pipeline's two fixed choices
+        args = build_parser().parse_args(["compile", "m.onnx", "--calib", "c.npz", "-o", "o.snn.onnx", flag])
+        assert args.channelwise is value
     args = build_parser().parse_args(["finetune", "m.snn.onnx", "--data", "d.npz", "-o", "o.snn.onnx"])
     assert all(getattr(args, k) is None for k in ("timesteps", "epochs", "lr", "batch_size", "seed"))
 

@@ -50,6 +50,23 @@ def test_pipeline_keeps_only_stages_that_raise_heldout_accuracy(small_digits_cnn
     assert model.options["timesteps"] == 2
 
 
+def test_a_failed_finetune_is_dropped_and_reported(small_digits_cnn, monkeypatch):
+    """Fine-tuning that fails mid-way (training drove a θ below zero) drops that stage only:
+    the pipeline returns the last kept stage and records the reason."""
+    path, train, _ = small_digits_cnn
+
+    def failing(*args, **kwargs):
+        raise snnc.SnncError("node 'relu': fine-tuning drove θ to -0.003; lower --lr or pass --no-learn-theta")
+
+    monkeypatch.setattr(pipeline, "finetune_model", failing)
+    model = snnc.compile(str(path), Dataset(train.x[:200], train.y[:200]), timesteps=2, finetune=1, seed=0)
+    stages = model.report["pipeline"]["stages"]
+    assert stages[-1]["stage"] == "finetune" and not stages[-1]["kept"] and "drove θ" in stages[-1]["failed"]
+    assert "finetune" not in model.report  # no fine-tuned model came back to describe
+    kept = [s for s in stages if s["kept"]]
+    assert len(kept) == 1 and kept[0]["stage"].startswith("conversion")
+
+
 @pytest.mark.parametrize("channelwise", [False, True])
 def test_pipeline_converts_once_when_the_granularity_is_given(small_digits_cnn, channelwise):
     path, train, _ = small_digits_cnn

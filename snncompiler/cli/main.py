@@ -129,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{defaults.HARD_RESET_THRESHOLD} with --reset hard; {defaults.ADVANCED_THRESHOLD} with "
         "--calibration advanced)",
     )
-    p.add_argument("--channelwise", action="store_true", default=None, help="one threshold per output channel")
+    p.add_argument(
+        "--channelwise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one threshold per output channel (--no-channelwise: one per layer; default: per layer, and with "
+        "--finetune the pipeline converts both ways and keeps the better on held-out data)",
+    )
     p.add_argument(
         "--neuron",
         choices=list(defaults.NEURONS),
@@ -1019,6 +1025,9 @@ def cmd_compile(args) -> int:
             f"{pipeline['heldout_samples']} labelled --calib samples no stage fitted):"
         )
         for stage in pipeline["stages"]:
+            if "failed" in stage:
+                print(f"  {stage['stage']:<28} failed, dropped: {stage['failed']}")
+                continue
             print(
                 f"  {stage['stage']:<28} {100 * stage['heldout_accuracy']:6.2f} %  loss {stage['heldout_loss']:.4f}  "
                 f"{'kept' if stage['kept'] else 'dropped'}"

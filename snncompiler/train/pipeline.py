@@ -113,20 +113,25 @@ def compile_and_finetune(
         stages.append(stage)
         if stage["kept"]:
             best, leader = calibrated, stage
-    tuned = finetune_model(
-        best,
-        (fit.x, fit.y),
-        val=(judge.x, judge.y),
-        timesteps=steps,
-        epochs=finetune,
-        keep_if_better=False,
-        seed=checked.seed,
-        progress=progress,
-        distill=distill,
-        **({"lr": lr} if lr is not None else {}),
-    )
-    stage = judged("finetune", tuned, epochs=finetune)
-    stage["kept"] = better(stage, leader)
+    try:
+        tuned = finetune_model(
+            best,
+            (fit.x, fit.y),
+            val=(judge.x, judge.y),
+            timesteps=steps,
+            epochs=finetune,
+            keep_if_better=False,
+            seed=checked.seed,
+            progress=progress,
+            distill=distill,
+            **({"lr": lr} if lr is not None else {}),
+        )
+    except SnncError as exc:  # e.g. training drove a θ below zero: the stage failed, the earlier ones stand
+        tuned = None
+        stage = {"stage": "finetune", "epochs": finetune, "kept": False, "failed": str(exc)}
+    else:
+        stage = judged("finetune", tuned, epochs=finetune)
+        stage["kept"] = better(stage, leader)
     stages.append(stage)
     result = tuned if stage["kept"] else best
     result.report = {
@@ -141,6 +146,6 @@ def compile_and_finetune(
             "stages": stages,
         },
     }
-    if not stage["kept"]:  # the fine-tuning that was tried and dropped, as finetune itself records it
+    if tuned is not None and not stage["kept"]:  # the fine-tuning tried and dropped, as finetune records it
         result.report["finetune"] = {**tuned.report["finetune"], "kept": False}
     return result
