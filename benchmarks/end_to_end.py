@@ -287,7 +287,7 @@ def event_vs_dense(args, out: Path) -> dict:
         chunks = [values for values, _ in recorded]
         # the event forms read what the runtime hands them: binary spikes with θ per channel
         # where the neuron emits them so (bit for bit the same result), else the values
-        scale = runner._binary_spikes.get(model.graph.producer(node.inputs[0]).name)
+        scale = runner._binary_spikes.get(node.inputs[0])
         event_inputs = [(bits, scale) if bits is not None else (values, None) for values, bits in recorded]
         spike_density = sum(int(torch.count_nonzero(c)) for c in chunks) / sum(c.numel() for c in chunks)
         forms = ["gather", "scatter"] if layer.gather_ok else ["scatter"]

@@ -321,9 +321,11 @@ def test_binary_spikes_feed_event_layers_bit_for_bit(compiled_cnn, monkeypatch):
     x = torch.from_numpy(test.x[:24])
     runner = SpikingRunner(model.graph, exec_mode="event")
     first = next(n for n in model.graph.nodes if n.op == "neuron")
-    assert list(runner._binary_spikes) == [first.name]  # conv2 reads it; the others feed max pools
-    assert runner._binary_spikes[first.name].shape == (8,)
+    assert list(runner._binary_spikes) == [first.outputs[0]]  # conv2 reads it; the others feed rate pools
+    assert runner._binary_spikes[first.outputs[0]].shape == (8,)
     assert SpikingRunner(model.graph, exec_mode="dense")._binary_spikes == {}
+    bits = (torch.rand(3, 1000, generator=torch.Generator().manual_seed(1)) < 0.2).to(torch.uint8)
+    assert event.count_nonzero(bits) == int(torch.count_nonzero(bits))  # auto's density of binary input
     binary = runner.run(x, 8)[8]
     rates = runner.rates(x, 8, [first.outputs[0]])[first.outputs[0]]
     monkeypatch.setattr(SpikingRunner, "_binary_setup", lambda self: {})

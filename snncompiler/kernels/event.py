@@ -276,11 +276,12 @@ def layer_for(node) -> EventLayer | None:
 
 def count_nonzero(x: torch.Tensor) -> int:
     """The number of nonzero entries of x (NaN counts), with the C++ kernel for a contiguous
-    float32 CPU tensor (torch.count_nonzero is ten times slower there), torch otherwise."""
+    float32 or uint8 (binary spikes) CPU tensor (torch.count_nonzero is ten times slower there),
+    torch otherwise."""
     lib = load()
-    if lib is None or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+    if lib is None or x.dtype not in (torch.float32, torch.uint8) or x.device.type != "cpu" or not x.is_contiguous():
         return int(torch.count_nonzero(x))
-    return int(lib.count_nonzero(x.data_ptr(), x.numel(), torch.get_num_threads()))
+    return int(lib.count_nonzero(x.data_ptr(), x.numel(), torch.get_num_threads(), x.dtype == torch.uint8))
 
 
 def conv2d_reference(x, weight, bias=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1):

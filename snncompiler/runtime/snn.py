@@ -159,8 +159,8 @@ class SpikingRunner:
         self._spike_source: dict[str, str] = {}
         self._chunk_spikes: dict[str, torch.Tensor] = {}
         self._event_layers = self._event_setup() if exec_mode != "dense" else {}
-        #: neuron node -> the value of a spike per input channel of the layers it feeds, for each
-        #: neuron whose spikes only event-kernel layers read: it emits them as uint8 0/1
+        #: value -> the value of a spike per channel, for the spikes that travel as uint8 0/1 (a
+        #: neuron's whose readers are all event-kernel layers)
         self._binary_spikes: dict[str, torch.Tensor] = self._binary_setup()
         #: per spike-driven layer, the chunks each form ran (dense, gather, scatter; chosen per chunk)
         self.exec_counts: dict[str, dict[str, int]] = {
@@ -195,10 +195,13 @@ class SpikingRunner:
         return layers
 
     def _binary_setup(self) -> dict:
-        """The neurons whose every reader is a layer on the event kernel taking the spikes
-        directly as its input, with a threshold that is one value per channel (or one in all):
-        their spikes can travel as uint8 0/1 with θ per channel beside them, bit for bit the
-        same currents (kernels/event.py) from a quarter of the bytes written and read."""
+        """The values that travel as binary spikes: {value name: θ per channel}. A neuron's
+        spikes do when every reader is a layer on the event kernel taking them directly as its
+        input, θ is one value per channel (or one in all) and the layers' input channels match:
+        uint8 0/1 with θ per channel beside them, bit for bit the same currents
+        (kernels/event.py) from a quarter of the bytes written and read. (Through max pools of
+        the spikes themselves they could stay binary too; measured on the digits CNN, the
+        neuron kernel's binary stores then cost more than the pool and the next layer saved.)"""
         if not self._event_layers:
             return {}
         graph_outputs = {v.name for v in self.graph.outputs}
@@ -214,20 +217,16 @@ class SpikingRunner:
                 continue
             if not all(u.name in self._event_layers and u.inputs[0] == out and out not in u.inputs[1:] for u in users):
                 continue
-            layer = self._event_layers[users[0].name]
-            channels = layer.weight_shape[1] * layer.groups
-            theta = node.params["theta"].detach().to(torch.float32)
-            if theta.numel() == 1:
-                scale = theta.reshape(1).expand(channels).contiguous()
-            elif theta.dim() >= 1 and theta.shape[0] == channels == theta.numel():
-                scale = theta.reshape(channels).contiguous()
-            else:  # θ per neuron: a spike's value depends on more than its channel
+            channels = {self._event_layers[u.name].weight_shape[1] * self._event_layers[u.name].groups for u in users}
+            if len(channels) != 1:
                 continue
-            if all(
-                self._event_layers[u.name].weight_shape[1] * self._event_layers[u.name].groups == channels
-                for u in users
-            ):
-                binary[node.name] = scale.cpu()
+            (c,) = channels
+            theta = node.params["theta"].detach().to(torch.float32).cpu()
+            if theta.numel() == 1:
+                binary[out] = theta.reshape(1).expand(c).contiguous()
+            elif theta.dim() >= 1 and theta.shape[0] == c == theta.numel():
+                binary[out] = theta.reshape(c).contiguous()
+            # else θ per neuron: a spike's value depends on more than its channel
         return binary
 
     def _reads_spikes(self, node: Node) -> bool:
@@ -441,8 +440,7 @@ class SpikingRunner:
             bits = ins[0].bits.flatten(0, 1)
             form = self._event_form(node, layer, bits)
             if form != "dense":
-                scale = self._binary_spikes[self.graph.producer(node.inputs[0]).name]
-                out = layer(bits, form, scale)
+                out = layer(bits, form, self._binary_spikes[node.inputs[0]])
                 return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
         flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
         form = self._event_form(node, layer, flat[0]) if layer is not None else "dense"
@@ -467,7 +465,7 @@ class SpikingRunner:
         if form is None:  # the choice depends on the density: count this chunk's nonzero inputs
             count = self._chunk_spikes.get(self._spike_source.get(node.name, ""))
             if count is None:
-                count = event.count_nonzero(x) if x.dtype == torch.float32 else int(torch.count_nonzero(x))
+                count = event.count_nonzero(x)
             density = float(count) / max(1, x.numel())
             form = costs.best(density, forms)
         self.exec_counts[node.name][form] += 1
@@ -492,7 +490,7 @@ class SpikingRunner:
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
         # static input (the first layer's current) at every step without a T-fold copy
-        binary = node.name in self._binary_spikes
+        binary = node.outputs[0] in self._binary_spikes
         spikes, v, count = neuron_multistep(
             x,
             v,

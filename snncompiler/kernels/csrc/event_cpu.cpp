@@ -831,12 +831,19 @@ int64_t conv2d_gather(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t wp, 
 }
 
 
-// The number of nonzero entries of x[0..n) (NaN counts): what --exec auto reads per chunk to pick
-// a form. torch.count_nonzero took 0.6 ms on a 256K-entry chunk, more than the choice saved.
-int64_t count_nonzero(uintptr_t x, int64_t n, int threads) {
-  const float* xp = addr<const float>(x);
+// The number of nonzero entries of x[0..n) (NaN counts), float32 or (bytes) uint8: what --exec
+// auto reads per chunk to pick a form. torch.count_nonzero took 0.6 ms on a 256K-entry chunk,
+// more than the choice saved.
+int64_t count_nonzero(uintptr_t x, int64_t n, int threads, bool bytes) {
   int64_t total = 0;
   py::gil_scoped_release release;
+  if (bytes) {
+    const uint8_t* xb = addr<const uint8_t>(x);
+#pragma omp parallel for num_threads(std::max(1, threads)) if (n > (1 << 22)) reduction(+ : total) schedule(static)
+    for (int64_t i = 0; i < n; ++i) total += xb[i] != 0;
+    return total;
+  }
+  const float* xp = addr<const float>(x);
 #pragma omp parallel for num_threads(std::max(1, threads)) if (n > (1 << 20)) reduction(+ : total) schedule(static)
   for (int64_t i = 0; i < n; ++i) total += !(xp[i] == 0.0f);
   return total;
@@ -889,8 +896,8 @@ PYBIND11_MODULE(_event_cpu, m) {
         py::arg("W"), py::arg("O"), py::arg("Opad"), py::arg("OH"), py::arg("OW"), py::arg("KH"), py::arg("KW"),
         py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("threads"), py::arg("scale") = 0);
-  m.def("count_nonzero", &count_nonzero, "The number of nonzero entries of a contiguous float32 buffer",
-        py::arg("x"), py::arg("n"), py::arg("threads"));
+  m.def("count_nonzero", &count_nonzero, "The number of nonzero entries of a contiguous float32 (or uint8) buffer",
+        py::arg("x"), py::arg("n"), py::arg("threads"), py::arg("bytes") = false);
   m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("simd", [] {
 #ifdef SNNC_EVENT_X86_SIMD
