@@ -84,6 +84,19 @@ using BwdFn = void (*)(const Params&, const float*, const float*, const float*, 
 
 #if defined(__x86_64__)
 // What every x86 Vec shares: the fence after non-temporal stores, and the prefetch (SSE).
+// kByteBits[m]: 8 bytes, byte j = bit j of m: a vector compare's movemask as 0/1 spikes.
+struct ByteBits {
+  uint64_t table[256];
+  ByteBits() {
+    for (int m = 0; m < 256; ++m) {
+      uint64_t bytes = 0;
+      for (int j = 0; j < 8; ++j) bytes |= static_cast<uint64_t>(m >> j & 1) << (8 * j);
+      table[m] = bytes;
+    }
+  }
+};
+const ByteBits kByteBits;
+
 struct X86Memory {
   static void fence() { _mm_sfence(); }
   static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
@@ -109,6 +122,10 @@ struct Vec : X86Memory {  // SSE2: part of x86-64 itself
     return __builtin_popcount(_mm_movemask_ps(_mm_and_ps(m, _mm_cmpneq_ps(th, _mm_setzero_ps()))));
   }
   static void stream(float* p, F v) { _mm_stream_ps(p, v); }
+  static void store_bits(uint8_t* p, M m) {  // kLanes bytes of 0/1
+    const uint32_t bytes = static_cast<uint32_t>(kByteBits.table[_mm_movemask_ps(m)]);
+    std::memcpy(p, &bytes, 4);
+  }
 };
 #else  // scalar stand-in, so that the kernels compile; forward() never streams here
 struct Vec {
@@ -126,6 +143,7 @@ struct Vec {
   static F select(M m, F a, F b) { return m ? a : b; }
   static int count_nonzero(M m, F th) { return m && th != 0.0f; }
   static void stream(float* p, F v) { *p = v; }
+  static void store_bits(uint8_t* p, M m) { *p = m ? 1 : 0; }
   static void fence() {}
   static void prefetch(const float*) {}
 };
@@ -154,6 +172,7 @@ struct Vec : X86Memory {
     return __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(m, _mm256_cmp_ps(th, _mm256_setzero_ps(), _CMP_NEQ_UQ))));
   }
   static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
+  static void store_bits(uint8_t* p, M m) { std::memcpy(p, &kByteBits.table[_mm256_movemask_ps(m)], 8); }
 };
 #include "lif_cpu_isa.inc"
 }  // namespace isa_avx2
@@ -182,6 +201,7 @@ struct Vec : X86Memory {
     return __builtin_popcount(_mm512_mask_cmp_ps_mask(m, th, _mm512_setzero_ps(), _CMP_NEQ_UQ));
   }
   static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
+  static void store_bits(uint8_t* p, M m) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_maskz_set1_epi8(m, 1)); }
 };
 #include "lif_cpu_isa.inc"
 }  // namespace isa_avx512
