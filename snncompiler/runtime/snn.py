@@ -200,8 +200,8 @@ class SpikingRunner:
         input, θ is one value per channel (or one in all) and the layers' input channels match:
         uint8 0/1 with θ per channel beside them, bit for bit the same currents
         (kernels/event.py) from a quarter of the bytes written and read. (Through max pools of
-        the spikes themselves they could stay binary too; on the digits CNN that lost, measured
-        before the neuron kernel's binary stores were vectorised, and was not retried.)"""
+        the spikes themselves they could stay binary too; on the digits CNN that was a wash: the
+        neuron's binary output cost about what the uint8 pool and the next layer saved.)"""
         if not self._event_layers:
             return {}
         graph_outputs = {v.name for v in self.graph.outputs}
