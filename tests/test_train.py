@@ -573,3 +573,31 @@ def test_fit_distillation_errors(digits_data):
     ]:
         with pytest.raises(SnncError, match=match):
             snnc.train.fit(net, data, timesteps=1, epochs=1, batch_size=32, progress=False, **bad)
+
+
+def test_training_keeps_learned_thresholds_positive(digits_data):
+    """A learned θ at or below zero (what fine-tuning the random ResNet-18 reached) is held at
+    THETA_FLOOR after every optimiser step, so training goes on and the result exports; fixed
+    thresholds are left alone."""
+    from snncompiler.train.neuron import THETA_FLOOR, keep_thresholds_positive
+
+    train, _ = digits_data
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 16),
+        LIF(theta=torch.ones(16), learn_theta=True),
+        nn.Linear(16, 10),
+        LIF(theta=0.7),
+    )
+    with torch.no_grad():
+        net[2].theta[:4] = torch.tensor([-0.5, 0.0, float("nan"), 2e-7])
+    keep_thresholds_positive(net)
+    got = net[2].theta.detach()
+    assert got[0] == got[1] == got[3] == THETA_FLOOR and torch.isnan(got[2]) and torch.all(got[4:] == 1)
+    assert net[4].theta == 0.7
+    with torch.no_grad():
+        net[2].theta[:4] = -0.5  # as if the last step had driven them there
+    snnc.train.fit(net, (train.x[:128], train.y[:128]), timesteps=2, epochs=1, lr=1e-9, progress=False)
+    held = net[2].threshold()[:4]  # fit clamps after each step (Adam moves θ by ~lr per step)
+    assert bool((held >= THETA_FLOOR).all()) and bool((held < 1e-5).all()), held

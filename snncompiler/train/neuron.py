@@ -157,6 +157,22 @@ def neurons(model: nn.Module) -> list[tuple[str, LIF]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
 
 
+#: The smallest value training leaves a learned θ at. A θ driven to zero or below makes a neuron
+#: fire at every step whatever its input (and a compiled artifact refuses it: fine-tuning the
+#: random ResNet-18 of the benchmarks did this at lr 1e-3); held here, the neuron's spikes carry
+#: almost nothing instead, as a dead ReLU's output does, and training goes on.
+THETA_FLOOR = 1e-6
+
+
+def keep_thresholds_positive(model: nn.Module) -> None:
+    """Clamp every learned θ of ``model``'s LIF layers to at least :data:`THETA_FLOOR` (run after
+    each optimiser step; NaN stays NaN, for the loss check to report)."""
+    with torch.no_grad():
+        for _, m in neurons(model):
+            if isinstance(m.theta, nn.Parameter):
+                m.theta.clamp_(min=THETA_FLOOR)
+
+
 def run_steps(
     model: nn.Module, x: torch.Tensor, timesteps: int | None = None, *, sequence: bool = False
 ) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..errors import SnncError
 from ..options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TRAIN_BATCH_SIZE, check_distill_weight
 from ..runtime.snn import output_steps
 from .loss import LOSSES, tet_loss
-from .neuron import neurons, run_steps
+from .neuron import keep_thresholds_positive, neurons, run_steps
 
 
 def as_dataset(data, label: str) -> Dataset:
@@ -213,6 +213,7 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 (value * weight if weight != 1.0 else value).backward()
                 opt.step()
+                keep_thresholds_positive(net)
                 if weight:  # a rank with an empty share ran one sample with weight 0: it counts nothing
                     total += value.item() * len(yb)
                     correct += int((out.detach().mean(0).argmax(-1) == yb).sum())
