@@ -23,8 +23,9 @@ static variant trained as the app's full run trains it: MNIST 4,000 samples, 12 
 layer is recorded per chunk as the runtime hands it over. Each such layer is then timed on
 those recorded inputs, dense (the runtime's F.conv2d / F.linear on float32 spikes) and
 event-driven (kernels/csrc/event_cpu.cpp, on the uint8 binary spikes a neuron feeding only
-event-driven layers emits), interleaved, median of the repeats; then again on inputs planted at fixed spike densities with the same shape (the
-break-even table), and the whole SNN under --exec dense, event and auto. Writes
+event-driven layers emits), interleaved, median of the repeats; then again on inputs planted
+at fixed spike densities with the same shape (the break-even table), and the whole SNN under
+--exec dense, event and auto. Writes
 benchmarks/results/event_exec.json.
 """
 

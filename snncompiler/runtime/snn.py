@@ -205,14 +205,10 @@ class SpikingRunner:
         if not self._event_layers:
             return {}
         graph_outputs = {v.name for v in self.graph.outputs}
-        readers: dict[str, list[Node]] = {}
-        for node in self.graph.nodes:
-            for name in node.inputs:
-                readers.setdefault(name, []).append(node)
         binary = {}
         for node in self.graph.find("neuron"):
             out = node.outputs[0]
-            users = readers.get(out, [])
+            users = self.graph.consumers(out)
             if out in graph_outputs or not users:
                 continue
             if not all(u.name in self._event_layers and u.inputs[0] == out and out not in u.inputs[1:] for u in users):
@@ -436,17 +432,14 @@ class SpikingRunner:
         if conversion_kind(node) == "analog":
             return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
         layer = self._event_layers.get(node.name)
-        if layer is not None and isinstance(ins[0], _BinarySpikes):
-            bits = ins[0].bits.flatten(0, 1)
-            form = self._event_form(node, layer, bits)
+        if layer is not None:  # one choice of form per chunk, on what the layer reads
+            binary = isinstance(ins[0], _BinarySpikes)
+            x = ins[0].bits.flatten(0, 1) if binary else _dyn(ins[0], steps).flatten(0, 1)
+            form = self._event_form(node, layer, x)
             if form != "dense":
-                out = layer(bits, form, self._binary_spikes[node.inputs[0]])
+                out = layer(x, form, self._binary_spikes[node.inputs[0]] if binary else None)
                 return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
-        flat = [_dyn(v, steps).flatten(0, 1) for v in ins]
-        form = self._event_form(node, layer, flat[0]) if layer is not None else "dense"
-        if form != "dense":
-            out = layer(flat[0], form)
-            return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
+        flat = [_dyn(v, steps).flatten(0, 1) for v in ins]  # dense: binary spikes as their values
         return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in IMPLEMENTATIONS[node.op](node, *flat)]
 
     def _event_form(self, node: Node, layer, x: torch.Tensor) -> str:

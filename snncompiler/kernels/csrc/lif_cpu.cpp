@@ -83,7 +83,6 @@ using BwdFn = void (*)(const Params&, const float*, const float*, const float*, 
 #endif
 
 #if defined(__x86_64__)
-// What every x86 Vec shares: the fence after non-temporal stores, and the prefetch (SSE).
 // kByteBits[m]: 8 bytes, byte j = bit j of m: a vector compare's movemask as 0/1 spikes.
 struct ByteBits {
   uint64_t table[256];
@@ -97,6 +96,7 @@ struct ByteBits {
 };
 const ByteBits kByteBits;
 
+// What every x86 Vec shares: the fence after non-temporal stores, and the prefetch (SSE).
 struct X86Memory {
   static void fence() { _mm_sfence(); }
   static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
