@@ -291,7 +291,7 @@ def event_vs_dense(args, out: Path) -> dict:
         scale = runner._binary_spikes.get(node.inputs[0])
         event_inputs = [(bits, scale) if bits is not None else (values, None) for values, bits in recorded]
         spike_density = sum(int(torch.count_nonzero(c)) for c in chunks) / sum(c.numel() for c in chunks)
-        forms = ["gather", "scatter"] if layer.gather_ok else ["scatter"]
+        forms = [f for f in event.FORMS if layer.supports(f)]
         fns = {"dense": lambda: [IMPLEMENTATIONS[node.op](node, c) for c in chunks]}
         for form in forms:
             fns[form] = lambda form=form: [layer(c, form, s) for c, s in event_inputs]
@@ -346,6 +346,10 @@ def event_vs_dense(args, out: Path) -> dict:
                 "cost_model_break_even": {form: costs.break_even(form) for form in costs.event},
                 "planted": planted,
                 "break_even_density": _break_even([(p["spike_density"], p["event_over_dense"]) for p in planted]),
+                "break_even_by_form": {
+                    form: _break_even([(p["spike_density"], p[f"{form}_s"] / p["dense_s"]) for p in planted])
+                    for form in forms
+                },
             }
         )
         print(
@@ -368,9 +372,7 @@ def event_vs_dense(args, out: Path) -> dict:
     dense_total, event_total = sum(r["dense_s"] for r in rows), sum(r["event_s"] for r in rows)
     # what --exec auto runs at the measured densities: the cost model's cheapest form of the three
     auto_total = sum(
-        r[f"{c}_s"]
-        for r in rows
-        for c in [runner._costs[r["layer"]].best(r["spike_density"], ("dense", "gather", "scatter"))]
+        r[f"{c}_s"] for r in rows for c in [runner._costs[r["layer"]].best(r["spike_density"], ("dense", *event.FORMS))]
     )
     # the floor is on the pruned conv layers (spike × weight sparsity, what the issue is about); the
     # unpruned classifier is reported beside them
@@ -407,14 +409,14 @@ def print_event_table(res: dict, machine: str) -> None:
     )
     print(
         f"{'layer':<10} {'op':<6} {'spikes':>7} {'weights':>8} {'dense ms':>9} {'gather ms':>10} {'scatter ms':>11} "
-        f"{'event':>8} {'speedup':>8} {'(of min)':>9} {'break-even':>11}"
+        f"{'pruned ms':>10} {'event':>8} {'speedup':>8} {'(of min)':>9} {'break-even':>11}"
     )
     for r in res["layers"]:
         be = r["break_even_density"]
-        gather = f"{1e3 * r['gather_s']:.2f}" if "gather_s" in r else "-"
+        gather, pruned = (f"{1e3 * r[k]:.2f}" if k in r else "-" for k in ("gather_s", "pruned_s"))
         print(
             f"{r['layer']:<10} {r['op']:<6} {r['spike_density']:>7.3f} {r['weight_density']:>8.3f} "
-            f"{1e3 * r['dense_s']:>9.2f} {gather:>10} {1e3 * r['scatter_s']:>11.2f} {r['event_form']:>8} "
+            f"{1e3 * r['dense_s']:>9.2f} {gather:>10} {1e3 * r['scatter_s']:>11.2f} {pruned:>10} {r['event_form']:>8} "
             f"{r['speedup']:>7.2f}x {r['speedup_of_min']:>8.2f}x {'-' if be is None else f'{be:.3f}':>11}"
         )
     t = res["spike_driven_total"]
@@ -428,6 +430,13 @@ def print_event_table(res: dict, machine: str) -> None:
     print(f"{'layer':<10} " + " ".join(f"{d:>6g}" for d in dens))
     for r in res["layers"]:
         print(f"{r['layer']:<10} " + " ".join(f"{p['event_over_dense']:>6.2f}" for p in r["planted"]))
+    print("break-even spike density per form (event faster below it; 'all': at every density planted, '-': at none)")
+    for r in res["layers"]:
+        cells = []
+        for form, be in r.get("break_even_by_form", {}).items():
+            always = all(p[f"{form}_s"] < p["dense_s"] for p in r["planted"])
+            cells.append(f"{form} {'all' if always else '-' if be is None else f'{be:.3f}'}")
+        print(f"{r['layer']:<10} " + ", ".join(cells))
     w = res["whole_snn_s"]
     print(
         f"\nwhole SNN, s/batch: dense {w['dense']:.3f}, event {w['event']:.3f}, auto {w['auto']:.3f} "

@@ -1,5 +1,5 @@
 """Event-driven execution (snncompiler.kernels.event, SpikingRunner exec_mode, --exec): the C++
-kernel's two forms (gather, scatter) against F.conv2d / F.linear on random geometries, spike
+kernel's three forms (gather, scatter, pruned) against F.conv2d / F.linear on random geometries, spike
 densities, θ and weight sparsity, on every instruction set the CPU runs; the per-layer cost
 model (kernels/exec_cost.py); a compiled CNN giving the same outputs dense, event and auto;
 the CLI flag."""
@@ -38,7 +38,8 @@ def simd(request):
     lib.set_isa(before)
 
 
-FORMS = st.sampled_from(["scatter", "gather"])
+FORMS = st.sampled_from(list(event.FORMS))
+LINEAR_FORMS = st.sampled_from(["scatter", "gather"])  # pruned vectorises over a conv's output plane
 
 
 def _spikes(shape, density: float, per_channel: bool, gen: torch.Generator) -> torch.Tensor:
@@ -132,6 +133,8 @@ def test_conv2d_matches_dense(
     # emits): bit for bit the float32 result
     theta = x.amax(dim=(0, 2, 3))
     assert torch.equal(layer((x != 0).to(torch.uint8), form, theta), got)
+    if form == "pruned" and groups == 1:  # the gather form's summation order, so its bits
+        assert torch.equal(got, layer(x, "gather"))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -143,7 +146,7 @@ def test_conv2d_matches_dense(
     weight_density=st.sampled_from([0.05, 0.3, 1.0]),
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
-    form=FORMS,
+    form=LINEAR_FORMS,
 )
 def test_linear_matches_dense(simd, lead, features, outputs, density, weight_density, bias, seed, form):
     gen = torch.Generator().manual_seed(seed)
@@ -187,20 +190,22 @@ def test_kernel_uses_the_values_not_ones_and_counts_nothing_for_silence():
     wt = torch.arange(2 * 2 * 3 * 3, dtype=torch.float32).reshape(2, 2, 3, 3) - 10
     b = torch.tensor([0.5, -1.0])
     layer = event.EventLayer(wt, b, pads=(1, 1, 1, 1))
-    for form in ("scatter", "gather"):
+    for form in event.FORMS:
         assert torch.equal(layer(x, form), F.conv2d(x, wt, b, padding=1))  # one term per output: exact
         assert torch.equal(layer(torch.zeros_like(x), form), b.reshape(1, 2, 1, 1).expand(2, 2, 5, 5))
 
 
-@pytest.mark.parametrize("shape", [(37, 70, 5, 5), (9, 33, 1, 1)])
-def test_gather_result_does_not_depend_on_isa_or_threads(shape):
-    """The gather form sums in one fixed order with one rounding per fused multiply-add on every
-    instruction set, and a sample's sum never crosses threads: bit-identical results on any
-    x86-64 CPU and thread count (outputs 70 = one full tile of 64 and a part tile)."""
+@pytest.mark.parametrize("shape", [(37, 70, 5, 5), (9, 33, 1, 1), (5, 3, 23, 11)])
+def test_gather_and_pruned_results_do_not_depend_on_isa_or_threads(shape):
+    """The gather and pruned forms sum in one fixed order (the same one) with one rounding per
+    fused multiply-add on every instruction set, and a sample's sum never crosses threads:
+    bit-identical results on any x86-64 CPU and thread count (outputs 70 = one full tile of 64
+    and a part tile; a 23×11 map = a pruned output plane of more than one block of vectors)."""
     n, o, h, w = shape
     gen = torch.Generator().manual_seed(1)
     x = _spikes((n, 19, h, w), 0.3, True, gen)
-    layer = event.EventLayer(torch.randn(o, 19, 3, 3, generator=gen), torch.randn(o, generator=gen), pads=(1, 1, 1, 1))
+    weight = _weights((o, 19, 3, 3), 0.4, gen)
+    layer = event.EventLayer(weight, torch.randn(o, generator=gen), pads=(1, 1, 1, 1))
     lib, before, threads = event.load(), event.load().isa(), torch.get_num_threads()
     results = []
     try:
@@ -208,7 +213,7 @@ def test_gather_result_does_not_depend_on_isa_or_threads(shape):
             lib.set_isa(isa)
             for t in (1, 2):
                 torch.set_num_threads(t)
-                results.append(layer(x, "gather"))
+                results += [layer(x, "gather"), layer(x, "pruned")]
     finally:
         lib.set_isa(before)
         torch.set_num_threads(threads)
@@ -230,9 +235,26 @@ def test_gather_skips_padding_taps_and_refuses_groups():
     got = event.EventLayer(wt, None, pads=(1, 1, 1, 1))(x, "gather")
     assert torch.equal(got.flatten(), (wt[:, :, 1, 1] * x.flatten()).sum(1))
     grouped = event.EventLayer(torch.ones(4, 1, 1, 1), None, groups=2)
-    assert not grouped.gather_ok
+    assert not grouped.gather_ok and not grouped.supports("gather") and grouped.supports("pruned")
     with pytest.raises(ValueError, match="groups = 1"):
         grouped(torch.ones(1, 2, 1, 1), "gather")
+
+
+def test_pruned_form_runs_only_nonzero_weights_and_refuses_linear():
+    """The pruned form never reads a zero weight's input: with the weights of every tap but the
+    centre zero, a NaN input beside a pixel reaches no output it would reach through those taps.
+    A linear layer has no output plane: refused, with the form named."""
+    wt = torch.zeros(2, 1, 3, 3)
+    wt[:, 0, 1, 1] = torch.tensor([2.0, -1.0])
+    x = torch.zeros(1, 1, 3, 4)
+    x[0, 0, 1, 1], x[0, 0, 0, 3] = float("nan"), 1.5
+    got = event.EventLayer(wt, None, pads=(1, 1, 1, 1))(x, "pruned")
+    assert torch.isnan(got[:, :, 1, 1]).all() and int(torch.isnan(got).sum()) == 2  # only the centre tap
+    assert got[0, 0, 0, 3] == 3.0 and got[0, 1, 0, 3] == -1.5
+    linear = event.EventLayer(torch.ones(3, 4), None, kind="linear")
+    assert not linear.supports("pruned")
+    with pytest.raises(ValueError, match="pruned form is for convolutions"):
+        linear(torch.ones(2, 4), "pruned")
 
 
 def test_layer_cache_follows_the_weights():
@@ -284,8 +306,8 @@ def _forcing(form: str):
     """Costs under which ``form`` is the cheapest at every density (the others cost 1 s/sample)."""
     from snncompiler.kernels.exec_cost import Costs
 
-    cost = {f: 0.0 if f == form else 1.0 for f in ("dense", "gather", "scatter")}
-    return Costs(cost["dense"], {"gather": (cost["gather"], 0.0), "scatter": (cost["scatter"], 0.0)})
+    cost = {f: 0.0 if f == form else 1.0 for f in ("dense", *event.FORMS)}
+    return Costs(cost["dense"], {f: (cost[f], 0.0) for f in event.FORMS})
 
 
 def test_dense_event_and_auto_agree_end_to_end(compiled_cnn, monkeypatch):
@@ -295,15 +317,20 @@ def test_dense_event_and_auto_agree_end_to_end(compiled_cnn, monkeypatch):
     x = test.x[:48]
     dense = model.run(x, 8)
     runs = {}
-    for mode, forced in (("event", None), ("event", "gather"), ("event", "scatter"), ("auto", "dense")):
+    for mode, forced in (("event", None), *(("event", f) for f in event.FORMS), ("auto", "dense")):
         if forced is not None:  # a cost model that sends every chunk one way
             monkeypatch.setattr(exec_cost, "costs_for", lambda *a, f=forced: _forcing(f))
         runs[(mode, forced)] = (model.run(x, 8, exec=mode), model.last_runner.exec_counts)
     assert model.last_runner.firing_rate > 0.01  # the layers had spikes to process
     _, measured = runs[("event", None)]
-    assert len(measured) == 3 and all(c["dense"] == 0 and c["gather"] + c["scatter"] > 0 for c in measured.values())
+    assert len(measured) == 3 and all(c["dense"] == 0 and sum(c.values()) > 0 for c in measured.values())
     for form in ("gather", "scatter"):
         assert all(c[form] > 0 and sum(c.values()) == c[form] for c in runs[("event", form)][1].values())
+    # pruned where it applies (the convolutions); the classifier takes the cheapest form it has
+    for name, c in runs[("event", "pruned")][1].items():
+        applies = model.last_runner._event_layers[name].supports("pruned")
+        assert (c["pruned"] > 0 and sum(c.values()) == c["pruned"]) if applies else c["pruned"] == 0
+    assert sum(c["pruned"] > 0 for c in runs[("event", "pruned")][1].values()) == 2
     assert all(c["dense"] > 0 and sum(c.values()) == c["dense"] for c in runs[("auto", "dense")][1].values())
     for result, _ in runs.values():
         np.testing.assert_allclose(result, dense, rtol=0, atol=1e-4)
@@ -355,7 +382,7 @@ def test_auto_chooses_by_the_chunk_density(compiled_cnn, monkeypatch):
     shape = (4, layer.weight_shape[1], 8, 8)
     assert runner._event_form(node, layer, torch.zeros(shape)) == "gather"
     assert runner._event_form(node, layer, torch.ones(shape)) == "dense"
-    assert runner.exec_counts[name] == {"dense": 1, "gather": 1, "scatter": 0}
+    assert runner.exec_counts[name] == {"dense": 1, "gather": 1, "scatter": 0, "pruned": 0}
     assert SpikingRunner(model.graph, exec_mode="event")._event_form(node, layer, torch.ones(shape)) == "gather"
 
 
@@ -374,7 +401,7 @@ def test_cost_model_is_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
     layer = event.EventLayer(pruned, None, pads=(1, 1, 1, 1))
     dense_fn = lambda t: F.conv2d(t, pruned, padding=1)
     costs = exec_cost.costs_for(layer, (4, 6, 6), dense_fn)
-    assert set(costs.event) == {"gather", "scatter"} and costs.dense > 0  # pruned: scatter measured too
+    assert set(costs.event) == {"gather", "scatter", "pruned"} and costs.dense > 0  # pruned: all three measured
     assert all(a >= 0 and b >= 0 for a, b in costs.event.values())
     assert exec_cost.costs_for(layer, (4, 6, 6), dense_fn) is costs and len(calls) == 1
     monkeypatch.setattr(exec_cost, "_memory", {})
@@ -383,7 +410,7 @@ def test_cost_model_is_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
     assert set(exec_cost.costs_for(unpruned, (4, 6, 6), dense_fn).event) == {"gather"}
     exec_cost.cache_path().write_text("{not json")
     monkeypatch.setattr(exec_cost, "_memory", {})
-    assert set(exec_cost.costs_for(layer, (4, 6, 6), dense_fn).event) == {"gather", "scatter"}
+    assert set(exec_cost.costs_for(layer, (4, 6, 6), dense_fn).event) == {"gather", "scatter", "pruned"}
     assert len(calls) == 3
     assert exec_cost.layer_key(layer, (4, 6, 6)) != exec_cost.layer_key(layer, (4, 7, 7))
 

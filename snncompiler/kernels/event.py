@@ -2,7 +2,7 @@
 
 A layer fed by neurons reads spikes (0 or θ, θ per tensor or per channel), mostly zeros; a
 pruned layer's weights are mostly zeros too. :class:`EventLayer` runs the C++ kernel
-csrc/event_cpu.cpp in one of two forms, both compacting each sample's nonzero inputs first:
+csrc/event_cpu.cpp in one of three forms:
 
 * gather: per output pixel and tile of 64 output channels (held in registers), the nonzero
   inputs that its kernel taps reach, each adding value × a packed weight row. Work ∝ spike
@@ -10,16 +10,23 @@ csrc/event_cpu.cpp in one of two forms, both compacting each sample's nonzero in
   for converted networks with dense weights: 2-30× faster than dense at 10-25 % spike density
   on ResNet-18's layers (benchmarks/end_to_end.py).
 * scatter: per input channel and tap, the events scattered through the CSR-compressed nonzero
-  weights (compressed once per layer). Work ∝ spike density × weight density: pruned layers.
+  weights (compressed once per layer). Work ∝ spike density × weight density: pruned layers at
+  very low spike density.
+* pruned: per output channel, its nonzero weights only, each adding weight × the input plane it
+  reads to the whole output plane (16 pixels per vector, the input placed by stride phase so
+  that a tap is one offset). Work ∝ weight density × output pixels plus one pass placing the
+  sample's spikes; convolutions only. The form for pruned layers at the 5-30 % spike densities
+  of converted networks, where the event lists cost more than the zeros they skip. Its sum runs
+  in the gather form's order, and equals it bit for bit.
 
 Which form (or dense) runs a layer is chosen per chunk by a measured cost model
 (:mod:`snncompiler.kernels.exec_cost`). Results equal :func:`conv2d_reference` /
 :func:`linear_reference` (F.conv2d / F.linear) within float32 summation-order error; the gather
-form's sum runs in a fixed order with fused multiply-adds on every instruction set, so its
-result does not depend on the ISA or the thread count.
+and pruned forms' sums run in one fixed order with fused multiply-adds on every instruction set,
+so their result does not depend on the ISA or the thread count.
 
 Supported: linear, and conv with 2 spatial axes (1 spatial axis runs as height 1), any stride,
-padding (asymmetric too), dilation and groups (gather: groups = 1). 3-D convolution is left to
+padding (asymmetric too), dilation and groups (gather: groups = 1; pruned: conv only). 3-D convolution is left to
 the dense path (:func:`layer_for` returns None). CPU only; without the extension (not built)
 :func:`available` is False and the runtime falls back to dense execution.
 """
@@ -34,6 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from ..options import EXEC_MODES  # noqa: F401 - execution modes of SpikingRunner (``--exec``), re-exported
+
+#: the event kernel's forms (the module docstring says which suits what)
+FORMS = ("gather", "scatter", "pruned")
 
 
 @functools.cache
@@ -106,8 +116,10 @@ class EventLayer:
         self.pads = tuple(int(p) for p in pads)  # ONNX order: begin H, begin W, end H, end W
         # the gather form's weights, [KH·KW, C, O padded to 16] (built on first use; groups = 1 only)
         self._packed: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        # the pruned form's weights: per output channel its nonzero ones (built on first use)
+        self._pruned: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         dense = weight.detach().float().cpu()
-        self._dense_weight = (dense if dense.dim() == 4 else dense[:, :, None, None]) if self.groups == 1 else None
+        self._dense_weight = dense if dense.dim() == 4 else dense[:, :, None, None]  # [O, C/groups, KH, KW]
 
     @property
     def gather_ok(self) -> bool:
@@ -117,6 +129,16 @@ class EventLayer:
             return False
         o, c, kh, kw = self._dense_weight.shape
         return kh * kw * c * (-(-o // 16) * 16) < 2**31
+
+    def supports(self, form: str) -> bool:
+        """Whether ``form`` (one of :data:`FORMS`) applies to this layer."""
+        return form == "scatter" or (form == "gather" and self.gather_ok) or (form == "pruned" and self.pruned_ok)
+
+    @property
+    def pruned_ok(self) -> bool:
+        """Whether the pruned form applies: any convolution (any stride, padding, dilation and
+        groups); a linear layer has one output per channel, no plane to vectorise over."""
+        return self.kind == "conv"
 
     def __call__(self, x: torch.Tensor, form: str = "scatter", scale: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output for x ([N, C, H, W], [N, C, L] or [..., F]) on the event kernel, in
@@ -128,10 +150,12 @@ class EventLayer:
         (float32 [C], per input feature [F] for a linear layer) the value a spike of each channel
         carries: the result is bit for bit that of the float32 input ``where(x, scale, 0)``, from
         a quarter of the bytes."""
-        if form not in ("scatter", "gather"):
-            raise ValueError(f"form: expected scatter or gather, got {form!r}")
+        if form not in FORMS:
+            raise ValueError(f"form: expected one of {', '.join(FORMS)}, got {form!r}")
         if form == "gather" and not self.gather_ok:
             raise ValueError("form: the gather form needs groups = 1 (and fewer than 2^31 packed weights)")
+        if form == "pruned" and not self.pruned_ok:
+            raise ValueError("form: the pruned form is for convolutions (a linear layer has no plane)")
         if (x.dtype == torch.uint8) != (scale is not None):
             raise ValueError("scale: needed exactly when x is uint8 binary spikes")
         lib = load()
@@ -166,6 +190,22 @@ class EventLayer:
             self._packed = (packed.contiguous(), bias)
         return self._packed
 
+    def _pruned_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(offsets int64 [O + 1], c·KH·KW + tap int32 [nnz], value float32 [nnz]): each output
+        channel's nonzero weights in the gather form's summation order, taps row-major, then input
+        channels ascending (c global: c_local + the group's first channel)."""
+        if self._pruned is None:
+            w = self._dense_weight
+            O, Cg, KH, KW = w.shape  # noqa: E741 - the weight layout's own names
+            rows = w.permute(0, 2, 3, 1).reshape(O, KH * KW, Cg)  # [O, tap, c]: nonzero() walks o, tap, c
+            mask = rows != 0
+            o, tap, c_local = mask.nonzero(as_tuple=True)
+            c = c_local + (o // (O // self.groups)) * Cg
+            offsets = torch.zeros(O + 1, dtype=torch.int64)
+            offsets[1:] = mask.flatten(1).sum(1).cumsum(0)
+            self._pruned = (offsets, (c * KH * KW + tap).to(torch.int32).contiguous(), rows[mask].contiguous())
+        return self._pruned
+
     def _run(self, lib, x4: torch.Tensor, OH: int, OW: int, form: str = "scatter", scale=None) -> torch.Tensor:
         if scale is None:
             x4 = x4.contiguous() if x4.dtype == torch.float32 else x4.float().contiguous()
@@ -180,6 +220,34 @@ class EventLayer:
         if out.numel() == 0:
             return out
         (KH, KW), (sh, sw), (dh, dw), (pt, pl, _, _) = self.kernel, self.stride, self.dilation, self.pads
+        if form == "pruned":
+            offsets, taps, value = self._pruned_weights()
+            lib.conv2d_pruned(
+                x4.data_ptr(),
+                out.data_ptr(),
+                0 if self.bias is None else self.bias.data_ptr(),
+                offsets.data_ptr(),
+                taps.data_ptr(),
+                value.data_ptr(),
+                N,
+                C,
+                H,
+                W,
+                O,
+                OH,
+                OW,
+                KH,
+                KW,
+                sh,
+                sw,
+                pt,
+                pl,
+                dh,
+                dw,
+                torch.get_num_threads(),
+                0 if scale is None else scale.data_ptr(),
+            )
+            return out
         if form == "gather":
             packed, bias = self._gather_weights()
             lib.conv2d_gather(

@@ -1,6 +1,6 @@
-"""Which form runs a spike-driven conv/linear layer: dense, event-driven gather or scatter.
+"""Which form runs a spike-driven conv/linear layer: dense, or event-driven gather, scatter or pruned.
 
-The three forms compute the same current (within float32 summation-order error) at very
+The four forms compute the same current (within float32 summation-order error) at very
 different costs, and which is cheapest depends on the layer's shape, its weight density, the
 spike density of its input, the CPU and the thread count:
 
@@ -9,7 +9,10 @@ spike density of its input, the CPU and the thread count:
   outputs in registers: cost ∝ spike density × the taps that reach a real input (padding taps
   are free, so a 3×3 convolution on a 1×1 map costs 1/9 of its dense form); groups = 1;
 * ``scatter``: per nonzero input, the nonzero weights it meets: cost ∝ spike density × weight
-  density, the form for pruned layers.
+  density, the form for pruned layers at very low spike density;
+* ``pruned``: per output channel, its nonzero weights, each over the whole output plane in
+  vector registers: cost ∝ weight density, nearly independent of the spikes; convolutions only,
+  the form for pruned layers at the spike densities of a converted network.
 
 A :class:`Costs` per layer is fitted by a micro-benchmark on first use: each form timed on
 planted spike inputs of the layer's real input shape (:data:`SAMPLES` samples, the two spike
@@ -18,10 +21,10 @@ forms and a constant for dense, per sample. It is cached in memory and on disk
 (``$SNNC_CACHE_DIR/exec_cost.json``, default ``~/.cache/snncompiler``), keyed by the layer's
 geometry, weight density, input shape, the CPU, the instruction set and the thread count, so a
 later run (or process) on the same machine reuses it (delete the file to measure again, e.g.
-after a change of hardware the key does not capture). The scatter form is only measured for
-pruned layers (weight density ≤ :data:`SCATTER_MAX_WEIGHT_DENSITY`): with dense weights it
-repeats the gather form's work with a read-modify-write per product and never won a
-measurement.
+after a change of hardware the key does not capture). The scatter and pruned forms are only
+measured for pruned layers (weight density ≤ :data:`SCATTER_MAX_WEIGHT_DENSITY`): with dense
+weights scatter repeats the gather form's work with a read-modify-write per product, and pruned
+is a plain direct convolution, and neither won a measurement.
 """
 
 from __future__ import annotations
@@ -42,13 +45,13 @@ from ..fileio import write_text
 from ..progress import progress_enabled
 from .cpu import cpu_model
 
-FORMS = ("dense", "gather", "scatter")
+FORMS = ("dense", "gather", "scatter", "pruned")
 #: spike densities of the planted inputs the event forms are timed at (a line through the two)
 DENSITIES = (0.02, 0.25)
 SAMPLES = 128
 REPEATS = 3
 SCATTER_MAX_WEIGHT_DENSITY = 0.5
-_CACHE_VERSION = 1  # bump when the kernels change enough to invalidate stored measurements
+_CACHE_VERSION = 2  # bump when the kernels change enough to invalidate stored measurements
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Costs:
     def from_json(cls, d: dict) -> Costs:
         """The inverse of :meth:`to_json`; raises on anything else (the cache entry is then remeasured)."""
         event = {str(k): (float(v[0]), float(v[1])) for k, v in d["event"].items()}
-        if not set(event) <= {"gather", "scatter"}:
+        if not set(event) <= set(FORMS[1:]):
             raise ValueError("unknown form")
         return cls(float(d["dense"]), event)
 
@@ -170,6 +173,8 @@ def measure(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor],
     forms = ["gather"] if layer.gather_ok else []
     if layer.weight_density <= SCATTER_MAX_WEIGHT_DENSITY or not forms:
         forms.append("scatter")
+    if layer.weight_density <= SCATTER_MAX_WEIGHT_DENSITY and layer.pruned_ok:
+        forms.append("pruned")
     dense = _median_time(lambda: dense_fn(planted[DENSITIES[-1]]), REPEATS) / SAMPLES
     event = {}
     (d0, d1) = DENSITIES

@@ -162,9 +162,9 @@ class SpikingRunner:
         #: value -> the value of a spike per channel, for the spikes that travel as uint8 0/1 (a
         #: neuron's whose readers are all event-kernel layers)
         self._binary_spikes: dict[str, torch.Tensor] = self._binary_setup()
-        #: per spike-driven layer, the chunks each form ran (dense, gather, scatter; chosen per chunk)
+        #: per spike-driven layer, the chunks each form ran (dense or an event form; chosen per chunk)
         self.exec_counts: dict[str, dict[str, int]] = {
-            name: dict.fromkeys(("dense", "gather", "scatter"), 0) for name in self._event_layers
+            name: dict.fromkeys(("dense", *_event_forms()), 0) for name in self._event_layers
         }
         self._costs: dict[str, object] = {}  # per layer, kernels.exec_cost.Costs (measured or cached)
 
@@ -445,10 +445,11 @@ class SpikingRunner:
     def _event_form(self, node: Node, layer, x: torch.Tensor) -> str:
         """The form this chunk of a spike-driven layer runs in: the cheapest at the chunk's spike
         density by the layer's cost model (kernels/exec_cost.py: measured on first use, cached),
-        among the event forms under ``event`` and among all three under ``auto``."""
+        among the event forms the layer has under ``event``, and dense too under ``auto``."""
         from ..kernels import event, exec_cost
 
-        forms = exec_cost.FORMS if self.exec_mode == "auto" else ("gather", "scatter")
+        candidates = exec_cost.FORMS if self.exec_mode == "auto" else event.FORMS
+        forms = [f for f in candidates if f == "dense" or layer.supports(f)]
         costs = self._costs.get(node.name)
         if costs is None:
             costs = self._costs[node.name] = exec_cost.costs_for(
@@ -588,6 +589,13 @@ def gated_maxpool_steps(node: Node, s: torch.Tensor, state: dict) -> torch.Tenso
 
 
 _warned: set[str] = set()
+
+
+def _event_forms() -> tuple[str, ...]:
+    """The event kernel's forms (kernels/event.py), imported late as the kernels are."""
+    from ..kernels import event
+
+    return event.FORMS
 
 
 def _warn_once(message: str) -> None:
