@@ -200,7 +200,8 @@ def test_gather_and_pruned_results_do_not_depend_on_isa_or_threads(shape):
     """The gather and pruned forms sum in one fixed order (the same one) with one rounding per
     fused multiply-add on every instruction set, and a sample's sum never crosses threads:
     bit-identical results on any x86-64 CPU and thread count (outputs 70 = one full tile of 64
-    and a part tile; a 23×11 map = a pruned output plane of more than one block of vectors)."""
+    and a part tile; a 23×11 map = a pruned output plane of more than one block of vectors), and
+    binary spikes give the float32 route's bits."""
     n, o, h, w = shape
     gen = torch.Generator().manual_seed(1)
     x = _spikes((n, 19, h, w), 0.3, True, gen)
@@ -214,6 +215,8 @@ def test_gather_and_pruned_results_do_not_depend_on_isa_or_threads(shape):
             for t in (1, 2):
                 torch.set_num_threads(t)
                 results += [layer(x, "gather"), layer(x, "pruned")]
+                # binary spikes, 19 channels: two mask words per pixel on the route from masks
+                results.append(layer((x != 0).to(torch.uint8), "gather", x.amax(dim=(0, 2, 3))))
     finally:
         lib.set_isa(before)
         torch.set_num_threads(threads)

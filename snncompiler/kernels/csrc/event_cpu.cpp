@@ -731,13 +731,149 @@ void flatten(const FlattenArgs& a) {
   }
 }
 
+// ---- binary spikes with few channels: the flattening straight from per-pixel channel masks ----
+//
+// With uint8 spikes and C ≤ kMaskMaxChannels, each input pixel's spiking channels are a bit mask
+// (one 16-bit word per group of 16 channels), built per sample in one vectorised pass over the
+// bytes; each output pixel's events are then packed per tap from the masks with a compress
+// (AVX-512) or a left-pack permutation (AVX2): a vector of the tap's weight-row offsets and one
+// of the channels' spike values, the lanes of the set bits kept in channel order. That is the
+// same list, in the same order, as the float route builds through expansion, transpose and
+// compaction, none of which this route needs. With more channels one mask word per 16 channels
+// per tap costs more than compacting each pixel once, and the float route runs.
+
+constexpr int64_t kMaskMaxChannels = 32;
+
+// masks[p * G + g], bit l: whether x[(16 g + l) * HW + p] spikes, for the HW pixels of one sample.
+#if defined(SNNC_EVENT_X86_SIMD) && defined(__linux__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void spike_masks(const uint8_t* x, int64_t C, int64_t HW, int64_t G, uint16_t* masks) {
+  std::fill(masks, masks + HW * G, uint16_t{0});
+  for (int64_t c = 0; c < C; ++c) {
+    const uint8_t* __restrict xc = x + c * HW;
+    uint16_t* __restrict mg = masks + c / 16;
+    const int bit = static_cast<int>(c % 16);
+    if (G == 1) {  // unit stride: the loop the compiler vectorises
+      for (int64_t p = 0; p < HW; ++p) mg[p] = static_cast<uint16_t>(mg[p] | (xc[p] != 0) << bit);
+    } else {
+      for (int64_t p = 0; p < HW; ++p) mg[p * G] = static_cast<uint16_t>(mg[p * G] | (xc[p] != 0) << bit);
+    }
+  }
+}
+
+// What the flattening from masks reads and writes.
+struct MaskFlattenArgs {
+  const uint16_t* masks;  // [S][HW][G]
+  const int64_t *tstart, *twoff, *tpix;
+  const int32_t* lane_off;  // [G * 16]: (16 g + l) * Opad
+  const float* lane_val;    // [G * 16]: the value of a spike of channel 16 g + l (0 past C)
+  int64_t S, HW, G, OHW;
+  int32_t* mo;
+  float* mv;
+  int64_t* mstart;
+};
+
+void flatten_masks_portable(const MaskFlattenArgs& a) {
+  int64_t m = 0;
+  a.mstart[0] = 0;
+  for (int64_t n = 0; n < a.S; ++n) {
+    const uint16_t* masks = a.masks + n * a.HW * a.G;
+    for (int64_t q = 0; q < a.OHW; ++q) {
+      for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
+        const uint16_t* mk = masks + a.tpix[k] * a.G;
+        const int32_t base = static_cast<int32_t>(a.twoff[k]);
+        for (int64_t g = 0; g < a.G; ++g)
+          for (unsigned b = mk[g]; b; b &= b - 1) {
+            const int l = static_cast<int>(16 * g) + __builtin_ctz(b);
+            a.mo[m] = base + a.lane_off[l];
+            a.mv[m] = a.lane_val[l];
+            ++m;
+          }
+      }
+      a.mstart[n * a.OHW + q + 1] = m;
+    }
+  }
+}
+
+#ifdef SNNC_EVENT_X86_SIMD
+__attribute__((target("avx512f"))) void flatten_masks_avx512(const MaskFlattenArgs& a) {
+  int64_t m = 0;
+  a.mstart[0] = 0;
+  __m512i off[kMaskMaxChannels / 16];
+  __m512 val[kMaskMaxChannels / 16];
+  for (int64_t g = 0; g < a.G; ++g) {
+    off[g] = _mm512_loadu_si512(a.lane_off + 16 * g);
+    val[g] = _mm512_loadu_ps(a.lane_val + 16 * g);
+  }
+  for (int64_t n = 0; n < a.S; ++n) {
+    const uint16_t* masks = a.masks + n * a.HW * a.G;
+    for (int64_t q = 0; q < a.OHW; ++q) {
+      for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
+        const uint16_t* mk = masks + a.tpix[k] * a.G;
+        const __m512i base = _mm512_set1_epi32(static_cast<int32_t>(a.twoff[k]));
+        for (int64_t g = 0; g < a.G; ++g) {  // stored whole: the buffers have room past the events
+          const __mmask16 b = mk[g];
+          _mm512_storeu_si512(a.mo + m, _mm512_maskz_compress_epi32(b, _mm512_add_epi32(base, off[g])));
+          _mm512_storeu_ps(a.mv + m, _mm512_maskz_compress_ps(b, val[g]));
+          m += __builtin_popcount(static_cast<unsigned>(b));
+        }
+      }
+      a.mstart[n * a.OHW + q + 1] = m;
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void flatten_masks_avx2(const MaskFlattenArgs& a) {
+  int64_t m = 0;
+  a.mstart[0] = 0;
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i nibble = _mm256_set1_epi32(0xF);
+  __m256i off[kMaskMaxChannels / 8];
+  __m256 val[kMaskMaxChannels / 8];
+  for (int64_t h = 0; h < 2 * a.G; ++h) {
+    off[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.lane_off + 8 * h));
+    val[h] = _mm256_loadu_ps(a.lane_val + 8 * h);
+  }
+  for (int64_t n = 0; n < a.S; ++n) {
+    const uint16_t* masks = a.masks + n * a.HW * a.G;
+    for (int64_t q = 0; q < a.OHW; ++q) {
+      for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
+        const uint16_t* mk = masks + a.tpix[k] * a.G;
+        const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(a.twoff[k]));
+        for (int64_t h = 0; h < 2 * a.G; ++h) {  // 8 channels at a time, packed by kLeftPack
+          const unsigned b = mk[h / 2] >> (8 * (h % 2)) & 0xFF;
+          const __m256i perm = _mm256_and_si256(
+              _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[b])), shifts), nibble);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.mo + m),
+                              _mm256_permutevar8x32_epi32(_mm256_add_epi32(base, off[h]), perm));
+          _mm256_storeu_ps(a.mv + m, _mm256_permutevar8x32_ps(val[h], perm));
+          m += __builtin_popcount(b);
+        }
+      }
+      a.mstart[n * a.OHW + q + 1] = m;
+    }
+  }
+}
+#endif
+
+void flatten_masks(const MaskFlattenArgs& a) {
+#ifdef SNNC_EVENT_X86_SIMD
+  if (g_avx512) return flatten_masks_avx512(a);
+  if (g_avx2) return flatten_masks_avx2(a);
+#endif
+  flatten_masks_portable(a);
+}
+
 // A thread's buffers, kept across calls (OpenMP's threads persist): a chunk is one call per
 // layer, and allocating and zero-filling them per call cost more than the small layers' work.
 struct Scratch {
   std::vector<int32_t> cnt, chan, moff;
   std::vector<float> val, xt, xe, obuf, mval;
   std::vector<int64_t> mstart;
+  std::vector<uint16_t> masks;
   void fit(int64_t S, const Geometry& g, int64_t Opad, int64_t pairs) {
+    grow(masks, S * g.H * g.W * ((g.C + 15) / 16));
     grow(cnt, S * g.H * g.W);
     grow(chan, S * g.H * g.W * g.C + ::Scratch::kPad);
     grow(val, S * g.H * g.W * g.C + ::Scratch::kPad);
@@ -745,8 +881,8 @@ struct Scratch {
     grow(xe, g.H * g.W * g.C);
     grow(obuf, S * g.OH * g.OW * Opad);
     grow(mstart, S * g.OH * g.OW + 1);
-    grow(moff, S * pairs * g.C + 8);  // every tap of every pixel full, and a block of 8 of slack
-    grow(mval, S * pairs * g.C + 8);
+    grow(moff, S * pairs * g.C + 16);  // every tap of every pixel full, and a vector of slack
+    grow(mval, S * pairs * g.C + 16);
   }
   template <class T>
   static void grow(std::vector<T>& v, int64_t n) {
@@ -758,31 +894,54 @@ thread_local Scratch t_scratch;
 
 // Samples [0, S) of a block: compact every input pixel's channel vector, flatten each output
 // pixel's events, then run the tiles; returns the number of nonzero inputs.
+// The lanes of the mask route (binary input, C ≤ kMaskMaxChannels): (16 g + l) * Opad and the
+// value of a spike of that channel, zero past C (a lane no mask bit selects).
+struct MaskLanes {
+  std::vector<int32_t> off;
+  std::vector<float> val;
+  MaskLanes(const Input& x, int64_t C, int64_t Opad) : off(kMaskMaxChannels, 0), val(kMaskMaxChannels, 0.0f) {
+    if (!x.binary() || C > kMaskMaxChannels) return;
+    for (int64_t c = 0; c < C; ++c) {
+      off[c] = static_cast<int32_t>(c * Opad);
+      val[c] = x.scale[c];
+    }
+  }
+  static bool applies(const Input& x, int64_t C) { return x.binary() && C <= kMaskMaxChannels; }
+};
+
 int64_t block(const Input& x, int64_t x0, float* out, int64_t S, const float* bias, const float* wp, int64_t Opad,
-              const Geometry& g, const PixelTaps& pt, Scratch& s) {
+              const Geometry& g, const PixelTaps& pt, const MaskLanes& lanes, Scratch& s) {
   const int64_t HW = g.H * g.W, C = g.C, OHW = g.OH * g.OW;
   int64_t total = 0;
-  for (int64_t n = 0; n < S; ++n) {
-    const float* xn = s.xe.data();
-    if (x.binary()) {  // the sample's spikes as the float32 values they stand for (L1-sized)
-      for (int64_t c = 0; c < C; ++c)
-        expand_spikes(x.spikes + x0 + n * C * HW + c * HW, HW, x.scale[c], s.xe.data() + c * HW);
-    } else {
-      xn = x.values + x0 + n * C * HW;
+  if (MaskLanes::applies(x, C)) {
+    const int64_t G = (C + 15) / 16;
+    for (int64_t n = 0; n < S; ++n) spike_masks(x.spikes + x0 + n * C * HW, C, HW, G, s.masks.data() + n * HW * G);
+    for (int64_t i = 0; i < S * HW * G; ++i) total += __builtin_popcount(s.masks[i]);
+    flatten_masks({s.masks.data(), pt.start.data(), pt.woff.data(), pt.pix.data(), lanes.off.data(),
+                   lanes.val.data(), S, HW, G, OHW, s.moff.data(), s.mval.data(), s.mstart.data()});
+  } else {
+    for (int64_t n = 0; n < S; ++n) {
+      const float* xn = s.xe.data();
+      if (x.binary()) {  // the sample's spikes as the float32 values they stand for (L1-sized)
+        for (int64_t c = 0; c < C; ++c)
+          expand_spikes(x.spikes + x0 + n * C * HW + c * HW, HW, x.scale[c], s.xe.data() + c * HW);
+      } else {
+        xn = x.values + x0 + n * C * HW;
+      }
+      const float* rows = xn;  // [HW][C]: a pixel's channels contiguous
+      if (HW > 1) {
+        transpose(xn, C, HW, HW, s.xt.data(), C);
+        rows = s.xt.data();
+      }
+      const int64_t at = n * HW;
+      total += compact_rows(rows, HW, C, s.chan.data() + at * C, s.val.data() + at * C, s.cnt.data() + at);
     }
-    const float* rows = xn;  // [HW][C]: a pixel's channels contiguous
-    if (HW > 1) {
-      transpose(xn, C, HW, HW, s.xt.data(), C);
-      rows = s.xt.data();
-    }
-    const int64_t at = n * HW;
-    total += compact_rows(rows, HW, C, s.chan.data() + at * C, s.val.data() + at * C, s.cnt.data() + at);
+    // flatten: copies in blocks of 8 whatever the count (reading past a pixel's events stays
+    // inside the buffers, and what is written past them is overwritten or never read), so that at
+    // a few events per tap the only data-dependent branch is the rare second block
+    flatten({s.cnt.data(), s.chan.data(), s.val.data(), pt.start.data(), pt.woff.data(), pt.pix.data(), S, HW, C,
+             OHW, Opad, s.moff.data(), s.mval.data(), s.mstart.data()});
   }
-  // flatten: copies in blocks of 8 whatever the count (reading past a pixel's events stays inside
-  // the buffers, and what is written past them is overwritten or never read), so that at a few
-  // events per tap the only data-dependent branch is the rare second block
-  flatten({s.cnt.data(), s.chan.data(), s.val.data(), pt.start.data(), pt.woff.data(), pt.pix.data(), S, HW, C, OHW,
-           Opad, s.moff.data(), s.mval.data(), s.mstart.data()});
   const Flat f{s.mstart.data(), s.moff.data(), s.mval.data(), S * OHW, Opad};
   for (int64_t t0 = 0; t0 < Opad; t0 += kTile) {
     const int64_t width = std::min(kTile, Opad - t0);
@@ -811,6 +970,7 @@ int64_t conv2d_gather(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t wp, 
   const Geometry g{C, H, W, O, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw};
   const gather::PixelTaps taps(g, Opad);
   const Input xin = input_at(x, scale);
+  const gather::MaskLanes lanes(xin, C, Opad);
   float* op = addr<float>(out);
   const float* bp = bias ? addr<const float>(bias) : nullptr;
   const float* wpp = addr<const float>(wp);
@@ -829,7 +989,7 @@ int64_t conv2d_gather(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t wp, 
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t n0 = b * block, S = std::min(block, N - n0);
-      total += gather::block(xin, n0 * in_size, op + n0 * out_size, S, bp, wpp, Opad, g, taps, s);
+      total += gather::block(xin, n0 * in_size, op + n0 * out_size, S, bp, wpp, Opad, g, taps, lanes, s);
     }
   }
   return total;
