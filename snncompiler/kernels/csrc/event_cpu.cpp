@@ -589,33 +589,62 @@ void tile_portable(const float* w, const float* bias, const Flat& f, float* dst)
 }
 
 #ifdef SNNC_EVENT_X86_SIMD
-template <int NV>  // NV vectors of 8 floats
-__attribute__((target("avx2,fma"))) void tile_avx2(const float* w, const float* bias, const Flat& f, float* dst) {
-  for (int64_t i = 0; i < f.pixels; ++i) {
-    __m256 acc[NV];
-    for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm256_loadu_ps(bias + 8 * j) : _mm256_setzero_ps();
-    for (int64_t e = f.start[i]; e < f.start[i + 1]; ++e) {
-      const __m256 v = _mm256_broadcast_ss(f.val + e);
-      const float* row = w + f.off[e];
-      for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row + 8 * j), acc[j]);
-    }
-    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(dst + i * f.stride + 8 * j, acc[j]);
+// The SIMD tiles run two output pixels side by side where the registers allow (2·NV accumulators
+// and a row's loads fit): one pixel's sum is a chain of dependent fused multiply-adds (4 cycles
+// each), so alone it uses a fraction of the FMA units. Each pixel still sums its own events in
+// its own order, so the result is the one-pixel loop's, bit for bit.
+#define SNNC_TILE_BODY(VEC, LANES, SET1, LOAD, FMA, STORE, ZERO, PAIR)                                     \
+  int64_t i = 0;                                                                                       \
+  if (PAIR)                                                                                            \
+    for (; i + 1 < f.pixels; i += 2) {                                                                 \
+      VEC a[NV], b[NV];                                                                                \
+      for (int j = 0; j < NV; ++j) a[j] = b[j] = bias ? LOAD(bias + LANES * j) : ZERO();               \
+      int64_t e0 = f.start[i], e1 = f.start[i + 1];                                                    \
+      const int64_t end0 = f.start[i + 1], end1 = f.start[i + 2];                                      \
+      for (const int64_t both = e0 + std::min(end0 - e0, end1 - e1); e0 < both; ++e0, ++e1) {          \
+        const VEC v0 = SET1(f.val[e0]), v1 = SET1(f.val[e1]);                                          \
+        const float *r0 = w + f.off[e0], *r1 = w + f.off[e1];                                          \
+        for (int j = 0; j < NV; ++j) {                                                                 \
+          a[j] = FMA(v0, LOAD(r0 + LANES * j), a[j]);                                                  \
+          b[j] = FMA(v1, LOAD(r1 + LANES * j), b[j]);                                                  \
+        }                                                                                              \
+      }                                                                                                \
+      for (; e0 < end0; ++e0) {                                                                        \
+        const VEC v = SET1(f.val[e0]);                                                                 \
+        for (int j = 0; j < NV; ++j) a[j] = FMA(v, LOAD(w + f.off[e0] + LANES * j), a[j]);             \
+      }                                                                                                \
+      for (; e1 < end1; ++e1) {                                                                        \
+        const VEC v = SET1(f.val[e1]);                                                                 \
+        for (int j = 0; j < NV; ++j) b[j] = FMA(v, LOAD(w + f.off[e1] + LANES * j), b[j]);             \
+      }                                                                                                \
+      for (int j = 0; j < NV; ++j) {                                                                   \
+        STORE(dst + i * f.stride + LANES * j, a[j]);                                                   \
+        STORE(dst + (i + 1) * f.stride + LANES * j, b[j]);                                             \
+      }                                                                                                \
+    }                                                                                                  \
+  for (; i < f.pixels; ++i) {                                                                          \
+    VEC acc[NV];                                                                                       \
+    for (int j = 0; j < NV; ++j) acc[j] = bias ? LOAD(bias + LANES * j) : ZERO();                      \
+    for (int64_t e = f.start[i]; e < f.start[i + 1]; ++e) {                                            \
+      const VEC v = SET1(f.val[e]);                                                                    \
+      const float* row = w + f.off[e];                                                                 \
+      for (int j = 0; j < NV; ++j) acc[j] = FMA(v, LOAD(row + LANES * j), acc[j]);                     \
+    }                                                                                                  \
+    for (int j = 0; j < NV; ++j) STORE(dst + i * f.stride + LANES * j, acc[j]);                        \
   }
+
+template <int NV>  // NV vectors of 8 floats (16 registers: pairs up to 4)
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* w, const float* bias, const Flat& f, float* dst) {
+  SNNC_TILE_BODY(__m256, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, _mm256_setzero_ps,
+                 NV <= 4)
 }
 
-template <int NV>  // NV vectors of 16 floats
+template <int NV>  // NV vectors of 16 floats (32 registers: pairs up to 4, all of them)
 __attribute__((target("avx512f"))) void tile_avx512(const float* w, const float* bias, const Flat& f, float* dst) {
-  for (int64_t i = 0; i < f.pixels; ++i) {
-    __m512 acc[NV];
-    for (int j = 0; j < NV; ++j) acc[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
-    for (int64_t e = f.start[i]; e < f.start[i + 1]; ++e) {
-      const __m512 v = _mm512_set1_ps(f.val[e]);
-      const float* row = w + f.off[e];
-      for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row + 16 * j), acc[j]);
-    }
-    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(dst + i * f.stride + 16 * j, acc[j]);
-  }
+  SNNC_TILE_BODY(__m512, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, _mm512_setzero_ps,
+                 NV <= 4)
 }
+#undef SNNC_TILE_BODY
 #endif
 
 using TileFn = void (*)(const float*, const float*, const Flat&, float*);
@@ -744,12 +773,14 @@ void flatten(const FlattenArgs& a) {
 
 constexpr int64_t kMaskMaxChannels = 32;
 
-// masks[p * G + g], bit l: whether x[(16 g + l) * HW + p] spikes, for the HW pixels of one sample.
+// masks[p * G + g], bit l: whether x[(16 g + l) * HW + p] spikes, for the HW pixels of one
+// sample; returns the number of spikes.
 #if defined(SNNC_EVENT_X86_SIMD) && defined(__linux__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-void spike_masks(const uint8_t* x, int64_t C, int64_t HW, int64_t G, uint16_t* masks) {
+int64_t spike_masks(const uint8_t* x, int64_t C, int64_t HW, int64_t G, uint16_t* masks) {
   std::fill(masks, masks + HW * G, uint16_t{0});
+  int64_t spikes = 0;
   for (int64_t c = 0; c < C; ++c) {
     const uint8_t* __restrict xc = x + c * HW;
     uint16_t* __restrict mg = masks + c / 16;
@@ -759,7 +790,9 @@ void spike_masks(const uint8_t* x, int64_t C, int64_t HW, int64_t G, uint16_t* m
     } else {
       for (int64_t p = 0; p < HW; ++p) mg[p * G] = static_cast<uint16_t>(mg[p * G] | (xc[p] != 0) << bit);
     }
+    for (int64_t p = 0; p < HW; ++p) spikes += xc[p] != 0;
   }
+  return spikes;
 }
 
 // What the flattening from masks reads and writes.
@@ -775,8 +808,12 @@ struct MaskFlattenArgs {
 };
 
 void flatten_masks_portable(const MaskFlattenArgs& a) {
+  // locals: stores through the output pointers could alias the struct, which would be reloaded
+  int32_t* __restrict mo = a.mo;
+  float* __restrict mv = a.mv;
+  int64_t* __restrict mstart = a.mstart;
   int64_t m = 0;
-  a.mstart[0] = 0;
+  mstart[0] = 0;
   for (int64_t n = 0; n < a.S; ++n) {
     const uint16_t* masks = a.masks + n * a.HW * a.G;
     for (int64_t q = 0; q < a.OHW; ++q) {
@@ -786,20 +823,24 @@ void flatten_masks_portable(const MaskFlattenArgs& a) {
         for (int64_t g = 0; g < a.G; ++g)
           for (unsigned b = mk[g]; b; b &= b - 1) {
             const int l = static_cast<int>(16 * g) + __builtin_ctz(b);
-            a.mo[m] = base + a.lane_off[l];
-            a.mv[m] = a.lane_val[l];
+            mo[m] = base + a.lane_off[l];
+            mv[m] = a.lane_val[l];
             ++m;
           }
       }
-      a.mstart[n * a.OHW + q + 1] = m;
+      mstart[n * a.OHW + q + 1] = m;
     }
   }
 }
 
 #ifdef SNNC_EVENT_X86_SIMD
-__attribute__((target("avx512f"))) void flatten_masks_avx512(const MaskFlattenArgs& a) {
+__attribute__((target("avx512f,popcnt"))) void flatten_masks_avx512(const MaskFlattenArgs& a) {
+  // locals: stores through the output pointers could alias the struct, which would be reloaded
+  int32_t* __restrict mo = a.mo;
+  float* __restrict mv = a.mv;
+  int64_t* __restrict mstart = a.mstart;
   int64_t m = 0;
-  a.mstart[0] = 0;
+  mstart[0] = 0;
   __m512i off[kMaskMaxChannels / 16];
   __m512 val[kMaskMaxChannels / 16];
   for (int64_t g = 0; g < a.G; ++g) {
@@ -814,19 +855,23 @@ __attribute__((target("avx512f"))) void flatten_masks_avx512(const MaskFlattenAr
         const __m512i base = _mm512_set1_epi32(static_cast<int32_t>(a.twoff[k]));
         for (int64_t g = 0; g < a.G; ++g) {  // stored whole: the buffers have room past the events
           const __mmask16 b = mk[g];
-          _mm512_storeu_si512(a.mo + m, _mm512_maskz_compress_epi32(b, _mm512_add_epi32(base, off[g])));
-          _mm512_storeu_ps(a.mv + m, _mm512_maskz_compress_ps(b, val[g]));
+          _mm512_storeu_si512(mo + m, _mm512_maskz_compress_epi32(b, _mm512_add_epi32(base, off[g])));
+          _mm512_storeu_ps(mv + m, _mm512_maskz_compress_ps(b, val[g]));
           m += __builtin_popcount(static_cast<unsigned>(b));
         }
       }
-      a.mstart[n * a.OHW + q + 1] = m;
+      mstart[n * a.OHW + q + 1] = m;
     }
   }
 }
 
-__attribute__((target("avx2"))) void flatten_masks_avx2(const MaskFlattenArgs& a) {
+__attribute__((target("avx2,popcnt"))) void flatten_masks_avx2(const MaskFlattenArgs& a) {
+  // locals: stores through the output pointers could alias the struct, which would be reloaded
+  int32_t* __restrict mo = a.mo;
+  float* __restrict mv = a.mv;
+  int64_t* __restrict mstart = a.mstart;
   int64_t m = 0;
-  a.mstart[0] = 0;
+  mstart[0] = 0;
   const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i nibble = _mm256_set1_epi32(0xF);
   __m256i off[kMaskMaxChannels / 8];
@@ -845,13 +890,13 @@ __attribute__((target("avx2"))) void flatten_masks_avx2(const MaskFlattenArgs& a
           const unsigned b = mk[h / 2] >> (8 * (h % 2)) & 0xFF;
           const __m256i perm = _mm256_and_si256(
               _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[b])), shifts), nibble);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.mo + m),
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(mo + m),
                               _mm256_permutevar8x32_epi32(_mm256_add_epi32(base, off[h]), perm));
-          _mm256_storeu_ps(a.mv + m, _mm256_permutevar8x32_ps(val[h], perm));
+          _mm256_storeu_ps(mv + m, _mm256_permutevar8x32_ps(val[h], perm));
           m += __builtin_popcount(b);
         }
       }
-      a.mstart[n * a.OHW + q + 1] = m;
+      mstart[n * a.OHW + q + 1] = m;
     }
   }
 }
@@ -915,8 +960,8 @@ int64_t block(const Input& x, int64_t x0, float* out, int64_t S, const float* bi
   int64_t total = 0;
   if (MaskLanes::applies(x, C)) {
     const int64_t G = (C + 15) / 16;
-    for (int64_t n = 0; n < S; ++n) spike_masks(x.spikes + x0 + n * C * HW, C, HW, G, s.masks.data() + n * HW * G);
-    for (int64_t i = 0; i < S * HW * G; ++i) total += __builtin_popcount(s.masks[i]);
+    for (int64_t n = 0; n < S; ++n)
+      total += spike_masks(x.spikes + x0 + n * C * HW, C, HW, G, s.masks.data() + n * HW * G);
     flatten_masks({s.masks.data(), pt.start.data(), pt.woff.data(), pt.pix.data(), lanes.off.data(),
                    lanes.val.data(), S, HW, G, OHW, s.moff.data(), s.mval.data(), s.mstart.data()});
   } else {
