@@ -9,6 +9,7 @@ runtime's profile; SpikingJelly's neuron time from forward hooks on its IF nodes
     python benchmarks/end_to_end.py [--timesteps 32] [--batch 64] [--repeats 5] [--threads 2] [--device cuda]
     python benchmarks/end_to_end.py --only event     # only the event vs dense section (CPU)
     python benchmarks/end_to_end.py --only e2e       # only snnc vs SpikingJelly
+    python benchmarks/end_to_end.py --only e2e --workloads digits_cnn   # one workload (own JSON)
     ATEN_CPU_CAPABILITY=avx2 python benchmarks/end_to_end.py   # both tools as on an AVX2-only CPU
 
 With --device cuda both models run on the GPU; wall times are synchronised, but the time
@@ -69,6 +70,9 @@ def resnet18(tmp: Path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 3, 32, 32)).astype(np.float32)
     return model, export_onnx(model, (3, 32, 32), tmp / "resnet18.onnx"), x[:256], x[256:]
+
+
+WORKLOADS = {"digits_cnn": digits_cnn, "resnet18": resnet18}
 
 
 def spikingjelly_model(ann: nn.Module, calib: np.ndarray):
@@ -465,6 +469,11 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated snnc-vs-SpikingJelly workloads to run (a subset writes its own JSON file)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--maxpool", default="output", help="snnc max-pooling strategy (output = SpikingJelly's semantics)")
     ap.add_argument("--device", default="cpu", help="cpu (the floor) or cuda: both tools on the GPU")
@@ -489,6 +498,10 @@ def main() -> None:
         "SpikingJelly on the digits CNN and ResNet-18); default: every section",
     )
     args = ap.parse_args()
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown or not workloads:
+        ap.error(f"--workloads: expected some of {', '.join(WORKLOADS)}, got {args.workloads!r}")
     isa_note = _match_isa()
     stream_mb = [float(v) for v in args.stream_mb.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
@@ -513,7 +526,7 @@ def main() -> None:
 
     load_at_start = os.getloadavg()[0]
     rows = []
-    for name, build in (("digits_cnn", digits_cnn), ("resnet18", resnet18)):
+    for name, build in ((w, WORKLOADS[w]) for w in workloads):
         print(f"[{name}] building and converting ...", flush=True)
         ann, onnx_path, calib, test = build(out)
         x = torch.from_numpy(test[: args.batch]).to(args.device)
@@ -620,6 +633,8 @@ def main() -> None:
     aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if aten:  # a capped-ISA run keeps its own file beside the native one
         name = name.replace(".json", f"_{aten}.json")
+    if workloads != list(WORKLOADS):  # so does a run of some of the workloads
+        name = name.replace(".json", "_" + "_".join(workloads) + ".json")
     from snncompiler.kernels import cpu
 
     write_text(
