@@ -207,20 +207,24 @@ def test_gather_and_pruned_results_do_not_depend_on_isa_or_threads(shape):
     x = _spikes((n, 19, h, w), 0.3, True, gen)
     weight = _weights((o, 19, 3, 3), 0.4, gen)
     layer = event.EventLayer(weight, torch.randn(o, generator=gen), pads=(1, 1, 1, 1))
+    narrow = event.EventLayer(weight[:, :16].contiguous(), layer.bias, pads=(1, 1, 1, 1))
     lib, before, threads = event.load(), event.load().isa(), torch.get_num_threads()
-    results = []
+    results, narrow_results = [], []
     try:
         for isa in ISAS:
             lib.set_isa(isa)
             for t in (1, 2):
                 torch.set_num_threads(t)
                 results += [layer(x, "gather"), layer(x, "pruned")]
-                # binary spikes, 19 channels: two mask words per pixel on the route from masks
-                results.append(layer((x != 0).to(torch.uint8), "gather", x.amax(dim=(0, 2, 3))))
+                # binary spikes (19 channels: expanded; the first 16: the route from masks)
+                bits, theta = (x != 0).to(torch.uint8), x.amax(dim=(0, 2, 3))
+                results.append(layer(bits, "gather", theta))
+                narrow_results.append(narrow(bits[:, :16].contiguous(), "gather", theta[:16]))
     finally:
         lib.set_isa(before)
         torch.set_num_threads(threads)
     assert all(torch.equal(r, results[0]) for r in results[1:])
+    assert all(torch.equal(r, narrow(x[:, :16].contiguous(), "gather")) for r in narrow_results)
     _assert_within_summation_error(
         results[0],
         F.conv2d(x, layer._dense_weight, layer.bias, padding=1),

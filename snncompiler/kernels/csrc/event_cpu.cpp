@@ -38,10 +38,12 @@
 //
 // Binary spikes: x may instead be uint8 0/1 (the neuron kernel's "binary" spike format) with
 // `scale` (float32, one per input channel; per input feature for a linear layer) giving the value
-// a spike carries, theta. Each plane is expanded to float32 (s ? scale[c] : 0) in a small
-// per-thread buffer just before it is read, so every later step, and the result, is bit for bit
-// what the float32 spikes of the "value" format give; only a quarter of the bytes come from
-// memory, where the dense float32 read was most of a sparse layer's time.
+// a spike carries, theta. The gather form with C <= 16 reads the bytes as per-pixel channel masks
+// (see "binary spikes with few channels" below); otherwise each plane is expanded to float32
+// (s ? scale[c] : 0) in a small per-thread buffer just before it is read (the pruned form places
+// the spikes one by one). Every later step, and the result, is bit for bit what the float32
+// spikes of the "value" format give; only a quarter of the bytes come from memory, where the
+// dense float32 read was most of a sparse layer's time.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -762,34 +764,30 @@ void flatten(const FlattenArgs& a) {
 
 // ---- binary spikes with few channels: the flattening straight from per-pixel channel masks ----
 //
-// With uint8 spikes and C ≤ kMaskMaxChannels, each input pixel's spiking channels are a bit mask
-// (one 16-bit word per group of 16 channels), built per sample in one vectorised pass over the
-// bytes; each output pixel's events are then packed per tap from the masks with a compress
-// (AVX-512) or a left-pack permutation (AVX2): a vector of the tap's weight-row offsets and one
-// of the channels' spike values, the lanes of the set bits kept in channel order. That is the
-// same list, in the same order, as the float route builds through expansion, transpose and
-// compaction, none of which this route needs. With more channels one mask word per 16 channels
-// per tap costs more than compacting each pixel once, and the float route runs.
+// With uint8 spikes and C ≤ 16, each input pixel's spiking channels are a 16-bit mask, built per
+// sample in one vectorised pass over the bytes; each output pixel's events are then packed per
+// tap from the masks with a compress (AVX-512) or two left-pack permutations (AVX2): a vector of
+// the tap's weight-row offsets and one of the channels' spike values, the lanes of the set bits
+// kept in channel order. That is the same list, in the same order, as the float route builds
+// through expansion, transpose and compaction, none of which this route needs. With more
+// channels, one mask word per 16 channels per tap costs more than compacting each pixel once
+// (SD-Conv's conv 32→64 on 7×7/2: 2.6-2.8 ms with two words, 2.2-2.3 ms expanded), and the
+// float route runs.
 
-constexpr int64_t kMaskMaxChannels = 32;
+constexpr int64_t kMaskMaxChannels = 16;
 
-// masks[p * G + g], bit l: whether x[(16 g + l) * HW + p] spikes, for the HW pixels of one
-// sample; returns the number of spikes.
+// masks[p], bit c: whether x[c * HW + p] spikes, for the HW pixels of one sample; returns the
+// number of spikes.
 #if defined(SNNC_EVENT_X86_SIMD) && defined(__linux__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-int64_t spike_masks(const uint8_t* x, int64_t C, int64_t HW, int64_t G, uint16_t* masks) {
-  std::fill(masks, masks + HW * G, uint16_t{0});
+int64_t spike_masks(const uint8_t* x, int64_t C, int64_t HW, uint16_t* masks) {
+  std::fill(masks, masks + HW, uint16_t{0});
   int64_t spikes = 0;
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = 0; c < C; ++c) {  // loops over p: the compiler vectorises them
     const uint8_t* __restrict xc = x + c * HW;
-    uint16_t* __restrict mg = masks + c / 16;
-    const int bit = static_cast<int>(c % 16);
-    if (G == 1) {  // unit stride: the loop the compiler vectorises
-      for (int64_t p = 0; p < HW; ++p) mg[p] = static_cast<uint16_t>(mg[p] | (xc[p] != 0) << bit);
-    } else {
-      for (int64_t p = 0; p < HW; ++p) mg[p * G] = static_cast<uint16_t>(mg[p * G] | (xc[p] != 0) << bit);
-    }
+    uint16_t* __restrict m = masks;
+    for (int64_t p = 0; p < HW; ++p) m[p] = static_cast<uint16_t>(m[p] | (xc[p] != 0) << c);
     for (int64_t p = 0; p < HW; ++p) spikes += xc[p] != 0;
   }
   return spikes;
@@ -797,11 +795,11 @@ int64_t spike_masks(const uint8_t* x, int64_t C, int64_t HW, int64_t G, uint16_t
 
 // What the flattening from masks reads and writes.
 struct MaskFlattenArgs {
-  const uint16_t* masks;  // [S][HW][G]
+  const uint16_t* masks;  // [S][HW]
   const int64_t *tstart, *twoff, *tpix;
-  const int32_t* lane_off;  // [G * 16]: (16 g + l) * Opad
-  const float* lane_val;    // [G * 16]: the value of a spike of channel 16 g + l (0 past C)
-  int64_t S, HW, G, OHW;
+  const int32_t* lane_off;  // [16]: c * Opad
+  const float* lane_val;    // [16]: the value of a spike of channel c (0 past C)
+  int64_t S, HW, OHW;
   int32_t* mo;
   float* mv;
   int64_t* mstart;
@@ -815,18 +813,16 @@ void flatten_masks_portable(const MaskFlattenArgs& a) {
   int64_t m = 0;
   mstart[0] = 0;
   for (int64_t n = 0; n < a.S; ++n) {
-    const uint16_t* masks = a.masks + n * a.HW * a.G;
+    const uint16_t* masks = a.masks + n * a.HW;
     for (int64_t q = 0; q < a.OHW; ++q) {
       for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
-        const uint16_t* mk = masks + a.tpix[k] * a.G;
         const int32_t base = static_cast<int32_t>(a.twoff[k]);
-        for (int64_t g = 0; g < a.G; ++g)
-          for (unsigned b = mk[g]; b; b &= b - 1) {
-            const int l = static_cast<int>(16 * g) + __builtin_ctz(b);
-            mo[m] = base + a.lane_off[l];
-            mv[m] = a.lane_val[l];
-            ++m;
-          }
+        for (unsigned b = masks[a.tpix[k]]; b; b &= b - 1) {
+          const int c = __builtin_ctz(b);
+          mo[m] = base + a.lane_off[c];
+          mv[m] = a.lane_val[c];
+          ++m;
+        }
       }
       mstart[n * a.OHW + q + 1] = m;
     }
@@ -835,30 +831,22 @@ void flatten_masks_portable(const MaskFlattenArgs& a) {
 
 #ifdef SNNC_EVENT_X86_SIMD
 __attribute__((target("avx512f,popcnt"))) void flatten_masks_avx512(const MaskFlattenArgs& a) {
-  // locals: stores through the output pointers could alias the struct, which would be reloaded
-  int32_t* __restrict mo = a.mo;
+  int32_t* __restrict mo = a.mo;  // locals, as in the portable loop
   float* __restrict mv = a.mv;
   int64_t* __restrict mstart = a.mstart;
   int64_t m = 0;
   mstart[0] = 0;
-  __m512i off[kMaskMaxChannels / 16];
-  __m512 val[kMaskMaxChannels / 16];
-  for (int64_t g = 0; g < a.G; ++g) {
-    off[g] = _mm512_loadu_si512(a.lane_off + 16 * g);
-    val[g] = _mm512_loadu_ps(a.lane_val + 16 * g);
-  }
+  const __m512i off = _mm512_loadu_si512(a.lane_off);
+  const __m512 val = _mm512_loadu_ps(a.lane_val);
   for (int64_t n = 0; n < a.S; ++n) {
-    const uint16_t* masks = a.masks + n * a.HW * a.G;
+    const uint16_t* masks = a.masks + n * a.HW;
     for (int64_t q = 0; q < a.OHW; ++q) {
-      for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
-        const uint16_t* mk = masks + a.tpix[k] * a.G;
+      for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {  // stored whole: the buffers have room
+        const __mmask16 b = masks[a.tpix[k]];
         const __m512i base = _mm512_set1_epi32(static_cast<int32_t>(a.twoff[k]));
-        for (int64_t g = 0; g < a.G; ++g) {  // stored whole: the buffers have room past the events
-          const __mmask16 b = mk[g];
-          _mm512_storeu_si512(mo + m, _mm512_maskz_compress_epi32(b, _mm512_add_epi32(base, off[g])));
-          _mm512_storeu_ps(mv + m, _mm512_maskz_compress_ps(b, val[g]));
-          m += __builtin_popcount(static_cast<unsigned>(b));
-        }
+        _mm512_storeu_si512(mo + m, _mm512_maskz_compress_epi32(b, _mm512_add_epi32(base, off)));
+        _mm512_storeu_ps(mv + m, _mm512_maskz_compress_ps(b, val));
+        m += __builtin_popcount(static_cast<unsigned>(b));
       }
       mstart[n * a.OHW + q + 1] = m;
     }
@@ -866,28 +854,24 @@ __attribute__((target("avx512f,popcnt"))) void flatten_masks_avx512(const MaskFl
 }
 
 __attribute__((target("avx2,popcnt"))) void flatten_masks_avx2(const MaskFlattenArgs& a) {
-  // locals: stores through the output pointers could alias the struct, which would be reloaded
-  int32_t* __restrict mo = a.mo;
+  int32_t* __restrict mo = a.mo;  // locals, as in the portable loop
   float* __restrict mv = a.mv;
   int64_t* __restrict mstart = a.mstart;
   int64_t m = 0;
   mstart[0] = 0;
   const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i nibble = _mm256_set1_epi32(0xF);
-  __m256i off[kMaskMaxChannels / 8];
-  __m256 val[kMaskMaxChannels / 8];
-  for (int64_t h = 0; h < 2 * a.G; ++h) {
-    off[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.lane_off + 8 * h));
-    val[h] = _mm256_loadu_ps(a.lane_val + 8 * h);
-  }
+  const __m256i off[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.lane_off)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.lane_off + 8))};
+  const __m256 val[2] = {_mm256_loadu_ps(a.lane_val), _mm256_loadu_ps(a.lane_val + 8)};
   for (int64_t n = 0; n < a.S; ++n) {
-    const uint16_t* masks = a.masks + n * a.HW * a.G;
+    const uint16_t* masks = a.masks + n * a.HW;
     for (int64_t q = 0; q < a.OHW; ++q) {
       for (int64_t k = a.tstart[q]; k < a.tstart[q + 1]; ++k) {
-        const uint16_t* mk = masks + a.tpix[k] * a.G;
+        const unsigned mask = masks[a.tpix[k]];
         const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(a.twoff[k]));
-        for (int64_t h = 0; h < 2 * a.G; ++h) {  // 8 channels at a time, packed by kLeftPack
-          const unsigned b = mk[h / 2] >> (8 * (h % 2)) & 0xFF;
+        for (int h = 0; h < 2; ++h) {  // 8 channels at a time, packed by kLeftPack
+          const unsigned b = mask >> (8 * h) & 0xFF;
           const __m256i perm = _mm256_and_si256(
               _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[b])), shifts), nibble);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(mo + m),
@@ -918,7 +902,7 @@ struct Scratch {
   std::vector<int64_t> mstart;
   std::vector<uint16_t> masks;
   void fit(int64_t S, const Geometry& g, int64_t Opad, int64_t pairs) {
-    grow(masks, S * g.H * g.W * ((g.C + 15) / 16));
+    grow(masks, S * g.H * g.W);
     grow(cnt, S * g.H * g.W);
     grow(chan, S * g.H * g.W * g.C + ::Scratch::kPad);
     grow(val, S * g.H * g.W * g.C + ::Scratch::kPad);
@@ -939,13 +923,13 @@ thread_local Scratch t_scratch;
 
 // Samples [0, S) of a block: compact every input pixel's channel vector, flatten each output
 // pixel's events, then run the tiles; returns the number of nonzero inputs.
-// The lanes of the mask route (binary input, C ≤ kMaskMaxChannels): (16 g + l) * Opad and the
-// value of a spike of that channel, zero past C (a lane no mask bit selects).
+// The lanes of the mask route (binary input, C ≤ kMaskMaxChannels): c * Opad and the value of a
+// spike of channel c, zero past C (a lane no mask bit selects).
 struct MaskLanes {
   std::vector<int32_t> off;
   std::vector<float> val;
   MaskLanes(const Input& x, int64_t C, int64_t Opad) : off(kMaskMaxChannels, 0), val(kMaskMaxChannels, 0.0f) {
-    if (!x.binary() || C > kMaskMaxChannels) return;
+    if (!applies(x, C)) return;
     for (int64_t c = 0; c < C; ++c) {
       off[c] = static_cast<int32_t>(c * Opad);
       val[c] = x.scale[c];
@@ -959,11 +943,9 @@ int64_t block(const Input& x, int64_t x0, float* out, int64_t S, const float* bi
   const int64_t HW = g.H * g.W, C = g.C, OHW = g.OH * g.OW;
   int64_t total = 0;
   if (MaskLanes::applies(x, C)) {
-    const int64_t G = (C + 15) / 16;
-    for (int64_t n = 0; n < S; ++n)
-      total += spike_masks(x.spikes + x0 + n * C * HW, C, HW, G, s.masks.data() + n * HW * G);
+    for (int64_t n = 0; n < S; ++n) total += spike_masks(x.spikes + x0 + n * C * HW, C, HW, s.masks.data() + n * HW);
     flatten_masks({s.masks.data(), pt.start.data(), pt.woff.data(), pt.pix.data(), lanes.off.data(),
-                   lanes.val.data(), S, HW, G, OHW, s.moff.data(), s.mval.data(), s.mstart.data()});
+                   lanes.val.data(), S, HW, OHW, s.moff.data(), s.mval.data(), s.mstart.data()});
   } else {
     for (int64_t n = 0; n < S; ++n) {
       const float* xn = s.xe.data();
