@@ -513,12 +513,16 @@ def main() -> None:
     if args.only == "event" or (args.only is None and args.device == "cpu"):
         res = event_vs_dense(args, out)
         machine = (
-            f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, load average at start "
+            f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {isa_note}, load average at start "
             f"{res['load_average_at_start']:.1f}"
         )
         print_event_table(res, machine)
-        # the default thread count writes event_exec.json; another count its own file beside it
+        # the default thread count writes event_exec.json; another count its own file beside it,
+        # and so does a capped-ISA run
         name = "event_exec.json" if args.threads == 2 else f"event_exec_threads{args.threads}.json"
+        aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+        if aten:
+            name = name.replace(".json", f"_{aten}.json")
         write_text(out / name, json.dumps({"machine": machine, **res}, indent=1))
         if args.only == "event":
             return
