@@ -478,3 +478,27 @@ def test_cli_exec_flag(compiled_cnn, tmp_path, capsys):
         main(["eval", str(artifact), "--data", str(tmp_path / "d.npz"), "--exec", "sparse"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exc.value.code == 2 and len(err) == 1 and "--exec" in err[0] and "'sparse'" in err[0], err
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 8, 8), (3, 70, 17, 13), (2, 3, 5, 3)])
+def test_max_pool_2x2_kernel_matches_max_pool2d(simd, shape):
+    """The runtime's 2×2/2 max pool on the C++ kernel (float32 CPU maps of 2^16 elements and up;
+    smaller ones take torch's path): max_pool2d's values, NaN and ±inf included, odd sizes
+    floored (rows of 8 output columns and more take the vector path, the rest the scalar one)."""
+    from snncompiler.ir import Node
+    from snncompiler.runtime.ops import IMPLEMENTATIONS
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen) * (torch.rand(shape, generator=gen) < 0.3)
+    flat = x.view(-1)
+    picks = torch.randint(0, flat.numel(), (6,), generator=gen)
+    flat[picks[:2]], flat[picks[2:4]], flat[picks[4:]] = float("nan"), float("inf"), -float("inf")
+    direct = event.max_pool_2x2(x)
+    node = Node("maxpool", "p", ["x"], ["y"], {"kernel": [2, 2], "stride": [2, 2]}, {})
+    (via_op,) = IMPLEMENTATIONS["maxpool"](node, x)  # narrower than 8 or small: torch's path
+    want = F.max_pool2d(x, 2)
+    for got in (direct, via_op):
+        assert got.shape == want.shape
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        assert torch.equal(torch.nan_to_num(got, nan=0.0), torch.nan_to_num(want, nan=0.0))
+    assert event.max_pool_2x2(x.double()) is None and event.max_pool_2x2(x.transpose(2, 3)) is None

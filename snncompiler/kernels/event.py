@@ -352,6 +352,20 @@ def count_nonzero(x: torch.Tensor) -> int:
     return int(lib.count_nonzero(x.data_ptr(), x.numel(), torch.get_num_threads(), x.dtype == torch.uint8))
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
+    """2×2 max pooling, stride 2, no padding, floor mode, of a contiguous float32 CPU tensor
+    [..., H, W] with the C++ kernel (NaN propagates, as in max_pool2d); None where it does not
+    apply or the extension is not built (the caller pools with torch)."""
+    lib = load()
+    if lib is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 3 or not x.is_contiguous():
+        return None
+    H, W = x.shape[-2:]
+    out = torch.empty(tuple(x.shape[:-2]) + (H // 2, W // 2), dtype=torch.float32)
+    if out.numel():
+        lib.max_pool_2x2(x.data_ptr(), out.data_ptr(), x.numel() // max(1, H * W), H, W, torch.get_num_threads())
+    return out
+
+
 def conv2d_reference(x, weight, bias=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1):
     """The dense computation the event kernel reproduces: F.conv2d with ONNX-order pads
     (begin H, begin W, end H, end W)."""

@@ -322,15 +322,22 @@ def maxpool(node: Node, x):
     # under autograd the separable form is taken whatever the size: its gradient at ties (split
     # evenly) differs from max_pool's (all to one member), and a training step must not depend on
     # how many samples a batch (or a rank's share of it, under DistributedDataParallel) holds
-    if (
+    plain = (
         x.device.type == "cpu"
         and kernel == stride
-        and max(kernel) <= 4
         and not any(pads)
         and not ceil_mode
         and all(d == 1 for d in dilation)
-        and (x.numel() >= _SEPARABLE_MIN_ELEMENTS or (x.requires_grad and torch.is_grad_enabled()))
-    ):
+    )
+    training = x.requires_grad and torch.is_grad_enabled()
+    # the kernel's vector loop takes 4 outputs of a row at a time: maps 8 wide and more
+    if plain and kernel == [2, 2] and x.shape[-1] >= 8 and x.numel() >= _SEPARABLE_MIN_ELEMENTS and not training:
+        from ..kernels.event import max_pool_2x2
+
+        pooled = max_pool_2x2(x.contiguous())  # the C++ kernel: half the time of the strided maxima
+        if pooled is not None:
+            return (pooled,)
+    if plain and max(kernel) <= 4 and (x.numel() >= _SEPARABLE_MIN_ELEMENTS or training):
         return (_separable_max(x, kernel),)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
     if not ceil_mode and pads[:nd] == pads[nd:] and all(p <= k // 2 for p, k in zip(pads, kernel)):
