@@ -889,10 +889,10 @@ def _add_exec_option(p) -> None:
         choices=defaults.EXEC_MODES,
         default=None,
         help="spiking models: how conv/linear layers fed by spikes run (CPU): dense (default), event "
-        "(from the nonzero inputs only, C++ kernel: gather form for dense weights, scatter form for pruned "
-        "ones) or auto (per layer and chunk, the cheapest of the three at the chunk's spike density by a "
-        "cost model measured on first use and cached in $SNNC_CACHE_DIR); results equal dense within "
-        "float32 summation order",
+        "(from the nonzero inputs only, C++ kernel: gather form for dense weights, scatter and pruned forms "
+        "for pruned ones) or auto (per layer and chunk, the cheapest of dense and those at the chunk's spike "
+        "density by a cost model measured on first use and cached in $SNNC_CACHE_DIR); results equal dense "
+        "within float32 summation order",
     )
 
 
