@@ -220,86 +220,44 @@ class EventLayer:
         if out.numel() == 0:
             return out
         (KH, KW), (sh, sw), (dh, dw), (pt, pl, _, _) = self.kernel, self.stride, self.dilation, self.pads
+        geometry = (N, C, H, W, O, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw)  # the kernels' argument order
+        tail = (torch.get_num_threads(), 0 if scale is None else scale.data_ptr())
+        bias = 0 if self.bias is None else self.bias.data_ptr()
         if form == "pruned":
             offsets, taps, value = self._pruned_weights()
             lib.conv2d_pruned(
                 x4.data_ptr(),
                 out.data_ptr(),
-                0 if self.bias is None else self.bias.data_ptr(),
+                bias,
                 offsets.data_ptr(),
                 taps.data_ptr(),
                 value.data_ptr(),
-                N,
-                C,
-                H,
-                W,
-                O,
-                OH,
-                OW,
-                KH,
-                KW,
-                sh,
-                sw,
-                pt,
-                pl,
-                dh,
-                dw,
-                torch.get_num_threads(),
-                0 if scale is None else scale.data_ptr(),
+                *geometry,
+                *tail,
             )
-            return out
-        if form == "gather":
-            packed, bias = self._gather_weights()
+        elif form == "gather":  # its weights padded to Opad output channels, given after O
+            packed, padded_bias = self._gather_weights()
             lib.conv2d_gather(
                 x4.data_ptr(),
                 out.data_ptr(),
-                0 if bias is None else bias.data_ptr(),
+                0 if padded_bias is None else padded_bias.data_ptr(),
                 packed.data_ptr(),
-                N,
-                C,
-                H,
-                W,
-                O,
+                *geometry[:5],
                 packed.shape[2],
-                OH,
-                OW,
-                KH,
-                KW,
-                sh,
-                sw,
-                pt,
-                pl,
-                dh,
-                dw,
-                torch.get_num_threads(),
-                0 if scale is None else scale.data_ptr(),
+                *geometry[5:],
+                *tail,
             )
-            return out
-        lib.conv2d(
-            x4.data_ptr(),
-            out.data_ptr(),
-            0 if self.bias is None else self.bias.data_ptr(),
-            self.offsets.data_ptr(),
-            self.index.data_ptr(),
-            self.value.data_ptr(),
-            N,
-            C,
-            H,
-            W,
-            O,
-            OH,
-            OW,
-            KH,
-            KW,
-            sh,
-            sw,
-            pt,
-            pl,
-            dh,
-            dw,
-            torch.get_num_threads(),
-            0 if scale is None else scale.data_ptr(),
-        )
+        else:
+            lib.conv2d(
+                x4.data_ptr(),
+                out.data_ptr(),
+                bias,
+                self.offsets.data_ptr(),
+                self.index.data_ptr(),
+                self.value.data_ptr(),
+                *geometry,
+                *tail,
+            )
         return out
 
 
