@@ -17,7 +17,8 @@ csrc/event_cpu.cpp in one of three forms:
   that a tap is one offset). Work ∝ weight density × output pixels plus one pass placing the
   sample's spikes; convolutions only. The form for pruned layers at the 5-30 % spike densities
   of converted networks, where the event lists cost more than the zeros they skip. Its sum runs
-  in the gather form's order, and equals it bit for bit.
+  in the gather form's order, and equals it bit for bit. (A NaN input reaches only the outputs of
+  its nonzero weights; dense execution spreads it through zero weights too. Spikes are never NaN.)
 
 Which form (or dense) runs a layer is chosen per chunk by a measured cost model
 (:mod:`snncompiler.kernels.exec_cost`). Results equal :func:`conv2d_reference` /

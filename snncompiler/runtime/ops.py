@@ -330,8 +330,10 @@ def maxpool(node: Node, x):
         and all(d == 1 for d in dilation)
     )
     training = x.requires_grad and torch.is_grad_enabled()
-    # the kernel's vector loop takes 4 outputs of a row at a time: maps 8 wide and more
-    if plain and kernel == [2, 2] and x.shape[-1] >= 8 and x.numel() >= _SEPARABLE_MIN_ELEMENTS and not training:
+    # the kernel's vector loop takes 4 outputs of a row at a time: maps 8 wide and more; under
+    # torch.compile (a module from to_torch) an opaque C++ call would break the graph
+    kernel_ok = not training and not torch.compiler.is_compiling()
+    if plain and kernel == [2, 2] and x.shape[-1] >= 8 and x.numel() >= _SEPARABLE_MIN_ELEMENTS and kernel_ok:
         from ..kernels.event import max_pool_2x2
 
         pooled = max_pool_2x2(x.contiguous())  # the C++ kernel: half the time of the strided maxima
