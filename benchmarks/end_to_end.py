@@ -449,6 +449,13 @@ def print_event_table(res: dict, machine: str) -> None:
     print(f"floor ({res['floor']}): {'PASS' if res['floor_pass'] else 'FAIL'}")
 
 
+def _capped_isa_name(name: str) -> str:
+    """A results file name, with the ISA appended under ATEN_CPU_CAPABILITY: a capped-ISA run keeps
+    its own file beside the native one."""
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    return name.replace(".json", f"_{aten}.json") if aten else name
+
+
 def _match_isa() -> str:
     """Under ATEN_CPU_CAPABILITY (torch's kernels capped at an ISA), cap snnc's C++ kernels at the
     same one (SNNC_CPU_ISA, unless set), so that both tools run as on a CPU with only that ISA.
@@ -519,10 +526,7 @@ def main() -> None:
         print_event_table(res, machine)
         # the default thread count writes event_exec.json; another count its own file beside it,
         # and so does a capped-ISA run
-        name = "event_exec.json" if args.threads == 2 else f"event_exec_threads{args.threads}.json"
-        aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
-        if aten:
-            name = name.replace(".json", f"_{aten}.json")
+        name = _capped_isa_name("event_exec.json" if args.threads == 2 else f"event_exec_threads{args.threads}.json")
         write_text(out / name, json.dumps({"machine": machine, **res}, indent=1))
         if args.only == "event":
             return
@@ -633,10 +637,9 @@ def main() -> None:
     targets = {"digits_cnn": 4.0, "resnet18": 2.5}  # issue #23 (under ATEN_CPU_CAPABILITY=avx2)
     met = all(r["speedup"] >= targets[r["workload"]] for r in rows if r["workload"] in targets)
     print(f"targets (digits CNN >= 4x, ResNet-18 >= 2.5x): {'PASS' if met else 'FAIL'} (ISA: {isa_note})")
-    name = "end_to_end.json" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}.json"
-    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
-    if aten:  # a capped-ISA run keeps its own file beside the native one
-        name = name.replace(".json", f"_{aten}.json")
+    name = _capped_isa_name(
+        "end_to_end.json" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}.json"
+    )
     if workloads != list(WORKLOADS):  # so does a run of some of the workloads
         name = name.replace(".json", "_" + "_".join(workloads) + ".json")
     from snncompiler.kernels import cpu

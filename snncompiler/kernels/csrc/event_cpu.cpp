@@ -210,20 +210,24 @@ struct LeftPack {
 };
 const LeftPack kLeftPack;
 
+// The permutation that packs the lanes of mask (8 bits) to the front of an 8-lane vector, in order.
+__attribute__((target("avx2"))) inline __m256i left_pack_avx2(unsigned mask) {
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[mask])), shifts),
+                          _mm256_set1_epi32(0xF));
+}
+
 // compact_scalar with AVX2: 8 inputs per step, packed with a permutation from kLeftPack and
 // stored whole (the buffers have kPad entries of room past n).
 __attribute__((target("avx2"))) int64_t compact_avx2(const float* x, int64_t n, int32_t* pos, float* val) {
   int64_t m = 0, i = 0;
-  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i nibble = _mm256_set1_epi32(0xF);
   const __m256 zero = _mm256_setzero_ps();
   __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i step = _mm256_set1_epi32(8);
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     const int k = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
-    const __m256i perm =
-        _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[k])), shifts), nibble);
+    const __m256i perm = left_pack_avx2(static_cast<unsigned>(k));
     _mm256_storeu_ps(val + m, _mm256_permutevar8x32_ps(v, perm));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + m), _mm256_permutevar8x32_epi32(index, perm));
     m += __builtin_popcount(static_cast<unsigned>(k));
@@ -861,8 +865,6 @@ __attribute__((target("avx2,popcnt"))) void flatten_masks_avx2(const MaskFlatten
   int64_t* __restrict mstart = a.mstart;
   int64_t m = 0;
   mstart[0] = 0;
-  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i nibble = _mm256_set1_epi32(0xF);
   const __m256i off[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.lane_off)),
                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.lane_off + 8))};
   const __m256 val[2] = {_mm256_loadu_ps(a.lane_val), _mm256_loadu_ps(a.lane_val + 8)};
@@ -874,8 +876,7 @@ __attribute__((target("avx2,popcnt"))) void flatten_masks_avx2(const MaskFlatten
         const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(a.twoff[k]));
         for (int h = 0; h < 2; ++h) {  // 8 channels at a time, packed by kLeftPack
           const unsigned b = mask >> (8 * h) & 0xFF;
-          const __m256i perm = _mm256_and_si256(
-              _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[b])), shifts), nibble);
+          const __m256i perm = left_pack_avx2(b);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(mo + m),
                               _mm256_permutevar8x32_epi32(_mm256_add_epi32(base, off[h]), perm));
           _mm256_storeu_ps(mv + m, _mm256_permutevar8x32_ps(val[h], perm));
@@ -1059,31 +1060,29 @@ void block_portable(const float* xq, const int32_t* src, const float* val, int64
 }
 
 #ifdef SNNC_EVENT_X86_SIMD
+// The SIMD blocks: the portable loop's operations, NV vectors of LANES floats at a time.
+#define SNNC_PRUNED_BLOCK_BODY(VEC, LANES, SET1, LOAD, FMA, STORE) \
+  VEC acc[NV];                                                     \
+  for (int j = 0; j < NV; ++j) acc[j] = SET1(b);                   \
+  for (int64_t k = 0; k < n; ++k) {                                \
+    const float* s = xq + src[k];                                  \
+    const VEC w = SET1(val[k]);                                    \
+    for (int j = 0; j < NV; ++j) acc[j] = FMA(LOAD(s + LANES * j), w, acc[j]); \
+  }                                                                \
+  for (int j = 0; j < NV; ++j) STORE(dst + LANES * j, acc[j]);
+
 template <int NV>
 __attribute__((target("avx2,fma"))) void block_avx2(const float* xq, const int32_t* src, const float* val, int64_t n,
                                                     float b, float* dst) {
-  __m256 acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = _mm256_set1_ps(b);
-  for (int64_t k = 0; k < n; ++k) {
-    const float* s = xq + src[k];
-    const __m256 w = _mm256_set1_ps(val[k]);
-    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(s + 8 * j), w, acc[j]);
-  }
-  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(dst + 8 * j, acc[j]);
+  SNNC_PRUNED_BLOCK_BODY(__m256, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps)
 }
 
 template <int NV>
 __attribute__((target("avx512f"))) void block_avx512(const float* xq, const int32_t* src, const float* val, int64_t n,
                                                      float b, float* dst) {
-  __m512 acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = _mm512_set1_ps(b);
-  for (int64_t k = 0; k < n; ++k) {
-    const float* s = xq + src[k];
-    const __m512 w = _mm512_set1_ps(val[k]);
-    for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * j), w, acc[j]);
-  }
-  for (int j = 0; j < NV; ++j) _mm512_storeu_ps(dst + 16 * j, acc[j]);
+  SNNC_PRUNED_BLOCK_BODY(__m512, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps)
 }
+#undef SNNC_PRUNED_BLOCK_BODY
 #endif
 
 using BlockFn = void (*)(const float*, const int32_t*, const float*, int64_t, float, float*);
@@ -1116,7 +1115,8 @@ __attribute__((target("avx512f,popcnt"))) int64_t nonzero_bytes_avx512(const uin
       for (int64_t j = 0; j < n - i; ++j) tail[j] = b[i + j];
       at = tail;
     }
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
+    // the zero-masking form: the plain one trips GCC 12's -Wmaybe-uninitialized in its own header
+    const __m512i v = _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
     const __mmask16 k = _mm512_cmpneq_epi32_mask(v, zero);
     _mm512_storeu_si512(pos + m, _mm512_maskz_compress_epi32(k, index));
     m += __builtin_popcount(static_cast<unsigned>(k));
@@ -1128,8 +1128,7 @@ __attribute__((target("avx512f,popcnt"))) int64_t nonzero_bytes_avx512(const uin
 // The same 8 bytes at a time, packed with a permutation from kLeftPack.
 __attribute__((target("avx2,popcnt"))) int64_t nonzero_bytes_avx2(const uint8_t* b, int64_t n, int32_t* pos) {
   int64_t m = 0, i = 0;
-  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i nibble = _mm256_set1_epi32(0xF), zero = _mm256_setzero_si256();
+  const __m256i zero = _mm256_setzero_si256();
   __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i step = _mm256_set1_epi32(8);
   for (; i + 8 <= n; i += 8) {
@@ -1137,8 +1136,7 @@ __attribute__((target("avx2,popcnt"))) int64_t nonzero_bytes_avx2(const uint8_t*
     std::memcpy(&word, b + i, 8);
     const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(word));
     const int k = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(v, zero)));  // bytes are ≥ 0
-    const __m256i perm =
-        _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kLeftPack.table[k])), shifts), nibble);
+    const __m256i perm = left_pack_avx2(static_cast<unsigned>(k));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + m), _mm256_permutevar8x32_epi32(index, perm));
     m += __builtin_popcount(static_cast<unsigned>(k));
     index = _mm256_add_epi32(index, step);
@@ -1201,6 +1199,9 @@ void conv2d_pruned(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, 
   const int64_t Hq = (Hp + sh - 1) / sh, Wq = (Wp + sw - 1) / sw, phase = Hq * Wq, per_channel = sh * sw * phase;
   const int64_t width = pruned::vector_width();
   const int64_t vectors = (OH * Wq + width - 1) / width, plane = vectors * width;
+  // blocks of kMaxVectors vectors, the last one possibly shorter
+  const pruned::BlockFn full_block = pruned::pick(pruned::kMaxVectors),
+                        last_block = pruned::pick(static_cast<int>((vectors - 1) % pruned::kMaxVectors + 1));
   // the last block reads up to a vector and a row past a phase plane: zeros, never written
   const int64_t xp_size = C * per_channel + width + Wq;
   if (xp_size >= (int64_t{1} << 31)) throw std::invalid_argument("conv2d_pruned: input too large for 32-bit offsets");
@@ -1239,30 +1240,21 @@ void conv2d_pruned(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, 
       n_placed = 0;
       for (int64_t c = 0; c < C; ++c) {
         const int64_t at = n * in_size + c * HW, base = c * per_channel;
-        if (xin.binary()) {
-          const int64_t m = pruned::nonzero_bytes(xin.spikes + at, HW, pos.data());
-          const float v = xin.scale[c];
-          for (int64_t e = 0; e < m; ++e) {
-            const int32_t q = static_cast<int32_t>(base + place[pos[e]]);
-            xp[q] = v;
-            placed[n_placed++] = q;
-          }
-        } else {
-          const int64_t m = compact(xin.values + at, HW, pos.data(), val.data());
-          for (int64_t e = 0; e < m; ++e) {
-            const int32_t q = static_cast<int32_t>(base + place[pos[e]]);
-            xp[q] = val[e];
-            placed[n_placed++] = q;
-          }
+        const bool binary = xin.binary();
+        const int64_t m = binary ? pruned::nonzero_bytes(xin.spikes + at, HW, pos.data())
+                                 : compact(xin.values + at, HW, pos.data(), val.data());
+        for (int64_t e = 0; e < m; ++e) {
+          const int32_t q = static_cast<int32_t>(base + place[pos[e]]);
+          xp[q] = binary ? xin.scale[c] : val[e];
+          placed[n_placed++] = q;
         }
       }
       for (int64_t o = 0; o < O; ++o) {
         const int64_t lo = offp[o], hi = offp[o + 1];
         const float b = bp ? bp[o] : 0.0f;
         for (int64_t v0 = 0; v0 < vectors; v0 += pruned::kMaxVectors) {
-          const int nv = static_cast<int>(std::min<int64_t>(pruned::kMaxVectors, vectors - v0));
-          pruned::pick(nv)(xp.data() + v0 * width, src.data() + lo, valp + lo, hi - lo, b,
-                           plane_out.data() + v0 * width);
+          const pruned::BlockFn run = vectors - v0 >= pruned::kMaxVectors ? full_block : last_block;
+          run(xp.data() + v0 * width, src.data() + lo, valp + lo, hi - lo, b, plane_out.data() + v0 * width);
         }
         float* __restrict dst = op + n * out_size + o * OH * OW;
         const float* __restrict from = plane_out.data();
