@@ -113,7 +113,7 @@ def compile(model, calib_data, **options) -> CompiledModel:
     (→ the calibration pipeline). Options (see :class:`~snncompiler.options.CompileOptions`, checked
     before any work): threshold (max | pNN.N | mse),
     channelwise, timesteps (the compile T), neuron (if | lif), tau, reset (soft | hard), v0
-    (half | zero), maxpool (rate | gated | input | output), strict, encoding (direct | rate; "sequence" only for trained networks),
+    (half | zero), population (B neurons per ReLU; :class:`~snncompiler.ir.neuron.NeuronSpec`), maxpool (rate | gated | input | output), strict, encoding (direct | rate; "sequence" only for trained networks),
     calib_samples, calibration (none | light | advanced), iterations, seed.
 
     A calibration pipeline is kept only if, on the calibration samples at the compile T, its

@@ -21,7 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import OptionError, SnncError
-from .ir.neuron import DEFAULT_LIF_TAU, ENCODINGS, IF_TAU, MAXPOOL_STRATEGIES, NEURONS, RESETS, V0S, NeuronSpec
+from .ir.neuron import (
+    DEFAULT_LIF_TAU,
+    ENCODINGS,
+    IF_TAU,
+    MAX_POPULATION,
+    MAXPOOL_STRATEGIES,
+    NEURONS,
+    RESETS,
+    V0S,
+    NeuronSpec,
+)
 from .limits import check_timesteps
 
 #: The T a model is compiled for (and runs at unless told otherwise). Chosen by
@@ -63,6 +73,7 @@ SETTING_KEYS = (
     "tau",
     "reset",
     "v0",
+    "population",
     "maxpool",
     "encoding",
     "calibration",
@@ -138,6 +149,7 @@ class CompileOptions:
     tau: float | None = None
     reset: str = NeuronSpec.reset
     v0: str = NeuronSpec.v0
+    population: int = NeuronSpec.population
     maxpool: str = MAXPOOL_STRATEGIES[0]
     strict: bool = False
     encoding: str = "direct"
@@ -199,12 +211,25 @@ class CompileOptions:
                 "tau", f"only meaningful for LIF neurons (neuron lif), got tau={self.tau!r} with neuron {self.neuron!r}"
             )
         put("tau", NeuronSpec.from_attrs(self._neuron_fields()).tau)
+        put("population", NeuronSpec.from_attrs(self._neuron_fields()).population)
+        if self.population > 1 and self.maxpool == "gated":
+            raise OptionError(
+                "population",
+                "gated max pooling picks inputs by their spike counts, and a population's outputs are "
+                "fractions of θ; use --maxpool rate (the default) or input",
+            )
         if self.threshold is None:
             put("threshold", default_threshold(self.calibration, self.reset))
         parse_threshold(self.threshold)
 
     def _neuron_fields(self) -> dict:
-        return {"neuron": self.neuron, "tau": self.tau, "reset": self.reset, "v0": self.v0}
+        return {
+            "neuron": self.neuron,
+            "tau": self.tau,
+            "reset": self.reset,
+            "v0": self.v0,
+            "population": self.population,
+        }
 
     @property
     def neuron_spec(self) -> NeuronSpec:
@@ -262,6 +287,7 @@ __all__ = [
     "NEURONS",
     "RESETS",
     "V0S",
+    "MAX_POPULATION",
     "MAXPOOL_STRATEGIES",
     "CALIBRATIONS",
     "SUBSTITUTES",

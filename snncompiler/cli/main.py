@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"initial membrane: θ/2 (half) or 0 (zero) (default {d.v0})",
     )
     p.add_argument(
+        "--population",
+        type=_positive_int,
+        default=None,
+        metavar="B",
+        help=f"B neurons per ReLU, started θ/B apart, their spikes averaged: the rate resolution of B·T steps "
+        f"at T steps' latency, for B-fold neuron updates and up to B-fold spikes (default {d.population}; "
+        f"at most {defaults.MAX_POPULATION})",
+    )
+    p.add_argument(
         "--maxpool",
         choices=list(defaults.MAXPOOL_STRATEGIES),
         default=None,
@@ -969,6 +978,7 @@ def cmd_compile(args) -> int:
         tau=args.tau,
         reset=args.reset,
         v0=args.v0,
+        population=args.population,
         maxpool=args.maxpool,
         encoding=args.encoding,
         strict=args.strict,
@@ -1014,7 +1024,7 @@ def cmd_compile(args) -> int:
     print(
         f"wrote {output}: {neurons} neurons, T={o['timesteps']}, threshold {o['threshold']}"
         f"{' per channel' if o['channelwise'] else ''}, {o['neuron'].upper()} {o['reset']} reset, v0={o['v0']}, "
-        f"calibration {o['calibration']} "
+        f"{f'population {pop}, ' if (pop := o.get('population', 1)) > 1 else ''}calibration {o['calibration']} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
     print(f"spiking: {share_line(model.report['spiking'])}")

@@ -1,5 +1,5 @@
-"""The neuron model, once: :class:`NeuronSpec` (if | lif, tau, reset, v0) and the vocabularies of
-spiking execution (input encodings, max-pooling strategies).
+"""The neuron model, once: :class:`NeuronSpec` (if | lif, tau, reset, v0, population) and the
+vocabularies of spiking execution (input encodings, max-pooling strategies).
 
 Every stage that reads or writes a neuron goes through here: neuronize records a spec on each
 neuron node, the artifact and NIR readers check the attributes they read with
@@ -11,6 +11,7 @@ LIF time constant, what an absent attribute means and how tau maps to a decay ex
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from ..errors import OptionError, SnncError
@@ -30,14 +31,30 @@ ENCODINGS = ("direct", "rate", "sequence")
 #: Spiking max pooling strategies (see :mod:`snncompiler.passes.neuronize`); the first is the default.
 MAXPOOL_STRATEGIES = ("rate", "gated", "input", "output")
 
+#: The most neurons one unit may be split into (``population``): past this the B-fold neuron work
+#: and spike traffic cost more than running at B·T steps would.
+MAX_POPULATION = 64
+
 #: The node attributes a spec is written to and read from.
-ATTRIBUTES = ("neuron", "tau", "reset", "v0")
+ATTRIBUTES = ("neuron", "tau", "reset", "v0", "population")
 
 
 @dataclass(frozen=True)
 class NeuronSpec:
     """One neuron population's model: IF or LIF (membrane decay 1 - 1/tau per step), soft reset
-    (subtract θ) or hard reset (to 0), initial potential θ/2 or 0.
+    (subtract θ) or hard reset (to 0), initial potential θ/2 or 0, and ``population`` B: each
+    unit (a ReLU of the ANN) is B neurons that see the same input and start staggered by θ/B,
+    and the unit's output is the mean of their spikes.
+
+    Why B neurons: one IF neuron run for T steps emits 0…T spikes, so its rate takes T + 1
+    values; B neurons started at θ·(j + ½)/B (v0 "half"; θ·j/B for "zero") round the rate to
+    the nearest of T·B + 1 values (Hermite's identity: Σ_j ⌊y + j/B⌋ = ⌊B·y⌋ for a constant
+    input), the resolution of B·T steps at T steps' latency, for B-fold neuron updates and up to
+    B-fold spikes. The levels a unit can express are the same as a burst neuron's that may emit
+    up to B spikes per step (Li & Zeng, IJCAI 2022), built from ordinary one-spike neurons, so
+    every kernel runs it unchanged. B = 1 is the plain neuron. (The identity is exact for IF
+    neurons with soft reset; with a leak or hard reset the offsets still stagger the B neurons'
+    spikes in time, and the resolution gain is approximate.)
 
     Build it with :meth:`from_attrs`, which fills in the defaults and checks every field; the
     constructor takes the fields as they are."""
@@ -46,12 +63,14 @@ class NeuronSpec:
     tau: float = IF_TAU
     reset: str = "soft"
     v0: str = "half"
+    population: int = 1
 
     @classmethod
     def from_attrs(cls, attrs, where: str | None = None) -> NeuronSpec:
-        """The spec described by a mapping with (some of) the keys neuron, tau, reset, v0; other
-        keys are ignored. An absent (or None) value takes the default: IF, soft reset, v0 = θ/2,
-        and tau = :data:`DEFAULT_LIF_TAU` for a LIF, :data:`IF_TAU` for an IF neuron.
+        """The spec described by a mapping with (some of) the keys neuron, tau, reset, v0,
+        population; other keys are ignored. An absent (or None) value takes the default: IF, soft
+        reset, v0 = θ/2, population 1, and tau = :data:`DEFAULT_LIF_TAU` for a LIF,
+        :data:`IF_TAU` for an IF neuron.
 
         A bad value is an :class:`~snncompiler.errors.OptionError` naming the setting (the
         argument), or with ``where`` (a file and node) an error naming it as an attribute there."""
@@ -83,11 +102,22 @@ class NeuronSpec:
             raise bad("tau", f"must be finite, got {tau}")
         if neuron == "lif" and tau <= 1.0:
             raise bad("tau", f"must be > 1 for LIF (decay = 1 - 1/tau), got {tau}")
-        return cls(neuron, tau, reset, v0)
+        population = given("population")
+        if (
+            isinstance(population, bool)
+            or not isinstance(population, numbers.Integral)
+            or not 1 <= population <= MAX_POPULATION
+        ):
+            raise bad("population", f"expected an integer from 1 to {MAX_POPULATION}, got {population!r}")
+        return cls(neuron, tau, reset, v0, int(population))
 
     def attrs(self) -> dict:
-        """The spec as node attributes (what the artifact's Neuron nodes record)."""
-        return {"neuron": self.neuron, "tau": self.tau, "reset": self.reset, "v0": self.v0}
+        """The spec as node attributes (what the artifact's Neuron nodes record; ``population``
+        only when above 1, so a plain neuron's artifact is what it was before the attribute)."""
+        attrs = {"neuron": self.neuron, "tau": self.tau, "reset": self.reset, "v0": self.v0}
+        if self.population > 1:
+            attrs["population"] = self.population
+        return attrs
 
     @property
     def decay(self) -> float:
@@ -108,8 +138,35 @@ class NeuronSpec:
 
         return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
 
+    def population_offsets(self, theta, ndim: int):
+        """What each of the B neurons of a unit adds to :meth:`initial_potential`: θ·(j/B + h/B - h)
+        for j = 0…B-1 (h = ½ for v0 "half", 0 for "zero"), so neuron j starts at θ·(j + h)/B.
+        A [B, 1, …] tensor (``ndim`` ones: the rank of one step's input) that broadcasts against
+        θ; None for a plain neuron."""
+        if self.population == 1:
+            return None
+        import torch
+
+        half = 0.5 if self.v0 == "half" else 0.0
+        b = self.population
+        steps = (torch.arange(b, dtype=torch.float32) + half) / b - half
+        theta = torch.as_tensor(theta, dtype=torch.float32)
+        return steps.reshape((b,) + (1,) * ndim).to(theta.device) * theta
+
+    def rate_levels(self, timesteps: int) -> int:
+        """How many steps of one plain neuron give this unit's rate resolution in ``timesteps``
+        steps: T·B (the quantiser the threshold search and weight calibration fit against)."""
+        return int(timesteps) * self.population
+
+
+def binary_outputs(node) -> bool:
+    """Whether a neuron node's outputs are 0 or θ (one neuron per unit), so that counting its
+    nonzero outputs counts its spikes; a population's are k·θ/B."""
+    return NeuronSpec.from_attrs(node.attrs).population == 1
+
 
 __all__ = [
+    "binary_outputs",
     "NeuronSpec",
     "NEURONS",
     "RESETS",
@@ -119,4 +176,5 @@ __all__ = [
     "ENCODINGS",
     "MAXPOOL_STRATEGIES",
     "ATTRIBUTES",
+    "MAX_POPULATION",
 ]

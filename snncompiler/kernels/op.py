@@ -437,3 +437,46 @@ def neuron_multistep(
     if count is None:
         return spikes, v, count_spikes(spikes.detach(), theta, spike_format, x.shape)
     return spikes, v, torch.tensor(count, dtype=torch.int64)  # made only when asked for: it costs µs
+
+
+def population_multistep(x: Tensor, v0, theta, population: int, *, return_count: bool = False, **options):
+    """Run T steps of units that are each ``population`` (B) neurons with their own initial membranes.
+
+    Every neuron of a unit sees the unit's input x; neuron j starts at ``v0[j]`` (see
+    :meth:`snncompiler.ir.neuron.NeuronSpec.population_offsets`, which staggers them by θ/B)
+    and the unit's output is the mean of its B neurons' spikes θ·s, so it takes the values
+    k·θ/B, k = 0…B. B = 1 is :func:`neuron_multistep` itself.
+
+    Args:
+        x: [T, ...] input, as for :func:`neuron_multistep`.
+        v0: [B, ...] tensor broadcastable to [B] + x.shape[1:] (neuron j's initial membrane at index j).
+        theta: threshold, broadcastable to x[0] (shared by the B neurons of a unit).
+        population: B ≥ 1.
+        return_count: also return the number of spikes of all B·N neurons (what energy counts).
+        options: decay, reset, backend, surrogate, alpha, detach_reset of
+            :func:`neuron_multistep` (value format only: the mean is not a 0/1 spike).
+
+    Returns:
+        (mean spikes [T, ...] in x's dtype, v_final [B, ...x.shape[1:]] float32[, count]).
+        Differentiable like the op: the gradient of x sums over the B neurons.
+    """
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+        raise SnncError(f"population: expected an integer ≥ 1, got {population!r}")
+    if options.get("spike_format", "value") != "value":
+        raise SnncError("spike_format: a population's output is a mean of spikes, only 'value' applies")
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        raise SnncError("x: expected a [T, ...] tensor")
+    if population == 1:
+        if isinstance(v0, Tensor) and v0.dim() == x.dim():
+            v0 = v0[0]
+        return neuron_multistep(x, v0, theta, return_count=return_count, **options)
+    steps, shape = x.shape[0], tuple(x.shape[1:])
+    if x.dim() > 1 and steps > 1 and x.stride(0) == 0:  # a static input stays one step read T times
+        xb = x[:1].unsqueeze(1).expand((1, population) + shape).contiguous().expand((steps, population) + shape)
+    else:
+        xb = x.unsqueeze(1).expand((steps, population) + shape)
+    if isinstance(theta, Tensor) and theta.dim() > len(shape):
+        raise SnncError(f"theta: shape {tuple(theta.shape)} does not broadcast to x[0] of shape {shape}")
+    result = neuron_multistep(xb, v0, theta, return_count=return_count, **options)
+    mean = result[0].sum(1) / population  # in x's dtype: the k·θ/B a unit emits
+    return (mean,) + tuple(result[1:])

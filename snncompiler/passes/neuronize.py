@@ -60,5 +60,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     for n in islands:
         ctx.note(NAME, f"{n.name}: analog island ({n.op}) computed on the rate-decoded input")
     ctx.report["analog_islands"] = [n.name for n in islands]
-    ctx.note(NAME, f"{len(thresholds)} neurons ({attrs['neuron'].upper()}, {attrs['reset']} reset, v0={attrs['v0']})")
+    per_unit = f", {attrs['population']} per unit" if "population" in attrs else ""
+    ctx.note(
+        NAME,
+        f"{len(thresholds)} neurons ({attrs['neuron'].upper()}, {attrs['reset']} reset, v0={attrs['v0']}{per_unit})",
+    )
     return graph

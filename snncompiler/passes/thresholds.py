@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import Graph
+from ..ir.neuron import NeuronSpec
 from ..options import parse_threshold, setting
 from . import PassContext
 from .stats import StreamingHistogram
@@ -63,7 +64,9 @@ def choose(hist: StreamingHistogram, mode: str, timesteps: int, v0: str) -> torc
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Store θ per site in ``ctx.report['thresholds']`` as {node name: (θ tensor, source text)}."""
     opts = ctx.options
-    mode, timesteps, v0 = setting(opts, "threshold"), int(setting(opts, "timesteps")), setting(opts, "v0")
+    mode, v0 = setting(opts, "threshold"), setting(opts, "v0")
+    # a population of B neurons per unit quantises like one neuron over T·B steps (ir/neuron.py)
+    timesteps = NeuronSpec.from_attrs(opts).rate_levels(setting(opts, "timesteps"))
     result = {}
     for name, hist in ctx.report["histograms"].items():
         theta = choose(hist, mode, timesteps, v0)

@@ -21,6 +21,7 @@ import torch
 
 from .. import distributed
 from ..ir import Graph, Node
+from ..ir.neuron import NeuronSpec
 from ..options import setting
 from ..runtime.ops import IMPLEMENTATIONS, channel_view
 from . import PassContext
@@ -66,7 +67,8 @@ def _full_loss(layer, weight, inputs, residual, target, theta, T, v0, samples: i
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Fit the weights of every conv/linear that feeds a neuron (see module docstring)."""
     opts = ctx.options
-    T, v0 = int(setting(opts, "timesteps")), setting(opts, "v0")
+    # a population of B neurons per unit quantises like one neuron over T·B steps (ir/neuron.py)
+    T, v0 = NeuronSpec.from_attrs(opts).rate_levels(setting(opts, "timesteps")), setting(opts, "v0")
     iterations, lr = int(setting(opts, "iterations")), float(setting(opts, "lr"))
     batch = int(setting(opts, "calib_batch"))
     gen = torch.Generator().manual_seed(int(setting(opts, "seed")))

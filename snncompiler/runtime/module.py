@@ -232,7 +232,7 @@ class SpikingModule(nn.Module):
         return (out.flatten(0, 1),)
 
     def _neuron(self, node, view, seq: torch.Tensor) -> torch.Tensor:
-        from ..kernels import neuron_multistep
+        from ..kernels import population_multistep
 
         spec = self._specs[node.name]
         theta = view.params["theta"]
@@ -241,23 +241,29 @@ class SpikingModule(nn.Module):
         v0 = spec.initial_potential(th)
         if "v_init" in view.params:
             v0 = v0 + view.params["v_init"]
+        offsets = spec.population_offsets(th, sample.dim())
+        if offsets is not None:  # B staggered neurons per unit (ir/neuron.py), as the runtime runs them
+            v0 = v0 + offsets
         gain = view.params.get("gain")
         if gain is not None:
             seq = seq * channel_view(gain, sample)
         alpha = self._alphas[node.name]
         if self.backend == "torch":
-            spikes = _torch_neuron(seq, v0, th, self._decays[node.name], spec.reset == "hard", self.surrogate, alpha)
-        else:
-            spikes, _ = neuron_multistep(
-                seq.contiguous(),
-                v0,
-                th,
-                decay=spec.decay,
-                reset=spec.reset,
-                backend=self.backend,
-                surrogate=self.surrogate,
-                alpha=alpha,
-            )
+            b = spec.population
+            xs = seq if b == 1 else seq.unsqueeze(1).expand((seq.shape[0], b) + tuple(sample.shape))
+            spikes = _torch_neuron(xs, v0, th, self._decays[node.name], spec.reset == "hard", self.surrogate, alpha)
+            return spikes if b == 1 else spikes.sum(1) / b
+        spikes, _ = population_multistep(
+            seq.contiguous(),
+            v0,
+            th,
+            spec.population,
+            decay=spec.decay,
+            reset=spec.reset,
+            backend=self.backend,
+            surrogate=self.surrogate,
+            alpha=alpha,
+        )
         return spikes
 
     @staticmethod

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Graph, Node
-from ..ir.neuron import ENCODINGS, NeuronSpec
+from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs
 from ..ir.ops import conversion_kind
 from ..limits import check_timesteps
 from ..options import DEFAULT_CHUNK, MAX_CHUNK
@@ -148,7 +148,7 @@ class SpikingRunner:
         self._spike_theta = {}
         for mp in graph.find("maxpool"):
             src = graph.producer(mp.inputs[0])
-            if mp.attrs.get("spiking") == "rate" and src is not None and src.op == "neuron":
+            if mp.attrs.get("spiking") == "rate" and src is not None and src.op == "neuron" and binary_outputs(src):
                 self._spike_theta[mp.name] = src.params["theta"]
         self._nonnegative_theta = {name for name, th in self._spike_theta.items() if bool((th >= 0).all())}
         self._spikes = None  # running spike total, kept on the device: reading it would sync a GPU per layer
@@ -210,7 +210,7 @@ class SpikingRunner:
         for node in self.graph.find("neuron"):
             out = node.outputs[0]
             users = self.graph.consumers(out)
-            if out in graph_outputs or not users:
+            if out in graph_outputs or not users or not binary_outputs(node):  # a population emits k·θ/B
                 continue
             if not all(u.name in self._event_layers and u.inputs[0] == out and out not in u.inputs[1:] for u in users):
                 continue
@@ -243,6 +243,25 @@ class SpikingRunner:
         while src is not None and src.op in ("flatten", "reshape"):
             src = self.graph.producer(src.inputs[0])
         return src.outputs[0] if src is not None and src.op == "neuron" else None
+
+    def _spikes_behind(self, name: str, value: torch.Tensor) -> torch.Tensor | None:
+        """For a value carrying a population's outputs (through flatten/reshape and spiking max
+        pools at most), the spikes behind each entry summed over the chunk's steps: an output
+        k·θ/B is k spikes, each an event for the synapses reading it. None for any other value
+        (an entry is one event)."""
+        src, channels_at = self.graph.producer(name), None  # the last value with channels on axis 1
+        while src is not None and src.op in ("flatten", "reshape", "maxpool"):
+            if src.op == "maxpool":
+                channels_at = channels_at or src.outputs[0]
+            src = self.graph.producer(src.inputs[0])
+        if src is None or src.op != "neuron" or binary_outputs(src):
+            return None
+        population = NeuronSpec.from_attrs(src.attrs).population
+        shape = self.graph.shape(channels_at or src.outputs[0])
+        steps, batch = value.shape[:2]
+        spikes = value.float().reshape((steps, batch) + tuple(int(d) for d in shape[1:]))
+        unit = channel_view(src.params["theta"], spikes[0]).float() / population
+        return torch.round(spikes / unit).sum(0).reshape(value.shape[1:])
 
     # ---- public -----------------------------------------------------------------------
     def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int | None = None) -> dict:
@@ -337,11 +356,11 @@ class SpikingRunner:
                     if traces is not None:
                         traces[name].append(_dyn(value, steps).float().cpu())
                     if events:
-                        part = (
-                            (value.t != 0).float() * steps
-                            if isinstance(value, _Static)
-                            else (value != 0).float().sum(0)
-                        )
+                        if isinstance(value, _Static):
+                            part = (value.t != 0).float() * steps
+                        else:
+                            part = self._spikes_behind(name, value)
+                            part = (value != 0).float().sum(0) if part is None else part
                     else:
                         part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
                     sums[name] = sums[name] + part if name in sums else part
@@ -467,7 +486,7 @@ class SpikingRunner:
         return form
 
     def _neuron(self, node: Node, x: torch.Tensor, state: dict) -> torch.Tensor:
-        from ..kernels import neuron_multistep
+        from ..kernels import neuron_multistep, population_multistep
 
         theta = node.params["theta"]
         sample = x[0]
@@ -478,6 +497,9 @@ class SpikingRunner:
             v = spec.initial_potential(th)
             if "v_init" in node.params:  # potential calibration: a per-neuron offset
                 v = v + node.params["v_init"]
+            offsets = spec.population_offsets(th, sample.dim())
+            if offsets is not None:  # B neurons per unit, staggered (ir/neuron.py)
+                v = v + offsets
         gain = node.params.get("gain")
         if gain is not None:  # hard-reset compensation (passes/hard_reset.py): fire at θ/g, spikes still carry θ
             x = x * channel_view(gain, sample)
@@ -486,21 +508,26 @@ class SpikingRunner:
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
         # static input (the first layer's current) at every step without a T-fold copy
         binary = node.outputs[0] in self._binary_spikes
-        spikes, v, count = neuron_multistep(
-            x,
-            v,
-            th,
-            decay=decay,
-            reset=spec.reset,
-            backend=self.backend,
-            spike_format="binary" if binary else "value",
-            return_count=True,
-        )
+        if spec.population > 1:
+            spikes, v, count = population_multistep(
+                x, v, th, spec.population, decay=decay, reset=spec.reset, backend=self.backend, return_count=True
+            )
+        else:
+            spikes, v, count = neuron_multistep(
+                x,
+                v,
+                th,
+                decay=decay,
+                reset=spec.reset,
+                backend=self.backend,
+                spike_format="binary" if binary else "value",
+                return_count=True,
+            )
         state[node.name] = v
-        if self._spike_source:
+        if self._spike_source and spec.population == 1:  # a population's nonzero outputs ≠ its spikes
             self._chunk_spikes[node.outputs[0]] = count
         self._spikes = count if self._spikes is None else self._spikes + count
-        self.neuron_steps += spikes.numel()
+        self.neuron_steps += spikes.numel() * spec.population
         return _BinarySpikes(spikes, th) if binary else spikes
 
     def _analog(self, node: Node, ins: list[torch.Tensor], state: dict, t0: int) -> torch.Tensor:

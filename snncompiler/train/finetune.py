@@ -98,6 +98,7 @@ class GraphNet(nn.Module):
                     surrogate="triangle",
                     alpha=float(theta.mean()),
                     v_init=node.params.get("v_init"),
+                    population=spec.population,
                 )
                 continue
             holder = nn.Module()

@@ -120,7 +120,7 @@ def to_compiled(model: nn.Module, input_shape, *, timesteps: int | None = None, 
     mixed = any(m.attrs != first for _, m in lifs)
     options = {
         **DEFAULTS,
-        **{k: first[k] for k in ATTRIBUTES},
+        **{k: first[k] for k in ATTRIBUTES if k in first},  # population only when above 1: DEFAULTS has 1
         "timesteps": timesteps,
         "threshold": "trained",
         "maxpool": "output",

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import SnncError
 from ..ir.neuron import DEFAULT_LIF_TAU, IF_TAU, NeuronSpec
-from ..kernels import neuron_multistep
+from ..kernels import population_multistep
 from ..kernels.surrogate import resolve
 from ..runtime.ops import channel_view
 
@@ -47,6 +47,8 @@ class LIF(nn.Module):
         backend: kernel backend of :func:`~snncompiler.kernels.neuron_multistep`.
         v_init: a fixed offset added to the initial membrane, one value per neuron of a sample
             (potential calibration's, kept when a calibrated model is fine-tuned).
+        population: B neurons per unit, started θ/B apart, whose mean spike is the unit's output
+            (see :class:`~snncompiler.ir.neuron.NeuronSpec`; a converted model's, kept when fine-tuned).
     """
 
     def __init__(
@@ -63,10 +65,17 @@ class LIF(nn.Module):
         detach_reset: bool = False,
         backend: str = "auto",
         v_init: torch.Tensor | None = None,
+        population: int = 1,
     ):
         super().__init__()
         self.spec = NeuronSpec.from_attrs(
-            {"neuron": neuron, "tau": tau if neuron == "lif" else IF_TAU, "reset": reset, "v0": v0}
+            {
+                "neuron": neuron,
+                "tau": tau if neuron == "lif" else IF_TAU,
+                "reset": reset,
+                "v0": v0,
+                "population": population,
+            }
         )
         self.attrs = self.spec.attrs()
         if isinstance(theta, torch.Tensor):
@@ -119,10 +128,14 @@ class LIF(nn.Module):
         v0 = self.spec.initial_potential(theta)
         if self.v_init is not None:  # as the runtime adds it: broadcast onto every sample
             v0 = v0 + self.v_init
-        result = neuron_multistep(
+        offsets = self.spec.population_offsets(theta, seq.dim() - 1)
+        if offsets is not None:
+            v0 = v0 + offsets
+        result = population_multistep(
             seq,
             v0,
             theta,
+            self.spec.population,
             decay=self.spec.decay,
             reset=self.spec.reset,
             surrogate=self.surrogate,
@@ -133,7 +146,7 @@ class LIF(nn.Module):
         )
         if counting:
             self.spike_count = self.spike_count + result[2]  # a tensor: no device sync per layer
-            self.neuron_steps += seq.numel()
+            self.neuron_steps += seq.numel() * self.spec.population
         return result[0].reshape(x.shape)
 
     def threshold(self) -> torch.Tensor:
@@ -149,6 +162,7 @@ class LIF(nn.Module):
         return (
             f"neuron={a['neuron']}{tau}, theta={shown}{learned}, reset={a['reset']}, v0={a['v0']}, "
             f"surrogate={self.surrogate}({self.alpha:g})"
+            + (f", population={self.spec.population}" if self.spec.population > 1 else "")
         )
 
 

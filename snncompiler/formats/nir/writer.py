@@ -296,6 +296,11 @@ class _Exporter:
             fire_at = th / (gain.reshape(-1, *([1] * (len(sample) - 1))) if gain.numel() > 1 else gain.reshape(()))
         threshold = torch.broadcast_to(fire_at / scale if scale is not None else fire_at, sample)
         spec = NeuronSpec.from_attrs(node.attrs, where=node.where)
+        if spec.population > 1:  # NIR's IF and LIF are one neuron per unit with no initial membrane
+            raise SnncError(
+                f"{node.where}: population {spec.population} has no NIR form (NIR neurons have one initial "
+                "membrane each and no averaging of neurons); compile with --population 1 to export NIR"
+            )
         hard = spec.reset == "hard"
         v_reset = node.attrs.get("v_reset", 0.0) if hard else 0.0
         ones = np.ones(sample, np.float32)

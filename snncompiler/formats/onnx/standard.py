@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...errors import SnncError
 from ...fileio import write_bytes
 from ...ir import Graph, Node
-from ...ir.neuron import NeuronSpec
+from ...ir.neuron import NeuronSpec, binary_outputs
 from ...ir.ops import conversion_kind
 from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
@@ -172,16 +172,20 @@ class _Writer:
         if "v_init" in p:
             v0 = (v0 + p["v_init"].detach().cpu().float().numpy()).astype(np.float32)
         first = self.add("Gather", [seq, self.const(node.name, np.array(0, np.int64))], node.name, axis=0)
-        v_init = self.add(
-            "Expand",
-            [self.const(node.name + ".v0", v0.astype(np.float32)), self.add("Shape", [first], node.name)],
-            node.name,
-        )
+        shape = self.add("Shape", [first], node.name)
+        b = spec.population
+        if b > 1:  # B staggered neurons per unit on a leading axis of the state (ir/neuron.py)
+            v0 = v0 + spec.population_offsets(theta, rank).numpy()
+            shape = self.add("Concat", [self.const(node.name + ".b", _i64([b])), shape], node.name, axis=0)
+        v_init = self.add("Expand", [self.const(node.name + ".v0", v0.astype(np.float32)), shape], node.name)
         body = _neuron_body(self.name(node.name + "_step"), theta, spec)
         v_last, spikes = self.name(node.name + "_v"), self.name(node.name + "_s")
         self.b.add(
             "Scan", [v_init, seq], [v_last, spikes], self.name(node.name + "_scan"), body=body, num_scan_inputs=1
         )
+        if b > 1:  # the unit's output: the mean of its neurons' spikes θ·s, summed then divided as the runtime does
+            total = self.add("ReduceSum", [spikes, self.const(node.name + ".axis", _i64([1]))], node.name, keepdims=0)
+            spikes = self.add("Div", [total, self.const(node.name + ".b", np.array(b, np.float32))], node.name)
         self.from_steps(spikes, node.inputs[0], out=node.outputs[0])
 
     def _count(self, base: str, rank: int) -> str:
@@ -277,7 +281,7 @@ class _Writer:
         """Increments of the window's largest running input sum; fed by a neuron, the sums are
         spike counts (exact in float32) times its θ, otherwise input values summed in float64."""
         src = self.graph.producer(node.inputs[0])
-        fed_by_neuron = src is not None and src.op == "neuron"
+        fed_by_neuron = src is not None and src.op == "neuron" and binary_outputs(src)
         seq = self.to_steps(x, node.inputs[0])
         if fed_by_neuron:
             zero = self.const(node.name, np.array(0.0, np.float32))

@@ -78,9 +78,6 @@ def write_neuron(b, n) -> None:
         n.outputs,
         n.name,
         SNN_DOMAIN,
-        neuron=spec.neuron,
-        tau=spec.tau,
-        reset=spec.reset,
-        v0=spec.v0,
+        **spec.attrs(),
         theta_source=n.attrs.get("theta_source", ""),
     )

@@ -1,0 +1,260 @@
+"""Populations of B neurons per unit (``population``): the op against B independent reference
+neurons and against Hermite's identity, the compiled model against onnxruntime (the standard-ONNX
+export) and against itself reloaded, what B buys on a converted model, energy counting, fine-tuning,
+and the errors for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import Residual
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import snncompiler as snnc
+from examples.workloads import export_onnx
+from snncompiler.errors import OptionError, SnncError
+from snncompiler.ir.neuron import NeuronSpec
+from snncompiler.kernels import neuron_multistep, neuron_multistep_reference, population_multistep
+from snncompiler.options import CompileOptions
+from snncompiler.train import run_steps
+from snncompiler.train.finetune import GraphNet
+
+
+def _staggered(spec: NeuronSpec, theta: torch.Tensor, ndim: int) -> torch.Tensor:
+    offsets = spec.population_offsets(theta, ndim)
+    base = spec.initial_potential(theta)
+    return base.reshape((1,) + (1,) * ndim) if offsets is None else base + offsets
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("population", [2, 3, 5])
+def test_population_is_the_mean_of_independent_neurons(backend, reset, population):
+    """Each unit's output equals the mean of B reference neurons started at θ·(j + ½)/B, run one
+    by one: the same spike counts exactly, the values within float32 summation order."""
+    if backend not in snnc.kernels.available_backends():
+        pytest.skip(f"{backend} backend not built here")
+    gen = torch.Generator().manual_seed(population)
+    x = torch.rand((7, 3, 4, 5), generator=gen) * 0.8
+    theta = (torch.rand((4, 1), generator=gen) + 0.5).float()  # per channel of [3, 4, 5] samples
+    spec = NeuronSpec(reset=reset, population=population)
+    v0 = _staggered(spec, theta, x.dim() - 1)
+    out, v, count = population_multistep(x, v0, theta, population, reset=reset, backend=backend, return_count=True)
+    singles = [neuron_multistep_reference(x, v0[j], theta, reset=reset)[0] for j in range(population)]
+    expected = torch.stack(singles).sum(0) / population
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+    counts = torch.stack([s / theta for s in singles]).sum(0)
+    assert torch.equal(torch.round(out * population / theta), torch.round(counts))
+    assert int(count) == int(torch.round(counts).sum())
+    assert v.shape == (population,) + tuple(x.shape[1:])
+
+
+def test_population_of_one_is_the_plain_neuron():
+    x = torch.rand((5, 2, 6), generator=torch.Generator().manual_seed(1))
+    a = population_multistep(x, torch.full((1, 1), 0.25), 0.5, 1)
+    b = neuron_multistep(x, torch.full((1,), 0.25), 0.5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.integers(1, 16),
+    log_b=st.integers(0, 3),
+    level=st.integers(0, 256),
+    v0=st.sampled_from(["half", "zero"]),
+)
+def test_constant_input_is_rounded_to_one_of_t_times_b_levels(steps, log_b, level, v0):
+    """Hermite's identity, Σ_j ⌊y + j/B⌋ = ⌊B·y⌋: B staggered IF neurons (θ = 1) fed x at every
+    step emit ⌊T·B·x + ½⌋ spikes in all (⌊T·B·x⌋ from v0 = 0), the rate quantiser of T·B steps.
+    Dyadic x and B keep every float32 sum exact, so the counts must match exactly."""
+    b, x = 2**log_b, level / 256
+    spec = NeuronSpec(v0=v0, population=b)
+    theta = torch.tensor(1.0)
+    inputs = torch.full((steps, 1), x)
+    out, _ = population_multistep(inputs, _staggered(spec, theta, 1), theta, b, backend="reference")
+    total = int(torch.round(out.sum() * b))
+    half = 0.5 if v0 == "half" else 0.0
+    assert total == min(steps * b, int(np.floor(steps * b * x + half)))
+
+
+def test_population_gradient_reaches_input_and_theta():
+    x = torch.rand((4, 3, 5), generator=torch.Generator().manual_seed(2), requires_grad=True)
+    theta = torch.full((5,), 0.6, requires_grad=True)
+    spec = NeuronSpec(population=3)
+    out, _ = population_multistep(x, _staggered(spec, theta, 2), theta, 3, surrogate="triangle", alpha=1.0)
+    out.sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    assert theta.grad is not None and bool(theta.grad.abs().sum() > 0)
+
+
+@pytest.fixture(scope="module")
+def residual_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    path = export_onnx(Residual(), (1, 8, 8), tmp_path_factory.mktemp("pop") / "r.onnx")
+    x = np.random.default_rng(0).random((256, 1, 8, 8), dtype=np.float32)
+    return path, x
+
+
+@pytest.mark.parametrize("population", [1, 2, 4, 8])
+def test_larger_populations_follow_the_ann_more_closely_at_few_steps(residual_onnx, population):
+    """At T=2 a unit of B neurons has 2B + 1 levels: the mean squared error against the ANN must
+    fall with B like a quantiser's, about 4× per doubling (measured on an AVX2 EPYC under
+    ATEN_CPU_CAPABILITY default and avx2 alike: 0.0018, 0.00032, 0.00007, 0.00002; ratios
+    0.18-0.23, so the bound of 0.4 leaves room for another CPU's rounding)."""
+    path, x = residual_onnx
+    plain = snnc.compile(str(path), x, timesteps=2, quiet=True)
+    model = snnc.compile(str(path), x, timesteps=2, quiet=True, population=population)
+    ann = plain.ann(x)
+    err = float(np.mean((model.run(x, 2) - ann) ** 2))
+    if population == 1:
+        assert err > 0.001, f"B=1 error {err}: the test network no longer shows the quantisation it is for"
+    else:
+        half = snnc.compile(str(path), x, timesteps=2, quiet=True, population=population // 2)
+        assert err < 0.4 * float(np.mean((half.run(x, 2) - ann) ** 2))
+
+
+def test_population_artifact_round_trip_and_standard_onnx(residual_onnx, tmp_path):
+    """The attribute survives save/load, and onnxruntime on the standard-ONNX export (no custom
+    op: a Scan over a [B, N, ...] membrane) computes what the runtime does."""
+    import onnxruntime as ort
+
+    path, x = residual_onnx
+    model = snnc.compile(str(path), x, timesteps=4, quiet=True, population=3, channelwise=True)
+    assert all(n.attrs.get("population") == 3 for n in model.graph.find("neuron"))
+    model.save(tmp_path / "m.snn.onnx")
+    loaded = snnc.load(tmp_path / "m.snn.onnx")
+    assert loaded.options["population"] == 3
+    ours = model.run(x[:32], 4)
+    assert np.array_equal(ours, loaded.run(x[:32], 4))
+    sess = ort.InferenceSession(model.to_onnx(4).SerializeToString())
+    theirs = sess.run(None, {sess.get_inputs()[0].name: x[:32]})[0]
+    np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=1e-5)
+    plain = snnc.compile(str(path), x, timesteps=4, quiet=True, channelwise=True)
+    assert "population" not in plain.graph.find("neuron")[0].attrs  # plain artifacts stay as they were
+
+
+def test_event_driven_layers_read_population_outputs(small_digits_cnn):
+    """Layers reading a population get fractions of θ, not 0/θ spikes: the event kernels' float
+    route must take them (the binary route must not), with the dense run's outputs."""
+    from snncompiler.kernels import event
+
+    if not event.available():
+        pytest.skip("event kernel not built")
+    path, train, test = small_digits_cnn
+    plain = snnc.compile(str(path), train.x[:256], timesteps=4, quiet=True)
+    assert plain.runner(exec="event")._binary_spikes, "the plain model no longer uses the binary route"
+    model = snnc.compile(str(path), train.x[:256], timesteps=4, quiet=True, population=3)
+    runner = model.runner(exec="event")
+    assert not runner._binary_spikes, "a population's outputs went down the binary-spike route"
+    dense = model.run(test.x[:64], 4)
+    np.testing.assert_allclose(model.run(test.x[:64], 4, exec="event"), dense, atol=1e-4, rtol=1e-4)
+
+
+def test_population_spikes_count_as_events_for_energy(tmp_path):
+    """A linear layer reading a population: its synaptic operations are the population's spikes
+    (not its nonzero outputs) times the layer's synapses per input."""
+    from snncompiler.analysis.metrics import synaptic_operations
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    path = export_onnx(net, (6,), tmp_path / "mlp.onnx")
+    x = np.random.default_rng(1).random((64, 6), dtype=np.float32)
+    model = snnc.compile(str(path), x, timesteps=4, quiet=True, population=4)
+    sops = synaptic_operations(model, x, 4)
+    runner = model.runner()
+    runner.run(torch.from_numpy(x), 4)
+    (row,) = [r for r in sops["layers"] if r["input"] == "spikes"]
+    assert row["ops"] == pytest.approx(runner.spike_count / len(x) * 3, rel=1e-5)
+    nonzero = synaptic_operations(snnc.compile(str(path), x, timesteps=4, quiet=True), x, 4)
+    assert sops["snn_acs"] > nonzero["snn_acs"]  # more neurons, more spikes: energy says so
+
+
+def test_trainable_module_runs_populations_as_the_runtime_does(residual_onnx):
+    path, x = residual_onnx
+    model = snnc.compile(str(path), x, timesteps=4, quiet=True, population=4, channelwise=True)
+    xt = torch.from_numpy(x[:32])
+    with torch.no_grad():
+        ours = run_steps(GraphNet(model.graph.copy()), xt, 4)
+    torch.testing.assert_close(ours, model.runner(backend="reference").run_steps(xt, 4), atol=1e-4, rtol=1e-4)
+    module = model.to_torch(backend="torch")
+    torch.testing.assert_close(module(xt, 4), torch.from_numpy(model.run(x[:32], 4)), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(population=0), "population"),
+        (dict(population=65), "from 1 to 64"),
+        (dict(population=True), "population"),
+        (dict(population=2, maxpool="gated"), "gated"),
+    ],
+)
+def test_bad_population_options_are_refused(options, message):
+    with pytest.raises(OptionError, match=message):
+        CompileOptions(**options)
+
+
+def test_bad_population_attribute_in_an_artifact(residual_onnx, tmp_path):
+    import onnx
+
+    path, x = residual_onnx
+    snnc.compile(str(path), x[:32], timesteps=2, quiet=True, population=2).save(tmp_path / "m.snn.onnx")
+    proto = onnx.load(tmp_path / "m.snn.onnx")
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.name == "population":
+                attr.i = 0
+    onnx.save(proto, tmp_path / "bad.snn.onnx")
+    with pytest.raises(SnncError, match="attribute 'population'"):
+        snnc.load(tmp_path / "bad.snn.onnx")
+
+
+def test_nir_export_refuses_a_population(residual_onnx, tmp_path):
+    pytest.importorskip("nir")
+    path, x = residual_onnx
+    model = snnc.compile(str(path), x[:32], timesteps=2, quiet=True, population=2)
+    with pytest.raises(SnncError, match="population 2 has no NIR form"):
+        model.save_nir(tmp_path / "m.nir")
+
+
+def test_cli_population(residual_onnx, tmp_path):
+    path, x = residual_onnx
+    np.savez(tmp_path / "calib.npz", x=x[:64])
+    run = [sys.executable, "-m", "snncompiler.cli", "compile", str(path), "--calib", str(tmp_path / "calib.npz")]
+    ok = subprocess.run(run + ["--population", "4", "-o", str(tmp_path / "p.snn.onnx")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "population 4" in ok.stdout
+    assert snnc.load(tmp_path / "p.snn.onnx").options["population"] == 4
+    bad = subprocess.run(
+        run + ["--population", "0", "-o", str(tmp_path / "q.snn.onnx")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--population" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_trained_population_exports_and_runs_as_trained(tmp_path):
+    """snncompiler.train.LIF(population=B) trains like any LIF and exports to an artifact whose
+    Neuron nodes carry the population: the runtime reproduces the trained module's every step."""
+    from snncompiler.train import LIF
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 32),
+        LIF(neuron="if", reset="soft", v0="half", population=3),
+        torch.nn.Linear(32, 10),
+    )
+    x = np.random.default_rng(2).random((128, 1, 8, 8), dtype=np.float32)
+    y = np.random.default_rng(3).integers(0, 10, 128)
+    snnc.train.fit(net, (x, y), timesteps=4, epochs=1, progress=False)
+    compiled = snnc.train.export(net, tmp_path / "p.snn.onnx", (1, 8, 8))
+    assert [n.attrs.get("population") for n in compiled.graph.find("neuron")] == [3]
+    loaded = snnc.load(tmp_path / "p.snn.onnx")
+    with torch.no_grad():
+        expected = run_steps(net, torch.from_numpy(x[:32]), 5)
+    got = loaded.runner().run_steps(torch.from_numpy(x[:32]), 5)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
