@@ -155,6 +155,19 @@ def test_event_driven_layers_read_population_outputs(small_digits_cnn):
     np.testing.assert_allclose(model.run(test.x[:64], 4, exec="event"), dense, atol=1e-4, rtol=1e-4)
 
 
+def test_standard_onnx_of_a_population_through_rate_max_pools(small_digits_cnn):
+    """Rate max pooling of a population's outputs sums values, not spike counts (which assume
+    outputs of 0 or θ): onnxruntime on the export must still match the runtime."""
+    import onnxruntime as ort
+
+    path, train, test = small_digits_cnn
+    model = snnc.compile(str(path), train.x[:256], timesteps=4, quiet=True, population=2)
+    assert model.graph.find("maxpool") and all(m.attrs["spiking"] == "rate" for m in model.graph.find("maxpool"))
+    sess = ort.InferenceSession(model.to_onnx(4).SerializeToString())
+    theirs = sess.run(None, {sess.get_inputs()[0].name: test.x[:32]})[0]
+    np.testing.assert_allclose(theirs, model.run(test.x[:32], 4), atol=1e-5, rtol=1e-5)
+
+
 def test_population_spikes_count_as_events_for_energy(tmp_path):
     """A linear layer reading a population: its synaptic operations are the population's spikes
     (not its nonzero outputs) times the layer's synapses per input."""

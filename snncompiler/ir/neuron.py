@@ -138,6 +138,17 @@ class NeuronSpec:
 
         return torch.zeros_like(theta) if isinstance(theta, torch.Tensor) else 0.0
 
+    def start_potential(self, theta, ndim: int, v_init=None):
+        """The membrane every neuron starts from, as the runtime, ``to_torch`` and training all
+        set it: :meth:`initial_potential` (θ/2 or 0), plus potential calibration's per-neuron
+        ``v_init`` if any, plus :meth:`population_offsets` for a population, which puts the B
+        neurons on a new leading axis ([B, 1, …]; ``ndim``: the rank of one step's input)."""
+        v = self.initial_potential(theta)
+        if v_init is not None:
+            v = v + v_init
+        offsets = self.population_offsets(theta, ndim)
+        return v if offsets is None else v + offsets
+
     def population_offsets(self, theta, ndim: int):
         """What each of the B neurons of a unit adds to :meth:`initial_potential`: θ·(j/B + h/B - h)
         for j = 0…B-1 (h = ½ for v0 "half", 0 for "zero"), so neuron j starts at θ·(j + h)/B.

@@ -238,12 +238,7 @@ class SpikingModule(nn.Module):
         theta = view.params["theta"]
         sample = seq[0]
         th = channel_view(theta, sample)
-        v0 = spec.initial_potential(th)
-        if "v_init" in view.params:
-            v0 = v0 + view.params["v_init"]
-        offsets = spec.population_offsets(th, sample.dim())
-        if offsets is not None:  # B staggered neurons per unit (ir/neuron.py), as the runtime runs them
-            v0 = v0 + offsets
+        v0 = spec.start_potential(th, sample.dim(), view.params.get("v_init"))
         gain = view.params.get("gain")
         if gain is not None:
             seq = seq * channel_view(gain, sample)

@@ -494,12 +494,7 @@ class SpikingRunner:
         v = state.get(node.name)
         spec = NeuronSpec.from_attrs(node.attrs)
         if v is None:  # left broadcast (scalar or per channel): the C++ kernel reads it unexpanded
-            v = spec.initial_potential(th)
-            if "v_init" in node.params:  # potential calibration: a per-neuron offset
-                v = v + node.params["v_init"]
-            offsets = spec.population_offsets(th, sample.dim())
-            if offsets is not None:  # B neurons per unit, staggered (ir/neuron.py)
-                v = v + offsets
+            v = spec.start_potential(th, sample.dim(), node.params.get("v_init"))
         gain = node.params.get("gain")
         if gain is not None:  # hard-reset compensation (passes/hard_reset.py): fire at θ/g, spikes still carry θ
             x = x * channel_view(gain, sample)

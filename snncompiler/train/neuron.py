@@ -125,12 +125,7 @@ class LIF(nn.Module):
                 )
             theta = channel_view(theta, seq[0])
         counting = not torch.is_grad_enabled()  # the C++ kernel counts for free; training skips it
-        v0 = self.spec.initial_potential(theta)
-        if self.v_init is not None:  # as the runtime adds it: broadcast onto every sample
-            v0 = v0 + self.v_init
-        offsets = self.spec.population_offsets(theta, seq.dim() - 1)
-        if offsets is not None:
-            v0 = v0 + offsets
+        v0 = self.spec.start_potential(theta, seq.dim() - 1, self.v_init)  # as the runtime starts it
         result = population_multistep(
             seq,
             v0,
