@@ -210,8 +210,9 @@ class CompileOptions:
             raise OptionError(
                 "tau", f"only meaningful for LIF neurons (neuron lif), got tau={self.tau!r} with neuron {self.neuron!r}"
             )
-        put("tau", NeuronSpec.from_attrs(self._neuron_fields()).tau)
-        put("population", NeuronSpec.from_attrs(self._neuron_fields()).population)
+        spec = NeuronSpec.from_attrs(self._neuron_fields())
+        put("tau", spec.tau)
+        put("population", spec.population)
         if self.population > 1 and self.maxpool == "gated":
             raise OptionError(
                 "population",

@@ -1021,10 +1021,11 @@ def cmd_compile(args) -> int:
         print(f"analog islands (computed on rate-decoded inputs): {', '.join(islands)}")
     _write_on_rank0(lambda: model.save(output))
     neurons = len(model.graph.find("neuron"))
+    population = f"population {o['population']}, " if o["population"] > 1 else ""
     print(
         f"wrote {output}: {neurons} neurons, T={o['timesteps']}, threshold {o['threshold']}"
         f"{' per channel' if o['channelwise'] else ''}, {o['neuron'].upper()} {o['reset']} reset, v0={o['v0']}, "
-        f"{f'population {pop}, ' if (pop := o.get('population', 1)) > 1 else ''}calibration {o['calibration']} "
+        f"{population}calibration {o['calibration']} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
     print(f"spiking: {share_line(model.report['spiking'])}")

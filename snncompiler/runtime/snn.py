@@ -254,9 +254,11 @@ class SpikingRunner:
             if src.op == "maxpool":
                 channels_at = channels_at or src.outputs[0]
             src = self.graph.producer(src.inputs[0])
-        if src is None or src.op != "neuron" or binary_outputs(src):
+        if src is None or src.op != "neuron":
             return None
         population = NeuronSpec.from_attrs(src.attrs).population
+        if population == 1:  # outputs of 0 or θ: one event each
+            return None
         shape = self.graph.shape(channels_at or src.outputs[0])
         steps, batch = value.shape[:2]
         spikes = value.float().reshape((steps, batch) + tuple(int(d) for d in shape[1:]))
