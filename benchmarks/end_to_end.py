@@ -119,15 +119,18 @@ def time_spikingjelly(snn: nn.Module, x: torch.Tensor, timesteps: int, repeats: 
     return times, share
 
 
-def run_snnc_once(model, x: torch.Tensor, timesteps: int, exec_mode: str = "dense") -> tuple[float, dict]:
-    """Wall time of one T-step run of snnc's runtime, and its profile (seconds per part)."""
-    runner = model.runner(device=x.device, exec=exec_mode)
-    runner.profile = {}
+def run_snnc_once(model, x: torch.Tensor, timesteps: int, exec_mode: str = "dense", runner=None) -> tuple[float, dict]:
+    """Wall time of one T-step run of snnc's runtime, and its profile (seconds per part), on a new
+    runner or on ``runner``. A profiled run launches every kernel eagerly (no CUDA graphs); a
+    given GPU runner runs unprofiled, as users run it."""
+    if runner is None:
+        runner = model.runner(device=x.device, exec=exec_mode)
+        runner.profile = {}
     _sync(x)
     t0 = time.perf_counter()
     runner.run(x, timesteps, chunk=model.options["chunk"])
     _sync(x)
-    return time.perf_counter() - t0, runner.profile
+    return time.perf_counter() - t0, runner.profile or {}
 
 
 def stream_sweep(model, x: torch.Tensor, timesteps: int, repeats: int, thresholds_mb: list[float]) -> dict:
@@ -490,6 +493,12 @@ def main() -> None:
         choices=["dense", "event", "auto"],
         help="snnc's execution mode for spike-driven layers (CPU; dense is timed beside it as the lever's baseline)",
     )
+    ap.add_argument(
+        "--cuda-graphs",
+        choices=["auto", "on", "off"],
+        default="on",
+        help="GPU: snnc's timed runner replays its chunks as CUDA graphs (on); the third column is always off",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument(
         "--stream-mb",
@@ -543,15 +552,22 @@ def main() -> None:
         sj = spikingjelly_model(ann, calib).to(args.device)
         exec_mode = args.exec if args.device == "cpu" else "dense"
         # the three timed side by side, in rotating order (a shared VM's load hits all alike);
-        # SpikingJelly without the neuron-timing hooks, which would slow it down
-        times = _interleaved_times(
-            {
-                "sj": lambda: run_spikingjelly_once(sj, x, args.timesteps),
-                "snnc": lambda: run_snnc_once(compiled, x, args.timesteps, exec_mode),
-                "dense": lambda: run_snnc_once(compiled, x, args.timesteps, "dense"),
-            },
-            args.repeats,
-        )
+        # SpikingJelly without the neuron-timing hooks, which would slow it down. On a GPU the
+        # third is snnc without CUDA graphs, and both snnc runners live across runs (the graphs
+        # are captured once per runner, as in `evaluate`, which runs every batch on one runner)
+        timed = {
+            "sj": lambda: run_spikingjelly_once(sj, x, args.timesteps),
+            "snnc": lambda: run_snnc_once(compiled, x, args.timesteps, exec_mode),
+            "dense": lambda: run_snnc_once(compiled, x, args.timesteps, "dense"),
+        }
+        if args.device != "cpu":
+            graphs = compiled.runner(device=x.device, cuda_graphs=args.cuda_graphs)
+            eager = compiled.runner(device=x.device, cuda_graphs="off")
+            for _ in range(2):  # warm-up, then every chunk's capture
+                run_snnc_once(compiled, x, args.timesteps, runner=graphs)
+            timed["snnc"] = lambda: run_snnc_once(compiled, x, args.timesteps, runner=graphs)
+            timed["dense"] = lambda: run_snnc_once(compiled, x, args.timesteps, runner=eager)
+        times = _interleaved_times(timed, args.repeats)
         sj_times, sn_times, dense_times = times["sj"], times["snnc"], times["dense"]
         _, sj_neuron_share = time_spikingjelly(sj, x, args.timesteps, 1)  # the share, from one hooked run
         elapsed, profile = run_snnc_once(compiled, x, args.timesteps, exec_mode)
@@ -567,6 +583,12 @@ def main() -> None:
             "output_scale": float(np.abs(out_dense).max()),
             "argmax_agreement": float((out_exec.argmax(1) == out_dense.argmax(1)).mean()),
         }
+        if args.device != "cpu":  # the replayed graphs give what the eager chunks give
+            with_graphs, without = (
+                graphs.run(x, args.timesteps)[args.timesteps],
+                eager.run(x, args.timesteps)[args.timesteps],
+            )
+            agreement["cuda_graphs_vs_eager_max_abs_difference"] = float((with_graphs - without).abs().max())
         total = profile.pop("total")
         breakdown = {k: v / total for k, v in profile.items()}
         breakdown["overhead"] = max(0.0, 1.0 - sum(breakdown.values()))
@@ -576,6 +598,9 @@ def main() -> None:
                 "batch": args.batch,
                 "timesteps": args.timesteps,
                 "exec": exec_mode,
+                # on a GPU: snnc_median_s with --cuda-graphs (this), snnc_dense_median_s without
+                "cuda_graphs": args.cuda_graphs if args.device != "cpu" else None,
+                "cuda_graph_replays": graphs.graph_replays if args.device != "cpu" else None,
                 # steps per chunk: the model's own, else the runtime's choice for this batch and machine
                 "chunk": compiled.options["chunk"] or auto_chunk(compiled.graph, len(x), x.device),
                 "snnc_median_s": sn_med,
@@ -610,13 +635,14 @@ def main() -> None:
     )
     if args.device != "cpu":
         machine += f", device {torch.cuda.get_device_name()}"
+    third = "dense" if args.device == "cpu" else "eager"  # on a GPU: the same runner without CUDA graphs
     print(
         f"\nend-to-end, T={args.timesteps}, batch {args.batch}, median of {args.repeats} ({machine}; "
         f"snnc neuron backends: {', '.join(available_backends())})"
     )
     print(
-        f"{'workload':<12} {'exec':<6} {'chunk':>5} {'snnc s/batch':>13} {'dense s/batch':>14} {'SJ s/batch':>11} {'speedup':>8} "
-        f"{'(dense)':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons"
+        f"{'workload':<12} {'exec':<6} {'chunk':>5} {'snnc s/batch':>13} {third + ' s/batch':>14} {'SJ s/batch':>11} "
+        f"{'speedup':>8} {'(' + third + ')':>8}   snnc time: neurons / conv+linear / other ops / overhead   SJ neurons"
     )
     for r in rows:
         b = r["snnc_time_share"]
@@ -632,6 +658,11 @@ def main() -> None:
             f"{r['workload']}: --exec {r['exec']} vs dense outputs: max |difference| {a['max_abs_difference']:.3g} "
             f"(outputs up to {a['output_scale']:.3g}), argmax agreement {100 * a['argmax_agreement']:.1f} %"
         )
+        if "cuda_graphs_vs_eager_max_abs_difference" in a:
+            print(
+                f"{r['workload']}: --cuda-graphs {r['cuda_graphs']} vs eager outputs: max |difference| "
+                f"{a['cuda_graphs_vs_eager_max_abs_difference']:.3g} ({r['cuda_graph_replays']} chunks replayed)"
+            )
     floor = all(r["speedup"] >= 1.5 for r in rows)
     print(f"floor (snnc >= 1.5x faster on every workload): {'PASS' if floor else 'FAIL'}")
     targets = {"digits_cnn": 4.0, "resnet18": 2.5}  # issue #23 (under ATEN_CPU_CAPABILITY=avx2)

@@ -36,7 +36,7 @@ fi
 if want tests; then
   echo "== tests/kernels, the GPU runtime and direct training on the GPU"
   timeout "${SNNC_GPU_TEST_TIMEOUT:-300}" $py -m pytest -q -p no:cacheprovider --maxfail=20 tests/kernels \
-      tests/test_gpu_runtime.py tests/test_train.py \
+      tests/test_gpu_runtime.py tests/test_cuda_graphs.py tests/test_train.py \
       -k "not test_cpu_matches_reference" 2>&1 | tee "$out/gpu_pytest.log" | tail -40
   echo "pytest exit ${PIPESTATUS[0]}"
 fi

@@ -68,6 +68,7 @@ from snncompiler.kernels import (
     cpu,
     neuron_multistep,
 )
+from snncompiler.kernels import op as op_module
 from snncompiler.runtime.memory import retain_freed_memory
 
 FULL_T, FULL_N = (4, 8, 32, 128), (1 << 16, 1 << 20, 1 << 22)
@@ -598,7 +599,17 @@ def call_overhead(device: str, calls: int = 2000, repeats: int = 9) -> dict:
         # the runtime's other common calls: a scalar v0 (first chunk), a per-channel theta
         "op-scalar-v0": lambda: neuron_multistep(x, 0.0, 1.0),
         "op-channel-theta": lambda: neuron_multistep(x_c, 0.0, theta_c),
+        # where the op's cost goes: without its argument checks (backend resolution, θ/v0 layouts,
+        # the backend's forward), and the backend's forward alone (output allocation and launch)
+        "op-unchecked": lambda: op_module._forward(x, v0, one, 1.0, False, 0.0, "value", "auto", "atan", 1.0, False),
     }
+    one = torch.ones((), device=device)
+    if device == "cpu":
+        impls["backend-forward"] = lambda: cpu.forward(x, v0, one, 1, 1.0, False, 0.0, "value", 1)
+    elif "cuda" in available_backends():
+        from snncompiler.kernels import cuda
+
+        impls["backend-forward"] = lambda: cuda.forward(x, v0, one, 1, 1.0, False, 0.0, "value", 1)
     if device == "cpu":
         impls["kernel"] = preallocated_cpu_kernel(x, v0)
     else:

@@ -18,7 +18,7 @@ from .runtime.snn import SpikingRunner, _single, output_steps
 
 #: What ``run``, ``evaluate``, ``synaptic_operations`` and ``runner`` take as overrides of a
 #: model's own settings.
-RUN_OPTIONS = ("backend", "device", "exec", "chunk", "encoding", "seed")
+RUN_OPTIONS = ("backend", "device", "exec", "chunk", "encoding", "seed", "cuda_graphs")
 
 
 def first_output(value):
@@ -61,7 +61,8 @@ class CompiledModel:
         """A fresh :class:`SpikingRunner` with this model's settings (overridable, one of
         :data:`RUN_OPTIONS`; ``device="cuda"`` runs it on a GPU, ``exec="event"`` or ``"auto"``
         runs spike-driven conv/linear layers on the event-driven kernel, see
-        :mod:`snncompiler.kernels.event`). An unknown name is an error, not silently ignored:
+        :mod:`snncompiler.kernels.event`; ``cuda_graphs="auto"|"on"|"off"`` replays each chunk of
+        steps on a GPU as one captured CUDA graph, see :mod:`snncompiler.runtime.cuda_graphs`). An unknown name is an error, not silently ignored:
         ``run(x, exce="event")`` would otherwise run dense."""
         unknown = sorted(set(overrides) - set(RUN_OPTIONS))
         if unknown:
@@ -74,6 +75,7 @@ class CompiledModel:
             seed=o.get("seed", 0),
             device=o.get("device", "cpu"),
             exec_mode=o.get("exec") or "dense",
+            cuda_graphs=o.get("cuda_graphs") or "auto",
         )
 
     def run(

@@ -64,6 +64,10 @@ SUBSTITUTES = ("relu",)
 #: Execution modes of the spiking runtime (``--exec``; :mod:`snncompiler.kernels.event`), here so the
 #: CLI lists them without importing the kernels (and torch).
 EXEC_MODES = ("dense", "event", "auto")
+#: Whether the spiking runtime replays each chunk of steps as a captured CUDA graph (``--cuda-graphs``;
+#: :mod:`snncompiler.runtime.cuda_graphs`): auto (on a GPU, where the graph allows it), on (an
+#: error where it cannot), off.
+CUDA_GRAPH_MODES = ("auto", "on", "off")
 #: The options recorded in an artifact's settings (what a loaded model runs and recompiles with).
 SETTING_KEYS = (
     "threshold",
@@ -292,6 +296,8 @@ __all__ = [
     "MAXPOOL_STRATEGIES",
     "CALIBRATIONS",
     "SUBSTITUTES",
+    "EXEC_MODES",
+    "CUDA_GRAPH_MODES",
     "SETTING_KEYS",
     "FINETUNE_TIMESTEPS",
     "FINETUNE_EPOCHS",

@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     _add_exec_option(p)
+    _add_cuda_graphs_option(p)
     _add_dt_option(p)
     _add_event_options(p)
     _add_common(p)
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="auto", help="neuron kernel: auto, cpu, reference, triton, cuda (default %(default)s)"
     )
     _add_exec_option(p)
+    _add_cuda_graphs_option(p)
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     p.add_argument(
         "--layers",
@@ -905,6 +907,17 @@ def _add_exec_option(p) -> None:
     )
 
 
+def _add_cuda_graphs_option(p) -> None:
+    p.add_argument(
+        "--cuda-graphs",
+        choices=defaults.CUDA_GRAPH_MODES,
+        default="auto",
+        help="spiking models on a GPU: replay each chunk of steps as one captured CUDA graph instead of "
+        "launching its kernels one by one from Python; auto (default: where the model allows it, saying "
+        "once where it does not), on (an error where it cannot), off",
+    )
+
+
 def _refuse_spiking_flags(args, flags: tuple[str, ...]) -> None:
     """Flags that only mean something for a spiking artifact, given with a plain ANN: an error
     rather than silently ignored (an ANN "evaluated at --timesteps 4" was not)."""
@@ -931,10 +944,19 @@ def cmd_run(args) -> int:
         run = (
             model.ann
             if args.ann_mode
-            else (lambda x: model.run(x, args.timesteps, backend=args.backend, device=args.device, exec=args.exec))
+            else (
+                lambda x: model.run(
+                    x,
+                    args.timesteps,
+                    backend=args.backend,
+                    device=args.device,
+                    exec=args.exec,
+                    cuda_graphs=args.cuda_graphs,
+                )
+            )
         )
     else:
-        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec"))
+        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec", "--cuda-graphs"))
         run = model
     with _progress(len(data), "run", "sample") as bar:
         batches = []
@@ -1071,6 +1093,7 @@ def _eval_snn(args, model, data) -> int:
         backend=args.backend,
         device=args.device,
         exec=args.exec,
+        cuda_graphs=args.cuda_graphs,
         progress=True,
         **({"chunk": args.chunk} if args.chunk else {}),
     )
@@ -1296,7 +1319,18 @@ def cmd_eval(args) -> int:
 
         return _eval_snn(args, load(args.model, dt=args.dt), data)
     _refuse_spiking_flags(
-        args, ("--timesteps", "--chunk", "--backend", "--exec", "--plot", "--layers", "--reference", "--sops")
+        args,
+        (
+            "--timesteps",
+            "--chunk",
+            "--backend",
+            "--exec",
+            "--cuda-graphs",
+            "--plot",
+            "--layers",
+            "--reference",
+            "--sops",
+        ),
     )
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":

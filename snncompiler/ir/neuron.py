@@ -160,9 +160,10 @@ class NeuronSpec:
 
         half = 0.5 if self.v0 == "half" else 0.0
         b = self.population
-        steps = (torch.arange(b, dtype=torch.float32) + half) / b - half
         theta = torch.as_tensor(theta, dtype=torch.float32)
-        return steps.reshape((b,) + (1,) * ndim).to(theta.device) * theta
+        # made on θ's device: a host-to-device copy would stall a GPU and cannot be captured in a CUDA graph
+        steps = (torch.arange(b, dtype=torch.float32, device=theta.device) + half) / b - half
+        return steps.reshape((b,) + (1,) * ndim) * theta
 
     def rate_levels(self, timesteps: int) -> int:
         """How many steps of one plain neuron give this unit's rate resolution in ``timesteps``

@@ -39,6 +39,25 @@ def implements(name: str):
     return register
 
 
+_DEVICE_CONSTANTS: dict[tuple, torch.Tensor] = {}
+_MAX_DEVICE_CONSTANTS = 256
+
+
+def device_constant(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small tensor computed on the host (gather indices, interpolation weights) on ``device``,
+    copied there once per value: a copy on every call stalls a GPU's stream at every chunk, and
+    a CUDA graph (runtime/cuda_graphs.py) cannot capture one. ``t`` itself on the CPU."""
+    if device.type == "cpu":
+        return t
+    key = (str(device), t.dtype, tuple(t.shape), t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    found = _DEVICE_CONSTANTS.get(key)
+    if found is None:
+        if len(_DEVICE_CONSTANTS) >= _MAX_DEVICE_CONSTANTS:
+            _DEVICE_CONSTANTS.clear()
+        found = _DEVICE_CONSTANTS[key] = t.to(device)
+    return found
+
+
 # ---- linear layers ---------------------------------------------------------------------
 @implements("conv")
 def conv(node: Node, x):
@@ -436,7 +455,7 @@ def slice_(node: Node, x):
         if step == 1 and idx:
             x = x.narrow(axis, idx[0], len(idx))
         else:
-            x = torch.index_select(x, axis, torch.tensor(idx, dtype=torch.long, device=x.device))
+            x = torch.index_select(x, axis, device_constant(torch.tensor(idx, dtype=torch.long), x.device))
     return (x,)
 
 
@@ -508,7 +527,7 @@ def pad(node: Node, x):
             period = max(2 * (n - 1), 1)
             i = i.abs() % period
             i = torch.where(i >= n, period - i, i)
-        x = torch.index_select(x, axis, i.to(x.device))
+        x = torch.index_select(x, axis, device_constant(i, x.device))
     return (x,)
 
 
@@ -563,16 +582,16 @@ def resize(node: Node, x):
             continue
         src = _source_coords(out_size, in_size, scale, ctm)
         if mode == "nearest":
-            x = torch.index_select(x, axis, _nearest_index(src, in_size, rounding).to(x.device))
+            x = torch.index_select(x, axis, device_constant(_nearest_index(src, in_size, rounding), x.device))
             continue
         src = src.clamp(0, in_size - 1)
         lo = torch.floor(src).long()
         hi = (lo + 1).clamp(max=in_size - 1)
-        w = (src - lo).to(x.dtype).to(x.device)
+        w = device_constant((src - lo).to(x.dtype), x.device)
         shape = [1] * x.dim()
         shape[axis] = out_size
-        a = torch.index_select(x, axis, lo.to(x.device))
-        b = torch.index_select(x, axis, hi.to(x.device))
+        a = torch.index_select(x, axis, device_constant(lo, x.device))
+        b = torch.index_select(x, axis, device_constant(hi, x.device))
         x = a + (b - a) * w.reshape(shape)
     return (x,)
 

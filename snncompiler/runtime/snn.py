@@ -26,7 +26,8 @@ from ..ir import Graph, Node
 from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs
 from ..ir.ops import conversion_kind
 from ..limits import check_timesteps
-from ..options import DEFAULT_CHUNK, MAX_CHUNK
+from ..options import CUDA_GRAPH_MODES, DEFAULT_CHUNK, MAX_CHUNK
+from . import cuda_graphs
 from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
 from .ops import IMPLEMENTATIONS, _windows, channel_view
@@ -125,6 +126,7 @@ class SpikingRunner:
         encoding: str = "direct",
         seed: int = 0,
         exec_mode: str = "dense",
+        cuda_graphs: str = "auto",
     ):
         from ..kernels.event import EXEC_MODES
 
@@ -167,6 +169,27 @@ class SpikingRunner:
             name: dict.fromkeys(("dense", *_event_forms()), 0) for name in self._event_layers
         }
         self._costs: dict[str, object] = {}  # per layer, kernels.exec_cost.Costs (measured or cached)
+        if cuda_graphs not in CUDA_GRAPH_MODES:
+            raise SnncError(f"--cuda-graphs: expected {', '.join(CUDA_GRAPH_MODES)}, got '{cuda_graphs}'")
+        self.cuda_graphs = cuda_graphs
+        #: makes the chunk graphs (runtime/cuda_graphs.py); None: every chunk runs eagerly
+        self._graph_factory = self._graph_setup(cuda_graphs)
+        self._captured: dict[tuple, cuda_graphs.CapturedChunk] = {}
+        self._warm: set[tuple] = set()  # chunk keys run eagerly once, ready to capture
+        self.graph_replays = 0  # chunks run as a replayed CUDA graph (tests count these)
+
+    def _graph_setup(self, mode: str):
+        """The chunk-graph factory under ``--cuda-graphs mode``, or None (eager chunks)."""
+        if mode == "off":
+            return None
+        reasons = cuda_graphs.blockers(self.graph, device=self.device, encoding=self.encoding, exec_mode=self.exec_mode)
+        if not reasons:
+            return cuda_graphs.CudaChunkGraph
+        if mode == "on":
+            raise SnncError(f"--cuda-graphs on: {reasons[0]}")
+        if self.device.type == "cuda":
+            _warn_once(f"--cuda-graphs auto: running every chunk eagerly: {reasons[0]}")
+        return None
 
     def _event_setup(self) -> dict:
         """EventLayer (weights compressed once) for each conv/linear node whose input is spikes:
@@ -343,12 +366,18 @@ class SpikingRunner:
         one_by_one = fixed_batch(self.graph)
         if one_by_one:  # one state per sample: the graph runs on [1, ...] only, one step at a time
             state, static = [{} for _ in range(len(x))], [{} for _ in range(len(x))]
+        # plain runs replay captured chunks; observing values, profiling or stopping early run eagerly
+        graphs = self._graph_factory is not None and not observe and stop_at is None and self.profile is None
+        run_token = object()  # tells a captured chunk that its input buffers hold another run's values
         with torch.no_grad():
             while done < timesteps:
                 steps = min(chunk, timesteps - done)
+                outs = None
                 if one_by_one:
                     with one_thread():
                         env = self._chunk_per_sample(x, steps, done, state, static, gen, stop_at, observe)
+                elif graphs and self._graph_factory is not None:
+                    env, outs = {}, self._graph_chunk(x, steps, done, state, static, run_token)
                 else:
                     env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
                 for name in observe:
@@ -366,7 +395,8 @@ class SpikingRunner:
                     else:
                         part = value.t * steps if isinstance(value, _Static) else value.float().sum(0)
                     sums[name] = sums[name] + part if name in sums else part
-                outs = None if stop_at else [_dyn(env[v.name], steps) for v in self.graph.outputs]
+                if outs is None and not stop_at:
+                    outs = [_dyn(env[v.name], steps) for v in self.graph.outputs]
                 yield done, steps, outs
                 done += steps
                 self.steps_run += steps
@@ -382,6 +412,132 @@ class SpikingRunner:
     def firing_rate(self) -> float:
         """Mean spikes per neuron per step over everything run so far."""
         return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
+
+    # ---- one chunk as a CUDA graph (runtime/cuda_graphs.py) -------------------------------
+    def _graph_chunk(self, x, steps, t0, state, static, run_token) -> list:
+        """The outputs of one chunk, replayed from its captured graph; a chunk of a shape not
+        seen before runs eagerly once (the warm-up) and is captured the next time it comes."""
+        key = (tuple(x.shape), steps, t0 == 0)  # the first chunk starts the state; the others carry it
+        captured, check = self._captured.get(key), None
+        if captured is None and key in self._warm and len(self._captured) < cuda_graphs.MAX_GRAPHS:
+            captured = self._capture(key, x, steps, state, static)
+            if captured is not None:  # its first replay is checked against the same chunk run eagerly
+                check = self._eager_check(x, steps, t0, state, static)
+        if captured is None:
+            self._warm.add(key)
+            with cuda_graphs.side_stream(self.device):
+                env = self._chunk(x, steps, t0, state, static, None)
+            return [_dyn(env[v.name], steps) for v in self.graph.outputs]
+        if captured.run is not run_token:  # a new run: its input and static values into the buffers
+            captured.x.copy_(x)
+            captured.run = run_token
+        for name, buffer in captured.static_in.items():
+            if static[name] is not buffer:
+                buffer.t.copy_(static[name].t)
+                static[name] = buffer
+        for name, buffer in captured.state_in.items():
+            if state[name] is not buffer:
+                buffer.copy_(state[name])
+                state[name] = buffer
+        captured.graph.replay()
+        self.graph_replays += 1
+        state.update(captured.state_out)
+        static.update(captured.static_out)
+        self._spikes = captured.count.clone() if self._spikes is None else self._spikes + captured.count
+        self.neuron_steps += captured.neuron_steps
+        outs = [out.clone() for out in captured.outs]  # the next replay overwrites the captured ones
+        if check is not None:
+            return self._checked_replay(key, outs, captured, state, static, check)
+        return outs
+
+    def _eager_check(self, x, steps, t0, state, static) -> dict:
+        """The chunk run eagerly on the state a freshly captured graph is about to start from,
+        leaving ``state``, ``static`` and the runner's totals as they were: what its first replay
+        must give (see :meth:`_checked_replay`)."""
+        totals = self._spikes, self.neuron_steps
+        ref_state, ref_static = dict(state), dict(static)  # the chunk replaces entries, never writes into them
+        env = self._chunk(x, steps, t0, ref_state, ref_static, None)
+        check = {
+            "outs": [_dyn(env[v.name], steps).clone() for v in self.graph.outputs],
+            "state": ref_state,
+            "static": ref_static,
+            "totals": (self._spikes, self.neuron_steps),
+            "before": totals,
+        }
+        self._spikes, self.neuron_steps = totals
+        return check
+
+    def _checked_replay(self, key, outs, captured, state, static, check) -> list:
+        """A new graph's first replay against the eager chunk: where they differ (a kernel the
+        capture missed, an address that moved), the graphs go (an error under ``--cuda-graphs
+        on``) and the eager results stand."""
+        problem = _differs(check["outs"], outs, "output") or _differs(
+            [check["state"][k] for k in captured.state_out], list(captured.state_out.values()), "state"
+        )
+        if problem is None:
+            return outs
+        if self.cuda_graphs == "on":
+            raise SnncError(f"--cuda-graphs on: a replayed chunk differs from the same chunk run eagerly: {problem}")
+        _warn_once(f"--cuda-graphs auto: a replayed chunk differs from the eager chunk ({problem}); running eagerly")
+        self._graph_factory, self._captured = None, {}
+        state.clear()
+        state.update(check["state"])
+        static.clear()
+        static.update(check["static"])
+        self._spikes, self.neuron_steps = check["totals"]
+        return check["outs"]
+
+    def _capture(self, key, x, steps, state, static):
+        """Capture the chunk ``key`` on buffers of its own (see the module docstring of
+        runtime/cuda_graphs.py); None, with the graphs off from here on, where capturing fails
+        under ``--cuda-graphs auto``."""
+        if any(not isinstance(v, torch.Tensor) for v in state.values()):
+            return None  # blockers() keeps host-side state out; a value that is not a tensor cannot be replayed
+        x_in = x.clone()
+        state_in = {name: v.clone() for name, v in state.items()}
+        static_in = {name: _Static(v.t.clone()) for name, v in static.items()}
+        work_state: dict = {}
+        work_static: dict = {}  # the chunk adds the static values it computes (a first chunk: all of them)
+        neuron_steps = []
+
+        def step():
+            """The chunk as a function of the input buffers alone (what a replay reads), leaving
+            the runner's totals as they were: its outputs, then its spike count."""
+            work_state.clear()
+            work_state.update(state_in)
+            work_static.clear()
+            work_static.update(static_in)
+            totals = self._spikes, self.neuron_steps
+            self._spikes, self.neuron_steps = None, 0
+            try:
+                env = self._chunk(x_in, steps, 0, work_state, work_static, None)
+                count = (
+                    self._spikes if self._spikes is not None else torch.zeros((), dtype=torch.int64, device=x.device)
+                )
+                neuron_steps[:] = [self.neuron_steps]
+            finally:
+                self._spikes, self.neuron_steps = totals
+            for name, buffer in state_in.items():  # the next replay starts from this chunk's end
+                buffer.copy_(work_state[name])
+            return [_dyn(env[v.name], steps) for v in self.graph.outputs] + [count]
+
+        try:
+            graph = self._graph_factory(self.device)
+            *outs, count = graph.capture(step, list(state_in.values()))
+        except Exception as exc:
+            if self.cuda_graphs == "on":
+                raise SnncError(f"--cuda-graphs on: capturing a chunk failed: {_first_line(exc)}") from exc
+            _warn_once(f"--cuda-graphs auto: capturing a chunk failed, running eagerly: {_first_line(exc)}")
+            self._graph_factory = None
+            return None
+        # a steady chunk's state lives in (and is carried by) its input buffers; a first chunk's in
+        # the tensors it made, which each replay overwrites
+        state_out = state_in if state_in else work_state
+        captured = cuda_graphs.CapturedChunk(
+            graph, x_in, static_in, state_in, work_static, state_out, outs, count, neuron_steps[0]
+        )
+        self._captured[key] = captured
+        return captured
 
     # ---- one chunk ----------------------------------------------------------------------
     def _chunk(self, x, steps, t0, state, static, gen, stop_at=None, keep=frozenset()):
@@ -621,6 +777,27 @@ def _event_forms() -> tuple[str, ...]:
     from ..kernels import event
 
     return event.FORMS
+
+
+def _differs(want: list, got: list, what: str) -> str | None:
+    """Where two lists of tensors differ by more than float32 rounding of their largest value
+    could (a flipped spike moves a value by θ), as words; None where they agree."""
+    for k, (a, b) in enumerate(zip(want, got)):
+        if a.shape != b.shape:
+            return f"{what} {k} has shape {tuple(b.shape)}, not {tuple(a.shape)}"
+        if a.numel() == 0:
+            continue
+        diff = float((a.double() - b.double()).abs().max())
+        scale = float(a.double().abs().max())
+        if not diff <= 1e-5 * max(scale, 1e-30):  # also catches NaN
+            return f"{what} {k} by up to {diff:.3g} (values up to {scale:.3g})"
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's first line (its type where it has no message), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _warn_once(message: str) -> None:
