@@ -183,7 +183,8 @@ def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:
     samples = len(calibration_batch(ctx))
     T = int(opts["timesteps"])
     check_calibration_bytes(
-        calibration_memory(ann, samples, T), f"--calibration {opts['calibration']} on {samples} samples at T={T}"
+        calibration_memory(ann, samples, T, int(opts.get("population", 1))),
+        f"--calibration {opts['calibration']} on {samples} samples at T={T}",
     )
 
 

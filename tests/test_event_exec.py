@@ -326,7 +326,7 @@ def test_dense_event_and_auto_agree_end_to_end(compiled_cnn, monkeypatch):
     runs = {}
     for mode, forced in (("event", None), *(("event", f) for f in event.FORMS), ("auto", "dense")):
         if forced is not None:  # a cost model that sends every chunk one way
-            monkeypatch.setattr(exec_cost, "costs_for", lambda *a, f=forced: _forcing(f))
+            monkeypatch.setattr(exec_cost, "costs_for", lambda *a, f=forced, **k: _forcing(f))
         runs[(mode, forced)] = (model.run(x, 8, exec=mode), model.last_runner.exec_counts)
     assert model.last_runner.firing_rate > 0.01  # the layers had spikes to process
     _, measured = runs[("event", None)]
@@ -381,7 +381,7 @@ def test_auto_chooses_by_the_chunk_density(compiled_cnn, monkeypatch):
     assert costs.break_even("gather") == 0.5 and costs.break_even("scatter") == 0.05
     assert costs.only_choice(("dense", "gather", "scatter")) is None  # depends on the density: counted
     assert costs.only_choice(("gather", "scatter")) == "gather"  # cheaper at 0 and at 1: never counted
-    monkeypatch.setattr(exec_cost, "costs_for", lambda *a: costs)
+    monkeypatch.setattr(exec_cost, "costs_for", lambda *a, **k: costs)
     model, _ = compiled_cnn
     runner = SpikingRunner(model.graph, exec_mode="auto")
     name, layer = next(iter(runner._event_layers.items()))
@@ -420,6 +420,27 @@ def test_cost_model_is_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
     assert set(exec_cost.costs_for(layer, (4, 6, 6), dense_fn).event) == {"gather", "scatter", "pruned"}
     assert len(calls) == 3
     assert exec_cost.layer_key(layer, (4, 6, 6)) != exec_cost.layer_key(layer, (4, 7, 7))
+    # a layer fed binary spikes is timed on them (another entry): the event forms get uint8 inputs
+    # and the per-channel value of a spike
+    assert exec_cost.layer_key(layer, (4, 6, 6)) != exec_cost.layer_key(layer, (4, 6, 6), binary=True)
+    seen = []
+    real_call = event.EventLayer.__call__
+    monkeypatch.setattr(
+        event.EventLayer, "__call__", lambda self, x, f, s=None: seen.append((x.dtype, s)) or real_call(self, x, f, s)
+    )
+    binary = exec_cost.costs_for(layer, (4, 6, 6), dense_fn, binary=True)
+    assert len(calls) == 4 and set(binary.event) == {"gather", "scatter", "pruned"}
+    assert seen and all(dtype == torch.uint8 and torch.equal(s, torch.ones(4)) for dtype, s in seen)
+
+
+def test_cost_model_times_as_many_samples_as_a_chunk_feeds():
+    from snncompiler.kernels.exec_cost import MAX_MEASURE_ELEMENTS, SAMPLES, measure_samples
+
+    assert measure_samples(2048, (1024,)) == 2048  # 64 samples × 32 steps into a classifier
+    assert measure_samples(3000, (1024,)) == 2048  # a power of two: few cache entries
+    assert measure_samples(1 << 20, (1024,)) == MAX_MEASURE_ELEMENTS // 1024
+    assert measure_samples(2048, (64, 32, 32)) == SAMPLES  # a large input: the budget holds it
+    assert measure_samples(16, (16,)) == SAMPLES and measure_samples(0, (4, 6, 6)) == SAMPLES
 
 
 def test_invalid_mode_and_missing_extension(compiled_cnn, monkeypatch):

@@ -271,3 +271,14 @@ def test_a_trained_population_exports_and_runs_as_trained(tmp_path):
         expected = run_steps(net, torch.from_numpy(x[:32]), 5)
     got = loaded.runner().run_steps(torch.from_numpy(x[:32]), 5)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_calibration_memory_counts_a_populations_spike_planes(residual_onnx):
+    from snncompiler.formats.onnx import load_graph
+    from snncompiler.passes.layerwise import calibration_memory
+
+    graph = load_graph(residual_onnx[0])
+    plain = calibration_memory(graph, 64, 8)
+    assert calibration_memory(graph, 64, 8, population=1) == plain
+    # input, mean output and B spike planes against input and output
+    assert calibration_memory(graph, 64, 8, population=4) == 3 * plain

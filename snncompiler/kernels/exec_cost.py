@@ -15,7 +15,10 @@ spike density of its input, the CPU and the thread count:
   the form for pruned layers at the spike densities of a converted network.
 
 A :class:`Costs` per layer is fitted by a micro-benchmark on first use: each form timed on
-planted spike inputs of the layer's real input shape (:data:`SAMPLES` samples, the two spike
+planted spike inputs of the layer's real input shape (as many samples as a chunk feeds it, rounded
+down to a power of two, from :data:`SAMPLES` up to :data:`MAX_MEASURE_ELEMENTS` inputs: a GEMM
+costs less per sample on 2048 rows than on 128, and timing fewer made the event forms of a
+classifier look cheaper than dense where they were not), the two spike
 densities of :data:`DENSITIES`, median of :data:`REPEATS`), a line in the density for the event
 forms and a constant for dense, per sample. It is cached in memory and on disk
 (``$SNNC_CACHE_DIR/exec_cost.json``, default ``~/.cache/snncompiler``), keyed by the layer's
@@ -30,6 +33,7 @@ is a plain direct convolution, and neither won a measurement.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -49,9 +53,10 @@ FORMS = ("dense", "gather", "scatter", "pruned")
 #: spike densities of the planted inputs the event forms are timed at (a line through the two)
 DENSITIES = (0.02, 0.25)
 SAMPLES = 128
+MAX_MEASURE_ELEMENTS = 1 << 23  # inputs per planted batch (32 MiB of float32) at most
 REPEATS = 3
 SCATTER_MAX_WEIGHT_DENSITY = 0.5
-_CACHE_VERSION = 2  # bump when the kernels change enough to invalidate stored measurements
+_CACHE_VERSION = 3  # bump when the kernels change enough to invalidate stored measurements (3: the input format)
 
 
 @dataclass(frozen=True)
@@ -110,9 +115,21 @@ def cache_path() -> Path:
     return Path(os.environ.get("SNNC_CACHE_DIR", Path.home() / ".cache" / "snncompiler")) / "exec_cost.json"
 
 
-def layer_key(layer, in_shape: tuple[int, ...]) -> str:
-    """The cache key of a layer on inputs of per-sample shape ``in_shape``: everything the
-    measured costs depend on."""
+def measure_samples(rows: int, in_shape: tuple[int, ...]) -> int:
+    """Samples the micro-benchmark times for a layer that runs on ``rows`` samples at a time
+    (steps × batch of a chunk): the largest power of two ≤ rows, at least :data:`SAMPLES`, at
+    most what fits :data:`MAX_MEASURE_ELEMENTS` (and never below SAMPLES)."""
+    per_sample = max(1, math.prod(in_shape))
+    cap = max(SAMPLES, MAX_MEASURE_ELEMENTS // per_sample)
+    samples = SAMPLES
+    while samples * 2 <= min(rows, cap):
+        samples *= 2
+    return samples
+
+
+def layer_key(layer, in_shape: tuple[int, ...], binary: bool = False, samples: int | None = None) -> str:
+    """The cache key of a layer on inputs of per-sample shape ``in_shape`` (uint8 spikes where
+    ``binary``, else float32): everything the measured costs depend on."""
     from . import event
 
     return json.dumps(
@@ -130,6 +147,8 @@ def layer_key(layer, in_shape: tuple[int, ...]) -> str:
             layer.groups,
             round(layer.weight_density, 2),
             list(in_shape),
+            bool(binary),
+            samples or SAMPLES,
         ]
     )
 
@@ -165,32 +184,56 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor], object]) -> Costs:
-    """Fit :class:`Costs` for ``layer`` on inputs [SAMPLES, *in_shape] (no cache)."""
+def measure(
+    layer,
+    in_shape: tuple[int, ...],
+    dense_fn: Callable[[torch.Tensor], object],
+    binary: bool = False,
+    samples: int | None = None,
+) -> Costs:
+    """Fit :class:`Costs` for ``layer`` on inputs [samples, *in_shape] (default :data:`SAMPLES`; no cache). With ``binary``
+    the event forms are timed on uint8 spikes, as the runtime feeds a layer whose every input is a
+    neuron's binary spikes: their fixed costs differ from the float32 input's (the gather form
+    reads them as masks), and timing the other format picked the wrong form on a Xeon. Dense is
+    timed on float32, the values it runs on either way."""
     gen = torch.Generator().manual_seed(0)
-    shape = (SAMPLES,) + tuple(in_shape)
+    samples = samples or SAMPLES
+    shape = (samples,) + tuple(in_shape)
     planted = {d: (torch.rand(shape, generator=gen) < d).float() for d in DENSITIES}
+    event_input = planted
+    scale = None
+    if binary:  # a spike's value per input channel (per feature for a linear layer): 1 here
+        event_input = {d: t.to(torch.uint8) for d, t in planted.items()}
+        scale = torch.ones(in_shape[-1] if layer.kind == "linear" else in_shape[0])
     forms = ["gather"] if layer.gather_ok else []
     if layer.weight_density <= SCATTER_MAX_WEIGHT_DENSITY or not forms:
         forms.append("scatter")
     if layer.weight_density <= SCATTER_MAX_WEIGHT_DENSITY and layer.pruned_ok:
         forms.append("pruned")
-    dense = _median_time(lambda: dense_fn(planted[DENSITIES[-1]]), REPEATS) / SAMPLES
+    dense = _median_time(lambda: dense_fn(planted[DENSITIES[-1]]), REPEATS) / samples
     event = {}
     (d0, d1) = DENSITIES
     for form in forms:
-        t0 = _median_time(lambda f=form: layer(planted[d0], f), REPEATS) / SAMPLES
-        t1 = _median_time(lambda f=form: layer(planted[d1], f), REPEATS) / SAMPLES
+        t0 = _median_time(lambda f=form: layer(event_input[d0], f, scale), REPEATS) / samples
+        t1 = _median_time(lambda f=form: layer(event_input[d1], f, scale), REPEATS) / samples
         slope = max(0.0, (t1 - t0) / (d1 - d0))
         event[form] = (max(0.0, t0 - slope * d0), slope)
     return Costs(dense, event)
 
 
-def costs_for(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor], object]) -> Costs:
-    """The :class:`Costs` of ``layer`` on per-sample inputs of ``in_shape``: from memory, else
-    from the on-disk cache, else measured now (:func:`measure`, tens to hundreds of
-    milliseconds per layer) and stored in both."""
-    key = layer_key(layer, in_shape)
+def costs_for(
+    layer,
+    in_shape: tuple[int, ...],
+    dense_fn: Callable[[torch.Tensor], object],
+    binary: bool = False,
+    rows: int = 0,
+) -> Costs:
+    """The :class:`Costs` of ``layer`` on per-sample inputs of ``in_shape`` (uint8 spikes where
+    ``binary``), run ``rows`` samples at a time (see :func:`measure_samples`): from memory, else
+    from the on-disk cache, else measured now (:func:`measure`, tens to hundreds of milliseconds
+    per layer) and stored in both."""
+    samples = measure_samples(rows, in_shape)
+    key = layer_key(layer, in_shape, binary, samples)
     with _lock:
         if key in _memory:
             return _memory[key]
@@ -209,7 +252,7 @@ def costs_for(layer, in_shape: tuple[int, ...], dense_fn: Callable[[torch.Tensor
                     f"cached in {cache_path()})",
                     file=sys.stderr,
                 )
-            costs = measure(layer, in_shape, dense_fn)
+            costs = measure(layer, in_shape, dense_fn, binary, samples)
             _store(key, costs)
         _memory[key] = costs
         return costs

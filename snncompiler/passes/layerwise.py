@@ -37,16 +37,18 @@ def calibration_batch(ctx: PassContext) -> torch.Tensor:
     return torch.from_numpy(ctx.calib.x[start:end]).float()
 
 
-def calibration_memory(graph: Graph, samples: int, timesteps: int) -> int:
+def calibration_memory(graph: Graph, samples: int, timesteps: int, population: int = 1) -> int:
     """Estimated bytes the layer-wise simulator holds: every value is kept over all T steps of
     every calibration sample at once ([T, N, ...] float32), and at a layer both its input and its
-    output are live, so samples × T × 4 bytes × twice the largest per-sample activation.
+    output are live, so samples × T × 4 bytes × twice the largest per-sample activation; a neuron
+    of ``population`` B > 1 also holds its B spike planes before their mean (B + 2 activations).
     Values whose shape is unknown count as the largest known one."""
     import math
 
     sizes = [math.prod(v.shape[1:]) for v in graph.values.values() if v.shape and len(v.shape) >= 1]
     largest = max(sizes, default=1)
-    return int(samples) * int(timesteps) * 4 * 2 * max(1, largest)
+    live = 2 if population <= 1 else population + 2
+    return int(samples) * int(timesteps) * 4 * live * max(1, largest)
 
 
 def reference_graph(graph: Graph, ctx: PassContext) -> Graph:

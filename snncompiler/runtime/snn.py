@@ -631,7 +631,11 @@ class SpikingRunner:
         costs = self._costs.get(node.name)
         if costs is None:
             costs = self._costs[node.name] = exec_cost.costs_for(
-                layer, tuple(x.shape[1:]), lambda t: IMPLEMENTATIONS[node.op](node, t)
+                layer,
+                tuple(x.shape[1:]),
+                lambda t: IMPLEMENTATIONS[node.op](node, t),
+                binary=x.dtype == torch.uint8,
+                rows=x.shape[0],
             )
         form = costs.only_choice(forms)
         if form is None:  # the choice depends on the density: count this chunk's nonzero inputs
