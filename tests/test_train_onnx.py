@@ -17,6 +17,7 @@ import snncompiler as snnc
 from examples.workloads import DigitsCNN, digits, export_onnx
 from snncompiler.data import save_npz
 from snncompiler.errors import SnncError
+from snncompiler.ir.neuron import NeuronSpec
 from snncompiler.train import GraphNet, run_steps
 from snncompiler.train.direct import parse_schedule, reinitialise, train_onnx
 
@@ -251,3 +252,22 @@ def test_cli_train_then_eval_and_its_errors(untrained_cnn, tmp_path):
         args = ["train", path, "--data", tmp_path / "train.npz", "-o", tmp_path / "x.snn.onnx", *extra]
         r = _snnc(*args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_trains_a_population(untrained_cnn, tmp_path):
+    path, train, test = untrained_cnn
+    save_npz(tmp_path / "train.npz", train.x[:300], train.y[:300])
+    save_npz(tmp_path / "val.npz", test.x[:100], test.y[:100])
+    out = tmp_path / "p.snn.onnx"
+    args = ["train", path, "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz", "--timesteps", "2"]
+    r = _snnc(*args, "--epochs", "1", "--population", "2", "-o", out)
+    assert r.returncode == 0, r.stderr
+    model = snnc.load(out)
+    assert model.report["train"]["population"] == 2 and model.options["population"] == 2
+    neurons = model.graph.find("neuron")
+    assert neurons and all(NeuronSpec.from_attrs(n.attrs).population == 2 for n in neurons)
+    # the artifact is the network that was scored during training
+    acc = model.evaluate(test.x[:100], test.y[:100], [2])["snn_accuracy"]["2"]
+    assert acc == pytest.approx(model.report["train"]["val_accuracy"])
+    r = _snnc(*args, "--population", "65", "-o", tmp_path / "bad.snn.onnx")
+    assert r.returncode == 2 and "population" in r.stderr and "64" in r.stderr and "Traceback" not in r.stderr

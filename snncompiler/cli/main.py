@@ -160,15 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"initial membrane: θ/2 (half) or 0 (zero) (default {d.v0})",
     )
-    p.add_argument(
-        "--population",
-        type=_positive_int,
-        default=None,
-        metavar="B",
-        help=f"B neurons per ReLU, started θ/B apart, their spikes averaged: the rate resolution of B·T steps "
-        f"at T steps' latency, for B-fold neuron updates and up to B-fold spikes (default {d.population}; "
-        f"at most {defaults.MAX_POPULATION})",
-    )
+    _add_population_option(p)
     p.add_argument(
         "--maxpool",
         choices=list(defaults.MAXPOOL_STRATEGIES),
@@ -454,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tau", type=float, default=0.0, help="LIF time constant (decay = 1 - 1/tau; default 2); needs --neuron lif"
     )
+    _add_population_option(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument(
         "--rate-penalty",
@@ -758,6 +751,7 @@ def cmd_train(args) -> int:
         device=args.device,
         neuron=args.neuron,
         tau=args.tau,
+        population=args.population or defaults.DEFAULTS["population"],
         rate_penalty=args.rate_penalty,
         progress=True,
     )
@@ -904,6 +898,18 @@ def _add_exec_option(p) -> None:
         "for pruned ones) or auto (per layer and chunk, the cheapest of dense and those at the chunk's spike "
         "density by a cost model measured on first use and cached in $SNNC_CACHE_DIR); results equal dense "
         "within float32 summation order",
+    )
+
+
+def _add_population_option(p) -> None:
+    p.add_argument(
+        "--population",
+        type=_positive_int,
+        default=None,
+        metavar="B",
+        help=f"B neurons per ReLU, started θ/B apart, their spikes averaged: the rate resolution of B·T steps "
+        f"at T steps' latency, for B-fold neuron updates and up to B-fold spikes (default "
+        f"{defaults.DEFAULTS['population']}; at most {defaults.MAX_POPULATION})",
     )
 
 

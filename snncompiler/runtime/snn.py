@@ -32,6 +32,9 @@ from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
 from .ops import IMPLEMENTATIONS, _windows, channel_view
 
+#: Ops that only reshape a value: a neuron's outputs pass through them unchanged.
+_SHAPE_OPS = ("flatten", "reshape")
+
 # How `profile` groups the time spent per node (everything else is "other ops").
 _PROFILE_GROUPS = {
     "neuron": "neurons",
@@ -249,22 +252,30 @@ class SpikingRunner:
             # else θ per neuron: a spike's value depends on more than its channel
         return binary
 
-    def _reads_spikes(self, node: Node) -> bool:
-        # a max pool of a neuron's spikes ("rate", "gated", or "output": the max of the spikes
-        # themselves) passes spikes on: 0 or θ again
-        src = self.graph.producer(node.inputs[0])
-        while src is not None and (
-            src.op in ("flatten", "reshape")
-            or (src.op == "maxpool" and src.attrs.get("spiking") in ("rate", "gated", "output"))
-        ):
+    def _walk_back(self, value: str, passes) -> tuple[Node | None, list[Node]]:
+        """The producer reached from ``value`` by walking back through first inputs of the nodes
+        ``passes`` accepts (ops that hand a neuron's outputs on unchanged in kind), and the
+        nodes walked through, nearest first."""
+        path, src = [], self.graph.producer(value)
+        while src is not None and passes(src):
+            path.append(src)
             src = self.graph.producer(src.inputs[0])
+        return src, path
+
+    def _reads_spikes(self, node: Node) -> bool:
+        """Whether ``node`` reads a neuron's spikes: directly, through flatten/reshape or through a
+        max pool of the spikes themselves ("rate", "gated", "output": 0 or θ again)."""
+        src, _ = self._walk_back(
+            node.inputs[0],
+            lambda n: (
+                n.op in _SHAPE_OPS or (n.op == "maxpool" and n.attrs.get("spiking") in ("rate", "gated", "output"))
+            ),
+        )
         return src is not None and src.op == "neuron"
 
     def _neuron_source(self, node: Node) -> str | None:
         """The neuron output that ``node`` reads unchanged in count (through flatten/reshape only)."""
-        src = self.graph.producer(node.inputs[0])
-        while src is not None and src.op in ("flatten", "reshape"):
-            src = self.graph.producer(src.inputs[0])
+        src, _ = self._walk_back(node.inputs[0], lambda n: n.op in _SHAPE_OPS)
         return src.outputs[0] if src is not None and src.op == "neuron" else None
 
     def _spikes_behind(self, name: str, value: torch.Tensor) -> torch.Tensor | None:
@@ -272,13 +283,11 @@ class SpikingRunner:
         pools at most), the spikes behind each entry summed over the chunk's steps: an output
         k·θ/B is k spikes, each an event for the synapses reading it. None for any other value
         (an entry is one event)."""
-        src, channels_at = self.graph.producer(name), None  # the last value with channels on axis 1
-        while src is not None and src.op in ("flatten", "reshape", "maxpool"):
-            if src.op == "maxpool":
-                channels_at = channels_at or src.outputs[0]
-            src = self.graph.producer(src.inputs[0])
+        src, path = self._walk_back(name, lambda n: n.op in _SHAPE_OPS or n.op == "maxpool")
         if src is None or src.op != "neuron":
             return None
+        # the last value with channels on axis 1: the nearest max pool's output, else the neuron's
+        channels_at = next((n.outputs[0] for n in path if n.op == "maxpool"), None)
         population = NeuronSpec.from_attrs(src.attrs).population
         if population == 1:  # outputs of 0 or θ: one event each
             return None

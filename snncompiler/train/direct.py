@@ -114,6 +114,7 @@ def train_onnx(
     device: str = "cpu",
     neuron: str = "if",
     tau: float = 0.0,
+    population: int = 1,
     learn_theta: bool = True,
     calib_samples: int = 512,
     batchnorm: bool | None = None,
@@ -136,6 +137,8 @@ def train_onnx(
         loss, lamb: "tet" (with TET's λ) or "sdt"; lr, batch_size: Adam with a cosine schedule
             per stage (lr default: :data:`DEFAULT_LR` for the ``init``); device: where training runs.
         neuron, tau: "if" or "lif" (tau > 1; default 2 for lif) neurons in place of the ReLUs.
+        population: B neurons per ReLU, the unit's output the mean of their spikes (T·B + 1 rate
+            levels at T steps; see ``snnc compile --population``), trained and saved as such.
         learn_theta: train the thresholds along with the weights.
         calib_samples: training samples the conversion's thresholds are measured on.
         batchnorm: train with a BatchNorm after every hidden conv/linear, folded into its weights
@@ -162,8 +165,8 @@ def train_onnx(
     if init not in INITS:
         raise SnncError(f"--init: expected one of {', '.join(INITS)}, got '{init}'")
     # neuron, tau (0 or None: the default) and calib_samples are checked where every compile checks them
-    checked = CompileOptions(neuron=neuron, tau=tau or None, calib_samples=calib_samples)
-    neuron, tau = checked.neuron, checked.tau
+    checked = CompileOptions(neuron=neuron, tau=tau or None, calib_samples=calib_samples, population=population)
+    neuron, tau, population = checked.neuron, checked.tau, checked.population
     stages = parse_schedule(timesteps, epochs)
     checked_device(device)  # before the conversion pass, not at the first batch
     if lr is None:
@@ -175,7 +178,14 @@ def train_onnx(
         graph = reinitialise(graph, seed)
     final_t = stages[-1][0]
     converted = snn_compile(
-        graph, data.x[:calib_samples], timesteps=final_t, neuron=neuron, tau=tau, seed=seed, quiet=True
+        graph,
+        data.x[:calib_samples],
+        timesteps=final_t,
+        neuron=neuron,
+        tau=tau,
+        population=population,
+        seed=seed,
+        quiet=True,
     )
     if batchnorm is None:
         batchnorm = init == "random"
@@ -244,6 +254,8 @@ def train_onnx(
         note["lamb"] = lamb
     if rate_penalty:
         note["rate_penalty"] = rate_penalty
+    if population > 1:
+        note["population"] = population
     trained = CompiledModel(graph, {**converted.options, "timesteps": final_t}, {**converted.report, "train": note})
     trained.train_history = timed  # with each epoch's seconds; not saved
     if val_data is not None:
