@@ -18,8 +18,13 @@ from hypothesis import strategies as st
 import snncompiler as snnc
 from examples.workloads import export_onnx
 from snncompiler.errors import OptionError, SnncError
-from snncompiler.ir.neuron import NeuronSpec
-from snncompiler.kernels import neuron_multistep, neuron_multistep_reference, population_multistep
+from snncompiler.ir.neuron import NeuronSpec, population_inverse
+from snncompiler.kernels import (
+    neuron_multistep,
+    neuron_multistep_reference,
+    population_multistep,
+    population_output,
+)
 from snncompiler.options import CompileOptions
 from snncompiler.train import run_steps
 from snncompiler.train.finetune import GraphNet
@@ -35,8 +40,9 @@ def _staggered(spec: NeuronSpec, theta: torch.Tensor, ndim: int) -> torch.Tensor
 @pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("population", [2, 3, 5])
 def test_population_is_the_mean_of_independent_neurons(backend, reset, population):
-    """Each unit's output equals the mean of B reference neurons started at θ·(j + ½)/B, run one
-    by one: the same spike counts exactly, the values within float32 summation order."""
+    """Each unit's output is the mean of B reference neurons started at θ·(j + ½)/B, run one by
+    one: k of their spikes at a step give exactly k·(θ·float32(1/B)) (population_output), and
+    that is the mean of their spikes θ·s to within float32 rounding."""
     if backend not in snnc.kernels.available_backends():
         pytest.skip(f"{backend} backend not built here")
     gen = torch.Generator().manual_seed(population)
@@ -46,12 +52,47 @@ def test_population_is_the_mean_of_independent_neurons(backend, reset, populatio
     v0 = _staggered(spec, theta, x.dim() - 1)
     out, v, count = population_multistep(x, v0, theta, population, reset=reset, backend=backend, return_count=True)
     singles = [neuron_multistep_reference(x, v0[j], theta, reset=reset)[0] for j in range(population)]
-    expected = torch.stack(singles).sum(0) / population
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
     counts = torch.stack([s / theta for s in singles]).sum(0)
+    assert torch.equal(out, population_output(counts, theta, population))
+    torch.testing.assert_close(out, torch.stack(singles).sum(0) / population, rtol=1e-6, atol=1e-7)
     assert torch.equal(torch.round(out * population / theta), torch.round(counts))
     assert int(count) == int(torch.round(counts).sum())
     assert v.shape == (population,) + tuple(x.shape[1:])
+
+
+@pytest.mark.skipif("cpu" not in snnc.kernels.available_backends(), reason="C++ kernel not built")
+@pytest.mark.parametrize("population", [2, 3, 7, 64])
+@pytest.mark.parametrize("decay, reset", [(1.0, "soft"), (0.75, "soft"), (0.5, "hard")])
+@pytest.mark.parametrize("static", [False, True])
+def test_fused_cpu_population_equals_counted_spikes_of_the_plain_op(population, decay, reset, static):
+    """The C++ population kernel (inference on the CPU backend) gives, bit for bit, the outputs,
+    final membranes and spike count of B plain neurons run through the reference op and counted:
+    units in partial blocks (N = 3·5·37 is no multiple of a block), per-channel θ, a carried
+    dense [B, ...] membrane and a time-static input read without copying."""
+    gen = torch.Generator().manual_seed(population)
+    steps, shape = 6, (3, 5, 37)
+    x = torch.randn((1 if static else steps,) + shape, generator=gen)
+    x = x.expand((steps,) + shape) if static else x
+    theta = torch.rand((5, 1), generator=gen) + 0.4
+    v0 = torch.randn((population,) + shape, generator=gen) * 0.3  # a carried state: every neuron its own
+    options = dict(decay=decay, reset=reset, return_count=True)
+    fused = population_multistep(x, v0, theta, population, backend="cpu", **options)
+    composed = population_multistep(x, v0, theta, population, backend="reference", **options)
+    for a, b in zip(fused, composed):
+        assert torch.equal(a, b)
+    assert fused[0].shape == (steps,) + shape and fused[1].shape == (population,) + shape
+    # with gradients the value is the same, and x's gradient that of the B neurons' mean
+    xg = x.clone().requires_grad_(True)
+    out, _ = population_multistep(xg, v0, theta, population, decay=decay, reset=reset, backend="cpu")
+    assert torch.equal(out.detach(), fused[0])
+    out.sum().backward()
+    assert xg.grad is not None and bool(xg.grad.abs().sum() > 0)
+
+
+def test_population_inverse_is_the_float32_division():
+    one = torch.ones((), dtype=torch.float32)
+    for b in range(1, 65):
+        assert population_inverse(b) == float(one / b) == float(np.float32(1) / np.float32(b))
 
 
 def test_population_of_one_is_the_plain_neuron():

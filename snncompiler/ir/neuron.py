@@ -10,6 +10,7 @@ LIF time constant, what an absent attribute means and how tau maps to a decay ex
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -171,6 +172,17 @@ class NeuronSpec:
         return int(timesteps) * self.population
 
 
+@functools.cache
+def population_inverse(population: int) -> float:
+    """float32(1/B), one float32 division (1/B in double, then rounded, could round twice): a
+    population unit whose B neurons fire k spikes at a step outputs k·(θ·float32(1/B)), two
+    float32 products that the C++ kernel, the other backends (kernels/op.py, population_output)
+    and the standard-ONNX export all compute alike."""
+    import numpy as np  # here, as torch elsewhere: the CLI's parser reads this module
+
+    return float(np.float32(1.0) / np.float32(population))
+
+
 def binary_outputs(node) -> bool:
     """Whether a neuron node's outputs are 0 or θ (one neuron per unit), so that counting its
     nonzero outputs counts its spikes; a population's are k·θ/B."""
@@ -178,6 +190,7 @@ def binary_outputs(node) -> bool:
 
 
 __all__ = [
+    "population_inverse",
     "binary_outputs",
     "NeuronSpec",
     "NEURONS",

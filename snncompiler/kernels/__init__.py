@@ -11,7 +11,14 @@ interchangeable backends that all reproduce :mod:`.reference` bit for bit:
 Triton and the CUDA loader are imported lazily, only when their backend runs.
 """
 
-from .op import available_backends, neuron_multistep, population_multistep, theta_layout
+from .op import (
+    available_backends,
+    neuron_multistep,
+    population_mean,
+    population_multistep,
+    population_output,
+    theta_layout,
+)
 from .packing import count_spikes, pack_spikes, unpack_spikes
 from .reference import neuron_multistep_reference
 from .surrogate import SURROGATES
@@ -19,6 +26,8 @@ from .surrogate import SURROGATES
 __all__ = [
     "neuron_multistep",
     "population_multistep",
+    "population_output",
+    "population_mean",
     "available_backends",
     "pack_spikes",
     "unpack_spikes",

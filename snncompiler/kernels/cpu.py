@@ -277,6 +277,45 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     return out, vout, count
 
 
+def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
+    """The fused forward of ``population`` (B) neurons per unit, writing the units' outputs (see
+    :func:`~snncompiler.kernels.op.population_multistep`). x: [T, ...] float32 in any layout (a
+    time-broadcast input is read without copying, as in :func:`forward`); v0: float32, dense and
+    contiguous [B, *x.shape[1:]]; theta as in :func:`forward`, per unit. Returns (the units'
+    outputs [T, ...] float32, v_final [B, ...], the number of spikes with theta != 0 as an int)."""
+    T = x.shape[0]
+    n = x.numel() // T if T else math.prod(x.shape[1:])
+    if T > 1 and x.dim() > 1 and x.stride(0) == 0:
+        steps, x_step = x[0].contiguous(), 0
+    else:
+        steps = x.contiguous()
+        x_step = n
+    shape = tuple(x.shape)
+    out = cached_empty(shape, torch.float32) if T * n * 4 >= CACHE_MIN_BYTES else None
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    vout = torch.empty_like(v0)
+    assert v0.numel() == population * n and theta.numel() >= 1
+    count = load().population_forward(
+        _addr(steps),
+        _addr(v0),
+        _addr(theta),
+        inner,
+        theta.numel(),
+        out.data_ptr(),
+        vout.data_ptr(),
+        T,
+        n,
+        population,
+        decay,
+        hard,
+        v_reset,
+        torch.get_num_threads(),
+        x_step,
+    )
+    return out, vout, count
+
+
 def backward(
     grad_spikes,
     grad_v,

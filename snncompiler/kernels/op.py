@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SnncError
+from ..ir.neuron import population_inverse
 from . import cpu, reference
 from .packing import count_spikes
 from .surrogate import SURROGATES, resolve
@@ -392,6 +393,25 @@ def neuron_multistep(
         ``return_count`` a 0-d int64 tensor on x's device. Gradients flow to x, v0 and theta
         (value format; v_final in every format) through the surrogate.
     """
+    args = _checked_args(x, v0, theta, decay, reset, v_reset, backend, spike_format, surrogate, alpha, detach_reset)
+    x, v0, theta = args[:3]
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):
+        spikes, v = torch.ops.snncompiler.neuron_multistep(*args)
+        count = None
+    else:
+        # Plain eager inference: the same implementation without the dispatcher round trip (tens
+        # of microseconds per call, and a one-time torch._dynamo import of over a second).
+        spikes, v, count = _forward(*args)
+    if not return_count:
+        return spikes, v
+    if count is None:
+        return spikes, v, count_spikes(spikes.detach(), theta, spike_format, x.shape)
+    return spikes, v, torch.tensor(count, dtype=torch.int64)  # made only when asked for: it costs µs
+
+
+def _checked_args(x, v0, theta, decay, reset, v_reset, backend, spike_format, surrogate, alpha, detach_reset) -> tuple:
+    """:func:`neuron_multistep`'s arguments checked (a one-line SnncError naming the first bad
+    one) and in the registered op's order: v0 and theta as float32 tensors on x's device."""
     if not isinstance(x, Tensor):
         raise SnncError(f"x: expected a tensor, got {type(x).__name__}")
     if x.dim() < 1:
@@ -412,7 +432,7 @@ def neuron_multistep(
     shape = x.shape[1:]
     v0 = _as_state(v0, "v0", x, shape)
     theta = _as_state(theta, "theta", x, shape)
-    args = (
+    return (
         x,
         v0,
         theta,
@@ -425,27 +445,53 @@ def neuron_multistep(
         alpha,
         bool(detach_reset),
     )
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):
-        spikes, v = torch.ops.snncompiler.neuron_multistep(*args)
-        count = None
-    else:
-        # Plain eager inference: the same implementation without the dispatcher round trip (tens
-        # of microseconds per call, and a one-time torch._dynamo import of over a second).
-        spikes, v, count = _forward(*args)
-    if not return_count:
-        return spikes, v
-    if count is None:
-        return spikes, v, count_spikes(spikes.detach(), theta, spike_format, x.shape)
-    return spikes, v, torch.tensor(count, dtype=torch.int64)  # made only when asked for: it costs µs
 
 
-def population_multistep(x: Tensor, v0, theta, population: int, *, return_count: bool = False, **options):
+def population_output(counts: Tensor, theta: Tensor, population: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A population unit's output from ``counts``, the spikes of its B neurons at each step:
+    ``float32(k) · (θ · float32(1/B))`` (two float32 products, so every backend, onnxruntime
+    included, gives the same bits; the C++ kernel computes it the same way), then in ``dtype``."""
+    unit = theta.to(torch.float32) * population_inverse(population)
+    return (counts.to(torch.float32) * unit).to(dtype)
+
+
+def population_mean(spikes: Tensor, theta: Tensor, population: int) -> Tensor:
+    """The units' outputs from the value spikes [T, B, ...] of their B neurons, differentiable:
+    the value is :func:`population_output` of the counted spikes, the gradient that of the
+    spikes' mean (what the surrogate flows through)."""
+    soft = spikes.sum(1) / population
+    exact = population_output((spikes.detach() != 0).sum(1), theta, population, spikes.dtype)
+    return exact + (soft - soft.detach())  # soft - soft.detach() is exactly 0: the value stays exact
+
+
+def population_multistep(
+    x: Tensor,
+    v0,
+    theta,
+    population: int,
+    *,
+    decay: float = 1.0,
+    reset: str = "soft",
+    v_reset: float = 0.0,
+    backend: str = "auto",
+    spike_format: str = "value",
+    surrogate: str = "atan",
+    alpha: float | None = None,
+    detach_reset: bool = False,
+    return_count: bool = False,
+):
     """Run T steps of units that are each ``population`` (B) neurons with their own initial membranes.
 
     Every neuron of a unit sees the unit's input x; neuron j starts at ``v0[j]`` (see
-    :meth:`snncompiler.ir.neuron.NeuronSpec.population_offsets`, which staggers them by θ/B)
-    and the unit's output is the mean of its B neurons' spikes θ·s, so it takes the values
-    k·θ/B, k = 0…B. B = 1 is :func:`neuron_multistep` itself.
+    :meth:`snncompiler.ir.neuron.NeuronSpec.population_offsets`, which staggers them by θ/B).
+    A unit whose neurons fire k spikes at a step outputs :func:`population_output`: k·(θ/B), the
+    mean of their spikes θ·s, k = 0…B. B = 1 is :func:`neuron_multistep` itself.
+
+    On the CPU backend inference runs one fused C++ kernel that keeps a unit's B membranes
+    together and writes the unit's output (no B-fold copy of x, no B spike planes); elsewhere the
+    B neurons run through :func:`neuron_multistep` on a [T, B, ...] view and their spikes are
+    counted. With gradients, the output's value is the same and its gradient that of the mean of
+    the value-format spikes (the surrogate's, summed over the B neurons for x).
 
     Args:
         x: [T, ...] input, as for :func:`neuron_multistep`.
@@ -453,30 +499,53 @@ def population_multistep(x: Tensor, v0, theta, population: int, *, return_count:
         theta: threshold, broadcastable to x[0] (shared by the B neurons of a unit).
         population: B ≥ 1.
         return_count: also return the number of spikes of all B·N neurons (what energy counts).
-        options: decay, reset, backend, surrogate, alpha, detach_reset of
-            :func:`neuron_multistep` (value format only: the mean is not a 0/1 spike).
+        decay, reset, v_reset, backend, surrogate, alpha, detach_reset: as for
+            :func:`neuron_multistep`; ``spike_format`` must be "value" (the output is not a 0/1 spike).
 
     Returns:
-        (mean spikes [T, ...] in x's dtype, v_final [B, ...x.shape[1:]] float32[, count]).
-        Differentiable like the op: the gradient of x sums over the B neurons.
+        (outputs [T, ...] in x's dtype, v_final [B, ...x.shape[1:]] float32[, count]).
     """
     if isinstance(population, bool) or not isinstance(population, int) or population < 1:
         raise SnncError(f"population: expected an integer ≥ 1, got {population!r}")
-    if options.get("spike_format", "value") != "value":
+    if spike_format != "value":
         raise SnncError("spike_format: a population's output is a mean of spikes, only 'value' applies")
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise SnncError("x: expected a [T, ...] tensor")
+    options = dict(
+        decay=decay,
+        reset=reset,
+        v_reset=v_reset,
+        backend=backend,
+        surrogate=surrogate,
+        alpha=alpha,
+        detach_reset=detach_reset,
+    )
     if population == 1:
         if isinstance(v0, Tensor) and v0.dim() == x.dim():
             v0 = v0[0]
         return neuron_multistep(x, v0, theta, return_count=return_count, **options)
     steps, shape = x.shape[0], tuple(x.shape[1:])
+    if isinstance(theta, Tensor) and theta.dim() > len(shape):
+        raise SnncError(f"theta: shape {tuple(theta.shape)} does not broadcast to x[0] of shape {shape}")
     if x.dim() > 1 and steps > 1 and x.stride(0) == 0:  # a static input stays one step read T times
         xb = x[:1].unsqueeze(1).expand((1, population) + shape).contiguous().expand((steps, population) + shape)
     else:
         xb = x.unsqueeze(1).expand((steps, population) + shape)
-    if isinstance(theta, Tensor) and theta.dim() > len(shape):
-        raise SnncError(f"theta: shape {tuple(theta.shape)} does not broadcast to x[0] of shape {shape}")
-    result = neuron_multistep(xb, v0, theta, return_count=return_count, **options)
-    mean = result[0].sum(1) / population  # in x's dtype: the k·θ/B a unit emits
-    return (mean,) + tuple(result[1:])
+    args = _checked_args(xb, v0, theta, decay, reset, v_reset, backend, "value", surrogate, alpha, detach_reset)
+    _, v0, theta = args[:3]
+    grad = torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta)))
+    if not grad and x.dtype == torch.float32 and _resolve_backend(backend, x) == "cpu":
+        th, inner = _kernel_theta(theta, shape)
+        dense_v0 = v0.expand((population,) + shape).contiguous()
+        hard, fv_reset = args[4], reference.f32(args[5])
+        out, v, count = cpu.population_forward(
+            x, dense_v0, th, inner, population, reference.f32(args[3]), hard, fv_reset
+        )
+        return (out, v, torch.tensor(count, dtype=torch.int64)) if return_count else (out, v)
+    if grad:  # the value of the counted output, the gradient of the mean of the value spikes
+        spikes, v, *count = neuron_multistep(xb, v0, theta, return_count=return_count, **options)
+        out = population_mean(spikes, theta, population)
+    else:
+        bits, v, *count = neuron_multistep(xb, v0, theta, spike_format="binary", return_count=return_count, **options)
+        out = population_output(bits.sum(1, dtype=torch.int32), theta, population, x.dtype)
+    return (out, v, *count)

@@ -232,7 +232,7 @@ class SpikingModule(nn.Module):
         return (out.flatten(0, 1),)
 
     def _neuron(self, node, view, seq: torch.Tensor) -> torch.Tensor:
-        from ..kernels import population_multistep
+        from ..kernels import population_mean, population_multistep
 
         spec = self._specs[node.name]
         theta = view.params["theta"]
@@ -247,7 +247,7 @@ class SpikingModule(nn.Module):
             b = spec.population
             xs = seq if b == 1 else seq.unsqueeze(1).expand((seq.shape[0], b) + tuple(sample.shape))
             spikes = _torch_neuron(xs, v0, th, self._decays[node.name], spec.reset == "hard", self.surrogate, alpha)
-            return spikes if b == 1 else spikes.sum(1) / b
+            return spikes if b == 1 else population_mean(spikes, th, b)
         spikes, _ = population_multistep(
             seq.contiguous(),
             v0,

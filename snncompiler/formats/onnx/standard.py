@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...errors import SnncError
 from ...fileio import write_bytes
 from ...ir import Graph, Node
-from ...ir.neuron import NeuronSpec, binary_outputs
+from ...ir.neuron import NeuronSpec, binary_outputs, population_inverse
 from ...ir.ops import conversion_kind
 from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
@@ -183,9 +183,11 @@ class _Writer:
         self.b.add(
             "Scan", [v_init, seq], [v_last, spikes], self.name(node.name + "_scan"), body=body, num_scan_inputs=1
         )
-        if b > 1:  # the unit's output: the mean of its neurons' spikes θ·s, summed then divided as the runtime does
-            total = self.add("ReduceSum", [spikes, self.const(node.name + ".axis", _i64([1]))], node.name, keepdims=0)
-            spikes = self.add("Div", [total, self.const(node.name + ".b", np.array(b, np.float32))], node.name)
+        if b > 1:  # the unit's output as the runtime computes it: k spikes give k·(θ·float32(1/B))
+            fired = self.add("Div", [spikes, self.const(node.name + ".theta", theta)], node.name)  # exactly 1 or 0
+            k = self.add("ReduceSum", [fired, self.const(node.name + ".axis", _i64([1]))], node.name, keepdims=0)
+            unit = (theta * np.float32(population_inverse(b))).astype(np.float32)
+            spikes = self.add("Mul", [k, self.const(node.name + ".unit", unit)], node.name)
         self.from_steps(spikes, node.inputs[0], out=node.outputs[0])
 
     def _count(self, base: str, rank: int) -> str:

@@ -70,6 +70,8 @@ struct Params {
 using FwdFn = int64_t (*)(const Params&, const float*, const float*, void*, float*, int64_t, int64_t);
 using BwdFn = void (*)(const Params&, const float*, const float*, const float*, const float*, float*, float*,
                        float*, int64_t, int64_t, float*);
+using PopFn = int64_t (*)(const Params&, int64_t, float, const float*, const float*, float*, float*, int64_t,
+                          int64_t);
 
 // ---- the kernels, once per instruction set (lif_cpu_isa.inc) --------------------------
 // The baseline build must run on any x86-64 (or other) CPU, where vectors are 4 floats wide.
@@ -212,13 +214,14 @@ struct Isa {
   const char* name;
   FwdFn (*forward)(bool decay, bool hard, int fmt);
   BwdFn (*backward)(bool decay, bool hard, bool detach, int sg);
+  PopFn (*population)(bool decay, bool hard);
 };
 
 const Isa kIsas[] = {
-    {"baseline", isa_baseline::pick_forward, isa_baseline::pick_backward},
+    {"baseline", isa_baseline::pick_forward, isa_baseline::pick_backward, isa_baseline::pick_population},
 #ifdef SNNC_MULTI_ISA
-    {"avx2", isa_avx2::pick_forward, isa_avx2::pick_backward},
-    {"avx512", isa_avx512::pick_forward, isa_avx512::pick_backward},
+    {"avx2", isa_avx2::pick_forward, isa_avx2::pick_backward, isa_avx2::pick_population},
+    {"avx512", isa_avx512::pick_forward, isa_avx512::pick_backward, isa_avx512::pick_population},
 #endif
 };
 constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
@@ -337,6 +340,32 @@ int64_t forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner,
   py::gil_scoped_release release;
   // kBlock is a multiple of 8, so packed blocks start on byte boundaries and never share a byte.
   return parallel_blocks(N, kBlock, threads, [&](int64_t n0, int64_t nb) { return fn(p, xp, v0p, op, vp, n0, nb); });
+}
+
+// A population of B neurons per unit (see population_block): x [T, N] (x_step 0: one [N] input
+// at every step), theta per unit in theta's layout, v0 and vout dense [B, N], out [T, N] float32
+// (the units' outputs). Returns the number of spikes with a nonzero theta over all B * N neurons.
+int64_t population_forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
+                           uintptr_t out, uintptr_t vout, int64_t T, int64_t N, int64_t B, double decay, bool hard,
+                           double v_reset, int threads, int64_t x_step) {
+  if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
+  if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
+  if (B < 1 || B > kBlock / 16) throw std::invalid_argument("population: must be from 1 to 128");
+  if (x_step != -1 && x_step != 0 && x_step != N) throw std::invalid_argument("x_step: must be -1, 0 or N");
+  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
+           theta_inner, theta_period, 1, N, x_step == -1 ? N : x_step, false, false};
+  const float inv_b = 1.0f / static_cast<float>(B);
+  const auto fn = kIsas[g_isa].population(p.decay != 1.0f, hard);
+  const float* xp = addr<const float>(x);
+  const float* v0p = addr<const float>(v0);
+  float* op = addr<float>(out);
+  float* vp = addr<float>(vout);
+  advise_hugepages(op, T * N * 4);
+  // units per block: the block's B membrane rows fill the kBlock floats of state, in whole
+  // 16-float lines
+  const int64_t block = std::max<int64_t>(16, (kBlock / B) / 16 * 16);
+  py::gil_scoped_release release;
+  return parallel_blocks(N, block, threads, [&](int64_t n0, int64_t nb) { return fn(p, B, inv_b, xp, v0p, op, vp, n0, nb); });
 }
 
 void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
@@ -542,6 +571,12 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("fmt"),
         py::arg("threads"), py::arg("x_step") = -1, py::arg("x_bf16") = false, py::arg("v0_inner") = 1,
         py::arg("v0_period") = -1);
+  m.def("population_forward", &population_forward,
+        "Forward of B neurons per unit over [T, N] float32 buffers given by address, writing the units' "
+        "outputs; returns the spike count",
+        py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"),
+        py::arg("vout"), py::arg("T"), py::arg("N"), py::arg("B"), py::arg("decay"), py::arg("hard"),
+        py::arg("v_reset"), py::arg("threads"), py::arg("x_step") = -1);
   m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane (addresses; 0 = absent)",
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
         py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
