@@ -352,8 +352,15 @@ int64_t population_forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t t
   if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
   if (B < 1 || B > kBlock / 16) throw std::invalid_argument("population: must be from 1 to 128");
   if (x_step != -1 && x_step != 0 && x_step != N) throw std::invalid_argument("x_step: must be -1, 0 or N");
+#if defined(__x86_64__)
+  // as forward(): large outputs in whole 64-byte lines (every block starts on a multiple of 16 units)
+  const bool stream = g_stream_min_bytes > 0 && T * N * 4 >= g_stream_min_bytes && N % 16 == 0 && out % 64 == 0;
+#else
+  const bool stream = false;
+#endif
+  if (stream) ++g_streamed_calls;
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), 0.0f, addr<const float>(theta),
-           theta_inner, theta_period, 1, N, x_step == -1 ? N : x_step, false, false};
+           theta_inner, theta_period, 1, N, x_step == -1 ? N : x_step, stream, false};
   const float inv_b = 1.0f / static_cast<float>(B);
   const auto fn = kIsas[g_isa].population(p.decay != 1.0f, hard);
   const float* xp = addr<const float>(x);
