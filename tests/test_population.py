@@ -89,6 +89,29 @@ def test_fused_cpu_population_equals_counted_spikes_of_the_plain_op(population, 
     assert xg.grad is not None and bool(xg.grad.abs().sum() > 0)
 
 
+@pytest.mark.skipif("cpu" not in snnc.kernels.available_backends(), reason="C++ kernel not built")
+@pytest.mark.parametrize("population", [2, 5])
+def test_fused_cpu_population_with_streaming_stores(population):
+    """Large outputs go out with non-temporal stores and the next step's x prefetched: the same
+    bits. The threshold is lowered so that a small layer (N a multiple of 16) takes that path."""
+    from snncompiler.kernels import cpu
+
+    gen = torch.Generator().manual_seed(population)
+    x = torch.randn((5, 4, 8, 48), generator=gen)
+    theta = torch.rand((8, 1), generator=gen) + 0.4
+    v0 = torch.randn((population, 4, 8, 48), generator=gen) * 0.3
+    previous = cpu.set_stream_min_bytes(64)
+    try:
+        before = cpu.streamed_calls()
+        fused = population_multistep(x, v0, theta, population, backend="cpu", return_count=True)
+        assert cpu.streamed_calls() == before + 1
+    finally:
+        cpu.set_stream_min_bytes(previous)
+    composed = population_multistep(x, v0, theta, population, backend="reference", return_count=True)
+    for a, b in zip(fused, composed):
+        assert torch.equal(a, b)
+
+
 def test_population_inverse_is_the_float32_division():
     one = torch.ones((), dtype=torch.float32)
     for b in range(1, 65):
