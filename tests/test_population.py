@@ -112,6 +112,16 @@ def test_fused_cpu_population_with_streaming_stores(population):
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif("cpu" not in snnc.kernels.available_backends(), reason="C++ kernel not built")
+@pytest.mark.parametrize("shape", [(3, 0, 5), (0, 4, 5), (1, 1)])
+def test_fused_cpu_population_edge_sizes(shape):
+    x, v0 = torch.rand(shape), torch.zeros((2,) + shape[1:])
+    fused = population_multistep(x, v0, 0.5, 2, backend="cpu", return_count=True)
+    composed = population_multistep(x, v0, 0.5, 2, backend="reference", return_count=True)
+    assert [tuple(t.shape) for t in fused] == [shape, (2,) + shape[1:], ()]
+    assert all(torch.equal(a, b) for a, b in zip(fused, composed))
+
+
 def test_population_inverse_is_the_float32_division():
     one = torch.ones((), dtype=torch.float32)
     for b in range(1, 65):
