@@ -108,6 +108,27 @@ def test_replayed_chunks_equal_eager_chunks(tmp_path, digits_data, options):
         assert torch.equal(means_eager[t], means_graphs[t])
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_replayed_residual_network_with_potential_calibration(tmp_path, digits_data):
+    """Residual adds of two neurons, average pooling, a classifier, and a per-neuron v_init (as
+    potential calibration sets it: a parameter the first chunk reads): replays equal eager chunks."""
+    from conftest import Residual
+
+    train, test = digits_data
+    torch.manual_seed(0)
+    path = export_onnx(Residual(), (1, 8, 8), tmp_path / "r.onnx")
+    model = snnc.compile(path, Dataset(train.x[:128]), timesteps=8, quiet=True)
+    gen = torch.Generator().manual_seed(0)
+    for node in model.graph.find("neuron"):
+        sample = tuple(int(d) for d in model.graph.shape(node.outputs[0])[1:])
+        node.params["v_init"] = 0.1 * torch.randn(sample, generator=gen)
+    eager, graphs = model.runner(cuda_graphs="off"), _graph_runner(model)
+    for start in (0, 32, 64):
+        x = torch.from_numpy(test.x[start : start + 32])
+        assert torch.equal(eager.run_steps(x, 24, chunk=8), graphs.run_steps(x, 24, chunk=8))
+    assert graphs.graph_replays == 1 + 3 + 3 and eager.spike_count == graphs.spike_count
+
+
 def test_observing_or_profiling_runs_eagerly(tmp_path, digits_data):
     model = _compiled(tmp_path, digits_data)
     x = torch.from_numpy(digits_data[1].x[:32])
