@@ -394,8 +394,19 @@ def neuron_multistep(
         (value format; v_final in every format) through the surrogate.
     """
     args = _checked_args(x, v0, theta, decay, reset, v_reset, backend, spike_format, surrogate, alpha, detach_reset)
-    x, v0, theta = args[:3]
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta))):
+    return _run_checked(args, return_count)
+
+
+def _needs_autograd(*tensors: Tensor) -> bool:
+    """Whether a call must go through the registered op: under torch.compile, or when a gradient
+    can reach one of ``tensors``."""
+    return torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _run_checked(args: tuple, return_count: bool):
+    """:func:`neuron_multistep` on arguments :func:`_checked_args` already checked."""
+    x, v0, theta, spike_format = args[0], args[1], args[2], args[6]
+    if _needs_autograd(x, v0, theta):
         spikes, v = torch.ops.snncompiler.neuron_multistep(*args)
         count = None
     else:
@@ -511,19 +522,22 @@ def population_multistep(
         raise SnncError("spike_format: a population's output is a mean of spikes, only 'value' applies")
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise SnncError("x: expected a [T, ...] tensor")
-    options = dict(
-        decay=decay,
-        reset=reset,
-        v_reset=v_reset,
-        backend=backend,
-        surrogate=surrogate,
-        alpha=alpha,
-        detach_reset=detach_reset,
-    )
     if population == 1:
         if isinstance(v0, Tensor) and v0.dim() == x.dim():
             v0 = v0[0]
-        return neuron_multistep(x, v0, theta, return_count=return_count, **options)
+        return neuron_multistep(
+            x,
+            v0,
+            theta,
+            decay=decay,
+            reset=reset,
+            v_reset=v_reset,
+            backend=backend,
+            surrogate=surrogate,
+            alpha=alpha,
+            detach_reset=detach_reset,
+            return_count=return_count,
+        )
     steps, shape = x.shape[0], tuple(x.shape[1:])
     if isinstance(theta, Tensor) and theta.dim() > len(shape):
         raise SnncError(f"theta: shape {tuple(theta.shape)} does not broadcast to x[0] of shape {shape}")
@@ -533,7 +547,7 @@ def population_multistep(
         xb = x.unsqueeze(1).expand((steps, population) + shape)
     args = _checked_args(xb, v0, theta, decay, reset, v_reset, backend, "value", surrogate, alpha, detach_reset)
     _, v0, theta = args[:3]
-    grad = torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, v0, theta)))
+    grad = _needs_autograd(x, v0, theta)
     if not grad and x.dtype == torch.float32 and _resolve_backend(backend, x) == "cpu":
         th, inner = _kernel_theta(theta, shape)
         dense_v0 = v0.expand((population,) + shape).contiguous()
@@ -543,9 +557,9 @@ def population_multistep(
         )
         return (out, v, torch.tensor(count, dtype=torch.int64)) if return_count else (out, v)
     if grad:  # the value of the counted output, the gradient of the mean of the value spikes
-        spikes, v, *count = neuron_multistep(xb, v0, theta, return_count=return_count, **options)
+        spikes, v, *count = _run_checked(args, return_count)
         out = population_mean(spikes, theta, population)
-    else:
-        bits, v, *count = neuron_multistep(xb, v0, theta, spike_format="binary", return_count=return_count, **options)
+    else:  # B plain neurons on uint8 spikes, counted
+        bits, v, *count = _run_checked(args[:6] + ("binary",) + args[7:], return_count)
         out = population_output(bits.sum(1, dtype=torch.int32), theta, population, x.dtype)
     return (out, v, *count)

@@ -471,7 +471,6 @@ class SpikingRunner:
             "state": ref_state,
             "static": ref_static,
             "totals": (self._spikes, self.neuron_steps),
-            "before": totals,
         }
         self._spikes, self.neuron_steps = totals
         return check
