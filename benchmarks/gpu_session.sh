@@ -5,20 +5,22 @@
 #      SpikingJelly parity on the GPU),
 #   3. run benchmarks/kernels.py --gpu-only (throughput vs the device copy and SpikingJelly),
 #   4. run benchmarks/end_to_end.py --device cuda (both tools' converted models on the GPU),
-#   5. time a TET training step on the GPU (benchmarks/tet_training.py --speed-only --device cuda).
+#   5. time a TET training step on the GPU (benchmarks/tet_training.py --speed-only --device cuda),
+#   6. time populations on the GPU: the fused Triton kernel against the composition, whole models
+#      at B = 1, 2, 4 (benchmarks/population_speed.py --device cuda).
 #
 #   bash benchmarks/gpu_session.sh [OUTDIR]
-#   SNNC_GPU_STEPS=build,tests,bench bash benchmarks/gpu_session.sh OUTDIR   # then e2e,tet
+#   SNNC_GPU_STEPS=build,tests,bench bash benchmarks/gpu_session.sh OUTDIR   # then e2e,tet,pop
 #
 # Logs and the benchmark JSON go to OUTDIR (default benchmarks/results). Each step has its own
 # time limit so that one hang does not eat the others. The python used is $PYTHON (python3).
-# SNNC_GPU_STEPS (default build,tests,bench,e2e,tet) picks steps, so that the whole session can
+# SNNC_GPU_STEPS (default build,tests,bench,e2e,tet,pop) picks steps, so that the whole session can
 # be split over calls that each stay under a per-command limit (the device tool allows 10
 # minutes a command); the build's .so stays in the tree for the later calls.
 set -u
 out=${1:-benchmarks/results}
 py=${PYTHON:-python3}
-steps=",${SNNC_GPU_STEPS:-build,tests,bench,e2e,tet},"
+steps=",${SNNC_GPU_STEPS:-build,tests,bench,e2e,tet,pop},"
 want() { [[ "$steps" == *",$1,"* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -36,7 +38,7 @@ fi
 if want tests; then
   echo "== tests/kernels, the GPU runtime and direct training on the GPU"
   timeout "${SNNC_GPU_TEST_TIMEOUT:-300}" $py -m pytest -q -p no:cacheprovider --maxfail=20 tests/kernels \
-      tests/test_gpu_runtime.py tests/test_cuda_graphs.py tests/test_train.py \
+      tests/test_gpu_runtime.py tests/test_cuda_graphs.py tests/test_train.py tests/test_population.py \
       -k "not test_cpu_matches_reference" 2>&1 | tee "$out/gpu_pytest.log" | tail -40
   echo "pytest exit ${PIPESTATUS[0]}"
 fi
@@ -60,4 +62,11 @@ if want tet; then
   timeout "${SNNC_GPU_TET_TIMEOUT:-180}" $py -m benchmarks.tet_training --speed-only --device cuda --threads 16 \
       --out "$out/tet_training_gpu.json" 2>&1 | tee "$out/gpu_tet.log" | tail -12
   echo "tet exit ${PIPESTATUS[0]}"
+fi
+
+if want pop; then
+  echo "== benchmarks/population_speed.py --device cuda"
+  timeout "${SNNC_GPU_POP_TIMEOUT:-180}" $py -m benchmarks.population_speed --device cuda \
+      --out "$out/population_speed_gpu.json" 2>&1 | tee "$out/gpu_pop.log" | tail -16
+  echo "pop exit ${PIPESTATUS[0]}"
 fi

@@ -1,12 +1,14 @@
-"""Run time of populations (``--population B``) on the CPU: the fused population kernel against
-the composition it replaced, and whole models at B = 1, 2, 4.
+"""Run time of populations (``--population B``): the fused population kernel against the
+composition it replaced, and whole models at B = 1, 2, 4.
 
     python -m benchmarks.population_speed            # op on three layer shapes, digits CNN and ResNet-18 at T=32
     python -m benchmarks.population_speed --quick    # smoke run: one small layer shape, the digits CNN
+    python -m benchmarks.population_speed --device cuda --out benchmarks/results/population_speed_gpu.json
 
 Op section: for each layer shape [T, batch, C, H, W] and B, the median time of
-``population_multistep`` on the C++ backend (one fused kernel: a unit's B membranes together, its
-output k·(θ·float32(1/B)) written directly), of the composition used before it (the B neurons
+``population_multistep`` on the default backend (one fused kernel, C++ on the CPU and Triton on a
+GPU: a unit's B membranes together, its output k·(θ·float32(1/B)) written directly), of the
+composition used before it (the B neurons
 through ``neuron_multistep`` on a [T, B, ...] copy of x, value spikes, then their mean over B),
 and of one plain neuron layer (B = 1), timed side by side in rotating order. Model section: the
 spiking runtime's time per batch (64 samples, T = 32, dense execution) of the digits CNN and the
@@ -41,13 +43,21 @@ SHAPES = ((32, 64, 64, 16, 16), (32, 64, 128, 8, 8), (32, 64, 16, 8, 8))
 QUICK_SHAPES = ((8, 16, 16, 8, 8),)
 
 
-def _median_ms(fns: dict, repeats: int) -> dict:
-    """Median milliseconds of each callable over ``repeats`` rounds in rotating order, after a warm-up round."""
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+def _median_ms(fns: dict, repeats: int, device: str = "cpu") -> dict:
+    """Median milliseconds of each callable over ``repeats`` rounds in rotating order, after a
+    warm-up round (on a GPU, each call timed to its completion)."""
     names, times = list(fns), {k: [] for k in fns}
     for r in range(repeats + 1):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            _sync(device)
             t0 = time.perf_counter()
             fns[name]()
+            _sync(device)
             if r:
                 times[name].append(time.perf_counter() - t0)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
@@ -60,22 +70,22 @@ def _composed(x, v0, theta, b):
     return spikes.sum(1) / b, v
 
 
-def op_rows(shapes, populations, repeats: int) -> list[dict]:
+def op_rows(shapes, populations, repeats: int, device: str = "cpu") -> list[dict]:
     """The op section: one row per shape and B."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     for shape in shapes:
-        x = torch.rand(shape, generator=gen) * 0.5
-        theta = torch.rand((1, shape[2], 1, 1), generator=gen) + 0.5
+        x = (torch.rand(shape, generator=gen) * 0.5).to(device)
+        theta = (torch.rand((1, shape[2], 1, 1), generator=gen) + 0.5).to(device)
         half = theta * 0.5
-        plain = _median_ms({"plain": lambda: neuron_multistep(x, half, theta)}, repeats)["plain"]
+        plain = _median_ms({"plain": lambda: neuron_multistep(x, half, theta)}, repeats, device)["plain"]
         for b in populations:
             v0 = NeuronSpec(population=b).start_potential(theta, len(shape) - 1)
             fns = {
-                "fused": lambda v0=v0, b=b: population_multistep(x, v0, theta, b, backend="cpu"),
+                "fused": lambda v0=v0, b=b: population_multistep(x, v0, theta, b),
                 "composed": lambda v0=v0, b=b: _composed(x, v0, theta, b),
             }
-            ms = _median_ms(fns, repeats)
+            ms = _median_ms(fns, repeats, device)
             rows.append(
                 {
                     "shape": list(shape),
@@ -96,7 +106,7 @@ def op_rows(shapes, populations, repeats: int) -> list[dict]:
     return rows
 
 
-def model_rows(workloads, populations, repeats: int, timesteps: int, batch: int) -> list[dict]:
+def model_rows(workloads, populations, repeats: int, timesteps: int, batch: int, device: str = "cpu") -> list[dict]:
     """The model section: one row per workload and B (the runtime's seconds per batch)."""
     rows = []
     for name in workloads:
@@ -113,8 +123,8 @@ def model_rows(workloads, populations, repeats: int, timesteps: int, batch: int)
                 quiet=True,
                 example_input=workload.calib.x[:1],
             )
-            runners[b] = model.runner()
-        ms = _median_ms({b: (lambda r=r: r.run(x, timesteps)) for b, r in runners.items()}, repeats)
+            runners[b] = model.runner(device=device)
+        ms = _median_ms({b: (lambda r=r: r.run(x, timesteps)) for b, r in runners.items()}, repeats, device)
         for b in populations:
             rows.append(
                 {"workload": name, "population": b, "ms_per_batch": ms[b], "over_b1": ms[b] / ms[populations[0]]}
@@ -130,6 +140,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one small layer shape, the digits CNN, 3 repeats")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the op and the models run")
     ap.add_argument("--out", default=str(RESULTS / "population_speed.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -140,14 +151,15 @@ def main(argv=None) -> dict:
     print(f"population op, ms (median of {repeats}; plain = one neuron per unit)")
     print("| shape [T, batch, C, H, W] | B | plain | composed | fused | fused vs composed | fused / plain |")
     print("|---|---|---|---|---|---|---|")
-    ops = op_rows(QUICK_SHAPES if args.quick else SHAPES, (2, 4) if args.quick else (2, 4, 8), repeats)
+    ops = op_rows(QUICK_SHAPES if args.quick else SHAPES, (2, 4) if args.quick else (2, 4, 8), repeats, args.device)
     timesteps, batch = (8, 16) if args.quick else (32, 64)
     print(f"\nspiking runtime, ms per batch of {batch} at T={timesteps} (dense execution)")
     print(f"| workload | B | ms | vs B = {populations[0]} |")
     print("|---|---|---|---|")
     workloads = ("digits_cnn",) if args.quick else ("digits_cnn", "resnet18_agreement")
-    models = model_rows(workloads, populations, repeats, timesteps, batch)
+    models = model_rows(workloads, populations, repeats, timesteps, batch, args.device)
     result = {
+        "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu",
         "cpu": cpu_model(),
         "isa": isa(),
         "threads": args.threads,

@@ -60,30 +60,66 @@ def test_population_is_the_mean_of_independent_neurons(backend, reset, populatio
     assert v.shape == (population,) + tuple(x.shape[1:])
 
 
-@pytest.mark.skipif("cpu" not in snnc.kernels.available_backends(), reason="C++ kernel not built")
+def _fused_backend(backend: str) -> None:
+    """Skip unless ``backend``'s fused population kernel can run here (Triton: a GPU, or the
+    interpreter that tests/conftest.py turns on without one)."""
+    if backend not in snnc.kernels.available_backends():
+        pytest.skip(f"{backend} backend not usable here")
+
+
+def _device(backend: str) -> str:
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def triton_calls(monkeypatch):
+    """Counts calls of the Triton population kernel, so that a test knows the fused path ran."""
+    from snncompiler.kernels import triton_kernel
+
+    calls = []
+    original = triton_kernel.population_forward
+
+    def counted(*args, **kwargs):
+        calls.append(args[4])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triton_kernel, "population_forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("population", [2, 3, 7, 64])
 @pytest.mark.parametrize("decay, reset", [(1.0, "soft"), (0.75, "soft"), (0.5, "hard")])
 @pytest.mark.parametrize("static", [False, True])
-def test_fused_cpu_population_equals_counted_spikes_of_the_plain_op(population, decay, reset, static):
-    """The C++ population kernel (inference on the CPU backend) gives, bit for bit, the outputs,
-    final membranes and spike count of B plain neurons run through the reference op and counted:
-    units in partial blocks (N = 3·5·37 is no multiple of a block), per-channel θ, a carried
-    dense [B, ...] membrane and a time-static input read without copying."""
+def test_fused_population_equals_counted_spikes_of_the_plain_op(
+    backend, population, decay, reset, static, triton_calls
+):
+    """The fused population kernels (inference on the CPU backend: C++; on the GPU backends:
+    Triton) give, bit for bit, the outputs, final membranes and spike count of B plain neurons run
+    through the reference op and counted: units in partial blocks (N = 3·5·37 is no multiple of a
+    block), per-channel θ, a carried dense [B, ...] membrane and a time-static input read without
+    copying."""
+    _fused_backend(backend)
+    device = _device(backend)
     gen = torch.Generator().manual_seed(population)
     steps, shape = 6, (3, 5, 37)
     x = torch.randn((1 if static else steps,) + shape, generator=gen)
     x = x.expand((steps,) + shape) if static else x
     theta = torch.rand((5, 1), generator=gen) + 0.4
     v0 = torch.randn((population,) + shape, generator=gen) * 0.3  # a carried state: every neuron its own
+    x, theta, v0 = x.to(device), theta.to(device), v0.to(device)
     options = dict(decay=decay, reset=reset, return_count=True)
-    fused = population_multistep(x, v0, theta, population, backend="cpu", **options)
+    fused = population_multistep(x, v0, theta, population, backend=backend, **options)
+    assert triton_calls == ([population] if backend == "triton" else [])
     composed = population_multistep(x, v0, theta, population, backend="reference", **options)
     for a, b in zip(fused, composed):
         assert torch.equal(a, b)
     assert fused[0].shape == (steps,) + shape and fused[1].shape == (population,) + shape
+    if backend == "triton" and population == 64 and not torch.cuda.is_available():
+        return  # the interpreted Triton backward of 64·555 neurons takes 10 s; B = 2, 3, 7 check it
     # with gradients the value is the same, and x's gradient that of the B neurons' mean
     xg = x.clone().requires_grad_(True)
-    out, _ = population_multistep(xg, v0, theta, population, decay=decay, reset=reset, backend="cpu")
+    out, _ = population_multistep(xg, v0, theta, population, decay=decay, reset=reset, backend=backend)
     assert torch.equal(out.detach(), fused[0])
     out.sum().backward()
     assert xg.grad is not None and bool(xg.grad.abs().sum() > 0)
@@ -112,14 +148,60 @@ def test_fused_cpu_population_with_streaming_stores(population):
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif("cpu" not in snnc.kernels.available_backends(), reason="C++ kernel not built")
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("shape", [(3, 0, 5), (0, 4, 5), (1, 1)])
-def test_fused_cpu_population_edge_sizes(shape):
-    x, v0 = torch.rand(shape), torch.zeros((2,) + shape[1:])
-    fused = population_multistep(x, v0, 0.5, 2, backend="cpu", return_count=True)
+def test_fused_population_edge_sizes(backend, shape):
+    _fused_backend(backend)
+    device = _device(backend)
+    x, v0 = torch.rand(shape, device=device), torch.zeros((2,) + shape[1:], device=device)
+    fused = population_multistep(x, v0, 0.5, 2, backend=backend, return_count=True)
     composed = population_multistep(x, v0, 0.5, 2, backend="reference", return_count=True)
     assert [tuple(t.shape) for t in fused] == [shape, (2,) + shape[1:], ()]
     assert all(torch.equal(a, b) for a, b in zip(fused, composed))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_triton_population_low_precision(dtype, triton_calls):
+    """On the GPU backends a bfloat16/float16 input runs the fused kernel too (the C++ one takes
+    float32 only): the membranes in float32, the outputs in x's dtype, the same bits as B
+    reference neurons counted; a θ laid out on non-adjacent axes is expanded, not misread."""
+    _fused_backend("triton")
+    device = _device("triton")
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn((5, 2, 3, 9), generator=gen) * 0.6).to(dtype).to(device)
+    theta = (torch.rand((3, 1), generator=gen) + 0.4).to(device)
+    odd_theta = (torch.rand((2, 1, 9), generator=gen) + 0.4).to(device)  # axes 0 and 2: not adjacent
+    v0 = (torch.randn((4, 2, 3, 9), generator=gen) * 0.3).to(device)
+    for th in (theta, odd_theta):
+        fused = population_multistep(x, v0, th, 4, backend="triton", return_count=True)
+        composed = population_multistep(x, v0, th, 4, backend="reference", return_count=True)
+        assert fused[0].dtype == dtype
+        assert torch.equal(fused[1], composed[1]) and torch.equal(fused[2], composed[2])
+        if dtype == torch.bfloat16 and not torch.cuda.is_available():
+            # the Triton interpreter truncates float32 -> bfloat16 (GPUs round to nearest even):
+            # the same value to within one bfloat16 step below
+            gap = composed[0].float() - fused[0].float()
+            assert bool((gap >= 0).all()) and bool((gap <= composed[0].float().abs() * 2**-7).all())
+        else:
+            assert torch.equal(fused[0], composed[0])
+    assert triton_calls == [4, 4]
+
+
+def test_runtime_runs_populations_on_the_fused_triton_kernel(residual_onnx, triton_calls):
+    """The spiking runtime on the Triton backend (a GPU's, interpreted here) runs each population
+    layer through the fused kernel: the same outputs and spike count as on the reference backend."""
+    _fused_backend("triton")
+    device = _device("triton")
+    path, x = residual_onnx
+    model = snnc.compile(str(path), x, timesteps=3, quiet=True, population=3)
+    runs = {}
+    for backend in ("triton", "reference"):
+        runner = model.runner(backend=backend, device=device)
+        out = runner.run(torch.as_tensor(x[:6]), 3)
+        runs[backend] = (next(iter(out.values())).cpu(), runner.spike_count)
+    assert triton_calls and set(triton_calls) == {3}
+    assert torch.equal(runs["triton"][0], runs["reference"][0])
+    assert runs["triton"][1] == runs["reference"][1] > 0
 
 
 def test_population_inverse_is_the_float32_division():

@@ -475,6 +475,18 @@ def population_mean(spikes: Tensor, theta: Tensor, population: int) -> Tensor:
     return exact + (soft - soft.detach())  # soft - soft.detach() is exactly 0: the value stays exact
 
 
+def _fused_population_backend(backend: str, x: Tensor) -> str | None:
+    """Which fused population kernel runs an inference call on ``backend``: "cpu" (the C++
+    kernel, float32 only), "triton" (CUDA and Triton backends: the CUDA library has no population
+    kernel, Triton's serves both), or None (the composition: reference backend, no Triton)."""
+    resolved = _resolve_backend(backend, x)
+    if resolved == "cpu":
+        return "cpu" if x.dtype == torch.float32 else None
+    if resolved in ("triton", "cuda") and _triton_usable():
+        return "triton"
+    return None
+
+
 def population_multistep(
     x: Tensor,
     v0,
@@ -498,10 +510,10 @@ def population_multistep(
     A unit whose neurons fire k spikes at a step outputs :func:`population_output`: k·(θ/B), the
     mean of their spikes θ·s, k = 0…B. B = 1 is :func:`neuron_multistep` itself.
 
-    On the CPU backend inference runs one fused C++ kernel that keeps a unit's B membranes
-    together and writes the unit's output (no B-fold copy of x, no B spike planes); elsewhere the
-    B neurons run through :func:`neuron_multistep` on a [T, B, ...] view and their spikes are
-    counted. With gradients, the output's value is the same and its gradient that of the mean of
+    Inference runs one fused kernel that keeps a unit's B membranes together and writes the
+    unit's output (no B-fold copy of x, no B spike planes): the C++ kernel on the CPU backend, the
+    Triton kernel on the GPU backends; on the reference backend the B neurons run through
+    :func:`neuron_multistep` on a [T, B, ...] view and their spikes are counted. With gradients, the output's value is the same and its gradient that of the mean of
     the value-format spikes (the surrogate's, summed over the B neurons for x).
 
     Args:
@@ -548,14 +560,19 @@ def population_multistep(
     args = _checked_args(xb, v0, theta, decay, reset, v_reset, backend, "value", surrogate, alpha, detach_reset)
     _, v0, theta = args[:3]
     grad = _needs_autograd(x, v0, theta)
-    if not grad and x.dtype == torch.float32 and _resolve_backend(backend, x) == "cpu":
+    fused = None if grad else _fused_population_backend(backend, x)
+    if fused is not None:
         th, inner = _kernel_theta(theta, shape)
         dense_v0 = v0.expand((population,) + shape).contiguous()
-        hard, fv_reset = args[4], reference.f32(args[5])
-        out, v, count = cpu.population_forward(
-            x, dense_v0, th, inner, population, reference.f32(args[3]), hard, fv_reset
-        )
-        return (out, v, torch.tensor(count, dtype=torch.int64)) if return_count else (out, v)
+        decay, hard, fv_reset = reference.f32(args[3]), args[4], reference.f32(args[5])
+        if fused == "cpu":
+            out, v, count = cpu.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
+            count = torch.tensor(count, dtype=torch.int64)
+        else:
+            from . import triton_kernel
+
+            out, v, count = triton_kernel.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
+        return (out, v, count) if return_count else (out, v)
     if grad:  # the value of the counted output, the gradient of the mean of the value spikes
         spikes, v, *count = _run_checked(args, return_count)
         out = population_mean(spikes, theta, population)

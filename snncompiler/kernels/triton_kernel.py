@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ir.neuron import population_inverse
 from .packing import output_buffers
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
@@ -94,6 +95,67 @@ def _lif_fwd(
             v = tl.where(s, h - th, h)
         x_ptr += N
     tl.store(vout_ptr + offs, v, mask=mask)
+
+
+@triton.jit
+def _population_fwd(
+    x_ptr,
+    v0_ptr,
+    th_ptr,
+    out_ptr,
+    vout_ptr,
+    count_ptr,
+    T,
+    N,
+    X_STEP,
+    B,
+    th_inner,
+    th_period,
+    inv_b,
+    decay,
+    v_reset,
+    DECAY: tl.constexpr,
+    HARD: tl.constexpr,
+    BPAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # a [BPAD, BLOCK] tile: the B neurons of BLOCK units, their membranes in registers; x is read
+    # once per unit and step (not B times), and each unit's output k·(θ·float32(1/B)) written once
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    neurons = tl.arange(0, BPAD)
+    live = (neurons < B)[:, None] & mask[None, :]
+    v = tl.load(v0_ptr + neurons[:, None] * N + offs[None, :], mask=live, other=0.0)
+    th = tl.load(th_ptr + (offs // th_inner) % th_period, mask=mask, other=0.0)
+    unit = th * inv_b
+    counted = th != 0.0
+    total = tl.zeros([BLOCK], dtype=tl.int32)
+    xa = tl.load(x_ptr + offs, mask=mask & (T > 0), other=0.0).to(tl.float32)
+    xb = tl.load(x_ptr + X_STEP + offs, mask=mask & (T > 1), other=0.0).to(tl.float32)
+    for t in range(T):
+        xc = tl.load(x_ptr + 2 * X_STEP + offs, mask=mask & (t + 2 < T), other=0.0).to(tl.float32)
+        if DECAY:
+            h = v * decay + xa[None, :]
+        else:
+            h = v + xa[None, :]
+        xa = xb
+        xb = xc
+        s = (h >= th[None, :]) & live
+        k = tl.sum(s.to(tl.int32), axis=0)
+        tl.store(
+            out_ptr + offs,
+            (k.to(tl.float32) * unit).to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
+            mask=mask,
+        )
+        total += tl.where(counted, k, 0)
+        if HARD:
+            v = tl.where(s, v_reset, h)
+        else:
+            v = tl.where(s, h - th[None, :], h)
+        x_ptr += X_STEP
+        out_ptr += N
+    tl.store(vout_ptr + neurons[:, None] * N + offs[None, :], v, mask=live)
+    tl.store(count_ptr + tl.program_id(0), tl.sum(total.to(tl.int64), axis=0))
 
 
 @triton.jit
@@ -315,3 +377,52 @@ def backward(
         HAS_GTH=gth is not None,
     )
     return gx, gv0, gth
+
+
+#: A population tile holds this many membranes ([next_pow2(B), block]): block = this // next_pow2(B)
+_POPULATION_TILE = 2048
+
+
+def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
+    """The fused forward of ``population`` (B) neurons per unit, writing the units' outputs (see
+    :func:`~snncompiler.kernels.op.population_multistep`); the GPU counterpart of
+    :func:`snncompiler.kernels.cpu.population_forward`. x: [T, ...] (float32/16, bfloat16; a
+    time-broadcast input, stride 0 on the step axis, is read as its one step); v0: float32, dense
+    and contiguous [B, *x.shape[1:]]; theta: float32, neuron n uses theta[(n // inner) % numel].
+    Returns (outputs [T, ...] in x's dtype, v_final [B, ...], the number of spikes with θ != 0 as
+    a 0-d int64 tensor on x's device: no host sync)."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    static = x.dim() > 1 and T > 1 and x.stride(0) == 0
+    xs = x[:1].contiguous() if static else x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if n == 0 or T == 0:
+        return out, v0.clone(), torch.zeros((), dtype=torch.int64, device=x.device)
+    vout = torch.empty_like(v0)
+    bpad = triton.next_power_of_2(population)
+    block = _INTERPRET_BLOCK if _interpreting() else max(32, _POPULATION_TILE // bpad)
+    grid = triton.cdiv(n, block)
+    partial = torch.empty(grid, dtype=torch.int64, device=x.device)
+    _population_fwd[(grid,)](
+        xs,
+        v0,
+        theta,
+        out,
+        vout,
+        partial,
+        T,
+        n,
+        0 if static else n,
+        population,
+        inner,
+        theta.numel(),
+        population_inverse(population),
+        decay,
+        v_reset,
+        DECAY=decay != 1.0,
+        HARD=bool(hard),
+        BPAD=bpad,
+        BLOCK=block,
+        num_warps=4,
+        enable_fp_fusion=False,
+    )
+    return out, vout, partial.sum()
