@@ -7,20 +7,22 @@
 #   4. run benchmarks/end_to_end.py --device cuda (both tools' converted models on the GPU),
 #   5. time a TET training step on the GPU (benchmarks/tet_training.py --speed-only --device cuda),
 #   6. time populations on the GPU: the fused Triton kernel against the composition, whole models
-#      at B = 1, 2, 4 (benchmarks/population_speed.py --device cuda).
+#      at B = 1, 2, 4 (benchmarks/population_speed.py --device cuda),
+#   7. time a fine-tuning step against SpikingJelly's on the same converted networks
+#      (benchmarks/finetune_speed.py --device cuda).
 #
 #   bash benchmarks/gpu_session.sh [OUTDIR]
-#   SNNC_GPU_STEPS=build,tests,bench bash benchmarks/gpu_session.sh OUTDIR   # then e2e,tet,pop
+#   SNNC_GPU_STEPS=build,tests,bench bash benchmarks/gpu_session.sh OUTDIR   # then e2e,tet,pop,ft
 #
 # Logs and the benchmark JSON go to OUTDIR (default benchmarks/results). Each step has its own
 # time limit so that one hang does not eat the others. The python used is $PYTHON (python3).
-# SNNC_GPU_STEPS (default build,tests,bench,e2e,tet,pop) picks steps, so that the whole session can
+# SNNC_GPU_STEPS (default build,tests,bench,e2e,tet,pop,ft) picks steps, so that the whole session can
 # be split over calls that each stay under a per-command limit (the device tool allows 10
 # minutes a command); the build's .so stays in the tree for the later calls.
 set -u
 out=${1:-benchmarks/results}
 py=${PYTHON:-python3}
-steps=",${SNNC_GPU_STEPS:-build,tests,bench,e2e,tet,pop},"
+steps=",${SNNC_GPU_STEPS:-build,tests,bench,e2e,tet,pop,ft},"
 want() { [[ "$steps" == *",$1,"* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -69,4 +71,11 @@ if want pop; then
   timeout "${SNNC_GPU_POP_TIMEOUT:-180}" $py -m benchmarks.population_speed --device cuda \
       --out "$out/population_speed_gpu.json" 2>&1 | tee "$out/gpu_pop.log" | tail -16
   echo "pop exit ${PIPESTATUS[0]}"
+fi
+
+if want ft; then
+  echo "== benchmarks/finetune_speed.py --device cuda"
+  timeout "${SNNC_GPU_FT_TIMEOUT:-180}" $py -m benchmarks.finetune_speed --device cuda --threads 16 \
+      --out "$out/finetune_speed_gpu.json" 2>&1 | tee "$out/gpu_ft.log" | tail -8
+  echo "ft exit ${PIPESTATUS[0]}"
 fi

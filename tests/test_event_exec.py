@@ -501,6 +501,46 @@ def test_cli_exec_flag(compiled_cnn, tmp_path, capsys):
     assert exc.value.code == 2 and len(err) == 1 and "--exec" in err[0] and "'sparse'" in err[0], err
 
 
+def _rate_max_pool_composed(x: torch.Tensor) -> torch.Tensor:
+    """Rate max pooling as fine-tuning composed it in torch before the kernel (the oracle)."""
+    from snncompiler.runtime.ops import _separable_max
+
+    pooled = _separable_max(x.cumsum(0), [2, 2])
+    return torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1]))
+
+
+@pytest.mark.skipif(not event.available(), reason="event extension not built")
+@pytest.mark.parametrize("shape", [(6, 40, 8, 8), (5, 3, 7, 9), (1, 2, 2, 2), (3, 4, 1, 6), (0, 2, 4, 4)])
+def test_rate_max_pool_kernel_equals_torch_autograd(shape):
+    """The C++ rate max pooling used by fine-tuning: values and gradient bit for bit those of
+    torch autograd through cumsum → max over row pairs, then column pairs → diff, on spike-like
+    inputs (sums tie all the time: the gradient splits in halves at each maximum), odd sizes
+    (the last row/column gets no gradient), a NaN (passes the whole gradient to both sides), ±inf
+    and an empty time axis."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = (torch.rand(shape, generator=gen) < 0.3).float() * 0.5
+    if x.numel():
+        x[..., 0, 0] += torch.randn(shape[:2], generator=gen) * 0.1
+        flat = x.view(-1)
+        picks = torch.randint(0, flat.numel(), (3,), generator=gen)
+        flat[picks[0]], flat[picks[1]], flat[picks[2]] = float("nan"), float("inf"), -float("inf")
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got, want = event.rate_max_pool_2x2(ours), _rate_max_pool_composed(theirs)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    grad = torch.randn(want.shape, generator=gen)
+    got.backward(grad)
+    want.backward(grad)
+    assert torch.equal(torch.isnan(ours.grad), torch.isnan(theirs.grad))
+    assert torch.equal(torch.nan_to_num(ours.grad), torch.nan_to_num(theirs.grad))
+    clean = (torch.rand((4, 8, 6, 6), generator=gen) < 0.4).float()
+    ours, theirs = clean.clone().requires_grad_(True), clean.clone().requires_grad_(True)
+    event.rate_max_pool_2x2(ours).sum().backward()
+    _rate_max_pool_composed(theirs).sum().backward()
+    assert torch.equal(ours.grad, theirs.grad) and bool((ours.grad == 0.5).any())  # a tie was split
+    assert event.rate_max_pool_2x2(x.double()) is None and event.rate_max_pool_2x2(x.flatten(0, 1)) is None
+
+
 @pytest.mark.parametrize("shape", [(64, 32, 8, 8), (3, 70, 17, 13), (2, 3, 5, 3)])
 def test_max_pool_2x2_kernel_matches_max_pool2d(simd, shape):
     """The runtime's 2×2/2 max pool on the C++ kernel (float32 CPU maps of 2^16 elements and up;

@@ -36,6 +36,45 @@ def test_trainable_module_computes_what_the_runtime_runs(converted, maxpool, tmp
     torch.testing.assert_close(ours, runtime, atol=1e-4, rtol=1e-4)
 
 
+def test_training_step_on_the_rate_pool_kernel_equals_the_torch_composition(converted, monkeypatch):
+    """The digits CNN's 2×2 rate max pools run on the C++ kernel while fine-tuning: the loss and
+    every parameter's gradient of a training step are bit for bit those of the torch
+    composition the step ran before (the kernel switched off)."""
+    import importlib
+
+    from snncompiler.kernels import event
+    from snncompiler.train import tet_loss
+
+    finetune_module = importlib.import_module(
+        "snncompiler.train.finetune"
+    )  # the package exports a function of that name
+
+    if not event.available():
+        pytest.skip("event extension not built")
+    model, train, _, _ = converted
+    x, y = torch.from_numpy(train.x[:32]), torch.from_numpy(train.y[:32]).long()
+    calls = []
+
+    def counted(t):
+        calls.append(tuple(t.shape))
+        return event.rate_max_pool_2x2(t)
+
+    def step():
+        torch.manual_seed(0)
+        net = GraphNet(model.graph.copy())
+        loss = tet_loss(run_steps(net, x, 4), y)
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+    monkeypatch.setattr(finetune_module, "rate_max_pool_2x2", counted)
+    fast = step()
+    assert len(calls) == 2  # both pools of the network ran on the kernel
+    monkeypatch.setattr(finetune_module, "rate_max_pool_2x2", lambda t: None)
+    composed = step()
+    assert torch.equal(fast[0], composed[0]) and fast[1].keys() == composed[1].keys()
+    assert all(torch.equal(fast[1][k], composed[1][k]) for k in fast[1])
+
+
 @pytest.mark.parametrize(
     "options",
     [dict(calibration="advanced", iterations=5), dict(reset="hard"), dict(reset="hard", channelwise=True)],

@@ -325,6 +325,52 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+class _RateMaxPool2x2(torch.autograd.Function):
+    """The C++ rate max pooling (forward and gradient); see :func:`rate_max_pool_2x2`."""
+
+    @staticmethod
+    def forward(ctx, x):
+        T, M, H, W = x.shape
+        out = torch.empty((T, M, H // 2, W // 2), dtype=torch.float32)
+        codes = torch.empty(out.shape, dtype=torch.uint8)
+        if out.numel():
+            load().rate_max_pool_2x2_forward(
+                x.data_ptr(), out.data_ptr(), codes.data_ptr(), T, M, H, W, torch.get_num_threads()
+            )
+        ctx.save_for_backward(codes)
+        ctx.input_shape = x.shape
+        ctx.mark_non_differentiable(codes)
+        return out, codes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _codes_grad):
+        (codes,) = ctx.saved_tensors
+        T, M, H, W = ctx.input_shape
+        gx = torch.empty(ctx.input_shape, dtype=torch.float32)
+        if gx.numel():
+            grad = grad.contiguous()
+            load().rate_max_pool_2x2_backward(
+                grad.data_ptr(), codes.data_ptr(), gx.data_ptr(), T, M, H, W, torch.get_num_threads()
+            )
+        return gx
+
+
+def rate_max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
+    """Rate max pooling, 2×2, stride 2, no padding, floor mode, differentiable, on the C++ kernel:
+    for x [T, M, H, W] (float32, CPU; M = batch × channels) the step-t output is the increase of
+    the window maxima of the running sums x_0 + … + x_t, what the spiking runtime's rate max
+    pooling emits. Values and gradient equal, bit for bit, torch autograd's through
+    ``cumsum`` → max over row pairs then column pairs → ``diff`` (ties split the gradient
+    evenly at each maximum). None where it does not apply or the extension is not built (the
+    caller composes it in torch)."""
+    if load() is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
+        return None
+    if torch.compiler.is_compiling():
+        return None  # an opaque C++ call would break a torch.compile graph
+    return _RateMaxPool2x2.apply(x.contiguous())[0]
+
+
 def conv2d_reference(x, weight, bias=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1):
     """The dense computation the event kernel reproduces: F.conv2d with ONNX-order pads
     (begin H, begin W, end H, end W)."""

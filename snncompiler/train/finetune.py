@@ -28,9 +28,10 @@ from torch import nn
 from ..errors import SnncError
 from ..ir.neuron import NeuronSpec
 from ..ir.ops import conversion_kind
+from ..kernels.event import rate_max_pool_2x2
 from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
 from ..runtime.executor import Executor
-from ..runtime.ops import IMPLEMENTATIONS, channel_view
+from ..runtime.ops import IMPLEMENTATIONS, _pool_setup, channel_view
 from .neuron import LIF
 
 TRAINABLE = ("weight", "bias")
@@ -46,6 +47,20 @@ class _TrainingNorm(nn.modules.batchnorm._BatchNorm):
     def _check_input_dim(self, x):
         if x.dim() < 2:
             raise SnncError(f"batchnorm: expected [N, C, ...], got shape {list(x.shape)}")
+
+
+def _plain_2x2_pool(node, x: torch.Tensor) -> bool:
+    """Whether max pooling ``node`` on x [N, C, H, W] is 2×2 with stride 2, no padding or
+    dilation, floor mode: what :func:`~snncompiler.kernels.event.rate_max_pool_2x2` computes."""
+    if x.dim() != 4 or node.attrs.get("global") or node.attrs.get("ceil_mode", 0):
+        return False
+    _, kernel, stride, pads = _pool_setup(node, x)
+    return (
+        list(kernel) == [2, 2]
+        and list(stride) == [2, 2]
+        and not any(pads)
+        and set(node.attrs.get("dilation", [1])) == {1}
+    )
 
 
 class GraphNet(nn.Module):
@@ -140,6 +155,11 @@ class GraphNet(nn.Module):
         """The runtime's rate max pooling (increments of the largest running sum), differentiably."""
         steps = next(iter(self.lifs.values())).timesteps
         seq = x.reshape((steps, -1) + tuple(x.shape[1:]))
+        if _plain_2x2_pool(node, x):  # the C++ kernel: one pass each way instead of a dozen torch ops
+            folded = seq.reshape((steps, -1) + tuple(x.shape[-2:]))
+            pooled = rate_max_pool_2x2(folded)
+            if pooled is not None:
+                return pooled.reshape((x.shape[0],) + tuple(x.shape[1:-2]) + tuple(pooled.shape[-2:]))
         pooled = IMPLEMENTATIONS["maxpool"](node, seq.cumsum(0).flatten(0, 1))[0]
         pooled = pooled.reshape((steps, -1) + tuple(pooled.shape[1:]))
         return torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])).flatten(0, 1)
