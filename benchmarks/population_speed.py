@@ -31,7 +31,7 @@ import torch
 import snncompiler as snnc
 from examples.workloads import BENCH_WORKLOADS
 from snncompiler.ir.neuron import NeuronSpec
-from snncompiler.kernels import neuron_multistep, population_multistep
+from snncompiler.kernels import neuron_multistep, population_mean, population_multistep
 from snncompiler.kernels.cpu import cpu_model, isa
 from snncompiler.runtime.memory import retain_freed_memory
 
@@ -41,6 +41,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: [T, batch, C, H, W]: the larger neuron layers of the benchmarks' ResNet-18 and the digits CNN at T=32
 SHAPES = ((32, 64, 64, 16, 16), (32, 64, 128, 8, 8), (32, 64, 16, 8, 8))
 QUICK_SHAPES = ((8, 16, 16, 8, 8),)
+#: the training section's layers: T = 4 (fine-tuning's and snnc train's default), batch 64
+TRAIN_SHAPES = ((4, 64, 64, 16, 16), (4, 64, 128, 8, 8), (4, 64, 16, 8, 8))
 
 
 def _sync(device: str) -> None:
@@ -106,6 +108,56 @@ def op_rows(shapes, populations, repeats: int, device: str = "cpu") -> list[dict
     return rows
 
 
+def _composed_training(x, v0, theta, b):
+    """The population with gradients as it ran before the fused backward: B neurons on a
+    [T, B, ...] view of x through the op's autograd, their value spikes averaged."""
+    xb = x.unsqueeze(1).expand((x.shape[0], b) + tuple(x.shape[1:]))
+    spikes, _ = neuron_multistep(xb, v0, theta)
+    return population_mean(spikes, theta, b)
+
+
+def train_rows(shapes, populations, repeats: int, device: str = "cpu") -> list[dict]:
+    """The training section: forward + backward of one population layer (x and a per-channel θ
+    learned), fused against the composition, and a plain layer's, per shape and B."""
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for shape in shapes:
+        x = (torch.rand(shape, generator=gen) * 0.5).to(device).requires_grad_(True)
+        theta = (torch.rand((1, shape[2], 1, 1), generator=gen) + 0.5).to(device).requires_grad_(True)
+        grad = torch.randn(shape, generator=gen).to(device)
+
+        def step(run):
+            x.grad = theta.grad = None
+            run().backward(grad)
+
+        plain = _median_ms({"plain": lambda: step(lambda: neuron_multistep(x, theta * 0.5, theta)[0])}, repeats, device)
+        for b in populations:
+            v0 = NeuronSpec(population=b).start_potential(theta.detach(), len(shape) - 1)
+            fns = {
+                "fused": lambda v0=v0, b=b: step(lambda: population_multistep(x, v0, theta, b)[0]),
+                "composed": lambda v0=v0, b=b: step(lambda: _composed_training(x, v0, theta, b)),
+            }
+            ms = _median_ms(fns, repeats, device)
+            rows.append(
+                {
+                    "shape": list(shape),
+                    "population": b,
+                    "fused_ms": ms["fused"],
+                    "composed_ms": ms["composed"],
+                    "plain_ms": plain["plain"],
+                    "fused_speedup": ms["composed"] / ms["fused"],
+                    "fused_over_plain": ms["fused"] / plain["plain"],
+                }
+            )
+            r = rows[-1]
+            print(
+                f"| {'×'.join(map(str, shape))} | {b} | {r['plain_ms']:.2f} | {r['composed_ms']:.2f} | "
+                f"{r['fused_ms']:.2f} | {r['fused_speedup']:.1f}× | {r['fused_over_plain']:.2f}× |",
+                flush=True,
+            )
+    return rows
+
+
 def model_rows(workloads, populations, repeats: int, timesteps: int, batch: int, device: str = "cpu") -> list[dict]:
     """The model section: one row per workload and B (the runtime's seconds per batch)."""
     rows = []
@@ -152,6 +204,11 @@ def main(argv=None) -> dict:
     print("| shape [T, batch, C, H, W] | B | plain | composed | fused | fused vs composed | fused / plain |")
     print("|---|---|---|---|---|---|---|")
     ops = op_rows(QUICK_SHAPES if args.quick else SHAPES, (2, 4) if args.quick else (2, 4, 8), repeats, args.device)
+    print(f"\npopulation op with gradients (forward + backward), ms (median of {repeats})")
+    print("| shape [T, batch, C, H, W] | B | plain | composed | fused | fused vs composed | fused / plain |")
+    print("|---|---|---|---|---|---|---|")
+    train_shapes = QUICK_SHAPES if args.quick else TRAIN_SHAPES
+    trains = train_rows(train_shapes, (2, 4) if args.quick else (2, 4, 8), repeats, args.device)
     timesteps, batch = (8, 16) if args.quick else (32, 64)
     print(f"\nspiking runtime, ms per batch of {batch} at T={timesteps} (dense execution)")
     print(f"| workload | B | ms | vs B = {populations[0]} |")
@@ -166,6 +223,7 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "repeats": repeats,
         "op": ops,
+        "train": trains,
         "models": models,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -158,6 +158,14 @@ def test_fused_population_edge_sizes(backend, shape):
     composed = population_multistep(x, v0, 0.5, 2, backend="reference", return_count=True)
     assert [tuple(t.shape) for t in fused] == [shape, (2,) + shape[1:], ()]
     assert all(torch.equal(a, b) for a, b in zip(fused, composed))
+    if backend == "cpu":  # the fused backward too: with no steps v_final is v0, so is its gradient
+        xg, v0g = x.clone().requires_grad_(True), (v0 + 0.25).requires_grad_(True)
+        out, v = population_multistep(xg, v0g, 0.5, 2, backend="cpu")
+        grad_v = torch.rand(v.shape, generator=torch.Generator().manual_seed(0))
+        (out.sum() + (v * grad_v).sum()).backward()
+        assert xg.grad.shape == x.shape and v0g.grad.shape == v0.shape
+        if shape[0] == 0:
+            assert torch.equal(v0g.grad, grad_v)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -246,6 +254,47 @@ def test_population_gradient_reaches_input_and_theta():
     out.sum().backward()
     assert x.grad is not None and bool(x.grad.abs().sum() > 0)
     assert theta.grad is not None and bool(theta.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize(
+    "decay, reset, surrogate, detach",
+    [(1.0, "soft", "atan", False), (0.75, "soft", "triangle", True), (0.5, "hard", "sigmoid", False)],
+)
+def test_population_gradients_are_those_of_the_mean_of_b_reference_neurons(backend, decay, reset, surrogate, detach):
+    """With gradients a population's output is k·(θ/B) and its gradients (x, θ per channel, each
+    neuron's v0, and through v_final) those of the mean of B independent reference neurons' value
+    spikes, summed in torch here: the oracle. On the CPU backend the fused C++ forward and backward
+    run (no [T, B, ...] copies); elsewhere the composition. θ's gradient once counted the spike
+    term twice (the exact output was not detached from θ): this is what caught it."""
+    _fused_backend(backend) if backend != "reference" else None
+    device = _device(backend)
+    gen = torch.Generator().manual_seed(5)
+    b, shape = 3, (2, 4, 6)
+    x0 = (torch.randn((5,) + shape, generator=gen) * 0.8).to(device)
+    theta0 = (torch.rand((4, 1), generator=gen) + 0.4).to(device)
+    v00 = (torch.randn((b,) + shape, generator=gen) * 0.3).to(device)
+    g_out = torch.randn((5,) + shape, generator=gen).to(device)
+    g_v = torch.randn((b,) + shape, generator=gen).to(device)
+    options = dict(decay=decay, reset=reset, surrogate=surrogate, detach_reset=detach)
+
+    def grads(run):
+        x, theta, v0 = (t.clone().requires_grad_(True) for t in (x0, theta0, v00))
+        out, v = run(x, theta, v0)
+        ((out * g_out).sum() + (v * g_v).sum()).backward()
+        return out.detach(), v.detach(), x.grad, theta.grad, v0.grad, out.grad_fn
+
+    def oracle(x, theta, v0):
+        runs = [neuron_multistep_reference(x, v0[j], theta, **options) for j in range(b)]
+        return sum(s for s, _ in runs) / b, torch.stack([v for _, v in runs])
+
+    ours = grads(lambda x, theta, v0: population_multistep(x, v0, theta, b, backend=backend, **options))
+    want = grads(oracle)
+    assert torch.equal(ours[1], want[1])
+    torch.testing.assert_close(ours[0], want[0], rtol=1e-6, atol=1e-7)  # k·(θ/B) vs the float sum / B
+    for got, expected in zip(ours[2:5], want[2:5]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (type(ours[5]).__name__ == "_FusedPopulationBackward") == (backend == "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -316,6 +316,66 @@ def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
     return out, vout, count
 
 
+def population_backward(
+    grad_out,
+    grad_v,
+    x,
+    v0,
+    theta,
+    inner,
+    population,
+    decay,
+    hard,
+    v_reset,
+    surrogate_id,
+    alpha,
+    detach_reset,
+    theta_grad,
+):
+    """Surrogate-gradient backward of :func:`population_forward` (recomputes the B membranes).
+    grad_out: the gradient of every neuron's value spikes, [T, ...] float32 contiguous (the
+    units' output gradient divided by B), or None; grad_v: [B, ...] float32 contiguous or None;
+    x: [T, ...] float32 contiguous; v0: [B, ...] float32 dense. Returns (grad_x [T, ...],
+    grad_v0 [B, N], grad_theta [N] or None), grad_x and grad_theta summed over the B neurons,
+    before any broadcast reduction."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    gx = torch.empty(x.shape, dtype=torch.float32)
+    gv0 = torch.empty((population, n), dtype=torch.float32)
+    gth = torch.empty(n, dtype=torch.float32) if theta_grad else None
+    assert v0.numel() == population * n and x.is_contiguous() and x.dtype == torch.float32
+    assert grad_out is None or (grad_out.shape == x.shape and grad_out.is_contiguous())
+    assert grad_v is None or (grad_v.numel() == population * n and grad_v.is_contiguous())
+    if T == 0 or n == 0:
+        gx.zero_()
+        gv0.copy_(torch.zeros(()) if grad_v is None else grad_v.reshape(population, n))
+        if gth is not None:
+            gth.zero_()
+        return gx, gv0, gth
+    load().population_backward(
+        _addr(x),
+        _addr(v0),
+        _addr(theta),
+        inner,
+        theta.numel(),
+        _addr(grad_out),
+        _addr(grad_v),
+        _addr(gx),
+        _addr(gv0),
+        _addr(gth),
+        T,
+        n,
+        population,
+        decay,
+        hard,
+        v_reset,
+        surrogate_id,
+        alpha,
+        detach_reset,
+        torch.get_num_threads(),
+    )
+    return gx, gv0, gth
+
+
 def backward(
     grad_spikes,
     grad_v,

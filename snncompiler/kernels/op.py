@@ -471,8 +471,47 @@ def population_mean(spikes: Tensor, theta: Tensor, population: int) -> Tensor:
     the value is :func:`population_output` of the counted spikes, the gradient that of the
     spikes' mean (what the surrogate flows through)."""
     soft = spikes.sum(1) / population
-    exact = population_output((spikes.detach() != 0).sum(1), theta, population, spikes.dtype)
+    exact = population_output((spikes.detach() != 0).sum(1), theta.detach(), population, spikes.dtype)
     return exact + (soft - soft.detach())  # soft - soft.detach() is exactly 0: the value stays exact
+
+
+class _FusedPopulation(torch.autograd.Function):
+    """A population on the C++ kernels with gradients: the fused forward, and a backward that
+    runs each neuron's surrogate gradient (with the output's gradient / B as its spikes', as the
+    mean's) and sums grad_x and grad_θ over the B neurons in the kernel: the composition's
+    gradients without its [T, B, ...] copies of x, of the spikes and of their gradients."""
+
+    @staticmethod
+    def forward(ctx, x, v0, theta, population, decay, hard, v_reset, surrogate, alpha, detach_reset):
+        shape = tuple(x.shape[1:])
+        th, inner = _kernel_theta(theta, shape)
+        dense_v0 = v0.detach().expand((population,) + shape).contiguous()
+        out, v, count = cpu.population_forward(x.detach(), dense_v0, th, inner, population, decay, hard, v_reset)
+        ctx.save_for_backward(x, dense_v0, theta)
+        ctx.kernel_theta = (th, inner)
+        ctx.settings = (population, decay, hard, v_reset, SURROGATES[surrogate][0], alpha, detach_reset)
+        ctx.v0_shape = v0.shape
+        count = torch.tensor(count, dtype=torch.int64)
+        ctx.mark_non_differentiable(count)
+        return out, v, count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_v, _grad_count):
+        x, dense_v0, theta = ctx.saved_tensors
+        population, decay, hard, v_reset, surrogate_id, alpha, detach_reset = ctx.settings
+        th, inner = ctx.kernel_theta
+        # the mean's gradient, computed as autograd computes it for spikes.sum(1) / B
+        gy = None if grad_out is None else (grad_out.to(torch.float32) / population).contiguous()
+        gv = None if grad_v is None else grad_v.to(torch.float32).contiguous()
+        theta_grad = ctx.needs_input_grad[2]
+        gx, gv0, gth = cpu.population_backward(
+            gy, gv, x.float().contiguous(), dense_v0, th, inner, *ctx.settings[:6], detach_reset, theta_grad
+        )
+        shape = tuple(x.shape[1:])
+        gv0 = gv0.reshape((population,) + shape).sum_to_size(ctx.v0_shape) if ctx.needs_input_grad[1] else None
+        gth = gth.reshape(shape).sum_to_size(theta.shape) if theta_grad else None
+        return gx.to(x.dtype), gv0, gth, None, None, None, None, None, None, None
 
 
 def _fused_population_backend(backend: str, x: Tensor) -> str | None:
@@ -561,6 +600,8 @@ def population_multistep(
     _, v0, theta = args[:3]
     grad = _needs_autograd(x, v0, theta)
     fused = None if grad else _fused_population_backend(backend, x)
+    # with gradients the C++ kernels too, except under torch.compile (it traces the registered op)
+    fused_backward = grad and not torch.compiler.is_compiling() and _fused_population_backend(backend, x) == "cpu"
     if fused is not None:
         th, inner = _kernel_theta(theta, shape)
         dense_v0 = v0.expand((population,) + shape).contiguous()
@@ -572,6 +613,10 @@ def population_multistep(
             from . import triton_kernel
 
             out, v, count = triton_kernel.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
+        return (out, v, count) if return_count else (out, v)
+    if grad and fused_backward:
+        decay, hard, fv_reset = reference.f32(args[3]), args[4], reference.f32(args[5])
+        out, v, count = _FusedPopulation.apply(x, v0, theta, population, decay, hard, fv_reset, *args[8:])
         return (out, v, count) if return_count else (out, v)
     if grad:  # the value of the counted output, the gradient of the mean of the value spikes
         spikes, v, *count = _run_checked(args, return_count)

@@ -215,13 +215,17 @@ struct Isa {
   FwdFn (*forward)(bool decay, bool hard, int fmt);
   BwdFn (*backward)(bool decay, bool hard, bool detach, int sg);
   PopFn (*population)(bool decay, bool hard);
+  BwdFn (*backward_acc)(bool decay, bool hard, bool detach, int sg);
 };
 
 const Isa kIsas[] = {
-    {"baseline", isa_baseline::pick_forward, isa_baseline::pick_backward, isa_baseline::pick_population},
+    {"baseline", isa_baseline::pick_forward, isa_baseline::pick_backward, isa_baseline::pick_population,
+     isa_baseline::pick_backward_acc},
 #ifdef SNNC_MULTI_ISA
-    {"avx2", isa_avx2::pick_forward, isa_avx2::pick_backward, isa_avx2::pick_population},
-    {"avx512", isa_avx512::pick_forward, isa_avx512::pick_backward, isa_avx512::pick_population},
+    {"avx2", isa_avx2::pick_forward, isa_avx2::pick_backward, isa_avx2::pick_population,
+     isa_avx2::pick_backward_acc},
+    {"avx512", isa_avx512::pick_forward, isa_avx512::pick_backward, isa_avx512::pick_population,
+     isa_avx512::pick_backward_acc},
 #endif
 };
 constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
@@ -408,6 +412,46 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   }
 }
 
+// The surrogate-gradient backward of a population (population_forward's units of B neurons that
+// share x and theta, with their own rows of v0): each neuron's gradient is the plain backward's
+// (backward_block, the same trajectory recomputed), with the unit's output gradient gy as every
+// neuron's spike gradient (the caller divides it by B: the output is the neurons' mean) and its
+// own rows of gv / gv0 ([B, N], dense). grad_x and grad_theta are summed over the B neurons in
+// order, block by block, so no [T, B, N] copy of x or of the gradients is ever made.
+void population_backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
+                         uintptr_t gy, uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N,
+                         int64_t B, double decay, bool hard, double v_reset, int surrogate, double alpha, bool detach,
+                         int threads) {
+  if (surrogate < kTriangle || surrogate > kSigmoid) throw std::invalid_argument("surrogate: unknown code");
+  if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
+  if (T < 0 || N < 0 || B < 1) throw std::invalid_argument("T, N, B: must be >= 0, >= 0, >= 1");
+  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
+           addr<const float>(theta), theta_inner, theta_period, 1, N, N, false, false};
+  const float* xp = addr<const float>(x);
+  const float* v0p = addr<const float>(v0);
+  const float* gyp = addr<const float>(gy);
+  const float* gvp = addr<const float>(gv);
+  float* gxp = addr<float>(gx);
+  float* gv0p = addr<float>(gv0);
+  float* gthp = addr<float>(gth);
+  const BwdFn first = kIsas[g_isa].backward(p.decay != 1.0f, hard, detach, surrogate);
+  const BwdFn rest = kIsas[g_isa].backward_acc(p.decay != 1.0f, hard, detach, surrogate);
+  const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, (65536 / std::max<int64_t>(T, 1)) / 16 * 16));
+  py::gil_scoped_release release;
+#pragma omp parallel num_threads(std::max(1, threads)) if (N > block)
+  {
+    std::vector<float> hbuf(static_cast<size_t>(std::max<int64_t>(T, 1) * block));
+    const int64_t nblocks = (N + block - 1) / block;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t n0 = b * block, nb = std::min(block, N - n0);
+      for (int64_t j = 0; j < B; ++j)  // the block's gx rows stay in cache across its B neurons
+        (j ? rest : first)(p, xp, v0p + j * N, gyp, gvp ? gvp + j * N : nullptr, gxp, gv0p + j * N, gthp, n0, nb,
+                           hbuf.data());
+    }
+  }
+}
+
 // ---- output buffers: a small caching allocator handed to torch through DLPack -------------
 // glibc serves every allocation above its mmap threshold (at most 32 MiB) with fresh pages
 // and unmaps them on free, so a large spike tensor is page-faulted and zeroed by the OS on
@@ -590,6 +634,13 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
         py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
         py::arg("v0_period") = -1);
+  m.def("population_backward", &population_backward,
+        "Surrogate-gradient backward of B neurons per unit (addresses; 0 = absent): grad_x and grad_theta "
+        "summed over the B neurons, grad_v0 per neuron",
+        py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
+        py::arg("grad_out"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
+        py::arg("T"), py::arg("N"), py::arg("B"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"),
+        py::arg("surrogate"), py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
   m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("isa", [] { return std::string(kIsas[g_isa].name); }, "The instruction set the kernels run with");
   m.def("supported_isas", &supported_isas, "Instruction sets this build has and this CPU runs, slowest first");
