@@ -158,14 +158,15 @@ def test_fused_population_edge_sizes(backend, shape):
     composed = population_multistep(x, v0, 0.5, 2, backend="reference", return_count=True)
     assert [tuple(t.shape) for t in fused] == [shape, (2,) + shape[1:], ()]
     assert all(torch.equal(a, b) for a, b in zip(fused, composed))
-    if backend == "cpu":  # the fused backward too: with no steps v_final is v0, so is its gradient
-        xg, v0g = x.clone().requires_grad_(True), (v0 + 0.25).requires_grad_(True)
-        out, v = population_multistep(xg, v0g, 0.5, 2, backend="cpu")
-        grad_v = torch.rand(v.shape, generator=torch.Generator().manual_seed(0))
-        (out.sum() + (v * grad_v).sum()).backward()
-        assert xg.grad.shape == x.shape and v0g.grad.shape == v0.shape
-        if shape[0] == 0:
-            assert torch.equal(v0g.grad, grad_v)
+    # the fused backward too: with no steps v_final is v0, and so is its gradient
+    xg, v0g = x.clone().requires_grad_(True), (v0 + 0.25).requires_grad_(True)
+    out, v = population_multistep(xg, v0g, 0.5, 2, backend=backend)
+    assert type(out.grad_fn).__name__ == "_FusedPopulationBackward"
+    grad_v = torch.rand(v.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    (out.sum() + (v * grad_v).sum()).backward()
+    assert xg.grad.shape == x.shape and v0g.grad.shape == v0.shape
+    if shape[0] == 0:
+        assert torch.equal(v0g.grad, grad_v)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -264,8 +265,8 @@ def test_population_gradient_reaches_input_and_theta():
 def test_population_gradients_are_those_of_the_mean_of_b_reference_neurons(backend, decay, reset, surrogate, detach):
     """With gradients a population's output is k·(θ/B) and its gradients (x, θ per channel, each
     neuron's v0, and through v_final) those of the mean of B independent reference neurons' value
-    spikes, summed in torch here: the oracle. On the CPU backend the fused C++ forward and backward
-    run (no [T, B, ...] copies); elsewhere the composition. θ's gradient once counted the spike
+    spikes, summed in torch here: the oracle. On the CPU and Triton backends the fused forward and
+    backward run (no [T, B, ...] copies); on the reference backend the composition. θ's gradient once counted the spike
     term twice (the exact output was not detached from θ): this is what caught it."""
     _fused_backend(backend) if backend != "reference" else None
     device = _device(backend)
@@ -294,7 +295,7 @@ def test_population_gradients_are_those_of_the_mean_of_b_reference_neurons(backe
     torch.testing.assert_close(ours[0], want[0], rtol=1e-6, atol=1e-7)  # k·(θ/B) vs the float sum / B
     for got, expected in zip(ours[2:5], want[2:5]):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert (type(ours[5]).__name__ == "_FusedPopulationBackward") == (backend == "cpu")
+    assert (type(ours[5]).__name__ == "_FusedPopulationBackward") == (backend != "reference")
 
 
 @pytest.fixture(scope="module")

@@ -475,23 +475,36 @@ def population_mean(spikes: Tensor, theta: Tensor, population: int) -> Tensor:
     return exact + (soft - soft.detach())  # soft - soft.detach() is exactly 0: the value stays exact
 
 
+def _population_kernels(fused: str):
+    """The module whose population_forward / population_backward run a fused backend."""
+    if fused == "cpu":
+        return cpu
+    from . import triton_kernel
+
+    return triton_kernel
+
+
 class _FusedPopulation(torch.autograd.Function):
-    """A population on the C++ kernels with gradients: the fused forward, and a backward that
-    runs each neuron's surrogate gradient (with the output's gradient / B as its spikes', as the
-    mean's) and sums grad_x and grad_θ over the B neurons in the kernel: the composition's
-    gradients without its [T, B, ...] copies of x, of the spikes and of their gradients."""
+    """A population on the fused kernels with gradients (C++ on the CPU, Triton on a GPU): the
+    fused forward, and a backward that runs each neuron's surrogate gradient (with the output's
+    gradient / B as its spikes', as the mean's) and sums grad_x and grad_θ over the B neurons in
+    the kernel: the composition's gradients without its [T, B, ...] copies of x, of the spikes
+    and of their gradients."""
 
     @staticmethod
-    def forward(ctx, x, v0, theta, population, decay, hard, v_reset, surrogate, alpha, detach_reset):
+    def forward(ctx, x, v0, theta, population, decay, hard, v_reset, surrogate, alpha, detach_reset, fused):
         shape = tuple(x.shape[1:])
         th, inner = _kernel_theta(theta, shape)
         dense_v0 = v0.detach().expand((population,) + shape).contiguous()
-        out, v, count = cpu.population_forward(x.detach(), dense_v0, th, inner, population, decay, hard, v_reset)
+        kernels = _population_kernels(fused)
+        out, v, count = kernels.population_forward(x.detach(), dense_v0, th, inner, population, decay, hard, v_reset)
         ctx.save_for_backward(x, dense_v0, theta)
+        ctx.kernels = kernels
         ctx.kernel_theta = (th, inner)
         ctx.settings = (population, decay, hard, v_reset, SURROGATES[surrogate][0], alpha, detach_reset)
         ctx.v0_shape = v0.shape
-        count = torch.tensor(count, dtype=torch.int64)
+        if not isinstance(count, Tensor):
+            count = torch.tensor(count, dtype=torch.int64)
         ctx.mark_non_differentiable(count)
         return out, v, count
 
@@ -505,13 +518,13 @@ class _FusedPopulation(torch.autograd.Function):
         gy = None if grad_out is None else (grad_out.to(torch.float32) / population).contiguous()
         gv = None if grad_v is None else grad_v.to(torch.float32).contiguous()
         theta_grad = ctx.needs_input_grad[2]
-        gx, gv0, gth = cpu.population_backward(
+        gx, gv0, gth = ctx.kernels.population_backward(
             gy, gv, x.float().contiguous(), dense_v0, th, inner, *ctx.settings[:6], detach_reset, theta_grad
         )
         shape = tuple(x.shape[1:])
         gv0 = gv0.reshape((population,) + shape).sum_to_size(ctx.v0_shape) if ctx.needs_input_grad[1] else None
         gth = gth.reshape(shape).sum_to_size(theta.shape) if theta_grad else None
-        return gx.to(x.dtype), gv0, gth, None, None, None, None, None, None, None
+        return gx.to(x.dtype), gv0, gth, None, None, None, None, None, None, None, None
 
 
 def _fused_population_backend(backend: str, x: Tensor) -> str | None:
@@ -549,11 +562,13 @@ def population_multistep(
     A unit whose neurons fire k spikes at a step outputs :func:`population_output`: k·(θ/B), the
     mean of their spikes θ·s, k = 0…B. B = 1 is :func:`neuron_multistep` itself.
 
-    Inference runs one fused kernel that keeps a unit's B membranes together and writes the
-    unit's output (no B-fold copy of x, no B spike planes): the C++ kernel on the CPU backend, the
-    Triton kernel on the GPU backends; on the reference backend the B neurons run through
-    :func:`neuron_multistep` on a [T, B, ...] view and their spikes are counted. With gradients, the output's value is the same and its gradient that of the mean of
-    the value-format spikes (the surrogate's, summed over the B neurons for x).
+    One fused kernel keeps a unit's B membranes together and writes the unit's output (no B-fold
+    copy of x, no B spike planes): the C++ kernels on the CPU backend, the Triton ones on the GPU
+    backends; on the reference backend (and under torch.compile) the B neurons run through
+    :func:`neuron_multistep` on a [T, B, ...] view and their spikes are counted. With gradients
+    the output's value is the same and its gradient that of the mean of the B neurons' value
+    spikes (each neuron's surrogate; x's and θ's summed over the B neurons), computed by the
+    fused backward kernels without the copies.
 
     Args:
         x: [T, ...] input, as for :func:`neuron_multistep`.
@@ -599,24 +614,18 @@ def population_multistep(
     args = _checked_args(xb, v0, theta, decay, reset, v_reset, backend, "value", surrogate, alpha, detach_reset)
     _, v0, theta = args[:3]
     grad = _needs_autograd(x, v0, theta)
-    fused = None if grad else _fused_population_backend(backend, x)
-    # with gradients the C++ kernels too, except under torch.compile (it traces the registered op)
-    fused_backward = grad and not torch.compiler.is_compiling() and _fused_population_backend(backend, x) == "cpu"
+    # the fused kernels, with gradients too, except under torch.compile (it traces the registered op)
+    fused = None if torch.compiler.is_compiling() else _fused_population_backend(backend, x)
     if fused is not None:
-        th, inner = _kernel_theta(theta, shape)
-        dense_v0 = v0.expand((population,) + shape).contiguous()
         decay, hard, fv_reset = reference.f32(args[3]), args[4], reference.f32(args[5])
-        if fused == "cpu":
-            out, v, count = cpu.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
-            count = torch.tensor(count, dtype=torch.int64)
+        if grad:
+            out, v, count = _FusedPopulation.apply(x, v0, theta, population, decay, hard, fv_reset, *args[8:], fused)
         else:
-            from . import triton_kernel
-
-            out, v, count = triton_kernel.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
-        return (out, v, count) if return_count else (out, v)
-    if grad and fused_backward:
-        decay, hard, fv_reset = reference.f32(args[3]), args[4], reference.f32(args[5])
-        out, v, count = _FusedPopulation.apply(x, v0, theta, population, decay, hard, fv_reset, *args[8:])
+            th, inner = _kernel_theta(theta, shape)
+            dense_v0 = v0.expand((population,) + shape).contiguous()
+            kernels = _population_kernels(fused)
+            out, v, count = kernels.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
+            count = count if isinstance(count, Tensor) else torch.tensor(count, dtype=torch.int64)
         return (out, v, count) if return_count else (out, v)
     if grad:  # the value of the counted output, the gradient of the mean of the value spikes
         spikes, v, *count = _run_checked(args, return_count)

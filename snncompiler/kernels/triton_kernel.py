@@ -199,7 +199,10 @@ def _lif_bwd(
     HAS_GV: tl.constexpr,
     HAS_GTH: tl.constexpr,
     BLOCK: tl.constexpr,
+    ACC: tl.constexpr = False,
 ):
+    # ACC: add this neuron's grad_x and grad_theta to what gx and gth hold (a population's
+    # neurons after the first, population_backward) instead of writing them
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     v = tl.load(v0_ptr + (offs // v0_inner) % v0_period, mask=mask, other=0.0)
@@ -252,7 +255,11 @@ def _lif_bwd(
             gyt = tl.load(gy_ptr + offs, mask=mask, other=0.0)
             gh = gh + gyt * th * sg
             ga = ga + gyt * (s - th * sg)
-        tl.store(gx_ptr + offs, gh, mask=mask)
+        if ACC:
+            gh_total = gh + tl.load(gx_ptr + offs, mask=mask, other=0.0)
+        else:
+            gh_total = gh
+        tl.store(gx_ptr + offs, gh_total, mask=mask)
         acc += ga
         if DECAY:
             g = gh * decay
@@ -260,6 +267,8 @@ def _lif_bwd(
             g = gh
     tl.store(gv0_ptr + offs, g, mask=mask)
     if HAS_GTH:
+        if ACC:
+            acc += tl.load(gth_ptr + offs, mask=mask, other=0.0)
         tl.store(gth_ptr + offs, acc, mask=mask)
 
 
@@ -426,3 +435,71 @@ def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
         enable_fp_fusion=False,
     )
     return out, vout, partial.sum()
+
+
+def population_backward(
+    grad_out,
+    grad_v,
+    x,
+    v0,
+    theta,
+    inner,
+    population,
+    decay,
+    hard,
+    v_reset,
+    surrogate_id,
+    alpha,
+    detach_reset,
+    theta_grad,
+):
+    """Surrogate-gradient backward of :func:`population_forward`, the GPU counterpart of
+    :func:`snncompiler.kernels.cpu.population_backward` (same arguments and results): one
+    backward launch per neuron of the units on x, the output gradient and that neuron's rows,
+    the second and later ones adding their grad_x and grad_theta to the first's (a fixed block:
+    an autotuner's trial runs would add more than once). No [T, B, ...] copy is made."""
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    dev = x.device
+    gx = torch.zeros(x.shape, dtype=torch.float32, device=dev)
+    gv0 = torch.empty((population, n), dtype=torch.float32, device=dev)
+    gth = torch.zeros(n, dtype=torch.float32, device=dev) if theta_grad else None
+    if T == 0 or n == 0:
+        gv0.copy_(torch.zeros((), device=dev) if grad_v is None else grad_v.reshape(population, n))
+        return gx, gv0, gth
+    scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
+    v0 = v0.reshape(population, n)
+    gv = None if grad_v is None else grad_v.reshape(population, n)
+    block = _INTERPRET_BLOCK if _interpreting() else _SMALL_BLOCK
+    for j in range(population):
+        _lif_bwd[(triton.cdiv(n, block),)](
+            x,
+            v0[j],
+            theta,
+            x if grad_out is None else grad_out,
+            v0[j] if gv is None else gv[j],
+            gx,
+            gv0[j],
+            gv0[j] if gth is None else gth,
+            scratch,
+            T,
+            n,
+            inner,
+            theta.numel(),
+            1,
+            n,
+            decay,
+            v_reset,
+            alpha,
+            DECAY=decay != 1.0,
+            HARD=bool(hard),
+            DETACH=bool(detach_reset),
+            SG=int(surrogate_id),
+            HAS_GY=grad_out is not None,
+            HAS_GV=grad_v is not None,
+            HAS_GTH=gth is not None,
+            BLOCK=block,
+            ACC=j > 0,
+            num_warps=_SMALL_WARPS,
+            enable_fp_fusion=False,
+        )
+    return gx, gv0, gth
