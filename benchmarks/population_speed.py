@@ -72,6 +72,25 @@ def _composed(x, v0, theta, b):
     return spikes.sum(1) / b, v
 
 
+def _op_row(shape, population: int, ms: dict, plain_ms: float) -> dict:
+    """One row of the op or training table (fused and composed medians against the plain layer's), printed."""
+    row = {
+        "shape": list(shape),
+        "population": population,
+        "fused_ms": ms["fused"],
+        "composed_ms": ms["composed"],
+        "plain_ms": plain_ms,
+        "fused_speedup": ms["composed"] / ms["fused"],
+        "fused_over_plain": ms["fused"] / plain_ms,
+    }
+    print(
+        f"| {'×'.join(map(str, shape))} | {population} | {plain_ms:.2f} | {ms['composed']:.2f} | "
+        f"{ms['fused']:.2f} | {row['fused_speedup']:.1f}× | {row['fused_over_plain']:.2f}× |",
+        flush=True,
+    )
+    return row
+
+
 def op_rows(shapes, populations, repeats: int, device: str = "cpu") -> list[dict]:
     """The op section: one row per shape and B."""
     rows = []
@@ -87,24 +106,7 @@ def op_rows(shapes, populations, repeats: int, device: str = "cpu") -> list[dict
                 "fused": lambda v0=v0, b=b: population_multistep(x, v0, theta, b),
                 "composed": lambda v0=v0, b=b: _composed(x, v0, theta, b),
             }
-            ms = _median_ms(fns, repeats, device)
-            rows.append(
-                {
-                    "shape": list(shape),
-                    "population": b,
-                    "fused_ms": ms["fused"],
-                    "composed_ms": ms["composed"],
-                    "plain_ms": plain,
-                    "fused_speedup": ms["composed"] / ms["fused"],
-                    "fused_over_plain": ms["fused"] / plain,
-                }
-            )
-            r = rows[-1]
-            print(
-                f"| {'×'.join(map(str, shape))} | {b} | {r['plain_ms']:.2f} | {r['composed_ms']:.2f} | "
-                f"{r['fused_ms']:.2f} | {r['fused_speedup']:.1f}× | {r['fused_over_plain']:.2f}× |",
-                flush=True,
-            )
+            rows.append(_op_row(shape, b, _median_ms(fns, repeats, device), plain))
     return rows
 
 
@@ -137,24 +139,7 @@ def train_rows(shapes, populations, repeats: int, device: str = "cpu") -> list[d
                 "fused": lambda v0=v0, b=b: step(lambda: population_multistep(x, v0, theta, b)[0]),
                 "composed": lambda v0=v0, b=b: step(lambda: _composed_training(x, v0, theta, b)),
             }
-            ms = _median_ms(fns, repeats, device)
-            rows.append(
-                {
-                    "shape": list(shape),
-                    "population": b,
-                    "fused_ms": ms["fused"],
-                    "composed_ms": ms["composed"],
-                    "plain_ms": plain["plain"],
-                    "fused_speedup": ms["composed"] / ms["fused"],
-                    "fused_over_plain": ms["fused"] / plain["plain"],
-                }
-            )
-            r = rows[-1]
-            print(
-                f"| {'×'.join(map(str, shape))} | {b} | {r['plain_ms']:.2f} | {r['composed_ms']:.2f} | "
-                f"{r['fused_ms']:.2f} | {r['fused_speedup']:.1f}× | {r['fused_over_plain']:.2f}× |",
-                flush=True,
-            )
+            rows.append(_op_row(shape, b, _median_ms(fns, repeats, device), plain["plain"]))
     return rows
 
 

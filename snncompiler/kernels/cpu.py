@@ -345,12 +345,7 @@ def population_backward(
     assert v0.numel() == population * n and x.is_contiguous() and x.dtype == torch.float32
     assert grad_out is None or (grad_out.shape == x.shape and grad_out.is_contiguous())
     assert grad_v is None or (grad_v.numel() == population * n and grad_v.is_contiguous())
-    if T == 0 or n == 0:
-        gx.zero_()
-        gv0.copy_(torch.zeros(()) if grad_v is None else grad_v.reshape(population, n))
-        if gth is not None:
-            gth.zero_()
-        return gx, gv0, gth
+    assert T > 0 and n > 0, "internal: the caller handles empty layers"
     load().population_backward(
         _addr(x),
         _addr(v0),

@@ -518,10 +518,15 @@ class _FusedPopulation(torch.autograd.Function):
         gy = None if grad_out is None else (grad_out.to(torch.float32) / population).contiguous()
         gv = None if grad_v is None else grad_v.to(torch.float32).contiguous()
         theta_grad = ctx.needs_input_grad[2]
-        gx, gv0, gth = ctx.kernels.population_backward(
-            gy, gv, x.float().contiguous(), dense_v0, th, inner, *ctx.settings[:6], detach_reset, theta_grad
-        )
         shape = tuple(x.shape[1:])
+        if x.numel():
+            gx, gv0, gth = ctx.kernels.population_backward(
+                gy, gv, x.float().contiguous(), dense_v0, th, inner, *ctx.settings[:6], detach_reset, theta_grad
+            )
+        else:  # no steps or no units: nothing to recompute, and v_final is v0 (its gradient too)
+            gx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+            gv0 = torch.zeros(dense_v0.shape, device=x.device) if gv is None else gv
+            gth = torch.zeros(shape, device=x.device)
         gv0 = gv0.reshape((population,) + shape).sum_to_size(ctx.v0_shape) if ctx.needs_input_grad[1] else None
         gth = gth.reshape(shape).sum_to_size(theta.shape) if theta_grad else None
         return gx.to(x.dtype), gv0, gth, None, None, None, None, None, None, None, None

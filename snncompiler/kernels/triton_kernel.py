@@ -329,6 +329,19 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     return out, vout
 
 
+def _backward_switches(decay, hard, detach_reset, surrogate_id, grad_spikes, grad_v, grad_theta) -> dict:
+    """The backward kernel's compile-time switches for these settings and present gradients."""
+    return dict(
+        DECAY=decay != 1.0,
+        HARD=bool(hard),
+        DETACH=bool(detach_reset),
+        SG=int(surrogate_id),
+        HAS_GY=grad_spikes is not None,
+        HAS_GV=grad_v is not None,
+        HAS_GTH=grad_theta is not None,
+    )
+
+
 def backward(
     grad_spikes,
     grad_v,
@@ -377,13 +390,7 @@ def backward(
         decay,
         v_reset,
         alpha,
-        DECAY=decay != 1.0,
-        HARD=bool(hard),
-        DETACH=bool(detach_reset),
-        SG=int(surrogate_id),
-        HAS_GY=grad_spikes is not None,
-        HAS_GV=grad_v is not None,
-        HAS_GTH=gth is not None,
+        **_backward_switches(decay, hard, detach_reset, surrogate_id, grad_spikes, grad_v, gth),
     )
     return gx, gv0, gth
 
@@ -459,13 +466,11 @@ def population_backward(
     the second and later ones adding their grad_x and grad_theta to the first's (a fixed block:
     an autotuner's trial runs would add more than once). No [T, B, ...] copy is made."""
     T, n = x.shape[0], math.prod(x.shape[1:])
+    assert T > 0 and n > 0, "internal: the caller handles empty layers"
     dev = x.device
-    gx = torch.zeros(x.shape, dtype=torch.float32, device=dev)
+    gx = torch.empty(x.shape, dtype=torch.float32, device=dev)
     gv0 = torch.empty((population, n), dtype=torch.float32, device=dev)
-    gth = torch.zeros(n, dtype=torch.float32, device=dev) if theta_grad else None
-    if T == 0 or n == 0:
-        gv0.copy_(torch.zeros((), device=dev) if grad_v is None else grad_v.reshape(population, n))
-        return gx, gv0, gth
+    gth = torch.empty(n, dtype=torch.float32, device=dev) if theta_grad else None
     scratch = torch.empty((T, n), dtype=torch.float32, device=dev)
     v0 = v0.reshape(population, n)
     gv = None if grad_v is None else grad_v.reshape(population, n)
@@ -490,13 +495,7 @@ def population_backward(
             decay,
             v_reset,
             alpha,
-            DECAY=decay != 1.0,
-            HARD=bool(hard),
-            DETACH=bool(detach_reset),
-            SG=int(surrogate_id),
-            HAS_GY=grad_out is not None,
-            HAS_GV=grad_v is not None,
-            HAS_GTH=gth is not None,
+            **_backward_switches(decay, hard, detach_reset, surrogate_id, grad_out, grad_v, gth),
             BLOCK=block,
             ACC=j > 0,
             num_warps=_SMALL_WARPS,
