@@ -346,7 +346,7 @@ def population_backward(
     assert grad_out is None or (grad_out.shape == x.shape and grad_out.is_contiguous())
     assert grad_v is None or (grad_v.numel() == population * n and grad_v.is_contiguous())
     assert T > 0 and n > 0, "internal: the caller handles empty layers"
-    load().population_backward(
+    load().backward_neurons(
         _addr(x),
         _addr(v0),
         _addr(theta),

@@ -379,15 +379,22 @@ int64_t population_forward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t t
   return parallel_blocks(N, block, threads, [&](int64_t n0, int64_t nb) { return fn(p, B, inv_b, xp, v0p, op, vp, n0, nb); });
 }
 
-void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
-              uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N, double decay, bool hard,
-              double v_reset, int surrogate, double alpha, bool detach, int threads, int64_t v0_inner,
-              int64_t v0_period) {
+// The surrogate-gradient backward of B neurons per unit that share x, gy and theta, each with its
+// own row of v0 / gv / gv0 (rows v0_period, N and N floats apart): each neuron's gradient is
+// backward_block's (its trajectory recomputed), the second and later neurons' grad_x and
+// grad_theta added to the first's block by block (the block's gx rows stay in cache across its B
+// neurons), so a population never needs a [T, B, N] copy of x or of the gradients. B = 1 is the
+// plain neuron's backward, whose v0 may be compact (v0_inner, v0_period as theta's layout).
+void backward_neurons(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
+                      uintptr_t gy, uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N,
+                      int64_t B, double decay, bool hard, double v_reset, int surrogate, double alpha, bool detach,
+                      int threads, int64_t v0_inner, int64_t v0_period) {
   if (surrogate < kTriangle || surrogate > kSigmoid) throw std::invalid_argument("surrogate: unknown code");
   if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
   if (v0_period == -1) v0_period = N;
   if (v0_inner < 1 || (v0_period < 1 && N > 0)) throw std::invalid_argument("v0: bad layout");
-  if (T < 0 || N < 0) throw std::invalid_argument("T, N: must be >= 0");
+  if (T < 0 || N < 0 || B < 1) throw std::invalid_argument("T, N, B: must be >= 0, >= 0, >= 1");
+  if (B > 1 && (v0_inner != 1 || v0_period != N)) throw std::invalid_argument("v0: a population's rows must be dense");
   Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
            addr<const float>(theta), theta_inner, theta_period, v0_inner, v0_period, N, false, false};
   const float* xp = addr<const float>(x);
@@ -398,44 +405,9 @@ void backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, i
   float* gv0p = addr<float>(gv0);
   float* gthp = addr<float>(gth);
   advise_hugepages(gxp, T * N * 4);
-  const BwdFn fn = kIsas[g_isa].backward(p.decay != 1.0f, hard, detach, surrogate);
-  // The recomputed trajectory of one block, [T, block] floats, should stay in L2 (~256 KiB).
-  const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, (65536 / std::max<int64_t>(T, 1)) / 16 * 16));
-  py::gil_scoped_release release;
-#pragma omp parallel num_threads(std::max(1, threads)) if (N > block)
-  {
-    std::vector<float> hbuf(static_cast<size_t>(std::max<int64_t>(T, 1) * block));
-    const int64_t nblocks = (N + block - 1) / block;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < nblocks; ++b)
-      fn(p, xp, v0p, gyp, gvp, gxp, gv0p, gthp, b * block, std::min(block, N - b * block), hbuf.data());
-  }
-}
-
-// The surrogate-gradient backward of a population (population_forward's units of B neurons that
-// share x and theta, with their own rows of v0): each neuron's gradient is the plain backward's
-// (backward_block, the same trajectory recomputed), with the unit's output gradient gy as every
-// neuron's spike gradient (the caller divides it by B: the output is the neurons' mean) and its
-// own rows of gv / gv0 ([B, N], dense). grad_x and grad_theta are summed over the B neurons in
-// order, block by block, so no [T, B, N] copy of x or of the gradients is ever made.
-void population_backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period,
-                         uintptr_t gy, uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N,
-                         int64_t B, double decay, bool hard, double v_reset, int surrogate, double alpha, bool detach,
-                         int threads) {
-  if (surrogate < kTriangle || surrogate > kSigmoid) throw std::invalid_argument("surrogate: unknown code");
-  if (theta_inner < 1 || theta_period < 1) throw std::invalid_argument("theta: bad layout");
-  if (T < 0 || N < 0 || B < 1) throw std::invalid_argument("T, N, B: must be >= 0, >= 0, >= 1");
-  Params p{T, N, static_cast<float>(decay), static_cast<float>(v_reset), static_cast<float>(alpha),
-           addr<const float>(theta), theta_inner, theta_period, 1, N, N, false, false};
-  const float* xp = addr<const float>(x);
-  const float* v0p = addr<const float>(v0);
-  const float* gyp = addr<const float>(gy);
-  const float* gvp = addr<const float>(gv);
-  float* gxp = addr<float>(gx);
-  float* gv0p = addr<float>(gv0);
-  float* gthp = addr<float>(gth);
   const BwdFn first = kIsas[g_isa].backward(p.decay != 1.0f, hard, detach, surrogate);
   const BwdFn rest = kIsas[g_isa].backward_acc(p.decay != 1.0f, hard, detach, surrogate);
+  // The recomputed trajectory of one block, [T, block] floats, should stay in L2 (~256 KiB).
   const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, (65536 / std::max<int64_t>(T, 1)) / 16 * 16));
   py::gil_scoped_release release;
 #pragma omp parallel num_threads(std::max(1, threads)) if (N > block)
@@ -445,9 +417,9 @@ void population_backward(uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t the
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t n0 = b * block, nb = std::min(block, N - n0);
-      for (int64_t j = 0; j < B; ++j)  // the block's gx rows stay in cache across its B neurons
-        (j ? rest : first)(p, xp, v0p + j * N, gyp, gvp ? gvp + j * N : nullptr, gxp, gv0p + j * N, gthp, n0, nb,
-                           hbuf.data());
+      for (int64_t j = 0; j < B; ++j)
+        (j ? rest : first)(p, xp, v0p + j * v0_period, gyp, gvp ? gvp + j * N : nullptr, gxp, gv0p + j * N, gthp, n0,
+                           nb, hbuf.data());
     }
   }
 }
@@ -628,19 +600,28 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"),
         py::arg("vout"), py::arg("T"), py::arg("N"), py::arg("B"), py::arg("decay"), py::arg("hard"),
         py::arg("v_reset"), py::arg("threads"), py::arg("x_step") = -1);
-  m.def("backward", &backward, "Surrogate-gradient backward, recomputing the membrane (addresses; 0 = absent)",
+  m.def(
+      "backward",
+      [](uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
+         uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N, double decay, bool hard,
+         double v_reset, int surrogate, double alpha, bool detach, int threads, int64_t v0_inner, int64_t v0_period) {
+        backward_neurons(x, v0, theta, theta_inner, theta_period, gy, gv, gx, gv0, gth, T, N, 1, decay, hard, v_reset,
+                         surrogate, alpha, detach, threads, v0_inner, v0_period);
+      },
+      "Surrogate-gradient backward of one neuron per unit, recomputing the membrane (addresses; 0 = absent)",
+      py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
+      py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
+      py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
+      py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
+      py::arg("v0_period") = -1);
+  m.def("backward_neurons", &backward_neurons,
+        "Surrogate-gradient backward of B neurons per unit (addresses; 0 = absent), recomputing the membranes: "
+        "grad_x and grad_theta summed over the B neurons, grad_v0 per neuron; B = 1 is the plain neuron's",
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
         py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
-        py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
-        py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
-        py::arg("v0_period") = -1);
-  m.def("population_backward", &population_backward,
-        "Surrogate-gradient backward of B neurons per unit (addresses; 0 = absent): grad_x and grad_theta "
-        "summed over the B neurons, grad_v0 per neuron",
-        py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
-        py::arg("grad_out"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
         py::arg("T"), py::arg("N"), py::arg("B"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"),
-        py::arg("surrogate"), py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"));
+        py::arg("surrogate"), py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
+        py::arg("v0_period") = -1);
   m.def("has_openmp", &snnc::has_openmp, "Whether the extension was built with OpenMP");
   m.def("isa", [] { return std::string(kIsas[g_isa].name); }, "The instruction set the kernels run with");
   m.def("supported_isas", &supported_isas, "Instruction sets this build has and this CPU runs, slowest first");
