@@ -599,6 +599,7 @@ def main() -> None:
                 "batch": args.batch,
                 "timesteps": args.timesteps,
                 "exec": exec_mode,
+                "maxpool": args.maxpool,
                 # on a GPU: snnc_median_s with --cuda-graphs (this), snnc_dense_median_s without
                 "cuda_graphs": args.cuda_graphs if args.device != "cpu" else None,
                 "cuda_graph_replays": graphs.graph_replays if args.device != "cpu" else None,

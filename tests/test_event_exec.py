@@ -501,6 +501,77 @@ def test_cli_exec_flag(compiled_cnn, tmp_path, capsys):
     assert exc.value.code == 2 and len(err) == 1 and "--exec" in err[0] and "'sparse'" in err[0], err
 
 
+def _rate_max_pool_steps_oracle(s, theta, kernel, stride, pads, ceil_mode, sums, previous):
+    """The runtime's rate max pooling of spikes, written out in torch: running spike counts
+    (float64), max_pool2d with implicit -inf padding, increments times θ per channel."""
+    counts = (s != 0).double().cumsum(0) + (0 if sums is None else sums.double())
+    steps = s.shape[0]
+    pooled = F.max_pool2d(counts.flatten(0, 1), kernel, stride, pads, ceil_mode=bool(ceil_mode))
+    pooled = pooled.reshape((steps,) + tuple(s.shape[1:3]) + tuple(pooled.shape[-2:]))
+    start = torch.zeros_like(pooled[0]) if previous is None else previous.double()
+    out = torch.diff(pooled, dim=0, prepend=start.unsqueeze(0)).float() * theta.reshape(1, 1, -1, 1, 1)
+    return out, counts[-1].float(), pooled[-1].float()
+
+
+@pytest.mark.skipif(not event.available(), reason="event extension not built")
+@pytest.mark.parametrize(
+    "kernel, stride, pads, ceil_mode, hw",
+    [
+        ((2, 2), (2, 2), (0, 0), 0, (8, 8)),
+        ((2, 2), (2, 2), (0, 0), 0, (7, 9)),
+        ((3, 3), (2, 2), (1, 1), 0, (9, 10)),
+        ((3, 3), (2, 2), (0, 0), 1, (8, 7)),
+        ((2, 3), (1, 2), (1, 0), 0, (5, 6)),
+    ],
+)
+def test_runtime_rate_max_pool_kernel_equals_torch(kernel, stride, pads, ceil_mode, hw):
+    """The spiking runtime's rate max pooling on the C++ kernel, over three chunks that carry the
+    running counts and maxima: outputs and carried state equal to the torch oracle (per-channel
+    θ, negative θ included: a spike is any nonzero value), windows clipped at padding, floor and
+    ceil mode."""
+    gen = torch.Generator().manual_seed(sum(hw))
+    C = 3
+    theta = torch.tensor([0.7, 1.3, -0.4])
+    spikes = (torch.rand((10, 4, C) + hw, generator=gen) < 0.3).float() * theta.reshape(1, 1, C, 1, 1)
+    h_out = F.max_pool2d(torch.zeros((1, 1) + hw), kernel, stride, pads, ceil_mode=bool(ceil_mode)).shape[-2:]
+    ours, want = (None, None), (None, None)
+    for chunk in (spikes[:4], spikes[4:7], spikes[7:]):
+        got = event.rate_max_pool_steps(chunk, theta, kernel, stride, pads, tuple(h_out), *ours)
+        expected = _rate_max_pool_steps_oracle(chunk, theta, kernel, stride, pads, ceil_mode, *want)
+        for a, b in zip(got, expected):
+            assert a.shape == b.shape and torch.equal(a, b)
+        ours, want = got[1:], expected[1:]
+    assert event.rate_max_pool_steps(spikes.double(), theta, kernel, stride, pads, tuple(h_out)) is None
+    assert event.rate_max_pool_steps(spikes, torch.rand(5), kernel, stride, pads, tuple(h_out)) is None
+
+
+def test_runtime_runs_rate_max_pools_on_the_kernel_as_torch_did(small_digits_cnn, monkeypatch):
+    """A compiled digits CNN (two 2×2 rate max pools) gives the same outputs, bit for bit, with
+    the pools on the C++ kernel and on the torch composition, in one chunk and in chunks of 3."""
+    import snncompiler as snnc
+    from snncompiler.runtime import snn
+
+    if not event.available():
+        pytest.skip("event extension not built")
+    path, train, test = small_digits_cnn
+    model = snnc.compile(str(path), train.x[:128], quiet=True)
+    x = torch.from_numpy(test.x[:32])
+    calls = []
+    original = snn._rate_maxpool_kernel
+
+    def counted(*args):
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(snn, "_rate_maxpool_kernel", counted)
+    fast = [model.runner(chunk=chunk).run_steps(x, 8) for chunk in (None, 3)]
+    assert calls and all(calls)
+    monkeypatch.setattr(snn, "_rate_maxpool_kernel", lambda *args: None)
+    slow = [model.runner(chunk=chunk).run_steps(x, 8) for chunk in (None, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
 def _rate_max_pool_composed(x: torch.Tensor) -> torch.Tensor:
     """Rate max pooling as fine-tuning composed it in torch before the kernel (the oracle)."""
     from snncompiler.runtime.ops import _separable_max

@@ -325,6 +325,55 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+def rate_max_pool_steps(s, theta, kernel, stride, pads, out_hw, sums=None, previous=None):
+    """The spiking runtime's rate max pooling of spikes on the C++ kernel: for s [T, B, C, H, W]
+    (float32, CPU; a spike is any nonzero value), each input's running spike count, each window's
+    largest count, and its increments times θ (a scalar or one per channel): (out [T, B, C, OH,
+    OW], counts [B, C, H, W], maxima [B, C, OH, OW]), the last two to carry into the next chunk
+    (``sums`` and ``previous``; None starts from zero). ``kernel``, ``stride``: 2-D; ``pads``: the
+    begin pads (padding never wins); ``out_hw``: the output size the pooling's mode gives. Equal,
+    bit for bit, to the torch composition (counts are exact integers in float32). None where it
+    does not apply or the extension is not built."""
+    lib = load()
+    if lib is None or s.dim() != 5 or s.dtype != torch.float32 or s.device.type != "cpu":
+        return None
+    T, B, C, H, W = s.shape
+    theta = torch.as_tensor(theta, dtype=torch.float32).reshape(-1).contiguous()
+    if theta.numel() not in (1, C) or H * W == 0:
+        return None
+    OH, OW = out_hw
+    s = s.contiguous()
+    out = torch.empty((T, B, C, OH, OW), dtype=torch.float32)
+    sums_out = torch.empty((B, C, H, W), dtype=torch.float32)
+    prev_out = torch.empty((B, C, OH, OW), dtype=torch.float32)
+    sums = None if sums is None else sums.to(torch.float32).contiguous()
+    previous = None if previous is None else previous.to(torch.float32).contiguous()
+    lib.rate_max_pool_steps(
+        s.data_ptr(),
+        theta.data_ptr(),
+        theta.numel(),
+        0 if sums is None else sums.data_ptr(),
+        0 if previous is None else previous.data_ptr(),
+        out.data_ptr(),
+        sums_out.data_ptr(),
+        prev_out.data_ptr(),
+        T,
+        B * C,
+        H,
+        W,
+        kernel[0],
+        kernel[1],
+        stride[0],
+        stride[1],
+        pads[0],
+        pads[1],
+        OH,
+        OW,
+        torch.get_num_threads(),
+    )
+    return out, sums_out, prev_out
+
+
 class _RateMaxPool2x2(torch.autograd.Function):
     """The C++ rate max pooling (forward and gradient); see :func:`rate_max_pool_2x2`."""
 

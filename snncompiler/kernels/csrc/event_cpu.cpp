@@ -54,6 +54,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -1460,6 +1461,96 @@ void rate_max_pool_2x2_backward(uintptr_t grad, uintptr_t codes, uintptr_t gx, i
                         [&](int64_t m0, int64_t m1) { ratepool::backward_planes(gp, cp, gxp, T, M, H, W, m0, m1); });
 }
 
+// Rate max pooling in the spiking runtime (runtime/snn.py, _rate_maxpool) for spike inputs: per
+// step, each input's running spike count c += (s != 0), each window's largest count P, and the
+// output (P - P_prev) * theta[channel]: the increments of the window's largest running count,
+// i.e. spikes of theta. Counts are integers, exact in float32, so the result equals the torch
+// composition (cumsum, max pooling, diff, multiply) bit for bit; torch's cumsum along the time
+// axis alone took half of the digits CNN's run time. Any 2-D window: kernel KH x KW, stride
+// SH x SW, begin pads PT, PL (padding never wins a max: windows are clipped to the input), OH x OW
+// outputs as the caller computed them (floor or ceil mode), dilation 1. The running counts and
+// last maxima come in (sums_in [M, H, W], prev_in [M, OH, OW]; 0 = start from zero) and go out
+// in new buffers, so a chunked run carries them.
+//
+// s [T, M, H, W] float32 (M = batch x C), theta [theta_period] (plane m uses theta[m % period]),
+// out [T, M, OH, OW].
+void rate_max_pool_steps(uintptr_t s, uintptr_t theta, int64_t theta_period, uintptr_t sums_in, uintptr_t prev_in,
+                         uintptr_t out, uintptr_t sums_out, uintptr_t prev_out, int64_t T, int64_t M, int64_t H,
+                         int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PT, int64_t PL, int64_t OH,
+                         int64_t OW, int threads) {
+  if (T < 0 || M < 0 || H < 1 || W < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 || OH < 0 || OW < 0 ||
+      theta_period < 1)
+    throw std::invalid_argument("rate_max_pool_steps: bad sizes");
+  const float* sp = addr<const float>(s);
+  const float* th = addr<const float>(theta);
+  const float* si = addr<const float>(sums_in);
+  const float* pi = addr<const float>(prev_in);
+  float* op = addr<float>(out);
+  float* so = addr<float>(sums_out);
+  float* po = addr<float>(prev_out);
+  const int64_t plane = H * W, oplane = OH * OW;
+  py::gil_scoped_release release;
+#pragma omp parallel num_threads(std::max(1, threads)) if (T * M * plane > (1 << 15))
+  {
+#ifdef _OPENMP
+    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t tid = 0, nt = 1;
+#endif
+    // a thread's planes are contiguous at every step: its counts and maxima live in the output
+    // state buffers, and each step is a few long loops over all of them (planes are small: a
+    // per-plane loop nest spent its time entering loops)
+    const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt, planes = m1 - m0;
+    float* c = so + m0 * plane;
+    float* prev = po + m0 * oplane;
+    if (si) std::copy(si + m0 * plane, si + m1 * plane, c);
+    else std::fill(c, c + planes * plane, 0.0f);
+    if (pi) std::copy(pi + m0 * oplane, pi + m1 * oplane, prev);
+    else std::fill(prev, prev + planes * oplane, 0.0f);
+    const bool pairs = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PT == 0 && PL == 0 && 2 * OH <= H && 2 * OW <= W;
+    for (int64_t t = 0; t < T && planes > 0; ++t) {
+      const float* st = sp + (t * M + m0) * plane;
+      const int64_t n = planes * plane;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) c[i] += st[i] != 0.0f ? 1.0f : 0.0f;
+      float* ot = op + (t * M + m0) * oplane;
+      for (int64_t m = 0; m < planes; ++m) {
+        const float unit = th[(m0 + m) % theta_period];
+        const float* cm = c + m * plane;
+        float* pm = prev + m * oplane;
+        float* om = ot + m * oplane;
+        if (pairs) {  // 2x2, stride 2, no padding: the common case, no window bounds
+          for (int64_t oy = 0; oy < OH; ++oy) {
+            const float* r0 = cm + 2 * oy * W;
+            const float* r1 = r0 + W;
+            float* pr = pm + oy * OW;
+            float* orow = om + oy * OW;
+#pragma omp simd
+            for (int64_t ox = 0; ox < OW; ++ox) {
+              const float best = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
+              orow[ox] = (best - pr[ox]) * unit;
+              pr[ox] = best;
+            }
+          }
+          continue;
+        }
+        for (int64_t oy = 0; oy < OH; ++oy) {
+          const int64_t y0 = std::max<int64_t>(0, oy * SH - PT), y1 = std::min<int64_t>(H, oy * SH - PT + KH);
+          for (int64_t ox = 0; ox < OW; ++ox) {
+            const int64_t x0 = std::max<int64_t>(0, ox * SW - PL), x1 = std::min<int64_t>(W, ox * SW - PL + KW);
+            float best = -std::numeric_limits<float>::infinity();
+            for (int64_t y = y0; y < y1; ++y)
+              for (int64_t x = x0; x < x1; ++x) best = std::max(best, cm[y * W + x]);
+            const int64_t o = oy * OW + ox;
+            om[o] = (best - pm[o]) * unit;
+            pm[o] = best;
+          }
+        }
+      }
+    }
+  }
+}
+
 // The number of nonzero entries of x[0..n) (NaN counts), float32 or (bytes) uint8: what --exec
 // auto reads per chunk to pick a form. torch.count_nonzero took 0.6 ms on a 256K-entry chunk,
 // more than the choice saved.
@@ -1543,6 +1634,13 @@ PYBIND11_MODULE(_event_cpu, m) {
   m.def("rate_max_pool_2x2_backward", &rate_max_pool_2x2_backward,
         "The gradient of rate_max_pool_2x2_forward: float32 grad [T,M,H/2,W/2] and its codes into gx [T,M,H,W]",
         py::arg("grad"), py::arg("codes"), py::arg("gx"), py::arg("T"), py::arg("M"), py::arg("H"), py::arg("W"),
+        py::arg("threads"));
+  m.def("rate_max_pool_steps", &rate_max_pool_steps,
+        "The runtime's rate max pooling of spikes float32 [T,M,H,W]: running counts, window maxima, increments "
+        "times theta, with the counts and maxima carried in and out",
+        py::arg("s"), py::arg("theta"), py::arg("theta_period"), py::arg("sums_in"), py::arg("prev_in"), py::arg("out"),
+        py::arg("sums_out"), py::arg("prev_out"), py::arg("T"), py::arg("M"), py::arg("H"), py::arg("W"), py::arg("KH"),
+        py::arg("KW"), py::arg("SH"), py::arg("SW"), py::arg("PT"), py::arg("PL"), py::arg("OH"), py::arg("OW"),
         py::arg("threads"));
   m.def("count_nonzero", &count_nonzero, "The number of nonzero entries of a contiguous float32 (or uint8) buffer",
         py::arg("x"), py::arg("n"), py::arg("threads"), py::arg("bytes") = false);
