@@ -501,6 +501,28 @@ def test_cli_exec_flag(compiled_cnn, tmp_path, capsys):
     assert exc.value.code == 2 and len(err) == 1 and "--exec" in err[0] and "'sparse'" in err[0], err
 
 
+@pytest.mark.skipif(not event.available(), reason="event extension not built")
+@pytest.mark.parametrize("shape", [(32, 4, 16, 8, 8), (7, 5000), (1, 3), (0, 4), (5, 0), (3,), (9, 3000)])
+def test_cumsum_steps_is_torchs_cumsum_bit_for_bit(shape):
+    """The runtime's running sums over time (analog islands, outputs, max pooling): torch's
+    ``x.cumsum(0) + init`` bit for bit (sums in double, rounded per step, then + init), with and
+    without an init (broadcast from a per-channel one too); float64 and tensors that need a
+    gradient fall back to torch (same values, and the gradient flows)."""
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=gen) * 1000 + torch.rand(shape, generator=gen)
+    inits = [None, torch.randn(shape[1:], generator=gen)]
+    if len(shape) == 5:
+        inits.append(torch.randn((shape[2], 1, 1), generator=gen))
+    for init in inits:
+        got = event.cumsum_steps(x, init)
+        want = x.cumsum(0) + (0 if init is None else init)
+        assert got.shape == want.shape and torch.equal(got, want)
+    assert torch.equal(event.cumsum_steps(x.double()), x.double().cumsum(0))
+    xg = x.clone().requires_grad_(True)
+    event.cumsum_steps(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+
+
 def _rate_max_pool_steps_oracle(s, theta, kernel, stride, pads, ceil_mode, sums, previous):
     """The runtime's rate max pooling of spikes, written out in torch: running spike counts
     (float64), max_pool2d with implicit -inf padding, increments times θ per channel."""

@@ -325,6 +325,37 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+def cumsum_steps(x: torch.Tensor, init=None) -> torch.Tensor:
+    """``x.cumsum(0) + init``: running sums over the leading (time) axis, plus ``init`` (a tensor
+    broadcastable to x[0], or None). Float32 CPU tensors without a gradient to track run on the
+    C++ kernel (bit for bit torch's result: sums in double, rounded per step; torch's own cumsum
+    along the leading axis is several times slower than a copy); anything else runs torch."""
+    lib = load()
+    plain = isinstance(init, torch.Tensor) or init is None
+    if (
+        lib is None
+        or not plain
+        or x.dtype != torch.float32
+        or x.device.type != "cpu"
+        or x.dim() < 1
+        or (torch.is_grad_enabled() and (x.requires_grad or (init is not None and init.requires_grad)))
+        or torch.compiler.is_compiling()
+    ):
+        return x.cumsum(0) + (0 if init is None else init)
+    if init is not None:
+        if init.dtype != torch.float32 or init.device.type != "cpu":
+            return x.cumsum(0) + init
+        init = init.expand(x.shape[1:]).contiguous()
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    T, n = x.shape[0], x[0].numel() if x.shape[0] else 0
+    if out.numel():
+        lib.cumsum_steps(
+            x.data_ptr(), 0 if init is None else init.data_ptr(), out.data_ptr(), T, n, torch.get_num_threads()
+        )
+    return out
+
+
 def rate_max_pool_steps(s, theta, kernel, stride, pads, out_hw, sums=None, previous=None):
     """The spiking runtime's rate max pooling of spikes on the C++ kernel: for s [T, B, C, H, W]
     (float32, CPU; a spike is any nonzero value), each input's running spike count, each window's

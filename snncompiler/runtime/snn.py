@@ -313,7 +313,7 @@ class SpikingRunner:
         sums: list | None = None
         results: dict[int, list] = {}
         for done, steps, outs in self._simulate(x, timesteps, chunk):
-            cums = [o.float().cumsum(0) + (sums[k] if sums is not None else 0) for k, o in enumerate(outs)]
+            cums = [cumsum_steps(o.float(), sums[k] if sums is not None else None) for k, o in enumerate(outs)]
             for t in checkpoints:
                 if done < t <= done + steps:
                     results[t] = [c[t - done - 1] / t for c in cums]
@@ -700,7 +700,7 @@ class SpikingRunner:
         means = []
         for k, x in enumerate(ins):
             key = (node.name, k)
-            cum = x.float().cumsum(0) + state.get(key, 0)
+            cum = cumsum_steps(x.float(), state.get(key))
             state[key] = cum[-1]
             count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
@@ -740,7 +740,7 @@ class SpikingRunner:
             x = torch.sign(s)  # spikes are 0 or θ ≥ 0: the same 0/1 counts, one pass instead of three
         else:
             x = (s != 0).to(dtype)
-        sums = x.cumsum(0) + state.get(node.name, 0)
+        sums = cumsum_steps(x, state.get(node.name))
         state[node.name] = sums[-1]
         pooled = IMPLEMENTATIONS["maxpool"](node, sums.flatten(0, 1))[0]
         pooled = pooled.reshape((steps, -1) + tuple(pooled.shape[1:]))
@@ -752,6 +752,14 @@ class SpikingRunner:
         if theta is None:
             return out.to(s.dtype)
         return out.to(s.dtype) * channel_view(theta, out[0]).to(s.dtype)
+
+
+def cumsum_steps(x: torch.Tensor, init=None) -> torch.Tensor:
+    """``x.cumsum(0) + init`` over the time axis: :func:`snncompiler.kernels.event.cumsum_steps`
+    (the C++ kernel for float32 CPU tensors, torch otherwise), imported late as the kernels are."""
+    from ..kernels.event import cumsum_steps as running_sums
+
+    return running_sums(x, init)
 
 
 def _rate_maxpool_kernel(node: Node, s: torch.Tensor, theta: torch.Tensor, state: dict) -> torch.Tensor | None:
@@ -794,7 +802,7 @@ def gated_maxpool_steps(node: Node, s: torch.Tensor, state: dict) -> torch.Tenso
     total = float(state.get((node.name, "steps"), 0) + steps)
     # count + tie-break fraction stays ordered in float32 while count·(plane+1) < 2^23
     dtype = torch.float32 if total * (plane + 1) < 2**23 else torch.float64
-    counts_so_far = (s != 0).to(dtype).cumsum(0) + state.get(node.name, 0)
+    counts_so_far = cumsum_steps((s != 0).to(dtype), state.get(node.name))
     state[node.name] = counts_so_far[-1]
     state[(node.name, "steps")] = total
     flat_s = s.reshape((-1,) + tuple(s.shape[2:]))
