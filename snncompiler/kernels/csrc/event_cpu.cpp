@@ -1268,6 +1268,22 @@ void conv2d_pruned(uintptr_t x, uintptr_t out, uintptr_t bias, uintptr_t w_off, 
 
 // ---- 2×2 max pooling of spike maps (between the event-driven layers) ---------------------------
 //
+// Runs body(p0, p1) on each OpenMP thread for its share [p0, p1) of `planes` planes (contiguous,
+// in order), in parallel only when `work` (elements touched) is worth the threads' start-up.
+template <typename Body>
+void over_planes(int64_t planes, int64_t work, int64_t min_work, int threads, Body body) {
+  py::gil_scoped_release release;
+#pragma omp parallel num_threads(std::max(1, threads)) if (work > min_work)
+  {
+#ifdef _OPENMP
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t t = 0, nt = 1;
+#endif
+    body(planes * t / nt, planes * (t + 1) / nt);
+  }
+}
+
 // x float32 [planes, H, W] -> out [planes, H / 2, W / 2] (stride 2, no padding, floor): a max of
 // four, NaN-propagating as max_pool2d is. The digits CNN's pools read 16 MiB of spikes the neuron
 // kernel streamed to memory: torch's strided elementwise maxima took 1.3 ms there, this 0.7.
@@ -1316,22 +1332,14 @@ __attribute__((target("avx2"))) void max_pool_2x2_avx2(const float* xp, float* o
 void max_pool_2x2(uintptr_t x, uintptr_t out, int64_t planes, int64_t H, int64_t W, int threads) {
   const float* xp = addr<const float>(x);
   float* op = addr<float>(out);
-  py::gil_scoped_release release;
-#pragma omp parallel num_threads(std::max(1, threads)) if (planes * H * W > (1 << 16))
-  {
-#ifdef _OPENMP
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int64_t t = 0, nt = 1;
-#endif
-    const int64_t p0 = planes * t / nt, p1 = planes * (t + 1) / nt;
+  over_planes(planes, planes * H * W, 1 << 16, threads, [&](int64_t p0, int64_t p1) {
 #ifdef SNNC_EVENT_X86_SIMD
     if (g_avx2)
       max_pool_2x2_avx2(xp, op, p0, p1, H, W);
     else
 #endif
       max_pool_2x2_portable(xp, op, p0, p1, H, W);
-  }
+  });
 }
 
 // Running sums over the time axis: out[t] = float(x[0] + ... + x[t], summed in double) + init,
@@ -1464,20 +1472,6 @@ void backward_planes(const float* grad, const uint8_t* codes, float* gx, int64_t
   }
 }
 
-template <typename Body>
-void over_planes(int64_t M, int64_t work, int threads, Body body) {
-  py::gil_scoped_release release;
-#pragma omp parallel num_threads(std::max(1, threads)) if (work > (1 << 15))
-  {
-#ifdef _OPENMP
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int64_t t = 0, nt = 1;
-#endif
-    body(M * t / nt, M * (t + 1) / nt);
-  }
-}
-
 }  // namespace ratepool
 
 void rate_max_pool_2x2_forward(uintptr_t x, uintptr_t out, uintptr_t codes, int64_t T, int64_t M, int64_t H, int64_t W,
@@ -1485,7 +1479,7 @@ void rate_max_pool_2x2_forward(uintptr_t x, uintptr_t out, uintptr_t codes, int6
   const float* xp = addr<const float>(x);
   float* op = addr<float>(out);
   uint8_t* cp = addr<uint8_t>(codes);
-  ratepool::over_planes(M, T * M * H * W, threads,
+  over_planes(M, T * M * H * W, 1 << 15, threads,
                         [&](int64_t m0, int64_t m1) { ratepool::forward_planes(xp, op, cp, T, M, H, W, m0, m1); });
 }
 
@@ -1494,7 +1488,7 @@ void rate_max_pool_2x2_backward(uintptr_t grad, uintptr_t codes, uintptr_t gx, i
   const float* gp = addr<const float>(grad);
   const uint8_t* cp = addr<const uint8_t>(codes);
   float* gxp = addr<float>(gx);
-  ratepool::over_planes(M, T * M * H * W, threads,
+  over_planes(M, T * M * H * W, 1 << 15, threads,
                         [&](int64_t m0, int64_t m1) { ratepool::backward_planes(gp, cp, gxp, T, M, H, W, m0, m1); });
 }
 
@@ -1526,18 +1520,11 @@ void rate_max_pool_steps(uintptr_t s, uintptr_t theta, int64_t theta_period, uin
   float* so = addr<float>(sums_out);
   float* po = addr<float>(prev_out);
   const int64_t plane = H * W, oplane = OH * OW;
-  py::gil_scoped_release release;
-#pragma omp parallel num_threads(std::max(1, threads)) if (T * M * plane > (1 << 15))
-  {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int64_t tid = 0, nt = 1;
-#endif
-    // a thread's planes are contiguous at every step: its counts and maxima live in the output
-    // state buffers, and each step is a few long loops over all of them (planes are small: a
-    // per-plane loop nest spent its time entering loops)
-    const int64_t m0 = M * tid / nt, m1 = M * (tid + 1) / nt, planes = m1 - m0;
+  // a thread's planes are contiguous at every step: its counts and maxima live in the output
+  // state buffers, and each step is a few long loops over all of them (planes are small: a
+  // per-plane loop nest spent its time entering loops)
+  over_planes(M, T * M * plane, 1 << 15, threads, [&](int64_t m0, int64_t m1) {
+    const int64_t planes = m1 - m0;
     float* c = so + m0 * plane;
     float* prev = po + m0 * oplane;
     if (si) std::copy(si + m0 * plane, si + m1 * plane, c);
@@ -1585,7 +1572,7 @@ void rate_max_pool_steps(uintptr_t s, uintptr_t theta, int64_t theta_period, uin
         }
       }
     }
-  }
+  });
 }
 
 // The number of nonzero entries of x[0..n) (NaN counts), float32 or (bytes) uint8: what --exec
