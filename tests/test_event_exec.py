@@ -567,6 +567,41 @@ def test_runtime_rate_max_pool_kernel_equals_torch(kernel, stride, pads, ceil_mo
     assert event.rate_max_pool_steps(spikes, torch.rand(5), kernel, stride, pads, tuple(h_out)) is None
 
 
+@pytest.mark.skipif(not event.available(), reason="event extension not built")
+@settings(max_examples=40, deadline=None)
+@given(
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    ph=st.integers(0, 2),
+    pw=st.integers(0, 2),
+    ceil_mode=st.booleans(),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_runtime_rate_max_pool_kernel_on_random_windows(kh, kw, sh, sw, ph, pw, ceil_mode, h, w, seed):
+    """Random 2-D windows, strides, pads (at most half the window, as max_pool2d allows), floor or
+    ceil mode and map sizes: the kernel's outputs and carried state equal the torch oracle's over
+    two chunks."""
+    from hypothesis import assume
+
+    assume(ph <= kh // 2 and pw <= kw // 2 and h + 2 * ph >= kh and w + 2 * pw >= kw)
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.tensor([0.5, 2.0])
+    spikes = (torch.rand((5, 2, 2, h, w), generator=gen) < 0.4).float() * theta.reshape(1, 1, 2, 1, 1)
+    out_hw = tuple(
+        F.max_pool2d(torch.zeros((1, 1, h, w)), (kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil_mode).shape[-2:]
+    )
+    ours, want = (None, None), (None, None)
+    for chunk in (spikes[:2], spikes[2:]):
+        got = event.rate_max_pool_steps(chunk, theta, (kh, kw), (sh, sw), (ph, pw), out_hw, *ours)
+        expected = _rate_max_pool_steps_oracle(chunk, theta, (kh, kw), (sh, sw), (ph, pw), ceil_mode, *want)
+        assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, expected))
+        ours, want = got[1:], expected[1:]
+
+
 def test_runtime_runs_rate_max_pools_on_the_kernel_as_torch_did(small_digits_cnn, monkeypatch):
     """A compiled digits CNN (two 2×2 rate max pools) gives the same outputs, bit for bit, with
     the pools on the C++ kernel and on the torch composition, in one chunk and in chunks of 3."""
