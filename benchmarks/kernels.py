@@ -288,6 +288,7 @@ def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
                 gth.data_ptr(),
                 T,
                 n,
+                1,  # one neuron per unit
                 0.9,
                 False,
                 0.0,
@@ -308,7 +309,7 @@ def isa_sweep(rounds: int, min_seconds: float) -> list[dict]:
             def backward(isa):
                 def call():
                     lib.set_isa(isa)
-                    lib.backward(*bwd_args)
+                    lib.backward_neurons(*bwd_args)
 
                 return call
 
@@ -396,6 +397,7 @@ def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]
                 0,
                 T,
                 n,
+                1,  # one neuron per unit
                 0.9,
                 False,
                 0.0,
@@ -404,7 +406,7 @@ def backward_bench(rounds: int, min_seconds: float, max_slow: int) -> list[dict]
                 False,
                 torch.get_num_threads(),
             )
-            return lambda: lib.backward(*args)
+            return lambda: lib.backward_neurons(*args)
 
         impls = {"copy": lambda: dst.copy_(x.detach())}
         for sg in ("triangle", "atan", "sigmoid"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .packing import output_buffers
+from .packing import output_buffers, time_steps
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 DEFAULT_CACHE_MB = 1024
@@ -234,17 +234,6 @@ def empty_cache() -> None:
         lib.cache_release()
 
 
-def _steps(x):
-    """(T, neurons per step, the buffer the kernel reads, floats between its steps): an input
-    repeated over time by a stride-0 time axis is one contiguous step read T times (x_step 0),
-    any other x is made contiguous (x_step = neurons)."""
-    T = x.shape[0]
-    n = x.numel() // T if T else math.prod(x.shape[1:])
-    if T > 1 and x.dim() > 1 and x.stride(0) == 0:
-        return T, n, x[0].contiguous(), 0
-    return T, n, x.contiguous(), n
-
-
 def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1):
     """Run the fused forward. x: [T, ...] float32 or bfloat16 in any layout: an input repeated over time by
     a stride-0 time axis (``x0.unsqueeze(0).expand(T, ...)``, the runtime's first layer under
@@ -253,7 +242,7 @@ def forward(x, v0, theta, inner, decay, hard, v_reset, spike_format, v0_inner=1)
     n using theta[(n // inner) % period]; v0 (float32, contiguous) the same way with ``v0_inner``,
     so a scalar or per-channel v0 is never expanded (a dense [N] one has v0_inner 1).
     Returns (spikes, v_final, number of spikes with theta != 0 as an int)."""
-    T, n, steps, x_step = _steps(x)
+    T, n, steps, x_step = time_steps(x)
     # a time-broadcast x again, now over the contiguous step: outputs made like x are dense in C order
     x = steps.unsqueeze(0).expand(x.shape) if steps.dim() < x.dim() else steps
     # the cache is asked only when a buffer may reach its minimum size: asking costs more than
@@ -289,7 +278,7 @@ def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
     time-broadcast input is read without copying, as in :func:`forward`); v0: float32, dense and
     contiguous [B, *x.shape[1:]]; theta as in :func:`forward`, per unit. Returns (the units'
     outputs [T, ...] float32, v_final [B, ...], the number of spikes with theta != 0 as an int)."""
-    T, n, steps, x_step = _steps(x)
+    T, n, steps, x_step = time_steps(x)
     shape = tuple(x.shape)
     out = cached_empty(shape, torch.float32) if T * n * 4 >= CACHE_MIN_BYTES else None
     if out is None:
@@ -399,7 +388,7 @@ def backward(
     assert v0.numel() >= 1 or n == 0
     assert grad_spikes is None or grad_spikes.shape == x.shape
     assert grad_v is None or grad_v.numel() == n
-    load().backward(
+    load().backward_neurons(
         _addr(x),
         _addr(v0),
         _addr(theta),
@@ -412,6 +401,7 @@ def backward(
         _addr(gth),
         T,
         n,
+        1,  # one neuron per unit
         decay,
         hard,
         v_reset,

@@ -484,6 +484,19 @@ def _population_kernels(fused: str):
     return triton_kernel
 
 
+def _fused_population_forward(fused: str, x, v0, theta, population, decay, hard, v_reset) -> tuple:
+    """The fused forward on backend ``fused`` ("cpu" or "triton"): (outputs, v_final, the spike
+    count as a 0-d int64 tensor, the dense [B, ...] v0 it started from, θ's kernel layout)."""
+    shape = tuple(x.shape[1:])
+    th, inner = _kernel_theta(theta, shape)
+    dense_v0 = v0.expand((population,) + shape).contiguous()
+    out, v, count = _population_kernels(fused).population_forward(
+        x, dense_v0, th, inner, population, decay, hard, v_reset
+    )
+    count = count if isinstance(count, Tensor) else torch.tensor(count, dtype=torch.int64)
+    return out, v, count, dense_v0, (th, inner)
+
+
 class _FusedPopulation(torch.autograd.Function):
     """A population on the fused kernels with gradients (C++ on the CPU, Triton on a GPU): the
     fused forward, and a backward that runs each neuron's surrogate gradient (with the output's
@@ -493,18 +506,14 @@ class _FusedPopulation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v0, theta, population, decay, hard, v_reset, surrogate, alpha, detach_reset, fused):
-        shape = tuple(x.shape[1:])
-        th, inner = _kernel_theta(theta, shape)
-        dense_v0 = v0.detach().expand((population,) + shape).contiguous()
-        kernels = _population_kernels(fused)
-        out, v, count = kernels.population_forward(x.detach(), dense_v0, th, inner, population, decay, hard, v_reset)
+        out, v, count, dense_v0, kernel_theta = _fused_population_forward(
+            fused, x.detach(), v0.detach(), theta, population, decay, hard, v_reset
+        )
         ctx.save_for_backward(x, dense_v0, theta)
-        ctx.kernels = kernels
-        ctx.kernel_theta = (th, inner)
+        ctx.kernels = _population_kernels(fused)
+        ctx.kernel_theta = kernel_theta
         ctx.settings = (population, decay, hard, v_reset, SURROGATES[surrogate][0], alpha, detach_reset)
         ctx.v0_shape = v0.shape
-        if not isinstance(count, Tensor):
-            count = torch.tensor(count, dtype=torch.int64)
         ctx.mark_non_differentiable(count)
         return out, v, count
 
@@ -612,10 +621,7 @@ def population_multistep(
     steps, shape = x.shape[0], tuple(x.shape[1:])
     if isinstance(theta, Tensor) and theta.dim() > len(shape):
         raise SnncError(f"theta: shape {tuple(theta.shape)} does not broadcast to x[0] of shape {shape}")
-    if x.dim() > 1 and steps > 1 and x.stride(0) == 0:  # a static input stays one step read T times
-        xb = x[:1].unsqueeze(1).expand((1, population) + shape).contiguous().expand((steps, population) + shape)
-    else:
-        xb = x.unsqueeze(1).expand((steps, population) + shape)
+    xb = x.unsqueeze(1).expand((steps, population) + shape)  # a view: what the B neurons read
     args = _checked_args(xb, v0, theta, decay, reset, v_reset, backend, "value", surrogate, alpha, detach_reset)
     _, v0, theta = args[:3]
     grad = _needs_autograd(x, v0, theta)
@@ -626,12 +632,11 @@ def population_multistep(
         if grad:
             out, v, count = _FusedPopulation.apply(x, v0, theta, population, decay, hard, fv_reset, *args[8:], fused)
         else:
-            th, inner = _kernel_theta(theta, shape)
-            dense_v0 = v0.expand((population,) + shape).contiguous()
-            kernels = _population_kernels(fused)
-            out, v, count = kernels.population_forward(x, dense_v0, th, inner, population, decay, hard, fv_reset)
-            count = count if isinstance(count, Tensor) else torch.tensor(count, dtype=torch.int64)
+            out, v, count, *_ = _fused_population_forward(fused, x, v0, theta, population, decay, hard, fv_reset)
         return (out, v, count) if return_count else (out, v)
+    if x.dim() > 1 and steps > 1 and x.stride(0) == 0:  # a static input stays one step read T times
+        xb = x[:1].unsqueeze(1).expand((1, population) + shape).contiguous().expand((steps, population) + shape)
+        args = (xb,) + args[1:]
     if grad:  # the value of the counted output, the gradient of the mean of the value spikes
         spikes, v, *count = _run_checked(args, return_count)
         out = population_mean(spikes, theta, population)

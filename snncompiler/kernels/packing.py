@@ -54,6 +54,18 @@ def output_buffers(
     return out, vout
 
 
+def time_steps(x: torch.Tensor) -> tuple:
+    """How a fused kernel reads x [T, ...]: (T, neurons per step, the buffer it reads, elements
+    between its steps). An input repeated over time by a stride-0 time axis (the runtime's first
+    layer under direct encoding) is one contiguous step read T times (step 0); any other x is
+    made contiguous (step = neurons)."""
+    T = x.shape[0]
+    n = x.numel() // T if T else math.prod(x.shape[1:])
+    if T > 1 and x.dim() > 1 and x.stride(0) == 0:
+        return T, n, x[0].contiguous(), 0
+    return T, n, x.contiguous(), n
+
+
 def count_spikes(spikes: torch.Tensor, theta, spike_format: str = "value", shape=None) -> torch.Tensor:
     """Number of spikes with a nonzero value (s = 1 where theta != 0) in a neuron op's output,
     as a 0-d int64 tensor on its device: what ``neuron_multistep(..., return_count=True)``

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..ir.neuron import population_inverse
-from .packing import output_buffers
+from .packing import output_buffers, time_steps
 
 FORMATS = {"value": 0, "binary": 1, "packed": 2}
 _INTERPRET_BLOCK = 64
@@ -407,9 +407,7 @@ def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
     and contiguous [B, *x.shape[1:]]; theta: float32, neuron n uses theta[(n // inner) % numel].
     Returns (outputs [T, ...] in x's dtype, v_final [B, ...], the number of spikes with θ != 0 as
     a 0-d int64 tensor on x's device: no host sync)."""
-    T, n = x.shape[0], math.prod(x.shape[1:])
-    static = x.dim() > 1 and T > 1 and x.stride(0) == 0
-    xs = x[:1].contiguous() if static else x.contiguous()
+    T, n, xs, x_step = time_steps(x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if n == 0 or T == 0:
         return out, v0.clone(), torch.zeros((), dtype=torch.int64, device=x.device)
@@ -427,7 +425,7 @@ def population_forward(x, v0, theta, inner, population, decay, hard, v_reset):
         partial,
         T,
         n,
-        0 if static else n,
+        x_step,
         population,
         inner,
         theta.numel(),

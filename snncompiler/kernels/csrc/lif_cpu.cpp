@@ -600,20 +600,6 @@ PYBIND11_MODULE(_lif_cpu, m) {
         py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"), py::arg("out"),
         py::arg("vout"), py::arg("T"), py::arg("N"), py::arg("B"), py::arg("decay"), py::arg("hard"),
         py::arg("v_reset"), py::arg("threads"), py::arg("x_step") = -1);
-  m.def(
-      "backward",
-      [](uintptr_t x, uintptr_t v0, uintptr_t theta, int64_t theta_inner, int64_t theta_period, uintptr_t gy,
-         uintptr_t gv, uintptr_t gx, uintptr_t gv0, uintptr_t gth, int64_t T, int64_t N, double decay, bool hard,
-         double v_reset, int surrogate, double alpha, bool detach, int threads, int64_t v0_inner, int64_t v0_period) {
-        backward_neurons(x, v0, theta, theta_inner, theta_period, gy, gv, gx, gv0, gth, T, N, 1, decay, hard, v_reset,
-                         surrogate, alpha, detach, threads, v0_inner, v0_period);
-      },
-      "Surrogate-gradient backward of one neuron per unit, recomputing the membrane (addresses; 0 = absent)",
-      py::arg("x"), py::arg("v0"), py::arg("theta"), py::arg("theta_inner"), py::arg("theta_period"),
-      py::arg("grad_spikes"), py::arg("grad_v"), py::arg("grad_x"), py::arg("grad_v0"), py::arg("grad_theta"),
-      py::arg("T"), py::arg("N"), py::arg("decay"), py::arg("hard"), py::arg("v_reset"), py::arg("surrogate"),
-      py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"), py::arg("v0_inner") = 1,
-      py::arg("v0_period") = -1);
   m.def("backward_neurons", &backward_neurons,
         "Surrogate-gradient backward of B neurons per unit (addresses; 0 = absent), recomputing the membranes: "
         "grad_x and grad_theta summed over the B neurons, grad_v0 per neuron; B = 1 is the plain neuron's",
