@@ -57,7 +57,8 @@ def app_args(
         "--out",
         type=Path,
         default=folder / "out",
-        help="directory for the ONNX model, the artifact and results.json (default: %(default)s)",
+        help="directory for the ONNX model and the artifact, and for results.json and the figure under "
+        "--quick (a full run writes its record beside the app, where the README quotes it; default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
     parser.add_argument(
