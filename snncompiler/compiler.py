@@ -209,13 +209,19 @@ def _pin_fixed_batch(graph: Graph, calib: Dataset, opts: dict) -> Graph:
     """A graph that does not treat axis 0 as a batch (exported with a fixed batch of 1: traced
     constants, reshapes that move the batch into another axis) is marked to run one sample at
     a time, said once; the marked copy is returned (the caller's graph is left alone)."""
-    from .ir.graph import FIXED_BATCH_KEY
+    from .ir.graph import BOUND_KEY, DECLARED_KEY, FIXED_BATCH_KEY
     from .runtime.executor import batch_independent, fixed_batch
 
+    where = graph.metadata.get("source_file", "model")
+    declared, bound = graph.metadata.get(DECLARED_KEY, "dynamic"), graph.metadata.get(BOUND_KEY)
+    if bound and declared not in ("dynamic", "1"):  # runs at its declared batch only: no sample alone
+        raise SnncError(
+            f"{where}: {bound}; it runs only at its declared batch of {declared}, and snnc compile needs "
+            "a batch axis it can split (re-export the model with a dynamic batch axis, or at batch 1)"
+        )
     marked = fixed_batch(graph)  # the loader may have found an op along axis 0 of a batch-1 model
     if not marked and batch_independent(graph, torch.from_numpy(calib.x[:2]).float()):
         return graph
-    where = graph.metadata.get("source_file", "model")
     if opts["calibration"] != "none":
         raise SnncError(
             f"--calibration {opts['calibration']}: {where} runs only at batch 1 (its batch axis is "
@@ -226,11 +232,13 @@ def _pin_fixed_batch(graph: Graph, calib: Dataset, opts: dict) -> Graph:
         return graph
     graph = graph.copy()
     graph.metadata[FIXED_BATCH_KEY] = "1"
+    why = f"{bound}, so the graph runs at batch 1 only" if bound else "the graph fixes its batch axis at 1"
     log.warning(
-        "%s: the graph fixes its batch axis at 1 (samples of a batch would mix or fail); calibrating "
-        "and running it one sample at a time, which is slower (re-export with a dynamic batch axis to "
+        "%s: %s (samples of a batch would mix or fail); calibrating and running it one sample at a time, "
+        "each sample getting its batch-1 answer, which is slower (re-export with a dynamic batch axis to "
         "avoid this)",
         where,
+        why,
     )
     return graph
 

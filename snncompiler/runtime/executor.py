@@ -252,8 +252,13 @@ def batch_independent(graph: Graph, x: torch.Tensor) -> bool:
     fixed batch of 1 often is not: constants traced at batch 1 (a class token, a reshape that
     moves the batch into another axis) fail or mix samples at batch 2.
 
-    Raises a one-line error when the graph does not even run on one sample."""
+    Outputs that do not depend on the input (a constant graph output) are left out: they are the
+    same at every batch size. Raises a one-line error when the graph does not even run on one
+    sample, or when one sample gives an output whose axis 0 is not 1 (then axis 0 is not a batch
+    axis at all, and running sample by sample would stack several rows per sample)."""
     x = x[:2] if len(x) >= 2 else torch.cat([x[:1], 0.5 * x[:1]])
+    where = graph.metadata.get("source_file", "model")
+    varying = input_dependent(graph) & {v.name for v in graph.outputs}
     probe = {k: v for k, v in graph.metadata.items() if k != FIXED_BATCH_KEY}
     plain = Graph(graph.inputs, graph.outputs, graph.nodes, graph.values, probe, graph.removed, graph.name)
     ex = Executor(plain)
@@ -262,14 +267,21 @@ def batch_independent(graph: Graph, x: torch.Tensor) -> bool:
         try:
             singles = [ex.run({name: x[b : b + 1]}) for b in range(2)]
         except SnncError as exc:
-            raise SnncError(
-                f"{graph.metadata.get('source_file', 'model')}: the graph does not run on one sample: {exc}"
-            ) from exc
+            raise SnncError(f"{where}: the graph does not run on one sample: {exc}") from exc
+        for key in sorted(varying):
+            shape = tuple(singles[0][key].shape)
+            if not shape or shape[0] != 1:
+                raise SnncError(
+                    f"{where}: axis 0 is not a batch axis: one sample gives output '{key}' of shape {list(shape)}; "
+                    "re-export the model with a dynamic batch axis (or at batch 1)"
+                )
         try:
             both = ex.run({name: x})
         except SnncError:
             return False
     for key, value in both.items():
+        if key not in varying:
+            continue
         alone = torch.cat([s[key] for s in singles])
         if value.shape != alone.shape:
             return False
@@ -280,3 +292,12 @@ def batch_independent(graph: Graph, x: torch.Tensor) -> bool:
         elif not torch.equal(value, alone):
             return False
     return True
+
+
+def input_dependent(graph: Graph) -> set[str]:
+    """The values of ``graph`` computed from its inputs (the others are constants)."""
+    reached = {v.name for v in graph.inputs}
+    for node in graph.nodes:
+        if any(i in reached for i in node.inputs):
+            reached.update(node.outputs)
+    return reached

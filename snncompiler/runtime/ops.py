@@ -513,9 +513,13 @@ def pad(node: Node, x):
     if mode == "constant":
         first = next((i for i in range(rank) if begin[i] or end[i]), rank)
         return (F.pad(x, _torch_pad(begin[first:], end[first:]), value=node.attrs.get("value", 0.0)),)
-    # torch's reflect/replicate cover only some ranks and axes: gather indices per axis instead
+    # torch's reflect/replicate cover only some ranks and axes: gather indices per axis instead,
+    # after cropping the negative pads (as onnxruntime does: wrap and reflect read the cropped axis)
     for axis in range(rank):
-        n, b, e = x.shape[axis], begin[axis], end[axis]
+        crop_begin, crop_end = max(-begin[axis], 0), max(-end[axis], 0)
+        if crop_begin or crop_end:
+            x = x.narrow(axis, crop_begin, max(x.shape[axis] - crop_begin - crop_end, 0))
+        n, b, e = x.shape[axis], max(begin[axis], 0), max(end[axis], 0)
         if not (b or e):
             continue
         i = torch.arange(-b, n + e)

@@ -112,6 +112,9 @@ CASES = {
     "Flatten axis 2": _one("Flatten", {"axis": 2}),
     "Reshape": _one("Reshape", consts=[("s", i64([0, -1, 5]))]),
     "Reshape all to one row": _one("Reshape", consts=[("s", i64([-1]))]),
+    # a literal 1 on axis 0 (x.view(1, -1)): at batch 1 it looks like the batch carried through
+    "Reshape to a literal leading 1": _one("Reshape", consts=[("s", i64([1, -1]))]),
+    "Reshape to a literal [1, 3, -1]": _one("Reshape", consts=[("s", i64([1, 3, -1]))]),
     "Transpose": _one("Transpose", {"perm": [0, 2, 3, 1]}),
     "Transpose moving axis 0": _one("Transpose", {"perm": [1, 0, 2, 3]}),
     "Squeeze": _one("Squeeze", consts=[("a", i64([1]))], rest=[1, 4]),
@@ -297,3 +300,49 @@ def test_split_along_axis0_declared_batch_two():
     assert_close(run_snn(model, x[:2])[0], run_ort(model, x[:2])[0], "Split axis 0 at batch 2")
     with pytest.raises(SnncError, match="got a batch of 3"):
         run_snn(model, x)
+
+
+# ---- snnc.compile: the same models through the compiler's batch probe ------------------------
+def _compile(model, x):
+    import snncompiler as snnc
+
+    return snnc.compile(model, x, timesteps=4, threshold="max", calibration="none", quiet=True)
+
+
+def test_compile_keeps_a_constant_graph_output_once():
+    """A second output that is a constant is the same at every batch size: it no longer made the
+    batch probe mark the graph fixed-batch (which stacked one copy of it per sample)."""
+    k = rand([2, 2], 3)
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = build(nodes, [("x", ["N"] + REST)], ["y", ("k", [2, 2])], [init("k", k)], 21)
+    x = rand([3] + REST, 5)
+    compiled = _compile(model, x)
+    y, got_k = compiled.ann(x)
+    ref = run_ort(model, x)
+    assert_close(y, ref[0], "Relu output")
+    assert got_k.shape == (2, 2) and np.array_equal(got_k, ref[1])
+    assert [o.shape for o in compiled.run(x, timesteps=4)] == [(3, *REST), (2, 2)]
+
+
+@pytest.mark.parametrize("batch", [2, "N"])
+def test_compile_refuses_a_model_whose_single_sample_has_two_rows(batch):
+    """x - C with C of 2 rows: one sample gives 2 rows, so running sample by sample (what the
+    compiler does with a fixed batch) would return 2N rows for N samples; a clear refusal instead."""
+    c = rand([2] + REST, 4)
+    model = build(
+        [helper.make_node("Sub", ["x", "c"], ["y"], name="op")], [("x", [batch] + REST)], ["y"], [init("c", c)]
+    )
+    # declared at 2, the loader already finds the constant indexing axis 0; dynamic, the probe does
+    expected = (
+        r"works along axis 0.*declared batch of 2" if batch == 2 else r"one sample gives output 'y' of shape \[2, 3"
+    )
+    with pytest.raises(SnncError, match=expected):
+        _compile(model, rand([4] + REST, 5))
+
+
+def test_compile_refuses_a_declared_batch_two_model_that_mixes_samples():
+    """Declared at batch 2 with a softmax over axis 0: it runs only at 2 (snnc.load does), and the
+    compiler cannot split it; the message says why instead of 'does not run on one sample'."""
+    model = BUILDERS["Softmax axis 0"](2)
+    with pytest.raises(SnncError, match=r"works along axis 0.*declared batch of 2.*dynamic batch axis"):
+        _compile(model, rand([4] + REST, 5))

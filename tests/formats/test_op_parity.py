@@ -1124,6 +1124,16 @@ def test_pad_forms(opset, mode):
     check(m, rand(shape, 1), what=f"Pad {mode} opset {opset}")
 
 
+@pytest.mark.parametrize("mode", ["wrap", "reflect", "edge", "constant"])
+@pytest.mark.parametrize("pads", [[0, 0, 0, -1, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0, -1, 0], [0, 0, 0, 2, 0, 0, 0, -2]])
+def test_pad_crop_and_pad_one_axis(mode, pads):
+    """A negative pad on one side and a positive one on the other: onnxruntime crops first and
+    wraps / reflects / repeats the cropped axis (wrapping the uncropped one differed by 1.0)."""
+    shape = [2, 3, 4, 5]
+    m = single("Pad", shape, {"mode": mode}, [("pads", np.array(pads, np.int64))], 21)
+    check(m, rand(shape, 2), what=f"Pad {mode} pads={pads}")
+
+
 # =====================================================================================
 # Resize / Upsample
 # =====================================================================================

@@ -54,6 +54,8 @@ def batch_valued_use(model: onnx.ModelProto) -> str | None:
     static = set(consts)  # values computed from constants only
     for node in model.graph.node:
         ins = list(node.input)
+        if _literal_batch_reshape(node, consts, static):
+            return f"node Reshape '{node.name or node.output[0]}' sets axis 0 to a literal size in its target shape"
         if all(not i or i in static for i in ins):
             static.update(node.output)
             continue
@@ -101,6 +103,21 @@ def batch_valued_use(model: onnx.ModelProto) -> str | None:
             continue
         return f"node {node.op_type} '{node.name or node.output[0]}' uses the batch size as a value"
     return None
+
+
+def _literal_batch_reshape(node: onnx.NodeProto, consts: dict, static: set) -> bool:
+    """Whether ``node`` reshapes an activation to a constant target whose axis 0 is a literal size
+    (``x.view(1, -1)``), not 0 (copy) or -1 (inferred). With the batch pinned to 1 a literal 1 looks
+    like the batch axis carried through, but at batch N onnxruntime merges the samples into it."""
+    if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] in static:
+        return False
+    target = _const_value(node.input[1], consts)
+    if target is None:
+        return False
+    import numpy as np
+
+    target = np.asarray(target).reshape(-1)
+    return target.size > 0 and int(target[0]) >= 1
 
 
 def _rank(model: onnx.ModelProto, name: str) -> int:
