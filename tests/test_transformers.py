@@ -256,6 +256,25 @@ def test_near_patterns_do_not_fuse():
     check(model, rand([2, 5], 6), what="not a GELU")
 
 
+@pytest.mark.parametrize(
+    "which,value", [("sqrt2", np.float32(1.4155)), ("one", np.float32(1.0009)), ("half", np.float32(0.5004))]
+)
+def test_gelu_with_nearly_its_constants_does_not_fuse(which, value):
+    """Constants within 0.1 % of GELU's fused into an exact GELU (max error 5e-3): only the
+    float32-rounded values match now, and the pieces run as written."""
+    consts = {"sqrt2": np.float32(np.sqrt(2.0)), "one": np.float32(1.0), "half": np.float32(0.5), which: value}
+    nodes = [
+        onnx.helper.make_node("Div", ["x", "sqrt2"], ["d"]),
+        onnx.helper.make_node("Erf", ["d"], ["e"]),
+        onnx.helper.make_node("Add", ["e", "one"], ["a"]),
+        onnx.helper.make_node("Mul", ["x", "a"], ["m"]),
+        onnx.helper.make_node("Mul", ["m", "half"], ["y"]),
+    ]
+    model = build(nodes, [("x", [2, 5])], ["y"], [init(k, v) for k, v in consts.items()], 14)
+    assert "gelu" not in [n.op for n in load_graph(model).nodes]
+    check(model, rand([2, 5], 6, -3, 3), what=f"GELU with {which} = {value}")
+
+
 @pytest.mark.parametrize("op", ["Erf", "Sqrt", "Exp", "Log", "Abs", "Reciprocal", "Neg"])
 def test_unary_converters(op):
     low = 0.1 if op in ("Sqrt", "Log", "Reciprocal") else -2.0

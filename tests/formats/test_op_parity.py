@@ -1216,6 +1216,25 @@ def test_resize_linear(opset, ctm, by):
     check(m, rand(shape, 1), what=f"Resize linear {ctm} by {by}")
 
 
+# without axes, not_smaller would resize the batch axis too (refused, see below)
+@pytest.mark.parametrize("policy,axes", [("not_larger", None), ("not_larger", [2, 3]), ("not_smaller", [2, 3])])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_keep_aspect_ratio(policy, mode, axes):
+    """keep_aspect_ratio_policy: one scale for every resized axis (min or max of sizes/in), not
+    sizes/in per axis (the sampling grid was off by up to 3.0 on a 5×7 map)."""
+    shape = [2, 3, 5, 7]
+    sizes = [9, 9] if axes else [2, 3, 9, 9]
+    attrs = {"mode": mode, "keep_aspect_ratio_policy": policy} | ({"axes": axes} if axes else {})
+    m = single("Resize", shape, attrs, ["", "", ("sizes", np.array(sizes, np.int64))], 21)
+    check(m, rand(shape, 1), what=f"Resize {mode} {policy} axes={axes}")
+
+
+def test_resize_of_the_batch_axis_is_refused():
+    m = single("Resize", [2, 3, 5, 7], {"mode": "nearest"}, ["", ("scales", np.array([2, 1, 1, 1], np.float32))], 21)
+    with pytest.raises(SnncError, match="Resize of the batch axis"):
+        run_snn(m, rand([2, 3, 5, 7], 1))
+
+
 _OPSET10_XFAIL = pytest.mark.xfail(
     strict=True,
     reason=(

@@ -22,14 +22,17 @@ _TANH_SCALE = math.sqrt(2.0 / math.pi)
 
 
 def _scalar(node: Node) -> float | None:
-    """The node's constant operand as a float when it is a single value, else None."""
+    """The node's constant operand as a float when it is a single value of at most one axis (a
+    [1, 1, 1, 1, 1] constant also adds axes to what it broadcasts with), else None."""
     c = node.params.get("const")
-    if c is None or c.numel() != 1:
+    if c is None or c.numel() != 1 or c.dim() > 1:
         return None
     return float(c.reshape(()))
 
 
-def _near(value: float | None, target: float, rel: float = 1e-3) -> bool:
+def _near(value: float | None, target: float, rel: float = 1e-6) -> bool:
+    """``value`` is ``target`` as an exporter writes it: rounded to float32 (a relative error of
+    at most 2^-24; 1e-6 leaves room for a constant computed in float32, such as 1/√2)."""
     return value is not None and abs(value - target) <= rel * abs(target)
 
 

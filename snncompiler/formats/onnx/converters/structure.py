@@ -184,6 +184,18 @@ def resize(node, ctx):
             raise ctx.fail("coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
     if scales is None:  # sizes given: the spec derives each scale from the sizes
         scales = [o / i for o, i in zip(out_shape, in_shape)]
+        policy = text("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch" and node.op_type == "Resize" and ctx.opset >= 18:
+            # one scale for every resized axis, the smallest (not_larger) or largest (not_smaller)
+            # of sizes/in over them; the output sizes are round(scale * in), from shape inference
+            sizes = [int(v) for v in ctx.const(node.input[3], "Resize sizes")]
+            rank = len(in_shape)
+            resized = [ax % rank for ax in a.get("axes", range(rank))]
+            ratios = [sz / in_shape[ax] for ax, sz in zip(resized, sizes)]
+            one = min(ratios) if policy == "not_larger" else max(ratios)
+            scales = [one if ax in resized else 1.0 for ax in range(rank)]
+    if scales and scales[0] != 1.0:
+        raise ctx.fail(f"Resize of the batch axis (scale {scales[0]:g} on axis 0) is not supported")
     ctx.emit(
         "resize",
         [node.input[0]],
