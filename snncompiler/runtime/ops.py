@@ -423,6 +423,8 @@ def _make_binary(op_name: str):
             a, b = (c, xs[0]) if node.attrs.get("const_first") else (xs[0], c)
         else:
             a, b = xs
+        if op_name == "div" and not (a.is_floating_point() or b.is_floating_point()):
+            return (torch.div(a, b, rounding_mode="trunc"),)  # ONNX's integer Div truncates, as C does
         return (fn(a, b),)
 
     binary.__doc__ = f"Broadcasting elementwise {op_name}; one operand may be the constant param 'const'."

@@ -75,41 +75,47 @@ def test_conv_auto_pad(auto_pad, opset):
     check(m, rand(shape, 3), what=f"Conv auto_pad={auto_pad}")
 
 
-_NEG_SAME_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "onnxscript's optimizer (rule NormalizePadFormatConv, run by formats/onnx/reader.py) rewrites Conv "
-        "auto_pad=SAME into explicit pads clamped at 0, while onnxruntime applies the negative SAME padding "
-        "(windows start inside the input) when the stride exceeds the kernel; auto_pad is gone before the "
-        "converter runs. Needs the loader to skip that rule (outside this suite's files)."
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "auto_pad,size,k,s",
     [
-        pytest.param("SAME_UPPER", 12, 1, 4),
-        pytest.param("SAME_UPPER", 6, 3, 6),
-        pytest.param("SAME_LOWER", 12, 2, 6),
-        pytest.param("SAME_LOWER", 5, 1, 5),
-        # negative padding whose windows coincided with the clamped ones while the loader clamped;
-        # onnxruntime's SAME_LOWER split of a negative total is not the truncating split used above
-        pytest.param(
-            "SAME_LOWER",
-            12,
-            1,
-            4,
-            marks=pytest.mark.xfail(strict=True, reason="SAME_LOWER negative pad split differs from onnxruntime"),
-        ),
+        ("SAME_UPPER", 12, 1, 4),  # total padding -3
+        ("SAME_UPPER", 6, 3, 6),  # -3
+        ("SAME_LOWER", 12, 2, 6),  # -4
+        ("SAME_LOWER", 5, 1, 5),  # -4
+        ("SAME_LOWER", 12, 1, 4),  # -3: onnxruntime's first window starts at 0 here
+        ("SAME_UPPER", 7, 1, 4),  # -2: equal negative pads (torch refused them)
+        ("SAME_UPPER", 6, 1, 6),  # -5
+        ("SAME_LOWER", 6, 1, 6),  # -5
         ("SAME_UPPER", 9, 2, 4),  # total padding 1
         ("SAME_LOWER", 8, 3, 2),  # total padding 1
     ],
 )
 def test_conv_same_stride_beyond_kernel(auto_pad, size, k, s):
+    """A stride beyond the kernel makes SAME's total padding negative; onnxruntime's windows then
+    start (-total-1)//2 (UPPER) or (-total-2)//2 (LOWER) in, which the converter crops (a sweep of
+    sizes 3-13, kernels 1-3, strides 2-6 matched in all 152 cases)."""
     shape = [2, 2, size]
     m = single("Conv", shape, {"auto_pad": auto_pad, "strides": [s]}, [("w", rand([3, 2, k], 1))], 21)
     check(m, rand(shape, 3), what=f"Conv {auto_pad} size={size} k={k} s={s}")
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_conv_negative_same_pads_compile_and_reload(auto_pad, tmp_path):
+    """2-D, two negative totals: the artifact holds a Slice and a Conv with pads ≥ 0 (ONNX forbids
+    negative Conv pads, so the compiled file did not load back) and gives onnxruntime's answer."""
+    import snncompiler as snnc
+
+    shape = [2, 3, 12, 7]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], auto_pad=auto_pad, strides=[4, 4]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    m = build(nodes, [("x", ["N"] + shape[1:])], ["y"], [init("w", rand([4, 3, 1, 1], 1))], 21)
+    x = rand(shape, 3)
+    compiled = snnc.compile(m, x, timesteps=4, threshold="max", calibration="none", quiet=True)
+    compiled.save(tmp_path / "m.snn.onnx")
+    again = snnc.load(tmp_path / "m.snn.onnx")
+    assert_close(again.ann(x), run_ort(m, x)[0], f"{auto_pad}: reloaded artifact's ANN mode")
 
 
 @pytest.mark.parametrize("opset", [11, 21])
@@ -275,6 +281,23 @@ def test_gemm_hypothesis(trans_a, trans_b, alpha, beta, c_kind, b_const, opset, 
     m = build_or_skip([node], inputs, ["y"], inits, opset)
     feeds = [rand(s, seed + 2 + i) for i, (_, s) in enumerate(inputs)]
     check_or_skip(m, *feeds, what=f"Gemm transA={trans_a} transB={trans_b} C={c_kind} B const={b_const}")
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c", [None, "row"])
+def test_gemm_constant_a_activation_b(trans_a, trans_b, c):
+    """A constant, B the activation (A · xᵀ): was 'input %A is not defined before it'."""
+    n, k, out = 7, 5, 2
+    a = rand([k, n] if trans_a else [n, k], 1)
+    x_shape = [out, k] if trans_b else [k, out]
+    inits, names = [init("A", a)], ["A", "x"]
+    if c:
+        inits.append(init("C", rand([out], 2)))
+        names.append("C")
+    node = helper.make_node("Gemm", names, ["y"], transA=trans_a, transB=trans_b, alpha=0.5, beta=2.0)
+    m = build([node], [("x", x_shape)], ["y"], inits, 21)
+    check(m, rand(x_shape, 3), what=f"Gemm constant A transA={trans_a} transB={trans_b} C={c}")
 
 
 @pytest.mark.parametrize("opset", [9, 13, 21])
@@ -577,6 +600,23 @@ def test_maxpool_basic(opset, nd):
     check(m, rand(shape, 1), what="MaxPool")
 
 
+def test_maxpool_storage_order_without_indices():
+    """storage_order only lays out the Indices output: without it the pool is a plain MaxPool."""
+    shape = [2, 3, 5, 4]
+    m = single("MaxPool", shape, {"kernel_shape": [2, 2], "strides": [2, 2], "storage_order": 1}, [], 21)
+    check(m, rand(shape, 1), what="MaxPool storage_order=1")
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_maxpool_negative_same_pads_refused_as_onnxruntime_does(auto_pad):
+    shape = [2, 3, 7, 7]
+    m = single("MaxPool", shape, {"kernel_shape": [1, 1], "strides": [4, 4], "auto_pad": auto_pad}, [], 21)
+    with pytest.raises(OrtRejected):
+        run_ort(m, rand(shape, 1))
+    with pytest.raises(SnncError, match=r"node MaxPool.*negative pads"):
+        run_snn(m, rand(shape, 1))
+
+
 @HYP
 @given(
     nd=st.sampled_from([1, 2]),
@@ -773,6 +813,28 @@ def test_binary_chain_of_activations():
     ]
     m = build(nodes, [("x", [2, 3, 4])], ["y"], [], 13)
     check(m, rand([2, 3, 4], 1), what="chained binary ops")
+
+
+@pytest.mark.parametrize("const_first", [False, True])
+def test_integer_arithmetic_stays_integer(const_first):
+    """int64 values (index arithmetic): Div truncates, and a constant of 2^40 + 1 keeps its
+    last bit (both were computed in float32)."""
+    big = np.array(2**40 + 1, np.int64)
+    pair = lambda op, a, out: helper.make_node(op, ["k", a] if const_first else [a, "k"], [out])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64),
+        pair("Add", "xi", "a"),
+        pair("Sub", "a", "s"),
+        helper.make_node("Div", ["s", "three"], ["d"]),
+        helper.make_node("Div", ["xi", "d2"], ["q"]),  # activation / activation
+        helper.make_node("Add", ["d", "q"], ["di"]),
+        helper.make_node("Cast", ["di"], ["y"], to=TensorProto.FLOAT),
+    ]
+    nodes.insert(4, helper.make_node("Add", ["xi", "three"], ["d2"]))
+    inits = [init("k", big), init("three", np.array(3, np.int64))]
+    m = build(nodes, [("x", [2, 6])], ["y"], inits, 17)
+    x = np.array([[-7.9, -5.2, 1.5, 4.0, 7.7, 11.1], [20.0, -20.0, 0.0, 2.0, -2.0, 100.0]], np.float32)
+    check(m, x, what=f"int64 arithmetic, constant first: {const_first}")
 
 
 @pytest.mark.parametrize("op", ["Sum", "Mean", "Max", "Min"])

@@ -7,12 +7,18 @@ import numpy as np
 from ..registry import converter, writes
 
 
+def _operand(value: np.ndarray) -> np.ndarray:
+    """A constant operand as the runtime holds it: float32, or its own integer type (integer
+    arithmetic on shape or index values; 2^40 + 1 in float32 is 2^40, and Div truncates)."""
+    return value if value.dtype.kind in "iu" else value.astype(np.float32)
+
+
 def emit_binary(ctx, op: str, a: str, b: str, out: str) -> None:
     """Emit a binary core op, moving a constant operand into the node's params."""
     if ctx.is_const(b):
-        ctx.emit(op, [a], [out], {}, {"const": ctx.const(b).astype(np.float32)})
+        ctx.emit(op, [a], [out], {}, {"const": _operand(ctx.const(b))})
     elif ctx.is_const(a):
-        ctx.emit(op, [b], [out], {"const_first": True}, {"const": ctx.const(a).astype(np.float32)})
+        ctx.emit(op, [b], [out], {"const_first": True}, {"const": _operand(ctx.const(a))})
     else:
         ctx.emit(op, [a, b], [out])
 

@@ -31,6 +31,21 @@ def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
     return begins + ends
 
 
+def _crop(ctx, x: str, shape, begins, ends, out: str) -> str:
+    """A slice of x's spatial axes that drops ``-p`` rows where a pad p is negative (what a
+    negative pad means to onnxruntime; ONNX files may not hold negative Conv pads)."""
+    nd, axes, starts, stops = len(begins), [], [], []
+    for i, (b, e) in enumerate(zip(begins, ends)):
+        if b < 0 or e < 0:
+            axes.append(2 + i)
+            starts.append(max(-b, 0))
+            stops.append(shape[2 + i] - max(-e, 0))
+    cropped = ctx.fresh(out)
+    attrs = {"starts": starts, "ends": stops, "axes": axes, "steps": [1] * len(axes)}
+    ctx.emit("slice", [x], [cropped], attrs)
+    return cropped
+
+
 def _conv_common(node, ctx):
     """What Conv and ConvTranspose read alike: attributes, weight/bias params, geometry."""
     a = ctx.attrs(node)
@@ -47,10 +62,26 @@ def _conv_common(node, ctx):
 def conv(node, ctx):
     """Conv (1-D/2-D/3-D, groups, depthwise, dilations, pads, auto_pad) → conv."""
     a, params, nd, kernel, strides, dilations = _conv_common(node, ctx)
-    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
+    in_shape = ctx.shape(node.input[0])
+    pads = conv_pads(a, in_shape[2:], kernel, strides, dilations)
+    x = node.input[0]
+    if any(p < 0 for p in pads):  # SAME with a stride beyond the kernel: a negative total
+        # onnxruntime's first window then starts at (-total-1)//2 (SAME_UPPER) or (-total-2)//2
+        # (SAME_LOWER), measured over every size, kernel and stride to 13 (ONNX's reference
+        # evaluator starts at 0, which onnxruntime does for totals of -1 and -2); the output has
+        # ceil(size/stride) positions either way, so a crop of the start and no pads give it
+        lower = str(a.get("auto_pad", b"")).find("LOWER") >= 0
+        begins = []
+        for b, e in zip(pads[:nd], pads[nd:]):
+            total = b + e
+            begins.append(-max(0, (-total - (2 if lower else 1)) // 2) if total < 0 else b)
+        ends = [max(e, 0) if b + e < 0 else e for b, e in zip(pads[:nd], pads[nd:])]
+        if any(p < 0 for p in begins):
+            x = _crop(ctx, x, in_shape, begins, [0] * nd, node.output[0])
+        pads = [max(p, 0) for p in begins] + ends
     ctx.emit(
         "conv",
-        [node.input[0]],
+        [x],
         [node.output[0]],
         {"stride": strides, "pads": pads, "dilation": dilations, "groups": int(a.get("group", 1))},
         params,
@@ -116,7 +147,11 @@ def gemm(node, ctx):
     a = ctx.attrs(node)
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
     x = node.input[0]
-    if a.get("transA", 0):
+    lhs = None  # a constant A (with an activation B): the matmul's constant left operand
+    if ctx.is_const(x) and not ctx.is_const(node.input[1]):
+        lhs = ctx.const(x).astype(np.float32)
+        lhs = np.ascontiguousarray(lhs.T if a.get("transA", 0) else lhs)
+    elif a.get("transA", 0):
         t = ctx.fresh(x + "_T")
         ctx.emit("transpose", [x], [t], {"perm": [1, 0]})
         x = t
@@ -161,7 +196,10 @@ def gemm(node, ctx):
     out = node.output[0]
     has_c = len(node.input) > 2 and bool(node.input[2])
     cur = out if (alpha == 1.0 and not has_c) else ctx.fresh(out)
-    ctx.emit("matmul", [x, y], [cur])
+    if lhs is not None:
+        ctx.emit("matmul", [y], [cur], {}, {"lhs": lhs})
+    else:
+        ctx.emit("matmul", [x, y], [cur])
     if alpha != 1.0:
         scaled = out if not has_c else ctx.fresh(out)
         ctx.emit("mul", [cur], [scaled], {}, {"const": np.float32(alpha)})

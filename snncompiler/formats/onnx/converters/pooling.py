@@ -28,8 +28,11 @@ def max_pool(node, ctx):
     a, attrs = _pool_attrs(node, ctx)
     if len(node.output) > 1 and node.output[1]:
         raise ctx.fail("the Indices output of MaxPool is not supported")
-    if int(a.get("storage_order", 0)):
-        raise ctx.fail("storage_order=1 is not supported")
+    if any(p < 0 for p in attrs["pads"]):
+        raise ctx.fail(
+            f"auto_pad gives negative pads {attrs['pads']} (a stride larger than the kernel); onnxruntime "
+            "refuses that MaxPool too (padding values must be non-negative)"
+        )
     ctx.emit("maxpool", [node.input[0]], [node.output[0]], attrs)
 
 
