@@ -31,17 +31,14 @@ def conv_pads(attrs: dict, in_spatial, kernel, strides, dilations) -> list[int]:
     return begins + ends
 
 
-def _crop(ctx, x: str, shape, begins, ends, out: str) -> str:
-    """A slice of x's spatial axes that drops ``-p`` rows where a pad p is negative (what a
-    negative pad means to onnxruntime; ONNX files may not hold negative Conv pads)."""
-    nd, axes, starts, stops = len(begins), [], [], []
-    for i, (b, e) in enumerate(zip(begins, ends)):
-        if b < 0 or e < 0:
-            axes.append(2 + i)
-            starts.append(max(-b, 0))
-            stops.append(shape[2 + i] - max(-e, 0))
+def _crop_start(ctx, x: str, crops, out: str) -> str:
+    """A slice of x's spatial axes that drops the first ``crops[i]`` positions of axis 2 + i
+    (where onnxruntime's windows start under a negative SAME padding; ONNX files may not hold
+    negative Conv pads)."""
+    axes = [2 + i for i, c in enumerate(crops) if c > 0]
     cropped = ctx.fresh(out)
-    attrs = {"starts": starts, "ends": stops, "axes": axes, "steps": [1] * len(axes)}
+    big = 1 << 62  # to the end of the axis
+    attrs = {"starts": [crops[a - 2] for a in axes], "ends": [big] * len(axes), "axes": axes, "steps": [1] * len(axes)}
     ctx.emit("slice", [x], [cropped], attrs)
     return cropped
 
@@ -62,8 +59,7 @@ def _conv_common(node, ctx):
 def conv(node, ctx):
     """Conv (1-D/2-D/3-D, groups, depthwise, dilations, pads, auto_pad) → conv."""
     a, params, nd, kernel, strides, dilations = _conv_common(node, ctx)
-    in_shape = ctx.shape(node.input[0])
-    pads = conv_pads(a, in_shape[2:], kernel, strides, dilations)
+    pads = conv_pads(a, ctx.shape(node.input[0])[2:], kernel, strides, dilations)
     x = node.input[0]
     if any(p < 0 for p in pads):  # SAME with a stride beyond the kernel: a negative total
         # onnxruntime's first window then starts at (-total-1)//2 (SAME_UPPER) or (-total-2)//2
@@ -71,14 +67,11 @@ def conv(node, ctx):
         # evaluator starts at 0, which onnxruntime does for totals of -1 and -2); the output has
         # ceil(size/stride) positions either way, so a crop of the start and no pads give it
         lower = str(a.get("auto_pad", b"")).find("LOWER") >= 0
-        begins = []
-        for b, e in zip(pads[:nd], pads[nd:]):
-            total = b + e
-            begins.append(-max(0, (-total - (2 if lower else 1)) // 2) if total < 0 else b)
-        ends = [max(e, 0) if b + e < 0 else e for b, e in zip(pads[:nd], pads[nd:])]
-        if any(p < 0 for p in begins):
-            x = _crop(ctx, x, in_shape, begins, [0] * nd, node.output[0])
-        pads = [max(p, 0) for p in begins] + ends
+        totals = [b + e for b, e in zip(pads[:nd], pads[nd:])]
+        crops = [max(0, (-t - (2 if lower else 1)) // 2) if t < 0 else 0 for t in totals]
+        if any(crops):
+            x = _crop_start(ctx, x, crops, node.output[0])
+        pads = [0 if t < 0 else p for t, p in zip(totals * 2, pads)]
     ctx.emit(
         "conv",
         [x],
