@@ -600,6 +600,26 @@ def test_maxpool_basic(opset, nd):
     check(m, rand(shape, 1), what="MaxPool")
 
 
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("pads", [[1, 0, 1, 2], [0, 0, 0, 0], [1, 1, 1, 1]])
+def test_ceil_mode_pool_artifact_loads_back(op, pads, tmp_path):
+    """ceil_mode with a last window that would start in the end padding: onnxruntime drops it, ONNX
+    shape inference does not, and the artifact's recorded shapes made it fail to load. It is
+    written in floor mode with end pads that give the same windows."""
+    import snncompiler as snnc
+
+    shape = [2, 3, 8, 8]
+    nodes = [
+        helper.make_node(op, ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, pads=pads),
+        helper.make_node("Relu", ["p"], ["y"]),
+    ]
+    m = build(nodes, [("x", ["N"] + shape[1:])], ["y"], [], 21)
+    x = rand(shape, 3)
+    compiled = snnc.compile(m, x, timesteps=4, threshold="max", calibration="none", quiet=True)
+    compiled.save(tmp_path / "m.snn.onnx")
+    assert_close(snnc.load(tmp_path / "m.snn.onnx").ann(x), run_ort(m, x)[0], f"{op} ceil_mode pads={pads}, reloaded")
+
+
 def test_maxpool_storage_order_without_indices():
     """storage_order only lays out the Indices output: without it the pool is a plain MaxPool."""
     shape = [2, 3, 5, 4]
@@ -1289,6 +1309,28 @@ def test_resize_keep_aspect_ratio(policy, mode, axes):
     attrs = {"mode": mode, "keep_aspect_ratio_policy": policy} | ({"axes": axes} if axes else {})
     m = single("Resize", shape, attrs, ["", "", ("sizes", np.array(sizes, np.int64))], 21)
     check(m, rand(shape, 1), what=f"Resize {mode} {policy} axes={axes}")
+
+
+@pytest.mark.parametrize("by", ["sizes", "scales"])
+def test_resize_artifact_loads_back(by, tmp_path):
+    """A compiled Resize 5 → 9 by sizes was written as the scale 1.8 (float32), which ONNX shape
+    inference turns into 8: the artifact did not load. Now it holds the sizes of axes 1…, and a
+    Resize by scales keeps its scales (1.5 on 5 samples at 1.5, not at 7/5)."""
+    import snncompiler as snnc
+
+    shape = [2, 3, 5, 5]
+    const = ("sizes", np.array([9, 9], np.int64)) if by == "sizes" else ("scales", np.array([1.5, 1.5], np.float32))
+    names = ["c", "", "", "sizes"] if by == "sizes" else ["c", "", "scales"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", names, ["r"], mode="linear", axes=[2, 3]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    m = build(nodes, [("x", ["N"] + shape[1:])], ["y"], [init("w", rand([4, 3, 3, 3], 1)), init(*const)], 19)
+    x = rand(shape, 3)
+    compiled = snnc.compile(m, x, timesteps=4, threshold="max", calibration="none", quiet=True)
+    compiled.save(tmp_path / "m.snn.onnx")
+    assert_close(snnc.load(tmp_path / "m.snn.onnx").ann(x), run_ort(m, x)[0], f"Resize by {by}, reloaded")
 
 
 def test_resize_of_the_batch_axis_is_refused():

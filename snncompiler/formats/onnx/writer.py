@@ -92,4 +92,11 @@ def save_artifact(compiled, path) -> None:
     )
     model = to_onnx(compiled.graph, meta)
     onnx.checker.check_model(model)
+    try:  # what the loader runs first: a file it would refuse is not written
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise SnncError(
+            f"{path}: not written: ONNX shape inference disagrees with the runtime's shapes, so the "
+            f"artifact would not load back ({str(exc).strip().splitlines()[-1]}); please report this model"
+        ) from exc
     write_bytes(path, model.SerializeToString())

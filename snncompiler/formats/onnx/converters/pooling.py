@@ -72,6 +72,10 @@ def write_pool(b, n) -> None:
         if n.op == "maxpool"
         else {"count_include_pad": int(a.get("count_include_pad", 0))}
     )
+    pads, ceil_mode = list(a["pads"]), int(a.get("ceil_mode", 0))
+    floor_pads = _floor_mode_pads(b, n) if ceil_mode else None
+    if floor_pads is not None:
+        pads, ceil_mode = floor_pads, 0
     b.add(
         onnx_op,
         n.inputs,
@@ -79,7 +83,31 @@ def write_pool(b, n) -> None:
         n.name,
         kernel_shape=ints(a["kernel"]),
         strides=ints(a["stride"]),
-        pads=ints(a["pads"]),
-        ceil_mode=int(a.get("ceil_mode", 0)),
+        pads=ints(pads),
+        ceil_mode=ceil_mode,
         **extra,
     )
+
+
+def _floor_mode_pads(b, n) -> list[int] | None:
+    """A ceil-mode pool as floor mode with end pads that give the runtime's output size, where
+    the values stay the same (max pooling, or averages that do not count pads). onnxruntime drops
+    a last window that would start in the end padding; ONNX shape inference does not, so the
+    artifact's recorded shapes contradicted it and the file did not load back."""
+    a = n.attrs
+    if n.op == "avgpool" and a.get("count_include_pad", 0):
+        return None
+    in_shape, out_shape = b.graph.shape(n.inputs[0]), b.graph.shape(n.outputs[0])
+    if in_shape is None or out_shape is None:
+        return None
+    kernel, stride = a["kernel"], a["stride"]
+    nd = len(kernel)
+    dilation = a.get("dilation", [1] * nd)
+    begins, ends = list(a["pads"][:nd]), []
+    for i in range(nd):
+        span = (kernel[i] - 1) * dilation[i] + 1
+        end = max(0, (out_shape[2 + i] - 1) * stride[i] + span - in_shape[2 + i] - begins[i])
+        if end >= span:  # onnxruntime requires pads smaller than the kernel
+            return None
+        ends.append(end)
+    return begins + ends

@@ -465,16 +465,29 @@ def write_pad(b, n) -> None:
 
 @writes("resize")
 def write_resize(b, n) -> None:
-    """Resize by constant scales."""
+    """Resize by constant scales, or by the sizes of axes 1… where the float32 scales would not
+    give them back (5 → 9 is a scale of 1.8, and floor(5 · 1.8f) is 8 to shape inference); the
+    batch axis stays free either way."""
     a = n.attrs
+    scales = np.array(a["scales"], np.float32)
+    in_shape = b.graph.shape(n.inputs[0])
+    sizes = [int(d) for d in a["sizes"]]
+    if in_shape is not None and any(
+        int(np.floor(float(d) * float(s))) != o for d, s, o in zip(in_shape[1:], scales[1:], sizes[1:])
+    ):
+        inputs = [n.inputs[0], "", "", b.const(n, "sizes", _int64(sizes[1:]))]
+        extra = {"axes": list(range(1, len(sizes)))}
+    else:
+        inputs, extra = [n.inputs[0], "", b.const(n, "scales", scales)], {}
     b.add(
         "Resize",
-        [n.inputs[0], "", b.const(n, "scales", np.array(a["scales"], np.float32))],
+        inputs,
         n.outputs,
         n.name,
         mode=a["mode"],
         coordinate_transformation_mode=a["coordinate_transformation_mode"],
         nearest_mode=a["nearest_mode"],
+        **extra,
     )
 
 
