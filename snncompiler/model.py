@@ -275,7 +275,10 @@ def load(path, *, device: str = "cpu", dt: float | None = None):
         return CompiledModel(graph, options, report)
     if dt is not None:
         raise SnncError(f"--dt: only for NIR files; {path} is not one")
+    from .formats.artifact import VERSION_KEY
+
     graph = load_graph(path)
-    if graph.find("neuron"):
+    # an artifact by its metadata: a compiled network may have no neuron (all analog islands)
+    if graph.find("neuron") or VERSION_KEY in graph.metadata:
         return from_artifact(graph)
     return Executor(graph, device)

@@ -199,3 +199,20 @@ def test_a_failure_inside_the_spiking_runtime_names_the_node(artifact, tmp_path)
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     with pytest.raises(snnc.SnncError, match=rf"node '{conv.name}'.*conv failed in the spiking runtime"):
         model.run(x, 2)
+
+
+def test_artifact_without_neurons_loads_as_a_compiled_model(tmp_path):
+    """Conv → Sigmoid compiles (an analog island, no neuron) and saves; loading it back gave a
+    plain ANN executor that ignored the saved settings."""
+    from snncompiler.model import CompiledModel
+    from tests.formats.helpers import build, init, rand
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])]
+    model = build(nodes, [("x", ["N", 2, 5, 5])], ["y"], [init("w", rand([3, 2, 3, 3], 1))])
+    x = rand([4, 2, 5, 5], 2)
+    compiled = snnc.compile(model, x, timesteps=6, calibration="none", quiet=True)
+    compiled.save(tmp_path / "m.snn.onnx")
+    again = snnc.load(tmp_path / "m.snn.onnx")
+    assert isinstance(again, CompiledModel)
+    assert again.options["timesteps"] == 6
+    np.testing.assert_allclose(again.run(x), compiled.run(x), rtol=1e-6)

@@ -556,6 +556,8 @@ def _source_coords(out_size: int, in_size: int, scale: float, mode: str, roi=Non
         return offset + (dst + 0.5) / s - 0.5
     if mode == "half_pixel":
         return (dst + 0.5) / s - 0.5
+    if mode == "tf_half_pixel_for_nn":  # opsets 11-17: half-pixel centres without the -0.5
+        return (dst + 0.5) / s
     raise SnncError(f"Resize: coordinate_transformation_mode '{mode}' is not supported")
 
 

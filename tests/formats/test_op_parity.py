@@ -192,6 +192,20 @@ def test_conv_transpose_output_shape(opset):
     check(m, rand(shape, 3), what="ConvTranspose output_shape")
 
 
+@pytest.mark.parametrize("extra", [1, 2, 3])
+def test_conv_transpose_output_shape_beyond_natural(extra):
+    """Up to stride - 1 extra rows (bias only) as onnxruntime; more it refuses, and so do we."""
+    shape = [2, 2, 5]
+    m = single("ConvTranspose", shape, {"strides": [3], "output_shape": [15 + extra]}, [("w", rand([2, 3, 3], 1))], 21)
+    if extra < 3:
+        check(m, rand(shape, 3), what=f"ConvTranspose {extra} beyond")
+        return
+    with pytest.raises(OrtRejected):
+        run_ort(m, rand(shape, 3))
+    with pytest.raises(SnncError, match="3 beyond the natural size 15"):
+        run_snn(m, rand(shape, 3))
+
+
 @HYP
 @given(
     groups=st.sampled_from([1, 2]),
@@ -1331,6 +1345,34 @@ def test_resize_artifact_loads_back(by, tmp_path):
     compiled = snnc.compile(m, x, timesteps=4, threshold="max", calibration="none", quiet=True)
     compiled.save(tmp_path / "m.snn.onnx")
     assert_close(snnc.load(tmp_path / "m.snn.onnx").ann(x), run_ort(m, x)[0], f"Resize by {by}, reloaded")
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_resize_tf_half_pixel_for_nn(opset, tmp_path):
+    """The opset 11-17 mode: half-pixel centres without the -0.5 (was refused only when run)."""
+    import snncompiler as snnc
+
+    shape = [2, 3, 5, 7]
+    attrs = {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"}
+    m = single(
+        "Resize",
+        shape,
+        attrs,
+        [("roi", np.zeros(0, np.float32)), ("scales", np.array([1, 1, 2, 2], np.float32))],
+        opset,
+    )
+    x = rand(shape, 1)
+    check(m, x, what=f"Resize tf_half_pixel_for_nn opset {opset}")
+    relu = build(
+        [helper.make_node("Resize", ["x", "roi", "scales"], ["r"], **attrs), helper.make_node("Relu", ["r"], ["y"])],
+        [("x", ["N"] + shape[1:])],
+        ["y"],
+        [init("roi", np.zeros(0, np.float32)), init("scales", np.array([1, 1, 2, 2], np.float32))],
+        opset,
+    )
+    compiled = snnc.compile(relu, x, timesteps=4, threshold="max", calibration="none", quiet=True)
+    compiled.save(tmp_path / "m.snn.onnx")
+    assert_close(snnc.load(tmp_path / "m.snn.onnx").ann(x), run_ort(relu, x)[0], "reloaded")
 
 
 def test_resize_of_the_batch_axis_is_refused():

@@ -108,6 +108,11 @@ def conv_transpose(node, ctx):
             if total < 0:
                 if a.get("output_shape") is None:  # SAME alone: clamped at 0 (onnxruntime, shape inference)
                     total = 0
+                elif -total >= strides[i]:  # onnxruntime: no input size gives that output
+                    raise ctx.fail(
+                        f"output_shape {target[i]} on spatial axis {i} is {-total} beyond the natural size "
+                        f"{full}; onnxruntime accepts at most stride - 1 = {strides[i] - 1} extra"
+                    )
                 else:  # the extra rows go at the end, whatever auto_pad says
                     begins.append(0)
                     ends.append(total)

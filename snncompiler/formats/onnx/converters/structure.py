@@ -152,6 +152,17 @@ def pad(node, ctx):
     ctx.emit("pad", [node.input[0]], [node.output[0]], {"pads": [int(p) for p in pads], "mode": mode, "value": value})
 
 
+#: The coordinate transformations the runtime implements (runtime/ops.py, _source_coords).
+_RESIZE_COORDINATES = (
+    "half_pixel",
+    "half_pixel_symmetric",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_half_pixel_for_nn",
+)
+
+
 @converter("Resize", "Upsample")
 def resize(node, ctx):
     """Resize/Upsample, nearest or linear, any coordinate transformation → resize."""
@@ -180,8 +191,8 @@ def resize(node, ctx):
                 for ax, s in zip(axes, scales):
                     full[ax % len(in_shape)] = s
                 scales = full
-        if ctm == "tf_crop_and_resize":
-            raise ctx.fail("coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
+        if ctm not in _RESIZE_COORDINATES:
+            raise ctx.fail(f"coordinate_transformation_mode '{ctm}' is not supported")
     if scales is None:  # sizes given: the spec derives each scale from the sizes
         scales = [o / i for o, i in zip(out_shape, in_shape)]
         policy = text("keep_aspect_ratio_policy", "stretch")
