@@ -56,6 +56,7 @@ def _nodes(nodes, inits=(), opset=21, rest=None):
 
 i64 = lambda v: np.array(v, np.int64)
 
+
 CASES = {
     "Add": _one("Add", consts=[("c", rand([4, 5], 1))]),
     "Sub": _one("Sub", consts=[("c", rand([1, 3, 1, 1], 1))]),
@@ -346,3 +347,12 @@ def test_compile_refuses_a_declared_batch_two_model_that_mixes_samples():
     model = BUILDERS["Softmax axis 0"](2)
     with pytest.raises(SnncError, match=r"works along axis 0.*declared batch of 2.*dynamic batch axis"):
         _compile(model, rand([4] + REST, 5))
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+def test_squeeze_without_axes_keeps_a_dynamic_batch(opset):
+    """Squeeze without axes of x [N, 1, 4, 1] (output [N, 4]): with the batch pinned to 1 it was
+    squeezed too and the model failed to load; the static 1s are its axes at every batch size."""
+    model = build([helper.make_node("Squeeze", ["x"], ["y"])], [("x", ["N", 1, 4, 1])], [("y", ["N", 4])], [], opset)
+    x = rand([3, 1, 4, 1], 5)
+    assert_close(run_snn(model, x)[0], run_ort(model, x)[0], f"Squeeze without axes, opset {opset}")

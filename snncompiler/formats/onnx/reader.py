@@ -14,8 +14,9 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import shape_inference, version_converter
+from onnx import numpy_helper, shape_inference, version_converter
 
 from ...errors import SnncError
 from ..artifact import TARGET_OPSET
@@ -249,6 +250,40 @@ def _record_batch_semantics(model: onnx.ModelProto) -> None:
             model.metadata_props.add(key=key, value=value)
 
 
+def _explicit_squeeze_axes(model: onnx.ModelProto) -> None:
+    """Squeeze without axes removes every axis of size 1: once the batch is pinned to 1 that
+    would include the batch axis. Before pinning, each such Squeeze gets the axes it squeezes
+    at any batch size (the static 1s), where shape inference knows its input's shape."""
+    squeezes = [n for n in model.graph.node if n.op_type == "Squeeze" and n.domain in ("", "ai.onnx")]
+    squeezes = [n for n in squeezes if not any(a.name == "axes" for a in n.attribute) and len(n.input) < 2]
+    if not squeezes:
+        return
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:
+        return  # the pinned model's shape inference reports what is wrong
+    shapes = {
+        v.name: v.type.tensor_type.shape
+        for v in list(inferred.graph.input) + list(inferred.graph.value_info)
+        if v.type.tensor_type.HasField("shape")
+    }
+    opset = main_opset(model)
+    for node in squeezes:
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            continue
+        dims = list(shape.dim)
+        if any(not d.HasField("dim_value") and not d.HasField("dim_param") for d in dims):
+            continue  # an unknown size might be 1
+        axes = [i for i, d in enumerate(dims) if d.HasField("dim_value") and d.dim_value == 1]
+        if opset >= 13:
+            name = f"{node.output[0]}__squeeze_axes"
+            model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+            node.input.append(name)
+        else:
+            node.attribute.append(onnx.helper.make_attribute("axes", axes))
+
+
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
     """Give symbolic leading dims a value so shapes (and Shape-derived constants) become static.
 
@@ -287,6 +322,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     _constants_out_of_inputs(model)
     _check_initializers(model, label)
     _record_batch_semantics(model)
+    _explicit_squeeze_axes(model)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)
