@@ -87,6 +87,10 @@ CASES = {
     "PRelu": _one("PRelu", consts=[("s", rand([3, 1, 1], 1))]),
     "Softmax": _one("Softmax", {"axis": 1}),
     "Softmax axis 0": _one("Softmax", {"axis": 0}),
+    # opset ≤ 12: over axes 2… jointly, which onnx's version converter writes as Flatten(axis=2) →
+    # Softmax → Reshape (the Flatten folded the batch into rows: refused at batch 3 before)
+    "Softmax axis 2, opset 11": _one("Softmax", {"axis": 2}, opset=11),
+    "LogSoftmax axis 2, opset 11": _one("LogSoftmax", {"axis": 2}, opset=11),
     "LogSoftmax": _one("LogSoftmax", {"axis": -1}),
     "LogSoftmax opset 11 axis 0": _one("LogSoftmax", {"axis": 0}, opset=11),
     "MaxPool": _one("MaxPool", {"kernel_shape": [2, 2]}),
@@ -356,3 +360,12 @@ def test_squeeze_without_axes_keeps_a_dynamic_batch(opset):
     model = build([helper.make_node("Squeeze", ["x"], ["y"])], [("x", ["N", 1, 4, 1])], [("y", ["N", 4])], [], opset)
     x = rand([3, 1, 4, 1], 5)
     assert_close(run_snn(model, x)[0], run_ort(model, x)[0], f"Squeeze without axes, opset {opset}")
+
+
+@pytest.mark.parametrize("case", ["Softmax axis 2, opset 11", "LogSoftmax axis 2, opset 11"])
+def test_old_opset_softmax_over_trailing_axes_runs_at_any_batch(case):
+    """A per-sample softmax over axes 2… is not refused at batch 3 (the Flatten that onnx's
+    version converter writes for it is rewritten to keep the batch axis)."""
+    model = BUILDERS[case]("N")
+    x = rand([3] + REST, 5)
+    assert_close(run_snn(model, x)[0], run_ort(model, x)[0], f"{case} at batch 3")

@@ -225,9 +225,39 @@ def _affine_param(node: Node | None, norm_shape: tuple[int, ...]) -> torch.Tenso
     return torch.broadcast_to(c, norm_shape).float().contiguous().clone()
 
 
+def _unflatten_softmax(m: _Matcher, flatten: Node) -> bool:
+    """Opset ≤ 12 Softmax/LogSoftmax over the axes from k ≥ 2 on, as onnx's version converter
+    writes it: Flatten(axis=k) → softmax over axis 1 → Reshape back. The Flatten folds the batch
+    into rows, so the loader found samples mixing; rewritten in place to keep the batch axis:
+    Reshape to [N, d1 … d(k-1), dk·…] → softmax over the last axis → Reshape back."""
+    k, shape = flatten.attrs.get("axis", 1), m.graph.shape(flatten.inputs[0])
+    if shape is None or not 2 <= k % len(shape) < len(shape) or not m.internal(flatten.outputs[0], 1):
+        return False
+    k %= len(shape)
+    soft = m.only_reader(flatten.outputs[0])
+    if soft is None or soft.op not in ("softmax", "log_softmax") or soft.attrs.get("axis", -1) % 2 != 1:
+        return False
+    back = m.only_reader(soft.outputs[0], "reshape")
+    if back is None or list(back.attrs.get("shape", [])) != list(shape) or back.attrs.get("keep_batch"):
+        return False
+    rows = list(shape[1:k]) + [math.prod(shape[k:])]
+    flatten.op, flatten.attrs = "reshape", {"shape": rows, "keep_batch": True}
+    soft.attrs = dict(soft.attrs, axis=-1)
+    back.attrs = {"shape": list(shape[1:]), "keep_batch": True}
+    for value in (flatten.outputs[0], soft.outputs[0]):
+        if value in m.graph.values:
+            m.graph.values[value].shape = tuple([shape[0]] + rows)
+    return True
+
+
 def fuse(graph: Graph) -> Graph:
     """Fuse every decomposed GELU and LayerNorm in ``graph`` (in place) into ``gelu`` and
-    ``layer_norm`` nodes; the pieces are listed in ``graph.removed`` as fused."""
+    ``layer_norm`` nodes; the pieces are listed in ``graph.removed`` as fused. Old-opset
+    softmaxes over trailing axes keep their batch axis (:func:`_unflatten_softmax`)."""
+    m = _Matcher(graph)
+    for node in list(graph.nodes):
+        if node.op == "flatten":
+            _unflatten_softmax(m, node)
     while True:
         m = _Matcher(graph)
         found = None

@@ -299,6 +299,8 @@ def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
             if axis == 0:
                 dim.Clear()
                 dim.dim_value = batch
+            elif dim.HasField("dim_value"):
+                raise SnncError(f"{label}: graph input '{value.name}' has size {dim.dim_value} at axis {axis}")
             else:
                 raise SnncError(
                     f"{label}: graph input '{value.name}' has a symbolic dimension at axis {axis} "
