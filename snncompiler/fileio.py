@@ -5,7 +5,8 @@ file system), is flushed and fsynced, then ``os.replace``d onto the target. A pr
 any instant leaves either the old file or the complete new one, never a truncated mix.
 :func:`resolve_output` checks a target before any work starts: the name that will really be
 written (suffixes a library appends included), a regular file or a new name, in an existing
-writable directory, and none of the command's inputs.
+writable directory, and none of the command's inputs. Every file the project reads from a user's
+path is opened with :func:`open_regular`, which refuses anything but a regular file.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def resolve_output(
         raise SnncError(f"{flag} {text}: cannot check the target ({exc.strerror or exc})") from None
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise SnncError(f"{flag} {text}: exists and is not a regular file; write to a file name")
+    for given in inputs:  # a new file inside an input folder could still be read as an input
+        if given is not None and given != "" and os.path.isdir(given):
+            folder = os.path.realpath(given)
+            if os.path.commonpath([folder, os.path.realpath(target)]) == folder:
+                raise SnncError(f"{flag} {text}: is inside the input folder {os.fspath(given)}; write it elsewhere")
     if info is not None:
         for given in inputs:
             if given is None or given == "":
@@ -79,6 +85,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", flag: str = "output"
         raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
     target = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(target)
+    try:  # every writer, checked or not: a device or FIFO at the path is never replaced by a file
+        existing = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise SnncError(f"{flag} {os.fspath(path)}: exists and is not a regular file; write to a file name")
     tmp_name = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -115,3 +127,32 @@ def write_text(path: str | os.PathLike, text: str, flag: str = "output") -> None
     """Atomically write ``text`` (UTF-8) to ``path`` (see :func:`atomic_write`)."""
     with atomic_write(path, "w", flag) as handle:
         handle.write(text)
+
+
+def open_regular(path: str | os.PathLike, label: str | None = None) -> IO[bytes]:
+    """Open ``path`` for binary reading if it is a regular file; anything else is a one-line
+    :class:`SnncError` naming ``label`` (default: the path): a FIFO would block the read (it is
+    opened non-blocking to find out), a device such as /dev/zero would be read without end, and
+    a directory is not a file."""
+    label = os.fspath(path) if label is None else label
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SnncError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise SnncError(f"{label}: cannot open it ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise SnncError(f"{label}: is {kind}, expected a file")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str | os.PathLike, label: str | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`)."""
+    with open_regular(path, label) as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise SnncError(f"{label or os.fspath(path)}: cannot read ({exc.strerror or exc})") from None

@@ -214,11 +214,18 @@ class CompiledModel:
         return SpikingModule(self.graph, self.options, backend=backend, surrogate=surrogate, alpha=alpha)
 
     # ---- persistence --------------------------------------------------------------------
+    def _target(self, path, what: str) -> str:
+        """``path`` checked as the CLI checks ``-o`` (a regular file or a new name in a writable
+        folder, not the model this one was compiled from); a one-line SnncError naming ``what``."""
+        from .fileio import resolve_output
+
+        return resolve_output(path, what, inputs=[self.graph.metadata.get("source_file")])
+
     def save(self, path) -> None:
         """Write the artifact: ONNX with neuron nodes in the `snncompiler` domain."""
         from .formats.onnx.writer import save_artifact
 
-        save_artifact(self, path)
+        save_artifact(self, self._target(path, "save"))
 
     def to_nir(self, *, flatten: str = "nir", avgpool: str = "avg"):
         """This model as a ``nir.NIRGraph`` plus the list of what NIR cannot represent
@@ -233,7 +240,7 @@ class CompiledModel:
         ``flatten`` and ``avgpool`` as in :meth:`to_nir`."""
         from .formats.nir.writer import save_nir
 
-        return save_nir(self, path, flatten=flatten, avgpool=avgpool)
+        return save_nir(self, self._target(path, "save_nir"), flatten=flatten, avgpool=avgpool)
 
     def to_onnx(self, timesteps: int | None = None):
         """This SNN as a standard ``onnx.ModelProto`` (no custom operators) that simulates
@@ -247,7 +254,7 @@ class CompiledModel:
         """Write :meth:`to_onnx` to ``path``: an SNN that onnxruntime runs."""
         from .formats.onnx.standard import save_standard_onnx
 
-        save_standard_onnx(self, path, timesteps)
+        save_standard_onnx(self, self._target(path, "save_onnx"), timesteps)
 
     def settings(self) -> dict:
         """The settings recorded in the artifact."""

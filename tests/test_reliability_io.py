@@ -300,7 +300,7 @@ def test_a_file_named_like_the_location_in_the_current_folder_is_never_read(tmp_
     model = _external_model(tmp_path / "models" / "m.onnx", "secret.bin", WEIGHT)
     (tmp_path / "secret.bin").write_bytes(WEIGHT.tobytes())  # fits the tensor exactly, but is not the model's
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SnncError, match=r"models/m.onnx: tensor 'W', external data file 'secret.bin': cannot open"):
+    with pytest.raises(SnncError, match=r"models/m.onnx: tensor 'W', external data file 'secret.bin': no such file"):
         snnc.load_graph(model)
 
 
@@ -495,3 +495,68 @@ def test_compile_finetune_and_export_write_the_same_bytes_twice(files, tmp_path)
     assert (tmp_path / "ft1.snn.onnx").read_bytes() == (tmp_path / "ft2.snn.onnx").read_bytes()
     assert (tmp_path / "m1.nir").read_bytes() == (tmp_path / "m2.nir").read_bytes()
     assert snnc.load(tmp_path / "ft1.snn.onnx").report["finetune"]["epochs"] == 2
+
+
+# ---- 5. what the audit of 2026-12-07 found -------------------------------------------------------
+def test_api_save_refuses_what_the_cli_refuses(files, tmp_path):
+    """CompiledModel.save / save_onnx / save_nir wrote over FIFOs (and, run as root, over
+    /dev/null itself) and over the model they were compiled from; they check as -o does now."""
+    model = snnc.load(files / "m.snn.onnx")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for save in (model.save, model.save_onnx):
+        with pytest.raises(SnncError, match="not a regular file"):
+            save(fifo)
+    assert fifo.is_fifo()
+    copy = tmp_path / "ann.onnx"
+    copy.write_bytes((files / "ann.onnx").read_bytes())
+    compiled = snnc.compile(str(copy), np.random.default_rng(0).random((8, 16), dtype=np.float32), quiet=True)
+    with pytest.raises(SnncError, match="is the input"):
+        compiled.save(copy)
+    assert copy.read_bytes() == (files / "ann.onnx").read_bytes()
+    compiled.save(tmp_path / "new.snn.onnx")  # a new name is fine
+
+
+def test_atomic_write_never_replaces_a_device_or_fifo(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SnncError, match="not a regular file"):
+        with atomic_write(fifo) as handle:
+            handle.write(b"x")
+    assert fifo.is_fifo()
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "compile"])
+def test_a_fifo_or_device_as_input_is_refused_without_blocking(files, tmp_path, command):
+    """A FIFO as the model or data file blocked forever; /dev/zero was read until memory ran out."""
+    fifo = tmp_path / "in.onnx"
+    os.mkfifo(fifo)
+    data_fifo = tmp_path / "in.npz"
+    os.mkfifo(data_fifo)
+    args = {
+        "inspect": [fifo],
+        "eval": [files / "ann.onnx", "--data", data_fifo],
+        "compile": [files / "ann.onnx", "--calib", data_fifo, "-o", tmp_path / "o.snn.onnx"],
+    }[command]
+    r = _snnc(command, *args, timeout=120)
+    _one_line_error(r.returncode, r.stderr, "not a regular file")
+    r = _snnc("inspect", "/dev/zero", timeout=120)
+    _one_line_error(r.returncode, r.stderr, "/dev/zero", "not a regular file")
+
+
+def test_output_onto_the_models_external_data_is_refused(files, tmp_path, capsys):
+    """-o naming the file that holds the input's weights overwrote them (the model then ran on garbage)."""
+    model = _external_model(tmp_path / "m.onnx", "w.bin", WEIGHT)
+    (tmp_path / "w.bin").write_bytes(WEIGHT.tobytes())
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    save_npz(tmp_path / "calib.npz", x)
+    rc = main(["compile", str(model), "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "w.bin")])
+    _one_line_error(rc, capsys.readouterr().err, "is the input")
+    assert (tmp_path / "w.bin").read_bytes() == WEIGHT.tobytes()
+
+
+def test_output_inside_an_input_folder_is_refused(tmp_path):
+    (tmp_path / "events" / "0").mkdir(parents=True)
+    with pytest.raises(SnncError, match="inside the input folder"):
+        resolve_output(tmp_path / "events" / "0" / "s0.npz", "-o", [tmp_path / "events"], suffix=".npz")
+    resolve_output(tmp_path / "out.npz", "-o", [tmp_path / "events"], suffix=".npz")

@@ -542,6 +542,13 @@ def _add_report_command(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _model_files(model) -> list:
+    """A model path and the external-data files it reads: all inputs that ``-o`` may not replace."""
+    from ..formats.onnx.reader import external_data_files
+
+    return [model, *external_data_files(model)] if model else [model]
+
+
 def cmd_report(args) -> int:
     """snnc report MODEL.snn.onnx --data TEST.npz -o report.html"""
     from .. import load
@@ -549,7 +556,7 @@ def cmd_report(args) -> int:
     from ..data import load_npz
     from ..model import CompiledModel
 
-    output = resolve_output(args.output, "-o", (args.model, args.data))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.data))
     ts = _parse_timesteps(args.timesteps)
     check_plotting()
     data = load_npz(args.data, require_labels=True)
@@ -696,7 +703,7 @@ def cmd_finetune(args) -> int:
     from ..model import CompiledModel
     from ..train.finetune import finetune
 
-    output = resolve_output(args.output, "-o", (args.model, args.data, args.val))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.data, args.val))
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
     model = load(args.model, dt=args.dt)
@@ -731,7 +738,7 @@ def cmd_train(args) -> int:
     from ..data import load_npz
     from ..train.direct import parse_schedule, train_onnx
 
-    output = resolve_output(args.output, "-o", (args.model, args.data, args.val))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.data, args.val))
     stages = parse_schedule(args.timesteps, args.epochs)  # bad values fail before any data is read
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
@@ -781,7 +788,7 @@ def cmd_export(args) -> int:
     for flag, value in (("--nir-flatten", args.nir_flatten), ("--nir-avgpool", args.nir_avgpool)):
         if args.format != "nir" and value is not None:
             raise SnncError(f"{flag}: only with --format nir")
-    output = resolve_output(args.output, "-o", (args.model,))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model),))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
         raise SnncError(
@@ -943,7 +950,7 @@ def cmd_run(args) -> int:
     from ..model import CompiledModel
 
     # numpy's savez appends .npz to a name without it: check (and report) the file really written
-    output = resolve_output(args.output, "-o", (args.model, args.input), suffix=".npz")
+    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.input), suffix=".npz")
     data = _load_data(args, args.input, "--input", require_labels=False)
     model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
@@ -993,7 +1000,7 @@ def cmd_compile(args) -> int:
         raise SnncError("--lr: is the learning rate of the --finetune stage; pass --finetune EPOCHS too")
     if args.distill is not None and args.finetune is None:
         raise SnncError("--distill: distils the ANN during the --finetune stage; pass --finetune EPOCHS too")
-    output = resolve_output(args.output, "-o", (args.model, args.calib))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.calib))
     calib = load_npz(args.calib, arg="--calib")
     t0 = time.perf_counter()
     model = snn_compile(
@@ -1318,7 +1325,7 @@ def cmd_eval(args) -> int:
 
     if args.plot:
         _plot_format(args.plot)
-        resolve_output(args.plot, "--plot", (args.model, args.data, args.reference))
+        resolve_output(args.plot, "--plot", (*_model_files(args.model), args.data, args.reference))
     data = _load_data(args, args.data, "--data", require_labels=True)
     if _is_nir(args) or has_custom_domain(read_model(args.model)[0]):
         from .. import load

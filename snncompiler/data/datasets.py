@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SnncError
+from ..fileio import open_regular, read_regular
 
 
 @dataclass
@@ -152,7 +153,7 @@ def read_npz(path, label: str, *, required: tuple[str, ...] = (), optional: tupl
     if path.is_dir():
         raise SnncError(f"{label}: is a directory, expected an .npz file")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, label) as f:
             magic = f.read(4)
     except OSError as exc:
         raise SnncError(f"{label}: cannot read ({exc.strerror or exc})") from None
@@ -264,7 +265,7 @@ _IDX_TYPES = {
 def read_idx(path) -> np.ndarray:
     """Read one idx file (optionally gzipped), e.g. ``train-images-idx3-ubyte``."""
     path = Path(path)
-    raw = path.read_bytes()
+    raw = read_regular(path)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -320,7 +321,7 @@ def load_cifar10_batch(path) -> Dataset:
     """One CIFAR-10 python batch (``data_batch_1`` ...): x [N, 3, 32, 32] in [0, 1], y [N]."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             batch = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise SnncError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc

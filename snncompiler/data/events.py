@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SnncError
+from ..fileio import read_regular
 from ..limits import check_array_bytes, check_sensor_size
 from .datasets import Dataset
 
@@ -118,7 +119,7 @@ def read_events(path) -> dict:
 
 def _read_bytes(path) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_regular(path)
     except OSError as exc:
         raise SnncError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 

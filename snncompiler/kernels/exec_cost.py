@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import write_text
+from ..errors import SnncError
+from ..fileio import read_regular, write_text
 from ..progress import progress_enabled
 from .cpu import cpu_model
 
@@ -156,10 +157,10 @@ def layer_key(layer, in_shape: tuple[int, ...], binary: bool = False, samples: i
 
 
 def _read_disk() -> dict:
-    try:
-        data = json.loads(cache_path().read_text())
+    try:  # a cache that is no regular file (a FIFO would block) or unreadable: remeasure
+        data = json.loads(read_regular(cache_path()).decode("utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, SnncError):
         return {}
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ...errors import SnncError
+from ...fileio import open_regular
 from ...ir import Graph, Node, Value, check_finite_parameters
 from ...ir.neuron import RESETS, V0S, NeuronSpec
 from ...limits import check_timesteps
@@ -45,9 +46,9 @@ CONVENTIONAL_DT = 1e-4
 def is_nir_file(path) -> bool:
     """Whether ``path`` is an HDF5 file (how NIR is stored) rather than ONNX."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(8) == HDF5_MAGIC
-    except OSError:
+    except (OSError, SnncError):  # not a readable file: the ONNX reader says what it is
         return False
 
 

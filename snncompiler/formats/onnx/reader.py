@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
 from ...errors import SnncError
+from ...fileio import open_regular, read_regular
 from ..artifact import TARGET_OPSET
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def read_model(source: str | os.PathLike | onnx.ModelProto | bytes) -> tuple[onn
             raise SnncError(f"{label}: no such file")
         if path.is_dir():
             raise SnncError(f"{label}: is a directory, expected an .onnx file")
-        data = path.read_bytes()
+        data = read_regular(path, label)
         base_dir = os.path.dirname(os.path.abspath(path))
     if not data:
         raise SnncError(f"{label}: file is empty, expected an ONNX model")
@@ -120,6 +120,24 @@ def load_external_data(model: onnx.ModelProto, label: str, base_dir: str | None)
         del tensor.external_data[:]
 
 
+def external_data_files(path: str | os.PathLike) -> list[str]:
+    """The files in ``path``'s folder that hold its external tensor data (none for a file that is
+    not a readable ONNX model): a command's inputs too, so ``-o`` may not overwrite them."""
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(read_regular(path))
+    except Exception:  # not a model: reading it reports that, with the file's name
+        return []
+    base = os.path.dirname(os.path.abspath(path))
+    locations = set()
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location:
+                locations.add(os.path.join(base, location))
+    return sorted(locations)
+
+
 #: Types whose bytes are not elements × numpy item size (strings, packed sub-byte types).
 _UNSIZED_TYPES = {
     getattr(onnx.TensorProto, name)
@@ -136,14 +154,8 @@ def _read_external(tensor: onnx.TensorProto, entries: dict[str, str], path: str,
         raise SnncError(f"{where}: 'offset' and 'length' must be integers") from None
     if (offset is not None and offset < 0) or (length is not None and length < 0):
         raise SnncError(f"{where}: 'offset' and 'length' must be ≥ 0")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
-    except OSError as exc:
-        raise SnncError(f"{where}: cannot open it ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as handle:
+    with open_regular(path, where) as handle:
         info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SnncError(f"{where}: not a regular file")
         start = offset or 0
         available = info.st_size - start
         size = available if length is None else length
