@@ -350,9 +350,10 @@ def calibrate(
 
 def load_ann(model) -> Graph:
     """An ANN (ONNX path, bytes or ModelProto) read into the IR; a compiled artifact is refused."""
+    from .formats.artifact import VERSION_KEY
     from .formats.onnx import load_graph
 
     graph = load_graph(model)
-    if graph.find("neuron"):
+    if graph.find("neuron") or VERSION_KEY in graph.metadata:
         raise SnncError(f"{graph.metadata.get('source_file', 'model')}: already a compiled spiking model")
     return graph

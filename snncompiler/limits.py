@@ -90,6 +90,23 @@ def check_timesteps(steps: int, what: str) -> None:
         raise SnncError(f"{what}: {steps} timesteps is over the limit of {cap} (raise it with SNNC_MAX_TIMESTEPS)")
 
 
+def timestep_count(value, option: str = "timesteps") -> int:
+    """``value`` as a number of timesteps: an integer ≥ 1 (a numpy integer too; 2.5 or True is
+    refused, not truncated) within ``SNNC_MAX_TIMESTEPS``; an :class:`OptionError` naming
+    ``option`` otherwise (the CLI reports it under the option's flag)."""
+    import numbers
+
+    from .errors import OptionError
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError(option, f"must be an integer ≥ 1, got {value!r}")
+    try:
+        check_timesteps(int(value), option)
+    except SnncError as exc:
+        raise OptionError(option, str(exc).split(": ", 1)[1]) from None
+    return int(value)
+
+
 def check_sensor_size(height: int, width: int, what: str) -> None:
     """Refuse an event sensor larger than ``SNNC_MAX_SENSOR_SIZE`` on either side."""
     cap = limit("SNNC_MAX_SENSOR_SIZE")

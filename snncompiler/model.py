@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from . import distributed
-from .errors import SnncError
+from .errors import OptionError, SnncError
 from .ir import Graph
+from .limits import timestep_count
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_EVAL_STEPS, DEFAULTS, SETTING_KEYS
 from .progress import progress_bar
 from .runtime.executor import Executor, check_input
@@ -53,6 +54,8 @@ class CompiledModel:
     def _input(self, x) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
         check_input(self.graph.inputs[0], t, sequence=self.sequence)
+        if len(t) == 0:
+            raise SnncError("input 'x': has no samples")
         if not bool(torch.isfinite(t).all()):  # spikes from NaN currents would be silent garbage
             raise SnncError("input 'x': contains NaN or Inf values")
         return t.float()
@@ -96,7 +99,7 @@ class CompiledModel:
         xt = self._input(x)
         if timesteps is None:
             timesteps = xt.shape[1] if self.sequence else self.options["timesteps"]
-        timesteps = int(timesteps)  # 0 is refused by the runner, not read as "the default"
+        timesteps = timestep_count(timesteps)
         if batch_size < 1:
             raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
         runner = self.runner(**overrides)
@@ -157,7 +160,9 @@ class CompiledModel:
 
         if timesteps is None:
             timesteps = output_steps(int(np.shape(x)[1])) if self.sequence else DEFAULT_EVAL_STEPS
-        ts = sorted({int(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
+        ts = sorted({timestep_count(t) for t in ([timesteps] if np.isscalar(timesteps) else timesteps)})
+        if not ts:
+            raise OptionError("timesteps", "is empty; give at least one T to evaluate at")
         if distributed.is_distributed():
             return self._evaluate_sharded(x, y, ts, batch_size, overrides)
         outs = self.run(x, ts[-1], checkpoints=ts, batch_size=batch_size, progress=progress, **overrides)

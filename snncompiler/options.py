@@ -102,6 +102,18 @@ def check_distill_weight(value) -> None:
         raise OptionError("distill", f"must lie in [0, 1] (the weight of the ANN teacher's loss), got {value!r}")
 
 
+#: The largest seed: torch's generators take 64-bit seeds, numpy's any integer ≥ 0.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(value) -> int:
+    """``seed`` (compile, fit, finetune, train) is an integer in [0, 2⁶³ − 1], checked once here
+    (beyond it torch.manual_seed fails deep inside a run; below 0 numpy does)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise OptionError("seed", f"must be an integer in [0, 2**63 - 1], got {value!r}")
+    return int(value)
+
+
 #: Integer options and their least value.
 _AT_LEAST = (
     ("timesteps", 1),
@@ -190,6 +202,7 @@ class CompileOptions:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise OptionError(name, f"must be an integer ≥ {low}, got {value!r}")
             put(name, int(value))
+        put("seed", check_seed(self.seed))
         try:
             check_timesteps(self.timesteps, "timesteps")
         except SnncError as exc:

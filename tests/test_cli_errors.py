@@ -246,7 +246,7 @@ def test_api_refuses_counts_below_their_minimum(model_path):
         with pytest.raises(SnncError, match="must be an integer"):
             snnc.compile(model_path, Dataset(x), **bad)
     model = snnc.compile(model_path, Dataset(x), quiet=True)
-    with pytest.raises(SnncError, match="--timesteps: must be ≥ 1"):
+    with pytest.raises(SnncError, match="timesteps: must be an integer ≥ 1, got 0"):
         model.run(x, timesteps=0)
     with pytest.raises(SnncError, match="--chunk: must be ≥ 1"):
         model.run(x, timesteps=4, chunk=0)
@@ -306,3 +306,102 @@ def test_spiking_only_flags_with_a_plain_ann(model_path, tmp_path, capsys):
     )
     assert "--ann-mode: only for spiking models" in capsys.readouterr().err
     assert not (tmp_path / "y.npz").exists()
+
+
+# ---- what the CLI/API audit of 2026-12-07 found: each case failed with a raw exception before
+
+
+def _tiny_linear(tmp_path, relu: bool = True):
+    """A Flatten → Gemm (→ ReLU → Gemm) model of 3 classes, compiled and saved, and 40 samples."""
+    import snncompiler as snnc
+    from tests.formats.helpers import build, init, rand
+
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["h"], transB=1)]
+    params = [init("w", rand([8, 50], 1))]
+    if relu:
+        nodes += [helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+        params.append(init("w2", rand([3, 8], 3)))
+    else:
+        nodes[-1] = helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)
+        params = [init("w", rand([3, 50], 1))]
+    model = build(nodes, [("x", ["N", 2, 5, 5])], ["y"], params)
+    x = rand([40, 2, 5, 5], 2)
+    snnc.compile(model, x, timesteps=4, calibration="none", quiet=True).save(tmp_path / "m.snn.onnx")
+    onnx.save(model, tmp_path / "ann.onnx")
+    return tmp_path / "m.snn.onnx", tmp_path / "ann.onnx", x
+
+
+def _fails(args, needle):
+    rc, _, err = snnc(*args)
+    assert_one_line_error(rc, err, needle)
+
+
+def test_finetune_checks_shapes_labels_and_seed_before_training(tmp_path):
+    artifact, ann, x = _tiny_linear(tmp_path)
+    late = (np.arange(40) % 3).astype(np.int64)
+    late[[5, 17, 37]] = 7  # batches of 4: fit checked only its first batch, then cross-entropy raised
+    np.savez(tmp_path / "late.npz", x=x, y=late)
+    np.savez(tmp_path / "shape.npz", x=x[:, :, :4], y=late % 3)
+    np.savez(tmp_path / "neg.npz", x=x, y=(np.arange(40) % 3) - 1)
+    out = tmp_path / "o.snn.onnx"
+    _fails(("finetune", artifact, "--data", tmp_path / "late.npz", "--batch-size", "4", "-o", out), "labels span 0..7")
+    _fails(("finetune", artifact, "--data", tmp_path / "shape.npz", "-o", out), "expected shape [N, 2, 5, 5]")
+    _fails(("compile", ann, "--calib", tmp_path / "neg.npz", "--finetune", "1", "-o", out), "class indices 0..2")
+    for seed in ("-1", str(2**63)):
+        _fails(("compile", ann, "--calib", tmp_path / "late.npz", "--seed", seed, "-o", out), "--seed")
+    assert not out.exists()
+
+
+def test_api_seed_timesteps_and_empty_inputs_are_checked(tmp_path):
+    import snncompiler as snnc
+    from snncompiler.errors import SnncError
+    from snncompiler.train import fit
+
+    artifact, ann, x = _tiny_linear(tmp_path)
+    model = snnc.load(artifact)
+    y = np.arange(40) % 3
+    with pytest.raises(SnncError, match=r"seed: must be an integer in \[0, 2\*\*63 - 1\]"):
+        snnc.compile(ann, x, seed=2**64, quiet=True)
+    with pytest.raises(SnncError, match="seed: must be"):
+        fit(torch_module_of(model), (x, y), epochs=1, seed=-3, progress=False)
+    for bad in (1.5, True, 0):
+        with pytest.raises(SnncError, match="timesteps: must be an integer ≥ 1"):
+            model.run(x, bad)
+        with pytest.raises(SnncError, match="timesteps: must be an integer ≥ 1"):
+            model.evaluate(x, y, [2, bad])
+    with pytest.raises(SnncError, match="timesteps: is empty"):
+        model.evaluate(x, y, [])
+    with pytest.raises(SnncError, match="input 'x': has no samples"):
+        model.run(x[:0], 2)
+    assert model.run(x, np.int64(2)).shape == (40, 3)
+
+
+def torch_module_of(model):
+    from snncompiler.train.finetune import GraphNet
+
+    return GraphNet(model.graph)
+
+
+def test_a_plain_ann_takes_lists_and_float64_as_a_compiled_model_does(tmp_path):
+    import onnxruntime as ort
+
+    import snncompiler as snnc
+
+    _, ann, x = _tiny_linear(tmp_path)
+    executor = snnc.load(ann)
+    expected = ort.InferenceSession(str(ann)).run(None, {"x": x})[0]
+    for given in (x.astype(np.float64), x.tolist()):
+        np.testing.assert_allclose(executor(given), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_artifact_without_neurons_is_evaluated_as_one_and_not_recompiled(tmp_path):
+    artifact, _, x = _tiny_linear(tmp_path, relu=False)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 3)
+    rc, out, err = snnc("eval", artifact, "--data", tmp_path / "d.npz", "--timesteps", "1,4", "--json")
+    assert rc == 0, err
+    import json
+
+    record = json.loads(out)
+    assert record["kind"] != "ann" and set(record["snn_accuracy"]) == {"1", "4"}
+    rc, _, err = snnc("compile", artifact, "--calib", tmp_path / "d.npz", "-o", tmp_path / "again.onnx")
+    assert_one_line_error(rc, err, "already a compiled spiking model")

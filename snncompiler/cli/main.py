@@ -49,6 +49,14 @@ def _int_at_least(low: int):
 _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2**63 - 1] (:func:`snncompiler.options.check_seed`)."""
+    value = _nonnegative_int(text)
+    if value > defaults.MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {value}")
+    return value
+
+
 def _float_where(accept, requirement: str):
     """argparse type: a number for which ``accept(value)`` holds, else the error ``{requirement}, got TEXT``."""
 
@@ -206,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"weight-calibration Adam steps per layer (default {d.iterations})",
     )
-    p.add_argument("--seed", type=int, default=None, help=f"makes calibration deterministic (default {d.seed})")
+    p.add_argument("--seed", type=_seed, default=None, help=f"makes calibration deterministic (default {d.seed})")
     p.add_argument(
         "--finetune",
         type=_positive_int,
@@ -393,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)g)",
     )
     _add_distill(p)
-    p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
+    p.add_argument("--seed", type=_seed, default=None, help="data split and order (default 0)")
     p.add_argument(
         "--device", default="cpu", help="cpu or cuda (under torchrun: rank r on GPU r) (default %(default)s)"
     )
@@ -456,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add λ × the firing rate (spikes per neuron per step) to the loss: fewer spikes, less energy "
         "(default %(default)g)",
     )
-    p.add_argument("--seed", type=int, default=0, help="weights (--init random), data order (default %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="weights (--init random), data order (default %(default)s)")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -1321,13 +1329,13 @@ def _progress(total: int, desc: str, unit: str):
 def cmd_eval(args) -> int:
     """snnc eval MODEL --data TEST.npz [--json]"""
     from ..analysis.metrics import correct
-    from ..formats.onnx.reader import has_custom_domain, read_model
+    from ..formats.onnx.reader import is_artifact, read_model
 
     if args.plot:
         _plot_format(args.plot)
         resolve_output(args.plot, "--plot", (*_model_files(args.model), args.data, args.reference))
     data = _load_data(args, args.data, "--data", require_labels=True)
-    if _is_nir(args) or has_custom_domain(read_model(args.model)[0]):
+    if _is_nir(args) or is_artifact(read_model(args.model)[0]):
         from .. import load
 
         return _eval_snn(args, load(args.model, dt=args.dt), data)

@@ -164,10 +164,15 @@ class Executor:
             if v.name not in given:
                 raise SnncError(f"missing model input '{v.name}'")
             x = given[v.name]
+            if not isinstance(x, (np.ndarray, torch.Tensor)):  # nested lists: array-likes, as CompiledModel.run takes
+                x = np.asarray(x, dtype=np.float32)
             if isinstance(x, np.ndarray):
                 numpy_in = True
                 x = torch.from_numpy(np.ascontiguousarray(x))
             check_input(v, x)
+            declared = getattr(torch, v.dtype, None)
+            if isinstance(declared, torch.dtype) and declared.is_floating_point and x.dtype != declared:
+                x = x.to(declared)  # float64 data into a float32 graph: converted, as CompiledModel.run does
             feeds[v.name] = x.to(self.device)
         return feeds, numpy_in
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import SnncError
-from ..options import CompileOptions
+from ..options import CompileOptions, check_seed
 
 INITS = ("ann", "random")
 #: Adam's learning rate by ``init``: from scratch (with BN) a larger step (measured on digits,
@@ -76,7 +76,7 @@ def reinitialise(graph, seed: int):
     """A copy of an ANN graph with fresh weights: Kaiming-normal (fan-in, ReLU gain) for every
     weight of rank ≥ 2, zero biases, BatchNorm as the identity; deterministic under ``seed``."""
     graph = graph.copy()
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(check_seed(seed))
     for node in graph.nodes:
         if node.op == "batchnorm":
             p = node.params

@@ -29,7 +29,7 @@ from ..errors import SnncError
 from ..ir.neuron import NeuronSpec
 from ..ir.ops import conversion_kind
 from ..kernels.event import rate_max_pool_2x2
-from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, setting
+from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, check_seed, setting
 from ..runtime.executor import Executor
 from ..runtime.ops import IMPLEMENTATIONS, _pool_setup, channel_view
 from .neuron import LIF
@@ -259,6 +259,7 @@ def finetune(
     from ..analysis.metrics import accuracy
     from ..data import Dataset
     from ..model import CompiledModel, first_output
+    from ..runtime.executor import check_input
     from .trainer import as_dataset, fit
 
     if not isinstance(model, CompiledModel):
@@ -273,19 +274,24 @@ def finetune(
     if not isinstance(timesteps, int) or timesteps < 1:
         raise SnncError(f"--timesteps: must be a positive integer, got {timesteps!r}")
     data = as_dataset(train, "train")
+    sequence = encoding == "sequence"
+    check_input(model.graph.inputs[0], torch.from_numpy(data.x), "train", sequence=sequence)  # not deep in a layer
     if val is None:
         if not 0 < holdout < 1:
             raise SnncError(f"holdout: must lie in (0, 1), got {holdout!r}")
         cut = len(data) - max(1, int(round(len(data) * holdout)))
         if cut < 1:
             raise SnncError(f"train: {len(data)} samples are too few to hold any out; pass val")
-        order = np.random.default_rng(fit_options.get("seed", 0)).permutation(len(data))  # files may be sorted by class
+        order = np.random.default_rng(check_seed(fit_options.get("seed", 0))).permutation(
+            len(data)
+        )  # files may be sorted by class
         data, val = (
             Dataset(data.x[order[:cut]], data.y[order[:cut]]),
             Dataset(data.x[order[cut:]], data.y[order[cut:]]),
         )
     else:
         val = as_dataset(val, "val")
+        check_input(model.graph.inputs[0], torch.from_numpy(val.x), "val", sequence=sequence)
     if distill:
         fit_options.update(teacher=ann_teacher(model), distill=distill)
     net = GraphNet(model.graph, learn_theta=learn_theta)  # reads the graph; write_back copies it
@@ -305,7 +311,7 @@ def finetune(
             timesteps=timesteps,
             epochs=epochs,
             lr=lr,
-            sequence=encoding == "sequence",
+            sequence=sequence,
             progress=False,
             on_epoch=on_epoch,
             **fit_options,

@@ -81,10 +81,11 @@ def compile_and_finetune(
 
     def judged(stage: str, m: CompiledModel, **extra) -> dict:
         out = first_output(m.run(judge.x, steps))
+        right = accuracy(out, judge.y)  # first: it checks the labels index the outputs
         loss = torch.nn.functional.cross_entropy(
             torch.as_tensor(np.asarray(out, np.float32)), torch.as_tensor(judge.y, dtype=torch.int64)
         )
-        return {"stage": stage, **extra, "heldout_accuracy": accuracy(out, judge.y), "heldout_loss": float(loss)}
+        return {"stage": stage, **extra, "heldout_accuracy": right, "heldout_loss": float(loss)}
 
     def better(new: dict, old: dict) -> bool:
         return (new["heldout_accuracy"], -new["heldout_loss"]) > (old["heldout_accuracy"], -old["heldout_loss"])

@@ -22,7 +22,7 @@ from .. import distributed
 from ..analysis.metrics import accuracy
 from ..data import Dataset, validate
 from ..errors import SnncError
-from ..options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TRAIN_BATCH_SIZE, check_distill_weight
+from ..options import DISTILL_TEMPERATURE, DISTILL_WEIGHT, TRAIN_BATCH_SIZE, check_distill_weight, check_seed
 from ..runtime.snn import output_steps
 from .loss import LOSSES, tet_loss
 from .neuron import keep_thresholds_positive, neurons, run_steps
@@ -156,6 +156,7 @@ def fit(
     if not (isinstance(rate_penalty, (int, float)) and math.isfinite(rate_penalty) and rate_penalty >= 0):
         raise SnncError(f"rate_penalty: must be a non-negative number, got {rate_penalty!r}")
     check_distill_weight(distill)
+    seed = check_seed(seed)
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise SnncError(f"temperature: must be a positive number, got {temperature!r}")
     if teacher is not None and not callable(teacher):
@@ -192,6 +193,7 @@ def fit(
         criterion = _distilled(criterion, teacher, distill, temperature, sequence)
     rates = _RateProbe(model) if rate_penalty else None
     history = {"settings": settings, "epochs": []}
+    classes = None
     try:
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
@@ -201,10 +203,13 @@ def fit(
                 weight = 1.0
                 if world > 1 and data.arrays is not None:  # this rank's share of the global batch
                     xb, yb, weight = _share(xb, yb, world)
+                if classes is not None and data.arrays is None:  # a loader's batch, before it moves
+                    _check_labels(yb, classes, epoch)
                 xb, yb = xb.to(dev), yb.to(dev)
                 out = run_steps(net, xb, timesteps, sequence=sequence)
-                if not seen:
-                    _check_labels(yb, out, epoch)
+                if classes is None:  # known from the first output: arrays are checked whole, once
+                    classes = _output_classes(out)
+                    _check_labels(torch.from_numpy(data.arrays.y) if data.arrays is not None else yb, classes, epoch)
                 value = criterion(out, yb, xb) if teacher is not None else criterion(out, yb)
                 if rates is not None:
                     value = value + rate_penalty * rates.take()
@@ -337,15 +342,20 @@ class _RateProbe:
             handle.remove()
 
 
-def _check_labels(labels: torch.Tensor, out: torch.Tensor, epoch: int) -> None:
-    """Labels must index the model's outputs (else cross-entropy fails deep inside torch)."""
+def _output_classes(out: torch.Tensor) -> int:
+    """The number of classes of a model's output over time [T, B, C]."""
     if out.dim() != 3:
         raise SnncError(f"model: expected class scores [B, C] at each step, got {list(out.shape[1:])} per step")
+    return int(out.shape[-1])
+
+
+def _check_labels(labels: torch.Tensor, classes: int, epoch: int) -> None:
+    """Labels must index the model's outputs (else cross-entropy fails deep inside torch)."""
+    if labels.numel() == 0:
+        return
     low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= out.shape[-1]:
-        raise SnncError(
-            f"train: labels span {low}..{high} but the model has {out.shape[-1]} outputs (epoch {epoch}, first batch)"
-        )
+    if low < 0 or high >= classes:
+        raise SnncError(f"train: labels span {low}..{high} but the model has {classes} outputs (epoch {epoch})")
 
 
 def evaluate(

@@ -19,7 +19,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from ...errors import SnncError
 from ...fileio import open_regular, read_regular
-from ..artifact import TARGET_OPSET
+from ..artifact import TARGET_OPSET, VERSION_KEY
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,12 @@ def main_opset(model: onnx.ModelProto) -> int:
 def has_custom_domain(model: onnx.ModelProto) -> bool:
     """True if any node belongs to a domain other than ai.onnx (e.g. a compiled artifact)."""
     return any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
+
+
+def is_artifact(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is a compiled artifact: neuron nodes (a custom domain) or the artifact
+    format key in its metadata (a network compiled without a neuron: all analog islands)."""
+    return has_custom_domain(model) or any(p.key == VERSION_KEY for p in model.metadata_props)
 
 
 def max_supported_opset() -> int:
