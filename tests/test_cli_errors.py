@@ -405,3 +405,15 @@ def test_an_artifact_without_neurons_is_evaluated_as_one_and_not_recompiled(tmp_
     assert record["kind"] != "ann" and set(record["snn_accuracy"]) == {"1", "4"}
     rc, _, err = snnc("compile", artifact, "--calib", tmp_path / "d.npz", "-o", tmp_path / "again.onnx")
     assert_one_line_error(rc, err, "already a compiled spiking model")
+
+
+def test_an_ascii_console_gets_escapes_not_a_crash(tmp_path):
+    """θ in help and messages raised UnicodeEncodeError (exit 1) under PYTHONIOENCODING=ascii."""
+    import os
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "snncompiler.cli", "compile", "--help"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\\u03b8" in done.stdout
