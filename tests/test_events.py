@@ -207,3 +207,11 @@ def test_sequence_model_trained_on_recordings_evaluates_from_the_folder(tmp_path
         tmp_path / "bars.snn.onnx", train, timesteps=4, epochs=2, keep_if_better=False, progress=False
     )
     assert tuned.sequence and tuned.report["finetune"]["sequence"] and tuned.options["timesteps"] == 4
+
+
+def test_folder_progress_bar_stays_off_a_pipe(tmp_path, capfd):
+    """With progress on (the default) and stderr not a terminal, nothing is written: the bar went
+    into pipes and log files."""
+    root = _write_folder(tmp_path / "bars", 6, 0)
+    assert len(load_event_folder(root, 4)) == 6
+    assert capfd.readouterr().err == ""

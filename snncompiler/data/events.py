@@ -176,7 +176,8 @@ def load_event_folder(
     y int64 class indices in sorted order of the class folder names.
 
     ``sensor_size`` (H, W) defaults to the largest coordinates found + 1 (N-MNIST: 34×34; DVS128:
-    128×128 — give it when a split may not reach the edges)."""
+    128×128 — give it when a split may not reach the edges). ``progress``: a bar of files read
+    on stderr, shown only on a terminal (:mod:`snncompiler.progress`)."""
     root = Path(root)
     if not root.is_dir():
         raise SnncError(f"{root}: not a directory of class folders")
@@ -189,11 +190,14 @@ def load_event_folder(
     ]
     if not files:
         raise SnncError(f"{root}: no event files ({', '.join(READERS)}) in class folders")
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     streams = []
-    for f, _ in tqdm(files, desc=f"reading {root.name}", unit="file", disable=not progress, leave=False):
-        streams.append(read_events(f))
+    # a bar only on a terminal (as every bar of the project): never in a log file or a pipe
+    with progress_bar(len(files), f"reading {root.name}", "file", enabled=None if progress else False) as bar:
+        for f, _ in files:
+            streams.append(read_events(f))
+            bar.update(1)
     if sensor_size is None:
         sensor_size = (
             max(int(e["y"].max(initial=0)) for e in streams) + 1,
