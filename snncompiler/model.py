@@ -101,7 +101,7 @@ class CompiledModel:
             timesteps = xt.shape[1] if self.sequence else self.options["timesteps"]
         timesteps = timestep_count(timesteps)
         if batch_size < 1:
-            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
+            raise OptionError("batch_size", f"must be ≥ 1, got {batch_size}")
         runner = self.runner(**overrides)
         chunk = overrides.get("chunk", self.options["chunk"])  # None: the runtime's auto_chunk
         parts: dict[int, list] = {}
@@ -203,7 +203,7 @@ class CompiledModel:
         from .analysis.metrics import synaptic_operations
 
         if batch_size < 1:
-            raise SnncError(f"--batch-size: must be ≥ 1, got {batch_size}")
+            raise OptionError("batch_size", f"must be ≥ 1, got {batch_size}")
         return synaptic_operations(
             self, x, int(timesteps or self.options["timesteps"]), batch_size=batch_size, **overrides
         )

@@ -248,9 +248,9 @@ def test_api_refuses_counts_below_their_minimum(model_path):
     model = snnc.compile(model_path, Dataset(x), quiet=True)
     with pytest.raises(SnncError, match="timesteps: must be an integer ≥ 1, got 0"):
         model.run(x, timesteps=0)
-    with pytest.raises(SnncError, match="--chunk: must be ≥ 1"):
+    with pytest.raises(SnncError, match="^chunk: must be ≥ 1"):
         model.run(x, timesteps=4, chunk=0)
-    with pytest.raises(SnncError, match="--batch-size: must be ≥ 1"):
+    with pytest.raises(SnncError, match="^batch_size: must be ≥ 1"):
         model.run(x, timesteps=4, batch_size=0)
 
 
@@ -417,3 +417,27 @@ def test_an_ascii_console_gets_escapes_not_a_crash(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "\\u03b8" in done.stdout
+
+
+def test_flags_that_would_change_nothing_are_refused(tmp_path):
+    """Each of these ran and silently ignored the flag (or the typo) before."""
+    artifact, ann, x = _tiny_linear(tmp_path)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 3)
+    data = tmp_path / "d.npz"
+    cases = [
+        (("eval", artifact, "--data", data, "--timesteps", "1,,2"), "--timesteps: expected comma-separated"),
+        (("eval", artifact, "--data", data, "--reference", ann), "--reference: only with --layers"),
+        (("eval", artifact, "--data", data, "--layer-samples", "8"), "--layer-samples: only with --layers"),
+        (("eval", ann, "--data", data, "--layer-samples", "8"), "--layer-samples: only for spiking models"),
+        (
+            ("eval", artifact, "--data", data, "--split-by", "time"),
+            "--frames/--sensor/--split-by: only for a directory",
+        ),
+        (("eval", ann, "--data", data, "--device", "cuda"), "add --engine torch"),
+        (("compile", ann, "--calib", data, "--iterations", "5", "-o", tmp_path / "c.onnx"), "--calibration advanced"),
+        (("export", artifact, "-o", tmp_path / "e.onnx"), "NIR (HDF5) under an .onnx name"),
+        (("export", artifact, "--format", "onnx", "-o", tmp_path / "e.nir"), "standard ONNX under a .nir name"),
+    ]
+    for args, needle in cases:
+        _fails(args, needle)
+    assert not any((tmp_path / name).exists() for name in ("c.onnx", "e.onnx", "e.nir"))

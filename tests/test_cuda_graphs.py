@@ -177,7 +177,7 @@ def test_modes_on_the_cpu(tmp_path, digits_data):
     assert model.runner(cuda_graphs="off")._graph_factory is None
     with pytest.raises(SnncError, match=r"--cuda-graphs on: the runner is on cpu, CUDA graphs need a GPU"):
         model.runner(cuda_graphs="on")
-    with pytest.raises(SnncError, match=r"--cuda-graphs: expected auto, on, off, got 'yes'"):
+    with pytest.raises(SnncError, match=r"^cuda_graphs: expected auto, on, off, got 'yes'"):
         model.runner(cuda_graphs="yes")
 
 

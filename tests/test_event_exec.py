@@ -447,7 +447,7 @@ def test_invalid_mode_and_missing_extension(compiled_cnn, monkeypatch):
     from snncompiler.runtime import snn
 
     model, test = compiled_cnn
-    with pytest.raises(SnncError, match="^--exec: expected dense, event, auto, got 'sparse'$"):
+    with pytest.raises(SnncError, match="^exec: expected dense, event, auto, got 'sparse'$"):
         model.run(test.x[:2], 2, exec="sparse")
     monkeypatch.setattr(event, "available", lambda: False)
     monkeypatch.setattr(snn, "_warned", set())

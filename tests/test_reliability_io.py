@@ -199,7 +199,7 @@ def _cases(files, tmp_path):
         "finetune --data": ft + ["-o", files / "data.npz"],
         "finetune --val": ft + ["--val", files / "val.npz", "-o", files / "val.npz"],
         "finetune --val hard link": ft + ["--val", files / "val.npz", "-o", tmp_path / "val_link.npz"],
-        "export model": ["export", files / "m.snn.onnx", "-o", files / "m.snn.onnx"],
+        "export model": ["export", files / "m.snn.onnx", "--format", "onnx", "-o", files / "m.snn.onnx"],
         "eval --plot --data": plot + ["--plot", tmp_path / "data_link.png"],
         "eval --plot --reference": plot
         + ["--layers", "--reference", files / "ann.onnx", "--plot", tmp_path / "ann_link.png"],

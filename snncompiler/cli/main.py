@@ -335,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layer-samples",
         type=_positive_int,
-        default=defaults.DEFAULT_LAYER_SAMPLES,
-        help="with --layers: samples used for the per-layer errors (default %(default)s)",
+        default=None,
+        help=f"with --layers: samples used for the per-layer errors (default {defaults.DEFAULT_LAYER_SAMPLES})",
     )
     _add_dt_option(p)
     _add_event_options(p)
@@ -802,6 +802,11 @@ def cmd_export(args) -> int:
     for flag, value in (("--nir-flatten", args.nir_flatten), ("--nir-avgpool", args.nir_avgpool)):
         if args.format != "nir" and value is not None:
             raise SnncError(f"{flag}: only with --format nir")
+    suffix = os.path.splitext(str(args.output))[1].lower()
+    if args.format == "nir" and suffix == ".onnx":
+        raise SnncError(f"-o {args.output}: NIR (HDF5) under an .onnx name; name it .nir, or pass --format onnx")
+    if args.format == "onnx" and suffix in (".nir", ".h5", ".hdf5"):
+        raise SnncError(f"-o {args.output}: standard ONNX under a {suffix} name; name it .onnx, or pass --format nir")
     output = resolve_output(args.output, "-o", (*_model_files(args.model),))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
@@ -1014,6 +1019,8 @@ def cmd_compile(args) -> int:
         raise SnncError("--lr: is the learning rate of the --finetune stage; pass --finetune EPOCHS too")
     if args.distill is not None and args.finetune is None:
         raise SnncError("--distill: distils the ANN during the --finetune stage; pass --finetune EPOCHS too")
+    if args.iterations is not None and (args.calibration or defaults.CompileOptions.calibration) != "advanced":
+        raise SnncError("--iterations: the weight-calibration steps of --calibration advanced; pass that too")
     output = resolve_output(args.output, "-o", (*_model_files(args.model), args.calib))
     calib = load_npz(args.calib, arg="--calib")
     t0 = time.perf_counter()
@@ -1099,7 +1106,7 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
     if text is None:
         return None  # the model's default: powers of two to 256, or to a sequence input's length
     try:
-        ts = sorted({int(t) for t in text.split(",") if t.strip()})
+        ts = sorted({int(t) for t in text.split(",")})  # an empty item (1,,2 or 4,) is a typo, not skipped
     except ValueError:
         raise SnncError(f"--timesteps: expected comma-separated integers, got '{text}'") from None
     if not ts or ts[0] < 1:
@@ -1109,6 +1116,10 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
 
 def _eval_snn(args, model, data) -> int:
     ts = _parse_timesteps(args.timesteps)
+    for flag, value in (("--reference", args.reference), ("--layer-samples", args.layer_samples)):
+        if value is not None and not args.layers:
+            raise SnncError(f"{flag}: only with --layers (per-layer errors)")
+    layer_samples = args.layer_samples or defaults.DEFAULT_LAYER_SAMPLES
     if args.layers and model.sequence:
         raise SnncError("--layers: per-layer conversion errors need static inputs; this model takes sequences")
     t0 = time.perf_counter()
@@ -1138,7 +1149,7 @@ def _eval_snn(args, model, data) -> int:
             from ..formats.onnx import load_graph
 
             reference = load_graph(args.reference)
-        result["layers"] = layer_errors(model, data.x[: args.layer_samples], ts[-1], reference=reference)
+        result["layers"] = layer_errors(model, data.x[:layer_samples], ts[-1], reference=reference)
     if args.sops:
         result["synaptic_ops"] = model.synaptic_operations(
             data.x,
@@ -1163,7 +1174,7 @@ def _eval_snn(args, model, data) -> int:
         from ..analysis.summary import format_table
 
         print(
-            f"\nper-layer errors at T={ts[-1]} on {min(len(data), args.layer_samples)} samples "
+            f"\nper-layer errors at T={ts[-1]} on {min(len(data), layer_samples)} samples "
             "(mean squared; flooring includes every other SNN-vs-clipped-ANN mismatch):"
         )
         print(
@@ -1239,10 +1250,10 @@ def _load_data(args, path: str, flag: str, require_labels: bool):
         from ..data.events import load_event_folder
 
         return load_event_folder(
-            path, args.frames, sensor_size=args.sensor, split_by=args.split_by, progress=sys.stderr.isatty()
+            path, args.frames, sensor_size=args.sensor, split_by=args.split_by or "number", progress=sys.stderr.isatty()
         )
-    if args.frames is not None or args.sensor is not None:
-        raise SnncError(f"--frames/--sensor: only for a directory of event recordings; {path} is a file")
+    if args.frames is not None or args.sensor is not None or args.split_by is not None:
+        raise SnncError(f"--frames/--sensor/--split-by: only for a directory of event recordings; {path} is a file")
     return load_npz(path, require_labels=require_labels, arg=flag)
 
 
@@ -1288,8 +1299,8 @@ def _add_event_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split-by",
         choices=["number", "time"],
-        default="number",
-        help="with --frames: equal event counts (default) or equal time spans per frame",
+        default=None,
+        help="with --frames: equal event counts (number, the default) or equal time spans per frame",
     )
     p.add_argument(
         "--sensor",
@@ -1356,9 +1367,12 @@ def cmd_eval(args) -> int:
             "--plot",
             "--layers",
             "--reference",
+            "--layer-samples",
             "--sops",
         ),
     )
+    if args.engine == "onnxruntime" and args.device != "cpu":
+        raise SnncError(f"--device {args.device}: onnxruntime runs a plain ANN on the CPU here; add --engine torch")
     t0 = time.perf_counter()
     if args.engine == "onnxruntime":
         from ..formats.onnx.ort import OrtModel

@@ -44,7 +44,10 @@ def validate(x, y=None, *, label: str = "data", require_labels: bool = False) ->
     """Check arrays against the data contract and return a :class:`Dataset` (float32 x, int64 y)."""
     x = np.asarray(x)
     if x.dtype.kind not in "f":
-        raise SnncError(f"{label}: 'x' must be float32, got {x.dtype} (convert and scale it as in training)")
+        raise SnncError(
+            f"{label}: 'x' must be floating point (float32; others are converted), got {x.dtype} "
+            "(convert and scale it as in training)"
+        )
     if x.ndim < 2:
         raise SnncError(f"{label}: 'x' must have shape [N, ...], got {list(x.shape)}")
     if x.shape[0] == 0:
@@ -61,7 +64,7 @@ def validate(x, y=None, *, label: str = "data", require_labels: bool = False) ->
         return Dataset(x)
     y = np.asarray(y)
     if y.dtype.kind not in "iu":
-        raise SnncError(f"{label}: 'y' must be int64 class labels, got {y.dtype}")
+        raise SnncError(f"{label}: 'y' must be integer class labels (int64; others are converted), got {y.dtype}")
     if y.shape != (x.shape[0],):
         raise SnncError(f"{label}: 'y' must have shape [{x.shape[0]}] to match 'x', got {list(y.shape)}")
     return Dataset(x, y.astype(np.int64, copy=False))

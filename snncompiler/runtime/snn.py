@@ -21,7 +21,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..errors import SnncError
+from ..errors import OptionError, SnncError
 from ..ir import Graph, Node
 from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs
 from ..ir.ops import conversion_kind
@@ -76,7 +76,7 @@ def _check_steps(timesteps: int, chunk: int | None) -> None:
         raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
     check_timesteps(timesteps, "--timesteps")
     if chunk is not None and chunk < 1:
-        raise SnncError(f"--chunk: must be ≥ 1, got {chunk}")
+        raise OptionError("chunk", f"must be ≥ 1, got {chunk}")
 
 
 class _Static:
@@ -134,9 +134,9 @@ class SpikingRunner:
         from ..kernels.event import EXEC_MODES
 
         if encoding not in ENCODINGS:
-            raise SnncError(f"--encoding: expected {', '.join(ENCODINGS)}, got '{encoding}'")
+            raise OptionError("encoding", f"expected {', '.join(ENCODINGS)}, got '{encoding}'")
         if exec_mode not in EXEC_MODES:
-            raise SnncError(f"--exec: expected {', '.join(EXEC_MODES)}, got '{exec_mode}'")
+            raise OptionError("exec", f"expected {', '.join(EXEC_MODES)}, got '{exec_mode}'")
         self.exec_mode = exec_mode
         self.backend, self.encoding, self.seed = backend, encoding, seed
         self.device = checked_device(device)
@@ -173,7 +173,7 @@ class SpikingRunner:
         }
         self._costs: dict[str, object] = {}  # per layer, kernels.exec_cost.Costs (measured or cached)
         if cuda_graphs not in CUDA_GRAPH_MODES:
-            raise SnncError(f"--cuda-graphs: expected {', '.join(CUDA_GRAPH_MODES)}, got '{cuda_graphs}'")
+            raise OptionError("cuda_graphs", f"expected {', '.join(CUDA_GRAPH_MODES)}, got '{cuda_graphs}'")
         self.cuda_graphs = cuda_graphs
         #: makes the chunk graphs (runtime/cuda_graphs.py); None: every chunk runs eagerly
         self._graph_factory = self._graph_setup(cuda_graphs)

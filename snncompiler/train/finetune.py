@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SnncError
+from ..errors import OptionError, SnncError
 from ..ir.neuron import NeuronSpec
 from ..ir.ops import conversion_kind
 from ..kernels.event import rate_max_pool_2x2
@@ -272,7 +272,7 @@ def finetune(
     if encoding == "rate":
         raise SnncError("finetune: rate-encoded inputs are random at every step; fine-tune a direct-encoding model")
     if not isinstance(timesteps, int) or timesteps < 1:
-        raise SnncError(f"--timesteps: must be a positive integer, got {timesteps!r}")
+        raise OptionError("timesteps", f"must be a positive integer, got {timesteps!r}")
     data = as_dataset(train, "train")
     sequence = encoding == "sequence"
     check_input(model.graph.inputs[0], torch.from_numpy(data.x), "train", sequence=sequence)  # not deep in a layer
