@@ -286,7 +286,7 @@ def load(path, *, device: str = "cpu", dt: float | None = None):
         graph, options, report = read_nir(path, dt=dt)
         return CompiledModel(graph, options, report)
     if dt is not None:
-        raise SnncError(f"--dt: only for NIR files; {path} is not one")
+        raise OptionError("dt", f"only for NIR files; {path} is not one")
     from .formats.artifact import VERSION_KEY
 
     graph = load_graph(path)

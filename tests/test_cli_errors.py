@@ -441,3 +441,22 @@ def test_flags_that_would_change_nothing_are_refused(tmp_path):
     for args, needle in cases:
         _fails(args, needle)
     assert not any((tmp_path / name).exists() for name in ("c.onnx", "e.onnx", "e.nir"))
+
+
+def test_api_errors_name_the_argument_not_a_flag(tmp_path):
+    """The library's messages name its arguments (the CLI turns them into its flags): they said
+    `--dt`, `--timesteps`, `--chunk` to Python callers."""
+    import snncompiler as snnc
+    from snncompiler.errors import SnncError
+
+    artifact, _, x = _tiny_linear(tmp_path)
+    model = snnc.load(artifact)
+    cases = [
+        (lambda: snnc.load(artifact, dt=1e-3), "^dt: only for NIR files"),
+        (lambda: model.run(x, 4, checkpoints=[5]), r"^checkpoints: must lie in 1\.\.4"),
+        (lambda: model.run(x, 4, chunk=0), "^chunk: must be ≥ 1"),
+        (lambda: model.run(x, 4, batch_size=0), "^batch_size: must be ≥ 1"),
+    ]
+    for call, pattern in cases:
+        with pytest.raises(SnncError, match=pattern):
+            call()

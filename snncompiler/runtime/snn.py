@@ -309,7 +309,7 @@ class SpikingRunner:
         _check_steps(timesteps, chunk)
         checkpoints = sorted(set(checkpoints or [timesteps]))
         if checkpoints[0] < 1 or checkpoints[-1] > timesteps:
-            raise SnncError(f"--timesteps: checkpoints must lie in 1..{timesteps}")
+            raise OptionError("checkpoints", f"must lie in 1..{timesteps} (the steps run)")
         sums: list | None = None
         results: dict[int, list] = {}
         for done, steps, outs in self._simulate(x, timesteps, chunk):
