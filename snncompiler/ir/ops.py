@@ -75,9 +75,26 @@ def _binary_kind(node: Node) -> str:
     return "analog"
 
 
-#: Pointwise functions that spikes cannot carry (analog islands) besides the activations;
-#: ``neg`` is the one linear member (a sign flip commutes with rate coding).
-UNARY = ("erf", "sqrt", "exp", "log", "abs", "reciprocal", "neg")
+#: Pointwise functions without attributes, core name → ONNX operator (the one table the ONNX
+#: reader, the artifact writer and the runtime follow). Spikes cannot carry them (analog
+#: islands), except ``neg``, the one linear member (a sign flip commutes with rate coding).
+UNARY = {
+    "erf": "Erf",
+    "sqrt": "Sqrt",
+    "exp": "Exp",
+    "log": "Log",
+    "abs": "Abs",
+    "reciprocal": "Reciprocal",
+    "neg": "Neg",
+    "floor": "Floor",
+    "ceil": "Ceil",
+    "round": "Round",
+    "sign": "Sign",
+    "softplus": "Softplus",
+    "softsign": "Softsign",
+    "sin": "Sin",
+    "cos": "Cos",
+}
 #: Broadcasting elementwise binaries; one operand may be the constant param ``const``.
 BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
-from ..ir.ops import OPS
+from ..ir.ops import OPS, UNARY
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -205,8 +205,7 @@ def gelu(node: Node, x):
     return (F.gelu(x, approximate=node.attrs.get("approximate", "none")),)
 
 
-#: Pointwise functions that spikes cannot carry (analog islands) besides the activations above;
-#: ``neg`` is the one linear member (a sign flip commutes with rate coding).
+#: The torch function of each pointwise op of :data:`~snncompiler.ir.ops.UNARY` (same keys).
 _UNARY = {
     "erf": torch.erf,
     "sqrt": torch.sqrt,
@@ -215,7 +214,16 @@ _UNARY = {
     "abs": torch.abs,
     "reciprocal": torch.reciprocal,
     "neg": torch.neg,
+    "floor": torch.floor,
+    "ceil": torch.ceil,
+    "round": torch.round,  # half to even, as ONNX Round
+    "sign": torch.sign,
+    "softplus": lambda x: torch.log1p(torch.exp(-x.abs())) + x.clamp(min=0),  # log(1+eˣ) without overflow
+    "softsign": F.softsign,
+    "sin": torch.sin,
+    "cos": torch.cos,
 }
+assert _UNARY.keys() == set(UNARY), "runtime/ops.py and ir/ops.py list different pointwise ops"
 
 
 def _make_unary(op_name: str):

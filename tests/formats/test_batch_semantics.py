@@ -228,6 +228,14 @@ UNARY = [
     "Abs",
     "Reciprocal",
     "Neg",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Softplus",
+    "Softsign",
+    "Sin",
+    "Cos",
 ]
 
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -727,6 +728,14 @@ UNARY_MATH = [
     ("Abs", 0.0, [9, 13, 21]),
     ("Reciprocal", 0.25, [9, 13, 21]),
     ("Neg", 0.0, [9, 13, 21]),
+    ("Floor", 0.0, [9, 13, 21]),
+    ("Ceil", 0.0, [9, 13, 21]),
+    ("Round", 0.0, [11, 21]),
+    ("Sign", 0.0, [9, 13, 21]),
+    ("Softplus", 0.0, [9, 21]),
+    ("Softsign", 0.0, [9, 21]),
+    ("Sin", 0.0, [9, 21]),
+    ("Cos", 0.0, [9, 21]),
 ]
 
 
@@ -736,7 +745,32 @@ UNARY_MATH = [
 def test_unary_math(op, low, opset):
     shape = [2, 3, 4, 5]
     x = rand(shape, 1, low, 3.0) if low else rand(shape, 1, -3, 3)
+    if op in ("Round", "Floor", "Ceil", "Sign"):  # the edges: halves (Round: to even), integers, 0
+        x.reshape(-1)[:8] = [0.5, 1.5, 2.5, -0.5, -1.5, 0.0, 2.0, -3.0]
     check(single(op, shape, {}, [], opset), x, what=f"{op} opset {opset}")
+
+
+@pytest.mark.parametrize("op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid"])
+def test_unary_math_island_compiles_saves_and_exports(op, tmp_path):
+    """A pointwise op between spiking layers is an analog island: the artifact loads back with
+    the same outputs, and its standard-ONNX export runs in onnxruntime as snnc runs it."""
+    import snncompiler as snnc
+
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node(op, ["r"], ["u"]),
+        helper.make_node("Gemm", ["u", "w2"], ["y"], transB=1),
+    ]
+    model = build(nodes, [("x", ["N", 6])], ["y"], [init("w1", rand([8, 6], 1)), init("w2", rand([3, 8], 2))], 17)
+    x = rand([16, 6], 3)
+    compiled = snnc.compile(model, x, timesteps=4, calibration="none", quiet=True)
+    assert compiled.graph.find(op.lower())
+    compiled.save(tmp_path / "m.snn.onnx")
+    np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, 4), compiled.run(x, 4), rtol=1e-6)
+    compiled.save_onnx(tmp_path / "m.onnx", 4)
+    exported = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(exported, compiled.run(x, 4), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("opset", [9, 16, 21])
@@ -1707,6 +1741,14 @@ TESTED_OP_TYPES = {
     "Abs",
     "Reciprocal",
     "Neg",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Softplus",
+    "Softsign",
+    "Sin",
+    "Cos",
     "Where",
     "Equal",
     "Expand",

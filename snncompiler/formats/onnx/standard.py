@@ -111,7 +111,8 @@ class _Writer:
         shape = self.const(value, _i64([-1] + self.sample_shape(like)))
         if out is None:
             return self.add("Reshape", [value, shape], value)
-        self.b.add("Reshape", [value, shape], [out], out)
+        # a fresh node name: the value's own may be an IR node's name (an ONNX node named after its output)
+        self.b.add("Reshape", [value, shape], [out], self.name(out))
         return out
 
     # ---- nodes --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....ir.ops import UNARY
 from ..registry import converter, writes
 
 
@@ -75,15 +76,7 @@ converter("Softmax")(_softmax("softmax"))
 converter("LogSoftmax")(_softmax("log_softmax"))
 
 
-for _onnx, _core in (
-    ("Erf", "erf"),
-    ("Sqrt", "sqrt"),
-    ("Exp", "exp"),
-    ("Log", "log"),
-    ("Abs", "abs"),
-    ("Reciprocal", "reciprocal"),
-    ("Neg", "neg"),
-):
+for _core, _onnx in UNARY.items():
     converter(_onnx)(_simple(_core))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....ir.ops import UNARY
 from ..registry import converter, writes
 
 
@@ -86,15 +87,6 @@ def equal(node, ctx):
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
 _BINARY_ONNX = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
-_UNARY_ONNX = {
-    "erf": "Erf",
-    "sqrt": "Sqrt",
-    "exp": "Exp",
-    "log": "Log",
-    "abs": "Abs",
-    "reciprocal": "Reciprocal",
-    "neg": "Neg",
-}
 
 
 @writes(*_BINARY_ONNX)
@@ -108,10 +100,10 @@ def write_binary(b, n) -> None:
     b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name)
 
 
-@writes(*_UNARY_ONNX)
+@writes(*UNARY)
 def write_unary(b, n) -> None:
-    """A pointwise function without attributes."""
-    b.add(_UNARY_ONNX[n.op], n.inputs, n.outputs, n.name)
+    """A pointwise function without attributes (:data:`~snncompiler.ir.ops.UNARY`)."""
+    b.add(UNARY[n.op], n.inputs, n.outputs, n.name)
 
 
 @writes("where")
