@@ -95,6 +95,14 @@ UNARY = {
     "sin": "Sin",
     "cos": "Cos",
 }
+#: Reductions over ``axes`` (attrs ``axes``, ``keepdims``), core name → ONNX operator. A mean
+#: or sum of spikes is the mean or sum of rates (linear); a max or min of them is not (analog).
+REDUCTIONS = {
+    "reduce_mean": "ReduceMean",
+    "reduce_sum": "ReduceSum",
+    "reduce_max": "ReduceMax",
+    "reduce_min": "ReduceMin",
+}
 #: Broadcasting elementwise binaries; one operand may be the constant param ``const``.
 BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
 
@@ -131,6 +139,9 @@ _SPECS = [
     OpSpec("pad", "linear"),
     OpSpec("resize", "linear"),
     OpSpec("reduce_mean", "linear"),
+    OpSpec("reduce_sum", "linear"),
+    OpSpec("reduce_max", "analog"),
+    OpSpec("reduce_min", "analog"),
     OpSpec("where", lambda n: "linear" if "cond" in n.params else "analog"),
     OpSpec("equal", "analog"),
     OpSpec("expand", "linear"),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
-from ..ir.ops import OPS, UNARY
+from ..ir.ops import OPS, REDUCTIONS, UNARY
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -612,11 +612,23 @@ def resize(node: Node, x):
     return (x,)
 
 
-@implements("reduce_mean")
-def reduce_mean(node: Node, x):
-    """Mean over ``axes`` (all axes when empty), keeping them with ``keepdims``."""
-    axes = node.attrs.get("axes") or list(range(x.dim()))
-    return (x.mean(dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
+_REDUCE = {"reduce_mean": torch.mean, "reduce_sum": torch.sum, "reduce_max": torch.amax, "reduce_min": torch.amin}
+assert _REDUCE.keys() == set(REDUCTIONS), "runtime/ops.py and ir/ops.py list different reductions"
+
+
+def _make_reduction(op_name: str):
+    fn = _REDUCE[op_name]
+
+    def reduce(node: Node, x):
+        axes = node.attrs.get("axes") or list(range(x.dim()))
+        return (fn(x, dim=tuple(axes), keepdim=bool(node.attrs.get("keepdims", 1))),)
+
+    reduce.__doc__ = f"{op_name} over ``axes`` (all axes when empty), keeping them with ``keepdims``."
+    return reduce
+
+
+for _name in _REDUCE:
+    implements(_name)(_make_reduction(_name))
 
 
 @implements("where")

@@ -130,6 +130,9 @@ CASES = {
     "Upsample": _one("Upsample", {"mode": "nearest"}, [("sc", np.array([1, 1, 2, 2], np.float32))], opset=9),
     "ReduceMean": _one("ReduceMean", {"keepdims": 0}, [("a", i64([1, 3]))]),
     "ReduceMean all axes": _one("ReduceMean", {"keepdims": 1}),
+    "ReduceSum": _one("ReduceSum", {"keepdims": 0}, [("a", i64([1, 3]))]),
+    "ReduceMax": _one("ReduceMax", {"keepdims": 1}, [("a", i64([2]))]),
+    "ReduceMin all axes": _one("ReduceMin", {"keepdims": 1}),
     "Identity": _one("Identity"),
     "Dropout": _one("Dropout"),
     "Cast": _nodes(
@@ -293,7 +296,9 @@ def test_batch_valued_model_is_refused_not_wrong():
     assert_close(run_snn(model, x[:1])[0], run_ort(model, x[:1])[0], "at batch 1")
 
 
-@pytest.mark.parametrize("case", ["Softmax axis 0", "ReduceMean all axes", "Transpose moving axis 0", "Concat axis 0"])
+@pytest.mark.parametrize(
+    "case", ["Softmax axis 0", "ReduceMean all axes", "ReduceMin all axes", "Transpose moving axis 0", "Concat axis 0"]
+)
 def test_declared_batch_two(case):
     """Declared batch 2 and mixing samples: runs at 2 (equal to onnxruntime), refuses 3."""
     model = BUILDERS[case](2)

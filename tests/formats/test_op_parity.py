@@ -750,22 +750,31 @@ def test_unary_math(op, low, opset):
     check(single(op, shape, {}, [], opset), x, what=f"{op} opset {opset}")
 
 
-@pytest.mark.parametrize("op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid"])
+@pytest.mark.parametrize("op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid", "ReduceSum", "ReduceMax"])
 def test_unary_math_island_compiles_saves_and_exports(op, tmp_path):
-    """A pointwise op between spiking layers is an analog island: the artifact loads back with
-    the same outputs, and its standard-ONNX export runs in onnxruntime as snnc runs it."""
+    """A pointwise op or reduction between spiking layers (an analog island, or linear for a sum):
+    the artifact loads back with the same outputs, and its standard-ONNX export runs in
+    onnxruntime as snnc runs it."""
     import snncompiler as snnc
 
+    reduce = op.startswith("Reduce")
     nodes = [
         helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
         helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node(op, ["r"], ["u"]),
+        helper.make_node("Reshape", ["r", "s"], ["r3"]),
+        helper.make_node(op, ["r3", "a"] if reduce else ["r3"], ["u3"], **({"keepdims": 0} if reduce else {})),
+        helper.make_node("Reshape", ["u3", "s2"], ["u"]),
         helper.make_node("Gemm", ["u", "w2"], ["y"], transB=1),
     ]
-    model = build(nodes, [("x", ["N", 6])], ["y"], [init("w1", rand([8, 6], 1)), init("w2", rand([3, 8], 2))], 17)
+    width = 4 if reduce else 8  # [N, 2, 4] reduced over axis 1, or kept
+    consts = [init("w1", rand([8, 6], 1)), init("w2", rand([3, width], 2))]
+    consts += [init("s", np.array([0, 2, 4], np.int64)), init("s2", np.array([0, width], np.int64))]
+    consts += [init("a", np.array([1], np.int64))] if reduce else []
+    model = build(nodes, [("x", ["N", 6])], ["y"], consts, 18)
     x = rand([16, 6], 3)
     compiled = snnc.compile(model, x, timesteps=4, calibration="none", quiet=True)
-    assert compiled.graph.find(op.lower())
+    core = {"ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}.get(op, op.lower())
+    assert compiled.graph.find(core)
     compiled.save(tmp_path / "m.snn.onnx")
     np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, 4), compiled.run(x, 4), rtol=1e-6)
     compiled.save_onnx(tmp_path / "m.onnx", 4)
@@ -1564,20 +1573,21 @@ def test_cast_like(opset):
     check(m, rand([2, 3], 1, -5, 5), what="CastLike")
 
 
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("opset", [9, 13, 17, 18, 21])
-@pytest.mark.parametrize("axes", [None, [1], [2, 3], [-1], [0, 2]])
+@pytest.mark.parametrize("axes", [None, [1], [2, 3], [-1], [0, 2], [3, -1]])
 @pytest.mark.parametrize("keepdims", [0, 1])
-def test_reduce_mean(opset, axes, keepdims):
+def test_reductions(op, opset, axes, keepdims):
     if opset < 11 and axes is not None and min(axes) < 0:
         pytest.skip("negative axes exist from opset 11")
     shape = [2, 3, 4, 5]
     if axes is None:
-        m = single("ReduceMean", shape, {"keepdims": keepdims}, [], opset)
-    elif opset < 18:
-        m = single("ReduceMean", shape, {"axes": axes, "keepdims": keepdims}, [], opset)
+        m = single(op, shape, {"keepdims": keepdims}, [], opset)
+    elif opset < (13 if op == "ReduceSum" else 18):  # axes became an input: ReduceSum at 13, the others at 18
+        m = single(op, shape, {"axes": axes, "keepdims": keepdims}, [], opset)
     else:
-        m = single("ReduceMean", shape, {"keepdims": keepdims}, [("axes", np.array(axes, np.int64))], opset)
-    check(m, rand(shape, 1), what=f"ReduceMean axes={axes} keepdims={keepdims}")
+        m = single(op, shape, {"keepdims": keepdims}, [("axes", np.array(axes, np.int64))], opset)
+    check(m, rand(shape, 1), what=f"{op} opset {opset} axes={axes} keepdims={keepdims}")
 
 
 @pytest.mark.parametrize("noop", [0, 1])
@@ -1718,6 +1728,9 @@ TESTED_OP_TYPES = {
     "Pad",
     "Pow",
     "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
     "Relu",
     "Reshape",
     "Resize",

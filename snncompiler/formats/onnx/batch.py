@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...ir import Graph, Node
+from ...ir.ops import REDUCTIONS
 
 
 def declared_batch(model: onnx.ModelProto) -> str:
@@ -180,7 +181,7 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
     rank = _rank_of(graph, node.inputs[0]) if node.inputs else None
     if op in ("softmax", "log_softmax"):
         return a.get("axis", -1) % (rank or 1 << 30) == 0 if rank else a.get("axis") == 0
-    if op == "reduce_mean":
+    if op in REDUCTIONS:
         return not a.get("axes") or 0 in a["axes"]
     if op == "transpose":
         return list(a["perm"])[0] != 0

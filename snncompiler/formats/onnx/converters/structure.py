@@ -1,5 +1,5 @@
 """Converters for data movement and constants: reshapes, concat/split/slice, pad, resize,
-identity-like ops, constants, and Shape/Gather/Cast/ReduceMean."""
+identity-like ops, constants, and Shape/Gather/Cast/Reduce{Mean,Sum,Max,Min}."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ....ir.ops import REDUCTIONS
 from ..registry import converter, ints, writes
 
 
@@ -360,24 +361,30 @@ def cast_like(node, ctx):
     _emit_cast(node, ctx, int(to))
 
 
-@converter("ReduceMean")
-def reduce_mean(node, ctx):
-    """ReduceMean (axes as attribute or input, keepdims, noop_with_empty_axes) → reduce_mean."""
-    a = ctx.attrs(node)
-    rank = len(ctx.shape(node.input[0]))
-    axes = a.get("axes")
-    if axes is None:
-        axes_c = ctx.optional_const(node, 1, "ReduceMean axes")
-        axes = axes_c.tolist() if axes_c is not None else []
-    if not axes and int(a.get("noop_with_empty_axes", 0)):
-        ctx.alias(node.output[0], node.input[0], "ReduceMean over no axes")
-        return
-    ctx.emit(
-        "reduce_mean",
-        [node.input[0]],
-        [node.output[0]],
-        {"axes": sorted(int(x) % rank for x in axes), "keepdims": int(a.get("keepdims", 1))},
-    )
+def _reduction(core: str, onnx_op: str):
+    def convert(node, ctx):
+        a = ctx.attrs(node)
+        rank = len(ctx.shape(node.input[0]))
+        axes = a.get("axes")
+        if axes is None:
+            axes_c = ctx.optional_const(node, 1, f"{onnx_op} axes")
+            axes = axes_c.tolist() if axes_c is not None else []
+        if not axes and int(a.get("noop_with_empty_axes", 0)):
+            ctx.alias(node.output[0], node.input[0], f"{onnx_op} over no axes")
+            return
+        ctx.emit(
+            core,
+            [node.input[0]],
+            [node.output[0]],
+            {"axes": sorted({int(x) % rank for x in axes}), "keepdims": int(a.get("keepdims", 1))},
+        )
+
+    convert.__doc__ = f"{onnx_op} (axes as attribute or input, keepdims, noop_with_empty_axes) → {core}"
+    return convert
+
+
+for _core, _onnx in REDUCTIONS.items():
+    converter(_onnx)(_reduction(_core, _onnx))
 
 
 @converter("Expand")
@@ -502,11 +509,11 @@ def write_resize(b, n) -> None:
     )
 
 
-@writes("reduce_mean")
-def write_reduce_mean(b, n) -> None:
-    """ReduceMean with axes as an input (opset 18+)."""
+@writes(*REDUCTIONS)
+def write_reduction(b, n) -> None:
+    """ReduceMean/Sum/Max/Min with axes as an input (opset 18+)."""
     b.add(
-        "ReduceMean",
+        REDUCTIONS[n.op],
         [n.inputs[0], b.const(n, "axes", _int64(n.attrs["axes"]))],
         n.outputs,
         n.name,
