@@ -94,6 +94,17 @@ UNARY = {
     "softsign": "Softsign",
     "sin": "Sin",
     "cos": "Cos",
+    "mish": "Mish",
+}
+#: Pointwise activations with float attributes: core name → (ONNX operator, attribute defaults
+#: as ONNX gives them). All analog islands.
+PARAMETRIC = {
+    "leaky_relu": ("LeakyRelu", {"alpha": 0.01}),
+    "hardsigmoid": ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}),
+    "elu": ("Elu", {"alpha": 1.0}),
+    "selu": ("Selu", {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "celu": ("Celu", {"alpha": 1.0}),
+    "thresholded_relu": ("ThresholdedRelu", {"alpha": 1.0}),
 }
 #: Reductions over ``axes`` (attrs ``axes``, ``keepdims``), core name → ONNX operator. A mean
 #: or sum of spikes is the mean or sum of rates (linear); a max or min of them is not (analog).
@@ -115,11 +126,9 @@ _SPECS = [
     OpSpec("scale", "linear"),
     OpSpec("relu", "spiking"),
     OpSpec("clip", _clip_kind),
-    OpSpec("leaky_relu", "analog"),
     OpSpec("prelu", "analog"),
     OpSpec("sigmoid", "analog"),
     OpSpec("tanh", "analog"),
-    OpSpec("hardsigmoid", "analog"),
     OpSpec("hardswish", "analog"),
     OpSpec("gelu", "analog"),
     OpSpec("softmax", "analog"),
@@ -152,6 +161,7 @@ _SPECS = [
     OpSpec("neuron", "spiking"),
 ]
 _SPECS += [OpSpec(name, "linear" if name == "neg" else "analog") for name in UNARY]
+_SPECS += [OpSpec(name, "analog") for name in PARAMETRIC]
 _SPECS += [OpSpec(name, _binary_kind) for name in BINARY]
 
 #: core op name → :class:`OpSpec`: the closed set the IR admits.

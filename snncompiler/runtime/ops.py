@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
-from ..ir.ops import OPS, REDUCTIONS, UNARY
+from ..ir.ops import OPS, PARAMETRIC, REDUCTIONS, UNARY
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -168,6 +168,31 @@ def leaky_relu(node: Node, x):
     return (F.leaky_relu(x, node.attrs.get("alpha", 0.01)),)
 
 
+@implements("elu")
+def elu(node: Node, x):
+    """alpha·(eˣ − 1) below 0, x above."""
+    return (F.elu(x, node.attrs.get("alpha", 1.0)),)
+
+
+@implements("selu")
+def selu(node: Node, x):
+    """gamma·(alpha·(eˣ − 1)) below 0, gamma·x above (ONNX's alpha and gamma, not only torch's)."""
+    a, d = node.attrs, PARAMETRIC["selu"][1]
+    return (a.get("gamma", d["gamma"]) * torch.where(x > 0, x, a.get("alpha", d["alpha"]) * torch.expm1(x)),)
+
+
+@implements("celu")
+def celu(node: Node, x):
+    """max(0, x) + min(0, alpha·(e^(x/alpha) − 1))."""
+    return (F.celu(x, node.attrs.get("alpha", 1.0)),)
+
+
+@implements("thresholded_relu")
+def thresholded_relu(node: Node, x):
+    """x where x > alpha, else 0."""
+    return (torch.where(x > node.attrs.get("alpha", 1.0), x, torch.zeros_like(x)),)
+
+
 @implements("prelu")
 def prelu(node: Node, x):
     """PRelu with a slope tensor broadcast to x (ONNX unidirectional broadcasting)."""
@@ -222,6 +247,7 @@ _UNARY = {
     "softsign": F.softsign,
     "sin": torch.sin,
     "cos": torch.cos,
+    "mish": F.mish,
 }
 assert _UNARY.keys() == set(UNARY), "runtime/ops.py and ir/ops.py list different pointwise ops"
 

@@ -239,6 +239,11 @@ UNARY = [
     "Softsign",
     "Sin",
     "Cos",
+    "Mish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "ThresholdedRelu",
 ]
 
 

@@ -428,6 +428,14 @@ SIMPLE_ACTIVATIONS = [
     ("Gelu", {}, [20, 21]),
     ("Gelu", {"approximate": "none"}, [20, 21]),
     ("Gelu", {"approximate": "tanh"}, [20, 21]),
+    ("Elu", {}, [6, 21]),
+    ("Elu", {"alpha": 0.5}, [9, 21]),
+    ("Selu", {}, [6, 21]),
+    ("Selu", {"alpha": 2.0, "gamma": 0.5}, [9, 21]),
+    ("Celu", {}, [12, 21]),
+    ("Celu", {"alpha": 0.7}, [12, 21]),
+    ("ThresholdedRelu", {}, [10, 21]),
+    ("ThresholdedRelu", {"alpha": 0.3}, [10, 21]),
 ]
 
 
@@ -436,7 +444,9 @@ SIMPLE_ACTIVATIONS = [
 )
 def test_activation(op, attrs, opset):
     shape = [2, 3, 4, 5]
-    m = single(op, shape, attrs, [], max(opset, 9) if op not in ("HardSwish", "Gelu") else opset)
+    m = single(
+        op, shape, attrs, [], max(opset, 9) if op not in ("HardSwish", "Gelu", "Celu", "ThresholdedRelu") else opset
+    )
     check(m, rand(shape, 1, -5, 5), what=f"{op} {attrs}")
 
 
@@ -736,6 +746,7 @@ UNARY_MATH = [
     ("Softsign", 0.0, [9, 21]),
     ("Sin", 0.0, [9, 21]),
     ("Cos", 0.0, [9, 21]),
+    ("Mish", 0.0, [18, 21]),
 ]
 
 
@@ -750,7 +761,7 @@ def test_unary_math(op, low, opset):
     check(single(op, shape, {}, [], opset), x, what=f"{op} opset {opset}")
 
 
-@pytest.mark.parametrize("op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid", "ReduceSum", "ReduceMax"])
+@pytest.mark.parametrize("op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid", "Elu", "Mish", "ReduceSum", "ReduceMax"])
 def test_unary_math_island_compiles_saves_and_exports(op, tmp_path):
     """A pointwise op or reduction between spiking layers (an analog island, or linear for a sum):
     the artifact loads back with the same outputs, and its standard-ONNX export runs in
@@ -1762,6 +1773,11 @@ TESTED_OP_TYPES = {
     "Softsign",
     "Sin",
     "Cos",
+    "Mish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "ThresholdedRelu",
     "Where",
     "Equal",
     "Expand",

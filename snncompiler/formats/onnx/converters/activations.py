@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....ir.ops import UNARY
+from ....ir.ops import PARAMETRIC, UNARY
 from ..registry import converter, writes
 
 
@@ -24,8 +24,6 @@ converter("Relu")(_simple("relu"))
 converter("Sigmoid")(_simple("sigmoid"))
 converter("Tanh")(_simple("tanh"))
 converter("HardSwish")(_simple("hardswish"))
-converter("LeakyRelu")(_simple("leaky_relu", alpha=0.01))
-converter("HardSigmoid")(_simple("hardsigmoid", alpha=0.2, beta=0.5))
 converter("Gelu")(_simple("gelu", approximate="none"))
 
 
@@ -78,6 +76,8 @@ converter("LogSoftmax")(_softmax("log_softmax"))
 
 for _core, _onnx in UNARY.items():
     converter(_onnx)(_simple(_core))
+for _core, (_onnx, _defaults) in PARAMETRIC.items():
+    converter(_onnx)(_simple(_core, **_defaults))
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
@@ -99,29 +99,17 @@ def write_clip(b, n) -> None:
     b.add("Clip", [n.inputs[0], lo, hi], n.outputs, n.name)
 
 
-@writes("leaky_relu")
-def write_leaky_relu(b, n) -> None:
-    """LeakyRelu."""
-    b.add("LeakyRelu", n.inputs, n.outputs, n.name, alpha=float(n.attrs.get("alpha", 0.01)))
+@writes(*PARAMETRIC)
+def write_parametric(b, n) -> None:
+    """LeakyRelu, HardSigmoid, Elu, Selu, Celu, ThresholdedRelu with their float attributes."""
+    onnx_op, defaults = PARAMETRIC[n.op]
+    b.add(onnx_op, n.inputs, n.outputs, n.name, **{k: float(n.attrs.get(k, d)) for k, d in defaults.items()})
 
 
 @writes("prelu")
 def write_prelu(b, n) -> None:
     """PRelu with its slope as an initializer."""
     b.add("PRelu", [n.inputs[0], b.const(n, "slope", n.params["slope"])], n.outputs, n.name)
-
-
-@writes("hardsigmoid")
-def write_hardsigmoid(b, n) -> None:
-    """HardSigmoid."""
-    b.add(
-        "HardSigmoid",
-        n.inputs,
-        n.outputs,
-        n.name,
-        alpha=float(n.attrs.get("alpha", 0.2)),
-        beta=float(n.attrs.get("beta", 0.5)),
-    )
 
 
 @writes("gelu")
