@@ -32,7 +32,7 @@ from .ir.neuron import (
     V0S,
     NeuronSpec,
 )
-from .limits import check_timesteps
+from .limits import timestep_count
 
 #: The T a model is compiled for (and runs at unless told otherwise). Chosen by
 #: benchmarks/timestep_accuracy.py (see docs/benchmarks.md: "Choosing the defaults").
@@ -203,10 +203,7 @@ class CompileOptions:
                 raise OptionError(name, f"must be an integer ≥ {low}, got {value!r}")
             put(name, int(value))
         put("seed", check_seed(self.seed))
-        try:
-            check_timesteps(self.timesteps, "timesteps")
-        except SnncError as exc:
-            raise OptionError("timesteps", str(exc).split(": ", 1)[1]) from None
+        timestep_count(self.timesteps)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
         if self.calibration not in CALIBRATIONS:

@@ -597,10 +597,8 @@ def cmd_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, map errors to exit codes."""
-    for stream in (
-        sys.stdout,
-        sys.stderr,
-    ):  # θ, λ, →: on an ASCII console (PYTHONIOENCODING=ascii) escaped, not a crash
+    # θ, λ, →: on an ASCII console (PYTHONIOENCODING=ascii) escaped, not a crash
+    for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)

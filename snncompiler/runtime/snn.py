@@ -25,7 +25,7 @@ from ..errors import OptionError, SnncError
 from ..ir import Graph, Node
 from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs
 from ..ir.ops import conversion_kind
-from ..limits import check_timesteps
+from ..limits import timestep_count
 from ..options import CUDA_GRAPH_MODES, DEFAULT_CHUNK, MAX_CHUNK
 from . import cuda_graphs
 from .executor import checked_device, fixed_batch, on_device, one_thread
@@ -72,9 +72,7 @@ def auto_chunk(graph, batch: int, device: torch.device) -> int:
 
 
 def _check_steps(timesteps: int, chunk: int | None) -> None:
-    if timesteps < 1:
-        raise SnncError(f"--timesteps: must be ≥ 1, got {timesteps}")
-    check_timesteps(timesteps, "--timesteps")
+    timestep_count(timesteps)
     if chunk is not None and chunk < 1:
         raise OptionError("chunk", f"must be ≥ 1, got {chunk}")
 

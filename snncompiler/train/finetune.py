@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import OptionError, SnncError
+from ..errors import SnncError
 from ..ir.neuron import NeuronSpec
 from ..ir.ops import conversion_kind
 from ..kernels.event import rate_max_pool_2x2
+from ..limits import timestep_count
 from ..options import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_TIMESTEPS, check_seed, setting
 from ..runtime.executor import Executor
 from ..runtime.ops import IMPLEMENTATIONS, _pool_setup, channel_view
@@ -271,8 +272,7 @@ def finetune(
     encoding = setting(model.options, "encoding")
     if encoding == "rate":
         raise SnncError("finetune: rate-encoded inputs are random at every step; fine-tune a direct-encoding model")
-    if not isinstance(timesteps, int) or timesteps < 1:
-        raise OptionError("timesteps", f"must be a positive integer, got {timesteps!r}")
+    timestep_count(timesteps)
     data = as_dataset(train, "train")
     sequence = encoding == "sequence"
     check_input(model.graph.inputs[0], torch.from_numpy(data.x), "train", sequence=sequence)  # not deep in a layer
@@ -282,9 +282,8 @@ def finetune(
         cut = len(data) - max(1, int(round(len(data) * holdout)))
         if cut < 1:
             raise SnncError(f"train: {len(data)} samples are too few to hold any out; pass val")
-        order = np.random.default_rng(check_seed(fit_options.get("seed", 0))).permutation(
-            len(data)
-        )  # files may be sorted by class
+        seed = check_seed(fit_options.get("seed", 0))
+        order = np.random.default_rng(seed).permutation(len(data))  # files may be sorted by class
         data, val = (
             Dataset(data.x[order[:cut]], data.y[order[:cut]]),
             Dataset(data.x[order[cut:]], data.y[order[cut:]]),
