@@ -129,6 +129,8 @@ _ROUTING = {
     "avgpool",
     "identity",
     "expand",
+    "tile",
+    "cumsum",
     "resize",
     "add",
     "sub",

@@ -107,12 +107,32 @@ PARAMETRIC = {
     "thresholded_relu": ("ThresholdedRelu", {"alpha": 1.0}),
 }
 #: Reductions over ``axes`` (attrs ``axes``, ``keepdims``), core name → ONNX operator. A mean
-#: or sum of spikes is the mean or sum of rates (linear); a max or min of them is not (analog).
+#: or sum of spikes is the mean or sum of rates (:data:`LINEAR_REDUCTIONS`); the others are not
+#: (analog).
 REDUCTIONS = {
     "reduce_mean": "ReduceMean",
     "reduce_sum": "ReduceSum",
     "reduce_max": "ReduceMax",
     "reduce_min": "ReduceMin",
+    "reduce_prod": "ReduceProd",
+    "reduce_l1": "ReduceL1",
+    "reduce_l2": "ReduceL2",
+    "reduce_sum_square": "ReduceSumSquare",
+    "reduce_log_sum": "ReduceLogSum",
+    "reduce_log_sum_exp": "ReduceLogSumExp",
+}
+LINEAR_REDUCTIONS = ("reduce_mean", "reduce_sum")
+#: Broadcasting comparisons and logical connectives with a bool result, core name → ONNX
+#: operator (analog: a mask computed from rates).
+PREDICATES = {
+    "equal": "Equal",
+    "greater": "Greater",
+    "less": "Less",
+    "greater_or_equal": "GreaterOrEqual",
+    "less_or_equal": "LessOrEqual",
+    "and": "And",
+    "or": "Or",
+    "xor": "Xor",
 }
 #: Broadcasting elementwise binaries; one operand may be the constant param ``const``.
 BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
@@ -136,6 +156,8 @@ _SPECS = [
     OpSpec("lrn", "analog"),
     OpSpec("layer_norm", "analog"),
     OpSpec("instance_norm", "analog"),
+    OpSpec("lp_norm", "analog"),
+    OpSpec("mvn", "analog"),
     OpSpec("maxpool", "spiking"),
     OpSpec("avgpool", "linear"),
     OpSpec("concat", "linear"),
@@ -147,13 +169,10 @@ _SPECS = [
     OpSpec("transpose", "linear"),
     OpSpec("pad", "linear"),
     OpSpec("resize", "linear"),
-    OpSpec("reduce_mean", "linear"),
-    OpSpec("reduce_sum", "linear"),
-    OpSpec("reduce_max", "analog"),
-    OpSpec("reduce_min", "analog"),
     OpSpec("where", lambda n: "linear" if "cond" in n.params else "analog"),
-    OpSpec("equal", "analog"),
     OpSpec("expand", "linear"),
+    OpSpec("tile", "linear"),
+    OpSpec("cumsum", "linear"),
     OpSpec("cast", "linear"),
     OpSpec("identity", "folded"),
     OpSpec("constant", "folded"),
@@ -162,6 +181,8 @@ _SPECS = [
 ]
 _SPECS += [OpSpec(name, "linear" if name == "neg" else "analog") for name in UNARY]
 _SPECS += [OpSpec(name, "analog") for name in PARAMETRIC]
+_SPECS += [OpSpec(name, "analog") for name in PREDICATES]
+_SPECS += [OpSpec(name, "linear" if name in LINEAR_REDUCTIONS else "analog") for name in REDUCTIONS]
 _SPECS += [OpSpec(name, _binary_kind) for name in BINARY]
 
 #: core op name → :class:`OpSpec`: the closed set the IR admits.

@@ -229,7 +229,8 @@ def run_graph(graph: Graph, *inputs, device: str = "cpu"):
 
 
 def infer_shapes(graph: Graph) -> Graph:
-    """Fill every value's static shape by running one zero sample through the graph."""
+    """Fill every value's static shape, and every computed value's dtype (a mask is bool, a cast
+    to int64 is int64), by running one zero sample through the graph."""
     from ..limits import check_array_bytes
 
     source = graph.metadata.get("source_file", "model")
@@ -240,14 +241,18 @@ def infer_shapes(graph: Graph) -> Graph:
             )
     feeds = {v.name: torch.zeros(v.shape, dtype=torch.float32) for v in graph.inputs if v.shape is not None}
     env_shapes: dict[str, tuple[int, ...]] = {k: tuple(t.shape) for k, t in feeds.items()}
+    computed_dtypes: dict[str, str] = {}  # of node outputs (the inputs keep their declared type)
 
     def record(node, outs):
         env_shapes.update((name, tuple(t.shape)) for name, t in zip(node.outputs, outs))
+        computed_dtypes.update((name, str(t.dtype).removeprefix("torch.")) for name, t in zip(node.outputs, outs))
 
     with torch.no_grad():
         Executor(graph).interpret(feeds, observer=record)
     for name, shape in env_shapes.items():
         graph.values.setdefault(name, Value(name)).shape = shape
+    for name, dtype in computed_dtypes.items():
+        graph.values[name].dtype = dtype
     return graph
 
 

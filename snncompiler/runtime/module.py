@@ -135,9 +135,12 @@ class SpikingModule(nn.Module):
                 self._alphas[node.name] = float(alpha) if alpha is not None else 1.0 / max(mean, 1e-6)
         # values constant over time: a directly encoded input and what is computed from it alone
         self._static: set[str] = set() if self.sequence else {graph.inputs[0].name}
+        self._constant: set[str] = set()  # static and independent of the input (no per-sample axis)
         for node in graph.nodes:
             if node.op != "neuron" and all(i in self._static for i in node.inputs):
                 self._static.update(node.outputs)
+                if all(i in self._constant for i in node.inputs):
+                    self._constant.update(node.outputs)
         self._executor = Executor(graph)
 
     def extra_repr(self) -> str:
@@ -225,7 +228,7 @@ class SpikingModule(nn.Module):
         elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
             out = gated_maxpool_steps(view, seqs[0], {})  # the runtime's own; gradients reach the passed spikes
         elif conversion_kind(node) == "analog":
-            out = self._analog(view, seqs)
+            out = self._analog(view, seqs, [v if name in self._constant else None for name, v in zip(node.inputs, ins)])
         else:
             res = IMPLEMENTATIONS[node.op](view, *[s.flatten(0, 1) for s in seqs])
             return tuple(res)
@@ -261,12 +264,20 @@ class SpikingModule(nn.Module):
         )
         return spikes
 
-    @staticmethod
-    def _analog(view, seqs: list[torch.Tensor]) -> torch.Tensor:
-        """An analog island: f of its inputs' running means, emitted as increments of t·f(mean)."""
-        T = seqs[0].shape[0]
+    def _analog(self, view, seqs: list[torch.Tensor], constants: list) -> torch.Tensor:
+        """An analog island, as the spiking runtime runs it: f of its inputs' running means,
+        emitted as increments of t·f(mean). A constant input is its own mean (broadcasting as
+        it did over the batch); a mask from an island before is used at each step as it is."""
+        T = self._T
         count = torch.arange(1, T + 1, device=seqs[0].device, dtype=torch.float32)
-        means = [(s.float().cumsum(0) / count.reshape((-1,) + (1,) * (s.dim() - 1))).flatten(0, 1) for s in seqs]
+        means = []
+        for s, constant in zip(seqs, constants):
+            if constant is not None:
+                means.append(constant)
+            elif not s.is_floating_point():
+                means.append(s.flatten(0, 1))
+            else:
+                means.append((s.cumsum(0) / count.reshape((-1,) + (1,) * (s.dim() - 1))).flatten(0, 1))
         out = IMPLEMENTATIONS[view.op](view, *means)[0]
         out = out.reshape((T, -1) + tuple(out.shape[1:]))
         if not out.is_floating_point():

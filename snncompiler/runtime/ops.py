@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
-from ..ir.ops import OPS, PARAMETRIC, REDUCTIONS, UNARY
+from ..ir.ops import OPS, PARAMETRIC, PREDICATES, REDUCTIONS, UNARY
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -310,6 +310,25 @@ def layer_norm(node: Node, x):
 def instance_norm(node: Node, x):
     """InstanceNormalization over the spatial axes of each sample and channel."""
     return (F.instance_norm(x, weight=node.params["scale"], bias=node.params["bias"], eps=node.attrs.get("eps", 1e-5)),)
+
+
+@implements("lp_norm")
+def lp_norm(node: Node, x):
+    """LpNormalization: x over its L1 or L2 norm along ``axis``; a zero vector stays zero (as in
+    onnxruntime, not 0/0)."""
+    axis, p = node.attrs["axis"], node.attrs["p"]
+    norm = x.abs().sum(axis, keepdim=True) if p == 1 else (x * x).sum(axis, keepdim=True).sqrt()
+    return (x / torch.where(norm == 0, torch.ones_like(norm), norm),)
+
+
+@implements("mvn")
+def mvn(node: Node, x):
+    """MeanVarianceNormalization over ``axes`` as the ONNX function defines it:
+    (x - E[x]) / (sqrt(E[x²] - E[x]²) + 1e-9)."""
+    axes = tuple(node.attrs["axes"])
+    mean = x.mean(axes, keepdim=True)
+    variance = (x * x).mean(axes, keepdim=True) - mean * mean
+    return ((x - mean) / (variance.sqrt() + 1e-9),)
 
 
 # ---- pooling ---------------------------------------------------------------------------
@@ -638,7 +657,25 @@ def resize(node: Node, x):
     return (x,)
 
 
-_REDUCE = {"reduce_mean": torch.mean, "reduce_sum": torch.sum, "reduce_max": torch.amax, "reduce_min": torch.amin}
+def _prod(x, dim, keepdim):
+    for axis in sorted(dim, reverse=True):  # torch.prod takes one axis at a time
+        x = torch.prod(x, dim=axis, keepdim=keepdim)
+    return x
+
+
+# ReduceL1/L2/SumSquare/LogSum as the ONNX functions define them (onnxruntime computes the same)
+_REDUCE = {
+    "reduce_mean": torch.mean,
+    "reduce_sum": torch.sum,
+    "reduce_max": torch.amax,
+    "reduce_min": torch.amin,
+    "reduce_prod": _prod,
+    "reduce_l1": lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim),
+    "reduce_l2": lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim).sqrt(),
+    "reduce_sum_square": lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim),
+    "reduce_log_sum": lambda x, dim, keepdim: torch.sum(x, dim=dim, keepdim=keepdim).log(),
+    "reduce_log_sum_exp": torch.logsumexp,
+}
 assert _REDUCE.keys() == set(REDUCTIONS), "runtime/ops.py and ir/ops.py list different reductions"
 
 
@@ -667,10 +704,31 @@ def where(node: Node, *xs):
     return (torch.where(cond.bool(), x, y),)
 
 
-@implements("equal")
-def equal(node: Node, a, b):
-    """Elementwise a == b (a bool tensor, as ONNX Equal)."""
-    return (torch.eq(a, b),)
+_PREDICATE = {
+    "equal": torch.eq,
+    "greater": torch.gt,
+    "less": torch.lt,
+    "greater_or_equal": torch.ge,
+    "less_or_equal": torch.le,
+    "and": torch.logical_and,
+    "or": torch.logical_or,
+    "xor": torch.logical_xor,
+}
+assert _PREDICATE.keys() == set(PREDICATES), "runtime/ops.py and ir/ops.py list different predicates"
+
+
+def _make_predicate(op_name: str):
+    fn = _PREDICATE[op_name]
+
+    def predicate(node: Node, a, b):
+        return (fn(a, b),)
+
+    predicate.__doc__ = f"Elementwise {PREDICATES[op_name]} with broadcasting (a bool tensor)."
+    return predicate
+
+
+for _name in _PREDICATE:
+    implements(_name)(_make_predicate(_name))
 
 
 @implements("expand")
@@ -679,6 +737,26 @@ def expand(node: Node, x):
     the input's batch size)."""
     target = torch.broadcast_shapes(tuple(x.shape), tuple(node.attrs["shape"]))
     return (x.expand(target),)
+
+
+@implements("tile")
+def tile(node: Node, x):
+    """ONNX Tile by ``repeats`` (1 on the batch axis, so a folded time axis tiles per sample)."""
+    return (x.repeat(*node.attrs["repeats"]),)
+
+
+@implements("cumsum")
+def cumsum(node: Node, x):
+    """ONNX CumSum along ``axis``: ``reverse`` sums from the end, ``exclusive`` leaves each
+    element out of its own sum."""
+    a = node.attrs
+    axis = a["axis"]
+    if a.get("reverse"):
+        x = x.flip(axis)
+    y = torch.cumsum(x, dim=axis)
+    if a.get("exclusive"):  # shifted by one (not y - x, which rounds differently)
+        y = torch.cat([torch.zeros_like(y.narrow(axis, 0, 1)), y.narrow(axis, 0, y.shape[axis] - 1)], dim=axis)
+    return (y.flip(axis) if a.get("reverse") else y,)
 
 
 #: float8_e4m3fn values beyond this round past its largest value, 448 (half an ulp of 32 above it)

@@ -614,7 +614,7 @@ class SpikingRunner:
         if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             return [self._rate_maxpool(node, _dyn(ins[0], steps), state)]
         if conversion_kind(node) == "analog":
-            return [self._analog(node, [_dyn(v, steps) for v in ins], state, t0)]
+            return [self._analog(node, ins, steps, state, t0)]
         layer = self._event_layers.get(node.name)
         if layer is not None:  # one choice of form per chunk, on what the layer reads
             binary = isinstance(ins[0], _BinarySpikes)
@@ -693,12 +693,25 @@ class SpikingRunner:
         self.neuron_steps += spikes.numel() * spec.population
         return _BinarySpikes(spikes, th) if binary else spikes
 
-    def _analog(self, node: Node, ins: list[torch.Tensor], state: dict, t0: int) -> torch.Tensor:
-        steps = ins[0].shape[0]
+    def _analog(self, node: Node, ins: list, steps: int, state: dict, t0: int) -> torch.Tensor:
+        """An analog island: the op applied to its inputs' running means (the rate-decoded
+        values so far), its output emitted as increments (see below)."""
+        rank = max(v.dim() + 1 for v in ins if not isinstance(v, _Static))  # the [steps, B, ...] inputs
         means = []
-        for k, x in enumerate(ins):
+        for k, v in enumerate(ins):
+            if isinstance(v, _Static) and (v.t.dim() < rank - 1 or v.t.shape[0] == 1):
+                # a constant without a per-sample axis (a threshold, a fill value) is its own mean
+                # and broadcasts over the folded steps × batch axis as it did over the batch
+                means.append(v.t)
+                continue
+            x = _dyn(v, steps)
+            if not x.is_floating_point():
+                # a mask (or index) from an island before: already computed from the running
+                # means, so this step's value is the current estimate (its average is not a mask)
+                means.append(x.reshape((-1,) + tuple(x.shape[2:])))
+                continue
             key = (node.name, k)
-            cum = cumsum_steps(x.float(), state.get(key))
+            cum = cumsum_steps(x, state.get(key))
             state[key] = cum[-1]
             count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))

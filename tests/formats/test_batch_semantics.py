@@ -134,6 +134,22 @@ CASES = {
     "ReduceSum": _one("ReduceSum", {"keepdims": 0}, [("a", i64([1, 3]))]),
     "ReduceMax": _one("ReduceMax", {"keepdims": 1}, [("a", i64([2]))]),
     "ReduceMin all axes": _one("ReduceMin", {"keepdims": 1}),
+    "ReduceProd": _one("ReduceProd", {"keepdims": 0}, [("a", i64([2]))]),
+    "ReduceL1": _one("ReduceL1", {"keepdims": 1}, [("a", i64([1, 2]))]),
+    "ReduceL2 all axes": _one("ReduceL2", {"keepdims": 1}),
+    "ReduceSumSquare": _one("ReduceSumSquare", {"keepdims": 0}, [("a", i64([-1]))]),
+    "ReduceLogSum": _nodes(
+        [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("ReduceLogSum", ["a", "ax"], ["y"], keepdims=1)],
+        [init("ax", i64([3]))],
+    ),
+    "ReduceLogSumExp": _one("ReduceLogSumExp", {"keepdims": 0}, [("a", i64([1]))]),
+    "Tile": _one("Tile", consts=[("r", i64([1, 2, 1, 3]))]),
+    "CumSum": _one("CumSum", {"reverse": 1}, [("a", i64(2))]),
+    "DepthToSpace": _one("DepthToSpace", {"blocksize": 2}, rest=[8, 2, 3]),
+    "SpaceToDepth": _one("SpaceToDepth", {"blocksize": 2}, rest=[2, 4, 6]),
+    "LpNormalization": _one("LpNormalization", {"axis": 1}),
+    "MeanVarianceNormalization": _one("MeanVarianceNormalization", {"axes": [1, 2]}),
+    "MeanVarianceNormalization over the batch": _one("MeanVarianceNormalization", {"axes": [0, 2, 3]}),
     "Identity": _one("Identity"),
     "Dropout": _one("Dropout"),
     "Cast": _nodes(
@@ -217,6 +233,21 @@ CASES = {
         [init("i0", i64(0))],
     ),
 }
+for _op in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual"):
+    CASES[_op] = _nodes(
+        [helper.make_node(_op, ["x", "c"], ["m"]), helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
+        [init("c", rand([5], 3))],
+    )
+for _op in ("And", "Or", "Xor"):
+    CASES[_op] = _nodes(
+        [
+            helper.make_node("Greater", ["x", "c"], ["p"]),
+            helper.make_node("Less", ["x", "zero"], ["q"]),
+            helper.make_node(_op, ["p", "q"], ["m"]),
+            helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT),
+        ],
+        [init("c", rand([5], 3)), init("zero", np.float32(0.0))],
+    )
 #: ops of one input and no required attribute: a generic model covers them (new converters too,
 #: from the IR's tables of pointwise ops)
 UNARY = [
@@ -285,7 +316,16 @@ def test_batch_valued_model_is_refused_not_wrong():
 
 
 @pytest.mark.parametrize(
-    "case", ["Softmax axis 0", "ReduceMean all axes", "ReduceMin all axes", "Transpose moving axis 0", "Concat axis 0"]
+    "case",
+    [
+        "Softmax axis 0",
+        "ReduceMean all axes",
+        "ReduceMin all axes",
+        "ReduceL2 all axes",
+        "Transpose moving axis 0",
+        "Concat axis 0",
+        "MeanVarianceNormalization over the batch",
+    ],
 )
 def test_declared_batch_two(case):
     """Declared batch 2 and mixing samples: runs at 2 (equal to onnxruntime), refuses 3."""

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+import snncompiler as snnc
 from snncompiler.errors import SnncError
 from snncompiler.formats.onnx import supported_ops
 from tests.formats.helpers import (
@@ -413,6 +415,40 @@ def test_lrn_even_size_or_not_4d(opset, size, shape):
     assert_close(run_snn(m, x)[0], _lrn_spec(x, size, 0.3, 0.6, 1.5), f"LRN size={size} shape={shape}")
 
 
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("axis", [1, -1, None])
+def test_lp_normalization(opset, p, axis):
+    """Along one axis; a vector of zeros (a silent ReLU row) stays zero as in onnxruntime."""
+    shape = [3, 4, 5]
+    attrs = {"p": p} | ({"axis": axis} if axis is not None else {})
+    x = rand(shape, 1)
+    x[1] = 0.0
+    check(single("LpNormalization", shape, attrs, [], opset), x, what=f"LpNormalization p={p} axis={axis}")
+
+
+def test_lp_normalization_other_p_is_refused():
+    with pytest.raises(SnncError, match="LpNormalization p=3"):
+        run_snn(single("LpNormalization", [2, 3], {"p": 3}, [], 13), rand([2, 3], 1))
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("axes", [None, [2, 3], [1, 2, 3], [-1]])
+def test_mean_variance_normalization(opset, axes):
+    """Default axes (0, 2, 3) take statistics over the batch too; onnxruntime at the model's batch is the oracle."""
+    shape = [2, 3, 4, 5]
+    attrs = {"axes": axes} if axes is not None else {}
+    # the output's shape declared: onnx cannot infer it for the default axes (the loader writes them out)
+    m = build(
+        [helper.make_node("MeanVarianceNormalization", ["x"], ["y"], **attrs)],
+        [("x", shape)],
+        [("y", shape)],
+        [],
+        opset,
+    )
+    check(m, rand(shape, 1, -3, 5), what=f"MVN axes={axes}")
+
+
 # =====================================================================================
 # Activations
 # =====================================================================================
@@ -761,13 +797,13 @@ def test_unary_math(op, low, opset):
     check(single(op, shape, {}, [], opset), x, what=f"{op} opset {opset}")
 
 
-@pytest.mark.parametrize("op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid", "Elu", "Mish", "ReduceSum", "ReduceMax"])
+@pytest.mark.parametrize(
+    "op", ["Floor", "Softplus", "Sin", "Exp", "Sigmoid", "Elu", "Mish", "ReduceSum", "ReduceMax", "ReduceL2"]
+)
 def test_unary_math_island_compiles_saves_and_exports(op, tmp_path):
     """A pointwise op or reduction between spiking layers (an analog island, or linear for a sum):
     the artifact loads back with the same outputs, and its standard-ONNX export runs in
     onnxruntime as snnc runs it."""
-    import snncompiler as snnc
-
     reduce = op.startswith("Reduce")
     nodes = [
         helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
@@ -784,7 +820,7 @@ def test_unary_math_island_compiles_saves_and_exports(op, tmp_path):
     model = build(nodes, [("x", ["N", 6])], ["y"], consts, 18)
     x = rand([16, 6], 3)
     compiled = snnc.compile(model, x, timesteps=4, calibration="none", quiet=True)
-    core = {"ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}.get(op, op.lower())
+    core = {"ReduceSum": "reduce_sum", "ReduceMax": "reduce_max", "ReduceL2": "reduce_l2"}.get(op, op.lower())
     assert compiled.graph.find(core)
     compiled.save(tmp_path / "m.snn.onnx")
     np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, 4), compiled.run(x, 4), rtol=1e-6)
@@ -822,6 +858,72 @@ def test_where_and_equal_on_activations(opset):
     check(m, rand([2, 3, 4], 4), what=f"Where(Equal) opset {opset}")
 
 
+COMPARISONS = ["Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"]
+
+
+@pytest.mark.parametrize("op", COMPARISONS)
+@pytest.mark.parametrize("opset", [12, 16, 21])
+@pytest.mark.parametrize("other", ["constant", "activation"])
+def test_comparisons(op, opset, other):
+    """x against a broadcast constant (values that tie included) or another activation, the
+    mask selecting between two activations (Where) and returned as is."""
+    b = "c" if other == "constant" else "z"
+    nodes = [
+        helper.make_node(op, ["x", b], ["m"]),
+        helper.make_node("Neg", ["x"], ["n"]),
+        helper.make_node("Where", ["m", "x", "n"], ["y"]),
+    ]
+    inputs = [("x", [2, 3, 4])] + ([("z", [3, 1])] if other == "activation" else [])
+    consts = [init("c", np.array([0.0, 1.0, -1.0, 0.5], np.float32))] if other == "constant" else []
+    m = build(nodes, inputs, ["y", ("m", [2, 3, 4], TensorProto.BOOL)], consts, opset)
+    x = np.round(rand([2, 3, 4], 4) * 2) / 2  # ties with the constant
+    xs = [x] + ([np.round(rand([3, 1], 5) * 2) / 2] if other == "activation" else [])
+    check(m, *xs, what=f"{op} with {other} opset {opset}")
+
+
+@pytest.mark.parametrize("op", ["Greater", "LessOrEqual"])
+def test_mask_island_compiles_saves_and_exports(op, tmp_path):
+    """A mask from a spiking layer's rates selecting between them (a gated ReLU): compiled,
+    the artifact reloads to the same outputs and its standard-ONNX export runs in onnxruntime."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node(op, ["r", "t"], ["m"]),
+        helper.make_node("Where", ["m", "r", "zero"], ["g"]),
+        helper.make_node("Gemm", ["g", "w2"], ["y"], transB=1),
+    ]
+    consts = [init("w1", rand([8, 6], 1)), init("w2", rand([3, 8], 2))]
+    consts += [init("t", np.float32(2.0)), init("zero", np.float32(0.0))]
+    model = build(nodes, [("x", ["N", 6])], ["y"], consts, 18)
+    x = rand([16, 6], 3)
+    compiled = snnc.compile(model, x, timesteps=4, calibration="none", quiet=True)
+    assert compiled.graph.find({"Greater": "greater", "LessOrEqual": "less_or_equal"}[op])
+    ann = run_ort(model, x)[0]  # the gate converges to the ANN's: 0.0023 and 0.0082 relative at T=256
+    assert np.abs(compiled.run(x, 256) - ann).max() < 0.05 * np.abs(ann).max()
+    with torch.no_grad():  # the torch module form runs the island as the runtime does
+        module_out = compiled.to_torch()(torch.from_numpy(x), 4).numpy()
+    np.testing.assert_allclose(module_out, compiled.run(x, 4), rtol=1e-5, atol=1e-5)
+    compiled.save(tmp_path / "m.snn.onnx")
+    np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, 4), compiled.run(x, 4), rtol=1e-6)
+    compiled.save_onnx(tmp_path / "m.onnx", 4)
+    exported = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(exported, compiled.run(x, 4), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["And", "Or", "Xor"])
+@pytest.mark.parametrize("opset", [9, 21])
+def test_logical_connectives(op, opset):
+    """Two masks from the input combined, then cast back to float."""
+    nodes = [
+        helper.make_node("Greater", ["x", "zero"], ["p"]),
+        helper.make_node("Less", ["x", "one"], ["q"]),
+        helper.make_node(op, ["p", "q"], ["m"]),
+        helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT),
+    ]
+    inits = [init("zero", np.float32(0.0)), init("one", np.float32(1.0))]
+    check(build(nodes, [("x", [2, 3, 4])], ["y"], inits, opset), rand([2, 3, 4], 4), what=f"{op} opset {opset}")
+
+
 @pytest.mark.parametrize("opset", [9, 13, 21])
 @pytest.mark.parametrize(
     "x_shape,target", [([2, 3, 1], [1, 1, 5]), ([2, 1, 4], [3, 1]), ([2, 3], [2, 3]), ([2, 1], [1, 4, 1, 6])]
@@ -829,6 +931,91 @@ def test_where_and_equal_on_activations(opset):
 def test_expand(opset, x_shape, target):
     m = single("Expand", x_shape, {}, [("s", np.array(target, np.int64))], opset)
     check(m, rand(x_shape, 5), what=f"Expand {x_shape} to {target}")
+
+
+@pytest.mark.parametrize("opset", [6, 13, 21])
+@pytest.mark.parametrize("x_shape,repeats", [([2, 3], [1, 2]), ([2, 3, 4], [1, 1, 3]), ([1, 2, 3, 2], [1, 3, 1, 2])])
+def test_tile(opset, x_shape, repeats):
+    m = single("Tile", x_shape, {}, [("r", np.array(repeats, np.int64))], opset)
+    check(m, rand(x_shape, 5), what=f"Tile {x_shape} by {repeats}")
+
+
+def test_tile_of_the_batch_axis_is_refused():
+    m = single("Tile", [2, 3], {}, [("r", np.array([2, 1], np.int64))], 13)
+    with pytest.raises(SnncError, match="Tile of the batch axis"):
+        run_snn(m, rand([2, 3], 5))
+
+
+@pytest.mark.parametrize("opset", [11, 14, 21])
+@pytest.mark.parametrize("axis", [1, 2, -1])
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cumsum(opset, axis, exclusive, reverse):
+    m = single(
+        "CumSum", [2, 3, 5], {"exclusive": exclusive, "reverse": reverse}, [("a", np.array(axis, np.int64))], opset
+    )
+    check(m, rand([2, 3, 5], 5), what=f"CumSum axis={axis} exclusive={exclusive} reverse={reverse}")
+
+
+def test_cumsum_along_the_batch_axis_is_refused():
+    m = single("CumSum", [2, 3], {}, [("a", np.array(0, np.int64))], 14)
+    with pytest.raises(SnncError, match="CumSum along the batch axis"):
+        run_snn(m, rand([2, 3], 5))
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("op,mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"), ("SpaceToDepth", None)])
+@pytest.mark.parametrize("block", [2, 3])
+def test_depth_to_space_and_back(opset, op, mode, block):
+    shape = [2, 2 * block * block, 3, 2] if op == "DepthToSpace" else [2, 3, 2 * block, 3 * block]
+    attrs = {"blocksize": block} | ({"mode": mode} if mode and opset >= 11 else {})
+    m = single(op, shape, attrs, [], opset)
+    check(m, rand(shape, 5), what=f"{op} {mode} block {block}")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_depth_to_space_keeps_the_batch_free(batch):
+    """Declared with a dynamic batch, the lowering's reshapes carry axis 0 through."""
+    m = build(
+        [helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD")],
+        [("x", ["N", 8, 2, 3])],
+        ["y"],
+        [],
+        13,
+    )
+    x = rand([batch, 8, 2, 3], 6)
+    assert_close(run_snn(m, x)[0], run_ort(m, x)[0], f"DepthToSpace at batch {batch}")
+
+
+@pytest.mark.parametrize(
+    "op,attrs,extra,channels",
+    [
+        ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, None, 2),
+        ("SpaceToDepth", {"blocksize": 2}, None, 32),
+        ("Tile", {}, np.array([1, 1, 1, 2], np.int64), 8),
+        ("CumSum", {"reverse": 1}, np.array(2, np.int64), 8),
+    ],
+)
+def test_data_movement_between_spiking_layers_compiles_saves_and_exports(op, attrs, extra, channels, tmp_path):
+    """Between two spiking convolutions the op runs on spikes (linear); the artifact reloads
+    to the same outputs and the standard-ONNX export runs in onnxruntime to them."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node(op, ["r", "e"] if extra is not None else ["r"], ["m"], **attrs),
+        helper.make_node("Conv", ["m", "w2"], ["y"]),
+    ]
+    consts = [init("w1", rand([8, 4, 1, 1], 1)), init("w2", rand([3, channels, 1, 1], 2))]
+    consts += [init("e", extra)] if extra is not None else []
+    model = build(nodes, [("x", ["N", 4, 4, 4])], ["y"], consts, 14)
+    x = rand([6, 4, 4, 4], 3)
+    compiled = snnc.compile(model, x, timesteps=4, calibration="none", quiet=True)
+    assert compiled.graph.find("neuron")
+    compiled.save(tmp_path / "m.snn.onnx")
+    np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, 4), compiled.run(x, 4), rtol=1e-6)
+    compiled.save_onnx(tmp_path / "m.onnx", 4)
+    exported = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(exported, compiled.run(x, 4), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("opset", [11, 21])
@@ -1584,7 +1771,21 @@ def test_cast_like(opset):
     check(m, rand([2, 3], 1, -5, 5), what="CastLike")
 
 
-@pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"])
+REDUCE_OPS = [
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceSumSquare",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+]
+
+
+@pytest.mark.parametrize("op", REDUCE_OPS)
 @pytest.mark.parametrize("opset", [9, 13, 17, 18, 21])
 @pytest.mark.parametrize("axes", [None, [1], [2, 3], [-1], [0, 2], [3, -1]])
 @pytest.mark.parametrize("keepdims", [0, 1])
@@ -1598,7 +1799,9 @@ def test_reductions(op, opset, axes, keepdims):
         m = single(op, shape, {"axes": axes, "keepdims": keepdims}, [], opset)
     else:
         m = single(op, shape, {"keepdims": keepdims}, [("axes", np.array(axes, np.int64))], opset)
-    check(m, rand(shape, 1), what=f"{op} opset {opset} axes={axes} keepdims={keepdims}")
+    # a product of up to 120 factors and a log of a sum stay well scaled on positive values near 1
+    x = rand(shape, 1, 0.5, 1.5) if op in ("ReduceProd", "ReduceLogSum") else rand(shape, 1)
+    check(m, x, what=f"{op} opset {opset} axes={axes} keepdims={keepdims}")
 
 
 @pytest.mark.parametrize("noop", [0, 1])
@@ -1742,6 +1945,12 @@ TESTED_OP_TYPES = {
     "ReduceSum",
     "ReduceMax",
     "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceSumSquare",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
     "Relu",
     "Reshape",
     "Resize",
@@ -1782,6 +1991,19 @@ TESTED_OP_TYPES = {
     "Equal",
     "Expand",
     "Range",
+    "Tile",
+    "CumSum",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "LpNormalization",
+    "MeanVarianceNormalization",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "And",
+    "Or",
+    "Xor",
 }
 
 

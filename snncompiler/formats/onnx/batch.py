@@ -183,6 +183,10 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
         return a.get("axis", -1) % (rank or 1 << 30) == 0 if rank else a.get("axis") == 0
     if op in REDUCTIONS:
         return not a.get("axes") or 0 in a["axes"]
+    if op == "mvn":
+        return 0 in a["axes"]
+    if op == "lp_norm":
+        return a["axis"] == 0
     if op == "transpose":
         return list(a["perm"])[0] != 0
     if op == "reshape":

@@ -302,6 +302,16 @@ def _explicit_squeeze_axes(model: onnx.ModelProto) -> None:
             node.attribute.append(onnx.helper.make_attribute("axes", axes))
 
 
+def _explicit_mvn_axes(model: onnx.ModelProto) -> None:
+    """MeanVarianceNormalization without ``axes`` gets its default (0, 2, 3) written out: onnx's
+    shape inference of the op's function body fails on the missing attribute (a Constant
+    taking its value from it), though the spec and onnxruntime define the default."""
+    for node in model.graph.node:
+        if node.op_type == "MeanVarianceNormalization" and node.domain in ("", "ai.onnx"):
+            if not any(a.name == "axes" for a in node.attribute):
+                node.attribute.append(onnx.helper.make_attribute("axes", [0, 2, 3]))
+
+
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
     """Give symbolic leading dims a value so shapes (and Shape-derived constants) become static.
 
@@ -343,6 +353,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     _check_initializers(model, label)
     _record_batch_semantics(model)
     _explicit_squeeze_axes(model)
+    _explicit_mvn_axes(model)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)

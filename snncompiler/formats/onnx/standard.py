@@ -41,8 +41,6 @@ from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
 from .writer import Builder, write_node
 
-torch_float = "torch.float32"  # compared as text: dtypes are recorded by _value_dtypes
-
 
 def _i64(values) -> np.ndarray:
     return np.array(values, np.int64)
@@ -59,12 +57,12 @@ def _channel_const(t, rank: int) -> np.ndarray:
 class _Writer:
     """The standard-ONNX graph of one spiking model at one T."""
 
-    def __init__(self, graph: Graph, options: dict, timesteps: int, dtypes: dict):
+    def __init__(self, graph: Graph, options: dict, timesteps: int):
         self.graph, self.T = graph, int(timesteps)
-        self.dtypes = dtypes  # of every value, from a probe run: an analog op may return a non-float
         self.b = Builder(graph)
         self.sequence = options.get("encoding") == "sequence"
         self.static: set[str] = set() if self.sequence else {graph.inputs[0].name}
+        self.constant: set[str] = set()  # static and independent of the input (no per-sample axis)
         self._tiled: dict[str, str] = {}
         self._n = 0
 
@@ -140,7 +138,12 @@ class _Writer:
             ins = [rename.get(i, i) for i in node.inputs]
             if node.op != "neuron" and all(i in self.static for i in node.inputs):
                 self.static.update(node.outputs)
+                if all(i in self.constant for i in node.inputs):
+                    self.constant.update(node.outputs)
                 write_node(self.b, _renamed(node, ins, node.outputs))
+                continue
+            if conversion_kind(node) == "analog":
+                self.analog(node, ins)
                 continue
             dyn = [self.dynamic(i) for i in ins]
             if node.op == "neuron":
@@ -149,8 +152,6 @@ class _Writer:
                 self.rate_maxpool(node, dyn[0])
             elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
                 self.gated_maxpool(node, dyn[0])
-            elif conversion_kind(node) == "analog":
-                self.analog(node, dyn)
             else:
                 write_node(self.b, _renamed(node, dyn, node.outputs))
         outputs = []
@@ -210,14 +211,19 @@ class _Writer:
         axis0 = self.const(node.name, np.array(0, np.int64))
         means = []
         for name, value in zip(node.inputs, ins):
+            if value in self.constant:  # its own mean, broadcasting over [T·N, ...] as over [N, ...]
+                means.append(value)
+                continue
+            value = self.dynamic(value)
+            if not _is_float(self.graph, name):  # a mask from an island before: this step's value
+                means.append(value)
+                continue
             rank = len(self.sample_shape(name)) + 2
             seq = self.to_steps(value, name)
-            if self.dtypes.get(name, torch_float) != torch_float:
-                seq = self.add("Cast", [seq], node.name, to=TensorProto.FLOAT)
             cum = self.add("CumSum", [seq, axis0], node.name)
             means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
         out = node.outputs[0]
-        if self.dtypes.get(out, torch_float) != torch_float:  # not a float (a comparison): passed on as it is
+        if not _is_float(self.graph, out):  # not a float (a comparison): passed on as it is
             write_node(self.b, _renamed(node, means, [out]))
             return
         f = self.name(node.name + "_f")
@@ -402,21 +408,11 @@ def _neuron_body(prefix: str, theta: np.ndarray, spec: NeuronSpec) -> onnx.Graph
     return helper.make_graph(nodes, prefix, [vi("v"), vi("x")], [vi("v_next"), vi("out")], initializer=inits)
 
 
-def _value_dtypes(graph: Graph) -> dict:
-    """The torch dtype of every value, from one zero sample through the graph's ANN mode."""
-    import torch
-
-    from ...runtime.executor import Executor
-
-    x = graph.inputs[0]
-    dtypes = {x.name: torch_float}
-
-    def record(node, outs):
-        dtypes.update((name, str(t.dtype)) for name, t in zip(node.outputs, outs))
-
-    with torch.no_grad():
-        Executor(graph).interpret({x.name: torch.zeros((1,) + tuple(x.shape[1:]))}, observer=record)
-    return dtypes
+def _is_float(graph: Graph, name: str) -> bool:
+    """Whether a value is float32 as the runtime computes it (a comparison gives bool), from
+    the dtypes :func:`~snncompiler.runtime.executor.infer_shapes` recorded."""
+    value = graph.values.get(name)
+    return value is None or value.dtype == "float32"
 
 
 def to_standard_onnx(compiled, timesteps: int | None = None) -> onnx.ModelProto:
@@ -443,7 +439,7 @@ def to_standard_onnx(compiled, timesteps: int | None = None) -> onnx.ModelProto:
     if len(graph.inputs) != 1:
         raise SnncError(f"{where}: has {len(graph.inputs)} inputs; the export handles one")
     graph = infer_shapes(graph.copy())
-    model = _Writer(graph, compiled.options, T, _value_dtypes(graph)).write()
+    model = _Writer(graph, compiled.options, T).write()
     onnx.checker.check_model(model)
     return model
 

@@ -14,6 +14,7 @@ from ...errors import SnncError
 from ...fileio import write_bytes
 from ...ir import Graph, Node
 from ..artifact import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET, artifact_metadata
+from .converters.structure import CAST_DTYPES
 from .registry import WRITERS
 
 
@@ -52,6 +53,16 @@ def write_node(b: Builder, n: Node) -> None:
     rule(b, n)
 
 
+#: torch dtype name → ONNX element type (the inverse of the Cast converter's table)
+_ONNX_TYPES = {name: onnx_type for onnx_type, name in CAST_DTYPES.items()}
+
+
+def _element_type(graph: Graph, name: str) -> int:
+    """The ONNX element type of a value as the runtime computes it (float32 unless recorded)."""
+    value = graph.values.get(name)
+    return _ONNX_TYPES.get(value.dtype if value is not None else "float32", TensorProto.FLOAT)
+
+
 def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:
     """Build the artifact ModelProto from a (spiking) IR graph."""
     b = Builder(graph)
@@ -62,13 +73,13 @@ def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:
 
     infer_shapes(graph)
     outputs = [
-        helper.make_tensor_value_info(v.name, TensorProto.FLOAT, ["N"] + list(graph.shape(v.name)[1:]))
+        helper.make_tensor_value_info(v.name, _element_type(graph, v.name), ["N"] + list(graph.shape(v.name)[1:]))
         for v in graph.outputs
     ]
-    # shape inference cannot see through custom-domain neurons: record every value's shape
+    # shape inference cannot see through custom-domain neurons: record every value's shape and type
     io_names = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
     value_info = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"] + list(v.shape[1:]))
+        helper.make_tensor_value_info(name, _element_type(graph, name), ["N"] + list(v.shape[1:]))
         for name, v in graph.values.items()
         if v.shape and name not in io_names and any(name in n.outputs for n in graph.nodes)
     ]

@@ -1,10 +1,11 @@
-"""Converters for broadcasting arithmetic: Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean."""
+"""Converters for broadcasting arithmetic (Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean), Where,
+comparisons and logical connectives (ir/ops.PREDICATES), and the pointwise functions (ir/ops.UNARY)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ....ir.ops import UNARY
+from ....ir.ops import PREDICATES, UNARY
 from ..registry import converter, writes
 
 
@@ -79,10 +80,16 @@ def where(node, ctx):
         ctx.emit("where", [cond, ctx.activation_or_const(x), ctx.activation_or_const(y)], [node.output[0]])
 
 
-@converter("Equal")
-def equal(node, ctx):
-    """Equal of an activation (with a constant or another activation) → equal (a bool mask)."""
-    ctx.emit("equal", [ctx.activation_or_const(i) for i in node.input], [node.output[0]])
+def _predicate(core: str):
+    def convert(node, ctx):
+        ctx.emit(core, [ctx.activation_or_const(i) for i in node.input], [node.output[0]])
+
+    convert.__doc__ = f"of an activation (with a constant or another activation) → {core} (a bool mask)"
+    return convert
+
+
+for _core, _onnx in PREDICATES.items():
+    converter(_onnx)(_predicate(_core))
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
@@ -113,7 +120,7 @@ def write_where(b, n) -> None:
     b.add("Where", cond + n.inputs, n.outputs, n.name)
 
 
-@writes("equal")
-def write_equal(b, n) -> None:
-    """Equal."""
-    b.add("Equal", n.inputs, n.outputs, n.name)
+@writes(*PREDICATES)
+def write_predicate(b, n) -> None:
+    """A comparison or logical connective (:data:`~snncompiler.ir.ops.PREDICATES`)."""
+    b.add(PREDICATES[n.op], n.inputs, n.outputs, n.name)

@@ -271,6 +271,26 @@ def instance_norm(node, ctx):
     ctx.emit("instance_norm", [node.input[0]], [node.output[0]], {"eps": float(a.get("epsilon", 1e-5))}, params)
 
 
+@converter("LpNormalization")
+def lp_normalization(node, ctx):
+    """LpNormalization (p = 1 or 2) along one axis → lp_norm (analog island)."""
+    a = ctx.attrs(node)
+    p = int(a.get("p", 2))
+    if p not in (1, 2):
+        raise ctx.fail(f"LpNormalization p={p} is not defined (p is 1 or 2)")
+    axis = int(a.get("axis", -1)) % len(ctx.shape(node.input[0]))
+    ctx.emit("lp_norm", [node.input[0]], [node.output[0]], {"axis": axis, "p": p})
+
+
+@converter("MeanVarianceNormalization")
+def mean_variance_normalization(node, ctx):
+    """MeanVarianceNormalization over ``axes`` (default 0, 2, 3: the batch axis included, which
+    the batch check then reports) → mvn (analog island)."""
+    rank = len(ctx.shape(node.input[0]))
+    axes = sorted({int(x) % rank for x in ctx.attrs(node).get("axes", [0, 2, 3])})
+    ctx.emit("mvn", [node.input[0]], [node.output[0]], {"axes": axes})
+
+
 @converter("LRN")
 def lrn(node, ctx):
     """LRN across channels → lrn (analog island)."""
@@ -407,6 +427,18 @@ def write_layer_norm(b, n) -> None:
     p = n.params
     args = [n.inputs[0], b.const(n, "scale", p["scale"])] + ([b.const(n, "bias", p["bias"])] if "bias" in p else [])
     b.add("LayerNormalization", args, n.outputs, n.name, axis=int(n.attrs["axis"]), epsilon=float(n.attrs["eps"]))
+
+
+@writes("lp_norm")
+def write_lp_norm(b, n) -> None:
+    """LpNormalization."""
+    b.add("LpNormalization", n.inputs, n.outputs, n.name, axis=int(n.attrs["axis"]), p=int(n.attrs["p"]))
+
+
+@writes("mvn")
+def write_mvn(b, n) -> None:
+    """MeanVarianceNormalization."""
+    b.add("MeanVarianceNormalization", n.inputs, n.outputs, n.name, axes=ints(n.attrs["axes"]))
 
 
 @writes("instance_norm")

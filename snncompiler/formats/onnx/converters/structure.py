@@ -1,5 +1,5 @@
 """Converters for data movement and constants: reshapes, concat/split/slice, pad, resize,
-identity-like ops, constants, and Shape/Gather/Cast/Reduce{Mean,Sum,Max,Min}."""
+identity-like ops, constants, and Shape/Gather/Cast and the Reduce family (ir/ops.REDUCTIONS)."""
 
 from __future__ import annotations
 
@@ -394,6 +394,54 @@ def expand(node, ctx):
     ctx.emit("expand", [node.input[0]], [node.output[0]], {"shape": [int(d) for d in shape.reshape(-1)]})
 
 
+@converter("Tile")
+def tile(node, ctx):
+    """Tile by constant repeats → tile (repeating spikes repeats rates: linear)."""
+    repeats = [int(r) for r in ctx.const(node.input[1], "Tile repeats").reshape(-1)]
+    if repeats and repeats[0] != 1:
+        raise ctx.fail(f"Tile of the batch axis (repeats {repeats[0]} on axis 0) is not supported")
+    ctx.emit("tile", [node.input[0]], [node.output[0]], {"repeats": repeats})
+
+
+@converter("CumSum")
+def cumsum(node, ctx):
+    """CumSum along a constant axis (exclusive, reverse) → cumsum (a running sum of spikes is
+    the running sum of rates: linear)."""
+    a = ctx.attrs(node)
+    rank = len(ctx.shape(node.input[0]))
+    axis = int(ctx.const(node.input[1], "CumSum axis").reshape(-1)[0]) % rank
+    if axis == 0:
+        raise ctx.fail("CumSum along the batch axis (axis 0) is not supported")
+    attrs = {"axis": axis, "exclusive": int(a.get("exclusive", 0)), "reverse": int(a.get("reverse", 0))}
+    ctx.emit("cumsum", [node.input[0]], [node.output[0]], attrs)
+
+
+@converter("DepthToSpace", "SpaceToDepth")
+def depth_to_space(node, ctx):
+    """DepthToSpace (DCR or CRD) / SpaceToDepth → reshape, transpose, reshape (the ONNX
+    definition; pure data movement, so linear)."""
+    a = ctx.attrs(node)
+    mode = a.get("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    b = int(a["blocksize"])
+    shape = ctx.shape(node.input[0])
+    if len(shape) != 4:
+        raise ctx.fail(f"{node.op_type} needs a 4-D input, got shape {list(shape)}")
+    n, c, h, w = shape
+    if node.op_type == "SpaceToDepth":
+        split, perm, out = [n, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4], [n, c * b * b, h // b, w // b]
+    elif mode == "CRD":
+        split, perm, out = [n, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3], [n, c // (b * b), h * b, w * b]
+    elif mode == "DCR":
+        split, perm, out = [n, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2], [n, c // (b * b), h * b, w * b]
+    else:
+        raise ctx.fail(f"DepthToSpace mode '{mode}' is not DCR or CRD")
+    blocks, moved = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
+    ctx.emit("reshape", [node.input[0]], [blocks], {"shape": split[1:], "keep_batch": True})
+    ctx.emit("transpose", [blocks], [moved], {"perm": perm})
+    ctx.emit("reshape", [moved], [node.output[0]], {"shape": out[1:], "keep_batch": True})
+
+
 @converter("Range")
 def range_(node, ctx):
     """Range is supported when its inputs are constants (it is then folded at load time)."""
@@ -409,6 +457,20 @@ def _int64(values) -> np.ndarray:
 def write_expand(b, n) -> None:
     """Expand to a constant shape."""
     b.add("Expand", [n.inputs[0], b.const(n, "shape", _int64(n.attrs["shape"]))], n.outputs, n.name)
+
+
+@writes("tile")
+def write_tile(b, n) -> None:
+    """Tile with its repeats as an initializer."""
+    b.add("Tile", [n.inputs[0], b.const(n, "repeats", _int64(n.attrs["repeats"]))], n.outputs, n.name)
+
+
+@writes("cumsum")
+def write_cumsum(b, n) -> None:
+    """CumSum with its axis as an initializer."""
+    a = n.attrs
+    axis = b.const(n, "axis", np.array(a["axis"], np.int64))
+    b.add("CumSum", [n.inputs[0], axis], n.outputs, n.name, exclusive=int(a["exclusive"]), reverse=int(a["reverse"]))
 
 
 @writes("concat")
@@ -511,7 +573,7 @@ def write_resize(b, n) -> None:
 
 @writes(*REDUCTIONS)
 def write_reduction(b, n) -> None:
-    """ReduceMean/Sum/Max/Min with axes as an input (opset 18+)."""
+    """A reduction (:data:`~snncompiler.ir.ops.REDUCTIONS`) with axes as an input (opset 18+)."""
     b.add(
         REDUCTIONS[n.op],
         [n.inputs[0], b.const(n, "axes", _int64(n.attrs["axes"]))],
