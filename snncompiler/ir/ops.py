@@ -192,3 +192,10 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in _SPECS}
 def conversion_kind(node: Node) -> str:
     """How ``node`` converts (see the module docstring)."""
     return OPS[node.op].conversion_kind(node)
+
+
+def broadcasts_constants(op: str) -> bool:
+    """Whether a constant operand of ``op`` broadcasts against its other inputs (has no batch
+    axis, or one of size 1) rather than being aligned with them along axis 0 (``concat``).
+    The spiking runtimes fold time steps into axis 0: they pass such a constant unexpanded."""
+    return op != "concat"

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import SnncError
 from ..ir import Graph, Node
 from ..ir.neuron import NeuronSpec
-from ..ir.ops import conversion_kind
+from ..ir.ops import broadcasts_constants, conversion_kind
 from ..kernels.reference import f32
 from ..kernels.surrogate import Heaviside, resolve
 from .executor import Executor, fixed_batch
@@ -229,8 +229,11 @@ class SpikingModule(nn.Module):
             out = gated_maxpool_steps(view, seqs[0], {})  # the runtime's own; gradients reach the passed spikes
         elif conversion_kind(node) == "analog":
             out = self._analog(view, seqs, [v if name in self._constant else None for name, v in zip(node.inputs, ins)])
-        else:
-            res = IMPLEMENTATIONS[node.op](view, *[s.flatten(0, 1) for s in seqs])
+        else:  # a constant broadcasts over the folded [T·B, ...] as it did over [B, ...]: not expanded
+            unexpanded = self._constant if broadcasts_constants(node.op) else set()
+            res = IMPLEMENTATIONS[node.op](
+                view, *[v if name in unexpanded else s.flatten(0, 1) for name, v, s in zip(node.inputs, ins, seqs)]
+            )
             return tuple(res)
         return (out.flatten(0, 1),)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import OptionError, SnncError
 from ..ir import Graph, Node
 from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs
-from ..ir.ops import conversion_kind
+from ..ir.ops import broadcasts_constants, conversion_kind
 from ..limits import timestep_count
 from ..options import CUDA_GRAPH_MODES, DEFAULT_CHUNK, MAX_CHUNK
 from . import cuda_graphs
@@ -104,6 +104,21 @@ class _BinarySpikes:
     def values(self) -> torch.Tensor:
         """The float32 spikes the "value" format gives: θ where a spike is, 0 elsewhere."""
         return torch.where(self.bits.bool(), self.theta.to(torch.float32), 0.0)
+
+
+def _broadcasts_as_is(node: Node, value, rank: int) -> bool:
+    """Whether a static input of ``node`` can meet its time-varying inputs, folded to
+    [steps·B, ...] of ``rank`` dims, unexpanded: a constant without a batch axis (a fill value,
+    a threshold) or with a batch axis of 1 broadcasts over steps and samples as it did over
+    the samples (except where the op aligns axis 0: then it is repeated over the steps)."""
+    if not isinstance(value, _Static) or not broadcasts_constants(node.op):
+        return False
+    return value.t.dim() < rank or value.t.shape[0] == 1
+
+
+def _folded_rank(ins: list) -> int:
+    """The rank of the time-varying inputs ([steps, B, ...]) once steps and batch are folded."""
+    return max((v.bits if isinstance(v, _BinarySpikes) else v).dim() - 1 for v in ins if not isinstance(v, _Static))
 
 
 def _dyn(value, steps: int) -> torch.Tensor:
@@ -623,7 +638,10 @@ class SpikingRunner:
             if form != "dense":
                 out = layer(x, form, self._binary_spikes[node.inputs[0]] if binary else None)
                 return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
-        flat = [_dyn(v, steps).flatten(0, 1) for v in ins]  # dense: binary spikes as their values
+        rank = _folded_rank(ins)
+        flat = [  # dense: binary spikes as their values
+            v.t if _broadcasts_as_is(node, v, rank) else _dyn(v, steps).flatten(0, 1) for v in ins
+        ]
         return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in IMPLEMENTATIONS[node.op](node, *flat)]
 
     def _event_form(self, node: Node, layer, x: torch.Tensor) -> str:
@@ -696,12 +714,10 @@ class SpikingRunner:
     def _analog(self, node: Node, ins: list, steps: int, state: dict, t0: int) -> torch.Tensor:
         """An analog island: the op applied to its inputs' running means (the rate-decoded
         values so far), its output emitted as increments (see below)."""
-        rank = max(v.dim() + 1 for v in ins if not isinstance(v, _Static))  # the [steps, B, ...] inputs
+        rank = _folded_rank(ins)
         means = []
         for k, v in enumerate(ins):
-            if isinstance(v, _Static) and (v.t.dim() < rank - 1 or v.t.shape[0] == 1):
-                # a constant without a per-sample axis (a threshold, a fill value) is its own mean
-                # and broadcasts over the folded steps × batch axis as it did over the batch
+            if _broadcasts_as_is(node, v, rank):  # a static value is its own mean
                 means.append(v.t)
                 continue
             x = _dyn(v, steps)

@@ -36,7 +36,7 @@ from ...errors import SnncError
 from ...fileio import write_bytes
 from ...ir import Graph, Node
 from ...ir.neuron import NeuronSpec, binary_outputs, population_inverse
-from ...ir.ops import conversion_kind
+from ...ir.ops import broadcasts_constants, conversion_kind
 from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
 from .writer import Builder, write_node
@@ -145,7 +145,9 @@ class _Writer:
             if conversion_kind(node) == "analog":
                 self.analog(node, ins)
                 continue
-            dyn = [self.dynamic(i) for i in ins]
+            # a constant broadcasts over [T·N, ...] as it did over [N, ...]: not tiled
+            unexpanded = self.constant if broadcasts_constants(node.op) else set()
+            dyn = [i if i in unexpanded else self.dynamic(i) for i in ins]
             if node.op == "neuron":
                 self.neuron(node, dyn[0])
             elif node.op == "maxpool" and node.attrs.get("spiking") == "rate":
