@@ -449,6 +449,23 @@ def test_mean_variance_normalization(opset, axes):
     check(m, rand(shape, 1, -3, 5), what=f"MVN axes={axes}")
 
 
+def test_mean_variance_normalization_of_a_constant_slice_follows_the_spec(tmp_path):
+    """A constant slice (a silent ReLU channel) normalizes to 0 as the ONNX function body (onnx's
+    reference evaluator) gives; onnxruntime's kernel gives NaN there. The artifact writes the
+    function body, so its standard-ONNX export runs in onnxruntime to 0 too."""
+    from onnx.reference import ReferenceEvaluator
+
+    m = single("MeanVarianceNormalization", [1, 2, 2, 2], {"axes": [2, 3]}, [], 13)
+    x = np.zeros([1, 2, 2, 2], np.float32)
+    x[0, 1] = [[1, 2], [3, 4]]
+    spec = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    assert np.isnan(run_ort(m, x)[0][0, 0]).all()  # if onnxruntime follows the spec one day, use it here
+    assert_close(run_snn(m, x)[0], spec, "MVN of a constant slice")
+    compiled = snnc.compile(m, x, timesteps=2, calibration="none", quiet=True)
+    compiled.save_onnx(tmp_path / "m.onnx", 2)
+    assert_close(ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0], spec, "exported MVN")
+
+
 # =====================================================================================
 # Activations
 # =====================================================================================

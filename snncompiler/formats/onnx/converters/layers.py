@@ -437,8 +437,20 @@ def write_lp_norm(b, n) -> None:
 
 @writes("mvn")
 def write_mvn(b, n) -> None:
-    """MeanVarianceNormalization."""
-    b.add("MeanVarianceNormalization", n.inputs, n.outputs, n.name, axes=ints(n.attrs["axes"]))
+    """MeanVarianceNormalization as its ONNX function body, (x - E[x]) / (sqrt(E[x²] - E[x]²)
+    + 1e-9): onnxruntime's own kernel leaves out the 1e-9 and gives NaN for a constant slice (a
+    silent ReLU channel), where the spec and the runtime give 0."""
+    x, axes = n.inputs[0], b.const(n, "axes", np.array(n.attrs["axes"], np.int64))
+    names = {k: b.tmp(n) for k in ("mean", "sq", "mean_sq", "mean2", "var", "std", "den", "centred")}
+    b.add("ReduceMean", [x, axes], [names["mean"]], names["mean"], keepdims=1)
+    b.add("Mul", [x, x], [names["sq"]], names["sq"])
+    b.add("ReduceMean", [names["sq"], axes], [names["mean_sq"]], names["mean_sq"], keepdims=1)
+    b.add("Mul", [names["mean"], names["mean"]], [names["mean2"]], names["mean2"])
+    b.add("Sub", [names["mean_sq"], names["mean2"]], [names["var"]], names["var"])
+    b.add("Sqrt", [names["var"]], [names["std"]], names["std"])
+    b.add("Add", [names["std"], b.const(n, "epsilon", np.float32(1e-9))], [names["den"]], names["den"])
+    b.add("Sub", [x, names["mean"]], [names["centred"]], names["centred"])
+    b.add("Div", [names["centred"], names["den"]], n.outputs, n.name)
 
 
 @writes("instance_norm")
