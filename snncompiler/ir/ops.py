@@ -63,6 +63,13 @@ def _clip_kind(node: Node) -> str:
     return "spiking" if lo is not None and lo == 0.0 and (hi is None or hi > 0) else "analog"
 
 
+def _cast_kind(node: Node) -> str:
+    # a cast to a float type keeps a spike's value (float16: to its precision); a cast to an
+    # integer or bool type truncates each spike (θ = 0.7 → 0), so it runs on the rates instead
+    dtype = node.attrs.get("dtype", "float32")
+    return "linear" if "float" in dtype else "analog"
+
+
 def _binary_kind(node: Node) -> str:
     if node.op in ("add", "sub"):
         return "linear"
@@ -173,7 +180,7 @@ _SPECS = [
     OpSpec("expand", "linear"),
     OpSpec("tile", "linear"),
     OpSpec("cumsum", "linear"),
-    OpSpec("cast", "linear"),
+    OpSpec("cast", _cast_kind),
     OpSpec("identity", "folded"),
     OpSpec("constant", "folded"),
     OpSpec("unsupported", "unsupported"),
