@@ -25,7 +25,7 @@ import torch
 from .._version import __version__
 from ..errors import SnncError
 from ..ir import Graph, check_finite_parameters
-from ..ir.neuron import ENCODINGS, MAXPOOL_STRATEGIES
+from ..ir.neuron import ENCODINGS, MAXPOOL_STRATEGIES, pool_strategy
 from ..limits import check_timesteps
 from ..options import DEFAULTS, SETTING_KEYS
 
@@ -161,5 +161,5 @@ def read_artifact(graph: Graph) -> tuple[dict, dict]:
     strategy = settings.get("maxpool", DEFAULTS["maxpool"])
     if strategy in ("gated", "rate"):  # standard MaxPool nodes carry no strategy: restore the stateful ones
         for mp in graph.find("maxpool"):
-            mp.attrs["spiking"] = strategy
+            mp.attrs["spiking"] = pool_strategy(strategy, mp.attrs)
     return settings, report

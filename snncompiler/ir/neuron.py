@@ -32,6 +32,15 @@ ENCODINGS = ("direct", "rate", "sequence")
 #: Spiking max pooling strategies (see :mod:`snncompiler.passes.neuronize`); the first is the default.
 MAXPOOL_STRATEGIES = ("rate", "gated", "input", "output")
 
+def pool_strategy(strategy: str, pool_attrs: dict) -> str:
+    """The spiking max pooling one pool runs under the model's ``strategy``. ``gated`` passes
+    the spikes of the input with the highest running count in each window; for a global pool
+    (one window over the whole plane) that input is not implemented and the pool fell back to
+    the max of the spikes at each step (biased up by most of the output), so it takes ``rate``,
+    the unbiased strategy, instead."""
+    return "rate" if strategy == "gated" and pool_attrs.get("global") else strategy
+
+
 #: The most neurons one unit may be split into (``population``): past this the B-fold neuron work
 #: and spike traffic cost more than running at B·T steps would.
 MAX_POPULATION = 64

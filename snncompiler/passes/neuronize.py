@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..errors import OptionError
 from ..ir import Graph
-from ..ir.neuron import MAXPOOL_STRATEGIES, NeuronSpec
+from ..ir.neuron import MAXPOOL_STRATEGIES, NeuronSpec, pool_strategy
 from ..ir.ops import conversion_kind
 from ..options import setting
 from . import PassContext
@@ -54,7 +54,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             graph.values.pop(a, None)
             mp.attrs["spiking"] = "input"
         else:
-            mp.attrs["spiking"] = "output" if strategy == "input" else strategy
+            mp.attrs["spiking"] = "output" if strategy == "input" else pool_strategy(strategy, mp.attrs)
         ctx.note(NAME, f"{mp.name}: spiking max pooling '{mp.attrs['spiking']}'")
     islands = [n for n in graph.nodes if conversion_kind(n) == "analog"]
     for n in islands:

@@ -210,7 +210,7 @@ class _Writer:
             raise SnncError(
                 f"{node.where}: an analog island with {len(node.outputs)} outputs cannot be exported to standard ONNX"
             )
-        axis0 = self.const(node.name, np.array(0, np.int64))
+        axis0 = None  # made on first use: an island of constants and masks has no running sums
         means = []
         for name, value in zip(node.inputs, ins):
             if value in self.constant:  # its own mean, broadcasting over [T·N, ...] as over [N, ...]
@@ -222,6 +222,7 @@ class _Writer:
                 continue
             rank = len(self.sample_shape(name)) + 2
             seq = self.to_steps(value, name)
+            axis0 = axis0 or self.const(node.name, np.array(0, np.int64))
             cum = self.add("CumSum", [seq, axis0], node.name)
             means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
         out = node.outputs[0]
