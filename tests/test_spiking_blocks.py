@@ -104,6 +104,14 @@ _block(
     [init("sc", np.array([1, 1, 2, 2], f32))],
 )
 _block(
+    "Resize cubic",
+    [
+        M("Resize", ["r", "", "sc"], ["u"], mode="cubic", cubic_coeff_a=-0.75),
+        M("AveragePool", ["u"], ["g"], kernel_shape=[2, 2], strides=[2, 2]),
+    ],
+    [init("sc", np.array([1, 1, 2, 2], f32))],
+)
+_block(
     "Upsample",
     [
         M("Upsample", ["r", "sc"], ["u"], mode="nearest"),

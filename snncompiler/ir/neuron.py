@@ -32,6 +32,7 @@ ENCODINGS = ("direct", "rate", "sequence")
 #: Spiking max pooling strategies (see :mod:`snncompiler.passes.neuronize`); the first is the default.
 MAXPOOL_STRATEGIES = ("rate", "gated", "input", "output")
 
+
 def pool_strategy(strategy: str, pool_attrs: dict) -> str:
     """The spiking max pooling one pool runs under the model's ``strategy``. ``gated`` passes
     the spikes of the input with the highest running count in each window; for a global pool

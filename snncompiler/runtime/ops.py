@@ -626,6 +626,31 @@ def _nearest_index(src: torch.Tensor, in_size: int, rounding: str) -> torch.Tens
     return idx.clamp(0, in_size - 1).long()
 
 
+def _cubic_along(x, axis: int, src: torch.Tensor, in_size: int, a: float, exclude_outside: int):
+    """Cubic convolution (Keys, coefficient ``a``) along ``axis`` at source coordinates ``src``:
+    the four inputs around each coordinate, the ones beyond the edge repeating the edge value
+    or, with ``exclude_outside``, left out with the other weights renormalised (as ONNX)."""
+    offsets = torch.arange(-1, 3)
+    left = torch.floor(src)
+    idx = left.long().unsqueeze(1) + offsets  # [out, 4]
+    d = (src - left).unsqueeze(1) - offsets  # signed distance of each input from the coordinate
+    d = d.abs().double()
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    w = torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+    if exclude_outside:
+        w = torch.where((idx >= 0) & (idx < in_size), w, torch.zeros_like(w))
+        w = w / w.sum(1, keepdim=True)
+    idx = idx.clamp(0, in_size - 1)
+    shape = [1] * x.dim()
+    shape[axis] = idx.shape[0]
+    out = 0
+    for k in range(4):
+        picked = torch.index_select(x, axis, device_constant(idx[:, k].contiguous(), x.device))
+        out = out + picked * device_constant(w[:, k].to(x.dtype).contiguous(), x.device).reshape(shape)
+    return out
+
+
 @implements("resize")
 def resize(node: Node, x):
     """Resize / Upsample, nearest or (bi/tri)linear, separably per resized axis.
@@ -644,6 +669,9 @@ def resize(node: Node, x):
         src = _source_coords(out_size, in_size, scale, ctm)
         if mode == "nearest":
             x = torch.index_select(x, axis, device_constant(_nearest_index(src, in_size, rounding), x.device))
+            continue
+        if mode == "cubic":
+            x = _cubic_along(x, axis, src, in_size, node.attrs["cubic_coeff_a"], node.attrs["exclude_outside"])
             continue
         src = src.clamp(0, in_size - 1)
         lo = torch.floor(src).long()

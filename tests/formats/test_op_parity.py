@@ -1587,6 +1587,36 @@ def test_resize_linear(opset, ctm, by):
     check(m, rand(shape, 1), what=f"Resize linear {ctm} by {by}")
 
 
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("ctm", ["asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"])
+@pytest.mark.parametrize("by", ["scales", "sizes", "downscale"])
+@pytest.mark.parametrize("a,exclude", [(-0.75, 0), (-0.5, 0), (-0.75, 1)])
+def test_resize_cubic(opset, ctm, by, a, exclude):
+    """Keys cubic convolution; edges repeat (or, with exclude_outside, drop out and the weights
+    renormalise). torch's bicubic interpolate exports a = -0.75."""
+    shape = [2, 3, 5, 6]
+    roi = ("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    no_scales = ("scales", np.zeros(0, np.float32)) if opset < 13 else ""
+    consts = {
+        "scales": [roi, ("scales", np.array([1, 1, 2.0, 1.5], np.float32))],
+        "sizes": [roi, no_scales, ("sizes", np.array([2, 3, 9, 4], np.int64))],
+        "downscale": [roi, ("scales", np.array([1, 1, 0.6, 0.5], np.float32))],
+    }[by]
+    attrs = {"mode": "cubic", "coordinate_transformation_mode": ctm, "cubic_coeff_a": a, "exclude_outside": exclude}
+    m = single("Resize", shape, attrs, consts, opset)
+    check(m, rand(shape, 1), what=f"Resize cubic {ctm} by {by} a={a} exclude_outside={exclude}")
+
+
+def test_resize_cubic_artifact_loads_back(tmp_path):
+    """The artifact keeps cubic_coeff_a and exclude_outside (defaults would change the answer)."""
+    attrs = {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}
+    m = single("Resize", [2, 3, 5, 6], attrs, ["", ("scales", np.array([1, 1, 2.0, 1.5], np.float32))], 18)
+    x = rand([2, 3, 5, 6], 1)
+    compiled = snnc.compile(m, x, timesteps=2, calibration="none", quiet=True)
+    compiled.save(tmp_path / "m.snn.onnx")
+    assert_close(snnc.load(tmp_path / "m.snn.onnx").run(x, 2), run_ort(m, x)[0], "reloaded cubic Resize")
+
+
 # without axes, not_smaller would resize the batch axis too (refused, see below)
 @pytest.mark.parametrize("policy,axes", [("not_larger", None), ("not_larger", [2, 3]), ("not_smaller", [2, 3])])
 @pytest.mark.parametrize("mode", ["nearest", "linear"])

@@ -166,12 +166,12 @@ _RESIZE_COORDINATES = (
 
 @converter("Resize", "Upsample")
 def resize(node, ctx):
-    """Resize/Upsample, nearest or linear, any coordinate transformation → resize."""
+    """Resize/Upsample, nearest, linear or cubic, any coordinate transformation → resize."""
     a = ctx.attrs(node)
     text = lambda k, d: a.get(k, d).decode() if isinstance(a.get(k, d), bytes) else a.get(k, d)
     mode = text("mode", "nearest")
-    if mode not in ("nearest", "linear", "bilinear"):
-        raise ctx.fail(f"Resize mode '{mode}' is not supported (nearest and linear are)")
+    if mode not in ("nearest", "linear", "bilinear", "cubic"):
+        raise ctx.fail(f"Resize mode '{mode}' is not supported (nearest, linear and cubic are)")
     if int(a.get("antialias", 0)):
         raise ctx.fail("Resize with antialias=1 is not supported")
     in_shape = list(ctx.shape(node.input[0]))
@@ -208,18 +208,17 @@ def resize(node, ctx):
             scales = [one if ax in resized else 1.0 for ax in range(rank)]
     if scales and scales[0] != 1.0:
         raise ctx.fail(f"Resize of the batch axis (scale {scales[0]:g} on axis 0) is not supported")
-    ctx.emit(
-        "resize",
-        [node.input[0]],
-        [node.output[0]],
-        {
-            "mode": "linear" if mode == "bilinear" else mode,
-            "sizes": out_shape,
-            "scales": scales,
-            "coordinate_transformation_mode": ctm,
-            "nearest_mode": nearest,
-        },
-    )
+    attrs = {
+        "mode": "linear" if mode == "bilinear" else mode,
+        "sizes": out_shape,
+        "scales": scales,
+        "coordinate_transformation_mode": ctm,
+        "nearest_mode": nearest,
+    }
+    if mode == "cubic":
+        attrs["cubic_coeff_a"] = float(a.get("cubic_coeff_a", -0.75))
+        attrs["exclude_outside"] = int(a.get("exclude_outside", 0))
+    ctx.emit("resize", [node.input[0]], [node.output[0]], attrs)
 
 
 @converter("Identity", "Dropout")
@@ -567,6 +566,7 @@ def write_resize(b, n) -> None:
         mode=a["mode"],
         coordinate_transformation_mode=a["coordinate_transformation_mode"],
         nearest_mode=a["nearest_mode"],
+        **{k: a[k] for k in ("cubic_coeff_a", "exclude_outside") if k in a},
         **extra,
     )
 
