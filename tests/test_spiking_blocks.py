@@ -165,6 +165,10 @@ _block("Min with a constant", [M("Min", ["r", "v"], ["g"])], [init("v", rand([4]
 _block("Sum of three", [M("Sum", ["r", "r", "v"], ["g"])], [init("v", rand([4], 4))])
 _block("Mean of two", [M("Mean", ["r", "v"], ["g"])], [init("v", rand([4], 4))])
 _block("MatMul by a constant", [M("MatMul", ["r", "wm"], ["g"])], [init("wm", rand([4, 4], 6))])
+_block(
+    "Einsum with a constant", [M("Einsum", ["r", "we"], ["g"], equation="bchw,cd->bdhw")], [init("we", rand([8, 8], 6))]
+)
+_block("Einsum of two activations", [M("Einsum", ["r", "r"], ["g"], equation="bcij,bcjk->bcik")])
 _block("MatMul of two activations", [M("Transpose", ["r"], ["rt"], perm=[0, 1, 3, 2]), M("MatMul", ["r", "rt"], ["g"])])
 _block("Conv grouped", [M("Conv", ["r", "wg"], ["g"], group=4, pads=[1, 1, 1, 1])], [init("wg", rand([8, 2, 3, 3], 7))])
 _block(

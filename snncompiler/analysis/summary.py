@@ -140,7 +140,7 @@ _ROUTING = {
     "neg",
 }
 #: Layers whose multiply-accumulates are counted.
-_MAC_LAYERS = {"conv", "conv_transpose", "linear", "matmul"}
+_MAC_LAYERS = {"conv", "conv_transpose", "linear", "matmul", "einsum"}
 #: Below this share of spike-driven MACs (after the input layers) a network counts as analog-heavy.
 MIN_SPIKING_SHARE = 0.5
 

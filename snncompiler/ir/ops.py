@@ -58,6 +58,25 @@ def _matmul_macs(node, ins, outs):
     return _prod(outs[0][1:]) * int(a[-1])
 
 
+def _einsum_macs(node, ins, outs):
+    # one multiply-accumulate per combination of every subscript's index, per sample
+    terms, _ = einsum_terms(node.attrs["equation"])
+    activation_shapes = iter(ins)
+    sizes: dict[str, int] = {}
+    broadcast = 1  # the dims under "..."
+    for term, key in zip(terms, node.attrs["operands"]):
+        shape = [int(d) for d in (node.params[key].shape if key else next(activation_shapes))]
+        head, _, tail = term.partition("...")
+        middle = len(shape) - len(head) - len(tail)
+        if "..." in term:
+            broadcast = max(broadcast, _prod(shape[len(head) : len(head) + middle]))
+        for letter, d in zip(head + "." * middle + tail, shape):
+            if letter != ".":
+                sizes[letter] = max(sizes.get(letter, 1), d)
+    batch = int(ins[0][0]) if ins and ins[0] else 1
+    return _prod(list(sizes.values())) * broadcast // max(batch, 1)
+
+
 def _clip_kind(node: Node) -> str:
     lo, hi = node.attrs.get("min"), node.attrs.get("max")
     return "spiking" if lo is not None and lo == 0.0 and (hi is None or hi > 0) else "analog"
@@ -149,6 +168,7 @@ _SPECS = [
     OpSpec("conv_transpose", "linear", _convt_macs),
     OpSpec("linear", "linear", _linear_macs),
     OpSpec("matmul", lambda n: "linear" if (n.params and len(n.inputs) == 1) else "analog", _matmul_macs),
+    OpSpec("einsum", lambda n: "linear" if len(n.inputs) == 1 else "analog", _einsum_macs),
     OpSpec("batchnorm", "folded"),
     OpSpec("scale", "linear"),
     OpSpec("relu", "spiking"),
@@ -206,3 +226,14 @@ def broadcasts_constants(op: str) -> bool:
     axis, or one of size 1) rather than being aligned with them along axis 0 (``concat``).
     The spiking runtimes fold time steps into axis 0: they pass such a constant unexpanded."""
     return op != "concat"
+
+
+def einsum_terms(equation: str) -> tuple[list[str], str]:
+    """An Einsum equation's operand subscripts and output subscripts (the implicit output, as
+    numpy and ONNX define it: ``...`` if any, then the letters used once, sorted)."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:
+        letters = [c for c in lhs if c.isalpha()]
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, rhs

@@ -132,6 +132,14 @@ def matmul(node: Node, *xs):
     return (torch.matmul(a, b),)
 
 
+@implements("einsum")
+def einsum(node: Node, *xs):
+    """ONNX Einsum (numpy's semantics, implicit output included); constant operands from params."""
+    activations = iter(xs)
+    operands = [node.params[k] if k else next(activations) for k in node.attrs["operands"]]
+    return (torch.einsum(node.attrs["equation"], *operands),)
+
+
 @implements("batchnorm")
 def batchnorm(node: Node, x):
     """Inference BatchNormalization over axis 1."""

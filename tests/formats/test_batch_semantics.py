@@ -144,6 +144,15 @@ CASES = {
     ),
     "ReduceLogSumExp": _one("ReduceLogSumExp", {"keepdims": 0}, [("a", i64([1]))]),
     "Tile": _one("Tile", consts=[("r", i64([1, 2, 1, 3]))]),
+    "Einsum": _one("Einsum", {"equation": "bijk,kl->bijl"}, [("w", rand([5, 2], 1))]),
+    "Einsum of two activations": _nodes(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Einsum", ["x", "r"], ["y"], equation="bijk,bijk->bi"),
+        ]
+    ),
+    "Einsum summing the batch": _one("Einsum", {"equation": "bijk->ijk"}),
+    "Einsum with the batch in a constant": _one("Einsum", {"equation": "bijk,b->bijk"}, [("w", rand([1], 1))]),
     "CumSum": _one("CumSum", {"reverse": 1}, [("a", i64(2))]),
     "DepthToSpace": _one("DepthToSpace", {"blocksize": 2}, rest=[8, 2, 3]),
     "SpaceToDepth": _one("SpaceToDepth", {"blocksize": 2}, rest=[2, 4, 6]),

@@ -23,8 +23,11 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import snncompiler as snnc
+from snncompiler.analysis.summary import node_rows
 from snncompiler.errors import SnncError
 from snncompiler.formats.onnx import supported_ops
+from snncompiler.ir.ops import conversion_kind
+from snncompiler.runtime.executor import infer_shapes
 from tests.formats.helpers import (
     OrtRejected,
     assert_close,
@@ -965,6 +968,51 @@ def test_logical_connectives(op, opset):
 def test_expand(opset, x_shape, target):
     m = single("Expand", x_shape, {}, [("s", np.array(target, np.int64))], opset)
     check(m, rand(x_shape, 5), what=f"Expand {x_shape} to {target}")
+
+
+#: equation, operand shapes (the first is the graph input x), which operands are constants
+EINSUMS = [
+    ("bij,jk->bik", [[2, 3, 4], [4, 5]], [False, True]),
+    ("bij,kj->bki", [[2, 3, 4], [5, 4]], [False, True]),
+    ("ij,bjk->bik", [[3, 4], [2, 4, 5]], [True, False]),
+    ("bhqd,bhkd->bhqk", [[2, 2, 3, 4], [2, 2, 5, 4]], [False, False]),
+    ("bij,bjk->bik", [[2, 3, 4], [2, 4, 5]], [False, False]),
+    ("bi,i->b", [[2, 6], [6]], [False, True]),
+    ("...ij,jk->...ik", [[2, 3, 4], [4, 5]], [False, True]),
+    ("bii->bi", [[2, 4, 4]], [False]),
+    ("bij->bji", [[2, 3, 4]], [False]),
+    ("bij,jk", [[2, 3, 4], [4, 5]], [False, True]),
+    ("bij,bij->b", [[2, 3, 4], [2, 3, 4]], [False, False]),
+    ("b i j , j k -> b i k", [[2, 3, 4], [4, 5]], [False, True]),
+]
+
+
+@pytest.mark.parametrize("opset", [12, 21])
+@pytest.mark.parametrize("equation,shapes,const", EINSUMS)
+def test_einsum(opset, equation, shapes, const):
+    names = [f"o{i}" for i in range(len(shapes))]
+    activations = [(n, s) for n, s, c in zip(names, shapes, const) if not c]
+    inits = [init(n, rand(s, 7 + i)) for i, (n, s, c) in enumerate(zip(names, shapes, const)) if c]
+    m = build([helper.make_node("Einsum", names, ["y"], equation=equation)], activations, ["y"], inits, opset)
+    check(m, *[rand(s, 3 + i) for i, (_, s) in enumerate(activations)], what=f"Einsum {equation}")
+
+
+def test_einsum_with_a_constant_is_linear_and_compiles(tmp_path):
+    """x·W by Einsum between spiking layers runs on spikes (linear); the artifact reloads."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Einsum", ["r", "w2"], ["y"], equation="bi,ji->bj"),
+    ]
+    model = build(nodes, [("x", ["N", 6])], ["y"], [init("w1", rand([8, 6], 1)), init("w2", rand([3, 8], 2))], 18)
+    x = rand([16, 6], 3)
+    compiled = snnc.compile(model, x, timesteps=4, calibration="none", quiet=True)
+    (node,) = compiled.graph.find("einsum")
+    assert conversion_kind(node) == "linear"
+    rows = node_rows(infer_shapes(compiled.graph.copy()))
+    assert [r["macs"] for r in rows if r["op"] == "Einsum"] == [3 * 8]  # as the Gemm it stands for
+    compiled.save(tmp_path / "m.snn.onnx")
+    np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, 4), compiled.run(x, 4), rtol=1e-6)
 
 
 @pytest.mark.parametrize("opset", [6, 13, 21])
@@ -2057,6 +2105,7 @@ TESTED_OP_TYPES = {
     "Range",
     "Tile",
     "CumSum",
+    "Einsum",
     "DepthToSpace",
     "SpaceToDepth",
     "LpNormalization",

@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...ir import Graph, Node
-from ...ir.ops import REDUCTIONS
+from ...ir.ops import REDUCTIONS, einsum_terms
 
 
 def declared_batch(model: onnx.ModelProto) -> str:
@@ -171,6 +171,18 @@ def non_batch_node(graph: Graph) -> Node | None:
     return None
 
 
+def _einsum_mixes_axis0(attrs: dict) -> bool:
+    """An Einsum keeps samples apart when every activation's axis 0 is one subscript (or a
+    leading ``...``) that leads the output and no constant operand carries."""
+    terms, out = einsum_terms(attrs["equation"])
+    consts = [t for t, k in zip(terms, attrs["operands"]) if k]
+    leads = {"..." if t.startswith("...") else t[:1] for t, k in zip(terms, attrs["operands"]) if not k}
+    if len(leads) != 1:
+        return True
+    lead = leads.pop()
+    return not lead or not out.startswith(lead) or any(lead in t for t in consts)
+
+
 def _rank_of(graph: Graph, name: str) -> int | None:
     shape = graph.shape(name)
     return len(shape) if shape is not None else None
@@ -185,6 +197,8 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
         return not a.get("axes") or 0 in a["axes"]
     if op == "mvn":
         return 0 in a["axes"]
+    if op == "einsum":
+        return _einsum_mixes_axis0(a)
     if op == "lp_norm":
         return a["axis"] == 0
     if op == "transpose":

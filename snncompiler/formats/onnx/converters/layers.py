@@ -228,6 +228,24 @@ def matmul(node, ctx):
         ctx.emit("matmul", [a_name, b_name], [node.output[0]])
 
 
+@converter("Einsum")
+def einsum(node, ctx):
+    """Einsum → einsum: linear in its one activation operand when the others are constants
+    (params ``operand<i>``; ``operands`` records where each goes), analog with several."""
+    equation = ctx.attrs(node)["equation"]
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    inputs, operands, params = [], [], {}
+    for i, name in enumerate(node.input):
+        if ctx.is_const(name):
+            value = ctx.const(name)
+            params[f"operand{i}"] = value if value.dtype.kind in "iu" else value.astype(np.float32)
+            operands.append(f"operand{i}")
+        else:
+            inputs.append(name)
+            operands.append("")
+    ctx.emit("einsum", inputs, [node.output[0]], {"equation": equation, "operands": operands}, params)
+
+
 @converter("BatchNormalization")
 def batch_norm(node, ctx):
     """BatchNormalization (inference) → batchnorm, folded into the preceding layer at compile time."""
@@ -381,6 +399,14 @@ def write_matmul(b, n) -> None:
         + ([b.const(n, "rhs", p["rhs"])] if "rhs" in p else [])
     )
     b.add("MatMul", args, n.outputs, n.name)
+
+
+@writes("einsum")
+def write_einsum(b, n) -> None:
+    """Einsum, its constant operands as initializers in their places."""
+    activations = iter(n.inputs)
+    args = [b.const(n, k, n.params[k]) if k else next(activations) for k in n.attrs["operands"]]
+    b.add("Einsum", args, n.outputs, n.name, equation=n.attrs["equation"])
 
 
 @writes("batchnorm")
