@@ -550,11 +550,17 @@ def _add_report_command(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def _model_files(model) -> list:
-    """A model path and the external-data files it reads: all inputs that ``-o`` may not replace."""
+def _model_files(model, output, suffix: str | None = None) -> list:
+    """A model path and the external-data files it reads: all inputs that ``-o`` may not replace.
+    The model file is parsed for them only when the output (``suffix`` appended where the
+    writer appends it) already exists: a new file cannot be one of them."""
     from ..formats.onnx.reader import external_data_files
 
-    return [model, *external_data_files(model)] if model else [model]
+    given = os.fspath(output) if output else ""
+    targets = [given] + ([given + suffix] if suffix and given and not given.endswith(suffix) else [])
+    if not model or not any(t and os.path.exists(t) for t in targets):
+        return [model]
+    return [model, *external_data_files(model)]
 
 
 def cmd_report(args) -> int:
@@ -564,7 +570,7 @@ def cmd_report(args) -> int:
     from ..data import load_npz
     from ..model import CompiledModel
 
-    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.data))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model, args.output), args.data))
     ts = _parse_timesteps(args.timesteps)
     check_plotting()
     data = load_npz(args.data, require_labels=True)
@@ -715,7 +721,7 @@ def cmd_finetune(args) -> int:
     from ..model import CompiledModel
     from ..train.finetune import finetune
 
-    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.data, args.val))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model, args.output), args.data, args.val))
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
     model = load(args.model, dt=args.dt)
@@ -750,7 +756,7 @@ def cmd_train(args) -> int:
     from ..data import load_npz
     from ..train.direct import parse_schedule, train_onnx
 
-    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.data, args.val))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model, args.output), args.data, args.val))
     stages = parse_schedule(args.timesteps, args.epochs)  # bad values fail before any data is read
     data = load_npz(args.data, require_labels=True)
     val = load_npz(args.val, require_labels=True, arg="--val") if args.val else None
@@ -805,7 +811,7 @@ def cmd_export(args) -> int:
         raise SnncError(f"-o {args.output}: NIR (HDF5) under an .onnx name; name it .nir, or pass --format onnx")
     if args.format == "onnx" and suffix in (".nir", ".h5", ".hdf5"):
         raise SnncError(f"-o {args.output}: standard ONNX under a {suffix} name; name it .onnx, or pass --format nir")
-    output = resolve_output(args.output, "-o", (*_model_files(args.model),))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model, args.output),))
     model = load(args.model)
     if not isinstance(model, CompiledModel):
         raise SnncError(
@@ -967,7 +973,9 @@ def cmd_run(args) -> int:
     from ..model import CompiledModel
 
     # numpy's savez appends .npz to a name without it: check (and report) the file really written
-    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.input), suffix=".npz")
+    output = resolve_output(
+        args.output, "-o", (*_model_files(args.model, args.output, ".npz"), args.input), suffix=".npz"
+    )
     data = _load_data(args, args.input, "--input", require_labels=False)
     model = load(args.model, device=args.device, dt=args.dt)
     if isinstance(model, CompiledModel):
@@ -1019,7 +1027,7 @@ def cmd_compile(args) -> int:
         raise SnncError("--distill: distils the ANN during the --finetune stage; pass --finetune EPOCHS too")
     if args.iterations is not None and (args.calibration or defaults.CompileOptions.calibration) != "advanced":
         raise SnncError("--iterations: the weight-calibration steps of --calibration advanced; pass that too")
-    output = resolve_output(args.output, "-o", (*_model_files(args.model), args.calib))
+    output = resolve_output(args.output, "-o", (*_model_files(args.model, args.output), args.calib))
     calib = load_npz(args.calib, arg="--calib")
     t0 = time.perf_counter()
     model = snn_compile(
@@ -1348,7 +1356,7 @@ def cmd_eval(args) -> int:
 
     if args.plot:
         _plot_format(args.plot)
-        resolve_output(args.plot, "--plot", (*_model_files(args.model), args.data, args.reference))
+        resolve_output(args.plot, "--plot", (*_model_files(args.model, args.plot), args.data, args.reference))
     data = _load_data(args, args.data, "--data", require_labels=True)
     if _is_nir(args) or is_artifact(read_model(args.model)[0]):
         from .. import load
