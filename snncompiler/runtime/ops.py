@@ -257,21 +257,23 @@ _UNARY = {
     "cos": torch.cos,
     "mish": F.mish,
 }
-assert _UNARY.keys() == set(UNARY), "runtime/ops.py and ir/ops.py list different pointwise ops"
 
 
-def _make_unary(op_name: str):
-    fn = _UNARY[op_name]
+def _implement_table(functions: dict, ir_table, what: str) -> None:
+    """Register each attribute-free torch function of ``functions`` as the op of its core name;
+    the names must be those of the IR's table ``ir_table`` (checked at import)."""
+    if functions.keys() != set(ir_table):
+        raise AssertionError(f"runtime/ops.py and ir/ops.py list different {what}")
+    for name, fn in functions.items():
 
-    def unary(node: Node, x):
-        return (fn(x),)
+        def op(node: Node, *xs, fn=fn):
+            return (fn(*xs),)
 
-    unary.__doc__ = f"Pointwise {op_name}."
-    return unary
+        op.__doc__ = f"ONNX {ir_table[name]}, elementwise."
+        implements(name)(op)
 
 
-for _name in _UNARY:
-    implements(_name)(_make_unary(_name))
+_implement_table(_UNARY, UNARY, "pointwise ops")
 
 
 @implements("softmax")
@@ -740,6 +742,7 @@ def where(node: Node, *xs):
     return (torch.where(cond.bool(), x, y),)
 
 
+#: The torch function of each comparison or connective of :data:`~snncompiler.ir.ops.PREDICATES`.
 _PREDICATE = {
     "equal": torch.eq,
     "greater": torch.gt,
@@ -750,21 +753,7 @@ _PREDICATE = {
     "or": torch.logical_or,
     "xor": torch.logical_xor,
 }
-assert _PREDICATE.keys() == set(PREDICATES), "runtime/ops.py and ir/ops.py list different predicates"
-
-
-def _make_predicate(op_name: str):
-    fn = _PREDICATE[op_name]
-
-    def predicate(node: Node, a, b):
-        return (fn(a, b),)
-
-    predicate.__doc__ = f"Elementwise {PREDICATES[op_name]} with broadcasting (a bool tensor)."
-    return predicate
-
-
-for _name in _PREDICATE:
-    implements(_name)(_make_predicate(_name))
+_implement_table(_PREDICATE, PREDICATES, "predicates")
 
 
 @implements("expand")

@@ -42,6 +42,7 @@ _PROFILE_GROUPS = {
     "conv_transpose": "conv/linear",
     "linear": "conv/linear",
     "matmul": "conv/linear",
+    "einsum": "conv/linear",
 }
 
 
