@@ -148,8 +148,8 @@ REDUCTIONS = {
     "reduce_log_sum_exp": "ReduceLogSumExp",
 }
 LINEAR_REDUCTIONS = ("reduce_mean", "reduce_sum")
-#: Broadcasting comparisons and logical connectives with a bool result, core name → ONNX
-#: operator (analog: a mask computed from rates).
+#: Comparisons, logical connectives and tests with a bool result (broadcasting where binary),
+#: core name → ONNX operator (analog: a mask computed from rates).
 PREDICATES = {
     "equal": "Equal",
     "greater": "Greater",
@@ -159,9 +159,11 @@ PREDICATES = {
     "and": "And",
     "or": "Or",
     "xor": "Xor",
+    "not": "Not",
+    "is_nan": "IsNaN",
 }
 #: Broadcasting elementwise binaries; one operand may be the constant param ``const``.
-BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
+BINARY = ("add", "sub", "mul", "div", "max", "min", "pow", "mod")
 
 _SPECS = [
     OpSpec("conv", "linear", _conv_macs),
@@ -199,6 +201,7 @@ _SPECS = [
     OpSpec("where", lambda n: "linear" if "cond" in n.params else "analog"),
     OpSpec("expand", "linear"),
     OpSpec("tile", "linear"),
+    OpSpec("trilu", "linear"),
     OpSpec("cumsum", "linear"),
     OpSpec("cast", _cast_kind),
     OpSpec("identity", "folded"),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
-from ..ir.ops import OPS, PARAMETRIC, PREDICATES, REDUCTIONS, UNARY
+from ..ir.ops import BINARY, OPS, PARAMETRIC, PREDICATES, REDUCTIONS, UNARY
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -474,7 +474,12 @@ _BINARY = {
     "max": torch.maximum,
     "min": torch.minimum,
     "pow": torch.pow,
+    "mod": torch.remainder,  # the divisor's sign (Python %); fmod=1 takes torch.fmod below
 }
+
+
+if _BINARY.keys() != set(BINARY):
+    raise AssertionError("runtime/ops.py and ir/ops.py list different binaries")
 
 
 def _make_binary(op_name: str):
@@ -488,6 +493,8 @@ def _make_binary(op_name: str):
             a, b = xs
         if op_name == "div" and not (a.is_floating_point() or b.is_floating_point()):
             return (torch.div(a, b, rounding_mode="trunc"),)  # ONNX's integer Div truncates, as C does
+        if op_name == "mod" and node.attrs.get("fmod"):
+            return (torch.fmod(a, b),)  # the dividend's sign, as C's fmod
         return (fn(a, b),)
 
     binary.__doc__ = f"Broadcasting elementwise {op_name}; one operand may be the constant param 'const'."
@@ -752,6 +759,8 @@ _PREDICATE = {
     "and": torch.logical_and,
     "or": torch.logical_or,
     "xor": torch.logical_xor,
+    "not": torch.logical_not,
+    "is_nan": torch.isnan,
 }
 _implement_table(_PREDICATE, PREDICATES, "predicates")
 
@@ -768,6 +777,14 @@ def expand(node: Node, x):
 def tile(node: Node, x):
     """ONNX Tile by ``repeats`` (1 on the batch axis, so a folded time axis tiles per sample)."""
     return (x.repeat(*node.attrs["repeats"]),)
+
+
+@implements("trilu")
+def trilu(node: Node, x):
+    """ONNX Trilu: the upper (``upper``) or lower triangle of the last two axes from diagonal
+    ``k``, the rest zero."""
+    k = node.attrs.get("k", 0)
+    return (torch.triu(x, k) if node.attrs.get("upper", 1) else torch.tril(x, k),)
 
 
 @implements("cumsum")

@@ -47,11 +47,11 @@ def vinfo(name: str, shape, elem_type: int = FLOAT) -> onnx.ValueInfoProto:
 def build(
     nodes, inputs, outputs, initializers=(), opset: int = 21, *, ir_version: int | None = None
 ) -> onnx.ModelProto:
-    """A checked model. ``inputs``: list of (name, shape) with shape entries int or str (symbolic);
+    """A checked model. ``inputs``: list of (name, shape[, element type]) with shape entries int or str (symbolic);
     ``outputs``: list of names (shapes left to inference) or (name, shape) pairs."""
     if isinstance(nodes, onnx.NodeProto):
         nodes = [nodes]
-    ins = [vinfo(n, s) for n, s in inputs]
+    ins = [vinfo(*i) for i in inputs]  # (name, shape) or (name, shape, element type)
     outs = [vinfo(o, None) if isinstance(o, str) else vinfo(*o) for o in outputs]
     graph = helper.make_graph(list(nodes), "parity", ins, outs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="snncompiler-tests")

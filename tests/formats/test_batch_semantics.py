@@ -144,6 +144,18 @@ CASES = {
     ),
     "ReduceLogSumExp": _one("ReduceLogSumExp", {"keepdims": 0}, [("a", i64([1]))]),
     "Tile": _one("Tile", consts=[("r", i64([1, 2, 1, 3]))]),
+    "Trilu": _one("Trilu", {"upper": 0}, [("k", i64(1))]),
+    "IsNaN": _nodes(
+        [helper.make_node("IsNaN", ["x"], ["n"]), helper.make_node("Cast", ["n"], ["y"], to=TensorProto.FLOAT)]
+    ),
+    "Mod": _one("Mod", {"fmod": 1}, [("d", rand([5], 2, 0.5, 2))]),
+    "Not (of IsNaN)": _nodes(
+        [
+            helper.make_node("IsNaN", ["x"], ["n"]),
+            helper.make_node("Not", ["n"], ["ok"]),
+            helper.make_node("Cast", ["ok"], ["y"], to=TensorProto.FLOAT),
+        ]
+    ),
     "Einsum": _one("Einsum", {"equation": "bijk,kl->bijl"}, [("w", rand([5, 2], 1))]),
     "Einsum of two activations": _nodes(
         [

@@ -947,6 +947,69 @@ def test_constants_meeting_spikes_compile_save_and_export(case, tmp_path):
     np.testing.assert_allclose(exported, at4, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("opset", [9, 21])
+def test_not_and_is_nan(opset):
+    """IsNaN of the input (NaNs planted) and Not of it, then selecting with the mask."""
+    nodes = [
+        helper.make_node("IsNaN", ["x"], ["n"]),
+        helper.make_node("Not", ["n"], ["ok"]),
+        helper.make_node("Where", ["ok", "x", "zero"], ["y"]),
+    ]
+    m = build(
+        nodes, [("x", [2, 3, 4])], ["y", ("n", [2, 3, 4], TensorProto.BOOL)], [init("zero", np.float32(0))], opset
+    )
+    x = rand([2, 3, 4], 4)
+    x[0, 1, 2] = x[1, 0, 0] = np.nan
+    check(m, x, what=f"IsNaN and Not opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [10, 13, 21])
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("kind", ["int32", "int64", "float32"])
+@pytest.mark.parametrize("side", ["constant divisor", "constant dividend", "activations"])
+def test_mod(opset, fmod, kind, side):
+    """Signs mixed on both sides: fmod=0 takes the divisor's (Python %), fmod=1 the dividend's
+    (C fmod); float Mod exists only with fmod=1. Integer operands come from Casts of the
+    (float) graph inputs."""
+    if kind == "float32" and not fmod:
+        pytest.skip("float Mod needs fmod=1 (the spec; onnxruntime refuses it)")
+    dtype = np.dtype(kind)
+    proto = helper.np_dtype_to_tensor_dtype(dtype)
+    x = np.round(rand([2, 3, 4], 4, -9, 9))
+    d = np.array([3, -4, 5, -2] if kind != "float32" else [1.5, -2.5, 0.7, -0.3], np.float32)
+    nodes, names, inputs, inits = [], {}, [("x", [2, 3, 4])], []
+    for name in ("x", "d"):
+        names[name] = name if kind == "float32" else f"{name}_{kind}"
+        if kind != "float32":
+            nodes.append(helper.make_node("Cast", [name], [names[name]], to=proto))
+    if side == "activations":
+        inputs.append(("d", [4]))
+        args = [names["x"], names["d"]]
+    else:
+        inits.append(init("c", d.astype(dtype)))
+        nodes = nodes[:1]
+        args = [names["x"], "c"] if side == "constant divisor" else ["c", names["x"]]
+        if side == "constant dividend":
+            x = np.where(x == 0, np.float32(1), x)  # a zero divisor is undefined for integers
+    nodes.append(helper.make_node("Mod", args, ["y"], fmod=fmod))
+    m = build(nodes, inputs, [("y", [2, 3, 4], proto)], inits, opset)
+    check(m, *([x, d] if side == "activations" else [x]), what=f"Mod {kind} fmod={fmod} {side}")
+
+
+@pytest.mark.parametrize("opset", [14, 21])
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, 0, 1, -2])
+@pytest.mark.parametrize("shape", [[2, 4, 5], [2, 3, 5, 4]])
+def test_trilu(opset, upper, k, shape):
+    consts = [("k", np.array(k, np.int64))] if k is not None else []
+    check(single("Trilu", shape, {"upper": upper}, consts, opset), rand(shape, 4), what=f"Trilu upper={upper} k={k}")
+
+
+def test_trilu_of_a_2d_input_is_refused():
+    with pytest.raises(SnncError, match="Trilu of a 2-D input works across the batch axis"):
+        run_snn(single("Trilu", [3, 3], {}, [], 14), rand([3, 3], 4))
+
+
 @pytest.mark.parametrize("op", ["And", "Or", "Xor"])
 @pytest.mark.parametrize("opset", [9, 21])
 def test_logical_connectives(op, opset):
@@ -2117,6 +2180,10 @@ TESTED_OP_TYPES = {
     "And",
     "Or",
     "Xor",
+    "Not",
+    "IsNaN",
+    "Mod",
+    "Trilu",
 }
 
 

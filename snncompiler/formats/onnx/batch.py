@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...ir import Graph, Node
-from ...ir.ops import REDUCTIONS, einsum_terms
+from ...ir.ops import BINARY, REDUCTIONS, einsum_terms
 
 
 def declared_batch(model: onnx.ModelProto) -> str:
@@ -216,7 +216,7 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
         return bool(pads[0] or pads[len(pads) // 2])
     if op == "layer_norm":
         return a.get("axis", -1) % (rank or 1 << 30) == 0 if rank else a.get("axis") == 0
-    if op in ("add", "sub", "mul", "div", "max", "min", "pow", "prelu"):
+    if op in BINARY or op == "prelu":
         const = node.params.get("const", node.params.get("slope"))
         if const is not None:
             # a constant that differs along axis 0, or has more axes than x, indexes the batch

@@ -15,14 +15,15 @@ def _operand(value: np.ndarray) -> np.ndarray:
     return value if value.dtype.kind in "iu" else value.astype(np.float32)
 
 
-def emit_binary(ctx, op: str, a: str, b: str, out: str) -> None:
+def emit_binary(ctx, op: str, a: str, b: str, out: str, attrs: dict | None = None) -> None:
     """Emit a binary core op, moving a constant operand into the node's params."""
+    attrs = dict(attrs or {})
     if ctx.is_const(b):
-        ctx.emit(op, [a], [out], {}, {"const": _operand(ctx.const(b))})
+        ctx.emit(op, [a], [out], attrs, {"const": _operand(ctx.const(b))})
     elif ctx.is_const(a):
-        ctx.emit(op, [b], [out], {"const_first": True}, {"const": _operand(ctx.const(a))})
+        ctx.emit(op, [b], [out], attrs | {"const_first": True}, {"const": _operand(ctx.const(a))})
     else:
-        ctx.emit(op, [a, b], [out])
+        ctx.emit(op, [a, b], [out], attrs)
 
 
 def _binary(core: str):
@@ -35,6 +36,12 @@ def _binary(core: str):
 
 for _onnx, _core in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Pow", "pow")):
     converter(_onnx)(_binary(_core))
+
+
+@converter("Mod")
+def mod(node, ctx):
+    """Mod → mod (an analog island; ``fmod`` 0 takes the divisor's sign, 1 the dividend's)."""
+    emit_binary(ctx, "mod", node.input[0], node.input[1], node.output[0], {"fmod": int(ctx.attrs(node).get("fmod", 0))})
 
 
 def _variadic(core: str, mean: bool = False):
@@ -93,7 +100,16 @@ for _core, _onnx in PREDICATES.items():
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
-_BINARY_ONNX = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
+_BINARY_ONNX = {
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "max": "Max",
+    "min": "Min",
+    "pow": "Pow",
+    "mod": "Mod",
+}
 
 
 @writes(*_BINARY_ONNX)
@@ -104,7 +120,7 @@ def write_binary(b, n) -> None:
         args = [c, n.inputs[0]] if n.attrs.get("const_first") else [n.inputs[0], c]
     else:
         args = n.inputs
-    b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name)
+    b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name, **({"fmod": int(n.attrs["fmod"])} if n.op == "mod" else {}))
 
 
 @writes(*UNARY)

@@ -402,6 +402,17 @@ def tile(node, ctx):
     ctx.emit("tile", [node.input[0]], [node.output[0]], {"repeats": repeats})
 
 
+@converter("Trilu")
+def trilu(node, ctx):
+    """Trilu (upper or lower, diagonal k as an optional constant input) → trilu (keeping a fixed
+    set of elements: linear). Over a 2-D input its rows are the batch axis: refused."""
+    if len(ctx.shape(node.input[0])) < 3:
+        raise ctx.fail("Trilu of a 2-D input works across the batch axis (its rows); not supported")
+    k = ctx.optional_const(node, 1, "Trilu k")
+    attrs = {"upper": int(ctx.attrs(node).get("upper", 1)), "k": int(k.reshape(-1)[0]) if k is not None else 0}
+    ctx.emit("trilu", [node.input[0]], [node.output[0]], attrs)
+
+
 @converter("CumSum")
 def cumsum(node, ctx):
     """CumSum along a constant axis (exclusive, reverse) → cumsum (a running sum of spikes is
@@ -462,6 +473,13 @@ def write_expand(b, n) -> None:
 def write_tile(b, n) -> None:
     """Tile with its repeats as an initializer."""
     b.add("Tile", [n.inputs[0], b.const(n, "repeats", _int64(n.attrs["repeats"]))], n.outputs, n.name)
+
+
+@writes("trilu")
+def write_trilu(b, n) -> None:
+    """Trilu with k as an initializer."""
+    k = b.const(n, "k", np.array(n.attrs["k"], np.int64))
+    b.add("Trilu", [n.inputs[0], k], n.outputs, n.name, upper=int(n.attrs["upper"]))
 
 
 @writes("cumsum")
