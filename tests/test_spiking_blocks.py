@@ -59,6 +59,12 @@ for _onnx in ("Sigmoid", "Tanh", "HardSwish", "Gelu", "Identity", "Dropout"):
     _block(_onnx, [M(_onnx, ["r"], ["g"])])
 _block("Softmax", [M("Softmax", ["r"], ["g"], axis=1)])
 _block("LogSoftmax", [M("LogSoftmax", ["r"], ["g"], axis=-1)])
+_block("Hardmax", [M("Hardmax", ["r"], ["g"], axis=1)], jumps=True)
+_block(
+    "IsInf, Not and Where",
+    [M("IsInf", ["r"], ["n"]), M("Not", ["n"], ["ok"]), M("Where", ["ok", "r", "zero"], ["g"])],
+    [init("zero", f32(0.0))],
+)
 _block("LRN", [M("LRN", ["r"], ["g"], size=3)])
 _block(
     "InstanceNormalization",

@@ -182,6 +182,8 @@ _SPECS = [
     OpSpec("gelu", "analog"),
     OpSpec("softmax", "analog"),
     OpSpec("log_softmax", "analog"),
+    OpSpec("hardmax", "analog"),
+    OpSpec("is_inf", "analog"),
     OpSpec("lrn", "analog"),
     OpSpec("layer_norm", "analog"),
     OpSpec("instance_norm", "analog"),

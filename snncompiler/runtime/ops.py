@@ -282,6 +282,21 @@ def softmax(node: Node, x):
     return (torch.softmax(x, node.attrs["axis"]),)
 
 
+@implements("hardmax")
+def hardmax(node: Node, x):
+    """ONNX Hardmax: 1 at the first maximum along one axis, 0 elsewhere."""
+    axis = node.attrs["axis"]
+    return (torch.zeros_like(x).scatter_(axis, x.argmax(axis, keepdim=True), 1.0),)
+
+
+@implements("is_inf")
+def is_inf(node: Node, x):
+    """ONNX IsInf: true at +inf (``detect_positive``) and at -inf (``detect_negative``)."""
+    positive = x == float("inf") if node.attrs.get("detect_positive", 1) else torch.zeros_like(x, dtype=torch.bool)
+    negative = x == float("-inf") if node.attrs.get("detect_negative", 1) else torch.zeros_like(x, dtype=torch.bool)
+    return (positive | negative,)
+
+
 @implements("log_softmax")
 def log_softmax(node: Node, x):
     """Log-softmax over one axis."""

@@ -145,6 +145,10 @@ CASES = {
     "ReduceLogSumExp": _one("ReduceLogSumExp", {"keepdims": 0}, [("a", i64([1]))]),
     "Tile": _one("Tile", consts=[("r", i64([1, 2, 1, 3]))]),
     "Trilu": _one("Trilu", {"upper": 0}, [("k", i64(1))]),
+    "Hardmax": _one("Hardmax", {"axis": 1}),
+    "IsInf": _nodes(
+        [helper.make_node("IsInf", ["x"], ["n"]), helper.make_node("Cast", ["n"], ["y"], to=TensorProto.FLOAT)]
+    ),
     "IsNaN": _nodes(
         [helper.make_node("IsNaN", ["x"], ["n"]), helper.make_node("Cast", ["n"], ["y"], to=TensorProto.FLOAT)]
     ),

@@ -532,7 +532,7 @@ def test_clip_inputs(opset, lo, hi):
     check(m, rand(shape, 1, -3, 8), what=f"Clip opset {opset} min={lo} max={hi}")
 
 
-@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
 @pytest.mark.parametrize("opset", [9, 11])
 @pytest.mark.parametrize(
     "shape,axis",
@@ -547,7 +547,7 @@ def test_clip_inputs(opset, lo, hi):
     ],
 )
 def test_softmax_coerced_2d(op, opset, shape, axis):
-    """Before opset 13 (Log)Softmax normalises over the input flattened to 2-D at ``axis``."""
+    """Before opset 13 (Log)Softmax and Hardmax work over the input flattened to 2-D at ``axis``."""
     attrs = {} if axis is None else {"axis": axis}
     if opset < 11 and axis is not None and axis < 0:
         pytest.skip("negative axis exists from opset 11")
@@ -1008,6 +1008,31 @@ def test_trilu(opset, upper, k, shape):
 def test_trilu_of_a_2d_input_is_refused():
     with pytest.raises(SnncError, match="Trilu of a 2-D input works across the batch axis"):
         run_snn(single("Trilu", [3, 3], {}, [], 14), rand([3, 3], 4))
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+@pytest.mark.parametrize("axis", [None, 1, 2, -1])
+def test_hardmax_picks_the_first_maximum(opset, axis):
+    """One-hot of the maximum along one axis; of tied maxima (values rounded to halves) the first."""
+    shape = [2, 3, 4, 5]
+    m = single("Hardmax", shape, {} if axis is None else {"axis": axis}, [], opset)
+    check(m, np.round(rand(shape, 1, -2, 2) * 2) / 2, what=f"Hardmax axis={axis}")
+
+
+@pytest.mark.parametrize("opset", [10, 20])
+@pytest.mark.parametrize("positive,negative", [(1, 1), (1, 0), (0, 1), (0, 0)])
+def test_is_inf(opset, positive, negative):
+    x = rand([2, 3, 4], 4)
+    x[0, 1, 2], x[1, 0, 0], x[1, 2, 3] = np.inf, -np.inf, np.nan
+    attrs = {"detect_positive": positive, "detect_negative": negative}
+    m = build(
+        [helper.make_node("IsInf", ["x"], ["y"], **attrs)],
+        [("x", [2, 3, 4])],
+        [("y", [2, 3, 4], TensorProto.BOOL)],
+        [],
+        opset,
+    )
+    check(m, x, what=f"IsInf detect_positive={positive} detect_negative={negative}")
 
 
 @pytest.mark.parametrize("op", ["And", "Or", "Xor"])
@@ -2184,6 +2209,8 @@ TESTED_OP_TYPES = {
     "IsNaN",
     "Mod",
     "Trilu",
+    "Hardmax",
+    "IsInf",
 }
 
 

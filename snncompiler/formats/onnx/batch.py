@@ -191,7 +191,7 @@ def _rank_of(graph: Graph, name: str) -> int | None:
 def _mixes_axis0(node: Node, graph: Graph) -> bool:
     a, op = node.attrs, node.op
     rank = _rank_of(graph, node.inputs[0]) if node.inputs else None
-    if op in ("softmax", "log_softmax"):
+    if op in ("softmax", "log_softmax", "hardmax"):
         return a.get("axis", -1) % (rank or 1 << 30) == 0 if rank else a.get("axis") == 0
     if op in REDUCTIONS:
         return not a.get("axes") or 0 in a["axes"]

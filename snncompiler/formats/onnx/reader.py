@@ -312,6 +312,30 @@ def _explicit_mvn_axes(model: onnx.ModelProto) -> None:
                 node.attribute.append(onnx.helper.make_attribute("axes", [0, 2, 3]))
 
 
+def _explicit_old_hardmax(model: onnx.ModelProto) -> None:
+    """Before opset 13 Hardmax works over its input flattened to 2-D at ``axis``; onnx's version
+    converter lifts it to the single-axis form unchanged, which changes its answer. Each such
+    node becomes Flatten → Hardmax over axis 1 → Reshape back, the same at every opset."""
+    if main_opset(model) >= 13:
+        return
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Hardmax" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        x, out = node.input[0], node.output[0]
+        flat, picked, shape = f"{out}__flat", f"{out}__hardmax", f"{out}__shape"
+        nodes += [
+            onnx.helper.make_node("Flatten", [x], [flat], name=f"{node.name or out}__flatten", axis=axis),
+            onnx.helper.make_node("Hardmax", [flat], [picked], name=node.name or out, axis=1),
+            onnx.helper.make_node("Shape", [x], [shape], name=f"{node.name or out}__shape"),
+            onnx.helper.make_node("Reshape", [picked, shape], [out], name=f"{node.name or out}__reshape"),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
     """Give symbolic leading dims a value so shapes (and Shape-derived constants) become static.
 
@@ -354,6 +378,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     _record_batch_semantics(model)
     _explicit_squeeze_axes(model)
     _explicit_mvn_axes(model)
+    _explicit_old_hardmax(model)
     _pin_batch(model, label)
     custom = has_custom_domain(model)
     opset = main_opset(model)

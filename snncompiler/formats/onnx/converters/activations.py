@@ -66,12 +66,13 @@ def _softmax(core: str):
         ctx.emit(core, [flat], [normed], {"axis": -1})
         ctx.emit("reshape", [normed], [node.output[0]], {"shape": list(shape[1:]), "keep_batch": True})
 
-    convert.__doc__ = f"(Log)Softmax, both the opset-13 single-axis and the older flattening form → {core}"
+    convert.__doc__ = f"(Log)Softmax or Hardmax, the opset-13 single-axis and the older flattening form → {core}"
     return convert
 
 
 converter("Softmax")(_softmax("softmax"))
 converter("LogSoftmax")(_softmax("log_softmax"))
+converter("Hardmax")(_softmax("hardmax"))
 
 
 for _core, _onnx in UNARY.items():
@@ -118,7 +119,10 @@ def write_gelu(b, n) -> None:
     b.add("Gelu", n.inputs, n.outputs, n.name, approximate=n.attrs.get("approximate", "none"))
 
 
-@writes("softmax", "log_softmax")
+_SOFTMAX_ONNX = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "hardmax": "Hardmax"}
+
+
+@writes(*_SOFTMAX_ONNX)
 def write_softmax(b, n) -> None:
-    """Softmax / LogSoftmax."""
-    b.add("Softmax" if n.op == "softmax" else "LogSoftmax", n.inputs, n.outputs, n.name, axis=int(n.attrs["axis"]))
+    """Softmax / LogSoftmax / Hardmax over one axis."""
+    b.add(_SOFTMAX_ONNX[n.op], n.inputs, n.outputs, n.name, axis=int(n.attrs["axis"]))

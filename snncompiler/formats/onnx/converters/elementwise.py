@@ -44,6 +44,14 @@ def mod(node, ctx):
     emit_binary(ctx, "mod", node.input[0], node.input[1], node.output[0], {"fmod": int(ctx.attrs(node).get("fmod", 0))})
 
 
+@converter("IsInf")
+def is_inf(node, ctx):
+    """IsInf (detect_positive, detect_negative) → is_inf (a bool mask)."""
+    a = ctx.attrs(node)
+    attrs = {"detect_positive": int(a.get("detect_positive", 1)), "detect_negative": int(a.get("detect_negative", 1))}
+    ctx.emit("is_inf", [node.input[0]], [node.output[0]], attrs)
+
+
 def _variadic(core: str, mean: bool = False):
     def convert(node, ctx):
         inputs = list(node.input)
@@ -121,6 +129,15 @@ def write_binary(b, n) -> None:
     else:
         args = n.inputs
     b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name, **({"fmod": int(n.attrs["fmod"])} if n.op == "mod" else {}))
+
+
+@writes("is_inf")
+def write_is_inf(b, n) -> None:
+    """IsInf."""
+    a = n.attrs
+    b.add(
+        "IsInf", n.inputs, n.outputs, n.name, detect_positive=a["detect_positive"], detect_negative=a["detect_negative"]
+    )
 
 
 @writes(*UNARY)
