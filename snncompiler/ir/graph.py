@@ -141,6 +141,11 @@ class Graph:
         v = self.values.get(value)
         return None if v is None else v.shape
 
+    def dtype(self, value: str) -> str:
+        """A value's torch dtype name as the runtime computes it (float32 unless recorded)."""
+        v = self.values.get(value)
+        return "float32" if v is None else v.dtype
+
     def find(self, op: str) -> list[Node]:
         """All nodes of one core op."""
         return [n for n in self.nodes if n.op == op]

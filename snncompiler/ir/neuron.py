@@ -199,9 +199,26 @@ def binary_outputs(node) -> bool:
     return NeuronSpec.from_attrs(node.attrs).population == 1
 
 
+def time_invariant(graph, sequence: bool) -> tuple[set[str], set[str]]:
+    """The values of a spiking run that are the same at every step: a directly encoded input
+    (not a ``sequence``) and what is computed from it and constants alone, no neuron between;
+    and, among them, the constants (independent of the input, so without a per-sample axis).
+    The spiking runner, the torch module and the standard-ONNX export pass the constants to
+    broadcasting ops without expanding them over the steps folded into axis 0."""
+    static: set[str] = set() if sequence else {graph.inputs[0].name}
+    constant: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "neuron" and all(i in static for i in node.inputs):
+            static.update(node.outputs)
+            if all(i in constant for i in node.inputs):
+                constant.update(node.outputs)
+    return static, constant
+
+
 __all__ = [
     "population_inverse",
     "binary_outputs",
+    "time_invariant",
     "NeuronSpec",
     "NEURONS",
     "RESETS",

@@ -162,8 +162,18 @@ PREDICATES = {
     "not": "Not",
     "is_nan": "IsNaN",
 }
-#: Broadcasting elementwise binaries; one operand may be the constant param ``const``.
-BINARY = ("add", "sub", "mul", "div", "max", "min", "pow", "mod")
+#: Broadcasting elementwise binaries, core name → ONNX operator; one operand may be the constant
+#: param ``const`` (``max``/``min`` come from the variadic Max/Min, ``mod`` carries ``fmod``).
+BINARY = {
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "max": "Max",
+    "min": "Min",
+    "pow": "Pow",
+    "mod": "Mod",
+}
 
 _SPECS = [
     OpSpec("conv", "linear", _conv_macs),

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import SnncError
 from ..ir import Graph, Node
-from ..ir.neuron import NeuronSpec
+from ..ir.neuron import NeuronSpec, time_invariant
 from ..ir.ops import broadcasts_constants, conversion_kind
 from ..kernels.reference import f32
 from ..kernels.surrogate import Heaviside, resolve
@@ -133,14 +133,7 @@ class SpikingModule(nn.Module):
                 mean = float(node.params["theta"].float().mean())
                 self._decays[node.name] = f32(self._specs[node.name].decay)
                 self._alphas[node.name] = float(alpha) if alpha is not None else 1.0 / max(mean, 1e-6)
-        # values constant over time: a directly encoded input and what is computed from it alone
-        self._static: set[str] = set() if self.sequence else {graph.inputs[0].name}
-        self._constant: set[str] = set()  # static and independent of the input (no per-sample axis)
-        for node in graph.nodes:
-            if node.op != "neuron" and all(i in self._static for i in node.inputs):
-                self._static.update(node.outputs)
-                if all(i in self._constant for i in node.inputs):
-                    self._constant.update(node.outputs)
+        self._static, self._constant = time_invariant(graph, self.sequence)
         self._executor = Executor(graph)
 
     def extra_repr(self) -> str:

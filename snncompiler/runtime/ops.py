@@ -259,11 +259,16 @@ _UNARY = {
 }
 
 
-def _implement_table(functions: dict, ir_table, what: str) -> None:
-    """Register each attribute-free torch function of ``functions`` as the op of its core name;
-    the names must be those of the IR's table ``ir_table`` (checked at import)."""
+def _check_same_ops(functions: dict, ir_table, what: str) -> None:
+    """At import: a table of torch functions covers exactly the core ops of the IR's table."""
     if functions.keys() != set(ir_table):
         raise AssertionError(f"runtime/ops.py and ir/ops.py list different {what}")
+
+
+def _implement_table(functions: dict, ir_table, what: str) -> None:
+    """Register each attribute-free torch function of ``functions`` as the op of its core name;
+    the names must be those of the IR's table ``ir_table``."""
+    _check_same_ops(functions, ir_table, what)
     for name, fn in functions.items():
 
         def op(node: Node, *xs, fn=fn):
@@ -493,8 +498,7 @@ _BINARY = {
 }
 
 
-if _BINARY.keys() != set(BINARY):
-    raise AssertionError("runtime/ops.py and ir/ops.py list different binaries")
+_check_same_ops(_BINARY, BINARY, "binaries")
 
 
 def _make_binary(op_name: str):
@@ -736,7 +740,7 @@ _REDUCE = {
     "reduce_log_sum": lambda x, dim, keepdim: torch.sum(x, dim=dim, keepdim=keepdim).log(),
     "reduce_log_sum_exp": torch.logsumexp,
 }
-assert _REDUCE.keys() == set(REDUCTIONS), "runtime/ops.py and ir/ops.py list different reductions"
+_check_same_ops(_REDUCE, REDUCTIONS, "reductions")
 
 
 def _make_reduction(op_name: str):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import OptionError, SnncError
 from ..ir import Graph, Node
-from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs
+from ..ir.neuron import ENCODINGS, NeuronSpec, binary_outputs, time_invariant
 from ..ir.ops import broadcasts_constants, conversion_kind
 from ..limits import timestep_count
 from ..options import CUDA_GRAPH_MODES, DEFAULT_CHUNK, MAX_CHUNK
@@ -107,21 +107,6 @@ class _BinarySpikes:
         return torch.where(self.bits.bool(), self.theta.to(torch.float32), 0.0)
 
 
-def _broadcasts_as_is(node: Node, value, rank: int) -> bool:
-    """Whether a static input of ``node`` can meet its time-varying inputs, folded to
-    [steps·B, ...] of ``rank`` dims, unexpanded: a constant without a batch axis (a fill value,
-    a threshold) or with a batch axis of 1 broadcasts over steps and samples as it did over
-    the samples (except where the op aligns axis 0: then it is repeated over the steps)."""
-    if not isinstance(value, _Static) or not broadcasts_constants(node.op):
-        return False
-    return value.t.dim() < rank or value.t.shape[0] == 1
-
-
-def _folded_rank(ins: list) -> int:
-    """The rank of the time-varying inputs ([steps, B, ...]) once steps and batch are folded."""
-    return max((v.bits if isinstance(v, _BinarySpikes) else v).dim() - 1 for v in ins if not isinstance(v, _Static))
-
-
 def _dyn(value, steps: int) -> torch.Tensor:
     """A value as [C, B, ...] (broadcasting a static one without copying; binary spikes as values)."""
     if isinstance(value, _Static):
@@ -162,6 +147,9 @@ class SpikingRunner:
         #: called with (samples, steps) after every simulated chunk (a progress bar); None: nothing
         self.on_chunk = None
         self.profile: dict[str, float] | None = None  # set to {} to accumulate seconds per op group
+        # constants (independent of the input) meet the folded [steps·B, ...] values unexpanded
+        # where the op broadcasts them, as the torch module and the standard export do
+        self._constant = time_invariant(graph, encoding == "sequence")[1]
         self._last_use: dict[str, int] | None = None
         # θ of the neuron feeding each rate max pool: its input is then 0 or θ, so counting suffices
         self._spike_theta = {}
@@ -639,9 +627,9 @@ class SpikingRunner:
             if form != "dense":
                 out = layer(x, form, self._binary_spikes[node.inputs[0]] if binary else None)
                 return [out.reshape((steps, -1) + tuple(out.shape[1:]))]
-        rank = _folded_rank(ins)
+        unexpanded = self._constant if broadcasts_constants(node.op) else ()
         flat = [  # dense: binary spikes as their values
-            v.t if _broadcasts_as_is(node, v, rank) else _dyn(v, steps).flatten(0, 1) for v in ins
+            v.t if name in unexpanded else _dyn(v, steps).flatten(0, 1) for name, v in zip(node.inputs, ins)
         ]
         return [t.reshape((steps, -1) + tuple(t.shape[1:])) for t in IMPLEMENTATIONS[node.op](node, *flat)]
 
@@ -715,10 +703,9 @@ class SpikingRunner:
     def _analog(self, node: Node, ins: list, steps: int, state: dict, t0: int) -> torch.Tensor:
         """An analog island: the op applied to its inputs' running means (the rate-decoded
         values so far), its output emitted as increments (see below)."""
-        rank = _folded_rank(ins)
         means = []
-        for k, v in enumerate(ins):
-            if _broadcasts_as_is(node, v, rank):  # a static value is its own mean
+        for k, (name, v) in enumerate(zip(node.inputs, ins)):
+            if name in self._constant:  # its own mean, broadcasting over steps and samples
                 means.append(v.t)
                 continue
             x = _dyn(v, steps)

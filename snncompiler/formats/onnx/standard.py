@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...errors import SnncError
 from ...fileio import write_bytes
 from ...ir import Graph, Node
-from ...ir.neuron import NeuronSpec, binary_outputs, population_inverse
+from ...ir.neuron import NeuronSpec, binary_outputs, population_inverse, time_invariant
 from ...ir.ops import broadcasts_constants, conversion_kind
 from ...limits import check_timesteps
 from ..artifact import TARGET_OPSET
@@ -61,8 +61,7 @@ class _Writer:
         self.graph, self.T = graph, int(timesteps)
         self.b = Builder(graph)
         self.sequence = options.get("encoding") == "sequence"
-        self.static: set[str] = set() if self.sequence else {graph.inputs[0].name}
-        self.constant: set[str] = set()  # static and independent of the input (no per-sample axis)
+        self.static, self.constant = time_invariant(graph, self.sequence)
         self._tiled: dict[str, str] = {}
         self._n = 0
 
@@ -136,10 +135,7 @@ class _Writer:
         rename = {x_name: feed}
         for node in g.nodes:
             ins = [rename.get(i, i) for i in node.inputs]
-            if node.op != "neuron" and all(i in self.static for i in node.inputs):
-                self.static.update(node.outputs)
-                if all(i in self.constant for i in node.inputs):
-                    self.constant.update(node.outputs)
+            if node.outputs and node.outputs[0] in self.static:
                 write_node(self.b, _renamed(node, ins, node.outputs))
                 continue
             if conversion_kind(node) == "analog":
@@ -217,7 +213,7 @@ class _Writer:
                 means.append(value)
                 continue
             value = self.dynamic(value)
-            if not _is_float(self.graph, name):  # a mask from an island before: this step's value
+            if self.graph.dtype(name) != "float32":  # a mask from an island before: this step's value
                 means.append(value)
                 continue
             rank = len(self.sample_shape(name)) + 2
@@ -226,7 +222,7 @@ class _Writer:
             cum = self.add("CumSum", [seq, axis0], node.name)
             means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
         out = node.outputs[0]
-        if not _is_float(self.graph, out):  # not a float (a comparison): passed on as it is
+        if self.graph.dtype(out) != "float32":  # not a float (a comparison): passed on as it is
             write_node(self.b, _renamed(node, means, [out]))
             return
         f = self.name(node.name + "_f")
@@ -409,13 +405,6 @@ def _neuron_body(prefix: str, theta: np.ndarray, spec: NeuronSpec) -> onnx.Graph
         return helper.make_tensor_value_info(n(name), TensorProto.FLOAT, None)
 
     return helper.make_graph(nodes, prefix, [vi("v"), vi("x")], [vi("v_next"), vi("out")], initializer=inits)
-
-
-def _is_float(graph: Graph, name: str) -> bool:
-    """Whether a value is float32 as the runtime computes it (a comparison gives bool), from
-    the dtypes :func:`~snncompiler.runtime.executor.infer_shapes` recorded."""
-    value = graph.values.get(name)
-    return value is None or value.dtype == "float32"
 
 
 def to_standard_onnx(compiled, timesteps: int | None = None) -> onnx.ModelProto:

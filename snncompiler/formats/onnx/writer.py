@@ -58,9 +58,8 @@ _ONNX_TYPES = {name: onnx_type for onnx_type, name in CAST_DTYPES.items()}
 
 
 def _element_type(graph: Graph, name: str) -> int:
-    """The ONNX element type of a value as the runtime computes it (float32 unless recorded)."""
-    value = graph.values.get(name)
-    return _ONNX_TYPES.get(value.dtype if value is not None else "float32", TensorProto.FLOAT)
+    """The ONNX element type of a value as the runtime computes it."""
+    return _ONNX_TYPES.get(graph.dtype(name), TensorProto.FLOAT)
 
 
 def to_onnx(graph: Graph, metadata: dict[str, str]) -> onnx.ModelProto:

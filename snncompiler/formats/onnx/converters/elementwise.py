@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....ir.ops import PREDICATES, UNARY
+from ....ir.ops import BINARY, PREDICATES, UNARY
 from ..registry import converter, writes
 
 
@@ -34,8 +34,8 @@ def _binary(core: str):
     return convert
 
 
-for _onnx, _core in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Pow", "pow")):
-    converter(_onnx)(_binary(_core))
+for _core in ("add", "sub", "mul", "div", "pow"):  # max, min: variadic below; mod: with fmod
+    converter(BINARY[_core])(_binary(_core))
 
 
 @converter("Mod")
@@ -108,19 +108,7 @@ for _core, _onnx in PREDICATES.items():
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
-_BINARY_ONNX = {
-    "add": "Add",
-    "sub": "Sub",
-    "mul": "Mul",
-    "div": "Div",
-    "max": "Max",
-    "min": "Min",
-    "pow": "Pow",
-    "mod": "Mod",
-}
-
-
-@writes(*_BINARY_ONNX)
+@writes(*BINARY)
 def write_binary(b, n) -> None:
     """A broadcasting binary; a constant operand becomes an initializer on its side."""
     if "const" in n.params:
@@ -128,7 +116,7 @@ def write_binary(b, n) -> None:
         args = [c, n.inputs[0]] if n.attrs.get("const_first") else [n.inputs[0], c]
     else:
         args = n.inputs
-    b.add(_BINARY_ONNX[n.op], args, n.outputs, n.name, **({"fmod": int(n.attrs["fmod"])} if n.op == "mod" else {}))
+    b.add(BINARY[n.op], args, n.outputs, n.name, **({"fmod": int(n.attrs["fmod"])} if n.op == "mod" else {}))
 
 
 @writes("is_inf")
