@@ -271,6 +271,8 @@ def _better_than_uncalibrated(
 
     def score(graph):
         out = first_output(SpikingRunner(graph, backend=opts["backend"]).run(x, T, chunk=opts["chunk"])[T])
+        if not out.is_floating_point():  # a class index or a mask (ArgMax, Greater): compared as it is
+            return float(distributed.mean((out == target).float())), 0.0
         classes = 1 if out.dim() > 1 else -1  # [N, C, ...]: per-pixel classes of a dense output too
         agree = float(distributed.mean((out.argmax(classes) == target.argmax(classes)).float()))
         return agree, -float(distributed.mean((out - target) ** 2))

@@ -252,6 +252,33 @@ _block(
     [M("ReduceMean", ["r", "ax"], ["m"], keepdims=1), M("Expand", ["m", "sh"], ["g"])],
     [init("ax", i64([3])), init("sh", i64([1, 8, 4, 4]))],
 )
+_block(
+    "ArgMax, Equal and Where",  # keeps each pixel's largest channel
+    [M("ArgMax", ["r"], ["i"], axis=1), M("Equal", ["i", "ch"], ["m"]), M("Where", ["m", "r", "zero"], ["g"])],
+    [init("ch", np.arange(8, dtype=np.int64).reshape(8, 1, 1)), init("zero", f32(0.0))],
+    jumps=True,
+)
+_block(
+    "ArgMin of the negation, Equal and Where",  # the same picks, the last of tied ones
+    [
+        M("Neg", ["r"], ["nr"]),
+        M("ArgMin", ["nr"], ["i"], axis=1, select_last_index=1),
+        M("Equal", ["i", "ch"], ["m"]),
+        M("Where", ["m", "r", "zero"], ["g"]),
+    ],
+    [init("ch", np.arange(8, dtype=np.int64).reshape(8, 1, 1)), init("zero", f32(0.0))],
+    jumps=True,
+)
+_block(
+    "TopK values and indices",  # each pixel's 4 largest channels, and which they are (as floats)
+    [
+        M("TopK", ["r", "k"], ["v", "i"], axis=1),
+        M("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+        M("Concat", ["v", "fi"], ["g"], axis=1),
+    ],
+    [init("k", np.array([4], np.int64))],
+    jumps=True,
+)
 for _cmp, _other in (("Greater", "Less"), ("GreaterOrEqual", "LessOrEqual")):
     for _join in ("And", "Or", "Xor"):
         _block(

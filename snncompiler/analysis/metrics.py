@@ -8,17 +8,44 @@ import torch
 from .. import distributed
 
 
-def top1(logits) -> np.ndarray:
-    """Predicted class per sample (argmax over the last axis, flattened to [N])."""
+def _as_array(logits) -> np.ndarray:
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().cpu().numpy()
-    logits = np.asarray(logits)
+    return np.asarray(logits)
+
+
+def picks_class(logits) -> bool:
+    """Whether a model's output is the predicted class itself (an integer or bool output with one
+    value per sample: a model that ends in ArgMax, or a thresholded binary decision) rather than
+    per-class scores. A non-float output with several values per sample is an error: it is
+    neither (say, TopK's indices or a mask per pixel)."""
+    from ..errors import SnncError
+
+    logits = _as_array(logits)
+    if logits.dtype.kind in "fc":
+        return False
+    per_sample = int(np.prod(logits.shape[1:])) if logits.ndim > 1 else 1
+    if per_sample != 1:
+        raise SnncError(
+            f"output: a {logits.dtype} output with {per_sample} values per sample is neither class scores "
+            "nor one class index per sample; accuracy needs one of them"
+        )
+    return True
+
+
+def top1(logits) -> np.ndarray:
+    """Predicted class per sample, [N]: the argmax over the flattened scores, or the output
+    itself where it is one class index per sample (:func:`picks_class`)."""
+    logits = _as_array(logits)
+    if picks_class(logits):
+        return logits.reshape(-1).astype(np.int64)
     return logits.reshape(logits.shape[0], -1).argmax(axis=1)
 
 
 def correct(logits, labels) -> int:
-    """How many of ``logits`` [N, classes] pick their int label [N]; labels that are not class
-    indices of the logits are an error (a silent 0% would hide a mislabelled file)."""
+    """How many of ``logits`` [N, classes] (or class indices [N] / [N, 1], see
+    :func:`picks_class`) pick their int label [N]; labels that are not class indices of the
+    logits are an error (a silent 0% would hide a mislabelled file)."""
     from ..errors import SnncError
 
     labels = np.asarray(labels)
@@ -26,6 +53,10 @@ def correct(logits, labels) -> int:
         raise SnncError(f"'y': expected {len(logits)} labels (one per sample), got shape {list(labels.shape)}")
     if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
         raise SnncError("'y': labels must be integer class indices, got fractional values")
+    if picks_class(logits):  # the number of classes is unknown: only a negative label is surely wrong
+        if labels.size and labels.min() < 0:
+            raise SnncError(f"'y': labels must be class indices ≥ 0, got {labels.min()}")
+        return int((top1(logits) == labels).sum())
     classes = int(np.prod(np.shape(logits)[1:])) if np.ndim(logits) > 1 else 0
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise SnncError(

@@ -480,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="nir (default): the Neuromorphic Intermediate Representation (HDF5); tested to run as in snnc "
         "(hard reset, v0 zero) in SpikingJelly (IF, LIF), snnTorch (LIF only, with --nir-flatten torch) and "
         "Norse (IF only, with --nir-flatten torch --nir-avgpool sum); onnx: the SNN at a fixed T in standard ONNX operators "
-        "(neurons as a Scan over the steps, output the mean over T as `snnc run` gives it), "
+        "(neurons as a Scan over the steps, output the mean over T as `snnc run` gives it; "
+        "a mask or an index: its value at step T), "
         "which onnxruntime runs",
     )
     p.add_argument(
@@ -824,6 +825,11 @@ def cmd_export(args) -> int:
         print(
             f"wrote {output}: standard ONNX, {len(model.graph.find('neuron'))} neuron layers as Scan over "
             f"T={T} steps, output the mean over T"
+            + (
+                ""
+                if all(model.graph.is_float(v.name) for v in model.graph.outputs)
+                else " (a mask or index: at step T)"
+            )
         )
         return 0
     with _unlogged("snncompiler.formats.nir.writer"):  # printed here, once, not again by the held log

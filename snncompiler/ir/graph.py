@@ -146,6 +146,10 @@ class Graph:
         v = self.values.get(value)
         return "float32" if v is None else v.dtype
 
+    def is_float(self, value: str) -> bool:
+        """Whether a value is a float (a rate that spikes can carry), not a mask or an index."""
+        return "float" in self.dtype(value)
+
     def find(self, op: str) -> list[Node]:
         """All nodes of one core op."""
         return [n for n in self.nodes if n.op == op]

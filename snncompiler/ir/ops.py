@@ -84,9 +84,12 @@ def _clip_kind(node: Node) -> str:
 
 def _cast_kind(node: Node) -> str:
     # a cast to a float type keeps a spike's value (float16: to its precision); a cast to an
-    # integer or bool type truncates each spike (θ = 0.7 → 0), so it runs on the rates instead
+    # integer or bool type truncates each spike (θ = 0.7 → 0), so it runs on the rates instead.
+    # A mask or an index (``source`` not a float) is each step's current estimate, not a rate:
+    # cast on each step and averaged, the early, unsettled estimates would stay in every later
+    # mean, so as an island it emits its value as increments whose running mean is the latest one
     dtype = node.attrs.get("dtype", "float32")
-    return "linear" if "float" in dtype else "analog"
+    return "linear" if "float" in dtype and "float" in node.attrs.get("source", "float32") else "analog"
 
 
 def _binary_kind(node: Node) -> str:
@@ -148,6 +151,9 @@ REDUCTIONS = {
     "reduce_log_sum_exp": "ReduceLogSumExp",
 }
 LINEAR_REDUCTIONS = ("reduce_mean", "reduce_sum")
+#: The index of the largest / smallest entry along one axis (attrs ``axis``, ``keepdims``,
+#: ``select_last_index``), core name → ONNX operator: an int64 index picked from the rates (analog).
+ARG_REDUCTIONS = {"argmax": "ArgMax", "argmin": "ArgMin"}
 #: Comparisons, logical connectives and tests with a bool result (broadcasting where binary),
 #: core name → ONNX operator (analog: a mask computed from rates).
 PREDICATES = {
@@ -193,6 +199,7 @@ _SPECS = [
     OpSpec("softmax", "analog"),
     OpSpec("log_softmax", "analog"),
     OpSpec("hardmax", "analog"),
+    OpSpec("topk", "analog"),
     OpSpec("is_inf", "analog"),
     OpSpec("lrn", "analog"),
     OpSpec("layer_norm", "analog"),
@@ -226,6 +233,7 @@ _SPECS += [OpSpec(name, "analog") for name in PARAMETRIC]
 _SPECS += [OpSpec(name, "analog") for name in PREDICATES]
 _SPECS += [OpSpec(name, "linear" if name in LINEAR_REDUCTIONS else "analog") for name in REDUCTIONS]
 _SPECS += [OpSpec(name, _binary_kind) for name in BINARY]
+_SPECS += [OpSpec(name, "analog") for name in ARG_REDUCTIONS]
 
 #: core op name → :class:`OpSpec`: the closed set the IR admits.
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in _SPECS}

@@ -148,7 +148,8 @@ class SpikingModule(nn.Module):
         a graph with several outputs."""
         steps = self.forward_steps(x, timesteps)
         outs = steps if isinstance(steps, tuple) else (steps,)
-        means = tuple(o.sum(0) / o.shape[0] for o in outs)
+        # a mask or an index: its value at the last step, as SpikingRunner.run reports it
+        means = tuple(o.sum(0) / o.shape[0] if o.is_floating_point() else o[-1] for o in outs)
         return means[0] if len(means) == 1 else means
 
     def forward_steps(self, x: torch.Tensor, timesteps: int | None = None):
@@ -221,7 +222,10 @@ class SpikingModule(nn.Module):
         elif node.op == "maxpool" and node.attrs.get("spiking") == "gated" and not node.attrs.get("global"):
             out = gated_maxpool_steps(view, seqs[0], {})  # the runtime's own; gradients reach the passed spikes
         elif conversion_kind(node) == "analog":
-            out = self._analog(view, seqs, [v if name in self._constant else None for name, v in zip(node.inputs, ins)])
+            outs = self._analog(
+                view, seqs, [v if name in self._constant else None for name, v in zip(node.inputs, ins)]
+            )
+            return tuple(out.flatten(0, 1) for out in outs)
         else:  # a constant broadcasts over the folded [T·B, ...] as it did over [B, ...]: not expanded
             unexpanded = self._constant if broadcasts_constants(node.op) else set()
             res = IMPLEMENTATIONS[node.op](
@@ -260,7 +264,7 @@ class SpikingModule(nn.Module):
         )
         return spikes
 
-    def _analog(self, view, seqs: list[torch.Tensor], constants: list) -> torch.Tensor:
+    def _analog(self, view, seqs: list[torch.Tensor], constants: list) -> list[torch.Tensor]:
         """An analog island, as the spiking runtime runs it: f of its inputs' running means,
         emitted as increments of t·f(mean). A constant input is its own mean (broadcasting as
         it did over the batch); a mask from an island before is used at each step as it is."""
@@ -274,12 +278,14 @@ class SpikingModule(nn.Module):
                 means.append(s.flatten(0, 1))
             else:
                 means.append((s.cumsum(0) / count.reshape((-1,) + (1,) * (s.dim() - 1))).flatten(0, 1))
-        out = IMPLEMENTATIONS[view.op](view, *means)[0]
-        out = out.reshape((T, -1) + tuple(out.shape[1:]))
-        if not out.is_floating_point():
-            return out
-        total = out * count.to(out.dtype).reshape((-1,) + (1,) * (out.dim() - 1))
-        return torch.diff(total, dim=0, prepend=torch.zeros_like(total[:1]))
+        emitted = []
+        for out in IMPLEMENTATIONS[view.op](view, *means):
+            out = out.reshape((T, -1) + tuple(out.shape[1:]))
+            if out.is_floating_point():
+                total = out * count.to(out.dtype).reshape((-1,) + (1,) * (out.dim() - 1))
+                out = torch.diff(total, dim=0, prepend=torch.zeros_like(total[:1]))
+            emitted.append(out)
+        return emitted
 
     # ---- back into the IR -------------------------------------------------------------
     def write_back(self) -> Graph:

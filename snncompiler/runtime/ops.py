@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import SnncError
 from ..ir import Node
-from ..ir.ops import BINARY, OPS, PARAMETRIC, PREDICATES, REDUCTIONS, UNARY
+from ..ir.ops import ARG_REDUCTIONS, BINARY, OPS, PARAMETRIC, PREDICATES, REDUCTIONS, UNARY
 
 #: core op name (an :data:`snncompiler.ir.ops.OPS` key) → its torch implementation.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple]] = {}
@@ -292,6 +292,16 @@ def hardmax(node: Node, x):
     """ONNX Hardmax: 1 at the first maximum along one axis, 0 elsewhere."""
     axis = node.attrs["axis"]
     return (torch.zeros_like(x).scatter_(axis, x.argmax(axis, keepdim=True), 1.0),)
+
+
+@implements("topk")
+def topk(node: Node, x):
+    """ONNX TopK: the ``k`` largest (``largest`` 0: smallest) entries along ``axis`` and their
+    int64 indices, sorted, equal values in index order (a stable sort: onnxruntime's order; the
+    spec leaves the order free under ``sorted`` 0, and sorted is one of those orders)."""
+    a = node.attrs
+    values, indices = torch.sort(x, dim=a["axis"], descending=bool(a.get("largest", 1)), stable=True)
+    return values.narrow(a["axis"], 0, a["k"]), indices.narrow(a["axis"], 0, a["k"])
 
 
 @implements("is_inf")
@@ -756,6 +766,29 @@ def _make_reduction(op_name: str):
 
 for _name in _REDUCE:
     implements(_name)(_make_reduction(_name))
+
+_PICK = {"argmax": torch.argmax, "argmin": torch.argmin}
+_check_same_ops(_PICK, ARG_REDUCTIONS, "index reductions")
+
+
+def _make_arg_reduction(op_name: str):
+    pick = _PICK[op_name]
+
+    def arg_reduce(node: Node, x):
+        axis, keepdim = node.attrs["axis"], bool(node.attrs.get("keepdims", 1))
+        if node.attrs.get("select_last_index"):  # torch picks the first of equal entries: count from the end
+            return (x.shape[axis] - 1 - pick(x.flip(axis), dim=axis, keepdim=keepdim),)
+        return (pick(x, dim=axis, keepdim=keepdim),)
+
+    arg_reduce.__doc__ = (
+        f"ONNX {ARG_REDUCTIONS[op_name]}: the int64 index of the first (``select_last_index``: last) "
+        "extreme entry along ``axis``."
+    )
+    return arg_reduce
+
+
+for _name in _PICK:
+    implements(_name)(_make_arg_reduction(_name))
 
 
 @implements("where")

@@ -303,7 +303,10 @@ class SpikingRunner:
     def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int | None = None) -> dict:
         """Simulate ``timesteps`` steps on input x [B, ...] ([B, T_in, ...] under the "sequence"
         encoding, timesteps ≤ T_in); return {t: mean output over steps 1..t} (a tuple of them, in
-        graph order, for a graph with several outputs).
+        graph order, for a graph with several outputs). An output that is not a float (a mask, an
+        index: ArgMax, Greater) is its value at step t instead, in its own dtype: it was computed
+        from the running means of steps 1..t, and its mean over the steps would be neither a
+        mask nor an index.
 
         ``checkpoints`` (default: only ``timesteps``) selects the t to report; all come from
         this one run.
@@ -315,10 +318,14 @@ class SpikingRunner:
         sums: list | None = None
         results: dict[int, list] = {}
         for done, steps, outs in self._simulate(x, timesteps, chunk):
-            cums = [cumsum_steps(o.float(), sums[k] if sums is not None else None) for k, o in enumerate(outs)]
+            # a mask or an index (not a float) is reported as its value at step t, see report_at
+            cums = [
+                cumsum_steps(o.float(), sums[k] if sums is not None else None) if o.is_floating_point() else o
+                for k, o in enumerate(outs)
+            ]
             for t in checkpoints:
                 if done < t <= done + steps:
-                    results[t] = [c[t - done - 1] / t for c in cums]
+                    results[t] = [c[t - done - 1] / t if c.is_floating_point() else c[t - done - 1] for c in cums]
             sums = [c[-1] for c in cums]
         return {t: _single(v) for t, v in results.items()}
 
@@ -618,7 +625,7 @@ class SpikingRunner:
         if node.op == "maxpool" and node.attrs.get("spiking") == "rate":
             return [self._rate_maxpool(node, _dyn(ins[0], steps), state)]
         if conversion_kind(node) == "analog":
-            return [self._analog(node, ins, steps, state, t0)]
+            return self._analog(node, ins, steps, state, t0)
         layer = self._event_layers.get(node.name)
         if layer is not None:  # one choice of form per chunk, on what the layer reads
             binary = isinstance(ins[0], _BinarySpikes)
@@ -700,9 +707,10 @@ class SpikingRunner:
         self.neuron_steps += spikes.numel() * spec.population
         return _BinarySpikes(spikes, th) if binary else spikes
 
-    def _analog(self, node: Node, ins: list, steps: int, state: dict, t0: int) -> torch.Tensor:
+    def _analog(self, node: Node, ins: list, steps: int, state: dict, t0: int) -> list[torch.Tensor]:
         """An analog island: the op applied to its inputs' running means (the rate-decoded
-        values so far), its output emitted as increments (see below)."""
+        values so far), each float output emitted as increments (see below), a mask or an index
+        as it is."""
         means = []
         for k, (name, v) in enumerate(zip(node.inputs, ins)):
             if name in self._constant:  # its own mean, broadcasting over steps and samples
@@ -719,20 +727,22 @@ class SpikingRunner:
             state[key] = cum[-1]
             count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
-        out = IMPLEMENTATIONS[node.op](node, *means)[0]
-        out = out.reshape((steps, -1) + tuple(out.shape[1:]))
-        if not out.is_floating_point():
-            return out
-        # emit increments of t·f(mean so far): the output's own running mean is then exactly f of
-        # the input's running mean at every step, so the error shrinks like the input's (O(1/t))
-        # instead of averaging the early, poorly decoded steps into every later output
-        count = torch.arange(t0 + 1, t0 + steps + 1, device=out.device, dtype=out.dtype)
-        total = out * count.reshape((-1,) + (1,) * (out.dim() - 1))
-        previous = state.get((node.name, "out"))
-        state[(node.name, "out")] = total[-1]
-        return torch.diff(
-            total, dim=0, prepend=(torch.zeros_like(total[:1]) if previous is None else previous.unsqueeze(0))
-        )
+        emitted = []
+        for k, out in enumerate(IMPLEMENTATIONS[node.op](node, *means)):
+            out = out.reshape((steps, -1) + tuple(out.shape[1:]))
+            if not out.is_floating_point():
+                emitted.append(out)
+                continue
+            # emit increments of t·f(mean so far): the output's own running mean is then exactly f
+            # of the input's running mean at every step, so the error shrinks like the input's
+            # (O(1/t)) instead of averaging the early, poorly decoded steps into every later output
+            count = torch.arange(t0 + 1, t0 + steps + 1, device=out.device, dtype=out.dtype)
+            total = out * count.reshape((-1,) + (1,) * (out.dim() - 1))
+            previous = state.get((node.name, "out", k))
+            state[(node.name, "out", k)] = total[-1]
+            start = torch.zeros_like(total[:1]) if previous is None else previous.unsqueeze(0)
+            emitted.append(torch.diff(total, dim=0, prepend=start))
+        return emitted
 
     def _rate_maxpool(self, node: Node, s: torch.Tensor, state: dict) -> torch.Tensor:
         """Max pooling of rates: emit the increments of the window's largest running input sum.

@@ -146,6 +146,17 @@ CASES = {
     "Tile": _one("Tile", consts=[("r", i64([1, 2, 1, 3]))]),
     "Trilu": _one("Trilu", {"upper": 0}, [("k", i64(1))]),
     "Hardmax": _one("Hardmax", {"axis": 1}),
+    "ArgMax": _nodes(
+        [
+            helper.make_node("ArgMax", ["x"], ["i"], axis=2, keepdims=0),
+            helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT),
+        ]
+    ),
+    "TopK": _nodes([helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=2)], [init("k", i64([2]))]),
+    "TopK over axis 0": _nodes([helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=0)], [init("k", i64([1]))]),
+    "ArgMin over axis 0": _nodes(
+        [helper.make_node("ArgMin", ["x"], ["i"]), helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
+    ),
     "IsInf": _nodes(
         [helper.make_node("IsInf", ["x"], ["n"]), helper.make_node("Cast", ["n"], ["y"], to=TensorProto.FLOAT)]
     ),

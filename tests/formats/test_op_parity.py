@@ -1019,6 +1019,96 @@ def test_hardmax_picks_the_first_maximum(opset, axis):
     check(m, np.round(rand(shape, 1, -2, 2) * 2) / 2, what=f"Hardmax axis={axis}")
 
 
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis", [None, 1, -1, 2])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_arg_reductions(opset, op, axis, keepdims):
+    """The int64 index of the first extreme entry (values rounded to halves: ties); axis 0 by default."""
+    shape = [2, 3, 4, 5]
+    attrs = {"keepdims": keepdims, **({} if axis is None else {"axis": axis})}
+    check(_index_model(op, shape, attrs, opset), np.round(rand(shape, 1) * 2) / 2, what=f"{op} {attrs}")
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("last", [0, 1])
+def test_arg_reductions_select_last_index(op, last):
+    """``select_last_index`` (opset 12+): of tied extremes, the last; of one, the same as the first."""
+    shape = [2, 6, 3]
+    x = np.round(rand(shape, 2, -1, 1))  # -1, 0, 1: many ties
+    check(_index_model(op, shape, {"axis": 1, "select_last_index": last}, 13), x, what=f"{op} last={last}")
+
+
+@pytest.mark.parametrize("opset", [10, 11, 21])
+@pytest.mark.parametrize("axis", [None, 1, 2])
+@pytest.mark.parametrize("largest", [1, 0])
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_topk(opset, axis, largest, k):
+    """Values and int64 indices, sorted; tied values (rounded to halves) in index order."""
+    shape = [2, 4, 3, 5]
+    attrs = {} if axis is None else {"axis": axis}
+    if opset >= 11:
+        attrs["largest"] = largest
+    elif not largest:
+        pytest.skip("largest exists from opset 11")
+    m = build(
+        [helper.make_node("TopK", ["x", "k"], ["v", "i"], **attrs)],
+        [("x", shape)],
+        ["v", ("i", None, TensorProto.INT64)],
+        [init("k", np.array([k], np.int64))],
+        opset,
+    )
+    check(m, np.round(rand(shape, 5) * 2) / 2, what=f"TopK k={k} {attrs}")
+
+
+def test_topk_before_opset_10_takes_k_as_an_attribute():
+    m = build(
+        [helper.make_node("TopK", ["x"], ["v", "i"], k=2, axis=1)],
+        [("x", [3, 6])],
+        ["v", ("i", None, TensorProto.INT64)],
+        [],
+        9,
+    )
+    check(m, rand([3, 6], 6), what="TopK opset 9")
+
+
+def test_topk_unsorted_gives_the_same_entries():
+    """Under ``sorted`` 0 the order is free: the same values and indices as a set per row."""
+    shape = [3, 7]
+    m = build(
+        [helper.make_node("TopK", ["x", "k"], ["v", "i"], sorted=0)],
+        [("x", shape)],
+        ["v", ("i", None, TensorProto.INT64)],
+        [init("k", np.array([4], np.int64))],
+        21,
+    )
+    x = rand(shape, 7)
+    (rv, ri), (gv, gi) = run_ort(m, x), run_snn(m, x)
+    assert np.array_equal(np.sort(ri, 1), np.sort(gi, 1))
+    assert np.array_equal(np.sort(rv, 1), np.sort(gv, 1))
+
+
+@pytest.mark.parametrize("k", [4, -1])
+def test_topk_with_k_outside_the_axis_is_refused(k):
+    graph = helper.make_graph(
+        [helper.make_node("TopK", ["x", "k"], ["v", "i"], name="top")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, "K"])],
+        [init("k", np.array([k], np.int64))],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])  # onnx's checker refuses it
+    with pytest.raises(SnncError, match="TopK.*(less than the requested k|K must be one number in 0..3)"):
+        run_snn(m, rand([2, 3], 8))
+
+
+def _index_model(op: str, shape, attrs: dict, opset: int):
+    """One ArgMax/ArgMin node, its output declared int64."""
+    return build(
+        [helper.make_node(op, ["x"], ["y"], **attrs)], [("x", shape)], [("y", None, TensorProto.INT64)], [], opset
+    )
+
+
 @pytest.mark.parametrize("opset", [10, 20])
 @pytest.mark.parametrize("positive,negative", [(1, 1), (1, 0), (0, 1), (0, 0)])
 def test_is_inf(opset, positive, negative):
@@ -2211,6 +2301,9 @@ TESTED_OP_TYPES = {
     "Trilu",
     "Hardmax",
     "IsInf",
+    "ArgMax",
+    "ArgMin",
+    "TopK",
 }
 
 

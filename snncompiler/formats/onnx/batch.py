@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...ir import Graph, Node
-from ...ir.ops import BINARY, REDUCTIONS, einsum_terms
+from ...ir.ops import ARG_REDUCTIONS, BINARY, REDUCTIONS, einsum_terms
 
 
 def declared_batch(model: onnx.ModelProto) -> str:
@@ -197,6 +197,8 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
         return not a.get("axes") or 0 in a["axes"]
     if op == "mvn":
         return 0 in a["axes"]
+    if op in ARG_REDUCTIONS or op == "topk":
+        return a["axis"] == 0
     if op == "einsum":
         return _einsum_mixes_axis0(a)
     if op == "lp_norm":

@@ -17,7 +17,8 @@ simulation in standard operators, so onnxruntime (or any ONNX runtime) gives wha
   ``MaxPool`` indices of the running counts (ties to the first input, as the runtime breaks them);
   ``output`` and ``input`` as the per-step MaxPool.
 * The graph output is the mean over the T steps (``CumSum`` and its last step divided by T, as the
-  runtime accumulates it).
+  runtime accumulates it); an output that is not a float (a mask, an ArgMax index) is its value
+  at the last step, as the runtime reports it.
 * Analog islands (sigmoid, softmax, ...) run on the running mean of their inputs (``CumSum``
   divided by the step number) and emit the increments of t·f(mean), as the runtime does.
 * Sequence inputs ([N, T_in, ...], one frame per step) are sliced to their first T frames.
@@ -201,11 +202,8 @@ class _Writer:
 
     def analog(self, node: Node, ins: list[str]) -> None:
         """An analog island as the runtime runs it: its op on the running means of its inputs,
-        emitting the increments of t·f(mean) so that its own running mean is f(mean so far)."""
-        if len(node.outputs) != 1:
-            raise SnncError(
-                f"{node.where}: an analog island with {len(node.outputs)} outputs cannot be exported to standard ONNX"
-            )
+        emitting the increments of t·f(mean) so that its own running mean is f(mean so far); a
+        mask or an index is passed on as it is."""
         axis0 = None  # made on first use: an island of constants and masks has no running sums
         means = []
         for name, value in zip(node.inputs, ins):
@@ -213,7 +211,7 @@ class _Writer:
                 means.append(value)
                 continue
             value = self.dynamic(value)
-            if self.graph.dtype(name) != "float32":  # a mask from an island before: this step's value
+            if not self.graph.is_float(name):  # a mask from an island before: this step's value
                 means.append(value)
                 continue
             rank = len(self.sample_shape(name)) + 2
@@ -221,15 +219,14 @@ class _Writer:
             axis0 = axis0 or self.const(node.name, np.array(0, np.int64))
             cum = self.add("CumSum", [seq, axis0], node.name)
             means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
-        out = node.outputs[0]
-        if self.graph.dtype(out) != "float32":  # not a float (a comparison): passed on as it is
-            write_node(self.b, _renamed(node, means, [out]))
-            return
-        f = self.name(node.name + "_f")
-        write_node(self.b, _renamed(node, means, [f]))
-        rank = len(self.sample_shape(out)) + 2
-        total = self.add("Mul", [self.to_steps(f, out), self._count(node.name, rank)], node.name)
-        self.from_steps(self._increments(total, node.name, rank), out, out=out)
+        # not a float (a comparison, an index): the output itself; a float: f, then its increments
+        fs = [out if not self.graph.is_float(out) else self.name(node.name + "_f") for out in node.outputs]
+        write_node(self.b, _renamed(node, means, fs))
+        for out, f in zip(node.outputs, fs):
+            if f != out:
+                rank = len(self.sample_shape(out)) + 2
+                total = self.add("Mul", [self.to_steps(f, out), self._count(node.name, rank)], node.name)
+                self.from_steps(self._increments(total, node.name, rank), out, out=out)
 
     def gated_maxpool(self, node: Node, x: str) -> None:
         """Each window passes the spikes of its input with the highest running spike count, ties
@@ -321,6 +318,10 @@ class _Writer:
         if name in self.static:
             return name
         seq = self.to_steps(name, name)
+        if not self.graph.is_float(name):  # a mask or an index: its value at step T
+            out = self.name(name + "_last")
+            self.b.add("Gather", [seq, self.const(name, np.array(self.T - 1, np.int64))], [out], out, axis=0)
+            return out
         cums = self.add("CumSum", [seq, self.const(name, np.array(0, np.int64))], name)
         last = self.add("Gather", [cums, self.const(name, np.array(self.T - 1, np.int64))], name, axis=0)
         out = self.name(name + "_mean")
@@ -342,9 +343,8 @@ class _Writer:
                     n.output[:] = [internal if o == v.name else o for o in n.output]
                     if n.output and n.output[0] == out:
                         n.output[0] = v.name
-            final.append(
-                helper.make_tensor_value_info(v.name, TensorProto.FLOAT, ["N"] + [int(d) for d in g.shape(v.name)[1:]])
-            )
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(g.dtype(v.name)))
+            final.append(helper.make_tensor_value_info(v.name, elem, ["N"] + [int(d) for d in g.shape(v.name)[1:]]))
         graph = helper.make_graph(
             self.b.nodes,
             g.name or "snn",
@@ -360,7 +360,7 @@ class _Writer:
             {
                 "snncompiler.export": "standard-onnx",
                 "snncompiler.timesteps": str(self.T),
-                "snncompiler.output": "mean over the timesteps",
+                "snncompiler.output": "mean over the timesteps (a mask or an index: its value at the last step)",
             },
         )
         return model

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ....ir.ops import REDUCTIONS
+from ....ir.ops import ARG_REDUCTIONS, REDUCTIONS
 from ..registry import converter, ints, writes
 
 
@@ -334,6 +334,8 @@ def _emit_cast(node, ctx, to: int) -> None:
         name = onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else str(to)
         raise ctx.fail(f"cast to {name} is not supported (torch, which runs the model, has no such number type)")
     attrs = {"dtype": CAST_DTYPES[to]}
+    if src in CAST_DTYPES and "float" not in CAST_DTYPES[src]:  # a mask or an index: see ir/ops._cast_kind
+        attrs["source"] = CAST_DTYPES[src]
     if CAST_DTYPES[to].startswith("float8"):
         attrs["saturate"] = int(ctx.attrs(node).get("saturate", 1))
     ctx.emit("cast", [node.input[0]], [node.output[0]], attrs)
@@ -384,6 +386,39 @@ def _reduction(core: str, onnx_op: str):
 
 for _core, _onnx in REDUCTIONS.items():
     converter(_onnx)(_reduction(_core, _onnx))
+
+
+def _arg_reduction(core: str, onnx_op: str):
+    def convert(node, ctx):
+        a = ctx.attrs(node)
+        rank = len(ctx.shape(node.input[0]))
+        attrs = {
+            "axis": int(a.get("axis", 0)) % rank,
+            "keepdims": int(a.get("keepdims", 1)),
+            "select_last_index": int(a.get("select_last_index", 0)),
+        }
+        ctx.emit(core, [node.input[0]], [node.output[0]], attrs)
+
+    convert.__doc__ = f"{onnx_op} (axis, keepdims, select_last_index) → {core}, an int64 index"
+    return convert
+
+
+for _core, _onnx in ARG_REDUCTIONS.items():
+    converter(_onnx)(_arg_reduction(_core, _onnx))
+
+
+@converter("TopK")
+def topk(node, ctx):
+    """TopK with a constant K (an input from opset 10, the attribute ``k`` before) → topk: the
+    values and their int64 indices, sorted (``largest``, ``sorted``)."""
+    a = ctx.attrs(node)
+    shape = ctx.shape(node.input[0])
+    axis = int(a.get("axis", -1)) % len(shape)
+    k = ctx.const(node.input[1], "TopK K").reshape(-1) if len(node.input) > 1 else np.array([a.get("k", -1)])
+    if k.size != 1 or not 0 <= int(k[0]) <= shape[axis]:
+        raise ctx.fail(f"K must be one number in 0..{shape[axis]} (the size of axis {axis}), got {k.tolist()}")
+    attrs = {"axis": axis, "k": int(k[0]), "largest": int(a.get("largest", 1)), "sorted": int(a.get("sorted", 1))}
+    ctx.emit("topk", [node.input[0]], list(node.output), attrs)
 
 
 @converter("Expand")
@@ -598,6 +633,28 @@ def write_reduction(b, n) -> None:
         n.outputs,
         n.name,
         keepdims=int(n.attrs.get("keepdims", 1)),
+    )
+
+
+@writes("topk")
+def write_topk(b, n) -> None:
+    """TopK with K as an initializer (opset 11+: largest, sorted)."""
+    a = n.attrs
+    k = b.const(n, "k", _int64([a["k"]]))
+    b.add("TopK", [n.inputs[0], k], n.outputs, n.name, axis=a["axis"], largest=a["largest"], sorted=a["sorted"])
+
+
+@writes(*ARG_REDUCTIONS)
+def write_arg_reduction(b, n) -> None:
+    """ArgMax / ArgMin with their three attributes."""
+    b.add(
+        ARG_REDUCTIONS[n.op],
+        n.inputs,
+        n.outputs,
+        n.name,
+        axis=int(n.attrs["axis"]),
+        keepdims=int(n.attrs.get("keepdims", 1)),
+        select_last_index=int(n.attrs.get("select_last_index", 0)),
     )
 
 
