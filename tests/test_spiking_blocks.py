@@ -270,6 +270,14 @@ _block(
     jumps=True,
 )
 _block(
+    "GatherElements at ArgMax",  # each pixel less its largest channel
+    [
+        M("ArgMax", ["r"], ["i"], axis=1),
+        M("GatherElements", ["r", "i"], ["top"], axis=1),
+        M("Sub", ["r", "top"], ["g"]),
+    ],
+)
+_block(
     "TopK values and indices",  # each pixel's 4 largest channels, and which they are (as floats)
     [
         M("TopK", ["r", "k"], ["v", "i"], axis=1),

@@ -122,6 +122,7 @@ _ROUTING = {
     "transpose",
     "slice",
     "gather",
+    "gather_elements",
     "split",
     "concat",
     "pad",

@@ -212,6 +212,7 @@ _SPECS = [
     OpSpec("split", "linear"),
     OpSpec("slice", "linear"),
     OpSpec("gather", "linear"),
+    OpSpec("gather_elements", lambda n: "linear" if "indices" in n.params else "analog"),
     OpSpec("reshape", "linear"),
     OpSpec("flatten", "linear"),
     OpSpec("transpose", "linear"),

@@ -580,6 +580,15 @@ def gather(node: Node, x):
     return (out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1 :])),)
 
 
+@implements("gather_elements")
+def gather_elements(node: Node, x, *indices):
+    """ONNX GatherElements along ``axis``: the indices a constant (``params['indices']``: a
+    fixed selection of entries, linear) or a computed input (an index from ArgMax or TopK)."""
+    idx = (node.params["indices"] if "indices" in node.params else indices[0]).long()
+    axis = node.attrs["axis"]
+    return (torch.gather(x, axis, torch.where(idx < 0, idx + x.shape[axis], idx)),)
+
+
 @implements("reshape")
 def reshape(node: Node, x):
     """Reshape; with ``keep_batch`` the target excludes axis 0, which keeps the input's batch size."""

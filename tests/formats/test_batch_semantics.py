@@ -154,6 +154,16 @@ CASES = {
     ),
     "TopK": _nodes([helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=2)], [init("k", i64([2]))]),
     "TopK over axis 0": _nodes([helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=0)], [init("k", i64([1]))]),
+    "GatherElements at ArgMax": _nodes(
+        [
+            helper.make_node("ArgMax", ["x"], ["i"], axis=2, keepdims=1),
+            helper.make_node("GatherElements", ["x", "i"], ["y"], axis=2),
+        ]
+    ),
+    # constant indices carry their own batch axis (of 1 here): batch-bound
+    "GatherElements with constant indices": _one(
+        "GatherElements", {"axis": 3}, [("i", np.tile(i64([4, 0, 2]), (1, 3, 4, 1)))]
+    ),
     "ArgMin over axis 0": _nodes(
         [helper.make_node("ArgMin", ["x"], ["i"]), helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
     ),

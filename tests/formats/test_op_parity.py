@@ -1102,6 +1102,40 @@ def test_topk_with_k_outside_the_axis_is_refused(k):
         run_snn(m, rand([2, 3], 8))
 
 
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("axis", [None, 1, 2, -1])
+def test_gather_elements_with_constant_indices(opset, axis):
+    """Negative indices count from the end; the output takes the indices' shape."""
+    shape = [2, 4, 5]
+    a = 0 if axis is None else axis % 3
+    ishape = list(shape)
+    ishape[a] = 3
+    idx = np.random.default_rng(3).integers(-shape[a], shape[a], size=ishape).astype(np.int64)
+    m = single("GatherElements", shape, {} if axis is None else {"axis": axis}, [("i", idx)], opset)
+    check(m, rand(shape, 4), what=f"GatherElements axis={axis}")
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_gather_elements_at_computed_indices(axis):
+    """The entry at ArgMax's index (keepdims): the maximum, picked by a computed index."""
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["i"], axis=axis, keepdims=1),
+        helper.make_node("GatherElements", ["x", "i"], ["y"], axis=axis),
+    ]
+    shape = [3, 4, 5]
+    check(build(nodes, [("x", shape)], ["y"], [], 13), rand(shape, 5), what=f"GatherElements at ArgMax axis={axis}")
+
+
+def test_gather_elements_of_constant_data_at_computed_indices_is_refused():
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=1),
+        helper.make_node("GatherElements", ["table", "i"], ["y"], axis=1, name="lookup"),
+    ]
+    m = build(nodes, [("x", [1, 4])], ["y"], [init("table", rand([1, 4], 6))], 13)
+    with pytest.raises(SnncError, match="lookup.*constant data by computed indices"):
+        run_snn(m, rand([1, 4], 7))
+
+
 def _index_model(op: str, shape, attrs: dict, opset: int):
     """One ArgMax/ArgMin node, its output declared int64."""
     return build(
@@ -2304,6 +2338,7 @@ TESTED_OP_TYPES = {
     "ArgMax",
     "ArgMin",
     "TopK",
+    "GatherElements",
 }
 
 

@@ -199,6 +199,8 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
         return 0 in a["axes"]
     if op in ARG_REDUCTIONS or op == "topk":
         return a["axis"] == 0
+    if op == "gather_elements":  # constant indices carry their own batch axis: the output's
+        return "indices" in node.params or a["axis"] == 0
     if op == "einsum":
         return _einsum_mixes_axis0(a)
     if op == "lp_norm":

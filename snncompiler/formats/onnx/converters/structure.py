@@ -303,6 +303,22 @@ def gather(node, ctx):
     )
 
 
+@converter("GatherElements")
+def gather_elements(node, ctx):
+    """GatherElements → gather_elements: constant indices select fixed entries (linear: spikes
+    in, spikes out; their own batch axis fixes the batch size); indices computed from the input
+    (ArgMax, TopK) make an analog island on the data's running mean."""
+    rank = len(ctx.shape(node.input[0]))
+    attrs = {"axis": int(ctx.attrs(node).get("axis", 0)) % rank}
+    if ctx.is_const(node.input[1]):
+        idx = ctx.const(node.input[1], "GatherElements indices").astype(np.int64)
+        ctx.emit("gather_elements", [node.input[0]], [node.output[0]], attrs, {"indices": idx})
+    elif ctx.is_const(node.input[0]):
+        raise ctx.fail("GatherElements of constant data by computed indices is not supported (make it a Gather)")
+    else:
+        ctx.emit("gather_elements", [node.input[0], node.input[1]], [node.output[0]], attrs)
+
+
 #: ONNX element types a cast can produce, as torch dtype names (the runtime computes in torch).
 CAST_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -560,6 +576,13 @@ def write_gather(b, n) -> None:
         n.name,
         axis=int(n.attrs["axis"]),
     )
+
+
+@writes("gather_elements")
+def write_gather_elements(b, n) -> None:
+    """GatherElements, constant indices as an initializer."""
+    indices = [b.const(n, "indices", n.params["indices"])] if "indices" in n.params else []
+    b.add("GatherElements", list(n.inputs) + indices, n.outputs, n.name, axis=int(n.attrs["axis"]))
 
 
 @writes("reshape")
