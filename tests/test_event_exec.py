@@ -523,6 +523,32 @@ def test_cumsum_steps_is_torchs_cumsum_bit_for_bit(shape):
     assert xg.grad is not None and xg.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("shape", [(32, 4, 16, 8, 8), (7, 5000), (1, 3), (0, 4), (5, 0), (9, 3000)])
+def test_running_sums_do_not_depend_on_the_chunking(shape):
+    """The analog islands' running sums: float64 sums rounded per step, continued from a float64
+    carry, so any split of the steps over calls gives the same bits as one call (the C++ kernel
+    and torch's fallback alike); sums of spikes are exact, so equal counts give equal sums
+    whatever their timing."""
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=gen) * 1000 + torch.rand(shape, generator=gen)
+    whole, carry = event.running_sums(x)
+    assert whole.dtype == torch.float32 and carry.dtype == torch.float64 and carry.shape == x.shape[1:]
+    assert torch.equal(whole, x.double().cumsum(0).float())
+    for split in (1, 2, 3, 5):
+        parts, c = [], None
+        for start in range(0, max(len(x), 1), split):
+            part, c = event.running_sums(x[start : start + split], c)
+            parts.append(part)
+        assert torch.equal(torch.cat(parts), whole), split
+        assert torch.equal(c, carry)
+    theta = torch.tensor(0.7123)  # two trains of the same count, at different steps
+    a = torch.tensor([0.5, 0.5, 1.0, 0.5, 0.0, 1.0]) * theta
+    b = torch.tensor([1.0, 0.0, 0.5, 0.5, 1.0, 0.5]) * theta
+    assert event.running_sums(a)[0][-1] == event.running_sums(b)[0][-1]
+    fallback, _ = event.running_sums(x.clone().requires_grad_(True))  # torch's path: a gradient to track
+    assert torch.equal(fallback.detach(), whole)
+
+
 def test_cost_model_times_the_fastest_of_interleaved_rounds(monkeypatch):
     """The micro-benchmark interleaves its tasks (so a burst of other work on the machine is
     spread over all of them) and keeps each task's fastest round (other work only adds time): a

@@ -173,3 +173,21 @@ def test_cli_run_and_eval_of_an_argmax_model(tmp_path, capsys):
     assert "ANN mode 100.00%" in printed
     accuracy = float(printed.strip().splitlines()[-1].split()[-1].rstrip("%"))
     assert accuracy > 80, printed  # a class index scored as one, not argmaxed over a size-1 axis (always 0)
+
+
+def test_ties_between_equal_spike_counts_do_not_depend_on_the_chunking(tmp_path):
+    """Two population units with the same spike count at step t tie (ArgMax takes the first);
+    summed in float32 across chunk boundaries, their running means differed in the last bit by
+    the spikes' timing, and the pick flipped with ``chunk`` and in the standard-ONNX export (by
+    0.18 of the output's scale on this block at T=8)."""
+    from tests.test_spiking_blocks import _model
+
+    model, x = _model("ArgMax, Equal and Where"), rand([12, 3, 4, 4], 3)
+    compiled = snnc.compile(model, x, timesteps=8, calibration="none", threshold="max", population=2, quiet=True)
+    want = compiled.run(x, 8)
+    compiled.save_onnx(tmp_path / "m.onnx", 8)
+    forms = {f"chunk={k}": compiled.run(x, 8, chunk=k) for k in (1, 2, 3, 5)}
+    forms["standard-ONNX export"] = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    for form, out in forms.items():
+        gap = float(np.abs(out - want).max()) / float(np.abs(want).max())
+        assert gap < 1e-5, f"{form}: differs from one chunk by {gap:.2e} (relative)"

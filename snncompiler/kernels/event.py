@@ -325,6 +325,36 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+def running_sums(x: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running sums of x over the leading (time) axis continued from ``carry`` (float64 shaped
+    like x[0], or None for 0): (the sums in float32, each rounded from the float64 running sum,
+    and the float64 carry for the next call). Unlike ``cumsum_steps(x, init)`` the result does
+    not depend on how the steps are split over calls, and sums of spikes are exact, so two equal
+    spike counts give equal sums whatever their timing (an ArgMax over running means keeps their
+    tie). Float32 CPU tensors without a gradient run on the C++ kernel, the rest on torch."""
+    lib = load()
+    if carry is None:
+        carry = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
+    if (
+        lib is None
+        or x.dtype != torch.float32
+        or x.device.type != "cpu"
+        or x.dim() < 1
+        or (torch.is_grad_enabled() and x.requires_grad)
+        or torch.compiler.is_compiling()
+    ):
+        sums = torch.cat([carry.unsqueeze(0), x.double()]).cumsum(0)[1:]
+        return sums.to(torch.float32), (sums[-1] if len(sums) else carry)
+    x = x.contiguous()
+    carry = carry.expand(x.shape[1:]).clone(memory_format=torch.contiguous_format)  # the kernel writes it
+    out = torch.empty(x.shape, dtype=torch.float32)
+    if out.numel():
+        lib.cumsum_steps_carried(
+            x.data_ptr(), carry.data_ptr(), out.data_ptr(), x.shape[0], carry.numel(), torch.get_num_threads()
+        )
+    return out, carry
+
+
 def cumsum_steps(x: torch.Tensor, init=None) -> torch.Tensor:
     """``x.cumsum(0) + init``: running sums over the leading (time) axis, plus ``init`` (a tensor
     broadcastable to x[0], or None). Float32 CPU tensors without a gradient to track run on the

@@ -277,7 +277,9 @@ class SpikingModule(nn.Module):
             elif not s.is_floating_point():
                 means.append(s.flatten(0, 1))
             else:
-                means.append((s.cumsum(0) / count.reshape((-1,) + (1,) * (s.dim() - 1))).flatten(0, 1))
+                # summed in float64 and rounded per step, as the runtime's running sums
+                sums = s.double().cumsum(0).to(s.dtype)
+                means.append((sums / count.reshape((-1,) + (1,) * (s.dim() - 1))).flatten(0, 1))
         emitted = []
         for out in IMPLEMENTATIONS[view.op](view, *means):
             out = out.reshape((T, -1) + tuple(out.shape[1:]))

@@ -723,8 +723,7 @@ class SpikingRunner:
                 means.append(x.reshape((-1,) + tuple(x.shape[2:])))
                 continue
             key = (node.name, k)
-            cum = cumsum_steps(x, state.get(key))
-            state[key] = cum[-1]
+            cum, state[key] = running_sums(x, state.get(key))  # chunking-independent, ties stay ties
             count = torch.arange(t0 + 1, t0 + steps + 1, device=x.device, dtype=torch.float32)
             means.append((cum / count.reshape((-1,) + (1,) * (x.dim() - 1))).reshape((-1,) + tuple(x.shape[2:])))
         emitted = []
@@ -777,6 +776,14 @@ class SpikingRunner:
         if theta is None:
             return out.to(s.dtype)
         return out.to(s.dtype) * channel_view(theta, out[0]).to(s.dtype)
+
+
+def running_sums(x: torch.Tensor, carry=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`snncompiler.kernels.event.running_sums` (float32 sums and a float64 carry),
+    imported late as the kernels are."""
+    from ..kernels.event import running_sums as carried_sums
+
+    return carried_sums(x, carry)
 
 
 def cumsum_steps(x: torch.Tensor, init=None) -> torch.Tensor:

@@ -19,8 +19,8 @@ simulation in standard operators, so onnxruntime (or any ONNX runtime) gives wha
 * The graph output is the mean over the T steps (``CumSum`` and its last step divided by T, as the
   runtime accumulates it); an output that is not a float (a mask, an ArgMax index) is its value
   at the last step, as the runtime reports it.
-* Analog islands (sigmoid, softmax, ...) run on the running mean of their inputs (``CumSum``
-  divided by the step number) and emit the increments of t·f(mean), as the runtime does.
+* Analog islands (sigmoid, softmax, ...) run on the running mean of their inputs (``CumSum`` in
+  double, rounded to float, divided by the step number) and emit the increments of t·f(mean), as the runtime does.
 * Sequence inputs ([N, T_in, ...], one frame per step) are sliced to their first T frames.
 
 Refused, naming the model: rate-encoded inputs (random per step) and graphs that run only one
@@ -217,7 +217,9 @@ class _Writer:
             rank = len(self.sample_shape(name)) + 2
             seq = self.to_steps(value, name)
             axis0 = axis0 or self.const(node.name, np.array(0, np.int64))
-            cum = self.add("CumSum", [seq, axis0], node.name)
+            # summed in double and rounded per step, as the runtime's running sums (ties stay ties)
+            wide = self.add("Cast", [seq], node.name, to=TensorProto.DOUBLE)
+            cum = self.add("Cast", [self.add("CumSum", [wide, axis0], node.name)], node.name, to=TensorProto.FLOAT)
             means.append(self.from_steps(self.add("Div", [cum, self._count(node.name, rank)], node.name), name))
         # not a float (a comparison, an index): the output itself; a float: f, then its increments
         fs = [out if not self.graph.is_float(out) else self.name(node.name + "_f") for out in node.outputs]

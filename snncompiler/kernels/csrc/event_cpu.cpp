@@ -1379,6 +1379,36 @@ void cumsum_steps(uintptr_t x, uintptr_t init, uintptr_t out, int64_t T, int64_t
   }
 }
 
+// Running sums continued from a double carry [N] (updated to the last sum): out[t] =
+// float(carry + x[0] + ... + x[t]) in double. The same double additions whether the steps come in
+// one call or in chunks, so an analog island's running mean does not depend on the chunking, and
+// spike sums (exact in double) of equal counts stay equal whatever their timing: ties stay ties.
+void cumsum_steps_carried(uintptr_t x, uintptr_t carry, uintptr_t out, int64_t T, int64_t N, int threads) {
+  if (T < 0 || N < 0) throw std::invalid_argument("cumsum_steps_carried: bad sizes");
+  const float* xp = addr<const float>(x);
+  double* cp = addr<double>(carry);
+  float* op = addr<float>(out);
+  constexpr int64_t kCols = 2048;
+  const int64_t blocks = (N + kCols - 1) / kCols;
+  py::gil_scoped_release release;
+#pragma omp parallel for num_threads(std::max(1, threads)) schedule(static) if (T * N > (1 << 16))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i0 = b * kCols, n = std::min(kCols, N - i0);
+    double acc[kCols];
+    std::copy(cp + i0, cp + i0 + n, acc);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xt = xp + t * N + i0;
+      float* ot = op + t * N + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        acc[i] += static_cast<double>(xt[i]);
+        ot[i] = static_cast<float>(acc[i]);
+      }
+    }
+    std::copy(acc, acc + n, cp + i0);
+  }
+}
+
 // Rate max pooling for training (GraphNet, snnc finetune), 2x2, stride 2, no padding, floor:
 // out_t = P_t - P_{t-1}, P_t the window maxima of the running sums c_t = x_0 + ... + x_t, with the
 // gradient of the composition torch's autograd differentiates (cumsum, max over row pairs then
@@ -1662,6 +1692,10 @@ PYBIND11_MODULE(_event_cpu, m) {
   m.def("cumsum_steps", &cumsum_steps,
         "Running sums of float32 [T,N] over T (in double, rounded per step) plus init [N] (0 = none) into out",
         py::arg("x"), py::arg("init"), py::arg("out"), py::arg("T"), py::arg("N"), py::arg("threads"));
+  m.def("cumsum_steps_carried", &cumsum_steps_carried,
+        "Running sums of float32 [T,N] over T in double, continued from and written back to the double carry [N], "
+        "each rounded to float32 into out",
+        py::arg("x"), py::arg("carry"), py::arg("out"), py::arg("T"), py::arg("N"), py::arg("threads"));
   m.def("rate_max_pool_steps", &rate_max_pool_steps,
         "The runtime's rate max pooling of spikes float32 [T,M,H,W]: running counts, window maxima, increments "
         "times theta, with the counts and maxima carried in and out",
