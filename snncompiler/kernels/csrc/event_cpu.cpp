@@ -1342,15 +1342,11 @@ void max_pool_2x2(uintptr_t x, uintptr_t out, int64_t planes, int64_t H, int64_t
   });
 }
 
-// Running sums over the time axis: out[t] = float(x[0] + ... + x[t], summed in double) + init,
-// what torch's `x.cumsum(0) + init` gives on the CPU (its cumsum accumulates float in double and
-// rounds each prefix), bit for bit. torch's cumsum along the leading axis ran 3-17x slower than a
-// copy of the same tensor; here each thread sums a block of columns down the steps.
-void cumsum_steps(uintptr_t x, uintptr_t init, uintptr_t out, int64_t T, int64_t N, int threads) {
-  if (T < 0 || N < 0) throw std::invalid_argument("cumsum_steps: bad sizes");
-  const float* xp = addr<const float>(x);
-  const float* ip = addr<const float>(init);
-  float* op = addr<float>(out);
+// Running sums over the time axis, summed in double and rounded per step: out[t] =
+// float(carry + x[0] + ... + x[t]) (+ init, in float). Each thread sums a block of columns down the
+// steps; torch's cumsum along the leading axis ran 3-17x slower than a copy of the same tensor.
+static void running_sums_impl(const float* xp, const float* ip, double* cp, float* op, int64_t T, int64_t N,
+                              int threads) {
   constexpr int64_t kCols = 2048;  // 16 KiB of double sums per block
   const int64_t blocks = (N + kCols - 1) / kCols;
   py::gil_scoped_release release;
@@ -1358,7 +1354,8 @@ void cumsum_steps(uintptr_t x, uintptr_t init, uintptr_t out, int64_t T, int64_t
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i0 = b * kCols, n = std::min(kCols, N - i0);
     double acc[kCols];
-    std::fill(acc, acc + n, 0.0);
+    if (cp) std::copy(cp + i0, cp + i0 + n, acc);
+    else std::fill(acc, acc + n, 0.0);
     for (int64_t t = 0; t < T; ++t) {
       const float* xt = xp + t * N + i0;
       float* ot = op + t * N + i0;
@@ -1376,7 +1373,15 @@ void cumsum_steps(uintptr_t x, uintptr_t init, uintptr_t out, int64_t T, int64_t
         }
       }
     }
+    if (cp) std::copy(acc, acc + n, cp + i0);
   }
+}
+
+// out[t] = float(x[0] + ... + x[t], summed in double) + init: what torch's `x.cumsum(0) + init`
+// gives on the CPU (its cumsum accumulates float in double and rounds each prefix), bit for bit.
+void cumsum_steps(uintptr_t x, uintptr_t init, uintptr_t out, int64_t T, int64_t N, int threads) {
+  if (T < 0 || N < 0) throw std::invalid_argument("cumsum_steps: bad sizes");
+  running_sums_impl(addr<const float>(x), addr<const float>(init), nullptr, addr<float>(out), T, N, threads);
 }
 
 // Running sums continued from a double carry [N] (updated to the last sum): out[t] =
@@ -1385,28 +1390,7 @@ void cumsum_steps(uintptr_t x, uintptr_t init, uintptr_t out, int64_t T, int64_t
 // spike sums (exact in double) of equal counts stay equal whatever their timing: ties stay ties.
 void cumsum_steps_carried(uintptr_t x, uintptr_t carry, uintptr_t out, int64_t T, int64_t N, int threads) {
   if (T < 0 || N < 0) throw std::invalid_argument("cumsum_steps_carried: bad sizes");
-  const float* xp = addr<const float>(x);
-  double* cp = addr<double>(carry);
-  float* op = addr<float>(out);
-  constexpr int64_t kCols = 2048;
-  const int64_t blocks = (N + kCols - 1) / kCols;
-  py::gil_scoped_release release;
-#pragma omp parallel for num_threads(std::max(1, threads)) schedule(static) if (T * N > (1 << 16))
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t i0 = b * kCols, n = std::min(kCols, N - i0);
-    double acc[kCols];
-    std::copy(cp + i0, cp + i0 + n, acc);
-    for (int64_t t = 0; t < T; ++t) {
-      const float* xt = xp + t * N + i0;
-      float* ot = op + t * N + i0;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        acc[i] += static_cast<double>(xt[i]);
-        ot[i] = static_cast<float>(acc[i]);
-      }
-    }
-    std::copy(acc, acc + n, cp + i0);
-  }
+  running_sums_impl(addr<const float>(x), nullptr, addr<double>(carry), addr<float>(out), T, N, threads);
 }
 
 // Rate max pooling for training (GraphNet, snnc finetune), 2x2, stride 2, no padding, floor:
