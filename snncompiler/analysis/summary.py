@@ -123,6 +123,8 @@ _ROUTING = {
     "slice",
     "gather",
     "gather_elements",
+    "scatter_elements",
+    "scatter_nd",
     "split",
     "concat",
     "pad",

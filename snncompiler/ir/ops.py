@@ -92,6 +92,11 @@ def _cast_kind(node: Node) -> str:
     return "linear" if "float" in dtype and "float" in node.attrs.get("source", "float32") else "analog"
 
 
+def _scatter_kind(node: Node) -> str:
+    # writing updates over data, or adding them, picks or sums entries: linear; mul/max/min do not
+    return "linear" if node.attrs.get("reduction", "none") in ("none", "add") else "analog"
+
+
 def _binary_kind(node: Node) -> str:
     if node.op in ("add", "sub"):
         return "linear"
@@ -213,6 +218,8 @@ _SPECS = [
     OpSpec("slice", "linear"),
     OpSpec("gather", "linear"),
     OpSpec("gather_elements", lambda n: "linear" if "indices" in n.params else "analog"),
+    OpSpec("scatter_elements", _scatter_kind),
+    OpSpec("scatter_nd", _scatter_kind),
     OpSpec("reshape", "linear"),
     OpSpec("flatten", "linear"),
     OpSpec("transpose", "linear"),

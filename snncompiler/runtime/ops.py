@@ -589,6 +589,48 @@ def gather_elements(node: Node, x, *indices):
     return (torch.gather(x, axis, torch.where(idx < 0, idx + x.shape[axis], idx)),)
 
 
+#: ONNX Scatter* reductions as torch's scatter_reduce names ("none": a plain overwrite)
+_SCATTER_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _scatter_flat(data, flat_index, updates, reduction: str):
+    """``data`` with ``updates`` written (or reduced) at the flat positions ``flat_index``."""
+    out = data.reshape(-1)
+    updates = updates.reshape(-1).to(data.dtype)
+    if reduction == "none":
+        return out.scatter(0, flat_index, updates).reshape(data.shape)
+    return out.scatter_reduce(0, flat_index, updates, _SCATTER_REDUCE[reduction], include_self=True).reshape(data.shape)
+
+
+@implements("scatter_elements")
+def scatter_elements(node: Node, data, updates):
+    """ONNX ScatterElements at constant indices along ``axis``: ``updates`` written over
+    ``data`` (``reduction`` none) or combined with it (add, mul, max, min)."""
+    axis = node.attrs["axis"]
+    idx = node.params["indices"].long().to(data.device)
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    # the flat position of each update: its own coordinates, with axis ``axis`` replaced by the index
+    coords = torch.meshgrid(*[torch.arange(d, device=data.device) for d in idx.shape], indexing="ij")
+    strides = [math.prod(data.shape[k + 1 :]) for k in range(data.dim())]  # of the contiguous data
+    flat = sum((idx if k == axis else c) * strides[k] for k, c in enumerate(coords))
+    return (_scatter_flat(data.contiguous(), flat.reshape(-1), updates, node.attrs.get("reduction", "none")),)
+
+
+@implements("scatter_nd")
+def scatter_nd(node: Node, data, updates):
+    """ONNX ScatterND at constant indices [..., k]: each index tuple addresses a slice
+    data[i0, ..., ik-1] that the matching slice of ``updates`` overwrites or is combined with."""
+    idx = node.params["indices"].long().to(data.device)
+    k = idx.shape[-1]
+    dims = torch.tensor(data.shape[:k], device=data.device)
+    idx = torch.where(idx < 0, idx + dims, idx)
+    inner = math.prod(data.shape[k:])  # the entries of one addressed slice
+    slice_strides = torch.tensor([math.prod(data.shape[j + 1 : k]) for j in range(k)], device=data.device)
+    slices = (idx * slice_strides).sum(-1)
+    flat = slices.reshape(-1, 1) * inner + torch.arange(inner, device=data.device)
+    return (_scatter_flat(data.contiguous(), flat.reshape(-1), updates, node.attrs.get("reduction", "none")),)
+
+
 @implements("reshape")
 def reshape(node: Node, x):
     """Reshape; with ``keep_batch`` the target excludes axis 0, which keeps the input's batch size."""

@@ -164,6 +164,16 @@ CASES = {
     "GatherElements with constant indices": _one(
         "GatherElements", {"axis": 3}, [("i", np.tile(i64([4, 0, 2]), (1, 3, 4, 1)))]
     ),
+    # constant indices address samples by position: batch-bound
+    "ScatterElements": _one(
+        "ScatterElements",
+        {"axis": 2},
+        [("i", np.tile(i64([[3], [1]]), (1, 3, 1, 5))), ("u", rand([1, 3, 2, 5], 7))],
+    ),
+    "Scatter": _one(
+        "Scatter", {"axis": 1}, [("i", np.zeros([1, 1, 4, 5], np.int64)), ("u", rand([1, 1, 4, 5], 8))], opset=9
+    ),
+    "ScatterND": _one("ScatterND", {}, [("i", i64([[0, 2]])), ("u", rand([1, 4, 5], 9))]),
     "ArgMin over axis 0": _nodes(
         [helper.make_node("ArgMin", ["x"], ["i"]), helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
     ),

@@ -1133,6 +1133,75 @@ def test_gather_elements_of_constant_data_at_computed_indices_is_refused():
         run_snn(m, rand([1, 4], 7))
 
 
+def _scatter_model(op: str, idx: np.ndarray, ushape, attrs: dict, opset: int, updates_from_x: bool):
+    """``op``(data, idx, updates) on x [2, 4, 5]: x as the data and constant updates, or constant
+    data and updates sliced from x (rows 0..ushape[1] of axis 1, or x itself when that is its shape)."""
+    if updates_from_x:
+        if list(ushape) == [2, 4, 5]:
+            nodes, inits = [], []
+        elif opset < 10:  # Slice with attributes
+            nodes, inits = [helper.make_node("Slice", ["x"], ["u"], starts=[0, 0, 0], ends=list(ushape))], []
+        else:
+            nodes = [helper.make_node("Slice", ["x", "s0", "s1"], ["u"])]
+            inits = [init("s0", np.array([0, 0, 0], np.int64)), init("s1", np.array(ushape, np.int64))]
+        inits.append(init("data", rand([2, 4, 5], 11)))
+        ins = ["data", "i", "u" if nodes else "x"]
+    else:
+        nodes, inits, ins = [], [init("upd", rand(ushape, 12))], ["x", "i", "upd"]
+    nodes.append(helper.make_node(op, ins, ["y"], **attrs))
+    return build(nodes, [("x", [2, 4, 5])], ["y"], inits + [init("i", idx)], opset)
+
+
+_ELEMENT_INDICES = np.array([[[3, 0, 1, 2, 0], [1, 2, 0, 3, 3]], [[0, -1, 2, 1, 0], [2, 0, -3, 0, 1]]], np.int64)
+
+
+@pytest.mark.parametrize("op,opset", [("ScatterElements", 11), ("ScatterElements", 18), ("Scatter", 9)])
+@pytest.mark.parametrize("updates_from_x", [False, True])
+def test_scatter_elements(op, opset, updates_from_x):
+    """Constant indices along axis 1 (distinct per column; negative ones count from the end)."""
+    idx = _ELEMENT_INDICES if opset >= 11 else np.abs(_ELEMENT_INDICES)
+    m = _scatter_model(op, idx, [2, 2, 5], {"axis": 1}, opset, updates_from_x)
+    check(m, rand([2, 4, 5], 13), what=f"{op} opset {opset}")
+
+
+@pytest.mark.parametrize("reduction", ["add", "mul", "max", "min"])
+@pytest.mark.parametrize("updates_from_x", [False, True])
+def test_scatter_elements_reductions(reduction, updates_from_x):
+    """Repeated indices combine with each other and with the data."""
+    idx = np.array([[[0, 0, 1, 3, 3]], [[2, 2, 2, 0, 1]]], np.int64).repeat(2, 1)
+    m = _scatter_model("ScatterElements", idx, [2, 2, 5], {"axis": 1, "reduction": reduction}, 18, updates_from_x)
+    check(m, rand([2, 4, 5], 14), what=f"ScatterElements reduction={reduction}")
+
+
+_ND_CASES = {
+    "rows": (np.array([[0, 1], [1, 3], [0, -2]], np.int64), [3, 5]),
+    "samples": (np.array([[1], [0]], np.int64), [2, 4, 5]),
+    "entries": (np.array([[0, 1, 4], [1, 0, 0], [1, 3, -1]], np.int64), [3]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_ND_CASES))
+@pytest.mark.parametrize("reduction", [None, "add", "mul", "max", "min"])
+def test_scatter_nd(case, reduction):
+    idx, ushape = _ND_CASES[case]
+    attrs = {} if reduction is None else {"reduction": reduction}
+    for updates_from_x in (False, True):
+        if updates_from_x and list(ushape) not in ([2, 4, 5],):
+            continue  # updates of another shape than x's slices: covered with constant updates
+        m = _scatter_model("ScatterND", idx, ushape, attrs, 18, updates_from_x)
+        check(m, rand([2, 4, 5], 15), what=f"ScatterND {case} reduction={reduction} updates_from_x={updates_from_x}")
+
+
+def test_scatter_at_computed_indices_is_refused():
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=1),
+        helper.make_node("ScatterElements", ["x", "i", "x1"], ["y"], axis=1, name="onehot"),
+    ]
+    m = build(nodes, [("x", [2, 4])], ["y"], [init("x1", np.ones([2, 1], np.float32))], 13)
+    with pytest.raises(SnncError, match="onehot.*indices computed from the input"):
+        run_snn(m, rand([2, 4], 16))
+
+
 def _index_model(op: str, shape, attrs: dict, opset: int):
     """One ArgMax/ArgMin node, its output declared int64."""
     return build(
@@ -2336,6 +2405,9 @@ TESTED_OP_TYPES = {
     "ArgMin",
     "TopK",
     "GatherElements",
+    "ScatterElements",
+    "Scatter",
+    "ScatterND",
 }
 
 

@@ -319,6 +319,31 @@ def gather_elements(node, ctx):
         ctx.emit("gather_elements", [node.input[0], node.input[1]], [node.output[0]], attrs)
 
 
+def _scatter(core: str, onnx_op: str):
+    def convert(node, ctx):
+        a = ctx.attrs(node)
+        if not ctx.is_const(node.input[1]):
+            raise ctx.fail(f"{onnx_op} at indices computed from the input is not supported (only constant indices)")
+        reduction = a.get("reduction", b"none")
+        attrs = {"reduction": reduction.decode() if isinstance(reduction, bytes) else str(reduction)}
+        if core == "scatter_elements":
+            attrs["axis"] = int(a.get("axis", 0)) % len(ctx.shape(node.input[0]))
+        idx = ctx.const(node.input[1], f"{onnx_op} indices").astype(np.int64)
+        data, updates = ctx.activation_or_const(node.input[0]), ctx.activation_or_const(node.input[2])
+        ctx.emit(core, [data, updates], [node.output[0]], attrs, {"indices": idx})
+
+    convert.__doc__ = (
+        f"{onnx_op} at constant indices (reduction none, add: linear, picks or sums spikes; mul, max, "
+        f"min: an analog island) → {core}"
+    )
+    return convert
+
+
+converter("ScatterElements")(_scatter("scatter_elements", "ScatterElements"))
+converter("Scatter")(_scatter("scatter_elements", "Scatter"))  # opsets 9-10, ScatterElements' old name
+converter("ScatterND")(_scatter("scatter_nd", "ScatterND"))
+
+
 #: ONNX element types a cast can produce, as torch dtype names (the runtime computes in torch).
 CAST_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -583,6 +608,20 @@ def write_gather_elements(b, n) -> None:
     """GatherElements, constant indices as an initializer."""
     indices = [b.const(n, "indices", n.params["indices"])] if "indices" in n.params else []
     b.add("GatherElements", list(n.inputs) + indices, n.outputs, n.name, axis=int(n.attrs["axis"]))
+
+
+@writes("scatter_elements", "scatter_nd")
+def write_scatter(b, n) -> None:
+    """ScatterElements / ScatterND with constant indices (opset 18+: every reduction)."""
+    extra = {"axis": int(n.attrs["axis"])} if n.op == "scatter_elements" else {}
+    b.add(
+        "ScatterElements" if n.op == "scatter_elements" else "ScatterND",
+        [n.inputs[0], b.const(n, "indices", n.params["indices"]), n.inputs[1]],
+        n.outputs,
+        n.name,
+        reduction=n.attrs.get("reduction", "none"),
+        **extra,
+    )
 
 
 @writes("reshape")
