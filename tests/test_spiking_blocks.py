@@ -340,6 +340,12 @@ _block(
     ],
     batch_bound=True,
 )
+_block(  # every pixel's channels in another order, per sample (batch_dims 1)
+    "GatherND",
+    [M("GatherND", ["r", "gi"], ["g"], batch_dims=1)],
+    [init("gi", np.array([[[7], [2], [4], [0], [1], [6], [3], [5]]], np.int64))],
+    batch_bound=True,
+)
 _block(
     "TopK values and indices",  # each pixel's 4 largest channels, and which they are (as floats)
     [

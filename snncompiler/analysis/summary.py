@@ -123,6 +123,7 @@ _ROUTING = {
     "slice",
     "gather",
     "gather_elements",
+    "gather_nd",
     "scatter_elements",
     "scatter_nd",
     "split",

@@ -218,6 +218,7 @@ _SPECS = [
     OpSpec("slice", "linear"),
     OpSpec("gather", "linear"),
     OpSpec("gather_elements", lambda n: "linear" if "indices" in n.params else "analog"),
+    OpSpec("gather_nd", "linear"),
     OpSpec("scatter_elements", _scatter_kind),
     OpSpec("scatter_nd", _scatter_kind),
     OpSpec("reshape", "linear"),

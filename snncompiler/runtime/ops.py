@@ -616,18 +616,41 @@ def scatter_elements(node: Node, data, updates):
     return (_scatter_flat(data.contiguous(), flat.reshape(-1), updates, node.attrs.get("reduction", "none")),)
 
 
+def _nd_offsets(data_shape, idx: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
+    """For ND indices [b..., m..., k] into data [b..., d...] (``batch_dims`` b shared leading
+    axes): the flat position in the contiguous data of each addressed slice's first entry,
+    shaped [b..., m...]; a slice holds prod(d[k:]) consecutive entries."""
+    k = idx.shape[-1]
+    dims = torch.tensor(data_shape[batch_dims : batch_dims + k], device=idx.device)
+    idx = torch.where(idx < 0, idx + dims, idx)
+    inner = math.prod(data_shape[batch_dims + k :])
+    strides = [math.prod(data_shape[batch_dims + j + 1 : batch_dims + k]) * inner for j in range(k)]
+    offsets = (idx * torch.tensor(strides, device=idx.device)).sum(-1)
+    if batch_dims:  # each batch position starts its own block of prod(data_shape[b:]) entries
+        block = math.prod(data_shape[batch_dims:])
+        lead = torch.arange(math.prod(data_shape[:batch_dims]), device=idx.device) * block
+        offsets = offsets + lead.reshape(tuple(data_shape[:batch_dims]) + (1,) * (offsets.dim() - batch_dims))
+    return offsets
+
+
+@implements("gather_nd")
+def gather_nd(node: Node, data):
+    """ONNX GatherND at constant indices [b..., m..., k]: the slices data[b..., i0, ..., ik-1]."""
+    idx = node.params["indices"].long().to(data.device)
+    b, k = node.attrs.get("batch_dims", 0), idx.shape[-1]
+    inner = math.prod(data.shape[b + k :])
+    flat = _nd_offsets(data.shape, idx, b).unsqueeze(-1) + torch.arange(inner, device=data.device)
+    out = data.contiguous().reshape(-1)[flat.reshape(-1)]
+    return (out.reshape(tuple(idx.shape[:-1]) + tuple(data.shape[b + k :])),)
+
+
 @implements("scatter_nd")
 def scatter_nd(node: Node, data, updates):
     """ONNX ScatterND at constant indices [..., k]: each index tuple addresses a slice
     data[i0, ..., ik-1] that the matching slice of ``updates`` overwrites or is combined with."""
     idx = node.params["indices"].long().to(data.device)
-    k = idx.shape[-1]
-    dims = torch.tensor(data.shape[:k], device=data.device)
-    idx = torch.where(idx < 0, idx + dims, idx)
-    inner = math.prod(data.shape[k:])  # the entries of one addressed slice
-    slice_strides = torch.tensor([math.prod(data.shape[j + 1 : k]) for j in range(k)], device=data.device)
-    slices = (idx * slice_strides).sum(-1)
-    flat = slices.reshape(-1, 1) * inner + torch.arange(inner, device=data.device)
+    inner = math.prod(data.shape[idx.shape[-1] :])  # the entries of one addressed slice
+    flat = _nd_offsets(data.shape, idx).reshape(-1, 1) + torch.arange(inner, device=data.device)
     return (_scatter_flat(data.contiguous(), flat.reshape(-1), updates, node.attrs.get("reduction", "none")),)
 
 

@@ -173,6 +173,7 @@ CASES = {
     "Scatter": _one(
         "Scatter", {"axis": 1}, [("i", np.zeros([1, 1, 4, 5], np.int64)), ("u", rand([1, 1, 4, 5], 8))], opset=9
     ),
+    "GatherND": _one("GatherND", {"batch_dims": 1}, [("i", np.zeros([1, 2, 2], np.int64))]),
     "ScatterND": _one("ScatterND", {}, [("i", i64([[0, 2]])), ("u", rand([1, 4, 5], 9))]),
     "ArgMin over axis 0": _nodes(
         [helper.make_node("ArgMin", ["x"], ["i"]), helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]

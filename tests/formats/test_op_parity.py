@@ -1192,6 +1192,22 @@ def test_scatter_nd(case, reduction):
         check(m, rand([2, 4, 5], 15), what=f"ScatterND {case} reduction={reduction} updates_from_x={updates_from_x}")
 
 
+@pytest.mark.parametrize(
+    "idx,batch_dims",
+    [
+        (np.array([[0, 1], [1, 3], [0, -2]], np.int64), 0),  # rows: slices of 5
+        (np.array([[[1], [0]], [[0], [0]]], np.int64), 0),  # whole samples, twice each
+        (np.array([[0, 1, 4], [1, 0, 0], [1, 3, -1]], np.int64), 0),  # single entries
+        (np.array([[[3], [0], [1]], [[2], [2], [-1]]], np.int64), 1),  # per sample: rows
+        (np.array([[[3, 4]], [[0, 1]]], np.int64), 1),  # per sample: entries
+    ],
+)
+@pytest.mark.parametrize("opset", [12, 13, 21])
+def test_gather_nd(idx, batch_dims, opset):
+    m = single("GatherND", [2, 4, 5], {"batch_dims": batch_dims}, [("i", idx)], opset)
+    check(m, rand([2, 4, 5], 17), what=f"GatherND {idx.tolist()} batch_dims={batch_dims}")
+
+
 def test_scatter_at_computed_indices_is_refused():
     nodes = [
         helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=1),
@@ -2408,6 +2424,7 @@ TESTED_OP_TYPES = {
     "ScatterElements",
     "Scatter",
     "ScatterND",
+    "GatherND",
 }
 
 

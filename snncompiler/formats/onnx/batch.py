@@ -201,7 +201,7 @@ def _mixes_axis0(node: Node, graph: Graph) -> bool:
         return a["axis"] == 0
     if op == "gather_elements":  # constant indices carry their own batch axis: the output's
         return "indices" in node.params or a["axis"] == 0
-    if op in ("scatter_elements", "scatter_nd"):  # constant indices address samples by position
+    if op in ("scatter_elements", "scatter_nd", "gather_nd"):  # constant indices address samples by position
         return True
     if op == "einsum":
         return _einsum_mixes_axis0(a)

@@ -339,6 +339,17 @@ def _scatter(core: str, onnx_op: str):
     return convert
 
 
+@converter("GatherND")
+def gather_nd(node, ctx):
+    """GatherND at constant indices (batch_dims too) → gather_nd: a selection of entries (linear:
+    runs on spikes; the indices address samples by position, so the model is batch-bound)."""
+    if not ctx.is_const(node.input[1]):
+        raise ctx.fail("GatherND at indices computed from the input is not supported (only constant indices)")
+    idx = ctx.const(node.input[1], "GatherND indices").astype(np.int64)
+    attrs = {"batch_dims": int(ctx.attrs(node).get("batch_dims", 0))}
+    ctx.emit("gather_nd", [node.input[0]], [node.output[0]], attrs, {"indices": idx})
+
+
 converter("ScatterElements")(_scatter("scatter_elements", "ScatterElements"))
 converter("Scatter")(_scatter("scatter_elements", "Scatter"))  # opsets 9-10, ScatterElements' old name
 converter("ScatterND")(_scatter("scatter_nd", "ScatterND"))
@@ -608,6 +619,13 @@ def write_gather_elements(b, n) -> None:
     """GatherElements, constant indices as an initializer."""
     indices = [b.const(n, "indices", n.params["indices"])] if "indices" in n.params else []
     b.add("GatherElements", list(n.inputs) + indices, n.outputs, n.name, axis=int(n.attrs["axis"]))
+
+
+@writes("gather_nd")
+def write_gather_nd(b, n) -> None:
+    """GatherND with constant indices."""
+    indices = b.const(n, "indices", n.params["indices"])
+    b.add("GatherND", [n.inputs[0], indices], n.outputs, n.name, batch_dims=int(n.attrs.get("batch_dims", 0)))
 
 
 @writes("scatter_elements", "scatter_nd")
