@@ -621,11 +621,11 @@ def _nd_offsets(data_shape, idx: torch.Tensor, batch_dims: int = 0) -> torch.Ten
     axes): the flat position in the contiguous data of each addressed slice's first entry,
     shaped [b..., m...]; a slice holds prod(d[k:]) consecutive entries."""
     k = idx.shape[-1]
-    dims = torch.tensor(data_shape[batch_dims : batch_dims + k], device=idx.device)
+    dims = device_constant(torch.tensor(data_shape[batch_dims : batch_dims + k]), idx.device)
     idx = torch.where(idx < 0, idx + dims, idx)
     inner = math.prod(data_shape[batch_dims + k :])
     strides = [math.prod(data_shape[batch_dims + j + 1 : batch_dims + k]) * inner for j in range(k)]
-    offsets = (idx * torch.tensor(strides, device=idx.device)).sum(-1)
+    offsets = (idx * device_constant(torch.tensor(strides), idx.device)).sum(-1)
     if batch_dims:  # each batch position starts its own block of prod(data_shape[b:]) entries
         block = math.prod(data_shape[batch_dims:])
         lead = torch.arange(math.prod(data_shape[:batch_dims]), device=idx.device) * block
