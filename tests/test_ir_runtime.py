@@ -212,3 +212,18 @@ def test_every_core_op_has_exactly_one_runtime_implementation():
 
     assert set(IMPLEMENTATIONS) == set(OPS)
     assert all(isinstance(spec.kind, str) and spec.kind in KINDS or callable(spec.kind) for spec in OPS.values())
+
+
+def test_a_constant_operand_is_named_as_a_constant():
+    """A constant made into a node for the op that reads it (Equal's, Where's operand) is listed
+    by `snnc inspect` as a Constant, not under the reading op's type (it showed "Equal")."""
+    from onnx import helper
+
+    from tests.formats.helpers import build, init
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Where", ["m", "r", "zero"], ["y"], name="pick")]
+    nodes.insert(1, helper.make_node("Greater", ["r", "zero"], ["m"], name="cmp"))
+    graph = snnc.load_graph(build(nodes, [("x", ["N", 4])], ["y"], [init("zero", np.float32(0.5))], 17))
+    constants = [n for n in graph.nodes if n.op == "constant"]
+    assert constants and all(n.source_op == "Constant" for n in constants)
+    assert "read by Greater 'cmp'" in constants[0].where

@@ -190,7 +190,10 @@ class Ctx:
         """An IR value for an input that may be constant: constants get a ``constant`` node."""
         name = self.resolve(name)
         if name in self.consts and not any(name in n.outputs for n in self.nodes):
-            self.emit("constant", [], [name], params={"value": self.consts[name]})
+            node = self.emit("constant", [], [name], params={"value": self.consts[name]})
+            # named for what it is (`snnc inspect` showed it as the op that reads it)
+            reader = f" read by {describe(self.current)}" if self.current is not None else ""
+            node.source = f"Constant '{name}'{reader}"
         return name
 
 
