@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1206,6 +1207,35 @@ def test_scatter_nd(case, reduction):
 def test_gather_nd(idx, batch_dims, opset):
     m = single("GatherND", [2, 4, 5], {"batch_dims": batch_dims}, [("i", idx)], opset)
     check(m, rand([2, 4, 5], 17), what=f"GatherND {idx.tolist()} batch_dims={batch_dims}")
+
+
+@pytest.mark.parametrize(
+    "op,idx,ushape,attrs,needle",
+    [
+        ("Gather", np.array([1, 4]), None, {"axis": 1}, "Gather indices: 4 is out of range for axis 1 of size 4"),
+        ("GatherElements", np.array([[0, -5]]), None, {"axis": 1}, "indices: -5 is out of range for axis 1"),
+        ("ScatterElements", np.array([[0, 9]]), [1, 2], {"axis": 1}, "indices: 9 is out of range for axis 1"),
+        ("ScatterElements", np.array([[0, 1, 2, 3, 0]]), [1, 5], {"axis": 0}, "indices of shape [1, 5] do not fit"),
+        ("ScatterND", np.array([[0, 7]]), [1], {}, "ScatterND indices: 7 is out of range for axis 1 of size 4"),
+        ("ScatterND", np.array([[0], [1]]), [4, 2], {}, "updates of shape [4, 2], expected [2, 4]"),
+        ("GatherND", np.array([[[4]], [[0]]]), None, {"batch_dims": 1}, "indices: 4 is out of range for axis 1"),
+    ],
+)
+def test_constant_indices_out_of_range_are_one_line_errors(op, idx, ushape, attrs, needle):
+    """Checked when the model is read: an index past an inner axis would address a neighbouring
+    row of the flattened data (ScatterND wrote [0, 7] of a [2, 4] tensor into row 1 silently)."""
+    ins = ["x", "i"] + (["u"] if ushape else [])
+    inits = [init("i", idx.astype(np.int64))] + ([init("u", rand(ushape, 1))] if ushape else [])
+    graph = helper.make_graph(
+        [helper.make_node(op, ins, ["y"], name="bad", **attrs)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])  # onnx's checker passes it
+    with pytest.raises(SnncError, match=re.escape(needle)):
+        run_snn(m, rand([2, 4], 2))
 
 
 def test_scatter_at_computed_indices_is_refused():

@@ -289,18 +289,28 @@ def constant_of_shape(node, ctx):
     raise ctx.fail("ConstantOfShape needs a constant shape input")
 
 
+def _check_indices(ctx, idx: np.ndarray, shape, axes, what: str) -> None:
+    """Constant indices in range: ``idx[..., j]`` indexes axis ``axes[j]`` of ``shape``. An index
+    past an inner axis would silently address a neighbouring row of the flattened data; axis 0
+    is left to the runtime (its size here is the batch as pinned for shape inference, and an
+    index past it falls outside the data there)."""
+    for j, axis in enumerate(axes):
+        if axis == 0:
+            continue
+        values, size = idx[..., j], int(shape[axis])
+        bad = (values < -size) | (values >= size)
+        if bad.any():
+            raise ctx.fail(f"{what} indices: {int(values[bad].flat[0])} is out of range for axis {axis} of size {size}")
+
+
 @converter("Gather")
 def gather(node, ctx):
     """Gather of an activation with constant indices → gather."""
-    rank = len(ctx.shape(node.input[0]))
+    shape = ctx.shape(node.input[0])
     idx = ctx.const(node.input[1], "Gather indices").astype(np.int64)
-    ctx.emit(
-        "gather",
-        [node.input[0]],
-        [node.output[0]],
-        {"axis": int(ctx.attrs(node).get("axis", 0)) % rank},
-        {"indices": idx},
-    )
+    axis = int(ctx.attrs(node).get("axis", 0)) % len(shape)
+    _check_indices(ctx, idx[..., None], shape, [axis], "Gather")
+    ctx.emit("gather", [node.input[0]], [node.output[0]], {"axis": axis}, {"indices": idx})
 
 
 @converter("GatherElements")
@@ -308,10 +318,11 @@ def gather_elements(node, ctx):
     """GatherElements → gather_elements: constant indices select fixed entries (linear: spikes
     in, spikes out; their own batch axis fixes the batch size); indices computed from the input
     (ArgMax, TopK) make an analog island on the data's running mean."""
-    rank = len(ctx.shape(node.input[0]))
-    attrs = {"axis": int(ctx.attrs(node).get("axis", 0)) % rank}
+    shape = ctx.shape(node.input[0])
+    attrs = {"axis": int(ctx.attrs(node).get("axis", 0)) % len(shape)}
     if ctx.is_const(node.input[1]):
         idx = ctx.const(node.input[1], "GatherElements indices").astype(np.int64)
+        _check_indices(ctx, idx[..., None], shape, [attrs["axis"]], "GatherElements")
         ctx.emit("gather_elements", [node.input[0]], [node.output[0]], attrs, {"indices": idx})
     elif ctx.is_const(node.input[0]):
         raise ctx.fail("GatherElements of constant data by computed indices is not supported (make it a Gather)")
@@ -326,9 +337,20 @@ def _scatter(core: str, onnx_op: str):
             raise ctx.fail(f"{onnx_op} at indices computed from the input is not supported (only constant indices)")
         reduction = a.get("reduction", b"none")
         attrs = {"reduction": reduction.decode() if isinstance(reduction, bytes) else str(reduction)}
-        if core == "scatter_elements":
-            attrs["axis"] = int(a.get("axis", 0)) % len(ctx.shape(node.input[0]))
+        shape = ctx.shape(node.input[0])
         idx = ctx.const(node.input[1], f"{onnx_op} indices").astype(np.int64)
+        if core == "scatter_elements":
+            attrs["axis"] = int(a.get("axis", 0)) % len(shape)
+            _check_indices(ctx, idx[..., None], shape, [attrs["axis"]], onnx_op)
+            want = tuple(idx.shape)
+            # each update lands at its own coordinates on the other axes: they must lie in the data
+            if len(want) != len(shape) or any(w > d for j, (w, d) in enumerate(zip(want, shape)) if j):
+                raise ctx.fail(f"indices of shape {list(want)} do not fit data of shape {list(shape)}")
+        else:
+            _check_indices(ctx, idx, shape, range(idx.shape[-1]), onnx_op)
+            want = tuple(idx.shape[:-1]) + tuple(shape[idx.shape[-1] :])
+        if tuple(ctx.shape(node.input[2])) != want:  # counted right but laid out otherwise, they would land elsewhere
+            raise ctx.fail(f"updates of shape {list(ctx.shape(node.input[2]))}, expected {list(want)}")
         data, updates = ctx.activation_or_const(node.input[0]), ctx.activation_or_const(node.input[2])
         ctx.emit(core, [data, updates], [node.output[0]], attrs, {"indices": idx})
 
@@ -347,6 +369,8 @@ def gather_nd(node, ctx):
         raise ctx.fail("GatherND at indices computed from the input is not supported (only constant indices)")
     idx = ctx.const(node.input[1], "GatherND indices").astype(np.int64)
     attrs = {"batch_dims": int(ctx.attrs(node).get("batch_dims", 0))}
+    first = attrs["batch_dims"]
+    _check_indices(ctx, idx, ctx.shape(node.input[0]), range(first, first + idx.shape[-1]), "GatherND")
     ctx.emit("gather_nd", [node.input[0]], [node.output[0]], attrs, {"indices": idx})
 
 
