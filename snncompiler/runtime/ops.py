@@ -640,7 +640,7 @@ def gather_nd(node: Node, data):
     b, k = node.attrs.get("batch_dims", 0), idx.shape[-1]
     inner = math.prod(data.shape[b + k :])
     flat = _nd_offsets(data.shape, idx, b).unsqueeze(-1) + torch.arange(inner, device=data.device)
-    out = data.contiguous().reshape(-1)[flat.reshape(-1)]
+    out = torch.index_select(data.contiguous().reshape(-1), 0, flat.reshape(-1))  # refuses, not wraps, a negative
     return (out.reshape(tuple(idx.shape[:-1]) + tuple(data.shape[b + k :])),)
 
 

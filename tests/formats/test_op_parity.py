@@ -1219,6 +1219,8 @@ def test_gather_nd(idx, batch_dims, opset):
         ("ScatterND", np.array([[0, 7]]), [1], {}, "ScatterND indices: 7 is out of range for axis 1 of size 4"),
         ("ScatterND", np.array([[0], [1]]), [4, 2], {}, "updates of shape [4, 2], expected [2, 4]"),
         ("GatherND", np.array([[[4]], [[0]]]), None, {"batch_dims": 1}, "indices: 4 is out of range for axis 1"),
+        # axis 0 (the batch) at run time: -3 + 2 = -1 addressed the end of the flattened data
+        ("GatherND", np.array([[[-3, 0]]]), None, {}, "gather_nd failed"),
     ],
 )
 def test_constant_indices_out_of_range_are_one_line_errors(op, idx, ushape, attrs, needle):
