@@ -93,6 +93,7 @@ _SPIKE_PRESERVING = (
     "split",
     "slice",
     "gather",
+    "gather_nd",
     "maxpool",
     "pad",
 )
@@ -112,8 +113,6 @@ def _copies_entries(node) -> bool:
         return node.attrs.get("mode", "constant") == "constant"
     if node.op == "resize":
         return node.attrs.get("mode", "nearest") == "nearest"
-    if node.op == "gather_nd":
-        return True
     if node.op == "gather_elements":  # at constant indices (computed ones make an analog island)
         return "indices" in node.params
     if node.op in ("scatter_elements", "scatter_nd"):  # overwritten, not combined

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are used: `snnc --help` mus
     import torch
 
 from ..errors import SnncError
-from .ops import OPS
+from .ops import OPS, is_float_dtype
 
 # ---- graph metadata keys that the loader, compiler and runtime share --------------------------
 #: The graph runs only at this batch size (its exporter hard-coded the batch axis, or an op works
@@ -148,7 +148,7 @@ class Graph:
 
     def is_float(self, value: str) -> bool:
         """Whether a value is a float (a rate that spikes can carry), not a mask or an index."""
-        return "float" in self.dtype(value)
+        return is_float_dtype(self.dtype(value))
 
     def find(self, op: str) -> list[Node]:
         """All nodes of one core op."""

@@ -82,6 +82,11 @@ def _clip_kind(node: Node) -> str:
     return "spiking" if lo is not None and lo == 0.0 and (hi is None or hi > 0) else "analog"
 
 
+def is_float_dtype(dtype: str) -> bool:
+    """Whether a torch dtype name is a float type (a rate spikes can carry), not a mask's or an index's."""
+    return "float" in dtype
+
+
 def _cast_kind(node: Node) -> str:
     # a cast to a float type keeps a spike's value (float16: to its precision); a cast to an
     # integer or bool type truncates each spike (θ = 0.7 → 0), so it runs on the rates instead.
@@ -89,7 +94,7 @@ def _cast_kind(node: Node) -> str:
     # cast on each step and averaged, the early, unsettled estimates would stay in every later
     # mean, so as an island it emits its value as increments whose running mean is the latest one
     dtype = node.attrs.get("dtype", "float32")
-    return "linear" if "float" in dtype and "float" in node.attrs.get("source", "float32") else "analog"
+    return "linear" if is_float_dtype(dtype) and is_float_dtype(node.attrs.get("source", "float32")) else "analog"
 
 
 def _scatter_kind(node: Node) -> str:

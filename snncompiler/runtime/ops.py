@@ -593,27 +593,21 @@ def gather_elements(node: Node, x, *indices):
 _SCATTER_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
 
-def _scatter_flat(data, flat_index, updates, reduction: str):
-    """``data`` with ``updates`` written (or reduced) at the flat positions ``flat_index``."""
-    out = data.reshape(-1)
-    updates = updates.reshape(-1).to(data.dtype)
+def _scatter(node: Node, data, dim: int, index, updates):
+    """``data`` with ``updates`` written (``reduction`` none) or combined with it (add, mul, max,
+    min) at ``index`` along ``dim``: torch's scatter, which is ONNX ScatterElements."""
+    reduction, updates = node.attrs.get("reduction", "none"), updates.to(data.dtype)
     if reduction == "none":
-        return out.scatter(0, flat_index, updates).reshape(data.shape)
-    return out.scatter_reduce(0, flat_index, updates, _SCATTER_REDUCE[reduction], include_self=True).reshape(data.shape)
+        return data.scatter(dim, index, updates)
+    return data.scatter_reduce(dim, index, updates, _SCATTER_REDUCE[reduction], include_self=True)
 
 
 @implements("scatter_elements")
 def scatter_elements(node: Node, data, updates):
-    """ONNX ScatterElements at constant indices along ``axis``: ``updates`` written over
-    ``data`` (``reduction`` none) or combined with it (add, mul, max, min)."""
+    """ONNX ScatterElements at constant indices along ``axis``."""
     axis = node.attrs["axis"]
-    idx = node.params["indices"].long().to(data.device)
-    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
-    # the flat position of each update: its own coordinates, with axis ``axis`` replaced by the index
-    coords = torch.meshgrid(*[torch.arange(d, device=data.device) for d in idx.shape], indexing="ij")
-    strides = [math.prod(data.shape[k + 1 :]) for k in range(data.dim())]  # of the contiguous data
-    flat = sum((idx if k == axis else c) * strides[k] for k, c in enumerate(coords))
-    return (_scatter_flat(data.contiguous(), flat.reshape(-1), updates, node.attrs.get("reduction", "none")),)
+    idx = node.params["indices"].long()
+    return (_scatter(node, data, axis, torch.where(idx < 0, idx + data.shape[axis], idx), updates),)
 
 
 def _nd_offsets(data_shape, idx: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
@@ -636,7 +630,7 @@ def _nd_offsets(data_shape, idx: torch.Tensor, batch_dims: int = 0) -> torch.Ten
 @implements("gather_nd")
 def gather_nd(node: Node, data):
     """ONNX GatherND at constant indices [b..., m..., k]: the slices data[b..., i0, ..., ik-1]."""
-    idx = node.params["indices"].long().to(data.device)
+    idx = node.params["indices"].long()
     b, k = node.attrs.get("batch_dims", 0), idx.shape[-1]
     inner = math.prod(data.shape[b + k :])
     flat = _nd_offsets(data.shape, idx, b).unsqueeze(-1) + torch.arange(inner, device=data.device)
@@ -648,10 +642,11 @@ def gather_nd(node: Node, data):
 def scatter_nd(node: Node, data, updates):
     """ONNX ScatterND at constant indices [..., k]: each index tuple addresses a slice
     data[i0, ..., ik-1] that the matching slice of ``updates`` overwrites or is combined with."""
-    idx = node.params["indices"].long().to(data.device)
+    idx = node.params["indices"].long()
     inner = math.prod(data.shape[idx.shape[-1] :])  # the entries of one addressed slice
     flat = _nd_offsets(data.shape, idx).reshape(-1, 1) + torch.arange(inner, device=data.device)
-    return (_scatter_flat(data.contiguous(), flat.reshape(-1), updates, node.attrs.get("reduction", "none")),)
+    out = _scatter(node, data.contiguous().reshape(-1), 0, flat.reshape(-1), updates.reshape(-1))
+    return (out.reshape(data.shape),)
 
 
 @implements("reshape")

@@ -318,7 +318,7 @@ class SpikingRunner:
         sums: list | None = None
         results: dict[int, list] = {}
         for done, steps, outs in self._simulate(x, timesteps, chunk):
-            # a mask or an index (not a float) is reported as its value at step t, see report_at
+            # a mask or an index (not a float) is reported as its value at step t (see the docstring)
             cums = [
                 cumsum_steps(o.float(), sums[k] if sums is not None else None) if o.is_floating_point() else o
                 for k, o in enumerate(outs)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ....ir.ops import ARG_REDUCTIONS, REDUCTIONS
+from ....ir.ops import ARG_REDUCTIONS, REDUCTIONS, is_float_dtype
 from ..registry import converter, ints, writes
 
 
@@ -330,15 +330,20 @@ def gather_elements(node, ctx):
         ctx.emit("gather_elements", [node.input[0], node.input[1]], [node.output[0]], attrs)
 
 
+def _constant_indices(node, ctx, onnx_op: str) -> np.ndarray:
+    """The constant indices (input 1) of a GatherND or Scatter* as int64; computed ones are refused."""
+    if not ctx.is_const(node.input[1]):
+        raise ctx.fail(f"{onnx_op} at indices computed from the input is not supported (only constant indices)")
+    return ctx.const(node.input[1], f"{onnx_op} indices").astype(np.int64)
+
+
 def _scatter(core: str, onnx_op: str):
     def convert(node, ctx):
         a = ctx.attrs(node)
-        if not ctx.is_const(node.input[1]):
-            raise ctx.fail(f"{onnx_op} at indices computed from the input is not supported (only constant indices)")
         reduction = a.get("reduction", b"none")
         attrs = {"reduction": reduction.decode() if isinstance(reduction, bytes) else str(reduction)}
         shape = ctx.shape(node.input[0])
-        idx = ctx.const(node.input[1], f"{onnx_op} indices").astype(np.int64)
+        idx = _constant_indices(node, ctx, onnx_op)
         if core == "scatter_elements":
             attrs["axis"] = int(a.get("axis", 0)) % len(shape)
             _check_indices(ctx, idx[..., None], shape, [attrs["axis"]], onnx_op)
@@ -365,9 +370,7 @@ def _scatter(core: str, onnx_op: str):
 def gather_nd(node, ctx):
     """GatherND at constant indices (batch_dims too) → gather_nd: a selection of entries (linear:
     runs on spikes; the indices address samples by position, so the model is batch-bound)."""
-    if not ctx.is_const(node.input[1]):
-        raise ctx.fail("GatherND at indices computed from the input is not supported (only constant indices)")
-    idx = ctx.const(node.input[1], "GatherND indices").astype(np.int64)
+    idx = _constant_indices(node, ctx, "GatherND")
     attrs = {"batch_dims": int(ctx.attrs(node).get("batch_dims", 0))}
     first = attrs["batch_dims"]
     _check_indices(ctx, idx, ctx.shape(node.input[0]), range(first, first + idx.shape[-1]), "GatherND")
@@ -410,7 +413,7 @@ def _emit_cast(node, ctx, to: int) -> None:
         name = onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else str(to)
         raise ctx.fail(f"cast to {name} is not supported (torch, which runs the model, has no such number type)")
     attrs = {"dtype": CAST_DTYPES[to]}
-    if src in CAST_DTYPES and "float" not in CAST_DTYPES[src]:  # a mask or an index: see ir/ops._cast_kind
+    if src in CAST_DTYPES and not is_float_dtype(CAST_DTYPES[src]):  # a mask or an index: see ir/ops._cast_kind
         attrs["source"] = CAST_DTYPES[src]
     if CAST_DTYPES[to].startswith("float8"):
         attrs["saturate"] = int(ctx.attrs(node).get("saturate", 1))
