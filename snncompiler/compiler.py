@@ -190,14 +190,19 @@ def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:
 
 def _check_spiking_share(graph: Graph, opts: dict, label: str) -> dict:
     """How much of the compiled network spikes (see :func:`snncompiler.analysis.summary.spiking_share`);
-    a network with no neuron or mostly analog MACs is warned about once, refused with ``strict``."""
+    a network with no neuron or mostly analog MACs is warned about once, refused with ``strict``;
+    ``strict`` also refuses any analog island but a readout (a final Softmax, ArgMax, ... that no
+    neuron or MAC layer reads: decoding, not computation)."""
+    from collections import Counter
+
     from .analysis.summary import analog_heavy_warning, spiking_share
 
     share = spiking_share(graph)
     warning = analog_heavy_warning(share, graph, label)
-    if opts["strict"] and (warning or share["analog_islands"]):
-        ops = ", ".join(f"{op} ×{k}" for op, k in share["islands_by_activation"].items())
-        islands = f"{label}: {share['analog_islands']} analog islands, which cannot spike ({ops})"
+    inside = Counter(share["islands_by_activation"]) - Counter(share["readout_by_activation"])
+    if opts["strict"] and (warning or inside):
+        ops = ", ".join(f"{op} ×{k}" for op, k in inside.most_common())
+        islands = f"{label}: {inside.total()} analog islands inside the network, which cannot spike ({ops})"
         raise SnncError(f"--strict: {warning or islands}")
     if warning:
         log.warning("%s", warning)

@@ -172,3 +172,56 @@ def test_cli_reports_share_warns_and_strict_exits_2(tmp_path):
     proc = subprocess.run(CLI + ["inspect", str(path), "--json"], capture_output=True, text=True, check=True)
     spiking = json.loads(proc.stdout)["totals"]["spiking"]
     assert spiking["neurons"] == 0 and spiking["islands_by_activation"] == {"SiLU": 2}
+
+
+class Readout(nn.Module):
+    """conv-ReLU-conv-ReLU → flatten → linear, then a softmax (and argmax) readout; optionally a
+    SiLU gate inside the network, ahead of the linear layer (most MACs still read spikes)."""
+
+    def __init__(self, gate: bool = False, argmax: bool = False):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(144, 5)
+        self.gate, self.argmax = gate, argmax
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        if self.gate:
+            h = h * torch.sigmoid(h)  # a SiLU inside the network: it feeds the linear layer
+        p = torch.softmax(self.fc(h.flatten(1)), 1)
+        return p.argmax(1) if self.argmax else p
+
+
+@pytest.mark.parametrize("argmax", [False, True])
+def test_strict_allows_a_readout_island_and_refuses_one_inside(argmax, tmp_path):
+    torch.manual_seed(0)
+    path = export_onnx(Readout(argmax=argmax).eval(), (1, 6, 6), tmp_path / "readout.onnx")
+    share = spiking_share(load_graph(path))
+    islands = 2 if argmax else 1
+    assert (share["analog_islands"], share["readout_islands"]) == (islands, islands)
+    model = snnc.compile(path, _data(), strict=True)  # decoding is not computation: allowed
+    assert model.report["spiking"]["readout_islands"] == islands
+    gated = export_onnx(Readout(gate=True, argmax=argmax).eval(), (1, 6, 6), tmp_path / "gated.onnx")
+    share = spiking_share(load_graph(gated))
+    assert (share["analog_islands"], share["readout_islands"]) == (islands + 1, islands)
+    assert share["readout_by_activation"] == ({"Softmax": 1, "ArgMax": 1} if argmax else {"Softmax": 1})
+    with pytest.raises(snnc.SnncError, match=r"--strict: .*1 analog islands inside the network.*\(SiLU ×1\)$"):
+        snnc.compile(gated, _data(), strict=True)
+
+
+def test_an_island_read_by_a_layer_and_by_the_output_is_not_a_readout(tmp_path):
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(36, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            s = torch.sigmoid(torch.relu(self.a(x.flatten(1))))
+            return s, self.b(s)
+
+    torch.manual_seed(0)
+    path = export_onnx(Both().eval(), (1, 6, 6), tmp_path / "both.onnx")
+    share = spiking_share(load_graph(path))
+    assert (share["analog_islands"], share["readout_islands"]) == (1, 0)
+    with pytest.raises(snnc.SnncError, match="Sigmoid ×1"):
+        snnc.compile(path, _data(), strict=True)

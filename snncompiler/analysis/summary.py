@@ -153,6 +153,15 @@ def _is_site(node) -> bool:
     return node.op in ("relu", "clip", "neuron") and conversion_kind(node) == "spiking"
 
 
+def _values_feeding_computation(graph: Graph) -> set[str]:
+    """Values that a neuron or a MAC layer reads, directly or through any chain of other ops."""
+    feeds: set[str] = set()
+    for node in reversed(graph.nodes):
+        if _is_site(node) or node.op in _MAC_LAYERS or any(o in feeds for o in node.outputs):
+            feeds.update(node.inputs)
+    return feeds
+
+
 def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
     """How much of the network spikes: neuron layers (ReLU/Clip sites in an ANN), analog islands
     by activation, and the MACs of conv/linear/matmul by what their input is.
@@ -163,6 +172,10 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
     are the encoding layer's (direct encoding: analog in any SNN); ``spiking_share`` is the
     share of the other MACs whose input is spikes. Products of two activations count as
     analog MACs.
+
+    An island is a *readout* (``readout_islands``) when no neuron and no MAC layer reads its
+    output, directly or through other ops: a final Softmax, ArgMax or TopK decodes the
+    network's answer (off-chip on neuromorphic hardware) instead of computing inside it.
     """
     from ..passes.substitute import silu_pairs
 
@@ -172,7 +185,7 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
     silu_muls = {id(mul) for _, mul in silu_pairs(graph)}
     silu_sigmoids = {id(sig) for sig, _ in silu_pairs(graph)}
     totals = {"input": 0, "spikes": 0, "dense": 0}
-    neurons, islands = 0, Counter()
+    neurons, islands, island_nodes = 0, Counter(), []
     for node in graph.nodes:
         conversion = conversion_kind(node)
         seen = {kind.get(i, "input") for i in node.inputs}
@@ -181,7 +194,9 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
             out = "spikes"
         elif conversion == "analog":
             if id(node) not in silu_sigmoids:  # a SiLU's sigmoid and product are one activation
-                islands["SiLU" if id(node) in silu_muls else node.source_op] += 1
+                key = "SiLU" if id(node) in silu_muls else node.source_op
+                islands[key] += 1
+                island_nodes.append((node, key))
             out = "dense"
         elif not node.inputs or seen <= {"input"}:
             out = "input"
@@ -200,10 +215,14 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
         for o in node.outputs:
             kind[o] = out
     after_input = totals["spikes"] + totals["dense"]
+    feeds = _values_feeding_computation(graph)
+    readouts = Counter(key for node, key in island_nodes if not any(o in feeds for o in node.outputs))
     return {
         "neurons": neurons,
         "analog_islands": sum(islands.values()),
+        "readout_islands": sum(readouts.values()),
         "islands_by_activation": dict(islands.most_common()),
+        "readout_by_activation": dict(readouts.most_common()),
         "macs": sum(totals.values()),
         "encoding_macs": totals["input"],
         "spiking_macs": totals["spikes"],
@@ -215,6 +234,8 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
 def share_line(share: dict) -> str:
     """One line: neuron layers, analog islands, spike-driven share of the MACs."""
     text = f"{share['neurons']} neuron layers, {share['analog_islands']} analog islands"
+    if share.get("readout_islands"):
+        text += f" ({share['readout_islands']} in the readout)"
     if share["spiking_share"] is None:
         return text + "; no MACs after the input layer"
     return (

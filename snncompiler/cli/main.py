@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         default=None,
-        help="refuse analog islands, and a network with no neuron (an error, exit 2, instead of a warning)",
+        help="refuse analog islands (a readout that no neuron or layer reads, such as a final Softmax or "
+        "ArgMax, excepted), and a network with no neuron (an error, exit 2, instead of a warning)",
     )
     p.add_argument(
         "--substitute",
