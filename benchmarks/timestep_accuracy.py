@@ -92,6 +92,15 @@ SNNC_HARD_RESET = [
     ("snnc hard v0=zero", {"reset": "hard", "v0": "zero"}),
     ("snnc hard v0=zero light", {"reset": "hard", "v0": "zero", "calibration": "light", "per_t": True}),
 ]
+# --lif: only these rows, written to lif.{json,png}: LIF neurons (tau 2, the default: half the
+# membrane leaks away each step) without and with each calibration pipeline.
+SNNC_LIF = [
+    ("snnc lif", {"neuron": "lif"}),
+    ("snnc lif light", {"neuron": "lif", "calibration": "light", "per_t": True}),
+    ("snnc lif advanced", {"neuron": "lif", "calibration": "advanced", "per_t": True}),
+]
+#: The modes that run only their own rows, by the stem of the files they write.
+ROW_MODES = {"hard_reset": SNNC_HARD_RESET, "lif": SNNC_LIF}
 
 
 def log(msg: str) -> None:
@@ -168,6 +177,11 @@ def ann_accuracy(model, test: Dataset) -> float:
         return float((model(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
 
 
+def row_mode(args) -> str | None:
+    """The mode that runs only its own rows (a key of :data:`ROW_MODES`), or None."""
+    return "hard_reset" if args.hard_reset else "lif" if args.lif else None
+
+
 def run_workload(name: str, args, ts, tmp: Path) -> dict:
     quick = args.quick
     n_test = args.test_samples or SIZES[name][1 if quick else 0]
@@ -187,16 +201,13 @@ def run_workload(name: str, args, ts, tmp: Path) -> dict:
     onnx_path = export_onnx(w.model, w.input_shape, tmp / f"{name}.onnx")
     methods = {}
     specs = [("sj", label, mode) for label, mode in SJ_METHODS] + [("snnc", label, k) for label, k in SNNC_METHODS]
-    if args.hard_reset:
-        specs = [("snnc", label, k) for label, k in SNNC_HARD_RESET]
+    mode = row_mode(args)
+    if mode:
+        specs = [("snnc", label, k) for label, k in ROW_MODES[mode]]
     elif args.variants:
         specs += [("snnc", label, k) for label, k in SNNC_VARIANTS]
     for level in (
-        []
-        if args.calibration == "none" or args.hard_reset
-        else [args.calibration]
-        if args.calibration
-        else SNNC_CALIBRATION
+        [] if args.calibration == "none" or mode else [args.calibration] if args.calibration else SNNC_CALIBRATION
     ):
         specs += [("snnc", label, k) for label, k in SNNC_CALIBRATION[level]]
     if args.rows:  # e.g. --rows snnc: re-run only some methods (investigations)
@@ -406,6 +417,11 @@ def main(argv=None) -> int:
         help="run only the --reset hard --v0 zero rows (with and without light calibration); "
         "writes hard_reset.{json,png} in --out",
     )
+    p.add_argument(
+        "--lif",
+        action="store_true",
+        help="run only the --neuron lif rows (no, light and advanced calibration); writes lif.{json,png} in --out",
+    )
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing JSON in --out")
     p.add_argument("--rows", help="comma list of substrings: run only methods whose label contains one")
     p.add_argument("--timesteps", help="comma list of T (default: 1,2,...,256; quick: 1,4,16,32)")
@@ -441,15 +457,17 @@ def main(argv=None) -> int:
     log("\n" + "=" * 100)
     for name, r in results.items():
         log("\n" + table(name, r, ts))
-    stem = "hard_reset" if args.hard_reset else "timestep_accuracy"
-    if args.hard_reset:
-        hard = hard_reset_floors(results)
-        log("\nfloors (hard reset, v0 = 0):")
-        for name, f in hard.items():
-            for key, v in f.items():
-                log(
-                    f"  {name:<20} {key:<34} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs ANN {v['ann']:.2f}%"
-                )
+    stem = row_mode(args)
+    if stem:
+        extra = {}
+        if stem == "hard_reset":
+            extra["hard_reset_floors"] = hard = hard_reset_floors(results)
+            log("\nfloors (hard reset, v0 = 0):")
+            for name, f in hard.items():
+                for key, v in f.items():
+                    log(
+                        f"  {name:<20} {key:<34} {'PASS' if v['pass'] else 'FAIL'}  snnc {v['snnc']:.2f}% vs ANN {v['ann']:.2f}%"
+                    )
         doc = {
             "timesteps": ts,
             "seed": args.seed,
@@ -457,7 +475,7 @@ def main(argv=None) -> int:
             "torch_threads": torch.get_num_threads(),
             "total_s": time.perf_counter() - t0,
             "workloads": results,
-            "hard_reset_floors": hard,
+            **extra,
         }
         write_text(out / f"{stem}.json", json.dumps(doc, indent=1, default=str))
         plot(results, ts, out / f"{stem}.png")

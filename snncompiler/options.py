@@ -59,6 +59,12 @@ HARD_RESET_THRESHOLD = "p99.99"
 ADVANCED_THRESHOLD = "mse"
 #: Calibration pipelines (which passes each runs: :data:`snncompiler.compiler.PIPELINES`).
 CALIBRATIONS = ("none", "light", "advanced")
+#: The calibration a LIF network gets when none is asked for: its leak lowers every rate (no
+#: spike at all below about θ/τ of input), an error that compounds layer by layer and that bias
+#: calibration removes in seconds (the `make demo` digits CNN at τ = 2, T = 32: 26.0 %
+#: uncalibrated, 98.9 % light; docs/benchmarks.md, "LIF neurons"). IF networks convert well
+#: uncalibrated and default to none.
+LIF_CALIBRATION = "light"
 #: What ``substitute`` may replace HardSwish, GELU and SiLU with ("none" or None: nothing).
 SUBSTITUTES = ("relu",)
 #: Execution modes of the spiking runtime (``--exec``; :mod:`snncompiler.kernels.event`), here so the
@@ -126,6 +132,12 @@ _AT_LEAST = (
 )
 
 
+def default_calibration(neuron: str = "if") -> str:
+    """The calibration pipeline used when none is given: :data:`LIF_CALIBRATION` for LIF
+    neurons, none for IF."""
+    return LIF_CALIBRATION if neuron == "lif" else "none"
+
+
 def default_threshold(calibration: str = "none", reset: str = "soft") -> str:
     """The θ mode used when none is given: mse for the advanced pipeline, else the percentile of
     :data:`DEFAULT_THRESHOLD` (:data:`HARD_RESET_THRESHOLD` for hard reset)."""
@@ -172,7 +184,7 @@ class CompileOptions:
     calib_samples: int = 1024
     chunk: int | None = None
     backend: str = "auto"
-    calibration: str = "none"
+    calibration: str | None = None  # none | light | advanced; None: default_calibration(neuron)
     substitute: str | None = None
     calib_rounds: int = 3
     iterations: int = 300
@@ -206,6 +218,8 @@ class CompileOptions:
         timestep_count(self.timesteps)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
+        if self.calibration is None:
+            put("calibration", default_calibration(self.neuron))
         if self.calibration not in CALIBRATIONS:
             raise OptionError("calibration", f"expected one of {', '.join(CALIBRATIONS)}, got '{self.calibration}'")
         if self.substitute not in (None, "none") + SUBSTITUTES:
@@ -267,6 +281,9 @@ def _recorded_defaults() -> dict:
     # IF's tau is what the default neuron records; a model whose settings do not name its threshold
     # records none: it is not known how θ was chosen
     defaults["tau"] = NeuronSpec.from_attrs({"neuron": defaults["neuron"]}).tau
+    # an artifact that does not record its calibration was not calibrated (the LIF default is
+    # newer than the settings record)
+    defaults["calibration"] = "none"
     return defaults
 
 
@@ -317,6 +334,8 @@ __all__ = [
     "DISTILL_TEMPERATURE",
     "check_distill_weight",
     "default_threshold",
+    "default_calibration",
+    "LIF_CALIBRATION",
     "parse_threshold",
     "setting",
 ]

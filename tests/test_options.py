@@ -164,6 +164,10 @@ def test_each_default_comes_from_one_place():
     assert options.CompileOptions(neuron="lif").tau == DEFAULT_LIF_TAU
     assert options.CompileOptions(reset="hard").threshold == options.HARD_RESET_THRESHOLD
     assert options.CompileOptions(calibration="advanced").threshold == options.ADVANCED_THRESHOLD
+    # LIF networks are bias-calibrated unless told otherwise; IF networks and unrecorded settings are not
+    assert resolved.calibration == "none" and options.CompileOptions(neuron="lif").calibration == "light"
+    assert options.CompileOptions(neuron="lif", calibration="none").calibration == "none"
+    assert options.setting({"neuron": "lif"}, "calibration") == "none" == options.DEFAULTS["calibration"]
     # what a pass run on a partial options dict reads
     assert options.setting({}, "threshold") == options.DEFAULT_THRESHOLD
     assert options.setting({"reset": "hard"}, "threshold") == options.HARD_RESET_THRESHOLD

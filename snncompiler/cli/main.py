@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(defaults.CALIBRATIONS),
         default=None,
         help="layer-wise calibration at the compile T: light = bias, advanced = mse θ + weights + "
-        "potential; kept only if it beats no calibration on held-out calibration samples "
-        f"(default {d.calibration})",
+        "potential (bias + weights + bias for LIF); kept only if it beats no calibration on held-out "
+        f"calibration samples (default {d.calibration}; {defaults.LIF_CALIBRATION} for --neuron lif)",
     )
     p.add_argument(
         "--iterations",

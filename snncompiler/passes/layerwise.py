@@ -20,7 +20,7 @@ from ..ir import Graph, Node
 from ..options import setting
 from ..progress import progress_enabled
 from ..runtime.executor import Executor
-from ..runtime.snn import SpikingRunner, _Static
+from ..runtime.snn import SpikingRunner, _dyn, _Static
 from . import PassContext
 
 
@@ -122,6 +122,14 @@ class LayerwiseSimulator:
         shape = [1] * t.dim()
         shape[axis] = -1
         t.add_(delta.reshape(shape).to(t.dtype))
+
+    def constant_input_rate(self, neuron: Node, current: torch.Tensor) -> torch.Tensor:
+        """The rate of ``neuron`` (time-mean of its outputs over the T steps) when ``current``
+        [N, ...] drives it at every step, as the runtime runs it: leak, reset, hard-reset gain,
+        population and initial potential included. No gradient."""
+        with torch.no_grad():
+            out = self.runner.compute_node(neuron, {neuron.inputs[0]: _Static(current)}, self.T, 0, {}, {})[0]
+            return _dyn(out, self.T).float().mean(0)
 
     def mean(self, value: str) -> torch.Tensor:
         """Time-mean of a value: [N, ...] (the rate, for spike trains)."""
