@@ -22,6 +22,7 @@ from .passes import (
     neuronize,
     potential_calibration,
     run_pipeline,
+    signed_relu,
     stats,
     substitute,
     thresholds,
@@ -161,7 +162,7 @@ def compile(model, calib_data, **options) -> CompiledModel:
     graph = _pin_fixed_batch(graph, calib, opts)
     torch.manual_seed(int(opts["seed"]))
     ctx = PassContext(options=opts, calib=calib)
-    ann = run_pipeline(graph, ctx, [substitute, fold_bn])
+    ann = run_pipeline(graph, ctx, [substitute, fold_bn, signed_relu])
     for line in ctx.report.get(substitute.NAME, []):
         log.warning("%s: %s", graph.metadata.get("source_file", "model"), line)
     ctx.report["ann_graph"] = ann

@@ -7,6 +7,7 @@ from collections import Counter
 
 from ..ir import Graph
 from ..ir.ops import OPS, conversion_kind
+from ..passes.signed_relu import SPLIT
 from ..runtime.executor import infer_shapes
 
 
@@ -31,7 +32,7 @@ def node_rows(graph: Graph) -> list[dict]:
                 "output_shape": list(out_shapes[0]) if out_shapes and out_shapes[0] is not None else None,
                 "params": node.param_count(),
                 "macs": macs,
-                "conversion": _kind_label(spec.conversion_kind(node)),
+                "conversion": "spiking" if node.op in SPLIT else _kind_label(spec.conversion_kind(node)),
                 "detail": _detail(node),
             }
         )
@@ -66,6 +67,8 @@ def _detail(node) -> str:
             )
     if node.op == "unsupported":
         return f"no converter for {node.attrs.get('op_type')}"
+    if node.op in SPLIT:
+        return "2 neurons: ReLU(x) − α·ReLU(−x)"
     return ""
 
 
@@ -157,7 +160,7 @@ def _values_feeding_computation(graph: Graph) -> set[str]:
     """Values that a neuron or a MAC layer reads, directly or through any chain of other ops."""
     feeds: set[str] = set()
     for node in reversed(graph.nodes):
-        if _is_site(node) or node.op in _MAC_LAYERS or any(o in feeds for o in node.outputs):
+        if _is_site(node) or node.op in SPLIT or node.op in _MAC_LAYERS or any(o in feeds for o in node.outputs):
             feeds.update(node.inputs)
     return feeds
 
@@ -189,8 +192,8 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
     for node in graph.nodes:
         conversion = conversion_kind(node)
         seen = {kind.get(i, "input") for i in node.inputs}
-        if _is_site(node):
-            neurons += 1
+        if _is_site(node) or node.op in SPLIT:  # a LeakyReLU or PReLU compiles to two neurons
+            neurons += 2 if node.op in SPLIT else 1
             out = "spikes"
         elif conversion == "analog":
             if id(node) not in silu_sigmoids:  # a SiLU's sigmoid and product are one activation
