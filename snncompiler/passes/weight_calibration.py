@@ -52,9 +52,9 @@ def fits_if_rate(neuron: Node) -> bool:
     else with the neuron's own rate on a constant current (LIF). A leak lowers every rate and
     silences small inputs, which the IF form cannot see; a hard-reset IF keeps the closed form,
     since its gain (passes/hard_reset.py) was measured so that its rate on spike trains is IF's
-    (on the VGG of benchmarks/timestep_accuracy.py its constant-current rate, a staircase,
-    fitted no better: 39.0 / 51.5 / 57.2 / 58.0 % at T = 4 / 8 / 16 / 32 against 42.2 / 52.8 /
-    53.0 / 59.2 %)."""
+    (its constant-current rate, a staircase, fitted no better on the VGG of
+    benchmarks/timestep_accuracy.py trained on 8,000 images: 39.0 / 51.5 / 57.2 / 58.0 % at
+    T = 4 / 8 / 16 / 32 against 42.2 / 52.8 / 53.0 / 59.2 %, on 400 test images)."""
     return NeuronSpec.from_attrs(neuron.attrs).decay == 1.0
 
 
