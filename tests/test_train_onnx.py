@@ -148,6 +148,8 @@ def test_residual_network_trains_from_random(tmp_path):
     out = model.run(train.x[:8], 4)
     assert out.shape == (8, 3) and np.isfinite(out).all()
     assert all(n.attrs["neuron"] == "lif" for n in model.graph.find("neuron"))
+    # a LIF compile is bias-calibrated by default; training starts from the plain conversion
+    assert model.options["calibration"] == "none" and "calibration_check" not in model.report
 
 
 def test_rate_probe_counts_what_the_kernel_counts():

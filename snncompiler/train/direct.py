@@ -184,6 +184,7 @@ def train_onnx(
         neuron=neuron,
         tau=tau,
         population=population,
+        calibration="none",  # training sets the weights: a LIF's default bias calibration would be undone
         seed=seed,
         quiet=True,
     )
