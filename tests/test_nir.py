@@ -446,3 +446,36 @@ def test_damaged_nir_files_are_one_line_errors(tmp_path, case):
             expect = "its parameters do not fit the node"
     r = subprocess.run([sys.executable, "-m", "snncompiler.cli", "inspect", str(path)], capture_output=True, text=True)
     assert r.returncode == 2 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("act", ["leaky", "prelu"])
+def test_leaky_relu_pairs_export(tmp_path, act):
+    """A LeakyReLU or PReLU compiles to relu(x) − α·relu(−x) (passes/signed_relu.py): the
+    Neg becomes Scale(−1) ahead of the second neuron, α and the difference are θ factors."""
+
+    def net():
+        first = nn.LeakyReLU(0.2) if act == "leaky" else nn.PReLU(4, 0.25)
+        if act == "prelu":
+            with torch.no_grad():
+                first.weight.copy_(torch.tensor([0.25, -0.5, 1.5, 0.1]))
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            first,
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 8),
+            nn.LeakyReLU(0.1),
+            nn.Linear(8, 3),
+        )
+
+    model, x = _compile(net, (1, 8, 8), tmp_path, reset="hard", v0="zero", channelwise=act == "prelu")
+    x = x * 2 - 1  # both signs of every current
+    path = tmp_path / "m.nir"
+    assert model.save_nir(path) == []
+    graph = nir.read(str(path))
+    kinds = [type(n).__name__ for n in graph.nodes.values()]
+    assert kinds.count("IF") == 4 and kinds.count("Scale") >= 2
+    ours, theirs = model.run(x, T), simulate(graph, x, T)
+    assert np.abs(ours).max() > 0.01
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    np.testing.assert_allclose(snnc.load(str(path)).run(x, T), ours, atol=1e-5)  # and read back by snnc

@@ -63,7 +63,7 @@ def _uniform(value, sample_shape, what: str, where: str) -> torch.Tensor:
     if bool((flat == flat[0]).all()):
         return flat[0].clone()
     per_channel = t.reshape(t.shape[0], -1)
-    if len(sample_shape) > 1 and bool((per_channel == per_channel[:, :1]).all()):
+    if sample_shape and bool((per_channel == per_channel[:, :1]).all()):  # 1-D: one value per feature
         return per_channel[:, 0].clone()
     raise SnncError(f"{where}: {what} varies within a channel; snnc supports one value per layer or per channel")
 

@@ -158,7 +158,7 @@ class _Exporter:
             if handler is None:
                 raise SnncError(
                     f"{node.where}: {node.op} has no NIR equivalent (NIR export supports conv, linear, "
-                    "neurons, flatten, average pooling and add)"
+                    "neurons, flatten, average pooling, add, sub, neg and products with a constant)"
                 )
             ins = [self.values[i] for i in node.inputs]
             self.values[node.outputs[0]] = handler(node, *ins)
@@ -176,6 +176,31 @@ class _Exporter:
         if len(ins) != 2:
             raise SnncError(f"{node.where}: adding a constant has no NIR equivalent (only sums of two activations)")
         return ins[0] + ins[1]  # NIR sums every edge that enters a node
+
+    def op_neg(self, node, ins):
+        # an explicit Scale(−1): a negative factor cannot move into the next neuron's threshold
+        sources, scale = self.merged(node, ins)
+        factor = -(scale if scale is not None else torch.tensor(1.0))
+        full = torch.broadcast_to(factor, self.sample(node.inputs[0]))
+        return [_Source(self.add(node.name, self.nir.Scale(_np(full)), sources), None)]
+
+    def op_mul(self, node, ins):
+        const = node.params.get("const")
+        sample = self.sample(node.outputs[0])
+        if const is None or self.sample(node.inputs[0]) != sample:
+            raise SnncError(f"{node.where}: only a product with a constant of the activation's shape has a NIR form")
+        const = const.float()
+        if const.dim() > len(sample):  # a leading batch axis of 1 (ONNX broadcasting)
+            const = const.reshape(const.shape[const.dim() - len(sample) :])
+        # carried as a factor, as a neuron's θ is, until a layer absorbs it
+        return [_Source(s.node, const if s.scale is None else s.scale * const) for s in ins]
+
+    def op_sub(self, node, *ins):
+        if len(ins) != 2:
+            raise SnncError(
+                f"{node.where}: subtracting a constant has no NIR equivalent (only differences of two activations)"
+            )
+        return ins[0] + [_Source(s.node, -(s.scale if s.scale is not None else torch.tensor(1.0))) for s in ins[1]]
 
     def op_conv(self, node, ins):
         nir = self.nir
@@ -286,6 +311,12 @@ class _Exporter:
     def op_neuron(self, node, ins):
         sample = self.sample(node.inputs[0])
         sources, scale = self.merged(node, ins)
+        if scale is not None and bool((scale <= 0).any()):  # only a positive factor moves into θ
+            full = torch.broadcast_to(scale, sample)
+            sources, scale = (
+                [_Source(self.add(f"{node.name}_input_scale", self.nir.Scale(_np(full)), sources), None)],
+                None,
+            )
         theta = node.params["theta"].float()
         th = theta.reshape(-1, *([1] * (len(sample) - 1))) if theta.numel() > 1 else theta.reshape(())
         # spikes of neuron(a·x, θ) are those of neuron(x, θ/a): an unabsorbed factor on the input
