@@ -95,7 +95,7 @@ SNNC_HARD_RESET = [
 # --lif: only these rows, written to lif.{json,png}: LIF neurons (tau 2, the default: half the
 # membrane leaks away each step) without and with each calibration pipeline.
 SNNC_LIF = [
-    ("snnc lif", {"neuron": "lif"}),
+    ("snnc lif none", {"neuron": "lif", "calibration": "none"}),  # LIF compiles default to light
     ("snnc lif light", {"neuron": "lif", "calibration": "light", "per_t": True}),
     ("snnc lif advanced", {"neuron": "lif", "calibration": "advanced", "per_t": True}),
 ]
