@@ -50,7 +50,7 @@ LEAKY_ADVANCED = [bias_calibration, weight_calibration, bias_calibration]
 
 def calibration_passes(opts: dict) -> list:
     """The passes of the calibration pipeline ``opts['calibration']`` for the neurons ``opts`` asks for."""
-    if opts["calibration"] == "advanced" and NeuronSpec.from_attrs(opts).decay < 1.0:
+    if opts["calibration"] == "advanced" and NeuronSpec.from_attrs(opts).leaks:
         return LEAKY_ADVANCED
     return PIPELINES[opts["calibration"]]
 

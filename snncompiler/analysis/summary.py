@@ -156,11 +156,17 @@ def _is_site(node) -> bool:
     return node.op in ("relu", "clip", "neuron") and conversion_kind(node) == "spiking"
 
 
+def _site_neurons(node) -> int:
+    """How many neuron layers ``node`` compiles to: 2 for a LeakyReLU or PReLU
+    (passes/signed_relu.py), 1 for a ReLU/Clip site or a neuron, else 0."""
+    return 2 if node.op in SPLIT else int(_is_site(node))
+
+
 def _values_feeding_computation(graph: Graph) -> set[str]:
     """Values that a neuron or a MAC layer reads, directly or through any chain of other ops."""
     feeds: set[str] = set()
     for node in reversed(graph.nodes):
-        if _is_site(node) or node.op in SPLIT or node.op in _MAC_LAYERS or any(o in feeds for o in node.outputs):
+        if _site_neurons(node) or node.op in _MAC_LAYERS or any(o in feeds for o in node.outputs):
             feeds.update(node.inputs)
     return feeds
 
@@ -192,8 +198,8 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
     for node in graph.nodes:
         conversion = conversion_kind(node)
         seen = {kind.get(i, "input") for i in node.inputs}
-        if _is_site(node) or node.op in SPLIT:  # a LeakyReLU or PReLU compiles to two neurons
-            neurons += 2 if node.op in SPLIT else 1
+        if _site_neurons(node):
+            neurons += _site_neurons(node)
             out = "spikes"
         elif conversion == "analog":
             if id(node) not in silu_sigmoids:  # a SiLU's sigmoid and product are one activation

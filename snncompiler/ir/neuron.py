@@ -135,6 +135,13 @@ class NeuronSpec:
         """Membrane decay per step: 1 for IF, 1 - 1/tau for LIF."""
         return 1.0 - 1.0 / self.tau if self.neuron == "lif" else 1.0
 
+    @property
+    def leaks(self) -> bool:
+        """Whether the membrane decays between steps (LIF): charge given to it is lost over about
+        τ steps, which the calibration passes must allow for (compiler.calibration_passes,
+        weight_calibration.fits_if_rate)."""
+        return self.decay < 1.0
+
     @staticmethod
     def tau_of_decay(decay: float) -> float:
         """The time constant (in steps) of a LIF with membrane decay ``decay`` (the inverse of :attr:`decay`)."""

@@ -55,7 +55,7 @@ def fits_if_rate(neuron: Node) -> bool:
     (its constant-current rate, a staircase, fitted no better on the VGG of
     benchmarks/timestep_accuracy.py trained on 8,000 images: 39.0 / 51.5 / 57.2 / 58.0 % at
     T = 4 / 8 / 16 / 32 against 42.2 / 52.8 / 53.0 / 59.2 %, on 400 test images)."""
-    return NeuronSpec.from_attrs(neuron.attrs).decay == 1.0
+    return not NeuronSpec.from_attrs(neuron.attrs).leaks
 
 
 def layer_loss(

@@ -178,11 +178,8 @@ class _Exporter:
         return ins[0] + ins[1]  # NIR sums every edge that enters a node
 
     def op_neg(self, node, ins):
-        # an explicit Scale(−1): a negative factor cannot move into the next neuron's threshold
-        sources, scale = self.merged(node, ins)
-        factor = -(scale if scale is not None else torch.tensor(1.0))
-        full = torch.broadcast_to(factor, self.sample(node.inputs[0]))
-        return [_Source(self.add(node.name, self.nir.Scale(_np(full)), sources), None)]
+        # carried as a factor of −1: a layer absorbs it, and a neuron gets a Scale (see op_neuron)
+        return [_Source(s.node, -(s.scale if s.scale is not None else torch.tensor(1.0))) for s in ins]
 
     def op_mul(self, node, ins):
         const = node.params.get("const")
@@ -200,7 +197,7 @@ class _Exporter:
             raise SnncError(
                 f"{node.where}: subtracting a constant has no NIR equivalent (only differences of two activations)"
             )
-        return ins[0] + [_Source(s.node, -(s.scale if s.scale is not None else torch.tensor(1.0))) for s in ins[1]]
+        return ins[0] + self.op_neg(node, ins[1])
 
     def op_conv(self, node, ins):
         nir = self.nir
