@@ -43,6 +43,7 @@ T_QUICK = [1, 4, 16, 32]
 SIZES = {
     "digits_cnn": (None, 128),
     "digits_resnet": (None, 128),
+    "digits_mobilenet": (None, 128),
     "breast_cancer_mlp": (None, None),
     "vgg_shapes": (384, 32),
     "resnet18_agreement": (512, 16),
@@ -50,6 +51,7 @@ SIZES = {
 QUICK_TRAIN = {
     "digits_cnn": {"epochs": 5},
     "digits_resnet": {"epochs": 5},
+    "digits_mobilenet": {"epochs": 5},
     "breast_cancer_mlp": {"epochs": 20},
     "vgg_shapes": {"train_samples": 4000, "epochs": 2},
 }
@@ -99,8 +101,30 @@ SNNC_LIF = [
     ("snnc lif light", {"neuron": "lif", "calibration": "light", "per_t": True}),
     ("snnc lif advanced", {"neuron": "lif", "calibration": "advanced", "per_t": True}),
 ]
+# --bottlenecks: only these rows, written to bottlenecks.{json,png}: the plain conversion, whose
+# layers after a linear bottleneck read analog values, against the two ways of making them read
+# spikes (signed_spikes: two neurons per value; fuse_linear: composed weights, exact), each
+# calibrated or not.
+SNNC_BOTTLENECKS = [
+    (label + suffix, {**k, **extra})
+    for suffix, extra in (
+        ("", {}),
+        (" signed", {"signed_spikes": True}),
+        (" fuse-linear", {"fuse_linear": True}),
+    )
+    for label, k in (
+        ("snnc", {}),
+        ("snnc p99", {"threshold": "p99"}),
+        ("snnc light", {"calibration": "light", "per_t": True}),
+        ("snnc advanced", {"calibration": "advanced", "per_t": True}),
+    )
+]
 #: The modes that run only their own rows, by the stem of the files they write.
-ROW_MODES = {"hard_reset": SNNC_HARD_RESET, "lif": SNNC_LIF}
+ROW_MODES = {"hard_reset": SNNC_HARD_RESET, "lif": SNNC_LIF, "bottlenecks": SNNC_BOTTLENECKS}
+#: The workloads a run covers unless --workloads names others: timestep_accuracy.json's, and the
+#: one with linear bottlenecks for --bottlenecks.
+DEFAULT_WORKLOADS = [n for n in BENCH_WORKLOADS if n != "digits_mobilenet"]
+MODE_WORKLOADS = {"bottlenecks": ["digits_mobilenet"]}
 
 
 def log(msg: str) -> None:
@@ -155,6 +179,7 @@ def run_snnc(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, batch_s
         "firing_rate": res["firing_rate"],
         "compile_s": compile_s,
         "run_s": time.perf_counter() - t0,
+        "spiking": spiking_summary(model),
     }
 
 
@@ -169,7 +194,19 @@ def run_snnc_per_t(onnx_path, calib: Dataset, test: Dataset, kwargs: dict, ts, b
         t0 = time.perf_counter()
         acc[str(t)] = model.evaluate(test.x, test.y, [t], batch_size=batch_size)["snn_accuracy"][str(t)]
         run_s += time.perf_counter() - t0
-    return {"accuracy": acc, "compile_s_per_t": compile_s, "compile_s": sum(compile_s.values()), "run_s": run_s}
+    return {
+        "accuracy": acc,
+        "compile_s_per_t": compile_s,
+        "compile_s": sum(compile_s.values()),
+        "run_s": run_s,
+        "spiking": spiking_summary(model),
+    }
+
+
+def spiking_summary(model) -> dict:
+    """Neuron layers, MACs per sample and their spike-driven share, from the compile report."""
+    share = model.report["spiking"]
+    return {k: share[k] for k in ("neurons", "macs", "spiking_macs", "analog_macs", "spiking_share")}
 
 
 def ann_accuracy(model, test: Dataset) -> float:
@@ -179,7 +216,7 @@ def ann_accuracy(model, test: Dataset) -> float:
 
 def row_mode(args) -> str | None:
     """The mode that runs only its own rows (a key of :data:`ROW_MODES`), or None."""
-    return "hard_reset" if args.hard_reset else "lif" if args.lif else None
+    return "hard_reset" if args.hard_reset else "lif" if args.lif else "bottlenecks" if args.bottlenecks else None
 
 
 def run_workload(name: str, args, ts, tmp: Path) -> dict:
@@ -402,7 +439,11 @@ def plot(results: dict, ts, path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few samples, T in {1,4,16,32}, short training")
-    p.add_argument("--workloads", default=",".join(BENCH_WORKLOADS), help="comma list of " + ", ".join(BENCH_WORKLOADS))
+    p.add_argument(
+        "--workloads",
+        help=f"comma list of {', '.join(BENCH_WORKLOADS)} (default: {', '.join(DEFAULT_WORKLOADS)}; "
+        f"with --bottlenecks: {', '.join(MODE_WORKLOADS['bottlenecks'])})",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", action="store_true", help="also run snnc setting variants (extra rows)")
@@ -421,6 +462,12 @@ def main(argv=None) -> int:
         "--lif",
         action="store_true",
         help="run only the --neuron lif rows (no, light and advanced calibration); writes lif.{json,png} in --out",
+    )
+    p.add_argument(
+        "--bottlenecks",
+        action="store_true",
+        help="run only the linear-bottleneck rows (plain, --signed-spikes and --fuse-linear, each with p99.9 "
+        "and p99 θ, light and advanced calibration) on the MobileNet; writes bottlenecks.{json,png} in --out",
     )
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing JSON in --out")
     p.add_argument("--rows", help="comma list of substrings: run only methods whose label contains one")
@@ -441,7 +488,8 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)  # fixed, so both simulators get the same cores
     torch.manual_seed(args.seed)
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    workloads = args.workloads or ",".join(MODE_WORKLOADS.get(row_mode(args), DEFAULT_WORKLOADS))
+    names = [n.strip() for n in workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCH_WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose from {list(BENCH_WORKLOADS)}")

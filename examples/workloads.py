@@ -187,6 +187,60 @@ class DigitsResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1×1 expansion conv-BN-ReLU6, 3×3 depthwise conv-BN-ReLU6, 1×1 projection
+    conv-BN with no activation (the linear bottleneck), plus the input when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4):
+        super().__init__()
+        hidden = cin * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class DigitsMobileNet(nn.Module):
+    """A MobileNetV2 for 8×8 digits: conv-BN-ReLU6 stem, four inverted residual blocks with linear
+    bottlenecks (one strided), a 1×1 conv-BN-ReLU6, average pool, linear. The expansion convs read
+    the bottlenecks' analog values, not spikes, unless compiled with ``signed_spikes``."""
+
+    def __init__(self, width: int = 16, classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6()
+        )
+        wide = 3 * width // 2
+        self.blocks = nn.Sequential(
+            InvertedResidual(width, width),
+            InvertedResidual(width, wide, 2),
+            InvertedResidual(wide, wide),
+            InvertedResidual(wide, wide),
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(wide, 4 * width, 1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * width, classes),
+        )
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
 class TabularMLP(nn.Sequential):
     """A three-layer ReLU MLP for tabular data (e.g. breast cancer: 30 features, 2 classes)."""
 
@@ -334,21 +388,19 @@ def _trained(name, model, train, test, calib_samples, seed, note, **train_kwargs
     )
 
 
+def _digits_bench(name, model_class, note, seed, test_samples, calib_samples, epochs) -> Workload:
+    """``model_class()`` (built after seeding) trained on the digits train split."""
+    train, test = digits(seed=seed)
+    torch.manual_seed(seed)
+    return _trained(name, model_class(), train, _head(test, test_samples), calib_samples, seed, note, epochs=epochs)
+
+
 def digits_cnn_bench(
     seed: int = 0, test_samples: int | None = None, calib_samples: int = 512, epochs: int = 30
 ) -> Workload:
     """:class:`DigitsCNN` (conv-BN-ReLU, two MaxPools) trained on the digits train split."""
-    train, test = digits(seed=seed)
-    torch.manual_seed(seed)
-    return _trained(
-        "digits_cnn",
-        DigitsCNN(),
-        train,
-        _head(test, test_samples),
-        calib_samples,
-        seed,
-        "DigitsCNN: 3 conv + BN, 2 MaxPool",
-        epochs=epochs,
+    return _digits_bench(
+        "digits_cnn", DigitsCNN, "DigitsCNN: 3 conv + BN, 2 MaxPool", seed, test_samples, calib_samples, epochs
     )
 
 
@@ -356,17 +408,29 @@ def digits_resnet_bench(
     seed: int = 0, test_samples: int | None = None, calib_samples: int = 512, epochs: int = 30
 ) -> Workload:
     """:class:`DigitsResNet` (BN, three basic blocks with residual Adds) trained on digits."""
-    train, test = digits(seed=seed)
-    torch.manual_seed(seed)
-    return _trained(
+    return _digits_bench(
         "digits_resnet",
-        DigitsResNet(),
-        train,
-        _head(test, test_samples),
-        calib_samples,
-        seed,
+        DigitsResNet,
         "DigitsResNet: stem + 3 BasicBlocks (residual Add), GAP",
-        epochs=epochs,
+        seed,
+        test_samples,
+        calib_samples,
+        epochs,
+    )
+
+
+def digits_mobilenet_bench(
+    seed: int = 0, test_samples: int | None = None, calib_samples: int = 512, epochs: int = 30
+) -> Workload:
+    """:class:`DigitsMobileNet` (inverted residual blocks, linear bottlenecks, ReLU6) trained on digits."""
+    return _digits_bench(
+        "digits_mobilenet",
+        DigitsMobileNet,
+        "DigitsMobileNet: stem + 4 inverted residual blocks (linear bottlenecks, ReLU6), GAP",
+        seed,
+        test_samples,
+        calib_samples,
+        epochs,
     )
 
 
@@ -447,6 +511,7 @@ def resnet18_agreement_bench(seed: int = 0, test_samples: int = 64, calib_sample
 BENCH_WORKLOADS = {
     "digits_cnn": digits_cnn_bench,
     "digits_resnet": digits_resnet_bench,
+    "digits_mobilenet": digits_mobilenet_bench,
     "breast_cancer_mlp": breast_cancer_bench,
     "vgg_shapes": vgg_shapes_bench,
     "resnet18_agreement": resnet18_agreement_bench,

@@ -18,10 +18,12 @@ from .passes import (
     PassContext,
     bias_calibration,
     fold_bn,
+    fuse_linear,
     hard_reset,
     neuronize,
     potential_calibration,
     run_pipeline,
+    signed_inputs,
     signed_relu,
     stats,
     substitute,
@@ -162,7 +164,7 @@ def compile(model, calib_data, **options) -> CompiledModel:
     graph = _pin_fixed_batch(graph, calib, opts)
     torch.manual_seed(int(opts["seed"]))
     ctx = PassContext(options=opts, calib=calib)
-    ann = run_pipeline(graph, ctx, [substitute, fold_bn, signed_relu])
+    ann = run_pipeline(graph, ctx, [substitute, fold_bn, signed_relu, signed_inputs])
     for line in ctx.report.get(substitute.NAME, []):
         log.warning("%s: %s", graph.metadata.get("source_file", "model"), line)
     ctx.report["ann_graph"] = ann
@@ -179,6 +181,8 @@ def compile(model, calib_data, **options) -> CompiledModel:
         plain = run_pipeline(ann, plain_ctx, conversion_passes(plain_opts))
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
             snn = plain
+    if opts["fuse_linear"]:  # exact at every step: after calibration, which sees the network it knows
+        snn = _fuse_linear(snn, ctx)
     report = {k: v for k, v in ctx.report.items() if k not in ("histograms", "ann_graph")}
     if distributed.is_distributed():  # absent means one process (and keeps those artifacts as they were)
         report["world_size"] = distributed.world_size()
@@ -186,6 +190,17 @@ def compile(model, calib_data, **options) -> CompiledModel:
     compiled = CompiledModel(snn, opts, report)
     compiled.ann_graph = ann
     return compiled
+
+
+def _fuse_linear(snn: Graph, ctx: PassContext) -> Graph:
+    """:mod:`~snncompiler.passes.fuse_linear` on the calibrated network; the report records the
+    MACs per sample before and after (``fuse_linear_macs``), which composing weights raises."""
+    from .analysis.summary import spiking_share
+
+    before = spiking_share(snn)["macs"]
+    fused = run_pipeline(snn, ctx, [fuse_linear])
+    ctx.report["fuse_linear_macs"] = {"before": before, "after": spiking_share(fused)["macs"]}
+    return fused
 
 
 def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:

@@ -88,6 +88,8 @@ SETTING_KEYS = (
     "encoding",
     "calibration",
     "substitute",
+    "signed_spikes",
+    "fuse_linear",
 )
 
 #: Fine-tuning a compiled model (:func:`snncompiler.train.finetune`, ``snnc finetune``): the T it trains
@@ -186,6 +188,8 @@ class CompileOptions:
     backend: str = "auto"
     calibration: str | None = None  # none | light | advanced; None: default_calibration(neuron)
     substitute: str | None = None
+    signed_spikes: bool = False  # layers reading analog values read them as two neurons' spikes
+    fuse_linear: bool = False  # layers reading linear functions of spikes read the spikes (composed weights)
     calib_rounds: int = 3
     iterations: int = 300
     lr: float = 1e-4
@@ -224,6 +228,9 @@ class CompileOptions:
             raise OptionError("calibration", f"expected one of {', '.join(CALIBRATIONS)}, got '{self.calibration}'")
         if self.substitute not in (None, "none") + SUBSTITUTES:
             raise OptionError("substitute", f"expected one of {', '.join(SUBSTITUTES)}, got {self.substitute!r}")
+        for name in ("signed_spikes", "fuse_linear"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, f"expected True or False, got {getattr(self, name)!r}")
         if self.encoding == "sequence":
             raise OptionError(
                 "encoding",

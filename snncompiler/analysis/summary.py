@@ -8,6 +8,7 @@ from collections import Counter
 from ..ir import Graph
 from ..ir.ops import OPS, conversion_kind
 from ..passes.signed_relu import SPLIT
+from ..passes.spike_flow import MAC_LAYERS, mac_source, site_neurons, value_kinds
 from ..runtime.executor import infer_shapes
 
 
@@ -118,69 +119,27 @@ def human(n: float) -> str:
     return f"{n / 10 ** (3 * k):.3g}{['', 'k', 'M', 'G', 'T'][k]}"
 
 
-#: Ops that move, pool or pick values without computing new ones: spikes in, spikes out.
-_ROUTING = {
-    "reshape",
-    "flatten",
-    "transpose",
-    "slice",
-    "gather",
-    "gather_elements",
-    "gather_nd",
-    "scatter_elements",
-    "scatter_nd",
-    "split",
-    "concat",
-    "pad",
-    "maxpool",
-    "avgpool",
-    "identity",
-    "expand",
-    "tile",
-    "cumsum",
-    "resize",
-    "add",
-    "sub",
-    "scale",
-    "mul",
-    "div",
-    "neg",
-}
-#: Layers whose multiply-accumulates are counted.
-_MAC_LAYERS = {"conv", "conv_transpose", "linear", "matmul", "einsum"}
 #: Below this share of spike-driven MACs (after the input layers) a network counts as analog-heavy.
 MIN_SPIKING_SHARE = 0.5
-
-
-def _is_site(node) -> bool:
-    return node.op in ("relu", "clip", "neuron") and conversion_kind(node) == "spiking"
-
-
-def _site_neurons(node) -> int:
-    """How many neuron layers ``node`` compiles to: 2 for a LeakyReLU or PReLU
-    (passes/signed_relu.py), 1 for a ReLU/Clip site or a neuron, else 0."""
-    return 2 if node.op in SPLIT else int(_is_site(node))
 
 
 def _values_feeding_computation(graph: Graph) -> set[str]:
     """Values that a neuron or a MAC layer reads, directly or through any chain of other ops."""
     feeds: set[str] = set()
     for node in reversed(graph.nodes):
-        if _site_neurons(node) or node.op in _MAC_LAYERS or any(o in feeds for o in node.outputs):
+        if site_neurons(node) or node.op in MAC_LAYERS or any(o in feeds for o in node.outputs):
             feeds.update(node.inputs)
     return feeds
 
 
 def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
     """How much of the network spikes: neuron layers (ReLU/Clip sites in an ANN), analog islands
-    by activation, and the MACs of conv/linear/matmul by what their input is.
+    by activation, and the MACs of conv/linear/matmul by what their input is
+    (:func:`value_kinds`, :func:`mac_source`).
 
-    Every value is classed as ``input`` (computed from the graph input by linear ops only),
-    ``spikes`` (a neuron output, or routed, pooled, summed or scaled spikes) or ``dense``
-    (anything else: an island's output, a layer's current). MACs of layers reading ``input``
-    are the encoding layer's (direct encoding: analog in any SNN); ``spiking_share`` is the
-    share of the other MACs whose input is spikes. Products of two activations count as
-    analog MACs.
+    MACs of layers reading ``input`` are the encoding layer's (direct encoding: analog in any
+    SNN); ``spiking_share`` is the share of the other MACs whose input is spikes. Products of
+    two activations count as analog MACs.
 
     An island is a *readout* (``readout_islands``) when no neuron and no MAC layer reads its
     output, directly or through other ops: a final Softmax, ArgMax or TopK decodes the
@@ -190,39 +149,19 @@ def spiking_share(graph: Graph, rows: list[dict] | None = None) -> dict:
 
     rows = rows if rows is not None else node_rows(graph)
     macs = {r["name"]: r["macs"] for r in rows}
-    kind: dict[str, str] = {v.name: "input" for v in graph.inputs}
+    kinds = value_kinds(graph)
     silu_muls = {id(mul) for _, mul in silu_pairs(graph)}
     silu_sigmoids = {id(sig) for sig, _ in silu_pairs(graph)}
     totals = {"input": 0, "spikes": 0, "dense": 0}
     neurons, islands, island_nodes = 0, Counter(), []
     for node in graph.nodes:
-        conversion = conversion_kind(node)
-        seen = {kind.get(i, "input") for i in node.inputs}
-        if _site_neurons(node):
-            neurons += _site_neurons(node)
-            out = "spikes"
-        elif conversion == "analog":
-            if id(node) not in silu_sigmoids:  # a SiLU's sigmoid and product are one activation
-                key = "SiLU" if id(node) in silu_muls else node.source_op
-                islands[key] += 1
-                island_nodes.append((node, key))
-            out = "dense"
-        elif not node.inputs or seen <= {"input"}:
-            out = "input"
-        elif node.op in _ROUTING and seen == {"spikes"} and not (node.op in ("add", "sub") and "const" in node.params):
-            out = "spikes"
-        else:
-            out = "dense"
-        if node.op in _MAC_LAYERS:
-            source = (
-                "dense"
-                if conversion == "analog"
-                else ("input" if seen <= {"input"} else "spikes" if seen == {"spikes"} else "dense")
-            )
-            totals[source] += macs.get(node.name, 0)
-            out = "input" if source == "input" else "dense"
-        for o in node.outputs:
-            kind[o] = out
+        neurons += site_neurons(node)
+        if not site_neurons(node) and conversion_kind(node) == "analog" and id(node) not in silu_sigmoids:
+            key = "SiLU" if id(node) in silu_muls else node.source_op  # a SiLU's sigmoid and product: one
+            islands[key] += 1
+            island_nodes.append((node, key))
+        if node.op in MAC_LAYERS:
+            totals[mac_source(node, kinds)] += macs.get(node.name, 0)
     after_input = totals["spikes"] + totals["dense"]
     feeds = _values_feeding_computation(graph)
     readouts = Counter(key for node, key in island_nodes if not any(o in feeds for o in node.outputs))
@@ -271,6 +210,19 @@ def analog_heavy_warning(share: dict, graph: Graph, label: str) -> str | None:
         else f"{label}: analog-heavy, only {100 * share['spiking_share']:.0f}% of the MACs after the input layer "
         f"read spikes"
     )
+    if share["neurons"] and not share["analog_islands"]:  # the analog MACs read activation-free values
+        from ..passes.fuse_linear import fusible_layers
+
+        fusible = len(fusible_layers(graph))
+        exact = (
+            f"--fuse-linear (exact: {fusible} 1x1/linear layers read the spikes through composed weights) or "
+            if fusible
+            else ""
+        )
+        return (
+            f"{head}: the others read values no activation bounds (linear bottlenecks, residual sums without "
+            f"ReLU); try {exact}--signed-spikes (each such value read as spikes of two neurons, ReLU(x) - ReLU(-x))"
+        )
     swap = substitutable(graph)
     hint = (
         f"try --substitute relu ({', '.join(swap)} become spiking ReLUs; then snnc finetune)"

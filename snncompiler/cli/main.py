@@ -196,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
         "function: recover accuracy with snnc finetune)",
     )
     p.add_argument(
+        "--signed-spikes",
+        action="store_true",
+        default=None,
+        help="layers that read an analog value (a linear bottleneck, a residual sum without ReLU, an "
+        "island's output) read it as spikes of two neurons, ReLU(x) - ReLU(-x): exact in the ANN, every "
+        "MAC after the input layer spike-driven",
+    )
+    p.add_argument(
+        "--fuse-linear",
+        action="store_true",
+        default=None,
+        help="1x1 conv and linear layers that read a linear function of spikes (a linear bottleneck and "
+        "the residual sums of such) read the spikes through composed weights: exact, more MACs",
+    )
+    p.add_argument(
         "--calib-samples",
         type=_positive_int,
         default=None,
@@ -1025,7 +1040,7 @@ def cmd_run(args) -> int:
 def cmd_compile(args) -> int:
     """snnc compile MODEL.onnx --calib CALIB.npz -o OUT.snn.onnx"""
     from .. import compile as snn_compile
-    from ..analysis.summary import format_table, node_rows, share_line
+    from ..analysis.summary import format_table, human, node_rows, share_line
     from ..data import load_npz
 
     if args.lr is not None and args.finetune is None:  # it would change nothing: say so instead
@@ -1056,6 +1071,8 @@ def cmd_compile(args) -> int:
         iterations=args.iterations,
         seed=args.seed,
         substitute=args.substitute,
+        signed_spikes=args.signed_spikes,
+        fuse_linear=args.fuse_linear,
         finetune=args.finetune,
         finetune_lr=args.lr,
         **({"distill": args.distill} if args.distill is not None else {}),
@@ -1098,6 +1115,11 @@ def cmd_compile(args) -> int:
         f"({time.perf_counter() - t0:.1f} s)"
     )
     print(f"spiking: {share_line(model.report['spiking'])}")
+    for line in model.report.get("signed_inputs", []) + model.report.get("fuse_linear", []):
+        print(f"  {line}")
+    fused = model.report.get("fuse_linear_macs")
+    if fused:
+        print(f"  --fuse-linear: {human(fused['before'])} → {human(fused['after'])} MACs per sample, all layers")
     pipeline = model.report.get("pipeline")
     if pipeline:
         print(

@@ -49,22 +49,41 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
 def _pair(graph: Graph, node: Node, slope: torch.Tensor) -> list[Node]:
     """The five nodes that replace ``node``: relu(x), neg(x), relu(−x), α·relu(−x) and the
     difference, which keeps the node's name and output; all keep its ONNX source for messages."""
-    x, like = node.inputs[0], graph.values.get(node.inputs[0], Value(node.inputs[0]))
+    return signed_pair(graph, node.inputs[0], node.outputs[0], node.name, node.source, slope, keep_name=True)
+
+
+def signed_pair(
+    graph: Graph,
+    x: str,
+    output: str,
+    name: str,
+    source,
+    slope: torch.Tensor | None = None,
+    keep_name: bool = False,
+) -> list[Node]:
+    """Nodes computing ``output`` = relu(x) − α·relu(−x) (no product when ``slope`` is None:
+    α = 1, the identity as two neurons); the difference is named ``name`` when ``keep_name``, the
+    others ``name/pos``, ``name/neg``, ...; every node carries ``source`` for messages."""
+    like = graph.values.get(x, Value(x))
 
     def value(suffix: str) -> str:
-        name = graph.unique_name(f"{node.name}/{suffix}_out")
-        graph.values[name] = Value(name, like.shape, like.dtype)
-        return name
+        value_name = graph.unique_name(f"{name}/{suffix}_out")
+        graph.values[value_name] = Value(value_name, like.shape, like.dtype)
+        return value_name
 
-    def make(op: str, suffix: str | None, inputs: list[str], output: str, params=None) -> Node:
-        name = node.name if suffix is None else graph.unique_name(f"{node.name}/{suffix}")
-        return Node(op, name, inputs, [output], {}, params or {}, node.source)
+    def make(op: str, suffix: str | None, inputs: list[str], out: str, params=None) -> Node:
+        node_name = name if suffix is None else graph.unique_name(f"{name}/{suffix}")
+        return Node(op, node_name, inputs, [out], {}, params or {}, source)
 
-    negated, positive, negative, scaled = value("neg"), value("pos"), value("neg_relu"), value("slope")
-    return [
+    negated, positive, negative = value("neg"), value("pos"), value("neg_relu")
+    nodes = [
         make("relu", "pos", [x], positive),
         make("neg", "neg", [x], negated),
         make("relu", "neg_relu", [negated], negative),
-        make("mul", "slope", [negative], scaled, {"const": slope}),
-        make("sub", None, [positive, scaled], node.outputs[0]),
     ]
+    if slope is not None:
+        scaled = value("slope")
+        nodes.append(make("mul", "slope", [negative], scaled, {"const": slope}))
+        negative = scaled
+    nodes.append(make("sub", None if keep_name else "diff", [positive, negative], output))
+    return nodes
