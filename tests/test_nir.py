@@ -479,3 +479,24 @@ def test_leaky_relu_pairs_export(tmp_path, act):
     assert np.abs(ours).max() > 0.01
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
     np.testing.assert_allclose(snnc.load(str(path)).run(x, T), ours, atol=1e-5)  # and read back by snnc
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"fuse_linear": True}, {"signed_spikes": True}], ids=["plain", "fused", "signed"]
+)
+def test_depthwise_mobilenet_export(tmp_path, options):
+    """Depthwise convs (groups > 1) are written as the equal dense conv: nir 1.0.8 declares a conv's
+    input channels as weight.shape[1], so nir.read refused a grouped conv's file. The linear
+    bottlenecks, fused or as signed pairs, export too."""
+    from tests.test_signed_inputs import TinyMobileNet, _randomise_bn
+
+    model, x = _compile(lambda: _randomise_bn(TinyMobileNet()), (1, 6, 6), tmp_path, reset="hard", v0="zero", **options)
+    assert any(n.attrs.get("groups", 1) > 1 for n in model.graph.find("conv"))
+    x = x * 2 - 1
+    path = tmp_path / "m.nir"
+    assert model.save_nir(path) == []
+    graph = nir.read(str(path))
+    ours, theirs = model.run(x, T), simulate(graph, x, T)
+    assert np.abs(ours).max() > 0.01
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    np.testing.assert_allclose(snnc.load(str(path)).run(x, T), ours, atol=1e-5)

@@ -78,6 +78,19 @@ def _nir():
     return nir
 
 
+def _ungrouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped conv's weight [Cout, Cin/g, ...] as the equal groups = 1 weight [Cout, Cin, ...]
+    (zero outside each output channel's group). nir 1.0.8's conv nodes declare weight.shape[1]
+    input channels, so a grouped (e.g. depthwise) conv's input type never matches its source and
+    nir.read refuses the file; the dense form reads everywhere, at g times the weights."""
+    cout, cpg = weight.shape[:2]
+    dense = weight.new_zeros(cout, cpg * groups, *weight.shape[2:])
+    for o in range(cout):
+        g = o // (cout // groups)
+        dense[o, g * cpg : (g + 1) * cpg] = weight[o]
+    return dense
+
+
 def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32) if isinstance(t, torch.Tensor) else np.asarray(t, np.float32)
 
@@ -216,6 +229,8 @@ class _Exporter:
             cout, cpg = w.shape[0], w.shape[1]
             idx = (torch.arange(cout) // (cout // groups))[:, None] * cpg + torch.arange(cpg)[None, :]
             w = w * s[idx].reshape(cout, cpg, *([1] * nd))
+        if groups > 1:
+            w, groups = _ungrouped(w, groups), 1
         bias = b.float() if b is not None else torch.zeros(w.shape[0])
         stride = node.attrs.get("stride", [1] * nd)
         dilation = node.attrs.get("dilation", [1] * nd)
