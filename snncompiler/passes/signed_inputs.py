@@ -16,7 +16,7 @@ The encoding layer (reading the input through linear ops) and products of two ac
 (analog whatever their inputs) are left alone.
 
 The price is quantisation of values that were exact: two more neuron layers per rewritten input,
-whose rate code needs timesteps like any other (docs/benchmarks.md, "Signed spikes").
+whose rate code needs timesteps like any other (docs/benchmarks.md, "Linear bottlenecks").
 """
 
 from __future__ import annotations

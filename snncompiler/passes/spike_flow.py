@@ -47,6 +47,7 @@ MAC_LAYERS = {"conv", "conv_transpose", "linear", "matmul", "einsum"}
 
 
 def is_site(node) -> bool:
+    """Whether ``node`` is a neuron, or a ReLU/Clip that the conversion turns into one."""
     return node.op in ("relu", "clip", "neuron") and conversion_kind(node) == "spiking"
 
 
