@@ -181,26 +181,21 @@ def compile(model, calib_data, **options) -> CompiledModel:
         plain = run_pipeline(ann, plain_ctx, conversion_passes(plain_opts))
         if not _better_than_uncalibrated(ann, snn, plain, calib, opts, ctx):
             snn = plain
+    unfused_macs = None
     if opts["fuse_linear"]:  # exact at every step: after calibration, which sees the network it knows
-        snn = _fuse_linear(snn, ctx)
+        from .analysis.summary import spiking_share
+
+        unfused_macs = spiking_share(snn)["macs"]
+        snn = run_pipeline(snn, ctx, [fuse_linear])
     report = {k: v for k, v in ctx.report.items() if k not in ("histograms", "ann_graph")}
     if distributed.is_distributed():  # absent means one process (and keeps those artifacts as they were)
         report["world_size"] = distributed.world_size()
     report["spiking"] = _check_spiking_share(snn, opts, graph.metadata.get("source_file", "model"))
+    if unfused_macs is not None:  # composing weights raises the MACs: both counts, per sample
+        report["fuse_linear_macs"] = {"before": unfused_macs, "after": report["spiking"]["macs"]}
     compiled = CompiledModel(snn, opts, report)
     compiled.ann_graph = ann
     return compiled
-
-
-def _fuse_linear(snn: Graph, ctx: PassContext) -> Graph:
-    """:mod:`~snncompiler.passes.fuse_linear` on the calibrated network; the report records the
-    MACs per sample before and after (``fuse_linear_macs``), which composing weights raises."""
-    from .analysis.summary import spiking_share
-
-    before = spiking_share(snn)["macs"]
-    fused = run_pipeline(snn, ctx, [fuse_linear])
-    ctx.report["fuse_linear_macs"] = {"before": before, "after": spiking_share(fused)["macs"]}
-    return fused
 
 
 def _check_calibration_memory(ann: Graph, ctx: PassContext, opts: dict) -> None:

@@ -43,3 +43,16 @@ class Residual(nn.Module):
     def forward(self, x):
         a = self.stem(x)
         return self.head(a + self.branch(a))
+
+
+def assert_graph_is_onnx_model(graph, path, x, rtol: float, atol: float) -> None:
+    """The IR ``graph`` (a compiler's ANN, before neurons clip it) gives onnxruntime's output for
+    the ONNX file at ``path`` on ``x`` (the file's input is named ``x``)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from snncompiler.runtime.executor import Executor
+
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    got = Executor(graph).run({graph.inputs[0].name: torch.from_numpy(x)})[graph.outputs[0].name].numpy()
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)

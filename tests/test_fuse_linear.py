@@ -15,13 +15,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_graph_is_onnx_model
 
 import snncompiler as snnc
 from snncompiler.analysis.summary import spiking_share
 from snncompiler.formats.onnx import load_graph
 from snncompiler.formats.onnx.from_torch import export_onnx
 from snncompiler.passes import PassContext, fuse_linear, run_pipeline
-from snncompiler.runtime.executor import Executor
 from tests.test_signed_inputs import TinyMobileNet, _data, _randomise_bn
 
 
@@ -70,9 +70,7 @@ def test_the_fused_ann_is_the_onnx_model(build, shape, tmp_path):
     fused = _fused_ann(path)
     assert spiking_share(fused)["spiking_share"] > spiking_share(load_graph(path))["spiking_share"]
     x = np.random.default_rng(1).uniform(-1, 1, (16, *shape)).astype(np.float32)
-    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    got = Executor(fused).run({fused.inputs[0].name: torch.from_numpy(x)})[fused.outputs[0].name].numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert_graph_is_onnx_model(fused, path, x, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

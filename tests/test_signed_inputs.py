@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_graph_is_onnx_model
 
 import snncompiler as snnc
 from examples.workloads import InvertedResidual
@@ -22,7 +22,6 @@ from snncompiler.analysis.summary import analog_heavy_warning, spiking_share
 from snncompiler.errors import OptionError
 from snncompiler.formats.onnx import load_graph
 from snncompiler.formats.onnx.from_torch import export_onnx
-from snncompiler.runtime.executor import Executor
 
 
 class TinyMobileNet(nn.Module):
@@ -89,11 +88,7 @@ def mobilenet(tmp_path_factory):
 def test_the_rewritten_ann_is_the_onnx_model(mobilenet):
     """The compiler's ANN with the pairs (before neurons clip it) computes what onnxruntime computes."""
     path, _, signed = mobilenet
-    x = _data(32, seed=1)
-    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    ann = signed.ann_graph
-    got = Executor(ann).run({ann.inputs[0].name: torch.from_numpy(x)})[ann.outputs[0].name].numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_graph_is_onnx_model(signed.ann_graph, path, _data(32, seed=1), rtol=1e-5, atol=1e-6)
 
 
 def test_every_layer_after_the_input_reads_spikes(mobilenet):
@@ -149,11 +144,7 @@ def test_an_island_output_read_by_a_layer_is_paired(tmp_path):
     signed = snnc.compile(path, _data(), signed_spikes=True, quiet=True)
     assert plain.report["spiking"]["analog_islands"] == signed.report["spiking"]["analog_islands"] == 1
     assert plain.report["spiking"]["spiking_share"] < 0.5 and signed.report["spiking"]["spiking_share"] == 1.0
-    x = _data(16, seed=5)
-    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    ann = signed.ann_graph
-    got = Executor(ann).run({ann.inputs[0].name: torch.from_numpy(x)})[ann.outputs[0].name].numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_graph_is_onnx_model(signed.ann_graph, path, _data(16, seed=5), rtol=1e-5, atol=1e-6)
 
 
 def test_a_product_of_two_activations_is_left_alone(tmp_path):

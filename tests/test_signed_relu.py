@@ -11,16 +11,15 @@ import subprocess
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_graph_is_onnx_model
 
 import snncompiler as snnc
 from snncompiler.analysis.summary import spiking_share
 from snncompiler.formats.onnx import load_graph
 from snncompiler.formats.onnx.from_torch import export_onnx
-from snncompiler.runtime.executor import Executor
 
 
 class Net(nn.Module):
@@ -65,12 +64,9 @@ def case(request, tmp_path_factory):
 def test_the_split_ann_is_the_onnx_model(case):
     """The compiler's ANN (before neurons clip it) computes what onnxruntime computes."""
     path, model = case
-    x = _data(32, seed=1)
-    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     ann = model.ann_graph
     assert not [n for n in ann.nodes if n.op in ("leaky_relu", "prelu")]
-    got = Executor(ann).run({ann.inputs[0].name: torch.from_numpy(x)})[ann.outputs[0].name].numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_graph_is_onnx_model(ann, path, _data(32, seed=1), rtol=1e-5, atol=1e-6)
 
 
 def test_each_activation_is_two_neurons_and_nothing_is_analog(case):

@@ -98,13 +98,19 @@ def _terms(graph: Graph, layer: Node, kinds: dict, producers: dict) -> _Terms | 
     return terms if _expand(graph, layer, layer.inputs[0], w, _stride(layer), terms, kinds, producers) else None
 
 
-def fusible_layers(graph: Graph) -> list[Node]:
-    """The layers :func:`run` fuses: pointwise, reading an analog value that is a sum of pointwise
-    layers of spikes (on an ANN, ReLU/Clip sites count as the spikes they become)."""
+def _fusions(graph: Graph) -> list[tuple[Node, _Terms]]:
+    """Every layer :func:`run` fuses, with the sum it computes, all expanded on ``graph`` as it is."""
     kinds = value_kinds(graph)
     producers = {o: n for n in graph.nodes for o in n.outputs}
     candidates = [n for n in graph.nodes if pointwise(n) and kinds.get(n.inputs[0]) == "dense"]
-    return [n for n in candidates if _terms(graph, n, kinds, producers) is not None]
+    found = [(n, _terms(graph, n, kinds, producers)) for n in candidates]
+    return [(n, terms) for n, terms in found if terms is not None]
+
+
+def fusible_layers(graph: Graph) -> list[Node]:
+    """The layers :func:`run` fuses: pointwise, reading an analog value that is a sum of pointwise
+    layers of spikes (on an ANN, ReLU/Clip sites count as the spikes they become)."""
+    return [layer for layer, _ in _fusions(graph)]
 
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
@@ -112,17 +118,15 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     spikes reads the spikes (see the module docstring)."""
     if not ctx.options.get("fuse_linear"):
         return graph
-    kinds = value_kinds(graph)
-    producers = {o: n for n in graph.nodes for o in n.outputs}
-    layers = fusible_layers(graph)
-    for layer in layers:  # each expanded on the graph as it was: fusing one changes no other's sources
-        terms = _terms(graph, layer, kinds, producers)
+    fusions = _fusions(graph)
+    for layer, terms in fusions:  # expanded on the graph as it was: fusing one changes no other's sources
         at = graph.nodes.index(layer)
         graph.nodes[at : at + 1] = _build(graph, layer, terms)
     removed = _remove_unread(graph)
-    if layers:
+    if fusions:
         ctx.note(
-            NAME, f"{len(layers)} layers read spikes through composed weights; {removed} layers no longer read removed"
+            NAME,
+            f"{len(fusions)} layers read spikes through composed weights; {removed} layers no longer read removed",
         )
     return graph
 

@@ -41,15 +41,12 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             node.op, node.attrs, node.params = "relu", {}, {}
             continue
         at = graph.nodes.index(node)
-        graph.nodes[at : at + 1] = _pair(graph, node, slope)
+        # the difference keeps the node's name and output
+        graph.nodes[at : at + 1] = signed_pair(
+            graph, node.inputs[0], node.outputs[0], node.name, node.source, slope, keep_name=True
+        )
         ctx.note(NAME, f"{node.name}: {SPLIT[node.op]} as ReLU(x) − α·ReLU(−x), two neuron layers")
     return graph
-
-
-def _pair(graph: Graph, node: Node, slope: torch.Tensor) -> list[Node]:
-    """The five nodes that replace ``node``: relu(x), neg(x), relu(−x), α·relu(−x) and the
-    difference, which keeps the node's name and output; all keep its ONNX source for messages."""
-    return signed_pair(graph, node.inputs[0], node.outputs[0], node.name, node.source, slope, keep_name=True)
 
 
 def signed_pair(
