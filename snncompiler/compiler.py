@@ -17,6 +17,7 @@ from .options import CALIBRATIONS, SETTING_KEYS, CompileOptions, default_thresho
 from .passes import (
     PassContext,
     bias_calibration,
+    fake_quant,
     fold_bn,
     fuse_linear,
     hard_reset,
@@ -164,7 +165,7 @@ def compile(model, calib_data, **options) -> CompiledModel:
     graph = _pin_fixed_batch(graph, calib, opts)
     torch.manual_seed(int(opts["seed"]))
     ctx = PassContext(options=opts, calib=calib)
-    ann = run_pipeline(graph, ctx, [substitute, fold_bn, signed_relu, signed_inputs])
+    ann = run_pipeline(graph, ctx, [fake_quant, substitute, fold_bn, signed_relu, signed_inputs])
     for line in ctx.report.get(substitute.NAME, []):
         log.warning("%s: %s", graph.metadata.get("source_file", "model"), line)
     ctx.report["ann_graph"] = ann

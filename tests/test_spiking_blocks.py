@@ -246,6 +246,55 @@ _block(
     jumps=True,
 )
 _block(
+    "QuantizeLinear and DequantizeLinear (fake quantization of spikes: removed)",
+    [M("QuantizeLinear", ["r", "qs", "qz"], ["q"]), M("DequantizeLinear", ["q", "qs", "qz"], ["g"])],
+    [init("qs", f32(0.01)), init("qz", np.uint8(0))],
+)
+_block(
+    "QuantizeLinear to int8 and Cast back (rounding on the rates)",
+    [M("QuantizeLinear", ["r", "qs", "qz"], ["q"]), M("Cast", ["q"], ["g"], to=TensorProto.FLOAT)],
+    [init("qs", f32(0.05)), init("qz", np.int8(-3))],
+    jumps=True,
+)
+# the QOperator blocks' grids are wide enough that onnxruntime saturates nothing: compiling drops
+# the bounds of signed grids (passes/fake_quant.py), so a saturating one would not converge
+_block(
+    "QLinearConv",
+    [
+        M("QuantizeLinear", ["r", "qs", "qz"], ["q"]),
+        M("QLinearConv", ["q", "qs", "qz", "w", "ws", "wz", "ys", "yz"], ["c"], pads=[1, 1, 1, 1]),
+        M("DequantizeLinear", ["c", "ys", "yz"], ["g"]),
+    ],
+    [
+        init("qs", f32(0.05)),
+        init("qz", np.uint8(0)),
+        init("w", np.random.default_rng(1).integers(-127, 128, (8, 8, 3, 3)).astype(np.int8)),
+        init("ws", np.full(8, 0.002, f32)),
+        init("wz", np.zeros(8, np.int8)),
+        init("ys", f32(0.1)),
+        init("yz", np.uint8(128)),
+    ],
+    opset=13,
+)
+_block(
+    "QLinearMatMul",
+    [
+        M("QuantizeLinear", ["r", "qs", "qz"], ["q"]),
+        M("QLinearMatMul", ["q", "qs", "qz", "w", "ws", "wz", "ys", "yz"], ["c"]),
+        M("DequantizeLinear", ["c", "ys", "yz"], ["g"]),
+    ],
+    [
+        init("qs", f32(0.05)),
+        init("qz", np.uint8(0)),
+        init("w", np.random.default_rng(2).integers(0, 256, (4, 4)).astype(np.uint8)),
+        init("ws", f32(0.01)),
+        init("wz", np.uint8(128)),
+        init("ys", f32(0.25)),
+        init("yz", np.uint8(128)),
+    ],
+    opset=13,
+)
+_block(
     "Equal and Where",
     [M("Equal", ["r", "zero"], ["m"]), M("Where", ["m", "half", "r"], ["g"])],
     [init("zero", f32(0)), init("half", f32(0.5))],

@@ -237,6 +237,11 @@ _SPECS = [
     OpSpec("trilu", "linear"),
     OpSpec("cumsum", "linear"),
     OpSpec("cast", _cast_kind),
+    # ONNX QuantizeLinear / DequantizeLinear: rounding to integers is no rate. A quantize →
+    # dequantize pair on an activation (fake quantization) is rewritten before conversion
+    # (passes/fake_quant.py); what remains runs on the rates
+    OpSpec("quantize", "analog"),
+    OpSpec("dequantize", "analog"),
     OpSpec("identity", "folded"),
     OpSpec("constant", "folded"),
     OpSpec("unsupported", "unsupported"),

@@ -944,6 +944,36 @@ def cast(node: Node, x):
     return (x.to(dtype),)
 
 
+def _quantization_params(node: Node, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point broadcasting against ``x``: per tensor, or per ``axis``."""
+    axis = node.attrs.get("axis")
+    scale, zero = node.params["scale"].to(torch.float32), node.params["zero_point"].to(torch.int32)
+    if axis is None or scale.numel() == 1:
+        return scale.reshape(()), zero.reshape(())
+    return channel_view(scale, x, axis), channel_view(zero, x, axis)
+
+
+@implements("quantize")
+def quantize(node: Node, x):
+    """ONNX QuantizeLinear to the integer type ``dtype``: round(x / scale) (half to even) + zero
+    point, saturated to the type's range, per tensor or per ``axis``."""
+    scale, zero = _quantization_params(node, x)
+    info = torch.iinfo(getattr(torch, node.attrs["dtype"]))
+    q = torch.round(x.to(torch.float32) / scale) + zero.to(torch.float32)
+    return (q.clamp(info.min, info.max).to(getattr(torch, node.attrs["dtype"])),)
+
+
+@implements("dequantize")
+def dequantize(node: Node, x):
+    """ONNX DequantizeLinear: (x − zero point) · scale in float32, per tensor or per ``axis``.
+    A float input (a rate-decoded integer in a spiking run) is taken as it is."""
+    scale, zero = _quantization_params(node, x)
+    shifted = (
+        x.to(torch.float32) - zero.to(torch.float32) if x.is_floating_point() else (x.to(torch.int32) - zero).float()
+    )
+    return (shifted * scale,)
+
+
 @implements("identity")
 def identity(node: Node, x):
     """Pass the input through (kept only where a graph output must be a copy)."""

@@ -1,0 +1,151 @@
+"""Quantized ONNX models in: an int8 model (QDQ format) compiles like its float original.
+
+    python -m benchmarks.quantized                       # digits CNN and ResNet, ≈3 min on 2 cores
+    python -m benchmarks.quantized --workloads digits_cnn --timesteps 4,16,64
+
+Each workload of examples.workloads.BENCH_WORKLOADS is trained, exported to ONNX (float) and
+quantized by onnxruntime's static quantizer (``quantize_static``: QDQ format, uint8 activations,
+int8 weights per channel, MinMax ranges from the calibration batch): the model a user gets from
+the standard int8 tooling, whose ReLUs the quantizer removed (a uint8 grid from 0 clips them).
+onnxruntime scores both ANNs ("ANN"; "snnc ANN" is the network snnc converts, the int8 model's
+fake quantization rewritten by passes/fake_quant.py); ``snnc.compile`` converts both with the same calibration batch and
+default options, and the SNNs are scored at every T from one run.
+Writes benchmarks/results/quantized.json and prints a table per workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np
+import onnx
+
+import snncompiler as snnc
+from examples.workloads import BENCH_WORKLOADS, export_onnx
+from snncompiler.fileio import atomic_write
+from snncompiler.formats.onnx.ort import OrtModel
+
+DEFAULT_WORKLOADS = ("digits_cnn", "digits_resnet")
+DEFAULT_T = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def ort_quantize(
+    float_path: str,
+    out_path: str,
+    calib: np.ndarray,
+    input_name: str = "x",
+    *,
+    quant_format: str = "QDQ",
+    per_channel: bool = True,
+    op_types: list[str] | None = None,
+    batch: int = 64,
+) -> str:
+    """onnxruntime's static quantization of ``float_path`` (``quant_format`` QDQ or QOperator;
+    uint8 activations, int8 weights, per channel or per tensor, MinMax ranges over ``calib``)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calib[i : i + batch] for i in range(0, len(calib), batch))
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {input_name: np.ascontiguousarray(x, np.float32)}
+
+    quantize_static(
+        float_path,
+        out_path,
+        Batches(),
+        quant_format=getattr(QuantFormat, quant_format),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        op_types_to_quantize=op_types,
+    )
+    return out_path
+
+
+def ann_accuracy(path: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy (%) of an ONNX file under onnxruntime."""
+    return 100.0 * float((OrtModel(path)(x).argmax(1) == y).mean())
+
+
+def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
+    """Train, export, quantize, compile both and score: one result row per model."""
+    wl = BENCH_WORKLOADS[name](seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path, qdq_path = str(Path(tmp) / "float.onnx"), str(Path(tmp) / "int8.onnx")
+        export_onnx(wl.model, wl.input_shape, float_path)
+        input_name = onnx.load(float_path).graph.input[0].name
+        ort_quantize(float_path, qdq_path, wl.calib.x, input_name)
+        ops = sorted({n.op_type for n in onnx.load(qdq_path).graph.node})
+        rows = {}
+        for label, path in (("float", float_path), ("int8 QDQ", qdq_path)):
+            t0 = time.perf_counter()
+            model = snnc.compile(path, wl.calib, seed=seed)
+            compile_s = time.perf_counter() - t0
+            res = model.evaluate(wl.test.x, wl.test.y, timesteps)
+            rows[label] = {
+                "ann_onnxruntime": ann_accuracy(path, wl.test.x, wl.test.y),
+                "ann_snnc": 100.0 * res["ann_accuracy"],  # the network snnc converts (int8 pairs rewritten)
+                "snn": {str(t): 100.0 * res["snn_accuracy"][str(t)] for t in timesteps},
+                "neurons": sum(1 for n in model.graph.nodes if n.op == "neuron"),
+                "fake_quant_pairs": model.report.get("fake_quant_pairs"),
+                "compile_s": round(compile_s, 2),
+            }
+    return {"note": wl.note, "test_samples": int(len(wl.test.x)), "int8_ops": ops, "rows": rows}
+
+
+def print_table(name: str, result: dict, timesteps: list[int]) -> None:
+    """One workload's accuracies: ANN (onnxruntime) and SNN per T, float vs int8."""
+    print(f"\n{name} ({result['test_samples']} test samples): {result['note']}")
+    head = f"{'model':<10} {'ANN':>7} {'snnc ANN':>8} " + " ".join(f"{'T=' + str(t):>7}" for t in timesteps)
+    print(head)
+    print("-" * len(head))
+    for label, row in result["rows"].items():
+        cells = " ".join(f"{row['snn'][str(t)]:7.2f}" for t in timesteps)
+        print(f"{label:<10} {row['ann_onnxruntime']:7.2f} {row['ann_snnc']:8.2f} {cells}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help="comma list of BENCH_WORKLOADS names")
+    p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_T)), help="comma list of T")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    timesteps = sorted({int(t) for t in args.timesteps.split(",")})
+    names = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in names if w not in BENCH_WORKLOADS]
+    if unknown:
+        print(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(BENCH_WORKLOADS)}", file=sys.stderr)
+        return 2
+    results = {}
+    for name in names:
+        results[name] = run_workload(name, timesteps, args.seed)
+        print_table(name, results[name], timesteps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"command": "python -m benchmarks.quantized " + " ".join(argv or sys.argv[1:]), "timesteps": timesteps}
+    payload["workloads"] = results
+    with atomic_write(out / "quantized.json", "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"\nwrote {out / 'quantized.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

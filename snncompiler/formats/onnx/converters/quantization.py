@@ -1,0 +1,165 @@
+"""Converters for quantized models: QuantizeLinear and DequantizeLinear (the QDQ format that
+onnxruntime's quantizer and PyTorch's quantization-aware training export), and the standard
+QOperator layers QLinearConv and QLinearMatMul, lowered to dequantize → float layer → quantize.
+
+Quantized weights are constants, so their DequantizeLinear folds into float weights at load
+time; what reaches the IR is the quantization of activations. A quantize → dequantize pair on
+an activation (fake quantization) is rewritten before conversion by passes/fake_quant.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..registry import converter, lookup, writes
+from .structure import CAST_DTYPES
+
+#: ONNX integer types a quantized activation can have (torch computes them); the 4-bit types,
+#: float8 and int32 outputs of QuantizeLinear have no converter yet
+_QUANTIZED = {
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.INT16: "int16",
+}
+#: what DequantizeLinear also reads: the int32 biases and accumulators of quantized models
+_DEQUANTIZABLE = {**_QUANTIZED, onnx.TensorProto.INT32: "int32"}
+
+
+def _type_name(elem_type: int) -> str:
+    return (
+        onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
+    )
+
+
+def _params(node, ctx, elem_type: int, allowed: dict[int, str]) -> tuple[dict, dict]:
+    """attrs and params of a quantize/dequantize of input 0 with scale input 1 and zero point
+    input 2, its integer type ``elem_type``; one line naming the node for what is not supported."""
+    a = ctx.attrs(node)
+    if int(a.get("block_size", 0)):
+        raise ctx.fail("blocked quantization (block_size > 0) is not supported")
+    if elem_type not in allowed:
+        raise ctx.fail(
+            f"quantized type {_type_name(elem_type)} is not supported (supported: {', '.join(allowed.values())})"
+        )
+    scale = ctx.const(node.input[1], f"{node.op_type} scale")
+    if scale.dtype != np.float32:
+        raise ctx.fail(f"a {scale.dtype} scale is not supported (float32 only)")
+    if scale.ndim > 1:
+        raise ctx.fail(f"a scale of shape {list(scale.shape)} is not supported (a scalar or one value per channel)")
+    zero = ctx.optional_const(node, 2, f"{node.op_type} zero point")
+    zero = np.zeros(scale.shape, np.int32) if zero is None else zero.astype(np.int32)
+    attrs = {"dtype": allowed[elem_type]}
+    if scale.size > 1 or scale.ndim == 1:
+        rank = len(ctx.shape(node.input[0]))
+        axis = int(a.get("axis", 1)) % rank
+        if axis == 0:
+            raise ctx.fail("quantization per sample (axis 0, the batch axis) is not supported")
+        if scale.size != ctx.shape(node.input[0])[axis]:
+            raise ctx.fail(f"{scale.size} scales for {ctx.shape(node.input[0])[axis]} entries along axis {axis}")
+        attrs["axis"] = axis
+    if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
+        raise ctx.fail("scales must be positive and finite")
+    return attrs, {"scale": scale, "zero_point": zero}
+
+
+@converter("QuantizeLinear")
+def quantize_linear(node, ctx):
+    """QuantizeLinear (opsets 10–21: per tensor or per axis; uint8, int8, uint16, int16) → quantize."""
+    zero = ctx.optional_const(node, 2, "QuantizeLinear zero point")
+    if zero is not None:
+        elem_type = onnx.helper.np_dtype_to_tensor_dtype(zero.dtype)
+    else:  # no zero point: output_dtype (opset 21), else uint8
+        elem_type = int(ctx.attrs(node).get("output_dtype", 0)) or onnx.TensorProto.UINT8
+    source = ctx.dtypes.get(ctx.resolve(node.input[0]), onnx.TensorProto.FLOAT)
+    if source != onnx.TensorProto.FLOAT:
+        raise ctx.fail(f"quantizing {_type_name(source)} values is not supported (float32 only)")
+    attrs, params = _params(node, ctx, elem_type, _QUANTIZED)
+    ctx.emit("quantize", [node.input[0]], [node.output[0]], attrs, params)
+
+
+@converter("DequantizeLinear")
+def dequantize_linear(node, ctx):
+    """DequantizeLinear of an activation (uint8, int8, uint16, int16, int32; per tensor or per
+    axis) → dequantize; of a constant (a quantized weight) it is folded at load time."""
+    elem_type = ctx.dtypes.get(ctx.resolve(node.input[0]), onnx.TensorProto.UNDEFINED)
+    attrs, params = _params(node, ctx, elem_type, _DEQUANTIZABLE)
+    ctx.emit("dequantize", [node.input[0]], [node.output[0]], attrs, params)
+
+
+def _dequantized_weight(node, ctx, w_index: int, axis: int) -> np.ndarray:
+    """A QOperator layer's constant quantized weight as float32: (w − zero point) · scale, per
+    ``axis`` (its output channels) where the scale has one value per channel."""
+    what = f"{node.op_type} weight"
+    w = ctx.const(node.input[w_index], what).astype(np.float32)
+    scale = ctx.const(node.input[w_index + 1], f"{what} scale").astype(np.float32)
+    zero = ctx.const(node.input[w_index + 2], f"{what} zero point").astype(np.float32)
+    if scale.size > 1:
+        shape = [1] * w.ndim
+        shape[axis % w.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return (w - zero) * scale
+
+
+def _lowered(node, ctx, float_op: str, inputs: list[str], scales: tuple[int, int, int, int], **attrs) -> None:
+    """A QOperator node as ONNX nodes the other converters read: DequantizeLinear of input 0,
+    ``float_op`` on it and the constant ``inputs`` (float weights), QuantizeLinear to the
+    node's output type. ``scales``: the input indices of x's scale and zero point and y's."""
+    xs, xz, ys, yz = (node.input[i] for i in scales)
+    x, y = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
+    ctx.shapes[x], ctx.shapes[y] = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    ctx.dtypes[x] = ctx.dtypes[y] = onnx.TensorProto.FLOAT
+    steps = [
+        onnx.helper.make_node("DequantizeLinear", [node.input[0], xs, xz], [x], name=node.name),
+        onnx.helper.make_node(float_op, [x, *inputs], [y], name=node.name, **attrs),
+        onnx.helper.make_node("QuantizeLinear", [y, ys, yz], [node.output[0]], name=node.name),
+    ]
+    for step in steps:
+        ctx.current = step
+        lookup(step)(step, ctx)
+    ctx.current = node
+
+
+def _const(ctx, node, value: np.ndarray, what: str) -> str:
+    name = ctx.fresh(f"{node.output[0]}_{what}")
+    ctx.set_const(name, value)
+    return name
+
+
+@converter("QLinearConv")
+def qlinear_conv(node, ctx):
+    """QLinearConv (constant weight, per tensor or per output channel) → dequantize → conv →
+    quantize; its int32 bias is dequantized with x_scale · w_scale, as onnxruntime accumulates it."""
+    weight = _dequantized_weight(node, ctx, 3, axis=0)
+    inputs = [_const(ctx, node, weight, "weight")]
+    bias = ctx.optional_const(node, 8, "QLinearConv bias")
+    if bias is not None:
+        scale = ctx.const(node.input[1]).astype(np.float32) * ctx.const(node.input[4]).astype(np.float32)
+        inputs.append(_const(ctx, node, (bias.astype(np.float32) * scale).reshape(-1), "bias"))
+    _lowered(node, ctx, "Conv", inputs, (1, 2, 6, 7), **ctx.attrs(node))
+
+
+@converter("QLinearMatMul")
+def qlinear_matmul(node, ctx):
+    """QLinearMatMul with a constant right operand → dequantize → matmul → quantize."""
+    weight = _dequantized_weight(node, ctx, 3, axis=-1)
+    _lowered(node, ctx, "MatMul", [_const(ctx, node, weight, "weight")], (1, 2, 6, 7))
+
+
+# ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
+def _write(onnx_op: str):
+    def rule(b, n) -> None:
+        zero = n.params["zero_point"].numpy().astype(np.dtype(n.attrs["dtype"]))
+        inputs = [n.inputs[0], b.const(n, "scale", n.params["scale"]), b.const(n, "zero_point", zero)]
+        attrs = {"axis": int(n.attrs["axis"])} if n.attrs.get("axis") is not None else {}
+        b.add(onnx_op, inputs, n.outputs, n.name, **attrs)
+
+    rule.__doc__ = f"{onnx_op} with its scale and a zero point of the quantized type"
+    return rule
+
+
+writes("quantize")(_write("QuantizeLinear"))
+writes("dequantize")(_write("DequantizeLinear"))
+
+assert set(_DEQUANTIZABLE.values()) <= set(CAST_DTYPES.values())  # the writer's type table knows them

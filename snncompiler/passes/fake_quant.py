@@ -1,0 +1,136 @@
+"""Fake quantization: rewrite each quantize → dequantize pair on an activation before conversion.
+
+A quantized ONNX model (the QDQ format of onnxruntime's quantizer, PyTorch's QAT export, or the
+QOperator layers lowered by formats/onnx/converters/quantization.py) rounds every activation to
+its integer grid: y = s·(clamp(round(x/s) + z, qmin, qmax) − z). Left as they are, these pairs are
+analog islands rounding rate-decoded values, which need many steps to settle; and the quantizer
+has usually removed the ReLUs, since a grid that starts at 0 (z = qmin) clips negatives itself.
+A spiking neuron quantizes in time anyway (T + 1 levels), so each pair becomes what it bounds:
+
+* z = qmin, on a layer's output (a dense value): clip(x, 0, (qmax − z)·s), which the conversion
+  turns into a neuron with θ at most the grid's top (the ReLU the quantizer removed);
+* z = qmin right after a ReLU or Clip(0, c) read by nothing else: that activation takes the
+  grid's top as its cap, and the pair goes;
+* z = qmin on spikes or on the graph input (already non-negative: a pooled or reshaped
+  neuron output, an image, also reshaped or pooled): removed, as is any grid that spans both signs (z > qmin), which
+  bounds a linear value only where calibration saw none.
+
+Rounding to the grid is dropped in every case: the SNN approximates the float network with the
+quantized weights (which fold into float weights when the model is read). A pair whose scale
+varies per channel with z = qmin keeps a plain ReLU (clip has one bound).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import Graph, Node
+from . import PassContext
+from .spike_flow import ROUTING, value_kinds
+
+NAME = "fake_quant"
+
+
+def _same_grid(q: Node, dq: Node) -> bool:
+    return (
+        q.attrs.get("axis") == dq.attrs.get("axis")
+        and torch.equal(q.params["scale"], dq.params["scale"])
+        and torch.equal(q.params["zero_point"].to(torch.int32), dq.params["zero_point"].to(torch.int32))
+    )
+
+
+def pairs(graph: Graph) -> list[tuple[Node, list[Node]]]:
+    """(quantize, its dequantizes) for every quantize whose output only dequantizes on the same grid."""
+    outputs = {v.name for v in graph.outputs}
+    found = []
+    for q in graph.find("quantize"):
+        readers = graph.consumers(q.outputs[0])
+        if q.outputs[0] in outputs or not readers:
+            continue
+        if all(r.op == "dequantize" and _same_grid(q, r) for r in readers):
+            found.append((q, readers))
+    return found
+
+
+def _grid_top(q: Node) -> tuple[bool, float | None]:
+    """(whether the grid starts at 0, its top value if it is one number)."""
+    info = torch.iinfo(getattr(torch, q.attrs["dtype"]))
+    zero = q.params["zero_point"].to(torch.int64)
+    starts_at_zero = bool(torch.all(zero == info.min))
+    tops = (info.max - zero).double() * q.params["scale"].double()
+    return starts_at_zero, (float(tops.reshape(-1)[0]) if torch.all(tops == tops.reshape(-1)[0]) else None)
+
+
+def run(graph: Graph, ctx: PassContext) -> Graph:
+    """Replace each fake-quantization pair (see the module docstring); note what became of each."""
+    found = pairs(graph)
+    if not found:
+        return graph
+    graph_inputs = {v.name for v in graph.inputs}
+    graph_outputs = {v.name for v in graph.outputs}
+    counts = {"neurons": 0, "capped": 0, "removed": 0}
+    drop = set()
+    for q, dqs in found:
+        kinds = value_kinds(graph)  # with the pairs before this one rewritten
+        x = q.inputs[0]
+        starts_at_zero, top = _grid_top(q)
+        producer = graph.producer(x)
+        alone = len(graph.consumers(x)) == 1 and x not in graph_outputs
+        if starts_at_zero and producer is not None and _is_relu(producer) and alone:
+            if top is not None:
+                hi = producer.attrs.get("max") if producer.op == "clip" else None
+                producer.op, producer.attrs = "clip", {"min": 0.0, "max": top if hi is None else min(float(hi), top)}
+                what = f"removed, {producer.name} capped at {top:.4g}"
+            else:
+                what = f"removed after {producer.name}"
+            counts["capped"] += 1
+            value = x
+        elif starts_at_zero and kinds.get(x) != "spikes" and not _routed_input(graph, x, graph_inputs):
+            # the quantize node itself becomes the activation the quantizer removed
+            q.op, q.params = ("clip", {}) if top is not None else ("relu", {})
+            q.attrs = {"min": 0.0, "max": top} if top is not None else {}
+            what = f"clip to [0, {top:.4g}] (a neuron)" if top is not None else "a ReLU (a neuron)"
+            counts["neurons"] += 1
+            value = q.outputs[0]
+        else:
+            why = "a signed grid" if not starts_at_zero else "its input is non-negative"
+            what = f"removed ({why})"
+            counts["removed"] += 1
+            value = x
+        if value == x:
+            drop.add(q.name)
+            graph.removed.append((q.name, "QuantizeLinear", f"fake quantization: {what}"))
+        for dq in dqs:
+            if dq.outputs[0] in graph_outputs:  # the output keeps its name
+                dq.op, dq.inputs, dq.attrs, dq.params = "identity", [value], {}, {}
+            else:
+                graph.replace_uses(dq.outputs[0], value)
+                drop.add(dq.name)
+                graph.removed.append((dq.name, "DequantizeLinear", f"fake quantization: pair of {q.name}"))
+        ctx.note(NAME, f"{q.name}: {what}")
+    graph.nodes = [n for n in graph.nodes if n.name not in drop]
+    ctx.report["fake_quant_pairs"] = counts
+    return graph
+
+
+def summary_line(counts: dict) -> str:
+    """What became of a model's pairs (``report['fake_quant_pairs']``), for ``snnc compile`` and ``inspect``."""
+    return (
+        f"quantized model: {sum(counts.values())} quantize/dequantize pairs on activations: "
+        f"{counts['neurons']} become neurons, {counts['capped']} cap a ReLU, {counts['removed']} removed "
+        "(the SNN runs the float network with the dequantized weights)"
+    )
+
+
+def _routed_input(graph: Graph, value: str, graph_inputs: set[str]) -> bool:
+    """Whether ``value`` is the graph input, reshaped, pooled or otherwise routed: its values."""
+    while value not in graph_inputs:
+        node = graph.producer(value)
+        if node is None or node.op not in ROUTING or len(node.inputs) != 1:
+            return False
+        value = node.inputs[0]
+    return True
+
+
+def _is_relu(node: Node) -> bool:
+    return node.op == "relu" or (node.op == "clip" and node.attrs.get("min") == 0.0)

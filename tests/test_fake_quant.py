@@ -1,0 +1,183 @@
+"""Compiling quantized models: passes/fake_quant.py rewrites each quantize → dequantize pair on an
+activation (the ReLU the quantizer removed becomes a neuron again, a kept ReLU takes the grid's
+top as its cap, the rest go), and the int8 model converts as well as its float original."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import snncompiler as snnc
+from benchmarks.quantized import ort_quantize
+from snncompiler.cli.main import main as snnc_main
+from snncompiler.formats.onnx import load_graph
+from tests.formats.helpers import build, init, rand, run_ort
+from tests.formats.test_quantization import _FakeQuantCNN
+
+
+def _qdq(x: str, out: str, scale: float, zero: int, elem=np.uint8) -> tuple[list, list]:
+    """Nodes and initializers of one quantize → dequantize pair from ``x`` to ``out``."""
+    s, z = f"{out}_s", f"{out}_z"
+    nodes = [
+        helper.make_node("QuantizeLinear", [x, s, z], [f"{out}_q"], name=f"{out}_quant"),
+        helper.make_node("DequantizeLinear", [f"{out}_q", s, z], [out], name=f"{out}_dequant"),
+    ]
+    return nodes, [init(s, np.float32(scale)), init(z, elem(zero))]
+
+
+def _conv_qdq_model(relu: bool, out_zero: int = 128) -> onnx.ModelProto:
+    """x → QDQ → Conv (→ Relu) → QDQ(uint8 from 0) → Flatten → Gemm → QDQ(signed) = y: the
+    shape onnxruntime's QDQ quantizer writes (``relu=False``: it removed the ReLU)."""
+    g = np.random.default_rng(0)
+    nodes, inits = _qdq("x", "xd", 1 / 255, 0)
+    inits += [init("w", g.normal(0, 0.5, (4, 1, 3, 3))), init("b", g.normal(0, 0.1, 4))]
+    nodes.append(helper.make_node("Conv", ["xd", "w", "b"], ["c"], pads=[1, 1, 1, 1]))
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+    more, more_inits = _qdq("r" if relu else "c", "h", 0.01, 0)
+    nodes += more + [helper.make_node("Flatten", ["h"], ["f"])]
+    inits += more_inits + [init("fw", g.normal(0, 0.2, (3, 4 * 6 * 6))), init("fb", np.zeros(3))]
+    nodes.append(helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1))
+    more, more_inits = _qdq("logits", "y", 0.05, out_zero)
+    return build(nodes + more, [("x", ["N", 1, 6, 6])], [("y", ["N", 3])], inits + more_inits, opset=13)
+
+
+def test_removed_relu_becomes_a_neuron_capped_at_the_grid_top():
+    x = rand([32, 1, 6, 6], 1, 0, 1)
+    model = snnc.compile(_conv_qdq_model(relu=False), x, threshold="max")
+    ops = [n.op for n in model.graph.nodes]
+    assert "quantize" not in ops and "dequantize" not in ops
+    assert ops == ["conv", "neuron", "flatten", "linear", "identity"]
+    assert model.report["fake_quant_pairs"] == {"neurons": 1, "capped": 0, "removed": 2}
+    (neuron,) = model.graph.find("neuron")
+    assert float(neuron.params["theta"].max()) <= 255 * 0.01 + 1e-6
+    assert model.graph.outputs[0].name == "y"  # the graph output keeps its name
+
+
+def test_kept_relu_takes_the_cap():
+    x = rand([32, 1, 6, 6], 2, 0, 1)
+    plain = load_graph(_conv_qdq_model(relu=True))
+    model = snnc.compile(plain, x, threshold="max")
+    assert model.report["fake_quant_pairs"] == {"neurons": 0, "capped": 1, "removed": 2}
+    (neuron,) = model.graph.find("neuron")
+    assert "capped by Clip max" in neuron.attrs["theta_source"]
+    assert float(neuron.params["theta"].max()) <= 2.55 + 1e-6
+
+
+def test_snn_converges_to_the_float_network_with_dequantized_weights():
+    """Rounding is dropped, clipping kept: at large T the SNN approaches the ANN snnc converts,
+    which is onnxruntime's int8 model up to the rounding of activations (a few grid steps)."""
+    onnx_model = _conv_qdq_model(relu=False)
+    x = rand([64, 1, 6, 6], 3, 0, 1)
+    model = snnc.compile(onnx_model, x)
+    ann = np.asarray(model.ann(x))
+    int8 = run_ort(onnx_model, x)[0]
+    assert np.abs(ann - int8).max() <= 0.2  # the logits' grid step is 0.05
+    errors = [float(np.abs(np.asarray(model.run(x, timesteps=t)) - ann).mean()) for t in (16, 256)]
+    assert errors[1] < errors[0] / 4, errors
+
+
+def test_signed_grid_in_the_middle_is_removed_and_output_grid_kept_when_integer():
+    """A model whose output is the quantized integer itself keeps that quantize (an analog
+    island giving uint8), and the artifact saves and loads it."""
+    m = _conv_qdq_model(relu=False)
+    # drop the final DequantizeLinear: the graph returns y_q, a uint8 tensor
+    nodes = [n for n in m.graph.node if n.name != "y_dequant"]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        list(m.graph.input),
+        [helper.make_tensor_value_info("y_q", TensorProto.UINT8, ["N", 3])],
+        list(m.graph.initializer),
+    )
+    model = helper.make_model(graph, opset_imports=list(m.opset_import))
+    model.ir_version = m.ir_version
+    x = rand([16, 1, 6, 6], 4, 0, 1)
+    compiled = snnc.compile(model, x)
+    assert [n.op for n in compiled.graph.nodes][-1] == "quantize"
+    out = np.asarray(compiled.run(x, timesteps=64))
+    assert out.dtype == np.uint8
+    assert compiled.report["fake_quant_pairs"]["removed"] == 1  # the input's pair
+
+
+def test_artifact_round_trip(tmp_path):
+    m = _conv_qdq_model(relu=False)
+    x = rand([16, 1, 6, 6], 5, 0, 1)
+    compiled = snnc.compile(m, x)
+    path = tmp_path / "q.snn.onnx"
+    compiled.save(path)
+    again = snnc.load(path)
+    np.testing.assert_array_equal(np.asarray(again.run(x, timesteps=8)), np.asarray(compiled.run(x, timesteps=8)))
+    assert again.report["fake_quant_pairs"] == compiled.report["fake_quant_pairs"]
+
+
+def test_torch_fake_quantized_network_compiles(tmp_path):
+    """PyTorch's QAT forward exported to ONNX: the ReLU before a uint8 grid is kept and capped."""
+    path = tmp_path / "qat.onnx"
+    torch.onnx.export(
+        _FakeQuantCNN().eval(),
+        torch.zeros(1, 1, 8, 8),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "N"}},
+    )
+    compiled = snnc.compile(str(path), rand([32, 1, 8, 8], 6, 0, 1), threshold="max")
+    assert compiled.report["fake_quant_pairs"] == {"neurons": 0, "capped": 1, "removed": 0}
+    (neuron,) = compiled.graph.find("neuron")
+    assert float(neuron.params["theta"].max()) <= 255 * 0.02 + 1e-6
+
+
+@pytest.fixture(scope="module")
+def int8_digits(small_digits_cnn, tmp_path_factory):
+    """The trained digits CNN quantized by onnxruntime (QDQ, per-channel weights), with the
+    float original and the data."""
+    float_path, train, test = small_digits_cnn
+    calib = train.x[:256].astype(np.float32)
+    path = ort_quantize(str(float_path), str(tmp_path_factory.mktemp("int8") / "int8.onnx"), calib)
+    return str(float_path), path, calib, test
+
+
+def test_int8_digits_cnn_converts_like_its_float_original(int8_digits):
+    float_path, int8_path, calib, test = int8_digits
+    assert "Relu" not in {n.op_type for n in onnx.load(int8_path).graph.node}  # the quantizer removed them
+    results = {}
+    for label, path in (("float", float_path), ("int8", int8_path)):
+        model = snnc.compile(path, calib)
+        results[label] = (len(model.graph.find("neuron")), model.evaluate(test.x, test.y, [8, 32]))
+    assert results["int8"][0] == results["float"][0]  # every removed ReLU is a neuron again
+    for t in ("8", "32"):
+        f, q = results["float"][1]["snn_accuracy"][t], results["int8"][1]["snn_accuracy"][t]
+        # benchmarks/quantized.py: within 0.2 points at T=8 and equal at T=32 on two workloads
+        assert abs(f - q) <= 0.03, (t, f, q)
+    assert results["int8"][1]["snn_accuracy"]["32"] >= results["int8"][1]["ann_accuracy"] - 0.03
+
+
+def test_cli_compile_says_what_became_of_the_pairs(int8_digits, tmp_path, capsys):
+    _, int8_path, calib, _ = int8_digits
+    np.savez(tmp_path / "calib.npz", x=calib[:64])
+    rc = snnc_main(["compile", int8_path, "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "m.snn.onnx")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "quantized model:" in out and "become neurons" in out
+
+
+def test_inspect_shows_the_model_as_compile_converts_it(tmp_path, capsys):
+    """`snnc inspect` on a QDQ model: no analog islands, no 'replace by ReLU' advice."""
+    path = tmp_path / "qdq.onnx"
+    onnx.save(_conv_qdq_model(relu=False), path)
+    assert snnc_main(["inspect", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "0 analog islands" in captured.out and "1 become neurons" in captured.out
+    assert "warning" not in captured.err
+    assert snnc_main(["inspect", str(path), "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert totals["fake_quant_pairs"] == {"neurons": 1, "capped": 0, "removed": 2}
+    assert totals["spiking"]["spiking_share"] == 1.0
