@@ -155,9 +155,10 @@ def test_int8_digits_cnn_converts_like_its_float_original(int8_digits):
     assert results["int8"][0] == results["float"][0]  # every removed ReLU is a neuron again
     for t in ("8", "32"):
         f, q = results["float"][1]["snn_accuracy"][t], results["int8"][1]["snn_accuracy"][t]
-        # benchmarks/quantized.py: within 0.2 points at T=8 and equal at T=32 on two workloads
-        assert abs(f - q) <= 0.03, (t, f, q)
-    assert results["int8"][1]["snn_accuracy"]["32"] >= results["int8"][1]["ann_accuracy"] - 0.03
+        # measured 0.19-0.56 points apart under ATEN_CPU_CAPABILITY=default, avx2 and avx512
+        # (this small CNN; the benchmark's 30-epoch ones: 0.2 at T=8, equal at T=32)
+        assert abs(f - q) <= 0.02, (t, f, q)
+    assert results["int8"][1]["snn_accuracy"]["32"] >= results["int8"][1]["ann_accuracy"] - 0.02
 
 
 def test_cli_compile_says_what_became_of_the_pairs(int8_digits, tmp_path, capsys):
