@@ -182,3 +182,54 @@ def test_inspect_shows_the_model_as_compile_converts_it(tmp_path, capsys):
     totals = json.loads(capsys.readouterr().out)["totals"]
     assert totals["fake_quant_pairs"] == {"neurons": 1, "capped": 0, "removed": 2}
     assert totals["spiking"]["spiking_share"] == 1.0
+
+
+def _pair_after(op_nodes: list, value: str, inits: list) -> onnx.ModelProto:
+    """x → Conv → ``op_nodes`` (ending in ``value``) → QDQ(uint8 from 0) → Flatten → Gemm = y."""
+    g = np.random.default_rng(7)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), *op_nodes]
+    more, more_inits = _qdq(value, "h", 0.01, 0)
+    nodes += more + [helper.make_node("Flatten", ["h"], ["f"]), helper.make_node("Gemm", ["f", "fw"], ["y"], transB=1)]
+    inits = (
+        inits
+        + more_inits
+        + [
+            init("w", g.normal(0, 0.5, (4, 1, 3, 3))),
+            init("b", g.normal(0, 0.1, 4)),
+            init("fw", g.normal(0, 0.2, (3, 4 * 6 * 6))),
+        ]
+    )
+    return build(nodes, [("x", ["N", 1, 6, 6])], [("y", ["N", 3])], inits, opset=13)
+
+
+@pytest.mark.parametrize(
+    "case, op_nodes, value, neurons",
+    [
+        # a sigmoid is never negative: its grid from 0 clips nothing, so no neuron is made of it
+        ("sigmoid", [helper.make_node("Sigmoid", ["c"], ["s"])], "s", 0),
+        (
+            "sigmoid times 2",
+            [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["s", "two"], ["m"])],
+            "m",
+            0,
+        ),
+        # spikes minus spikes can be negative: the grid clips them, as the ReLU it replaced did
+        (
+            "difference of two ReLUs",
+            [
+                helper.make_node("Relu", ["c"], ["r1"]),
+                helper.make_node("Neg", ["c"], ["nc"]),
+                helper.make_node("Relu", ["nc"], ["r2"]),
+                helper.make_node("Sub", ["r1", "r2"], ["d"]),
+            ],
+            "d",
+            3,
+        ),
+    ],
+)
+def test_grid_from_zero_makes_a_neuron_only_where_it_clips(case, op_nodes, value, neurons):
+    model = _pair_after(op_nodes, value, [init("two", np.float32(2.0))] if "times" in case else [])
+    compiled = snnc.compile(model, rand([32, 1, 6, 6], 8, 0, 1), threshold="max")
+    assert len(compiled.graph.find("neuron")) == neurons, [n.op for n in compiled.graph.nodes]
+    x = rand([8, 1, 6, 6], 9, 0, 1)
+    np.testing.assert_allclose(compiled.ann(x), run_ort(model, x)[0], atol=0.05)

@@ -49,3 +49,26 @@ def test_torchvision_parity(arch, opset, tmp_path):
     tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
     assert got.shape == ref.shape
     assert float(np.abs(got - ref).max()) <= tol
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_torchvision_int8(arch, tmp_path):
+    """onnxruntime's int8 QDQ model of the architecture compiles to as many neurons as the float
+    model: a grid from 0 after a conv or a sum is the ReLU (or ReLU6) the quantizer removed; after
+    a sigmoid (EfficientNet's gates) it is none. (Its ANN is not compared with onnxruntime's here:
+    in a deep random-init network the convolutions' float summation order flips an occasional
+    rounding, which every later layer carries; per operator and on a small CNN it is compared
+    in tests/formats/test_quantization.py.)"""
+    import snncompiler as snnc
+    from benchmarks.quantized import ort_quantize
+
+    path = tmp_path / f"{arch}.onnx"
+    x = export(arch, 17, path)
+    calib = np.random.default_rng(0).standard_normal((16,) + x.shape[1:]).astype(np.float32)
+    int8 = ort_quantize(str(path), str(tmp_path / "int8.onnx"), calib, batch=len(x))
+    neurons = {}
+    for label, model in (("float", str(path)), ("int8", int8)):
+        compiled = snnc.compile(model, calib, timesteps=4)
+        assert not compiled.graph.find("quantize") and not compiled.graph.find("dequantize")
+        neurons[label] = len(compiled.graph.find("neuron"))
+    assert neurons["int8"] == neurons["float"], neurons

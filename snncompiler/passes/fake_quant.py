@@ -7,13 +7,15 @@ analog islands rounding rate-decoded values, which need many steps to settle; an
 has usually removed the ReLUs, since a grid that starts at 0 (z = qmin) clips negatives itself.
 A spiking neuron quantizes in time anyway (T + 1 levels), so each pair becomes what it bounds:
 
-* z = qmin, on a layer's output (a dense value): clip(x, 0, (qmax − z)·s), which the conversion
-  turns into a neuron with θ at most the grid's top (the ReLU the quantizer removed);
+* z = qmin on a value that can be negative (a layer's output, a sum, a difference):
+  clip(x, 0, (qmax − z)·s), which the conversion turns into a neuron with θ at most the grid's
+  top (the ReLU the quantizer removed);
 * z = qmin right after a ReLU or Clip(0, c) read by nothing else: that activation takes the
   grid's top as its cap, and the pair goes;
-* z = qmin on spikes or on the graph input (already non-negative: a pooled or reshaped
-  neuron output, an image, also reshaped or pooled): removed, as is any grid that spans both signs (z > qmin), which
-  bounds a linear value only where calibration saw none.
+* z = qmin on a value that is never negative (:func:`non_negative`: a pooled or reshaped neuron
+  output, a sigmoid, a softmax; and the graph input, where a grid from 0 means the quantizer saw
+  no negative input and no quantizer removed a ReLU): removed, as is any grid that spans both
+  signs (z > qmin), which bounds a linear value only where calibration saw none.
 
 Rounding to the grid is dropped in every case: the SNN approximates the float network with the
 quantized weights (which fold into float weights when the model is read). A pair whose scale
@@ -26,7 +28,6 @@ import torch
 
 from ..ir import Graph, Node
 from . import PassContext
-from .spike_flow import ROUTING, value_kinds
 
 NAME = "fake_quant"
 
@@ -37,6 +38,71 @@ def _same_grid(q: Node, dq: Node) -> bool:
         and torch.equal(q.params["scale"], dq.params["scale"])
         and torch.equal(q.params["zero_point"].to(torch.int32), dq.params["zero_point"].to(torch.int32))
     )
+
+
+#: Ops whose output is never negative, whatever their input.
+NON_NEGATIVE_OPS = {
+    "relu",
+    "neuron",
+    "sigmoid",
+    "hardsigmoid",
+    "softmax",
+    "hardmax",
+    "abs",
+    "exp",
+    "sqrt",
+    "softplus",
+    "reduce_l1",
+    "reduce_l2",
+    "reduce_sum_square",
+}
+#: Ops that keep values non-negative: they move, pick, pool, add or multiply them (a constant
+#: operand must be non-negative too).
+KEEPS_NON_NEGATIVE = {
+    "reshape",
+    "flatten",
+    "transpose",
+    "slice",
+    "gather",
+    "gather_elements",
+    "gather_nd",
+    "split",
+    "concat",
+    "maxpool",
+    "avgpool",
+    "reduce_mean",
+    "reduce_sum",
+    "reduce_max",
+    "reduce_min",
+    "identity",
+    "expand",
+    "tile",
+    "cumsum",
+    "add",
+    "mul",
+    "div",
+}
+
+
+def non_negative(graph: Graph) -> set[str]:
+    """Values that cannot be negative: the graph input (see the module docstring), outputs of
+    :data:`NON_NEGATIVE_OPS` and Clip(≥ 0, ·), and :data:`KEEPS_NON_NEGATIVE` ops of those."""
+    known = {v.name for v in graph.inputs}
+    for node in graph.nodes:
+        if node.op in NON_NEGATIVE_OPS or (
+            node.op == "clip" and node.attrs.get("min") is not None and node.attrs["min"] >= 0.0
+        ):
+            ok = True
+        elif node.op in KEEPS_NON_NEGATIVE or (node.op == "pad" and node.attrs.get("value", 0.0) >= 0.0):
+            constants_ok = all(bool((t >= 0).all()) for t in node.params.values() if t.is_floating_point())
+            ok = constants_ok and all(i in known for i in node.inputs)
+        elif node.op == "resize" and node.attrs.get("mode") != "cubic":  # cubic weights overshoot below 0
+            ok = all(i in known for i in node.inputs)
+        else:
+            ok = False
+        if ok:
+            known.update(node.outputs)
+    return known
 
 
 def pairs(graph: Graph) -> list[tuple[Node, list[Node]]]:
@@ -66,12 +132,11 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     found = pairs(graph)
     if not found:
         return graph
-    graph_inputs = {v.name for v in graph.inputs}
     graph_outputs = {v.name for v in graph.outputs}
     counts = {"neurons": 0, "capped": 0, "removed": 0}
     drop = set()
     for q, dqs in found:
-        kinds = value_kinds(graph)  # with the pairs before this one rewritten
+        positive = non_negative(graph)  # with the pairs before this one rewritten
         x = q.inputs[0]
         starts_at_zero, top = _grid_top(q)
         producer = graph.producer(x)
@@ -85,7 +150,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
                 what = f"removed after {producer.name}"
             counts["capped"] += 1
             value = x
-        elif starts_at_zero and kinds.get(x) != "spikes" and not _routed_input(graph, x, graph_inputs):
+        elif starts_at_zero and x not in positive:
             # the quantize node itself becomes the activation the quantizer removed
             q.op, q.params = ("clip", {}) if top is not None else ("relu", {})
             q.attrs = {"min": 0.0, "max": top} if top is not None else {}
@@ -93,7 +158,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
             counts["neurons"] += 1
             value = q.outputs[0]
         else:
-            why = "a signed grid" if not starts_at_zero else "its input is non-negative"
+            why = "a signed grid" if not starts_at_zero else "its input is never negative"
             what = f"removed ({why})"
             counts["removed"] += 1
             value = x
@@ -120,16 +185,6 @@ def summary_line(counts: dict) -> str:
         f"{counts['neurons']} become neurons, {counts['capped']} cap a ReLU, {counts['removed']} removed "
         "(the SNN runs the float network with the dequantized weights)"
     )
-
-
-def _routed_input(graph: Graph, value: str, graph_inputs: set[str]) -> bool:
-    """Whether ``value`` is the graph input, reshaped, pooled or otherwise routed: its values."""
-    while value not in graph_inputs:
-        node = graph.producer(value)
-        if node is None or node.op not in ROUTING or len(node.inputs) != 1:
-            return False
-        value = node.inputs[0]
-    return True
 
 
 def _is_relu(node: Node) -> bool:
