@@ -9,7 +9,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 import snncompiler as snnc
@@ -17,7 +16,7 @@ from benchmarks.quantized import ort_quantize
 from snncompiler.cli.main import main as snnc_main
 from snncompiler.formats.onnx import load_graph
 from tests.formats.helpers import build, init, rand, run_ort
-from tests.formats.test_quantization import _FakeQuantCNN
+from tests.formats.test_quantization import export_fake_quant_cnn
 
 
 def _qdq(x: str, out: str, scale: float, zero: int, elem=np.uint8) -> tuple[list, list]:
@@ -118,18 +117,8 @@ def test_artifact_round_trip(tmp_path):
 
 def test_torch_fake_quantized_network_compiles(tmp_path):
     """PyTorch's QAT forward exported to ONNX: the ReLU before a uint8 grid is kept and capped."""
-    path = tmp_path / "qat.onnx"
-    torch.onnx.export(
-        _FakeQuantCNN().eval(),
-        torch.zeros(1, 1, 8, 8),
-        str(path),
-        dynamo=False,
-        opset_version=13,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "N"}},
-    )
-    compiled = snnc.compile(str(path), rand([32, 1, 8, 8], 6, 0, 1), threshold="max")
+    path = export_fake_quant_cnn(tmp_path / "qat.onnx")
+    compiled = snnc.compile(path, rand([32, 1, 8, 8], 6, 0, 1), threshold="max")
     assert compiled.report["fake_quant_pairs"] == {"neurons": 0, "capped": 1, "removed": 0}
     (neuron,) = compiled.graph.find("neuron")
     assert float(neuron.params["theta"].max()) <= 255 * 0.02 + 1e-6

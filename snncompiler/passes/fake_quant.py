@@ -28,6 +28,7 @@ import torch
 
 from ..ir import Graph, Node
 from . import PassContext
+from .spike_flow import ROUTING
 
 NAME = "fake_quant"
 
@@ -56,32 +57,10 @@ NON_NEGATIVE_OPS = {
     "reduce_l2",
     "reduce_sum_square",
 }
-#: Ops that keep values non-negative: they move, pick, pool, add or multiply them (a constant
-#: operand must be non-negative too).
-KEEPS_NON_NEGATIVE = {
-    "reshape",
-    "flatten",
-    "transpose",
-    "slice",
-    "gather",
-    "gather_elements",
-    "gather_nd",
-    "split",
-    "concat",
-    "maxpool",
-    "avgpool",
-    "reduce_mean",
-    "reduce_sum",
-    "reduce_max",
-    "reduce_min",
-    "identity",
-    "expand",
-    "tile",
-    "cumsum",
-    "add",
-    "mul",
-    "div",
-}
+#: Ops that keep values non-negative: spike_flow's routing ops (they move, pick, pool, add or
+#: multiply values; a constant operand must be non-negative too) but those that subtract or
+#: negate, and Pad and Resize, which are checked on their own (a pad value, cubic weights).
+KEEPS_NON_NEGATIVE = (ROUTING - {"sub", "neg", "pad", "resize"}) | {"reduce_max", "reduce_min"}
 
 
 def non_negative(graph: Graph) -> set[str]:

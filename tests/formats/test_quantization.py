@@ -245,10 +245,8 @@ class _FakeQuantCNN(nn.Module):
         return self.fc(h.flatten(1))
 
 
-def test_torch_fake_quantization_export(tmp_path):
-    """torch.onnx exports fake quantization as QuantizeLinear/DequantizeLinear pairs; the
-    weights' pairs fold into float weights at load time."""
-    path = tmp_path / "qat.onnx"
+def export_fake_quant_cnn(path) -> str:
+    """:class:`_FakeQuantCNN` through torch's TorchScript exporter (opset 13, dynamic batch)."""
     torch.onnx.export(
         _FakeQuantCNN().eval(),
         torch.zeros(1, 1, 8, 8),
@@ -259,6 +257,13 @@ def test_torch_fake_quantization_export(tmp_path):
         output_names=["y"],
         dynamic_axes={"x": {0: "N"}},
     )
+    return str(path)
+
+
+def test_torch_fake_quantization_export(tmp_path):
+    """torch.onnx exports fake quantization as QuantizeLinear/DequantizeLinear pairs; the
+    weights' pairs fold into float weights at load time."""
+    path = export_fake_quant_cnn(tmp_path / "qat.onnx")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("QuantizeLinear") >= 2
     graph = load_graph(str(path))
