@@ -56,3 +56,17 @@ def assert_graph_is_onnx_model(graph, path, x, rtol: float, atol: float) -> None
     want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     got = Executor(graph).run({graph.inputs[0].name: torch.from_numpy(x)})[graph.outputs[0].name].numpy()
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def reloaded_and_recalibrated(compiled, tmp_path, x, calib):
+    """Save ``compiled``, load the file back (its outputs at T=8 on ``x`` equal to 1e-5) and
+    recalibrate the file on ``calib`` (light): (loaded, recalibrated)."""
+    import numpy as np
+
+    import snncompiler as snnc
+
+    out = tmp_path / "m.snn.onnx"
+    compiled.save(out)
+    loaded = snnc.load(out)
+    np.testing.assert_allclose(loaded.run(x, 8), compiled.run(x, 8), rtol=1e-5, atol=1e-6)
+    return loaded, snnc.calibrate(out, calib, calibration="light", quiet=True)

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-from conftest import assert_graph_is_onnx_model
+from conftest import assert_graph_is_onnx_model, reloaded_and_recalibrated
 
 import snncompiler as snnc
 from snncompiler.analysis.summary import spiking_share
@@ -114,13 +114,8 @@ def test_calibrated_networks_fuse_after_calibration(mobilenet):
 
 def test_saved_reloaded_and_recalibrated(mobilenet, tmp_path):
     _, _, fused = mobilenet
-    out = tmp_path / "m.snn.onnx"
-    fused.save(out)
-    loaded = snnc.load(out)
+    loaded, again = reloaded_and_recalibrated(fused, tmp_path, _data(8, seed=5), _data())
     assert loaded.options["fuse_linear"] is True
-    x = _data(8, seed=5)
-    np.testing.assert_allclose(loaded.run(x, 8), fused.run(x, 8), rtol=1e-5, atol=1e-6)
-    again = snnc.calibrate(out, _data(), calibration="light", quiet=True)
     assert again.report["spiking"]["spiking_share"] == 1.0
 
 

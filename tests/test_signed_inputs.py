@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import assert_graph_is_onnx_model
+from conftest import assert_graph_is_onnx_model, reloaded_and_recalibrated
 
 import snncompiler as snnc
 from examples.workloads import InvertedResidual
@@ -126,13 +126,8 @@ def test_both_halves_fire_and_the_snn_converges(mobilenet):
 
 def test_recorded_reloaded_and_recalibrated_without_a_second_pair(mobilenet, tmp_path):
     _, _, signed = mobilenet
-    out = tmp_path / "m.snn.onnx"
-    signed.save(out)
-    loaded = snnc.load(out)
+    loaded, again = reloaded_and_recalibrated(signed, tmp_path, _data(8, seed=4), _data())
     assert loaded.options["signed_spikes"] is True
-    x = _data(8, seed=4)
-    np.testing.assert_allclose(loaded.run(x, 8), signed.run(x, 8), rtol=1e-5, atol=1e-6)
-    again = snnc.calibrate(out, _data(), calibration="light", quiet=True)
     assert again.report["spiking"]["neurons"] == signed.report["spiking"]["neurons"]
 
 

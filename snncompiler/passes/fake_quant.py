@@ -28,7 +28,7 @@ import torch
 
 from ..ir import Graph, Node
 from . import PassContext
-from .spike_flow import ROUTING
+from .spike_flow import ROUTING, is_site
 
 NAME = "fake_quant"
 
@@ -120,7 +120,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         starts_at_zero, top = _grid_top(q)
         producer = graph.producer(x)
         alone = len(graph.consumers(x)) == 1 and x not in graph_outputs
-        if starts_at_zero and producer is not None and _is_relu(producer) and alone:
+        if starts_at_zero and producer is not None and producer.op != "neuron" and is_site(producer) and alone:
             if top is not None:
                 hi = producer.attrs.get("max") if producer.op == "clip" else None
                 producer.op, producer.attrs = "clip", {"min": 0.0, "max": top if hi is None else min(float(hi), top)}
@@ -164,7 +164,3 @@ def summary_line(counts: dict) -> str:
         f"{counts['neurons']} become neurons, {counts['capped']} cap a ReLU, {counts['removed']} removed "
         "(the SNN runs the float network with the dequantized weights)"
     )
-
-
-def _is_relu(node: Node) -> bool:
-    return node.op == "relu" or (node.op == "clip" and node.attrs.get("min") == 0.0)

@@ -58,6 +58,27 @@ def _nodes(nodes, inits=(), opset=21, rest=None):
 i64 = lambda v: np.array(v, np.int64)
 
 
+def _qlinear(op: str, weight: np.ndarray, weight_zero):
+    """x → QuantizeLinear → ``op`` (a QOperator layer with ``weight``) → DequantizeLinear. Its
+    scales are off the decimal grid: onnxruntime requantizes in fixed point, snnc in float32, and
+    a sum on an exact rounding tie could land one step apart (tests/formats/test_quantization.py)."""
+    return _nodes(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node(op, ["q", "s", "z", "w", "ws", "wz", "s", "z"], ["c"]),
+            helper.make_node("DequantizeLinear", ["c", "s", "z"], ["y"]),
+        ],
+        [
+            init("s", np.float32(0.0213)),
+            init("z", np.uint8(128)),
+            init("w", weight),
+            init("ws", np.float32(0.0937)),
+            init("wz", weight_zero),
+        ],
+        opset=13,
+    )
+
+
 CASES = {
     "Add": _one("Add", consts=[("c", rand([4, 5], 1))]),
     "Sub": _one("Sub", consts=[("c", rand([1, 3, 1, 1], 1))]),
@@ -229,38 +250,8 @@ CASES = {
         ],
         [init("s", np.array([0.01, 0.02, 0.05], np.float32)), init("z", np.array([0, -5, 3], np.int8))],
     ),
-    # scales off the decimal grid: onnxruntime requantizes in fixed point, snnc in float32, and a
-    # sum on an exact rounding tie could land one step apart (tests/formats/test_quantization.py)
-    "QLinearConv": _nodes(
-        [
-            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-            helper.make_node("QLinearConv", ["q", "s", "z", "w", "ws", "wz", "s", "z"], ["c"]),
-            helper.make_node("DequantizeLinear", ["c", "s", "z"], ["y"]),
-        ],
-        [
-            init("s", np.float32(0.0213)),
-            init("z", np.uint8(128)),
-            init("w", np.arange(-9, 9, 3, dtype=np.int8).reshape(2, 3, 1, 1)),
-            init("ws", np.float32(0.0937)),
-            init("wz", np.int8(0)),
-        ],
-        opset=13,
-    ),
-    "QLinearMatMul": _nodes(
-        [
-            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-            helper.make_node("QLinearMatMul", ["q", "s", "z", "w", "ws", "wz", "s", "z"], ["c"]),
-            helper.make_node("DequantizeLinear", ["c", "s", "z"], ["y"]),
-        ],
-        [
-            init("s", np.float32(0.0213)),
-            init("z", np.uint8(128)),
-            init("w", np.arange(100, 200, 10, dtype=np.uint8).reshape(5, 2)),
-            init("ws", np.float32(0.0937)),
-            init("wz", np.uint8(150)),
-        ],
-        opset=13,
-    ),
+    "QLinearConv": _qlinear("QLinearConv", np.arange(-9, 9, 3, dtype=np.int8).reshape(2, 3, 1, 1), np.int8(0)),
+    "QLinearMatMul": _qlinear("QLinearMatMul", np.arange(100, 200, 10, dtype=np.uint8).reshape(5, 2), np.uint8(150)),
     "CastLike": _nodes(
         [helper.make_node("CastLike", ["x", "l"], ["i"]), helper.make_node("CastLike", ["i", "x"], ["y"])],
         [init("l", np.zeros([1], np.int32))],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx
 
 from ...errors import SnncError
@@ -15,7 +14,7 @@ from . import converters as _converters  # noqa: F401  (registers every converte
 from .batch import non_batch_node
 from .fusion import fuse
 from .reader import canonicalize, main_opset
-from .registry import CONVERTERS, Ctx, build_graph, describe, lookup, unsupported
+from .registry import CONVERTERS, Ctx, build_graph
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +43,7 @@ def load_graph(source, *, lenient: bool = False) -> Graph:
             )
     ctx = Ctx(model, label, main_opset(model))
     for node in model.graph.node:
-        ctx.current = node
-        if (
-            node.op_type != "Constant"
-            and node.input
-            and all(not i or ctx.is_const(i) for i in node.input)
-            and _fold_node(node, ctx)
-        ):
-            continue
-        fn = lookup(node)
-        if fn is None:
-            if not lenient:
-                raise unsupported(node, ctx)
-            ctx.emit(
-                "unsupported",
-                [i for i in node.input if i and not ctx.is_const(i)],
-                list(node.output),
-                {"op_type": node.op_type, "domain": node.domain},
-            )
-            continue
-        try:
-            fn(node, ctx)
-        except SnncError:
-            raise
-        except Exception as exc:  # a converter bug or an input it cannot handle: still name the node
-            raise SnncError(f"{ctx.where(node)}: cannot convert ({type(exc).__name__}: {exc})") from exc
-    ctx.current = None
+        ctx.convert(node, lenient=lenient)
     inputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.input]
     outputs = [Value(v.name, ctx.shapes.get(v.name)) for v in model.graph.output]
     graph = fuse(build_graph(ctx, inputs, outputs, model.graph.name or "graph"))
@@ -103,33 +77,3 @@ def _metadata(model: onnx.ModelProto, label: str) -> dict[str, str]:
             raise SnncError(f"{label}: metadata '{key}' is not valid UTF-8 text; the file is damaged")
         out[key] = value
     return out
-
-
-def _fold_node(node: onnx.NodeProto, ctx: Ctx) -> bool:
-    """Evaluate a node whose inputs are all constants with onnx's reference evaluator.
-
-    The onnxscript folder leaves some constant subgraphs (size limits, ops it skips); they
-    are still constants, and onnx's own evaluator computes them exactly.
-    """
-    from onnx.reference import ReferenceEvaluator
-
-    try:
-        inputs = [i for i in node.input if i]
-        graph = onnx.helper.make_graph(
-            [node],
-            "fold",
-            [
-                onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(ctx.const(i).dtype), None)
-                for i in dict.fromkeys(inputs)
-            ],
-            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
-        )
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", ctx.opset)])
-        results = ReferenceEvaluator(model).run(None, {i: ctx.const(i) for i in dict.fromkeys(inputs)})
-    except Exception as exc:
-        log.debug("could not fold %s: %s", describe(node), exc)
-        return False
-    for name, value in zip([o for o in node.output if o], results):
-        ctx.set_const(name, np.asarray(value))
-    ctx.removed.append((node.name or node.output[0], node.op_type, "constant-folded"))
-    return True

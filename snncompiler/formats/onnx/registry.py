@@ -7,6 +7,7 @@ onto core ops (onnx2torch style). Converters read constants and static shapes fr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +17,8 @@ from onnx import helper, numpy_helper
 
 from ...errors import SnncError, UnsupportedOpError
 from ...ir import Graph, Node, Value
+
+log = logging.getLogger(__name__)
 
 Converter = Callable[[onnx.NodeProto, "Ctx"], None]
 CONVERTERS: dict[tuple[str, str], Converter] = {}
@@ -136,6 +139,65 @@ class Ctx:
     def attrs(node: onnx.NodeProto) -> dict:
         """The node's attributes as plain Python values."""
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    # ---- dispatch -------------------------------------------------------------------
+    def convert(self, node: onnx.NodeProto, lenient: bool = False) -> None:
+        """Convert one ONNX node: folded when its inputs are all constants, else by its
+        converter (the reader's loop, and converters that lower a node into standard ones).
+        With ``lenient`` an operator without a converter becomes an ``unsupported`` node."""
+        outer, self.current = self.current, node
+        try:
+            if node.op_type != "Constant" and node.input and all(not i or self.is_const(i) for i in node.input):
+                if self.fold(node):
+                    return
+            fn = lookup(node)
+            if fn is None:
+                if not lenient:
+                    raise unsupported(node, self)
+                self.emit(
+                    "unsupported",
+                    [i for i in node.input if i and not self.is_const(i)],
+                    list(node.output),
+                    {"op_type": node.op_type, "domain": node.domain},
+                )
+                return
+            try:
+                fn(node, self)
+            except SnncError:
+                raise
+            except Exception as exc:  # a converter bug or an input it cannot handle: still name the node
+                raise SnncError(f"{self.where(node)}: cannot convert ({type(exc).__name__}: {exc})") from exc
+        finally:
+            self.current = outer
+
+    def fold(self, node: onnx.NodeProto) -> bool:
+        """Evaluate a node whose inputs are all constants with onnx's reference evaluator.
+
+        The onnxscript folder leaves some constant subgraphs (size limits, ops it skips); they
+        are still constants, and onnx's own evaluator computes them exactly.
+        """
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            inputs = list(dict.fromkeys(i for i in node.input if i))
+            graph = helper.make_graph(
+                [node],
+                "fold",
+                [
+                    helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(self.const(i).dtype), None)
+                    for i in inputs
+                ],
+                [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+            )
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+            results = ReferenceEvaluator(model).run(None, {i: self.const(i) for i in inputs})
+        except Exception as exc:
+            log.debug("could not fold %s: %s", describe(node), exc)
+            return False
+        for name, value in zip([o for o in node.output if o], results):
+            self.set_const(name, np.asarray(value))
+        self.removed.append((node.name or node.output[0], node.op_type, "constant-folded"))
+        return True
 
     # ---- writing --------------------------------------------------------------------
     def fresh(self, base: str) -> str:

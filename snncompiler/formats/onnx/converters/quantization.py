@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..registry import converter, lookup, writes
+from ..registry import converter, writes
 from .structure import CAST_DTYPES
 
 #: ONNX integer types a quantized activation can have (torch computes them); the 4-bit types,
@@ -88,63 +88,46 @@ def dequantize_linear(node, ctx):
     ctx.emit("dequantize", [node.input[0]], [node.output[0]], attrs, params)
 
 
-def _dequantized_weight(node, ctx, w_index: int, axis: int) -> np.ndarray:
-    """A QOperator layer's constant quantized weight as float32: (w − zero point) · scale, per
-    ``axis`` (its output channels) where the scale has one value per channel."""
-    what = f"{node.op_type} weight"
-    w = ctx.const(node.input[w_index], what).astype(np.float32)
-    scale = ctx.const(node.input[w_index + 1], f"{what} scale").astype(np.float32)
-    zero = ctx.const(node.input[w_index + 2], f"{what} zero point").astype(np.float32)
-    if scale.size > 1:
-        shape = [1] * w.ndim
-        shape[axis % w.ndim] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (w - zero) * scale
-
-
-def _lowered(node, ctx, float_op: str, inputs: list[str], scales: tuple[int, int, int, int], **attrs) -> None:
-    """A QOperator node as ONNX nodes the other converters read: DequantizeLinear of input 0,
-    ``float_op`` on it and the constant ``inputs`` (float weights), QuantizeLinear to the
-    node's output type. ``scales``: the input indices of x's scale and zero point and y's."""
-    xs, xz, ys, yz = (node.input[i] for i in scales)
+def _lowered(node, ctx, float_op: str, weights: list[tuple], **attrs) -> None:
+    """A QOperator node (x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero[, bias]) as
+    standard ONNX nodes, each converted (or folded) as if the model held it: DequantizeLinear
+    of x, of every constant in ``weights`` ((value, scale, zero point or "", axis); they fold
+    into float constants), ``float_op`` on them, QuantizeLinear to the node's output type."""
     x, y = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
     ctx.shapes[x], ctx.shapes[y] = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     ctx.dtypes[x] = ctx.dtypes[y] = onnx.TensorProto.FLOAT
-    steps = [
-        onnx.helper.make_node("DequantizeLinear", [node.input[0], xs, xz], [x], name=node.name),
-        onnx.helper.make_node(float_op, [x, *inputs], [y], name=node.name, **attrs),
-        onnx.helper.make_node("QuantizeLinear", [y, ys, yz], [node.output[0]], name=node.name),
-    ]
+    steps = [onnx.helper.make_node("DequantizeLinear", node.input[:3], [x], name=node.name)]
+    float_inputs = [x]
+    for value, scale, zero, axis in weights:
+        float_inputs.append(ctx.fresh(f"{node.output[0]}_{value}"))
+        inputs = [value, scale, zero] if zero else [value, scale]
+        steps.append(onnx.helper.make_node("DequantizeLinear", inputs, float_inputs[-1:], name=node.name, axis=axis))
+    steps.append(onnx.helper.make_node(float_op, float_inputs, [y], name=node.name, **attrs))
+    steps.append(
+        onnx.helper.make_node("QuantizeLinear", [y, node.input[6], node.input[7]], node.output[:1], name=node.name)
+    )
     for step in steps:
-        ctx.current = step
-        lookup(step)(step, ctx)
-    ctx.current = node
-
-
-def _const(ctx, node, value: np.ndarray, what: str) -> str:
-    name = ctx.fresh(f"{node.output[0]}_{what}")
-    ctx.set_const(name, value)
-    return name
+        ctx.convert(step)
 
 
 @converter("QLinearConv")
 def qlinear_conv(node, ctx):
     """QLinearConv (constant weight, per tensor or per output channel) → dequantize → conv →
     quantize; its int32 bias is dequantized with x_scale · w_scale, as onnxruntime accumulates it."""
-    weight = _dequantized_weight(node, ctx, 3, axis=0)
-    inputs = [_const(ctx, node, weight, "weight")]
-    bias = ctx.optional_const(node, 8, "QLinearConv bias")
-    if bias is not None:
-        scale = ctx.const(node.input[1]).astype(np.float32) * ctx.const(node.input[4]).astype(np.float32)
-        inputs.append(_const(ctx, node, (bias.astype(np.float32) * scale).reshape(-1), "bias"))
-    _lowered(node, ctx, "Conv", inputs, (1, 2, 6, 7), **ctx.attrs(node))
+    weights = [(node.input[3], node.input[4], node.input[5], 0)]
+    if len(node.input) > 8 and node.input[8]:
+        x_scale = ctx.const(node.input[1], "QLinearConv x_scale").astype(np.float32)
+        bias_scale = ctx.fresh(f"{node.output[0]}_bias_scale")
+        ctx.set_const(bias_scale, x_scale * ctx.const(node.input[4], "QLinearConv w_scale").astype(np.float32))
+        weights.append((node.input[8], bias_scale, "", 0))
+    _lowered(node, ctx, "Conv", weights, **ctx.attrs(node))
 
 
 @converter("QLinearMatMul")
 def qlinear_matmul(node, ctx):
-    """QLinearMatMul with a constant right operand → dequantize → matmul → quantize."""
-    weight = _dequantized_weight(node, ctx, 3, axis=-1)
-    _lowered(node, ctx, "MatMul", [_const(ctx, node, weight, "weight")], (1, 2, 6, 7))
+    """QLinearMatMul with a constant right operand (per tensor or per output column) →
+    dequantize → matmul → quantize."""
+    _lowered(node, ctx, "MatMul", [(node.input[3], node.input[4], node.input[5], -1)])
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
