@@ -898,18 +898,17 @@ def cmd_inspect(args) -> int:
         graph = load(args.model, dt=args.dt).graph
     else:
         graph = load_graph(args.model, lenient=True)
-    quantized = None
-    if graph.find("quantize") and not graph.find("unsupported"):
-        # shown as compile converts it: fake-quantization pairs rewritten (passes/fake_quant.py)
+    quantized = {}
+    if not graph.find("unsupported"):
+        # shown as compile converts it: fake quantization rewritten (passes/fake_quant.py)
         from ..passes import PassContext, fake_quant, run_pipeline
 
         ctx = PassContext()
         graph = run_pipeline(graph, ctx, [fake_quant])
-        quantized = ctx.report.get("fake_quant_pairs")
+        quantized = {k: ctx.report[k] for k in ("fake_quant_pairs", "quantized_activations") if k in ctx.report}
     rows = node_rows(graph)
     totals = summary(graph, rows)
-    if quantized:
-        totals["fake_quant_pairs"] = quantized
+    totals.update(quantized)
     warning = None
     if "unsupported" not in totals["conversion_counts"]:
         totals["spiking"] = spiking_share(graph, rows)
@@ -944,9 +943,9 @@ def cmd_inspect(args) -> int:
     if "spiking" in totals:
         print(f"spiking: {share_line(totals['spiking'])}")
     if quantized:
-        from ..passes.fake_quant import summary_line
+        from ..passes.fake_quant import summary_lines
 
-        print(summary_line(quantized))
+        print("\n".join(summary_lines(quantized)))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if "unsupported" in totals["conversion_counts"]:
@@ -1131,10 +1130,10 @@ def cmd_compile(args) -> int:
     print(f"spiking: {share_line(model.report['spiking'])}")
     for line in model.report.get("signed_inputs", []) + model.report.get("fuse_linear", []):
         print(f"  {line}")
-    if model.report.get("fake_quant_pairs"):
-        from ..passes.fake_quant import summary_line
+    from ..passes.fake_quant import summary_lines
 
-        print(summary_line(model.report["fake_quant_pairs"]))
+    for line in summary_lines(model.report):
+        print(line)
     fused = model.report.get("fuse_linear_macs")
     if fused:
         print(f"  --fuse-linear: {human(fused['before'])} → {human(fused['after'])} MACs per sample, all layers")

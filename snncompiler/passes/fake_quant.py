@@ -20,6 +20,16 @@ A spiking neuron quantizes in time anyway (T + 1 levels), so each pair becomes w
 Rounding to the grid is dropped in every case: the SNN approximates the float network with the
 quantized weights (which fold into float weights when the model is read). A pair whose scale
 varies per channel with z = qmin keeps a plain ReLU (clip has one bound).
+
+A quantization-aware ANN trained for few timesteps writes its activation as arithmetic instead:
+QCFS (Bu et al., ICLR 2022) trains y = λ·clamp(floor(x·L/λ + ½)/L, 0, 1) with a learnt λ per
+layer and L levels (4 or 8), which torch exports as Div, Clip, Mul, Add, Floor, Div, Mul, in
+either order. Every chain of scalar elementwise ops around a Floor/Round/Ceil is probed as a
+function of its input (:func:`staircase`); one that is a uniform staircase from 0 to a top θ in L
+steps, y = θ/L·clamp(floor(x·L/θ + δ), 0, L), becomes Clip(0, θ) marked with its ``levels``: a
+neuron whose θ is the trained top, not a calibrated percentile (passes/thresholds.py). With
+v0 = θ/2 an IF neuron computes exactly this staircase with δ = ½ from a constant input in T = L
+steps, which is why such networks convert well at T ≈ L.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import Graph, Node
+from ..runtime.executor import run_node
 from . import PassContext
 from .spike_flow import ROUTING, is_site
 
@@ -106,8 +117,114 @@ def _grid_top(q: Node) -> tuple[bool, float | None]:
     return starts_at_zero, (float(tops.reshape(-1)[0]) if torch.all(tops == tops.reshape(-1)[0]) else None)
 
 
+#: Ops a chain around a rounding op may hold: one activation input, constants of one element.
+STAIRCASE_OPS = {"mul", "div", "add", "sub", "neg", "relu", "clip", "max", "min", "identity"}
+ROUNDING_OPS = {"floor", "ceil", "round"}
+#: Most levels a trained staircase is read with; finer grids are left to calibration.
+MAX_LEVELS = 1024
+
+
+def _scalar_elementwise(node: Node) -> bool:
+    if node.op not in STAIRCASE_OPS | ROUNDING_OPS or len(node.inputs) != 1 or len(node.outputs) != 1:
+        return False
+    return all(t.numel() == 1 and t.is_floating_point() for t in node.params.values())
+
+
+def _evaluate(chain: list[Node], x: torch.Tensor) -> torch.Tensor:
+    for node in chain:
+        (x,) = run_node(node, [x])
+    return x
+
+
+def staircase(chain: list[Node]) -> tuple[float, int, float] | None:
+    """(θ, L, δ) when the chain computes θ/L·clamp(floor(x·L/θ + δ), 0, L) for every x (probed
+    densely in float32, as the model runs), else None."""
+    with torch.no_grad():
+        tails = _evaluate(chain, torch.tensor([-1e6, -1e3, -10.0, -1.0, -1e-3, 0.0, 1e3, 1e6]))
+        top = float(tails[-1])
+        if not (bool((tails[:6] == 0).all()) and float(tails[-2]) == top and 0 < top < float("inf")):
+            return None
+        xs = torch.linspace(-0.25 * top, 1.25 * top, 300_001)
+        ys = _evaluate(chain, xs)
+        if not bool((ys.diff() >= 0).all()) or float(ys[0]) != 0 or float(ys[-1]) != top:
+            return None
+        levels = torch.unique(ys).double()
+        steps = len(levels) - 1
+        if not 1 <= steps <= MAX_LEVELS:
+            return None
+        if float((levels - torch.arange(steps + 1, dtype=torch.float64) * top / steps).abs().max()) > 1e-5 * top:
+            return None
+        rises = torch.nonzero(ys.diff() > 0).flatten()
+        if len(rises) != steps:  # each step one level: a uniform grid has no skipped level
+            return None
+        at = (xs[rises].double() + xs[rises + 1].double()) / 2
+        shifts = torch.arange(1, steps + 1, dtype=torch.float64) - at * steps / top
+        spacing = float(xs[1] - xs[0]) * steps / top
+        if float(shifts.max() - shifts.min()) > 2 * spacing + 1e-4:
+            return None
+        return top, steps, float(shifts.mean().clamp(0.0, 1.0))
+
+
+def _chains_around(graph: Graph, rounding: Node) -> list[list[Node]]:
+    """The scalar elementwise chains through ``rounding``, longest first, each intermediate value
+    read only by the next node."""
+    outputs = {v.name for v in graph.outputs}
+
+    def alone(node: Node) -> bool:
+        return node.outputs[0] not in outputs and len(graph.consumers(node.outputs[0])) == 1
+
+    before = []
+    while True:
+        p = graph.producer((before[0] if before else rounding).inputs[0])
+        if p is None or not _scalar_elementwise(p) or p.op in ROUNDING_OPS or not alone(p):
+            break
+        before.insert(0, p)
+    after, last = [], rounding
+    while alone(last):
+        (c,) = graph.consumers(last.outputs[0])
+        if not _scalar_elementwise(c) or c.op in ROUNDING_OPS:
+            break
+        after.append(c)
+        last = c
+    spans = [(i, j) for i in range(len(before) + 1) for j in range(len(after) + 1)]
+    spans.sort(key=lambda s: (len(before) - s[0]) + s[1], reverse=True)
+    return [before[i:] + [rounding] + after[:j] for i, j in spans]
+
+
+def trained_staircases(graph: Graph, ctx: PassContext) -> Graph:
+    """Rewrite each trained quantized activation (see the module docstring) into a Clip(0, θ)
+    site carrying ``levels`` (L) and ``shift`` (δ); ``ctx.report['quantized_activations']``."""
+    found = []
+    for rounding in [n for n in graph.nodes if n.op in ROUNDING_OPS and _scalar_elementwise(n)]:
+        if rounding.name not in {n.name for n in graph.nodes}:  # inside a chain rewritten before
+            continue
+        fit = next(((c, f) for c in _chains_around(graph, rounding) if (f := staircase(c)) is not None), None)
+        if fit is None:
+            continue
+        chain, (top, steps, shift) = fit
+        last = chain[-1]
+        for node in chain[:-1]:
+            graph.removed.append((node.name, node.source_op, f"quantized activation: part of {last.name}"))
+        gone = {n.name for n in chain[:-1]}
+        graph.nodes = [n for n in graph.nodes if n.name not in gone]
+        ops = ", ".join(n.op for n in chain)
+        last.op, last.inputs, last.params = "clip", [chain[0].inputs[0]], {}
+        last.attrs = {"min": 0.0, "max": top, "levels": steps, "shift": round(shift, 4)}
+        found.append(steps)
+        ctx.note(
+            NAME,
+            f"{last.name}: {len(chain)} ops ({ops}) are a {steps}-level staircase from 0 to {top:.4g} "
+            f"(shift {shift:.2f}): a neuron with θ = {top:.4g}",
+        )
+    if found:
+        ctx.report["quantized_activations"] = {"count": len(found), "levels": sorted(set(found))}
+    return graph
+
+
 def run(graph: Graph, ctx: PassContext) -> Graph:
-    """Replace each fake-quantization pair (see the module docstring); note what became of each."""
+    """Replace each fake-quantization pair and trained quantized activation (see the module
+    docstring); note what became of each."""
+    graph = trained_staircases(graph, ctx)
     found = pairs(graph)
     if not found:
         return graph
@@ -157,10 +274,22 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     return graph
 
 
-def summary_line(counts: dict) -> str:
-    """What became of a model's pairs (``report['fake_quant_pairs']``), for ``snnc compile`` and ``inspect``."""
-    return (
-        f"quantized model: {sum(counts.values())} quantize/dequantize pairs on activations: "
-        f"{counts['neurons']} become neurons, {counts['capped']} cap a ReLU, {counts['removed']} removed "
-        "(the SNN runs the float network with the dequantized weights)"
-    )
+def summary_lines(report: dict) -> list[str]:
+    """What became of a model's quantization (``report['fake_quant_pairs']`` and
+    ``report['quantized_activations']``), for ``snnc compile`` and ``snnc inspect``."""
+    lines = []
+    counts = report.get("fake_quant_pairs")
+    if counts:
+        lines.append(
+            f"quantized model: {sum(counts.values())} quantize/dequantize pairs on activations: "
+            f"{counts['neurons']} become neurons, {counts['capped']} cap a ReLU, {counts['removed']} removed "
+            "(the SNN runs the float network with the dequantized weights)"
+        )
+    staircases = report.get("quantized_activations")
+    if staircases:
+        levels = "/".join(map(str, staircases["levels"]))
+        lines.append(
+            f"quantization-aware model: {staircases['count']} trained {levels}-level activations become "
+            f"neurons with θ = their trained top (runs at T ≥ {min(staircases['levels'])} come closest to the ANN)"
+        )
+    return lines

@@ -71,11 +71,16 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     for name, hist in ctx.report["histograms"].items():
         theta = choose(hist, mode, timesteps, v0)
         node = graph.node(name)
-        if node.op == "clip" and node.attrs.get("max") is not None:
-            theta = torch.clamp(theta, max=float(node.attrs["max"]))  # θ ≤ c keeps Clip(0, c) exact
-        capped = node.op == "clip" and node.attrs.get("max") is not None
-        per = "per channel" if theta.numel() > 1 else "per tensor"
-        source = f"{mode} of {int(hist.counts.sum())} activations ({per}{', capped by Clip max' if capped else ''})"
+        levels = node.attrs.get("levels") if node.op == "clip" else None
+        if levels:  # a trained quantized activation (passes/fake_quant.py): θ is its top
+            theta = torch.full_like(theta, float(node.attrs["max"]))
+            source = f"the model's trained {levels}-level activation (θ = its top)"
+        else:
+            if node.op == "clip" and node.attrs.get("max") is not None:
+                theta = torch.clamp(theta, max=float(node.attrs["max"]))  # θ ≤ c keeps Clip(0, c) exact
+            capped = node.op == "clip" and node.attrs.get("max") is not None
+            per = "per channel" if theta.numel() > 1 else "per tensor"
+            source = f"{mode} of {int(hist.counts.sum())} activations ({per}{', capped by Clip max' if capped else ''})"
         result[name] = (theta, source)
         ctx.note(NAME, f"{name}: θ={float(theta.mean()):.4g} from {source}")
     ctx.report["thresholds"] = result
