@@ -274,3 +274,20 @@ def test_quantization_aware_resnet_converts_at_few_timesteps(digits_resnets):
     assert qcfs["4"] >= relu["4"] + 0.10
     assert qcfs["2"] >= relu["2"] + 0.20
     assert qcfs["4"] >= acc["qcfs"]["ann_accuracy"] - 0.06
+
+
+def test_benchmark_writes_every_variant(tmp_path, monkeypatch, capsys):
+    """benchmarks/quantization_aware.py end to end at 1 epoch: a row per variant, its staircases
+    read with their levels (the ReLU row has none), and the table printed."""
+    from benchmarks import quantization_aware as bench
+
+    monkeypatch.setattr(bench, "EPOCHS", 1)
+    assert bench.main(["--workloads", "digits_cnn", "--timesteps", "1,4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quantization_aware.json").read_text())
+    rows = result["workloads"]["digits_cnn"]["rows"]
+    assert list(rows) == [label for label, _, _ in bench.VARIANTS]
+    assert rows["ReLU"]["quantized_activations"] is None
+    assert rows["QCFS L=8"]["quantized_activations"] == {"count": 3, "levels": [8]}
+    assert set(rows["QCFS L=4"]["snn"]) == {"1", "4"}
+    assert "QCFS L=4" in capsys.readouterr().out
+    assert bench.main(["--workloads", "nope", "--out", str(tmp_path)]) == 2

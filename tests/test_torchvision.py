@@ -29,24 +29,37 @@ ARCHS = {
 OPSETS = (11, 17)  # the TorchScript exporter's range; 21 is covered by the per-operator tests
 
 
-def export(arch: str, opset: int, path) -> np.ndarray:
+def export(arch: str, opset: int | None, path) -> np.ndarray:
+    """Export ``arch`` (random init, seed 0) with the TorchScript exporter at ``opset``, or with
+    torch's default exporter (torch.export-based, "dynamo", the default from torch 2.9; its own
+    opset) when ``opset`` is None; returns the input it was traced on."""
     side, kwargs = ARCHS[arch]
     torch.manual_seed(0)
     model = getattr(tv.models, arch)(weights=None, **kwargs).eval()
     x = torch.randn(2, 3, side, side)
+    how = {"dynamo": True} if opset is None else {"dynamo": False, "opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["x"])
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], **how)
     return x.numpy()
 
 
-@pytest.mark.parametrize("arch,opset", [(a, o) for a in ARCHS for o in OPSETS])
+@pytest.mark.parametrize(
+    "arch,opset",
+    [(a, o) for a in ARCHS for o in OPSETS]
+    + [pytest.param(a, None, id=f"{a}-dynamo") for a in ("resnet18", "mobilenet_v2", "efficientnet_b0", "googlenet")],
+)
 def test_torchvision_parity(arch, opset, tmp_path):
     path = tmp_path / f"{arch}.onnx"
     x = export(arch, opset, path)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = run_graph(load_graph(path), x)
-    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
+    # relative to the output's scale: random-init MobileNetV2 and EfficientNet-B0 output about
+    # 1e-9 and 1e-14 (zero-initialised last BN scales), where an absolute floor could not fail;
+    # measured |snnc − onnxruntime| / max|ref| ≤ 2.5e-6 on every architecture and exporter
+    scale = float(np.abs(ref).max())
+    assert scale > 0
+    tol = 1e-4 * scale
     assert got.shape == ref.shape
     assert float(np.abs(got - ref).max()) <= tol
 

@@ -1,0 +1,111 @@
+"""Quantization-aware ANNs (QCFS) against ReLU ANNs: SNN accuracy at few timesteps.
+
+    python -m benchmarks.quantization_aware              # digits CNN, ResNet, MobileNet: ≈3 min on 2 cores
+    python -m benchmarks.quantization_aware --workloads digits_resnet --timesteps 1,2,4
+
+Each digits workload of examples.workloads is trained four ways from the same seed and for the
+same 30 epochs: with its ReLUs (the BENCH_WORKLOADS model), and with every ReLU/ReLU6 replaced
+by snnc.train.QCFS (L = 4 or 8 levels, λ from 2.0; and L = 4 from QCFS's own 8.0). Each is
+exported to ONNX and compiled by ``snnc.compile`` with default options: the QCFS staircases
+become neurons with θ = the trained λ (passes/fake_quant.py), the ReLU network's θ is the
+calibrated p99.9. "ANN" is the torch model's test accuracy (QCFS: with its staircase), the SNNs
+are scored at every T from one run. Writes benchmarks/results/quantization_aware.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+
+import snncompiler as snnc
+from examples.workloads import DigitsCNN, DigitsMobileNet, DigitsResNet, digits, evaluate, export_onnx, train_classifier
+from snncompiler.fileio import atomic_write
+
+MODELS = {"digits_cnn": DigitsCNN, "digits_resnet": DigitsResNet, "digits_mobilenet": DigitsMobileNet}
+#: (label, levels, λ's initial value); levels None = the ReLU network.
+VARIANTS = (("ReLU", None, None), ("QCFS L=4", 4, 2.0), ("QCFS L=8", 8, 2.0), ("QCFS L=4, λ0=8", 4, 8.0))
+DEFAULT_T = (1, 2, 4, 8, 16, 32, 64)
+EPOCHS = 30
+CALIB_SAMPLES = 512
+
+
+def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
+    """Train every variant of one workload, compile each and score the SNN at every T."""
+    train, test = digits(seed=seed)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, levels, init in VARIANTS:
+            torch.manual_seed(seed)  # as examples.workloads builds the ReLU model: same initial weights
+            net = MODELS[name]()
+            if levels:
+                snnc.train.use_qcfs(net, levels, init)
+            t0 = time.perf_counter()
+            train_classifier(net, train, epochs=EPOCHS, seed=seed)
+            train_s = time.perf_counter() - t0
+            path = export_onnx(net, train.x.shape[1:], Path(tmp) / f"{levels}_{init}.onnx")
+            model = snnc.compile(str(path), train.x[:CALIB_SAMPLES], seed=seed)
+            res = model.evaluate(test.x, test.y, timesteps)
+            rows[label] = {
+                "levels": levels,
+                "init": init,
+                "ann": 100.0 * evaluate(net, test),
+                "ann_snnc": 100.0 * res["ann_accuracy"],  # the network snnc converts: staircases as clips
+                "snn": {str(t): 100.0 * res["snn_accuracy"][str(t)] for t in timesteps},
+                "quantized_activations": model.report.get("quantized_activations"),
+                "train_s": round(train_s, 1),
+            }
+    return {"test_samples": int(len(test.x)), "epochs": EPOCHS, "rows": rows}
+
+
+def print_table(name: str, result: dict, timesteps: list[int]) -> None:
+    """One workload's accuracies: the torch ANN, and the SNN per T, per variant."""
+    print(f"\n{name} ({result['test_samples']} test digits, {result['epochs']} epochs)")
+    head = f"{'model':<16} {'ANN':>7} " + " ".join(f"{'T=' + str(t):>7}" for t in timesteps)
+    print(head)
+    print("-" * len(head))
+    for label, row in result["rows"].items():
+        cells = " ".join(f"{row['snn'][str(t)]:7.2f}" for t in timesteps)
+        print(f"{label:<16} {row['ann']:7.2f} {cells}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
+    p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_T)), help="comma list of T")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    timesteps = sorted({int(t) for t in args.timesteps.split(",")})
+    names = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in names if w not in MODELS]
+    if unknown:
+        print(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    results = {}
+    for name in names:
+        results[name] = run_workload(name, timesteps, args.seed)
+        print_table(name, results[name], timesteps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.quantization_aware " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"command": command.strip(), "timesteps": timesteps, "workloads": results}
+    with atomic_write(out / "quantization_aware.json", "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"\nwrote {out / 'quantization_aware.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
