@@ -14,8 +14,6 @@ are scored at every T from one run. Writes benchmarks/results/quantization_aware
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,8 +25,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 import snncompiler as snnc
+from benchmarks.quantized import workload_benchmark
 from examples.workloads import DigitsCNN, DigitsMobileNet, DigitsResNet, digits, evaluate, export_onnx, train_classifier
-from snncompiler.fileio import atomic_write
 
 MODELS = {"digits_cnn": DigitsCNN, "digits_resnet": DigitsResNet, "digits_mobilenet": DigitsMobileNet}
 #: (label, levels, λ's initial value); levels None = the ReLU network.
@@ -78,33 +76,16 @@ def print_table(name: str, result: dict, timesteps: list[int]) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
-    p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_T)), help="comma list of T")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    timesteps = sorted({int(t) for t in args.timesteps.split(",")})
-    names = [w for w in args.workloads.split(",") if w]
-    unknown = [w for w in names if w not in MODELS]
-    if unknown:
-        print(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
-        return 2
-    results = {}
-    for name in names:
-        results[name] = run_workload(name, timesteps, args.seed)
-        print_table(name, results[name], timesteps)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.quantization_aware " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"command": command.strip(), "timesteps": timesteps, "workloads": results}
-    with atomic_write(out / "quantization_aware.json", "w") as f:
-        json.dump(payload, f, indent=2)
-    print(f"\nwrote {out / 'quantization_aware.json'}")
-    return 0
+    return workload_benchmark(
+        argv,
+        description=__doc__.split("\n")[0],
+        workloads=MODELS,
+        default_workloads=MODELS,
+        default_t=DEFAULT_T,
+        run=run_workload,
+        show=print_table,
+        json_name="quantization_aware.json",
+    )
 
 
 if __name__ == "__main__":

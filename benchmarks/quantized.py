@@ -115,10 +115,14 @@ def print_table(name: str, result: dict, timesteps: list[int]) -> None:
         print(f"{label:<10} {row['ann_onnxruntime']:7.2f} {row['ann_snnc']:8.2f} {cells}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help="comma list of BENCH_WORKLOADS names")
-    p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_T)), help="comma list of T")
+def workload_benchmark(argv, *, description: str, workloads, default_workloads, default_t, run, show, json_name) -> int:
+    """The command line both accuracy benchmarks share: ``--workloads`` (names in ``workloads``),
+    ``--timesteps``, ``--seed``, ``--threads`` and ``--out``; ``run(name, timesteps, seed)`` gives
+    one workload's result, ``show(name, result, timesteps)`` prints it, and every result goes to
+    ``out/json_name`` with the command that made it. An unknown workload exits with 2."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--workloads", default=",".join(default_workloads), help="comma list of " + ", ".join(workloads))
+    p.add_argument("--timesteps", default=",".join(map(str, default_t)), help="comma list of T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
@@ -129,22 +133,36 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     timesteps = sorted({int(t) for t in args.timesteps.split(",")})
     names = [w for w in args.workloads.split(",") if w]
-    unknown = [w for w in names if w not in BENCH_WORKLOADS]
+    unknown = [w for w in names if w not in workloads]
     if unknown:
-        print(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(BENCH_WORKLOADS)}", file=sys.stderr)
+        print(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(workloads)}", file=sys.stderr)
         return 2
     results = {}
     for name in names:
-        results[name] = run_workload(name, timesteps, args.seed)
-        print_table(name, results[name], timesteps)
+        results[name] = run(name, timesteps, args.seed)
+        show(name, results[name], timesteps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"command": "python -m benchmarks.quantized " + " ".join(argv or sys.argv[1:]), "timesteps": timesteps}
-    payload["workloads"] = results
-    with atomic_write(out / "quantized.json", "w") as f:
+    module = Path(sys.modules[run.__module__].__file__).stem
+    command = f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"command": command.strip(), "timesteps": timesteps, "workloads": results}
+    with atomic_write(out / json_name, "w") as f:
         json.dump(payload, f, indent=2)
-    print(f"\nwrote {out / 'quantized.json'}")
+    print(f"\nwrote {out / json_name}")
     return 0
+
+
+def main(argv=None) -> int:
+    return workload_benchmark(
+        argv,
+        description=__doc__.split("\n")[0],
+        workloads=BENCH_WORKLOADS,
+        default_workloads=DEFAULT_WORKLOADS,
+        default_t=DEFAULT_T,
+        run=run_workload,
+        show=print_table,
+        json_name="quantized.json",
+    )
 
 
 if __name__ == "__main__":
