@@ -7,9 +7,6 @@ layers read spikes.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -22,6 +19,7 @@ from snncompiler.analysis.summary import analog_heavy_warning, spiking_share
 from snncompiler.errors import OptionError
 from snncompiler.formats.onnx import load_graph
 from snncompiler.formats.onnx.from_torch import export_onnx
+from tests.test_cli_ux import snnc_cli
 
 
 class TinyMobileNet(nn.Module):
@@ -176,22 +174,15 @@ def test_the_warning_names_the_option_when_no_activation_is_to_blame(tmp_path):
     graph = load_graph(path)
     warning = analog_heavy_warning(spiking_share(graph), graph, "linear.onnx")
     assert "--signed-spikes" in warning and "analog islands" not in warning
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snncompiler.cli",
-            "compile",
-            str(path),
-            "--calib",
-            str(_calib(tmp_path)),
-            "-o",
-            str(tmp_path / "out.snn.onnx"),
-            "--signed-spikes",
-            "--strict",
-        ],
-        capture_output=True,
-        text=True,
+    proc = snnc_cli(
+        "compile",
+        path,
+        "--calib",
+        _calib(tmp_path),
+        "-o",
+        tmp_path / "out.snn.onnx",
+        "--signed-spikes",
+        "--strict",
     )
     assert proc.returncode == 0, proc.stderr
     assert "100.0% of the MACs after the input layer read spikes" in proc.stdout + proc.stderr

@@ -195,9 +195,8 @@ def trained_staircases(graph: Graph, ctx: PassContext) -> Graph:
     """Rewrite each trained quantized activation (see the module docstring) into a Clip(0, θ)
     site carrying ``levels`` (L) and ``shift`` (δ); ``ctx.report['quantized_activations']``."""
     found = []
+    # a chain stops at any other rounding op, so no rewrite removes a rounding node still to visit
     for rounding in [n for n in graph.nodes if n.op in ROUNDING_OPS and _scalar_elementwise(n)]:
-        if rounding.name not in {n.name for n in graph.nodes}:  # inside a chain rewritten before
-            continue
         fit = next(((c, f) for c in _chains_around(graph, rounding) if (f := staircase(c)) is not None), None)
         if fit is None:
             continue
