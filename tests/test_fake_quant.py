@@ -5,16 +5,21 @@ top as its cap, the rest go), and the int8 model converts as well as its float o
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 import snncompiler as snnc
 from benchmarks.quantized import ort_quantize
 from snncompiler.cli.main import main as snnc_main
 from snncompiler.formats.onnx import load_graph
+from snncompiler.formats.onnx.writer import to_onnx
+from snncompiler.passes import PassContext, fake_quant
+from snncompiler.runtime import run_graph
 from tests.formats.helpers import build, init, rand, run_ort
 from tests.formats.test_quantization import export_fake_quant_cnn
 
@@ -222,3 +227,122 @@ def test_grid_from_zero_makes_a_neuron_only_where_it_clips(case, op_nodes, value
     assert len(compiled.graph.find("neuron")) == neurons, [n.op for n in compiled.graph.nodes]
     x = rand([8, 1, 6, 6], 9, 0, 1)
     np.testing.assert_allclose(compiled.ann(x), run_ort(model, x)[0], atol=0.05)
+
+
+def _four_bit_model(form: str, relu: bool) -> onnx.ModelProto:
+    """x → Conv (4-bit weights) [→ Relu] → a 4-bit grid from 0 (15 steps of 0.1) → Flatten →
+    Gemm = y, as Brevitas writes it (``qcdq``: int8 weights clipped to −8…7 and a uint8
+    QuantizeLinear → Clip(0, 15) → DequantizeLinear) or in opset 21's 4-bit types (``int4``)."""
+    g = np.random.default_rng(11)
+    weights = g.integers(-8, 8, (4, 1, 3, 3))
+    inits = [init("ws", np.float32(0.1)), init("b", g.normal(0, 0.1, 4)), init("s", np.float32(0.1))]
+    inits.append(init("fw", g.normal(0, 0.2, (3, 4 * 6 * 6))))
+    if form == "qcdq":
+        inits += [init("w", weights * 0.1 + g.uniform(-0.04, 0.04, weights.shape)), init("wz", np.int8(0))]
+        inits += [init("wlo", np.int8(-8)), init("whi", np.int8(7)), init("z", np.uint8(0))]
+        inits += [init("lo", np.uint8(0)), init("hi", np.uint8(15))]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"]),
+            helper.make_node("Clip", ["wq", "wlo", "whi"], ["wc"]),
+            helper.make_node("DequantizeLinear", ["wc", "ws", "wz"], ["wd"]),
+        ]
+    else:
+        inits.append(helper.make_tensor("wc", TensorProto.INT4, weights.shape, weights.flatten().tolist()))
+        inits += [
+            helper.make_tensor("wz", TensorProto.INT4, [], [0]),
+            helper.make_tensor("z", TensorProto.UINT4, [], [0]),
+        ]
+        nodes = [helper.make_node("DequantizeLinear", ["wc", "ws", "wz"], ["wd"])]
+    nodes.append(helper.make_node("Conv", ["x", "wd", "b"], ["c"], pads=[1, 1, 1, 1]))
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+    nodes.append(helper.make_node("QuantizeLinear", ["r" if relu else "c", "s", "z"], ["q"], name="act_quant"))
+    if form == "qcdq":
+        nodes.append(helper.make_node("Clip", ["q", "lo", "hi"], ["qc"], name="act_grid"))
+    nodes.append(helper.make_node("DequantizeLinear", ["qc" if form == "qcdq" else "q", "s", "z"], ["h"]))
+    nodes += [helper.make_node("Flatten", ["h"], ["f"]), helper.make_node("Gemm", ["f", "fw"], ["y"], transB=1)]
+    return build(nodes, [("x", ["N", 1, 6, 6])], [("y", ["N", 3])], inits, opset=21 if form == "int4" else 13)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["relu_removed", "relu_kept"])
+@pytest.mark.parametrize("form", ["qcdq", "int4"])
+def test_4_bit_grid_is_a_trained_staircase(form, relu, tmp_path):
+    """A grid of 15 steps is what the model was trained on: a neuron with θ = its top (whatever
+    the threshold mode says), and with v0 = θ/2 it computes that grid's rounding from a constant
+    current in T = 15 steps, so the SNN at T = 15 equals onnxruntime's 4-bit model."""
+    model = _four_bit_model(form, relu)
+    x = rand([128, 1, 6, 6], 12, 0, 1)
+    compiled = snnc.compile(model, x, timesteps=15, threshold="p50")
+    assert [n.op for n in compiled.graph.nodes] == ["conv", "neuron", "flatten", "linear"]
+    assert compiled.report["quantized_activations"] == {"count": 1, "levels": [15]}
+    expected = {"neurons": 0, "capped": 1, "removed": 0} if relu else {"neurons": 1, "capped": 0, "removed": 0}
+    assert compiled.report["fake_quant_pairs"] == expected
+    (neuron,) = compiled.graph.find("neuron")
+    assert float(neuron.params["theta"].max()) == pytest.approx(1.5, rel=1e-6)
+    assert "trained 15-level" in neuron.attrs["theta_source"]
+    (ref,) = run_ort(model, x)
+    atol = 1e-5 * float(np.abs(ref).max())
+    np.testing.assert_allclose(compiled.run(x, timesteps=15), ref, rtol=0, atol=atol)
+    assert float(np.abs(compiled.run(x, timesteps=16) - ref).max()) > 1e-3
+    compiled.save(tmp_path / "m.snn.onnx")
+    np.testing.assert_allclose(snnc.load(tmp_path / "m.snn.onnx").run(x, timesteps=15), ref, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("form", ["qcdq", "int4"])
+def test_narrowed_grid_runs_and_is_written_as_the_model_wrote_it(form):
+    """The Clip folded into the quantize (or a 4-bit type held in 8 bits) rounds and saturates as
+    onnxruntime does, and written back to ONNX it is a Clip on the integers again."""
+    model = _four_bit_model(form, relu=False)
+    graph, ctx = load_graph(model), PassContext()
+    graph = fake_quant.narrowed_grids(graph, ctx)
+    (q,) = graph.find("quantize")
+    assert (q.attrs["qmin"], q.attrs["qmax"]) == (0, 15) and not graph.find("clip")
+    x = rand([16, 1, 6, 6], 13, 0, 1)
+    (ref,) = run_ort(model, x)
+    np.testing.assert_allclose(np.asarray(run_graph(graph, x)), ref, rtol=0, atol=1e-6)
+    written = to_onnx(graph, {})
+    grid_ops = ("QuantizeLinear", "Clip", "DequantizeLinear")
+    assert [n.op_type for n in written.graph.node if n.op_type in grid_ops] == list(grid_ops)
+    np.testing.assert_allclose(run_ort(written, x)[0], ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_7_bit_activation_grid_is_read(dynamo, tmp_path):
+    """torch exports its 0…127 activation grid (``reduce_range``) as QuantizeLinear → Clip →
+    DequantizeLinear; those were three analog islands. Now the Clip narrows the grid: the ReLU
+    before it is a neuron capped at 127 steps, no more (too fine a grid to be read as trained)."""
+
+    class SevenBit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(2)
+            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            h = torch.fake_quantize_per_tensor_affine(torch.relu(self.conv(x)), 0.01, 0, 0, 127)
+            return self.fc(h.flatten(1))
+
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings(), torch.no_grad():  # with grad, torch.export meets a mask op it cannot trace
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            SevenBit().eval(),
+            (torch.zeros(1, 1, 6, 6),),
+            path,
+            dynamo=dynamo,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=None if dynamo else {"x": {0: "N"}},
+        )  # the dynamo exporter has no symbolic-batch rule for fake quantization: batch 1, re-pinned when read
+    assert "Clip" in [n.op_type for n in onnx.load(path).graph.node]
+    x = rand([64, 1, 6, 6], 14, 0, 1)
+    compiled = snnc.compile(path, x, threshold="max")
+    assert [n.op for n in compiled.graph.nodes][:2] == ["conv", "neuron"] and not compiled.report["analog_islands"]
+    assert compiled.report["fake_quant_pairs"] == {"neurons": 0, "capped": 1, "removed": 0}
+    assert "quantized_activations" not in compiled.report
+    (neuron,) = compiled.graph.find("neuron")
+    assert float(neuron.params["theta"].max()) <= 1.27 + 1e-6
+    ref = np.concatenate([run_ort(onnx.load(path), x[i : i + 1])[0] for i in range(len(x))])  # batch 1 in dynamo's
+    # rounding dropped: each activation moves by at most half a step (0.005) through fc's weights
+    bound = 0.005 * float(np.abs(SevenBit().fc.weight.detach().numpy()).sum(1).max())
+    assert float(np.abs(np.asarray(compiled.ann(x)) - ref).max()) <= bound

@@ -191,6 +191,20 @@ def test_a_staircase_read_twice_keeps_its_value_for_both_readers():
     assert [n.op for n in graph.nodes] == ["clip", "add", "neg"]
 
 
+def test_back_to_back_staircases_are_read_as_their_composition(tmp_path):
+    """QCFS(4, λ=1) then QCFS(2, λ=1) with nothing between compose to one staircase of x, with
+    2 levels rising at x = ⅛ and ⅝ (δ = ¾). Once the first is read, the second's chain takes its
+    site in: the probe must run that site with its rounding, not as the plain clip it executes as."""
+    path = _export(nn.Sequential(QCFS(4, init=1.0), QCFS(2, init=1.0)), tmp_path / "m.onnx", False)
+    graph, ctx = _rewritten(path)
+    (site,) = graph.nodes
+    assert (site.op, site.attrs["levels"], site.attrs["shift"], site.attrs["max"]) == ("clip", 2, 0.75, 1.0)
+    assert ctx.report["quantized_activations"] == {"count": 1, "levels": [2]}
+    x = rand([64, 1, 6, 6], 3, -0.5, 1.5)
+    (ann,) = run_ort(onnx.load(str(path)), x)
+    np.testing.assert_array_equal(ann, 0.5 * np.clip(np.floor(2 * x + 0.75), 0, 2))
+
+
 def test_channelwise_and_every_threshold_mode_keep_the_trained_top(tmp_path):
     path = _export(_one_layer(QCFS(4, init=0.7)), tmp_path / "m.onnx", False)
     x = rand([32, 1, 6, 6], 3, -1, 1)

@@ -21,6 +21,11 @@ Rounding to the grid is dropped in every case: the SNN approximates the float ne
 quantized weights (which fold into float weights when the model is read). A pair whose scale
 varies per channel with z = qmin keeps a plain ReLU (clip has one bound).
 
+A Clip on the integers between the two (QCDQ: Brevitas's low-bit export, torch's 0…127 grid)
+narrows the grid (:func:`narrowed_grids`), as do the 4-bit types. A grid from 0 of at most
+:data:`TRAINED_GRID_LEVELS` steps was trained (no post-training quantizer writes one): its
+activation is marked with ``levels`` like a trained staircase below, so θ is the grid's top.
+
 A quantization-aware ANN trained for few timesteps writes its activation as arithmetic instead:
 QCFS (Bu et al., ICLR 2022) trains y = λ·clamp(floor(x·L/λ + ½)/L, 0, 1) with a learnt λ per
 layer and L levels (4 or 8), which torch exports as Div, Clip, Mul, Add, Floor, Div, Mul, in
@@ -33,6 +38,8 @@ steps, which is why such networks convert well at T ≈ L.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -108,13 +115,57 @@ def pairs(graph: Graph) -> list[tuple[Node, list[Node]]]:
     return found
 
 
-def _grid_top(q: Node) -> tuple[bool, float | None]:
-    """(whether the grid starts at 0, its top value if it is one number)."""
+def grid_range(q: Node) -> tuple[int, int]:
+    """The integers a quantize can give: its type's range, or the narrower ``qmin``/``qmax`` a
+    Clip between it and its dequantize set (:func:`narrowed_grids`)."""
     info = torch.iinfo(getattr(torch, q.attrs["dtype"]))
+    return int(q.attrs.get("qmin", info.min)), int(q.attrs.get("qmax", info.max))
+
+
+def _grid_top(q: Node) -> tuple[bool, float | None, int]:
+    """(whether the grid starts at 0, its top value if it is one number, its number of steps
+    above the zero point)."""
+    qmin, qmax = grid_range(q)
     zero = q.params["zero_point"].to(torch.int64)
-    starts_at_zero = bool(torch.all(zero == info.min))
-    tops = (info.max - zero).double() * q.params["scale"].double()
-    return starts_at_zero, (float(tops.reshape(-1)[0]) if torch.all(tops == tops.reshape(-1)[0]) else None)
+    starts_at_zero = bool(torch.all(zero == qmin))
+    tops = (qmax - zero).double() * q.params["scale"].double()
+    top = float(tops.reshape(-1)[0]) if torch.all(tops == tops.reshape(-1)[0]) else None
+    return starts_at_zero, top, int(qmax - zero.reshape(-1)[0])
+
+
+def narrowed_grids(graph: Graph, ctx: PassContext) -> Graph:
+    """Fold each Clip between a quantize and its dequantizes into the quantize's ``qmin``/``qmax``.
+
+    This is the QCDQ form: Brevitas writes a grid narrower than its integer type (4 bits in
+    uint8, say) as QuantizeLinear → Clip → DequantizeLinear, and torch exports its 0…127
+    activation grid (``reduce_range``) the same way; left alone the three are analog islands."""
+    outputs = {v.name for v in graph.outputs}
+    drop = set()
+    for clip in graph.find("clip"):
+        q = graph.producer(clip.inputs[0])
+        if q is None or q.op != "quantize" or q.outputs[0] in outputs or len(graph.consumers(q.outputs[0])) != 1:
+            continue
+        readers = graph.consumers(clip.outputs[0])
+        if clip.outputs[0] in outputs or not readers:
+            continue
+        if not all(r.op == "dequantize" and _same_grid(q, r) for r in readers):
+            continue
+        qmin, qmax = grid_range(q)
+        lo, hi = clip.attrs.get("min"), clip.attrs.get("max")
+        qmin, qmax = (
+            max(qmin, math.ceil(lo)) if lo is not None else qmin,
+            min(qmax, math.floor(hi)) if hi is not None else qmax,
+        )
+        if qmin >= qmax:  # a grid of one value is a constant, not an activation
+            continue
+        q.attrs = {**q.attrs, "qmin": qmin, "qmax": qmax}
+        for r in readers:
+            r.inputs = [q.outputs[0]]
+        drop.add(clip.name)
+        graph.removed.append((clip.name, clip.source_op, f"narrows the grid of {q.name} to {qmin}…{qmax}"))
+        ctx.note(NAME, f"{clip.name}: narrows {q.name}'s {q.attrs['dtype']} grid to {qmin}…{qmax}")
+    graph.nodes = [n for n in graph.nodes if n.name not in drop]
+    return graph
 
 
 #: Ops a chain around a rounding op may hold: one activation input, constants of one element.
@@ -122,6 +173,10 @@ STAIRCASE_OPS = {"mul", "div", "add", "sub", "neg", "relu", "clip", "max", "min"
 ROUNDING_OPS = {"floor", "ceil", "round"}
 #: Most levels a trained staircase is read with; finer grids are left to calibration.
 MAX_LEVELS = 1024
+#: Most steps of a quantize → dequantize grid read as a trained staircase (θ = its top): 6 bits.
+#: Post-training quantizers write 7 bits (torch's reduce_range) or more, where a calibrated
+#: θ below the observed maximum converts better at few steps.
+TRAINED_GRID_LEVELS = 63
 
 
 def _scalar_elementwise(node: Node) -> bool:
@@ -132,7 +187,11 @@ def _scalar_elementwise(node: Node) -> bool:
 
 def _evaluate(chain: list[Node], x: torch.Tensor) -> torch.Tensor:
     for node in chain:
-        (x,) = run_node(node, [x])
+        if node.op == "clip" and "levels" in node.attrs:  # a staircase read already: as the model computes it
+            top, steps = node.attrs["max"], node.attrs["levels"]
+            x = top / steps * torch.clamp(torch.floor(x * steps / top + node.attrs["shift"]), 0, steps)
+        else:
+            (x,) = run_node(node, [x])
     return x
 
 
@@ -194,7 +253,7 @@ def _chains_around(graph: Graph, rounding: Node) -> list[list[Node]]:
 def trained_staircases(graph: Graph, ctx: PassContext) -> Graph:
     """Rewrite each trained quantized activation (see the module docstring) into a Clip(0, θ)
     site carrying ``levels`` (L) and ``shift`` (δ); ``ctx.report['quantized_activations']``."""
-    found = []
+    found = {}
     # a chain stops at any other rounding op, so no rewrite removes a rounding node still to visit
     for rounding in [n for n in graph.nodes if n.op in ROUNDING_OPS and _scalar_elementwise(n)]:
         fit = next(((c, f) for c in _chains_around(graph, rounding) if (f := staircase(c)) is not None), None)
@@ -209,38 +268,51 @@ def trained_staircases(graph: Graph, ctx: PassContext) -> Graph:
         ops = ", ".join(n.op for n in chain)
         last.op, last.inputs, last.params = "clip", [chain[0].inputs[0]], {}
         last.attrs = {"min": 0.0, "max": top, "levels": steps, "shift": round(shift, 4)}
-        found.append(steps)
+        for node in chain[:-1]:  # a staircase read already, composed into this one
+            found.pop(node.name, None)
+        found[last.name] = steps
         ctx.note(
             NAME,
             f"{last.name}: {len(chain)} ops ({ops}) are a {steps}-level staircase from 0 to {top:.4g} "
             f"(shift {shift:.2f}): a neuron with θ = {top:.4g}",
         )
-    if found:
-        ctx.report["quantized_activations"] = {"count": len(found), "levels": sorted(set(found))}
+    _count_trained(ctx, list(found.values()))
     return graph
+
+
+def _count_trained(ctx: PassContext, levels: list[int]) -> None:
+    """Add trained L-level activations to ``ctx.report['quantized_activations']`` {count, levels}."""
+    if levels:
+        seen = ctx.report.get("quantized_activations", {"count": 0, "levels": []})
+        merged = {"count": seen["count"] + len(levels), "levels": sorted(set(seen["levels"]) | set(levels))}
+        ctx.report["quantized_activations"] = merged
 
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Replace each fake-quantization pair and trained quantized activation (see the module
     docstring); note what became of each."""
-    graph = trained_staircases(graph, ctx)
+    graph = narrowed_grids(trained_staircases(graph, ctx), ctx)
     found = pairs(graph)
     if not found:
         return graph
     graph_outputs = {v.name for v in graph.outputs}
     counts = {"neurons": 0, "capped": 0, "removed": 0}
-    drop = set()
+    drop, trained = set(), []
     for q, dqs in found:
         positive = non_negative(graph)  # with the pairs before this one rewritten
         x = q.inputs[0]
-        starts_at_zero, top = _grid_top(q)
+        starts_at_zero, top, steps = _grid_top(q)
+        # a grid no post-training quantizer writes was trained: θ = its top, read as a staircase
+        staircase = {"levels": steps, "shift": 0.5} if top is not None and steps <= TRAINED_GRID_LEVELS else {}
         producer = graph.producer(x)
         alone = len(graph.consumers(x)) == 1 and x not in graph_outputs
         if starts_at_zero and producer is not None and producer.op != "neuron" and is_site(producer) and alone:
             if top is not None:
                 hi = producer.attrs.get("max") if producer.op == "clip" else None
-                producer.op, producer.attrs = "clip", {"min": 0.0, "max": top if hi is None else min(float(hi), top)}
+                cap = top if hi is None else min(float(hi), top)
+                producer.op, producer.attrs = "clip", {"min": 0.0, "max": cap, **(staircase if cap == top else {})}
                 what = f"removed, {producer.name} capped at {top:.4g}"
+                trained += [steps] if cap == top and staircase else []
             else:
                 what = f"removed after {producer.name}"
             counts["capped"] += 1
@@ -248,8 +320,9 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         elif starts_at_zero and x not in positive:
             # the quantize node itself becomes the activation the quantizer removed
             q.op, q.params = ("clip", {}) if top is not None else ("relu", {})
-            q.attrs = {"min": 0.0, "max": top} if top is not None else {}
+            q.attrs = {"min": 0.0, "max": top, **staircase} if top is not None else {}
             what = f"clip to [0, {top:.4g}] (a neuron)" if top is not None else "a ReLU (a neuron)"
+            trained += [steps] if staircase else []
             counts["neurons"] += 1
             value = q.outputs[0]
         else:
@@ -270,6 +343,7 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         ctx.note(NAME, f"{q.name}: {what}")
     graph.nodes = [n for n in graph.nodes if n.name not in drop]
     ctx.report["fake_quant_pairs"] = counts
+    _count_trained(ctx, trained)
     return graph
 
 

@@ -956,11 +956,13 @@ def _quantization_params(node: Node, x: torch.Tensor) -> tuple[torch.Tensor, tor
 @implements("quantize")
 def quantize(node: Node, x):
     """ONNX QuantizeLinear to the integer type ``dtype``: round(x / scale) (half to even) + zero
-    point, saturated to the type's range, per tensor or per ``axis``."""
+    point, saturated to the type's range or the narrower ``qmin``…``qmax`` (a Clip the model
+    applied to the integers, folded in by passes/fake_quant.py), per tensor or per ``axis``."""
     scale, zero = _quantization_params(node, x)
     info = torch.iinfo(getattr(torch, node.attrs["dtype"]))
     q = torch.round(x.to(torch.float32) / scale) + zero.to(torch.float32)
-    return (q.clamp(info.min, info.max).to(getattr(torch, node.attrs["dtype"])),)
+    lo, hi = node.attrs.get("qmin", info.min), node.attrs.get("qmax", info.max)
+    return (q.clamp(lo, hi).to(getattr(torch, node.attrs["dtype"])),)
 
 
 @implements("dequantize")

@@ -80,6 +80,36 @@ def test_per_axis(axis, opset):
     _exact(_qdq_model(TensorProto.INT8, opset=opset, scale=scale, zero=zero, axis=axis), x)
 
 
+@pytest.mark.parametrize("dequantize", [False, True])
+@pytest.mark.parametrize(
+    "elem_type, zero, axis",
+    [(TensorProto.UINT4, 3, None), (TensorProto.INT4, -2, None), (TensorProto.INT4, [0, -1, 2], 1)],
+)
+def test_4_bit_types(elem_type, zero, axis, dequantize):
+    """Opset 21's uint4 and int4, held in 8 bits: the same integers as onnxruntime's (saturated
+    at 0…15 and −8…7) and the same dequantized values."""
+    scale = np.float32(0.1) if axis is None else np.array([0.1, 0.05, 0.2], np.float32)
+    zeros = np.atleast_1d(zero)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **({} if axis is None else {"axis": axis}))]
+    if dequantize:
+        nodes.append(
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **({} if axis is None else {"axis": axis}))
+        )
+    else:  # onnxruntime's Python API cannot return a 4-bit tensor: the integers as int32
+        nodes.append(helper.make_node("Cast", ["q"], ["y"], to=TensorProto.INT32))
+    z = helper.make_tensor("z", elem_type, [] if axis is None else [len(zeros)], zeros.tolist())
+    out = ("y", [2, 3, 4, 5]) if dequantize else ("y", [2, 3, 4, 5], TensorProto.INT32)
+    model = build(nodes, [("x", [2, 3, 4, 5])], [out], [init("s", scale), z], opset=21)
+    x = rand([2, 3, 4, 5], 4, -2, 2)
+    x.reshape(-1)[:4] = np.float32(0.1) * np.array([0.5, 1.5, -2.5, 30.0], np.float32)  # ties and saturation
+    got, ref = run_snn(model, x)[0], run_ort(model, x)[0]
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+    if not dequantize:
+        lo, hi = (0, 15) if elem_type == TensorProto.UINT4 else (-8, 7)
+        assert got.min() == lo and got.max() == hi  # both ends of the grid reached: saturation tested
+
+
 def test_output_dtype_without_zero_point():
     """Opset 21: without a zero point, output_dtype chooses the type."""
     nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], output_dtype=TensorProto.INT8)]
@@ -146,7 +176,10 @@ def test_qlinear_matmul(per_channel):
     "change, message",
     [
         ({"block_size": 2}, "blocked quantization"),
-        ({"zero": helper.make_tensor("z", TensorProto.INT4, [], [0])}, "quantized type INT4 is not supported"),
+        (
+            {"zero": helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, [], [0])},
+            "quantized type FLOAT8E4M3FN is not supported",
+        ),
         ({"axis": 0, "scale": np.full(2, 0.1, np.float32)}, "axis 0, the batch axis"),
         ({"scale": np.float32(0.0)}, "scales must be positive and finite"),
         ({"scale": np.full(3, 0.1, np.float32), "axis": 3}, "3 scales for 5 entries along axis 3"),

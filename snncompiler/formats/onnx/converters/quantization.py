@@ -15,14 +15,19 @@ import onnx
 from ..registry import converter, writes
 from .structure import CAST_DTYPES
 
-#: ONNX integer types a quantized activation can have (torch computes them); the 4-bit types,
-#: float8 and int32 outputs of QuantizeLinear have no converter yet
+#: ONNX integer types a quantized activation can have, by the torch type that holds them; the
+#: 4-bit types (opset 21) are held in 8 bits with their range as the quantize's qmin/qmax; float8
+#: and int32 outputs of QuantizeLinear have no converter yet
 _QUANTIZED = {
     onnx.TensorProto.UINT8: "uint8",
     onnx.TensorProto.INT8: "int8",
     onnx.TensorProto.UINT16: "uint16",
     onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.UINT4: "uint8",
+    onnx.TensorProto.INT4: "int8",
 }
+#: the range of the types held in a wider one
+_NARROW_RANGE = {onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7)}
 #: what DequantizeLinear also reads: the int32 biases and accumulators of quantized models
 _DEQUANTIZABLE = {**_QUANTIZED, onnx.TensorProto.INT32: "int32"}
 
@@ -40,9 +45,8 @@ def _params(node, ctx, elem_type: int, allowed: dict[int, str]) -> tuple[dict, d
     if int(a.get("block_size", 0)):
         raise ctx.fail("blocked quantization (block_size > 0) is not supported")
     if elem_type not in allowed:
-        raise ctx.fail(
-            f"quantized type {_type_name(elem_type)} is not supported (supported: {', '.join(allowed.values())})"
-        )
+        supported = ", ".join(_type_name(t).lower() for t in allowed)
+        raise ctx.fail(f"quantized type {_type_name(elem_type)} is not supported (supported: {supported})")
     scale = ctx.const(node.input[1], f"{node.op_type} scale")
     if scale.dtype != np.float32:
         raise ctx.fail(f"a {scale.dtype} scale is not supported (float32 only)")
@@ -66,7 +70,8 @@ def _params(node, ctx, elem_type: int, allowed: dict[int, str]) -> tuple[dict, d
 
 @converter("QuantizeLinear")
 def quantize_linear(node, ctx):
-    """QuantizeLinear (opsets 10–21: per tensor or per axis; uint8, int8, uint16, int16) → quantize."""
+    """QuantizeLinear (opsets 10–21: per tensor or per axis; uint8, int8, uint16, int16, and
+    uint4/int4 held in 8 bits with their range as ``qmin``/``qmax``) → quantize."""
     zero = ctx.optional_const(node, 2, "QuantizeLinear zero point")
     if zero is not None:
         elem_type = onnx.helper.np_dtype_to_tensor_dtype(zero.dtype)
@@ -76,13 +81,15 @@ def quantize_linear(node, ctx):
     if source != onnx.TensorProto.FLOAT:
         raise ctx.fail(f"quantizing {_type_name(source)} values is not supported (float32 only)")
     attrs, params = _params(node, ctx, elem_type, _QUANTIZED)
+    if elem_type in _NARROW_RANGE:
+        attrs["qmin"], attrs["qmax"] = _NARROW_RANGE[elem_type]
     ctx.emit("quantize", [node.input[0]], [node.output[0]], attrs, params)
 
 
 @converter("DequantizeLinear")
 def dequantize_linear(node, ctx):
-    """DequantizeLinear of an activation (uint8, int8, uint16, int16, int32; per tensor or per
-    axis) → dequantize; of a constant (a quantized weight) it is folded at load time."""
+    """DequantizeLinear of an activation (uint8, int8, uint16, int16, uint4, int4, int32; per
+    tensor or per axis) → dequantize; of a constant (a quantized weight) it is folded at load time."""
     elem_type = ctx.dtypes.get(ctx.resolve(node.input[0]), onnx.TensorProto.UNDEFINED)
     attrs, params = _params(node, ctx, elem_type, _DEQUANTIZABLE)
     ctx.emit("dequantize", [node.input[0]], [node.output[0]], attrs, params)
@@ -133,10 +140,22 @@ def qlinear_matmul(node, ctx):
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------
 def _write(onnx_op: str):
     def rule(b, n) -> None:
-        zero = n.params["zero_point"].numpy().astype(np.dtype(n.attrs["dtype"]))
+        dtype = np.dtype(n.attrs["dtype"])
+        zero = n.params["zero_point"].numpy().astype(dtype)
         inputs = [n.inputs[0], b.const(n, "scale", n.params["scale"]), b.const(n, "zero_point", zero)]
         attrs = {"axis": int(n.attrs["axis"])} if n.attrs.get("axis") is not None else {}
-        b.add(onnx_op, inputs, n.outputs, n.name, **attrs)
+        if onnx_op == "DequantizeLinear" or ("qmin" not in n.attrs and "qmax" not in n.attrs):
+            b.add(onnx_op, inputs, n.outputs, n.name, **attrs)
+            return
+        # a grid narrower than its type (QCDQ): the integers clipped, as the model wrote it
+        info = np.iinfo(dtype)
+        bounds = [
+            b.const(n, key, dtype.type(n.attrs.get(key, default)))
+            for key, default in (("qmin", info.min), ("qmax", info.max))
+        ]
+        q = b.tmp(n)
+        b.add(onnx_op, inputs, [q], n.name, **attrs)
+        b.add("Clip", [q, *bounds], n.outputs, n.name + "/grid")
 
     rule.__doc__ = f"{onnx_op} with its scale and a zero point of the quantized type"
     return rule
