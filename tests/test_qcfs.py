@@ -149,6 +149,24 @@ def test_other_staircases_are_read_with_their_levels_and_shift(rounding, clip, o
     assert float(np.abs(clipped - ann).max()) <= top / levels + 1e-6
 
 
+@pytest.mark.parametrize("v0", ["half", "zero"])
+@pytest.mark.parametrize(
+    "rounding,clip,ops,levels,shift",
+    [("Floor", (0, 4), [("Mul", 0.25)], 4, 0.0), ("Round", (0, 8), [("Div", 4.0)], 8, 0.5)],
+)
+def test_the_neuron_starts_where_the_trained_staircase_says(rounding, clip, ops, levels, shift, v0):
+    """A staircase's shift δ sets the neuron's start, δ·θ, whatever ``--v0`` says: floor(4x)/4
+    (δ = 0) and round(8x)/8 (δ = ½) are each computed exactly at T = L from a constant input."""
+    model = _chain(ops, rounding, clip)
+    x = rand([64, 5], 5, -0.5, 2.5)
+    (ann,) = run_ort(model, x)
+    compiled = snnc.compile(model, x, timesteps=levels, v0=v0)
+    (neuron,) = compiled.graph.find("neuron")
+    setting_shift = 0.5 if v0 == "half" else 0.0
+    assert ("v_init" in neuron.params) == (shift != setting_shift)
+    np.testing.assert_allclose(compiled.run(x, timesteps=levels), ann, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "rounding,clip,ops",
     [
@@ -203,6 +221,8 @@ def test_back_to_back_staircases_are_read_as_their_composition(tmp_path):
     x = rand([64, 1, 6, 6], 3, -0.5, 1.5)
     (ann,) = run_ort(onnx.load(str(path)), x)
     np.testing.assert_array_equal(ann, 0.5 * np.clip(np.floor(2 * x + 0.75), 0, 2))
+    # the neuron starts at ¾θ: at T = 2 it computes the composition
+    np.testing.assert_allclose(snnc.compile(str(path), x, timesteps=2).run(x, timesteps=2), ann, rtol=0, atol=1e-6)
 
 
 def test_channelwise_and_every_threshold_mode_keep_the_trained_top(tmp_path):

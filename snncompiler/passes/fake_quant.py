@@ -34,7 +34,8 @@ function of its input (:func:`staircase`); one that is a uniform staircase from 
 steps, y = θ/L·clamp(floor(x·L/θ + δ), 0, L), becomes Clip(0, θ) marked with its ``levels``: a
 neuron whose θ is the trained top, not a calibrated percentile (passes/thresholds.py). With
 v0 = θ/2 an IF neuron computes exactly this staircase with δ = ½ from a constant input in T = L
-steps, which is why such networks convert well at T ≈ L.
+steps, which is why such networks convert well at T ≈ L; passes/neuronize.py starts a neuron at
+δ·θ where δ is another shift.
 """
 
 from __future__ import annotations

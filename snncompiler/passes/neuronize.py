@@ -19,6 +19,8 @@ Max pooling strategies (``maxpool``), all biased upward relative to the ANN's ma
 
 from __future__ import annotations
 
+import torch
+
 from ..errors import OptionError
 from ..ir import Graph
 from ..ir.neuron import MAXPOOL_STRATEGIES, NeuronSpec, pool_strategy
@@ -29,16 +31,35 @@ from . import PassContext
 NAME = "neuronize"
 
 
+def trained_start(spec: NeuronSpec, site_attrs: dict, theta: torch.Tensor) -> torch.Tensor | None:
+    """The ``v_init`` that starts a trained staircase's neuron at δ·θ (passes/fake_quant.py: a site
+    with ``levels`` computes θ/L·clamp(floor(x·L/θ + δ), 0, L)), so that from a constant current it
+    computes that staircase in T = L steps; None where the ``v0`` setting already does (δ = ½ with
+    v0 "half", δ = 0 with "zero") or cannot: δ = 1 (a Ceil) would fire on a zero input. A
+    population of B shares it: neuron j starts at θ·(j + δ)/B."""
+    shift = site_attrs.get("shift") if site_attrs.get("levels") else None
+    setting_shift = 0.5 if spec.v0 == "half" else 0.0
+    if shift is None or shift == setting_shift or not 0.0 <= shift < 1.0:
+        return None
+    top = float(theta.reshape(-1)[0])  # a staircase's θ is its one trained top (passes/thresholds.py)
+    return torch.tensor((shift - setting_shift) * top / spec.population)
+
+
 def run(graph: Graph, ctx: PassContext) -> Graph:
     """Rewrite sites into neurons using ``ctx.report['thresholds']``; set max-pool strategy."""
     opts = ctx.options
-    attrs = NeuronSpec.from_attrs(opts).attrs()
+    spec = NeuronSpec.from_attrs(opts)
+    attrs = spec.attrs()
     thresholds = ctx.report["thresholds"]
     for node in graph.nodes:
         if node.name in thresholds:
             theta, source = thresholds[node.name]
+            v_init = trained_start(spec, node.attrs, theta)
             node.op, node.params = "neuron", {"theta": theta.float()}
             node.attrs = dict(attrs, theta_source=source)
+            if v_init is not None:
+                node.params["v_init"] = v_init
+                ctx.note(NAME, f"{node.name}: starts at v0 + {float(v_init):.4g}, its trained staircase's shift")
     strategy = setting(opts, "maxpool")
     if strategy not in MAXPOOL_STRATEGIES:  # CompileOptions checked it; a pass run on its own checks again
         raise OptionError("maxpool", f"expected one of {', '.join(MAXPOOL_STRATEGIES)}, got '{strategy}'")
