@@ -142,18 +142,26 @@ class CompiledModel:
         """Accuracy at every T in ``timesteps`` from one max(T) run, plus ANN-mode accuracy and firing rate
         (``progress``: a bar on stderr, as in :meth:`run`).
 
-        ``x, y``: arrays or tensors, or ``x`` alone as a torch DataLoader or any iterable of
-        (x, y) batches (collected first). ``timesteps`` defaults to the powers of two up to 256,
+        ``x, y``: arrays or tensors, or ``x`` alone as a labelled :class:`snncompiler.data.Dataset`,
+        a data file (.npz with x and y, MNIST idx, a CIFAR-10 batch: :func:`snncompiler.data.load`),
+        a torch DataLoader or any iterable of (x, y) batches (collected first). ``timesteps`` defaults to the powers of two up to 256,
         or up to the sequence length T_in (and T_in itself) for sequence inputs. Under a
         torch.distributed process group the samples are sharded across the ranks and the counts
         summed: every rank returns the same figures."""
         from .analysis.metrics import accuracy
-        from .data import from_batches, is_batch_iterable
+        from .data import Dataset, from_batches, is_batch_iterable, load
 
         if y is None:
-            if not is_batch_iterable(x):
-                raise SnncError("evaluate: labels y are required (or pass an iterable of (x, y) batches)")
-            data = from_batches(x, label="data", require_labels=True)
+            if isinstance(x, (str, os.PathLike)):
+                x = load(x, require_labels=True, arg="evaluate's data")
+            if isinstance(x, Dataset):
+                if x.y is None:
+                    raise SnncError("evaluate: the dataset has no labels y")
+            elif not is_batch_iterable(x):
+                raise SnncError(
+                    "evaluate: labels y are required (or pass a labelled Dataset, a data file or (x, y) batches)"
+                )
+            data = x if isinstance(x, Dataset) else from_batches(x, label="data", require_labels=True)
             x, y = data.x, data.y
         if isinstance(y, torch.Tensor):
             y = y.detach().cpu().numpy()

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from snncompiler.data import load, load_cifar10_batch, load_mnist, load_npz, read_idx
+import snncompiler as snnc
+from snncompiler.data import Dataset, load, load_cifar10_batch, load_mnist, load_npz, read_idx, save_npz
 from snncompiler.errors import SnncError
 
 
@@ -94,3 +95,21 @@ def test_npz_contract(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(SnncError, match="junk.npz"):
         load_npz(tmp_path / "junk.npz")
+
+
+def test_evaluate_takes_a_dataset_or_a_data_file(small_digits_cnn, tmp_path):
+    """``evaluate(test)`` and ``evaluate("test.npz")`` score what ``evaluate(test.x, test.y)`` does;
+    without labels it says so in one line."""
+    path, train, test = small_digits_cnn
+    model = snnc.compile(str(path), train.x[:128])
+    expected = model.evaluate(test.x[:64], test.y[:64], [4])
+    subset = Dataset(test.x[:64], test.y[:64])
+    assert model.evaluate(subset, timesteps=[4]) == expected
+    save_npz(tmp_path / "test.npz", subset.x, subset.y)
+    assert model.evaluate(tmp_path / "test.npz", timesteps=[4]) == expected
+    assert model.evaluate(str(tmp_path / "test.npz"), timesteps=[4]) == expected
+    with pytest.raises(SnncError, match="no labels"):
+        model.evaluate(Dataset(subset.x), timesteps=[4])
+    save_npz(tmp_path / "unlabelled.npz", subset.x)
+    with pytest.raises(SnncError, match="unlabelled.npz"):
+        model.evaluate(tmp_path / "unlabelled.npz", timesteps=[4])
