@@ -144,8 +144,9 @@ class CompiledModel:
 
         ``x, y``: arrays or tensors, or ``x`` alone as a labelled :class:`snncompiler.data.Dataset`,
         a data file (.npz with x and y, MNIST idx, a CIFAR-10 batch: :func:`snncompiler.data.load`),
-        a torch DataLoader or any iterable of (x, y) batches (collected first). ``timesteps`` defaults to the powers of two up to 256,
-        or up to the sequence length T_in (and T_in itself) for sequence inputs. Under a
+        a torch DataLoader or any iterable of (x, y) batches (collected first). ``timesteps``
+        defaults to the powers of two up to 256, or up to the sequence length T_in (and T_in
+        itself) for sequence inputs. Under a
         torch.distributed process group the samples are sharded across the ranks and the counts
         summed: every rank returns the same figures."""
         from .analysis.metrics import accuracy

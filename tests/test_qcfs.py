@@ -319,7 +319,10 @@ def test_benchmark_writes_every_variant(tmp_path, monkeypatch, capsys):
     assert bench.main(["--workloads", "digits_cnn", "--timesteps", "1,4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "quantization_aware.json").read_text())
     rows = result["workloads"]["digits_cnn"]["rows"]
-    assert list(rows) == [label for label, _, _ in bench.VARIANTS]
+    variants = [label for label, _, _ in bench.VARIANTS]
+    assert sorted(rows) == sorted(variants + list(bench.CALIBRATED.values()))
+    assert set(rows["QCFS L=4 + advanced"]["snn"]) == {"1", "4"}
+    assert rows["QCFS L=4 + advanced"]["quantized_activations"] == {"count": 3, "levels": [4]}
     assert rows["ReLU"]["quantized_activations"] is None
     assert rows["QCFS L=8"]["quantized_activations"] == {"count": 3, "levels": [8]}
     assert set(rows["QCFS L=4"]["snn"]) == {"1", "4"}
