@@ -266,20 +266,21 @@ def _four_bit_model(form: str, relu: bool) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("relu", [False, True], ids=["relu_removed", "relu_kept"])
 @pytest.mark.parametrize("form", ["qcdq", "int4"])
-def test_4_bit_grid_is_a_trained_staircase(form, relu, tmp_path):
-    """A grid of 15 steps is what the model was trained on: a neuron with θ = its top (whatever
-    the threshold mode says), and with v0 = θ/2 it computes that grid's rounding from a constant
-    current in T = 15 steps, so the SNN at T = 15 equals onnxruntime's 4-bit model."""
+def test_4_bit_grid_converts_exactly_at_t15_where_theta_reaches_its_top(form, relu, tmp_path):
+    """A grid of 15 steps makes a neuron whose calibrated θ is capped at the grid's top; where
+    the calibration data saturates the grid θ is that top, and with v0 = θ/2 the neuron computes
+    the grid's rounding from a constant current in T = 15 steps: the SNN equals onnxruntime's
+    4-bit model at T = 15."""
     model = _four_bit_model(form, relu)
     x = rand([128, 1, 6, 6], 12, 0, 1)
-    compiled = snnc.compile(model, x, timesteps=15, threshold="p50")
+    compiled = snnc.compile(model, x, timesteps=15, threshold="max")  # this data's max is above the top
     assert [n.op for n in compiled.graph.nodes] == ["conv", "neuron", "flatten", "linear"]
-    assert compiled.report["quantized_activations"] == {"count": 1, "levels": [15]}
     expected = {"neurons": 0, "capped": 1, "removed": 0} if relu else {"neurons": 1, "capped": 0, "removed": 0}
     assert compiled.report["fake_quant_pairs"] == expected
+    assert "quantized_activations" not in compiled.report  # a grid is no trained staircase
     (neuron,) = compiled.graph.find("neuron")
     assert float(neuron.params["theta"].max()) == pytest.approx(1.5, rel=1e-6)
-    assert "trained 15-level" in neuron.attrs["theta_source"]
+    assert "capped by Clip max" in neuron.attrs["theta_source"]
     (ref,) = run_ort(model, x)
     atol = 1e-5 * float(np.abs(ref).max())
     np.testing.assert_allclose(compiled.run(x, timesteps=15), ref, rtol=0, atol=atol)

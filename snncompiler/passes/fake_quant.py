@@ -22,9 +22,11 @@ quantized weights (which fold into float weights when the model is read). A pair
 varies per channel with z = qmin keeps a plain ReLU (clip has one bound).
 
 A Clip on the integers between the two (QCDQ: Brevitas's low-bit export, torch's 0…127 grid)
-narrows the grid (:func:`narrowed_grids`), as do the 4-bit types. A grid from 0 of at most
-:data:`TRAINED_GRID_LEVELS` steps was trained (no post-training quantizer writes one): its
-activation is marked with ``levels`` like a trained staircase below, so θ is the grid's top.
+narrows the grid (:func:`narrowed_grids`), as do the 4-bit types. However coarse, a grid keeps
+the calibrated θ capped at its top rather than θ = its top: a post-training grid's top is the
+calibration maximum (onnxruntime writes 4-bit grids too; on its 4-bit digits CNN and ResNet,
+θ = top lost tens of points at T ≤ 4), while a trained grid's activations reach its top often
+enough that the percentile is the top anyway.
 
 A quantization-aware ANN trained for few timesteps writes its activation as arithmetic instead:
 QCFS (Bu et al., ICLR 2022) trains y = λ·clamp(floor(x·L/λ + ½)/L, 0, 1) with a learnt λ per
@@ -123,15 +125,13 @@ def grid_range(q: Node) -> tuple[int, int]:
     return int(q.attrs.get("qmin", info.min)), int(q.attrs.get("qmax", info.max))
 
 
-def _grid_top(q: Node) -> tuple[bool, float | None, int]:
-    """(whether the grid starts at 0, its top value if it is one number, its number of steps
-    above the zero point)."""
+def _grid_top(q: Node) -> tuple[bool, float | None]:
+    """(whether the grid starts at 0, its top value if it is one number)."""
     qmin, qmax = grid_range(q)
     zero = q.params["zero_point"].to(torch.int64)
     starts_at_zero = bool(torch.all(zero == qmin))
     tops = (qmax - zero).double() * q.params["scale"].double()
-    top = float(tops.reshape(-1)[0]) if torch.all(tops == tops.reshape(-1)[0]) else None
-    return starts_at_zero, top, int(qmax - zero.reshape(-1)[0])
+    return starts_at_zero, (float(tops.reshape(-1)[0]) if torch.all(tops == tops.reshape(-1)[0]) else None)
 
 
 def narrowed_grids(graph: Graph, ctx: PassContext) -> Graph:
@@ -174,10 +174,6 @@ STAIRCASE_OPS = {"mul", "div", "add", "sub", "neg", "relu", "clip", "max", "min"
 ROUNDING_OPS = {"floor", "ceil", "round"}
 #: Most levels a trained staircase is read with; finer grids are left to calibration.
 MAX_LEVELS = 1024
-#: Most steps of a quantize → dequantize grid read as a trained staircase (θ = its top): 6 bits.
-#: Post-training quantizers write 7 bits (torch's reduce_range) or more, where a calibrated
-#: θ below the observed maximum converts better at few steps.
-TRAINED_GRID_LEVELS = 63
 
 
 def _scalar_elementwise(node: Node) -> bool:
@@ -277,16 +273,9 @@ def trained_staircases(graph: Graph, ctx: PassContext) -> Graph:
             f"{last.name}: {len(chain)} ops ({ops}) are a {steps}-level staircase from 0 to {top:.4g} "
             f"(shift {shift:.2f}): a neuron with θ = {top:.4g}",
         )
-    _count_trained(ctx, list(found.values()))
+    if found:
+        ctx.report["quantized_activations"] = {"count": len(found), "levels": sorted(set(found.values()))}
     return graph
-
-
-def _count_trained(ctx: PassContext, levels: list[int]) -> None:
-    """Add trained L-level activations to ``ctx.report['quantized_activations']`` {count, levels}."""
-    if levels:
-        seen = ctx.report.get("quantized_activations", {"count": 0, "levels": []})
-        merged = {"count": seen["count"] + len(levels), "levels": sorted(set(seen["levels"]) | set(levels))}
-        ctx.report["quantized_activations"] = merged
 
 
 def run(graph: Graph, ctx: PassContext) -> Graph:
@@ -298,22 +287,18 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         return graph
     graph_outputs = {v.name for v in graph.outputs}
     counts = {"neurons": 0, "capped": 0, "removed": 0}
-    drop, trained = set(), []
+    drop = set()
     for q, dqs in found:
         positive = non_negative(graph)  # with the pairs before this one rewritten
         x = q.inputs[0]
-        starts_at_zero, top, steps = _grid_top(q)
-        # a grid no post-training quantizer writes was trained: θ = its top, read as a staircase
-        staircase = {"levels": steps, "shift": 0.5} if top is not None and steps <= TRAINED_GRID_LEVELS else {}
+        starts_at_zero, top = _grid_top(q)
         producer = graph.producer(x)
         alone = len(graph.consumers(x)) == 1 and x not in graph_outputs
         if starts_at_zero and producer is not None and producer.op != "neuron" and is_site(producer) and alone:
             if top is not None:
                 hi = producer.attrs.get("max") if producer.op == "clip" else None
-                cap = top if hi is None else min(float(hi), top)
-                producer.op, producer.attrs = "clip", {"min": 0.0, "max": cap, **(staircase if cap == top else {})}
+                producer.op, producer.attrs = "clip", {"min": 0.0, "max": top if hi is None else min(float(hi), top)}
                 what = f"removed, {producer.name} capped at {top:.4g}"
-                trained += [steps] if cap == top and staircase else []
             else:
                 what = f"removed after {producer.name}"
             counts["capped"] += 1
@@ -321,9 +306,8 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         elif starts_at_zero and x not in positive:
             # the quantize node itself becomes the activation the quantizer removed
             q.op, q.params = ("clip", {}) if top is not None else ("relu", {})
-            q.attrs = {"min": 0.0, "max": top, **staircase} if top is not None else {}
+            q.attrs = {"min": 0.0, "max": top} if top is not None else {}
             what = f"clip to [0, {top:.4g}] (a neuron)" if top is not None else "a ReLU (a neuron)"
-            trained += [steps] if staircase else []
             counts["neurons"] += 1
             value = q.outputs[0]
         else:
@@ -344,7 +328,6 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
         ctx.note(NAME, f"{q.name}: {what}")
     graph.nodes = [n for n in graph.nodes if n.name not in drop]
     ctx.report["fake_quant_pairs"] = counts
-    _count_trained(ctx, trained)
     return graph
 
 
