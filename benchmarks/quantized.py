@@ -6,10 +6,11 @@
 Each workload of examples.workloads.BENCH_WORKLOADS is trained, exported to ONNX (float) and
 quantized by onnxruntime's static quantizer (``quantize_static``: QDQ format, uint8 activations,
 int8 weights per channel, MinMax ranges from the calibration batch): the model a user gets from
-the standard int8 tooling, whose ReLUs the quantizer removed (a uint8 grid from 0 clips them).
-onnxruntime scores both ANNs ("ANN"; "snnc ANN" is the network snnc converts, the int8 model's
-fake quantization rewritten by passes/fake_quant.py); ``snnc.compile`` converts both with the same calibration batch and
-default options, and the SNNs are scored at every T from one run.
+the standard int8 tooling, whose ReLUs the quantizer removed (a uint8 grid from 0 clips them);
+and once more with 4-bit activations (QUInt4, on the model converted to opset 21: "uint4 QDQ").
+onnxruntime scores the ANNs ("ANN"; "snnc ANN" is the network snnc converts, the model's fake
+quantization rewritten by passes/fake_quant.py); ``snnc.compile`` converts each with the same
+calibration batch and default options, and the SNNs are scored at every T from one run.
 Writes benchmarks/results/quantized.json and prints a table per workload.
 """
 
@@ -27,6 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 import snncompiler as snnc
 from examples.workloads import BENCH_WORKLOADS, export_onnx
@@ -47,9 +49,11 @@ def ort_quantize(
     per_channel: bool = True,
     op_types: list[str] | None = None,
     batch: int = 64,
+    activation_type: str = "QUInt8",
 ) -> str:
     """onnxruntime's static quantization of ``float_path`` (``quant_format`` QDQ or QOperator;
-    uint8 activations, int8 weights, per channel or per tensor, MinMax ranges over ``calib``)."""
+    ``activation_type`` activations (QUInt8; QUInt4 needs an opset-21 model), int8 weights, per
+    channel or per tensor, MinMax ranges over ``calib``)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Batches(CalibrationDataReader):
@@ -65,7 +69,7 @@ def ort_quantize(
         out_path,
         Batches(),
         quant_format=getattr(QuantFormat, quant_format),
-        activation_type=QuantType.QUInt8,
+        activation_type=getattr(QuantType, activation_type),
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
         op_types_to_quantize=op_types,
@@ -87,8 +91,12 @@ def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
         input_name = onnx.load(float_path).graph.input[0].name
         ort_quantize(float_path, qdq_path, wl.calib.x, input_name)
         ops = sorted({n.op_type for n in onnx.load(qdq_path).graph.node})
+        # 4-bit activations: onnxruntime writes standard uint4 QDQ only at opset 21
+        opset21, q4_path = str(Path(tmp) / "float21.onnx"), str(Path(tmp) / "uint4.onnx")
+        onnx.save(onnx.version_converter.convert_version(onnx.load(float_path), 21), opset21)
+        ort_quantize(opset21, q4_path, wl.calib.x, input_name, activation_type="QUInt4")
         rows = {}
-        for label, path in (("float", float_path), ("int8 QDQ", qdq_path)):
+        for label, path in (("float", float_path), ("int8 QDQ", qdq_path), ("uint4 QDQ", q4_path)):
             t0 = time.perf_counter()
             model = snnc.compile(path, wl.calib, seed=seed)
             compile_s = time.perf_counter() - t0

@@ -259,6 +259,35 @@ def test_onnxruntime_quantized_model(float_cnn, tmp_path, quant_format, per_chan
     assert np.abs(got - ref).max() <= step, np.abs(got - ref).max()
 
 
+def test_onnxruntime_4_bit_model(float_cnn, tmp_path):
+    """onnxruntime's quantizer with 4-bit activations (QuantType.QUInt4, opset 21): snnc's ANN
+    runs it as onnxruntime runs it unoptimised, ``OrtModel`` loads it even where onnxruntime's
+    optimiser fuses it into a QLinearConv with no 4-bit kernel, and compile makes its grids
+    neurons (no analog islands)."""
+    import onnx.version_converter
+    import onnxruntime as ort
+
+    import snncompiler as snnc
+    from snncompiler.formats.onnx.ort import OrtModel
+
+    opset21 = str(tmp_path / "float21.onnx")
+    onnx.save(onnx.version_converter.convert_version(onnx.load(float_cnn), 21), opset21)
+    calib = rand([64, 1, 8, 8], 10, 0, 1)
+    path = ort_quantize(opset21, str(tmp_path / "q4.onnx"), calib, activation_type="QUInt4")
+    zero_types = {t.data_type for t in onnx.load(path).graph.initializer if t.name.endswith("zero_point")}
+    assert TensorProto.UINT4 in zero_types
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = rand([8, 1, 8, 8], 20, 0, 1)
+    (ref,) = session.run(None, {session.get_inputs()[0].name: x})
+    step = float(np.abs(ref).max()) / 100  # a fraction of the output grid's step at most
+    assert np.abs(np.asarray(run_graph(load_graph(path), x)) - ref).max() <= step
+    np.testing.assert_array_equal(OrtModel(path)(x), ref)
+    compiled = snnc.compile(path, calib)
+    assert len(compiled.graph.find("neuron")) == 2 and not compiled.report["analog_islands"]
+
+
 class _FakeQuantCNN(nn.Module):
     """Quantization-aware training's forward pass: fake-quantized weights (per channel) and
     activations (per tensor, uint8 after the ReLUs), as torch exports it to Q/DQ pairs."""

@@ -31,10 +31,18 @@ class OrtModel:
         options.log_severity_level = 4
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4
+        serialized = model.SerializeToString()
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise SnncError(f"{label}: onnxruntime cannot load the model: {_ort_message(exc)}") from exc
+            # onnxruntime's own optimiser can break a valid model: it fuses a 4-bit QDQ conv
+            # (what its quantizer writes with QuantType.QUInt4) into a QLinearConv it has no
+            # 4-bit kernel for. Unoptimised, the model runs as written.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                self.session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+            except Exception:
+                raise SnncError(f"{label}: onnxruntime cannot load the model: {_ort_message(exc)}") from exc
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise SnncError(f"{label}: expected a model with one input, found {len(inputs)}")
