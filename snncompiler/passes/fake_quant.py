@@ -50,6 +50,7 @@ from ..ir import Graph, Node
 from ..runtime.executor import run_node
 from . import PassContext
 from .spike_flow import ROUTING, is_site
+from .thresholds import staircase_rate
 
 NAME = "fake_quant"
 
@@ -105,17 +106,18 @@ def non_negative(graph: Graph) -> set[str]:
     return known
 
 
+def _dequantized_only(graph: Graph, q: Node, value: str) -> list[Node]:
+    """The readers of ``value`` when it is no graph output and every reader dequantizes it on
+    ``q``'s grid; else []."""
+    readers = graph.consumers(value)
+    if value in {v.name for v in graph.outputs} or not readers:
+        return []
+    return readers if all(r.op == "dequantize" and _same_grid(q, r) for r in readers) else []
+
+
 def pairs(graph: Graph) -> list[tuple[Node, list[Node]]]:
     """(quantize, its dequantizes) for every quantize whose output only dequantizes on the same grid."""
-    outputs = {v.name for v in graph.outputs}
-    found = []
-    for q in graph.find("quantize"):
-        readers = graph.consumers(q.outputs[0])
-        if q.outputs[0] in outputs or not readers:
-            continue
-        if all(r.op == "dequantize" and _same_grid(q, r) for r in readers):
-            found.append((q, readers))
-    return found
+    return [(q, readers) for q in graph.find("quantize") if (readers := _dequantized_only(graph, q, q.outputs[0]))]
 
 
 def grid_range(q: Node) -> tuple[int, int]:
@@ -146,10 +148,8 @@ def narrowed_grids(graph: Graph, ctx: PassContext) -> Graph:
         q = graph.producer(clip.inputs[0])
         if q is None or q.op != "quantize" or q.outputs[0] in outputs or len(graph.consumers(q.outputs[0])) != 1:
             continue
-        readers = graph.consumers(clip.outputs[0])
-        if clip.outputs[0] in outputs or not readers:
-            continue
-        if not all(r.op == "dequantize" and _same_grid(q, r) for r in readers):
+        readers = _dequantized_only(graph, q, clip.outputs[0])
+        if not readers:
             continue
         qmin, qmax = grid_range(q)
         lo, hi = clip.attrs.get("min"), clip.attrs.get("max")
@@ -185,8 +185,7 @@ def _scalar_elementwise(node: Node) -> bool:
 def _evaluate(chain: list[Node], x: torch.Tensor) -> torch.Tensor:
     for node in chain:
         if node.op == "clip" and "levels" in node.attrs:  # a staircase read already: as the model computes it
-            top, steps = node.attrs["max"], node.attrs["levels"]
-            x = top / steps * torch.clamp(torch.floor(x * steps / top + node.attrs["shift"]), 0, steps)
+            x = staircase_rate(x, node.attrs["max"], node.attrs["levels"], node.attrs["shift"])
         else:
             (x,) = run_node(node, [x])
     return x

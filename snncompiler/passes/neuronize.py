@@ -38,7 +38,7 @@ def trained_start(spec: NeuronSpec, site_attrs: dict, theta: torch.Tensor) -> to
     v0 "half", δ = 0 with "zero") or cannot: δ = 1 (a Ceil) would fire on a zero input. A
     population of B shares it: neuron j starts at θ·(j + δ)/B."""
     shift = site_attrs.get("shift") if site_attrs.get("levels") else None
-    setting_shift = 0.5 if spec.v0 == "half" else 0.0
+    setting_shift = spec.initial_potential(1.0)  # where --v0 starts it, as a fraction of θ
     if shift is None or shift == setting_shift or not 0.0 <= shift < 1.0:
         return None
     top = float(theta.reshape(-1)[0])  # a staircase's θ is its one trained top (passes/thresholds.py)

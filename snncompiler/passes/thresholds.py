@@ -27,10 +27,15 @@ def parse_mode(mode: str) -> tuple[str, float | None]:
     return parse_threshold(mode)
 
 
+def staircase_rate(a: torch.Tensor, theta, steps: int, shift: float) -> torch.Tensor:
+    """θ/L·clamp(floor(a·L/θ + δ), 0, L): what an IF neuron with soft reset started at δ·θ
+    produces as a rate for a constant input a over L steps (a trained staircase's form too)."""
+    return theta / steps * torch.clamp(torch.floor(a * steps / theta + shift), 0, steps)
+
+
 def quantize(a: torch.Tensor, theta: torch.Tensor, timesteps: int, v0: str) -> torch.Tensor:
     """The rate an IF neuron with soft reset produces for a constant input a after T steps."""
-    shift = 0.5 if v0 == "half" else 0.0
-    return theta / timesteps * torch.clamp(torch.floor(a * timesteps / theta + shift), 0, timesteps)
+    return staircase_rate(a, theta, timesteps, 0.5 if v0 == "half" else 0.0)
 
 
 def mse_threshold(hist: StreamingHistogram, timesteps: int, v0: str, grid: int = 95) -> torch.Tensor:
