@@ -7,7 +7,10 @@ Each workload of examples.workloads.BENCH_WORKLOADS is trained, exported to ONNX
 quantized by onnxruntime's static quantizer (``quantize_static``: QDQ format, uint8 activations,
 int8 weights per channel, MinMax ranges from the calibration batch): the model a user gets from
 the standard int8 tooling, whose ReLUs the quantizer removed (a uint8 grid from 0 clips them);
-and once more with 4-bit activations (QUInt4, on the model converted to opset 21: "uint4 QDQ").
+the same quantization in QOperator format ("int8 QOp": QLinearConv and onnxruntime's
+com.microsoft QLinearAdd, QLinearGlobalAveragePool, QGemm, with MaxPool and Flatten on the
+integers); and once more with 4-bit activations (QUInt4, on the model converted to opset 21:
+"uint4 QDQ").
 onnxruntime scores the ANNs ("ANN"; "snnc ANN" is the network snnc converts, the model's fake
 quantization rewritten by passes/fake_quant.py); ``snnc.compile`` converts each with the same
 calibration batch and default options, and the SNNs are scored at every T from one run.
@@ -91,12 +94,19 @@ def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
         input_name = onnx.load(float_path).graph.input[0].name
         ort_quantize(float_path, qdq_path, wl.calib.x, input_name)
         ops = sorted({n.op_type for n in onnx.load(qdq_path).graph.node})
+        # the same quantization written as QOperator layers (QLinearConv, com.microsoft QLinearAdd ...)
+        qop_path = str(Path(tmp) / "int8_qoperator.onnx")
+        ort_quantize(float_path, qop_path, wl.calib.x, input_name, quant_format="QOperator")
+        qop_ops = sorted(
+            {f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in onnx.load(qop_path).graph.node}
+        )
         # 4-bit activations: onnxruntime writes standard uint4 QDQ only at opset 21
         opset21, q4_path = str(Path(tmp) / "float21.onnx"), str(Path(tmp) / "uint4.onnx")
         onnx.save(onnx.version_converter.convert_version(onnx.load(float_path), 21), opset21)
         ort_quantize(opset21, q4_path, wl.calib.x, input_name, activation_type="QUInt4")
         rows = {}
-        for label, path in (("float", float_path), ("int8 QDQ", qdq_path), ("uint4 QDQ", q4_path)):
+        models = (("float", float_path), ("int8 QDQ", qdq_path), ("int8 QOp", qop_path), ("uint4 QDQ", q4_path))
+        for label, path in models:
             t0 = time.perf_counter()
             model = snnc.compile(path, wl.calib, seed=seed)
             compile_s = time.perf_counter() - t0
@@ -109,7 +119,13 @@ def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
                 "fake_quant_pairs": model.report.get("fake_quant_pairs"),
                 "compile_s": round(compile_s, 2),
             }
-    return {"note": wl.note, "test_samples": int(len(wl.test.x)), "int8_ops": ops, "rows": rows}
+    return {
+        "note": wl.note,
+        "test_samples": int(len(wl.test.x)),
+        "int8_ops": ops,
+        "qoperator_ops": qop_ops,
+        "rows": rows,
+    }
 
 
 def print_table(name: str, result: dict, timesteps: list[int]) -> None:
@@ -123,17 +139,33 @@ def print_table(name: str, result: dict, timesteps: list[int]) -> None:
         print(f"{label:<10} {row['ann_onnxruntime']:7.2f} {row['ann_snnc']:8.2f} {cells}")
 
 
+def _machine() -> dict:
+    """The CPU and torch the accuracies were measured with."""
+    import torch
+
+    from snncompiler.kernels import cpu
+
+    return {
+        "cpu": cpu.cpu_model(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+    }
+
+
 def workload_benchmark(argv, *, description: str, workloads, default_workloads, default_t, run, show, json_name) -> int:
     """The command line both accuracy benchmarks share: ``--workloads`` (names in ``workloads``),
     ``--timesteps``, ``--seed``, ``--threads`` and ``--out``; ``run(name, timesteps, seed)`` gives
     one workload's result, ``show(name, result, timesteps)`` prints it, and every result goes to
-    ``out/json_name`` with the command that made it. An unknown workload exits with 2."""
+    ``out/json_name`` (or to ``--out`` itself where it names a .json file) with the command that
+    made it and the machine it ran on: training, and so every figure, changes with the CPU. An
+    unknown workload exits with 2."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--workloads", default=",".join(default_workloads), help="comma list of " + ", ".join(workloads))
     p.add_argument("--timesteps", default=",".join(map(str, default_t)), help="comma list of T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder or .json file")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -149,14 +181,14 @@ def workload_benchmark(argv, *, description: str, workloads, default_workloads, 
     for name in names:
         results[name] = run(name, timesteps, args.seed)
         show(name, results[name], timesteps)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    path = Path(args.out) if args.out.endswith(".json") else Path(args.out) / json_name
+    path.parent.mkdir(parents=True, exist_ok=True)
     module = Path(sys.modules[run.__module__].__file__).stem
     command = f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"command": command.strip(), "timesteps": timesteps, "workloads": results}
-    with atomic_write(out / json_name, "w") as f:
+    payload = {"command": command.strip(), "machine": _machine(), "timesteps": timesteps, "workloads": results}
+    with atomic_write(path, "w") as f:
         json.dump(payload, f, indent=2)
-    print(f"\nwrote {out / json_name}")
+    print(f"\nwrote {path}")
     return 0
 
 

@@ -318,6 +318,7 @@ def test_benchmark_writes_every_variant(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "EPOCHS", 1)
     assert bench.main(["--workloads", "digits_cnn", "--timesteps", "1,4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "quantization_aware.json").read_text())
+    assert result["machine"]["cpu"] and result["machine"]["torch"]  # figures change with the CPU
     rows = result["workloads"]["digits_cnn"]["rows"]
     variants = [label for label, _, _ in bench.VARIANTS]
     assert sorted(rows) == sorted(variants + list(bench.CALIBRATED.values()))

@@ -1,6 +1,6 @@
 """Quantized ONNX models against onnxruntime: QuantizeLinear / DequantizeLinear (per tensor and per
 axis, every supported integer type, opsets 10–21), the QOperator layers QLinearConv and
-QLinearMatMul, and whole models from onnxruntime's quantizer and PyTorch's fake quantization."""
+QLinearMatMul (onnxruntime's com.microsoft ones: test_qoperator.py), and whole models from onnxruntime's quantizer and PyTorch's fake quantization."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from snncompiler.errors import SnncError
 from snncompiler.formats.onnx import load_graph
 from snncompiler.runtime import run_graph
 
-from .helpers import build, init, rand, run_ort, run_snn
+from .helpers import assert_within_one_step, build, init, rand, run_ort, run_snn
 
 #: the operators this module tests against onnxruntime (test_op_parity checks every converter's op is listed somewhere)
 QUANTIZATION_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
@@ -140,16 +140,6 @@ def _qlinear(op, x_shape, w, w_scale, w_zero, bias=None, **attrs):
     return build(nodes, [("x", list(x_shape))], ["y"], inits, opset=13)
 
 
-def _assert_within_one_step(model, x, step: float):
-    """Equal to onnxruntime up to one step of the output grid, in at most 1 % of the entries:
-    onnxruntime requantizes its integer sums in fixed point, snnc in float32, so a sum on a
-    rounding tie can land one step apart."""
-    got, ref = run_snn(model, x)[0], run_ort(model, x)[0]
-    diff = np.abs(got - ref)
-    assert diff.max() <= step * 1.001, diff.max()
-    assert (diff > 0).mean() <= 0.01, (diff > 0).mean()
-
-
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("attrs", [{}, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, {"group": 2, "pads": [1, 0, 1, 0]}])
 def test_qlinear_conv(per_channel, attrs):
@@ -160,7 +150,7 @@ def test_qlinear_conv(per_channel, attrs):
     zero = np.zeros(scale.shape, np.int8)
     bias = g.integers(-2000, 2000, 6).astype(np.int32)
     model = _qlinear("QLinearConv", (2, cin, 7, 7), w, scale, zero, bias, **attrs)
-    _assert_within_one_step(model, rand([2, cin, 7, 7], 5, 0, 4), 0.05)
+    assert_within_one_step(model, rand([2, cin, 7, 7], 5, 0, 4), 0.05)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -169,7 +159,7 @@ def test_qlinear_matmul(per_channel):
     w = g.integers(0, 256, size=(12, 5)).astype(np.uint8)
     scale = (g.uniform(0.001, 0.004, 5) if per_channel else np.array(0.002)).astype(np.float32)
     zero = np.full(scale.shape, 128, np.uint8)
-    _assert_within_one_step(_qlinear("QLinearMatMul", (3, 12), w, scale, zero), rand([3, 12], 7, 0, 4), 0.05)
+    assert_within_one_step(_qlinear("QLinearMatMul", (3, 12), w, scale, zero), rand([3, 12], 7, 0, 4), 0.05)
 
 
 @pytest.mark.parametrize(
@@ -240,8 +230,8 @@ def float_cnn(tmp_path_factory):
 @pytest.mark.parametrize("quant_format", ["QDQ", "QOperator"])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_onnxruntime_quantized_model(float_cnn, tmp_path, quant_format, per_channel):
-    """The model onnxruntime's quantizer writes runs as onnxruntime runs it (QOperator: only its
-    standard QLinearConv; the com.microsoft layers it writes for the rest are not read)."""
+    """The model onnxruntime's quantizer writes runs as onnxruntime runs it (QOperator: its
+    QLinearConv and com.microsoft QGemm, with MaxPool and Flatten on the integers between)."""
     qoperator = quant_format == "QOperator"
     path = ort_quantize(
         float_cnn,
@@ -249,10 +239,9 @@ def test_onnxruntime_quantized_model(float_cnn, tmp_path, quant_format, per_chan
         rand([64, 1, 8, 8], 10, 0, 1),
         quant_format=quant_format,
         per_channel=per_channel,
-        op_types=["Conv", "MatMul"] if qoperator else None,
     )
     ops = {n.op_type for n in onnx.load(path).graph.node}
-    assert ("QLinearConv" in ops) == qoperator
+    assert ("QLinearConv" in ops) == ("QGemm" in ops) == qoperator
     x = rand([8, 1, 8, 8], 20, 0, 1)
     got, ref = np.asarray(run_graph(load_graph(path), x)), run_ort(onnx.load(path), x)[0]
     step = float(np.abs(ref).max()) / 100  # a fraction of the output grid's step at most

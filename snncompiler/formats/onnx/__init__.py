@@ -13,6 +13,7 @@ from ..artifact import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
 from . import converters as _converters  # noqa: F401  (registers every converter)
 from .batch import non_batch_node
 from .fusion import fuse
+from .qoperator import lowered_ops
 from .reader import canonicalize, main_opset
 from .registry import CONVERTERS, Ctx, build_graph
 
@@ -22,8 +23,9 @@ __all__ = ["load_graph", "supported_ops", "TARGET_OPSET", "SNN_DOMAIN"]
 
 
 def supported_ops() -> list[str]:
-    """Sorted list of ONNX operator names that have a converter (``domain::op`` for custom domains)."""
-    return sorted(op if not dom else f"{dom}::{op}" for dom, op in CONVERTERS)
+    """Sorted list of ONNX operator names that have a converter or a rewrite into standard ONNX
+    (``domain::op`` for custom domains)."""
+    return sorted({op if not dom else f"{dom}::{op}" for dom, op in CONVERTERS} | set(lowered_ops()))
 
 
 def load_graph(source, *, lenient: bool = False) -> Graph:

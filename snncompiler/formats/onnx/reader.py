@@ -19,7 +19,8 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from ...errors import SnncError
 from ...fileio import open_regular, read_regular
-from ..artifact import TARGET_OPSET, VERSION_KEY
+from ..artifact import SNN_DOMAIN, TARGET_OPSET, VERSION_KEY
+from .qoperator import MS_DOMAIN, lower_qoperators
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +188,17 @@ def main_opset(model: onnx.ModelProto) -> int:
 
 
 def has_custom_domain(model: onnx.ModelProto) -> bool:
-    """True if any node belongs to a domain other than ai.onnx (e.g. a compiled artifact)."""
-    return any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
+    """True if any node belongs to a domain other than ai.onnx and onnxruntime's com.microsoft
+    (whose quantized layers are rewritten as standard ONNX, see :mod:`.qoperator`): a compiled
+    artifact's neurons, for one."""
+    return any(n.domain not in ("", "ai.onnx", MS_DOMAIN) for n in model.graph.node)
 
 
 def is_artifact(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is a compiled artifact: neuron nodes (a custom domain) or the artifact
     format key in its metadata (a network compiled without a neuron: all analog islands)."""
-    return has_custom_domain(model) or any(p.key == VERSION_KEY for p in model.metadata_props)
+    neurons = any(n.domain == SNN_DOMAIN for n in model.graph.node)
+    return neurons or any(p.key == VERSION_KEY for p in model.metadata_props)
 
 
 def max_supported_opset() -> int:
@@ -363,8 +367,10 @@ def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
 def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     """Load and canonicalize a model: checked, at TARGET_OPSET, shapes inferred, constants folded.
 
-    Models with nodes in custom domains (compiled artifacts) skip version conversion and
-    folding: their standard part was written at TARGET_OPSET by this package.
+    QOperator layers (standard and onnxruntime's com.microsoft ones) become the standard
+    dequantize → float op → quantize they stand for (:mod:`.qoperator`). Models with nodes in
+    other domains (compiled artifacts) skip version conversion and folding: their standard part
+    was written at TARGET_OPSET by this package.
     """
     model, label = read_model(source)
     model = onnx.ModelProto.FromString(model.SerializeToString()) if label == "<model>" else model
@@ -397,6 +403,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
                 _first_line(exc),
                 opset,
             )
+    lower_qoperators(model, label)
     try:
         model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:

@@ -1,6 +1,7 @@
 """Converters for quantized models: QuantizeLinear and DequantizeLinear (the QDQ format that
-onnxruntime's quantizer and PyTorch's quantization-aware training export), and the standard
-QOperator layers QLinearConv and QLinearMatMul, lowered to dequantize → float layer → quantize.
+onnxruntime's quantizer and PyTorch's quantization-aware training export). QOperator layers
+(QLinearConv, onnxruntime's com.microsoft QLinearAdd ...) reach them as the dequantize → float
+layer → quantize they stand for, rewritten at load time by formats/onnx/qoperator.py.
 
 Quantized weights are constants, so their DequantizeLinear folds into float weights at load
 time; what reaches the IR is the quantization of activations. A quantize → dequantize pair on
@@ -93,48 +94,6 @@ def dequantize_linear(node, ctx):
     elem_type = ctx.dtypes.get(ctx.resolve(node.input[0]), onnx.TensorProto.UNDEFINED)
     attrs, params = _params(node, ctx, elem_type, _DEQUANTIZABLE)
     ctx.emit("dequantize", [node.input[0]], [node.output[0]], attrs, params)
-
-
-def _lowered(node, ctx, float_op: str, weights: list[tuple], **attrs) -> None:
-    """A QOperator node (x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero[, bias]) as
-    standard ONNX nodes, each converted (or folded) as if the model held it: DequantizeLinear
-    of x, of every constant in ``weights`` ((value, scale, zero point or "", axis); they fold
-    into float constants), ``float_op`` on them, QuantizeLinear to the node's output type."""
-    x, y = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
-    ctx.shapes[x], ctx.shapes[y] = ctx.shape(node.input[0]), ctx.shape(node.output[0])
-    ctx.dtypes[x] = ctx.dtypes[y] = onnx.TensorProto.FLOAT
-    steps = [onnx.helper.make_node("DequantizeLinear", node.input[:3], [x], name=node.name)]
-    float_inputs = [x]
-    for value, scale, zero, axis in weights:
-        float_inputs.append(ctx.fresh(f"{node.output[0]}_{value}"))
-        inputs = [value, scale, zero] if zero else [value, scale]
-        steps.append(onnx.helper.make_node("DequantizeLinear", inputs, float_inputs[-1:], name=node.name, axis=axis))
-    steps.append(onnx.helper.make_node(float_op, float_inputs, [y], name=node.name, **attrs))
-    steps.append(
-        onnx.helper.make_node("QuantizeLinear", [y, node.input[6], node.input[7]], node.output[:1], name=node.name)
-    )
-    for step in steps:
-        ctx.convert(step)
-
-
-@converter("QLinearConv")
-def qlinear_conv(node, ctx):
-    """QLinearConv (constant weight, per tensor or per output channel) → dequantize → conv →
-    quantize; its int32 bias is dequantized with x_scale · w_scale, as onnxruntime accumulates it."""
-    weights = [(node.input[3], node.input[4], node.input[5], 0)]
-    if len(node.input) > 8 and node.input[8]:
-        x_scale = ctx.const(node.input[1], "QLinearConv x_scale").astype(np.float32)
-        bias_scale = ctx.fresh(f"{node.output[0]}_bias_scale")
-        ctx.set_const(bias_scale, x_scale * ctx.const(node.input[4], "QLinearConv w_scale").astype(np.float32))
-        weights.append((node.input[8], bias_scale, "", 0))
-    _lowered(node, ctx, "Conv", weights, **ctx.attrs(node))
-
-
-@converter("QLinearMatMul")
-def qlinear_matmul(node, ctx):
-    """QLinearMatMul with a constant right operand (per tensor or per output column) →
-    dequantize → matmul → quantize."""
-    _lowered(node, ctx, "MatMul", [(node.input[3], node.input[4], node.input[5], -1)])
 
 
 # ---- write rules: core op → ONNX (the artifact writer, formats/onnx/writer.py) ----------------

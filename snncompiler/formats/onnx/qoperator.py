@@ -1,0 +1,393 @@
+"""QOperator layers, rewritten at load time as the standard ONNX they stand for.
+
+A QOperator layer computes ``quantize(f(dequantize(x), ...))`` on integer tensors: the
+standard QLinearConv and QLinearMatMul, and the ``com.microsoft`` layers onnxruntime's
+quantizer writes with ``QuantFormat.QOperator`` (QLinearAdd, QGemm, QLinearGlobalAveragePool,
+...). Each becomes DequantizeLinear of its quantized inputs, the float operator ``f`` and
+QuantizeLinear of its output, so the model reads as the QDQ model it is equal to and the
+quantization machinery (converters/quantization.py, passes/fake_quant.py) takes it from there.
+The operators onnxruntime leaves on the integers between such layers (MaxPool, Flatten, Pad ...),
+in any model, run on the dequantized values and quantize back onto the same grid: the same
+integers, and a quantize → dequantize pair around each layer that compile can make a neuron of.
+
+The rewrite runs on the ONNX model, after version conversion and before shape inference: onnx
+knows no ``com.microsoft`` schema, so nothing after such a node would have a type or a shape.
+One small function per layer, behind a registry (:func:`lowering`), as the converters are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from ...errors import SnncError
+
+#: onnxruntime's operator domain
+MS_DOMAIN = "com.microsoft"
+
+Lowering = Callable[["_Rewrite", onnx.NodeProto], None]
+#: (domain, op_type) → the function that writes the node's standard form
+LOWERINGS: dict[tuple[str, str], Lowering] = {}
+
+
+def lowering(*op_types: str, domain: str = ""):
+    """Register the decorated function as the rewrite of ``op_types`` in ``domain``."""
+
+    def register(fn: Lowering) -> Lowering:
+        for op in op_types:
+            LOWERINGS[(domain, op)] = fn
+        return fn
+
+    return register
+
+
+def lowered_ops() -> list[str]:
+    """The operators this module rewrites, as ``supported_ops`` names them (``domain::op``)."""
+    return [op if not domain else f"{domain}::{op}" for domain, op in LOWERINGS]
+
+
+def lower_qoperators(model: onnx.ModelProto, label: str) -> None:
+    """Rewrite every QOperator node of ``model`` in place; a ``com.microsoft`` node with no
+    rewrite is an error naming it and what is supported."""
+    quantized = ("", "QuantizeLinear")
+    if not any(_key(n) in LOWERINGS or n.domain == MS_DOMAIN or _key(n) == quantized for n in model.graph.node):
+        return
+    rewrite = _Rewrite(model, label)
+    for node in list(model.graph.node):
+        fn = LOWERINGS.get(_key(node))
+        grid = rewrite.grids.get(node.input[0]) if node.input else None
+        if fn is not None:
+            rewrite.start(node)
+            fn(rewrite, node)
+        elif grid is not None and _key(node) in {("", op) for op in (*_ON_GRID, *_TO_INDEX)}:
+            rewrite.start(node)
+            _on_floats(rewrite, node, grid)
+        elif node.domain == MS_DOMAIN:
+            supported = ", ".join(sorted(op for domain, op in LOWERINGS if domain == MS_DOMAIN))
+            raise SnncError(
+                f"{label}: node {node.op_type} '{node.name or node.output[0]}': onnxruntime's "
+                f"{MS_DOMAIN}::{node.op_type} is not supported (of {MS_DOMAIN}, snnc reads {supported})"
+            )
+        else:
+            rewrite.nodes.append(node)
+            if _key(node) == quantized and rewrite.is_scalar(node.input[1]):
+                rewrite.grids[node.output[0]] = (node.input[1], rewrite.input_of(node, 2))
+    del model.graph.node[:]
+    model.graph.node.extend(rewrite.nodes)
+    model.graph.initializer.extend(rewrite.initializers)
+    if not any(n.domain == MS_DOMAIN for n in model.graph.node):
+        kept = [imp for imp in model.opset_import if imp.domain != MS_DOMAIN]
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+
+
+def _key(node: onnx.NodeProto) -> tuple[str, str]:
+    return ("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type)
+
+
+class _Rewrite:
+    """The nodes and constants that replace a model's QOperator nodes, with fresh names."""
+
+    def __init__(self, model: onnx.ModelProto, label: str):
+        self.model, self.label = model, label
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.constants = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
+                if node.attribute[0].name == "value":
+                    self.constants[node.output[0]] = node.attribute[0].t
+        self.names = {name for n in model.graph.node for name in (*n.input, *n.output)} | set(self.constants)
+        self.names |= {v.name for v in model.graph.input}
+        self.node: onnx.NodeProto | None = None
+        #: quantized value → (scale, zero point) of the QuantizeLinear that made it, per tensor
+        self.grids: dict[str, tuple[str, str]] = {}
+
+    @staticmethod
+    def input_of(node: onnx.NodeProto, index: int) -> str:
+        return node.input[index] if index < len(node.input) else ""
+
+    def start(self, node: onnx.NodeProto) -> None:
+        self.node = node
+
+    def fail(self, message: str) -> SnncError:
+        node = self.node
+        return SnncError(f"{self.label}: node {node.op_type} '{node.name or node.output[0]}': {message}")
+
+    def fresh(self, hint: str) -> str:
+        name, i = f"{self.node.output[0]}__{hint}", 1
+        while name in self.names:
+            name, i = f"{self.node.output[0]}__{hint}{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def input(self, index: int) -> str:
+        """The node's input ``index``, or "" where it is absent."""
+        return self.input_of(self.node, index)
+
+    def attrs(self, *drop: str) -> dict:
+        return {a.name: helper.get_attribute_value(a) for a in self.node.attribute if a.name not in drop}
+
+    def constant(self, name: str, what: str) -> np.ndarray:
+        if name not in self.constants:
+            raise self.fail(f"{what} must be a constant (initializer), got an activation")
+        return numpy_helper.to_array(self.constants[name])
+
+    def is_scalar(self, name: str) -> bool:
+        """Whether ``name`` is a constant with one value (a per-tensor scale)."""
+        return name in self.constants and int(np.prod(self.constants[name].dims)) == 1
+
+    def add_constant(self, hint: str, value: np.ndarray) -> str:
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(value, name))
+        self.constants[name] = self.initializers[-1]
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        """Append a standard node; its output is ``output`` or a fresh name."""
+        output = output or self.fresh(op_type.lower())
+        name = self.node.name or self.node.output[0]
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{name}/{op_type}", **attrs))
+        return output
+
+    def dequantize(self, x: str, scale: str, zero: str, axis: int | None = None) -> str:
+        """DequantizeLinear of ``x``; ``axis`` where a weight's scale has one value per channel."""
+        inputs = [x, scale, zero] if zero else [x, scale]
+        per_axis = axis is not None and self.constant(scale, "a weight's scale").ndim == 1
+        return self.op("DequantizeLinear", inputs, **({"axis": axis} if per_axis else {}))
+
+    def quantize(self, y: str, scale: str, zero: str, output: str | None = None) -> None:
+        """QuantizeLinear of the float result ``y`` to ``output`` (the node's output)."""
+        output = output or self.node.output[0]
+        self.op("QuantizeLinear", [y, scale, zero] if zero else [y, scale], output)
+        self.grids[output] = (scale, zero)
+
+    def shape(self, name: str) -> list[int | None]:
+        """The shape of ``name`` (None for a size left open) as shape inference sees the model
+        rewritten so far."""
+        if name in self.constants:
+            return [int(d) for d in self.constants[name].dims]
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        del model.graph.node[:]
+        model.graph.node.extend(self.nodes)
+        model.graph.initializer.extend(self.initializers)
+        inferred = shape_inference.infer_shapes(model)
+        for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+            if value.name == name and value.type.tensor_type.HasField("shape"):
+                return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        raise self.fail(f"the shape of '{name}' is unknown")
+
+
+#: operators that pick, move or compare the integers of a quantized tensor: they commute with
+#: dequantization (increasing and affine), so on a QOperator model's integers (onnxruntime
+#: leaves MaxPool, Flatten, Reshape ... there) they run on the dequantized floats and quantize
+#: back onto the same grid, which gives the same integers
+_ON_GRID = (
+    "MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+    "Slice", "Gather", "Split", "Expand", "Tile", "SpaceToDepth", "DepthToSpace", "ReduceMax", "ReduceMin",
+    "Resize", "Pad",
+)  # fmt: skip
+#: ... and those whose result is an index into it, not on its grid
+_TO_INDEX = ("ArgMax", "ArgMin")
+
+
+def _on_floats(r: _Rewrite, node: onnx.NodeProto, grid: tuple[str, str]) -> None:
+    """``node`` on the dequantized values of its quantized input 0, its outputs quantized back
+    onto that grid (an index output, MaxPool's second, as it was)."""
+    scale, zero = grid
+    inputs = [r.dequantize(node.input[0], scale, zero), *node.input[1:]]
+    if node.op_type == "Pad" and r.attrs().get("mode", b"constant") in (b"constant", "constant"):
+        # the pad value is an integer on the grid: 0 unless given, the float it stands for
+        # (x − zero)·scale
+        pad = r.constant(inputs[2], "Pad's value").astype(np.float32) if len(inputs) > 2 and inputs[2] else 0.0
+        offset = r.constant(zero, "the zero point").astype(np.float32) if zero else np.float32(0)
+        value = (np.float32(pad) - offset) * r.constant(scale, "the scale").astype(np.float32)
+        inputs[2:3] = [r.add_constant("pad_value", np.asarray(value, np.float32).reshape(()))]
+    if node.op_type in _TO_INDEX:
+        r.nodes.append(helper.make_node(node.op_type, inputs, list(node.output), name=node.name))
+        r.nodes[-1].attribute.extend(node.attribute)
+        return
+    outputs = [
+        r.fresh(f"float{i}") if i == 0 or node.op_type == "Split" else name for i, name in enumerate(node.output)
+    ]
+    float_node = helper.make_node(node.op_type, inputs, outputs, name=node.name, domain=node.domain)
+    float_node.attribute.extend(node.attribute)
+    r.nodes.append(float_node)
+    for float_output, output in zip(outputs, node.output):
+        if float_output != output and output:
+            r.quantize(float_output, scale, zero, output)
+
+
+def _channels_first(r: _Rewrite, x: str, rank: int) -> str:
+    """An NHWC (``channels_last``) float tensor as NCHW."""
+    return r.op("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)])
+
+
+def _channels_last(r: _Rewrite, x: str, rank: int) -> str:
+    return r.op("Transpose", [x], perm=[0, *range(2, rank), 1])
+
+
+def _unary(r: _Rewrite, node, float_op: str, **attrs) -> None:
+    """(X, X_scale, X_zero_point, Y_scale, Y_zero_point) → ``float_op``."""
+    y = r.op(float_op, [r.dequantize(r.input(0), r.input(1), r.input(2))], **attrs)
+    r.quantize(y, r.input(3), r.input(4))
+
+
+@lowering("QLinearConv")
+@lowering("QLinearConv", domain=MS_DOMAIN)
+def qlinear_conv(r: _Rewrite, node) -> None:
+    """QLinearConv (weights per tensor or per output channel; com.microsoft's also NHWC) → Conv;
+    its int32 bias is dequantized with x_scale · w_scale, the scale onnxruntime accumulates in."""
+    x = r.dequantize(r.input(0), r.input(1), r.input(2))
+    inputs = [x, r.dequantize(r.input(3), r.input(4), r.input(5), axis=0)]
+    if r.input(8):
+        scale = r.constant(r.input(1), "x_scale") * r.constant(r.input(4), "w_scale")
+        inputs.append(r.dequantize(r.input(8), r.add_constant("bias_scale", scale.astype(np.float32)), "", axis=0))
+    attrs = r.attrs("channels_last")
+    if r.attrs().get("channels_last", 0):
+        rank = len(r.constant(r.input(3), "the weight").shape)
+        inputs[0] = _channels_first(r, x, rank)
+        y = _channels_last(r, r.op("Conv", inputs, **attrs), rank)
+    else:
+        y = r.op("Conv", inputs, **attrs)
+    r.quantize(y, r.input(6), r.input(7))
+
+
+@lowering("QLinearMatMul")
+def qlinear_matmul(r: _Rewrite, node) -> None:
+    """QLinearMatMul (right operand per tensor or per output column) → MatMul."""
+    a = r.dequantize(r.input(0), r.input(1), r.input(2))
+    b = r.dequantize(r.input(3), r.input(4), r.input(5), axis=-1)
+    r.quantize(r.op("MatMul", [a, b]), r.input(6), r.input(7))
+
+
+@lowering("QGemm", domain=MS_DOMAIN)
+def qgemm(r: _Rewrite, node) -> None:
+    """QGemm → Gemm (beta 1); its int32 C is dequantized with alpha · a_scale · b_scale, and
+    without y_scale the output stays float."""
+    attrs = r.attrs()
+    alpha = float(attrs.get("alpha", 1.0))
+    column_axis = 0 if attrs.get("transB", 0) else 1
+    inputs = [
+        r.dequantize(r.input(0), r.input(1), r.input(2)),
+        r.dequantize(r.input(3), r.input(4), r.input(5), axis=column_axis),
+    ]
+    if r.input(6):
+        scale = alpha * r.constant(r.input(1), "a_scale") * r.constant(r.input(4), "b_scale")
+        c_axis = len(r.constant(r.input(6), "C").shape) - 1
+        inputs.append(r.dequantize(r.input(6), r.add_constant("c_scale", scale.astype(np.float32)), "", axis=c_axis))
+    gemm = {"alpha": alpha, "transA": int(attrs.get("transA", 0)), "transB": int(attrs.get("transB", 0))}
+    if not r.input(7):
+        r.op("Gemm", inputs, node.output[0], **gemm)
+        return
+    r.quantize(r.op("Gemm", inputs, **gemm), r.input(7), r.input(8))
+
+
+@lowering("QLinearAdd", "QLinearMul", domain=MS_DOMAIN)
+def qlinear_binary(r: _Rewrite, node) -> None:
+    """QLinearAdd / QLinearMul (A, A_scale, A_zero, B, B_scale, B_zero, C_scale, C_zero) → Add / Mul."""
+    a = r.dequantize(r.input(0), r.input(1), r.input(2))
+    b = r.dequantize(r.input(3), r.input(4), r.input(5))
+    r.quantize(r.op(node.op_type.removeprefix("QLinear"), [a, b]), r.input(6), r.input(7))
+
+
+@lowering("QLinearGlobalAveragePool", domain=MS_DOMAIN)
+def qlinear_global_average_pool(r: _Rewrite, node) -> None:
+    """QLinearGlobalAveragePool → GlobalAveragePool (NHWC: the mean over the spatial axes)."""
+    if not r.attrs().get("channels_last", 0):
+        _unary(r, node, "GlobalAveragePool")
+        return
+    x = r.dequantize(r.input(0), r.input(1), r.input(2))
+    axes = r.add_constant("axes", np.arange(1, len(r.shape(r.input(0))) - 1, dtype=np.int64))
+    r.quantize(r.op("ReduceMean", [x, axes], keepdims=1), r.input(3), r.input(4))
+
+
+@lowering("QLinearAveragePool", domain=MS_DOMAIN)
+def qlinear_average_pool(r: _Rewrite, node) -> None:
+    """QLinearAveragePool → AveragePool (NHWC transposed around it). Counting the padding, it
+    divides every window by the kernel's size, also a ``ceil_mode`` window reaching past the
+    padding, where the standard AveragePool counts only what lies in the padded input: such a
+    window gets zeros padded up to its end."""
+    attrs = r.attrs("channels_last")
+    channels_last = r.attrs().get("channels_last", 0)
+    rank = len(attrs["kernel_shape"]) + 2
+    x = r.dequantize(r.input(0), r.input(1), r.input(2))
+    if channels_last:
+        x = _channels_first(r, x, rank)
+    if attrs.get("ceil_mode", 0) and attrs.get("count_include_pad", 0):
+        x, attrs = _padded_to_last_window(r, x, rank, attrs)
+    y = r.op("AveragePool", [x], **attrs)
+    r.quantize(_channels_last(r, y, rank) if channels_last else y, r.input(3), r.input(4))
+
+
+def _padded_to_last_window(r: _Rewrite, x: str, rank: int, attrs: dict) -> tuple[str, dict]:
+    """``x`` padded with zeros (its padding and each ceil_mode window's overhang), and the
+    attributes of the AveragePool that then divides every window by the kernel's size."""
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return x, attrs  # the spatial sizes follow the input's: no window reaches past them
+    shape = r.shape(r.input(0))
+    spatial = shape[1:-1] if r.attrs().get("channels_last", 0) else shape[2:]
+    if any(size is None for size in spatial):
+        raise r.fail("ceil_mode with count_include_pad needs the input's spatial sizes, and they are unknown")
+    kernel, n = list(attrs["kernel_shape"]), rank - 2
+    strides, pads = list(attrs.get("strides", [1] * n)), list(attrs.get("pads", [0] * 2 * n))
+    begin, end = pads[:n], pads[n:]
+    for i, size in enumerate(spatial):
+        padded = size + begin[i] + end[i]
+        windows = -(-(padded - kernel[i]) // strides[i]) + 1
+        if (windows - 1) * strides[i] >= size + begin[i]:
+            windows -= 1  # a last window that would start in the end padding is dropped (ONNX)
+        end[i] += max(0, (windows - 1) * strides[i] + kernel[i] - padded)
+    all_pads = np.asarray([0, 0, *begin, 0, 0, *end], np.int64)
+    padded_x = r.op("Pad", [x, r.add_constant("pads", all_pads)])
+    plain = {k: v for k, v in attrs.items() if k not in ("pads", "ceil_mode")}
+    return padded_x, {**plain, "count_include_pad": 1}
+
+
+@lowering("QLinearLeakyRelu", domain=MS_DOMAIN)
+def qlinear_leaky_relu(r: _Rewrite, node) -> None:
+    """QLinearLeakyRelu → LeakyRelu (alpha 0.01 unless given)."""
+    _unary(r, node, "LeakyRelu", alpha=float(r.attrs().get("alpha", 0.01)))
+
+
+@lowering("QLinearSigmoid", domain=MS_DOMAIN)
+def qlinear_sigmoid(r: _Rewrite, node) -> None:
+    """QLinearSigmoid → Sigmoid."""
+    _unary(r, node, "Sigmoid")
+
+
+@lowering("QLinearSoftmax", domain=MS_DOMAIN)
+def qlinear_softmax(r: _Rewrite, node) -> None:
+    """QLinearSoftmax → Softmax along ``axis`` (its ``opset`` ≥ 13), or over the input flattened
+    to 2-D at ``axis`` (opset < 13, where ``axis`` defaults to 1)."""
+    attrs = r.attrs()
+    if "opset" not in attrs:
+        raise r.fail("the required attribute 'opset' is missing")
+    x = r.dequantize(r.input(0), r.input(1), r.input(2))
+    if int(attrs["opset"]) >= 13:
+        y = r.op("Softmax", [x], axis=int(attrs.get("axis", -1)))
+    else:
+        flat = r.op("Flatten", [x], axis=int(attrs.get("axis", 1)))
+        y = r.op("Reshape", [r.op("Softmax", [flat], axis=1), r.op("Shape", [x])])
+    r.quantize(y, r.input(3), r.input(4))
+
+
+@lowering("QLinearConcat", domain=MS_DOMAIN)
+def qlinear_concat(r: _Rewrite, node) -> None:
+    """QLinearConcat (Y_scale, Y_zero, then X, X_scale, X_zero per input) → Concat."""
+    if (len(node.input) - 2) % 3 or len(node.input) < 5:
+        raise r.fail(f"{len(node.input)} inputs: expected Y_scale, Y_zero_point and a triple per input")
+    parts = [r.dequantize(*node.input[i : i + 3]) for i in range(2, len(node.input), 3)]
+    r.quantize(r.op("Concat", parts, axis=int(r.attrs()["axis"])), r.input(0), r.input(1))
+
+
+@lowering("QLinearWhere", domain=MS_DOMAIN)
+def qlinear_where(r: _Rewrite, node) -> None:
+    """QLinearWhere (condition, X, x_scale, x_zero, Y, y_scale, y_zero, z_scale, z_zero) → Where."""
+    x = r.dequantize(r.input(1), r.input(2), r.input(3))
+    y = r.dequantize(r.input(4), r.input(5), r.input(6))
+    r.quantize(r.op("Where", [r.input(0), x, y]), r.input(7), r.input(8))
