@@ -360,3 +360,67 @@ def test_onnxruntime_qoperator_model_compiles_as_its_qdq_twin(float_resnet, tmp_
     assert not any(model.report["analog_islands"] for model in compiled.values())
     out = [np.asarray(model.run(x, timesteps=4)) for model in compiled.values()]
     np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def dynamic_models(tmp_path_factory):
+    """onnxruntime's quantize_dynamic of a small MLP and CNN, per tensor and per channel."""
+    import torch
+    import torch.nn as nn
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from snncompiler.formats.onnx.from_torch import export_onnx
+
+    folder = tmp_path_factory.mktemp("dynamic")
+    torch.manual_seed(0)
+    nets = {
+        "mlp": (nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 3)), (30,)),
+        "cnn": (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)), (1, 8, 8)),
+    }
+    paths = {}
+    for name, (net, shape) in nets.items():
+        float_path = export_onnx(net.eval(), shape, folder / f"{name}.onnx")
+        for per_channel in (False, True):
+            path = folder / f"{name}_{per_channel}.onnx"
+            quantize_dynamic(str(float_path), str(path), per_channel=per_channel, weight_type=QuantType.QInt8)
+            paths[name, per_channel] = (str(path), shape)
+    return paths
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_quantization(dynamic_models, name, per_channel):
+    """onnxruntime's dynamic quantization (DynamicQuantizeLinear → MatMulInteger / ConvInteger →
+    Cast → Mul by x_scale · w_scale) reads as the float layers with the dequantized weights:
+    onnxruntime's output but for its activations' 8-bit rounding, and it compiles with a neuron
+    per ReLU and no analog island."""
+    import snncompiler as snnc
+
+    path, shape = dynamic_models[name, per_channel]
+    model = onnx.load(path)
+    ops = {n.op_type for n in model.graph.node}
+    assert "DynamicQuantizeLinear" in ops and ({"MatMulInteger", "ConvInteger"} & ops)
+    graph = load_graph(path)
+    assert not {"unsupported", "dequantize", "quantize"} & {n.op for n in graph.nodes}
+    x = rand([64, *shape], 20, 0, 1)
+    got, ref = run_snn(model, x)[0], run_ort(model, x)[0]
+    # 8-bit activations: a few tenths of a percent of the output's range, far below what a
+    # misread scale or axis would give (tens of percent)
+    assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max(), np.abs(got - ref).max()
+    compiled = snnc.compile(path, rand([64, *shape], 21, 0, 1))
+    assert len(compiled.graph.find("neuron")) == 1 and not compiled.report["analog_islands"]
+
+
+def test_dynamic_quantization_in_another_form_is_named():
+    """A MatMulInteger whose input is not a DynamicQuantizeLinear's: one line naming it."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("MatMulInteger", ["xq", "w", "xz"], ["acc"], name="mmi"),
+        helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT),
+    ]
+    inits = [init("xs", XS), init("xz", XZ), init("w", np.ones((3, 2), np.uint8))]
+    graph = helper.make_graph(nodes, "mmi", [vinfo("x", [2, 3])], [vinfo("y", [2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    with pytest.raises(SnncError, match=r"node MatMulInteger 'mmi': its input is not a DynamicQuantizeLinear's"):
+        load_graph(model)

@@ -9,6 +9,8 @@ quantization machinery (converters/quantization.py, passes/fake_quant.py) takes 
 The operators onnxruntime leaves on the integers between such layers (MaxPool, Flatten, Pad ...),
 in any model, run on the dequantized values and quantize back onto the same grid: the same
 integers, and a quantize → dequantize pair around each layer that compile can make a neuron of.
+onnxruntime's dynamic quantization (MatMulInteger / ConvInteger on a DynamicQuantizeLinear) is
+read as the float layer with the dequantized weight, its per-batch activation rounding dropped.
 
 The rewrite runs on the ONNX model, after version conversion and before shape inference: onnx
 knows no ``com.microsoft`` schema, so nothing after such a node would have a type or a shape.
@@ -17,6 +19,7 @@ One small function per layer, behind a registry (:func:`lowering`), as the conve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +27,8 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ...errors import SnncError
+
+log = logging.getLogger(__name__)
 
 #: onnxruntime's operator domain
 MS_DOMAIN = "com.microsoft"
@@ -53,13 +58,21 @@ def lower_qoperators(model: onnx.ModelProto, label: str) -> None:
     """Rewrite every QOperator node of ``model`` in place; a ``com.microsoft`` node with no
     rewrite is an error naming it and what is supported."""
     quantized = ("", "QuantizeLinear")
-    if not any(_key(n) in LOWERINGS or n.domain == MS_DOMAIN or _key(n) == quantized for n in model.graph.node):
+    triggers = {quantized, *(("", op) for op in _INTEGER_LAYERS)}
+    if not any(_key(n) in LOWERINGS or n.domain == MS_DOMAIN or _key(n) in triggers for n in model.graph.node):
         return
     rewrite = _Rewrite(model, label)
+    dynamic = _dynamic_layers(model, label)
+    absorbed = {id(node) for layer in dynamic.values() for node in layer[1:]}
     for node in list(model.graph.node):
         fn = LOWERINGS.get(_key(node))
         grid = rewrite.grids.get(node.input[0]) if node.input else None
-        if fn is not None:
+        if id(node) in dynamic:
+            rewrite.start(node)
+            _dynamic_as_float(rewrite, *dynamic[id(node)])
+        elif id(node) in absorbed:
+            continue
+        elif fn is not None:
             rewrite.start(node)
             fn(rewrite, node)
         elif grid is not None and _key(node) in {("", op) for op in (*_ON_GRID, *_TO_INDEX)}:
@@ -76,8 +89,17 @@ def lower_qoperators(model: onnx.ModelProto, label: str) -> None:
             if _key(node) == quantized and rewrite.is_scalar(node.input[1]):
                 rewrite.grids[node.output[0]] = (node.input[1], rewrite.input_of(node, 2))
     del model.graph.node[:]
-    model.graph.node.extend(rewrite.nodes)
+    model.graph.node.extend(
+        _without_dead(rewrite.nodes, model, {"DynamicQuantizeLinear", "Mul"}) if dynamic else rewrite.nodes
+    )
     model.graph.initializer.extend(rewrite.initializers)
+    if dynamic:
+        log.warning(
+            "%s: %d dynamically quantized layers read as float layers with their dequantized weights "
+            "(the activations' rounding, which onnxruntime takes from each batch's range, is dropped)",
+            label,
+            len(dynamic),
+        )
     if not any(n.domain == MS_DOMAIN for n in model.graph.node):
         kept = [imp for imp in model.opset_import if imp.domain != MS_DOMAIN]
         del model.opset_import[:]
@@ -391,3 +413,76 @@ def qlinear_where(r: _Rewrite, node) -> None:
     x = r.dequantize(r.input(1), r.input(2), r.input(3))
     y = r.dequantize(r.input(4), r.input(5), r.input(6))
     r.quantize(r.op("Where", [r.input(0), x, y]), r.input(7), r.input(8))
+
+
+# ---- dynamic quantization (onnxruntime's quantize_dynamic) -----------------------------------
+#: the integer layers of dynamic quantization, by the float layer each stands for
+_INTEGER_LAYERS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
+
+
+def _dynamic_layers(model: onnx.ModelProto, label: str) -> dict[int, tuple]:
+    """Each integer layer of onnxruntime's dynamic quantization, by id: (the layer, its Cast,
+    its Mul by x_scale · w_scale, the float input x, the weight's scale), from
+    DynamicQuantizeLinear(x) → MatMulInteger / ConvInteger(constant weight) → Cast → Mul; any
+    other use of an integer layer is an error naming it."""
+    producer = {out: n for n in model.graph.node for out in n.output}
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    found = {}
+    for layer in model.graph.node:
+        if _key(layer) in {("", op) for op in _INTEGER_LAYERS}:
+            try:
+                found[id(layer)] = _dynamic_layer(layer, producer, users, constants)
+            except ValueError as exc:
+                raise SnncError(
+                    f"{label}: node {layer.op_type} '{layer.name or layer.output[0]}': {exc} (snnc reads "
+                    f"onnxruntime's dynamic quantization: DynamicQuantizeLinear(x) → {layer.op_type} with a "
+                    "constant weight → Cast → Mul by x_scale · w_scale)"
+                ) from None
+    return found
+
+
+def _dynamic_layer(layer, producer: dict, users: dict, constants: set) -> tuple:
+    """One integer layer's (layer, cast, mul, x, weight scale); ValueError saying what differs."""
+    source = producer.get(layer.input[0])
+    if source is None or source.op_type != "DynamicQuantizeLinear":
+        raise ValueError("its input is not a DynamicQuantizeLinear's")
+    if len(layer.input) < 3 or layer.input[2] != source.output[2]:
+        raise ValueError("its input's zero point is not the DynamicQuantizeLinear's")
+    if layer.input[1] not in constants:
+        raise ValueError("its weight is not a constant")
+    cast = users.get(layer.output[0], [])
+    if len(cast) != 1 or cast[0].op_type != "Cast":
+        raise ValueError("its int32 result is not only cast to float")
+    mul = users.get(cast[0].output[0], [])
+    if len(mul) != 1 or mul[0].op_type != "Mul":
+        raise ValueError("its cast result is not only scaled by a Mul")
+    scale = producer.get(next((i for i in mul[0].input if i != cast[0].output[0]), ""))
+    factors = scale.input if scale is not None and scale.op_type == "Mul" else []
+    weight_scale = [i for i in factors if i != source.output[1]]
+    if len(factors) != 2 or len(weight_scale) != 1 or weight_scale[0] not in constants:
+        raise ValueError("its result is not scaled by x_scale · w_scale")
+    return layer, cast[0], mul[0], source.input[0], weight_scale[0]
+
+
+def _dynamic_as_float(r: _Rewrite, layer, cast, mul, x: str, weight_scale: str) -> None:
+    """An integer layer as its float layer on x and the dequantized weight, writing the Mul's output."""
+    zero = r.input(3)
+    axis = -1 if layer.op_type == "MatMulInteger" else 0  # a scale per output column / channel
+    weight = r.dequantize(layer.input[1], weight_scale, zero, axis=axis)
+    r.op(_INTEGER_LAYERS[layer.op_type], [x, weight], mul.output[0], **r.attrs())
+
+
+def _without_dead(nodes: list, model: onnx.ModelProto, ops: set[str]) -> list:
+    """``nodes`` less those of ``ops`` that nothing reads any more (a DynamicQuantizeLinear and
+    its scale product, once every layer reading them is float)."""
+    while True:
+        read = {name for n in nodes for name in n.input} | {v.name for v in model.graph.output}
+        kept = [n for n in nodes if n.op_type not in ops or any(out in read for out in n.output)]
+        if len(kept) == len(nodes):
+            return kept
+        nodes = kept
