@@ -13,7 +13,7 @@ from ..artifact import SNN_DOMAIN, SNN_DOMAIN_VERSION, TARGET_OPSET
 from . import converters as _converters  # noqa: F401  (registers every converter)
 from .batch import non_batch_node
 from .fusion import fuse
-from .qoperator import lowered_ops
+from .ort_forms import lowered_ops
 from .reader import canonicalize, main_opset
 from .registry import CONVERTERS, Ctx, build_graph
 

@@ -20,7 +20,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 from ...errors import SnncError
 from ...fileio import open_regular, read_regular
 from ..artifact import SNN_DOMAIN, TARGET_OPSET, VERSION_KEY
-from .qoperator import MS_DOMAIN, lower_qoperators
+from .ort_forms import MS_DOMAIN, lower_ort_forms
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def main_opset(model: onnx.ModelProto) -> int:
 
 def has_custom_domain(model: onnx.ModelProto) -> bool:
     """True if any node belongs to a domain other than ai.onnx and onnxruntime's com.microsoft
-    (whose quantized layers are rewritten as standard ONNX, see :mod:`.qoperator`): a compiled
+    (whose quantized layers are rewritten as standard ONNX, see :mod:`.ort_forms`): a compiled
     artifact's neurons, for one."""
     return any(n.domain not in ("", "ai.onnx", MS_DOMAIN) for n in model.graph.node)
 
@@ -368,7 +368,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     """Load and canonicalize a model: checked, at TARGET_OPSET, shapes inferred, constants folded.
 
     QOperator layers (standard and onnxruntime's com.microsoft ones) become the standard
-    dequantize → float op → quantize they stand for (:mod:`.qoperator`). Models with nodes in
+    dequantize → float op → quantize they stand for (:mod:`.ort_forms`). Models with nodes in
     other domains (compiled artifacts) skip version conversion and folding: their standard part
     was written at TARGET_OPSET by this package.
     """
@@ -403,7 +403,7 @@ def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
                 _first_line(exc),
                 opset,
             )
-    lower_qoperators(model, label)
+    lower_ort_forms(model, label)
     try:
         model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:

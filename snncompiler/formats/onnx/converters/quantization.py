@@ -1,7 +1,7 @@
 """Converters for quantized models: QuantizeLinear and DequantizeLinear (the QDQ format that
 onnxruntime's quantizer and PyTorch's quantization-aware training export). QOperator layers
 (QLinearConv, onnxruntime's com.microsoft QLinearAdd ...) reach them as the dequantize → float
-layer → quantize they stand for, rewritten at load time by formats/onnx/qoperator.py.
+layer → quantize they stand for, rewritten at load time by formats/onnx/ort_forms.py.
 
 Quantized weights are constants, so their DequantizeLinear folds into float weights at load
 time; what reaches the IR is the quantization of activations. A quantize → dequantize pair on

@@ -1,6 +1,7 @@
-"""onnxruntime's com.microsoft QOperator layers (what its quantizer writes with
-QuantFormat.QOperator) and the integer-domain operators between them, rewritten as standard
-ONNX at load time (formats/onnx/qoperator.py): each against onnxruntime running the layer."""
+"""onnxruntime's forms of layers, rewritten as standard ONNX at load time
+(formats/onnx/ort_forms.py): its com.microsoft QOperator layers (what its quantizer writes with
+QuantFormat.QOperator) and the integer-domain operators between them, its dynamic quantization,
+and the fusions its optimiser saves; each against onnxruntime running the model."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from onnx import TensorProto, helper
 from benchmarks.quantized import ort_quantize
 from snncompiler.errors import SnncError
 from snncompiler.formats.onnx import load_graph, supported_ops
-from snncompiler.formats.onnx.qoperator import MS_DOMAIN
+from snncompiler.formats.onnx.ort_forms import MS_DOMAIN
 from snncompiler.formats.onnx.reader import is_artifact
 
 from .helpers import assert_within_one_step, init, rand, run_ort, run_snn, vinfo
 
-#: the com.microsoft layers this module tests against onnxruntime
+#: the com.microsoft operators this module tests against onnxruntime
 MS_OP_TYPES = {
     "QLinearAdd",
     "QLinearMul",
@@ -30,6 +31,9 @@ MS_OP_TYPES = {
     "QLinearWhere",
     "QGemm",
     "QLinearConv",
+    "FusedConv",
+    "FusedGemm",
+    "NhwcMaxPool",
 }
 XS, XZ, YS, YZ = np.float32(0.02), np.uint8(100), np.float32(0.03), np.uint8(120)
 STEP = float(YS)  # one step of the output grid
@@ -424,3 +428,91 @@ def test_dynamic_quantization_in_another_form_is_named():
     model.ir_version = 10
     with pytest.raises(SnncError, match=r"node MatMulInteger 'mmi': its input is not a DynamicQuantizeLinear's"):
         load_graph(model)
+
+
+def _ms_model(nodes, inputs, inits, output_rank: int) -> onnx.ModelProto:
+    """A float model of ``nodes`` (reading "x", writing "y") that imports com.microsoft."""
+    graph = helper.make_graph(
+        nodes, "fused", [vinfo(*i) for i in inputs], [vinfo("y", [f"d{i}" for i in range(output_rank)])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model
+
+
+ACTIVATIONS = [
+    ("Relu", []),
+    ("LeakyRelu", [0.2]),
+    ("Sigmoid", []),
+    ("Tanh", []),
+    ("HardSigmoid", [0.3, 0.4]),
+    ("Clip", [-0.5, 0.8]),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize("activation, params", ACTIVATIONS)
+@pytest.mark.parametrize("with_sum", [False, True])
+def test_fused_conv(activation, params, with_sum):
+    """FusedConv (what onnxruntime's optimiser saves for Conv [+ Add] + activation) equals
+    onnxruntime running it."""
+    g = np.random.default_rng(22)
+    inits = [init("w", g.normal(0, 0.4, (4, 3, 3, 3))), init("b", g.normal(0, 0.2, 4))]
+    inputs = ["x", "w", "b", "z"] if with_sum else ["x", "w", "b"]
+    attrs = {"activation": activation} if activation else {}
+    if params:
+        attrs["activation_params"] = params
+    node = helper.make_node("FusedConv", inputs, ["y"], domain=MS_DOMAIN, pads=[1, 1, 1, 1], **attrs)
+    shapes = [("x", [2, 3, 6, 6])] + ([("z", [2, 4, 6, 6])] if with_sum else [])
+    xs = [rand([2, 3, 6, 6], 23)] + ([rand([2, 4, 6, 6], 24)] if with_sum else [])
+    model = _ms_model([node], shapes, inits, 4)
+    np.testing.assert_allclose(run_snn(model, *xs)[0], run_ort(model, *xs)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation, params", [a for a in ACTIVATIONS if a[0] not in ("Clip", "")])
+def test_fused_gemm(activation, params):
+    """FusedGemm (Gemm + activation; onnxruntime has no FusedGemm without one)."""
+    g = np.random.default_rng(25)
+    attrs = dict(zip(("activation_alpha", "activation_beta"), params), activation=activation)
+    node = helper.make_node("FusedGemm", ["x", "w", "c"], ["y"], domain=MS_DOMAIN, transB=1, alpha=0.7, **attrs)
+    model = _ms_model([node], [("x", [4, 12])], [init("w", g.normal(0, 0.4, (5, 12))), init("c", g.normal(0, 1, 5))], 2)
+    x = rand([4, 12], 26)
+    np.testing.assert_allclose(run_snn(model, x)[0], run_ort(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_activation_not_read_is_named():
+    node = helper.make_node("FusedConv", ["x", "w"], ["y"], domain=MS_DOMAIN, activation="Softplus", name="fc")
+    model = _ms_model([node], [("x", [1, 3, 4, 4])], [init("w", np.ones((2, 3, 1, 1), np.float32))], 4)
+    with pytest.raises(SnncError, match=r"node FusedConv 'fc': the fused activation 'Softplus'"):
+        load_graph(model)
+
+
+def test_nhwc_max_pool():
+    """NhwcMaxPool on quantized NHWC integers (what onnxruntime saves at its highest level)."""
+    nodes = [
+        helper.make_node("NhwcMaxPool", ["xq"], ["mq"], domain=MS_DOMAIN, kernel_shape=[2, 2], strides=[2, 2]),
+        _ms("QLinearLeakyRelu", ["mq", "xs", "xz", "ys", "yz"], alpha=0.1),
+    ]
+    assert_within_one_step(_model(nodes, [("x", [2, 6, 6, 3])], []), rand([2, 6, 6, 3], 27, -1.5, 3.0), STEP)
+
+
+def test_onnxruntime_optimised_model(float_resnet, tmp_path):
+    """The file onnxruntime's optimiser saves (ORT_ENABLE_EXTENDED: Conv + ReLU and Conv + Add +
+    ReLU fused into com.microsoft FusedConv) runs as onnxruntime runs it and compiles to as many
+    neurons as the original."""
+    import onnxruntime as ort
+
+    import snncompiler as snnc
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(float_resnet, options, providers=["CPUExecutionProvider"])
+    optimised = onnx.load(options.optimized_model_filepath)
+    assert "FusedConv" in {n.op_type for n in optimised.graph.node if n.domain == MS_DOMAIN}
+    x = rand([8, 1, 8, 8], 28, 0, 1)
+    np.testing.assert_allclose(run_snn(optimised, x)[0], run_ort(optimised, x)[0], rtol=1e-5, atol=1e-5)
+    calib = rand([32, 1, 8, 8], 29, 0, 1)
+    neurons = [len(snnc.compile(m, calib).graph.find("neuron")) for m in (float_resnet, optimised)]
+    assert neurons[0] == neurons[1] >= 3, neurons

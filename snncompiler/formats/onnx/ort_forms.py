@@ -1,4 +1,4 @@
-"""QOperator layers, rewritten at load time as the standard ONNX they stand for.
+"""onnxruntime's forms of layers, rewritten at load time as the standard ONNX they stand for.
 
 A QOperator layer computes ``quantize(f(dequantize(x), ...))`` on integer tensors: the
 standard QLinearConv and QLinearMatMul, and the ``com.microsoft`` layers onnxruntime's
@@ -11,6 +11,8 @@ in any model, run on the dequantized values and quantize back onto the same grid
 integers, and a quantize → dequantize pair around each layer that compile can make a neuron of.
 onnxruntime's dynamic quantization (MatMulInteger / ConvInteger on a DynamicQuantizeLinear) is
 read as the float layer with the dequantized weight, its per-batch activation rounding dropped.
+The com.microsoft fusions onnxruntime's optimiser saves (``optimized_model_filepath``: FusedConv,
+FusedGemm, NhwcMaxPool) become their float layer and its activation again.
 
 The rewrite runs on the ONNX model, after version conversion and before shape inference: onnx
 knows no ``com.microsoft`` schema, so nothing after such a node would have a type or a shape.
@@ -54,8 +56,9 @@ def lowered_ops() -> list[str]:
     return [op if not domain else f"{domain}::{op}" for domain, op in LOWERINGS]
 
 
-def lower_qoperators(model: onnx.ModelProto, label: str) -> None:
-    """Rewrite every QOperator node of ``model`` in place; a ``com.microsoft`` node with no
+def lower_ort_forms(model: onnx.ModelProto, label: str) -> None:
+    """Rewrite in place every QOperator node of ``model``, the integer operators between such
+    layers and onnxruntime's dynamically quantized layers; a ``com.microsoft`` node with no
     rewrite is an error naming it and what is supported."""
     quantized = ("", "QuantizeLinear")
     triggers = {quantized, *(("", op) for op in _INTEGER_LAYERS)}
@@ -111,7 +114,7 @@ def _key(node: onnx.NodeProto) -> tuple[str, str]:
 
 
 class _Rewrite:
-    """The nodes and constants that replace a model's QOperator nodes, with fresh names."""
+    """The nodes and constants that replace a model's onnxruntime forms, with fresh names."""
 
     def __init__(self, model: onnx.ModelProto, label: str):
         self.model, self.label = model, label
@@ -249,8 +252,9 @@ def _channels_first(r: _Rewrite, x: str, rank: int) -> str:
     return r.op("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)])
 
 
-def _channels_last(r: _Rewrite, x: str, rank: int) -> str:
-    return r.op("Transpose", [x], perm=[0, *range(2, rank), 1])
+def _channels_last(r: _Rewrite, x: str, rank: int, output: str | None = None) -> str:
+    """An NCHW float tensor as NHWC."""
+    return r.op("Transpose", [x], output, perm=[0, *range(2, rank), 1])
 
 
 def _unary(r: _Rewrite, node, float_op: str, **attrs) -> None:
@@ -413,6 +417,69 @@ def qlinear_where(r: _Rewrite, node) -> None:
     x = r.dequantize(r.input(1), r.input(2), r.input(3))
     y = r.dequantize(r.input(4), r.input(5), r.input(6))
     r.quantize(r.op("Where", [r.input(0), x, y]), r.input(7), r.input(8))
+
+
+# ---- fusions onnxruntime's optimiser saves ---------------------------------------------------
+def _activation(r: _Rewrite, x: str, name: str, params: list[float], output: str) -> None:
+    """``x`` through a fused activation named ``name`` with its float parameters (FusedConv's
+    ``activation_params``; FusedGemm's activation_alpha, _beta) into ``output``."""
+    if name in ("Relu", "Sigmoid", "Tanh"):
+        r.op(name, [x], output)
+    elif name == "LeakyRelu":
+        r.op(name, [x], output, alpha=params[0] if params else 0.01)
+    elif name == "HardSigmoid":
+        r.op(name, [x], output, alpha=params[0] if params else 0.2, beta=params[1] if len(params) > 1 else 0.5)
+    elif name == "Clip" and len(params) == 2:
+        bounds = [r.add_constant(key, np.float32(v)) for key, v in (("min", params[0]), ("max", params[1]))]
+        r.op("Clip", [x, *bounds], output)
+    else:
+        raise r.fail(f"the fused activation '{name}' with parameters {params} is not supported")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@lowering("FusedConv", domain=MS_DOMAIN)
+def fused_conv(r: _Rewrite, node) -> None:
+    """FusedConv(X, W[, B][, Z]) → activation(Conv(X, W, B) + Z), the Conv (+ Add) + activation
+    onnxruntime's optimiser fuses."""
+    activation = _text(r.attrs().get("activation", ""))
+    params = [float(v) for v in r.attrs().get("activation_params", [])]
+    last = not activation and not r.input(3)
+    y = r.op(
+        "Conv", list(node.input[:3]), node.output[0] if last else None, **r.attrs("activation", "activation_params")
+    )
+    if r.input(3):
+        y = r.op("Add", [y, r.input(3)], None if activation else node.output[0])
+    if activation:
+        _activation(r, y, activation, params, node.output[0])
+
+
+@lowering("FusedGemm", domain=MS_DOMAIN)
+def fused_gemm(r: _Rewrite, node) -> None:
+    """FusedGemm → activation(Gemm), its activation's parameters in activation_alpha, _beta."""
+    attrs = r.attrs()
+    activation = _text(attrs.get("activation", ""))
+    gemm = {k: attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in attrs}
+    y = r.op("Gemm", list(node.input), None if activation else node.output[0], **gemm)
+    if activation:
+        params = [float(attrs[k]) for k in ("activation_alpha", "activation_beta") if k in attrs]
+        _activation(r, y, activation, params, node.output[0])
+
+
+@lowering("NhwcMaxPool", domain=MS_DOMAIN)
+def nhwc_max_pool(r: _Rewrite, node) -> None:
+    """NhwcMaxPool (on a quantized NHWC tensor) → MaxPool between transposes, on the floats of
+    its grid where a QuantizeLinear made it."""
+    rank = len(r.attrs()["kernel_shape"]) + 2
+    grid = r.grids.get(node.input[0])
+    x = r.dequantize(node.input[0], *grid) if grid else node.input[0]
+    pooled = r.op("MaxPool", [_channels_first(r, x, rank)], **r.attrs())
+    if grid:
+        r.quantize(_channels_last(r, pooled, rank), *grid)
+    else:
+        _channels_last(r, pooled, rank, node.output[0])
 
 
 # ---- dynamic quantization (onnxruntime's quantize_dynamic) -----------------------------------
