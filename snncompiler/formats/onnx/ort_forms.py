@@ -225,7 +225,7 @@ def _on_floats(r: _Rewrite, node: onnx.NodeProto, grid: tuple[str, str]) -> None
     onto that grid (an index output, MaxPool's second, as it was)."""
     scale, zero = grid
     inputs = [r.dequantize(node.input[0], scale, zero), *node.input[1:]]
-    if node.op_type == "Pad" and r.attrs().get("mode", b"constant") in (b"constant", "constant"):
+    if node.op_type == "Pad" and _text(r.attrs().get("mode", "constant")) == "constant":
         # the pad value is an integer on the grid: 0 unless given, the float it stands for
         # (x − zero)·scale
         pad = r.constant(inputs[2], "Pad's value").astype(np.float32) if len(inputs) > 2 and inputs[2] else 0.0

@@ -189,13 +189,13 @@ def main_opset(model: onnx.ModelProto) -> int:
 
 def has_custom_domain(model: onnx.ModelProto) -> bool:
     """True if any node belongs to a domain other than ai.onnx and onnxruntime's com.microsoft
-    (whose quantized layers are rewritten as standard ONNX, see :mod:`.ort_forms`): a compiled
+    (whose layers are rewritten as standard ONNX, see :mod:`.ort_forms`): a compiled
     artifact's neurons, for one."""
     return any(n.domain not in ("", "ai.onnx", MS_DOMAIN) for n in model.graph.node)
 
 
 def is_artifact(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` is a compiled artifact: neuron nodes (a custom domain) or the artifact
+    """Whether ``model`` is a compiled artifact: neuron nodes (the snncompiler domain) or the artifact
     format key in its metadata (a network compiled without a neuron: all analog islands)."""
     neurons = any(n.domain == SNN_DOMAIN for n in model.graph.node)
     return neurons or any(p.key == VERSION_KEY for p in model.metadata_props)
@@ -367,8 +367,9 @@ def _pin_batch(model: onnx.ModelProto, label: str, batch: int = 1) -> None:
 def canonicalize(source, *, fold: bool = True) -> tuple[onnx.ModelProto, str]:
     """Load and canonicalize a model: checked, at TARGET_OPSET, shapes inferred, constants folded.
 
-    QOperator layers (standard and onnxruntime's com.microsoft ones) become the standard
-    dequantize → float op → quantize they stand for (:mod:`.ort_forms`). Models with nodes in
+    onnxruntime's forms of layers (QOperator layers, standard and com.microsoft; dynamic
+    quantization; the fusions its optimiser saves) become the standard ONNX they stand for
+    (:mod:`.ort_forms`). Models with nodes in
     other domains (compiled artifacts) skip version conversion and folding: their standard part
     was written at TARGET_OPSET by this package.
     """
