@@ -84,6 +84,7 @@ def machine() -> dict:
         logical_cores=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY"),
         torch=torch.__version__,
         python=platform.python_version(),
         gpu=None,

@@ -34,6 +34,7 @@ import onnx
 import onnx.version_converter
 
 import snncompiler as snnc
+from benchmarks.kernels import machine
 from examples.workloads import BENCH_WORKLOADS, export_onnx
 from snncompiler.fileio import atomic_write
 from snncompiler.formats.onnx.ort import OrtModel
@@ -139,20 +140,6 @@ def print_table(name: str, result: dict, timesteps: list[int]) -> None:
         print(f"{label:<10} {row['ann_onnxruntime']:7.2f} {row['ann_snnc']:8.2f} {cells}")
 
 
-def _machine() -> dict:
-    """The CPU and torch the accuracies were measured with."""
-    import torch
-
-    from snncompiler.kernels import cpu
-
-    return {
-        "cpu": cpu.cpu_model(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
-    }
-
-
 def workload_benchmark(argv, *, description: str, workloads, default_workloads, default_t, run, show, json_name) -> int:
     """The command line both accuracy benchmarks share: ``--workloads`` (names in ``workloads``),
     ``--timesteps``, ``--seed``, ``--threads`` and ``--out``; ``run(name, timesteps, seed)`` gives
@@ -185,7 +172,7 @@ def workload_benchmark(argv, *, description: str, workloads, default_workloads, 
     path.parent.mkdir(parents=True, exist_ok=True)
     module = Path(sys.modules[run.__module__].__file__).stem
     command = f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"command": command.strip(), "machine": _machine(), "timesteps": timesteps, "workloads": results}
+    payload = {"command": command.strip(), "machine": machine(), "timesteps": timesteps, "workloads": results}
     with atomic_write(path, "w") as f:
         json.dump(payload, f, indent=2)
     print(f"\nwrote {path}")

@@ -1,6 +1,7 @@
 """Quantized ONNX models against onnxruntime: QuantizeLinear / DequantizeLinear (per tensor and per
 axis, every supported integer type, opsets 10–21), the QOperator layers QLinearConv and
-QLinearMatMul (onnxruntime's com.microsoft ones: test_ort_forms.py), and whole models from onnxruntime's quantizer and PyTorch's fake quantization."""
+QLinearMatMul (onnxruntime's com.microsoft ones: test_ort_forms.py), and whole models from
+onnxruntime's quantizer and PyTorch's fake quantization."""
 
 from __future__ import annotations
 

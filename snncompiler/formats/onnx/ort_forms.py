@@ -61,11 +61,11 @@ def lower_ort_forms(model: onnx.ModelProto, label: str) -> None:
     layers and onnxruntime's dynamically quantized layers; a ``com.microsoft`` node with no
     rewrite is an error naming it and what is supported."""
     quantized = ("", "QuantizeLinear")
-    triggers = {quantized, *(("", op) for op in _INTEGER_LAYERS)}
+    triggers = {quantized, *_INTEGER_LAYER_KEYS}
     if not any(_key(n) in LOWERINGS or n.domain == MS_DOMAIN or _key(n) in triggers for n in model.graph.node):
         return
     rewrite = _Rewrite(model, label)
-    dynamic = _dynamic_layers(model, label)
+    dynamic = _dynamic_layers(model, label, set(rewrite.constants))
     absorbed = {id(node) for layer in dynamic.values() for node in layer[1:]}
     for node in list(model.graph.node):
         fn = LOWERINGS.get(_key(node))
@@ -78,7 +78,7 @@ def lower_ort_forms(model: onnx.ModelProto, label: str) -> None:
         elif fn is not None:
             rewrite.start(node)
             fn(rewrite, node)
-        elif grid is not None and _key(node) in {("", op) for op in (*_ON_GRID, *_TO_INDEX)}:
+        elif grid is not None and _key(node) in _ON_GRID_KEYS:
             rewrite.start(node)
             _on_floats(rewrite, node, grid)
         elif node.domain == MS_DOMAIN:
@@ -218,6 +218,7 @@ _ON_GRID = (
 )  # fmt: skip
 #: ... and those whose result is an index into it, not on its grid
 _TO_INDEX = ("ArgMax", "ArgMin")
+_ON_GRID_KEYS = frozenset(("", op) for op in (*_ON_GRID, *_TO_INDEX))
 
 
 def _on_floats(r: _Rewrite, node: onnx.NodeProto, grid: tuple[str, str]) -> None:
@@ -485,23 +486,22 @@ def nhwc_max_pool(r: _Rewrite, node) -> None:
 # ---- dynamic quantization (onnxruntime's quantize_dynamic) -----------------------------------
 #: the integer layers of dynamic quantization, by the float layer each stands for
 _INTEGER_LAYERS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
+_INTEGER_LAYER_KEYS = frozenset(("", op) for op in _INTEGER_LAYERS)
 
 
-def _dynamic_layers(model: onnx.ModelProto, label: str) -> dict[int, tuple]:
+def _dynamic_layers(model: onnx.ModelProto, label: str, constants: set[str]) -> dict[int, tuple]:
     """Each integer layer of onnxruntime's dynamic quantization, by id: (the layer, its Cast,
     its Mul by x_scale · w_scale, the float input x, the weight's scale), from
     DynamicQuantizeLinear(x) → MatMulInteger / ConvInteger(constant weight) → Cast → Mul; any
-    other use of an integer layer is an error naming it."""
+    other use of an integer layer is an error naming it. ``constants``: the model's constant names."""
     producer = {out: n for n in model.graph.node for out in n.output}
     users: dict[str, list] = {}
     for n in model.graph.node:
         for name in n.input:
             users.setdefault(name, []).append(n)
-    constants = {t.name for t in model.graph.initializer}
-    constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     found = {}
     for layer in model.graph.node:
-        if _key(layer) in {("", op) for op in _INTEGER_LAYERS}:
+        if _key(layer) in _INTEGER_LAYER_KEYS:
             try:
                 found[id(layer)] = _dynamic_layer(layer, producer, users, constants)
             except ValueError as exc:
