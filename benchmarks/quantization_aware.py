@@ -46,14 +46,9 @@ def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, levels, init in VARIANTS:
-            torch.manual_seed(seed)  # as examples.workloads builds the ReLU model: same initial weights
-            net = MODELS[name]()
-            if levels:
-                snnc.train.use_qcfs(net, levels, init)
             t0 = time.perf_counter()
-            train_classifier(net, train, epochs=EPOCHS, seed=seed)
+            net, path = trained_variant(name, levels, init, train, seed, tmp)
             train_s = time.perf_counter() - t0
-            path = export_onnx(net, train.x.shape[1:], Path(tmp) / f"{levels}_{init}.onnx")
             model = snnc.compile(str(path), train.x[:CALIB_SAMPLES], seed=seed)
             res = model.evaluate(test.x, test.y, timesteps)
             rows[label] = {
@@ -68,6 +63,18 @@ def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
             if label in CALIBRATED:
                 rows[CALIBRATED[label]] = {**rows[label], **calibrated_at_each_t(path, train, test, timesteps, seed)}
     return {"test_samples": int(len(test.x)), "epochs": EPOCHS, "rows": rows}
+
+
+def trained_variant(name: str, levels: int | None, init: float | None, train, seed: int, folder):
+    """One workload's network trained ``EPOCHS`` epochs from ``seed``, with ReLUs (``levels``
+    None) or QCFS staircases of ``levels`` levels and λ from ``init``; (torch model, its ONNX
+    file in ``folder``)."""
+    torch.manual_seed(seed)  # as examples.workloads builds the ReLU model: same initial weights
+    net = MODELS[name]()
+    if levels:
+        snnc.train.use_qcfs(net, levels, init)
+    train_classifier(net, train, epochs=EPOCHS, seed=seed)
+    return net, export_onnx(net, train.x.shape[1:], Path(folder) / f"{name}_{levels}_{init}.onnx")
 
 
 def calibrated_at_each_t(path, train, test, timesteps: list[int], seed: int) -> dict:

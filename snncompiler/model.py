@@ -19,7 +19,7 @@ from .runtime.snn import SpikingRunner, _single, output_steps
 
 #: What ``run``, ``evaluate``, ``synaptic_operations`` and ``runner`` take as overrides of a
 #: model's own settings.
-RUN_OPTIONS = ("backend", "device", "exec", "chunk", "encoding", "seed", "cuda_graphs")
+RUN_OPTIONS = ("backend", "device", "exec", "chunk", "encoding", "seed", "cuda_graphs", "presim")
 
 
 def first_output(value):
@@ -79,6 +79,7 @@ class CompiledModel:
             device=o.get("device", "cpu"),
             exec_mode=o.get("exec") or "dense",
             cuda_graphs=o.get("cuda_graphs") or "auto",
+            presim=o.get("presim") or 0,
         )
 
     def run(

@@ -69,8 +69,8 @@ def _compiled(tmp_path, data, **options):
     return snnc.compile(path, Dataset(train.x[:128]), quiet=True, **options)
 
 
-def _graph_runner(model, factory=ReplayByRerun, mode="auto"):
-    runner = model.runner(cuda_graphs="off")
+def _graph_runner(model, factory=ReplayByRerun, mode="auto", **run_options):
+    runner = model.runner(cuda_graphs="off", **run_options)
     runner._graph_factory, runner.cuda_graphs = factory, mode  # as on a GPU, with the stand-in
     return runner
 
@@ -106,6 +106,23 @@ def test_replayed_chunks_equal_eager_chunks(tmp_path, digits_data, options):
     means_graphs = graphs.run(torch.from_numpy(test.x[:48]), 36, checkpoints=[4, 16, 36], chunk=8)
     for t in (4, 16, 36):
         assert torch.equal(means_eager[t], means_graphs[t])
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("steps", [36, 3])
+def test_replayed_chunks_with_presimulation(tmp_path, digits_data, steps):
+    """The offset-spike correction (``presim``) runs inside the first chunk, which is captured
+    with it; fewer steps than it reads (3 < 4) capture the longer chunk and cut its outputs."""
+    model = _compiled(tmp_path, digits_data)
+    _, test = digits_data
+    eager, graphs = model.runner(cuda_graphs="off", presim=4), _graph_runner(model, presim=4)
+    plain = model.runner(cuda_graphs="off")
+    for x in (test.x[0:48], test.x[48:96], test.x[96:144]):
+        x = torch.from_numpy(x)
+        want = eager.run_steps(x, steps, chunk=8)
+        assert torch.equal(want, graphs.run_steps(x, steps, chunk=8))
+        assert len(want) == steps and not torch.equal(want, plain.run_steps(x, steps, chunk=8))
+    assert graphs.graph_replays >= 2
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -221,12 +238,15 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 @gpu
 @pytest.mark.parametrize(
-    "options", [{}, {"maxpool": "rate"}, {"population": 2}], ids=["if", "rate-maxpool", "population"]
+    "options, run_options",
+    [({}, {}), ({"maxpool": "rate"}, {}), ({"population": 2}, {}), ({}, {"presim": 4})],
+    ids=["if", "rate-maxpool", "population", "presim"],
 )
-def test_cuda_graphs_on_a_gpu_equal_eager(tmp_path, digits_data, options):
+def test_cuda_graphs_on_a_gpu_equal_eager(tmp_path, digits_data, options, run_options):
     model = _compiled(tmp_path, digits_data, **options)
     _, test = digits_data
-    eager, graphs = model.runner(device="cuda", cuda_graphs="off"), model.runner(device="cuda", cuda_graphs="on")
+    eager = model.runner(device="cuda", cuda_graphs="off", **run_options)
+    graphs = model.runner(device="cuda", cuda_graphs="on", **run_options)
     for start in (0, 64, 128):
         x = torch.from_numpy(test.x[start : start + 64]).cuda()
         want, got = eager.run_steps(x, 40, chunk=8), graphs.run_steps(x, 40, chunk=8)

@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann-mode", action="store_true", help="spiking models: run the artifact's own ANN instead")
     _add_exec_option(p)
     _add_cuda_graphs_option(p)
+    _add_presim_option(p)
     _add_dt_option(p)
     _add_event_options(p)
     _add_common(p)
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_exec_option(p)
     _add_cuda_graphs_option(p)
+    _add_presim_option(p)
     p.add_argument("--plot", metavar="FILE.png", help="spiking models: draw accuracy against T")
     p.add_argument(
         "--layers",
@@ -978,6 +980,19 @@ def _add_population_option(p) -> None:
     )
 
 
+def _add_presim_option(p) -> None:
+    p.add_argument(
+        "--presim",
+        type=_nonnegative_int,
+        default=None,
+        metavar="RHO",
+        help="spiking models: offset-spike correction (COS): each spiking layer first runs RHO steps of its "
+        "input, then restarts every neuron that fired one spike too many (or too few) one threshold lower "
+        "(higher) and runs the T steps; costs RHO membrane updates per neuron and RHO steps of latency "
+        "per layer (IF neurons with soft reset; default 0: off)",
+    )
+
+
 def _add_cuda_graphs_option(p) -> None:
     p.add_argument(
         "--cuda-graphs",
@@ -1025,11 +1040,12 @@ def cmd_run(args) -> int:
                     device=args.device,
                     exec=args.exec,
                     cuda_graphs=args.cuda_graphs,
+                    presim=args.presim,
                 )
             )
         )
     else:
-        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec", "--cuda-graphs"))
+        _refuse_spiking_flags(args, ("--timesteps", "--backend", "--ann-mode", "--exec", "--cuda-graphs", "--presim"))
         run = model
     with _progress(len(data), "run", "sample") as bar:
         batches = []
@@ -1184,6 +1200,7 @@ def _eval_snn(args, model, data) -> int:
         device=args.device,
         exec=args.exec,
         cuda_graphs=args.cuda_graphs,
+        presim=args.presim,
         progress=True,
         **({"chunk": args.chunk} if args.chunk else {}),
     )
@@ -1210,6 +1227,7 @@ def _eval_snn(args, model, data) -> int:
             backend=args.backend,
             device=args.device,
             exec=args.exec,
+            presim=args.presim,
             **({"chunk": args.chunk} if args.chunk else {}),
         )
     if args.json:
@@ -1416,6 +1434,7 @@ def cmd_eval(args) -> int:
             "--backend",
             "--exec",
             "--cuda-graphs",
+            "--presim",
             "--plot",
             "--layers",
             "--reference",

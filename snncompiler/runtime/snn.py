@@ -30,6 +30,7 @@ from ..options import CUDA_GRAPH_MODES, DEFAULT_CHUNK, MAX_CHUNK
 from . import cuda_graphs
 from .executor import checked_device, fixed_batch, on_device, one_thread
 from .memory import retain_freed_memory
+from .offset_spikes import offset_spike_start
 from .ops import IMPLEMENTATIONS, _pool_out_size, _pool_setup, _windows, channel_view
 
 #: Ops that only reshape a value: a neuron's outputs pass through them unchanged.
@@ -72,6 +73,26 @@ def auto_chunk(graph, batch: int, device: torch.device) -> int:
     return chunk
 
 
+def _checked_presim(graph: Graph, presim) -> int:
+    """``presim`` as an int, after checking that every neuron of ``graph`` can take the
+    offset-spike correction (an IF neuron with soft reset, one per unit)."""
+    if isinstance(presim, bool) or not isinstance(presim, int) or presim < 0:
+        raise OptionError("presim", f"must be an integer ≥ 0 (pre-simulation steps; 0: none), got {presim!r}")
+    if not presim:
+        return 0
+    if fixed_batch(graph):
+        raise OptionError("presim", "the graph runs one sample at a time, one step at a time (a fixed batch)")
+    for node in graph.find("neuron"):
+        spec = NeuronSpec.from_attrs(node.attrs, node.where)
+        if spec.leaks or spec.reset != "soft" or spec.population != 1:
+            raise OptionError(
+                "presim",
+                f"{node.where}: the offset-spike correction is for IF neurons with soft reset, one per "
+                f"unit; this one is {spec.neuron}, {spec.reset} reset, population {spec.population}",
+            )
+    return presim
+
+
 def _check_steps(timesteps: int, chunk: int | None) -> None:
     timestep_count(timesteps)
     if chunk is not None and chunk < 1:
@@ -107,6 +128,15 @@ class _BinarySpikes:
         return torch.where(self.bits.bool(), self.theta.to(torch.float32), 0.0)
 
 
+def _first_steps(value, steps: int):
+    """A chunk's value cut to its first ``steps`` steps (a static value is the same at every step)."""
+    if isinstance(value, _Static):
+        return value
+    if isinstance(value, _BinarySpikes):
+        return _BinarySpikes(value.bits[:steps], value.theta)
+    return value[:steps]
+
+
 def _dyn(value, steps: int) -> torch.Tensor:
     """A value as [C, B, ...] (broadcasting a static one without copying; binary spikes as values)."""
     if isinstance(value, _Static):
@@ -129,6 +159,7 @@ class SpikingRunner:
         seed: int = 0,
         exec_mode: str = "dense",
         cuda_graphs: str = "auto",
+        presim: int = 0,
     ):
         from ..kernels.event import EXEC_MODES
 
@@ -138,6 +169,9 @@ class SpikingRunner:
             raise OptionError("exec", f"expected {', '.join(EXEC_MODES)}, got '{exec_mode}'")
         self.exec_mode = exec_mode
         self.backend, self.encoding, self.seed = backend, encoding, seed
+        #: pre-simulation steps per spiking layer for the offset-spike correction (0: none; see
+        #: runtime/offset_spikes.py)
+        self.presim = _checked_presim(graph, presim)
         self.device = checked_device(device)
         if self.device.type == "cpu":
             retain_freed_memory()  # chunk-sized tensors would be page-faulted afresh on every chunk
@@ -299,6 +333,10 @@ class SpikingRunner:
         unit = channel_view(src.params["theta"], spikes[0]).float() / population
         return torch.round(spikes / unit).sum(0).reshape(value.shape[1:])
 
+    def _presim_steps(self, x: torch.Tensor) -> int:
+        """Steps the pre-simulation reads: ``presim``, or the frames a shorter sequence input has."""
+        return min(self.presim, x.shape[1]) if self.encoding == "sequence" else self.presim
+
     # ---- public -----------------------------------------------------------------------
     def run(self, x: torch.Tensor, timesteps: int, *, checkpoints=None, chunk: int | None = None) -> dict:
         """Simulate ``timesteps`` steps on input x [B, ...] ([B, T_in, ...] under the "sequence"
@@ -389,15 +427,23 @@ class SpikingRunner:
         run_token = object()  # tells a captured chunk that its input buffers hold another run's values
         with torch.no_grad():
             while done < timesteps:
-                steps = min(chunk, timesteps - done)
+                # the first chunk holds the pre-simulation's steps (offset_spikes.py), even past
+                # `timesteps` (then the last chunk: the steps past it are cut off below), so that
+                # a run for T reports what a longer run reports at T
+                presim = 0 if done else self._presim_steps(x)
+                steps = min(max(chunk, presim), timesteps - done)
+                run_steps = max(steps, presim)
                 outs = None
                 if one_by_one:
                     with one_thread():
                         env = self._chunk_per_sample(x, steps, done, state, static, gen, stop_at, observe)
                 elif graphs and self._graph_factory is not None:
-                    env, outs = {}, self._graph_chunk(x, steps, done, state, static, run_token)
+                    env, outs = {}, self._graph_chunk(x, run_steps, done, state, static, run_token)
                 else:
-                    env = self._chunk(x, steps, done, state, static, gen, stop_at, keep=observe)
+                    env = self._chunk(x, run_steps, done, state, static, gen, stop_at, keep=observe)
+                if run_steps > steps:
+                    env = {name: _first_steps(value, steps) for name, value in env.items()}
+                    outs = outs and [o[:steps] for o in outs]
                 for name in observe:
                     value = env[name]
                     if isinstance(value, _BinarySpikes):
@@ -675,11 +721,13 @@ class SpikingRunner:
         th = channel_view(theta, sample)
         v = state.get(node.name)
         spec = NeuronSpec.from_attrs(node.attrs)
-        if v is None:  # left broadcast (scalar or per channel): the C++ kernel reads it unexpanded
-            v = spec.start_potential(th, sample.dim(), node.params.get("v_init"))
         gain = node.params.get("gain")
         if gain is not None:  # hard-reset compensation (passes/hard_reset.py): fire at θ/g, spikes still carry θ
             x = x * channel_view(gain, sample)
+        if v is None:  # left broadcast (scalar or per channel): the C++ kernel reads it unexpanded
+            v = spec.start_potential(th, sample.dim(), node.params.get("v_init"))
+            if self.presim:
+                v = offset_spike_start(x[: self.presim], v, th)
         decay = spec.decay
         # the C++ kernel counts spikes as it runs (a separate pass over them would cost half the
         # kernel; on the GPU the count stays on the device, so no sync per layer), and reads a
