@@ -65,7 +65,9 @@ class CompiledModel:
         :data:`RUN_OPTIONS`; ``device="cuda"`` runs it on a GPU, ``exec="event"`` or ``"auto"``
         runs spike-driven conv/linear layers on the event-driven kernel, see
         :mod:`snncompiler.kernels.event`; ``cuda_graphs="auto"|"on"|"off"`` replays each chunk of
-        steps on a GPU as one captured CUDA graph, see :mod:`snncompiler.runtime.cuda_graphs`). An unknown name is an error, not silently ignored:
+        steps on a GPU as one captured CUDA graph, see :mod:`snncompiler.runtime.cuda_graphs`;
+        ``presim=ρ`` pre-simulates ρ steps of each spiking layer to correct its offset spikes, see
+        :mod:`snncompiler.runtime.offset_spikes`). An unknown name is an error, not silently ignored:
         ``run(x, exce="event")`` would otherwise run dense."""
         unknown = sorted(set(overrides) - set(RUN_OPTIONS))
         if unknown:
