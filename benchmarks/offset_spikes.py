@@ -23,7 +23,8 @@ import time
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import snncompiler as snnc
-from benchmarks.quantization_aware import CALIB_SAMPLES, MODELS, trained_variant
+from benchmarks import quantization_aware
+from benchmarks.quantization_aware import CALIB_SAMPLES, MODELS, print_table, trained_variant
 from benchmarks.quantized import workload_benchmark
 from examples.workloads import digits, evaluate
 
@@ -53,20 +54,10 @@ def run_workload(name: str, timesteps: list[int], seed: int) -> dict:
                 }
     return {
         "test_samples": int(len(test.x)),
+        "epochs": quantization_aware.EPOCHS,
         "spiking_layers": len(model.graph.find("neuron")),
         "rows": rows,
     }
-
-
-def print_table(name: str, result: dict, timesteps: list[int]) -> None:
-    """One workload's accuracies per variant and ρ, with the ANN's."""
-    print(f"\n{name} ({result['test_samples']} test digits, {result['spiking_layers']} spiking layers)")
-    head = f"{'model':<16} {'ANN':>7} " + " ".join(f"{'T=' + str(t):>7}" for t in timesteps)
-    print(head)
-    print("-" * len(head))
-    for label, row in result["rows"].items():
-        cells = " ".join(f"{row['snn'][str(t)]:7.2f}" for t in timesteps)
-        print(f"{label:<16} {row['ann']:7.2f} {cells}")
 
 
 def main(argv=None) -> int:

@@ -154,6 +154,7 @@ def test_presim_helps_a_converted_cnn_at_few_steps(small_digits_cnn):
 
 def test_refusals(tmp_path):
     model, x = _dyadic_mlp(tmp_path)
+    np.testing.assert_array_equal(model.run(x.numpy(), 4, presim=np.int64(2)), model.run(x.numpy(), 4, presim=2))
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(OptionError, match="presim"):
             model.run(x.numpy(), 4, presim=bad)
@@ -186,3 +187,24 @@ def test_cli(tmp_path):
     assert r.returncode == 2 and "--presim" in r.stderr and "Traceback" not in r.stderr, r
     r = snnc_cli("eval", tmp_path / "mlp.snn.onnx", "--data", tmp_path / "data.npz", "--presim", -1)
     assert r.returncode == 2, r
+
+
+def test_benchmark_writes_every_row(tmp_path, monkeypatch, capsys):
+    """benchmarks/offset_spikes.py end to end at 1 epoch: a row per variant and ρ, each scored at
+    every T asked for, the machine recorded and the table printed."""
+    import json
+
+    from benchmarks import offset_spikes as bench
+    from benchmarks import quantization_aware
+
+    monkeypatch.setattr(quantization_aware, "EPOCHS", 1)
+    assert bench.main(["--workloads", "digits_cnn", "--timesteps", "1,2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "offset_spikes.json").read_text())
+    assert result["machine"]["cpu"] and result["machine"]["torch"]
+    workload = result["workloads"]["digits_cnn"]
+    assert workload["spiking_layers"] == 3 and workload["epochs"] == 1
+    rows = workload["rows"]
+    assert sorted(rows) == sorted(f"{label}, ρ={r}" for label, _, _ in bench.VARIANTS for r in bench.PRESIMS)
+    assert all(set(row["snn"]) == {"1", "2"} for row in rows.values())
+    assert "QCFS L=4, ρ=4" in capsys.readouterr().out
+    assert bench.main(["--workloads", "nope", "--out", str(tmp_path)]) == 2

@@ -15,9 +15,13 @@ still ends at θ or above has no quiet membrane to lift; it moves up by θ (COS'
 about 1000·θ, which makes it fire at every later step whatever it receives).
 
 The runtime applies this layer by layer, as COS does: a layer's pre-simulation reads the first ρ
-steps of its input, which the layers before it computed from their own corrected starts. The
-cost is ρ extra neuron steps per spiking layer, and a latency of ρ steps per layer before its
-first output: the figures in docs/benchmarks.md count them.
+steps of its input, which the layers before it computed from their own corrected starts.
+
+The cost: ρ extra membrane updates per neuron (the pre-simulation's spikes are not sent on, so
+synaptic operations do not grow: its input currents are the first ρ steps' currents, computed
+anyway), and latency: a layer's first output waits for its pre-simulation, so an SNN of L
+spiking layers run as a pipeline answers after L·ρ + T steps, not T. docs/benchmarks.md quotes
+accuracy against both counts.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 
@@ -76,10 +77,11 @@ def auto_chunk(graph, batch: int, device: torch.device) -> int:
 def _checked_presim(graph: Graph, presim) -> int:
     """``presim`` as an int, after checking that every neuron of ``graph`` can take the
     offset-spike correction (an IF neuron with soft reset, one per unit)."""
-    if isinstance(presim, bool) or not isinstance(presim, int) or presim < 0:
+    if isinstance(presim, bool) or not isinstance(presim, numbers.Integral) or presim < 0:
         raise OptionError("presim", f"must be an integer ≥ 0 (pre-simulation steps; 0: none), got {presim!r}")
     if not presim:
         return 0
+    presim = int(presim)  # a numpy integer too
     if fixed_batch(graph):
         raise OptionError("presim", "the graph runs one sample at a time, one step at a time (a fixed batch)")
     for node in graph.find("neuron"):
