@@ -84,8 +84,11 @@ def neuron_multistep_reference(
     return out, (v.clone() if x.shape[0] == 0 else v)  # never alias the caller's v0
 
 
-def _recompute_h(x, v0, theta, d, hard, vr):
-    """Forward trajectory of pre-reset membranes h[t] (float32), without autograd."""
+def pre_reset_membranes(x, v0, theta, d=1.0, hard=False, vr=0.0) -> list[torch.Tensor]:
+    """The membrane h[t] of each of the T steps of x [T, ...] before its spike test and reset
+    (float32, without autograd): v0 and theta tensors broadcasting to x[0], d the decay, hard
+    and vr the reset. Step t spikes where h[t] >= theta. The backward below recomputes the
+    forward from it, and the offset-spike correction (runtime/offset_spikes.py) reads it."""
     v = v0.to(torch.float32).expand(x.shape[1:])
     hs = []
     for t in range(x.shape[0]):
@@ -107,7 +110,7 @@ def neuron_multistep_backward_reference(
     """
     d, vr = f32(decay), f32(v_reset)
     th = theta.to(torch.float32).expand(x.shape[1:])
-    hs = _recompute_h(x, v0, th, d, hard, vr)
+    hs = pre_reset_membranes(x, v0, th, d, hard, vr)
     shape = x.shape[1:]
     g = grad_v.float().expand(shape) if grad_v is not None else torch.zeros(shape, device=x.device)
     gth = torch.zeros(shape, device=x.device)

@@ -28,30 +28,25 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.reference import pre_reset_membranes
+
 
 def offset_spike_start(x: torch.Tensor, v0, theta) -> torch.Tensor:
     """The corrected start [B, ...] of each neuron after pre-simulating the steps of ``x``
-    ([ρ, B, ...], input currents) from ``v0`` (broadcasting against one step of x) with IF
-    neurons, soft reset and threshold ``theta`` (broadcasting likewise). The pre-simulation's
-    spikes are not emitted: only the start is kept."""
-    v = (torch.zeros_like(x[0]) + v0).contiguous()
-    start = v.clone()
-    theta = torch.as_tensor(theta, dtype=v.dtype, device=v.device)
-    fired = torch.zeros_like(v)
-    lowest_fired = torch.full_like(v, float("inf"))
-    highest_quiet = torch.full_like(v, float("-inf"))
-    for step in x:
-        v = v + step
-        spike = v >= theta
-        lowest_fired = torch.where(spike, torch.minimum(lowest_fired, v), lowest_fired)
-        highest_quiet = torch.where(spike, highest_quiet, torch.maximum(highest_quiet, v))
-        v = torch.where(spike, v - theta, v)
-        fired += spike
-    too_many = (v < 0) & (fired > 0)
-    too_few = v >= theta
+    ([ρ, B, ...], input currents, ρ ≥ 1) from ``v0`` (broadcasting against one step of x) with
+    IF neurons, soft reset and threshold ``theta`` (broadcasting likewise). The
+    pre-simulation's spikes are not emitted: only the start is kept."""
+    start = (torch.zeros_like(x[0]) + v0).contiguous()
+    theta = torch.as_tensor(theta, dtype=start.dtype, device=start.device)
+    h = torch.stack(pre_reset_membranes(x, start, theta))
+    spike = h >= theta
+    end = torch.where(spike[-1], h[-1] - theta, h[-1])
+    lowest_fired = torch.where(spike, h, float("inf")).amin(0)
+    highest_quiet = torch.where(spike, float("-inf"), h).amax(0)
+    too_many = (end < 0) & spike.any(0)
+    too_few = end >= theta
     down = torch.maximum(lowest_fired - 0.999 * theta, theta)
     lift = torch.where(torch.isinf(highest_quiet), theta, 1.001 * theta - highest_quiet)
     up = torch.maximum(lift, theta)
     start = torch.where(too_many, start - down, start)
-    start = torch.where(too_few, start + up, start)
-    return start
+    return torch.where(too_few, start + up, start)
